@@ -1,0 +1,131 @@
+// Package ffstore is the contract between the engine and its stores.
+//
+// A store persists engine state and decides nothing: every rule about executions lives in
+// the engine, which reads typed records, decides, and hands the store one batch of writes.
+// The contract is shaped only by the engine's needs and is not stable: do not implement
+// it outside this module. One conformance suite (package ffstoretest) runs the complete
+// behaviour of the system against every store.
+//
+// # Units
+//
+// [Store.Update] runs a unit: an atomic read-modify-write within one shard. Everything a
+// unit read — records, queue ranges and popped items — is still true when it commits
+// (row locks, a single writer, or per-key versions), so units never write on stale reads.
+// If the store cannot guarantee that, it aborts the unit and returns an error matching
+// [fftype.ErrStoreConflict]; nothing is written and the engine retries.
+//
+// # Keys
+//
+// Record keys and queue names are opaque strings to the store. By convention a key that
+// belongs to one execution has the form "<kind>:<execution id>" or
+// "<kind>:<execution id>/<suffix>", and queue members are execution ids, so a store (the
+// in-memory one does) can check that a unit touches only its own shard.
+package ffstore
+
+import (
+	"context"
+	"math"
+	"time"
+
+	"github.com/flowfabric/flowfabric/fftype"
+)
+
+// MaxScore is the largest queue score; PopDue and Range with it take every item.
+const MaxScore = math.MaxInt64
+
+// Store persists engine state. All methods are safe for concurrent use.
+type Store interface {
+	// Shards returns the shard count, fixed when the store was first created. Shards are
+	// numbered 0 to Shards()-1.
+	Shards() int
+
+	// Update runs fn as one atomic unit against one shard. fn's reads see the shard's state
+	// plus the unit's own record writes; its writes are applied together when fn returns
+	// nil, or not at all. If fn returns an error, Update returns it unchanged and writes
+	// nothing. A unit that cannot commit because something it read changed returns an error
+	// matching fftype.ErrStoreConflict. fn must not retain tx after it returns.
+	Update(ctx context.Context, shard int, fn func(tx Tx) error) error
+
+	// View runs fn against a consistent read-only snapshot of one shard.
+	View(ctx context.Context, shard int, fn func(tx ReadTx) error) error
+
+	// QueueHeads returns the first item (lowest score, then lowest member) of every
+	// non-empty queue, on any shard, whose name starts with one of prefixes. The result is
+	// a hint: by the time the caller acts on it another unit may have taken the item, so
+	// callers re-check inside a unit. Order of the result is unspecified.
+	QueueHeads(ctx context.Context, prefixes []string) ([]QueueHead, error)
+
+	// ReadEvents returns up to limit events of one shard with Seq greater than after, in
+	// Seq order.
+	ReadEvents(ctx context.Context, shard int, after uint64, limit int) ([]fftype.Event, error)
+
+	// Now returns the store's clock. The engine's production clock samples it about once
+	// a second; transitions never call it directly.
+	Now(ctx context.Context) (time.Time, error)
+
+	// Close releases the store's resources. Calls after Close fail.
+	Close() error
+}
+
+// ReadTx is the read side of a unit.
+type ReadTx interface {
+	// Prefetch loads the given keys in one round trip, so that later Gets of them are
+	// served without another. It is an optimisation: Get works without it.
+	Prefetch(keys ...string) error
+
+	// Get returns the value stored under key and whether it exists.
+	Get(key string) (value []byte, ok bool, err error)
+
+	// Range returns up to n items of queue with score at most maxScore, in (score, member)
+	// order, starting strictly after the item after (from the beginning when after is nil).
+	// It reflects the queue as of the unit's start, less the items this unit popped.
+	Range(queue string, after *QueueItem, maxScore int64, n int) ([]QueueItem, error)
+}
+
+// Tx is a unit: reads plus one batch of writes. Writes are buffered or applied in place as
+// the store prefers, but become visible to other units only when the unit commits.
+type Tx interface {
+	ReadTx
+
+	// Put stores value under key, replacing any previous value. The store keeps value;
+	// the caller must not change it afterwards.
+	Put(key string, value []byte)
+
+	// Delete removes key; deleting a missing key is not an error.
+	Delete(key string)
+
+	// QueueAdd puts member into queue with score, replacing its score if present.
+	QueueAdd(queue, member string, score int64)
+
+	// QueueRemove takes member out of queue; removing a missing member is not an error.
+	QueueRemove(queue, member string)
+
+	// PopDue removes and returns up to n items of queue with score at most maxScore, in
+	// (score, member) order. Items another unit is popping concurrently are skipped rather
+	// than waited for. If the unit does not commit, the items stay in the queue.
+	// The engine never reads a queue with Range or PopDue after writing to it in the same
+	// unit, so stores need not merge a unit's queue writes into its queue reads.
+	PopDue(queue string, maxScore int64, n int) ([]QueueItem, error)
+
+	// AppendEvent appends ev to the shard's event log. The store assigns ev.Seq and
+	// ev.Shard at commit: Seq is the next number of the shard's gap-free sequence.
+	AppendEvent(ev fftype.Event)
+}
+
+// QueueItem is one member of a queue.
+type QueueItem struct {
+	Member string
+	Score  int64
+}
+
+// QueueHead is the first item of one queue on one shard.
+type QueueHead struct {
+	Shard int
+	Queue string
+	Item  QueueItem
+}
+
+// Less reports whether a sorts before b in queue order.
+func (a QueueItem) Less(b QueueItem) bool {
+	return a.Score < b.Score || a.Score == b.Score && a.Member < b.Member
+}

@@ -1,0 +1,54 @@
+package fftype
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// EventType names a transition recorded in the event log.
+type EventType string
+
+// Event types. Each transition appends exactly one event to its shard's log, in the same
+// atomic unit as the transition.
+const (
+	EventCreated         EventType = "created"
+	EventClaimed         EventType = "claimed"
+	EventResumed         EventType = "resumed"
+	EventReclaimed       EventType = "reclaimed"
+	EventProgress        EventType = "progress"
+	EventCompleted       EventType = "completed"
+	EventFailed          EventType = "failed"
+	EventRetryScheduled  EventType = "retry_scheduled"
+	EventCancelled       EventType = "cancelled"
+	EventDelayed         EventType = "delayed"
+	EventPromoted        EventType = "promoted"
+	EventLeaseExpired    EventType = "lease_expired"
+	EventLeaseReleased   EventType = "lease_released"
+	EventLeaseRevoked    EventType = "lease_revoked"
+	EventReplayed        EventType = "replayed"
+	EventExpired         EventType = "expired"
+	EventPriorityChanged EventType = "priority_changed"
+	EventTagsChanged     EventType = "tags_changed"
+	EventGrantIssued     EventType = "grant_issued"
+	EventGrantExpired    EventType = "grant_expired"
+	EventDeleted         EventType = "deleted"
+	EventLanePaused      EventType = "lane_paused"
+	EventLaneResumed     EventType = "lane_resumed"
+)
+
+// EventVersion is the version of the event encoding written by this binary.
+const EventVersion = 1
+
+// Event is one entry of a shard's durable log. Seq is assigned by the store at append time
+// and is gap-free and increasing within the shard.
+type Event struct {
+	Seq         uint64          `json:"seq"`
+	Shard       int             `json:"shard"`
+	Version     int             `json:"v"`
+	Type        EventType       `json:"type"`
+	Time        time.Time       `json:"time"`
+	ExecutionID ExecutionID     `json:"execution_id,omitempty"`
+	Namespace   string          `json:"namespace,omitempty"`
+	Lane        string          `json:"lane,omitempty"`
+	Data        json.RawMessage `json:"data,omitempty"`
+}

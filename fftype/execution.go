@@ -1,0 +1,176 @@
+package fftype
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// Execution is the stored record of one execution: its identity, its state dimensions,
+// its counters and its current lease. The engine owns every field; stores persist it as an
+// opaque value.
+type Execution struct {
+	ID           ExecutionID       `json:"id"`
+	Namespace    string            `json:"ns"`
+	Lane         string            `json:"lane"`
+	Kind         string            `json:"kind"`
+	Priority     int               `json:"prio,omitempty"`
+	Capabilities []string          `json:"caps,omitempty"` // required by the execution, sorted
+	Tags         map[string]string `json:"tags,omitempty"`
+	Traceparent  string            `json:"tp,omitempty"`
+	Policy       Policy            `json:"policy"`
+	IdemKey      string            `json:"idem,omitempty"`
+	Encoding     PayloadEncoding   `json:"enc,omitempty"`
+
+	// The state vector.
+	Phase          Phase          `json:"phase"`
+	Ownership      Ownership      `json:"own"`
+	Eligibility    Eligibility    `json:"elig"`
+	BlockingReason BlockingReason `json:"block"`
+	BlockingDetail string         `json:"block_detail,omitempty"`
+	Outcome        Outcome        `json:"outcome"`
+	AttemptState   AttemptState   `json:"astate"`
+
+	// Counters.
+	TotalAttempts int `json:"attempts,omitempty"` // also the index of the next attempt
+	RetryCount    int `json:"retries,omitempty"`
+	ReplayCount   int `json:"replays,omitempty"`
+	ReclaimCount  int `json:"reclaims,omitempty"`
+
+	// Current attempt and lease. LeaseEpoch only grows; the attempt fields survive terminal
+	// transitions so a retried terminal call by the same holder can be recognised.
+	CurrentAttempt   int       `json:"cur_attempt"` // -1 before the first claim
+	AttemptID        string    `json:"attempt_id,omitempty"`
+	LeaseID          string    `json:"lease_id,omitempty"`
+	LeaseEpoch       uint64    `json:"epoch,omitempty"`
+	WorkerID         string    `json:"worker,omitempty"`
+	WorkerInstanceID string    `json:"instance,omitempty"`
+	LeaseTTL         Duration  `json:"lease_ttl,omitempty"`
+	LeaseExpiresAt   time.Time `json:"lease_expires,omitzero"`
+	LeaseRenewedAt   time.Time `json:"lease_renewed,omitzero"`
+	// LastLeaseEnd says how the lease of epoch LeaseEpoch ended when it did not end with a
+	// call by its holder: "expired", "revoked" or "released". Fenced calls use it to answer
+	// lease_expired or lease_revoked instead of a bare stale_lease.
+	LastLeaseEnd string `json:"lease_end,omitempty"`
+
+	// Grant reservation (claim or reclaim grant) while Eligibility is EligibilityGranted.
+	Grant *Grant `json:"grant,omitempty"`
+
+	// Times.
+	CreatedAt        time.Time `json:"created"`
+	UpdatedAt        time.Time `json:"updated"`
+	StartedAt        time.Time `json:"started,omitzero"`
+	CompletedAt      time.Time `json:"completed,omitzero"`
+	DelayUntil       time.Time `json:"delay_until,omitzero"`
+	AttemptTimeoutAt time.Time `json:"attempt_timeout_at,omitzero"`
+	DeadlineAt       time.Time `json:"deadline,omitzero"`
+
+	// Progress of the running attempt, as last reported by its worker.
+	ProgressPercent int       `json:"progress_pct,omitempty"`
+	ProgressMessage string    `json:"progress_msg,omitempty"`
+	ProgressAt      time.Time `json:"progress_at,omitzero"`
+
+	// Why the execution last failed or was cancelled.
+	FailureReason      string `json:"failure,omitempty"`
+	FailureCategory    string `json:"failure_cat,omitempty"`
+	CancellationReason string `json:"cancel_reason,omitempty"`
+	CancelledBy        string `json:"cancelled_by,omitempty"`
+
+	// Lineage the next attempt inherits.
+	PendingReason string `json:"pending_reason,omitempty"`
+}
+
+// PublicState derives the execution's public state from its dimensions.
+func (e *Execution) PublicState() PublicState {
+	return DerivePublicState(e.Phase, e.Eligibility, e.Outcome)
+}
+
+// Fence returns the execution's current lease fence.
+func (e *Execution) Fence() Fence {
+	return Fence{LeaseID: e.LeaseID, Epoch: e.LeaseEpoch, AttemptID: e.AttemptID}
+}
+
+// Grant is a reservation of an execution for one worker until it expires. A claim grant
+// reserves an eligible execution for an ordinary claim; a reclaim grant reserves one whose
+// lease expired or was revoked for a reclaim attempt.
+type Grant struct {
+	ID        string    `json:"id"`
+	Kind      GrantKind `json:"kind"`
+	WorkerID  string    `json:"worker"`
+	Lane      string    `json:"lane"`
+	IssuedAt  time.Time `json:"issued"`
+	ExpiresAt time.Time `json:"expires"`
+}
+
+// GrantKind distinguishes claim grants from reclaim grants.
+type GrantKind string
+
+// Grant kinds.
+const (
+	GrantClaim   GrantKind = "claim"
+	GrantReclaim GrantKind = "reclaim"
+)
+
+// Fence is the triple that every lease-bound call carries. A call whose fence does not
+// match the execution's current lease is refused and changes nothing.
+type Fence struct {
+	LeaseID   string `json:"lease_id"`
+	Epoch     uint64 `json:"lease_epoch"`
+	AttemptID string `json:"attempt_id"`
+}
+
+// Complete reports whether all three parts are set.
+func (f Fence) Complete() bool { return f.LeaseID != "" && f.Epoch != 0 && f.AttemptID != "" }
+
+// Empty reports whether no part is set.
+func (f Fence) Empty() bool { return f.LeaseID == "" && f.Epoch == 0 && f.AttemptID == "" }
+
+// Attempt is the stored record of one attempt of an execution.
+type Attempt struct {
+	ExecutionID      ExecutionID   `json:"execution_id"`
+	Index            int           `json:"index"`
+	ID               string        `json:"id"`
+	Type             AttemptType   `json:"type"`
+	Status           AttemptStatus `json:"status"`
+	LeaseID          string        `json:"lease_id"`
+	LeaseEpoch       uint64        `json:"lease_epoch"`
+	WorkerID         string        `json:"worker_id"`
+	WorkerInstanceID string        `json:"worker_instance_id"`
+	Reason           string        `json:"reason,omitempty"` // why it started (retry/replay/reclaim lineage)
+	PreviousAttempt  int           `json:"previous_attempt"` // -1 when none
+	CreatedAt        time.Time     `json:"created_at"`
+	EndedAt          time.Time     `json:"ended_at,omitzero"`
+	PausedAt         time.Time     `json:"paused_at,omitzero"`
+	ResumedAt        time.Time     `json:"resumed_at,omitzero"`
+	FailureReason    string        `json:"failure_reason,omitempty"`
+	FailureCategory  string        `json:"failure_category,omitempty"`
+}
+
+// PayloadEncoding says how a payload's bytes are to be read.
+type PayloadEncoding string
+
+// Payload encodings.
+const (
+	EncodingJSON   PayloadEncoding = "json"
+	EncodingBinary PayloadEncoding = "binary"
+)
+
+// Duration is a time.Duration that encodes in JSON as integer milliseconds.
+type Duration time.Duration
+
+// MarshalJSON encodes d as integer milliseconds.
+func (d Duration) MarshalJSON() ([]byte, error) {
+	return json.Marshal(time.Duration(d).Milliseconds())
+}
+
+// UnmarshalJSON decodes integer milliseconds.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var ms int64
+	if err := json.Unmarshal(b, &ms); err != nil {
+		return err
+	}
+	*d = Duration(time.Duration(ms) * time.Millisecond)
+	return nil
+}
+
+// D returns d as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }

@@ -1,0 +1,204 @@
+package fftype
+
+import (
+	"sort"
+	"strings"
+)
+
+// Input limits.
+const (
+	MaxLaneBytes        = 64
+	MaxNamespaceBytes   = 64
+	MaxKindBytes        = 128
+	MaxCapabilityTokens = 256
+	MaxCapabilityBytes  = 4096 // of the sorted, comma-joined set
+	MaxTags             = 64
+	MaxTagKeyBytes      = 128
+	MaxTagValueBytes    = 1024
+	MaxIdemKeyBytes     = 256
+	MaxReasonBytes      = 1024
+	MaxWorkerIDBytes    = 256
+	MaxPriority         = 9000
+	DefaultNamespace    = "default"
+)
+
+// ValidateLane checks a lane name: 1 to 64 bytes, each printable ASCII (0x20–0x7E).
+func ValidateLane(lane string) error {
+	if err := checkPrintable(lane, MaxLaneBytes, true); err != "" {
+		return Validationf(CodeInvalidLane, "lane %q: %s", truncate(lane, 80), err)
+	}
+	return nil
+}
+
+// ValidateNamespace checks a namespace: 1 to 64 bytes of printable ASCII without spaces.
+func ValidateNamespace(ns string) error {
+	if err := checkPrintable(ns, MaxNamespaceBytes, false); err != "" {
+		return Validationf(CodeInvalidNamespace, "namespace %q: %s", truncate(ns, 80), err)
+	}
+	return nil
+}
+
+// ValidateKind checks an execution kind: 1 to 128 bytes of printable ASCII without spaces.
+func ValidateKind(kind string) error {
+	if err := checkPrintable(kind, MaxKindBytes, false); err != "" {
+		return Validationf(CodeInvalidKind, "kind %q: %s", truncate(kind, 80), err)
+	}
+	return nil
+}
+
+func checkPrintable(s string, max int, spaceOK bool) string {
+	if s == "" {
+		return "must not be empty"
+	}
+	if len(s) > max {
+		return "longer than " + itoa(max) + " bytes"
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < 0x20 || c > 0x7e || (c == ' ' && !spaceOK) {
+			return "contains a byte outside printable ASCII"
+		}
+	}
+	return ""
+}
+
+// ValidateWorkerID checks a worker or worker-instance id: 1 to 256 bytes, no control bytes.
+func ValidateWorkerID(field, id string) error {
+	if id == "" || len(id) > MaxWorkerIDBytes {
+		return Validationf(CodeInvalidInput, "%s must be 1 to %d bytes", field, MaxWorkerIDBytes)
+	}
+	for i := 0; i < len(id); i++ {
+		if id[i] < 0x20 || id[i] == 0x7f {
+			return Validationf(CodeInvalidInput, "%s contains a control byte", field)
+		}
+	}
+	return nil
+}
+
+// NormalizeCapabilities validates a capability set and returns it sorted and without
+// duplicates. Each token is non-empty, has no comma, whitespace or control byte; there are
+// at most 256 tokens and their comma-joined form is at most 4,096 bytes. field names the
+// input in the error ("capabilities", "required_capabilities").
+func NormalizeCapabilities(field string, caps []string) ([]string, error) {
+	if len(caps) == 0 {
+		return nil, nil
+	}
+	if len(caps) > MaxCapabilityTokens {
+		return nil, Validationf(CodeInvalidCapabilities, "%s: more than %d tokens", field, MaxCapabilityTokens)
+	}
+	out := make([]string, 0, len(caps))
+	for _, c := range caps {
+		if c == "" {
+			return nil, Validationf(CodeInvalidCapabilities, "%s: empty token", field)
+		}
+		for i := 0; i < len(c); i++ {
+			b := c[i]
+			if b == ',' {
+				return nil, Validationf(CodeInvalidCapabilities, "%s: token %q contains a comma", field, truncate(c, 80))
+			}
+			if b <= 0x20 || b == 0x7f {
+				return nil, Validationf(CodeInvalidCapabilities, "%s: token %q contains whitespace or a control byte", field, truncate(c, 80))
+			}
+		}
+		out = append(out, c)
+	}
+	sort.Strings(out)
+	uniq := out[:1]
+	for _, c := range out[1:] {
+		if c != uniq[len(uniq)-1] {
+			uniq = append(uniq, c)
+		}
+	}
+	if n := len(strings.Join(uniq, ",")); n > MaxCapabilityBytes {
+		return nil, Validationf(CodeInvalidCapabilities, "%s: %d bytes joined, more than %d", field, n, MaxCapabilityBytes)
+	}
+	return uniq, nil
+}
+
+// CoversCapabilities reports whether the sorted set have contains every token of the sorted
+// set need.
+func CoversCapabilities(have, need []string) bool {
+	i := 0
+	for _, n := range need {
+		for i < len(have) && have[i] < n {
+			i++
+		}
+		if i == len(have) || have[i] != n {
+			return false
+		}
+		i++
+	}
+	return true
+}
+
+// ValidateTagKey checks a tag key: starts with a lowercase letter, then lowercase letters,
+// digits, '_', '.' or '-', at most 128 bytes. For example "customer" or "billing.plan".
+func ValidateTagKey(k string) error {
+	ok := k != "" && len(k) <= MaxTagKeyBytes && k[0] >= 'a' && k[0] <= 'z'
+	for i := 1; ok && i < len(k); i++ {
+		c := k[i]
+		ok = c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_' || c == '.' || c == '-'
+	}
+	if !ok {
+		return Validationf(CodeInvalidTagKey, "tag key %q: want a lowercase letter then [a-z0-9_.-], at most %d bytes", truncate(k, 80), MaxTagKeyBytes)
+	}
+	return nil
+}
+
+// ValidateTags checks a tag map: at most 64 tags, valid keys, values at most 1,024 bytes.
+func ValidateTags(tags map[string]string) error {
+	if len(tags) > MaxTags {
+		return Validationf(CodeInvalidTagKey, "more than %d tags", MaxTags)
+	}
+	for k, v := range tags {
+		if err := ValidateTagKey(k); err != nil {
+			return err
+		}
+		if len(v) > MaxTagValueBytes {
+			return Validationf(CodeInvalidInput, "tag %q: value longer than %d bytes", k, MaxTagValueBytes)
+		}
+	}
+	return nil
+}
+
+// ValidateTraceparent checks a W3C traceparent header value ("00-<32 hex>-<16 hex>-<2 hex>").
+// The empty string is valid and means "none".
+func ValidateTraceparent(tp string) error {
+	if tp == "" {
+		return nil
+	}
+	ok := len(tp) == 55 && tp[2] == '-' && tp[35] == '-' && tp[52] == '-'
+	for i := 0; ok && i < len(tp); i++ {
+		if i == 2 || i == 35 || i == 52 {
+			continue
+		}
+		c := tp[i]
+		ok = c >= '0' && c <= '9' || c >= 'a' && c <= 'f'
+	}
+	if !ok || tp[:2] == "ff" || tp[3:35] == strings.Repeat("0", 32) || tp[36:52] == strings.Repeat("0", 16) {
+		return Validationf(CodeInvalidTraceparent, "traceparent %q is not a valid W3C traceparent", truncate(tp, 80))
+	}
+	return nil
+}
+
+// ValidateReason checks a free-text reason: at most 1,024 bytes.
+func ValidateReason(field, s string) error {
+	if len(s) > MaxReasonBytes {
+		return Validationf(CodeInvalidInput, "%s longer than %d bytes", field, MaxReasonBytes)
+	}
+	return nil
+}
+
+func itoa(n int) string {
+	if n == 0 {
+		return "0"
+	}
+	var b [20]byte
+	i := len(b)
+	for n > 0 {
+		i--
+		b[i] = byte('0' + n%10)
+		n /= 10
+	}
+	return string(b[i:])
+}

@@ -1,0 +1,210 @@
+package engine
+
+import (
+	"context"
+	"encoding/json"
+	"sort"
+	"strconv"
+	"time"
+
+	"github.com/flowfabric/flowfabric/ffstore"
+	"github.com/flowfabric/flowfabric/fftype"
+)
+
+// operatorUnit runs fn in a unit on execution id.
+func (e *Engine) operatorUnit(ctx context.Context, id fftype.ExecutionID,
+	fn func(tx ffstore.Tx, x *fftype.Execution, before placement, now time.Time) error) error {
+	shard, err := e.checkID(id)
+	if err != nil {
+		return err
+	}
+	err = e.update(ctx, shard, func(tx ffstore.Tx) error {
+		x, err := getExec(tx, id)
+		if err != nil {
+			return err
+		}
+		return fn(tx, x, e.placementOf(x), e.now())
+	})
+	if err == nil {
+		e.notifyTimers()
+	}
+	return err
+}
+
+// ChangePriority sets the priority of a non-terminal execution. An eligible execution
+// moves to its new place in the queue at once, keeping its age; others use it from their
+// next time in the queue.
+func (e *Engine) ChangePriority(ctx context.Context, id fftype.ExecutionID, priority int) error {
+	if priority < 0 || priority > fftype.MaxPriority {
+		return fftype.Validationf(fftype.CodeInvalidPriority, "priority %d is outside 0..%d", priority, fftype.MaxPriority)
+	}
+	return e.operatorUnit(ctx, id, func(tx ffstore.Tx, x *fftype.Execution, before placement, now time.Time) error {
+		if x.Phase == fftype.PhaseTerminal {
+			return fftype.Statef(fftype.CodeExecutionTerminal, "execution %s already ended as %s", id, x.PublicState())
+		}
+		old := x.Priority
+		if old == priority {
+			return nil
+		}
+		x.Priority, x.UpdatedAt = priority, now
+		e.save(tx, before, x)
+		appendEvent(tx, fftype.EventPriorityChanged, x, now, map[string]any{"from": old, "to": priority})
+		return nil
+	})
+}
+
+// SetTags merges tags into the execution's tags; a tag set to "" is removed.
+func (e *Engine) SetTags(ctx context.Context, id fftype.ExecutionID, tags map[string]string) error {
+	if len(tags) == 0 {
+		return fftype.Validationf(fftype.CodeInvalidInput, "no tags given")
+	}
+	if err := fftype.ValidateTags(tags); err != nil {
+		return err
+	}
+	return e.operatorUnit(ctx, id, func(tx ffstore.Tx, x *fftype.Execution, before placement, now time.Time) error {
+		merged := make(map[string]string, len(x.Tags)+len(tags))
+		for k, v := range x.Tags {
+			merged[k] = v
+		}
+		for k, v := range tags {
+			if v == "" {
+				delete(merged, k)
+			} else {
+				merged[k] = v
+			}
+		}
+		if err := fftype.ValidateTags(merged); err != nil {
+			return err
+		}
+		if len(merged) == 0 {
+			merged = nil
+		}
+		x.Tags, x.UpdatedAt = merged, now
+		e.save(tx, before, x)
+		keys := make([]string, 0, len(tags))
+		for k := range tags {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		appendEvent(tx, fftype.EventTagsChanged, x, now, map[string]any{"keys": keys})
+		return nil
+	})
+}
+
+// Replay sends a terminal execution round again: it becomes eligible at once with a fresh
+// retry budget, and its next claim starts a replay attempt. Replays are capped by the
+// policy's MaxReplays. A deadline, if the policy has one, starts again from the replay.
+func (e *Engine) Replay(ctx context.Context, id fftype.ExecutionID) error {
+	return e.operatorUnit(ctx, id, func(tx ffstore.Tx, x *fftype.Execution, before placement, now time.Time) error {
+		if x.Phase != fftype.PhaseTerminal {
+			return fftype.Statef(fftype.CodeExecutionNotTerminal, "execution %s is %s; only ended executions can be replayed", id, x.PublicState())
+		}
+		if x.ReplayCount >= x.Policy.MaxReplays {
+			return &fftype.Error{Kind: fftype.KindLimited, Code: fftype.CodeMaxReplaysExhausted,
+				Message: "execution " + string(id) + " was replayed " + strconv.Itoa(x.ReplayCount) + " times, its cap"}
+		}
+		x.ReplayCount++
+		x.RetryCount = 0
+		x.Outcome = fftype.OutcomeNone
+		x.CompletedAt = time.Time{}
+		x.PendingReason = "replay"
+		x.LastLeaseEnd = ""
+		if d := x.Policy.Deadline; d != 0 {
+			x.DeadlineAt = now.Add(d.D())
+		}
+		toRunnable(x, fftype.AttemptStatePendingReplay, now, fftype.BlockingWaitingForWorker, now)
+		e.save(tx, before, x)
+		tx.Delete(resultKey(x.ID))
+		appendEvent(tx, fftype.EventReplayed, x, now, map[string]any{"replay_count": x.ReplayCount})
+		return nil
+	})
+}
+
+// PauseLane stops claims from handing out the lane's executions until ResumeLane. Creates
+// and everything else go on. It takes effect at once in every process.
+func (e *Engine) PauseLane(ctx context.Context, lane string) error { return e.setLane(ctx, lane, true) }
+
+// ResumeLane undoes PauseLane.
+func (e *Engine) ResumeLane(ctx context.Context, lane string) error {
+	return e.setLane(ctx, lane, false)
+}
+
+func (e *Engine) setLane(ctx context.Context, lane string, paused bool) error {
+	if err := fftype.ValidateLane(lane); err != nil {
+		return err
+	}
+	return e.update(ctx, laneShard, func(tx ffstore.Tx) error {
+		now := e.now()
+		info, err := readLane(tx, lane)
+		if err != nil {
+			return err
+		}
+		if info.Paused == paused && !info.UpdatedAt.IsZero() {
+			return nil
+		}
+		info.Paused, info.UpdatedAt = paused, now
+		putJSON(tx, laneKey(lane), info)
+		ev := fftype.EventLaneResumed
+		if paused {
+			ev = fftype.EventLanePaused
+		}
+		tx.AppendEvent(fftype.Event{Version: fftype.EventVersion, Type: ev, Time: now, Lane: lane})
+		return nil
+	})
+}
+
+func readLane(tx ffstore.ReadTx, lane string) (fftype.LaneInfo, error) {
+	info := fftype.LaneInfo{Name: lane}
+	b, ok, err := tx.Get(laneKey(lane))
+	if err != nil || !ok {
+		return info, err
+	}
+	if err := json.Unmarshal(b, &info); err != nil {
+		return info, corrupt("lane "+lane, err)
+	}
+	return info, nil
+}
+
+// Lane returns the state of one lane. A lane never paused reads as not paused.
+func (e *Engine) Lane(ctx context.Context, lane string) (fftype.LaneInfo, error) {
+	if err := fftype.ValidateLane(lane); err != nil {
+		return fftype.LaneInfo{}, err
+	}
+	var info fftype.LaneInfo
+	err := e.store.View(ctx, laneShard, func(tx ffstore.ReadTx) error {
+		var err error
+		info, err = readLane(tx, lane)
+		return err
+	})
+	return info, err
+}
+
+// unpausedLanes returns the lanes of ls that are not paused, without duplicates.
+func (e *Engine) unpausedLanes(ctx context.Context, ls []string) ([]string, error) {
+	keys := make([]string, 0, len(ls))
+	seen := map[string]bool{}
+	for _, l := range ls {
+		if !seen[l] {
+			seen[l] = true
+			keys = append(keys, laneKey(l))
+		}
+	}
+	var out []string
+	err := e.store.View(ctx, laneShard, func(tx ffstore.ReadTx) error {
+		out = out[:0]
+		if err := tx.Prefetch(keys...); err != nil {
+			return err
+		}
+		for _, k := range keys {
+			info, err := readLane(tx, k[len("lane:"):])
+			if err != nil {
+				return err
+			}
+			if !info.Paused {
+				out = append(out, info.Name)
+			}
+		}
+		return nil
+	})
+	return out, err
+}

@@ -1,0 +1,470 @@
+package engine
+
+import (
+	"context"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/flowfabric/flowfabric/ffstore"
+	"github.com/flowfabric/flowfabric/fftype"
+)
+
+// claimer is a validated worker identity.
+type claimer struct {
+	workerID   string
+	instanceID string
+	caps       []string
+	ttl        time.Duration // 0: the execution's policy decides
+}
+
+func checkClaimer(workerID, instanceID string, caps []string, ttl fftype.Duration) (claimer, error) {
+	if err := fftype.ValidateWorkerID("worker_id", workerID); err != nil {
+		return claimer{}, err
+	}
+	if err := fftype.ValidateWorkerID("worker_instance_id", instanceID); err != nil {
+		return claimer{}, err
+	}
+	norm, err := fftype.NormalizeCapabilities("capabilities", caps)
+	if err != nil {
+		return claimer{}, err
+	}
+	if ttl != 0 && (ttl.D() < fftype.MinLeaseTTL || ttl.D() > fftype.MaxLeaseTTL) {
+		return claimer{}, fftype.Validationf(fftype.CodeInvalidInput, "lease_ttl must be between %s and %s", fftype.MinLeaseTTL, fftype.MaxLeaseTTL)
+	}
+	return claimer{workerID: workerID, instanceID: instanceID, caps: norm, ttl: ttl.D()}, nil
+}
+
+// candidate is the head of one eligible queue on one shard that a claimer may take from.
+type candidate struct {
+	shard int
+	queue string
+	lane  string
+	ns    string
+	head  ffstore.QueueItem
+}
+
+func (c *candidate) bucket() int64 { return c.head.Score >> priorityBits }
+
+// Claim is the one claim path: it hands the worker up to p.Count eligible executions from
+// its lanes, as leases. Only queues whose required capabilities the worker covers are
+// considered; among them the highest priority wins, then namespaces take turns, then the
+// oldest execution goes first. A paused lane hands out nothing. An empty result means
+// nothing was eligible.
+func (e *Engine) Claim(ctx context.Context, p fftype.ClaimParams) ([]*fftype.Lease, error) {
+	w, err := checkClaimer(p.WorkerID, p.WorkerInstanceID, p.Capabilities, p.LeaseTTL)
+	if err != nil {
+		return nil, err
+	}
+	count := p.Count
+	if count == 0 {
+		count = 1
+	}
+	if count < 0 || count > fftype.MaxClaimCount {
+		return nil, fftype.Validationf(fftype.CodeInvalidInput, "count must be between 1 and %d", fftype.MaxClaimCount)
+	}
+	if len(p.Lanes) == 0 {
+		return nil, fftype.Validationf(fftype.CodeInvalidLane, "lanes must name at least one lane")
+	}
+	for _, l := range p.Lanes {
+		if err := fftype.ValidateLane(l); err != nil {
+			return nil, err
+		}
+	}
+	lanes, err := e.unpausedLanes(ctx, p.Lanes)
+	if err != nil || len(lanes) == 0 {
+		return nil, err
+	}
+	prefixes := make([]string, len(lanes))
+	for i, l := range lanes {
+		prefixes[i] = eligibleLanePrefix(l)
+	}
+	heads, err := e.store.QueueHeads(ctx, prefixes)
+	if err != nil {
+		return nil, err
+	}
+	cands := make([]*candidate, 0, len(heads))
+	for _, h := range heads {
+		lane, ns, caps, ok := parseEligibleQueue(h.Queue)
+		if !ok || !fftype.CoversCapabilities(w.caps, caps) {
+			continue
+		}
+		cands = append(cands, &candidate{shard: h.Shard, queue: h.Queue, lane: lane, ns: ns, head: h.Item})
+	}
+
+	var leases []*fftype.Lease
+	for len(leases) < count && len(cands) > 0 {
+		i, alone := e.pick(cands)
+		c := cands[i]
+		want := 1
+		maxScore := int64(ffstore.MaxScore)
+		if alone {
+			// No other namespace competes at this priority: take a batch, but nothing of a
+			// lower priority than the best head elsewhere.
+			want = count - len(leases)
+			maxScore = (c.bucket()+1)<<priorityBits - 1
+		}
+		got, next, err := e.claimFrom(ctx, c, w, want, maxScore)
+		if err != nil {
+			if len(leases) > 0 {
+				return leases, nil // keep what was claimed; the error recurs on the next call
+			}
+			return nil, err
+		}
+		if len(got) > 0 {
+			e.rotMu.Lock()
+			e.rotation[c.lane] = c.ns
+			e.rotMu.Unlock()
+		}
+		leases = append(leases, got...)
+		if next == nil {
+			cands = append(cands[:i], cands[i+1:]...)
+		} else {
+			c.head = *next
+		}
+	}
+	return leases, nil
+}
+
+// pick chooses the candidate to claim from: the highest priority; then, among lanes, a
+// turn-based rotation; then, within the lane, the namespace after the one served last;
+// then the oldest head. alone reports whether the chosen candidate's namespace is the only
+// one at that priority.
+func (e *Engine) pick(cands []*candidate) (int, bool) {
+	best := cands[0].bucket()
+	for _, c := range cands[1:] {
+		best = min(best, c.bucket())
+	}
+	var top []int
+	lanes := map[string]bool{}
+	namespaces := map[string]bool{}
+	for i, c := range cands {
+		if c.bucket() == best {
+			top = append(top, i)
+			lanes[c.lane] = true
+			namespaces[c.lane+sep+c.ns] = true
+		}
+	}
+	lane := cands[top[0]].lane
+	if len(lanes) > 1 {
+		names := sortedKeys(lanes)
+		e.rotMu.Lock()
+		e.laneTurn++
+		lane = names[e.laneTurn%uint64(len(names))]
+		e.rotMu.Unlock()
+	}
+	var nss []string
+	for _, i := range top {
+		if cands[i].lane == lane {
+			nss = append(nss, cands[i].ns)
+		}
+	}
+	sort.Strings(nss)
+	e.rotMu.Lock()
+	last := e.rotation[lane]
+	e.rotMu.Unlock()
+	ns := nss[0]
+	if j := sort.SearchStrings(nss, last+"\x00"); j < len(nss) && last != "" {
+		ns = nss[j]
+	}
+	chosen := -1
+	for _, i := range top {
+		c := cands[i]
+		if c.lane == lane && c.ns == ns && (chosen < 0 || c.head.Less(cands[chosen].head)) {
+			chosen = i
+		}
+	}
+	return chosen, len(namespaces) == 1
+}
+
+func sortedKeys(m map[string]bool) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// claimFrom takes up to want executions from one eligible queue in one unit and returns
+// their leases and the queue's new head (nil when empty).
+func (e *Engine) claimFrom(ctx context.Context, c *candidate, w claimer, want int, maxScore int64) ([]*fftype.Lease, *ffstore.QueueItem, error) {
+	var leases []*fftype.Lease
+	var next *ffstore.QueueItem
+	err := e.update(ctx, c.shard, func(tx ffstore.Tx) error {
+		leases, next = nil, nil
+		now := e.now()
+		items, err := tx.PopDue(c.queue, maxScore, want)
+		if err != nil {
+			return err
+		}
+		keys := make([]string, 0, 2*len(items))
+		for _, it := range items {
+			id := fftype.ExecutionID(it.Member)
+			keys = append(keys, execKey(id), payloadKey(id))
+		}
+		if err := tx.Prefetch(keys...); err != nil {
+			return err
+		}
+		for _, it := range items {
+			x, err := getExec(tx, fftype.ExecutionID(it.Member))
+			if fftype.CodeOf(err) == fftype.CodeExecutionNotFound {
+				continue // a queue entry never outlives its record; tolerate it anyway
+			}
+			if err != nil {
+				return err
+			}
+			before := e.placementOf(x)
+			if _, ok := before[c.queue]; !ok {
+				continue // not eligible here: the pop only dropped a stale entry
+			}
+			l, err := e.acquire(tx, x, before.without(c.queue), w, now)
+			if err != nil {
+				return err
+			}
+			leases = append(leases, l)
+		}
+		rest, err := tx.Range(c.queue, nil, ffstore.MaxScore, 1)
+		if err != nil {
+			return err
+		}
+		if len(rest) > 0 {
+			next = &rest[0]
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	e.notifyTimers()
+	return leases, next, nil
+}
+
+// acquire gives w a lease on the runnable execution x: a new attempt, or the paused
+// attempt continued. before is x's placement less any queue the unit popped it from.
+func (e *Engine) acquire(tx ffstore.Tx, x *fftype.Execution, before placement, w claimer, now time.Time) (*fftype.Lease, error) {
+	ttl := w.ttl
+	if ttl == 0 {
+		ttl = x.Policy.LeaseTTL.D()
+	}
+	var att *fftype.Attempt
+	resumed := x.AttemptState == fftype.AttemptStateInterrupted
+	event := fftype.EventClaimed
+	if resumed {
+		a, err := getAttempt(tx, x.ID, x.CurrentAttempt)
+		if err != nil {
+			return nil, err
+		}
+		att = a
+		att.Status = fftype.AttemptStarted
+		att.ResumedAt = now
+		event = fftype.EventResumed
+	} else {
+		att = &fftype.Attempt{
+			ExecutionID:     x.ID,
+			Index:           x.TotalAttempts,
+			ID:              fftype.NewUUID(),
+			Status:          fftype.AttemptStarted,
+			PreviousAttempt: x.CurrentAttempt,
+			Reason:          x.PendingReason,
+			CreatedAt:       now,
+		}
+		switch x.AttemptState {
+		case fftype.AttemptStatePendingRetry:
+			att.Type = fftype.AttemptRetry
+		case fftype.AttemptStatePendingReplay:
+			att.Type = fftype.AttemptReplay
+		case fftype.AttemptStatePendingReclaim:
+			att.Type = fftype.AttemptReclaim
+			x.ReclaimCount++
+			event = fftype.EventReclaimed
+		default:
+			att.Type = fftype.AttemptInitial
+		}
+		x.TotalAttempts++
+		x.CurrentAttempt = att.Index
+		x.AttemptID = att.ID
+		x.AttemptTimeoutAt = time.Time{}
+		if t := x.Policy.AttemptTimeout; t != 0 {
+			x.AttemptTimeoutAt = now.Add(t.D())
+		}
+		x.ProgressPercent, x.ProgressMessage, x.ProgressAt = 0, "", time.Time{}
+		x.PendingReason = ""
+	}
+	x.LeaseEpoch++
+	x.LeaseID = fftype.NewUUID()
+	x.WorkerID, x.WorkerInstanceID = w.workerID, w.instanceID
+	x.LeaseTTL = fftype.Duration(ttl)
+	x.LeaseExpiresAt = now.Add(ttl)
+	x.LeaseRenewedAt = now
+	x.LastLeaseEnd = ""
+	x.Phase = fftype.PhaseActive
+	x.Ownership = fftype.OwnershipLeased
+	x.Eligibility = fftype.EligibilityNotApplicable
+	x.BlockingReason = fftype.BlockingNone
+	x.BlockingDetail = ""
+	x.AttemptState = fftype.AttemptStateRunning
+	x.Grant = nil
+	x.DelayUntil = time.Time{}
+	if x.StartedAt.IsZero() {
+		x.StartedAt = now
+	}
+	x.UpdatedAt = now
+
+	att.LeaseID, att.LeaseEpoch = x.LeaseID, x.LeaseEpoch
+	att.WorkerID, att.WorkerInstanceID = w.workerID, w.instanceID
+	putJSON(tx, attemptKey(x.ID, att.Index), att)
+	e.save(tx, before, x)
+	appendEvent(tx, event, x, now, map[string]any{
+		"attempt_index": att.Index, "attempt_type": att.Type, "lease_epoch": x.LeaseEpoch, "worker_id": w.workerID,
+	})
+
+	payload, _, err := tx.Get(payloadKey(x.ID))
+	if err != nil {
+		return nil, err
+	}
+	return &fftype.Lease{
+		ExecutionID:  x.ID,
+		Namespace:    x.Namespace,
+		Lane:         x.Lane,
+		Kind:         x.Kind,
+		Payload:      payload,
+		Encoding:     x.Encoding,
+		Priority:     x.Priority,
+		Tags:         x.Tags,
+		Traceparent:  x.Traceparent,
+		Fence:        x.Fence(),
+		AttemptIndex: att.Index,
+		AttemptType:  att.Type,
+		Resumed:      resumed,
+		TTL:          fftype.Duration(ttl),
+		ExpiresAt:    x.LeaseExpiresAt,
+		RetryCount:   x.RetryCount,
+	}, nil
+}
+
+// IssueGrant reserves the eligible execution id for one worker until the grant expires;
+// no other claim can take it meanwhile. A claim grant needs an execution waiting for an
+// ordinary attempt; a reclaim grant one whose lease expired or was revoked. The worker
+// must hold the execution's required capabilities. When the grant expires unused, the
+// execution becomes eligible again.
+func (e *Engine) IssueGrant(ctx context.Context, id fftype.ExecutionID, kind fftype.GrantKind, p fftype.GrantParams) (*fftype.GrantRef, error) {
+	shard, err := e.checkID(id)
+	if err != nil {
+		return nil, err
+	}
+	if kind != fftype.GrantClaim && kind != fftype.GrantReclaim {
+		return nil, fftype.Validationf(fftype.CodeInvalidInput, "grant kind %q: want %q or %q", kind, fftype.GrantClaim, fftype.GrantReclaim)
+	}
+	if err := fftype.ValidateWorkerID("worker_id", p.WorkerID); err != nil {
+		return nil, err
+	}
+	caps, err := fftype.NormalizeCapabilities("capabilities", p.Capabilities)
+	if err != nil {
+		return nil, err
+	}
+	ttl := p.TTL.D()
+	if ttl == 0 {
+		ttl = fftype.DefaultGrantTTL
+	}
+	if ttl < time.Millisecond || ttl > fftype.MaxGrantTTL {
+		return nil, fftype.Validationf(fftype.CodeInvalidInput, "grant ttl must be between 1ms and %s", fftype.MaxGrantTTL)
+	}
+	var ref *fftype.GrantRef
+	err = e.update(ctx, shard, func(tx ffstore.Tx) error {
+		now := e.now()
+		x, err := getExec(tx, id)
+		if err != nil {
+			return err
+		}
+		if x.Eligibility == fftype.EligibilityGranted {
+			return &fftype.Error{Kind: fftype.KindConflict, Code: fftype.CodeGrantAlreadyExists,
+				Message: "execution " + string(id) + " is already reserved by a grant until " + x.Grant.ExpiresAt.Format(time.RFC3339Nano)}
+		}
+		if x.Phase != fftype.PhaseRunnable || x.Eligibility != fftype.EligibilityNow {
+			return fftype.Statef(fftype.CodeExecutionNotEligible, "execution %s is %s, not eligible", id, x.PublicState())
+		}
+		reclaimable := x.AttemptState == fftype.AttemptStatePendingReclaim
+		if kind == fftype.GrantReclaim && !reclaimable {
+			return fftype.Statef(fftype.CodeNotReclaimable, "execution %s did not lose a lease; issue a claim grant", id)
+		}
+		if kind == fftype.GrantClaim && reclaimable {
+			return fftype.Statef(fftype.CodeExecutionNotEligible, "execution %s lost its lease; issue a reclaim grant", id)
+		}
+		if missing := missingCaps(caps, x.Capabilities); missing != "" {
+			return fftype.Statef(fftype.CodeCapabilityMismatch, "worker lacks required capabilities: %s", missing)
+		}
+		before := e.placementOf(x)
+		g := &fftype.Grant{ID: fftype.NewUUID(), Kind: kind, WorkerID: p.WorkerID, Lane: x.Lane,
+			IssuedAt: now, ExpiresAt: now.Add(ttl)}
+		x.Grant = g
+		x.Eligibility = fftype.EligibilityGranted
+		x.BlockingReason = fftype.BlockingWaitingForGrantHolder
+		x.UpdatedAt = now
+		e.save(tx, before, x)
+		appendEvent(tx, fftype.EventGrantIssued, x, now, map[string]any{"grant_kind": kind, "worker_id": p.WorkerID, "expires_at": g.ExpiresAt})
+		ref = &fftype.GrantRef{ID: g.ID, Kind: kind, ExecutionID: id, Lane: x.Lane, WorkerID: p.WorkerID, ExpiresAt: g.ExpiresAt}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	e.notifyTimers()
+	return ref, nil
+}
+
+// missingCaps returns the comma-joined tokens of need that have lacks, or "".
+func missingCaps(have, need []string) string {
+	var miss []string
+	for _, n := range need {
+		if j := sort.SearchStrings(have, n); j == len(have) || have[j] != n {
+			miss = append(miss, n)
+		}
+	}
+	return strings.Join(miss, ",")
+}
+
+// ClaimGrant consumes a grant: the worker it names gets a lease on the reserved execution
+// (a reclaim attempt for a reclaim grant). A grant that expired, was consumed, or names
+// another worker is refused and nothing changes.
+func (e *Engine) ClaimGrant(ctx context.Context, p fftype.GrantClaimParams) (*fftype.Lease, error) {
+	w, err := checkClaimer(p.WorkerID, p.WorkerInstanceID, nil, p.LeaseTTL)
+	if err != nil {
+		return nil, err
+	}
+	shard, err := e.checkID(p.Grant.ExecutionID)
+	if err != nil {
+		return nil, err
+	}
+	if p.Grant.ID == "" {
+		return nil, fftype.Validationf(fftype.CodeInvalidInput, "grant id is required")
+	}
+	var lease *fftype.Lease
+	err = e.update(ctx, shard, func(tx ffstore.Tx) error {
+		now := e.now()
+		x, err := getExec(tx, p.Grant.ExecutionID)
+		if err != nil {
+			return err
+		}
+		g := x.Grant
+		if g == nil || g.ID != p.Grant.ID || x.Eligibility != fftype.EligibilityGranted {
+			return fftype.Statef(fftype.CodeInvalidClaimGrant, "grant %s is not outstanding on execution %s", p.Grant.ID, x.ID)
+		}
+		if g.WorkerID != p.WorkerID {
+			return fftype.Statef(fftype.CodeInvalidClaimGrant, "grant %s was issued to another worker", g.ID)
+		}
+		if !now.Before(g.ExpiresAt) {
+			return fftype.Statef(fftype.CodeClaimGrantExpired, "grant %s expired at %s", g.ID, g.ExpiresAt.Format(time.RFC3339Nano))
+		}
+		if err := tx.Prefetch(payloadKey(x.ID)); err != nil {
+			return err
+		}
+		lease, err = e.acquire(tx, x, e.placementOf(x), w, now)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	e.notifyTimers()
+	return lease, nil
+}

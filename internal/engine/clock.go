@@ -1,0 +1,62 @@
+package engine
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/flowfabric/flowfabric/ffstore"
+)
+
+// StoreClock is the production clock: it samples the store's clock at most about once a
+// second and adds the local monotonic time elapsed since the sample, so every process on
+// one store agrees on the time without asking the store on every call.
+type StoreClock struct {
+	store    ffstore.Store
+	interval time.Duration
+
+	mu        sync.Mutex
+	base      time.Time // store time at the last sample
+	sampledAt time.Time // local time (with monotonic reading) of the last sample
+}
+
+// NewStoreClock returns a clock that follows store's clock.
+func NewStoreClock(store ffstore.Store) *StoreClock {
+	return &StoreClock{store: store, interval: time.Second}
+}
+
+// Now returns the store's time as of the last sample plus the local elapsed time. If the
+// store cannot be reached it keeps extrapolating from the last good sample, or uses the
+// local clock if there never was one.
+func (c *StoreClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	local := time.Now()
+	if c.base.IsZero() || local.Sub(c.sampledAt) >= c.interval {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		t, err := c.store.Now(ctx)
+		cancel()
+		if err == nil {
+			c.base, c.sampledAt = t, time.Now()
+			return c.base
+		}
+		if c.base.IsZero() {
+			return local
+		}
+	}
+	return c.base.Add(local.Sub(c.sampledAt))
+}
+
+// Sleep waits for d of real time, or until wake fires or ctx is done.
+func (c *StoreClock) Sleep(ctx context.Context, d time.Duration, wake <-chan struct{}) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-wake:
+		return nil
+	case <-t.C:
+		return nil
+	}
+}

@@ -1,0 +1,227 @@
+// Package engine is the FlowFabric state machine: every rule about executions, attempts,
+// leases and grants lives here, once, as Go code over typed records. Stores only store
+// (package ffstore); the engine reads a unit's records, decides, and writes one batch.
+package engine
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/flowfabric/flowfabric/ffstore"
+	"github.com/flowfabric/flowfabric/fftype"
+)
+
+// Config tunes an Engine. The zero value is usable.
+type Config struct {
+	// Clock is the engine's time source. Nil means a clock that samples the store's clock
+	// about once a second and adds the local monotonic delta.
+	Clock fftype.Clock
+	// Logger receives the engine's logs. Nil discards them.
+	Logger *slog.Logger
+	// Retention is how long terminal executions are kept before they are deleted.
+	// 0 means 7 days.
+	Retention time.Duration
+	// MaxPayloadBytes bounds payloads and results. 0 means 16 MiB.
+	MaxPayloadBytes int
+	// TimerPollInterval is the longest the timer loop sleeps before looking for due work
+	// again (work scheduled by this process wakes it at once). 0 means 1s.
+	TimerPollInterval time.Duration
+	// TimerBatch is how many due items one timer unit handles. 0 means 128.
+	TimerBatch int
+	// ConflictRetries is how many times a unit that lost a race is retried before the
+	// operation fails with a contention error. 0 means 16.
+	ConflictRetries int
+	// JitterFunc returns a float in [0,1) for backoff jitter. Nil means math/rand/v2.
+	JitterFunc func() float64
+}
+
+// Defaults.
+const (
+	DefaultRetention       = 7 * 24 * time.Hour
+	DefaultMaxPayloadBytes = 16 << 20
+)
+
+// Engine runs every execution operation against one store. It is safe for concurrent use.
+type Engine struct {
+	store  ffstore.Store
+	shards int
+	clock  fftype.Clock
+	log    *slog.Logger
+	cfg    Config
+
+	// wake coalesces "a timer may now be due sooner" notifications for the timer loop.
+	wake chan struct{}
+
+	rotMu    sync.Mutex
+	rotation map[string]string // lane → namespace served last, for fair rotation
+	laneTurn uint64            // advances each claim, to rotate across a worker's lanes
+
+	loopMu   sync.Mutex
+	loopStop context.CancelFunc
+	loopDone chan struct{}
+}
+
+// New returns an engine over store.
+func New(store ffstore.Store, cfg *Config) (*Engine, error) {
+	if store == nil {
+		return nil, errors.New("engine: nil store")
+	}
+	c := Config{}
+	if cfg != nil {
+		c = *cfg
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Retention <= 0 {
+		c.Retention = DefaultRetention
+	}
+	if c.MaxPayloadBytes <= 0 {
+		c.MaxPayloadBytes = DefaultMaxPayloadBytes
+	}
+	if c.TimerPollInterval <= 0 {
+		c.TimerPollInterval = time.Second
+	}
+	if c.TimerBatch <= 0 {
+		c.TimerBatch = 128
+	}
+	if c.ConflictRetries <= 0 {
+		c.ConflictRetries = 16
+	}
+	if c.JitterFunc == nil {
+		c.JitterFunc = rand.Float64
+	}
+	if c.Clock == nil {
+		c.Clock = NewStoreClock(store)
+	}
+	shards := store.Shards()
+	if shards < 1 || shards > fftype.MaxShards {
+		return nil, fmt.Errorf("engine: store reports %d shards", shards)
+	}
+	return &Engine{
+		store:    store,
+		shards:   shards,
+		clock:    c.Clock,
+		log:      c.Logger,
+		cfg:      c,
+		wake:     make(chan struct{}, 1),
+		rotation: map[string]string{},
+	}, nil
+}
+
+// Store returns the engine's store.
+func (e *Engine) Store() ffstore.Store { return e.store }
+
+// Clock returns the engine's clock.
+func (e *Engine) Clock() fftype.Clock { return e.clock }
+
+// now returns the engine time truncated to the millisecond, the resolution every store keeps.
+func (e *Engine) now() time.Time { return e.clock.Now().Truncate(time.Millisecond) }
+
+// update runs fn as a unit on shard, retrying when the store reports a conflict. fn must
+// be safe to run again: it re-reads everything it depends on.
+func (e *Engine) update(ctx context.Context, shard int, fn func(tx ffstore.Tx) error) error {
+	var err error
+	for i := 0; i < e.cfg.ConflictRetries; i++ {
+		err = e.store.Update(ctx, shard, fn)
+		if err == nil || !errors.Is(err, fftype.ErrStoreConflict) {
+			return err
+		}
+		if i > 2 {
+			backoff := time.Duration(1<<min(i, 8)) * 50 * time.Microsecond
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(backoff):
+			}
+		}
+	}
+	return err
+}
+
+// checkID validates an execution id against the store's shard count.
+func (e *Engine) checkID(id fftype.ExecutionID) (int, error) {
+	if _, err := fftype.ParseExecutionID(string(id)); err != nil {
+		return 0, err
+	}
+	shard := id.Shard()
+	if shard >= e.shards {
+		return 0, fftype.Validationf(fftype.CodeShardOutOfRange, "execution id %s names shard %d; the store has %d", id, shard, e.shards)
+	}
+	return shard, nil
+}
+
+// notifyTimers tells the timer loop that something may be due sooner than it thought.
+func (e *Engine) notifyTimers() {
+	select {
+	case e.wake <- struct{}{}:
+	default:
+	}
+}
+
+// getExec reads and decodes an execution record; it returns a not-found error if absent.
+func getExec(tx ffstore.ReadTx, id fftype.ExecutionID) (*fftype.Execution, error) {
+	b, ok, err := tx.Get(execKey(id))
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, fftype.NotFoundf(fftype.CodeExecutionNotFound, "execution %s not found", id)
+	}
+	x := &fftype.Execution{}
+	if err := json.Unmarshal(b, x); err != nil {
+		return nil, corrupt("execution "+string(id), err)
+	}
+	return x, nil
+}
+
+func putJSON(tx ffstore.Tx, key string, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		// Records are plain structs of strings, numbers and times; Marshal cannot fail.
+		panic("engine: encoding record: " + err.Error())
+	}
+	tx.Put(key, b)
+}
+
+func putExec(tx ffstore.Tx, x *fftype.Execution) { putJSON(tx, execKey(x.ID), x) }
+
+func getAttempt(tx ffstore.ReadTx, id fftype.ExecutionID, index int) (*fftype.Attempt, error) {
+	b, ok, err := tx.Get(attemptKey(id, index))
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, fftype.NotFoundf(fftype.CodeAttemptNotFound, "attempt %d of %s not found", index, id)
+	}
+	a := &fftype.Attempt{}
+	if err := json.Unmarshal(b, a); err != nil {
+		return nil, corrupt("attempt", err)
+	}
+	return a, nil
+}
+
+func corrupt(what string, err error) error {
+	return &fftype.Error{Kind: fftype.KindUnavailable, Code: fftype.CodeCorruption,
+		Message: what + " could not be decoded", Err: err}
+}
+
+// appendEvent records a transition of x in its shard's log.
+func appendEvent(tx ffstore.Tx, typ fftype.EventType, x *fftype.Execution, now time.Time, data any) {
+	ev := fftype.Event{Version: fftype.EventVersion, Type: typ, Time: now,
+		ExecutionID: x.ID, Namespace: x.Namespace, Lane: x.Lane}
+	if data != nil {
+		b, err := json.Marshal(data)
+		if err != nil {
+			panic("engine: encoding event: " + err.Error())
+		}
+		ev.Data = b
+	}
+	tx.AppendEvent(ev)
+}

@@ -1,0 +1,86 @@
+package engine
+
+import (
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/flowfabric/flowfabric/fftype"
+)
+
+// Record keys. Keys of one execution follow ffstore's convention "<kind>:<id>[/<suffix>]".
+func execKey(id fftype.ExecutionID) string    { return "x:" + string(id) }
+func payloadKey(id fftype.ExecutionID) string { return "p:" + string(id) }
+func resultKey(id fftype.ExecutionID) string  { return "r:" + string(id) }
+func attemptKey(id fftype.ExecutionID, index int) string {
+	return "a:" + string(id) + "/" + strconv.Itoa(index)
+}
+func idemKey(ns, key string) string { return "idem:" + ns + "/" + key }
+func laneKey(lane string) string    { return "lane:" + lane }
+
+// laneShard holds the lane registry (pause state).
+const laneShard = 0
+
+// sep separates the parts of a queue name. No lane, namespace or capability token may
+// contain it.
+const sep = "\x1f"
+
+// Queue names. Every queue is per shard.
+const (
+	queueAll            = "idx" + sep + "all"          // every execution, by creation time
+	queueDelayed        = "t" + sep + "delayed"        // runnable executions waiting for a time
+	queueLease          = "t" + sep + "lease"          // held leases, by expiry
+	queueAttemptTimeout = "t" + sep + "attempt_timeout" // running attempts with a timeout
+	queueDeadline       = "t" + sep + "deadline"       // non-terminal executions with a deadline
+	queueGrant          = "t" + sep + "grant"          // outstanding grants, by expiry
+	queueRetention      = "t" + sep + "retention"      // terminal executions, by deletion time
+	queueIdem           = "t" + sep + "idem"           // idempotency keys, by expiry
+	timerPrefix         = "t" + sep
+	eligiblePrefix      = "e" + sep
+)
+
+// eligibleQueue names the eligible queue of (lane, namespace, required capabilities).
+func eligibleQueue(lane, ns string, caps []string) string {
+	return eligiblePrefix + lane + sep + ns + sep + strings.Join(caps, ",")
+}
+
+// eligibleLanePrefix is the prefix shared by every eligible queue of a lane.
+func eligibleLanePrefix(lane string) string { return eligiblePrefix + lane + sep }
+
+// parseEligibleQueue splits an eligible queue name into its parts.
+func parseEligibleQueue(q string) (lane, ns string, caps []string, ok bool) {
+	rest, found := strings.CutPrefix(q, eligiblePrefix)
+	if !found {
+		return "", "", nil, false
+	}
+	parts := strings.Split(rest, sep)
+	if len(parts) != 3 {
+		return "", "", nil, false
+	}
+	if parts[2] != "" {
+		caps = strings.Split(parts[2], ",")
+	}
+	return parts[0], parts[1], caps, true
+}
+
+// priorityBits is how many low bits of an eligible score hold the creation time in ms.
+const priorityBits = 43
+
+// priorityScore orders an eligible queue: higher priority first, then older first.
+func priorityScore(priority int, created time.Time) int64 {
+	return int64(fftype.MaxPriority-priority)<<priorityBits | ms(created)&(1<<priorityBits-1)
+}
+
+// priorityOfScore recovers the priority from an eligible score.
+func priorityOfScore(score int64) int { return fftype.MaxPriority - int(score>>priorityBits) }
+
+// ms converts a time to Unix milliseconds, clamping times before 1970 to 0.
+func ms(t time.Time) int64 {
+	if m := t.UnixMilli(); m > 0 {
+		return m
+	}
+	return 0
+}
+
+// fromMS converts Unix milliseconds to a time.
+func fromMS(m int64) time.Time { return time.UnixMilli(m) }

@@ -1,0 +1,247 @@
+package engine
+
+import (
+	"context"
+	"encoding/json"
+	"time"
+
+	"github.com/flowfabric/flowfabric/ffstore"
+	"github.com/flowfabric/flowfabric/fftype"
+)
+
+// timerQueues are the due-queues the timer loop serves.
+var timerQueues = map[string]bool{
+	queueDelayed: true, queueLease: true, queueAttemptTimeout: true, queueDeadline: true,
+	queueGrant: true, queueRetention: true, queueIdem: true,
+}
+
+// RunDue handles every timer that is due now on every shard — delayed promotion, lease
+// expiry, attempt timeouts, deadlines, grant expiry, retention and idempotency-key expiry —
+// and returns how many items it handled and when the next timer is due (zero if none).
+// Each item is handled in a unit that re-checks the record, so running RunDue in many
+// processes at once is safe.
+func (e *Engine) RunDue(ctx context.Context) (int, time.Time, error) {
+	handled := 0
+	for {
+		heads, err := e.store.QueueHeads(ctx, []string{timerPrefix})
+		if err != nil {
+			return handled, time.Time{}, err
+		}
+		now := e.now()
+		var next time.Time
+		ran := false
+		for _, h := range heads {
+			if !timerQueues[h.Queue] {
+				continue
+			}
+			if h.Item.Score > ms(now) {
+				if at := fromMS(h.Item.Score); next.IsZero() || at.Before(next) {
+					next = at
+				}
+				continue
+			}
+			n, err := e.runTimer(ctx, h.Shard, h.Queue)
+			if err != nil {
+				return handled, time.Time{}, err
+			}
+			handled += n
+			ran = true
+		}
+		if !ran {
+			return handled, next, nil
+		}
+	}
+}
+
+// runTimer handles up to one batch of due items of one timer queue in one unit.
+func (e *Engine) runTimer(ctx context.Context, shard int, queue string) (int, error) {
+	var n int
+	err := e.update(ctx, shard, func(tx ffstore.Tx) error {
+		now := e.now()
+		items, err := tx.PopDue(queue, ms(now), e.cfg.TimerBatch)
+		if err != nil {
+			return err
+		}
+		n = len(items)
+		if queue == queueIdem {
+			return expireIdemKeys(tx, items, now)
+		}
+		keys := make([]string, len(items))
+		for i, it := range items {
+			keys[i] = execKey(fftype.ExecutionID(it.Member))
+		}
+		if err := tx.Prefetch(keys...); err != nil {
+			return err
+		}
+		for _, it := range items {
+			x, err := getExec(tx, fftype.ExecutionID(it.Member))
+			if fftype.CodeOf(err) == fftype.CodeExecutionNotFound {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			before := e.placementOf(x).without(queue)
+			done, err := e.fire(tx, queue, x, before, now)
+			if err != nil {
+				return err
+			}
+			if !done {
+				// Not due after all (renewed, rescheduled): put the entry back if it belongs.
+				if score, ok := e.placementOf(x)[queue]; ok {
+					tx.QueueAdd(queue, string(x.ID), score)
+				}
+			}
+		}
+		return nil
+	})
+	return n, err
+}
+
+// fire applies the transition a due timer stands for, if x is still due. It reports
+// whether it did.
+func (e *Engine) fire(tx ffstore.Tx, queue string, x *fftype.Execution, before placement, now time.Time) (bool, error) {
+	due := func(t time.Time) bool { return !t.IsZero() && !t.After(now) }
+	switch queue {
+	case queueDelayed:
+		if x.Phase != fftype.PhaseRunnable || x.Eligibility != fftype.EligibilityUntilTime || !due(x.DelayUntil) {
+			return false, nil
+		}
+		toRunnable(x, x.AttemptState, now, fftype.BlockingWaitingForWorker, now)
+		e.save(tx, before, x)
+		appendEvent(tx, fftype.EventPromoted, x, now, nil)
+	case queueLease:
+		if x.Ownership != fftype.OwnershipLeased || !due(x.LeaseExpiresAt) {
+			return false, nil
+		}
+		return true, e.loseLease(tx, x, before, leaseEndExpired, "", now)
+	case queueAttemptTimeout:
+		if x.Ownership != fftype.OwnershipLeased || !due(x.AttemptTimeoutAt) {
+			return false, nil
+		}
+		_, err := e.failAttempt(tx, x, before, fftype.FailParams{Reason: "attempt_timeout", Category: "timeout"}, now)
+		return true, err
+	case queueDeadline:
+		if x.Phase == fftype.PhaseTerminal || !due(x.DeadlineAt) {
+			return false, nil
+		}
+		if x.Phase == fftype.PhaseActive {
+			if err := endAttempt(tx, x, fftype.AttemptFailed, "execution_deadline", "timeout", now); err != nil {
+				return false, err
+			}
+		}
+		x.FailureReason, x.FailureCategory = "execution_deadline", "timeout"
+		toTerminal(x, fftype.OutcomeExpired, now)
+		e.save(tx, before, x)
+		appendEvent(tx, fftype.EventExpired, x, now, map[string]any{"reason": "execution_deadline"})
+	case queueGrant:
+		if x.Eligibility != fftype.EligibilityGranted || !due(x.Grant.ExpiresAt) {
+			return false, nil
+		}
+		g := x.Grant
+		toRunnable(x, x.AttemptState, now, fftype.BlockingWaitingForWorker, now)
+		e.save(tx, before, x)
+		appendEvent(tx, fftype.EventGrantExpired, x, now, map[string]any{"grant_kind": g.Kind, "worker_id": g.WorkerID})
+	case queueRetention:
+		if x.Phase != fftype.PhaseTerminal || !due(x.CompletedAt.Add(e.cfg.Retention)) {
+			return false, nil
+		}
+		return true, e.delete(tx, x, before, now)
+	default:
+		return false, nil
+	}
+	return true, nil
+}
+
+// delete removes a terminal execution and everything stored with it.
+func (e *Engine) delete(tx ffstore.Tx, x *fftype.Execution, before placement, now time.Time) error {
+	for q := range before {
+		tx.QueueRemove(q, string(x.ID))
+	}
+	tx.Delete(execKey(x.ID))
+	tx.Delete(payloadKey(x.ID))
+	tx.Delete(resultKey(x.ID))
+	for i := 0; i < x.TotalAttempts; i++ {
+		tx.Delete(attemptKey(x.ID, i))
+	}
+	if x.IdemKey != "" {
+		b, ok, err := tx.Get(idemKey(x.Namespace, x.IdemKey))
+		if err != nil {
+			return err
+		}
+		var rec idemRecord
+		if ok && json.Unmarshal(b, &rec) == nil && rec.ID == x.ID {
+			tx.Delete(idemKey(x.Namespace, x.IdemKey))
+			tx.QueueRemove(queueIdem, x.Namespace+"/"+x.IdemKey)
+		}
+	}
+	appendEvent(tx, fftype.EventDeleted, x, now, nil)
+	return nil
+}
+
+// expireIdemKeys deletes idempotency keys whose window has passed.
+func expireIdemKeys(tx ffstore.Tx, items []ffstore.QueueItem, now time.Time) error {
+	for _, it := range items {
+		key := "idem:" + it.Member
+		b, ok, err := tx.Get(key)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			continue
+		}
+		var rec idemRecord
+		if err := json.Unmarshal(b, &rec); err != nil {
+			return corrupt("idempotency key", err)
+		}
+		if rec.ExpiresAt.After(now) {
+			tx.QueueAdd(queueIdem, it.Member, ms(rec.ExpiresAt))
+			continue
+		}
+		tx.Delete(key)
+	}
+	return nil
+}
+
+// Start runs the timer loop in the background until Stop or ctx ends: it handles due
+// timers, then sleeps until the next one is due, a local change may have made one due
+// sooner, or the poll interval passes (for changes made by other processes). Calling Start
+// on a running engine does nothing.
+func (e *Engine) Start(ctx context.Context) {
+	e.loopMu.Lock()
+	defer e.loopMu.Unlock()
+	if e.loopStop != nil {
+		return
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	e.loopStop, e.loopDone = cancel, done
+	go func() {
+		defer close(done)
+		for ctx.Err() == nil {
+			sleep := e.cfg.TimerPollInterval
+			_, next, err := e.RunDue(ctx)
+			if err != nil && ctx.Err() == nil {
+				e.log.Warn("timer loop: handling due timers failed", "err", err)
+			} else if !next.IsZero() {
+				sleep = min(sleep, max(next.Sub(e.now()), time.Millisecond))
+			}
+			if e.clock.Sleep(ctx, sleep, e.wake) != nil {
+				return
+			}
+		}
+	}()
+}
+
+// Stop ends the timer loop and waits for it. It is safe to call when not started, and
+// more than once.
+func (e *Engine) Stop() {
+	e.loopMu.Lock()
+	stop, done := e.loopStop, e.loopDone
+	e.loopStop, e.loopDone = nil, nil
+	e.loopMu.Unlock()
+	if stop != nil {
+		stop()
+		<-done
+	}
+}
