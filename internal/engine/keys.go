@@ -27,14 +27,14 @@ const sep = "\x1f"
 
 // Queue names. Every queue is per shard.
 const (
-	queueAll            = "idx" + sep + "all"          // every execution, by creation time
-	queueDelayed        = "t" + sep + "delayed"        // runnable executions waiting for a time
-	queueLease          = "t" + sep + "lease"          // held leases, by expiry
+	queueAll            = "idx" + sep + "all"           // every execution, by creation time
+	queueDelayed        = "t" + sep + "delayed"         // runnable executions waiting for a time
+	queueLease          = "t" + sep + "lease"           // held leases, by expiry
 	queueAttemptTimeout = "t" + sep + "attempt_timeout" // running attempts with a timeout
-	queueDeadline       = "t" + sep + "deadline"       // non-terminal executions with a deadline
-	queueGrant          = "t" + sep + "grant"          // outstanding grants, by expiry
-	queueRetention      = "t" + sep + "retention"      // terminal executions, by deletion time
-	queueIdem           = "t" + sep + "idem"           // idempotency keys, by expiry
+	queueDeadline       = "t" + sep + "deadline"        // non-terminal executions with a deadline
+	queueGrant          = "t" + sep + "grant"           // outstanding grants, by expiry
+	queueRetention      = "t" + sep + "retention"       // terminal executions, by deletion time
+	queueIdem           = "t" + sep + "idem"            // idempotency keys, by expiry
 	timerPrefix         = "t" + sep
 	eligiblePrefix      = "e" + sep
 )
