@@ -1,0 +1,591 @@
+// Package ffsqlite is the embedded SQLite store, FlowFabric's zero-setup default.
+//
+// A store is one SQLite file in WAL mode. All writes of a process go through one writer
+// goroutine that runs units in group commits: it opens BEGIN IMMEDIATE, runs every queued
+// unit inside its own SAVEPOINT (so a unit that fails is undone without touching the
+// others), commits once, and only then returns each unit's result to its caller. With the
+// default synchronous=FULL a unit acknowledged by [Store.Update] survives a crash of the
+// process and of the machine. Reads outside units (View, QueueHeads, ReadEvents) use a
+// small pool of read-only connections that see the last committed state.
+//
+// A second process may open the same file and is correct, but not fast: writers of
+// different processes take turns through SQLite's write lock (BEGIN IMMEDIATE, waiting up
+// to the busy timeout), and a unit that cannot get the lock in time fails with a retryable
+// error of kind unavailable.
+//
+// The driver is modernc.org/sqlite (pure Go, no cgo). It was chosen by measuring the same
+// unit workload against github.com/mattn/go-sqlite3; see the store's benchmarks.
+//
+// The schema is versioned in the file and migrated forward on [Open]. A file written by a
+// newer binary is refused with an error coded [CodeSchemaTooNew].
+package ffsqlite
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"net/url"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/flowfabric/flowfabric/ffstore"
+	"github.com/flowfabric/flowfabric/fftype"
+)
+
+// Defaults for [Options].
+const (
+	DefaultShards          = 1
+	DefaultBusyTimeout     = 5 * time.Second
+	DefaultCheckpointBytes = 64 << 20
+	DefaultReadConns       = 4
+)
+
+// Synchronous is SQLite's synchronous setting for the writer's commits.
+type Synchronous string
+
+const (
+	// SynchronousFull syncs the write-ahead log on every commit: an acknowledged unit
+	// survives power loss. The default.
+	SynchronousFull Synchronous = "full"
+	// SynchronousNormal syncs only at checkpoints. Commits are faster and the file is never
+	// corrupted, but a power loss or OS crash may lose the last acknowledged units (a crash
+	// of the process alone loses nothing).
+	SynchronousNormal Synchronous = "normal"
+)
+
+// Options configures [Open]. The zero value, or nil, gives the defaults.
+type Options struct {
+	// Shards is the shard count given to a new file, 1 to [fftype.MaxShards]; 0 means
+	// [DefaultShards] for a new file and the stored count for an existing one. It is
+	// fixed when the file is created: opening an existing file with a different non-zero
+	// count fails with a validation error coded [CodeShardCountMismatch].
+	Shards int
+
+	// Synchronous is the durability of commits; "" means [SynchronousFull].
+	Synchronous Synchronous
+
+	// BusyTimeout is how long a connection waits for a lock held by another process
+	// before failing with a retryable unavailable error; 0 means [DefaultBusyTimeout].
+	BusyTimeout time.Duration
+
+	// CheckpointBytes bounds the write-ahead log: once it grows past this many bytes the
+	// writer copies it back into the database file (a PASSIVE checkpoint, which never
+	// waits for readers), and the file is truncated to this size when the log restarts.
+	// When the writer has been idle for a second it also runs a TRUNCATE checkpoint that
+	// empties the log if no reader is using it. 0 means [DefaultCheckpointBytes].
+	CheckpointBytes int64
+
+	// ReadConns is the size of the read-only connection pool used by View, QueueHeads and
+	// ReadEvents; 0 means [DefaultReadConns].
+	ReadConns int
+
+	// Logger receives the store's rare log lines (checkpoint failures, panics in units).
+	// nil discards them.
+	Logger *slog.Logger
+
+	// idleCheckpointDelay is how long the writer waits idle before a TRUNCATE checkpoint.
+	// Tests shorten it; 0 means one second.
+	idleCheckpointDelay time.Duration
+}
+
+func (o *Options) withDefaults() (Options, error) {
+	var out Options
+	if o != nil {
+		out = *o
+	}
+	if out.Shards < 0 || out.Shards > fftype.MaxShards {
+		return out, fftype.Validationf(fftype.CodeInvalidInput, "ffsqlite: Options.Shards is %d, want 0 (default) or 1 to %d", out.Shards, fftype.MaxShards)
+	}
+	switch out.Synchronous {
+	case "":
+		out.Synchronous = SynchronousFull
+	case SynchronousFull, SynchronousNormal:
+	default:
+		return out, fftype.Validationf(fftype.CodeInvalidInput, "ffsqlite: Options.Synchronous is %q, want %q or %q", out.Synchronous, SynchronousFull, SynchronousNormal)
+	}
+	if out.BusyTimeout < 0 || out.CheckpointBytes < 0 || out.ReadConns < 0 {
+		return out, fftype.Validationf(fftype.CodeInvalidInput, "ffsqlite: Options.BusyTimeout, CheckpointBytes and ReadConns must not be negative")
+	}
+	if out.BusyTimeout == 0 {
+		out.BusyTimeout = DefaultBusyTimeout
+	}
+	if out.CheckpointBytes == 0 {
+		out.CheckpointBytes = DefaultCheckpointBytes
+	}
+	if out.ReadConns == 0 {
+		out.ReadConns = DefaultReadConns
+	}
+	if out.Logger == nil {
+		out.Logger = slog.New(slog.DiscardHandler)
+	}
+	if out.idleCheckpointDelay == 0 {
+		out.idleCheckpointDelay = time.Second
+	}
+	return out, nil
+}
+
+// Store is an [ffstore.Store] on one SQLite file. All methods are safe for concurrent
+// use. Create one with [Open] or [OpenURL] and Close it when done.
+type Store struct {
+	path   string
+	opts   Options
+	shards int
+	log    *slog.Logger
+
+	// The writer: one connection owned by the writer goroutine, fed through units.
+	wdb        *sql.DB
+	wconn      *sql.Conn
+	ws         writerStmts
+	units      chan *unit
+	writerDone chan struct{}
+
+	// The readers.
+	rdb *sql.DB
+	rs  readerStmts
+
+	// Change detection: one connection of its own, so PRAGMA data_version compares
+	// against this connection's last look.
+	dvMu   sync.Mutex
+	dvConn *sql.Conn
+	dv     int64
+	dvSeen bool
+
+	// mu guards closed and, read-locked, the sends on units, so Close can close the
+	// channel once no Update is sending.
+	mu     sync.RWMutex
+	closed bool
+}
+
+var _ ffstore.Store = (*Store)(nil)
+
+// Open opens the store in the SQLite file at path, creating the file and its schema if
+// needed and migrating an older schema forward. opts may be nil.
+//
+// Open returns a validation error for bad options, for a shard count that differs from
+// the file's (code [CodeShardCountMismatch]) and for an SQLite file of another
+// application (code [CodeNotAStore]); an unavailable error coded [CodeSchemaTooNew] for a
+// file written by a newer binary; and an unavailable error if the file cannot be opened.
+func Open(ctx context.Context, path string, opts *Options) (*Store, error) {
+	o, err := opts.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if path == "" || path == ":memory:" || strings.HasPrefix(path, "file:") {
+		return nil, fftype.Validationf(fftype.CodeInvalidInput, "ffsqlite: path %q is not a file path", path)
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, fftype.Validationf(fftype.CodeInvalidInput, "ffsqlite: path %q: %v", path, err)
+	}
+	s := &Store{path: abs, opts: o, log: o.Logger.With("store", "ffsqlite", "path", abs)}
+	if err := s.open(ctx); err != nil {
+		s.closeHandles()
+		return nil, err
+	}
+	s.units = make(chan *unit, maxBatch)
+	s.writerDone = make(chan struct{})
+	go s.runWriter()
+	return s, nil
+}
+
+func (s *Store) open(ctx context.Context) error {
+	busy := fmt.Sprintf("PRAGMA busy_timeout = %d", s.opts.BusyTimeout.Milliseconds())
+	s.wdb = sql.OpenDB(newConnector(s.path, []string{
+		busy,
+		"PRAGMA synchronous = " + strings.ToUpper(string(s.opts.Synchronous)),
+		"PRAGMA foreign_keys = OFF",
+		"PRAGMA temp_store = MEMORY",
+		// Autocheckpoint in pages; adjusted to the real page size below.
+		fmt.Sprintf("PRAGMA wal_autocheckpoint = %d", max(1, s.opts.CheckpointBytes/4096)),
+		fmt.Sprintf("PRAGMA journal_size_limit = %d", s.opts.CheckpointBytes),
+	}))
+	s.wdb.SetMaxOpenConns(1)
+	s.wdb.SetMaxIdleConns(1)
+	s.wdb.SetConnMaxLifetime(0)
+	s.wdb.SetConnMaxIdleTime(0)
+	var err error
+	if s.wconn, err = s.wdb.Conn(ctx); err != nil {
+		return translate(err, "open")
+	}
+	var mode string
+	if err := s.wconn.QueryRowContext(ctx, "PRAGMA journal_mode = WAL").Scan(&mode); err != nil {
+		return translate(err, "set WAL mode")
+	}
+	if !strings.EqualFold(mode, "wal") {
+		return fftype.NewError(fftype.KindUnavailable, fftype.CodeStoreUnavailable,
+			"ffsqlite: the file system does not support WAL mode (journal_mode is %q)", mode)
+	}
+	var pageSize int64
+	if err := s.wconn.QueryRowContext(ctx, "PRAGMA page_size").Scan(&pageSize); err != nil {
+		return translate(err, "read page size")
+	}
+	if pageSize > 0 && pageSize != 4096 {
+		q := fmt.Sprintf("PRAGMA wal_autocheckpoint = %d", max(1, s.opts.CheckpointBytes/pageSize))
+		if _, err := s.wconn.ExecContext(ctx, q); err != nil {
+			return translate(err, "set autocheckpoint")
+		}
+	}
+	if s.shards, err = migrate(ctx, s.wconn, s.opts.Shards); err != nil {
+		return err
+	}
+	if err := s.ws.prepare(ctx, s.wconn); err != nil {
+		return err
+	}
+
+	s.rdb = sql.OpenDB(newConnector(s.path, []string{busy, "PRAGMA query_only = 1", "PRAGMA temp_store = MEMORY"}))
+	s.rdb.SetMaxOpenConns(s.opts.ReadConns + 1) // + the change-detection connection
+	s.rdb.SetMaxIdleConns(s.opts.ReadConns + 1)
+	s.rdb.SetConnMaxIdleTime(5 * time.Minute)
+	if err := s.rs.prepare(ctx, s.rdb); err != nil {
+		return err
+	}
+	return nil
+}
+
+// closeHandles closes whatever open managed to open.
+func (s *Store) closeHandles() error {
+	var errs []error
+	s.ws.close()
+	s.rs.close()
+	if s.dvConn != nil {
+		errs = append(errs, s.dvConn.Close())
+	}
+	if s.wconn != nil {
+		errs = append(errs, s.wconn.Close())
+	}
+	if s.wdb != nil {
+		errs = append(errs, s.wdb.Close())
+	}
+	if s.rdb != nil {
+		errs = append(errs, s.rdb.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// ParseURL parses the URL form of a store location into a path and options, for callers
+// that want to add a Logger before calling [Open]. The syntax is
+//
+//	sqlite:///abs/path/to/file.db?shards=4&synchronous=normal&busy_timeout=10s&checkpoint_bytes=67108864&read_conns=4
+//	sqlite:relative/path.db
+//
+// Every parameter is optional and maps to the [Options] field of the same name:
+// shards and checkpoint_bytes and read_conns are decimal integers, busy_timeout a Go
+// duration ("500ms", "10s"), synchronous "full" or "normal". A host part
+// ("sqlite://host/...") and unknown parameters are refused with a validation error.
+func ParseURL(rawURL string) (path string, opts *Options, err error) {
+	bad := func(format string, args ...any) (string, *Options, error) {
+		return "", nil, fftype.Validationf(fftype.CodeInvalidInput, "ffsqlite: store URL: "+format, args...)
+	}
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return bad("%v", err)
+	}
+	if u.Scheme != "sqlite" {
+		return bad("scheme is %q, want sqlite", u.Scheme)
+	}
+	if u.Host != "" || u.User != nil {
+		return bad("%q has a host; write sqlite:///abs/path.db or sqlite:rel/path.db", rawURL)
+	}
+	path = u.Path
+	if u.Opaque != "" {
+		if path, err = url.PathUnescape(u.Opaque); err != nil {
+			return bad("%v", err)
+		}
+	}
+	if path == "" {
+		return bad("%q has no file path", rawURL)
+	}
+	opts = &Options{}
+	for name, values := range u.Query() {
+		if len(values) != 1 {
+			return bad("parameter %s is given %d times", name, len(values))
+		}
+		v := values[0]
+		switch name {
+		case "shards", "read_conns", "checkpoint_bytes":
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil || n < 0 {
+				return bad("parameter %s=%q is not a non-negative integer", name, v)
+			}
+			switch name {
+			case "shards":
+				opts.Shards = int(min(n, math.MaxInt32))
+			case "read_conns":
+				opts.ReadConns = int(min(n, math.MaxInt32))
+			default:
+				opts.CheckpointBytes = n
+			}
+		case "synchronous":
+			opts.Synchronous = Synchronous(strings.ToLower(v))
+		case "busy_timeout":
+			d, err := time.ParseDuration(v)
+			if err != nil || d < 0 {
+				return bad("parameter busy_timeout=%q is not a duration", v)
+			}
+			opts.BusyTimeout = d
+		default:
+			return bad("unknown parameter %q", name)
+		}
+	}
+	if _, err := opts.withDefaults(); err != nil {
+		return "", nil, err
+	}
+	return path, opts, nil
+}
+
+// OpenURL opens the store named by a URL in the syntax of [ParseURL], for example
+// "sqlite:///var/lib/flowfabric/ff.db?synchronous=normal".
+func OpenURL(ctx context.Context, rawURL string) (*Store, error) {
+	path, opts, err := ParseURL(rawURL)
+	if err != nil {
+		return nil, err
+	}
+	return Open(ctx, path, opts)
+}
+
+// Path returns the absolute path of the store's file.
+func (s *Store) Path() string { return s.path }
+
+// Shards returns the shard count stored in the file.
+func (s *Store) Shards() int { return s.shards }
+
+// check validates a call's shard and context.
+func (s *Store) check(ctx context.Context, shard int) error {
+	if shard < 0 || shard >= s.shards {
+		return fftype.Validationf(fftype.CodeShardOutOfRange, "shard %d is out of range: the store has shards 0 to %d", shard, s.shards-1)
+	}
+	return ctx.Err()
+}
+
+func (s *Store) isClosed() bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.closed
+}
+
+// Update runs fn as one unit on shard. fn runs on the store's writer goroutine inside the
+// current group commit, so it must not block for long and must not call Update itself
+// (that deadlocks). Update returns only after the unit's commit is durable. If fn returns
+// an error, the unit's writes are rolled back and the error is returned unchanged; if fn
+// panics, its writes are rolled back and the panic is re-raised in the caller's goroutine.
+// If ctx ends before the writer takes the unit, fn does not run and ctx.Err() is
+// returned; once fn has started, Update waits for the commit regardless of ctx, so an
+// error always means nothing was written. Store failures (lock held by another process
+// past the busy timeout, I/O errors) return an unavailable *fftype.Error. Returns a
+// validation error coded shard_out_of_range for a bad shard and an unavailable error after
+// Close.
+func (s *Store) Update(ctx context.Context, shard int, fn func(tx ffstore.Tx) error) error {
+	if err := s.check(ctx, shard); err != nil {
+		return err
+	}
+	u := &unit{ctx: ctx, shard: shard, fn: fn, done: make(chan struct{})}
+	s.mu.RLock()
+	if s.closed {
+		s.mu.RUnlock()
+		return errClosed()
+	}
+	select {
+	case s.units <- u:
+		s.mu.RUnlock()
+	case <-ctx.Done():
+		s.mu.RUnlock()
+		return ctx.Err()
+	}
+	<-u.done
+	if u.panicked {
+		panic(u.panicValue)
+	}
+	return u.err
+}
+
+// View runs fn against a read-only snapshot of shard: the state after the last commit
+// when fn made its first read. fn's error is returned unchanged. Argument errors are as
+// for Update.
+func (s *Store) View(ctx context.Context, shard int, fn func(tx ffstore.ReadTx) error) error {
+	if err := s.check(ctx, shard); err != nil {
+		return err
+	}
+	if s.isClosed() {
+		return errClosed()
+	}
+	sqlTx, err := s.rdb.BeginTx(ctx, nil)
+	if err != nil {
+		return translate(err, "begin read")
+	}
+	t := &readTx{s: s, ctx: ctx, shard: shard, tx: sqlTx}
+	defer func() {
+		t.done = true
+		_ = sqlTx.Rollback() // a read transaction: nothing to commit
+	}()
+	return fn(t)
+}
+
+// QueueHeads returns the first item of every non-empty queue, on any shard, whose name
+// starts with one of prefixes; a queue matched by two prefixes is reported once. It reads
+// the queue directory, so its cost grows with the number of matching queues, not items.
+// The result is in (queue, shard) order, and each prefix is read at its own moment.
+func (s *Store) QueueHeads(ctx context.Context, prefixes []string) ([]ffstore.QueueHead, error) {
+	if s.isClosed() {
+		return nil, errClosed()
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	var heads []ffstore.QueueHead
+	for _, p := range disjointPrefixes(prefixes) {
+		var rows *sql.Rows
+		var err error
+		if hi, ok := prefixEnd(p); ok {
+			rows, err = s.rs.headsRange.QueryContext(ctx, p, hi)
+		} else {
+			rows, err = s.rs.headsFrom.QueryContext(ctx, p)
+		}
+		if err != nil {
+			return nil, translate(err, "read queue heads")
+		}
+		for rows.Next() {
+			var h ffstore.QueueHead
+			if err := rows.Scan(&h.Shard, &h.Queue, &h.Item.Member, &h.Item.Score); err != nil {
+				_ = rows.Close()
+				return nil, translate(err, "read queue heads")
+			}
+			heads = append(heads, h)
+		}
+		if err := rows.Err(); err != nil {
+			return nil, translate(err, "read queue heads")
+		}
+	}
+	return heads, nil
+}
+
+// disjointPrefixes returns prefixes sorted, without the ones another prefix covers, so no
+// queue matches two of them.
+func disjointPrefixes(prefixes []string) []string {
+	sorted := slices.Clone(prefixes)
+	slices.Sort(sorted)
+	out := sorted[:0]
+	for _, p := range sorted {
+		if len(out) > 0 && strings.HasPrefix(p, out[len(out)-1]) {
+			continue
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+// prefixEnd returns the smallest string greater than every string that starts with p, or
+// false if there is none (p is empty or all 0xff bytes).
+func prefixEnd(p string) (string, bool) {
+	b := []byte(p)
+	for i := len(b) - 1; i >= 0; i-- {
+		if b[i] < 0xff {
+			b[i]++
+			return string(b[:i+1]), true
+		}
+	}
+	return "", false
+}
+
+// ReadEvents returns up to limit events of shard with Seq greater than after, in Seq
+// order; limit <= 0 returns none. Argument errors are as for Update.
+func (s *Store) ReadEvents(ctx context.Context, shard int, after uint64, limit int) ([]fftype.Event, error) {
+	if err := s.check(ctx, shard); err != nil {
+		return nil, err
+	}
+	if s.isClosed() {
+		return nil, errClosed()
+	}
+	if limit <= 0 || after >= math.MaxInt64 {
+		return nil, nil
+	}
+	rows, err := s.rs.events.QueryContext(ctx, shard, int64(after), limit)
+	if err != nil {
+		return nil, translate(err, "read events")
+	}
+	defer rows.Close()
+	var out []fftype.Event
+	for rows.Next() {
+		ev := fftype.Event{Shard: shard}
+		var sec, nsec int64
+		var seq int64
+		var data []byte
+		if err := rows.Scan(&seq, &ev.Version, &ev.Type, &sec, &nsec, &ev.ExecutionID, &ev.Namespace, &ev.Lane, &data); err != nil {
+			return nil, translate(err, "read events")
+		}
+		ev.Seq = uint64(seq)
+		ev.Time = time.Unix(sec, nsec).UTC()
+		if data != nil {
+			ev.Data = data
+		}
+		out = append(out, ev)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, translate(err, "read events")
+	}
+	return out, nil
+}
+
+// Now returns the local clock, time.Now(). It fails only after Close or when ctx is done.
+func (s *Store) Now(ctx context.Context) (time.Time, error) {
+	if s.isClosed() {
+		return time.Time{}, errClosed()
+	}
+	if err := ctx.Err(); err != nil {
+		return time.Time{}, err
+	}
+	return time.Now(), nil
+}
+
+// Changed reports whether any connection, of this process or another, committed to the
+// file since the previous call of Changed (the first call reports true). It costs one
+// cheap query (PRAGMA data_version) and is meant for wake-ups of log readers that poll.
+func (s *Store) Changed(ctx context.Context) (bool, error) {
+	if s.isClosed() {
+		return false, errClosed()
+	}
+	s.dvMu.Lock()
+	defer s.dvMu.Unlock()
+	if s.dvConn == nil {
+		c, err := s.rdb.Conn(ctx)
+		if err != nil {
+			return false, translate(err, "open change-detection connection")
+		}
+		s.dvConn = c
+	}
+	var v int64
+	if err := s.dvConn.QueryRowContext(ctx, "PRAGMA data_version").Scan(&v); err != nil {
+		return false, translate(err, "read data_version")
+	}
+	// The writer's own commits are made on another connection, so they change this
+	// connection's data_version too.
+	changed := !s.dvSeen || v != s.dv
+	s.dv, s.dvSeen = v, true
+	return changed, nil
+}
+
+// Close waits for the units already queued to commit, then closes the file. Later calls,
+// Close included, return an unavailable error.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return errClosed()
+	}
+	s.closed = true
+	close(s.units)
+	s.mu.Unlock()
+	<-s.writerDone
+	s.dvMu.Lock()
+	defer s.dvMu.Unlock()
+	if err := s.closeHandles(); err != nil {
+		return translate(err, "close")
+	}
+	return nil
+}

@@ -1,0 +1,134 @@
+package ffsqlite
+
+import (
+	"context"
+	"database/sql"
+)
+
+// All SQL of the store, prepared once: the writer's statements on the writer connection,
+// the readers' on the read pool (database/sql prepares them per connection on first use).
+
+const (
+	sqlGet        = `SELECT value FROM records WHERE shard = ? AND key = ?`
+	sqlPut        = `INSERT INTO records (shard, key, value) VALUES (?1, ?2, ?3) ON CONFLICT (shard, key) DO UPDATE SET value = ?3`
+	sqlDelete     = `DELETE FROM records WHERE shard = ? AND key = ?`
+	sqlRangeFirst = `SELECT member, score FROM queue_items
+		WHERE shard = ?1 AND queue = ?2 AND score <= ?3
+		ORDER BY score, member LIMIT ?4`
+	sqlRangeAfter = `SELECT member, score FROM queue_items
+		WHERE shard = ?1 AND queue = ?2 AND score <= ?3 AND (score, member) > (?5, ?6)
+		ORDER BY score, member LIMIT ?4`
+	sqlQueueAdd = `INSERT INTO queue_items (shard, queue, member, score) VALUES (?1, ?2, ?3, ?4)
+		ON CONFLICT (shard, queue, member) DO UPDATE SET score = ?4`
+	sqlQueueDir    = `INSERT INTO queues (queue, shard) VALUES (?2, ?1) ON CONFLICT DO NOTHING`
+	sqlQueueRemove = `DELETE FROM queue_items WHERE shard = ? AND queue = ? AND member = ?`
+	sqlQueuePrune  = `DELETE FROM queues WHERE queue = ?2 AND shard = ?1
+		AND NOT EXISTS (SELECT 1 FROM queue_items WHERE shard = ?1 AND queue = ?2)`
+	sqlNextSeq = `INSERT INTO event_seqs (shard, last_seq) VALUES (?, 1)
+		ON CONFLICT (shard) DO UPDATE SET last_seq = last_seq + 1 RETURNING last_seq`
+	sqlAppendEvent = `INSERT INTO events
+		(shard, seq, version, type, time_unix, time_nsec, execution_id, namespace, lane, data)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+	sqlReadEvents = `SELECT seq, version, type, time_unix, time_nsec, execution_id, namespace, lane, data
+		FROM events WHERE shard = ? AND seq > ? ORDER BY seq LIMIT ?`
+	// The head of each queue in the directory whose name is in [?1, ?2), one index seek
+	// per queue.
+	sqlHeadsSelect = `SELECT q.shard, q.queue, i.member, i.score FROM queues q
+		JOIN queue_items i ON i.shard = q.shard AND i.queue = q.queue AND i.member = (
+			SELECT member FROM queue_items h WHERE h.shard = q.shard AND h.queue = q.queue
+			ORDER BY score, member LIMIT 1)`
+	sqlHeadsRange = sqlHeadsSelect + ` WHERE q.queue >= ?1 AND q.queue < ?2 ORDER BY q.queue, q.shard`
+	sqlHeadsFrom  = sqlHeadsSelect + ` WHERE q.queue >= ?1 ORDER BY q.queue, q.shard`
+)
+
+// writerStmts are prepared on the writer connection.
+type writerStmts struct {
+	begin, commit, rollback       *sql.Stmt
+	savepoint, release, rollbackTo *sql.Stmt
+
+	get, put, del          *sql.Stmt
+	rangeFirst, rangeAfter *sql.Stmt
+	queueAdd, queueDir     *sql.Stmt
+	queueRemove, prune     *sql.Stmt
+	nextSeq, appendEvent   *sql.Stmt
+}
+
+func (w *writerStmts) prepare(ctx context.Context, conn *sql.Conn) error {
+	for _, p := range []struct {
+		dst **sql.Stmt
+		sql string
+	}{
+		{&w.begin, "BEGIN IMMEDIATE"},
+		{&w.commit, "COMMIT"},
+		{&w.rollback, "ROLLBACK"},
+		{&w.savepoint, "SAVEPOINT unit"},
+		{&w.release, "RELEASE unit"},
+		{&w.rollbackTo, "ROLLBACK TO unit"},
+		{&w.get, sqlGet},
+		{&w.put, sqlPut},
+		{&w.del, sqlDelete},
+		{&w.rangeFirst, sqlRangeFirst},
+		{&w.rangeAfter, sqlRangeAfter},
+		{&w.queueAdd, sqlQueueAdd},
+		{&w.queueDir, sqlQueueDir},
+		{&w.queueRemove, sqlQueueRemove},
+		{&w.prune, sqlQueuePrune},
+		{&w.nextSeq, sqlNextSeq},
+		{&w.appendEvent, sqlAppendEvent},
+	} {
+		st, err := conn.PrepareContext(ctx, p.sql)
+		if err != nil {
+			return translate(err, "prepare")
+		}
+		*p.dst = st
+	}
+	return nil
+}
+
+func (w *writerStmts) close() {
+	for _, st := range []*sql.Stmt{
+		w.begin, w.commit, w.rollback, w.savepoint, w.release, w.rollbackTo,
+		w.get, w.put, w.del, w.rangeFirst, w.rangeAfter, w.queueAdd, w.queueDir,
+		w.queueRemove, w.prune, w.nextSeq, w.appendEvent,
+	} {
+		if st != nil {
+			_ = st.Close()
+		}
+	}
+}
+
+// readerStmts are prepared on the read pool.
+type readerStmts struct {
+	get, rangeFirst, rangeAfter *sql.Stmt
+	headsRange, headsFrom       *sql.Stmt
+	events                      *sql.Stmt
+}
+
+func (r *readerStmts) prepare(ctx context.Context, db *sql.DB) error {
+	for _, p := range []struct {
+		dst **sql.Stmt
+		sql string
+	}{
+		{&r.get, sqlGet},
+		{&r.rangeFirst, sqlRangeFirst},
+		{&r.rangeAfter, sqlRangeAfter},
+		{&r.headsRange, sqlHeadsRange},
+		{&r.headsFrom, sqlHeadsFrom},
+		{&r.events, sqlReadEvents},
+	} {
+		st, err := db.PrepareContext(ctx, p.sql)
+		if err != nil {
+			return translate(err, "prepare")
+		}
+		*p.dst = st
+	}
+	return nil
+}
+
+func (r *readerStmts) close() {
+	for _, st := range []*sql.Stmt{r.get, r.rangeFirst, r.rangeAfter, r.headsRange, r.headsFrom, r.events} {
+		if st != nil {
+			_ = st.Close()
+		}
+	}
+}

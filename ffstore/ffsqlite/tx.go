@@ -1,0 +1,249 @@
+package ffsqlite
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"math"
+	"sync/atomic"
+
+	"github.com/flowfabric/flowfabric/ffstore"
+	"github.com/flowfabric/flowfabric/fftype"
+)
+
+func errTxDone() error {
+	return fftype.Validationf(fftype.CodeInvalidInput, "ffsqlite: transaction used after its unit ended")
+}
+
+// writeTx is a unit. It runs on the writer goroutine and executes every statement in
+// place on the writer connection, inside the unit's savepoint, so its reads see its own
+// writes. Writes have no error result in the contract: the first failure is kept in err,
+// fails every later call, and makes the unit roll back and return it.
+type writeTx struct {
+	s     *Store
+	shard int
+	err   error
+	done  atomic.Bool
+}
+
+var _ ffstore.Tx = (*writeTx)(nil)
+
+// usable reports whether the unit can still run statements.
+func (t *writeTx) usable() error {
+	if t.done.Load() {
+		return errTxDone()
+	}
+	return t.err
+}
+
+func (t *writeTx) fail(err error, op string) {
+	if t.err == nil {
+		t.err = translate(err, op)
+	}
+}
+
+// Prefetch does nothing: every Get is an in-process B-tree lookup on the writer
+// connection, so there is no round trip to save.
+func (t *writeTx) Prefetch(keys ...string) error { return t.usable() }
+
+func (t *writeTx) Get(key string) ([]byte, bool, error) {
+	if err := t.usable(); err != nil {
+		return nil, false, err
+	}
+	v, ok, err := getValue(bg, t.s.ws.get, t.shard, key)
+	if err != nil {
+		t.fail(err, "get")
+		return nil, false, t.err
+	}
+	return v, ok, nil
+}
+
+func (t *writeTx) Range(queue string, after *ffstore.QueueItem, maxScore int64, n int) ([]ffstore.QueueItem, error) {
+	if err := t.usable(); err != nil {
+		return nil, err
+	}
+	items, err := rangeItems(bg, t.s.ws.rangeFirst, t.s.ws.rangeAfter, t.shard, queue, after, maxScore, n)
+	if err != nil {
+		t.fail(err, "range")
+		return nil, t.err
+	}
+	return items, nil
+}
+
+func (t *writeTx) exec(op string, st *sql.Stmt, args ...any) sql.Result {
+	if t.done.Load() {
+		panic("ffsqlite: " + op + " on a transaction whose unit has ended")
+	}
+	if t.err != nil {
+		return nil
+	}
+	res, err := st.ExecContext(bg, args...)
+	if err != nil {
+		t.fail(err, op)
+		return nil
+	}
+	return res
+}
+
+func (t *writeTx) Put(key string, value []byte) {
+	if value == nil {
+		value = []byte{}
+	}
+	t.exec("put", t.s.ws.put, t.shard, key, value)
+}
+
+func (t *writeTx) Delete(key string) {
+	t.exec("delete", t.s.ws.del, t.shard, key)
+}
+
+func (t *writeTx) QueueAdd(queue, member string, score int64) {
+	t.exec("queue add", t.s.ws.queueAdd, t.shard, queue, member, score)
+	t.exec("queue add", t.s.ws.queueDir, t.shard, queue)
+}
+
+func (t *writeTx) QueueRemove(queue, member string) {
+	res := t.exec("queue remove", t.s.ws.queueRemove, t.shard, queue, member)
+	if res == nil {
+		return
+	}
+	if n, err := res.RowsAffected(); err == nil && n > 0 {
+		t.exec("queue remove", t.s.ws.prune, t.shard, queue)
+	}
+}
+
+func (t *writeTx) PopDue(queue string, maxScore int64, n int) ([]ffstore.QueueItem, error) {
+	if err := t.usable(); err != nil {
+		return nil, err
+	}
+	items, err := rangeItems(bg, t.s.ws.rangeFirst, nil, t.shard, queue, nil, maxScore, n)
+	if err != nil {
+		t.fail(err, "pop")
+		return nil, t.err
+	}
+	if len(items) == 0 {
+		return nil, nil
+	}
+	for _, it := range items {
+		t.exec("pop", t.s.ws.queueRemove, t.shard, queue, it.Member)
+	}
+	t.exec("pop", t.s.ws.prune, t.shard, queue)
+	if t.err != nil {
+		return nil, t.err
+	}
+	return items, nil
+}
+
+func (t *writeTx) AppendEvent(ev fftype.Event) {
+	if t.done.Load() {
+		panic("ffsqlite: AppendEvent on a transaction whose unit has ended")
+	}
+	if t.err != nil {
+		return
+	}
+	var seq int64
+	if err := t.s.ws.nextSeq.QueryRowContext(bg, t.shard).Scan(&seq); err != nil {
+		t.fail(err, "append event")
+		return
+	}
+	var data any
+	if ev.Data != nil {
+		data = []byte(ev.Data)
+	}
+	t.exec("append event", t.s.ws.appendEvent, t.shard, seq, ev.Version, string(ev.Type),
+		ev.Time.Unix(), int64(ev.Time.Nanosecond()), string(ev.ExecutionID), ev.Namespace, ev.Lane, data)
+}
+
+// readTx is a View: one read transaction on a pooled read-only connection.
+type readTx struct {
+	s     *Store
+	ctx   context.Context
+	shard int
+	tx    *sql.Tx
+	done  bool
+
+	get, rangeFirst, rangeAfter *sql.Stmt // bound to tx on first use
+}
+
+var _ ffstore.ReadTx = (*readTx)(nil)
+
+func (t *readTx) stmt(dst **sql.Stmt, src *sql.Stmt) *sql.Stmt {
+	if *dst == nil {
+		*dst = t.tx.StmtContext(t.ctx, src)
+	}
+	return *dst
+}
+
+// Prefetch does nothing: reads are in-process, so there is no round trip to save.
+func (t *readTx) Prefetch(keys ...string) error {
+	if t.done {
+		return errTxDone()
+	}
+	return nil
+}
+
+func (t *readTx) Get(key string) ([]byte, bool, error) {
+	if t.done {
+		return nil, false, errTxDone()
+	}
+	v, ok, err := getValue(t.ctx, t.stmt(&t.get, t.s.rs.get), t.shard, key)
+	return v, ok, translate(err, "get")
+}
+
+func (t *readTx) Range(queue string, after *ffstore.QueueItem, maxScore int64, n int) ([]ffstore.QueueItem, error) {
+	if t.done {
+		return nil, errTxDone()
+	}
+	first := t.stmt(&t.rangeFirst, t.s.rs.rangeFirst)
+	var next *sql.Stmt
+	if after != nil {
+		next = t.stmt(&t.rangeAfter, t.s.rs.rangeAfter)
+	}
+	items, err := rangeItems(t.ctx, first, next, t.shard, queue, after, maxScore, n)
+	return items, translate(err, "range")
+}
+
+// getValue reads one record. An existing empty value is returned as a non-nil empty
+// slice.
+func getValue(ctx context.Context, st *sql.Stmt, shard int, key string) ([]byte, bool, error) {
+	var v []byte
+	err := st.QueryRowContext(ctx, shard, key).Scan(&v)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	if v == nil {
+		v = []byte{}
+	}
+	return v, true, nil
+}
+
+// rangeItems reads up to n items of queue with score <= maxScore in (score, member) order,
+// strictly after *after when it is set. Errors are the driver's, untranslated.
+func rangeItems(ctx context.Context, first, next *sql.Stmt, shard int, queue string, after *ffstore.QueueItem, maxScore int64, n int) ([]ffstore.QueueItem, error) {
+	if n <= 0 {
+		return nil, nil
+	}
+	n = min(n, math.MaxInt32)
+	var rows *sql.Rows
+	var err error
+	if after == nil {
+		rows, err = first.QueryContext(ctx, shard, queue, maxScore, n)
+	} else {
+		rows, err = next.QueryContext(ctx, shard, queue, maxScore, n, after.Score, after.Member)
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var items []ffstore.QueueItem
+	for rows.Next() {
+		var it ffstore.QueueItem
+		if err := rows.Scan(&it.Member, &it.Score); err != nil {
+			return nil, err
+		}
+		items = append(items, it)
+	}
+	return items, rows.Err()
+}

@@ -1,0 +1,203 @@
+package ffsqlite
+
+import (
+	"context"
+	"fmt"
+	"runtime/debug"
+	"time"
+
+	"github.com/flowfabric/flowfabric/ffstore"
+)
+
+// maxBatch bounds the units of one group commit, and the queue of units waiting for the
+// writer.
+const maxBatch = 256
+
+// unit is one Update waiting for, or run by, the writer.
+type unit struct {
+	ctx   context.Context
+	shard int
+	fn    func(tx ffstore.Tx) error
+
+	// Set by the writer before done is closed.
+	err        error
+	panicked   bool
+	panicValue any
+	ran        bool // the writer has taken the unit up
+	pending    bool // fn succeeded and its savepoint was released: waits for COMMIT
+	done       chan struct{}
+}
+
+// bg is the context of the writer's statements. Units are not cancelled once started:
+// the busy timeout bounds every wait, and an Update that returned an error must have
+// written nothing.
+var bg = context.Background() //nolint:gochecknoglobals // constant
+
+// runWriter is the writer goroutine: it takes units in group commits until Close closes
+// the unit channel and every queued unit has run.
+func (s *Store) runWriter() {
+	defer close(s.writerDone)
+	idle := time.NewTimer(time.Hour)
+	idle.Stop()
+	dirty := false // commits since the last idle checkpoint
+	batch := make([]*unit, 0, maxBatch)
+	for {
+		var first *unit
+		select {
+		case u, ok := <-s.units:
+			if !ok {
+				return
+			}
+			first = u
+		case <-idle.C:
+			if dirty {
+				s.idleCheckpoint()
+				dirty = false
+			}
+			continue
+		}
+		batch = s.runBatch(append(batch[:0], first))
+		clear(batch)
+		dirty = true
+		idle.Reset(s.opts.idleCheckpointDelay)
+	}
+}
+
+// take adds queued units to batch without waiting, up to maxBatch.
+func (s *Store) take(batch []*unit) []*unit {
+	for len(batch) < maxBatch {
+		select {
+		case u, ok := <-s.units:
+			if !ok {
+				return batch
+			}
+			batch = append(batch, u)
+		default:
+			return batch
+		}
+	}
+	return batch
+}
+
+// runBatch runs one group commit: the units in batch plus those that arrive while it
+// runs, each in its own savepoint, then one COMMIT, and only then reports every result.
+func (s *Store) runBatch(batch []*unit) []*unit {
+	defer func() {
+		for _, u := range batch {
+			close(u.done)
+		}
+	}()
+	batch = s.take(batch)
+	if _, err := s.ws.begin.ExecContext(bg); err != nil {
+		err = translate(err, "begin write transaction")
+		for _, u := range batch {
+			u.err = err
+		}
+		return batch
+	}
+	for i := 0; i < len(batch); i++ {
+		if err := s.runUnit(batch[i]); err != nil {
+			// The transaction is in an unknown state (SQLite rolls back the whole
+			// transaction on some I/O errors): drop it and every unit in it.
+			s.abort(batch, err)
+			return batch
+		}
+		if i == len(batch)-1 {
+			// Units that arrived while this batch ran join it for free: the commit has
+			// not happened yet.
+			batch = s.take(batch)
+		}
+	}
+	if _, err := s.ws.commit.ExecContext(bg); err != nil {
+		s.abort(batch, translate(err, "commit"))
+		return batch
+	}
+	for _, u := range batch {
+		u.pending = false
+	}
+	return batch
+}
+
+// abort rolls the transaction back and fails every unit whose writes it held.
+func (s *Store) abort(batch []*unit, err error) {
+	if _, rerr := s.ws.rollback.ExecContext(bg); rerr != nil {
+		s.log.Debug("rollback after failed batch", "error", rerr)
+	}
+	for _, u := range batch {
+		if u.pending || !u.ran {
+			u.pending, u.ran = false, true
+			u.err = err
+		}
+	}
+	s.log.Warn("write batch failed", "units", len(batch), "error", err)
+}
+
+// runUnit runs one unit inside a savepoint. The returned error means the transaction
+// itself failed; the unit's own outcome is left in u.
+func (s *Store) runUnit(u *unit) error {
+	u.ran = true
+	if err := u.ctx.Err(); err != nil {
+		u.err = err
+		return nil
+	}
+	if _, err := s.ws.savepoint.ExecContext(bg); err != nil {
+		u.err = translate(err, "savepoint")
+		return u.err
+	}
+	tx := &writeTx{s: s, shard: u.shard}
+	err := s.call(u, tx)
+	tx.done.Store(true)
+	if err == nil && !u.panicked && tx.err == nil {
+		if _, err := s.ws.release.ExecContext(bg); err != nil {
+			u.err = translate(err, "release savepoint")
+			return u.err
+		}
+		u.pending = true
+		return nil
+	}
+	switch {
+	case u.panicked:
+	case err != nil:
+		u.err = err // fn's error, unchanged
+	default:
+		u.err = tx.err
+	}
+	if _, rerr := s.ws.rollbackTo.ExecContext(bg); rerr != nil {
+		return translate(rerr, "roll back savepoint")
+	}
+	if _, rerr := s.ws.release.ExecContext(bg); rerr != nil {
+		return translate(rerr, "release savepoint")
+	}
+	return nil
+}
+
+// call runs fn, catching a panic so the writer survives it; Update re-raises it.
+func (s *Store) call(u *unit, tx *writeTx) (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			u.panicked, u.panicValue = true, v
+			s.log.Error("unit panicked; re-raising it in the caller", "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+		}
+	}()
+	return u.fn(tx)
+}
+
+// idleCheckpoint empties the write-ahead log while nothing is being written. It does not
+// wait: if a reader still uses the log, the log stays and is checkpointed later.
+func (s *Store) idleCheckpoint() {
+	ms := s.opts.BusyTimeout.Milliseconds()
+	if _, err := s.wconn.ExecContext(bg, "PRAGMA busy_timeout = 0"); err != nil {
+		s.log.Warn("idle checkpoint", "error", err)
+		return
+	}
+	var busy, logFrames, done int
+	err := s.wconn.QueryRowContext(bg, "PRAGMA wal_checkpoint(TRUNCATE)").Scan(&busy, &logFrames, &done)
+	if err != nil {
+		s.log.Debug("idle checkpoint", "error", err)
+	} else {
+		s.log.Debug("idle checkpoint", "busy", busy == 1, "log_frames", logFrames, "checkpointed", done)
+	}
+	if _, err := s.wconn.ExecContext(bg, fmt.Sprintf("PRAGMA busy_timeout = %d", ms)); err != nil {
+		s.log.Warn("idle checkpoint: restore busy timeout", "error", err)
+	}
+}
