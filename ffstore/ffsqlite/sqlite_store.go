@@ -33,6 +33,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/flowfabric/flowfabric/ffstore"
@@ -145,6 +146,7 @@ type Store struct {
 	ws         writerStmts
 	units      chan *unit
 	writerDone chan struct{}
+	commits    atomic.Int64 // group commits, for tests
 
 	// The readers.
 	rdb *sql.DB

@@ -43,7 +43,7 @@ const (
 
 // writerStmts are prepared on the writer connection.
 type writerStmts struct {
-	begin, commit, rollback       *sql.Stmt
+	begin, commit, rollback        *sql.Stmt
 	savepoint, release, rollbackTo *sql.Stmt
 
 	get, put, del          *sql.Stmt

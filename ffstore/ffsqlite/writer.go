@@ -112,6 +112,7 @@ func (s *Store) runBatch(batch []*unit) []*unit {
 		s.abort(batch, translate(err, "commit"))
 		return batch
 	}
+	s.commits.Add(1)
 	for _, u := range batch {
 		u.pending = false
 	}

@@ -1,0 +1,461 @@
+package ffsqlite_test
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/flowfabric/flowfabric/ffstore"
+	"github.com/flowfabric/flowfabric/ffstore/ffsqlite"
+	"github.com/flowfabric/flowfabric/ffstore/ffstoretest"
+	"github.com/flowfabric/flowfabric/fftype"
+)
+
+// openTemp opens a fresh store in t's temporary directory and closes it at cleanup.
+func openTemp(t *testing.T, opts *ffsqlite.Options) *ffsqlite.Store {
+	t.Helper()
+	s, err := ffsqlite.Open(t.Context(), filepath.Join(t.TempDir(), "ff.db"), opts)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+func TestConformance(t *testing.T) {
+	t.Parallel()
+	ffstoretest.Exercise(t, func(t *testing.T) ffstore.Store { return openTemp(t, &ffsqlite.Options{Shards: 3}) })
+}
+
+func isCode(kind fftype.Kind, code string) error { return &fftype.Error{Kind: kind, Code: code} }
+
+// rawExec runs statements on the file with a plain connection, behind the store's back.
+func rawExec(t *testing.T, path string, stmts ...string) {
+	t.Helper()
+	db, err := sql.Open("sqlite", path)
+	require.NoError(t, err)
+	defer db.Close()
+	for _, q := range stmts {
+		_, err := db.Exec(q)
+		require.NoError(t, err, q)
+	}
+}
+
+func TestReopen(t *testing.T) {
+	t.Parallel()
+
+	type testBundle struct {
+		path string
+	}
+	setup := func(t *testing.T) *testBundle {
+		t.Helper()
+		return &testBundle{path: filepath.Join(t.TempDir(), "ff.db")}
+	}
+	ctx := context.Background()
+	evTime := time.Date(2026, 1, 2, 3, 4, 5, 6, time.UTC)
+
+	t.Run("DataSurvives", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		s, err := ffsqlite.Open(ctx, b.path, &ffsqlite.Options{Shards: 2})
+		require.NoError(t, err)
+		for shard := range 2 {
+			require.NoError(t, s.Update(ctx, shard, func(tx ffstore.Tx) error {
+				tx.Put("k", []byte(fmt.Sprint("v", shard)))
+				tx.Put("empty", nil)
+				tx.QueueAdd("q:a", "m1", 10)
+				tx.QueueAdd("q:a", "m0", 10)
+				tx.AppendEvent(fftype.Event{Version: 1, Type: fftype.EventCreated, Time: evTime, ExecutionID: "x", Namespace: "ns", Lane: "l", Data: []byte(`{"a":1}`)})
+				tx.AppendEvent(fftype.Event{Version: 1, Type: fftype.EventClaimed})
+				return nil
+			}))
+		}
+		require.NoError(t, s.Close())
+
+		s, err = ffsqlite.Open(ctx, b.path, nil)
+		require.NoError(t, err)
+		defer s.Close()
+		require.Equal(t, 2, s.Shards())
+		for shard := range 2 {
+			require.NoError(t, s.View(ctx, shard, func(tx ffstore.ReadTx) error {
+				v, ok, err := tx.Get("k")
+				require.NoError(t, err)
+				require.True(t, ok)
+				require.Equal(t, fmt.Sprint("v", shard), string(v))
+				v, ok, err = tx.Get("empty")
+				require.NoError(t, err)
+				require.True(t, ok)
+				require.Empty(t, v)
+				items, err := tx.Range("q:a", nil, ffstore.MaxScore, 10)
+				require.NoError(t, err)
+				require.Equal(t, []ffstore.QueueItem{{Member: "m0", Score: 10}, {Member: "m1", Score: 10}}, items)
+				return nil
+			}))
+			evs, err := s.ReadEvents(ctx, shard, 0, 10)
+			require.NoError(t, err)
+			require.Equal(t, []fftype.Event{
+				{Seq: 1, Shard: shard, Version: 1, Type: fftype.EventCreated, Time: evTime, ExecutionID: "x", Namespace: "ns", Lane: "l", Data: []byte(`{"a":1}`)},
+				{Seq: 2, Shard: shard, Version: 1, Type: fftype.EventClaimed},
+			}, evs)
+		}
+		heads, err := s.QueueHeads(ctx, []string{"q:"})
+		require.NoError(t, err)
+		require.ElementsMatch(t, []ffstore.QueueHead{
+			{Shard: 0, Queue: "q:a", Item: ffstore.QueueItem{Member: "m0", Score: 10}},
+			{Shard: 1, Queue: "q:a", Item: ffstore.QueueItem{Member: "m0", Score: 10}},
+		}, heads)
+
+		// Sequences continue after the reopen.
+		require.NoError(t, s.Update(ctx, 1, func(tx ffstore.Tx) error {
+			tx.AppendEvent(fftype.Event{Type: fftype.EventCompleted})
+			return nil
+		}))
+		evs, err := s.ReadEvents(ctx, 1, 2, 10)
+		require.NoError(t, err)
+		require.Len(t, evs, 1)
+		require.Equal(t, uint64(3), evs[0].Seq)
+	})
+
+	t.Run("ShardCountFixed", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		s, err := ffsqlite.Open(ctx, b.path, &ffsqlite.Options{Shards: 4})
+		require.NoError(t, err)
+		require.NoError(t, s.Close())
+
+		_, err = ffsqlite.Open(ctx, b.path, &ffsqlite.Options{Shards: 2})
+		require.ErrorIs(t, err, isCode(fftype.KindValidation, ffsqlite.CodeShardCountMismatch))
+
+		s, err = ffsqlite.Open(ctx, b.path, &ffsqlite.Options{Shards: 4})
+		require.NoError(t, err)
+		require.Equal(t, 4, s.Shards())
+		require.NoError(t, s.Close())
+	})
+
+	t.Run("SchemaTooNew", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		s, err := ffsqlite.Open(ctx, b.path, nil)
+		require.NoError(t, err)
+		require.NoError(t, s.Close())
+		rawExec(t, b.path, fmt.Sprintf(`UPDATE meta SET value = %d WHERE name = 'schema_version'`, ffsqlite.SchemaVersion+1))
+
+		_, err = ffsqlite.Open(ctx, b.path, nil)
+		require.ErrorIs(t, err, isCode(fftype.KindUnavailable, ffsqlite.CodeSchemaTooNew))
+		require.False(t, fftype.IsRetryable(err))
+	})
+
+	t.Run("NotAStore", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		rawExec(t, b.path, `CREATE TABLE other (x)`)
+		_, err := ffsqlite.Open(ctx, b.path, nil)
+		require.ErrorIs(t, err, isCode(fftype.KindValidation, ffsqlite.CodeNotAStore))
+	})
+
+	t.Run("NotADatabase", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		require.NoError(t, os.WriteFile(b.path, []byte("this is not an sqlite file, just some text that is long enough"), 0o600))
+		_, err := ffsqlite.Open(ctx, b.path, nil)
+		require.ErrorIs(t, err, fftype.ErrUnavailable)
+	})
+}
+
+func TestOptions(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	for _, tt := range []struct {
+		name string
+		path string
+		opts *ffsqlite.Options
+	}{
+		{"Empty", "", nil},
+		{"Memory", ":memory:", nil},
+		{"ShardsTooMany", "a.db", &ffsqlite.Options{Shards: fftype.MaxShards + 1}},
+		{"ShardsNegative", "a.db", &ffsqlite.Options{Shards: -1}},
+		{"Synchronous", "a.db", &ffsqlite.Options{Synchronous: "off"}},
+		{"BusyTimeout", "a.db", &ffsqlite.Options{BusyTimeout: -1}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			path := tt.path
+			if path != "" && path != ":memory:" {
+				path = filepath.Join(dir, tt.name+path)
+			}
+			_, err := ffsqlite.Open(context.Background(), path, tt.opts)
+			require.ErrorIs(t, err, fftype.ErrValidation)
+		})
+	}
+}
+
+func TestParseURL(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		url     string
+		path    string
+		opts    *ffsqlite.Options
+		wantErr bool
+	}{
+		{url: "sqlite:///var/lib/ff.db", path: "/var/lib/ff.db", opts: &ffsqlite.Options{}},
+		{url: "sqlite:ff.db", path: "ff.db", opts: &ffsqlite.Options{}},
+		{url: "sqlite:dir/my%20ff.db", path: "dir/my ff.db", opts: &ffsqlite.Options{}},
+		{
+			url:  "sqlite:///x.db?shards=4&synchronous=NORMAL&busy_timeout=250ms&checkpoint_bytes=1048576&read_conns=2",
+			path: "/x.db",
+			opts: &ffsqlite.Options{Shards: 4, Synchronous: ffsqlite.SynchronousNormal, BusyTimeout: 250 * time.Millisecond, CheckpointBytes: 1 << 20, ReadConns: 2},
+		},
+		{url: "postgres:///x.db", wantErr: true},
+		{url: "sqlite://host/x.db", wantErr: true},
+		{url: "sqlite://", wantErr: true},
+		{url: "sqlite:///x.db?nope=1", wantErr: true},
+		{url: "sqlite:///x.db?shards=x", wantErr: true},
+		{url: "sqlite:///x.db?shards=1&shards=2", wantErr: true},
+		{url: "sqlite:///x.db?synchronous=off", wantErr: true},
+		{url: "sqlite:///x.db?busy_timeout=5", wantErr: true},
+	} {
+		t.Run(tt.url, func(t *testing.T) {
+			t.Parallel()
+			path, opts, err := ffsqlite.ParseURL(tt.url)
+			if tt.wantErr {
+				require.ErrorIs(t, err, fftype.ErrValidation)
+				return
+			}
+			require.NoError(t, err)
+			require.Equal(t, tt.path, path)
+			require.Equal(t, tt.opts, opts)
+		})
+	}
+
+	t.Run("OpenURL", func(t *testing.T) {
+		t.Parallel()
+		s, err := ffsqlite.OpenURL(context.Background(), "sqlite://"+filepath.Join(t.TempDir(), "u.db")+"?shards=3&synchronous=normal")
+		require.NoError(t, err)
+		defer s.Close()
+		require.Equal(t, 3, s.Shards())
+	})
+}
+
+var errBoom = errors.New("boom")
+
+// TestGroupCommit drives many concurrent units, some failing, and checks that a unit's
+// failure undoes only its own writes although units share group commits.
+func TestGroupCommit(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := openTemp(t, nil)
+
+	const goroutines, perGoroutine = 32, 20
+	var wg sync.WaitGroup
+	for g := range goroutines {
+		wg.Go(func() {
+			for i := range perGoroutine {
+				id := fmt.Sprintf("%d-%d", g, i)
+				fail := (g+i)%3 == 0
+				err := s.Update(ctx, 0, func(tx ffstore.Tx) error {
+					tx.Put("rec:"+id, []byte(id))
+					tx.QueueAdd("q", id, int64(i))
+					tx.AppendEvent(fftype.Event{Type: fftype.EventCreated, Data: []byte(`"` + id + `"`)})
+					if fail {
+						return fmt.Errorf("unit %s: %w", id, errBoom)
+					}
+					return nil
+				})
+				if fail {
+					require.ErrorIs(t, err, errBoom)
+				} else {
+					require.NoError(t, err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+
+	units := int64(goroutines * perGoroutine)
+	commits := ffsqlite.Commits(s)
+	t.Logf("%d units in %d group commits", units, commits)
+	require.Less(t, commits, units, "no unit shared a commit")
+
+	var want []string
+	require.NoError(t, s.View(ctx, 0, func(tx ffstore.ReadTx) error {
+		for g := range goroutines {
+			for i := range perGoroutine {
+				id := fmt.Sprintf("%d-%d", g, i)
+				_, ok, err := tx.Get("rec:" + id)
+				require.NoError(t, err)
+				require.Equal(t, (g+i)%3 != 0, ok, id)
+				if ok {
+					want = append(want, id)
+				}
+			}
+		}
+		items, err := tx.Range("q", nil, ffstore.MaxScore, 10_000)
+		require.NoError(t, err)
+		require.Len(t, items, len(want))
+		return nil
+	}))
+	evs, err := s.ReadEvents(ctx, 0, 0, 10_000)
+	require.NoError(t, err)
+	require.Len(t, evs, len(want))
+	var got []string
+	for i, ev := range evs {
+		require.Equal(t, uint64(i+1), ev.Seq, "sequence has a gap")
+		got = append(got, string(ev.Data[1:len(ev.Data)-1]))
+	}
+	require.ElementsMatch(t, want, got)
+}
+
+func TestUpdate(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+
+	t.Run("PanicIsReraisedAndRolledBack", func(t *testing.T) {
+		t.Parallel()
+		s := openTemp(t, nil)
+		require.PanicsWithValue(t, "kaboom", func() {
+			_ = s.Update(ctx, 0, func(tx ffstore.Tx) error {
+				tx.Put("k", []byte("v"))
+				panic("kaboom")
+			})
+		})
+		require.NoError(t, s.Update(ctx, 0, func(tx ffstore.Tx) error {
+			_, ok, err := tx.Get("k")
+			require.NoError(t, err)
+			require.False(t, ok)
+			return nil
+		}))
+	})
+
+	t.Run("CancelledContextRunsNothing", func(t *testing.T) {
+		t.Parallel()
+		s := openTemp(t, nil)
+		cctx, cancel := context.WithCancel(ctx)
+		cancel()
+		ran := false
+		err := s.Update(cctx, 0, func(tx ffstore.Tx) error { ran = true; return nil })
+		require.ErrorIs(t, err, context.Canceled)
+		require.False(t, ran)
+	})
+
+	t.Run("TxAfterUnit", func(t *testing.T) {
+		t.Parallel()
+		s := openTemp(t, nil)
+		var kept ffstore.Tx
+		require.NoError(t, s.Update(ctx, 0, func(tx ffstore.Tx) error { kept = tx; return nil }))
+		_, _, err := kept.Get("k")
+		require.ErrorIs(t, err, fftype.ErrValidation)
+		require.Panics(t, func() { kept.Put("k", nil) })
+	})
+
+	t.Run("ShardOutOfRange", func(t *testing.T) {
+		t.Parallel()
+		s := openTemp(t, &ffsqlite.Options{Shards: 2})
+		err := s.Update(ctx, 2, func(tx ffstore.Tx) error { return nil })
+		require.ErrorIs(t, err, isCode(fftype.KindValidation, fftype.CodeShardOutOfRange))
+		err = s.View(ctx, -1, func(tx ffstore.ReadTx) error { return nil })
+		require.ErrorIs(t, err, isCode(fftype.KindValidation, fftype.CodeShardOutOfRange))
+		_, err = s.ReadEvents(ctx, 5, 0, 1)
+		require.ErrorIs(t, err, isCode(fftype.KindValidation, fftype.CodeShardOutOfRange))
+	})
+}
+
+func TestClose(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s, err := ffsqlite.Open(ctx, filepath.Join(t.TempDir(), "ff.db"), nil)
+	require.NoError(t, err)
+	require.NoError(t, s.Close())
+
+	unavailable := isCode(fftype.KindUnavailable, fftype.CodeStoreUnavailable)
+	require.ErrorIs(t, s.Close(), unavailable)
+	require.ErrorIs(t, s.Update(ctx, 0, func(tx ffstore.Tx) error { return nil }), unavailable)
+	require.ErrorIs(t, s.View(ctx, 0, func(tx ffstore.ReadTx) error { return nil }), unavailable)
+	_, err = s.QueueHeads(ctx, []string{""})
+	require.ErrorIs(t, err, unavailable)
+	_, err = s.ReadEvents(ctx, 0, 0, 1)
+	require.ErrorIs(t, err, unavailable)
+	_, err = s.Now(ctx)
+	require.ErrorIs(t, err, unavailable)
+	_, err = s.Changed(ctx)
+	require.ErrorIs(t, err, unavailable)
+}
+
+func TestChanged(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := openTemp(t, nil)
+
+	changed, err := s.Changed(ctx)
+	require.NoError(t, err)
+	require.True(t, changed, "first call")
+	changed, err = s.Changed(ctx)
+	require.NoError(t, err)
+	require.False(t, changed)
+
+	require.NoError(t, s.Update(ctx, 0, func(tx ffstore.Tx) error { tx.Put("k", []byte("v")); return nil }))
+	changed, err = s.Changed(ctx)
+	require.NoError(t, err)
+	require.True(t, changed, "after a commit of this process")
+
+	// A commit by another connection, as another process would make.
+	other, err := ffsqlite.Open(ctx, s.Path(), nil)
+	require.NoError(t, err)
+	require.NoError(t, other.Update(ctx, 0, func(tx ffstore.Tx) error { tx.Put("k", []byte("w")); return nil }))
+	require.NoError(t, other.Close())
+	changed, err = s.Changed(ctx)
+	require.NoError(t, err)
+	require.True(t, changed, "after a commit of another store")
+}
+
+func TestQueueDirectoryPruned(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := openTemp(t, nil)
+	require.NoError(t, s.Update(ctx, 0, func(tx ffstore.Tx) error {
+		tx.QueueAdd("a", "m1", 1)
+		tx.QueueAdd("a", "m2", 2)
+		tx.QueueAdd("b", "m1", 1)
+		return nil
+	}))
+	require.NoError(t, s.Update(ctx, 0, func(tx ffstore.Tx) error {
+		items, err := tx.PopDue("a", ffstore.MaxScore, 10)
+		require.NoError(t, err)
+		require.Len(t, items, 2)
+		tx.QueueRemove("b", "m1")
+		return nil
+	}))
+	heads, err := s.QueueHeads(ctx, []string{""})
+	require.NoError(t, err)
+	require.Empty(t, heads)
+
+	db, err := sql.Open("sqlite", s.Path())
+	require.NoError(t, err)
+	defer db.Close()
+	var n int
+	require.NoError(t, db.QueryRow(`SELECT count(*) FROM queues`).Scan(&n))
+	require.Zero(t, n, "directory rows of empty queues")
+}
+
+func TestIdleCheckpoint(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	opts := &ffsqlite.Options{}
+	ffsqlite.SetIdleCheckpointDelay(opts, 10*time.Millisecond)
+	s := openTemp(t, opts)
+	require.NoError(t, s.Update(ctx, 0, func(tx ffstore.Tx) error {
+		tx.Put("k", make([]byte, 64<<10))
+		return nil
+	}))
+	walSize := func() int64 {
+		fi, err := os.Stat(s.Path() + "-wal")
+		require.NoError(t, err)
+		return fi.Size()
+	}
+	require.Eventually(t, func() bool { return walSize() == 0 }, 10*time.Second, 5*time.Millisecond)
+}
