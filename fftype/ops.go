@@ -162,3 +162,10 @@ type LaneInfo struct {
 	Paused    bool      `json:"paused"`
 	UpdatedAt time.Time `json:"updated_at"`
 }
+
+// CancelParams describes a cancel. With a Fence the lease holder cancels its own
+// execution; without one an operator cancels any non-terminal execution.
+type CancelParams struct {
+	Reason string `json:"reason,omitempty"`
+	Fence  *Fence `json:"fence,omitempty"`
+}

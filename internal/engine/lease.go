@@ -308,17 +308,10 @@ func (e *Engine) Release(ctx context.Context, id fftype.ExecutionID, f fftype.Fe
 	})
 }
 
-// CancelParams describes a cancel. With a Fence the lease holder cancels its own
-// execution; without one an operator cancels any non-terminal execution.
-type CancelParams struct {
-	Reason string
-	Fence  *fftype.Fence
-}
-
 // Cancel ends the execution as cancelled from any non-terminal state. Cancelling an
 // execution that is already cancelled succeeds and changes nothing; cancelling one that
 // ended otherwise is refused.
-func (e *Engine) Cancel(ctx context.Context, id fftype.ExecutionID, p CancelParams) error {
+func (e *Engine) Cancel(ctx context.Context, id fftype.ExecutionID, p fftype.CancelParams) error {
 	if err := fftype.ValidateReason("reason", p.Reason); err != nil {
 		return err
 	}
