@@ -1,0 +1,124 @@
+package fftype
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+func TestNormalizeCapabilities(t *testing.T) {
+	t.Parallel()
+	got, err := NormalizeCapabilities("caps", []string{"gpu", "cuda", "gpu", "é"})
+	require.NoError(t, err)
+	require.Equal(t, []string{"cuda", "gpu", "é"}, got)
+	got, err = NormalizeCapabilities("caps", nil)
+	require.NoError(t, err)
+	require.Nil(t, got)
+
+	tooMany := make([]string, MaxCapabilityTokens+1)
+	for i := range tooMany {
+		tooMany[i] = "c" + itoa(i)
+	}
+	longTokens := []string{strings.Repeat("a", 2048), strings.Repeat("b", 2048)}
+	for _, caps := range [][]string{{""}, {"a,b"}, {"a b"}, {"a\tb"}, {"a\x7f"}, tooMany, longTokens} {
+		_, err := NormalizeCapabilities("caps", caps)
+		require.True(t, errors.Is(err, &Error{Kind: KindValidation, Code: CodeInvalidCapabilities}), "%q", caps)
+	}
+	_, err = NormalizeCapabilities("caps", tooMany[:MaxCapabilityTokens])
+	require.NoError(t, err, "256 tokens is the inclusive limit")
+}
+
+func TestCoversCapabilities(t *testing.T) {
+	t.Parallel()
+	require.True(t, CoversCapabilities([]string{"a", "b", "c"}, []string{"a", "c"}))
+	require.True(t, CoversCapabilities(nil, nil))
+	require.True(t, CoversCapabilities([]string{"a"}, nil))
+	require.False(t, CoversCapabilities([]string{"a", "c"}, []string{"b"}))
+	require.False(t, CoversCapabilities(nil, []string{"a"}))
+}
+
+func TestValidateNames(t *testing.T) {
+	t.Parallel()
+	require.NoError(t, ValidateLane("emails high"))
+	require.Error(t, ValidateLane(""))
+	require.Error(t, ValidateLane(strings.Repeat("a", 65)))
+	require.Error(t, ValidateLane("é"))
+	require.NoError(t, ValidateNamespace("tenant-42"))
+	require.Error(t, ValidateNamespace("a b"))
+	require.NoError(t, ValidateKind("email.send"))
+	require.Error(t, ValidateKind(""))
+	require.NoError(t, ValidateTagKey("billing.plan-2"))
+	for _, k := range []string{"", "Upper", "9lead", "a b", strings.Repeat("a", 129)} {
+		require.Error(t, ValidateTagKey(k), k)
+	}
+	require.NoError(t, ValidateTraceparent(""))
+	require.NoError(t, ValidateTraceparent("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"))
+	require.Error(t, ValidateTraceparent("00-00000000000000000000000000000000-b7ad6b7169203331-01"))
+	require.Error(t, ValidateTraceparent("ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"))
+}
+
+func TestPolicyDefaultsAndBackoff(t *testing.T) {
+	t.Parallel()
+	p := Policy{}.WithDefaults()
+	require.Equal(t, DefaultMaxRetries, p.Retry.MaxRetries)
+	require.Equal(t, DefaultBackoff(), p.Retry.Backoff)
+	require.Equal(t, DefaultLeaseTTL, p.LeaseTTL.D())
+	require.Equal(t, DefaultMaxReclaims, p.MaxReclaims)
+	require.Equal(t, DefaultMaxReplays, p.MaxReplays)
+
+	b := p.Retry.Backoff
+	require.Equal(t, time.Second, b.Delay(0))
+	require.Equal(t, 2*time.Second, b.Delay(1))
+	require.Equal(t, 32*time.Second, b.Delay(5))
+	require.Equal(t, time.Minute, b.Delay(6))
+	require.Equal(t, time.Minute, b.Delay(10_000), "capped, and no overflow")
+	fixed := Backoff{Kind: BackoffFixed, Initial: Duration(5 * time.Second)}
+	require.Equal(t, 5*time.Second, fixed.Delay(9))
+
+	zero := Policy{Retry: &RetryPolicy{MaxRetries: 0}}.WithDefaults()
+	require.Equal(t, 0, zero.Retry.MaxRetries, "an explicit policy keeps its zero retries")
+	require.NoError(t, Policy{}.Validate())
+	require.Error(t, Policy{MaxReclaims: -1}.Validate())
+	require.Error(t, Policy{Retry: &RetryPolicy{Backoff: Backoff{Kind: BackoffExponential, Initial: Duration(time.Minute), Max: Duration(time.Second)}}}.Validate())
+}
+
+func TestErrorIs(t *testing.T) {
+	t.Parallel()
+	err := Statef(CodeStaleLease, "nope")
+	require.True(t, errors.Is(err, ErrState))
+	require.True(t, errors.Is(err, ErrStaleLease))
+	require.False(t, errors.Is(err, ErrLeaseExpired))
+	require.False(t, errors.Is(err, ErrNotFound))
+	require.False(t, IsRetryable(err))
+	require.True(t, IsRetryable(NewError(KindContention, CodeStoreConflict, "x")))
+	require.Equal(t, CodeStaleLease, CodeOf(err))
+	require.Equal(t, "state: stale_lease: nope", err.Error())
+}
+
+func TestDerivePublicState(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		phase Phase
+		elig  Eligibility
+		out   Outcome
+		want  PublicState
+	}{
+		{PhaseRunnable, EligibilityNow, OutcomeNone, StateWaiting},
+		{PhaseRunnable, EligibilityGranted, OutcomeNone, StateWaiting},
+		{PhaseRunnable, EligibilityUntilTime, OutcomeNone, StateDelayed},
+		{PhaseActive, EligibilityNotApplicable, OutcomeNone, StateActive},
+		{PhaseSuspended, EligibilityNotApplicable, OutcomeNone, StateSuspended},
+		{PhaseTerminal, EligibilityNotApplicable, OutcomeSuccess, StateCompleted},
+		{PhaseTerminal, EligibilityNotApplicable, OutcomeFailed, StateFailed},
+		{PhaseTerminal, EligibilityNotApplicable, OutcomeCancelled, StateCancelled},
+		{PhaseTerminal, EligibilityNotApplicable, OutcomeExpired, StateExpired},
+	}
+	for _, c := range cases {
+		require.Equal(t, c.want, DerivePublicState(c.phase, c.elig, c.out))
+		require.True(t, c.want.Valid())
+	}
+	require.False(t, PublicState("running").Valid())
+}
