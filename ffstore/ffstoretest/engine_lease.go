@@ -1,0 +1,318 @@
+package ffstoretest
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/flowfabric/flowfabric/ffstore"
+	"github.com/flowfabric/flowfabric/fftype"
+)
+
+func exerciseLease(t *testing.T, newStore func(t *testing.T) ffstore.Store) {
+	t.Parallel()
+	setup := func(t *testing.T) *engineBundle { return newEngineBundle(t, newStore) }
+
+	t.Run("Renew", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		id := b.create(t, fftype.CreateParams{})
+		l := b.claimOne(t, id)
+		b.advance(t, 10*time.Second)
+		exp, err := b.engine.Renew(b.ctx, id, l.Fence, 0)
+		require.NoError(t, err)
+		require.Equal(t, suiteStart.Add(10*time.Second+fftype.DefaultLeaseTTL), exp.UTC())
+		x := b.get(t, id)
+		require.Equal(t, l.Fence.Epoch, x.LeaseEpoch, "renew keeps the epoch")
+		exp, err = b.engine.Renew(b.ctx, id, l.Fence, time.Minute)
+		require.NoError(t, err)
+		require.Equal(t, suiteStart.Add(10*time.Second+time.Minute), exp.UTC())
+
+		before := b.get(t, id)
+		wrong := l.Fence
+		wrong.AttemptID = fftype.NewUUID()
+		_, err = b.engine.Renew(b.ctx, id, wrong, 0)
+		requireCode(t, err, fftype.KindState, fftype.CodeStaleLease)
+		wrong = l.Fence
+		wrong.Epoch++
+		_, err = b.engine.Renew(b.ctx, id, wrong, 0)
+		requireCode(t, err, fftype.KindState, fftype.CodeStaleLease)
+		_, err = b.engine.Renew(b.ctx, id, fftype.Fence{LeaseID: l.Fence.LeaseID}, 0)
+		requireCode(t, err, fftype.KindValidation, fftype.CodeInvalidFence)
+		_, err = b.engine.Renew(b.ctx, id, l.Fence, time.Millisecond)
+		requireCode(t, err, fftype.KindValidation, fftype.CodeInvalidInput)
+		_, err = b.engine.Renew(b.ctx, fftype.NewExecutionID(0), l.Fence, 0)
+		requireCode(t, err, fftype.KindNotFound, fftype.CodeExecutionNotFound)
+		_, err = b.engine.Renew(b.ctx, "nope", l.Fence, 0)
+		requireCode(t, err, fftype.KindValidation, fftype.CodeInvalidID)
+		b.requireUnchanged(t, id, before)
+	})
+
+	t.Run("Progress", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		id := b.create(t, fftype.CreateParams{})
+		l := b.claimOne(t, id)
+		require.NoError(t, b.engine.Progress(b.ctx, id, l.Fence, 40, "halfway-ish"))
+		x := b.get(t, id)
+		require.Equal(t, 40, x.ProgressPercent)
+		require.Equal(t, "halfway-ish", x.ProgressMessage)
+		requireCode(t, b.engine.Progress(b.ctx, id, l.Fence, 101, ""), fftype.KindValidation, fftype.CodeInvalidInput)
+	})
+
+	t.Run("CompleteIdempotent", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		id := b.create(t, fftype.CreateParams{})
+		l := b.claimOne(t, id)
+		_, err := b.engine.Result(b.ctx, id)
+		requireCode(t, err, fftype.KindState, fftype.CodeResultNotFound)
+		requireCode(t, b.engine.Complete(b.ctx, id, l.Fence, []byte("{bad"), ""), fftype.KindValidation, fftype.CodeInvalidInput)
+		require.NoError(t, b.engine.Complete(b.ctx, id, l.Fence, []byte(`{"ok":true}`), ""))
+		x := b.get(t, id)
+		require.Equal(t, fftype.StateCompleted, x.PublicState())
+		require.NoError(t, b.engine.Complete(b.ctx, id, l.Fence, []byte(`{"other":1}`), ""), "a retried complete by the same holder succeeds")
+		b.requireUnchanged(t, id, x)
+		res, err := b.engine.Result(b.ctx, id)
+		require.NoError(t, err)
+		require.JSONEq(t, `{"ok":true}`, string(res))
+		_, err = b.engine.Fail(b.ctx, id, l.Fence, fftype.FailParams{Reason: "late"})
+		requireCode(t, err, fftype.KindState, fftype.CodeExecutionNotActive)
+		atts, err := b.engine.Attempts(b.ctx, id)
+		require.NoError(t, err)
+		require.Equal(t, fftype.AttemptSucceeded, atts[0].Status)
+		require.Equal(t, []fftype.EventType{fftype.EventCreated, fftype.EventClaimed, fftype.EventCompleted}, b.events(t, id))
+	})
+
+	t.Run("FailRetriesThenTerminal", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		id := b.create(t, fftype.CreateParams{Policy: fftype.Policy{Retry: &fftype.RetryPolicy{MaxRetries: 2,
+			Backoff: fftype.Backoff{Kind: fftype.BackoffExponential, Initial: fftype.Duration(100 * time.Millisecond),
+				Max: fftype.Duration(time.Second), Multiplier: 2}}}})
+		l := b.claimOne(t, id)
+		out, err := b.engine.Fail(b.ctx, id, l.Fence, fftype.FailParams{Reason: "boom", Category: "transient"})
+		require.NoError(t, err)
+		require.True(t, out.RetryScheduled)
+		require.Equal(t, suiteStart.Add(100*time.Millisecond), out.RetryAt.UTC())
+		again, err := b.engine.Fail(b.ctx, id, l.Fence, fftype.FailParams{Reason: "boom"})
+		require.NoError(t, err)
+		require.Equal(t, out.RetryAt.UTC(), again.RetryAt.UTC(), "a retried fail returns the first outcome")
+		x := b.get(t, id)
+		require.Equal(t, fftype.StateDelayed, x.PublicState())
+		require.Equal(t, 1, x.RetryCount)
+		require.Empty(t, b.claim(t, "w", 1))
+
+		b.advance(t, 100*time.Millisecond)
+		l2 := b.claimOne(t, id)
+		require.Equal(t, fftype.AttemptRetry, l2.AttemptType)
+		require.Equal(t, 1, l2.AttemptIndex)
+		require.Equal(t, uint64(2), l2.Fence.Epoch)
+		requireCode(t, b.engine.Complete(b.ctx, id, l.Fence, nil, ""), fftype.KindState, fftype.CodeStaleLease)
+
+		out, err = b.engine.Fail(b.ctx, id, l2.Fence, fftype.FailParams{Reason: "boom"})
+		require.NoError(t, err)
+		require.Equal(t, suiteStart.Add(300*time.Millisecond), out.RetryAt.UTC(), "exponential: 100ms then 200ms")
+		b.advance(t, 200*time.Millisecond)
+		l3 := b.claimOne(t, id)
+		require.Equal(t, 2, l3.AttemptIndex)
+		out, err = b.engine.Fail(b.ctx, id, l3.Fence, fftype.FailParams{Reason: "final"})
+		require.NoError(t, err)
+		require.False(t, out.RetryScheduled)
+		x = b.get(t, id)
+		require.Equal(t, fftype.StateFailed, x.PublicState())
+		require.Equal(t, "final", x.FailureReason)
+		require.Equal(t, 3, x.TotalAttempts)
+		again, err = b.engine.Fail(b.ctx, id, l3.Fence, fftype.FailParams{Reason: "final"})
+		require.NoError(t, err)
+		require.False(t, again.RetryScheduled)
+	})
+
+	t.Run("FailPolicies", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		fixed := fftype.Policy{Retry: &fftype.RetryPolicy{MaxRetries: 5, NonRetryable: []string{"permanent"},
+			Backoff: fftype.Backoff{Kind: fftype.BackoffFixed, Initial: fftype.Duration(5 * time.Second)}}}
+		id := b.create(t, fftype.CreateParams{Policy: fixed})
+		l := b.claimOne(t, id)
+		out, err := b.engine.Fail(b.ctx, id, l.Fence, fftype.FailParams{Reason: "x"})
+		require.NoError(t, err)
+		require.Equal(t, suiteStart.Add(5*time.Second), out.RetryAt.UTC())
+		b.advance(t, 5*time.Second)
+		l = b.claimOne(t, id)
+		out, err = b.engine.Fail(b.ctx, id, l.Fence, fftype.FailParams{Reason: "x", Category: "permanent"})
+		require.NoError(t, err)
+		require.False(t, out.RetryScheduled, "a non-retryable category fails at once")
+
+		id = b.create(t, fftype.CreateParams{Policy: fixed})
+		l = b.claimOne(t, id)
+		out, err = b.engine.Fail(b.ctx, id, l.Fence, fftype.FailParams{Reason: "x", NoRetry: true})
+		require.NoError(t, err)
+		require.False(t, out.RetryScheduled)
+
+		// The default policy: exponential from 1s with full jitter (the suite's jitter is 0.5).
+		id = b.create(t, fftype.CreateParams{})
+		l = b.claimOne(t, id)
+		out, err = b.engine.Fail(b.ctx, id, l.Fence, fftype.FailParams{Reason: "x"})
+		require.NoError(t, err)
+		require.Equal(t, b.clock.Now().Add(500*time.Millisecond), out.RetryAt.UTC())
+
+		// No retries at all.
+		id = b.create(t, fftype.CreateParams{Policy: fftype.Policy{Retry: &fftype.RetryPolicy{MaxRetries: 0}}})
+		l = b.claimOne(t, id)
+		out, err = b.engine.Fail(b.ctx, id, l.Fence, fftype.FailParams{Reason: "x"})
+		require.NoError(t, err)
+		require.False(t, out.RetryScheduled)
+		_, err = b.engine.Fail(b.ctx, id, l.Fence, fftype.FailParams{Reason: string(make([]byte, 2000))})
+		requireCode(t, err, fftype.KindValidation, fftype.CodeInvalidInput)
+	})
+
+	t.Run("Cancel", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		waiting := b.create(t, fftype.CreateParams{})
+		delayed := b.create(t, fftype.CreateParams{Delay: fftype.Duration(time.Hour)})
+		require.NoError(t, b.engine.Cancel(b.ctx, waiting, fftype.CancelParams{Reason: "not needed"}))
+		require.NoError(t, b.engine.Cancel(b.ctx, delayed, fftype.CancelParams{Reason: "not needed"}))
+		require.Equal(t, fftype.StateCancelled, b.state(t, waiting))
+		require.Equal(t, fftype.StateCancelled, b.state(t, delayed))
+		require.NoError(t, b.engine.Cancel(b.ctx, waiting, fftype.CancelParams{}), "cancelling twice is fine")
+		require.Empty(t, b.claim(t, "w", 1))
+
+		active := b.create(t, fftype.CreateParams{})
+		l := b.claimOne(t, active)
+		wrong := l.Fence
+		wrong.Epoch = 99
+		requireCode(t, b.engine.Cancel(b.ctx, active, fftype.CancelParams{Fence: &wrong}), fftype.KindState, fftype.CodeStaleLease)
+		partial := fftype.Fence{LeaseID: l.Fence.LeaseID}
+		requireCode(t, b.engine.Cancel(b.ctx, active, fftype.CancelParams{Fence: &partial}), fftype.KindValidation, fftype.CodeInvalidFence)
+		require.NoError(t, b.engine.Cancel(b.ctx, active, fftype.CancelParams{Reason: "holder gives up", Fence: &l.Fence}))
+		require.NoError(t, b.engine.Cancel(b.ctx, active, fftype.CancelParams{Fence: &l.Fence}), "a retried holder cancel succeeds")
+		x := b.get(t, active)
+		require.Equal(t, fftype.StateCancelled, x.PublicState())
+		require.Equal(t, "worker:w", x.CancelledBy)
+		require.Equal(t, "holder gives up", x.CancellationReason)
+		requireCode(t, b.engine.Complete(b.ctx, active, l.Fence, nil, ""), fftype.KindState, fftype.CodeExecutionNotActive)
+
+		op := b.create(t, fftype.CreateParams{})
+		l = b.claimOne(t, op)
+		require.NoError(t, b.engine.Cancel(b.ctx, op, fftype.CancelParams{Reason: "operator"}))
+		atts, err := b.engine.Attempts(b.ctx, op)
+		require.NoError(t, err)
+		require.Equal(t, fftype.AttemptCancelled, atts[0].Status)
+		_, err = b.engine.Renew(b.ctx, op, l.Fence, 0)
+		requireCode(t, err, fftype.KindState, fftype.CodeExecutionNotActive)
+
+		done := b.create(t, fftype.CreateParams{})
+		l = b.claimOne(t, done)
+		require.NoError(t, b.engine.Complete(b.ctx, done, l.Fence, nil, ""))
+		requireCode(t, b.engine.Cancel(b.ctx, done, fftype.CancelParams{}), fftype.KindState, fftype.CodeExecutionTerminal)
+	})
+
+	t.Run("DelayContinuesAttempt", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		id := b.create(t, fftype.CreateParams{})
+		l := b.claimOne(t, id)
+		require.NoError(t, b.engine.Delay(b.ctx, id, l.Fence, 30*time.Second))
+		require.NoError(t, b.engine.Delay(b.ctx, id, l.Fence, 30*time.Second), "a retried delay succeeds")
+		x := b.get(t, id)
+		require.Equal(t, fftype.StateDelayed, x.PublicState())
+		require.Equal(t, 0, x.RetryCount)
+		b.advance(t, 30*time.Second)
+		l2 := b.claimOne(t, id)
+		require.True(t, l2.Resumed)
+		require.Equal(t, l.AttemptIndex, l2.AttemptIndex)
+		require.Equal(t, l.Fence.AttemptID, l2.Fence.AttemptID)
+		require.Equal(t, l.Fence.Epoch+1, l2.Fence.Epoch)
+		requireCode(t, b.engine.Complete(b.ctx, id, l.Fence, nil, ""), fftype.KindState, fftype.CodeStaleLease)
+		requireCode(t, b.engine.Delay(b.ctx, id, l2.Fence, -time.Second), fftype.KindValidation, fftype.CodeInvalidInput)
+		require.NoError(t, b.engine.Complete(b.ctx, id, l2.Fence, nil, ""))
+		x = b.get(t, id)
+		require.Equal(t, 1, x.TotalAttempts)
+	})
+
+	t.Run("ReleaseIsEligibleAtOnce", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		id := b.create(t, fftype.CreateParams{})
+		l := b.claimOne(t, id)
+		require.NoError(t, b.engine.Release(b.ctx, id, l.Fence))
+		require.NoError(t, b.engine.Release(b.ctx, id, l.Fence), "a retried release succeeds")
+		x := b.get(t, id)
+		require.Equal(t, fftype.StateWaiting, x.PublicState())
+		l2 := b.claimOne(t, id)
+		require.True(t, l2.Resumed)
+		require.Equal(t, 0, l2.AttemptIndex)
+		x = b.get(t, id)
+		require.Equal(t, 0, x.RetryCount)
+		require.Equal(t, 0, x.ReclaimCount)
+		requireCode(t, b.engine.Release(b.ctx, id, l.Fence), fftype.KindState, fftype.CodeStaleLease)
+	})
+
+	t.Run("LeaseExpiryReclaims", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		id := b.create(t, fftype.CreateParams{Policy: fftype.Policy{MaxReclaims: 2, LeaseTTL: fftype.Duration(10 * time.Second)}})
+		l := b.claimOne(t, id)
+		b.clock.Advance(10 * time.Second)
+		before := b.get(t, id)
+		requireCode(t, b.engine.Complete(b.ctx, id, l.Fence, nil, ""), fftype.KindState, fftype.CodeLeaseExpired)
+		b.requireUnchanged(t, id, before)
+
+		b.advance(t, 0)
+		x := b.get(t, id)
+		require.Equal(t, fftype.StateWaiting, x.PublicState(), "an expired lease goes back to eligible")
+		require.Equal(t, fftype.AttemptStatePendingReclaim, x.AttemptState)
+		requireCode(t, b.engine.Complete(b.ctx, id, l.Fence, nil, ""), fftype.KindState, fftype.CodeLeaseExpired)
+
+		l2 := b.claimOne(t, id)
+		require.Equal(t, fftype.AttemptReclaim, l2.AttemptType)
+		require.Equal(t, 1, l2.AttemptIndex)
+		requireCode(t, b.engine.Complete(b.ctx, id, l.Fence, nil, ""), fftype.KindState, fftype.CodeStaleLease)
+		require.Equal(t, 1, b.get(t, id).ReclaimCount)
+
+		b.advance(t, 10*time.Second)
+		b.claimOne(t, id)
+		require.Equal(t, 2, b.get(t, id).ReclaimCount)
+		b.advance(t, 10*time.Second)
+		x = b.get(t, id)
+		require.Equal(t, fftype.StateFailed, x.PublicState(), "the lease loss after the cap fails the execution")
+		require.Equal(t, "max_reclaims_exceeded", x.FailureReason)
+		atts, err := b.engine.Attempts(b.ctx, id)
+		require.NoError(t, err)
+		require.Len(t, atts, 3)
+		require.Equal(t, fftype.AttemptInterrupted, atts[0].Status)
+	})
+
+	t.Run("RenewKeepsLease", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		id := b.create(t, fftype.CreateParams{Policy: fftype.Policy{LeaseTTL: fftype.Duration(10 * time.Second)}})
+		l := b.claimOne(t, id)
+		for range 5 {
+			b.advance(t, 6*time.Second)
+			_, err := b.engine.Renew(b.ctx, id, l.Fence, 0)
+			require.NoError(t, err)
+		}
+		require.Equal(t, fftype.StateActive, b.state(t, id))
+		require.NoError(t, b.engine.Complete(b.ctx, id, l.Fence, nil, ""))
+	})
+
+	t.Run("Revoke", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		id := b.create(t, fftype.CreateParams{})
+		requireCode(t, b.engine.Revoke(b.ctx, id, "x"), fftype.KindState, fftype.CodeNoActiveLease)
+		l := b.claimOne(t, id)
+		require.NoError(t, b.engine.Revoke(b.ctx, id, "stuck"))
+		_, err := b.engine.Renew(b.ctx, id, l.Fence, 0)
+		requireCode(t, err, fftype.KindState, fftype.CodeLeaseRevoked)
+		x := b.get(t, id)
+		require.Equal(t, fftype.StateWaiting, x.PublicState())
+		l2 := b.claimOne(t, id)
+		require.Equal(t, fftype.AttemptReclaim, l2.AttemptType)
+		require.Contains(t, b.events(t, id), fftype.EventLeaseRevoked)
+	})
+}
