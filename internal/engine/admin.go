@@ -181,11 +181,12 @@ func (e *Engine) Lane(ctx context.Context, lane string) (fftype.LaneInfo, error)
 
 // unpausedLanes returns the lanes of ls that are not paused, without duplicates.
 func (e *Engine) unpausedLanes(ctx context.Context, ls []string) ([]string, error) {
-	keys := make([]string, 0, len(ls))
+	var lanes, keys []string
 	seen := map[string]bool{}
 	for _, l := range ls {
 		if !seen[l] {
 			seen[l] = true
+			lanes = append(lanes, l)
 			keys = append(keys, laneKey(l))
 		}
 	}
@@ -195,8 +196,8 @@ func (e *Engine) unpausedLanes(ctx context.Context, ls []string) ([]string, erro
 		if err := tx.Prefetch(keys...); err != nil {
 			return err
 		}
-		for _, k := range keys {
-			info, err := readLane(tx, k[len("lane:"):])
+		for _, l := range lanes {
+			info, err := readLane(tx, l)
 			if err != nil {
 				return err
 			}

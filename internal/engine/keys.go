@@ -8,15 +8,20 @@ import (
 	"github.com/flowfabric/flowfabric/fftype"
 )
 
-// Record keys. Keys of one execution follow ffstore's convention "<kind>:<id>[/<suffix>]".
+// Record keys. Keys of one execution follow ffstore's convention "<kind>:<id>[/<suffix>]";
+// shard-local keys put a '~' after the colon so that no name in them can be mistaken for
+// an execution id.
 func execKey(id fftype.ExecutionID) string    { return "x:" + string(id) }
 func payloadKey(id fftype.ExecutionID) string { return "p:" + string(id) }
 func resultKey(id fftype.ExecutionID) string  { return "r:" + string(id) }
 func attemptKey(id fftype.ExecutionID, index int) string {
 	return "a:" + string(id) + "/" + strconv.Itoa(index)
 }
-func idemKey(ns, key string) string { return "idem:" + ns + "/" + key }
-func laneKey(lane string) string    { return "lane:" + lane }
+func idemKey(ns, key string) string { return idemKeyOfMember(ns + "/" + key) }
+
+// idemKeyOfMember maps a member of queueIdem ("<namespace>/<key>") to its record key.
+func idemKeyOfMember(member string) string { return "idem:~" + member }
+func laneKey(lane string) string           { return "lane:~" + lane }
 
 // laneShard holds the lane registry (pause state).
 const laneShard = 0

@@ -182,7 +182,7 @@ func (e *Engine) delete(tx ffstore.Tx, x *fftype.Execution, before placement, no
 // expireIdemKeys deletes idempotency keys whose window has passed.
 func expireIdemKeys(tx ffstore.Tx, items []ffstore.QueueItem, now time.Time) error {
 	for _, it := range items {
-		key := "idem:" + it.Member
+		key := idemKeyOfMember(it.Member)
 		b, ok, err := tx.Get(key)
 		if err != nil {
 			return err

@@ -1,0 +1,198 @@
+package flowfabric
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/flowfabric/flowfabric/ffstore"
+	"github.com/flowfabric/flowfabric/fftype"
+	"github.com/flowfabric/flowfabric/internal/engine"
+)
+
+// Config tunes a [Client]. The zero value is usable.
+type Config struct {
+	// Clock is the time source. Nil means the store's clock, sampled about once a second.
+	// Tests pass an fftest.Clock.
+	Clock Clock
+	// Logger receives logs. Nil discards them.
+	Logger *slog.Logger
+	// Retention is how long finished executions are kept. 0 means 7 days.
+	Retention time.Duration
+	// MaxPayloadBytes bounds payloads and results. 0 means 16 MiB.
+	MaxPayloadBytes int
+	// TimerPollInterval is the longest the timer loop sleeps when this process scheduled
+	// nothing sooner (other processes' changes are seen within it). 0 means 1s.
+	TimerPollInterval time.Duration
+}
+
+// Client runs executions on one store: it creates, claims, completes and inspects them,
+// and (between Start and Stop) runs the timers that promote delayed executions, expire
+// leases, time out attempts and delete old executions. It is safe for concurrent use.
+type Client struct {
+	engine *engine.Engine
+}
+
+// NewClient returns a client on store. The caller owns the store and closes it after the
+// client stops.
+func NewClient(store ffstore.Store, cfg *Config) (*Client, error) {
+	ec := &engine.Config{}
+	if cfg != nil {
+		ec.Clock = cfg.Clock
+		ec.Logger = cfg.Logger
+		ec.Retention = cfg.Retention
+		ec.MaxPayloadBytes = cfg.MaxPayloadBytes
+		ec.TimerPollInterval = cfg.TimerPollInterval
+	}
+	e, err := engine.New(store, ec)
+	if err != nil {
+		return nil, err
+	}
+	return &Client{engine: e}, nil
+}
+
+// Start runs the timer loop in the background until Stop or ctx ends. Several clients in
+// several processes may run it on one store at once. Calling Start twice does nothing.
+func (c *Client) Start(ctx context.Context) { c.engine.Start(ctx) }
+
+// Stop ends the timer loop and waits for it. It is safe to call when not started.
+func (c *Client) Stop() { c.engine.Stop() }
+
+// RunDue handles every timer that is due now and reports how many items it handled and
+// when the next is due. Start calls it in a loop; tests call it after moving a fake clock.
+func (c *Client) RunDue(ctx context.Context) (int, time.Time, error) { return c.engine.RunDue(ctx) }
+
+// Create creates an execution, or returns the one an earlier create made with the same id
+// or idempotency key (with Duplicate set).
+func (c *Client) Create(ctx context.Context, p CreateParams) (*CreateResult, error) {
+	return c.engine.Create(ctx, p)
+}
+
+// CreateMany creates many executions in few store round trips and returns one result per
+// item, in order; an invalid item gets its error without stopping the others.
+func (c *Client) CreateMany(ctx context.Context, ps []CreateParams) []BulkCreateResult {
+	return c.engine.CreateMany(ctx, ps)
+}
+
+// Claim hands a worker up to p.Count eligible executions from its lanes as leases: only
+// those whose required capabilities the worker holds, highest priority first, namespaces
+// taking turns, oldest first. An empty result means nothing was eligible.
+func (c *Client) Claim(ctx context.Context, p ClaimParams) ([]*Lease, error) {
+	return c.engine.Claim(ctx, p)
+}
+
+// IssueGrant reserves one eligible execution for one worker until the grant expires. A
+// [GrantReclaim] grant reserves an execution whose lease expired or was revoked.
+func (c *Client) IssueGrant(ctx context.Context, id ExecutionID, kind GrantKind, p GrantParams) (*GrantRef, error) {
+	return c.engine.IssueGrant(ctx, id, kind, p)
+}
+
+// ClaimGrant consumes a grant and returns the lease it gives its worker.
+func (c *Client) ClaimGrant(ctx context.Context, p GrantClaimParams) (*Lease, error) {
+	return c.engine.ClaimGrant(ctx, p)
+}
+
+// Renew extends a lease by ttl from now (by the lease's TTL when ttl is 0) and returns
+// the new expiry.
+func (c *Client) Renew(ctx context.Context, id ExecutionID, f Fence, ttl time.Duration) (time.Time, error) {
+	return c.engine.Renew(ctx, id, f, ttl)
+}
+
+// Progress records the running attempt's progress (0 to 100 percent, and a message).
+func (c *Client) Progress(ctx context.Context, id ExecutionID, f Fence, percent int, message string) error {
+	return c.engine.Progress(ctx, id, f, percent, message)
+}
+
+// Complete ends an execution successfully with result. A retried call by the same holder
+// succeeds and changes nothing.
+func (c *Client) Complete(ctx context.Context, id ExecutionID, f Fence, result []byte, enc PayloadEncoding) error {
+	return c.engine.Complete(ctx, id, f, result, enc)
+}
+
+// Fail fails the current attempt; the execution is retried per its policy or fails for
+// good.
+func (c *Client) Fail(ctx context.Context, id ExecutionID, f Fence, p FailParams) (FailOutcome, error) {
+	return c.engine.Fail(ctx, id, f, p)
+}
+
+// Cancel cancels an execution: by its lease holder when p.Fence is set, otherwise as an
+// operator.
+func (c *Client) Cancel(ctx context.Context, id ExecutionID, p CancelParams) error {
+	return c.engine.Cancel(ctx, id, p)
+}
+
+// Delay pauses the running attempt; the execution is eligible again after d and its next
+// claim continues the same attempt.
+func (c *Client) Delay(ctx context.Context, id ExecutionID, f Fence, d time.Duration) error {
+	return c.engine.Delay(ctx, id, f, d)
+}
+
+// Release gives a lease back so that another worker can take the execution at once; no
+// retry or reclaim is counted.
+func (c *Client) Release(ctx context.Context, id ExecutionID, f Fence) error {
+	return c.engine.Release(ctx, id, f)
+}
+
+// Revoke takes a lease away from its holder; the execution's next claim is a reclaim.
+func (c *Client) Revoke(ctx context.Context, id ExecutionID, reason string) error {
+	return c.engine.Revoke(ctx, id, reason)
+}
+
+// ChangePriority sets the priority of a non-terminal execution.
+func (c *Client) ChangePriority(ctx context.Context, id ExecutionID, priority int) error {
+	return c.engine.ChangePriority(ctx, id, priority)
+}
+
+// SetTags merges tags into an execution's tags; a tag set to "" is removed.
+func (c *Client) SetTags(ctx context.Context, id ExecutionID, tags map[string]string) error {
+	return c.engine.SetTags(ctx, id, tags)
+}
+
+// Replay sends a finished execution round again with a fresh retry budget.
+func (c *Client) Replay(ctx context.Context, id ExecutionID) error { return c.engine.Replay(ctx, id) }
+
+// PauseLane stops claims from handing out the lane's executions until ResumeLane.
+func (c *Client) PauseLane(ctx context.Context, lane string) error {
+	return c.engine.PauseLane(ctx, lane)
+}
+
+// ResumeLane undoes PauseLane.
+func (c *Client) ResumeLane(ctx context.Context, lane string) error {
+	return c.engine.ResumeLane(ctx, lane)
+}
+
+// Lane returns a lane's state.
+func (c *Client) Lane(ctx context.Context, lane string) (LaneInfo, error) {
+	return c.engine.Lane(ctx, lane)
+}
+
+// Get returns an execution.
+func (c *Client) Get(ctx context.Context, id ExecutionID) (*Execution, error) {
+	return c.engine.Get(ctx, id)
+}
+
+// List returns a page of executions matching p, oldest first.
+func (c *Client) List(ctx context.Context, p ListParams) (*ListPage, error) {
+	return c.engine.List(ctx, p)
+}
+
+// Attempts returns an execution's attempts, oldest first.
+func (c *Client) Attempts(ctx context.Context, id ExecutionID) ([]*Attempt, error) {
+	return c.engine.Attempts(ctx, id)
+}
+
+// Result returns the result of a completed execution.
+func (c *Client) Result(ctx context.Context, id ExecutionID) ([]byte, error) {
+	return c.engine.Result(ctx, id)
+}
+
+// Payload returns an execution's input payload.
+func (c *Client) Payload(ctx context.Context, id ExecutionID) ([]byte, error) {
+	return c.engine.Payload(ctx, id)
+}
+
+// Events returns up to limit events of one shard after sequence number after. The event
+// log's cursors and Subscribe build on it.
+func (c *Client) Events(ctx context.Context, shard int, after uint64, limit int) ([]fftype.Event, error) {
+	return c.engine.Store().ReadEvents(ctx, shard, after, limit)
+}
