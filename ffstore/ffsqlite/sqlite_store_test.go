@@ -459,3 +459,69 @@ func TestIdleCheckpoint(t *testing.T) {
 	}
 	require.Eventually(t, func() bool { return walSize() == 0 }, 10*time.Second, 5*time.Millisecond)
 }
+
+// TestBusy holds SQLite's write lock from another connection, as another process would:
+// units fail with a retryable unavailable error after the busy timeout, reads go on, and
+// units succeed again once the lock is released.
+func TestBusy(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := openTemp(t, &ffsqlite.Options{BusyTimeout: 50 * time.Millisecond})
+	require.NoError(t, s.Update(ctx, 0, func(tx ffstore.Tx) error { tx.Put("k", []byte("v")); return nil }))
+
+	db, err := sql.Open("sqlite", s.Path())
+	require.NoError(t, err)
+	defer db.Close()
+	conn, err := db.Conn(ctx)
+	require.NoError(t, err)
+	defer conn.Close()
+	_, err = conn.ExecContext(ctx, "BEGIN IMMEDIATE")
+	require.NoError(t, err)
+
+	ran := false
+	err = s.Update(ctx, 0, func(tx ffstore.Tx) error { ran = true; return nil })
+	require.ErrorIs(t, err, isCode(fftype.KindUnavailable, fftype.CodeStoreUnavailable))
+	require.True(t, fftype.IsRetryable(err))
+	require.False(t, ran)
+	requireValue(t, s, "k", "v")
+
+	_, err = conn.ExecContext(ctx, "ROLLBACK")
+	require.NoError(t, err)
+	require.NoError(t, s.Update(ctx, 0, func(tx ffstore.Tx) error { tx.Put("k", []byte("w")); return nil }))
+	requireValue(t, s, "k", "w")
+}
+
+func requireValue(t *testing.T, s *ffsqlite.Store, key, want string) {
+	t.Helper()
+	require.NoError(t, s.View(context.Background(), 0, func(tx ffstore.ReadTx) error {
+		v, ok, err := tx.Get(key)
+		require.NoError(t, err)
+		require.True(t, ok)
+		require.Equal(t, want, string(v))
+		return nil
+	}))
+}
+
+// TestCheckpointBoundsWAL writes far more than CheckpointBytes with no idle time: the
+// write-ahead log is checkpointed as it passes the bound and stays near it.
+func TestCheckpointBoundsWAL(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	const bound = 256 << 10
+	opts := &ffsqlite.Options{CheckpointBytes: bound}
+	ffsqlite.SetIdleCheckpointDelay(opts, time.Hour)
+	s := openTemp(t, opts)
+	value := make([]byte, 16<<10)
+	var largest int64
+	for i := range 256 { // 4 MiB of values
+		require.NoError(t, s.Update(ctx, 0, func(tx ffstore.Tx) error {
+			tx.Put(fmt.Sprint("k", i%64), value)
+			return nil
+		}))
+		fi, err := os.Stat(s.Path() + "-wal")
+		require.NoError(t, err)
+		largest = max(largest, fi.Size())
+	}
+	t.Logf("largest WAL file: %d bytes", largest)
+	require.Less(t, largest, int64(2*bound))
+}

@@ -89,6 +89,11 @@ func (s *Store) runBatch(batch []*unit) []*unit {
 	}()
 	batch = s.take(batch)
 	if _, err := s.ws.begin.ExecContext(bg); err != nil {
+		if code, ok := sqliteCode(err); !ok || code&0xff != sqliteBusy {
+			// Not a lock held elsewhere: make sure no transaction is left open on the
+			// connection, so the next batch can begin.
+			_, _ = s.ws.rollback.ExecContext(bg)
+		}
 		err = translate(err, "begin write transaction")
 		for _, u := range batch {
 			u.err = err
