@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/flowfabric/flowfabric/ffstore"
+	"github.com/flowfabric/flowfabric/fftype"
 )
 
 // maxBatch bounds the units of one group commit, and the queue of units waiting for the
@@ -153,7 +154,7 @@ func (s *Store) runUnit(u *unit) error {
 	tx := &writeTx{s: s, shard: u.shard}
 	err := s.call(u, tx)
 	tx.done.Store(true)
-	if err == nil && !u.panicked && tx.err == nil {
+	if err == nil && !u.panicked && tx.err == nil && !s.takeConflict() {
 		if _, err := s.ws.release.ExecContext(bg); err != nil {
 			u.err = translate(err, "release savepoint")
 			return u.err
@@ -165,8 +166,10 @@ func (s *Store) runUnit(u *unit) error {
 	case u.panicked:
 	case err != nil:
 		u.err = err // fn's error, unchanged
-	default:
+	case tx.err != nil:
 		u.err = tx.err
+	default:
+		u.err = fftype.NewError(fftype.KindContention, fftype.CodeStoreConflict, "ffsqlite: injected conflict on shard %d", u.shard)
 	}
 	if _, rerr := s.ws.rollbackTo.ExecContext(bg); rerr != nil {
 		return translate(rerr, "roll back savepoint")
