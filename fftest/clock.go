@@ -63,15 +63,15 @@ func (c *Clock) set(t time.Time) {
 	}
 }
 
-// Sleep blocks until the clock has advanced by d, wake fires, or ctx is done.
-func (c *Clock) Sleep(ctx context.Context, d time.Duration, wake <-chan struct{}) error {
+// SleepUntil blocks until the clock reads t or later, wake fires, or ctx is done.
+func (c *Clock) SleepUntil(ctx context.Context, t time.Time, wake <-chan struct{}) error {
 	c.mu.Lock()
-	if d <= 0 {
+	if !t.After(c.now) {
 		c.mu.Unlock()
 		return ctx.Err()
 	}
 	ch := make(chan struct{})
-	c.sleepers[ch] = c.now.Add(d)
+	c.sleepers[ch] = t
 	c.mu.Unlock()
 	defer func() {
 		c.mu.Lock()

@@ -10,7 +10,9 @@ import (
 type Clock interface {
 	// Now returns the current time.
 	Now() time.Time
-	// Sleep blocks until d has passed on this clock, or ctx is done (returning ctx.Err()).
-	// A wake-up sent on wake ends the sleep early and returns nil; wake may be nil.
-	Sleep(ctx context.Context, d time.Duration, wake <-chan struct{}) error
+	// SleepUntil blocks until the clock reads t or later, or ctx is done (returning
+	// ctx.Err()). A value received on wake ends the sleep early and returns nil; wake may
+	// be nil. Sleeping until an absolute time, rather than for a duration, means a clock
+	// that moves between reading it and sleeping cannot make the sleeper oversleep.
+	SleepUntil(ctx context.Context, t time.Time, wake <-chan struct{}) error
 }

@@ -47,9 +47,9 @@ func (c *StoreClock) Now() time.Time {
 	return c.base.Add(local.Sub(c.sampledAt))
 }
 
-// Sleep waits for d of real time, or until wake fires or ctx is done.
-func (c *StoreClock) Sleep(ctx context.Context, d time.Duration, wake <-chan struct{}) error {
-	t := time.NewTimer(d)
+// SleepUntil waits until the clock reads t, or until wake fires or ctx is done.
+func (c *StoreClock) SleepUntil(ctx context.Context, until time.Time, wake <-chan struct{}) error {
+	t := time.NewTimer(until.Sub(c.Now()))
 	defer t.Stop()
 	select {
 	case <-ctx.Done():

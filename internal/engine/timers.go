@@ -219,14 +219,15 @@ func (e *Engine) Start(ctx context.Context) {
 	go func() {
 		defer close(done)
 		for ctx.Err() == nil {
-			sleep := e.cfg.TimerPollInterval
 			_, next, err := e.RunDue(ctx)
 			if err != nil && ctx.Err() == nil {
 				e.log.Warn("timer loop: handling due timers failed", "err", err)
-			} else if !next.IsZero() {
-				sleep = min(sleep, max(next.Sub(e.now()), time.Millisecond))
 			}
-			if e.clock.Sleep(ctx, sleep, e.wake) != nil {
+			until := e.clock.Now().Add(e.cfg.TimerPollInterval)
+			if err == nil && !next.IsZero() && next.Before(until) {
+				until = next
+			}
+			if e.clock.SleepUntil(ctx, until, e.wake) != nil {
 				return
 			}
 		}

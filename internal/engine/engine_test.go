@@ -1,0 +1,61 @@
+package engine_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/flowfabric/flowfabric/ffstore/ffmem"
+	"github.com/flowfabric/flowfabric/fftest"
+	"github.com/flowfabric/flowfabric/fftype"
+	"github.com/flowfabric/flowfabric/internal/engine"
+)
+
+// TestTimerLoop runs the background loop on a fake clock: it must promote a delayed
+// execution once the clock passes its time, without RunDue being called by the test.
+func TestTimerLoop(t *testing.T) {
+	t.Parallel()
+	clock := fftest.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	e, err := engine.New(ffmem.New(nil), &engine.Config{Clock: clock, TimerPollInterval: time.Hour})
+	require.NoError(t, err)
+	ctx := t.Context()
+	e.Start(ctx)
+	e.Start(ctx) // a second Start does nothing
+	defer e.Stop()
+
+	res, err := e.Create(ctx, fftype.CreateParams{Lane: "l", Kind: "k", Delay: fftype.Duration(time.Minute)})
+	require.NoError(t, err)
+	clock.Advance(time.Minute)
+	require.Eventually(t, func() bool {
+		x, err := e.Get(ctx, res.ID)
+		return err == nil && x.PublicState() == fftype.StateWaiting
+	}, 5*time.Second, time.Millisecond, "the loop promotes the execution when the clock reaches its time")
+	e.Stop()
+	e.Stop() // stopping twice is fine
+}
+
+// TestStoreClock checks that the production clock follows the store's clock.
+func TestStoreClock(t *testing.T) {
+	t.Parallel()
+	store := ffmem.New(nil)
+	c := engine.NewStoreClock(store)
+	storeNow, err := store.Now(context.Background())
+	require.NoError(t, err)
+	require.WithinDuration(t, storeNow, c.Now(), time.Second)
+	a, b := c.Now(), c.Now()
+	require.False(t, b.Before(a), "the clock never goes backwards between samples")
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	require.ErrorIs(t, c.SleepUntil(ctx, c.Now().Add(time.Hour), nil), context.Canceled)
+	wake := make(chan struct{}, 1)
+	wake <- struct{}{}
+	require.NoError(t, c.SleepUntil(t.Context(), c.Now().Add(time.Hour), wake), "a wake-up ends the sleep")
+}
+
+func TestNewRefusesNilStore(t *testing.T) {
+	t.Parallel()
+	_, err := engine.New(nil, nil)
+	require.Error(t, err)
+}
