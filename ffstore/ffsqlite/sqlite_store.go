@@ -393,7 +393,8 @@ func (s *Store) isClosed() bool {
 
 // Update runs fn as one unit on shard. fn runs on the store's writer goroutine inside the
 // current group commit, so it must not block for long and must not call Update itself
-// (that deadlocks). Update returns only after the unit's commit is durable. If fn returns
+// (that deadlocks); a View called from fn reads the committed state, without the unit's
+// own writes. Update returns only after the unit's commit is durable. If fn returns
 // an error, the unit's writes are rolled back and the error is returned unchanged; if fn
 // panics, its writes are rolled back and the panic is re-raised in the caller's goroutine.
 // If ctx ends before the writer takes the unit, fn does not run and ctx.Err() is
