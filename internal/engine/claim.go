@@ -313,7 +313,7 @@ func (e *Engine) acquire(tx ffstore.Tx, x *fftype.Execution, before placement, w
 
 	att.LeaseID, att.LeaseEpoch = x.LeaseID, x.LeaseEpoch
 	att.WorkerID, att.WorkerInstanceID = w.workerID, w.instanceID
-	putJSON(tx, attemptKey(x.ID, att.Index), att)
+	putAttempt(tx, att)
 	e.save(tx, before, x)
 	appendEvent(tx, event, x, now, map[string]any{
 		"attempt_index": att.Index, "attempt_type": att.Type, "lease_epoch": x.LeaseEpoch, "worker_id": w.workerID,

@@ -174,8 +174,8 @@ func getExec(tx ffstore.ReadTx, id fftype.ExecutionID) (*fftype.Execution, error
 	if !ok {
 		return nil, fftype.NotFoundf(fftype.CodeExecutionNotFound, "execution %s not found", id)
 	}
-	x := &fftype.Execution{}
-	if err := json.Unmarshal(b, x); err != nil {
+	x, err := decodeExecution(b)
+	if err != nil {
 		return nil, corrupt("execution "+string(id), err)
 	}
 	return x, nil
@@ -190,7 +190,11 @@ func putJSON(tx ffstore.Tx, key string, v any) {
 	tx.Put(key, b)
 }
 
-func putExec(tx ffstore.Tx, x *fftype.Execution) { putJSON(tx, execKey(x.ID), x) }
+func putExec(tx ffstore.Tx, x *fftype.Execution) { tx.Put(execKey(x.ID), encodeExecution(x)) }
+
+func putAttempt(tx ffstore.Tx, a *fftype.Attempt) {
+	tx.Put(attemptKey(a.ExecutionID, a.Index), encodeAttempt(a))
+}
 
 func getAttempt(tx ffstore.ReadTx, id fftype.ExecutionID, index int) (*fftype.Attempt, error) {
 	b, ok, err := tx.Get(attemptKey(id, index))
@@ -200,8 +204,8 @@ func getAttempt(tx ffstore.ReadTx, id fftype.ExecutionID, index int) (*fftype.At
 	if !ok {
 		return nil, fftype.NotFoundf(fftype.CodeAttemptNotFound, "attempt %d of %s not found", index, id)
 	}
-	a := &fftype.Attempt{}
-	if err := json.Unmarshal(b, a); err != nil {
+	a, err := decodeAttempt(b)
+	if err != nil {
 		return nil, corrupt("attempt", err)
 	}
 	return a, nil

@@ -143,7 +143,7 @@ func endAttempt(tx ffstore.Tx, x *fftype.Execution, status fftype.AttemptStatus,
 		a.EndedAt = now
 	}
 	a.FailureReason, a.FailureCategory = reason, category
-	putJSON(tx, attemptKey(x.ID, a.Index), a)
+	putAttempt(tx, a)
 	return nil
 }
 
