@@ -56,8 +56,15 @@ type Store interface {
 	QueueHeads(ctx context.Context, prefixes []string) ([]QueueHead, error)
 
 	// ReadEvents returns up to limit events of one shard with Seq greater than after, in
-	// Seq order.
+	// Seq order. If events after `after` were trimmed (after is below the shard's trim
+	// point), it returns an error matching fftype.ErrCursorExpired instead.
 	ReadEvents(ctx context.Context, shard int, after uint64, limit int) ([]fftype.Event, error)
+
+	// TrimEvents deletes the events of one shard with Seq at most through and raises the
+	// shard's trim point to through (it never lowers it; a through beyond the last Seq
+	// means the last Seq). The sequence continues where it was: the next append still gets
+	// the next number.
+	TrimEvents(ctx context.Context, shard int, through uint64) error
 
 	// Now returns the store's clock. The engine's production clock samples it about once
 	// a second; transitions never call it directly.
@@ -65,6 +72,15 @@ type Store interface {
 
 	// Close releases the store's resources. Calls after Close fail.
 	Close() error
+}
+
+// ChangeNotifier is an optional ability of a store: Changes returns a channel that
+// receives a value soon after any unit commits to the store, from this process or (where
+// the store can tell) another one. Values are coalesced hints that something may have
+// changed, never data, and may be spurious. The channel is closed when ctx ends. Waiting
+// on it must not hold a transaction or a pooled connection. Stores without it are polled.
+type ChangeNotifier interface {
+	Changes(ctx context.Context) <-chan struct{}
 }
 
 // ReadTx is the read side of a unit.

@@ -80,6 +80,7 @@ var (
 	ErrMaxReplaysExhausted  = &Error{Kind: KindLimited, Code: CodeMaxReplaysExhausted}
 	ErrGrantAlreadyExists   = &Error{Kind: KindConflict, Code: CodeGrantAlreadyExists}
 	ErrExecutionNotEligible = &Error{Kind: KindState, Code: CodeExecutionNotEligible}
+	ErrCursorExpired        = &Error{Kind: KindState, Code: CodeCursorExpired}
 )
 
 // Stable error codes. They appear on the wire and never change meaning.
@@ -117,6 +118,7 @@ const (
 	CodeStoreConflict        = "store_conflict"
 	CodeStoreUnavailable     = "store_unavailable"
 	CodeInvalidCursor        = "invalid_cursor"
+	CodeCursorExpired        = "cursor_expired"
 	CodeShardOutOfRange      = "shard_out_of_range"
 	CodeCorruption           = "corruption"
 )

@@ -50,9 +50,13 @@ type Store struct {
 	shards    []*shard
 	closed    atomic.Bool
 	conflicts atomic.Int64 // commits still to fail, see InjectConflicts
+	changes   ffstore.Notifier
 }
 
-var _ ffstore.Store = (*Store)(nil)
+var (
+	_ ffstore.Store          = (*Store)(nil)
+	_ ffstore.ChangeNotifier = (*Store)(nil)
+)
 
 // shard is the state of one shard. mu guards every other field.
 type shard struct {
@@ -61,7 +65,8 @@ type shard struct {
 	records map[string][]byte
 	queues  map[string]*queue
 	names   btree[queueName] // names of the non-empty queues, for QueueHeads
-	events  []fftype.Event   // events[i].Seq == i+1
+	events  []fftype.Event   // events[i].Seq == trimmed+i+1
+	trimmed uint64           // events up to this Seq were trimmed
 }
 
 // queue is an ordered set of members by (score, member), with each member's score.
@@ -184,11 +189,12 @@ func (s *Store) Update(ctx context.Context, shard int, fn func(tx ffstore.Tx) er
 		return fftype.NewError(fftype.KindContention, fftype.CodeStoreConflict, "ffmem: injected conflict on shard %d", shard)
 	}
 	for _, ev := range t.events {
-		ev.Seq = uint64(len(sh.events)) + 1
+		ev.Seq = sh.trimmed + uint64(len(sh.events)) + 1
 		ev.Shard = sh.index
 		sh.events = append(sh.events, ev)
 	}
 	committed = true
+	s.changes.Notify()
 	return nil
 }
 
@@ -277,6 +283,10 @@ func (s *Store) ReadEvents(ctx context.Context, shard int, after uint64, limit i
 	if s.closed.Load() {
 		return nil, errClosed()
 	}
+	if after < sh.trimmed {
+		return nil, cursorExpired(shard, after, sh.trimmed)
+	}
+	after -= sh.trimmed // index into sh.events from here on
 	if limit <= 0 || after >= uint64(len(sh.events)) {
 		return nil, nil
 	}
@@ -290,6 +300,35 @@ func (s *Store) ReadEvents(ctx context.Context, shard int, after uint64, limit i
 	}
 	return out, nil
 }
+
+// TrimEvents deletes the events of shard up to Seq through (at most the last one) and
+// raises the shard's trim point. Argument errors are as for Update.
+func (s *Store) TrimEvents(ctx context.Context, shard int, through uint64) error {
+	sh, err := s.lookup(ctx, shard)
+	if err != nil {
+		return err
+	}
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if s.closed.Load() {
+		return errClosed()
+	}
+	through = min(through, sh.trimmed+uint64(len(sh.events)))
+	if through <= sh.trimmed {
+		return nil
+	}
+	sh.events = slices.Clone(sh.events[through-sh.trimmed:])
+	sh.trimmed = through
+	return nil
+}
+
+func cursorExpired(shard int, after, trimmed uint64) error {
+	return fftype.NewError(fftype.KindState, fftype.CodeCursorExpired,
+		"events of shard %d after %d are gone: the log was trimmed through %d", shard, after, trimmed)
+}
+
+// Changes implements [ffstore.ChangeNotifier]: it wakes after every committed unit.
+func (s *Store) Changes(ctx context.Context) <-chan struct{} { return s.changes.Changes(ctx) }
 
 // Now returns time.Now(). It fails only after Close or when ctx is done.
 func (s *Store) Now(ctx context.Context) (time.Time, error) {

@@ -63,10 +63,15 @@ var migrations = [][]string{ //nolint:gochecknoglobals // the embedded schema, r
 			PRIMARY KEY (shard, seq)
 		) WITHOUT ROWID`,
 	},
+	// 2: the trim point of each shard's event log: events up to it were deleted, and a
+	// reader asking for them gets cursor_expired.
+	{
+		`ALTER TABLE event_seqs ADD COLUMN trimmed INTEGER NOT NULL DEFAULT 0`,
+	},
 }
 
 // SchemaVersion is the schema version this binary writes and the newest it can open.
-const SchemaVersion = 1
+const SchemaVersion = 2
 
 const (
 	metaSchemaVersion = "schema_version"

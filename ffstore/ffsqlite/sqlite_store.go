@@ -160,13 +160,24 @@ type Store struct {
 	dv     int64
 	dvSeen bool
 
+	// Wake-ups for ChangeNotifier: the writer notifies after each commit; a poller started
+	// by the first Changes call notifies when data_version shows another process's commit.
+	changes    ffstore.Notifier
+	pollerOnce sync.Once
+
 	// mu guards closed and, read-locked, the sends on units, so Close can close the
 	// channel once no Update is sending.
 	mu     sync.RWMutex
 	closed bool
 }
 
-var _ ffstore.Store = (*Store)(nil)
+var (
+	_ ffstore.Store          = (*Store)(nil)
+	_ ffstore.ChangeNotifier = (*Store)(nil)
+)
+
+// changePollInterval is how often the change poller reads PRAGMA data_version.
+const changePollInterval = 25 * time.Millisecond
 
 // Open opens the store in the SQLite file at path, creating the file and its schema if
 // needed and migrating an older schema forward. opts may be nil.
@@ -551,7 +562,61 @@ func (s *Store) ReadEvents(ctx context.Context, shard int, after uint64, limit i
 	if err := rows.Err(); err != nil {
 		return nil, translate(err, "read events")
 	}
+	// The trim point is read after the events: it only grows, so if after is not below
+	// it now, nothing the events query needed had been trimmed when it ran.
+	var trimmed int64
+	if err := s.rs.trimPoint.QueryRowContext(ctx, shard).Scan(&trimmed); err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return nil, translate(err, "read trim point")
+	}
+	if after < uint64(trimmed) {
+		return nil, fftype.NewError(fftype.KindState, fftype.CodeCursorExpired,
+			"events of shard %d after %d are gone: the log was trimmed through %d", shard, after, trimmed)
+	}
 	return out, nil
+}
+
+// TrimEvents deletes the events of shard up to Seq through (at most the last one) and
+// raises the shard's trim point, in one write transaction.
+func (s *Store) TrimEvents(ctx context.Context, shard int, through uint64) error {
+	if through > math.MaxInt64 {
+		through = math.MaxInt64
+	}
+	return s.Update(ctx, shard, func(tx ffstore.Tx) error {
+		t := tx.(*writeTx)
+		t.exec("trim events", t.s.ws.trimMark, shard, int64(through))
+		t.exec("trim events", t.s.ws.trim, shard)
+		return t.err
+	})
+}
+
+// Changes implements [ffstore.ChangeNotifier]: it wakes after every commit of this store
+// and, within about 25ms, after commits of other processes on the same file.
+func (s *Store) Changes(ctx context.Context) <-chan struct{} {
+	s.pollerOnce.Do(func() { go s.pollChanges() })
+	return s.changes.Changes(ctx)
+}
+
+// pollChanges notifies when another process committed, until the store closes.
+func (s *Store) pollChanges() {
+	t := time.NewTicker(changePollInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.writerDone:
+			return
+		case <-t.C:
+		}
+		changed, err := s.Changed(context.Background())
+		if err != nil {
+			if s.isClosed() {
+				return
+			}
+			continue
+		}
+		if changed {
+			s.changes.Notify()
+		}
+	}
 }
 
 // Now returns the local clock, time.Now(). It fails only after Close or when ctx is done.

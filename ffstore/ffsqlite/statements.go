@@ -31,6 +31,10 @@ const (
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
 	sqlReadEvents = `SELECT seq, version, type, time_unix, time_nsec, execution_id, namespace, lane, data
 		FROM events WHERE shard = ? AND seq > ? ORDER BY seq LIMIT ?`
+	sqlTrimPoint = `SELECT trimmed FROM event_seqs WHERE shard = ?`
+	sqlTrimMark  = `UPDATE event_seqs SET trimmed = max(trimmed, min(?2, last_seq)) WHERE shard = ?1`
+	sqlTrim      = `DELETE FROM events WHERE shard = ?1
+		AND seq <= (SELECT trimmed FROM event_seqs WHERE shard = ?1)`
 	// The head of each queue in the directory whose name is in [?1, ?2), one index seek
 	// per queue.
 	sqlHeadsSelect = `SELECT q.shard, q.queue, i.member, i.score FROM queues q
@@ -51,6 +55,7 @@ type writerStmts struct {
 	queueAdd, queueDir     *sql.Stmt
 	queueRemove, prune     *sql.Stmt
 	nextSeq, appendEvent   *sql.Stmt
+	trimMark, trim         *sql.Stmt
 }
 
 func (w *writerStmts) prepare(ctx context.Context, conn *sql.Conn) error {
@@ -75,6 +80,8 @@ func (w *writerStmts) prepare(ctx context.Context, conn *sql.Conn) error {
 		{&w.prune, sqlQueuePrune},
 		{&w.nextSeq, sqlNextSeq},
 		{&w.appendEvent, sqlAppendEvent},
+		{&w.trimMark, sqlTrimMark},
+		{&w.trim, sqlTrim},
 	} {
 		st, err := conn.PrepareContext(ctx, p.sql)
 		if err != nil {
@@ -89,7 +96,7 @@ func (w *writerStmts) close() {
 	for _, st := range []*sql.Stmt{
 		w.begin, w.commit, w.rollback, w.savepoint, w.release, w.rollbackTo,
 		w.get, w.put, w.del, w.rangeFirst, w.rangeAfter, w.queueAdd, w.queueDir,
-		w.queueRemove, w.prune, w.nextSeq, w.appendEvent,
+		w.queueRemove, w.prune, w.nextSeq, w.appendEvent, w.trimMark, w.trim,
 	} {
 		if st != nil {
 			_ = st.Close()
@@ -101,7 +108,7 @@ func (w *writerStmts) close() {
 type readerStmts struct {
 	get, rangeFirst, rangeAfter *sql.Stmt
 	headsRange, headsFrom       *sql.Stmt
-	events                      *sql.Stmt
+	events, trimPoint           *sql.Stmt
 }
 
 func (r *readerStmts) prepare(ctx context.Context, db *sql.DB) error {
@@ -115,6 +122,7 @@ func (r *readerStmts) prepare(ctx context.Context, db *sql.DB) error {
 		{&r.headsRange, sqlHeadsRange},
 		{&r.headsFrom, sqlHeadsFrom},
 		{&r.events, sqlReadEvents},
+		{&r.trimPoint, sqlTrimPoint},
 	} {
 		st, err := db.PrepareContext(ctx, p.sql)
 		if err != nil {
@@ -126,7 +134,7 @@ func (r *readerStmts) prepare(ctx context.Context, db *sql.DB) error {
 }
 
 func (r *readerStmts) close() {
-	for _, st := range []*sql.Stmt{r.get, r.rangeFirst, r.rangeAfter, r.headsRange, r.headsFrom, r.events} {
+	for _, st := range []*sql.Stmt{r.get, r.rangeFirst, r.rangeAfter, r.headsRange, r.headsFrom, r.events, r.trimPoint} {
 		if st != nil {
 			_ = st.Close()
 		}

@@ -119,6 +119,7 @@ func (s *Store) runBatch(batch []*unit) []*unit {
 		return batch
 	}
 	s.commits.Add(1)
+	s.changes.Notify()
 	for _, u := range batch {
 		u.pending = false
 	}

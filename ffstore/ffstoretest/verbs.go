@@ -669,6 +669,86 @@ func exerciseVerbs(t *testing.T, newStore func(t *testing.T) ffstore.Store) {
 		}
 	})
 
+	t.Run("TrimEvents", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		id := fftype.NewExecutionID(b.last)
+		require.NoError(t, b.store.TrimEvents(b.ctx, b.last, 5), "trimming an empty log is fine")
+		for i := range 10 {
+			mustUpdate(t, b.store, b.last, func(tx ffstore.Tx) error {
+				tx.AppendEvent(testEvent(id, fmt.Sprint(i)))
+				return nil
+			})
+		}
+		require.NoError(t, b.store.TrimEvents(b.ctx, b.last, 4))
+		_, err := b.store.ReadEvents(b.ctx, b.last, 0, 100)
+		require.ErrorIs(t, err, fftype.ErrCursorExpired, "events a reader needs are gone")
+		_, err = b.store.ReadEvents(b.ctx, b.last, 3, 100)
+		require.ErrorIs(t, err, fftype.ErrCursorExpired)
+		evs, err := b.store.ReadEvents(b.ctx, b.last, 4, 100)
+		require.NoError(t, err)
+		require.Len(t, evs, 6)
+		require.Equal(t, uint64(5), evs[0].Seq)
+		require.NoError(t, b.store.TrimEvents(b.ctx, b.last, 2), "a lower trim point changes nothing")
+		evs, err = b.store.ReadEvents(b.ctx, b.last, 4, 100)
+		require.NoError(t, err)
+		require.Len(t, evs, 6)
+
+		require.NoError(t, b.store.TrimEvents(b.ctx, b.last, 1000), "trimming past the end trims to the end")
+		evs, err = b.store.ReadEvents(b.ctx, b.last, 10, 100)
+		require.NoError(t, err)
+		require.Empty(t, evs)
+		mustUpdate(t, b.store, b.last, func(tx ffstore.Tx) error {
+			tx.AppendEvent(testEvent(id, "after"))
+			return nil
+		})
+		evs, err = b.store.ReadEvents(b.ctx, b.last, 10, 100)
+		require.NoError(t, err)
+		require.Len(t, evs, 1)
+		require.Equal(t, uint64(11), evs[0].Seq, "the sequence continues after a trim")
+		_, err = b.store.ReadEvents(b.ctx, b.last, 9, 100)
+		require.ErrorIs(t, err, fftype.ErrCursorExpired)
+		if b.first != b.last {
+			_, err = b.store.ReadEvents(b.ctx, b.first, 0, 100)
+			require.NoError(t, err, "trimming one shard leaves the others alone")
+		}
+		require.Error(t, b.store.TrimEvents(b.ctx, b.store.Shards(), 1), "shard out of range")
+	})
+
+	t.Run("Changes", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		n, ok := b.store.(ffstore.ChangeNotifier)
+		if !ok {
+			t.Logf("store has no change notifications; readers poll it")
+			return
+		}
+		ctx, cancel := context.WithCancel(b.ctx)
+		ch := n.Changes(ctx)
+		drain := func() {
+			for {
+				select {
+				case <-ch:
+				default:
+					return
+				}
+			}
+		}
+		drain() // a store may send a first spurious wake-up
+		mustUpdate(t, b.store, b.first, func(tx ffstore.Tx) error {
+			tx.Put("k", []byte("v"))
+			return nil
+		})
+		select {
+		case <-ch:
+		case <-time.After(10 * time.Second):
+			t.Fatal("no wake-up after a commit")
+		}
+		cancel()
+		for range ch { // closed once ctx ends
+		}
+	})
+
 	t.Run("ConcurrentPopDue", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
