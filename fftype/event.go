@@ -48,6 +48,7 @@ type Event struct {
 	Type        EventType       `json:"type"`
 	Time        time.Time       `json:"time"`
 	ExecutionID ExecutionID     `json:"execution_id,omitempty"`
+	FlowID      string          `json:"flow_id,omitempty"`
 	Namespace   string          `json:"namespace,omitempty"`
 	Lane        string          `json:"lane,omitempty"`
 	Data        json.RawMessage `json:"data,omitempty"`

@@ -68,10 +68,14 @@ var migrations = [][]string{ //nolint:gochecknoglobals // the embedded schema, r
 	{
 		`ALTER TABLE event_seqs ADD COLUMN trimmed INTEGER NOT NULL DEFAULT 0`,
 	},
+	// 3: events name the flow their execution belongs to.
+	{
+		`ALTER TABLE events ADD COLUMN flow_id TEXT NOT NULL DEFAULT ''`,
+	},
 }
 
 // SchemaVersion is the schema version this binary writes and the newest it can open.
-const SchemaVersion = 2
+const SchemaVersion = 3
 
 const (
 	metaSchemaVersion = "schema_version"

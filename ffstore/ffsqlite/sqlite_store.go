@@ -549,7 +549,7 @@ func (s *Store) ReadEvents(ctx context.Context, shard int, after uint64, limit i
 		var sec, nsec int64
 		var seq int64
 		var data []byte
-		if err := rows.Scan(&seq, &ev.Version, &ev.Type, &sec, &nsec, &ev.ExecutionID, &ev.Namespace, &ev.Lane, &data); err != nil {
+		if err := rows.Scan(&seq, &ev.Version, &ev.Type, &sec, &nsec, &ev.ExecutionID, &ev.FlowID, &ev.Namespace, &ev.Lane, &data); err != nil {
 			return nil, translate(err, "read events")
 		}
 		ev.Seq = uint64(seq)

@@ -27,9 +27,9 @@ const (
 	sqlNextSeq = `INSERT INTO event_seqs (shard, last_seq) VALUES (?, 1)
 		ON CONFLICT (shard) DO UPDATE SET last_seq = last_seq + 1 RETURNING last_seq`
 	sqlAppendEvent = `INSERT INTO events
-		(shard, seq, version, type, time_unix, time_nsec, execution_id, namespace, lane, data)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
-	sqlReadEvents = `SELECT seq, version, type, time_unix, time_nsec, execution_id, namespace, lane, data
+		(shard, seq, version, type, time_unix, time_nsec, execution_id, flow_id, namespace, lane, data)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+	sqlReadEvents = `SELECT seq, version, type, time_unix, time_nsec, execution_id, flow_id, namespace, lane, data
 		FROM events WHERE shard = ? AND seq > ? ORDER BY seq LIMIT ?`
 	sqlTrimPoint = `SELECT trimmed FROM event_seqs WHERE shard = ?`
 	sqlTrimMark  = `UPDATE event_seqs SET trimmed = max(trimmed, min(?2, last_seq)) WHERE shard = ?1`

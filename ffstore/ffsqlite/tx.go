@@ -150,7 +150,7 @@ func (t *writeTx) AppendEvent(ev fftype.Event) {
 		data = []byte(ev.Data)
 	}
 	t.exec("append event", t.s.ws.appendEvent, t.shard, seq, ev.Version, string(ev.Type),
-		ev.Time.Unix(), int64(ev.Time.Nanosecond()), string(ev.ExecutionID), ev.Namespace, ev.Lane, data)
+		ev.Time.Unix(), int64(ev.Time.Nanosecond()), string(ev.ExecutionID), ev.FlowID, ev.Namespace, ev.Lane, data)
 }
 
 // readTx is a View: one read transaction on a pooled read-only connection.

@@ -621,6 +621,7 @@ func exerciseVerbs(t *testing.T, newStore func(t *testing.T) ffstore.Store) {
 			require.Equal(t, b.first, ev.Shard)
 			require.Equal(t, fftype.EventVersion, ev.Version)
 			require.Equal(t, id, ev.ExecutionID)
+			require.Equal(t, "flow-1", ev.FlowID)
 			require.Equal(t, fftype.DefaultNamespace, ev.Namespace)
 			require.Equal(t, "lane", ev.Lane)
 			require.True(t, testEvent(id, "").Time.Equal(ev.Time), "event time %v", ev.Time)
@@ -1202,6 +1203,7 @@ func testEvent(id fftype.ExecutionID, note string) fftype.Event {
 		Type:        fftype.EventProgress,
 		Time:        time.Date(2026, 5, 1, 12, 0, 0, 123_000_000, time.UTC),
 		ExecutionID: id,
+		FlowID:      "flow-1",
 		Namespace:   fftype.DefaultNamespace,
 		Lane:        "lane",
 		Data:        data,
