@@ -60,6 +60,11 @@ type Store interface {
 	// point), it returns an error matching fftype.ErrCursorExpired instead.
 	ReadEvents(ctx context.Context, shard int, after uint64, limit int) ([]fftype.Event, error)
 
+	// EventBounds returns the trim point of one shard's log (events up to it are gone) and
+	// the Seq of its last event (0 when none was ever appended). Events trimmed..last
+	// exclusive of trimmed are readable.
+	EventBounds(ctx context.Context, shard int) (trimmed, last uint64, err error)
+
 	// TrimEvents deletes the events of one shard with Seq at most through and raises the
 	// shard's trim point to through (it never lowers it; a through beyond the last Seq
 	// means the last Seq). The sequence continues where it was: the next append still gets

@@ -322,6 +322,20 @@ func (s *Store) TrimEvents(ctx context.Context, shard int, through uint64) error
 	return nil
 }
 
+// EventBounds returns shard's trim point and last Seq. Argument errors are as for Update.
+func (s *Store) EventBounds(ctx context.Context, shard int) (trimmed, last uint64, err error) {
+	sh, err := s.lookup(ctx, shard)
+	if err != nil {
+		return 0, 0, err
+	}
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if s.closed.Load() {
+		return 0, 0, errClosed()
+	}
+	return sh.trimmed, sh.trimmed + uint64(len(sh.events)), nil
+}
+
 func cursorExpired(shard int, after, trimmed uint64) error {
 	return fftype.NewError(fftype.KindState, fftype.CodeCursorExpired,
 		"events of shard %d after %d are gone: the log was trimmed through %d", shard, after, trimmed)

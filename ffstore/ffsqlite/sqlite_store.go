@@ -575,6 +575,24 @@ func (s *Store) ReadEvents(ctx context.Context, shard int, after uint64, limit i
 	return out, nil
 }
 
+// EventBounds returns shard's trim point and last Seq. Argument errors are as for Update.
+func (s *Store) EventBounds(ctx context.Context, shard int) (trimmed, last uint64, err error) {
+	if err := s.check(ctx, shard); err != nil {
+		return 0, 0, err
+	}
+	if s.isClosed() {
+		return 0, 0, errClosed()
+	}
+	var t, l int64
+	if err := s.rs.bounds.QueryRowContext(ctx, shard).Scan(&t, &l); err != nil {
+		if errors.Is(err, sql.ErrNoRows) {
+			return 0, 0, nil
+		}
+		return 0, 0, translate(err, "read event bounds")
+	}
+	return uint64(t), uint64(l), nil
+}
+
 // TrimEvents deletes the events of shard up to Seq through (at most the last one) and
 // raises the shard's trim point, in one write transaction.
 func (s *Store) TrimEvents(ctx context.Context, shard int, through uint64) error {

@@ -31,9 +31,10 @@ const (
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
 	sqlReadEvents = `SELECT seq, version, type, time_unix, time_nsec, execution_id, flow_id, namespace, lane, data
 		FROM events WHERE shard = ? AND seq > ? ORDER BY seq LIMIT ?`
-	sqlTrimPoint = `SELECT trimmed FROM event_seqs WHERE shard = ?`
-	sqlTrimMark  = `UPDATE event_seqs SET trimmed = max(trimmed, min(?2, last_seq)) WHERE shard = ?1`
-	sqlTrim      = `DELETE FROM events WHERE shard = ?1
+	sqlTrimPoint   = `SELECT trimmed FROM event_seqs WHERE shard = ?`
+	sqlEventBounds = `SELECT trimmed, last_seq FROM event_seqs WHERE shard = ?`
+	sqlTrimMark    = `UPDATE event_seqs SET trimmed = max(trimmed, min(?2, last_seq)) WHERE shard = ?1`
+	sqlTrim        = `DELETE FROM events WHERE shard = ?1
 		AND seq <= (SELECT trimmed FROM event_seqs WHERE shard = ?1)`
 	// The head of each queue in the directory whose name is in [?1, ?2), one index seek
 	// per queue.
@@ -108,7 +109,7 @@ func (w *writerStmts) close() {
 type readerStmts struct {
 	get, rangeFirst, rangeAfter *sql.Stmt
 	headsRange, headsFrom       *sql.Stmt
-	events, trimPoint           *sql.Stmt
+	events, trimPoint, bounds   *sql.Stmt
 }
 
 func (r *readerStmts) prepare(ctx context.Context, db *sql.DB) error {
@@ -123,6 +124,7 @@ func (r *readerStmts) prepare(ctx context.Context, db *sql.DB) error {
 		{&r.headsFrom, sqlHeadsFrom},
 		{&r.events, sqlReadEvents},
 		{&r.trimPoint, sqlTrimPoint},
+		{&r.bounds, sqlEventBounds},
 	} {
 		st, err := db.PrepareContext(ctx, p.sql)
 		if err != nil {
@@ -134,7 +136,7 @@ func (r *readerStmts) prepare(ctx context.Context, db *sql.DB) error {
 }
 
 func (r *readerStmts) close() {
-	for _, st := range []*sql.Stmt{r.get, r.rangeFirst, r.rangeAfter, r.headsRange, r.headsFrom, r.events, r.trimPoint} {
+	for _, st := range []*sql.Stmt{r.get, r.rangeFirst, r.rangeAfter, r.headsRange, r.headsFrom, r.events, r.trimPoint, r.bounds} {
 		if st != nil {
 			_ = st.Close()
 		}

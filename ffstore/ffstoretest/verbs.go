@@ -675,14 +675,23 @@ func exerciseVerbs(t *testing.T, newStore func(t *testing.T) ffstore.Store) {
 		b := setup(t)
 		id := fftype.NewExecutionID(b.last)
 		require.NoError(t, b.store.TrimEvents(b.ctx, b.last, 5), "trimming an empty log is fine")
+		trimmed, last, err := b.store.EventBounds(b.ctx, b.last)
+		require.NoError(t, err)
+		require.Zero(t, trimmed+last, "an empty log has no bounds")
 		for i := range 10 {
 			mustUpdate(t, b.store, b.last, func(tx ffstore.Tx) error {
 				tx.AppendEvent(testEvent(id, fmt.Sprint(i)))
 				return nil
 			})
 		}
+		trimmed, last, err = b.store.EventBounds(b.ctx, b.last)
+		require.NoError(t, err)
+		require.Equal(t, [2]uint64{0, 10}, [2]uint64{trimmed, last})
 		require.NoError(t, b.store.TrimEvents(b.ctx, b.last, 4))
-		_, err := b.store.ReadEvents(b.ctx, b.last, 0, 100)
+		trimmed, last, err = b.store.EventBounds(b.ctx, b.last)
+		require.NoError(t, err)
+		require.Equal(t, [2]uint64{4, 10}, [2]uint64{trimmed, last})
+		_, err = b.store.ReadEvents(b.ctx, b.last, 0, 100)
 		require.ErrorIs(t, err, fftype.ErrCursorExpired, "events a reader needs are gone")
 		_, err = b.store.ReadEvents(b.ctx, b.last, 3, 100)
 		require.ErrorIs(t, err, fftype.ErrCursorExpired)
