@@ -53,3 +53,37 @@ type Event struct {
 	Lane        string          `json:"lane,omitempty"`
 	Data        json.RawMessage `json:"data,omitempty"`
 }
+
+// EventFilter selects events. Zero fields match everything; Types matches any of its
+// types.
+type EventFilter struct {
+	Namespace   string      `json:"namespace,omitempty"`
+	Lane        string      `json:"lane,omitempty"`
+	ExecutionID ExecutionID `json:"execution_id,omitempty"`
+	FlowID      string      `json:"flow_id,omitempty"`
+	Types       []EventType `json:"types,omitempty"`
+}
+
+// Match reports whether ev passes the filter.
+func (f *EventFilter) Match(ev *Event) bool {
+	if f.Namespace != "" && ev.Namespace != f.Namespace || f.Lane != "" && ev.Lane != f.Lane ||
+		f.ExecutionID != "" && ev.ExecutionID != f.ExecutionID || f.FlowID != "" && ev.FlowID != f.FlowID {
+		return false
+	}
+	if len(f.Types) == 0 {
+		return true
+	}
+	for _, t := range f.Types {
+		if t == ev.Type {
+			return true
+		}
+	}
+	return false
+}
+
+// Delivery is one event handed to a subscriber, with the cursor that resumes a
+// subscription right after it.
+type Delivery struct {
+	Event  Event  `json:"event"`
+	Cursor string `json:"cursor"`
+}

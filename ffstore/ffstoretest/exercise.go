@@ -34,4 +34,5 @@ func Exercise(t *testing.T, newStore func(t *testing.T) ffstore.Store) {
 	t.Run("Lease", func(t *testing.T) { exerciseLease(t, newStore) })
 	t.Run("Timers", func(t *testing.T) { exerciseTimers(t, newStore) })
 	t.Run("Admin", func(t *testing.T) { exerciseAdmin(t, newStore) })
+	t.Run("Events", func(t *testing.T) { exerciseEvents(t, newStore) })
 }

@@ -39,12 +39,19 @@ type Config struct {
 	ConflictRetries int
 	// JitterFunc returns a float in [0,1) for backoff jitter. Nil means math/rand/v2.
 	JitterFunc func() float64
+	// EventMaxAge is the longest an event is kept. Events are deleted earlier once every
+	// registered durable consumer has passed them; with no durable consumer registered on
+	// a shard, they are kept for EventMaxAge. 0 means 7 days.
+	EventMaxAge time.Duration
+	// EventSweepInterval is how often the timer loop deletes old events. 0 means 30s.
+	EventSweepInterval time.Duration
 }
 
 // Defaults.
 const (
 	DefaultRetention       = 7 * 24 * time.Hour
 	DefaultMaxPayloadBytes = 16 << 20
+	DefaultEventMaxAge     = 7 * 24 * time.Hour
 )
 
 // Engine runs every execution operation against one store. It is safe for concurrent use.
@@ -93,6 +100,12 @@ func New(store ffstore.Store, cfg *Config) (*Engine, error) {
 	}
 	if c.ConflictRetries <= 0 {
 		c.ConflictRetries = 16
+	}
+	if c.EventMaxAge <= 0 {
+		c.EventMaxAge = DefaultEventMaxAge
+	}
+	if c.EventSweepInterval <= 0 {
+		c.EventSweepInterval = 30 * time.Second
 	}
 	if c.JitterFunc == nil {
 		c.JitterFunc = rand.Float64

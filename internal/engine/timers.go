@@ -21,6 +21,11 @@ var timerQueues = map[string]bool{
 // Each item is handled in a unit that re-checks the record, so running RunDue in many
 // processes at once is safe.
 func (e *Engine) RunDue(ctx context.Context) (int, time.Time, error) {
+	return e.runDue(ctx, nil)
+}
+
+// runDue is RunDue restricted to the shards in only (every shard when only is nil).
+func (e *Engine) runDue(ctx context.Context, only map[int]bool) (int, time.Time, error) {
 	handled := 0
 	for {
 		heads, err := e.store.QueueHeads(ctx, []string{timerPrefix})
@@ -31,7 +36,7 @@ func (e *Engine) RunDue(ctx context.Context) (int, time.Time, error) {
 		var next time.Time
 		ran := false
 		for _, h := range heads {
-			if !timerQueues[h.Queue] {
+			if !timerQueues[h.Queue] || only != nil && !only[h.Shard] {
 				continue
 			}
 			if h.Item.Score > ms(now) {
@@ -203,10 +208,11 @@ func expireIdemKeys(tx ffstore.Tx, items []ffstore.QueueItem, now time.Time) err
 	return nil
 }
 
-// Start runs the timer loop in the background until Stop or ctx ends: it handles due
-// timers, then sleeps until the next one is due, a local change may have made one due
-// sooner, or the poll interval passes (for changes made by other processes). Calling Start
-// on a running engine does nothing.
+// Start runs the timer loop in the background until Stop or ctx ends. The loop holds the
+// "timers" shard leases, shared fairly among every engine running on the store, and on its
+// shards it handles due timers and sweeps the event log; then it sleeps until the next timer
+// is due, a change wakes it, or the poll interval passes. Calling Start on a running engine
+// does nothing.
 func (e *Engine) Start(ctx context.Context) {
 	e.loopMu.Lock()
 	defer e.loopMu.Unlock()
@@ -218,20 +224,58 @@ func (e *Engine) Start(ctx context.Context) {
 	e.loopStop, e.loopDone = cancel, done
 	go func() {
 		defer close(done)
-		for ctx.Err() == nil {
-			_, next, err := e.RunDue(ctx)
-			if err != nil && ctx.Err() == nil {
-				e.log.Warn("timer loop: handling due timers failed", "err", err)
+		e.timerLoop(ctx)
+	}()
+}
+
+func (e *Engine) timerLoop(ctx context.Context) {
+	leases := e.newLeaser("timers", 0, false)
+	defer leases.release(context.WithoutCancel(ctx))
+	changes := e.changes(ctx)
+	var swept time.Time
+	for ctx.Err() == nil {
+		var next time.Time
+		err := leases.balanceIfDue(ctx)
+		if err == nil {
+			only := map[int]bool{}
+			for _, s := range leases.heldShards() {
+				only[s] = true
 			}
-			until := e.clock.Now().Add(e.cfg.TimerPollInterval)
-			if err == nil && !next.IsZero() && next.Before(until) {
-				until = next
-			}
-			if e.clock.SleepUntil(ctx, until, e.wake) != nil {
-				return
+			_, next, err = e.runDue(ctx, only)
+			if err == nil && !e.now().Before(swept.Add(e.cfg.EventSweepInterval)) {
+				swept = e.now()
+				_, err = e.sweepEvents(ctx, only)
 			}
 		}
+		if err != nil && ctx.Err() == nil {
+			e.log.Warn("timer loop failed; retrying", "err", err)
+		}
+		until := e.clock.Now().Add(min(e.cfg.TimerPollInterval, leases.ttl/3))
+		if err == nil && !next.IsZero() && next.Before(until) {
+			until = next
+		}
+		if e.sleepUntil(ctx, until, changes) != nil {
+			return
+		}
+	}
+}
+
+// sleepUntil sleeps on the engine's clock until t, a local wake-up, a store change, or the
+// end of ctx.
+func (e *Engine) sleepUntil(ctx context.Context, t time.Time, changes <-chan struct{}) error {
+	if changes == nil {
+		return e.clock.SleepUntil(ctx, t, e.wake)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-changes:
+			e.notifyTimers()
+		case <-ctx.Done():
+		}
 	}()
+	return e.clock.SleepUntil(ctx, t, e.wake)
 }
 
 // Stop ends the timer loop and waits for it. It is safe to call when not started, and

@@ -1,0 +1,405 @@
+package engine
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"hash/fnv"
+	"sort"
+	"time"
+
+	"github.com/flowfabric/flowfabric/ffstore"
+	"github.com/flowfabric/flowfabric/fftype"
+)
+
+// Durable consumers and shard leases.
+//
+// A durable consumer processes every event of the log once per consumer name, however
+// many engine replicas run it: each (consumer, shard) pair has a lease record on its
+// shard holding the owner, the lease expiry and the consumer's cursor in that shard's log.
+// Replicas announce themselves on shard 0; each takes a fair share of the shards' leases,
+// renews them, hands back extras when more replicas arrive, and takes over the shards of a
+// replica whose leases expired. The timer loop uses the same leases (consumer "timers").
+
+// DefaultConsumerLeaseTTL is how long a shard lease lasts without renewal.
+const DefaultConsumerLeaseTTL = 15 * time.Second
+
+// queueCursors holds, per shard, each durable consumer's cursor as its score, so retention
+// reads the slowest one as the queue's head.
+const queueCursors = "c" + sep + "cursors"
+
+func membersQueue(name string) string  { return "c" + sep + "members" + sep + name }
+func shardLeaseKey(name string) string { return "slease:~" + name }
+func validConsumerName(name string) error {
+	ok := name != "" && len(name) <= 64
+	for i := 0; ok && i < len(name); i++ {
+		c := name[i]
+		ok = c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_' || c == '-' || c == '.'
+	}
+	if !ok {
+		return fftype.Validationf(fftype.CodeInvalidInput, "consumer name %q: 1 to 64 of [a-z0-9_.-]", name)
+	}
+	return nil
+}
+
+// shardLease is the stored lease of one (consumer, shard).
+type shardLease struct {
+	Owner   string    `json:"owner"`
+	Expires time.Time `json:"expires"`
+	Cursor  uint64    `json:"cursor"`
+}
+
+// leaser balances the shard leases of one consumer name for one replica.
+type leaser struct {
+	e        *Engine
+	name     string
+	instance string
+	ttl      time.Duration
+	held     map[int]time.Time // shard → lease expiry
+	balanced time.Time         // when balance last ran
+	cursors  map[int]uint64    // shard → cursor as of the lease's last read (consumers only)
+	tracks   bool              // record cursors (durable consumers) or not (timers)
+}
+
+func (e *Engine) newLeaser(name string, ttl time.Duration, tracks bool) *leaser {
+	if ttl <= 0 {
+		ttl = DefaultConsumerLeaseTTL
+	}
+	return &leaser{e: e, name: name, instance: fftype.NewUUID(), ttl: ttl,
+		held: map[int]time.Time{}, cursors: map[int]uint64{}, tracks: tracks}
+}
+
+// balanceIfDue runs balance when a third of the lease TTL has passed since the last one.
+func (l *leaser) balanceIfDue(ctx context.Context) error {
+	if !l.balanced.IsZero() && l.e.now().Before(l.balanced.Add(l.ttl/3)) {
+		return nil
+	}
+	return l.balance(ctx)
+}
+
+// balance announces the replica, counts the live ones, and renews, takes or hands back
+// shard leases so that this replica holds its fair share.
+func (l *leaser) balance(ctx context.Context) error {
+	l.balanced = l.e.now()
+	live := 1
+	err := l.e.update(ctx, 0, func(tx ffstore.Tx) error {
+		now := l.e.now()
+		q := membersQueue(l.name)
+		if _, err := tx.PopDue(q, ms(now), 1000); err != nil { // forget replicas gone quiet
+			return err
+		}
+		others, err := tx.Range(q, nil, ffstore.MaxScore, fftype.MaxShards+1)
+		if err != nil {
+			return err
+		}
+		live = 1
+		for _, m := range others {
+			if m.Member != l.instance {
+				live++
+			}
+		}
+		tx.QueueAdd(q, l.instance, ms(now.Add(l.ttl)))
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	target := (l.e.shards + live - 1) / live
+	for _, s := range l.shardOrder() {
+		if err := l.visit(ctx, s, target); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// shardOrder starts each replica at a different shard, so replicas rarely race for the
+// same free lease.
+func (l *leaser) shardOrder() []int {
+	h := fnv.New32a()
+	h.Write([]byte(l.instance))
+	start := int(h.Sum32() % uint32(l.e.shards))
+	out := make([]int, l.e.shards)
+	for i := range out {
+		out[i] = (start + i) % l.e.shards
+	}
+	return out
+}
+
+// visit renews, takes or hands back the lease of one shard.
+func (l *leaser) visit(ctx context.Context, shard, target int) error {
+	var start uint64 // where a brand-new consumer starts: the oldest event kept
+	if _, ok := l.held[shard]; !ok && l.tracks {
+		trimmed, _, err := l.e.store.EventBounds(ctx, shard)
+		if err != nil {
+			return err
+		}
+		start = trimmed
+	}
+	return l.e.update(ctx, shard, func(tx ffstore.Tx) error {
+		now := l.e.now()
+		rec, ok, err := readShardLease(tx, l.name)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			rec.Cursor = start
+		}
+		mine := ok && rec.Owner == l.instance && now.Before(rec.Expires)
+		free := !ok || !now.Before(rec.Expires)
+		others := len(l.held) // leases held on other shards
+		if _, ok := l.held[shard]; ok {
+			others--
+		}
+		switch {
+		case mine && others >= target:
+			rec.Expires = now // hand back: another replica takes it at once
+			delete(l.held, shard)
+		case mine:
+			rec.Expires = now.Add(l.ttl)
+			l.held[shard] = rec.Expires
+		case free && others < target:
+			rec.Owner, rec.Expires = l.instance, now.Add(l.ttl)
+			l.held[shard] = rec.Expires
+		default:
+			delete(l.held, shard) // someone else's, or ours but lapsed
+			return nil
+		}
+		l.cursors[shard] = rec.Cursor
+		putJSON(tx, shardLeaseKey(l.name), rec)
+		if l.tracks {
+			tx.QueueAdd(queueCursors, l.name, int64(rec.Cursor))
+		}
+		return nil
+	})
+}
+
+func readShardLease(tx ffstore.ReadTx, name string) (shardLease, bool, error) {
+	var rec shardLease
+	b, ok, err := tx.Get(shardLeaseKey(name))
+	if err != nil || !ok {
+		return rec, false, err
+	}
+	if err := json.Unmarshal(b, &rec); err != nil {
+		return rec, false, corrupt("shard lease", err)
+	}
+	return rec, true, nil
+}
+
+// holds reports whether the replica holds shard's lease by its own clock.
+func (l *leaser) holds(shard int) bool {
+	exp, ok := l.held[shard]
+	return ok && l.e.now().Before(exp)
+}
+
+// heldShards returns the shards the replica holds, in order.
+func (l *leaser) heldShards() []int {
+	var out []int
+	for s := range l.held {
+		if l.holds(s) {
+			out = append(out, s)
+		}
+	}
+	sort.Ints(out)
+	return out
+}
+
+// commit stores a consumer's new cursor on shard if the replica still holds the lease.
+func (l *leaser) commit(ctx context.Context, shard int, cursor uint64) error {
+	lost := false
+	err := l.e.update(ctx, shard, func(tx ffstore.Tx) error {
+		now := l.e.now()
+		rec, ok, err := readShardLease(tx, l.name)
+		if err != nil {
+			return err
+		}
+		if !ok || rec.Owner != l.instance || !now.Before(rec.Expires) {
+			lost = true
+			return nil
+		}
+		rec.Cursor = cursor
+		putJSON(tx, shardLeaseKey(l.name), rec)
+		tx.QueueAdd(queueCursors, l.name, int64(cursor))
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if lost {
+		delete(l.held, shard)
+		return nil
+	}
+	l.cursors[shard] = cursor
+	return nil
+}
+
+// release hands back every lease the replica holds and leaves the member list.
+func (l *leaser) release(ctx context.Context) {
+	for s := range l.held {
+		_ = l.e.update(ctx, s, func(tx ffstore.Tx) error {
+			rec, ok, err := readShardLease(tx, l.name)
+			if err != nil || !ok || rec.Owner != l.instance {
+				return err
+			}
+			rec.Expires = l.e.now()
+			putJSON(tx, shardLeaseKey(l.name), rec)
+			return nil
+		})
+	}
+	clear(l.held)
+	_ = l.e.update(ctx, 0, func(tx ffstore.Tx) error {
+		tx.QueueRemove(membersQueue(l.name), l.instance)
+		return nil
+	})
+}
+
+// ConsumerConfig describes a durable consumer.
+type ConsumerConfig struct {
+	// Name identifies the consumer: replicas running the same name share its work and
+	// its cursors. 1 to 64 of [a-z0-9_.-].
+	Name string
+	// Filter selects the events Handler sees; the cursor passes the others too.
+	Filter fftype.EventFilter
+	// Handler processes one event. It runs at least once per event (again after a crash
+	// or a lost lease before the cursor was stored), so it must be idempotent. An error
+	// stops the shard's batch; the event is offered again on the next step.
+	Handler func(ctx context.Context, ev fftype.Event) error
+	// LeaseTTL is how long a replica's shard leases last without renewal; a dead
+	// replica's shards move to the others after it. 0 means 15s.
+	LeaseTTL time.Duration
+}
+
+// Consumer is one replica of a durable consumer. Run it with Run, or drive it a step at a
+// time with Step.
+type Consumer struct {
+	e       *Engine
+	cfg     ConsumerConfig
+	leases  *leaser
+	lastErr error
+}
+
+// NewConsumer returns a replica of the durable consumer cfg.Name.
+func (e *Engine) NewConsumer(cfg ConsumerConfig) (*Consumer, error) {
+	if err := validConsumerName(cfg.Name); err != nil {
+		return nil, err
+	}
+	if cfg.Handler == nil {
+		return nil, fftype.Validationf(fftype.CodeInvalidInput, "consumer %q has no handler", cfg.Name)
+	}
+	if err := validateFilter(cfg.Filter); err != nil {
+		return nil, err
+	}
+	if cfg.LeaseTTL < 0 {
+		return nil, fftype.Validationf(fftype.CodeInvalidInput, "consumer lease ttl must not be negative")
+	}
+	return &Consumer{e: e, cfg: cfg, leases: e.newLeaser(cfg.Name, cfg.LeaseTTL, true)}, nil
+}
+
+// Shards returns the shards whose leases this replica holds.
+func (c *Consumer) Shards() []int { return c.leases.heldShards() }
+
+// Step renews and balances the leases when a third of their TTL has passed since it last
+// did, then handles one batch of events on each held shard. It returns how many events it
+// handled (matching or not).
+func (c *Consumer) Step(ctx context.Context) (int, error) {
+	if err := c.leases.balanceIfDue(ctx); err != nil {
+		return 0, err
+	}
+	total := 0
+	for _, s := range c.leases.heldShards() {
+		n, err := c.processShard(ctx, s)
+		total += n
+		if err != nil {
+			return total, err
+		}
+	}
+	return total, nil
+}
+
+func (c *Consumer) processShard(ctx context.Context, shard int) (int, error) {
+	cursor := c.leases.cursors[shard]
+	evs, err := c.e.store.ReadEvents(ctx, shard, cursor, eventBatch)
+	if errors.Is(err, fftype.ErrCursorExpired) {
+		// Only the maximum age deletes events a consumer has not passed.
+		trimmed, _, berr := c.e.store.EventBounds(ctx, shard)
+		if berr != nil {
+			return 0, berr
+		}
+		c.e.log.Warn("durable consumer fell behind the event log's maximum age; skipping to the oldest event kept",
+			"consumer", c.cfg.Name, "shard", shard, "cursor", cursor, "trimmed", trimmed)
+		return 0, c.leases.commit(ctx, shard, trimmed)
+	}
+	if err != nil {
+		return 0, err
+	}
+	done := cursor
+	var herr error
+	for i := range evs {
+		if !c.leases.holds(shard) {
+			break
+		}
+		if c.cfg.Filter.Match(&evs[i]) {
+			if herr = c.cfg.Handler(ctx, evs[i]); herr != nil {
+				break
+			}
+		}
+		done = evs[i].Seq
+	}
+	if done != cursor {
+		if err := c.leases.commit(ctx, shard, done); err != nil {
+			return 0, err
+		}
+	}
+	return int(done - cursor), herr
+}
+
+// Run steps the consumer until ctx ends, waiting for new events when idle and renewing
+// its leases well before they expire; on the way out it hands its leases back so other
+// replicas take over at once. Handler errors are logged and retried.
+func (c *Consumer) Run(ctx context.Context) error {
+	wake := c.e.changes(ctx)
+	defer c.leases.release(context.WithoutCancel(ctx))
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		n, err := c.Step(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err != nil {
+			c.e.log.Warn("durable consumer step failed", "consumer", c.cfg.Name, "err", err)
+		}
+		if n > 0 && err == nil {
+			continue
+		}
+		timer.Reset(min(c.leases.ttl/3, c.e.cfg.TimerPollInterval))
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-wake:
+		case <-timer.C:
+		}
+	}
+}
+
+// Release hands back the replica's leases at once (Run does this when it returns).
+func (c *Consumer) Release(ctx context.Context) { c.leases.release(ctx) }
+
+// DeleteConsumer forgets a durable consumer: its leases and cursors go, so it no longer
+// holds back the event log's retention. Replicas still running under the name register it
+// again.
+func (e *Engine) DeleteConsumer(ctx context.Context, name string) error {
+	if err := validConsumerName(name); err != nil {
+		return err
+	}
+	for s := 0; s < e.shards; s++ {
+		if err := e.update(ctx, s, func(tx ffstore.Tx) error {
+			tx.Delete(shardLeaseKey(name))
+			tx.QueueRemove(queueCursors, name)
+			return nil
+		}); err != nil {
+			return err
+		}
+	}
+	return nil
+}

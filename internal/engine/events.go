@@ -1,0 +1,259 @@
+package engine
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/binary"
+	"sync"
+	"time"
+
+	"github.com/flowfabric/flowfabric/ffstore"
+	"github.com/flowfabric/flowfabric/fftype"
+)
+
+// Event-log reading.
+const (
+	eventBatch      = 512
+	maxCursorLength = 2048
+	cursorVersion   = 1
+)
+
+// CursorStart and CursorEnd are the special cursors Subscribe accepts besides one it
+// handed out: the oldest event still kept, and the end of the log (only events appended
+// from now on).
+const (
+	CursorStart = ""
+	CursorEnd   = "end"
+)
+
+// encodeEventCursor packs one position per shard: base64url of a version byte, the shard
+// count and each shard's last-delivered Seq as uvarints. 16 shards fit in well under 200
+// bytes, small enough for an HTTP header.
+func encodeEventCursor(pos []uint64) string {
+	b := make([]byte, 0, 2+len(pos)*4)
+	b = append(b, cursorVersion)
+	b = binary.AppendUvarint(b, uint64(len(pos)))
+	for _, p := range pos {
+		b = binary.AppendUvarint(b, p)
+	}
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+func (e *Engine) decodeEventCursor(s string) ([]uint64, error) {
+	bad := func(why string) error {
+		return fftype.Validationf(fftype.CodeInvalidCursor, "event cursor: %s", why)
+	}
+	if len(s) > maxCursorLength {
+		return nil, bad("too long")
+	}
+	b, err := base64.RawURLEncoding.DecodeString(s)
+	if err != nil || len(b) < 2 || b[0] != cursorVersion {
+		return nil, bad("not a cursor this engine issued")
+	}
+	b = b[1:]
+	n, k := binary.Uvarint(b)
+	if k <= 0 || n != uint64(e.shards) {
+		return nil, bad("made for a store with another shard count")
+	}
+	b = b[k:]
+	pos := make([]uint64, e.shards)
+	for i := range pos {
+		v, k := binary.Uvarint(b)
+		if k <= 0 {
+			return nil, bad("truncated")
+		}
+		pos[i], b = v, b[k:]
+	}
+	if len(b) != 0 {
+		return nil, bad("trailing bytes")
+	}
+	return pos, nil
+}
+
+// EventCursor returns a cursor at the current end of the log: a subscription from it
+// delivers only events appended afterwards.
+func (e *Engine) EventCursor(ctx context.Context) (string, error) {
+	pos, err := e.endPositions(ctx)
+	if err != nil {
+		return "", err
+	}
+	return encodeEventCursor(pos), nil
+}
+
+func (e *Engine) endPositions(ctx context.Context) ([]uint64, error) {
+	pos := make([]uint64, e.shards)
+	for s := range pos {
+		_, last, err := e.store.EventBounds(ctx, s)
+		if err != nil {
+			return nil, err
+		}
+		pos[s] = last
+	}
+	return pos, nil
+}
+
+func (e *Engine) startPositions(ctx context.Context) ([]uint64, error) {
+	pos := make([]uint64, e.shards)
+	for s := range pos {
+		trimmed, _, err := e.store.EventBounds(ctx, s)
+		if err != nil {
+			return nil, err
+		}
+		pos[s] = trimmed
+	}
+	return pos, nil
+}
+
+// validateFilter checks a filter's fields.
+func validateFilter(f fftype.EventFilter) error {
+	if f.Namespace != "" {
+		if err := fftype.ValidateNamespace(f.Namespace); err != nil {
+			return err
+		}
+	}
+	if f.Lane != "" {
+		if err := fftype.ValidateLane(f.Lane); err != nil {
+			return err
+		}
+	}
+	if f.ExecutionID != "" {
+		if _, err := fftype.ParseExecutionID(string(f.ExecutionID)); err != nil {
+			return err
+		}
+	}
+	if len(f.FlowID) > 128 || len(f.Types) > 64 {
+		return fftype.Validationf(fftype.CodeInvalidInput, "event filter: flow id or type list too long")
+	}
+	for _, t := range f.Types {
+		if t == "" || len(t) > 64 {
+			return fftype.Validationf(fftype.CodeInvalidInput, "event filter: event types are 1 to 64 bytes")
+		}
+	}
+	return nil
+}
+
+// Subscription is a live, resumable feed of events. Read Events until it is closed, then
+// Err says why: nil after Close or the context's end, an error matching
+// fftype.ErrCursorExpired when the log was trimmed past the subscription's position (the
+// subscriber fell too far behind), or a store error.
+type Subscription struct {
+	ch     chan fftype.Delivery
+	cancel context.CancelFunc
+	done   chan struct{}
+	mu     sync.Mutex
+	err    error
+}
+
+// Events returns the channel of deliveries; it is closed when the subscription ends.
+func (s *Subscription) Events() <-chan fftype.Delivery { return s.ch }
+
+// Err returns why the subscription ended, once Events is closed.
+func (s *Subscription) Err() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.err
+}
+
+// Close ends the subscription and waits for its goroutine.
+func (s *Subscription) Close() {
+	s.cancel()
+	<-s.done
+}
+
+// Subscribe delivers the events that match f from cursor on — CursorStart for the oldest
+// event kept, CursorEnd for only new ones, or a cursor from an earlier delivery to resume
+// right after it — then follows the log live until ctx ends or Close. Events of one shard
+// arrive in order; across shards, in the order they are read. A consumer that is slow
+// holds the subscription back (deliveries are never dropped); one that falls behind
+// retention gets cursor_expired.
+func (e *Engine) Subscribe(ctx context.Context, f fftype.EventFilter, cursor string) (*Subscription, error) {
+	if err := validateFilter(f); err != nil {
+		return nil, err
+	}
+	var pos []uint64
+	var err error
+	switch cursor {
+	case CursorStart:
+		pos, err = e.startPositions(ctx)
+	case CursorEnd:
+		pos, err = e.endPositions(ctx)
+	default:
+		pos, err = e.decodeEventCursor(cursor)
+	}
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	sub := &Subscription{ch: make(chan fftype.Delivery, eventBatch), cancel: cancel, done: make(chan struct{})}
+	wake := e.changes(ctx)
+	go func() {
+		defer close(sub.done)
+		defer close(sub.ch)
+		err := e.follow(ctx, pos, wake, func(ev *fftype.Event, pos []uint64) error {
+			if !f.Match(ev) {
+				return nil
+			}
+			select {
+			case sub.ch <- fftype.Delivery{Event: *ev, Cursor: encodeEventCursor(pos)}:
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		})
+		if ctx.Err() == nil {
+			sub.mu.Lock()
+			sub.err = err
+			sub.mu.Unlock()
+		}
+	}()
+	return sub, nil
+}
+
+// changes returns the store's change notifications, or nil when it has none (readers then
+// poll every TimerPollInterval).
+func (e *Engine) changes(ctx context.Context) <-chan struct{} {
+	if n, ok := e.store.(ffstore.ChangeNotifier); ok {
+		return n.Changes(ctx)
+	}
+	return nil
+}
+
+// follow reads every shard's log from pos on, calling fn for each event with the
+// positions after it, and waits for a change when all shards are drained. It returns when
+// ctx ends (nil) or on the first error.
+func (e *Engine) follow(ctx context.Context, pos []uint64, wake <-chan struct{}, fn func(*fftype.Event, []uint64) error) error {
+	poll := time.NewTimer(0)
+	defer poll.Stop()
+	for {
+		read := false
+		for s := range pos {
+			evs, err := e.store.ReadEvents(ctx, s, pos[s], eventBatch)
+			if err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return err
+			}
+			for i := range evs {
+				pos[s] = evs[i].Seq
+				if err := fn(&evs[i], pos); err != nil {
+					if ctx.Err() != nil {
+						return nil
+					}
+					return err
+				}
+			}
+			read = read || len(evs) > 0
+		}
+		if read {
+			continue
+		}
+		poll.Reset(e.cfg.TimerPollInterval)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-wake:
+		case <-poll.C:
+		}
+	}
+}
