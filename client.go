@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/flowfabric/flowfabric/ffstore"
-	"github.com/flowfabric/flowfabric/fftype"
 	"github.com/flowfabric/flowfabric/internal/engine"
 )
 
@@ -24,6 +23,9 @@ type Config struct {
 	// TimerPollInterval is the longest the timer loop sleeps when this process scheduled
 	// nothing sooner (other processes' changes are seen within it). 0 means 1s.
 	TimerPollInterval time.Duration
+	// EventMaxAge is the longest an event is kept; events every durable consumer has
+	// passed go sooner. 0 means 7 days.
+	EventMaxAge time.Duration
 }
 
 // Client runs executions on one store: it creates, claims, completes and inspects them,
@@ -43,6 +45,7 @@ func NewClient(store ffstore.Store, cfg *Config) (*Client, error) {
 		ec.Retention = cfg.Retention
 		ec.MaxPayloadBytes = cfg.MaxPayloadBytes
 		ec.TimerPollInterval = cfg.TimerPollInterval
+		ec.EventMaxAge = cfg.EventMaxAge
 	}
 	e, err := engine.New(store, ec)
 	if err != nil {
@@ -191,8 +194,39 @@ func (c *Client) Payload(ctx context.Context, id ExecutionID) ([]byte, error) {
 	return c.engine.Payload(ctx, id)
 }
 
-// Events returns up to limit events of one shard after sequence number after. The event
-// log's cursors and Subscribe build on it.
-func (c *Client) Events(ctx context.Context, shard int, after uint64, limit int) ([]fftype.Event, error) {
-	return c.engine.Store().ReadEvents(ctx, shard, after, limit)
+// Subscription is a live, resumable feed of events; see [Client.Subscribe].
+type Subscription = engine.Subscription
+
+// Consumer is one replica of a durable consumer; see [Client.NewConsumer].
+type Consumer = engine.Consumer
+
+// ConsumerConfig describes a durable consumer.
+type ConsumerConfig = engine.ConsumerConfig
+
+// Special cursors for Subscribe: the oldest event kept, and only events from now on.
+const (
+	CursorStart = engine.CursorStart
+	CursorEnd   = engine.CursorEnd
+)
+
+// Subscribe delivers the events matching f from cursor on (CursorStart, CursorEnd, or the
+// Cursor of an earlier Delivery to resume right after it), then follows the log live until
+// ctx ends or the subscription is closed. After the channel closes, Err says why: nil for a
+// clean end, cursor_expired when the subscriber fell behind retention.
+func (c *Client) Subscribe(ctx context.Context, f EventFilter, cursor string) (*Subscription, error) {
+	return c.engine.Subscribe(ctx, f, cursor)
+}
+
+// EventCursor returns a cursor at the current end of the event log.
+func (c *Client) EventCursor(ctx context.Context) (string, error) { return c.engine.EventCursor(ctx) }
+
+// NewConsumer returns a replica of a durable consumer: every event reaches its handler at
+// least once per consumer name, however many replicas run, and a dead replica's share moves
+// to the others. Events are kept until every durable consumer has passed them (or their
+// maximum age).
+func (c *Client) NewConsumer(cfg ConsumerConfig) (*Consumer, error) { return c.engine.NewConsumer(cfg) }
+
+// DeleteConsumer forgets a durable consumer so that it no longer holds back retention.
+func (c *Client) DeleteConsumer(ctx context.Context, name string) error {
+	return c.engine.DeleteConsumer(ctx, name)
 }

@@ -60,6 +60,14 @@ type (
 	Clock = fftype.Clock
 	// Error is the typed error every operation returns.
 	Error = fftype.Error
+	// Event is one entry of the event log.
+	Event = fftype.Event
+	// EventType names a transition.
+	EventType = fftype.EventType
+	// EventFilter selects events for a subscription or consumer.
+	EventFilter = fftype.EventFilter
+	// Delivery is one event handed to a subscriber, with the cursor after it.
+	Delivery = fftype.Delivery
 )
 
 // Grant kinds, public states and payload encodings.
