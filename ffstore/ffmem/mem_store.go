@@ -228,7 +228,7 @@ func (s *Store) QueueHeads(ctx context.Context, prefixes []string) ([]ffstore.Qu
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	prefixes = disjointPrefixes(prefixes)
+	prefixes = ffstore.DisjointPrefixes(prefixes)
 	var heads []ffstore.QueueHead
 	for _, sh := range s.shards {
 		sh.mu.Lock()
@@ -253,23 +253,6 @@ func (s *Store) QueueHeads(ctx context.Context, prefixes []string) ([]ffstore.Qu
 	return heads, nil
 }
 
-// disjointPrefixes returns prefixes sorted, without the ones another prefix covers, so
-// that no name matches two of them.
-func disjointPrefixes(prefixes []string) []string {
-	sorted := slices.Clone(prefixes)
-	slices.Sort(sorted)
-	out := sorted[:0]
-	for _, p := range sorted {
-		// Sorted, a prefix comes before every string it covers, and so does every string
-		// between them: comparing with the last kept prefix is enough.
-		if len(out) > 0 && strings.HasPrefix(p, out[len(out)-1]) {
-			continue
-		}
-		out = append(out, p)
-	}
-	return out
-}
-
 // ReadEvents returns up to limit events of shard with Seq greater than after, in Seq
 // order; limit <= 0 returns none. The events are copies the caller may modify. Argument
 // errors are as for Update.
@@ -284,7 +267,7 @@ func (s *Store) ReadEvents(ctx context.Context, shard int, after uint64, limit i
 		return nil, errClosed()
 	}
 	if after < sh.trimmed {
-		return nil, cursorExpired(shard, after, sh.trimmed)
+		return nil, ffstore.CursorExpired(shard, after, sh.trimmed)
 	}
 	after -= sh.trimmed // index into sh.events from here on
 	if limit <= 0 || after >= uint64(len(sh.events)) {
@@ -334,11 +317,6 @@ func (s *Store) EventBounds(ctx context.Context, shard int) (trimmed, last uint6
 		return 0, 0, errClosed()
 	}
 	return sh.trimmed, sh.trimmed + uint64(len(sh.events)), nil
-}
-
-func cursorExpired(shard int, after, trimmed uint64) error {
-	return fftype.NewError(fftype.KindState, fftype.CodeCursorExpired,
-		"events of shard %d after %d are gone: the log was trimmed through %d", shard, after, trimmed)
 }
 
 // Changes implements [ffstore.ChangeNotifier]: it wakes after every committed unit.

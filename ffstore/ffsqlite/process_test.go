@@ -33,6 +33,13 @@ const (
 
 const workQueue = "work"
 
+// The pop helper named victim does not exit when the queue runs dry: it prints idleLine
+// and waits to be killed, so TestTwoProcesses always kills a live process.
+const (
+	victim   = "a"
+	idleLine = "IDLE"
+)
+
 // TestHelperProcess is not a test: it is the body of the helper processes. Each unit a
 // helper acknowledges is printed on its own line of stdout only after Update returned nil.
 func TestHelperProcess(t *testing.T) {
@@ -92,6 +99,12 @@ func TestHelperProcess(t *testing.T) {
 	wg.Wait()
 	if failed.Load() {
 		os.Exit(3)
+	}
+	if job == "pop" && name == victim {
+		// The parent kills the victim: it must still be alive then, even if the queue
+		// ran dry before the parent read enough acknowledgements.
+		fmt.Println(idleLine)
+		select {}
 	}
 	if err := s.Close(); err != nil {
 		fmt.Fprintln(os.Stderr, "close:", err)
@@ -171,7 +184,9 @@ func startHelper(t *testing.T, job, path, name string) *helper {
 func (h *helper) collect() ([]string, error) {
 	var acks []string
 	for l := range h.lines {
-		acks = append(acks, l)
+		if l != idleLine {
+			acks = append(acks, l)
+		}
 	}
 	return acks, <-h.done
 }
@@ -203,14 +218,16 @@ func TestTwoProcesses(t *testing.T) {
 	}))
 	require.NoError(t, s.Close())
 
-	a := startHelper(t, "pop", path, "a")
+	a := startHelper(t, "pop", path, victim)
 	b := startHelper(t, "pop", path, "b")
 
 	// Kill a once it has acknowledged some pops, while both are running.
 	var ackedA []string
 	for l := range a.lines {
-		ackedA = append(ackedA, l)
-		if len(ackedA) == 100 {
+		if l != idleLine {
+			ackedA = append(ackedA, l)
+		}
+		if len(ackedA) == 100 || l == idleLine {
 			require.NoError(t, a.cmd.Process.Signal(syscall.SIGKILL))
 			break
 		}

@@ -29,7 +29,6 @@ import (
 	"math"
 	"net/url"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -472,7 +471,7 @@ func (s *Store) QueueHeads(ctx context.Context, prefixes []string) ([]ffstore.Qu
 		return nil, err
 	}
 	var heads []ffstore.QueueHead
-	for _, p := range disjointPrefixes(prefixes) {
+	for _, p := range ffstore.DisjointPrefixes(prefixes) {
 		var rows *sql.Rows
 		var err error
 		if hi, ok := prefixEnd(p); ok {
@@ -496,21 +495,6 @@ func (s *Store) QueueHeads(ctx context.Context, prefixes []string) ([]ffstore.Qu
 		}
 	}
 	return heads, nil
-}
-
-// disjointPrefixes returns prefixes sorted, without the ones another prefix covers, so no
-// queue matches two of them.
-func disjointPrefixes(prefixes []string) []string {
-	sorted := slices.Clone(prefixes)
-	slices.Sort(sorted)
-	out := sorted[:0]
-	for _, p := range sorted {
-		if len(out) > 0 && strings.HasPrefix(p, out[len(out)-1]) {
-			continue
-		}
-		out = append(out, p)
-	}
-	return out
 }
 
 // prefixEnd returns the smallest string greater than every string that starts with p, or
@@ -569,8 +553,7 @@ func (s *Store) ReadEvents(ctx context.Context, shard int, after uint64, limit i
 		return nil, translate(err, "read trim point")
 	}
 	if after < uint64(trimmed) {
-		return nil, fftype.NewError(fftype.KindState, fftype.CodeCursorExpired,
-			"events of shard %d after %d are gone: the log was trimmed through %d", shard, after, trimmed)
+		return nil, ffstore.CursorExpired(shard, after, uint64(trimmed))
 	}
 	return out, nil
 }

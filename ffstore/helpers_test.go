@@ -1,0 +1,24 @@
+package ffstore
+
+import (
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/flowfabric/flowfabric/fftype"
+)
+
+func TestDisjointPrefixes(t *testing.T) {
+	t.Parallel()
+	require.Equal(t, []string{"a", "b"}, DisjointPrefixes([]string{"b", "ab", "a", "bc", "a"}))
+	require.Equal(t, []string{""}, DisjointPrefixes([]string{"x", ""}))
+	require.Empty(t, DisjointPrefixes(nil))
+	in := []string{"z", "y"}
+	DisjointPrefixes(in)
+	require.Equal(t, []string{"z", "y"}, in, "the input is not changed")
+}
+
+func TestCursorExpired(t *testing.T) {
+	t.Parallel()
+	require.ErrorIs(t, CursorExpired(1, 2, 3), fftype.ErrCursorExpired)
+}
