@@ -1,0 +1,98 @@
+package bench
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/flowfabric/flowfabric"
+	"github.com/flowfabric/flowfabric/ffstore/ffmem"
+)
+
+func newClient(t *testing.T) *flowfabric.Client {
+	t.Helper()
+	store := ffmem.New(nil)
+	t.Cleanup(func() { require.NoError(t, store.Close()) })
+	c, err := flowfabric.NewClient(store, nil)
+	require.NoError(t, err)
+	return c
+}
+
+func TestDrain(t *testing.T) {
+	t.Parallel()
+	var drainHooks atomic.Int32
+	res, err := Drain(t.Context(), newClient(t), DrainConfig{N: 700, Workers: 5, PayloadBytes: 100,
+		DrainStarted: func() { drainHooks.Add(1) }, DrainDone: func() { drainHooks.Add(1) }})
+	require.NoError(t, err)
+	require.Equal(t, 700, res.Count)
+	require.Equal(t, 700, res.ClaimComplete.N)
+	require.Equal(t, 700, res.Claim.N)
+	require.Equal(t, 700, res.Complete.N)
+	require.Positive(t, res.PerSec)
+	require.Positive(t, res.SeedPerSec)
+	require.Equal(t, int32(2), drainHooks.Load())
+}
+
+func TestSteady(t *testing.T) {
+	t.Parallel()
+	res, err := Steady(t.Context(), newClient(t), SteadyConfig{Rate: 1000, Duration: 300 * time.Millisecond, Workers: 3, PayloadBytes: 64})
+	require.NoError(t, err)
+	require.Positive(t, res.Created)
+	require.Positive(t, res.Completed)
+	require.Equal(t, res.Completed, res.CreateComplete.N)
+}
+
+// doubleCompleter completes the first execution it completes a second time, under a
+// fresh claim after a replay, as a buggy engine might: Verify must notice.
+type doubleCompleter struct {
+	*flowfabric.Client
+	done atomic.Bool
+}
+
+func (d *doubleCompleter) Complete(ctx context.Context, id flowfabric.ExecutionID, f flowfabric.Fence, result []byte, enc flowfabric.PayloadEncoding) error {
+	if err := d.Client.Complete(ctx, id, f, result, enc); err != nil {
+		return err
+	}
+	if d.done.CompareAndSwap(false, true) {
+		return d.Client.Replay(ctx, id) // back in the queue: it will be claimed and completed again
+	}
+	return nil
+}
+
+func TestDrainFailsLoudlyOnADoubleCompletion(t *testing.T) {
+	t.Parallel()
+	_, err := Drain(t.Context(), &doubleCompleter{Client: newClient(t)}, DrainConfig{N: 50, Workers: 2})
+	require.ErrorContains(t, err, "correctness")
+}
+
+func TestVerify(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	c := newClient(t)
+	created := map[flowfabric.ExecutionID]bool{}
+	var done []flowfabric.ExecutionID
+	for range 3 {
+		r, err := c.Create(ctx, flowfabric.CreateParams{Lane: "v", Kind: "k"})
+		require.NoError(t, err)
+		created[r.ID] = true
+		ls, err := c.Claim(ctx, flowfabric.ClaimParams{WorkerID: "w", WorkerInstanceID: "w", Lanes: []string{"v"}})
+		require.NoError(t, err)
+		require.NoError(t, c.Complete(ctx, ls[0].ExecutionID, ls[0].Fence, nil, ""))
+		done = append(done, ls[0].ExecutionID)
+	}
+	require.NoError(t, Verify(ctx, c, "v", created, done))
+	require.ErrorContains(t, Verify(ctx, c, "v", created, done[:2]), "3 executions created, 2 completed")
+	require.ErrorContains(t, Verify(ctx, c, "v", created, append(done, done[0])), "completed 2 times")
+
+	// The store lists one more completed execution in the lane than the run created.
+	extra, err := c.Create(ctx, flowfabric.CreateParams{Lane: "v", Kind: "k"})
+	require.NoError(t, err)
+	ls, err := c.Claim(ctx, flowfabric.ClaimParams{WorkerID: "w", WorkerInstanceID: "w", Lanes: []string{"v"}})
+	require.NoError(t, err)
+	require.Equal(t, extra.ID, ls[0].ExecutionID)
+	require.NoError(t, c.Complete(ctx, ls[0].ExecutionID, ls[0].Fence, nil, ""))
+	require.ErrorContains(t, Verify(ctx, c, "v", created, done), "did not create")
+}

@@ -1,0 +1,267 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/flowfabric/flowfabric"
+	"github.com/flowfabric/flowfabric/fftype"
+)
+
+// produceTick is how often the steady producer creates the executions that fell due.
+const produceTick = 10 * time.Millisecond
+
+// idleWait bounds how long an idle worker waits for the producer's signal before it
+// claims again.
+const idleWait = 50 * time.Millisecond
+
+// SteadyConfig describes a steady-state run: a producer creates executions at Rate per
+// second for Duration while Workers loops claim and complete them.
+type SteadyConfig struct {
+	Rate         float64
+	Duration     time.Duration
+	Workers      int
+	PayloadBytes int
+	// Lane is the lane to use; "" means "bench".
+	Lane string
+	// Progress, if set, is called about every half second with phase "steady" and the
+	// completions so far.
+	Progress func(phase string, done, total int)
+}
+
+// SteadyResult is what a steady-state run measured over its window (the Duration the
+// producer ran).
+type SteadyResult struct {
+	Created   int     // executions created in the window
+	Completed int     // completions in the window
+	PerSec    float64 // Completed / Duration
+	// Claim is the duration of Claim calls in the window that returned a lease.
+	Claim Latency
+	// CreateComplete is, per execution completed in the window, from just before the
+	// create call that made it until Complete returned.
+	CreateComplete Latency
+	// Backlog is how many created executions were not yet completed when the window
+	// ended; they are completed (and checked) afterwards, in Tail.
+	Backlog int
+	Tail    time.Duration
+	Errors  int
+}
+
+// Steady runs the producer and workers for cfg.Duration, lets the workers finish the
+// backlog, and checks that every created execution was completed exactly once.
+func Steady(ctx context.Context, c Client, cfg SteadyConfig) (*SteadyResult, error) {
+	if cfg.Rate <= 0 || cfg.Duration <= 0 || cfg.Workers < 1 || cfg.PayloadBytes < 0 {
+		return nil, fmt.Errorf("bench: steady needs rate > 0, duration > 0, workers ≥ 1 and payload ≥ 0")
+	}
+	if cfg.Lane == "" {
+		cfg.Lane = "bench"
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+
+	st := &steadyState{wake: newBroadcast()}
+	start := time.Now()
+	st.windowEnd = start.Add(cfg.Duration)
+	ws := make([]*steadyWorker, cfg.Workers)
+	var wg sync.WaitGroup
+	for w := range ws {
+		ws[w] = &steadyWorker{}
+		wg.Go(func() {
+			if err := st.work(ctx, c, cfg, w, ws[w]); err != nil {
+				cancel(err)
+			}
+		})
+	}
+	stopProgress := progress(cfg.Progress, "steady", &st.completed, int(cfg.Rate*cfg.Duration.Seconds()))
+	created, err := st.produce(ctx, c, cfg, start)
+	if err != nil {
+		cancel(err)
+	}
+	backlog := int(st.createdN.Load() - st.completedInWindow.Load())
+	windowDone := time.Now()
+	wg.Wait()
+	stopProgress()
+	if err := context.Cause(ctx); err != nil {
+		return nil, err
+	}
+
+	res := &SteadyResult{
+		Created:   len(created),
+		Completed: int(st.completedInWindow.Load()),
+		Backlog:   backlog,
+		Tail:      time.Since(windowDone),
+		Errors:    int(st.errs.Load()),
+	}
+	res.PerSec = float64(res.Completed) / cfg.Duration.Seconds()
+	var cl, cc []time.Duration
+	var done []flowfabric.ExecutionID
+	for _, w := range ws {
+		cl = append(cl, w.claim...)
+		cc = append(cc, w.createComplete...)
+		done = append(done, w.done...)
+	}
+	res.Claim, res.CreateComplete = Summarize(cl), Summarize(cc)
+	if err := Verify(ctx, c, cfg.Lane, created, done); err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+type steadyState struct {
+	windowEnd         time.Time
+	wake              *broadcast
+	createdN          atomic.Int64 // executions created so far
+	producerDone      atomic.Bool  // set after createdN has its final value
+	claimed           atomic.Int64
+	completed         atomic.Int64
+	completedInWindow atomic.Int64
+	errs              atomic.Int64
+}
+
+type steadyWorker struct {
+	claim, createComplete []time.Duration
+	done                  []flowfabric.ExecutionID
+}
+
+// produce creates what falls due every tick until the window ends and returns the ids.
+func (st *steadyState) produce(ctx context.Context, c Client, cfg SteadyConfig, start time.Time) (map[flowfabric.ExecutionID]bool, error) {
+	defer func() {
+		st.producerDone.Store(true)
+		st.wake.signal()
+	}()
+	created := map[flowfabric.ExecutionID]bool{}
+	t := time.NewTicker(produceTick)
+	defer t.Stop()
+	var ps []flowfabric.CreateParams
+	for {
+		select {
+		case <-ctx.Done():
+			return created, nil // a worker failed; the caller reports its error
+		case now := <-t.C:
+			if !now.Before(st.windowEnd) {
+				return created, nil
+			}
+			due := int(cfg.Rate*now.Sub(start).Seconds()) - len(created)
+			for due > 0 {
+				ps = ps[:0]
+				prefix := strconv.FormatInt(time.Now().UnixNano(), 10) + " "
+				payload := Payload(max(cfg.PayloadBytes, len(prefix)+2), prefix)
+				for range min(due, SeedChunk) {
+					ps = append(ps, flowfabric.CreateParams{Lane: cfg.Lane, Kind: "bench", Payload: payload})
+				}
+				for _, r := range c.CreateMany(ctx, ps) {
+					if r.Err != nil {
+						if ctx.Err() != nil {
+							return created, nil
+						}
+						return created, fmt.Errorf("bench: create: %w", r.Err)
+					}
+					created[r.Result.ID] = true
+				}
+				due -= len(ps)
+				st.createdN.Store(int64(len(created)))
+				st.wake.signal()
+			}
+		}
+	}
+}
+
+// work is one worker: claim one, complete it, until the producer is done and everything
+// it created was claimed.
+func (st *steadyState) work(ctx context.Context, c Client, cfg SteadyConfig, w int, s *steadyWorker) error {
+	p := flowfabric.ClaimParams{WorkerID: "bench", WorkerInstanceID: "bench-" + strconv.Itoa(w), Lanes: []string{cfg.Lane}, Count: 1}
+	for {
+		wake := st.wake.wait() // before the claim, so a signal during it is not missed
+		t0 := time.Now()
+		leases, err := c.Claim(ctx, p)
+		t1 := time.Now()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			if fftype.IsRetryable(err) {
+				st.errs.Add(1)
+				continue
+			}
+			return fmt.Errorf("bench: claim: %w", err)
+		}
+		if len(leases) == 0 {
+			if st.producerDone.Load() && st.claimed.Load() >= st.createdN.Load() {
+				return nil
+			}
+			t := time.NewTimer(idleWait)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return nil
+			case <-wake:
+			case <-t.C:
+			}
+			t.Stop()
+			continue
+		}
+		st.claimed.Add(int64(len(leases)))
+		if t1.Before(st.windowEnd) {
+			s.claim = append(s.claim, t1.Sub(t0))
+		}
+		for _, l := range leases {
+			if err := completeRetrying(ctx, c, l, nil, &st.errs); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return err
+			}
+			t3 := time.Now()
+			s.done = append(s.done, l.ExecutionID)
+			st.completed.Add(1)
+			if t3.Before(st.windowEnd) {
+				st.completedInWindow.Add(1)
+				if at, ok := createdAt(l.Payload); ok {
+					s.createComplete = append(s.createComplete, t3.Sub(at))
+				}
+			}
+		}
+	}
+}
+
+// createdAt reads the creation time the producer put at the start of a payload.
+func createdAt(payload []byte) (time.Time, bool) {
+	if len(payload) < 2 {
+		return time.Time{}, false
+	}
+	end := 1
+	for end < len(payload) && payload[end] != ' ' {
+		end++
+	}
+	ns, err := strconv.ParseInt(string(payload[1:end]), 10, 64)
+	if err != nil {
+		return time.Time{}, false
+	}
+	return time.Unix(0, ns), true
+}
+
+// broadcast wakes every waiter at once: wait returns a channel that the next signal
+// closes.
+type broadcast struct {
+	mu sync.Mutex
+	ch chan struct{}
+}
+
+func newBroadcast() *broadcast { return &broadcast{ch: make(chan struct{})} }
+
+func (b *broadcast) wait() <-chan struct{} {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.ch
+}
+
+func (b *broadcast) signal() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	close(b.ch)
+	b.ch = make(chan struct{})
+}
