@@ -10,73 +10,82 @@ import (
 // opaque value.
 type Execution struct {
 	ID           ExecutionID       `json:"id"`
-	Namespace    string            `json:"ns"`
+	Namespace    string            `json:"namespace"`
 	Lane         string            `json:"lane"`
 	Kind         string            `json:"kind"`
-	Priority     int               `json:"prio,omitempty"`
-	Capabilities []string          `json:"caps,omitempty"` // required by the execution, sorted
+	Priority     int               `json:"priority"`
+	Capabilities []string          `json:"required_capabilities,omitempty"` // required by the execution, sorted
 	Tags         map[string]string `json:"tags,omitempty"`
-	Traceparent  string            `json:"tp,omitempty"`
+	Traceparent  string            `json:"traceparent,omitempty"`
 	Policy       Policy            `json:"policy"`
-	IdemKey      string            `json:"idem,omitempty"`
-	Encoding     PayloadEncoding   `json:"enc,omitempty"`
+	IdemKey      string            `json:"idempotency_key,omitempty"`
+	Encoding     PayloadEncoding   `json:"encoding,omitempty"`
 
 	// The state vector.
 	Phase          Phase          `json:"phase"`
-	Ownership      Ownership      `json:"own"`
-	Eligibility    Eligibility    `json:"elig"`
-	BlockingReason BlockingReason `json:"block"`
-	BlockingDetail string         `json:"block_detail,omitempty"`
+	Ownership      Ownership      `json:"ownership"`
+	Eligibility    Eligibility    `json:"eligibility"`
+	BlockingReason BlockingReason `json:"blocking_reason"`
+	BlockingDetail string         `json:"blocking_detail,omitempty"`
 	Outcome        Outcome        `json:"outcome"`
-	AttemptState   AttemptState   `json:"astate"`
+	AttemptState   AttemptState   `json:"attempt_state"`
 
 	// Counters.
-	TotalAttempts int `json:"attempts,omitempty"` // also the index of the next attempt
-	RetryCount    int `json:"retries,omitempty"`
-	ReplayCount   int `json:"replays,omitempty"`
-	ReclaimCount  int `json:"reclaims,omitempty"`
+	TotalAttempts int `json:"total_attempts"` // also the index of the next attempt
+	RetryCount    int `json:"retry_count"`
+	ReplayCount   int `json:"replay_count"`
+	ReclaimCount  int `json:"reclaim_count"`
 
 	// Current attempt and lease. LeaseEpoch only grows; the attempt fields survive terminal
 	// transitions so a retried terminal call by the same holder can be recognised.
-	CurrentAttempt   int       `json:"cur_attempt"` // -1 before the first claim
+	CurrentAttempt   int       `json:"current_attempt"` // -1 before the first claim
 	AttemptID        string    `json:"attempt_id,omitempty"`
 	LeaseID          string    `json:"lease_id,omitempty"`
-	LeaseEpoch       uint64    `json:"epoch,omitempty"`
-	WorkerID         string    `json:"worker,omitempty"`
-	WorkerInstanceID string    `json:"instance,omitempty"`
-	LeaseTTL         Duration  `json:"lease_ttl,omitempty"`
-	LeaseExpiresAt   time.Time `json:"lease_expires,omitzero"`
-	LeaseRenewedAt   time.Time `json:"lease_renewed,omitzero"`
+	LeaseEpoch       uint64    `json:"lease_epoch,omitempty"`
+	WorkerID         string    `json:"worker_id,omitempty"`
+	WorkerInstanceID string    `json:"worker_instance_id,omitempty"`
+	LeaseTTL         Duration  `json:"lease_ttl_ms,omitempty"`
+	LeaseExpiresAt   time.Time `json:"lease_expires_at,omitzero"`
+	LeaseRenewedAt   time.Time `json:"lease_renewed_at,omitzero"`
 	// LastLeaseEnd says how the lease of epoch LeaseEpoch ended when it did not end with a
 	// call by its holder: "expired", "revoked" or "released". Fenced calls use it to answer
 	// lease_expired or lease_revoked instead of a bare stale_lease.
-	LastLeaseEnd string `json:"lease_end,omitempty"`
+	LastLeaseEnd string `json:"last_lease_end,omitempty"`
 
 	// Grant reservation (claim or reclaim grant) while Eligibility is EligibilityGranted.
 	Grant *Grant `json:"grant,omitempty"`
 
 	// Times.
-	CreatedAt        time.Time `json:"created"`
-	UpdatedAt        time.Time `json:"updated"`
-	StartedAt        time.Time `json:"started,omitzero"`
-	CompletedAt      time.Time `json:"completed,omitzero"`
+	CreatedAt        time.Time `json:"created_at"`
+	UpdatedAt        time.Time `json:"updated_at"`
+	StartedAt        time.Time `json:"started_at,omitzero"`
+	CompletedAt      time.Time `json:"completed_at,omitzero"`
 	DelayUntil       time.Time `json:"delay_until,omitzero"`
 	AttemptTimeoutAt time.Time `json:"attempt_timeout_at,omitzero"`
-	DeadlineAt       time.Time `json:"deadline,omitzero"`
+	DeadlineAt       time.Time `json:"deadline_at,omitzero"`
 
 	// Progress of the running attempt, as last reported by its worker.
-	ProgressPercent int       `json:"progress_pct,omitempty"`
-	ProgressMessage string    `json:"progress_msg,omitempty"`
+	ProgressPercent int       `json:"progress_percent,omitempty"`
+	ProgressMessage string    `json:"progress_message,omitempty"`
 	ProgressAt      time.Time `json:"progress_at,omitzero"`
 
 	// Why the execution last failed or was cancelled.
-	FailureReason      string `json:"failure,omitempty"`
-	FailureCategory    string `json:"failure_cat,omitempty"`
-	CancellationReason string `json:"cancel_reason,omitempty"`
+	FailureReason      string `json:"failure_reason,omitempty"`
+	FailureCategory    string `json:"failure_category,omitempty"`
+	CancellationReason string `json:"cancellation_reason,omitempty"`
 	CancelledBy        string `json:"cancelled_by,omitempty"`
 
 	// Lineage the next attempt inherits.
 	PendingReason string `json:"pending_reason,omitempty"`
+}
+
+// MarshalJSON encodes the record with its derived public state as "state".
+func (e Execution) MarshalJSON() ([]byte, error) {
+	type plain Execution // without this method
+	return json.Marshal(struct {
+		plain
+		State PublicState `json:"state"`
+	}{plain(e), e.PublicState()})
 }
 
 // PublicState derives the execution's public state from its dimensions.
@@ -95,10 +104,10 @@ func (e *Execution) Fence() Fence {
 type Grant struct {
 	ID        string    `json:"id"`
 	Kind      GrantKind `json:"kind"`
-	WorkerID  string    `json:"worker"`
+	WorkerID  string    `json:"worker_id"`
 	Lane      string    `json:"lane"`
-	IssuedAt  time.Time `json:"issued"`
-	ExpiresAt time.Time `json:"expires"`
+	IssuedAt  time.Time `json:"issued_at"`
+	ExpiresAt time.Time `json:"expires_at"`
 }
 
 // GrantKind distinguishes claim grants from reclaim grants.

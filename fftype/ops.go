@@ -29,7 +29,7 @@ type CreateParams struct {
 	IdempotencyKey string `json:"idempotency_key,omitempty"`
 	// Delay keeps the execution from being claimed until Delay has passed. RunAt does the
 	// same with an absolute time; set at most one.
-	Delay Duration  `json:"delay,omitempty"`
+	Delay Duration  `json:"delay_ms,omitempty"`
 	RunAt time.Time `json:"run_at,omitzero"`
 }
 
@@ -59,7 +59,7 @@ type ClaimParams struct {
 	// Count is the most leases to return, 1 to 1000; 0 means 1.
 	Count int `json:"count,omitempty"`
 	// LeaseTTL overrides the executions' policy lease TTL when non-zero.
-	LeaseTTL Duration `json:"lease_ttl,omitempty"`
+	LeaseTTL Duration `json:"lease_ttl_ms,omitempty"`
 }
 
 // MaxClaimCount bounds ClaimParams.Count.
@@ -82,7 +82,7 @@ type Lease struct {
 	AttemptType  AttemptType       `json:"attempt_type"`
 	// Resumed is true when the lease continues an attempt paused by a delay or release.
 	Resumed   bool      `json:"resumed"`
-	TTL       Duration  `json:"lease_ttl"`
+	TTL       Duration  `json:"lease_ttl_ms"`
 	ExpiresAt time.Time `json:"expires_at"`
 	// RetryCount is the number of retries scheduled so far.
 	RetryCount int `json:"retry_count"`
@@ -111,7 +111,7 @@ type GrantParams struct {
 	WorkerID     string   `json:"worker_id"`
 	Capabilities []string `json:"capabilities,omitempty"`
 	// TTL is how long the reservation lasts, 1ms to 1h; 0 means 5s.
-	TTL Duration `json:"ttl,omitempty"`
+	TTL Duration `json:"ttl_ms,omitempty"`
 }
 
 // Grant limits.
@@ -135,7 +135,7 @@ type GrantClaimParams struct {
 	Grant            GrantRef `json:"grant"`
 	WorkerID         string   `json:"worker_id"`
 	WorkerInstanceID string   `json:"worker_instance_id"`
-	LeaseTTL         Duration `json:"lease_ttl,omitempty"`
+	LeaseTTL         Duration `json:"lease_ttl_ms,omitempty"`
 }
 
 // ListParams filters and pages a listing of executions. Zero fields do not filter.

@@ -10,13 +10,13 @@ type Policy struct {
 	Retry *RetryPolicy `json:"retry,omitempty"`
 	// AttemptTimeout bounds one attempt, measured from its claim. When it passes, the
 	// attempt fails with category "timeout" and is retried per Retry. 0 means no timeout.
-	AttemptTimeout Duration `json:"attempt_timeout,omitempty"`
+	AttemptTimeout Duration `json:"attempt_timeout_ms,omitempty"`
 	// Deadline bounds the whole execution, measured from its creation. When it passes, the
 	// execution ends as expired, whatever its state. 0 means no deadline.
-	Deadline Duration `json:"deadline,omitempty"`
+	Deadline Duration `json:"deadline_ms,omitempty"`
 	// LeaseTTL is the lease length a claim grants when the claimer does not ask for one.
 	// 0 means 30s.
-	LeaseTTL Duration `json:"lease_ttl,omitempty"`
+	LeaseTTL Duration `json:"lease_ttl_ms,omitempty"`
 	// MaxReclaims caps how many times the execution is reclaimed after a lost lease; the
 	// lease loss after the cap fails it with reason "max_reclaims_exceeded". 0 means 100.
 	MaxReclaims int `json:"max_reclaims,omitempty"`
@@ -24,7 +24,7 @@ type Policy struct {
 	MaxReplays int `json:"max_replays,omitempty"`
 	// DedupWindow is how long an idempotency key keeps finding the first execution.
 	// 0 means 24h.
-	DedupWindow Duration `json:"dedup_window,omitempty"`
+	DedupWindow Duration `json:"dedup_window_ms,omitempty"`
 }
 
 // RetryPolicy decides whether and when a failed attempt is retried.
@@ -52,8 +52,8 @@ const (
 // with Jitter the wait is drawn uniformly from [0, that delay] ("full jitter").
 type Backoff struct {
 	Kind       BackoffKind `json:"kind"`
-	Initial    Duration    `json:"initial"`
-	Max        Duration    `json:"max,omitempty"`
+	Initial    Duration    `json:"initial_ms"`
+	Max        Duration    `json:"max_ms,omitempty"`
 	Multiplier float64     `json:"multiplier,omitempty"`
 	Jitter     bool        `json:"jitter,omitempty"`
 }

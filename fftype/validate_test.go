@@ -1,6 +1,7 @@
 package fftype
 
 import (
+	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
@@ -121,4 +122,20 @@ func TestDerivePublicState(t *testing.T) {
 		require.True(t, c.want.Valid())
 	}
 	require.False(t, PublicState("running").Valid())
+}
+
+func TestExecutionJSONCarriesDerivedState(t *testing.T) {
+	t.Parallel()
+	x := Execution{ID: "s1_x", Phase: PhaseTerminal, Outcome: OutcomeSuccess, LeaseTTL: Duration(1500 * time.Millisecond)}
+	b, err := json.Marshal(x)
+	require.NoError(t, err)
+	var m map[string]any
+	require.NoError(t, json.Unmarshal(b, &m))
+	require.Equal(t, "completed", m["state"])
+	require.Equal(t, "s1_x", m["id"])
+	require.EqualValues(t, 1500, m["lease_ttl_ms"])
+	var back Execution
+	require.NoError(t, json.Unmarshal(b, &back))
+	require.Equal(t, x.ID, back.ID)
+	require.Equal(t, x.LeaseTTL, back.LeaseTTL)
 }
