@@ -2,6 +2,8 @@ package ffcli
 
 import (
 	"bytes"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -10,9 +12,11 @@ import (
 
 func TestDemo(t *testing.T) {
 	t.Parallel()
+	db := filepath.Join(t.TempDir(), "demo.db")
 	var out bytes.Buffer
-	require.NoError(t, Run(t.Context(), []string{"-n", "4"}, &out))
+	require.NoError(t, Run(t.Context(), []string{"-n", "4", "-db", db}, &out))
 	s := out.String()
+	require.Contains(t, s, "on the SQLite file "+db)
 	require.Contains(t, s, "created 4 executions")
 	require.Contains(t, s, "failed; retry scheduled: true")
 	require.Contains(t, s, "attempt 1 (retry) completed")
@@ -20,8 +24,30 @@ func TestDemo(t *testing.T) {
 	require.Contains(t, s, "done: 4 of 4 executions completed")
 }
 
-func TestDemoRefusesBadCount(t *testing.T) {
+// TestDemoTwice runs the demo twice on one file: the second run finds the first run's
+// executions in the file and still reports only its own.
+func TestDemoTwice(t *testing.T) {
 	t.Parallel()
-	var out bytes.Buffer
-	require.Error(t, Run(t.Context(), []string{"-n", "0"}, &out))
+	db := filepath.Join(t.TempDir(), "demo.db")
+	lane := regexp.MustCompile(`in lane "([^"]+)"`)
+	var lanes []string
+	for _, n := range []string{"3", "2"} {
+		var out bytes.Buffer
+		require.NoError(t, Run(t.Context(), []string{"demo", "-n", n, "-db", db}, &out))
+		s := out.String()
+		require.Contains(t, s, "done: "+n+" of "+n+" executions completed")
+		require.Equal(t, strings.Count(s, " completed: "), int(n[0]-'0'))
+		m := lane.FindStringSubmatch(s)
+		require.NotNil(t, m, s)
+		lanes = append(lanes, m[1])
+	}
+	require.NotEqual(t, lanes[0], lanes[1], "each run uses a lane of its own")
+}
+
+func TestDemoRefusesBadArguments(t *testing.T) {
+	t.Parallel()
+	for _, args := range [][]string{{"-n", "0"}, {"-n", "10001"}, {"stray"}, {"demo", "stray"}} {
+		var out bytes.Buffer
+		require.Error(t, Run(t.Context(), args, &out), "%q", args)
+	}
 }
