@@ -1,0 +1,173 @@
+package ffcli
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/flowfabric/flowfabric/internal/bench"
+)
+
+// records parses bench -json output: one JSON object per line.
+func records(t *testing.T, out string) []bench.Record {
+	t.Helper()
+	var recs []bench.Record
+	sc := bufio.NewScanner(strings.NewReader(out))
+	for sc.Scan() {
+		var r bench.Record
+		dec := json.NewDecoder(strings.NewReader(sc.Text()))
+		dec.DisallowUnknownFields()
+		require.NoError(t, dec.Decode(&r), "line %q", sc.Text())
+		recs = append(recs, r)
+	}
+	return recs
+}
+
+func requireOrdered(t *testing.T, l bench.Latency) {
+	t.Helper()
+	require.Positive(t, l.P50)
+	require.LessOrEqual(t, l.P50, l.P95)
+	require.LessOrEqual(t, l.P95, l.P99)
+	require.LessOrEqual(t, l.P99, l.Max)
+}
+
+func TestBenchTable(t *testing.T) {
+	t.Parallel()
+	db := filepath.Join(t.TempDir(), "bench.db")
+	var out bytes.Buffer
+	require.NoError(t, Run(t.Context(), []string{"bench", "-store", "sqlite://" + db, "-n", "500", "-workers", "4", "-payload", "256", "-runs", "2"}, &out))
+	s := out.String()
+	t.Log("\n" + s)
+	require.Contains(t, s, "submit-claim-complete: 500 executions × 256-byte payload, 4 in-process workers")
+	require.Contains(t, s, "synchronous=full")
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	require.Len(t, lines, 5, "title, header, two runs, median")
+	require.Contains(t, lines[1], "tasks/s")
+	for i, want := range []string{"1", "2", "median"} {
+		require.Equal(t, want, strings.Fields(lines[2+i])[0])
+	}
+	require.NoFileExists(t, db, "a run removes the file it created")
+}
+
+func TestBenchJSON(t *testing.T) {
+	t.Parallel()
+	db := filepath.Join(t.TempDir(), "bench.db")
+	var out bytes.Buffer
+	require.NoError(t, Run(t.Context(), []string{"bench", "-store", "sqlite://" + db, "-sync", "normal",
+		"-n", "500", "-workers", "8", "-payload", "4096", "-runs", "3", "-json"}, &out))
+	recs := records(t, out.String())
+	require.Len(t, recs, 4, "three runs and the median")
+	for i, r := range recs {
+		require.Equal(t, bench.ScenarioDrain, r.Scenario)
+		require.Equal(t, "sqlite", r.Store)
+		require.Equal(t, "inproc", r.Transport)
+		require.Equal(t, 500, r.Config.N)
+		require.Equal(t, 8, r.Config.Workers)
+		require.Equal(t, 4096, r.Config.PayloadBytes)
+		require.Equal(t, "normal", r.Config.Sync)
+		require.Equal(t, 1, r.Config.ClaimCount)
+		require.Equal(t, 3, r.Config.Runs)
+		require.Equal(t, 500, r.Count)
+		require.Zero(t, r.Errors)
+		require.Positive(t, r.ThroughputPerSec)
+		requireOrdered(t, r.LatencyMS)
+		require.Equal(t, 500, r.LatencyMS.N, "one claim→complete sample per task")
+		require.NotNil(t, r.Seed)
+		require.Positive(t, r.Seed.Seconds)
+		require.Positive(t, r.DrainSec)
+		require.False(t, r.StartedAt.IsZero())
+		require.Positive(t, r.Host.Cores)
+		require.NotEmpty(t, r.Host.CPU)
+		require.NotEmpty(t, r.Version)
+		if i < 3 {
+			require.Equal(t, string(rune('1'+i)), r.Config.Run)
+		}
+	}
+	require.Equal(t, "median", recs[3].Config.Run)
+	tput := []float64{recs[0].ThroughputPerSec, recs[1].ThroughputPerSec, recs[2].ThroughputPerSec}
+	require.Equal(t, bench.Median(tput), recs[3].ThroughputPerSec)
+}
+
+func TestBenchMemStore(t *testing.T) {
+	t.Parallel()
+	var out bytes.Buffer
+	require.NoError(t, Run(t.Context(), []string{"bench", "-store", "mem", "-n", "500", "-json"}, &out))
+	recs := records(t, out.String())
+	require.Len(t, recs, 1)
+	require.Equal(t, "mem", recs[0].Store)
+	require.Empty(t, recs[0].Config.Sync)
+	require.Equal(t, 500, recs[0].Count)
+}
+
+// TestBenchSteady measures the drain rate, then runs the producer at 70% of it.
+func TestBenchSteady(t *testing.T) {
+	t.Parallel()
+	db := filepath.Join(t.TempDir(), "bench.db")
+	var out bytes.Buffer
+	require.NoError(t, Run(t.Context(), []string{"bench", "-store", "sqlite://" + db, "-steady", "-n", "500",
+		"-workers", "4", "-payload", "512", "-duration", "1s", "-json"}, &out))
+	recs := records(t, out.String())
+	require.Len(t, recs, 2, "the drain that measured the rate, then the steady run")
+	drain, steady := recs[0], recs[1]
+	require.Equal(t, bench.ScenarioDrain, drain.Scenario)
+	require.Equal(t, bench.ScenarioSteady, steady.Scenario)
+	require.InDelta(t, 0.7*drain.ThroughputPerSec, steady.Config.RatePerSec, 0.01)
+	require.Equal(t, 1.0, steady.Config.DurationSec)
+	require.Positive(t, steady.Created)
+	require.Positive(t, steady.Count)
+	require.NotNil(t, steady.Backlog)
+	require.LessOrEqual(t, steady.Count, steady.Created)
+	requireOrdered(t, steady.LatencyMS)
+	require.NotNil(t, steady.CreateCompleteMS)
+	requireOrdered(t, *steady.CreateCompleteMS)
+	require.Zero(t, steady.Errors)
+}
+
+func TestBenchSteadyTable(t *testing.T) {
+	t.Parallel()
+	var out bytes.Buffer
+	require.NoError(t, Run(t.Context(), []string{"bench", "-store", "mem", "-steady", "-rate", "500",
+		"-duration", "500ms", "-runs", "2"}, &out))
+	s := out.String()
+	t.Log("\n" + s)
+	require.Contains(t, s, "steady-rate: a producer creates 500 executions/s")
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	require.Len(t, lines, 5, "title, header, two runs, median")
+	require.Contains(t, lines[1], "claim p99 ms")
+	require.Equal(t, "median", strings.Fields(lines[4])[0])
+}
+
+func TestBenchRefusesAnExistingFile(t *testing.T) {
+	t.Parallel()
+	db := filepath.Join(t.TempDir(), "precious.db")
+	require.NoError(t, os.WriteFile(db, []byte("not yours"), 0o600))
+	var out bytes.Buffer
+	err := Run(t.Context(), []string{"bench", "-store", "sqlite://" + db, "-n", "10"}, &out)
+	require.ErrorContains(t, err, "exists")
+	b, err := os.ReadFile(db)
+	require.NoError(t, err)
+	require.Equal(t, "not yours", string(b))
+}
+
+func TestBenchRefusesBadArguments(t *testing.T) {
+	t.Parallel()
+	for _, args := range [][]string{
+		{"-store", "postgres://localhost/x"},
+		{"-store", "mem", "-sync", "full"},
+		{"-store", "sqlite:///tmp/x.db", "-sync", "off"},
+		{"-n", "0"},
+		{"-runs", "0"},
+		{"-workers", "0"},
+		{"-steady", "-duration", "0s"},
+		{"extra"},
+	} {
+		var out bytes.Buffer
+		require.Error(t, Run(t.Context(), append([]string{"bench"}, args...), &out), "%q", args)
+	}
+}

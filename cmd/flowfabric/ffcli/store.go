@@ -1,0 +1,74 @@
+package ffcli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"strings"
+
+	"github.com/flowfabric/flowfabric/ffstore"
+	"github.com/flowfabric/flowfabric/ffstore/ffmem"
+	"github.com/flowfabric/flowfabric/ffstore/ffsqlite"
+)
+
+// This file is the command line's one map from a store URL to a store constructor (the
+// root package names no store). Postgres and Redis join it with their issues.
+
+// freshStore is a store a benchmark run created and owns: remove closes it and deletes
+// whatever it created on disk.
+type freshStore struct {
+	store  ffstore.Store
+	kind   string // "sqlite" or "mem"
+	sync   string // sqlite: "full" or "normal"
+	path   string // sqlite: the file
+	remove func() error
+}
+
+// openFreshStore opens a new, empty store named by spec: "mem" for the in-memory store,
+// or an sqlite:// URL naming a file that does not exist yet (the run creates it and
+// removes it afterwards, so an existing file is refused rather than overwritten). sync,
+// if not empty, overrides the URL's synchronous setting.
+func openFreshStore(ctx context.Context, spec, sync string) (*freshStore, error) {
+	switch {
+	case spec == "mem":
+		if sync != "" {
+			return nil, errors.New("-sync applies to sqlite stores only")
+		}
+		s := ffmem.New(nil)
+		return &freshStore{store: s, kind: "mem", remove: s.Close}, nil
+	case strings.HasPrefix(spec, "sqlite:"):
+		path, opts, err := ffsqlite.ParseURL(spec)
+		if err != nil {
+			return nil, err
+		}
+		if sync != "" {
+			opts.Synchronous = ffsqlite.Synchronous(strings.ToLower(sync))
+		}
+		if _, err := os.Stat(path); err == nil {
+			return nil, fmt.Errorf("%s exists: a benchmark run needs a fresh file, and deletes it afterwards; remove it or name another", path)
+		} else if !errors.Is(err, fs.ErrNotExist) {
+			return nil, err
+		}
+		s, err := ffsqlite.Open(ctx, path, opts)
+		if err != nil {
+			return nil, err
+		}
+		synchronous := string(opts.Synchronous)
+		if synchronous == "" {
+			synchronous = string(ffsqlite.SynchronousFull)
+		}
+		return &freshStore{store: s, kind: "sqlite", sync: synchronous, path: s.Path(), remove: func() error {
+			err := s.Close()
+			for _, suffix := range []string{"", "-wal", "-shm", "-journal"} {
+				if rerr := os.Remove(s.Path() + suffix); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
+					err = errors.Join(err, rerr)
+				}
+			}
+			return err
+		}}, nil
+	default:
+		return nil, fmt.Errorf("store %q: want mem or sqlite:///path/to/file.db (postgres:// and redis:// come later)", spec)
+	}
+}
