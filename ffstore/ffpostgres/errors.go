@@ -1,0 +1,124 @@
+package ffpostgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/flowfabric/flowfabric/fftype"
+)
+
+// Error codes specific to this store, carried by the *fftype.Error values it returns.
+const (
+	// CodeSchemaTooNew is the code of the unavailable error returned when the database's
+	// schema was written by a newer binary. Its cause is a *[SchemaVersionError].
+	CodeSchemaTooNew = "schema_too_new"
+	// CodeSchemaTooOld is the code of the unavailable error returned when the schema is
+	// missing or older than this binary's and Options.Migrate is false: run [Migrate].
+	// Its cause is a *[SchemaVersionError].
+	CodeSchemaTooOld = "schema_too_old"
+	// CodeShardCountMismatch is the code of the validation error returned when
+	// Options.Shards names a count other than the one the schema was created with.
+	CodeShardCountMismatch = "shard_count_mismatch"
+)
+
+// SchemaVersionError says that the database schema is at a version this binary cannot use
+// as it is. It is the cause (errors.As) of the errors coded [CodeSchemaTooNew] and
+// [CodeSchemaTooOld].
+type SchemaVersionError struct {
+	Schema string // the Postgres schema
+	Found  int    // the version in the database; 0 when the schema does not exist
+	Known  int    // the newest version this binary knows, [SchemaVersion]
+}
+
+func (e *SchemaVersionError) Error() string {
+	if e.Found > e.Known {
+		return fmt.Sprintf("schema %q is at version %d, newer than this binary's %d: upgrade the binary", e.Schema, e.Found, e.Known)
+	}
+	return fmt.Sprintf("schema %q is at version %d but this binary needs version %d: run ffpostgres.Migrate (the CLI's migrate command) or open the store with Options.Migrate set", e.Schema, e.Found, e.Known)
+}
+
+func errClosed() error {
+	e := fftype.NewError(fftype.KindUnavailable, fftype.CodeStoreUnavailable, "ffpostgres: store is closed")
+	e.Retryable = false
+	return e
+}
+
+func errTxDone() error {
+	return fftype.Validationf(fftype.CodeInvalidInput, "ffpostgres: transaction used after its unit ended")
+}
+
+// SQLSTATE codes and classes the store tells apart.
+const (
+	stateSerializationFailure = "40001"
+	stateDeadlockDetected     = "40P01"
+	stateLockNotAvailable     = "55P03"
+	stateUniqueViolation      = "23505"
+	stateQueryCanceled        = "57014"
+	stateProgramLimitExceeded = "54000"
+	stateInvalidCatalogName   = "3D000"
+)
+
+// translate turns an error from pgx into an *fftype.Error. It is the only place pgx
+// errors are interpreted; *fftype.Error values pass through unchanged, and so does the
+// error of ctx, the caller's context, once it is done (pgx wraps it; callers compare with
+// the bare one). A timeout of the store's own (connect timeout) is an unavailable error.
+// op says what failed, for the message.
+func translate(ctx context.Context, err error, op string) error {
+	if err == nil {
+		return nil
+	}
+	var fe *fftype.Error
+	if errors.As(err, &fe) {
+		return err
+	}
+	if cerr := ctx.Err(); cerr != nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
+		return cerr
+	}
+	e := &fftype.Error{
+		Kind: fftype.KindUnavailable, Code: fftype.CodeStoreUnavailable, Retryable: true,
+		Message: "postgres " + op + " failed", Err: err,
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch {
+		case pgErr.Code == stateSerializationFailure || pgErr.Code == stateDeadlockDetected ||
+			pgErr.Code == stateLockNotAvailable || pgErr.Code == stateUniqueViolation:
+			// A concurrent unit won: a deadlock or serialization failure, or a record this
+			// unit read as missing was created meanwhile. The engine retries the unit.
+			e.Kind, e.Code = fftype.KindContention, fftype.CodeStoreConflict
+			e.Message = fmt.Sprintf("postgres %s: a concurrent unit changed what this one read (SQLSTATE %s)", op, pgErr.Code)
+		case pgErr.Code == stateQueryCanceled:
+			e.Message = fmt.Sprintf("postgres %s: statement timeout", op)
+		case pgErr.Code == stateProgramLimitExceeded:
+			e.Kind, e.Code, e.Retryable = fftype.KindTooLarge, fftype.CodePayloadTooLarge, false
+			e.Message = fmt.Sprintf("postgres %s: value exceeds a Postgres limit", op)
+		case strings.HasPrefix(pgErr.Code, "08"), strings.HasPrefix(pgErr.Code, "53"),
+			strings.HasPrefix(pgErr.Code, "57"), strings.HasPrefix(pgErr.Code, "58"):
+			// Connection exceptions, insufficient resources, operator intervention
+			// (shutdown, restart), system errors: the database may come back.
+		case strings.HasPrefix(pgErr.Code, "28"), pgErr.Code == stateInvalidCatalogName:
+			e.Retryable = false
+			e.Message = fmt.Sprintf("postgres %s: cannot use the database (SQLSTATE %s)", op, pgErr.Code)
+		default:
+			e.Retryable = false
+		}
+		return e
+	}
+	var netErr net.Error
+	var connectErr *pgconn.ConnectError
+	switch {
+	case errors.As(err, &connectErr):
+		e.Message = "postgres " + op + ": cannot connect to the database"
+	case errors.As(err, &netErr), errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), pgconn.SafeToRetry(err):
+		e.Message = "postgres " + op + ": connection lost"
+	case errors.Is(err, context.DeadlineExceeded):
+		e.Message = "postgres " + op + ": timed out"
+	}
+	return e
+}

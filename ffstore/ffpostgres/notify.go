@@ -1,0 +1,103 @@
+package ffpostgres
+
+import (
+	"context"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Changes implements [ffstore.ChangeNotifier]. The channel wakes at once after this
+// process's commits, and after other processes' commits once their NOTIFY arrives on the
+// store's listening connection: one dedicated connection per store (not from the pool),
+// opened by the first call. After that connection drops, the listener reconnects and
+// wakes every reader, since it may have missed notifications meanwhile.
+func (s *Store) Changes(ctx context.Context) <-chan struct{} {
+	ch := s.changes.Changes(ctx)
+	s.listenMu.Lock()
+	if !s.listener && !s.closed.Load() {
+		s.listener = true
+		s.wg.Go(s.listen)
+	}
+	s.listenMu.Unlock()
+	return ch
+}
+
+// runNotifier sends one NOTIFY for each burst of commits of this process: while one is in
+// flight, further commits coalesce into the next. It runs until Close.
+func (s *Store) runNotifier() {
+	for {
+		select {
+		case <-s.stopCtx.Done():
+			return
+		case <-s.notifyCh:
+		}
+		ctx, cancel := context.WithTimeout(s.stopCtx, s.opts.ConnectTimeout)
+		_, err := s.pool.Exec(ctx, s.sql.notify, s.channel)
+		cancel()
+		if err != nil && s.stopCtx.Err() == nil {
+			s.log.Debug("notify other processes", "error", err)
+		}
+	}
+}
+
+// Reconnect backoff of the listener.
+const (
+	listenBackoffMin = 50 * time.Millisecond
+	listenBackoffMax = 5 * time.Second
+)
+
+// listen holds the LISTEN connection until Close, reconnecting after failures.
+func (s *Store) listen() {
+	backoff := listenBackoffMin
+	first := true
+	for s.stopCtx.Err() == nil {
+		err := s.listenOnce(func() {
+			backoff = listenBackoffMin
+			if !first {
+				s.log.Info("change listener reconnected")
+			}
+			first = false
+			// Whatever was notified while no connection listened is lost: wake every
+			// reader so it reads again.
+			s.changes.Notify()
+		})
+		if s.stopCtx.Err() != nil {
+			return
+		}
+		s.log.Warn("change listener lost its connection; reconnecting", "error", err, "backoff", backoff)
+		select {
+		case <-s.stopCtx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, listenBackoffMax)
+	}
+}
+
+// listenOnce connects, LISTENs, calls listening, and relays notifications until the
+// connection fails or the store closes.
+func (s *Store) listenOnce(listening func()) error {
+	cfg := s.pool.Config().ConnConfig.Copy()
+	ctx, cancel := context.WithTimeout(s.stopCtx, s.opts.ConnectTimeout)
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	cancel()
+	if err != nil {
+		return err
+	}
+	defer func() {
+		closeCtx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_ = conn.Close(closeCtx)
+	}()
+	if _, err := conn.Exec(s.stopCtx, "LISTEN "+pgx.Identifier{s.channel}.Sanitize()); err != nil {
+		return err
+	}
+	listening()
+	for {
+		if _, err := conn.WaitForNotification(s.stopCtx); err != nil {
+			return err
+		}
+		s.changes.Notify()
+	}
+}

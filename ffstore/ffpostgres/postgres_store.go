@@ -1,0 +1,795 @@
+// Package ffpostgres is the Postgres store: many processes, on many machines, share one
+// database, and every engine loop is safe on every one of them.
+//
+// # Schema
+//
+// Everything lives in one Postgres schema ([DefaultSchema], or Options.Schema), so several
+// stores can share a database. Tables are not partitioned; the shard is a column leading
+// every primary key:
+//
+//	records(shard, key, value bytea)                  every engine record
+//	queue_items(shard, queue, member, score bigint)   ready and due queues; index (shard, queue, score, member)
+//	queues(queue, shard)                              the queue directory, for QueueHeads
+//	event_logs(shard, last_seq, trimmed)              per-shard event counter and trim point
+//	events(shard, seq, …)                             the event logs
+//	meta(name, value)                                 schema version and shard count
+//
+// The schema is versioned and migrated forward only, in one transaction under an advisory
+// lock ([Migrate]); [Open] and [New] migrate when Options.Migrate is set and otherwise
+// refuse an older schema. A schema newer than the binary is always refused.
+//
+// # Units
+//
+// [Store.Update] runs a unit as one READ COMMITTED transaction on one pooled connection.
+// Every record the unit reads with Get or Prefetch is locked (SELECT … FOR UPDATE; Prefetch
+// fetches all its keys in one round trip, locking in key order), so units on the same
+// execution run one after the other and what a unit read is still true when it commits. A
+// record read as missing cannot be locked; if the unit then creates it, it is inserted
+// without upsert, so a concurrent unit that created it first makes this one fail with a
+// store conflict rather than be overwritten. PopDue is one statement, DELETE … WHERE … IN
+// (SELECT … ORDER BY score, member LIMIT n FOR UPDATE SKIP LOCKED) RETURNING, so claimers
+// never wait for each other and never take an item twice.
+//
+// Range inside a unit reads the committed queue without locking what it returns. Locking
+// (FOR UPDATE) would deadlock against SKIP LOCKED pops: two claimers each popping the head
+// of a queue and then ranging past it wait for each other's popped rows. The engine uses
+// Range inside a unit only to learn the queue's next head, a hint it re-checks; Views read
+// one REPEATABLE READ snapshot.
+//
+// All other writes are buffered, collapsed to one value per key, and sent at commit as
+// one pipelined batch: a few set-based statements (unnest arrays), the event append last,
+// and COMMIT. Deadlocks and serialization failures (SQLSTATE 40P01, 40001) and the
+// unique violation above are returned as errors matching [fftype.ErrStoreConflict]; the
+// engine retries those units. Every other pgx error is translated once, here, into an
+// *fftype.Error; an unreachable database gives a retryable unavailable error coded
+// store_unavailable.
+//
+// # Events
+//
+// Each shard's event log is numbered by a counter row in event_logs. The append is the
+// unit's last statement before COMMIT: it increments the counter by the unit's event count
+// and inserts the events numbered from the old value. The counter row lock is held through
+// the commit, so the next unit on the shard gets its numbers only once this one is visible:
+// numbers are gap-free (a rolled-back unit's increment is rolled back too) and a reader
+// never sees Seq n+1 before Seq n. TrimEvents raises the shard's trim point (never past the
+// last Seq) and deletes the events up to it; ReadEvents below the trim point returns
+// cursor_expired.
+//
+// # Change notifications
+//
+// [Store.Changes] wakes readers after this process's commits at once, and after other
+// processes' commits through LISTEN on one dedicated connection (not from the pool). Each
+// committing unit that changed something asks for a NOTIFY; the store coalesces those into
+// at most one NOTIFY in flight per process, sent right after the commit. (Sending NOTIFY
+// inside every committing transaction would take Postgres's database-wide notify lock in
+// each of them and serialise all commits behind one another's WAL flush.) The listener
+// reconnects after its connection drops and then wakes every reader, so readers catch up on
+// what they missed.
+package ffpostgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/flowfabric/flowfabric/ffstore"
+	"github.com/flowfabric/flowfabric/fftype"
+)
+
+// Defaults for [Options].
+const (
+	DefaultShards           = 16
+	DefaultPoolSize         = 16
+	DefaultStatementTimeout = 30 * time.Second
+	DefaultConnectTimeout   = 10 * time.Second
+)
+
+// Options configures [Open] and [New]. The zero value, or nil, gives the defaults.
+type Options struct {
+	// Shards is the shard count given to a new schema, 1 to [fftype.MaxShards]; 0 means
+	// [DefaultShards] for a new schema and the stored count for an existing one. It is
+	// fixed when the schema is first used: a different non-zero count fails with a
+	// validation error coded [CodeShardCountMismatch].
+	Shards int
+
+	// Schema is the Postgres schema holding the store's tables; "" means
+	// [DefaultSchema]. Lowercase letters, digits and underscores.
+	Schema string
+
+	// Migrate applies pending migrations when the store opens. When false, a missing or
+	// older schema is refused with an unavailable error coded [CodeSchemaTooOld] that
+	// says to run [Migrate].
+	Migrate bool
+
+	// StatementTimeout bounds every statement on the server (statement_timeout). With
+	// [Open], 0 means [DefaultStatementTimeout]; with [New], 0 leaves the pool's setting
+	// alone and a positive value is set for each unit (SET LOCAL). Negative means none.
+	StatementTimeout time.Duration
+
+	// PoolSize is the most connections [Open]'s pool opens (the change listener uses one
+	// more); 0 means [DefaultPoolSize]. Ignored by [New]: the caller sized the pool.
+	PoolSize int
+
+	// ConnectTimeout bounds each attempt to connect, and the check that the database is
+	// reachable at open; 0 means [DefaultConnectTimeout].
+	ConnectTimeout time.Duration
+
+	// Logger receives the store's rare log lines (listener reconnects). nil discards them.
+	Logger *slog.Logger
+
+	// notifyInTx sends pg_notify inside every committing unit instead of coalescing
+	// NOTIFYs after commit; for the benchmark that compares the two.
+	notifyInTx bool
+}
+
+func (o *Options) withDefaults() (Options, error) {
+	var out Options
+	if o != nil {
+		out = *o
+	}
+	if out.Shards < 0 || out.Shards > fftype.MaxShards {
+		return out, fftype.Validationf(fftype.CodeInvalidInput, "ffpostgres: Options.Shards is %d, want 0 (default) or 1 to %d", out.Shards, fftype.MaxShards)
+	}
+	if out.Schema == "" {
+		out.Schema = DefaultSchema
+	}
+	if err := checkSchemaName(out.Schema); err != nil {
+		return out, err
+	}
+	if out.PoolSize < 0 || out.PoolSize > math.MaxInt32 || out.ConnectTimeout < 0 {
+		return out, fftype.Validationf(fftype.CodeInvalidInput, "ffpostgres: Options.PoolSize and ConnectTimeout must not be negative")
+	}
+	if out.PoolSize == 0 {
+		out.PoolSize = DefaultPoolSize
+	}
+	if out.ConnectTimeout == 0 {
+		out.ConnectTimeout = DefaultConnectTimeout
+	}
+	if out.Logger == nil {
+		out.Logger = slog.New(slog.DiscardHandler)
+	}
+	return out, nil
+}
+
+// Store is an [ffstore.Store] on a Postgres database. All methods are safe for concurrent
+// use. Create one with [Open] or [New] and Close it when done.
+type Store struct {
+	pool       *pgxpool.Pool
+	ownPool    bool
+	opts       Options
+	schema     string
+	shards     int
+	sql        *statements
+	setTimeout string // "SET LOCAL statement_timeout = …" for New with an explicit timeout
+	channel    string // the LISTEN/NOTIFY channel
+	notifyInTx bool
+	log        *slog.Logger
+
+	changes  ffstore.Notifier
+	notifyCh chan struct{} // coalesced requests for a NOTIFY
+	listenMu sync.Mutex
+	listener bool // the listener goroutine runs
+
+	stop    context.CancelFunc // stops the goroutines
+	stopCtx context.Context
+	wg      sync.WaitGroup
+
+	closed    atomic.Bool
+	conflicts atomic.Int64 // injected conflicts still to deliver
+}
+
+var (
+	_ ffstore.Store          = (*Store)(nil)
+	_ ffstore.ChangeNotifier = (*Store)(nil)
+)
+
+// ParseURL splits a store URL into the connection string for pgx and the store's options.
+// It accepts postgres:// and postgresql:// URLs in libpq's syntax (pgx's own parameters,
+// such as pool_max_conns and connect_timeout, pass through) plus these parameters of the
+// store, each mapping to the [Options] field of the same name:
+//
+//	postgres://user:pass@host:5432/db?schema=flowfabric&shards=16&migrate=true&statement_timeout=30s&pool_size=16
+func ParseURL(rawURL string) (connString string, opts *Options, err error) {
+	bad := func(format string, args ...any) (string, *Options, error) {
+		return "", nil, fftype.Validationf(fftype.CodeInvalidInput, "ffpostgres: store URL: "+format, args...)
+	}
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return bad("%v", redact(err))
+	}
+	if u.Scheme != "postgres" && u.Scheme != "postgresql" {
+		return bad("scheme is %q, want postgres or postgresql", u.Scheme)
+	}
+	opts = &Options{}
+	q := u.Query()
+	for name, values := range q {
+		v := values[len(values)-1]
+		switch name {
+		case "schema":
+			opts.Schema = v
+		case "shards", "pool_size":
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 0 {
+				return bad("parameter %s=%q is not a non-negative integer", name, v)
+			}
+			if name == "shards" {
+				opts.Shards = n
+			} else {
+				opts.PoolSize = n
+			}
+		case "migrate":
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return bad("parameter migrate=%q is not a boolean", v)
+			}
+			opts.Migrate = b
+		case "statement_timeout":
+			d, err := time.ParseDuration(v)
+			if err != nil {
+				return bad("parameter statement_timeout=%q is not a duration such as 30s", v)
+			}
+			opts.StatementTimeout = d
+		default:
+			continue
+		}
+		q.Del(name)
+	}
+	u.RawQuery = q.Encode()
+	if _, err := opts.withDefaults(); err != nil {
+		return "", nil, err
+	}
+	return u.String(), opts, nil
+}
+
+// redact drops a URL (which may hold a password) from a url.Parse error.
+func redact(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Err
+	}
+	return err
+}
+
+// parseConfig builds the pool configuration for Open from a connection string and the
+// options given (nil for defaults).
+func parseConfig(connString string, opts *Options) (*pgxpool.Config, Options, error) {
+	base := &Options{}
+	if strings.HasPrefix(connString, "postgres://") || strings.HasPrefix(connString, "postgresql://") {
+		cs, fromURL, err := ParseURL(connString)
+		if err != nil {
+			return nil, Options{}, err
+		}
+		connString, base = cs, fromURL
+	}
+	if opts != nil {
+		merged := *opts
+		if merged.Shards == 0 {
+			merged.Shards = base.Shards
+		}
+		if merged.Schema == "" {
+			merged.Schema = base.Schema
+		}
+		merged.Migrate = merged.Migrate || base.Migrate
+		if merged.StatementTimeout == 0 {
+			merged.StatementTimeout = base.StatementTimeout
+		}
+		if merged.PoolSize == 0 {
+			merged.PoolSize = base.PoolSize
+		}
+		base = &merged
+	}
+	o, err := base.withDefaults()
+	if err != nil {
+		return nil, o, err
+	}
+	cfg, err := pgxpool.ParseConfig(connString)
+	if err != nil {
+		return nil, o, fftype.Validationf(fftype.CodeInvalidInput, "ffpostgres: connection string: %v", redact(err))
+	}
+	cfg.MaxConns = int32(o.PoolSize) //nolint:gosec // checked in withDefaults
+	cfg.ConnConfig.ConnectTimeout = o.ConnectTimeout
+	timeout := o.StatementTimeout
+	if timeout == 0 {
+		timeout = DefaultStatementTimeout
+	}
+	if timeout > 0 {
+		cfg.ConnConfig.RuntimeParams["statement_timeout"] = strconv.FormatInt(timeout.Milliseconds(), 10)
+	}
+	if _, ok := cfg.ConnConfig.RuntimeParams["application_name"]; !ok {
+		cfg.ConnConfig.RuntimeParams["application_name"] = "flowfabric"
+	}
+	return cfg, o, nil
+}
+
+// Open connects to the database named by connString (a postgres:// or postgresql:// URL,
+// or a libpq key=value string; see [ParseURL] for the store's URL parameters, which
+// opts's non-zero fields override), checks or migrates the schema, and returns a store
+// that owns its connection pool. opts may be nil.
+//
+// Open returns a validation error for bad options or a connection string it cannot parse
+// and for a shard count that differs from the schema's (code [CodeShardCountMismatch]);
+// an unavailable error coded store_unavailable, retryable, when the database cannot be
+// reached within the connect timeout; and unavailable errors coded [CodeSchemaTooOld] or
+// [CodeSchemaTooNew] for a schema it cannot use.
+func Open(ctx context.Context, connString string, opts *Options) (*Store, error) {
+	cfg, o, err := parseConfig(connString, opts)
+	if err != nil {
+		return nil, err
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, translate(ctx, err, "connect")
+	}
+	pingCtx, cancel := context.WithTimeout(ctx, o.ConnectTimeout)
+	err = pool.Ping(pingCtx)
+	cancel()
+	if err != nil {
+		pool.Close()
+		err = translate(ctx, err, "connect")
+		var fe *fftype.Error
+		if errors.As(err, &fe) && fe.Kind == fftype.KindUnavailable {
+			fe.Message = fmt.Sprintf("ffpostgres: cannot reach the database at %s:%d within %s", cfg.ConnConfig.Host, cfg.ConnConfig.Port, o.ConnectTimeout)
+		}
+		return nil, err
+	}
+	s, err := newStore(ctx, pool, o, true)
+	if err != nil {
+		pool.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// New returns a store on a pool the caller owns (and closes, after the store). It checks
+// or migrates the schema, bounded by opts.ConnectTimeout plus the statement timeout.
+// opts may be nil. Errors are as for [Open].
+func New(pool *pgxpool.Pool, opts *Options) (*Store, error) {
+	if pool == nil {
+		return nil, fftype.Validationf(fftype.CodeInvalidInput, "ffpostgres: nil pool")
+	}
+	o, err := opts.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	limit := o.ConnectTimeout + max(o.StatementTimeout, DefaultStatementTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
+	defer cancel()
+	return newStore(ctx, pool, o, false)
+}
+
+func newStore(ctx context.Context, pool *pgxpool.Pool, o Options, own bool) (*Store, error) {
+	if o.Migrate {
+		if err := Migrate(ctx, pool, o.Schema); err != nil {
+			return nil, err
+		}
+	} else {
+		v, err := schemaVersion(ctx, pool, o.Schema)
+		if err != nil {
+			return nil, err
+		}
+		if v != SchemaVersion {
+			return nil, schemaError(o.Schema, v)
+		}
+	}
+	qs := pgx.Identifier{o.Schema}.Sanitize()
+	shards, err := initShards(ctx, pool, qs, o.Shards)
+	if err != nil {
+		return nil, err
+	}
+	stopCtx, stop := context.WithCancel(context.Background())
+	s := &Store{
+		pool:       pool,
+		ownPool:    own,
+		opts:       o,
+		schema:     o.Schema,
+		shards:     shards,
+		sql:        newStatements(qs),
+		channel:    fmt.Sprintf("ff_changes_%016x", uint64(advisoryKey(o.Schema, "changes"))), //nolint:gosec // a hash
+		notifyInTx: o.notifyInTx,
+		log:        o.Logger.With("store", "ffpostgres", "schema", o.Schema),
+		notifyCh:   make(chan struct{}, 1),
+		stop:       stop,
+		stopCtx:    stopCtx,
+	}
+	if !own && o.StatementTimeout != 0 {
+		ms := max(o.StatementTimeout.Milliseconds(), 0) // negative: none, which is 0
+		s.setTimeout = fmt.Sprintf("SET LOCAL statement_timeout = %d", ms)
+	}
+	if !s.notifyInTx {
+		s.wg.Go(s.runNotifier)
+	}
+	return s, nil
+}
+
+// initShards stores the shard count when the schema is new and returns the stored one.
+// Concurrent first opens agree: the first insert wins and the others read it.
+func initShards(ctx context.Context, pool *pgxpool.Pool, qs string, want int) (int, error) {
+	create := want
+	if create == 0 {
+		create = DefaultShards
+	}
+	b := &pgx.Batch{}
+	b.Queue(`INSERT INTO `+qs+`.meta (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING`, metaShards, create)
+	b.Queue(`SELECT value FROM `+qs+`.meta WHERE name = $1`, metaShards)
+	br := pool.SendBatch(ctx, b)
+	_, err := br.Exec()
+	var n int64
+	if err == nil {
+		err = br.QueryRow().Scan(&n)
+	}
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return 0, translate(ctx, err, "read shard count")
+	}
+	if n < 1 || n > fftype.MaxShards {
+		e := fftype.NewError(fftype.KindUnavailable, fftype.CodeCorruption, "ffpostgres: meta.shards is %d", n)
+		e.Retryable = false
+		return 0, e
+	}
+	if want != 0 && int64(want) != n {
+		return 0, fftype.Validationf(CodeShardCountMismatch,
+			"ffpostgres: the store was created with %d shards and cannot be opened with %d: omit Options.Shards or pass %d", n, want, n)
+	}
+	if _, err := pool.Exec(ctx, `INSERT INTO `+qs+`.event_logs (shard) SELECT generate_series(0, $1::integer - 1)
+		ON CONFLICT (shard) DO NOTHING`, n); err != nil {
+		return 0, translate(ctx, err, "create event logs")
+	}
+	return int(n), nil
+}
+
+// Pool returns the store's connection pool.
+func (s *Store) Pool() *pgxpool.Pool { return s.pool }
+
+// Schema returns the Postgres schema the store uses.
+func (s *Store) Schema() string { return s.schema }
+
+// Shards returns the shard count stored in the schema.
+func (s *Store) Shards() int { return s.shards }
+
+// InjectConflicts makes the next n units that would commit fail instead with an error
+// matching [fftype.ErrStoreConflict], after fn ran, writing nothing. It is the
+// conformance suite's ConflictInjector ability, so callers' retries are tested here too.
+func (s *Store) InjectConflicts(n int) {
+	if n > 0 {
+		s.conflicts.Add(int64(n))
+	}
+}
+
+func (s *Store) takeConflict() bool {
+	for {
+		n := s.conflicts.Load()
+		if n <= 0 {
+			return false
+		}
+		if s.conflicts.CompareAndSwap(n, n-1) {
+			return true
+		}
+	}
+}
+
+// check validates a call's shard, the store's state and the context.
+func (s *Store) check(ctx context.Context, shard int) error {
+	if shard < 0 || shard >= s.shards {
+		return fftype.Validationf(fftype.CodeShardOutOfRange, "shard %d is out of range: the store has shards 0 to %d", shard, s.shards-1)
+	}
+	if s.closed.Load() {
+		return errClosed()
+	}
+	return ctx.Err()
+}
+
+// queueLockKey is the advisory lock that guards the directory row of one queue.
+func (s *Store) queueLockKey(shard int, queue string) int64 {
+	return advisoryKey(s.schema, strconv.Itoa(shard)+"\x00"+queue)
+}
+
+// Update runs fn as one unit on shard: one READ COMMITTED transaction, committed when fn
+// returns nil (see the package documentation for locking). If fn returns an error, the
+// transaction is rolled back and the error is returned unchanged; if fn panics, it is
+// rolled back and the panic continues. If ctx is done before fn starts, fn does not run
+// and ctx.Err() is returned; once fn has returned nil the commit is sent regardless of
+// ctx. A unit that lost a race (deadlock, serialization failure, a record it read as
+// missing created meanwhile) returns an error matching [fftype.ErrStoreConflict];
+// database failures return an unavailable *fftype.Error — if the connection drops during
+// COMMIT, the unit may have committed. Returns a validation error coded
+// shard_out_of_range for a bad shard and an unavailable error after Close.
+func (s *Store) Update(ctx context.Context, shard int, fn func(tx ffstore.Tx) error) error {
+	return s.run(ctx, shard, false, func(t *unitTx) error { return fn(t) })
+}
+
+// View runs fn on one REPEATABLE READ, read-only snapshot of shard. fn's error is returned
+// unchanged. Argument errors are as for Update.
+func (s *Store) View(ctx context.Context, shard int, fn func(tx ffstore.ReadTx) error) error {
+	return s.run(ctx, shard, true, func(t *unitTx) error { return fn(readTx{t}) })
+}
+
+// readTx is the read-only face of a unitTx, so a View's fn cannot assert its way to writes.
+type readTx struct{ t *unitTx }
+
+func (r readTx) Prefetch(keys ...string) error        { return r.t.Prefetch(keys...) }
+func (r readTx) Get(key string) ([]byte, bool, error) { return r.t.Get(key) }
+func (r readTx) Range(queue string, after *ffstore.QueueItem, maxScore int64, n int) ([]ffstore.QueueItem, error) {
+	return r.t.Range(queue, after, maxScore, n)
+}
+
+func (s *Store) run(ctx context.Context, shard int, readOnly bool, fn func(t *unitTx) error) (err error) {
+	if err := s.check(ctx, shard); err != nil {
+		return err
+	}
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		if s.closed.Load() {
+			return errClosed()
+		}
+		return translate(ctx, err, "acquire connection")
+	}
+	t := &unitTx{
+		s: s, ctx: ctx, shard: shard, readOnly: readOnly, conn: conn,
+		reads: map[string]cached{}, writes: map[string]recWrite{}, items: map[itemKey]itemWrite{},
+	}
+	// The end of the transaction does not depend on ctx: a cancelled caller must still
+	// leave a clean connection (or none) behind.
+	endCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.ConnectTimeout+DefaultStatementTimeout)
+	defer cancel()
+	committed := false
+	defer func() {
+		if !committed && !t.rollback(endCtx) {
+			// The connection's state is unknown: do not hand it to the next unit.
+			_ = conn.Conn().Close(endCtx)
+		}
+		conn.Release()
+	}()
+	fnErr := func() error {
+		defer func() { t.done = true }()
+		return fn(t)
+	}()
+	if fnErr != nil {
+		return fnErr
+	}
+	if t.err != nil {
+		return t.err // fn ignored a failed read or write
+	}
+	if !readOnly && t.dirty() && s.takeConflict() {
+		return fftype.NewError(fftype.KindContention, fftype.CodeStoreConflict, "ffpostgres: injected conflict on shard %d", shard)
+	}
+	dirty := t.dirty()
+	t.done = false // commit uses the transaction once more
+	err = t.commit(endCtx)
+	t.done = true
+	if err != nil {
+		return err
+	}
+	committed = true
+	if dirty {
+		s.changes.Notify()
+		if !s.notifyInTx {
+			select {
+			case s.notifyCh <- struct{}{}:
+			default: // a NOTIFY is already due
+			}
+		}
+	}
+	return nil
+}
+
+// QueueHeads returns the first item of every non-empty queue, on any shard, whose name
+// starts with one of prefixes; a queue matched by two prefixes is reported once. It reads
+// the queue directory and probes each matching queue's first item, so its cost grows with
+// the number of matching queues, not items. Directory rows of queues found empty are
+// pruned afterwards, in a short transaction of their own.
+func (s *Store) QueueHeads(ctx context.Context, prefixes []string) ([]ffstore.QueueHead, error) {
+	if s.closed.Load() {
+		return nil, errClosed()
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	ps := ffstore.DisjointPrefixes(prefixes)
+	if len(ps) == 0 {
+		return nil, nil
+	}
+	his := make([]string, len(ps))
+	for i, p := range ps {
+		his[i], _ = prefixEnd(p)
+	}
+	rows, err := s.pool.Query(ctx, s.sql.heads, ps, his)
+	if err != nil {
+		return nil, translate(ctx, err, "read queue heads")
+	}
+	var heads []ffstore.QueueHead
+	type emptyQueue struct {
+		shard int
+		queue string
+	}
+	var empty []emptyQueue
+	for rows.Next() {
+		var h ffstore.QueueHead
+		var member *string
+		var score *int64
+		if err := rows.Scan(&h.Shard, &h.Queue, &member, &score); err != nil {
+			rows.Close()
+			return nil, translate(ctx, err, "read queue heads")
+		}
+		if member == nil || score == nil {
+			empty = append(empty, emptyQueue{h.Shard, h.Queue})
+			continue
+		}
+		h.Item = ffstore.QueueItem{Member: *member, Score: *score}
+		heads = append(heads, h)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, translate(ctx, err, "read queue heads")
+	}
+	for _, e := range empty {
+		if err := s.pruneQueue(ctx, e.shard, e.queue); err != nil {
+			s.log.Debug("prune queue directory", "shard", e.shard, "queue", e.queue, "error", err)
+		}
+	}
+	return heads, nil
+}
+
+// pruneQueue deletes the directory row of a queue found empty, unless a unit is adding to
+// the queue right now (it holds the queue's advisory lock shared). The emptiness check
+// runs after the lock is taken, so it sees every add that committed before.
+func (s *Store) pruneQueue(ctx context.Context, shard int, queue string) error {
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return translate(ctx, err, "prune queue directory")
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	var locked bool
+	if err := tx.QueryRow(ctx, s.sql.tryLockQueue, s.queueLockKey(shard, queue)).Scan(&locked); err != nil {
+		return translate(ctx, err, "prune queue directory")
+	}
+	if !locked {
+		return nil // an add is in flight: the queue is not empty for long
+	}
+	if _, err := tx.Exec(ctx, s.sql.pruneQueue, queue, shard); err != nil {
+		return translate(ctx, err, "prune queue directory")
+	}
+	return translate(ctx, tx.Commit(ctx), "prune queue directory")
+}
+
+// prefixEnd returns the smallest string greater than every string that starts with p, or
+// "" and false if there is none (p is empty or all 0xff bytes).
+func prefixEnd(p string) (string, bool) {
+	b := []byte(p)
+	for i := len(b) - 1; i >= 0; i-- {
+		if b[i] < 0xff {
+			b[i]++
+			return string(b[:i+1]), true
+		}
+	}
+	return "", false
+}
+
+// ReadEvents returns up to limit events of shard with Seq greater than after, in Seq
+// order; limit <= 0 returns none. If after is below the shard's trim point it returns an
+// error matching [fftype.ErrCursorExpired]. Argument errors are as for Update.
+func (s *Store) ReadEvents(ctx context.Context, shard int, after uint64, limit int) ([]fftype.Event, error) {
+	if err := s.check(ctx, shard); err != nil {
+		return nil, err
+	}
+	if limit <= 0 || after >= math.MaxInt64 {
+		return nil, nil
+	}
+	limit = min(limit, math.MaxInt32)
+	// One round trip: the events, then the trim point. It only grows, so if after is not
+	// below it when read after the events, nothing the events query needed was trimmed.
+	b := &pgx.Batch{}
+	b.Queue(s.sql.readEvents, shard, int64(after), limit)
+	b.Queue(s.sql.eventBounds, shard)
+	br := s.pool.SendBatch(ctx, b)
+	defer br.Close()
+	rows, err := br.Query()
+	if err != nil {
+		return nil, translate(ctx, err, "read events")
+	}
+	var out []fftype.Event
+	for rows.Next() {
+		ev := fftype.Event{Shard: shard}
+		var seq, sec int64
+		var version, nsec int32
+		var typ, exec string
+		var data []byte
+		if err := rows.Scan(&seq, &version, &typ, &sec, &nsec, &exec, &ev.FlowID, &ev.Namespace, &ev.Lane, &data); err != nil {
+			rows.Close()
+			return nil, translate(ctx, err, "read events")
+		}
+		ev.Seq, ev.Version, ev.Type = uint64(seq), int(version), fftype.EventType(typ) //nolint:gosec // seq > 0
+		ev.Time = time.Unix(sec, int64(nsec)).UTC()
+		ev.ExecutionID = fftype.ExecutionID(exec)
+		if data != nil {
+			ev.Data = data
+		}
+		out = append(out, ev)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, translate(ctx, err, "read events")
+	}
+	var trimmed, last int64
+	if err := br.QueryRow().Scan(&trimmed, &last); err != nil {
+		return nil, translate(ctx, err, "read trim point")
+	}
+	if after < uint64(trimmed) { //nolint:gosec // never negative
+		return nil, ffstore.CursorExpired(shard, after, uint64(trimmed)) //nolint:gosec // never negative
+	}
+	return out, nil
+}
+
+// EventBounds returns shard's trim point and the Seq of its last committed event.
+// Argument errors are as for Update.
+func (s *Store) EventBounds(ctx context.Context, shard int) (trimmed, last uint64, err error) {
+	if err := s.check(ctx, shard); err != nil {
+		return 0, 0, err
+	}
+	var t, l int64
+	if err := s.pool.QueryRow(ctx, s.sql.eventBounds, shard).Scan(&t, &l); err != nil {
+		return 0, 0, translate(ctx, err, "read event bounds")
+	}
+	return uint64(t), uint64(l), nil //nolint:gosec // never negative
+}
+
+// TrimEvents raises shard's trim point to through (at most the last Seq; never lower) in
+// one short transaction, then deletes the events up to it. Argument errors are as for
+// Update.
+func (s *Store) TrimEvents(ctx context.Context, shard int, through uint64) error {
+	if err := s.check(ctx, shard); err != nil {
+		return err
+	}
+	through = min(through, math.MaxInt64)
+	var trimmed int64
+	if err := s.pool.QueryRow(ctx, s.sql.trimMark, shard, int64(through)).Scan(&trimmed); err != nil { //nolint:gosec // bounded above
+		return translate(ctx, err, "trim events")
+	}
+	// Readers below the trim point already get cursor_expired; deleting is cleanup, and a
+	// failed delete is repeated by the next trim.
+	if _, err := s.pool.Exec(ctx, s.sql.trimDelete, shard, trimmed); err != nil {
+		return translate(ctx, err, "trim events")
+	}
+	return nil
+}
+
+// Now returns the database server's clock (clock_timestamp()). It fails after Close,
+// when ctx is done, and when the database cannot be reached.
+func (s *Store) Now(ctx context.Context) (time.Time, error) {
+	if s.closed.Load() {
+		return time.Time{}, errClosed()
+	}
+	if err := ctx.Err(); err != nil {
+		return time.Time{}, err
+	}
+	var now time.Time
+	if err := s.pool.QueryRow(ctx, "SELECT clock_timestamp()").Scan(&now); err != nil {
+		return time.Time{}, translate(ctx, err, "read clock")
+	}
+	return now, nil
+}
+
+// Close stops the change listener and the notifier and, if the store opened its pool
+// ([Open]), closes the pool after the running units end. Later calls, Close included,
+// return an unavailable error.
+func (s *Store) Close() error {
+	if !s.closed.CompareAndSwap(false, true) {
+		return errClosed()
+	}
+	s.stop()
+	s.wg.Wait()
+	if s.ownPool {
+		s.pool.Close()
+	}
+	return nil
+}

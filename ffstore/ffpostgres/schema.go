@@ -1,0 +1,223 @@
+package ffpostgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"regexp"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/flowfabric/flowfabric/fftype"
+)
+
+// migrations is the schema, one entry per version: migrations[i] takes a schema from
+// version i to version i+1. Entries are forward-only and never edited once released; a
+// change is a new entry. "{S}" stands for the quoted schema name. The version a schema is
+// at is stored in its meta table under "schema_version".
+//
+// Tables are not partitioned: the shard is a column leading every primary key. Text
+// columns that are ordered or compared by range use the "C" collation, so their order is
+// bytewise, as the contract (and Go) order strings, whatever the database's collation.
+var migrations = [][]string{ //nolint:gochecknoglobals // the embedded schema, read-only
+	// 1: records, queues with their directory, event logs, meta.
+	{
+		`CREATE TABLE {S}.meta (
+			name  text COLLATE "C" PRIMARY KEY,
+			value bigint NOT NULL
+		)`,
+		// Executions are rewritten on every transition; free space in each page lets
+		// those updates stay on the page (HOT) since the value is not indexed.
+		`CREATE TABLE {S}.records (
+			shard integer NOT NULL,
+			key   text COLLATE "C" NOT NULL,
+			value bytea NOT NULL,
+			PRIMARY KEY (shard, key)
+		) WITH (fillfactor = 85)`,
+		// The narrow ready/due-queue table: a row is inserted when an item becomes due
+		// and deleted when it is popped, so the hot index never holds flags flipped on a
+		// wide row. Aggressive autovacuum keeps the dead index entries of popped items
+		// from piling up ahead of the live ones.
+		`CREATE TABLE {S}.queue_items (
+			shard  integer NOT NULL,
+			queue  text COLLATE "C" NOT NULL,
+			member text COLLATE "C" NOT NULL,
+			score  bigint NOT NULL,
+			PRIMARY KEY (shard, queue, member)
+		) WITH (autovacuum_vacuum_scale_factor = 0.01, autovacuum_vacuum_threshold = 500,
+			autovacuum_vacuum_cost_delay = 0, autovacuum_vacuum_insert_scale_factor = 0.05)`,
+		`CREATE INDEX queue_items_order ON {S}.queue_items (shard, queue, score, member)`,
+		// The queue directory: one row per queue that may be non-empty, so QueueHeads
+		// reads the names matching a prefix and each one's first item, never every item.
+		// A row is added (if absent) with an item and removed lazily, by QueueHeads,
+		// once its queue is seen empty.
+		`CREATE TABLE {S}.queues (
+			queue text COLLATE "C" NOT NULL,
+			shard integer NOT NULL,
+			PRIMARY KEY (queue, shard)
+		)`,
+		// One row per shard: the last Seq handed out and the trim point. A unit that
+		// appends events increments last_seq as its last statement before COMMIT, so the
+		// row lock orders appends by commit and the numbers have no gaps.
+		`CREATE TABLE {S}.event_logs (
+			shard    integer PRIMARY KEY,
+			last_seq bigint NOT NULL DEFAULT 0,
+			trimmed  bigint NOT NULL DEFAULT 0
+		)`,
+		`CREATE TABLE {S}.events (
+			shard        integer NOT NULL,
+			seq          bigint  NOT NULL,
+			version      integer NOT NULL,
+			type         text    NOT NULL,
+			time_unix    bigint  NOT NULL,
+			time_nsec    integer NOT NULL,
+			execution_id text    NOT NULL,
+			flow_id      text    NOT NULL,
+			namespace    text    NOT NULL,
+			lane         text    NOT NULL,
+			data         bytea,
+			PRIMARY KEY (shard, seq)
+		)`,
+	},
+}
+
+// SchemaVersion is the schema version this binary writes and the newest it can use.
+const SchemaVersion = 1
+
+const (
+	metaSchemaVersion = "schema_version"
+	metaShards        = "shards"
+)
+
+// DefaultSchema is the Postgres schema the store uses when Options.Schema is empty.
+const DefaultSchema = "flowfabric"
+
+var schemaNameRE = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,62}$`) //nolint:gochecknoglobals // constant
+
+func checkSchemaName(schema string) error {
+	if !schemaNameRE.MatchString(schema) || strings.HasPrefix(schema, "pg_") {
+		return fftype.Validationf(fftype.CodeInvalidInput,
+			"ffpostgres: schema name %q: want 1 to 63 lowercase letters, digits and underscores, not starting with a digit or pg_", schema)
+	}
+	return nil
+}
+
+// advisoryKey returns the advisory lock key for name within schema. Keys of different
+// schemas and purposes rarely collide, and a collision only makes two holders wait for
+// each other.
+func advisoryKey(schema, name string) int64 {
+	h := fnv.New64a()
+	h.Write([]byte("flowfabric\x00"))
+	h.Write([]byte(schema))
+	h.Write([]byte{0})
+	h.Write([]byte(name))
+	return int64(h.Sum64()) //nolint:gosec // a hash, wrapping is fine
+}
+
+// Migrate brings schema (empty means [DefaultSchema]) in the database behind pool to
+// [SchemaVersion], creating it if needed. It runs in one transaction under an advisory
+// lock, so concurrent callers (several processes starting at once) apply each migration
+// once and the others wait for it. It refuses a schema newer than this binary's with an
+// unavailable error coded [CodeSchemaTooNew]. It does not choose the shard count: the
+// first [Open] or [New] does.
+func Migrate(ctx context.Context, pool *pgxpool.Pool, schema string) error {
+	if schema == "" {
+		schema = DefaultSchema
+	}
+	if err := checkSchemaName(schema); err != nil {
+		return err
+	}
+	if len(migrations) != SchemaVersion {
+		panic("ffpostgres: SchemaVersion does not match the migration list")
+	}
+	qs := pgx.Identifier{schema}.Sanitize()
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		return translate(ctx, err, "begin migration")
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", advisoryKey(schema, "migrate")); err != nil {
+		return translate(ctx, err, "lock for migration")
+	}
+	version, err := schemaVersion(ctx, tx, schema)
+	if err != nil {
+		return err
+	}
+	if version > SchemaVersion {
+		return schemaError(schema, version)
+	}
+	if version == SchemaVersion {
+		return nil
+	}
+	if _, err := tx.Exec(ctx, "CREATE SCHEMA IF NOT EXISTS "+qs); err != nil {
+		return translate(ctx, err, "create schema")
+	}
+	for v := version; v < SchemaVersion; v++ {
+		for _, stmt := range migrations[v] {
+			if _, err := tx.Exec(ctx, strings.ReplaceAll(stmt, "{S}", qs)); err != nil {
+				return translate(ctx, fmt.Errorf("migration %d: %w", v+1, err), "migrate")
+			}
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO `+qs+`.meta (name, value) VALUES ($1, $2)
+			ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value`, metaSchemaVersion, v+1); err != nil {
+			return translate(ctx, err, "migrate")
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return translate(ctx, err, "commit migration")
+	}
+	return nil
+}
+
+// MigrateURL is [Migrate] on a database named by a connection string, for tools such as
+// the CLI's migrate command that hold no pool.
+func MigrateURL(ctx context.Context, connString, schema string) error {
+	cfg, _, err := parseConfig(connString, nil)
+	if err != nil {
+		return err
+	}
+	cfg.MaxConns = 1
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return translate(ctx, err, "connect")
+	}
+	defer pool.Close()
+	return Migrate(ctx, pool, schema)
+}
+
+// querier is what schemaVersion needs of a pool or a transaction.
+type querier interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// schemaVersion returns the version schema is at, 0 if it has no meta table.
+func schemaVersion(ctx context.Context, q querier, schema string) (int, error) {
+	var exists bool
+	if err := q.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL`, pgx.Identifier{schema, "meta"}.Sanitize()).Scan(&exists); err != nil {
+		return 0, translate(ctx, err, "read schema version")
+	}
+	if !exists {
+		return 0, nil
+	}
+	var v int64
+	err := q.QueryRow(ctx, `SELECT value FROM `+pgx.Identifier{schema}.Sanitize()+`.meta WHERE name = $1`, metaSchemaVersion).Scan(&v)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, translate(ctx, err, "read schema version")
+	}
+	return int(v), nil
+}
+
+func schemaError(schema string, found int) error {
+	cause := &SchemaVersionError{Schema: schema, Found: found, Known: SchemaVersion}
+	code := CodeSchemaTooOld
+	if found > SchemaVersion {
+		code = CodeSchemaTooNew
+	}
+	return &fftype.Error{Kind: fftype.KindUnavailable, Code: code, Message: "ffpostgres", Err: cause}
+}
