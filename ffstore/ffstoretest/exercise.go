@@ -35,4 +35,5 @@ func Exercise(t *testing.T, newStore func(t *testing.T) ffstore.Store) {
 	t.Run("Timers", func(t *testing.T) { exerciseTimers(t, newStore) })
 	t.Run("Admin", func(t *testing.T) { exerciseAdmin(t, newStore) })
 	t.Run("Events", func(t *testing.T) { exerciseEvents(t, newStore) })
+	t.Run("Workers", func(t *testing.T) { exerciseWorkers(t, newStore) })
 }
