@@ -1,0 +1,261 @@
+package ffpostgres_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/stretchr/testify/require"
+
+	"github.com/flowfabric/flowfabric/ffstore"
+	"github.com/flowfabric/flowfabric/ffstore/ffpostgres"
+	"github.com/flowfabric/flowfabric/fftype"
+	"github.com/flowfabric/flowfabric/internal/testdb"
+)
+
+func isCode(kind fftype.Kind, code string) error { return &fftype.Error{Kind: kind, Code: code} }
+
+// rawExec runs statements on the shared server behind the store's back.
+func rawExec(t *testing.T, stmts ...string) {
+	t.Helper()
+	conn, err := pgx.Connect(t.Context(), testdb.SharedPostgres(t).URL("postgres"))
+	require.NoError(t, err)
+	defer conn.Close(context.WithoutCancel(t.Context()))
+	for _, q := range stmts {
+		_, err := conn.Exec(t.Context(), q)
+		require.NoError(t, err, q)
+	}
+}
+
+func TestOpen(t *testing.T) {
+	t.Parallel()
+
+	type testBundle struct {
+		ctx    context.Context
+		url    string
+		schema string
+	}
+	setup := func(t *testing.T) *testBundle {
+		t.Helper()
+		return &testBundle{ctx: t.Context(), url: testdb.SharedPostgres(t).URL("postgres"), schema: testdb.Schema(t)}
+	}
+
+	t.Run("CreatesAndReopens", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		s, err := ffpostgres.Open(b.ctx, b.url, &ffpostgres.Options{Schema: b.schema, Migrate: true})
+		require.NoError(t, err)
+		require.Equal(t, ffpostgres.DefaultShards, s.Shards())
+		require.Equal(t, b.schema, s.Schema())
+		require.NoError(t, s.Update(b.ctx, 3, func(tx ffstore.Tx) error {
+			tx.Put("k", []byte("v"))
+			tx.AppendEvent(fftype.Event{Version: 1, Type: fftype.EventCreated, Time: time.Unix(1, 2)})
+			return nil
+		}))
+		require.NoError(t, s.Close())
+		require.ErrorIs(t, s.Close(), fftype.ErrUnavailable, "a second Close fails")
+
+		// Reopened without Migrate (the schema is current) and with the stored count.
+		s, err = ffpostgres.Open(b.ctx, strings.Replace(b.url, "postgres://", "postgresql://", 1), &ffpostgres.Options{Schema: b.schema})
+		require.NoError(t, err)
+		defer s.Close()
+		require.Equal(t, ffpostgres.DefaultShards, s.Shards())
+		require.NoError(t, s.View(b.ctx, 3, func(tx ffstore.ReadTx) error {
+			v, ok, err := tx.Get("k")
+			require.True(t, ok)
+			require.Equal(t, "v", string(v))
+			return err
+		}))
+		evs, err := s.ReadEvents(b.ctx, 3, 0, 10)
+		require.NoError(t, err)
+		require.Len(t, evs, 1)
+		require.Equal(t, uint64(1), evs[0].Seq)
+	})
+
+	t.Run("ShardCountMismatch", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		s, err := ffpostgres.Open(b.ctx, b.url, &ffpostgres.Options{Schema: b.schema, Migrate: true, Shards: 4})
+		require.NoError(t, err)
+		require.NoError(t, s.Close())
+		_, err = ffpostgres.Open(b.ctx, b.url, &ffpostgres.Options{Schema: b.schema, Shards: 5})
+		require.ErrorIs(t, err, isCode(fftype.KindValidation, ffpostgres.CodeShardCountMismatch))
+		require.ErrorContains(t, err, "created with 4 shards")
+		s, err = ffpostgres.Open(b.ctx, b.url+"&shards=4", &ffpostgres.Options{Schema: b.schema})
+		require.NoError(t, err, "the URL may name the count")
+		require.Equal(t, 4, s.Shards())
+		require.NoError(t, s.Close())
+	})
+
+	t.Run("MissingSchemaNeedsMigrate", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		_, err := ffpostgres.Open(b.ctx, b.url, &ffpostgres.Options{Schema: b.schema})
+		require.ErrorIs(t, err, isCode(fftype.KindUnavailable, ffpostgres.CodeSchemaTooOld))
+		require.False(t, fftype.IsRetryable(err))
+		var sv *ffpostgres.SchemaVersionError
+		require.ErrorAs(t, err, &sv)
+		require.Equal(t, ffpostgres.SchemaVersionError{Schema: b.schema, Found: 0, Known: ffpostgres.SchemaVersion}, *sv)
+		require.ErrorContains(t, err, "ffpostgres.Migrate")
+
+		require.NoError(t, ffpostgres.MigrateURL(b.ctx, b.url, b.schema))
+		s, err := ffpostgres.Open(b.ctx, b.url, &ffpostgres.Options{Schema: b.schema})
+		require.NoError(t, err, "Migrate made the schema current")
+		require.NoError(t, s.Close())
+	})
+
+	t.Run("OlderSchemaRefused", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		require.NoError(t, ffpostgres.MigrateURL(b.ctx, b.url, b.schema))
+		rawExec(t, fmt.Sprintf(`UPDATE %s.meta SET value = %d WHERE name = 'schema_version'`, b.schema, ffpostgres.SchemaVersion-1))
+		_, err := ffpostgres.Open(b.ctx, b.url, &ffpostgres.Options{Schema: b.schema})
+		require.ErrorIs(t, err, isCode(fftype.KindUnavailable, ffpostgres.CodeSchemaTooOld))
+		require.ErrorContains(t, err, "run ffpostgres.Migrate")
+	})
+
+	t.Run("NewerSchemaRefused", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		require.NoError(t, ffpostgres.MigrateURL(b.ctx, b.url, b.schema))
+		rawExec(t, fmt.Sprintf(`UPDATE %s.meta SET value = %d WHERE name = 'schema_version'`, b.schema, ffpostgres.SchemaVersion+1))
+		for _, migrate := range []bool{false, true} {
+			_, err := ffpostgres.Open(b.ctx, b.url, &ffpostgres.Options{Schema: b.schema, Migrate: migrate})
+			require.ErrorIs(t, err, isCode(fftype.KindUnavailable, ffpostgres.CodeSchemaTooNew), "migrate=%v", migrate)
+			var sv *ffpostgres.SchemaVersionError
+			require.ErrorAs(t, err, &sv)
+			require.Equal(t, ffpostgres.SchemaVersion+1, sv.Found)
+			require.ErrorContains(t, err, "upgrade the binary")
+		}
+		err := ffpostgres.MigrateURL(b.ctx, b.url, b.schema)
+		require.ErrorIs(t, err, isCode(fftype.KindUnavailable, ffpostgres.CodeSchemaTooNew), "Migrate never goes backwards")
+	})
+
+	t.Run("ConcurrentMigrations", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		// Openers with pools of their own, as separate processes would be; without the
+		// advisory lock the concurrent CREATE TABLEs would fail.
+		const openers = 6
+		var wg sync.WaitGroup
+		stores := make([]*ffpostgres.Store, openers)
+		errs := make([]error, openers)
+		for i := range openers {
+			wg.Go(func() {
+				stores[i], errs[i] = ffpostgres.Open(b.ctx, b.url, &ffpostgres.Options{Schema: b.schema, Migrate: true, Shards: 5, PoolSize: 2})
+			})
+		}
+		wg.Wait()
+		for i := range openers {
+			require.NoError(t, errs[i], "opener %d", i)
+			require.Equal(t, 5, stores[i].Shards())
+			require.NoError(t, stores[i].Close())
+		}
+	})
+
+	t.Run("UserPool", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		pool, err := pgxpool.New(b.ctx, b.url)
+		require.NoError(t, err)
+		defer pool.Close()
+		_, err = ffpostgres.New(pool, &ffpostgres.Options{Schema: b.schema})
+		require.ErrorIs(t, err, isCode(fftype.KindUnavailable, ffpostgres.CodeSchemaTooOld))
+		s, err := ffpostgres.New(pool, &ffpostgres.Options{Schema: b.schema, Migrate: true, Shards: 2, StatementTimeout: 5 * time.Second})
+		require.NoError(t, err)
+		require.Same(t, pool, s.Pool())
+		require.NoError(t, s.Update(b.ctx, 1, func(tx ffstore.Tx) error {
+			tx.Put("k", []byte("v"))
+			return nil
+		}))
+		require.NoError(t, s.Close())
+		require.NoError(t, pool.Ping(b.ctx), "Close leaves the caller's pool open")
+	})
+
+	t.Run("BadOptions", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		for _, tc := range []struct {
+			url  string
+			opts *ffpostgres.Options
+		}{
+			{b.url, &ffpostgres.Options{Schema: "Bad-Name"}},
+			{b.url, &ffpostgres.Options{Schema: "pg_catalog"}},
+			{b.url, &ffpostgres.Options{Shards: -1}},
+			{b.url, &ffpostgres.Options{Shards: fftype.MaxShards + 1}},
+			{b.url, &ffpostgres.Options{PoolSize: -1}},
+			{b.url + "&shards=x", nil},
+			{b.url + "&migrate=maybe", nil},
+			{"mysql://localhost/db", nil},
+		} {
+			_, err := ffpostgres.Open(b.ctx, tc.url, tc.opts)
+			require.ErrorIs(t, err, fftype.ErrValidation, "%s %+v", tc.url, tc.opts)
+		}
+	})
+
+	t.Run("Unreachable", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		// Nothing listens on the port: refused at once.
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		port := l.Addr().(*net.TCPAddr).Port
+		require.NoError(t, l.Close())
+		_, err = ffpostgres.Open(b.ctx, fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", port),
+			&ffpostgres.Options{Schema: b.schema, ConnectTimeout: 2 * time.Second})
+		require.ErrorIs(t, err, isCode(fftype.KindUnavailable, fftype.CodeStoreUnavailable))
+		require.True(t, fftype.IsRetryable(err))
+		require.ErrorContains(t, err, "cannot reach the database")
+
+		// A server that accepts and never answers: the connect timeout ends the wait.
+		silent, err := net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		defer silent.Close()
+		var held []net.Conn
+		var mu sync.Mutex
+		go func() {
+			for {
+				c, err := silent.Accept()
+				if err != nil {
+					return
+				}
+				mu.Lock()
+				held = append(held, c)
+				mu.Unlock()
+			}
+		}()
+		defer func() {
+			mu.Lock()
+			defer mu.Unlock()
+			for _, c := range held {
+				_ = c.Close()
+			}
+		}()
+		const timeout = 1500 * time.Millisecond
+		start := time.Now()
+		_, err = ffpostgres.Open(b.ctx, fmt.Sprintf("postgres://postgres@%s/postgres?sslmode=disable", silent.Addr()),
+			&ffpostgres.Options{Schema: b.schema, ConnectTimeout: timeout})
+		elapsed := time.Since(start)
+		require.ErrorIs(t, err, isCode(fftype.KindUnavailable, fftype.CodeStoreUnavailable))
+		require.True(t, fftype.IsRetryable(err))
+		require.False(t, errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, fftype.ErrUnavailable))
+		require.Less(t, elapsed, timeout+5*time.Second, "Open gives up about when the connect timeout says")
+	})
+}
+
+func TestParseURL(t *testing.T) {
+	t.Parallel()
+	cs, opts, err := ffpostgres.ParseURL("postgresql://u:p@db.example:5433/app?sslmode=disable&schema=ff&shards=8&migrate=1&statement_timeout=5s&pool_size=30&pool_max_conns=7")
+	require.NoError(t, err)
+	require.Equal(t, &ffpostgres.Options{Schema: "ff", Shards: 8, Migrate: true, StatementTimeout: 5 * time.Second, PoolSize: 30}, opts)
+	require.Equal(t, "postgresql://u:p@db.example:5433/app?pool_max_conns=7&sslmode=disable", cs, "pgx's own parameters pass through")
+	_, _, err = ffpostgres.ParseURL("sqlite:///x.db")
+	require.ErrorIs(t, err, fftype.ErrValidation)
+}

@@ -1,0 +1,313 @@
+package ffpostgres_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/flowfabric/flowfabric/ffstore"
+	"github.com/flowfabric/flowfabric/ffstore/ffpostgres"
+	"github.com/flowfabric/flowfabric/fftype"
+	"github.com/flowfabric/flowfabric/internal/testdb"
+)
+
+// waitingForLock reports whether some backend of the schema's database is waiting for a
+// lock while running a statement that mentions needle.
+func waitingForLock(t *testing.T, needle string) func() bool {
+	return func() bool {
+		conn, err := pgx.Connect(t.Context(), testdb.SharedPostgres(t).URL("postgres"))
+		if err != nil {
+			return false
+		}
+		defer conn.Close(context.WithoutCancel(t.Context()))
+		var n int
+		err = conn.QueryRow(t.Context(), `SELECT count(*) FROM pg_stat_activity
+			WHERE wait_event_type = 'Lock' AND query LIKE '%' || $1 || '%'`, needle).Scan(&n)
+		return err == nil && n > 0
+	}
+}
+
+func TestUnits(t *testing.T) {
+	t.Parallel()
+
+	type testBundle struct {
+		ctx   context.Context
+		store *ffpostgres.Store
+	}
+	setup := func(t *testing.T) *testBundle {
+		t.Helper()
+		return &testBundle{ctx: t.Context(), store: openStore(t, &ffpostgres.Options{Shards: 2})}
+	}
+
+	// A unit that read a record holds it until it commits: a second unit reading it waits,
+	// then sees the first one's write. So two units can never both act on one read.
+	t.Run("ReadRecordsAreLocked", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		require.NoError(t, b.store.Update(b.ctx, 0, func(tx ffstore.Tx) error {
+			tx.Put("counter", []byte("0"))
+			return nil
+		}))
+		read, release := make(chan struct{}), make(chan struct{})
+		firstDone := make(chan error, 1)
+		go func() {
+			firstDone <- b.store.Update(b.ctx, 0, func(tx ffstore.Tx) error {
+				if err := tx.Prefetch("counter"); err != nil {
+					return err
+				}
+				v, _, err := tx.Get("counter")
+				if err != nil {
+					return err
+				}
+				close(read)
+				<-release
+				tx.Put("counter", append(v, '+'))
+				return nil
+			})
+		}()
+		<-read
+		secondDone := make(chan error, 1)
+		var seen string
+		go func() {
+			secondDone <- b.store.Update(b.ctx, 0, func(tx ffstore.Tx) error {
+				v, _, err := tx.Get("counter")
+				seen = string(v)
+				tx.Put("counter", append(v, '*'))
+				return err
+			})
+		}()
+		require.Eventually(t, waitingForLock(t, "FOR UPDATE"), 10*time.Second, 5*time.Millisecond,
+			"the second unit waits for the first one's lock")
+		close(release)
+		require.NoError(t, <-firstDone)
+		require.NoError(t, <-secondDone)
+		require.Equal(t, "0+", seen, "the second unit read the first one's committed write")
+		require.NoError(t, b.store.View(b.ctx, 0, func(tx ffstore.ReadTx) error {
+			v, _, err := tx.Get("counter")
+			require.Equal(t, "0+*", string(v))
+			return err
+		}))
+	})
+
+	// A record read as missing cannot be locked; if two units both read it missing and
+	// create it, the second to commit fails with a conflict instead of overwriting.
+	t.Run("CreatingAMissingRecordConflicts", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		read, release := make(chan struct{}), make(chan struct{})
+		firstDone := make(chan error, 1)
+		go func() {
+			firstDone <- b.store.Update(b.ctx, 1, func(tx ffstore.Tx) error {
+				if _, ok, err := tx.Get("idem"); err != nil || ok {
+					return fmt.Errorf("want missing, got ok=%v err=%w", ok, err)
+				}
+				close(read)
+				<-release
+				tx.Put("idem", []byte("first"))
+				return nil
+			})
+		}()
+		<-read
+		require.NoError(t, b.store.Update(b.ctx, 1, func(tx ffstore.Tx) error {
+			_, _, err := tx.Get("idem")
+			tx.Put("idem", []byte("second"))
+			return err
+		}))
+		close(release)
+		require.ErrorIs(t, <-firstDone, fftype.ErrStoreConflict)
+		require.NoError(t, b.store.View(b.ctx, 1, func(tx ffstore.ReadTx) error {
+			v, _, err := tx.Get("idem")
+			require.Equal(t, "second", string(v), "the record was not overwritten")
+			return err
+		}))
+	})
+
+	// Claimers popping one queue never wait for each other: an item a unit holds is
+	// skipped by the others.
+	t.Run("PopSkipsLockedItems", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		require.NoError(t, b.store.Update(b.ctx, 0, func(tx ffstore.Tx) error {
+			tx.QueueAdd("q", "a", 1)
+			tx.QueueAdd("q", "b", 2)
+			return nil
+		}))
+		popped, release := make(chan []ffstore.QueueItem, 1), make(chan struct{})
+		firstDone := make(chan error, 1)
+		go func() {
+			firstDone <- b.store.Update(b.ctx, 0, func(tx ffstore.Tx) error {
+				items, err := tx.PopDue("q", ffstore.MaxScore, 1)
+				popped <- items
+				<-release
+				return err
+			})
+		}()
+		require.Equal(t, []ffstore.QueueItem{{Member: "a", Score: 1}}, <-popped)
+		var second, rest []ffstore.QueueItem
+		require.NoError(t, b.store.Update(b.ctx, 0, func(tx ffstore.Tx) error {
+			var err error
+			if second, err = tx.PopDue("q", ffstore.MaxScore, 10); err != nil {
+				return err
+			}
+			rest, err = tx.Range("q", nil, ffstore.MaxScore, 10)
+			return err
+		}))
+		require.Equal(t, []ffstore.QueueItem{{Member: "b", Score: 2}}, second, "the held item is skipped")
+		require.Equal(t, []ffstore.QueueItem{{Member: "a", Score: 1}}, rest,
+			"Range in a unit reads the committed queue, the other unit's pop not yet included")
+		close(release)
+		require.NoError(t, <-firstDone)
+	})
+
+	// The queue directory never loses a non-empty queue while units empty and refill it
+	// and QueueHeads prunes it concurrently.
+	t.Run("QueueDirectoryUnderChurn", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		const rounds = 150
+		ctx, cancel := context.WithCancel(b.ctx)
+		defer cancel()
+		var pruners sync.WaitGroup
+		for range 2 {
+			pruners.Go(func() {
+				for ctx.Err() == nil {
+					_, _ = b.store.QueueHeads(ctx, []string{"churn"})
+				}
+			})
+		}
+		for i := range rounds {
+			var wg sync.WaitGroup
+			wg.Go(func() { // empties the queue
+				_ = b.store.Update(b.ctx, 1, func(tx ffstore.Tx) error {
+					_, err := tx.PopDue("churn", ffstore.MaxScore, 100)
+					return err
+				})
+			})
+			wg.Go(func() { // refills it
+				require.NoError(t, b.store.Update(b.ctx, 1, func(tx ffstore.Tx) error {
+					tx.QueueAdd("churn", fmt.Sprintf("m%d", i), int64(i))
+					return nil
+				}))
+			})
+			wg.Wait()
+			var items []ffstore.QueueItem
+			require.NoError(t, b.store.View(b.ctx, 1, func(tx ffstore.ReadTx) error {
+				var err error
+				items, err = tx.Range("churn", nil, ffstore.MaxScore, 1)
+				return err
+			}))
+			heads, err := b.store.QueueHeads(b.ctx, []string{"churn"})
+			require.NoError(t, err)
+			if len(items) > 0 {
+				require.Equal(t, []ffstore.QueueHead{{Shard: 1, Queue: "churn", Item: items[0]}}, heads, "round %d", i)
+			}
+		}
+		cancel()
+		pruners.Wait()
+	})
+
+	// Units of other processes wake a reader through LISTEN/NOTIFY, and so does the
+	// listener's reconnection after its connection is killed.
+	t.Run("ChangesFromAnotherStore", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		other, err := ffpostgres.Open(b.ctx, testdb.SharedPostgres(t).URL("postgres"), &ffpostgres.Options{Schema: b.store.Schema(), PoolSize: 2})
+		require.NoError(t, err)
+		defer other.Close()
+
+		ctx, cancel := context.WithCancel(b.ctx)
+		defer cancel()
+		ch := b.store.Changes(ctx)
+		requireWake := func(msg string) {
+			t.Helper()
+			select {
+			case <-ch:
+			case <-time.After(10 * time.Second):
+				t.Fatal("no wake-up: " + msg)
+			}
+		}
+		drain := func() {
+			for {
+				select {
+				case <-ch:
+				default:
+					return
+				}
+			}
+		}
+		// The first wake-up comes once the listener listens; nothing before it counts.
+		requireWake("after the listener connected")
+		drain()
+		require.NoError(t, other.Update(b.ctx, 0, func(tx ffstore.Tx) error {
+			tx.Put("k", []byte("v"))
+			return nil
+		}))
+		requireWake("after another store's commit")
+
+		// Kill the listener's connection: it reconnects and wakes the reader.
+		drain()
+		rawExec(t, fmt.Sprintf(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+			WHERE query = 'LISTEN %s'`, listenChannel(t, b.store)))
+		requireWake("after the listener reconnected")
+		require.Eventually(t, func() bool {
+			drain()
+			if err := other.Update(b.ctx, 0, func(tx ffstore.Tx) error {
+				tx.Put("k", []byte("v2"))
+				return nil
+			}); err != nil {
+				return false
+			}
+			select {
+			case <-ch:
+				return true
+			case <-time.After(100 * time.Millisecond):
+				return false
+			}
+		}, 10*time.Second, time.Millisecond, "another store's commit wakes the reconnected listener")
+		cancel()
+		for range ch {
+		}
+	})
+
+	t.Run("ReadEventsPastEnd", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		trimmed, last, err := b.store.EventBounds(b.ctx, 1)
+		require.NoError(t, err)
+		require.Zero(t, trimmed)
+		require.Zero(t, last)
+		require.NoError(t, b.store.Update(b.ctx, 1, func(tx ffstore.Tx) error {
+			for range 3 {
+				tx.AppendEvent(fftype.Event{Version: 1, Type: fftype.EventCreated})
+			}
+			return nil
+		}))
+		trimmed, last, err = b.store.EventBounds(b.ctx, 1)
+		require.NoError(t, err)
+		require.Zero(t, trimmed)
+		require.Equal(t, uint64(3), last)
+		evs, err := b.store.ReadEvents(b.ctx, 1, 1<<63, 10)
+		require.NoError(t, err)
+		require.Empty(t, evs)
+	})
+}
+
+// listenChannel returns the quoted LISTEN channel of s, as it appears in pg_stat_activity.
+func listenChannel(t *testing.T, s *ffpostgres.Store) string {
+	t.Helper()
+	conn, err := pgx.Connect(t.Context(), testdb.SharedPostgres(t).URL("postgres"))
+	require.NoError(t, err)
+	defer conn.Close(context.WithoutCancel(t.Context()))
+	var q string
+	require.Eventually(t, func() bool {
+		err := conn.QueryRow(t.Context(), `SELECT query FROM pg_stat_activity WHERE query LIKE 'LISTEN %'
+			AND query LIKE '%' || $1 || '%'`, ffpostgres.ChangeChannel(s)).Scan(&q)
+		return err == nil
+	}, 10*time.Second, 5*time.Millisecond)
+	return q[len("LISTEN "):]
+}
