@@ -230,3 +230,19 @@ func (c *Client) NewConsumer(cfg ConsumerConfig) (*Consumer, error) { return c.e
 func (c *Client) DeleteConsumer(ctx context.Context, name string) error {
 	return c.engine.DeleteConsumer(ctx, name)
 }
+
+// Changes returns a channel that receives a value soon after the store changes, or nil
+// when the store cannot tell (then poll). Long-polling claimers wait on it.
+func (c *Client) Changes(ctx context.Context) <-chan struct{} { return c.engine.Changes(ctx) }
+
+// QueueDepths returns how many executions wait eligible in each lane. It reads every
+// eligible item: meant for metrics, not hot paths.
+func (c *Client) QueueDepths(ctx context.Context) (map[string]int, error) {
+	return c.engine.QueueDepths(ctx)
+}
+
+// Ping checks that the store answers.
+func (c *Client) Ping(ctx context.Context) error {
+	_, err := c.engine.Store().Now(ctx)
+	return err
+}

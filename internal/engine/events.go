@@ -257,3 +257,8 @@ func (e *Engine) follow(ctx context.Context, pos []uint64, wake <-chan struct{},
 		}
 	}
 }
+
+// Changes returns a channel that receives a value soon after the store changes (coalesced
+// hints, see ffstore.ChangeNotifier), or nil when the store cannot tell, in which case
+// callers poll. It closes when ctx ends.
+func (e *Engine) Changes(ctx context.Context) <-chan struct{} { return e.changes(ctx) }

@@ -261,3 +261,45 @@ func decodeCursor(c string) (*ffstore.QueueItem, error) {
 	}
 	return &ffstore.QueueItem{Score: score, Member: parts[2]}, nil
 }
+
+// maxDepthCount bounds how many items QueueDepths counts per queue.
+const maxDepthCount = 1_000_000
+
+// QueueDepths returns how many executions wait eligible in each lane (across namespaces
+// and capability sets), counting at most a million per queue. It reads every eligible
+// item, so it is meant for metrics scrapes, not hot paths.
+func (e *Engine) QueueDepths(ctx context.Context) (map[string]int, error) {
+	heads, err := e.store.QueueHeads(ctx, []string{eligiblePrefix})
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]int{}
+	for _, h := range heads {
+		lane, _, _, ok := parseEligibleQueue(h.Queue)
+		if !ok {
+			continue
+		}
+		n := 0
+		err := e.store.View(ctx, h.Shard, func(tx ffstore.ReadTx) error {
+			n = 0
+			var after *ffstore.QueueItem
+			for n < maxDepthCount {
+				items, err := tx.Range(h.Queue, after, ffstore.MaxScore, 1024)
+				if err != nil {
+					return err
+				}
+				n += len(items)
+				if len(items) < 1024 {
+					return nil
+				}
+				after = &items[len(items)-1]
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+		out[lane] += n
+	}
+	return out, nil
+}

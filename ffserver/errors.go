@@ -1,0 +1,130 @@
+package ffserver
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+
+	"github.com/flowfabric/flowfabric/fftype"
+)
+
+// statusOfKind is the one table from error kinds to HTTP statuses.
+var statusOfKind = map[fftype.Kind]int{ //nolint:gochecknoglobals // a constant table
+	fftype.KindNotFound:        http.StatusNotFound,
+	fftype.KindValidation:      http.StatusBadRequest,
+	fftype.KindConflict:        http.StatusConflict,
+	fftype.KindState:           http.StatusConflict,
+	fftype.KindContention:      http.StatusConflict,
+	fftype.KindLimited:         http.StatusTooManyRequests,
+	fftype.KindTooLarge:        http.StatusRequestEntityTooLarge,
+	fftype.KindUnauthenticated: http.StatusUnauthorized,
+	fftype.KindUnavailable:     http.StatusServiceUnavailable,
+}
+
+// ErrorBody is the JSON body of every error response.
+type ErrorBody struct {
+	Error     string `json:"error"`
+	Code      string `json:"code"`
+	Kind      string `json:"kind"`
+	Retryable bool   `json:"retryable"`
+}
+
+// writeError answers with err: an *fftype.Error by its kind's status and its public
+// message; a deadline as 503; anything else is logged in full and answered with a generic
+// 500 that reveals nothing.
+func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err error) {
+	var fe *fftype.Error
+	switch {
+	case errors.As(err, &fe):
+	case errors.Is(err, context.DeadlineExceeded):
+		fe = &fftype.Error{Kind: fftype.KindUnavailable, Code: "timeout", Message: "the request timed out", Retryable: true}
+	case errors.Is(err, context.Canceled):
+		fe = &fftype.Error{Kind: fftype.KindUnavailable, Code: "cancelled", Message: "the request was cancelled", Retryable: true}
+	default:
+		log.Error("internal error", "method", r.Method, "path", r.URL.Path, "err", err)
+		writeJSON(w, http.StatusInternalServerError, ErrorBody{Error: "internal error", Code: "internal", Kind: "internal", Retryable: true})
+		return
+	}
+	status, ok := statusOfKind[fe.Kind]
+	if !ok {
+		status = http.StatusInternalServerError
+	}
+	if fe.Err != nil {
+		log.Warn("request failed", "method", r.Method, "path", r.URL.Path, "code", fe.Code, "cause", fe.Err)
+	}
+	msg := fe.Message
+	if msg == "" {
+		msg = fe.Code
+	}
+	writeJSON(w, status, ErrorBody{Error: msg, Code: fe.Code, Kind: string(fe.Kind), Retryable: fe.Retryable})
+}
+
+// writeJSON answers with v as JSON.
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func badRequest(format string, args ...any) error {
+	return fftype.Validationf(fftype.CodeInvalidInput, format, args...)
+}
+
+// decode reads exactly one JSON value of type T from the body, refusing unknown fields,
+// wrong types, trailing data and bodies over limit. An empty body decodes as the zero
+// value when allowEmpty.
+func decode[T any](r *http.Request, limit int64, allowEmpty bool) (T, error) {
+	var v T
+	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
+		return v, &fftype.Error{Kind: fftype.KindValidation, Code: "unsupported_media_type",
+			Message: "send the body as application/json"}
+	}
+	body := http.MaxBytesReader(nil, r.Body, limit)
+	dec := json.NewDecoder(body)
+	dec.DisallowUnknownFields()
+	err := dec.Decode(&v)
+	if errors.Is(err, io.EOF) && allowEmpty {
+		return v, nil
+	}
+	if err != nil {
+		return v, bodyError(err, limit)
+	}
+	if dec.More() {
+		return v, badRequest("the body holds more than one JSON value")
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		if err != nil {
+			return v, bodyError(err, limit)
+		}
+		return v, badRequest("the body holds trailing data after the JSON value")
+	}
+	return v, nil
+}
+
+func bodyError(err error, limit int64) error {
+	var tooLarge *http.MaxBytesError
+	var syntax *json.SyntaxError
+	var typ *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &tooLarge):
+		return &fftype.Error{Kind: fftype.KindTooLarge, Code: fftype.CodePayloadTooLarge,
+			Message: fmt.Sprintf("the body is larger than %d bytes", limit)}
+	case errors.Is(err, io.EOF):
+		return badRequest("the body is empty; send a JSON object")
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return badRequest("the body is truncated JSON")
+	case errors.As(err, &syntax):
+		return badRequest("invalid JSON at byte %d: %v", syntax.Offset, syntax)
+	case errors.As(err, &typ):
+		return badRequest("field %q: want %s, got %s", typ.Field, typ.Type, typ.Value)
+	case strings.HasPrefix(err.Error(), "json: unknown field "):
+		return badRequest("unknown field %s", strings.TrimPrefix(err.Error(), "json: unknown field "))
+	default:
+		return badRequest("invalid JSON body: %v", err)
+	}
+}

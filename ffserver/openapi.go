@@ -1,0 +1,157 @@
+package ffserver
+
+import (
+	"net/http"
+	"reflect"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/flowfabric/flowfabric/fftype"
+)
+
+// The OpenAPI 3 document is built from the route table at start, with JSON schemas read
+// from the request and response types by reflection, so it describes exactly the routes
+// the server serves.
+
+func (s *Server) openapi(w http.ResponseWriter, _ *http.Request) error {
+	writeJSON(w, http.StatusOK, s.doc)
+	return nil
+}
+
+// OpenAPI returns the API's OpenAPI 3 document.
+func OpenAPI() map[string]any { return openAPIDoc(apiRoutes()) }
+
+func openAPIDoc(rts []route) map[string]any {
+	paths := map[string]any{}
+	schemas := map[string]any{}
+	for _, rt := range rts {
+		op := map[string]any{"summary": rt.summary, "operationId": operationID(rt)}
+		var params []any
+		for _, seg := range strings.Split(rt.path, "/") {
+			if strings.HasPrefix(seg, "{") {
+				params = append(params, map[string]any{"name": strings.Trim(seg, "{}"), "in": "path", "required": true,
+					"schema": map[string]any{"type": "string"}})
+			}
+		}
+		for _, q := range rt.query {
+			params = append(params, map[string]any{"name": q, "in": "query", "schema": map[string]any{"type": "string"}})
+		}
+		if params != nil {
+			op["parameters"] = params
+		}
+		if rt.request != nil {
+			op["requestBody"] = map[string]any{"required": true, "content": map[string]any{
+				"application/json": map[string]any{"schema": schemaRef(reflect.TypeOf(rt.request), schemas)}}}
+		}
+		resp := map[string]any{"description": "success"}
+		if rt.respond != nil {
+			resp["content"] = map[string]any{"application/json": map[string]any{"schema": schemaRef(reflect.TypeOf(rt.respond), schemas)}}
+		}
+		errResp := map[string]any{"description": "an error with its kind, code and retryable flag",
+			"content": map[string]any{"application/json": map[string]any{"schema": schemaRef(reflect.TypeOf(ErrorBody{}), schemas)}}}
+		op["responses"] = map[string]any{strconv.Itoa(rt.status): resp, "default": errResp}
+		if rt.auth {
+			op["security"] = []any{map[string]any{"bearer": []any{}}}
+		}
+		item, _ := paths[rt.path].(map[string]any)
+		if item == nil {
+			item = map[string]any{}
+			paths[rt.path] = item
+		}
+		item[strings.ToLower(rt.method)] = op
+	}
+	return map[string]any{
+		"openapi": "3.0.3",
+		"info":    map[string]any{"title": "FlowFabric", "version": "1"},
+		"paths":   paths,
+		"components": map[string]any{
+			"schemas":         schemas,
+			"securitySchemes": map[string]any{"bearer": map[string]any{"type": "http", "scheme": "bearer"}},
+		},
+	}
+}
+
+func operationID(rt route) string {
+	name := strings.ToLower(rt.method)
+	for _, seg := range strings.Split(strings.TrimPrefix(rt.path, "/v1"), "/") {
+		seg = strings.Trim(seg, "{}")
+		for _, part := range strings.FieldsFunc(seg, func(r rune) bool { return r == '-' || r == '.' || r == '_' }) {
+			name += strings.ToUpper(part[:1]) + part[1:]
+		}
+	}
+	return name
+}
+
+var (
+	timeType     = reflect.TypeOf(time.Time{})        //nolint:gochecknoglobals // constant
+	durationType = reflect.TypeOf(fftype.Duration(0)) //nolint:gochecknoglobals // constant
+	rawType      = reflect.TypeOf([]byte(nil))        //nolint:gochecknoglobals // constant
+)
+
+// schemaRef returns a JSON schema for t, registering named struct types in schemas.
+func schemaRef(t reflect.Type, schemas map[string]any) map[string]any {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	switch {
+	case t == timeType:
+		return map[string]any{"type": "string", "format": "date-time"}
+	case t == durationType:
+		return map[string]any{"type": "integer", "description": "milliseconds"}
+	case t.Name() == "RawMessage":
+		return map[string]any{"description": "any JSON value"}
+	case t == rawType:
+		return map[string]any{"type": "string", "format": "byte"}
+	}
+	switch t.Kind() {
+	case reflect.String:
+		return map[string]any{"type": "string"}
+	case reflect.Bool:
+		return map[string]any{"type": "boolean"}
+	case reflect.Int, reflect.Int32, reflect.Int64, reflect.Uint64, reflect.Uint32:
+		return map[string]any{"type": "integer"}
+	case reflect.Float64:
+		return map[string]any{"type": "number"}
+	case reflect.Slice:
+		return map[string]any{"type": "array", "items": schemaRef(t.Elem(), schemas)}
+	case reflect.Map:
+		return map[string]any{"type": "object", "additionalProperties": schemaRef(t.Elem(), schemas)}
+	case reflect.Struct:
+		name := t.Name()
+		if _, done := schemas[name]; !done {
+			schemas[name] = map[string]any{} // placeholder against recursion
+			props := map[string]any{}
+			structProps(t, props, schemas)
+			schemas[name] = map[string]any{"type": "object", "properties": props}
+		}
+		return map[string]any{"$ref": "#/components/schemas/" + name}
+	default:
+		return map[string]any{}
+	}
+}
+
+func structProps(t reflect.Type, props map[string]any, schemas map[string]any) {
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		if !f.IsExported() {
+			continue
+		}
+		tag := f.Tag.Get("json")
+		name, _, _ := strings.Cut(tag, ",")
+		if name == "-" {
+			continue
+		}
+		if f.Anonymous && name == "" {
+			structProps(f.Type, props, schemas)
+			continue
+		}
+		if name == "" {
+			name = f.Name
+		}
+		props[name] = schemaRef(f.Type, schemas)
+	}
+	if t == reflect.TypeOf(fftype.Execution{}) {
+		props["state"] = map[string]any{"type": "string", "description": "the derived public state"}
+	}
+}

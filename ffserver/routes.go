@@ -1,0 +1,632 @@
+package ffserver
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/flowfabric/flowfabric"
+	"github.com/flowfabric/flowfabric/fftype"
+)
+
+// route is one endpoint. The table below is the single source of the mux and of the
+// OpenAPI document, so the two cannot disagree.
+type route struct {
+	method  string
+	path    string
+	summary string
+	auth    bool
+	request any // a value of the request body's type, or nil for none
+	query   []string
+	status  int // the success status
+	respond any // a value of the success body's type, or nil for a non-JSON body
+	handle  func(s *Server, w http.ResponseWriter, r *http.Request) error
+}
+
+// apiRoutes returns the route table.
+func apiRoutes() []route {
+	return []route{
+		{method: "GET", path: "/healthz", summary: "Liveness: the process serves requests", status: 200, respond: StatusResponse{}, handle: (*Server).healthz},
+		{method: "GET", path: "/readyz", summary: "Readiness: the store answers", status: 200, respond: StatusResponse{}, handle: (*Server).readyz},
+		{method: "GET", path: "/v1/openapi.json", summary: "This API's OpenAPI 3 document", auth: true, status: 200, handle: (*Server).openapi},
+
+		{method: "POST", path: "/v1/executions", summary: "Create an execution (201; 200 with duplicate=true when the id or idempotency key found an earlier one)", auth: true, request: CreateRequest{}, status: 201, respond: fftype.CreateResult{}, handle: (*Server).create},
+		{method: "POST", path: "/v1/executions/bulk", summary: "Create many executions; one result or error per item", auth: true, request: BulkCreateRequest{}, status: 200, respond: BulkCreateResponse{}, handle: (*Server).createBulk},
+		{method: "GET", path: "/v1/executions", summary: "List executions, oldest first, filtered and paged by cursor", auth: true, query: []string{"namespace", "lane", "state", "kind", "cursor", "limit"}, status: 200, respond: fftype.ListPage{}, handle: (*Server).list},
+		{method: "GET", path: "/v1/executions/{id}", summary: "Describe an execution", auth: true, status: 200, respond: fftype.Execution{}, handle: (*Server).get},
+		{method: "GET", path: "/v1/executions/{id}/state", summary: "An execution's public state", auth: true, status: 200, respond: StateResponse{}, handle: (*Server).state},
+		{method: "GET", path: "/v1/executions/{id}/result", summary: "A completed execution's result: JSON as stored, or binary as application/octet-stream", auth: true, status: 200, handle: (*Server).result},
+		{method: "GET", path: "/v1/executions/{id}/payload", summary: "An execution's input payload: JSON as stored, or binary as application/octet-stream", auth: true, status: 200, handle: (*Server).payload},
+		{method: "GET", path: "/v1/executions/{id}/attempts", summary: "An execution's attempts, oldest first", auth: true, status: 200, respond: AttemptsResponse{}, handle: (*Server).attempts},
+		{method: "POST", path: "/v1/executions/{id}/tags", summary: "Merge tags into an execution's tags (a tag set to \"\" is removed)", auth: true, request: TagsRequest{}, status: 200, respond: OKResponse{}, handle: (*Server).tags},
+		{method: "POST", path: "/v1/executions/{id}/cancel", summary: "Cancel: by the lease holder with a fence, or by an operator without one", auth: true, request: CancelRequest{}, status: 200, respond: OKResponse{}, handle: (*Server).cancel},
+		{method: "PUT", path: "/v1/executions/{id}/priority", summary: "Change an execution's priority", auth: true, request: PriorityRequest{}, status: 200, respond: OKResponse{}, handle: (*Server).priority},
+		{method: "POST", path: "/v1/executions/{id}/replay", summary: "Replay a finished execution with a fresh retry budget", auth: true, status: 200, respond: OKResponse{}, handle: (*Server).replay},
+		{method: "POST", path: "/v1/executions/{id}/revoke-lease", summary: "Take the lease away from its holder; the next claim is a reclaim", auth: true, request: ReasonRequest{}, status: 200, respond: OKResponse{}, handle: (*Server).revoke},
+		{method: "POST", path: "/v1/executions/{id}/grants", summary: "Issue a claim or reclaim grant reserving the execution for one worker", auth: true, request: GrantRequest{}, status: 201, respond: fftype.GrantRef{}, handle: (*Server).grant},
+		{method: "POST", path: "/v1/grants/claim", summary: "Consume a grant: its worker gets the lease", auth: true, request: GrantClaimRequest{}, status: 200, respond: LeaseView{}, handle: (*Server).claimGrant},
+
+		{method: "POST", path: "/v1/claim", summary: "Worker protocol: claim leases from lanes, optionally waiting up to wait_ms for work", auth: true, request: ClaimRequest{}, status: 200, respond: ClaimResponse{}, handle: (*Server).claim},
+		{method: "POST", path: "/v1/executions/{id}/renew", summary: "Worker protocol: renew the lease", auth: true, request: RenewRequest{}, status: 200, respond: RenewResponse{}, handle: (*Server).renew},
+		{method: "POST", path: "/v1/executions/{id}/progress", summary: "Worker protocol: report progress", auth: true, request: ProgressRequest{}, status: 200, respond: OKResponse{}, handle: (*Server).progress},
+		{method: "POST", path: "/v1/executions/{id}/complete", summary: "Worker protocol: complete with a result", auth: true, request: CompleteRequest{}, status: 200, respond: OKResponse{}, handle: (*Server).complete},
+		{method: "POST", path: "/v1/executions/{id}/fail", summary: "Worker protocol: fail the attempt; retried per policy", auth: true, request: FailRequest{}, status: 200, respond: fftype.FailOutcome{}, handle: (*Server).fail},
+		{method: "POST", path: "/v1/executions/{id}/delay", summary: "Worker protocol: pause the attempt for delay_ms; the next claim continues it", auth: true, request: DelayRequest{}, status: 200, respond: OKResponse{}, handle: (*Server).delay},
+		{method: "POST", path: "/v1/executions/{id}/release", summary: "Worker protocol: give the lease back (graceful shutdown)", auth: true, request: FenceRequest{}, status: 200, respond: OKResponse{}, handle: (*Server).release},
+
+		{method: "GET", path: "/v1/lanes/{lane}", summary: "A lane's state", auth: true, status: 200, respond: fftype.LaneInfo{}, handle: (*Server).lane},
+		{method: "POST", path: "/v1/lanes/{lane}/pause", summary: "Pause a lane: claims hand out none of its executions", auth: true, status: 200, respond: fftype.LaneInfo{}, handle: (*Server).pauseLane},
+		{method: "POST", path: "/v1/lanes/{lane}/resume", summary: "Resume a paused lane", auth: true, status: 200, respond: fftype.LaneInfo{}, handle: (*Server).resumeLane},
+
+		{method: "GET", path: "/v1/dead-letter", summary: "Failed executions, oldest first, filtered and paged", auth: true, query: []string{"namespace", "lane", "kind", "cursor", "limit"}, status: 200, respond: fftype.ListPage{}, handle: (*Server).deadLetter},
+		{method: "POST", path: "/v1/dead-letter/replay", summary: "Replay failed executions by id; one result per id", auth: true, request: ReplayManyRequest{}, status: 200, respond: ReplayManyResponse{}, handle: (*Server).replayMany},
+		{method: "GET", path: "/v1/events", summary: "The event log as server-sent events from a cursor (or Last-Event-ID), then live", auth: true, query: []string{"namespace", "lane", "execution_id", "flow_id", "types", "cursor"}, status: 200, handle: (*Server).events},
+	}
+}
+
+// ---- health
+
+func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) error {
+	writeJSON(w, http.StatusOK, StatusResponse{Status: "ok"})
+	return nil
+}
+
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) error {
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	if err := s.client.Ping(ctx); err != nil {
+		return &fftype.Error{Kind: fftype.KindUnavailable, Code: fftype.CodeStoreUnavailable, Message: "the store does not answer", Retryable: true, Err: err}
+	}
+	writeJSON(w, http.StatusOK, StatusResponse{Status: "ready"})
+	return nil
+}
+
+// ---- helpers
+
+func pathID(r *http.Request) (fftype.ExecutionID, error) {
+	return fftype.ParseExecutionID(r.PathValue("id"))
+}
+
+func ms(v int64, field string, max time.Duration) (time.Duration, error) {
+	d := time.Duration(v) * time.Millisecond
+	if v < 0 || d > max {
+		return 0, badRequest("%s must be between 0 and %d", field, max.Milliseconds())
+	}
+	return d, nil
+}
+
+func queryLimit(r *http.Request) (int, error) {
+	v := r.URL.Query().Get("limit")
+	if v == "" {
+		return 0, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 || n > 1000 {
+		return 0, badRequest("limit must be an integer from 1 to 1000")
+	}
+	return n, nil
+}
+
+func ok(w http.ResponseWriter) error {
+	writeJSON(w, http.StatusOK, OKResponse{OK: true})
+	return nil
+}
+
+// ---- executions
+
+func (s *Server) create(w http.ResponseWriter, r *http.Request) error {
+	req, err := decode[CreateRequest](r, s.cfg.LargeBodyBytes, false)
+	if err != nil {
+		return err
+	}
+	p, err := req.params()
+	if err != nil {
+		return err
+	}
+	res, err := s.client.Create(r.Context(), p)
+	if err != nil {
+		return err
+	}
+	status := http.StatusCreated
+	if res.Duplicate {
+		status = http.StatusOK
+	}
+	writeJSON(w, status, res)
+	return nil
+}
+
+func (s *Server) createBulk(w http.ResponseWriter, r *http.Request) error {
+	req, err := decode[BulkCreateRequest](r, s.cfg.LargeBodyBytes, false)
+	if err != nil {
+		return err
+	}
+	if len(req.Executions) == 0 || len(req.Executions) > maxBulk {
+		return badRequest("executions must hold 1 to %d items", maxBulk)
+	}
+	out := BulkCreateResponse{Results: make([]BulkItem, len(req.Executions))}
+	var ps []fftype.CreateParams
+	var idx []int
+	for i := range req.Executions {
+		p, err := req.Executions[i].params()
+		if err != nil {
+			out.Results[i].Error = errorBody(err)
+			continue
+		}
+		ps = append(ps, p)
+		idx = append(idx, i)
+	}
+	for j, res := range s.client.CreateMany(r.Context(), ps) {
+		if res.Err != nil {
+			out.Results[idx[j]].Error = errorBody(res.Err)
+		} else {
+			out.Results[idx[j]].Result = res.Result
+		}
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+func (s *Server) list(w http.ResponseWriter, r *http.Request) error {
+	q := r.URL.Query()
+	limit, err := queryLimit(r)
+	if err != nil {
+		return err
+	}
+	page, err := s.client.List(r.Context(), fftype.ListParams{Namespace: q.Get("namespace"), Lane: q.Get("lane"),
+		State: fftype.PublicState(q.Get("state")), Kind: q.Get("kind"), Cursor: q.Get("cursor"), Limit: limit})
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, page)
+	return nil
+}
+
+func (s *Server) get(w http.ResponseWriter, r *http.Request) error {
+	id, err := pathID(r)
+	if err != nil {
+		return err
+	}
+	x, err := s.client.Get(r.Context(), id)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, x)
+	return nil
+}
+
+func (s *Server) state(w http.ResponseWriter, r *http.Request) error {
+	id, err := pathID(r)
+	if err != nil {
+		return err
+	}
+	x, err := s.client.Get(r.Context(), id)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, StateResponse{State: x.PublicState()})
+	return nil
+}
+
+// writeBytes answers with stored bytes: JSON as it is, binary as octet-stream.
+func writeBytes(w http.ResponseWriter, b []byte, enc fftype.PayloadEncoding) {
+	if enc == fftype.EncodingBinary {
+		w.Header().Set("Content-Type", "application/octet-stream")
+	} else {
+		w.Header().Set("Content-Type", "application/json")
+		if len(b) == 0 {
+			b = []byte("null")
+		}
+	}
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(b)
+}
+
+func (s *Server) result(w http.ResponseWriter, r *http.Request) error {
+	id, err := pathID(r)
+	if err != nil {
+		return err
+	}
+	b, err := s.client.Result(r.Context(), id)
+	if err != nil {
+		return err
+	}
+	enc := fftype.EncodingJSON
+	if len(b) > 0 && !jsonValid(b) {
+		enc = fftype.EncodingBinary
+	}
+	writeBytes(w, b, enc)
+	return nil
+}
+
+func (s *Server) payload(w http.ResponseWriter, r *http.Request) error {
+	id, err := pathID(r)
+	if err != nil {
+		return err
+	}
+	x, err := s.client.Get(r.Context(), id)
+	if err != nil {
+		return err
+	}
+	b, err := s.client.Payload(r.Context(), id)
+	if err != nil {
+		return err
+	}
+	writeBytes(w, b, x.Encoding)
+	return nil
+}
+
+func (s *Server) attempts(w http.ResponseWriter, r *http.Request) error {
+	id, err := pathID(r)
+	if err != nil {
+		return err
+	}
+	atts, err := s.client.Attempts(r.Context(), id)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, AttemptsResponse{Attempts: atts})
+	return nil
+}
+
+func (s *Server) tags(w http.ResponseWriter, r *http.Request) error {
+	id, err := pathID(r)
+	if err != nil {
+		return err
+	}
+	req, err := decode[TagsRequest](r, ControlBodyBytes, false)
+	if err != nil {
+		return err
+	}
+	if err := s.client.SetTags(r.Context(), id, req.Tags); err != nil {
+		return err
+	}
+	return ok(w)
+}
+
+func (s *Server) cancel(w http.ResponseWriter, r *http.Request) error {
+	id, err := pathID(r)
+	if err != nil {
+		return err
+	}
+	req, err := decode[CancelRequest](r, ControlBodyBytes, true)
+	if err != nil {
+		return err
+	}
+	if err := s.client.Cancel(r.Context(), id, fftype.CancelParams{Reason: req.Reason, Fence: req.Fence}); err != nil {
+		return err
+	}
+	return ok(w)
+}
+
+func (s *Server) priority(w http.ResponseWriter, r *http.Request) error {
+	id, err := pathID(r)
+	if err != nil {
+		return err
+	}
+	req, err := decode[PriorityRequest](r, ControlBodyBytes, false)
+	if err != nil {
+		return err
+	}
+	if err := s.client.ChangePriority(r.Context(), id, req.Priority); err != nil {
+		return err
+	}
+	return ok(w)
+}
+
+func (s *Server) replay(w http.ResponseWriter, r *http.Request) error {
+	id, err := pathID(r)
+	if err != nil {
+		return err
+	}
+	if err := s.client.Replay(r.Context(), id); err != nil {
+		return err
+	}
+	return ok(w)
+}
+
+func (s *Server) revoke(w http.ResponseWriter, r *http.Request) error {
+	id, err := pathID(r)
+	if err != nil {
+		return err
+	}
+	req, err := decode[ReasonRequest](r, ControlBodyBytes, true)
+	if err != nil {
+		return err
+	}
+	if err := s.client.Revoke(r.Context(), id, req.Reason); err != nil {
+		return err
+	}
+	return ok(w)
+}
+
+func (s *Server) grant(w http.ResponseWriter, r *http.Request) error {
+	id, err := pathID(r)
+	if err != nil {
+		return err
+	}
+	req, err := decode[GrantRequest](r, ControlBodyBytes, false)
+	if err != nil {
+		return err
+	}
+	ttl, err := ms(req.TTLMS, "ttl_ms", fftype.MaxGrantTTL)
+	if err != nil {
+		return err
+	}
+	g, err := s.client.IssueGrant(r.Context(), id, req.Kind, fftype.GrantParams{WorkerID: req.WorkerID,
+		Capabilities: req.Capabilities, TTL: fftype.Duration(ttl)})
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusCreated, g)
+	return nil
+}
+
+func (s *Server) claimGrant(w http.ResponseWriter, r *http.Request) error {
+	req, err := decode[GrantClaimRequest](r, ControlBodyBytes, false)
+	if err != nil {
+		return err
+	}
+	ttl, err := ms(req.LeaseTTLMS, "lease_ttl_ms", fftype.MaxLeaseTTL)
+	if err != nil {
+		return err
+	}
+	l, err := s.client.ClaimGrant(r.Context(), fftype.GrantClaimParams{Grant: req.Grant, WorkerID: req.WorkerID,
+		WorkerInstanceID: req.WorkerInstanceID, LeaseTTL: fftype.Duration(ttl)})
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, leaseView(l))
+	return nil
+}
+
+// ---- worker protocol
+
+func (s *Server) claim(w http.ResponseWriter, r *http.Request) error {
+	req, err := decode[ClaimRequest](r, ControlBodyBytes, false)
+	if err != nil {
+		return err
+	}
+	ttl, err := ms(req.LeaseTTLMS, "lease_ttl_ms", fftype.MaxLeaseTTL)
+	if err != nil {
+		return err
+	}
+	wait, err := ms(req.WaitMS, "wait_ms", MaxClaimWait)
+	if err != nil {
+		return err
+	}
+	p := fftype.ClaimParams{WorkerID: req.WorkerID, WorkerInstanceID: req.WorkerInstanceID, Lanes: req.Lanes,
+		Capabilities: req.Capabilities, Count: req.Count, LeaseTTL: fftype.Duration(ttl)}
+	ctx, cancel := context.WithTimeout(r.Context(), wait)
+	defer cancel()
+	changes := s.client.Changes(ctx)
+	poll := time.NewTimer(0)
+	defer poll.Stop()
+	for {
+		// Claim on the request's context, not the wait's: a lease handed out must reach
+		// the worker even if the wait ends meanwhile.
+		leases, err := s.client.Claim(r.Context(), p)
+		if err != nil {
+			return err
+		}
+		if len(leases) > 0 || wait == 0 || ctx.Err() != nil {
+			out := ClaimResponse{Leases: make([]LeaseView, len(leases))}
+			for i, l := range leases {
+				out.Leases[i] = leaseView(l)
+			}
+			writeJSON(w, http.StatusOK, out)
+			return nil
+		}
+		poll.Reset(250 * time.Millisecond) // for stores without change notifications
+		select {
+		case <-ctx.Done():
+		case <-changes:
+		case <-poll.C:
+		}
+	}
+}
+
+func (s *Server) renew(w http.ResponseWriter, r *http.Request) error {
+	id, err := pathID(r)
+	if err != nil {
+		return err
+	}
+	req, err := decode[RenewRequest](r, ControlBodyBytes, false)
+	if err != nil {
+		return err
+	}
+	ttl, err := ms(req.LeaseTTLMS, "lease_ttl_ms", fftype.MaxLeaseTTL)
+	if err != nil {
+		return err
+	}
+	exp, err := s.client.Renew(r.Context(), id, req.Fence, ttl)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, RenewResponse{ExpiresAt: exp})
+	return nil
+}
+
+func (s *Server) progress(w http.ResponseWriter, r *http.Request) error {
+	id, err := pathID(r)
+	if err != nil {
+		return err
+	}
+	req, err := decode[ProgressRequest](r, ControlBodyBytes, false)
+	if err != nil {
+		return err
+	}
+	if err := s.client.Progress(r.Context(), id, req.Fence, req.Percent, req.Message); err != nil {
+		return err
+	}
+	return ok(w)
+}
+
+func (s *Server) complete(w http.ResponseWriter, r *http.Request) error {
+	id, err := pathID(r)
+	if err != nil {
+		return err
+	}
+	req, err := decode[CompleteRequest](r, s.cfg.LargeBodyBytes, false)
+	if err != nil {
+		return err
+	}
+	result, enc, err := payloadIn("result", req.Result, req.ResultBase64)
+	if err != nil {
+		return err
+	}
+	if err := s.client.Complete(r.Context(), id, req.Fence, result, enc); err != nil {
+		return err
+	}
+	return ok(w)
+}
+
+func (s *Server) fail(w http.ResponseWriter, r *http.Request) error {
+	id, err := pathID(r)
+	if err != nil {
+		return err
+	}
+	req, err := decode[FailRequest](r, ControlBodyBytes, false)
+	if err != nil {
+		return err
+	}
+	out, err := s.client.Fail(r.Context(), id, req.Fence, fftype.FailParams{Reason: req.Reason, Category: req.Category, NoRetry: req.NoRetry})
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+func (s *Server) delay(w http.ResponseWriter, r *http.Request) error {
+	id, err := pathID(r)
+	if err != nil {
+		return err
+	}
+	req, err := decode[DelayRequest](r, ControlBodyBytes, false)
+	if err != nil {
+		return err
+	}
+	d, err := ms(req.DelayMS, "delay_ms", 365*24*time.Hour)
+	if err != nil {
+		return err
+	}
+	if err := s.client.Delay(r.Context(), id, req.Fence, d); err != nil {
+		return err
+	}
+	return ok(w)
+}
+
+func (s *Server) release(w http.ResponseWriter, r *http.Request) error {
+	id, err := pathID(r)
+	if err != nil {
+		return err
+	}
+	req, err := decode[FenceRequest](r, ControlBodyBytes, false)
+	if err != nil {
+		return err
+	}
+	if err := s.client.Release(r.Context(), id, req.Fence); err != nil {
+		return err
+	}
+	return ok(w)
+}
+
+// ---- lanes
+
+func (s *Server) lane(w http.ResponseWriter, r *http.Request) error {
+	info, err := s.client.Lane(r.Context(), r.PathValue("lane"))
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, info)
+	return nil
+}
+
+func (s *Server) pauseLane(w http.ResponseWriter, r *http.Request) error {
+	if err := s.client.PauseLane(r.Context(), r.PathValue("lane")); err != nil {
+		return err
+	}
+	return s.lane(w, r)
+}
+
+func (s *Server) resumeLane(w http.ResponseWriter, r *http.Request) error {
+	if err := s.client.ResumeLane(r.Context(), r.PathValue("lane")); err != nil {
+		return err
+	}
+	return s.lane(w, r)
+}
+
+// ---- dead letter
+
+func (s *Server) deadLetter(w http.ResponseWriter, r *http.Request) error {
+	if r.URL.Query().Has("state") {
+		return badRequest("the dead-letter view lists failed executions; it takes no state filter")
+	}
+	q := r.URL.Query()
+	limit, err := queryLimit(r)
+	if err != nil {
+		return err
+	}
+	page, err := s.client.List(r.Context(), fftype.ListParams{Namespace: q.Get("namespace"), Lane: q.Get("lane"),
+		State: fftype.StateFailed, Kind: q.Get("kind"), Cursor: q.Get("cursor"), Limit: limit})
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, page)
+	return nil
+}
+
+func (s *Server) replayMany(w http.ResponseWriter, r *http.Request) error {
+	req, err := decode[ReplayManyRequest](r, ControlBodyBytes, false)
+	if err != nil {
+		return err
+	}
+	if len(req.IDs) == 0 || len(req.IDs) > 1000 {
+		return badRequest("ids must hold 1 to 1000 execution ids")
+	}
+	out := ReplayManyResponse{Results: make([]ReplayItem, len(req.IDs))}
+	for i, id := range req.IDs {
+		out.Results[i].ID = id
+		err := s.client.Replay(r.Context(), id)
+		if err == nil {
+			continue
+		}
+		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+			return err
+		}
+		out.Results[i].Error = errorBody(err)
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+// ---- events
+
+func (s *Server) events(w http.ResponseWriter, r *http.Request) error {
+	q := r.URL.Query()
+	f := fftype.EventFilter{Namespace: q.Get("namespace"), Lane: q.Get("lane"),
+		ExecutionID: fftype.ExecutionID(q.Get("execution_id")), FlowID: q.Get("flow_id")}
+	if t := q.Get("types"); t != "" {
+		for _, typ := range strings.Split(t, ",") {
+			f.Types = append(f.Types, fftype.EventType(typ))
+		}
+	}
+	cursor := q.Get("cursor")
+	if last := r.Header.Get("Last-Event-ID"); last != "" {
+		cursor = last
+	}
+	if cursor == "" {
+		cursor = flowfabric.CursorEnd
+	} else if cursor == "start" {
+		cursor = flowfabric.CursorStart
+	}
+	sub, err := s.client.Subscribe(r.Context(), f, cursor)
+	if err != nil {
+		return err
+	}
+	defer sub.Close()
+	return streamEvents(w, r, sub)
+}

@@ -1,0 +1,256 @@
+// Package ffserver serves the FlowFabric HTTP API: executions, grants, lanes, the event
+// log as server-sent events, the dead-letter view, and a worker protocol (claim with
+// long-poll, renew, progress, complete, fail, cancel, delay, release) so that a worker in
+// any language needs only HTTP and JSON. It is an http.Handler; the caller owns the
+// listener and the http.Server.
+//
+// Errors are JSON bodies {"error", "code", "kind", "retryable"} with the status of their
+// kind, from one table: not_found 404, validation 400, conflict/state/contention 409,
+// limited 429, too_large 413, unauthenticated 401, unavailable 503. A caller's mistake is
+// never a 500.
+//
+// Authentication is a bearer token compared in constant time; /healthz stays open.
+// Namespaces are not an authorization boundary yet: any holder of the token can act on
+// every namespace.
+package ffserver
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"runtime/debug"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/flowfabric/flowfabric"
+	"github.com/flowfabric/flowfabric/fftype"
+)
+
+// Body limits.
+const (
+	// DefaultLargeBodyBytes bounds bodies that carry payloads: create, bulk create,
+	// complete. 0 in Config means this.
+	DefaultLargeBodyBytes = 32 << 20
+	// ControlBodyBytes bounds every other body.
+	ControlBodyBytes = 64 << 10
+	// MaxClaimWait bounds a claim's long-poll.
+	MaxClaimWait = 30 * time.Second
+)
+
+// Config tunes a Server. The zero value serves without authentication (logging a warning)
+// and allows no cross-origin requests.
+type Config struct {
+	// Token, when set, is required as "Authorization: Bearer <token>" on every route but
+	// /healthz and /readyz.
+	Token string
+	// CORSOrigins lists the origins browsers may call from: exact origins such as
+	// "https://ops.example.com", or "*" for any. An entry that is not a valid origin makes
+	// New fail: a bad list never turns permissive.
+	CORSOrigins []string
+	// LargeBodyBytes bounds bodies that carry payloads. 0 means 32 MiB.
+	LargeBodyBytes int64
+	// Logger receives request errors. Nil discards them.
+	Logger *slog.Logger
+}
+
+// Server is the HTTP API over one client.
+type Server struct {
+	client  *flowfabric.Client
+	cfg     Config
+	log     *slog.Logger
+	token   [32]byte // sha256 of the token, compared in constant time
+	origins map[string]bool
+	anyOrig bool
+	mux     *http.ServeMux
+	metrics *metrics
+
+	doc map[string]any // the OpenAPI document
+
+	mu      sync.Mutex
+	stop    context.CancelFunc
+	stopped chan struct{}
+}
+
+// New returns a server for client.
+func New(client *flowfabric.Client, cfg Config) (*Server, error) {
+	if client == nil {
+		return nil, errors.New("ffserver: nil client")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.LargeBodyBytes <= 0 {
+		cfg.LargeBodyBytes = DefaultLargeBodyBytes
+	}
+	s := &Server{client: client, cfg: cfg, log: cfg.Logger, origins: map[string]bool{}, mux: http.NewServeMux()}
+	if cfg.Token != "" {
+		s.token = sha256.Sum256([]byte(cfg.Token))
+	} else {
+		s.log.Warn("ffserver: no API token configured: every route is open to anyone who can reach the server")
+	}
+	for _, o := range cfg.CORSOrigins {
+		if o == "*" {
+			s.anyOrig = true
+			continue
+		}
+		u, err := url.Parse(o)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Path != "" || u.RawQuery != "" || u.User != nil {
+			return nil, fmt.Errorf("ffserver: CORS origin %q is not an origin like https://example.com", o)
+		}
+		s.origins[o] = true
+	}
+	s.metrics = newMetrics(client)
+	rts := apiRoutes()
+	s.doc = openAPIDoc(rts)
+	for _, rt := range rts {
+		s.mux.Handle(rt.method+" "+rt.path, s.wrap(rt))
+	}
+	s.mux.Handle("GET /metrics", s.protect(promhttp.HandlerFor(s.metrics.registry, promhttp.HandlerOpts{})))
+	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, r, s.log, fftype.NotFoundf("route_not_found", "no route %s %s", r.Method, r.URL.Path))
+	})
+	return s, nil
+}
+
+// Start begins the server's background work (event-fed metrics) until Close or ctx ends.
+func (s *Server) Start(ctx context.Context) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stop != nil {
+		return
+	}
+	ctx, s.stop = context.WithCancel(ctx)
+	s.stopped = make(chan struct{})
+	// Subscribe before returning, so every transition after Start is counted.
+	sub, err := s.metrics.subscribe(ctx)
+	if err != nil {
+		s.log.Warn("metrics: cannot follow the event log yet; retrying", "err", err)
+		sub = nil
+	}
+	go func() {
+		defer close(s.stopped)
+		s.metrics.follow(ctx, sub, s.log)
+	}()
+}
+
+// Close stops the background work and waits for it.
+func (s *Server) Close() {
+	s.mu.Lock()
+	cancel, done := s.stop, s.stopped
+	s.stop = nil
+	s.mu.Unlock()
+	if cancel != nil {
+		cancel()
+		<-done
+	}
+}
+
+// ServeHTTP serves the API.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if s.cors(w, r) {
+		return
+	}
+	s.mux.ServeHTTP(w, r)
+}
+
+// cors sets CORS headers for allowed origins and answers preflights; it reports whether
+// the request was fully answered.
+func (s *Server) cors(w http.ResponseWriter, r *http.Request) bool {
+	origin := r.Header.Get("Origin")
+	if origin == "" || !(s.anyOrig || s.origins[origin]) {
+		return false
+	}
+	h := w.Header()
+	h.Set("Access-Control-Allow-Origin", origin)
+	h.Add("Vary", "Origin")
+	if r.Method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != "" {
+		h.Set("Access-Control-Allow-Methods", "GET, POST, PUT, DELETE")
+		h.Set("Access-Control-Allow-Headers", "Content-Type, Authorization, Last-Event-ID")
+		h.Set("Access-Control-Max-Age", "600")
+		w.WriteHeader(http.StatusNoContent)
+		return true
+	}
+	return false
+}
+
+// authorized checks the bearer token in constant time.
+func (s *Server) authorized(r *http.Request) bool {
+	if s.cfg.Token == "" {
+		return true
+	}
+	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	sum := sha256.Sum256([]byte(got))
+	return subtle.ConstantTimeCompare(sum[:], s.token[:]) == 1 && ok
+}
+
+func (s *Server) protect(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !s.authorized(r) {
+			writeError(w, r, s.log, &fftype.Error{Kind: fftype.KindUnauthenticated, Code: "unauthenticated",
+				Message: "missing or invalid Authorization: Bearer token"})
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// wrap turns a route's handler into an http.Handler: authentication, panic recovery,
+// error writing and request metrics.
+func (s *Server) wrap(rt route) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+		defer func() {
+			if p := recover(); p != nil {
+				s.log.Error("handler panicked", "route", rt.path, "panic", p, "stack", string(debug.Stack()))
+				if !sw.wrote {
+					writeError(sw, r, s.log, fmt.Errorf("panic: %v", p))
+				}
+			}
+			s.metrics.observe(rt.method+" "+rt.path, sw.status, time.Since(start))
+		}()
+		if rt.auth && !s.authorized(r) {
+			writeError(sw, r, s.log, &fftype.Error{Kind: fftype.KindUnauthenticated, Code: "unauthenticated",
+				Message: "missing or invalid Authorization: Bearer token"})
+			return
+		}
+		if err := rt.handle(s, sw, r); err != nil {
+			writeError(sw, r, s.log, err)
+		}
+	})
+}
+
+// statusWriter records the status a handler wrote.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+	wrote  bool
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	w.status, w.wrote = code, true
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	w.wrote = true
+	return w.ResponseWriter.Write(b)
+}
+
+// Flush lets server-sent events through the wrapper.
+func (w *statusWriter) Flush() {
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+// Unwrap exposes the underlying writer to http.ResponseController.
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }

@@ -1,0 +1,380 @@
+package ffserver_test
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/flowfabric/flowfabric"
+	"github.com/flowfabric/flowfabric/ffserver"
+	"github.com/flowfabric/flowfabric/ffstore/ffmem"
+	"github.com/flowfabric/flowfabric/fftype"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+type testBundle struct {
+	t      *testing.T
+	client *flowfabric.Client
+	server *ffserver.Server
+	http   *httptest.Server
+	token  string
+}
+
+func setup(t *testing.T, cfg ffserver.Config) *testBundle {
+	t.Helper()
+	client, err := flowfabric.NewClient(ffmem.New(nil), nil)
+	require.NoError(t, err)
+	srv, err := ffserver.New(client, cfg)
+	require.NoError(t, err)
+	srv.Start(t.Context())
+	hs := httptest.NewServer(srv)
+	t.Cleanup(func() {
+		hs.Close()
+		srv.Close()
+	})
+	return &testBundle{t: t, client: client, server: srv, http: hs, token: cfg.Token}
+}
+
+// do sends a request with an optional JSON body and returns the status and body.
+func (b *testBundle) do(method, path string, body any) (int, []byte) {
+	b.t.Helper()
+	var rd io.Reader
+	switch v := body.(type) {
+	case nil:
+	case string:
+		rd = strings.NewReader(v)
+	default:
+		buf, err := json.Marshal(v)
+		require.NoError(b.t, err)
+		rd = bytes.NewReader(buf)
+	}
+	req, err := http.NewRequestWithContext(b.t.Context(), method, b.http.URL+path, rd)
+	require.NoError(b.t, err)
+	if rd != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if b.token != "" {
+		req.Header.Set("Authorization", "Bearer "+b.token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(b.t, err)
+	defer resp.Body.Close()
+	out, err := io.ReadAll(resp.Body)
+	require.NoError(b.t, err)
+	return resp.StatusCode, out
+}
+
+// call sends a request, requires the status, and decodes the JSON answer into out.
+func (b *testBundle) call(method, path string, body any, status int, out any) {
+	b.t.Helper()
+	got, raw := b.do(method, path, body)
+	require.Equal(b.t, status, got, "%s %s: %s", method, path, raw)
+	if out != nil {
+		require.NoError(b.t, json.Unmarshal(raw, out), string(raw))
+	}
+}
+
+// requireError requires an error answer with status and code.
+func (b *testBundle) requireError(method, path string, body any, status int, code string) {
+	b.t.Helper()
+	got, raw := b.do(method, path, body)
+	require.Equal(b.t, status, got, "%s %s: %s", method, path, raw)
+	var e ffserver.ErrorBody
+	require.NoError(b.t, json.Unmarshal(raw, &e), "error bodies are JSON: %s", raw)
+	require.Equal(b.t, code, e.Code, string(raw))
+	require.NotEmpty(b.t, e.Error)
+}
+
+func TestExecutionLifecycleOverHTTP(t *testing.T) {
+	t.Parallel()
+	b := setup(t, ffserver.Config{})
+	var created fftype.CreateResult
+	b.call("POST", "/v1/executions", map[string]any{"lane": "email", "kind": "send", "payload": map[string]any{"to": "a@b.c"},
+		"idempotency_key": "k1", "tags": map[string]string{"customer": "acme"}}, 201, &created)
+	require.Equal(t, fftype.StateWaiting, created.State)
+	var dup fftype.CreateResult
+	b.call("POST", "/v1/executions", map[string]any{"lane": "email", "kind": "send", "idempotency_key": "k1"}, 200, &dup)
+	require.True(t, dup.Duplicate)
+	require.Equal(t, created.ID, dup.ID)
+
+	var claim ffserver.ClaimResponse
+	b.call("POST", "/v1/claim", map[string]any{"worker_id": "w", "worker_instance_id": "w1", "lanes": []string{"email"}}, 200, &claim)
+	require.Len(t, claim.Leases, 1)
+	l := claim.Leases[0]
+	require.JSONEq(t, `{"to":"a@b.c"}`, string(l.Payload))
+	id := string(l.ExecutionID)
+
+	var renewed ffserver.RenewResponse
+	b.call("POST", "/v1/executions/"+id+"/renew", map[string]any{"fence": l.Fence}, 200, &renewed)
+	require.False(t, renewed.ExpiresAt.IsZero())
+	b.call("POST", "/v1/executions/"+id+"/progress", map[string]any{"fence": l.Fence, "percent": 50, "message": "half"}, 200, nil)
+	stale := l.Fence
+	stale.Epoch++
+	b.requireError("POST", "/v1/executions/"+id+"/complete", map[string]any{"fence": stale, "result": 1}, 409, fftype.CodeStaleLease)
+	b.call("POST", "/v1/executions/"+id+"/complete", map[string]any{"fence": l.Fence, "result": map[string]bool{"sent": true}}, 200, nil)
+	b.call("POST", "/v1/executions/"+id+"/complete", map[string]any{"fence": l.Fence, "result": map[string]bool{"sent": true}}, 200, nil)
+
+	var state ffserver.StateResponse
+	b.call("GET", "/v1/executions/"+id+"/state", nil, 200, &state)
+	require.Equal(t, fftype.StateCompleted, state.State)
+	status, raw := b.do("GET", "/v1/executions/"+id+"/result", nil)
+	require.Equal(t, 200, status)
+	require.JSONEq(t, `{"sent":true}`, string(raw))
+	var x map[string]any
+	b.call("GET", "/v1/executions/"+id, nil, 200, &x)
+	require.Equal(t, "completed", x["state"])
+	require.Equal(t, "acme", x["tags"].(map[string]any)["customer"])
+	var atts ffserver.AttemptsResponse
+	b.call("GET", "/v1/executions/"+id+"/attempts", nil, 200, &atts)
+	require.Len(t, atts.Attempts, 1)
+	var page fftype.ListPage
+	b.call("GET", "/v1/executions?lane=email&state=completed", nil, 200, &page)
+	require.Len(t, page.Executions, 1)
+}
+
+func TestBinaryPayloadsAndBulk(t *testing.T) {
+	t.Parallel()
+	b := setup(t, ffserver.Config{})
+	var bulk ffserver.BulkCreateResponse
+	b.call("POST", "/v1/executions/bulk", map[string]any{"executions": []any{
+		map[string]any{"lane": "l", "kind": "k", "payload_base64": "AAEC/w=="},
+		map[string]any{"lane": "", "kind": "k"},
+		map[string]any{"lane": "l", "kind": "k", "payload_base64": "!!"},
+	}}, 200, &bulk)
+	require.Len(t, bulk.Results, 3)
+	require.NotNil(t, bulk.Results[0].Result)
+	require.Equal(t, fftype.CodeInvalidLane, bulk.Results[1].Error.Code)
+	require.Equal(t, fftype.CodeInvalidInput, bulk.Results[2].Error.Code)
+	var claim ffserver.ClaimResponse
+	b.call("POST", "/v1/claim", map[string]any{"worker_id": "w", "worker_instance_id": "w1", "lanes": []string{"l"}}, 200, &claim)
+	require.Len(t, claim.Leases, 1)
+	require.Equal(t, "AAEC/w==", claim.Leases[0].PayloadBase64)
+	require.Empty(t, claim.Leases[0].Payload)
+	status, raw := b.do("GET", "/v1/executions/"+string(claim.Leases[0].ExecutionID)+"/payload", nil)
+	require.Equal(t, 200, status)
+	require.Equal(t, []byte{0, 1, 2, 255}, raw)
+}
+
+func TestBadInputIsAClearClientError(t *testing.T) {
+	t.Parallel()
+	b := setup(t, ffserver.Config{LargeBodyBytes: 1024})
+	cases := []struct {
+		method, path string
+		body         any
+		status       int
+		code         string
+	}{
+		{"POST", "/v1/executions", "{", 400, fftype.CodeInvalidInput},
+		{"POST", "/v1/executions", "", 400, fftype.CodeInvalidInput},
+		{"POST", "/v1/executions", `{"lane":"l","kind":"k"} {}`, 400, fftype.CodeInvalidInput},
+		{"POST", "/v1/executions", `{"lane":"l","kind":"k","bogus":1}`, 400, fftype.CodeInvalidInput},
+		{"POST", "/v1/executions", `{"lane":5,"kind":"k"}`, 400, fftype.CodeInvalidInput},
+		{"POST", "/v1/executions", `{"lane":"l","kind":"k","payload":1,"payload_base64":"AA=="}`, 400, fftype.CodeInvalidInput},
+		{"POST", "/v1/executions", `{"lane":"l","kind":"k","delay_ms":-5}`, 400, fftype.CodeInvalidInput},
+		{"POST", "/v1/executions", `{"lane":"l","kind":"k","payload":"` + strings.Repeat("x", 2048) + `"}`, 413, fftype.CodePayloadTooLarge},
+		{"POST", "/v1/executions", `{"lane":"l","kind":"k","priority":99999}`, 400, fftype.CodeInvalidPriority},
+		{"GET", "/v1/executions/nope", nil, 400, fftype.CodeInvalidID},
+		{"GET", "/v1/executions/s0_0190a7b2-1c3d-7e4f-8a9b-0c1d2e3f4a5b", nil, 404, fftype.CodeExecutionNotFound},
+		{"GET", "/v1/executions/s999_0190a7b2-1c3d-7e4f-8a9b-0c1d2e3f4a5b", nil, 400, fftype.CodeShardOutOfRange},
+		{"GET", "/v1/executions?limit=0", nil, 400, fftype.CodeInvalidInput},
+		{"GET", "/v1/executions?limit=abc", nil, 400, fftype.CodeInvalidInput},
+		{"GET", "/v1/executions?state=running", nil, 400, fftype.CodeInvalidInput},
+		{"GET", "/v1/executions?cursor=zzz", nil, 400, fftype.CodeInvalidCursor},
+		{"POST", "/v1/claim", `{"worker_id":"w","worker_instance_id":"w1","lanes":[]}`, 400, fftype.CodeInvalidLane},
+		{"POST", "/v1/claim", `{"worker_id":"w","worker_instance_id":"w1","lanes":["l"],"wait_ms":999999}`, 400, fftype.CodeInvalidInput},
+		{"POST", "/v1/executions/s0_0190a7b2-1c3d-7e4f-8a9b-0c1d2e3f4a5b/complete", `{"fence":{"lease_id":"x"}}`, 400, fftype.CodeInvalidFence},
+		{"GET", "/v1/nothing-here", nil, 404, "route_not_found"},
+		{"GET", "/v1/events?cursor=%21%21", nil, 400, fftype.CodeInvalidCursor},
+		{"POST", "/v1/dead-letter/replay", `{"ids":[]}`, 400, fftype.CodeInvalidInput},
+	}
+	for _, tc := range cases {
+		b.requireError(tc.method, tc.path, tc.body, tc.status, tc.code)
+	}
+	var page fftype.ListPage
+	b.call("GET", "/v1/executions", nil, 200, &page)
+	require.Empty(t, page.Executions, "refused requests wrote nothing")
+}
+
+func TestAuthAndCORS(t *testing.T) {
+	t.Parallel()
+	_, err := ffserver.New(mustClient(t), ffserver.Config{CORSOrigins: []string{"not an origin"}})
+	require.Error(t, err, "a bad CORS origin fails closed")
+	_, err = ffserver.New(mustClient(t), ffserver.Config{CORSOrigins: []string{"https://ok.example.com/path"}})
+	require.Error(t, err)
+
+	b := setup(t, ffserver.Config{Token: "s3cret", CORSOrigins: []string{"https://ops.example.com"}})
+	b.call("GET", "/v1/executions", nil, 200, nil)
+	b.token = "wrong"
+	b.requireError("GET", "/v1/executions", nil, 401, "unauthenticated")
+	b.requireError("GET", "/metrics", nil, 401, "unauthenticated")
+	b.token = ""
+	b.requireError("GET", "/v1/executions", nil, 401, "unauthenticated")
+	b.call("GET", "/healthz", nil, 200, nil)
+	b.call("GET", "/readyz", nil, 200, nil)
+
+	preflight := func(origin string) *http.Response {
+		req, err := http.NewRequestWithContext(t.Context(), "OPTIONS", b.http.URL+"/v1/executions", nil)
+		require.NoError(t, err)
+		req.Header.Set("Origin", origin)
+		req.Header.Set("Access-Control-Request-Method", "POST")
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		resp.Body.Close()
+		return resp
+	}
+	resp := preflight("https://ops.example.com")
+	require.Equal(t, 204, resp.StatusCode)
+	require.Equal(t, "https://ops.example.com", resp.Header.Get("Access-Control-Allow-Origin"))
+	resp = preflight("https://evil.example.com")
+	require.Empty(t, resp.Header.Get("Access-Control-Allow-Origin"))
+}
+
+func mustClient(t *testing.T) *flowfabric.Client {
+	c, err := flowfabric.NewClient(ffmem.New(nil), nil)
+	require.NoError(t, err)
+	return c
+}
+
+// TestOpenAPIMatchesRoutes sends a request to every operation of the document: each must
+// reach a handler (no route-not-found, no method-not-allowed). The mux is built from the
+// same table, so a route can be neither served undocumented nor documented unserved.
+func TestOpenAPIMatchesRoutes(t *testing.T) {
+	t.Parallel()
+	b := setup(t, ffserver.Config{})
+	var doc struct {
+		Paths map[string]map[string]any `json:"paths"`
+	}
+	b.call("GET", "/v1/openapi.json", nil, 200, &doc)
+	require.GreaterOrEqual(t, len(doc.Paths), 25)
+	ops := 0
+	for path, item := range doc.Paths {
+		for method := range item {
+			ops++
+			p := strings.NewReplacer("{id}", "s0_0190a7b2-1c3d-7e4f-8a9b-0c1d2e3f4a5b", "{lane}", "default").Replace(path)
+			if method == "get" && p == "/v1/events" {
+				continue // a stream: covered by TestEventsAsServerSentEvents
+			}
+			status, raw := b.do(strings.ToUpper(method), p, "{}")
+			require.NotEqual(t, 405, status, "%s %s", method, path)
+			require.NotContains(t, string(raw), "route_not_found", "%s %s is documented but not served", method, path)
+			require.Less(t, status, 500, "%s %s: %s", method, path, raw)
+		}
+	}
+	require.Equal(t, len(ffserver.OpenAPI()["paths"].(map[string]any)), len(doc.Paths))
+	require.Greater(t, ops, 28)
+}
+
+func TestLongPollClaimWakesOnNewWork(t *testing.T) {
+	t.Parallel()
+	b := setup(t, ffserver.Config{})
+	done := make(chan ffserver.ClaimResponse, 1)
+	start := time.Now()
+	go func() {
+		var out ffserver.ClaimResponse
+		b.call("POST", "/v1/claim", map[string]any{"worker_id": "w", "worker_instance_id": "w1",
+			"lanes": []string{"late"}, "wait_ms": 20000}, 200, &out)
+		done <- out
+	}()
+	_, err := b.client.Create(t.Context(), fftype.CreateParams{Lane: "late", Kind: "k"})
+	require.NoError(t, err)
+	select {
+	case out := <-done:
+		require.Len(t, out.Leases, 1)
+		require.Less(t, time.Since(start), 15*time.Second, "woken by the new work, not by the wait's end")
+	case <-time.After(25 * time.Second):
+		t.Fatal("long-poll claim never returned")
+	}
+	var out ffserver.ClaimResponse
+	b.call("POST", "/v1/claim", map[string]any{"worker_id": "w", "worker_instance_id": "w1", "lanes": []string{"late"}, "wait_ms": 10}, 200, &out)
+	require.Empty(t, out.Leases, "an empty claim is a 200 with no leases")
+}
+
+func TestEventsAsServerSentEvents(t *testing.T) {
+	t.Parallel()
+	b := setup(t, ffserver.Config{})
+	res, err := b.client.Create(t.Context(), fftype.CreateParams{Lane: "l", Kind: "k"})
+	require.NoError(t, err)
+	req, err := http.NewRequestWithContext(t.Context(), "GET", b.http.URL+"/v1/events?cursor=start&execution_id="+string(res.ID), nil)
+	require.NoError(t, err)
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	require.Equal(t, "text/event-stream", resp.Header.Get("Content-Type"))
+	sc := bufio.NewScanner(resp.Body)
+	var id, event string
+	for sc.Scan() {
+		line := sc.Text()
+		if v, ok := strings.CutPrefix(line, "id: "); ok {
+			id = v
+		}
+		if v, ok := strings.CutPrefix(line, "event: "); ok {
+			event = v
+			break
+		}
+	}
+	require.Equal(t, "created", event)
+	require.NotEmpty(t, id, "each event carries the cursor that resumes after it")
+}
+
+func TestDeadLetterAndReplay(t *testing.T) {
+	t.Parallel()
+	b := setup(t, ffserver.Config{})
+	_, err := b.client.Create(t.Context(), fftype.CreateParams{Lane: "l", Kind: "k", Policy: fftype.Policy{Retry: &fftype.RetryPolicy{}}})
+	require.NoError(t, err)
+	var claim ffserver.ClaimResponse
+	b.call("POST", "/v1/claim", map[string]any{"worker_id": "w", "worker_instance_id": "w1", "lanes": []string{"l"}}, 200, &claim)
+	l := claim.Leases[0]
+	var out fftype.FailOutcome
+	b.call("POST", "/v1/executions/"+string(l.ExecutionID)+"/fail", map[string]any{"fence": l.Fence, "reason": "boom"}, 200, &out)
+	require.False(t, out.RetryScheduled)
+	var page fftype.ListPage
+	b.call("GET", "/v1/dead-letter?lane=l", nil, 200, &page)
+	require.Len(t, page.Executions, 1)
+	var rep ffserver.ReplayManyResponse
+	b.call("POST", "/v1/dead-letter/replay", map[string]any{"ids": []string{string(l.ExecutionID), "s0_0190a7b2-1c3d-7e4f-8a9b-0c1d2e3f4a5b"}}, 200, &rep)
+	require.Nil(t, rep.Results[0].Error)
+	require.Equal(t, fftype.CodeExecutionNotFound, rep.Results[1].Error.Code)
+	b.call("GET", "/v1/dead-letter", nil, 200, &page)
+	require.Empty(t, page.Executions)
+}
+
+func TestMetrics(t *testing.T) {
+	t.Parallel()
+	b := setup(t, ffserver.Config{})
+	_, err := b.client.Create(t.Context(), fftype.CreateParams{Lane: "m", Kind: "k"})
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		_, raw := b.do("GET", "/metrics", nil)
+		return strings.Contains(string(raw), `flowfabric_queue_depth{lane="m"} 1`) &&
+			strings.Contains(string(raw), `flowfabric_execution_transitions_total{lane="m",transition="creations"} 1`)
+	}, 10*time.Second, 10*time.Millisecond)
+	b.call("GET", "/healthz", nil, 200, nil)
+	_, raw := b.do("GET", "/metrics", nil)
+	require.Contains(t, string(raw), `flowfabric_http_request_duration_seconds_count{code="200",route="GET /healthz"} 1`)
+}
+
+func FuzzCreateBody(f *testing.F) {
+	f.Add(`{"lane":"l","kind":"k","payload":{"a":1}}`)
+	f.Add(`{"lane":"l","kind":"k","payload_base64":"AA=="}`)
+	f.Add(`[1,2,3]`)
+	client, err := flowfabric.NewClient(ffmem.New(nil), nil)
+	require.NoError(f, err)
+	srv, err := ffserver.New(client, ffserver.Config{})
+	require.NoError(f, err)
+	f.Fuzz(func(t *testing.T, body string) {
+		rec := httptest.NewRecorder()
+		req := httptest.NewRequest("POST", "/v1/executions", strings.NewReader(body))
+		srv.ServeHTTP(rec, req)
+		require.Less(t, rec.Code, 500, "a caller's mistake is never a 500: %s", rec.Body)
+	})
+}

@@ -1,0 +1,63 @@
+package ffserver
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/flowfabric/flowfabric"
+)
+
+// sseHeartbeat is how often an idle event stream sends a comment, so proxies keep it open.
+const sseHeartbeat = 15 * time.Second
+
+func jsonValid(b []byte) bool { return json.Valid(b) }
+
+// streamEvents writes a subscription as server-sent events: each event's id is the cursor
+// that resumes after it (browsers send it back as Last-Event-ID on reconnect), its event
+// name is the event type, its data the event as JSON. It ends when the client goes away;
+// a subscription that fails (cursor_expired) ends with an "error" event carrying the
+// error body.
+func streamEvents(w http.ResponseWriter, r *http.Request, sub *flowfabric.Subscription) error {
+	rc := http.NewResponseController(w)
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-store")
+	h.Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	if err := rc.Flush(); err != nil {
+		return nil // the client is gone, or the writer cannot stream
+	}
+	beat := time.NewTicker(sseHeartbeat)
+	defer beat.Stop()
+	for {
+		select {
+		case <-r.Context().Done():
+			return nil
+		case <-beat.C:
+			if _, err := fmt.Fprint(w, ": keep-alive\n\n"); err != nil {
+				return nil
+			}
+		case d, ok := <-sub.Events():
+			if !ok {
+				if err := sub.Err(); err != nil {
+					b, _ := json.Marshal(errorBody(err))
+					fmt.Fprintf(w, "event: error\ndata: %s\n\n", b)
+					_ = rc.Flush()
+				}
+				return nil
+			}
+			b, err := json.Marshal(d.Event)
+			if err != nil {
+				return nil
+			}
+			if _, err := fmt.Fprintf(w, "id: %s\nevent: %s\ndata: %s\n\n", d.Cursor, d.Event.Type, b); err != nil {
+				return nil
+			}
+		}
+		if err := rc.Flush(); err != nil {
+			return nil
+		}
+	}
+}

@@ -1,0 +1,249 @@
+package ffserver
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"time"
+
+	"github.com/flowfabric/flowfabric/fftype"
+)
+
+// The wire forms of requests and responses. Payloads and results travel as JSON values
+// as they are (payload) or, for binary data, as base64 (payload_base64).
+
+// CreateRequest is the body of POST /v1/executions and one item of a bulk create.
+type CreateRequest struct {
+	ID                   fftype.ExecutionID `json:"id,omitempty"`
+	Namespace            string             `json:"namespace,omitempty"`
+	Lane                 string             `json:"lane"`
+	Kind                 string             `json:"kind"`
+	Payload              json.RawMessage    `json:"payload,omitempty"`
+	PayloadBase64        string             `json:"payload_base64,omitempty"`
+	Priority             int                `json:"priority,omitempty"`
+	RequiredCapabilities []string           `json:"required_capabilities,omitempty"`
+	Tags                 map[string]string  `json:"tags,omitempty"`
+	Traceparent          string             `json:"traceparent,omitempty"`
+	Policy               fftype.Policy      `json:"policy"`
+	IdempotencyKey       string             `json:"idempotency_key,omitempty"`
+	DelayMS              int64              `json:"delay_ms,omitempty"`
+	RunAt                time.Time          `json:"run_at,omitzero"`
+}
+
+func (c *CreateRequest) params() (fftype.CreateParams, error) {
+	payload, enc, err := payloadIn("payload", c.Payload, c.PayloadBase64)
+	if err != nil {
+		return fftype.CreateParams{}, err
+	}
+	if c.DelayMS < 0 || c.DelayMS > int64(365*24*time.Hour/time.Millisecond) {
+		return fftype.CreateParams{}, badRequest("delay_ms must be between 0 and one year")
+	}
+	return fftype.CreateParams{
+		ID: c.ID, Namespace: c.Namespace, Lane: c.Lane, Kind: c.Kind, Payload: payload, Encoding: enc,
+		Priority: c.Priority, Capabilities: c.RequiredCapabilities, Tags: c.Tags, Traceparent: c.Traceparent,
+		Policy: c.Policy, IdempotencyKey: c.IdempotencyKey,
+		Delay: fftype.Duration(time.Duration(c.DelayMS) * time.Millisecond), RunAt: c.RunAt,
+	}, nil
+}
+
+// BulkCreateRequest is the body of POST /v1/executions/bulk.
+type BulkCreateRequest struct {
+	Executions []CreateRequest `json:"executions"`
+}
+
+// BulkCreateResponse has one item per request item, in order: a result or an error.
+type BulkCreateResponse struct {
+	Results []BulkItem `json:"results"`
+}
+
+// BulkItem is one item's outcome.
+type BulkItem struct {
+	Result *fftype.CreateResult `json:"result,omitempty"`
+	Error  *ErrorBody           `json:"error,omitempty"`
+}
+
+// maxBulk bounds the items of one bulk create.
+const maxBulk = 10_000
+
+// LeaseView is a lease on the wire.
+type LeaseView struct {
+	fftype.Lease
+	Payload       json.RawMessage `json:"payload,omitempty"`
+	PayloadBase64 string          `json:"payload_base64,omitempty"`
+}
+
+func leaseView(l *fftype.Lease) LeaseView {
+	v := LeaseView{Lease: *l}
+	v.Payload, v.PayloadBase64 = payloadOut(l.Payload, l.Encoding)
+	return v
+}
+
+// ClaimRequest is the body of POST /v1/claim.
+type ClaimRequest struct {
+	WorkerID         string   `json:"worker_id"`
+	WorkerInstanceID string   `json:"worker_instance_id"`
+	Lanes            []string `json:"lanes"`
+	Capabilities     []string `json:"capabilities,omitempty"`
+	Count            int      `json:"count,omitempty"`
+	LeaseTTLMS       int64    `json:"lease_ttl_ms,omitempty"`
+	// WaitMS long-polls: with nothing eligible, the request waits up to this long for work.
+	WaitMS int64 `json:"wait_ms,omitempty"`
+}
+
+// ClaimResponse carries the leases a claim got; empty when nothing was eligible.
+type ClaimResponse struct {
+	Leases []LeaseView `json:"leases"`
+}
+
+// FenceRequest is the body of lease-bound calls that carry nothing but the fence.
+type FenceRequest struct {
+	Fence fftype.Fence `json:"fence"`
+}
+
+// RenewRequest is the body of POST /v1/executions/{id}/renew.
+type RenewRequest struct {
+	Fence      fftype.Fence `json:"fence"`
+	LeaseTTLMS int64        `json:"lease_ttl_ms,omitempty"`
+}
+
+// RenewResponse carries the new lease expiry.
+type RenewResponse struct {
+	ExpiresAt time.Time `json:"expires_at"`
+}
+
+// ProgressRequest is the body of POST /v1/executions/{id}/progress.
+type ProgressRequest struct {
+	Fence   fftype.Fence `json:"fence"`
+	Percent int          `json:"percent"`
+	Message string       `json:"message,omitempty"`
+}
+
+// CompleteRequest is the body of POST /v1/executions/{id}/complete.
+type CompleteRequest struct {
+	Fence        fftype.Fence    `json:"fence"`
+	Result       json.RawMessage `json:"result,omitempty"`
+	ResultBase64 string          `json:"result_base64,omitempty"`
+}
+
+// FailRequest is the body of POST /v1/executions/{id}/fail.
+type FailRequest struct {
+	Fence    fftype.Fence `json:"fence"`
+	Reason   string       `json:"reason"`
+	Category string       `json:"category,omitempty"`
+	NoRetry  bool         `json:"no_retry,omitempty"`
+}
+
+// DelayRequest is the body of POST /v1/executions/{id}/delay.
+type DelayRequest struct {
+	Fence   fftype.Fence `json:"fence"`
+	DelayMS int64        `json:"delay_ms"`
+}
+
+// CancelRequest is the body of POST /v1/executions/{id}/cancel: with a fence the lease
+// holder cancels, without one an operator does.
+type CancelRequest struct {
+	Reason string        `json:"reason,omitempty"`
+	Fence  *fftype.Fence `json:"fence,omitempty"`
+}
+
+// ReasonRequest is a body carrying an optional reason.
+type ReasonRequest struct {
+	Reason string `json:"reason,omitempty"`
+}
+
+// PriorityRequest is the body of PUT /v1/executions/{id}/priority.
+type PriorityRequest struct {
+	Priority int `json:"priority"`
+}
+
+// TagsRequest is the body of POST /v1/executions/{id}/tags.
+type TagsRequest struct {
+	Tags map[string]string `json:"tags"`
+}
+
+// GrantRequest is the body of POST /v1/executions/{id}/grants.
+type GrantRequest struct {
+	Kind         fftype.GrantKind `json:"kind"`
+	WorkerID     string           `json:"worker_id"`
+	Capabilities []string         `json:"capabilities,omitempty"`
+	TTLMS        int64            `json:"ttl_ms,omitempty"`
+}
+
+// GrantClaimRequest is the body of POST /v1/grants/claim.
+type GrantClaimRequest struct {
+	Grant            fftype.GrantRef `json:"grant"`
+	WorkerID         string          `json:"worker_id"`
+	WorkerInstanceID string          `json:"worker_instance_id"`
+	LeaseTTLMS       int64           `json:"lease_ttl_ms,omitempty"`
+}
+
+// ReplayManyRequest is the body of POST /v1/dead-letter/replay: the ids to replay.
+type ReplayManyRequest struct {
+	IDs []fftype.ExecutionID `json:"ids"`
+}
+
+// ReplayManyResponse has one item per id, in order.
+type ReplayManyResponse struct {
+	Results []ReplayItem `json:"results"`
+}
+
+// ReplayItem is one replay's outcome.
+type ReplayItem struct {
+	ID    fftype.ExecutionID `json:"id"`
+	Error *ErrorBody         `json:"error,omitempty"`
+}
+
+// StateResponse is the body of GET /v1/executions/{id}/state.
+type StateResponse struct {
+	State fftype.PublicState `json:"state"`
+}
+
+// AttemptsResponse is the body of GET /v1/executions/{id}/attempts.
+type AttemptsResponse struct {
+	Attempts []*fftype.Attempt `json:"attempts"`
+}
+
+// StatusResponse is the body of health checks.
+type StatusResponse struct {
+	Status string `json:"status"`
+}
+
+// OKResponse is the body of calls that return nothing else.
+type OKResponse struct {
+	OK bool `json:"ok"`
+}
+
+// payloadIn turns a JSON value or a base64 string into bytes and their encoding.
+func payloadIn(field string, raw json.RawMessage, b64 string) ([]byte, fftype.PayloadEncoding, error) {
+	switch {
+	case len(raw) > 0 && b64 != "":
+		return nil, "", badRequest("set %s or %s_base64, not both", field, field)
+	case b64 != "":
+		b, err := base64.StdEncoding.DecodeString(b64)
+		if err != nil {
+			return nil, "", badRequest("%s_base64 is not standard base64", field)
+		}
+		return b, fftype.EncodingBinary, nil
+	default:
+		return raw, fftype.EncodingJSON, nil
+	}
+}
+
+// payloadOut renders bytes as a JSON value or, for binary data, as base64.
+func payloadOut(b []byte, enc fftype.PayloadEncoding) (json.RawMessage, string) {
+	if len(b) == 0 {
+		return nil, ""
+	}
+	if enc == fftype.EncodingBinary || !json.Valid(b) {
+		return nil, base64.StdEncoding.EncodeToString(b)
+	}
+	return json.RawMessage(b), ""
+}
+
+func errorBody(err error) *ErrorBody {
+	var fe *fftype.Error
+	if errors.As(err, &fe) {
+		return &ErrorBody{Error: fe.Message, Code: fe.Code, Kind: string(fe.Kind), Retryable: fe.Retryable}
+	}
+	return &ErrorBody{Error: "internal error", Code: "internal", Kind: "internal", Retryable: true}
+}
