@@ -473,7 +473,7 @@ func (s *Server) complete(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	result, enc, err := payloadIn("result", req.Result, req.ResultBase64)
+	result, enc, err := DecodePayload("result", req.Result, req.ResultBase64)
 	if err != nil {
 		return err
 	}

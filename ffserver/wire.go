@@ -31,7 +31,7 @@ type CreateRequest struct {
 }
 
 func (c *CreateRequest) params() (fftype.CreateParams, error) {
-	payload, enc, err := payloadIn("payload", c.Payload, c.PayloadBase64)
+	payload, enc, err := DecodePayload("payload", c.Payload, c.PayloadBase64)
 	if err != nil {
 		return fftype.CreateParams{}, err
 	}
@@ -74,7 +74,7 @@ type LeaseView struct {
 
 func leaseView(l *fftype.Lease) LeaseView {
 	v := LeaseView{Lease: *l}
-	v.Payload, v.PayloadBase64 = payloadOut(l.Payload, l.Encoding)
+	v.Payload, v.PayloadBase64 = EncodePayload(l.Payload, l.Encoding)
 	return v
 }
 
@@ -213,8 +213,9 @@ type OKResponse struct {
 	OK bool `json:"ok"`
 }
 
-// payloadIn turns a JSON value or a base64 string into bytes and their encoding.
-func payloadIn(field string, raw json.RawMessage, b64 string) ([]byte, fftype.PayloadEncoding, error) {
+// DecodePayload turns the wire form of a payload or result — a JSON value, or a base64
+// string for binary data — into bytes and their encoding. field names it in errors.
+func DecodePayload(field string, raw json.RawMessage, b64 string) ([]byte, fftype.PayloadEncoding, error) {
 	switch {
 	case len(raw) > 0 && b64 != "":
 		return nil, "", badRequest("set %s or %s_base64, not both", field, field)
@@ -229,8 +230,9 @@ func payloadIn(field string, raw json.RawMessage, b64 string) ([]byte, fftype.Pa
 	}
 }
 
-// payloadOut renders bytes as a JSON value or, for binary data, as base64.
-func payloadOut(b []byte, enc fftype.PayloadEncoding) (json.RawMessage, string) {
+// EncodePayload renders bytes as their wire form: a JSON value, or base64 for binary
+// data (and for bytes that are not valid JSON).
+func EncodePayload(b []byte, enc fftype.PayloadEncoding) (json.RawMessage, string) {
 	if len(b) == 0 {
 		return nil, ""
 	}

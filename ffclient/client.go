@@ -1,0 +1,459 @@
+// Package ffclient is the Go client of the FlowFabric HTTP API (package ffserver). Its
+// methods mirror flowfabric.Client's, with the same parameter and result types, so code
+// written against one runs against the other; errors come back as *fftype.Error with the
+// server's kind, code and retryable flag, so errors.Is works across the wire.
+package ffclient
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/flowfabric/flowfabric/ffserver"
+	"github.com/flowfabric/flowfabric/fftype"
+)
+
+// Config tunes a Client.
+type Config struct {
+	// Token is sent as "Authorization: Bearer <token>" when set.
+	Token string
+	// HTTPClient makes the requests. Nil means a client with no overall timeout (claims
+	// long-poll and event streams stay open); bound calls with their context.
+	HTTPClient *http.Client
+}
+
+// Client calls one FlowFabric server. It is safe for concurrent use.
+type Client struct {
+	base  string
+	token string
+	http  *http.Client
+}
+
+// New returns a client for the server at baseURL, e.g. "http://127.0.0.1:8080".
+func New(baseURL string, cfg *Config) (*Client, error) {
+	u, err := url.Parse(baseURL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fftype.Validationf(fftype.CodeInvalidInput, "ffclient: %q is not an http(s) URL", baseURL)
+	}
+	c := &Client{base: strings.TrimRight(baseURL, "/"), http: http.DefaultClient}
+	if cfg != nil {
+		c.token = cfg.Token
+		if cfg.HTTPClient != nil {
+			c.http = cfg.HTTPClient
+		}
+	}
+	return c, nil
+}
+
+// BaseURL returns the server URL the client calls.
+func (c *Client) BaseURL() string { return c.base }
+
+// request sends one call and decodes a JSON answer into out (if not nil). Error answers
+// become *fftype.Error; a server that cannot be reached is an unavailable error.
+func (c *Client) request(ctx context.Context, method, path string, in, out any) error {
+	resp, err := c.send(ctx, method, path, in)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if out == nil {
+		_, _ = io.Copy(io.Discard, resp.Body)
+		return nil
+	}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return &fftype.Error{Kind: fftype.KindUnavailable, Code: "bad_response", Message: "the server's answer is not the JSON expected", Retryable: true, Err: err}
+	}
+	return nil
+}
+
+// send performs a request and turns any non-2xx answer into an error.
+func (c *Client) send(ctx context.Context, method, path string, in any) (*http.Response, error) {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return nil, fftype.Validationf(fftype.CodeInvalidInput, "ffclient: encoding the request: %v", err)
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	if err != nil {
+		return nil, fftype.Validationf(fftype.CodeInvalidInput, "ffclient: %v", err)
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, &fftype.Error{Kind: fftype.KindUnavailable, Code: fftype.CodeStoreUnavailable,
+			Message: "the server cannot be reached", Retryable: true, Err: err}
+	}
+	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
+		return resp, nil
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
+	var eb ffserver.ErrorBody
+	if json.Unmarshal(raw, &eb) != nil || eb.Code == "" {
+		return nil, &fftype.Error{Kind: fftype.KindUnavailable, Code: "http_" + strconv.Itoa(resp.StatusCode),
+			Message: fmt.Sprintf("the server answered %s", resp.Status), Retryable: resp.StatusCode >= 500}
+	}
+	return nil, &fftype.Error{Kind: fftype.Kind(eb.Kind), Code: eb.Code, Message: eb.Error, Retryable: eb.Retryable}
+}
+
+func execPath(id fftype.ExecutionID, suffix string) string {
+	return "/v1/executions/" + url.PathEscape(string(id)) + suffix
+}
+
+func toRequest(p fftype.CreateParams) ffserver.CreateRequest {
+	r := ffserver.CreateRequest{ID: p.ID, Namespace: p.Namespace, Lane: p.Lane, Kind: p.Kind, Priority: p.Priority,
+		RequiredCapabilities: p.Capabilities, Tags: p.Tags, Traceparent: p.Traceparent, Policy: p.Policy,
+		IdempotencyKey: p.IdempotencyKey, DelayMS: p.Delay.D().Milliseconds(), RunAt: p.RunAt}
+	r.Payload, r.PayloadBase64 = ffserver.EncodePayload(p.Payload, p.Encoding)
+	return r
+}
+
+// Create creates an execution (or finds the one its id or idempotency key names).
+func (c *Client) Create(ctx context.Context, p fftype.CreateParams) (*fftype.CreateResult, error) {
+	var out fftype.CreateResult
+	if err := c.request(ctx, "POST", "/v1/executions", toRequest(p), &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// CreateMany creates many executions in one request (in chunks of 1,000); one result per
+// item, in order.
+func (c *Client) CreateMany(ctx context.Context, ps []fftype.CreateParams) []fftype.BulkCreateResult {
+	out := make([]fftype.BulkCreateResult, len(ps))
+	for start := 0; start < len(ps); start += 1000 {
+		chunk := ps[start:min(start+1000, len(ps))]
+		req := ffserver.BulkCreateRequest{Executions: make([]ffserver.CreateRequest, len(chunk))}
+		for i, p := range chunk {
+			req.Executions[i] = toRequest(p)
+		}
+		var resp ffserver.BulkCreateResponse
+		err := c.request(ctx, "POST", "/v1/executions/bulk", req, &resp)
+		for i := range chunk {
+			switch {
+			case err != nil:
+				out[start+i].Err = err
+			case i >= len(resp.Results):
+				out[start+i].Err = &fftype.Error{Kind: fftype.KindUnavailable, Code: "bad_response", Message: "the server answered fewer results than items"}
+			case resp.Results[i].Error != nil:
+				out[start+i].Err = fromBody(resp.Results[i].Error)
+			default:
+				out[start+i].Result = resp.Results[i].Result
+			}
+		}
+	}
+	return out
+}
+
+func fromBody(e *ffserver.ErrorBody) error {
+	return &fftype.Error{Kind: fftype.Kind(e.Kind), Code: e.Code, Message: e.Error, Retryable: e.Retryable}
+}
+
+// Claim claims leases for a worker; nothing eligible is an empty slice.
+func (c *Client) Claim(ctx context.Context, p fftype.ClaimParams) ([]*fftype.Lease, error) {
+	return c.ClaimWait(ctx, p, 0)
+}
+
+// ClaimWait claims like Claim but, with nothing eligible, lets the server wait up to wait
+// (at most 30s) for work to arrive.
+func (c *Client) ClaimWait(ctx context.Context, p fftype.ClaimParams, wait time.Duration) ([]*fftype.Lease, error) {
+	req := ffserver.ClaimRequest{WorkerID: p.WorkerID, WorkerInstanceID: p.WorkerInstanceID, Lanes: p.Lanes,
+		Capabilities: p.Capabilities, Count: p.Count, LeaseTTLMS: p.LeaseTTL.D().Milliseconds(), WaitMS: wait.Milliseconds()}
+	var resp ffserver.ClaimResponse
+	if err := c.request(ctx, "POST", "/v1/claim", req, &resp); err != nil {
+		return nil, err
+	}
+	out := make([]*fftype.Lease, len(resp.Leases))
+	for i := range resp.Leases {
+		l, err := fromLeaseView(&resp.Leases[i])
+		if err != nil {
+			return nil, err
+		}
+		out[i] = l
+	}
+	return out, nil
+}
+
+func fromLeaseView(v *ffserver.LeaseView) (*fftype.Lease, error) {
+	l := v.Lease
+	b, _, err := ffserver.DecodePayload("payload", v.Payload, v.PayloadBase64)
+	if err != nil {
+		return nil, err
+	}
+	l.Payload = b
+	return &l, nil
+}
+
+// IssueGrant reserves an execution for one worker.
+func (c *Client) IssueGrant(ctx context.Context, id fftype.ExecutionID, kind fftype.GrantKind, p fftype.GrantParams) (*fftype.GrantRef, error) {
+	var out fftype.GrantRef
+	err := c.request(ctx, "POST", execPath(id, "/grants"), ffserver.GrantRequest{Kind: kind, WorkerID: p.WorkerID,
+		Capabilities: p.Capabilities, TTLMS: p.TTL.D().Milliseconds()}, &out)
+	if err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// ClaimGrant consumes a grant.
+func (c *Client) ClaimGrant(ctx context.Context, p fftype.GrantClaimParams) (*fftype.Lease, error) {
+	var v ffserver.LeaseView
+	err := c.request(ctx, "POST", "/v1/grants/claim", ffserver.GrantClaimRequest{Grant: p.Grant, WorkerID: p.WorkerID,
+		WorkerInstanceID: p.WorkerInstanceID, LeaseTTLMS: p.LeaseTTL.D().Milliseconds()}, &v)
+	if err != nil {
+		return nil, err
+	}
+	return fromLeaseView(&v)
+}
+
+// Renew extends a lease and returns the new expiry.
+func (c *Client) Renew(ctx context.Context, id fftype.ExecutionID, f fftype.Fence, ttl time.Duration) (time.Time, error) {
+	var out ffserver.RenewResponse
+	err := c.request(ctx, "POST", execPath(id, "/renew"), ffserver.RenewRequest{Fence: f, LeaseTTLMS: ttl.Milliseconds()}, &out)
+	return out.ExpiresAt, err
+}
+
+// Progress reports the running attempt's progress.
+func (c *Client) Progress(ctx context.Context, id fftype.ExecutionID, f fftype.Fence, percent int, message string) error {
+	return c.request(ctx, "POST", execPath(id, "/progress"), ffserver.ProgressRequest{Fence: f, Percent: percent, Message: message}, nil)
+}
+
+// Complete completes an execution with result.
+func (c *Client) Complete(ctx context.Context, id fftype.ExecutionID, f fftype.Fence, result []byte, enc fftype.PayloadEncoding) error {
+	req := ffserver.CompleteRequest{Fence: f}
+	req.Result, req.ResultBase64 = ffserver.EncodePayload(result, enc)
+	return c.request(ctx, "POST", execPath(id, "/complete"), req, nil)
+}
+
+// Fail fails the current attempt.
+func (c *Client) Fail(ctx context.Context, id fftype.ExecutionID, f fftype.Fence, p fftype.FailParams) (fftype.FailOutcome, error) {
+	var out fftype.FailOutcome
+	err := c.request(ctx, "POST", execPath(id, "/fail"), ffserver.FailRequest{Fence: f, Reason: p.Reason, Category: p.Category, NoRetry: p.NoRetry}, &out)
+	return out, err
+}
+
+// Cancel cancels an execution, as its lease holder when p.Fence is set.
+func (c *Client) Cancel(ctx context.Context, id fftype.ExecutionID, p fftype.CancelParams) error {
+	return c.request(ctx, "POST", execPath(id, "/cancel"), ffserver.CancelRequest{Reason: p.Reason, Fence: p.Fence}, nil)
+}
+
+// Delay pauses the running attempt for d.
+func (c *Client) Delay(ctx context.Context, id fftype.ExecutionID, f fftype.Fence, d time.Duration) error {
+	return c.request(ctx, "POST", execPath(id, "/delay"), ffserver.DelayRequest{Fence: f, DelayMS: d.Milliseconds()}, nil)
+}
+
+// Release gives a lease back.
+func (c *Client) Release(ctx context.Context, id fftype.ExecutionID, f fftype.Fence) error {
+	return c.request(ctx, "POST", execPath(id, "/release"), ffserver.FenceRequest{Fence: f}, nil)
+}
+
+// Revoke takes a lease away from its holder.
+func (c *Client) Revoke(ctx context.Context, id fftype.ExecutionID, reason string) error {
+	return c.request(ctx, "POST", execPath(id, "/revoke-lease"), ffserver.ReasonRequest{Reason: reason}, nil)
+}
+
+// ChangePriority sets an execution's priority.
+func (c *Client) ChangePriority(ctx context.Context, id fftype.ExecutionID, priority int) error {
+	return c.request(ctx, "PUT", execPath(id, "/priority"), ffserver.PriorityRequest{Priority: priority}, nil)
+}
+
+// SetTags merges tags into an execution's tags.
+func (c *Client) SetTags(ctx context.Context, id fftype.ExecutionID, tags map[string]string) error {
+	return c.request(ctx, "POST", execPath(id, "/tags"), ffserver.TagsRequest{Tags: tags}, nil)
+}
+
+// Replay replays a finished execution.
+func (c *Client) Replay(ctx context.Context, id fftype.ExecutionID) error {
+	return c.request(ctx, "POST", execPath(id, "/replay"), nil, nil)
+}
+
+// ReplayMany replays many failed executions; one error (or nil) per id.
+func (c *Client) ReplayMany(ctx context.Context, ids []fftype.ExecutionID) ([]error, error) {
+	var resp ffserver.ReplayManyResponse
+	if err := c.request(ctx, "POST", "/v1/dead-letter/replay", ffserver.ReplayManyRequest{IDs: ids}, &resp); err != nil {
+		return nil, err
+	}
+	out := make([]error, len(resp.Results))
+	for i, r := range resp.Results {
+		if r.Error != nil {
+			out[i] = fromBody(r.Error)
+		}
+	}
+	return out, nil
+}
+
+// PauseLane pauses a lane.
+func (c *Client) PauseLane(ctx context.Context, lane string) error {
+	return c.request(ctx, "POST", "/v1/lanes/"+url.PathEscape(lane)+"/pause", nil, nil)
+}
+
+// ResumeLane resumes a lane.
+func (c *Client) ResumeLane(ctx context.Context, lane string) error {
+	return c.request(ctx, "POST", "/v1/lanes/"+url.PathEscape(lane)+"/resume", nil, nil)
+}
+
+// Lane returns a lane's state.
+func (c *Client) Lane(ctx context.Context, lane string) (fftype.LaneInfo, error) {
+	var out fftype.LaneInfo
+	err := c.request(ctx, "GET", "/v1/lanes/"+url.PathEscape(lane), nil, &out)
+	return out, err
+}
+
+// Get describes an execution.
+func (c *Client) Get(ctx context.Context, id fftype.ExecutionID) (*fftype.Execution, error) {
+	var out fftype.Execution
+	if err := c.request(ctx, "GET", execPath(id, ""), nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+func listQuery(p fftype.ListParams) string {
+	q := url.Values{}
+	for k, v := range map[string]string{"namespace": p.Namespace, "lane": p.Lane, "state": string(p.State), "kind": p.Kind, "cursor": p.Cursor} {
+		if v != "" {
+			q.Set(k, v)
+		}
+	}
+	if p.Limit != 0 {
+		q.Set("limit", strconv.Itoa(p.Limit))
+	}
+	if len(q) == 0 {
+		return ""
+	}
+	return "?" + q.Encode()
+}
+
+// List returns a page of executions.
+func (c *Client) List(ctx context.Context, p fftype.ListParams) (*fftype.ListPage, error) {
+	var out fftype.ListPage
+	if err := c.request(ctx, "GET", "/v1/executions"+listQuery(p), nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// DeadLetter returns a page of failed executions (p.State is ignored).
+func (c *Client) DeadLetter(ctx context.Context, p fftype.ListParams) (*fftype.ListPage, error) {
+	p.State = ""
+	var out fftype.ListPage
+	if err := c.request(ctx, "GET", "/v1/dead-letter"+listQuery(p), nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// Attempts returns an execution's attempts.
+func (c *Client) Attempts(ctx context.Context, id fftype.ExecutionID) ([]*fftype.Attempt, error) {
+	var out ffserver.AttemptsResponse
+	err := c.request(ctx, "GET", execPath(id, "/attempts"), nil, &out)
+	return out.Attempts, err
+}
+
+// Result returns a completed execution's result bytes.
+func (c *Client) Result(ctx context.Context, id fftype.ExecutionID) ([]byte, error) {
+	return c.raw(ctx, execPath(id, "/result"))
+}
+
+// Payload returns an execution's input payload bytes.
+func (c *Client) Payload(ctx context.Context, id fftype.ExecutionID) ([]byte, error) {
+	return c.raw(ctx, execPath(id, "/payload"))
+}
+
+func (c *Client) raw(ctx context.Context, path string) ([]byte, error) {
+	resp, err := c.send(ctx, "GET", path, nil)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, &fftype.Error{Kind: fftype.KindUnavailable, Code: "bad_response", Message: "reading the answer failed", Retryable: true, Err: err}
+	}
+	if resp.Header.Get("Content-Type") == "application/json" && string(b) == "null" {
+		return nil, nil
+	}
+	return b, nil
+}
+
+// Events follows the server's event log from cursor (or "start", or "" for new events
+// only) and calls fn for each delivery until ctx ends, fn returns an error, or the server
+// ends the stream (an expired cursor comes back as an error matching
+// fftype.ErrCursorExpired).
+func (c *Client) Events(ctx context.Context, f fftype.EventFilter, cursor string, fn func(fftype.Delivery) error) error {
+	q := url.Values{}
+	for k, v := range map[string]string{"namespace": f.Namespace, "lane": f.Lane, "execution_id": string(f.ExecutionID), "flow_id": f.FlowID, "cursor": cursor} {
+		if v != "" {
+			q.Set(k, v)
+		}
+	}
+	if len(f.Types) > 0 {
+		ts := make([]string, len(f.Types))
+		for i, t := range f.Types {
+			ts[i] = string(t)
+		}
+		q.Set("types", strings.Join(ts, ","))
+	}
+	resp, err := c.send(ctx, "GET", "/v1/events?"+q.Encode(), nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 16<<20)
+	var d fftype.Delivery
+	var event string
+	for sc.Scan() {
+		line := sc.Text()
+		switch {
+		case strings.HasPrefix(line, "id: "):
+			d.Cursor = strings.TrimPrefix(line, "id: ")
+		case strings.HasPrefix(line, "event: "):
+			event = strings.TrimPrefix(line, "event: ")
+		case strings.HasPrefix(line, "data: "):
+			data := []byte(strings.TrimPrefix(line, "data: "))
+			if event == "error" {
+				var eb ffserver.ErrorBody
+				if err := json.Unmarshal(data, &eb); err != nil {
+					return &fftype.Error{Kind: fftype.KindUnavailable, Code: "bad_response", Message: "an unreadable error event", Err: err}
+				}
+				return fromBody(&eb)
+			}
+			if err := json.Unmarshal(data, &d.Event); err != nil {
+				return &fftype.Error{Kind: fftype.KindUnavailable, Code: "bad_response", Message: "an unreadable event", Err: err}
+			}
+		case line == "" && d.Cursor != "":
+			if err := fn(d); err != nil {
+				return err
+			}
+			d, event = fftype.Delivery{}, ""
+		}
+	}
+	if ctx.Err() != nil {
+		return nil
+	}
+	if err := sc.Err(); err != nil && !errors.Is(err, context.Canceled) {
+		return &fftype.Error{Kind: fftype.KindUnavailable, Code: "stream_broken", Message: "the event stream broke", Retryable: true, Err: err}
+	}
+	return nil
+}

@@ -1,0 +1,145 @@
+package ffclient_test
+
+import (
+	"context"
+	"errors"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/flowfabric/flowfabric"
+	"github.com/flowfabric/flowfabric/ffclient"
+	"github.com/flowfabric/flowfabric/ffserver"
+	"github.com/flowfabric/flowfabric/ffstore/ffmem"
+	"github.com/flowfabric/flowfabric/fftype"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func setup(t *testing.T, token string) (*ffclient.Client, *flowfabric.Client) {
+	t.Helper()
+	local, err := flowfabric.NewClient(ffmem.New(nil), nil)
+	require.NoError(t, err)
+	srv, err := ffserver.New(local, ffserver.Config{Token: token})
+	require.NoError(t, err)
+	hs := httptest.NewServer(srv)
+	t.Cleanup(hs.Close)
+	c, err := ffclient.New(hs.URL, &ffclient.Config{Token: token})
+	require.NoError(t, err)
+	return c, local
+}
+
+func TestClientWorkerRoundTrip(t *testing.T) {
+	t.Parallel()
+	c, _ := setup(t, "tok")
+	ctx := t.Context()
+	res, err := c.Create(ctx, fftype.CreateParams{Lane: "l", Kind: "k", Payload: []byte(`{"n":1}`), IdempotencyKey: "x"})
+	require.NoError(t, err)
+	again, err := c.Create(ctx, fftype.CreateParams{Lane: "l", Kind: "k", IdempotencyKey: "x"})
+	require.NoError(t, err)
+	require.True(t, again.Duplicate)
+
+	leases, err := c.Claim(ctx, fftype.ClaimParams{WorkerID: "w", WorkerInstanceID: "w1", Lanes: []string{"l"}})
+	require.NoError(t, err)
+	require.Len(t, leases, 1)
+	l := leases[0]
+	require.Equal(t, res.ID, l.ExecutionID)
+	require.JSONEq(t, `{"n":1}`, string(l.Payload))
+	_, err = c.Renew(ctx, l.ExecutionID, l.Fence, 0)
+	require.NoError(t, err)
+	require.NoError(t, c.Progress(ctx, l.ExecutionID, l.Fence, 10, "go"))
+	bad := l.Fence
+	bad.Epoch = 42
+	err = c.Complete(ctx, l.ExecutionID, bad, nil, "")
+	require.ErrorIs(t, err, fftype.ErrStaleLease, "typed errors survive the wire")
+	require.NoError(t, c.Complete(ctx, l.ExecutionID, l.Fence, []byte{0, 1, 2}, fftype.EncodingBinary))
+	got, err := c.Result(ctx, l.ExecutionID)
+	require.NoError(t, err)
+	require.Equal(t, []byte{0, 1, 2}, got)
+	x, err := c.Get(ctx, l.ExecutionID)
+	require.NoError(t, err)
+	require.Equal(t, fftype.StateCompleted, x.PublicState())
+	atts, err := c.Attempts(ctx, l.ExecutionID)
+	require.NoError(t, err)
+	require.Len(t, atts, 1)
+
+	_, err = c.Get(ctx, fftype.NewExecutionID(0))
+	require.ErrorIs(t, err, fftype.ErrNotFound)
+	noauth, err := ffclient.New(c.BaseURL(), nil)
+	require.NoError(t, err)
+	_, err = noauth.List(ctx, fftype.ListParams{})
+	require.ErrorIs(t, err, fftype.ErrUnauthenticated)
+}
+
+func TestClientOperatorCalls(t *testing.T) {
+	t.Parallel()
+	c, _ := setup(t, "")
+	ctx := t.Context()
+	results := c.CreateMany(ctx, []fftype.CreateParams{{Lane: "l", Kind: "k"}, {Lane: "", Kind: "k"}, {Lane: "l", Kind: "k", Policy: fftype.Policy{Retry: &fftype.RetryPolicy{}}}})
+	require.NoError(t, results[0].Err)
+	require.ErrorIs(t, results[1].Err, fftype.ErrValidation)
+	id := results[0].Result.ID
+	require.NoError(t, c.SetTags(ctx, id, map[string]string{"a": "b"}))
+	require.NoError(t, c.ChangePriority(ctx, id, 7))
+	require.NoError(t, c.PauseLane(ctx, "l"))
+	info, err := c.Lane(ctx, "l")
+	require.NoError(t, err)
+	require.True(t, info.Paused)
+	require.NoError(t, c.ResumeLane(ctx, "l"))
+	g, err := c.IssueGrant(ctx, id, fftype.GrantClaim, fftype.GrantParams{WorkerID: "w"})
+	require.NoError(t, err)
+	l, err := c.ClaimGrant(ctx, fftype.GrantClaimParams{Grant: *g, WorkerID: "w", WorkerInstanceID: "w1"})
+	require.NoError(t, err)
+	require.NoError(t, c.Delay(ctx, id, l.Fence, time.Hour))
+	require.NoError(t, c.Cancel(ctx, id, fftype.CancelParams{Reason: "done"}))
+
+	other := results[2].Result.ID
+	leases, err := c.Claim(ctx, fftype.ClaimParams{WorkerID: "w", WorkerInstanceID: "w1", Lanes: []string{"l"}})
+	require.NoError(t, err)
+	require.Len(t, leases, 1)
+	out, err := c.Fail(ctx, other, leases[0].Fence, fftype.FailParams{Reason: "x"})
+	require.NoError(t, err)
+	require.False(t, out.RetryScheduled)
+	page, err := c.DeadLetter(ctx, fftype.ListParams{Lane: "l"})
+	require.NoError(t, err)
+	require.Len(t, page.Executions, 1)
+	errs, err := c.ReplayMany(ctx, []fftype.ExecutionID{other})
+	require.NoError(t, err)
+	require.NoError(t, errs[0])
+	leases, err = c.ClaimWait(ctx, fftype.ClaimParams{WorkerID: "w", WorkerInstanceID: "w1", Lanes: []string{"l"}}, time.Second)
+	require.NoError(t, err)
+	require.Len(t, leases, 1)
+	require.NoError(t, c.Release(ctx, other, leases[0].Fence))
+	require.ErrorIs(t, c.Revoke(ctx, other, "x"), fftype.ErrState, "no lease to revoke")
+	require.ErrorIs(t, c.Replay(ctx, other), fftype.ErrState, "not finished")
+}
+
+func TestClientEvents(t *testing.T) {
+	t.Parallel()
+	c, _ := setup(t, "")
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	res, err := c.Create(ctx, fftype.CreateParams{Lane: "l", Kind: "k"})
+	require.NoError(t, err)
+	var got []fftype.Delivery
+	err = c.Events(ctx, fftype.EventFilter{ExecutionID: res.ID}, "start", func(d fftype.Delivery) error {
+		got = append(got, d)
+		return errStop
+	})
+	require.ErrorIs(t, err, errStop)
+	require.Len(t, got, 1)
+	require.Equal(t, fftype.EventCreated, got[0].Event.Type)
+	require.NotEmpty(t, got[0].Cursor)
+
+	_, err = ffclient.New("ftp://x", nil)
+	require.Error(t, err)
+	unreachable, err := ffclient.New("http://127.0.0.1:1", nil)
+	require.NoError(t, err)
+	_, err = unreachable.Get(ctx, res.ID)
+	require.ErrorIs(t, err, fftype.ErrUnavailable)
+}
+
+var errStop = errors.New("stop")
