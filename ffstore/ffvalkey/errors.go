@@ -1,0 +1,110 @@
+package ffvalkey
+
+import (
+	"context"
+	"errors"
+	"net"
+	"strings"
+
+	"github.com/redis/rueidis"
+
+	"github.com/flowfabric/flowfabric/fftype"
+)
+
+// Error codes specific to this store, carried by *fftype.Error values it returns.
+const (
+	// CodeShardCountMismatch is the code of the validation error Open returns when
+	// Options.Shards names a count other than the one the store was created with.
+	CodeShardCountMismatch = "shard_count_mismatch"
+	// CodeFormatTooNew is the code of the unavailable error Open returns when the keys
+	// were written by a newer binary whose data format this one does not know.
+	CodeFormatTooNew = "format_too_new"
+	// CodeServerTooOld is the code of the unavailable error Open returns for a server
+	// older than Redis 7.0 or Valkey 7.2.
+	CodeServerTooOld = "server_too_old"
+)
+
+func errClosed() error {
+	e := fftype.NewError(fftype.KindUnavailable, fftype.CodeStoreUnavailable, "ffvalkey: store is closed")
+	e.Retryable = false
+	return e
+}
+
+func conflict(format string, args ...any) error {
+	return fftype.NewError(fftype.KindContention, fftype.CodeStoreConflict, "ffvalkey: "+format, args...)
+}
+
+// errorClass says how the retry loop treats an error from the server or the network.
+type errorClass int
+
+const (
+	classFatal      errorClass = iota // return it
+	classRetry                        // the command did not run: retry after a back-off
+	classReload                       // the function library is missing: load it, then retry
+	classAmbiguous                    // the command may or may not have run: return it
+	classContextEnd                   // ctx ended: return ctx's error
+)
+
+// classify sorts an error of a call to the server. Only this function and translate look
+// at the server's error text, which is the only way Redis reports these conditions.
+func classify(ctx context.Context, err error) errorClass {
+	if err == nil {
+		return classFatal
+	}
+	if ctx.Err() != nil {
+		return classContextEnd
+	}
+	var re *rueidis.RedisError
+	if errors.As(err, &re) {
+		msg := re.Error()
+		switch {
+		case re.IsTryAgain(), re.IsClusterDown(), re.IsLoading(),
+			strings.HasPrefix(msg, "MASTERDOWN"), strings.HasPrefix(msg, "READONLY"):
+			return classRetry
+		case re.IsNoScript(), strings.Contains(msg, "Function not found"), strings.Contains(msg, "Library not found"):
+			return classReload
+		}
+		return classFatal
+	}
+	// A connection that could not be made never carried the command.
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "dial" {
+		return classRetry
+	}
+	if errors.Is(err, rueidis.ErrClosing) {
+		return classFatal
+	}
+	return classAmbiguous
+}
+
+// translate turns an error of a call to the server into an *fftype.Error; what failed is
+// op. Errors that are already *fftype.Error and context errors pass through unchanged.
+func translate(err error, op string) error {
+	if err == nil {
+		return nil
+	}
+	var fe *fftype.Error
+	if errors.As(err, &fe) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	e := &fftype.Error{Kind: fftype.KindUnavailable, Code: fftype.CodeStoreUnavailable, Retryable: true,
+		Message: "ffvalkey: " + op + " failed", Err: err}
+	var re *rueidis.RedisError
+	switch {
+	case errors.Is(err, rueidis.ErrClosing):
+		e.Message = "ffvalkey: " + op + ": the store is closed"
+		e.Retryable = false
+	case errors.As(err, &re):
+		msg := re.Error()
+		switch {
+		case strings.HasPrefix(msg, "OOM"):
+			e.Message = "ffvalkey: " + op + ": the server is out of memory (maxmemory)"
+		case strings.HasPrefix(msg, "NOAUTH"), strings.HasPrefix(msg, "WRONGPASS"), strings.HasPrefix(msg, "NOPERM"):
+			e.Message = "ffvalkey: " + op + ": the server refused the credentials"
+			e.Retryable = false
+		case strings.Contains(msg, "CROSSSLOT"), strings.HasPrefix(msg, "WRONGTYPE"), strings.HasPrefix(msg, "ERR"):
+			e.Retryable = false
+		}
+	}
+	return e
+}

@@ -1,0 +1,716 @@
+package ffvalkey
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"strconv"
+	"time"
+
+	"github.com/redis/rueidis"
+
+	"github.com/flowfabric/flowfabric/ffstore"
+	"github.com/flowfabric/flowfabric/fftype"
+)
+
+// commitTimeout bounds a commit, which runs even if the unit's ctx ends meanwhile so that
+// an error from Update means, as far as the store can tell, that nothing was written.
+const commitTimeout = 30 * time.Second
+
+// lookahead is how many queue items after its pops a PopDue also reads, so that a Range
+// of the queue right after it needs no round trip.
+const lookahead = 2
+
+func errTxDone() error {
+	return fftype.Validationf(fftype.CodeInvalidInput, "ffvalkey: transaction used after its unit ended")
+}
+
+// tx is a unit (update) or a View's reads. Reads go to the server at once and are kept
+// with what is needed to check them at commit; writes are buffered until commit.
+type tx struct {
+	s      *Store
+	k      *shardKeys
+	shard  int
+	ctx    context.Context
+	update bool
+	done   bool
+	token  string // identifies the unit's pop marks
+	rts    int    // server round trips made for reads
+
+	reads   map[string]*readEntry
+	delSeen string // "=" + delete counter, as read with the first missing record; "" if none
+
+	writes     map[string]*writeEntry
+	writeOrder []string
+
+	queues     map[string]*queueState
+	queueOrder []string
+
+	events []fftype.Event
+}
+
+// readEntry is a record as read: version "" means it did not exist.
+type readEntry struct {
+	version string
+	value   []byte
+}
+
+// writeEntry is the final write of a record in the unit.
+type writeEntry struct {
+	value []byte
+	del   bool
+}
+
+// queueState is what a unit did with one queue.
+type queueState struct {
+	name    string
+	reads   []string // encoded items returned by Range, checked at commit
+	readSet map[string]bool
+	pops    []string // encoded items popped
+	ops     map[string]queueOp
+	opOrder []string
+
+	// The items after the unit's pops that the last PopDue saw, and whether they reach
+	// the end of the queue: a Range inside them is answered without a round trip.
+	ahead     []cachedItem
+	aheadOK   bool
+	aheadDone bool
+}
+
+type cachedItem struct {
+	item ffstore.QueueItem
+	enc  string
+}
+
+// queueOp is the final write of one member: remove, or add with score.
+type queueOp struct {
+	remove bool
+	score  int64
+}
+
+func (s *Store) newTx(ctx context.Context, shard int, update bool) *tx {
+	t := &tx{s: s, k: &s.keys[shard], shard: shard, ctx: ctx, update: update}
+	if update {
+		t.token = s.instance + "." + strconv.FormatUint(s.units.Add(1), 36)
+	}
+	return t
+}
+
+func (t *tx) queue(name string) *queueState {
+	if q, ok := t.queues[name]; ok {
+		return q
+	}
+	if t.queues == nil {
+		t.queues = map[string]*queueState{}
+	}
+	q := &queueState{name: name}
+	t.queues[name] = q
+	t.queueOrder = append(t.queueOrder, name)
+	return q
+}
+
+func (t *tx) live(op string) {
+	if t.done {
+		panic("ffvalkey: " + op + " on a transaction whose unit has ended (fn must not retain tx)")
+	}
+}
+
+// Prefetch reads the keys not read or written yet in one round trip (MGET).
+func (t *tx) Prefetch(keys ...string) error {
+	if t.done {
+		return errTxDone()
+	}
+	var need []string
+	seen := map[string]bool{}
+	for _, k := range keys {
+		if seen[k] {
+			continue
+		}
+		seen[k] = true
+		if _, ok := t.writes[k]; ok {
+			continue
+		}
+		if _, ok := t.reads[k]; ok {
+			continue
+		}
+		need = append(need, k)
+	}
+	if len(need) == 0 {
+		return nil
+	}
+	return t.fetch(need)
+}
+
+// fetch reads records with the delete counter, in one MGET.
+func (t *tx) fetch(keys []string) error {
+	full := make([]string, 0, len(keys)+1)
+	full = append(full, t.k.del)
+	for _, k := range keys {
+		full = append(full, t.k.record(k))
+	}
+	t.rts++
+	res, err := t.s.do(t.ctx, "read records", true, func() rueidis.Completed {
+		return t.s.client.B().Mget().Key(full...).Build()
+	})
+	if err != nil {
+		return err
+	}
+	arr, err := res.ToArray()
+	if err == nil && len(arr) != len(full) {
+		err = errors.New("MGET returned the wrong number of values")
+	}
+	if err != nil {
+		return translate(err, "read records")
+	}
+	del := ""
+	if !arr[0].IsNil() {
+		if del, err = arr[0].ToString(); err != nil {
+			return translate(err, "read records")
+		}
+	}
+	if t.reads == nil {
+		t.reads = make(map[string]*readEntry, len(keys))
+	}
+	for i, k := range keys {
+		m := &arr[i+1]
+		if m.IsNil() {
+			t.reads[k] = &readEntry{}
+			if t.delSeen == "" {
+				t.delSeen = "=" + del
+			}
+			continue
+		}
+		v, err := m.ToString()
+		if err != nil {
+			return translate(err, "read records")
+		}
+		if len(v) < versionLen {
+			return fftype.NewError(fftype.KindUnavailable, fftype.CodeCorruption, "ffvalkey: record %q of shard %d has no version", k, t.shard)
+		}
+		t.reads[k] = &readEntry{version: v[:versionLen], value: []byte(v[versionLen:])}
+	}
+	return nil
+}
+
+// Get returns the value under key, from the unit's writes, its earlier reads, or the
+// server (one round trip).
+func (t *tx) Get(key string) ([]byte, bool, error) {
+	if t.done {
+		return nil, false, errTxDone()
+	}
+	if w, ok := t.writes[key]; ok {
+		if w.del {
+			return nil, false, nil
+		}
+		return bytes.Clone(w.value), true, nil
+	}
+	r, ok := t.reads[key]
+	if !ok {
+		if err := t.fetch([]string{key}); err != nil {
+			return nil, false, err
+		}
+		r = t.reads[key]
+	}
+	if r.version == "" {
+		return nil, false, nil
+	}
+	return bytes.Clone(r.value), true, nil
+}
+
+// Range returns up to n items of queue. In a unit it leaves out the items the unit
+// popped and those other units are popping (as if they had committed; should one abort,
+// its items reappear), and after a PopDue it is often answered from what the pop saw. In
+// a View it reads the queue as committed. The items returned are checked at commit.
+func (t *tx) Range(queue string, after *ffstore.QueueItem, maxScore int64, n int) ([]ffstore.QueueItem, error) {
+	if t.done {
+		return nil, errTxDone()
+	}
+	if n <= 0 {
+		return nil, nil
+	}
+	q := t.queue(queue)
+	if q.aheadOK {
+		if items, ok := q.fromCache(after, maxScore, n); ok {
+			out := make([]ffstore.QueueItem, len(items))
+			for i, c := range items {
+				out[i] = c.item
+				q.read(c.enc)
+			}
+			return out, nil
+		}
+	}
+	from, upto := lexAfter(after), lexUpTo(maxScore)
+	qk, mk := t.k.queue(queue), t.k.marks(queue)
+	t.rts++
+	res, err := t.s.do(t.ctx, "read queue", true, func() rueidis.Completed {
+		if t.update {
+			return t.s.client.B().FcallRo().Function(fnRange).Numkeys(2).Key(qk, mk).
+				Arg(from, upto, strconv.Itoa(n), t.token).Build()
+		}
+		return t.s.client.B().Zrange().Key(qk).Min(from).Max(upto).Bylex().Limit(0, int64(n)).Build()
+	})
+	if err != nil {
+		return nil, err
+	}
+	encs, err := res.AsStrSlice()
+	if err != nil {
+		return nil, translate(err, "read queue")
+	}
+	out := make([]ffstore.QueueItem, 0, len(encs))
+	for _, enc := range encs {
+		it, err := t.decode(queue, enc)
+		if err != nil {
+			return nil, err
+		}
+		q.read(enc)
+		out = append(out, it)
+	}
+	return out, nil
+}
+
+func (t *tx) decode(queue, enc string) (ffstore.QueueItem, error) {
+	score, member, ok := decodeItem(enc)
+	if !ok {
+		return ffstore.QueueItem{}, fftype.NewError(fftype.KindUnavailable, fftype.CodeCorruption, "ffvalkey: queue %q of shard %d holds a malformed item", queue, t.shard)
+	}
+	return ffstore.QueueItem{Member: member, Score: score}, nil
+}
+
+func (q *queueState) read(enc string) {
+	if q.readSet[enc] {
+		return
+	}
+	if q.readSet == nil {
+		q.readSet = map[string]bool{}
+	}
+	q.readSet[enc] = true
+	q.reads = append(q.reads, enc)
+}
+
+// fromCache answers a Range from the items the last PopDue saw, if they cover it.
+func (q *queueState) fromCache(after *ffstore.QueueItem, maxScore int64, n int) ([]cachedItem, bool) {
+	var out []cachedItem
+	for _, c := range q.ahead {
+		if after != nil && !after.Less(c.item) {
+			continue
+		}
+		if c.item.Score > maxScore {
+			return out, true
+		}
+		out = append(out, c)
+		if len(out) == n {
+			return out, true
+		}
+	}
+	return out, q.aheadDone
+}
+
+// PopDue marks up to n due items of queue as popped by this unit (skipping items other
+// units are popping) and returns them. The commit takes them out of the queue; if the
+// unit does not commit they are released, or their marks lapse.
+func (t *tx) PopDue(queue string, maxScore int64, n int) ([]ffstore.QueueItem, error) {
+	if t.done {
+		return nil, errTxDone()
+	}
+	if n <= 0 {
+		return nil, nil
+	}
+	q := t.queue(queue)
+	qk, mk := t.k.queue(queue), t.k.marks(queue)
+	upto := lexUpTo(maxScore)
+	t.rts++
+	res, err := t.s.do(t.ctx, "pop queue items", false, func() rueidis.Completed {
+		return t.s.client.B().Fcall().Function(fnPop).Numkeys(2).Key(qk, mk).
+			Arg(upto, strconv.Itoa(n), t.token, t.s.popTTL, strconv.Itoa(lookahead)).Build()
+	})
+	if err != nil {
+		return nil, err
+	}
+	arr, err := res.ToArray()
+	if err == nil && len(arr) != 3 {
+		err = errors.New("unexpected reply")
+	}
+	var popped, ahead []string
+	var done int64
+	if err == nil {
+		popped, err = arr[0].AsStrSlice()
+	}
+	if err == nil {
+		ahead, err = arr[1].AsStrSlice()
+	}
+	if err == nil {
+		done, err = arr[2].AsInt64()
+	}
+	if err != nil {
+		return nil, translate(err, "pop queue items")
+	}
+	out := make([]ffstore.QueueItem, 0, len(popped))
+	for _, enc := range popped {
+		it, err := t.decode(queue, enc)
+		if err != nil {
+			return nil, err
+		}
+		q.pops = append(q.pops, enc)
+		out = append(out, it)
+	}
+	q.ahead = q.ahead[:0]
+	for _, enc := range ahead {
+		it, err := t.decode(queue, enc)
+		if err != nil {
+			return nil, err
+		}
+		q.ahead = append(q.ahead, cachedItem{item: it, enc: enc})
+	}
+	q.aheadOK, q.aheadDone = true, done == 1
+	return out, nil
+}
+
+// Put buffers a write of key.
+func (t *tx) Put(key string, value []byte) {
+	t.live("Put")
+	if value == nil {
+		value = []byte{}
+	}
+	t.write(key, &writeEntry{value: value})
+}
+
+// Delete buffers the removal of key.
+func (t *tx) Delete(key string) {
+	t.live("Delete")
+	t.write(key, &writeEntry{del: true})
+}
+
+func (t *tx) write(key string, w *writeEntry) {
+	if t.writes == nil {
+		t.writes = map[string]*writeEntry{}
+	}
+	if _, ok := t.writes[key]; !ok {
+		t.writeOrder = append(t.writeOrder, key)
+	}
+	t.writes[key] = w
+}
+
+// QueueAdd buffers putting member into queue with score.
+func (t *tx) QueueAdd(queue, member string, score int64) {
+	t.live("QueueAdd")
+	t.queue(queue).op(member, queueOp{score: score})
+}
+
+// QueueRemove buffers taking member out of queue.
+func (t *tx) QueueRemove(queue, member string) {
+	t.live("QueueRemove")
+	t.queue(queue).op(member, queueOp{remove: true})
+}
+
+func (q *queueState) op(member string, op queueOp) {
+	if q.ops == nil {
+		q.ops = map[string]queueOp{}
+	}
+	if _, ok := q.ops[member]; !ok {
+		q.opOrder = append(q.opOrder, member)
+	}
+	q.ops[member] = op
+}
+
+// AppendEvent buffers ev; the commit numbers it.
+func (t *tx) AppendEvent(ev fftype.Event) {
+	t.live("AppendEvent")
+	t.events = append(t.events, ev)
+}
+
+func (t *tx) hasPops() bool {
+	for _, q := range t.queues {
+		if len(q.pops) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+func (t *tx) hasWrites() bool {
+	if len(t.writes) > 0 || len(t.events) > 0 {
+		return true
+	}
+	for _, q := range t.queues {
+		if len(q.pops) > 0 || len(q.ops) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// call is one ffv1_unit or ffv1_check call being built.
+type call struct {
+	keys []string
+	args []string
+}
+
+// build lays out a call in mode ("c", "a" or "v") as the library's unit function takes
+// it; writes are included only for "c".
+func (t *tx) build(mode string) *call {
+	k := t.k
+	c := &call{keys: []string{k.ver, k.del, k.seq, k.stream, k.dir, k.heads}}
+	channel := ""
+	if mode == "c" {
+		channel = t.s.channel
+	}
+	recIdx := map[string]int{}
+	index := func(key string) string {
+		i, ok := recIdx[key]
+		if !ok {
+			c.keys = append(c.keys, k.record(key))
+			i = len(recIdx) + 1
+			recIdx[key] = i
+		}
+		return strconv.Itoa(i)
+	}
+	var checks []string
+	for key, r := range t.reads {
+		checks = append(checks, index(key), r.version)
+	}
+	var puts, dels []string
+	if mode == "c" {
+		for _, key := range t.writeOrder {
+			w := t.writes[key]
+			if w.del {
+				dels = append(dels, index(key))
+			} else {
+				puts = append(puts, index(key), rueidis.BinaryString(w.value))
+			}
+		}
+	}
+	nR := len(recIdx)
+	var names, ranges, pops, qops []string
+	for _, name := range t.queueOrder {
+		q := t.queues[name]
+		if len(q.reads) == 0 && len(q.pops) == 0 && (mode != "c" || len(q.ops) == 0) {
+			continue
+		}
+		names = append(names, name)
+		qi := strconv.Itoa(len(names))
+		kk := k.queueKeys(name)
+		c.keys = append(c.keys, kk[:]...)
+		for _, enc := range q.reads {
+			ranges = append(ranges, qi, enc)
+		}
+		for _, enc := range q.pops {
+			pops = append(pops, qi, enc)
+		}
+		if mode == "c" {
+			for _, m := range q.opOrder {
+				op := q.ops[m]
+				score := ""
+				if !op.remove {
+					score = encodeScore(op.score)
+				}
+				qops = append(qops, qi, m, score)
+			}
+		}
+	}
+	delCheck := t.delSeen
+	c.args = make([]string, 0, 16+len(names)+len(checks)+len(ranges)+len(pops)+len(puts)+len(dels)+len(qops)+len(t.events))
+	c.args = append(c.args, mode, channel, t.token, delCheck, strconv.Itoa(nR), strconv.Itoa(len(names)))
+	c.args = append(c.args, names...)
+	c.args = appendCounted(c.args, checks, 2)
+	c.args = appendCounted(c.args, ranges, 2)
+	c.args = appendCounted(c.args, pops, 2)
+	if mode == "c" {
+		c.args = appendCounted(c.args, puts, 2)
+		c.args = appendCounted(c.args, dels, 1)
+		c.args = appendCounted(c.args, qops, 3)
+		c.args = append(c.args, strconv.Itoa(len(t.events)))
+		for i := range t.events {
+			c.args = append(c.args, rueidis.BinaryString(encodeEvent(&t.events[i])))
+		}
+	}
+	return c
+}
+
+func appendCounted(args, items []string, width int) []string {
+	args = append(args, strconv.Itoa(len(items)/width))
+	return append(args, items...)
+}
+
+// run sends a unit call and reports whether its reads held, with the server's reason
+// when they did not.
+func (t *tx) run(ctx context.Context, fn string, readOnly bool, c *call) (ok bool, reason string, err error) {
+	op := "commit"
+	if fn == fnCheck {
+		op = "check reads"
+	}
+	res, err := t.s.do(ctx, op, readOnly, func() rueidis.Completed {
+		if readOnly {
+			return t.s.client.B().FcallRo().Function(fn).Numkeys(int64(len(c.keys))).Key(c.keys...).Arg(c.args...).Build()
+		}
+		return t.s.client.B().Fcall().Function(fn).Numkeys(int64(len(c.keys))).Key(c.keys...).Arg(c.args...).Build()
+	})
+	if err != nil {
+		return false, "", err
+	}
+	arr, err := res.ToArray()
+	if err != nil || len(arr) != 2 {
+		return false, "", translate(errors.Join(err, errors.New("unexpected reply")), op)
+	}
+	status, err1 := arr[0].AsInt64()
+	reason, err2 := arr[1].ToString()
+	if err1 != nil || err2 != nil {
+		return false, "", translate(errors.Join(err1, err2), op)
+	}
+	return status == 1, reason, nil
+}
+
+// commit applies the unit. It returns an error matching fftype.ErrStoreConflict when a
+// read no longer holds (nothing is written then).
+func (t *tx) commit() error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(t.ctx), commitTimeout)
+	defer cancel()
+	if !t.hasWrites() {
+		// Nothing to write: the reads need checking only if they were not one snapshot.
+		if t.rts < 2 {
+			return nil
+		}
+		ok, reason, err := t.run(ctx, fnCheck, true, t.build("v"))
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return conflict("unit on shard %d read stale data: %s", t.shard, reason)
+		}
+		return nil
+	}
+	ok, reason, err := t.run(ctx, fnUnit, false, t.build("c"))
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return conflict("unit on shard %d lost a race: %s since it was read", t.shard, reason)
+	}
+	t.s.changes.Notify()
+	return nil
+}
+
+// abort ends a unit that will not commit: it releases the unit's pops and, if the unit's
+// reads took several round trips, checks them. It reports whether they were stale, that
+// is whether fn may have decided on an inconsistent view. Failures are logged: the pops'
+// marks lapse by themselves.
+func (t *tx) abort() (stale bool) {
+	pops := t.hasPops()
+	if !pops && t.rts < 2 {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(t.ctx), commitTimeout)
+	defer cancel()
+	var ok bool
+	var err error
+	if pops {
+		ok, _, err = t.run(ctx, fnUnit, false, t.build("a"))
+	} else {
+		ok, _, err = t.run(ctx, fnCheck, true, t.build("v"))
+	}
+	if err != nil {
+		t.s.log.Warn("ffvalkey: releasing an aborted unit failed; its pops lapse by themselves", "shard", t.shard, "err", err)
+		return false
+	}
+	return !ok && t.rts >= 2
+}
+
+// Update runs fn as one unit on shard. fn's reads go to the server as it makes them; its
+// writes are buffered and applied at commit by one function call that first checks that
+// every record, queue item and pop the unit read still holds. If one does not, nothing is
+// written and Update returns an error matching [fftype.ErrStoreConflict].
+//
+// If fn returns an error, its pops are released, nothing is written and the error is
+// returned unchanged — unless fn read in several round trips and what it read changed
+// meanwhile, in which case fn may have seen an inconsistent state and Update returns a
+// conflict instead, for the caller to retry. If fn panics, its pops are released and the
+// panic goes on. Update returns ctx.Err() without running fn if ctx is done; once fn has
+// returned, the commit runs even if ctx ends. A commit whose reply is lost (the server or
+// network failed after the call was sent) returns an unavailable error though it may
+// have been applied. Returns a validation error coded shard_out_of_range for a bad shard
+// and an unavailable error after Close.
+func (s *Store) Update(ctx context.Context, shard int, fn func(tx ffstore.Tx) error) error {
+	if err := s.enterShard(ctx, shard); err != nil {
+		return err
+	}
+	defer s.leave()
+	t := s.newTx(ctx, shard, true)
+	fnErr := runUnit(t, fn)
+	t.done = true
+	if fnErr != nil {
+		if t.abort() {
+			return conflict("unit on shard %d read stale data before it failed (%v)", shard, fnErr)
+		}
+		return fnErr
+	}
+	if s.takeConflict() {
+		t.abort()
+		return conflict("injected conflict on shard %d", shard)
+	}
+	return t.commit()
+}
+
+// runUnit calls fn, releasing the unit's pops if it panics.
+func runUnit(t *tx, fn func(tx ffstore.Tx) error) error {
+	defer func() {
+		if r := recover(); r != nil {
+			t.done = true
+			t.abort()
+			panic(r)
+		}
+	}()
+	return fn(t)
+}
+
+// View runs fn against shard's committed state. A View whose reads take one round trip
+// (a single Get, or a Prefetch followed by Gets of the prefetched keys) sees one moment of
+// the shard. One that reads in several is checked afterwards, and if a unit changed what
+// it read meanwhile, fn runs again (up to 8 times, then View returns an error matching
+// [fftype.ErrStoreConflict]); so fn may run more than once, and only the last run's
+// results count. fn's error is returned unchanged. Argument errors are as for Update.
+func (s *Store) View(ctx context.Context, shard int, fn func(tx ffstore.ReadTx) error) error {
+	if err := s.enterShard(ctx, shard); err != nil {
+		return err
+	}
+	defer s.leave()
+	for run := 1; ; run++ {
+		t := s.newTx(ctx, shard, false)
+		err := fn(readTx{t})
+		t.done = true
+		if t.rts < 2 {
+			return err
+		}
+		ok, _, cerr := t.run(ctx, fnCheck, true, t.build("v"))
+		if cerr != nil {
+			if err != nil {
+				return err
+			}
+			return cerr
+		}
+		if ok {
+			return err
+		}
+		if run == maxViewRuns {
+			return conflict("shard %d changed under every one of %d reads of a view", shard, run)
+		}
+	}
+}
+
+// readTx is the read-only face of a tx, so that a View's fn cannot assert its way to
+// writes.
+type readTx struct{ t *tx }
+
+var (
+	_ ffstore.Tx     = (*tx)(nil)
+	_ ffstore.ReadTx = readTx{}
+)
+
+// Prefetch is [tx.Prefetch].
+func (r readTx) Prefetch(keys ...string) error { return r.t.Prefetch(keys...) }
+
+// Get is [tx.Get].
+func (r readTx) Get(key string) ([]byte, bool, error) { return r.t.Get(key) }
+
+// Range is [tx.Range].
+func (r readTx) Range(queue string, after *ffstore.QueueItem, maxScore int64, n int) ([]ffstore.QueueItem, error) {
+	return r.t.Range(queue, after, maxScore, n)
+}

@@ -1,0 +1,218 @@
+package ffvalkey
+
+import (
+	"crypto/tls"
+	"net"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/rueidis"
+
+	"github.com/flowfabric/flowfabric/fftype"
+)
+
+// connConfig is a parsed store URL.
+type connConfig struct {
+	client  rueidis.ClientOption
+	cluster bool // the URL asked for a cluster
+	opts    Options
+}
+
+// ParseURL checks a store URL and returns the options it sets, so that a caller can add
+// a Logger and pass both to [Open]. The syntax is
+//
+//	redis://[[user]:password@]host[:port][/database][?param=value&...]
+//	rediss://...                        the same over TLS
+//	redis+cluster://host[:port][,host[:port]...][?...]   a Cluster, from seed nodes
+//	rediss+cluster://...                a Cluster over TLS
+//	valkey://, valkeys://, valkey+cluster://, valkeys+cluster://   aliases of the above
+//
+// The port defaults to 6379 and the database to 0 (a Cluster has only database 0). More
+// seed nodes may be given as addr=host:port parameters. Parameters: shards and prefix
+// set the [Options] fields of the same names; dial_timeout (a Go duration) bounds
+// connecting; skip_verify=true skips TLS certificate checks (tests only); client_name
+// names the connections (CLIENT SETNAME). Unknown parameters are refused with a
+// validation error.
+func ParseURL(rawURL string) (*Options, error) {
+	c, err := parseURL(rawURL)
+	if err != nil {
+		return nil, err
+	}
+	return &c.opts, nil
+}
+
+func parseURL(rawURL string) (*connConfig, error) {
+	bad := func(format string, args ...any) (*connConfig, error) {
+		return nil, fftype.Validationf(fftype.CodeInvalidInput, "ffvalkey: store URL: "+format, args...)
+	}
+	scheme, rest, ok := strings.Cut(rawURL, "://")
+	if !ok {
+		return bad("%q has no scheme; want redis://host:port", redact(rawURL))
+	}
+	c := &connConfig{}
+	tlsOn := false
+	switch strings.ToLower(scheme) {
+	case "redis", "valkey":
+	case "rediss", "valkeys":
+		tlsOn = true
+	case "redis+cluster", "valkey+cluster":
+		c.cluster = true
+	case "rediss+cluster", "valkeys+cluster":
+		c.cluster, tlsOn = true, true
+	default:
+		return bad("scheme %q: want redis, rediss, redis+cluster, rediss+cluster or their valkey aliases", scheme)
+	}
+	// The authority may list several hosts, which net/url does not accept: split it off.
+	authority, pathQuery := rest, ""
+	if i := strings.IndexAny(rest, "/?"); i >= 0 {
+		authority, pathQuery = rest[:i], rest[i:]
+	}
+	var userinfo string
+	if i := strings.LastIndexByte(authority, '@'); i >= 0 {
+		userinfo, authority = authority[:i], authority[i+1:]
+	}
+	u, err := url.Parse("x://placeholder" + pathQuery)
+	if err != nil {
+		return bad("%v", err)
+	}
+	if userinfo != "" {
+		name, pass, hasPass := strings.Cut(userinfo, ":")
+		if c.client.Username, err = url.PathUnescape(name); err != nil {
+			return bad("user name: %v", err)
+		}
+		if hasPass {
+			if c.client.Password, err = url.PathUnescape(pass); err != nil {
+				return bad("password: %v", err)
+			}
+		}
+	}
+	var hosts []string
+	if authority != "" {
+		hosts = strings.Split(authority, ",")
+	}
+	q := u.Query()
+	hosts = append(hosts, q["addr"]...)
+	if len(hosts) == 0 {
+		hosts = []string{"localhost"}
+	}
+	for _, h := range hosts {
+		addr, err := normalizeAddr(h)
+		if err != nil {
+			return bad("%v", err)
+		}
+		c.client.InitAddress = append(c.client.InitAddress, addr)
+	}
+	if len(c.client.InitAddress) > 1 && !c.cluster {
+		return bad("several hosts are only for a cluster: use redis+cluster://")
+	}
+	if p := strings.Trim(u.Path, "/"); p != "" {
+		db, err := strconv.Atoi(p)
+		if err != nil || db < 0 {
+			return bad("database %q is not a number", p)
+		}
+		if c.cluster && db != 0 {
+			return bad("a Cluster has only database 0, not %d", db)
+		}
+		c.client.SelectDB = db
+	}
+	for name, values := range q {
+		if name == "addr" {
+			continue
+		}
+		if len(values) != 1 {
+			return bad("parameter %s is given %d times", name, len(values))
+		}
+		v := values[0]
+		switch name {
+		case "shards":
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 0 || n > fftype.MaxShards {
+				return bad("shards=%q: want 1 to %d", v, fftype.MaxShards)
+			}
+			c.opts.Shards = n
+		case "prefix":
+			if err := checkPrefix(v); err != nil {
+				return nil, err
+			}
+			c.opts.KeyPrefix = v
+		case "dial_timeout":
+			d, err := time.ParseDuration(v)
+			if err != nil || d < 0 {
+				return bad("dial_timeout=%q is not a duration", v)
+			}
+			c.client.Dialer.Timeout = d
+		case "skip_verify":
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return bad("skip_verify=%q is not a boolean", v)
+			}
+			if !tlsOn {
+				return bad("skip_verify is for rediss:// URLs")
+			}
+			c.opts.skipVerify = b
+		case "client_name":
+			c.client.ClientName = v
+		default:
+			return bad("unknown parameter %q", name)
+		}
+	}
+	if tlsOn {
+		host, _, _ := net.SplitHostPort(c.client.InitAddress[0])
+		c.client.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, ServerName: host,
+			InsecureSkipVerify: c.opts.skipVerify} //nolint:gosec // only when the URL asks for it
+	}
+	return c, nil
+}
+
+// normalizeAddr returns host:port, adding the default port.
+func normalizeAddr(h string) (string, error) {
+	h = strings.TrimSpace(h)
+	if h == "" {
+		return "", errEmptyHost
+	}
+	if host, port, err := net.SplitHostPort(h); err == nil {
+		if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+			return "", &net.AddrError{Err: "bad port", Addr: h}
+		}
+		if host == "" {
+			host = "localhost"
+		}
+		return net.JoinHostPort(host, port), nil
+	}
+	return net.JoinHostPort(strings.Trim(h, "[]"), "6379"), nil
+}
+
+var errEmptyHost = &net.AddrError{Err: "empty host", Addr: ""} //nolint:gochecknoglobals // a sentinel
+
+// redact hides a password in a URL for messages.
+func redact(rawURL string) string {
+	scheme, rest, ok := strings.Cut(rawURL, "://")
+	if !ok {
+		return rawURL
+	}
+	end := strings.IndexAny(rest, "/?")
+	if end < 0 {
+		end = len(rest)
+	}
+	if at := strings.LastIndexByte(rest[:end], '@'); at >= 0 {
+		if colon := strings.IndexByte(rest[:at], ':'); colon >= 0 {
+			rest = rest[:colon] + ":xxxxx" + rest[at:]
+		}
+	}
+	return scheme + "://" + rest
+}
+
+// checkPrefix refuses key prefixes that would break the key layout.
+func checkPrefix(p string) error {
+	if p == "" || len(p) > 64 {
+		return fftype.Validationf(fftype.CodeInvalidInput, "ffvalkey: key prefix %q: want 1 to 64 bytes", p)
+	}
+	for i := 0; i < len(p); i++ {
+		if c := p[i]; c <= ' ' || c == '{' || c == '}' || c == 0x7f {
+			return fftype.Validationf(fftype.CodeInvalidInput, "ffvalkey: key prefix %q: no braces, spaces or control bytes", p)
+		}
+	}
+	return nil
+}

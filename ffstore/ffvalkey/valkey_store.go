@@ -1,0 +1,682 @@
+// Package ffvalkey is the Valkey / Redis store: standalone servers and Clusters, Redis 7.0+
+// and Valkey 7.2+, through the pipelining client github.com/redis/rueidis.
+//
+// # Layout
+//
+// The store keeps each shard under one hash tag, so a Cluster holds a shard in one slot
+// and every unit (one shard) runs on one node; the tags are chosen so that the shards
+// spread evenly over the slots (keys.go describes every key). Records are strings that
+// start with an 8-byte version. A queue is a sorted set whose members all score 0 and
+// encode (score, member) so that their byte order is the exact int64 order, beside a hash
+// of each member's score and a hash of pop marks. Each shard's event log is a stream whose
+// entry ids are the events' gap-free Seq numbers.
+//
+// # Units
+//
+// A unit's reads are made from Go: Get and Prefetch read records with their versions
+// (MGET), Range reads a queue, PopDue marks items as popped by the unit (a function call
+// that skips items other units are popping). Writes are buffered. At commit one function
+// call, ffv1_unit of the library flowfabric_v1, receives every version and queue item the
+// unit read and every item it popped, checks that they all still hold, and then applies
+// the writes, appends the events with the next Seq numbers and publishes a wake-up — or,
+// if anything changed, writes nothing, releases the pops and answers with a conflict,
+// which [Store.Update] returns as an error matching [fftype.ErrStoreConflict] for the
+// engine to retry. A unit that popped items and does not commit releases them; if its
+// process dies first, its marks lapse after a minute and the items can be popped again.
+// Either way an item is never handed to two units that both commit: a commit removes only
+// items whose marks are still its own.
+//
+// # Durability
+//
+// A unit is acknowledged when the server has applied it; it survives a restart of the
+// server only as far as the server's persistence goes. With appendonly yes and
+// appendfsync always nothing acknowledged is lost; with everysec up to about a second of
+// units may be; without persistence a restart loses everything, and the store loads its
+// function library again by itself. Replication is asynchronous: a failover to a replica
+// can lose the units the old primary acknowledged but had not yet sent to it. The store
+// does not call WAIT, so a failover may roll the store back by the replication lag.
+package ffvalkey
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/rueidis"
+
+	"github.com/flowfabric/flowfabric/ffstore"
+	"github.com/flowfabric/flowfabric/fftype"
+)
+
+// Defaults for [Options].
+const (
+	DefaultShards    = 16
+	DefaultKeyPrefix = "ff"
+)
+
+// dataFormat is the version of the key layout this binary writes, kept in the meta key.
+const dataFormat = 1
+
+// defaultPopTTL is how long a pop mark keeps an item from other units.
+const defaultPopTTL = time.Minute
+
+// maxViewRuns bounds how often View runs fn to get a consistent snapshot.
+const maxViewRuns = 8
+
+// Options configures [Open]. The zero value, or nil, gives the defaults.
+type Options struct {
+	// Shards is the shard count given to a new store, 1 to [fftype.MaxShards]; 0 means
+	// the stored count for an existing store and [DefaultShards] for a new one. It is
+	// fixed when the store is created: opening it with a different non-zero count fails
+	// with a validation error coded [CodeShardCountMismatch].
+	Shards int
+
+	// KeyPrefix starts every key of the store, so that several stores (or other data)
+	// can share a server; "" means [DefaultKeyPrefix]. At most 64 bytes, no braces,
+	// spaces or control bytes.
+	KeyPrefix string
+
+	// Logger receives the store's rare log lines (no AOF at start, the function library
+	// reloaded, the change subscription lost). nil discards them.
+	Logger *slog.Logger
+
+	skipVerify bool          // from the URL
+	popTTL     time.Duration // tests shorten it; 0 means defaultPopTTL
+}
+
+// merge returns o with the fields of over that are set.
+func (o Options) merge(over *Options) Options {
+	if over == nil {
+		return o
+	}
+	if over.Shards != 0 {
+		o.Shards = over.Shards
+	}
+	if over.KeyPrefix != "" {
+		o.KeyPrefix = over.KeyPrefix
+	}
+	if over.Logger != nil {
+		o.Logger = over.Logger
+	}
+	if over.popTTL != 0 {
+		o.popTTL = over.popTTL
+	}
+	return o
+}
+
+func (o Options) withDefaults() (Options, error) {
+	out := o
+	if out.Shards < 0 || out.Shards > fftype.MaxShards {
+		return out, fftype.Validationf(fftype.CodeInvalidInput, "ffvalkey: Options.Shards is %d, want 0 (default) or 1 to %d", out.Shards, fftype.MaxShards)
+	}
+	if out.KeyPrefix == "" {
+		out.KeyPrefix = DefaultKeyPrefix
+	}
+	if err := checkPrefix(out.KeyPrefix); err != nil {
+		return out, err
+	}
+	if out.Logger == nil {
+		out.Logger = slog.New(slog.DiscardHandler)
+	}
+	if out.popTTL <= 0 {
+		out.popTTL = defaultPopTTL
+	}
+	return out, nil
+}
+
+// Store is an [ffstore.Store] on a Valkey or Redis server or Cluster. All methods are
+// safe for concurrent use. Create one with [Open] and Close it when done.
+type Store struct {
+	client  rueidis.Client
+	cluster bool
+	prefix  string
+	shards  int
+	keys    []shardKeys
+	log     *slog.Logger
+	channel string
+	popTTL  string // ms, as the pop function takes it
+	loader  *loader
+
+	instance  string // random, starts every unit token of this store
+	units     atomic.Uint64
+	conflicts atomic.Int64 // injected conflicts still to deliver
+	changes   ffstore.Notifier
+
+	subOnce   sync.Once
+	subCancel context.CancelFunc
+	subDone   chan struct{}
+
+	// mu guards closed and inflight; idle is signalled when inflight drops to 0.
+	mu       sync.Mutex
+	idle     *sync.Cond
+	inflight int
+	closed   bool
+}
+
+var (
+	_ ffstore.Store          = (*Store)(nil)
+	_ ffstore.ChangeNotifier = (*Store)(nil)
+)
+
+// Open connects to the server or Cluster named by rawURL (see [ParseURL] for the syntax)
+// and opens the store there, creating it if it does not exist. opts may be nil; its set
+// fields override the URL's parameters.
+//
+// Open checks the server and fails with an unavailable error if it cannot be reached and
+// one coded [CodeServerTooOld] for a server older than Redis 7.0 or Valkey 7.2 (on a
+// Cluster, every node is checked). It logs a warning when a server has AOF off. It loads
+// the function library on every primary. It returns a validation error for a bad URL or
+// options, and for a shard count that differs from the store's ([CodeShardCountMismatch]),
+// and an unavailable error coded [CodeFormatTooNew] for a store written by a newer
+// binary.
+func Open(ctx context.Context, rawURL string, opts *Options) (*Store, error) {
+	cfg, err := parseURL(rawURL)
+	if err != nil {
+		return nil, err
+	}
+	o, err := cfg.opts.merge(opts).withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	copt := cfg.client
+	copt.DisableCache = true
+	if copt.Dialer.Timeout == 0 {
+		copt.Dialer.Timeout = 5 * time.Second
+	}
+	where := strings.Join(copt.InitAddress, ",")
+	client, err := rueidis.NewClient(copt)
+	if err != nil {
+		return nil, &fftype.Error{Kind: fftype.KindUnavailable, Code: fftype.CodeStoreUnavailable, Retryable: true,
+			Message: "ffvalkey: cannot connect to " + where + " (" + redact(rawURL) + ")", Err: err}
+	}
+	var id [8]byte
+	_, _ = rand.Read(id[:])
+	s := &Store{
+		client:   client,
+		cluster:  client.Mode() == rueidis.ClientModeCluster,
+		prefix:   o.KeyPrefix,
+		log:      o.Logger.With("store", "ffvalkey", "prefix", o.KeyPrefix),
+		channel:  changesChannel(o.KeyPrefix),
+		popTTL:   strconv.FormatInt(max(o.popTTL.Milliseconds(), 1), 10),
+		instance: hex.EncodeToString(id[:]),
+	}
+	s.idle = sync.NewCond(&s.mu)
+	s.loader = &loader{client: client}
+	if cfg.cluster && !s.cluster {
+		client.Close()
+		return nil, fftype.Validationf(fftype.CodeInvalidInput, "ffvalkey: %s asks for a Cluster, but %s is not in cluster mode; use redis://", redact(rawURL), where)
+	}
+	if err := s.open(ctx, o.Shards); err != nil {
+		client.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Store) open(ctx context.Context, shards int) error {
+	if err := s.checkServers(ctx); err != nil {
+		return err
+	}
+	if err := loadLibrary(ctx, s.client); err != nil {
+		return err
+	}
+	n, err := s.ensureMeta(ctx, shards)
+	if err != nil {
+		return err
+	}
+	s.shards = n
+	s.keys = make([]shardKeys, n)
+	for i := range s.keys {
+		s.keys[i] = newShardKeys(s.prefix, i, n)
+	}
+	// A server that lost everything (a restart without persistence) has lost the meta key
+	// too: whoever loads the library again writes it back.
+	s.loader.after = func(ctx context.Context) error {
+		_, err := s.ensureMeta(ctx, s.shards)
+		return err
+	}
+	return nil
+}
+
+// checkServers checks the version of every node and warns about nodes without AOF.
+func (s *Store) checkServers(ctx context.Context) error {
+	for addr, node := range s.client.Nodes() {
+		reply, err := node.Do(ctx, node.B().Info().Section("server", "persistence", "cluster").Build()).ToString()
+		if err != nil {
+			return translate(err, "INFO on "+addr)
+		}
+		info, err := checkServer(addr, reply)
+		if err != nil {
+			return err
+		}
+		role := parseInfo(reply)["role"]
+		if info.AOFKnown && !info.AOF && role != "slave" {
+			s.log.Warn("ffvalkey: the server has appendonly off: a restart loses every unit acknowledged since the last snapshot (enable appendonly yes, appendfsync everysec or always)",
+				"server", addr, "version", info.Product+" "+info.VersionRaw)
+		}
+	}
+	return nil
+}
+
+// ensureMeta creates the meta key if it is missing and returns the store's shard count.
+func (s *Store) ensureMeta(ctx context.Context, shards int) (int, error) {
+	key := metaKey(s.prefix)
+	read := func() (map[string]string, error) {
+		res, err := s.do(ctx, "read the store's meta key", true, func() rueidis.Completed {
+			return s.client.B().Hgetall().Key(key).Build()
+		})
+		if err != nil {
+			return nil, err
+		}
+		m, err := res.AsStrMap()
+		return m, translate(err, "read the store's meta key")
+	}
+	meta, err := read()
+	if err != nil {
+		return 0, err
+	}
+	if meta["shards"] == "" {
+		n := shards
+		if n == 0 {
+			n = DefaultShards
+		}
+		// HSETNX, so that of two processes creating the store at once the first wins and
+		// the second reads its count below.
+		_, err := s.doMulti(ctx, "create the store's meta key", func() []rueidis.Completed {
+			return []rueidis.Completed{
+				s.client.B().Hsetnx().Key(key).Field("shards").Value(strconv.Itoa(n)).Build(),
+				s.client.B().Hsetnx().Key(key).Field("format").Value(strconv.Itoa(dataFormat)).Build(),
+			}
+		})
+		if err != nil {
+			return 0, err
+		}
+		if meta, err = read(); err != nil {
+			return 0, err
+		}
+	}
+	stored, err := strconv.Atoi(meta["shards"])
+	if err != nil || stored < 1 || stored > fftype.MaxShards {
+		return 0, fftype.NewError(fftype.KindUnavailable, fftype.CodeCorruption, "ffvalkey: the meta key %s holds shards=%q", key, meta["shards"])
+	}
+	if f, _ := strconv.Atoi(meta["format"]); f > dataFormat {
+		e := fftype.NewError(fftype.KindUnavailable, CodeFormatTooNew,
+			"ffvalkey: the store under prefix %q was written in data format %d by a newer binary; this one knows format %d", s.prefix, f, dataFormat)
+		e.Retryable = false
+		return 0, e
+	}
+	if shards != 0 && shards != stored {
+		return 0, fftype.Validationf(CodeShardCountMismatch,
+			"ffvalkey: the store under prefix %q has %d shards; it was opened with Shards=%d (the count is fixed when a store is created: pass 0 to use the stored one)", s.prefix, stored, shards)
+	}
+	return stored, nil
+}
+
+// InjectConflicts makes the next n units that would commit fail instead with an error
+// matching [fftype.ErrStoreConflict], after fn ran, writing nothing. It is the store's
+// ffstoretest.ConflictInjector ability, for testing callers' retries.
+func (s *Store) InjectConflicts(n int) {
+	if n > 0 {
+		s.conflicts.Add(int64(n))
+	}
+}
+
+func (s *Store) takeConflict() bool {
+	for {
+		n := s.conflicts.Load()
+		if n <= 0 {
+			return false
+		}
+		if s.conflicts.CompareAndSwap(n, n-1) {
+			return true
+		}
+	}
+}
+
+// Shards returns the shard count stored with the store.
+func (s *Store) Shards() int { return s.shards }
+
+// KeyPrefix returns the prefix of the store's keys.
+func (s *Store) KeyPrefix() string { return s.prefix }
+
+// Cluster reports whether the store runs on a Cluster.
+func (s *Store) Cluster() bool { return s.cluster }
+
+// enterShard admits a call about one shard: it fails for a bad shard, then as enter.
+func (s *Store) enterShard(ctx context.Context, shard int) error {
+	if shard < 0 || shard >= s.shards {
+		return fftype.Validationf(fftype.CodeShardOutOfRange, "shard %d is out of range: the store has shards 0 to %d", shard, s.shards-1)
+	}
+	return s.enter(ctx)
+}
+
+// enter admits a call: it fails after Close and when ctx is done. A call that entered
+// must leave.
+func (s *Store) enter(ctx context.Context) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return errClosed()
+	}
+	s.inflight++
+	s.mu.Unlock()
+	if err := ctx.Err(); err != nil {
+		s.leave()
+		return err
+	}
+	return nil
+}
+
+func (s *Store) leave() {
+	s.mu.Lock()
+	s.inflight--
+	if s.inflight == 0 {
+		s.idle.Broadcast()
+	}
+	s.mu.Unlock()
+}
+
+// QueueHeads returns the first item of every non-empty queue, on any shard, whose name
+// starts with one of prefixes; a queue matched by two prefixes is reported once. It reads
+// each shard's queue directory and its table of queue heads, which every commit keeps up
+// to date: on a standalone server all shards in one call, on a Cluster one call per shard,
+// pipelined. The heads include items that in-flight units are popping. Results are in
+// shard order, then by queue name.
+func (s *Store) QueueHeads(ctx context.Context, prefixes []string) ([]ffstore.QueueHead, error) {
+	if err := s.enter(ctx); err != nil {
+		return nil, err
+	}
+	defer s.leave()
+	prefixes = disjointPrefixes(prefixes)
+	if len(prefixes) == 0 {
+		return nil, nil
+	}
+	args := make([]string, 0, 2*len(prefixes))
+	for _, p := range prefixes {
+		lo, hi := prefixBounds(p)
+		args = append(args, lo, hi)
+	}
+	var replies []rueidis.RedisMessage
+	if !s.cluster {
+		keys := make([]string, 0, 2*s.shards)
+		for i := range s.keys {
+			keys = append(keys, s.keys[i].dir, s.keys[i].heads)
+		}
+		res, err := s.do(ctx, "read queue heads", true, func() rueidis.Completed {
+			return s.client.B().FcallRo().Function(fnHeads).Numkeys(int64(len(keys))).Key(keys...).Arg(args...).Build()
+		})
+		if err != nil {
+			return nil, err
+		}
+		if replies, err = res.ToArray(); err != nil {
+			return nil, translate(err, "read queue heads")
+		}
+	} else {
+		res, err := s.doMulti(ctx, "read queue heads", func() []rueidis.Completed {
+			cmds := make([]rueidis.Completed, s.shards)
+			for i := range s.keys {
+				k := &s.keys[i]
+				cmds[i] = s.client.B().FcallRo().Function(fnHeads).Numkeys(2).Key(k.dir, k.heads).Arg(args...).Build()
+			}
+			return cmds
+		})
+		if err != nil {
+			return nil, err
+		}
+		for _, r := range res {
+			arr, err := r.ToArray()
+			if err != nil || len(arr) != 1 {
+				return nil, translate(errors.Join(err, errors.New("unexpected reply")), "read queue heads")
+			}
+			replies = append(replies, arr[0])
+		}
+	}
+	if len(replies) != s.shards {
+		return nil, translate(fmt.Errorf("%d shard replies for %d shards", len(replies), s.shards), "read queue heads")
+	}
+	var heads []ffstore.QueueHead
+	for shard := range replies {
+		flat, err := replies[shard].AsStrSlice()
+		if err != nil || len(flat)%2 != 0 {
+			return nil, translate(errors.Join(err, errors.New("unexpected reply")), "read queue heads")
+		}
+		for i := 0; i < len(flat); i += 2 {
+			score, member, ok := decodeItem(flat[i+1])
+			if !ok {
+				return nil, fftype.NewError(fftype.KindUnavailable, fftype.CodeCorruption, "ffvalkey: queue %q of shard %d has a malformed head", flat[i], shard)
+			}
+			heads = append(heads, ffstore.QueueHead{Shard: shard, Queue: flat[i], Item: ffstore.QueueItem{Member: member, Score: score}})
+		}
+	}
+	return heads, nil
+}
+
+// disjointPrefixes returns prefixes sorted, without the ones another prefix covers, so no
+// queue matches two of them.
+func disjointPrefixes(prefixes []string) []string {
+	sorted := slices.Clone(prefixes)
+	slices.Sort(sorted)
+	out := sorted[:0]
+	for _, p := range sorted {
+		if len(out) > 0 && strings.HasPrefix(p, out[len(out)-1]) {
+			continue
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+// ReadEvents returns up to limit events of shard with Seq greater than after, in Seq
+// order; limit <= 0 returns none. If events after `after` were trimmed it returns an
+// error matching [fftype.ErrCursorExpired]. Argument errors are as for Update.
+func (s *Store) ReadEvents(ctx context.Context, shard int, after uint64, limit int) ([]fftype.Event, error) {
+	if err := s.enterShard(ctx, shard); err != nil {
+		return nil, err
+	}
+	defer s.leave()
+	if limit <= 0 || after >= math.MaxInt64 {
+		return nil, nil
+	}
+	k := &s.keys[shard]
+	start := strconv.FormatUint(after+1, 10) + "-0"
+	// The trim point is read after the events, in the same round trip: it only grows, so
+	// if after is not below it then, nothing the range needed had been trimmed.
+	res, err := s.doMulti(ctx, "read events", func() []rueidis.Completed {
+		return []rueidis.Completed{
+			s.client.B().Xrange().Key(k.stream).Start(start).End("+").Count(int64(limit)).Build(),
+			s.client.B().Get().Key(k.trim).Build(),
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	entries, err := res[0].AsXRange()
+	if err != nil {
+		return nil, translate(err, "read events")
+	}
+	trimmed, err := optUint(res[1])
+	if err != nil {
+		return nil, translate(err, "read the trim point")
+	}
+	if after < trimmed {
+		return nil, fftype.NewError(fftype.KindState, fftype.CodeCursorExpired,
+			"events of shard %d after %d are gone: the log was trimmed through %d", shard, after, trimmed)
+	}
+	out := make([]fftype.Event, 0, len(entries))
+	for _, e := range entries {
+		seqText, _, _ := strings.Cut(e.ID, "-")
+		seq, err := strconv.ParseUint(seqText, 10, 64)
+		raw, ok := e.FieldValues["e"]
+		ev := fftype.Event{Seq: seq, Shard: shard}
+		if err == nil && ok {
+			err = decodeEvent([]byte(raw), &ev)
+		}
+		if err != nil || !ok {
+			return nil, &fftype.Error{Kind: fftype.KindUnavailable, Code: fftype.CodeCorruption,
+				Message: fmt.Sprintf("ffvalkey: event %s of shard %d could not be decoded", e.ID, shard), Err: err}
+		}
+		out = append(out, ev)
+	}
+	return out, nil
+}
+
+// optUint reads an optional decimal reply; nil reads as 0.
+func optUint(r rueidis.RedisResult) (uint64, error) {
+	s, err := r.ToString()
+	if rueidis.IsRedisNil(err) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	return strconv.ParseUint(s, 10, 64)
+}
+
+// EventBounds returns the trim point of shard's log and the Seq of its last event, read
+// together (MGET). Argument errors are as for Update.
+func (s *Store) EventBounds(ctx context.Context, shard int) (trimmed, last uint64, err error) {
+	if err := s.enterShard(ctx, shard); err != nil {
+		return 0, 0, err
+	}
+	defer s.leave()
+	k := &s.keys[shard]
+	res, err := s.do(ctx, "read event bounds", true, func() rueidis.Completed {
+		return s.client.B().Mget().Key(k.trim, k.seq).Build()
+	})
+	if err != nil {
+		return 0, 0, err
+	}
+	arr, err := res.ToArray()
+	if err != nil || len(arr) != 2 {
+		return 0, 0, translate(errors.Join(err, errors.New("unexpected reply")), "read event bounds")
+	}
+	var out [2]uint64
+	for i := range arr {
+		if arr[i].IsNil() {
+			continue
+		}
+		txt, err := arr[i].ToString()
+		if err == nil {
+			out[i], err = strconv.ParseUint(txt, 10, 64)
+		}
+		if err != nil {
+			return 0, 0, translate(err, "read event bounds")
+		}
+	}
+	return out[0], out[1], nil
+}
+
+// TrimEvents deletes the events of shard up to Seq through (at most the last one) and
+// raises the shard's trim point, in one function call. Argument errors are as for Update.
+func (s *Store) TrimEvents(ctx context.Context, shard int, through uint64) error {
+	if err := s.enterShard(ctx, shard); err != nil {
+		return err
+	}
+	defer s.leave()
+	k := &s.keys[shard]
+	through = min(through, math.MaxInt64)
+	_, err := s.do(ctx, "trim events", false, func() rueidis.Completed {
+		return s.client.B().Fcall().Function(fnTrim).Numkeys(3).Key(k.seq, k.trim, k.stream).
+			Arg(strconv.FormatUint(through, 10)).Build()
+	})
+	return err
+}
+
+// Now returns the server's clock (TIME; on a Cluster, some node's).
+func (s *Store) Now(ctx context.Context) (time.Time, error) {
+	if err := s.enter(ctx); err != nil {
+		return time.Time{}, err
+	}
+	defer s.leave()
+	res, err := s.do(ctx, "read the server's clock", true, func() rueidis.Completed {
+		return s.client.B().Time().Build()
+	})
+	if err != nil {
+		return time.Time{}, err
+	}
+	parts, err := res.AsStrSlice()
+	if err != nil || len(parts) != 2 {
+		return time.Time{}, translate(errors.Join(err, errors.New("unexpected reply")), "read the server's clock")
+	}
+	sec, err1 := strconv.ParseInt(parts[0], 10, 64)
+	usec, err2 := strconv.ParseInt(parts[1], 10, 64)
+	if err1 != nil || err2 != nil {
+		return time.Time{}, translate(errors.Join(err1, err2), "read the server's clock")
+	}
+	return time.Unix(sec, usec*1000), nil
+}
+
+// Changes implements [ffstore.ChangeNotifier]. It wakes after every commit of this store
+// at once and, through one Pub/Sub subscription per store (every commit publishes on the
+// store's channel, <prefix>:changes), soon after commits of other processes. Pub/Sub is a
+// lossy doorbell: while the subscription is down wake-ups from other processes are
+// missed, and a wake-up is sent when it is back. The log itself is never lossy.
+func (s *Store) Changes(ctx context.Context) <-chan struct{} {
+	s.subOnce.Do(s.subscribe)
+	return s.changes.Changes(ctx)
+}
+
+// subscribe starts the goroutine that holds the subscription until Close.
+func (s *Store) subscribe() {
+	ctx, cancel := context.WithCancel(context.Background())
+	s.mu.Lock()
+	closed := s.closed
+	s.subCancel, s.subDone = cancel, make(chan struct{})
+	s.mu.Unlock()
+	if closed {
+		cancel()
+		close(s.subDone)
+		return
+	}
+	go func() {
+		defer close(s.subDone)
+		delay := retryFirst
+		for ctx.Err() == nil {
+			err := s.client.Receive(ctx, s.client.B().Subscribe().Channel(s.channel).Build(), func(rueidis.PubSubMessage) {
+				s.changes.Notify()
+			})
+			if ctx.Err() != nil || errors.Is(err, rueidis.ErrClosing) {
+				return
+			}
+			// Wake-ups may have been missed while the subscription was down.
+			s.changes.Notify()
+			s.log.Warn("ffvalkey: the change subscription ended; subscribing again", "err", err)
+			if !sleepCtx(ctx, delay) {
+				return
+			}
+			delay = min(2*delay, 5*time.Second)
+		}
+	}()
+}
+
+// Close waits for the calls in progress to finish, then closes the connections. Later
+// calls, Close included, return an unavailable error.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return errClosed()
+	}
+	s.closed = true
+	for s.inflight > 0 {
+		s.idle.Wait()
+	}
+	cancel, done := s.subCancel, s.subDone
+	s.mu.Unlock()
+	if cancel != nil {
+		cancel()
+		<-done
+	}
+	s.client.Close()
+	return nil
+}

@@ -1,0 +1,419 @@
+package testdb
+
+// Throw-away Redis servers. A test binary that needs Redis calls [SharedRedis] (one
+// standalone server per binary, without persistence), [SharedRedisCluster] (one 3-primary
+// Cluster per binary) or [NewRedis] (a server of its own, with the settings it gives, that
+// it may restart), and wraps its TestMain with [RedisMain] so the shared servers are
+// stopped and their data removed when the binary ends. Tests isolate themselves on a
+// shared server with [RedisPrefix]. A server that cannot be started fails the test; it
+// never skips it.
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/redis/rueidis"
+)
+
+// EnvRedisBin names a directory holding redis-server and redis-cli, overriding PATH.
+const EnvRedisBin = "FF_REDIS_BIN"
+
+// redisStartTimeout bounds the start of one server, and the forming of a Cluster.
+const redisStartTimeout = 60 * time.Second
+
+// RedisOptions configures a throw-away server.
+type RedisOptions struct {
+	// Args are extra redis-server arguments, for example
+	// []string{"--appendonly", "yes", "--appendfsync", "always"}. Without them the
+	// server keeps nothing on disk.
+	Args []string
+	// Cluster starts the server in cluster mode (it serves nothing until it is part of
+	// a Cluster with every slot assigned).
+	Cluster bool
+}
+
+// Redis is one redis-server process on a loopback port, with a data directory of its
+// own. Its methods are safe for concurrent use.
+type Redis struct {
+	Port int
+	Addr string // 127.0.0.1:Port
+	Dir  string
+
+	bin  string
+	opts RedisOptions
+
+	mu      sync.Mutex
+	cmd     *exec.Cmd
+	exited  chan struct{}
+	logMu   sync.Mutex
+	logTail []string
+}
+
+func redisBinary(name string) (string, error) {
+	if dir := os.Getenv(EnvRedisBin); dir != "" {
+		return filepath.Join(dir, name), nil
+	}
+	p, err := exec.LookPath(name)
+	if err != nil {
+		return "", fmt.Errorf("testdb: %s not found (install the redis-server package, as .ci/run does, or set %s): %w", name, EnvRedisBin, err)
+	}
+	return p, nil
+}
+
+// redisFreePort returns a loopback port that is free, and whose cluster bus port (the
+// port + 10000) is free too.
+func redisFreePort() (int, error) {
+	for range 50 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return 0, fmt.Errorf("testdb: find a free port: %w", err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		if port+10000 > 65535 {
+			_ = l.Close()
+			continue
+		}
+		bus, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port+10000))
+		_ = l.Close()
+		if err != nil {
+			continue
+		}
+		_ = bus.Close()
+		return port, nil
+	}
+	return 0, errors.New("testdb: no free port pair for redis-server")
+}
+
+// StartRedis starts a server on a free loopback port in a new temporary directory and
+// waits until it accepts connections. The caller stops it with [Redis.Remove].
+func StartRedis(opts RedisOptions) (*Redis, error) {
+	bin, err := redisBinary("redis-server")
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", "ff-redis-")
+	if err != nil {
+		return nil, fmt.Errorf("testdb: %w", err)
+	}
+	var lastErr error
+	for range 5 { // another process may take the port between the check and the start
+		port, err := redisFreePort()
+		if err != nil {
+			_ = os.RemoveAll(dir)
+			return nil, err
+		}
+		r := &Redis{Port: port, Addr: "127.0.0.1:" + strconv.Itoa(port), Dir: dir, bin: bin, opts: opts}
+		if lastErr = r.Start(); lastErr == nil {
+			return r, nil
+		}
+		if !strings.Contains(lastErr.Error(), "Address already in use") {
+			break
+		}
+	}
+	_ = os.RemoveAll(dir)
+	return nil, lastErr
+}
+
+// Start starts the server on its directory and port (again, after Stop) and waits until
+// it accepts connections, having loaded whatever its persistence kept. It fails if the
+// server is running.
+func (r *Redis) Start() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.cmd != nil {
+		return errors.New("testdb: the server is already running")
+	}
+	args := []string{
+		"--port", strconv.Itoa(r.Port), "--bind", "127.0.0.1", "--dir", r.Dir,
+		"--logfile", "", "--daemonize", "no", "--save", "", "--appendonly", "no",
+		"--protected-mode", "no", "--loglevel", "notice",
+	}
+	if r.opts.Cluster {
+		args = append(args, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+			"--cluster-node-timeout", "5000")
+	}
+	args = append(args, r.opts.Args...)
+	cmd := exec.Command(r.bin, args...)
+	cmd.Dir = r.Dir
+	// A test binary that dies must not leave its server running.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return fmt.Errorf("testdb: %w", err)
+	}
+	cmd.Stderr = cmd.Stdout
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("testdb: start redis-server: %w", err)
+	}
+	ready := make(chan struct{})
+	exited := make(chan struct{})
+	var readyOnce sync.Once
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			line := sc.Text()
+			r.logMu.Lock()
+			r.logTail = append(r.logTail, line)
+			if len(r.logTail) > 50 {
+				r.logTail = r.logTail[len(r.logTail)-50:]
+			}
+			r.logMu.Unlock()
+			if strings.Contains(line, "Ready to accept connections") {
+				readyOnce.Do(func() { close(ready) })
+			}
+		}
+		_ = cmd.Wait()
+		close(exited)
+	}()
+	select {
+	case <-ready:
+		r.cmd, r.exited = cmd, exited
+		return nil
+	case <-exited:
+		return fmt.Errorf("testdb: redis-server exited during start:\n%s", r.tail())
+	case <-time.After(redisStartTimeout):
+		_ = cmd.Process.Kill()
+		<-exited
+		return fmt.Errorf("testdb: redis-server did not start within %s:\n%s", redisStartTimeout, r.tail())
+	}
+}
+
+func (r *Redis) tail() string {
+	r.logMu.Lock()
+	defer r.logMu.Unlock()
+	return strings.Join(r.logTail, "\n")
+}
+
+// URL returns a redis:// URL of the server's database db.
+func (r *Redis) URL(db int) string { return fmt.Sprintf("redis://%s/%d", r.Addr, db) }
+
+// Shutdown asks the server to shut down as an operator would (SHUTDOWN, which flushes
+// the append-only file when there is one) and waits for it to exit, keeping its data.
+// Shutting down a stopped server does nothing.
+func (r *Redis) Shutdown() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.cmd == nil {
+		return nil
+	}
+	cli, err := redisBinary("redis-cli")
+	if err == nil {
+		// The server closes the connection as it exits, so the command reports an error.
+		_ = exec.Command(cli, "-h", "127.0.0.1", "-p", strconv.Itoa(r.Port), "shutdown").Run()
+	}
+	select {
+	case <-r.exited:
+	case <-time.After(redisStartTimeout):
+		_ = r.cmd.Process.Kill()
+		<-r.exited
+	}
+	r.cmd, r.exited = nil, nil
+	return nil
+}
+
+// Kill stops the server at once, as a crash would, keeping its data directory.
+func (r *Redis) Kill() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.cmd == nil {
+		return
+	}
+	_ = r.cmd.Process.Kill()
+	<-r.exited
+	r.cmd, r.exited = nil, nil
+}
+
+// Restart shuts the server down and starts it again on the same directory and port.
+func (r *Redis) Restart() error {
+	if err := r.Shutdown(); err != nil {
+		return err
+	}
+	return r.Start()
+}
+
+// Remove stops the server and deletes its directory.
+func (r *Redis) Remove() error {
+	r.Kill()
+	return os.RemoveAll(r.Dir)
+}
+
+// NewRedis starts a server for t alone (see [StartRedis]) and removes it when t ends. It
+// fails t if the server cannot be started.
+func NewRedis(t testing.TB, opts RedisOptions) *Redis {
+	t.Helper()
+	r, err := StartRedis(opts)
+	if err != nil {
+		t.Fatalf("the throw-away Redis server cannot be started: %v", err)
+	}
+	t.Cleanup(func() { _ = r.Remove() })
+	return r
+}
+
+// RedisCluster is a Cluster of throw-away servers, every one a primary.
+type RedisCluster struct {
+	Nodes []*Redis
+}
+
+// URL returns a redis+cluster:// URL listing every node as a seed.
+func (c *RedisCluster) URL() string {
+	addrs := make([]string, len(c.Nodes))
+	for i, n := range c.Nodes {
+		addrs[i] = n.Addr
+	}
+	return "redis+cluster://" + strings.Join(addrs, ",")
+}
+
+// Remove stops every node and deletes their directories.
+func (c *RedisCluster) Remove() error {
+	var errs []error
+	for _, n := range c.Nodes {
+		errs = append(errs, n.Remove())
+	}
+	return errors.Join(errs...)
+}
+
+// StartRedisCluster starts n servers in cluster mode, joins them into a Cluster of n
+// primaries and no replicas with redis-cli --cluster create (which splits the slots
+// evenly), and waits until every node reports cluster_state:ok and knows every slot.
+func StartRedisCluster(n int) (*RedisCluster, error) {
+	cli, err := redisBinary("redis-cli")
+	if err != nil {
+		return nil, err
+	}
+	c := &RedisCluster{}
+	for range n {
+		node, err := StartRedis(RedisOptions{Cluster: true})
+		if err != nil {
+			_ = c.Remove()
+			return nil, err
+		}
+		c.Nodes = append(c.Nodes, node)
+	}
+	args := []string{"--cluster", "create"}
+	for _, node := range c.Nodes {
+		args = append(args, node.Addr)
+	}
+	args = append(args, "--cluster-replicas", "0", "--cluster-yes")
+	ctx, cancel := context.WithTimeout(context.Background(), redisStartTimeout)
+	defer cancel()
+	if out, err := exec.CommandContext(ctx, cli, args...).CombinedOutput(); err != nil {
+		_ = c.Remove()
+		return nil, fmt.Errorf("testdb: redis-cli --cluster create: %w\n%s", err, out)
+	}
+	if err := c.waitReady(ctx); err != nil {
+		_ = c.Remove()
+		return nil, err
+	}
+	return c, nil
+}
+
+// waitReady polls every node until it reports cluster_state:ok and maps all slots.
+func (c *RedisCluster) waitReady(ctx context.Context) error {
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	var last string
+	for {
+		ok := true
+		for _, node := range c.Nodes {
+			state, err := redisClusterState(ctx, node.Addr)
+			if err != nil || !strings.Contains(state, "cluster_state:ok") || !strings.Contains(state, "cluster_slots_ok:16384") {
+				ok, last = false, fmt.Sprintf("%s: %v %s", node.Addr, err, state)
+				break
+			}
+		}
+		if ok {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("testdb: the Cluster did not become ready: %s", last)
+		case <-tick.C:
+		}
+	}
+}
+
+func redisClusterState(ctx context.Context, addr string) (string, error) {
+	client, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{addr}, ForceSingleClient: true, DisableCache: true})
+	if err != nil {
+		return "", err
+	}
+	defer client.Close()
+	return client.Do(ctx, client.B().ClusterInfo().Build()).ToString()
+}
+
+// redisShared holds the servers of SharedRedis and SharedRedisCluster.
+var redisShared struct { //nolint:gochecknoglobals // one server and one Cluster per test binary, by design
+	once        sync.Once
+	server      *Redis
+	err         error
+	clusterOnce sync.Once
+	cluster     *RedisCluster
+	clusterErr  error
+}
+
+// SharedRedis returns the test binary's shared standalone server, started on first use
+// without persistence. It fails t if the server cannot be started. Tests isolate
+// themselves with [RedisPrefix] (or a database of their own); they must not stop it.
+func SharedRedis(t testing.TB) *Redis {
+	t.Helper()
+	redisShared.once.Do(func() { redisShared.server, redisShared.err = StartRedis(RedisOptions{}) })
+	if redisShared.err != nil {
+		t.Fatalf("the throw-away Redis server cannot be started: %v", redisShared.err)
+	}
+	return redisShared.server
+}
+
+// SharedRedisCluster returns the test binary's shared Cluster of three primaries, started
+// on first use. It fails t if the Cluster cannot be started.
+func SharedRedisCluster(t testing.TB) *RedisCluster {
+	t.Helper()
+	redisShared.clusterOnce.Do(func() { redisShared.cluster, redisShared.clusterErr = StartRedisCluster(3) })
+	if redisShared.clusterErr != nil {
+		t.Fatalf("the throw-away Redis Cluster cannot be started: %v", redisShared.clusterErr)
+	}
+	return redisShared.cluster
+}
+
+// RedisPrefix returns a fresh key prefix, so that every test, and every parallel subtest,
+// gets state of its own on a shared server.
+func RedisPrefix(t testing.TB) string {
+	t.Helper()
+	return fmt.Sprintf("t%d-%d", os.Getpid(), redisNames.Add(1))
+}
+
+var redisNames atomic.Int64 //nolint:gochecknoglobals // unique prefixes within the process
+
+// RedisMain runs the tests of m, then stops the shared Redis server and Cluster (those
+// that were started) and deletes their data, and returns the exit code for os.Exit.
+func RedisMain(m *testing.M) int {
+	code := m.Run()
+	RedisStopShared()
+	return code
+}
+
+// RedisStopShared stops the shared server and Cluster, if they were started.
+func RedisStopShared() {
+	if redisShared.server != nil {
+		if err := redisShared.server.Remove(); err != nil {
+			fmt.Fprintln(os.Stderr, "testdb: removing the shared Redis server:", err)
+		}
+	}
+	if redisShared.cluster != nil {
+		if err := redisShared.cluster.Remove(); err != nil {
+			fmt.Fprintln(os.Stderr, "testdb: removing the shared Redis Cluster:", err)
+		}
+	}
+}
