@@ -77,7 +77,7 @@ func decodeEvent(b []byte, ev *fftype.Event) error {
 		if l == 0 {
 			continue
 		}
-		strs[i] = b[:l-1:l-1]
+		strs[i] = b[: l-1 : l-1]
 		b = b[l-1:]
 	}
 	if len(b) != 0 {

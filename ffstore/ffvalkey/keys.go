@@ -123,11 +123,11 @@ func newShardKeys(prefix string, s, n int) shardKeys {
 }
 
 func (k *shardKeys) record(key string) string  { return k.base + "r:" + key }
-func (k *shardKeys) queue(name string) string   { return k.base + "q:" + name }
-func (k *shardKeys) scores(name string) string  { return k.base + "qs:" + name }
-func (k *shardKeys) marks(name string) string   { return k.base + "qm:" + name }
-func metaKey(prefix string) string              { return prefix + ":meta" }
-func changesChannel(prefix string) string       { return prefix + ":changes" }
+func (k *shardKeys) queue(name string) string  { return k.base + "q:" + name }
+func (k *shardKeys) scores(name string) string { return k.base + "qs:" + name }
+func (k *shardKeys) marks(name string) string  { return k.base + "qm:" + name }
+func metaKey(prefix string) string             { return prefix + ":meta" }
+func changesChannel(prefix string) string      { return prefix + ":changes" }
 func (k *shardKeys) queueKeys(name string) [3]string {
 	return [3]string{k.queue(name), k.scores(name), k.marks(name)}
 }
