@@ -158,7 +158,7 @@ func TestBenchRefusesAnExistingFile(t *testing.T) {
 func TestBenchRefusesBadArguments(t *testing.T) {
 	t.Parallel()
 	for _, args := range [][]string{
-		{"-store", "postgres://localhost/x"},
+		{"-store", "nosuch://x"},
 		{"-store", "mem", "-sync", "full"},
 		{"-store", "sqlite:///tmp/x.db", "-sync", "off"},
 		{"-n", "0"},
