@@ -1,0 +1,22 @@
+package flowfabric
+
+import "time"
+
+// WorkerSignals are a worker's test hooks.
+type WorkerSignals = workerSignals
+
+// EnableSignals turns on w's test hooks and returns them. Call it before the worker claims.
+func EnableSignals(w *Worker) *WorkerSignals {
+	s := &workerSignals{
+		Renewed:   make(chan ExecutionID, 1000),
+		Heartbeat: make(chan ExecutionID, 1000),
+		Settled:   make(chan ExecutionID, 1000),
+		Claimed:   make(chan ExecutionID, 1000),
+		Idle:      make(chan ExecutionID, 1000),
+	}
+	w.signals.Store(s)
+	return s
+}
+
+// SetIdleBackoff sets the first idle wait of w's Run. Call it before Run.
+func SetIdleBackoff(w *Worker, d time.Duration) { w.idleBackoff = d }

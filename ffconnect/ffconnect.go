@@ -1,0 +1,96 @@
+// Package ffconnect opens stores by URL and workers on them. It is the one place outside
+// the command line that maps a URL scheme to a store constructor, kept apart so that the
+// root package imports no store.
+//
+// Schemes today:
+//
+//	sqlite:///abs/path/ff.db?synchronous=normal   the embedded SQLite store (see ffsqlite.ParseURL)
+//	sqlite:rel/path/ff.db
+//	mem:                                          a fresh in-memory store (mem:// too)
+//
+// postgres:// and redis:// join as their stores land: one case each in [Open].
+package ffconnect
+
+import (
+	"context"
+	"strings"
+
+	"github.com/flowfabric/flowfabric"
+	"github.com/flowfabric/flowfabric/ffstore"
+	"github.com/flowfabric/flowfabric/ffstore/ffmem"
+	"github.com/flowfabric/flowfabric/ffstore/ffsqlite"
+	"github.com/flowfabric/flowfabric/fftype"
+)
+
+// Open opens the store rawURL names. The caller owns it and closes it. An unknown scheme or
+// a malformed URL is a validation error coded invalid_input.
+func Open(ctx context.Context, rawURL string) (ffstore.Store, error) {
+	scheme, _, ok := strings.Cut(rawURL, ":")
+	if !ok || scheme == "" {
+		return nil, fftype.Validationf(fftype.CodeInvalidInput, "store URL %q has no scheme (want sqlite: or mem:)", rawURL)
+	}
+	switch strings.ToLower(scheme) {
+	case "sqlite":
+		return ffsqlite.OpenURL(ctx, rawURL)
+	case "mem":
+		if rest := strings.TrimPrefix(strings.TrimPrefix(rawURL[len(scheme)+1:], "//"), "/"); rest != "" {
+			return nil, fftype.Validationf(fftype.CodeInvalidInput, "store URL %q: mem: takes no path or parameters", rawURL)
+		}
+		return ffmem.New(nil), nil
+	default:
+		return nil, fftype.Validationf(fftype.CodeInvalidInput, "store URL scheme %q is not supported (want sqlite: or mem:)", scheme)
+	}
+}
+
+// Connect opens a worker on the store cfg.Store names: it validates cfg (a
+// *flowfabric.ConfigError names the field; a config without Store is refused before
+// anything is opened), opens the store and a client on it with clientCfg (nil for the
+// defaults), starts the client's timers, subscribes a completion feed when the store can
+// push changes (completed, failed, cancelled and expired events of the worker's namespace
+// from now on; read it or leave it, an unread feed waits once its buffer is full) and opens
+// the worker, which registers its instance (refused while another live process holds the
+// instance id). The worker owns all of it: its Close stops the client and closes the feed
+// and the store.
+func Connect(ctx context.Context, cfg *flowfabric.WorkerConfig, clientCfg *flowfabric.Config) (*flowfabric.Worker, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Store == "" {
+		return nil, &flowfabric.ConfigError{Field: "store", Message: "Connect needs the URL of a store; use flowfabric.NewWorker for a client you built"}
+	}
+	store, err := Open(ctx, cfg.Store)
+	if err != nil {
+		return nil, &flowfabric.ConfigError{Field: "store", Message: err.Error(), Err: err}
+	}
+	client, err := flowfabric.NewClient(store, clientCfg)
+	if err != nil {
+		_ = store.Close()
+		return nil, err
+	}
+	client.Start(context.WithoutCancel(ctx))
+	var feed *flowfabric.Subscription
+	if _, ok := store.(ffstore.ChangeNotifier); ok {
+		ns := cfg.Namespace
+		if ns == "" {
+			ns = fftype.DefaultNamespace
+		}
+		feed, err = client.Subscribe(context.WithoutCancel(ctx), flowfabric.EventFilter{Namespace: ns,
+			Types: []flowfabric.EventType{fftype.EventCompleted, fftype.EventFailed, fftype.EventCancelled, fftype.EventExpired}},
+			flowfabric.CursorEnd)
+		if err != nil {
+			client.Stop()
+			_ = store.Close()
+			return nil, err
+		}
+	}
+	w, err := flowfabric.NewWorker(ctx, client, cfg, &flowfabric.WorkerOpts{Completions: feed, OwnClient: true})
+	if err != nil {
+		if feed != nil {
+			feed.Close()
+		}
+		client.Stop()
+		_ = store.Close()
+		return nil, err
+	}
+	return w, nil
+}

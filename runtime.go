@@ -1,0 +1,452 @@
+package flowfabric
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"strings"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/flowfabric/flowfabric/fftype"
+)
+
+// HandlerFunc runs a claimed task whose payload is not decoded yet: the form every handler
+// takes inside the worker, and the one [Middleware] wraps.
+type HandlerFunc func(ctx context.Context, t *ClaimedTask) error
+
+// Middleware wraps every handler of a worker, for logging, metrics, tracing or recovery of
+// its own. It sees the task before its payload is decoded.
+type Middleware func(next HandlerFunc) HandlerFunc
+
+// Handle registers fn as the handler of executions of kind on w. The payload is decoded
+// from JSON into T before fn runs (a payload that does not decode fails the execution at
+// once, category "payload_decode"). What fn returns decides what happens to the execution:
+//
+//   - nil: it completes (unless fn already finished the task itself, for example with
+//     Complete and a result);
+//   - [NoRetry](err): it fails for good;
+//   - [Snooze](d): the attempt pauses and the execution is eligible again after d;
+//   - [Cancel](err): it is cancelled;
+//   - any other error: the attempt fails (category "handler_error") and is retried per the
+//     execution's policy;
+//   - a panic: the attempt fails (category "handler_panic") with the panic value and stack.
+//
+// An error returned after the worker stopped (the task's context was cancelled with
+// [ErrWorkerStopped]) releases the execution instead, so another worker continues it at
+// once. Handle panics if kind is not a valid kind or already has a handler; see
+// [HandleSafely]. Handlers may be added while the worker runs.
+func Handle[T any](w *Worker, kind string, fn func(ctx context.Context, t *Task[T]) error) {
+	if err := HandleSafely(w, kind, fn); err != nil {
+		panic(err)
+	}
+}
+
+// HandleSafely is [Handle] returning a *[ConfigError] instead of panicking.
+func HandleSafely[T any](w *Worker, kind string, fn func(ctx context.Context, t *Task[T]) error) error {
+	if fn == nil {
+		return &ConfigError{Field: "handler", Message: "the handler is nil"}
+	}
+	if err := fftype.ValidateKind(kind); err != nil {
+		return configErr("kind", err)
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if _, ok := w.handlers[kind]; ok {
+		return &ConfigError{Field: "kind", Message: fmt.Sprintf("kind %q already has a handler", kind)}
+	}
+	w.handlers[kind] = func(ctx context.Context, ct *ClaimedTask) error {
+		t, err := decodeTask[T](ct)
+		if err != nil {
+			return &decodeError{err: err}
+		}
+		return fn(ctx, t)
+	}
+	return nil
+}
+
+// Use adds middleware around every handler of w. The first added is the outermost.
+func (w *Worker) Use(mw ...Middleware) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.middleware = append(w.middleware, mw...)
+}
+
+// NoRetryError is returned by [NoRetry]: the execution fails for good.
+type NoRetryError struct{ Err error }
+
+// NoRetry marks err as final: a handler returning it fails the execution without a retry.
+func NoRetry(err error) error { return &NoRetryError{Err: err} }
+
+// Error implements error.
+func (e *NoRetryError) Error() string { return "no retry: " + errText(e.Err) }
+
+// Unwrap returns the cause.
+func (e *NoRetryError) Unwrap() error { return e.Err }
+
+// Is matches any *NoRetryError.
+func (e *NoRetryError) Is(target error) bool { _, ok := target.(*NoRetryError); return ok }
+
+// SnoozeError is returned by [Snooze]: the attempt pauses for Duration.
+type SnoozeError struct{ Duration time.Duration }
+
+// Snooze asks for the task to run again after d: the attempt pauses (its lease is given
+// back), the execution is delayed until then, and its next claim continues the same
+// attempt, counting no retry. Snooze panics if d is negative.
+func Snooze(d time.Duration) error {
+	if d < 0 {
+		panic("flowfabric: Snooze with a negative duration")
+	}
+	return &SnoozeError{Duration: d}
+}
+
+// Error implements error.
+func (e *SnoozeError) Error() string { return "snoozed for " + e.Duration.String() }
+
+// Is matches any *SnoozeError.
+func (e *SnoozeError) Is(target error) bool { _, ok := target.(*SnoozeError); return ok }
+
+// CancelError is returned by [Cancel]: the execution is cancelled.
+type CancelError struct{ Err error }
+
+// Cancel asks for the execution to be cancelled, with err as the reason.
+func Cancel(err error) error { return &CancelError{Err: err} }
+
+// Error implements error.
+func (e *CancelError) Error() string { return "cancelled: " + errText(e.Err) }
+
+// Unwrap returns the cause.
+func (e *CancelError) Unwrap() error { return e.Err }
+
+// Is matches any *CancelError.
+func (e *CancelError) Is(target error) bool { _, ok := target.(*CancelError); return ok }
+
+func errText(err error) string {
+	if err == nil {
+		return "<nil>"
+	}
+	return err.Error()
+}
+
+// decodeError is a payload that did not decode into the handler's type.
+type decodeError struct{ err error }
+
+func (e *decodeError) Error() string { return "decoding the payload: " + e.err.Error() }
+func (e *decodeError) Unwrap() error { return e.err }
+
+// noHandlerError is a task of a kind with no handler.
+type noHandlerError struct{ kind string }
+
+func (e *noHandlerError) Error() string { return "no handler for kind " + e.kind }
+
+// Failure categories the runtime reports.
+const (
+	CategoryHandlerError = "handler_error"
+	CategoryHandlerPanic = "handler_panic"
+	CategoryNoHandler    = "runtime_no_handler"
+	CategoryDecode       = "payload_decode"
+)
+
+// runState is one Run of a worker.
+type runState struct {
+	fetchCtx    context.Context // claiming; cancelled by every kind of stop
+	fetchCancel context.CancelCauseFunc
+	workCtx     context.Context // the parent of handlers' contexts
+	workCancel  context.CancelCauseFunc
+	stopAfter   func() bool // unhooks workCtx from the worker's life
+	wg          sync.WaitGroup
+	done        chan struct{} // closed when Run returns
+
+	mu  sync.Mutex
+	err error // why Run failed
+}
+
+func (rs *runState) setErr(err error) {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	if rs.err == nil {
+		rs.err = err
+	}
+}
+
+// Run claims executions of the worker's lanes and runs them with the registered handlers,
+// at most MaxConcurrentTasks at a time, until ctx ends or [Worker.Stop] or
+// [Worker.StopAndCancel] is called. A fetch asks only for free slots. When nothing is
+// eligible it waits, doubling the wait from 50ms up to ClaimPollInterval, and is woken at
+// once by new work in its lanes. Run returns when claiming has stopped and every handler
+// has returned and its finishing call landed: nil after a stop, or the error that stopped
+// it (another process took the instance id). The end of ctx is a hard stop: running
+// handlers' contexts are cancelled and their executions released. Run needs at least one
+// handler and runs once at a time.
+func (w *Worker) Run(ctx context.Context) error {
+	w.mu.Lock()
+	switch {
+	case w.closed:
+		w.mu.Unlock()
+		return fftype.Statef(CodeWorkerClosed, "the worker was closed")
+	case w.guardErr != nil:
+		w.mu.Unlock()
+		return w.guardErr
+	case w.run != nil:
+		w.mu.Unlock()
+		return fftype.Statef(codeWorkerRunning, "the worker is already running")
+	case len(w.handlers) == 0:
+		w.mu.Unlock()
+		return &ConfigError{Field: "handlers", Message: "no handler is registered; add one with Handle"}
+	}
+	rs := &runState{done: make(chan struct{})}
+	rs.fetchCtx, rs.fetchCancel = context.WithCancelCause(ctx)
+	rs.workCtx, rs.workCancel = context.WithCancelCause(context.WithoutCancel(ctx))
+	rs.stopAfter = context.AfterFunc(w.life, func() { rs.workCancel(ErrWorkerStopped) })
+	w.run = rs
+	w.mu.Unlock()
+	defer func() {
+		rs.stopAfter()
+		rs.fetchCancel(ErrWorkerStopped)
+		rs.workCancel(ErrWorkerStopped)
+		w.mu.Lock()
+		w.run = nil
+		w.mu.Unlock()
+		close(rs.done)
+	}()
+
+	w.fetch(rs)
+	if ctx.Err() != nil {
+		rs.workCancel(ErrWorkerStopped) // the end of Run's context is a hard stop
+	}
+	rs.wg.Wait()
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	return rs.err
+}
+
+// fetch is the claim loop of a Run.
+func (w *Worker) fetch(rs *runState) {
+	initial := min(minIdleBackoff, w.cfg.ClaimPollInterval)
+	if w.idleBackoff > 0 {
+		initial = w.idleBackoff
+	}
+	backoff := initial
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for rs.fetchCtx.Err() == nil {
+		n := w.tryAcquire(min(cap(w.slots)-len(w.slots), fftype.MaxClaimCount))
+		if n == 0 {
+			select {
+			case <-rs.fetchCtx.Done():
+				return
+			case <-w.freed:
+			}
+			continue
+		}
+		leases, err := w.client.Claim(rs.fetchCtx, w.claimParams(n))
+		w.releaseSlots(n - len(leases))
+		if err != nil && rs.fetchCtx.Err() == nil {
+			w.log.Warn("claim failed", "err", err)
+		}
+		for _, l := range leases {
+			t, err := w.adopt(l, rs)
+			if err != nil {
+				continue
+			}
+			if s := w.signals.Load(); s != nil {
+				s.send(s.Claimed, l.ExecutionID)
+			}
+			rs.wg.Go(func() { w.execute(t) })
+		}
+		if err == nil && len(leases) == n {
+			backoff = initial
+			continue // every slot asked for was filled: there may be more
+		}
+		if len(leases) > 0 {
+			backoff = initial
+		}
+		if s := w.signals.Load(); s != nil {
+			s.send(s.Idle, "")
+		}
+		timer.Reset(backoff)
+		select {
+		case <-rs.fetchCtx.Done():
+			return
+		case <-w.wake:
+		case <-timer.C:
+		}
+		if !timer.Stop() {
+			select {
+			case <-timer.C:
+			default:
+			}
+		}
+		backoff = max(min(2*backoff, w.cfg.ClaimPollInterval), initial)
+	}
+}
+
+// handlerFor returns the middleware-wrapped handler of kind.
+func (w *Worker) handlerFor(kind string) HandlerFunc {
+	w.mu.Lock()
+	h, ok := w.handlers[kind]
+	mw := w.middleware
+	w.mu.Unlock()
+	if !ok {
+		h = func(context.Context, *ClaimedTask) error { return &noHandlerError{kind: kind} }
+	}
+	for i := len(mw) - 1; i >= 0; i-- {
+		h = mw[i](h)
+	}
+	return h
+}
+
+// execute runs one task's handler and settles the task.
+func (w *Worker) execute(t *ClaimedTask) {
+	h := w.handlerFor(t.lease.Kind)
+	panicText, err := callHandler(h, t)
+	w.settle(t, err, panicText)
+	if s := w.signals.Load(); s != nil {
+		s.send(s.Settled, t.lease.ExecutionID)
+	}
+}
+
+// callHandler runs h, turning a panic into its value and stack.
+func callHandler(h HandlerFunc, t *ClaimedTask) (panicText string, err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			panicText = fmt.Sprintf("panic: %v\n%s", v, panicStack(debug.Stack()))
+		}
+	}()
+	return "", h(t.ctx, t)
+}
+
+// panicStack drops the frames of the stack above the panicking function (the goroutine
+// header, debug.Stack, the deferred recover and the runtime's panic).
+func panicStack(stack []byte) string {
+	s := string(stack)
+	if i := strings.Index(s, "\npanic("); i >= 0 {
+		rest := s[i+1:]
+		// Skip "panic(...)" and its "\t.../runtime/panic.go:N" line.
+		for range 2 {
+			if j := strings.IndexByte(rest, '\n'); j >= 0 {
+				rest = rest[j+1:]
+			}
+		}
+		return rest
+	}
+	return s
+}
+
+// settle makes the call the handler's outcome asks for, unless the task already finished.
+// A call refused for a passing reason (the store unavailable, a conflict) is retried a few
+// times; if it still does not land, the task is given up and its lease left to expire, so
+// the execution is reclaimed.
+func (w *Worker) settle(t *ClaimedTask, err error, panicText string) {
+	if t.Finished() {
+		return
+	}
+	var (
+		snooze    *SnoozeError
+		cancelled *CancelError
+		noRetry   *NoRetryError
+		decode    *decodeError
+		noHandler *noHandlerError
+	)
+	stopping := errors.Is(context.Cause(t.ctx), ErrWorkerStopped)
+	var call func(ctx context.Context) error
+	fail := func(reason, category string, final bool) {
+		call = func(ctx context.Context) error {
+			_, err := t.Fail(ctx, FailParams{Reason: clip(reason, fftype.MaxReasonBytes), Category: category, NoRetry: final})
+			return err
+		}
+	}
+	switch {
+	case panicText != "":
+		fail(panicText, CategoryHandlerPanic, false)
+	case err == nil:
+		call = func(ctx context.Context) error { return t.Complete(ctx, nil) }
+	case stopping:
+		call = t.Release
+	case errors.As(err, &snooze):
+		call = func(ctx context.Context) error { return t.Delay(ctx, snooze.Duration) }
+	case errors.As(err, &cancelled):
+		call = func(ctx context.Context) error { return t.Cancel(ctx, clip(errText(cancelled.Err), fftype.MaxReasonBytes)) }
+	case errors.As(err, &decode):
+		fail(err.Error(), CategoryDecode, true)
+	case errors.As(err, &noHandler):
+		fail(err.Error(), CategoryNoHandler, false)
+	case errors.As(err, &noRetry):
+		fail(errText(noRetry.Err), CategoryHandlerError, true)
+	default:
+		fail(err.Error(), CategoryHandlerError, false)
+	}
+	ctx, cancel := cleanupContext(w.life)
+	defer cancel()
+	backoff := 10 * time.Millisecond
+	for try := 0; ; try++ {
+		cerr := call(ctx)
+		if t.Finished() {
+			if cerr != nil {
+				w.log.Debug("the task's lease was gone when it finished", "execution_id", t.lease.ExecutionID, "err", cerr)
+			}
+			return
+		}
+		if try == 4 || !fftype.IsRetryable(cerr) {
+			w.log.Error("could not report a task's outcome; its lease will expire and the execution be reclaimed",
+				"execution_id", t.lease.ExecutionID, "err", cerr)
+			t.detach()
+			return
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(backoff):
+		}
+		backoff *= 4
+	}
+}
+
+// clip shortens s to at most n bytes on a character boundary.
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	s = s[:n]
+	for len(s) > 0 && !utf8.ValidString(s) {
+		s = s[:len(s)-1]
+	}
+	return s
+}
+
+// Stop stops claiming and waits until every running handler has returned and its
+// finishing call landed. If ctx ends first, it escalates: the handlers' contexts are
+// cancelled (cause [ErrWorkerStopped]), the leases of tasks still running are released so
+// that other workers take them at once, and it returns ctx.Err() without waiting for the
+// handlers. Stop on a worker that is not running does nothing; it may be called again.
+func (w *Worker) Stop(ctx context.Context) error { return w.stop(ctx, false) }
+
+// StopAndCancel is [Worker.Stop] that cancels the running handlers' contexts at once:
+// their executions are released when they return.
+func (w *Worker) StopAndCancel(ctx context.Context) error { return w.stop(ctx, true) }
+
+func (w *Worker) stop(ctx context.Context, cancel bool) error {
+	w.mu.Lock()
+	rs := w.run
+	w.mu.Unlock()
+	if rs == nil {
+		return nil
+	}
+	rs.fetchCancel(ErrWorkerStopped)
+	if cancel {
+		rs.workCancel(ErrWorkerStopped)
+	}
+	select {
+	case <-rs.done:
+		return nil
+	case <-ctx.Done():
+	}
+	rs.workCancel(ErrWorkerStopped)
+	cctx, cc := cleanupContext(ctx)
+	defer cc()
+	if err := w.releaseAll(cctx, func(t *ClaimedTask) bool { return t.rs == rs }); err != nil {
+		w.log.Warn("releasing the leases of stopped handlers failed", "err", err)
+	}
+	return ctx.Err()
+}

@@ -1,0 +1,268 @@
+package flowfabric
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/flowfabric/flowfabric/fftype"
+)
+
+// ClaimedTask is an execution a [Worker] claimed: what it needs to run it, and the calls
+// that report on it under the lease's fence. It holds one of the worker's
+// MaxConcurrentTasks slots until a finishing call — Complete, Fail, Cancel, Delay or
+// Release — lands, and its lease is renewed every third of its TTL meanwhile. A call
+// "lands" when the engine accepted it or refused it because the lease is gone (a state or
+// not-found error); a call refused for bad input or a store outage leaves the task held so
+// it can be retried. Go has no destructor: a task claimed by hand must end with one of the
+// finishing calls (Release gives the work back), or its lease lives until the worker
+// closes. It is safe for concurrent use.
+type ClaimedTask struct {
+	w     *Worker
+	lease Lease
+	rs    *runState // the Run that claimed it; nil when claimed by hand
+
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+
+	renewCtx  context.Context // until the task finishes, loses its lease, or the worker closes
+	stopRenew context.CancelFunc
+
+	done     chan struct{} // closed when a finishing call landed
+	doneOnce sync.Once
+
+	failures atomic.Int32 // consecutive failed renewals
+	lost     atomic.Bool
+}
+
+func newClaimedTask(w *Worker, l *Lease, parent context.Context, rs *runState) *ClaimedTask {
+	t := &ClaimedTask{w: w, lease: *l, rs: rs, done: make(chan struct{})}
+	t.lease.Tags = maps.Clone(l.Tags)
+	t.ctx, t.cancel = context.WithCancelCause(parent)
+	t.renewCtx, t.stopRenew = context.WithCancel(w.life)
+	return t
+}
+
+// Task is a claimed execution whose payload was decoded into Args, as handlers registered
+// with [Handle] receive it. Args is decoded from JSON, except that a []byte or
+// json.RawMessage Args receives the payload's bytes as they are (binary payloads too).
+type Task[T any] struct {
+	*ClaimedTask
+	// Args is the decoded payload; the zero value when the payload is empty.
+	Args T
+}
+
+// decodeTask decodes t's payload into a Task[T].
+func decodeTask[T any](t *ClaimedTask) (*Task[T], error) {
+	task := &Task[T]{ClaimedTask: t}
+	p := t.lease.Payload
+	if len(p) == 0 {
+		return task, nil
+	}
+	switch a := any(&task.Args).(type) {
+	case *[]byte:
+		*a = bytes.Clone(p)
+	case *json.RawMessage:
+		*a = bytes.Clone(p)
+	default:
+		if t.lease.Encoding == EncodingBinary {
+			return nil, fmt.Errorf("the payload is binary; a handler for it takes []byte")
+		}
+		if err := json.Unmarshal(p, &task.Args); err != nil {
+			return nil, err
+		}
+	}
+	return task, nil
+}
+
+// Context returns the task's context. It is cancelled when the execution is cancelled
+// (cause [ErrExecutionCancelled]), its lease is lost ([ErrLeaseLost]), the worker stops
+// ([ErrWorkerStopped]) or a finishing call landed ([ErrTaskFinished]); context.Cause says
+// which. Handlers receive it as their ctx.
+func (t *ClaimedTask) Context() context.Context { return t.ctx }
+
+// ExecutionID returns the execution's id.
+func (t *ClaimedTask) ExecutionID() ExecutionID { return t.lease.ExecutionID }
+
+// Namespace returns the execution's namespace.
+func (t *ClaimedTask) Namespace() string { return t.lease.Namespace }
+
+// Lane returns the lane the execution was claimed from.
+func (t *ClaimedTask) Lane() string { return t.lease.Lane }
+
+// Kind returns the execution's kind.
+func (t *ClaimedTask) Kind() string { return t.lease.Kind }
+
+// Tags returns a copy of the execution's tags.
+func (t *ClaimedTask) Tags() map[string]string { return maps.Clone(t.lease.Tags) }
+
+// Payload returns the execution's input as stored.
+func (t *ClaimedTask) Payload() []byte { return t.lease.Payload }
+
+// Encoding returns how the payload is encoded.
+func (t *ClaimedTask) Encoding() PayloadEncoding { return t.lease.Encoding }
+
+// Attempt returns the index of the running attempt, from 0.
+func (t *ClaimedTask) Attempt() int { return t.lease.AttemptIndex }
+
+// AttemptType says why the attempt started: initial, retry, replay or reclaim.
+func (t *ClaimedTask) AttemptType() fftype.AttemptType { return t.lease.AttemptType }
+
+// Resumed reports whether the task continues an attempt paused by a delay or a release.
+func (t *ClaimedTask) Resumed() bool { return t.lease.Resumed }
+
+// Fence returns the lease's fence, which every call on the task presents.
+func (t *ClaimedTask) Fence() Fence { return t.lease.Fence }
+
+// Lease returns a copy of the lease as claimed (its expiry is not updated by renewals).
+func (t *ClaimedTask) Lease() Lease {
+	l := t.lease
+	l.Tags = maps.Clone(l.Tags)
+	return l
+}
+
+// Finished reports whether a finishing call landed (or the runtime gave the task up).
+func (t *ClaimedTask) Finished() bool {
+	select {
+	case <-t.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// LeaseHealthy reports whether the lease is believed held: it was not lost and fewer than
+// three renewals in a row failed.
+func (t *ClaimedTask) LeaseHealthy() bool { return !t.lost.Load() && t.failures.Load() < 3 }
+
+// ConsecutiveRenewalFailures returns how many renewals in a row failed.
+func (t *ClaimedTask) ConsecutiveRenewalFailures() int { return int(t.failures.Load()) }
+
+// lands reports whether a call's result ends the task: it was accepted, or refused because
+// the execution is no longer this lease's to act on.
+func lands(err error) bool {
+	var fe *fftype.Error
+	return err == nil || errors.As(err, &fe) && (fe.Kind == fftype.KindState || fe.Kind == fftype.KindNotFound)
+}
+
+// leaseGone reports whether a renewal's error means the lease is gone for good.
+func leaseGone(err error) bool { return err != nil && lands(err) }
+
+// finish runs a finishing call and ends the task if it landed.
+func (t *ClaimedTask) finish(err error) error {
+	if lands(err) {
+		t.detach()
+	}
+	return err
+}
+
+// detach ends the task on the worker's side: renewal stops, the context is cancelled, the
+// slot is freed. The lease is whatever the last call left.
+func (t *ClaimedTask) detach() {
+	t.doneOnce.Do(func() {
+		close(t.done)
+		t.stopRenew()
+		t.cancel(ErrTaskFinished)
+		t.w.unregister(t)
+		t.w.releaseSlots(1)
+	})
+}
+
+// lose cancels the task because its lease is gone (or the execution was cancelled).
+func (t *ClaimedTask) lose(cause error) {
+	t.lost.Store(true)
+	t.cancel(cause)
+	t.stopRenew()
+}
+
+// Complete ends the execution successfully with result (JSON, or nil for none). A retried
+// Complete after a lost response succeeds.
+func (t *ClaimedTask) Complete(ctx context.Context, result []byte) error {
+	return t.finish(t.w.client.Complete(ctx, t.lease.ExecutionID, t.lease.Fence, result, ""))
+}
+
+// Fail fails the attempt with p.Reason and p.Category. The execution is retried per its
+// policy unless p.NoRetry is set or the category is non-retryable; the outcome says which.
+func (t *ClaimedTask) Fail(ctx context.Context, p FailParams) (FailOutcome, error) {
+	out, err := t.w.client.Fail(ctx, t.lease.ExecutionID, t.lease.Fence, p)
+	return out, t.finish(err)
+}
+
+// Cancel ends the execution as cancelled, by its lease holder.
+func (t *ClaimedTask) Cancel(ctx context.Context, reason string) error {
+	f := t.lease.Fence
+	return t.finish(t.w.client.Cancel(ctx, t.lease.ExecutionID, CancelParams{Reason: reason, Fence: &f}))
+}
+
+// Delay pauses the attempt: the execution is eligible again after d, and its next claim
+// continues the same attempt, counting no retry.
+func (t *ClaimedTask) Delay(ctx context.Context, d time.Duration) error {
+	return t.finish(t.w.client.Delay(ctx, t.lease.ExecutionID, t.lease.Fence, d))
+}
+
+// Release gives the lease back: the execution is eligible at once, and its next claim
+// continues the same attempt, counting neither a retry nor a reclaim.
+func (t *ClaimedTask) Release(ctx context.Context) error {
+	return t.finish(t.w.client.Release(ctx, t.lease.ExecutionID, t.lease.Fence))
+}
+
+// Progress records the attempt's progress: 0 to 100 percent and a message of at most
+// 1,024 bytes. If the lease is gone, the task's context is cancelled too.
+func (t *ClaimedTask) Progress(ctx context.Context, percent int, message string) error {
+	err := t.w.client.Progress(ctx, t.lease.ExecutionID, t.lease.Fence, percent, message)
+	if leaseGone(err) {
+		t.lose(fmt.Errorf("%w: %w", ErrLeaseLost, err))
+	}
+	return err
+}
+
+// Renew extends the lease by its TTL now and returns the new expiry. The worker renews
+// automatically; this is for callers that want to be sure before a long step.
+func (t *ClaimedTask) Renew(ctx context.Context) (time.Time, error) {
+	exp, err := t.w.eng.Renew(ctx, t.lease.ExecutionID, t.lease.Fence, 0)
+	if leaseGone(err) {
+		t.lose(fmt.Errorf("%w: %w", ErrLeaseLost, err))
+	}
+	return exp, err
+}
+
+// renewLoop renews the lease every third of its TTL on the engine's clock until the task
+// finishes, loses its lease or the worker closes. Missed ticks are skipped, not burst.
+func (t *ClaimedTask) renewLoop() {
+	clock := t.w.eng.Clock()
+	ttl := t.lease.TTL.D()
+	interval := max(ttl/3, time.Millisecond)
+	last := t.lease.ExpiresAt.Add(-ttl)
+	for {
+		if clock.SleepUntil(t.renewCtx, last.Add(interval), nil) != nil {
+			return
+		}
+		_, err := t.w.eng.Renew(t.renewCtx, t.lease.ExecutionID, t.lease.Fence, 0)
+		last = clock.Now()
+		switch {
+		case err == nil:
+			t.failures.Store(0)
+		case t.renewCtx.Err() != nil:
+			return
+		case leaseGone(err):
+			t.failures.Add(1)
+			t.w.log.Warn("lease lost; stopped renewing", "execution_id", t.lease.ExecutionID, "err", err)
+			t.lose(fmt.Errorf("%w: %w", ErrLeaseLost, err))
+		default:
+			n := t.failures.Add(1)
+			t.w.log.Warn("lease renewal failed; retrying at the next tick", "execution_id", t.lease.ExecutionID, "failures", n, "err", err)
+		}
+		if s := t.w.signals.Load(); s != nil {
+			s.send(s.Renewed, t.lease.ExecutionID)
+		}
+		if t.lost.Load() {
+			return
+		}
+	}
+}

@@ -1,0 +1,945 @@
+package flowfabric_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/flowfabric/flowfabric"
+	"github.com/flowfabric/flowfabric/ffstore"
+	"github.com/flowfabric/flowfabric/ffstore/ffmem"
+	"github.com/flowfabric/flowfabric/ffstore/ffsqlite"
+	"github.com/flowfabric/flowfabric/fftest"
+	"github.com/flowfabric/flowfabric/fftype"
+)
+
+// testStore is a store the worker tests run on. url, when set, names a fresh store that
+// several processes can open (for the crash tests).
+type testStore struct {
+	name     string
+	newStore func(t testing.TB) ffstore.Store
+	url      func(t testing.TB) string
+}
+
+// workerTestStores lists the stores of the worker tests: every landed durable store, and
+// the in-memory one for the in-process cases. A new store is one line here.
+func workerTestStores() []testStore {
+	return []testStore{
+		{name: "Mem", newStore: func(t testing.TB) ffstore.Store { return ffmem.New(&ffmem.Options{Shards: 4}) }},
+		{
+			name: "SQLite",
+			newStore: func(t testing.TB) ffstore.Store {
+				s, err := ffsqlite.Open(t.Context(), filepath.Join(t.TempDir(), "ff.db"), &ffsqlite.Options{Shards: 2})
+				require.NoError(t, err)
+				t.Cleanup(func() { _ = s.Close() })
+				return s
+			},
+			url: func(t testing.TB) string { return "sqlite://" + filepath.Join(t.TempDir(), "ff.db") + "?shards=2" },
+		},
+	}
+}
+
+func TestWorker(t *testing.T) {
+	t.Parallel()
+	for _, s := range workerTestStores() {
+		t.Run(s.name, func(t *testing.T) {
+			t.Parallel()
+			exerciseWorker(t, s.newStore)
+		})
+	}
+}
+
+// Settings of the worker tests.
+const (
+	testLane = "work"
+	testTTL  = 3 * time.Second
+	// waitLimit bounds every wait for something another goroutine does; it only ends a
+	// test that is already failing.
+	waitLimit = 30 * time.Second
+)
+
+var testStart = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC) //nolint:gochecknoglobals // a constant time
+
+// workerBundle is one case's fixture: a fresh store, a client on a fake clock (its timers
+// are not started: cases call advance) and helpers.
+type workerBundle struct {
+	ctx    context.Context
+	store  *countingStore
+	clock  *fftest.Clock
+	client *flowfabric.Client
+}
+
+func newWorkerBundle(t *testing.T, newStore func(t testing.TB) ffstore.Store) *workerBundle {
+	t.Helper()
+	store := &countingStore{Store: newStore(t)}
+	clock := fftest.NewClock(testStart)
+	client, err := flowfabric.NewClient(store, &flowfabric.Config{Clock: clock})
+	require.NoError(t, err)
+	return &workerBundle{ctx: t.Context(), store: store, clock: clock, client: client}
+}
+
+// config returns a worker configuration for the test lane.
+func config(instance string) *flowfabric.WorkerConfig {
+	return &flowfabric.WorkerConfig{WorkerID: "w", WorkerInstanceID: instance, Lanes: []string{testLane}, LeaseTTL: testTTL}
+}
+
+// worker opens a worker with cfg and closes it at cleanup.
+func (b *workerBundle) worker(t *testing.T, cfg *flowfabric.WorkerConfig) (*flowfabric.Worker, *flowfabric.WorkerSignals) {
+	t.Helper()
+	w, err := flowfabric.NewWorker(b.ctx, b.client, cfg, nil)
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, w.Close(context.Background())) })
+	return w, flowfabric.EnableSignals(w)
+}
+
+// create creates an execution of kind in the test lane with payload (JSON).
+func (b *workerBundle) create(t *testing.T, kind, payload string) flowfabric.ExecutionID {
+	t.Helper()
+	res, err := b.client.Create(b.ctx, flowfabric.CreateParams{Lane: testLane, Kind: kind, Payload: []byte(payload)})
+	require.NoError(t, err)
+	return res.ID
+}
+
+// get reads an execution.
+func (b *workerBundle) get(t *testing.T, id flowfabric.ExecutionID) *flowfabric.Execution {
+	t.Helper()
+	x, err := b.client.Get(b.ctx, id)
+	require.NoError(t, err)
+	return x
+}
+
+// advance moves the clock and runs the due timers.
+func (b *workerBundle) advance(t *testing.T, d time.Duration) {
+	t.Helper()
+	b.clock.Advance(d)
+	_, _, err := b.client.RunDue(b.ctx)
+	require.NoError(t, err)
+}
+
+// run runs w in the background until the test ends.
+func run(t *testing.T, w *flowfabric.Worker) <-chan error {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- w.Run(context.Background()) }()
+	t.Cleanup(func() {
+		require.NoError(t, w.StopAndCancel(context.Background()))
+		<-done
+	})
+	return done
+}
+
+// recv waits for a value from ch.
+func recv[T any](t *testing.T, ch <-chan T, what string) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(waitLimit):
+		t.Fatalf("timed out waiting for %s", what)
+		panic("unreachable")
+	}
+}
+
+// recvID waits until ch delivers id, skipping others.
+func recvID(t *testing.T, ch <-chan flowfabric.ExecutionID, id flowfabric.ExecutionID, what string) {
+	t.Helper()
+	for recv(t, ch, what) != id {
+	}
+}
+
+// countingStore counts the units and reads that reach the store.
+type countingStore struct {
+	ffstore.Store
+	calls atomic.Int64
+}
+
+func (s *countingStore) Update(ctx context.Context, shard int, fn func(tx ffstore.Tx) error) error {
+	s.calls.Add(1)
+	return s.Store.Update(ctx, shard, fn)
+}
+
+func (s *countingStore) View(ctx context.Context, shard int, fn func(tx ffstore.ReadTx) error) error {
+	s.calls.Add(1)
+	return s.Store.View(ctx, shard, fn)
+}
+
+func (s *countingStore) Changes(ctx context.Context) <-chan struct{} {
+	return s.Store.(ffstore.ChangeNotifier).Changes(ctx)
+}
+
+// blocker is a handler that reports its start and then waits for its context, reporting
+// the cause.
+type blocker struct {
+	started chan flowfabric.ExecutionID
+	causes  chan error
+}
+
+func newBlocker() *blocker {
+	return &blocker{started: make(chan flowfabric.ExecutionID, 100), causes: make(chan error, 100)}
+}
+
+func (bl *blocker) handle(ctx context.Context, t *flowfabric.Task[json.RawMessage]) error {
+	bl.started <- t.ExecutionID()
+	<-ctx.Done()
+	bl.causes <- context.Cause(ctx)
+	return ctx.Err()
+}
+
+func exerciseWorker(t *testing.T, newStore func(t testing.TB) ffstore.Store) {
+	t.Helper()
+	setup := func(t *testing.T) *workerBundle { return newWorkerBundle(t, newStore) }
+
+	t.Run("OpenRegistersAndGuardsTheInstance", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		cfg := config("i1")
+		cfg.Capabilities = []string{"gpu", "cpu"}
+		w, err := flowfabric.NewWorker(b.ctx, b.client, cfg, nil)
+		require.NoError(t, err)
+		info, err := b.client.GetWorker(b.ctx, "", "i1")
+		require.NoError(t, err)
+		require.Equal(t, "w", info.WorkerID)
+		require.Equal(t, []string{testLane}, info.Lanes)
+		require.Equal(t, []string{"cpu", "gpu"}, info.Capabilities)
+		require.Equal(t, 2*testTTL, info.TTL.D(), "the liveness TTL is twice the lease TTL")
+
+		_, err = flowfabric.NewWorker(b.ctx, b.client, config("i1"), nil)
+		require.ErrorIs(t, err, flowfabric.ErrDuplicateWorkerInstance, "a second live process with the instance id is refused")
+		other, err := flowfabric.NewWorker(b.ctx, b.client, config("i2"), nil)
+		require.NoError(t, err)
+		require.NoError(t, other.Close(b.ctx))
+
+		require.NoError(t, w.Close(b.ctx))
+		require.NoError(t, w.Close(b.ctx), "closing twice is fine")
+		_, err = b.client.GetWorker(b.ctx, "", "i1")
+		require.ErrorIs(t, err, flowfabric.ErrWorkerNotRegistered, "a clean shutdown releases the instance id")
+		again, err := flowfabric.NewWorker(b.ctx, b.client, config("i1"), nil)
+		require.NoError(t, err)
+		require.NoError(t, again.Close(b.ctx))
+
+		_, err = w.ClaimNext(b.ctx)
+		require.ErrorIs(t, err, flowfabric.ErrWorkerClosed)
+		require.ErrorIs(t, w.Run(b.ctx), flowfabric.ErrWorkerClosed)
+	})
+
+	t.Run("OpenChecksShardsAndWarnsAboutStore", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		cfg := config("i1")
+		cfg.Shards = b.store.Shards() + 1
+		_, err := flowfabric.NewWorker(b.ctx, b.client, cfg, nil)
+		var ce *flowfabric.ConfigError
+		require.ErrorAs(t, err, &ce)
+		require.Equal(t, "shards", ce.Field)
+
+		var logs bytes.Buffer
+		var mu sync.Mutex
+		cfg = config("i1")
+		cfg.Store = "sqlite:///elsewhere.db"
+		cfg.Logger = slog.New(slog.NewTextHandler(&lockedWriter{w: &logs, mu: &mu}, nil))
+		cfg.Shards = b.store.Shards()
+		w, err := flowfabric.NewWorker(b.ctx, b.client, cfg, nil)
+		require.NoError(t, err)
+		require.NoError(t, w.Close(b.ctx))
+		mu.Lock()
+		defer mu.Unlock()
+		require.Contains(t, logs.String(), "level=WARN msg=\"WorkerConfig.Store is set but NewWorker was given a client")
+	})
+
+	t.Run("Accessors", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		sub, err := b.client.Subscribe(b.ctx, flowfabric.EventFilter{Types: []flowfabric.EventType{"completed"}}, flowfabric.CursorEnd)
+		require.NoError(t, err)
+		defer sub.Close()
+		w, err := flowfabric.NewWorker(b.ctx, b.client, &flowfabric.WorkerConfig{WorkerID: "w", Lanes: []string{"b", "a", "b"}},
+			&flowfabric.WorkerOpts{Completions: sub})
+		require.NoError(t, err)
+		defer func() { require.NoError(t, w.Close(b.ctx)) }()
+		require.Same(t, b.client, w.Client())
+		require.Same(t, sub, w.Completions())
+		require.Equal(t, b.store.Shards(), w.Shards())
+		c := w.Config()
+		require.Equal(t, []string{"a", "b"}, c.Lanes)
+		require.Equal(t, fftype.DefaultNamespace, c.Namespace)
+		require.Equal(t, 1, c.MaxConcurrentTasks, "0 means 1")
+		require.Equal(t, time.Second, c.ClaimPollInterval)
+		require.NotEmpty(t, c.WorkerInstanceID, "a fresh instance id is minted")
+		_, err = b.client.GetWorker(b.ctx, "", c.WorkerInstanceID)
+		require.NoError(t, err)
+
+		plain, _ := b.worker(t, config("plain"))
+		require.Nil(t, plain.Completions(), "no completion feed was given")
+	})
+
+	t.Run("ClaimNextAndCapacity", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		cfg := config("i1")
+		cfg.MaxConcurrentTasks = 2
+		w, _ := b.worker(t, cfg)
+		var ids []flowfabric.ExecutionID
+		for i := range 3 {
+			ids = append(ids, b.create(t, "k", fmt.Sprintf(`{"n":%d}`, i)))
+		}
+		require.NoError(t, b.client.SetTags(b.ctx, ids[0], map[string]string{"team": "a"}))
+		t1, err := w.ClaimNext(b.ctx)
+		require.NoError(t, err)
+		require.NotNil(t, t1)
+		t2, err := w.ClaimNext(b.ctx)
+		require.NoError(t, err)
+		require.NotNil(t, t2)
+		before := b.store.calls.Load()
+		t3, err := w.ClaimNext(b.ctx)
+		require.NoError(t, err)
+		require.Nil(t, t3, "at capacity: nothing, without claiming")
+		require.Equal(t, before, b.store.calls.Load(), "at capacity the store is not asked")
+		require.Equal(t, 2, w.Held())
+
+		for _, task := range []*flowfabric.ClaimedTask{t1, t2} {
+			require.Equal(t, "k", task.Kind())
+			require.Equal(t, testLane, task.Lane())
+			require.Equal(t, 0, task.Attempt())
+			require.Equal(t, fftype.AttemptInitial, task.AttemptType())
+			require.True(t, task.Fence().Complete())
+			require.True(t, task.LeaseHealthy())
+			require.Equal(t, flowfabric.StateActive, b.get(t, task.ExecutionID()).PublicState())
+			if task.ExecutionID() == ids[0] {
+				require.Equal(t, map[string]string{"team": "a"}, task.Tags())
+				require.JSONEq(t, `{"n":0}`, string(task.Payload()))
+			}
+		}
+		require.NoError(t, t1.Complete(b.ctx, []byte(`{"ok":true}`)))
+		require.True(t, t1.Finished())
+		require.ErrorIs(t, context.Cause(t1.Context()), flowfabric.ErrTaskFinished)
+		t3, err = w.ClaimNext(b.ctx)
+		require.NoError(t, err)
+		require.NotNil(t, t3, "a finished task frees its slot")
+		none, err := w.ClaimNext(b.ctx)
+		require.NoError(t, err)
+		require.Nil(t, none)
+
+		require.ErrorIs(t, t2.Complete(b.ctx, []byte("{bad")), flowfabric.ErrValidation)
+		require.False(t, t2.Finished(), "a refused call for bad input keeps the task")
+		out, err := t2.Fail(b.ctx, flowfabric.FailParams{Reason: "nope", Category: "permanent", NoRetry: true})
+		require.NoError(t, err)
+		require.False(t, out.RetryScheduled)
+		require.NoError(t, t3.Release(b.ctx))
+		require.Equal(t, flowfabric.StateWaiting, b.get(t, t3.ExecutionID()).PublicState())
+		require.Equal(t, 0, w.Held())
+	})
+
+	t.Run("CapacityHoldsUnderConcurrentClaims", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		cfg := config("i1")
+		cfg.MaxConcurrentTasks = 3
+		w, _ := b.worker(t, cfg)
+		for range 20 {
+			b.create(t, "k", "")
+		}
+		var wg sync.WaitGroup
+		var got atomic.Int32
+		for range 12 {
+			wg.Go(func() {
+				task, err := w.ClaimNext(b.ctx)
+				if err == nil && task != nil {
+					got.Add(1)
+				}
+			})
+		}
+		wg.Wait()
+		require.EqualValues(t, 3, got.Load())
+		page, err := b.client.List(b.ctx, flowfabric.ListParams{State: flowfabric.StateActive})
+		require.NoError(t, err)
+		require.Len(t, page.Executions, 3)
+	})
+
+	t.Run("ClaimFromGrant", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		w, _ := b.worker(t, config("i1"))
+		held := b.create(t, "k", "")
+		granted := b.create(t, "k", "")
+		task, err := w.ClaimNext(b.ctx)
+		require.NoError(t, err)
+		if task.ExecutionID() != held {
+			held, granted = granted, held
+		}
+		grant, err := b.client.IssueGrant(b.ctx, granted, flowfabric.GrantClaim, flowfabric.GrantParams{WorkerID: "w", TTL: flowfabric.Duration(time.Minute)})
+		require.NoError(t, err)
+
+		before := b.get(t, granted)
+		_, err = w.ClaimFromGrant(b.ctx, testLane, *grant)
+		require.ErrorIs(t, err, flowfabric.ErrWorkerAtCapacity)
+		require.True(t, fftype.IsRetryable(err))
+		require.Equal(t, before, b.get(t, granted), "the grant is untouched at capacity")
+
+		_, err = w.ClaimFromGrant(b.ctx, "other", *grant)
+		var ce *flowfabric.ConfigError
+		require.ErrorAs(t, err, &ce)
+		require.Equal(t, "lane", ce.Field)
+
+		require.NoError(t, task.Complete(b.ctx, nil))
+		gt, err := w.ClaimFromGrant(b.ctx, testLane, *grant)
+		require.NoError(t, err)
+		require.Equal(t, granted, gt.ExecutionID())
+		require.NoError(t, gt.Complete(b.ctx, nil))
+		_, err = w.ClaimFromGrant(b.ctx, testLane, *grant)
+		require.ErrorIs(t, err, flowfabric.ErrGrantInvalid, "a grant is consumed once")
+	})
+
+	t.Run("ClaimFromReclaimGrant", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		lost := b.create(t, "k", "")
+		busy := b.create(t, "k", "")
+		dead, _ := b.worker(t, config("dead"))
+		old, err := dead.ClaimNext(b.ctx)
+		require.NoError(t, err)
+		if old.ExecutionID() != lost {
+			lost, busy = busy, lost
+		}
+		b.advance(t, testTTL)
+		recv(t, old.Context().Done(), "the lost task's context")
+		require.Equal(t, flowfabric.StateWaiting, b.get(t, lost).PublicState())
+
+		// The dead worker is gone for good; a rescuer holds its only slot with the other execution.
+		require.NoError(t, dead.Close(b.ctx))
+		grant, err := b.client.IssueGrant(b.ctx, lost, flowfabric.GrantReclaim, flowfabric.GrantParams{WorkerID: "w", TTL: flowfabric.Duration(time.Minute)})
+		require.NoError(t, err)
+		w, _ := b.worker(t, config("rescuer"))
+		hold, err := w.ClaimNext(b.ctx)
+		require.NoError(t, err)
+		require.Equal(t, busy, hold.ExecutionID(), "the lost execution is reserved by the grant")
+
+		args := flowfabric.ReclaimArgs{ExecutionID: lost, Lane: testLane}
+		refusals := []struct {
+			field string
+			grant flowfabric.GrantRef
+			args  flowfabric.ReclaimArgs
+		}{
+			{"execution_id", *grant, flowfabric.ReclaimArgs{ExecutionID: busy, Lane: testLane}},
+			{"lane", *grant, flowfabric.ReclaimArgs{ExecutionID: lost, Lane: "other"}},
+			{"expires_at", func() flowfabric.GrantRef { g := *grant; g.ExpiresAt = testStart.Add(time.Second); return g }(), args},
+			{"kind", func() flowfabric.GrantRef { g := *grant; g.Kind = flowfabric.GrantClaim; return g }(), args},
+		}
+		for _, r := range refusals {
+			before := b.store.calls.Load()
+			_, err := w.ClaimFromReclaimGrant(b.ctx, r.grant, r.args)
+			var ce *flowfabric.ConfigError
+			require.ErrorAs(t, err, &ce, r.field)
+			require.Equal(t, r.field, ce.Field)
+			require.ErrorIs(t, err, flowfabric.ErrValidation)
+			require.Equal(t, before, b.store.calls.Load(), "%s is refused before any store call", r.field)
+		}
+		before := b.get(t, lost)
+		_, err = w.ClaimFromReclaimGrant(b.ctx, *grant, args)
+		require.ErrorIs(t, err, flowfabric.ErrWorkerAtCapacity)
+		require.Equal(t, before, b.get(t, lost), "the grant is untouched at capacity")
+
+		require.NoError(t, hold.Complete(b.ctx, nil))
+		out, err := w.ClaimFromReclaimGrant(b.ctx, *grant, args)
+		require.NoError(t, err)
+		require.Equal(t, flowfabric.ReclaimClaimed, out.Status)
+		require.Equal(t, fftype.AttemptReclaim, out.Task.AttemptType())
+		require.Equal(t, 1, out.Task.Attempt())
+		require.ErrorIs(t, old.Complete(b.ctx, nil), flowfabric.ErrStaleLease, "the old holder cannot finish")
+		require.NoError(t, out.Task.Complete(b.ctx, nil))
+
+		again, err := w.ClaimFromReclaimGrant(b.ctx, *grant, args)
+		require.NoError(t, err)
+		require.Equal(t, flowfabric.ReclaimNotReclaimable, again.Status)
+	})
+
+	t.Run("ReclaimGrantNotFound", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		id := b.create(t, "k", "")
+		require.NoError(t, func() error {
+			l, err := b.client.Claim(b.ctx, flowfabric.ClaimParams{WorkerID: "x", WorkerInstanceID: "x1", Lanes: []string{testLane}})
+			require.Len(t, l, 1)
+			return err
+		}())
+		require.NoError(t, b.client.Revoke(b.ctx, id, "test"))
+		grant, err := b.client.IssueGrant(b.ctx, id, flowfabric.GrantReclaim, flowfabric.GrantParams{WorkerID: "someone-else"})
+		require.NoError(t, err)
+		w, _ := b.worker(t, config("i1"))
+		out, err := w.ClaimFromReclaimGrant(b.ctx, *grant, flowfabric.ReclaimArgs{ExecutionID: id, Lane: testLane})
+		require.NoError(t, err)
+		require.Equal(t, flowfabric.ReclaimGrantNotFound, out.Status, "a grant issued to another worker is not ours")
+		require.Equal(t, 0, w.Held())
+	})
+
+	t.Run("StaleWorkerCannotCompleteAfterReclaim", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		id := b.create(t, "k", "")
+		stale, _ := b.worker(t, config("stale"))
+		task, err := stale.ClaimNext(b.ctx)
+		require.NoError(t, err)
+		// The holder stalls past its lease (its renewal never ran in time); the timer expires it.
+		b.advance(t, 10*testTTL)
+		recv(t, task.Context().Done(), "the stale task's context")
+		cause := context.Cause(task.Context())
+		require.ErrorIs(t, cause, flowfabric.ErrLeaseLost)
+		require.ErrorIs(t, cause, flowfabric.ErrLeaseExpired)
+		require.False(t, task.LeaseHealthy())
+
+		fresh, _ := b.worker(t, config("fresh"))
+		again, err := fresh.ClaimNext(b.ctx)
+		require.NoError(t, err)
+		require.Equal(t, id, again.ExecutionID())
+		require.Equal(t, fftype.AttemptReclaim, again.AttemptType())
+
+		require.ErrorIs(t, task.Complete(b.ctx, []byte(`"stale"`)), flowfabric.ErrStaleLease, "another holder has it now")
+		require.True(t, task.Finished(), "a refusal because the lease is gone lands")
+		require.Equal(t, 0, stale.Held())
+		_, err = task.Fail(b.ctx, flowfabric.FailParams{Reason: "stale"})
+		require.ErrorIs(t, err, flowfabric.ErrState)
+		require.Equal(t, flowfabric.StateActive, b.get(t, id).PublicState(), "the stale calls changed nothing")
+		require.NoError(t, again.Complete(b.ctx, []byte(`"fresh"`)))
+		res, err := b.client.Result(b.ctx, id)
+		require.NoError(t, err)
+		require.JSONEq(t, `"fresh"`, string(res))
+		atts, err := b.client.Attempts(b.ctx, id)
+		require.NoError(t, err)
+		require.Len(t, atts, 2)
+		require.Equal(t, fftype.AttemptInterrupted, atts[0].Status)
+		require.Equal(t, fftype.AttemptSucceeded, atts[1].Status)
+	})
+
+	t.Run("RenewalKeepsALongTaskAlive", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		id := b.create(t, "k", "")
+		w, sig := b.worker(t, config("i1"))
+		task, err := w.ClaimNext(b.ctx)
+		require.NoError(t, err)
+		epoch := task.Fence().Epoch
+		const steps = 30 // ten lease TTLs
+		for range steps {
+			b.clock.Advance(testTTL / 3)
+			recvID(t, sig.Renewed, id, "a renewal")
+			_, _, err := b.client.RunDue(b.ctx)
+			require.NoError(t, err)
+		}
+		x := b.get(t, id)
+		require.Equal(t, flowfabric.StateActive, x.PublicState())
+		require.Equal(t, epoch, x.LeaseEpoch, "renewal keeps the lease")
+		require.Equal(t, b.clock.Now().Add(testTTL), x.LeaseExpiresAt.UTC())
+		require.True(t, task.LeaseHealthy())
+		require.Zero(t, task.ConsecutiveRenewalFailures())
+		require.NoError(t, task.Context().Err())
+		require.NoError(t, task.Complete(b.ctx, nil))
+		require.Equal(t, flowfabric.StateCompleted, b.get(t, id).PublicState())
+	})
+
+	t.Run("CancelReachesTheHandler", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		w, sig := b.worker(t, config("i1"))
+		bl := newBlocker()
+		flowfabric.Handle(w, "block", bl.handle)
+		run(t, w)
+
+		id := b.create(t, "block", "")
+		require.Equal(t, id, recv(t, bl.started, "the handler"))
+		require.NoError(t, b.client.Cancel(b.ctx, id, flowfabric.CancelParams{Reason: "not needed"}))
+		cause := recv(t, bl.causes, "the cancel")
+		require.ErrorIs(t, cause, flowfabric.ErrExecutionCancelled)
+		require.Contains(t, cause.Error(), "not needed")
+		recvID(t, sig.Settled, id, "settling")
+		x := b.get(t, id)
+		require.Equal(t, flowfabric.StateCancelled, x.PublicState())
+		require.Equal(t, "operator", x.CancelledBy)
+
+		revoked := b.create(t, "block", "")
+		require.Equal(t, revoked, recv(t, bl.started, "the handler"))
+		require.NoError(t, b.client.Revoke(b.ctx, revoked, "rebalancing"))
+		cause = recv(t, bl.causes, "the revoke")
+		require.ErrorIs(t, cause, flowfabric.ErrLeaseLost)
+		require.ErrorIs(t, cause, flowfabric.ErrLeaseRevoked)
+		// The revoked execution is eligible for a reclaim; the worker takes it again.
+		require.Equal(t, revoked, recv(t, bl.started, "the reclaimed execution"))
+		require.NoError(t, b.client.Cancel(b.ctx, revoked, flowfabric.CancelParams{}))
+		require.ErrorIs(t, recv(t, bl.causes, "the cancel"), flowfabric.ErrExecutionCancelled)
+	})
+
+	t.Run("LeaseExpiryReachesTheHandler", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		w, _ := b.worker(t, config("i1"))
+		bl := newBlocker()
+		flowfabric.Handle(w, "block", bl.handle)
+		run(t, w)
+		id := b.create(t, "block", "")
+		require.Equal(t, id, recv(t, bl.started, "the handler"))
+		b.advance(t, 10*testTTL)
+		cause := recv(t, bl.causes, "the lease loss")
+		require.ErrorIs(t, cause, flowfabric.ErrLeaseLost)
+		require.ErrorIs(t, cause, flowfabric.ErrLeaseExpired)
+	})
+
+	t.Run("HandlerOutcomes", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		w, sig := b.worker(t, config("i1"))
+		type args struct {
+			Mode string `json:"mode"`
+		}
+		var order []string
+		var mu sync.Mutex
+		note := func(s string) {
+			mu.Lock()
+			defer mu.Unlock()
+			order = append(order, s)
+		}
+		w.Use(func(next flowfabric.HandlerFunc) flowfabric.HandlerFunc {
+			return func(ctx context.Context, t *flowfabric.ClaimedTask) error {
+				note("outer:" + t.Kind())
+				return next(ctx, t)
+			}
+		}, func(next flowfabric.HandlerFunc) flowfabric.HandlerFunc {
+			return func(ctx context.Context, t *flowfabric.ClaimedTask) error {
+				note("inner:" + t.Kind())
+				return next(ctx, t)
+			}
+		})
+		flowfabric.Handle(w, "job", func(ctx context.Context, t *flowfabric.Task[args]) error {
+			switch t.Args.Mode {
+			case "ok":
+				return nil
+			case "result":
+				return t.Complete(ctx, []byte(`{"answer":42}`))
+			case "error":
+				return errors.New("transient trouble")
+			case "noretry":
+				return flowfabric.NoRetry(errors.New("bad input"))
+			case "snooze":
+				return flowfabric.Snooze(time.Minute)
+			case "cancel":
+				return flowfabric.Cancel(errors.New("no longer wanted"))
+			case "panic":
+				panic("boom")
+			}
+			return fmt.Errorf("unknown mode %q", t.Args.Mode)
+		})
+		require.Error(t, flowfabric.HandleSafely(w, "job", func(context.Context, *flowfabric.Task[args]) error { return nil }), "one handler per kind")
+		require.Panics(t, func() { flowfabric.Handle[args](w, "bad kind", nil) })
+		run(t, w)
+
+		ids := map[string]flowfabric.ExecutionID{}
+		create := func(kind, payload string) flowfabric.ExecutionID {
+			res, err := b.client.Create(b.ctx, flowfabric.CreateParams{Lane: testLane, Kind: kind, Payload: []byte(payload),
+				Policy: flowfabric.Policy{Retry: &flowfabric.RetryPolicy{MaxRetries: 3,
+					Backoff: flowfabric.Backoff{Kind: fftype.BackoffFixed, Initial: flowfabric.Duration(time.Minute)}}}})
+			require.NoError(t, err)
+			return res.ID
+		}
+		for _, mode := range []string{"ok", "result", "error", "noretry", "snooze", "cancel", "panic"} {
+			ids[mode] = create("job", fmt.Sprintf(`{"mode":%q}`, mode))
+		}
+		ids["undecodable"] = create("job", `{"mode":7}`)
+		ids["unknown"] = create("nobody-handles-this", "")
+		pending := map[flowfabric.ExecutionID]bool{}
+		for _, id := range ids {
+			pending[id] = true
+		}
+		for len(pending) > 0 {
+			delete(pending, recv(t, sig.Settled, "settling"))
+		}
+
+		x := b.get(t, ids["ok"])
+		require.Equal(t, flowfabric.StateCompleted, x.PublicState())
+		res, err := b.client.Result(b.ctx, ids["result"])
+		require.NoError(t, err)
+		require.JSONEq(t, `{"answer":42}`, string(res), "a handler may finish the task itself")
+
+		x = b.get(t, ids["error"])
+		require.Equal(t, flowfabric.StateDelayed, x.PublicState(), "an error is retried per policy")
+		require.Equal(t, flowfabric.CategoryHandlerError, x.FailureCategory)
+		require.Equal(t, "transient trouble", x.FailureReason)
+
+		x = b.get(t, ids["noretry"])
+		require.Equal(t, flowfabric.StateFailed, x.PublicState())
+		require.Equal(t, "bad input", x.FailureReason)
+
+		x = b.get(t, ids["snooze"])
+		require.Equal(t, flowfabric.StateDelayed, x.PublicState())
+		require.Equal(t, fftype.AttemptStateInterrupted, x.AttemptState, "a snooze continues the same attempt")
+		require.Equal(t, 0, x.RetryCount)
+		require.Equal(t, b.clock.Now().Add(time.Minute), x.DelayUntil.UTC())
+
+		x = b.get(t, ids["cancel"])
+		require.Equal(t, flowfabric.StateCancelled, x.PublicState())
+		require.Equal(t, "no longer wanted", x.CancellationReason)
+
+		x = b.get(t, ids["panic"])
+		require.Equal(t, flowfabric.StateDelayed, x.PublicState(), "a panic is a failed attempt, retried")
+		require.Equal(t, flowfabric.CategoryHandlerPanic, x.FailureCategory)
+		require.Contains(t, x.FailureReason, "panic: boom")
+		require.Contains(t, x.FailureReason, "worker_test.go", "the stack is in the failure")
+		require.NotContains(t, x.FailureReason, "runtime/debug", "the stack starts at the panic")
+		require.LessOrEqual(t, len(x.FailureReason), fftype.MaxReasonBytes)
+
+		x = b.get(t, ids["undecodable"])
+		require.Equal(t, flowfabric.StateFailed, x.PublicState(), "a payload that does not decode is not retried")
+		require.Equal(t, flowfabric.CategoryDecode, x.FailureCategory)
+
+		x = b.get(t, ids["unknown"])
+		require.Equal(t, flowfabric.CategoryNoHandler, x.FailureCategory)
+
+		mu.Lock()
+		defer mu.Unlock()
+		require.True(t, strings.HasPrefix(order[0], "outer:"))
+		require.Equal(t, "inner:"+strings.TrimPrefix(order[0], "outer:"), order[1], "the first middleware is the outermost")
+		require.Contains(t, order, "outer:nobody-handles-this", "middleware wraps the no-handler case too")
+	})
+
+	t.Run("CapacityHoldsUnderLoad", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		gate := make(chan struct{})
+		var inFlight, peak atomic.Int32
+		var seen sync.Map
+		var dupes atomic.Int32
+		handler := func(ctx context.Context, t *flowfabric.Task[struct{}]) error {
+			n := inFlight.Add(1)
+			defer inFlight.Add(-1)
+			for {
+				p := peak.Load()
+				if n <= p || peak.CompareAndSwap(p, n) {
+					break
+				}
+			}
+			if _, loaded := seen.LoadOrStore(t.ExecutionID(), true); loaded {
+				dupes.Add(1)
+			}
+			<-gate
+			return nil
+		}
+		const total = 40
+		caps := []int{3, 2}
+		var sigs []*flowfabric.WorkerSignals
+		var workers []*flowfabric.Worker
+		for i, c := range caps {
+			cfg := config(fmt.Sprint("i", i))
+			cfg.MaxConcurrentTasks = c
+			w, sig := b.worker(t, cfg)
+			flowfabric.Handle(w, "k", handler)
+			sigs = append(sigs, sig)
+			workers = append(workers, w)
+		}
+		for range total {
+			b.create(t, "k", "")
+		}
+		for _, w := range workers {
+			run(t, w)
+		}
+		// Each worker fills its slots and no more.
+		for i, c := range caps {
+			for range c {
+				recv(t, sigs[i].Claimed, "a claim")
+			}
+			require.Equal(t, c, workers[i].Held())
+		}
+		close(gate)
+		done := 0
+		for done < total {
+			select {
+			case <-sigs[0].Settled:
+				done++
+			case <-sigs[1].Settled:
+				done++
+			case <-time.After(waitLimit):
+				t.Fatalf("only %d of %d settled", done, total)
+			}
+		}
+		require.LessOrEqual(t, int(peak.Load()), 5, "never more than the sum of the capacities")
+		require.Zero(t, dupes.Load(), "each execution ran once")
+		page, err := b.client.List(b.ctx, flowfabric.ListParams{State: flowfabric.StateCompleted, Limit: 100})
+		require.NoError(t, err)
+		require.Len(t, page.Executions, total)
+	})
+
+	t.Run("StopAndCancelReleasesLeases", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		cfg := config("i1")
+		cfg.MaxConcurrentTasks = 2
+		w, sig := b.worker(t, cfg)
+		bl := newBlocker()
+		flowfabric.Handle(w, "block", bl.handle)
+		done := make(chan error, 1)
+		go func() { done <- w.Run(context.Background()) }()
+		a, c := b.create(t, "block", ""), b.create(t, "block", "")
+		recv(t, bl.started, "a handler")
+		recv(t, bl.started, "a handler")
+		require.NoError(t, w.StopAndCancel(b.ctx))
+		require.NoError(t, recv(t, done, "Run"))
+		for range 2 {
+			require.ErrorIs(t, recv(t, bl.causes, "a cancel"), flowfabric.ErrWorkerStopped)
+			recv(t, sig.Settled, "settling")
+		}
+		for _, id := range []flowfabric.ExecutionID{a, c} {
+			x := b.get(t, id)
+			require.Equal(t, flowfabric.StateWaiting, x.PublicState(), "released: eligible at once")
+			require.Equal(t, fftype.AttemptStateInterrupted, x.AttemptState)
+			require.Equal(t, 0, x.RetryCount, "a release counts no retry")
+		}
+		require.NoError(t, w.Stop(b.ctx), "stopping a stopped worker is fine")
+
+		other, _ := b.worker(t, config("i2"))
+		task, err := other.ClaimNext(b.ctx)
+		require.NoError(t, err)
+		require.True(t, task.Resumed(), "the next claim continues the attempt")
+		require.Equal(t, 0, task.Attempt())
+		require.NoError(t, task.Complete(b.ctx, nil))
+	})
+
+	t.Run("StopWaitsThenEscalates", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		w, sig := b.worker(t, config("i1"))
+		gate := make(chan struct{})
+		started := make(chan flowfabric.ExecutionID, 10)
+		flowfabric.Handle(w, "stubborn", func(ctx context.Context, t *flowfabric.Task[struct{}]) error {
+			started <- t.ExecutionID()
+			<-gate // ignores its context
+			return nil
+		})
+		done := make(chan error, 1)
+		go func() { done <- w.Run(context.Background()) }()
+		id := b.create(t, "stubborn", "")
+		recv(t, started, "the handler")
+		expired, cancel := context.WithCancel(b.ctx)
+		cancel()
+		require.ErrorIs(t, w.Stop(expired), context.Canceled, "the deadline passed before the handler returned")
+		x := b.get(t, id)
+		require.Equal(t, flowfabric.StateWaiting, x.PublicState(), "the stuck task's lease was released")
+		close(gate)
+		require.NoError(t, recv(t, done, "Run"))
+		recvID(t, sig.Settled, id, "settling")
+		require.Equal(t, flowfabric.StateWaiting, b.get(t, id).PublicState(), "the late completion was refused")
+	})
+
+	t.Run("StopIsGraceful", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		w, _ := b.worker(t, config("i1"))
+		gate := make(chan struct{})
+		started := make(chan struct{}, 10)
+		flowfabric.Handle(w, "slow", func(ctx context.Context, t *flowfabric.Task[struct{}]) error {
+			started <- struct{}{}
+			<-gate
+			return ctx.Err()
+		})
+		done := make(chan error, 1)
+		go func() { done <- w.Run(context.Background()) }()
+		id := b.create(t, "slow", "")
+		recv(t, started, "the handler")
+		stopped := make(chan error, 1)
+		go func() { stopped <- w.Stop(context.Background()) }()
+		select {
+		case <-stopped:
+			t.Fatal("Stop returned while a handler was running")
+		case <-done:
+			t.Fatal("Run returned while a handler was running")
+		default:
+		}
+		close(gate)
+		require.NoError(t, recv(t, stopped, "Stop"))
+		require.NoError(t, recv(t, done, "Run"))
+		require.Equal(t, flowfabric.StateCompleted, b.get(t, id).PublicState(), "the handler finished and completed")
+	})
+
+	t.Run("CloseReleasesTasksClaimedByHand", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		id := b.create(t, "k", "")
+		w, err := flowfabric.NewWorker(b.ctx, b.client, config("i1"), nil)
+		require.NoError(t, err)
+		task, err := w.ClaimNext(b.ctx)
+		require.NoError(t, err)
+		require.NoError(t, w.Close(b.ctx))
+		require.ErrorIs(t, context.Cause(task.Context()), flowfabric.ErrTaskFinished)
+		x := b.get(t, id)
+		require.Equal(t, flowfabric.StateWaiting, x.PublicState())
+		require.Equal(t, "released", x.LastLeaseEnd)
+	})
+
+	t.Run("WakesAtOnceForNewWork", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		cfg := config("i1")
+		cfg.ClaimPollInterval = time.Hour
+		w, sig := b.worker(t, cfg)
+		flowfabric.SetIdleBackoff(w, time.Hour) // without a wake-up, Run would wait an hour
+		ran := make(chan flowfabric.ExecutionID, 10)
+		flowfabric.Handle(w, "k", func(ctx context.Context, t *flowfabric.Task[struct{}]) error {
+			ran <- t.ExecutionID()
+			return nil
+		})
+		run(t, w)
+		recv(t, sig.Idle, "Run to go idle")
+		id := b.create(t, "k", "")
+		require.Equal(t, id, recv(t, ran, "the new execution"))
+		recv(t, sig.Idle, "Run to go idle again")
+		// A delayed execution wakes it when the timer promotes it.
+		delayed, err := b.client.Create(b.ctx, flowfabric.CreateParams{Lane: testLane, Kind: "k", Delay: flowfabric.Duration(time.Minute)})
+		require.NoError(t, err)
+		b.advance(t, time.Minute)
+		require.Equal(t, delayed.ID, recv(t, ran, "the promoted execution"))
+	})
+
+	t.Run("MarkedDeadAndEvicted", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		w, _ := b.worker(t, config("i1"))
+		bl := newBlocker()
+		flowfabric.Handle(w, "block", bl.handle)
+		done := make(chan error, 1)
+		go func() { done <- w.Run(context.Background()) }()
+		id := b.create(t, "block", "")
+		require.Equal(t, id, recv(t, bl.started, "the handler"))
+
+		n, err := b.client.MarkWorkerDead(b.ctx, "", "i1", "host unreachable")
+		require.NoError(t, err)
+		require.Equal(t, 1, n)
+		cause := recv(t, bl.causes, "the lease loss")
+		require.ErrorIs(t, cause, flowfabric.ErrLeaseExpired)
+		// Another process takes the instance id while this one's registration is gone; at
+		// its next heartbeat the worker finds out and stops.
+		_, err = b.client.RegisterWorker(b.ctx, flowfabric.WorkerRegistration{WorkerID: "w", InstanceID: "i1",
+			Lanes: []string{testLane}, TTL: time.Hour, Session: "intruder"})
+		require.NoError(t, err)
+		b.clock.Advance(2 * testTTL)
+		require.ErrorIs(t, recv(t, done, "Run"), flowfabric.ErrDuplicateWorkerInstance)
+		_, err = w.ClaimNext(b.ctx)
+		require.ErrorIs(t, err, flowfabric.ErrDuplicateWorkerInstance)
+	})
+}
+
+// lockedWriter serialises writes to a buffer shared with the test.
+type lockedWriter struct {
+	w  *bytes.Buffer
+	mu *sync.Mutex
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
