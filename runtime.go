@@ -368,7 +368,9 @@ func (w *Worker) settle(t *ClaimedTask, err error, panicText string) {
 	case errors.As(err, &snooze):
 		call = func(ctx context.Context) error { return t.Delay(ctx, snooze.Duration) }
 	case errors.As(err, &cancelled):
-		call = func(ctx context.Context) error { return t.Cancel(ctx, clip(errText(cancelled.Err), fftype.MaxReasonBytes)) }
+		call = func(ctx context.Context) error {
+			return t.Cancel(ctx, clip(errText(cancelled.Err), fftype.MaxReasonBytes))
+		}
 	case errors.As(err, &decode):
 		fail(err.Error(), CategoryDecode, true)
 	case errors.As(err, &noHandler):
