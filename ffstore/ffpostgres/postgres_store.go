@@ -46,14 +46,24 @@
 //
 // # Events
 //
-// Each shard's event log is numbered by a counter row in event_logs. The append is the
-// unit's last statement before COMMIT: it increments the counter by the unit's event count
-// and inserts the events numbered from the old value. The counter row lock is held through
-// the commit, so the next unit on the shard gets its numbers only once this one is visible:
-// numbers are gap-free (a rolled-back unit's increment is rolled back too) and a reader
-// never sees Seq n+1 before Seq n. TrimEvents raises the shard's trim point (never past the
-// last Seq) and deletes the events up to it; ReadEvents below the trim point returns
-// cursor_expired.
+// A unit appends its events to event_pending, tagged with its transaction id
+// (pg_current_xact_id()), as the last statement before COMMIT; it touches no shared row, so
+// units on one shard commit in parallel. Events get their Seq from a sequencer that
+// ReadEvents and EventBounds run, in any process, whenever committed events wait: in one
+// transaction it locks the shard's event_logs row (last_seq, the last number handed out)
+// and then, in a new statement whose snapshot sees every unit committed before the lock
+// was granted, moves the waiting events into events numbered last_seq+1, last_seq+2, … in
+// (transaction id, order in the unit) order and raises last_seq. The lock is held until
+// the sequencer commits, so sequencers take turns and each block of numbers becomes
+// visible whole and after the previous one: Seqs are gap-free (a rolled-back unit's
+// events are never visible, so never numbered), a reader never sees Seq n+1 before Seq n,
+// and a unit committed before a read is numbered by it. (A unit committing while a
+// sequencer runs is numbered by the next one, with higher numbers, and never skipped:
+// numbers are given at sequencing time, not at insert time, which is the hazard of a plain
+// sequence column.) The events of one process's successive units keep their order, since
+// a later unit has a larger transaction id. TrimEvents raises the shard's trim point (never
+// past the last Seq) and deletes the events up to it; ReadEvents below the trim point
+// returns cursor_expired.
 //
 // # Change notifications
 //
@@ -676,9 +686,53 @@ func prefixEnd(p string) (string, bool) {
 	return "", false
 }
 
+// sequenceBatch bounds the events one sequencer transaction numbers.
+const sequenceBatch = 10_000
+
+// sequence numbers the events of every unit committed on shard so far: it moves them
+// from event_pending into events with the shard's next Seqs, in (transaction id, order in
+// the unit) order. It holds the shard's event_logs row lock while it does, so sequencers
+// of one shard (in any process) take turns and their blocks of numbers become visible in
+// order. The number of a unit's events is thus fixed after its commit but before any
+// reader can see them; units themselves never wait for each other here.
+func (s *Store) sequence(ctx context.Context, shard int) error {
+	for {
+		b := &pgx.Batch{}
+		b.Queue("BEGIN")
+		b.Queue(s.sql.lockLog, shard)
+		b.Queue(s.sql.sequence, shard, sequenceBatch)
+		b.Queue("COMMIT")
+		br := s.pool.SendBatch(ctx, b)
+		_, err := br.Exec()
+		if err == nil {
+			_, err = br.Exec()
+		}
+		var n int64
+		if err == nil {
+			err = br.QueryRow().Scan(&n)
+		}
+		if err == nil {
+			_, err = br.Exec()
+		}
+		if cerr := br.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			// The batch may leave its connection inside the failed transaction; pgxpool
+			// discards such connections rather than reuse them.
+			return translate(ctx, err, "number events")
+		}
+		if n < sequenceBatch {
+			return nil
+		}
+	}
+}
+
 // ReadEvents returns up to limit events of shard with Seq greater than after, in Seq
-// order; limit <= 0 returns none. If after is below the shard's trim point it returns an
-// error matching [fftype.ErrCursorExpired]. Argument errors are as for Update.
+// order; limit <= 0 returns none. Events of every unit committed before the call are
+// numbered first, so a unit's events are readable as soon as its Update returned. If after
+// is below the shard's trim point it returns an error matching [fftype.ErrCursorExpired].
+// Argument errors are as for Update.
 func (s *Store) ReadEvents(ctx context.Context, shard int, after uint64, limit int) ([]fftype.Event, error) {
 	if err := s.check(ctx, shard); err != nil {
 		return nil, err
@@ -687,16 +741,35 @@ func (s *Store) ReadEvents(ctx context.Context, shard int, after uint64, limit i
 		return nil, nil
 	}
 	limit = min(limit, math.MaxInt32)
-	// One round trip: the events, then the trim point. It only grows, so if after is not
-	// below it when read after the events, nothing the events query needed was trimmed.
+	out, pending, err := s.readEvents(ctx, shard, after, limit, true)
+	if err == nil && pending {
+		if err = s.sequence(ctx, shard); err == nil {
+			out, _, err = s.readEvents(ctx, shard, after, limit, false)
+		}
+	}
+	return out, err
+}
+
+// readEvents reads events in one round trip: whether unnumbered events wait (if probe),
+// the events, then the trim point. The trim point only grows, so if after is not below it
+// when read after the events, nothing the events query needed was trimmed.
+func (s *Store) readEvents(ctx context.Context, shard int, after uint64, limit int, probe bool) (_ []fftype.Event, pending bool, _ error) {
 	b := &pgx.Batch{}
-	b.Queue(s.sql.readEvents, shard, int64(after), limit)
+	if probe {
+		b.Queue(s.sql.hasPending, shard)
+	}
+	b.Queue(s.sql.readEvents, shard, int64(after), limit) //nolint:gosec // below MaxInt64
 	b.Queue(s.sql.eventBounds, shard)
 	br := s.pool.SendBatch(ctx, b)
 	defer br.Close()
+	if probe {
+		if err := br.QueryRow().Scan(&pending); err != nil {
+			return nil, false, translate(ctx, err, "read events")
+		}
+	}
 	rows, err := br.Query()
 	if err != nil {
-		return nil, translate(ctx, err, "read events")
+		return nil, false, translate(ctx, err, "read events")
 	}
 	var out []fftype.Event
 	for rows.Next() {
@@ -707,7 +780,7 @@ func (s *Store) ReadEvents(ctx context.Context, shard int, after uint64, limit i
 		var data []byte
 		if err := rows.Scan(&seq, &version, &typ, &sec, &nsec, &exec, &ev.FlowID, &ev.Namespace, &ev.Lane, &data); err != nil {
 			rows.Close()
-			return nil, translate(ctx, err, "read events")
+			return nil, false, translate(ctx, err, "read events")
 		}
 		ev.Seq, ev.Version, ev.Type = uint64(seq), int(version), fftype.EventType(typ) //nolint:gosec // seq > 0
 		ev.Time = time.Unix(sec, int64(nsec)).UTC()
@@ -718,23 +791,32 @@ func (s *Store) ReadEvents(ctx context.Context, shard int, after uint64, limit i
 		out = append(out, ev)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, translate(ctx, err, "read events")
+		return nil, false, translate(ctx, err, "read events")
 	}
 	var trimmed, last int64
 	if err := br.QueryRow().Scan(&trimmed, &last); err != nil {
-		return nil, translate(ctx, err, "read trim point")
+		return nil, false, translate(ctx, err, "read trim point")
 	}
 	if after < uint64(trimmed) { //nolint:gosec // never negative
-		return nil, ffstore.CursorExpired(shard, after, uint64(trimmed)) //nolint:gosec // never negative
+		return nil, false, ffstore.CursorExpired(shard, after, uint64(trimmed)) //nolint:gosec // never negative
 	}
-	return out, nil
+	return out, pending, nil
 }
 
-// EventBounds returns shard's trim point and the Seq of its last committed event.
-// Argument errors are as for Update.
+// EventBounds returns shard's trim point and the Seq of its last event, after numbering
+// the events of every unit committed before the call. Argument errors are as for Update.
 func (s *Store) EventBounds(ctx context.Context, shard int) (trimmed, last uint64, err error) {
 	if err := s.check(ctx, shard); err != nil {
 		return 0, 0, err
+	}
+	var pending bool
+	if err := s.pool.QueryRow(ctx, s.sql.hasPending, shard).Scan(&pending); err != nil {
+		return 0, 0, translate(ctx, err, "read event bounds")
+	}
+	if pending {
+		if err := s.sequence(ctx, shard); err != nil {
+			return 0, 0, err
+		}
 	}
 	var t, l int64
 	if err := s.pool.QueryRow(ctx, s.sql.eventBounds, shard).Scan(&t, &l); err != nil {

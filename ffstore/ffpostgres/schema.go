@@ -59,14 +59,32 @@ var migrations = [][]string{ //nolint:gochecknoglobals // the embedded schema, r
 			shard integer NOT NULL,
 			PRIMARY KEY (queue, shard)
 		)`,
-		// One row per shard: the last Seq handed out and the trim point. A unit that
-		// appends events increments last_seq as its last statement before COMMIT, so the
-		// row lock orders appends by commit and the numbers have no gaps.
+		// One row per shard: the last Seq handed out and the trim point.
 		`CREATE TABLE {S}.event_logs (
 			shard    integer PRIMARY KEY,
 			last_seq bigint NOT NULL DEFAULT 0,
 			trimmed  bigint NOT NULL DEFAULT 0
 		)`,
+		// Events of committed units not numbered yet. A unit inserts its events here,
+		// tagged with its transaction id, without touching any shared row; the sequencer
+		// moves them into events with the next Seqs, in (xid, ord) order, under the
+		// shard's event_logs row lock.
+		`CREATE TABLE {S}.event_pending (
+			shard        integer NOT NULL,
+			xid          xid8    NOT NULL DEFAULT pg_current_xact_id(),
+			ord          integer NOT NULL,
+			version      integer NOT NULL,
+			type         text    NOT NULL,
+			time_unix    bigint  NOT NULL,
+			time_nsec    integer NOT NULL,
+			execution_id text    NOT NULL,
+			flow_id      text    NOT NULL,
+			namespace    text    NOT NULL,
+			lane         text    NOT NULL,
+			data         bytea,
+			PRIMARY KEY (shard, xid, ord)
+		) WITH (autovacuum_vacuum_scale_factor = 0.01, autovacuum_vacuum_threshold = 500,
+			autovacuum_vacuum_cost_delay = 0, autovacuum_vacuum_insert_scale_factor = 0.05)`,
 		`CREATE TABLE {S}.events (
 			shard        integer NOT NULL,
 			seq          bigint  NOT NULL,
@@ -220,4 +238,16 @@ func schemaError(schema string, found int) error {
 		code = CodeSchemaTooNew
 	}
 	return &fftype.Error{Kind: fftype.KindUnavailable, Code: code, Message: "ffpostgres", Err: cause}
+}
+
+// DropSchema deletes schema and everything in it, for tests and benchmarks that made it.
+// Stores open on it fail afterwards.
+func DropSchema(ctx context.Context, pool *pgxpool.Pool, schema string) error {
+	if err := checkSchemaName(schema); err != nil {
+		return err
+	}
+	if _, err := pool.Exec(ctx, "DROP SCHEMA IF EXISTS "+pgx.Identifier{schema}.Sanitize()+" CASCADE"); err != nil {
+		return translate(ctx, err, "drop schema")
+	}
+	return nil
 }

@@ -14,6 +14,7 @@ type statements struct {
 	putRecords, insertRecords, deleteRecords string
 	removeItems, lockQueues, addQueues       string
 	addItems, appendEvents, notify           string
+	hasPending, lockLog, sequence            string
 
 	heads, tryLockQueue, pruneQueue string
 	readEvents, eventBounds         string
@@ -64,15 +65,29 @@ func newStatements(qs string) *statements {
 			SELECT $1, q, m, sc FROM unnest($2::text[], $3::text[], $4::bigint[]) AS u(q, m, sc)
 			ON CONFLICT (shard, queue, member) DO UPDATE SET score = EXCLUDED.score
 			WHERE queue_items.score <> EXCLUDED.score`),
-		// The last statement before COMMIT: takes the shard's counter row lock (held
-		// through the commit, so numbers follow commit order) and numbers the events.
-		appendEvents: q(`WITH c AS (
-				UPDATE {S}.event_logs SET last_seq = last_seq + $2 WHERE shard = $1
-				RETURNING last_seq - $2 AS base)
-			INSERT INTO {S}.events (shard, seq, version, type, time_unix, time_nsec, execution_id, flow_id, namespace, lane, data)
-			SELECT $1, c.base + e.ord, e.version, e.type, e.time_unix, e.time_nsec, e.execution_id, e.flow_id, e.namespace, e.lane, e.data
-			FROM c, unnest($3::integer[], $4::text[], $5::bigint[], $6::integer[], $7::text[], $8::text[], $9::text[], $10::text[], $11::bytea[])
+		// A unit's events wait, unnumbered, for the sequencer.
+		appendEvents: q(`INSERT INTO {S}.event_pending (shard, ord, version, type, time_unix, time_nsec, execution_id, flow_id, namespace, lane, data)
+			SELECT $1, e.ord, e.version, e.type, e.time_unix, e.time_nsec, e.execution_id, e.flow_id, e.namespace, e.lane, e.data
+			FROM unnest($2::integer[], $3::text[], $4::bigint[], $5::integer[], $6::text[], $7::text[], $8::text[], $9::text[], $10::bytea[])
 				WITH ORDINALITY AS e(version, type, time_unix, time_nsec, execution_id, flow_id, namespace, lane, data, ord)`),
+		hasPending: q(`SELECT EXISTS (SELECT 1 FROM {S}.event_pending WHERE shard = $1)`),
+		// The sequencer: lockLog, then (a new statement, so a new snapshot that sees every
+		// unit committed before the lock was granted) sequence, in one transaction. The
+		// lock is held until COMMIT, so blocks of numbers become visible in order.
+		lockLog: q(`SELECT last_seq FROM {S}.event_logs WHERE shard = $1 FOR UPDATE`),
+		sequence: q(`WITH moved AS (
+				DELETE FROM {S}.event_pending p WHERE (p.shard, p.xid, p.ord) IN (
+					SELECT shard, xid, ord FROM {S}.event_pending WHERE shard = $1 ORDER BY xid, ord LIMIT $2)
+				RETURNING p.*),
+			numbered AS (SELECT m.*, row_number() OVER (ORDER BY m.xid, m.ord) AS rn FROM moved m),
+			base AS (SELECT last_seq FROM {S}.event_logs WHERE shard = $1),
+			ins AS (
+				INSERT INTO {S}.events (shard, seq, version, type, time_unix, time_nsec, execution_id, flow_id, namespace, lane, data)
+				SELECT $1, base.last_seq + n.rn, n.version, n.type, n.time_unix, n.time_nsec, n.execution_id, n.flow_id, n.namespace, n.lane, n.data
+				FROM numbered n, base
+				RETURNING 1),
+			upd AS (UPDATE {S}.event_logs SET last_seq = last_seq + (SELECT count(*) FROM ins) WHERE shard = $1)
+			SELECT count(*) FROM ins`),
 		notify: `SELECT pg_notify($1, '')`,
 
 		// The head of each directory queue in one of the ranges [lo, hi) (hi '' = no end):

@@ -467,7 +467,7 @@ func (t *unitTx) commit(ctx context.Context) error {
 				data[i] = ev.Data
 			}
 		}
-		b.Queue(sq.appendEvents, t.shard, int64(n), version, typ, sec, nsec, exec, flow, ns, lane, data)
+		b.Queue(sq.appendEvents, t.shard, version, typ, sec, nsec, exec, flow, ns, lane, data)
 	}
 	b.Queue("COMMIT")
 
@@ -482,7 +482,7 @@ func (t *unitTx) commit(ctx context.Context) error {
 		if len(t.events) > 0 && i == b.Len()-2 && tag.RowsAffected() != int64(len(t.events)) {
 			_ = br.Close()
 			e := fftype.NewError(fftype.KindUnavailable, fftype.CodeCorruption,
-				"ffpostgres: shard %d has no event log row: the schema is damaged", t.shard)
+				"ffpostgres: shard %d: %d of %d events appended", t.shard, tag.RowsAffected(), len(t.events))
 			e.Retryable = false
 			return t.fail(e, "commit")
 		}
