@@ -80,7 +80,10 @@ func badRequest(format string, args ...any) error {
 // value when allowEmpty.
 func decode[T any](r *http.Request, limit int64, allowEmpty bool) (T, error) {
 	var v T
-	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
+	// curl -d sends application/x-www-form-urlencoded; the body is still read as JSON, so
+	// a shell worker needs no extra header.
+	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") &&
+		!strings.HasPrefix(ct, "application/x-www-form-urlencoded") {
 		return v, &fftype.Error{Kind: fftype.KindValidation, Code: "unsupported_media_type",
 			Message: "send the body as application/json"}
 	}

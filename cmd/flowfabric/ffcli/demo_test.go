@@ -14,7 +14,7 @@ func TestDemo(t *testing.T) {
 	t.Parallel()
 	db := filepath.Join(t.TempDir(), "demo.db")
 	var out bytes.Buffer
-	require.NoError(t, Run(t.Context(), []string{"-n", "4", "-db", db}, &out))
+	require.NoError(t, Run(t.Context(), []string{"demo", "-n", "4", "-db", db}, &out))
 	s := out.String()
 	require.Contains(t, s, "on the SQLite file "+db)
 	require.Contains(t, s, "created 4 executions")

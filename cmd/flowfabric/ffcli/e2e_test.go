@@ -1,0 +1,148 @@
+package ffcli
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/flowfabric/flowfabric/ffclient"
+	"github.com/flowfabric/flowfabric/fftype"
+)
+
+// startServer runs the server command in process on a fresh SQLite file and a free
+// loopback port, and returns its base URL. It stops when the test ends.
+func startServer(t *testing.T, token string) string {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	addr := make(chan string, 1)
+	done := make(chan error, 1)
+	var out bytes.Buffer
+	o := &serveOptions{store: "sqlite://" + filepath.ToSlash(filepath.Join(t.TempDir(), "ff.db")), addr: "127.0.0.1:0",
+		token: token, logLevel: "error", shutdown: 5 * time.Second, ready: func(a string) { addr <- a }}
+	go func() { done <- serve(ctx, &out, o) }()
+	var base string
+	select {
+	case a := <-addr:
+		base = "http://" + a
+	case err := <-done:
+		t.Fatalf("server did not start: %v", err)
+	}
+	t.Cleanup(func() {
+		cancel()
+		require.NoError(t, <-done, "graceful shutdown")
+		require.Contains(t, out.String(), "shutting down")
+	})
+	return base
+}
+
+// cli runs the flowfabric command in process and returns what it printed.
+func cli(t *testing.T, args ...string) string {
+	t.Helper()
+	var out bytes.Buffer
+	root := NewRootCommand(&out)
+	root.SetArgs(args)
+	require.NoError(t, root.ExecuteContext(t.Context()), "flowfabric %s\n%s", strings.Join(args, " "), out.String())
+	return out.String()
+}
+
+// buildCLI builds the real binary once per test run.
+func buildCLI(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "flowfabric")
+	cmd := exec.Command("go", "build", "-o", bin, "github.com/flowfabric/flowfabric/cmd/flowfabric")
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, string(out))
+	return bin
+}
+
+func TestEndToEndCLIAndGoClient(t *testing.T) {
+	t.Parallel()
+	base := startServer(t, "e2e-token")
+	out := cli(t, "exec", "submit", "--server", base, "--token", "e2e-token", "--lane", "cli", "--kind", "echo", "--payload", `{"n":21}`)
+	id := strings.Fields(out)[0]
+	require.Contains(t, out, "waiting")
+
+	out = cli(t, "worker", "--server", base, "--token", "e2e-token", "--lane", "cli", "--once", "--", "sh", "-c", "cat")
+	require.Contains(t, out, id+" completed")
+	out = cli(t, "exec", "result", "--server", base, "--token", "e2e-token", id)
+	require.JSONEq(t, `{"n":21}`, strings.TrimSpace(out))
+	out = cli(t, "exec", "list", "--server", base, "--token", "e2e-token", "--lane", "cli", "--state", "completed")
+	require.Contains(t, out, id)
+
+	// A failing command fails the attempt; the policy retries it.
+	out = cli(t, "exec", "submit", "--server", base, "--token", "e2e-token", "--lane", "fails", "--kind", "k")
+	failing := strings.Fields(out)[0]
+	out = cli(t, "worker", "--server", base, "--token", "e2e-token", "--lane", "fails", "--once", "--", "sh", "-c", "echo nope >&2; exit 3")
+	require.Contains(t, out, failing+" failed")
+	require.Contains(t, out, "retry scheduled: true")
+
+	c, err := ffclient.New(base, &ffclient.Config{Token: "e2e-token"})
+	require.NoError(t, err)
+	atts, err := c.Attempts(t.Context(), fftype.ExecutionID(failing))
+	require.NoError(t, err)
+	require.Contains(t, atts[0].FailureReason, "exit status 3: nope")
+
+	out = cli(t, "exec", "cancel", "--server", base, "--token", "e2e-token", "--reason", "enough", failing)
+	require.Contains(t, out, "cancelled")
+	out = cli(t, "exec", "get", "--server", base, "--token", "e2e-token", failing)
+	var x map[string]any
+	require.NoError(t, json.Unmarshal([]byte(out), &x))
+	require.Equal(t, "cancelled", x["state"])
+
+	var buf bytes.Buffer
+	root := NewRootCommand(&buf)
+	root.SetArgs([]string{"exec", "get", "--server", base, "--token", "wrong", failing})
+	require.ErrorIs(t, root.ExecuteContext(t.Context()), fftype.ErrUnauthenticated)
+}
+
+func TestEndToEndBinaryAndCurlWorker(t *testing.T) {
+	t.Parallel()
+	base := startServer(t, "")
+	bin := buildCLI(t)
+	run := func(args ...string) string {
+		t.Helper()
+		cmd := exec.CommandContext(t.Context(), bin, args...)
+		cmd.Env = append(os.Environ(), "FF_SERVER="+base)
+		out, err := cmd.CombinedOutput()
+		require.NoError(t, err, "flowfabric %s: %s", strings.Join(args, " "), out)
+		return string(out)
+	}
+	out := run("exec", "submit", "--lane", "shell", "--kind", "greet", "--payload", `{"name":"Ada"}`)
+	id := strings.Fields(out)[0]
+
+	// A worker written in shell with curl and jq: claim, compute, complete.
+	script := filepath.Join(t.TempDir(), "worker.sh")
+	require.NoError(t, os.WriteFile(script, []byte(`#!/bin/sh
+set -eu
+S="$1"
+resp=$(curl -sf "$S/v1/claim" -d '{"worker_id":"sh","worker_instance_id":"sh-1","lanes":["shell"],"wait_ms":5000}')
+id=$(printf '%s' "$resp" | jq -r '.leases[0].execution_id')
+fence=$(printf '%s' "$resp" | jq -c '.leases[0].fence')
+name=$(printf '%s' "$resp" | jq -r '.leases[0].payload.name')
+curl -sf "$S/v1/executions/$id/complete" -d "{\"fence\":$fence,\"result\":{\"greeting\":\"hello $name\"}}" >/dev/null
+echo "$id"
+`), 0o755))
+	cmd := exec.CommandContext(t.Context(), "sh", script, base)
+	got, err := cmd.CombinedOutput()
+	require.NoError(t, err, string(got))
+	require.Equal(t, id, strings.TrimSpace(string(got)))
+
+	out = run("exec", "result", id)
+	require.JSONEq(t, `{"greeting":"hello Ada"}`, strings.TrimSpace(out))
+
+	// Raw HTTP mistakes get clear JSON errors.
+	bad := exec.CommandContext(t.Context(), "curl", "-s", "-o", "-", "-w", "\n%{http_code}", base+"/v1/executions", "-d", "{nope")
+	got, err = bad.CombinedOutput()
+	require.NoError(t, err, string(got))
+	lines := strings.Split(strings.TrimSpace(string(got)), "\n")
+	require.Equal(t, "400", lines[len(lines)-1])
+	require.Contains(t, lines[0], `"code":"invalid_input"`)
+}

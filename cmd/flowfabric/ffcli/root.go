@@ -1,0 +1,42 @@
+package ffcli
+
+import (
+	"context"
+	"io"
+
+	"github.com/spf13/cobra"
+)
+
+// NewRootCommand returns the flowfabric command with every subcommand, writing to out.
+func NewRootCommand(out io.Writer) *cobra.Command {
+	root := &cobra.Command{
+		Use:           "flowfabric",
+		Short:         "A durable execution engine: run, serve, work and measure",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetOut(out)
+	root.SetErr(out)
+	root.AddCommand(
+		newDevCommand(out),
+		newServerCommand(out),
+		newMigrateCommand(out),
+		newExecCommand(out),
+		newWorkerCommand(out),
+		passthrough("demo", "Create, claim, fail-and-retry and complete a few executions on an SQLite file", out, demoCommand),
+		passthrough("bench", "Run a benchmark scenario (flowfabric bench -h for its flags)", out, benchCommand),
+	)
+	return root
+}
+
+// passthrough wraps a command that parses its own flags.
+func passthrough(use, short string, out io.Writer, run func(ctx context.Context, args []string, out io.Writer) error) *cobra.Command {
+	return &cobra.Command{
+		Use:                use,
+		Short:              short,
+		DisableFlagParsing: true,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return run(cmd.Context(), args, out)
+		},
+	}
+}

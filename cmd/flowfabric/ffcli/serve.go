@@ -1,0 +1,191 @@
+package ffcli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/flowfabric/flowfabric"
+	"github.com/flowfabric/flowfabric/ffconnect"
+	"github.com/flowfabric/flowfabric/ffserver"
+)
+
+// serveOptions configures the server and dev commands.
+type serveOptions struct {
+	store    string
+	addr     string
+	token    string
+	cors     string
+	logLevel string
+	shutdown time.Duration
+	dev      bool
+	ready    func(addr string) // tests learn the listening address here
+}
+
+// env returns the value of the environment variable name, or def.
+func env(name, def string) string {
+	if v, ok := os.LookupEnv(name); ok {
+		return v
+	}
+	return def
+}
+
+func newServerCommand(out io.Writer) *cobra.Command {
+	o := &serveOptions{}
+	cmd := &cobra.Command{
+		Use:   "server",
+		Short: "Serve the HTTP API and run the engine on a store",
+		Long: `Serve the HTTP API (/v1, /healthz, /readyz, /metrics, /v1/openapi.json) and run the
+engine's timers on the store named by --store: sqlite:///path/file.db, postgres://…,
+redis://…, redis+cluster://…, valkey://…, or mem. Every flag also reads an FF_* variable.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if o.store == "" {
+				return errors.New("server: --store (or FF_STORE) is required, e.g. sqlite:///var/lib/flowfabric/ff.db")
+			}
+			return serve(cmd.Context(), out, o)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.store, "store", env("FF_STORE", ""), "store URL (FF_STORE)")
+	f.StringVar(&o.addr, "addr", env("FF_ADDR", "127.0.0.1:8080"), "listen address (FF_ADDR)")
+	f.StringVar(&o.token, "token", env("FF_API_TOKEN", ""), "bearer token required on every route but health checks (FF_API_TOKEN)")
+	f.StringVar(&o.cors, "cors-origins", env("FF_CORS_ORIGINS", ""), "comma-separated origins browsers may call from, or * (FF_CORS_ORIGINS)")
+	f.StringVar(&o.logLevel, "log-level", env("FF_LOG_LEVEL", "info"), "debug, info, warn or error (FF_LOG_LEVEL)")
+	f.DurationVar(&o.shutdown, "shutdown-timeout", 15*time.Second, "how long shutdown waits for requests in flight")
+	return cmd
+}
+
+func newDevCommand(out io.Writer) *cobra.Command {
+	o := &serveOptions{dev: true}
+	var db string
+	cmd := &cobra.Command{
+		Use:   "dev",
+		Short: "Run the server and engine on an SQLite file in the working directory",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			abs, err := filepath.Abs(db)
+			if err != nil {
+				return err
+			}
+			o.store = "sqlite://" + filepath.ToSlash(abs)
+			return serve(cmd.Context(), out, o)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&db, "db", env("FF_DEV_DB", "flowfabric.db"), "the SQLite file (FF_DEV_DB)")
+	f.StringVar(&o.addr, "addr", env("FF_ADDR", "127.0.0.1:8080"), "listen address (FF_ADDR)")
+	f.StringVar(&o.logLevel, "log-level", env("FF_LOG_LEVEL", "warn"), "debug, info, warn or error (FF_LOG_LEVEL)")
+	f.DurationVar(&o.shutdown, "shutdown-timeout", 5*time.Second, "how long shutdown waits for requests in flight")
+	return cmd
+}
+
+// serve runs the API until ctx ends, then shuts down gracefully: it stops accepting,
+// drains requests in flight (long-polling claims included), stops the engine's loops and
+// closes the store.
+func serve(ctx context.Context, out io.Writer, o *serveOptions) error {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
+		return fmt.Errorf("--log-level %q: want debug, info, warn or error", o.logLevel)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	store, err := ffconnect.Open(ctx, o.store)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	client, err := flowfabric.NewClient(store, &flowfabric.Config{Logger: log})
+	if err != nil {
+		return err
+	}
+	var origins []string
+	for _, s := range strings.Split(o.cors, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			origins = append(origins, s)
+		}
+	}
+	srv, err := ffserver.New(client, ffserver.Config{Token: o.token, CORSOrigins: origins, Logger: log})
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", o.addr)
+	if err != nil {
+		return err
+	}
+	client.Start(ctx)
+	defer client.Stop()
+	srv.Start(ctx)
+	defer srv.Close()
+
+	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	served := make(chan error, 1)
+	go func() { served <- hs.Serve(ln) }()
+	addr := ln.Addr().String()
+	banner(out, addr, o)
+	if o.ready != nil {
+		o.ready(addr)
+	}
+	select {
+	case err := <-served:
+		return err
+	case <-ctx.Done():
+	}
+	fmt.Fprintln(out, "shutting down: draining requests in flight")
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), o.shutdown)
+	defer cancel()
+	if err := hs.Shutdown(sctx); err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	if err := <-served; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+func banner(out io.Writer, addr string, o *serveOptions) {
+	base := "http://" + addr
+	if !o.dev {
+		fmt.Fprintf(out, "flowfabric server listening on %s (store %s)\n", base, redact(o.store))
+		return
+	}
+	fmt.Fprintf(out, `FlowFabric dev server
+  listening on  %[1]s
+  store         %[2]s
+  API document  %[1]s/v1/openapi.json
+  metrics       %[1]s/metrics
+
+Try it, in another terminal:
+  go run ./cmd/flowfabric exec submit --lane email --kind send --payload '{"to":"ada@example.com"}'
+  go run ./cmd/flowfabric worker --lane email -- sh -c 'cat; echo'   # payload in on stdin, result out on stdout
+  go run ./cmd/flowfabric exec list --lane email
+or with curl:
+  curl -s %[1]s/v1/executions -d '{"lane":"email","kind":"send","payload":{"to":"ada@example.com"}}'
+  curl -s %[1]s/v1/claim -d '{"worker_id":"me","worker_instance_id":"me-1","lanes":["email"]}'
+
+Stop with Ctrl-C.
+`, base, o.store)
+}
+
+// redact hides a password in a store URL for logs and banners.
+func redact(u string) string {
+	scheme, rest, ok := strings.Cut(u, "://")
+	if !ok {
+		return u
+	}
+	at := strings.LastIndex(rest, "@")
+	if at < 0 {
+		return u
+	}
+	user, _, _ := strings.Cut(rest[:at], ":")
+	return scheme + "://" + user + ":***@" + rest[at+1:]
+}
