@@ -1,0 +1,98 @@
+package ffconnect_test
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/flowfabric/flowfabric"
+	"github.com/flowfabric/flowfabric/ffconnect"
+	"github.com/flowfabric/flowfabric/ffstore/ffmem"
+	"github.com/flowfabric/flowfabric/ffstore/ffsqlite"
+	"github.com/flowfabric/flowfabric/fftype"
+)
+
+func TestOpen(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+
+	for _, url := range []string{"mem:", "mem://", "MEM:"} {
+		s, err := ffconnect.Open(ctx, url)
+		require.NoError(t, err, url)
+		require.IsType(t, &ffmem.Store{}, s)
+		require.NoError(t, s.Close())
+	}
+	path := filepath.Join(t.TempDir(), "ff.db")
+	s, err := ffconnect.Open(ctx, "sqlite://"+path+"?shards=3")
+	require.NoError(t, err)
+	require.IsType(t, &ffsqlite.Store{}, s)
+	require.Equal(t, 3, s.Shards())
+	require.NoError(t, s.Close())
+
+	for _, bad := range []string{"", "nope", "mysql://db", "mem:/x", "sqlite://host/path.db", "sqlite:"} {
+		_, err := ffconnect.Open(ctx, bad)
+		require.ErrorIs(t, err, fftype.ErrValidation, bad)
+	}
+}
+
+func TestConnect(t *testing.T) {
+	t.Parallel()
+
+	t.Run("RefusesAConfigWithoutStore", func(t *testing.T) {
+		t.Parallel()
+		_, err := ffconnect.Connect(t.Context(), &flowfabric.WorkerConfig{WorkerID: "w", Lanes: []string{"l"}}, nil)
+		var ce *flowfabric.ConfigError
+		require.ErrorAs(t, err, &ce)
+		require.Equal(t, "store", ce.Field)
+
+		_, err = ffconnect.Connect(t.Context(), &flowfabric.WorkerConfig{Store: "mem:", WorkerID: "w"}, nil)
+		require.ErrorAs(t, err, &ce)
+		require.Equal(t, "lanes", ce.Field, "the config is checked before the store is opened")
+
+		_, err = ffconnect.Connect(t.Context(), &flowfabric.WorkerConfig{Store: "bogus:", WorkerID: "w", Lanes: []string{"l"}}, nil)
+		require.ErrorAs(t, err, &ce)
+		require.Equal(t, "store", ce.Field)
+	})
+
+	t.Run("RunsOnSQLiteAndOwnsTheStore", func(t *testing.T) {
+		t.Parallel()
+		ctx := t.Context()
+		url := "sqlite://" + filepath.Join(t.TempDir(), "ff.db")
+		cfg := &flowfabric.WorkerConfig{Store: url, WorkerID: "w", WorkerInstanceID: "only", Lanes: []string{"l"}}
+		w, err := ffconnect.Connect(ctx, cfg, nil)
+		require.NoError(t, err)
+		require.Equal(t, url, w.Config().Store)
+		feed := w.Completions()
+		require.NotNil(t, feed, "SQLite pushes changes, so the worker has a completion feed")
+
+		_, err = ffconnect.Connect(ctx, cfg, nil)
+		require.ErrorIs(t, err, flowfabric.ErrDuplicateWorkerInstance, "a second process with the instance id is refused")
+
+		flowfabric.Handle(w, "double", func(ctx context.Context, t *flowfabric.Task[int]) error {
+			return t.Complete(ctx, []byte{byte('0' + 2*t.Args)})
+		})
+		done := make(chan error, 1)
+		go func() { done <- w.Run(context.Background()) }()
+		res, err := w.Client().Create(ctx, flowfabric.CreateParams{Lane: "l", Kind: "double", Payload: []byte("3")})
+		require.NoError(t, err)
+		d := <-feed.Events()
+		require.Equal(t, res.ID, d.Event.ExecutionID)
+		require.Equal(t, fftype.EventCompleted, d.Event.Type)
+		out, err := w.Client().Result(ctx, res.ID)
+		require.NoError(t, err)
+		require.Equal(t, "6", string(out))
+
+		require.NoError(t, w.Stop(ctx))
+		require.NoError(t, <-done)
+		store := w.Client()
+		require.NoError(t, w.Close(ctx))
+		_, err = store.Get(context.Background(), res.ID)
+		require.Error(t, err, "Close closed the store the worker opened")
+
+		again, err := ffconnect.Connect(ctx, cfg, nil)
+		require.NoError(t, err, "Close released the instance id")
+		require.NoError(t, again.Close(ctx))
+	})
+}
