@@ -155,7 +155,7 @@ type runState struct {
 	fetchCancel context.CancelCauseFunc
 	workCtx     context.Context // the parent of handlers' contexts
 	workCancel  context.CancelCauseFunc
-	stopAfter   func() bool // unhooks workCtx from the worker's life
+	stopAfter   func() bool // unhooks the run from the worker's life
 	wg          sync.WaitGroup
 	done        chan struct{} // closed when Run returns
 
@@ -199,7 +199,10 @@ func (w *Worker) Run(ctx context.Context) error {
 	rs := &runState{done: make(chan struct{})}
 	rs.fetchCtx, rs.fetchCancel = context.WithCancelCause(ctx)
 	rs.workCtx, rs.workCancel = context.WithCancelCause(context.WithoutCancel(ctx))
-	rs.stopAfter = context.AfterFunc(w.life, func() { rs.workCancel(ErrWorkerStopped) })
+	rs.stopAfter = context.AfterFunc(w.life, func() {
+		rs.fetchCancel(ErrWorkerStopped)
+		rs.workCancel(ErrWorkerStopped)
+	})
 	w.run = rs
 	w.mu.Unlock()
 	defer func() {
@@ -443,6 +446,11 @@ func (w *Worker) stop(ctx context.Context, cancel bool) error {
 	case <-rs.done:
 		return nil
 	case <-ctx.Done():
+	}
+	select {
+	case <-rs.done:
+		return nil // finished as ctx ended
+	default:
 	}
 	rs.workCancel(ErrWorkerStopped)
 	cctx, cc := cleanupContext(ctx)

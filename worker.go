@@ -534,12 +534,12 @@ func (w *Worker) Close(ctx context.Context) error {
 
 func (w *Worker) close(ctx context.Context) error {
 	var errs []error
+	w.mu.Lock()
+	w.closed = true // no new Run, claim or task from here on
+	w.mu.Unlock()
 	if err := w.Stop(ctx); err != nil {
 		errs = append(errs, err)
 	}
-	w.mu.Lock()
-	w.closed = true
-	w.mu.Unlock()
 	cctx, cancel := cleanupContext(ctx)
 	defer cancel()
 	if err := w.releaseAll(cctx, nil); err != nil {

@@ -880,6 +880,27 @@ func exerciseWorker(t *testing.T, newStore func(t testing.TB) ffstore.Store) {
 		require.Equal(t, "released", x.LastLeaseEnd)
 	})
 
+	t.Run("CloseWhileRunning", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		w, err := flowfabric.NewWorker(b.ctx, b.client, config("i1"), nil)
+		require.NoError(t, err)
+		bl := newBlocker()
+		flowfabric.Handle(w, "block", bl.handle)
+		done := make(chan error, 1)
+		go func() { done <- w.Run(context.Background()) }()
+		id := b.create(t, "block", "")
+		recv(t, bl.started, "the handler")
+		expired, cancel := context.WithCancel(b.ctx)
+		cancel()
+		require.ErrorIs(t, w.Close(expired), context.Canceled, "Close's deadline passed before the handler returned")
+		require.ErrorIs(t, recv(t, bl.causes, "the stop"), flowfabric.ErrWorkerStopped)
+		require.NoError(t, recv(t, done, "Run"))
+		require.Equal(t, flowfabric.StateWaiting, b.get(t, id).PublicState(), "released")
+		_, err = b.client.GetWorker(b.ctx, "", "i1")
+		require.ErrorIs(t, err, flowfabric.ErrWorkerNotRegistered, "deregistered all the same")
+	})
+
 	t.Run("WakesAtOnceForNewWork", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
