@@ -51,3 +51,19 @@ func TestDemoRefusesBadArguments(t *testing.T) {
 		require.Error(t, Run(t.Context(), args, &out), "%q", args)
 	}
 }
+
+// TestNoArgumentsRunsTheDemo runs the README's first command: no arguments, the demo on
+// flowfabric-demo.db in the working directory. Not parallel: it changes directory.
+func TestNoArgumentsRunsTheDemo(t *testing.T) {
+	dir := t.TempDir()
+	t.Chdir(dir)
+	var out bytes.Buffer
+	require.NoError(t, Run(t.Context(), nil, &out))
+	require.Contains(t, out.String(), "on the SQLite file "+filepath.Join(dir, DefaultDemoDB))
+	require.Contains(t, out.String(), "done: 5 of 5 executions completed")
+	require.FileExists(t, filepath.Join(dir, DefaultDemoDB))
+
+	out.Reset()
+	require.NoError(t, Run(t.Context(), []string{"help"}, &out))
+	require.Contains(t, out.String(), "Available Commands")
+}
