@@ -186,6 +186,7 @@ type Store struct {
 	notifyInTx bool
 	log        *slog.Logger
 
+	heads    headsFlight
 	changes  ffstore.Notifier
 	notifyCh chan struct{} // coalesced requests for a NOTIFY
 	listenMu sync.Mutex
@@ -599,7 +600,8 @@ func (s *Store) run(ctx context.Context, shard int, readOnly bool, fn func(t *un
 // starts with one of prefixes; a queue matched by two prefixes is reported once. It reads
 // the queue directory and probes each matching queue's first item, so its cost grows with
 // the number of matching queues, not items. Directory rows of queues found empty are
-// pruned afterwards, in a short transaction of their own.
+// pruned afterwards, in a short transaction of their own. Concurrent calls with the same
+// prefixes share one query, always one that started after the call.
 func (s *Store) QueueHeads(ctx context.Context, prefixes []string) ([]ffstore.QueueHead, error) {
 	if s.closed.Load() {
 		return nil, errClosed()
@@ -611,6 +613,16 @@ func (s *Store) QueueHeads(ctx context.Context, prefixes []string) ([]ffstore.Qu
 	if len(ps) == 0 {
 		return nil, nil
 	}
+	return s.heads.do(ctx, headsKey(ps), func() ([]ffstore.QueueHead, error) {
+		// Shared by the callers that joined this query: not cancelled by any one of them.
+		qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.ConnectTimeout+DefaultStatementTimeout)
+		defer cancel()
+		return s.queueHeads(qctx, ps)
+	})
+}
+
+// queueHeads reads the heads of the queues matching the disjoint prefixes ps.
+func (s *Store) queueHeads(ctx context.Context, ps []string) ([]ffstore.QueueHead, error) {
 	his := make([]string, len(ps))
 	for i, p := range ps {
 		his[i], _ = prefixEnd(p)

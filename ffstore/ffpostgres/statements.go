@@ -11,10 +11,8 @@ type statements struct {
 	rangeFirst, rangeAfter string
 	pop                    string
 
-	putRecords, insertRecords, deleteRecords string
-	removeItems, lockQueues, addQueues       string
-	addItems, appendEvents, notify           string
-	hasPending, lockLog, sequence            string
+	write, notify                string
+	hasPending, lockLog, sequence string
 
 	heads, tryLockQueue, pruneQueue string
 	readEvents, eventBounds         string
@@ -35,41 +33,61 @@ func newStatements(qs string) *statements {
 			WHERE shard = $1 AND queue = $2 AND score <= $3 AND (score, member) > ($5::bigint, $6::text)
 			ORDER BY score, member LIMIT $4`),
 		// Items another unit has locked (it is popping, re-scoring or removing them) are
-		// skipped, never waited for.
-		pop: q(`DELETE FROM {S}.queue_items WHERE (shard, queue, member) IN (
-				SELECT shard, queue, member FROM {S}.queue_items
-				WHERE shard = $1 AND queue = $2 AND score <= $3
-				ORDER BY score, member LIMIT $4
-				FOR UPDATE SKIP LOCKED)
-			RETURNING member, score`),
+		// skipped, never waited for. The last row (popped false) is the queue's head after
+		// the pop, if any, as Range would read it, so that the engine's usual next step (a
+		// Range for the new head) costs no round trip.
+		pop: q(`WITH popped AS (
+				DELETE FROM {S}.queue_items WHERE (shard, queue, member) IN (
+					SELECT shard, queue, member FROM {S}.queue_items
+					WHERE shard = $1 AND queue = $2 AND score <= $3
+					ORDER BY score, member LIMIT $4
+					FOR UPDATE SKIP LOCKED)
+				RETURNING member, score)
+			SELECT member, score, true FROM popped
+			UNION ALL
+			(SELECT i.member, i.score, false FROM {S}.queue_items i
+				WHERE i.shard = $1 AND i.queue = $2 AND NOT EXISTS (SELECT 1 FROM popped p WHERE p.member = i.member)
+				ORDER BY i.score, i.member LIMIT 1)`),
 
-		// The writes of a unit, sent as one batch at commit.
-		putRecords: q(`INSERT INTO {S}.records (shard, key, value)
-			SELECT $1, k, v FROM unnest($2::text[], $3::bytea[]) AS u(k, v)
-			ON CONFLICT (shard, key) DO UPDATE SET value = EXCLUDED.value`),
-		// Records the unit read as missing: a plain insert, so that a record created by a
-		// concurrent unit meanwhile fails the unit (unique violation: a store conflict)
-		// instead of being overwritten.
-		insertRecords: q(`INSERT INTO {S}.records (shard, key, value)
-			SELECT $1, k, v FROM unnest($2::text[], $3::bytea[]) AS u(k, v)`),
-		deleteRecords: q(`DELETE FROM {S}.records WHERE shard = $1 AND key = ANY($2::text[])`),
-		removeItems: q(`DELETE FROM {S}.queue_items WHERE shard = $1
-			AND (queue, member) IN (SELECT q, m FROM unnest($2::text[], $3::text[]) AS u(q, m))`),
-		// A unit adding to a queue holds a shared advisory lock on it until it commits, so
-		// the directory pruner (which needs the lock exclusively) cannot delete the
-		// queue's directory row between this unit's check that it exists and its commit.
-		lockQueues: `SELECT count(pg_advisory_xact_lock_shared(k)) FROM unnest($1::bigint[]) AS k`,
-		addQueues: q(`INSERT INTO {S}.queues (queue, shard)
-			SELECT q, $1 FROM unnest($2::text[]) AS q ON CONFLICT DO NOTHING`),
-		addItems: q(`INSERT INTO {S}.queue_items (shard, queue, member, score)
-			SELECT $1, q, m, sc FROM unnest($2::text[], $3::text[], $4::bigint[]) AS u(q, m, sc)
-			ON CONFLICT (shard, queue, member) DO UPDATE SET score = EXCLUDED.score
-			WHERE queue_items.score <> EXCLUDED.score`),
-		// A unit's events wait, unnumbered, for the sequencer.
-		appendEvents: q(`INSERT INTO {S}.event_pending (shard, ord, version, type, time_unix, time_nsec, execution_id, flow_id, namespace, lane, data)
-			SELECT $1, e.ord, e.version, e.type, e.time_unix, e.time_nsec, e.execution_id, e.flow_id, e.namespace, e.lane, e.data
-			FROM unnest($2::integer[], $3::text[], $4::bigint[], $5::integer[], $6::text[], $7::text[], $8::text[], $9::text[], $10::bytea[])
-				WITH ORDINALITY AS e(version, type, time_unix, time_nsec, execution_id, flow_id, namespace, lane, data, ord)`),
+		// All writes of a unit, as one statement sent with COMMIT. Each part is a
+		// set-based sub-statement over arrays (empty arrays do nothing); the unit
+		// collapsed its writes to one per record and queue member, so no two parts touch
+		// one row.
+		//
+		// Records the unit read as missing are inserted without upsert (ins), so that a
+		// record created by a concurrent unit meanwhile fails the unit (unique violation:
+		// a store conflict) instead of being overwritten.
+		//
+		// A unit adding to a queue takes the queue's advisory lock shared (dir) before it
+		// makes sure the queue's directory row exists, and holds it until it commits, so
+		// the directory pruner (which needs the lock exclusively) cannot delete that row
+		// between the check and the commit.
+		//
+		// The unit's events (ev) wait, unnumbered and tagged with the transaction id,
+		// for the sequencer.
+		write: q(`WITH
+			del AS (DELETE FROM {S}.records WHERE shard = $1 AND key = ANY($2::text[])),
+			put AS (INSERT INTO {S}.records (shard, key, value)
+				SELECT $1, k, v FROM unnest($3::text[], $4::bytea[]) AS u(k, v)
+				ON CONFLICT (shard, key) DO UPDATE SET value = EXCLUDED.value),
+			ins AS (INSERT INTO {S}.records (shard, key, value)
+				SELECT $1, k, v FROM unnest($5::text[], $6::bytea[]) AS u(k, v)),
+			rem AS (DELETE FROM {S}.queue_items WHERE shard = $1
+				AND (queue, member) IN (SELECT q, m FROM unnest($7::text[], $8::text[]) AS u(q, m))),
+			dir AS (INSERT INTO {S}.queues (queue, shard)
+				SELECT u.q, $1 FROM unnest($9::text[], $10::bigint[]) AS u(q, k)
+				CROSS JOIN LATERAL (SELECT pg_advisory_xact_lock_shared(u.k)) AS l
+				ON CONFLICT DO NOTHING),
+			add AS (INSERT INTO {S}.queue_items (shard, queue, member, score)
+				SELECT $1, q, m, sc FROM unnest($11::text[], $12::text[], $13::bigint[]) AS u(q, m, sc)
+				ON CONFLICT (shard, queue, member) DO UPDATE SET score = EXCLUDED.score
+				WHERE queue_items.score <> EXCLUDED.score),
+			ev AS (INSERT INTO {S}.event_pending (shard, ord, version, type, time_unix, time_nsec, execution_id, flow_id, namespace, lane, data)
+				SELECT $1, e.ord, e.version, e.type, e.time_unix, e.time_nsec, e.execution_id, e.flow_id, e.namespace, e.lane, e.data
+				FROM unnest($14::integer[], $15::text[], $16::bigint[], $17::integer[], $18::text[], $19::text[], $20::text[], $21::text[], $22::bytea[])
+					WITH ORDINALITY AS e(version, type, time_unix, time_nsec, execution_id, flow_id, namespace, lane, data, ord)
+				RETURNING 1)
+			SELECT count(*) FROM ev`),
 		hasPending: q(`SELECT EXISTS (SELECT 1 FROM {S}.event_pending WHERE shard = $1)`),
 		// The sequencer: lockLog, then (a new statement, so a new snapshot that sees every
 		// unit committed before the lock was granted) sequence, in one transaction. The

@@ -35,6 +35,12 @@ type itemWrite struct {
 	remove bool
 }
 
+// headAfterPop is a queue's first item after a PopDue, ok false if the queue was empty.
+type headAfterPop struct {
+	item ffstore.QueueItem
+	ok   bool
+}
+
 // unitTx is a unit (write) or a View (read-only) on one shard, on one pooled connection.
 //
 // Reads go to the database at once, inside a transaction begun lazily with the first of
@@ -56,7 +62,8 @@ type unitTx struct {
 	reads   map[string]cached // records read from the database
 	writes  map[string]recWrite
 	items   map[itemKey]itemWrite
-	popped  bool // a PopDue removed something
+	popped  bool                    // a PopDue removed something
+	heads   map[string]headAfterPop // per queue: its head as the last PopDue on it read it
 	events  []fftype.Event
 	lockSQL string // the Get/Prefetch flavour: locking in units, plain in Views
 }
@@ -245,6 +252,13 @@ func (t *unitTx) Range(queue string, after *ffstore.QueueItem, maxScore int64, n
 		return nil, nil
 	}
 	n = min(n, math.MaxInt32)
+	if h, ok := t.heads[queue]; ok && after == nil && n == 1 {
+		// The head as the unit's last PopDue on this queue read it.
+		if !h.ok || h.item.Score > maxScore {
+			return nil, nil
+		}
+		return []ffstore.QueueItem{h.item}, nil
+	}
 	var items []ffstore.QueueItem
 	scan := func(rows pgx.Rows) error {
 		var it ffstore.QueueItem
@@ -276,17 +290,27 @@ func (t *unitTx) PopDue(queue string, maxScore int64, n int) ([]ffstore.QueueIte
 	}
 	n = min(n, math.MaxInt32)
 	var items []ffstore.QueueItem
+	next := headAfterPop{}
 	err := t.query("pop", t.s.sql.pop, func(rows pgx.Rows) error {
 		var it ffstore.QueueItem
-		if err := rows.Scan(&it.Member, &it.Score); err != nil {
+		var popped bool
+		if err := rows.Scan(&it.Member, &it.Score, &popped); err != nil {
 			return err
 		}
-		items = append(items, it)
+		if popped {
+			items = append(items, it)
+		} else {
+			next = headAfterPop{item: it, ok: true}
+		}
 		return nil
 	}, t.shard, queue, maxScore, n)
 	if err != nil {
 		return nil, err
 	}
+	if t.heads == nil {
+		t.heads = map[string]headAfterPop{}
+	}
+	t.heads[queue] = next
 	if len(items) == 0 {
 		return nil, nil
 	}
@@ -328,6 +352,7 @@ func (t *unitTx) Delete(key string) {
 // QueueAdd buffers the add.
 func (t *unitTx) QueueAdd(queue, member string, score int64) {
 	if t.writable("QueueAdd") {
+		delete(t.heads, queue)
 		t.items[itemKey{queue, member}] = itemWrite{score: score}
 	}
 }
@@ -335,6 +360,7 @@ func (t *unitTx) QueueAdd(queue, member string, score int64) {
 // QueueRemove buffers the removal.
 func (t *unitTx) QueueRemove(queue, member string) {
 	if t.writable("QueueRemove") {
+		delete(t.heads, queue)
 		t.items[itemKey{queue, member}] = itemWrite{remove: true}
 	}
 }
@@ -379,8 +405,8 @@ func (t *unitTx) commit(ctx context.Context) error {
 		keys = append(keys, k)
 	}
 	slices.Sort(keys)
-	var delKeys, putKeys, insKeys []string
-	var putVals, insVals [][]byte
+	delKeys, putKeys, insKeys := []string{}, []string{}, []string{}
+	putVals, insVals := [][]byte{}, [][]byte{}
 	for _, k := range keys {
 		w := t.writes[k]
 		switch {
@@ -392,99 +418,83 @@ func (t *unitTx) commit(ctx context.Context) error {
 			putKeys, putVals = append(putKeys, k), append(putVals, w.value)
 		}
 	}
-	if len(delKeys) > 0 {
-		b.Queue(sq.deleteRecords, t.shard, delKeys)
-	}
-	if len(putKeys) > 0 {
-		b.Queue(sq.putRecords, t.shard, putKeys, putVals)
-	}
-	if len(insKeys) > 0 {
-		b.Queue(sq.insertRecords, t.shard, insKeys, insVals)
-	}
 
 	// Queue items.
-	if len(t.items) > 0 {
-		iks := make([]itemKey, 0, len(t.items))
-		for k := range t.items {
-			iks = append(iks, k)
+	iks := make([]itemKey, 0, len(t.items))
+	for k := range t.items {
+		iks = append(iks, k)
+	}
+	slices.SortFunc(iks, func(a, b itemKey) int {
+		if c := strings.Compare(a.queue, b.queue); c != 0 {
+			return c
 		}
-		slices.SortFunc(iks, func(a, b itemKey) int {
-			if c := strings.Compare(a.queue, b.queue); c != 0 {
-				return c
-			}
-			return strings.Compare(a.member, b.member)
-		})
-		var remQ, remM, addQ, addM, queues []string
-		var addS []int64
-		for _, k := range iks {
-			w := t.items[k]
-			if w.remove {
-				remQ, remM = append(remQ, k.queue), append(remM, k.member)
-				continue
-			}
-			addQ, addM, addS = append(addQ, k.queue), append(addM, k.member), append(addS, w.score)
-			if len(queues) == 0 || queues[len(queues)-1] != k.queue {
-				queues = append(queues, k.queue)
-			}
+		return strings.Compare(a.member, b.member)
+	})
+	remQ, remM, addQ, addM, queues := []string{}, []string{}, []string{}, []string{}, []string{}
+	addS, locks := []int64{}, []int64{}
+	for _, k := range iks {
+		w := t.items[k]
+		if w.remove {
+			remQ, remM = append(remQ, k.queue), append(remM, k.member)
+			continue
 		}
-		if len(remQ) > 0 {
-			b.Queue(sq.removeItems, t.shard, remQ, remM)
+		addQ, addM, addS = append(addQ, k.queue), append(addM, k.member), append(addS, w.score)
+		if len(queues) == 0 || queues[len(queues)-1] != k.queue {
+			queues = append(queues, k.queue)
+			locks = append(locks, t.s.queueLockKey(t.shard, k.queue))
 		}
-		if len(addQ) > 0 {
-			locks := make([]int64, len(queues))
-			for i, q := range queues {
-				locks[i] = t.s.queueLockKey(t.shard, q)
-			}
-			b.Queue(sq.lockQueues, locks)
-			b.Queue(sq.addQueues, t.shard, queues)
-			b.Queue(sq.addItems, t.shard, addQ, addM, addS)
+	}
+
+	// Events.
+	n := len(t.events)
+	version := make([]int32, n)
+	typ := make([]string, n)
+	sec := make([]int64, n)
+	nsec := make([]int32, n)
+	exec := make([]string, n)
+	flow := make([]string, n)
+	ns := make([]string, n)
+	lane := make([]string, n)
+	data := make([][]byte, n)
+	for i, ev := range t.events {
+		version[i] = int32(ev.Version) //nolint:gosec // a small version number
+		typ[i] = string(ev.Type)
+		sec[i] = ev.Time.Unix()
+		nsec[i] = int32(ev.Time.Nanosecond()) //nolint:gosec // below 1e9
+		exec[i] = string(ev.ExecutionID)
+		flow[i] = ev.FlowID
+		ns[i] = ev.Namespace
+		lane[i] = ev.Lane
+		if ev.Data != nil {
+			data[i] = ev.Data
 		}
 	}
 
 	if t.s.notifyInTx {
 		b.Queue(sq.notify, t.s.channel)
 	}
-	if n := len(t.events); n > 0 {
-		version := make([]int32, n)
-		typ := make([]string, n)
-		sec := make([]int64, n)
-		nsec := make([]int32, n)
-		exec := make([]string, n)
-		flow := make([]string, n)
-		ns := make([]string, n)
-		lane := make([]string, n)
-		data := make([][]byte, n)
-		for i, ev := range t.events {
-			version[i] = int32(ev.Version) //nolint:gosec // a small version number
-			typ[i] = string(ev.Type)
-			sec[i] = ev.Time.Unix()
-			nsec[i] = int32(ev.Time.Nanosecond()) //nolint:gosec // below 1e9
-			exec[i] = string(ev.ExecutionID)
-			flow[i] = ev.FlowID
-			ns[i] = ev.Namespace
-			lane[i] = ev.Lane
-			if ev.Data != nil {
-				data[i] = ev.Data
-			}
-		}
-		b.Queue(sq.appendEvents, t.shard, version, typ, sec, nsec, exec, flow, ns, lane, data)
-	}
+	b.Queue(sq.write, t.shard, delKeys, putKeys, putVals, insKeys, insVals, remQ, remM,
+		queues, locks, addQ, addM, addS, version, typ, sec, nsec, exec, flow, ns, lane, data)
 	b.Queue("COMMIT")
 
 	br := t.conn.SendBatch(ctx, b)
 	t.begun = true
 	for i := range b.Len() {
-		tag, err := br.Exec()
+		var err error
+		if i == b.Len()-2 {
+			var appended int64
+			if err = br.QueryRow().Scan(&appended); err == nil && appended != int64(n) {
+				e := fftype.NewError(fftype.KindUnavailable, fftype.CodeCorruption,
+					"ffpostgres: shard %d: %d of %d events appended", t.shard, appended, n)
+				e.Retryable = false
+				err = e
+			}
+		} else {
+			_, err = br.Exec()
+		}
 		if err != nil {
 			_ = br.Close()
 			return t.fail(err, "commit")
-		}
-		if len(t.events) > 0 && i == b.Len()-2 && tag.RowsAffected() != int64(len(t.events)) {
-			_ = br.Close()
-			e := fftype.NewError(fftype.KindUnavailable, fftype.CodeCorruption,
-				"ffpostgres: shard %d: %d of %d events appended", t.shard, tag.RowsAffected(), len(t.events))
-			e.Retryable = false
-			return t.fail(e, "commit")
 		}
 	}
 	if err := br.Close(); err != nil {
