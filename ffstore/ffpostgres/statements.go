@@ -11,7 +11,7 @@ type statements struct {
 	rangeFirst, rangeAfter string
 	pop                    string
 
-	write, notify                string
+	write, notify                 string
 	hasPending, lockLog, sequence string
 
 	heads, tryLockQueue, pruneQueue string
