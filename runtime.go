@@ -34,9 +34,9 @@ type Middleware func(next HandlerFunc) HandlerFunc
 //     execution's policy;
 //   - a panic: the attempt fails (category "handler_panic") with the panic value and stack.
 //
-// An error returned after the worker stopped (the task's context was cancelled with
-// [ErrWorkerStopped]) releases the execution instead, so another worker continues it at
-// once. Handle panics if kind is not a valid kind or already has a handler; see
+// Any other error returned after the worker stopped (the task's context was cancelled
+// with [ErrWorkerStopped]) releases the execution instead, so another worker continues it
+// at once. Handle panics if kind is not a valid kind or already has a handler; see
 // [HandleSafely]. Handlers may be added while the worker runs.
 func Handle[T any](w *Worker, kind string, fn func(ctx context.Context, t *Task[T]) error) {
 	if err := HandleSafely(w, kind, fn); err != nil {
@@ -366,20 +366,20 @@ func (w *Worker) settle(t *ClaimedTask, err error, panicText string) {
 		fail(panicText, CategoryHandlerPanic, false)
 	case err == nil:
 		call = func(ctx context.Context) error { return t.Complete(ctx, nil) }
-	case stopping:
-		call = t.Release
 	case errors.As(err, &snooze):
 		call = func(ctx context.Context) error { return t.Delay(ctx, snooze.Duration) }
 	case errors.As(err, &cancelled):
 		call = func(ctx context.Context) error {
 			return t.Cancel(ctx, clip(errText(cancelled.Err), fftype.MaxReasonBytes))
 		}
+	case errors.As(err, &noRetry):
+		fail(errText(noRetry.Err), CategoryHandlerError, true)
+	case stopping:
+		call = t.Release // an error after the stop is the stop's doing: hand the work back
 	case errors.As(err, &decode):
 		fail(err.Error(), CategoryDecode, true)
 	case errors.As(err, &noHandler):
 		fail(err.Error(), CategoryNoHandler, false)
-	case errors.As(err, &noRetry):
-		fail(errText(noRetry.Err), CategoryHandlerError, true)
 	default:
 		fail(err.Error(), CategoryHandlerError, false)
 	}

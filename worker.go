@@ -247,7 +247,8 @@ func (w *Worker) Config() WorkerConfig {
 // partition configuration). Execution ids carry their shard, so callers rarely need it.
 func (w *Worker) Shards() int { return w.shards }
 
-// Held returns how many tasks the worker holds now: claimed and not yet finished.
+// Held returns how many of the MaxConcurrentTasks slots are taken: by tasks claimed and
+// not yet finished, and by a claim in flight.
 func (w *Worker) Held() int { return len(w.slots) }
 
 // claimParams asks for n leases with the worker's identity.
