@@ -7,9 +7,11 @@ import (
 	"io/fs"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/flowfabric/flowfabric/ffstore"
 	"github.com/flowfabric/flowfabric/ffstore/ffmem"
+	"github.com/flowfabric/flowfabric/ffstore/ffpostgres"
 	"github.com/flowfabric/flowfabric/ffstore/ffsqlite"
 )
 
@@ -68,7 +70,31 @@ func openFreshStore(ctx context.Context, spec, sync string) (*freshStore, error)
 			}
 			return err
 		}}, nil
+	case strings.HasPrefix(spec, "postgres://") || strings.HasPrefix(spec, "postgresql://"):
+		if sync != "" {
+			return nil, errors.New("-sync applies to sqlite stores only")
+		}
+		connString, opts, err := ffpostgres.ParseURL(spec)
+		if err != nil {
+			return nil, err
+		}
+		// A fresh schema per run, named after the URL's (or the default) schema, dropped
+		// afterwards.
+		base := opts.Schema
+		if base == "" {
+			base = ffpostgres.DefaultSchema
+		}
+		opts.Schema = fmt.Sprintf("%.30s_bench_%d", base, time.Now().UnixNano())
+		opts.Migrate = true
+		s, err := ffpostgres.Open(ctx, connString, opts)
+		if err != nil {
+			return nil, err
+		}
+		return &freshStore{store: s, kind: "postgres", remove: func() error {
+			err := ffpostgres.DropSchema(context.WithoutCancel(ctx), s.Pool(), s.Schema())
+			return errors.Join(err, s.Close())
+		}}, nil
 	default:
-		return nil, fmt.Errorf("store %q: want mem or sqlite:///path/to/file.db (postgres:// and redis:// come later)", spec)
+		return nil, fmt.Errorf("store %q: want mem, sqlite:///path/to/file.db or postgres://user@host/db (redis:// comes later)", spec)
 	}
 }
