@@ -190,12 +190,16 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool, schema string) error {
 	return nil
 }
 
-// MigrateURL is [Migrate] on a database named by a connection string, for tools such as
-// the CLI's migrate command that hold no pool.
+// MigrateURL is [Migrate] on a database named by a connection string (see [ParseURL]),
+// for tools such as the CLI's migrate command that hold no pool. An empty schema means the
+// URL's schema parameter, or [DefaultSchema].
 func MigrateURL(ctx context.Context, connString, schema string) error {
-	cfg, _, err := parseConfig(connString, nil)
+	cfg, o, err := parseConfig(connString, nil)
 	if err != nil {
 		return err
+	}
+	if schema == "" {
+		schema = o.Schema
 	}
 	cfg.MaxConns = 1
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
