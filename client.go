@@ -246,3 +246,10 @@ func (c *Client) Ping(ctx context.Context) error {
 	_, err := c.engine.Store().Now(ctx)
 	return err
 }
+
+// GrantNext picks the next execution a worker would claim, exactly as Claim would, and
+// reserves it for that worker with a grant of the given TTL (0 means 5s) instead of a
+// lease; the worker consumes it with ClaimGrant. A nil grant means nothing was eligible.
+func (c *Client) GrantNext(ctx context.Context, p ClaimParams, ttl time.Duration) (*GrantRef, error) {
+	return c.engine.GrantNext(ctx, p, ttl)
+}

@@ -83,6 +83,36 @@ func exerciseTimers(t *testing.T, newStore func(t *testing.T) ffstore.Store) {
 		require.Equal(t, suiteStart.Add(42*time.Second), next.UTC())
 	})
 
+	t.Run("GrantNext", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		g, err := b.engine.GrantNext(b.ctx, claimParams("w", 1), 0)
+		require.NoError(t, err)
+		require.Nil(t, g, "nothing eligible: no grant")
+		low := b.create(t, fftype.CreateParams{Priority: 1})
+		high := b.create(t, fftype.CreateParams{Priority: 100})
+		g, err = b.engine.GrantNext(b.ctx, claimParams("w", 1), 10*time.Second)
+		require.NoError(t, err)
+		require.Equal(t, high, g.ExecutionID, "the scheduler picks as Claim would")
+		require.Equal(t, fftype.GrantClaim, g.Kind)
+		b.check(t, high)
+		l := b.claimOne(t, low)
+		require.NotEqual(t, high, l.ExecutionID, "the granted execution is reserved")
+		gl, err := b.engine.ClaimGrant(b.ctx, fftype.GrantClaimParams{Grant: *g, WorkerID: "w", WorkerInstanceID: "w-1"})
+		require.NoError(t, err)
+		require.Equal(t, high, gl.ExecutionID)
+		b.check(t, high)
+
+		b.advance(t, fftype.DefaultLeaseTTL) // both leases expire: reclaimable now
+		g, err = b.engine.GrantNext(b.ctx, claimParams("w", 1), 0)
+		require.NoError(t, err)
+		require.Equal(t, fftype.GrantReclaim, g.Kind)
+		_, err = b.engine.GrantNext(b.ctx, claimParams("", 1), 0)
+		requireCode(t, err, fftype.KindValidation, fftype.CodeInvalidInput)
+		_, err = b.engine.GrantNext(b.ctx, claimParams("w", 1), 2*time.Hour)
+		requireCode(t, err, fftype.KindValidation, fftype.CodeInvalidInput)
+	})
+
 	t.Run("Grants", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)

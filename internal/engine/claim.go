@@ -52,26 +52,81 @@ func (c *candidate) bucket() int64 { return c.head.Score >> priorityBits }
 // oldest execution goes first. A paused lane hands out nothing. An empty result means
 // nothing was eligible.
 func (e *Engine) Claim(ctx context.Context, p fftype.ClaimParams) ([]*fftype.Lease, error) {
-	w, err := checkClaimer(p.WorkerID, p.WorkerInstanceID, p.Capabilities, p.LeaseTTL)
+	w, count, err := checkClaim(p)
 	if err != nil {
 		return nil, err
+	}
+	leases, err := take(ctx, e, w, p.Lanes, count, func(tx ffstore.Tx, x *fftype.Execution, before placement, now time.Time) (*fftype.Lease, error) {
+		return e.acquire(tx, x, before, w, now)
+	})
+	if err != nil && len(leases) == 0 {
+		return nil, err
+	}
+	return leases, nil // with some leases taken, an error recurs on the next call
+}
+
+// GrantNext is the scheduler's form of the claim path: it picks the next eligible
+// execution for the worker exactly as Claim would, but reserves it with a claim grant of
+// the given TTL instead of leasing it; the worker consumes the grant with ClaimGrant. A nil
+// grant means nothing was eligible.
+func (e *Engine) GrantNext(ctx context.Context, p fftype.ClaimParams, ttl time.Duration) (*fftype.GrantRef, error) {
+	p.Count = 1
+	w, _, err := checkClaim(p)
+	if err != nil {
+		return nil, err
+	}
+	if ttl == 0 {
+		ttl = fftype.DefaultGrantTTL
+	}
+	if ttl < time.Millisecond || ttl > fftype.MaxGrantTTL {
+		return nil, fftype.Validationf(fftype.CodeInvalidInput, "grant ttl must be between 1ms and %s", fftype.MaxGrantTTL)
+	}
+	refs, err := take(ctx, e, w, p.Lanes, 1, func(tx ffstore.Tx, x *fftype.Execution, before placement, now time.Time) (*fftype.GrantRef, error) {
+		kind := fftype.GrantClaim
+		if x.AttemptState == fftype.AttemptStatePendingReclaim {
+			kind = fftype.GrantReclaim
+		}
+		return e.reserve(tx, x, before, kind, w.workerID, ttl, now), nil
+	})
+	if err != nil || len(refs) == 0 {
+		return nil, err
+	}
+	return refs[0], nil
+}
+
+// checkClaim validates claim parameters and returns the claimer and the count.
+func checkClaim(p fftype.ClaimParams) (claimer, int, error) {
+	w, err := checkClaimer(p.WorkerID, p.WorkerInstanceID, p.Capabilities, p.LeaseTTL)
+	if err != nil {
+		return claimer{}, 0, err
 	}
 	count := p.Count
 	if count == 0 {
 		count = 1
 	}
 	if count < 0 || count > fftype.MaxClaimCount {
-		return nil, fftype.Validationf(fftype.CodeInvalidInput, "count must be between 1 and %d", fftype.MaxClaimCount)
+		return claimer{}, 0, fftype.Validationf(fftype.CodeInvalidInput, "count must be between 1 and %d", fftype.MaxClaimCount)
 	}
 	if len(p.Lanes) == 0 {
-		return nil, fftype.Validationf(fftype.CodeInvalidLane, "lanes must name at least one lane")
+		return claimer{}, 0, fftype.Validationf(fftype.CodeInvalidLane, "lanes must name at least one lane")
 	}
 	for _, l := range p.Lanes {
 		if err := fftype.ValidateLane(l); err != nil {
-			return nil, err
+			return claimer{}, 0, err
 		}
 	}
-	lanes, err := e.unpausedLanes(ctx, p.Lanes)
+	return w, count, nil
+}
+
+// takeFunc acts on one eligible execution inside the unit that popped it from its queue
+// (before is its placement less that queue) and returns what the caller collects.
+type takeFunc[T any] func(tx ffstore.Tx, x *fftype.Execution, before placement, now time.Time) (T, error)
+
+// take is the selection Claim and GrantNext share: it finds the queues of the lanes the
+// worker may take from and applies act to up to count executions, best first. On an
+// error it returns what earlier units took with it.
+func take[T any](ctx context.Context, e *Engine, w claimer, laneNames []string, count int, act takeFunc[T]) ([]T, error) {
+	lanes, err := e.unpausedLanes(ctx, laneNames)
 	if err != nil || len(lanes) == 0 {
 		return nil, err
 	}
@@ -91,9 +146,8 @@ func (e *Engine) Claim(ctx context.Context, p fftype.ClaimParams) ([]*fftype.Lea
 		}
 		cands = append(cands, &candidate{shard: h.Shard, queue: h.Queue, lane: lane, ns: ns, head: h.Item})
 	}
-
-	var leases []*fftype.Lease
-	for len(leases) < count && len(cands) > 0 {
+	var taken []T
+	for len(taken) < count && len(cands) > 0 {
 		i, alone := e.pick(cands)
 		c := cands[i]
 		want := 1
@@ -101,29 +155,26 @@ func (e *Engine) Claim(ctx context.Context, p fftype.ClaimParams) ([]*fftype.Lea
 		if alone {
 			// No other namespace competes at this priority: take a batch, but nothing of a
 			// lower priority than the best head elsewhere.
-			want = count - len(leases)
+			want = count - len(taken)
 			maxScore = (c.bucket()+1)<<priorityBits - 1
 		}
-		got, next, err := e.claimFrom(ctx, c, w, want, maxScore)
+		got, next, err := takeFrom(ctx, e, c, want, maxScore, act)
 		if err != nil {
-			if len(leases) > 0 {
-				return leases, nil // keep what was claimed; the error recurs on the next call
-			}
-			return nil, err
+			return taken, err
 		}
 		if len(got) > 0 {
 			e.rotMu.Lock()
 			e.rotation[c.lane] = c.ns
 			e.rotMu.Unlock()
 		}
-		leases = append(leases, got...)
+		taken = append(taken, got...)
 		if next == nil {
 			cands = append(cands[:i], cands[i+1:]...)
 		} else {
 			c.head = *next
 		}
 	}
-	return leases, nil
+	return taken, nil
 }
 
 // pick chooses the candidate to claim from: the highest priority; then, among lanes, a
@@ -186,13 +237,13 @@ func sortedKeys(m map[string]bool) []string {
 	return out
 }
 
-// claimFrom takes up to want executions from one eligible queue in one unit and returns
-// their leases and the queue's new head (nil when empty).
-func (e *Engine) claimFrom(ctx context.Context, c *candidate, w claimer, want int, maxScore int64) ([]*fftype.Lease, *ffstore.QueueItem, error) {
-	var leases []*fftype.Lease
+// takeFrom pops up to want executions from one eligible queue in one unit, applies act
+// to each, and returns what act collected and the queue's new head (nil when empty).
+func takeFrom[T any](ctx context.Context, e *Engine, c *candidate, want int, maxScore int64, act takeFunc[T]) ([]T, *ffstore.QueueItem, error) {
+	var got []T
 	var next *ffstore.QueueItem
 	err := e.update(ctx, c.shard, func(tx ffstore.Tx) error {
-		leases, next = nil, nil
+		got, next = nil, nil // the unit may run again after a conflict
 		now := e.now()
 		items, err := tx.PopDue(c.queue, maxScore, want)
 		if err != nil {
@@ -218,11 +269,11 @@ func (e *Engine) claimFrom(ctx context.Context, c *candidate, w claimer, want in
 			if _, ok := before[c.queue]; !ok {
 				continue // not eligible here: the pop only dropped a stale entry
 			}
-			l, err := e.acquire(tx, x, before.without(c.queue), w, now)
+			v, err := act(tx, x, before.without(c.queue), now)
 			if err != nil {
 				return err
 			}
-			leases = append(leases, l)
+			got = append(got, v)
 		}
 		rest, err := tx.Range(c.queue, nil, ffstore.MaxScore, 1)
 		if err != nil {
@@ -237,7 +288,7 @@ func (e *Engine) claimFrom(ctx context.Context, c *candidate, w claimer, want in
 		return nil, nil, err
 	}
 	e.notifyTimers()
-	return leases, next, nil
+	return got, next, nil
 }
 
 // acquire gives w a lease on the runnable execution x: a new attempt, or the paused
@@ -394,16 +445,7 @@ func (e *Engine) IssueGrant(ctx context.Context, id fftype.ExecutionID, kind fft
 		if missing := missingCaps(caps, x.Capabilities); missing != "" {
 			return fftype.Statef(fftype.CodeCapabilityMismatch, "worker lacks required capabilities: %s", missing)
 		}
-		before := e.placementOf(x)
-		g := &fftype.Grant{ID: fftype.NewUUID(), Kind: kind, WorkerID: p.WorkerID, Lane: x.Lane,
-			IssuedAt: now, ExpiresAt: now.Add(ttl)}
-		x.Grant = g
-		x.Eligibility = fftype.EligibilityGranted
-		x.BlockingReason = fftype.BlockingWaitingForGrantHolder
-		x.UpdatedAt = now
-		e.save(tx, before, x)
-		appendEvent(tx, fftype.EventGrantIssued, x, now, map[string]any{"grant_kind": kind, "worker_id": p.WorkerID, "expires_at": g.ExpiresAt})
-		ref = &fftype.GrantRef{ID: g.ID, Kind: kind, ExecutionID: id, Lane: x.Lane, WorkerID: p.WorkerID, ExpiresAt: g.ExpiresAt}
+		ref = e.reserve(tx, x, e.placementOf(x), kind, p.WorkerID, ttl, now)
 		return nil
 	})
 	if err != nil {
@@ -411,6 +453,18 @@ func (e *Engine) IssueGrant(ctx context.Context, id fftype.ExecutionID, kind fft
 	}
 	e.notifyTimers()
 	return ref, nil
+}
+
+// reserve takes the eligible execution x out of its queue with a grant for one worker.
+func (e *Engine) reserve(tx ffstore.Tx, x *fftype.Execution, before placement, kind fftype.GrantKind, workerID string, ttl time.Duration, now time.Time) *fftype.GrantRef {
+	g := &fftype.Grant{ID: fftype.NewUUID(), Kind: kind, WorkerID: workerID, Lane: x.Lane, IssuedAt: now, ExpiresAt: now.Add(ttl)}
+	x.Grant = g
+	x.Eligibility = fftype.EligibilityGranted
+	x.BlockingReason = fftype.BlockingWaitingForGrantHolder
+	x.UpdatedAt = now
+	e.save(tx, before, x)
+	appendEvent(tx, fftype.EventGrantIssued, x, now, map[string]any{"grant_kind": kind, "worker_id": workerID, "expires_at": g.ExpiresAt})
+	return &fftype.GrantRef{ID: g.ID, Kind: kind, ExecutionID: x.ID, Lane: x.Lane, WorkerID: workerID, ExpiresAt: g.ExpiresAt}
 }
 
 // missingCaps returns the comma-joined tokens of need that have lacks, or "".
