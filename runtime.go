@@ -244,7 +244,7 @@ func (w *Worker) fetch(rs *runState) {
 			}
 			continue
 		}
-		leases, err := w.client.Claim(rs.fetchCtx, w.claimParams(n))
+		leases, err := w.backend.Claim(rs.fetchCtx, w.claimParams(n))
 		w.releaseSlots(n - len(leases))
 		if err != nil && rs.fetchCtx.Err() == nil {
 			w.log.Warn("claim failed", "err", err)

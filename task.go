@@ -184,40 +184,40 @@ func (t *ClaimedTask) lose(cause error) {
 // Complete ends the execution successfully with result (JSON, or nil for none). A retried
 // Complete after a lost response succeeds.
 func (t *ClaimedTask) Complete(ctx context.Context, result []byte) error {
-	return t.finish(t.w.client.Complete(ctx, t.lease.ExecutionID, t.lease.Fence, result, ""))
+	return t.finish(t.w.backend.Complete(ctx, t.lease.ExecutionID, t.lease.Fence, result, ""))
 }
 
 // Fail fails the attempt with p.Reason and p.Category. The execution is retried per its
 // policy unless p.NoRetry is set or the category is non-retryable; the outcome says which.
 func (t *ClaimedTask) Fail(ctx context.Context, p FailParams) (FailOutcome, error) {
-	out, err := t.w.client.Fail(ctx, t.lease.ExecutionID, t.lease.Fence, p)
+	out, err := t.w.backend.Fail(ctx, t.lease.ExecutionID, t.lease.Fence, p)
 	return out, t.finish(err)
 }
 
 // Cancel ends the execution as cancelled, by its lease holder.
 func (t *ClaimedTask) Cancel(ctx context.Context, reason string) error {
 	f := t.lease.Fence
-	return t.finish(t.w.client.Cancel(ctx, t.lease.ExecutionID, CancelParams{Reason: reason, Fence: &f}))
+	return t.finish(t.w.backend.Cancel(ctx, t.lease.ExecutionID, CancelParams{Reason: reason, Fence: &f}))
 }
 
 // Delay pauses the attempt: the execution is eligible again after d, and its next claim
 // continues the same attempt, counting no retry.
 func (t *ClaimedTask) Delay(ctx context.Context, d time.Duration) error {
-	return t.finish(t.w.client.Delay(ctx, t.lease.ExecutionID, t.lease.Fence, d))
+	return t.finish(t.w.backend.Delay(ctx, t.lease.ExecutionID, t.lease.Fence, d))
 }
 
 // Release gives the lease back: the execution is eligible at once, and its next claim
 // continues the same attempt, counting neither a retry nor a reclaim.
 func (t *ClaimedTask) Release(ctx context.Context) error {
-	return t.finish(t.w.client.Release(ctx, t.lease.ExecutionID, t.lease.Fence))
+	return t.finish(t.w.backend.Release(ctx, t.lease.ExecutionID, t.lease.Fence))
 }
 
 // Progress records the attempt's progress: 0 to 100 percent and a message of at most
 // 1,024 bytes. If the lease is gone, the task's context is cancelled too.
 func (t *ClaimedTask) Progress(ctx context.Context, percent int, message string) error {
-	err := t.w.client.Progress(ctx, t.lease.ExecutionID, t.lease.Fence, percent, message)
+	err := t.w.backend.Progress(ctx, t.lease.ExecutionID, t.lease.Fence, percent, message)
 	if leaseGone(err) {
-		t.lose(fmt.Errorf("%w: %w", ErrLeaseLost, err))
+		t.lose(t.w.lossCause(ctx, t, err))
 	}
 	return err
 }
@@ -225,17 +225,19 @@ func (t *ClaimedTask) Progress(ctx context.Context, percent int, message string)
 // Renew extends the lease by its TTL now and returns the new expiry. The worker renews
 // automatically; this is for callers that want to be sure before a long step.
 func (t *ClaimedTask) Renew(ctx context.Context) (time.Time, error) {
-	exp, err := t.w.eng.Renew(ctx, t.lease.ExecutionID, t.lease.Fence, 0)
+	exp, err := t.w.backend.Renew(ctx, t.lease.ExecutionID, t.lease.Fence, 0)
 	if leaseGone(err) {
-		t.lose(fmt.Errorf("%w: %w", ErrLeaseLost, err))
+		t.lose(t.w.lossCause(ctx, t, err))
 	}
 	return exp, err
 }
 
-// renewLoop renews the lease every third of its TTL on the engine's clock until the task
-// finishes, loses its lease or the worker closes. Missed ticks are skipped, not burst.
+// renewLoop renews the lease every third of its TTL on the backend's clock until the task
+// finishes, loses its lease or the worker closes. Missed ticks are skipped, not burst. A
+// renewal refused because the lease is gone cancels the task with the reason (a cancel
+// reaches a worker without events this way).
 func (t *ClaimedTask) renewLoop() {
-	clock := t.w.eng.Clock()
+	clock := t.w.clock
 	ttl := t.lease.TTL.D()
 	interval := max(ttl/3, time.Millisecond)
 	last := t.lease.ExpiresAt.Add(-ttl)
@@ -243,7 +245,7 @@ func (t *ClaimedTask) renewLoop() {
 		if clock.SleepUntil(t.renewCtx, last.Add(interval), nil) != nil {
 			return
 		}
-		_, err := t.w.eng.Renew(t.renewCtx, t.lease.ExecutionID, t.lease.Fence, 0)
+		_, err := t.w.backend.Renew(t.renewCtx, t.lease.ExecutionID, t.lease.Fence, 0)
 		last = clock.Now()
 		switch {
 		case err == nil:
@@ -253,7 +255,7 @@ func (t *ClaimedTask) renewLoop() {
 		case leaseGone(err):
 			t.failures.Add(1)
 			t.w.log.Warn("lease lost; stopped renewing", "execution_id", t.lease.ExecutionID, "err", err)
-			t.lose(fmt.Errorf("%w: %w", ErrLeaseLost, err))
+			t.lose(t.w.lossCause(t.renewCtx, t, err))
 		default:
 			n := t.failures.Add(1)
 			t.w.log.Warn("lease renewal failed; retrying at the next tick", "execution_id", t.lease.ExecutionID, "failures", n, "err", err)

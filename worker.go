@@ -18,10 +18,16 @@ import (
 // [Worker.Run]. It is the Go form of the original SDK's worker, and safe for concurrent
 // use.
 //
+// # In process or over HTTP
+//
+// A worker runs on a [Backend]: a *[Client] in the same process, or an *ffclient.Client
+// talking to a FlowFabric server from another machine. The worker's code and behaviour
+// are the same on both; only how fast it hears of changes differs (see Tasks).
+//
 // # Identity and the duplicate guard
 //
-// Opening a worker registers its instance in the store's worker registry with its lanes
-// and capabilities (see [Client.ListWorkers]). The registration is a liveness record with
+// Opening a worker registers its instance in the worker registry with its lanes and
+// capabilities (see [Client.ListWorkers]). The registration is a liveness record with
 // a TTL of twice the lease TTL, refreshed by a heartbeat every third of it and deleted by
 // [Worker.Close]; while it is live, a second process opening a worker with the same
 // instance id is refused with an error matching [ErrDuplicateWorkerInstance]. A process
@@ -33,8 +39,9 @@ import (
 // It holds one of the worker's MaxConcurrentTasks slots until a finishing call lands, and
 // its lease is renewed every third of its TTL in the background. Its context is cancelled
 // when the execution is cancelled, the lease is lost (expired, revoked, or taken over), or
-// the worker stops: at once when the change happens in this process or reaches it through
-// the store's change notifications, and at the latest at the next renewal.
+// the worker stops: at once when the change reaches the worker through its backend's
+// events ([EventWatcher]: the store's change notifications in process, the server's event
+// stream over HTTP), and at the latest at the next renewal (a third of the lease TTL).
 //
 // # Shutdown
 //
@@ -44,8 +51,9 @@ import (
 // retry nor a reclaim. [Worker.Close] stops everything, releases the leases still held and
 // deregisters the instance.
 type Worker struct {
-	client      *Client
-	eng         *engine.Engine
+	backend     Backend
+	watcher     EventWatcher // nil when the backend cannot push events
+	clock       Clock
 	cfg         WorkerConfig
 	shards      int
 	session     string
@@ -86,7 +94,7 @@ type WorkerOpts struct {
 	Completions *Subscription
 	// OwnClient hands the client to the worker: Close stops the client's timers, closes
 	// Completions and closes the client's store. ffconnect.Connect sets it for the client
-	// it opens from WorkerConfig.Store.
+	// it opens from WorkerConfig.Store. It applies only to a *Client backend.
 	OwnClient bool
 }
 
@@ -153,15 +161,17 @@ func watchFilter() EventFilter {
 	return EventFilter{Types: types}
 }
 
-// NewWorker opens a worker on a client the caller built, with an optional completion feed
-// in opts. It validates cfg (a *[ConfigError] names the field at fault), reads the shard
-// count from the store, registers the instance (refused with [ErrDuplicateWorkerInstance]
-// while another live process holds the instance id) and starts the heartbeat and the
-// event watch that cancels tasks. cfg.Store is ignored, with a warning, unless
+// NewWorker opens a worker on a backend the caller built — a *[Client] in process, or an
+// *ffclient.Client for a worker that talks to a server over HTTP — with an optional
+// completion feed in opts. It validates cfg (a *[ConfigError] names the field at fault),
+// reads the shard count, registers the instance (refused with
+// [ErrDuplicateWorkerInstance] while another live process holds the instance id) and
+// starts the heartbeat and, when the backend is an [EventWatcher], the event watch that
+// wakes Run and cancels tasks. cfg.Store is ignored, with a warning, unless
 // opts.OwnClient says the client was opened from it. Close the worker when done.
-func NewWorker(ctx context.Context, client *Client, cfg *WorkerConfig, opts *WorkerOpts) (*Worker, error) {
-	if client == nil {
-		return nil, &ConfigError{Field: "client", Message: "a client is required"}
+func NewWorker(ctx context.Context, backend Backend, cfg *WorkerConfig, opts *WorkerOpts) (*Worker, error) {
+	if c, ok := backend.(*Client); backend == nil || ok && c == nil {
+		return nil, &ConfigError{Field: "client", Message: "a client (or another backend) is required"}
 	}
 	c, err := cfg.withDefaults()
 	if err != nil {
@@ -174,21 +184,26 @@ func NewWorker(ctx context.Context, client *Client, cfg *WorkerConfig, opts *Wor
 		c.Logger.Warn("WorkerConfig.Store is set but NewWorker was given a client: the client's store is used and Store is ignored",
 			"worker_id", c.WorkerID, "worker_instance_id", c.WorkerInstanceID)
 	}
-	eng := client.engine
-	shards := eng.Store().Shards()
+	shards, err := backend.Shards(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("reading the shard count: %w", err)
+	}
 	if c.Shards != 0 && c.Shards != shards {
 		return nil, &ConfigError{Field: "shards", Message: fmt.Sprintf("the worker expects %d shards; the store has %d", c.Shards, shards)}
 	}
+	watcher, _ := backend.(EventWatcher)
+	_, isClient := backend.(*Client)
 	w := &Worker{
-		client:      client,
-		eng:         eng,
+		backend:     backend,
+		watcher:     watcher,
+		clock:       backend.Clock(),
 		cfg:         c,
 		shards:      shards,
 		session:     fftype.NewUUID(),
 		log:         c.Logger.With("worker_id", c.WorkerID, "worker_instance_id", c.WorkerInstanceID),
 		lanes:       map[string]bool{},
 		completions: opts.Completions,
-		ownsClient:  opts.OwnClient,
+		ownsClient:  opts.OwnClient && isClient,
 		slots:       make(chan struct{}, c.MaxConcurrentTasks),
 		freed:       make(chan struct{}, 1),
 		wake:        make(chan struct{}, 1),
@@ -198,24 +213,29 @@ func NewWorker(ctx context.Context, client *Client, cfg *WorkerConfig, opts *Wor
 	for _, l := range c.Lanes {
 		w.lanes[l] = true
 	}
-	if _, err := eng.RegisterWorker(ctx, w.registration()); err != nil {
+	if _, err := backend.RegisterWorker(ctx, w.registration()); err != nil {
 		return nil, err
 	}
 	w.life, w.lifeCancel = context.WithCancelCause(context.WithoutCancel(ctx))
-	sub, err := eng.Subscribe(w.life, watchFilter(), CursorEnd)
-	if err != nil {
-		w.lifeCancel(ErrWorkerStopped)
-		_ = eng.DeregisterWorker(context.WithoutCancel(ctx), c.Namespace, c.WorkerInstanceID, w.session)
-		return nil, err
+	if watcher != nil {
+		// Follow the events before returning, so that none after NewWorker is missed.
+		sub, err := watcher.WatchEvents(w.life, watchFilter())
+		if err != nil {
+			w.lifeCancel(ErrWorkerStopped)
+			cctx, cancel := cleanupContext(ctx)
+			defer cancel()
+			_ = backend.DeregisterWorker(cctx, c.Namespace, c.WorkerInstanceID, w.session)
+			return nil, err
+		}
+		w.bg.Go(func() { w.watch(sub) })
 	}
-	w.bg.Go(func() { w.watch(sub) })
 	w.bg.Go(w.heartbeat)
 	w.log.Info("worker opened", "lanes", c.Lanes, "capabilities", c.Capabilities, "shards", shards)
 	return w, nil
 }
 
-func (w *Worker) registration() engine.WorkerRegistration {
-	return engine.WorkerRegistration{
+func (w *Worker) registration() WorkerRegistration {
+	return WorkerRegistration{
 		WorkerID:     w.cfg.WorkerID,
 		InstanceID:   w.cfg.WorkerInstanceID,
 		Namespace:    w.cfg.Namespace,
@@ -226,8 +246,15 @@ func (w *Worker) registration() engine.WorkerRegistration {
 	}
 }
 
-// Client returns the client the worker runs on (the original's backend accessor).
-func (w *Worker) Client() *Client { return w.client }
+// Backend returns the backend the worker runs on (the original's backend accessor).
+func (w *Worker) Backend() Backend { return w.backend }
+
+// Client returns the client the worker runs on in process, or nil when its backend is not
+// a *Client (a worker talking to a server over HTTP).
+func (w *Worker) Client() *Client {
+	c, _ := w.backend.(*Client)
+	return c
+}
 
 // Completions returns the completion feed given to [NewWorker], or the one
 // ffconnect.Connect subscribed; nil when the worker has none (its store cannot push
@@ -323,7 +350,7 @@ func (w *Worker) ClaimNext(ctx context.Context) (*ClaimedTask, error) {
 	if w.tryAcquire(1) == 0 {
 		return nil, nil
 	}
-	leases, err := w.client.Claim(ctx, w.claimParams(1))
+	leases, err := w.backend.Claim(ctx, w.claimParams(1))
 	if err != nil || len(leases) == 0 {
 		w.releaseSlots(1)
 		return nil, err
@@ -350,11 +377,60 @@ func (w *Worker) ClaimFromGrant(ctx context.Context, lane string, grant GrantRef
 	if w.tryAcquire(1) == 0 {
 		return nil, atCapacity(w.cfg.MaxConcurrentTasks)
 	}
-	l, err := w.client.ClaimGrant(ctx, GrantClaimParams{Grant: grant, WorkerID: w.cfg.WorkerID,
+	l, err := w.backend.ClaimGrant(ctx, GrantClaimParams{Grant: grant, WorkerID: w.cfg.WorkerID,
 		WorkerInstanceID: w.cfg.WorkerInstanceID, LeaseTTL: fftype.Duration(w.cfg.LeaseTTL)})
 	if err != nil {
 		w.releaseSlots(1)
 		return nil, err
+	}
+	return w.adopt(l, nil)
+}
+
+// ClaimViaServer asks a scheduler — usually the server's, through an *ffclient.Client —
+// for a grant of the next execution of lane this worker would claim (matching its
+// capabilities, exactly as [Worker.ClaimNext] would pick it), then consumes the grant as
+// [Worker.ClaimFromGrant] does. A nil admin means the worker's own backend, which must then
+// be a [GrantScheduler] (both *Client and *ffclient.Client are). grantTTL bounds how long
+// the execution stays reserved between the two steps; 0 means 5s.
+//
+// Capacity is checked first: at capacity it returns an error matching
+// [ErrWorkerAtCapacity] without asking for a grant, so nothing is reserved and the
+// execution stays eligible for other workers. It returns nil and no error when nothing
+// was eligible (the server's 204). A lane the worker does not serve is refused with a
+// *[ConfigError] before any call. If the grant cannot be consumed, the error says why and
+// the grant lapses at its expiry.
+func (w *Worker) ClaimViaServer(ctx context.Context, admin GrantScheduler, lane string, grantTTL time.Duration) (*ClaimedTask, error) {
+	if err := w.usable(); err != nil {
+		return nil, err
+	}
+	if admin == nil {
+		s, ok := w.backend.(GrantScheduler)
+		if !ok {
+			return nil, &ConfigError{Field: "admin", Message: "no scheduler given and the worker's backend cannot issue grants"}
+		}
+		admin = s
+	}
+	if !w.lanes[lane] {
+		return nil, &ConfigError{Field: "lane", Message: fmt.Sprintf("the worker does not serve lane %q", lane)}
+	}
+	if grantTTL < 0 || grantTTL > fftype.MaxGrantTTL {
+		return nil, &ConfigError{Field: "grant_ttl", Message: "must be 0 (5s) or up to " + fftype.MaxGrantTTL.String()}
+	}
+	if w.tryAcquire(1) == 0 {
+		return nil, atCapacity(w.cfg.MaxConcurrentTasks)
+	}
+	p := w.claimParams(1)
+	p.Lanes = []string{lane}
+	grant, err := admin.GrantNext(ctx, p, grantTTL)
+	if err != nil || grant == nil {
+		w.releaseSlots(1)
+		return nil, err
+	}
+	l, err := w.backend.ClaimGrant(ctx, GrantClaimParams{Grant: *grant, WorkerID: w.cfg.WorkerID,
+		WorkerInstanceID: w.cfg.WorkerInstanceID, LeaseTTL: fftype.Duration(w.cfg.LeaseTTL)})
+	if err != nil {
+		w.releaseSlots(1)
+		return nil, fmt.Errorf("consuming the grant of %s: %w", grant.ExecutionID, err)
 	}
 	return w.adopt(l, nil)
 }
@@ -414,7 +490,7 @@ func (w *Worker) ClaimFromReclaimGrant(ctx context.Context, grant GrantRef, args
 	if grant.Kind != GrantReclaim {
 		return nil, &ConfigError{Field: "kind", Message: fmt.Sprintf("grant kind is %q: consume a claim grant with ClaimFromGrant", grant.Kind)}
 	}
-	if now := w.eng.Clock().Now(); !now.Before(grant.ExpiresAt) {
+	if now := w.clock.Now(); !now.Before(grant.ExpiresAt) {
 		return nil, &ConfigError{Field: "expires_at", Message: fmt.Sprintf("the grant expired at %s (now %s)",
 			grant.ExpiresAt.Format(time.RFC3339Nano), now.Format(time.RFC3339Nano))}
 	}
@@ -428,7 +504,7 @@ func (w *Worker) ClaimFromReclaimGrant(ctx context.Context, grant GrantRef, args
 	if w.tryAcquire(1) == 0 {
 		return nil, atCapacity(w.cfg.MaxConcurrentTasks)
 	}
-	l, err := w.client.ClaimGrant(ctx, GrantClaimParams{Grant: grant, WorkerID: w.cfg.WorkerID,
+	l, err := w.backend.ClaimGrant(ctx, GrantClaimParams{Grant: grant, WorkerID: w.cfg.WorkerID,
 		WorkerInstanceID: w.cfg.WorkerInstanceID, LeaseTTL: fftype.Duration(ttl)})
 	if err == nil {
 		t, err := w.adopt(l, nil)
@@ -443,7 +519,7 @@ func (w *Worker) ClaimFromReclaimGrant(ctx context.Context, grant GrantRef, args
 	default:
 		return nil, err
 	}
-	x, gerr := w.client.Get(ctx, grant.ExecutionID)
+	x, gerr := w.backend.Get(ctx, grant.ExecutionID)
 	switch {
 	case gerr != nil:
 		return nil, gerr
@@ -548,15 +624,15 @@ func (w *Worker) close(ctx context.Context) error {
 	}
 	w.lifeCancel(ErrWorkerStopped)
 	w.bg.Wait()
-	if err := w.eng.DeregisterWorker(cctx, w.cfg.Namespace, w.cfg.WorkerInstanceID, w.session); err != nil {
+	if err := w.backend.DeregisterWorker(cctx, w.cfg.Namespace, w.cfg.WorkerInstanceID, w.session); err != nil {
 		errs = append(errs, fmt.Errorf("deregistering: %w", err))
 	}
-	if w.ownsClient {
+	if c := w.Client(); w.ownsClient && c != nil {
 		if w.completions != nil {
 			w.completions.Close()
 		}
-		w.client.Stop()
-		if err := w.eng.Store().Close(); err != nil {
+		c.Stop()
+		if err := c.closeStore(); err != nil {
 			errs = append(errs, fmt.Errorf("closing the store: %w", err))
 		}
 	}
@@ -564,20 +640,20 @@ func (w *Worker) close(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// heartbeat refreshes the registration every third of its TTL on the engine's clock. A
+// heartbeat refreshes the registration every third of its TTL on the backend's clock. A
 // registration that lapsed (the process stalled, or an operator marked it dead) is made
 // again; if another process took the instance id meanwhile, the worker stops.
 func (w *Worker) heartbeat() {
-	clock := w.eng.Clock()
+	clock := w.clock
 	interval := w.cfg.livenessTTL() / 3
 	for {
 		if clock.SleepUntil(w.life, clock.Now().Add(interval), nil) != nil {
 			return
 		}
-		_, err := w.eng.HeartbeatWorker(w.life, w.cfg.Namespace, w.cfg.WorkerInstanceID, w.session)
+		_, err := w.backend.HeartbeatWorker(w.life, w.cfg.Namespace, w.cfg.WorkerInstanceID, w.session)
 		if errors.Is(err, ErrWorkerNotRegistered) {
 			w.log.Warn("the worker's registration lapsed; registering again")
-			_, err = w.eng.RegisterWorker(w.life, w.registration())
+			_, err = w.backend.RegisterWorker(w.life, w.registration())
 			if errors.Is(err, ErrDuplicateWorkerInstance) {
 				w.evict(err)
 				return
@@ -608,13 +684,14 @@ func (w *Worker) evict(err error) {
 }
 
 // watch follows the event log: events of our lanes that may make work eligible wake Run,
-// and events about held executions are checked against the store so that a task whose
+// and events about held executions are checked against the backend so that a task whose
 // lease is gone is cancelled at once.
-func (w *Worker) watch(sub *Subscription) {
+func (w *Worker) watch(sub EventStream) {
 	defer func() { sub.Close() }()
 	retry := time.NewTimer(0)
 	defer retry.Stop()
 	<-retry.C
+	const minRetry, maxRetry = 100 * time.Millisecond, 5 * time.Second
 	for {
 		for d := range sub.Events() {
 			w.onEvent(&d.Event)
@@ -626,14 +703,14 @@ func (w *Worker) watch(sub *Subscription) {
 		for _, t := range w.heldTasks(nil) {
 			w.confirm(t)
 		}
-		for {
-			retry.Reset(100 * time.Millisecond)
+		for wait := minRetry; ; wait = min(2*wait, maxRetry) {
+			retry.Reset(wait)
 			select {
 			case <-w.life.Done():
 				return
 			case <-retry.C:
 			}
-			next, err := w.eng.Subscribe(w.life, watchFilter(), CursorEnd)
+			next, err := w.watcher.WatchEvents(w.life, watchFilter())
 			if err == nil {
 				sub = next
 				break
@@ -669,7 +746,7 @@ func (w *Worker) confirm(t *ClaimedTask) {
 	if t.Finished() || t.lost.Load() {
 		return
 	}
-	x, err := w.eng.Get(w.life, t.lease.ExecutionID)
+	x, err := w.backend.Get(w.life, t.lease.ExecutionID)
 	switch {
 	case errors.Is(err, fftype.ErrExecutionNotFound):
 		t.lose(fmt.Errorf("%w: %w", ErrLeaseLost, err))
@@ -682,6 +759,19 @@ func (w *Worker) confirm(t *ClaimedTask) {
 			t.lose(cause)
 		}
 	}
+}
+
+// lossCause says why t's lease is gone after a call on it was refused with err, a state or
+// not-found error: it reads the execution, so that a cancel shows as
+// [ErrExecutionCancelled] even when it is found out by a renewal (a backend without
+// events); if the read fails or shows nothing more, the cause is err.
+func (w *Worker) lossCause(ctx context.Context, t *ClaimedTask, err error) error {
+	if x, gerr := w.backend.Get(ctx, t.lease.ExecutionID); gerr == nil {
+		if cause := lostCause(x, t.lease.Fence); cause != nil {
+			return cause
+		}
+	}
+	return fmt.Errorf("%w: %w", ErrLeaseLost, err)
 }
 
 // lostCause says why the holder of fence f no longer holds x, or nil if it still does.
