@@ -64,6 +64,15 @@ func apiRoutes() []route {
 		{method: "GET", path: "/v1/dead-letter", summary: "Failed executions, oldest first, filtered and paged", auth: true, query: []string{"namespace", "lane", "kind", "cursor", "limit"}, status: 200, respond: fftype.ListPage{}, handle: (*Server).deadLetter},
 		{method: "POST", path: "/v1/dead-letter/replay", summary: "Replay failed executions by id; one result per id", auth: true, request: ReplayManyRequest{}, status: 200, respond: ReplayManyResponse{}, handle: (*Server).replayMany},
 		{method: "GET", path: "/v1/events", summary: "The event log as server-sent events from a cursor (or Last-Event-ID), then live", auth: true, query: []string{"namespace", "lane", "execution_id", "flow_id", "types", "cursor"}, status: 200, handle: (*Server).events},
+
+		{method: "GET", path: "/v1/info", summary: "The engine's shard count and clock, read by remote workers", auth: true, status: 200, respond: InfoResponse{}, handle: (*Server).info},
+		{method: "POST", path: "/v1/workers", summary: "Register a worker instance, or refresh the same session's live registration (409 while another process holds the instance id)", auth: true, request: RegisterWorkerRequest{}, status: 200, respond: RegisterWorkerResponse{}, handle: (*Server).registerWorker},
+		{method: "GET", path: "/v1/workers", summary: "List the live worker instances of a namespace, in instance-id order, paged by cursor", auth: true, query: []string{"namespace", "cursor", "limit"}, status: 200, respond: flowfabric.WorkerPage{}, handle: (*Server).listWorkers},
+		{method: "GET", path: "/v1/workers/{worker_instance_id}", summary: "A live worker instance's registration", auth: true, query: []string{"namespace"}, status: 200, respond: flowfabric.WorkerInfo{}, handle: (*Server).getWorker},
+		{method: "POST", path: "/v1/workers/{worker_instance_id}/heartbeat", summary: "Extend the session's live registration by its TTL (404 once it lapsed)", auth: true, request: WorkerSessionRequest{}, status: 200, respond: HeartbeatResponse{}, handle: (*Server).heartbeatWorker},
+		{method: "POST", path: "/v1/workers/{worker_instance_id}/deregister", summary: "Remove the session's registration so the instance id is free at once", auth: true, request: WorkerSessionRequest{}, status: 200, respond: OKResponse{}, handle: (*Server).deregisterWorker},
+		{method: "POST", path: "/v1/workers/{worker_instance_id}/mark-dead", summary: "Declare a worker instance dead: its registration goes and its leases expire at once", auth: true, request: MarkDeadRequest{}, status: 200, respond: MarkDeadResponse{}, handle: (*Server).markWorkerDead},
+		{method: "POST", path: "/v1/workers/{worker_id}/claim-grant", summary: "The scheduler reserves the next execution the worker would claim with a grant (204 No Content when nothing is eligible)", auth: true, request: WorkerGrantRequest{}, status: 200, respond: fftype.GrantRef{}, handle: (*Server).grantNext},
 	}
 }
 
@@ -629,4 +638,124 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) error {
 	}
 	defer sub.Close()
 	return streamEvents(w, r, sub)
+}
+
+// ---- engine and workers
+
+func (s *Server) info(w http.ResponseWriter, r *http.Request) error {
+	n, err := s.client.Shards(r.Context())
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, InfoResponse{Shards: n, Now: s.client.Clock().Now()})
+	return nil
+}
+
+// maxWorkerTTL bounds a registration's TTL (the engine refuses more).
+const maxWorkerTTL = 2 * fftype.MaxLeaseTTL
+
+func (s *Server) registerWorker(w http.ResponseWriter, r *http.Request) error {
+	req, err := decode[RegisterWorkerRequest](r, ControlBodyBytes, false)
+	if err != nil {
+		return err
+	}
+	ttl, err := ms(req.TTLMS, "ttl_ms", maxWorkerTTL)
+	if err != nil {
+		return err
+	}
+	out, err := s.client.RegisterWorker(r.Context(), flowfabric.WorkerRegistration{WorkerID: req.WorkerID,
+		InstanceID: req.WorkerInstanceID, Namespace: req.Namespace, Lanes: req.Lanes, Capabilities: req.Capabilities,
+		TTL: ttl, Session: req.Session})
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, RegisterWorkerResponse{Refreshed: out.Refreshed, ExpiresAt: out.ExpiresAt})
+	return nil
+}
+
+func (s *Server) listWorkers(w http.ResponseWriter, r *http.Request) error {
+	q := r.URL.Query()
+	limit := 0
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 10_000 {
+			return badRequest("limit must be an integer from 1 to 10000")
+		}
+		limit = n
+	}
+	page, err := s.client.ListWorkers(r.Context(), flowfabric.WorkerListParams{Namespace: q.Get("namespace"),
+		After: q.Get("cursor"), Limit: limit})
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, page)
+	return nil
+}
+
+func (s *Server) getWorker(w http.ResponseWriter, r *http.Request) error {
+	info, err := s.client.GetWorker(r.Context(), r.URL.Query().Get("namespace"), r.PathValue("worker_instance_id"))
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, info)
+	return nil
+}
+
+func (s *Server) heartbeatWorker(w http.ResponseWriter, r *http.Request) error {
+	req, err := decode[WorkerSessionRequest](r, ControlBodyBytes, false)
+	if err != nil {
+		return err
+	}
+	exp, err := s.client.HeartbeatWorker(r.Context(), req.Namespace, r.PathValue("worker_instance_id"), req.Session)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, HeartbeatResponse{ExpiresAt: exp})
+	return nil
+}
+
+func (s *Server) deregisterWorker(w http.ResponseWriter, r *http.Request) error {
+	req, err := decode[WorkerSessionRequest](r, ControlBodyBytes, false)
+	if err != nil {
+		return err
+	}
+	if err := s.client.DeregisterWorker(r.Context(), req.Namespace, r.PathValue("worker_instance_id"), req.Session); err != nil {
+		return err
+	}
+	return ok(w)
+}
+
+func (s *Server) markWorkerDead(w http.ResponseWriter, r *http.Request) error {
+	req, err := decode[MarkDeadRequest](r, ControlBodyBytes, true)
+	if err != nil {
+		return err
+	}
+	n, err := s.client.MarkWorkerDead(r.Context(), req.Namespace, r.PathValue("worker_instance_id"), req.Reason)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, MarkDeadResponse{ExpiredLeases: n})
+	return nil
+}
+
+func (s *Server) grantNext(w http.ResponseWriter, r *http.Request) error {
+	req, err := decode[WorkerGrantRequest](r, ControlBodyBytes, false)
+	if err != nil {
+		return err
+	}
+	ttl, err := ms(req.GrantTTLMS, "grant_ttl_ms", fftype.MaxGrantTTL)
+	if err != nil {
+		return err
+	}
+	g, err := s.client.GrantNext(r.Context(), fftype.ClaimParams{WorkerID: r.PathValue("worker_id"),
+		WorkerInstanceID: req.WorkerInstanceID, Lanes: req.Lanes, Capabilities: req.Capabilities}, ttl)
+	if err != nil {
+		return err
+	}
+	if g == nil {
+		w.WriteHeader(http.StatusNoContent)
+		return nil
+	}
+	writeJSON(w, http.StatusOK, g)
+	return nil
 }

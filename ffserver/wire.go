@@ -249,3 +249,64 @@ func errorBody(err error) *ErrorBody {
 	}
 	return &ErrorBody{Error: "internal error", Code: "internal", Kind: "internal", Retryable: true}
 }
+
+// InfoResponse is the body of GET /v1/info: what a remote worker reads when it opens.
+type InfoResponse struct {
+	// Shards is the store's shard count.
+	Shards int `json:"shards"`
+	// Now is the engine clock's time, which remote workers follow.
+	Now time.Time `json:"now"`
+}
+
+// RegisterWorkerRequest is the body of POST /v1/workers.
+type RegisterWorkerRequest struct {
+	WorkerID         string   `json:"worker_id"`
+	WorkerInstanceID string   `json:"worker_instance_id"`
+	Namespace        string   `json:"namespace,omitempty"`
+	Lanes            []string `json:"lanes"`
+	Capabilities     []string `json:"capabilities,omitempty"`
+	// TTLMS is how long the registration lives without a heartbeat, 1s to 48h.
+	TTLMS int64 `json:"ttl_ms"`
+	// Session is a secret the worker process minted; only the same session may refresh,
+	// heartbeat or deregister the registration.
+	Session string `json:"session"`
+}
+
+// RegisterWorkerResponse is the outcome of a registration.
+type RegisterWorkerResponse struct {
+	// Refreshed is true when the session's own live registration was updated.
+	Refreshed bool      `json:"refreshed"`
+	ExpiresAt time.Time `json:"expires_at"`
+}
+
+// WorkerSessionRequest is the body of a worker instance's heartbeat and deregistration.
+type WorkerSessionRequest struct {
+	Namespace string `json:"namespace,omitempty"`
+	Session   string `json:"session"`
+}
+
+// HeartbeatResponse carries the registration's new expiry.
+type HeartbeatResponse struct {
+	ExpiresAt time.Time `json:"expires_at"`
+}
+
+// MarkDeadRequest is the body of POST /v1/workers/{worker_instance_id}/mark-dead.
+type MarkDeadRequest struct {
+	Namespace string `json:"namespace,omitempty"`
+	Reason    string `json:"reason,omitempty"`
+}
+
+// MarkDeadResponse says how many of the dead worker's leases expired.
+type MarkDeadResponse struct {
+	ExpiredLeases int `json:"expired_leases"`
+}
+
+// WorkerGrantRequest is the body of POST /v1/workers/{worker_id}/claim-grant: the worker
+// instance asking the scheduler for a grant, its lanes and capabilities.
+type WorkerGrantRequest struct {
+	WorkerInstanceID string   `json:"worker_instance_id"`
+	Lanes            []string `json:"lanes"`
+	Capabilities     []string `json:"capabilities,omitempty"`
+	// GrantTTLMS is how long the grant reserves the execution; 0 means 5s, at most 1h.
+	GrantTTLMS int64 `json:"grant_ttl_ms,omitempty"`
+}
