@@ -2,6 +2,9 @@
 // methods mirror flowfabric.Client's, with the same parameter and result types, so code
 // written against one runs against the other; errors come back as *fftype.Error with the
 // server's kind, code and retryable flag, so errors.Is works across the wire.
+//
+// A *Client is a flowfabric.Backend: flowfabric.NewWorker runs a worker on it, on a machine
+// other than the server's, with the same handlers, runtime and guarantees as in process.
 package ffclient
 
 import (
@@ -29,6 +32,10 @@ type Config struct {
 	// HTTPClient makes the requests. Nil means a client with no overall timeout (claims
 	// long-poll and event streams stay open); bound calls with their context.
 	HTTPClient *http.Client
+	// Clock is what [Client.Clock] returns: the time source of workers running on this
+	// client. Nil means a clock that follows the server's engine clock (see
+	// [Client.Clock]). Tests pass the fake clock their in-process server runs on.
+	Clock fftype.Clock
 }
 
 // Client calls one FlowFabric server. It is safe for concurrent use.
@@ -36,6 +43,7 @@ type Client struct {
 	base  string
 	token string
 	http  *http.Client
+	clock fftype.Clock
 }
 
 // New returns a client for the server at baseURL, e.g. "http://127.0.0.1:8080".
@@ -50,6 +58,10 @@ func New(baseURL string, cfg *Config) (*Client, error) {
 		if cfg.HTTPClient != nil {
 			c.http = cfg.HTTPClient
 		}
+		c.clock = cfg.Clock
+	}
+	if c.clock == nil {
+		c.clock = &serverClock{c: c}
 	}
 	return c, nil
 }
@@ -69,6 +81,11 @@ func (c *Client) request(ctx context.Context, method, path string, in, out any) 
 		_, _ = io.Copy(io.Discard, resp.Body)
 		return nil
 	}
+	return decodeBody(resp, out)
+}
+
+// decodeBody decodes a JSON answer into out.
+func decodeBody(resp *http.Response, out any) error {
 	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
 		return &fftype.Error{Kind: fftype.KindUnavailable, Code: "bad_response", Message: "the server's answer is not the JSON expected", Retryable: true, Err: err}
 	}
@@ -401,6 +418,20 @@ func (c *Client) raw(ctx context.Context, path string) ([]byte, error) {
 // ends the stream (an expired cursor comes back as an error matching
 // fftype.ErrCursorExpired).
 func (c *Client) Events(ctx context.Context, f fftype.EventFilter, cursor string, fn func(fftype.Delivery) error) error {
+	resp, err := c.send(ctx, "GET", eventsPath(f, cursor), nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	err = readEvents(resp.Body, fn)
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+// eventsPath is the URL of the event stream for f from cursor.
+func eventsPath(f fftype.EventFilter, cursor string) string {
 	q := url.Values{}
 	for k, v := range map[string]string{"namespace": f.Namespace, "lane": f.Lane, "execution_id": string(f.ExecutionID), "flow_id": f.FlowID, "cursor": cursor} {
 		if v != "" {
@@ -414,12 +445,13 @@ func (c *Client) Events(ctx context.Context, f fftype.EventFilter, cursor string
 		}
 		q.Set("types", strings.Join(ts, ","))
 	}
-	resp, err := c.send(ctx, "GET", "/v1/events?"+q.Encode(), nil)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
+	return "/v1/events?" + q.Encode()
+}
+
+// readEvents parses a server-sent event stream and calls fn for each delivery, until the
+// stream ends (nil), fn fails, the server sends an error event, or reading fails.
+func readEvents(body io.Reader, fn func(fftype.Delivery) error) error {
+	sc := bufio.NewScanner(body)
 	sc.Buffer(make([]byte, 64<<10), 16<<20)
 	var d fftype.Delivery
 	var event string
@@ -448,9 +480,6 @@ func (c *Client) Events(ctx context.Context, f fftype.EventFilter, cursor string
 			}
 			d, event = fftype.Delivery{}, ""
 		}
-	}
-	if ctx.Err() != nil {
-		return nil
 	}
 	if err := sc.Err(); err != nil && !errors.Is(err, context.Canceled) {
 		return &fftype.Error{Kind: fftype.KindUnavailable, Code: "stream_broken", Message: "the event stream broke", Retryable: true, Err: err}
