@@ -43,7 +43,9 @@ type Store interface {
 	// plus the unit's own record writes; its writes are applied together when fn returns
 	// nil, or not at all. If fn returns an error, Update returns it unchanged and writes
 	// nothing. A unit that cannot commit because something it read changed returns an error
-	// matching fftype.ErrStoreConflict. fn must not retain tx after it returns.
+	// matching fftype.ErrStoreConflict. fn must not retain tx after it returns. fn may be
+	// called more than once for one Update (a store may roll back and re-run a batch of
+	// units): it must re-read what it depends on and have no effect outside tx.
 	Update(ctx context.Context, shard int, fn func(tx Tx) error) error
 
 	// View runs fn against a consistent read-only snapshot of one shard.

@@ -24,8 +24,13 @@ const (
 	sqlQueueRemove = `DELETE FROM queue_items WHERE shard = ? AND queue = ? AND member = ?`
 	sqlQueuePrune  = `DELETE FROM queues WHERE queue = ?2 AND shard = ?1
 		AND NOT EXISTS (SELECT 1 FROM queue_items WHERE shard = ?1 AND queue = ?2)`
-	sqlNextSeq = `INSERT INTO event_seqs (shard, last_seq) VALUES (?, 1)
-		ON CONFLICT (shard) DO UPDATE SET last_seq = last_seq + 1 RETURNING last_seq`
+	sqlLastSeq  = `SELECT last_seq FROM event_seqs WHERE shard = ?`
+	sqlStoreSeq = `INSERT INTO event_seqs (shard, last_seq) VALUES (?1, ?2)
+		ON CONFLICT (shard) DO UPDATE SET last_seq = ?2`
+	// PopDue in one statement; RETURNING has no order, so the caller sorts.
+	sqlPop = `DELETE FROM queue_items WHERE shard = ?1 AND queue = ?2 AND member IN (
+		SELECT member FROM queue_items WHERE shard = ?1 AND queue = ?2 AND score <= ?3
+		ORDER BY score, member LIMIT ?4) RETURNING member, score`
 	sqlAppendEvent = `INSERT INTO events
 		(shard, seq, version, type, time_unix, time_nsec, execution_id, flow_id, namespace, lane, data)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
@@ -55,7 +60,8 @@ type writerStmts struct {
 	rangeFirst, rangeAfter *sql.Stmt
 	queueAdd, queueDir     *sql.Stmt
 	queueRemove, prune     *sql.Stmt
-	nextSeq, appendEvent   *sql.Stmt
+	lastSeq, storeSeq      *sql.Stmt
+	pop, appendEvent       *sql.Stmt
 	trimMark, trim         *sql.Stmt
 }
 
@@ -79,8 +85,10 @@ func (w *writerStmts) prepare(ctx context.Context, conn *sql.Conn) error {
 		{&w.queueDir, sqlQueueDir},
 		{&w.queueRemove, sqlQueueRemove},
 		{&w.prune, sqlQueuePrune},
-		{&w.nextSeq, sqlNextSeq},
 		{&w.appendEvent, sqlAppendEvent},
+		{&w.lastSeq, sqlLastSeq},
+		{&w.storeSeq, sqlStoreSeq},
+		{&w.pop, sqlPop},
 		{&w.trimMark, sqlTrimMark},
 		{&w.trim, sqlTrim},
 	} {
@@ -97,7 +105,7 @@ func (w *writerStmts) close() {
 	for _, st := range []*sql.Stmt{
 		w.begin, w.commit, w.rollback, w.savepoint, w.release, w.rollbackTo,
 		w.get, w.put, w.del, w.rangeFirst, w.rangeAfter, w.queueAdd, w.queueDir,
-		w.queueRemove, w.prune, w.nextSeq, w.appendEvent, w.trimMark, w.trim,
+		w.queueRemove, w.prune, w.lastSeq, w.storeSeq, w.pop, w.appendEvent, w.trimMark, w.trim,
 	} {
 		if st != nil {
 			_ = st.Close()

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"math"
+	"slices"
 	"sync/atomic"
 
 	"github.com/flowfabric/flowfabric/ffstore"
@@ -24,6 +25,63 @@ type writeTx struct {
 	shard int
 	err   error
 	done  atomic.Bool
+
+	// What the unit adds to its batch's knowledge; merged into the batch when the unit's
+	// savepoint is released, dropped when it is rolled back.
+	batch *batchState
+	dirs  map[dirKey]bool // directory rows this unit inserted
+	prune map[dirKey]bool // queues this unit removed items from
+	seqs  map[int]int64   // the last event Seq this unit handed out, per shard
+}
+
+// dirKey names one queue of one shard.
+type dirKey struct {
+	shard int
+	queue string
+}
+
+// batchState is what the writer knows across the units of one write transaction. The
+// transaction holds the file's write lock from BEGIN IMMEDIATE to COMMIT, so nothing else
+// changes these facts meanwhile. It saves statements: a queue's directory row is inserted
+// once per batch, emptied queues are pruned once before COMMIT, and each shard's event
+// counter is read once and written once.
+type batchState struct {
+	dirs  map[dirKey]bool
+	prune map[dirKey]bool
+	seqs  map[int]int64
+}
+
+func newBatchState() *batchState {
+	return &batchState{dirs: map[dirKey]bool{}, prune: map[dirKey]bool{}, seqs: map[int]int64{}}
+}
+
+// merge takes in what a committed unit learned.
+func (b *batchState) merge(t *writeTx) {
+	for k := range t.dirs {
+		b.dirs[k] = true
+	}
+	for k := range t.prune {
+		b.prune[k] = true
+	}
+	for s, v := range t.seqs {
+		b.seqs[s] = v
+	}
+}
+
+// finish writes what the batch deferred: prunes and event counters. It runs after the last
+// unit, before COMMIT.
+func (s *Store) finishBatch(b *batchState) error {
+	for k := range b.prune {
+		if _, err := s.ws.prune.ExecContext(bg, k.shard, k.queue); err != nil {
+			return translate(err, "prune queue directory")
+		}
+	}
+	for shard, seq := range b.seqs {
+		if _, err := s.ws.storeSeq.ExecContext(bg, shard, seq); err != nil {
+			return translate(err, "store event counter")
+		}
+	}
+	return nil
 }
 
 var _ ffstore.Tx = (*writeTx)(nil)
@@ -98,7 +156,21 @@ func (t *writeTx) Delete(key string) {
 
 func (t *writeTx) QueueAdd(queue, member string, score int64) {
 	t.exec("queue add", t.s.ws.queueAdd, t.shard, queue, member, score)
-	t.exec("queue add", t.s.ws.queueDir, t.shard, queue)
+	k := dirKey{t.shard, queue}
+	if !t.batch.dirs[k] && !t.dirs[k] {
+		t.exec("queue add", t.s.ws.queueDir, t.shard, queue)
+		if t.err == nil {
+			t.note(&t.dirs, k)
+		}
+	}
+}
+
+// note records k in the unit's set *m.
+func (t *writeTx) note(m *map[dirKey]bool, k dirKey) {
+	if *m == nil {
+		*m = map[dirKey]bool{}
+	}
+	(*m)[k] = true
 }
 
 func (t *writeTx) QueueRemove(queue, member string) {
@@ -107,7 +179,7 @@ func (t *writeTx) QueueRemove(queue, member string) {
 		return
 	}
 	if n, err := res.RowsAffected(); err == nil && n > 0 {
-		t.exec("queue remove", t.s.ws.prune, t.shard, queue)
+		t.note(&t.prune, dirKey{t.shard, queue})
 	}
 }
 
@@ -115,21 +187,41 @@ func (t *writeTx) PopDue(queue string, maxScore int64, n int) ([]ffstore.QueueIt
 	if err := t.usable(); err != nil {
 		return nil, err
 	}
-	items, err := rangeItems(bg, t.s.ws.rangeFirst, nil, t.shard, queue, nil, maxScore, n)
+	if n <= 0 {
+		return nil, nil
+	}
+	rows, err := t.s.ws.pop.QueryContext(bg, t.shard, queue, maxScore, min(n, math.MaxInt32))
 	if err != nil {
+		t.fail(err, "pop")
+		return nil, t.err
+	}
+	var items []ffstore.QueueItem
+	for rows.Next() {
+		var it ffstore.QueueItem
+		if err := rows.Scan(&it.Member, &it.Score); err != nil {
+			rows.Close()
+			t.fail(err, "pop")
+			return nil, t.err
+		}
+		items = append(items, it)
+	}
+	if err := errors.Join(rows.Err(), rows.Close()); err != nil {
 		t.fail(err, "pop")
 		return nil, t.err
 	}
 	if len(items) == 0 {
 		return nil, nil
 	}
-	for _, it := range items {
-		t.exec("pop", t.s.ws.queueRemove, t.shard, queue, it.Member)
-	}
-	t.exec("pop", t.s.ws.prune, t.shard, queue)
-	if t.err != nil {
-		return nil, t.err
-	}
+	slices.SortFunc(items, func(a, b ffstore.QueueItem) int {
+		if a.Less(b) {
+			return -1
+		}
+		if b.Less(a) {
+			return 1
+		}
+		return 0
+	})
+	t.note(&t.prune, dirKey{t.shard, queue})
 	return items, nil
 }
 
@@ -140,11 +232,22 @@ func (t *writeTx) AppendEvent(ev fftype.Event) {
 	if t.err != nil {
 		return
 	}
-	var seq int64
-	if err := t.s.ws.nextSeq.QueryRowContext(bg, t.shard).Scan(&seq); err != nil {
-		t.fail(err, "append event")
-		return
+	seq, ok := t.seqs[t.shard]
+	if !ok {
+		seq, ok = t.batch.seqs[t.shard]
 	}
+	if !ok {
+		err := t.s.ws.lastSeq.QueryRowContext(bg, t.shard).Scan(&seq)
+		if err != nil && !errors.Is(err, sql.ErrNoRows) {
+			t.fail(err, "append event")
+			return
+		}
+	}
+	seq++
+	if t.seqs == nil {
+		t.seqs = map[int]int64{}
+	}
+	t.seqs[t.shard] = seq
 	var data any
 	if ev.Data != nil {
 		data = []byte(ev.Data)
