@@ -139,3 +139,19 @@ func TestExecutionJSONCarriesDerivedState(t *testing.T) {
 	require.Equal(t, x.ID, back.ID)
 	require.Equal(t, x.LeaseTTL, back.LeaseTTL)
 }
+
+func FuzzNormalizeCapabilities(f *testing.F) {
+	f.Add("gpu,cuda", "b")
+	f.Add("", " ")
+	f.Fuzz(func(t *testing.T, a, b string) {
+		caps, err := NormalizeCapabilities("caps", []string{a, b})
+		if err != nil {
+			require.ErrorIs(t, err, ErrValidation)
+			return
+		}
+		require.True(t, CoversCapabilities(caps, caps))
+		again, err := NormalizeCapabilities("caps", caps)
+		require.NoError(t, err)
+		require.Equal(t, caps, again, "normalizing is idempotent")
+	})
+}

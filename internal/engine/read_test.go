@@ -55,3 +55,21 @@ func TestPriorityScore(t *testing.T) {
 }
 
 func suiteNow() (t time.Time) { return time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC) }
+
+func FuzzDecodeEventCursor(f *testing.F) {
+	e := &Engine{shards: 16}
+	f.Add(encodeEventCursor(make([]uint64, 16)))
+	f.Add("end")
+	f.Add("AQ")
+	f.Fuzz(func(t *testing.T, s string) {
+		pos, err := e.decodeEventCursor(s)
+		if err != nil {
+			require.ErrorIs(t, err, fftype.ErrValidation)
+			return
+		}
+		require.Len(t, pos, 16)
+		again, err := e.decodeEventCursor(encodeEventCursor(pos))
+		require.NoError(t, err)
+		require.Equal(t, pos, again)
+	})
+}
