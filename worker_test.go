@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http/httptest"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -17,6 +18,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/flowfabric/flowfabric"
+	"github.com/flowfabric/flowfabric/ffclient"
+	"github.com/flowfabric/flowfabric/ffserver"
 	"github.com/flowfabric/flowfabric/ffstore"
 	"github.com/flowfabric/flowfabric/ffstore/ffmem"
 	"github.com/flowfabric/flowfabric/ffstore/ffsqlite"
@@ -50,13 +53,28 @@ func workerTestStores() []testStore {
 	}
 }
 
+// testTransport is how the workers of a test reach the engine.
+type testTransport struct {
+	name string
+	// remote puts an HTTP server (ffserver) in front of the client and runs the workers on
+	// an ffclient.Client talking to it: the worker's HTTP transport.
+	remote bool
+}
+
+// workerTransports lists the transports every worker behaviour is tested on.
+func workerTransports() []testTransport {
+	return []testTransport{{name: "InProcess"}, {name: "HTTP", remote: true}}
+}
+
 func TestWorker(t *testing.T) {
 	t.Parallel()
 	for _, s := range workerTestStores() {
-		t.Run(s.name, func(t *testing.T) {
-			t.Parallel()
-			exerciseWorker(t, s.newStore)
-		})
+		for _, tr := range workerTransports() {
+			t.Run(s.name+"/"+tr.name, func(t *testing.T) {
+				t.Parallel()
+				exerciseWorker(t, s.newStore, tr)
+			})
+		}
 	}
 }
 
@@ -72,21 +90,35 @@ const (
 var testStart = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC) //nolint:gochecknoglobals // a constant time
 
 // workerBundle is one case's fixture: a fresh store, a client on a fake clock (its timers
-// are not started: cases call advance) and helpers.
+// are not started: cases call advance), the backend workers run on, and helpers. The test
+// itself acts as an operator through client, in process.
 type workerBundle struct {
-	ctx    context.Context
-	store  *countingStore
-	clock  *fftest.Clock
-	client *flowfabric.Client
+	ctx     context.Context
+	store   *countingStore
+	clock   *fftest.Clock
+	client  *flowfabric.Client
+	backend flowfabric.Backend // client, or remote
+	remote  *ffclient.Client   // over HTTP: a client of a server in front of client; nil in process
 }
 
-func newWorkerBundle(t *testing.T, newStore func(t testing.TB) ffstore.Store) *workerBundle {
+func newWorkerBundle(t *testing.T, newStore func(t testing.TB) ffstore.Store, tr testTransport) *workerBundle {
 	t.Helper()
 	store := &countingStore{Store: newStore(t)}
 	clock := fftest.NewClock(testStart)
 	client, err := flowfabric.NewClient(store, &flowfabric.Config{Clock: clock})
 	require.NoError(t, err)
-	return &workerBundle{ctx: t.Context(), store: store, clock: clock, client: client}
+	b := &workerBundle{ctx: t.Context(), store: store, clock: clock, client: client, backend: client}
+	if tr.remote {
+		srv, err := ffserver.New(client, ffserver.Config{})
+		require.NoError(t, err)
+		hs := httptest.NewServer(srv)
+		t.Cleanup(hs.Close) // after the workers' cleanups, registered later
+		// The remote worker follows the server's fake clock, as it follows a real one.
+		b.remote, err = ffclient.New(hs.URL, &ffclient.Config{Clock: clock})
+		require.NoError(t, err)
+		b.backend = b.remote
+	}
+	return b
 }
 
 // config returns a worker configuration for the test lane.
@@ -97,7 +129,7 @@ func config(instance string) *flowfabric.WorkerConfig {
 // worker opens a worker with cfg and closes it at cleanup.
 func (b *workerBundle) worker(t *testing.T, cfg *flowfabric.WorkerConfig) (*flowfabric.Worker, *flowfabric.WorkerSignals) {
 	t.Helper()
-	w, err := flowfabric.NewWorker(b.ctx, b.client, cfg, nil)
+	w, err := flowfabric.NewWorker(b.ctx, b.backend, cfg, nil)
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, w.Close(context.Background())) })
 	return w, flowfabric.EnableSignals(w)
@@ -196,16 +228,16 @@ func (bl *blocker) handle(ctx context.Context, t *flowfabric.Task[json.RawMessag
 	return ctx.Err()
 }
 
-func exerciseWorker(t *testing.T, newStore func(t testing.TB) ffstore.Store) {
+func exerciseWorker(t *testing.T, newStore func(t testing.TB) ffstore.Store, tr testTransport) {
 	t.Helper()
-	setup := func(t *testing.T) *workerBundle { return newWorkerBundle(t, newStore) }
+	setup := func(t *testing.T) *workerBundle { return newWorkerBundle(t, newStore, tr) }
 
 	t.Run("OpenRegistersAndGuardsTheInstance", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
 		cfg := config("i1")
 		cfg.Capabilities = []string{"gpu", "cpu"}
-		w, err := flowfabric.NewWorker(b.ctx, b.client, cfg, nil)
+		w, err := flowfabric.NewWorker(b.ctx, b.backend, cfg, nil)
 		require.NoError(t, err)
 		info, err := b.client.GetWorker(b.ctx, "", "i1")
 		require.NoError(t, err)
@@ -214,9 +246,9 @@ func exerciseWorker(t *testing.T, newStore func(t testing.TB) ffstore.Store) {
 		require.Equal(t, []string{"cpu", "gpu"}, info.Capabilities)
 		require.Equal(t, 2*testTTL, info.TTL.D(), "the liveness TTL is twice the lease TTL")
 
-		_, err = flowfabric.NewWorker(b.ctx, b.client, config("i1"), nil)
+		_, err = flowfabric.NewWorker(b.ctx, b.backend, config("i1"), nil)
 		require.ErrorIs(t, err, flowfabric.ErrDuplicateWorkerInstance, "a second live process with the instance id is refused")
-		other, err := flowfabric.NewWorker(b.ctx, b.client, config("i2"), nil)
+		other, err := flowfabric.NewWorker(b.ctx, b.backend, config("i2"), nil)
 		require.NoError(t, err)
 		require.NoError(t, other.Close(b.ctx))
 
@@ -224,7 +256,7 @@ func exerciseWorker(t *testing.T, newStore func(t testing.TB) ffstore.Store) {
 		require.NoError(t, w.Close(b.ctx), "closing twice is fine")
 		_, err = b.client.GetWorker(b.ctx, "", "i1")
 		require.ErrorIs(t, err, flowfabric.ErrWorkerNotRegistered, "a clean shutdown releases the instance id")
-		again, err := flowfabric.NewWorker(b.ctx, b.client, config("i1"), nil)
+		again, err := flowfabric.NewWorker(b.ctx, b.backend, config("i1"), nil)
 		require.NoError(t, err)
 		require.NoError(t, again.Close(b.ctx))
 
@@ -238,7 +270,7 @@ func exerciseWorker(t *testing.T, newStore func(t testing.TB) ffstore.Store) {
 		b := setup(t)
 		cfg := config("i1")
 		cfg.Shards = b.store.Shards() + 1
-		_, err := flowfabric.NewWorker(b.ctx, b.client, cfg, nil)
+		_, err := flowfabric.NewWorker(b.ctx, b.backend, cfg, nil)
 		var ce *flowfabric.ConfigError
 		require.ErrorAs(t, err, &ce)
 		require.Equal(t, "shards", ce.Field)
@@ -249,7 +281,7 @@ func exerciseWorker(t *testing.T, newStore func(t testing.TB) ffstore.Store) {
 		cfg.Store = "sqlite:///elsewhere.db"
 		cfg.Logger = slog.New(slog.NewTextHandler(&lockedWriter{w: &logs, mu: &mu}, nil))
 		cfg.Shards = b.store.Shards()
-		w, err := flowfabric.NewWorker(b.ctx, b.client, cfg, nil)
+		w, err := flowfabric.NewWorker(b.ctx, b.backend, cfg, nil)
 		require.NoError(t, err)
 		require.NoError(t, w.Close(b.ctx))
 		mu.Lock()
@@ -263,11 +295,16 @@ func exerciseWorker(t *testing.T, newStore func(t testing.TB) ffstore.Store) {
 		sub, err := b.client.Subscribe(b.ctx, flowfabric.EventFilter{Types: []flowfabric.EventType{"completed"}}, flowfabric.CursorEnd)
 		require.NoError(t, err)
 		defer sub.Close()
-		w, err := flowfabric.NewWorker(b.ctx, b.client, &flowfabric.WorkerConfig{WorkerID: "w", Lanes: []string{"b", "a", "b"}},
+		w, err := flowfabric.NewWorker(b.ctx, b.backend, &flowfabric.WorkerConfig{WorkerID: "w", Lanes: []string{"b", "a", "b"}},
 			&flowfabric.WorkerOpts{Completions: sub})
 		require.NoError(t, err)
 		defer func() { require.NoError(t, w.Close(b.ctx)) }()
-		require.Same(t, b.client, w.Client())
+		require.Same(t, b.backend, w.Backend())
+		if b.remote == nil {
+			require.Same(t, b.client, w.Client())
+		} else {
+			require.Nil(t, w.Client(), "a worker over HTTP has no in-process client")
+		}
 		require.Same(t, sub, w.Completions())
 		require.Equal(t, b.store.Shards(), w.Shards())
 		c := w.Config()
@@ -869,7 +906,7 @@ func exerciseWorker(t *testing.T, newStore func(t testing.TB) ffstore.Store) {
 		t.Parallel()
 		b := setup(t)
 		id := b.create(t, "k", "")
-		w, err := flowfabric.NewWorker(b.ctx, b.client, config("i1"), nil)
+		w, err := flowfabric.NewWorker(b.ctx, b.backend, config("i1"), nil)
 		require.NoError(t, err)
 		task, err := w.ClaimNext(b.ctx)
 		require.NoError(t, err)
@@ -883,7 +920,7 @@ func exerciseWorker(t *testing.T, newStore func(t testing.TB) ffstore.Store) {
 	t.Run("CloseWhileRunning", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
-		w, err := flowfabric.NewWorker(b.ctx, b.client, config("i1"), nil)
+		w, err := flowfabric.NewWorker(b.ctx, b.backend, config("i1"), nil)
 		require.NoError(t, err)
 		bl := newBlocker()
 		flowfabric.Handle(w, "block", bl.handle)
@@ -951,7 +988,106 @@ func exerciseWorker(t *testing.T, newStore func(t testing.TB) ffstore.Store) {
 		_, err = w.ClaimNext(b.ctx)
 		require.ErrorIs(t, err, flowfabric.ErrDuplicateWorkerInstance)
 	})
+
+	t.Run("ClaimViaServer", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		w, _ := b.worker(t, config("i1"))
+		admin, ok := b.backend.(flowfabric.GrantScheduler)
+		require.True(t, ok, "the backend is the scheduler too")
+
+		none, err := w.ClaimViaServer(b.ctx, admin, testLane, time.Minute)
+		require.NoError(t, err)
+		require.Nil(t, none, "nothing eligible: nil, as the server's 204")
+		gpu, err := b.client.Create(b.ctx, flowfabric.CreateParams{Lane: testLane, Kind: "k", Capabilities: []string{"gpu"}})
+		require.NoError(t, err)
+		none, err = w.ClaimViaServer(b.ctx, nil, testLane, 0)
+		require.NoError(t, err)
+		require.Nil(t, none, "an execution the worker cannot run is not granted to it")
+		require.Nil(t, b.get(t, gpu.ID).Grant)
+		_, err = w.ClaimViaServer(b.ctx, admin, "other", 0)
+		var ce *flowfabric.ConfigError
+		require.ErrorAs(t, err, &ce)
+		require.Equal(t, "lane", ce.Field)
+
+		first, second := b.create(t, "k", `{"n":1}`), b.create(t, "k", `{"n":2}`)
+		task, err := w.ClaimViaServer(b.ctx, admin, testLane, time.Minute)
+		require.NoError(t, err)
+		require.NotNil(t, task)
+		if task.ExecutionID() != first {
+			first, second = second, first
+		}
+		x := b.get(t, first)
+		require.Equal(t, flowfabric.StateActive, x.PublicState(), "the grant was consumed: the worker holds the lease")
+		require.Equal(t, task.Fence().LeaseID, x.LeaseID)
+		require.Nil(t, x.Grant)
+
+		// At capacity the scheduler is not even asked: nothing is reserved for a worker that
+		// cannot run it, and the other execution stays eligible for everyone.
+		before := b.get(t, second)
+		calls := b.store.calls.Load()
+		_, err = w.ClaimViaServer(b.ctx, admin, testLane, time.Minute)
+		require.ErrorIs(t, err, flowfabric.ErrWorkerAtCapacity)
+		require.True(t, fftype.IsRetryable(err))
+		require.Equal(t, calls, b.store.calls.Load(), "capacity is checked before any call")
+		require.Equal(t, before, b.get(t, second))
+
+		// A grant the scheduler issued stays intact while the worker is at capacity, and is
+		// consumed once a slot is free.
+		grant, err := admin.GrantNext(b.ctx, flowfabric.ClaimParams{WorkerID: "w", WorkerInstanceID: "i1", Lanes: []string{testLane}}, time.Minute)
+		require.NoError(t, err)
+		require.Equal(t, second, grant.ExecutionID)
+		reserved := b.get(t, second)
+		_, err = w.ClaimFromGrant(b.ctx, testLane, *grant)
+		require.ErrorIs(t, err, flowfabric.ErrWorkerAtCapacity)
+		require.Equal(t, reserved, b.get(t, second), "the grant is untouched at capacity")
+		require.Equal(t, grant.ID, reserved.Grant.ID)
+		require.NoError(t, task.Complete(b.ctx, nil))
+		gt, err := w.ClaimFromGrant(b.ctx, testLane, *grant)
+		require.NoError(t, err)
+		require.Equal(t, second, gt.ExecutionID())
+		require.NoError(t, gt.Complete(b.ctx, nil))
+
+		third := b.create(t, "k", "")
+		task, err = w.ClaimViaServer(b.ctx, nil, testLane, 0)
+		require.NoError(t, err, "a nil admin is the worker's own backend")
+		require.Equal(t, third, task.ExecutionID())
+		require.NoError(t, task.Complete(b.ctx, nil))
+		require.Equal(t, 0, w.Held())
+	})
+
+	t.Run("WithoutEventsCancelArrivesAtTheNextRenewal", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		// A backend without the EventWatcher ability: the worker polls for work and hears of
+		// a cancel when its renewal is refused, within a third of the lease TTL.
+		w, err := flowfabric.NewWorker(b.ctx, noEvents{b.backend}, config("i1"), nil)
+		require.NoError(t, err)
+		t.Cleanup(func() { require.NoError(t, w.Close(context.Background())) })
+		sig := flowfabric.EnableSignals(w)
+		bl := newBlocker()
+		flowfabric.Handle(w, "block", bl.handle)
+		run(t, w)
+		id := b.create(t, "block", "")
+		require.Equal(t, id, recv(t, bl.started, "the handler"))
+		require.NoError(t, b.client.Cancel(b.ctx, id, flowfabric.CancelParams{Reason: "not needed"}))
+		select {
+		case cause := <-bl.causes:
+			t.Fatalf("the cancel arrived before any renewal, with no events: %v", cause)
+		default:
+		}
+		b.clock.Advance(testTTL / 3)
+		recvID(t, sig.Renewed, id, "the renewal")
+		cause := recv(t, bl.causes, "the cancel")
+		require.ErrorIs(t, cause, flowfabric.ErrExecutionCancelled, "the renewal's refusal is explained by the execution")
+		require.Contains(t, cause.Error(), "not needed")
+		recvID(t, sig.Settled, id, "settling")
+		require.Equal(t, flowfabric.StateCancelled, b.get(t, id).PublicState())
+	})
 }
+
+// noEvents hides a backend's EventWatcher ability.
+type noEvents struct{ flowfabric.Backend }
 
 // lockedWriter serialises writes to a buffer shared with the test.
 type lockedWriter struct {

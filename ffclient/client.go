@@ -255,8 +255,13 @@ func (c *Client) Progress(ctx context.Context, id fftype.ExecutionID, f fftype.F
 	return c.request(ctx, "POST", execPath(id, "/progress"), ffserver.ProgressRequest{Fence: f, Percent: percent, Message: message}, nil)
 }
 
-// Complete completes an execution with result.
+// Complete completes an execution with result. As in process, a result that is not valid
+// JSON under the JSON encoding ("" or fftype.EncodingJSON) is refused with a validation
+// error, before any request; send raw bytes with fftype.EncodingBinary.
 func (c *Client) Complete(ctx context.Context, id fftype.ExecutionID, f fftype.Fence, result []byte, enc fftype.PayloadEncoding) error {
+	if (enc == "" || enc == fftype.EncodingJSON) && len(result) > 0 && !json.Valid(result) {
+		return fftype.Validationf(fftype.CodeInvalidInput, "result is not valid JSON (use the binary encoding for raw bytes)")
+	}
 	req := ffserver.CompleteRequest{Fence: f}
 	req.Result, req.ResultBase64 = ffserver.EncodePayload(result, enc)
 	return c.request(ctx, "POST", execPath(id, "/complete"), req, nil)
