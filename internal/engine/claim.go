@@ -158,7 +158,7 @@ func take[T any](ctx context.Context, e *Engine, w claimer, laneNames []string, 
 			want = count - len(taken)
 			maxScore = (c.bucket()+1)<<priorityBits - 1
 		}
-		got, next, err := takeFrom(ctx, e, c, want, maxScore, act)
+		got, next, err := takeFrom(ctx, e, c, want, count-len(taken) > want, maxScore, act)
 		if err != nil {
 			return taken, err
 		}
@@ -238,8 +238,10 @@ func sortedKeys(m map[string]bool) []string {
 }
 
 // takeFrom pops up to want executions from one eligible queue in one unit, applies act
-// to each, and returns what act collected and the queue's new head (nil when empty).
-func takeFrom[T any](ctx context.Context, e *Engine, c *candidate, want int, maxScore int64, act takeFunc[T]) ([]T, *ffstore.QueueItem, error) {
+// to each, and returns what act collected and the queue's new head (nil when empty). The
+// head is read only when the caller may go on (more, or the unit took fewer than want);
+// otherwise it is reported as nil.
+func takeFrom[T any](ctx context.Context, e *Engine, c *candidate, want int, more bool, maxScore int64, act takeFunc[T]) ([]T, *ffstore.QueueItem, error) {
 	var got []T
 	var next *ffstore.QueueItem
 	err := e.update(ctx, c.shard, func(tx ffstore.Tx) error {
@@ -274,6 +276,9 @@ func takeFrom[T any](ctx context.Context, e *Engine, c *candidate, want int, max
 				return err
 			}
 			got = append(got, v)
+		}
+		if !more && len(got) == want {
+			return nil // the claim is done: nobody needs the next head
 		}
 		rest, err := tx.Range(c.queue, nil, ffstore.MaxScore, 1)
 		if err != nil {
