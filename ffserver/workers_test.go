@@ -100,7 +100,7 @@ func TestWorkerRoutesBadInput(t *testing.T) {
 		{"POST", "/v1/workers", with("lanes", "l"), 400, fftype.CodeInvalidInput},
 		{"POST", "/v1/workers", with("ttl_ms", -1), 400, fftype.CodeInvalidInput},
 		{"POST", "/v1/workers", with("ttl_ms", 0), 400, fftype.CodeInvalidInput},
-		{"POST", "/v1/workers", with("ttl_ms", int64(1) << 50), 400, fftype.CodeInvalidInput},
+		{"POST", "/v1/workers", with("ttl_ms", int64(1)<<50), 400, fftype.CodeInvalidInput},
 		{"POST", "/v1/workers", with("session", ""), 400, fftype.CodeInvalidInput},
 		{"POST", "/v1/workers", with("worker_id", ""), 400, fftype.CodeInvalidInput},
 		{"POST", "/v1/workers", with("worker_instance_id", "a\x01b"), 400, fftype.CodeInvalidInput},
