@@ -16,13 +16,12 @@ import (
 //
 // Per shard, after the tag:
 //
-//	v            STRING  commit counter; the version stamped on every record a commit writes
+//	v            STRING  commit counter: numbers every commit, and is the version stamped on
+//	                     every record a commit writes
 //	d            STRING  delete counter; bumped by a commit that deletes an existing record
-//	seq          STRING  last event Seq appended
 //	trim         STRING  the log's trim point
-//	ev           STREAM  the event log, entry ids "<seq>-0", one field "e" per entry
+//	ev           STREAM  the event log, entry ids "0-<seq>" (XADD 0-*), one field "e" each
 //	dir          ZSET    names of the non-empty queues, all scored 0 (ordered by name)
-//	heads        HASH    queue name -> encoded first item
 //	r:<key>      STRING  a record: 8-byte big-endian version, then the value
 //	q:<name>     ZSET    a queue's items, all scored 0, member = encoded item (see encodeItem)
 //	qs:<name>    HASH    a queue's member -> 8-byte encoded score
@@ -106,19 +105,17 @@ type shardKeys struct {
 	base   string // "<prefix>:{tag}:"
 	ver    string
 	del    string
-	seq    string
 	trim   string
 	stream string
 	dir    string
-	heads  string
 	slot   int
 }
 
 func newShardKeys(prefix string, s, n int) shardKeys {
 	base := prefix + ":" + tagFor(s, n) + ":"
 	return shardKeys{
-		base: base, ver: base + "v", del: base + "d", seq: base + "seq", trim: base + "trim",
-		stream: base + "ev", dir: base + "dir", heads: base + "heads", slot: keySlot(base),
+		base: base, ver: base + "v", del: base + "d", trim: base + "trim",
+		stream: base + "ev", dir: base + "dir", slot: keySlot(base),
 	}
 }
 
@@ -181,6 +178,15 @@ func lexUpTo(maxScore int64) string {
 	}
 	// Every item of score maxScore sorts below the bare encoding of maxScore+1.
 	return "(" + encodeScore(maxScore+1)
+}
+
+// scoreBound returns the largest due score as ffv1_pop and ffv1_range take it: its 8-byte
+// encoding, or "" for no bound.
+func scoreBound(maxScore int64) string {
+	if maxScore == ffstore.MaxScore {
+		return ""
+	}
+	return encodeScore(maxScore)
 }
 
 // prefixEnd returns the smallest string greater than every string that starts with p, or

@@ -26,7 +26,7 @@ const LibraryName = "flowfabric_v1"
 const (
 	fnPop   = "ffv1_pop"
 	fnRange = "ffv1_range"
-	fnHeads = "ffv1_heads"
+	fnBounds = "ffv1_bounds"
 	fnUnit  = "ffv1_unit"
 	fnCheck = "ffv1_check"
 	fnTrim  = "ffv1_trim"

@@ -4,10 +4,14 @@
 -- the engine (Go) decides every transition and hands the store a unit; these functions
 -- only check that what a unit read still holds and apply its writes, all or nothing.
 -- Keys and arguments are laid out by ffstore/ffvalkey (tx.go, keys.go). Every key a
--- function touches is declared in KEYS and, except in ffv1_heads on a standalone server,
--- carries one shard's hash tag. Function names carry the version, so that two versions
--- of the library can be loaded side by side during a rolling upgrade; any change to a
--- function's keys, arguments or behaviour gets a new version.
+-- function touches is declared in KEYS and carries one shard's hash tag. Function names
+-- carry the version, so that two versions of the library can be loaded side by side
+-- during a rolling upgrade; any change to a function's keys, arguments or behaviour gets
+-- a new version.
+--
+-- Queue items are ZSET members that all score 0: 8 bytes of score that sort like the
+-- int64 they encode, then the member. Lua compares strings with strcoll, so byte order
+-- is compared with le8, never with <.
 
 -- A pop mark is a 13-digit deadline in ms followed by the token of the unit holding it.
 local MARK_DIGITS = 13
@@ -15,6 +19,17 @@ local MARK_DIGITS = 13
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- le8 reports whether the first 8 bytes of a sort at or before the 8 bytes of b.
+local function le8(a, b)
+  for i = 1, 8 do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then
+      return x < y
+    end
+  end
+  return true
 end
 
 -- hidden reports whether a queue item carrying pop mark `mark` is hidden from the unit
@@ -29,78 +44,77 @@ local function hidden(mark, token, now)
   return tonumber(string.sub(mark, 1, MARK_DIGITS)) > now
 end
 
--- visible returns the items of `items` (encoded ZSET members) not hidden from `token`,
--- appending to `out` until it holds `limit`.
-local function visible(m, items, token, now, out, limit)
-  if #items == 0 then
-    return
-  end
+-- marks_of returns the pop marks of items (encoded ZSET members), and their members.
+local function marks_of(m, items)
   local members = {}
   for k, enc in ipairs(items) do
     members[k] = string.sub(enc, 9)
   end
-  local marks = redis.call('HMGET', m, unpack(members))
-  for k, enc in ipairs(items) do
-    if #out >= limit then
-      return
-    end
-    if not hidden(marks[k], token, now) then
-      out[#out + 1] = enc
-    end
-  end
+  return redis.call('HMGET', m, unpack(members)), members
 end
 
 -- ffv1_pop marks up to n due items of a queue as popped by one unit and returns them,
--- with the next `look` items the unit can see after them. Nothing leaves the queue: the
--- unit's commit removes the items if their marks are still its own, and an unfinished
--- unit's marks expire after `ttl` ms. Items marked by other units are skipped.
--- KEYS: queue, marks. ARGV: end bound, n, token, ttl, look.
--- Returns {popped, lookahead, complete} where complete is 1 if the lookahead reaches the
--- end of the queue.
+-- with the next `look` items after them that the unit can see. Nothing leaves the queue:
+-- the unit's commit removes the items if their marks are still its own, and an
+-- unfinished unit's marks lapse after `ttl` ms. Items other units are popping are
+-- skipped.
+-- KEYS: queue items, pop marks. ARGV: the largest due score (8 bytes; '' for any), n,
+-- token, ttl, look.
+-- Returns {popped, lookahead, complete}; complete is 1 if the lookahead reaches the end.
 redis.register_function('ffv1_pop', function(keys, argv)
   local z, m = keys[1], keys[2]
   local upto, n, token, ttl, look = argv[1], tonumber(argv[2]), argv[3], tonumber(argv[4]), tonumber(argv[5])
   local now = now_ms()
-  local mark = string.format('%013d', now + ttl) .. token
-  local popped = {}
-  local from, batch = '-', math.min(n, 1000) + 16
-  while #popped < n do
-    local items = redis.call('ZRANGE', z, from, upto, 'BYLEX', 'LIMIT', 0, batch)
-    visible(m, items, token, now, popped, n)
+  local popped, ahead, due, complete = {}, {}, true, 0
+  local from, batch = '-', math.min(n + look, 1000) + 16
+  while true do
+    local items = redis.call('ZRANGE', z, from, '+', 'BYLEX', 'LIMIT', 0, batch)
+    if #items > 0 then
+      local marks = marks_of(m, items)
+      for k, enc in ipairs(items) do
+        if not hidden(marks[k], token, now) then
+          if due and #popped < n and (upto == '' or le8(enc, upto)) then
+            popped[#popped + 1] = enc
+          else
+            due = false
+            if #ahead < look then
+              ahead[#ahead + 1] = enc
+            end
+          end
+        end
+        if not due and #ahead >= look then
+          break
+        end
+      end
+    end
+    if #popped >= n then
+      due = false
+    end
+    if not due and #ahead >= look then
+      break
+    end
     if #items < batch then
+      complete = 1
       break
     end
     from = '(' .. items[#items]
   end
-  for _, enc in ipairs(popped) do
-    redis.call('HSET', m, string.sub(enc, 9), mark)
-  end
-  local ahead, complete = {}, 0
-  if look > 0 then
-    from = '-'
-    if #popped > 0 then
-      from = '(' .. popped[#popped]
+  if #popped > 0 then
+    local mark = string.format('%013d', now + ttl) .. token
+    local fields = {}
+    for _, enc in ipairs(popped) do
+      fields[#fields + 1] = string.sub(enc, 9)
+      fields[#fields + 1] = mark
     end
-    batch = math.min(look, 1000) + 16
-    while true do
-      local items = redis.call('ZRANGE', z, from, '+', 'BYLEX', 'LIMIT', 0, batch)
-      visible(m, items, token, now, ahead, look)
-      if #ahead >= look then
-        break
-      end
-      if #items < batch then
-        complete = 1
-        break
-      end
-      from = '(' .. items[#items]
-    end
+    redis.call('HSET', m, unpack(fields))
   end
   return {popped, ahead, complete}
 end)
 
--- ffv1_range returns up to n items of a queue between two bounds that the unit with
--- `token` can see (see hidden).
--- KEYS: queue, marks. ARGV: start bound, end bound, n, token.
+-- ffv1_range returns up to n items of a queue after a start bound, with scores up to a
+-- limit, that the unit with `token` can see (see hidden).
+-- KEYS: queue items, pop marks. ARGV: start bound, the largest score (8 bytes; '' for
+-- any), n, token.
 redis.register_function{function_name = 'ffv1_range', flags = {'no-writes'}, callback = function(keys, argv)
   local z, m = keys[1], keys[2]
   local from, upto, n, token = argv[1], argv[2], tonumber(argv[3]), argv[4]
@@ -108,8 +122,22 @@ redis.register_function{function_name = 'ffv1_range', flags = {'no-writes'}, cal
   local out = {}
   while #out < n do
     local batch = math.min(n - #out, 1000) + 16
-    local items = redis.call('ZRANGE', z, from, upto, 'BYLEX', 'LIMIT', 0, batch)
-    visible(m, items, token, now, out, n)
+    local items = redis.call('ZRANGE', z, from, '+', 'BYLEX', 'LIMIT', 0, batch)
+    if #items == 0 then
+      break
+    end
+    local marks = marks_of(m, items)
+    for k, enc in ipairs(items) do
+      if upto ~= '' and not le8(enc, upto) then
+        return out
+      end
+      if not hidden(marks[k], token, now) then
+        out[#out + 1] = enc
+        if #out >= n then
+          return out
+        end
+      end
+    end
     if #items < batch then
       break
     end
@@ -118,42 +146,22 @@ redis.register_function{function_name = 'ffv1_range', flags = {'no-writes'}, cal
   return out
 end}
 
--- ffv1_heads returns, per shard, the first item of every non-empty queue whose name lies
--- in one of the given name ranges.
--- KEYS: directory and heads of each shard, in pairs. ARGV: start and end bounds, in pairs.
--- Returns one array per shard: name, encoded item, name, encoded item...
-redis.register_function{function_name = 'ffv1_heads', flags = {'no-writes'}, callback = function(keys, argv)
-  local out = {}
-  for s = 1, #keys / 2 do
-    local dir, heads = keys[2 * s - 1], keys[2 * s]
-    local found = {}
-    for p = 1, #argv, 2 do
-      local names = redis.call('ZRANGE', dir, argv[p], argv[p + 1], 'BYLEX')
-      for from = 1, #names, 1000 do
-        local chunk = {}
-        for k = from, math.min(from + 999, #names) do
-          chunk[#chunk + 1] = names[k]
-        end
-        local hs = redis.call('HMGET', heads, unpack(chunk))
-        for k, name in ipairs(chunk) do
-          if hs[k] then
-            found[#found + 1] = name
-            found[#found + 1] = hs[k]
-          end
-        end
-      end
-    end
-    out[s] = found
+-- last_seq returns the Seq of the last event in a stream (ids "0-<seq>"), or 0.
+local function last_seq(stream)
+  local e = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
+  if e[1] then
+    return tonumber(string.match(e[1][1], '%-(%d+)$'))
   end
-  return out
-end}
+  return 0
+end
 
--- A unit. KEYS: 1 commit counter, 2 delete counter, 3 event seq, 4 event stream,
--- 5 queue directory, 6 queue heads, then the unit's nR record keys, then three keys per
--- queue it touched (items, scores, marks).
+-- A unit. KEYS: 1 commit counter, 2 delete counter, 3 event stream, 4 queue directory,
+-- then the unit's nR record keys, then three keys per queue it touched (items, scores,
+-- pop marks).
 -- ARGV: mode ('c' commit, 'a' abort: check and release the unit's pops, 'v' check only),
--- channel to publish on ('' for none), the unit's token, '=' followed by the delete
--- counter to expect ('' for no check), nR, nQ, the nQ queue names, then counted lists:
+-- channel to publish on ('' for none) and the message, the unit's token, '=' and the
+-- delete counter to expect ('' for no check), nR, nQ, the nQ queue names, then counted
+-- lists:
 --   record checks   (key index, expected version; '' expects no record)
 --   range checks    (queue index, encoded item expected in the queue)
 --   pops            (queue index, encoded item the unit popped)
@@ -161,18 +169,15 @@ end}
 --   record deletes  (key index)
 --   queue writes    (queue index, member, encoded score; '' removes the member)
 --   events          (encoded event)
--- Returns {1, ''} when it committed (or, for 'a' and 'v', the reads held) and
--- {0, reason} when a read no longer holds; then nothing was written except, for 'c' and
--- 'a', the release of the unit's pop marks.
+-- Returns {0, reason} when a read no longer holds: then nothing was written except, for
+-- 'c' and 'a', the release of the unit's pop marks. Otherwise {1, ''} for 'a' and 'v',
+-- and for 'c' {1, '', commit number, then for each queue written its name and new first
+-- item ('' when empty)}.
 local function unit(keys, argv)
-  local mode, channel, token, expdel = argv[1], argv[2], argv[3], argv[4]
-  local nR, nQ = tonumber(argv[5]), tonumber(argv[6])
-  local qbase = 6 + nR
-  local names = {}
-  for j = 1, nQ do
-    names[j] = argv[6 + j]
-  end
-  local i = 7 + nQ
+  local mode, channel, message, token, expdel = argv[1], argv[2], argv[3], argv[4], argv[5]
+  local nR, nQ = tonumber(argv[6]), tonumber(argv[7])
+  local qbase = 4 + nR
+  local i = 8 + nQ
   local reason = nil
 
   if expdel ~= '' and '=' .. (redis.call('GET', keys[2]) or '') ~= expdel then
@@ -181,7 +186,7 @@ local function unit(keys, argv)
   local n = tonumber(argv[i])
   i = i + 1
   for _ = 1, n do
-    if not reason and redis.call('GETRANGE', keys[6 + tonumber(argv[i])], 0, 7) ~= argv[i + 1] then
+    if not reason and redis.call('GETRANGE', keys[4 + tonumber(argv[i])], 0, 7) ~= argv[i + 1] then
       reason = 'a record changed'
     end
     i = i + 2
@@ -198,10 +203,11 @@ local function unit(keys, argv)
   i = i + 1
   local pops = {}
   for _ = 1, n do
-    local b = qbase + 3 * tonumber(argv[i])
+    local q = tonumber(argv[i])
+    local b = qbase + 3 * q
     local enc = argv[i + 1]
     local member = string.sub(enc, 9)
-    pops[#pops + 1] = {b, enc, member}
+    pops[#pops + 1] = {b, enc, member, q}
     if not reason then
       local mark = redis.call('HGET', keys[b], member)
       if not mark or string.sub(mark, MARK_DIGITS + 1) ~= token or not redis.call('ZSCORE', keys[b - 2], enc) then
@@ -226,8 +232,9 @@ local function unit(keys, argv)
     return {1, ''}
   end
 
-  -- Events first: XADD is the one write that can be refused (an id not above the
-  -- stream's last), and nothing else has been written when it is.
+  -- Events first: XADD is the one write that could be refused, and nothing else has
+  -- been written when it is. Ids "0-*" take the stream's next sequence number, so the
+  -- log's Seq is gap-free.
   local nP = tonumber(argv[i])
   local iP = i + 1
   i = iP + 2 * nP
@@ -238,79 +245,95 @@ local function unit(keys, argv)
   local iW = i + 1
   i = iW + 3 * nW
   local nE = tonumber(argv[i])
-  if nE > 0 then
-    local first = tonumber(redis.call('GET', keys[3]) or '0') + 1
-    for k = 0, nE - 1 do
-      redis.call('XADD', keys[4], string.format('%d-0', first + k), 'e', argv[i + 1 + k])
-    end
-    redis.call('SET', keys[3], string.format('%d', first + nE - 1))
+  for k = i + 1, i + nE do
+    redis.call('XADD', keys[3], '0-*', 'e', argv[k])
   end
 
+  local ver = redis.call('INCR', keys[1])
   if nP > 0 then
-    local ver = struct.pack('>I8', redis.call('INCR', keys[1]))
+    local stamp = struct.pack('>I8', ver)
+    local kv = {}
     for k = iP, iP + 2 * nP - 1, 2 do
-      redis.call('SET', keys[6 + tonumber(argv[k])], ver .. argv[k + 1])
+      kv[#kv + 1] = keys[4 + tonumber(argv[k])]
+      kv[#kv + 1] = stamp .. argv[k + 1]
+    end
+    redis.call('MSET', unpack(kv))
+  end
+  if nD > 0 then
+    local del = {}
+    for k = iD, iD + nD - 1 do
+      del[#del + 1] = keys[4 + tonumber(argv[k])]
+    end
+    if redis.call('DEL', unpack(del)) > 0 then
+      redis.call('INCR', keys[2])
     end
   end
-  local deleted = 0
-  for k = iD, iD + nD - 1 do
-    deleted = deleted + redis.call('DEL', keys[6 + tonumber(argv[k])])
-  end
-  if deleted > 0 then
-    redis.call('INCR', keys[2])
-  end
 
-  local touched, seen = {}, {}
-  local function touch(b)
-    if not seen[b] then
-      seen[b] = true
-      touched[#touched + 1] = b
+  local touched, seen, added = {}, {}, {}
+  local function touch(q)
+    if not seen[q] then
+      seen[q] = true
+      touched[#touched + 1] = q
     end
   end
   for _, p in ipairs(pops) do
     redis.call('ZREM', keys[p[1] - 2], p[2])
     redis.call('HDEL', keys[p[1] - 1], p[3])
     redis.call('HDEL', keys[p[1]], p[3])
-    touch(p[1])
+    touch(p[4])
   end
   for k = iW, iW + 3 * nW - 1, 3 do
-    local b = qbase + 3 * tonumber(argv[k])
+    local q = tonumber(argv[k])
+    local b = qbase + 3 * q
     local member, score = argv[k + 1], argv[k + 2]
     local old = redis.call('HGET', keys[b - 1], member)
     if score == '' then
       if old then
         redis.call('ZREM', keys[b - 2], old .. member)
         redis.call('HDEL', keys[b - 1], member)
-        redis.call('HDEL', keys[b], member)
-        touch(b)
+        touch(q)
       end
     elseif old ~= score then
       if old then
         redis.call('ZREM', keys[b - 2], old .. member)
       end
-      redis.call('ZADD', keys[b - 2], 0, score .. member)
+      local enc = score .. member
+      redis.call('ZADD', keys[b - 2], 0, enc)
       redis.call('HSET', keys[b - 1], member, score)
-      redis.call('HDEL', keys[b], member)
-      touch(b)
+      added[enc] = q
+      touch(q)
     end
   end
-  for _, b in ipairs(touched) do
-    local name = names[(b - qbase) / 3]
-    local head = redis.call('ZRANGE', keys[b - 2], 0, 0)
-    if head[1] then
-      redis.call('HSET', keys[6], name, head[1])
-      redis.call('ZADD', keys[5], 0, name)
+  -- Keep the directory of non-empty queues, and report each written queue's new head.
+  -- A head that this commit added may be earlier than the one readers knew: the message
+  -- says so, so that other processes refresh what they cached.
+  local out = {1, '', ver}
+  local earlier = false
+  for _, q in ipairs(touched) do
+    local b = qbase + 3 * q
+    local name = argv[7 + q]
+    local head = redis.call('ZRANGE', keys[b - 2], 0, 0)[1]
+    out[#out + 1] = name
+    if head then
+      out[#out + 1] = head
+      if added[head] then
+        earlier = true
+        redis.call('ZADD', keys[4], 'NX', 0, name)
+      end
     else
-      redis.call('HDEL', keys[6], name)
-      redis.call('ZREM', keys[5], name)
+      out[#out + 1] = ''
+      redis.call('ZREM', keys[4], name)
       redis.call('DEL', keys[b])
     end
   end
 
   if channel ~= '' then
-    redis.call('PUBLISH', channel, '1')
+    if earlier then
+      message = message .. ':h'
+    end
+    redis.call('PUBLISH', channel, message)
   end
-  return {1, ''}
+  return out
 end
 
 redis.register_function('ffv1_unit', unit)
@@ -323,14 +346,20 @@ end}
 
 -- ffv1_trim deletes the events with Seq at most `through` (at most the last one) and
 -- raises the trim point; it never lowers it.
--- KEYS: event seq, trim point, event stream. ARGV: through.
+-- KEYS: trim point, event stream. ARGV: through.
 redis.register_function('ffv1_trim', function(keys, argv)
-  local last = tonumber(redis.call('GET', keys[1]) or '0')
-  local through = math.min(tonumber(argv[1]), last)
-  local trimmed = tonumber(redis.call('GET', keys[2]) or '0')
+  local trimmed = tonumber(redis.call('GET', keys[1]) or '0')
+  local through = math.min(tonumber(argv[1]), math.max(trimmed, last_seq(keys[2])))
   if through > trimmed then
-    redis.call('SET', keys[2], string.format('%d', through))
-    redis.call('XTRIM', keys[3], 'MINID', string.format('%d-0', through + 1))
+    redis.call('SET', keys[1], string.format('%d', through))
+    redis.call('XTRIM', keys[2], 'MINID', string.format('0-%d', through + 1))
   end
   return 1
 end)
+
+-- ffv1_bounds returns the trim point and the last Seq of a log, read together.
+-- KEYS: trim point, event stream.
+redis.register_function{function_name = 'ffv1_bounds', flags = {'no-writes'}, callback = function(keys)
+  local trimmed = tonumber(redis.call('GET', keys[1]) or '0')
+  return {trimmed, math.max(trimmed, last_seq(keys[2]))}
+end}

@@ -239,15 +239,15 @@ func (t *tx) Range(queue string, after *ffstore.QueueItem, maxScore int64, n int
 			return out, nil
 		}
 	}
-	from, upto := lexAfter(after), lexUpTo(maxScore)
+	from := lexAfter(after)
 	qk, mk := t.k.queue(queue), t.k.marks(queue)
 	t.rts++
 	res, err := t.s.do(t.ctx, "read queue", true, func() rueidis.Completed {
 		if t.update {
 			return t.s.client.B().FcallRo().Function(fnRange).Numkeys(2).Key(qk, mk).
-				Arg(from, upto, strconv.Itoa(n), t.token).Build()
+				Arg(from, scoreBound(maxScore), strconv.Itoa(n), t.token).Build()
 		}
-		return t.s.client.B().Zrange().Key(qk).Min(from).Max(upto).Bylex().Limit(0, int64(n)).Build()
+		return t.s.client.B().Zrange().Key(qk).Min(from).Max(lexUpTo(maxScore)).Bylex().Limit(0, int64(n)).Build()
 	})
 	if err != nil {
 		return nil, err
@@ -317,7 +317,7 @@ func (t *tx) PopDue(queue string, maxScore int64, n int) ([]ffstore.QueueItem, e
 	}
 	q := t.queue(queue)
 	qk, mk := t.k.queue(queue), t.k.marks(queue)
-	upto := lexUpTo(maxScore)
+	upto := scoreBound(maxScore)
 	t.rts++
 	res, err := t.s.do(t.ctx, "pop queue items", false, func() rueidis.Completed {
 		return t.s.client.B().Fcall().Function(fnPop).Numkeys(2).Key(qk, mk).
@@ -449,7 +449,7 @@ type call struct {
 // it; writes are included only for "c".
 func (t *tx) build(mode string) *call {
 	k := t.k
-	c := &call{keys: []string{k.ver, k.del, k.seq, k.stream, k.dir, k.heads}}
+	c := &call{keys: []string{k.ver, k.del, k.stream, k.dir}}
 	channel := ""
 	if mode == "c" {
 		channel = t.s.channel
@@ -490,8 +490,13 @@ func (t *tx) build(mode string) *call {
 		qi := strconv.Itoa(len(names))
 		kk := k.queueKeys(name)
 		c.keys = append(c.keys, kk[:]...)
-		for _, enc := range q.reads {
-			ranges = append(ranges, qi, enc)
+		// Ranges of a queue the unit pops are not checked: other units pop its items
+		// all the time, so the check would fail most concurrent pops, which PopDue
+		// promises not to make wait on each other. Such a Range can only be a hint.
+		if len(q.pops) == 0 {
+			for _, enc := range q.reads {
+				ranges = append(ranges, qi, enc)
+			}
 		}
 		for _, enc := range q.pops {
 			pops = append(pops, qi, enc)
@@ -509,7 +514,7 @@ func (t *tx) build(mode string) *call {
 	}
 	delCheck := t.delSeen
 	c.args = make([]string, 0, 16+len(names)+len(checks)+len(ranges)+len(pops)+len(puts)+len(dels)+len(qops)+len(t.events))
-	c.args = append(c.args, mode, channel, t.token, delCheck, strconv.Itoa(nR), strconv.Itoa(len(names)))
+	c.args = append(c.args, mode, channel, t.s.instance, t.token, delCheck, strconv.Itoa(nR), strconv.Itoa(len(names)))
 	c.args = append(c.args, names...)
 	c.args = appendCounted(c.args, checks, 2)
 	c.args = appendCounted(c.args, ranges, 2)
@@ -532,8 +537,8 @@ func appendCounted(args, items []string, width int) []string {
 }
 
 // run sends a unit call and reports whether its reads held, with the server's reason
-// when they did not.
-func (t *tx) run(ctx context.Context, fn string, readOnly bool, c *call) (ok bool, reason string, err error) {
+// when they did not, and the rest of the reply.
+func (t *tx) run(ctx context.Context, fn string, readOnly bool, c *call) (ok bool, reason string, rest []rueidis.RedisMessage, err error) {
 	op := "commit"
 	if fn == fnCheck {
 		op = "check reads"
@@ -545,18 +550,18 @@ func (t *tx) run(ctx context.Context, fn string, readOnly bool, c *call) (ok boo
 		return t.s.client.B().Fcall().Function(fn).Numkeys(int64(len(c.keys))).Key(c.keys...).Arg(c.args...).Build()
 	})
 	if err != nil {
-		return false, "", err
+		return false, "", nil, err
 	}
 	arr, err := res.ToArray()
-	if err != nil || len(arr) != 2 {
-		return false, "", translate(errors.Join(err, errors.New("unexpected reply")), op)
+	if err != nil || len(arr) < 2 {
+		return false, "", nil, translate(errors.Join(err, errors.New("unexpected reply")), op)
 	}
 	status, err1 := arr[0].AsInt64()
 	reason, err2 := arr[1].ToString()
 	if err1 != nil || err2 != nil {
-		return false, "", translate(errors.Join(err1, err2), op)
+		return false, "", nil, translate(errors.Join(err1, err2), op)
 	}
-	return status == 1, reason, nil
+	return status == 1, reason, arr[2:], nil
 }
 
 // commit applies the unit. It returns an error matching fftype.ErrStoreConflict when a
@@ -569,7 +574,7 @@ func (t *tx) commit() error {
 		if t.rts < 2 {
 			return nil
 		}
-		ok, reason, err := t.run(ctx, fnCheck, true, t.build("v"))
+		ok, reason, _, err := t.run(ctx, fnCheck, true, t.build("v"))
 		if err != nil {
 			return err
 		}
@@ -578,14 +583,56 @@ func (t *tx) commit() error {
 		}
 		return nil
 	}
-	ok, reason, err := t.run(ctx, fnUnit, false, t.build("c"))
+	ok, reason, rest, err := t.run(ctx, fnUnit, false, t.build("c"))
 	if err != nil {
 		return err
 	}
 	if !ok {
 		return conflict("unit on shard %d lost a race: %s since it was read", t.shard, reason)
 	}
+	if err := t.patchHeads(rest); err != nil {
+		// The unit committed; only the cache of heads is behind. Let it be read again.
+		t.s.log.Warn("ffvalkey: unexpected commit reply", "err", err)
+		t.s.heads.invalidate()
+	}
 	t.s.changes.Notify()
+	return nil
+}
+
+// patchHeads gives the heads cache the queue heads a commit reported: its commit number,
+// then the name and first item ("" when empty) of each queue it wrote.
+func (t *tx) patchHeads(rest []rueidis.RedisMessage) error {
+	if len(rest) == 0 || len(rest)%2 != 1 {
+		return errors.New("no commit number")
+	}
+	ver, err := rest[0].AsInt64()
+	if err != nil {
+		return err
+	}
+	n := (len(rest) - 1) / 2
+	if n == 0 {
+		return nil
+	}
+	names := make([]string, n)
+	heads := make([]*ffstore.QueueItem, n)
+	for i := range n {
+		if names[i], err = rest[1+2*i].ToString(); err != nil {
+			return err
+		}
+		enc, err := rest[2+2*i].ToString()
+		if err != nil {
+			return err
+		}
+		if enc == "" {
+			continue
+		}
+		score, member, ok := decodeItem(enc)
+		if !ok {
+			return errors.New("malformed head")
+		}
+		heads[i] = &ffstore.QueueItem{Member: member, Score: score}
+	}
+	t.s.heads.patch(t.shard, uint64(ver), names, heads)
 	return nil
 }
 
@@ -603,9 +650,9 @@ func (t *tx) abort() (stale bool) {
 	var ok bool
 	var err error
 	if pops {
-		ok, _, err = t.run(ctx, fnUnit, false, t.build("a"))
+		ok, _, _, err = t.run(ctx, fnUnit, false, t.build("a"))
 	} else {
-		ok, _, err = t.run(ctx, fnCheck, true, t.build("v"))
+		ok, _, _, err = t.run(ctx, fnCheck, true, t.build("v"))
 	}
 	if err != nil {
 		t.s.log.Warn("ffvalkey: releasing an aborted unit failed; its pops lapse by themselves", "shard", t.shard, "err", err)
@@ -679,7 +726,7 @@ func (s *Store) View(ctx context.Context, shard int, fn func(tx ffstore.ReadTx) 
 		if t.rts < 2 {
 			return err
 		}
-		ok, _, cerr := t.run(ctx, fnCheck, true, t.build("v"))
+		ok, _, _, cerr := t.run(ctx, fnCheck, true, t.build("v"))
 		if cerr != nil {
 			if err != nil {
 				return err

@@ -151,6 +151,7 @@ type Store struct {
 	units     atomic.Uint64
 	conflicts atomic.Int64 // injected conflicts still to deliver
 	changes   ffstore.Notifier
+	heads     headsCache
 
 	subOnce   sync.Once
 	subCancel context.CancelFunc
@@ -387,11 +388,14 @@ func (s *Store) leave() {
 }
 
 // QueueHeads returns the first item of every non-empty queue, on any shard, whose name
-// starts with one of prefixes; a queue matched by two prefixes is reported once. It reads
-// each shard's queue directory and its table of queue heads, which every commit keeps up
-// to date: on a standalone server all shards in one call, on a Cluster one call per shard,
-// pipelined. The heads include items that in-flight units are popping. Results are in
-// shard order, then by queue name.
+// starts with one of prefixes; a queue matched by two prefixes is reported once. The
+// heads include items that in-flight units are popping. Order is unspecified.
+//
+// The result is a hint, and is served from memory (see headsCache): commits of this
+// process update it at once, and it is read again from the server — each shard's
+// directory of non-empty queues, then their first items, in two pipelined round trips —
+// when it is older than 250ms, or when another process's commit said that it may have
+// moved a head earlier (a wake-up message on the store's channel).
 func (s *Store) QueueHeads(ctx context.Context, prefixes []string) ([]ffstore.QueueHead, error) {
 	if err := s.enter(ctx); err != nil {
 		return nil, err
@@ -401,64 +405,85 @@ func (s *Store) QueueHeads(ctx context.Context, prefixes []string) ([]ffstore.Qu
 	if len(prefixes) == 0 {
 		return nil, nil
 	}
-	args := make([]string, 0, 2*len(prefixes))
-	for _, p := range prefixes {
-		lo, hi := prefixBounds(p)
-		args = append(args, lo, hi)
+	s.subOnce.Do(s.subscribe) // wake-ups from other processes keep the cache fresh
+	return s.heads.queueHeads(ctx, prefixes, s.shards, s.readHeads)
+}
+
+// readHeads reads the first item of every non-empty queue matching prefixes on every
+// shard, and each shard's commit number from before the read.
+func (s *Store) readHeads(ctx context.Context, prefixes []string) ([]map[string]ffstore.QueueItem, []uint64, error) {
+	type bound struct{ lo, hi string }
+	bounds := make([]bound, len(prefixes))
+	for i, p := range prefixes {
+		bounds[i].lo, bounds[i].hi = prefixBounds(p)
 	}
-	var replies []rueidis.RedisMessage
-	if !s.cluster {
-		keys := make([]string, 0, 2*s.shards)
+	per := 1 + len(bounds)
+	res, err := s.doMulti(ctx, "read queue directories", func() []rueidis.Completed {
+		cmds := make([]rueidis.Completed, 0, s.shards*per)
 		for i := range s.keys {
-			keys = append(keys, s.keys[i].dir, s.keys[i].heads)
+			k := &s.keys[i]
+			cmds = append(cmds, s.client.B().Get().Key(k.ver).Build())
+			for _, b := range bounds {
+				cmds = append(cmds, s.client.B().Zrange().Key(k.dir).Min(b.lo).Max(b.hi).Bylex().Build())
+			}
 		}
-		res, err := s.do(ctx, "read queue heads", true, func() rueidis.Completed {
-			return s.client.B().FcallRo().Function(fnHeads).Numkeys(int64(len(keys))).Key(keys...).Arg(args...).Build()
-		})
+		return cmds
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	vers := make([]uint64, s.shards)
+	type queueRef struct {
+		shard int
+		name  string
+	}
+	var refs []queueRef
+	for shard := range s.shards {
+		if vers[shard], err = optUint(res[shard*per]); err != nil {
+			return nil, nil, translate(err, "read queue directories")
+		}
+		for j := 1; j < per; j++ {
+			names, err := res[shard*per+j].AsStrSlice()
+			if err != nil {
+				return nil, nil, translate(err, "read queue directories")
+			}
+			for _, name := range names {
+				refs = append(refs, queueRef{shard, name})
+			}
+		}
+	}
+	found := make([]map[string]ffstore.QueueItem, s.shards)
+	for i := range found {
+		found[i] = map[string]ffstore.QueueItem{}
+	}
+	if len(refs) == 0 {
+		return found, vers, nil
+	}
+	res, err = s.doMulti(ctx, "read queue heads", func() []rueidis.Completed {
+		cmds := make([]rueidis.Completed, len(refs))
+		for i, r := range refs {
+			cmds[i] = s.client.B().Zrange().Key(s.keys[r.shard].queue(r.name)).Min("0").Max("0").Build()
+		}
+		return cmds
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	for i, r := range refs {
+		encs, err := res[i].AsStrSlice()
 		if err != nil {
-			return nil, err
+			return nil, nil, translate(err, "read queue heads")
 		}
-		if replies, err = res.ToArray(); err != nil {
-			return nil, translate(err, "read queue heads")
+		if len(encs) == 0 {
+			continue // emptied since the directory was read
 		}
-	} else {
-		res, err := s.doMulti(ctx, "read queue heads", func() []rueidis.Completed {
-			cmds := make([]rueidis.Completed, s.shards)
-			for i := range s.keys {
-				k := &s.keys[i]
-				cmds[i] = s.client.B().FcallRo().Function(fnHeads).Numkeys(2).Key(k.dir, k.heads).Arg(args...).Build()
-			}
-			return cmds
-		})
-		if err != nil {
-			return nil, err
+		score, member, ok := decodeItem(encs[0])
+		if !ok {
+			return nil, nil, fftype.NewError(fftype.KindUnavailable, fftype.CodeCorruption, "ffvalkey: queue %q of shard %d has a malformed head", r.name, r.shard)
 		}
-		for _, r := range res {
-			arr, err := r.ToArray()
-			if err != nil || len(arr) != 1 {
-				return nil, translate(errors.Join(err, errors.New("unexpected reply")), "read queue heads")
-			}
-			replies = append(replies, arr[0])
-		}
+		found[r.shard][r.name] = ffstore.QueueItem{Member: member, Score: score}
 	}
-	if len(replies) != s.shards {
-		return nil, translate(fmt.Errorf("%d shard replies for %d shards", len(replies), s.shards), "read queue heads")
-	}
-	var heads []ffstore.QueueHead
-	for shard := range replies {
-		flat, err := replies[shard].AsStrSlice()
-		if err != nil || len(flat)%2 != 0 {
-			return nil, translate(errors.Join(err, errors.New("unexpected reply")), "read queue heads")
-		}
-		for i := 0; i < len(flat); i += 2 {
-			score, member, ok := decodeItem(flat[i+1])
-			if !ok {
-				return nil, fftype.NewError(fftype.KindUnavailable, fftype.CodeCorruption, "ffvalkey: queue %q of shard %d has a malformed head", flat[i], shard)
-			}
-			heads = append(heads, ffstore.QueueHead{Shard: shard, Queue: flat[i], Item: ffstore.QueueItem{Member: member, Score: score}})
-		}
-	}
-	return heads, nil
+	return found, vers, nil
 }
 
 // disjointPrefixes returns prefixes sorted, without the ones another prefix covers, so no
@@ -488,7 +513,7 @@ func (s *Store) ReadEvents(ctx context.Context, shard int, after uint64, limit i
 		return nil, nil
 	}
 	k := &s.keys[shard]
-	start := strconv.FormatUint(after+1, 10) + "-0"
+	start := "0-" + strconv.FormatUint(after+1, 10)
 	// The trim point is read after the events, in the same round trip: it only grows, so
 	// if after is not below it then, nothing the range needed had been trimmed.
 	res, err := s.doMulti(ctx, "read events", func() []rueidis.Completed {
@@ -514,7 +539,7 @@ func (s *Store) ReadEvents(ctx context.Context, shard int, after uint64, limit i
 	}
 	out := make([]fftype.Event, 0, len(entries))
 	for _, e := range entries {
-		seqText, _, _ := strings.Cut(e.ID, "-")
+		_, seqText, _ := strings.Cut(e.ID, "-")
 		seq, err := strconv.ParseUint(seqText, 10, 64)
 		raw, ok := e.FieldValues["e"]
 		ev := fftype.Event{Seq: seq, Shard: shard}
@@ -543,7 +568,7 @@ func optUint(r rueidis.RedisResult) (uint64, error) {
 }
 
 // EventBounds returns the trim point of shard's log and the Seq of its last event, read
-// together (MGET). Argument errors are as for Update.
+// together in one function call. Argument errors are as for Update.
 func (s *Store) EventBounds(ctx context.Context, shard int) (trimmed, last uint64, err error) {
 	if err := s.enterShard(ctx, shard); err != nil {
 		return 0, 0, err
@@ -551,7 +576,7 @@ func (s *Store) EventBounds(ctx context.Context, shard int) (trimmed, last uint6
 	defer s.leave()
 	k := &s.keys[shard]
 	res, err := s.do(ctx, "read event bounds", true, func() rueidis.Completed {
-		return s.client.B().Mget().Key(k.trim, k.seq).Build()
+		return s.client.B().FcallRo().Function(fnBounds).Numkeys(2).Key(k.trim, k.stream).Build()
 	})
 	if err != nil {
 		return 0, 0, err
@@ -560,20 +585,12 @@ func (s *Store) EventBounds(ctx context.Context, shard int) (trimmed, last uint6
 	if err != nil || len(arr) != 2 {
 		return 0, 0, translate(errors.Join(err, errors.New("unexpected reply")), "read event bounds")
 	}
-	var out [2]uint64
-	for i := range arr {
-		if arr[i].IsNil() {
-			continue
-		}
-		txt, err := arr[i].ToString()
-		if err == nil {
-			out[i], err = strconv.ParseUint(txt, 10, 64)
-		}
-		if err != nil {
-			return 0, 0, translate(err, "read event bounds")
-		}
+	t, err1 := arr[0].AsInt64()
+	l, err2 := arr[1].AsInt64()
+	if err1 != nil || err2 != nil || t < 0 || l < t {
+		return 0, 0, translate(errors.Join(err1, err2, errors.New("unexpected reply")), "read event bounds")
 	}
-	return out[0], out[1], nil
+	return uint64(t), uint64(l), nil
 }
 
 // TrimEvents deletes the events of shard up to Seq through (at most the last one) and
@@ -586,7 +603,7 @@ func (s *Store) TrimEvents(ctx context.Context, shard int, through uint64) error
 	k := &s.keys[shard]
 	through = min(through, math.MaxInt64)
 	_, err := s.do(ctx, "trim events", false, func() rueidis.Completed {
-		return s.client.B().Fcall().Function(fnTrim).Numkeys(3).Key(k.seq, k.trim, k.stream).
+		return s.client.B().Fcall().Function(fnTrim).Numkeys(2).Key(k.trim, k.stream).
 			Arg(strconv.FormatUint(through, 10)).Build()
 	})
 	return err
@@ -642,13 +659,21 @@ func (s *Store) subscribe() {
 		defer close(s.subDone)
 		delay := retryFirst
 		for ctx.Err() == nil {
-			err := s.client.Receive(ctx, s.client.B().Subscribe().Channel(s.channel).Build(), func(rueidis.PubSubMessage) {
+			err := s.client.Receive(ctx, s.client.B().Subscribe().Channel(s.channel).Build(), func(msg rueidis.PubSubMessage) {
+				from, flag, _ := strings.Cut(msg.Message, ":")
+				if from == s.instance {
+					return // this process's own commit, already seen
+				}
+				if flag == "h" {
+					s.heads.invalidate()
+				}
 				s.changes.Notify()
 			})
 			if ctx.Err() != nil || errors.Is(err, rueidis.ErrClosing) {
 				return
 			}
 			// Wake-ups may have been missed while the subscription was down.
+			s.heads.invalidate()
 			s.changes.Notify()
 			s.log.Warn("ffvalkey: the change subscription ended; subscribing again", "err", err)
 			if !sleepCtx(ctx, delay) {

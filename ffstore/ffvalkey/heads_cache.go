@@ -1,0 +1,185 @@
+package ffvalkey
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/flowfabric/flowfabric/ffstore"
+)
+
+// headsTTL is how long QueueHeads serves a set of heads from memory before it reads them
+// again. It bounds how late this process learns of heads that other processes moved,
+// should their wake-up messages be lost.
+const headsTTL = 250 * time.Millisecond
+
+// headsCache keeps, per set of prefixes QueueHeads was asked for, the heads it read,
+// patched by every commit of this process (each commit returns the new heads of the
+// queues it wrote, stamped with its shard's commit number, so late replies never undo
+// newer ones). Commits of other processes that may have moved a head earlier publish
+// that in their wake-up message, which marks every set stale; other changes are picked
+// up by the next read after headsTTL. QueueHeads is a hint by contract, so this only
+// trades a bounded delay in seeing other processes' work for not reading every shard on
+// every claim.
+type headsCache struct {
+	mu    sync.Mutex
+	sets  map[string]*headSet
+	epoch uint64 // bumped when every set is marked stale
+}
+
+// headSet is the cached heads of one set of disjoint prefixes.
+type headSet struct {
+	prefixes []string
+	refresh  sync.Mutex // held while the set is read from the server
+
+	// Guarded by headsCache.mu.
+	at     time.Time
+	epoch  uint64
+	loaded bool
+	shards []map[string]headEntry
+}
+
+// headEntry is what the cache knows of one queue on one shard: its head, or that it is
+// empty, as of the shard's commit number ver.
+type headEntry struct {
+	item  ffstore.QueueItem
+	empty bool
+	ver   uint64
+}
+
+// invalidate marks every set stale.
+func (c *headsCache) invalidate() {
+	c.mu.Lock()
+	c.epoch++
+	c.mu.Unlock()
+}
+
+// set returns the set for prefixes (disjoint and sorted), creating it.
+func (c *headsCache) set(prefixes []string, shards int) *headSet {
+	key := strings.Join(prefixes, "\x00")
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.sets == nil {
+		c.sets = map[string]*headSet{}
+	}
+	hs := c.sets[key]
+	if hs == nil {
+		hs = &headSet{prefixes: slices.Clone(prefixes), shards: make([]map[string]headEntry, shards)}
+		c.sets[key] = hs
+	}
+	return hs
+}
+
+// fresh returns the set's heads if they may be served from memory.
+func (c *headsCache) fresh(hs *headSet, now time.Time) ([]ffstore.QueueHead, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !hs.loaded || hs.epoch != c.epoch || now.Sub(hs.at) >= headsTTL {
+		return nil, false
+	}
+	return hs.heads(), true
+}
+
+// heads lists the set's non-empty queues in shard order, then by name, as the other
+// stores do (the contract leaves the order open, but the engine's timer loop handles due
+// queues in the order given). The caller holds headsCache.mu.
+func (hs *headSet) heads() []ffstore.QueueHead {
+	var out []ffstore.QueueHead
+	for shard, m := range hs.shards {
+		start := len(out)
+		for name, e := range m {
+			if !e.empty {
+				out = append(out, ffstore.QueueHead{Shard: shard, Queue: name, Item: e.item})
+			}
+		}
+		slices.SortFunc(out[start:], func(a, b ffstore.QueueHead) int { return strings.Compare(a.Queue, b.Queue) })
+	}
+	return out
+}
+
+func matchesAny(name string, prefixes []string) bool {
+	for _, p := range prefixes {
+		if strings.HasPrefix(name, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// load replaces the set's contents with what was read from the server: found[shard]
+// holds the heads as of that shard's commit number vers[shard] or later. Entries that
+// commits of this process patched with newer numbers are kept. epoch is the cache's
+// epoch when the read began.
+func (c *headsCache) load(hs *headSet, found []map[string]ffstore.QueueItem, vers []uint64, began time.Time, epoch uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for shard := range hs.shards {
+		next := make(map[string]headEntry, len(found[shard]))
+		for name, it := range found[shard] {
+			next[name] = headEntry{item: it, ver: vers[shard]}
+		}
+		for name, e := range hs.shards[shard] {
+			if e.ver > vers[shard] {
+				next[name] = e
+			}
+		}
+		hs.shards[shard] = next
+	}
+	hs.loaded, hs.at, hs.epoch = true, began, epoch
+}
+
+// patch records the heads a commit on shard, numbered ver, left in the queues it wrote
+// (heads[name] nil: the queue is empty).
+func (c *headsCache) patch(shard int, ver uint64, names []string, heads []*ffstore.QueueItem) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, hs := range c.sets {
+		for i, name := range names {
+			if !matchesAny(name, hs.prefixes) {
+				continue
+			}
+			m := hs.shards[shard]
+			if m == nil {
+				m = map[string]headEntry{}
+				hs.shards[shard] = m
+			}
+			if e, ok := m[name]; ok && e.ver > ver {
+				continue
+			}
+			if heads[i] == nil {
+				m[name] = headEntry{empty: true, ver: ver}
+			} else {
+				m[name] = headEntry{item: *heads[i], ver: ver}
+			}
+		}
+	}
+}
+
+// queueHeads serves QueueHeads from the cache, reading the set from the server with read
+// when it is stale. Concurrent callers of one set share one read.
+func (c *headsCache) queueHeads(ctx context.Context, prefixes []string, shards int,
+	read func(ctx context.Context, prefixes []string) ([]map[string]ffstore.QueueItem, []uint64, error)) ([]ffstore.QueueHead, error) {
+	hs := c.set(prefixes, shards)
+	if heads, ok := c.fresh(hs, time.Now()); ok {
+		return heads, nil
+	}
+	hs.refresh.Lock()
+	defer hs.refresh.Unlock()
+	began := time.Now()
+	if heads, ok := c.fresh(hs, began); ok {
+		return heads, nil // another caller read it meanwhile
+	}
+	c.mu.Lock()
+	epoch := c.epoch
+	c.mu.Unlock()
+	found, vers, err := read(ctx, hs.prefixes)
+	if err != nil {
+		return nil, err
+	}
+	c.load(hs, found, vers, began, epoch)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return hs.heads(), nil
+}
