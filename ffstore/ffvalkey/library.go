@@ -24,12 +24,12 @@ const LibraryName = "flowfabric_v1"
 
 // Function names of the library.
 const (
-	fnPop   = "ffv1_pop"
-	fnRange = "ffv1_range"
+	fnPop    = "ffv1_pop"
+	fnRange  = "ffv1_range"
 	fnBounds = "ffv1_bounds"
-	fnUnit  = "ffv1_unit"
-	fnCheck = "ffv1_check"
-	fnTrim  = "ffv1_trim"
+	fnUnit   = "ffv1_unit"
+	fnCheck  = "ffv1_check"
+	fnTrim   = "ffv1_trim"
 )
 
 // Retry policy of calls whose command did not run (TRYAGAIN, CLUSTERDOWN, LOADING, a
