@@ -29,6 +29,7 @@ func NewRootCommand(out io.Writer) *cobra.Command {
 		newMigrateCommand(out),
 		newExecCommand(out),
 		newWorkerCommand(out),
+		newWorkersCommand(out),
 		passthrough("demo", "Create, claim, fail-and-retry and complete a few executions on an SQLite file", out, demoCommand),
 		passthrough("bench", "Run a benchmark scenario (flowfabric bench -h for its flags)", out, benchCommand),
 	)
