@@ -245,7 +245,9 @@ func (t *ClaimedTask) renewLoop() {
 		if clock.SleepUntil(t.renewCtx, last.Add(interval), nil) != nil {
 			return
 		}
-		_, err := t.w.backend.Renew(t.renewCtx, t.lease.ExecutionID, t.lease.Fence, 0)
+		ctx, cancel := context.WithTimeout(t.renewCtx, callTimeout(interval))
+		_, err := t.w.backend.Renew(ctx, t.lease.ExecutionID, t.lease.Fence, 0)
+		cancel()
 		last = clock.Now()
 		switch {
 		case err == nil:

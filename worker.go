@@ -592,6 +592,10 @@ func (w *Worker) releaseAll(ctx context.Context, keep func(*ClaimedTask) bool) e
 	return errors.Join(errs...)
 }
 
+// callTimeout bounds a background call (a renewal, a heartbeat) made every interval: a
+// call that hangs (a server that stopped answering) fails in time for the next one.
+func callTimeout(interval time.Duration) time.Duration { return max(interval, 2*time.Second) }
+
 // cleanupContext is the context of calls that must run even when the caller's context is
 // done: releasing leases and deregistering on the way out.
 func cleanupContext(parent context.Context) (context.Context, context.CancelFunc) {
@@ -650,15 +654,18 @@ func (w *Worker) heartbeat() {
 		if clock.SleepUntil(w.life, clock.Now().Add(interval), nil) != nil {
 			return
 		}
-		_, err := w.backend.HeartbeatWorker(w.life, w.cfg.Namespace, w.cfg.WorkerInstanceID, w.session)
+		ctx, cancel := context.WithTimeout(w.life, callTimeout(interval))
+		_, err := w.backend.HeartbeatWorker(ctx, w.cfg.Namespace, w.cfg.WorkerInstanceID, w.session)
 		if errors.Is(err, ErrWorkerNotRegistered) {
 			w.log.Warn("the worker's registration lapsed; registering again")
-			_, err = w.backend.RegisterWorker(w.life, w.registration())
+			_, err = w.backend.RegisterWorker(ctx, w.registration())
 			if errors.Is(err, ErrDuplicateWorkerInstance) {
+				cancel()
 				w.evict(err)
 				return
 			}
 		}
+		cancel()
 		if err != nil && w.life.Err() == nil {
 			w.log.Warn("worker heartbeat failed", "err", err)
 		}
@@ -746,7 +753,9 @@ func (w *Worker) confirm(t *ClaimedTask) {
 	if t.Finished() || t.lost.Load() {
 		return
 	}
-	x, err := w.backend.Get(w.life, t.lease.ExecutionID)
+	ctx, cancel := context.WithTimeout(w.life, 10*time.Second)
+	defer cancel()
+	x, err := w.backend.Get(ctx, t.lease.ExecutionID)
 	switch {
 	case errors.Is(err, fftype.ErrExecutionNotFound):
 		t.lose(fmt.Errorf("%w: %w", ErrLeaseLost, err))
