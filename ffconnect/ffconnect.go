@@ -37,6 +37,9 @@ func Open(ctx context.Context, rawURL string) (ffstore.Store, error) {
 			return nil, fftype.Validationf(fftype.CodeInvalidInput, "store URL %q: mem: takes no path or parameters", rawURL)
 		}
 		return ffmem.New(nil), nil
+	case "http", "https":
+		return nil, fftype.Validationf(fftype.CodeInvalidInput, "store URL %q names a server, not a store: "+
+			"for a worker on a server, open an ffclient.Client on it and pass it to flowfabric.NewWorker", rawURL)
 	default:
 		return nil, fftype.Validationf(fftype.CodeInvalidInput, "store URL scheme %q is not supported (want sqlite: or mem:)", scheme)
 	}

@@ -35,6 +35,9 @@ func TestOpen(t *testing.T) {
 		_, err := ffconnect.Open(ctx, bad)
 		require.ErrorIs(t, err, fftype.ErrValidation, bad)
 	}
+	_, err = ffconnect.Open(ctx, "https://ff.example.com")
+	require.ErrorIs(t, err, fftype.ErrValidation)
+	require.ErrorContains(t, err, "flowfabric.NewWorker", "a server's URL is refused with a hint at the remote worker")
 }
 
 func TestConnect(t *testing.T) {
