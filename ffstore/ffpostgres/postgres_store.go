@@ -187,6 +187,7 @@ type Store struct {
 	log        *slog.Logger
 
 	heads    headsFlight
+	clock    storeClock
 	changes  ffstore.Notifier
 	notifyCh chan struct{} // coalesced requests for a NOTIFY
 	listenMu sync.Mutex
@@ -857,22 +858,6 @@ func (s *Store) TrimEvents(ctx context.Context, shard int, through uint64) error
 	return nil
 }
 
-// Now returns the database server's clock (clock_timestamp()). It fails after Close,
-// when ctx is done, and when the database cannot be reached.
-func (s *Store) Now(ctx context.Context) (time.Time, error) {
-	if s.closed.Load() {
-		return time.Time{}, errClosed()
-	}
-	if err := ctx.Err(); err != nil {
-		return time.Time{}, err
-	}
-	var now time.Time
-	if err := s.pool.QueryRow(ctx, "SELECT clock_timestamp()").Scan(&now); err != nil {
-		return time.Time{}, translate(ctx, err, "read clock")
-	}
-	return now, nil
-}
-
 // Close stops the change listener and the notifier and, if the store opened its pool
 // ([Open]), closes the pool after the running units end. Later calls, Close included,
 // return an unavailable error.
@@ -882,6 +867,7 @@ func (s *Store) Close() error {
 	}
 	s.stop()
 	s.wg.Wait()
+	s.clock.close()
 	if s.ownPool {
 		s.pool.Close()
 	}

@@ -274,6 +274,35 @@ func TestUnits(t *testing.T) {
 		}
 	})
 
+	// The engine samples the store's clock from inside units. With every pooled
+	// connection held by such a unit, reading the clock must not wait for the pool.
+	t.Run("NowInsideUnitsWithThePoolFull", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		s := openStore(t, &ffpostgres.Options{Schema: b.store.Schema(), PoolSize: 2})
+		var wg sync.WaitGroup
+		errs := make([]error, 4)
+		for i := range errs {
+			wg.Go(func() {
+				errs[i] = s.Update(b.ctx, 0, func(tx ffstore.Tx) error {
+					if _, _, err := tx.Get(fmt.Sprint("k", i)); err != nil { // holds a connection
+						return err
+					}
+					ctx, cancel := context.WithTimeout(b.ctx, 5*time.Second)
+					defer cancel()
+					if now, err := s.Now(ctx); err != nil || now.IsZero() {
+						return fmt.Errorf("now %v: %w", now, err)
+					}
+					return nil
+				})
+			})
+		}
+		wg.Wait()
+		for _, err := range errs {
+			require.NoError(t, err)
+		}
+	})
+
 	t.Run("ReadEventsPastEnd", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)

@@ -1,0 +1,103 @@
+package ffpostgres
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// storeClock reads the server's clock on a connection of its own, not from the pool: the
+// engine samples the store's clock from inside units, which hold pool connections, so a
+// clock read that waited for the pool could wait for itself once every connection is held
+// by a unit doing the same. Concurrent reads share one query.
+type storeClock struct {
+	mu      sync.Mutex
+	pending *clockRead // the read in flight; callers join it
+
+	connMu sync.Mutex // held by the one reader at a time, and by close
+	conn   *pgx.Conn
+	closed bool
+}
+
+type clockRead struct {
+	done chan struct{}
+	now  time.Time
+	err  error
+}
+
+// Now returns the database server's clock (clock_timestamp()). It fails after Close,
+// when ctx is done, and when the database cannot be reached.
+func (s *Store) Now(ctx context.Context) (time.Time, error) {
+	if s.closed.Load() {
+		return time.Time{}, errClosed()
+	}
+	if err := ctx.Err(); err != nil {
+		return time.Time{}, err
+	}
+	c := &s.clock
+	c.mu.Lock()
+	r := c.pending
+	if r == nil {
+		r = &clockRead{done: make(chan struct{})}
+		c.pending = r
+		go func() {
+			r.now, r.err = s.readClock()
+			c.mu.Lock()
+			c.pending = nil
+			c.mu.Unlock()
+			close(r.done)
+		}()
+	}
+	c.mu.Unlock()
+	select {
+	case <-r.done:
+		if r.err != nil && s.closed.Load() {
+			return time.Time{}, errClosed()
+		}
+		return r.now, r.err
+	case <-ctx.Done():
+		return time.Time{}, ctx.Err()
+	}
+}
+
+// readClock runs the clock query on the clock's connection, connecting first if needed.
+// A failed connection is dropped and replaced on the next read.
+func (s *Store) readClock() (time.Time, error) {
+	c := &s.clock
+	c.connMu.Lock()
+	defer c.connMu.Unlock()
+	if c.closed {
+		return time.Time{}, errClosed()
+	}
+	ctx, cancel := context.WithTimeout(s.stopCtx, s.opts.ConnectTimeout)
+	defer cancel()
+	if c.conn == nil || c.conn.IsClosed() {
+		conn, err := pgx.ConnectConfig(ctx, s.pool.Config().ConnConfig.Copy())
+		if err != nil {
+			return time.Time{}, translate(ctx, err, "read clock")
+		}
+		c.conn = conn
+	}
+	var now time.Time
+	if err := c.conn.QueryRow(ctx, "SELECT clock_timestamp()").Scan(&now); err != nil {
+		_ = c.conn.Close(context.Background())
+		c.conn = nil
+		return time.Time{}, translate(ctx, err, "read clock")
+	}
+	return now, nil
+}
+
+// close closes the clock's connection and refuses later reads.
+func (c *storeClock) close() {
+	c.connMu.Lock()
+	defer c.connMu.Unlock()
+	c.closed = true
+	if c.conn != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_ = c.conn.Close(ctx)
+		c.conn = nil
+	}
+}
