@@ -326,18 +326,18 @@ func (c *Client) ReplayMany(ctx context.Context, ids []fftype.ExecutionID) ([]er
 
 // PauseLane pauses a lane.
 func (c *Client) PauseLane(ctx context.Context, lane string) error {
-	return c.request(ctx, "POST", "/v1/lanes/"+url.PathEscape(lane)+"/pause", nil, nil)
+	return c.request(ctx, "POST", "/v1/lanes/"+pathSegment(lane)+"/pause", nil, nil)
 }
 
 // ResumeLane resumes a lane.
 func (c *Client) ResumeLane(ctx context.Context, lane string) error {
-	return c.request(ctx, "POST", "/v1/lanes/"+url.PathEscape(lane)+"/resume", nil, nil)
+	return c.request(ctx, "POST", "/v1/lanes/"+pathSegment(lane)+"/resume", nil, nil)
 }
 
 // Lane returns a lane's state.
 func (c *Client) Lane(ctx context.Context, lane string) (fftype.LaneInfo, error) {
 	var out fftype.LaneInfo
-	err := c.request(ctx, "GET", "/v1/lanes/"+url.PathEscape(lane), nil, &out)
+	err := c.request(ctx, "GET", "/v1/lanes/"+pathSegment(lane), nil, &out)
 	return out, err
 }
 

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -23,7 +24,16 @@ var (
 )
 
 func workerPath(instanceID, suffix string) string {
-	return "/v1/workers/" + url.PathEscape(instanceID) + suffix
+	return "/v1/workers/" + pathSegment(instanceID) + suffix
+}
+
+// pathSegment escapes s as one path segment; "." and ".." are escaped too, so that the
+// server's router does not read them as path steps.
+func pathSegment(s string) string {
+	if s == "." || s == ".." {
+		return strings.ReplaceAll(s, ".", "%2E")
+	}
+	return url.PathEscape(s)
 }
 
 // Info returns the server's shard count and its engine clock's time.
@@ -129,7 +139,7 @@ func (c *Client) GrantNext(ctx context.Context, p fftype.ClaimParams, ttl time.D
 	if p.WorkerID == "" {
 		return nil, fftype.Validationf(fftype.CodeInvalidInput, "worker_id is required")
 	}
-	resp, err := c.send(ctx, "POST", "/v1/workers/"+url.PathEscape(p.WorkerID)+"/claim-grant", ffserver.WorkerGrantRequest{
+	resp, err := c.send(ctx, "POST", "/v1/workers/"+pathSegment(p.WorkerID)+"/claim-grant", ffserver.WorkerGrantRequest{
 		WorkerInstanceID: p.WorkerInstanceID, Lanes: p.Lanes, Capabilities: p.Capabilities, GrantTTLMS: ttl.Milliseconds()})
 	if err != nil {
 		return nil, err

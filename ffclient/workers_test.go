@@ -74,6 +74,29 @@ func TestClientWorkerRegistry(t *testing.T) {
 	_, err = c.MarkWorkerDead(ctx, "", "i2", "again")
 	require.ErrorIs(t, err, flowfabric.ErrWorkerNotRegistered)
 
+	// Instance ids may hold any printable byte; they travel escaped in the path.
+	odd := flowfabric.WorkerRegistration{WorkerID: "w/x", InstanceID: "pod/7 a?b%", Lanes: []string{"a"}, TTL: time.Minute, Session: "s3"}
+	_, err = c.RegisterWorker(ctx, odd)
+	require.NoError(t, err)
+	info, err = c.GetWorker(ctx, "", odd.InstanceID)
+	require.NoError(t, err)
+	require.Equal(t, odd.InstanceID, info.InstanceID)
+	_, err = c.HeartbeatWorker(ctx, "", odd.InstanceID, "s3")
+	require.NoError(t, err)
+	require.NoError(t, c.DeregisterWorker(ctx, "", odd.InstanceID, "s3"))
+	for _, dots := range []string{".", ".."} {
+		_, err = c.RegisterWorker(ctx, flowfabric.WorkerRegistration{WorkerID: dots, InstanceID: dots, Lanes: []string{"a"}, TTL: time.Minute, Session: "s4"})
+		require.NoError(t, err)
+		info, err = c.GetWorker(ctx, "", dots)
+		require.NoError(t, err, "%q is a segment, not a path step", dots)
+		require.Equal(t, dots, info.InstanceID)
+		_, err = c.GrantNext(ctx, fftype.ClaimParams{WorkerID: dots, WorkerInstanceID: dots, Lanes: []string{"nothing"}}, 0)
+		require.NoError(t, err)
+		require.NoError(t, c.DeregisterWorker(ctx, "", dots, "s4"))
+	}
+	_, err = c.GrantNext(ctx, fftype.ClaimParams{WorkerID: odd.WorkerID, WorkerInstanceID: odd.InstanceID, Lanes: []string{"nothing"}}, 0)
+	require.NoError(t, err)
+
 	require.NoError(t, c.DeregisterWorker(ctx, "", "i1", "s1"))
 	page, err = c.ListWorkers(ctx, flowfabric.WorkerListParams{})
 	require.NoError(t, err)
