@@ -137,18 +137,23 @@ func execPath(id fftype.ExecutionID, suffix string) string {
 	return "/v1/executions/" + url.PathEscape(string(id)) + suffix
 }
 
-func toRequest(p fftype.CreateParams) ffserver.CreateRequest {
+func toRequest(p fftype.CreateParams) (ffserver.CreateRequest, error) {
 	r := ffserver.CreateRequest{ID: p.ID, Namespace: p.Namespace, Lane: p.Lane, Kind: p.Kind, Priority: p.Priority,
 		RequiredCapabilities: p.Capabilities, Tags: p.Tags, Traceparent: p.Traceparent, Policy: p.Policy,
 		IdempotencyKey: p.IdempotencyKey, DelayMS: p.Delay.D().Milliseconds(), RunAt: p.RunAt}
-	r.Payload, r.PayloadBase64 = ffserver.EncodePayload(p.Payload, p.Encoding)
-	return r
+	var err error
+	r.Payload, r.PayloadBase64, err = wirePayload("payload", p.Payload, p.Encoding)
+	return r, err
 }
 
 // Create creates an execution (or finds the one its id or idempotency key names).
 func (c *Client) Create(ctx context.Context, p fftype.CreateParams) (*fftype.CreateResult, error) {
+	req, err := toRequest(p)
+	if err != nil {
+		return nil, err
+	}
 	var out fftype.CreateResult
-	if err := c.request(ctx, "POST", "/v1/executions", toRequest(p), &out); err != nil {
+	if err := c.request(ctx, "POST", "/v1/executions", req, &out); err != nil {
 		return nil, err
 	}
 	return &out, nil
@@ -160,22 +165,32 @@ func (c *Client) CreateMany(ctx context.Context, ps []fftype.CreateParams) []fft
 	out := make([]fftype.BulkCreateResult, len(ps))
 	for start := 0; start < len(ps); start += 1000 {
 		chunk := ps[start:min(start+1000, len(ps))]
-		req := ffserver.BulkCreateRequest{Executions: make([]ffserver.CreateRequest, len(chunk))}
+		var req ffserver.BulkCreateRequest
+		var sent []int // chunk index of each item sent; the others were refused here
 		for i, p := range chunk {
-			req.Executions[i] = toRequest(p)
+			r, err := toRequest(p)
+			if err != nil {
+				out[start+i].Err = err
+				continue
+			}
+			req.Executions = append(req.Executions, r)
+			sent = append(sent, i)
+		}
+		if len(sent) == 0 {
+			continue
 		}
 		var resp ffserver.BulkCreateResponse
 		err := c.request(ctx, "POST", "/v1/executions/bulk", req, &resp)
-		for i := range chunk {
+		for j, i := range sent {
 			switch {
 			case err != nil:
 				out[start+i].Err = err
-			case i >= len(resp.Results):
+			case j >= len(resp.Results):
 				out[start+i].Err = &fftype.Error{Kind: fftype.KindUnavailable, Code: "bad_response", Message: "the server answered fewer results than items"}
-			case resp.Results[i].Error != nil:
-				out[start+i].Err = fromBody(resp.Results[i].Error)
+			case resp.Results[j].Error != nil:
+				out[start+i].Err = fromBody(resp.Results[j].Error)
 			default:
-				out[start+i].Result = resp.Results[i].Result
+				out[start+i].Result = resp.Results[j].Result
 			}
 		}
 	}
@@ -259,12 +274,23 @@ func (c *Client) Progress(ctx context.Context, id fftype.ExecutionID, f fftype.F
 // JSON under the JSON encoding ("" or fftype.EncodingJSON) is refused with a validation
 // error, before any request; send raw bytes with fftype.EncodingBinary.
 func (c *Client) Complete(ctx context.Context, id fftype.ExecutionID, f fftype.Fence, result []byte, enc fftype.PayloadEncoding) error {
-	if (enc == "" || enc == fftype.EncodingJSON) && len(result) > 0 && !json.Valid(result) {
-		return fftype.Validationf(fftype.CodeInvalidInput, "result is not valid JSON (use the binary encoding for raw bytes)")
-	}
 	req := ffserver.CompleteRequest{Fence: f}
-	req.Result, req.ResultBase64 = ffserver.EncodePayload(result, enc)
+	var err error
+	if req.Result, req.ResultBase64, err = wirePayload("result", result, enc); err != nil {
+		return err
+	}
 	return c.request(ctx, "POST", execPath(id, "/complete"), req, nil)
+}
+
+// wirePayload gives bytes their wire form: JSON as it is, or base64 for the binary
+// encoding. Bytes that are not JSON under the JSON encoding are refused before any
+// request, as the engine refuses them in process.
+func wirePayload(field string, b []byte, enc fftype.PayloadEncoding) (json.RawMessage, string, error) {
+	if (enc == "" || enc == fftype.EncodingJSON) && len(b) > 0 && !json.Valid(b) {
+		return nil, "", fftype.Validationf(fftype.CodeInvalidInput, "%s is not valid JSON (use the binary encoding for raw bytes)", field)
+	}
+	raw, b64 := ffserver.EncodePayload(b, enc)
+	return raw, b64, nil
 }
 
 // Fail fails the current attempt.

@@ -143,3 +143,19 @@ func TestClientEvents(t *testing.T) {
 }
 
 var errStop = errors.New("stop")
+
+func TestClientRefusesNonJSONPayloadsLikeTheEngine(t *testing.T) {
+	t.Parallel()
+	c, local := setup(t, "")
+	ctx := t.Context()
+	_, err := c.Create(ctx, fftype.CreateParams{Lane: "l", Kind: "k", Payload: []byte("{nope")})
+	require.ErrorIs(t, err, fftype.ErrValidation)
+	results := c.CreateMany(ctx, []fftype.CreateParams{{Lane: "l", Kind: "k", Payload: []byte("{nope")}, {Lane: "l", Kind: "k"},
+		{Lane: "l", Kind: "k", Payload: []byte{0xff}, Encoding: fftype.EncodingBinary}})
+	require.ErrorIs(t, results[0].Err, fftype.ErrValidation)
+	require.NoError(t, results[1].Err)
+	require.NoError(t, results[2].Err)
+	page, err := local.List(ctx, fftype.ListParams{})
+	require.NoError(t, err)
+	require.Len(t, page.Executions, 2, "the refused item was never sent")
+}

@@ -433,6 +433,8 @@ func (s *Server) claim(w http.ResponseWriter, r *http.Request) error {
 		case <-ctx.Done():
 		case <-changes:
 		case <-poll.C:
+		case <-s.closing:
+			cancel() // the server is shutting down: answer now
 		}
 	}
 }
@@ -637,7 +639,7 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	defer sub.Close()
-	return streamEvents(w, r, sub)
+	return streamEvents(w, r, sub, s.closing)
 }
 
 // ---- engine and workers

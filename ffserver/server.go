@@ -74,6 +74,11 @@ type Server struct {
 
 	doc map[string]any // the OpenAPI document
 
+	// closing is closed by BeginShutdown: event streams end and long-polling claims answer
+	// at once, so an http.Server's Shutdown does not wait on them.
+	closing     chan struct{}
+	closingOnce sync.Once
+
 	mu      sync.Mutex
 	stop    context.CancelFunc
 	stopped chan struct{}
@@ -90,7 +95,8 @@ func New(client *flowfabric.Client, cfg Config) (*Server, error) {
 	if cfg.LargeBodyBytes <= 0 {
 		cfg.LargeBodyBytes = DefaultLargeBodyBytes
 	}
-	s := &Server{client: client, cfg: cfg, log: cfg.Logger, origins: map[string]bool{}, mux: http.NewServeMux()}
+	s := &Server{client: client, cfg: cfg, log: cfg.Logger, origins: map[string]bool{}, mux: http.NewServeMux(),
+		closing: make(chan struct{})}
 	if cfg.Token != "" {
 		s.token = sha256.Sum256([]byte(cfg.Token))
 	} else {
@@ -152,6 +158,11 @@ func (s *Server) Close() {
 		<-done
 	}
 }
+
+// BeginShutdown ends the server's long-lived requests — event streams end, long-polling
+// claims answer with what they have — so that http.Server.Shutdown can drain the rest.
+// Register it with http.Server.RegisterOnShutdown. Requests made afterwards still work.
+func (s *Server) BeginShutdown() { s.closingOnce.Do(func() { close(s.closing) }) }
 
 // ServeHTTP serves the API.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {

@@ -378,3 +378,36 @@ func FuzzCreateBody(f *testing.F) {
 		require.Less(t, rec.Code, 500, "a caller's mistake is never a 500: %s", rec.Body)
 	})
 }
+
+func TestBeginShutdownEndsLongRequests(t *testing.T) {
+	t.Parallel()
+	b := setup(t, ffserver.Config{})
+	claimed := make(chan int, 1)
+	go func() {
+		status, _ := b.do("POST", "/v1/claim", map[string]any{"worker_id": "w", "worker_instance_id": "w1", "lanes": []string{"idle"}, "wait_ms": 30000})
+		claimed <- status
+	}()
+	req, err := http.NewRequestWithContext(t.Context(), "GET", b.http.URL+"/v1/events", nil)
+	require.NoError(t, err)
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	streamDone := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(io.Discard, resp.Body)
+		streamDone <- err
+	}()
+	b.server.BeginShutdown()
+	select {
+	case status := <-claimed:
+		require.Equal(t, 200, status, "a long-polling claim answers (empty) at shutdown")
+	case <-time.After(10 * time.Second):
+		t.Fatal("the long-poll did not end at shutdown")
+	}
+	select {
+	case err := <-streamDone:
+		require.NoError(t, err, "the event stream ends cleanly")
+	case <-time.After(10 * time.Second):
+		t.Fatal("the event stream did not end at shutdown")
+	}
+}

@@ -19,7 +19,7 @@ func jsonValid(b []byte) bool { return json.Valid(b) }
 // name is the event type, its data the event as JSON. It ends when the client goes away;
 // a subscription that fails (cursor_expired) ends with an "error" event carrying the
 // error body.
-func streamEvents(w http.ResponseWriter, r *http.Request, sub *flowfabric.Subscription) error {
+func streamEvents(w http.ResponseWriter, r *http.Request, sub *flowfabric.Subscription, closing <-chan struct{}) error {
 	rc := http.NewResponseController(w)
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
@@ -35,6 +35,8 @@ func streamEvents(w http.ResponseWriter, r *http.Request, sub *flowfabric.Subscr
 		select {
 		case <-r.Context().Done():
 			return nil
+		case <-closing:
+			return nil // the server is shutting down; the client reconnects with its cursor
 		case <-beat.C:
 			if _, err := fmt.Fprint(w, ": keep-alive\n\n"); err != nil {
 				return nil

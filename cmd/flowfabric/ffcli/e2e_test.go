@@ -101,6 +101,12 @@ func TestEndToEndCLIAndGoClient(t *testing.T) {
 	root := NewRootCommand(&buf)
 	root.SetArgs([]string{"exec", "get", "--server", base, "--token", "wrong", failing})
 	require.ErrorIs(t, root.ExecuteContext(t.Context()), fftype.ErrUnauthenticated)
+
+	// An event stream left open must not hold up the server's graceful shutdown (checked
+	// when the test's cleanup stops the server).
+	go func() {
+		_ = c.Events(context.Background(), fftype.EventFilter{}, "", func(fftype.Delivery) error { return nil })
+	}()
 }
 
 func TestEndToEndBinaryAndCurlWorker(t *testing.T) {

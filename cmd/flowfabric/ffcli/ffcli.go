@@ -8,7 +8,7 @@ import (
 )
 
 // Run runs the command line args (without the program name), writing to out: dev, server,
-// migrate, exec, worker, demo and bench.
+// migrate, exec, worker, workers, demo and bench.
 func Run(ctx context.Context, args []string, out io.Writer) error {
 	root := NewRootCommand(out)
 	root.SetArgs(args)
