@@ -3,6 +3,7 @@ package ffstore
 import (
 	"slices"
 	"strings"
+	"sync/atomic"
 
 	"github.com/flowfabric/flowfabric/fftype"
 )
@@ -30,4 +31,40 @@ func DisjointPrefixes(prefixes []string) []string {
 func CursorExpired(shard int, after, trimmed uint64) error {
 	return fftype.NewError(fftype.KindState, fftype.CodeCursorExpired,
 		"events of shard %d after %d are gone: the log was trimmed through %d", shard, after, trimmed)
+}
+
+// ConflictCounter is a building block for stores' ConflictInjector ability (see package
+// ffstoretest): Inject schedules conflicts, and a store calls Take before committing a
+// unit whose fn succeeded, failing the unit with a conflict when it returns true. The zero
+// value is ready to use and safe for concurrent use.
+type ConflictCounter struct {
+	n atomic.Int64
+}
+
+// Inject schedules n more conflicts; n <= 0 adds none.
+func (c *ConflictCounter) Inject(n int) {
+	if n > 0 {
+		c.n.Add(int64(n))
+	}
+}
+
+// Pending reports whether a conflict is scheduled, without consuming it.
+func (c *ConflictCounter) Pending() bool { return c.n.Load() > 0 }
+
+// Take consumes one scheduled conflict and reports whether there was one.
+func (c *ConflictCounter) Take() bool {
+	for {
+		n := c.n.Load()
+		if n <= 0 {
+			return false
+		}
+		if c.n.CompareAndSwap(n, n-1) {
+			return true
+		}
+	}
+}
+
+// Conflict returns the error a store gives a unit that lost to an injected conflict.
+func Conflict(store string, shard int) error {
+	return fftype.NewError(fftype.KindContention, fftype.CodeStoreConflict, "%s: injected conflict on shard %d", store, shard)
 }

@@ -49,7 +49,7 @@ func (o *Options) validate() error {
 type Store struct {
 	shards    []*shard
 	closed    atomic.Bool
-	conflicts atomic.Int64 // commits still to fail, see InjectConflicts
+	conflicts ffstore.ConflictCounter // commits still to fail, see InjectConflicts
 	changes   ffstore.Notifier
 }
 
@@ -109,24 +109,7 @@ func New(opts *Options) *Store {
 // [fftype.ErrStoreConflict] after fn has run successfully; those units write nothing.
 // Calls add up; n <= 0 adds nothing. Units whose fn returns an error do not count. It is
 // the store's ffstoretest.ConflictInjector ability, for testing the engine's retries.
-func (s *Store) InjectConflicts(n int) {
-	if n > 0 {
-		s.conflicts.Add(int64(n))
-	}
-}
-
-// takeConflict consumes one injected conflict, if any is left.
-func (s *Store) takeConflict() bool {
-	for {
-		n := s.conflicts.Load()
-		if n <= 0 {
-			return false
-		}
-		if s.conflicts.CompareAndSwap(n, n-1) {
-			return true
-		}
-	}
-}
+func (s *Store) InjectConflicts(n int) { s.conflicts.Inject(n) }
 
 // Shards returns the shard count.
 func (s *Store) Shards() int { return len(s.shards) }
@@ -185,8 +168,8 @@ func (s *Store) Update(ctx context.Context, shard int, fn func(tx ffstore.Tx) er
 	if err := fn(t); err != nil {
 		return err
 	}
-	if s.takeConflict() {
-		return fftype.NewError(fftype.KindContention, fftype.CodeStoreConflict, "ffmem: injected conflict on shard %d", shard)
+	if s.conflicts.Take() {
+		return ffstore.Conflict("ffmem", shard)
 	}
 	for _, ev := range t.events {
 		ev.Seq = sh.trimmed + uint64(len(sh.events)) + 1

@@ -146,7 +146,7 @@ type Store struct {
 	units      chan *unit
 	writerDone chan struct{}
 	commits    atomic.Int64 // group commits, for tests
-	conflicts  atomic.Int64 // injected conflicts still to deliver
+	conflicts  ffstore.ConflictCounter // injected conflicts still to deliver
 
 	// The readers.
 	rdb *sql.DB
@@ -367,19 +367,7 @@ func OpenURL(ctx context.Context, rawURL string) (*Store, error) {
 // matching [fftype.ErrStoreConflict], after fn ran, writing nothing. It exists so tests of
 // callers' retries (the conformance suite's ConflictInjector) run against this store too;
 // a single writer never has real conflicts.
-func (s *Store) InjectConflicts(n int) { s.conflicts.Add(int64(n)) }
-
-func (s *Store) takeConflict() bool {
-	for {
-		n := s.conflicts.Load()
-		if n <= 0 {
-			return false
-		}
-		if s.conflicts.CompareAndSwap(n, n-1) {
-			return true
-		}
-	}
-}
+func (s *Store) InjectConflicts(n int) { s.conflicts.Inject(n) }
 
 // Path returns the absolute path of the store's file.
 func (s *Store) Path() string { return s.path }

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/flowfabric/flowfabric/ffstore"
-	"github.com/flowfabric/flowfabric/fftype"
 )
 
 // maxBatch bounds the units of one group commit, and the queue of units waiting for the
@@ -175,7 +174,7 @@ func (s *Store) runUnitFast(u *unit, batch *batchState) bool {
 	err := s.call(u, tx)
 	tx.done.Store(true)
 	// A pending injected conflict is left for the savepoint pass to deliver.
-	if err != nil || u.panicked || tx.err != nil || s.conflicts.Load() > 0 {
+	if err != nil || u.panicked || tx.err != nil || s.conflicts.Pending() {
 		return false
 	}
 	u.pending = true
@@ -212,7 +211,7 @@ func (s *Store) runUnit(u *unit, batch *batchState) error {
 	tx := &writeTx{s: s, shard: u.shard, batch: batch}
 	err := s.call(u, tx)
 	tx.done.Store(true)
-	if err == nil && !u.panicked && tx.err == nil && !s.takeConflict() {
+	if err == nil && !u.panicked && tx.err == nil && !s.conflicts.Take() {
 		if _, err := s.ws.release.ExecContext(bg); err != nil {
 			u.err = translate(err, "release savepoint")
 			return u.err
@@ -228,7 +227,7 @@ func (s *Store) runUnit(u *unit, batch *batchState) error {
 	case tx.err != nil:
 		u.err = tx.err
 	default:
-		u.err = fftype.NewError(fftype.KindContention, fftype.CodeStoreConflict, "ffsqlite: injected conflict on shard %d", u.shard)
+		u.err = ffstore.Conflict("ffsqlite", u.shard)
 	}
 	if _, rerr := s.ws.rollbackTo.ExecContext(bg); rerr != nil {
 		return translate(rerr, "roll back savepoint")
