@@ -145,7 +145,7 @@ type Store struct {
 	ws         writerStmts
 	units      chan *unit
 	writerDone chan struct{}
-	commits    atomic.Int64 // group commits, for tests
+	commits    atomic.Int64            // group commits, for tests
 	conflicts  ffstore.ConflictCounter // injected conflicts still to deliver
 
 	// The readers.
