@@ -1,6 +1,10 @@
 package ffpostgres
 
-import "strings"
+import (
+	"fmt"
+	"strconv"
+	"strings"
+)
 
 // statements is all SQL of the store for one schema. Every table name is qualified with
 // the schema, so nothing depends on the connection's search_path. pgx prepares each
@@ -11,7 +15,8 @@ type statements struct {
 	rangeFirst, rangeAfter string
 	pop                    string
 
-	write, notify                 string
+	notify                        string
+	writes                        [writeParts]string
 	hasPending, lockLog, sequence string
 
 	heads, tryLockQueue, pruneQueue string
@@ -21,7 +26,7 @@ type statements struct {
 
 func newStatements(qs string) *statements {
 	q := func(sql string) string { return strings.ReplaceAll(sql, "{S}", qs) }
-	return &statements{
+	st := &statements{
 		get:          q(`SELECT value FROM {S}.records WHERE shard = $1 AND key = $2`),
 		getLock:      q(`SELECT value FROM {S}.records WHERE shard = $1 AND key = $2 FOR UPDATE`),
 		prefetch:     q(`SELECT key, value FROM {S}.records WHERE shard = $1 AND key = ANY($2::text[])`),
@@ -49,45 +54,6 @@ func newStatements(qs string) *statements {
 				WHERE i.shard = $1 AND i.queue = $2 AND NOT EXISTS (SELECT 1 FROM popped p WHERE p.member = i.member)
 				ORDER BY i.score, i.member LIMIT 1)`),
 
-		// All writes of a unit, as one statement sent with COMMIT. Each part is a
-		// set-based sub-statement over arrays (empty arrays do nothing); the unit
-		// collapsed its writes to one per record and queue member, so no two parts touch
-		// one row.
-		//
-		// Records the unit read as missing are inserted without upsert (ins), so that a
-		// record created by a concurrent unit meanwhile fails the unit (unique violation:
-		// a store conflict) instead of being overwritten.
-		//
-		// A unit adding to a queue takes the queue's advisory lock shared (dir) before it
-		// makes sure the queue's directory row exists, and holds it until it commits, so
-		// the directory pruner (which needs the lock exclusively) cannot delete that row
-		// between the check and the commit.
-		//
-		// The unit's events (ev) wait, unnumbered and tagged with the transaction id,
-		// for the sequencer.
-		write: q(`WITH
-			del AS (DELETE FROM {S}.records WHERE shard = $1 AND key = ANY($2::text[])),
-			put AS (INSERT INTO {S}.records (shard, key, value)
-				SELECT $1, k, v FROM unnest($3::text[], $4::bytea[]) AS u(k, v)
-				ON CONFLICT (shard, key) DO UPDATE SET value = EXCLUDED.value),
-			ins AS (INSERT INTO {S}.records (shard, key, value)
-				SELECT $1, k, v FROM unnest($5::text[], $6::bytea[]) AS u(k, v)),
-			rem AS (DELETE FROM {S}.queue_items WHERE shard = $1
-				AND (queue, member) IN (SELECT q, m FROM unnest($7::text[], $8::text[]) AS u(q, m))),
-			dir AS (INSERT INTO {S}.queues (queue, shard)
-				SELECT u.q, $1 FROM unnest($9::text[], $10::bigint[]) AS u(q, k)
-				CROSS JOIN LATERAL (SELECT pg_advisory_xact_lock_shared(u.k)) AS l
-				ON CONFLICT DO NOTHING),
-			add AS (INSERT INTO {S}.queue_items (shard, queue, member, score)
-				SELECT $1, q, m, sc FROM unnest($11::text[], $12::text[], $13::bigint[]) AS u(q, m, sc)
-				ON CONFLICT (shard, queue, member) DO UPDATE SET score = EXCLUDED.score
-				WHERE queue_items.score <> EXCLUDED.score),
-			ev AS (INSERT INTO {S}.event_pending (shard, ord, version, type, time_unix, time_nsec, execution_id, flow_id, namespace, lane, data)
-				SELECT $1, e.ord, e.version, e.type, e.time_unix, e.time_nsec, e.execution_id, e.flow_id, e.namespace, e.lane, e.data
-				FROM unnest($14::integer[], $15::text[], $16::bigint[], $17::integer[], $18::text[], $19::text[], $20::text[], $21::text[], $22::bytea[])
-					WITH ORDINALITY AS e(version, type, time_unix, time_nsec, execution_id, flow_id, namespace, lane, data, ord)
-				RETURNING 1)
-			SELECT count(*) FROM ev`),
 		hasPending: q(`SELECT EXISTS (SELECT 1 FROM {S}.event_pending WHERE shard = $1)`),
 		// The sequencer: lockLog, then (a new statement, so a new snapshot that sees every
 		// unit committed before the lock was granted) sequence, in one transaction. The
@@ -128,4 +94,95 @@ func newStatements(qs string) *statements {
 			WHERE shard = $1 RETURNING trimmed`),
 		trimDelete: q(`DELETE FROM {S}.events WHERE shard = $1 AND seq <= $2`),
 	}
+	for i, part := range writePartSQL {
+		st.writes[i] = q(part)
+	}
+	return st
+}
+
+// The parts of a unit's write statement, in the order they appear.
+const (
+	partDelete   = iota // records deleted
+	partUpdate          // records the unit read (and locked): plain UPDATE
+	partUpsert          // records written blind
+	partInsert          // records the unit read as missing
+	partRemove          // queue items removed
+	partQueueDir        // queue directory rows made sure of, under the queue's advisory lock
+	partAdd             // queue items added or re-scored
+	partEvents          // events, unnumbered
+	writeParts
+)
+
+// writePartSQL are the sub-statements of a unit's write statement. A unit sends one
+// statement, made of the parts it needs, with COMMIT. Each part is set-based over arrays
+// whose parameters ($P1, $P2, …) are numbered when the statement is put together; $1 is
+// the shard. The unit collapsed its writes to one per record and queue member, so no two
+// parts touch one row.
+//
+// Records the unit read as missing are inserted without upsert, so that a record created
+// by a concurrent unit meanwhile fails the unit (unique violation: a store conflict)
+// instead of being overwritten.
+//
+// A unit adding to a queue takes the queue's advisory lock shared before it makes sure
+// the queue's directory row exists, and holds it until it commits, so the directory pruner
+// (which needs the lock exclusively) cannot delete that row between the check and the
+// commit.
+//
+// A unit's events wait, unnumbered and tagged with the transaction id, for the sequencer.
+var writePartSQL = [writeParts]string{ //nolint:gochecknoglobals // constant SQL
+	partDelete: `DELETE FROM {S}.records WHERE shard = $1 AND key = ANY($P1::text[])`,
+	partUpdate: `UPDATE {S}.records r SET value = u.v FROM unnest($P1::text[], $P2::bytea[]) AS u(k, v)
+		WHERE r.shard = $1 AND r.key = u.k`,
+	partUpsert: `INSERT INTO {S}.records (shard, key, value)
+		SELECT $1, k, v FROM unnest($P1::text[], $P2::bytea[]) AS u(k, v)
+		ON CONFLICT (shard, key) DO UPDATE SET value = EXCLUDED.value`,
+	partInsert: `INSERT INTO {S}.records (shard, key, value)
+		SELECT $1, k, v FROM unnest($P1::text[], $P2::bytea[]) AS u(k, v)`,
+	partRemove: `DELETE FROM {S}.queue_items WHERE shard = $1
+		AND (queue, member) IN (SELECT q, m FROM unnest($P1::text[], $P2::text[]) AS u(q, m))`,
+	partQueueDir: `INSERT INTO {S}.queues (queue, shard)
+		SELECT u.q, $1 FROM unnest($P1::text[], $P2::bigint[]) AS u(q, k)
+		CROSS JOIN LATERAL (SELECT pg_advisory_xact_lock_shared(u.k)) AS l
+		ON CONFLICT DO NOTHING`,
+	partAdd: `INSERT INTO {S}.queue_items (shard, queue, member, score)
+		SELECT $1, q, m, sc FROM unnest($P1::text[], $P2::text[], $P3::bigint[]) AS u(q, m, sc)
+		ON CONFLICT (shard, queue, member) DO UPDATE SET score = EXCLUDED.score
+		WHERE queue_items.score <> EXCLUDED.score`,
+	partEvents: `INSERT INTO {S}.event_pending (shard, ord, version, type, time_unix, time_nsec, execution_id, flow_id, namespace, lane, data)
+		SELECT $1, e.ord, e.version, e.type, e.time_unix, e.time_nsec, e.execution_id, e.flow_id, e.namespace, e.lane, e.data
+		FROM unnest($P1::integer[], $P2::text[], $P3::bigint[], $P4::integer[], $P5::text[], $P6::text[], $P7::text[], $P8::text[], $P9::bytea[])
+			WITH ORDINALITY AS e(version, type, time_unix, time_nsec, execution_id, flow_id, namespace, lane, data, ord)`,
+}
+
+// writeStatement puts together the parts of a unit's write statement: used[i] is the
+// parameters of part i, or nil if the unit needs none of it. One part is sent as it is;
+// several become data-modifying CTEs of one statement.
+func (st *statements) writeStatement(used *[writeParts][]any, shard int) (string, []any) {
+	args := []any{shard}
+	var parts []string
+	for i, params := range used {
+		if params == nil {
+			continue
+		}
+		sql := st.writes[i]
+		for j := len(params); j >= 1; j-- { // high numbers first: $P1 is a prefix of $P10
+			sql = strings.ReplaceAll(sql, "$P"+strconv.Itoa(j), "$"+strconv.Itoa(len(args)+j))
+		}
+		args = append(args, params...)
+		parts = append(parts, sql)
+	}
+	if len(parts) == 1 {
+		return parts[0], args
+	}
+	var b strings.Builder
+	b.WriteString("WITH ")
+	for i, p := range parts[:len(parts)-1] {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "w%d AS (%s)", i, p)
+	}
+	b.WriteString(" ")
+	b.WriteString(parts[len(parts)-1])
+	return b.String(), args
 }

@@ -398,6 +398,8 @@ func (t *unitTx) commit(ctx context.Context) error {
 		t.beginSQL(b)
 	}
 
+	var used [writeParts][]any
+
 	// Records, in key order so that blind writes of concurrent units lock rows in one
 	// order.
 	keys := make([]string, 0, len(t.writes))
@@ -405,18 +407,33 @@ func (t *unitTx) commit(ctx context.Context) error {
 		keys = append(keys, k)
 	}
 	slices.Sort(keys)
-	delKeys, putKeys, insKeys := []string{}, []string{}, []string{}
-	putVals, insVals := [][]byte{}, [][]byte{}
+	var delKeys, updKeys, putKeys, insKeys []string
+	var updVals, putVals, insVals [][]byte
 	for _, k := range keys {
 		w := t.writes[k]
+		read, wasRead := t.reads[k]
 		switch {
 		case w.del:
 			delKeys = append(delKeys, k)
-		case t.readAbsent(k):
+		case wasRead && read.ok && !t.readOnly:
+			updKeys, updVals = append(updKeys, k), append(updVals, w.value)
+		case wasRead && !read.ok:
 			insKeys, insVals = append(insKeys, k), append(insVals, w.value)
 		default:
 			putKeys, putVals = append(putKeys, k), append(putVals, w.value)
 		}
+	}
+	if len(delKeys) > 0 {
+		used[partDelete] = []any{delKeys}
+	}
+	if len(updKeys) > 0 {
+		used[partUpdate] = []any{updKeys, updVals}
+	}
+	if len(putKeys) > 0 {
+		used[partUpsert] = []any{putKeys, putVals}
+	}
+	if len(insKeys) > 0 {
+		used[partInsert] = []any{insKeys, insVals}
 	}
 
 	// Queue items.
@@ -430,8 +447,8 @@ func (t *unitTx) commit(ctx context.Context) error {
 		}
 		return strings.Compare(a.member, b.member)
 	})
-	remQ, remM, addQ, addM, queues := []string{}, []string{}, []string{}, []string{}, []string{}
-	addS, locks := []int64{}, []int64{}
+	var remQ, remM, addQ, addM, queues []string
+	var addS, locks []int64
 	for _, k := range iks {
 		w := t.items[k]
 		if w.remove {
@@ -444,55 +461,58 @@ func (t *unitTx) commit(ctx context.Context) error {
 			locks = append(locks, t.s.queueLockKey(t.shard, k.queue))
 		}
 	}
+	if len(remQ) > 0 {
+		used[partRemove] = []any{remQ, remM}
+	}
+	if len(addQ) > 0 {
+		used[partQueueDir] = []any{queues, locks}
+		used[partAdd] = []any{addQ, addM, addS}
+	}
 
 	// Events.
-	n := len(t.events)
-	version := make([]int32, n)
-	typ := make([]string, n)
-	sec := make([]int64, n)
-	nsec := make([]int32, n)
-	exec := make([]string, n)
-	flow := make([]string, n)
-	ns := make([]string, n)
-	lane := make([]string, n)
-	data := make([][]byte, n)
-	for i, ev := range t.events {
-		version[i] = int32(ev.Version) //nolint:gosec // a small version number
-		typ[i] = string(ev.Type)
-		sec[i] = ev.Time.Unix()
-		nsec[i] = int32(ev.Time.Nanosecond()) //nolint:gosec // below 1e9
-		exec[i] = string(ev.ExecutionID)
-		flow[i] = ev.FlowID
-		ns[i] = ev.Namespace
-		lane[i] = ev.Lane
-		if ev.Data != nil {
-			data[i] = ev.Data
+	if n := len(t.events); n > 0 {
+		version := make([]int32, n)
+		typ := make([]string, n)
+		sec := make([]int64, n)
+		nsec := make([]int32, n)
+		exec := make([]string, n)
+		flow := make([]string, n)
+		ns := make([]string, n)
+		lane := make([]string, n)
+		data := make([][]byte, n)
+		for i, ev := range t.events {
+			version[i] = int32(ev.Version) //nolint:gosec // a small version number
+			typ[i] = string(ev.Type)
+			sec[i] = ev.Time.Unix()
+			nsec[i] = int32(ev.Time.Nanosecond()) //nolint:gosec // below 1e9
+			exec[i] = string(ev.ExecutionID)
+			flow[i] = ev.FlowID
+			ns[i] = ev.Namespace
+			lane[i] = ev.Lane
+			if ev.Data != nil {
+				data[i] = ev.Data
+			}
 		}
+		used[partEvents] = []any{version, typ, sec, nsec, exec, flow, ns, lane, data}
 	}
 
 	if t.s.notifyInTx {
 		b.Queue(sq.notify, t.s.channel)
 	}
-	b.Queue(sq.write, t.shard, delKeys, putKeys, putVals, insKeys, insVals, remQ, remM,
-		queues, locks, addQ, addM, addS, version, typ, sec, nsec, exec, flow, ns, lane, data)
+	writes := false
+	for _, u := range used {
+		writes = writes || u != nil
+	}
+	if writes {
+		sql, args := sq.writeStatement(&used, t.shard)
+		b.Queue(sql, args...)
+	}
 	b.Queue("COMMIT")
 
 	br := t.conn.SendBatch(ctx, b)
 	t.begun = true
-	for i := range b.Len() {
-		var err error
-		if i == b.Len()-2 {
-			var appended int64
-			if err = br.QueryRow().Scan(&appended); err == nil && appended != int64(n) {
-				e := fftype.NewError(fftype.KindUnavailable, fftype.CodeCorruption,
-					"ffpostgres: shard %d: %d of %d events appended", t.shard, appended, n)
-				e.Retryable = false
-				err = e
-			}
-		} else {
-			_, err = br.Exec()
-		}
-		if err != nil {
+	for range b.Len() {
+		if _, err := br.Exec(); err != nil {
 			_ = br.Close()
 			return t.fail(err, "commit")
 		}
@@ -501,12 +521,6 @@ func (t *unitTx) commit(ctx context.Context) error {
 		return t.fail(err, "commit")
 	}
 	return nil
-}
-
-// readAbsent reports whether the unit read key from the database and found nothing.
-func (t *unitTx) readAbsent(key string) bool {
-	c, ok := t.reads[key]
-	return ok && !c.ok
 }
 
 // rollback ends the transaction without writing. It reports whether the connection is
