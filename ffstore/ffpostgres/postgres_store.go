@@ -11,6 +11,7 @@
 //	queue_items(shard, queue, member, score bigint)   ready and due queues; index (shard, queue, score, member)
 //	queues(queue, shard)                              the queue directory, for QueueHeads
 //	event_logs(shard, last_seq, trimmed)              per-shard event counter and trim point
+//	event_pending(shard, xid, ord, …)                 committed events not numbered yet
 //	events(shard, seq, …)                             the event logs
 //	meta(name, value)                                 schema version and shard count
 //
@@ -33,12 +34,14 @@
 // Range inside a unit reads the committed queue without locking what it returns. Locking
 // (FOR UPDATE) would deadlock against SKIP LOCKED pops: two claimers each popping the head
 // of a queue and then ranging past it wait for each other's popped rows. The engine uses
-// Range inside a unit only to learn the queue's next head, a hint it re-checks; Views read
-// one REPEATABLE READ snapshot.
+// Range inside a unit only to learn the queue's next head, a hint it re-checks (PopDue
+// reads that head in the same statement, so the Range costs no round trip); Views read one
+// REPEATABLE READ snapshot.
 //
-// All other writes are buffered, collapsed to one value per key, and sent at commit as
-// one pipelined batch: a few set-based statements (unnest arrays), the event append last,
-// and COMMIT. Deadlocks and serialization failures (SQLSTATE 40P01, 40001) and the
+// BEGIN travels with a unit's first read. All writes are buffered, collapsed to one value
+// per key, and sent at commit as one statement (set-based parts over arrays, as
+// data-modifying CTEs) pipelined with COMMIT: a unit costs one round trip per read plus
+// one to commit. Deadlocks and serialization failures (SQLSTATE 40P01, 40001) and the
 // unique violation above are returned as errors matching [fftype.ErrStoreConflict]; the
 // engine retries those units. Every other pgx error is translated once, here, into an
 // *fftype.Error; an unreachable database gives a retryable unavailable error coded
@@ -47,8 +50,8 @@
 // # Events
 //
 // A unit appends its events to event_pending, tagged with its transaction id
-// (pg_current_xact_id()), as the last statement before COMMIT; it touches no shared row, so
-// units on one shard commit in parallel. Events get their Seq from a sequencer that
+// (pg_current_xact_id()), in its write statement; it touches no shared row, so units on
+// one shard commit in parallel. Events get their Seq from a sequencer that
 // ReadEvents and EventBounds run, in any process, whenever committed events wait: in one
 // transaction it locks the shard's event_logs row (last_seq, the last number handed out)
 // and then, in a new statement whose snapshot sees every unit committed before the lock
@@ -75,6 +78,14 @@
 // each of them and serialise all commits behind one another's WAL flush.) The listener
 // reconnects after its connection drops and then wakes every reader, so readers catch up on
 // what they missed.
+//
+// # Other connections
+//
+// [Store.Now] reads the server clock on a connection of its own, because the engine reads
+// the clock from inside units: with every pooled connection held by a unit, a clock read
+// from the pool would wait forever. Concurrent QueueHeads calls with the same prefixes
+// share one query (one that started after each call), so many claimers polling one lane
+// cost one query at a time.
 package ffpostgres
 
 import (
