@@ -27,6 +27,7 @@ type headsCache struct {
 	mu    sync.Mutex
 	sets  map[string]*headSet
 	epoch uint64 // bumped when every set is marked stale
+	seq   uint64 // bumped by every patch
 }
 
 // headSet is the cached heads of one set of disjoint prefixes.
@@ -42,11 +43,12 @@ type headSet struct {
 }
 
 // headEntry is what the cache knows of one queue on one shard: its head, or that it is
-// empty, as of the shard's commit number ver.
+// empty, as of the shard's commit number ver. seq orders the patches of this process.
 type headEntry struct {
 	item  ffstore.QueueItem
 	empty bool
 	ver   uint64
+	seq   uint64
 }
 
 // invalidate marks every set stale.
@@ -110,9 +112,11 @@ func matchesAny(name string, prefixes []string) bool {
 
 // load replaces the set's contents with what was read from the server: found[shard]
 // holds the heads as of that shard's commit number vers[shard] or later. Entries that
-// commits of this process patched with newer numbers are kept. epoch is the cache's
-// epoch when the read began.
-func (c *headsCache) load(hs *headSet, found []map[string]ffstore.QueueItem, vers []uint64, began time.Time, epoch uint64) {
+// commits of this process patched during the read, with numbers not below the read's,
+// are kept; everything older is replaced, so that a commit counter that restarted (the
+// server lost its data) cannot pin stale entries. epoch and seq are the cache's when the
+// read began.
+func (c *headsCache) load(hs *headSet, found []map[string]ffstore.QueueItem, vers []uint64, began time.Time, epoch, seq uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for shard := range hs.shards {
@@ -121,7 +125,7 @@ func (c *headsCache) load(hs *headSet, found []map[string]ffstore.QueueItem, ver
 			next[name] = headEntry{item: it, ver: vers[shard]}
 		}
 		for name, e := range hs.shards[shard] {
-			if e.ver > vers[shard] {
+			if e.seq > seq && e.ver >= vers[shard] {
 				next[name] = e
 			}
 		}
@@ -135,6 +139,7 @@ func (c *headsCache) load(hs *headSet, found []map[string]ffstore.QueueItem, ver
 func (c *headsCache) patch(shard int, ver uint64, names []string, heads []*ffstore.QueueItem) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.seq++
 	for _, hs := range c.sets {
 		for i, name := range names {
 			if !matchesAny(name, hs.prefixes) {
@@ -149,9 +154,9 @@ func (c *headsCache) patch(shard int, ver uint64, names []string, heads []*ffsto
 				continue
 			}
 			if heads[i] == nil {
-				m[name] = headEntry{empty: true, ver: ver}
+				m[name] = headEntry{empty: true, ver: ver, seq: c.seq}
 			} else {
-				m[name] = headEntry{item: *heads[i], ver: ver}
+				m[name] = headEntry{item: *heads[i], ver: ver, seq: c.seq}
 			}
 		}
 	}
@@ -172,13 +177,13 @@ func (c *headsCache) queueHeads(ctx context.Context, prefixes []string, shards i
 		return heads, nil // another caller read it meanwhile
 	}
 	c.mu.Lock()
-	epoch := c.epoch
+	epoch, seq := c.epoch, c.seq
 	c.mu.Unlock()
 	found, vers, err := read(ctx, hs.prefixes)
 	if err != nil {
 		return nil, err
 	}
-	c.load(hs, found, vers, began, epoch)
+	c.load(hs, found, vers, began, epoch, seq)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return hs.heads(), nil

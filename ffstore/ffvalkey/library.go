@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/rueidis"
@@ -24,12 +25,13 @@ const LibraryName = "flowfabric_v1"
 
 // Function names of the library.
 const (
-	fnPop    = "ffv1_pop"
-	fnRange  = "ffv1_range"
-	fnBounds = "ffv1_bounds"
-	fnUnit   = "ffv1_unit"
-	fnCheck  = "ffv1_check"
-	fnTrim   = "ffv1_trim"
+	fnPop     = "ffv1_pop"
+	fnRelease = "ffv1_release"
+	fnRange   = "ffv1_range"
+	fnBounds  = "ffv1_bounds"
+	fnUnit    = "ffv1_unit"
+	fnCheck   = "ffv1_check"
+	fnTrim    = "ffv1_trim"
 )
 
 // Retry policy of calls whose command did not run (TRYAGAIN, CLUSTERDOWN, LOADING, a
@@ -44,8 +46,8 @@ const (
 // missing at the same moment share one load.
 type loader struct {
 	client rueidis.Client
-	mu     sync.Mutex
-	gen    uint64 // loads done
+	mu     sync.Mutex    // held while loading
+	gen    atomic.Uint64 // loads done
 	after  func(ctx context.Context) error
 }
 
@@ -54,7 +56,7 @@ type loader struct {
 func (l *loader) load(ctx context.Context, seen uint64) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.gen != seen {
+	if l.gen.Load() != seen {
 		return nil
 	}
 	if err := loadLibrary(ctx, l.client); err != nil {
@@ -65,15 +67,11 @@ func (l *loader) load(ctx context.Context, seen uint64) error {
 			return err
 		}
 	}
-	l.gen++
+	l.gen.Add(1)
 	return nil
 }
 
-func (l *loader) generation() uint64 {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.gen
-}
+func (l *loader) generation() uint64 { return l.gen.Load() }
 
 // loadLibrary loads the library with FUNCTION LOAD REPLACE on every node that takes
 // writes (replicas get it from their primary). Loading the same source again changes

@@ -111,6 +111,23 @@ redis.register_function('ffv1_pop', function(keys, argv)
   return {popped, ahead, complete}
 end)
 
+-- ffv1_release removes every pop mark of one unit from some queues: for a unit that
+-- does not know what its last pop marked (the reply was lost).
+-- KEYS: pop marks of each queue. ARGV: token.
+redis.register_function('ffv1_release', function(keys, argv)
+  local token = argv[1]
+  local released = 0
+  for _, m in ipairs(keys) do
+    local all = redis.call('HGETALL', m)
+    for k = 1, #all, 2 do
+      if string.sub(all[k + 1], MARK_DIGITS + 1) == token then
+        released = released + redis.call('HDEL', m, all[k])
+      end
+    end
+  end
+  return released
+end)
+
 -- ffv1_range returns up to n items of a queue after a start bound, with scores up to a
 -- limit, that the unit with `token` can see (see hidden).
 -- KEYS: queue items, pop marks. ARGV: start bound, the largest score (8 bytes; '' for

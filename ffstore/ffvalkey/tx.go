@@ -47,6 +47,8 @@ type tx struct {
 	queueOrder []string
 
 	events []fftype.Event
+
+	popFailed []string // queues whose PopDue failed: what it marked is unknown
 }
 
 // readEntry is a record as read: version "" means it did not exist.
@@ -324,6 +326,7 @@ func (t *tx) PopDue(queue string, maxScore int64, n int) ([]ffstore.QueueItem, e
 			Arg(upto, strconv.Itoa(n), t.token, t.s.popTTL, strconv.Itoa(lookahead)).Build()
 	})
 	if err != nil {
+		t.popFailed = append(t.popFailed, queue)
 		return nil, err
 	}
 	arr, err := res.ToArray()
@@ -641,12 +644,23 @@ func (t *tx) patchHeads(rest []rueidis.RedisMessage) error {
 // is whether fn may have decided on an inconsistent view. Failures are logged: the pops'
 // marks lapse by themselves.
 func (t *tx) abort() (stale bool) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(t.ctx), commitTimeout)
+	defer cancel()
+	if len(t.popFailed) > 0 {
+		marks := make([]string, len(t.popFailed))
+		for i, q := range t.popFailed {
+			marks[i] = t.k.marks(q)
+		}
+		if _, err := t.s.do(ctx, "release pops", false, func() rueidis.Completed {
+			return t.s.client.B().Fcall().Function(fnRelease).Numkeys(int64(len(marks))).Key(marks...).Arg(t.token).Build()
+		}); err != nil {
+			t.s.log.Warn("ffvalkey: releasing the pops of a failed unit failed; they lapse by themselves", "shard", t.shard, "err", err)
+		}
+	}
 	pops := t.hasPops()
 	if !pops && t.rts < 2 {
 		return false
 	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(t.ctx), commitTimeout)
-	defer cancel()
 	var ok bool
 	var err error
 	if pops {
@@ -693,7 +707,13 @@ func (s *Store) Update(ctx context.Context, shard int, fn func(tx ffstore.Tx) er
 		t.abort()
 		return conflict("injected conflict on shard %d", shard)
 	}
-	return t.commit()
+	err := t.commit()
+	if err != nil && !errors.Is(err, fftype.ErrStoreConflict) && t.hasPops() {
+		// The commit may not have run: release the pops (a commit that did run took its
+		// items and their marks with it, so this releases nothing then).
+		t.abort()
+	}
+	return err
 }
 
 // runUnit calls fn, releasing the unit's pops if it panics.

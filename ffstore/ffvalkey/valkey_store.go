@@ -22,7 +22,7 @@
 // if anything changed, writes nothing, releases the pops and answers with a conflict,
 // which [Store.Update] returns as an error matching [fftype.ErrStoreConflict] for the
 // engine to retry. A unit that popped items and does not commit releases them; if its
-// process dies first, its marks lapse after a minute and the items can be popped again.
+// process dies first, its marks lapse after 15 seconds and the items can be popped again.
 // Either way an item is never handed to two units that both commit: a commit removes only
 // items whose marks are still its own.
 //
@@ -67,8 +67,10 @@ const (
 // dataFormat is the version of the key layout this binary writes, kept in the meta key.
 const dataFormat = 1
 
-// defaultPopTTL is how long a pop mark keeps an item from other units.
-const defaultPopTTL = time.Minute
+// defaultPopTTL is how long a pop mark keeps an item from other units: the longest a
+// unit that popped may take to commit, and how long the items popped by a unit whose
+// process died stay hidden from other pops.
+const defaultPopTTL = 15 * time.Second
 
 // maxViewRuns bounds how often View runs fn to get a consistent snapshot.
 const maxViewRuns = 8
@@ -243,6 +245,7 @@ func (s *Store) open(ctx context.Context, shards int) error {
 	// A server that lost everything (a restart without persistence) has lost the meta key
 	// too: whoever loads the library again writes it back.
 	s.loader.after = func(ctx context.Context) error {
+		s.heads.invalidate() // commit numbers may have started again too
 		_, err := s.ensureMeta(ctx, s.shards)
 		return err
 	}

@@ -1,13 +1,24 @@
 package ffvalkey_test
 
 import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/flowfabric/flowfabric/ffstore"
 	"github.com/flowfabric/flowfabric/ffstore/ffstoretest"
 	"github.com/flowfabric/flowfabric/ffstore/ffvalkey"
+	"github.com/flowfabric/flowfabric/fftype"
 	"github.com/flowfabric/flowfabric/internal/testdb"
 )
 
@@ -38,4 +49,358 @@ func TestConformanceCluster(t *testing.T) {
 	t.Parallel()
 	url := testdb.SharedRedisCluster(t).URL()
 	ffstoretest.Exercise(t, func(t *testing.T) ffstore.Store { return openStore(t, url, nil) })
+}
+
+// logBuffer collects log records for tests.
+type logBuffer struct {
+	mu   sync.Mutex
+	recs []string
+}
+
+func (l *logBuffer) Enabled(context.Context, slog.Level) bool { return true }
+func (l *logBuffer) Handle(_ context.Context, r slog.Record) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.recs = append(l.recs, r.Level.String()+" "+r.Message)
+	return nil
+}
+func (l *logBuffer) WithAttrs([]slog.Attr) slog.Handler { return l }
+func (l *logBuffer) WithGroup(string) slog.Handler      { return l }
+func (l *logBuffer) lines() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.recs)
+}
+
+func TestOpen(t *testing.T) {
+	t.Parallel()
+
+	t.Run("Unreachable", func(t *testing.T) {
+		t.Parallel()
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		addr := l.Addr().String()
+		require.NoError(t, l.Close()) // nothing listens there now
+		_, err = ffvalkey.Open(t.Context(), "redis://"+addr+"?dial_timeout=1s", nil)
+		require.ErrorIs(t, err, fftype.ErrUnavailable)
+		require.True(t, fftype.IsRetryable(err))
+		require.Contains(t, err.Error(), "cannot connect to "+addr)
+	})
+
+	t.Run("WarnsWithoutAOF", func(t *testing.T) {
+		t.Parallel()
+		logs := &logBuffer{}
+		openStore(t, testdb.SharedRedis(t).URL(0), &ffvalkey.Options{Logger: slog.New(logs)})
+		require.Condition(t, func() bool {
+			return slices.ContainsFunc(logs.lines(), func(l string) bool { return strings.HasPrefix(l, "WARN") && strings.Contains(l, "appendonly off") })
+		}, "logs: %q", logs.lines())
+	})
+
+	t.Run("ShardCountIsFixed", func(t *testing.T) {
+		t.Parallel()
+		url := testdb.SharedRedis(t).URL(0)
+		prefix := testdb.RedisPrefix(t)
+		s := openStore(t, url, &ffvalkey.Options{KeyPrefix: prefix, Shards: 4})
+		require.Equal(t, 4, s.Shards())
+		again := openStore(t, url, &ffvalkey.Options{KeyPrefix: prefix})
+		require.Equal(t, 4, again.Shards(), "0 means the stored count")
+		_, err := ffvalkey.Open(t.Context(), url, &ffvalkey.Options{KeyPrefix: prefix, Shards: 8})
+		require.ErrorIs(t, err, fftype.ErrValidation)
+		require.Equal(t, ffvalkey.CodeShardCountMismatch, fftype.CodeOf(err))
+		fresh := openStore(t, url+"?shards=2", &ffvalkey.Options{})
+		require.Equal(t, 2, fresh.Shards(), "the URL's shards parameter")
+		def := openStore(t, url, nil)
+		require.Equal(t, ffvalkey.DefaultShards, def.Shards())
+	})
+
+	t.Run("FormatTooNew", func(t *testing.T) {
+		t.Parallel()
+		url := testdb.SharedRedis(t).URL(0)
+		s := openStore(t, url, nil)
+		c := ffvalkey.Client(s)
+		require.NoError(t, c.Do(t.Context(), c.B().Hset().Key(s.KeyPrefix()+":meta").FieldValue().FieldValue("format", "2").Build()).Error())
+		_, err := ffvalkey.Open(t.Context(), url, &ffvalkey.Options{KeyPrefix: s.KeyPrefix()})
+		require.ErrorIs(t, err, fftype.ErrUnavailable)
+		require.Equal(t, ffvalkey.CodeFormatTooNew, fftype.CodeOf(err))
+	})
+
+	t.Run("ClusterURLOnAServer", func(t *testing.T) {
+		t.Parallel()
+		_, err := ffvalkey.Open(t.Context(), "redis+cluster://"+testdb.SharedRedis(t).Addr, nil)
+		require.ErrorIs(t, err, fftype.ErrValidation)
+		require.Contains(t, err.Error(), "not in cluster mode")
+	})
+
+	t.Run("BadOptions", func(t *testing.T) {
+		t.Parallel()
+		url := testdb.SharedRedis(t).URL(0)
+		for _, o := range []*ffvalkey.Options{{Shards: -1}, {Shards: fftype.MaxShards + 1}, {KeyPrefix: "a b"}, {KeyPrefix: "{x}"}} {
+			_, err := ffvalkey.Open(t.Context(), url, o)
+			require.ErrorIs(t, err, fftype.ErrValidation, "%+v", o)
+		}
+	})
+
+	t.Run("Database", func(t *testing.T) {
+		t.Parallel()
+		srv := testdb.SharedRedis(t)
+		prefix := testdb.RedisPrefix(t)
+		s := openStore(t, srv.URL(5), &ffvalkey.Options{KeyPrefix: prefix, Shards: 1})
+		require.NoError(t, s.Update(t.Context(), 0, func(tx ffstore.Tx) error { tx.Put("k", []byte("v")); return nil }))
+		other := openStore(t, srv.URL(6), &ffvalkey.Options{KeyPrefix: prefix, Shards: 1})
+		require.NoError(t, other.View(t.Context(), 0, func(tx ffstore.ReadTx) error {
+			_, ok, err := tx.Get("k")
+			require.False(t, ok, "another database is another store")
+			return err
+		}))
+	})
+}
+
+// TestLibraryReloads removes the function library from the server before each kind of
+// call, as a restart without persistence or a failover to a node without it would, and
+// checks that every call path loads it again by itself.
+func TestLibraryReloads(t *testing.T) {
+	t.Parallel()
+	for _, cluster := range []bool{false, true} {
+		t.Run(map[bool]string{false: "Server", true: "Cluster"}[cluster], func(t *testing.T) {
+			t.Parallel()
+			// A server of its own: FUNCTION FLUSH would break the other tests' stores.
+			var url string
+			if cluster {
+				c, err := testdb.StartRedisCluster(3)
+				require.NoError(t, err, "the throw-away Redis Cluster cannot be started")
+				t.Cleanup(func() { _ = c.Remove() })
+				url = c.URL()
+			} else {
+				url = testdb.NewRedis(t, testdb.RedisOptions{}).URL(0)
+			}
+			s := openStore(t, url, &ffvalkey.Options{Shards: 4})
+			ctx := t.Context()
+			c := ffvalkey.Client(s)
+			flush := func() {
+				t.Helper()
+				for _, node := range c.Nodes() {
+					require.NoError(t, node.Do(ctx, node.B().FunctionFlush().Build()).Error())
+				}
+			}
+			id := fftype.NewExecutionID(1)
+			calls := []struct {
+				name string
+				call func() error
+			}{
+				{"commit", func() error {
+					return s.Update(ctx, 1, func(tx ffstore.Tx) error {
+						tx.Put("x:"+string(id), []byte("1"))
+						tx.QueueAdd("q", string(id), 1)
+						tx.QueueAdd("q", "other", 2)
+						tx.AppendEvent(fftype.Event{Type: fftype.EventCreated, ExecutionID: id})
+						return nil
+					})
+				}},
+				{"range in a unit", func() error {
+					return s.Update(ctx, 1, func(tx ffstore.Tx) error {
+						items, err := tx.Range("q", nil, ffstore.MaxScore, 10)
+						if err == nil && len(items) != 2 {
+							err = fmt.Errorf("range: %v", items)
+						}
+						return err
+					})
+				}},
+				{"pop", func() error {
+					return s.Update(ctx, 1, func(tx ffstore.Tx) error {
+						items, err := tx.PopDue("q", ffstore.MaxScore, 1)
+						if err == nil && len(items) != 1 {
+							err = fmt.Errorf("pop: %v", items)
+						}
+						return err
+					})
+				}},
+				{"checked view", func() error {
+					return s.View(ctx, 1, func(tx ffstore.ReadTx) error {
+						if _, _, err := tx.Get("x:" + string(id)); err != nil {
+							return err
+						}
+						_, err := tx.Range("q", nil, ffstore.MaxScore, 10)
+						return err
+					})
+				}},
+				{"event bounds", func() error {
+					_, last, err := s.EventBounds(ctx, 1)
+					if err == nil && last != 1 {
+						err = fmt.Errorf("last is %d", last)
+					}
+					return err
+				}},
+				{"trim", func() error { return s.TrimEvents(ctx, 1, 1) }},
+			}
+			for _, tc := range calls {
+				flush()
+				require.NoError(t, tc.call(), tc.name)
+			}
+		})
+	}
+}
+
+// TestLibraryVersionsCoexist loads another version of the library beside this one, as
+// during a rolling upgrade, and checks that both stay and that loading again is
+// harmless.
+func TestLibraryVersionsCoexist(t *testing.T) {
+	t.Parallel()
+	srv := testdb.NewRedis(t, testdb.RedisOptions{})
+	s := openStore(t, srv.URL(0), &ffvalkey.Options{Shards: 2})
+	c := ffvalkey.Client(s)
+	ctx := t.Context()
+	other := "#!lua name=flowfabric_v0\nredis.register_function('ffv0_unit', function() return 0 end)\n"
+	require.NoError(t, c.Do(ctx, c.B().FunctionLoad().FunctionCode(other).Build()).Error())
+	require.NoError(t, ffvalkey.LoadLibrary(ctx, s), "loading is idempotent")
+	openStore(t, srv.URL(0), &ffvalkey.Options{KeyPrefix: s.KeyPrefix()})
+	require.NoError(t, s.Update(ctx, 0, func(tx ffstore.Tx) error { tx.Put("k", []byte("v")); return nil }))
+	list, err := c.Do(ctx, c.B().FunctionList().Build()).ToArray()
+	require.NoError(t, err)
+	var names []string
+	for _, lib := range list {
+		m, err := lib.AsMap()
+		require.NoError(t, err)
+		msg := m["library_name"]
+		name, err := msg.ToString()
+		require.NoError(t, err)
+		names = append(names, name)
+	}
+	require.ElementsMatch(t, []string{"flowfabric_v0", ffvalkey.LibraryName}, names)
+}
+
+// TestPopMarks checks what a pop leaves when its unit never commits: an item whose mark
+// has lapsed (its unit died a while ago) is popped again; one whose mark is live is
+// skipped, by pops and by ranges inside units, but read by views; an aborted unit
+// releases its marks at once.
+func TestPopMarks(t *testing.T) {
+	t.Parallel()
+	s := openStore(t, testdb.SharedRedis(t).URL(0), &ffvalkey.Options{Shards: 2})
+	ctx := t.Context()
+	require.NoError(t, s.Update(ctx, 1, func(tx ffstore.Tx) error {
+		for i, m := range []string{"a", "b", "c", "d"} {
+			tx.QueueAdd("q", m, int64(i))
+		}
+		return nil
+	}))
+	require.NoError(t, ffvalkey.Mark(ctx, s, 1, "q", "a", time.Now().Add(-time.Second)))
+	require.NoError(t, ffvalkey.Mark(ctx, s, 1, "q", "b", time.Now().Add(time.Hour)))
+
+	var popped, ranged []ffstore.QueueItem
+	require.NoError(t, s.Update(ctx, 1, func(tx ffstore.Tx) error {
+		var err error
+		if ranged, err = tx.Range("q", nil, ffstore.MaxScore, 10); err != nil {
+			return err
+		}
+		popped, err = tx.PopDue("q", 2, 10)
+		return err
+	}))
+	require.Equal(t, []ffstore.QueueItem{{Member: "a", Score: 0}, {Member: "c", Score: 2}}, popped)
+	require.Equal(t, []ffstore.QueueItem{{Member: "a", Score: 0}, {Member: "c", Score: 2}, {Member: "d", Score: 3}}, ranged,
+		"a unit's range leaves out what others are popping")
+
+	var viewed []ffstore.QueueItem
+	require.NoError(t, s.View(ctx, 1, func(tx ffstore.ReadTx) error {
+		var err error
+		viewed, err = tx.Range("q", nil, ffstore.MaxScore, 10)
+		return err
+	}))
+	require.Equal(t, []ffstore.QueueItem{{Member: "b", Score: 1}, {Member: "d", Score: 3}}, viewed, "a view reads what is committed")
+
+	errBoom := errors.New("boom")
+	require.ErrorIs(t, s.Update(ctx, 1, func(tx ffstore.Tx) error {
+		items, err := tx.PopDue("q", ffstore.MaxScore, 10)
+		require.Equal(t, []ffstore.QueueItem{{Member: "d", Score: 3}}, items)
+		return errors.Join(err, errBoom)
+	}), errBoom)
+	require.NoError(t, s.Update(ctx, 1, func(tx ffstore.Tx) error {
+		items, err := tx.PopDue("q", ffstore.MaxScore, 10)
+		require.Equal(t, []ffstore.QueueItem{{Member: "d", Score: 3}}, items, "the aborted unit released d")
+		return err
+	}))
+}
+
+// TestConcurrentClaimsDoNotConflict runs units shaped like the engine's claim — pop the
+// head, read the next head, write the popped member's record — from many goroutines on
+// one queue: none loses a race, and each item goes to exactly one unit.
+func TestConcurrentClaimsDoNotConflict(t *testing.T) {
+	t.Parallel()
+	s := openStore(t, testdb.SharedRedis(t).URL(0), &ffvalkey.Options{Shards: 1})
+	ctx := t.Context()
+	const items, workers = 400, 16
+	require.NoError(t, s.Update(ctx, 0, func(tx ffstore.Tx) error {
+		for i := range items {
+			tx.QueueAdd("ready", fmt.Sprintf("m%03d", i), int64(i/10))
+		}
+		return nil
+	}))
+	var mu sync.Mutex
+	got := map[string]int{}
+	var conflicts atomic.Int64
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for {
+				var popped []ffstore.QueueItem
+				err := s.Update(ctx, 0, func(tx ffstore.Tx) error {
+					var err error
+					if popped, err = tx.PopDue("ready", ffstore.MaxScore, 1); err != nil || len(popped) == 0 {
+						return err
+					}
+					if _, err := tx.Range("ready", nil, ffstore.MaxScore, 1); err != nil {
+						return err
+					}
+					tx.Put("x:"+popped[0].Member, []byte("claimed"))
+					return nil
+				})
+				if errors.Is(err, fftype.ErrStoreConflict) {
+					conflicts.Add(1)
+					continue
+				}
+				if err != nil || len(popped) == 0 {
+					return
+				}
+				mu.Lock()
+				got[popped[0].Member]++
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	require.Zero(t, conflicts.Load())
+	require.Len(t, got, items)
+	for m, n := range got {
+		require.Equal(t, 1, n, m)
+	}
+}
+
+// TestChangesFromAnotherProcess checks the doorbell between two stores on one server,
+// as two processes would have: a commit of one wakes the other's readers, and a head
+// it moved earlier reaches the other's QueueHeads at once.
+func TestChangesFromAnotherProcess(t *testing.T) {
+	t.Parallel()
+	url := testdb.SharedRedis(t).URL(0)
+	a := openStore(t, url, &ffvalkey.Options{Shards: 2})
+	b := openStore(t, url, &ffvalkey.Options{KeyPrefix: a.KeyPrefix()})
+	ctx := t.Context()
+	heads, err := a.QueueHeads(ctx, []string{"ready:"})
+	require.NoError(t, err)
+	require.Empty(t, heads)
+	ch := a.Changes(ctx)
+	// a subscribes in the background: commit until its first wake-up arrives.
+	for i := int64(0); ; i-- {
+		require.NoError(t, b.Update(ctx, 1, func(tx ffstore.Tx) error {
+			tx.QueueAdd("ready:x", "m", i) // each one earlier than the last
+			return nil
+		}))
+		select {
+		case <-ch:
+		case <-time.After(100 * time.Millisecond):
+			require.Greater(t, i, int64(-100), "no wake-up from the other store")
+			continue
+		}
+		heads, err := a.QueueHeads(ctx, []string{"ready:"})
+		require.NoError(t, err)
+		require.Equal(t, []ffstore.QueueHead{{Shard: 1, Queue: "ready:x", Item: ffstore.QueueItem{Member: "m", Score: i}}}, heads)
+		return
+	}
 }

@@ -1,0 +1,148 @@
+package ffvalkey_test
+
+import (
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/flowfabric/flowfabric/ffstore/ffvalkey"
+	"github.com/flowfabric/flowfabric/fftest"
+	"github.com/flowfabric/flowfabric/fftype"
+	"github.com/flowfabric/flowfabric/internal/engine"
+	"github.com/flowfabric/flowfabric/internal/testdb"
+)
+
+// TestClusterKeys runs the engine's operations on the Cluster — create, claim, complete,
+// fail with retry, delay, lease expiry, retention, events and their trimming — and then
+// looks at every key the store wrote: each carries the hash tag of one shard, lives on
+// the node that serves that tag's slot, and the 16 shards sit 5, 6 and 5 on the three
+// primaries. (The conformance suite on the Cluster would fail with CROSSSLOT if a unit
+// touched keys of two slots.)
+func TestClusterKeys(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	cluster := testdb.SharedRedisCluster(t)
+	s := openStore(t, cluster.URL(), nil)
+	require.True(t, s.Cluster())
+	require.Equal(t, ffvalkey.DefaultShards, s.Shards())
+	clock := fftest.NewClock(time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC))
+	e, err := engine.New(s, &engine.Config{Clock: clock, Retention: time.Hour})
+	require.NoError(t, err)
+
+	var ps []fftype.CreateParams
+	for i := range 64 {
+		p := fftype.CreateParams{Lane: workLane, Kind: "work", Payload: []byte(strconv.Itoa(i))}
+		if i%8 == 0 {
+			p.Delay = fftype.Duration(time.Minute)
+		}
+		if i%16 == 1 {
+			p.IdempotencyKey = "k" + strconv.Itoa(i)
+		}
+		ps = append(ps, p)
+	}
+	for _, r := range e.CreateMany(ctx, ps) {
+		require.NoError(t, r.Err)
+	}
+	for round := 0; ; round++ {
+		ls, err := e.Claim(ctx, fftype.ClaimParams{WorkerID: "w", WorkerInstanceID: "w1", Lanes: []string{workLane}, Count: 10})
+		require.NoError(t, err)
+		if len(ls) == 0 {
+			break
+		}
+		for i, l := range ls {
+			switch {
+			case i%5 == 1 && round == 0:
+				_, err = e.Fail(ctx, l.ExecutionID, l.Fence, fftype.FailParams{Reason: "boom"})
+			case i%7 == 2:
+				continue // its lease expires
+			default:
+				err = e.Complete(ctx, l.ExecutionID, l.Fence, nil, "")
+			}
+			require.NoError(t, err)
+		}
+	}
+	clock.Advance(2 * time.Hour)
+	_, _, err = e.RunDue(ctx)
+	require.NoError(t, err)
+	for shard := range s.Shards() {
+		_, last, err := s.EventBounds(ctx, shard)
+		require.NoError(t, err)
+		require.NoError(t, s.TrimEvents(ctx, shard, last/2))
+	}
+
+	slotNode := clusterSlots(t, cluster)
+	shardsOnNode := map[string]int{}
+	for shard := range s.Shards() {
+		shardsOnNode[slotNode[ffvalkey.KeySlot(ffvalkey.ShardTag(s, shard))]]++
+	}
+	require.Len(t, shardsOnNode, 3)
+	counts := []int{}
+	for _, n := range cluster.Nodes {
+		counts = append(counts, shardsOnNode[n.Addr])
+	}
+	require.ElementsMatch(t, []int{5, 6, 5}, counts, "shards per primary")
+
+	c := ffvalkey.Client(s)
+	seen := 0
+	for addr, node := range c.Nodes() {
+		var cursor uint64
+		for {
+			entry, err := node.Do(ctx, node.B().Scan().Cursor(cursor).Match(s.KeyPrefix()+":*").Count(1000).Build()).AsScanEntry()
+			require.NoError(t, err)
+			for _, key := range entry.Elements {
+				seen++
+				if key == s.KeyPrefix()+":meta" {
+					continue
+				}
+				rest := strings.TrimPrefix(key, s.KeyPrefix()+":")
+				require.True(t, strings.HasPrefix(rest, "{ff:s"), "key %q has a shard tag", key)
+				tag := rest[:strings.IndexByte(rest, '}')+1]
+				shard, err := strconv.Atoi(tag[len("{ff:s"):strings.LastIndexByte(tag, ':')])
+				require.NoError(t, err)
+				require.Equal(t, ffvalkey.ShardTag(s, shard), tag, "key %q", key)
+				slot := ffvalkey.KeySlot(key)
+				require.Equal(t, ffvalkey.KeySlot(tag), slot)
+				require.Equal(t, addr, slotNode[slot], "key %q of slot %d lives on the node serving it", key, slot)
+				got, err := node.Do(ctx, node.B().ClusterKeyslot().Key(key).Build()).AsInt64()
+				require.NoError(t, err)
+				require.Equal(t, int64(slot), got, "the server agrees on the slot of %q", key)
+			}
+			if cursor = entry.Cursor; cursor == 0 {
+				break
+			}
+		}
+	}
+	require.Greater(t, seen, 100)
+}
+
+// clusterSlots returns the address of the node serving each slot.
+func clusterSlots(t *testing.T, c *testdb.RedisCluster) map[int]string {
+	t.Helper()
+	s := openStore(t, c.URL(), &ffvalkey.Options{Shards: 1})
+	cl := ffvalkey.Client(s)
+	ranges, err := cl.Do(t.Context(), cl.B().ClusterSlots().Build()).ToArray()
+	require.NoError(t, err)
+	out := map[int]string{}
+	for _, r := range ranges {
+		parts, err := r.ToArray()
+		require.NoError(t, err)
+		lo, err := parts[0].AsInt64()
+		require.NoError(t, err)
+		hi, err := parts[1].AsInt64()
+		require.NoError(t, err)
+		node, err := parts[2].ToArray()
+		require.NoError(t, err)
+		host, err := node[0].ToString()
+		require.NoError(t, err)
+		port, err := node[1].AsInt64()
+		require.NoError(t, err)
+		for slot := lo; slot <= hi; slot++ {
+			out[int(slot)] = host + ":" + strconv.FormatInt(port, 10)
+		}
+	}
+	require.Len(t, out, 16384)
+	return out
+}

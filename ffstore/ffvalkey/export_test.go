@@ -1,0 +1,44 @@
+package ffvalkey
+
+import (
+	"context"
+	"strconv"
+	"time"
+
+	"github.com/redis/rueidis"
+)
+
+// Client returns the store's client, for tests that look at the server directly.
+func Client(s *Store) rueidis.Client { return s.client }
+
+// ShardTag returns the hash tag of a shard, braces included.
+func ShardTag(s *Store, shard int) string { return tagFor(shard, s.shards) }
+
+// TagFor is tagFor.
+func TagFor(shard, shards int) string { return tagFor(shard, shards) }
+
+// KeySlot is keySlot.
+func KeySlot(key string) int { return keySlot(key) }
+
+// CheckServer is checkServer.
+func CheckServer(addr, info string) (product string, version string, aof, aofKnown, cluster bool, err error) {
+	i, err := checkServer(addr, info)
+	return i.Product, i.Version.String(), i.AOF, i.AOFKnown, i.Cluster, err
+}
+
+// EncodeScore is encodeScore.
+func EncodeScore(score int64) string { return encodeScore(score) }
+
+// Mark puts a pop mark on member of queue on shard, held by a unit that will never
+// commit, lapsing at deadline: a unit whose process died.
+func Mark(ctx context.Context, s *Store, shard int, queue, member string, deadline time.Time) error {
+	k := &s.keys[shard]
+	mark := strconv.FormatInt(deadline.UnixMilli(), 10)
+	for len(mark) < 13 {
+		mark = "0" + mark
+	}
+	return s.client.Do(ctx, s.client.B().Hset().Key(k.marks(queue)).FieldValue().FieldValue(member, mark+"dead-unit").Build()).Error()
+}
+
+// LoadLibrary loads the function library on every primary.
+func LoadLibrary(ctx context.Context, s *Store) error { return loadLibrary(ctx, s.client) }

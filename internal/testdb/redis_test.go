@@ -1,0 +1,71 @@
+package testdb_test
+
+import (
+	"testing"
+
+	"github.com/redis/rueidis"
+	"github.com/stretchr/testify/require"
+
+	"github.com/flowfabric/flowfabric/internal/testdb"
+)
+
+func redisClient(t *testing.T, addr string) rueidis.Client {
+	t.Helper()
+	c, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{addr}, DisableCache: true})
+	require.NoError(t, err)
+	t.Cleanup(c.Close)
+	return c
+}
+
+// TestRedisRestart checks that a server with appendonly keeps its data over Restart, on
+// the same port, and that one without loses it.
+func TestRedisRestart(t *testing.T) {
+	t.Parallel()
+	for _, durable := range []bool{true, false} {
+		t.Run(map[bool]string{true: "AppendOnly", false: "NoPersistence"}[durable], func(t *testing.T) {
+			t.Parallel()
+			var opts testdb.RedisOptions
+			if durable {
+				opts.Args = []string{"--appendonly", "yes", "--appendfsync", "always"}
+			}
+			r := testdb.NewRedis(t, opts)
+			ctx := t.Context()
+			c := redisClient(t, r.Addr)
+			require.NoError(t, c.Do(ctx, c.B().Set().Key("k").Value("v").Build()).Error())
+			port := r.Port
+			require.NoError(t, r.Restart())
+			require.Equal(t, port, r.Port)
+			v, err := c.Do(ctx, c.B().Get().Key("k").Build()).ToString()
+			if durable {
+				require.NoError(t, err)
+				require.Equal(t, "v", v)
+			} else {
+				require.True(t, rueidis.IsRedisNil(err), "got %q, %v", v, err)
+			}
+		})
+	}
+}
+
+// TestRedisCluster checks that a started Cluster serves every slot on three primaries.
+func TestRedisCluster(t *testing.T) {
+	t.Parallel()
+	cl, err := testdb.StartRedisCluster(3)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = cl.Remove() })
+	require.Len(t, cl.Nodes, 3)
+	require.Contains(t, cl.URL(), "redis+cluster://127.0.0.1:")
+	c := redisClient(t, cl.Nodes[0].Addr)
+	require.Equal(t, rueidis.ClientModeCluster, c.Mode())
+	for _, key := range []string{"a", "b", "c", "{x}1", "{y}2"} {
+		require.NoError(t, c.Do(t.Context(), c.B().Set().Key(key).Value("v").Build()).Error(), key)
+	}
+	info, err := c.Do(t.Context(), c.B().ClusterInfo().Build()).ToString()
+	require.NoError(t, err)
+	require.Contains(t, info, "cluster_state:ok")
+	require.Contains(t, info, "cluster_known_nodes:3")
+}
+
+func TestRedisPrefixIsFresh(t *testing.T) {
+	t.Parallel()
+	require.NotEqual(t, testdb.RedisPrefix(t), testdb.RedisPrefix(t))
+}
