@@ -703,9 +703,9 @@ func (s *Store) Update(ctx context.Context, shard int, fn func(tx ffstore.Tx) er
 		}
 		return fnErr
 	}
-	if s.takeConflict() {
+	if s.conflicts.Take() {
 		t.abort()
-		return conflict("injected conflict on shard %d", shard)
+		return ffstore.Conflict("ffvalkey", shard)
 	}
 	err := t.commit()
 	if err != nil && !errors.Is(err, fftype.ErrStoreConflict) && t.hasPops() {

@@ -151,7 +151,7 @@ type Store struct {
 
 	instance  string // random, starts every unit token of this store
 	units     atomic.Uint64
-	conflicts atomic.Int64 // injected conflicts still to deliver
+	conflicts ffstore.ConflictCounter // injected conflicts still to deliver
 	changes   ffstore.Notifier
 	heads     headsCache
 
@@ -329,23 +329,7 @@ func (s *Store) ensureMeta(ctx context.Context, shards int) (int, error) {
 // InjectConflicts makes the next n units that would commit fail instead with an error
 // matching [fftype.ErrStoreConflict], after fn ran, writing nothing. It is the store's
 // ffstoretest.ConflictInjector ability, for testing callers' retries.
-func (s *Store) InjectConflicts(n int) {
-	if n > 0 {
-		s.conflicts.Add(int64(n))
-	}
-}
-
-func (s *Store) takeConflict() bool {
-	for {
-		n := s.conflicts.Load()
-		if n <= 0 {
-			return false
-		}
-		if s.conflicts.CompareAndSwap(n, n-1) {
-			return true
-		}
-	}
-}
+func (s *Store) InjectConflicts(n int) { s.conflicts.Inject(n) }
 
 // Shards returns the shard count stored with the store.
 func (s *Store) Shards() int { return s.shards }
@@ -685,6 +669,55 @@ func (s *Store) subscribe() {
 			delay = min(2*delay, 5*time.Second)
 		}
 	}()
+}
+
+// Drop deletes every key of the store — its records, queues, event logs and meta key —
+// from every node, leaving other data on the server alone. The store must not be used
+// afterwards except to Close it. It is for benchmarks and tests that create a store
+// under a fresh prefix and remove it when done.
+func (s *Store) Drop(ctx context.Context) error {
+	if err := s.enter(ctx); err != nil {
+		return err
+	}
+	defer s.leave()
+	pattern := globEscape(s.prefix) + ":*"
+	for addr, node := range s.client.Nodes() {
+		var cursor uint64
+		for {
+			entry, err := node.Do(ctx, node.B().Scan().Cursor(cursor).Match(pattern).Count(1000).Build()).AsScanEntry()
+			if err != nil {
+				return translate(err, "scan the store's keys on "+addr)
+			}
+			if len(entry.Elements) > 0 {
+				cmds := make([]rueidis.Completed, len(entry.Elements))
+				for i, key := range entry.Elements {
+					cmds[i] = s.client.B().Unlink().Key(key).Build()
+				}
+				for _, r := range s.client.DoMulti(ctx, cmds...) {
+					if err := r.Error(); err != nil {
+						return translate(err, "delete the store's keys")
+					}
+				}
+			}
+			if cursor = entry.Cursor; cursor == 0 {
+				break
+			}
+		}
+	}
+	s.heads.invalidate()
+	return nil
+}
+
+// globEscape escapes the characters special to SCAN MATCH.
+func globEscape(p string) string {
+	var b strings.Builder
+	for _, r := range p {
+		if strings.ContainsRune(`*?[]\`, r) {
+			b.WriteByte('\\')
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }
 
 // Close waits for the calls in progress to finish, then closes the connections. Later

@@ -404,3 +404,52 @@ func TestChangesFromAnotherProcess(t *testing.T) {
 		return
 	}
 }
+
+// TestDrop checks that Drop deletes the store's keys and nothing else, on a server and a
+// Cluster, with a prefix that holds characters special to SCAN MATCH.
+func TestDrop(t *testing.T) {
+	t.Parallel()
+	for _, cluster := range []bool{false, true} {
+		t.Run(map[bool]string{false: "Server", true: "Cluster"}[cluster], func(t *testing.T) {
+			t.Parallel()
+			url := testdb.SharedRedis(t).URL(0)
+			if cluster {
+				url = testdb.SharedRedisCluster(t).URL()
+			}
+			prefix := testdb.RedisPrefix(t)
+			keep := openStore(t, url, &ffvalkey.Options{KeyPrefix: prefix + "*", Shards: 4})
+			drop := openStore(t, url, &ffvalkey.Options{KeyPrefix: prefix + "[", Shards: 4})
+			ctx := t.Context()
+			for _, s := range []*ffvalkey.Store{keep, drop} {
+				for shard := range 4 {
+					require.NoError(t, s.Update(ctx, shard, func(tx ffstore.Tx) error {
+						tx.Put("k", []byte("v"))
+						tx.QueueAdd("q", "m", 1)
+						tx.AppendEvent(fftype.Event{Type: fftype.EventCreated})
+						return nil
+					}))
+				}
+			}
+			count := func(s *ffvalkey.Store) int {
+				c := ffvalkey.Client(s)
+				n := 0
+				for _, node := range c.Nodes() {
+					keys, err := node.Do(ctx, node.B().Keys().Pattern("*").Build()).AsStrSlice()
+					require.NoError(t, err)
+					for _, k := range keys {
+						if strings.HasPrefix(k, s.KeyPrefix()+":") {
+							n++
+						}
+					}
+				}
+				return n
+			}
+			before := count(keep)
+			require.Positive(t, before)
+			require.Positive(t, count(drop))
+			require.NoError(t, drop.Drop(ctx))
+			require.Zero(t, count(drop))
+			require.Equal(t, before, count(keep))
+		})
+	}
+}

@@ -13,6 +13,7 @@ import (
 	"github.com/flowfabric/flowfabric/ffstore/ffmem"
 	"github.com/flowfabric/flowfabric/ffstore/ffpostgres"
 	"github.com/flowfabric/flowfabric/ffstore/ffsqlite"
+	"github.com/flowfabric/flowfabric/ffstore/ffvalkey"
 )
 
 // This file is the command line's one map from a store URL to a store constructor (the
@@ -94,7 +95,29 @@ func openFreshStore(ctx context.Context, spec, sync string) (*freshStore, error)
 			err := ffpostgres.DropSchema(context.WithoutCancel(ctx), s.Pool(), s.Schema())
 			return errors.Join(err, s.Close())
 		}}, nil
+	case strings.HasPrefix(spec, "redis") || strings.HasPrefix(spec, "valkey"):
+		if sync != "" {
+			return nil, errors.New("-sync applies to sqlite stores only")
+		}
+		opts, err := ffvalkey.ParseURL(spec)
+		if err != nil {
+			return nil, err
+		}
+		// A fresh key prefix per run, named after the URL's (or the default) prefix; its
+		// keys are deleted afterwards.
+		base := opts.KeyPrefix
+		if base == "" {
+			base = ffvalkey.DefaultKeyPrefix
+		}
+		s, err := ffvalkey.Open(ctx, spec, &ffvalkey.Options{KeyPrefix: fmt.Sprintf("%.30s-bench-%d", base, time.Now().UnixNano())})
+		if err != nil {
+			return nil, err
+		}
+		return &freshStore{store: s, kind: "redis", remove: func() error {
+			err := s.Drop(context.WithoutCancel(ctx))
+			return errors.Join(err, s.Close())
+		}}, nil
 	default:
-		return nil, fmt.Errorf("store %q: want mem, sqlite:///path/to/file.db or postgres://user@host/db (redis:// comes later)", spec)
+		return nil, fmt.Errorf("store %q: want mem, sqlite:///path/to/file.db, postgres://user@host/db or redis://host:port", spec)
 	}
 }
