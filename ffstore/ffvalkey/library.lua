@@ -99,11 +99,11 @@ redis.register_function('ffv1_pop', function(keys, argv)
     end
     from = '(' .. items[#items]
   end
-  if #popped > 0 then
-    local mark = string.format('%013d', now + ttl) .. token
+  local mark = string.format('%013d', now + ttl) .. token
+  for from = 1, #popped, 500 do
     local fields = {}
-    for _, enc in ipairs(popped) do
-      fields[#fields + 1] = string.sub(enc, 9)
+    for k = from, math.min(from + 499, #popped) do
+      fields[#fields + 1] = string.sub(popped[k], 9)
       fields[#fields + 1] = mark
     end
     redis.call('HSET', m, unpack(fields))
@@ -266,24 +266,27 @@ local function unit(keys, argv)
     redis.call('XADD', keys[3], '0-*', 'e', argv[k])
   end
 
+  -- Records go in batches of up to 500, within what unpack can pass to one call.
   local ver = redis.call('INCR', keys[1])
-  if nP > 0 then
-    local stamp = struct.pack('>I8', ver)
+  local stamp = struct.pack('>I8', ver)
+  for from = 0, nP - 1, 500 do
     local kv = {}
-    for k = iP, iP + 2 * nP - 1, 2 do
+    for k = iP + 2 * from, iP + 2 * math.min(from + 500, nP) - 1, 2 do
       kv[#kv + 1] = keys[4 + tonumber(argv[k])]
       kv[#kv + 1] = stamp .. argv[k + 1]
     end
     redis.call('MSET', unpack(kv))
   end
-  if nD > 0 then
+  local deleted = 0
+  for from = 0, nD - 1, 500 do
     local del = {}
-    for k = iD, iD + nD - 1 do
+    for k = iD + from, iD + math.min(from + 500, nD) - 1 do
       del[#del + 1] = keys[4 + tonumber(argv[k])]
     end
-    if redis.call('DEL', unpack(del)) > 0 then
-      redis.call('INCR', keys[2])
-    end
+    deleted = deleted + redis.call('DEL', unpack(del))
+  end
+  if deleted > 0 then
+    redis.call('INCR', keys[2])
   end
 
   local touched, seen, added = {}, {}, {}

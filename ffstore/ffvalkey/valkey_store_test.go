@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -452,4 +453,52 @@ func TestDrop(t *testing.T) {
 			require.Equal(t, before, count(keep))
 		})
 	}
+}
+
+// TestLargeUnit commits a unit of many records, queue items and events, then deletes
+// them in another: the library passes them to the server in batches.
+func TestLargeUnit(t *testing.T) {
+	t.Parallel()
+	s := openStore(t, testdb.SharedRedis(t).URL(0), &ffvalkey.Options{Shards: 1})
+	ctx := t.Context()
+	const n = 5000
+	require.NoError(t, s.Update(ctx, 0, func(tx ffstore.Tx) error {
+		for i := range n {
+			tx.Put("k"+strconv.Itoa(i), []byte(strconv.Itoa(i)))
+			tx.QueueAdd("q", "m"+strconv.Itoa(i), int64(i))
+			tx.AppendEvent(fftype.Event{Type: fftype.EventCreated})
+		}
+		return nil
+	}))
+	require.NoError(t, s.Update(ctx, 0, func(tx ffstore.Tx) error {
+		keys := make([]string, n)
+		for i := range n {
+			keys[i] = "k" + strconv.Itoa(i)
+		}
+		if err := tx.Prefetch(keys...); err != nil {
+			return err
+		}
+		for i := range n {
+			v, ok, err := tx.Get(keys[i])
+			if err != nil || !ok || string(v) != strconv.Itoa(i) {
+				return fmt.Errorf("%s: %q %v %v", keys[i], v, ok, err)
+			}
+			tx.Delete(keys[i])
+		}
+		items, err := tx.PopDue("q", ffstore.MaxScore, n)
+		if err == nil && len(items) != n {
+			err = fmt.Errorf("popped %d", len(items))
+		}
+		return err
+	}))
+	_, last, err := s.EventBounds(ctx, 0)
+	require.NoError(t, err)
+	require.Equal(t, uint64(n), last)
+	require.NoError(t, s.View(ctx, 0, func(tx ffstore.ReadTx) error {
+		_, ok, err := tx.Get("k0")
+		require.False(t, ok)
+		items, err2 := tx.Range("q", nil, ffstore.MaxScore, 10)
+		require.Empty(t, items)
+		return errors.Join(err, err2)
+	}))
 }
