@@ -7,6 +7,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"runtime/pprof"
@@ -15,6 +17,8 @@ import (
 	"time"
 
 	"github.com/flowfabric/flowfabric"
+	"github.com/flowfabric/flowfabric/ffclient"
+	"github.com/flowfabric/flowfabric/ffserver"
 	"github.com/flowfabric/flowfabric/internal/bench"
 )
 
@@ -32,6 +36,7 @@ type benchFlags struct {
 	load       float64
 	rate       float64
 	cpuProfile string
+	transport  string
 }
 
 func benchCommand(ctx context.Context, args []string, out io.Writer) error {
@@ -50,6 +55,7 @@ func benchCommand(ctx context.Context, args []string, out io.Writer) error {
 	fs.Float64Var(&f.load, "load", 0.7, "steady: the producer's rate as a fraction of the measured drain rate")
 	fs.Float64Var(&f.rate, "rate", 0, "steady: the producer's rate in executions/s; skips the drain measurement")
 	fs.StringVar(&f.cpuProfile, "cpuprofile", "", "write a CPU profile of the first run's drain to this file")
+	fs.StringVar(&f.transport, "transport", "inproc", "how workers reach the engine: inproc (the Go API) or http (an HTTP API server on loopback in front of the store, workers using the Go HTTP client)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -58,6 +64,8 @@ func benchCommand(ctx context.Context, args []string, out io.Writer) error {
 		return fmt.Errorf("bench: unexpected arguments %q", fs.Args())
 	case f.n < 1 || f.workers < 1 || f.payload < 0 || f.runs < 1:
 		return errors.New("bench: -n, -workers and -runs must be at least 1 and -payload at least 0")
+	case f.transport != "inproc" && f.transport != "http":
+		return fmt.Errorf("bench: -transport %q: want inproc or http", f.transport)
 	case f.steady && (f.duration <= 0 || f.load <= 0 || f.rate < 0):
 		return errors.New("bench: -duration and -load must be positive and -rate not negative")
 	}
@@ -103,8 +111,8 @@ func (b *benchRun) drains(ctx context.Context, runs int, cpuProfile string) (ben
 			return bench.Record{}, err
 		}
 		if i == 1 && !b.f.json {
-			fmt.Fprintf(b.out, "submit-claim-complete: %d executions × %d-byte payload, %d in-process workers claiming 1 at a time, store %s\n",
-				b.f.n, b.f.payload, b.f.workers, describeStore(s))
+			fmt.Fprintf(b.out, "submit-claim-complete: %d executions × %d-byte payload, %d %s workers claiming 1 at a time, store %s\n",
+				b.f.n, b.f.payload, b.f.workers, b.workerKind(), describeStore(s))
 			tw = b.table("run", "seed s", "seed/s", "drain s", "tasks/s", "p50 ms", "p95 ms", "p99 ms", "claim p50/p99", "complete p50/p99", "errors")
 		}
 		cfg := bench.DrainConfig{N: b.f.n, Workers: b.f.workers, PayloadBytes: b.f.payload}
@@ -117,7 +125,7 @@ func (b *benchRun) drains(ctx context.Context, runs int, cpuProfile string) (ben
 			defer stop()
 		}
 		started := time.Now()
-		err = b.withClient(ctx, s, func(c *flowfabric.Client) error {
+		err = b.withClient(ctx, s, func(c bench.Client) error {
 			r, err := bench.Drain(ctx, c, cfg)
 			if err != nil {
 				return err
@@ -168,12 +176,12 @@ func (b *benchRun) steadies(ctx context.Context, rate float64) error {
 			return err
 		}
 		if i == 1 && !b.f.json {
-			fmt.Fprintf(b.out, "steady-rate: a producer creates %.0f executions/s (%d-byte payload) for %s while %d in-process workers claim 1 at a time and complete, store %s\n",
-				rate, b.f.payload, b.f.duration, b.f.workers, describeStore(s))
+			fmt.Fprintf(b.out, "steady-rate: a producer creates %.0f executions/s (%d-byte payload) for %s while %d %s workers claim 1 at a time and complete, store %s\n",
+				rate, b.f.payload, b.f.duration, b.f.workers, b.workerKind(), describeStore(s))
 			tw = b.table("run", "created", "completed/s", "claim p50 ms", "claim p95 ms", "claim p99 ms", "create→complete p50/p99 ms", "backlog at end", "errors")
 		}
 		started := time.Now()
-		err = b.withClient(ctx, s, func(c *flowfabric.Client) error {
+		err = b.withClient(ctx, s, func(c bench.Client) error {
 			r, err := bench.Steady(ctx, c, bench.SteadyConfig{Rate: rate, Duration: b.f.duration, Workers: b.f.workers, PayloadBytes: b.f.payload})
 			if err != nil {
 				return err
@@ -216,15 +224,48 @@ func (b *benchRun) steadies(ctx context.Context, rate float64) error {
 
 // withClient runs fn with a started client on s, then stops the client and removes the
 // store.
-func (b *benchRun) withClient(ctx context.Context, s *freshStore, fn func(c *flowfabric.Client) error) error {
+// withClient runs fn with a client on the store: the engine in process, or, with
+// -transport http, an HTTP API server on a loopback port in front of it and the Go HTTP
+// client. It removes the store afterwards.
+func (b *benchRun) withClient(ctx context.Context, s *freshStore, fn func(c bench.Client) error) error {
 	c, err := flowfabric.NewClient(s.store, nil)
 	if err != nil {
 		return errors.Join(err, s.remove())
 	}
 	c.Start(ctx)
-	err = fn(c)
-	c.Stop()
+	defer c.Stop()
+	if b.f.transport != "http" {
+		return errors.Join(fn(c), s.remove())
+	}
+	srv, err := ffserver.New(c, ffserver.Config{})
+	if err != nil {
+		return errors.Join(err, s.remove())
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return errors.Join(err, s.remove())
+	}
+	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = hs.Serve(ln) }()
+	// Every worker keeps its connection: the default transport keeps only two idle ones
+	// per host.
+	tr := &http.Transport{MaxIdleConnsPerHost: b.f.workers + 8}
+	remote, err := ffclient.New("http://"+ln.Addr().String(), &ffclient.Config{HTTPClient: &http.Client{Transport: tr}})
+	if err == nil {
+		err = fn(remote)
+	}
+	srv.BeginShutdown()
+	_ = hs.Shutdown(context.WithoutCancel(ctx))
+	tr.CloseIdleConnections()
 	return errors.Join(err, s.remove())
+}
+
+// workerKind says how the workers reach the engine, for the table's heading.
+func (b *benchRun) workerKind() string {
+	if b.f.transport == "http" {
+		return "remote (HTTP)"
+	}
+	return "in-process"
 }
 
 func (b *benchRun) identify(rec *bench.Record, s *freshStore, started time.Time, run string, runs int) {
@@ -234,6 +275,7 @@ func (b *benchRun) identify(rec *bench.Record, s *freshStore, started time.Time,
 	rec.Version = b.version
 	rec.Config = bench.Config{N: b.f.n, Workers: b.f.workers, PayloadBytes: b.f.payload, Sync: s.sync,
 		Shards: s.store.Shards(), ClaimCount: 1, Run: run, Runs: runs}
+	rec.Transport = b.f.transport
 }
 
 func (b *benchRun) printJSON(rec bench.Record) error {

@@ -171,3 +171,16 @@ func TestBenchRefusesBadArguments(t *testing.T) {
 		require.Error(t, Run(t.Context(), append([]string{"bench"}, args...), &out), "%q", args)
 	}
 }
+
+func TestBenchOverHTTP(t *testing.T) {
+	t.Parallel()
+	var out bytes.Buffer
+	require.NoError(t, Run(t.Context(), []string{"bench", "-store", "mem", "-n", "300", "-workers", "4", "-transport", "http", "-json"}, &out))
+	var rec map[string]any
+	require.NoError(t, json.Unmarshal(bytes.Split(bytes.TrimSpace(out.Bytes()), []byte("\n"))[0], &rec))
+	require.Equal(t, "http", rec["transport"])
+	require.EqualValues(t, 300, rec["count"])
+	require.EqualValues(t, 0, rec["errors"])
+	var bad bytes.Buffer
+	require.Error(t, Run(t.Context(), []string{"bench", "-store", "mem", "-transport", "carrier-pigeon"}, &bad))
+}
