@@ -254,11 +254,27 @@ func (e *Engine) timerLoop(ctx context.Context) {
 		if err == nil && !next.IsZero() && next.Before(until) {
 			until = next
 		}
+		ran := time.Now()
 		if e.sleepUntil(ctx, until, changes) != nil {
 			return
 		}
+		// Every committed unit may wake the loop; under load that would run it thousands
+		// of times a second to find nothing due. Wake-ups closer than minTimerGap (real
+		// time) to the last run wait out the rest of the gap.
+		if gap := time.Since(ran); gap < minTimerGap {
+			t := time.NewTimer(minTimerGap - gap)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
+		}
 	}
 }
+
+// minTimerGap is the least real time between two runs of the timer loop.
+const minTimerGap = 10 * time.Millisecond
 
 // sleepUntil sleeps on the engine's clock until t, a local wake-up, a store change, or the
 // end of ctx.
