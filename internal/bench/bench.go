@@ -68,6 +68,10 @@ type DrainResult struct {
 	Count         int     // executions completed
 	// Errors counts retryable errors that were retried (a non-retryable one fails the run).
 	Errors int
+	// CPUPerTask is the process's CPU time (user + system, every goroutine) during the
+	// drain divided by Count; 0 where it is not measured. Unlike throughput it hardly
+	// moves when other processes share the machine.
+	CPUPerTask time.Duration
 }
 
 // Drain seeds and drains, then checks that every seeded execution was completed exactly
@@ -119,6 +123,7 @@ func Drain(ctx context.Context, c Client, cfg DrainConfig) (*DrainResult, error)
 		cfg.DrainStarted()
 	}
 	stopProgress := progress(cfg.Progress, "drain", &completed, cfg.N)
+	cpu := processCPU()
 	start = time.Now()
 	var wg sync.WaitGroup
 	for w := range ws {
@@ -132,6 +137,7 @@ func Drain(ctx context.Context, c Client, cfg DrainConfig) (*DrainResult, error)
 	}
 	wg.Wait()
 	res.Drain = time.Since(start)
+	cpu = processCPU() - cpu
 	stopProgress()
 	if cfg.DrainDone != nil {
 		cfg.DrainDone()
@@ -142,6 +148,9 @@ func Drain(ctx context.Context, c Client, cfg DrainConfig) (*DrainResult, error)
 	res.Count = int(completed.Load())
 	res.PerSec = float64(res.Count) / res.Drain.Seconds()
 	res.Errors = int(errCount.Load())
+	if res.Count > 0 {
+		res.CPUPerTask = cpu / time.Duration(res.Count)
+	}
 
 	var cc, cl, co []time.Duration
 	var done []flowfabric.ExecutionID

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"runtime"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -34,6 +35,9 @@ func TestDrain(t *testing.T) {
 	require.Positive(t, res.PerSec)
 	require.Positive(t, res.SeedPerSec)
 	require.Equal(t, int32(2), drainHooks.Load())
+	if runtime.GOOS == "linux" {
+		require.Positive(t, res.CPUPerTask)
+	}
 }
 
 func TestSteady(t *testing.T) {

@@ -30,6 +30,8 @@ type Record struct {
 	DrainSec   float64  `json:"drain_seconds,omitempty"`
 	ClaimMS    *Latency `json:"claim_ms,omitempty"`
 	CompleteMS *Latency `json:"complete_ms,omitempty"`
+	// CPUPerTaskUS is the process's CPU microseconds per task during the drain.
+	CPUPerTaskUS float64 `json:"cpu_us_per_task,omitempty"`
 
 	// Steady only.
 	CreateCompleteMS *Latency `json:"create_complete_ms,omitempty"`
@@ -93,6 +95,7 @@ func MedianRecord(rs []Record) Record {
 		}
 	}
 	m.DrainSec = med(func(r *Record) float64 { return r.DrainSec })
+	m.CPUPerTaskUS = med(func(r *Record) float64 { return r.CPUPerTaskUS })
 	m.ClaimMS = medLat(func(r *Record) *Latency { return r.ClaimMS })
 	m.CompleteMS = medLat(func(r *Record) *Latency { return r.CompleteMS })
 	m.CreateCompleteMS = medLat(func(r *Record) *Latency { return r.CreateCompleteMS })
@@ -117,6 +120,7 @@ func DrainRecord(r *DrainResult) Record {
 		DrainSec:         r.Drain.Seconds(),
 		ClaimMS:          &r.Claim,
 		CompleteMS:       &r.Complete,
+		CPUPerTaskUS:     float64(r.CPUPerTask) / float64(time.Microsecond),
 	}
 }
 

@@ -113,7 +113,7 @@ func (b *benchRun) drains(ctx context.Context, runs int, cpuProfile string) (ben
 		if i == 1 && !b.f.json {
 			fmt.Fprintf(b.out, "submit-claim-complete: %d executions × %d-byte payload, %d %s workers claiming 1 at a time, store %s\n",
 				b.f.n, b.f.payload, b.f.workers, b.workerKind(), describeStore(s))
-			tw = b.table("run", "seed s", "seed/s", "drain s", "tasks/s", "p50 ms", "p95 ms", "p99 ms", "claim p50/p99", "complete p50/p99", "errors")
+			tw = b.table("run", "seed s", "seed/s", "drain s", "tasks/s", "p50 ms", "p95 ms", "p99 ms", "claim p50/p99", "complete p50/p99", "CPU µs/task", "errors")
 		}
 		cfg := bench.DrainConfig{N: b.f.n, Workers: b.f.workers, PayloadBytes: b.f.payload}
 		if i == 1 && cpuProfile != "" {
@@ -297,10 +297,10 @@ func (b *benchRun) table(cols ...string) *tabwriter.Writer {
 }
 
 func (b *benchRun) drainRow(tw *tabwriter.Writer, r bench.Record) {
-	fmt.Fprintf(tw, "%s\t%.2f\t%.0f\t%.2f\t%.0f\t%.2f\t%.2f\t%.2f\t%.2f/%.2f\t%.2f/%.2f\t%d\t\n",
+	fmt.Fprintf(tw, "%s\t%.2f\t%.0f\t%.2f\t%.0f\t%.2f\t%.2f\t%.2f\t%.2f/%.2f\t%.2f/%.2f\t%.0f\t%d\t\n",
 		r.Config.Run, r.Seed.Seconds, r.Seed.PerSec, r.DrainSec, r.ThroughputPerSec,
 		r.LatencyMS.P50, r.LatencyMS.P95, r.LatencyMS.P99,
-		r.ClaimMS.P50, r.ClaimMS.P99, r.CompleteMS.P50, r.CompleteMS.P99, r.Errors)
+		r.ClaimMS.P50, r.ClaimMS.P99, r.CompleteMS.P50, r.CompleteMS.P99, r.CPUPerTaskUS, r.Errors)
 }
 
 func (b *benchRun) steadyRow(tw *tabwriter.Writer, r bench.Record) {

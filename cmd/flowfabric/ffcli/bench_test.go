@@ -81,6 +81,7 @@ func TestBenchJSON(t *testing.T) {
 		require.NotNil(t, r.Seed)
 		require.Positive(t, r.Seed.Seconds)
 		require.Positive(t, r.DrainSec)
+		require.Positive(t, r.CPUPerTaskUS)
 		require.False(t, r.StartedAt.IsZero())
 		require.Positive(t, r.Host.Cores)
 		require.NotEmpty(t, r.Host.CPU)
