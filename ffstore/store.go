@@ -45,10 +45,14 @@ type Store interface {
 	// nothing. A unit that cannot commit because something it read changed returns an error
 	// matching fftype.ErrStoreConflict. fn must not retain tx after it returns. fn may be
 	// called more than once for one Update (a store may roll back and re-run a batch of
-	// units): it must re-read what it depends on and have no effect outside tx.
+	// units): it must re-read what it depends on and have no effect outside tx. A store
+	// that validates reads at commit may answer a conflict instead of fn's error when what
+	// fn read had changed. An Update that returns an unavailable error may or may not have
+	// committed (a lost reply): the engine's fences and idempotent replays cover that.
 	Update(ctx context.Context, shard int, fn func(tx Tx) error) error
 
-	// View runs fn against a consistent read-only snapshot of one shard.
+	// View runs fn against a consistent read-only snapshot of one shard. fn may be called
+	// more than once (a store without snapshots re-runs it when a read changed meanwhile).
 	View(ctx context.Context, shard int, fn func(tx ReadTx) error) error
 
 	// QueueHeads returns the first item (lowest score, then lowest member) of every

@@ -30,25 +30,27 @@ func sameHolder(x *fftype.Execution, f fftype.Fence) bool {
 }
 
 // checkHolder decides whether the holder of fence f may act on x now. The order of the
-// checks decides the error: the current lease, then how the caller's lease ended, then
-// whether the execution finished, then a plain stale fence.
+// checks decides the error: the current lease; then whether the execution finished (so the
+// answer does not depend on which timer fired first); then how the caller's lease ended;
+// then a plain stale fence.
 func checkHolder(x *fftype.Execution, f fftype.Fence, now time.Time) error {
-	if sameHolder(x, f) {
-		if x.Ownership == fftype.OwnershipLeased {
-			if !now.Before(x.LeaseExpiresAt) {
-				return fftype.Statef(fftype.CodeLeaseExpired, "the lease on %s expired at %s", x.ID, x.LeaseExpiresAt.Format(time.RFC3339Nano))
-			}
-			return nil
+	same := sameHolder(x, f)
+	if same && x.Ownership == fftype.OwnershipLeased {
+		if !now.Before(x.LeaseExpiresAt) {
+			return fftype.Statef(fftype.CodeLeaseExpired, "the lease on %s expired at %s", x.ID, x.LeaseExpiresAt.Format(time.RFC3339Nano))
 		}
+		return nil
+	}
+	if x.Phase == fftype.PhaseTerminal {
+		return fftype.Statef(fftype.CodeExecutionNotActive, "execution %s is %s", x.ID, x.PublicState())
+	}
+	if same {
 		switch x.LastLeaseEnd {
 		case leaseEndExpired:
 			return fftype.Statef(fftype.CodeLeaseExpired, "the lease on %s expired", x.ID)
 		case leaseEndRevoked:
 			return fftype.Statef(fftype.CodeLeaseRevoked, "the lease on %s was revoked", x.ID)
 		}
-	}
-	if x.Phase == fftype.PhaseTerminal {
-		return fftype.Statef(fftype.CodeExecutionNotActive, "execution %s is %s", x.ID, x.PublicState())
 	}
 	return fftype.Statef(fftype.CodeStaleLease, "the fence does not match the current lease on %s (epoch %d)", x.ID, x.LeaseEpoch)
 }

@@ -1,8 +1,10 @@
 package engine
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
+	"slices"
 	"time"
 
 	"github.com/flowfabric/flowfabric/ffstore"
@@ -35,6 +37,8 @@ func (e *Engine) runDue(ctx context.Context, only map[int]bool) (int, time.Time,
 		now := e.now()
 		var next time.Time
 		ran := false
+		// Earliest due first, whatever order the store listed the queues in.
+		slices.SortFunc(heads, func(a, b ffstore.QueueHead) int { return cmp.Compare(a.Item.Score, b.Item.Score) })
 		for _, h := range heads {
 			if !timerQueues[h.Queue] || only != nil && !only[h.Shard] {
 				continue
