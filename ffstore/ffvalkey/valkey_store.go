@@ -45,7 +45,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -388,7 +387,7 @@ func (s *Store) QueueHeads(ctx context.Context, prefixes []string) ([]ffstore.Qu
 		return nil, err
 	}
 	defer s.leave()
-	prefixes = disjointPrefixes(prefixes)
+	prefixes = ffstore.DisjointPrefixes(prefixes)
 	if len(prefixes) == 0 {
 		return nil, nil
 	}
@@ -471,21 +470,6 @@ func (s *Store) readHeads(ctx context.Context, prefixes []string) ([]map[string]
 		found[r.shard][r.name] = ffstore.QueueItem{Member: member, Score: score}
 	}
 	return found, vers, nil
-}
-
-// disjointPrefixes returns prefixes sorted, without the ones another prefix covers, so no
-// queue matches two of them.
-func disjointPrefixes(prefixes []string) []string {
-	sorted := slices.Clone(prefixes)
-	slices.Sort(sorted)
-	out := sorted[:0]
-	for _, p := range sorted {
-		if len(out) > 0 && strings.HasPrefix(p, out[len(out)-1]) {
-			continue
-		}
-		out = append(out, p)
-	}
-	return out
 }
 
 // ReadEvents returns up to limit events of shard with Seq greater than after, in Seq
