@@ -10,6 +10,7 @@ import (
 
 	"github.com/flowfabric/flowfabric/ffstore"
 	"github.com/flowfabric/flowfabric/fftype"
+	"github.com/flowfabric/flowfabric/internal/engine"
 )
 
 func exerciseClaim(t *testing.T, newStore func(t *testing.T) ffstore.Store) {
@@ -158,6 +159,20 @@ func exerciseClaim(t *testing.T, newStore func(t *testing.T) ffstore.Store) {
 		require.NoError(t, b.engine.ResumeLane(b.ctx, suiteLane))
 		b.claimOne(t, id)
 		requireCode(t, b.engine.PauseLane(b.ctx, ""), fftype.KindValidation, fftype.CodeInvalidLane)
+
+		// Another process sees a pause within a second of its own clock.
+		other, err := engine.New(b.store, &engine.Config{Clock: b.clock})
+		require.NoError(t, err)
+		b.create(t, fftype.CreateParams{})
+		b.create(t, fftype.CreateParams{})
+		got, err := other.Claim(b.ctx, claimParams("o", 1))
+		require.NoError(t, err)
+		require.Len(t, got, 1, "the other process read the lane as running")
+		require.NoError(t, b.engine.PauseLane(b.ctx, suiteLane))
+		b.clock.Advance(time.Second)
+		got, err = other.Claim(b.ctx, claimParams("o", 1))
+		require.NoError(t, err)
+		require.Empty(t, got, "a second later the other process sees the pause")
 	})
 
 	t.Run("ConcurrentClaimers", func(t *testing.T) {

@@ -121,7 +121,8 @@ func (e *Engine) Replay(ctx context.Context, id fftype.ExecutionID) error {
 }
 
 // PauseLane stops claims from handing out the lane's executions until ResumeLane. Creates
-// and everything else go on. It takes effect at once in every process.
+// and everything else go on. It takes effect at once in this process and within a second
+// in others (each caches a lane's state that long, to spare the store a read per claim).
 func (e *Engine) PauseLane(ctx context.Context, lane string) error { return e.setLane(ctx, lane, true) }
 
 // ResumeLane undoes PauseLane.
@@ -144,6 +145,9 @@ func (e *Engine) setLane(ctx context.Context, lane string, paused bool) error {
 		}
 		info.Paused, info.UpdatedAt = paused, now
 		putJSON(tx, laneKey(lane), info)
+		e.laneMu.Lock()
+		e.lanes[lane] = laneState{paused: paused, read: e.clock.Now()}
+		e.laneMu.Unlock()
 		ev := fftype.EventLaneResumed
 		if paused {
 			ev = fftype.EventLanePaused
@@ -179,33 +183,71 @@ func (e *Engine) Lane(ctx context.Context, lane string) (fftype.LaneInfo, error)
 	return info, err
 }
 
-// unpausedLanes returns the lanes of ls that are not paused, without duplicates.
+// laneStateTTL is how long a process trusts the pause state of a lane it read: a pause
+// made by another process takes effect there within it (in the process that made it, at
+// once).
+const laneStateTTL = time.Second
+
+// laneState is a lane's pause state as this engine last read it.
+type laneState struct {
+	paused bool
+	read   time.Time
+}
+
+// unpausedLanes returns the lanes of ls that are not paused, without duplicates. Pause
+// states younger than laneStateTTL come from the engine's cache; the rest are read in one
+// View.
 func (e *Engine) unpausedLanes(ctx context.Context, ls []string) ([]string, error) {
-	var lanes, keys []string
+	now := e.clock.Now()
+	var lanes, stale []string
 	seen := map[string]bool{}
+	e.laneMu.Lock()
 	for _, l := range ls {
-		if !seen[l] {
-			seen[l] = true
-			lanes = append(lanes, l)
-			keys = append(keys, laneKey(l))
+		if seen[l] {
+			continue
+		}
+		seen[l] = true
+		lanes = append(lanes, l)
+		if st, ok := e.lanes[l]; !ok || now.Sub(st.read) >= laneStateTTL || now.Before(st.read) {
+			stale = append(stale, l)
 		}
 	}
-	var out []string
-	err := e.store.View(ctx, laneShard, func(tx ffstore.ReadTx) error {
-		out = out[:0]
-		if err := tx.Prefetch(keys...); err != nil {
-			return err
+	e.laneMu.Unlock()
+	if len(stale) > 0 {
+		keys := make([]string, len(stale))
+		for i, l := range stale {
+			keys[i] = laneKey(l)
 		}
-		for _, l := range lanes {
-			info, err := readLane(tx, l)
-			if err != nil {
+		fresh := make(map[string]bool, len(stale))
+		err := e.store.View(ctx, laneShard, func(tx ffstore.ReadTx) error {
+			if err := tx.Prefetch(keys...); err != nil {
 				return err
 			}
-			if !info.Paused {
-				out = append(out, info.Name)
+			for _, l := range stale {
+				info, err := readLane(tx, l)
+				if err != nil {
+					return err
+				}
+				fresh[l] = info.Paused
 			}
+			return nil
+		})
+		if err != nil {
+			return nil, err
 		}
-		return nil
-	})
-	return out, err
+		e.laneMu.Lock()
+		for l, p := range fresh {
+			e.lanes[l] = laneState{paused: p, read: now}
+		}
+		e.laneMu.Unlock()
+	}
+	var out []string
+	e.laneMu.Lock()
+	defer e.laneMu.Unlock()
+	for _, l := range lanes {
+		if !e.lanes[l].paused {
+			out = append(out, l)
+		}
+	}
+	return out, nil
 }

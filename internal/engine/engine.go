@@ -67,6 +67,9 @@ type Engine struct {
 
 	rotMu    sync.Mutex
 	rotation map[string]string // lane → namespace served last, for fair rotation
+
+	laneMu sync.Mutex
+	lanes  map[string]laneState // pause states read recently, see unpausedLanes
 	laneTurn uint64            // advances each claim, to rotate across a worker's lanes
 
 	loopMu   sync.Mutex
@@ -125,6 +128,7 @@ func New(store ffstore.Store, cfg *Config) (*Engine, error) {
 		cfg:      c,
 		wake:     make(chan struct{}, 1),
 		rotation: map[string]string{},
+		lanes:    map[string]laneState{},
 	}, nil
 }
 
