@@ -74,8 +74,19 @@ func (e *Engine) CreateMany(ctx context.Context, ps []fftype.CreateParams) []fft
 		for start := 0; start < len(idxs); start += bulkChunk {
 			chunk := idxs[start:min(start+bulkChunk, len(idxs))]
 			results := make([]*fftype.CreateResult, len(chunk))
+			keys := make([]string, 0, 2*len(chunk))
+			for _, i := range chunk {
+				x := prepared[i].x
+				keys = append(keys, execKey(x.ID))
+				if x.IdemKey != "" {
+					keys = append(keys, idemKey(x.Namespace, x.IdemKey))
+				}
+			}
 			err := e.update(ctx, shard, func(tx ffstore.Tx) error {
 				now := e.now()
+				if err := tx.Prefetch(keys...); err != nil { // one round trip for the chunk's reads
+					return err
+				}
 				for j, i := range chunk {
 					r, err := e.insert(tx, prepared[i], now)
 					if err != nil {
