@@ -21,20 +21,21 @@ import (
 const envBenchURL = "FFPOSTGRES_BENCH_URL"
 
 // BenchmarkDrain drains b.N pre-created executions (1 KiB payloads) with 16 workers
-// claiming one at a time through the engine, and reports tasks/s. It compares the two
-// ways of telling other processes about commits: a NOTIFY coalesced after commit (the
-// default) and a NOTIFY inside every committing unit, which takes Postgres's
-// database-wide notify lock in each commit. The whole system benchmark is
-// `flowfabric bench -store postgres://…`.
+// claiming through the engine, and reports tasks/s. It compares the two ways of telling
+// other processes about commits: a NOTIFY coalesced after commit (the default) and a
+// NOTIFY inside every committing unit, which takes Postgres's database-wide notify lock in
+// each commit; and claims of one execution with claims of up to 8 in one unit. The whole
+// system benchmark is `flowfabric bench -store postgres://…`.
 func BenchmarkDrain(b *testing.B) {
 	url := os.Getenv(envBenchURL)
 	if url == "" {
 		url = testdb.NewPostgres(b, testdb.PostgresOptions{}).URL("postgres")
 	}
 	for _, mode := range []struct {
-		name string
-		inTx bool
-	}{{"notify=after-commit", false}, {"notify=in-tx", true}} {
+		name  string
+		inTx  bool
+		claim int
+	}{{"notify=after-commit/claim=1", false, 1}, {"notify=in-tx/claim=1", true, 1}, {"notify=after-commit/claim=8", false, 8}} {
 		b.Run(mode.name, func(b *testing.B) {
 			ctx := context.Background()
 			opts := &ffpostgres.Options{Schema: testdb.Schema(b), Migrate: true, PoolSize: 20}
@@ -65,7 +66,8 @@ func BenchmarkDrain(b *testing.B) {
 			for w := range 16 {
 				wg.Go(func() {
 					for {
-						ls, err := e.Claim(ctx, fftype.ClaimParams{WorkerID: "bench", WorkerInstanceID: "w" + strconv.Itoa(w), Lanes: []string{workLane}})
+						ls, err := e.Claim(ctx, fftype.ClaimParams{WorkerID: "bench", WorkerInstanceID: "w" + strconv.Itoa(w),
+							Lanes: []string{workLane}, Count: mode.claim})
 						if err != nil {
 							errs <- err
 							return
@@ -73,9 +75,11 @@ func BenchmarkDrain(b *testing.B) {
 						if len(ls) == 0 {
 							return
 						}
-						if err := e.Complete(ctx, ls[0].ExecutionID, ls[0].Fence, nil, ""); err != nil {
-							errs <- err
-							return
+						for _, l := range ls {
+							if err := e.Complete(ctx, l.ExecutionID, l.Fence, nil, ""); err != nil {
+								errs <- err
+								return
+							}
 						}
 					}
 				})
