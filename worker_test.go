@@ -22,9 +22,12 @@ import (
 	"github.com/flowfabric/flowfabric/ffserver"
 	"github.com/flowfabric/flowfabric/ffstore"
 	"github.com/flowfabric/flowfabric/ffstore/ffmem"
+	"github.com/flowfabric/flowfabric/ffstore/ffpostgres"
 	"github.com/flowfabric/flowfabric/ffstore/ffsqlite"
+	"github.com/flowfabric/flowfabric/ffstore/ffvalkey"
 	"github.com/flowfabric/flowfabric/fftest"
 	"github.com/flowfabric/flowfabric/fftype"
+	"github.com/flowfabric/flowfabric/internal/testdb"
 )
 
 // testStore is a store the worker tests run on. url, when set, names a fresh store that
@@ -49,6 +52,25 @@ func workerTestStores() []testStore {
 				return s
 			},
 			url: func(t testing.TB) string { return "sqlite://" + filepath.Join(t.TempDir(), "ff.db") + "?shards=2" },
+		},
+		{
+			name: "Postgres",
+			newStore: func(t testing.TB) ffstore.Store {
+				s, err := ffpostgres.Open(t.Context(), testdb.SharedPostgres(t).URL("postgres"),
+					&ffpostgres.Options{Schema: testdb.Schema(t), Migrate: true, PoolSize: 4, Shards: 2})
+				require.NoError(t, err)
+				t.Cleanup(func() { _ = s.Close() })
+				return s
+			},
+		},
+		{
+			name: "Redis",
+			newStore: func(t testing.TB) ffstore.Store {
+				s, err := ffvalkey.Open(t.Context(), testdb.SharedRedis(t).URL(0), &ffvalkey.Options{KeyPrefix: testdb.RedisPrefix(t), Shards: 2})
+				require.NoError(t, err)
+				t.Cleanup(func() { _ = s.Close() })
+				return s
+			},
 		},
 	}
 }
