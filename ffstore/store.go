@@ -78,7 +78,9 @@ type Store interface {
 	TrimEvents(ctx context.Context, shard int, through uint64) error
 
 	// Now returns the store's clock. The engine's production clock samples it about once
-	// a second; transitions never call it directly.
+	// a second; transitions never call it directly. It may be called while units are
+	// running (even from inside one), so it must not wait for anything a unit holds, such
+	// as a pooled connection.
 	Now(ctx context.Context) (time.Time, error)
 
 	// Close releases the store's resources. Calls after Close fail.

@@ -18,6 +18,7 @@ type StoreClock struct {
 	mu        sync.Mutex
 	base      time.Time // store time at the last sample
 	sampledAt time.Time // local time (with monotonic reading) of the last sample
+	sampling  bool      // a caller is sampling the store; the others extrapolate meanwhile
 }
 
 // NewStoreClock returns a clock that follows store's clock.
@@ -25,26 +26,42 @@ func NewStoreClock(store ffstore.Store) *StoreClock {
 	return &StoreClock{store: store, interval: time.Second}
 }
 
-// Now returns the store's time as of the last sample plus the local elapsed time. If the
-// store cannot be reached it keeps extrapolating from the last good sample, or uses the
-// local clock if there never was one.
+// Now returns the store's time as of the last sample plus the local elapsed time. When a
+// new sample is due, one caller takes it (outside the lock) while the others keep
+// extrapolating, so a slow store delays no one else. If the store cannot be reached the
+// clock keeps extrapolating from the last good sample, or uses the local clock if there
+// never was one.
 func (c *StoreClock) Now() time.Time {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	local := time.Now()
-	if c.base.IsZero() || local.Sub(c.sampledAt) >= c.interval {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		t, err := c.store.Now(ctx)
-		cancel()
-		if err == nil {
-			c.base, c.sampledAt = t, time.Now()
-			return c.base
-		}
+	due := c.base.IsZero() || local.Sub(c.sampledAt) >= c.interval
+	if !due || c.sampling {
+		defer c.mu.Unlock()
 		if c.base.IsZero() {
 			return local
 		}
+		return c.base.Add(local.Sub(c.sampledAt))
 	}
-	return c.base.Add(local.Sub(c.sampledAt))
+	c.sampling = true
+	base, sampledAt := c.base, c.sampledAt
+	c.mu.Unlock()
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	t, err := c.store.Now(ctx)
+	cancel()
+	now := time.Now()
+
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.sampling = false
+	if err == nil {
+		c.base, c.sampledAt = t, now
+		return t
+	}
+	if base.IsZero() {
+		return local
+	}
+	return base.Add(local.Sub(sampledAt))
 }
 
 // SleepUntil waits until the clock reads t, or until wake fires or ctx is done.
