@@ -8,7 +8,8 @@
 //	sqlite:rel/path/ff.db
 //	mem:                                          a fresh in-memory store (mem:// too)
 //
-// postgres:// and redis:// join as their stores land: one case each in [Open].
+//	postgres://user@host:5432/db?schema=flowfabric&migrate=true   Postgres (see ffpostgres.ParseURL)
+//	redis://host:6379/0, rediss://…, redis+cluster://h1:p,h2:p   Valkey/Redis (see ffvalkey.ParseURL); valkey:// aliases
 package ffconnect
 
 import (
@@ -18,7 +19,9 @@ import (
 	"github.com/flowfabric/flowfabric"
 	"github.com/flowfabric/flowfabric/ffstore"
 	"github.com/flowfabric/flowfabric/ffstore/ffmem"
+	"github.com/flowfabric/flowfabric/ffstore/ffpostgres"
 	"github.com/flowfabric/flowfabric/ffstore/ffsqlite"
+	"github.com/flowfabric/flowfabric/ffstore/ffvalkey"
 	"github.com/flowfabric/flowfabric/fftype"
 )
 
@@ -27,7 +30,7 @@ import (
 func Open(ctx context.Context, rawURL string) (ffstore.Store, error) {
 	scheme, _, ok := strings.Cut(rawURL, ":")
 	if !ok || scheme == "" {
-		return nil, fftype.Validationf(fftype.CodeInvalidInput, "store URL %q has no scheme (want sqlite: or mem:)", rawURL)
+		return nil, fftype.Validationf(fftype.CodeInvalidInput, "store URL %q has no scheme (want sqlite:, postgres:, redis:, valkey: or mem:)", rawURL)
 	}
 	switch strings.ToLower(scheme) {
 	case "sqlite":
@@ -37,11 +40,19 @@ func Open(ctx context.Context, rawURL string) (ffstore.Store, error) {
 			return nil, fftype.Validationf(fftype.CodeInvalidInput, "store URL %q: mem: takes no path or parameters", rawURL)
 		}
 		return ffmem.New(nil), nil
+	case "postgres", "postgresql":
+		conn, opts, err := ffpostgres.ParseURL(rawURL)
+		if err != nil {
+			return nil, err
+		}
+		return ffpostgres.Open(ctx, conn, opts)
+	case "redis", "rediss", "redis+cluster", "rediss+cluster", "valkey", "valkeys", "valkey+cluster", "valkeys+cluster":
+		return ffvalkey.Open(ctx, rawURL, nil)
 	case "http", "https":
 		return nil, fftype.Validationf(fftype.CodeInvalidInput, "store URL %q names a server, not a store: "+
 			"for a worker on a server, open an ffclient.Client on it and pass it to flowfabric.NewWorker", rawURL)
 	default:
-		return nil, fftype.Validationf(fftype.CodeInvalidInput, "store URL scheme %q is not supported (want sqlite: or mem:)", scheme)
+		return nil, fftype.Validationf(fftype.CodeInvalidInput, "store URL scheme %q is not supported (want sqlite:, postgres:, redis:, valkey: or mem:)", scheme)
 	}
 }
 
