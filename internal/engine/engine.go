@@ -68,9 +68,9 @@ type Engine struct {
 	rotMu    sync.Mutex
 	rotation map[string]string // lane → namespace served last, for fair rotation
 
-	laneMu sync.Mutex
-	lanes  map[string]laneState // pause states read recently, see unpausedLanes
-	laneTurn uint64            // advances each claim, to rotate across a worker's lanes
+	laneMu   sync.Mutex
+	lanes    map[string]laneState // pause states read recently, see unpausedLanes
+	laneTurn uint64               // advances each claim, to rotate across a worker's lanes
 
 	loopMu   sync.Mutex
 	loopStop context.CancelFunc
