@@ -99,6 +99,17 @@ func pathID(r *http.Request) (fftype.ExecutionID, error) {
 	return fftype.ParseExecutionID(r.PathValue("id"))
 }
 
+// idBody reads the execution id of the path and the JSON body of an execution route.
+func idBody[T any](r *http.Request, limit int64, allowEmpty bool) (fftype.ExecutionID, T, error) {
+	var req T
+	id, err := pathID(r)
+	if err != nil {
+		return "", req, err
+	}
+	req, err = decode[T](r, limit, allowEmpty)
+	return id, req, err
+}
+
 func ms(v int64, field string, max time.Duration) (time.Duration, error) {
 	d := time.Duration(v) * time.Millisecond
 	if v < 0 || d > max {
@@ -281,11 +292,7 @@ func (s *Server) attempts(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) tags(w http.ResponseWriter, r *http.Request) error {
-	id, err := pathID(r)
-	if err != nil {
-		return err
-	}
-	req, err := decode[TagsRequest](r, ControlBodyBytes, false)
+	id, req, err := idBody[TagsRequest](r, ControlBodyBytes, false)
 	if err != nil {
 		return err
 	}
@@ -296,11 +303,7 @@ func (s *Server) tags(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) cancel(w http.ResponseWriter, r *http.Request) error {
-	id, err := pathID(r)
-	if err != nil {
-		return err
-	}
-	req, err := decode[CancelRequest](r, ControlBodyBytes, true)
+	id, req, err := idBody[CancelRequest](r, ControlBodyBytes, true)
 	if err != nil {
 		return err
 	}
@@ -311,11 +314,7 @@ func (s *Server) cancel(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) priority(w http.ResponseWriter, r *http.Request) error {
-	id, err := pathID(r)
-	if err != nil {
-		return err
-	}
-	req, err := decode[PriorityRequest](r, ControlBodyBytes, false)
+	id, req, err := idBody[PriorityRequest](r, ControlBodyBytes, false)
 	if err != nil {
 		return err
 	}
@@ -337,11 +336,7 @@ func (s *Server) replay(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) revoke(w http.ResponseWriter, r *http.Request) error {
-	id, err := pathID(r)
-	if err != nil {
-		return err
-	}
-	req, err := decode[ReasonRequest](r, ControlBodyBytes, true)
+	id, req, err := idBody[ReasonRequest](r, ControlBodyBytes, true)
 	if err != nil {
 		return err
 	}
@@ -352,11 +347,7 @@ func (s *Server) revoke(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) grant(w http.ResponseWriter, r *http.Request) error {
-	id, err := pathID(r)
-	if err != nil {
-		return err
-	}
-	req, err := decode[GrantRequest](r, ControlBodyBytes, false)
+	id, req, err := idBody[GrantRequest](r, ControlBodyBytes, false)
 	if err != nil {
 		return err
 	}
@@ -440,11 +431,7 @@ func (s *Server) claim(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) renew(w http.ResponseWriter, r *http.Request) error {
-	id, err := pathID(r)
-	if err != nil {
-		return err
-	}
-	req, err := decode[RenewRequest](r, ControlBodyBytes, false)
+	id, req, err := idBody[RenewRequest](r, ControlBodyBytes, false)
 	if err != nil {
 		return err
 	}
@@ -461,11 +448,7 @@ func (s *Server) renew(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) progress(w http.ResponseWriter, r *http.Request) error {
-	id, err := pathID(r)
-	if err != nil {
-		return err
-	}
-	req, err := decode[ProgressRequest](r, ControlBodyBytes, false)
+	id, req, err := idBody[ProgressRequest](r, ControlBodyBytes, false)
 	if err != nil {
 		return err
 	}
@@ -476,11 +459,7 @@ func (s *Server) progress(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) complete(w http.ResponseWriter, r *http.Request) error {
-	id, err := pathID(r)
-	if err != nil {
-		return err
-	}
-	req, err := decode[CompleteRequest](r, s.cfg.LargeBodyBytes, false)
+	id, req, err := idBody[CompleteRequest](r, s.cfg.LargeBodyBytes, false)
 	if err != nil {
 		return err
 	}
@@ -495,11 +474,7 @@ func (s *Server) complete(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) fail(w http.ResponseWriter, r *http.Request) error {
-	id, err := pathID(r)
-	if err != nil {
-		return err
-	}
-	req, err := decode[FailRequest](r, ControlBodyBytes, false)
+	id, req, err := idBody[FailRequest](r, ControlBodyBytes, false)
 	if err != nil {
 		return err
 	}
@@ -512,11 +487,7 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) delay(w http.ResponseWriter, r *http.Request) error {
-	id, err := pathID(r)
-	if err != nil {
-		return err
-	}
-	req, err := decode[DelayRequest](r, ControlBodyBytes, false)
+	id, req, err := idBody[DelayRequest](r, ControlBodyBytes, false)
 	if err != nil {
 		return err
 	}
@@ -531,11 +502,7 @@ func (s *Server) delay(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) release(w http.ResponseWriter, r *http.Request) error {
-	id, err := pathID(r)
-	if err != nil {
-		return err
-	}
-	req, err := decode[FenceRequest](r, ControlBodyBytes, false)
+	id, req, err := idBody[FenceRequest](r, ControlBodyBytes, false)
 	if err != nil {
 		return err
 	}
