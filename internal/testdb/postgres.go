@@ -9,7 +9,6 @@
 package testdb
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -60,15 +59,14 @@ type PostgresOptions struct {
 type Postgres struct {
 	Port int
 
-	dir     string // temporary directory: data/ and the socket live here
-	bin     string // directory of initdb and postgres
-	cred    *syscall.Credential
-	opts    PostgresOptions
-	mu      sync.Mutex
-	cmd     *exec.Cmd
-	exited  chan struct{} // closed when cmd has exited
-	logMu   sync.Mutex
-	logTail []string
+	dir    string // temporary directory: data/ and the socket live here
+	bin    string // directory of initdb and postgres
+	cred   *syscall.Credential
+	opts   PostgresOptions
+	mu     sync.Mutex
+	cmd    *exec.Cmd
+	exited chan struct{} // closed when cmd has exited
+	log    serverLog
 }
 
 // StartPostgres creates a data directory with initdb and starts a server on it. The caller
@@ -187,43 +185,12 @@ func (p *Postgres) Start() error {
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("testdb: start postgres: %w", err)
 	}
-	ready := make(chan struct{})
-	exited := make(chan struct{})
-	var readyOnce sync.Once
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			line := sc.Text()
-			p.logMu.Lock()
-			p.logTail = append(p.logTail, line)
-			if len(p.logTail) > 50 {
-				p.logTail = p.logTail[len(p.logTail)-50:]
-			}
-			p.logMu.Unlock()
-			if strings.Contains(line, "ready to accept connections") {
-				readyOnce.Do(func() { close(ready) })
-			}
-		}
-		_ = cmd.Wait()
-		close(exited)
-	}()
-	select {
-	case <-ready:
-		p.cmd, p.exited = cmd, exited
-		return nil
-	case <-exited:
-		return fmt.Errorf("testdb: postgres exited during start:\n%s", p.tail())
-	case <-time.After(startTimeout):
-		_ = cmd.Process.Kill()
-		<-exited
-		return fmt.Errorf("testdb: postgres did not start within %s:\n%s", startTimeout, p.tail())
+	exited, err := awaitReady(cmd, stderr, &p.log, "ready to accept connections", "postgres", startTimeout)
+	if err != nil {
+		return err
 	}
-}
-
-func (p *Postgres) tail() string {
-	p.logMu.Lock()
-	defer p.logMu.Unlock()
-	return strings.Join(p.logTail, "\n")
+	p.cmd, p.exited = cmd, exited
+	return nil
 }
 
 // Stop shuts the server down (fast shutdown: open transactions are rolled back and clients

@@ -9,7 +9,6 @@ package testdb
 // never skips it.
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -55,11 +54,10 @@ type Redis struct {
 	bin  string
 	opts RedisOptions
 
-	mu      sync.Mutex
-	cmd     *exec.Cmd
-	exited  chan struct{}
-	logMu   sync.Mutex
-	logTail []string
+	mu     sync.Mutex
+	cmd    *exec.Cmd
+	exited chan struct{}
+	log    serverLog
 }
 
 func redisBinary(name string) (string, error) {
@@ -158,43 +156,12 @@ func (r *Redis) Start() error {
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("testdb: start redis-server: %w", err)
 	}
-	ready := make(chan struct{})
-	exited := make(chan struct{})
-	var readyOnce sync.Once
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			line := sc.Text()
-			r.logMu.Lock()
-			r.logTail = append(r.logTail, line)
-			if len(r.logTail) > 50 {
-				r.logTail = r.logTail[len(r.logTail)-50:]
-			}
-			r.logMu.Unlock()
-			if strings.Contains(line, "Ready to accept connections") {
-				readyOnce.Do(func() { close(ready) })
-			}
-		}
-		_ = cmd.Wait()
-		close(exited)
-	}()
-	select {
-	case <-ready:
-		r.cmd, r.exited = cmd, exited
-		return nil
-	case <-exited:
-		return fmt.Errorf("testdb: redis-server exited during start:\n%s", r.tail())
-	case <-time.After(redisStartTimeout):
-		_ = cmd.Process.Kill()
-		<-exited
-		return fmt.Errorf("testdb: redis-server did not start within %s:\n%s", redisStartTimeout, r.tail())
+	exited, err := awaitReady(cmd, stdout, &r.log, "Ready to accept connections", "redis-server", redisStartTimeout)
+	if err != nil {
+		return err
 	}
-}
-
-func (r *Redis) tail() string {
-	r.logMu.Lock()
-	defer r.logMu.Unlock()
-	return strings.Join(r.logTail, "\n")
+	r.cmd, r.exited = cmd, exited
+	return nil
 }
 
 // URL returns a redis:// URL of the server's database db.
