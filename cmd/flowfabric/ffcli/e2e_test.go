@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -102,11 +103,17 @@ func TestEndToEndCLIAndGoClient(t *testing.T) {
 	root.SetArgs([]string{"exec", "get", "--server", base, "--token", "wrong", failing})
 	require.ErrorIs(t, root.ExecuteContext(t.Context()), fftype.ErrUnauthenticated)
 
-	// An event stream left open must not hold up the server's graceful shutdown (checked
-	// when the test's cleanup stops the server).
+	// An event stream still open when the server stops must not hold up its graceful
+	// shutdown: the test's cleanup requires serve to return nil within its timeout.
+	streaming := make(chan struct{})
 	go func() {
-		_ = c.Events(context.Background(), fftype.EventFilter{}, "", func(fftype.Delivery) error { return nil })
+		var once sync.Once
+		_ = c.Events(context.Background(), fftype.EventFilter{}, "start", func(fftype.Delivery) error {
+			once.Do(func() { close(streaming) })
+			return nil
+		})
 	}()
+	<-streaming
 }
 
 func TestEndToEndBinaryAndCurlWorker(t *testing.T) {
