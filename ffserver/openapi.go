@@ -3,6 +3,7 @@ package ffserver
 import (
 	"net/http"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -44,13 +45,7 @@ func openAPIDoc(rts []route) map[string]any {
 			op["requestBody"] = map[string]any{"required": true, "content": map[string]any{
 				"application/json": map[string]any{"schema": schemaRef(reflect.TypeOf(rt.request), schemas)}}}
 		}
-		resp := map[string]any{"description": "success"}
-		if rt.respond != nil {
-			resp["content"] = map[string]any{"application/json": map[string]any{"schema": schemaRef(reflect.TypeOf(rt.respond), schemas)}}
-		}
-		errResp := map[string]any{"description": "an error with its kind, code and retryable flag",
-			"content": map[string]any{"application/json": map[string]any{"schema": schemaRef(reflect.TypeOf(ErrorBody{}), schemas)}}}
-		op["responses"] = map[string]any{strconv.Itoa(rt.status): resp, "default": errResp}
+		op["responses"] = responses(rt, schemas)
 		if rt.auth {
 			op["security"] = []any{map[string]any{"bearer": []any{}}}
 		}
@@ -70,6 +65,46 @@ func openAPIDoc(rts []route) map[string]any {
 			"securitySchemes": map[string]any{"bearer": map[string]any{"type": "http", "scheme": "bearer"}},
 		},
 	}
+}
+
+// errorDescriptions say what each error status of the API means.
+var errorDescriptions = map[int]string{ //nolint:gochecknoglobals // a constant table
+	http.StatusBadRequest:            "invalid input: a malformed or unknown field, a bad id or query parameter, or a value the engine refuses",
+	http.StatusUnauthorized:          "missing or wrong bearer token",
+	http.StatusNotFound:              "no such execution or worker",
+	http.StatusConflict:              "refused in the current state (a finished execution, a stale lease, a duplicate worker instance) or on a store conflict",
+	http.StatusRequestEntityTooLarge: "the body is over the route's limit",
+	http.StatusInternalServerError:   "an internal error, logged by the server and answered without detail",
+	http.StatusServiceUnavailable:    "the store does not answer, or the request timed out",
+}
+
+// responses documents every status rt answers with: the success body, the other answers,
+// and the error body with what the status means.
+func responses(rt route, schemas map[string]any) map[string]any {
+	body := func(v any) map[string]any {
+		return map[string]any{"application/json": map[string]any{"schema": schemaRef(reflect.TypeOf(v), schemas)}}
+	}
+	out := map[string]any{}
+	for _, code := range rt.statuses() {
+		resp := map[string]any{}
+		switch i := slices.IndexFunc(rt.also, func(a answer) bool { return a.status == code }); {
+		case code == rt.status:
+			resp["description"] = "success"
+			if rt.respond != nil {
+				resp["content"] = body(rt.respond)
+			}
+		case i >= 0:
+			resp["description"] = rt.also[i].why
+			if rt.also[i].respond != nil {
+				resp["content"] = body(rt.also[i].respond)
+			}
+		default:
+			resp["description"] = errorDescriptions[code]
+			resp["content"] = body(ErrorBody{})
+		}
+		out[strconv.Itoa(code)] = resp
+	}
+	return out
 }
 
 func operationID(rt route) string {

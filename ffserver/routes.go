@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -13,7 +14,10 @@ import (
 )
 
 // route is one endpoint. The table below is the single source of the mux and of the
-// OpenAPI document, so the two cannot disagree.
+// OpenAPI document, so the two cannot disagree. It names every status a route answers
+// with: its success status, the other answers that are not errors (also), and the error
+// statuses of its own checks and engine calls (fails); [route.statuses] adds those every
+// route of its shape can answer.
 type route struct {
 	method  string
 	path    string
@@ -23,56 +27,95 @@ type route struct {
 	query   []string
 	status  int // the success status
 	respond any // a value of the success body's type, or nil for a non-JSON body
+	also    []answer
+	fails   []int
 	handle  func(s *Server, w http.ResponseWriter, r *http.Request) error
+}
+
+// answer is a status a route answers with besides its success status and its errors.
+type answer struct {
+	status  int
+	why     string
+	respond any // a value of the body's type, or nil for no body
+}
+
+// The error statuses of the engine calls routes make (see statusOfKind). 503 is a store
+// that does not answer or a request that timed out.
+var (
+	failsQuery = []int{400, 503}           //nolint:gochecknoglobals // constant: a listing refuses bad parameters
+	failsRead  = []int{400, 404, 503}      //nolint:gochecknoglobals // constant: a read by id (bad or unknown)
+	failsWrite = []int{400, 404, 409, 503} //nolint:gochecknoglobals // constant: a transition, refused in the current state or on a store conflict
+	failsClaim = []int{400, 409, 503}      //nolint:gochecknoglobals // constant: a claim, refused on a store conflict
+)
+
+// statuses returns every status rt answers with, ascending: its own, plus 401 on
+// authenticated routes, 400 and 413 on routes reading a body (malformed or oversized), and
+// 500 everywhere (an internal error, logged and answered without detail).
+func (rt route) statuses() []int {
+	out := []int{rt.status, http.StatusInternalServerError}
+	for _, a := range rt.also {
+		out = append(out, a.status)
+	}
+	out = append(out, rt.fails...)
+	if rt.auth {
+		out = append(out, http.StatusUnauthorized)
+	}
+	if rt.request != nil {
+		out = append(out, http.StatusBadRequest, http.StatusRequestEntityTooLarge)
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
 }
 
 // apiRoutes returns the route table.
 func apiRoutes() []route {
 	return []route{
 		{method: "GET", path: "/healthz", summary: "Liveness: the process serves requests", status: 200, respond: StatusResponse{}, handle: (*Server).healthz},
-		{method: "GET", path: "/readyz", summary: "Readiness: the store answers", status: 200, respond: StatusResponse{}, handle: (*Server).readyz},
+		{method: "GET", path: "/readyz", summary: "Readiness: the store answers", status: 200, respond: StatusResponse{}, fails: []int{503}, handle: (*Server).readyz},
 		{method: "GET", path: "/v1/openapi.json", summary: "This API's OpenAPI 3 document", auth: true, status: 200, handle: (*Server).openapi},
 
-		{method: "POST", path: "/v1/executions", summary: "Create an execution (201; 200 with duplicate=true when the id or idempotency key found an earlier one)", auth: true, request: CreateRequest{}, status: 201, respond: fftype.CreateResult{}, handle: (*Server).create},
+		{method: "POST", path: "/v1/executions", summary: "Create an execution", auth: true, request: CreateRequest{}, status: 201, respond: fftype.CreateResult{},
+			also: []answer{{200, "the id or idempotency key found an earlier execution (duplicate is true)", fftype.CreateResult{}}}, fails: []int{409, 503}, handle: (*Server).create},
 		{method: "POST", path: "/v1/executions/bulk", summary: "Create many executions; one result or error per item", auth: true, request: BulkCreateRequest{}, status: 200, respond: BulkCreateResponse{}, handle: (*Server).createBulk},
-		{method: "GET", path: "/v1/executions", summary: "List executions, oldest first, filtered and paged by cursor", auth: true, query: []string{"namespace", "lane", "state", "kind", "cursor", "limit"}, status: 200, respond: fftype.ListPage{}, handle: (*Server).list},
-		{method: "GET", path: "/v1/executions/{id}", summary: "Describe an execution", auth: true, status: 200, respond: fftype.Execution{}, handle: (*Server).get},
-		{method: "GET", path: "/v1/executions/{id}/state", summary: "An execution's public state", auth: true, status: 200, respond: StateResponse{}, handle: (*Server).state},
-		{method: "GET", path: "/v1/executions/{id}/result", summary: "A completed execution's result: JSON as stored, or binary as application/octet-stream", auth: true, status: 200, handle: (*Server).result},
-		{method: "GET", path: "/v1/executions/{id}/payload", summary: "An execution's input payload: JSON as stored, or binary as application/octet-stream", auth: true, status: 200, handle: (*Server).payload},
-		{method: "GET", path: "/v1/executions/{id}/attempts", summary: "An execution's attempts, oldest first", auth: true, status: 200, respond: AttemptsResponse{}, handle: (*Server).attempts},
-		{method: "POST", path: "/v1/executions/{id}/tags", summary: "Merge tags into an execution's tags (a tag set to \"\" is removed)", auth: true, request: TagsRequest{}, status: 200, respond: OKResponse{}, handle: (*Server).tags},
-		{method: "POST", path: "/v1/executions/{id}/cancel", summary: "Cancel: by the lease holder with a fence, or by an operator without one", auth: true, request: CancelRequest{}, status: 200, respond: OKResponse{}, handle: (*Server).cancel},
-		{method: "PUT", path: "/v1/executions/{id}/priority", summary: "Change an execution's priority", auth: true, request: PriorityRequest{}, status: 200, respond: OKResponse{}, handle: (*Server).priority},
-		{method: "POST", path: "/v1/executions/{id}/replay", summary: "Replay a finished execution with a fresh retry budget", auth: true, status: 200, respond: OKResponse{}, handle: (*Server).replay},
-		{method: "POST", path: "/v1/executions/{id}/revoke-lease", summary: "Take the lease away from its holder; the next claim is a reclaim", auth: true, request: ReasonRequest{}, status: 200, respond: OKResponse{}, handle: (*Server).revoke},
-		{method: "POST", path: "/v1/executions/{id}/grants", summary: "Issue a claim or reclaim grant reserving the execution for one worker", auth: true, request: GrantRequest{}, status: 201, respond: fftype.GrantRef{}, handle: (*Server).grant},
-		{method: "POST", path: "/v1/grants/claim", summary: "Consume a grant: its worker gets the lease", auth: true, request: GrantClaimRequest{}, status: 200, respond: LeaseView{}, handle: (*Server).claimGrant},
+		{method: "GET", path: "/v1/executions", summary: "List executions, oldest first, filtered and paged by cursor", auth: true, query: []string{"namespace", "lane", "state", "kind", "cursor", "limit"}, status: 200, respond: fftype.ListPage{}, fails: failsQuery, handle: (*Server).list},
+		{method: "GET", path: "/v1/executions/{id}", summary: "Describe an execution", auth: true, status: 200, respond: fftype.Execution{}, fails: failsRead, handle: (*Server).get},
+		{method: "GET", path: "/v1/executions/{id}/state", summary: "An execution's public state", auth: true, status: 200, respond: StateResponse{}, fails: failsRead, handle: (*Server).state},
+		{method: "GET", path: "/v1/executions/{id}/result", summary: "A completed execution's result: JSON as stored, or binary as application/octet-stream", auth: true, status: 200, fails: []int{400, 404, 409, 503}, handle: (*Server).result},
+		{method: "GET", path: "/v1/executions/{id}/payload", summary: "An execution's input payload: JSON as stored, or binary as application/octet-stream", auth: true, status: 200, fails: failsRead, handle: (*Server).payload},
+		{method: "GET", path: "/v1/executions/{id}/attempts", summary: "An execution's attempts, oldest first", auth: true, status: 200, respond: AttemptsResponse{}, fails: failsRead, handle: (*Server).attempts},
+		{method: "POST", path: "/v1/executions/{id}/tags", summary: "Merge tags into an execution's tags (a tag set to \"\" is removed)", auth: true, request: TagsRequest{}, status: 200, respond: OKResponse{}, fails: failsWrite, handle: (*Server).tags},
+		{method: "POST", path: "/v1/executions/{id}/cancel", summary: "Cancel: by the lease holder with a fence, or by an operator without one", auth: true, request: CancelRequest{}, status: 200, respond: OKResponse{}, fails: failsWrite, handle: (*Server).cancel},
+		{method: "PUT", path: "/v1/executions/{id}/priority", summary: "Change an execution's priority", auth: true, request: PriorityRequest{}, status: 200, respond: OKResponse{}, fails: failsWrite, handle: (*Server).priority},
+		{method: "POST", path: "/v1/executions/{id}/replay", summary: "Replay a finished execution with a fresh retry budget", auth: true, status: 200, respond: OKResponse{}, fails: failsWrite, handle: (*Server).replay},
+		{method: "POST", path: "/v1/executions/{id}/revoke-lease", summary: "Take the lease away from its holder; the next claim is a reclaim", auth: true, request: ReasonRequest{}, status: 200, respond: OKResponse{}, fails: failsWrite, handle: (*Server).revoke},
+		{method: "POST", path: "/v1/executions/{id}/grants", summary: "Issue a claim or reclaim grant reserving the execution for one worker", auth: true, request: GrantRequest{}, status: 201, respond: fftype.GrantRef{}, fails: failsWrite, handle: (*Server).grant},
+		{method: "POST", path: "/v1/grants/claim", summary: "Consume a grant: its worker gets the lease", auth: true, request: GrantClaimRequest{}, status: 200, respond: LeaseView{}, fails: failsWrite, handle: (*Server).claimGrant},
 
-		{method: "POST", path: "/v1/claim", summary: "Worker protocol: claim leases from lanes, optionally waiting up to wait_ms for work", auth: true, request: ClaimRequest{}, status: 200, respond: ClaimResponse{}, handle: (*Server).claim},
-		{method: "POST", path: "/v1/executions/{id}/renew", summary: "Worker protocol: renew the lease", auth: true, request: RenewRequest{}, status: 200, respond: RenewResponse{}, handle: (*Server).renew},
-		{method: "POST", path: "/v1/executions/{id}/progress", summary: "Worker protocol: report progress", auth: true, request: ProgressRequest{}, status: 200, respond: OKResponse{}, handle: (*Server).progress},
-		{method: "POST", path: "/v1/executions/{id}/complete", summary: "Worker protocol: complete with a result", auth: true, request: CompleteRequest{}, status: 200, respond: OKResponse{}, handle: (*Server).complete},
-		{method: "POST", path: "/v1/executions/{id}/fail", summary: "Worker protocol: fail the attempt; retried per policy", auth: true, request: FailRequest{}, status: 200, respond: fftype.FailOutcome{}, handle: (*Server).fail},
-		{method: "POST", path: "/v1/executions/{id}/delay", summary: "Worker protocol: pause the attempt for delay_ms; the next claim continues it", auth: true, request: DelayRequest{}, status: 200, respond: OKResponse{}, handle: (*Server).delay},
-		{method: "POST", path: "/v1/executions/{id}/release", summary: "Worker protocol: give the lease back (graceful shutdown)", auth: true, request: FenceRequest{}, status: 200, respond: OKResponse{}, handle: (*Server).release},
+		{method: "POST", path: "/v1/claim", summary: "Worker protocol: claim leases from lanes, optionally waiting up to wait_ms for work", auth: true, request: ClaimRequest{}, status: 200, respond: ClaimResponse{}, fails: failsClaim, handle: (*Server).claim},
+		{method: "POST", path: "/v1/executions/{id}/renew", summary: "Worker protocol: renew the lease", auth: true, request: RenewRequest{}, status: 200, respond: RenewResponse{}, fails: failsWrite, handle: (*Server).renew},
+		{method: "POST", path: "/v1/executions/{id}/progress", summary: "Worker protocol: report progress", auth: true, request: ProgressRequest{}, status: 200, respond: OKResponse{}, fails: failsWrite, handle: (*Server).progress},
+		{method: "POST", path: "/v1/executions/{id}/complete", summary: "Worker protocol: complete with a result", auth: true, request: CompleteRequest{}, status: 200, respond: OKResponse{}, fails: failsWrite, handle: (*Server).complete},
+		{method: "POST", path: "/v1/executions/{id}/fail", summary: "Worker protocol: fail the attempt; retried per policy", auth: true, request: FailRequest{}, status: 200, respond: fftype.FailOutcome{}, fails: failsWrite, handle: (*Server).fail},
+		{method: "POST", path: "/v1/executions/{id}/delay", summary: "Worker protocol: pause the attempt for delay_ms; the next claim continues it", auth: true, request: DelayRequest{}, status: 200, respond: OKResponse{}, fails: failsWrite, handle: (*Server).delay},
+		{method: "POST", path: "/v1/executions/{id}/release", summary: "Worker protocol: give the lease back (graceful shutdown)", auth: true, request: FenceRequest{}, status: 200, respond: OKResponse{}, fails: failsWrite, handle: (*Server).release},
 
-		{method: "GET", path: "/v1/lanes/{lane}", summary: "A lane's state", auth: true, status: 200, respond: fftype.LaneInfo{}, handle: (*Server).lane},
-		{method: "POST", path: "/v1/lanes/{lane}/pause", summary: "Pause a lane: claims hand out none of its executions", auth: true, status: 200, respond: fftype.LaneInfo{}, handle: (*Server).pauseLane},
-		{method: "POST", path: "/v1/lanes/{lane}/resume", summary: "Resume a paused lane", auth: true, status: 200, respond: fftype.LaneInfo{}, handle: (*Server).resumeLane},
+		{method: "GET", path: "/v1/lanes/{lane}", summary: "A lane's state", auth: true, status: 200, respond: fftype.LaneInfo{}, fails: failsQuery, handle: (*Server).lane},
+		{method: "POST", path: "/v1/lanes/{lane}/pause", summary: "Pause a lane: claims hand out none of its executions", auth: true, status: 200, respond: fftype.LaneInfo{}, fails: failsClaim, handle: (*Server).pauseLane},
+		{method: "POST", path: "/v1/lanes/{lane}/resume", summary: "Resume a paused lane", auth: true, status: 200, respond: fftype.LaneInfo{}, fails: failsClaim, handle: (*Server).resumeLane},
 
-		{method: "GET", path: "/v1/dead-letter", summary: "Failed executions, oldest first, filtered and paged", auth: true, query: []string{"namespace", "lane", "kind", "cursor", "limit"}, status: 200, respond: fftype.ListPage{}, handle: (*Server).deadLetter},
-		{method: "POST", path: "/v1/dead-letter/replay", summary: "Replay failed executions by id; one result per id", auth: true, request: ReplayManyRequest{}, status: 200, respond: ReplayManyResponse{}, handle: (*Server).replayMany},
-		{method: "GET", path: "/v1/events", summary: "The event log as server-sent events from a cursor (or Last-Event-ID), then live", auth: true, query: []string{"namespace", "lane", "execution_id", "flow_id", "types", "cursor"}, status: 200, handle: (*Server).events},
+		{method: "GET", path: "/v1/dead-letter", summary: "Failed executions, oldest first, filtered and paged", auth: true, query: []string{"namespace", "lane", "kind", "cursor", "limit"}, status: 200, respond: fftype.ListPage{}, fails: failsQuery, handle: (*Server).deadLetter},
+		{method: "POST", path: "/v1/dead-letter/replay", summary: "Replay failed executions by id; one result per id", auth: true, request: ReplayManyRequest{}, status: 200, respond: ReplayManyResponse{}, fails: []int{503}, handle: (*Server).replayMany},
+		{method: "GET", path: "/v1/events", summary: "The event log as server-sent events from a cursor (or Last-Event-ID), then live", auth: true, query: []string{"namespace", "lane", "execution_id", "flow_id", "types", "cursor"}, status: 200, fails: failsQuery, handle: (*Server).events},
 
-		{method: "GET", path: "/v1/info", summary: "The engine's shard count and clock, read by remote workers", auth: true, status: 200, respond: InfoResponse{}, handle: (*Server).info},
-		{method: "POST", path: "/v1/workers", summary: "Register a worker instance, or refresh the same session's live registration (409 while another process holds the instance id)", auth: true, request: RegisterWorkerRequest{}, status: 200, respond: RegisterWorkerResponse{}, handle: (*Server).registerWorker},
-		{method: "GET", path: "/v1/workers", summary: "List the live worker instances of a namespace, in instance-id order, paged by cursor", auth: true, query: []string{"namespace", "cursor", "limit"}, status: 200, respond: flowfabric.WorkerPage{}, handle: (*Server).listWorkers},
-		{method: "GET", path: "/v1/workers/{worker_instance_id}", summary: "A live worker instance's registration", auth: true, query: []string{"namespace"}, status: 200, respond: flowfabric.WorkerInfo{}, handle: (*Server).getWorker},
-		{method: "POST", path: "/v1/workers/{worker_instance_id}/heartbeat", summary: "Extend the session's live registration by its TTL (404 once it lapsed)", auth: true, request: WorkerSessionRequest{}, status: 200, respond: HeartbeatResponse{}, handle: (*Server).heartbeatWorker},
-		{method: "POST", path: "/v1/workers/{worker_instance_id}/deregister", summary: "Remove the session's registration so the instance id is free at once", auth: true, request: WorkerSessionRequest{}, status: 200, respond: OKResponse{}, handle: (*Server).deregisterWorker},
-		{method: "POST", path: "/v1/workers/{worker_instance_id}/mark-dead", summary: "Declare a worker instance dead: its registration goes and its leases expire at once", auth: true, request: MarkDeadRequest{}, status: 200, respond: MarkDeadResponse{}, handle: (*Server).markWorkerDead},
-		{method: "POST", path: "/v1/workers/{worker_id}/claim-grant", summary: "The scheduler reserves the next execution the worker would claim with a grant (204 No Content when nothing is eligible)", auth: true, request: WorkerGrantRequest{}, status: 200, respond: fftype.GrantRef{}, handle: (*Server).grantNext},
+		{method: "GET", path: "/v1/info", summary: "The engine's shard count and clock, read by remote workers", auth: true, status: 200, respond: InfoResponse{}, fails: []int{503}, handle: (*Server).info},
+		{method: "POST", path: "/v1/workers", summary: "Register a worker instance, or refresh the same session's live registration (409 while another process holds the instance id)", auth: true, request: RegisterWorkerRequest{}, status: 200, respond: RegisterWorkerResponse{}, fails: failsClaim, handle: (*Server).registerWorker},
+		{method: "GET", path: "/v1/workers", summary: "List the live worker instances of a namespace, in instance-id order, paged by cursor", auth: true, query: []string{"namespace", "cursor", "limit"}, status: 200, respond: flowfabric.WorkerPage{}, fails: failsQuery, handle: (*Server).listWorkers},
+		{method: "GET", path: "/v1/workers/{worker_instance_id}", summary: "A live worker instance's registration", auth: true, query: []string{"namespace"}, status: 200, respond: flowfabric.WorkerInfo{}, fails: failsRead, handle: (*Server).getWorker},
+		{method: "POST", path: "/v1/workers/{worker_instance_id}/heartbeat", summary: "Extend the session's live registration by its TTL (404 once it lapsed)", auth: true, request: WorkerSessionRequest{}, status: 200, respond: HeartbeatResponse{}, fails: failsRead, handle: (*Server).heartbeatWorker},
+		{method: "POST", path: "/v1/workers/{worker_instance_id}/deregister", summary: "Remove the session's registration so the instance id is free at once", auth: true, request: WorkerSessionRequest{}, status: 200, respond: OKResponse{}, fails: failsQuery, handle: (*Server).deregisterWorker},
+		{method: "POST", path: "/v1/workers/{worker_instance_id}/mark-dead", summary: "Declare a worker instance dead: its registration goes and its leases expire at once", auth: true, request: MarkDeadRequest{}, status: 200, respond: MarkDeadResponse{}, fails: failsRead, handle: (*Server).markWorkerDead},
+		{method: "POST", path: "/v1/workers/{worker_id}/claim-grant", summary: "The scheduler reserves the next execution the worker would claim with a grant", auth: true, request: WorkerGrantRequest{}, status: 200, respond: fftype.GrantRef{},
+			also: []answer{{204, "nothing is eligible", nil}}, fails: failsClaim, handle: (*Server).grantNext},
 	}
 }
 

@@ -3,10 +3,13 @@ package ffserver_test
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -42,7 +45,43 @@ func setup(t *testing.T, cfg ffserver.Config) *testBundle {
 		hs.Close()
 		srv.Close()
 	})
-	return &testBundle{t: t, client: client, server: srv, http: hs, token: cfg.Token}
+	b := &testBundle{t: t, client: client, server: srv, http: hs, token: cfg.Token}
+	t.Cleanup(func() { b.requireAnswersDocumented(cfg.Token) }) // runs first: the server is still up
+	return b
+}
+
+// requestCount matches the request metric's count series: a route and a status it answered.
+var requestCount = regexp.MustCompile(`(?m)^flowfabric_http_request_duration_seconds_count\{code="(\d+)",route="(\S+) (\S+)"\} `)
+
+// requireAnswersDocumented requires that every status the server answered during the
+// test, by route (read from its request metric), is in the OpenAPI document.
+func (b *testBundle) requireAnswersDocumented(token string) {
+	b.t.Helper()
+	// The test's context has ended by cleanup time.
+	req, err := http.NewRequestWithContext(context.Background(), "GET", b.http.URL+"/metrics", nil)
+	require.NoError(b.t, err)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(b.t, err)
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	require.NoError(b.t, err)
+	require.Equal(b.t, 200, resp.StatusCode, string(raw))
+	doc := ffserver.OpenAPI()
+	for _, m := range requestCount.FindAllStringSubmatch(string(raw), -1) {
+		requireDocumented(b.t, doc, m[2], m[3], m[1])
+	}
+}
+
+// requireDocumented requires that the OpenAPI document lists status among the responses
+// of method and path, with a description.
+func requireDocumented(t *testing.T, doc map[string]any, method, path, status string) {
+	t.Helper()
+	op, _ := doc["paths"].(map[string]any)[path].(map[string]any)[strings.ToLower(method)].(map[string]any)
+	require.NotNil(t, op, "%s %s is not documented", method, path)
+	resp, _ := op["responses"].(map[string]any)[status].(map[string]any)
+	require.NotNil(t, resp, "%s %s answered %s, which its OpenAPI document does not list", method, path, status)
+	require.NotEmpty(t, resp["description"], "%s %s %s", method, path, status)
 }
 
 // do sends a request with an optional JSON body and returns the status and body.
@@ -245,32 +284,55 @@ func mustClient(t *testing.T) *flowfabric.Client {
 	return c
 }
 
-// TestOpenAPIMatchesRoutes sends a request to every operation of the document: each must
-// reach a handler (no route-not-found, no method-not-allowed). The mux is built from the
-// same table, so a route can be neither served undocumented nor documented unserved.
+// TestOpenAPIMatchesRoutes sends requests to every operation of the document: each must
+// reach a handler (no route-not-found, no method-not-allowed) and answer only statuses the
+// document lists for it — with and without the token, with an empty object, with
+// malformed JSON, and with ids that are not valid. The mux is built from the same table, so
+// a route can be neither served undocumented nor documented unserved; every other test's
+// answers are checked against the document too (see requireAnswersDocumented).
 func TestOpenAPIMatchesRoutes(t *testing.T) {
 	t.Parallel()
-	b := setup(t, ffserver.Config{})
+	b := setup(t, ffserver.Config{Token: "t"})
 	var doc struct {
-		Paths map[string]map[string]any `json:"paths"`
+		Paths map[string]map[string]struct {
+			Responses map[string]any `json:"responses"`
+			Security  []any          `json:"security"`
+		} `json:"paths"`
 	}
 	b.call("GET", "/v1/openapi.json", nil, 200, &doc)
 	require.GreaterOrEqual(t, len(doc.Paths), 25)
+	full := ffserver.OpenAPI()
 	ops := 0
 	for path, item := range doc.Paths {
-		for method := range item {
+		for method, op := range item {
 			ops++
-			p := strings.NewReplacer("{id}", "s0_0190a7b2-1c3d-7e4f-8a9b-0c1d2e3f4a5b", "{lane}", "default").Replace(path)
-			if method == "get" && p == "/v1/events" {
+			for code := range op.Responses {
+				_, err := strconv.Atoi(code)
+				require.NoError(t, err, "%s %s: every response is a status, none is a catch-all default", method, path)
+			}
+			if method == "get" && path == "/v1/events" {
 				continue // a stream: covered by TestEventsAsServerSentEvents
 			}
-			status, raw := b.do(strings.ToUpper(method), p, "{}")
-			require.NotEqual(t, 405, status, "%s %s", method, path)
-			require.NotContains(t, string(raw), "route_not_found", "%s %s is documented but not served", method, path)
-			require.Less(t, status, 500, "%s %s: %s", method, path, raw)
+			valid := strings.NewReplacer("{id}", "s0_0190a7b2-1c3d-7e4f-8a9b-0c1d2e3f4a5b", "{lane}", "default").Replace(path)
+			invalid := strings.NewReplacer("{id}", "nope", "{lane}", "%20", "{worker_instance_id}", "a%01b", "{worker_id}", "a%01b").Replace(path)
+			for _, req := range []struct {
+				path, body, token string
+			}{
+				{valid, "{}", "t"},
+				{valid, "{", "t"},
+				{valid, "{}", "wrong"},
+				{invalid, "{}", "t"},
+			} {
+				b.token = req.token
+				status, raw := b.do(strings.ToUpper(method), req.path, req.body)
+				require.NotEqual(t, 405, status, "%s %s", method, req.path)
+				require.NotContains(t, string(raw), "route_not_found", "%s %s is documented but not served", method, path)
+				require.Less(t, status, 500, "%s %s: %s", method, req.path, raw)
+				requireDocumented(t, full, method, path, strconv.Itoa(status))
+			}
 		}
 	}
-	require.Equal(t, len(ffserver.OpenAPI()["paths"].(map[string]any)), len(doc.Paths))
+	require.Equal(t, len(full["paths"].(map[string]any)), len(doc.Paths))
 	require.Greater(t, ops, 28)
 }
 
