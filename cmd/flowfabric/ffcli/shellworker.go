@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/exec"
 	"strconv"
@@ -16,12 +17,15 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/flowfabric/flowfabric"
 	"github.com/flowfabric/flowfabric/ffclient"
 	"github.com/flowfabric/flowfabric/fftype"
 )
 
 // shellWorker runs a command per execution of its lanes, through a server: the payload
-// on stdin, stdout as the result, a non-zero exit as a failure (retried per policy).
+// on stdin, stdout as the result, a non-zero exit as a failure (retried per policy). It is
+// a [flowfabric.Worker] over HTTP, so it registers in the worker registry, heartbeats,
+// renews its leases and deregisters as every SDK worker does.
 type shellWorker struct {
 	c           *ffclient.Client
 	out         io.Writer
@@ -35,6 +39,9 @@ type shellWorker struct {
 	once        bool // handle one execution, then return (for scripts and tests)
 }
 
+// claimWait is how long one claim waits on the server for work.
+const claimWait = 20 * time.Second
+
 func newWorkerCommand(out io.Writer) *cobra.Command {
 	r := &remote{}
 	w := &shellWorker{out: out}
@@ -44,10 +51,12 @@ func newWorkerCommand(out io.Writer) *cobra.Command {
 		Long: `Claim executions of the given lanes from a server and run COMMAND for each: the
 payload arrives on stdin, and FF_EXECUTION_ID, FF_KIND, FF_LANE and FF_ATTEMPT in the
 environment. Exit 0 completes the execution with stdout as its result (JSON as it is,
-other text as a JSON string); a non-zero exit fails the attempt with the end of stderr as
-the reason, and the execution is retried per its policy. The lease is renewed while the
-command runs. Ctrl-C stops claiming, stops running commands and hands their executions
-back at once.`,
+other text as a JSON string, other bytes as binary); a non-zero exit fails the attempt
+with the end of stderr as the reason, and the execution is retried per its policy. The
+lease is renewed while the command runs, and the command is stopped if the execution is
+cancelled or the lease is lost. The worker registers its instance with the server while it
+runs ("flowfabric workers" lists it). Ctrl-C stops claiming, stops running commands and
+hands their executions back at once.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if len(w.lanes) == 0 {
@@ -73,140 +82,193 @@ back at once.`,
 	f.StringSliceVar(&w.lanes, "lane", nil, "lane to work (repeat for several)")
 	f.StringSliceVar(&w.caps, "capability", nil, "capabilities this worker holds")
 	f.StringVar(&w.id, "worker-id", "shell-worker", "worker id")
-	f.StringVar(&w.instance, "instance-id", "", "worker instance id (default host-pid)")
+	f.StringVar(&w.instance, "instance-id", "", "worker instance id, unique among live workers (default host-pid)")
 	f.IntVar(&w.concurrency, "concurrency", 1, "commands run at once")
 	f.DurationVar(&w.leaseTTL, "lease-ttl", 30*time.Second, "lease length; renewed every third of it")
 	f.BoolVar(&w.once, "once", false, "handle one execution and exit")
 	return cmd
 }
 
+// longPoll is the shell worker's backend: the server's client, with claims that wait on
+// the server for work, and results that are not JSON sent as binary.
+type longPoll struct {
+	*ffclient.Client
+}
+
+// Claim claims like [ffclient.Client.ClaimWait], waiting up to claimWait.
+func (b longPoll) Claim(ctx context.Context, p fftype.ClaimParams) ([]*fftype.Lease, error) {
+	return b.ClaimWait(ctx, p, claimWait)
+}
+
+// Complete completes with result, as binary when it is not JSON (see resultOf).
+func (b longPoll) Complete(ctx context.Context, id fftype.ExecutionID, f fftype.Fence, result []byte, enc fftype.PayloadEncoding) error {
+	if enc == "" && len(result) > 0 && !json.Valid(result) {
+		enc = fftype.EncodingBinary
+	}
+	return b.Client.Complete(ctx, id, f, result, enc)
+}
+
 func (w *shellWorker) run(ctx context.Context) error {
-	slots := make(chan struct{}, w.concurrency)
+	w.out = &lockedWriter{w: w.out} // commands and the worker's log print concurrently
+	wk, err := flowfabric.NewWorker(ctx, longPoll{w.c}, &flowfabric.WorkerConfig{WorkerID: w.id, WorkerInstanceID: w.instance,
+		Lanes: w.lanes, Capabilities: w.caps, LeaseTTL: w.leaseTTL, MaxConcurrentTasks: w.concurrency,
+		Logger: slog.New(slog.NewTextHandler(w.out, &slog.HandlerOptions{Level: slog.LevelWarn}))}, nil)
+	if err != nil {
+		return fmt.Errorf("worker: %w", err)
+	}
+	defer func() {
+		// Releases what is still held and deregisters, so the instance id is free at once.
+		if cerr := wk.Close(context.WithoutCancel(ctx)); cerr != nil {
+			fmt.Fprintf(w.out, "closing the worker: %v\n", cerr)
+		}
+	}()
+	fmt.Fprintf(w.out, "worker %s/%s claiming from %v\n", w.id, w.instance, w.lanes)
+	slots := make(chan struct{}, w.concurrency) // a token per command running
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	fmt.Fprintf(w.out, "worker %s/%s claiming from %v\n", w.id, w.instance, w.lanes)
-	for ctx.Err() == nil {
-		slots <- struct{}{} // wait for a free slot, then take every other free one
-		free := 1
-	take:
-		for free < cap(slots) {
-			select {
-			case slots <- struct{}{}:
-				free++
-			default:
-				break take
-			}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case slots <- struct{}{}:
 		}
-		leases, err := w.c.ClaimWait(ctx, fftype.ClaimParams{WorkerID: w.id, WorkerInstanceID: w.instance,
-			Lanes: w.lanes, Capabilities: w.caps, Count: free, LeaseTTL: fftype.Duration(w.leaseTTL)}, 20*time.Second)
-		for range free - len(leases) {
+		t, err := wk.ClaimNext(ctx)
+		switch {
+		case ctx.Err() != nil:
 			<-slots
-		}
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
+			return nil
+		case err != nil:
+			<-slots
 			fmt.Fprintf(w.out, "claim failed: %v; retrying\n", err)
-			select {
-			case <-ctx.Done():
-			case <-time.After(time.Second):
+			pause(ctx, time.Second)
+			continue
+		case t == nil:
+			<-slots
+			if wk.Held() >= w.concurrency {
+				pause(ctx, time.Second) // an outcome is still being reported
 			}
 			continue
 		}
-		for _, l := range leases {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer func() { <-slots }()
-				w.handle(ctx, l)
-			}()
-		}
-		if w.once && len(leases) > 0 {
+		wg.Go(func() {
+			defer func() { <-slots }()
+			w.handle(ctx, t)
+		})
+		if w.once {
 			wg.Wait()
 			return nil
 		}
 	}
-	return nil
 }
 
-// handle runs the command for one lease and reports its outcome.
-func (w *shellWorker) handle(ctx context.Context, l *fftype.Lease) {
-	report := context.WithoutCancel(ctx) // outcomes are reported even while stopping
-	runCtx, cancel := context.WithCancelCause(ctx)
+// pause waits for d or the end of ctx.
+func pause(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+// errStopping is the cause of a command stopped because the worker is stopping.
+var errStopping = errors.New("the worker is stopping") //nolint:gochecknoglobals // a sentinel
+
+// handle runs the command for one task and reports its outcome. The command stops when
+// the worker stops (the execution is handed back) or the task's context ends (the
+// execution was cancelled or the lease lost).
+func (w *shellWorker) handle(ctx context.Context, t *flowfabric.ClaimedTask) {
+	runCtx, cancel := context.WithCancelCause(t.Context())
 	defer cancel(nil)
-	go w.renew(runCtx, cancel, l)
+	defer context.AfterFunc(ctx, func() { cancel(errStopping) })()
 
 	var stdout, stderr bytes.Buffer
 	cmd := exec.CommandContext(runCtx, w.argv[0], w.argv[1:]...)
-	cmd.Stdin = bytes.NewReader(l.Payload)
+	cmd.Stdin = bytes.NewReader(t.Payload())
 	cmd.Stdout, cmd.Stderr = &stdout, &tail{max: 2048, buf: &stderr}
-	cmd.Env = append(os.Environ(), "FF_EXECUTION_ID="+string(l.ExecutionID), "FF_KIND="+l.Kind, "FF_LANE="+l.Lane,
-		"FF_ATTEMPT="+strconv.Itoa(l.AttemptIndex))
+	cmd.WaitDelay = time.Second // a stopped command's children may hold its output open
+	cmd.Env = append(os.Environ(), "FF_EXECUTION_ID="+string(t.ExecutionID()), "FF_KIND="+t.Kind(), "FF_LANE="+t.Lane(),
+		"FF_ATTEMPT="+strconv.Itoa(t.Attempt()))
+	id := t.ExecutionID()
+	fmt.Fprintf(w.out, "%s running (%s, attempt %d)\n", id, t.Kind(), t.Attempt())
 	err := cmd.Run()
-	switch {
-	case ctx.Err() != nil:
-		// Stopping: hand the execution back so another worker takes it at once.
-		if rerr := w.c.Release(report, l.ExecutionID, l.Fence); rerr != nil {
-			fmt.Fprintf(w.out, "%s: release failed: %v\n", l.ExecutionID, rerr)
+	switch cause := context.Cause(runCtx); {
+	case errors.Is(cause, errStopping):
+		// Hand the execution back so another worker takes it at once.
+		if rerr := settle(ctx, t, t.Release); rerr != nil {
+			fmt.Fprintf(w.out, "%s: release failed: %v\n", id, rerr)
 		}
-		fmt.Fprintf(w.out, "%s released (stopping)\n", l.ExecutionID)
-	case context.Cause(runCtx) != nil && runCtx.Err() != nil:
-		fmt.Fprintf(w.out, "%s stopped: %v\n", l.ExecutionID, context.Cause(runCtx))
+		fmt.Fprintf(w.out, "%s released (stopping)\n", id)
+	case cause != nil:
+		fmt.Fprintf(w.out, "%s stopped: %v\n", id, cause)
 	case err != nil:
 		reason := err.Error()
 		if s := bytes.TrimSpace(stderr.Bytes()); len(s) > 0 {
 			reason += ": " + string(s)
 		}
-		out, ferr := w.c.Fail(report, l.ExecutionID, l.Fence, fftype.FailParams{Reason: truncateReason(reason), Category: "exit"})
-		if ferr != nil {
-			fmt.Fprintf(w.out, "%s: fail failed: %v\n", l.ExecutionID, ferr)
-			return
-		}
-		fmt.Fprintf(w.out, "%s failed (%s); retry scheduled: %v\n", l.ExecutionID, err, out.RetryScheduled)
+		w.fail(ctx, t, "exit", err.Error(), reason)
 	default:
-		result, enc := resultOf(stdout.Bytes())
-		if cerr := w.c.Complete(report, l.ExecutionID, l.Fence, result, enc); cerr != nil {
-			fmt.Fprintf(w.out, "%s: complete failed: %v\n", l.ExecutionID, cerr)
-			return
+		cerr := settle(ctx, t, func(rctx context.Context) error { return t.Complete(rctx, resultOf(stdout.Bytes())) })
+		if cerr == nil {
+			fmt.Fprintf(w.out, "%s completed\n", id)
+			break
 		}
-		fmt.Fprintf(w.out, "%s completed\n", l.ExecutionID)
+		fmt.Fprintf(w.out, "%s: complete failed: %v\n", id, cerr)
+		if !t.Finished() && ctx.Err() == nil {
+			// Refused for good (a result over the server's limit): fail the attempt rather
+			// than hand back work that would end the same way.
+			w.fail(ctx, t, "result_refused", "result refused", "the result was refused: "+cerr.Error())
+		}
+	}
+	if !t.Finished() {
+		// The outcome did not land (or the lease is gone): give the execution back, which
+		// also ends the task on the worker's side.
+		_ = settle(ctx, t, t.Release)
 	}
 }
 
-// renew keeps the lease alive every third of its TTL; if the lease is lost (expired,
-// revoked, cancelled) it stops the command.
-func (w *shellWorker) renew(ctx context.Context, stop context.CancelCauseFunc, l *fftype.Lease) {
-	t := time.NewTicker(max(l.TTL.D()/3, time.Second))
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
+// fail fails t's attempt with a category and reason; what names the failure in the output.
+func (w *shellWorker) fail(ctx context.Context, t *flowfabric.ClaimedTask, category, what, reason string) {
+	var out flowfabric.FailOutcome
+	err := settle(ctx, t, func(rctx context.Context) (err error) {
+		out, err = t.Fail(rctx, fftype.FailParams{Reason: truncateReason(reason), Category: category})
+		return err
+	})
+	if err != nil {
+		fmt.Fprintf(w.out, "%s: fail failed: %v\n", t.ExecutionID(), err)
+		return
+	}
+	fmt.Fprintf(w.out, "%s failed (%s); retry scheduled: %v\n", t.ExecutionID(), what, out.RetryScheduled)
+}
+
+// settle makes a finishing call on t, retrying while it is refused for a passing reason
+// (the server unreachable) until it lands or the worker stops; it returns the last error.
+// Each try is bounded, so a server that stopped answering does not hold the worker up.
+func settle(ctx context.Context, t *flowfabric.ClaimedTask, call func(context.Context) error) error {
+	for backoff := 100 * time.Millisecond; ; backoff = min(2*backoff, 5*time.Second) {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		err := call(rctx)
+		cancel()
+		if err == nil || t.Finished() || !fftype.IsRetryable(err) || ctx.Err() != nil {
+			return err
 		}
-		_, err := w.c.Renew(ctx, l.ExecutionID, l.Fence, 0)
-		var fe *fftype.Error
-		if errors.As(err, &fe) && !fe.Retryable {
-			stop(fmt.Errorf("lease lost: %w", err))
-			return
-		}
+		pause(ctx, backoff)
 	}
 }
 
 // resultOf turns a command's stdout into a result: JSON as it is, other UTF-8 text as a
-// JSON string, anything else as binary.
-func resultOf(stdout []byte) ([]byte, fftype.PayloadEncoding) {
+// JSON string, anything else as it is (which [longPoll] sends as binary).
+func resultOf(stdout []byte) []byte {
 	trimmed := bytes.TrimSpace(stdout)
 	switch {
 	case len(trimmed) == 0:
-		return nil, fftype.EncodingJSON
+		return nil
 	case json.Valid(trimmed):
-		return trimmed, fftype.EncodingJSON
+		return trimmed
 	case utf8.Valid(stdout):
 		b, _ := json.Marshal(string(bytes.TrimRight(stdout, "\n")))
-		return b, fftype.EncodingJSON
+		return b
 	default:
-		return stdout, fftype.EncodingBinary
+		return stdout
 	}
 }
 
@@ -229,4 +291,16 @@ func (t *tail) Write(p []byte) (int, error) {
 		t.buf.Next(over)
 	}
 	return len(p), nil
+}
+
+// lockedWriter serialises writes to w.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }

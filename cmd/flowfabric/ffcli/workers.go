@@ -22,8 +22,9 @@ func newWorkersCommand(out io.Writer) *cobra.Command {
 		Short: "List the live workers registered with a server",
 		Long: `List the live worker instances of a namespace registered with a server, in
 instance-id order: instance id, worker id, namespace, lanes, capabilities and last
-heartbeat. Workers built with the Go SDK register themselves, in process or over HTTP; a
-registration lapses when its heartbeats stop for two lease TTLs.`,
+heartbeat. Workers built with the Go SDK register themselves, in process or over HTTP, and
+so does "flowfabric worker"; a registration lapses when its heartbeats stop for two lease
+TTLs.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := r.client()

@@ -1,0 +1,110 @@
+package ffcli
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/flowfabric/flowfabric"
+	"github.com/flowfabric/flowfabric/ffclient"
+	"github.com/flowfabric/flowfabric/fftype"
+)
+
+// syncBuffer is a buffer a running command writes to while the test reads it.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// TestShellWorkerIsARegisteredWorker runs "flowfabric worker" against the real server: it
+// is listed by "flowfabric workers" while it runs, returns binary output as a binary
+// result, stops a command whose execution is cancelled, hands back the execution of a
+// command running when it stops, and deregisters on the way out.
+func TestShellWorkerIsARegisteredWorker(t *testing.T) {
+	t.Parallel()
+	base := startServer(t, "tok")
+	c, err := ffclient.New(base, &ffclient.Config{Token: "tok"})
+	require.NoError(t, err)
+	ctx, stop := context.WithCancel(t.Context())
+	defer stop()
+	out := &syncBuffer{}
+	waitLine := func(line string) {
+		t.Helper()
+		require.Eventually(t, func() bool { return strings.Contains(out.String(), line) }, 20*time.Second, 10*time.Millisecond,
+			"the worker never printed %q:\n%s", line, out)
+	}
+	done := make(chan error, 1)
+	go func() {
+		root := NewRootCommand(out)
+		root.SetArgs([]string{"worker", "--server", base, "--token", "tok", "--lane", "sh", "--lane", "sh2",
+			"--capability", "shell", "--instance-id", "box-1", "--concurrency", "2", "--lease-ttl", "3s", "--",
+			"sh", "-c", `read -r x; if [ "$x" = '"slow"' ]; then exec sleep 30; fi; printf '\377\376'`})
+		done <- root.ExecuteContext(ctx)
+	}()
+	waitLine("claiming from")
+
+	listed := cli(t, "workers", "--server", base, "--token", "tok")
+	lines := strings.Split(strings.TrimSpace(listed), "\n")
+	require.Len(t, lines, 2, listed)
+	require.Equal(t, []string{"box-1", "shell-worker", "default", "sh,sh2", "shell"}, strings.Fields(lines[1])[:5])
+
+	var dup bytes.Buffer
+	second := NewRootCommand(&dup)
+	second.SetArgs([]string{"worker", "--server", base, "--token", "tok", "--lane", "sh", "--instance-id", "box-1", "--once", "--", "true"})
+	require.ErrorIs(t, second.ExecuteContext(t.Context()), flowfabric.ErrDuplicateWorkerInstance,
+		"a second live process may not take the instance id")
+
+	submit := func(payload string) fftype.ExecutionID {
+		t.Helper()
+		res, err := c.Create(t.Context(), fftype.CreateParams{Lane: "sh", Kind: "k", Payload: []byte(payload)})
+		require.NoError(t, err)
+		return res.ID
+	}
+	waitState := func(id fftype.ExecutionID, want fftype.PublicState) {
+		t.Helper()
+		require.Eventually(t, func() bool {
+			x, err := c.Get(t.Context(), id)
+			require.NoError(t, err)
+			return x.PublicState() == want
+		}, 20*time.Second, 10*time.Millisecond, "%s never became %s:\n%s", id, want, out)
+	}
+
+	fast := submit(`"fast"`)
+	waitState(fast, fftype.StateCompleted)
+	b, err := c.Result(t.Context(), fast)
+	require.NoError(t, err)
+	require.Equal(t, []byte{0xff, 0xfe}, b, "output that is not text is a binary result")
+
+	cancelled := submit(`"slow"`)
+	waitLine(string(cancelled) + " running (k, attempt 0)")
+	require.NoError(t, c.Cancel(t.Context(), cancelled, fftype.CancelParams{Reason: "enough"}))
+	waitLine(string(cancelled) + " stopped: flowfabric: execution cancelled: enough")
+
+	running := submit(`"slow"`)
+	waitLine(string(running) + " running")
+	stop()
+	require.NoError(t, <-done)
+	require.Contains(t, out.String(), string(running)+" released (stopping)")
+	x, err := c.Get(t.Context(), running)
+	require.NoError(t, err)
+	require.Equal(t, fftype.StateWaiting, x.PublicState(), "the stopped worker handed its execution back")
+	require.Equal(t, "no live workers in namespace \"default\"\n", cli(t, "workers", "--server", base, "--token", "tok"),
+		"the stopped worker deregistered")
+}
