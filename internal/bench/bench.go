@@ -1,10 +1,16 @@
 // Package bench runs FlowFabric's benchmark scenarios (see BENCHMARKS.md in the shared
-// docs) against a client, in process today and over HTTP later. It measures and checks;
-// opening stores and printing belong to the command that calls it.
+// docs) against a client: the engine in process, or a server over HTTP. It measures,
+// checks and draws a progress bar; opening stores and printing results belong to the
+// command that calls it.
+//
+// The scenarios are [Drain] (submit-claim-complete, and burn-down with many workers and
+// empty payloads), [Steady] (a producer at a fixed rate or keeping a fixed backlog while
+// claim loops drain it) and [SteadyState] (SDK workers running slow tasks with deadlines).
 //
 // Every scenario checks its own correctness — each execution it created was completed
-// exactly once, by the workers' own count and by the store's listing — and returns an
-// error otherwise, so a fast but wrong run never reports a number.
+// exactly once (or, where deadlines apply, at most once and otherwise expired), by the
+// workers' own count and by the store's listing — and returns an error otherwise, so a
+// fast but wrong run never reports a number.
 package bench
 
 import (
@@ -28,7 +34,15 @@ type Client interface {
 	List(ctx context.Context, p flowfabric.ListParams) (*flowfabric.ListPage, error)
 }
 
-var _ Client = (*flowfabric.Client)(nil)
+// Backend is a [Client] that SDK workers can also run on ([flowfabric.NewWorker]):
+// *[flowfabric.Client] in process, *ffclient.Client over HTTP.
+type Backend interface {
+	Client
+	flowfabric.Backend
+	flowfabric.EventWatcher
+}
+
+var _ Backend = (*flowfabric.Client)(nil)
 
 // SeedChunk is how many executions one bulk create carries while seeding.
 const SeedChunk = 1000
@@ -46,9 +60,8 @@ type DrainConfig struct {
 	PayloadBytes int
 	// Lane is the lane to seed and drain; "" means "bench".
 	Lane string
-	// Progress, if set, is called from one goroutine about every half second with the
-	// phase ("seed" or "drain") and how far it got.
-	Progress func(phase string, done, total int)
+	// Progress, if set, receives the seeding's and the drain's progress.
+	Progress ProgressFunc
 	// DrainStarted, if set, is called just before the drain starts and DrainDone just after
 	// the last completion (a CPU profile brackets the drain with them).
 	DrainStarted, DrainDone func()
@@ -89,27 +102,15 @@ func Drain(ctx context.Context, c Client, cfg DrainConfig) (*DrainResult, error)
 
 	// Seed.
 	created := make(map[flowfabric.ExecutionID]bool, cfg.N)
-	ps := make([]flowfabric.CreateParams, 0, SeedChunk)
+	var seeded atomic.Int64
+	stopProgress := progress(cfg.Progress, func() Progress {
+		return Progress{Phase: "seed", Done: int(seeded.Load()), Total: cfg.N, Unit: "executions"}
+	})
 	start := time.Now()
-	lastReport := start
-	for len(created) < cfg.N {
-		ps = ps[:0]
-		for range min(SeedChunk, cfg.N-len(created)) {
-			ps = append(ps, flowfabric.CreateParams{Lane: cfg.Lane, Kind: "bench", Payload: payload})
-		}
-		for _, r := range c.CreateMany(ctx, ps) {
-			if r.Err != nil {
-				return nil, fmt.Errorf("bench: seeding: %w", r.Err)
-			}
-			if created[r.Result.ID] {
-				return nil, fmt.Errorf("bench: seeding: id %s returned twice", r.Result.ID)
-			}
-			created[r.Result.ID] = true
-		}
-		if cfg.Progress != nil && time.Since(lastReport) > 500*time.Millisecond {
-			cfg.Progress("seed", len(created), cfg.N)
-			lastReport = time.Now()
-		}
+	err := createN(ctx, c, flowfabric.CreateParams{Lane: cfg.Lane, Kind: "bench", Payload: payload}, cfg.N, created, &seeded)
+	stopProgress()
+	if err != nil {
+		return nil, fmt.Errorf("bench: seeding: %w", err)
 	}
 	res.Seed = time.Since(start)
 	res.SeedPerSec = float64(cfg.N) / res.Seed.Seconds()
@@ -122,7 +123,9 @@ func Drain(ctx context.Context, c Client, cfg DrainConfig) (*DrainResult, error)
 	if cfg.DrainStarted != nil {
 		cfg.DrainStarted()
 	}
-	stopProgress := progress(cfg.Progress, "drain", &completed, cfg.N)
+	stopProgress = progress(cfg.Progress, func() Progress {
+		return Progress{Phase: "drain", Done: int(completed.Load()), Total: cfg.N, Unit: "executions", Completed: int(completed.Load())}
+	})
 	cpu := processCPU()
 	start = time.Now()
 	var wg sync.WaitGroup
@@ -208,7 +211,7 @@ func drainWorker(ctx context.Context, c Client, cfg DrainConfig, w int, s *worke
 		claimed.Add(int64(len(leases)))
 		for _, l := range leases {
 			t2 := time.Now()
-			if err := completeRetrying(ctx, c, l, nil, errCount); err != nil {
+			if err := completeLease(ctx, c, l, errCount); err != nil {
 				if ctx.Err() != nil {
 					return nil
 				}
@@ -224,19 +227,54 @@ func drainWorker(ctx context.Context, c Client, cfg DrainConfig, w int, s *worke
 	}
 }
 
-// completeRetrying completes l, retrying retryable errors: a retried Complete by the same
-// holder returns the first outcome, so a retry never completes twice.
-func completeRetrying(ctx context.Context, c Client, l *flowfabric.Lease, result []byte, errCount *atomic.Int64) error {
+// completeLease completes l with no result, retrying retryable errors.
+func completeLease(ctx context.Context, c Client, l *flowfabric.Lease, errCount *atomic.Int64) error {
+	err := retry(ctx, errCount, func() error { return c.Complete(ctx, l.ExecutionID, l.Fence, nil, "") })
+	if err != nil {
+		return fmt.Errorf("bench: complete %s: %w", l.ExecutionID, err)
+	}
+	return nil
+}
+
+// retry calls call until it succeeds, fails with an error that is not retryable, or ctx
+// ends, counting the retried errors in errCount. Only finishing calls go through it: one
+// retried by the same lease holder returns the first outcome, so a retry never completes
+// twice.
+func retry(ctx context.Context, errCount *atomic.Int64, call func() error) error {
 	for {
-		err := c.Complete(ctx, l.ExecutionID, l.Fence, result, "")
-		if err == nil {
-			return nil
-		}
-		if !fftype.IsRetryable(err) || ctx.Err() != nil {
-			return fmt.Errorf("bench: complete %s: %w", l.ExecutionID, err)
+		err := call()
+		if err == nil || !fftype.IsRetryable(err) || ctx.Err() != nil {
+			return err
 		}
 		errCount.Add(1)
 	}
+}
+
+// createN creates n executions like p in bulk calls of at most [SeedChunk], adding their
+// ids to created and the count of each call to count (when not nil). It fails on the
+// first create refused and on an id returned twice.
+func createN(ctx context.Context, c Client, p flowfabric.CreateParams, n int, created map[flowfabric.ExecutionID]bool, count *atomic.Int64) error {
+	ps := make([]flowfabric.CreateParams, 0, min(n, SeedChunk))
+	for n > 0 {
+		ps = ps[:0]
+		for range min(n, SeedChunk) {
+			ps = append(ps, p)
+		}
+		for _, r := range c.CreateMany(ctx, ps) {
+			if r.Err != nil {
+				return r.Err
+			}
+			if created[r.Result.ID] {
+				return fmt.Errorf("id %s returned twice", r.Result.ID)
+			}
+			created[r.Result.ID] = true
+		}
+		n -= len(ps)
+		if count != nil {
+			count.Add(int64(len(ps)))
+		}
+	}
+	return nil
 }
 
 // Verify checks that every id in created was completed exactly once: done (the workers'
@@ -257,30 +295,44 @@ func Verify(ctx context.Context, c Client, lane string, created map[flowfabric.E
 		return fmt.Errorf("bench: correctness: %d executions created, %d completed", len(created), len(seen))
 	}
 	listed := make(map[flowfabric.ExecutionID]bool, len(created))
-	cursor := ""
-	for {
-		page, err := c.List(ctx, flowfabric.ListParams{Lane: lane, State: flowfabric.StateCompleted, Limit: 1000, Cursor: cursor})
-		if err != nil {
-			return fmt.Errorf("bench: correctness: listing completed executions: %w", err)
+	err := eachInLane(ctx, c, lane, flowfabric.StateCompleted, func(x *flowfabric.Execution) error {
+		switch {
+		case listed[x.ID]:
+			return fmt.Errorf("bench: correctness: %s listed twice", x.ID)
+		case !created[x.ID]:
+			return fmt.Errorf("bench: correctness: %s is listed as completed but this run did not create it", x.ID)
 		}
-		for _, x := range page.Executions {
-			switch {
-			case listed[x.ID]:
-				return fmt.Errorf("bench: correctness: %s listed twice", x.ID)
-			case !created[x.ID]:
-				return fmt.Errorf("bench: correctness: %s is listed as completed but this run did not create it", x.ID)
-			}
-			listed[x.ID] = true
-		}
-		if page.Cursor == "" {
-			break
-		}
-		cursor = page.Cursor
+		listed[x.ID] = true
+		return nil
+	})
+	if err != nil {
+		return err
 	}
 	if len(listed) != len(created) {
 		return fmt.Errorf("bench: correctness: the store lists %d completed executions, want %d", len(listed), len(created))
 	}
 	return nil
+}
+
+// eachInLane calls fn with every execution of lane in state (every state when "") that
+// the store lists, in pages, and stops at fn's first error.
+func eachInLane(ctx context.Context, c Client, lane string, state flowfabric.PublicState, fn func(*flowfabric.Execution) error) error {
+	cursor := ""
+	for {
+		page, err := c.List(ctx, flowfabric.ListParams{Lane: lane, State: state, Limit: 1000, Cursor: cursor})
+		if err != nil {
+			return fmt.Errorf("bench: correctness: listing the executions of lane %s: %w", lane, err)
+		}
+		for _, x := range page.Executions {
+			if err := fn(x); err != nil {
+				return err
+			}
+		}
+		if page.Cursor == "" {
+			return nil
+		}
+		cursor = page.Cursor
+	}
 }
 
 // Payload returns a JSON string of exactly n bytes (n ≥ 2; smaller n give an empty
@@ -310,9 +362,9 @@ func pause(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// progress calls report about every half second with done's value until the returned
-// stop is called. A nil report does nothing.
-func progress(report func(string, int, int), phase string, done *atomic.Int64, total int) (stop func()) {
+// progress passes snapshot's value to report about every half second until the
+// returned stop is called. A nil report does nothing.
+func progress(report ProgressFunc, snapshot func() Progress) (stop func()) {
 	if report == nil {
 		return func() {}
 	}
@@ -327,7 +379,7 @@ func progress(report func(string, int, int), phase string, done *atomic.Int64, t
 			case <-quit:
 				return
 			case <-t.C:
-				report(phase, int(done.Load()), total)
+				report(snapshot())
 			}
 		}
 	}()

@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"runtime"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -19,6 +20,8 @@ func newClient(t *testing.T) *flowfabric.Client {
 	t.Cleanup(func() { require.NoError(t, store.Close()) })
 	c, err := flowfabric.NewClient(store, nil)
 	require.NoError(t, err)
+	c.Start(t.Context()) // the timers: deadlines, lease expiry
+	t.Cleanup(c.Stop)
 	return c
 }
 
@@ -42,11 +45,54 @@ func TestDrain(t *testing.T) {
 
 func TestSteady(t *testing.T) {
 	t.Parallel()
-	res, err := Steady(t.Context(), newClient(t), SteadyConfig{Rate: 1000, Duration: 300 * time.Millisecond, Workers: 3, PayloadBytes: 64})
+	for _, cfg := range []SteadyConfig{
+		{Rate: 1000, Duration: 300 * time.Millisecond, Workers: 3, PayloadBytes: 64},
+		{Depth: 50, Duration: 300 * time.Millisecond, Workers: 3},
+	} {
+		res, err := Steady(t.Context(), newClient(t), cfg)
+		require.NoError(t, err)
+		require.Positive(t, res.Created)
+		require.Positive(t, res.Completed)
+		require.Equal(t, res.Completed, res.CreateComplete.N)
+		require.LessOrEqual(t, res.Completed+res.Backlog, res.Created)
+	}
+	_, err := Steady(t.Context(), newClient(t), SteadyConfig{Rate: 10, Depth: 10, Duration: time.Second, Workers: 1})
+	require.ErrorContains(t, err, "either rate > 0 or depth > 0")
+}
+
+// TestSteadyState runs a small steady-state: 40 seeded tasks of 0.5 s on 4 slots, whose
+// 1.5 s deadlines many of them miss, and refills; tasks outlive a third of the 1 s lease,
+// so the SDK renews.
+func TestSteadyState(t *testing.T) {
+	t.Parallel()
+	var phases sync.Map
+	cfg := SteadyStateConfig{Seed: 40, Refill: 2, RefillEvery: 300 * time.Millisecond, Deadline: 1500 * time.Millisecond,
+		Workers: 4, LeaseTTL: time.Second, TaskTime: 500 * time.Millisecond, Duration: 3 * time.Second, Window: time.Second,
+		Progress: func(p Progress) { phases.Store(p.Phase, true) }}
+	res, err := SteadyState(t.Context(), newClient(t), cfg)
 	require.NoError(t, err)
-	require.Positive(t, res.Created)
+	t.Logf("%+v", res)
+	require.Greater(t, res.Created, cfg.Seed, "refills were created")
 	require.Positive(t, res.Completed)
+	require.Equal(t, res.Completed, res.Task.N)
 	require.Equal(t, res.Completed, res.CreateComplete.N)
+	require.Equal(t, res.Created, res.Completed+res.Expired+res.PendingLate+res.Pending, "every execution is accounted for")
+	require.Positive(t, res.Expired+res.PendingLate, "seeded tasks missed their deadline")
+	require.Positive(t, res.MissedDeadlinePct)
+	require.LessOrEqual(t, res.MissedDeadlinePct, 100.0)
+	require.Positive(t, res.Renewals)
+	require.Positive(t, res.Claims)
+	require.GreaterOrEqual(t, res.Completes, res.Completed)
+	require.Positive(t, res.RenewalShare)
+	require.Less(t, res.RenewalShare, 1.0)
+	require.Equal(t, time.Second, res.Window)
+	require.Positive(t, res.RSS.Samples)
+	require.Positive(t, res.RSS.StartMB)
+	_, ok := phases.Load("run")
+	require.True(t, ok)
+
+	_, err = SteadyState(t.Context(), newClient(t), SteadyStateConfig{Workers: 1})
+	require.ErrorContains(t, err, "steady-state needs")
 }
 
 // doubleCompleter completes the first execution it completes a second time, under a

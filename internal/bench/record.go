@@ -1,23 +1,34 @@
 package bench
 
-import "time"
+import (
+	"reflect"
+	"time"
+)
 
-// Scenario names, as BENCHMARKS.md numbers them.
+// Scenario names, as Record.Scenario carries them.
 const (
-	ScenarioDrain  = "submit-claim-complete"
-	ScenarioSteady = "steady-rate"
+	ScenarioDrain       = "submit-claim-complete" // BENCHMARKS.md scenario 1
+	ScenarioBurnDown    = "burn-down"             // a drain of empty payloads by many workers, like river bench
+	ScenarioSteadyRate  = "steady-rate"           // a producer at a fixed rate
+	ScenarioSteadyDepth = "steady-depth"          // a producer keeping a fixed backlog
+	ScenarioSteadyState = "steady-state"          // BENCHMARKS.md scenario 3
 )
 
 // Record is the JSON object a benchmark prints per run (and for the median of runs), with
-// the fields BENCHMARKS.md lists first and the scenario's extra measurements after.
+// the fields BENCHMARKS.md lists first and the scenario's extra measurements after. The
+// record builders ([DrainRecord], [SteadyRecord], [SteadyStateRecord]) fill in the
+// measurements and the scenario's config; the caller fills in the identity (Store,
+// Transport, StartedAt, Host, Version) and Config's Sync, Shards, Run and Runs.
 type Record struct {
 	Scenario  string `json:"scenario"`
 	Store     string `json:"store"`
 	Transport string `json:"transport"`
 	Config    Config `json:"config"`
-	// ThroughputPerSec is drain tasks/s (drain) or sustained completions/s (steady).
+	// ThroughputPerSec is drain tasks/s (drain, burn-down), sustained completions/s
+	// (steady-rate, steady-depth) or completions/s over the last window (steady-state).
 	ThroughputPerSec float64 `json:"throughput_per_sec"`
-	// LatencyMS is claim→complete per task (drain) or the Claim call (steady).
+	// LatencyMS is claim→complete per task (drain, burn-down, steady-state) or the Claim
+	// call (steady-rate, steady-depth).
 	LatencyMS Latency   `json:"latency_ms"`
 	Count     int       `json:"count"`
 	Errors    int       `json:"errors"`
@@ -25,7 +36,7 @@ type Record struct {
 	Host      Host      `json:"host"`
 	Version   string    `json:"version"`
 
-	// Drain only.
+	// Drain and burn-down.
 	Seed       *Phase   `json:"seed,omitempty"`
 	DrainSec   float64  `json:"drain_seconds,omitempty"`
 	ClaimMS    *Latency `json:"claim_ms,omitempty"`
@@ -33,10 +44,21 @@ type Record struct {
 	// CPUPerTaskUS is the process's CPU microseconds per task during the drain.
 	CPUPerTaskUS float64 `json:"cpu_us_per_task,omitempty"`
 
-	// Steady only.
+	// Steady-rate, steady-depth and steady-state.
 	CreateCompleteMS *Latency `json:"create_complete_ms,omitempty"`
 	Created          int      `json:"created,omitempty"`
-	Backlog          *int     `json:"backlog_at_end,omitempty"`
+	// Backlog is how many executions were created and not completed when the producer
+	// stopped (steady-rate, steady-depth).
+	Backlog *int `json:"backlog_at_end,omitempty"`
+
+	// Steady-state.
+	ThroughputWholeRunPerSec float64 `json:"throughput_whole_run_per_sec,omitempty"`
+	// MissedDeadlinePct is the executions that missed their deadline as a percentage of
+	// those with an outcome (see [SteadyStateResult]).
+	MissedDeadlinePct *float64   `json:"missed_deadline_pct,omitempty"`
+	Deadlines         *Deadlines `json:"deadlines,omitempty"`
+	Renewals          *Renewals  `json:"renewals,omitempty"`
+	RSS               *RSSTrend  `json:"rss,omitempty"`
 }
 
 // Config is a run's configuration. Run is the run's number (1-based), or "median".
@@ -46,11 +68,19 @@ type Config struct {
 	PayloadBytes int     `json:"payload_bytes"`
 	Sync         string  `json:"sync,omitempty"`
 	Shards       int     `json:"shards,omitempty"`
-	ClaimCount   int     `json:"claim_count"`
+	ClaimCount   int     `json:"claim_count,omitempty"` // 0: the SDK worker asks for its free slots
 	Run          string  `json:"run"`
 	Runs         int     `json:"runs"`
 	RatePerSec   float64 `json:"rate_per_sec,omitempty"`
+	Depth        int     `json:"depth,omitempty"`
 	DurationSec  float64 `json:"duration_seconds,omitempty"`
+	// Steady-state.
+	Refill         int     `json:"refill,omitempty"`
+	RefillEverySec float64 `json:"refill_every_seconds,omitempty"`
+	DeadlineSec    float64 `json:"deadline_seconds,omitempty"`
+	LeaseTTLSec    float64 `json:"lease_ttl_seconds,omitempty"`
+	TaskSec        float64 `json:"task_seconds,omitempty"`
+	WindowSec      float64 `json:"window_seconds,omitempty"`
 }
 
 // Phase is a timed phase that is not the measured one.
@@ -59,59 +89,96 @@ type Phase struct {
 	PerSec  float64 `json:"per_sec"`
 }
 
-// MedianRecord returns a record whose every measurement is the median of rs' (each field
-// on its own), with the first record's identity and config and Run set to "median".
+// Deadlines counts how the executions of a steady-state run ended against their deadline
+// (see [SteadyStateResult]).
+type Deadlines struct {
+	Expired       int `json:"expired"`
+	CompletedLate int `json:"completed_late"`
+	PendingLate   int `json:"pending_late"`
+	Pending       int `json:"pending"`
+}
+
+// Renewals is the renewal overhead of a steady-state run.
+type Renewals struct {
+	Count     int     `json:"count"`
+	PerTask   float64 `json:"per_task"`
+	Share     float64 `json:"share_of_calls"` // of the claim, renew and complete calls
+	Claims    int     `json:"claims"`
+	Completes int     `json:"completes"`
+}
+
+// MedianRecord returns a record whose every measurement — each number, at any depth — is
+// the median of rs' (each on its own), with the first record's identity and config and Run
+// set to "median". A measurement missing (nil) from any record is taken from the first.
 // rs must not be empty.
 func MedianRecord(rs []Record) Record {
-	m := rs[0]
+	vs := make([]reflect.Value, len(rs))
+	for i := range rs {
+		vs[i] = reflect.ValueOf(rs[i])
+	}
+	m := medianOf(vs).Interface().(Record)
 	m.Config.Run = "median"
-	med := func(get func(r *Record) float64) float64 {
-		xs := make([]float64, len(rs))
-		for i := range rs {
-			xs[i] = get(&rs[i])
-		}
-		return Median(xs)
-	}
-	medLat := func(get func(r *Record) *Latency) *Latency {
-		if get(&rs[0]) == nil {
-			return nil
-		}
-		return &Latency{
-			P50: med(func(r *Record) float64 { return get(r).P50 }),
-			P95: med(func(r *Record) float64 { return get(r).P95 }),
-			P99: med(func(r *Record) float64 { return get(r).P99 }),
-			Max: med(func(r *Record) float64 { return get(r).Max }),
-			N:   int(med(func(r *Record) float64 { return float64(get(r).N) })),
-		}
-	}
-	m.ThroughputPerSec = med(func(r *Record) float64 { return r.ThroughputPerSec })
-	m.LatencyMS = *medLat(func(r *Record) *Latency { return &r.LatencyMS })
-	m.Count = int(med(func(r *Record) float64 { return float64(r.Count) }))
-	m.Errors = int(med(func(r *Record) float64 { return float64(r.Errors) }))
-	if m.Seed != nil {
-		m.Seed = &Phase{
-			Seconds: med(func(r *Record) float64 { return r.Seed.Seconds }),
-			PerSec:  med(func(r *Record) float64 { return r.Seed.PerSec }),
-		}
-	}
-	m.DrainSec = med(func(r *Record) float64 { return r.DrainSec })
-	m.CPUPerTaskUS = med(func(r *Record) float64 { return r.CPUPerTaskUS })
-	m.ClaimMS = medLat(func(r *Record) *Latency { return r.ClaimMS })
-	m.CompleteMS = medLat(func(r *Record) *Latency { return r.CompleteMS })
-	m.CreateCompleteMS = medLat(func(r *Record) *Latency { return r.CreateCompleteMS })
-	m.Created = int(med(func(r *Record) float64 { return float64(r.Created) }))
-	if m.Backlog != nil {
-		b := int(med(func(r *Record) float64 { return float64(*r.Backlog) }))
-		m.Backlog = &b
-	}
 	return m
 }
 
-// DrainRecord turns a drain result into a record; the caller fills in the identity.
-func DrainRecord(r *DrainResult) Record {
+// medianOf returns the median of values of one type: numbers are medians, structs and
+// pointers to them are taken field by field, and anything else (strings, times, the
+// identity and config structs) is the first value.
+func medianOf(vs []reflect.Value) reflect.Value {
+	first := vs[0]
+	switch first.Kind() {
+	case reflect.Float64, reflect.Int:
+		xs := make([]float64, len(vs))
+		for i, v := range vs {
+			if v.Kind() == reflect.Int {
+				xs[i] = float64(v.Int())
+			} else {
+				xs[i] = v.Float()
+			}
+		}
+		out := reflect.New(first.Type()).Elem()
+		if first.Kind() == reflect.Int {
+			out.SetInt(int64(Median(xs)))
+		} else {
+			out.SetFloat(Median(xs))
+		}
+		return out
+	case reflect.Pointer:
+		elems := make([]reflect.Value, len(vs))
+		for i, v := range vs {
+			if v.IsNil() {
+				return first
+			}
+			elems[i] = v.Elem()
+		}
+		out := reflect.New(first.Type().Elem())
+		out.Elem().Set(medianOf(elems))
+		return out
+	case reflect.Struct:
+		switch first.Interface().(type) {
+		case Config, Host, time.Time:
+			return first
+		}
+		out := reflect.New(first.Type()).Elem()
+		fields := make([]reflect.Value, len(vs))
+		for f := range first.NumField() {
+			for i, v := range vs {
+				fields[i] = v.Field(f)
+			}
+			out.Field(f).Set(medianOf(fields))
+		}
+		return out
+	default:
+		return first
+	}
+}
+
+// DrainRecord turns a drain's result into a record of scenario ([ScenarioDrain] or
+// [ScenarioBurnDown]).
+func DrainRecord(scenario string, cfg DrainConfig, r *DrainResult) Record {
 	return Record{
-		Scenario:         ScenarioDrain,
-		Transport:        "inproc",
+		Scenario:         scenario,
+		Config:           Config{N: cfg.N, Workers: cfg.Workers, PayloadBytes: cfg.PayloadBytes, ClaimCount: 1},
 		ThroughputPerSec: r.PerSec,
 		LatencyMS:        r.ClaimComplete,
 		Count:            r.Count,
@@ -124,12 +191,18 @@ func DrainRecord(r *DrainResult) Record {
 	}
 }
 
-// SteadyRecord turns a steady result into a record; the caller fills in the identity.
-func SteadyRecord(r *SteadyResult) Record {
+// SteadyRecord turns a steady run's result into a record, of [ScenarioSteadyDepth] when
+// cfg has a depth and [ScenarioSteadyRate] otherwise.
+func SteadyRecord(cfg SteadyConfig, r *SteadyResult) Record {
+	scenario := ScenarioSteadyRate
+	if cfg.Depth > 0 {
+		scenario = ScenarioSteadyDepth
+	}
 	backlog := r.Backlog
 	return Record{
-		Scenario:         ScenarioSteady,
-		Transport:        "inproc",
+		Scenario: scenario,
+		Config: Config{Workers: cfg.Workers, PayloadBytes: cfg.PayloadBytes, ClaimCount: 1, RatePerSec: cfg.Rate, Depth: cfg.Depth,
+			DurationSec: cfg.Duration.Seconds()},
 		ThroughputPerSec: r.PerSec,
 		LatencyMS:        r.Claim,
 		Count:            r.Completed,
@@ -137,5 +210,29 @@ func SteadyRecord(r *SteadyResult) Record {
 		CreateCompleteMS: &r.CreateComplete,
 		Created:          r.Created,
 		Backlog:          &backlog,
+	}
+}
+
+// SteadyStateRecord turns a steady-state run's result into a record.
+func SteadyStateRecord(cfg SteadyStateConfig, r *SteadyStateResult) Record {
+	missed := r.MissedDeadlinePct
+	rss := r.RSS
+	return Record{
+		Scenario: ScenarioSteadyState,
+		Config: Config{N: cfg.Seed, Workers: cfg.Workers, PayloadBytes: cfg.PayloadBytes, DurationSec: cfg.Duration.Seconds(),
+			Refill: cfg.Refill, RefillEverySec: cfg.RefillEvery.Seconds(), DeadlineSec: cfg.Deadline.Seconds(),
+			LeaseTTLSec: cfg.LeaseTTL.Seconds(), TaskSec: cfg.TaskTime.Seconds(), WindowSec: r.Window.Seconds()},
+		ThroughputPerSec:         r.PerSec,
+		LatencyMS:                r.Task,
+		Count:                    r.Completed,
+		Errors:                   r.Errors,
+		CreateCompleteMS:         &r.CreateComplete,
+		Created:                  r.Created,
+		ThroughputWholeRunPerSec: r.WholeRunPerSec,
+		MissedDeadlinePct:        &missed,
+		Deadlines:                &Deadlines{Expired: r.Expired, CompletedLate: r.CompletedLate, PendingLate: r.PendingLate, Pending: r.Pending},
+		Renewals: &Renewals{Count: r.Renewals, PerTask: r.RenewalsPerTask, Share: r.RenewalShare, Claims: r.Claims,
+			Completes: r.Completes},
+		RSS: &rss,
 	}
 }

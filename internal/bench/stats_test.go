@@ -79,3 +79,37 @@ func TestPayload(t *testing.T) {
 	require.True(t, ok)
 	require.Equal(t, int64(1700000000000000000), at.UnixNano())
 }
+
+func TestSlope(t *testing.T) {
+	t.Parallel()
+	require.InDelta(t, 2.0, Slope([]float64{0, 1, 2, 3}, []float64{1, 3, 5, 7}), 1e-9)
+	require.InDelta(t, 0.0, Slope([]float64{0, 1, 2}, []float64{4, 4, 4}), 1e-9)
+	require.Zero(t, Slope([]float64{1}, []float64{1}))
+	require.Zero(t, Slope([]float64{2, 2}, []float64{1, 5}))
+}
+
+// TestMedianRecordSteadyState covers the steady-state fields: pointers to numbers and to
+// structs, and the config kept from the first record.
+func TestMedianRecordSteadyState(t *testing.T) {
+	t.Parallel()
+	pct := func(f float64) *float64 { return &f }
+	rs := []Record{
+		{Scenario: ScenarioSteadyState, Config: Config{Run: "1", Workers: 7}, ThroughputPerSec: 3, Count: 10,
+			LatencyMS: Latency{P50: 1, N: 4}, MissedDeadlinePct: pct(5), RSS: &RSSTrend{SlopeMBPerMin: 0.5}, Deadlines: &Deadlines{Expired: 9}},
+		{Scenario: ScenarioSteadyState, Config: Config{Run: "2", Workers: 8}, ThroughputPerSec: 1, Count: 30,
+			LatencyMS: Latency{P50: 3, N: 2}, MissedDeadlinePct: pct(1), RSS: &RSSTrend{SlopeMBPerMin: -1}, Deadlines: &Deadlines{Expired: 1}},
+		{Scenario: ScenarioSteadyState, Config: Config{Run: "3", Workers: 9}, ThroughputPerSec: 2, Count: 20,
+			LatencyMS: Latency{P50: 2, N: 3}, MissedDeadlinePct: pct(3), RSS: &RSSTrend{SlopeMBPerMin: 2}, Deadlines: &Deadlines{Expired: 5}},
+	}
+	m := MedianRecord(rs)
+	require.Equal(t, ScenarioSteadyState, m.Scenario)
+	require.Equal(t, Config{Run: "median", Workers: 7}, m.Config, "the first record's config")
+	require.Equal(t, 2.0, m.ThroughputPerSec)
+	require.Equal(t, 20, m.Count)
+	require.Equal(t, Latency{P50: 2, N: 3}, m.LatencyMS)
+	require.Equal(t, 3.0, *m.MissedDeadlinePct)
+	require.Equal(t, 0.5, m.RSS.SlopeMBPerMin)
+	require.Equal(t, 5, m.Deadlines.Expired)
+	require.Nil(t, m.Seed)
+	require.Equal(t, 5.0, *rs[0].MissedDeadlinePct, "the inputs are not changed")
+}

@@ -19,22 +19,24 @@ const produceTick = 10 * time.Millisecond
 // claims again.
 const idleWait = 50 * time.Millisecond
 
-// SteadyConfig describes a steady-state run: a producer creates executions at Rate per
-// second for Duration while Workers loops claim and complete them.
+// SteadyConfig describes a steady run: for Duration, a producer creates executions while
+// Workers loops claim and complete them. The producer runs at a fixed rate (Rate per
+// second: scenario steady-rate) or keeps a fixed backlog (Depth executions created and not
+// yet claimed: scenario steady-depth); exactly one of the two is set.
 type SteadyConfig struct {
 	Rate         float64
+	Depth        int
 	Duration     time.Duration
 	Workers      int
 	PayloadBytes int
 	// Lane is the lane to use; "" means "bench".
 	Lane string
-	// Progress, if set, is called about every half second with phase "steady" and the
-	// completions so far.
-	Progress func(phase string, done, total int)
+	// Progress, if set, receives the run's progress (phase "run", in seconds).
+	Progress ProgressFunc
 }
 
-// SteadyResult is what a steady-state run measured over its window (the Duration the
-// producer ran).
+// SteadyResult is what a steady run measured over its window (the Duration the producer
+// ran).
 type SteadyResult struct {
 	Created   int     // executions created in the window
 	Completed int     // completions in the window
@@ -54,8 +56,8 @@ type SteadyResult struct {
 // Steady runs the producer and workers for cfg.Duration, lets the workers finish the
 // backlog, and checks that every created execution was completed exactly once.
 func Steady(ctx context.Context, c Client, cfg SteadyConfig) (*SteadyResult, error) {
-	if cfg.Rate <= 0 || cfg.Duration <= 0 || cfg.Workers < 1 || cfg.PayloadBytes < 0 {
-		return nil, fmt.Errorf("bench: steady needs rate > 0, duration > 0, workers ≥ 1 and payload ≥ 0")
+	if (cfg.Rate > 0) == (cfg.Depth > 0) || cfg.Rate < 0 || cfg.Depth < 0 || cfg.Duration <= 0 || cfg.Workers < 1 || cfg.PayloadBytes < 0 {
+		return nil, fmt.Errorf("bench: steady needs either rate > 0 or depth > 0, and duration > 0, workers ≥ 1 and payload ≥ 0")
 	}
 	if cfg.Lane == "" {
 		cfg.Lane = "bench"
@@ -76,7 +78,10 @@ func Steady(ctx context.Context, c Client, cfg SteadyConfig) (*SteadyResult, err
 			}
 		})
 	}
-	stopProgress := progress(cfg.Progress, "steady", &st.completed, int(cfg.Rate*cfg.Duration.Seconds()))
+	stopProgress := progress(cfg.Progress, func() Progress {
+		return Progress{Phase: "run", Done: int(time.Since(start).Seconds()), Total: int(cfg.Duration.Seconds()), Unit: "s",
+			Completed: int(st.completed.Load())}
+	})
 	created, err := st.produce(ctx, c, cfg, start)
 	if err != nil {
 		cancel(err)
@@ -127,7 +132,9 @@ type steadyWorker struct {
 	done                  []flowfabric.ExecutionID
 }
 
-// produce creates what falls due every tick until the window ends and returns the ids.
+// produce creates what falls due every tick until the window ends and returns the ids:
+// at a fixed rate, what the rate asks for by now; at a fixed depth, what tops the backlog
+// (created and not yet claimed) up to it.
 func (st *steadyState) produce(ctx context.Context, c Client, cfg SteadyConfig, start time.Time) (map[flowfabric.ExecutionID]bool, error) {
 	defer func() {
 		st.producerDone.Store(true)
@@ -136,7 +143,6 @@ func (st *steadyState) produce(ctx context.Context, c Client, cfg SteadyConfig, 
 	created := map[flowfabric.ExecutionID]bool{}
 	t := time.NewTicker(produceTick)
 	defer t.Stop()
-	var ps []flowfabric.CreateParams
 	for {
 		select {
 		case <-ctx.Done():
@@ -146,25 +152,21 @@ func (st *steadyState) produce(ctx context.Context, c Client, cfg SteadyConfig, 
 				return created, nil
 			}
 			due := int(cfg.Rate*now.Sub(start).Seconds()) - len(created)
-			for due > 0 {
-				ps = ps[:0]
-				prefix := strconv.FormatInt(time.Now().UnixNano(), 10) + " "
-				payload := Payload(max(cfg.PayloadBytes, len(prefix)+2), prefix)
-				for range min(due, SeedChunk) {
-					ps = append(ps, flowfabric.CreateParams{Lane: cfg.Lane, Kind: "bench", Payload: payload})
+			if cfg.Depth > 0 {
+				due = cfg.Depth - (len(created) - int(st.claimed.Load()))
+			}
+			if due <= 0 {
+				continue
+			}
+			prefix := strconv.FormatInt(time.Now().UnixNano(), 10) + " "
+			payload := Payload(max(cfg.PayloadBytes, len(prefix)+2), prefix)
+			err := createN(ctx, c, flowfabric.CreateParams{Lane: cfg.Lane, Kind: "bench", Payload: payload}, due, created, &st.createdN)
+			st.wake.signal()
+			if err != nil {
+				if ctx.Err() != nil {
+					return created, nil
 				}
-				for _, r := range c.CreateMany(ctx, ps) {
-					if r.Err != nil {
-						if ctx.Err() != nil {
-							return created, nil
-						}
-						return created, fmt.Errorf("bench: create: %w", r.Err)
-					}
-					created[r.Result.ID] = true
-				}
-				due -= len(ps)
-				st.createdN.Store(int64(len(created)))
-				st.wake.signal()
+				return created, fmt.Errorf("bench: create: %w", err)
 			}
 		}
 	}
@@ -209,7 +211,7 @@ func (st *steadyState) work(ctx context.Context, c Client, cfg SteadyConfig, w i
 			s.claim = append(s.claim, t1.Sub(t0))
 		}
 		for _, l := range leases {
-			if err := completeRetrying(ctx, c, l, nil, &st.errs); err != nil {
+			if err := completeLease(ctx, c, l, &st.errs); err != nil {
 				if ctx.Err() != nil {
 					return nil
 				}

@@ -24,41 +24,91 @@ import (
 
 // benchFlags are the bench command's options.
 type benchFlags struct {
-	store      string
-	sync       string
-	n          int
-	workers    int
-	payload    int
-	runs       int
-	json       bool
-	steady     bool
-	duration   time.Duration
-	load       float64
-	rate       float64
-	cpuProfile string
-	transport  string
+	scenario    string
+	store       string
+	sync        string
+	n           int
+	workers     int
+	payload     int
+	runs        int
+	json        bool
+	duration    time.Duration
+	load        float64
+	rate        float64
+	depth       int
+	refill      int
+	refillEvery time.Duration
+	deadline    time.Duration
+	leaseTTL    time.Duration
+	taskTime    time.Duration
+	window      time.Duration
+	cpuProfile  string
+	transport   string
+}
+
+// scenarioDefaults are the -n, -workers, -payload and -duration a scenario runs with when
+// they are not given; ok is false for an unknown scenario.
+func scenarioDefaults(scenario string) (n, workers, payload int, duration time.Duration, ok bool) {
+	switch scenario {
+	case "drain":
+		return 10_000, 16, 4096, 0, true
+	case "burn-down":
+		return 100_000, 2000, 0, 0, true
+	case "steady-rate", "steady-depth":
+		return 10_000, 16, 4096, time.Minute, true
+	case "steady-state":
+		return 10_000, 100, 0, 5 * time.Minute, true
+	}
+	return 0, 0, 0, 0, false
 }
 
 func benchCommand(ctx context.Context, args []string, out io.Writer) error {
 	var f benchFlags
 	fs := flag.NewFlagSet("flowfabric bench", flag.ContinueOnError)
 	fs.SetOutput(out)
-	fs.StringVar(&f.store, "store", "", "the store: sqlite:///path/new.db (created, and deleted after each run) or mem; default: a fresh SQLite file in a temporary directory")
+	fs.StringVar(&f.scenario, "scenario", "drain", "drain (BENCHMARKS.md scenario 1, submit-claim-complete), burn-down (empty payloads drained by many workers, like river bench), "+
+		"steady-rate (a producer at a fixed rate), steady-depth (a producer keeping a fixed backlog) or steady-state (BENCHMARKS.md scenario 3: SDK workers, slow tasks, deadlines)")
+	fs.StringVar(&f.store, "store", "", "the store: mem, sqlite:///path/new.db (created, and deleted after each run), postgres://… (a fresh schema per run) or redis://… (a fresh key prefix per run); default: a fresh SQLite file in a temporary directory")
 	fs.StringVar(&f.sync, "sync", "", "SQLite synchronous setting, full or normal; overrides the URL's (default full)")
-	fs.IntVar(&f.n, "n", 10_000, "executions to seed and drain")
-	fs.IntVar(&f.workers, "workers", 16, "in-process claim→complete loops")
-	fs.IntVar(&f.payload, "payload", 4096, "payload size in bytes (a JSON string)")
+	fs.IntVar(&f.n, "n", 0, "executions to seed: drain 10000, burn-down 100000, steady-state 10000; steady-rate measures its rate with a drain of n (10000)")
+	fs.IntVar(&f.workers, "workers", 0, "workers: claim→complete loops (drain 16, burn-down 2000, steady-rate and steady-depth 16), or the SDK worker's task slots (steady-state 100)")
+	fs.IntVar(&f.payload, "payload", 0, "payload size in bytes, a JSON string (burn-down and steady-state 0, otherwise 4096)")
 	fs.IntVar(&f.runs, "runs", 1, "runs, each on a fresh store; the median is printed after them")
-	fs.BoolVar(&f.json, "json", false, "print one JSON object per run (and one for the median) instead of a table")
-	fs.BoolVar(&f.steady, "steady", false, "steady state: measure the drain rate R with -n executions, then create at -load × R for -duration while the workers claim and complete")
-	fs.DurationVar(&f.duration, "duration", time.Minute, "steady: how long the producer runs")
-	fs.Float64Var(&f.load, "load", 0.7, "steady: the producer's rate as a fraction of the measured drain rate")
-	fs.Float64Var(&f.rate, "rate", 0, "steady: the producer's rate in executions/s; skips the drain measurement")
-	fs.StringVar(&f.cpuProfile, "cpuprofile", "", "write a CPU profile of the first run's drain to this file")
+	fs.BoolVar(&f.json, "json", false, "print one JSON object per run (and one for the median) instead of a table and a progress bar")
+	fs.DurationVar(&f.duration, "duration", 0, "steady-rate, steady-depth and steady-state: how long the producer runs (1m; steady-state 5m)")
+	fs.Float64Var(&f.load, "load", 0.7, "steady-rate: the producer's rate as a fraction of the drain rate measured first")
+	fs.Float64Var(&f.rate, "rate", 0, "steady-rate: the producer's rate in executions/s; skips the drain measurement")
+	fs.IntVar(&f.depth, "depth", 1000, "steady-depth: the backlog (created, not yet claimed) the producer keeps")
+	fs.IntVar(&f.refill, "refill", 20, "steady-state: executions created every -refill-every")
+	fs.DurationVar(&f.refillEvery, "refill-every", 10*time.Second, "steady-state: how often -refill executions are created")
+	fs.DurationVar(&f.deadline, "deadline", time.Minute, "steady-state: each execution's deadline, from its creation")
+	fs.DurationVar(&f.leaseTTL, "lease-ttl", 6*time.Second, "steady-state: the workers' lease TTL (the SDK renews every third of it)")
+	fs.DurationVar(&f.taskTime, "task-time", 3*time.Second, "steady-state: how long each task takes")
+	fs.DurationVar(&f.window, "window", time.Minute, "steady-state: the end of the run steady throughput is measured over")
+	fs.StringVar(&f.cpuProfile, "cpuprofile", "", "write a CPU profile of the first run's drain to this file (drain, burn-down)")
 	fs.StringVar(&f.transport, "transport", "inproc", "how workers reach the engine: inproc (the Go API) or http (an HTTP API server on loopback in front of the store, workers using the Go HTTP client)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	n, workers, payload, duration, ok := scenarioDefaults(f.scenario)
+	if !ok {
+		return fmt.Errorf("bench: -scenario %q: want drain, burn-down, steady-rate, steady-depth or steady-state", f.scenario)
+	}
+	given := map[string]bool{}
+	fs.Visit(func(fl *flag.Flag) { given[fl.Name] = true })
+	if !given["n"] {
+		f.n = n
+	}
+	if !given["workers"] {
+		f.workers = workers
+	}
+	if !given["payload"] {
+		f.payload = payload
+	}
+	if !given["duration"] {
+		f.duration = duration
+	}
+	timed := duration > 0
 	switch {
 	case fs.NArg() > 0:
 		return fmt.Errorf("bench: unexpected arguments %q", fs.Args())
@@ -66,8 +116,12 @@ func benchCommand(ctx context.Context, args []string, out io.Writer) error {
 		return errors.New("bench: -n, -workers and -runs must be at least 1 and -payload at least 0")
 	case f.transport != "inproc" && f.transport != "http":
 		return fmt.Errorf("bench: -transport %q: want inproc or http", f.transport)
-	case f.steady && (f.duration <= 0 || f.load <= 0 || f.rate < 0):
-		return errors.New("bench: -duration and -load must be positive and -rate not negative")
+	case timed && f.duration <= 0:
+		return errors.New("bench: -duration must be positive")
+	case f.scenario == "steady-rate" && (f.load <= 0 || f.rate < 0):
+		return errors.New("bench: -load must be positive and -rate not negative")
+	case f.scenario == "steady-depth" && f.depth < 1:
+		return errors.New("bench: -depth must be at least 1")
 	}
 	if f.store == "" {
 		dir, err := os.MkdirTemp("", "flowfabric-bench-")
@@ -78,19 +132,31 @@ func benchCommand(ctx context.Context, args []string, out io.Writer) error {
 		f.store = "sqlite://" + filepath.ToSlash(filepath.Join(dir, "bench.db"))
 	}
 	b := &benchRun{f: f, out: out, host: bench.ThisHost(), version: bench.Version()}
-	if !f.steady {
-		_, err := b.drains(ctx, f.runs, f.cpuProfile)
+	switch f.scenario {
+	case "drain":
+		_, err := b.series(ctx, b.drain(bench.ScenarioDrain), f.runs)
+		return err
+	case "burn-down":
+		_, err := b.series(ctx, b.drain(bench.ScenarioBurnDown), f.runs)
+		return err
+	case "steady-rate":
+		rate := f.rate
+		if rate == 0 {
+			median, err := b.series(ctx, b.drain(bench.ScenarioDrain), 1)
+			if err != nil {
+				return err
+			}
+			rate = f.load * median.ThroughputPerSec
+		}
+		_, err := b.series(ctx, b.steady(bench.SteadyConfig{Rate: rate}), f.runs)
+		return err
+	case "steady-depth":
+		_, err := b.series(ctx, b.steady(bench.SteadyConfig{Depth: f.depth}), f.runs)
+		return err
+	default:
+		_, err := b.series(ctx, b.steadyState(), f.runs)
 		return err
 	}
-	rate := f.rate
-	if rate == 0 {
-		median, err := b.drains(ctx, 1, f.cpuProfile)
-		if err != nil {
-			return err
-		}
-		rate = f.load * median.ThroughputPerSec
-	}
-	return b.steadies(ctx, rate)
 }
 
 // benchRun runs one bench command's runs and prints them.
@@ -101,8 +167,22 @@ type benchRun struct {
 	version string
 }
 
-// drains runs the drain scenario runs times and prints each run and their median.
-func (b *benchRun) drains(ctx context.Context, runs int, cpuProfile string) (bench.Record, error) {
+// scenarioRun is how the bench command runs and prints one scenario.
+type scenarioRun struct {
+	// title heads the table; ", store …" follows it.
+	title string
+	// cols name the table's columns after "run"; row renders a record's cells, each
+	// followed by a tab.
+	cols []string
+	row  func(r bench.Record) string
+	// run runs the scenario once (run is 1-based) on c, reporting to progress (nil with
+	// -json), and returns its record without the identity.
+	run func(ctx context.Context, c bench.Backend, run int, progress bench.ProgressFunc) (bench.Record, error)
+}
+
+// series runs sr runs times, each on a fresh store, and prints each run and, for more
+// than one, their median, which it returns.
+func (b *benchRun) series(ctx context.Context, sr scenarioRun, runs int) (bench.Record, error) {
 	var recs []bench.Record
 	var tw *tabwriter.Writer
 	for i := 1; i <= runs; i++ {
@@ -111,50 +191,39 @@ func (b *benchRun) drains(ctx context.Context, runs int, cpuProfile string) (ben
 			return bench.Record{}, err
 		}
 		if i == 1 && !b.f.json {
-			fmt.Fprintf(b.out, "submit-claim-complete: %d executions × %d-byte payload, %d %s workers claiming 1 at a time, store %s\n",
-				b.f.n, b.f.payload, b.f.workers, b.workerKind(), describeStore(s))
-			tw = b.table("run", "seed s", "seed/s", "drain s", "tasks/s", "p50 ms", "p95 ms", "p99 ms", "claim p50/p99", "complete p50/p99", "CPU µs/task", "errors")
+			fmt.Fprintf(b.out, "%s, store %s\n", sr.title, describeStore(s))
+			tw = b.table(append([]string{"run"}, sr.cols...)...)
 		}
-		cfg := bench.DrainConfig{N: b.f.n, Workers: b.f.workers, PayloadBytes: b.f.payload}
-		if i == 1 && cpuProfile != "" {
-			stop, err := profileDrain(&cfg, cpuProfile)
-			if err != nil {
-				_ = s.remove()
-				return bench.Record{}, err
-			}
-			defer stop()
+		var bar *bench.ProgressBar
+		var report bench.ProgressFunc
+		if !b.f.json {
+			bar = bench.NewProgressBar(b.out)
+			report = bar.Report
 		}
 		started := time.Now()
-		err = b.withClient(ctx, s, func(c bench.Client) error {
-			r, err := bench.Drain(ctx, c, cfg)
+		err = b.withClient(ctx, s, func(c bench.Backend) error {
+			rec, err := sr.run(ctx, c, i, report)
 			if err != nil {
 				return err
 			}
-			rec := bench.DrainRecord(r)
 			b.identify(&rec, s, started, strconv.Itoa(i), runs)
 			recs = append(recs, rec)
 			return nil
 		})
-		if err != nil {
-			return bench.Record{}, fmt.Errorf("run %d: %w", i, err)
+		if bar != nil {
+			bar.Clear()
 		}
-		rec := recs[len(recs)-1]
-		if b.f.json {
-			if err := b.printJSON(rec); err != nil {
-				return bench.Record{}, err
-			}
-		} else {
-			b.drainRow(tw, rec)
+		if err != nil {
+			return bench.Record{}, fmt.Errorf("%s run %d: %w", b.f.scenario, i, err)
+		}
+		if err := b.print(tw, sr, recs[len(recs)-1]); err != nil {
+			return bench.Record{}, err
 		}
 	}
 	median := bench.MedianRecord(recs)
 	if runs > 1 {
-		if b.f.json {
-			if err := b.printJSON(median); err != nil {
-				return bench.Record{}, err
-			}
-		} else {
-			b.drainRow(tw, median)
+		if err := b.print(tw, sr, median); err != nil {
+			return bench.Record{}, err
 		}
 	}
 	if tw != nil {
@@ -165,69 +234,113 @@ func (b *benchRun) drains(ctx context.Context, runs int, cpuProfile string) (ben
 	return median, nil
 }
 
-// steadies runs the steady scenario b.f.runs times at rate and prints each run and the
-// median.
-func (b *benchRun) steadies(ctx context.Context, rate float64) error {
-	var recs []bench.Record
-	var tw *tabwriter.Writer
-	for i := 1; i <= b.f.runs; i++ {
-		s, err := openFreshStore(ctx, b.f.store, b.f.sync)
+// print writes rec as a JSON line or as a row of tw.
+func (b *benchRun) print(tw *tabwriter.Writer, sr scenarioRun, rec bench.Record) error {
+	if b.f.json {
+		line, err := json.Marshal(rec)
 		if err != nil {
 			return err
 		}
-		if i == 1 && !b.f.json {
-			fmt.Fprintf(b.out, "steady-rate: a producer creates %.0f executions/s (%d-byte payload) for %s while %d %s workers claim 1 at a time and complete, store %s\n",
-				rate, b.f.payload, b.f.duration, b.f.workers, b.workerKind(), describeStore(s))
-			tw = b.table("run", "created", "completed/s", "claim p50 ms", "claim p95 ms", "claim p99 ms", "create→complete p50/p99 ms", "backlog at end", "errors")
-		}
-		started := time.Now()
-		err = b.withClient(ctx, s, func(c bench.Client) error {
-			r, err := bench.Steady(ctx, c, bench.SteadyConfig{Rate: rate, Duration: b.f.duration, Workers: b.f.workers, PayloadBytes: b.f.payload})
-			if err != nil {
-				return err
-			}
-			rec := bench.SteadyRecord(r)
-			b.identify(&rec, s, started, strconv.Itoa(i), b.f.runs)
-			rec.Config.N = 0
-			rec.Config.RatePerSec = rate
-			rec.Config.DurationSec = b.f.duration.Seconds()
-			recs = append(recs, rec)
-			return nil
-		})
-		if err != nil {
-			return fmt.Errorf("steady run %d: %w", i, err)
-		}
-		rec := recs[len(recs)-1]
-		if b.f.json {
-			if err := b.printJSON(rec); err != nil {
-				return err
-			}
-		} else {
-			b.steadyRow(tw, rec)
-		}
+		_, err = fmt.Fprintf(b.out, "%s\n", line)
+		return err
 	}
-	if b.f.runs > 1 {
-		median := bench.MedianRecord(recs)
-		if b.f.json {
-			if err := b.printJSON(median); err != nil {
-				return err
-			}
-		} else {
-			b.steadyRow(tw, median)
-		}
-	}
-	if tw != nil {
-		return tw.Flush()
-	}
-	return nil
+	_, err := fmt.Fprintf(tw, "%s\t%s\n", rec.Config.Run, sr.row(rec))
+	return err
 }
 
-// withClient runs fn with a started client on s, then stops the client and removes the
-// store.
+// drain is the drain scenario (submit-claim-complete) or burn-down, which differ only in
+// their defaults.
+func (b *benchRun) drain(scenario string) scenarioRun {
+	f := b.f
+	return scenarioRun{
+		title: fmt.Sprintf("%s: %d executions × %d-byte payload, %d %s workers claiming 1 at a time",
+			scenario, f.n, f.payload, f.workers, b.workerKind()),
+		cols: []string{"seed s", "seed/s", "drain s", "tasks/s", "p50 ms", "p95 ms", "p99 ms", "claim p50/p99", "complete p50/p99", "CPU µs/task", "errors"},
+		row: func(r bench.Record) string {
+			return fmt.Sprintf("%.2f\t%.0f\t%.2f\t%.0f\t%.2f\t%.2f\t%.2f\t%.2f/%.2f\t%.2f/%.2f\t%.0f\t%d\t",
+				r.Seed.Seconds, r.Seed.PerSec, r.DrainSec, r.ThroughputPerSec, r.LatencyMS.P50, r.LatencyMS.P95, r.LatencyMS.P99,
+				r.ClaimMS.P50, r.ClaimMS.P99, r.CompleteMS.P50, r.CompleteMS.P99, r.CPUPerTaskUS, r.Errors)
+		},
+		run: func(ctx context.Context, c bench.Backend, run int, progress bench.ProgressFunc) (bench.Record, error) {
+			cfg := bench.DrainConfig{N: f.n, Workers: f.workers, PayloadBytes: f.payload, Progress: progress}
+			if run == 1 && f.cpuProfile != "" {
+				stop, err := profileDrain(&cfg, f.cpuProfile)
+				if err != nil {
+					return bench.Record{}, err
+				}
+				defer stop()
+			}
+			r, err := bench.Drain(ctx, c, cfg)
+			if err != nil {
+				return bench.Record{}, err
+			}
+			return bench.DrainRecord(scenario, cfg, r), nil
+		},
+	}
+}
+
+// steady is steady-rate (cfg.Rate set) or steady-depth (cfg.Depth set).
+func (b *benchRun) steady(cfg bench.SteadyConfig) scenarioRun {
+	f := b.f
+	cfg.Duration, cfg.Workers, cfg.PayloadBytes = f.duration, f.workers, f.payload
+	producer := fmt.Sprintf("%s: a producer creates %.0f executions/s", bench.ScenarioSteadyRate, cfg.Rate)
+	if cfg.Depth > 0 {
+		producer = fmt.Sprintf("%s: a producer keeps %d executions waiting", bench.ScenarioSteadyDepth, cfg.Depth)
+	}
+	return scenarioRun{
+		title: fmt.Sprintf("%s (%d-byte payload) for %s while %d %s workers claim 1 at a time and complete",
+			producer, f.payload, f.duration, f.workers, b.workerKind()),
+		cols: []string{"created", "completed/s", "claim p50 ms", "claim p95 ms", "claim p99 ms", "create→complete p50/p99 ms", "backlog at end", "errors"},
+		row: func(r bench.Record) string {
+			return fmt.Sprintf("%d\t%.0f\t%.2f\t%.2f\t%.2f\t%.2f/%.2f\t%d\t%d\t",
+				r.Created, r.ThroughputPerSec, r.LatencyMS.P50, r.LatencyMS.P95, r.LatencyMS.P99,
+				r.CreateCompleteMS.P50, r.CreateCompleteMS.P99, *r.Backlog, r.Errors)
+		},
+		run: func(ctx context.Context, c bench.Backend, _ int, progress bench.ProgressFunc) (bench.Record, error) {
+			cfg := cfg
+			cfg.Progress = progress
+			r, err := bench.Steady(ctx, c, cfg)
+			if err != nil {
+				return bench.Record{}, err
+			}
+			return bench.SteadyRecord(cfg, r), nil
+		},
+	}
+}
+
+// steadyState is BENCHMARKS.md scenario 3.
+func (b *benchRun) steadyState() scenarioRun {
+	f := b.f
+	cfg := bench.SteadyStateConfig{Seed: f.n, Refill: f.refill, RefillEvery: f.refillEvery, Deadline: f.deadline,
+		Workers: f.workers, LeaseTTL: f.leaseTTL, TaskTime: f.taskTime, Duration: f.duration, Window: f.window, PayloadBytes: f.payload}
+	return scenarioRun{
+		title: fmt.Sprintf("%s: %d executions seeded and %d more every %s, each with a deadline %s after its creation, for %s; "+
+			"an SDK worker with %d %s slots runs tasks of %s on leases of %s",
+			bench.ScenarioSteadyState, f.n, f.refill, f.refillEvery, f.deadline, f.duration, f.workers, b.workerKind(), f.taskTime, f.leaseTTL),
+		cols: []string{"created", "completed", "last-window/s", "whole-run/s", "task p50/p99 ms", "create→complete p50/p99 ms",
+			"missed deadline %", "expired", "renewals/task", "renewal share", "RSS MB/min", "errors"},
+		row: func(r bench.Record) string {
+			return fmt.Sprintf("%d\t%d\t%.2f\t%.2f\t%.0f/%.0f\t%.0f/%.0f\t%.1f\t%d\t%.2f\t%.2f\t%.2f\t%d\t",
+				r.Created, r.Count, r.ThroughputPerSec, r.ThroughputWholeRunPerSec, r.LatencyMS.P50, r.LatencyMS.P99,
+				r.CreateCompleteMS.P50, r.CreateCompleteMS.P99, *r.MissedDeadlinePct, r.Deadlines.Expired,
+				r.Renewals.PerTask, r.Renewals.Share, r.RSS.SlopeMBPerMin, r.Errors)
+		},
+		run: func(ctx context.Context, c bench.Backend, _ int, progress bench.ProgressFunc) (bench.Record, error) {
+			cfg := cfg
+			cfg.Progress = progress
+			r, err := bench.SteadyState(ctx, c, cfg)
+			if err != nil {
+				return bench.Record{}, err
+			}
+			return bench.SteadyStateRecord(cfg, r), nil
+		},
+	}
+}
+
 // withClient runs fn with a client on the store: the engine in process, or, with
 // -transport http, an HTTP API server on a loopback port in front of it and the Go HTTP
 // client. It removes the store afterwards.
-func (b *benchRun) withClient(ctx context.Context, s *freshStore, fn func(c bench.Client) error) error {
+func (b *benchRun) withClient(ctx context.Context, s *freshStore, fn func(c bench.Backend) error) error {
 	c, err := flowfabric.NewClient(s.store, nil)
 	if err != nil {
 		return errors.Join(err, s.remove())
@@ -268,23 +381,17 @@ func (b *benchRun) workerKind() string {
 	return "in-process"
 }
 
+// identify fills in rec's identity and the store's and the series' part of its config.
 func (b *benchRun) identify(rec *bench.Record, s *freshStore, started time.Time, run string, runs int) {
 	rec.Store = s.kind
+	rec.Transport = b.f.transport
 	rec.StartedAt = started.UTC().Truncate(time.Millisecond)
 	rec.Host = b.host
 	rec.Version = b.version
-	rec.Config = bench.Config{N: b.f.n, Workers: b.f.workers, PayloadBytes: b.f.payload, Sync: s.sync,
-		Shards: s.store.Shards(), ClaimCount: 1, Run: run, Runs: runs}
-	rec.Transport = b.f.transport
-}
-
-func (b *benchRun) printJSON(rec bench.Record) error {
-	line, err := json.Marshal(rec)
-	if err != nil {
-		return err
-	}
-	_, err = fmt.Fprintf(b.out, "%s\n", line)
-	return err
+	rec.Config.Sync = s.sync
+	rec.Config.Shards = s.store.Shards()
+	rec.Config.Run = run
+	rec.Config.Runs = runs
 }
 
 func (b *benchRun) table(cols ...string) *tabwriter.Writer {
@@ -294,19 +401,6 @@ func (b *benchRun) table(cols ...string) *tabwriter.Writer {
 	}
 	fmt.Fprintln(tw)
 	return tw
-}
-
-func (b *benchRun) drainRow(tw *tabwriter.Writer, r bench.Record) {
-	fmt.Fprintf(tw, "%s\t%.2f\t%.0f\t%.2f\t%.0f\t%.2f\t%.2f\t%.2f\t%.2f/%.2f\t%.2f/%.2f\t%.0f\t%d\t\n",
-		r.Config.Run, r.Seed.Seconds, r.Seed.PerSec, r.DrainSec, r.ThroughputPerSec,
-		r.LatencyMS.P50, r.LatencyMS.P95, r.LatencyMS.P99,
-		r.ClaimMS.P50, r.ClaimMS.P99, r.CompleteMS.P50, r.CompleteMS.P99, r.CPUPerTaskUS, r.Errors)
-}
-
-func (b *benchRun) steadyRow(tw *tabwriter.Writer, r bench.Record) {
-	fmt.Fprintf(tw, "%s\t%d\t%.0f\t%.2f\t%.2f\t%.2f\t%.2f/%.2f\t%d\t%d\t\n",
-		r.Config.Run, r.Created, r.ThroughputPerSec, r.LatencyMS.P50, r.LatencyMS.P95, r.LatencyMS.P99,
-		r.CreateCompleteMS.P50, r.CreateCompleteMS.P99, *r.Backlog, r.Errors)
 }
 
 func describeStore(s *freshStore) string {

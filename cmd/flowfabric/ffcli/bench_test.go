@@ -14,7 +14,8 @@ import (
 	"github.com/flowfabric/flowfabric/internal/bench"
 )
 
-// records parses bench -json output: one JSON object per line.
+// records parses bench -json output: one JSON object per line, each with the fields
+// BENCHMARKS.md names and no field a Record lacks.
 func records(t *testing.T, out string) []bench.Record {
 	t.Helper()
 	var recs []bench.Record
@@ -24,6 +25,17 @@ func records(t *testing.T, out string) []bench.Record {
 		dec := json.NewDecoder(strings.NewReader(sc.Text()))
 		dec.DisallowUnknownFields()
 		require.NoError(t, dec.Decode(&r), "line %q", sc.Text())
+		var shape map[string]any
+		require.NoError(t, json.Unmarshal(sc.Bytes(), &shape))
+		for _, k := range []string{"scenario", "store", "transport", "config", "throughput_per_sec", "latency_ms", "count", "errors", "started_at", "host", "version"} {
+			require.Contains(t, shape, k)
+		}
+		for _, k := range []string{"p50", "p95", "p99"} {
+			require.Contains(t, shape["latency_ms"], k)
+		}
+		for _, k := range []string{"cpu", "cores", "mem_gb"} {
+			require.Contains(t, shape["host"], k)
+		}
 		recs = append(recs, r)
 	}
 	return recs
@@ -111,13 +123,13 @@ func TestBenchSteady(t *testing.T) {
 	t.Parallel()
 	db := filepath.Join(t.TempDir(), "bench.db")
 	var out bytes.Buffer
-	require.NoError(t, Run(t.Context(), []string{"bench", "-store", "sqlite://" + db, "-steady", "-n", "500",
+	require.NoError(t, Run(t.Context(), []string{"bench", "-store", "sqlite://" + db, "-scenario", "steady-rate", "-n", "500",
 		"-workers", "4", "-payload", "512", "-duration", "1s", "-json"}, &out))
 	recs := records(t, out.String())
 	require.Len(t, recs, 2, "the drain that measured the rate, then the steady run")
 	drain, steady := recs[0], recs[1]
 	require.Equal(t, bench.ScenarioDrain, drain.Scenario)
-	require.Equal(t, bench.ScenarioSteady, steady.Scenario)
+	require.Equal(t, bench.ScenarioSteadyRate, steady.Scenario)
 	require.InDelta(t, 0.7*drain.ThroughputPerSec, steady.Config.RatePerSec, 0.01)
 	require.Equal(t, 1.0, steady.Config.DurationSec)
 	require.Positive(t, steady.Created)
@@ -133,7 +145,7 @@ func TestBenchSteady(t *testing.T) {
 func TestBenchSteadyTable(t *testing.T) {
 	t.Parallel()
 	var out bytes.Buffer
-	require.NoError(t, Run(t.Context(), []string{"bench", "-store", "mem", "-steady", "-rate", "500",
+	require.NoError(t, Run(t.Context(), []string{"bench", "-store", "mem", "-scenario", "steady-rate", "-rate", "500",
 		"-duration", "500ms", "-runs", "2"}, &out))
 	s := out.String()
 	t.Log("\n" + s)
@@ -165,7 +177,11 @@ func TestBenchRefusesBadArguments(t *testing.T) {
 		{"-n", "0"},
 		{"-runs", "0"},
 		{"-workers", "0"},
-		{"-steady", "-duration", "0s"},
+		{"-scenario", "steady-rate", "-duration", "0s"},
+		{"-scenario", "steady-depth", "-depth", "0"},
+		{"-scenario", "steady-rate", "-load", "0"},
+		{"-scenario", "no-such"},
+		{"-scenario", "steady-state", "-store", "mem", "-n", "1", "-refill-every", "0s", "-duration", "1s"},
 		{"extra"},
 	} {
 		var out bytes.Buffer
@@ -184,4 +200,91 @@ func TestBenchOverHTTP(t *testing.T) {
 	require.EqualValues(t, 0, rec["errors"])
 	var bad bytes.Buffer
 	require.Error(t, Run(t.Context(), []string{"bench", "-store", "mem", "-transport", "carrier-pigeon"}, &bad))
+}
+
+func TestBenchBurnDown(t *testing.T) {
+	t.Parallel()
+	var out bytes.Buffer
+	require.NoError(t, Run(t.Context(), []string{"bench", "-scenario", "burn-down", "-store", "mem", "-n", "400", "-workers", "50", "-json"}, &out))
+	recs := records(t, out.String())
+	require.Len(t, recs, 1)
+	r := recs[0]
+	require.Equal(t, bench.ScenarioBurnDown, r.Scenario)
+	require.Equal(t, 400, r.Config.N)
+	require.Equal(t, 50, r.Config.Workers)
+	require.Zero(t, r.Config.PayloadBytes, "no-op executions: empty payloads")
+	require.Equal(t, 400, r.Count)
+	require.Equal(t, 400, r.LatencyMS.N)
+	require.NotNil(t, r.Seed)
+}
+
+func TestBenchSteadyDepth(t *testing.T) {
+	t.Parallel()
+	var out bytes.Buffer
+	require.NoError(t, Run(t.Context(), []string{"bench", "-scenario", "steady-depth", "-store", "mem", "-depth", "30", "-workers", "4",
+		"-duration", "500ms", "-json"}, &out))
+	recs := records(t, out.String())
+	require.Len(t, recs, 1)
+	r := recs[0]
+	require.Equal(t, bench.ScenarioSteadyDepth, r.Scenario)
+	require.Equal(t, 30, r.Config.Depth)
+	require.Zero(t, r.Config.RatePerSec)
+	require.Equal(t, 0.5, r.Config.DurationSec)
+	require.Positive(t, r.Count)
+	require.GreaterOrEqual(t, r.Created, r.Count)
+	requireOrdered(t, r.LatencyMS)
+	require.NotNil(t, r.Backlog)
+}
+
+// steadyStateArgs is a steady-state small enough for a test: 30 seeded tasks of 0.5 s on
+// 4 slots, with deadlines of 1.5 s, for 2 s.
+func steadyStateArgs(more ...string) []string {
+	return append([]string{"bench", "-scenario", "steady-state", "-n", "30", "-refill", "2", "-refill-every", "300ms",
+		"-deadline", "1500ms", "-workers", "4", "-lease-ttl", "1s", "-task-time", "500ms", "-duration", "2s", "-window", "1s"}, more...)
+}
+
+func TestBenchSteadyState(t *testing.T) {
+	t.Parallel()
+	for _, transport := range []string{"inproc", "http"} {
+		t.Run(transport, func(t *testing.T) {
+			t.Parallel()
+			var out bytes.Buffer
+			require.NoError(t, Run(t.Context(), steadyStateArgs("-store", "sqlite://"+filepath.Join(t.TempDir(), "b.db"),
+				"-transport", transport, "-json"), &out))
+			recs := records(t, out.String())
+			require.Len(t, recs, 1)
+			r := recs[0]
+			require.Equal(t, bench.ScenarioSteadyState, r.Scenario)
+			require.Equal(t, transport, r.Transport)
+			require.Equal(t, bench.Config{N: 30, Workers: 4, Sync: "full", Shards: r.Config.Shards, Run: "1", Runs: 1, DurationSec: 2,
+				Refill: 2, RefillEverySec: 0.3, DeadlineSec: 1.5, LeaseTTLSec: 1, TaskSec: 0.5, WindowSec: 1}, r.Config)
+			require.Positive(t, r.Count)
+			require.Greater(t, r.Created, 30)
+			require.NotNil(t, r.Deadlines)
+			d := r.Deadlines
+			require.Equal(t, r.Created, r.Count+d.Expired+d.PendingLate+d.Pending, "every execution is accounted for")
+			require.NotNil(t, r.MissedDeadlinePct)
+			require.Positive(t, *r.MissedDeadlinePct, "seeded tasks missed their deadline")
+			require.NotNil(t, r.Renewals)
+			require.Positive(t, r.Renewals.Count)
+			require.Positive(t, r.Renewals.Claims)
+			require.NotNil(t, r.RSS)
+			require.Positive(t, r.RSS.Samples)
+			require.Equal(t, r.Count, r.LatencyMS.N)
+			require.Zero(t, r.Errors)
+		})
+	}
+}
+
+func TestBenchSteadyStateTable(t *testing.T) {
+	t.Parallel()
+	var out bytes.Buffer
+	require.NoError(t, Run(t.Context(), steadyStateArgs("-store", "mem"), &out))
+	s := out.String()
+	t.Log("\n" + s)
+	require.Contains(t, s, "steady-state: 30 executions seeded and 2 more every 300ms")
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	require.Len(t, lines, 3, "title, header, one run; no progress lines on a short run")
+	require.Contains(t, lines[1], "missed deadline %")
+	require.Equal(t, "1", strings.Fields(lines[2])[0])
 }
