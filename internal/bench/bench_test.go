@@ -146,3 +146,42 @@ func TestVerify(t *testing.T) {
 	require.NoError(t, c.Complete(ctx, ls[0].ExecutionID, ls[0].Fence, nil, ""))
 	require.ErrorContains(t, Verify(ctx, c, "v", created, done), "did not create")
 }
+
+// TestSteadyStateCheck feeds the steady-state check acknowledgements that disagree with
+// the store: it must refuse them.
+func TestSteadyStateCheck(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	c := newClient(t)
+	created := map[flowfabric.ExecutionID]bool{}
+	require.NoError(t, createN(ctx, c, flowfabric.CreateParams{Lane: "v", Kind: "k", Policy: flowfabric.Policy{Deadline: flowfabric.Duration(time.Hour)}},
+		2, created, nil))
+	ls, err := c.Claim(ctx, flowfabric.ClaimParams{WorkerID: "w", WorkerInstanceID: "w", Lanes: []string{"v"}})
+	require.NoError(t, err)
+	require.NoError(t, c.Complete(ctx, ls[0].ExecutionID, ls[0].Fence, nil, ""))
+	done := ls[0].ExecutionID
+	var waiting flowfabric.ExecutionID
+	for id := range created {
+		if id != done {
+			waiting = id
+		}
+	}
+	check := func(acked ...flowfabric.ExecutionID) (*SteadyStateResult, error) {
+		r := &steadyStateRun{cfg: SteadyStateConfig{Lane: "v"}}
+		for _, id := range acked {
+			r.acked = append(r.acked, completion{id: id})
+		}
+		res := &SteadyStateResult{Completed: len(acked)}
+		return res, r.check(ctx, c, created, res)
+	}
+	res, err := check(done)
+	require.NoError(t, err)
+	require.Equal(t, 1, res.Pending)
+	require.Zero(t, res.MissedDeadlinePct)
+	_, err = check(done, done)
+	require.ErrorContains(t, err, "completed twice")
+	_, err = check()
+	require.ErrorContains(t, err, "is completed, and its completion was acknowledged: false")
+	_, err = check(done, waiting)
+	require.ErrorContains(t, err, "is waiting, and its completion was acknowledged: true")
+}
