@@ -1,6 +1,7 @@
 package ffstoretest
 
 import (
+	"context"
 	"fmt"
 	"sync"
 	"testing"
@@ -204,6 +205,22 @@ func exerciseClaim(t *testing.T, newStore func(t *testing.T) ffstore.Store) {
 					if len(leases) == 0 {
 						return
 					}
+					if len(leases) > 1+g%3 {
+						errs <- fmt.Errorf("%s asked for %d and got %d", w, 1+g%3, len(leases))
+						return
+					}
+					// Calls are served together; each lease is still in its caller's name.
+					for _, l := range leases {
+						x, err := b.engine.Get(b.ctx, l.ExecutionID)
+						if err != nil {
+							errs <- err
+							return
+						}
+						if x.WorkerID != w || x.LeaseID != l.Fence.LeaseID {
+							errs <- fmt.Errorf("%s got a lease held by %s", w, x.WorkerID)
+							return
+						}
+					}
 					mu.Lock()
 					for _, l := range leases {
 						seen[l.ExecutionID]++
@@ -227,6 +244,18 @@ func exerciseClaim(t *testing.T, newStore func(t *testing.T) ffstore.Store) {
 		for id, n := range seen {
 			require.Equal(t, 1, n, "execution %s claimed %d times", id, n)
 		}
+	})
+
+	t.Run("CancelledClaimTakesNothing", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		id := b.create(t, fftype.CreateParams{})
+		ctx, cancel := context.WithCancel(b.ctx)
+		cancel()
+		leases, err := b.engine.Claim(ctx, claimParams("w", 1))
+		require.ErrorIs(t, err, context.Canceled)
+		require.Empty(t, leases)
+		require.Equal(t, fftype.StateWaiting, b.state(t, id))
 	})
 
 	t.Run("ConflictRetries", func(t *testing.T) {

@@ -56,9 +56,7 @@ func (e *Engine) Claim(ctx context.Context, p fftype.ClaimParams) ([]*fftype.Lea
 	if err != nil {
 		return nil, err
 	}
-	leases, err := take(ctx, e, w, p.Lanes, count, func(tx ffstore.Tx, x *fftype.Execution, before placement, now time.Time) (*fftype.Lease, error) {
-		return e.acquire(tx, x, before, w, now)
-	})
+	leases, err := e.claimCombined(ctx, p.Lanes, w, count)
 	if err != nil && len(leases) == 0 {
 		return nil, err
 	}
@@ -81,7 +79,7 @@ func (e *Engine) GrantNext(ctx context.Context, p fftype.ClaimParams, ttl time.D
 	if ttl < time.Millisecond || ttl > fftype.MaxGrantTTL {
 		return nil, fftype.Validationf(fftype.CodeInvalidInput, "grant ttl must be between 1ms and %s", fftype.MaxGrantTTL)
 	}
-	refs, err := take(ctx, e, w, p.Lanes, 1, func(tx ffstore.Tx, x *fftype.Execution, before placement, now time.Time) (*fftype.GrantRef, error) {
+	refs, err := take(ctx, e, w.caps, p.Lanes, 1, func(tx ffstore.Tx, x *fftype.Execution, before placement, now time.Time, _ int) (*fftype.GrantRef, error) {
 		kind := fftype.GrantClaim
 		if x.AttemptState == fftype.AttemptStatePendingReclaim {
 			kind = fftype.GrantReclaim
@@ -119,13 +117,14 @@ func checkClaim(p fftype.ClaimParams) (claimer, int, error) {
 }
 
 // takeFunc acts on one eligible execution inside the unit that popped it from its queue
-// (before is its placement less that queue) and returns what the caller collects.
-type takeFunc[T any] func(tx ffstore.Tx, x *fftype.Execution, before placement, now time.Time) (T, error)
+// (before is its placement less that queue) and returns what the caller collects; i is
+// the position the result will have among everything the selection collects.
+type takeFunc[T any] func(tx ffstore.Tx, x *fftype.Execution, before placement, now time.Time, i int) (T, error)
 
-// take is the selection Claim and GrantNext share: it finds the queues of the lanes the
-// worker may take from and applies act to up to count executions, best first. On an
-// error it returns what earlier units took with it.
-func take[T any](ctx context.Context, e *Engine, w claimer, laneNames []string, count int, act takeFunc[T]) ([]T, error) {
+// take is the selection Claim and GrantNext share: it finds the queues of the lanes that
+// a worker with capabilities caps may take from and applies act to up to count
+// executions, best first. On an error it returns what earlier units took with it.
+func take[T any](ctx context.Context, e *Engine, caps []string, laneNames []string, count int, act takeFunc[T]) ([]T, error) {
 	lanes, err := e.unpausedLanes(ctx, laneNames)
 	if err != nil || len(lanes) == 0 {
 		return nil, err
@@ -140,8 +139,8 @@ func take[T any](ctx context.Context, e *Engine, w claimer, laneNames []string, 
 	}
 	cands := make([]*candidate, 0, len(heads))
 	for _, h := range heads {
-		lane, ns, caps, ok := parseEligibleQueue(h.Queue)
-		if !ok || !fftype.CoversCapabilities(w.caps, caps) {
+		lane, ns, qcaps, ok := parseEligibleQueue(h.Queue)
+		if !ok || !fftype.CoversCapabilities(caps, qcaps) {
 			continue
 		}
 		cands = append(cands, &candidate{shard: h.Shard, queue: h.Queue, lane: lane, ns: ns, head: h.Item})
@@ -158,7 +157,7 @@ func take[T any](ctx context.Context, e *Engine, w claimer, laneNames []string, 
 			want = count - len(taken)
 			maxScore = (c.bucket()+1)<<priorityBits - 1
 		}
-		got, next, err := takeFrom(ctx, e, c, want, count-len(taken) > want, maxScore, act)
+		got, next, err := takeFrom(ctx, e, c, len(taken), want, count-len(taken) > want, maxScore, act)
 		if err != nil {
 			return taken, err
 		}
@@ -238,10 +237,10 @@ func sortedKeys(m map[string]bool) []string {
 }
 
 // takeFrom pops up to want executions from one eligible queue in one unit, applies act
-// to each, and returns what act collected and the queue's new head (nil when empty). The
-// head is read only when the caller may go on (more, or the unit took fewer than want);
-// otherwise it is reported as nil.
-func takeFrom[T any](ctx context.Context, e *Engine, c *candidate, want int, more bool, maxScore int64, act takeFunc[T]) ([]T, *ffstore.QueueItem, error) {
+// to each (numbering them from base), and returns what act collected and the queue's new
+// head (nil when empty). The head is read only when the caller may go on (more, or the
+// unit took fewer than want); otherwise it is reported as nil.
+func takeFrom[T any](ctx context.Context, e *Engine, c *candidate, base, want int, more bool, maxScore int64, act takeFunc[T]) ([]T, *ffstore.QueueItem, error) {
 	var got []T
 	var next *ffstore.QueueItem
 	err := e.update(ctx, c.shard, func(tx ffstore.Tx) error {
@@ -271,7 +270,7 @@ func takeFrom[T any](ctx context.Context, e *Engine, c *candidate, want int, mor
 			if _, ok := before[c.queue]; !ok {
 				continue // not eligible here: the pop only dropped a stale entry
 			}
-			v, err := act(tx, x, before.without(c.queue), now)
+			v, err := act(tx, x, before.without(c.queue), now, base+len(got))
 			if err != nil {
 				return err
 			}

@@ -68,6 +68,8 @@ type Engine struct {
 	rotMu    sync.Mutex
 	rotation map[string]string // lane → namespace served last, for fair rotation
 
+	claims claimCombiner // concurrent Claim calls, served together
+
 	laneMu   sync.Mutex
 	lanes    map[string]laneState // pause states read recently, see unpausedLanes
 	laneTurn uint64               // advances each claim, to rotate across a worker's lanes
@@ -128,6 +130,7 @@ func New(store ffstore.Store, cfg *Config) (*Engine, error) {
 		cfg:      c,
 		wake:     make(chan struct{}, 1),
 		rotation: map[string]string{},
+		claims:   claimCombiner{queues: map[string]*claimQueue{}},
 		lanes:    map[string]laneState{},
 	}, nil
 }
