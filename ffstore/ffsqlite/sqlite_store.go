@@ -140,13 +140,15 @@ type Store struct {
 	log    *slog.Logger
 
 	// The writer: one connection owned by the writer goroutine, fed through units.
-	wdb        *sql.DB
-	wconn      *sql.Conn
-	ws         writerStmts
-	units      chan *unit
-	writerDone chan struct{}
-	commits    atomic.Int64            // group commits, for tests
-	conflicts  ffstore.ConflictCounter // injected conflicts still to deliver
+	wdb         *sql.DB
+	wconn       *sql.Conn
+	ws          writerStmts
+	units       chan *unit
+	writerDone  chan struct{}
+	commits     atomic.Int64            // group commits, for tests
+	conflicts   ffstore.ConflictCounter // injected conflicts still to deliver
+	cache       *recordCache            // records known to the writer; writer only
+	dataVersion int64                   // the writer connection's data_version when the cache was last valid
 
 	// The readers.
 	rdb *sql.DB
@@ -197,7 +199,7 @@ func Open(ctx context.Context, path string, opts *Options) (*Store, error) {
 	if err != nil {
 		return nil, fftype.Validationf(fftype.CodeInvalidInput, "ffsqlite: path %q: %v", path, err)
 	}
-	s := &Store{path: abs, opts: o, log: o.Logger.With("store", "ffsqlite", "path", abs)}
+	s := &Store{path: abs, opts: o, log: o.Logger.With("store", "ffsqlite", "path", abs), cache: newRecordCache()}
 	if err := s.open(ctx); err != nil {
 		s.closeHandles()
 		return nil, err

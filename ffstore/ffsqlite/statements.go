@@ -63,6 +63,7 @@ type writerStmts struct {
 	lastSeq, storeSeq      *sql.Stmt
 	pop, appendEvent       *sql.Stmt
 	trimMark, trim         *sql.Stmt
+	dataVersion            *sql.Stmt
 }
 
 func (w *writerStmts) prepare(ctx context.Context, conn *sql.Conn) error {
@@ -91,6 +92,7 @@ func (w *writerStmts) prepare(ctx context.Context, conn *sql.Conn) error {
 		{&w.pop, sqlPop},
 		{&w.trimMark, sqlTrimMark},
 		{&w.trim, sqlTrim},
+		{&w.dataVersion, "PRAGMA data_version"},
 	} {
 		st, err := conn.PrepareContext(ctx, p.sql)
 		if err != nil {
@@ -105,7 +107,7 @@ func (w *writerStmts) close() {
 	for _, st := range []*sql.Stmt{
 		w.begin, w.commit, w.rollback, w.savepoint, w.release, w.rollbackTo,
 		w.get, w.put, w.del, w.rangeFirst, w.rangeAfter, w.queueAdd, w.queueDir,
-		w.queueRemove, w.prune, w.lastSeq, w.storeSeq, w.pop, w.appendEvent, w.trimMark, w.trim,
+		w.queueRemove, w.prune, w.lastSeq, w.storeSeq, w.pop, w.appendEvent, w.trimMark, w.trim, w.dataVersion,
 	} {
 		if st != nil {
 			_ = st.Close()

@@ -28,10 +28,11 @@ type writeTx struct {
 
 	// What the unit adds to its batch's knowledge; merged into the batch when the unit's
 	// savepoint is released, dropped when it is rolled back.
-	batch *batchState
-	dirs  map[dirKey]bool // directory rows this unit inserted
-	prune map[dirKey]bool // queues this unit removed items from
-	seqs  map[int]int64   // the last event Seq this unit handed out, per shard
+	batch   *batchState
+	written []cacheKey      // records this unit wrote, dropped from the cache if it rolls back
+	dirs    map[dirKey]bool // directory rows this unit inserted
+	prune   map[dirKey]bool // queues this unit removed items from
+	seqs    map[int]int64   // the last event Seq this unit handed out, per shard
 }
 
 // dirKey names one queue of one shard.
@@ -108,11 +109,16 @@ func (t *writeTx) Get(key string) ([]byte, bool, error) {
 	if err := t.usable(); err != nil {
 		return nil, false, err
 	}
+	k := cacheKey{t.shard, key}
+	if v, ok, hit := t.s.cache.get(k); hit {
+		return v, ok, nil
+	}
 	v, ok, err := getValue(bg, t.s.ws.get, t.shard, key)
 	if err != nil {
 		t.fail(err, "get")
 		return nil, false, t.err
 	}
+	t.s.cache.set(k, v, ok)
 	return v, ok, nil
 }
 
@@ -147,11 +153,22 @@ func (t *writeTx) Put(key string, value []byte) {
 	if value == nil {
 		value = []byte{}
 	}
-	t.exec("put", t.s.ws.put, t.shard, key, value)
+	t.write("put", key, value, true, t.s.ws.put, t.shard, key, value)
 }
 
 func (t *writeTx) Delete(key string) {
-	t.exec("delete", t.s.ws.del, t.shard, key)
+	t.write("delete", key, nil, false, t.s.ws.del, t.shard, key)
+}
+
+// write runs the statement that stores value under key (ok) or deletes key (!ok), and
+// keeps the writer's cache in step with it.
+func (t *writeTx) write(op, key string, value []byte, ok bool, st *sql.Stmt, args ...any) {
+	k := cacheKey{t.shard, key}
+	t.s.cache.drop(k)
+	t.written = append(t.written, k)
+	if t.exec(op, st, args...) != nil {
+		t.s.cache.set(k, value, ok)
+	}
 }
 
 func (t *writeTx) QueueAdd(queue, member string, score int64) {

@@ -68,6 +68,21 @@ func (s *Store) runWriter() {
 	}
 }
 
+// checkDataVersion empties the record cache if another process committed since this
+// connection's last transaction. It runs inside the write transaction, so nothing can
+// commit between the check and the batch's reads.
+func (s *Store) checkDataVersion() error {
+	var v int64
+	if err := s.ws.dataVersion.QueryRowContext(bg).Scan(&v); err != nil {
+		return translate(err, "read data_version")
+	}
+	if v != s.dataVersion {
+		s.cache.clear()
+		s.dataVersion = v
+	}
+	return nil
+}
+
 // take adds queued units to batch without waiting, up to maxBatch.
 func (s *Store) take(batch []*unit) []*unit {
 	for len(batch) < maxBatch {
@@ -112,6 +127,10 @@ func (s *Store) runBatch(batch []*unit) []*unit {
 			}
 			return batch
 		}
+		if err := s.checkDataVersion(); err != nil {
+			s.abort(batch, err)
+			return batch
+		}
 		state := newBatchState()
 		retry := false
 		for i := 0; i < len(batch) && !retry; i++ {
@@ -134,6 +153,7 @@ func (s *Store) runBatch(batch []*unit) []*unit {
 			}
 		}
 		if retry {
+			s.cache.clear()
 			if _, err := s.ws.rollback.ExecContext(bg); err != nil {
 				s.abort(batch, translate(err, "roll back"))
 				return batch
@@ -184,6 +204,7 @@ func (s *Store) runUnitFast(u *unit, batch *batchState) bool {
 
 // abort rolls the transaction back and fails every unit whose writes it held.
 func (s *Store) abort(batch []*unit, err error) {
+	s.cache.clear()
 	if _, rerr := s.ws.rollback.ExecContext(bg); rerr != nil {
 		s.log.Debug("rollback after failed batch", "error", rerr)
 	}
@@ -228,6 +249,9 @@ func (s *Store) runUnit(u *unit, batch *batchState) error {
 		u.err = tx.err
 	default:
 		u.err = ffstore.Conflict("ffsqlite", u.shard)
+	}
+	for _, k := range tx.written {
+		s.cache.drop(k)
 	}
 	if _, rerr := s.ws.rollbackTo.ExecContext(bg); rerr != nil {
 		return translate(rerr, "roll back savepoint")
