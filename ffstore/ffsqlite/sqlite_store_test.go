@@ -309,6 +309,69 @@ func TestGroupCommit(t *testing.T) {
 	require.ElementsMatch(t, want, got)
 }
 
+// TestWriterCache checks that the writer's record cache never serves a stale value: not
+// after a unit that wrote the record was rolled back, and not after another connection
+// (here a second Store on the same file) changed it.
+func TestWriterCache(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "ff.db")
+	a, err := ffsqlite.Open(ctx, path, nil)
+	require.NoError(t, err)
+	defer a.Close()
+	b, err := ffsqlite.Open(ctx, path, nil)
+	require.NoError(t, err)
+	defer b.Close()
+
+	put := func(s *ffsqlite.Store, v string, fail error) error {
+		return s.Update(ctx, 0, func(tx ffstore.Tx) error {
+			tx.Put("k", []byte(v))
+			return fail
+		})
+	}
+	get := func(s *ffsqlite.Store) string {
+		var v []byte
+		require.NoError(t, s.Update(ctx, 0, func(tx ffstore.Tx) error {
+			var err error
+			v, _, err = tx.Get("k")
+			return err
+		}))
+		return string(v)
+	}
+
+	require.NoError(t, put(a, "v1", nil))
+	require.Equal(t, "v1", get(a))
+	require.ErrorIs(t, put(a, "rolled back", errBoom), errBoom)
+	require.Equal(t, "v1", get(a), "a rolled-back write is not served")
+
+	// Units that share a group commit, one failing after its write.
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Go(func() {
+			var fail error
+			if i%2 == 1 {
+				fail = errBoom
+			}
+			_ = a.Update(ctx, 0, func(tx ffstore.Tx) error {
+				tx.Put(fmt.Sprint("g", i), []byte("x"))
+				return fail
+			})
+		})
+	}
+	wg.Wait()
+	require.NoError(t, a.Update(ctx, 0, func(tx ffstore.Tx) error {
+		for i := range 8 {
+			_, ok, err := tx.Get(fmt.Sprint("g", i))
+			require.NoError(t, err)
+			require.Equal(t, i%2 == 0, ok, "g%d", i)
+		}
+		return nil
+	}))
+
+	require.NoError(t, put(b, "v2", nil))
+	require.Equal(t, "v2", get(a), "another connection's commit is seen")
+}
+
 func TestUpdate(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
