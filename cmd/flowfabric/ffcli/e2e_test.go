@@ -1,9 +1,11 @@
 package ffcli
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -158,4 +160,55 @@ echo "$id"
 	lines := strings.Split(strings.TrimSpace(string(got)), "\n")
 	require.Equal(t, "400", lines[len(lines)-1])
 	require.Contains(t, lines[0], `"code":"invalid_input"`)
+}
+
+// TestServerFlagsFromEnvironment runs the real binary's server configured only by FF_*
+// variables: it listens where FF_ADDR says, on the FF_STORE store, requires the
+// FF_API_TOKEN token, and shuts down cleanly on SIGINT. A variable that does not parse
+// fails the command, and every flag of server, dev and migrate names its variable.
+func TestServerFlagsFromEnvironment(t *testing.T) {
+	t.Parallel()
+	root := NewRootCommand(io.Discard)
+	for _, name := range []string{"server", "dev", "migrate"} {
+		cmd, _, err := root.Find([]string{name})
+		require.NoError(t, err)
+		for _, line := range strings.Split(strings.TrimSpace(cmd.Flags().FlagUsages()), "\n") {
+			require.Regexp(t, `\(FF_[A-Z_]+\)`, line, "flowfabric %s: a flag has no FF_* variable", name)
+		}
+	}
+
+	bin := buildCLI(t)
+	environ := append(os.Environ(), "FF_STORE=sqlite://"+filepath.ToSlash(filepath.Join(t.TempDir(), "ff.db")),
+		"FF_ADDR=127.0.0.1:0", "FF_API_TOKEN=env-token", "FF_LOG_LEVEL=error")
+	bad := exec.CommandContext(t.Context(), bin, "server")
+	bad.Env = append(environ, "FF_SHUTDOWN_TIMEOUT=soon")
+	got, err := bad.CombinedOutput()
+	require.Error(t, err)
+	require.Contains(t, string(got), `FF_SHUTDOWN_TIMEOUT="soon"`)
+
+	cmd := exec.CommandContext(t.Context(), bin, "server")
+	cmd.Env = append(environ, "FF_SHUTDOWN_TIMEOUT=3s")
+	stdout, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
+	sc := bufio.NewScanner(stdout)
+	require.True(t, sc.Scan(), "the server prints where it listens")
+	base := strings.Fields(strings.TrimPrefix(sc.Text(), "flowfabric server listening on "))[0]
+
+	anon, err := ffclient.New(base, nil)
+	require.NoError(t, err)
+	_, err = anon.List(t.Context(), fftype.ListParams{})
+	require.ErrorIs(t, err, fftype.ErrUnauthenticated, "FF_API_TOKEN is required")
+	c, err := ffclient.New(base, &ffclient.Config{Token: "env-token"})
+	require.NoError(t, err)
+	_, err = c.Create(t.Context(), fftype.CreateParams{Lane: "env", Kind: "k"})
+	require.NoError(t, err)
+
+	require.NoError(t, cmd.Process.Signal(os.Interrupt))
+	for sc.Scan() {
+		if strings.HasPrefix(sc.Text(), "shutting down") {
+			break
+		}
+	}
+	require.NoError(t, cmd.Wait(), "a clean shutdown on SIGINT")
 }

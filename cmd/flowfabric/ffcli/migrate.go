@@ -45,7 +45,8 @@ function library. A store newer than this binary is refused.`,
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&store, "store", env("FF_STORE", ""), "store URL (FF_STORE)")
-	cmd.Flags().StringVar(&schema, "schema", env("FF_POSTGRES_SCHEMA", "flowfabric"), "Postgres schema (FF_POSTGRES_SCHEMA)")
+	cmd.Flags().StringVar(&store, "store", "", "store URL")
+	cmd.Flags().StringVar(&schema, "schema", "flowfabric", "Postgres schema")
+	envFlags(cmd, map[string]string{"store": "FF_STORE", "schema": "FF_POSTGRES_SCHEMA"})
 	return cmd
 }

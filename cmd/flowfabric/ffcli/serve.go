@@ -57,13 +57,37 @@ redis://…, redis+cluster://…, valkey://…, or mem. Every flag also reads an
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&o.store, "store", env("FF_STORE", ""), "store URL (FF_STORE)")
-	f.StringVar(&o.addr, "addr", env("FF_ADDR", "127.0.0.1:8080"), "listen address (FF_ADDR)")
-	f.StringVar(&o.token, "token", env("FF_API_TOKEN", ""), "bearer token required on every route but health checks (FF_API_TOKEN)")
-	f.StringVar(&o.cors, "cors-origins", env("FF_CORS_ORIGINS", ""), "comma-separated origins browsers may call from, or * (FF_CORS_ORIGINS)")
-	f.StringVar(&o.logLevel, "log-level", env("FF_LOG_LEVEL", "info"), "debug, info, warn or error (FF_LOG_LEVEL)")
+	f.StringVar(&o.store, "store", "", "store URL")
+	f.StringVar(&o.addr, "addr", "127.0.0.1:8080", "listen address")
+	f.StringVar(&o.token, "token", "", "bearer token required on every route but health checks")
+	f.StringVar(&o.cors, "cors-origins", "", "comma-separated origins browsers may call from, or *")
+	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.DurationVar(&o.shutdown, "shutdown-timeout", 15*time.Second, "how long shutdown waits for requests in flight")
+	envFlags(cmd, map[string]string{"store": "FF_STORE", "addr": "FF_ADDR", "token": "FF_API_TOKEN",
+		"cors-origins": "FF_CORS_ORIGINS", "log-level": "FF_LOG_LEVEL", "shutdown-timeout": "FF_SHUTDOWN_TIMEOUT"})
 	return cmd
+}
+
+// envFlags lets each named flag of cmd be set by an environment variable instead: a flag
+// given on the command line wins, and a variable that does not parse as its flag's type
+// fails the command. Each flag's usage names its variable.
+func envFlags(cmd *cobra.Command, vars map[string]string) {
+	for name, v := range vars {
+		f := cmd.Flags().Lookup(name)
+		f.Usage += " (" + v + ")"
+	}
+	cmd.PreRunE = func(cmd *cobra.Command, _ []string) error {
+		for name, v := range vars {
+			val, ok := os.LookupEnv(v)
+			if !ok || cmd.Flags().Changed(name) {
+				continue
+			}
+			if err := cmd.Flags().Set(name, val); err != nil {
+				return fmt.Errorf("%s=%q: %w", v, val, err)
+			}
+		}
+		return nil
+	}
 }
 
 func newDevCommand(out io.Writer) *cobra.Command {
@@ -83,10 +107,12 @@ func newDevCommand(out io.Writer) *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&db, "db", env("FF_DEV_DB", "flowfabric.db"), "the SQLite file (FF_DEV_DB)")
-	f.StringVar(&o.addr, "addr", env("FF_ADDR", "127.0.0.1:8080"), "listen address (FF_ADDR)")
-	f.StringVar(&o.logLevel, "log-level", env("FF_LOG_LEVEL", "warn"), "debug, info, warn or error (FF_LOG_LEVEL)")
+	f.StringVar(&db, "db", "flowfabric.db", "the SQLite file")
+	f.StringVar(&o.addr, "addr", "127.0.0.1:8080", "listen address")
+	f.StringVar(&o.logLevel, "log-level", "warn", "debug, info, warn or error")
 	f.DurationVar(&o.shutdown, "shutdown-timeout", 5*time.Second, "how long shutdown waits for requests in flight")
+	envFlags(cmd, map[string]string{"db": "FF_DEV_DB", "addr": "FF_ADDR", "log-level": "FF_LOG_LEVEL",
+		"shutdown-timeout": "FF_SHUTDOWN_TIMEOUT"})
 	return cmd
 }
 
