@@ -69,6 +69,12 @@ func New(baseURL string, cfg *Config) (*Client, error) {
 // BaseURL returns the server URL the client calls.
 func (c *Client) BaseURL() string { return c.base }
 
+// Ping checks that the server answers and that its store does (GET /readyz). It returns
+// nil, or an error matching fftype.ErrUnavailable.
+func (c *Client) Ping(ctx context.Context) error {
+	return c.request(ctx, "GET", "/readyz", nil, nil)
+}
+
 // request sends one call and decodes a JSON answer into out (if not nil). Error answers
 // become *fftype.Error; a server that cannot be reached is an unavailable error.
 func (c *Client) request(ctx context.Context, method, path string, in, out any) error {

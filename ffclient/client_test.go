@@ -72,6 +72,10 @@ func TestClientWorkerRoundTrip(t *testing.T) {
 	require.NoError(t, err)
 	_, err = noauth.List(ctx, fftype.ListParams{})
 	require.ErrorIs(t, err, fftype.ErrUnauthenticated)
+	require.NoError(t, noauth.Ping(ctx), "readiness needs no token")
+	gone, err := ffclient.New("http://127.0.0.1:1", nil)
+	require.NoError(t, err)
+	require.ErrorIs(t, gone.Ping(ctx), fftype.ErrUnavailable, "a server that does not answer is unavailable")
 }
 
 func TestClientOperatorCalls(t *testing.T) {
