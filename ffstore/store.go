@@ -96,6 +96,16 @@ type ChangeNotifier interface {
 	Changes(ctx context.Context) <-chan struct{}
 }
 
+// UnitMerger is an optional property of a store: each of its units costs round trips
+// and a commit of its own, which concurrent units do not share (Postgres). The engine
+// then merges concurrent small operations on one shard (those of lease holders) into one
+// unit. Stores that already share that cost between concurrent units, by a group commit
+// (SQLite) or a pipelined connection (Redis), or that have none (memory), do not have it.
+type UnitMerger interface {
+	// MergeUnits marks the property; it does nothing.
+	MergeUnits()
+}
+
 // ReadTx is the read side of a unit.
 type ReadTx interface {
 	// Prefetch loads the given keys in one round trip, so that later Gets of them are

@@ -215,6 +215,7 @@ type Store struct {
 var (
 	_ ffstore.Store          = (*Store)(nil)
 	_ ffstore.ChangeNotifier = (*Store)(nil)
+	_ ffstore.UnitMerger     = (*Store)(nil)
 )
 
 // ParseURL splits a store URL into the connection string for pgx and the store's options.
@@ -478,6 +479,10 @@ func (s *Store) Pool() *pgxpool.Pool { return s.pool }
 
 // Schema returns the Postgres schema the store uses.
 func (s *Store) Schema() string { return s.schema }
+
+// MergeUnits implements [ffstore.UnitMerger]: every unit costs its own round trips and
+// commit, so the engine merges concurrent small ones.
+func (s *Store) MergeUnits() {}
 
 // Shards returns the shard count stored in the schema.
 func (s *Store) Shards() int { return s.shards }

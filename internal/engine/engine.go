@@ -68,7 +68,10 @@ type Engine struct {
 	rotMu    sync.Mutex
 	rotation map[string]string // lane → namespace served last, for fair rotation
 
-	claims claimCombiner // concurrent Claim calls, served together
+	claims  rounds[*claimCall]  // concurrent Claim calls, served together
+	holders rounds[*holderCall] // concurrent operations of lease holders, per shard
+	// mergeUnits: the store is an ffstore.UnitMerger, so holders' operations go in rounds.
+	mergeUnits bool
 
 	laneMu   sync.Mutex
 	lanes    map[string]laneState // pause states read recently, see unpausedLanes
@@ -122,16 +125,17 @@ func New(store ffstore.Store, cfg *Config) (*Engine, error) {
 	if shards < 1 || shards > fftype.MaxShards {
 		return nil, fmt.Errorf("engine: store reports %d shards", shards)
 	}
+	_, merge := store.(ffstore.UnitMerger)
 	return &Engine{
-		store:    store,
-		shards:   shards,
-		clock:    c.Clock,
-		log:      c.Logger,
-		cfg:      c,
-		wake:     make(chan struct{}, 1),
-		rotation: map[string]string{},
-		claims:   claimCombiner{queues: map[string]*claimQueue{}},
-		lanes:    map[string]laneState{},
+		store:      store,
+		shards:     shards,
+		clock:      c.Clock,
+		log:        c.Logger,
+		cfg:        c,
+		wake:       make(chan struct{}, 1),
+		rotation:   map[string]string{},
+		lanes:      map[string]laneState{},
+		mergeUnits: merge,
 	}, nil
 }
 

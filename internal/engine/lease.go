@@ -55,39 +55,6 @@ func checkHolder(x *fftype.Execution, f fftype.Fence, now time.Time) error {
 	return fftype.Statef(fftype.CodeStaleLease, "the fence does not match the current lease on %s (epoch %d)", x.ID, x.LeaseEpoch)
 }
 
-// holderUnit runs fn in a unit on the execution id for the holder of fence f. If replay
-// recognises a retried call whose effect is already in place, the unit returns nil
-// without calling fn.
-func (e *Engine) holderUnit(ctx context.Context, id fftype.ExecutionID, f fftype.Fence,
-	replay func(x *fftype.Execution) bool,
-	fn func(tx ffstore.Tx, x *fftype.Execution, before placement, now time.Time) error) error {
-	shard, err := e.checkID(id)
-	if err != nil {
-		return err
-	}
-	if err := checkFence(f); err != nil {
-		return err
-	}
-	err = e.update(ctx, shard, func(tx ffstore.Tx) error {
-		now := e.now()
-		x, err := getExec(tx, id)
-		if err != nil {
-			return err
-		}
-		if replay != nil && x.Ownership != fftype.OwnershipLeased && sameHolder(x, f) && replay(x) {
-			return nil
-		}
-		if err := checkHolder(x, f, now); err != nil {
-			return err
-		}
-		return fn(tx, x, e.placementOf(x), now)
-	})
-	if err == nil {
-		e.notifyTimers()
-	}
-	return err
-}
-
 // endLease clears the lease fields of x. The fence (lease id, epoch, attempt id) stays so
 // that a retried call by the same holder is recognised.
 func endLease(x *fftype.Execution, now time.Time) {

@@ -1,0 +1,176 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/flowfabric/flowfabric/ffstore"
+	"github.com/flowfabric/flowfabric/ffstore/ffmem"
+	"github.com/flowfabric/flowfabric/fftype"
+)
+
+// mergingStore is the memory store with the UnitMerger property, so the engine serves
+// holders' operations in rounds on it. It counts units.
+type mergingStore struct {
+	*ffmem.Store
+	units atomic.Int64
+}
+
+func (*mergingStore) MergeUnits() {}
+
+func (s *mergingStore) Update(ctx context.Context, shard int, fn func(tx ffstore.Tx) error) error {
+	s.units.Add(1)
+	return s.Store.Update(ctx, shard, fn)
+}
+
+var _ ffstore.UnitMerger = (*mergingStore)(nil)
+
+// Kinds of operation in TestHolderRounds.
+const (
+	opWrite     = iota // writes a mark
+	opFailEarly        // fails before writing
+	opStale            // has a stale fence
+	opFailLate         // writes a mark, then fails
+	opPanic            // writes a mark, then panics
+	opQueueRead        // adds to a queue and reads it back
+)
+
+// TestHolderRounds runs operations of lease holders that the engine merges into one
+// unit: each gets its own outcome, as if it had run alone. A failure before writing is
+// that operation's alone and the others share the unit; an operation that fails after
+// writing, panics, or reads a queue after another wrote one makes every operation of the
+// round run alone.
+func TestHolderRounds(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name   string
+		kinds  []int
+		shared bool // the round's operations share one unit
+	}{
+		{"Clean", []int{opWrite, opFailEarly, opStale}, true},
+		{"FailLate", []int{opWrite, opFailEarly, opFailLate}, false},
+		{"Panic", []int{opWrite, opPanic, opStale}, false},
+		{"QueueRead", []int{opWrite, opQueueRead}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			testHolderRound(t, tc.kinds, tc.shared)
+		})
+	}
+}
+
+func testHolderRound(t *testing.T, kinds []int, shared bool) {
+	ctx := context.Background()
+	store := &mergingStore{Store: ffmem.New(&ffmem.Options{Shards: 1})}
+	e, err := New(store, nil)
+	require.NoError(t, err)
+	require.True(t, e.mergeUnits)
+
+	n := 4 * len(kinds)
+	var ps []fftype.CreateParams
+	for range n + 1 {
+		ps = append(ps, fftype.CreateParams{Lane: "l", Kind: "k"})
+	}
+	for _, r := range e.CreateMany(ctx, ps) {
+		require.NoError(t, r.Err)
+	}
+	leases, err := e.Claim(ctx, fftype.ClaimParams{WorkerID: "w", WorkerInstanceID: "w-1", Lanes: []string{"l"}, Count: n + 1})
+	require.NoError(t, err)
+	require.Len(t, leases, n+1)
+	gate, ops := leases[n], leases[:n]
+
+	errLate := errors.New("failed after writing")
+	errEarly := errors.New("failed before writing")
+	op := func(kind int) holderFunc {
+		return func(tx ffstore.Tx, x *fftype.Execution, _ placement, _ time.Time) error {
+			if kind == opFailEarly {
+				return errEarly
+			}
+			if kind == opQueueRead {
+				tx.QueueAdd("q", string(x.ID), 1)
+				if _, err := tx.Range("q", nil, ffstore.MaxScore, 10); err != nil {
+					return err
+				}
+			}
+			tx.Put("mark:"+string(x.ID), []byte("x"))
+			switch kind {
+			case opFailLate:
+				return errLate
+			case opPanic:
+				panic("boom")
+			}
+			return nil
+		}
+	}
+
+	// The gate's operation holds the first round until every other has queued, so that
+	// they all share the second.
+	release, queued := make(chan struct{}), make(chan struct{})
+	gateDone := make(chan error, 1)
+	go func() {
+		gateDone <- e.holderUnit(ctx, gate.ExecutionID, gate.Fence, nil, func(ffstore.Tx, *fftype.Execution, placement, time.Time) error {
+			close(queued)
+			<-release
+			return nil
+		})
+	}()
+	<-queued
+	errs := make([]error, n)
+	panics := make([]any, n)
+	var wg sync.WaitGroup
+	for i, l := range ops {
+		kind := kinds[i%len(kinds)]
+		f := l.Fence
+		if kind == opStale {
+			f.Epoch++
+		}
+		wg.Go(func() {
+			defer func() { panics[i] = recover() }()
+			errs[i] = e.holderUnit(ctx, l.ExecutionID, f, nil, op(kind))
+		})
+	}
+	require.Eventually(t, func() bool {
+		e.holders.mu.Lock()
+		defer e.holders.mu.Unlock()
+		q := e.holders.queues["0"]
+		return q != nil && len(q.calls) == n
+	}, 5*time.Second, time.Millisecond)
+	before := store.units.Load()
+	close(release)
+	wg.Wait()
+	require.NoError(t, <-gateDone)
+	if units := store.units.Load() - before; shared {
+		require.Equal(t, int64(1), units, "the round's operations share one unit")
+	} else {
+		require.Equal(t, int64(1+n), units, "the round's unit was dropped and each operation ran alone")
+	}
+
+	for i, l := range ops {
+		var marked bool
+		require.NoError(t, e.store.View(ctx, 0, func(tx ffstore.ReadTx) error {
+			_, marked, err = tx.Get("mark:" + string(l.ExecutionID))
+			return err
+		}))
+		switch kinds[i%len(kinds)] {
+		case opWrite, opQueueRead:
+			require.NoError(t, errs[i], i)
+			require.True(t, marked, "operation %d wrote", i)
+		case opFailEarly:
+			require.ErrorIs(t, errs[i], errEarly)
+		case opStale:
+			require.Equal(t, fftype.CodeStaleLease, fftype.CodeOf(errs[i]))
+		case opFailLate:
+			require.ErrorIs(t, errs[i], errLate)
+			require.False(t, marked, "operation %d failed: its writes are undone", i)
+		case opPanic:
+			require.Equal(t, "boom", panics[i], "the panic reaches its own caller")
+			require.False(t, marked)
+		}
+	}
+}
