@@ -368,18 +368,24 @@ func progress(report ProgressFunc, snapshot func() Progress) (stop func()) {
 	if report == nil {
 		return func() {}
 	}
+	return every(500*time.Millisecond, func() { report(snapshot()) })
+}
+
+// every calls fn every interval, from a goroutine of its own, until the returned stop is
+// called; stop returns once fn is no longer running.
+func every(interval time.Duration, fn func()) (stop func()) {
 	quit := make(chan struct{})
 	finished := make(chan struct{})
 	go func() {
 		defer close(finished)
-		t := time.NewTicker(500 * time.Millisecond)
+		t := time.NewTicker(interval)
 		defer t.Stop()
 		for {
 			select {
 			case <-quit:
 				return
 			case <-t.C:
-				report(snapshot())
+				fn()
 			}
 		}
 	}()

@@ -29,24 +29,9 @@ func sampleRSS(interval time.Duration) (stop func() RSSTrend) {
 		mbs = append(mbs, float64(rssBytes())/(1<<20))
 	}
 	take()
-	quit := make(chan struct{})
-	finished := make(chan struct{})
-	go func() {
-		defer close(finished)
-		t := time.NewTicker(interval)
-		defer t.Stop()
-		for {
-			select {
-			case <-quit:
-				return
-			case <-t.C:
-				take()
-			}
-		}
-	}()
+	stopSampling := every(interval, take)
 	return func() RSSTrend {
-		close(quit)
-		<-finished
+		stopSampling()
 		take()
 		tr := RSSTrend{StartMB: mbs[0], EndMB: mbs[len(mbs)-1], SlopeMBPerMin: Slope(ts, mbs), Samples: len(mbs)}
 		for _, mb := range mbs {
