@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/flowfabric/flowfabric"
+	"github.com/flowfabric/flowfabric/ffstore"
 	"github.com/flowfabric/flowfabric/ffstore/ffvalkey"
 	"github.com/flowfabric/flowfabric/internal/bench"
 	"github.com/flowfabric/flowfabric/internal/testdb"
@@ -136,4 +137,60 @@ func serverCPU(ctx context.Context, tb testing.TB, addr string) float64 {
 		}
 	}
 	return total
+}
+
+// BenchmarkIdleQueueHeads measures what an idle claim costs the server each time the
+// heads of its lane are read again (every headsTTL, or after a wake-up): a store of 16
+// shards, each holding a timer queue but nothing in the lane's eligible queues. It
+// reports the server commands per read beside the time. Run it alone:
+//
+//	go test -run - -bench IdleQueueHeads -benchtime 2000x ./ffstore/ffvalkey/
+func BenchmarkIdleQueueHeads(b *testing.B) {
+	srv := testdb.NewRedis(b, testdb.RedisOptions{})
+	ctx := context.Background()
+	s, err := ffvalkey.Open(ctx, srv.URL(0), &ffvalkey.Options{Shards: 16})
+	require.NoError(b, err)
+	b.Cleanup(func() { _ = s.Close() })
+	for shard := range s.Shards() {
+		require.NoError(b, s.Update(ctx, shard, func(tx ffstore.Tx) error {
+			tx.QueueAdd("t:lease", "x", 1)
+			tx.QueueAdd("e:lane:ns:", "y", 1)
+			return nil
+		}))
+		require.NoError(b, s.Update(ctx, shard, func(tx ffstore.Tx) error {
+			_, err := tx.PopDue("e:lane:ns:", ffstore.MaxScore, 1)
+			return err
+		}))
+	}
+	prefixes := []string{"e:lane:"}
+	heads, err := s.QueueHeads(ctx, prefixes)
+	require.NoError(b, err)
+	require.Empty(b, heads)
+	before := serverCommands(ctx, b, srv.Addr)
+	b.ResetTimer()
+	for range b.N {
+		ffvalkey.ExpireHeads(s)
+		if _, err := s.QueueHeads(ctx, prefixes); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(serverCommands(ctx, b, srv.Addr)-before-1)/float64(b.N), "commands/op")
+}
+
+// serverCommands returns the number of commands the server has processed.
+func serverCommands(ctx context.Context, tb testing.TB, addr string) int64 {
+	cl, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{addr}, DisableCache: true, ForceSingleClient: true})
+	require.NoError(tb, err)
+	defer cl.Close()
+	st, err := cl.Do(ctx, cl.B().Info().Section("stats").Build()).ToString()
+	require.NoError(tb, err)
+	for _, line := range strings.Split(st, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "total_commands_processed:"); ok {
+			n, _ := strconv.ParseInt(v, 10, 64)
+			return n
+		}
+	}
+	tb.Fatal("INFO stats has no total_commands_processed")
+	return 0
 }

@@ -42,3 +42,13 @@ func Mark(ctx context.Context, s *Store, shard int, queue, member string, deadli
 
 // LoadLibrary loads the function library on every primary.
 func LoadLibrary(ctx context.Context, s *Store) error { return loadLibrary(ctx, s.client) }
+
+// ExpireHeads makes every set of heads QueueHeads keeps in memory due for a read, as if
+// headsTTL had passed since it was read.
+func ExpireHeads(s *Store) {
+	s.heads.mu.Lock()
+	defer s.heads.mu.Unlock()
+	for _, hs := range s.heads.sets {
+		hs.at = time.Time{}
+	}
+}
