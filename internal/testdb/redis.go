@@ -5,14 +5,16 @@ package testdb
 // Cluster per binary) or [NewRedis] (a server of its own, with the settings it gives, that
 // it may restart), and wraps its TestMain with [RedisMain] so the shared servers are
 // stopped and their data removed when the binary ends. Tests isolate themselves on a
-// shared server with [RedisPrefix]. A server that cannot be started fails the test; it
-// never skips it.
+// shared server with [RedisPrefix]. A server started with RedisOptions.TLS speaks only
+// TLS, with a certificate from a throw-away CA ([WriteTLSFiles]). A server that cannot be
+// started fails the test; it never skips it.
 
 import (
 	"context"
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -42,6 +44,12 @@ type RedisOptions struct {
 	// Cluster starts the server in cluster mode (it serves nothing until it is part of
 	// a Cluster with every slot assigned).
 	Cluster bool
+	// TLS makes the server accept only TLS connections, with a certificate for 127.0.0.1
+	// signed by a throw-away CA written to its directory (see [Redis.TLS]). Clients are
+	// not asked for certificates.
+	TLS bool
+	// Password, if set, is required of clients (requirepass).
+	Password string
 }
 
 // Redis is one redis-server process on a loopback port, with a data directory of its
@@ -50,6 +58,7 @@ type Redis struct {
 	Port int
 	Addr string // 127.0.0.1:Port
 	Dir  string
+	TLS  TLSFiles // the CA and server certificate, when RedisOptions.TLS is set
 
 	bin  string
 	opts RedisOptions
@@ -106,6 +115,13 @@ func StartRedis(opts RedisOptions) (*Redis, error) {
 	if err != nil {
 		return nil, fmt.Errorf("testdb: %w", err)
 	}
+	var files TLSFiles
+	if opts.TLS {
+		if files, err = WriteTLSFiles(dir); err != nil {
+			_ = os.RemoveAll(dir)
+			return nil, err
+		}
+	}
 	var lastErr error
 	for range 5 { // another process may take the port between the check and the start
 		port, err := redisFreePort()
@@ -113,7 +129,7 @@ func StartRedis(opts RedisOptions) (*Redis, error) {
 			_ = os.RemoveAll(dir)
 			return nil, err
 		}
-		r := &Redis{Port: port, Addr: "127.0.0.1:" + strconv.Itoa(port), Dir: dir, bin: bin, opts: opts}
+		r := &Redis{Port: port, Addr: "127.0.0.1:" + strconv.Itoa(port), Dir: dir, TLS: files, bin: bin, opts: opts}
 		if lastErr = r.Start(); lastErr == nil {
 			return r, nil
 		}
@@ -135,9 +151,19 @@ func (r *Redis) Start() error {
 		return errors.New("testdb: the server is already running")
 	}
 	args := []string{
-		"--port", strconv.Itoa(r.Port), "--bind", "127.0.0.1", "--dir", r.Dir,
+		"--bind", "127.0.0.1", "--dir", r.Dir,
 		"--logfile", "", "--daemonize", "no", "--save", "", "--appendonly", "no",
 		"--protected-mode", "no", "--loglevel", "notice",
+	}
+	if r.opts.TLS {
+		args = append(args, "--port", "0", "--tls-port", strconv.Itoa(r.Port),
+			"--tls-cert-file", r.TLS.CertFile, "--tls-key-file", r.TLS.KeyFile,
+			"--tls-ca-cert-file", r.TLS.CAFile, "--tls-auth-clients", "no")
+	} else {
+		args = append(args, "--port", strconv.Itoa(r.Port))
+	}
+	if r.opts.Password != "" {
+		args = append(args, "--requirepass", r.opts.Password)
 	}
 	if r.opts.Cluster {
 		args = append(args, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
@@ -164,8 +190,31 @@ func (r *Redis) Start() error {
 	return nil
 }
 
-// URL returns a redis:// URL of the server's database db.
-func (r *Redis) URL(db int) string { return fmt.Sprintf("redis://%s/%d", r.Addr, db) }
+// URL returns a URL of the server's database db: redis://, or for a TLS server
+// rediss:// with a ca_file parameter naming the CA that signed its certificate, and with
+// the password when the server requires one.
+func (r *Redis) URL(db int) string {
+	scheme, userinfo, query := "redis", "", ""
+	if r.opts.TLS {
+		scheme, query = "rediss", "?ca_file="+url.QueryEscape(r.TLS.CAFile)
+	}
+	if r.opts.Password != "" {
+		userinfo = url.UserPassword("", r.opts.Password).String() + "@"
+	}
+	return fmt.Sprintf("%s://%s%s/%d%s", scheme, userinfo, r.Addr, db, query)
+}
+
+// cliArgs returns the redis-cli arguments that reach the server.
+func (r *Redis) cliArgs() []string {
+	args := []string{"-h", "127.0.0.1", "-p", strconv.Itoa(r.Port)}
+	if r.opts.TLS {
+		args = append(args, "--tls", "--cacert", r.TLS.CAFile)
+	}
+	if r.opts.Password != "" {
+		args = append(args, "-a", r.opts.Password, "--no-auth-warning")
+	}
+	return args
+}
 
 // Shutdown asks the server to shut down as an operator would (SHUTDOWN, which flushes
 // the append-only file when there is one) and waits for it to exit, keeping its data.
@@ -179,7 +228,7 @@ func (r *Redis) Shutdown() error {
 	cli, err := redisBinary("redis-cli")
 	if err == nil {
 		// The server closes the connection as it exits, so the command reports an error.
-		_ = exec.Command(cli, "-h", "127.0.0.1", "-p", strconv.Itoa(r.Port), "shutdown").Run()
+		_ = exec.Command(cli, append(r.cliArgs(), "shutdown")...).Run()
 	}
 	select {
 	case <-r.exited:

@@ -1,7 +1,13 @@
 package testdb_test
 
 import (
+	"crypto/tls"
+	"crypto/x509"
+	"net"
+	"net/url"
+	"os"
 	"testing"
+	"time"
 
 	"github.com/redis/rueidis"
 	"github.com/stretchr/testify/require"
@@ -68,4 +74,32 @@ func TestRedisCluster(t *testing.T) {
 func TestRedisPrefixIsFresh(t *testing.T) {
 	t.Parallel()
 	require.NotEqual(t, testdb.RedisPrefix(t), testdb.RedisPrefix(t))
+}
+
+// TestRedisTLS checks that a TLS server with a password serves clients that trust its
+// CA and give the password, refuses plain connections, and restarts (SHUTDOWN goes over
+// TLS too).
+func TestRedisTLS(t *testing.T) {
+	t.Parallel()
+	r := testdb.NewRedis(t, testdb.RedisOptions{TLS: true, Password: "s3cret"})
+	require.Equal(t, "rediss://:s3cret@"+r.Addr+"/2?ca_file="+url.QueryEscape(r.TLS.CAFile), r.URL(2))
+	pemBytes, err := os.ReadFile(r.TLS.CAFile)
+	require.NoError(t, err)
+	pool := x509.NewCertPool()
+	require.True(t, pool.AppendCertsFromPEM(pemBytes))
+	c, err := rueidis.NewClient(rueidis.ClientOption{
+		InitAddress: []string{r.Addr}, DisableCache: true, Password: "s3cret", SelectDB: 2,
+		TLSConfig: &tls.Config{RootCAs: pool, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12},
+	})
+	require.NoError(t, err)
+	t.Cleanup(c.Close)
+	ctx := t.Context()
+	require.NoError(t, c.Do(ctx, c.B().Set().Key("k").Value("v").Build()).Error())
+
+	_, err = rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{r.Addr}, DisableCache: true, Password: "s3cret",
+		Dialer: net.Dialer{Timeout: 2 * time.Second}})
+	require.Error(t, err, "a plain connection is refused")
+
+	require.NoError(t, r.Restart())
+	require.True(t, rueidis.IsRedisNil(c.Do(ctx, c.B().Get().Key("k").Build()).Error()), "the server restarted without persistence")
 }
