@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"strconv"
 	"strings"
 
 	"github.com/redis/rueidis"
@@ -23,6 +24,49 @@ const (
 	// older than Redis 7.0 or Valkey 7.2.
 	CodeServerTooOld = "server_too_old"
 )
+
+// Reasons a ca_file URL parameter is refused, carried by [CAFileError.Reason]; errors.Is
+// matches them on the error ParseURL and Open return.
+var (
+	// ErrCAFileMissing: ca_file is empty or names no file.
+	ErrCAFileMissing = errors.New("the CA file does not exist")
+	// ErrCAFileUnreadable: the file exists but cannot be read (a directory, no permission).
+	ErrCAFileUnreadable = errors.New("the CA file cannot be read")
+	// ErrCAFileNotPEM: the file holds no PEM-encoded certificate.
+	ErrCAFileNotPEM = errors.New("the CA file holds no PEM certificate")
+)
+
+// CAFileError is why the file a store URL's ca_file parameter names cannot serve as the
+// CAs to trust. ParseURL and Open return it wrapped in a validation error.
+type CAFileError struct {
+	Path   string // the file, as the URL gave it
+	Reason error  // ErrCAFileMissing, ErrCAFileUnreadable or ErrCAFileNotPEM
+	Err    error  // the cause from the file system, if any
+}
+
+// Error describes the problem, naming the file.
+func (e *CAFileError) Error() string {
+	msg := "ca_file " + strconv.Quote(e.Path) + ": " + e.Reason.Error()
+	if e.Err != nil {
+		msg += ": " + e.Err.Error()
+	}
+	return msg
+}
+
+// Unwrap returns the reason and the cause, so errors.Is matches either.
+func (e *CAFileError) Unwrap() []error {
+	if e.Err == nil {
+		return []error{e.Reason}
+	}
+	return []error{e.Reason, e.Err}
+}
+
+// Is matches any *CAFileError, so errors.Is(err, &CAFileError{}) tells a bad ca_file
+// from other problems of a URL.
+func (e *CAFileError) Is(target error) bool {
+	_, ok := target.(*CAFileError)
+	return ok
+}
 
 func errClosed() error {
 	e := fftype.NewError(fftype.KindUnavailable, fftype.CodeStoreUnavailable, "ffvalkey: store is closed")

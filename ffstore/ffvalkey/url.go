@@ -2,8 +2,12 @@ package ffvalkey
 
 import (
 	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"io/fs"
 	"net"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -16,7 +20,8 @@ import (
 // connConfig is a parsed store URL.
 type connConfig struct {
 	client  rueidis.ClientOption
-	cluster bool // the URL asked for a cluster
+	cluster bool           // the URL asked for a cluster
+	rootCAs *x509.CertPool // from ca_file; nil: the system's
 	opts    Options
 }
 
@@ -32,9 +37,12 @@ type connConfig struct {
 // The port defaults to 6379 and the database to 0 (a Cluster has only database 0). More
 // seed nodes may be given as addr=host:port parameters. Parameters: shards and prefix
 // set the [Options] fields of the same names; dial_timeout (a Go duration) bounds
-// connecting; skip_verify=true skips TLS certificate checks (tests only); client_name
-// names the connections (CLIENT SETNAME). Unknown parameters are refused with a
-// validation error.
+// connecting; ca_file names a PEM file of CA certificates to trust for TLS instead of the
+// system's (a private CA), and skip_verify=true skips TLS certificate checks (tests
+// only), both for TLS schemes only; client_name names the connections (CLIENT SETNAME).
+// Unknown parameters are refused with a validation error. A ca_file that is missing,
+// unreadable or holds no PEM certificate is refused with a validation error wrapping a
+// [*CAFileError].
 func ParseURL(rawURL string) (*Options, error) {
 	c, err := parseURL(rawURL)
 	if err != nil {
@@ -152,6 +160,13 @@ func parseURL(rawURL string) (*connConfig, error) {
 				return bad("skip_verify is for rediss:// URLs")
 			}
 			c.opts.skipVerify = b
+		case "ca_file":
+			if !tlsOn {
+				return bad("ca_file is for rediss:// URLs")
+			}
+			if c.rootCAs, err = loadCAFile(v); err != nil {
+				return nil, err
+			}
 		case "client_name":
 			c.client.ClientName = v
 		default:
@@ -160,10 +175,33 @@ func parseURL(rawURL string) (*connConfig, error) {
 	}
 	if tlsOn {
 		host, _, _ := net.SplitHostPort(c.client.InitAddress[0])
-		c.client.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, ServerName: host,
+		c.client.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, ServerName: host, RootCAs: c.rootCAs,
 			InsecureSkipVerify: c.opts.skipVerify} //nolint:gosec // only when the URL asks for it
 	}
 	return c, nil
+}
+
+// loadCAFile reads the CA certificates of a ca_file parameter.
+func loadCAFile(path string) (*x509.CertPool, error) {
+	fail := func(reason, cause error) (*x509.CertPool, error) {
+		e := &CAFileError{Path: path, Reason: reason, Err: cause}
+		return nil, &fftype.Error{Kind: fftype.KindValidation, Code: fftype.CodeInvalidInput, Message: "ffvalkey: store URL: " + e.Error(), Err: e}
+	}
+	if path == "" {
+		return fail(ErrCAFileMissing, nil)
+	}
+	data, err := os.ReadFile(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return fail(ErrCAFileMissing, err)
+	case err != nil:
+		return fail(ErrCAFileUnreadable, err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(data) {
+		return fail(ErrCAFileNotPEM, nil)
+	}
+	return pool, nil
 }
 
 // normalizeAddr returns host:port, adding the default port.

@@ -1,12 +1,16 @@
 package ffvalkey_test
 
 import (
+	"net/url"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/flowfabric/flowfabric/ffstore/ffvalkey"
 	"github.com/flowfabric/flowfabric/fftype"
+	"github.com/flowfabric/flowfabric/internal/testdb"
 )
 
 func TestParseURL(t *testing.T) {
@@ -57,4 +61,57 @@ func TestParseURL(t *testing.T) {
 			require.ErrorIs(t, err, fftype.ErrValidation)
 		})
 	}
+}
+
+// TestParseURLCAFile checks the ca_file parameter: a PEM file of CA certificates is
+// accepted on TLS schemes, and each way the file can be unfit is refused with a
+// validation error wrapping a *CAFileError that says which.
+func TestParseURLCAFile(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	files, err := testdb.WriteTLSFiles(dir)
+	require.NoError(t, err)
+	notPEM := filepath.Join(dir, "not.pem")
+	require.NoError(t, os.WriteFile(notPEM, []byte("not a certificate\n"), 0o600))
+	q := url.QueryEscape
+
+	for _, u := range []string{
+		"rediss://:pw@127.0.0.1:6380/3?ca_file=" + q(files.CAFile),
+		"valkeys+cluster://a:7000,b:7001?ca_file=" + q(files.CAFile),
+	} {
+		_, err := ffvalkey.ParseURL(u)
+		require.NoError(t, err, u)
+	}
+
+	bad := []struct {
+		name   string
+		url    string
+		reason error
+	}{
+		{"Missing", "rediss://h?ca_file=" + q(filepath.Join(dir, "absent.pem")), ffvalkey.ErrCAFileMissing},
+		{"Empty", "rediss://h?ca_file=", ffvalkey.ErrCAFileMissing},
+		{"Unreadable", "rediss://h?ca_file=" + q(dir), ffvalkey.ErrCAFileUnreadable}, // a directory: root reads any file
+		{"NotPEM", "rediss://h?ca_file=" + q(notPEM), ffvalkey.ErrCAFileNotPEM},
+		{"PrivateKeyOnly", "rediss+cluster://h?ca_file=" + q(files.KeyFile), ffvalkey.ErrCAFileNotPEM},
+	}
+	for _, b := range bad {
+		t.Run(b.name, func(t *testing.T) {
+			t.Parallel()
+			_, err := ffvalkey.ParseURL(b.url)
+			require.ErrorIs(t, err, fftype.ErrValidation)
+			require.ErrorIs(t, err, b.reason)
+			var ce *ffvalkey.CAFileError
+			require.ErrorAs(t, err, &ce)
+			require.ErrorIs(t, err, &ffvalkey.CAFileError{})
+			require.Equal(t, b.reason, ce.Reason)
+			require.Contains(t, err.Error(), "ca_file")
+		})
+	}
+
+	t.Run("PlainScheme", func(t *testing.T) {
+		t.Parallel()
+		_, err := ffvalkey.ParseURL("redis://h?ca_file=" + q(files.CAFile))
+		require.ErrorIs(t, err, fftype.ErrValidation)
+		require.NotErrorIs(t, err, &ffvalkey.CAFileError{})
+	})
 }

@@ -1,6 +1,15 @@
 // Package ffvalkey is the Valkey / Redis store: standalone servers and Clusters, Redis 7.0+
 // and Valkey 7.2+, through the pipelining client github.com/redis/rueidis.
 //
+// # Connecting
+//
+// [Open] takes a URL (see [ParseURL]): redis://:password@host:port/db, rediss:// for TLS,
+// redis+cluster:// and rediss+cluster:// for a Cluster, valkey aliases of each. Over TLS
+// the server's certificate is checked against the system's CAs, or against those of the
+// PEM file a ca_file parameter names, for a server whose certificate a private CA signed:
+//
+//	rediss://:secret@cache.internal:6380/2?ca_file=/etc/ff/redis-ca.pem
+//
 // # Layout
 //
 // The store keeps each shard under one hash tag, so a Cluster holds a shard in one slot

@@ -52,6 +52,46 @@ func TestConformanceCluster(t *testing.T) {
 	ffstoretest.Exercise(t, func(t *testing.T) ffstore.Store { return openStore(t, url, nil) })
 }
 
+// TestTLS runs the conformance suite over rediss:// against a server that speaks only
+// TLS, with a certificate from a private CA the URL trusts with ca_file (no
+// skip_verify), a password and database 3; and checks that the keys land in database 3
+// and that a URL without the CA or with a wrong password is refused.
+func TestTLS(t *testing.T) {
+	t.Parallel()
+	srv := testdb.NewRedis(t, testdb.RedisOptions{TLS: true, Password: "tls-s3cret"})
+	url := srv.URL(3)
+	require.True(t, strings.HasPrefix(url, "rediss://:tls-s3cret@"), url)
+
+	t.Run("Conformance", func(t *testing.T) {
+		t.Parallel()
+		ffstoretest.Exercise(t, func(t *testing.T) ffstore.Store { return openStore(t, url, &ffvalkey.Options{Shards: 4}) })
+	})
+
+	t.Run("Database", func(t *testing.T) {
+		t.Parallel()
+		s := openStore(t, url, &ffvalkey.Options{Shards: 2})
+		require.NoError(t, s.Update(t.Context(), 1, func(tx ffstore.Tx) error { tx.Put("k", []byte("v")); return nil }))
+		c := ffvalkey.Client(s)
+		info, err := c.Do(t.Context(), c.B().Info().Section("keyspace").Build()).ToString()
+		require.NoError(t, err)
+		require.Contains(t, info, "db3:keys=")
+		require.NotContains(t, info, "db0:")
+	})
+
+	t.Run("UntrustedCA", func(t *testing.T) {
+		t.Parallel()
+		noCA, _, _ := strings.Cut(url, "?")
+		_, err := ffvalkey.Open(t.Context(), noCA+"?dial_timeout=2s", nil)
+		require.ErrorIs(t, err, fftype.ErrUnavailable)
+	})
+
+	t.Run("WrongPassword", func(t *testing.T) {
+		t.Parallel()
+		_, err := ffvalkey.Open(t.Context(), strings.Replace(url, "tls-s3cret", "wrong", 1), nil)
+		require.Error(t, err)
+	})
+}
+
 // logBuffer collects log records for tests.
 type logBuffer struct {
 	mu   sync.Mutex
