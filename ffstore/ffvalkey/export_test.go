@@ -52,3 +52,29 @@ func ExpireHeads(s *Store) {
 		hs.at = time.Time{}
 	}
 }
+
+// ExpireFullScan makes the next read of every set of heads a full one, as if
+// fullScanEvery had passed.
+func ExpireFullScan(s *Store) {
+	s.heads.mu.Lock()
+	defer s.heads.mu.Unlock()
+	for _, hs := range s.heads.sets {
+		hs.at, hs.fullAt = time.Time{}, time.Time{}
+	}
+}
+
+// HintMembers returns the store's hint of non-empty queues, as "<queue>@<shard>".
+func HintMembers(ctx context.Context, s *Store) ([]string, error) {
+	ms, err := s.client.Do(ctx, s.client.B().Zrange().Key(hintKey(s.prefix)).Min("0").Max("-1").Build()).AsStrSlice()
+	for i, m := range ms {
+		name, shard, _ := parseHintMember(m, s.shards)
+		ms[i] = name + "@" + strconv.Itoa(shard)
+	}
+	return ms, err
+}
+
+// DropHint removes queue of shard from the store's hint, as if the writer that filled it
+// had died before adding it.
+func DropHint(ctx context.Context, s *Store, shard int, queue string) error {
+	return s.client.Do(ctx, s.client.B().Zrem().Key(hintKey(s.prefix)).Member(hintMember(queue, shard)).Build()).Error()
+}

@@ -15,6 +15,12 @@ import (
 // should their wake-up messages be lost.
 const headsTTL = 250 * time.Millisecond
 
+// fullScanEvery is how long a set of heads is read through the store's hint alone: the
+// first read after it reads every shard's directory, and repairs the hint. It bounds how
+// late this process sees a queue the hint misses (a writer died between its commit and
+// adding the hint) should the commit's wake-up message be lost too.
+const fullScanEvery = 2 * time.Second
+
 // headsCache keeps, per set of prefixes QueueHeads was asked for, the heads it read,
 // patched by every commit of this process (each commit returns the new heads of the
 // queues it wrote, stamped with its shard's commit number, so late replies never undo
@@ -23,6 +29,18 @@ const headsTTL = 250 * time.Millisecond
 // up by the next read after headsTTL. QueueHeads is a hint by contract, so this only
 // trades a bounded delay in seeing other processes' work for not reading every shard on
 // every claim.
+//
+// A read goes through the store's hint of the shards whose queues may be non-empty
+// ("<prefix>:hint", one ZSET for every shard and queue, see keys.go): it reads the hint's
+// entries for the prefixes, then the heads of just those queues, so an idle lane costs
+// one command per prefix instead of two per shard. Every commit that fills an empty queue
+// and finds it missing from its shard's hinted set adds the entry right after committing,
+// and its wake-up message names its shard, which the next read of every other process
+// reads in full (the hint may not have the entry yet). Entries are removed lazily, by
+// full reads (every fullScanEvery, at the first read of a set and after a lost
+// subscription): they read every shard's directory, add the entries it shows missing and
+// remove those whose queues are empty. A stale entry costs a read; a missing one delays
+// the queue's heads until the next full read at worst.
 type headsCache struct {
 	mu    sync.Mutex
 	sets  map[string]*headSet
@@ -36,10 +54,19 @@ type headSet struct {
 	refresh  sync.Mutex // held while the set is read from the server
 
 	// Guarded by headsCache.mu.
-	at     time.Time
-	epoch  uint64
-	loaded bool
-	shards []map[string]headEntry
+	at       time.Time
+	fullAt   time.Time // when the last full read began
+	needFull bool      // the next read must be full
+	woken    map[int]bool
+	epoch    uint64
+	loaded   bool
+	shards   []map[string]headEntry
+}
+
+// headsPlan says what a read of a set of heads covers besides the hint.
+type headsPlan struct {
+	full  bool  // every shard's directory, repairing the hint
+	woken []int // shards whose directories are read (ascending)
 }
 
 // headEntry is what the cache knows of one queue on one shard: its head, or that it is
@@ -51,11 +78,42 @@ type headEntry struct {
 	seq   uint64
 }
 
-// invalidate marks every set stale.
+// invalidate marks every set stale, to be read in full.
 func (c *headsCache) invalidate() {
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	c.epoch++
-	c.mu.Unlock()
+	for _, hs := range c.sets {
+		hs.needFull = true
+	}
+}
+
+// wake marks every set stale, with shard to be read in full: another process's commit
+// there may have moved a head earlier, before the hint says so.
+func (c *headsCache) wake(shard int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.epoch++
+	for _, hs := range c.sets {
+		if hs.woken == nil {
+			hs.woken = map[int]bool{}
+		}
+		hs.woken[shard] = true
+	}
+}
+
+// plan decides what the read of hs beginning at began covers, and clears what it takes
+// over. The caller holds headsCache.mu.
+func (hs *headSet) plan(began time.Time) headsPlan {
+	p := headsPlan{full: !hs.loaded || hs.needFull || began.Sub(hs.fullAt) >= fullScanEvery}
+	if !p.full {
+		for shard := range hs.woken {
+			p.woken = append(p.woken, shard)
+		}
+		slices.Sort(p.woken)
+	}
+	hs.needFull, hs.woken = false, nil
+	return p
 }
 
 // set returns the set for prefixes (disjoint and sorted), creating it.
@@ -111,14 +169,18 @@ func matchesAny(name string, prefixes []string) bool {
 }
 
 // load replaces the set's contents with what was read from the server: found[shard]
-// holds the heads as of that shard's commit number vers[shard] or later. Entries that
+// holds the heads as of that shard's commit number vers[shard] or later (0 for a shard
+// only the hint was read for, with no entry). Entries that
 // commits of this process patched during the read, with numbers not below the read's,
 // are kept; everything older is replaced, so that a commit counter that restarted (the
 // server lost its data) cannot pin stale entries. epoch and seq are the cache's when the
 // read began.
-func (c *headsCache) load(hs *headSet, found []map[string]ffstore.QueueItem, vers []uint64, began time.Time, epoch, seq uint64) {
+func (c *headsCache) load(hs *headSet, found []map[string]ffstore.QueueItem, vers []uint64, began time.Time, epoch, seq uint64, full bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if full {
+		hs.fullAt = began
+	}
 	for shard := range hs.shards {
 		next := make(map[string]headEntry, len(found[shard]))
 		for name, it := range found[shard] {
@@ -165,7 +227,7 @@ func (c *headsCache) patch(shard int, ver uint64, names []string, heads []*ffsto
 // queueHeads serves QueueHeads from the cache, reading the set from the server with read
 // when it is stale. Concurrent callers of one set share one read.
 func (c *headsCache) queueHeads(ctx context.Context, prefixes []string, shards int,
-	read func(ctx context.Context, prefixes []string) ([]map[string]ffstore.QueueItem, []uint64, error)) ([]ffstore.QueueHead, error) {
+	read func(ctx context.Context, prefixes []string, plan headsPlan) ([]map[string]ffstore.QueueItem, []uint64, error)) ([]ffstore.QueueHead, error) {
 	hs := c.set(prefixes, shards)
 	if heads, ok := c.fresh(hs, time.Now()); ok {
 		return heads, nil
@@ -178,12 +240,16 @@ func (c *headsCache) queueHeads(ctx context.Context, prefixes []string, shards i
 	}
 	c.mu.Lock()
 	epoch, seq := c.epoch, c.seq
+	plan := hs.plan(began)
 	c.mu.Unlock()
-	found, vers, err := read(ctx, hs.prefixes)
+	found, vers, err := read(ctx, hs.prefixes, plan)
 	if err != nil {
+		c.mu.Lock()
+		hs.needFull = true // what the plan took over is not done
+		c.mu.Unlock()
 		return nil, err
 	}
-	c.load(hs, found, vers, began, epoch, seq)
+	c.load(hs, found, vers, began, epoch, seq, plan.full)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return hs.heads(), nil

@@ -3,6 +3,7 @@ package ffvalkey
 import (
 	"encoding/binary"
 	"strconv"
+	"strings"
 
 	"github.com/flowfabric/flowfabric/ffstore"
 )
@@ -11,8 +12,11 @@ import (
 // braces is the shard's hash tag, so a cluster keeps all of a shard's keys in one slot and
 // every unit, being one shard, runs in one slot. The salt is the smallest number that puts
 // the tag's slot in the middle of the shard's band of the slot space (see tagFor), so the
-// shards spread evenly over any even split of the slots between primaries. The only key
-// outside the shards is "<prefix>:meta", a HASH holding the shard count and the data format.
+// shards spread evenly over any even split of the slots between primaries. Two keys live
+// outside the shards: "<prefix>:meta", a HASH holding the shard count and the data format,
+// and "<prefix>:hint", a ZSET of "<queue name>\x00<shard>" members, all scored 0: the
+// shards whose queue of that name may be non-empty (see heads_cache.go). A commit cannot
+// write it (it is on another slot), so the caller adds what a commit reports.
 //
 // Per shard, after the tag:
 //
@@ -22,6 +26,8 @@ import (
 //	trim         STRING  the log's trim point
 //	ev           STREAM  the event log, entry ids "0-<seq>" (XADD 0-*), one field "e" each
 //	dir          ZSET    names of the non-empty queues, all scored 0 (ordered by name)
+//	hinted       SET     names of queues the store's hint lists for this shard (a commit
+//	                     that fills a queue not in it adds it and reports it)
 //	r:<key>      STRING  a record: 8-byte big-endian version, then the value
 //	q:<name>     ZSET    a queue's items, all scored 0, member = encoded item (see encodeItem)
 //	qs:<name>    HASH    a queue's member -> 8-byte encoded score
@@ -108,6 +114,7 @@ type shardKeys struct {
 	trim   string
 	stream string
 	dir    string
+	hinted string
 	slot   int
 }
 
@@ -115,7 +122,7 @@ func newShardKeys(prefix string, s, n int) shardKeys {
 	base := prefix + ":" + tagFor(s, n) + ":"
 	return shardKeys{
 		base: base, ver: base + "v", del: base + "d", trim: base + "trim",
-		stream: base + "ev", dir: base + "dir", slot: keySlot(base),
+		stream: base + "ev", dir: base + "dir", hinted: base + "hinted", slot: keySlot(base),
 	}
 }
 
@@ -124,6 +131,7 @@ func (k *shardKeys) queue(name string) string  { return k.base + "q:" + name }
 func (k *shardKeys) scores(name string) string { return k.base + "qs:" + name }
 func (k *shardKeys) marks(name string) string  { return k.base + "qm:" + name }
 func metaKey(prefix string) string             { return prefix + ":meta" }
+func hintKey(prefix string) string             { return prefix + ":hint" }
 func changesChannel(prefix string) string      { return prefix + ":changes" }
 func (k *shardKeys) queueKeys(name string) [3]string {
 	return [3]string{k.queue(name), k.scores(name), k.marks(name)}
@@ -180,7 +188,7 @@ func lexUpTo(maxScore int64) string {
 	return "(" + encodeScore(maxScore+1)
 }
 
-// scoreBound returns the largest due score as ffv1_pop and ffv1_range take it: its 8-byte
+// scoreBound returns the largest due score as ffv2_pop and ffv2_range take it: its 8-byte
 // encoding, or "" for no bound.
 func scoreBound(maxScore int64) string {
 	if maxScore == ffstore.MaxScore {
@@ -213,4 +221,22 @@ func prefixBounds(p string) (lo, hi string) {
 		hi = "(" + end
 	}
 	return lo, hi
+}
+
+// hintMember returns the member of the store's hint that says queue name of shard may be
+// non-empty. The name comes first, so the members of the queues with a prefix are one
+// ZRANGE BYLEX range (see prefixBounds).
+func hintMember(name string, shard int) string { return name + "\x00" + strconv.Itoa(shard) }
+
+// parseHintMember is the inverse of hintMember; ok is false for a malformed member.
+func parseHintMember(m string, shards int) (name string, shard int, ok bool) {
+	i := strings.LastIndexByte(m, 0)
+	if i < 0 {
+		return "", 0, false
+	}
+	shard, err := strconv.Atoi(m[i+1:])
+	if err != nil || shard < 0 || shard >= shards {
+		return "", 0, false
+	}
+	return m[:i], shard, true
 }

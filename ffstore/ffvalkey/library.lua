@@ -1,6 +1,6 @@
-#!lua name=flowfabric_v1
+#!lua name=flowfabric_v2
 
--- FlowFabric's Valkey/Redis store library, version 1. It holds storage, not business logic:
+-- FlowFabric's Valkey/Redis store library, version 2. It holds storage, not business logic:
 -- the engine (Go) decides every transition and hands the store a unit; these functions
 -- only check that what a unit read still holds and apply its writes, all or nothing.
 -- Keys and arguments are laid out by ffstore/ffvalkey (tx.go, keys.go). Every key a
@@ -53,7 +53,7 @@ local function marks_of(m, items)
   return redis.call('HMGET', m, unpack(members)), members
 end
 
--- ffv1_pop marks up to n due items of a queue as popped by one unit and returns them,
+-- ffv2_pop marks up to n due items of a queue as popped by one unit and returns them,
 -- with the next `look` items after them that the unit can see. Nothing leaves the queue:
 -- the unit's commit removes the items if their marks are still its own, and an
 -- unfinished unit's marks lapse after `ttl` ms. Items other units are popping are
@@ -61,7 +61,7 @@ end
 -- KEYS: queue items, pop marks. ARGV: the largest due score (8 bytes; '' for any), n,
 -- token, ttl, look.
 -- Returns {popped, lookahead, complete}; complete is 1 if the lookahead reaches the end.
-redis.register_function('ffv1_pop', function(keys, argv)
+redis.register_function('ffv2_pop', function(keys, argv)
   local z, m = keys[1], keys[2]
   local upto, n, token, ttl, look = argv[1], tonumber(argv[2]), argv[3], tonumber(argv[4]), tonumber(argv[5])
   local now = now_ms()
@@ -111,10 +111,10 @@ redis.register_function('ffv1_pop', function(keys, argv)
   return {popped, ahead, complete}
 end)
 
--- ffv1_release removes every pop mark of one unit from some queues: for a unit that
+-- ffv2_release removes every pop mark of one unit from some queues: for a unit that
 -- does not know what its last pop marked (the reply was lost).
 -- KEYS: pop marks of each queue. ARGV: token.
-redis.register_function('ffv1_release', function(keys, argv)
+redis.register_function('ffv2_release', function(keys, argv)
   local token = argv[1]
   local released = 0
   for _, m in ipairs(keys) do
@@ -128,11 +128,11 @@ redis.register_function('ffv1_release', function(keys, argv)
   return released
 end)
 
--- ffv1_range returns up to n items of a queue after a start bound, with scores up to a
+-- ffv2_range returns up to n items of a queue after a start bound, with scores up to a
 -- limit, that the unit with `token` can see (see hidden).
 -- KEYS: queue items, pop marks. ARGV: start bound, the largest score (8 bytes; '' for
 -- any), n, token.
-redis.register_function{function_name = 'ffv1_range', flags = {'no-writes'}, callback = function(keys, argv)
+redis.register_function{function_name = 'ffv2_range', flags = {'no-writes'}, callback = function(keys, argv)
   local z, m = keys[1], keys[2]
   local from, upto, n, token = argv[1], argv[2], tonumber(argv[3]), argv[4]
   local now = now_ms()
@@ -173,8 +173,8 @@ local function last_seq(stream)
 end
 
 -- A unit. KEYS: 1 commit counter, 2 delete counter, 3 event stream, 4 queue directory,
--- then the unit's nR record keys, then three keys per queue it touched (items, scores,
--- pop marks).
+-- 5 hinted queues, then the unit's nR record keys, then three keys per queue it touched
+-- (items, scores, pop marks).
 -- ARGV: mode ('c' commit, 'a' abort: check and release the unit's pops, 'v' check only),
 -- channel to publish on ('' for none) and the message, the unit's token, '=' and the
 -- delete counter to expect ('' for no check), nR, nQ, the nQ queue names, then counted
@@ -188,12 +188,12 @@ end
 --   events          (encoded event)
 -- Returns {0, reason} when a read no longer holds: then nothing was written except, for
 -- 'c' and 'a', the release of the unit's pop marks. Otherwise {1, ''} for 'a' and 'v',
--- and for 'c' {1, '', commit number, then for each queue written its name and new first
--- item ('' when empty)}.
+-- and for 'c' {1, '', commit number, the names of the queues to add to the store's hint
+-- (see below), then for each queue written its name and new first item ('' when empty)}.
 local function unit(keys, argv)
   local mode, channel, message, token, expdel = argv[1], argv[2], argv[3], argv[4], argv[5]
   local nR, nQ = tonumber(argv[6]), tonumber(argv[7])
-  local qbase = 4 + nR
+  local qbase = 5 + nR
   local i = 8 + nQ
   local reason = nil
 
@@ -203,7 +203,7 @@ local function unit(keys, argv)
   local n = tonumber(argv[i])
   i = i + 1
   for _ = 1, n do
-    if not reason and redis.call('GETRANGE', keys[4 + tonumber(argv[i])], 0, 7) ~= argv[i + 1] then
+    if not reason and redis.call('GETRANGE', keys[5 + tonumber(argv[i])], 0, 7) ~= argv[i + 1] then
       reason = 'a record changed'
     end
     i = i + 2
@@ -272,7 +272,7 @@ local function unit(keys, argv)
   for from = 0, nP - 1, 500 do
     local kv = {}
     for k = iP + 2 * from, iP + 2 * math.min(from + 500, nP) - 1, 2 do
-      kv[#kv + 1] = keys[4 + tonumber(argv[k])]
+      kv[#kv + 1] = keys[5 + tonumber(argv[k])]
       kv[#kv + 1] = stamp .. argv[k + 1]
     end
     redis.call('MSET', unpack(kv))
@@ -281,7 +281,7 @@ local function unit(keys, argv)
   for from = 0, nD - 1, 500 do
     local del = {}
     for k = iD + from, iD + math.min(from + 500, nD) - 1 do
-      del[#del + 1] = keys[4 + tonumber(argv[k])]
+      del[#del + 1] = keys[5 + tonumber(argv[k])]
     end
     deleted = deleted + redis.call('DEL', unpack(del))
   end
@@ -326,8 +326,11 @@ local function unit(keys, argv)
   end
   -- Keep the directory of non-empty queues, and report each written queue's new head.
   -- A head that this commit added may be earlier than the one readers knew: the message
-  -- says so, so that other processes refresh what they cached.
-  local out = {1, '', ver}
+  -- says so, so that other processes refresh what they cached. A queue that becomes
+  -- non-empty and is not in the hinted set is added to it and reported, for the caller
+  -- to add to the store's hint of non-empty shards (a key on another slot).
+  local hints = {}
+  local out = {1, '', ver, hints}
   local earlier = false
   for _, q in ipairs(touched) do
     local b = qbase + 3 * q
@@ -338,7 +341,9 @@ local function unit(keys, argv)
       out[#out + 1] = head
       if added[head] then
         earlier = true
-        redis.call('ZADD', keys[4], 'NX', 0, name)
+        if redis.call('ZADD', keys[4], 'NX', 0, name) == 1 and redis.call('SADD', keys[5], name) == 1 then
+          hints[#hints + 1] = name
+        end
       end
     else
       out[#out + 1] = ''
@@ -356,18 +361,36 @@ local function unit(keys, argv)
   return out
 end
 
-redis.register_function('ffv1_unit', unit)
-redis.register_function{function_name = 'ffv1_check', flags = {'no-writes'}, callback = function(keys, argv)
+redis.register_function('ffv2_unit', unit)
+redis.register_function{function_name = 'ffv2_check', flags = {'no-writes'}, callback = function(keys, argv)
   if argv[1] ~= 'v' then
-    return redis.error_reply('ERR ffv1_check only checks')
+    return redis.error_reply('ERR ffv2_check only checks')
   end
   return unit(keys, argv)
 end}
 
--- ffv1_trim deletes the events with Seq at most `through` (at most the last one) and
+-- ffv2_unhint is the shard's half of removing queues from the store's hint, run after
+-- they were taken out of it: of the queues named, those that are empty (not in the
+-- directory) leave the hinted set, so that the commit that next fills one reports it;
+-- the names of the others, non-empty again meanwhile, are returned for the caller to put
+-- back.
+-- KEYS: queue directory, hinted queues. ARGV: queue names.
+redis.register_function('ffv2_unhint', function(keys, argv)
+  local back = {}
+  for _, name in ipairs(argv) do
+    if redis.call('ZSCORE', keys[1], name) then
+      back[#back + 1] = name
+    else
+      redis.call('SREM', keys[2], name)
+    end
+  end
+  return back
+end)
+
+-- ffv2_trim deletes the events with Seq at most `through` (at most the last one) and
 -- raises the trim point; it never lowers it.
 -- KEYS: trim point, event stream. ARGV: through.
-redis.register_function('ffv1_trim', function(keys, argv)
+redis.register_function('ffv2_trim', function(keys, argv)
   local trimmed = tonumber(redis.call('GET', keys[1]) or '0')
   local through = math.min(tonumber(argv[1]), math.max(trimmed, last_seq(keys[2])))
   if through > trimmed then
@@ -377,9 +400,9 @@ redis.register_function('ffv1_trim', function(keys, argv)
   return 1
 end)
 
--- ffv1_bounds returns the trim point and the last Seq of a log, read together.
+-- ffv2_bounds returns the trim point and the last Seq of a log, read together.
 -- KEYS: trim point, event stream.
-redis.register_function{function_name = 'ffv1_bounds', flags = {'no-writes'}, callback = function(keys)
+redis.register_function{function_name = 'ffv2_bounds', flags = {'no-writes'}, callback = function(keys)
   local trimmed = tonumber(redis.call('GET', keys[1]) or '0')
   return {trimmed, math.max(trimmed, last_seq(keys[2]))}
 end}

@@ -442,7 +442,7 @@ func (t *tx) hasWrites() bool {
 	return false
 }
 
-// call is one ffv1_unit or ffv1_check call being built.
+// call is one ffv2_unit or ffv2_check call being built.
 type call struct {
 	keys []string
 	args []string
@@ -452,7 +452,7 @@ type call struct {
 // it; writes are included only for "c".
 func (t *tx) build(mode string) *call {
 	k := t.k
-	c := &call{keys: []string{k.ver, k.del, k.stream, k.dir}}
+	c := &call{keys: []string{k.ver, k.del, k.stream, k.dir, k.hinted}}
 	channel := ""
 	if mode == "c" {
 		channel = t.s.channel
@@ -517,7 +517,7 @@ func (t *tx) build(mode string) *call {
 	}
 	delCheck := t.delSeen
 	c.args = make([]string, 0, 16+len(names)+len(checks)+len(ranges)+len(pops)+len(puts)+len(dels)+len(qops)+len(t.events))
-	c.args = append(c.args, mode, channel, t.s.instance, t.token, delCheck, strconv.Itoa(nR), strconv.Itoa(len(names)))
+	c.args = append(c.args, mode, channel, t.s.wakeMessage(t.shard), t.token, delCheck, strconv.Itoa(nR), strconv.Itoa(len(names)))
 	c.args = append(c.args, names...)
 	c.args = appendCounted(c.args, checks, 2)
 	c.args = appendCounted(c.args, ranges, 2)
@@ -593,50 +593,59 @@ func (t *tx) commit() error {
 	if !ok {
 		return conflict("unit on shard %d lost a race: %s since it was read", t.shard, reason)
 	}
-	if err := t.patchHeads(rest); err != nil {
+	hints, err := t.patchHeads(rest)
+	if err != nil {
 		// The unit committed; only the cache of heads is behind. Let it be read again.
 		t.s.log.Warn("ffvalkey: unexpected commit reply", "err", err)
 		t.s.heads.invalidate()
+	}
+	if len(hints) > 0 {
+		t.s.addHints(ctx, t.shard, hints)
 	}
 	t.s.changes.Notify()
 	return nil
 }
 
 // patchHeads gives the heads cache the queue heads a commit reported: its commit number,
-// then the name and first item ("" when empty) of each queue it wrote.
-func (t *tx) patchHeads(rest []rueidis.RedisMessage) error {
-	if len(rest) == 0 || len(rest)%2 != 1 {
-		return errors.New("no commit number")
+// the queues to add to the store's hint (returned), then the name and first item (""
+// when empty) of each queue it wrote.
+func (t *tx) patchHeads(rest []rueidis.RedisMessage) (hints []string, err error) {
+	if len(rest) < 2 || len(rest)%2 != 0 {
+		return nil, errors.New("no commit number")
 	}
 	ver, err := rest[0].AsInt64()
 	if err != nil {
-		return err
+		return nil, err
 	}
-	n := (len(rest) - 1) / 2
+	if hints, err = rest[1].AsStrSlice(); err != nil {
+		return nil, err
+	}
+	rest = rest[2:]
+	n := len(rest) / 2
 	if n == 0 {
-		return nil
+		return hints, nil
 	}
 	names := make([]string, n)
 	heads := make([]*ffstore.QueueItem, n)
 	for i := range n {
-		if names[i], err = rest[1+2*i].ToString(); err != nil {
-			return err
+		if names[i], err = rest[2*i].ToString(); err != nil {
+			return hints, err
 		}
-		enc, err := rest[2+2*i].ToString()
+		enc, err := rest[1+2*i].ToString()
 		if err != nil {
-			return err
+			return hints, err
 		}
 		if enc == "" {
 			continue
 		}
 		score, member, ok := decodeItem(enc)
 		if !ok {
-			return errors.New("malformed head")
+			return hints, errors.New("malformed head")
 		}
 		heads[i] = &ffstore.QueueItem{Member: member, Score: score}
 	}
 	t.s.heads.patch(t.shard, uint64(ver), names, heads)
-	return nil
+	return hints, nil
 }
 
 // abort ends a unit that will not commit: it releases the unit's pops and, if the unit's

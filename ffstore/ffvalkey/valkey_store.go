@@ -25,7 +25,7 @@
 // A unit's reads are made from Go: Get and Prefetch read records with their versions
 // (MGET), Range reads a queue, PopDue marks items as popped by the unit (a function call
 // that skips items other units are popping). Writes are buffered. At commit one function
-// call, ffv1_unit of the library flowfabric_v1, receives every version and queue item the
+// call, ffv2_unit of the library flowfabric_v2, receives every version and queue item the
 // unit read and every item it popped, checks that they all still hold, and then applies
 // the writes, appends the events with the next Seq numbers and publishes a wake-up — or,
 // if anything changed, writes nothing, releases the pops and answers with a conflict,
@@ -47,6 +47,7 @@
 package ffvalkey
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -54,6 +55,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -387,10 +389,14 @@ func (s *Store) leave() {
 // heads include items that in-flight units are popping. Order is unspecified.
 //
 // The result is a hint, and is served from memory (see headsCache): commits of this
-// process update it at once, and it is read again from the server — each shard's
-// directory of non-empty queues, then their first items, in two pipelined round trips —
-// when it is older than 250ms, or when another process's commit said that it may have
-// moved a head earlier (a wake-up message on the store's channel).
+// process update it at once, and it is read again from the server when it is older than
+// 250ms, or when another process's commit said that it may have moved a head earlier (a
+// wake-up message on the store's channel, naming the commit's shard). A read takes the
+// store's hint of the queues that may be non-empty (one command per prefix: an idle lane
+// costs no more), the directories of the shards wake-ups named, then the hinted and
+// listed queues' first items, in at most two pipelined round trips; every 2s, and after
+// the change subscription was lost, it reads every shard's directory instead and
+// repairs the hint.
 func (s *Store) QueueHeads(ctx context.Context, prefixes []string) ([]ffstore.QueueHead, error) {
 	if err := s.enter(ctx); err != nil {
 		return nil, err
@@ -404,19 +410,41 @@ func (s *Store) QueueHeads(ctx context.Context, prefixes []string) ([]ffstore.Qu
 	return s.heads.queueHeads(ctx, prefixes, s.shards, s.readHeads)
 }
 
-// readHeads reads the first item of every non-empty queue matching prefixes on every
-// shard, and each shard's commit number from before the read.
-func (s *Store) readHeads(ctx context.Context, prefixes []string) ([]map[string]ffstore.QueueItem, []uint64, error) {
+// queueRef names one queue of one shard.
+type queueRef struct {
+	shard int
+	name  string
+}
+
+// readHeads reads the first item of every non-empty queue matching prefixes that the
+// store's hint lists, or that the directories of the shards plan names list (every shard
+// for a full read), with the commit number of each shard read from before its heads; see
+// headsCache. A full read also repairs the hint: it adds the queues found non-empty that
+// the hint misses and removes those it lists that are empty.
+func (s *Store) readHeads(ctx context.Context, prefixes []string, plan headsPlan) ([]map[string]ffstore.QueueItem, []uint64, error) {
 	type bound struct{ lo, hi string }
 	bounds := make([]bound, len(prefixes))
 	for i, p := range prefixes {
 		bounds[i].lo, bounds[i].hi = prefixBounds(p)
 	}
+	scanned := plan.woken
+	if plan.full {
+		scanned = make([]int, s.shards)
+		for i := range scanned {
+			scanned[i] = i
+		}
+	}
+	// One round trip: the hint's entries for the prefixes, and the scanned shards'
+	// commit numbers and directories.
+	hint := hintKey(s.prefix)
 	per := 1 + len(bounds)
 	res, err := s.doMulti(ctx, "read queue directories", func() []rueidis.Completed {
-		cmds := make([]rueidis.Completed, 0, s.shards*per)
-		for i := range s.keys {
-			k := &s.keys[i]
+		cmds := make([]rueidis.Completed, 0, len(bounds)+len(scanned)*per)
+		for _, b := range bounds {
+			cmds = append(cmds, s.client.B().Zrange().Key(hint).Min(b.lo).Max(b.hi).Bylex().Build())
+		}
+		for _, shard := range scanned {
+			k := &s.keys[shard]
 			cmds = append(cmds, s.client.B().Get().Key(k.ver).Build())
 			for _, b := range bounds {
 				cmds = append(cmds, s.client.B().Zrange().Key(k.dir).Min(b.lo).Max(b.hi).Bylex().Build())
@@ -427,59 +455,208 @@ func (s *Store) readHeads(ctx context.Context, prefixes []string) ([]map[string]
 	if err != nil {
 		return nil, nil, err
 	}
-	vers := make([]uint64, s.shards)
-	type queueRef struct {
-		shard int
-		name  string
+	hinted := map[queueRef]bool{}
+	for i := range bounds {
+		members, err := res[i].AsStrSlice()
+		if err != nil {
+			return nil, nil, translate(err, "read the hint of non-empty queues")
+		}
+		for _, m := range members {
+			if name, shard, ok := parseHintMember(m, s.shards); ok {
+				hinted[queueRef{shard, name}] = true
+			}
+		}
 	}
+	vers := make([]uint64, s.shards)
+	isScanned := make([]bool, s.shards)
+	listed := map[queueRef]bool{}
 	var refs []queueRef
-	for shard := range s.shards {
-		if vers[shard], err = optUint(res[shard*per]); err != nil {
+	for j, shard := range scanned {
+		isScanned[shard] = true
+		base := len(bounds) + j*per
+		if vers[shard], err = optUint(res[base]); err != nil {
 			return nil, nil, translate(err, "read queue directories")
 		}
-		for j := 1; j < per; j++ {
-			names, err := res[shard*per+j].AsStrSlice()
+		for b := 1; b < per; b++ {
+			names, err := res[base+b].AsStrSlice()
 			if err != nil {
 				return nil, nil, translate(err, "read queue directories")
 			}
 			for _, name := range names {
-				refs = append(refs, queueRef{shard, name})
+				r := queueRef{shard, name}
+				listed[r] = true
+				refs = append(refs, r)
 			}
+		}
+	}
+	// The hinted queues of shards not scanned are read with their shard's commit number.
+	var verShards []int
+	for r := range hinted {
+		if !isScanned[r.shard] {
+			refs = append(refs, r)
+		}
+	}
+	slices.SortFunc(refs, func(a, b queueRef) int {
+		return cmp.Or(cmp.Compare(a.shard, b.shard), strings.Compare(a.name, b.name))
+	})
+	for i, r := range refs {
+		if !isScanned[r.shard] && (i == 0 || refs[i-1].shard != r.shard) {
+			verShards = append(verShards, r.shard)
 		}
 	}
 	found := make([]map[string]ffstore.QueueItem, s.shards)
 	for i := range found {
 		found[i] = map[string]ffstore.QueueItem{}
 	}
-	if len(refs) == 0 {
-		return found, vers, nil
+	if len(refs) > 0 {
+		if err := s.readQueueHeads(ctx, refs, verShards, found, vers); err != nil {
+			return nil, nil, err
+		}
 	}
-	res, err = s.doMulti(ctx, "read queue heads", func() []rueidis.Completed {
-		cmds := make([]rueidis.Completed, len(refs))
-		for i, r := range refs {
-			cmds[i] = s.client.B().Zrange().Key(s.keys[r.shard].queue(r.name)).Min("0").Max("0").Build()
+	if plan.full {
+		s.repairHint(ctx, hinted, listed, found)
+	}
+	return found, vers, nil
+}
+
+// readQueueHeads reads the first item of each queue of refs (sorted by shard) into found,
+// and the commit number of each shard of verShards into vers, read before its heads.
+func (s *Store) readQueueHeads(ctx context.Context, refs []queueRef, verShards []int, found []map[string]ffstore.QueueItem, vers []uint64) error {
+	res, err := s.doMulti(ctx, "read queue heads", func() []rueidis.Completed {
+		cmds := make([]rueidis.Completed, 0, len(verShards)+len(refs))
+		for _, shard := range verShards {
+			cmds = append(cmds, s.client.B().Get().Key(s.keys[shard].ver).Build())
+		}
+		for _, r := range refs {
+			cmds = append(cmds, s.client.B().Zrange().Key(s.keys[r.shard].queue(r.name)).Min("0").Max("0").Build())
 		}
 		return cmds
 	})
 	if err != nil {
-		return nil, nil, err
+		return err
 	}
+	for i, shard := range verShards {
+		if vers[shard], err = optUint(res[i]); err != nil {
+			return translate(err, "read queue heads")
+		}
+	}
+	res = res[len(verShards):]
 	for i, r := range refs {
 		encs, err := res[i].AsStrSlice()
 		if err != nil {
-			return nil, nil, translate(err, "read queue heads")
+			return translate(err, "read queue heads")
 		}
 		if len(encs) == 0 {
-			continue // emptied since the directory was read
+			continue // emptied since the directory was read, or a stale hint
 		}
 		score, member, ok := decodeItem(encs[0])
 		if !ok {
-			return nil, nil, fftype.NewError(fftype.KindUnavailable, fftype.CodeCorruption, "ffvalkey: queue %q of shard %d has a malformed head", r.name, r.shard)
+			return fftype.NewError(fftype.KindUnavailable, fftype.CodeCorruption, "ffvalkey: queue %q of shard %d has a malformed head", r.name, r.shard)
 		}
 		found[r.shard][r.name] = ffstore.QueueItem{Member: member, Score: score}
 	}
-	return found, vers, nil
+	return nil
 }
+
+// repairHint brings the hint in line with a full read: it adds the queues found
+// non-empty that it misses, and removes those it lists that no directory listed. A
+// removal takes the entries out first and then, per shard, drops the empty queues from
+// the hinted set (ffv2_unhint), putting back those filled meanwhile: a commit that fills
+// one after that adds it itself. Failures are logged; the next full read tries again.
+func (s *Store) repairHint(ctx context.Context, hinted, listed map[queueRef]bool, found []map[string]ffstore.QueueItem) {
+	var add, drop []string
+	stale := map[int][]string{}
+	for shard, m := range found {
+		for name := range m {
+			if !hinted[queueRef{shard, name}] {
+				add = append(add, hintMember(name, shard))
+			}
+		}
+	}
+	for r := range hinted {
+		if !listed[r] {
+			drop = append(drop, hintMember(r.name, r.shard))
+			stale[r.shard] = append(stale[r.shard], r.name)
+		}
+	}
+	if len(drop) > 0 {
+		back, err := s.dropHints(ctx, drop, stale)
+		if err != nil {
+			s.log.Warn("ffvalkey: removing stale entries of the hint of non-empty queues failed", "err", err)
+		}
+		add = append(add, back...)
+	}
+	if len(add) > 0 {
+		s.zaddHint(ctx, add)
+	}
+}
+
+// dropHints removes members from the hint, then the stale queues (by shard) from their
+// shards' hinted sets, and returns the members of the queues filled meanwhile, which
+// must go back.
+func (s *Store) dropHints(ctx context.Context, members []string, stale map[int][]string) ([]string, error) {
+	hint := hintKey(s.prefix)
+	if _, err := s.do(ctx, "remove hints", true, func() rueidis.Completed {
+		return s.client.B().Zrem().Key(hint).Member(members...).Build()
+	}); err != nil {
+		return nil, err
+	}
+	shards := make([]int, 0, len(stale))
+	for shard := range stale {
+		shards = append(shards, shard)
+	}
+	res, err := s.doMulti(ctx, "remove hints", func() []rueidis.Completed {
+		cmds := make([]rueidis.Completed, len(shards))
+		for i, shard := range shards {
+			k := &s.keys[shard]
+			cmds[i] = s.client.B().Fcall().Function(fnUnhint).Numkeys(2).Key(k.dir, k.hinted).Arg(stale[shard]...).Build()
+		}
+		return cmds
+	})
+	if err != nil {
+		// Put every entry back: which shards forgot theirs is unknown.
+		return members, err
+	}
+	var back []string
+	for i, shard := range shards {
+		names, err := res[i].AsStrSlice()
+		if err != nil {
+			return members, translate(err, "remove hints")
+		}
+		for _, name := range names {
+			back = append(back, hintMember(name, shard))
+		}
+	}
+	return back, nil
+}
+
+// addHints adds the queues a commit on shard reported to the hint.
+func (s *Store) addHints(ctx context.Context, shard int, names []string) {
+	members := make([]string, len(names))
+	for i, name := range names {
+		members[i] = hintMember(name, shard)
+	}
+	s.zaddHint(ctx, members)
+}
+
+// zaddHint adds members to the hint. A failure is logged: the queues' shards stay in the
+// hinted sets, and the next full read of heads adds them.
+func (s *Store) zaddHint(ctx context.Context, members []string) {
+	hint := hintKey(s.prefix)
+	if _, err := s.do(ctx, "add hints", true, func() rueidis.Completed {
+		cmd := s.client.B().Zadd().Key(hint).ScoreMember()
+		for _, m := range members {
+			cmd = cmd.ScoreMember(0, m)
+		}
+		return cmd.Build()
+	}); err != nil {
+		s.log.Warn("ffvalkey: adding to the hint of non-empty queues failed; full reads of queue heads repair it", "err", err)
+	}
+}
+
+// wakeMessage is the wake-up message of a commit on shard: "<instance>.<shard>", to which
+// the commit appends ":h" when it moved a head earlier.
+func (s *Store) wakeMessage(shard int) string { return s.instance + "." + strconv.Itoa(shard) }
 
 // ReadEvents returns up to limit events of shard with Seq greater than after, in Seq
 // order; limit <= 0 returns none. If events after `after` were trimmed it returns an
@@ -641,11 +818,16 @@ func (s *Store) subscribe() {
 		for ctx.Err() == nil {
 			err := s.client.Receive(ctx, s.client.B().Subscribe().Channel(s.channel).Build(), func(msg rueidis.PubSubMessage) {
 				from, flag, _ := strings.Cut(msg.Message, ":")
-				if from == s.instance {
+				instance, shardText, _ := strings.Cut(from, ".")
+				if instance == s.instance {
 					return // this process's own commit, already seen
 				}
 				if flag == "h" {
-					s.heads.invalidate()
+					if shard, err := strconv.Atoi(shardText); err == nil && shard >= 0 && shard < s.shards {
+						s.heads.wake(shard)
+					} else {
+						s.heads.invalidate() // a message without a shard: read them all
+					}
 				}
 				s.changes.Notify()
 			})
