@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
 	"strings"
 
 	"github.com/flowfabric/flowfabric/fftype"
@@ -34,18 +35,32 @@ type ErrorBody struct {
 	Retryable bool   `json:"retryable"`
 }
 
-// writeError answers with err: an *fftype.Error by its kind's status and its public
-// message; a deadline as 503; anything else is logged in full and answered with a generic
-// 500 that reveals nothing.
-func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err error) {
+// codeTimeout is the code of a request that ran out of time.
+const codeTimeout = "timeout"
+
+// apiError returns err as the API states it: an *fftype.Error as it is, the end of the
+// request's context (its timeout, or its client gone) as a retryable unavailable error,
+// and nil for anything else, an internal error.
+func apiError(err error) *fftype.Error {
 	var fe *fftype.Error
 	switch {
 	case errors.As(err, &fe):
+		return fe
 	case errors.Is(err, context.DeadlineExceeded):
-		fe = &fftype.Error{Kind: fftype.KindUnavailable, Code: "timeout", Message: "the request timed out", Retryable: true}
+		return &fftype.Error{Kind: fftype.KindUnavailable, Code: codeTimeout, Message: "the request timed out", Retryable: true}
 	case errors.Is(err, context.Canceled):
-		fe = &fftype.Error{Kind: fftype.KindUnavailable, Code: "cancelled", Message: "the request was cancelled", Retryable: true}
+		return &fftype.Error{Kind: fftype.KindUnavailable, Code: "cancelled", Message: "the request was cancelled", Retryable: true}
 	default:
+		return nil
+	}
+}
+
+// writeError answers with err: an *fftype.Error by its kind's status and its public
+// message; a timeout or cancellation as 503; anything else is logged in full and answered
+// with a generic 500 that reveals nothing.
+func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err error) {
+	fe := apiError(err)
+	if fe == nil {
 		log.Error("internal error", "method", r.Method, "path", r.URL.Path, "err", err)
 		writeJSON(w, http.StatusInternalServerError, ErrorBody{Error: "internal error", Code: "internal", Kind: "internal", Retryable: true})
 		return
@@ -117,6 +132,9 @@ func bodyError(err error, limit int64) error {
 	case errors.As(err, &tooLarge):
 		return &fftype.Error{Kind: fftype.KindTooLarge, Code: fftype.CodePayloadTooLarge,
 			Message: fmt.Sprintf("the body is larger than %d bytes", limit)}
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return &fftype.Error{Kind: fftype.KindUnavailable, Code: codeTimeout,
+			Message: "the request body did not arrive within the request timeout", Retryable: true}
 	case errors.Is(err, io.EOF):
 		return badRequest("the body is empty; send a JSON object")
 	case errors.Is(err, io.ErrUnexpectedEOF):

@@ -23,7 +23,8 @@ type route struct {
 	path    string
 	summary string
 	auth    bool
-	request any // a value of the request body's type, or nil for none
+	long    bool // a long-poll or a stream: its handler bounds its own time, not the request timeout
+	request any  // a value of the request body's type, or nil for none
 	query   []string
 	status  int // the success status
 	respond any // a value of the success body's type, or nil for a non-JSON body
@@ -49,8 +50,9 @@ var (
 )
 
 // statuses returns every status rt answers with, ascending: its own, plus 401 on
-// authenticated routes, 400 and 413 on routes reading a body (malformed or oversized), and
-// 500 everywhere (an internal error, logged and answered without detail).
+// authenticated routes, 400, 413 and 503 on routes reading a body (malformed, oversized, or
+// not arrived within the request timeout), and 500 everywhere (an internal error, logged
+// and answered without detail).
 func (rt route) statuses() []int {
 	out := []int{rt.status, http.StatusInternalServerError}
 	for _, a := range rt.also {
@@ -61,7 +63,7 @@ func (rt route) statuses() []int {
 		out = append(out, http.StatusUnauthorized)
 	}
 	if rt.request != nil {
-		out = append(out, http.StatusBadRequest, http.StatusRequestEntityTooLarge)
+		out = append(out, http.StatusBadRequest, http.StatusRequestEntityTooLarge, http.StatusServiceUnavailable)
 	}
 	slices.Sort(out)
 	return slices.Compact(out)
@@ -91,7 +93,7 @@ func apiRoutes() []route {
 		{method: "POST", path: "/v1/executions/{id}/grants", summary: "Issue a claim or reclaim grant reserving the execution for one worker", auth: true, request: GrantRequest{}, status: 201, respond: fftype.GrantRef{}, fails: failsWrite, handle: (*Server).grant},
 		{method: "POST", path: "/v1/grants/claim", summary: "Consume a grant: its worker gets the lease", auth: true, request: GrantClaimRequest{}, status: 200, respond: LeaseView{}, fails: failsWrite, handle: (*Server).claimGrant},
 
-		{method: "POST", path: "/v1/claim", summary: "Worker protocol: claim leases from lanes, optionally waiting up to wait_ms for work", auth: true, request: ClaimRequest{}, status: 200, respond: ClaimResponse{}, fails: failsClaim, handle: (*Server).claim},
+		{method: "POST", path: "/v1/claim", summary: "Worker protocol: claim leases from lanes, optionally waiting up to wait_ms for work", auth: true, long: true, request: ClaimRequest{}, status: 200, respond: ClaimResponse{}, fails: failsClaim, handle: (*Server).claim},
 		{method: "POST", path: "/v1/executions/{id}/renew", summary: "Worker protocol: renew the lease", auth: true, request: RenewRequest{}, status: 200, respond: RenewResponse{}, fails: failsWrite, handle: (*Server).renew},
 		{method: "POST", path: "/v1/executions/{id}/progress", summary: "Worker protocol: report progress", auth: true, request: ProgressRequest{}, status: 200, respond: OKResponse{}, fails: failsWrite, handle: (*Server).progress},
 		{method: "POST", path: "/v1/executions/{id}/complete", summary: "Worker protocol: complete with a result", auth: true, request: CompleteRequest{}, status: 200, respond: OKResponse{}, fails: failsWrite, handle: (*Server).complete},
@@ -105,7 +107,7 @@ func apiRoutes() []route {
 
 		{method: "GET", path: "/v1/dead-letter", summary: "Failed executions, oldest first, filtered and paged", auth: true, query: []string{"namespace", "lane", "kind", "cursor", "limit"}, status: 200, respond: fftype.ListPage{}, fails: failsQuery, handle: (*Server).deadLetter},
 		{method: "POST", path: "/v1/dead-letter/replay", summary: "Replay failed executions by id; one result per id", auth: true, request: ReplayManyRequest{}, status: 200, respond: ReplayManyResponse{}, fails: []int{503}, handle: (*Server).replayMany},
-		{method: "GET", path: "/v1/events", summary: "The event log as server-sent events from a cursor (or Last-Event-ID), then live", auth: true, query: []string{"namespace", "lane", "execution_id", "flow_id", "types", "cursor"}, status: 200, fails: failsQuery, handle: (*Server).events},
+		{method: "GET", path: "/v1/events", summary: "The event log as server-sent events from a cursor (or Last-Event-ID), then live", auth: true, long: true, query: []string{"namespace", "lane", "execution_id", "flow_id", "types", "cursor"}, status: 200, fails: failsQuery, handle: (*Server).events},
 
 		{method: "GET", path: "/v1/info", summary: "The engine's shard count and clock, read by remote workers", auth: true, status: 200, respond: InfoResponse{}, fails: []int{503}, handle: (*Server).info},
 		{method: "POST", path: "/v1/workers", summary: "Register a worker instance, or refresh the same session's live registration (409 while another process holds the instance id)", auth: true, request: RegisterWorkerRequest{}, status: 200, respond: RegisterWorkerResponse{}, fails: failsClaim, handle: (*Server).registerWorker},
@@ -421,8 +423,7 @@ func (s *Server) claimGrant(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, leaseView(l))
-	return nil
+	return s.deliver(r.Context(), w, []*fftype.Lease{l}, leaseView(l))
 }
 
 // ---- worker protocol
@@ -442,34 +443,67 @@ func (s *Server) claim(w http.ResponseWriter, r *http.Request) error {
 	}
 	p := fftype.ClaimParams{WorkerID: req.WorkerID, WorkerInstanceID: req.WorkerInstanceID, Lanes: req.Lanes,
 		Capabilities: req.Capabilities, Count: req.Count, LeaseTTL: fftype.Duration(ttl)}
-	ctx, cancel := context.WithTimeout(r.Context(), wait)
+	// The request is bounded by its wait plus the request timeout.
+	ctx, cancel := context.WithTimeout(r.Context(), wait+s.cfg.RequestTimeout)
 	defer cancel()
-	changes := s.client.Changes(ctx)
+	waitCtx, endWait := context.WithTimeout(ctx, wait)
+	defer endWait()
+	changes := s.client.Changes(waitCtx)
 	poll := time.NewTimer(0)
 	defer poll.Stop()
 	for {
 		// Claim on the request's context, not the wait's: a lease handed out must reach
 		// the worker even if the wait ends meanwhile.
-		leases, err := s.client.Claim(r.Context(), p)
+		leases, err := s.client.Claim(ctx, p)
 		if err != nil {
 			return err
 		}
-		if len(leases) > 0 || wait == 0 || ctx.Err() != nil {
+		if len(leases) > 0 || wait == 0 || waitCtx.Err() != nil {
 			out := ClaimResponse{Leases: make([]LeaseView, len(leases))}
 			for i, l := range leases {
 				out.Leases[i] = leaseView(l)
 			}
-			writeJSON(w, http.StatusOK, out)
-			return nil
+			return s.deliver(ctx, w, leases, out)
 		}
 		poll.Reset(250 * time.Millisecond) // for stores without change notifications
 		select {
-		case <-ctx.Done():
+		case <-waitCtx.Done():
 		case <-changes:
 		case <-poll.C:
 		case <-s.closing:
-			cancel() // the server is shutting down: answer now
+			endWait() // the server is shutting down: answer now
 		}
+	}
+}
+
+// deliver answers a claim with body (200), which hands out leases. When they cannot reach
+// the worker — ctx, the request's, ended (its client went away or it timed out) or the
+// answer could not be written — it releases them, so that their executions are claimable
+// at once instead of after their lease TTL, and answers the end of ctx as an error.
+func (s *Server) deliver(ctx context.Context, w http.ResponseWriter, leases []*fftype.Lease, body any) error {
+	if err := ctx.Err(); err != nil {
+		s.releaseUndelivered(ctx, leases)
+		return err
+	}
+	writeJSON(w, http.StatusOK, body)
+	if err := http.NewResponseController(w).Flush(); err != nil {
+		s.releaseUndelivered(ctx, leases)
+	}
+	return nil
+}
+
+// releaseUndelivered gives back leases whose claim did not reach its worker. A release
+// that fails is logged; that lease expires with its TTL.
+func (s *Server) releaseUndelivered(ctx context.Context, leases []*fftype.Lease) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.RequestTimeout)
+	defer cancel()
+	for _, l := range leases {
+		if err := s.client.Release(ctx, l.ExecutionID, l.Fence); err != nil {
+			s.log.Warn("a claim's answer did not reach its worker and its lease could not be released; it expires with its TTL",
+				"execution_id", l.ExecutionID, "err", err)
+			continue
+		}
+		s.log.Info("a claim's answer did not reach its worker; its lease was released", "execution_id", l.ExecutionID)
 	}
 }
 

@@ -20,6 +20,7 @@ import (
 	"crypto/subtle"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -43,6 +44,8 @@ const (
 	ControlBodyBytes = 64 << 10
 	// MaxClaimWait bounds a claim's long-poll.
 	MaxClaimWait = 30 * time.Second
+	// DefaultRequestTimeout bounds a request when Config.RequestTimeout is 0.
+	DefaultRequestTimeout = 30 * time.Second
 )
 
 // Config tunes a Server. The zero value serves without authentication (logging a warning)
@@ -57,6 +60,11 @@ type Config struct {
 	CORSOrigins []string
 	// LargeBodyBytes bounds bodies that carry payloads. 0 means 32 MiB.
 	LargeBodyBytes int64
+	// RequestTimeout bounds each request, from its arrival: its body must be read and its
+	// answer ready within it, or it is answered 503 with code "timeout" (retryable) and
+	// nothing else is written. A long-polling claim gets its wait on top; an event stream
+	// is not bounded. 0 means 30s.
+	RequestTimeout time.Duration
 	// Logger receives request errors. Nil discards them.
 	Logger *slog.Logger
 }
@@ -94,6 +102,9 @@ func New(client *flowfabric.Client, cfg Config) (*Server, error) {
 	}
 	if cfg.LargeBodyBytes <= 0 {
 		cfg.LargeBodyBytes = DefaultLargeBodyBytes
+	}
+	if cfg.RequestTimeout <= 0 {
+		cfg.RequestTimeout = DefaultRequestTimeout
 	}
 	s := &Server{client: client, cfg: cfg, log: cfg.Logger, origins: map[string]bool{}, mux: http.NewServeMux(),
 		closing: make(chan struct{})}
@@ -213,12 +224,23 @@ func (s *Server) protect(h http.Handler) http.Handler {
 	})
 }
 
-// wrap turns a route's handler into an http.Handler: authentication, panic recovery,
-// error writing and request metrics.
+// wrap turns a route's handler into an http.Handler: authentication, the request
+// timeout, panic recovery, error writing and request metrics. The body must arrive within
+// the request timeout; the handler's context ends with it too, unless the route is long
+// (a long-poll or a stream) and bounds itself.
 func (s *Server) wrap(rt route) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+		deadline := start.Add(s.cfg.RequestTimeout)
+		if rt.request != nil {
+			r.Body = newDeadlineBody(sw, r.Body, deadline)
+		}
+		if !rt.long {
+			ctx, cancel := context.WithDeadline(r.Context(), deadline)
+			defer cancel()
+			r = r.WithContext(ctx)
+		}
 		defer func() {
 			if p := recover(); p != nil {
 				s.log.Error("handler panicked", "route", rt.path, "panic", p, "stack", string(debug.Stack()))
@@ -256,12 +278,37 @@ func (w *statusWriter) Write(b []byte) (int, error) {
 	return w.ResponseWriter.Write(b)
 }
 
-// Flush lets server-sent events through the wrapper.
-func (w *statusWriter) Flush() {
-	if f, ok := w.ResponseWriter.(http.Flusher); ok {
-		f.Flush()
-	}
+// Unwrap exposes the underlying writer to http.ResponseController, whose Flush then
+// reports a write that failed (a client gone).
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// deadlineBody bounds the reading of a request body with the connection's read deadline.
+// It clears the deadline once the body was read to its end: while the handler runs on (a
+// long-poll), net/http keeps reading the connection to notice a client that goes away, and
+// a deadline passing then would cancel the request. A body not read to its end keeps the
+// deadline, so that net/http's discarding of its rest is bounded too.
+type deadlineBody struct {
+	io.ReadCloser
+	rc      *http.ResponseController
+	cleared bool
 }
 
-// Unwrap exposes the underlying writer to http.ResponseController.
-func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+// newDeadlineBody returns body bounded by deadline, or body itself where the writer
+// cannot set read deadlines.
+func newDeadlineBody(w http.ResponseWriter, body io.ReadCloser, deadline time.Time) io.ReadCloser {
+	rc := http.NewResponseController(w)
+	if rc.SetReadDeadline(deadline) != nil {
+		return body
+	}
+	return &deadlineBody{ReadCloser: body, rc: rc}
+}
+
+// Read implements io.Reader.
+func (b *deadlineBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if errors.Is(err, io.EOF) && !b.cleared {
+		b.cleared = true
+		_ = b.rc.SetReadDeadline(time.Time{})
+	}
+	return n, err
+}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/flowfabric/flowfabric"
 	"github.com/flowfabric/flowfabric/ffserver"
+	"github.com/flowfabric/flowfabric/ffstore"
 	"github.com/flowfabric/flowfabric/ffstore/ffmem"
 	"github.com/flowfabric/flowfabric/fftype"
 )
@@ -35,12 +36,22 @@ type testBundle struct {
 
 func setup(t *testing.T, cfg ffserver.Config) *testBundle {
 	t.Helper()
-	client, err := flowfabric.NewClient(ffmem.New(nil), nil)
+	return setupOn(t, cfg, ffmem.New(nil), nil)
+}
+
+// setupOn is setup on store, serving through around (when not nil) in front of the server.
+func setupOn(t *testing.T, cfg ffserver.Config, store ffstore.Store, around func(http.Handler) http.Handler) *testBundle {
+	t.Helper()
+	client, err := flowfabric.NewClient(store, nil)
 	require.NoError(t, err)
 	srv, err := ffserver.New(client, cfg)
 	require.NoError(t, err)
 	srv.Start(t.Context())
-	hs := httptest.NewServer(srv)
+	var h http.Handler = srv
+	if around != nil {
+		h = around(srv)
+	}
+	hs := httptest.NewServer(h)
 	t.Cleanup(func() {
 		hs.Close()
 		srv.Close()

@@ -3,7 +3,6 @@ package ffserver
 import (
 	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"time"
 
 	"github.com/flowfabric/flowfabric/fftype"
@@ -243,8 +242,7 @@ func EncodePayload(b []byte, enc fftype.PayloadEncoding) (json.RawMessage, strin
 }
 
 func errorBody(err error) *ErrorBody {
-	var fe *fftype.Error
-	if errors.As(err, &fe) {
+	if fe := apiError(err); fe != nil {
 		return &ErrorBody{Error: fe.Message, Code: fe.Code, Kind: string(fe.Kind), Retryable: fe.Retryable}
 	}
 	return &ErrorBody{Error: "internal error", Code: "internal", Kind: "internal", Retryable: true}

@@ -1,0 +1,210 @@
+package ffserver_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/flowfabric/flowfabric/ffserver"
+	"github.com/flowfabric/flowfabric/ffstore"
+	"github.com/flowfabric/flowfabric/ffstore/ffmem"
+	"github.com/flowfabric/flowfabric/fftype"
+)
+
+// stallStore is a store whose next unit of the armed kind stalls: it reports that it
+// entered, then waits until released — or, with no release channel, until its context
+// ends, and fails with the context's error, as a store that does not answer would.
+type stallStore struct {
+	ffstore.Store
+	update, view atomic.Pointer[stall]
+}
+
+type stall struct {
+	entered chan struct{}
+	release chan struct{}
+}
+
+func newStall(release chan struct{}) *stall {
+	return &stall{entered: make(chan struct{}), release: release}
+}
+
+func (st *stall) hold(ctx context.Context) error {
+	if st == nil {
+		return nil
+	}
+	close(st.entered)
+	if st.release == nil {
+		<-ctx.Done()
+		return ctx.Err()
+	}
+	<-st.release
+	return nil
+}
+
+func (s *stallStore) Update(ctx context.Context, shard int, fn func(tx ffstore.Tx) error) error {
+	if err := s.update.Swap(nil).hold(ctx); err != nil {
+		return err
+	}
+	return s.Store.Update(ctx, shard, fn)
+}
+
+func (s *stallStore) View(ctx context.Context, shard int, fn func(tx ffstore.ReadTx) error) error {
+	if err := s.view.Swap(nil).hold(ctx); err != nil {
+		return err
+	}
+	return s.Store.View(ctx, shard, fn)
+}
+
+// requireTimeoutBody requires a 503 JSON error with code "timeout", retryable.
+func requireTimeoutBody(t *testing.T, status int, raw []byte) {
+	t.Helper()
+	require.Equal(t, http.StatusServiceUnavailable, status, string(raw))
+	var e ffserver.ErrorBody
+	require.NoError(t, json.Unmarshal(raw, &e), "a timeout is answered with a JSON error, nothing partial: %s", raw)
+	require.Equal(t, "timeout", e.Code)
+	require.True(t, e.Retryable)
+}
+
+func TestRequestTimeout(t *testing.T) {
+	t.Parallel()
+	const timeout = 300 * time.Millisecond
+
+	setup := func(t *testing.T) (*testBundle, *stallStore) {
+		t.Helper()
+		store := &stallStore{Store: ffmem.New(nil)}
+		return setupOn(t, ffserver.Config{RequestTimeout: timeout}, store, nil), store
+	}
+
+	t.Run("SlowBody", func(t *testing.T) {
+		t.Parallel()
+		b, _ := setup(t)
+		conn, err := net.Dial("tcp", b.http.Listener.Addr().String())
+		require.NoError(t, err)
+		defer conn.Close()
+		start := time.Now()
+		_, err = fmt.Fprint(conn, "POST /v1/executions HTTP/1.1\r\nHost: ff\r\nContent-Type: application/json\r\n"+
+			"Content-Length: 100\r\n\r\n{\"lane\":")
+		require.NoError(t, err)
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		raw, err := io.ReadAll(resp.Body)
+		require.NoError(t, err)
+		requireTimeoutBody(t, resp.StatusCode, raw)
+		require.Less(t, time.Since(start), 10*time.Second)
+	})
+
+	t.Run("HungStore", func(t *testing.T) {
+		t.Parallel()
+		b, store := setup(t)
+		res, err := b.client.Create(t.Context(), fftype.CreateParams{Lane: "l", Kind: "k"})
+		require.NoError(t, err)
+		st := newStall(nil)
+		store.view.Store(st)
+		status, raw := b.do("GET", "/v1/executions/"+string(res.ID), nil)
+		requireTimeoutBody(t, status, raw)
+		select {
+		case <-st.entered:
+		default:
+			t.Fatal("the read never reached the store")
+		}
+	})
+
+	t.Run("LongPollOutlastsTimeout", func(t *testing.T) {
+		t.Parallel()
+		b, _ := setup(t)
+		start := time.Now()
+		var out ffserver.ClaimResponse
+		b.call("POST", "/v1/claim", map[string]any{"worker_id": "w", "worker_instance_id": "w1", "lanes": []string{"idle"},
+			"wait_ms": (3 * timeout).Milliseconds()}, 200, &out)
+		require.Empty(t, out.Leases)
+		require.GreaterOrEqual(t, time.Since(start), 3*timeout, "the claim waited its wait, past the request timeout")
+	})
+
+	t.Run("StreamOutlastsTimeout", func(t *testing.T) {
+		t.Parallel()
+		b, _ := setup(t)
+		req, err := http.NewRequestWithContext(t.Context(), "GET", b.http.URL+"/v1/events?lane=late", nil)
+		require.NoError(t, err)
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		require.Equal(t, 200, resp.StatusCode)
+		// A long-poll claim passes the time: the stream is then older than the timeout.
+		b.call("POST", "/v1/claim", map[string]any{"worker_id": "w", "worker_instance_id": "w1", "lanes": []string{"idle"},
+			"wait_ms": (2 * timeout).Milliseconds()}, 200, nil)
+		_, err = b.client.Create(t.Context(), fftype.CreateParams{Lane: "late", Kind: "k"})
+		require.NoError(t, err)
+		sc := bufio.NewScanner(resp.Body)
+		for sc.Scan() {
+			if ev, ok := strings.CutPrefix(sc.Text(), "event: "); ok {
+				require.Equal(t, "created", ev)
+				return
+			}
+		}
+		t.Fatalf("the stream ended: %v", sc.Err())
+	})
+}
+
+// TestClaimReleasedWhenClientGoesAway: the client of a claim disconnects while the claim
+// is being served; the lease handed out cannot reach it, so the server releases it and
+// the execution is claimable again at once, not after its 10-minute lease TTL.
+func TestClaimReleasedWhenClientGoesAway(t *testing.T) {
+	t.Parallel()
+	store := &stallStore{Store: ffmem.New(nil)}
+	requests := make(chan context.Context, 1)
+	b := setupOn(t, ffserver.Config{}, store, func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == "/v1/claim" {
+				requests <- r.Context()
+			}
+			h.ServeHTTP(w, r)
+		})
+	})
+	res, err := b.client.Create(t.Context(), fftype.CreateParams{Lane: "gone", Kind: "k"})
+	require.NoError(t, err)
+
+	release := make(chan struct{})
+	st := newStall(release)
+	store.update.Store(st)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	answered := make(chan error, 1)
+	go func() {
+		req, err := http.NewRequestWithContext(ctx, "POST", b.http.URL+"/v1/claim", strings.NewReader(
+			`{"worker_id":"w","worker_instance_id":"w1","lanes":["gone"],"lease_ttl_ms":600000}`))
+		if err == nil {
+			var resp *http.Response
+			if resp, err = http.DefaultClient.Do(req); err == nil {
+				resp.Body.Close()
+			}
+		}
+		answered <- err
+	}()
+	serverCtx := <-requests
+	<-st.entered // the claim is taking the execution
+	cancel()
+	require.Error(t, <-answered)
+	<-serverCtx.Done() // the server saw its client go
+	close(release)
+
+	require.Eventually(t, func() bool {
+		atts, err := b.client.Attempts(t.Context(), res.ID)
+		require.NoError(t, err)
+		return len(atts) == 1 && atts[0].Status == fftype.AttemptPaused
+	}, 10*time.Second, 10*time.Millisecond, "the undelivered lease is released")
+	leases, err := b.client.Claim(t.Context(), fftype.ClaimParams{WorkerID: "w2", WorkerInstanceID: "w2-1", Lanes: []string{"gone"}})
+	require.NoError(t, err)
+	require.Len(t, leases, 1, "claimable again at once")
+	require.Equal(t, res.ID, leases[0].ExecutionID)
+}
