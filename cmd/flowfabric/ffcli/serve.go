@@ -28,6 +28,7 @@ type serveOptions struct {
 	cors     string
 	logLevel string
 	shutdown time.Duration
+	timeout  time.Duration // each request's bound (ffserver.Config.RequestTimeout)
 	dev      bool
 	ready    func(addr string) // tests learn the listening address here
 }
@@ -47,7 +48,7 @@ func newServerCommand(out io.Writer) *cobra.Command {
 		Short: "Serve the HTTP API and run the engine on a store",
 		Long: `Serve the HTTP API (/v1, /healthz, /readyz, /metrics, /v1/openapi.json) and run the
 engine's timers on the store named by --store: sqlite:///path/file.db, postgres://…,
-redis://…, redis+cluster://…, valkey://…, or mem. Every flag also reads an FF_* variable.`,
+redis://…, redis+cluster://…, valkey://…, or mem:. Every flag also reads an FF_* variable.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if o.store == "" {
@@ -63,9 +64,17 @@ redis://…, redis+cluster://…, valkey://…, or mem. Every flag also reads an
 	f.StringVar(&o.cors, "cors-origins", "", "comma-separated origins browsers may call from, or *")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.DurationVar(&o.shutdown, "shutdown-timeout", 15*time.Second, "how long shutdown waits for requests in flight")
+	requestTimeoutFlag(cmd, o)
 	envFlags(cmd, map[string]string{"store": "FF_STORE", "addr": "FF_ADDR", "token": "FF_API_TOKEN",
-		"cors-origins": "FF_CORS_ORIGINS", "log-level": "FF_LOG_LEVEL", "shutdown-timeout": "FF_SHUTDOWN_TIMEOUT"})
+		"cors-origins": "FF_CORS_ORIGINS", "log-level": "FF_LOG_LEVEL", "shutdown-timeout": "FF_SHUTDOWN_TIMEOUT",
+		"request-timeout": "FF_REQUEST_TIMEOUT"})
 	return cmd
+}
+
+// requestTimeoutFlag adds --request-timeout, the bound of each request, to cmd.
+func requestTimeoutFlag(cmd *cobra.Command, o *serveOptions) {
+	cmd.Flags().DurationVar(&o.timeout, "request-timeout", ffserver.DefaultRequestTimeout,
+		"how long a request may take to send its body and be answered (a long-polling claim gets its wait on top; event streams are not bounded)")
 }
 
 // envFlags lets each named flag of cmd be set by an environment variable instead: a flag
@@ -111,8 +120,9 @@ func newDevCommand(out io.Writer) *cobra.Command {
 	f.StringVar(&o.addr, "addr", "127.0.0.1:8080", "listen address")
 	f.StringVar(&o.logLevel, "log-level", "warn", "debug, info, warn or error")
 	f.DurationVar(&o.shutdown, "shutdown-timeout", 5*time.Second, "how long shutdown waits for requests in flight")
+	requestTimeoutFlag(cmd, o)
 	envFlags(cmd, map[string]string{"db": "FF_DEV_DB", "addr": "FF_ADDR", "log-level": "FF_LOG_LEVEL",
-		"shutdown-timeout": "FF_SHUTDOWN_TIMEOUT"})
+		"shutdown-timeout": "FF_SHUTDOWN_TIMEOUT", "request-timeout": "FF_REQUEST_TIMEOUT"})
 	return cmd
 }
 
@@ -140,7 +150,7 @@ func serve(ctx context.Context, out io.Writer, o *serveOptions) error {
 			origins = append(origins, s)
 		}
 	}
-	srv, err := ffserver.New(client, ffserver.Config{Token: o.token, CORSOrigins: origins, Logger: log})
+	srv, err := ffserver.New(client, ffserver.Config{Token: o.token, CORSOrigins: origins, RequestTimeout: o.timeout, Logger: log})
 	if err != nil {
 		return err
 	}

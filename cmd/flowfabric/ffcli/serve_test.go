@@ -1,0 +1,55 @@
+package ffcli
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/flowfabric/flowfabric/ffserver"
+)
+
+// TestServerRequestTimeout runs the real binary's server with FF_REQUEST_TIMEOUT: a
+// request whose body stalls is answered 503 "timeout" once the timeout passes.
+func TestServerRequestTimeout(t *testing.T) {
+	t.Parallel()
+	bin := buildCLI(t)
+	cmd := exec.CommandContext(t.Context(), bin, "server")
+	cmd.Env = append(os.Environ(), "FF_STORE=mem:", "FF_ADDR=127.0.0.1:0", "FF_LOG_LEVEL=error", "FF_REQUEST_TIMEOUT=300ms")
+	stdout, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
+	sc := bufio.NewScanner(stdout)
+	require.True(t, sc.Scan(), "the server prints where it listens")
+	base := strings.Fields(strings.TrimPrefix(sc.Text(), "flowfabric server listening on "))[0]
+
+	conn, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
+	require.NoError(t, err)
+	defer conn.Close()
+	start := time.Now()
+	_, err = fmt.Fprint(conn, "POST /v1/executions HTTP/1.1\r\nHost: ff\r\nContent-Length: 100\r\n\r\n{\"lane\":")
+	require.NoError(t, err)
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode, string(raw))
+	var e ffserver.ErrorBody
+	require.NoError(t, json.Unmarshal(raw, &e), string(raw))
+	require.Equal(t, "timeout", e.Code)
+	require.Less(t, time.Since(start), 10*time.Second, "answered at the 300ms timeout, not the 30s default")
+
+	require.NoError(t, cmd.Process.Signal(os.Interrupt))
+	_, _ = io.Copy(io.Discard, stdout) // the rest of its output, until it exits
+	require.NoError(t, cmd.Wait(), "a clean shutdown on SIGINT")
+}
