@@ -245,6 +245,10 @@ func (w *Worker) fetch(rs *runState) {
 			continue
 		}
 		leases, err := w.backend.Claim(rs.fetchCtx, w.claimParams(n))
+		if len(leases) > 0 && rs.fetchCtx.Err() != nil {
+			w.giveBack(leases) // the run is stopping: start nothing new
+			leases = nil
+		}
 		w.releaseSlots(n - len(leases))
 		if err != nil && rs.fetchCtx.Err() == nil {
 			w.log.Warn("claim failed", "err", err)
@@ -421,7 +425,8 @@ func clip(s string, n int) string {
 }
 
 // Stop stops claiming and waits until every running handler has returned and its
-// finishing call landed. If ctx ends first, it escalates: the handlers' contexts are
+// finishing call landed. A claim in flight starts nothing: the leases it returns are
+// given back at once, so that other workers take their executions. If ctx ends first, it escalates: the handlers' contexts are
 // cancelled (cause [ErrWorkerStopped]), the leases of tasks still running are released so
 // that other workers take them at once, and it returns ctx.Err() without waiting for the
 // handlers. Stop on a worker that is not running does nothing; it may be called again.

@@ -232,6 +232,25 @@ func (s *countingStore) Changes(ctx context.Context) <-chan struct{} {
 	return s.Store.(ffstore.ChangeNotifier).Changes(ctx)
 }
 
+// stallingClaim is a backend whose first claim waits until its caller gives up and then
+// goes through anyway, as a claim already being served does.
+type stallingClaim struct {
+	flowfabric.Backend
+	entered chan struct{} // closed when the first claim starts
+	once    sync.Once
+}
+
+func (b *stallingClaim) Claim(ctx context.Context, p flowfabric.ClaimParams) ([]*flowfabric.Lease, error) {
+	first := false
+	b.once.Do(func() { first = true })
+	if first {
+		close(b.entered)
+		<-ctx.Done()
+		ctx = context.WithoutCancel(ctx)
+	}
+	return b.Backend.Claim(ctx, p)
+}
+
 // blocker is a handler that reports its start and then waits for its context, reporting
 // the cause.
 type blocker struct {
@@ -892,6 +911,31 @@ func exerciseWorker(t *testing.T, newStore func(t testing.TB) ffstore.Store, tr 
 		require.NoError(t, recv(t, done, "Run"))
 		recvID(t, sig.Settled, id, "settling")
 		require.Equal(t, flowfabric.StateWaiting, b.get(t, id).PublicState(), "the late completion was refused")
+	})
+
+	t.Run("StopDuringAClaimLeavesNothingLeased", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		id := b.create(t, "k", `{}`)
+		backend := &stallingClaim{Backend: b.backend, entered: make(chan struct{})}
+		w, err := flowfabric.NewWorker(b.ctx, backend, config("i1"), nil)
+		require.NoError(t, err)
+		t.Cleanup(func() { require.NoError(t, w.Close(context.Background())) })
+		var ran atomic.Bool
+		flowfabric.Handle(w, "k", func(context.Context, *flowfabric.Task[json.RawMessage]) error {
+			ran.Store(true)
+			return nil
+		})
+		done := make(chan error, 1)
+		go func() { done <- w.Run(context.Background()) }()
+		recv(t, backend.entered, "the worker's claim")
+		require.NoError(t, w.Stop(b.ctx))
+		require.NoError(t, recv(t, done, "Run to return"))
+		require.False(t, ran.Load(), "a claim that returns after the stop starts nothing")
+		leases, err := b.client.Claim(b.ctx, flowfabric.ClaimParams{WorkerID: "w", WorkerInstanceID: "other", Lanes: []string{testLane}})
+		require.NoError(t, err)
+		require.Len(t, leases, 1, "the execution is claimable at once, not after its lease TTL")
+		require.Equal(t, id, leases[0].ExecutionID)
 	})
 
 	t.Run("StopIsGraceful", func(t *testing.T) {
