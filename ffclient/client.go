@@ -212,13 +212,32 @@ func (c *Client) Claim(ctx context.Context, p fftype.ClaimParams) ([]*fftype.Lea
 	return c.ClaimWait(ctx, p, 0)
 }
 
+// claimGrace is how long a claim whose caller gave up still waits for the server's
+// answer. The server gives back the leases of an answer it cannot deliver, but one it
+// already sent would be lost until the leases expire; read within the grace, its leases
+// are given back at once.
+const claimGrace = 250 * time.Millisecond
+
 // ClaimWait claims like Claim but, with nothing eligible, lets the server wait up to wait
-// (at most 30s) for work to arrive.
+// (at most 30s) for work to arrive. If ctx ends while the claim is under way, ClaimWait
+// returns ctx's error and releases whatever leases the server's answer still brings.
 func (c *Client) ClaimWait(ctx context.Context, p fftype.ClaimParams, wait time.Duration) ([]*fftype.Lease, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	req := ffserver.ClaimRequest{WorkerID: p.WorkerID, WorkerInstanceID: p.WorkerInstanceID, Lanes: p.Lanes,
 		Capabilities: p.Capabilities, Count: p.Count, LeaseTTLMS: p.LeaseTTL.D().Milliseconds(), WaitMS: wait.Milliseconds()}
+	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancel()
+	stop := context.AfterFunc(ctx, func() { time.AfterFunc(claimGrace, cancel) })
+	defer stop()
 	var resp ffserver.ClaimResponse
-	if err := c.request(ctx, "POST", "/v1/claim", req, &resp); err != nil {
+	err := c.request(rctx, "POST", "/v1/claim", req, &resp)
+	if ctx.Err() != nil {
+		c.giveBack(ctx, resp.Leases)
+		return nil, ctx.Err()
+	}
+	if err != nil {
 		return nil, err
 	}
 	out := make([]*fftype.Lease, len(resp.Leases))
@@ -230,6 +249,19 @@ func (c *Client) ClaimWait(ctx context.Context, p fftype.ClaimParams, wait time.
 		out[i] = l
 	}
 	return out, nil
+}
+
+// giveBack releases leases a caller will not use, without ctx's cancellation and within
+// a bound. A release that fails leaves that lease to expire.
+func (c *Client) giveBack(ctx context.Context, leases []ffserver.LeaseView) {
+	if len(leases) == 0 {
+		return
+	}
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	for _, l := range leases {
+		_ = c.Release(rctx, l.ExecutionID, l.Fence)
+	}
 }
 
 func fromLeaseView(v *ffserver.LeaseView) (*fftype.Lease, error) {

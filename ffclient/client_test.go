@@ -3,6 +3,7 @@ package ffclient_test
 import (
 	"context"
 	"errors"
+	"net/http"
 	"net/http/httptest"
 	"testing"
 	"time"
@@ -162,4 +163,54 @@ func TestClientRefusesNonJSONPayloadsLikeTheEngine(t *testing.T) {
 	page, err := local.List(ctx, fftype.ListParams{})
 	require.NoError(t, err)
 	require.Len(t, page.Executions, 2, "the refused item was never sent")
+}
+
+// TestClaimAnswerAfterTheCallerGaveUp: the server has produced a claim's answer (so it
+// will not give the leases back itself) when the worker gives up, before the answer
+// arrives. The client still reads it within its grace and releases the leases, so the
+// execution is claimable at once rather than after its 10-minute lease.
+func TestClaimAnswerAfterTheCallerGaveUp(t *testing.T) {
+	t.Parallel()
+	local, err := flowfabric.NewClient(ffmem.New(nil), nil)
+	require.NoError(t, err)
+	srv, err := ffserver.New(local, ffserver.Config{})
+	require.NoError(t, err)
+	answered := make(chan struct{})
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/v1/claim" {
+			srv.ServeHTTP(w, r)
+			return
+		}
+		rec := httptest.NewRecorder()
+		srv.ServeHTTP(rec, r.WithContext(context.WithoutCancel(r.Context())))
+		close(answered)
+		time.Sleep(50 * time.Millisecond) // the worker gives up meanwhile
+		for k, v := range rec.Header() {
+			w.Header()[k] = v
+		}
+		w.WriteHeader(rec.Code)
+		_, _ = w.Write(rec.Body.Bytes())
+	}))
+	t.Cleanup(hs.Close)
+	c, err := ffclient.New(hs.URL, nil)
+	require.NoError(t, err)
+
+	ctx := t.Context()
+	res, err := local.Create(ctx, fftype.CreateParams{Lane: "l", Kind: "k"})
+	require.NoError(t, err)
+	claimCtx, cancel := context.WithCancel(ctx)
+	go func() {
+		<-answered
+		cancel()
+	}()
+	p := fftype.ClaimParams{WorkerID: "w", WorkerInstanceID: "w1", Lanes: []string{"l"}, LeaseTTL: fftype.Duration(10 * time.Minute)}
+	leases, err := c.Claim(claimCtx, p)
+	require.ErrorIs(t, err, context.Canceled)
+	require.Empty(t, leases)
+
+	p.WorkerInstanceID = "w2"
+	again, err := local.Claim(ctx, p)
+	require.NoError(t, err)
+	require.Len(t, again, 1, "the lease of the undelivered answer was given back")
+	require.Equal(t, res.ID, again[0].ExecutionID)
 }
