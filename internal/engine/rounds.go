@@ -9,8 +9,8 @@ import (
 // a key; the first call of an idle queue leads a round that serves every call queued by
 // then, while calls that arrive meanwhile queue for the next round, which the first of
 // them leads. With no contention a round serves one call and costs what the call would
-// alone; under load one unit serves many calls. Claims (claimbatch.go) and the
-// operations of lease holders (holderbatch.go) are served this way.
+// alone; under load one unit serves many calls. Claims (claimrounds.go) and the
+// operations of lease holders (holderrounds.go) are served this way.
 
 // roundCall is what the round machinery keeps of a call; call types embed it.
 type roundCall struct {
