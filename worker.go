@@ -739,6 +739,9 @@ func (w *Worker) watch(sub EventStream) {
 			next, err := w.watcher.WatchEvents(w.life, watchFilter())
 			if err == nil {
 				sub = next
+				// Events appended while no feed was followed are not delivered: work they
+				// made eligible is claimed now rather than at the next poll.
+				signal(w.wake)
 				break
 			}
 			if w.life.Err() != nil {

@@ -1004,6 +1004,31 @@ func exerciseWorker(t *testing.T, newStore func(t testing.TB) ffstore.Store, tr 
 		require.ErrorIs(t, err, flowfabric.ErrWorkerNotRegistered, "deregistered all the same")
 	})
 
+	t.Run("WakesAfterItsEventFeedBroke", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		inner, ok := b.backend.(flowfabric.EventWatcher)
+		require.True(t, ok)
+		cw := &breakableWatcher{Backend: b.backend, inner: inner, hold: make(chan struct{})}
+		b.backend = cw
+		cfg := config("i1")
+		cfg.ClaimPollInterval = time.Hour
+		w, sig := b.worker(t, cfg)
+		flowfabric.SetIdleBackoff(w, time.Hour) // without a wake-up, Run would wait an hour
+		ran := make(chan flowfabric.ExecutionID, 10)
+		flowfabric.Handle(w, "k", func(ctx context.Context, t *flowfabric.Task[struct{}]) error {
+			ran <- t.ExecutionID()
+			return nil
+		})
+		run(t, w)
+		recv(t, sig.Idle, "Run to go idle")
+		cw.breakFeed()
+		// Created while the worker follows no feed: its event never reaches the worker.
+		id := b.create(t, "k", "")
+		close(cw.hold)
+		require.Equal(t, id, recv(t, ran, "the execution created while the feed was down"))
+	})
+
 	t.Run("WakesAtOnceForNewWork", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
@@ -1165,4 +1190,103 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.w.Write(p)
+}
+
+// breakableWatcher follows events through inner until breakFeed ends the feed; following
+// again then waits until hold is closed.
+type breakableWatcher struct {
+	flowfabric.Backend
+	inner flowfabric.EventWatcher
+	hold  chan struct{}
+
+	mu     sync.Mutex
+	feeds  int
+	broken chan struct{}
+}
+
+func (b *breakableWatcher) WatchEvents(ctx context.Context, f flowfabric.EventFilter) (flowfabric.EventStream, error) {
+	b.mu.Lock()
+	b.feeds++
+	again := b.feeds > 1
+	if b.broken == nil {
+		b.broken = make(chan struct{})
+	}
+	broken := b.broken
+	b.mu.Unlock()
+	if again {
+		select {
+		case <-b.hold:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		broken = nil // the new feed is not broken
+	}
+	s, err := b.inner.WatchEvents(ctx, f)
+	if err != nil {
+		return nil, err
+	}
+	return newBreakableFeed(s, broken), nil
+}
+
+// breakFeed ends the first feed.
+func (b *breakableWatcher) breakFeed() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	close(b.broken)
+}
+
+// breakableFeed forwards inner's deliveries until broken is closed.
+type breakableFeed struct {
+	inner flowfabric.EventStream
+	out   chan flowfabric.Delivery
+	stop  chan struct{}
+	once  sync.Once
+	done  chan struct{}
+	err   error
+}
+
+var errFeedBroken = errors.New("the feed broke")
+
+func newBreakableFeed(inner flowfabric.EventStream, broken <-chan struct{}) *breakableFeed {
+	f := &breakableFeed{inner: inner, out: make(chan flowfabric.Delivery), stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(f.done)
+		defer close(f.out)
+		for {
+			select {
+			case d, ok := <-inner.Events():
+				if !ok {
+					f.err = inner.Err()
+					return
+				}
+				select {
+				case f.out <- d:
+				case <-broken:
+					f.err = errFeedBroken
+					return
+				case <-f.stop:
+					return
+				}
+			case <-broken:
+				f.err = errFeedBroken
+				return
+			case <-f.stop:
+				return
+			}
+		}
+	}()
+	return f
+}
+
+func (f *breakableFeed) Events() <-chan flowfabric.Delivery { return f.out }
+
+func (f *breakableFeed) Err() error {
+	<-f.done
+	return f.err
+}
+
+func (f *breakableFeed) Close() {
+	f.once.Do(func() { close(f.stop) })
+	f.inner.Close()
+	<-f.done
 }
