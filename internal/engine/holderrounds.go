@@ -64,12 +64,17 @@ func (e *Engine) holderUnit(ctx context.Context, id fftype.ExecutionID, f fftype
 		c.alone = true
 	}
 	if c.alone {
-		c.err = e.update(ctx, shard, func(tx ffstore.Tx) error { return e.holderStep(tx, c) })
+		c.err = e.holderAlone(shard, c)
 	}
 	if c.err == nil {
 		e.notifyTimers()
 	}
 	return c.err
+}
+
+// holderAlone applies c in a unit of its own, under its caller's context.
+func (e *Engine) holderAlone(shard int, c *holderCall) error {
+	return e.update(c.ctx, shard, func(tx ffstore.Tx) error { return e.holderStep(tx, c) })
 }
 
 // holderStep applies c in tx: it reads the execution, recognises a replay, checks the
@@ -93,8 +98,7 @@ func (e *Engine) holderStep(tx ffstore.Tx, c *holderCall) error {
 // would without rounds, in its own unit and under its caller's context.
 func (e *Engine) serveHolders(ctx context.Context, shard int, calls []*holderCall) {
 	if len(calls) == 1 {
-		c := calls[0]
-		c.err = e.update(c.ctx, shard, func(tx ffstore.Tx) error { return e.holderStep(tx, c) })
+		calls[0].err = e.holderAlone(shard, calls[0])
 		return
 	}
 	errs := make([]error, len(calls))

@@ -104,7 +104,7 @@ func (r *rounds[C]) do(key string, c C, plan roundPlan[C]) {
 			return
 		}
 	}
-	r.round(key, q, b.ctx, plan)
+	r.round(b.ctx, key, q, plan)
 	<-b.done
 }
 
@@ -119,7 +119,7 @@ func indexOf[C comparable](calls []C, c C) int {
 
 // round serves the calls queued on q, then passes the next round to the first call still
 // waiting, or marks q idle.
-func (r *rounds[C]) round(key string, q *roundQueue[C], ctx context.Context, plan roundPlan[C]) {
+func (r *rounds[C]) round(ctx context.Context, key string, q *roundQueue[C], plan roundPlan[C]) {
 	r.mu.Lock()
 	var calls []C
 	total := 0
