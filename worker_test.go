@@ -157,6 +157,24 @@ func (b *workerBundle) worker(t *testing.T, cfg *flowfabric.WorkerConfig) (*flow
 	return w, flowfabric.EnableSignals(w)
 }
 
+// idleWorker runs a worker that never polls: it claims only when woken, and reports the
+// executions it ran on ran. It returns once Run is idle.
+func (b *workerBundle) idleWorker(t *testing.T) (sig *flowfabric.WorkerSignals, ran <-chan flowfabric.ExecutionID) {
+	t.Helper()
+	cfg := config("i1")
+	cfg.ClaimPollInterval = time.Hour
+	w, sig := b.worker(t, cfg)
+	flowfabric.SetIdleBackoff(w, time.Hour) // without a wake-up, Run would wait an hour
+	ids := make(chan flowfabric.ExecutionID, 10)
+	flowfabric.Handle(w, "k", func(ctx context.Context, t *flowfabric.Task[struct{}]) error {
+		ids <- t.ExecutionID()
+		return nil
+	})
+	run(t, w)
+	recv(t, sig.Idle, "Run to go idle")
+	return sig, ids
+}
+
 // create creates an execution of kind in the test lane with payload (JSON).
 func (b *workerBundle) create(t *testing.T, kind, payload string) flowfabric.ExecutionID {
 	t.Helper()
@@ -1011,17 +1029,7 @@ func exerciseWorker(t *testing.T, newStore func(t testing.TB) ffstore.Store, tr 
 		require.True(t, ok)
 		cw := &breakableWatcher{Backend: b.backend, inner: inner, hold: make(chan struct{})}
 		b.backend = cw
-		cfg := config("i1")
-		cfg.ClaimPollInterval = time.Hour
-		w, sig := b.worker(t, cfg)
-		flowfabric.SetIdleBackoff(w, time.Hour) // without a wake-up, Run would wait an hour
-		ran := make(chan flowfabric.ExecutionID, 10)
-		flowfabric.Handle(w, "k", func(ctx context.Context, t *flowfabric.Task[struct{}]) error {
-			ran <- t.ExecutionID()
-			return nil
-		})
-		run(t, w)
-		recv(t, sig.Idle, "Run to go idle")
+		_, ran := b.idleWorker(t)
 		cw.breakFeed()
 		// Created while the worker follows no feed: its event never reaches the worker.
 		id := b.create(t, "k", "")
@@ -1032,17 +1040,7 @@ func exerciseWorker(t *testing.T, newStore func(t testing.TB) ffstore.Store, tr 
 	t.Run("WakesAtOnceForNewWork", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
-		cfg := config("i1")
-		cfg.ClaimPollInterval = time.Hour
-		w, sig := b.worker(t, cfg)
-		flowfabric.SetIdleBackoff(w, time.Hour) // without a wake-up, Run would wait an hour
-		ran := make(chan flowfabric.ExecutionID, 10)
-		flowfabric.Handle(w, "k", func(ctx context.Context, t *flowfabric.Task[struct{}]) error {
-			ran <- t.ExecutionID()
-			return nil
-		})
-		run(t, w)
-		recv(t, sig.Idle, "Run to go idle")
+		sig, ran := b.idleWorker(t)
 		id := b.create(t, "k", "")
 		require.Equal(t, id, recv(t, ran, "the new execution"))
 		recv(t, sig.Idle, "Run to go idle again")

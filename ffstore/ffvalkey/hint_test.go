@@ -18,64 +18,57 @@ import (
 // removes the entries of emptied queues, and filling one again adds it back.
 func TestQueueHeadsHint(t *testing.T) {
 	t.Parallel()
-	for _, cluster := range []bool{false, true} {
-		t.Run(map[bool]string{false: "Server", true: "Cluster"}[cluster], func(t *testing.T) {
-			t.Parallel()
-			url := testdb.SharedRedis(t).URL(0)
-			if cluster {
-				url = testdb.SharedRedisCluster(t).URL()
-			}
-			prefix := testdb.RedisPrefix(t)
-			a := openStore(t, url, &ffvalkey.Options{KeyPrefix: prefix, Shards: 8})
-			b := openStore(t, url, &ffvalkey.Options{KeyPrefix: prefix})
-			ctx := t.Context()
-			prefixes := []string{"e:l:"}
-			heads := func(s *ffvalkey.Store) []ffstore.QueueHead {
-				t.Helper()
-				ffvalkey.ExpireHeads(s)
-				h, err := s.QueueHeads(ctx, prefixes)
-				require.NoError(t, err)
-				return h
-			}
-			hint := func() []string {
-				t.Helper()
-				m, err := ffvalkey.HintMembers(ctx, a)
-				require.NoError(t, err)
-				return m
-			}
-			add := func(shard int, queue, member string) {
-				t.Helper()
-				require.NoError(t, a.Update(ctx, shard, func(tx ffstore.Tx) error { tx.QueueAdd(queue, member, 5); return nil }))
-			}
-			remove := func(shard int, queue, member string) {
-				t.Helper()
-				require.NoError(t, a.Update(ctx, shard, func(tx ffstore.Tx) error { tx.QueueRemove(queue, member); return nil }))
-			}
-			require.Empty(t, heads(b)) // b's first read is full
-			add(3, "e:l:x", "m1")
-			add(3, "t:other", "m2") // not under the prefix
-			require.ElementsMatch(t, []string{"e:l:x@3", "t:other@3"}, hint())
+	onServerAndCluster(t, func(t *testing.T, url string) {
+		prefix := testdb.RedisPrefix(t)
+		a := openStore(t, url, &ffvalkey.Options{KeyPrefix: prefix, Shards: 8})
+		b := openStore(t, url, &ffvalkey.Options{KeyPrefix: prefix})
+		ctx := t.Context()
+		prefixes := []string{"e:l:"}
+		heads := func(s *ffvalkey.Store) []ffstore.QueueHead {
+			t.Helper()
+			ffvalkey.ExpireHeads(s)
+			h, err := s.QueueHeads(ctx, prefixes)
+			require.NoError(t, err)
+			return h
+		}
+		hint := func() []string {
+			t.Helper()
+			m, err := ffvalkey.HintMembers(ctx, a)
+			require.NoError(t, err)
+			return m
+		}
+		add := func(shard int, queue, member string) {
+			t.Helper()
+			require.NoError(t, a.Update(ctx, shard, func(tx ffstore.Tx) error { tx.QueueAdd(queue, member, 5); return nil }))
+		}
+		remove := func(shard int, queue, member string) {
+			t.Helper()
+			require.NoError(t, a.Update(ctx, shard, func(tx ffstore.Tx) error { tx.QueueRemove(queue, member); return nil }))
+		}
+		require.Empty(t, heads(b)) // b's first read is full
+		add(3, "e:l:x", "m1")
+		add(3, "t:other", "m2") // not under the prefix
+		require.ElementsMatch(t, []string{"e:l:x@3", "t:other@3"}, hint())
 
-			// b learns of the head from a's wake-up, which names shard 3, even if the hint
-			// lost it; without the wake-up, only a full read finds it.
-			require.NoError(t, ffvalkey.DropHint(ctx, a, 3, "e:l:x"))
-			require.Eventually(t, func() bool { return len(heads(b)) == 1 }, 5*time.Second, 10*time.Millisecond)
-			require.Len(t, heads(b), 0, "a read through the hint alone misses what it lost")
-			ffvalkey.ExpireFullScan(b)
-			require.Equal(t, []ffstore.QueueHead{{Shard: 3, Queue: "e:l:x", Item: ffstore.QueueItem{Member: "m1", Score: 5}}}, heads(b))
-			require.ElementsMatch(t, []string{"e:l:x@3", "t:other@3"}, hint(), "the full read repaired the hint")
+		// b learns of the head from a's wake-up, which names shard 3, even if the hint
+		// lost it; without the wake-up, only a full read finds it.
+		require.NoError(t, ffvalkey.DropHint(ctx, a, 3, "e:l:x"))
+		require.Eventually(t, func() bool { return len(heads(b)) == 1 }, 5*time.Second, 10*time.Millisecond)
+		require.Len(t, heads(b), 0, "a read through the hint alone misses what it lost")
+		ffvalkey.ExpireFullScan(b)
+		require.Equal(t, []ffstore.QueueHead{{Shard: 3, Queue: "e:l:x", Item: ffstore.QueueItem{Member: "m1", Score: 5}}}, heads(b))
+		require.ElementsMatch(t, []string{"e:l:x@3", "t:other@3"}, hint(), "the full read repaired the hint")
 
-			// An emptied queue stays in the hint until a full read removes it; filling it
-			// again adds it back.
-			remove(3, "e:l:x", "m1")
-			require.ElementsMatch(t, []string{"e:l:x@3", "t:other@3"}, hint())
-			require.Empty(t, heads(b))
-			ffvalkey.ExpireFullScan(b)
-			require.Empty(t, heads(b))
-			require.Equal(t, []string{"t:other@3"}, hint())
-			add(3, "e:l:x", "m3")
-			require.ElementsMatch(t, []string{"e:l:x@3", "t:other@3"}, hint())
-			require.Len(t, heads(b), 1)
-		})
-	}
+		// An emptied queue stays in the hint until a full read removes it; filling it
+		// again adds it back.
+		remove(3, "e:l:x", "m1")
+		require.ElementsMatch(t, []string{"e:l:x@3", "t:other@3"}, hint())
+		require.Empty(t, heads(b))
+		ffvalkey.ExpireFullScan(b)
+		require.Empty(t, heads(b))
+		require.Equal(t, []string{"t:other@3"}, hint())
+		add(3, "e:l:x", "m3")
+		require.ElementsMatch(t, []string{"e:l:x@3", "t:other@3"}, hint())
+		require.Len(t, heads(b), 1)
+	})
 }

@@ -23,6 +23,20 @@ import (
 	"github.com/flowfabric/flowfabric/internal/testdb"
 )
 
+// onServerAndCluster runs fn in two parallel subtests, on the shared server and on the
+// shared Cluster.
+func onServerAndCluster(t *testing.T, fn func(t *testing.T, url string)) {
+	t.Helper()
+	t.Run("Server", func(t *testing.T) {
+		t.Parallel()
+		fn(t, testdb.SharedRedis(t).URL(0))
+	})
+	t.Run("Cluster", func(t *testing.T) {
+		t.Parallel()
+		fn(t, testdb.SharedRedisCluster(t).URL())
+	})
+}
+
 // openStore opens a store under a fresh key prefix on url and closes it at cleanup.
 func openStore(t *testing.T, url string, opts *ffvalkey.Options) *ffvalkey.Store {
 	t.Helper()
@@ -450,49 +464,42 @@ func TestChangesFromAnotherProcess(t *testing.T) {
 // Cluster, with a prefix that holds characters special to SCAN MATCH.
 func TestDrop(t *testing.T) {
 	t.Parallel()
-	for _, cluster := range []bool{false, true} {
-		t.Run(map[bool]string{false: "Server", true: "Cluster"}[cluster], func(t *testing.T) {
-			t.Parallel()
-			url := testdb.SharedRedis(t).URL(0)
-			if cluster {
-				url = testdb.SharedRedisCluster(t).URL()
+	onServerAndCluster(t, func(t *testing.T, url string) {
+		prefix := testdb.RedisPrefix(t)
+		keep := openStore(t, url, &ffvalkey.Options{KeyPrefix: prefix + "*", Shards: 4})
+		drop := openStore(t, url, &ffvalkey.Options{KeyPrefix: prefix + "[", Shards: 4})
+		ctx := t.Context()
+		for _, s := range []*ffvalkey.Store{keep, drop} {
+			for shard := range 4 {
+				require.NoError(t, s.Update(ctx, shard, func(tx ffstore.Tx) error {
+					tx.Put("k", []byte("v"))
+					tx.QueueAdd("q", "m", 1)
+					tx.AppendEvent(fftype.Event{Type: fftype.EventCreated})
+					return nil
+				}))
 			}
-			prefix := testdb.RedisPrefix(t)
-			keep := openStore(t, url, &ffvalkey.Options{KeyPrefix: prefix + "*", Shards: 4})
-			drop := openStore(t, url, &ffvalkey.Options{KeyPrefix: prefix + "[", Shards: 4})
-			ctx := t.Context()
-			for _, s := range []*ffvalkey.Store{keep, drop} {
-				for shard := range 4 {
-					require.NoError(t, s.Update(ctx, shard, func(tx ffstore.Tx) error {
-						tx.Put("k", []byte("v"))
-						tx.QueueAdd("q", "m", 1)
-						tx.AppendEvent(fftype.Event{Type: fftype.EventCreated})
-						return nil
-					}))
-				}
-			}
-			count := func(s *ffvalkey.Store) int {
-				c := ffvalkey.Client(s)
-				n := 0
-				for _, node := range c.Nodes() {
-					keys, err := node.Do(ctx, node.B().Keys().Pattern("*").Build()).AsStrSlice()
-					require.NoError(t, err)
-					for _, k := range keys {
-						if strings.HasPrefix(k, s.KeyPrefix()+":") {
-							n++
-						}
+		}
+		count := func(s *ffvalkey.Store) int {
+			c := ffvalkey.Client(s)
+			n := 0
+			for _, node := range c.Nodes() {
+				keys, err := node.Do(ctx, node.B().Keys().Pattern("*").Build()).AsStrSlice()
+				require.NoError(t, err)
+				for _, k := range keys {
+					if strings.HasPrefix(k, s.KeyPrefix()+":") {
+						n++
 					}
 				}
-				return n
 			}
-			before := count(keep)
-			require.Positive(t, before)
-			require.Positive(t, count(drop))
-			require.NoError(t, drop.Drop(ctx))
-			require.Zero(t, count(drop))
-			require.Equal(t, before, count(keep))
-		})
-	}
+			return n
+		}
+		before := count(keep)
+		require.Positive(t, before)
+		require.Positive(t, count(drop))
+		require.NoError(t, drop.Drop(ctx))
+		require.Zero(t, count(drop))
+		require.Equal(t, before, count(keep))
+	})
 }
 
 // TestLargeUnit commits a unit of many records, queue items and events, then deletes

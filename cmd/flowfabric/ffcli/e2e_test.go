@@ -57,6 +57,20 @@ func cli(t *testing.T, args ...string) string {
 }
 
 // buildCLI builds the real binary once per test run.
+// startServerBinary starts `flowfabric server` from bin with env and returns the process, a
+// scanner of its output after the line saying where it listens, and its base URL.
+func startServerBinary(t *testing.T, bin string, env []string) (*exec.Cmd, *bufio.Scanner, string) {
+	t.Helper()
+	cmd := exec.CommandContext(t.Context(), bin, "server")
+	cmd.Env = env
+	stdout, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
+	sc := bufio.NewScanner(stdout)
+	require.True(t, sc.Scan(), "the server prints where it listens")
+	return cmd, sc, strings.Fields(strings.TrimPrefix(sc.Text(), "flowfabric server listening on "))[0]
+}
+
 func buildCLI(t *testing.T) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "flowfabric")
@@ -186,14 +200,7 @@ func TestServerFlagsFromEnvironment(t *testing.T) {
 	require.Error(t, err)
 	require.Contains(t, string(got), `FF_SHUTDOWN_TIMEOUT="soon"`)
 
-	cmd := exec.CommandContext(t.Context(), bin, "server")
-	cmd.Env = append(environ, "FF_SHUTDOWN_TIMEOUT=3s")
-	stdout, err := cmd.StdoutPipe()
-	require.NoError(t, err)
-	require.NoError(t, cmd.Start())
-	sc := bufio.NewScanner(stdout)
-	require.True(t, sc.Scan(), "the server prints where it listens")
-	base := strings.Fields(strings.TrimPrefix(sc.Text(), "flowfabric server listening on "))[0]
+	cmd, sc, base := startServerBinary(t, bin, append(environ, "FF_SHUTDOWN_TIMEOUT=3s"))
 
 	anon, err := ffclient.New(base, nil)
 	require.NoError(t, err)

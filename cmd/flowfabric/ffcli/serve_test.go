@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -23,14 +22,7 @@ import (
 func TestServerRequestTimeout(t *testing.T) {
 	t.Parallel()
 	bin := buildCLI(t)
-	cmd := exec.CommandContext(t.Context(), bin, "server")
-	cmd.Env = append(os.Environ(), "FF_STORE=mem:", "FF_ADDR=127.0.0.1:0", "FF_LOG_LEVEL=error", "FF_REQUEST_TIMEOUT=300ms")
-	stdout, err := cmd.StdoutPipe()
-	require.NoError(t, err)
-	require.NoError(t, cmd.Start())
-	sc := bufio.NewScanner(stdout)
-	require.True(t, sc.Scan(), "the server prints where it listens")
-	base := strings.Fields(strings.TrimPrefix(sc.Text(), "flowfabric server listening on "))[0]
+	cmd, sc, base := startServerBinary(t, bin, append(os.Environ(), "FF_STORE=mem:", "FF_ADDR=127.0.0.1:0", "FF_LOG_LEVEL=error", "FF_REQUEST_TIMEOUT=300ms"))
 
 	conn, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
 	require.NoError(t, err)
@@ -50,6 +42,7 @@ func TestServerRequestTimeout(t *testing.T) {
 	require.Less(t, time.Since(start), 10*time.Second, "answered at the 300ms timeout, not the 30s default")
 
 	require.NoError(t, cmd.Process.Signal(os.Interrupt))
-	_, _ = io.Copy(io.Discard, stdout) // the rest of its output, until it exits
+	for sc.Scan() { // the rest of its output, until it exits
+	}
 	require.NoError(t, cmd.Wait(), "a clean shutdown on SIGINT")
 }
