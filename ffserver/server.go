@@ -63,7 +63,7 @@ type Config struct {
 	// RequestTimeout bounds each request, from its arrival: its body must be read and its
 	// answer ready within it, or it is answered 503 with code "timeout" (retryable) and
 	// nothing else is written. A long-polling claim gets its wait on top; an event stream
-	// is not bounded. 0 means 30s.
+	// is not bounded. 0 means 30s; a negative value is refused.
 	RequestTimeout time.Duration
 	// Logger receives request errors. Nil discards them.
 	Logger *slog.Logger
@@ -103,7 +103,10 @@ func New(client *flowfabric.Client, cfg Config) (*Server, error) {
 	if cfg.LargeBodyBytes <= 0 {
 		cfg.LargeBodyBytes = DefaultLargeBodyBytes
 	}
-	if cfg.RequestTimeout <= 0 {
+	switch {
+	case cfg.RequestTimeout < 0:
+		return nil, fmt.Errorf("ffserver: the request timeout is %s; it must not be negative", cfg.RequestTimeout)
+	case cfg.RequestTimeout == 0:
 		cfg.RequestTimeout = DefaultRequestTimeout
 	}
 	s := &Server{client: client, cfg: cfg, log: cfg.Logger, origins: map[string]bool{}, mux: http.NewServeMux(),

@@ -261,6 +261,8 @@ func TestAuthAndCORS(t *testing.T) {
 	require.Error(t, err, "a bad CORS origin fails closed")
 	_, err = ffserver.New(mustClient(t), ffserver.Config{CORSOrigins: []string{"https://ok.example.com/path"}})
 	require.Error(t, err)
+	_, err = ffserver.New(mustClient(t), ffserver.Config{RequestTimeout: -time.Second})
+	require.ErrorContains(t, err, "must not be negative")
 
 	b := setup(t, ffserver.Config{Token: "s3cret", CORSOrigins: []string{"https://ops.example.com"}})
 	b.call("GET", "/v1/executions", nil, 200, nil)
