@@ -245,6 +245,7 @@ func TestBadInputIsAClearClientError(t *testing.T) {
 		{"POST", "/v1/executions/s0_0190a7b2-1c3d-7e4f-8a9b-0c1d2e3f4a5b/complete", `{"fence":{"lease_id":"x"}}`, 400, fftype.CodeInvalidFence},
 		{"GET", "/v1/nothing-here", nil, 404, "route_not_found"},
 		{"GET", "/v1/events?cursor=%21%21", nil, 400, fftype.CodeInvalidCursor},
+		{"GET", "/v1/events?types=completed,complted", nil, 400, fftype.CodeInvalidInput},
 		{"POST", "/v1/dead-letter/replay", `{"ids":[]}`, 400, fftype.CodeInvalidInput},
 	}
 	for _, tc := range cases {

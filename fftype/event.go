@@ -2,6 +2,7 @@ package fftype
 
 import (
 	"encoding/json"
+	"slices"
 	"time"
 )
 
@@ -35,6 +36,21 @@ const (
 	EventLanePaused      EventType = "lane_paused"
 	EventLaneResumed     EventType = "lane_resumed"
 )
+
+// eventTypes is every EventType this binary records.
+var eventTypes = []EventType{ //nolint:gochecknoglobals // read-only
+	EventCreated, EventClaimed, EventResumed, EventReclaimed, EventProgress, EventCompleted,
+	EventFailed, EventRetryScheduled, EventCancelled, EventDelayed, EventPromoted,
+	EventLeaseExpired, EventLeaseReleased, EventLeaseRevoked, EventReplayed, EventExpired,
+	EventPriorityChanged, EventTagsChanged, EventGrantIssued, EventGrantExpired, EventDeleted,
+	EventLanePaused, EventLaneResumed,
+}
+
+// EventTypes returns every event type this binary records, in no particular order.
+func EventTypes() []EventType { return slices.Clone(eventTypes) }
+
+// Known reports whether t is an event type this binary records.
+func (t EventType) Known() bool { return slices.Contains(eventTypes, t) }
 
 // EventVersion is the version of the event encoding written by this binary.
 const EventVersion = 1

@@ -121,6 +121,8 @@ func exerciseEvents(t *testing.T, newStore func(t *testing.T) ffstore.Store) {
 		requireCode(t, err, fftype.KindValidation, fftype.CodeInvalidCursor)
 		_, err = b.engine.Subscribe(b.ctx, fftype.EventFilter{Lane: "bad\n"}, engine.CursorStart)
 		requireCode(t, err, fftype.KindValidation, fftype.CodeInvalidLane)
+		_, err = b.engine.Subscribe(b.ctx, fftype.EventFilter{Types: []fftype.EventType{"complted"}}, engine.CursorStart)
+		requireCode(t, err, fftype.KindValidation, fftype.CodeInvalidInput)
 	})
 
 	t.Run("FollowLiveWithFilter", func(t *testing.T) {

@@ -125,8 +125,8 @@ func validateFilter(f fftype.EventFilter) error {
 		return fftype.Validationf(fftype.CodeInvalidInput, "event filter: flow id or type list too long")
 	}
 	for _, t := range f.Types {
-		if t == "" || len(t) > 64 {
-			return fftype.Validationf(fftype.CodeInvalidInput, "event filter: event types are 1 to 64 bytes")
+		if !t.Known() {
+			return fftype.Validationf(fftype.CodeInvalidInput, "event filter: unknown event type %q", t)
 		}
 	}
 	return nil
