@@ -58,6 +58,11 @@ type DrainConfig struct {
 	N            int
 	Workers      int
 	PayloadBytes int
+	// Pipeline makes each loop claim its next execution while its last completion is
+	// still in flight, as a worker does whose completions are sent in the background
+	// (River's completer works so); a loop never has more than one completion in flight.
+	// Without it a loop waits for each completion before it claims again.
+	Pipeline bool
 	// Lane is the lane to seed and drain; "" means "bench".
 	Lane string
 	// Progress, if set, receives the seeding's and the drain's progress.
@@ -176,8 +181,14 @@ type workerStats struct {
 	done                           []flowfabric.ExecutionID
 }
 
-func drainWorker(ctx context.Context, c Client, cfg DrainConfig, w int, s *workerStats, claimed, completed, errCount *atomic.Int64) error {
+func drainWorker(ctx context.Context, c Client, cfg DrainConfig, w int, s *workerStats, claimed, completed, errCount *atomic.Int64) (err error) {
 	p := flowfabric.ClaimParams{WorkerID: "bench", WorkerInstanceID: "bench-" + strconv.Itoa(w), Lanes: []string{cfg.Lane}, Count: 1}
+	var inFlight inFlight
+	defer func() {
+		if ferr := inFlight.wait(); err == nil {
+			err = ferr
+		}
+	}()
 	lastClaim := time.Now()
 	for {
 		t0 := time.Now()
@@ -210,21 +221,50 @@ func drainWorker(ctx context.Context, c Client, cfg DrainConfig, w int, s *worke
 		lastClaim = t1
 		claimed.Add(int64(len(leases)))
 		for _, l := range leases {
-			t2 := time.Now()
-			if err := completeLease(ctx, c, l, errCount); err != nil {
-				if ctx.Err() != nil {
-					return nil
-				}
+			// The loop's previous completion lands before this one is sent.
+			if err := inFlight.wait(); err != nil {
 				return err
 			}
-			t3 := time.Now()
-			s.claim = append(s.claim, t1.Sub(t0))
-			s.complete = append(s.complete, t3.Sub(t2))
-			s.claimComplete = append(s.claimComplete, t3.Sub(t0))
-			s.done = append(s.done, l.ExecutionID)
-			completed.Add(1)
+			complete := func() error {
+				t2 := time.Now()
+				if err := completeLease(ctx, c, l, errCount); err != nil {
+					if ctx.Err() != nil {
+						return nil
+					}
+					return err
+				}
+				t3 := time.Now()
+				s.claim = append(s.claim, t1.Sub(t0))
+				s.complete = append(s.complete, t3.Sub(t2))
+				s.claimComplete = append(s.claimComplete, t3.Sub(t0))
+				s.done = append(s.done, l.ExecutionID)
+				completed.Add(1)
+				return nil
+			}
+			if cfg.Pipeline {
+				inFlight.start(complete)
+			} else if err := complete(); err != nil {
+				return err
+			}
 		}
 	}
+}
+
+// inFlight is the one call a loop may have running in the background.
+type inFlight struct {
+	wg  sync.WaitGroup
+	err error
+}
+
+// start runs call in the background; the caller must wait for the previous call first.
+func (f *inFlight) start(call func() error) {
+	f.wg.Go(func() { f.err = call() })
+}
+
+// wait waits for the call in flight, if any, and returns its error.
+func (f *inFlight) wait() error {
+	f.wg.Wait()
+	return f.err
 }
 
 // completeLease completes l with no result, retrying retryable errors.

@@ -12,6 +12,7 @@ import (
 
 	"github.com/flowfabric/flowfabric"
 	"github.com/flowfabric/flowfabric/ffstore/ffmem"
+	"github.com/flowfabric/flowfabric/fftype"
 )
 
 func newClient(t *testing.T) *flowfabric.Client {
@@ -27,19 +28,43 @@ func newClient(t *testing.T) *flowfabric.Client {
 
 func TestDrain(t *testing.T) {
 	t.Parallel()
-	var drainHooks atomic.Int32
-	res, err := Drain(t.Context(), newClient(t), DrainConfig{N: 700, Workers: 5, PayloadBytes: 100,
-		DrainStarted: func() { drainHooks.Add(1) }, DrainDone: func() { drainHooks.Add(1) }})
-	require.NoError(t, err)
-	require.Equal(t, 700, res.Count)
-	require.Equal(t, 700, res.ClaimComplete.N)
-	require.Equal(t, 700, res.Claim.N)
-	require.Equal(t, 700, res.Complete.N)
-	require.Positive(t, res.PerSec)
-	require.Positive(t, res.SeedPerSec)
-	require.Equal(t, int32(2), drainHooks.Load())
-	if runtime.GOOS == "linux" {
-		require.Positive(t, res.CPUPerTask)
+	for _, pipeline := range []bool{false, true} {
+		var drainHooks atomic.Int32
+		res, err := Drain(t.Context(), newClient(t), DrainConfig{N: 700, Workers: 5, PayloadBytes: 100, Pipeline: pipeline,
+			DrainStarted: func() { drainHooks.Add(1) }, DrainDone: func() { drainHooks.Add(1) }})
+		require.NoError(t, err)
+		require.Equal(t, 700, res.Count)
+		require.Equal(t, 700, res.ClaimComplete.N)
+		require.Equal(t, 700, res.Claim.N)
+		require.Equal(t, 700, res.Complete.N)
+		require.Positive(t, res.PerSec)
+		require.Positive(t, res.SeedPerSec)
+		require.Equal(t, int32(2), drainHooks.Load())
+		if runtime.GOOS == "linux" {
+			require.Positive(t, res.CPUPerTask)
+		}
+	}
+}
+
+// refusingCompleter refuses the completion of the n-th lease for good.
+type refusingCompleter struct {
+	*flowfabric.Client
+	calls atomic.Int32
+	n     int32
+}
+
+func (r *refusingCompleter) Complete(ctx context.Context, id flowfabric.ExecutionID, f flowfabric.Fence, result []byte, enc flowfabric.PayloadEncoding) error {
+	if r.calls.Add(1) == r.n {
+		return fftype.Statef(fftype.CodeStaleLease, "refused on purpose")
+	}
+	return r.Client.Complete(ctx, id, f, result, enc)
+}
+
+func TestDrainFailsOnACompletionRefused(t *testing.T) {
+	t.Parallel()
+	for _, pipeline := range []bool{false, true} {
+		_, err := Drain(t.Context(), &refusingCompleter{Client: newClient(t), n: 20}, DrainConfig{N: 100, Workers: 3, Pipeline: pipeline})
+		require.ErrorContains(t, err, "refused on purpose", "pipeline %v", pipeline)
 	}
 }
 
@@ -114,8 +139,10 @@ func (d *doubleCompleter) Complete(ctx context.Context, id flowfabric.ExecutionI
 
 func TestDrainFailsLoudlyOnADoubleCompletion(t *testing.T) {
 	t.Parallel()
-	_, err := Drain(t.Context(), &doubleCompleter{Client: newClient(t)}, DrainConfig{N: 50, Workers: 2})
-	require.ErrorContains(t, err, "correctness")
+	for _, pipeline := range []bool{false, true} {
+		_, err := Drain(t.Context(), &doubleCompleter{Client: newClient(t)}, DrainConfig{N: 50, Workers: 2, Pipeline: pipeline})
+		require.ErrorContains(t, err, "correctness")
+	}
 }
 
 func TestVerify(t *testing.T) {

@@ -69,6 +69,7 @@ type Config struct {
 	Sync         string  `json:"sync,omitempty"`
 	Shards       int     `json:"shards,omitempty"`
 	ClaimCount   int     `json:"claim_count,omitempty"` // 0: the SDK worker asks for its free slots
+	Pipeline     bool    `json:"pipeline,omitempty"`    // drain: completions in the background
 	Run          string  `json:"run"`
 	Runs         int     `json:"runs"`
 	RatePerSec   float64 `json:"rate_per_sec,omitempty"`
@@ -178,7 +179,7 @@ func medianOf(vs []reflect.Value) reflect.Value {
 func DrainRecord(scenario string, cfg DrainConfig, r *DrainResult) Record {
 	return Record{
 		Scenario:         scenario,
-		Config:           Config{N: cfg.N, Workers: cfg.Workers, PayloadBytes: cfg.PayloadBytes, ClaimCount: 1},
+		Config:           Config{N: cfg.N, Workers: cfg.Workers, PayloadBytes: cfg.PayloadBytes, ClaimCount: 1, Pipeline: cfg.Pipeline},
 		ThroughputPerSec: r.PerSec,
 		LatencyMS:        r.ClaimComplete,
 		Count:            r.Count,

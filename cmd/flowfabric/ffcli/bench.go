@@ -44,6 +44,7 @@ type benchFlags struct {
 	window      time.Duration
 	cpuProfile  string
 	transport   string
+	pipeline    bool
 }
 
 // scenarioDefaults are the -n, -workers, -payload and -duration a scenario runs with when
@@ -85,6 +86,7 @@ func benchCommand(ctx context.Context, args []string, out io.Writer) error {
 	fs.DurationVar(&f.leaseTTL, "lease-ttl", 6*time.Second, "steady-state: the workers' lease TTL (the SDK renews every third of it)")
 	fs.DurationVar(&f.taskTime, "task-time", 3*time.Second, "steady-state: how long each task takes")
 	fs.DurationVar(&f.window, "window", time.Minute, "steady-state: the end of the run steady throughput is measured over")
+	fs.BoolVar(&f.pipeline, "pipeline", true, "drain and burn-down: each worker claims its next execution while its last completion is in flight (at most one); -pipeline=false waits for each completion first")
 	fs.StringVar(&f.cpuProfile, "cpuprofile", "", "write a CPU profile of the first run's drain to this file (drain, burn-down)")
 	fs.StringVar(&f.transport, "transport", "inproc", "how workers reach the engine: inproc (the Go API) or http (an HTTP API server on loopback in front of the store, workers using the Go HTTP client)")
 	if err := fs.Parse(args); err != nil {
@@ -253,8 +255,8 @@ func (b *benchRun) print(tw *tabwriter.Writer, sr scenarioRun, rec bench.Record)
 func (b *benchRun) drain(scenario string) scenarioRun {
 	f := b.f
 	return scenarioRun{
-		title: fmt.Sprintf("%s: %d executions × %d-byte payload, %d %s workers claiming 1 at a time",
-			scenario, f.n, f.payload, f.workers, b.workerKind()),
+		title: fmt.Sprintf("%s: %d executions × %d-byte payload, %d %s workers claiming 1 at a time, %s",
+			scenario, f.n, f.payload, f.workers, b.workerKind(), completions(f.pipeline)),
 		cols: []string{"seed s", "seed/s", "drain s", "tasks/s", "p50 ms", "p95 ms", "p99 ms", "claim p50/p99", "complete p50/p99", "CPU µs/task", "errors"},
 		row: func(r bench.Record) string {
 			return fmt.Sprintf("%.2f\t%.0f\t%.2f\t%.0f\t%.2f\t%.2f\t%.2f\t%.2f/%.2f\t%.2f/%.2f\t%.0f\t%d\t",
@@ -262,7 +264,7 @@ func (b *benchRun) drain(scenario string) scenarioRun {
 				r.ClaimMS.P50, r.ClaimMS.P99, r.CompleteMS.P50, r.CompleteMS.P99, r.CPUPerTaskUS, r.Errors)
 		},
 		run: func(ctx context.Context, c bench.Backend, run int, progress bench.ProgressFunc) (bench.Record, error) {
-			cfg := bench.DrainConfig{N: f.n, Workers: f.workers, PayloadBytes: f.payload, Progress: progress}
+			cfg := bench.DrainConfig{N: f.n, Workers: f.workers, PayloadBytes: f.payload, Pipeline: f.pipeline, Progress: progress}
 			if run == 1 && f.cpuProfile != "" {
 				stop, err := profileDrain(&cfg, f.cpuProfile)
 				if err != nil {
@@ -277,6 +279,14 @@ func (b *benchRun) drain(scenario string) scenarioRun {
 			return bench.DrainRecord(scenario, cfg, r), nil
 		},
 	}
+}
+
+// completions says how drain workers complete.
+func completions(pipeline bool) string {
+	if pipeline {
+		return "completing in the background"
+	}
+	return "completing before the next claim"
 }
 
 // steady is steady-rate (cfg.Rate set) or steady-depth (cfg.Depth set).
