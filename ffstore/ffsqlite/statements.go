@@ -8,16 +8,19 @@ import (
 // All SQL of the store, prepared once: the writer's statements on the writer connection,
 // the readers' on the read pool (database/sql prepares them per connection on first use).
 
+// A LIMIT is written `LIMIT ?n + 0`, never `LIMIT ?n`: SQLite plans a bare bound LIMIT as
+// the constant it is bound to and re-prepares the statement whenever the binding changes,
+// which tripled the cost of a pop whose count varies from call to call.
 const (
 	sqlGet        = `SELECT value FROM records WHERE shard = ? AND key = ?`
 	sqlPut        = `INSERT INTO records (shard, key, value) VALUES (?1, ?2, ?3) ON CONFLICT (shard, key) DO UPDATE SET value = ?3`
 	sqlDelete     = `DELETE FROM records WHERE shard = ? AND key = ?`
 	sqlRangeFirst = `SELECT member, score FROM queue_items
 		WHERE shard = ?1 AND queue = ?2 AND score <= ?3
-		ORDER BY score, member LIMIT ?4`
+		ORDER BY score, member LIMIT ?4 + 0`
 	sqlRangeAfter = `SELECT member, score FROM queue_items
 		WHERE shard = ?1 AND queue = ?2 AND score <= ?3 AND (score, member) > (?5, ?6)
-		ORDER BY score, member LIMIT ?4`
+		ORDER BY score, member LIMIT ?4 + 0`
 	sqlQueueAdd = `INSERT INTO queue_items (shard, queue, member, score) VALUES (?1, ?2, ?3, ?4)
 		ON CONFLICT (shard, queue, member) DO UPDATE SET score = ?4`
 	sqlQueueDir    = `INSERT INTO queues (queue, shard) VALUES (?2, ?1) ON CONFLICT DO NOTHING`
@@ -30,12 +33,12 @@ const (
 	// PopDue in one statement; RETURNING has no order, so the caller sorts.
 	sqlPop = `DELETE FROM queue_items WHERE shard = ?1 AND queue = ?2 AND member IN (
 		SELECT member FROM queue_items WHERE shard = ?1 AND queue = ?2 AND score <= ?3
-		ORDER BY score, member LIMIT ?4) RETURNING member, score`
+		ORDER BY score, member LIMIT ?4 + 0) RETURNING member, score`
 	sqlAppendEvent = `INSERT INTO events
 		(shard, seq, version, type, time_unix, time_nsec, execution_id, flow_id, namespace, lane, data)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
 	sqlReadEvents = `SELECT seq, version, type, time_unix, time_nsec, execution_id, flow_id, namespace, lane, data
-		FROM events WHERE shard = ? AND seq > ? ORDER BY seq LIMIT ?`
+		FROM events WHERE shard = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3 + 0`
 	sqlTrimPoint   = `SELECT trimmed FROM event_seqs WHERE shard = ?`
 	sqlEventBounds = `SELECT trimmed, last_seq FROM event_seqs WHERE shard = ?`
 	sqlTrimMark    = `UPDATE event_seqs SET trimmed = max(trimmed, min(?2, last_seq)) WHERE shard = ?1`
