@@ -45,7 +45,7 @@ func BenchmarkDrain(b *testing.B) {
 		require.NoError(b, err)
 		c, err := flowfabric.NewClient(s, nil)
 		require.NoError(b, err)
-		cfg := bench.DrainConfig{N: n, Workers: workers, PayloadBytes: 4096}
+		cfg := bench.DrainConfig{N: n, Workers: workers, PayloadBytes: 4096, Pipeline: true}
 		var cpu0, cpu1 float64
 		cfg.DrainStarted = func() { cpu0 = serverCPU(ctx, b, srv.Addr) }
 		cfg.DrainDone = func() { cpu1 = serverCPU(ctx, b, srv.Addr) }
