@@ -72,7 +72,9 @@ func TestSteady(t *testing.T) {
 	t.Parallel()
 	for _, cfg := range []SteadyConfig{
 		{Rate: 1000, Duration: 300 * time.Millisecond, Workers: 3, PayloadBytes: 64},
+		{Rate: 1000, Duration: 300 * time.Millisecond, Workers: 3, PayloadBytes: 64, Pipeline: true},
 		{Depth: 50, Duration: 300 * time.Millisecond, Workers: 3},
+		{Depth: 50, Duration: 300 * time.Millisecond, Workers: 3, Pipeline: true},
 	} {
 		res, err := Steady(t.Context(), newClient(t), cfg)
 		require.NoError(t, err)

@@ -202,7 +202,7 @@ func SteadyRecord(cfg SteadyConfig, r *SteadyResult) Record {
 	backlog := r.Backlog
 	return Record{
 		Scenario: scenario,
-		Config: Config{Workers: cfg.Workers, PayloadBytes: cfg.PayloadBytes, ClaimCount: 1, RatePerSec: cfg.Rate, Depth: cfg.Depth,
+		Config: Config{Workers: cfg.Workers, PayloadBytes: cfg.PayloadBytes, ClaimCount: 1, Pipeline: cfg.Pipeline, RatePerSec: cfg.Rate, Depth: cfg.Depth,
 			DurationSec: cfg.Duration.Seconds()},
 		ThroughputPerSec: r.PerSec,
 		LatencyMS:        r.Claim,

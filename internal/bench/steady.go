@@ -29,6 +29,9 @@ type SteadyConfig struct {
 	Duration     time.Duration
 	Workers      int
 	PayloadBytes int
+	// Pipeline is as for [DrainConfig]: each worker claims while its last completion is
+	// in flight.
+	Pipeline bool
 	// Lane is the lane to use; "" means "bench".
 	Lane string
 	// Progress, if set, receives the run's progress (phase "run", in seconds).
@@ -174,8 +177,14 @@ func (st *steadyState) produce(ctx context.Context, c Client, cfg SteadyConfig, 
 
 // work is one worker: claim one, complete it, until the producer is done and everything
 // it created was claimed.
-func (st *steadyState) work(ctx context.Context, c Client, cfg SteadyConfig, w int, s *steadyWorker) error {
+func (st *steadyState) work(ctx context.Context, c Client, cfg SteadyConfig, w int, s *steadyWorker) (err error) {
 	p := flowfabric.ClaimParams{WorkerID: "bench", WorkerInstanceID: "bench-" + strconv.Itoa(w), Lanes: []string{cfg.Lane}, Count: 1}
+	var inFlight inFlight
+	defer func() {
+		if ferr := inFlight.wait(); err == nil {
+			err = ferr
+		}
+	}()
 	for {
 		wake := st.wake.wait() // before the claim, so a signal during it is not missed
 		t0 := time.Now()
@@ -211,20 +220,31 @@ func (st *steadyState) work(ctx context.Context, c Client, cfg SteadyConfig, w i
 			s.claim = append(s.claim, t1.Sub(t0))
 		}
 		for _, l := range leases {
-			if err := completeLease(ctx, c, l, &st.errs); err != nil {
-				if ctx.Err() != nil {
-					return nil
-				}
+			if err := inFlight.wait(); err != nil {
 				return err
 			}
-			t3 := time.Now()
-			s.done = append(s.done, l.ExecutionID)
-			st.completed.Add(1)
-			if t3.Before(st.windowEnd) {
-				st.completedInWindow.Add(1)
-				if at, ok := createdAt(l.Payload); ok {
-					s.createComplete = append(s.createComplete, t3.Sub(at))
+			complete := func() error {
+				if err := completeLease(ctx, c, l, &st.errs); err != nil {
+					if ctx.Err() != nil {
+						return nil
+					}
+					return err
 				}
+				t3 := time.Now()
+				s.done = append(s.done, l.ExecutionID)
+				st.completed.Add(1)
+				if t3.Before(st.windowEnd) {
+					st.completedInWindow.Add(1)
+					if at, ok := createdAt(l.Payload); ok {
+						s.createComplete = append(s.createComplete, t3.Sub(at))
+					}
+				}
+				return nil
+			}
+			if cfg.Pipeline {
+				inFlight.start(complete)
+			} else if err := complete(); err != nil {
+				return err
 			}
 		}
 	}
