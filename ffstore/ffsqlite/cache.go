@@ -16,10 +16,12 @@ import "bytes"
 //
 // Values larger than cacheMaxValue (payloads, results: written once, read once) are not
 // kept. When the cache holds more than cacheMaxBytes it evicts entries in map order,
-// which Go randomises.
+// which Go randomises, down to cacheLowBytes: starting an iteration of a large map costs
+// far more than dropping an entry, so a full cache evicts in bulk, not one entry per set.
 const (
 	cacheMaxValue = 2 << 10
 	cacheMaxBytes = 16 << 20
+	cacheLowBytes = cacheMaxBytes - cacheMaxBytes/16
 )
 
 type cacheKey struct {
@@ -68,8 +70,11 @@ func (c *recordCache) set(k cacheKey, value []byte, ok bool) {
 	}
 	c.m[k] = e
 	c.bytes += entrySize(k, e)
+	if c.bytes <= cacheMaxBytes {
+		return
+	}
 	for k2 := range c.m {
-		if c.bytes <= cacheMaxBytes {
+		if c.bytes <= cacheLowBytes {
 			break
 		}
 		c.drop(k2)
