@@ -23,6 +23,7 @@ package ffsqlite
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -139,9 +140,10 @@ type Store struct {
 	shards int
 	log    *slog.Logger
 
-	// The writer: one connection owned by the writer goroutine, fed through units.
-	wdb         *sql.DB
-	wconn       *sql.Conn
+	// The writer: one connection owned by the writer goroutine, fed through units. Open
+	// sets the file up through database/sql, then opens the writer's connection on the
+	// driver itself (see wstmt).
+	wconn       driver.Conn
 	ws          writerStmts
 	units       chan *unit
 	writerDone  chan struct{}
@@ -212,45 +214,22 @@ func Open(ctx context.Context, path string, opts *Options) (*Store, error) {
 
 func (s *Store) open(ctx context.Context) error {
 	busy := fmt.Sprintf("PRAGMA busy_timeout = %d", s.opts.BusyTimeout.Milliseconds())
-	s.wdb = sql.OpenDB(newConnector(s.path, []string{
+	pageSize, err := s.setUp(ctx, busy)
+	if err != nil {
+		return err
+	}
+	writer := newConnector(s.path, []string{
 		busy,
 		"PRAGMA synchronous = " + strings.ToUpper(string(s.opts.Synchronous)),
 		"PRAGMA foreign_keys = OFF",
 		"PRAGMA temp_store = MEMORY",
-		// Autocheckpoint in pages; adjusted to the real page size below.
-		fmt.Sprintf("PRAGMA wal_autocheckpoint = %d", max(1, s.opts.CheckpointBytes/4096)),
+		fmt.Sprintf("PRAGMA wal_autocheckpoint = %d", max(1, s.opts.CheckpointBytes/pageSize)),
 		fmt.Sprintf("PRAGMA journal_size_limit = %d", s.opts.CheckpointBytes),
-	}))
-	s.wdb.SetMaxOpenConns(1)
-	s.wdb.SetMaxIdleConns(1)
-	s.wdb.SetConnMaxLifetime(0)
-	s.wdb.SetConnMaxIdleTime(0)
-	var err error
-	if s.wconn, err = s.wdb.Conn(ctx); err != nil {
+	})
+	if s.wconn, err = writer.Connect(ctx); err != nil {
 		return translate(err, "open")
 	}
-	var mode string
-	if err := s.wconn.QueryRowContext(ctx, "PRAGMA journal_mode = WAL").Scan(&mode); err != nil {
-		return translate(err, "set WAL mode")
-	}
-	if !strings.EqualFold(mode, "wal") {
-		return fftype.NewError(fftype.KindUnavailable, fftype.CodeStoreUnavailable,
-			"ffsqlite: the file system does not support WAL mode (journal_mode is %q)", mode)
-	}
-	var pageSize int64
-	if err := s.wconn.QueryRowContext(ctx, "PRAGMA page_size").Scan(&pageSize); err != nil {
-		return translate(err, "read page size")
-	}
-	if pageSize > 0 && pageSize != 4096 {
-		q := fmt.Sprintf("PRAGMA wal_autocheckpoint = %d", max(1, s.opts.CheckpointBytes/pageSize))
-		if _, err := s.wconn.ExecContext(ctx, q); err != nil {
-			return translate(err, "set autocheckpoint")
-		}
-	}
-	if s.shards, err = migrate(ctx, s.wconn, s.opts.Shards); err != nil {
-		return err
-	}
-	if err := s.ws.prepare(ctx, s.wconn); err != nil {
+	if err := s.ws.prepare(ctx, s.wconn, s.opts.BusyTimeout); err != nil {
 		return err
 	}
 
@@ -264,6 +243,38 @@ func (s *Store) open(ctx context.Context) error {
 	return nil
 }
 
+// setUp puts the file in WAL mode and migrates its schema, on a connection of its own
+// that it closes again, and returns the page size.
+func (s *Store) setUp(ctx context.Context, busy string) (pageSize int64, err error) {
+	db := sql.OpenDB(newConnector(s.path, []string{busy}))
+	defer func() {
+		if cerr := db.Close(); err == nil && cerr != nil {
+			err = translate(cerr, "close set-up connection")
+		}
+	}()
+	db.SetMaxOpenConns(1)
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		return 0, translate(err, "open")
+	}
+	defer conn.Close()
+	var mode string
+	if err := conn.QueryRowContext(ctx, "PRAGMA journal_mode = WAL").Scan(&mode); err != nil {
+		return 0, translate(err, "set WAL mode")
+	}
+	if !strings.EqualFold(mode, "wal") {
+		return 0, fftype.NewError(fftype.KindUnavailable, fftype.CodeStoreUnavailable,
+			"ffsqlite: the file system does not support WAL mode (journal_mode is %q)", mode)
+	}
+	if err := conn.QueryRowContext(ctx, "PRAGMA page_size").Scan(&pageSize); err != nil {
+		return 0, translate(err, "read page size")
+	}
+	if s.shards, err = migrate(ctx, conn, s.opts.Shards); err != nil {
+		return 0, err
+	}
+	return max(pageSize, 512), nil
+}
+
 // closeHandles closes whatever open managed to open.
 func (s *Store) closeHandles() error {
 	var errs []error
@@ -274,9 +285,6 @@ func (s *Store) closeHandles() error {
 	}
 	if s.wconn != nil {
 		errs = append(errs, s.wconn.Close())
-	}
-	if s.wdb != nil {
-		errs = append(errs, s.wdb.Close())
 	}
 	if s.rdb != nil {
 		errs = append(errs, s.rdb.Close())

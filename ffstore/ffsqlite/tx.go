@@ -3,7 +3,10 @@ package ffsqlite
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
+	"fmt"
+	"io"
 	"math"
 	"slices"
 	"sync/atomic"
@@ -73,12 +76,12 @@ func (b *batchState) merge(t *writeTx) {
 // unit, before COMMIT.
 func (s *Store) finishBatch(b *batchState) error {
 	for k := range b.prune {
-		if _, err := s.ws.prune.ExecContext(bg, k.shard, k.queue); err != nil {
+		if _, err := s.ws.prune.exec(k.shard, k.queue); err != nil {
 			return translate(err, "prune queue directory")
 		}
 	}
 	for shard, seq := range b.seqs {
-		if _, err := s.ws.storeSeq.ExecContext(bg, shard, seq); err != nil {
+		if _, err := s.ws.storeSeq.exec(shard, seq); err != nil {
 			return translate(err, "store event counter")
 		}
 	}
@@ -113,7 +116,9 @@ func (t *writeTx) Get(key string) ([]byte, bool, error) {
 	if v, ok, hit := t.s.cache.get(k); hit {
 		return v, ok, nil
 	}
-	v, ok, err := getValue(bg, t.s.ws.get, t.shard, key)
+	var dest [1]driver.Value
+	ok, err := t.s.ws.get.row(dest[:], t.shard, key)
+	v := blob(dest[0], ok)
 	if err != nil {
 		t.fail(err, "get")
 		return nil, false, t.err
@@ -126,22 +131,32 @@ func (t *writeTx) Range(queue string, after *ffstore.QueueItem, maxScore int64, 
 	if err := t.usable(); err != nil {
 		return nil, err
 	}
-	items, err := rangeItems(bg, t.s.ws.rangeFirst, t.s.ws.rangeAfter, t.shard, queue, after, maxScore, n)
-	if err != nil {
-		t.fail(err, "range")
-		return nil, t.err
+	if n <= 0 {
+		return nil, nil
 	}
-	return items, nil
+	st, args := t.s.ws.rangeFirst, rangeArgs(t.shard, queue, after, maxScore, n)
+	if after != nil {
+		st = t.s.ws.rangeAfter
+	}
+	rows, err := st.query(args...)
+	if err == nil {
+		var items []ffstore.QueueItem
+		if items, err = scanItems(rows); err == nil {
+			return items, nil
+		}
+	}
+	t.fail(err, "range")
+	return nil, t.err
 }
 
-func (t *writeTx) exec(op string, st *sql.Stmt, args ...any) sql.Result {
+func (t *writeTx) exec(op string, st *wstmt, args ...any) driver.Result {
 	if t.done.Load() {
 		panic("ffsqlite: " + op + " on a transaction whose unit has ended")
 	}
 	if t.err != nil {
 		return nil
 	}
-	res, err := st.ExecContext(bg, args...)
+	res, err := st.exec(args...)
 	if err != nil {
 		t.fail(err, op)
 		return nil
@@ -162,7 +177,7 @@ func (t *writeTx) Delete(key string) {
 
 // write runs the statement that stores value under key (ok) or deletes key (!ok), and
 // keeps the writer's cache in step with it.
-func (t *writeTx) write(op, key string, value []byte, ok bool, st *sql.Stmt, args ...any) {
+func (t *writeTx) write(op, key string, value []byte, ok bool, st *wstmt, args ...any) {
 	k := cacheKey{t.shard, key}
 	t.s.cache.drop(k)
 	t.written = append(t.written, k)
@@ -207,22 +222,12 @@ func (t *writeTx) PopDue(queue string, maxScore int64, n int) ([]ffstore.QueueIt
 	if n <= 0 {
 		return nil, nil
 	}
-	rows, err := t.s.ws.pop.QueryContext(bg, t.shard, queue, maxScore, min(n, math.MaxInt32))
-	if err != nil {
-		t.fail(err, "pop")
-		return nil, t.err
-	}
+	rows, err := t.s.ws.pop.query(t.shard, queue, maxScore, min(n, math.MaxInt32))
 	var items []ffstore.QueueItem
-	for rows.Next() {
-		var it ffstore.QueueItem
-		if err := rows.Scan(&it.Member, &it.Score); err != nil {
-			rows.Close()
-			t.fail(err, "pop")
-			return nil, t.err
-		}
-		items = append(items, it)
+	if err == nil {
+		items, err = scanItems(rows)
 	}
-	if err := errors.Join(rows.Err(), rows.Close()); err != nil {
+	if err != nil {
 		t.fail(err, "pop")
 		return nil, t.err
 	}
@@ -254,10 +259,14 @@ func (t *writeTx) AppendEvent(ev fftype.Event) {
 		seq, ok = t.batch.seqs[t.shard]
 	}
 	if !ok {
-		err := t.s.ws.lastSeq.QueryRowContext(bg, t.shard).Scan(&seq)
-		if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		var dest [1]driver.Value
+		found, err := t.s.ws.lastSeq.row(dest[:], t.shard)
+		if err != nil {
 			t.fail(err, "append event")
 			return
+		}
+		if found {
+			seq, _ = dest[0].(int64)
 		}
 	}
 	seq++
@@ -345,14 +354,11 @@ func rangeItems(ctx context.Context, first, next *sql.Stmt, shard int, queue str
 	if n <= 0 {
 		return nil, nil
 	}
-	n = min(n, math.MaxInt32)
-	var rows *sql.Rows
-	var err error
-	if after == nil {
-		rows, err = first.QueryContext(ctx, shard, queue, maxScore, n)
-	} else {
-		rows, err = next.QueryContext(ctx, shard, queue, maxScore, n, after.Score, after.Member)
+	st := first
+	if after != nil {
+		st = next
 	}
+	rows, err := st.QueryContext(ctx, rangeArgs(shard, queue, after, maxScore, n)...)
 	if err != nil {
 		return nil, err
 	}
@@ -366,4 +372,50 @@ func rangeItems(ctx context.Context, first, next *sql.Stmt, shard int, queue str
 		items = append(items, it)
 	}
 	return items, rows.Err()
+}
+
+// rangeArgs returns the arguments of sqlRangeFirst (after nil) or sqlRangeAfter.
+func rangeArgs(shard int, queue string, after *ffstore.QueueItem, maxScore int64, n int) []any {
+	args := []any{shard, queue, maxScore, min(n, math.MaxInt32)}
+	if after != nil {
+		args = append(args, after.Score, after.Member)
+	}
+	return args
+}
+
+// scanItems reads (member, score) rows, as the writer's statements return them, and
+// closes them.
+func scanItems(rows driver.Rows) ([]ffstore.QueueItem, error) {
+	var items []ffstore.QueueItem
+	dest := make([]driver.Value, 2)
+	for {
+		err := rows.Next(dest)
+		if errors.Is(err, io.EOF) {
+			return items, rows.Close()
+		}
+		if err != nil {
+			_ = rows.Close()
+			return nil, err
+		}
+		member, ok1 := dest[0].(string)
+		score, ok2 := dest[1].(int64)
+		if !ok1 || !ok2 {
+			_ = rows.Close()
+			return nil, fmt.Errorf("ffsqlite: queue item row has types %T, %T", dest[0], dest[1])
+		}
+		items = append(items, ffstore.QueueItem{Member: member, Score: score})
+	}
+}
+
+// blob returns a record value the writer read: a found empty value is a non-nil empty
+// slice, as getValue returns it.
+func blob(v driver.Value, found bool) []byte {
+	if !found {
+		return nil
+	}
+	b, _ := v.([]byte)
+	if b == nil {
+		b = []byte{}
+	}
+	return b
 }

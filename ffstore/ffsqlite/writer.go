@@ -2,6 +2,7 @@ package ffsqlite
 
 import (
 	"context"
+	"database/sql/driver"
 	"fmt"
 	"runtime/debug"
 	"time"
@@ -72,10 +73,11 @@ func (s *Store) runWriter() {
 // connection's last transaction. It runs inside the write transaction, so nothing can
 // commit between the check and the batch's reads.
 func (s *Store) checkDataVersion() error {
-	var v int64
-	if err := s.ws.dataVersion.QueryRowContext(bg).Scan(&v); err != nil {
+	var dest [1]driver.Value
+	if _, err := s.ws.dataVersion.row(dest[:]); err != nil {
 		return translate(err, "read data_version")
 	}
+	v, _ := dest[0].(int64)
 	if v != s.dataVersion {
 		s.cache.clear()
 		s.dataVersion = v
@@ -115,11 +117,11 @@ func (s *Store) runBatch(batch []*unit) []*unit {
 	}()
 	batch = s.take(batch)
 	for _, savepoints := range []bool{false, true} {
-		if _, err := s.ws.begin.ExecContext(bg); err != nil {
+		if _, err := s.ws.begin.exec(); err != nil {
 			if code, ok := sqliteCode(err); !ok || code&0xff != sqliteBusy {
 				// Not a lock held elsewhere: make sure no transaction is left open on the
 				// connection, so the next batch can begin.
-				_, _ = s.ws.rollback.ExecContext(bg)
+				_, _ = s.ws.rollback.exec()
 			}
 			err = translate(err, "begin write transaction")
 			for _, u := range batch {
@@ -154,7 +156,7 @@ func (s *Store) runBatch(batch []*unit) []*unit {
 		}
 		if retry {
 			s.cache.clear()
-			if _, err := s.ws.rollback.ExecContext(bg); err != nil {
+			if _, err := s.ws.rollback.exec(); err != nil {
 				s.abort(batch, translate(err, "roll back"))
 				return batch
 			}
@@ -167,7 +169,7 @@ func (s *Store) runBatch(batch []*unit) []*unit {
 			s.abort(batch, err)
 			return batch
 		}
-		if _, err := s.ws.commit.ExecContext(bg); err != nil {
+		if _, err := s.ws.commit.exec(); err != nil {
 			s.abort(batch, translate(err, "commit"))
 			return batch
 		}
@@ -205,7 +207,7 @@ func (s *Store) runUnitFast(u *unit, batch *batchState) bool {
 // abort rolls the transaction back and fails every unit whose writes it held.
 func (s *Store) abort(batch []*unit, err error) {
 	s.cache.clear()
-	if _, rerr := s.ws.rollback.ExecContext(bg); rerr != nil {
+	if _, rerr := s.ws.rollback.exec(); rerr != nil {
 		s.log.Debug("rollback after failed batch", "error", rerr)
 	}
 	for _, u := range batch {
@@ -225,7 +227,7 @@ func (s *Store) runUnit(u *unit, batch *batchState) error {
 		u.err = err
 		return nil
 	}
-	if _, err := s.ws.savepoint.ExecContext(bg); err != nil {
+	if _, err := s.ws.savepoint.exec(); err != nil {
 		u.err = translate(err, "savepoint")
 		return u.err
 	}
@@ -233,7 +235,7 @@ func (s *Store) runUnit(u *unit, batch *batchState) error {
 	err := s.call(u, tx)
 	tx.done.Store(true)
 	if err == nil && !u.panicked && tx.err == nil && !s.conflicts.Take() {
-		if _, err := s.ws.release.ExecContext(bg); err != nil {
+		if _, err := s.ws.release.exec(); err != nil {
 			u.err = translate(err, "release savepoint")
 			return u.err
 		}
@@ -253,10 +255,10 @@ func (s *Store) runUnit(u *unit, batch *batchState) error {
 	for _, k := range tx.written {
 		s.cache.drop(k)
 	}
-	if _, rerr := s.ws.rollbackTo.ExecContext(bg); rerr != nil {
+	if _, rerr := s.ws.rollbackTo.exec(); rerr != nil {
 		return translate(rerr, "roll back savepoint")
 	}
-	if _, rerr := s.ws.release.ExecContext(bg); rerr != nil {
+	if _, rerr := s.ws.release.exec(); rerr != nil {
 		return translate(rerr, "release savepoint")
 	}
 	return nil
@@ -276,19 +278,17 @@ func (s *Store) call(u *unit, tx *writeTx) (err error) {
 // idleCheckpoint empties the write-ahead log while nothing is being written. It does not
 // wait: if a reader still uses the log, the log stays and is checkpointed later.
 func (s *Store) idleCheckpoint() {
-	ms := s.opts.BusyTimeout.Milliseconds()
-	if _, err := s.wconn.ExecContext(bg, "PRAGMA busy_timeout = 0"); err != nil {
+	if _, err := s.ws.noBusyWait.exec(); err != nil {
 		s.log.Warn("idle checkpoint", "error", err)
 		return
 	}
-	var busy, logFrames, done int
-	err := s.wconn.QueryRowContext(bg, "PRAGMA wal_checkpoint(TRUNCATE)").Scan(&busy, &logFrames, &done)
-	if err != nil {
+	dest := make([]driver.Value, 3)
+	if _, err := s.ws.checkpoint.row(dest); err != nil {
 		s.log.Debug("idle checkpoint", "error", err)
 	} else {
-		s.log.Debug("idle checkpoint", "busy", busy == 1, "log_frames", logFrames, "checkpointed", done)
+		s.log.Debug("idle checkpoint", "busy", dest[0] == int64(1), "log_frames", dest[1], "checkpointed", dest[2])
 	}
-	if _, err := s.wconn.ExecContext(bg, fmt.Sprintf("PRAGMA busy_timeout = %d", ms)); err != nil {
+	if _, err := s.ws.busyWait.exec(); err != nil {
 		s.log.Warn("idle checkpoint: restore busy timeout", "error", err)
 	}
 }
