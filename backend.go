@@ -23,7 +23,9 @@ import (
 // The interface may grow with the features of the worker (suspension, signals); an
 // implementation outside this module should embed a Backend it delegates to.
 type Backend interface {
-	// Claim hands the worker up to p.Count leases; none means nothing was eligible.
+	// Claim hands the worker up to p.Count leases; none means nothing was eligible. If ctx
+	// ends while the claim runs, it returns ctx's error and no leases, and gives back any
+	// it took meanwhile.
 	Claim(ctx context.Context, p ClaimParams) ([]*Lease, error)
 	// ClaimGrant consumes a grant and returns its lease.
 	ClaimGrant(ctx context.Context, p GrantClaimParams) (*Lease, error)

@@ -244,11 +244,8 @@ func (w *Worker) fetch(rs *runState) {
 			}
 			continue
 		}
+		// A claim in flight when the run stops returns nothing (see Backend.Claim).
 		leases, err := w.backend.Claim(rs.fetchCtx, w.claimParams(n))
-		if len(leases) > 0 && rs.fetchCtx.Err() != nil {
-			w.giveBack(leases) // the run is stopping: start nothing new
-			leases = nil
-		}
 		w.releaseSlots(n - len(leases))
 		if err != nil && rs.fetchCtx.Err() == nil {
 			w.log.Warn("claim failed", "err", err)
@@ -425,11 +422,11 @@ func clip(s string, n int) string {
 }
 
 // Stop stops claiming and waits until every running handler has returned and its
-// finishing call landed. A claim in flight starts nothing: the leases it returns are
-// given back at once, so that other workers take their executions. If ctx ends first, it escalates: the handlers' contexts are
-// cancelled (cause [ErrWorkerStopped]), the leases of tasks still running are released so
-// that other workers take them at once, and it returns ctx.Err() without waiting for the
-// handlers. Stop on a worker that is not running does nothing; it may be called again.
+// finishing call landed. A claim in flight starts nothing: the backend gives back what it
+// took, so that other workers take those executions at once. If ctx ends first, it
+// escalates: the handlers' contexts are cancelled (cause [ErrWorkerStopped]), the leases
+// of tasks still running are released so that other workers take them at once, and it
+// returns ctx.Err() without waiting for the handlers. Stop on a worker that is not running does nothing; it may be called again.
 func (w *Worker) Stop(ctx context.Context) error { return w.stop(ctx, false) }
 
 // StopAndCancel is [Worker.Stop] that cancels the running handlers' contexts at once:

@@ -343,7 +343,8 @@ func atCapacity(max int) error {
 // It returns nil and no error when the worker is at capacity (without claiming) or nothing
 // was eligible: poll again soon. The task holds a slot until a finishing call lands; a
 // continued attempt (after a delay or a release) is claimed transparently. If ctx ends
-// while the claim runs, a lease it returns anyway is given back and ctx's error returned.
+// while the claim runs, it returns ctx's error, and the backend gives back what the claim
+// took.
 func (w *Worker) ClaimNext(ctx context.Context) (*ClaimedTask, error) {
 	if err := w.usable(); err != nil {
 		return nil, err
@@ -352,29 +353,11 @@ func (w *Worker) ClaimNext(ctx context.Context) (*ClaimedTask, error) {
 		return nil, nil
 	}
 	leases, err := w.backend.Claim(ctx, w.claimParams(1))
-	if len(leases) > 0 && ctx.Err() != nil {
-		w.giveBack(leases) // the caller gave up meanwhile
-		leases, err = nil, ctx.Err()
-	}
 	if err != nil || len(leases) == 0 {
 		w.releaseSlots(1)
 		return nil, err
 	}
 	return w.adopt(leases[0], nil)
-}
-
-// giveBack releases leases that a claim returned after its caller gave up (a Run
-// stopping, a ClaimNext whose context ended), so that other workers take their executions
-// at once instead of after the lease TTL. A release that fails is logged; that lease
-// expires.
-func (w *Worker) giveBack(leases []*Lease) {
-	ctx, cancel := cleanupContext(w.life)
-	defer cancel()
-	for _, l := range leases {
-		if err := w.backend.Release(ctx, l.ExecutionID, l.Fence); err != nil {
-			w.log.Warn("could not give back a lease claimed while stopping; it will expire", "execution_id", l.ExecutionID, "err", err)
-		}
-	}
 }
 
 // ClaimFromGrant consumes a claim grant issued to this worker (see [Client.IssueGrant])

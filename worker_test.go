@@ -251,7 +251,7 @@ func (s *countingStore) Changes(ctx context.Context) <-chan struct{} {
 }
 
 // stallingClaim is a backend whose first claim waits until its caller gives up and then
-// goes through anyway, as a claim already being served does.
+// goes on with the ended context, as a claim already under way does.
 type stallingClaim struct {
 	flowfabric.Backend
 	entered chan struct{} // closed when the first claim starts
@@ -264,7 +264,6 @@ func (b *stallingClaim) Claim(ctx context.Context, p flowfabric.ClaimParams) ([]
 	if first {
 		close(b.entered)
 		<-ctx.Done()
-		ctx = context.WithoutCancel(ctx)
 	}
 	return b.Backend.Claim(ctx, p)
 }

@@ -50,17 +50,35 @@ func (c *candidate) bucket() int64 { return c.head.Score >> priorityBits }
 // its lanes, as leases. Only queues whose required capabilities the worker covers are
 // considered; among them the highest priority wins, then namespaces take turns, then the
 // oldest execution goes first. A paused lane hands out nothing. An empty result means
-// nothing was eligible.
+// nothing was eligible. If ctx ends while the claim runs, Claim returns ctx's error and no
+// leases: those a round took for the call meanwhile are released, so that their
+// executions are claimable at once instead of after the lease TTL.
 func (e *Engine) Claim(ctx context.Context, p fftype.ClaimParams) ([]*fftype.Lease, error) {
 	w, count, err := checkClaim(p)
 	if err != nil {
 		return nil, err
 	}
 	leases, err := e.claimCombined(ctx, p.Lanes, w, count)
+	if ctx.Err() != nil {
+		e.releaseUnwanted(ctx, leases)
+		return nil, ctx.Err()
+	}
 	if err != nil && len(leases) == 0 {
 		return nil, err
 	}
 	return leases, nil // with some leases taken, an error recurs on the next call
+}
+
+// releaseUnwanted gives back leases whose caller gave up before they reached it. A
+// release that fails is logged; that lease expires with its TTL.
+func (e *Engine) releaseUnwanted(ctx context.Context, leases []*fftype.Lease) {
+	ctx = context.WithoutCancel(ctx)
+	for _, l := range leases {
+		if err := e.Release(ctx, l.ExecutionID, l.Fence); err != nil {
+			e.log.Warn("a claim's caller gave up and its lease could not be released; it expires with its TTL",
+				"execution_id", l.ExecutionID, "error", err)
+		}
+	}
 }
 
 // GrantNext is the scheduler's form of the claim path: it picks the next eligible
