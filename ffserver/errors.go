@@ -57,26 +57,35 @@ func apiError(err error) *fftype.Error {
 
 // writeError answers with err: an *fftype.Error by its kind's status and its public
 // message; a timeout or cancellation as 503; anything else is logged in full and answered
-// with a generic 500 that reveals nothing.
+// with a generic 500 that reveals nothing (see errorBody).
 func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err error) {
+	status := http.StatusInternalServerError
+	if fe := apiError(err); fe == nil {
+		log.Error("internal error", "method", r.Method, "path", r.URL.Path, "err", err)
+	} else {
+		if s, ok := statusOfKind[fe.Kind]; ok {
+			status = s
+		}
+		if fe.Err != nil {
+			log.Warn("request failed", "method", r.Method, "path", r.URL.Path, "code", fe.Code, "cause", fe.Err)
+		}
+	}
+	writeJSON(w, status, errorBody(err))
+}
+
+// errorBody is how the API states err, in an answer or in one item's result of a bulk
+// call: an error the API knows by its public message (its code when it has none), and
+// anything else as an internal error that reveals nothing.
+func errorBody(err error) *ErrorBody {
 	fe := apiError(err)
 	if fe == nil {
-		log.Error("internal error", "method", r.Method, "path", r.URL.Path, "err", err)
-		writeJSON(w, http.StatusInternalServerError, ErrorBody{Error: "internal error", Code: "internal", Kind: "internal", Retryable: true})
-		return
-	}
-	status, ok := statusOfKind[fe.Kind]
-	if !ok {
-		status = http.StatusInternalServerError
-	}
-	if fe.Err != nil {
-		log.Warn("request failed", "method", r.Method, "path", r.URL.Path, "code", fe.Code, "cause", fe.Err)
+		return &ErrorBody{Error: "internal error", Code: "internal", Kind: "internal", Retryable: true}
 	}
 	msg := fe.Message
 	if msg == "" {
 		msg = fe.Code
 	}
-	writeJSON(w, status, ErrorBody{Error: msg, Code: fe.Code, Kind: string(fe.Kind), Retryable: fe.Retryable})
+	return &ErrorBody{Error: msg, Code: fe.Code, Kind: string(fe.Kind), Retryable: fe.Retryable}
 }
 
 // writeJSON answers with v as JSON.

@@ -241,13 +241,6 @@ func EncodePayload(b []byte, enc fftype.PayloadEncoding) (json.RawMessage, strin
 	return json.RawMessage(b), ""
 }
 
-func errorBody(err error) *ErrorBody {
-	if fe := apiError(err); fe != nil {
-		return &ErrorBody{Error: fe.Message, Code: fe.Code, Kind: string(fe.Kind), Retryable: fe.Retryable}
-	}
-	return &ErrorBody{Error: "internal error", Code: "internal", Kind: "internal", Retryable: true}
-}
-
 // InfoResponse is the body of GET /v1/info: what a remote worker reads when it opens.
 type InfoResponse struct {
 	// Shards is the store's shard count.
