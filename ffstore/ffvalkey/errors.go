@@ -61,13 +61,6 @@ func (e *CAFileError) Unwrap() []error {
 	return []error{e.Reason, e.Err}
 }
 
-// Is matches any *CAFileError, so errors.Is(err, &CAFileError{}) tells a bad ca_file
-// from other problems of a URL.
-func (e *CAFileError) Is(target error) bool {
-	_, ok := target.(*CAFileError)
-	return ok
-}
-
 func errClosed() error {
 	e := fftype.NewError(fftype.KindUnavailable, fftype.CodeStoreUnavailable, "ffvalkey: store is closed")
 	e.Retryable = false

@@ -20,8 +20,7 @@ import (
 // connConfig is a parsed store URL.
 type connConfig struct {
 	client  rueidis.ClientOption
-	cluster bool           // the URL asked for a cluster
-	rootCAs *x509.CertPool // from ca_file; nil: the system's
+	cluster bool // the URL asked for a cluster
 	opts    Options
 }
 
@@ -60,6 +59,7 @@ func parseURL(rawURL string) (*connConfig, error) {
 		return bad("%q has no scheme; want redis://host:port", redact(rawURL))
 	}
 	c := &connConfig{}
+	var rootCAs *x509.CertPool // from ca_file; nil: the system's
 	tlsOn := false
 	switch strings.ToLower(scheme) {
 	case "redis", "valkey":
@@ -164,7 +164,7 @@ func parseURL(rawURL string) (*connConfig, error) {
 			if !tlsOn {
 				return bad("ca_file is for rediss:// URLs")
 			}
-			if c.rootCAs, err = loadCAFile(v); err != nil {
+			if rootCAs, err = loadCAFile(v); err != nil {
 				return nil, err
 			}
 		case "client_name":
@@ -175,7 +175,7 @@ func parseURL(rawURL string) (*connConfig, error) {
 	}
 	if tlsOn {
 		host, _, _ := net.SplitHostPort(c.client.InitAddress[0])
-		c.client.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, ServerName: host, RootCAs: c.rootCAs,
+		c.client.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, ServerName: host, RootCAs: rootCAs,
 			InsecureSkipVerify: c.opts.skipVerify} //nolint:gosec // only when the URL asks for it
 	}
 	return c, nil

@@ -47,7 +47,6 @@
 package ffvalkey
 
 import (
-	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -55,7 +54,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -491,16 +489,14 @@ func (s *Store) readHeads(ctx context.Context, prefixes []string, plan headsPlan
 	}
 	// The hinted queues of shards not scanned are read with their shard's commit number.
 	var verShards []int
+	verRead := make([]bool, s.shards)
 	for r := range hinted {
-		if !isScanned[r.shard] {
-			refs = append(refs, r)
+		if isScanned[r.shard] {
+			continue
 		}
-	}
-	slices.SortFunc(refs, func(a, b queueRef) int {
-		return cmp.Or(cmp.Compare(a.shard, b.shard), strings.Compare(a.name, b.name))
-	})
-	for i, r := range refs {
-		if !isScanned[r.shard] && (i == 0 || refs[i-1].shard != r.shard) {
+		refs = append(refs, r)
+		if !verRead[r.shard] {
+			verRead[r.shard] = true
 			verShards = append(verShards, r.shard)
 		}
 	}
@@ -519,8 +515,8 @@ func (s *Store) readHeads(ctx context.Context, prefixes []string, plan headsPlan
 	return found, vers, nil
 }
 
-// readQueueHeads reads the first item of each queue of refs (sorted by shard) into found,
-// and the commit number of each shard of verShards into vers, read before its heads.
+// readQueueHeads reads the first item of each queue of refs into found, and the commit
+// number of each shard of verShards into vers, read before its heads.
 func (s *Store) readQueueHeads(ctx context.Context, refs []queueRef, verShards []int, found []map[string]ffstore.QueueItem, vers []uint64) error {
 	res, err := s.doMulti(ctx, "read queue heads", func() []rueidis.Completed {
 		cmds := make([]rueidis.Completed, 0, len(verShards)+len(refs))
