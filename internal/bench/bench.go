@@ -183,9 +183,9 @@ type workerStats struct {
 
 func drainWorker(ctx context.Context, c Client, cfg DrainConfig, w int, s *workerStats, claimed, completed, errCount *atomic.Int64) (err error) {
 	p := flowfabric.ClaimParams{WorkerID: "bench", WorkerInstanceID: "bench-" + strconv.Itoa(w), Lanes: []string{cfg.Lane}, Count: 1}
-	var inFlight inFlight
+	var completions inFlight
 	defer func() {
-		if ferr := inFlight.wait(); err == nil {
+		if ferr := completions.wait(); err == nil {
 			err = ferr
 		}
 	}()
@@ -221,11 +221,7 @@ func drainWorker(ctx context.Context, c Client, cfg DrainConfig, w int, s *worke
 		lastClaim = t1
 		claimed.Add(int64(len(leases)))
 		for _, l := range leases {
-			// The loop's previous completion lands before this one is sent.
-			if err := inFlight.wait(); err != nil {
-				return err
-			}
-			complete := func() error {
+			err := completions.do(cfg.Pipeline, func() error {
 				t2 := time.Now()
 				if err := completeLease(ctx, c, l, errCount); err != nil {
 					if ctx.Err() != nil {
@@ -240,28 +236,35 @@ func drainWorker(ctx context.Context, c Client, cfg DrainConfig, w int, s *worke
 				s.done = append(s.done, l.ExecutionID)
 				completed.Add(1)
 				return nil
-			}
-			if cfg.Pipeline {
-				inFlight.start(complete)
-			} else if err := complete(); err != nil {
+			})
+			if err != nil {
 				return err
 			}
 		}
 	}
 }
 
-// inFlight is the one call a loop may have running in the background.
+// inFlight runs a loop's completions: one at a time, in the background when the loop is
+// pipelined, so that the loop claims meanwhile.
 type inFlight struct {
 	wg  sync.WaitGroup
 	err error
 }
 
-// start runs call in the background; the caller must wait for the previous call first.
-func (f *inFlight) start(call func() error) {
+// do waits for the completion in flight and then runs call, in the background when
+// background is set. It returns the error of the completion it waited for, or call's.
+func (f *inFlight) do(background bool, call func() error) error {
+	if err := f.wait(); err != nil {
+		return err
+	}
+	if !background {
+		return call()
+	}
 	f.wg.Go(func() { f.err = call() })
+	return nil
 }
 
-// wait waits for the call in flight, if any, and returns its error.
+// wait waits for the completion in flight, if any, and returns its error.
 func (f *inFlight) wait() error {
 	f.wg.Wait()
 	return f.err
@@ -321,35 +324,57 @@ func createN(ctx context.Context, c Client, p flowfabric.CreateParams, n int, cr
 // acknowledged completions) holds each exactly once and nothing else, and the store lists
 // exactly the created executions of lane as completed.
 func Verify(ctx context.Context, c Client, lane string, created map[flowfabric.ExecutionID]bool, done []flowfabric.ExecutionID) error {
-	seen := make(map[flowfabric.ExecutionID]int, len(done))
-	for _, id := range done {
-		seen[id]++
+	acked, err := acknowledged(created, done)
+	if err != nil {
+		return err
+	}
+	if len(acked) != len(created) {
+		return fmt.Errorf("bench: correctness: %d executions created, %d completed", len(created), len(acked))
+	}
+	return eachCreated(ctx, c, lane, flowfabric.StateCompleted, created, func(*flowfabric.Execution) error { return nil })
+}
+
+// acknowledged returns the set of ids whose completions were acknowledged, failing if one
+// was not created by this run or was acknowledged twice.
+func acknowledged(created map[flowfabric.ExecutionID]bool, ids []flowfabric.ExecutionID) (map[flowfabric.ExecutionID]bool, error) {
+	acked := make(map[flowfabric.ExecutionID]bool, len(ids))
+	for _, id := range ids {
 		switch {
 		case !created[id]:
-			return fmt.Errorf("bench: correctness: completed %s, which this run did not create", id)
-		case seen[id] > 1:
-			return fmt.Errorf("bench: correctness: %s completed %d times", id, seen[id])
+			return nil, fmt.Errorf("bench: correctness: completed %s, which this run did not create", id)
+		case acked[id]:
+			return nil, fmt.Errorf("bench: correctness: %s completed twice", id)
 		}
+		acked[id] = true
 	}
-	if len(seen) != len(created) {
-		return fmt.Errorf("bench: correctness: %d executions created, %d completed", len(created), len(seen))
-	}
+	return acked, nil
+}
+
+// eachCreated calls fn with every execution of lane in state (every state when "") that
+// the store lists, and fails if one is listed twice or was not created by this run, or if
+// the store does not list every created execution.
+func eachCreated(ctx context.Context, c Client, lane string, state flowfabric.PublicState,
+	created map[flowfabric.ExecutionID]bool, fn func(*flowfabric.Execution) error) error {
 	listed := make(map[flowfabric.ExecutionID]bool, len(created))
-	err := eachInLane(ctx, c, lane, flowfabric.StateCompleted, func(x *flowfabric.Execution) error {
+	err := eachInLane(ctx, c, lane, state, func(x *flowfabric.Execution) error {
 		switch {
 		case listed[x.ID]:
 			return fmt.Errorf("bench: correctness: %s listed twice", x.ID)
 		case !created[x.ID]:
-			return fmt.Errorf("bench: correctness: %s is listed as completed but this run did not create it", x.ID)
+			return fmt.Errorf("bench: correctness: %s is listed (%s) but this run did not create it", x.ID, x.PublicState())
 		}
 		listed[x.ID] = true
-		return nil
+		return fn(x)
 	})
 	if err != nil {
 		return err
 	}
 	if len(listed) != len(created) {
-		return fmt.Errorf("bench: correctness: the store lists %d completed executions, want %d", len(listed), len(created))
+		what := "executions"
+		if state != "" {
+			what = string(state) + " executions"
+		}
+		return fmt.Errorf("bench: correctness: the store lists %d %s, want %d", len(listed), what, len(created))
 	}
 	return nil
 }

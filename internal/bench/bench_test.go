@@ -164,7 +164,7 @@ func TestVerify(t *testing.T) {
 	}
 	require.NoError(t, Verify(ctx, c, "v", created, done))
 	require.ErrorContains(t, Verify(ctx, c, "v", created, done[:2]), "3 executions created, 2 completed")
-	require.ErrorContains(t, Verify(ctx, c, "v", created, append(done, done[0])), "completed 2 times")
+	require.ErrorContains(t, Verify(ctx, c, "v", created, append(done, done[0])), "completed twice")
 
 	// The store lists one more completed execution in the lane than the run created.
 	extra, err := c.Create(ctx, flowfabric.CreateParams{Lane: "v", Kind: "k"})

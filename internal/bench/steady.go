@@ -179,9 +179,9 @@ func (st *steadyState) produce(ctx context.Context, c Client, cfg SteadyConfig, 
 // it created was claimed.
 func (st *steadyState) work(ctx context.Context, c Client, cfg SteadyConfig, w int, s *steadyWorker) (err error) {
 	p := flowfabric.ClaimParams{WorkerID: "bench", WorkerInstanceID: "bench-" + strconv.Itoa(w), Lanes: []string{cfg.Lane}, Count: 1}
-	var inFlight inFlight
+	var completions inFlight
 	defer func() {
-		if ferr := inFlight.wait(); err == nil {
+		if ferr := completions.wait(); err == nil {
 			err = ferr
 		}
 	}()
@@ -220,10 +220,7 @@ func (st *steadyState) work(ctx context.Context, c Client, cfg SteadyConfig, w i
 			s.claim = append(s.claim, t1.Sub(t0))
 		}
 		for _, l := range leases {
-			if err := inFlight.wait(); err != nil {
-				return err
-			}
-			complete := func() error {
+			err := completions.do(cfg.Pipeline, func() error {
 				if err := completeLease(ctx, c, l, &st.errs); err != nil {
 					if ctx.Err() != nil {
 						return nil
@@ -240,10 +237,8 @@ func (st *steadyState) work(ctx context.Context, c Client, cfg SteadyConfig, w i
 					}
 				}
 				return nil
-			}
-			if cfg.Pipeline {
-				inFlight.start(complete)
-			} else if err := complete(); err != nil {
+			})
+			if err != nil {
 				return err
 			}
 		}
