@@ -97,7 +97,7 @@ func (e *Engine) GrantNext(ctx context.Context, p fftype.ClaimParams, ttl time.D
 	if ttl < time.Millisecond || ttl > fftype.MaxGrantTTL {
 		return nil, fftype.Validationf(fftype.CodeInvalidInput, "grant ttl must be between 1ms and %s", fftype.MaxGrantTTL)
 	}
-	refs, err := take(ctx, e, w.caps, p.Lanes, 1, func(tx ffstore.Tx, x *fftype.Execution, before placement, now time.Time, _ int) (*fftype.GrantRef, error) {
+	refs, err := take(ctx, e, w.caps, p.Lanes, func() int { return 1 }, func(tx ffstore.Tx, x *fftype.Execution, before placement, now time.Time, _ int) (*fftype.GrantRef, error) {
 		kind := fftype.GrantClaim
 		if x.AttemptState == fftype.AttemptStatePendingReclaim {
 			kind = fftype.GrantReclaim
@@ -140,9 +140,13 @@ func checkClaim(p fftype.ClaimParams) (claimer, int, error) {
 type takeFunc[T any] func(tx ffstore.Tx, x *fftype.Execution, before placement, now time.Time, i int) (T, error)
 
 // take is the selection Claim and GrantNext share: it finds the queues of the lanes that
-// a worker with capabilities caps may take from and applies act to up to count
+// a worker with capabilities caps may take from and applies act to up to demand()
 // executions, best first. On an error it returns what earlier units took with it.
-func take[T any](ctx context.Context, e *Engine, caps []string, laneNames []string, count int, act takeFunc[T]) ([]T, error) {
+//
+// demand may grow while take runs (a claim round admits the calls that queue meanwhile)
+// but never shrinks; it is called in take's units too, as late as possible, so a unit
+// serves everything asked of it by the time it runs.
+func take[T any](ctx context.Context, e *Engine, caps []string, laneNames []string, demand func() int, act takeFunc[T]) ([]T, error) {
 	lanes, err := e.unpausedLanes(ctx, laneNames)
 	if err != nil || len(lanes) == 0 {
 		return nil, err
@@ -164,18 +168,16 @@ func take[T any](ctx context.Context, e *Engine, caps []string, laneNames []stri
 		cands = append(cands, &candidate{shard: h.Shard, queue: h.Queue, lane: lane, ns: ns, head: h.Item})
 	}
 	var taken []T
-	for len(taken) < count && len(cands) > 0 {
+	for len(cands) > 0 && len(taken) < demand() {
 		i, alone := e.pick(cands)
 		c := cands[i]
-		want := 1
 		maxScore := int64(ffstore.MaxScore)
 		if alone {
 			// No other namespace competes at this priority: take a batch, but nothing of a
 			// lower priority than the best head elsewhere.
-			want = count - len(taken)
 			maxScore = (c.bucket()+1)<<priorityBits - 1
 		}
-		got, next, err := takeFrom(ctx, e, c, len(taken), want, count-len(taken) > want, maxScore, act)
+		got, next, err := takeFrom(ctx, e, c, len(taken), alone, demand, maxScore, act)
 		if err != nil {
 			return taken, err
 		}
@@ -254,16 +256,24 @@ func sortedKeys(m map[string]bool) []string {
 	return out
 }
 
-// takeFrom pops up to want executions from one eligible queue in one unit, applies act
-// to each (numbering them from base), and returns what act collected and the queue's new
-// head (nil when empty). The head is read only when the caller may go on (more, or the
-// unit took fewer than want); otherwise it is reported as nil.
-func takeFrom[T any](ctx context.Context, e *Engine, c *candidate, base, want int, more bool, maxScore int64, act takeFunc[T]) ([]T, *ffstore.QueueItem, error) {
+// takeFrom pops executions from one eligible queue in one unit, applies act to each
+// (numbering them from base), and returns what act collected and the queue's new head
+// (nil when empty). It pops what demand still asks for beyond base when the candidate is
+// alone at its priority, and one execution otherwise. The head is read only when the
+// caller may go on (demand asks for more, or the unit took fewer than it popped for);
+// otherwise it is reported as nil.
+func takeFrom[T any](ctx context.Context, e *Engine, c *candidate, base int, alone bool, demand func() int, maxScore int64, act takeFunc[T]) ([]T, *ffstore.QueueItem, error) {
 	var got []T
 	var next *ffstore.QueueItem
 	err := e.update(ctx, c.shard, func(tx ffstore.Tx) error {
 		got, next = nil, nil // the unit may run again after a conflict
 		now := e.now()
+		count := demand()
+		want := 1
+		if alone {
+			want = count - base
+		}
+		more := count-base > want
 		items, err := tx.PopDue(c.queue, maxScore, want)
 		if err != nil {
 			return err

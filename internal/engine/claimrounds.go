@@ -14,6 +14,11 @@ import (
 // unit that pops one execution. Calls that select the same way are therefore served in
 // rounds: one read of the heads and one unit per queue for all of them.
 //
+// A round admits the calls that queue while its unit waits for the store, up to the
+// moment the unit pops. Without that, a pool's workers split into groups that each wait
+// for the other's round: the first worker back from a round leads the next one alone,
+// while the rest queue behind it, and every round costs a commit of its own.
+//
 // Each call still gets leases in its own name (worker, instance, lease TTL) and at most
 // its own count. Executions go to the calls in the order they queued, so a round that
 // finds fewer executions than asked for serves the earliest calls first.
@@ -38,30 +43,49 @@ func (e *Engine) claimCombined(ctx context.Context, lanes []string, w claimer, c
 	e.claims.do(selectionKey(lanes, w), c, roundPlan[*claimCall]{
 		weight: func(c *claimCall) int { return c.count },
 		max:    fftype.MaxClaimCount,
-		serve:  func(ctx context.Context, calls []*claimCall) { e.serveClaims(ctx, lanes, calls) },
+		serve: func(ctx context.Context, calls []*claimCall, join func() []*claimCall) []*claimCall {
+			return e.serveClaims(ctx, lanes, calls, join)
+		},
 	})
 	return c.leases, c.err
 }
 
-// serveClaims runs one selection for calls and hands each call its share. If the
-// selection fails, calls that got leases keep them (the error recurs on their next
-// claim) and the others get the error.
-func (e *Engine) serveClaims(ctx context.Context, lanes []string, calls []*claimCall) {
+// serveClaims runs one selection for calls, and for the calls join admits while it runs,
+// and hands each call its share. If the selection fails, calls that got leases keep them
+// (the error recurs on their next claim) and the others get the error. A joined call that
+// got nothing although the selection succeeded is returned unserved: the selection
+// looked for executions before that call arrived, so it must not answer it.
+func (e *Engine) serveClaims(ctx context.Context, lanes []string, calls []*claimCall, join func() []*claimCall) (unserved []*claimCall) {
 	var owners []*claimCall
-	for _, c := range calls {
-		for range c.count {
-			owners = append(owners, c)
+	admit := func(cs []*claimCall) {
+		for _, c := range cs {
+			for range c.count {
+				owners = append(owners, c)
+			}
 		}
 	}
-	leases, err := take(ctx, e, calls[0].w.caps, lanes, len(owners), func(tx ffstore.Tx, x *fftype.Execution, before placement, now time.Time, i int) (*fftype.Lease, error) {
+	admit(calls)
+	first := len(calls)
+	demand := func() int {
+		joined := join()
+		calls = append(calls, joined...)
+		admit(joined)
+		return len(owners)
+	}
+	leases, err := take(ctx, e, calls[0].w.caps, lanes, demand, func(tx ffstore.Tx, x *fftype.Execution, before placement, now time.Time, i int) (*fftype.Lease, error) {
 		return e.acquire(tx, x, before, owners[i].w, now)
 	})
 	for i, l := range leases {
 		owners[i].leases = append(owners[i].leases, l)
 	}
-	for _, c := range calls {
-		if len(c.leases) == 0 {
+	for i, c := range calls {
+		switch {
+		case len(c.leases) > 0:
+		case i >= first && err == nil:
+			unserved = append(unserved, c)
+		default:
 			c.err = err
 		}
 	}
+	return unserved
 }

@@ -4,7 +4,9 @@ import (
 	"context"
 	"sync"
 	"testing"
+	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/flowfabric/flowfabric/ffstore"
@@ -75,4 +77,109 @@ func TestClaimWhoseCallerGaveUp(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, leases, 1, "released, so claimable at once")
 	require.Equal(t, res.ID, leases[0].ExecutionID)
+}
+
+// countingStore is the gated store that also counts units.
+type countingStore struct {
+	gatedStore
+	units int
+}
+
+func (s *countingStore) Update(ctx context.Context, shard int, fn func(tx ffstore.Tx) error) error {
+	s.mu.Lock()
+	s.units++
+	s.mu.Unlock()
+	return s.gatedStore.Update(ctx, shard, fn)
+}
+
+// waitQueued waits until n claim calls wait for a round of lanes.
+func waitQueued(t *testing.T, e *Engine, lanes []string, n int) {
+	t.Helper()
+	key := selectionKey(lanes, claimer{caps: nil})
+	require.Eventually(t, func() bool {
+		e.claims.mu.Lock()
+		defer e.claims.mu.Unlock()
+		q := e.claims.queues[key]
+		return q != nil && len(q.calls) == n
+	}, 5*time.Second, time.Millisecond)
+}
+
+// TestClaimRoundAdmitsLateCalls: claims that queue while a round's unit waits for the
+// store are served by that unit, not by another unit after it.
+func TestClaimRoundAdmitsLateCalls(t *testing.T) {
+	t.Parallel()
+	store := &countingStore{gatedStore: gatedStore{Store: ffmem.New(&ffmem.Options{Shards: 1})}}
+	e, err := New(store, nil)
+	require.NoError(t, err)
+	lanes := []string{"l"}
+	for range 3 {
+		_, err := e.Create(t.Context(), fftype.CreateParams{Lane: "l", Kind: "k"})
+		require.NoError(t, err)
+	}
+
+	store.arm()
+	var wg sync.WaitGroup
+	got := make([][]*fftype.Lease, 3)
+	claim := func(i int) {
+		wg.Go(func() {
+			leases, err := e.Claim(t.Context(), fftype.ClaimParams{WorkerID: "w", WorkerInstanceID: string(rune('a' + i)), Lanes: lanes})
+			assert.NoError(t, err)
+			got[i] = leases
+		})
+	}
+	claim(0)
+	<-store.entered // the first claim's round is on its way to the store
+	store.mu.Lock()
+	before := store.units
+	store.mu.Unlock()
+	claim(1)
+	claim(2)
+	waitQueued(t, e, lanes, 2)
+	close(store.gate)
+	wg.Wait()
+
+	seen := map[fftype.ExecutionID]bool{}
+	for i, leases := range got {
+		require.Len(t, leases, 1, "claim %d", i)
+		seen[leases[0].ExecutionID] = true
+	}
+	require.Len(t, seen, 3)
+	require.Equal(t, before, store.units, "the round's unit served all three claims")
+}
+
+// TestClaimRoundRequeuesLateCallsItCannotServe: a claim that joined a round after the
+// round chose its queues, and got nothing from it, is not answered by that round: the
+// next round looks again and finds what was created before the claim was made.
+func TestClaimRoundRequeuesLateCallsItCannotServe(t *testing.T) {
+	t.Parallel()
+	store := &gatedStore{Store: ffmem.New(&ffmem.Options{Shards: 1})}
+	e, err := New(store, nil)
+	require.NoError(t, err)
+	lanes := []string{"l1", "l2"}
+	_, err = e.Create(t.Context(), fftype.CreateParams{Lane: "l1", Kind: "k"})
+	require.NoError(t, err)
+
+	store.arm()
+	first := make(chan []*fftype.Lease, 1)
+	go func() {
+		leases, err := e.Claim(t.Context(), fftype.ClaimParams{WorkerID: "w", WorkerInstanceID: "a", Lanes: lanes})
+		assert.NoError(t, err)
+		first <- leases
+	}()
+	<-store.entered // the round saw only l1's queue
+	late, err := e.Create(t.Context(), fftype.CreateParams{Lane: "l2", Kind: "k"})
+	require.NoError(t, err)
+	second := make(chan []*fftype.Lease, 1)
+	go func() {
+		leases, err := e.Claim(t.Context(), fftype.ClaimParams{WorkerID: "w", WorkerInstanceID: "b", Lanes: lanes})
+		assert.NoError(t, err)
+		second <- leases
+	}()
+	waitQueued(t, e, lanes, 1)
+	close(store.gate)
+
+	require.Len(t, <-first, 1)
+	leases := <-second
+	require.Len(t, leases, 1, "the late claim is served by a round that looked after it arrived")
+	require.Equal(t, late.ID, leases[0].ExecutionID)
 }

@@ -58,7 +58,10 @@ func (e *Engine) holderUnit(ctx context.Context, id fftype.ExecutionID, f fftype
 		e.holders.do(strconv.Itoa(shard), c, roundPlan[*holderCall]{
 			weight: func(*holderCall) int { return 1 },
 			max:    maxHolderRound,
-			serve:  func(ctx context.Context, calls []*holderCall) { e.serveHolders(ctx, shard, calls) },
+			serve: func(ctx context.Context, calls []*holderCall, _ func() []*holderCall) []*holderCall {
+				e.serveHolders(ctx, shard, calls)
+				return nil
+			},
 		})
 	} else {
 		c.alone = true

@@ -8,9 +8,10 @@ import (
 // Rounds: concurrent calls that can share one unit are served together. Calls queue by
 // a key; the first call of an idle queue leads a round that serves every call queued by
 // then, while calls that arrive meanwhile queue for the next round, which the first of
-// them leads. With no contention a round serves one call and costs what the call would
-// alone; under load one unit serves many calls. Claims (claimrounds.go) and the
-// operations of lease holders (holderrounds.go) are served this way.
+// them leads, unless the round admits them before its unit runs (claims do). With no
+// contention a round serves one call and costs what the call would alone; under load one
+// unit serves many calls. Claims (claimrounds.go) and the operations of lease holders
+// (holderrounds.go) are served this way.
 
 // roundCall is what the round machinery keeps of a call; call types embed it.
 type roundCall struct {
@@ -48,10 +49,16 @@ type roundQueue[C roundable] struct {
 // which holds at most max (a call heavier than max is served alone), and serve serves
 // the calls of one round, setting their results; ctx is the leader's, without its
 // cancellation, since the round serves others too.
+//
+// serve may call join, until it returns, to admit the calls that queued since the round
+// began (within max); a round that joins them from inside its unit serves calls that
+// would otherwise wait for the next round's unit, and so for the next commit. serve
+// returns the joined calls it did not serve: they go back to the front of the queue, since
+// the round decided what to do before they arrived.
 type roundPlan[C roundable] struct {
 	weight func(C) int
 	max    int
-	serve  func(ctx context.Context, calls []C)
+	serve  func(ctx context.Context, calls []C, join func() []C) (unserved []C)
 }
 
 // do queues c under key and returns once a round served it, leading rounds when it is
@@ -121,8 +128,43 @@ func indexOf[C comparable](calls []C, c C) int {
 // waiting, or marks q idle.
 func (r *rounds[C]) round(ctx context.Context, key string, q *roundQueue[C], plan roundPlan[C]) {
 	r.mu.Lock()
-	var calls []C
-	total := 0
+	calls, total := r.admit(q, nil, 0, plan)
+	r.mu.Unlock()
+
+	var unserved []C
+	if len(calls) > 0 {
+		join := func() []C {
+			r.mu.Lock()
+			defer r.mu.Unlock()
+			n := len(calls)
+			calls, total = r.admit(q, calls, total, plan)
+			return calls[n:]
+		}
+		unserved = plan.serve(context.WithoutCancel(ctx), calls, join)
+		for _, c := range calls {
+			if indexOf(unserved, c) < 0 {
+				close(c.base().done)
+			}
+		}
+	}
+
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	q.calls = append(unserved, q.calls...)
+	if len(q.calls) > 0 {
+		c := q.calls[0].base()
+		c.named = true
+		close(c.lead)
+		return
+	}
+	q.running = false
+	delete(r.queues, key)
+}
+
+// admit moves queued calls into a round holding calls of weight total, while they fit in
+// plan.max (the first call of a round always fits), and answers those whose ctx ended.
+// r.mu must be held.
+func (r *rounds[C]) admit(q *roundQueue[C], calls []C, total int, plan roundPlan[C]) ([]C, int) {
 	for len(q.calls) > 0 && (len(calls) == 0 || total+plan.weight(q.calls[0]) <= plan.max) {
 		c := q.calls[0]
 		q.calls = q.calls[1:]
@@ -134,23 +176,5 @@ func (r *rounds[C]) round(ctx context.Context, key string, q *roundQueue[C], pla
 		calls = append(calls, c)
 		total += plan.weight(c)
 	}
-	r.mu.Unlock()
-
-	if len(calls) > 0 {
-		plan.serve(context.WithoutCancel(ctx), calls)
-		for _, c := range calls {
-			close(c.base().done)
-		}
-	}
-
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if len(q.calls) > 0 {
-		c := q.calls[0].base()
-		c.named = true
-		close(c.lead)
-		return
-	}
-	q.running = false
-	delete(r.queues, key)
+	return calls, total
 }
