@@ -54,16 +54,25 @@ func (c *recordCache) get(k cacheKey) (value []byte, ok, hit bool) {
 	return bytes.Clone(e.value), true, true
 }
 
-// set records that k now holds value (ok) or nothing (!ok). A value too large to keep
-// drops the entry instead.
+// set records that k now holds a copy of value (ok) or nothing (!ok). A value too large
+// to keep drops the entry instead.
 func (c *recordCache) set(k cacheKey, value []byte, ok bool) {
+	if ok && len(value) <= cacheMaxValue {
+		value = bytes.Clone(value)
+	}
+	c.keep(k, value, ok)
+}
+
+// keep is set for a value nobody changes afterwards (one a unit put: the Tx contract
+// gives it to the store), so the cache holds it without a copy.
+func (c *recordCache) keep(k cacheKey, value []byte, ok bool) {
 	c.drop(k)
 	if len(value) > cacheMaxValue {
 		return
 	}
 	e := cacheEntry{ok: ok}
 	if ok {
-		e.value = bytes.Clone(value)
+		e.value = value
 		if e.value == nil {
 			e.value = []byte{}
 		}

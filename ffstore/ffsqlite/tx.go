@@ -182,7 +182,7 @@ func (t *writeTx) write(op, key string, value []byte, ok bool, st *wstmt, args .
 	t.s.cache.drop(k)
 	t.written = append(t.written, k)
 	if t.exec(op, st, args...) != nil {
-		t.s.cache.set(k, value, ok)
+		t.s.cache.keep(k, value, ok)
 	}
 }
 
