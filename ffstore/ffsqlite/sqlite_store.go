@@ -258,8 +258,8 @@ func (s *Store) setUp(ctx context.Context, busy string) (pageSize int64, err err
 		return 0, translate(err, "open")
 	}
 	defer conn.Close()
-	var mode string
-	if err := conn.QueryRowContext(ctx, "PRAGMA journal_mode = WAL").Scan(&mode); err != nil {
+	mode, err := s.setWAL(ctx, conn)
+	if err != nil {
 		return 0, translate(err, "set WAL mode")
 	}
 	if !strings.EqualFold(mode, "wal") {
@@ -273,6 +273,26 @@ func (s *Store) setUp(ctx context.Context, busy string) (pageSize int64, err err
 		return 0, err
 	}
 	return max(pageSize, 512), nil
+}
+
+// setWAL puts the file in WAL mode and returns the journal mode it is in. Switching
+// needs the file's exclusive lock, and SQLite answers BUSY at once, without its busy
+// handler, when waiting could deadlock with another connection switching at the same
+// moment (processes opening a new file together). So it tries again, within the busy
+// timeout.
+func (s *Store) setWAL(ctx context.Context, conn *sql.Conn) (mode string, err error) {
+	deadline := time.Now().Add(s.opts.BusyTimeout)
+	for wait := time.Millisecond; ; wait = min(2*wait, 50*time.Millisecond) {
+		err = conn.QueryRowContext(ctx, "PRAGMA journal_mode = WAL").Scan(&mode)
+		if code, ok := sqliteCode(err); !ok || code&0xff != sqliteBusy || time.Now().Add(wait).After(deadline) {
+			return mode, err
+		}
+		select {
+		case <-ctx.Done():
+			return "", ctx.Err()
+		case <-time.After(wait):
+		}
+	}
 }
 
 // closeHandles closes whatever open managed to open.
