@@ -267,7 +267,7 @@ func set(ids []fftype.ExecutionID) map[fftype.ExecutionID]bool {
 
 // TestEngineTwoProcesses has two processes claim and complete one file's executions
 // through the engine; one holds an extra lease it never finishes and is SIGKILLed
-// midway. The parent then lets the dead worker's leases expire (a fake clock an hour
+// midway, as the other starts. The parent then lets the dead worker's leases expire (a fake clock an hour
 // ahead) and finishes the rest. Every execution must be completed exactly once, every
 // completion a worker acknowledged must be in the file as that worker's, and the
 // executions the dead worker held must show a reclaim attempt.
@@ -298,14 +298,18 @@ func TestEngineTwoProcesses(t *testing.T) {
 	victim.awaitReady(t, va)
 	survivor.awaitReady(t, sa)
 	require.Len(t, va["H"], 1, "the victim holds one lease")
-	for _, h := range []*engineHelper{victim, survivor} {
-		_, err := io.WriteString(h.stdin, "go\n")
-		require.NoError(t, err)
-	}
 
-	// Kill the victim once it has acknowledged some completions, while both work.
+	// The victim works alone until it has acknowledged some completions, then the
+	// survivor starts and the victim is killed while its workers are mid-flight. (Working
+	// together from the start, the process holding the file's write lock can starve the
+	// other, whose busy handler sleeps between tries: the victim could end with no
+	// completions, or the survivor with all of them before the kill.)
+	_, err = io.WriteString(victim.stdin, "go\n")
+	require.NoError(t, err)
 	victim.readUntil(t, va, func() bool { return len(va["D"]) >= 100 })
 	require.Len(t, va["D"], 100, "the victim ran out of work before it could be killed")
+	_, err = io.WriteString(survivor.stdin, "go\n")
+	require.NoError(t, err)
 	require.NoError(t, victim.cmd.Process.Signal(syscall.SIGKILL))
 	require.True(t, isKilled(victim.finish(t, va)), "the victim should have been killed")
 	require.NoError(t, survivor.finish(t, sa), "survivor")
