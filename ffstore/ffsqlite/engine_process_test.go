@@ -267,10 +267,10 @@ func set(ids []fftype.ExecutionID) map[fftype.ExecutionID]bool {
 
 // TestEngineTwoProcesses has two processes claim and complete one file's executions
 // through the engine; one holds an extra lease it never finishes and is SIGKILLed
-// midway, as the other starts. The parent then lets the dead worker's leases expire (a fake clock an hour
-// ahead) and finishes the rest. Every execution must be completed exactly once, every
-// completion a worker acknowledged must be in the file as that worker's, and the
-// executions the dead worker held must show a reclaim attempt.
+// midway, as the other starts. The parent then lets the dead worker's leases expire (a
+// fake clock an hour ahead) and finishes the rest. Every execution must be completed
+// exactly once, every completion a worker acknowledged must be in the file as that
+// worker's, and the executions the dead worker held must show a reclaim attempt.
 func TestEngineTwoProcesses(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
