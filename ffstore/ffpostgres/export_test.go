@@ -1,7 +1,12 @@
 package ffpostgres
 
+import "context"
+
 // ChangeChannel returns the LISTEN/NOTIFY channel of s.
 func ChangeChannel(s *Store) string { return s.channel }
 
 // SetNotifyInTx makes units send pg_notify inside their own transaction.
 func SetNotifyInTx(o *Options, on bool) { o.notifyInTx = on }
+
+// Upkeep runs one round of s's table upkeep now.
+func Upkeep(ctx context.Context, s *Store) error { return s.upkeep(ctx) }

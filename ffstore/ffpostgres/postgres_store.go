@@ -79,6 +79,15 @@
 // reconnects after its connection drops and then wakes every reader, so readers catch up on
 // what they missed.
 //
+// # Upkeep
+//
+// Every two seconds one process (under an advisory lock) reads the store's table counters
+// and runs VACUUM or ANALYZE (with SKIP_LOCKED) on the tables that changed by more than
+// 1,000 rows plus a fifth of their size since they were last vacuumed or analyzed.
+// Autovacuum looks at a database about once a minute; until then a queue that grew from
+// empty is planned as if it were still empty, and claims ran several times slower.
+// Postgres skips, with a warning, the tables of a role that does not own them.
+//
 // # Other connections
 //
 // [Store.Now] reads the server clock on a connection of its own, because the engine reads
@@ -433,6 +442,7 @@ func newStore(ctx context.Context, pool *pgxpool.Pool, o Options, own bool) (*St
 	if !s.notifyInTx {
 		s.wg.Go(s.runNotifier)
 	}
+	s.wg.Go(s.runUpkeep)
 	return s, nil
 }
 

@@ -1,0 +1,142 @@
+package ffpostgres
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Upkeep: the store keeps the planner statistics and the visibility map of its own tables
+// current, beside autovacuum.
+//
+// Autovacuum looks at a database about once a minute. A queue that grows from empty
+// faster than that — a backlog submitted in bulk, a new store taking its first load — is
+// planned meanwhile as if it were empty: with no statistics, Postgres estimates that one
+// shard and one queue hold a handful of rows, scans a whole shard where it should look up
+// a few keys, and sorts a whole queue where it should read the head of its index. Until
+// the first vacuum, every read of a freshly inserted row also checks the inserting
+// transaction's status and dirties the page to remember it. On the drain benchmark this
+// made claims several times slower for the first half minute. So every upkeepEvery one
+// process at a time (under an advisory lock) reads the store's table counters and
+// vacuums or analyzes the tables that changed enough since autovacuum, or it, last did.
+const (
+	upkeepEvery = 2 * time.Second
+
+	// A table is vacuumed once the rows inserted or left dead since its last vacuum, and
+	// analyzed once the rows changed since its last analyze, exceed upkeepMinRows plus
+	// upkeepFraction of its size. The fraction matches autovacuum's defaults for vacuum;
+	// the floor spares the small, busy tables (the event counters, the queue directory)
+	// that Postgres prunes in place anyway.
+	upkeepMinRows  = 1000
+	upkeepFraction = 0.2
+)
+
+// tableCounters is what pg_stat_user_tables and pg_class say about one table.
+type tableCounters struct {
+	name                 string
+	rows                 float64 // reltuples: -1 before the first vacuum or analyze
+	modifiedSinceAnalyze int64
+	deadRows             int64
+	insertedSinceVacuum  int64
+}
+
+// upkeepCommand returns the maintenance command t needs, "" for none. Both take
+// SKIP_LOCKED, so that a table autovacuum (or another command) holds is left for later
+// rather than waited for.
+func upkeepCommand(t tableCounters) string {
+	limit := upkeepMinRows + upkeepFraction*max(t.rows, 0)
+	vacuum := float64(t.deadRows+t.insertedSinceVacuum) > limit
+	analyze := float64(t.modifiedSinceAnalyze) > limit
+	switch {
+	case vacuum && analyze:
+		return "VACUUM (SKIP_LOCKED, ANALYZE)"
+	case vacuum:
+		return "VACUUM (SKIP_LOCKED)"
+	case analyze:
+		return "ANALYZE (SKIP_LOCKED)"
+	}
+	return ""
+}
+
+// runUpkeep calls upkeep every upkeepEvery until Close.
+func (s *Store) runUpkeep() {
+	tick := time.NewTicker(upkeepEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-s.stopCtx.Done():
+			return
+		case <-tick.C:
+		}
+		if err := s.upkeep(s.stopCtx); err != nil && s.stopCtx.Err() == nil {
+			s.log.Debug("table upkeep", "error", err)
+		}
+	}
+}
+
+// upkeep vacuums and analyzes the store's tables that need it, unless another process
+// is doing so. A role that does not own the tables gets a warning from Postgres per
+// table and changes nothing.
+func (s *Store) upkeep(ctx context.Context) error {
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Release()
+	key := advisoryKey(s.schema, "upkeep")
+	var mine bool
+	if err := conn.QueryRow(ctx, "SELECT pg_try_advisory_lock($1)", key).Scan(&mine); err != nil || !mine {
+		return err
+	}
+	defer func() {
+		// Unlocked even when ctx ended, before the connection goes back to the pool.
+		unlockCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.ConnectTimeout)
+		defer cancel()
+		if _, err := conn.Exec(unlockCtx, "SELECT pg_advisory_unlock($1)", key); err != nil {
+			conn.Conn().PgConn().Close(unlockCtx) //nolint:errcheck // a closed session holds no lock
+		}
+	}()
+
+	rows, err := conn.Query(ctx, `SELECT s.relname, c.reltuples, s.n_mod_since_analyze, s.n_dead_tup, s.n_ins_since_vacuum
+		FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
+		WHERE s.schemaname = $1 ORDER BY s.relname`, s.schema)
+	if err != nil {
+		return err
+	}
+	tables, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (t tableCounters, err error) {
+		err = r.Scan(&t.name, &t.rows, &t.modifiedSinceAnalyze, &t.deadRows, &t.insertedSinceVacuum)
+		return t, err
+	})
+	if err != nil {
+		return err
+	}
+	var work []string
+	for _, t := range tables {
+		if cmd := upkeepCommand(t); cmd != "" {
+			work = append(work, cmd+" "+pgx.Identifier{s.schema, t.name}.Sanitize())
+		}
+	}
+	if len(work) == 0 {
+		return nil
+	}
+	// VACUUM runs outside any transaction, so alone and on the simple protocol; a large
+	// table may need longer than the store's statement timeout.
+	if _, err := conn.Exec(ctx, "SET statement_timeout = 0", pgx.QueryExecModeSimpleProtocol); err != nil {
+		return err
+	}
+	defer func() {
+		resetCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.ConnectTimeout)
+		defer cancel()
+		if _, err := conn.Exec(resetCtx, "RESET statement_timeout", pgx.QueryExecModeSimpleProtocol); err != nil {
+			conn.Conn().PgConn().Close(resetCtx) //nolint:errcheck // the pool drops a closed connection
+		}
+	}()
+	for _, sql := range work {
+		if _, err := conn.Exec(ctx, sql, pgx.QueryExecModeSimpleProtocol); err != nil {
+			return fmt.Errorf("%s: %w", sql, err)
+		}
+	}
+	return nil
+}
