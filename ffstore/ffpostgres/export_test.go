@@ -10,3 +10,6 @@ func SetNotifyInTx(o *Options, on bool) { o.notifyInTx = on }
 
 // Upkeep runs one round of s's table upkeep now.
 func Upkeep(ctx context.Context, s *Store) error { return s.upkeep(ctx) }
+
+// UpkeepLockKey is the advisory lock that elects the process doing s's upkeep.
+func UpkeepLockKey(s *Store) int64 { return upkeepLockKey(s.schema) }

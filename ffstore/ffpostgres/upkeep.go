@@ -60,6 +60,9 @@ func upkeepCommand(t tableCounters) string {
 	return ""
 }
 
+// upkeepLockKey is the advisory lock held by the process doing the upkeep of schema.
+func upkeepLockKey(schema string) int64 { return advisoryKey(schema, "upkeep") }
+
 // runUpkeep calls upkeep every upkeepEvery until Close.
 func (s *Store) runUpkeep() {
 	tick := time.NewTicker(upkeepEvery)
@@ -85,7 +88,7 @@ func (s *Store) upkeep(ctx context.Context) error {
 		return err
 	}
 	defer conn.Release()
-	key := advisoryKey(s.schema, "upkeep")
+	key := upkeepLockKey(s.schema)
 	var mine bool
 	if err := conn.QueryRow(ctx, "SELECT pg_try_advisory_lock($1)", key).Scan(&mine); err != nil || !mine {
 		return err
