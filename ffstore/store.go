@@ -106,6 +106,14 @@ type UnitMerger interface {
 	MergeUnits()
 }
 
+// PopFetcher is an optional ability of a unit's Tx: PopDueFetch is PopDue followed by a
+// Prefetch of the records "<kind>:<member>", for every member popped and each of kinds
+// (queue members are execution ids, and record keys follow the convention above), in
+// fewer round trips than the two calls take. The records are read as Prefetch reads them.
+type PopFetcher interface {
+	PopDueFetch(queue string, maxScore int64, n int, kinds ...string) ([]QueueItem, error)
+}
+
 // ReadTx is the read side of a unit.
 type ReadTx interface {
 	// Prefetch loads the given keys in one round trip, so that later Gets of them are

@@ -8,6 +8,7 @@ import (
 	"maps"
 	"math/rand/v2"
 	"slices"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -475,6 +476,76 @@ func exerciseVerbs(t *testing.T, newStore func(t *testing.T) ffstore.Store) {
 			return err
 		})
 		require.Empty(t, missing)
+	})
+
+	t.Run("PopDueFetch", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		const q = "ready"
+		var items []ffstore.QueueItem
+		for i := range 5 {
+			items = append(items, qi(fftype.NewExecutionID(b.first).String(), int64(i)))
+		}
+		x := func(i int) string { return "x:" + items[i].Member }
+		p := func(i int) string { return "p:" + items[i].Member }
+		mustUpdate(t, b.store, b.first, func(tx ffstore.Tx) error {
+			for i, it := range items {
+				tx.Put(x(i), []byte("x"+strconv.Itoa(i)))
+				if i != 1 {
+					tx.Put(p(i), []byte("p"+strconv.Itoa(i)))
+				}
+				tx.QueueAdd(q, it.Member, it.Score)
+			}
+			return nil
+		})
+
+		// Each pop is checked against what Get then reads; the first pop also lets a
+		// store learn what the next will take, and a write between the pops (to a record
+		// the next pop reads) must not be missed.
+		fetcher := true
+		pop := func(n int) (popped []ffstore.QueueItem, values map[string]string) {
+			t.Helper()
+			mustUpdate(t, b.store, b.first, func(tx ffstore.Tx) error {
+				pf, ok := tx.(ffstore.PopFetcher)
+				if fetcher = ok; !ok {
+					return nil
+				}
+				values = map[string]string{}
+				var err error
+				if popped, err = pf.PopDueFetch(q, ffstore.MaxScore, n, "x", "p"); err != nil {
+					return err
+				}
+				for _, it := range popped {
+					for _, k := range []string{"x:" + it.Member, "p:" + it.Member} {
+						v, ok, err := tx.Get(k)
+						if err != nil {
+							return err
+						}
+						if ok {
+							values[k] = string(v)
+						}
+					}
+				}
+				return nil
+			})
+			return popped, values
+		}
+		popped, values := pop(2)
+		if !fetcher {
+			t.Skip("the store's units do not implement ffstore.PopFetcher")
+		}
+		require.Equal(t, items[:2], popped)
+		require.Equal(t, map[string]string{x(0): "x0", p(0): "p0", x(1): "x1"}, values, "a missing record reads as missing")
+
+		mustUpdate(t, b.store, b.first, func(tx ffstore.Tx) error {
+			tx.Put(x(2), []byte("x2 changed"))
+			tx.QueueRemove(q, items[3].Member)
+			return nil
+		})
+		popped, values = pop(2)
+		require.Equal(t, []ffstore.QueueItem{items[2], items[4]}, popped)
+		require.Equal(t, map[string]string{x(2): "x2 changed", p(2): "p2", x(4): "x4", p(4): "p4"}, values)
+		require.Empty(t, queueItems(t, b.store, b.first, q))
 	})
 
 	t.Run("QueueAddReplacesScore", func(t *testing.T) {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/rueidis"
@@ -122,34 +123,15 @@ func (t *tx) Prefetch(keys ...string) error {
 	if t.done {
 		return errTxDone()
 	}
-	var need []string
-	seen := map[string]bool{}
-	for _, k := range keys {
-		if seen[k] {
-			continue
-		}
-		seen[k] = true
-		if _, ok := t.writes[k]; ok {
-			continue
-		}
-		if _, ok := t.reads[k]; ok {
-			continue
-		}
-		need = append(need, k)
+	if need := t.unread(keys); len(need) > 0 {
+		return t.fetch(need)
 	}
-	if len(need) == 0 {
-		return nil
-	}
-	return t.fetch(need)
+	return nil
 }
 
 // fetch reads records with the delete counter, in one MGET.
 func (t *tx) fetch(keys []string) error {
-	full := make([]string, 0, len(keys)+1)
-	full = append(full, t.k.del)
-	for _, k := range keys {
-		full = append(full, t.k.record(k))
-	}
+	full := t.mgetKeys(keys)
 	t.rts++
 	res, err := t.s.do(t.ctx, "read records", true, func() rueidis.Completed {
 		return t.s.client.B().Mget().Key(full...).Build()
@@ -157,8 +139,24 @@ func (t *tx) fetch(keys []string) error {
 	if err != nil {
 		return err
 	}
+	return t.absorb(keys, res, nil)
+}
+
+// mgetKeys returns the keys of an MGET of records: the delete counter, then theirs.
+func (t *tx) mgetKeys(keys []string) []string {
+	full := make([]string, 0, len(keys)+1)
+	full = append(full, t.k.del)
+	for _, k := range keys {
+		full = append(full, t.k.record(k))
+	}
+	return full
+}
+
+// absorb takes the reply of an MGET of mgetKeys(keys) into the unit's reads, those of
+// keys for which keep (if not nil) says so.
+func (t *tx) absorb(keys []string, res rueidis.RedisResult, keep func(key string) bool) error {
 	arr, err := res.ToArray()
-	if err == nil && len(arr) != len(full) {
+	if err == nil && len(arr) != len(keys)+1 {
 		err = errors.New("MGET returned the wrong number of values")
 	}
 	if err != nil {
@@ -174,6 +172,9 @@ func (t *tx) fetch(keys []string) error {
 		t.reads = make(map[string]*readEntry, len(keys))
 	}
 	for i, k := range keys {
+		if keep != nil && !keep(k) {
+			continue
+		}
 		m := &arr[i+1]
 		if m.IsNil() {
 			t.reads[k] = &readEntry{}
@@ -311,6 +312,14 @@ func (q *queueState) fromCache(after *ffstore.QueueItem, maxScore int64, n int) 
 // units are popping) and returns them. The commit takes them out of the queue; if the
 // unit does not commit they are released, or their marks lapse.
 func (t *tx) PopDue(queue string, maxScore int64, n int) ([]ffstore.QueueItem, error) {
+	return t.PopDueFetch(queue, maxScore, n)
+}
+
+// PopDueFetch implements [ffstore.PopFetcher]. The records of the members the store
+// expects the pop to return — the items the last pop of this queue in this process saw
+// after its own — are read in the same round trip as the pop; those of members it did
+// not expect, in one more. Expected members the pop did not return are forgotten.
+func (t *tx) PopDueFetch(queue string, maxScore int64, n int, kinds ...string) ([]ffstore.QueueItem, error) {
 	if t.done {
 		return nil, errTxDone()
 	}
@@ -319,12 +328,33 @@ func (t *tx) PopDue(queue string, maxScore int64, n int) ([]ffstore.QueueItem, e
 	}
 	q := t.queue(queue)
 	qk, mk := t.k.queue(queue), t.k.marks(queue)
-	upto := scoreBound(maxScore)
-	t.rts++
-	res, err := t.s.do(t.ctx, "pop queue items", false, func() rueidis.Completed {
+	look := strconv.Itoa(lookahead)
+	if len(kinds) > 0 {
+		look = strconv.Itoa(lookahead + n) // the next pop's guess
+	}
+	pop := func() rueidis.Completed {
 		return t.s.client.B().Fcall().Function(fnPop).Numkeys(2).Key(qk, mk).
-			Arg(upto, strconv.Itoa(n), t.token, t.s.popTTL, strconv.Itoa(lookahead)).Build()
-	})
+			Arg(scoreBound(maxScore), strconv.Itoa(n), t.token, t.s.popTTL, look).Build()
+	}
+	guessed := t.unread(recordKeys(t.s.expected.get(t.shard, queue, n), kinds))
+	t.rts++
+	var res, records rueidis.RedisResult
+	var err error
+	if len(guessed) > 0 {
+		both := t.s.client.DoMulti(t.ctx, pop(), t.s.client.B().Mget().Key(t.mgetKeys(guessed)...).Build())
+		res, records = both[0], both[1]
+		if perr := res.Error(); perr != nil {
+			switch classify(t.ctx, perr) {
+			case classRetry, classReload: // the pop did not run: try again as PopDue does
+				guessed = nil
+			default:
+				err = translate(perr, "pop queue items")
+			}
+		}
+	}
+	if len(guessed) == 0 && err == nil {
+		res, err = t.s.do(t.ctx, "pop queue items", false, pop)
+	}
 	if err != nil {
 		t.popFailed = append(t.popFailed, queue)
 		return nil, err
@@ -348,6 +378,7 @@ func (t *tx) PopDue(queue string, maxScore int64, n int) ([]ffstore.QueueItem, e
 		return nil, translate(err, "pop queue items")
 	}
 	out := make([]ffstore.QueueItem, 0, len(popped))
+	members := make(map[string]bool, len(popped))
 	for _, enc := range popped {
 		it, err := t.decode(queue, enc)
 		if err != nil {
@@ -355,6 +386,7 @@ func (t *tx) PopDue(queue string, maxScore int64, n int) ([]ffstore.QueueItem, e
 		}
 		q.pops = append(q.pops, enc)
 		out = append(out, it)
+		members[it.Member] = true
 	}
 	q.ahead = q.ahead[:0]
 	for _, enc := range ahead {
@@ -365,7 +397,61 @@ func (t *tx) PopDue(queue string, maxScore int64, n int) ([]ffstore.QueueItem, e
 		q.ahead = append(q.ahead, cachedItem{item: it, enc: enc})
 	}
 	q.aheadOK, q.aheadDone = true, done == 1
+	if len(kinds) == 0 {
+		return out, nil
+	}
+	t.s.expected.set(t.shard, queue, q.ahead)
+	if len(guessed) > 0 {
+		// Only the records of members popped count as read (and are checked at commit).
+		wasPopped := func(key string) bool {
+			_, member, _ := strings.Cut(key, ":")
+			return members[member]
+		}
+		if err := t.absorb(guessed, records, wasPopped); err != nil {
+			return nil, err
+		}
+	}
+	names := make([]string, 0, len(out))
+	for _, it := range out {
+		names = append(names, it.Member)
+	}
+	if rest := t.unread(recordKeys(names, kinds)); len(rest) > 0 {
+		if err := t.fetch(rest); err != nil {
+			return nil, err
+		}
+	}
 	return out, nil
+}
+
+// recordKeys returns the keys "<kind>:<member>" of members, for each of kinds.
+func recordKeys(members, kinds []string) []string {
+	keys := make([]string, 0, len(members)*len(kinds))
+	for _, m := range members {
+		for _, kind := range kinds {
+			keys = append(keys, kind+":"+m)
+		}
+	}
+	return keys
+}
+
+// unread returns the keys, once each, that the unit has neither read nor written.
+func (t *tx) unread(keys []string) []string {
+	var out []string
+	seen := make(map[string]bool, len(keys))
+	for _, k := range keys {
+		if seen[k] {
+			continue
+		}
+		seen[k] = true
+		if _, ok := t.reads[k]; ok {
+			continue
+		}
+		if _, ok := t.writes[k]; ok {
+			continue
+		}
+		out = append(out, k)
+	}
+	return out
 }
 
 // Put buffers a write of key.
@@ -776,8 +862,9 @@ func (s *Store) View(ctx context.Context, shard int, fn func(tx ffstore.ReadTx) 
 type readTx struct{ t *tx }
 
 var (
-	_ ffstore.Tx     = (*tx)(nil)
-	_ ffstore.ReadTx = readTx{}
+	_ ffstore.Tx         = (*tx)(nil)
+	_ ffstore.PopFetcher = (*tx)(nil)
+	_ ffstore.ReadTx     = readTx{}
 )
 
 // Prefetch is [tx.Prefetch].

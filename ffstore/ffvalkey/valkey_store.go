@@ -162,6 +162,7 @@ type Store struct {
 	conflicts ffstore.ConflictCounter // injected conflicts still to deliver
 	changes   ffstore.Notifier
 	heads     headsCache
+	expected  expectations
 
 	subOnce   sync.Once
 	subCancel context.CancelFunc

@@ -274,16 +274,8 @@ func takeFrom[T any](ctx context.Context, e *Engine, c *candidate, base int, alo
 			want = count - base
 		}
 		more := count-base > want
-		items, err := tx.PopDue(c.queue, maxScore, want)
+		items, err := popDue(tx, c.queue, maxScore, want, kindExec, kindPayload)
 		if err != nil {
-			return err
-		}
-		keys := make([]string, 0, 2*len(items))
-		for _, it := range items {
-			id := fftype.ExecutionID(it.Member)
-			keys = append(keys, execKey(id), payloadKey(id))
-		}
-		if err := tx.Prefetch(keys...); err != nil {
 			return err
 		}
 		for _, it := range items {
@@ -321,6 +313,25 @@ func takeFrom[T any](ctx context.Context, e *Engine, c *candidate, base int, alo
 	}
 	e.notifyTimers()
 	return got, next, nil
+}
+
+// popDue pops up to n due executions of queue and prefetches their records of the given
+// kinds, in one round trip where the store can (ffstore.PopFetcher).
+func popDue(tx ffstore.Tx, queue string, maxScore int64, n int, kinds ...string) ([]ffstore.QueueItem, error) {
+	if pf, ok := tx.(ffstore.PopFetcher); ok {
+		return pf.PopDueFetch(queue, maxScore, n, kinds...)
+	}
+	items, err := tx.PopDue(queue, maxScore, n)
+	if err != nil || len(items) == 0 {
+		return items, err
+	}
+	keys := make([]string, 0, len(kinds)*len(items))
+	for _, it := range items {
+		for _, k := range kinds {
+			keys = append(keys, k+":"+it.Member)
+		}
+	}
+	return items, tx.Prefetch(keys...)
 }
 
 // acquire gives w a lease on the runnable execution x: a new attempt, or the paused

@@ -8,11 +8,17 @@ import (
 	"github.com/flowfabric/flowfabric/fftype"
 )
 
+// Kinds of the records of one execution that a claim reads right after popping it.
+const (
+	kindExec    = "x"
+	kindPayload = "p"
+)
+
 // Record keys. Keys of one execution follow ffstore's convention "<kind>:<id>[/<suffix>]";
 // shard-local keys put a '~' after the colon so that no name in them can be mistaken for
 // an execution id.
-func execKey(id fftype.ExecutionID) string    { return "x:" + string(id) }
-func payloadKey(id fftype.ExecutionID) string { return "p:" + string(id) }
+func execKey(id fftype.ExecutionID) string    { return kindExec + ":" + string(id) }
+func payloadKey(id fftype.ExecutionID) string { return kindPayload + ":" + string(id) }
 func resultKey(id fftype.ExecutionID) string  { return "r:" + string(id) }
 func attemptKey(id fftype.ExecutionID, index int) string {
 	return "a:" + string(id) + "/" + strconv.Itoa(index)
