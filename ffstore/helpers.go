@@ -26,6 +26,18 @@ func DisjointPrefixes(prefixes []string) []string {
 	return out
 }
 
+// MemberRecordKeys returns the record keys "<kind>:<member>" of members, for each of kinds,
+// in that order: the keys PopFetcher.PopDueFetch reads.
+func MemberRecordKeys(members []string, kinds []string) []string {
+	keys := make([]string, 0, len(members)*len(kinds))
+	for _, m := range members {
+		for _, kind := range kinds {
+			keys = append(keys, kind+":"+m)
+		}
+	}
+	return keys
+}
+
 // CursorExpired returns the error ReadEvents gives when events after `after` on shard were
 // trimmed (the shard's trim point is trimmed).
 func CursorExpired(shard int, after, trimmed uint64) error {

@@ -22,3 +22,9 @@ func TestCursorExpired(t *testing.T) {
 	t.Parallel()
 	require.ErrorIs(t, CursorExpired(1, 2, 3), fftype.ErrCursorExpired)
 }
+
+func TestMemberRecordKeys(t *testing.T) {
+	t.Parallel()
+	require.Equal(t, []string{"x:a", "p:a", "x:b", "p:b"}, MemberRecordKeys([]string{"a", "b"}, []string{"x", "p"}))
+	require.Empty(t, MemberRecordKeys([]string{"a"}, nil))
+}

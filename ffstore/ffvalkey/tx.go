@@ -336,7 +336,7 @@ func (t *tx) PopDueFetch(queue string, maxScore int64, n int, kinds ...string) (
 		return t.s.client.B().Fcall().Function(fnPop).Numkeys(2).Key(qk, mk).
 			Arg(scoreBound(maxScore), strconv.Itoa(n), t.token, t.s.popTTL, look).Build()
 	}
-	guessed := t.unread(recordKeys(t.s.expected.get(t.shard, queue, n), kinds))
+	guessed := t.unread(ffstore.MemberRecordKeys(t.s.expected.get(t.shard, queue, n), kinds))
 	t.rts++
 	var res, records rueidis.RedisResult
 	var err error
@@ -401,7 +401,7 @@ func (t *tx) PopDueFetch(queue string, maxScore int64, n int, kinds ...string) (
 		return out, nil
 	}
 	t.s.expected.set(t.shard, queue, q.ahead)
-	if len(guessed) > 0 {
+	if len(guessed) > 0 && records.Error() == nil { // else they are read below
 		// Only the records of members popped count as read (and are checked at commit).
 		wasPopped := func(key string) bool {
 			_, member, _ := strings.Cut(key, ":")
@@ -415,23 +415,12 @@ func (t *tx) PopDueFetch(queue string, maxScore int64, n int, kinds ...string) (
 	for _, it := range out {
 		names = append(names, it.Member)
 	}
-	if rest := t.unread(recordKeys(names, kinds)); len(rest) > 0 {
+	if rest := t.unread(ffstore.MemberRecordKeys(names, kinds)); len(rest) > 0 {
 		if err := t.fetch(rest); err != nil {
 			return nil, err
 		}
 	}
 	return out, nil
-}
-
-// recordKeys returns the keys "<kind>:<member>" of members, for each of kinds.
-func recordKeys(members, kinds []string) []string {
-	keys := make([]string, 0, len(members)*len(kinds))
-	for _, m := range members {
-		for _, kind := range kinds {
-			keys = append(keys, kind+":"+m)
-		}
-	}
-	return keys
 }
 
 // unread returns the keys, once each, that the unit has neither read nor written.

@@ -325,13 +325,11 @@ func popDue(tx ffstore.Tx, queue string, maxScore int64, n int, kinds ...string)
 	if err != nil || len(items) == 0 {
 		return items, err
 	}
-	keys := make([]string, 0, len(kinds)*len(items))
-	for _, it := range items {
-		for _, k := range kinds {
-			keys = append(keys, k+":"+it.Member)
-		}
+	members := make([]string, len(items))
+	for i, it := range items {
+		members[i] = it.Member
 	}
-	return items, tx.Prefetch(keys...)
+	return items, tx.Prefetch(ffstore.MemberRecordKeys(members, kinds)...)
 }
 
 // acquire gives w a lease on the runnable execution x: a new attempt, or the paused
