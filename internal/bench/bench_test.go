@@ -85,6 +85,21 @@ func TestSteady(t *testing.T) {
 	}
 	_, err := Steady(t.Context(), newClient(t), SteadyConfig{Rate: 10, Depth: 10, Duration: time.Second, Workers: 1})
 	require.ErrorContains(t, err, "either rate > 0 or depth > 0")
+
+	// Claim latency is also reported window by window.
+	res, err := Steady(t.Context(), newClient(t), SteadyConfig{Rate: 500, Duration: 400 * time.Millisecond, Window: 100 * time.Millisecond, Workers: 2})
+	require.NoError(t, err)
+	require.Len(t, res.ClaimByWindow, 4)
+	n := 0
+	for _, l := range res.ClaimByWindow {
+		require.Positive(t, l.N, "every window had claims")
+		require.LessOrEqual(t, l.P99, res.Claim.Max)
+		n += l.N
+	}
+	require.Equal(t, res.Claim.N, n, "the windows share out the run's claims")
+	rec := SteadyRecord(SteadyConfig{Rate: 500, Duration: 400 * time.Millisecond, Window: 100 * time.Millisecond}, res)
+	require.Equal(t, res.ClaimByWindow, rec.LatencyByWindowMS)
+	require.InDelta(t, 0.1, rec.Config.WindowSec, 1e-9)
 }
 
 // TestSteadyState runs a small steady-state: 40 seeded tasks of 0.5 s on 4 slots, whose

@@ -50,6 +50,9 @@ type Record struct {
 	// Backlog is how many executions were created and not completed when the producer
 	// stopped (steady-rate, steady-depth).
 	Backlog *int `json:"backlog_at_end,omitempty"`
+	// LatencyByWindowMS is latency_ms for each whole window (config window_seconds) of a
+	// steady-rate or steady-depth run at least two windows long.
+	LatencyByWindowMS []Latency `json:"latency_ms_by_window,omitempty"`
 
 	// Steady-state.
 	ThroughputWholeRunPerSec float64 `json:"throughput_whole_run_per_sec,omitempty"`
@@ -123,8 +126,9 @@ func MedianRecord(rs []Record) Record {
 }
 
 // medianOf returns the median of values of one type: numbers are medians, structs and
-// pointers to them are taken field by field, and anything else (strings, times, the
-// identity and config structs) is the first value.
+// pointers to them are taken field by field, slices of one length element by element, and
+// anything else (strings, times, the identity and config structs, slices of different
+// lengths) is the first value.
 func medianOf(vs []reflect.Value) reflect.Value {
 	first := vs[0]
 	switch first.Kind() {
@@ -154,6 +158,22 @@ func medianOf(vs []reflect.Value) reflect.Value {
 		}
 		out := reflect.New(first.Type().Elem())
 		out.Elem().Set(medianOf(elems))
+		return out
+	case reflect.Slice:
+		// Element by element, when every record has as many.
+		for _, v := range vs {
+			if v.Len() != first.Len() {
+				return first
+			}
+		}
+		out := reflect.MakeSlice(first.Type(), first.Len(), first.Len())
+		elems := make([]reflect.Value, len(vs))
+		for j := range first.Len() {
+			for i, v := range vs {
+				elems[i] = v.Index(j)
+			}
+			out.Index(j).Set(medianOf(elems))
+		}
 		return out
 	case reflect.Struct:
 		switch first.Interface().(type) {
@@ -203,14 +223,15 @@ func SteadyRecord(cfg SteadyConfig, r *SteadyResult) Record {
 	return Record{
 		Scenario: scenario,
 		Config: Config{Workers: cfg.Workers, PayloadBytes: cfg.PayloadBytes, ClaimCount: 1, Pipeline: cfg.Pipeline, RatePerSec: cfg.Rate, Depth: cfg.Depth,
-			DurationSec: cfg.Duration.Seconds()},
-		ThroughputPerSec: r.PerSec,
-		LatencyMS:        r.Claim,
-		Count:            r.Completed,
-		Errors:           r.Errors,
-		CreateCompleteMS: &r.CreateComplete,
-		Created:          r.Created,
-		Backlog:          &backlog,
+			DurationSec: cfg.Duration.Seconds(), WindowSec: cfg.Window.Seconds()},
+		ThroughputPerSec:  r.PerSec,
+		LatencyMS:         r.Claim,
+		Count:             r.Completed,
+		Errors:            r.Errors,
+		CreateCompleteMS:  &r.CreateComplete,
+		Created:           r.Created,
+		Backlog:           &backlog,
+		LatencyByWindowMS: r.ClaimByWindow,
 	}
 }
 

@@ -32,6 +32,23 @@ func Summarize(samples []time.Duration) Latency {
 	}
 }
 
+// ByWindow summarizes samples taken at the offsets at (at[i] is when samples[i] was
+// taken, from the start of the run) in n consecutive windows of length window: the i-th
+// Latency covers [i×window, (i+1)×window). Samples outside the n windows are left out.
+func ByWindow(at, samples []time.Duration, window time.Duration, n int) []Latency {
+	buckets := make([][]time.Duration, n)
+	for i, t := range at {
+		if w := int(t / window); t >= 0 && w < n {
+			buckets[w] = append(buckets[w], samples[i])
+		}
+	}
+	out := make([]Latency, n)
+	for i, b := range buckets {
+		out[i] = Summarize(b)
+	}
+	return out
+}
+
 // NearestRank returns the p-th percentile (0 < p ≤ 100) of sorted, which must not be
 // empty: the smallest sample such that at least p percent of the samples are at most it.
 func NearestRank(sorted []time.Duration, p float64) time.Duration {

@@ -65,6 +65,18 @@ func TestMedianRecord(t *testing.T) {
 	require.Equal(t, 2.0, m.Seed.Seconds)
 	require.Equal(t, 2.0, m.ClaimMS.P50)
 	require.Nil(t, m.CompleteMS)
+
+	windows := func(p99s ...float64) Record {
+		r := Record{}
+		for _, p := range p99s {
+			r.LatencyByWindowMS = append(r.LatencyByWindowMS, Latency{P99: p})
+		}
+		return r
+	}
+	m = MedianRecord([]Record{windows(1, 9), windows(3, 7), windows(2, 8)})
+	require.Equal(t, []Latency{{P99: 2}, {P99: 8}}, m.LatencyByWindowMS, "window by window")
+	m = MedianRecord([]Record{windows(1, 9), windows(3)})
+	require.Equal(t, []Latency{{P99: 1}, {P99: 9}}, m.LatencyByWindowMS, "runs with different windows: the first")
 }
 
 func TestPayload(t *testing.T) {
@@ -112,4 +124,19 @@ func TestMedianRecordSteadyState(t *testing.T) {
 	require.Equal(t, 5, m.Deadlines.Expired)
 	require.Nil(t, m.Seed)
 	require.Equal(t, 5.0, *rs[0].MissedDeadlinePct, "the inputs are not changed")
+}
+
+func TestByWindow(t *testing.T) {
+	t.Parallel()
+	ms := func(n int) time.Duration { return time.Duration(n) * time.Millisecond }
+	at := []time.Duration{ms(5), ms(15), ms(12), ms(31), ms(-1), ms(40)}
+	samples := []time.Duration{ms(1), ms(2), ms(3), ms(4), ms(5), ms(6)}
+	got := ByWindow(at, samples, ms(10), 4)
+	require.Len(t, got, 4)
+	require.Equal(t, 1, got[0].N)
+	require.Equal(t, 2, got[1].N)
+	require.InDelta(t, 3.0, got[1].P99, 1e-9)
+	require.Zero(t, got[2].N, "an empty window")
+	require.Equal(t, 1, got[3].N, "samples outside the windows are left out")
+	require.InDelta(t, 4.0, got[3].P99, 1e-9)
 }

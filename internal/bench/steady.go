@@ -34,6 +34,8 @@ type SteadyConfig struct {
 	Pipeline bool
 	// Lane is the lane to use; "" means "bench".
 	Lane string
+	// Window is the length of the windows ClaimByWindow summarizes; 0 means a minute.
+	Window time.Duration
 	// Progress, if set, receives the run's progress (phase "run", in seconds).
 	Progress ProgressFunc
 }
@@ -46,6 +48,10 @@ type SteadyResult struct {
 	PerSec    float64 // Completed / Duration
 	// Claim is the duration of Claim calls in the window that returned a lease.
 	Claim Latency
+	// ClaimByWindow is Claim for each whole Window of the run, in order (none when the
+	// run is shorter than two windows): a claim latency that creeps up as the store ages
+	// shows here.
+	ClaimByWindow []Latency
 	// CreateComplete is, per execution completed in the window, from just before the
 	// create call that made it until Complete returned.
 	CreateComplete Latency
@@ -59,18 +65,20 @@ type SteadyResult struct {
 // Steady runs the producer and workers for cfg.Duration, lets the workers finish the
 // backlog, and checks that every created execution was completed exactly once.
 func Steady(ctx context.Context, c Client, cfg SteadyConfig) (*SteadyResult, error) {
-	if (cfg.Rate > 0) == (cfg.Depth > 0) || cfg.Rate < 0 || cfg.Depth < 0 || cfg.Duration <= 0 || cfg.Workers < 1 || cfg.PayloadBytes < 0 {
-		return nil, fmt.Errorf("bench: steady needs either rate > 0 or depth > 0, and duration > 0, workers ≥ 1 and payload ≥ 0")
+	if (cfg.Rate > 0) == (cfg.Depth > 0) || cfg.Rate < 0 || cfg.Depth < 0 || cfg.Duration <= 0 || cfg.Workers < 1 || cfg.PayloadBytes < 0 || cfg.Window < 0 {
+		return nil, fmt.Errorf("bench: steady needs either rate > 0 or depth > 0, and duration > 0, workers ≥ 1, payload ≥ 0 and window ≥ 0")
 	}
 	if cfg.Lane == "" {
 		cfg.Lane = "bench"
 	}
+	if cfg.Window == 0 {
+		cfg.Window = time.Minute
+	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 
-	st := &steadyState{wake: newBroadcast()}
 	start := time.Now()
-	st.windowEnd = start.Add(cfg.Duration)
+	st := &steadyState{wake: newBroadcast(), start: start, windowEnd: start.Add(cfg.Duration)}
 	ws := make([]*steadyWorker, cfg.Workers)
 	var wg sync.WaitGroup
 	for w := range ws {
@@ -105,12 +113,16 @@ func Steady(ctx context.Context, c Client, cfg SteadyConfig) (*SteadyResult, err
 		Errors:    int(st.errs.Load()),
 	}
 	res.PerSec = float64(res.Completed) / cfg.Duration.Seconds()
-	var cl, cc []time.Duration
+	var cl, clAt, cc []time.Duration
 	var done []flowfabric.ExecutionID
 	for _, w := range ws {
 		cl = append(cl, w.claim...)
+		clAt = append(clAt, w.claimAt...)
 		cc = append(cc, w.createComplete...)
 		done = append(done, w.done...)
+	}
+	if windows := int(cfg.Duration / cfg.Window); windows >= 2 {
+		res.ClaimByWindow = ByWindow(clAt, cl, cfg.Window, windows)
 	}
 	res.Claim, res.CreateComplete = Summarize(cl), Summarize(cc)
 	if err := Verify(ctx, c, cfg.Lane, created, done); err != nil {
@@ -120,7 +132,7 @@ func Steady(ctx context.Context, c Client, cfg SteadyConfig) (*SteadyResult, err
 }
 
 type steadyState struct {
-	windowEnd         time.Time
+	start, windowEnd  time.Time
 	wake              *broadcast
 	createdN          atomic.Int64 // executions created so far
 	producerDone      atomic.Bool  // set after createdN has its final value
@@ -132,6 +144,7 @@ type steadyState struct {
 
 type steadyWorker struct {
 	claim, createComplete []time.Duration
+	claimAt               []time.Duration // when each claim returned, from the start
 	done                  []flowfabric.ExecutionID
 }
 
@@ -218,6 +231,7 @@ func (st *steadyState) work(ctx context.Context, c Client, cfg SteadyConfig, w i
 		st.claimed.Add(int64(len(leases)))
 		if t1.Before(st.windowEnd) {
 			s.claim = append(s.claim, t1.Sub(t0))
+			s.claimAt = append(s.claimAt, t1.Sub(st.start))
 		}
 		for _, l := range leases {
 			err := completions.do(cfg.Pipeline, func() error {

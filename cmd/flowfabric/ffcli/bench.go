@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"runtime/pprof"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -85,7 +86,7 @@ func benchCommand(ctx context.Context, args []string, out io.Writer) error {
 	fs.DurationVar(&f.deadline, "deadline", time.Minute, "steady-state: each execution's deadline, from its creation")
 	fs.DurationVar(&f.leaseTTL, "lease-ttl", 6*time.Second, "steady-state: the workers' lease TTL (the SDK renews every third of it)")
 	fs.DurationVar(&f.taskTime, "task-time", 3*time.Second, "steady-state: how long each task takes")
-	fs.DurationVar(&f.window, "window", time.Minute, "steady-state: the end of the run steady throughput is measured over")
+	fs.DurationVar(&f.window, "window", time.Minute, "steady-state: the end of the run steady throughput is measured over; steady-rate and steady-depth: the windows Claim p99 is reported for, one after another, to show whether it creeps")
 	fs.BoolVar(&f.pipeline, "pipeline", true, "drain, burn-down, steady-rate and steady-depth: each worker claims its next execution while its last completion is in flight (at most one); -pipeline=false waits for each completion first")
 	fs.StringVar(&f.cpuProfile, "cpuprofile", "", "write a CPU profile of the first run's drain to this file (drain, burn-down)")
 	fs.StringVar(&f.transport, "transport", "inproc", "how workers reach the engine: inproc (the Go API) or http (an HTTP API server on loopback in front of the store, workers using the Go HTTP client)")
@@ -292,7 +293,7 @@ func completions(pipeline bool) string {
 // steady is steady-rate (cfg.Rate set) or steady-depth (cfg.Depth set).
 func (b *benchRun) steady(cfg bench.SteadyConfig) scenarioRun {
 	f := b.f
-	cfg.Duration, cfg.Workers, cfg.PayloadBytes, cfg.Pipeline = f.duration, f.workers, f.payload, f.pipeline
+	cfg.Duration, cfg.Workers, cfg.PayloadBytes, cfg.Pipeline, cfg.Window = f.duration, f.workers, f.payload, f.pipeline, f.window
 	producer := fmt.Sprintf("%s: a producer creates %.0f executions/s", bench.ScenarioSteadyRate, cfg.Rate)
 	if cfg.Depth > 0 {
 		producer = fmt.Sprintf("%s: a producer keeps %d executions waiting", bench.ScenarioSteadyDepth, cfg.Depth)
@@ -300,11 +301,19 @@ func (b *benchRun) steady(cfg bench.SteadyConfig) scenarioRun {
 	return scenarioRun{
 		title: fmt.Sprintf("%s (%d-byte payload) for %s while %d %s workers claim 1 at a time, %s",
 			producer, f.payload, f.duration, f.workers, b.workerKind(), completions(f.pipeline)),
-		cols: []string{"created", "completed/s", "claim p50 ms", "claim p95 ms", "claim p99 ms", "create→complete p50/p99 ms", "backlog at end", "errors"},
+		cols: []string{"created", "completed/s", "claim p50 ms", "claim p95 ms", "claim p99 ms", "create→complete p50/p99 ms", "backlog at end", "errors", "claim p99 ms per window"},
 		row: func(r bench.Record) string {
-			return fmt.Sprintf("%d\t%.0f\t%.2f\t%.2f\t%.2f\t%.2f/%.2f\t%d\t%d\t",
+			byMinute := "-"
+			if len(r.LatencyByWindowMS) > 0 {
+				ps := make([]string, len(r.LatencyByWindowMS))
+				for i, l := range r.LatencyByWindowMS {
+					ps[i] = fmt.Sprintf("%.1f", l.P99)
+				}
+				byMinute = strings.Join(ps, " ")
+			}
+			return fmt.Sprintf("%d\t%.0f\t%.2f\t%.2f\t%.2f\t%.2f/%.2f\t%d\t%d\t%s\t",
 				r.Created, r.ThroughputPerSec, r.LatencyMS.P50, r.LatencyMS.P95, r.LatencyMS.P99,
-				r.CreateCompleteMS.P50, r.CreateCompleteMS.P99, *r.Backlog, r.Errors)
+				r.CreateCompleteMS.P50, r.CreateCompleteMS.P99, *r.Backlog, r.Errors, byMinute)
 		},
 		run: func(ctx context.Context, c bench.Backend, _ int, progress bench.ProgressFunc) (bench.Record, error) {
 			cfg := cfg
