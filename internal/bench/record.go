@@ -167,13 +167,7 @@ func medianOf(vs []reflect.Value) reflect.Value {
 			}
 		}
 		out := reflect.MakeSlice(first.Type(), first.Len(), first.Len())
-		elems := make([]reflect.Value, len(vs))
-		for j := range first.Len() {
-			for i, v := range vs {
-				elems[i] = v.Index(j)
-			}
-			out.Index(j).Set(medianOf(elems))
-		}
+		medianParts(vs, first.Len(), reflect.Value.Index, out.Index)
 		return out
 	case reflect.Struct:
 		switch first.Interface().(type) {
@@ -181,16 +175,22 @@ func medianOf(vs []reflect.Value) reflect.Value {
 			return first
 		}
 		out := reflect.New(first.Type()).Elem()
-		fields := make([]reflect.Value, len(vs))
-		for f := range first.NumField() {
-			for i, v := range vs {
-				fields[i] = v.Field(f)
-			}
-			out.Field(f).Set(medianOf(fields))
-		}
+		medianParts(vs, first.NumField(), reflect.Value.Field, out.Field)
 		return out
 	default:
 		return first
+	}
+}
+
+// medianParts sets each of the n parts (fields or elements) of a value, which out returns
+// by index, to the median of that part of vs, which part returns.
+func medianParts(vs []reflect.Value, n int, part func(reflect.Value, int) reflect.Value, out func(int) reflect.Value) {
+	parts := make([]reflect.Value, len(vs))
+	for k := range n {
+		for i, v := range vs {
+			parts[i] = part(v, k)
+		}
+		out(k).Set(medianOf(parts))
 	}
 }
 
