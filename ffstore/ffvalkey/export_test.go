@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/redis/rueidis"
+
+	"github.com/flowfabric/flowfabric/ffstore"
 )
 
 // Client returns the store's client, for tests that look at the server directly.
@@ -78,3 +80,7 @@ func HintMembers(ctx context.Context, s *Store) ([]string, error) {
 func DropHint(ctx context.Context, s *Store, shard int, queue string) error {
 	return s.client.Do(ctx, s.client.B().Zrem().Key(hintKey(s.prefix)).Member(hintMember(queue, shard)).Build()).Error()
 }
+
+// ReadRoundTrips returns how many round trips tx, a unit of an ffvalkey store, made to
+// read.
+func ReadRoundTrips(u ffstore.Tx) int { return u.(*tx).rts }

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/redis/rueidis"
@@ -347,6 +346,7 @@ func (t *tx) PopDueFetch(queue string, maxScore int64, n int, kinds ...string) (
 			switch classify(t.ctx, perr) {
 			case classRetry, classReload: // the pop did not run: try again as PopDue does
 				guessed = nil
+				t.rts++
 			default:
 				err = translate(perr, "pop queue items")
 			}
@@ -378,7 +378,7 @@ func (t *tx) PopDueFetch(queue string, maxScore int64, n int, kinds ...string) (
 		return nil, translate(err, "pop queue items")
 	}
 	out := make([]ffstore.QueueItem, 0, len(popped))
-	members := make(map[string]bool, len(popped))
+	members := make([]string, 0, len(popped))
 	for _, enc := range popped {
 		it, err := t.decode(queue, enc)
 		if err != nil {
@@ -386,7 +386,7 @@ func (t *tx) PopDueFetch(queue string, maxScore int64, n int, kinds ...string) (
 		}
 		q.pops = append(q.pops, enc)
 		out = append(out, it)
-		members[it.Member] = true
+		members = append(members, it.Member)
 	}
 	q.ahead = q.ahead[:0]
 	for _, enc := range ahead {
@@ -401,22 +401,20 @@ func (t *tx) PopDueFetch(queue string, maxScore int64, n int, kinds ...string) (
 		return out, nil
 	}
 	t.s.expected.set(t.shard, queue, q.ahead)
+	need := t.unread(ffstore.MemberRecordKeys(members, kinds))
 	if len(guessed) > 0 && records.Error() == nil { // else they are read below
 		// Only the records of members popped count as read (and are checked at commit).
-		wasPopped := func(key string) bool {
-			_, member, _ := strings.Cut(key, ":")
-			return members[member]
+		popped := make(map[string]bool, len(need))
+		for _, k := range need {
+			popped[k] = true
 		}
-		if err := t.absorb(guessed, records, wasPopped); err != nil {
+		if err := t.absorb(guessed, records, func(key string) bool { return popped[key] }); err != nil {
 			return nil, err
 		}
+		need = t.unread(need)
 	}
-	names := make([]string, 0, len(out))
-	for _, it := range out {
-		names = append(names, it.Member)
-	}
-	if rest := t.unread(ffstore.MemberRecordKeys(names, kinds)); len(rest) > 0 {
-		if err := t.fetch(rest); err != nil {
+	if len(need) > 0 {
+		if err := t.fetch(need); err != nil {
 			return nil, err
 		}
 	}

@@ -1,0 +1,82 @@
+package ffvalkey_test
+
+import (
+	"strconv"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/flowfabric/flowfabric/ffstore"
+	"github.com/flowfabric/flowfabric/ffstore/ffvalkey"
+	"github.com/flowfabric/flowfabric/fftype"
+	"github.com/flowfabric/flowfabric/internal/testdb"
+)
+
+// TestPopDueFetchGuesses checks that a pop reads the records of the members the last pop
+// of its queue saw next in its own round trip, and still reads the right records, in one
+// more round trip, when the guess was wrong.
+func TestPopDueFetchGuesses(t *testing.T) {
+	t.Parallel()
+	onServerAndCluster(t, func(t *testing.T, url string) {
+		s := openStore(t, url, &ffvalkey.Options{KeyPrefix: testdb.RedisPrefix(t), Shards: 2})
+		ctx := t.Context()
+		const q = "ready"
+		var ids []string
+		require.NoError(t, s.Update(ctx, 1, func(tx ffstore.Tx) error {
+			for i := range 8 {
+				id := fftype.NewExecutionID(1).String()
+				ids = append(ids, id)
+				tx.Put("x:"+id, []byte("x"+strconv.Itoa(i)))
+				tx.Put("p:"+id, []byte("p"+strconv.Itoa(i)))
+				tx.QueueAdd(q, id, int64(i))
+			}
+			return nil
+		}))
+		// pop pops two and returns what the unit read and in how many round trips.
+		pop := func() (members []string, values []string, trips int) {
+			t.Helper()
+			require.NoError(t, s.Update(ctx, 1, func(tx ffstore.Tx) error {
+				members, values = nil, nil
+				items, err := tx.(ffstore.PopFetcher).PopDueFetch(q, ffstore.MaxScore, 2, "x", "p")
+				if err != nil {
+					return err
+				}
+				trips = ffvalkey.ReadRoundTrips(tx)
+				for _, it := range items {
+					members = append(members, it.Member)
+					for _, k := range []string{"x:", "p:"} {
+						v, _, err := tx.Get(k + it.Member)
+						if err != nil {
+							return err
+						}
+						values = append(values, string(v))
+					}
+				}
+				require.Equal(t, trips, ffvalkey.ReadRoundTrips(tx), "the records were read with the pop")
+				return nil
+			}))
+			return members, values, trips
+		}
+
+		members, values, trips := pop()
+		require.Equal(t, ids[:2], members)
+		require.Equal(t, []string{"x0", "p0", "x1", "p1"}, values)
+		require.Equal(t, 2, trips, "nothing to guess yet: the pop, then the records")
+
+		members, values, trips = pop()
+		require.Equal(t, ids[2:4], members)
+		require.Equal(t, []string{"x2", "p2", "x3", "p3"}, values)
+		require.Equal(t, 1, trips, "guessed right: one round trip")
+
+		// Another unit changes one expected record and takes another expected member away.
+		require.NoError(t, s.Update(ctx, 1, func(tx ffstore.Tx) error {
+			tx.Put("x:"+ids[4], []byte("x4 changed"))
+			tx.QueueRemove(q, ids[5])
+			return nil
+		}))
+		members, values, trips = pop()
+		require.Equal(t, []string{ids[4], ids[6]}, members)
+		require.Equal(t, []string{"x4 changed", "p4", "x6", "p6"}, values)
+		require.Equal(t, 2, trips, "a member it did not expect costs one more round trip")
+	})
+}
