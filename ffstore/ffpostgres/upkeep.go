@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // Upkeep: the store keeps the planner statistics and the visibility map of its own tables
@@ -93,14 +94,7 @@ func (s *Store) upkeep(ctx context.Context) error {
 	if err := conn.QueryRow(ctx, "SELECT pg_try_advisory_lock($1)", key).Scan(&mine); err != nil || !mine {
 		return err
 	}
-	defer func() {
-		// Unlocked even when ctx ended, before the connection goes back to the pool.
-		unlockCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.ConnectTimeout)
-		defer cancel()
-		if _, err := conn.Exec(unlockCtx, "SELECT pg_advisory_unlock($1)", key); err != nil {
-			conn.Conn().PgConn().Close(unlockCtx) //nolint:errcheck // a closed session holds no lock
-		}
-	}()
+	defer s.undo(ctx, conn, "SELECT pg_advisory_unlock($1)", key)
 
 	rows, err := conn.Query(ctx, `SELECT s.relname, c.reltuples, s.n_mod_since_analyze, s.n_dead_tup, s.n_ins_since_vacuum
 		FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
@@ -129,17 +123,23 @@ func (s *Store) upkeep(ctx context.Context) error {
 	if _, err := conn.Exec(ctx, "SET statement_timeout = 0", pgx.QueryExecModeSimpleProtocol); err != nil {
 		return err
 	}
-	defer func() {
-		resetCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.ConnectTimeout)
-		defer cancel()
-		if _, err := conn.Exec(resetCtx, "RESET statement_timeout", pgx.QueryExecModeSimpleProtocol); err != nil {
-			conn.Conn().PgConn().Close(resetCtx) //nolint:errcheck // the pool drops a closed connection
-		}
-	}()
+	defer s.undo(ctx, conn, "RESET statement_timeout")
 	for _, sql := range work {
 		if _, err := conn.Exec(ctx, sql, pgx.QueryExecModeSimpleProtocol); err != nil {
 			return fmt.Errorf("%s: %w", sql, err)
 		}
 	}
 	return nil
+}
+
+// undo runs sql on conn to take back what upkeep set on its session (the advisory lock,
+// the statement timeout) before the connection goes back to the pool, even when ctx has
+// ended. If that fails the connection is closed, which the pool then drops, and a closed
+// session keeps nothing.
+func (s *Store) undo(ctx context.Context, conn *pgxpool.Conn, sql string, args ...any) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.ConnectTimeout)
+	defer cancel()
+	if _, err := conn.Exec(ctx, sql, args...); err != nil {
+		_ = conn.Conn().PgConn().Close(ctx)
+	}
 }

@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
 	"github.com/flowfabric/flowfabric/ffstore"
@@ -22,7 +24,6 @@ func TestUpkeep(t *testing.T) {
 	// Another process is doing the upkeep: it holds the lock.
 	other, err := s.Pool().Acquire(ctx)
 	require.NoError(t, err)
-	defer other.Release()
 	_, err = other.Exec(ctx, "SELECT pg_advisory_lock($1)", ffpostgres.UpkeepLockKey(s))
 	require.NoError(t, err)
 
@@ -50,6 +51,7 @@ func TestUpkeep(t *testing.T) {
 
 	_, err = other.Exec(ctx, "SELECT pg_advisory_unlock($1)", ffpostgres.UpkeepLockKey(s))
 	require.NoError(t, err)
+	other.Release()
 	require.Eventually(t, func() bool {
 		require.NoError(t, ffpostgres.Upkeep(ctx, s))
 		// Manual runs; autovacuum counts separately.
@@ -57,4 +59,26 @@ func TestUpkeep(t *testing.T) {
 	}, 30*time.Second, 200*time.Millisecond)
 	require.Zero(t, counter("meta", "vacuum_count")+counter("meta", "analyze_count"),
 		"a table with a few rows is left to autovacuum")
+
+	// Upkeep lifts the statement timeout for its VACUUMs and leaves no connection without
+	// it, nor holding the lock.
+	conns := make([]*pgxpool.Conn, s.Pool().Config().MaxConns)
+	for i := range conns {
+		c, err := s.Pool().Acquire(ctx)
+		require.NoError(t, err)
+		conns[i] = c
+		defer c.Release()
+		var timeout string
+		require.NoError(t, c.QueryRow(ctx, "SHOW statement_timeout").Scan(&timeout))
+		require.Equal(t, "30s", timeout, "connection %d", i)
+	}
+	outside, err := pgx.ConnectConfig(ctx, s.Pool().Config().ConnConfig)
+	require.NoError(t, err)
+	defer outside.Close(ctx)
+	// The store's own loop takes the lock for a moment every two seconds.
+	require.Eventually(t, func() bool {
+		var free bool
+		require.NoError(t, outside.QueryRow(ctx, "SELECT pg_try_advisory_lock($1)", ffpostgres.UpkeepLockKey(s)).Scan(&free))
+		return free
+	}, 5*time.Second, 50*time.Millisecond, "the upkeep lock was released")
 }
