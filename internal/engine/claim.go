@@ -403,6 +403,7 @@ func (e *Engine) acquire(tx ffstore.Tx, x *fftype.Execution, before placement, w
 	}
 	x.UpdatedAt = now
 
+	e.attempts.set(x.ID, att.Index)
 	att.LeaseID, att.LeaseEpoch = x.LeaseID, x.LeaseEpoch
 	att.WorkerID, att.WorkerInstanceID = w.workerID, w.instanceID
 	putAttempt(tx, att)

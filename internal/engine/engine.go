@@ -72,6 +72,7 @@ type Engine struct {
 	holders rounds[*holderCall] // concurrent operations of lease holders, per shard
 	// mergeUnits: the store is an ffstore.UnitMerger, so holders' operations go in rounds.
 	mergeUnits bool
+	attempts   attemptHints // current attempts of the leases handed out
 
 	laneMu   sync.Mutex
 	lanes    map[string]laneState // pause states read recently, see unpausedLanes

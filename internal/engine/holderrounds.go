@@ -84,6 +84,9 @@ func (e *Engine) holderAlone(shard int, c *holderCall) error {
 // holder and runs c.fn.
 func (e *Engine) holderStep(tx ffstore.Tx, c *holderCall) error {
 	now := e.now()
+	if err := tx.Prefetch(e.attempts.holderKeys(c.id)...); err != nil {
+		return err
+	}
 	x, err := getExec(tx, c.id)
 	if err != nil {
 		return err
@@ -94,7 +97,13 @@ func (e *Engine) holderStep(tx ffstore.Tx, c *holderCall) error {
 	if err := checkHolder(x, c.f, now); err != nil {
 		return err
 	}
-	return c.fn(tx, x, e.placementOf(x), now)
+	if err := c.fn(tx, x, e.placementOf(x), now); err != nil {
+		return err
+	}
+	if x.Ownership != fftype.OwnershipLeased {
+		e.attempts.forget(c.id)
+	}
+	return nil
 }
 
 // serveHolders serves one round of operations on shard. A lone operation runs as it
@@ -107,7 +116,7 @@ func (e *Engine) serveHolders(ctx context.Context, shard int, calls []*holderCal
 	errs := make([]error, len(calls))
 	err := e.update(ctx, shard, func(tx ffstore.Tx) error {
 		clear(errs) // the unit may run more than once
-		if err := prefetchHolders(tx, calls); err != nil {
+		if err := e.prefetchHolders(tx, calls); err != nil {
 			return err
 		}
 		rt := &roundTx{Tx: tx}
@@ -134,12 +143,12 @@ func (e *Engine) serveHolders(ctx context.Context, shard int, calls []*holderCal
 	}
 }
 
-// prefetchHolders reads the executions of calls, then their current attempts, in two
-// round trips.
-func prefetchHolders(tx ffstore.Tx, calls []*holderCall) error {
-	keys := make([]string, len(calls))
-	for i, c := range calls {
-		keys[i] = execKey(c.id)
+// prefetchHolders reads the executions of calls with their hinted current attempts, then
+// the current attempts it did not read, in one or two round trips.
+func (e *Engine) prefetchHolders(tx ffstore.Tx, calls []*holderCall) error {
+	keys := make([]string, 0, 2*len(calls))
+	for _, c := range calls {
+		keys = append(keys, e.attempts.holderKeys(c.id)...)
 	}
 	if err := tx.Prefetch(keys...); err != nil {
 		return err
