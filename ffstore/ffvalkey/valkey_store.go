@@ -178,6 +178,7 @@ type Store struct {
 var (
 	_ ffstore.Store          = (*Store)(nil)
 	_ ffstore.ChangeNotifier = (*Store)(nil)
+	_ ffstore.UnitMerger     = (*Store)(nil)
 )
 
 // Open connects to the server or Cluster named by rawURL (see [ParseURL] for the syntax)
@@ -891,6 +892,11 @@ func globEscape(p string) string {
 	}
 	return b.String()
 }
+
+// MergeUnits implements [ffstore.UnitMerger]: every unit's commit is a function call
+// whose fixed cost on the server (about as much as a small unit's own work) is not shared
+// by pipelining, so the engine merges concurrent small units.
+func (s *Store) MergeUnits() {}
 
 // Close waits for the calls in progress to finish, then closes the connections. Later
 // calls, Close included, return an unavailable error.
