@@ -109,13 +109,28 @@ func loadLibrary(ctx context.Context, client rueidis.Client) error {
 // also retried after network errors, which may have lost only the reply. op names the
 // call for errors.
 func (s *Store) do(ctx context.Context, op string, readOnly bool, build func() rueidis.Completed) (rueidis.RedisResult, error) {
+	res, _, err := s.doRiding(ctx, op, readOnly, build)
+	return res, err
+}
+
+// doRiding is do with riders: commands sent in the same round trip as the first attempt
+// of build's, whose results it returns. If that attempt fails, the riders are not sent
+// again and their results are nil. Riders must not depend on whether build's command ran.
+func (s *Store) doRiding(ctx context.Context, op string, readOnly bool, build func() rueidis.Completed, riders ...rueidis.Completed) (rueidis.RedisResult, []rueidis.RedisResult, error) {
 	delay := retryFirst
 	for attempt := 1; ; attempt++ {
 		seen := s.loader.generation()
-		res := s.client.Do(ctx, build())
+		var res rueidis.RedisResult
+		var rode []rueidis.RedisResult
+		if attempt == 1 && len(riders) > 0 {
+			all := s.client.DoMulti(ctx, append([]rueidis.Completed{build()}, riders...)...)
+			res, rode = all[0], all[1:]
+		} else {
+			res = s.client.Do(ctx, build())
+		}
 		err := res.Error()
 		if err == nil || rueidis.IsRedisNil(err) {
-			return res, nil
+			return res, rode, nil
 		}
 		class := classify(ctx, err)
 		if class == classAmbiguous && readOnly {
@@ -123,28 +138,28 @@ func (s *Store) do(ctx context.Context, op string, readOnly bool, build func() r
 		}
 		switch {
 		case class == classContextEnd:
-			return res, ctx.Err()
+			return res, nil, ctx.Err()
 		case class == classReload && attempt < retryAttempts:
 			s.log.Warn("ffvalkey: the function library is missing; loading it again", "err", err)
 			if lerr := s.loader.load(ctx, seen); lerr != nil {
 				if ctx.Err() != nil {
-					return res, ctx.Err()
+					return res, nil, ctx.Err()
 				}
 				s.log.Warn("ffvalkey: loading the function library failed", "err", lerr)
 				if !sleepCtx(ctx, delay) {
-					return res, ctx.Err()
+					return res, nil, ctx.Err()
 				}
 				delay = min(2*delay, retryMax)
 			}
 			continue
 		case class == classRetry && attempt < retryAttempts:
 			if !sleepCtx(ctx, delay) {
-				return res, ctx.Err()
+				return res, nil, ctx.Err()
 			}
 			delay = min(2*delay, retryMax)
 			continue
 		}
-		return res, translate(err, op)
+		return res, nil, translate(err, op)
 	}
 }
 

@@ -336,28 +336,18 @@ func (t *tx) PopDueFetch(queue string, maxScore int64, n int, kinds ...string) (
 			Arg(scoreBound(maxScore), strconv.Itoa(n), t.token, t.s.popTTL, look).Build()
 	}
 	guessed := t.unread(ffstore.MemberRecordKeys(t.s.expected.get(t.shard, queue, n), kinds))
-	t.rts++
-	var res, records rueidis.RedisResult
-	var err error
+	var riders []rueidis.Completed
 	if len(guessed) > 0 {
-		both := t.s.client.DoMulti(t.ctx, pop(), t.s.client.B().Mget().Key(t.mgetKeys(guessed)...).Build())
-		res, records = both[0], both[1]
-		if perr := res.Error(); perr != nil {
-			switch classify(t.ctx, perr) {
-			case classRetry, classReload: // the pop did not run: try again as PopDue does
-				guessed = nil
-				t.rts++
-			default:
-				err = translate(perr, "pop queue items")
-			}
-		}
+		riders = append(riders, t.s.client.B().Mget().Key(t.mgetKeys(guessed)...).Build())
 	}
-	if len(guessed) == 0 && err == nil {
-		res, err = t.s.do(t.ctx, "pop queue items", false, pop)
-	}
+	t.rts++
+	res, rode, err := t.s.doRiding(t.ctx, "pop queue items", false, pop, riders...)
 	if err != nil {
 		t.popFailed = append(t.popFailed, queue)
 		return nil, err
+	}
+	if len(riders) > 0 && rode == nil {
+		t.rts++ // the pop was sent again, without the reads
 	}
 	arr, err := res.ToArray()
 	if err == nil && len(arr) != 3 {
@@ -402,13 +392,13 @@ func (t *tx) PopDueFetch(queue string, maxScore int64, n int, kinds ...string) (
 	}
 	t.s.expected.set(t.shard, queue, q.ahead)
 	need := t.unread(ffstore.MemberRecordKeys(members, kinds))
-	if len(guessed) > 0 && records.Error() == nil { // else they are read below
+	if len(rode) > 0 && rode[0].Error() == nil { // else they are read below
 		// Only the records of members popped count as read (and are checked at commit).
 		popped := make(map[string]bool, len(need))
 		for _, k := range need {
 			popped[k] = true
 		}
-		if err := t.absorb(guessed, records, func(key string) bool { return popped[key] }); err != nil {
+		if err := t.absorb(guessed, rode[0], func(key string) bool { return popped[key] }); err != nil {
 			return nil, err
 		}
 		need = t.unread(need)

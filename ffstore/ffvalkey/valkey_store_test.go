@@ -245,6 +245,7 @@ func TestLibraryReloads(t *testing.T) {
 				{"commit", func() error {
 					return s.Update(ctx, 1, func(tx ffstore.Tx) error {
 						tx.Put("x:"+string(id), []byte("1"))
+						tx.Put("x:other", []byte("2"))
 						tx.QueueAdd("q", string(id), 1)
 						tx.QueueAdd("q", "other", 2)
 						tx.AppendEvent(fftype.Event{Type: fftype.EventCreated, ExecutionID: id})
@@ -262,9 +263,31 @@ func TestLibraryReloads(t *testing.T) {
 				}},
 				{"pop", func() error {
 					return s.Update(ctx, 1, func(tx ffstore.Tx) error {
-						items, err := tx.PopDue("q", ffstore.MaxScore, 1)
+						items, err := tx.(ffstore.PopFetcher).PopDueFetch("q", ffstore.MaxScore, 1, "x")
 						if err == nil && len(items) != 1 {
 							err = fmt.Errorf("pop: %v", items)
+						}
+						return err
+					})
+				}},
+				// The last pop saw "other" next, so this one reads its record in the same
+				// round trip; the pop finds the library missing and runs again alone, and
+				// the record is read after it.
+				{"pop reading the records it expects", func() error {
+					return s.Update(ctx, 1, func(tx ffstore.Tx) error {
+						items, err := tx.(ffstore.PopFetcher).PopDueFetch("q", ffstore.MaxScore, 1, "x")
+						if err != nil {
+							return err
+						}
+						if len(items) != 1 || items[0].Member != "other" {
+							return fmt.Errorf("pop: %v", items)
+						}
+						if trips := ffvalkey.ReadRoundTrips(tx); trips != 3 {
+							return fmt.Errorf("%d round trips, want the pop with the read, the pop alone, the read", trips)
+						}
+						v, _, err := tx.Get("x:other")
+						if err == nil && string(v) != "2" {
+							err = fmt.Errorf("x:other reads %q", v)
 						}
 						return err
 					})
