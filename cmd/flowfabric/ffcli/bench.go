@@ -303,17 +303,17 @@ func (b *benchRun) steady(cfg bench.SteadyConfig) scenarioRun {
 			producer, f.payload, f.duration, f.workers, b.workerKind(), completions(f.pipeline)),
 		cols: []string{"created", "completed/s", "claim p50 ms", "claim p95 ms", "claim p99 ms", "create→complete p50/p99 ms", "backlog at end", "errors", "claim p99 ms per window"},
 		row: func(r bench.Record) string {
-			byMinute := "-"
+			byWindow := "-"
 			if len(r.LatencyByWindowMS) > 0 {
 				ps := make([]string, len(r.LatencyByWindowMS))
 				for i, l := range r.LatencyByWindowMS {
 					ps[i] = fmt.Sprintf("%.1f", l.P99)
 				}
-				byMinute = strings.Join(ps, " ")
+				byWindow = strings.Join(ps, " ")
 			}
 			return fmt.Sprintf("%d\t%.0f\t%.2f\t%.2f\t%.2f\t%.2f/%.2f\t%d\t%d\t%s\t",
 				r.Created, r.ThroughputPerSec, r.LatencyMS.P50, r.LatencyMS.P95, r.LatencyMS.P99,
-				r.CreateCompleteMS.P50, r.CreateCompleteMS.P99, *r.Backlog, r.Errors, byMinute)
+				r.CreateCompleteMS.P50, r.CreateCompleteMS.P99, *r.Backlog, r.Errors, byWindow)
 		},
 		run: func(ctx context.Context, c bench.Backend, _ int, progress bench.ProgressFunc) (bench.Record, error) {
 			cfg := cfg
