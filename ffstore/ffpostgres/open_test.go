@@ -47,6 +47,21 @@ func TestOpen(t *testing.T) {
 		return &testBundle{ctx: t.Context(), url: testdb.SharedPostgres(t).URL("postgres"), schema: testdb.Schema(t)}
 	}
 
+	t.Run("PlansStatementsOnce", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		mode := func(url string) string {
+			s, err := ffpostgres.Open(b.ctx, url, &ffpostgres.Options{Schema: b.schema, Migrate: true})
+			require.NoError(t, err)
+			defer s.Close()
+			var mode string
+			require.NoError(t, s.Pool().QueryRow(b.ctx, "SHOW plan_cache_mode").Scan(&mode))
+			return mode
+		}
+		require.Equal(t, "force_generic_plan", mode(b.url), "the store's statements keep their first plan")
+		require.Equal(t, "auto", mode(b.url+"&plan_cache_mode=auto"), "the connection string's setting wins")
+	})
+
 	t.Run("CreatesAndReopens", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
