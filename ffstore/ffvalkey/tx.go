@@ -54,7 +54,7 @@ type tx struct {
 // readEntry is a record as read: version "" means it did not exist.
 type readEntry struct {
 	version string
-	value   []byte
+	value   string // a string, so that Get's copy is the only one
 }
 
 // writeEntry is the final write of a record in the unit.
@@ -189,7 +189,7 @@ func (t *tx) absorb(keys []string, res rueidis.RedisResult, keep func(key string
 		if len(v) < versionLen {
 			return fftype.NewError(fftype.KindUnavailable, fftype.CodeCorruption, "ffvalkey: record %q of shard %d has no version", k, t.shard)
 		}
-		t.reads[k] = &readEntry{version: v[:versionLen], value: []byte(v[versionLen:])}
+		t.reads[k] = &readEntry{version: v[:versionLen], value: v[versionLen:]}
 	}
 	return nil
 }
@@ -216,7 +216,7 @@ func (t *tx) Get(key string) ([]byte, bool, error) {
 	if r.version == "" {
 		return nil, false, nil
 	}
-	return bytes.Clone(r.value), true, nil
+	return []byte(r.value), true, nil
 }
 
 // Range returns up to n items of queue. In a unit it leaves out the items the unit
