@@ -398,7 +398,10 @@ func Open(ctx context.Context, connString string, opts *Options) (*Store, error)
 
 // New returns a store on a pool the caller owns (and closes, after the store). It checks
 // or migrates the schema, bounded by opts.ConnectTimeout plus the statement timeout.
-// opts may be nil. Errors are as for [Open].
+// opts may be nil. Errors are as for [Open]. [Open]'s connections keep the first plan of
+// each statement (plan_cache_mode=force_generic_plan, unless the connection string sets
+// plan_cache_mode), which saves Postgres re-planning the statements that take arrays; set
+// it in the pool's RuntimeParams for the same.
 func New(pool *pgxpool.Pool, opts *Options) (*Store, error) {
 	if pool == nil {
 		return nil, fftype.Validationf(fftype.CodeInvalidInput, "ffpostgres: nil pool")
