@@ -34,7 +34,8 @@ func Summarize(samples []time.Duration) Latency {
 
 // ByWindow summarizes samples taken at the offsets at (at[i] is when samples[i] was
 // taken, from the start of the run) in n consecutive windows of length window: the i-th
-// Latency covers [i×window, (i+1)×window). Samples outside the n windows are left out.
+// Latency covers [i×window, (i+1)×window); window must be positive. Samples outside the
+// n windows are left out.
 func ByWindow(at, samples []time.Duration, window time.Duration, n int) []Latency {
 	buckets := make([][]time.Duration, n)
 	for i, t := range at {

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -97,4 +98,39 @@ func TestAttemptHints(t *testing.T) {
 	e.attempts.set(c.ExecutionID, 5)
 	require.NoError(t, e.Complete(ctx, c.ExecutionID, c.Fence, nil, ""))
 	completed(c)
+}
+
+// TestAttemptHintsInRounds checks that a round of holders' operations reads their
+// executions and hinted attempts in its first read.
+func TestAttemptHintsInRounds(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	store := &prefetchLog{Store: ffmem.New(&ffmem.Options{Shards: 1})}
+	e, err := New(store, nil)
+	require.NoError(t, err)
+	for _, r := range e.CreateMany(ctx, []fftype.CreateParams{{Lane: "l", Kind: "k"}, {Lane: "l", Kind: "k"}}) {
+		require.NoError(t, r.Err)
+	}
+	leases, err := e.Claim(ctx, fftype.ClaimParams{WorkerID: "w", WorkerInstanceID: "w-1", Lanes: []string{"l"}, Count: 2})
+	require.NoError(t, err)
+	require.Len(t, leases, 2)
+
+	store.take()
+	mark := func(tx ffstore.Tx, x *fftype.Execution, _ placement, _ time.Time) error {
+		tx.Put("mark:"+string(x.ID), []byte("x"))
+		return nil
+	}
+	calls := make([]*holderCall, len(leases))
+	for i, l := range leases {
+		calls[i] = &holderCall{roundCall: newRoundCall(ctx), id: l.ExecutionID, f: l.Fence, fn: mark}
+	}
+	e.serveHolders(ctx, 0, calls)
+	for _, c := range calls {
+		require.NoError(t, c.err)
+		require.False(t, c.alone, "the operations shared the round's unit")
+	}
+	a, b := leases[0].ExecutionID, leases[1].ExecutionID
+	reads := store.take()
+	require.NotEmpty(t, reads)
+	require.Equal(t, []string{execKey(a), attemptKey(a, 0), execKey(b), attemptKey(b, 0)}, reads[0])
 }

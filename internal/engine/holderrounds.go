@@ -13,9 +13,11 @@ import (
 // Holder rounds (see rounds.go). Lease holders complete, fail, renew and report progress
 // concurrently, and on a store whose units do not share round trips (an
 // ffstore.UnitMerger) each operation costs a read of its execution and attempt and a
-// commit. On such a store, operations on one shard are therefore served in rounds: one unit reads the executions of every operation in the round, then their
-// attempts, in two round trips, applies the operations one after the other (each sees
-// the ones before it, as if they had run alone in that order), and commits once.
+// commit. On such a store, operations on one shard are therefore served in rounds: one
+// unit reads the executions of every operation in the round with their attempts (in one
+// round trip when this engine handed out the leases, see attemptHints; otherwise the
+// attempts in a second), applies the operations one after the other (each sees the ones
+// before it, as if they had run alone in that order), and commits once.
 //
 // An operation that fails before it writes anything (a stale fence, say) gets its error
 // and the others go on. One that fails after writing, panics, or would read a queue that
@@ -75,18 +77,21 @@ func (e *Engine) holderUnit(ctx context.Context, id fftype.ExecutionID, f fftype
 	return c.err
 }
 
-// holderAlone applies c in a unit of its own, under its caller's context.
+// holderAlone applies c in a unit of its own, under its caller's context: it reads c's
+// execution with its hinted attempt, as a round reads those of all its operations.
 func (e *Engine) holderAlone(shard int, c *holderCall) error {
-	return e.update(c.ctx, shard, func(tx ffstore.Tx) error { return e.holderStep(tx, c) })
+	return e.update(c.ctx, shard, func(tx ffstore.Tx) error {
+		if err := tx.Prefetch(e.attempts.holderKeys(c.id)...); err != nil {
+			return err
+		}
+		return e.holderStep(tx, c)
+	})
 }
 
 // holderStep applies c in tx: it reads the execution, recognises a replay, checks the
 // holder and runs c.fn.
 func (e *Engine) holderStep(tx ffstore.Tx, c *holderCall) error {
 	now := e.now()
-	if err := tx.Prefetch(e.attempts.holderKeys(c.id)...); err != nil {
-		return err
-	}
 	x, err := getExec(tx, c.id)
 	if err != nil {
 		return err
