@@ -85,6 +85,7 @@ func translate(ctx context.Context, err error, op string) error {
 		Message: "postgres " + op + " failed", Err: err,
 	}
 	var pgErr *pgconn.PgError
+	var connectErr *pgconn.ConnectError
 	if errors.As(err, &pgErr) {
 		switch {
 		case pgErr.Code == stateSerializationFailure || pgErr.Code == stateDeadlockDetected ||
@@ -102,6 +103,12 @@ func translate(ctx context.Context, err error, op string) error {
 			strings.HasPrefix(pgErr.Code, "57"), strings.HasPrefix(pgErr.Code, "58"):
 			// Connection exceptions, insufficient resources, operator intervention
 			// (shutdown, restart), system errors: the database may come back.
+		case errors.As(err, &connectErr) && (strings.HasPrefix(pgErr.Code, "22") || strings.HasPrefix(pgErr.Code, "42")):
+			// Opening a connection, the server refused a setting the connection string
+			// gave it (an unknown parameter, a bad value): the input is wrong, and stays
+			// wrong.
+			e.Kind, e.Code, e.Retryable = fftype.KindValidation, fftype.CodeInvalidInput, false
+			e.Message = fmt.Sprintf("postgres %s: the database refused a setting of the connection string: %s", op, pgErr.Message)
 		case strings.HasPrefix(pgErr.Code, "28"), pgErr.Code == stateInvalidCatalogName:
 			e.Retryable = false
 			e.Message = fmt.Sprintf("postgres %s: cannot use the database (SQLSTATE %s)", op, pgErr.Code)
@@ -111,7 +118,6 @@ func translate(ctx context.Context, err error, op string) error {
 		return e
 	}
 	var netErr net.Error
-	var connectErr *pgconn.ConnectError
 	switch {
 	case errors.As(err, &connectErr):
 		e.Message = "postgres " + op + ": cannot connect to the database"

@@ -215,6 +215,33 @@ func TestOpen(t *testing.T) {
 		}
 	})
 
+	t.Run("RefusedSettings", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		// Settings of the connection string that the server refuses are bad input, not an
+		// unreachable database.
+		for _, tc := range []struct{ param, says string }{
+			{"plan_cache_mode=sometimes", `invalid value for parameter "plan_cache_mode"`},
+			{"no_such_setting=1", `unrecognized configuration parameter "no_such_setting"`},
+		} {
+			_, err := ffpostgres.Open(b.ctx, b.url+"&"+tc.param, &ffpostgres.Options{Schema: b.schema, Migrate: true})
+			require.ErrorIs(t, err, isCode(fftype.KindValidation, fftype.CodeInvalidInput), tc.param)
+			require.False(t, fftype.IsRetryable(err))
+			require.ErrorContains(t, err, "refused a setting of the connection string")
+			require.ErrorContains(t, err, tc.says)
+			require.NotContains(t, err.Error(), "cannot reach")
+		}
+		err := ffpostgres.MigrateURL(b.ctx, b.url+"&no_such_setting=1", b.schema)
+		require.ErrorIs(t, err, isCode(fftype.KindValidation, fftype.CodeInvalidInput))
+
+		// A database that does not exist: the server answered, so it was reached.
+		_, err = ffpostgres.Open(b.ctx, strings.Replace(b.url, "/postgres?", "/no_such_db?", 1), &ffpostgres.Options{Schema: b.schema})
+		require.ErrorIs(t, err, fftype.ErrUnavailable)
+		require.False(t, fftype.IsRetryable(err))
+		require.ErrorContains(t, err, "cannot use the database (SQLSTATE 3D000)")
+		require.NotContains(t, err.Error(), "cannot reach")
+	})
+
 	t.Run("Unreachable", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)

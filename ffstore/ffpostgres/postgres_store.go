@@ -111,6 +111,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/flowfabric/flowfabric/ffstore"
@@ -383,7 +384,8 @@ func Open(ctx context.Context, connString string, opts *Options) (*Store, error)
 		pool.Close()
 		err = translate(ctx, err, "connect")
 		var fe *fftype.Error
-		if errors.As(err, &fe) && fe.Kind == fftype.KindUnavailable {
+		var refused *pgconn.PgError // the server answered: translate said why it refused
+		if errors.As(err, &fe) && fe.Kind == fftype.KindUnavailable && !errors.As(err, &refused) {
 			fe.Message = fmt.Sprintf("ffpostgres: cannot reach the database at %s:%d within %s", cfg.ConnConfig.Host, cfg.ConnConfig.Port, o.ConnectTimeout)
 		}
 		return nil, err
