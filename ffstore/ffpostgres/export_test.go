@@ -5,6 +5,9 @@ import "context"
 // ChangeChannel returns the LISTEN/NOTIFY channel of s.
 func ChangeChannel(s *Store) string { return s.channel }
 
+// NotifyGap is the least time between two NOTIFYs of one process.
+const NotifyGap = notifyGap
+
 // SetNotifyInTx makes units send pg_notify inside their own transaction.
 func SetNotifyInTx(o *Options, on bool) { o.notifyInTx = on }
 

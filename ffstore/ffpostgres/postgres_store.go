@@ -73,7 +73,9 @@
 // [Store.Changes] wakes readers after this process's commits at once, and after other
 // processes' commits through LISTEN on one dedicated connection (not from the pool). Each
 // committing unit that changed something asks for a NOTIFY; the store coalesces those into
-// at most one NOTIFY in flight per process, sent right after the commit. (Sending NOTIFY
+// one NOTIFY in flight per process, at least 5 ms after the one before, so a process that
+// was quiet notifies right after its commit and a busy one at most 200 times a second.
+// (Sending NOTIFY
 // inside every committing transaction would take Postgres's database-wide notify lock in
 // each of them and serialise all commits behind one another's WAL flush.) The listener
 // reconnects after its connection drops and then wakes every reader, so readers catch up on

@@ -274,6 +274,42 @@ func TestUnits(t *testing.T) {
 		}
 	})
 
+	// A busy process's commits share NOTIFYs: sent at least notifyGap apart, and one
+	// after the last commit.
+	t.Run("NotifiesCoalesced", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		conn, err := pgx.Connect(b.ctx, testdb.SharedPostgres(t).URL("postgres"))
+		require.NoError(t, err)
+		defer conn.Close(context.WithoutCancel(b.ctx))
+		_, err = conn.Exec(b.ctx, "LISTEN "+pgx.Identifier{ffpostgres.ChangeChannel(b.store)}.Sanitize())
+		require.NoError(t, err)
+
+		const commits = 100
+		start := time.Now()
+		for i := range commits {
+			require.NoError(t, b.store.Update(b.ctx, 0, func(tx ffstore.Tx) error {
+				tx.Put("k", []byte(fmt.Sprint(i)))
+				return nil
+			}))
+		}
+		committed := time.Now()
+		n, last := 0, time.Time{}
+		for {
+			ctx, cancel := context.WithTimeout(b.ctx, 300*time.Millisecond)
+			_, err := conn.WaitForNotification(ctx)
+			cancel()
+			if err != nil {
+				break
+			}
+			n, last = n+1, time.Now()
+		}
+		require.Positive(t, n)
+		require.False(t, last.Before(committed), "a NOTIFY followed the last commit")
+		// Every NOTIFY was sent between start and its arrival, notifyGap apart at least.
+		require.LessOrEqual(t, n, int(last.Sub(start)/ffpostgres.NotifyGap)+1, "%d commits in %s", commits, committed.Sub(start))
+	})
+
 	// The engine samples the store's clock from inside units. With every pooled
 	// connection held by such a unit, reading the clock must not wait for the pool.
 	t.Run("NowInsideUnitsWithThePoolFull", func(t *testing.T) {
