@@ -46,25 +46,34 @@ func (t loggedTx) Prefetch(keys ...string) error {
 	return t.Tx.Prefetch(keys...)
 }
 
+// leasedOnLog returns an engine on a prefetchLog over a memory store, and n leases it
+// handed out.
+func leasedOnLog(t *testing.T, n int) (*prefetchLog, *Engine, []*fftype.Lease) {
+	t.Helper()
+	ctx := context.Background()
+	store := &prefetchLog{Store: ffmem.New(&ffmem.Options{Shards: 1})}
+	e, err := New(store, nil)
+	require.NoError(t, err)
+	ps := make([]fftype.CreateParams, n)
+	for i := range ps {
+		ps[i] = fftype.CreateParams{Lane: "l", Kind: "k"}
+	}
+	for _, r := range e.CreateMany(ctx, ps) {
+		require.NoError(t, r.Err)
+	}
+	leases, err := e.Claim(ctx, fftype.ClaimParams{WorkerID: "w", WorkerInstanceID: "w-1", Lanes: []string{"l"}, Count: n})
+	require.NoError(t, err)
+	require.Len(t, leases, n)
+	return store, e, leases
+}
+
 // TestAttemptHints checks that a holder's operation reads the execution and its current
 // attempt together when this engine handed out the lease, and that an engine without
 // the hint, or with a wrong one, still ends the right attempt.
 func TestAttemptHints(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	store := &prefetchLog{Store: ffmem.New(&ffmem.Options{Shards: 1})}
-	e, err := New(store, nil)
-	require.NoError(t, err)
-	var ps []fftype.CreateParams
-	for range 3 {
-		ps = append(ps, fftype.CreateParams{Lane: "l", Kind: "k"})
-	}
-	for _, r := range e.CreateMany(ctx, ps) {
-		require.NoError(t, r.Err)
-	}
-	leases, err := e.Claim(ctx, fftype.ClaimParams{WorkerID: "w", WorkerInstanceID: "w-1", Lanes: []string{"l"}, Count: 3})
-	require.NoError(t, err)
-	require.Len(t, leases, 3)
+	store, e, leases := leasedOnLog(t, 3)
 	completed := func(l *fftype.Lease) {
 		t.Helper()
 		x, err := e.Get(ctx, l.ExecutionID)
@@ -78,7 +87,7 @@ func TestAttemptHints(t *testing.T) {
 
 	store.take()
 	a := leases[0]
-	_, err = e.Renew(ctx, a.ExecutionID, a.Fence, 0)
+	_, err := e.Renew(ctx, a.ExecutionID, a.Fence, 0)
 	require.NoError(t, err)
 	require.NoError(t, e.Complete(ctx, a.ExecutionID, a.Fence, nil, ""))
 	want := []string{execKey(a.ExecutionID), attemptKey(a.ExecutionID, 0)}
@@ -105,15 +114,7 @@ func TestAttemptHints(t *testing.T) {
 func TestAttemptHintsInRounds(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	store := &prefetchLog{Store: ffmem.New(&ffmem.Options{Shards: 1})}
-	e, err := New(store, nil)
-	require.NoError(t, err)
-	for _, r := range e.CreateMany(ctx, []fftype.CreateParams{{Lane: "l", Kind: "k"}, {Lane: "l", Kind: "k"}}) {
-		require.NoError(t, r.Err)
-	}
-	leases, err := e.Claim(ctx, fftype.ClaimParams{WorkerID: "w", WorkerInstanceID: "w-1", Lanes: []string{"l"}, Count: 2})
-	require.NoError(t, err)
-	require.Len(t, leases, 2)
+	store, e, leases := leasedOnLog(t, 2)
 
 	store.take()
 	mark := func(tx ffstore.Tx, x *fftype.Execution, _ placement, _ time.Time) error {
