@@ -13,26 +13,26 @@ import (
 	"github.com/redis/rueidis"
 )
 
-// librarySource is the store's function library. Its name, flowfabric_v2, and its
-// function names (ffv2_*) carry the version, so that binaries of two versions can run
+// librarySource is the store's function library. Its name, flowfabric_v3, and its
+// function names (ffv3_*) carry the version, so that binaries of two versions can run
 // against one server during a rolling upgrade, each with its own functions.
 //
 //go:embed library.lua
 var librarySource string
 
 // LibraryName is the name of the function library this binary loads.
-const LibraryName = "flowfabric_v2"
+const LibraryName = "flowfabric_v3"
 
 // Function names of the library.
 const (
-	fnPop     = "ffv2_pop"
-	fnRelease = "ffv2_release"
-	fnRange   = "ffv2_range"
-	fnBounds  = "ffv2_bounds"
-	fnUnit    = "ffv2_unit"
-	fnCheck   = "ffv2_check"
-	fnTrim    = "ffv2_trim"
-	fnUnhint  = "ffv2_unhint"
+	fnPop     = "ffv3_pop"
+	fnRelease = "ffv3_release"
+	fnRange   = "ffv3_range"
+	fnBounds  = "ffv3_bounds"
+	fnUnit    = "ffv3_unit"
+	fnCheck   = "ffv3_check"
+	fnTrim    = "ffv3_trim"
+	fnUnhint  = "ffv3_unhint"
 )
 
 // Retry policy of calls whose command did not run (TRYAGAIN, CLUSTERDOWN, LOADING, a

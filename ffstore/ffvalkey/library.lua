@@ -1,6 +1,6 @@
-#!lua name=flowfabric_v2
+#!lua name=flowfabric_v3
 
--- FlowFabric's Valkey/Redis store library, version 2. It holds storage, not business logic:
+-- FlowFabric's Valkey/Redis store library, version 3. It holds storage, not business logic:
 -- the engine (Go) decides every transition and hands the store a unit; these functions
 -- only check that what a unit read still holds and apply its writes, all or nothing.
 -- Keys and arguments are laid out by ffstore/ffvalkey (tx.go, keys.go). Every key a
@@ -53,7 +53,7 @@ local function marks_of(m, items)
   return redis.call('HMGET', m, unpack(members)), members
 end
 
--- ffv2_pop marks up to n due items of a queue as popped by one unit and returns them,
+-- ffv3_pop marks up to n due items of a queue as popped by one unit and returns them,
 -- with the next `look` items after them that the unit can see. Nothing leaves the queue:
 -- the unit's commit removes the items if their marks are still its own, and an
 -- unfinished unit's marks lapse after `ttl` ms. Items other units are popping are
@@ -61,7 +61,7 @@ end
 -- KEYS: queue items, pop marks. ARGV: the largest due score (8 bytes; '' for any), n,
 -- token, ttl, look.
 -- Returns {popped, lookahead, complete}; complete is 1 if the lookahead reaches the end.
-redis.register_function('ffv2_pop', function(keys, argv)
+redis.register_function('ffv3_pop', function(keys, argv)
   local z, m = keys[1], keys[2]
   local upto, n, token, ttl, look = argv[1], tonumber(argv[2]), argv[3], tonumber(argv[4]), tonumber(argv[5])
   local now = now_ms()
@@ -111,10 +111,10 @@ redis.register_function('ffv2_pop', function(keys, argv)
   return {popped, ahead, complete}
 end)
 
--- ffv2_release removes every pop mark of one unit from some queues: for a unit that
+-- ffv3_release removes every pop mark of one unit from some queues: for a unit that
 -- does not know what its last pop marked (the reply was lost).
 -- KEYS: pop marks of each queue. ARGV: token.
-redis.register_function('ffv2_release', function(keys, argv)
+redis.register_function('ffv3_release', function(keys, argv)
   local token = argv[1]
   local released = 0
   for _, m in ipairs(keys) do
@@ -128,11 +128,11 @@ redis.register_function('ffv2_release', function(keys, argv)
   return released
 end)
 
--- ffv2_range returns up to n items of a queue after a start bound, with scores up to a
+-- ffv3_range returns up to n items of a queue after a start bound, with scores up to a
 -- limit, that the unit with `token` can see (see hidden).
 -- KEYS: queue items, pop marks. ARGV: start bound, the largest score (8 bytes; '' for
 -- any), n, token.
-redis.register_function{function_name = 'ffv2_range', flags = {'no-writes'}, callback = function(keys, argv)
+redis.register_function{function_name = 'ffv3_range', flags = {'no-writes'}, callback = function(keys, argv)
   local z, m = keys[1], keys[2]
   local from, upto, n, token = argv[1], argv[2], tonumber(argv[3]), argv[4]
   local now = now_ms()
@@ -172,6 +172,61 @@ local function last_seq(stream)
   return 0
 end
 
+-- CHUNK bounds the items one command takes, within what unpack can pass to a call.
+local CHUNK = 500
+
+-- batched runs redis.call(cmd, key, items…) over list in chunks of at most CHUNK items
+-- of `width` arguments each, and returns the array replies concatenated.
+local function batched(cmd, key, list, width)
+  local out = {}
+  local step = CHUNK * width
+  for from = 1, #list, step do
+    local r = redis.call(cmd, key, unpack(list, from, math.min(from + step - 1, #list)))
+    if type(r) == 'table' then
+      for _, v in ipairs(r) do
+        out[#out + 1] = v
+      end
+    end
+  end
+  return out
+end
+
+-- grouped collects the counted list of `width`-argument entries starting at argv[i],
+-- whose first argument is a queue index, by queue in order of first appearance: it
+-- returns the queue indexes, per queue index the entries' other arguments (one list per
+-- argument), and the index after the list.
+local function grouped(argv, i, width)
+  local n = tonumber(argv[i])
+  i = i + 1
+  local order, by = {}, {}
+  for _ = 1, n do
+    local q = tonumber(argv[i])
+    local g = by[q]
+    if not g then
+      g = {}
+      for w = 1, width - 1 do
+        g[w] = {}
+      end
+      by[q] = g
+      order[#order + 1] = q
+    end
+    for w = 1, width - 1 do
+      g[w][#g[w] + 1] = argv[i + w]
+    end
+    i = i + width
+  end
+  return order, by, i
+end
+
+-- members_of returns the members of encoded queue items.
+local function members_of(encs)
+  local out = {}
+  for k, enc in ipairs(encs) do
+    out[k] = string.sub(enc, 9)
+  end
+  return out
+end
+
 -- A unit. KEYS: 1 commit counter, 2 delete counter, 3 event stream, 4 queue directory,
 -- 5 hinted queues, then the unit's nR record keys, then three keys per queue it touched
 -- (items, scores, pop marks).
@@ -184,8 +239,10 @@ end
 --   pops            (queue index, encoded item the unit popped)
 --   record puts     (key index, value)
 --   record deletes  (key index)
---   queue writes    (queue index, member, encoded score; '' removes the member)
+--   queue writes    (queue index, member, encoded score; '' removes the member), each
+--                   member at most once per queue
 --   events          (encoded event)
+-- Queue checks and writes take one command per queue and kind, not one per item.
 -- Returns {0, reason} when a read no longer holds: then nothing was written except, for
 -- 'c' and 'a', the release of the unit's pop marks. Otherwise {1, ''} for 'a' and 'v',
 -- and for 'c' {1, '', commit number, the names of the queues to add to the store's hint
@@ -208,39 +265,51 @@ local function unit(keys, argv)
     end
     i = i + 2
   end
-  n = tonumber(argv[i])
-  i = i + 1
-  for _ = 1, n do
-    if not reason and not redis.call('ZSCORE', keys[qbase + 3 * tonumber(argv[i]) - 2], argv[i + 1]) then
-      reason = 'a queue item it read is gone'
+  local rangeOrder, ranges
+  rangeOrder, ranges, i = grouped(argv, i, 2)
+  for _, q in ipairs(rangeOrder) do
+    if reason then
+      break
     end
-    i = i + 2
-  end
-  n = tonumber(argv[i])
-  i = i + 1
-  local pops = {}
-  for _ = 1, n do
-    local q = tonumber(argv[i])
-    local b = qbase + 3 * q
-    local enc = argv[i + 1]
-    local member = string.sub(enc, 9)
-    pops[#pops + 1] = {b, enc, member, q}
-    if not reason then
-      local mark = redis.call('HGET', keys[b], member)
-      if not mark or string.sub(mark, MARK_DIGITS + 1) ~= token or not redis.call('ZSCORE', keys[b - 2], enc) then
-        reason = 'a popped item was taken by another unit'
+    for _, score in ipairs(batched('ZMSCORE', keys[qbase + 3 * q - 2], ranges[q][1], 1)) do
+      if not score then
+        reason = 'a queue item it read is gone'
+        break
       end
     end
-    i = i + 2
+  end
+  local popOrder, pops
+  popOrder, pops, i = grouped(argv, i, 2)
+  for _, q in ipairs(popOrder) do
+    pops[q].members = members_of(pops[q][1])
+  end
+  for _, q in ipairs(popOrder) do
+    if reason then
+      break
+    end
+    local b = qbase + 3 * q
+    local marks = batched('HMGET', keys[b], pops[q].members, 1)
+    local scores = batched('ZMSCORE', keys[b - 2], pops[q][1], 1)
+    for k = 1, #pops[q].members do
+      if not marks[k] or string.sub(marks[k], MARK_DIGITS + 1) ~= token or not scores[k] then
+        reason = 'a popped item was taken by another unit'
+        break
+      end
+    end
   end
 
   if reason or mode ~= 'c' then
     if mode ~= 'v' then
-      for _, p in ipairs(pops) do
-        local mark = redis.call('HGET', keys[p[1]], p[3])
-        if mark and string.sub(mark, MARK_DIGITS + 1) == token then
-          redis.call('HDEL', keys[p[1]], p[3])
+      for _, q in ipairs(popOrder) do
+        local b = qbase + 3 * q
+        local members = pops[q].members
+        local mine = {}
+        for k, mark in ipairs(batched('HMGET', keys[b], members, 1)) do
+          if mark and string.sub(mark, MARK_DIGITS + 1) == token then
+            mine[#mine + 1] = members[k]
+          end
         end
+        batched('HDEL', keys[b], mine, 1)
       end
     end
     if reason then
@@ -258,29 +327,28 @@ local function unit(keys, argv)
   local nD = tonumber(argv[i])
   local iD = i + 1
   i = iD + nD
-  local nW = tonumber(argv[i])
-  local iW = i + 1
-  i = iW + 3 * nW
+  local writeOrder, writes
+  writeOrder, writes, i = grouped(argv, i, 3)
   local nE = tonumber(argv[i])
   for k = i + 1, i + nE do
     redis.call('XADD', keys[3], '0-*', 'e', argv[k])
   end
 
-  -- Records go in batches of up to 500, within what unpack can pass to one call.
+  -- Records go in batches of up to CHUNK, within what unpack can pass to one call.
   local ver = redis.call('INCR', keys[1])
   local stamp = struct.pack('>I8', ver)
-  for from = 0, nP - 1, 500 do
+  for from = 0, nP - 1, CHUNK do
     local kv = {}
-    for k = iP + 2 * from, iP + 2 * math.min(from + 500, nP) - 1, 2 do
+    for k = iP + 2 * from, iP + 2 * math.min(from + CHUNK, nP) - 1, 2 do
       kv[#kv + 1] = keys[5 + tonumber(argv[k])]
       kv[#kv + 1] = stamp .. argv[k + 1]
     end
     redis.call('MSET', unpack(kv))
   end
   local deleted = 0
-  for from = 0, nD - 1, 500 do
+  for from = 0, nD - 1, CHUNK do
     local del = {}
-    for k = iD + from, iD + math.min(from + 500, nD) - 1 do
+    for k = iD + from, iD + math.min(from + CHUNK, nD) - 1 do
       del[#del + 1] = keys[5 + tonumber(argv[k])]
     end
     deleted = deleted + redis.call('DEL', unpack(del))
@@ -296,31 +364,41 @@ local function unit(keys, argv)
       touched[#touched + 1] = q
     end
   end
-  for _, p in ipairs(pops) do
-    redis.call('ZREM', keys[p[1] - 2], p[2])
-    redis.call('HDEL', keys[p[1] - 1], p[3])
-    redis.call('HDEL', keys[p[1]], p[3])
-    touch(p[4])
-  end
-  for k = iW, iW + 3 * nW - 1, 3 do
-    local q = tonumber(argv[k])
+  for _, q in ipairs(popOrder) do
     local b = qbase + 3 * q
-    local member, score = argv[k + 1], argv[k + 2]
-    local old = redis.call('HGET', keys[b - 1], member)
-    if score == '' then
-      if old then
-        redis.call('ZREM', keys[b - 2], old .. member)
-        redis.call('HDEL', keys[b - 1], member)
-        touch(q)
+    batched('ZREM', keys[b - 2], pops[q][1], 1)
+    batched('HDEL', keys[b - 1], pops[q].members, 1)
+    batched('HDEL', keys[b], pops[q].members, 1)
+    touch(q)
+  end
+  for _, q in ipairs(writeOrder) do
+    local b = qbase + 3 * q
+    local members, scores = writes[q][1], writes[q][2]
+    local olds = batched('HMGET', keys[b - 1], members, 1)
+    local zrem, hdel, zadd, hset = {}, {}, {}, {}
+    for k, member in ipairs(members) do
+      local old, score = olds[k], scores[k]
+      if old and old ~= score then
+        zrem[#zrem + 1] = old .. member
       end
-    elseif old ~= score then
-      if old then
-        redis.call('ZREM', keys[b - 2], old .. member)
+      if score == '' then
+        if old then
+          hdel[#hdel + 1] = member
+        end
+      elseif old ~= score then
+        local enc = score .. member
+        zadd[#zadd + 1] = 0
+        zadd[#zadd + 1] = enc
+        hset[#hset + 1] = member
+        hset[#hset + 1] = score
+        added[enc] = q
       end
-      local enc = score .. member
-      redis.call('ZADD', keys[b - 2], 0, enc)
-      redis.call('HSET', keys[b - 1], member, score)
-      added[enc] = q
+    end
+    if #zrem > 0 or #zadd > 0 then
+      batched('ZREM', keys[b - 2], zrem, 1)
+      batched('HDEL', keys[b - 1], hdel, 1)
+      batched('ZADD', keys[b - 2], zadd, 2)
+      batched('HSET', keys[b - 1], hset, 2)
       touch(q)
     end
   end
@@ -361,21 +439,21 @@ local function unit(keys, argv)
   return out
 end
 
-redis.register_function('ffv2_unit', unit)
-redis.register_function{function_name = 'ffv2_check', flags = {'no-writes'}, callback = function(keys, argv)
+redis.register_function('ffv3_unit', unit)
+redis.register_function{function_name = 'ffv3_check', flags = {'no-writes'}, callback = function(keys, argv)
   if argv[1] ~= 'v' then
-    return redis.error_reply('ERR ffv2_check only checks')
+    return redis.error_reply('ERR ffv3_check only checks')
   end
   return unit(keys, argv)
 end}
 
--- ffv2_unhint is the shard's half of removing queues from the store's hint, run after
+-- ffv3_unhint is the shard's half of removing queues from the store's hint, run after
 -- they were taken out of it: of the queues named, those that are empty (not in the
 -- directory) leave the hinted set, so that the commit that next fills one reports it;
 -- the names of the others, non-empty again meanwhile, are returned for the caller to put
 -- back.
 -- KEYS: queue directory, hinted queues. ARGV: queue names.
-redis.register_function('ffv2_unhint', function(keys, argv)
+redis.register_function('ffv3_unhint', function(keys, argv)
   local back = {}
   for _, name in ipairs(argv) do
     if redis.call('ZSCORE', keys[1], name) then
@@ -387,10 +465,10 @@ redis.register_function('ffv2_unhint', function(keys, argv)
   return back
 end)
 
--- ffv2_trim deletes the events with Seq at most `through` (at most the last one) and
+-- ffv3_trim deletes the events with Seq at most `through` (at most the last one) and
 -- raises the trim point; it never lowers it.
 -- KEYS: trim point, event stream. ARGV: through.
-redis.register_function('ffv2_trim', function(keys, argv)
+redis.register_function('ffv3_trim', function(keys, argv)
   local trimmed = tonumber(redis.call('GET', keys[1]) or '0')
   local through = math.min(tonumber(argv[1]), math.max(trimmed, last_seq(keys[2])))
   if through > trimmed then
@@ -400,9 +478,9 @@ redis.register_function('ffv2_trim', function(keys, argv)
   return 1
 end)
 
--- ffv2_bounds returns the trim point and the last Seq of a log, read together.
+-- ffv3_bounds returns the trim point and the last Seq of a log, read together.
 -- KEYS: trim point, event stream.
-redis.register_function{function_name = 'ffv2_bounds', flags = {'no-writes'}, callback = function(keys)
+redis.register_function{function_name = 'ffv3_bounds', flags = {'no-writes'}, callback = function(keys)
   local trimmed = tonumber(redis.call('GET', keys[1]) or '0')
   return {trimmed, math.max(trimmed, last_seq(keys[2]))}
 end}

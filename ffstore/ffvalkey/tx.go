@@ -505,7 +505,7 @@ func (t *tx) hasWrites() bool {
 	return false
 }
 
-// call is one ffv2_unit or ffv2_check call being built.
+// call is one ffv3_unit or ffv3_check call being built.
 type call struct {
 	keys []string
 	args []string

@@ -572,3 +572,56 @@ func TestLargeUnit(t *testing.T) {
 		return errors.Join(err, err2)
 	}))
 }
+
+// TestUnitChecksQueueReads shows that a unit's commit checks the queue items it read with
+// Range: when another unit removed or re-scored one of them meanwhile, the commit fails
+// with a store conflict and writes nothing; when they all still hold, it commits.
+func TestUnitChecksQueueReads(t *testing.T) {
+	t.Parallel()
+	onServerAndCluster(t, func(t *testing.T, url string) {
+		s := openStore(t, url, &ffvalkey.Options{Shards: 2})
+		ctx := t.Context()
+		require.NoError(t, s.Update(ctx, 1, func(tx ffstore.Tx) error {
+			for i, m := range []string{"a", "b", "c"} {
+				tx.QueueAdd("q", m, int64(i))
+				tx.QueueAdd("other", m, int64(i))
+			}
+			return nil
+		}))
+		// readThenWrite ranges both queues, lets meddle commit a unit of its own, then
+		// writes a record.
+		readThenWrite := func(key string, meddle func(tx ffstore.Tx)) error {
+			return s.Update(ctx, 1, func(tx ffstore.Tx) error {
+				for _, q := range []string{"q", "other"} {
+					if _, err := tx.Range(q, nil, ffstore.MaxScore, 10); err != nil {
+						return err
+					}
+				}
+				if meddle != nil {
+					require.NoError(t, s.Update(ctx, 1, func(tx ffstore.Tx) error { meddle(tx); return nil }))
+				}
+				tx.Put(key, []byte("v"))
+				return nil
+			})
+		}
+		requireAbsent := func(key string) {
+			t.Helper()
+			require.NoError(t, s.View(ctx, 1, func(tx ffstore.ReadTx) error {
+				_, ok, err := tx.Get(key)
+				require.False(t, ok, "the failed unit wrote %s", key)
+				return err
+			}))
+		}
+
+		err := readThenWrite("removed", func(tx ffstore.Tx) { tx.QueueRemove("other", "c") })
+		require.ErrorIs(t, err, fftype.ErrStoreConflict, "an item read was removed")
+		requireAbsent("removed")
+
+		err = readThenWrite("rescored", func(tx ffstore.Tx) { tx.QueueAdd("q", "b", 7) })
+		require.ErrorIs(t, err, fftype.ErrStoreConflict, "an item read was re-scored")
+		requireAbsent("rescored")
+
+		require.NoError(t, readThenWrite("held", func(tx ffstore.Tx) { tx.QueueAdd("q", "d", 9) }),
+			"an item added after the read does not change what was read")
+	})
+}
