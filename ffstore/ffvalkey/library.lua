@@ -12,6 +12,9 @@
 -- Queue items are ZSET members that all score 0: 8 bytes of score that sort like the
 -- int64 they encode, then the member. Lua compares strings with strcoll, so byte order
 -- is compared with le8, never with <.
+--
+-- Constant arguments of the hot calls are written as strings ('0'): Redis formats every
+-- Lua number passed to redis.call as a double.
 
 -- A pop mark is a 13-digit deadline in ms followed by the token of the unit holding it.
 local MARK_DIGITS = 13
@@ -260,7 +263,7 @@ local function unit(keys, argv)
   local n = tonumber(argv[i])
   i = i + 1
   for _ = 1, n do
-    if not reason and redis.call('GETRANGE', keys[5 + tonumber(argv[i])], 0, 7) ~= argv[i + 1] then
+    if not reason and redis.call('GETRANGE', keys[5 + tonumber(argv[i])], '0', '7') ~= argv[i + 1] then
       reason = 'a record changed'
     end
     i = i + 2
@@ -387,7 +390,7 @@ local function unit(keys, argv)
         end
       elseif old ~= score then
         local enc = score .. member
-        zadd[#zadd + 1] = 0
+        zadd[#zadd + 1] = '0'
         zadd[#zadd + 1] = enc
         hset[#hset + 1] = member
         hset[#hset + 1] = score
@@ -413,13 +416,13 @@ local function unit(keys, argv)
   for _, q in ipairs(touched) do
     local b = qbase + 3 * q
     local name = argv[7 + q]
-    local head = redis.call('ZRANGE', keys[b - 2], 0, 0)[1]
+    local head = redis.call('ZRANGE', keys[b - 2], '0', '0')[1]
     out[#out + 1] = name
     if head then
       out[#out + 1] = head
       if added[head] then
         earlier = true
-        if redis.call('ZADD', keys[4], 'NX', 0, name) == 1 and redis.call('SADD', keys[5], name) == 1 then
+        if redis.call('ZADD', keys[4], 'NX', '0', name) == 1 and redis.call('SADD', keys[5], name) == 1 then
           hints[#hints + 1] = name
         end
       end
