@@ -59,13 +59,12 @@ type unitTx struct {
 	err      error // first failure; the transaction is unusable after it
 	done     bool
 
-	reads   map[string]cached // records read from the database
-	writes  map[string]recWrite
-	items   map[itemKey]itemWrite
-	popped  bool                    // a PopDue removed something
-	heads   map[string]headAfterPop // per queue: its head as the last PopDue on it read it
-	events  []fftype.Event
-	lockSQL string // the Get/Prefetch flavour: locking in units, plain in Views
+	reads  map[string]cached // records read from the database
+	writes map[string]recWrite
+	items  map[itemKey]itemWrite
+	popped bool                    // a PopDue removed something
+	heads  map[string]headAfterPop // per queue: its head as the last PopDue on it read it
+	events []fftype.Event
 }
 
 var (
