@@ -536,6 +536,7 @@ func TestLargeUnit(t *testing.T) {
 		for i := range n {
 			tx.Put("k"+strconv.Itoa(i), []byte(strconv.Itoa(i)))
 			tx.QueueAdd("q", "m"+strconv.Itoa(i), int64(i))
+			tx.QueueAdd("r", "m"+strconv.Itoa(i), int64(i))
 			tx.AppendEvent(fftype.Event{Type: fftype.EventCreated})
 		}
 		return nil
@@ -559,6 +560,17 @@ func TestLargeUnit(t *testing.T) {
 		if err == nil && len(items) != n {
 			err = fmt.Errorf("popped %d", len(items))
 		}
+		if err != nil {
+			return err
+		}
+		// A queue read whole, checked at commit, and rewritten whole.
+		items, err = tx.Range("r", nil, ffstore.MaxScore, n)
+		if err == nil && len(items) != n {
+			err = fmt.Errorf("ranged %d", len(items))
+		}
+		for _, it := range items {
+			tx.QueueAdd("r", it.Member, it.Score+n)
+		}
 		return err
 	}))
 	_, last, err := s.EventBounds(ctx, 0)
@@ -569,7 +581,10 @@ func TestLargeUnit(t *testing.T) {
 		require.False(t, ok)
 		items, err2 := tx.Range("q", nil, ffstore.MaxScore, 10)
 		require.Empty(t, items)
-		return errors.Join(err, err2)
+		rescored, err3 := tx.Range("r", nil, ffstore.MaxScore, n+1)
+		require.Len(t, rescored, n)
+		require.Equal(t, ffstore.QueueItem{Member: "m0", Score: n}, rescored[0])
+		return errors.Join(err, err2, err3)
 	}))
 }
 
