@@ -98,9 +98,10 @@ type ChangeNotifier interface {
 
 // UnitMerger is an optional property of a store: each of its units costs round trips
 // and a commit of its own, which concurrent units do not share (Postgres: a transaction
-// each; Redis: a function call each, whose fixed cost on the server pipelining does not
-// spread). The engine then merges concurrent small operations on one shard (those of
-// lease holders) into one unit. Stores that already share that cost between concurrent
+// each; Redis: a read and a function call each, whose per-call work — the commit
+// counter, the wake-up, the head of every queue written — pipelining does not spread).
+// The engine then merges concurrent small operations on one shard (those of lease
+// holders) into one unit. Stores that already share that cost between concurrent
 // units by a group commit (SQLite), or that have none (memory), do not have it.
 type UnitMerger interface {
 	// MergeUnits marks the property; it does nothing.

@@ -893,9 +893,11 @@ func globEscape(p string) string {
 	return b.String()
 }
 
-// MergeUnits implements [ffstore.UnitMerger]: every unit's commit is a function call
-// whose fixed cost on the server (about as much as a small unit's own work) is not shared
-// by pipelining, so the engine merges concurrent small units.
+// MergeUnits implements [ffstore.UnitMerger]: every unit reads in a round trip of its
+// own and commits with a function call that does some work once per call whatever the
+// unit's size (the commit counter, the wake-up, one command per queue it touches, the
+// new head of each), which pipelining does not share; so the engine merges concurrent
+// small units. (The call itself costs the server little: about 3 µs for an empty unit.)
 func (s *Store) MergeUnits() {}
 
 // Close waits for the calls in progress to finish, then closes the connections. Later

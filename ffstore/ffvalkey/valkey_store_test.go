@@ -612,9 +612,7 @@ func TestUnitChecksQueueReads(t *testing.T) {
 						return err
 					}
 				}
-				if meddle != nil {
-					require.NoError(t, s.Update(ctx, 1, func(tx ffstore.Tx) error { meddle(tx); return nil }))
-				}
+				require.NoError(t, s.Update(ctx, 1, func(tx ffstore.Tx) error { meddle(tx); return nil }))
 				tx.Put(key, []byte("v"))
 				return nil
 			})
