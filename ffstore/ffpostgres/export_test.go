@@ -1,6 +1,10 @@
 package ffpostgres
 
-import "context"
+import (
+	"context"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+)
 
 // ChangeChannel returns the LISTEN/NOTIFY channel of s.
 func ChangeChannel(s *Store) string { return s.channel }
@@ -16,3 +20,8 @@ func Upkeep(ctx context.Context, s *Store) error { return s.upkeep(ctx) }
 
 // UpkeepLockKey is the advisory lock that elects the process doing s's upkeep.
 func UpkeepLockKey(s *Store) int64 { return upkeepLockKey(s.schema) }
+
+// MigrateTo brings schema to version, which may be older than SchemaVersion.
+func MigrateTo(ctx context.Context, pool *pgxpool.Pool, schema string, version int) error {
+	return migrateTo(ctx, pool, schema, version)
+}

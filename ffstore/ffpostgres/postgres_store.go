@@ -11,8 +11,8 @@
 //	queue_items(shard, queue, member, score bigint)   ready and due queues; index (shard, queue, score, member)
 //	queues(queue, shard)                              the queue directory, for QueueHeads
 //	event_logs(shard, last_seq, trimmed)              per-shard event counter and trim point
-//	event_pending(shard, xid, ord, …)                 committed events not numbered yet
-//	events(shard, seq, …)                             the event logs
+//	event_pending(shard, xid, n, events bytea)        each unit's committed events, not numbered yet
+//	event_blocks(shard, first_seq, last_seq, events)  the event logs, a unit's events a block
 //	meta(name, value)                                 schema version and shard count
 //
 // The schema is versioned and migrated forward only, in one transaction under an advisory
@@ -49,14 +49,15 @@
 //
 // # Events
 //
-// A unit appends its events to event_pending, tagged with its transaction id
-// (pg_current_xact_id()), in its write statement; it touches no shared row, so units on
-// one shard commit in parallel. Events get their Seq from a sequencer that
-// ReadEvents and EventBounds run, in any process, whenever committed events wait: in one
-// transaction it locks the shard's event_logs row (last_seq, the last number handed out)
-// and then, in a new statement whose snapshot sees every unit committed before the lock
-// was granted, moves the waiting events into events numbered last_seq+1, last_seq+2, … in
-// (transaction id, order in the unit) order and raises last_seq. The lock is held until
+// A unit appends its events to event_pending as one row, a blob of them all tagged with
+// its transaction id (pg_current_xact_id()), in its write statement; it touches no shared
+// row, so units on one shard commit in parallel. Events get their Seq from a sequencer
+// that ReadEvents and EventBounds run, in any process, whenever committed events wait: in
+// one transaction it locks the shard's event_logs row (last_seq, the last number handed
+// out) and then, in a new statement whose snapshot sees every unit committed before the
+// lock was granted, moves each waiting unit's blob, in transaction id order, into an
+// event_blocks row numbered from last_seq+1 on, and raises last_seq. Readers decode the
+// blocks; trimming deletes the blocks wholly at or below the trim point. The lock is held until
 // the sequencer commits, so sequencers take turns and each block of numbers becomes
 // visible whole and after the previous one: Seqs are gap-free (a rolled-back unit's
 // events are never visible, so never numbered), a reader never sees Seq n+1 before Seq n,
@@ -744,8 +745,8 @@ func prefixEnd(p string) (string, bool) {
 	return "", false
 }
 
-// sequenceBatch bounds the events one sequencer transaction numbers.
-const sequenceBatch = 10_000
+// sequenceBatch bounds the units whose events one sequencer transaction numbers.
+const sequenceBatch = 1_000
 
 // sequence numbers the events of every unit committed on shard so far: it moves them
 // from event_pending into events with the shard's next Seqs, in (transaction id, order in
@@ -816,7 +817,11 @@ func (s *Store) readEvents(ctx context.Context, shard int, after uint64, limit i
 	if probe {
 		b.Queue(s.sql.hasPending, shard)
 	}
-	b.Queue(s.sql.readEvents, shard, int64(after), limit) //nolint:gosec // below MaxInt64
+	through := after + uint64(limit) //nolint:gosec // limit > 0
+	if through > math.MaxInt64 || through < after {
+		through = math.MaxInt64
+	}
+	b.Queue(s.sql.readEvents, shard, int64(after+1), int64(through)) //nolint:gosec // after < MaxInt64, last bounded
 	b.Queue(s.sql.eventBounds, shard)
 	br := s.pool.SendBatch(ctx, b)
 	defer br.Close()
@@ -831,22 +836,17 @@ func (s *Store) readEvents(ctx context.Context, shard int, after uint64, limit i
 	}
 	var out []fftype.Event
 	for rows.Next() {
-		ev := fftype.Event{Shard: shard}
-		var seq, sec int64
-		var version, nsec int32
-		var typ, exec string
-		var data []byte
-		if err := rows.Scan(&seq, &version, &typ, &sec, &nsec, &exec, &ev.FlowID, &ev.Namespace, &ev.Lane, &data); err != nil {
+		var first, last int64
+		var blob []byte
+		if err := rows.Scan(&first, &last, &blob); err != nil {
 			rows.Close()
 			return nil, false, translate(ctx, err, "read events")
 		}
-		ev.Seq, ev.Version, ev.Type = uint64(seq), int(version), fftype.EventType(typ) //nolint:gosec // seq > 0
-		ev.Time = time.Unix(sec, int64(nsec)).UTC()
-		ev.ExecutionID = fftype.ExecutionID(exec)
-		if data != nil {
-			ev.Data = data
+		if out, err = decodeEventBlob(out, shard, uint64(first), uint64(last), blob, after, limit); err != nil { //nolint:gosec // Seqs are positive
+			rows.Close()
+			return nil, false, &fftype.Error{Kind: fftype.KindUnavailable, Code: fftype.CodeCorruption,
+				Message: fmt.Sprintf("ffpostgres: the event block at %d of shard %d could not be decoded", first, shard), Err: err}
 		}
-		out = append(out, ev)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, false, translate(ctx, err, "read events")

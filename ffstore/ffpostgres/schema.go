@@ -100,10 +100,50 @@ var migrations = [][]string{ //nolint:gochecknoglobals // the embedded schema, r
 			PRIMARY KEY (shard, seq)
 		)`,
 	},
+	// 2: events kept a unit at a time, as blobs (see event_blob.go), rather than a row
+	// each. The rows of version 1 are converted: the waiting events of one transaction
+	// become its one waiting row, and each numbered event a block of its own.
+	{
+		`CREATE TABLE {S}.event_units (
+			shard  integer NOT NULL,
+			xid    xid8    NOT NULL DEFAULT pg_current_xact_id(),
+			n      integer NOT NULL CHECK (n > 0),
+			events bytea   NOT NULL,
+			PRIMARY KEY (shard, xid)
+		) WITH (toast_tuple_target = 8160, autovacuum_vacuum_scale_factor = 0.01, autovacuum_vacuum_threshold = 500,
+			autovacuum_vacuum_cost_delay = 0, autovacuum_vacuum_insert_scale_factor = 0.05)`,
+		`INSERT INTO {S}.event_units (shard, xid, n, events)
+			SELECT shard, xid, count(*), string_agg(` + eventBlobSQL + `, ''::bytea ORDER BY ord)
+			FROM {S}.event_pending GROUP BY shard, xid`,
+		`DROP TABLE {S}.event_pending`,
+		`ALTER TABLE {S}.event_units RENAME TO event_pending`,
+		`ALTER INDEX {S}.event_units_pkey RENAME TO event_pending_pkey`,
+		// A block holds the events numbered first_seq to last_seq, one unit's.
+		`CREATE TABLE {S}.event_blocks (
+			shard     integer NOT NULL,
+			first_seq bigint  NOT NULL,
+			last_seq  bigint  NOT NULL CHECK (last_seq >= first_seq),
+			events    bytea   NOT NULL,
+			PRIMARY KEY (shard, first_seq)
+		) WITH (toast_tuple_target = 8160)`,
+		`INSERT INTO {S}.event_blocks (shard, first_seq, last_seq, events)
+			SELECT shard, seq, seq, ` + eventBlobSQL + ` FROM {S}.events`,
+		`DROP TABLE {S}.events`,
+	},
 }
 
+// eventBlobSQL encodes the event in the columns of a version 1 event row as
+// appendEventBlob does.
+const eventBlobSQL = `int4send(version) || int8send(time_unix) || int4send(time_nsec)
+	|| int4send(octet_length(type)) || textsend(type)
+	|| int4send(octet_length(execution_id)) || textsend(execution_id)
+	|| int4send(octet_length(flow_id)) || textsend(flow_id)
+	|| int4send(octet_length(namespace)) || textsend(namespace)
+	|| int4send(octet_length(lane)) || textsend(lane)
+	|| CASE WHEN data IS NULL THEN int4send(-1) ELSE int4send(octet_length(data)) || data END`
+
 // SchemaVersion is the schema version this binary writes and the newest it can use.
-const SchemaVersion = 1
+const SchemaVersion = 2
 
 const (
 	metaSchemaVersion = "schema_version"
@@ -142,14 +182,19 @@ func advisoryKey(schema, name string) int64 {
 // unavailable error coded [CodeSchemaTooNew]. It does not choose the shard count: the
 // first [Open] or [New] does.
 func Migrate(ctx context.Context, pool *pgxpool.Pool, schema string) error {
+	if len(migrations) != SchemaVersion {
+		panic("ffpostgres: SchemaVersion does not match the migration list")
+	}
+	return migrateTo(ctx, pool, schema, SchemaVersion)
+}
+
+// migrateTo is Migrate to version target (tests build older schemas with it).
+func migrateTo(ctx context.Context, pool *pgxpool.Pool, schema string, target int) error {
 	if schema == "" {
 		schema = DefaultSchema
 	}
 	if err := checkSchemaName(schema); err != nil {
 		return err
-	}
-	if len(migrations) != SchemaVersion {
-		panic("ffpostgres: SchemaVersion does not match the migration list")
 	}
 	qs := pgx.Identifier{schema}.Sanitize()
 	tx, err := pool.Begin(ctx)
@@ -167,13 +212,13 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool, schema string) error {
 	if version > SchemaVersion {
 		return schemaError(schema, version)
 	}
-	if version == SchemaVersion {
+	if version >= target {
 		return nil
 	}
 	if _, err := tx.Exec(ctx, "CREATE SCHEMA IF NOT EXISTS "+qs); err != nil {
 		return translate(ctx, err, "create schema")
 	}
-	for v := version; v < SchemaVersion; v++ {
+	for v := version; v < target; v++ {
 		for _, stmt := range migrations[v] {
 			if _, err := tx.Exec(ctx, strings.ReplaceAll(stmt, "{S}", qs)); err != nil {
 				return translate(ctx, fmt.Errorf("migration %d: %w", v+1, err), "migrate")

@@ -60,17 +60,17 @@ func newStatements(qs string) *statements {
 		// lock is held until COMMIT, so blocks of numbers become visible in order.
 		lockLog: q(`SELECT last_seq FROM {S}.event_logs WHERE shard = $1 FOR UPDATE`),
 		sequence: q(`WITH moved AS (
-				DELETE FROM {S}.event_pending p WHERE (p.shard, p.xid, p.ord) IN (
-					SELECT shard, xid, ord FROM {S}.event_pending WHERE shard = $1 ORDER BY xid, ord LIMIT $2)
-				RETURNING p.*),
-			numbered AS (SELECT m.*, row_number() OVER (ORDER BY m.xid, m.ord) AS rn FROM moved m),
+				DELETE FROM {S}.event_pending p WHERE (p.shard, p.xid) IN (
+					SELECT shard, xid FROM {S}.event_pending WHERE shard = $1 ORDER BY xid LIMIT $2)
+				RETURNING p.xid, p.n, p.events),
+			numbered AS (SELECT m.n, m.events, sum(m.n) OVER (ORDER BY m.xid) AS upto FROM moved m),
 			base AS (SELECT last_seq FROM {S}.event_logs WHERE shard = $1),
 			ins AS (
-				INSERT INTO {S}.events (shard, seq, version, type, time_unix, time_nsec, execution_id, flow_id, namespace, lane, data)
-				SELECT $1, base.last_seq + n.rn, n.version, n.type, n.time_unix, n.time_nsec, n.execution_id, n.flow_id, n.namespace, n.lane, n.data
+				INSERT INTO {S}.event_blocks (shard, first_seq, last_seq, events)
+				SELECT $1, base.last_seq + n.upto - n.n + 1, base.last_seq + n.upto, n.events
 				FROM numbered n, base
-				RETURNING 1),
-			upd AS (UPDATE {S}.event_logs SET last_seq = last_seq + (SELECT count(*) FROM ins) WHERE shard = $1)
+				RETURNING last_seq - first_seq + 1 AS n),
+			upd AS (UPDATE {S}.event_logs SET last_seq = last_seq + (SELECT coalesce(sum(n), 0) FROM ins) WHERE shard = $1)
 			SELECT count(*) FROM ins`),
 		notify: `SELECT pg_notify($1, '')`,
 
@@ -87,12 +87,17 @@ func newStatements(qs string) *statements {
 		pruneQueue: q(`DELETE FROM {S}.queues d WHERE d.queue = $1 AND d.shard = $2
 			AND NOT EXISTS (SELECT 1 FROM {S}.queue_items i WHERE i.shard = $2 AND i.queue = $1)`),
 
-		readEvents: q(`SELECT seq, version, type, time_unix, time_nsec, execution_id, flow_id, namespace, lane, data
-			FROM {S}.events WHERE shard = $1 AND seq > $2 ORDER BY seq LIMIT $3`),
+		// The blocks holding Seqs $2 to $3: from the one holding $2 (the last block that
+		// starts at or before it) to the last that starts at or before $3, both ends
+		// found by the primary key.
+		readEvents: q(`SELECT first_seq, last_seq, events FROM {S}.event_blocks
+			WHERE shard = $1 AND last_seq >= $2 AND first_seq <= $3
+				AND first_seq >= coalesce((SELECT max(first_seq) FROM {S}.event_blocks WHERE shard = $1 AND first_seq <= $2), 0)
+			ORDER BY first_seq`),
 		eventBounds: q(`SELECT trimmed, last_seq FROM {S}.event_logs WHERE shard = $1`),
 		trimMark: q(`UPDATE {S}.event_logs SET trimmed = GREATEST(trimmed, LEAST($2, last_seq))
 			WHERE shard = $1 RETURNING trimmed`),
-		trimDelete: q(`DELETE FROM {S}.events WHERE shard = $1 AND seq <= $2`),
+		trimDelete: q(`DELETE FROM {S}.event_blocks WHERE shard = $1 AND first_seq <= $2 AND last_seq <= $2`),
 	}
 	for i, part := range writePartSQL {
 		st.writes[i] = q(part)
@@ -128,7 +133,8 @@ const (
 // (which needs the lock exclusively) cannot delete that row between the check and the
 // commit.
 //
-// A unit's events wait, unnumbered and tagged with the transaction id, for the sequencer.
+// A unit's events wait, unnumbered, as one blob tagged with the transaction id, for the
+// sequencer.
 var writePartSQL = [writeParts]string{ //nolint:gochecknoglobals // constant SQL
 	partDelete: `DELETE FROM {S}.records WHERE shard = $1 AND key = ANY($P1::text[])`,
 	partUpdate: `UPDATE {S}.records r SET value = u.v FROM unnest($P1::text[], $P2::bytea[]) AS u(k, v)
@@ -148,10 +154,7 @@ var writePartSQL = [writeParts]string{ //nolint:gochecknoglobals // constant SQL
 		SELECT $1, q, m, sc FROM unnest($P1::text[], $P2::text[], $P3::bigint[]) AS u(q, m, sc)
 		ON CONFLICT (shard, queue, member) DO UPDATE SET score = EXCLUDED.score
 		WHERE queue_items.score <> EXCLUDED.score`,
-	partEvents: `INSERT INTO {S}.event_pending (shard, ord, version, type, time_unix, time_nsec, execution_id, flow_id, namespace, lane, data)
-		SELECT $1, e.ord, e.version, e.type, e.time_unix, e.time_nsec, e.execution_id, e.flow_id, e.namespace, e.lane, e.data
-		FROM unnest($P1::integer[], $P2::text[], $P3::bigint[], $P4::integer[], $P5::text[], $P6::text[], $P7::text[], $P8::text[], $P9::bytea[])
-			WITH ORDINALITY AS e(version, type, time_unix, time_nsec, execution_id, flow_id, namespace, lane, data, ord)`,
+	partEvents: `INSERT INTO {S}.event_pending (shard, n, events) VALUES ($1, $P1::integer, $P2::bytea)`,
 }
 
 // writeStatement puts together the parts of a unit's write statement: used[i] is the

@@ -468,31 +468,13 @@ func (t *unitTx) commit(ctx context.Context) error {
 		used[partAdd] = []any{addQ, addM, addS}
 	}
 
-	// Events.
+	// Events, as one blob.
 	if n := len(t.events); n > 0 {
-		version := make([]int32, n)
-		typ := make([]string, n)
-		sec := make([]int64, n)
-		nsec := make([]int32, n)
-		exec := make([]string, n)
-		flow := make([]string, n)
-		ns := make([]string, n)
-		lane := make([]string, n)
-		data := make([][]byte, n)
-		for i, ev := range t.events {
-			version[i] = int32(ev.Version) //nolint:gosec // a small version number
-			typ[i] = string(ev.Type)
-			sec[i] = ev.Time.Unix()
-			nsec[i] = int32(ev.Time.Nanosecond()) //nolint:gosec // below 1e9
-			exec[i] = string(ev.ExecutionID)
-			flow[i] = ev.FlowID
-			ns[i] = ev.Namespace
-			lane[i] = ev.Lane
-			if ev.Data != nil {
-				data[i] = ev.Data
-			}
+		var blob []byte
+		for i := range t.events {
+			blob = appendEventBlob(blob, &t.events[i])
 		}
-		used[partEvents] = []any{version, typ, sec, nsec, exec, flow, ns, lane, data}
+		used[partEvents] = []any{int32(n), blob} //nolint:gosec // a unit's events are far fewer than 2^31
 	}
 
 	if t.s.notifyInTx {
