@@ -46,6 +46,17 @@ func TestQueueHeadsHint(t *testing.T) {
 			require.NoError(t, a.Update(ctx, shard, func(tx ffstore.Tx) error { tx.QueueRemove(queue, member); return nil }))
 		}
 		require.Empty(t, heads(b)) // b's first read is full
+		// That read started b's subscription; until it is up, a's wake-ups miss b.
+		changes := b.Changes(ctx)
+		require.Eventually(t, func() bool {
+			require.NoError(t, a.Update(ctx, 0, func(tx ffstore.Tx) error { tx.Put("warm", []byte("x")); return nil }))
+			select {
+			case <-changes:
+				return true
+			case <-time.After(20 * time.Millisecond):
+				return false
+			}
+		}, 5*time.Second, time.Millisecond)
 		add(3, "e:l:x", "m1")
 		add(3, "t:other", "m2") // not under the prefix
 		require.ElementsMatch(t, []string{"e:l:x@3", "t:other@3"}, hint())
