@@ -51,6 +51,10 @@ type Execution struct {
 	// call by its holder: "expired", "revoked" or "released". Fenced calls use it to answer
 	// lease_expired or lease_revoked instead of a bare stale_lease.
 	LastLeaseEnd string `json:"last_lease_end,omitempty"`
+	// Attempt is the latest attempt (index CurrentAttempt), nil before the first claim.
+	// It is stored with the execution, so a transition reads and writes one record;
+	// earlier attempts are stored apart once a new one starts.
+	Attempt *Attempt `json:"attempt,omitempty"`
 
 	// Grant reservation (claim or reclaim grant) while Eligibility is EligibilityGranted.
 	Grant *Grant `json:"grant,omitempty"`

@@ -343,7 +343,7 @@ func (e *Engine) acquire(tx ffstore.Tx, x *fftype.Execution, before placement, w
 	resumed := x.AttemptState == fftype.AttemptStateInterrupted
 	event := fftype.EventClaimed
 	if resumed {
-		a, err := getAttempt(tx, x.ID, x.CurrentAttempt)
+		a, err := latestAttempt(x)
 		if err != nil {
 			return nil, err
 		}
@@ -352,6 +352,9 @@ func (e *Engine) acquire(tx ffstore.Tx, x *fftype.Execution, before placement, w
 		att.ResumedAt = now
 		event = fftype.EventResumed
 	} else {
+		if x.Attempt != nil {
+			putAttempt(tx, x.Attempt) // no longer the latest
+		}
 		att = &fftype.Attempt{
 			ExecutionID:     x.ID,
 			Index:           x.TotalAttempts,
@@ -403,10 +406,9 @@ func (e *Engine) acquire(tx ffstore.Tx, x *fftype.Execution, before placement, w
 	}
 	x.UpdatedAt = now
 
-	e.attempts.set(x.ID, att.Index)
 	att.LeaseID, att.LeaseEpoch = x.LeaseID, x.LeaseEpoch
 	att.WorkerID, att.WorkerInstanceID = w.workerID, w.instanceID
-	putAttempt(tx, att)
+	x.Attempt = att
 	e.save(tx, before, x)
 	appendEvent(tx, event, x, now, map[string]any{
 		"attempt_index": att.Index, "attempt_type": att.Type, "lease_epoch": x.LeaseEpoch, "worker_id": w.workerID,

@@ -14,10 +14,14 @@ import (
 // where each transition reads and writes the execution and attempt records. A decoder
 // refuses truncated or trailing bytes. TestCodecRoundTrip fills every field by reflection,
 // so a field added to a record but not to its codec fails the build's tests.
+//
+// Version 2 of the execution record carries the execution's latest attempt
+// (fftype.Execution.Attempt); version 1 records, which do not, are still read.
 const (
-	codecExecution = 'X'
-	codecAttempt   = 'A'
-	codecVersion   = 1
+	codecExecution        = 'X'
+	codecAttempt          = 'A'
+	codecExecutionVersion = 2
+	codecAttemptVersion   = 1
 )
 
 var errCodec = errors.New("malformed record")
@@ -128,10 +132,14 @@ func (r *decoder) strs() []string {
 	return out
 }
 
-func (r *decoder) header(kind byte) {
-	if r.byte() != kind || r.byte() != codecVersion {
+// header reads a record's kind and version byte and returns the version, failing unless
+// the kind is kind and the version at most newest.
+func (r *decoder) header(kind, newest byte) byte {
+	k, v := r.byte(), r.byte()
+	if k != kind || v < 1 || v > newest {
 		r.fail()
 	}
+	return v
 }
 
 func (r *decoder) done() error {
@@ -143,7 +151,7 @@ func (r *decoder) done() error {
 
 func encodeExecution(x *fftype.Execution) []byte {
 	w := encoder{b: make([]byte, 0, 512)}
-	w.b = append(w.b, codecExecution, codecVersion)
+	w.b = append(w.b, codecExecution, codecExecutionVersion)
 	w.str(string(x.ID))
 	w.str(x.Namespace)
 	w.str(x.Lane)
@@ -204,12 +212,16 @@ func encodeExecution(x *fftype.Execution) []byte {
 	w.str(x.CancellationReason)
 	w.str(x.CancelledBy)
 	w.str(x.PendingReason)
+	w.bool(x.Attempt != nil)
+	if x.Attempt != nil {
+		encodeAttemptFields(&w, x.Attempt)
+	}
 	return w.b
 }
 
 func decodeExecution(b []byte) (*fftype.Execution, error) {
 	r := decoder{b: b}
-	r.header(codecExecution)
+	version := r.header(codecExecution, codecExecutionVersion)
 	x := &fftype.Execution{}
 	x.ID = r.id()
 	x.Namespace = r.str()
@@ -276,6 +288,10 @@ func decodeExecution(b []byte) (*fftype.Execution, error) {
 	x.CancellationReason = r.str()
 	x.CancelledBy = r.str()
 	x.PendingReason = r.str()
+	if version >= 2 && r.bool() {
+		x.Attempt = &fftype.Attempt{}
+		decodeAttemptFields(&r, x.Attempt)
+	}
 	if err := r.done(); err != nil {
 		return nil, err
 	}
@@ -323,7 +339,12 @@ func decodePolicy(r *decoder, p *fftype.Policy) {
 
 func encodeAttempt(a *fftype.Attempt) []byte {
 	w := encoder{b: make([]byte, 0, 256)}
-	w.b = append(w.b, codecAttempt, codecVersion)
+	w.b = append(w.b, codecAttempt, codecAttemptVersion)
+	encodeAttemptFields(&w, a)
+	return w.b
+}
+
+func encodeAttemptFields(w *encoder, a *fftype.Attempt) {
 	w.str(string(a.ExecutionID))
 	w.int(a.Index)
 	w.str(a.ID)
@@ -341,13 +362,20 @@ func encodeAttempt(a *fftype.Attempt) []byte {
 	w.time(a.ResumedAt)
 	w.str(a.FailureReason)
 	w.str(a.FailureCategory)
-	return w.b
 }
 
 func decodeAttempt(b []byte) (*fftype.Attempt, error) {
 	r := decoder{b: b}
-	r.header(codecAttempt)
+	r.header(codecAttempt, codecAttemptVersion)
 	a := &fftype.Attempt{}
+	decodeAttemptFields(&r, a)
+	if err := r.done(); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+func decodeAttemptFields(r *decoder, a *fftype.Attempt) {
 	a.ExecutionID = r.id()
 	a.Index = r.int()
 	a.ID = r.str()
@@ -365,8 +393,4 @@ func decodeAttempt(b []byte) (*fftype.Attempt, error) {
 	a.ResumedAt = r.time()
 	a.FailureReason = r.str()
 	a.FailureCategory = r.str()
-	if err := r.done(); err != nil {
-		return nil, err
-	}
-	return a, nil
 }

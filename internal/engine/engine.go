@@ -72,7 +72,6 @@ type Engine struct {
 	holders rounds[*holderCall] // concurrent operations of lease holders, per shard
 	// mergeUnits: the store is an ffstore.UnitMerger, so holders' operations go in rounds.
 	mergeUnits bool
-	attempts   attemptHints // current attempts of the leases handed out
 
 	laneMu   sync.Mutex
 	lanes    map[string]laneState // pause states read recently, see unpausedLanes
@@ -203,6 +202,12 @@ func getExec(tx ffstore.ReadTx, id fftype.ExecutionID) (*fftype.Execution, error
 	if err != nil {
 		return nil, corrupt("execution "+string(id), err)
 	}
+	if x.Attempt == nil && x.TotalAttempts > 0 {
+		// Recorded before executions carried their latest attempt: it is stored apart.
+		if x.Attempt, err = getAttempt(tx, id, x.CurrentAttempt); err != nil {
+			return nil, err
+		}
+	}
 	return x, nil
 }
 
@@ -217,6 +222,15 @@ func putJSON(tx ffstore.Tx, key string, v any) {
 
 func putExec(tx ffstore.Tx, x *fftype.Execution) { tx.Put(execKey(x.ID), encodeExecution(x)) }
 
+// latestAttempt returns x's current attempt, which getExec guarantees once x was claimed.
+func latestAttempt(x *fftype.Execution) (*fftype.Attempt, error) {
+	if a := x.Attempt; a != nil && a.Index == x.CurrentAttempt {
+		return a, nil
+	}
+	return nil, fftype.NotFoundf(fftype.CodeAttemptNotFound, "attempt %d of %s not found", x.CurrentAttempt, x.ID)
+}
+
+// putAttempt stores a, an attempt no longer the latest, apart from its execution.
 func putAttempt(tx ffstore.Tx, a *fftype.Attempt) {
 	tx.Put(attemptKey(a.ExecutionID, a.Index), encodeAttempt(a))
 }

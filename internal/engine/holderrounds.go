@@ -77,15 +77,9 @@ func (e *Engine) holderUnit(ctx context.Context, id fftype.ExecutionID, f fftype
 	return c.err
 }
 
-// holderAlone applies c in a unit of its own, under its caller's context: it reads c's
-// execution with its hinted attempt, as a round reads those of all its operations.
+// holderAlone applies c in a unit of its own, under its caller's context.
 func (e *Engine) holderAlone(shard int, c *holderCall) error {
-	return e.update(c.ctx, shard, func(tx ffstore.Tx) error {
-		if err := tx.Prefetch(e.attempts.holderKeys(c.id)...); err != nil {
-			return err
-		}
-		return e.holderStep(tx, c)
-	})
+	return e.update(c.ctx, shard, func(tx ffstore.Tx) error { return e.holderStep(tx, c) })
 }
 
 // holderStep applies c in tx: it reads the execution, recognises a replay, checks the
@@ -102,13 +96,7 @@ func (e *Engine) holderStep(tx ffstore.Tx, c *holderCall) error {
 	if err := checkHolder(x, c.f, now); err != nil {
 		return err
 	}
-	if err := c.fn(tx, x, e.placementOf(x), now); err != nil {
-		return err
-	}
-	if x.Ownership != fftype.OwnershipLeased {
-		e.attempts.forget(c.id)
-	}
-	return nil
+	return c.fn(tx, x, e.placementOf(x), now)
 }
 
 // serveHolders serves one round of operations on shard. A lone operation runs as it
@@ -148,21 +136,11 @@ func (e *Engine) serveHolders(ctx context.Context, shard int, calls []*holderCal
 	}
 }
 
-// prefetchHolders reads the executions of calls with their hinted current attempts, then
-// the current attempts it did not read, in one or two round trips.
+// prefetchHolders reads the executions of calls in one round trip.
 func (e *Engine) prefetchHolders(tx ffstore.Tx, calls []*holderCall) error {
-	keys := make([]string, 0, 2*len(calls))
-	for _, c := range calls {
-		keys = append(keys, e.attempts.holderKeys(c.id)...)
-	}
-	if err := tx.Prefetch(keys...); err != nil {
-		return err
-	}
-	keys = keys[:0]
-	for _, c := range calls {
-		if x, err := getExec(tx, c.id); err == nil && x.TotalAttempts > 0 {
-			keys = append(keys, attemptKey(x.ID, x.CurrentAttempt))
-		}
+	keys := make([]string, len(calls))
+	for i, c := range calls {
+		keys[i] = execKey(c.id)
 	}
 	return tx.Prefetch(keys...)
 }

@@ -21,8 +21,11 @@ func (e *Engine) CheckInvariants(ctx context.Context, id fftype.ExecutionID) err
 		if err := checkDimensions(x); err != nil {
 			return fmt.Errorf("execution %s: %w", id, err)
 		}
+		if (x.Attempt != nil) != (x.TotalAttempts > 0) || x.Attempt != nil && (x.Attempt.Index != x.CurrentAttempt || x.Attempt.ExecutionID != x.ID) {
+			return fmt.Errorf("execution %s: %d attempts, current %d, but latest attempt %+v", id, x.TotalAttempts, x.CurrentAttempt, x.Attempt)
+		}
 		if x.Ownership == fftype.OwnershipLeased {
-			a, err := getAttempt(tx, id, x.CurrentAttempt)
+			a, err := latestAttempt(x)
 			if err != nil {
 				return err
 			}

@@ -101,7 +101,7 @@ func toRunnable(x *fftype.Execution, as fftype.AttemptState, until time.Time, wa
 
 // endAttempt sets the final or paused status of x's current attempt.
 func endAttempt(tx ffstore.Tx, x *fftype.Execution, status fftype.AttemptStatus, reason, category string, now time.Time) error {
-	a, err := getAttempt(tx, x.ID, x.CurrentAttempt)
+	a, err := latestAttempt(x)
 	if err != nil {
 		return err
 	}
@@ -112,7 +112,6 @@ func endAttempt(tx ffstore.Tx, x *fftype.Execution, status fftype.AttemptStatus,
 		a.EndedAt = now
 	}
 	a.FailureReason, a.FailureCategory = reason, category
-	putAttempt(tx, a)
 	return nil
 }
 

@@ -47,7 +47,12 @@ func (e *Engine) Attempts(ctx context.Context, id fftype.ExecutionID) ([]*fftype
 		if err != nil {
 			return err
 		}
-		keys := make([]string, x.TotalAttempts)
+		if x.TotalAttempts == 0 {
+			out = []*fftype.Attempt{}
+			return nil
+		}
+		// The latest attempt is the execution's; the earlier ones are stored apart.
+		keys := make([]string, x.TotalAttempts-1)
 		for i := range keys {
 			keys[i] = attemptKey(id, i)
 		}
@@ -55,13 +60,18 @@ func (e *Engine) Attempts(ctx context.Context, id fftype.ExecutionID) ([]*fftype
 			return err
 		}
 		out = make([]*fftype.Attempt, 0, x.TotalAttempts)
-		for i := 0; i < x.TotalAttempts; i++ {
+		for i := range keys {
 			a, err := getAttempt(tx, id, i)
 			if err != nil {
 				return err
 			}
 			out = append(out, a)
 		}
+		latest, err := latestAttempt(x)
+		if err != nil {
+			return err
+		}
+		out = append(out, latest)
 		return nil
 	})
 	return out, err
