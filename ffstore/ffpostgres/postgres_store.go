@@ -646,8 +646,8 @@ func (s *Store) run(ctx context.Context, shard int, readOnly bool, fn func(t *un
 // QueueHeads returns the first item of every non-empty queue, on any shard, whose name
 // starts with one of prefixes; a queue matched by two prefixes is reported once. It reads
 // the queue directory and probes each matching queue's first item, so its cost grows with
-// the number of matching queues, not items. Directory rows of queues found empty are
-// pruned afterwards, in a short transaction of their own. Concurrent calls with the same
+// the number of matching queues, not items (upkeep prunes the directory rows of empty
+// queues, so those stay few). Concurrent calls with the same
 // prefixes share one query, always one that started after the call.
 func (s *Store) QueueHeads(ctx context.Context, prefixes []string) ([]ffstore.QueueHead, error) {
 	if s.closed.Load() {
@@ -679,11 +679,6 @@ func (s *Store) queueHeads(ctx context.Context, ps []string) ([]ffstore.QueueHea
 		return nil, translate(ctx, err, "read queue heads")
 	}
 	var heads []ffstore.QueueHead
-	type emptyQueue struct {
-		shard int
-		queue string
-	}
-	var empty []emptyQueue
 	for rows.Next() {
 		var h ffstore.QueueHead
 		var member *string
@@ -693,8 +688,7 @@ func (s *Store) queueHeads(ctx context.Context, ps []string) ([]ffstore.QueueHea
 			return nil, translate(ctx, err, "read queue heads")
 		}
 		if member == nil || score == nil {
-			empty = append(empty, emptyQueue{h.Shard, h.Queue})
-			continue
+			continue // empty, until upkeep prunes its directory row
 		}
 		h.Item = ffstore.QueueItem{Member: *member, Score: *score}
 		heads = append(heads, h)
@@ -702,19 +696,14 @@ func (s *Store) queueHeads(ctx context.Context, ps []string) ([]ffstore.QueueHea
 	if err := rows.Err(); err != nil {
 		return nil, translate(ctx, err, "read queue heads")
 	}
-	for _, e := range empty {
-		if err := s.pruneQueue(ctx, e.shard, e.queue); err != nil {
-			s.log.Debug("prune queue directory", "shard", e.shard, "queue", e.queue, "error", err)
-		}
-	}
 	return heads, nil
 }
 
 // pruneQueue deletes the directory row of a queue found empty, unless a unit is adding to
 // the queue right now (it holds the queue's advisory lock shared). The emptiness check
 // runs after the lock is taken, so it sees every add that committed before.
-func (s *Store) pruneQueue(ctx context.Context, shard int, queue string) error {
-	tx, err := s.pool.Begin(ctx)
+func (s *Store) pruneQueue(ctx context.Context, conn *pgxpool.Conn, shard int, queue string) error {
+	tx, err := conn.Begin(ctx)
 	if err != nil {
 		return translate(ctx, err, "prune queue directory")
 	}
@@ -748,9 +737,9 @@ func prefixEnd(p string) (string, bool) {
 // sequenceBatch bounds the units whose events one sequencer transaction numbers.
 const sequenceBatch = 1_000
 
-// sequence numbers the events of every unit committed on shard so far: it moves them
-// from event_pending into events with the shard's next Seqs, in (transaction id, order in
-// the unit) order. It holds the shard's event_logs row lock while it does, so sequencers
+// sequence numbers the events of every unit committed on shard so far: it moves each
+// unit's blob from event_pending into event_blocks, numbered with the shard's next Seqs
+// in transaction id order. It holds the shard's event_logs row lock while it does, so sequencers
 // of one shard (in any process) take turns and their blocks of numbers become visible in
 // order. The number of a unit's events is thus fixed after its commit but before any
 // reader can see them; units themselves never wait for each other here.

@@ -19,9 +19,10 @@ type statements struct {
 	writes                        [writeParts]string
 	hasPending, lockLog, sequence string
 
-	heads, tryLockQueue, pruneQueue string
-	readEvents, eventBounds         string
-	trimMark, trimDelete            string
+	heads, emptyQueues       string
+	tryLockQueue, pruneQueue string
+	readEvents, eventBounds  string
+	trimMark, trimDelete     string
 }
 
 func newStatements(qs string) *statements {
@@ -83,6 +84,8 @@ func newStatements(qs string) *statements {
 				SELECT i.member, i.score FROM {S}.queue_items i
 				WHERE i.shard = d.shard AND i.queue = d.queue
 				ORDER BY i.score, i.member LIMIT 1) h ON true`),
+		emptyQueues: q(`SELECT d.queue, d.shard FROM {S}.queues d
+			WHERE NOT EXISTS (SELECT 1 FROM {S}.queue_items i WHERE i.shard = d.shard AND i.queue = d.queue)`),
 		tryLockQueue: `SELECT pg_try_advisory_xact_lock($1)`,
 		pruneQueue: q(`DELETE FROM {S}.queues d WHERE d.queue = $1 AND d.shard = $2
 			AND NOT EXISTS (SELECT 1 FROM {S}.queue_items i WHERE i.shard = $2 AND i.queue = $1)`),

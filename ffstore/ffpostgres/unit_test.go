@@ -165,7 +165,7 @@ func TestUnits(t *testing.T) {
 	})
 
 	// The queue directory never loses a non-empty queue while units empty and refill it
-	// and QueueHeads prunes it concurrently.
+	// and upkeep prunes it concurrently; once the queue stays empty, upkeep prunes it.
 	t.Run("QueueDirectoryUnderChurn", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
@@ -176,7 +176,7 @@ func TestUnits(t *testing.T) {
 		for range 2 {
 			pruners.Go(func() {
 				for ctx.Err() == nil {
-					_, _ = b.store.QueueHeads(ctx, []string{"churn"})
+					_ = ffpostgres.Upkeep(ctx, b.store)
 				}
 			})
 		}
@@ -209,6 +209,25 @@ func TestUnits(t *testing.T) {
 		}
 		cancel()
 		pruners.Wait()
+
+		directory := func() (n int) {
+			t.Helper()
+			require.NoError(t, b.store.Pool().QueryRow(b.ctx,
+				fmt.Sprintf(`SELECT count(*) FROM %s.queues WHERE queue = 'churn'`, b.store.Schema())).Scan(&n))
+			return n
+		}
+		require.NoError(t, b.store.Update(b.ctx, 1, func(tx ffstore.Tx) error {
+			_, err := tx.PopDue("churn", ffstore.MaxScore, rounds)
+			return err
+		}))
+		heads, err := b.store.QueueHeads(b.ctx, []string{"churn"})
+		require.NoError(t, err)
+		require.Empty(t, heads)
+		// The store's own upkeep may hold the upkeep lock at the moment: then it prunes.
+		require.Eventually(t, func() bool {
+			require.NoError(t, ffpostgres.Upkeep(b.ctx, b.store))
+			return directory() == 0
+		}, 10*time.Second, 50*time.Millisecond)
 	})
 
 	// Units of other processes wake a reader through LISTEN/NOTIFY, and so does the

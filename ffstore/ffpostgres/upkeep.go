@@ -96,6 +96,9 @@ func (s *Store) upkeep(ctx context.Context) error {
 	}
 	defer s.undo(ctx, conn, "SELECT pg_advisory_unlock($1)", key)
 
+	if err := s.pruneDirectory(ctx, conn); err != nil {
+		return err
+	}
 	rows, err := conn.Query(ctx, `SELECT s.relname, c.reltuples, s.n_mod_since_analyze, s.n_dead_tup, s.n_ins_since_vacuum
 		FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
 		WHERE s.schemaname = $1 ORDER BY s.relname`, s.schema)
@@ -127,6 +130,34 @@ func (s *Store) upkeep(ctx context.Context) error {
 	for _, sql := range work {
 		if _, err := conn.Exec(ctx, sql, pgx.QueryExecModeSimpleProtocol); err != nil {
 			return fmt.Errorf("%s: %w", sql, err)
+		}
+	}
+	return nil
+}
+
+// pruneDirectory deletes the directory rows of the queues that are empty. Readers of
+// queue heads skip empty queues, so a row pruned up to upkeepEvery late costs them a probe
+// meanwhile; pruning at once, when a reader found the queue empty, cost a transaction
+// each time a queue that empties and refills often (a shard's lease queue) did so.
+func (s *Store) pruneDirectory(ctx context.Context, conn *pgxpool.Conn) error {
+	rows, err := conn.Query(ctx, s.sql.emptyQueues)
+	if err != nil {
+		return err
+	}
+	type queueRef struct {
+		queue string
+		shard int
+	}
+	empty, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (q queueRef, err error) {
+		err = r.Scan(&q.queue, &q.shard)
+		return q, err
+	})
+	if err != nil {
+		return err
+	}
+	for _, q := range empty {
+		if err := s.pruneQueue(ctx, conn, q.shard, q.queue); err != nil {
+			return err
 		}
 	}
 	return nil
