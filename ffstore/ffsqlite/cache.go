@@ -3,9 +3,9 @@ package ffsqlite
 import "bytes"
 
 // The writer's record cache. A transition reads back what an earlier one wrote moments
-// ago (a claim writes the execution and its attempt, the completion reads both), and on
-// the writer connection every such Get is two B-tree searches. The writer therefore keeps
-// the small records it read or wrote, exactly as they are in the file:
+// ago (a claim writes the execution, the completion reads it back), and on the writer
+// connection every such Get is two B-tree searches. The writer therefore keeps the small
+// records it read or wrote, exactly as they are in the file:
 //
 //   - Put and Delete update the entry in the same step as the statement, so a hit is
 //     always the value the unit's own transaction would read.

@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"errors"
+	"runtime"
 	"strconv"
 	"time"
 
@@ -12,12 +13,11 @@ import (
 
 // Holder rounds (see rounds.go). Lease holders complete, fail, renew and report progress
 // concurrently, and on a store whose units do not share round trips (an
-// ffstore.UnitMerger) each operation costs a read of its execution and attempt and a
-// commit. On such a store, operations on one shard are therefore served in rounds: one
-// unit reads the executions of every operation in the round with their attempts (in one
-// round trip when this engine handed out the leases, see attemptHints; otherwise the
-// attempts in a second), applies the operations one after the other (each sees the ones
-// before it, as if they had run alone in that order), and commits once.
+// ffstore.UnitMerger) each operation costs a read of its execution (which carries its
+// current attempt) and a commit. On such a store, operations on one shard are therefore
+// served in rounds: one unit reads the executions of every operation in the round in one
+// round trip, applies the operations one after the other (each sees the ones before it,
+// as if they had run alone in that order), and commits once.
 //
 // An operation that fails before it writes anything (a stale fence, say) gets its error
 // and the others go on. One that fails after writing, panics, or would read a queue that
@@ -60,7 +60,16 @@ func (e *Engine) holderUnit(ctx context.Context, id fftype.ExecutionID, f fftype
 		e.holders.do(strconv.Itoa(shard), c, roundPlan[*holderCall]{
 			weight: func(*holderCall) int { return 1 },
 			max:    maxHolderRound,
-			serve: func(ctx context.Context, calls []*holderCall, _ func() []*holderCall) []*holderCall {
+			serve: func(ctx context.Context, calls []*holderCall, join func() []*holderCall) []*holderCall {
+				if len(calls) == 1 {
+					// Holders' calls come in bursts: a claim round hands out leases on one
+					// shard to many workers at once, and their completions follow together.
+					// The first would run alone and the others in a second unit; yielding
+					// once lets those already runnable join it. (Postgres, 50,000 drain:
+					// lone units fell from 4,053 to 802, and the drain ran 3% faster.)
+					runtime.Gosched()
+					calls = append(calls, join()...)
+				}
 				e.serveHolders(ctx, shard, calls)
 				return nil
 			},
