@@ -367,7 +367,9 @@ func redisClusterState(ctx context.Context, addr string) (string, error) {
 		return "", err
 	}
 	defer client.Close()
-	return client.Do(ctx, client.B().ClusterInfo().Build()).ToString()
+	// Pinned: a Do that fails while a node is still starting returns before the client's
+	// writer is done with the command, which must not be recycled for the next poll.
+	return client.Do(ctx, client.B().ClusterInfo().Build().Pin()).ToString()
 }
 
 // redisShared holds the servers of SharedRedis and SharedRedisCluster.
