@@ -21,8 +21,9 @@ import (
 //	Data: int4 length (-1 for nil), then the bytes
 //
 // Fixed-width big-endian integers are what Postgres's int4send and int8send write, so a
-// migration can build blobs from rows in SQL (see migrations[1]). Seq and Shard are not
-// in the blob: they are the block's.
+// migration can build blobs from rows in SQL (see migrations[1]); that is why this is not
+// the varint encoding ffvalkey keeps one stream entry in. Seq and Shard are not in the
+// blob: they are the block's.
 
 // errEventBlob reports a blob that does not decode.
 var errEventBlob = errors.New("ffpostgres: malformed event block")

@@ -806,11 +806,8 @@ func (s *Store) readEvents(ctx context.Context, shard int, after uint64, limit i
 	if probe {
 		b.Queue(s.sql.hasPending, shard)
 	}
-	through := after + uint64(limit) //nolint:gosec // limit > 0
-	if through > math.MaxInt64 || through < after {
-		through = math.MaxInt64
-	}
-	b.Queue(s.sql.readEvents, shard, int64(after+1), int64(through)) //nolint:gosec // after < MaxInt64, last bounded
+	through := min(after+uint64(limit), math.MaxInt64)               //nolint:gosec // 0 < limit <= MaxInt32, after < MaxInt64: no wrap
+	b.Queue(s.sql.readEvents, shard, int64(after+1), int64(through)) //nolint:gosec // both at most MaxInt64
 	b.Queue(s.sql.eventBounds, shard)
 	br := s.pool.SendBatch(ctx, b)
 	defer br.Close()

@@ -2,6 +2,7 @@ package ffpostgres
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -80,9 +81,9 @@ func (s *Store) runUpkeep() {
 	}
 }
 
-// upkeep vacuums and analyzes the store's tables that need it, unless another process
-// is doing so. A role that does not own the tables gets a warning from Postgres per
-// table and changes nothing.
+// upkeep prunes the queue directory and vacuums and analyzes the store's tables that
+// need it, unless another process is doing so. A role that does not own the tables gets a
+// warning from Postgres per table and vacuums nothing.
 func (s *Store) upkeep(ctx context.Context) error {
 	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
@@ -96,9 +97,12 @@ func (s *Store) upkeep(ctx context.Context) error {
 	}
 	defer s.undo(ctx, conn, "SELECT pg_advisory_unlock($1)", key)
 
-	if err := s.pruneDirectory(ctx, conn); err != nil {
-		return err
-	}
+	// A failed prune must not cost the tables their vacuum: both are tried.
+	return errors.Join(s.pruneDirectory(ctx, conn), s.maintainTables(ctx, conn))
+}
+
+// maintainTables vacuums and analyzes the store's tables that changed enough.
+func (s *Store) maintainTables(ctx context.Context, conn *pgxpool.Conn) error {
 	rows, err := conn.Query(ctx, `SELECT s.relname, c.reltuples, s.n_mod_since_analyze, s.n_dead_tup, s.n_ins_since_vacuum
 		FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
 		WHERE s.schemaname = $1 ORDER BY s.relname`, s.schema)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/flowfabric/flowfabric/ffstore"
 	"github.com/flowfabric/flowfabric/ffstore/ffmem"
+	"github.com/flowfabric/flowfabric/fftest"
 	"github.com/flowfabric/flowfabric/fftype"
 )
 
@@ -54,12 +55,12 @@ func (t loggedTx) Get(key string) ([]byte, bool, error) {
 	return t.Tx.Get(key)
 }
 
-// leasedOnLog returns an engine on a prefetchLog over a memory store, and a lease it
-// handed out on an execution that retries once.
+// leasedOnLog returns an engine on a prefetchLog over a memory store, with a fake clock,
+// and a lease it handed out on an execution that retries once.
 func leasedOnLog(t *testing.T) (*prefetchLog, *Engine, *fftype.Lease) {
 	t.Helper()
 	store := &prefetchLog{Store: ffmem.New(&ffmem.Options{Shards: 1})}
-	e, err := New(store, nil)
+	e, err := New(store, &Config{Clock: fftest.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))})
 	require.NoError(t, err)
 	_, err = e.Create(context.Background(), fftype.CreateParams{Lane: "l", Kind: "k", Policy: fftype.Policy{Retry: &fftype.RetryPolicy{MaxRetries: 1}}})
 	require.NoError(t, err)
@@ -109,17 +110,11 @@ func TestLatestAttemptInExecution(t *testing.T) {
 	require.Equal(t, fftype.AttemptFailed, x.Attempt.Status)
 	require.Equal(t, "boom", x.Attempt.FailureReason)
 
-	// The retry's claim stores the first attempt apart.
-	require.NoError(t, e.store.Update(ctx, 0, func(tx ffstore.Tx) error {
-		x, err := getExec(tx, id)
-		if err != nil {
-			return err
-		}
-		before := e.placementOf(x)
-		x.Eligibility, x.DelayUntil = fftype.EligibilityNow, time.Time{} // due now
-		e.save(tx, before, x)
-		return nil
-	}))
+	// The retry's claim, once its backoff has passed, stores the first attempt apart.
+	e.clock.(*fftest.Clock).Advance(time.Hour)
+	promoted, _, err := e.RunDue(ctx)
+	require.NoError(t, err)
+	require.Equal(t, 1, promoted)
 	l := claimOne(t, e)
 	require.Equal(t, id, l.ExecutionID)
 	require.Equal(t, 1, l.AttemptIndex)
