@@ -287,7 +287,7 @@ func takeFrom[T any](ctx context.Context, e *Engine, c *candidate, base int, alo
 				return err
 			}
 			before := e.placementOf(x)
-			if _, ok := before[c.queue]; !ok {
+			if _, ok := before.score(c.queue); !ok {
 				continue // not eligible here: the pop only dropped a stale entry
 			}
 			v, err := act(tx, x, before.without(c.queue), now, base+len(got))

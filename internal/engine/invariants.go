@@ -45,7 +45,7 @@ func (e *Engine) CheckInvariants(ctx context.Context, id fftype.ExecutionID) err
 			if err != nil {
 				return err
 			}
-			wantScore, should := want[q]
+			wantScore, should := want.score(q)
 			switch {
 			case should && !in:
 				return fmt.Errorf("execution %s (%s): missing from queue %q", id, x.PublicState(), q)

@@ -97,7 +97,8 @@ func (e *Engine) runTimer(ctx context.Context, shard int, queue string) (int, er
 			}
 			if !done {
 				// Not due after all (renewed, rescheduled): put the entry back if it belongs.
-				if score, ok := e.placementOf(x)[queue]; ok {
+				p := e.placementOf(x)
+				if score, ok := p.score(queue); ok {
 					tx.QueueAdd(queue, string(x.ID), score)
 				}
 			}
@@ -164,8 +165,8 @@ func (e *Engine) fire(tx ffstore.Tx, queue string, x *fftype.Execution, before p
 
 // delete removes a terminal execution and everything stored with it.
 func (e *Engine) delete(tx ffstore.Tx, x *fftype.Execution, before placement, now time.Time) error {
-	for q := range before {
-		tx.QueueRemove(q, string(x.ID))
+	for _, qs := range before.queues() {
+		tx.QueueRemove(qs.queue, string(x.ID))
 	}
 	tx.Delete(execKey(x.ID))
 	tx.Delete(payloadKey(x.ID))
