@@ -122,7 +122,9 @@ type ReadTx interface {
 	// served without another. It is an optimisation: Get works without it.
 	Prefetch(keys ...string) error
 
-	// Get returns the value stored under key and whether it exists.
+	// Get returns the value stored under key and whether it exists. The caller must not
+	// change value while the unit runs; once the unit has ended it is the caller's (a store
+	// may hand out the buffer it read the value into, but never one it keeps using).
 	Get(key string) (value []byte, ok bool, err error)
 
 	// Range returns up to n items of queue with score at most maxScore, in (score, member)

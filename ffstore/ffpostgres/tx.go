@@ -211,8 +211,9 @@ func (t *unitTx) Get(key string) ([]byte, bool, error) {
 		}
 		return slices.Clone(w.value), true, nil
 	}
+	// A value read is handed out without a copy: the unit only keeps it until it ends.
 	if c, ok := t.reads[key]; ok {
-		return slices.Clone(c.value), c.ok, nil
+		return c.value, c.ok, nil
 	}
 	sql := t.s.sql.get
 	if !t.readOnly {
@@ -231,7 +232,7 @@ func (t *unitTx) Get(key string) ([]byte, bool, error) {
 		return nil, false, err
 	}
 	t.reads[key] = c
-	return slices.Clone(c.value), c.ok, nil
+	return c.value, c.ok, nil
 }
 
 func nonNil(v []byte) []byte {
