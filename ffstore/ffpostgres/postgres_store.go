@@ -85,8 +85,9 @@
 // # Upkeep
 //
 // Every two seconds one process (under an advisory lock) reads the store's table counters
-// and runs VACUUM or ANALYZE (with SKIP_LOCKED) on the tables that changed by more than
-// 1,000 rows plus a fifth of their size since they were last vacuumed or analyzed.
+// and runs VACUUM (with SKIP_LOCKED) on the tables that changed by more than 1,000 rows
+// plus a fifth of their size since they were last vacuumed, and ANALYZE on those that
+// changed by more than their whole size since they were last analyzed.
 // Autovacuum looks at a database about once a minute; until then a queue that grew from
 // empty is planned as if it were still empty, and claims ran several times slower.
 // Postgres skips, with a warning, the tables of a role that does not own them.
