@@ -39,21 +39,31 @@ func newStatements(qs string) *statements {
 			WHERE shard = $1 AND queue = $2 AND score <= $3 AND (score, member) > ($5::bigint, $6::text)
 			ORDER BY score, member LIMIT $4`),
 		// Items another unit has locked (it is popping, re-scoring or removing them) are
-		// skipped, never waited for. The last row (popped false) is the queue's head after
-		// the pop, if any, as Range would read it, so that the engine's usual next step (a
-		// Range for the new head) costs no round trip.
+		// skipped, never waited for. Each row says what it is: 0, a popped item; 1, the
+		// queue's head after the pop, if any, as Range would read it, so that the engine's
+		// usual next step (a Range for the new head) costs no round trip; 2, a record
+		// "<kind>:<member>" of a popped member for each kind in $5, read and locked in
+		// key order as prefetchLock reads them, so that the pop and the read of what it
+		// popped are one round trip.
 		pop: q(`WITH popped AS (
 				DELETE FROM {S}.queue_items WHERE (shard, queue, member) IN (
 					SELECT shard, queue, member FROM {S}.queue_items
 					WHERE shard = $1 AND queue = $2 AND score <= $3
 					ORDER BY score, member LIMIT $4
 					FOR UPDATE SKIP LOCKED)
-				RETURNING member, score)
-			SELECT member, score, true FROM popped
+				RETURNING member, score),
+			fetched AS (
+				SELECT r.key, r.value FROM {S}.records r
+				WHERE r.shard = $1 AND r.key = ANY (ARRAY(
+					SELECT k.kind || ':' || p.member FROM popped p, unnest($5::text[]) AS k(kind)))
+				ORDER BY r.key FOR UPDATE)
+			SELECT 0, member, score, NULL::bytea FROM popped
 			UNION ALL
-			(SELECT i.member, i.score, false FROM {S}.queue_items i
+			(SELECT 1, i.member, i.score, NULL FROM {S}.queue_items i
 				WHERE i.shard = $1 AND i.queue = $2 AND NOT EXISTS (SELECT 1 FROM popped p WHERE p.member = i.member)
-				ORDER BY i.score, i.member LIMIT 1)`),
+				ORDER BY i.score, i.member LIMIT 1)
+			UNION ALL
+			SELECT 2, key, 0, value FROM fetched`),
 
 		hasPending: q(`SELECT EXISTS (SELECT 1 FROM {S}.event_pending WHERE shard = $1)`),
 		// The sequencer: lockLog, then (a new statement, so a new snapshot that sees every

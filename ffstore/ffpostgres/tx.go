@@ -68,8 +68,9 @@ type unitTx struct {
 }
 
 var (
-	_ ffstore.Tx     = (*unitTx)(nil)
-	_ ffstore.ReadTx = (*unitTx)(nil)
+	_ ffstore.Tx         = (*unitTx)(nil)
+	_ ffstore.ReadTx     = (*unitTx)(nil)
+	_ ffstore.PopFetcher = (*unitTx)(nil)
 )
 
 func (t *unitTx) usable() error {
@@ -162,13 +163,9 @@ func (t *unitTx) Prefetch(keys ...string) error {
 	}
 	var need []string
 	for _, k := range keys {
-		if _, ok := t.writes[k]; ok {
-			continue
+		if !t.known(k) {
+			need = append(need, k)
 		}
-		if _, ok := t.reads[k]; ok {
-			continue
-		}
-		need = append(need, k)
 	}
 	if len(need) == 0 {
 		return nil
@@ -197,6 +194,15 @@ func (t *unitTx) Prefetch(keys ...string) error {
 		t.reads[k] = cached{value: v, ok: ok}
 	}
 	return nil
+}
+
+// known reports whether the unit has written or read key, so that Get needs no read.
+func (t *unitTx) known(key string) bool {
+	if _, ok := t.writes[key]; ok {
+		return true
+	}
+	_, ok := t.reads[key]
+	return ok
 }
 
 // Get returns the unit's own last write of key, else the record as read (and, in a unit,
@@ -282,6 +288,12 @@ func (t *unitTx) Range(queue string, after *ffstore.QueueItem, maxScore int64, n
 
 // PopDue deletes and returns up to n due items at once, skipping items other units hold.
 func (t *unitTx) PopDue(queue string, maxScore int64, n int) ([]ffstore.QueueItem, error) {
+	return t.PopDueFetch(queue, maxScore, n)
+}
+
+// PopDueFetch implements [ffstore.PopFetcher]: the pop and the read of the popped
+// members' records are one statement, so one round trip.
+func (t *unitTx) PopDueFetch(queue string, maxScore int64, n int, kinds ...string) ([]ffstore.QueueItem, error) {
 	if err := t.usable(); err != nil {
 		return nil, err
 	}
@@ -291,19 +303,24 @@ func (t *unitTx) PopDue(queue string, maxScore int64, n int) ([]ffstore.QueueIte
 	n = min(n, math.MaxInt32)
 	var items []ffstore.QueueItem
 	next := headAfterPop{}
+	found := map[string][]byte{}
 	err := t.query("pop", t.s.sql.pop, func(rows pgx.Rows) error {
+		var row int32
 		var it ffstore.QueueItem
-		var popped bool
-		if err := rows.Scan(&it.Member, &it.Score, &popped); err != nil {
+		var value []byte
+		if err := rows.Scan(&row, &it.Member, &it.Score, &value); err != nil {
 			return err
 		}
-		if popped {
+		switch row {
+		case 0:
 			items = append(items, it)
-		} else {
+		case 1:
 			next = headAfterPop{item: it, ok: true}
+		default:
+			found[it.Member] = nonNil(value) // it.Member holds the record's key
 		}
 		return nil
-	}, t.shard, queue, maxScore, n)
+	}, t.shard, queue, maxScore, n, kinds)
 	if err != nil {
 		return nil, err
 	}
@@ -325,6 +342,17 @@ func (t *unitTx) PopDue(queue string, maxScore int64, n int) ([]ffstore.QueueIte
 		}
 		return 0
 	})
+	members := make([]string, len(items))
+	for i, it := range items {
+		members[i] = it.Member
+	}
+	for _, k := range ffstore.MemberRecordKeys(members, kinds) {
+		if t.known(k) {
+			continue // the unit's own write or earlier read stands
+		}
+		v, ok := found[k]
+		t.reads[k] = cached{value: v, ok: ok}
+	}
 	return items, nil
 }
 
