@@ -54,7 +54,9 @@ type tx struct {
 // readEntry is a record as read: version "" means it did not exist.
 type readEntry struct {
 	version string
-	value   string // a string, so that Get's copy is the only one
+	// value is the reply's own bytes (rueidis hands out the string it read as bytes
+	// without a copy): the unit reads it, and Get hands it out, without copying it.
+	value []byte
 }
 
 // writeEntry is the final write of a record in the unit.
@@ -189,7 +191,8 @@ func (t *tx) absorb(keys []string, res rueidis.RedisResult, keep func(key string
 		if len(v) < versionLen {
 			return fftype.NewError(fftype.KindUnavailable, fftype.CodeCorruption, "ffvalkey: record %q of shard %d has no version", k, t.shard)
 		}
-		t.reads[k] = &readEntry{version: v[:versionLen], value: v[versionLen:]}
+		b, _ := m.AsBytes() // v's bytes, not a copy
+		t.reads[k] = &readEntry{version: v[:versionLen], value: b[versionLen:]}
 	}
 	return nil
 }
@@ -216,7 +219,7 @@ func (t *tx) Get(key string) ([]byte, bool, error) {
 	if r.version == "" {
 		return nil, false, nil
 	}
-	return []byte(r.value), true, nil
+	return r.value, true, nil
 }
 
 // Range returns up to n items of queue. In a unit it leaves out the items the unit
