@@ -123,8 +123,10 @@ type ReadTx interface {
 	Prefetch(keys ...string) error
 
 	// Get returns the value stored under key and whether it exists. The caller must not
-	// change value while the unit runs; once the unit has ended it is the caller's (a store
-	// may hand out the buffer it read the value into, but never one it keeps using).
+	// change value while the unit runs; once the unit has ended it is the caller's. A
+	// store may hand out the buffer it read the value into (to every Get of the key in
+	// the unit), but none it uses after the unit: a cache shared between units hands out
+	// copies.
 	Get(key string) (value []byte, ok bool, err error)
 
 	// Range returns up to n items of queue with score at most maxScore, in (score, member)
