@@ -144,8 +144,13 @@ type takeFunc[T any] func(tx ffstore.Tx, x *fftype.Execution, before placement, 
 // executions, best first. On an error it returns what earlier units took with it.
 //
 // demand may grow while take runs (a claim round admits the calls that queue meanwhile)
-// but never shrinks; it is called in take's units too, as late as possible, so a unit
-// serves everything asked of it by the time it runs.
+// but never shrinks. take calls it once to start and then only inside its units, as late
+// as possible, so a unit serves everything asked of it by the time it runs; a further
+// unit runs only for demand a unit saw and could not meet. Calls that queue after the
+// last unit popped wait for the next round rather than hold this one's callers through
+// another unit: in a 50,000 drain on Postgres, where 29% of rounds ran a second unit for
+// them, that made the drain 5% faster (6,107 -> 6,444/s; claim p50 2.25 -> 2.03 ms), and
+// 8% on Redis.
 func take[T any](ctx context.Context, e *Engine, caps []string, laneNames []string, demand func() int, act takeFunc[T]) ([]T, error) {
 	lanes, err := e.unpausedLanes(ctx, laneNames)
 	if err != nil || len(lanes) == 0 {
@@ -167,8 +172,10 @@ func take[T any](ctx context.Context, e *Engine, caps []string, laneNames []stri
 		}
 		cands = append(cands, &candidate{shard: h.Shard, queue: h.Queue, lane: lane, ns: ns, head: h.Item})
 	}
+	asked := demand() // as the last unit saw it
+	unitDemand := func() int { asked = demand(); return asked }
 	var taken []T
-	for len(cands) > 0 && len(taken) < demand() {
+	for len(cands) > 0 && len(taken) < asked {
 		i, alone := e.pick(cands)
 		c := cands[i]
 		maxScore := int64(ffstore.MaxScore)
@@ -177,7 +184,7 @@ func take[T any](ctx context.Context, e *Engine, caps []string, laneNames []stri
 			// lower priority than the best head elsewhere.
 			maxScore = (c.bucket()+1)<<priorityBits - 1
 		}
-		got, next, err := takeFrom(ctx, e, c, len(taken), alone, demand, maxScore, act)
+		got, next, err := takeFrom(ctx, e, c, len(taken), alone, unitDemand, maxScore, act)
 		if err != nil {
 			return taken, err
 		}
