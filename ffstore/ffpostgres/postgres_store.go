@@ -22,14 +22,15 @@
 // # Units
 //
 // [Store.Update] runs a unit as one READ COMMITTED transaction on one pooled connection.
-// Every record the unit reads with Get or Prefetch is locked (SELECT … FOR UPDATE; Prefetch
+// Every record the unit reads with Get, Prefetch or PopDueFetch is locked (SELECT … FOR UPDATE; Prefetch
 // fetches all its keys in one round trip, locking in key order), so units on the same
 // execution run one after the other and what a unit read is still true when it commits. A
 // record read as missing cannot be locked; if the unit then creates it, it is inserted
 // without upsert, so a concurrent unit that created it first makes this one fail with a
 // store conflict rather than be overwritten. PopDue is one statement, DELETE … WHERE … IN
 // (SELECT … ORDER BY score, member LIMIT n FOR UPDATE SKIP LOCKED) RETURNING, so claimers
-// never wait for each other and never take an item twice.
+// never wait for each other and never take an item twice; PopDueFetch reads and locks the
+// popped members' records in the same statement.
 //
 // Range inside a unit reads the committed queue without locking what it returns. Locking
 // (FOR UPDATE) would deadlock against SKIP LOCKED pops: two claimers each popping the head
@@ -87,7 +88,7 @@
 // Every two seconds one process (under an advisory lock) reads the store's table counters
 // and runs VACUUM (with SKIP_LOCKED) on the tables that changed by more than 1,000 rows
 // plus a fifth of their size since they were last vacuumed, and ANALYZE on those that
-// changed by more than their whole size since they were last analyzed.
+// changed by more than 1,000 rows plus half their size since they were last analyzed.
 // Autovacuum looks at a database about once a minute; until then a queue that grew from
 // empty is planned as if it were still empty, and claims ran several times slower.
 // Postgres skips, with a warning, the tables of a role that does not own them.

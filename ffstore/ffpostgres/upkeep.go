@@ -31,14 +31,17 @@ const (
 	// autovacuum's defaults for vacuum; the floor spares the small, busy tables (the
 	// event counters, the queue directory) that Postgres prunes in place anyway.
 	//
-	// It is analyzed once the rows changed since its last analyze exceed that floor and
-	// its size as well: the statistics are then those of a table that has grown from
-	// empty or been replaced, which is what upkeep is for. Churn within a table of
-	// steady size leaves its statistics about right; re-sampling it each time a fifth
+	// It is analyzed once the rows changed since its last analyze exceed upkeepMinRows
+	// plus upkeepAnalyzeFraction of its size. The size is as of the last vacuum, which
+	// every fifth of growth brings, so a table that only grows is analyzed once it has
+	// doubled since its last analyze, and one of steady size once a quarter of it was
+	// replaced (an insert and a delete each count). That still catches a table grown
+	// from empty, which is what upkeep is for; re-sampling every table each time a fifth
 	// of it had changed cost a drain 2% of its throughput, and autovacuum still
-	// analyzes it on its own schedule.
-	upkeepMinRows  = 1000
-	upkeepFraction = 0.2
+	// analyzes on its own schedule.
+	upkeepMinRows         = 1000
+	upkeepFraction        = 0.2
+	upkeepAnalyzeFraction = 0.5
 )
 
 // tableCounters is what pg_stat_user_tables and pg_class say about one table.
@@ -55,9 +58,8 @@ type tableCounters struct {
 // rather than waited for.
 func upkeepCommand(t tableCounters) string {
 	rows := max(t.rows, 0)
-	limit := upkeepMinRows + upkeepFraction*rows
-	vacuum := float64(t.deadRows+t.insertedSinceVacuum) > limit
-	analyze := float64(t.modifiedSinceAnalyze) > max(limit, rows)
+	vacuum := float64(t.deadRows+t.insertedSinceVacuum) > upkeepMinRows+upkeepFraction*rows
+	analyze := float64(t.modifiedSinceAnalyze) > upkeepMinRows+upkeepAnalyzeFraction*rows
 	switch {
 	case vacuum && analyze:
 		return "VACUUM (SKIP_LOCKED, ANALYZE)"
