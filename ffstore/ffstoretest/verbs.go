@@ -175,6 +175,9 @@ func exerciseVerbs(t *testing.T, newStore func(t *testing.T) ffstore.Store) {
 			return nil
 		})
 		require.Equal(t, []string{"stored", "stored"}, again)
+		for _, v := range kept {
+			require.Equal(t, "CHANGE", string(v), "the store does not reuse a buffer it handed out")
+		}
 	})
 
 	t.Run("ShardsAreSeparate", func(t *testing.T) {

@@ -54,8 +54,10 @@ type tx struct {
 // readEntry is a record as read: version "" means it did not exist.
 type readEntry struct {
 	version string
-	// value is the reply's own bytes (rueidis hands out the string it read as bytes
-	// without a copy): the unit reads it, and Get hands it out, without copying it.
+	// value is the reply's own bytes (rueidis's AsBytes: the bulk string it read, which
+	// it allocates per reply and keeps nowhere else, as bytes without a copy). The unit
+	// reads it, and Get hands it out, without copying it; GetValueIsTheCallers in the
+	// conformance suite fails if a later rueidis shares those bytes.
 	value []byte
 }
 

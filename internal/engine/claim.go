@@ -147,10 +147,9 @@ type takeFunc[T any] func(tx ffstore.Tx, x *fftype.Execution, before placement, 
 // but never shrinks. take calls it once to start and then only inside its units, as late
 // as possible, so a unit serves everything asked of it by the time it runs; a further
 // unit runs only for demand a unit saw and could not meet. Calls that queue after the
-// last unit popped wait for the next round rather than hold this one's callers through
-// another unit: in a 50,000 drain on Postgres, where 29% of rounds ran a second unit for
-// them, that made the drain 5% faster (6,107 -> 6,444/s; claim p50 2.25 -> 2.03 ms), and
-// 8% on Redis.
+// last unit asked for demand wait for the next round rather than hold this one's callers
+// through another unit (on Postgres, 29% of a drain's rounds had run a second unit for
+// them).
 func take[T any](ctx context.Context, e *Engine, caps []string, laneNames []string, demand func() int, act takeFunc[T]) ([]T, error) {
 	lanes, err := e.unpausedLanes(ctx, laneNames)
 	if err != nil || len(lanes) == 0 {
@@ -172,7 +171,7 @@ func take[T any](ctx context.Context, e *Engine, caps []string, laneNames []stri
 		}
 		cands = append(cands, &candidate{shard: h.Shard, queue: h.Queue, lane: lane, ns: ns, head: h.Item})
 	}
-	asked := demand() // as the last unit saw it
+	asked := demand() // then as the last unit saw it
 	unitDemand := func() int { asked = demand(); return asked }
 	var taken []T
 	for len(cands) > 0 && len(taken) < asked {
