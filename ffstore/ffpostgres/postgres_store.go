@@ -22,15 +22,15 @@
 // # Units
 //
 // [Store.Update] runs a unit as one READ COMMITTED transaction on one pooled connection.
-// Every record the unit reads with Get, Prefetch or PopDueFetch is locked (SELECT … FOR UPDATE; Prefetch
-// fetches all its keys in one round trip, locking in key order), so units on the same
-// execution run one after the other and what a unit read is still true when it commits. A
-// record read as missing cannot be locked; if the unit then creates it, it is inserted
-// without upsert, so a concurrent unit that created it first makes this one fail with a
-// store conflict rather than be overwritten. PopDue is one statement, DELETE … WHERE … IN
-// (SELECT … ORDER BY score, member LIMIT n FOR UPDATE SKIP LOCKED) RETURNING, so claimers
-// never wait for each other and never take an item twice; PopDueFetch reads and locks the
-// popped members' records in the same statement.
+// Every record the unit reads with Get, Prefetch or PopDueFetch is locked (SELECT … FOR
+// UPDATE; Prefetch fetches all its keys in one round trip, locking in key order), so units
+// on the same execution run one after the other and what a unit read is still true when it
+// commits. A record read as missing cannot be locked; if the unit then creates it, it is
+// inserted without upsert, so a concurrent unit that created it first makes this one fail
+// with a store conflict rather than be overwritten. PopDue is one statement, DELETE …
+// WHERE … IN (SELECT … ORDER BY score, member LIMIT n FOR UPDATE SKIP LOCKED) RETURNING,
+// so claimers never wait for each other and never take an item twice; PopDueFetch reads
+// and locks the popped members' records in the same statement.
 //
 // Range inside a unit reads the committed queue without locking what it returns. Locking
 // (FOR UPDATE) would deadlock against SKIP LOCKED pops: two claimers each popping the head
@@ -58,11 +58,11 @@
 // out) and then, in a new statement whose snapshot sees every unit committed before the
 // lock was granted, moves each waiting unit's blob, in transaction id order, into an
 // event_blocks row numbered from last_seq+1 on, and raises last_seq. Readers decode the
-// blocks; trimming deletes the blocks wholly at or below the trim point. The lock is held until
-// the sequencer commits, so sequencers take turns and each block of numbers becomes
-// visible whole and after the previous one: Seqs are gap-free (a rolled-back unit's
-// events are never visible, so never numbered), a reader never sees Seq n+1 before Seq n,
-// and a unit committed before a read is numbered by it. (A unit committing while a
+// blocks; trimming deletes the blocks wholly at or below the trim point. The lock is held
+// until the sequencer commits, so sequencers take turns and each block of numbers becomes
+// visible whole and after the previous one: Seqs are gap-free (a rolled-back unit's events
+// are never visible, so never numbered), a reader never sees Seq n+1 before Seq n, and a
+// unit committed before a read is numbered by it. (A unit committing while a
 // sequencer runs is numbered by the next one, with higher numbers, and never skipped:
 // numbers are given at sequencing time, not at insert time, which is the hazard of a plain
 // sequence column.) The events of one process's successive units keep their order, since
@@ -740,11 +740,11 @@ func prefixEnd(p string) (string, bool) {
 const sequenceBatch = 1_000
 
 // sequence numbers the events of every unit committed on shard so far: it moves each
-// unit's blob from event_pending into event_blocks, numbered with the shard's next Seqs
-// in transaction id order. It holds the shard's event_logs row lock while it does, so sequencers
-// of one shard (in any process) take turns and their blocks of numbers become visible in
-// order. The number of a unit's events is thus fixed after its commit but before any
-// reader can see them; units themselves never wait for each other here.
+// unit's blob from event_pending into event_blocks, numbered with the shard's next Seqs in
+// transaction id order. It holds the shard's event_logs row lock while it does, so
+// sequencers of one shard (in any process) take turns and their blocks of numbers become
+// visible in order. The number of a unit's events is thus fixed after its commit but
+// before any reader can see them; units themselves never wait for each other here.
 func (s *Store) sequence(ctx context.Context, shard int) error {
 	for {
 		b := &pgx.Batch{}
