@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 )
 
 // statements is all SQL of the store for one schema. Every table name is qualified with
@@ -17,6 +18,7 @@ type statements struct {
 
 	notify                        string
 	writes                        [writeParts]string
+	writeCache                    sync.Map // a mask of the parts used → writeStatement's text
 	hasPending, lockLog, sequence string
 
 	heads, emptyQueues       string
@@ -170,11 +172,32 @@ var writePartSQL = [writeParts]string{ //nolint:gochecknoglobals // constant SQL
 	partEvents: `INSERT INTO {S}.event_pending (shard, n, events) VALUES ($1, $P1::integer, $P2::bytea)`,
 }
 
-// writeStatement puts together the parts of a unit's write statement: used[i] is the
-// parameters of part i, or nil if the unit needs none of it. One part is sent as it is;
-// several become data-modifying CTEs of one statement.
+// writeStatement returns a unit's write statement and its arguments: used[i] is the
+// parameters of part i, or nil if the unit needs none of it. Each part always takes the
+// same number of parameters, so the text depends only on which parts are used; it is put
+// together once per combination and kept.
 func (st *statements) writeStatement(used *[writeParts][]any, shard int) (string, []any) {
+	var mask uint
 	args := []any{shard}
+	for i, params := range used {
+		if params != nil {
+			mask |= 1 << i
+			args = append(args, params...)
+		}
+	}
+	if sql, ok := st.writeCache.Load(mask); ok {
+		return sql.(string), args
+	}
+	sql := st.assembleWrite(used)
+	st.writeCache.Store(mask, sql)
+	return sql, args
+}
+
+// assembleWrite puts together the parts of a write statement, numbering their
+// parameters after $1 (the shard) in part order. One part is sent as it is; several
+// become data-modifying CTEs of one statement.
+func (st *statements) assembleWrite(used *[writeParts][]any) string {
+	next := 2
 	var parts []string
 	for i, params := range used {
 		if params == nil {
@@ -182,13 +205,13 @@ func (st *statements) writeStatement(used *[writeParts][]any, shard int) (string
 		}
 		sql := st.writes[i]
 		for j := len(params); j >= 1; j-- { // high numbers first: $P1 is a prefix of $P10
-			sql = strings.ReplaceAll(sql, "$P"+strconv.Itoa(j), "$"+strconv.Itoa(len(args)+j))
+			sql = strings.ReplaceAll(sql, "$P"+strconv.Itoa(j), "$"+strconv.Itoa(next+j-1))
 		}
-		args = append(args, params...)
+		next += len(params)
 		parts = append(parts, sql)
 	}
 	if len(parts) == 1 {
-		return parts[0], args
+		return parts[0]
 	}
 	var b strings.Builder
 	b.WriteString("WITH ")
@@ -200,5 +223,5 @@ func (st *statements) writeStatement(used *[writeParts][]any, shard int) (string
 	}
 	b.WriteString(" ")
 	b.WriteString(parts[len(parts)-1])
-	return b.String(), args
+	return b.String()
 }
