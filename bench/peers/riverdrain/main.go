@@ -2,7 +2,7 @@
 // store is compared with: it seeds n jobs with a JSON payload of the given size in bulk
 // (InsertMany, 1,000 at a time), then starts a River client with the given number of
 // workers and the fetch settings `river bench` uses (cooldown 2 ms, poll 20 ms), and
-// reports jobs per second from the start until River has recorded the last completion.
+// reports jobs per second from the start until River has recorded every completion.
 // Run it beside `flowfabric bench -store postgres://…` on the same server, alternating,
 // since absolute figures drift on a shared machine:
 //
@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"log"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -32,11 +33,20 @@ type drainArgs struct {
 
 func (drainArgs) Kind() string { return "drain" }
 
+// drainWorker counts the jobs it works and says when the last one is done.
 type drainWorker struct {
 	river.WorkerDefaults[drainArgs]
+	worked *atomic.Int64
+	n      int64
+	last   chan struct{}
 }
 
-func (drainWorker) Work(context.Context, *river.Job[drainArgs]) error { return nil }
+func (w drainWorker) Work(context.Context, *river.Job[drainArgs]) error {
+	if w.worked.Add(1) == w.n {
+		close(w.last)
+	}
+	return nil
+}
 
 func main() {
 	url := flag.String("url", "", "the Postgres URL (required)")
@@ -69,8 +79,9 @@ func run(ctx context.Context, url string, n, workers, size int) error {
 	if _, err := pool.Exec(ctx, "TRUNCATE river_job"); err != nil {
 		return err
 	}
+	last := make(chan struct{})
 	ws := river.NewWorkers()
-	river.AddWorker(ws, drainWorker{})
+	river.AddWorker(ws, drainWorker{worked: new(atomic.Int64), n: int64(n), last: last})
 	client, err := river.NewClient(driver, &river.Config{
 		Queues:            map[string]river.QueueConfig{river.QueueDefault: {MaxWorkers: workers}},
 		Workers:           ws,
@@ -94,14 +105,20 @@ func run(ctx context.Context, url string, n, workers, size int) error {
 	}
 	seed := time.Since(start)
 
-	completed, cancel := client.Subscribe(river.EventKindJobCompleted)
-	defer cancel()
 	start = time.Now()
 	if err := client.Start(ctx); err != nil {
 		return err
 	}
-	for range n {
-		<-completed
+	<-last
+	for { // the last job was worked; wait until River has recorded every completion
+		var left int
+		if err := pool.QueryRow(ctx, "SELECT count(*) FROM river_job WHERE state <> 'completed'").Scan(&left); err != nil {
+			return err
+		}
+		if left == 0 {
+			break
+		}
+		time.Sleep(2 * time.Millisecond)
 	}
 	drain := time.Since(start)
 	fmt.Printf("river %s: %d jobs of %d bytes, %d workers: seed %.0f/s, drain %.0f/s\n",
