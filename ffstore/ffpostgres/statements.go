@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
-	"sync"
+	"sync/atomic"
 )
 
 // statements is all SQL of the store for one schema. Every table name is qualified with
@@ -18,7 +18,7 @@ type statements struct {
 
 	notify                        string
 	writes                        [writeParts]string
-	writeCache                    sync.Map // a mask of the parts used → writeStatement's text
+	writeTexts                    [1 << writeParts]atomic.Pointer[string] // by the mask of the parts used
 	hasPending, lockLog, sequence string
 
 	heads, emptyQueues       string
@@ -185,11 +185,11 @@ func (st *statements) writeStatement(used *[writeParts][]any, shard int) (string
 			args = append(args, params...)
 		}
 	}
-	if sql, ok := st.writeCache.Load(mask); ok {
-		return sql.(string), args
+	if sql := st.writeTexts[mask].Load(); sql != nil {
+		return *sql, args
 	}
 	sql := st.assembleWrite(used)
-	st.writeCache.Store(mask, sql)
+	st.writeTexts[mask].Store(&sql)
 	return sql, args
 }
 
