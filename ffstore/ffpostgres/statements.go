@@ -2,6 +2,7 @@ package ffpostgres
 
 import (
 	"fmt"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -172,42 +173,59 @@ var writePartSQL = [writeParts]string{ //nolint:gochecknoglobals // constant SQL
 	partEvents: `INSERT INTO {S}.event_pending (shard, n, events) VALUES ($1, $P1::integer, $P2::bytea)`,
 }
 
+// writePartParams is how many parameters each part of writePartSQL takes: its highest
+// $P number.
+var writePartParams = func() (n [writeParts]int) { //nolint:gochecknoglobals // derived from constant SQL
+	placeholder := regexp.MustCompile(`\$P(\d+)`)
+	for i, sql := range writePartSQL {
+		for _, m := range placeholder.FindAllStringSubmatch(sql, -1) {
+			j, _ := strconv.Atoi(m[1])
+			n[i] = max(n[i], j)
+		}
+	}
+	return n
+}()
+
 // writeStatement returns a unit's write statement and its arguments: used[i] is the
-// parameters of part i, or nil if the unit needs none of it. Each part always takes the
-// same number of parameters, so the text depends only on which parts are used; it is put
-// together once per combination and kept.
+// parameters of part i (exactly writePartParams[i] of them), or nil if the unit needs
+// none of it. The text depends only on which parts are used, so it is put together once
+// per combination and kept.
 func (st *statements) writeStatement(used *[writeParts][]any, shard int) (string, []any) {
 	var mask uint
 	args := []any{shard}
 	for i, params := range used {
-		if params != nil {
-			mask |= 1 << i
-			args = append(args, params...)
+		if params == nil {
+			continue
 		}
+		if len(params) != writePartParams[i] {
+			panic(fmt.Sprintf("ffpostgres: write part %d takes %d parameters, got %d", i, writePartParams[i], len(params)))
+		}
+		mask |= 1 << i
+		args = append(args, params...)
 	}
 	if sql := st.writeTexts[mask].Load(); sql != nil {
 		return *sql, args
 	}
-	sql := st.assembleWrite(used)
+	sql := st.assembleWrite(mask)
 	st.writeTexts[mask].Store(&sql)
 	return sql, args
 }
 
-// assembleWrite puts together the parts of a write statement, numbering their
-// parameters after $1 (the shard) in part order. One part is sent as it is; several
-// become data-modifying CTEs of one statement.
-func (st *statements) assembleWrite(used *[writeParts][]any) string {
+// assembleWrite puts together the parts in mask, numbering their parameters after $1
+// (the shard) in part order. One part is sent as it is; several become data-modifying
+// CTEs of one statement.
+func (st *statements) assembleWrite(mask uint) string {
 	next := 2
 	var parts []string
-	for i, params := range used {
-		if params == nil {
+	for i := range writeParts {
+		if mask&(1<<i) == 0 {
 			continue
 		}
 		sql := st.writes[i]
-		for j := len(params); j >= 1; j-- { // high numbers first: $P1 is a prefix of $P10
+		for j := writePartParams[i]; j >= 1; j-- { // high numbers first: $P1 is a prefix of $P10
 			sql = strings.ReplaceAll(sql, "$P"+strconv.Itoa(j), "$"+strconv.Itoa(next+j-1))
 		}
-		next += len(params)
+		next += writePartParams[i]
 		parts = append(parts, sql)
 	}
 	if len(parts) == 1 {

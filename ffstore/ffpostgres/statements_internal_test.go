@@ -21,11 +21,7 @@ func TestWriteStatementNumbersEveryCombination(t *testing.T) {
 			if mask&(1<<i) == 0 {
 				continue
 			}
-			params := map[string]bool{}
-			for _, m := range regexp.MustCompile(`\$P\d+`).FindAllString(writePartSQL[i], -1) {
-				params[m] = true
-			}
-			used[i] = make([]any, len(params))
+			used[i] = make([]any, writePartParams[i])
 		}
 		first, args := st.writeStatement(&used, 7)
 		again, _ := st.writeStatement(&used, 7)
@@ -42,4 +38,16 @@ func TestWriteStatementNumbersEveryCombination(t *testing.T) {
 		}
 		require.Len(t, seen, len(args), "mask %b: placeholders beyond the arguments", mask)
 	}
+}
+
+// TestWriteStatementRefusesAWrongParameterCount: a part's text is kept by which parts a
+// unit uses, so a part given more or fewer parameters than its SQL numbers would bind
+// the following parts' arguments to the wrong placeholders. That is a bug in the store,
+// caught before anything is sent.
+func TestWriteStatementRefusesAWrongParameterCount(t *testing.T) {
+	t.Parallel()
+	st := newStatements(`"s"`)
+	var used [writeParts][]any
+	used[partAdd] = []any{[]string{"q"}, []string{"m"}} // three expected
+	require.Panics(t, func() { st.writeStatement(&used, 0) })
 }
