@@ -44,6 +44,7 @@ type benchFlags struct {
 	taskTime    time.Duration
 	window      time.Duration
 	cpuProfile  string
+	memProfile  string
 	transport   string
 	pipeline    bool
 }
@@ -89,6 +90,7 @@ func benchCommand(ctx context.Context, args []string, out io.Writer) error {
 	fs.DurationVar(&f.window, "window", time.Minute, "steady-state: the end of the run steady throughput is measured over; steady-rate and steady-depth: the windows Claim p99 is reported for, one after another, to show whether it creeps")
 	fs.BoolVar(&f.pipeline, "pipeline", true, "drain, burn-down, steady-rate and steady-depth: each worker claims its next execution while its last completion is in flight (at most one); -pipeline=false waits for each completion first")
 	fs.StringVar(&f.cpuProfile, "cpuprofile", "", "write a CPU profile of the first run's drain to this file (drain, burn-down)")
+	fs.StringVar(&f.memProfile, "memprofile", "", "write heap profiles of the first run to this file at the drain's end and to this file + \".base\" at its start; go tool pprof -sample_index=alloc_space -base FILE.base FILE shows what the drain allocated (drain, burn-down)")
 	fs.StringVar(&f.transport, "transport", "inproc", "how workers reach the engine: inproc (the Go API) or http (an HTTP API server on loopback in front of the store, workers using the Go HTTP client)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -266,8 +268,8 @@ func (b *benchRun) drain(scenario string) scenarioRun {
 		},
 		run: func(ctx context.Context, c bench.Backend, run int, progress bench.ProgressFunc) (bench.Record, error) {
 			cfg := bench.DrainConfig{N: f.n, Workers: f.workers, PayloadBytes: f.payload, Pipeline: f.pipeline, Progress: progress}
-			if run == 1 && f.cpuProfile != "" {
-				stop, err := profileDrain(&cfg, f.cpuProfile)
+			if run == 1 {
+				stop, err := profileDrain(&cfg, f.cpuProfile, f.memProfile)
 				if err != nil {
 					return bench.Record{}, err
 				}
@@ -429,16 +431,24 @@ func describeStore(s *freshStore) string {
 	return fmt.Sprintf("%s (%d shards)", s.kind, s.store.Shards())
 }
 
-// profileDrain makes cfg write a CPU profile of its drain phase to path. The returned
-// stop ends the profile if the drain never finished.
-func profileDrain(cfg *bench.DrainConfig, path string) (stop func(), err error) {
-	f, err := os.Create(path)
-	if err != nil {
-		return nil, err
+// profileDrain makes cfg profile its drain phase: a CPU profile to cpuPath, and heap
+// profiles to memPath + ".base" as the drain starts and to memPath as it ends, whose
+// difference is what the drain allocated. An empty path skips that profile. The
+// returned stop ends the CPU profile if the drain never finished.
+func profileDrain(cfg *bench.DrainConfig, cpuPath, memPath string) (stop func(), err error) {
+	var cpu *os.File
+	if cpuPath != "" {
+		if cpu, err = os.Create(cpuPath); err != nil {
+			return nil, err
+		}
 	}
 	running := false
+	var profileErr error
 	cfg.DrainStarted = func() {
-		if pprof.StartCPUProfile(f) == nil {
+		if memPath != "" {
+			profileErr = writeHeapProfile(memPath + ".base")
+		}
+		if cpu != nil && pprof.StartCPUProfile(cpu) == nil {
 			running = true
 		}
 	}
@@ -447,9 +457,33 @@ func profileDrain(cfg *bench.DrainConfig, path string) (stop func(), err error) 
 			pprof.StopCPUProfile()
 			running = false
 		}
+		if memPath != "" && profileErr == nil {
+			profileErr = writeHeapProfile(memPath)
+		}
 	}
 	return func() {
-		cfg.DrainDone()
-		_ = f.Close()
+		if running {
+			pprof.StopCPUProfile()
+			running = false
+		}
+		if cpu != nil {
+			_ = cpu.Close()
+		}
+		if profileErr != nil {
+			fmt.Fprintf(os.Stderr, "bench: heap profile: %v\n", profileErr)
+		}
 	}, nil
+}
+
+// writeHeapProfile writes the heap profile, allocations included, to path.
+func writeHeapProfile(path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
+		_ = f.Close()
+		return err
+	}
+	return f.Close()
 }

@@ -288,3 +288,22 @@ func TestBenchSteadyStateTable(t *testing.T) {
 	require.Contains(t, lines[1], "missed deadline %")
 	require.Equal(t, "1", strings.Fields(lines[2])[0])
 }
+
+// TestBenchProfiles checks that -cpuprofile and -memprofile write profiles of the first
+// run's drain: gzipped pprof data, and a heap profile from the drain's start beside the
+// one from its end.
+func TestBenchProfiles(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	cpu, mem := filepath.Join(dir, "cpu.prof"), filepath.Join(dir, "mem.prof")
+	var out bytes.Buffer
+	require.NoError(t, Run(t.Context(), []string{"bench", "-store", "mem", "-n", "300", "-runs", "2", "-json",
+		"-cpuprofile", cpu, "-memprofile", mem}, &out))
+	require.Len(t, records(t, out.String()), 3) // two runs and their median
+	for _, path := range []string{cpu, mem, mem + ".base"} {
+		b, err := os.ReadFile(path)
+		require.NoError(t, err)
+		require.Greater(t, len(b), 2, path)
+		require.Equal(t, []byte{0x1f, 0x8b}, b[:2], "%s is not a gzipped profile", path)
+	}
+}
