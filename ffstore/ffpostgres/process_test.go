@@ -19,10 +19,10 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/flowfabric/flowfabric/ffstore"
 	"github.com/flowfabric/flowfabric/ffstore/ffpostgres"
 	"github.com/flowfabric/flowfabric/fftype"
 	"github.com/flowfabric/flowfabric/internal/engine"
+	"github.com/flowfabric/flowfabric/internal/storetest"
 	"github.com/flowfabric/flowfabric/internal/testdb"
 )
 
@@ -247,43 +247,6 @@ func isKilled(err error) bool {
 	return ok && ws.Signaled() && ws.Signal() == syscall.SIGKILL
 }
 
-// eventLog follows every shard's event log of a store, checking that Seqs are gap-free,
-// and counts the completed event of each execution.
-type eventLog struct {
-	store     ffstore.Store
-	pos       []uint64
-	completed map[fftype.ExecutionID]int
-}
-
-func newEventLog(s ffstore.Store) *eventLog {
-	return &eventLog{store: s, pos: make([]uint64, s.Shards()), completed: map[fftype.ExecutionID]int{}}
-}
-
-// catchUp reads every event appended since the last call.
-func (l *eventLog) catchUp(ctx context.Context) error {
-	for shard := range l.pos {
-		for {
-			evs, err := l.store.ReadEvents(ctx, shard, l.pos[shard], 1000)
-			if err != nil {
-				return err
-			}
-			if len(evs) == 0 {
-				break
-			}
-			for _, ev := range evs {
-				if ev.Seq != l.pos[shard]+1 {
-					return fmt.Errorf("shard %d: Seq %d follows %d", shard, ev.Seq, l.pos[shard])
-				}
-				l.pos[shard] = ev.Seq
-				if ev.Type == fftype.EventCompleted {
-					l.completed[ev.ExecutionID]++
-				}
-			}
-		}
-	}
-	return nil
-}
-
 // TestProcesses has two processes claim and complete one schema's executions through
 // the engine; one holds an extra lease it never finishes and is SIGKILLed midway. Its
 // leases (TTL 1s) expire and the survivor's RunDue puts their executions back, so the
@@ -326,14 +289,14 @@ func TestProcesses(t *testing.T) {
 	require.True(t, isKilled(victim.finish(t, va)), "the victim should have been killed")
 
 	// The survivor finishes everything, the victim's lost leases included.
-	log := newEventLog(store)
+	log := storetest.NewEventTally(store)
 	require.Eventually(t, func() bool {
 		survivor.drain(sa)
-		return log.catchUp(ctx) == nil && len(log.completed) == n
+		return log.CatchUp(ctx) == nil && len(log.Completed) == n
 	}, 2*time.Minute, 50*time.Millisecond, "every execution completes")
 	require.NoError(t, survivor.stdin.Close())
 	require.NoError(t, survivor.finish(t, sa), "survivor")
-	require.NoError(t, log.catchUp(ctx), "the event logs are gap-free")
+	require.NoError(t, log.CatchUp(ctx), "the event logs are gap-free")
 	require.Empty(t, sa["?"], "malformed helper lines")
 	t.Logf("victim: %d claimed, %d completed; survivor: %d claimed, %d completed",
 		len(va["C"]), len(va["D"]), len(sa["C"]), len(sa["D"]))
@@ -352,7 +315,7 @@ func TestProcesses(t *testing.T) {
 	}
 	reclaimed := 0
 	for i, id := range ids {
-		require.Equal(t, 1, log.completed[id], "%s: one completed event", id)
+		require.Equal(t, 1, log.Completed[id], "%s: one completed event", id)
 		x, err := e.Get(ctx, id)
 		require.NoError(t, err)
 		require.Equal(t, fftype.StateCompleted, x.PublicState(), "%s", id)
