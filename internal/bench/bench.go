@@ -90,6 +90,11 @@ type DrainResult struct {
 	// drain divided by Count; 0 where it is not measured. Unlike throughput it hardly
 	// moves when other processes share the machine.
 	CPUPerTask time.Duration
+	// MachineBusy is the share of the whole machine's CPU time, every process and core,
+	// that was busy during the drain, from 0 to 1; 0 where it is not measured (Linux
+	// only). Well below 1, the drain waited on round trips or a single-threaded server
+	// rather than on CPU.
+	MachineBusy float64
 }
 
 // Drain seeds and drains, then checks that every seeded execution was completed exactly
@@ -132,6 +137,7 @@ func Drain(ctx context.Context, c Client, cfg DrainConfig) (*DrainResult, error)
 		return Progress{Phase: "drain", Done: int(completed.Load()), Total: cfg.N, Unit: "executions", Completed: int(completed.Load())}
 	})
 	cpu := processCPU()
+	busy0, total0, machineOK := machineCPU()
 	start = time.Now()
 	var wg sync.WaitGroup
 	for w := range ws {
@@ -146,6 +152,9 @@ func Drain(ctx context.Context, c Client, cfg DrainConfig) (*DrainResult, error)
 	wg.Wait()
 	res.Drain = time.Since(start)
 	cpu = processCPU() - cpu
+	if busy1, total1, ok := machineCPU(); ok && machineOK && total1 > total0 {
+		res.MachineBusy = float64(busy1-busy0) / float64(total1-total0)
+	}
 	stopProgress()
 	if cfg.DrainDone != nil {
 		cfg.DrainDone()

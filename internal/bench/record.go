@@ -43,6 +43,9 @@ type Record struct {
 	CompleteMS *Latency `json:"complete_ms,omitempty"`
 	// CPUPerTaskUS is the process's CPU microseconds per task during the drain.
 	CPUPerTaskUS float64 `json:"cpu_us_per_task,omitempty"`
+	// MachineBusyPct is how much of the whole machine's CPU was busy during the drain, in
+	// percent (Linux only).
+	MachineBusyPct float64 `json:"machine_busy_pct,omitempty"`
 
 	// Steady-rate, steady-depth and steady-state.
 	CreateCompleteMS *Latency `json:"create_complete_ms,omitempty"`
@@ -209,6 +212,7 @@ func DrainRecord(scenario string, cfg DrainConfig, r *DrainResult) Record {
 		ClaimMS:          &r.Claim,
 		CompleteMS:       &r.Complete,
 		CPUPerTaskUS:     float64(r.CPUPerTask) / float64(time.Microsecond),
+		MachineBusyPct:   100 * r.MachineBusy,
 	}
 }
 

@@ -260,11 +260,11 @@ func (b *benchRun) drain(scenario string) scenarioRun {
 	return scenarioRun{
 		title: fmt.Sprintf("%s: %d executions × %d-byte payload, %d %s workers claiming 1 at a time, %s",
 			scenario, f.n, f.payload, f.workers, b.workerKind(), completions(f.pipeline)),
-		cols: []string{"seed s", "seed/s", "drain s", "tasks/s", "p50 ms", "p95 ms", "p99 ms", "claim p50/p99", "complete p50/p99", "CPU µs/task", "errors"},
+		cols: []string{"seed s", "seed/s", "drain s", "tasks/s", "p50 ms", "p95 ms", "p99 ms", "claim p50/p99", "complete p50/p99", "CPU µs/task", "machine busy %", "errors"},
 		row: func(r bench.Record) string {
-			return fmt.Sprintf("%.2f\t%.0f\t%.2f\t%.0f\t%.2f\t%.2f\t%.2f\t%.2f/%.2f\t%.2f/%.2f\t%.0f\t%d\t",
+			return fmt.Sprintf("%.2f\t%.0f\t%.2f\t%.0f\t%.2f\t%.2f\t%.2f\t%.2f/%.2f\t%.2f/%.2f\t%.0f\t%.0f\t%d\t",
 				r.Seed.Seconds, r.Seed.PerSec, r.DrainSec, r.ThroughputPerSec, r.LatencyMS.P50, r.LatencyMS.P95, r.LatencyMS.P99,
-				r.ClaimMS.P50, r.ClaimMS.P99, r.CompleteMS.P50, r.CompleteMS.P99, r.CPUPerTaskUS, r.Errors)
+				r.ClaimMS.P50, r.ClaimMS.P99, r.CompleteMS.P50, r.CompleteMS.P99, r.CPUPerTaskUS, r.MachineBusyPct, r.Errors)
 		},
 		run: func(ctx context.Context, c bench.Backend, run int, progress bench.ProgressFunc) (bench.Record, error) {
 			cfg := bench.DrainConfig{N: f.n, Workers: f.workers, PayloadBytes: f.payload, Pipeline: f.pipeline, Progress: progress}

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -94,6 +95,10 @@ func TestBenchJSON(t *testing.T) {
 		require.Positive(t, r.Seed.Seconds)
 		require.Positive(t, r.DrainSec)
 		require.Positive(t, r.CPUPerTaskUS)
+		if runtime.GOOS == "linux" {
+			require.Positive(t, r.MachineBusyPct)
+			require.LessOrEqual(t, r.MachineBusyPct, 100.0)
+		}
 		require.False(t, r.StartedAt.IsZero())
 		require.Positive(t, r.Host.Cores)
 		require.NotEmpty(t, r.Host.CPU)
