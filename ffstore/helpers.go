@@ -26,6 +26,20 @@ func DisjointPrefixes(prefixes []string) []string {
 	return out
 }
 
+// PrefixEnd returns the smallest string greater than every string that starts with p, for
+// a store that answers QueueHeads with a range [p, end) of queue names; ok is false when
+// there is none (p is empty or all 0xff bytes), and the range has no end.
+func PrefixEnd(p string) (end string, ok bool) {
+	b := []byte(p)
+	for i := len(b) - 1; i >= 0; i-- {
+		if b[i] < 0xff {
+			b[i]++
+			return string(b[:i+1]), true
+		}
+	}
+	return "", false
+}
+
 // MemberRecordKeys returns the record keys "<kind>:<member>" of members, for each of kinds,
 // in that order: the keys PopFetcher.PopDueFetch reads.
 func MemberRecordKeys(members []string, kinds []string) []string {

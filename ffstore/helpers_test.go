@@ -18,6 +18,27 @@ func TestDisjointPrefixes(t *testing.T) {
 	require.Equal(t, []string{"z", "y"}, in, "the input is not changed")
 }
 
+func TestPrefixEnd(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		p, end string
+		ok     bool
+	}{
+		{"e\x1flane\x1f", "e\x1flane\x20", true},
+		{"a\xff", "b", true},
+		{"a\xff\xff", "b", true},
+		{"\xff\xff", "", false},
+		{"", "", false},
+	} {
+		end, ok := PrefixEnd(tc.p)
+		require.Equal(t, tc.ok, ok, "%q", tc.p)
+		require.Equal(t, tc.end, end, "%q", tc.p)
+		if ok {
+			require.Greater(t, end, tc.p+"\xff\xff\xff", "%q: past every name it starts", tc.p)
+		}
+	}
+}
+
 func TestCursorExpired(t *testing.T) {
 	t.Parallel()
 	require.ErrorIs(t, CursorExpired(1, 2, 3), fftype.ErrCursorExpired)

@@ -674,7 +674,7 @@ func (s *Store) QueueHeads(ctx context.Context, prefixes []string) ([]ffstore.Qu
 func (s *Store) queueHeads(ctx context.Context, ps []string) ([]ffstore.QueueHead, error) {
 	his := make([]string, len(ps))
 	for i, p := range ps {
-		his[i], _ = prefixEnd(p)
+		his[i], _ = ffstore.PrefixEnd(p)
 	}
 	rows, err := s.pool.Query(ctx, s.sql.heads, ps, his)
 	if err != nil {
@@ -721,19 +721,6 @@ func (s *Store) pruneQueue(ctx context.Context, conn *pgxpool.Conn, shard int, q
 		return translate(ctx, err, "prune queue directory")
 	}
 	return translate(ctx, tx.Commit(ctx), "prune queue directory")
-}
-
-// prefixEnd returns the smallest string greater than every string that starts with p, or
-// "" and false if there is none (p is empty or all 0xff bytes).
-func prefixEnd(p string) (string, bool) {
-	b := []byte(p)
-	for i := len(b) - 1; i >= 0; i-- {
-		if b[i] < 0xff {
-			b[i]++
-			return string(b[:i+1]), true
-		}
-	}
-	return "", false
 }
 
 // sequenceBatch bounds the units whose events one sequencer transaction numbers.

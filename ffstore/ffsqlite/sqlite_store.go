@@ -492,7 +492,7 @@ func (s *Store) QueueHeads(ctx context.Context, prefixes []string) ([]ffstore.Qu
 	for _, p := range ffstore.DisjointPrefixes(prefixes) {
 		var rows *sql.Rows
 		var err error
-		if hi, ok := prefixEnd(p); ok {
+		if hi, ok := ffstore.PrefixEnd(p); ok {
 			rows, err = s.rs.headsRange.QueryContext(ctx, p, hi)
 		} else {
 			rows, err = s.rs.headsFrom.QueryContext(ctx, p)
@@ -513,19 +513,6 @@ func (s *Store) QueueHeads(ctx context.Context, prefixes []string) ([]ffstore.Qu
 		}
 	}
 	return heads, nil
-}
-
-// prefixEnd returns the smallest string greater than every string that starts with p, or
-// false if there is none (p is empty or all 0xff bytes).
-func prefixEnd(p string) (string, bool) {
-	b := []byte(p)
-	for i := len(b) - 1; i >= 0; i-- {
-		if b[i] < 0xff {
-			b[i]++
-			return string(b[:i+1]), true
-		}
-	}
-	return "", false
 }
 
 // ReadEvents returns up to limit events of shard with Seq greater than after, in Seq

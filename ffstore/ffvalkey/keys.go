@@ -197,19 +197,6 @@ func scoreBound(maxScore int64) string {
 	return encodeScore(maxScore)
 }
 
-// prefixEnd returns the smallest string greater than every string that starts with p, or
-// false if there is none (p is empty or all 0xff bytes).
-func prefixEnd(p string) (string, bool) {
-	b := []byte(p)
-	for i := len(b) - 1; i >= 0; i-- {
-		if b[i] < 0xff {
-			b[i]++
-			return string(b[:i+1]), true
-		}
-	}
-	return "", false
-}
-
 // prefixBounds returns the ZRANGE BYLEX bounds of the names that start with p.
 func prefixBounds(p string) (lo, hi string) {
 	lo = "[" + p
@@ -217,7 +204,7 @@ func prefixBounds(p string) (lo, hi string) {
 		lo = "-"
 	}
 	hi = "+"
-	if end, ok := prefixEnd(p); ok {
+	if end, ok := ffstore.PrefixEnd(p); ok {
 		hi = "(" + end
 	}
 	return lo, hi
