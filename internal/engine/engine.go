@@ -189,6 +189,15 @@ func (e *Engine) notifyTimers() {
 	}
 }
 
+// prefetchExecs reads the execution records of the members of items in one round trip.
+func prefetchExecs(tx ffstore.ReadTx, items []ffstore.QueueItem) error {
+	keys := make([]string, len(items))
+	for i, it := range items {
+		keys[i] = execKey(fftype.ExecutionID(it.Member))
+	}
+	return tx.Prefetch(keys...)
+}
+
 // getExec reads and decodes an execution record; it returns a not-found error if absent.
 func getExec(tx ffstore.ReadTx, id fftype.ExecutionID) (*fftype.Execution, error) {
 	b, ok, err := tx.Get(execKey(id))

@@ -208,11 +208,7 @@ func scanShard(tx ffstore.ReadTx, after *ffstore.QueueItem, limit int, match fun
 		if err != nil {
 			return err
 		}
-		keys := make([]string, len(items))
-		for i, it := range items {
-			keys[i] = execKey(fftype.ExecutionID(it.Member))
-		}
-		if err := tx.Prefetch(keys...); err != nil {
+		if err := prefetchExecs(tx, items); err != nil {
 			return err
 		}
 		for i := range items {

@@ -75,11 +75,7 @@ func (e *Engine) runTimer(ctx context.Context, shard int, queue string) (int, er
 		if queue == queueIdem {
 			return expireIdemKeys(tx, items, now)
 		}
-		keys := make([]string, len(items))
-		for i, it := range items {
-			keys[i] = execKey(fftype.ExecutionID(it.Member))
-		}
-		if err := tx.Prefetch(keys...); err != nil {
+		if err := prefetchExecs(tx, items); err != nil {
 			return err
 		}
 		for _, it := range items {

@@ -529,11 +529,7 @@ func (e *Engine) expireLeasesOf(ctx context.Context, shard int, workerID, instan
 			if err != nil || len(items) == 0 {
 				return err
 			}
-			keys := make([]string, len(items))
-			for i, it := range items {
-				keys[i] = execKey(fftype.ExecutionID(it.Member))
-			}
-			if err := tx.Prefetch(keys...); err != nil {
+			if err := prefetchExecs(tx, items); err != nil {
 				return err
 			}
 			for _, it := range items {
