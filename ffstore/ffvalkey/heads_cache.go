@@ -168,28 +168,46 @@ func matchesAny(name string, prefixes []string) bool {
 	return false
 }
 
-// load replaces the set's contents with what was read from the server: found[shard]
-// holds the heads as of that shard's commit number vers[shard] or later (0 for a shard
-// only the hint was read for, with no entry). Entries that
-// commits of this process patched during the read, with numbers not below the read's,
-// are kept; everything older is replaced, so that a commit counter that restarted (the
-// server lost its data) cannot pin stale entries. epoch and seq are the cache's when the
-// read began.
-func (c *headsCache) load(hs *headSet, found []map[string]ffstore.QueueItem, vers []uint64, began time.Time, epoch, seq uint64, full bool) {
+// headsRead is what one read of a set of heads saw, shard by shard: the heads of the
+// non-empty queues it read (found), the shard's commit number read before them (vers; 0
+// when none was read), and what it covered. A scanned shard's directory was read, so the
+// read covers every queue of the set there; on any other shard it covers only the queues
+// the hint named (read), and says nothing of the others.
+type headsRead struct {
+	found   []map[string]ffstore.QueueItem
+	vers    []uint64
+	scanned []bool
+	read    []map[string]bool
+}
+
+// load replaces what the set knew of the queues a read covered with what it saw. Entries
+// that commits of this process patched during the read, with numbers not below the
+// read's, are kept; everything older that the read covered is replaced, so that a commit
+// counter that restarted (the server lost its data) cannot pin stale entries. Queues the
+// read did not cover keep their entries: a commit of this process that fills an empty
+// queue adds it to the hint only after it returns, so a read in between finds it neither
+// in the hint nor, on a shard it does not scan, anywhere else, and must not forget the
+// head that commit patched in. Full reads cover every queue. epoch and seq are the
+// cache's when the read began.
+func (c *headsCache) load(hs *headSet, r headsRead, began time.Time, epoch, seq uint64, full bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if full {
 		hs.fullAt = began
 	}
-	for shard := range hs.shards {
-		next := make(map[string]headEntry, len(found[shard]))
-		for name, it := range found[shard] {
-			next[name] = headEntry{item: it, ver: vers[shard]}
-		}
-		for name, e := range hs.shards[shard] {
-			if e.seq > seq && e.ver >= vers[shard] {
+	for shard, old := range hs.shards {
+		next := make(map[string]headEntry, len(r.found[shard]))
+		for name, e := range old {
+			covered := r.scanned[shard] || r.read[shard][name]
+			if !covered || e.seq > seq && e.ver >= r.vers[shard] {
 				next[name] = e
 			}
+		}
+		for name, it := range r.found[shard] {
+			if e, kept := next[name]; kept && e.seq > seq && e.ver >= r.vers[shard] {
+				continue // patched during the read by a newer commit
+			}
+			next[name] = headEntry{item: it, ver: r.vers[shard]}
 		}
 		hs.shards[shard] = next
 	}
@@ -227,7 +245,7 @@ func (c *headsCache) patch(shard int, ver uint64, names []string, heads []*ffsto
 // queueHeads serves QueueHeads from the cache, reading the set from the server with read
 // when it is stale. Concurrent callers of one set share one read.
 func (c *headsCache) queueHeads(ctx context.Context, prefixes []string, shards int,
-	read func(ctx context.Context, prefixes []string, plan headsPlan) ([]map[string]ffstore.QueueItem, []uint64, error)) ([]ffstore.QueueHead, error) {
+	read func(ctx context.Context, prefixes []string, plan headsPlan) (headsRead, error)) ([]ffstore.QueueHead, error) {
 	hs := c.set(prefixes, shards)
 	if heads, ok := c.fresh(hs, time.Now()); ok {
 		return heads, nil
@@ -242,14 +260,14 @@ func (c *headsCache) queueHeads(ctx context.Context, prefixes []string, shards i
 	epoch, seq := c.epoch, c.seq
 	plan := hs.plan(began)
 	c.mu.Unlock()
-	found, vers, err := read(ctx, hs.prefixes, plan)
+	r, err := read(ctx, hs.prefixes, plan)
 	if err != nil {
 		c.mu.Lock()
 		hs.needFull = true // what the plan took over is not done
 		c.mu.Unlock()
 		return nil, err
 	}
-	c.load(hs, found, vers, began, epoch, seq, plan.full)
+	c.load(hs, r, began, epoch, seq, plan.full)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return hs.heads(), nil

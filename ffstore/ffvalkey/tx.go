@@ -654,7 +654,17 @@ func (t *tx) commit() error {
 		}
 		return nil
 	}
-	ok, reason, rest, err := t.run(ctx, fnUnit, false, t.build("c"))
+	args := t.build("c")
+	gate := &t.s.gates[t.shard]
+	ticket, left := gate.enter(), false
+	leave := func() {
+		if !left {
+			left = true
+			gate.leave(ticket)
+		}
+	}
+	defer leave() // whatever happens, readers must not wait on this commit forever
+	ok, reason, rest, err := t.run(ctx, fnUnit, false, args)
 	if err != nil {
 		return err
 	}
@@ -667,6 +677,7 @@ func (t *tx) commit() error {
 		t.s.log.Warn("ffvalkey: unexpected commit reply", "err", err)
 		t.s.heads.invalidate()
 	}
+	leave() // the heads are patched: readers of this commit's events may go on
 	if len(hints) > 0 {
 		t.s.addHints(ctx, t.shard, hints)
 	}

@@ -162,6 +162,7 @@ type Store struct {
 	conflicts ffstore.ConflictCounter // injected conflicts still to deliver
 	changes   ffstore.Notifier
 	heads     headsCache
+	gates     []commitGate // per shard: see commitGate
 	expected  expectations
 
 	subOnce   sync.Once
@@ -249,6 +250,7 @@ func (s *Store) open(ctx context.Context, shards int) error {
 	}
 	s.shards = n
 	s.keys = make([]shardKeys, n)
+	s.gates = make([]commitGate, n)
 	for i := range s.keys {
 		s.keys[i] = newShardKeys(s.prefix, i, n)
 	}
@@ -421,7 +423,7 @@ type queueRef struct {
 // for a full read), with the commit number of each shard read from before its heads; see
 // headsCache. A full read also repairs the hint: it adds the queues found non-empty that
 // the hint misses and removes those it lists that are empty.
-func (s *Store) readHeads(ctx context.Context, prefixes []string, plan headsPlan) ([]map[string]ffstore.QueueItem, []uint64, error) {
+func (s *Store) readHeads(ctx context.Context, prefixes []string, plan headsPlan) (headsRead, error) {
 	type bound struct{ lo, hi string }
 	bounds := make([]bound, len(prefixes))
 	for i, p := range prefixes {
@@ -453,13 +455,13 @@ func (s *Store) readHeads(ctx context.Context, prefixes []string, plan headsPlan
 		return cmds
 	})
 	if err != nil {
-		return nil, nil, err
+		return headsRead{}, err
 	}
 	hinted := map[queueRef]bool{}
 	for i := range bounds {
 		members, err := res[i].AsStrSlice()
 		if err != nil {
-			return nil, nil, translate(err, "read the hint of non-empty queues")
+			return headsRead{}, translate(err, "read the hint of non-empty queues")
 		}
 		for _, m := range members {
 			if name, shard, ok := parseHintMember(m, s.shards); ok {
@@ -469,18 +471,19 @@ func (s *Store) readHeads(ctx context.Context, prefixes []string, plan headsPlan
 	}
 	vers := make([]uint64, s.shards)
 	isScanned := make([]bool, s.shards)
+	read := make([]map[string]bool, s.shards)
 	listed := map[queueRef]bool{}
 	var refs []queueRef
 	for j, shard := range scanned {
 		isScanned[shard] = true
 		base := len(bounds) + j*per
 		if vers[shard], err = optUint(res[base]); err != nil {
-			return nil, nil, translate(err, "read queue directories")
+			return headsRead{}, translate(err, "read queue directories")
 		}
 		for b := 1; b < per; b++ {
 			names, err := res[base+b].AsStrSlice()
 			if err != nil {
-				return nil, nil, translate(err, "read queue directories")
+				return headsRead{}, translate(err, "read queue directories")
 			}
 			for _, name := range names {
 				r := queueRef{shard, name}
@@ -491,16 +494,16 @@ func (s *Store) readHeads(ctx context.Context, prefixes []string, plan headsPlan
 	}
 	// The hinted queues of shards not scanned are read with their shard's commit number.
 	var verShards []int
-	verRead := make([]bool, s.shards)
 	for r := range hinted {
 		if isScanned[r.shard] {
 			continue
 		}
 		refs = append(refs, r)
-		if !verRead[r.shard] {
-			verRead[r.shard] = true
+		if read[r.shard] == nil {
+			read[r.shard] = map[string]bool{}
 			verShards = append(verShards, r.shard)
 		}
+		read[r.shard][r.name] = true
 	}
 	found := make([]map[string]ffstore.QueueItem, s.shards)
 	for i := range found {
@@ -508,13 +511,13 @@ func (s *Store) readHeads(ctx context.Context, prefixes []string, plan headsPlan
 	}
 	if len(refs) > 0 {
 		if err := s.readQueueHeads(ctx, refs, verShards, found, vers); err != nil {
-			return nil, nil, err
+			return headsRead{}, err
 		}
 	}
 	if plan.full {
 		s.repairHint(ctx, hinted, listed, found)
 	}
-	return found, vers, nil
+	return headsRead{found: found, vers: vers, scanned: isScanned, read: read}, nil
 }
 
 // readQueueHeads reads the first item of each queue of refs into found, and the commit
@@ -687,6 +690,9 @@ func (s *Store) ReadEvents(ctx context.Context, shard int, after uint64, limit i
 	trimmed, err := optUint(res[1])
 	if err != nil {
 		return nil, translate(err, "read the trim point")
+	}
+	if len(entries) > 0 {
+		s.gates[shard].wait() // this process's commits among them have patched their heads
 	}
 	if after < trimmed {
 		return nil, fftype.NewError(fftype.KindState, fftype.CodeCursorExpired,
