@@ -268,14 +268,17 @@ func (b *benchRun) drain(scenario string) scenarioRun {
 		},
 		run: func(ctx context.Context, c bench.Backend, run int, progress bench.ProgressFunc) (bench.Record, error) {
 			cfg := bench.DrainConfig{N: f.n, Workers: f.workers, PayloadBytes: f.payload, Pipeline: f.pipeline, Progress: progress}
+			stop := func() error { return nil }
 			if run == 1 {
-				stop, err := profileDrain(&cfg, f.cpuProfile, f.memProfile)
-				if err != nil {
+				var err error
+				if stop, err = profileDrain(&cfg, f.cpuProfile, f.memProfile); err != nil {
 					return bench.Record{}, err
 				}
-				defer stop()
 			}
 			r, err := bench.Drain(ctx, c, cfg)
+			if perr := stop(); err == nil && perr != nil {
+				err = fmt.Errorf("bench: writing a profile: %w", perr)
+			}
 			if err != nil {
 				return bench.Record{}, err
 			}
@@ -432,24 +435,52 @@ func describeStore(s *freshStore) string {
 }
 
 // profileDrain makes cfg profile its drain phase: a CPU profile to cpuPath, and heap
-// profiles to memPath + ".base" as the drain starts and to memPath as it ends, whose
-// difference is what the drain allocated. An empty path skips that profile. The
-// returned stop ends the CPU profile if the drain never finished.
-func profileDrain(cfg *bench.DrainConfig, cpuPath, memPath string) (stop func(), err error) {
-	var cpu *os.File
-	if cpuPath != "" {
-		if cpu, err = os.Create(cpuPath); err != nil {
-			return nil, err
+// profiles (allocations included) to memPath + ".base" as the drain starts and to memPath
+// as it ends, whose difference is what the drain allocated. An empty path skips that
+// profile. The files are created at once, so a path that cannot be written fails before
+// the run. stop ends the CPU profile if the drain never finished, closes the files and
+// returns the first error writing them.
+func profileDrain(cfg *bench.DrainConfig, cpuPath, memPath string) (stop func() error, err error) {
+	var files []*os.File
+	create := func(path string) *os.File {
+		if path == "" || err != nil {
+			return nil
 		}
+		var f *os.File
+		if f, err = os.Create(path); err == nil {
+			files = append(files, f)
+		}
+		return f
+	}
+	cpu := create(cpuPath)
+	var memBase, mem *os.File
+	if memPath != "" {
+		memBase, mem = create(memPath+".base"), create(memPath)
+	}
+	closeAll := func() error {
+		var errs []error
+		for _, f := range files {
+			errs = append(errs, f.Close())
+		}
+		return errors.Join(errs...)
+	}
+	if err != nil {
+		_ = closeAll()
+		return nil, err
 	}
 	running := false
-	var profileErr error
-	cfg.DrainStarted = func() {
-		if memPath != "" {
-			profileErr = writeHeapProfile(memPath + ".base")
+	var writeErr error
+	heap := func(f *os.File) {
+		if f != nil && writeErr == nil {
+			writeErr = pprof.Lookup("allocs").WriteTo(f, 0)
 		}
-		if cpu != nil && pprof.StartCPUProfile(cpu) == nil {
-			running = true
+	}
+	cfg.DrainStarted = func() {
+		heap(memBase)
+		if cpu != nil {
+			if writeErr = errors.Join(writeErr, pprof.StartCPUProfile(cpu)); writeErr == nil {
+				running = true
+			}
 		}
 	}
 	cfg.DrainDone = func() {
@@ -457,33 +488,13 @@ func profileDrain(cfg *bench.DrainConfig, cpuPath, memPath string) (stop func(),
 			pprof.StopCPUProfile()
 			running = false
 		}
-		if memPath != "" && profileErr == nil {
-			profileErr = writeHeapProfile(memPath)
-		}
+		heap(mem)
 	}
-	return func() {
+	return func() error {
 		if running {
 			pprof.StopCPUProfile()
 			running = false
 		}
-		if cpu != nil {
-			_ = cpu.Close()
-		}
-		if profileErr != nil {
-			fmt.Fprintf(os.Stderr, "bench: heap profile: %v\n", profileErr)
-		}
+		return errors.Join(writeErr, closeAll())
 	}, nil
-}
-
-// writeHeapProfile writes the heap profile, allocations included, to path.
-func writeHeapProfile(path string) error {
-	f, err := os.Create(path)
-	if err != nil {
-		return err
-	}
-	if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
-		_ = f.Close()
-		return err
-	}
-	return f.Close()
 }

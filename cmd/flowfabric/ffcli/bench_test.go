@@ -188,6 +188,8 @@ func TestBenchRefusesBadArguments(t *testing.T) {
 		{"-scenario", "no-such"},
 		{"-scenario", "steady-state", "-store", "mem", "-n", "1", "-refill-every", "0s", "-duration", "1s"},
 		{"extra"},
+		{"-store", "mem", "-n", "10", "-memprofile", "/nonexistent/dir/mem.prof"},
+		{"-store", "mem", "-n", "10", "-cpuprofile", "/nonexistent/dir/cpu.prof"},
 	} {
 		var out bytes.Buffer
 		require.Error(t, Run(t.Context(), append([]string{"bench"}, args...), &out), "%q", args)
