@@ -197,17 +197,14 @@ func (c *headsCache) load(hs *headSet, r headsRead, began time.Time, epoch, seq 
 	}
 	for shard, old := range hs.shards {
 		next := make(map[string]headEntry, len(r.found[shard]))
+		for name, it := range r.found[shard] {
+			next[name] = headEntry{item: it, ver: r.vers[shard]}
+		}
 		for name, e := range old {
 			covered := r.scanned[shard] || r.read[shard][name]
 			if !covered || e.seq > seq && e.ver >= r.vers[shard] {
 				next[name] = e
 			}
-		}
-		for name, it := range r.found[shard] {
-			if e, kept := next[name]; kept && e.seq > seq && e.ver >= r.vers[shard] {
-				continue // patched during the read by a newer commit
-			}
-			next[name] = headEntry{item: it, ver: r.vers[shard]}
 		}
 		hs.shards[shard] = next
 	}
