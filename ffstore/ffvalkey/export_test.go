@@ -47,10 +47,13 @@ func LoadLibrary(ctx context.Context, s *Store) error { return loadLibrary(ctx, 
 
 // ExpireHeads makes every set of heads QueueHeads keeps in memory due for a read, as if
 // headsTTL had passed since it was read.
-func ExpireHeads(s *Store) {
-	s.heads.mu.Lock()
-	defer s.heads.mu.Unlock()
-	for _, hs := range s.heads.sets {
+func ExpireHeads(s *Store) { s.heads.expire() }
+
+// expire makes every set due for a read, as if headsTTL had passed since it was read.
+func (c *headsCache) expire() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, hs := range c.sets {
 		hs.at = time.Time{}
 	}
 }

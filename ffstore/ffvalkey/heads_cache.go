@@ -78,13 +78,19 @@ type headEntry struct {
 	seq   uint64
 }
 
-// invalidate marks every set stale, to be read in full.
+// invalidate marks every set stale, to be read in full, and forgets what the sets knew.
+// It is called when the server may have lost its data, and with it its commit numbers:
+// entries numbered by the old counter would make every patch numbered by the new one look
+// late, and patch would drop it.
 func (c *headsCache) invalidate() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.epoch++
 	for _, hs := range c.sets {
 		hs.needFull = true
+		for shard := range hs.shards {
+			hs.shards[shard] = nil
+		}
 	}
 }
 

@@ -2,6 +2,7 @@ package ffvalkey
 
 import (
 	"context"
+	"maps"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -29,7 +30,7 @@ func TestHeadsCacheKeepsWhatAReadDidNotCover(t *testing.T) {
 	}
 	heads := func(read func() headsRead) []ffstore.QueueHead {
 		t.Helper()
-		c.invalidate() // read again, whatever the TTL says
+		c.expire() // read again, whatever the TTL says
 		hs, err := c.queueHeads(context.Background(), prefixes, shards,
 			func(context.Context, []string, headsPlan) (headsRead, error) { return read(), nil })
 		require.NoError(t, err)
@@ -84,4 +85,51 @@ func TestHeadsCacheKeepsWhatAReadDidNotCover(t *testing.T) {
 		return r
 	})
 	require.Empty(t, got, "a scanned shard's directory covers every queue")
+}
+
+// TestHeadsCacheForgetsCommitNumbersOnInvalidate: a server that lost its data numbers its
+// commits from 1 again. The first read after the library is reloaded runs while a commit
+// of this process fills a queue the cache knew from before, at a much higher number. The
+// commit's patch must not be dropped as late, or the read, which found the queue empty
+// before the commit, leaves the cache without the head a worker woken by the commit's
+// event is about to ask for.
+func TestHeadsCacheForgetsCommitNumbersOnInvalidate(t *testing.T) {
+	t.Parallel()
+	const shards = 2
+	prefixes := []string{"t"}
+	var c headsCache
+	fullRead := func(ver uint64, found map[string]ffstore.QueueItem) headsRead {
+		r := headsRead{found: make([]map[string]ffstore.QueueItem, shards), vers: make([]uint64, shards),
+			scanned: []bool{true, true}, read: make([]map[string]bool, shards)}
+		for i := range r.found {
+			r.found[i] = map[string]ffstore.QueueItem{}
+		}
+		maps.Copy(r.found[1], found)
+		r.vers[1] = ver
+		return r
+	}
+	read := func(read func() headsRead) []ffstore.QueueHead {
+		t.Helper()
+		hs, err := c.queueHeads(context.Background(), prefixes, shards,
+			func(context.Context, []string, headsPlan) (headsRead, error) { return read(), nil })
+		require.NoError(t, err)
+		return hs
+	}
+
+	old := ffstore.QueueItem{Member: "old", Score: 1}
+	read(func() headsRead { return fullRead(500, map[string]ffstore.QueueItem{"t-q": old}) })
+
+	c.invalidate() // the library was loaded again: the server may have lost its data
+
+	fresh := ffstore.QueueItem{Member: "new", Score: 2}
+	read(func() headsRead {
+		r := fullRead(0, nil) // the directory, read before the commit
+		c.patch(1, 1, []string{"t-q"}, []*ffstore.QueueItem{&fresh})
+		return r
+	})
+	got := read(func() headsRead {
+		t.Fatal("the set was just read: it is served from memory")
+		return headsRead{}
+	})
+	require.Equal(t, []ffstore.QueueHead{{Shard: 1, Queue: "t-q", Item: fresh}}, got)
 }

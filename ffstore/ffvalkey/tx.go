@@ -666,6 +666,10 @@ func (t *tx) commit() error {
 	defer leave() // whatever happens, readers must not wait on this commit forever
 	ok, reason, rest, err := t.run(ctx, fnUnit, false, args)
 	if err != nil {
+		// The unit may have committed with its reply lost. This process ignores its own
+		// wake-up messages, so nothing else tells the cache of heads that the shard's
+		// queues may have moved: say so before readers of its events may go on.
+		t.s.heads.wake(t.shard)
 		return err
 	}
 	if !ok {
