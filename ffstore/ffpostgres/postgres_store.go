@@ -11,7 +11,7 @@
 //	queue_items(shard, queue, member, score bigint)   ready and due queues; index (shard, queue, score, member)
 //	queues(queue, shard)                              the queue directory, for QueueHeads
 //	event_logs(shard, last_seq, trimmed)              per-shard event counter and trim point
-//	event_pending(shard, xid, n, events bytea)        each unit's committed events, not numbered yet
+//	event_pending(shard, xid, n, events bytea, ord)   each unit's committed events, not numbered yet
 //	event_blocks(shard, first_seq, last_seq, events)  the event logs, a unit's events a block
 //	meta(name, value)                                 schema version and shard count
 //
@@ -51,24 +51,28 @@
 // # Events
 //
 // A unit appends its events to event_pending as one row, a blob of them all tagged with
-// its transaction id (pg_current_xact_id()), in its write statement; it touches no shared
-// row, so units on one shard commit in parallel. Events get their Seq from a sequencer
-// that ReadEvents and EventBounds run, in any process, whenever committed events wait: in
-// one transaction it locks the shard's event_logs row (last_seq, the last number handed
-// out) and then, in a new statement whose snapshot sees every unit committed before the
-// lock was granted, moves each waiting unit's blob, in transaction id order, into an
-// event_blocks row numbered from last_seq+1 on, and raises last_seq. Readers decode the
-// blocks; trimming deletes the blocks wholly at or below the trim point. The lock is held
-// until the sequencer commits, so sequencers take turns and each block of numbers becomes
-// visible whole and after the previous one: Seqs are gap-free (a rolled-back unit's events
-// are never visible, so never numbered), a reader never sees Seq n+1 before Seq n, and a
-// unit committed before a read is numbered by it. (A unit committing while a
-// sequencer runs is numbered by the next one, with higher numbers, and never skipped:
-// numbers are given at sequencing time, not at insert time, which is the hazard of a plain
-// sequence column.) The events of one process's successive units keep their order, since
-// a later unit has a larger transaction id. TrimEvents raises the shard's trim point (never
-// past the last Seq) and deletes the events up to it; ReadEvents below the trim point
-// returns cursor_expired.
+// its transaction id (pg_current_xact_id()), in a statement after its write statement; it
+// touches no shared row, so units on one shard commit in parallel. Events get their Seq
+// from a sequencer that ReadEvents, EventBounds and TrimEvents run, in any process,
+// whenever committed events wait: in one transaction it locks the shard's event_logs row
+// (last_seq, the last number handed out) and then, in a new statement whose snapshot sees
+// every unit committed before the lock was granted, moves each waiting unit's blob, in the
+// order the units inserted them, into an event_blocks row numbered from last_seq+1 on, and
+// raises last_seq. Readers decode the blocks; trimming deletes the blocks wholly at or
+// below the trim point. The lock is held until the sequencer commits, so sequencers take
+// turns and each block of numbers becomes visible whole and after the previous one: Seqs
+// are gap-free (a rolled-back unit's events are never visible, so never numbered), a
+// reader never sees Seq n+1 before Seq n, and a unit committed before a read is numbered
+// by it. (A unit committing while a sequencer runs is numbered by the next one, with
+// higher numbers, and never skipped: numbers are given at sequencing time, not at insert
+// time, which is the hazard of a plain sequence column.) A unit inserts its events last,
+// after every lock it waited for, taking the next value of a sequence, and units are
+// numbered in that order: a unit that read what another wrote, or waited for its lock, is
+// numbered after it, as are a process's successive units. (Transaction ids would not do: a
+// unit gets its id at its first lock or write, so one that then waits for another's lock
+// can hold the smaller id.) TrimEvents raises the shard's trim point (never past the last
+// Seq) and deletes the events up to it; ReadEvents below the trim point returns
+// cursor_expired.
 //
 // # Change notifications
 //
@@ -728,7 +732,7 @@ const sequenceBatch = 1_000
 
 // sequence numbers the events of every unit committed on shard so far: it moves each
 // unit's blob from event_pending into event_blocks, numbered with the shard's next Seqs in
-// transaction id order. It holds the shard's event_logs row lock while it does, so
+// the order the units inserted them. It holds the shard's event_logs row lock while it does, so
 // sequencers of one shard (in any process) take turns and their blocks of numbers become
 // visible in order. The number of a unit's events is thus fixed after its commit but
 // before any reader can see them; units themselves never wait for each other here.
@@ -842,14 +846,8 @@ func (s *Store) EventBounds(ctx context.Context, shard int) (trimmed, last uint6
 	if err := s.check(ctx, shard); err != nil {
 		return 0, 0, err
 	}
-	var pending bool
-	if err := s.pool.QueryRow(ctx, s.sql.hasPending, shard).Scan(&pending); err != nil {
-		return 0, 0, translate(ctx, err, "read event bounds")
-	}
-	if pending {
-		if err := s.sequence(ctx, shard); err != nil {
-			return 0, 0, err
-		}
+	if err := s.numberPending(ctx, shard); err != nil {
+		return 0, 0, err
 	}
 	var t, l int64
 	if err := s.pool.QueryRow(ctx, s.sql.eventBounds, shard).Scan(&t, &l); err != nil {
@@ -858,11 +856,26 @@ func (s *Store) EventBounds(ctx context.Context, shard int) (trimmed, last uint6
 	return uint64(t), uint64(l), nil //nolint:gosec // never negative
 }
 
-// TrimEvents raises shard's trim point to through (at most the last Seq; never lower) in
-// one short transaction, then deletes the events up to it. Argument errors are as for
-// Update.
+// numberPending numbers the events of every unit committed on shard so far, if any wait.
+func (s *Store) numberPending(ctx context.Context, shard int) error {
+	var pending bool
+	if err := s.pool.QueryRow(ctx, s.sql.hasPending, shard).Scan(&pending); err != nil {
+		return translate(ctx, err, "look for events to number")
+	}
+	if !pending {
+		return nil
+	}
+	return s.sequence(ctx, shard)
+}
+
+// TrimEvents numbers the events of every unit committed on shard so far, raises shard's
+// trim point to through (at most the last Seq; never lower) in one short transaction, then
+// deletes the events up to it. Argument errors are as for Update.
 func (s *Store) TrimEvents(ctx context.Context, shard int, through uint64) error {
 	if err := s.check(ctx, shard); err != nil {
+		return err
+	}
+	if err := s.numberPending(ctx, shard); err != nil {
 		return err
 	}
 	through = min(through, math.MaxInt64)

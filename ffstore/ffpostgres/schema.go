@@ -130,6 +130,23 @@ var migrations = [][]string{ //nolint:gochecknoglobals // the embedded schema, r
 			SELECT shard, seq, seq, ` + eventBlobSQL + ` FROM {S}.events`,
 		`DROP TABLE {S}.events`,
 	},
+	// 3: waiting units numbered in the order they inserted their events rather than by
+	// transaction id. A unit gets its id at its first lock or write, so one that then
+	// waited for another unit's lock, and read what it wrote, could hold the smaller id
+	// and have its events numbered before those of the unit it depends on. A unit inserts
+	// its events last, after every lock it waited for, taking the next value of
+	// event_order. Waiting rows of version 2 keep their transaction id order.
+	{
+		`CREATE SEQUENCE {S}.event_order`,
+		`ALTER TABLE {S}.event_pending ADD COLUMN ord bigint`,
+		`UPDATE {S}.event_pending p SET ord = o.n
+			FROM (SELECT shard, xid, row_number() OVER (ORDER BY xid) AS n FROM {S}.event_pending) o
+			WHERE p.shard = o.shard AND p.xid = o.xid`,
+		`SELECT setval('{S}.event_order', (SELECT coalesce(max(ord), 0) + 1 FROM {S}.event_pending), false)`,
+		`ALTER TABLE {S}.event_pending ALTER COLUMN ord SET DEFAULT nextval('{S}.event_order'),
+			ALTER COLUMN ord SET NOT NULL`,
+		`CREATE INDEX event_pending_order ON {S}.event_pending (shard, ord)`,
+	},
 }
 
 // eventBlobSQL encodes the event in the columns of a version 1 event row as
@@ -143,7 +160,7 @@ const eventBlobSQL = `int4send(version) || int8send(time_unix) || int4send(time_
 	|| CASE WHEN data IS NULL THEN int4send(-1) ELSE int4send(octet_length(data)) || data END`
 
 // SchemaVersion is the schema version this binary writes and the newest it can use.
-const SchemaVersion = 2
+const SchemaVersion = 3
 
 const (
 	metaSchemaVersion = "schema_version"

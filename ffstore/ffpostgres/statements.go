@@ -20,6 +20,7 @@ type statements struct {
 	notify                        string
 	writes                        [writeParts]string
 	writeTexts                    [1 << writeParts]atomic.Pointer[string] // by the mask of the parts used
+	appendEvents                  string
 	hasPending, lockLog, sequence string
 
 	heads, emptyQueues       string
@@ -75,9 +76,9 @@ func newStatements(qs string) *statements {
 		lockLog: q(`SELECT last_seq FROM {S}.event_logs WHERE shard = $1 FOR UPDATE`),
 		sequence: q(`WITH moved AS (
 				DELETE FROM {S}.event_pending p WHERE (p.shard, p.xid) IN (
-					SELECT shard, xid FROM {S}.event_pending WHERE shard = $1 ORDER BY xid LIMIT $2)
-				RETURNING p.xid, p.n, p.events),
-			numbered AS (SELECT m.n, m.events, sum(m.n) OVER (ORDER BY m.xid) AS upto FROM moved m),
+					SELECT shard, xid FROM {S}.event_pending WHERE shard = $1 ORDER BY ord LIMIT $2)
+				RETURNING p.ord, p.n, p.events),
+			numbered AS (SELECT m.n, m.events, sum(m.n) OVER (ORDER BY m.ord) AS upto FROM moved m),
 			base AS (SELECT last_seq FROM {S}.event_logs WHERE shard = $1),
 			ins AS (
 				INSERT INTO {S}.event_blocks (shard, first_seq, last_seq, events)
@@ -87,6 +88,11 @@ func newStatements(qs string) *statements {
 			upd AS (UPDATE {S}.event_logs SET last_seq = last_seq + (SELECT coalesce(sum(n), 0) FROM ins) WHERE shard = $1)
 			SELECT count(*) FROM ins`),
 		notify: `SELECT pg_notify($1, '')`,
+		// A unit's events wait, unnumbered, as one blob tagged with its transaction id and
+		// the next value of event_order, for the sequencer. The unit sends this after its
+		// write statement, so that it takes its place in that order after every lock the
+		// unit waited for.
+		appendEvents: q(`INSERT INTO {S}.event_pending (shard, n, events) VALUES ($1, $2, $3)`),
 
 		// The head of each directory queue in one of the ranges [lo, hi) (hi '' = no end):
 		// one index probe per queue; an empty queue comes back with a NULL member.
@@ -130,7 +136,6 @@ const (
 	partRemove          // queue items removed
 	partQueueDir        // queue directory rows made sure of, under the queue's advisory lock
 	partAdd             // queue items added or re-scored
-	partEvents          // events, unnumbered
 	writeParts
 )
 
@@ -148,9 +153,6 @@ const (
 // the queue's directory row exists, and holds it until it commits, so the directory pruner
 // (which needs the lock exclusively) cannot delete that row between the check and the
 // commit.
-//
-// A unit's events wait, unnumbered, as one blob tagged with the transaction id, for the
-// sequencer.
 var writePartSQL = [writeParts]string{ //nolint:gochecknoglobals // constant SQL
 	partDelete: `DELETE FROM {S}.records WHERE shard = $1 AND key = ANY($P1::text[])`,
 	partUpdate: `UPDATE {S}.records r SET value = u.v FROM unnest($P1::text[], $P2::bytea[]) AS u(k, v)
@@ -170,7 +172,6 @@ var writePartSQL = [writeParts]string{ //nolint:gochecknoglobals // constant SQL
 		SELECT $1, q, m, sc FROM unnest($P1::text[], $P2::text[], $P3::bigint[]) AS u(q, m, sc)
 		ON CONFLICT (shard, queue, member) DO UPDATE SET score = EXCLUDED.score
 		WHERE queue_items.score <> EXCLUDED.score`,
-	partEvents: `INSERT INTO {S}.event_pending (shard, n, events) VALUES ($1, $P1::integer, $P2::bytea)`,
 }
 
 // writePartParams is how many parameters each part of writePartSQL takes: its highest

@@ -497,15 +497,6 @@ func (t *unitTx) commit(ctx context.Context) error {
 		used[partAdd] = []any{addQ, addM, addS}
 	}
 
-	// Events, as one blob.
-	if n := len(t.events); n > 0 {
-		var blob []byte
-		for i := range t.events {
-			blob = appendEventBlob(blob, &t.events[i])
-		}
-		used[partEvents] = []any{int32(n), blob} //nolint:gosec // a unit's events are far fewer than 2^31
-	}
-
 	if t.s.notifyInTx {
 		b.Queue(sq.notify, t.s.channel)
 	}
@@ -516,6 +507,14 @@ func (t *unitTx) commit(ctx context.Context) error {
 	if writes {
 		sql, args := sq.writeStatement(&used, t.shard)
 		b.Queue(sql, args...)
+	}
+	// The events, as one blob, after every other write: see appendEvents.
+	if n := len(t.events); n > 0 {
+		var blob []byte
+		for i := range t.events {
+			blob = appendEventBlob(blob, &t.events[i])
+		}
+		b.Queue(sq.appendEvents, t.shard, int32(n), blob) //nolint:gosec // a unit's events are far fewer than 2^31
 	}
 	b.Queue("COMMIT")
 

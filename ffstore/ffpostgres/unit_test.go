@@ -3,6 +3,7 @@ package ffpostgres_test
 import (
 	"context"
 	"fmt"
+	"math"
 	"sync"
 	"testing"
 	"time"
@@ -378,6 +379,82 @@ func TestUnits(t *testing.T) {
 		evs, err := b.store.ReadEvents(b.ctx, 1, 1<<63, 10)
 		require.NoError(t, err)
 		require.Empty(t, evs)
+	})
+
+	// Events are numbered in the order their units can see each other: a unit that waited
+	// for another's lock and read its write comes after it in the log, even though it took
+	// its first lock, and with it its transaction id, before the other unit began.
+	t.Run("EventsInCausalOrder", func(t *testing.T) {
+		t.Parallel()
+		ctx := t.Context()
+		schema := testdb.Schema(t)
+		s := openStore(t, &ffpostgres.Options{Shards: 1, Schema: schema})
+		require.NoError(t, s.Update(ctx, 0, func(tx ffstore.Tx) error {
+			tx.Put("a", []byte("0"))
+			tx.Put("e", []byte("0"))
+			return nil
+		}))
+		step := func(name string) fftype.Event {
+			return fftype.Event{Version: 1, Type: fftype.EventProgress, ExecutionID: "e", Data: []byte(`"` + name + `"`)}
+		}
+		laterLocked, earlierLocked := make(chan struct{}), make(chan struct{})
+		laterDone := make(chan error, 1)
+		var laterSaw string
+		go func() {
+			laterDone <- s.Update(ctx, 0, func(tx ffstore.Tx) error {
+				if _, _, err := tx.Get("a"); err != nil { // takes a transaction id
+					return err
+				}
+				close(laterLocked)
+				<-earlierLocked
+				v, _, err := tx.Get("e") // waits for the other unit
+				laterSaw = string(v)
+				tx.Put("e", []byte("step2"))
+				tx.AppendEvent(step("step2"))
+				return err
+			})
+		}()
+		<-laterLocked
+		require.NoError(t, s.Update(ctx, 0, func(tx ffstore.Tx) error {
+			if _, _, err := tx.Get("e"); err != nil {
+				return err
+			}
+			close(earlierLocked)
+			require.Eventually(t, waitingForLock(t, schema), 10*time.Second, 5*time.Millisecond,
+				"the other unit waits for this one's lock")
+			tx.Put("e", []byte("step1"))
+			tx.AppendEvent(step("step1"))
+			return nil
+		}))
+		require.NoError(t, <-laterDone)
+		require.Equal(t, "step1", laterSaw, "the waiting unit read the other one's write")
+		evs, err := s.ReadEvents(ctx, 0, 0, 10)
+		require.NoError(t, err)
+		require.Len(t, evs, 2)
+		require.Equal(t, []string{`"step1"`, `"step2"`}, []string{string(evs[0].Data), string(evs[1].Data)})
+	})
+
+	// TrimEvents counts the events committed but not numbered yet: trimming through the
+	// end trims them too.
+	t.Run("TrimNumbersWaitingEvents", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		for range 5 {
+			require.NoError(t, b.store.Update(b.ctx, 0, func(tx ffstore.Tx) error {
+				for range 3 {
+					tx.AppendEvent(fftype.Event{Version: 1, Type: fftype.EventCreated})
+				}
+				return nil
+			}))
+		}
+		require.NoError(t, b.store.TrimEvents(b.ctx, 0, 5))
+		trimmed, last, err := b.store.EventBounds(b.ctx, 0)
+		require.NoError(t, err)
+		require.Equal(t, [2]uint64{5, 15}, [2]uint64{trimmed, last})
+		require.NoError(t, b.store.TrimEvents(b.ctx, 0, math.MaxUint64))
+		trimmed, last, err = b.store.EventBounds(b.ctx, 0)
+		require.NoError(t, err)
+		require.Equal(t, [2]uint64{15, 15}, [2]uint64{trimmed, last})
 	})
 }
 
