@@ -174,3 +174,33 @@ func testHolderRound(t *testing.T, kinds []int, shared bool) {
 		}
 	}
 }
+
+// TestHolderRoundLonePanic: an operation that panics alone in its round panics in its
+// caller, and the shard goes on serving lease holders: the round hands its queue on.
+func TestHolderRoundLonePanic(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e, err := New(&mergingStore{Store: ffmem.New(&ffmem.Options{Shards: 1})}, nil)
+	require.NoError(t, err)
+	for range 2 {
+		_, err := e.Create(ctx, fftype.CreateParams{Lane: "l", Kind: "k"})
+		require.NoError(t, err)
+	}
+	leases, err := e.Claim(ctx, fftype.ClaimParams{WorkerID: "w", WorkerInstanceID: "i", Lanes: []string{"l"}, Count: 2})
+	require.NoError(t, err)
+	require.Len(t, leases, 2)
+
+	require.PanicsWithValue(t, "boom", func() {
+		_ = e.holderUnit(ctx, leases[0].ExecutionID, leases[0].Fence, nil,
+			func(ffstore.Tx, *fftype.Execution, placement, time.Time) error { panic("boom") })
+	})
+
+	done := make(chan error, 1)
+	go func() { done <- e.Complete(ctx, leases[1].ExecutionID, leases[1].Fence, nil, "") }()
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("a holder operation on the shard still waits for the round that panicked")
+	}
+}
