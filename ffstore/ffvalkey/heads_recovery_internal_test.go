@@ -40,17 +40,24 @@ func TestHeadsAfterRestart(t *testing.T) {
 		require.NoError(t, err)
 
 		require.NoError(t, srv.Restart())
-		// The first unit after the restart loads the library again.
+		// The first unit after the restart loads the library again. Each connection the
+		// restart broke fails the first command sent on it, so the calls below, which
+		// are idempotent, are repeated until one goes through.
 		require.Eventually(t, func() bool {
 			return update(func(tx ffstore.Tx) { tx.QueueAdd("e:l:other", "o", 1) }) == nil
 		}, 10*time.Second, 10*time.Millisecond)
 
 		var wg sync.WaitGroup
 		wg.Go(func() { _, _ = s.QueueHeads(ctx, prefixes) })
-		require.NoError(t, update(func(tx ffstore.Tx) { tx.QueueAdd("e:l:q", "new", 2) }))
+		require.Eventually(t, func() bool {
+			return update(func(tx ffstore.Tx) { tx.QueueAdd("e:l:q", "new", 2) }) == nil
+		}, 10*time.Second, 10*time.Millisecond)
 		wg.Wait()
-		heads, err := s.QueueHeads(ctx, prefixes)
-		require.NoError(t, err)
+		var heads []ffstore.QueueHead
+		require.Eventually(t, func() bool {
+			heads, err = s.QueueHeads(ctx, prefixes)
+			return err == nil
+		}, 10*time.Second, 10*time.Millisecond)
 		require.True(t, slices.ContainsFunc(heads, func(h ffstore.QueueHead) bool { return h.Queue == "e:l:q" }),
 			"run %d: the head of this process's commit after the restart is missing from %v", run, heads)
 	}
