@@ -1,6 +1,7 @@
 package ffserver
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/flowfabric/flowfabric/fftype"
 )
@@ -100,8 +102,8 @@ func badRequest(format string, args ...any) error {
 }
 
 // decode reads exactly one JSON value of type T from the body, refusing unknown fields,
-// wrong types, trailing data and bodies over limit. An empty body decodes as the zero
-// value when allowEmpty.
+// wrong types, trailing data, invalid UTF-8 (which the JSON decoder would silently replace)
+// and bodies over limit. An empty body decodes as the zero value when allowEmpty.
 func decode[T any](r *http.Request, limit int64, allowEmpty bool) (T, error) {
 	var v T
 	// curl -d sends application/x-www-form-urlencoded; the body is still read as JSON, so
@@ -111,10 +113,16 @@ func decode[T any](r *http.Request, limit int64, allowEmpty bool) (T, error) {
 		return v, &fftype.Error{Kind: fftype.KindValidation, Code: "unsupported_media_type",
 			Message: "send the body as application/json"}
 	}
-	body := http.MaxBytesReader(nil, r.Body, limit)
-	dec := json.NewDecoder(body)
+	body, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, limit))
+	if err != nil {
+		return v, bodyError(err, limit)
+	}
+	if !utf8.Valid(body) {
+		return v, badRequest("the body is not valid UTF-8")
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
-	err := dec.Decode(&v)
+	err = dec.Decode(&v)
 	if errors.Is(err, io.EOF) && allowEmpty {
 		return v, nil
 	}

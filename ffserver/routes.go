@@ -155,12 +155,13 @@ func idBody[T any](r *http.Request, limit int64, allowEmpty bool) (fftype.Execut
 	return id, req, err
 }
 
+// ms converts a count of milliseconds to a duration of at most max. The range is checked
+// before converting: a count large enough to overflow would otherwise wrap around into it.
 func ms(v int64, field string, max time.Duration) (time.Duration, error) {
-	d := time.Duration(v) * time.Millisecond
-	if v < 0 || d > max {
+	if v < 0 || v > max.Milliseconds() {
 		return 0, badRequest("%s must be between 0 and %d", field, max.Milliseconds())
 	}
-	return d, nil
+	return time.Duration(v) * time.Millisecond, nil
 }
 
 func queryLimit(r *http.Request) (int, error) {

@@ -242,6 +242,11 @@ func TestBadInputIsAClearClientError(t *testing.T) {
 		{"GET", "/v1/executions?cursor=zzz", nil, 400, fftype.CodeInvalidCursor},
 		{"POST", "/v1/claim", `{"worker_id":"w","worker_instance_id":"w1","lanes":[]}`, 400, fftype.CodeInvalidLane},
 		{"POST", "/v1/claim", `{"worker_id":"w","worker_instance_id":"w1","lanes":["l"],"wait_ms":999999}`, 400, fftype.CodeInvalidInput},
+		// Milliseconds that overflow a duration must not wrap around into the range.
+		{"POST", "/v1/claim", `{"worker_id":"w","worker_instance_id":"w1","lanes":["l"],"wait_ms":18446744073710}`, 400, fftype.CodeInvalidInput},
+		{"POST", "/v1/executions", `{"lane":"l","kind":"k","delay_ms":18446744073710}`, 400, fftype.CodeInvalidInput},
+		// Invalid UTF-8 is refused, not stored with its bytes replaced.
+		{"POST", "/v1/executions", "{\"lane\":\"l\",\"kind\":\"k\",\"payload\":\"\xff\"}", 400, fftype.CodeInvalidInput},
 		{"POST", "/v1/executions/s0_0190a7b2-1c3d-7e4f-8a9b-0c1d2e3f4a5b/complete", `{"fence":{"lease_id":"x"}}`, 400, fftype.CodeInvalidFence},
 		{"GET", "/v1/nothing-here", nil, 404, "route_not_found"},
 		{"GET", "/v1/events?cursor=%21%21", nil, 400, fftype.CodeInvalidCursor},
