@@ -117,6 +117,7 @@ const (
 	CodeNoActiveLease        = "no_active_lease"
 	CodeStoreConflict        = "store_conflict"
 	CodeStoreUnavailable     = "store_unavailable"
+	CodeRoundFailed          = "round_failed" // the shared unit serving the call failed on another call's bug
 	CodeInvalidCursor        = "invalid_cursor"
 	CodeCursorExpired        = "cursor_expired"
 	CodeShardOutOfRange      = "shard_out_of_range"

@@ -109,19 +109,10 @@ func (e *Engine) holderStep(tx ffstore.Tx, c *holderCall) error {
 }
 
 // serveHolders serves one round of operations on shard. A lone operation runs as it
-// would without rounds, in its own unit and under its caller's context. If it panics, it
-// is sent back to run again in its caller's goroutine, where the panic belongs: escaping
-// here, it would end the round without handing the shard's queue on, and every later
-// operation on the shard would wait forever.
+// would without rounds, in its own unit and under its caller's context.
 func (e *Engine) serveHolders(ctx context.Context, shard int, calls []*holderCall) {
 	if len(calls) == 1 {
-		c := calls[0]
-		defer func() {
-			if recover() != nil {
-				c.alone = true
-			}
-		}()
-		c.err = e.holderAlone(shard, c)
+		calls[0].err = e.holderAlone(shard, calls[0])
 		return
 	}
 	errs := make([]error, len(calls))

@@ -204,3 +204,47 @@ func TestHolderRoundLonePanic(t *testing.T) {
 		t.Fatal("a holder operation on the shard still waits for the round that panicked")
 	}
 }
+
+// panickyStore is the memory store whose next unit panics when told to: a store bug.
+type panickyStore struct {
+	*ffmem.Store
+	panicNext atomic.Bool
+}
+
+func (s *panickyStore) Update(ctx context.Context, shard int, fn func(tx ffstore.Tx) error) error {
+	if s.panicNext.CompareAndSwap(true, false) {
+		panic("boom")
+	}
+	return s.Store.Update(ctx, shard, fn)
+}
+
+// TestClaimRoundPanic: a claim round whose unit panics panics in its leader, and the
+// selection's queue goes on to the next claim instead of holding it forever.
+func TestClaimRoundPanic(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	store := &panickyStore{Store: ffmem.New(&ffmem.Options{Shards: 1})}
+	e, err := New(store, nil)
+	require.NoError(t, err)
+	_, err = e.Create(ctx, fftype.CreateParams{Lane: "l", Kind: "k"})
+	require.NoError(t, err)
+	claim := func() ([]*fftype.Lease, error) {
+		return e.Claim(ctx, fftype.ClaimParams{WorkerID: "w", WorkerInstanceID: "i", Lanes: []string{"l"}})
+	}
+
+	store.panicNext.Store(true)
+	require.PanicsWithValue(t, "boom", func() { _, _ = claim() })
+
+	done := make(chan []*fftype.Lease, 1)
+	go func() {
+		leases, err := claim()
+		require.NoError(t, err)
+		done <- leases
+	}()
+	select {
+	case leases := <-done:
+		require.Len(t, leases, 1)
+	case <-time.After(10 * time.Second):
+		t.Fatal("a claim still waits for the round that panicked")
+	}
+}

@@ -3,6 +3,8 @@ package engine
 import (
 	"context"
 	"sync"
+
+	"github.com/flowfabric/flowfabric/fftype"
 )
 
 // Rounds: concurrent calls that can share one unit are served together. Calls queue by
@@ -132,25 +134,47 @@ func (r *rounds[C]) round(ctx context.Context, key string, q *roundQueue[C], pla
 	r.mu.Unlock()
 
 	var unserved []C
-	if len(calls) > 0 {
-		join := func() []C {
-			r.mu.Lock()
-			defer r.mu.Unlock()
-			n := len(calls)
-			calls, total = r.admit(q, calls, total, plan)
-			return calls[n:]
+	defer r.handOn(key, q, &unserved) // even if serve panics: later calls must not wait forever
+	if len(calls) == 0 {
+		return
+	}
+	join := func() []C {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		n := len(calls)
+		calls, total = r.admit(q, calls, total, plan)
+		return calls[n:]
+	}
+	served := false
+	defer func() {
+		if served {
+			return
 		}
-		unserved = plan.serve(context.WithoutCancel(ctx), calls, join)
+		// serve panicked (a bug): the panic goes on in the leader; every call of the
+		// round is answered with an error rather than left waiting.
 		for _, c := range calls {
-			if indexOf(unserved, c) < 0 {
-				close(c.base().done)
+			if b := c.base(); b.err == nil {
+				b.err = fftype.NewError(fftype.KindUnavailable, fftype.CodeRoundFailed,
+					"the round serving this call failed on another call's bug; retry")
 			}
+			close(c.base().done)
+		}
+	}()
+	unserved = plan.serve(context.WithoutCancel(ctx), calls, join)
+	served = true
+	for _, c := range calls {
+		if indexOf(unserved, c) < 0 {
+			close(c.base().done)
 		}
 	}
+}
 
+// handOn puts the calls a round did not serve back at the front of q, then passes the
+// next round to the first call waiting, or marks q idle.
+func (r *rounds[C]) handOn(key string, q *roundQueue[C], unserved *[]C) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	q.calls = append(unserved, q.calls...)
+	q.calls = append(*unserved, q.calls...)
 	if len(q.calls) > 0 {
 		c := q.calls[0].base()
 		c.named = true
