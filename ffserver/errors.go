@@ -10,7 +10,9 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"reflect"
 	"strings"
+	"sync"
 	"unicode/utf8"
 
 	"github.com/flowfabric/flowfabric/fftype"
@@ -138,8 +140,42 @@ func decode[T any](r *http.Request, limit int64, allowEmpty bool) (T, error) {
 		}
 		return v, badRequest("the body holds trailing data after the JSON value")
 	}
+	if names := requiredFields(reflect.TypeFor[T]()); len(names) > 0 {
+		var present map[string]json.RawMessage
+		if err := json.Unmarshal(body, &present); err != nil {
+			return v, badRequest("the body must be a JSON object")
+		}
+		for _, name := range names {
+			if _, ok := present[name]; !ok {
+				return v, badRequest("%s is required", name)
+			}
+		}
+	}
 	return v, nil
 }
+
+// requiredFields returns the JSON names of t's fields tagged required:"true": fields whose
+// zero value is a legal value, so that once decoded a missing field could not be told from
+// it. The OpenAPI document lists them as required.
+func requiredFields(t reflect.Type) []string {
+	if names, ok := requiredByType.Load(t); ok {
+		return names.([]string)
+	}
+	var names []string
+	if t.Kind() == reflect.Struct {
+		for f := range t.Fields() {
+			if f.Tag.Get("required") == "true" {
+				name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+				names = append(names, name)
+			}
+		}
+	}
+	requiredByType.Store(t, names)
+	return names
+}
+
+// requiredByType caches requiredFields by type.
+var requiredByType sync.Map //nolint:gochecknoglobals // a cache of what reflection derives from types
 
 func bodyError(err error, limit int64) error {
 	var tooLarge *http.MaxBytesError

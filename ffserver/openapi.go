@@ -158,7 +158,11 @@ func schemaRef(t reflect.Type, schemas map[string]any) map[string]any {
 			schemas[name] = map[string]any{} // placeholder against recursion
 			props := map[string]any{}
 			structProps(t, props, schemas)
-			schemas[name] = map[string]any{"type": "object", "properties": props}
+			schema := map[string]any{"type": "object", "properties": props}
+			if req := requiredFields(t); len(req) > 0 {
+				schema["required"] = req
+			}
+			schemas[name] = schema
 		}
 		return map[string]any{"$ref": "#/components/schemas/" + name}
 	default:

@@ -25,6 +25,7 @@ import (
 	"net/http"
 	"net/url"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -78,6 +79,7 @@ type Server struct {
 	origins map[string]bool
 	anyOrig bool
 	mux     *http.ServeMux
+	methods []string // the methods of the routes, for the Allow header of a 405
 	metrics *metrics
 
 	doc map[string]any // the OpenAPI document
@@ -132,12 +134,34 @@ func New(client *flowfabric.Client, cfg Config) (*Server, error) {
 	s.doc = openAPIDoc(rts)
 	for _, rt := range rts {
 		s.mux.Handle(rt.method+" "+rt.path, s.wrap(rt))
+		if !slices.Contains(s.methods, rt.method) {
+			s.methods = append(s.methods, rt.method)
+		}
 	}
+	slices.Sort(s.methods)
 	s.mux.Handle("GET /metrics", s.protect(promhttp.HandlerFor(s.metrics.registry, promhttp.HandlerOpts{})))
-	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, r, s.log, fftype.NotFoundf("route_not_found", "no route %s %s", r.Method, r.URL.Path))
-	})
+	s.mux.HandleFunc("/", s.noRoute)
 	return s, nil
+}
+
+// noRoute answers a request that no route matches: 405 with the methods the path has, if
+// it has any, and 404 otherwise.
+func (s *Server) noRoute(w http.ResponseWriter, r *http.Request) {
+	var allow []string
+	for _, m := range s.methods {
+		probe := *r
+		probe.Method = m
+		if _, pattern := s.mux.Handler(&probe); pattern != "/" {
+			allow = append(allow, m)
+		}
+	}
+	if allow == nil {
+		writeError(w, r, s.log, fftype.NotFoundf("route_not_found", "no route %s %s", r.Method, r.URL.Path))
+		return
+	}
+	w.Header().Set("Allow", strings.Join(allow, ", "))
+	writeJSON(w, http.StatusMethodNotAllowed, &ErrorBody{Code: "method_not_allowed", Kind: string(fftype.KindValidation),
+		Error: fmt.Sprintf("%s does not take %s; it takes %s", r.URL.Path, r.Method, strings.Join(allow, ", "))})
 }
 
 // Start begins the server's background work (event-fed metrics) until Close or ctx ends.

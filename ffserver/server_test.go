@@ -249,6 +249,12 @@ func TestBadInputIsAClearClientError(t *testing.T) {
 		{"POST", "/v1/executions", "{\"lane\":\"l\",\"kind\":\"k\",\"payload\":\"\xff\"}", 400, fftype.CodeInvalidInput},
 		{"POST", "/v1/executions/s0_0190a7b2-1c3d-7e4f-8a9b-0c1d2e3f4a5b/complete", `{"fence":{"lease_id":"x"}}`, 400, fftype.CodeInvalidFence},
 		{"GET", "/v1/nothing-here", nil, 404, "route_not_found"},
+		{"DELETE", "/v1/executions/s0_0190a7b2-1c3d-7e4f-8a9b-0c1d2e3f4a5b/priority", nil, 405, "method_not_allowed"},
+		// A missing field whose zero is a legal value is refused, not read as zero.
+		{"PUT", "/v1/executions/s0_0190a7b2-1c3d-7e4f-8a9b-0c1d2e3f4a5b/priority", `{}`, 400, fftype.CodeInvalidInput},
+		{"PUT", "/v1/executions/s0_0190a7b2-1c3d-7e4f-8a9b-0c1d2e3f4a5b/priority", `null`, 400, fftype.CodeInvalidInput},
+		{"POST", "/v1/executions/s0_0190a7b2-1c3d-7e4f-8a9b-0c1d2e3f4a5b/delay", `{}`, 400, fftype.CodeInvalidInput},
+		{"POST", "/v1/executions/s0_0190a7b2-1c3d-7e4f-8a9b-0c1d2e3f4a5b/progress", `{"message":"m"}`, 400, fftype.CodeInvalidInput},
 		{"GET", "/v1/events?cursor=%21%21", nil, 400, fftype.CodeInvalidCursor},
 		{"GET", "/v1/events?types=completed,complted", nil, 400, fftype.CodeInvalidInput},
 		{"POST", "/v1/dead-letter/replay", `{"ids":[]}`, 400, fftype.CodeInvalidInput},
@@ -259,6 +265,38 @@ func TestBadInputIsAClearClientError(t *testing.T) {
 	var page fftype.ListPage
 	b.call("GET", "/v1/executions", nil, 200, &page)
 	require.Empty(t, page.Executions, "refused requests wrote nothing")
+}
+
+func TestMissingRequiredFieldChangesNothing(t *testing.T) {
+	t.Parallel()
+	b := setup(t, ffserver.Config{})
+	var x fftype.Execution
+	b.call("POST", "/v1/executions", `{"lane":"l","kind":"k","priority":7}`, 201, &x)
+	path := "/v1/executions/" + string(x.ID)
+	b.requireError("PUT", path+"/priority", `{}`, 400, fftype.CodeInvalidInput)
+	b.call("GET", path, nil, 200, &x)
+	require.Equal(t, 7, x.Priority, "a refused change of priority left it alone")
+	b.call("PUT", path+"/priority", `{"priority":0}`, 200, nil)
+	b.call("GET", path, nil, 200, &x)
+	require.Zero(t, x.Priority, "an explicit 0 is a priority")
+
+	schemas := ffserver.OpenAPI()["components"].(map[string]any)["schemas"].(map[string]any)
+	require.Equal(t, []string{"priority"}, schemas["PriorityRequest"].(map[string]any)["required"], "documented as required")
+}
+
+func TestWrongMethodIs405(t *testing.T) {
+	t.Parallel()
+	b := setup(t, ffserver.Config{})
+	req, err := http.NewRequestWithContext(t.Context(), "DELETE", b.http.URL+"/v1/executions", nil)
+	require.NoError(t, err)
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	var body ffserver.ErrorBody
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&body))
+	require.Equal(t, http.StatusMethodNotAllowed, resp.StatusCode)
+	require.Equal(t, "GET, POST", resp.Header.Get("Allow"))
+	require.Equal(t, "method_not_allowed", body.Code)
 }
 
 func TestAuthAndCORS(t *testing.T) {

@@ -113,7 +113,7 @@ type RenewResponse struct {
 // ProgressRequest is the body of POST /v1/executions/{id}/progress.
 type ProgressRequest struct {
 	Fence   fftype.Fence `json:"fence"`
-	Percent int          `json:"percent"`
+	Percent int          `json:"percent" required:"true"`
 	Message string       `json:"message,omitempty"`
 }
 
@@ -135,7 +135,7 @@ type FailRequest struct {
 // DelayRequest is the body of POST /v1/executions/{id}/delay.
 type DelayRequest struct {
 	Fence   fftype.Fence `json:"fence"`
-	DelayMS int64        `json:"delay_ms"`
+	DelayMS int64        `json:"delay_ms" required:"true"`
 }
 
 // CancelRequest is the body of POST /v1/executions/{id}/cancel: with a fence the lease
@@ -152,7 +152,7 @@ type ReasonRequest struct {
 
 // PriorityRequest is the body of PUT /v1/executions/{id}/priority.
 type PriorityRequest struct {
-	Priority int `json:"priority"`
+	Priority int `json:"priority" required:"true"`
 }
 
 // TagsRequest is the body of POST /v1/executions/{id}/tags.
