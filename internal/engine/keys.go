@@ -85,12 +85,17 @@ func priorityScore(priority int, created time.Time) int64 {
 // priorityOfScore recovers the priority from an eligible score.
 func priorityOfScore(score int64) int { return fftype.MaxPriority - int(score>>priorityBits) }
 
-// ms converts a time to Unix milliseconds, clamping times before 1970 to 0.
+// ms converts a time to Unix milliseconds for a queue score, clamping times before 1970 to
+// 0. It rounds up: the engine's clock reads whole milliseconds, but a time computed with a
+// duration that has a fraction of a millisecond does not, and a timer whose score were
+// rounded down would look due before its record is, be put back with the same score, and
+// be popped again at once until the clock passed its time.
 func ms(t time.Time) int64 {
-	if m := t.UnixMilli(); m > 0 {
-		return m
+	m := t.UnixMilli()
+	if t.Nanosecond()%int(time.Millisecond) != 0 {
+		m++
 	}
-	return 0
+	return max(m, 0)
 }
 
 // fromMS converts Unix milliseconds to a time.

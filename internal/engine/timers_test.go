@@ -1,0 +1,63 @@
+package engine
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/flowfabric/flowfabric/ffstore/ffmem"
+	"github.com/flowfabric/flowfabric/fftest"
+	"github.com/flowfabric/flowfabric/fftype"
+)
+
+// TestTimersWithSubMillisecondTimes: durations with a fraction of a millisecond give
+// timers times between the clock's whole milliseconds. Such a timer is not due at the
+// millisecond before its time (RunDue returns rather than popping it again and again) and
+// fires at the one after.
+func TestTimersWithSubMillisecondTimes(t *testing.T) {
+	t.Parallel()
+	const frac = 300 * time.Microsecond
+	for _, tc := range []struct {
+		name  string
+		after time.Duration // from the claim to the timer's whole millisecond before its time
+		claim func(t *testing.T, e *Engine)
+	}{
+		{"attempt timeout", 2 * time.Second, func(t *testing.T, e *Engine) {
+			_, err := e.Create(t.Context(), fftype.CreateParams{Lane: "l", Kind: "k",
+				Policy: fftype.Policy{AttemptTimeout: fftype.Duration(2*time.Second + frac)}})
+			require.NoError(t, err)
+			claimOne(t, e)
+		}},
+		{"lease expiry", 30 * time.Second, func(t *testing.T, e *Engine) {
+			_, err := e.Create(t.Context(), fftype.CreateParams{Lane: "l", Kind: "k"})
+			require.NoError(t, err)
+			leases, err := e.Claim(t.Context(), fftype.ClaimParams{WorkerID: "w", WorkerInstanceID: "w-1",
+				Lanes: []string{"l"}, LeaseTTL: fftype.Duration(30*time.Second + frac)})
+			require.NoError(t, err)
+			require.Len(t, leases, 1)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			clock := fftest.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+			e, err := New(ffmem.New(&ffmem.Options{Shards: 1}), &Config{Clock: clock})
+			require.NoError(t, err)
+			tc.claim(t, e)
+
+			clock.Advance(tc.after)
+			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+			defer cancel()
+			n, next, err := e.RunDue(ctx)
+			require.NoError(t, err, "RunDue returns when the timer is not yet due")
+			require.Zero(t, n)
+			require.WithinDuration(t, clock.Now().Add(time.Millisecond), next, 0, "due at the next whole millisecond")
+
+			clock.Advance(time.Millisecond)
+			n, _, err = e.RunDue(ctx)
+			require.NoError(t, err)
+			require.Equal(t, 1, n, "fires once its time has passed")
+		})
+	}
+}
