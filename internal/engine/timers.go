@@ -213,12 +213,16 @@ func expireIdemKeys(tx ffstore.Tx, items []ffstore.QueueItem, now time.Time) err
 // "timers" shard leases, shared fairly among every engine running on the store, and on its
 // shards it handles due timers and sweeps the event log; then it sleeps until the next timer
 // is due, a change wakes it, or the poll interval passes. Calling Start on a running engine
-// does nothing.
+// does nothing; once a loop has ended with its ctx, Start runs a new one.
 func (e *Engine) Start(ctx context.Context) {
 	e.loopMu.Lock()
 	defer e.loopMu.Unlock()
 	if e.loopStop != nil {
-		return
+		select {
+		case <-e.loopDone:
+		default:
+			return
+		}
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})

@@ -61,3 +61,26 @@ func TestTimersWithSubMillisecondTimes(t *testing.T) {
 		})
 	}
 }
+
+// TestStartAfterItsContextEnded: a loop whose ctx ended is not running, so Start runs a
+// new one and timers fire again.
+func TestStartAfterItsContextEnded(t *testing.T) {
+	t.Parallel()
+	clock := fftest.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	e, err := New(ffmem.New(nil), &Config{Clock: clock, TimerPollInterval: time.Hour})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(t.Context())
+	e.Start(ctx)
+	cancel()
+	<-e.loopDone
+
+	e.Start(t.Context())
+	defer e.Stop()
+	res, err := e.Create(t.Context(), fftype.CreateParams{Lane: "l", Kind: "k", Delay: fftype.Duration(time.Minute)})
+	require.NoError(t, err)
+	clock.Advance(time.Minute)
+	require.Eventually(t, func() bool {
+		x, err := e.Get(t.Context(), res.ID)
+		return err == nil && x.PublicState() == fftype.StateWaiting
+	}, 10*time.Second, 5*time.Millisecond, "the new loop promotes the delayed execution")
+}
