@@ -19,7 +19,11 @@ import (
 // shard holding the owner, the lease expiry and the consumer's cursor in that shard's log.
 // Replicas announce themselves on shard 0; each takes a fair share of the shards' leases,
 // renews them, hands back extras when more replicas arrive, and takes over the shards of a
-// replica whose leases expired. The timer loop uses the same leases (consumer "timers").
+// replica whose leases expired. The timer loop uses the same leases, under timerLeases.
+
+// timerLeases is the name the timer loop's shard leases go by: no consumer can be called
+// so, so no consumer shares them.
+const timerLeases = "#timers"
 
 // DefaultConsumerLeaseTTL is how long a shard lease lasts without renewal.
 const DefaultConsumerLeaseTTL = 15 * time.Second
@@ -79,10 +83,15 @@ func (l *leaser) balanceIfDue(ctx context.Context) error {
 
 // balance announces the replica, counts the live ones, and renews, takes or hands back
 // shard leases so that this replica holds its fair share.
-func (l *leaser) balance(ctx context.Context) error {
+func (l *leaser) balance(ctx context.Context) (err error) {
 	l.balanced = l.e.now()
+	defer func() {
+		if err != nil {
+			l.balanced = time.Time{} // try again at the next step
+		}
+	}()
 	live := 1
-	err := l.e.update(ctx, 0, func(tx ffstore.Tx) error {
+	err = l.e.update(ctx, 0, func(tx ffstore.Tx) error {
 		now := l.e.now()
 		q := membersQueue(l.name)
 		if _, err := tx.PopDue(q, ms(now), 1000); err != nil { // forget replicas gone quiet
@@ -126,7 +135,9 @@ func (l *leaser) shardOrder() []int {
 	return out
 }
 
-// visit renews, takes or hands back the lease of one shard.
+// visit renews, takes or hands back the lease of one shard. What the replica holds changes
+// only once the unit has committed: if it fails, the replica does not count the shard as
+// its own, whatever the unit meant to do.
 func (l *leaser) visit(ctx context.Context, shard, target int) error {
 	var start uint64 // where a brand-new consumer starts: the oldest event kept
 	if _, ok := l.held[shard]; !ok && l.tracks {
@@ -136,7 +147,10 @@ func (l *leaser) visit(ctx context.Context, shard, target int) error {
 		}
 		start = trimmed
 	}
-	return l.e.update(ctx, shard, func(tx ffstore.Tx) error {
+	var expires time.Time // the lease's expiry if the unit keeps or takes it
+	var cursor uint64
+	err := l.e.update(ctx, shard, func(tx ffstore.Tx) error {
+		expires = time.Time{}
 		now := l.e.now()
 		rec, ok, err := readShardLease(tx, l.name)
 		if err != nil {
@@ -154,24 +168,29 @@ func (l *leaser) visit(ctx context.Context, shard, target int) error {
 		switch {
 		case mine && others >= target:
 			rec.Expires = now // hand back: another replica takes it at once
-			delete(l.held, shard)
 		case mine:
 			rec.Expires = now.Add(l.ttl)
-			l.held[shard] = rec.Expires
+			expires = rec.Expires
 		case free && others < target:
 			rec.Owner, rec.Expires = l.instance, now.Add(l.ttl)
-			l.held[shard] = rec.Expires
+			expires = rec.Expires
 		default:
-			delete(l.held, shard) // someone else's, or ours but lapsed
-			return nil
+			return nil // someone else's, or ours but lapsed
 		}
-		l.cursors[shard] = rec.Cursor
+		cursor = rec.Cursor
 		putJSON(tx, shardLeaseKey(l.name), rec)
 		if l.tracks {
 			tx.QueueAdd(queueCursors, l.name, int64(rec.Cursor))
 		}
 		return nil
 	})
+	if err != nil || expires.IsZero() {
+		delete(l.held, shard)
+		return err
+	}
+	l.held[shard] = expires
+	l.cursors[shard] = cursor
+	return nil
 }
 
 func readShardLease(tx ffstore.ReadTx, name string) (shardLease, bool, error) {
@@ -208,6 +227,7 @@ func (l *leaser) heldShards() []int {
 func (l *leaser) commit(ctx context.Context, shard int, cursor uint64) error {
 	lost := false
 	err := l.e.update(ctx, shard, func(tx ffstore.Tx) error {
+		lost = false
 		now := l.e.now()
 		rec, ok, err := readShardLease(tx, l.name)
 		if err != nil {

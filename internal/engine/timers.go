@@ -210,7 +210,7 @@ func expireIdemKeys(tx ffstore.Tx, items []ffstore.QueueItem, now time.Time) err
 }
 
 // Start runs the timer loop in the background until Stop or ctx ends. The loop holds the
-// "timers" shard leases, shared fairly among every engine running on the store, and on its
+// timer loop's shard leases, shared fairly among every engine running on the store, and on its
 // shards it handles due timers and sweeps the event log; then it sleeps until the next timer
 // is due, a change wakes it, or the poll interval passes. Calling Start on a running engine
 // does nothing; once a loop has ended with its ctx, Start runs a new one.
@@ -234,7 +234,7 @@ func (e *Engine) Start(ctx context.Context) {
 }
 
 func (e *Engine) timerLoop(ctx context.Context) {
-	leases := e.newLeaser("timers", 0, false)
+	leases := e.newLeaser(timerLeases, 0, false)
 	defer leases.release(context.WithoutCancel(ctx))
 	changes := e.changes(ctx)
 	var swept time.Time

@@ -1,0 +1,163 @@
+package engine
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/flowfabric/flowfabric/ffstore"
+	"github.com/flowfabric/flowfabric/ffstore/ffmem"
+	"github.com/flowfabric/flowfabric/fftest"
+	"github.com/flowfabric/flowfabric/fftype"
+)
+
+// A durable consumer may be named "timers". Its leases must not be the timer loop's: were
+// they shared, each would count the other as a replica of itself and take only half the
+// shards, so the consumer would miss the events of the timer loop's shards and the timer
+// loop would stop running timers on the consumer's.
+func TestConsumerNamedTimersHasLeasesOfItsOwn(t *testing.T) {
+	t.Parallel()
+	clock := fftest.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	e, err := New(ffmem.New(&ffmem.Options{Shards: 4}), &Config{Clock: clock})
+	require.NoError(t, err)
+	ctx := t.Context()
+
+	timers := e.newLeaser(timerLeases, 0, false) // exactly what timerLoop creates
+	require.NoError(t, timers.balance(ctx))
+	assert.Len(t, timers.heldShards(), e.shards)
+
+	var mu sync.Mutex
+	handled := 0
+	c, err := e.NewConsumer(ConsumerConfig{Name: "timers", Filter: fftype.EventFilter{Types: []fftype.EventType{fftype.EventCreated}},
+		Handler: func(context.Context, fftype.Event) error { mu.Lock(); handled++; mu.Unlock(); return nil }})
+	require.NoError(t, err, "the name is accepted")
+
+	const n = 40
+	for range n {
+		_, err := e.Create(ctx, fftype.CreateParams{Lane: "l", Kind: "k"})
+		require.NoError(t, err)
+	}
+	for range 10 {
+		clock.Advance(DefaultConsumerLeaseTTL / 3)
+		require.NoError(t, timers.balance(ctx))
+		for {
+			k, err := c.Step(ctx)
+			require.NoError(t, err)
+			if k == 0 {
+				break
+			}
+		}
+		if testing.Verbose() {
+			t.Logf("timers held %v consumer held %v", timers.heldShards(), c.Shards())
+		}
+	}
+	assert.Len(t, timers.heldShards(), e.shards, "the only timer loop must keep running timers on every shard")
+	assert.Len(t, c.Shards(), e.shards, "the only replica of the consumer must hold every shard")
+	mu.Lock()
+	defer mu.Unlock()
+	assert.Equal(t, n, handled, "the consumer handles every event")
+}
+
+// leaseFailStore fails, while armed, every unit that writes a shard lease, after its fn has
+// run (a commit that loses a race: the store contract allows it, and says fn must have no
+// effect outside tx).
+type leaseFailStore struct {
+	ffstore.Store
+	armed atomic.Bool
+}
+
+type leaseSpyTx struct {
+	ffstore.Tx
+	wroteLease bool
+}
+
+func (t *leaseSpyTx) Put(key string, value []byte) {
+	if strings.HasPrefix(key, "slease:") {
+		t.wroteLease = true
+	}
+	t.Tx.Put(key, value)
+}
+
+func (s *leaseFailStore) Update(ctx context.Context, shard int, fn func(tx ffstore.Tx) error) error {
+	return s.Store.Update(ctx, shard, func(tx ffstore.Tx) error {
+		spy := &leaseSpyTx{Tx: tx}
+		if err := fn(spy); err != nil {
+			return err
+		}
+		if s.armed.Load() && spy.wroteLease {
+			return fftype.ErrStoreConflict
+		}
+		return nil
+	})
+}
+
+// A replica whose unit taking a lease fails to commit does not hold the lease: were it to
+// count the shard as its own, then once the rightful owner renewed, both replicas would
+// handle the shard's events at the same time.
+func TestFailedLeaseTakeIsNotHeld(t *testing.T) {
+	t.Parallel()
+	clock := fftest.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	mem := ffmem.New(&ffmem.Options{Shards: 1})
+	flaky := &leaseFailStore{Store: mem}
+	eA, err := New(mem, &Config{Clock: clock})
+	require.NoError(t, err)
+	eB, err := New(flaky, &Config{Clock: clock})
+	require.NoError(t, err)
+	ctx := t.Context()
+
+	var mu sync.Mutex
+	handled := map[uint64][]string{}
+	handler := func(who string) func(context.Context, fftype.Event) error {
+		return func(_ context.Context, ev fftype.Event) error {
+			mu.Lock()
+			defer mu.Unlock()
+			handled[ev.Seq] = append(handled[ev.Seq], who)
+			return nil
+		}
+	}
+	const ttl = 9 * time.Second
+	a, err := eA.NewConsumer(ConsumerConfig{Name: "audit", LeaseTTL: ttl, Handler: handler("A")})
+	require.NoError(t, err)
+	b, err := eB.NewConsumer(ConsumerConfig{Name: "audit", LeaseTTL: ttl, Handler: handler("B")})
+	require.NoError(t, err)
+
+	_, err = a.Step(ctx)
+	require.NoError(t, err)
+	require.Equal(t, []int{0}, a.Shards())
+	_, err = b.Step(ctx)
+	require.NoError(t, err)
+	require.Empty(t, b.Shards(), "A holds the only shard")
+
+	// A stalls past its lease; B tries to take the shard, but the unit fails to commit.
+	clock.Advance(ttl + time.Second)
+	flaky.armed.Store(true)
+	_, err = b.Step(ctx)
+	require.ErrorIs(t, err, fftype.ErrStoreConflict)
+	flaky.armed.Store(false)
+
+	// A comes back and legitimately takes its shard again.
+	_, err = a.Step(ctx)
+	require.NoError(t, err)
+	require.Equal(t, []int{0}, a.Shards())
+	assert.Empty(t, b.Shards(), "B never got the lease")
+
+	for range 5 {
+		_, err := eA.Create(ctx, fftype.CreateParams{Lane: "l", Kind: "k"})
+		require.NoError(t, err)
+	}
+	_, err = b.Step(ctx)
+	require.NoError(t, err)
+	_, err = a.Step(ctx)
+	require.NoError(t, err)
+	mu.Lock()
+	defer mu.Unlock()
+	for seq, who := range handled {
+		assert.Len(t, who, 1, "event %d handled by %v: two replicas held one shard", seq, who)
+	}
+}
