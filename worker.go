@@ -721,6 +721,7 @@ func (w *Worker) watch(sub EventStream) {
 			}
 			next, err := w.watcher.WatchEvents(w.life, watchFilter())
 			if err == nil {
+				sub.Close()
 				sub = next
 				// Events appended while no feed was followed are not delivered: work they
 				// made eligible is claimed now rather than at the next poll.

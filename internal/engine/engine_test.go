@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
 
 	"github.com/flowfabric/flowfabric/ffstore/ffmem"
 	"github.com/flowfabric/flowfabric/fftest"
@@ -58,4 +59,36 @@ func TestNewRefusesNilStore(t *testing.T) {
 	t.Parallel()
 	_, err := engine.New(nil, nil)
 	require.Error(t, err)
+}
+
+// TestEndedSubscriptionLeavesNothingRunning: a subscription that ends by itself (here with
+// cursor_expired) and is not closed leaves nothing running, such as what follows the
+// store's changes for it, even while the caller's context lives on.
+func TestEndedSubscriptionLeavesNothingRunning(t *testing.T) {
+	clock := fftest.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	e, err := engine.New(ffmem.New(&ffmem.Options{Shards: 2}), &engine.Config{Clock: clock})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background()) // a long-lived parent, like a worker's life
+	defer cancel()
+
+	start, err := e.EventCursor(ctx)
+	require.NoError(t, err)
+	for range 10 {
+		_, err := e.Create(ctx, fftype.CreateParams{Lane: "l", Kind: "k"})
+		require.NoError(t, err)
+	}
+	clock.Advance(engine.DefaultEventMaxAge + time.Hour)
+	_, err = e.SweepEvents(ctx)
+	require.NoError(t, err)
+
+	before := goleak.IgnoreCurrent()
+	for range 5 {
+		sub, err := e.Subscribe(ctx, fftype.EventFilter{}, start)
+		require.NoError(t, err)
+		for range sub.Events() {
+		}
+		require.ErrorIs(t, sub.Err(), fftype.ErrCursorExpired)
+		// Not calling Close: the subscription already ended by itself.
+	}
+	require.NoError(t, goleak.Find(before), "an ended subscription leaves nothing running")
 }

@@ -187,6 +187,7 @@ func (e *Engine) Subscribe(ctx context.Context, f fftype.EventFilter, cursor str
 	sub := &Subscription{ch: make(chan fftype.Delivery, eventBatch), cancel: cancel, done: make(chan struct{})}
 	wake := e.changes(ctx)
 	go func() {
+		defer cancel() // a subscription that ends by itself stops what follows the store's changes for it
 		defer close(sub.done)
 		defer close(sub.ch)
 		err := e.follow(ctx, pos, wake, func(ev *fftype.Event, pos []uint64) error {
