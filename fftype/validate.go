@@ -3,6 +3,8 @@ package fftype
 import (
 	"sort"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 )
 
 // Input limits.
@@ -91,13 +93,15 @@ func NormalizeCapabilities(field string, caps []string) ([]string, error) {
 		if c == "" {
 			return nil, Validationf(CodeInvalidCapabilities, "%s: empty token", field)
 		}
-		for i := 0; i < len(c); i++ {
-			b := c[i]
-			if b == ',' {
+		if !utf8.ValidString(c) {
+			return nil, Validationf(CodeInvalidCapabilities, "%s: token %q is not valid UTF-8", field, truncate(c, 80))
+		}
+		for _, r := range c {
+			if r == ',' {
 				return nil, Validationf(CodeInvalidCapabilities, "%s: token %q contains a comma", field, truncate(c, 80))
 			}
-			if b <= 0x20 || b == 0x7f {
-				return nil, Validationf(CodeInvalidCapabilities, "%s: token %q contains whitespace or a control byte", field, truncate(c, 80))
+			if unicode.IsSpace(r) || unicode.IsControl(r) {
+				return nil, Validationf(CodeInvalidCapabilities, "%s: token %q contains whitespace or a control character", field, truncate(c, 80))
 			}
 		}
 		out = append(out, c)

@@ -24,7 +24,8 @@ func TestNormalizeCapabilities(t *testing.T) {
 		tooMany[i] = "c" + itoa(i)
 	}
 	longTokens := []string{strings.Repeat("a", 2048), strings.Repeat("b", 2048)}
-	for _, caps := range [][]string{{""}, {"a,b"}, {"a b"}, {"a\tb"}, {"a\x7f"}, tooMany, longTokens} {
+	for _, caps := range [][]string{{""}, {"a,b"}, {"a b"}, {"a\tb"}, {"a\x7f"}, {"gpu\u00a0a100"}, {"gpu\u2028x"},
+		{"gpu\u0085x"}, {"gpu\u3000x"}, {"a\xff"}, tooMany, longTokens} {
 		_, err := NormalizeCapabilities("caps", caps)
 		require.True(t, errors.Is(err, &Error{Kind: KindValidation, Code: CodeInvalidCapabilities}), "%q", caps)
 	}
