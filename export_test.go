@@ -13,6 +13,7 @@ func EnableSignals(w *Worker) *WorkerSignals {
 		Settled:   make(chan ExecutionID, 1000),
 		Claimed:   make(chan ExecutionID, 1000),
 		Idle:      make(chan ExecutionID, 1000),
+		Unclaimed: make(chan ExecutionID, 1),
 	}
 	w.signals.Store(s)
 	return s

@@ -67,7 +67,8 @@ func HandleSafely[T any](w *Worker, kind string, fn func(ctx context.Context, t 
 	return nil
 }
 
-// Use adds middleware around every handler of w. The first added is the outermost.
+// Use adds middleware around every handler of w. The first added is the outermost. A panic in
+// middleware, as it wraps a handler or as it runs, fails the attempt as one in a handler does.
 func (w *Worker) Use(mw ...Middleware) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -203,9 +204,12 @@ func (w *Worker) Run(ctx context.Context) error {
 		rs.fetchCancel(ErrWorkerStopped)
 		rs.workCancel(ErrWorkerStopped)
 	})
+	// The end of ctx is a hard stop, also once a graceful Stop has ended the claim loop.
+	hardStop := context.AfterFunc(ctx, func() { rs.workCancel(ErrWorkerStopped) })
 	w.run = rs
 	w.mu.Unlock()
 	defer func() {
+		hardStop()
 		rs.stopAfter()
 		rs.fetchCancel(ErrWorkerStopped)
 		rs.workCancel(ErrWorkerStopped)
@@ -216,8 +220,8 @@ func (w *Worker) Run(ctx context.Context) error {
 	}()
 
 	w.fetch(rs)
-	if ctx.Err() != nil {
-		rs.workCancel(ErrWorkerStopped) // the end of Run's context is a hard stop
+	if s := w.signals.Load(); s != nil {
+		s.send(s.Unclaimed, "")
 	}
 	rs.wg.Wait()
 	rs.mu.Lock()
@@ -302,24 +306,29 @@ func (w *Worker) handlerFor(kind string) HandlerFunc {
 	return h
 }
 
-// execute runs one task's handler and settles the task.
+// execute runs one task's handler and settles the task, also when the handler ends its
+// goroutine with runtime.Goexit (as t.FailNow in a handler does): that fails the attempt
+// like a panic.
 func (w *Worker) execute(t *ClaimedTask) {
-	h := w.handlerFor(t.lease.Kind)
-	panicText, err := callHandler(h, t)
-	w.settle(t, err, panicText)
-	if s := w.signals.Load(); s != nil {
-		s.send(s.Settled, t.lease.ExecutionID)
-	}
+	panicText, err := "the handler did not return: it called runtime.Goexit", error(nil)
+	defer func() {
+		w.settle(t, err, panicText)
+		if s := w.signals.Load(); s != nil {
+			s.send(s.Settled, t.lease.ExecutionID)
+		}
+	}()
+	panicText, err = w.callHandler(t)
 }
 
-// callHandler runs h, turning a panic into its value and stack.
-func callHandler(h HandlerFunc, t *ClaimedTask) (panicText string, err error) {
+// callHandler wraps the task's handler in the middleware and runs it, turning a panic in
+// either into its value and stack.
+func (w *Worker) callHandler(t *ClaimedTask) (panicText string, err error) {
 	defer func() {
 		if v := recover(); v != nil {
 			panicText = fmt.Sprintf("panic: %v\n%s", v, panicStack(debug.Stack()))
 		}
 	}()
-	return "", h(t.ctx, t)
+	return "", w.handlerFor(t.lease.Kind)(t.ctx, t)
 }
 
 // panicStack drops the frames of the stack above the panicking function (the goroutine
@@ -342,7 +351,8 @@ func panicStack(stack []byte) string {
 // settle makes the call the handler's outcome asks for, unless the task already finished.
 // A call refused for a passing reason (the store unavailable, a conflict) is retried a few
 // times; if it still does not land, the task is given up and its lease left to expire, so
-// the execution is reclaimed.
+// the execution is reclaimed. A call refused as invalid (a snooze longer than a delay may
+// be) fails the attempt instead, with the refusal as its reason.
 func (w *Worker) settle(t *ClaimedTask, err error, panicText string) {
 	if t.Finished() {
 		return
@@ -387,6 +397,7 @@ func (w *Worker) settle(t *ClaimedTask, err error, panicText string) {
 	ctx, cancel := cleanupContext(w.life)
 	defer cancel()
 	backoff := 10 * time.Millisecond
+	refused := false
 	for try := 0; ; try++ {
 		cerr := call(ctx)
 		if t.Finished() {
@@ -394,6 +405,11 @@ func (w *Worker) settle(t *ClaimedTask, err error, panicText string) {
 				w.log.Debug("the task's lease was gone when it finished", "execution_id", t.lease.ExecutionID, "err", cerr)
 			}
 			return
+		}
+		if errors.Is(cerr, fftype.ErrValidation) && !refused {
+			refused = true
+			fail("the worker could not report the handler's outcome: "+cerr.Error(), CategoryHandlerError, false)
+			continue
 		}
 		if try == 4 || !fftype.IsRetryable(cerr) {
 			w.log.Error("could not report a task's outcome; its lease will expire and the execution be reclaimed",

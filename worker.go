@@ -853,6 +853,7 @@ type workerSignals struct {
 	Settled   chan ExecutionID // the runtime finished with a task (its finishing call landed or was given up)
 	Claimed   chan ExecutionID // the runtime claimed a task
 	Idle      chan ExecutionID // Run found nothing to claim and is waiting
+	Unclaimed chan ExecutionID // Run's claim loop ended
 }
 
 func (s *workerSignals) send(ch chan ExecutionID, id ExecutionID) {

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http/httptest"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -728,6 +729,10 @@ func exerciseWorker(t *testing.T, newStore func(t testing.TB) ffstore.Store, tr 
 				return flowfabric.Cancel(errors.New("no longer wanted"))
 			case "panic":
 				panic("boom")
+			case "goexit":
+				runtime.Goexit() // as t.FailNow in a handler does
+			case "snooze-too-long":
+				return flowfabric.Snooze(400 * 24 * time.Hour) // the engine refuses delays over a year
 			}
 			return fmt.Errorf("unknown mode %q", t.Args.Mode)
 		})
@@ -743,7 +748,7 @@ func exerciseWorker(t *testing.T, newStore func(t testing.TB) ffstore.Store, tr 
 			require.NoError(t, err)
 			return res.ID
 		}
-		for _, mode := range []string{"ok", "result", "error", "noretry", "snooze", "cancel", "panic"} {
+		for _, mode := range []string{"ok", "result", "error", "noretry", "snooze", "cancel", "panic", "goexit", "snooze-too-long"} {
 			ids[mode] = create("job", fmt.Sprintf(`{"mode":%q}`, mode))
 		}
 		ids["undecodable"] = create("job", `{"mode":7}`)
@@ -789,6 +794,17 @@ func exerciseWorker(t *testing.T, newStore func(t testing.TB) ffstore.Store, tr 
 		require.NotContains(t, x.FailureReason, "runtime/debug", "the stack starts at the panic")
 		require.LessOrEqual(t, len(x.FailureReason), fftype.MaxReasonBytes)
 
+		x = b.get(t, ids["goexit"])
+		require.Equal(t, flowfabric.StateDelayed, x.PublicState(), "a handler that exits its goroutine fails the attempt")
+		require.Equal(t, flowfabric.CategoryHandlerPanic, x.FailureCategory)
+		require.Contains(t, x.FailureReason, "runtime.Goexit")
+
+		x = b.get(t, ids["snooze-too-long"])
+		require.Equal(t, flowfabric.StateDelayed, x.PublicState(), "an outcome the engine refuses fails the attempt, not left to expire")
+		require.Equal(t, flowfabric.CategoryHandlerError, x.FailureCategory)
+		require.Contains(t, x.FailureReason, "could not report the handler's outcome")
+		require.Zero(t, x.ReclaimCount)
+
 		x = b.get(t, ids["undecodable"])
 		require.Equal(t, flowfabric.StateFailed, x.PublicState(), "a payload that does not decode is not retried")
 		require.Equal(t, flowfabric.CategoryDecode, x.FailureCategory)
@@ -801,6 +817,45 @@ func exerciseWorker(t *testing.T, newStore func(t testing.TB) ffstore.Store, tr 
 		require.True(t, strings.HasPrefix(order[0], "outer:"))
 		require.Equal(t, "inner:"+strings.TrimPrefix(order[0], "outer:"), order[1], "the first middleware is the outermost")
 		require.Contains(t, order, "outer:nobody-handles-this", "middleware wraps the no-handler case too")
+	})
+
+	t.Run("MiddlewarePanicWhileWrapping", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		w, sig := b.worker(t, config("i1"))
+		w.Use(func(flowfabric.HandlerFunc) flowfabric.HandlerFunc { panic("middleware setup failed") })
+		flowfabric.Handle(w, "k", func(context.Context, *flowfabric.Task[struct{}]) error { return nil })
+		run(t, w)
+		id := b.create(t, "k", "")
+		recvID(t, sig.Settled, id, "settling")
+		x := b.get(t, id)
+		require.Equal(t, flowfabric.CategoryHandlerPanic, x.FailureCategory, "a panic in middleware fails the attempt like one in a handler")
+		require.Contains(t, x.FailureReason, "middleware setup failed")
+	})
+
+	t.Run("RunContextEndAfterStopIsAHardStop", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		w, sig := b.worker(t, config("i1"))
+		bl := newBlocker()
+		flowfabric.Handle(w, "block", bl.handle)
+		ctx, cancel := context.WithCancel(b.ctx)
+		defer cancel()
+		done := make(chan error, 1)
+		go func() { done <- w.Run(ctx) }()
+		id := b.create(t, "block", "")
+		require.Equal(t, id, recv(t, bl.started, "the handler"))
+
+		stopCtx, stopCancel := context.WithCancel(b.ctx)
+		defer stopCancel()
+		stopped := make(chan error, 1)
+		go func() { stopped <- w.Stop(stopCtx) }() // graceful: waits for the handler
+		recv(t, sig.Unclaimed, "the end of the claim loop")
+
+		cancel() // the end of Run's ctx is a hard stop, Stop or no Stop
+		require.ErrorIs(t, recv(t, bl.causes, "the handler's cancellation"), flowfabric.ErrWorkerStopped)
+		require.NoError(t, recv(t, done, "Run"))
+		require.NoError(t, recv(t, stopped, "Stop"))
 	})
 
 	t.Run("CapacityHoldsUnderLoad", func(t *testing.T) {
