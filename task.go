@@ -39,6 +39,12 @@ type ClaimedTask struct {
 
 	failures atomic.Int32 // consecutive failed renewals
 	lost     atomic.Bool
+
+	// A finishing call's own events (cancelled, failed, retry_scheduled) may arrive before
+	// the call returns. While one is in flight, confirm leaves the task alone and notes
+	// that it did; finish checks again if the call did not land.
+	finishing   atomic.Int32 // finishing calls in flight
+	unconfirmed atomic.Bool  // a loss event came while one was
 }
 
 func newClaimedTask(w *Worker, l *Lease, parent context.Context, rs *runState) *ClaimedTask {
@@ -155,9 +161,14 @@ func lands(err error) bool {
 func leaseGone(err error) bool { return err != nil && lands(err) }
 
 // finish runs a finishing call and ends the task if it landed.
-func (t *ClaimedTask) finish(err error) error {
+func (t *ClaimedTask) finish(call func() error) error {
+	t.finishing.Add(1)
+	err := call()
+	t.finishing.Add(-1)
 	if lands(err) {
 		t.detach()
+	} else if t.unconfirmed.Swap(false) {
+		t.w.confirm(t)
 	}
 	return err
 }
@@ -184,32 +195,38 @@ func (t *ClaimedTask) lose(cause error) {
 // Complete ends the execution successfully with result (JSON, or nil for none). A retried
 // Complete after a lost response succeeds.
 func (t *ClaimedTask) Complete(ctx context.Context, result []byte) error {
-	return t.finish(t.w.backend.Complete(ctx, t.lease.ExecutionID, t.lease.Fence, result, ""))
+	return t.finish(func() error { return t.w.backend.Complete(ctx, t.lease.ExecutionID, t.lease.Fence, result, "") })
 }
 
 // Fail fails the attempt with p.Reason and p.Category. The execution is retried per its
 // policy unless p.NoRetry is set or the category is non-retryable; the outcome says which.
 func (t *ClaimedTask) Fail(ctx context.Context, p FailParams) (FailOutcome, error) {
-	out, err := t.w.backend.Fail(ctx, t.lease.ExecutionID, t.lease.Fence, p)
-	return out, t.finish(err)
+	var out FailOutcome
+	err := t.finish(func() (err error) {
+		out, err = t.w.backend.Fail(ctx, t.lease.ExecutionID, t.lease.Fence, p)
+		return err
+	})
+	return out, err
 }
 
 // Cancel ends the execution as cancelled, by its lease holder.
 func (t *ClaimedTask) Cancel(ctx context.Context, reason string) error {
 	f := t.lease.Fence
-	return t.finish(t.w.backend.Cancel(ctx, t.lease.ExecutionID, CancelParams{Reason: reason, Fence: &f}))
+	return t.finish(func() error {
+		return t.w.backend.Cancel(ctx, t.lease.ExecutionID, CancelParams{Reason: reason, Fence: &f})
+	})
 }
 
 // Delay pauses the attempt: the execution is eligible again after d, and its next claim
 // continues the same attempt, counting no retry.
 func (t *ClaimedTask) Delay(ctx context.Context, d time.Duration) error {
-	return t.finish(t.w.backend.Delay(ctx, t.lease.ExecutionID, t.lease.Fence, d))
+	return t.finish(func() error { return t.w.backend.Delay(ctx, t.lease.ExecutionID, t.lease.Fence, d) })
 }
 
 // Release gives the lease back: the execution is eligible at once, and its next claim
 // continues the same attempt, counting neither a retry nor a reclaim.
 func (t *ClaimedTask) Release(ctx context.Context) error {
-	return t.finish(t.w.backend.Release(ctx, t.lease.ExecutionID, t.lease.Fence))
+	return t.finish(func() error { return t.w.backend.Release(ctx, t.lease.ExecutionID, t.lease.Fence) })
 }
 
 // Progress records the attempt's progress: 0 to 100 percent and a message of at most

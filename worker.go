@@ -759,9 +759,17 @@ func (w *Worker) confirm(t *ClaimedTask) {
 	if t.Finished() || t.lost.Load() {
 		return
 	}
+	if t.finishing.Load() > 0 {
+		t.unconfirmed.Store(true)
+		return
+	}
 	ctx, cancel := context.WithTimeout(w.life, 10*time.Second)
 	defer cancel()
 	x, err := w.backend.Get(ctx, t.lease.ExecutionID)
+	if t.finishing.Load() > 0 || t.Finished() { // a finishing call began meanwhile: it may be what we saw
+		t.unconfirmed.Store(true)
+		return
+	}
 	switch {
 	case errors.Is(err, fftype.ErrExecutionNotFound):
 		t.lose(fmt.Errorf("%w: %w", ErrLeaseLost, err))

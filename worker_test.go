@@ -276,6 +276,26 @@ type blocker struct {
 	causes  chan error
 }
 
+// slowFinisher is a backend whose finishing calls answer late, as over a slow network, so
+// that their events reach the worker's watch before they return.
+type slowFinisher struct {
+	flowfabric.Backend
+	flowfabric.EventWatcher
+	delay time.Duration
+}
+
+func (s *slowFinisher) Cancel(ctx context.Context, id flowfabric.ExecutionID, p flowfabric.CancelParams) error {
+	err := s.Backend.Cancel(ctx, id, p)
+	time.Sleep(s.delay)
+	return err
+}
+
+func (s *slowFinisher) Fail(ctx context.Context, id flowfabric.ExecutionID, f flowfabric.Fence, p flowfabric.FailParams) (flowfabric.FailOutcome, error) {
+	out, err := s.Backend.Fail(ctx, id, f, p)
+	time.Sleep(s.delay)
+	return out, err
+}
+
 func newBlocker() *blocker {
 	return &blocker{started: make(chan flowfabric.ExecutionID, 100), causes: make(chan error, 100)}
 }
@@ -856,6 +876,31 @@ func exerciseWorker(t *testing.T, newStore func(t testing.TB) ffstore.Store, tr 
 		require.ErrorIs(t, recv(t, bl.causes, "the handler's cancellation"), flowfabric.ErrWorkerStopped)
 		require.NoError(t, recv(t, done, "Run"))
 		require.NoError(t, recv(t, stopped, "Stop"))
+	})
+
+	t.Run("OwnFinishingCallIsNotALoss", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		slow := &slowFinisher{Backend: b.backend, EventWatcher: b.backend.(flowfabric.EventWatcher), delay: 300 * time.Millisecond}
+		w, err := flowfabric.NewWorker(b.ctx, slow, config("i1"), nil)
+		require.NoError(t, err)
+		t.Cleanup(func() { require.NoError(t, w.Close(context.Background())) })
+		for _, finish := range []func(*flowfabric.ClaimedTask) error{
+			func(task *flowfabric.ClaimedTask) error { return task.Cancel(b.ctx, "mine") },
+			func(task *flowfabric.ClaimedTask) error {
+				_, err := task.Fail(b.ctx, flowfabric.FailParams{Reason: "boom"})
+				return err
+			},
+		} {
+			b.create(t, "k", "")
+			task, err := w.ClaimNext(b.ctx)
+			require.NoError(t, err)
+			require.NotNil(t, task)
+			require.NoError(t, finish(task))
+			require.ErrorIs(t, context.Cause(task.Context()), flowfabric.ErrTaskFinished,
+				"the event of the task's own call, seen before the call returned, is not a loss")
+			require.True(t, task.LeaseHealthy())
+		}
 	})
 
 	t.Run("CapacityHoldsUnderLoad", func(t *testing.T) {
