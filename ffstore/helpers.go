@@ -1,6 +1,8 @@
 package ffstore
 
 import (
+	"errors"
+	"net/url"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -93,4 +95,20 @@ func (c *ConflictCounter) Take() bool {
 // Conflict returns the error a store gives a unit that lost to an injected conflict.
 func Conflict(store string, shard int) error {
 	return fftype.NewError(fftype.KindContention, fftype.CodeStoreConflict, "%s: injected conflict on shard %d", store, shard)
+}
+
+// URLQuery returns the parameters of a store URL. Unlike url.URL.Query, which drops the
+// pairs it cannot parse, it refuses a query that does not parse (a ';' between parameters,
+// a bad escape), so that a typo cannot leave a setting silently at its default; and it
+// refuses a fragment, which would otherwise cut a path or a value at a '#'. Its errors
+// quote nothing of the URL, which may hold a password.
+func URLQuery(u *url.URL) (url.Values, error) {
+	if u.Fragment != "" {
+		return nil, errors.New("the URL has a fragment (a '#'); escape it as %23")
+	}
+	q, err := url.ParseQuery(u.RawQuery)
+	if err != nil {
+		return nil, err
+	}
+	return q, nil
 }

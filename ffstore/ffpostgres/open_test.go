@@ -298,6 +298,8 @@ func TestParseURL(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, &ffpostgres.Options{Schema: "ff", Shards: 8, Migrate: true, StatementTimeout: 5 * time.Second, PoolSize: 30}, opts)
 	require.Equal(t, "postgresql://u:p@db.example:5433/app?pool_max_conns=7&sslmode=disable", cs, "pgx's own parameters pass through")
-	_, _, err = ffpostgres.ParseURL("sqlite:///x.db")
-	require.ErrorIs(t, err, fftype.ErrValidation)
+	for _, bad := range []string{"sqlite:///x.db", "postgres:///app?schema=ff;shards=8", "postgres:///app?shards=%zz"} {
+		_, _, err = ffpostgres.ParseURL(bad)
+		require.ErrorIs(t, err, fftype.ErrValidation, bad)
+	}
 }

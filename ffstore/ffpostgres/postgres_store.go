@@ -252,6 +252,8 @@ var (
 // store, each mapping to the [Options] field of the same name:
 //
 //	postgres://user:pass@host:5432/db?schema=flowfabric&shards=16&migrate=true&statement_timeout=30s&pool_size=16
+//
+// A query that does not parse and a fragment are refused with a validation error.
 func ParseURL(rawURL string) (connString string, opts *Options, err error) {
 	bad := func(format string, args ...any) (string, *Options, error) {
 		return "", nil, fftype.Validationf(fftype.CodeInvalidInput, "ffpostgres: store URL: "+format, args...)
@@ -263,8 +265,11 @@ func ParseURL(rawURL string) (connString string, opts *Options, err error) {
 	if u.Scheme != "postgres" && u.Scheme != "postgresql" {
 		return bad("scheme is %q, want postgres or postgresql", u.Scheme)
 	}
+	q, err := ffstore.URLQuery(u)
+	if err != nil {
+		return bad("%v", err)
+	}
 	opts = &Options{}
-	q := u.Query()
 	for name, values := range q {
 		v := values[len(values)-1]
 		switch name {

@@ -44,6 +44,7 @@ import (
 const (
 	DefaultShards          = 1
 	DefaultBusyTimeout     = 5 * time.Second
+	maxBusyTimeout         = math.MaxInt32 * time.Millisecond
 	DefaultCheckpointBytes = 64 << 20
 	DefaultReadConns       = 4
 )
@@ -73,7 +74,9 @@ type Options struct {
 	Synchronous Synchronous
 
 	// BusyTimeout is how long a connection waits for a lock held by another process
-	// before failing with a retryable unavailable error; 0 means [DefaultBusyTimeout].
+	// before failing with a retryable unavailable error; 0 means [DefaultBusyTimeout]. It
+	// is rounded up to whole milliseconds, and may be at most 2^31-1 of them (24.8 days),
+	// the most SQLite takes.
 	BusyTimeout time.Duration
 
 	// CheckpointBytes bounds the write-ahead log: once it grows past this many bytes the
@@ -114,8 +117,14 @@ func (o *Options) withDefaults() (Options, error) {
 	if out.BusyTimeout < 0 || out.CheckpointBytes < 0 || out.ReadConns < 0 {
 		return out, fftype.Validationf(fftype.CodeInvalidInput, "ffsqlite: Options.BusyTimeout, CheckpointBytes and ReadConns must not be negative")
 	}
+	if out.BusyTimeout > maxBusyTimeout {
+		return out, fftype.Validationf(fftype.CodeInvalidInput, "ffsqlite: Options.BusyTimeout is %s, at most %s", out.BusyTimeout, maxBusyTimeout)
+	}
 	if out.BusyTimeout == 0 {
 		out.BusyTimeout = DefaultBusyTimeout
+	}
+	if r := out.BusyTimeout % time.Millisecond; r != 0 {
+		out.BusyTimeout += time.Millisecond - r // SQLite counts whole milliseconds; 0 would mean no wait
 	}
 	if out.CheckpointBytes == 0 {
 		out.CheckpointBytes = DefaultCheckpointBytes
@@ -194,7 +203,7 @@ func Open(ctx context.Context, path string, opts *Options) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	if path == "" || path == ":memory:" || strings.HasPrefix(path, "file:") {
+	if path == "" || path == ":memory:" || strings.HasPrefix(path, "file:") || strings.ContainsRune(path, 0) {
 		return nil, fftype.Validationf(fftype.CodeInvalidInput, "ffsqlite: path %q is not a file path", path)
 	}
 	abs, err := filepath.Abs(path)
@@ -321,7 +330,8 @@ func (s *Store) closeHandles() error {
 // Every parameter is optional and maps to the [Options] field of the same name:
 // shards and checkpoint_bytes and read_conns are decimal integers, busy_timeout a Go
 // duration ("500ms", "10s"), synchronous "full" or "normal". A host part
-// ("sqlite://host/...") and unknown parameters are refused with a validation error.
+// ("sqlite://host/..."), unknown parameters, a query that does not parse and a fragment are
+// refused with a validation error.
 func ParseURL(rawURL string) (path string, opts *Options, err error) {
 	bad := func(format string, args ...any) (string, *Options, error) {
 		return "", nil, fftype.Validationf(fftype.CodeInvalidInput, "ffsqlite: store URL: "+format, args...)
@@ -345,8 +355,12 @@ func ParseURL(rawURL string) (path string, opts *Options, err error) {
 	if path == "" {
 		return bad("%q has no file path", rawURL)
 	}
+	q, err := ffstore.URLQuery(u)
+	if err != nil {
+		return bad("%v", err)
+	}
 	opts = &Options{}
-	for name, values := range u.Query() {
+	for name, values := range q {
 		if len(values) != 1 {
 			return bad("parameter %s is given %d times", name, len(values))
 		}

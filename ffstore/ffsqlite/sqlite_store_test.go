@@ -5,8 +5,10 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -182,6 +184,8 @@ func TestOptions(t *testing.T) {
 		{"ShardsNegative", "a.db", &ffsqlite.Options{Shards: -1}},
 		{"Synchronous", "a.db", &ffsqlite.Options{Synchronous: "off"}},
 		{"BusyTimeout", "a.db", &ffsqlite.Options{BusyTimeout: -1}},
+		{"BusyTimeoutOver32Bits", "a.db", &ffsqlite.Options{BusyTimeout: 30 * 24 * time.Hour}},
+		{"PathWithNUL", "a.db\x00other.db", nil}, // SQLite would stop at the NUL and open a.db
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
@@ -191,6 +195,10 @@ func TestOptions(t *testing.T) {
 			}
 			_, err := ffsqlite.Open(context.Background(), path, tt.opts)
 			require.ErrorIs(t, err, fftype.ErrValidation)
+			if path != "" && path != ":memory:" {
+				_, err := os.Stat(strings.Split(path, "\x00")[0])
+				require.ErrorIs(t, err, fs.ErrNotExist, "a refused Open creates no file")
+			}
 		})
 	}
 }
@@ -219,6 +227,11 @@ func TestParseURL(t *testing.T) {
 		{url: "sqlite:///x.db?shards=1&shards=2", wantErr: true},
 		{url: "sqlite:///x.db?synchronous=off", wantErr: true},
 		{url: "sqlite:///x.db?busy_timeout=5", wantErr: true},
+		{url: "sqlite:///x.db?busy_timeout=900h", wantErr: true}, // over the 2^31-1 ms SQLite takes
+		{url: "sqlite:///x.db?synchronous=normal;shards=4", wantErr: true},
+		{url: "sqlite:///x.db?shards=%zz", wantErr: true},
+		{url: "sqlite:///x.db?%zz=1", wantErr: true},
+		{url: "sqlite:///x#1.db", wantErr: true},
 	} {
 		t.Run(tt.url, func(t *testing.T) {
 			t.Parallel()

@@ -14,6 +14,7 @@ import (
 
 	"github.com/redis/rueidis"
 
+	"github.com/flowfabric/flowfabric/ffstore"
 	"github.com/flowfabric/flowfabric/fftype"
 )
 
@@ -39,9 +40,9 @@ type connConfig struct {
 // connecting; ca_file names a PEM file of CA certificates to trust for TLS instead of the
 // system's (a private CA), and skip_verify=true skips TLS certificate checks (tests
 // only), both for TLS schemes only; client_name names the connections (CLIENT SETNAME).
-// Unknown parameters are refused with a validation error. A ca_file that is missing,
-// unreadable or holds no PEM certificate is refused with a validation error wrapping a
-// [*CAFileError].
+// Unknown parameters, a query that does not parse and a fragment are refused with a
+// validation error. A ca_file that is missing, unreadable or holds no PEM certificate is
+// refused with a validation error wrapping a [*CAFileError].
 func ParseURL(rawURL string) (*Options, error) {
 	c, err := parseURL(rawURL)
 	if err != nil {
@@ -74,7 +75,7 @@ func parseURL(rawURL string) (*connConfig, error) {
 	}
 	// The authority may list several hosts, which net/url does not accept: split it off.
 	authority, pathQuery := rest, ""
-	if i := strings.IndexAny(rest, "/?"); i >= 0 {
+	if i := strings.IndexAny(rest, "/?#"); i >= 0 {
 		authority, pathQuery = rest[:i], rest[i:]
 	}
 	var userinfo string
@@ -100,7 +101,10 @@ func parseURL(rawURL string) (*connConfig, error) {
 	if authority != "" {
 		hosts = strings.Split(authority, ",")
 	}
-	q := u.Query()
+	q, err := ffstore.URLQuery(u)
+	if err != nil {
+		return bad("%v", err)
+	}
 	hosts = append(hosts, q["addr"]...)
 	if len(hosts) == 0 {
 		hosts = []string{"localhost"}

@@ -53,6 +53,8 @@ func TestParseURL(t *testing.T) {
 		"redis://localhost:99999",               // bad port
 		"redis://localhost?dial_timeout=soon",   // a duration
 		"rediss+cluster://a:1?skip_verify=what", // a boolean
+		"redis://localhost?shards=4;prefix=x",   // a query that does not parse
+		"redis://localhost#x",                   // a fragment
 	}
 	for _, u := range bad {
 		t.Run(u, func(t *testing.T) {
