@@ -182,3 +182,47 @@ func TestCodecReadsVersion1(t *testing.T) {
 	_, err = decodeExecution(v3)
 	require.Error(t, err, "a version newer than the codec")
 }
+
+// TestAttemptTimeoutCountsRunningTimeOnly: an attempt paused for longer than its timeout
+// resumes with the time it had left, rather than timing out as soon as it is claimed
+// again.
+func TestAttemptTimeoutCountsRunningTimeOnly(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	clock := fftest.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	e, err := New(ffmem.New(&ffmem.Options{Shards: 1}), &Config{Clock: clock})
+	require.NoError(t, err)
+	res, err := e.Create(ctx, fftype.CreateParams{Lane: "l", Kind: "k",
+		Policy: fftype.Policy{AttemptTimeout: fftype.Duration(10 * time.Minute)}})
+	require.NoError(t, err)
+	claim := func() *fftype.Lease {
+		leases, err := e.Claim(ctx, fftype.ClaimParams{WorkerID: "w", WorkerInstanceID: "w-1", Lanes: []string{"l"},
+			LeaseTTL: fftype.Duration(time.Hour)})
+		require.NoError(t, err)
+		require.Len(t, leases, 1)
+		return leases[0]
+	}
+	l := claim()
+	first := l.Fence.AttemptID
+	clock.Advance(4 * time.Minute)
+	require.NoError(t, e.Delay(ctx, l.ExecutionID, l.Fence, time.Hour))
+	clock.Advance(time.Hour)
+	_, _, err = e.RunDue(ctx)
+	require.NoError(t, err)
+	require.Equal(t, first, claim().Fence.AttemptID, "the same attempt continues")
+
+	clock.Advance(5*time.Minute + 59*time.Second)
+	_, _, err = e.RunDue(ctx)
+	require.NoError(t, err)
+	x, err := e.Get(ctx, res.ID)
+	require.NoError(t, err)
+	require.Equal(t, fftype.StateActive, x.PublicState(), "4 + 5:59 minutes of running is within the 10 minutes")
+
+	clock.Advance(time.Second)
+	_, _, err = e.RunDue(ctx)
+	require.NoError(t, err)
+	x, err = e.Get(ctx, res.ID)
+	require.NoError(t, err)
+	require.NotEqual(t, fftype.StateActive, x.PublicState(), "10 minutes of running is the timeout")
+	require.Equal(t, "timeout", x.FailureCategory)
+}

@@ -354,6 +354,10 @@ func (e *Engine) acquire(tx ffstore.Tx, x *fftype.Execution, before placement, w
 			return nil, err
 		}
 		att = a
+		if !x.AttemptTimeoutAt.IsZero() && !att.PausedAt.IsZero() {
+			// The attempt's timeout counts the time it ran, not the time it was paused.
+			x.AttemptTimeoutAt = x.AttemptTimeoutAt.Add(now.Sub(att.PausedAt))
+		}
 		att.Status = fftype.AttemptStarted
 		att.ResumedAt = now
 		event = fftype.EventResumed
