@@ -167,6 +167,7 @@ func (c *Client) WatchEvents(ctx context.Context, f fftype.EventFilter) (flowfab
 	}
 	s := &eventStream{ch: make(chan fftype.Delivery, 64), cancel: cancel, done: make(chan struct{})}
 	go func() {
+		defer cancel() // a stream that ends by itself releases its context too
 		defer close(s.done)
 		defer close(s.ch)
 		defer resp.Body.Close()
@@ -227,25 +228,44 @@ const clockSync = 10 * time.Second
 
 func (k *serverClock) Now() time.Time {
 	k.mu.Lock()
-	defer k.mu.Unlock()
-	if k.lastTry.IsZero() || time.Since(k.lastTry) >= clockSync {
-		k.sync()
+	if k.lastTry.IsZero() {
+		// The first reading: every reader waits for it.
+		k.lastTry = time.Now()
+		if off, ok := k.read(); ok {
+			k.offset = off
+		}
 	}
-	return time.Now().Add(k.offset)
+	due := time.Since(k.lastTry) >= clockSync
+	if due {
+		k.lastTry = time.Now()
+	}
+	offset := k.offset
+	k.mu.Unlock()
+	if due {
+		// Later readings: one reader makes it, without the lock, while the others go on
+		// with the last offset rather than wait on the server.
+		if off, ok := k.read(); ok {
+			k.mu.Lock()
+			k.offset = off
+			k.mu.Unlock()
+			offset = off
+		}
+	}
+	return time.Now().Add(offset)
 }
 
-// sync reads the server's time; on failure it keeps the last offset until the next try.
-func (k *serverClock) sync() {
+// read measures the server's time minus local time; ok is false if the server did not
+// answer within a second.
+func (k *serverClock) read() (offset time.Duration, ok bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	sent := time.Now()
-	k.lastTry = sent
 	info, err := k.c.Info(ctx)
 	if err != nil {
-		return
+		return 0, false
 	}
 	rtt := time.Since(sent)
-	k.offset = info.Now.Sub(sent.Add(rtt / 2))
+	return info.Now.Sub(sent.Add(rtt / 2)), true
 }
 
 func (k *serverClock) SleepUntil(ctx context.Context, until time.Time, wake <-chan struct{}) error {
