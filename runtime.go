@@ -425,16 +425,15 @@ func (w *Worker) settle(t *ClaimedTask, err error, panicText string) {
 	}
 }
 
-// clip shortens s to at most n bytes on a character boundary.
+// clip shortens s to at most n bytes, without splitting a character at the cut.
 func clip(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}
-	s = s[:n]
-	for len(s) > 0 && !utf8.ValidString(s) {
-		s = s[:len(s)-1]
+	for i := 0; i < utf8.UTFMax-1 && n > 0 && !utf8.RuneStart(s[n]); i++ {
+		n-- // the cut falls inside a character: cut before it
 	}
-	return s
+	return s[:n]
 }
 
 // Stop stops claiming and waits until every running handler has returned and its

@@ -45,7 +45,7 @@ type WorkerConfig struct {
 	LeaseTTL time.Duration
 
 	// ClaimPollInterval is the longest an idle [Worker.Run] waits before looking for work
-	// again; new work wakes it sooner. 0 means 1s.
+	// again; new work wakes it sooner. 0 means 1s; otherwise at least 1ms.
 	ClaimPollInterval time.Duration
 
 	// MaxConcurrentTasks is how many claimed tasks the worker holds at once, whether
@@ -165,6 +165,8 @@ func (c *WorkerConfig) withDefaults() (WorkerConfig, error) {
 	switch {
 	case out.ClaimPollInterval < 0:
 		return out, &ConfigError{Field: "claim_poll_interval", Message: "must not be negative"}
+	case out.ClaimPollInterval > 0 && out.ClaimPollInterval < time.Millisecond:
+		return out, &ConfigError{Field: "claim_poll_interval", Message: "must be 0 (1s) or at least 1ms: an idle worker would poll the store without pause"}
 	case out.ClaimPollInterval == 0:
 		out.ClaimPollInterval = DefaultClaimPollInterval
 	}

@@ -42,6 +42,7 @@ func TestWorkerConfigValidate(t *testing.T) {
 		{"ShortLease", func(c *flowfabric.WorkerConfig) { c.LeaseTTL = time.Millisecond }, "lease_ttl"},
 		{"LongLease", func(c *flowfabric.WorkerConfig) { c.LeaseTTL = 25 * time.Hour }, "lease_ttl"},
 		{"NegativePoll", func(c *flowfabric.WorkerConfig) { c.ClaimPollInterval = -1 }, "claim_poll_interval"},
+		{"BusyPoll", func(c *flowfabric.WorkerConfig) { c.ClaimPollInterval = time.Nanosecond }, "claim_poll_interval"},
 		{"NegativeConcurrency", func(c *flowfabric.WorkerConfig) { c.MaxConcurrentTasks = -1 }, "max_concurrent_tasks"},
 		{"NegativeShards", func(c *flowfabric.WorkerConfig) { c.Shards = -1 }, "shards"},
 	}
