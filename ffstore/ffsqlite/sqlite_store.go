@@ -603,6 +603,11 @@ func (s *Store) TrimEvents(ctx context.Context, shard int, through uint64) error
 	}
 	return s.Update(ctx, shard, func(tx ffstore.Tx) error {
 		t := tx.(*writeTx)
+		if seq, ok := t.batch.seqs[shard]; ok {
+			// Events appended earlier in this group commit reach event_seqs only when
+			// it ends (finishBatch): count them now, so that the trim sees them.
+			t.exec("trim events", t.s.ws.storeSeq, shard, seq)
+		}
 		t.exec("trim events", t.s.ws.trimMark, shard, int64(through))
 		t.exec("trim events", t.s.ws.trim, shard)
 		return t.err
