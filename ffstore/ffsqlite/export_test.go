@@ -1,6 +1,9 @@
 package ffsqlite
 
-import "time"
+import (
+	"context"
+	"time"
+)
 
 // SetIdleCheckpointDelay sets how long the writer waits idle before its TRUNCATE
 // checkpoint.
@@ -8,3 +11,6 @@ func SetIdleCheckpointDelay(o *Options, d time.Duration) { o.idleCheckpointDelay
 
 // Commits returns the number of group commits the store made.
 func Commits(s *Store) int64 { return s.commits.Load() }
+
+// Changed is the change poller's check of the file for commits since its last call.
+func Changed(ctx context.Context, s *Store) (bool, error) { return s.changed(ctx) }

@@ -631,7 +631,7 @@ func (s *Store) pollChanges() {
 			return
 		case <-t.C:
 		}
-		changed, err := s.Changed(context.Background())
+		changed, err := s.changed(context.Background())
 		if err != nil {
 			if s.isClosed() {
 				return
@@ -655,10 +655,11 @@ func (s *Store) Now(ctx context.Context) (time.Time, error) {
 	return time.Now(), nil
 }
 
-// Changed reports whether any connection, of this process or another, committed to the
-// file since the previous call of Changed (the first call reports true). It costs one
-// cheap query (PRAGMA data_version) and is meant for wake-ups of log readers that poll.
-func (s *Store) Changed(ctx context.Context) (bool, error) {
+// changed reports whether any connection, of this process or another, committed to the
+// file since the previous call (the first call reports true). It costs one cheap query
+// (PRAGMA data_version). Only the change poller calls it: a second caller would take the
+// changes it reports from the poller, and so wake-ups from the store's readers.
+func (s *Store) changed(ctx context.Context) (bool, error) {
 	if s.isClosed() {
 		return false, errClosed()
 	}

@@ -456,7 +456,7 @@ func TestClose(t *testing.T) {
 	require.ErrorIs(t, err, unavailable)
 	_, err = s.Now(ctx)
 	require.ErrorIs(t, err, unavailable)
-	_, err = s.Changed(ctx)
+	_, err = ffsqlite.Changed(ctx, s)
 	require.ErrorIs(t, err, unavailable)
 }
 
@@ -465,15 +465,15 @@ func TestChanged(t *testing.T) {
 	ctx := context.Background()
 	s := openTemp(t, nil)
 
-	changed, err := s.Changed(ctx)
+	changed, err := ffsqlite.Changed(ctx, s)
 	require.NoError(t, err)
 	require.True(t, changed, "first call")
-	changed, err = s.Changed(ctx)
+	changed, err = ffsqlite.Changed(ctx, s)
 	require.NoError(t, err)
 	require.False(t, changed)
 
 	require.NoError(t, s.Update(ctx, 0, func(tx ffstore.Tx) error { tx.Put("k", []byte("v")); return nil }))
-	changed, err = s.Changed(ctx)
+	changed, err = ffsqlite.Changed(ctx, s)
 	require.NoError(t, err)
 	require.True(t, changed, "after a commit of this process")
 
@@ -482,7 +482,7 @@ func TestChanged(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, other.Update(ctx, 0, func(tx ffstore.Tx) error { tx.Put("k", []byte("w")); return nil }))
 	require.NoError(t, other.Close())
-	changed, err = s.Changed(ctx)
+	changed, err = ffsqlite.Changed(ctx, s)
 	require.NoError(t, err)
 	require.True(t, changed, "after a commit of another store")
 }
