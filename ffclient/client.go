@@ -133,8 +133,13 @@ func (c *Client) send(ctx context.Context, method, path string, in any) (*http.R
 	raw, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
 	var eb ffserver.ErrorBody
 	if json.Unmarshal(raw, &eb) != nil || eb.Code == "" {
+		// Not the API's answer (a proxy's, say): unavailable whatever the status, never a
+		// kind a caller could take for the execution's state. Worth a retry when the
+		// status says it may pass.
+		passing := resp.StatusCode >= 500 || resp.StatusCode == http.StatusTooManyRequests ||
+			resp.StatusCode == http.StatusRequestTimeout
 		return nil, &fftype.Error{Kind: fftype.KindUnavailable, Code: "http_" + strconv.Itoa(resp.StatusCode),
-			Message: fmt.Sprintf("the server answered %s", resp.Status), Retryable: resp.StatusCode >= 500}
+			Message: fmt.Sprintf("the server answered %s", resp.Status), Retryable: passing}
 	}
 	return nil, &fftype.Error{Kind: fftype.Kind(eb.Kind), Code: eb.Code, Message: eb.Error, Retryable: eb.Retryable}
 }

@@ -214,3 +214,30 @@ func TestClaimAnswerAfterTheCallerGaveUp(t *testing.T) {
 	require.Len(t, again, 1, "the lease of the undelivered answer was given back")
 	require.Equal(t, res.ID, again[0].ExecutionID)
 }
+
+// TestAnswersNotFromTheAPI: an answer that is not the API's (a proxy's page) is
+// unavailable whatever its status, so that no caller takes it for the execution's state,
+// and retryable when its status says it may pass.
+func TestAnswersNotFromTheAPI(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		status    int
+		retryable bool
+	}{
+		{http.StatusNotFound, false},
+		{http.StatusForbidden, false},
+		{http.StatusRequestTimeout, true},
+		{http.StatusTooManyRequests, true},
+		{http.StatusBadGateway, true},
+	} {
+		hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			http.Error(w, "a proxy's page", tc.status)
+		}))
+		c, err := ffclient.New(hs.URL, nil)
+		require.NoError(t, err)
+		_, err = c.Get(t.Context(), "s0_0190a7b2-1c3d-7e4f-8a9b-0c1d2e3f4a5b")
+		hs.Close()
+		require.ErrorIs(t, err, fftype.ErrUnavailable, "%d", tc.status)
+		require.Equal(t, tc.retryable, fftype.IsRetryable(err), "%d", tc.status)
+	}
+}
