@@ -2,6 +2,7 @@ package fftype
 
 import (
 	"encoding/json"
+	"math"
 	"time"
 )
 
@@ -175,11 +176,16 @@ func (d Duration) MarshalJSON() ([]byte, error) {
 	return json.Marshal(time.Duration(d).Milliseconds())
 }
 
-// UnmarshalJSON decodes integer milliseconds.
+// UnmarshalJSON decodes integer milliseconds. A count beyond what a time.Duration holds
+// (about 292 years) is refused rather than wrapped around into a small one.
 func (d *Duration) UnmarshalJSON(b []byte) error {
 	var ms int64
 	if err := json.Unmarshal(b, &ms); err != nil {
 		return err
+	}
+	const most = math.MaxInt64 / int64(time.Millisecond)
+	if ms > most || ms < -most {
+		return Validationf(CodeInvalidInput, "%d ms is out of range for a duration", ms)
 	}
 	*d = Duration(time.Duration(ms) * time.Millisecond)
 	return nil

@@ -50,7 +50,9 @@ const (
 
 // Backoff is the delay schedule between retries. Retry n (counting from 0) waits
 // Initial for fixed backoff, or min(Initial × Multiplier^n, Max) for exponential backoff;
-// with Jitter the wait is drawn uniformly from [0, that delay] ("full jitter").
+// with Jitter the wait is drawn uniformly from [0, that delay] ("full jitter"). For
+// exponential backoff a Max of 0 means 60s, or Initial if that is longer, and a
+// Multiplier of 0 means the default.
 type Backoff struct {
 	Kind       BackoffKind `json:"kind"`
 	Initial    Duration    `json:"initial_ms"`
@@ -99,7 +101,8 @@ func (p Policy) WithDefaults() Policy {
 		}
 		if r.Backoff.Kind == BackoffExponential {
 			if r.Backoff.Max == 0 {
-				r.Backoff.Max = Duration(DefaultBackoffMax)
+				// The default cap, unless the first delay is already longer.
+				r.Backoff.Max = max(Duration(DefaultBackoffMax), r.Backoff.Initial)
 			}
 			if r.Backoff.Multiplier == 0 {
 				r.Backoff.Multiplier = DefaultMultiplier
@@ -179,7 +182,7 @@ func (p Policy) Validate() error {
 			return bad("retry.backoff", "delays must be between 0 and %s", MaxBackoff)
 		}
 		if b.Kind == BackoffExponential {
-			if b.Multiplier != 0 && (b.Multiplier < 1 || b.Multiplier > MaxMultiplier) {
+			if b.Multiplier != 0 && !(b.Multiplier >= 1 && b.Multiplier <= MaxMultiplier) { // refuses NaN too
 				return bad("retry.backoff.multiplier", "must be between 1 and %g", MaxMultiplier)
 			}
 			if b.Max != 0 && b.Max < b.Initial {

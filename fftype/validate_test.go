@@ -3,6 +3,7 @@ package fftype
 import (
 	"encoding/json"
 	"errors"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -85,6 +86,22 @@ func TestPolicyDefaultsAndBackoff(t *testing.T) {
 	require.NoError(t, Policy{}.Validate())
 	require.Error(t, Policy{MaxReclaims: -1}.Validate())
 	require.Error(t, Policy{Retry: &RetryPolicy{Backoff: Backoff{Kind: BackoffExponential, Initial: Duration(time.Minute), Max: Duration(time.Second)}}}.Validate())
+	require.Error(t, Policy{Retry: &RetryPolicy{Backoff: Backoff{Kind: BackoffExponential, Initial: Duration(time.Second), Multiplier: math.NaN()}}}.Validate(),
+		"a NaN multiplier is refused")
+
+	long := Policy{Retry: &RetryPolicy{Backoff: Backoff{Kind: BackoffExponential, Initial: Duration(2 * time.Minute)}}}.WithDefaults()
+	require.Equal(t, 2*time.Minute, long.Retry.Backoff.Delay(0), "no default cap below the first delay")
+}
+
+func TestDurationJSON(t *testing.T) {
+	t.Parallel()
+	var d Duration
+	require.NoError(t, json.Unmarshal([]byte("1500"), &d))
+	require.Equal(t, 1500*time.Millisecond, d.D())
+	for _, raw := range []string{"18446744073710", "9223372036855", "-9223372036855", "1.5", `"1s"`} {
+		require.Error(t, json.Unmarshal([]byte(raw), &d), "%s ms does not fit a duration or is not a count", raw)
+	}
+	require.NoError(t, json.Unmarshal([]byte("9223372036854"), &d), "the largest count that fits")
 }
 
 func TestErrorIs(t *testing.T) {
