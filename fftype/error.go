@@ -72,6 +72,7 @@ var (
 	ErrStaleLease           = &Error{Kind: KindState, Code: CodeStaleLease}
 	ErrLeaseExpired         = &Error{Kind: KindState, Code: CodeLeaseExpired}
 	ErrLeaseRevoked         = &Error{Kind: KindState, Code: CodeLeaseRevoked}
+	ErrAttemptTimedOut      = &Error{Kind: KindState, Code: CodeAttemptTimedOut}
 	ErrExecutionNotActive   = &Error{Kind: KindState, Code: CodeExecutionNotActive}
 	ErrStoreConflict        = &Error{Kind: KindContention, Code: CodeStoreConflict}
 	ErrInvalidClaimGrant    = &Error{Kind: KindState, Code: CodeInvalidClaimGrant}
@@ -104,6 +105,7 @@ const (
 	CodeStaleLease           = "stale_lease"
 	CodeLeaseExpired         = "lease_expired"
 	CodeLeaseRevoked         = "lease_revoked"
+	CodeAttemptTimedOut      = "attempt_timed_out" // the attempt's timeout ended it, and its lease
 	CodeExecutionNotActive   = "execution_not_active"
 	CodeExecutionNotEligible = "execution_not_eligible"
 	CodeExecutionNotTerminal = "execution_not_terminal"

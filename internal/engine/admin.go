@@ -112,7 +112,11 @@ func (e *Engine) Replay(ctx context.Context, id fftype.ExecutionID) error {
 		if d := x.Policy.Deadline; d != 0 {
 			x.DeadlineAt = now.Add(d.D())
 		}
-		toRunnable(x, fftype.AttemptStatePendingReplay, now, fftype.BlockingWaitingForWorker, now)
+		next := fftype.AttemptStatePendingReplay
+		if x.TotalAttempts == 0 {
+			next = fftype.AttemptStatePendingFirst // it never ran: its first attempt is still to come
+		}
+		toRunnable(x, next, now, fftype.BlockingWaitingForWorker, now)
 		e.save(tx, before, x)
 		tx.Delete(resultKey(x.ID))
 		appendEvent(tx, fftype.EventReplayed, x, now, map[string]any{"replay_count": x.ReplayCount})

@@ -158,6 +158,11 @@ func (e *Engine) prepareCreate(p fftype.CreateParams) (*newExecution, error) {
 	if p.Delay != 0 && !p.RunAt.IsZero() {
 		return nil, fftype.Validationf(fftype.CodeInvalidInput, "set delay or run_at, not both")
 	}
+	if !p.RunAt.IsZero() && p.RunAt.Sub(e.now()) > maxDelay {
+		// Checked here too, not only in the unit, so that in a bulk create it fails this
+		// item alone rather than its whole chunk.
+		return nil, fftype.Validationf(fftype.CodeInvalidInput, "run_at is more than %s ahead", maxDelay)
+	}
 
 	shard := -1
 	if p.IdempotencyKey != "" {
@@ -281,7 +286,7 @@ func (e *Engine) insert(tx ffstore.Tx, n *newExecution, now time.Time) (*fftype.
 	if x.IdemKey != "" {
 		rec := idemRecord{ID: x.ID, ExpiresAt: now.Add(x.Policy.DedupWindow.D())}
 		putJSON(tx, idemKey(x.Namespace, x.IdemKey), rec)
-		tx.QueueAdd(queueIdem, x.Namespace+"/"+x.IdemKey, ms(rec.ExpiresAt))
+		tx.QueueAdd(queueIdem, idemMember(x.Namespace, x.IdemKey), ms(rec.ExpiresAt))
 	}
 	appendEvent(tx, fftype.EventCreated, &x, now, map[string]any{"kind": x.Kind, "state": x.PublicState()})
 	return &fftype.CreateResult{ID: x.ID, State: x.PublicState()}, nil

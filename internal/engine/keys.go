@@ -23,9 +23,14 @@ func resultKey(id fftype.ExecutionID) string  { return "r:" + string(id) }
 func attemptKey(id fftype.ExecutionID, index int) string {
 	return "a:" + string(id) + "/" + strconv.Itoa(index)
 }
-func idemKey(ns, key string) string { return idemKeyOfMember(ns + "/" + key) }
+func idemKey(ns, key string) string { return idemKeyOfMember(idemMember(ns, key)) }
 
-// idemKeyOfMember maps a member of queueIdem ("<namespace>/<key>") to its record key.
+// idemMember names an idempotency key in queueIdem. sep, which neither a namespace nor a
+// key may contain, keeps namespaces apart: with "/", ("a/b", "c") and ("a", "b/c") would
+// be one key, and a create in one namespace a duplicate of another's.
+func idemMember(ns, key string) string { return ns + sep + key }
+
+// idemKeyOfMember maps a member of queueIdem to its record key.
 func idemKeyOfMember(member string) string { return "idem:~" + member }
 func laneKey(lane string) string           { return "lane:~" + lane }
 

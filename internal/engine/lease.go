@@ -14,6 +14,7 @@ const (
 	leaseEndExpired  = "expired"
 	leaseEndRevoked  = "revoked"
 	leaseEndReleased = "released"
+	leaseEndTimedOut = "timed_out" // the attempt's timeout failed it
 )
 
 // checkFence refuses a fence that is not complete.
@@ -50,6 +51,8 @@ func checkHolder(x *fftype.Execution, f fftype.Fence, now time.Time) error {
 			return fftype.Statef(fftype.CodeLeaseExpired, "the lease on %s expired", x.ID)
 		case leaseEndRevoked:
 			return fftype.Statef(fftype.CodeLeaseRevoked, "the lease on %s was revoked", x.ID)
+		case leaseEndTimedOut:
+			return fftype.Statef(fftype.CodeAttemptTimedOut, "the attempt on %s timed out", x.ID)
 		}
 	}
 	return fftype.Statef(fftype.CodeStaleLease, "the fence does not match the current lease on %s (epoch %d)", x.ID, x.LeaseEpoch)
@@ -100,6 +103,13 @@ func toRunnable(x *fftype.Execution, as fftype.AttemptState, until time.Time, wa
 }
 
 // endAttempt sets the final or paused status of x's current attempt.
+// attemptUnfinished reports whether x's latest attempt has yet to end: it runs, or it was
+// paused (Delay, Release) and the next claim would continue it. An execution that ends
+// otherwise ends it too.
+func attemptUnfinished(x *fftype.Execution) bool {
+	return x.Phase == fftype.PhaseActive || x.AttemptState == fftype.AttemptStateInterrupted
+}
+
 func endAttempt(tx ffstore.Tx, x *fftype.Execution, status fftype.AttemptStatus, reason, category string, now time.Time) error {
 	a, err := latestAttempt(x)
 	if err != nil {
@@ -191,7 +201,7 @@ func (e *Engine) Fail(ctx context.Context, id fftype.ExecutionID, f fftype.Fence
 		case x.Phase == fftype.PhaseTerminal && x.Outcome == fftype.OutcomeFailed && x.LastLeaseEnd == "":
 			out = fftype.FailOutcome{}
 			return true
-		case x.Phase == fftype.PhaseRunnable && x.AttemptState == fftype.AttemptStatePendingRetry:
+		case x.Phase == fftype.PhaseRunnable && x.AttemptState == fftype.AttemptStatePendingRetry && x.LastLeaseEnd == "":
 			out = fftype.FailOutcome{RetryScheduled: true, RetryAt: x.DelayUntil}
 			if out.RetryAt.IsZero() {
 				out.RetryAt = x.UpdatedAt
@@ -285,12 +295,12 @@ func (e *Engine) Cancel(ctx context.Context, id fftype.ExecutionID, p fftype.Can
 	}
 	apply := func(tx ffstore.Tx, x *fftype.Execution, before placement, now time.Time) error {
 		by := "operator"
-		if x.Phase == fftype.PhaseActive {
+		if x.Phase == fftype.PhaseActive && p.Fence != nil {
+			by = "worker:" + x.WorkerID
+		}
+		if attemptUnfinished(x) {
 			if err := endAttempt(tx, x, fftype.AttemptCancelled, "cancelled: "+p.Reason, "cancelled", now); err != nil {
 				return err
-			}
-			if p.Fence != nil {
-				by = "worker:" + x.WorkerID
 			}
 		}
 		toTerminal(x, fftype.OutcomeCancelled, now)

@@ -125,13 +125,14 @@ func (e *Engine) fire(tx ffstore.Tx, queue string, x *fftype.Execution, before p
 		if x.Ownership != fftype.OwnershipLeased || !due(x.AttemptTimeoutAt) {
 			return false, nil
 		}
+		x.LastLeaseEnd = leaseEndTimedOut // so that the holder's calls are told, not taken for replays
 		_, err := e.failAttempt(tx, x, before, fftype.FailParams{Reason: "attempt_timeout", Category: "timeout"}, now)
 		return true, err
 	case queueDeadline:
 		if x.Phase == fftype.PhaseTerminal || !due(x.DeadlineAt) {
 			return false, nil
 		}
-		if x.Phase == fftype.PhaseActive {
+		if attemptUnfinished(x) {
 			if err := endAttempt(tx, x, fftype.AttemptFailed, "execution_deadline", "timeout", now); err != nil {
 				return false, err
 			}
@@ -178,7 +179,7 @@ func (e *Engine) delete(tx ffstore.Tx, x *fftype.Execution, before placement, no
 		var rec idemRecord
 		if ok && json.Unmarshal(b, &rec) == nil && rec.ID == x.ID {
 			tx.Delete(idemKey(x.Namespace, x.IdemKey))
-			tx.QueueRemove(queueIdem, x.Namespace+"/"+x.IdemKey)
+			tx.QueueRemove(queueIdem, idemMember(x.Namespace, x.IdemKey))
 		}
 	}
 	appendEvent(tx, fftype.EventDeleted, x, now, nil)

@@ -1,0 +1,123 @@
+package engine
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/flowfabric/flowfabric/ffstore/ffmem"
+	"github.com/flowfabric/flowfabric/fftest"
+	"github.com/flowfabric/flowfabric/fftype"
+)
+
+func newTestEngine(t *testing.T) (*Engine, *fftest.Clock) {
+	t.Helper()
+	clock := fftest.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	e, err := New(ffmem.New(&ffmem.Options{Shards: 1}), &Config{Clock: clock})
+	require.NoError(t, err)
+	return e, clock
+}
+
+// TestCreateManyRefusesABadRunAtAlone: a run_at too far ahead fails its own item, not the
+// others of its chunk.
+func TestCreateManyRefusesABadRunAtAlone(t *testing.T) {
+	t.Parallel()
+	e, clock := newTestEngine(t)
+	res := e.CreateMany(t.Context(), []fftype.CreateParams{
+		{Lane: "l", Kind: "k"},
+		{Lane: "l", Kind: "k", RunAt: clock.Now().Add(2 * 365 * 24 * time.Hour)},
+	})
+	require.ErrorIs(t, res[1].Err, fftype.ErrValidation)
+	require.NoError(t, res[0].Err)
+}
+
+// TestIdempotencyKeysOfNamespacesStayApart: ("a/b", "c") and ("a", "b/c") are two keys.
+func TestIdempotencyKeysOfNamespacesStayApart(t *testing.T) {
+	t.Parallel()
+	e, _ := newTestEngine(t)
+	a, err := e.Create(t.Context(), fftype.CreateParams{Namespace: "a/b", Lane: "l", Kind: "k", IdempotencyKey: "c"})
+	require.NoError(t, err)
+	b, err := e.Create(t.Context(), fftype.CreateParams{Namespace: "a", Lane: "l", Kind: "k", IdempotencyKey: "b/c"})
+	require.NoError(t, err)
+	require.False(t, b.Duplicate)
+	require.NotEqual(t, a.ID, b.ID)
+}
+
+// TestEndingAnExecutionEndsItsPausedAttempt: an execution cancelled or past its deadline
+// while its attempt is paused (Delay) ends that attempt too, rather than leave it paused.
+func TestEndingAnExecutionEndsItsPausedAttempt(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name   string
+		end    func(t *testing.T, e *Engine, clock *fftest.Clock, id fftype.ExecutionID)
+		status fftype.AttemptStatus
+	}{
+		{"Cancel", func(t *testing.T, e *Engine, _ *fftest.Clock, id fftype.ExecutionID) {
+			require.NoError(t, e.Cancel(t.Context(), id, fftype.CancelParams{Reason: "op"}))
+		}, fftype.AttemptCancelled},
+		{"Deadline", func(t *testing.T, e *Engine, clock *fftest.Clock, _ fftype.ExecutionID) {
+			clock.Advance(time.Hour)
+			_, _, err := e.RunDue(t.Context())
+			require.NoError(t, err)
+		}, fftype.AttemptFailed},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			e, clock := newTestEngine(t)
+			_, err := e.Create(t.Context(), fftype.CreateParams{Lane: "l", Kind: "k",
+				Policy: fftype.Policy{Deadline: fftype.Duration(time.Hour)}})
+			require.NoError(t, err)
+			l := claimOne(t, e)
+			require.NoError(t, e.Delay(t.Context(), l.ExecutionID, l.Fence, 2*time.Hour))
+			tc.end(t, e, clock, l.ExecutionID)
+			x, err := e.Get(t.Context(), l.ExecutionID)
+			require.NoError(t, err)
+			require.Equal(t, fftype.PhaseTerminal, x.Phase)
+			atts, err := e.Attempts(t.Context(), l.ExecutionID)
+			require.NoError(t, err)
+			require.Len(t, atts, 1)
+			require.Equal(t, tc.status, atts[0].Status)
+			require.False(t, atts[0].EndedAt.IsZero())
+		})
+	}
+}
+
+// TestReplayOfAnExecutionThatNeverRan: it waits for its first attempt, as the invariants
+// require.
+func TestReplayOfAnExecutionThatNeverRan(t *testing.T) {
+	t.Parallel()
+	e, _ := newTestEngine(t)
+	r, err := e.Create(t.Context(), fftype.CreateParams{Lane: "l", Kind: "k"})
+	require.NoError(t, err)
+	require.NoError(t, e.Cancel(t.Context(), r.ID, fftype.CancelParams{Reason: "op"}))
+	require.NoError(t, e.Replay(t.Context(), r.ID))
+	require.NoError(t, e.CheckInvariants(t.Context(), r.ID))
+	x, err := e.Get(t.Context(), r.ID)
+	require.NoError(t, err)
+	require.Equal(t, fftype.AttemptStatePendingFirst, x.AttemptState)
+	require.Equal(t, 1, x.ReplayCount)
+	require.Equal(t, fftype.AttemptInitial, claimOne(t, e).AttemptType)
+}
+
+// TestHolderOfATimedOutAttempt: the holder of an attempt its timeout failed is told so,
+// and its own Fail is not taken for a retry of a call it never made.
+func TestHolderOfATimedOutAttempt(t *testing.T) {
+	t.Parallel()
+	e, clock := newTestEngine(t)
+	_, err := e.Create(t.Context(), fftype.CreateParams{Lane: "l", Kind: "k", Policy: fftype.Policy{
+		AttemptTimeout: fftype.Duration(5 * time.Second),
+		Retry:          &fftype.RetryPolicy{MaxRetries: 3, Backoff: fftype.Backoff{Kind: fftype.BackoffFixed, Initial: fftype.Duration(time.Minute)}}}})
+	require.NoError(t, err)
+	l := claimOne(t, e)
+	clock.Advance(5 * time.Second)
+	_, _, err = e.RunDue(t.Context())
+	require.NoError(t, err)
+
+	require.ErrorIs(t, e.Complete(t.Context(), l.ExecutionID, l.Fence, nil, ""), fftype.ErrAttemptTimedOut)
+	_, err = e.Fail(t.Context(), l.ExecutionID, l.Fence, fftype.FailParams{Reason: "mine"})
+	require.ErrorIs(t, err, fftype.ErrAttemptTimedOut)
+	x, err := e.Get(t.Context(), l.ExecutionID)
+	require.NoError(t, err)
+	require.Equal(t, "attempt_timeout", x.FailureReason, "the holder's late Fail changed nothing")
+}
