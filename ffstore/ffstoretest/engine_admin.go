@@ -25,7 +25,7 @@ func exerciseTimers(t *testing.T, newStore func(t *testing.T) ffstore.Store) {
 		x := b.get(t, id)
 		require.Equal(t, fftype.StateDelayed, x.PublicState(), "a timed-out attempt is retried per policy")
 		require.Equal(t, "attempt_timeout", x.FailureReason)
-		requireCode(t, b.engine.Complete(b.ctx, id, l.Fence, nil, ""), fftype.KindState, fftype.CodeStaleLease)
+		requireCode(t, b.engine.Complete(b.ctx, id, l.Fence, nil, ""), fftype.KindState, fftype.CodeAttemptTimedOut)
 		b.advance(t, time.Second)
 		b.claimOne(t, id)
 		b.advance(t, 10*time.Second)
