@@ -64,14 +64,18 @@ func checkPrintable(s string, max int, spaceOK bool) string {
 	return ""
 }
 
-// ValidateWorkerID checks a worker or worker-instance id: 1 to 256 bytes, no control bytes.
+// ValidateWorkerID checks a worker or worker-instance id: 1 to 256 bytes of UTF-8 with no
+// control character. Ids become parts of store keys, which some stores hold as text.
 func ValidateWorkerID(field, id string) error {
 	if id == "" || len(id) > MaxWorkerIDBytes {
 		return Validationf(CodeInvalidInput, "%s must be 1 to %d bytes", field, MaxWorkerIDBytes)
 	}
-	for i := 0; i < len(id); i++ {
-		if id[i] < 0x20 || id[i] == 0x7f {
-			return Validationf(CodeInvalidInput, "%s contains a control byte", field)
+	if !utf8.ValidString(id) {
+		return Validationf(CodeInvalidInput, "%s is not valid UTF-8", field)
+	}
+	for _, r := range id {
+		if unicode.IsControl(r) {
+			return Validationf(CodeInvalidInput, "%s contains a control character", field)
 		}
 	}
 	return nil

@@ -57,6 +57,10 @@ func TestValidateNames(t *testing.T) {
 	for _, k := range []string{"", "Upper", "9lead", "a b", strings.Repeat("a", 129)} {
 		require.Error(t, ValidateTagKey(k), k)
 	}
+	require.NoError(t, ValidateWorkerID("worker_id", "host-1 pid 42 é"))
+	for _, id := range []string{"", "w\xff", "w\x00", "w\u0085", strings.Repeat("w", 257)} {
+		require.Error(t, ValidateWorkerID("worker_id", id), "%q", id)
+	}
 	require.NoError(t, ValidateTraceparent(""))
 	require.NoError(t, ValidateTraceparent("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"))
 	require.Error(t, ValidateTraceparent("00-00000000000000000000000000000000-b7ad6b7169203331-01"))
