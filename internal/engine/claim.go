@@ -180,7 +180,10 @@ func take[T any](ctx context.Context, e *Engine, caps []string, laneNames []stri
 		maxScore := int64(ffstore.MaxScore)
 		if alone {
 			// No other namespace competes at this priority: take a batch, but nothing of a
-			// lower priority than the best head elsewhere.
+			// lower priority than the best head elsewhere. The batch may pass over older
+			// heads of the same priority in other queues (other shards, other capability
+			// sets): bounding it by them would cut a batch to an item or two when work is
+			// spread over the shards. The README says so.
 			maxScore = (c.bucket()+1)<<priorityBits - 1
 		}
 		got, next, err := takeFrom(ctx, e, c, len(taken), alone, unitDemand, maxScore, act)
