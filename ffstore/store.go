@@ -49,10 +49,20 @@ type Store interface {
 	// that validates reads at commit may answer a conflict instead of fn's error when what
 	// fn read had changed. An Update that returns an unavailable error may or may not have
 	// committed (a lost reply): the engine's fences and idempotent replays cover that.
+	//
+	// What a unit read still holds when it commits, within two limits that the engine's
+	// use keeps to: a record read as missing is checked only if the unit then creates it
+	// (the engine acts on a record's absence only by creating the record), and a Range
+	// is checked for the items it returned, not for items that entered its range since
+	// (the engine ranges inside a unit only for hints it checks again). Postgres cannot
+	// lock what does not exist, and Redis does not lock ranges.
 	Update(ctx context.Context, shard int, fn func(tx Tx) error) error
 
 	// View runs fn against a consistent read-only snapshot of one shard. fn may be called
-	// more than once (a store without snapshots re-runs it when a read changed meanwhile).
+	// more than once (a store without snapshots re-runs it when a read changed meanwhile;
+	// such a store checks a Range as Update does, so a View that pages through a queue
+	// while it changes may miss an item that moved behind its position: the engine pages
+	// that way only where nothing moves, as in creation order, or for approximate counts).
 	View(ctx context.Context, shard int, fn func(tx ReadTx) error) error
 
 	// QueueHeads returns the first item (lowest score, then lowest member) of every

@@ -33,7 +33,9 @@
 // engine to retry. A unit that popped items and does not commit releases them; if its
 // process dies first, its marks lapse after 15 seconds and the items can be popped again.
 // Either way an item is never handed to two units that both commit: a commit removes only
-// items whose marks are still its own.
+// items whose marks are still its own. A Range is checked for the items it returned, not
+// for items that entered its range since, and a record read as missing is checked to be
+// still missing: the limits ffstore.Store.Update states.
 //
 // # Durability
 //
