@@ -18,7 +18,7 @@ import (
 const DefaultDemoDB = "flowfabric-demo.db"
 
 func demoCommand(ctx context.Context, args []string, out io.Writer) error {
-	fs := flag.NewFlagSet("flowfabric", flag.ContinueOnError)
+	fs := flag.NewFlagSet("flowfabric demo", flag.ContinueOnError)
 	fs.SetOutput(out)
 	n := fs.Int("n", 5, "how many executions the demo runs")
 	db := fs.String("db", DefaultDemoDB, "the SQLite file to run on; created if missing")

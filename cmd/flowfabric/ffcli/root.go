@@ -2,6 +2,8 @@ package ffcli
 
 import (
 	"context"
+	"errors"
+	"flag"
 	"io"
 
 	"github.com/spf13/cobra"
@@ -36,14 +38,19 @@ func NewRootCommand(out io.Writer) *cobra.Command {
 	return root
 }
 
-// passthrough wraps a command that parses its own flags.
+// passthrough wraps a command that parses its own flags with a flag.FlagSet. The
+// flag.ErrHelp such a command returns after printing its usage for -h is a success.
 func passthrough(use, short string, out io.Writer, run func(ctx context.Context, args []string, out io.Writer) error) *cobra.Command {
 	return &cobra.Command{
 		Use:                use,
 		Short:              short,
 		DisableFlagParsing: true,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return run(cmd.Context(), args, out)
+			err := run(cmd.Context(), args, out)
+			if errors.Is(err, flag.ErrHelp) {
+				return nil
+			}
+			return err
 		},
 	}
 }
