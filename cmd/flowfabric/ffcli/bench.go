@@ -134,7 +134,9 @@ func benchCommand(ctx context.Context, args []string, out io.Writer) error {
 			return err
 		}
 		defer os.RemoveAll(dir)
-		f.store = "sqlite://" + filepath.ToSlash(filepath.Join(dir, "bench.db"))
+		if f.store, err = sqliteURL(filepath.Join(dir, "bench.db")); err != nil {
+			return err
+		}
 	}
 	b := &benchRun{f: f, out: out, host: bench.ThisHost(), version: bench.Version()}
 	switch f.scenario {

@@ -314,3 +314,14 @@ func TestBenchProfiles(t *testing.T) {
 		require.Equal(t, []byte{0x1f, 0x8b}, b[:2], "%s is not a gzipped profile", path)
 	}
 }
+
+// TestBenchTempDirIsAPath pins that bench's default store, a file in a new temporary
+// directory, works wherever that directory is: a TMPDIR holding '%', '?' or '#' is a
+// path, not a piece of URL. Not parallel: it sets TMPDIR.
+func TestBenchTempDirIsAPath(t *testing.T) {
+	t.Setenv("TMPDIR", filepath.Join(t.TempDir(), "tmp %41?x=1#y"))
+	require.NoError(t, os.MkdirAll(os.Getenv("TMPDIR"), 0o700))
+	var out bytes.Buffer
+	require.NoError(t, Run(t.Context(), []string{"bench", "-n", "20", "-workers", "2"}, &out), out.String())
+	require.Contains(t, out.String(), "tmp %41?x=1#y", "the table's title names the store's file")
+}

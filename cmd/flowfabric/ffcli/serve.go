@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -107,11 +106,10 @@ func newDevCommand(out io.Writer) *cobra.Command {
 		Short: "Run the server and engine on an SQLite file in the working directory",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			abs, err := filepath.Abs(db)
-			if err != nil {
+			var err error
+			if o.store, err = sqliteURL(db); err != nil {
 				return err
 			}
-			o.store = "sqlite://" + filepath.ToSlash(abs)
 			return serve(cmd.Context(), out, o)
 		},
 	}

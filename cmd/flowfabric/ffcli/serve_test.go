@@ -2,12 +2,15 @@ package ffcli
 
 import (
 	"bufio"
+	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -45,4 +48,37 @@ func TestServerRequestTimeout(t *testing.T) {
 	for sc.Scan() { // the rest of its output, until it exits
 	}
 	require.NoError(t, cmd.Wait(), "a clean shutdown on SIGINT")
+}
+
+// cancelOnBanner is an io.Writer for a dev command run in process: it keeps what the
+// command prints and cancels the run once the banner says the server listens.
+type cancelOnBanner struct {
+	syncBuffer
+	cancel context.CancelFunc
+}
+
+func (w *cancelOnBanner) Write(p []byte) (int, error) {
+	if bytes.Contains(p, []byte("Stop with Ctrl-C.")) {
+		w.cancel()
+	}
+	return w.syncBuffer.Write(p)
+}
+
+// TestDevDBIsAFilePath pins that dev --db takes a file path, not a piece of URL: a name
+// holding '%', '?' or '#' opens (creates) exactly that file.
+func TestDevDBIsAFilePath(t *testing.T) {
+	t.Parallel()
+	for _, name := range []string{"a%41b.db", "what?.db", "no#1.db", "all %41?x=1#y.db"} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			path := filepath.Join(t.TempDir(), name)
+			ctx, cancel := context.WithCancel(t.Context())
+			defer cancel()
+			out := &cancelOnBanner{cancel: cancel}
+			err := Run(ctx, []string{"dev", "--db", path, "--addr", "127.0.0.1:0", "--log-level", "error"}, out)
+			require.NoError(t, err, out.String())
+			require.Contains(t, out.String(), "Stop with Ctrl-C.", "dev started")
+			require.FileExists(t, path)
+		})
+	}
 }

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -18,6 +20,17 @@ import (
 
 // This file is the command line's one map from a store URL to a store constructor (the
 // root package names no store). Postgres and Redis join it with their issues.
+
+// sqliteURL returns the sqlite:// URL of the file at path, made absolute: characters a
+// URL gives a meaning, such as '%', '?' and '#', are escaped, so the URL names exactly
+// that file.
+func sqliteURL(path string) (string, error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return "", err
+	}
+	return (&url.URL{Scheme: "sqlite", Path: filepath.ToSlash(abs)}).String(), nil
+}
 
 // freshStore is a store a benchmark run created and owns: remove closes it and deletes
 // whatever it created on disk.
