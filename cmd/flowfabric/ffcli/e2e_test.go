@@ -29,8 +29,8 @@ func startServer(t *testing.T, token string) string {
 	done := make(chan error, 1)
 	var out bytes.Buffer
 	// The shutdown bound exceeds the 5s net/http waits for a connection that was opened
-	// but has sent nothing yet: an HTTP client racing a dial against a connection that
-	// came free leaves one such connection now and then, and it must not fail the test.
+	// but has sent nothing yet (an HTTP client racing a dial against a connection that came
+	// free leaves one now and then), so such a connection ends on its own.
 	o := &serveOptions{store: "sqlite://" + filepath.ToSlash(filepath.Join(t.TempDir(), "ff.db")), addr: "127.0.0.1:0",
 		token: token, logLevel: "error", shutdown: 10 * time.Second, ready: func(a string) { addr <- a }}
 	go func() { done <- serve(ctx, &out, o) }()

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -117,7 +118,9 @@ func newDevCommand(out io.Writer) *cobra.Command {
 	f.StringVar(&db, "db", "flowfabric.db", "the SQLite file")
 	f.StringVar(&o.addr, "addr", "127.0.0.1:8080", "listen address")
 	f.StringVar(&o.logLevel, "log-level", "warn", "debug, info, warn or error")
-	f.DurationVar(&o.shutdown, "shutdown-timeout", 5*time.Second, "how long shutdown waits for requests in flight")
+	// Above the 5s net/http gives a connection that has sent no request yet, so a browser's
+	// preconnect ends on its own rather than being cut.
+	f.DurationVar(&o.shutdown, "shutdown-timeout", 10*time.Second, "how long shutdown waits for requests in flight")
 	requestTimeoutFlag(cmd, o)
 	envFlags(cmd, map[string]string{"db": "FF_DEV_DB", "addr": "FF_ADDR", "log-level": "FF_LOG_LEVEL",
 		"shutdown-timeout": "FF_SHUTDOWN_TIMEOUT", "request-timeout": "FF_REQUEST_TIMEOUT"})
@@ -126,7 +129,8 @@ func newDevCommand(out io.Writer) *cobra.Command {
 
 // serve runs the API until ctx ends, then shuts down gracefully: it stops accepting,
 // drains requests in flight (long-polling claims included), stops the engine's loops and
-// closes the store.
+// closes the store. Connections still open after o.shutdown are closed; that fails serve
+// only if it cut a request in flight.
 func serve(ctx context.Context, out io.Writer, o *serveOptions) error {
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
@@ -161,7 +165,9 @@ func serve(ctx context.Context, out io.Writer, o *serveOptions) error {
 	srv.Start(ctx)
 	defer srv.Close()
 
-	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	var busy busyConns
+	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn), ConnState: busy.track}
 	hs.RegisterOnShutdown(srv.BeginShutdown)
 	served := make(chan error, 1)
 	go func() { served <- hs.Serve(ln) }()
@@ -179,12 +185,50 @@ func serve(ctx context.Context, out io.Writer, o *serveOptions) error {
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), o.shutdown)
 	defer cancel()
 	if err := hs.Shutdown(sctx); err != nil {
-		return fmt.Errorf("shutdown: %w", err)
+		// Past the timeout, close what is left. Shutdown also waits up to 5s for a
+		// connection that has not sent a request yet (a browser's preconnect); cutting
+		// such a connection loses nothing, so only a request cut mid-flight fails.
+		n := busy.count()
+		if cerr := hs.Close(); cerr != nil {
+			log.Warn("shutdown: closing connections", "error", cerr)
+		}
+		if n > 0 {
+			return fmt.Errorf("shutdown: %d request(s) still in flight after %s were cut off: %w", n, o.shutdown, err)
+		}
+		log.Warn("shutdown: closed connections with no request in flight", "shutdown_timeout", o.shutdown)
 	}
 	if err := <-served; err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
 	return nil
+}
+
+// busyConns tracks an http.Server's connections that are serving a request; its track
+// method is the server's ConnState hook. Safe for concurrent use.
+type busyConns struct {
+	mu    sync.Mutex
+	conns map[net.Conn]struct{}
+}
+
+// track records that c entered state s.
+func (b *busyConns) track(c net.Conn, s http.ConnState) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if s != http.StateActive {
+		delete(b.conns, c)
+		return
+	}
+	if b.conns == nil {
+		b.conns = map[net.Conn]struct{}{}
+	}
+	b.conns[c] = struct{}{}
+}
+
+// count returns how many connections are serving a request.
+func (b *busyConns) count() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.conns)
 }
 
 func banner(out io.Writer, addr string, o *serveOptions) {

@@ -82,3 +82,66 @@ func TestDevDBIsAFilePath(t *testing.T) {
 		})
 	}
 }
+
+// startServe runs serve in process with o (its store a fresh SQLite file, its address a
+// free loopback port) and returns its address, a function that stops it as Ctrl-C does
+// and a channel serve's result arrives on.
+func startServe(t *testing.T, o *serveOptions) (addr string, stop context.CancelFunc, done <-chan error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(t.Context())
+	t.Cleanup(cancel)
+	ready := make(chan string, 1)
+	result := make(chan error, 1)
+	o.store, o.addr, o.logLevel, o.ready = "sqlite:///"+filepath.ToSlash(filepath.Join(t.TempDir(), "ff.db")), "127.0.0.1:0", "error", func(a string) { ready <- a }
+	if o.timeout == 0 {
+		o.timeout = ffserver.DefaultRequestTimeout
+	}
+	go func() { result <- serve(ctx, io.Discard, o) }()
+	select {
+	case addr = <-ready:
+	case err := <-result:
+		t.Fatalf("serve did not start: %v", err)
+	}
+	return addr, cancel, result
+}
+
+// TestShutdownClosesConnectionsWithNoRequest pins that a connection a client opened and
+// sent nothing on yet (a browser's preconnect), which net/http's Shutdown waits 5s for,
+// does not fail the shutdown: once --shutdown-timeout passes it is closed, and the command
+// succeeds because no request was cut.
+func TestShutdownClosesConnectionsWithNoRequest(t *testing.T) {
+	t.Parallel()
+	addr, stop, done := startServe(t, &serveOptions{shutdown: 200 * time.Millisecond})
+	idle, err := net.Dial("tcp", addr)
+	require.NoError(t, err)
+	defer idle.Close()
+	// The server accepts connections in order, so once a later one is answered, the idle
+	// one is the server's too.
+	resp, err := (&http.Client{Transport: &http.Transport{DisableKeepAlives: true}}).Get("http://" + addr + "/healthz")
+	require.NoError(t, err)
+	require.NoError(t, resp.Body.Close())
+
+	stop()
+	require.NoError(t, <-done, "no request was in flight")
+}
+
+// TestShutdownFailsWhenItCutsARequest pins the other side: a request still in flight when
+// --shutdown-timeout passes is cut, and the command fails saying so.
+func TestShutdownFailsWhenItCutsARequest(t *testing.T) {
+	t.Parallel()
+	addr, stop, done := startServe(t, &serveOptions{shutdown: 200 * time.Millisecond})
+	conn, err := net.Dial("tcp", addr)
+	require.NoError(t, err)
+	defer conn.Close()
+	// The server answers 100 Continue once the handler reads the body, which then stalls.
+	_, err = fmt.Fprint(conn, "POST /v1/executions HTTP/1.1\r\nHost: ff\r\nExpect: 100-continue\r\nContent-Length: 100\r\n\r\n")
+	require.NoError(t, err)
+	status, err := bufio.NewReader(conn).ReadString('\n')
+	require.NoError(t, err)
+	require.Contains(t, status, "100 Continue")
+
+	stop()
+	err = <-done
+	require.Error(t, err)
+	require.Contains(t, err.Error(), "1 request")
+}
