@@ -46,7 +46,7 @@ function library. A store newer than this binary is refused.`,
 		},
 	}
 	cmd.Flags().StringVar(&store, "store", "", "store URL")
-	cmd.Flags().StringVar(&schema, "schema", "flowfabric", "Postgres schema")
+	cmd.Flags().StringVar(&schema, "schema", "", `Postgres schema (default: the URL's "schema" parameter, else "flowfabric")`)
 	envFlags(cmd, map[string]string{"store": "FF_STORE", "schema": "FF_POSTGRES_SCHEMA"})
 	return cmd
 }
