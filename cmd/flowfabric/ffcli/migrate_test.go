@@ -1,11 +1,15 @@
 package ffcli
 
 import (
+	"bytes"
+	"context"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/flowfabric/flowfabric/ffconnect"
+	"github.com/flowfabric/flowfabric/ffserver"
 	"github.com/flowfabric/flowfabric/internal/testdb"
 )
 
@@ -49,4 +53,24 @@ func TestMigrateSchema(t *testing.T) {
 			require.Equal(t, overridden, opens(t, other), "the other schema %s migrated", other)
 		})
 	}
+}
+
+// TestStoreURLPasswordIsNotPrinted pins that neither the server's banner nor migrate's
+// report prints a password given as a parameter of the store URL.
+func TestStoreURLPasswordIsNotPrinted(t *testing.T) {
+	t.Parallel()
+	pg := testdb.NewPostgres(t, testdb.PostgresOptions{Fast: true}) // trust auth: any password works
+	url := pg.URL("postgres") + "&schema=" + testdb.Schema(t) + "&password=s3cret-pw"
+	out := cli(t, "migrate", "--store", url)
+	require.Contains(t, out, "password=xxxxx")
+	require.NotContains(t, out, "s3cret-pw", "migrate's report")
+
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	var banner bytes.Buffer
+	o := &serveOptions{store: url, addr: "127.0.0.1:0", logLevel: "error", timeout: ffserver.DefaultRequestTimeout,
+		shutdown: 10 * time.Second, ready: func(string) { cancel() }}
+	require.NoError(t, serve(ctx, &banner, o))
+	require.Contains(t, banner.String(), "listening on")
+	require.NotContains(t, banner.String(), "s3cret-pw", "the server's banner")
 }

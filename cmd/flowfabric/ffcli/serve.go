@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"strings"
 	"sync"
@@ -255,16 +256,24 @@ Stop with Ctrl-C.
 `, base, o.store)
 }
 
-// redact hides a password in a store URL for logs and banners.
+// redact returns the store URL u for logs and banners with each password masked: the
+// userinfo's and that of a password or sslpassword parameter (Postgres takes either).
+// A u that does not parse as a URL is not shown.
 func redact(u string) string {
-	scheme, rest, ok := strings.Cut(u, "://")
-	if !ok {
-		return u
+	parsed, err := url.Parse(u)
+	if err != nil {
+		return "(store URL not shown: it does not parse as a URL)"
 	}
-	at := strings.LastIndex(rest, "@")
-	if at < 0 {
-		return u
+	q := parsed.Query()
+	masked := false
+	for name := range q {
+		if strings.EqualFold(name, "password") || strings.EqualFold(name, "sslpassword") {
+			q[name] = []string{"xxxxx"}
+			masked = true
+		}
 	}
-	user, _, _ := strings.Cut(rest[:at], ":")
-	return scheme + "://" + user + ":***@" + rest[at+1:]
+	if masked {
+		parsed.RawQuery = q.Encode()
+	}
+	return parsed.Redacted()
 }

@@ -145,3 +145,29 @@ func TestShutdownFailsWhenItCutsARequest(t *testing.T) {
 	require.Error(t, err)
 	require.Contains(t, err.Error(), "1 request")
 }
+
+// TestRedact pins how a store URL is printed in the server's banner and by migrate: a
+// password is masked wherever a URL may carry it (its userinfo, a password or sslpassword
+// parameter), and nothing else changes.
+func TestRedact(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		url, want string
+	}{
+		{url: "postgres://app:s3cret@db:5432/ff?sslmode=disable", want: "postgres://app:xxxxx@db:5432/ff?sslmode=disable"},
+		{url: "postgres://app@db/ff?schema=s", want: "postgres://app@db/ff?schema=s"},
+		{url: "postgres://db/ff", want: "postgres://db/ff"},
+		{url: "postgres://app@db/ff?password=s3cret&schema=s", want: "postgres://app@db/ff?password=xxxxx&schema=s"},
+		{url: "postgres://db/ff?sslpassword=s3cret", want: "postgres://db/ff?sslpassword=xxxxx"},
+		{url: "postgres://db/ff?Password=s3cret", want: "postgres://db/ff?Password=xxxxx"},
+		{url: "redis://:s3cret@cache:6379/0", want: "redis://:xxxxx@cache:6379/0"},
+		{url: "sqlite:///var/lib/ff.db?synchronous=normal", want: "sqlite:///var/lib/ff.db?synchronous=normal"},
+		{url: "mem:", want: "mem:"},
+		{url: "postgres://app:s3cret@db/%zz", want: "(store URL not shown: it does not parse as a URL)"},
+	} {
+		t.Run(tt.url, func(t *testing.T) {
+			t.Parallel()
+			require.Equal(t, tt.want, redact(tt.url))
+		})
+	}
+}
