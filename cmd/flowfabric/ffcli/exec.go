@@ -22,9 +22,12 @@ type remote struct {
 	token  string
 }
 
+// flags adds --server and --token to cmd and its subcommands. The token is read from
+// FF_API_TOKEN when the command runs, not shown as a default in help.
 func (r *remote) flags(cmd *cobra.Command) {
 	cmd.PersistentFlags().StringVar(&r.server, "server", env("FF_SERVER", "http://127.0.0.1:8080"), "the server's URL (FF_SERVER)")
-	cmd.PersistentFlags().StringVar(&r.token, "token", env("FF_API_TOKEN", ""), "bearer token (FF_API_TOKEN)")
+	cmd.PersistentFlags().StringVar(&r.token, "token", "", "bearer token")
+	envFlags(cmd, map[string]string{"token": "FF_API_TOKEN"})
 }
 
 func (r *remote) client() (*ffclient.Client, error) {

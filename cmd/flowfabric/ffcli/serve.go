@@ -78,15 +78,17 @@ func requestTimeoutFlag(cmd *cobra.Command, o *serveOptions) {
 		"how long a request may take to send its body and be answered (a long-polling claim gets its wait on top; event streams are not bounded)")
 }
 
-// envFlags lets each named flag of cmd be set by an environment variable instead: a flag
-// given on the command line wins, and a variable that does not parse as its flag's type
-// fails the command. Each flag's usage names its variable.
+// envFlags lets each named flag of cmd (a persistent one for cmd's subcommands too) be
+// set by an environment variable instead, read when the command runs: a flag given on the
+// command line wins, and a variable that does not parse as its flag's type fails the
+// command. Each flag's usage names its variable. It sets cmd's PersistentPreRunE, which a
+// subcommand's own would replace.
 func envFlags(cmd *cobra.Command, vars map[string]string) {
 	for name, v := range vars {
-		f := cmd.Flags().Lookup(name)
+		f := cmd.Flag(name)
 		f.Usage += " (" + v + ")"
 	}
-	cmd.PreRunE = func(cmd *cobra.Command, _ []string) error {
+	cmd.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {
 		for name, v := range vars {
 			val, ok := os.LookupEnv(v)
 			if !ok || cmd.Flags().Changed(name) {
