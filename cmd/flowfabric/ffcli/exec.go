@@ -45,7 +45,14 @@ func parseID(s string) (fftype.ExecutionID, error) { return fftype.ParseExecutio
 
 func newExecCommand(out io.Writer) *cobra.Command {
 	r := &remote{}
-	cmd := &cobra.Command{Use: "exec", Short: "Submit and inspect executions on a server"}
+	cmd := &cobra.Command{
+		Use:   "exec",
+		Short: "Submit and inspect executions on a server",
+		// Runnable, so that an unknown subcommand fails (cobra only prints the help of a
+		// command without RunE, and succeeds); alone it prints its help.
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
+	}
 	r.flags(cmd)
 
 	var sub struct {

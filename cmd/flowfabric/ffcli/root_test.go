@@ -55,3 +55,15 @@ func TestRemoteCommandsTokenFromEnvironment(t *testing.T) {
 	err := Run(t.Context(), []string{"exec", "get", "--server", base, id}, &stderr)
 	require.ErrorIs(t, err, fftype.ErrUnauthenticated, "FF_API_TOKEN is sent")
 }
+
+// TestExecUnknownSubcommandFails pins that a mistyped exec subcommand ("exec cancle ID")
+// fails, so a script does not take the help it used to print, with exit status 0, for a
+// cancelled execution; "exec" alone still prints its help.
+func TestExecUnknownSubcommandFails(t *testing.T) {
+	t.Parallel()
+	var out bytes.Buffer
+	err := Run(t.Context(), []string{"exec", "cancle", "s0_01a21c0e-98f7-7000-9a36-173d5102502a", "--server", "http://127.0.0.1:1"}, &out)
+	require.ErrorContains(t, err, `unknown command "cancle" for "flowfabric exec"`)
+
+	require.Contains(t, cli(t, "exec"), "Available Commands")
+}
