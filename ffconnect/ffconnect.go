@@ -28,9 +28,10 @@ import (
 // Open opens the store rawURL names. The caller owns it and closes it. An unknown scheme or
 // a malformed URL is a validation error coded invalid_input.
 func Open(ctx context.Context, rawURL string) (ffstore.Store, error) {
-	scheme, _, ok := strings.Cut(rawURL, ":")
-	if !ok || scheme == "" {
-		return nil, fftype.Validationf(fftype.CodeInvalidInput, "store URL %q has no scheme (want sqlite:, postgres:, redis:, valkey: or mem:)", rawURL)
+	scheme := schemeOf(rawURL)
+	if scheme == "" {
+		// Not quoted: a string with no scheme may be a libpq key=value DSN with a password.
+		return nil, fftype.Validationf(fftype.CodeInvalidInput, "store URL has no scheme (want sqlite:, postgres:, redis:, valkey: or mem:)")
 	}
 	switch strings.ToLower(scheme) {
 	case "sqlite":
@@ -49,11 +50,29 @@ func Open(ctx context.Context, rawURL string) (ffstore.Store, error) {
 	case "redis", "rediss", "redis+cluster", "rediss+cluster", "valkey", "valkeys", "valkey+cluster", "valkeys+cluster":
 		return ffvalkey.Open(ctx, rawURL, nil)
 	case "http", "https":
-		return nil, fftype.Validationf(fftype.CodeInvalidInput, "store URL %q names a server, not a store: "+
-			"for a worker on a server, open an ffclient.Client on it and pass it to flowfabric.NewWorker", rawURL)
+		return nil, fftype.Validationf(fftype.CodeInvalidInput, "store URL scheme %q names a server, not a store: "+
+			"for a worker on a server, open an ffclient.Client on it and pass it to flowfabric.NewWorker", scheme)
 	default:
 		return nil, fftype.Validationf(fftype.CodeInvalidInput, "store URL scheme %q is not supported (want sqlite:, postgres:, redis:, valkey: or mem:)", scheme)
 	}
+}
+
+// schemeOf returns the scheme rawURL begins with, or "" if it begins with none: RFC 3986's
+// letter, then letters, digits, '+', '-' or '.', up to the first ':'.
+func schemeOf(rawURL string) string {
+	scheme, _, ok := strings.Cut(rawURL, ":")
+	if !ok {
+		return ""
+	}
+	for i, r := range scheme {
+		switch {
+		case 'a' <= r && r <= 'z', 'A' <= r && r <= 'Z':
+		case i > 0 && ('0' <= r && r <= '9' || r == '+' || r == '-' || r == '.'):
+		default:
+			return ""
+		}
+	}
+	return scheme
 }
 
 // Connect opens a worker on the store cfg.Store names: it validates cfg (a

@@ -40,6 +40,23 @@ func TestOpen(t *testing.T) {
 	require.ErrorContains(t, err, "flowfabric.NewWorker", "a server's URL is refused with a hint at the remote worker")
 }
 
+// TestOpenDoesNotEchoAPassword pins that a refused store URL's error, which the CLI prints,
+// does not repeat a password it holds: a libpq key=value string (another common way to
+// write a Postgres DSN) has no scheme, also when a value holds a ':', and a server's URL
+// may carry userinfo.
+func TestOpenDoesNotEchoAPassword(t *testing.T) {
+	t.Parallel()
+	for _, bad := range []string{
+		"host=db user=app password=hunter2 dbname=app",
+		"user=app password=hunter2:x host=db",
+		"https://app:hunter2@ff.example.com",
+	} {
+		_, err := ffconnect.Open(t.Context(), bad)
+		require.ErrorIs(t, err, fftype.ErrValidation, bad)
+		require.NotContains(t, err.Error(), "hunter2")
+	}
+}
+
 func TestConnect(t *testing.T) {
 	t.Parallel()
 
