@@ -74,7 +74,7 @@ func (s *Store) readClock() (time.Time, error) {
 	ctx, cancel := context.WithTimeout(s.stopCtx, s.opts.ConnectTimeout)
 	defer cancel()
 	if c.conn == nil || c.conn.IsClosed() {
-		conn, err := pgx.ConnectConfig(ctx, s.pool.Config().ConnConfig.Copy())
+		conn, err := pgx.ConnectConfig(ctx, s.connConfig())
 		if err != nil {
 			return time.Time{}, translate(ctx, err, "read clock")
 		}

@@ -49,7 +49,7 @@ func (s *Store) runNotifier() {
 		}
 		gap.Reset(notifyGap)
 		ctx, cancel := context.WithTimeout(s.stopCtx, s.opts.ConnectTimeout)
-		_, err := s.pool.Exec(ctx, s.sql.notify, s.channel)
+		err := s.exec(ctx, s.sql.notify, s.channel)
 		cancel()
 		if err != nil && s.stopCtx.Err() == nil {
 			s.log.Debug("notify other processes", "error", err)
@@ -94,9 +94,8 @@ func (s *Store) listen() {
 // listenOnce connects, LISTENs, calls listening, and relays notifications until the
 // connection fails or the store closes.
 func (s *Store) listenOnce(listening func()) error {
-	cfg := s.pool.Config().ConnConfig.Copy()
 	ctx, cancel := context.WithTimeout(s.stopCtx, s.opts.ConnectTimeout)
-	conn, err := pgx.ConnectConfig(ctx, cfg)
+	conn, err := pgx.ConnectConfig(ctx, s.connConfig())
 	cancel()
 	if err != nil {
 		return err

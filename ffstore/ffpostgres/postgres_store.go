@@ -161,9 +161,13 @@ type Options struct {
 	// says to run [Migrate].
 	Migrate bool
 
-	// StatementTimeout bounds every statement on the server (statement_timeout). With
-	// [Open], 0 means [DefaultStatementTimeout]; with [New], 0 leaves the pool's setting
-	// alone and a positive value is set for each unit (SET LOCAL). Negative means none.
+	// StatementTimeout bounds every statement the store runs on the server
+	// (statement_timeout), except the VACUUMs of its upkeep. With [Open], 0 means
+	// [DefaultStatementTimeout], set on each connection. With [New], 0 leaves the pool's
+	// setting alone; any other value is set by each transaction and batch of the store for
+	// itself (set_config local to it), so the caller's connections keep their own setting
+	// (which alone bounds the first preparation of a statement on a connection, a round
+	// trip of its own). Negative means none.
 	StatementTimeout time.Duration
 
 	// PoolSize is the most connections [Open]'s pool opens (the change listener uses one
@@ -220,7 +224,7 @@ type Store struct {
 	schema     string
 	shards     int
 	sql        *statements
-	setTimeout string // "SET LOCAL statement_timeout = …" for New with an explicit timeout
+	timeout    string // New's statement_timeout in ms, set by each transaction and batch; "" for none to set
 	channel    string // the LISTEN/NOTIFY channel
 	notifyInTx bool
 	log        *slog.Logger
@@ -468,7 +472,7 @@ func newStore(ctx context.Context, pool *pgxpool.Pool, o Options, own bool) (*St
 	}
 	if !own && o.StatementTimeout != 0 {
 		ms := max(o.StatementTimeout.Milliseconds(), 0) // negative: none, which is 0
-		s.setTimeout = fmt.Sprintf("SET LOCAL statement_timeout = %d", ms)
+		s.timeout = strconv.FormatInt(ms, 10)
 	}
 	if !s.notifyInTx {
 		s.wg.Go(s.runNotifier)
@@ -558,6 +562,60 @@ func (s *Store) check(ctx context.Context, shard int) error {
 		return errClosed()
 	}
 	return ctx.Err()
+}
+
+// setTimeoutSQL sets the statement timeout until the end of the current transaction.
+const setTimeoutSQL = "SELECT set_config('statement_timeout', $1, true)"
+
+// sendBatch sends b on a pooled connection, in one round trip, bounded by the store's
+// statement timeout. [Open]'s connections carry the timeout; on the caller's pool of [New]
+// b is sent after setTimeoutSQL, which holds until b ends: a batch runs in one transaction,
+// the implicit one that Postgres ends at the batch's end, which a BEGIN in b continues.
+func (s *Store) sendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
+	if s.timeout == "" {
+		return s.pool.SendBatch(ctx, b)
+	}
+	bounded := &pgx.Batch{}
+	bounded.Queue(setTimeoutSQL, s.timeout)
+	bounded.QueuedQueries = append(bounded.QueuedQueries, b.QueuedQueries...)
+	br := s.pool.SendBatch(ctx, bounded)
+	_, _ = br.Exec() // its failure, if any, is every later result's too
+	return br
+}
+
+// queryRow is pool.QueryRow bounded as [Store.sendBatch] bounds a batch.
+func (s *Store) queryRow(ctx context.Context, sql string, args ...any) pgx.Row {
+	b := &pgx.Batch{}
+	b.Queue(sql, args...)
+	return batchRow{s.sendBatch(ctx, b)}
+}
+
+// exec is pool.Exec bounded as [Store.sendBatch] bounds a batch.
+func (s *Store) exec(ctx context.Context, sql string, args ...any) error {
+	b := &pgx.Batch{}
+	b.Queue(sql, args...)
+	return s.sendBatch(ctx, b).Close()
+}
+
+// connConfig is the configuration of the store's own connections (the clock's, the
+// listener's): the pool's, plus New's statement timeout.
+func (s *Store) connConfig() *pgx.ConnConfig {
+	cfg := s.pool.Config().ConnConfig.Copy()
+	if s.timeout != "" {
+		cfg.RuntimeParams["statement_timeout"] = s.timeout
+	}
+	return cfg
+}
+
+// batchRow is the row of a batch of one query; Scan ends the batch.
+type batchRow struct{ br pgx.BatchResults }
+
+func (r batchRow) Scan(dest ...any) error {
+	err := r.br.QueryRow().Scan(dest...)
+	if cerr := r.br.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // queueLockKey is the advisory lock that guards the directory row of one queue.
@@ -685,7 +743,11 @@ func (s *Store) queueHeads(ctx context.Context, ps []string) ([]ffstore.QueueHea
 	for i, p := range ps {
 		his[i], _ = ffstore.PrefixEnd(p)
 	}
-	rows, err := s.pool.Query(ctx, s.sql.heads, ps, his)
+	b := &pgx.Batch{}
+	b.Queue(s.sql.heads, ps, his)
+	br := s.sendBatch(ctx, b)
+	defer br.Close()
+	rows, err := br.Query()
 	if err != nil {
 		return nil, translate(ctx, err, "read queue heads")
 	}
@@ -748,7 +810,7 @@ func (s *Store) sequence(ctx context.Context, shard int) error {
 		b.Queue(s.sql.lockLog, shard)
 		b.Queue(s.sql.sequence, shard, sequenceBatch)
 		b.Queue("COMMIT")
-		br := s.pool.SendBatch(ctx, b)
+		br := s.sendBatch(ctx, b)
 		_, err := br.Exec()
 		if err == nil {
 			_, err = br.Exec()
@@ -807,7 +869,7 @@ func (s *Store) readEvents(ctx context.Context, shard int, after uint64, limit i
 	through := min(after+uint64(limit), math.MaxInt64)               //nolint:gosec // 0 < limit <= MaxInt32, after < MaxInt64: no wrap
 	b.Queue(s.sql.readEvents, shard, int64(after+1), int64(through)) //nolint:gosec // both at most MaxInt64
 	b.Queue(s.sql.eventBounds, shard)
-	br := s.pool.SendBatch(ctx, b)
+	br := s.sendBatch(ctx, b)
 	defer br.Close()
 	if probe {
 		if err := br.QueryRow().Scan(&pending); err != nil {
@@ -855,7 +917,7 @@ func (s *Store) EventBounds(ctx context.Context, shard int) (trimmed, last uint6
 		return 0, 0, err
 	}
 	var t, l int64
-	if err := s.pool.QueryRow(ctx, s.sql.eventBounds, shard).Scan(&t, &l); err != nil {
+	if err := s.queryRow(ctx, s.sql.eventBounds, shard).Scan(&t, &l); err != nil {
 		return 0, 0, translate(ctx, err, "read event bounds")
 	}
 	return uint64(t), uint64(l), nil //nolint:gosec // never negative
@@ -864,7 +926,7 @@ func (s *Store) EventBounds(ctx context.Context, shard int) (trimmed, last uint6
 // numberPending numbers the events of every unit committed on shard so far, if any wait.
 func (s *Store) numberPending(ctx context.Context, shard int) error {
 	var pending bool
-	if err := s.pool.QueryRow(ctx, s.sql.hasPending, shard).Scan(&pending); err != nil {
+	if err := s.queryRow(ctx, s.sql.hasPending, shard).Scan(&pending); err != nil {
 		return translate(ctx, err, "look for events to number")
 	}
 	if !pending {
@@ -885,12 +947,12 @@ func (s *Store) TrimEvents(ctx context.Context, shard int, through uint64) error
 	}
 	through = min(through, math.MaxInt64)
 	var trimmed int64
-	if err := s.pool.QueryRow(ctx, s.sql.trimMark, shard, int64(through)).Scan(&trimmed); err != nil { //nolint:gosec // bounded above
+	if err := s.queryRow(ctx, s.sql.trimMark, shard, int64(through)).Scan(&trimmed); err != nil { //nolint:gosec // bounded above
 		return translate(ctx, err, "trim events")
 	}
 	// Readers below the trim point already get cursor_expired; deleting is cleanup, and a
 	// failed delete is repeated by the next trim.
-	if _, err := s.pool.Exec(ctx, s.sql.trimDelete, shard, trimmed); err != nil {
+	if err := s.exec(ctx, s.sql.trimDelete, shard, trimmed); err != nil {
 		return translate(ctx, err, "trim events")
 	}
 	return nil

@@ -96,8 +96,8 @@ func (t *unitTx) beginSQL(b *pgx.Batch) {
 	} else {
 		b.Queue("BEGIN") // READ COMMITTED with row locks
 	}
-	if t.s.setTimeout != "" {
-		b.Queue(t.s.setTimeout)
+	if t.s.timeout != "" {
+		b.Queue(setTimeoutSQL, t.s.timeout)
 	}
 }
 

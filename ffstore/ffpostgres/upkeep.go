@@ -105,6 +105,14 @@ func (s *Store) upkeep(ctx context.Context) error {
 		return err
 	}
 	defer s.undo(ctx, conn, "SELECT pg_advisory_unlock($1)", key)
+	if s.timeout != "" {
+		// New: the caller's pool does not carry the store's statement timeout; upkeep sets
+		// it on the session it holds, until undone.
+		if _, err := conn.Exec(ctx, "SELECT set_config('statement_timeout', $1, false)", s.timeout); err != nil {
+			return err
+		}
+		defer s.undo(ctx, conn, "RESET statement_timeout")
+	}
 
 	// A failed prune must not cost the tables their vacuum: both are tried.
 	return errors.Join(s.pruneDirectory(ctx, conn), s.maintainTables(ctx, conn))
