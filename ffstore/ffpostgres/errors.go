@@ -109,6 +109,11 @@ func translate(ctx context.Context, err error, op string) error {
 			// wrong.
 			e.Kind, e.Code, e.Retryable = fftype.KindValidation, fftype.CodeInvalidInput, false
 			e.Message = fmt.Sprintf("postgres %s: the database refused a setting of the connection string: %s", op, pgErr.Message)
+		case strings.HasPrefix(pgErr.Code, "22"):
+			// Data exceptions: a value the columns cannot hold, such as a NUL byte or
+			// invalid UTF-8 in text. The input is wrong, and stays wrong.
+			e.Kind, e.Code, e.Retryable = fftype.KindValidation, fftype.CodeInvalidInput, false
+			e.Message = fmt.Sprintf("postgres %s: the database refused a value: %s", op, pgErr.Message)
 		case strings.HasPrefix(pgErr.Code, "28"), pgErr.Code == stateInvalidCatalogName:
 			e.Retryable = false
 			e.Message = fmt.Sprintf("postgres %s: cannot use the database (SQLSTATE %s)", op, pgErr.Code)

@@ -46,7 +46,10 @@
 // unique violation above are returned as errors matching [fftype.ErrStoreConflict]; the
 // engine retries those units. Every other pgx error is translated once, here, into an
 // *fftype.Error; an unreachable database gives a retryable unavailable error coded
-// store_unavailable.
+// store_unavailable, and a value the database refuses (SQLSTATE class 22, data
+// exceptions) a validation error coded invalid_input. Keys, queue names and members are
+// text columns: one with a NUL byte or invalid UTF-8 is refused with that validation
+// error before any round trip, and fails its unit, which then writes nothing.
 //
 // # Events
 //
@@ -632,7 +635,9 @@ func (s *Store) queueLockKey(shard int, queue string) int64 {
 // missing created meanwhile) returns an error matching [fftype.ErrStoreConflict];
 // database failures return an unavailable *fftype.Error — if the connection drops during
 // COMMIT, the unit may have committed. Returns a validation error coded
-// shard_out_of_range for a bad shard and an unavailable error after Close.
+// shard_out_of_range for a bad shard, one coded invalid_input (writing nothing) if fn
+// passed a key, queue name or member holding a NUL byte or invalid UTF-8, and an
+// unavailable error after Close.
 func (s *Store) Update(ctx context.Context, shard int, fn func(tx ffstore.Tx) error) error {
 	return s.run(ctx, shard, false, func(t *unitTx) error { return fn(t) })
 }

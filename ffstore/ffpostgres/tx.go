@@ -6,6 +6,7 @@ import (
 	"math"
 	"slices"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -88,6 +89,20 @@ func (t *unitTx) fail(err error, op string) error {
 	return t.err
 }
 
+// checkText refuses, before any round trip, a key, queue name or member that the store's
+// text columns cannot hold: one with a NUL byte or invalid UTF-8. The validation error is
+// recorded as the unit's failure, so a unit whose fn wrote such a string writes nothing.
+func (t *unitTx) checkText(ss ...string) error {
+	for _, s := range ss {
+		if !utf8.ValidString(s) || strings.IndexByte(s, 0) >= 0 {
+			t.err = fftype.Validationf(fftype.CodeInvalidInput,
+				"ffpostgres: %q holds a NUL byte or invalid UTF-8: keys, queue names and members are Postgres text", s)
+			return t.err
+		}
+	}
+	return nil
+}
+
 // beginSQL is the statement that opens the transaction.
 func (t *unitTx) beginSQL(b *pgx.Batch) {
 	if t.readOnly {
@@ -161,6 +176,9 @@ func (t *unitTx) Prefetch(keys ...string) error {
 	if err := t.usable(); err != nil {
 		return err
 	}
+	if err := t.checkText(keys...); err != nil {
+		return err
+	}
 	var need []string
 	for _, k := range keys {
 		if !t.known(k) {
@@ -211,6 +229,9 @@ func (t *unitTx) Get(key string) ([]byte, bool, error) {
 	if err := t.usable(); err != nil {
 		return nil, false, err
 	}
+	if err := t.checkText(key); err != nil {
+		return nil, false, err
+	}
 	if w, ok := t.writes[key]; ok {
 		if w.del {
 			return nil, false, nil
@@ -254,6 +275,9 @@ func (t *unitTx) Range(queue string, after *ffstore.QueueItem, maxScore int64, n
 	if err := t.usable(); err != nil {
 		return nil, err
 	}
+	if err := t.checkText(queue); err != nil {
+		return nil, err
+	}
 	if n <= 0 {
 		return nil, nil
 	}
@@ -295,6 +319,9 @@ func (t *unitTx) PopDue(queue string, maxScore int64, n int) ([]ffstore.QueueIte
 // members' records are one statement, so one round trip.
 func (t *unitTx) PopDueFetch(queue string, maxScore int64, n int, kinds ...string) ([]ffstore.QueueItem, error) {
 	if err := t.usable(); err != nil {
+		return nil, err
+	}
+	if err := t.checkText(queue); err != nil {
 		return nil, err
 	}
 	if n <= 0 {
@@ -365,21 +392,21 @@ func (t *unitTx) writable(op string) bool {
 
 // Put buffers the write; the store keeps value.
 func (t *unitTx) Put(key string, value []byte) {
-	if t.writable("Put") {
+	if t.writable("Put") && t.checkText(key) == nil {
 		t.writes[key] = recWrite{value: nonNil(value)}
 	}
 }
 
 // Delete buffers the delete.
 func (t *unitTx) Delete(key string) {
-	if t.writable("Delete") {
+	if t.writable("Delete") && t.checkText(key) == nil {
 		t.writes[key] = recWrite{del: true}
 	}
 }
 
 // QueueAdd buffers the add.
 func (t *unitTx) QueueAdd(queue, member string, score int64) {
-	if t.writable("QueueAdd") {
+	if t.writable("QueueAdd") && t.checkText(queue, member) == nil {
 		delete(t.heads, queue)
 		t.items[itemKey{queue, member}] = itemWrite{score: score}
 	}
@@ -387,7 +414,7 @@ func (t *unitTx) QueueAdd(queue, member string, score int64) {
 
 // QueueRemove buffers the removal.
 func (t *unitTx) QueueRemove(queue, member string) {
-	if t.writable("QueueRemove") {
+	if t.writable("QueueRemove") && t.checkText(queue, member) == nil {
 		delete(t.heads, queue)
 		t.items[itemKey{queue, member}] = itemWrite{remove: true}
 	}

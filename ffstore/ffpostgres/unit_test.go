@@ -2,6 +2,7 @@ package ffpostgres_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"sync"
@@ -455,6 +456,54 @@ func TestUnits(t *testing.T) {
 		trimmed, last, err = b.store.EventBounds(b.ctx, 0)
 		require.NoError(t, err)
 		require.Equal(t, [2]uint64{15, 15}, [2]uint64{trimmed, last})
+	})
+
+	// Keys, queue names and members are text columns, which cannot hold a NUL byte or
+	// invalid UTF-8: each operation refuses such a string with a validation error, not a
+	// retryable unavailable one, and its unit writes nothing. A value the database itself
+	// refuses (here a kind of PopDueFetch, which the store does not check) is a
+	// validation error too.
+	t.Run("BadTextIsAValidationError", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		for _, bad := range []string{"k\x00nul", "inst\xff"} {
+			for name, op := range map[string]func(tx ffstore.Tx) error{
+				"Put":            func(tx ffstore.Tx) error { tx.Put(bad, []byte("v")); return nil },
+				"Delete":         func(tx ffstore.Tx) error { tx.Delete(bad); return nil },
+				"QueueAddQueue":  func(tx ffstore.Tx) error { tx.QueueAdd(bad, "m", 1); return nil },
+				"QueueAddMember": func(tx ffstore.Tx) error { tx.QueueAdd("q", bad, 1); return nil },
+				"QueueRemove":    func(tx ffstore.Tx) error { tx.QueueRemove("q", bad); return nil },
+				"Get":            func(tx ffstore.Tx) error { _, _, err := tx.Get(bad); return err },
+				"Prefetch":       func(tx ffstore.Tx) error { return tx.Prefetch("k", bad) },
+				"Range": func(tx ffstore.Tx) error {
+					_, err := tx.Range(bad, nil, ffstore.MaxScore, 1)
+					return err
+				},
+				"PopDue": func(tx ffstore.Tx) error {
+					_, err := tx.PopDue(bad, ffstore.MaxScore, 1)
+					return err
+				},
+				"PopDueFetchKind": func(tx ffstore.Tx) error {
+					_, err := tx.(ffstore.PopFetcher).PopDueFetch("q", ffstore.MaxScore, 1, bad)
+					return err
+				},
+			} {
+				err := b.store.Update(b.ctx, 0, func(tx ffstore.Tx) error {
+					tx.Put("good", []byte("v"))
+					tx.QueueAdd("good", "m", 1)
+					return op(tx)
+				})
+				require.ErrorIs(t, err, isCode(fftype.KindValidation, fftype.CodeInvalidInput), "%s %q", name, bad)
+				require.False(t, fftype.IsRetryable(err), "%s %q", name, bad)
+			}
+		}
+		require.NoError(t, b.store.View(b.ctx, 0, func(tx ffstore.ReadTx) error {
+			_, ok, err := tx.Get("good")
+			require.False(t, ok, "a refused unit wrote its record")
+			items, err2 := tx.Range("good", nil, ffstore.MaxScore, 1)
+			require.Empty(t, items, "a refused unit wrote its queue item")
+			return errors.Join(err, err2)
+		}))
 	})
 }
 
