@@ -67,13 +67,22 @@ func checkPrintable(s string, max int, spaceOK bool) string {
 // ValidateWorkerID checks a worker or worker-instance id: 1 to 256 bytes of UTF-8 with no
 // control character. Ids become parts of store keys, which some stores hold as text.
 func ValidateWorkerID(field, id string) error {
-	if id == "" || len(id) > MaxWorkerIDBytes {
+	if id == "" {
 		return Validationf(CodeInvalidInput, "%s must be 1 to %d bytes", field, MaxWorkerIDBytes)
 	}
-	if !utf8.ValidString(id) {
+	return ValidatePlainText(field, id, MaxWorkerIDBytes)
+}
+
+// ValidatePlainText checks text that is stored and shown as it is (ids, reasons): at most
+// max bytes of UTF-8 with no control character.
+func ValidatePlainText(field, s string, max int) error {
+	if len(s) > max {
+		return Validationf(CodeInvalidInput, "%s longer than %d bytes", field, max)
+	}
+	if !utf8.ValidString(s) {
 		return Validationf(CodeInvalidInput, "%s is not valid UTF-8", field)
 	}
-	for _, r := range id {
+	for _, r := range s {
 		if unicode.IsControl(r) {
 			return Validationf(CodeInvalidInput, "%s contains a control character", field)
 		}

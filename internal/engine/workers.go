@@ -455,8 +455,10 @@ func (e *Engine) ListWorkers(ctx context.Context, p WorkerListParams) (*WorkerPa
 // MarkWorkerDead declares a worker instance dead: its registration is deleted, and every
 // lease it holds on any shard expires at once, so the executions go back to eligible and
 // their next claim starts a reclaim attempt (or fails them at the reclaim cap). Leases are
-// matched by instance id and, when the registration existed, by its worker id. reason is
-// at most 256 bytes with no control characters. It returns how many leases expired; an
+// matched by instance id and, when the registration existed, by its worker id; without a
+// registration, only leases on executions of the namespace are, so that a worker of
+// another namespace with the same instance id keeps its own. reason is at most 256 bytes
+// of UTF-8 with no control characters. It returns how many leases expired; an
 // instance with neither a registration nor a lease is a not-found error coded
 // worker_not_registered.
 func (e *Engine) MarkWorkerDead(ctx context.Context, namespace, instanceID, reason string) (int, error) {
@@ -464,24 +466,19 @@ func (e *Engine) MarkWorkerDead(ctx context.Context, namespace, instanceID, reas
 	if err != nil {
 		return 0, err
 	}
-	if len(reason) > MaxDeadReasonBytes {
-		return 0, fftype.Validationf(fftype.CodeInvalidInput, "reason longer than %d bytes", MaxDeadReasonBytes)
+	if err := fftype.ValidatePlainText("reason", reason, MaxDeadReasonBytes); err != nil {
+		return 0, err
 	}
-	for i := 0; i < len(reason); i++ {
-		if c := reason[i]; c < 0x20 || c == 0x7f {
-			return 0, fftype.Validationf(fftype.CodeInvalidInput, "reason contains a control byte")
-		}
-	}
-	var workerID string
+	var h leaseHolder
 	found := false
 	err = e.update(ctx, e.workerShard(ns), func(tx ffstore.Tx) error {
 		now := e.now()
-		workerID, found = "", false
+		h, found = leaseHolder{instanceID: instanceID, namespace: ns}, false
 		rec, err := readWorker(tx, ns, instanceID)
 		if err != nil || rec == nil {
 			return err
 		}
-		workerID, found = rec.WorkerID, true
+		h, found = leaseHolder{workerID: rec.WorkerID, instanceID: instanceID}, true
 		deleteWorker(tx, ns, instanceID)
 		workerEvent(tx, EventWorkerMarkedDead, ns, now, map[string]any{
 			"worker_id": rec.WorkerID, "worker_instance_id": instanceID, "reason": reason})
@@ -496,7 +493,7 @@ func (e *Engine) MarkWorkerDead(ctx context.Context, namespace, instanceID, reas
 	}
 	expired := 0
 	for s := 0; s < e.shards; s++ {
-		n, err := e.expireLeasesOf(ctx, s, workerID, instanceID, why)
+		n, err := e.expireLeasesOf(ctx, s, h, why)
 		expired += n
 		if err != nil {
 			return expired, err
@@ -511,15 +508,19 @@ func (e *Engine) MarkWorkerDead(ctx context.Context, namespace, instanceID, reas
 	return expired, nil
 }
 
-// heldBy reports whether x is leased by the instance (and worker, when given).
-func heldBy(x *fftype.Execution, workerID, instanceID string) bool {
-	return x.Ownership == fftype.OwnershipLeased && x.WorkerInstanceID == instanceID &&
-		(workerID == "" || x.WorkerID == workerID)
+// leaseHolder names the leases MarkWorkerDead expires: those of an instance, of its
+// worker id when given, on executions of a namespace when given.
+type leaseHolder struct{ workerID, instanceID, namespace string }
+
+// holds reports whether x is leased by h.
+func (h leaseHolder) holds(x *fftype.Execution) bool {
+	return x.Ownership == fftype.OwnershipLeased && x.WorkerInstanceID == h.instanceID &&
+		(h.workerID == "" || x.WorkerID == h.workerID) && (h.namespace == "" || x.Namespace == h.namespace)
 }
 
 // expireLeasesOf expires the leases of one shard held by the instance: it finds them with a
 // read of the shard's lease queue, then expires them in one unit that checks each again.
-func (e *Engine) expireLeasesOf(ctx context.Context, shard int, workerID, instanceID, why string) (int, error) {
+func (e *Engine) expireLeasesOf(ctx context.Context, shard int, h leaseHolder, why string) (int, error) {
 	var ids []fftype.ExecutionID
 	err := e.store.View(ctx, shard, func(tx ffstore.ReadTx) error {
 		ids = ids[:0]
@@ -540,7 +541,7 @@ func (e *Engine) expireLeasesOf(ctx context.Context, shard int, workerID, instan
 				if err != nil {
 					return err
 				}
-				if heldBy(x, workerID, instanceID) {
+				if h.holds(x) {
 					ids = append(ids, x.ID)
 				}
 			}
@@ -569,7 +570,7 @@ func (e *Engine) expireLeasesOf(ctx context.Context, shard int, workerID, instan
 			if err != nil {
 				return err
 			}
-			if !heldBy(x, workerID, instanceID) {
+			if !h.holds(x) {
 				continue // finished or lost meanwhile
 			}
 			if err := e.loseLease(tx, x, e.placementOf(x), leaseEndExpired, why, now); err != nil {

@@ -33,6 +33,36 @@ func TestWorkerRegistry(t *testing.T) {
 		return engine.WorkerRegistration{WorkerID: "w", InstanceID: instance, Lanes: []string{"l"}, TTL: time.Minute, Session: session}
 	}
 
+	t.Run("MarkDeadWithoutARegistrationStaysInItsNamespace", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		ctx := t.Context()
+		_, err := b.engine.RegisterWorker(ctx, engine.WorkerRegistration{WorkerID: "mailer", InstanceID: "host-1",
+			Namespace: "tenant-a", Lanes: []string{"l"}, TTL: time.Minute, Session: "s"})
+		require.NoError(t, err)
+		_, err = b.engine.Create(ctx, fftype.CreateParams{Namespace: "tenant-a", Lane: "l", Kind: "k"})
+		require.NoError(t, err)
+		leases, err := b.engine.Claim(ctx, fftype.ClaimParams{WorkerID: "mailer", WorkerInstanceID: "host-1", Lanes: []string{"l"}})
+		require.NoError(t, err)
+		require.Len(t, leases, 1)
+
+		// tenant-b has no worker host-1: tenant-a's keeps its lease.
+		_, err = b.engine.MarkWorkerDead(ctx, "tenant-b", "host-1", "typo")
+		require.ErrorIs(t, err, fftype.ErrNotFound)
+		require.NoError(t, b.engine.Complete(ctx, leases[0].ExecutionID, leases[0].Fence, nil, ""))
+	})
+
+	t.Run("MarkDeadReasonIsPlainText", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		for _, reason := range []string{"line\u0085break", "bad\xffutf8", "tab\t"} {
+			_, err := b.engine.RegisterWorker(t.Context(), reg("i", "s"))
+			require.NoError(t, err)
+			_, err = b.engine.MarkWorkerDead(t.Context(), "", "i", reason)
+			require.ErrorIs(t, err, fftype.ErrValidation, "reason %q", reason)
+		}
+	})
+
 	t.Run("OneOfManyRacingProcessesWins", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
