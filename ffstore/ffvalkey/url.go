@@ -57,7 +57,7 @@ func parseURL(rawURL string) (*connConfig, error) {
 	}
 	scheme, rest, ok := strings.Cut(rawURL, "://")
 	if !ok {
-		return bad("%q has no scheme; want redis://host:port", redact(rawURL))
+		return bad("the URL has no scheme; want redis://host:port")
 	}
 	c := &connConfig{}
 	var rootCAs *x509.CertPool // from ca_file; nil: the system's
@@ -109,10 +109,12 @@ func parseURL(rawURL string) (*connConfig, error) {
 	if len(hosts) == 0 {
 		hosts = []string{"localhost"}
 	}
-	for _, h := range hosts {
+	for i, h := range hosts {
 		addr, err := normalizeAddr(h)
 		if err != nil {
-			return bad("%v", err)
+			// The host is not quoted: a password with an unescaped '/', '?' or '#' cuts
+			// the URL before its '@', and its user:password is read as a host.
+			return bad("host %d of %d: %s (percent-escape any / ? # or @ in the password)", i+1, len(hosts), err)
 		}
 		c.client.InitAddress = append(c.client.InitAddress, addr)
 	}
@@ -212,11 +214,11 @@ func loadCAFile(path string) (*x509.CertPool, error) {
 func normalizeAddr(h string) (string, error) {
 	h = strings.TrimSpace(h)
 	if h == "" {
-		return "", errEmptyHost
+		return "", errors.New("empty host")
 	}
 	if host, port, err := net.SplitHostPort(h); err == nil {
 		if _, err := strconv.ParseUint(port, 10, 16); err != nil {
-			return "", &net.AddrError{Err: "bad port", Addr: h}
+			return "", errors.New("bad port")
 		}
 		if host == "" {
 			host = "localhost"
@@ -226,22 +228,15 @@ func normalizeAddr(h string) (string, error) {
 	return net.JoinHostPort(strings.Trim(h, "[]"), "6379"), nil
 }
 
-var errEmptyHost = &net.AddrError{Err: "empty host", Addr: ""} //nolint:gochecknoglobals // a sentinel
-
-// redact hides a password in a URL for messages.
+// redact hides a password in a URL for messages: everything between the scheme and the
+// URL's last '@', which covers a password holding unescaped reserved characters too.
 func redact(rawURL string) string {
 	scheme, rest, ok := strings.Cut(rawURL, "://")
 	if !ok {
-		return rawURL
+		return "(a URL without a scheme)"
 	}
-	end := strings.IndexAny(rest, "/?")
-	if end < 0 {
-		end = len(rest)
-	}
-	if at := strings.LastIndexByte(rest[:end], '@'); at >= 0 {
-		if colon := strings.IndexByte(rest[:at], ':'); colon >= 0 {
-			rest = rest[:colon] + ":xxxxx" + rest[at:]
-		}
+	if at := strings.LastIndexByte(rest, '@'); at >= 0 {
+		rest = "xxxxx" + rest[at:]
 	}
 	return scheme + "://" + rest
 }

@@ -117,3 +117,20 @@ func TestParseURLCAFile(t *testing.T) {
 		require.NotErrorAs(t, err, &ce, "a ca_file on a plain scheme is a misuse, not a bad file")
 	})
 }
+
+// TestParseURLDoesNotQuoteAPassword: a password with an unescaped '/', '?' or '#' cuts
+// the URL before its '@', so its user:password reads as a host; the error, which callers
+// log, must not quote it. Nor may the error for a URL without a scheme.
+func TestParseURLDoesNotQuoteAPassword(t *testing.T) {
+	t.Parallel()
+	for _, raw := range []string{
+		"redis://user:s3cretpw?x@127.0.0.1:6379",
+		"redis://user:s3cretpw/x@127.0.0.1:6379",
+		"redis://:s3cretpw/x@127.0.0.1:6379",
+		"user:s3cretpw@127.0.0.1:6379",
+	} {
+		_, err := ffvalkey.ParseURL(raw)
+		require.ErrorIs(t, err, fftype.ErrValidation, raw)
+		require.NotContains(t, err.Error(), "s3cretpw", raw)
+	}
+}

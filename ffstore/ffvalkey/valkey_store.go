@@ -269,7 +269,7 @@ func (s *Store) open(ctx context.Context, shards int) error {
 // checkServers checks the version of every node and warns about nodes without AOF.
 func (s *Store) checkServers(ctx context.Context) error {
 	for addr, node := range s.client.Nodes() {
-		reply, err := node.Do(ctx, node.B().Info().Section("server", "persistence", "cluster").Build()).ToString()
+		reply, err := node.Do(ctx, node.B().Info().Section("server", "persistence", "cluster", "replication").Build()).ToString()
 		if err != nil {
 			return translate(err, "INFO on "+addr)
 		}
