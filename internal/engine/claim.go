@@ -485,6 +485,9 @@ func (e *Engine) IssueGrant(ctx context.Context, id fftype.ExecutionID, kind fft
 		if err != nil {
 			return err
 		}
+		if x.Eligibility == fftype.EligibilityGranted && !now.Before(x.Grant.ExpiresAt) {
+			e.expireGrant(tx, x, e.placementOf(x), now) // its slot is free, swept or not
+		}
 		if x.Eligibility == fftype.EligibilityGranted {
 			return &fftype.Error{Kind: fftype.KindConflict, Code: fftype.CodeGrantAlreadyExists,
 				Message: "execution " + string(id) + " is already reserved by a grant until " + x.Grant.ExpiresAt.Format(time.RFC3339Nano)}

@@ -121,3 +121,25 @@ func TestHolderOfATimedOutAttempt(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "attempt_timeout", x.FailureReason, "the holder's late Fail changed nothing")
 }
+
+// TestIssueGrantAfterTheLastOneLapsed: a grant past its expiry no longer reserves the
+// execution, whether or not the timer loop has swept it yet.
+func TestIssueGrantAfterTheLastOneLapsed(t *testing.T) {
+	t.Parallel()
+	e, clock := newTestEngine(t)
+	res, err := e.Create(t.Context(), fftype.CreateParams{Lane: "l", Kind: "k"})
+	require.NoError(t, err)
+	_, err = e.IssueGrant(t.Context(), res.ID, fftype.GrantClaim, fftype.GrantParams{WorkerID: "w1", TTL: fftype.Duration(time.Second)})
+	require.NoError(t, err)
+	_, err = e.IssueGrant(t.Context(), res.ID, fftype.GrantClaim, fftype.GrantParams{WorkerID: "w2"})
+	require.ErrorIs(t, err, &fftype.Error{Kind: fftype.KindConflict, Code: fftype.CodeGrantAlreadyExists})
+
+	clock.Advance(time.Second) // lapsed; the timer loop has not run
+	ref, err := e.IssueGrant(t.Context(), res.ID, fftype.GrantClaim, fftype.GrantParams{WorkerID: "w2"})
+	require.NoError(t, err)
+	require.Equal(t, "w2", ref.WorkerID)
+	require.NoError(t, e.CheckInvariants(t.Context(), res.ID))
+	n, _, err := e.RunDue(t.Context())
+	require.NoError(t, err)
+	require.Zero(t, n, "the first grant's timer went with it")
+}

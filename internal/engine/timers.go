@@ -145,10 +145,7 @@ func (e *Engine) fire(tx ffstore.Tx, queue string, x *fftype.Execution, before p
 		if x.Eligibility != fftype.EligibilityGranted || !due(x.Grant.ExpiresAt) {
 			return false, nil
 		}
-		g := x.Grant
-		toRunnable(x, x.AttemptState, now, fftype.BlockingWaitingForWorker, now)
-		e.save(tx, before, x)
-		appendEvent(tx, fftype.EventGrantExpired, x, now, map[string]any{"grant_kind": g.Kind, "worker_id": g.WorkerID})
+		e.expireGrant(tx, x, before, now)
 	case queueRetention:
 		if x.Phase != fftype.PhaseTerminal || !due(x.CompletedAt.Add(e.cfg.Retention)) {
 			return false, nil
@@ -298,6 +295,14 @@ func (e *Engine) sleepUntil(ctx context.Context, t time.Time, changes <-chan str
 		}
 	}()
 	return e.clock.SleepUntil(ctx, t, e.wake)
+}
+
+// expireGrant ends x's grant, whose time has passed: x is eligible again for everyone.
+func (e *Engine) expireGrant(tx ffstore.Tx, x *fftype.Execution, before placement, now time.Time) {
+	g := x.Grant
+	toRunnable(x, x.AttemptState, now, fftype.BlockingWaitingForWorker, now)
+	e.save(tx, before, x)
+	appendEvent(tx, fftype.EventGrantExpired, x, now, map[string]any{"grant_kind": g.Kind, "worker_id": g.WorkerID})
 }
 
 // Stop ends the timer loop and waits for it. It is safe to call when not started, and
