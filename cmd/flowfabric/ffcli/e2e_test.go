@@ -5,7 +5,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -221,4 +223,33 @@ func TestServerFlagsFromEnvironment(t *testing.T) {
 		}
 	}
 	require.NoError(t, cmd.Wait(), "a clean shutdown on SIGINT")
+}
+
+// TestSecondInterruptStopsAtOnce: while the server drains a request that will not finish,
+// a second SIGINT ends the process instead of waiting out the shutdown timeout.
+func TestSecondInterruptStopsAtOnce(t *testing.T) {
+	t.Parallel()
+	bin := buildCLI(t)
+	cmd, sc, base := startServerBinary(t, bin, append(os.Environ(),
+		"FF_STORE=sqlite://"+filepath.ToSlash(filepath.Join(t.TempDir(), "ff.db")), "FF_ADDR=127.0.0.1:0",
+		"FF_LOG_LEVEL=error", "FF_SHUTDOWN_TIMEOUT=10m", "FF_REQUEST_TIMEOUT=10m"))
+	// A request in flight: its body never finishes arriving.
+	conn, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
+	require.NoError(t, err)
+	defer conn.Close()
+	_, err = fmt.Fprintf(conn, "POST /v1/executions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+	require.NoError(t, err)
+
+	require.NoError(t, cmd.Process.Signal(os.Interrupt))
+	for sc.Scan() && !strings.HasPrefix(sc.Text(), "shutting down") {
+	}
+	require.NoError(t, cmd.Process.Signal(os.Interrupt))
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		require.Error(t, err, "stopped by the second signal, not by a clean shutdown")
+	case <-time.After(time.Minute):
+		t.Fatal("the second interrupt did not stop the process")
+	}
 }

@@ -184,7 +184,7 @@ func serve(ctx context.Context, out io.Writer, o *serveOptions) error {
 		return err
 	case <-ctx.Done():
 	}
-	fmt.Fprintln(out, "shutting down: draining requests in flight")
+	fmt.Fprintln(out, "shutting down: draining requests in flight (interrupt again to stop at once)")
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), o.shutdown)
 	defer cancel()
 	if err := hs.Shutdown(sctx); err != nil {
