@@ -102,7 +102,6 @@ func toRunnable(x *fftype.Execution, as fftype.AttemptState, until time.Time, wa
 	}
 }
 
-// endAttempt sets the final or paused status of x's current attempt.
 // attemptUnfinished reports whether x's latest attempt has yet to end: it runs, or it was
 // paused (Delay, Release) and the next claim would continue it. An execution that ends
 // otherwise ends it too.
@@ -110,6 +109,7 @@ func attemptUnfinished(x *fftype.Execution) bool {
 	return x.Phase == fftype.PhaseActive || x.AttemptState == fftype.AttemptStateInterrupted
 }
 
+// endAttempt sets the final or paused status of x's current attempt.
 func endAttempt(tx ffstore.Tx, x *fftype.Execution, status fftype.AttemptStatus, reason, category string, now time.Time) error {
 	a, err := latestAttempt(x)
 	if err != nil {
