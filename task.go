@@ -185,6 +185,31 @@ func (t *ClaimedTask) detach() {
 	})
 }
 
+// loseLease cancels the task because a call on its lease was refused with err, a sign the
+// lease is gone, and reports whether it did (see loseUnlessFinishing).
+func (t *ClaimedTask) loseLease(ctx context.Context, err error) bool {
+	return t.loseUnlessFinishing(func() error { return t.w.lossCause(ctx, t, err) })
+}
+
+// loseUnlessFinishing cancels the task with the cause that cause reads of its lost lease,
+// if any, and reports whether it did. While a finishing call of the task is in flight it
+// only notes that the lease looked gone: that call's landing may be what ended it, and
+// finish confirms if the call did not land.
+func (t *ClaimedTask) loseUnlessFinishing(cause func() error) bool {
+	if t.finishing.Load() == 0 {
+		c := cause()
+		if c == nil {
+			return false
+		}
+		if t.finishing.Load() == 0 && !t.Finished() { // no finishing call began meanwhile
+			t.lose(c)
+			return true
+		}
+	}
+	t.unconfirmed.Store(true)
+	return false
+}
+
 // lose cancels the task because its lease is gone (or the execution was cancelled).
 func (t *ClaimedTask) lose(cause error) {
 	t.lost.Store(true)
@@ -234,7 +259,7 @@ func (t *ClaimedTask) Release(ctx context.Context) error {
 func (t *ClaimedTask) Progress(ctx context.Context, percent int, message string) error {
 	err := t.w.backend.Progress(ctx, t.lease.ExecutionID, t.lease.Fence, percent, message)
 	if leaseGone(err) {
-		t.lose(t.w.lossCause(ctx, t, err))
+		t.loseLease(ctx, err)
 	}
 	return err
 }
@@ -244,7 +269,7 @@ func (t *ClaimedTask) Progress(ctx context.Context, percent int, message string)
 func (t *ClaimedTask) Renew(ctx context.Context) (time.Time, error) {
 	exp, err := t.w.backend.Renew(ctx, t.lease.ExecutionID, t.lease.Fence, 0)
 	if leaseGone(err) {
-		t.lose(t.w.lossCause(ctx, t, err))
+		t.loseLease(ctx, err)
 	}
 	return exp, err
 }
@@ -272,9 +297,10 @@ func (t *ClaimedTask) renewLoop() {
 		case t.renewCtx.Err() != nil:
 			return
 		case leaseGone(err):
-			t.failures.Add(1)
-			t.w.log.Warn("lease lost; stopped renewing", "execution_id", t.lease.ExecutionID, "err", err)
-			t.lose(t.w.lossCause(t.renewCtx, t, err))
+			if t.loseLease(t.renewCtx, err) {
+				t.failures.Add(1)
+				t.w.log.Warn("lease lost; stopped renewing", "execution_id", t.lease.ExecutionID, "err", err)
+			}
 		default:
 			n := t.failures.Add(1)
 			t.w.log.Warn("lease renewal failed; retrying at the next tick", "execution_id", t.lease.ExecutionID, "failures", n, "err", err)

@@ -625,6 +625,9 @@ func (w *Worker) close(ctx context.Context) error {
 	}
 	cctx, cancel := cleanupContext(ctx)
 	defer cancel()
+	for _, t := range w.heldTasks(nil) {
+		t.cancel(ErrWorkerStopped) // cut short by the close, before the release ends them
+	}
 	if err := w.releaseAll(cctx, nil); err != nil {
 		errs = append(errs, err)
 	}
@@ -759,29 +762,22 @@ func (w *Worker) confirm(t *ClaimedTask) {
 	if t.Finished() || t.lost.Load() {
 		return
 	}
-	if t.finishing.Load() > 0 {
-		t.unconfirmed.Store(true)
-		return
-	}
-	ctx, cancel := context.WithTimeout(w.life, 10*time.Second)
-	defer cancel()
-	x, err := w.backend.Get(ctx, t.lease.ExecutionID)
-	if t.finishing.Load() > 0 || t.Finished() { // a finishing call began meanwhile: it may be what we saw
-		t.unconfirmed.Store(true)
-		return
-	}
-	switch {
-	case errors.Is(err, fftype.ErrExecutionNotFound):
-		t.lose(fmt.Errorf("%w: %w", ErrLeaseLost, err))
-	case err != nil:
-		if w.life.Err() == nil {
-			w.log.Warn("checking a held execution failed; the next renewal will tell", "execution_id", t.lease.ExecutionID, "err", err)
+	t.loseUnlessFinishing(func() error {
+		ctx, cancel := context.WithTimeout(w.life, 10*time.Second)
+		defer cancel()
+		x, err := w.backend.Get(ctx, t.lease.ExecutionID)
+		switch {
+		case errors.Is(err, fftype.ErrExecutionNotFound):
+			return fmt.Errorf("%w: %w", ErrLeaseLost, err)
+		case err != nil:
+			if w.life.Err() == nil {
+				w.log.Warn("checking a held execution failed; the next renewal will tell", "execution_id", t.lease.ExecutionID, "err", err)
+			}
+			return nil
+		default:
+			return lostCause(x, t.lease.Fence)
 		}
-	default:
-		if cause := lostCause(x, t.lease.Fence); cause != nil {
-			t.lose(cause)
-		}
-	}
+	})
 }
 
 // lossCause says why t's lease is gone after a call on it was refused with err, a state or
@@ -797,10 +793,10 @@ func (w *Worker) lossCause(ctx context.Context, t *ClaimedTask, err error) error
 	return fmt.Errorf("%w: %w", ErrLeaseLost, err)
 }
 
-// lostCause says why the holder of fence f no longer holds x, or nil if it still does.
+// lostCause says why the holder of fence f no longer holds x, or nil if it still does: a
+// cancel, or the engine's own answer to the holder's calls (fftype.LostLeaseError).
 func lostCause(x *Execution, f Fence) error {
-	same := x.LeaseID == f.LeaseID && x.LeaseEpoch == f.Epoch && x.AttemptID == f.AttemptID
-	if same && x.Ownership == fftype.OwnershipLeased {
+	if f.Names(x) && x.Ownership == fftype.OwnershipLeased {
 		return nil
 	}
 	if x.Phase == fftype.PhaseTerminal && x.Outcome == fftype.OutcomeCancelled {
@@ -809,18 +805,7 @@ func lostCause(x *Execution, f Fence) error {
 		}
 		return ErrExecutionCancelled
 	}
-	var err error
-	switch {
-	case same && x.LastLeaseEnd == "expired":
-		err = fftype.Statef(fftype.CodeLeaseExpired, "the lease on %s expired", x.ID)
-	case same && x.LastLeaseEnd == "revoked":
-		err = fftype.Statef(fftype.CodeLeaseRevoked, "the lease on %s was revoked", x.ID)
-	case x.Phase == fftype.PhaseTerminal:
-		err = fftype.Statef(fftype.CodeExecutionNotActive, "execution %s is %s", x.ID, x.PublicState())
-	default:
-		err = fftype.Statef(fftype.CodeStaleLease, "execution %s is held under another lease", x.ID)
-	}
-	return fmt.Errorf("%w: %w", ErrLeaseLost, err)
+	return fmt.Errorf("%w: %w", ErrLeaseLost, fftype.LostLeaseError(x, f))
 }
 
 // recentIDs remembers the last executions that had an event while the worker held no task

@@ -276,6 +276,25 @@ type blocker struct {
 	causes  chan error
 }
 
+// gatedComplete is a backend whose Complete lands and then waits for gate before it
+// returns, as an answer still on its way over the network.
+type gatedComplete struct {
+	flowfabric.Backend
+	flowfabric.EventWatcher
+	landed chan struct{}
+	gate   chan struct{}
+}
+
+func (g *gatedComplete) Complete(ctx context.Context, id flowfabric.ExecutionID, f flowfabric.Fence, result []byte, enc flowfabric.PayloadEncoding) error {
+	err := g.Backend.Complete(ctx, id, f, result, enc)
+	close(g.landed)
+	<-g.gate
+	return err
+}
+
+// plainBackend hides a backend's events: a worker on it finds losses by renewing.
+type plainBackend struct{ flowfabric.Backend }
+
 // slowFinisher is a backend whose finishing calls answer late, as over a slow network, so
 // that their events reach the worker's watch before they return.
 type slowFinisher struct {
@@ -900,6 +919,75 @@ func exerciseWorker(t *testing.T, newStore func(t testing.TB) ffstore.Store, tr 
 			require.ErrorIs(t, context.Cause(task.Context()), flowfabric.ErrTaskFinished,
 				"the event of the task's own call, seen before the call returned, is not a loss")
 			require.True(t, task.LeaseHealthy())
+		}
+	})
+
+	t.Run("RenewalDuringOwnFinishIsNotALoss", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		gb := &gatedComplete{Backend: b.backend, EventWatcher: b.backend.(flowfabric.EventWatcher),
+			landed: make(chan struct{}), gate: make(chan struct{})}
+		w, err := flowfabric.NewWorker(b.ctx, gb, config("i1"), nil)
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = w.Close(context.Background()) })
+		sig := flowfabric.EnableSignals(w)
+		b.create(t, "k", "")
+		task, err := w.ClaimNext(b.ctx)
+		require.NoError(t, err)
+		require.NotNil(t, task)
+
+		done := make(chan error, 1)
+		go func() { done <- task.Complete(context.Background(), nil) }()
+		recv(t, gb.landed, "the Complete to land")
+		b.clock.Advance(testTTL/3 + time.Millisecond) // a renewal is due while the answer travels
+		recv(t, sig.Renewed, "a renewal")
+		close(gb.gate)
+		require.NoError(t, recv(t, done, "the Complete to return"))
+		require.ErrorIs(t, context.Cause(task.Context()), flowfabric.ErrTaskFinished)
+		require.True(t, task.LeaseHealthy())
+	})
+
+	t.Run("CloseCutsHandClaimedTasksShort", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		w, err := flowfabric.NewWorker(b.ctx, b.backend, config("i1"), nil)
+		require.NoError(t, err)
+		id := b.create(t, "k", "")
+		task, err := w.ClaimNext(b.ctx)
+		require.NoError(t, err)
+		require.NotNil(t, task)
+		require.NoError(t, w.Close(context.Background()))
+		require.ErrorIs(t, context.Cause(task.Context()), flowfabric.ErrWorkerStopped)
+		require.Equal(t, flowfabric.StateWaiting, b.get(t, id).PublicState(), "released")
+	})
+
+	t.Run("AttemptTimeoutIsTheLossCause", func(t *testing.T) {
+		t.Parallel()
+		for _, viaEvents := range []bool{true, false} {
+			b := setup(t)
+			backend := b.backend
+			if !viaEvents {
+				backend = plainBackend{backend} // the loss is found by a renewal
+			}
+			w, err := flowfabric.NewWorker(b.ctx, backend, config("i1"), nil)
+			require.NoError(t, err)
+			t.Cleanup(func() { _ = w.Close(context.Background()) })
+			sig := flowfabric.EnableSignals(w)
+			_, err = b.client.Create(b.ctx, flowfabric.CreateParams{Lane: testLane, Kind: "k",
+				Policy: flowfabric.Policy{AttemptTimeout: fftype.Duration(500 * time.Millisecond)}})
+			require.NoError(t, err)
+			task, err := w.ClaimNext(b.ctx)
+			require.NoError(t, err)
+			require.NotNil(t, task)
+			b.advance(t, 600*time.Millisecond)
+			if !viaEvents {
+				b.clock.Advance(testTTL / 3)
+				recv(t, sig.Renewed, "a renewal")
+			}
+			recv(t, task.Context().Done(), "the task's cancellation")
+			cause := context.Cause(task.Context())
+			require.ErrorIs(t, cause, flowfabric.ErrLeaseLost, "events %v", viaEvents)
+			require.ErrorIs(t, cause, fftype.ErrAttemptTimedOut, "events %v", viaEvents)
 		}
 	})
 

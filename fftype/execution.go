@@ -49,8 +49,8 @@ type Execution struct {
 	LeaseExpiresAt   time.Time `json:"lease_expires_at,omitzero"`
 	LeaseRenewedAt   time.Time `json:"lease_renewed_at,omitzero"`
 	// LastLeaseEnd says how the lease of epoch LeaseEpoch ended when it did not end with a
-	// call by its holder: "expired", "revoked" or "released". Fenced calls use it to answer
-	// lease_expired or lease_revoked instead of a bare stale_lease.
+	// call by its holder: one of the LeaseEnd constants. Fenced calls use it to answer
+	// lease_expired, lease_revoked or attempt_timed_out instead of a bare stale_lease.
 	LastLeaseEnd string `json:"last_lease_end,omitempty"`
 	// Attempt is the latest attempt (index CurrentAttempt), nil before the first claim.
 	// It is stored with the execution, so a transition reads and writes one record;
@@ -130,6 +130,41 @@ type Fence struct {
 	LeaseID   string `json:"lease_id"`
 	Epoch     uint64 `json:"lease_epoch"`
 	AttemptID string `json:"attempt_id"`
+}
+
+// Values of Execution.LastLeaseEnd.
+const (
+	LeaseEndExpired  = "expired"   // the lease's time ran out
+	LeaseEndRevoked  = "revoked"   // an operator took it back
+	LeaseEndReleased = "released"  // its holder gave it back (a worker shutting down)
+	LeaseEndTimedOut = "timed_out" // the attempt's timeout failed the attempt
+)
+
+// Names reports whether f names the latest lease of x, held or not.
+func (f Fence) Names(x *Execution) bool {
+	return x.LeaseID == f.LeaseID && x.LeaseEpoch == f.Epoch && x.AttemptID == f.AttemptID
+}
+
+// LostLeaseError says why the holder of fence f may no longer act on x, whose lease f does
+// not hold: the execution finished (execution_not_active, whichever timer fired first);
+// else f's lease ended without a call by its holder (lease_expired, lease_revoked,
+// attempt_timed_out); else a plain stale_lease. The engine answers fenced calls with it,
+// and workers name the cause of a lost task with it.
+func LostLeaseError(x *Execution, f Fence) *Error {
+	if x.Phase == PhaseTerminal {
+		return Statef(CodeExecutionNotActive, "execution %s is %s", x.ID, x.PublicState())
+	}
+	if f.Names(x) {
+		switch x.LastLeaseEnd {
+		case LeaseEndExpired:
+			return Statef(CodeLeaseExpired, "the lease on %s expired", x.ID)
+		case LeaseEndRevoked:
+			return Statef(CodeLeaseRevoked, "the lease on %s was revoked", x.ID)
+		case LeaseEndTimedOut:
+			return Statef(CodeAttemptTimedOut, "the attempt on %s timed out", x.ID)
+		}
+	}
+	return Statef(CodeStaleLease, "the fence does not match the current lease on %s (epoch %d)", x.ID, x.LeaseEpoch)
 }
 
 // Complete reports whether all three parts are set.

@@ -99,7 +99,7 @@ func (e *Engine) holderStep(tx ffstore.Tx, c *holderCall) error {
 	if err != nil {
 		return err
 	}
-	if c.replay != nil && x.Ownership != fftype.OwnershipLeased && sameHolder(x, c.f) && c.replay(x) {
+	if c.replay != nil && x.Ownership != fftype.OwnershipLeased && c.f.Names(x) && c.replay(x) {
 		return nil
 	}
 	if err := checkHolder(x, c.f, now); err != nil {

@@ -9,14 +9,6 @@ import (
 	"github.com/flowfabric/flowfabric/fftype"
 )
 
-// How a lease ended without a call by its holder (Execution.LastLeaseEnd).
-const (
-	leaseEndExpired  = "expired"
-	leaseEndRevoked  = "revoked"
-	leaseEndReleased = "released"
-	leaseEndTimedOut = "timed_out" // the attempt's timeout failed it
-)
-
 // checkFence refuses a fence that is not complete.
 func checkFence(f fftype.Fence) error {
 	if !f.Complete() {
@@ -25,37 +17,16 @@ func checkFence(f fftype.Fence) error {
 	return nil
 }
 
-// sameHolder reports whether f names the latest lease of x, held or not.
-func sameHolder(x *fftype.Execution, f fftype.Fence) bool {
-	return x.LeaseID == f.LeaseID && x.LeaseEpoch == f.Epoch && x.AttemptID == f.AttemptID
-}
-
-// checkHolder decides whether the holder of fence f may act on x now. The order of the
-// checks decides the error: the current lease; then whether the execution finished (so the
-// answer does not depend on which timer fired first); then how the caller's lease ended;
-// then a plain stale fence.
+// checkHolder decides whether the holder of fence f may act on x now: it holds the
+// current lease, and the lease has time left; otherwise fftype.LostLeaseError says why not.
 func checkHolder(x *fftype.Execution, f fftype.Fence, now time.Time) error {
-	same := sameHolder(x, f)
-	if same && x.Ownership == fftype.OwnershipLeased {
+	if f.Names(x) && x.Ownership == fftype.OwnershipLeased {
 		if !now.Before(x.LeaseExpiresAt) {
 			return fftype.Statef(fftype.CodeLeaseExpired, "the lease on %s expired at %s", x.ID, x.LeaseExpiresAt.Format(time.RFC3339Nano))
 		}
 		return nil
 	}
-	if x.Phase == fftype.PhaseTerminal {
-		return fftype.Statef(fftype.CodeExecutionNotActive, "execution %s is %s", x.ID, x.PublicState())
-	}
-	if same {
-		switch x.LastLeaseEnd {
-		case leaseEndExpired:
-			return fftype.Statef(fftype.CodeLeaseExpired, "the lease on %s expired", x.ID)
-		case leaseEndRevoked:
-			return fftype.Statef(fftype.CodeLeaseRevoked, "the lease on %s was revoked", x.ID)
-		case leaseEndTimedOut:
-			return fftype.Statef(fftype.CodeAttemptTimedOut, "the attempt on %s timed out", x.ID)
-		}
-	}
-	return fftype.Statef(fftype.CodeStaleLease, "the fence does not match the current lease on %s (epoch %d)", x.ID, x.LeaseEpoch)
+	return fftype.LostLeaseError(x, f)
 }
 
 // endLease clears the lease fields of x. The fence (lease id, epoch, attempt id) stays so
@@ -273,13 +244,13 @@ func (e *Engine) Delay(ctx context.Context, id fftype.ExecutionID, f fftype.Fenc
 // once and the next claim continues the same attempt, counting neither a retry nor a
 // reclaim.
 func (e *Engine) Release(ctx context.Context, id fftype.ExecutionID, f fftype.Fence) error {
-	replay := func(x *fftype.Execution) bool { return x.LastLeaseEnd == leaseEndReleased }
+	replay := func(x *fftype.Execution) bool { return x.LastLeaseEnd == fftype.LeaseEndReleased }
 	return e.holderUnit(ctx, id, f, replay, func(tx ffstore.Tx, x *fftype.Execution, before placement, now time.Time) error {
 		if err := endAttempt(tx, x, fftype.AttemptPaused, "released", "", now); err != nil {
 			return err
 		}
 		toRunnable(x, fftype.AttemptStateInterrupted, now, fftype.BlockingWaitingForWorker, now)
-		x.LastLeaseEnd = leaseEndReleased
+		x.LastLeaseEnd = fftype.LeaseEndReleased
 		e.save(tx, before, x)
 		appendEvent(tx, fftype.EventLeaseReleased, x, now, map[string]any{"attempt_index": x.CurrentAttempt})
 		return nil
@@ -351,7 +322,7 @@ func (e *Engine) Revoke(ctx context.Context, id fftype.ExecutionID, reason strin
 		if x.Ownership != fftype.OwnershipLeased {
 			return fftype.Statef(fftype.CodeNoActiveLease, "execution %s has no lease (it is %s)", id, x.PublicState())
 		}
-		return e.loseLease(tx, x, e.placementOf(x), leaseEndRevoked, reason, e.now())
+		return e.loseLease(tx, x, e.placementOf(x), fftype.LeaseEndRevoked, reason, e.now())
 	})
 	if err == nil {
 		e.notifyTimers()
@@ -372,7 +343,7 @@ func (e *Engine) loseLease(tx ffstore.Tx, x *fftype.Execution, before placement,
 	}
 	x.LastLeaseEnd = how
 	event := fftype.EventLeaseExpired
-	if how == leaseEndRevoked {
+	if how == fftype.LeaseEndRevoked {
 		event = fftype.EventLeaseRevoked
 	}
 	data := map[string]any{"attempt_index": x.CurrentAttempt, "lease_epoch": x.LeaseEpoch, "reason": reason}

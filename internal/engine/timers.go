@@ -120,12 +120,12 @@ func (e *Engine) fire(tx ffstore.Tx, queue string, x *fftype.Execution, before p
 		if x.Ownership != fftype.OwnershipLeased || !due(x.LeaseExpiresAt) {
 			return false, nil
 		}
-		return true, e.loseLease(tx, x, before, leaseEndExpired, "", now)
+		return true, e.loseLease(tx, x, before, fftype.LeaseEndExpired, "", now)
 	case queueAttemptTimeout:
 		if x.Ownership != fftype.OwnershipLeased || !due(x.AttemptTimeoutAt) {
 			return false, nil
 		}
-		x.LastLeaseEnd = leaseEndTimedOut // so that the holder's calls are told, not taken for replays
+		x.LastLeaseEnd = fftype.LeaseEndTimedOut // so that the holder's calls are told, not taken for replays
 		_, err := e.failAttempt(tx, x, before, fftype.FailParams{Reason: "attempt_timeout", Category: "timeout"}, now)
 		return true, err
 	case queueDeadline:
