@@ -947,20 +947,6 @@ func exerciseWorker(t *testing.T, newStore func(t testing.TB) ffstore.Store, tr 
 		require.True(t, task.LeaseHealthy())
 	})
 
-	t.Run("CloseCutsHandClaimedTasksShort", func(t *testing.T) {
-		t.Parallel()
-		b := setup(t)
-		w, err := flowfabric.NewWorker(b.ctx, b.backend, config("i1"), nil)
-		require.NoError(t, err)
-		id := b.create(t, "k", "")
-		task, err := w.ClaimNext(b.ctx)
-		require.NoError(t, err)
-		require.NotNil(t, task)
-		require.NoError(t, w.Close(context.Background()))
-		require.ErrorIs(t, context.Cause(task.Context()), flowfabric.ErrWorkerStopped)
-		require.Equal(t, flowfabric.StateWaiting, b.get(t, id).PublicState(), "released")
-	})
-
 	t.Run("AttemptTimeoutIsTheLossCause", func(t *testing.T) {
 		t.Parallel()
 		for _, viaEvents := range []bool{true, false} {
@@ -1182,7 +1168,7 @@ func exerciseWorker(t *testing.T, newStore func(t testing.TB) ffstore.Store, tr 
 		task, err := w.ClaimNext(b.ctx)
 		require.NoError(t, err)
 		require.NoError(t, w.Close(b.ctx))
-		require.ErrorIs(t, context.Cause(task.Context()), flowfabric.ErrTaskFinished)
+		require.ErrorIs(t, context.Cause(task.Context()), flowfabric.ErrWorkerStopped, "cut short by the close")
 		x := b.get(t, id)
 		require.Equal(t, flowfabric.StateWaiting, x.PublicState())
 		require.Equal(t, "released", x.LastLeaseEnd)
