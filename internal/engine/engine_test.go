@@ -92,3 +92,27 @@ func TestEndedSubscriptionLeavesNothingRunning(t *testing.T) {
 	}
 	require.NoError(t, goleak.Find(before), "an ended subscription leaves nothing running")
 }
+
+// TestCursorOfARecreatedStoreIsRefused: a cursor past the end of the log, as one kept from
+// a store that was since recreated is, is an invalid cursor, not a subscription that
+// skips every event until the log catches up with it.
+func TestCursorOfARecreatedStoreIsRefused(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	old, err := engine.New(ffmem.New(&ffmem.Options{Shards: 1}), nil)
+	require.NoError(t, err)
+	for range 3 {
+		_, err := old.Create(ctx, fftype.CreateParams{Lane: "l", Kind: "k"})
+		require.NoError(t, err)
+	}
+	cursor, err := old.EventCursor(ctx)
+	require.NoError(t, err)
+
+	fresh, err := engine.New(ffmem.New(&ffmem.Options{Shards: 1}), nil)
+	require.NoError(t, err)
+	_, err = fresh.Subscribe(ctx, fftype.EventFilter{}, cursor)
+	require.ErrorIs(t, err, &fftype.Error{Kind: fftype.KindValidation, Code: fftype.CodeInvalidCursor})
+	sub, err := old.Subscribe(ctx, fftype.EventFilter{}, cursor)
+	require.NoError(t, err, "on its own store it is the end of the log")
+	sub.Close()
+}

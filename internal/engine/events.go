@@ -92,6 +92,23 @@ func (e *Engine) endPositions(ctx context.Context) ([]uint64, error) {
 	return pos, nil
 }
 
+// checkNotAhead refuses positions past the end of their shard's log, as a cursor of a store
+// that was since recreated (or a forged one) is: followed, it would skip, without a word,
+// every event until the log caught up with it.
+func (e *Engine) checkNotAhead(ctx context.Context, pos []uint64) error {
+	for s, p := range pos {
+		_, last, err := e.store.EventBounds(ctx, s)
+		if err != nil {
+			return err
+		}
+		if p > last {
+			return fftype.Validationf(fftype.CodeInvalidCursor,
+				"event cursor: shard %d is at %d, past the end of its log (%d); was the store recreated?", s, p, last)
+		}
+	}
+	return nil
+}
+
 func (e *Engine) startPositions(ctx context.Context) ([]uint64, error) {
 	pos := make([]uint64, e.shards)
 	for s := range pos {
@@ -179,6 +196,9 @@ func (e *Engine) Subscribe(ctx context.Context, f fftype.EventFilter, cursor str
 		pos, err = e.endPositions(ctx)
 	default:
 		pos, err = e.decodeEventCursor(cursor)
+		if err == nil {
+			err = e.checkNotAhead(ctx, pos)
+		}
 	}
 	if err != nil {
 		return nil, err
