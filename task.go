@@ -220,7 +220,16 @@ func (t *ClaimedTask) lose(cause error) {
 // Complete ends the execution successfully with result (JSON, or nil for none). A retried
 // Complete after a lost response succeeds.
 func (t *ClaimedTask) Complete(ctx context.Context, result []byte) error {
-	return t.finish(func() error { return t.w.backend.Complete(ctx, t.lease.ExecutionID, t.lease.Fence, result, "") })
+	return t.complete(ctx, result, EncodingJSON)
+}
+
+// CompleteBinary is [ClaimedTask.Complete] with a result of opaque bytes rather than JSON.
+func (t *ClaimedTask) CompleteBinary(ctx context.Context, result []byte) error {
+	return t.complete(ctx, result, EncodingBinary)
+}
+
+func (t *ClaimedTask) complete(ctx context.Context, result []byte, enc PayloadEncoding) error {
+	return t.finish(func() error { return t.w.backend.Complete(ctx, t.lease.ExecutionID, t.lease.Fence, result, enc) })
 }
 
 // Fail fails the attempt with p.Reason and p.Category. The execution is retried per its

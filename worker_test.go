@@ -947,6 +947,23 @@ func exerciseWorker(t *testing.T, newStore func(t testing.TB) ffstore.Store, tr 
 		require.True(t, task.LeaseHealthy())
 	})
 
+	t.Run("CompleteBinary", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		w, err := flowfabric.NewWorker(b.ctx, b.backend, config("i1"), nil)
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = w.Close(context.Background()) })
+		id := b.create(t, "k", "")
+		task, err := w.ClaimNext(b.ctx)
+		require.NoError(t, err)
+		require.NotNil(t, task)
+		require.ErrorIs(t, task.Complete(b.ctx, []byte{0, 1, 0xff}), flowfabric.ErrValidation, "Complete takes JSON")
+		require.NoError(t, task.CompleteBinary(b.ctx, []byte{0, 1, 0xff}))
+		res, err := b.client.Result(b.ctx, id)
+		require.NoError(t, err)
+		require.Equal(t, []byte{0, 1, 0xff}, res)
+	})
+
 	t.Run("AttemptTimeoutIsTheLossCause", func(t *testing.T) {
 		t.Parallel()
 		for _, viaEvents := range []bool{true, false} {
