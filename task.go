@@ -108,7 +108,9 @@ func (t *ClaimedTask) Kind() string { return t.lease.Kind }
 // Tags returns a copy of the execution's tags.
 func (t *ClaimedTask) Tags() map[string]string { return maps.Clone(t.lease.Tags) }
 
-// Payload returns the execution's input as stored.
+// Payload returns the execution's input as stored. A JSON payload that reached the worker
+// over HTTP is the same JSON value with its insignificant whitespace dropped (the API
+// carries it as JSON); a binary payload's bytes are always exact.
 func (t *ClaimedTask) Payload() []byte { return t.lease.Payload }
 
 // Encoding returns how the payload is encoded.
