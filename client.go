@@ -154,6 +154,12 @@ func (c *Client) SetTags(ctx context.Context, id ExecutionID, tags map[string]st
 // Replay sends a finished execution round again with a fresh retry budget.
 func (c *Client) Replay(ctx context.Context, id ExecutionID) error { return c.engine.Replay(ctx, id) }
 
+// ReplayFailed replays an execution of the dead letter, one that ended failed, as Replay
+// does; any other is refused (a state error coded execution_not_failed).
+func (c *Client) ReplayFailed(ctx context.Context, id ExecutionID) error {
+	return c.engine.ReplayFailed(ctx, id)
+}
+
 // PauseLane stops claims from handing out the lane's executions until ResumeLane.
 func (c *Client) PauseLane(ctx context.Context, lane string) error {
 	return c.engine.PauseLane(ctx, lane)

@@ -74,6 +74,7 @@ var errorDescriptions = map[int]string{ //nolint:gochecknoglobals // a constant 
 	http.StatusNotFound:              "no such execution or worker",
 	http.StatusConflict:              "refused in the current state (a finished execution, a stale lease, a duplicate worker instance) or on a store conflict",
 	http.StatusRequestEntityTooLarge: "the body is over the route's limit",
+	http.StatusTooManyRequests:       "a limit was reached, such as the replay cap of the execution's policy",
 	http.StatusInternalServerError:   "an internal error, logged by the server and answered without detail",
 	http.StatusServiceUnavailable:    "the store does not answer, or the request timed out",
 }

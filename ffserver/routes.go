@@ -43,10 +43,11 @@ type answer struct {
 // The error statuses of the engine calls routes make (see statusOfKind). 503 is a store
 // that does not answer or a request that timed out.
 var (
-	failsQuery = []int{400, 503}           //nolint:gochecknoglobals // constant: a listing refuses bad parameters
-	failsRead  = []int{400, 404, 503}      //nolint:gochecknoglobals // constant: a read by id (bad or unknown)
-	failsWrite = []int{400, 404, 409, 503} //nolint:gochecknoglobals // constant: a transition, refused in the current state or on a store conflict
-	failsClaim = []int{400, 409, 503}      //nolint:gochecknoglobals // constant: a claim, refused on a store conflict
+	failsQuery  = []int{400, 503}                //nolint:gochecknoglobals // constant: a listing refuses bad parameters
+	failsRead   = []int{400, 404, 503}           //nolint:gochecknoglobals // constant: a read by id (bad or unknown)
+	failsWrite  = []int{400, 404, 409, 503}      //nolint:gochecknoglobals // constant: a transition, refused in the current state or on a store conflict
+	failsClaim  = []int{400, 409, 503}           //nolint:gochecknoglobals // constant: a claim, refused on a store conflict
+	failsReplay = []int{400, 404, 409, 429, 503} //nolint:gochecknoglobals // constant: a transition, and 429 at the replay cap
 )
 
 // statuses returns every status rt answers with, ascending: its own, plus 401 on
@@ -88,7 +89,7 @@ func apiRoutes() []route {
 		{method: "POST", path: "/v1/executions/{id}/tags", summary: "Merge tags into an execution's tags (a tag set to \"\" is removed)", auth: true, request: TagsRequest{}, status: 200, respond: OKResponse{}, fails: failsWrite, handle: (*Server).tags},
 		{method: "POST", path: "/v1/executions/{id}/cancel", summary: "Cancel: by the lease holder with a fence, or by an operator without one", auth: true, request: CancelRequest{}, status: 200, respond: OKResponse{}, fails: failsWrite, handle: (*Server).cancel},
 		{method: "PUT", path: "/v1/executions/{id}/priority", summary: "Change an execution's priority", auth: true, request: PriorityRequest{}, status: 200, respond: OKResponse{}, fails: failsWrite, handle: (*Server).priority},
-		{method: "POST", path: "/v1/executions/{id}/replay", summary: "Replay a finished execution with a fresh retry budget", auth: true, status: 200, respond: OKResponse{}, fails: failsWrite, handle: (*Server).replay},
+		{method: "POST", path: "/v1/executions/{id}/replay", summary: "Replay a finished execution with a fresh retry budget", auth: true, status: 200, respond: OKResponse{}, fails: failsReplay, handle: (*Server).replay},
 		{method: "POST", path: "/v1/executions/{id}/revoke-lease", summary: "Take the lease away from its holder; the next claim is a reclaim", auth: true, request: ReasonRequest{}, status: 200, respond: OKResponse{}, fails: failsWrite, handle: (*Server).revoke},
 		{method: "POST", path: "/v1/executions/{id}/grants", summary: "Issue a claim or reclaim grant reserving the execution for one worker", auth: true, request: GrantRequest{}, status: 201, respond: fftype.GrantRef{}, fails: failsWrite, handle: (*Server).grant},
 		{method: "POST", path: "/v1/grants/claim", summary: "Consume a grant: its worker gets the lease", auth: true, request: GrantClaimRequest{}, status: 200, respond: LeaseView{}, fails: failsWrite, handle: (*Server).claimGrant},
@@ -230,6 +231,11 @@ func (s *Server) createBulk(w http.ResponseWriter, r *http.Request) error {
 		} else {
 			out.Results[idx[j]].Result = res.Result
 		}
+	}
+	if err := r.Context().Err(); err != nil {
+		// Out of time, as any request can be: 503. Items that were created are found
+		// again by a retry, through their ids or idempotency keys.
+		return err
 	}
 	writeJSON(w, http.StatusOK, out)
 	return nil
@@ -646,7 +652,7 @@ func (s *Server) replayMany(w http.ResponseWriter, r *http.Request) error {
 	out := ReplayManyResponse{Results: make([]ReplayItem, len(req.IDs))}
 	for i, id := range req.IDs {
 		out.Results[i].ID = id
-		err := s.client.Replay(r.Context(), id)
+		err := s.client.ReplayFailed(r.Context(), id)
 		if err == nil {
 			continue
 		}

@@ -530,3 +530,34 @@ func TestBeginShutdownEndsLongRequests(t *testing.T) {
 		t.Fatal("the event stream did not end at shutdown")
 	}
 }
+
+// TestReplayRoutes: a replay past the policy's cap answers 429 as documented, and the
+// dead-letter replay takes only failed executions, leaving others (and their results)
+// alone.
+func TestReplayRoutes(t *testing.T) {
+	t.Parallel()
+	b := setup(t, ffserver.Config{})
+	res, err := b.client.Create(t.Context(), fftype.CreateParams{Lane: "l", Kind: "k", Policy: fftype.Policy{MaxReplays: 1}})
+	require.NoError(t, err)
+	id := string(res.ID)
+	b.call("POST", "/v1/executions/"+id+"/cancel", map[string]any{"reason": "x"}, 200, nil)
+	b.call("POST", "/v1/executions/"+id+"/replay", nil, 200, nil)
+	b.call("POST", "/v1/executions/"+id+"/cancel", map[string]any{"reason": "x"}, 200, nil)
+	b.requireError("POST", "/v1/executions/"+id+"/replay", nil, 429, fftype.CodeMaxReplaysExhausted)
+	requireDocumented(t, ffserver.OpenAPI(), "POST", "/v1/executions/{id}/replay", "429")
+
+	_, err = b.client.Create(t.Context(), fftype.CreateParams{Lane: "done", Kind: "k"})
+	require.NoError(t, err)
+	var claim ffserver.ClaimResponse
+	b.call("POST", "/v1/claim", map[string]any{"worker_id": "w", "worker_instance_id": "w1", "lanes": []string{"done"}}, 200, &claim)
+	l := claim.Leases[0]
+	done := string(l.ExecutionID)
+	b.call("POST", "/v1/executions/"+done+"/complete", map[string]any{"fence": l.Fence, "result": map[string]int{"a": 1}}, 200, nil)
+	var rep ffserver.ReplayManyResponse
+	b.call("POST", "/v1/dead-letter/replay", map[string]any{"ids": []string{done}}, 200, &rep)
+	require.NotNil(t, rep.Results[0].Error)
+	require.Equal(t, fftype.CodeExecutionNotFailed, rep.Results[0].Error.Code)
+	var state ffserver.StateResponse
+	b.call("GET", "/v1/executions/"+done+"/state", nil, 200, &state)
+	require.Equal(t, fftype.StateCompleted, state.State, "left alone")
+}

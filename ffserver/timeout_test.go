@@ -208,3 +208,15 @@ func TestClaimReleasedWhenClientGoesAway(t *testing.T) {
 	require.Len(t, leases, 1, "claimable again at once")
 	require.Equal(t, res.ID, leases[0].ExecutionID)
 }
+
+// TestBulkCreateOutOfTimeIs503: a bulk create that runs out of time is answered like any
+// other request that does, not 200 with an error per item.
+func TestBulkCreateOutOfTimeIs503(t *testing.T) {
+	t.Parallel()
+	store := &stallStore{Store: ffmem.New(nil)}
+	b := setupOn(t, ffserver.Config{RequestTimeout: 300 * time.Millisecond}, store, nil)
+	store.update.Store(newStall(nil))
+	status, raw := b.do("POST", "/v1/executions/bulk", map[string]any{"executions": []any{
+		map[string]any{"lane": "l", "kind": "k"}}})
+	requireTimeoutBody(t, status, raw)
+}

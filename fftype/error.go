@@ -110,6 +110,7 @@ const (
 	CodeExecutionNotEligible = "execution_not_eligible"
 	CodeExecutionNotTerminal = "execution_not_terminal"
 	CodeExecutionTerminal    = "execution_terminal"
+	CodeExecutionNotFailed   = "execution_not_failed" // a dead-letter replay of an execution that did not fail
 	CodeMaxReplaysExhausted  = "max_replays_exhausted"
 	CodeGrantAlreadyExists   = "grant_already_exists"
 	CodeInvalidClaimGrant    = "invalid_claim_grant"

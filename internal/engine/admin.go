@@ -95,9 +95,23 @@ func (e *Engine) SetTags(ctx context.Context, id fftype.ExecutionID, tags map[st
 // retry budget, and its next claim starts a replay attempt. Replays are capped by the
 // policy's MaxReplays. A deadline, if the policy has one, starts again from the replay.
 func (e *Engine) Replay(ctx context.Context, id fftype.ExecutionID) error {
+	return e.replay(ctx, id, false)
+}
+
+// ReplayFailed is Replay for an execution of the dead letter only: one that ended failed.
+// Any other is refused with a state error coded execution_not_failed, in the same unit
+// that would replay it.
+func (e *Engine) ReplayFailed(ctx context.Context, id fftype.ExecutionID) error {
+	return e.replay(ctx, id, true)
+}
+
+func (e *Engine) replay(ctx context.Context, id fftype.ExecutionID, onlyFailed bool) error {
 	return e.operatorUnit(ctx, id, func(tx ffstore.Tx, x *fftype.Execution, before placement, now time.Time) error {
 		if x.Phase != fftype.PhaseTerminal {
 			return fftype.Statef(fftype.CodeExecutionNotTerminal, "execution %s is %s; only ended executions can be replayed", id, x.PublicState())
+		}
+		if onlyFailed && x.PublicState() != fftype.StateFailed {
+			return fftype.Statef(fftype.CodeExecutionNotFailed, "execution %s is %s, not in the dead letter", id, x.PublicState())
 		}
 		if x.ReplayCount >= x.Policy.MaxReplays {
 			return &fftype.Error{Kind: fftype.KindLimited, Code: fftype.CodeMaxReplaysExhausted,
