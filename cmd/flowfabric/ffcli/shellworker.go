@@ -100,14 +100,6 @@ func (b longPoll) Claim(ctx context.Context, p fftype.ClaimParams) ([]*fftype.Le
 	return b.ClaimWait(ctx, p, claimWait)
 }
 
-// Complete completes with result, as binary when it is not JSON (see resultOf).
-func (b longPoll) Complete(ctx context.Context, id fftype.ExecutionID, f fftype.Fence, result []byte, enc fftype.PayloadEncoding) error {
-	if enc == "" && len(result) > 0 && !json.Valid(result) {
-		enc = fftype.EncodingBinary
-	}
-	return b.Client.Complete(ctx, id, f, result, enc)
-}
-
 func (w *shellWorker) run(ctx context.Context) error {
 	w.out = &lockedWriter{w: w.out} // commands and the worker's log print concurrently
 	wk, err := flowfabric.NewWorker(ctx, longPoll{w.c}, &flowfabric.WorkerConfig{WorkerID: w.id, WorkerInstanceID: w.instance,
@@ -207,7 +199,12 @@ func (w *shellWorker) handle(ctx context.Context, t *flowfabric.ClaimedTask) {
 		}
 		w.fail(ctx, t, "exit", err.Error(), reason)
 	default:
-		cerr := settle(ctx, t, func(rctx context.Context) error { return t.Complete(rctx, resultOf(stdout.Bytes())) })
+		result := resultOf(stdout.Bytes())
+		complete := t.Complete
+		if len(result) > 0 && !json.Valid(result) {
+			complete = t.CompleteBinary // see resultOf
+		}
+		cerr := settle(ctx, t, func(rctx context.Context) error { return complete(rctx, result) })
 		if cerr == nil {
 			fmt.Fprintf(w.out, "%s completed\n", id)
 			break
