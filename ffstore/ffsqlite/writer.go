@@ -1,6 +1,7 @@
 package ffsqlite
 
 import (
+	"cmp"
 	"context"
 	"database/sql/driver"
 	"fmt"
@@ -20,18 +21,17 @@ type unit struct {
 	shard int
 	fn    func(tx ffstore.Tx) error
 
-	// Set by the writer before done is closed.
+	// Set by the writer before done is closed. A unit with neither err nor panicked set
+	// has not been answered yet: it succeeds if its batch commits.
 	err        error
 	panicked   bool
 	panicValue any
-	ran        bool // the writer has taken the unit up
-	pending    bool // fn succeeded and its savepoint was released: waits for COMMIT
 	done       chan struct{}
 }
 
 // reset forgets a run of the unit that was rolled back, so the batch can run it again.
 func (u *unit) reset() {
-	u.err, u.panicked, u.panicValue, u.ran, u.pending = nil, false, nil, false, false
+	u.err, u.panicked, u.panicValue = nil, false, nil
 }
 
 // bg is the context of the writer's statements. Units are not cancelled once started:
@@ -140,11 +140,12 @@ func (s *Store) runBatch(batch []*unit) []*unit {
 			if savepoints {
 				err = s.runUnit(batch[i], state)
 			} else {
-				retry = !s.runUnitFast(batch[i], state)
+				retry, err = s.runUnitFast(batch[i], state)
 			}
 			if err != nil {
-				// The transaction is in an unknown state (SQLite rolls back the whole
-				// transaction on some I/O errors): drop it and every unit in it.
+				// The transaction is lost (SQLite rolls the whole transaction back on
+				// some errors, such as a full disk) or in an unknown state: drop it and
+				// fail every unit in it.
 				s.abort(batch, err)
 				return batch
 			}
@@ -155,11 +156,6 @@ func (s *Store) runBatch(batch []*unit) []*unit {
 			}
 		}
 		if retry {
-			s.cache.clear()
-			if _, err := s.ws.rollback.exec(); err != nil {
-				s.abort(batch, translate(err, "roll back"))
-				return batch
-			}
 			for _, u := range batch {
 				u.reset()
 			}
@@ -175,44 +171,57 @@ func (s *Store) runBatch(batch []*unit) []*unit {
 		}
 		s.commits.Add(1)
 		s.changes.Notify()
-		for _, u := range batch {
-			u.pending = false
-		}
 		return batch
 	}
 	panic("ffsqlite: unreachable: the savepoint pass never retries")
 }
 
-// runUnitFast runs one unit without a savepoint and reports whether it succeeded; on
-// false the caller rolls the whole transaction back and runs the batch again with
-// savepoints.
-func (s *Store) runUnitFast(u *unit, batch *batchState) bool {
-	u.ran = true
+// runUnitFast runs one unit without a savepoint. If the unit fails, it rolls the whole
+// transaction back and reports retry: the caller runs the batch again with savepoints.
+// The returned error means the transaction itself failed; the unit's own outcome is left
+// in u, for the case that the batch cannot run again.
+func (s *Store) runUnitFast(u *unit, batch *batchState) (retry bool, err error) {
 	if err := u.ctx.Err(); err != nil {
 		u.err = err // never runs: nothing to undo
-		return true
+		return false, nil
 	}
 	tx := &writeTx{s: s, shard: u.shard, batch: batch}
-	err := s.call(u, tx)
+	fnErr := s.call(u, tx)
 	tx.done.Store(true)
 	// A pending injected conflict is left for the savepoint pass to deliver.
-	if err != nil || u.panicked || tx.err != nil || s.conflicts.Pending() {
-		return false
+	if fnErr == nil && !u.panicked && tx.err == nil && !s.conflicts.Pending() {
+		batch.merge(tx)
+		return false, nil
 	}
-	u.pending = true
-	batch.merge(tx)
-	return true
+	u.err = cmp.Or(fnErr, tx.err) // its answer should the batch not run again
+	s.cache.clear()
+	return true, rollBack(s.ws.rollback, "roll back", tx)
 }
 
-// abort rolls the transaction back and fails every unit whose writes it held.
+// rollBack runs st, a ROLLBACK or ROLLBACK TO, after the unit of tx failed. The rollback
+// fails when SQLite has already rolled the whole transaction back, as it does when a
+// statement finds the disk full or hits an I/O error; the error returned is then that
+// statement's, the cause, rather than the rollback's ("no transaction is active").
+func rollBack(st *wstmt, op string, tx *writeTx) error {
+	if _, err := st.exec(); err != nil {
+		if tx.err != nil {
+			return tx.err
+		}
+		return translate(err, op)
+	}
+	return nil
+}
+
+// abort rolls the transaction back and fails with err every unit of the batch that has
+// not been answered: those whose writes it held and those that did not run. A unit that
+// failed on its own keeps its error.
 func (s *Store) abort(batch []*unit, err error) {
 	s.cache.clear()
 	if _, rerr := s.ws.rollback.exec(); rerr != nil {
 		s.log.Debug("rollback after failed batch", "error", rerr)
 	}
 	for _, u := range batch {
-		if u.pending || !u.ran {
-			u.pending, u.ran = false, true
+		if u.err == nil && !u.panicked {
 			u.err = err
 		}
 	}
@@ -222,7 +231,6 @@ func (s *Store) abort(batch []*unit, err error) {
 // runUnit runs one unit inside a savepoint. The returned error means the transaction
 // itself failed; the unit's own outcome is left in u.
 func (s *Store) runUnit(u *unit, batch *batchState) error {
-	u.ran = true
 	if err := u.ctx.Err(); err != nil {
 		u.err = err
 		return nil
@@ -239,7 +247,6 @@ func (s *Store) runUnit(u *unit, batch *batchState) error {
 			u.err = translate(err, "release savepoint")
 			return u.err
 		}
-		u.pending = true
 		batch.merge(tx)
 		return nil
 	}
@@ -255,8 +262,8 @@ func (s *Store) runUnit(u *unit, batch *batchState) error {
 	for _, k := range tx.written {
 		s.cache.drop(k)
 	}
-	if _, rerr := s.ws.rollbackTo.exec(); rerr != nil {
-		return translate(rerr, "roll back savepoint")
+	if err := rollBack(s.ws.rollbackTo, "roll back savepoint", tx); err != nil {
+		return err
 	}
 	if _, rerr := s.ws.release.exec(); rerr != nil {
 		return translate(rerr, "release savepoint")

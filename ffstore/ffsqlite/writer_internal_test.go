@@ -1,0 +1,174 @@
+package ffsqlite
+
+import (
+	"bytes"
+	"database/sql/driver"
+	"errors"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/flowfabric/flowfabric/ffstore"
+	"github.com/flowfabric/flowfabric/fftype"
+)
+
+// TestDiskFull: a unit whose write finds the disk full (here the file is capped with
+// max_page_count, which fails the same way) makes SQLite roll the whole transaction
+// back. Every unit of its group commit must then fail with the disk-full error, a
+// retryable unavailable one, whichever pass of the batch it happened in: none may be
+// acknowledged, since nothing of the batch was written, and none may get the error of
+// the writer's own rollback, which finds no transaction left. A unit that failed on its
+// own keeps its own error, and the store writes again once there is room.
+func TestDiskFull(t *testing.T) {
+	t.Parallel()
+	big := func(tx ffstore.Tx) error {
+		tx.Put("big", bytes.Repeat([]byte("x"), 1<<20))
+		return nil
+	}
+	small := func(tx ffstore.Tx) error {
+		tx.Put("small", []byte("v"))
+		return nil
+	}
+	errOwn := errors.New("the unit's own error")
+	for _, tt := range []struct {
+		name string
+		fns  []func(ffstore.Tx) error
+		want []error // per fn; nil means the disk-full error
+	}{
+		{"alone", []func(ffstore.Tx) error{big}, []error{nil}},
+		// Without savepoints: the batch's first pass.
+		{"fast pass", []func(ffstore.Tx) error{small, big}, []error{nil, nil}},
+		// A failing unit sends the batch to its second pass, with a savepoint per unit.
+		{"savepoint pass", []func(ffstore.Tx) error{
+			small, func(ffstore.Tx) error { return errOwn }, big,
+		}, []error{nil, errOwn, nil}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			ctx := t.Context()
+			s, err := Open(ctx, filepath.Join(t.TempDir(), "ff.db"), nil)
+			require.NoError(t, err)
+			defer s.Close()
+			setMaxPages(t, s, 0)
+
+			holder, results := runInOneBatch(t, s, tt.fns...)
+			requireDiskFull(t, holder)
+			for i, r := range results {
+				if tt.want[i] != nil {
+					require.ErrorIs(t, r.err, tt.want[i], "unit %d", i)
+				} else {
+					requireDiskFull(t, r.err)
+				}
+			}
+			for _, key := range []string{"small", "big"} {
+				_, ok := get(t, s, key)
+				require.False(t, ok, "%s was written", key)
+			}
+
+			setMaxPages(t, s, 1<<30)
+			require.NoError(t, s.Update(ctx, 0, small))
+			_, ok := get(t, s, "small")
+			require.True(t, ok)
+		})
+	}
+}
+
+// requireDiskFull checks that err is the store's error for SQLITE_FULL.
+func requireDiskFull(t *testing.T, err error) {
+	t.Helper()
+	var fe *fftype.Error
+	require.ErrorAs(t, err, &fe)
+	require.Equal(t, fftype.KindUnavailable, fe.Kind, "%v", err)
+	require.True(t, fe.Retryable, "%v", err)
+	code, ok := sqliteCode(fe.Err)
+	require.True(t, ok, "%v", err)
+	require.Equal(t, sqliteFull, code&0xff, "%v", err)
+}
+
+// setMaxPages sets the writer connection's max_page_count to n pages, or to the file's
+// current page count if n is 0, so that writes needing a new page find the disk full.
+func setMaxPages(t *testing.T, s *Store, n int64) {
+	t.Helper()
+	ctx := t.Context()
+	require.NoError(t, s.Update(ctx, 0, func(ffstore.Tx) error {
+		if n == 0 {
+			rows, err := s.wconn.(driver.QueryerContext).QueryContext(ctx, "PRAGMA page_count", nil)
+			if err != nil {
+				return err
+			}
+			dest := make([]driver.Value, 1)
+			err = rows.Next(dest)
+			_ = rows.Close()
+			if err != nil {
+				return err
+			}
+			n = dest[0].(int64)
+		}
+		_, err := s.wconn.(driver.ExecerContext).ExecContext(ctx, "PRAGMA max_page_count = "+strconv.FormatInt(n, 10), nil)
+		return err
+	}))
+}
+
+// get reads key on shard 0 through a View.
+func get(t *testing.T, s *Store, key string) (value []byte, ok bool) {
+	t.Helper()
+	require.NoError(t, s.View(t.Context(), 0, func(tx ffstore.ReadTx) error {
+		var err error
+		value, ok, err = tx.Get(key)
+		return err
+	}))
+	return value, ok
+}
+
+// result is how one Update ended.
+type result struct {
+	err    error
+	exited bool // Update did not return: it called runtime.Goexit
+}
+
+// runInOneBatch runs fns as units of one group commit on shard 0, in order, and returns
+// how each Update ended. It holds the writer inside a unit of its own while the others
+// queue, so that the writer takes them all into that unit's batch once it returns;
+// holder is the error of that unit's Update.
+func runInOneBatch(t *testing.T, s *Store, fns ...func(ffstore.Tx) error) (holder error, results []result) {
+	t.Helper()
+	ctx := t.Context()
+	entered, release := make(chan struct{}), make(chan struct{})
+	held := make(chan error, 1)
+	go func() {
+		held <- s.Update(ctx, 0, func(ffstore.Tx) error {
+			select {
+			case <-entered: // a second run of the batch
+			default:
+				close(entered)
+			}
+			<-release
+			return nil
+		})
+	}()
+	<-entered
+	ended := make([]chan result, len(fns))
+	for i, fn := range fns {
+		ended[i] = make(chan result, 1)
+		go func() {
+			var r result
+			returned := false
+			defer func() {
+				r.exited = !returned
+				ended[i] <- r
+			}()
+			r.err = s.Update(ctx, 0, fn)
+			returned = true
+		}()
+		require.Eventually(t, func() bool { return len(s.units) == i+1 }, 10*time.Second, time.Millisecond)
+	}
+	close(release)
+	holder = <-held
+	for _, c := range ended {
+		results = append(results, <-c)
+	}
+	return holder, results
+}
