@@ -177,10 +177,13 @@ type Store struct {
 	changes    ffstore.Notifier
 	pollerOnce sync.Once
 
-	// mu guards closed and, read-locked, the sends on units, so Close can close the
-	// channel once no Update is sending.
-	mu     sync.RWMutex
-	closed bool
+	// Closing: closed is set first, then closing is closed, which ends the wait of every
+	// Update for room in the unit queue. mu, read-locked by each Update while it sends on
+	// units, lets Close close that channel once no Update is sending. Nothing else takes
+	// mu, so nothing the writer calls (Now, View) waits for a pending Close.
+	closed  atomic.Bool
+	closing chan struct{}
+	mu      sync.RWMutex
 }
 
 var (
@@ -216,6 +219,7 @@ func Open(ctx context.Context, path string, opts *Options) (*Store, error) {
 		return nil, err
 	}
 	s.units = make(chan *unit, maxBatch)
+	s.closing = make(chan struct{})
 	s.writerDone = make(chan struct{})
 	go s.runWriter()
 	return s, nil
@@ -427,11 +431,8 @@ func (s *Store) check(ctx context.Context, shard int) error {
 	return ctx.Err()
 }
 
-func (s *Store) isClosed() bool {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	return s.closed
-}
+// isClosed reports whether Close has been called. It never waits.
+func (s *Store) isClosed() bool { return s.closed.Load() }
 
 // Update runs fn as one unit on shard. fn runs on the store's writer goroutine inside the
 // current group commit, so it must not block for long and must not call Update itself
@@ -443,30 +444,39 @@ func (s *Store) isClosed() bool {
 // returned; once fn has started, Update waits for the commit regardless of ctx, so an
 // error always means nothing was written. Store failures (lock held by another process
 // past the busy timeout, I/O errors) return an unavailable *fftype.Error. Returns a
-// validation error coded shard_out_of_range for a bad shard and an unavailable error after
-// Close.
+// validation error coded shard_out_of_range for a bad shard, and an unavailable error after
+// Close or when Close is called while Update waits for room in the writer's queue.
 func (s *Store) Update(ctx context.Context, shard int, fn func(tx ffstore.Tx) error) error {
 	if err := s.check(ctx, shard); err != nil {
 		return err
 	}
 	u := &unit{ctx: ctx, shard: shard, fn: fn, done: make(chan struct{})}
-	s.mu.RLock()
-	if s.closed {
-		s.mu.RUnlock()
-		return errClosed()
-	}
-	select {
-	case s.units <- u:
-		s.mu.RUnlock()
-	case <-ctx.Done():
-		s.mu.RUnlock()
-		return ctx.Err()
+	if err := s.enqueue(ctx, u); err != nil {
+		return err
 	}
 	<-u.done
 	if u.panicked {
 		panic(u.panicValue)
 	}
 	return u.err
+}
+
+// enqueue hands u to the writer, waiting for room in its queue until ctx ends or Close
+// is called.
+func (s *Store) enqueue(ctx context.Context, u *unit) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.isClosed() {
+		return errClosed()
+	}
+	select {
+	case s.units <- u:
+		return nil
+	case <-s.closing:
+		return errClosed()
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // View runs fn against a read-only snapshot of shard: the state after the last commit
@@ -684,14 +694,14 @@ func (s *Store) changed(ctx context.Context) (bool, error) {
 }
 
 // Close waits for the units already queued to commit, then closes the file. Later calls,
-// Close included, return an unavailable error.
+// Close included, return an unavailable error, as do Updates still waiting for room in
+// the writer's queue.
 func (s *Store) Close() error {
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
+	if !s.closed.CompareAndSwap(false, true) {
 		return errClosed()
 	}
-	s.closed = true
+	close(s.closing)
+	s.mu.Lock() // once no Update is sending
 	close(s.units)
 	s.mu.Unlock()
 	<-s.writerDone
