@@ -30,6 +30,7 @@ import (
 	"math"
 	"net/url"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -221,7 +222,7 @@ func Open(ctx context.Context, path string, opts *Options) (*Store, error) {
 	s.units = make(chan *unit, maxBatch)
 	s.closing = make(chan struct{})
 	s.writerDone = make(chan struct{})
-	go s.runWriter()
+	go s.runWriter(make([]*unit, 0, maxBatch))
 	return s, nil
 }
 
@@ -439,13 +440,14 @@ func (s *Store) isClosed() bool { return s.closed.Load() }
 // (that deadlocks); a View called from fn reads the committed state, without the unit's
 // own writes. Update returns only after the unit's commit is durable. If fn returns
 // an error, the unit's writes are rolled back and the error is returned unchanged; if fn
-// panics, its writes are rolled back and the panic is re-raised in the caller's goroutine.
-// If ctx ends before the writer takes the unit, fn does not run and ctx.Err() is
-// returned; once fn has started, Update waits for the commit regardless of ctx, so an
-// error always means nothing was written. Store failures (lock held by another process
-// past the busy timeout, I/O errors) return an unavailable *fftype.Error. Returns a
-// validation error coded shard_out_of_range for a bad shard, and an unavailable error after
-// Close or when Close is called while Update waits for room in the writer's queue.
+// panics, its writes are rolled back and the panic is re-raised in the caller's goroutine;
+// if fn calls runtime.Goexit (as t.FailNow does), its writes are rolled back and Update
+// calls runtime.Goexit. If ctx ends before the writer takes the unit, fn does not run and
+// ctx.Err() is returned; once fn has started, Update waits for the commit regardless of
+// ctx, so an error always means nothing was written. Store failures (lock held by another
+// process past the busy timeout, I/O errors) return an unavailable *fftype.Error. Returns
+// a validation error coded shard_out_of_range for a bad shard, and an unavailable error
+// after Close or when Close is called while Update waits for room in the writer's queue.
 func (s *Store) Update(ctx context.Context, shard int, fn func(tx ffstore.Tx) error) error {
 	if err := s.check(ctx, shard); err != nil {
 		return err
@@ -455,8 +457,11 @@ func (s *Store) Update(ctx context.Context, shard int, fn func(tx ffstore.Tx) er
 		return err
 	}
 	<-u.done
-	if u.panicked {
+	switch {
+	case u.panicked:
 		panic(u.panicValue)
+	case u.exited:
+		runtime.Goexit()
 	}
 	return u.err
 }

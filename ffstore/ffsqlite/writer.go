@@ -6,6 +6,7 @@ import (
 	"database/sql/driver"
 	"fmt"
 	"runtime/debug"
+	"slices"
 	"time"
 
 	"github.com/flowfabric/flowfabric/ffstore"
@@ -26,12 +27,13 @@ type unit struct {
 	err        error
 	panicked   bool
 	panicValue any
+	exited     bool // fn called runtime.Goexit
 	done       chan struct{}
 }
 
 // reset forgets a run of the unit that was rolled back, so the batch can run it again.
 func (u *unit) reset() {
-	u.err, u.panicked, u.panicValue = nil, false, nil
+	u.err, u.panicked, u.panicValue, u.exited = nil, false, nil, false
 }
 
 // bg is the context of the writer's statements. Units are not cancelled once started:
@@ -39,31 +41,34 @@ func (u *unit) reset() {
 // written nothing.
 var bg = context.Background() //nolint:gochecknoglobals // constant
 
-// runWriter is the writer goroutine: it takes units in group commits until Close closes
-// the unit channel and every queued unit has run.
-func (s *Store) runWriter() {
-	defer close(s.writerDone)
+// runWriter is the writer goroutine. It runs batch, the units that the writer goroutine
+// before it left (see handOver), if any, then takes units in group commits until Close
+// closes the unit channel and every queued unit has run. batch has room for maxBatch
+// units.
+func (s *Store) runWriter(batch []*unit) {
 	idle := time.NewTimer(time.Hour)
 	idle.Stop()
 	dirty := false // commits since the last idle checkpoint
-	batch := make([]*unit, 0, maxBatch)
 	for {
-		var first *unit
-		select {
-		case u, ok := <-s.units:
-			if !ok {
-				return
+		if len(batch) == 0 {
+			select {
+			case u, ok := <-s.units:
+				if !ok {
+					close(s.writerDone)
+					return
+				}
+				batch = append(batch, u)
+			case <-idle.C:
+				if dirty {
+					s.idleCheckpoint()
+					dirty = false
+				}
+				continue
 			}
-			first = u
-		case <-idle.C:
-			if dirty {
-				s.idleCheckpoint()
-				dirty = false
-			}
-			continue
 		}
-		batch = s.runBatch(append(batch[:0], first))
+		batch = s.runBatch(batch)
 		clear(batch)
+		batch = batch[:0]
 		dirty = true
 		idle.Reset(s.opts.idleCheckpointDelay)
 	}
@@ -108,9 +113,13 @@ func (s *Store) take(batch []*unit) []*unit {
 // If any unit fails (its fn returns an error, panics, hits an injected conflict or a
 // failed statement), that attempt is rolled back whole and the batch runs again with a
 // savepoint per unit, so that one unit's failure does not undo the others. Units' fns may
-// therefore run twice; the contract allows it.
+// therefore run twice; the contract allows it. A unit whose fn calls runtime.Goexit ends
+// the writer goroutine: see handOver.
 func (s *Store) runBatch(batch []*unit) []*unit {
 	defer func() {
+		if i := slices.IndexFunc(batch, func(u *unit) bool { return u.exited }); i >= 0 {
+			batch = s.handOver(batch, i)
+		}
 		for _, u := range batch {
 			close(u.done)
 		}
@@ -187,7 +196,6 @@ func (s *Store) runUnitFast(u *unit, batch *batchState) (retry bool, err error) 
 	}
 	tx := &writeTx{s: s, shard: u.shard, batch: batch}
 	fnErr := s.call(u, tx)
-	tx.done.Store(true)
 	// A pending injected conflict is left for the savepoint pass to deliver.
 	if fnErr == nil && !u.panicked && tx.err == nil && !s.conflicts.Pending() {
 		batch.merge(tx)
@@ -241,7 +249,6 @@ func (s *Store) runUnit(u *unit, batch *batchState) error {
 	}
 	tx := &writeTx{s: s, shard: u.shard, batch: batch}
 	err := s.call(u, tx)
-	tx.done.Store(true)
 	if err == nil && !u.panicked && tx.err == nil && !s.conflicts.Take() {
 		if _, err := s.ws.release.exec(); err != nil {
 			u.err = translate(err, "release savepoint")
@@ -271,15 +278,48 @@ func (s *Store) runUnit(u *unit, batch *batchState) error {
 	return nil
 }
 
-// call runs fn, catching a panic so the writer survives it; Update re-raises it.
+// call runs fn and ends tx. It catches a panic of fn, so that the writer survives it, and
+// notes a runtime.Goexit, which ends the writer goroutine all the same (see handOver).
+// Update re-raises either in its caller.
 func (s *Store) call(u *unit, tx *writeTx) (err error) {
+	returned := false
 	defer func() {
+		tx.done.Store(true)
+		if returned {
+			return
+		}
 		if v := recover(); v != nil {
 			u.panicked, u.panicValue = true, v
 			s.log.Error("unit panicked; re-raising it in the caller", "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+			return
 		}
+		u.exited = true
+		s.log.Error("unit called runtime.Goexit; calling it in the caller", "stack", string(debug.Stack()))
 	}()
-	return u.fn(tx)
+	err = u.fn(tx)
+	returned = true
+	return err
+}
+
+// handOver ends the batch of a writer goroutine that is ending because the fn of
+// batch[i] called runtime.Goexit, which nothing can stop. It rolls the batch's
+// transaction back, starts a new writer goroutine that runs the batch again without that
+// unit, as if the unit had panicked, and returns that unit alone, for runBatch to answer.
+// If the rollback fails, the new writer's BEGIN reports the connection's state.
+func (s *Store) handOver(batch []*unit, i int) []*unit {
+	s.cache.clear()
+	if _, err := s.ws.rollback.exec(); err != nil {
+		s.log.Debug("rollback after a unit called runtime.Goexit", "error", err)
+	}
+	rest := make([]*unit, 0, maxBatch)
+	for j, u := range batch {
+		if j != i {
+			u.reset()
+			rest = append(rest, u)
+		}
+	}
+	go s.runWriter(rest)
+	return batch[i : i+1]
 }
 
 // idleCheckpoint empties the write-ahead log while nothing is being written. It does not

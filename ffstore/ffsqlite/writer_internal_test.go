@@ -5,6 +5,7 @@ import (
 	"database/sql/driver"
 	"errors"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"testing"
 	"time"
@@ -72,6 +73,62 @@ func TestDiskFull(t *testing.T) {
 			require.NoError(t, s.Update(ctx, 0, small))
 			_, ok := get(t, s, "small")
 			require.True(t, ok)
+		})
+	}
+}
+
+// TestGoexitInUnit: a unit whose fn calls runtime.Goexit, as t.FailNow does, is treated
+// like one whose fn panics: its writes are rolled back, the rest of its group commit
+// commits, and Update calls runtime.Goexit in its caller, as it re-raises a panic. The
+// writer goroutine, which Goexit ends, used to take the store down with it: the units of
+// its batch were acknowledged though they never committed, and later Updates hung.
+func TestGoexitInUnit(t *testing.T) {
+	t.Parallel()
+	putA := func(tx ffstore.Tx) error {
+		tx.Put("a", []byte("v"))
+		return nil
+	}
+	exit := func(tx ffstore.Tx) error {
+		tx.Put("b", []byte("v"))
+		runtime.Goexit()
+		return nil
+	}
+	errOwn := errors.New("the unit's own error")
+	for _, tt := range []struct {
+		name string
+		fns  []func(ffstore.Tx) error
+		want []result
+	}{
+		// Without savepoints: the batch's first pass.
+		{"fast pass", []func(ffstore.Tx) error{putA, exit}, []result{{}, {exited: true}}},
+		// A failing unit sends the batch to its second pass, with a savepoint per unit.
+		{"savepoint pass", []func(ffstore.Tx) error{
+			putA, func(ffstore.Tx) error { return errOwn }, exit,
+		}, []result{{}, {err: errOwn}, {exited: true}}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			ctx := t.Context()
+			s, err := Open(ctx, filepath.Join(t.TempDir(), "ff.db"), nil)
+			require.NoError(t, err)
+			defer s.Close()
+
+			holder, results := runInOneBatch(t, s, tt.fns...)
+			require.NoError(t, holder)
+			require.Equal(t, tt.want, results)
+			_, ok := get(t, s, "a")
+			require.True(t, ok, "the batchmate's write was lost")
+			_, ok = get(t, s, "b")
+			require.False(t, ok, "the exited unit's write was committed")
+
+			later := make(chan error, 1)
+			go func() { later <- s.Update(ctx, 0, func(ffstore.Tx) error { return nil }) }()
+			select {
+			case err := <-later:
+				require.NoError(t, err)
+			case <-time.After(10 * time.Second):
+				t.Fatal("a later Update hangs: no writer is left")
+			}
 		})
 	}
 }
