@@ -192,6 +192,13 @@ func (c *Client) Attempts(ctx context.Context, id ExecutionID) ([]*Attempt, erro
 
 // Result returns the result of a completed execution.
 func (c *Client) Result(ctx context.Context, id ExecutionID) ([]byte, error) {
+	b, _, err := c.engine.Result(ctx, id)
+	return b, err
+}
+
+// ResultWithEncoding is [Client.Result] with the result's encoding: binary for a result
+// completed as binary ([ClaimedTask.CompleteBinary]), JSON otherwise.
+func (c *Client) ResultWithEncoding(ctx context.Context, id ExecutionID) ([]byte, PayloadEncoding, error) {
 	return c.engine.Result(ctx, id)
 }
 

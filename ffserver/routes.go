@@ -301,13 +301,9 @@ func (s *Server) result(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	b, err := s.client.Result(r.Context(), id)
+	b, enc, err := s.client.ResultWithEncoding(r.Context(), id)
 	if err != nil {
 		return err
-	}
-	enc := fftype.EncodingJSON
-	if len(b) > 0 && !jsonValid(b) {
-		enc = fftype.EncodingBinary
 	}
 	writeBytes(w, b, enc)
 	return nil

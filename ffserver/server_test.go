@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -560,4 +561,29 @@ func TestReplayRoutes(t *testing.T) {
 	var state ffserver.StateResponse
 	b.call("GET", "/v1/executions/"+done+"/state", nil, 200, &state)
 	require.Equal(t, fftype.StateCompleted, state.State, "left alone")
+}
+
+// TestBinaryResultThatReadsAsJSON: a result completed as binary comes back as
+// application/octet-stream, even when its bytes happen to be valid JSON ("null").
+func TestBinaryResultThatReadsAsJSON(t *testing.T) {
+	t.Parallel()
+	b := setup(t, ffserver.Config{})
+	_, err := b.client.Create(t.Context(), fftype.CreateParams{Lane: "l", Kind: "k"})
+	require.NoError(t, err)
+	var claim ffserver.ClaimResponse
+	b.call("POST", "/v1/claim", map[string]any{"worker_id": "w", "worker_instance_id": "w1", "lanes": []string{"l"}}, 200, &claim)
+	l := claim.Leases[0]
+	id := string(l.ExecutionID)
+	b.call("POST", "/v1/executions/"+id+"/complete", map[string]any{"fence": l.Fence,
+		"result_base64": base64.StdEncoding.EncodeToString([]byte("null"))}, 200, nil)
+	req, err := http.NewRequestWithContext(t.Context(), "GET", b.http.URL+"/v1/executions/"+id+"/result", nil)
+	require.NoError(t, err)
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.NoError(t, err)
+	require.Equal(t, 200, resp.StatusCode)
+	require.Equal(t, "application/octet-stream", resp.Header.Get("Content-Type"))
+	require.Equal(t, "null", string(body))
 }

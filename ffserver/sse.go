@@ -12,8 +12,6 @@ import (
 // sseHeartbeat is how often an idle event stream sends a comment, so proxies keep it open.
 const sseHeartbeat = 15 * time.Second
 
-func jsonValid(b []byte) bool { return json.Valid(b) }
-
 // streamEvents writes a subscription as server-sent events: each event's id is the cursor
 // that resumes after it (browsers send it back as Last-Event-ID on reconnect), its event
 // name is the event type, its data the event as JSON. It ends when the client goes away;

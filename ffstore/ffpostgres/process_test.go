@@ -332,7 +332,7 @@ func TestProcesses(t *testing.T) {
 			}
 		}
 		require.NotNil(t, won, "%s has no succeeded attempt", id)
-		res, err := e.Result(ctx, id)
+		res, _, err := e.Result(ctx, id)
 		require.NoError(t, err)
 		var wr workResult
 		require.NoError(t, json.Unmarshal(res, &wr))

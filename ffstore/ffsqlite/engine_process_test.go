@@ -370,7 +370,7 @@ func TestEngineTwoProcesses(t *testing.T) {
 		require.Len(t, succeeded, 1, "%s has %d succeeded attempts", id, len(succeeded))
 		won := succeeded[0]
 		require.Equal(t, won.Index, len(atts)-1, "%s: the last attempt succeeded", id)
-		res, err := e.Result(ctx, id)
+		res, _, err := e.Result(ctx, id)
 		require.NoError(t, err)
 		var wr workResult
 		require.NoError(t, json.Unmarshal(res, &wr))
@@ -476,7 +476,7 @@ func TestEngineCrashSafety(t *testing.T) {
 		case fftype.StateCompleted:
 			require.Len(t, atts, 1, "%s", x.ID)
 			require.Equal(t, fftype.AttemptSucceeded, atts[0].Status)
-			res, err := e.Result(ctx, x.ID)
+			res, _, err := e.Result(ctx, x.ID)
 			require.NoError(t, err)
 			require.JSONEq(t, `{"by":"churner","attempt":0}`, string(res))
 		default:

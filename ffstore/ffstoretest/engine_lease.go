@@ -61,12 +61,25 @@ func exerciseLease(t *testing.T, newStore func(t *testing.T) ffstore.Store) {
 		requireCode(t, b.engine.Progress(b.ctx, id, l.Fence, 101, ""), fftype.KindValidation, fftype.CodeInvalidInput)
 	})
 
+	t.Run("BinaryResultKeepsItsEncoding", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		id := b.create(t, fftype.CreateParams{})
+		l := b.claimOne(t, id)
+		// Bytes that read as JSON, completed as binary, stay binary.
+		require.NoError(t, b.engine.Complete(b.ctx, id, l.Fence, []byte("null"), fftype.EncodingBinary))
+		res, enc, err := b.engine.Result(b.ctx, id)
+		require.NoError(t, err)
+		require.Equal(t, []byte("null"), res)
+		require.Equal(t, fftype.EncodingBinary, enc)
+	})
+
 	t.Run("CompleteIdempotent", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
 		id := b.create(t, fftype.CreateParams{})
 		l := b.claimOne(t, id)
-		_, err := b.engine.Result(b.ctx, id)
+		_, _, err := b.engine.Result(b.ctx, id)
 		requireCode(t, err, fftype.KindState, fftype.CodeResultNotFound)
 		requireCode(t, b.engine.Complete(b.ctx, id, l.Fence, []byte("{bad"), ""), fftype.KindValidation, fftype.CodeInvalidInput)
 		require.NoError(t, b.engine.Complete(b.ctx, id, l.Fence, []byte(`{"ok":true}`), ""))
@@ -74,9 +87,10 @@ func exerciseLease(t *testing.T, newStore func(t *testing.T) ffstore.Store) {
 		require.Equal(t, fftype.StateCompleted, x.PublicState())
 		require.NoError(t, b.engine.Complete(b.ctx, id, l.Fence, []byte(`{"other":1}`), ""), "a retried complete by the same holder succeeds")
 		b.requireUnchanged(t, id, x)
-		res, err := b.engine.Result(b.ctx, id)
+		res, enc, err := b.engine.Result(b.ctx, id)
 		require.NoError(t, err)
 		require.JSONEq(t, `{"ok":true}`, string(res))
+		require.Equal(t, fftype.EncodingJSON, enc)
 		_, err = b.engine.Fail(b.ctx, id, l.Fence, fftype.FailParams{Reason: "late"})
 		requireCode(t, err, fftype.KindState, fftype.CodeExecutionNotActive)
 		atts, err := b.engine.Attempts(b.ctx, id)

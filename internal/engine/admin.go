@@ -133,6 +133,7 @@ func (e *Engine) replay(ctx context.Context, id fftype.ExecutionID, onlyFailed b
 		toRunnable(x, next, now, fftype.BlockingWaitingForWorker, now)
 		e.save(tx, before, x)
 		tx.Delete(resultKey(x.ID))
+		tx.Delete(binaryResultKey(x.ID))
 		appendEvent(tx, fftype.EventReplayed, x, now, map[string]any{"replay_count": x.ReplayCount})
 		return nil
 	})

@@ -20,6 +20,10 @@ const (
 func execKey(id fftype.ExecutionID) string    { return kindExec + ":" + string(id) }
 func payloadKey(id fftype.ExecutionID) string { return kindPayload + ":" + string(id) }
 func resultKey(id fftype.ExecutionID) string  { return "r:" + string(id) }
+
+// binaryResultKey holds a result completed as binary; resultKey holds JSON (and, from
+// before binary results had their own key, either).
+func binaryResultKey(id fftype.ExecutionID) string { return "rb:" + string(id) }
 func attemptKey(id fftype.ExecutionID, index int) string {
 	return "a:" + string(id) + "/" + strconv.Itoa(index)
 }

@@ -138,8 +138,13 @@ func (e *Engine) Progress(ctx context.Context, id fftype.ExecutionID, f fftype.F
 // Complete ends the execution successfully and stores result (JSON unless enc says
 // binary). A retried Complete by the same holder succeeds and changes nothing.
 func (e *Engine) Complete(ctx context.Context, id fftype.ExecutionID, f fftype.Fence, result []byte, enc fftype.PayloadEncoding) error {
-	if _, err := e.checkPayload("result", result, enc); err != nil {
+	enc, err := e.checkPayload("result", result, enc)
+	if err != nil {
 		return err
+	}
+	key := resultKey
+	if enc == fftype.EncodingBinary {
+		key = binaryResultKey
 	}
 	replay := func(x *fftype.Execution) bool { return x.Outcome == fftype.OutcomeSuccess }
 	return e.holderUnit(ctx, id, f, replay, func(tx ffstore.Tx, x *fftype.Execution, before placement, now time.Time) error {
@@ -149,7 +154,7 @@ func (e *Engine) Complete(ctx context.Context, id fftype.ExecutionID, f fftype.F
 		toTerminal(x, fftype.OutcomeSuccess, now)
 		e.save(tx, before, x)
 		if len(result) > 0 {
-			tx.Put(resultKey(x.ID), result)
+			tx.Put(key(x.ID), result)
 		}
 		appendEvent(tx, fftype.EventCompleted, x, now, map[string]any{"attempt_index": x.CurrentAttempt})
 		return nil

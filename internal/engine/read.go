@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"sort"
 	"strconv"
 	"strings"
@@ -79,10 +80,11 @@ func (e *Engine) Attempts(ctx context.Context, id fftype.ExecutionID) ([]*fftype
 
 // Result returns the result a completed execution stored (nil if it stored none). It
 // fails with a state error if the execution has not completed.
-func (e *Engine) Result(ctx context.Context, id fftype.ExecutionID) ([]byte, error) {
+func (e *Engine) Result(ctx context.Context, id fftype.ExecutionID) ([]byte, fftype.PayloadEncoding, error) {
 	var out []byte
+	enc := fftype.EncodingJSON
 	err := e.view(ctx, id, func(tx ffstore.ReadTx) error {
-		if err := tx.Prefetch(execKey(id), resultKey(id)); err != nil {
+		if err := tx.Prefetch(execKey(id), resultKey(id), binaryResultKey(id)); err != nil {
 			return err
 		}
 		x, err := getExec(tx, id)
@@ -92,10 +94,18 @@ func (e *Engine) Result(ctx context.Context, id fftype.ExecutionID) ([]byte, err
 		if x.Outcome != fftype.OutcomeSuccess {
 			return fftype.Statef(fftype.CodeResultNotFound, "execution %s is %s; only completed executions have a result", id, x.PublicState())
 		}
+		b, ok, err := tx.Get(binaryResultKey(id))
+		if err != nil || ok {
+			out, enc = b, fftype.EncodingBinary
+			return err
+		}
 		out, _, err = tx.Get(resultKey(id))
+		if len(out) > 0 && !json.Valid(out) {
+			enc = fftype.EncodingBinary // a binary result kept before they had their own key
+		}
 		return err
 	})
-	return out, err
+	return out, enc, err
 }
 
 // Payload returns the execution's input payload.

@@ -165,6 +165,7 @@ func (e *Engine) delete(tx ffstore.Tx, x *fftype.Execution, before placement, no
 	tx.Delete(execKey(x.ID))
 	tx.Delete(payloadKey(x.ID))
 	tx.Delete(resultKey(x.ID))
+	tx.Delete(binaryResultKey(x.ID))
 	for i := 0; i < x.TotalAttempts; i++ {
 		tx.Delete(attemptKey(x.ID, i))
 	}
