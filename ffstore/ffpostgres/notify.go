@@ -31,8 +31,8 @@ func (s *Store) Changes(ctx context.Context) <-chan struct{} {
 const notifyGap = 5 * time.Millisecond
 
 // runNotifier sends one NOTIFY for each burst of commits of this process: commits made
-// while one is in flight, or within notifyGap of the last, coalesce into the next. It runs
-// until Close.
+// while one is in flight (or being retried), or within notifyGap of the last, coalesce
+// into the next. It runs until Close.
 func (s *Store) runNotifier() {
 	gap := time.NewTimer(0)
 	defer gap.Stop()
@@ -48,28 +48,46 @@ func (s *Store) runNotifier() {
 		case <-gap.C:
 		}
 		gap.Reset(notifyGap)
-		ctx, cancel := context.WithTimeout(s.stopCtx, s.opts.ConnectTimeout)
-		err := s.exec(ctx, s.sql.notify, s.channel)
-		cancel()
-		if err != nil && s.stopCtx.Err() == nil {
-			s.log.Debug("notify other processes", "error", err)
-		}
+		s.notify()
 	}
 }
 
-// Reconnect backoff of the listener.
+// notify sends one NOTIFY, each try bounded by the connect timeout, and retries with
+// backoff until one is sent or the store closes: a NOTIFY dropped after a failed try (no
+// pooled connection to be had, or a dead one) would leave other processes unaware of the
+// commits it stood for until they poll. Commits never wait for it.
+func (s *Store) notify() {
+	backoff := backoffMin
+	for {
+		ctx, cancel := context.WithTimeout(s.stopCtx, s.opts.ConnectTimeout)
+		err := s.exec(ctx, s.sql.notify, s.channel)
+		cancel()
+		if err == nil || s.stopCtx.Err() != nil {
+			return
+		}
+		s.log.Debug("notify other processes; retrying", "error", err, "backoff", backoff)
+		select {
+		case <-s.stopCtx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, backoffMax)
+	}
+}
+
+// Retry backoff of the notifier and the listener's reconnects.
 const (
-	listenBackoffMin = 50 * time.Millisecond
-	listenBackoffMax = 5 * time.Second
+	backoffMin = 50 * time.Millisecond
+	backoffMax = 5 * time.Second
 )
 
 // listen holds the LISTEN connection until Close, reconnecting after failures.
 func (s *Store) listen() {
-	backoff := listenBackoffMin
+	backoff := backoffMin
 	first := true
 	for s.stopCtx.Err() == nil {
 		err := s.listenOnce(func() {
-			backoff = listenBackoffMin
+			backoff = backoffMin
 			if !first {
 				s.log.Info("change listener reconnected")
 			}
@@ -87,7 +105,7 @@ func (s *Store) listen() {
 			return
 		case <-time.After(backoff):
 		}
-		backoff = min(2*backoff, listenBackoffMax)
+		backoff = min(2*backoff, backoffMax)
 	}
 }
 

@@ -83,7 +83,8 @@
 // processes' commits through LISTEN on one dedicated connection (not from the pool). Each
 // committing unit that changed something asks for a NOTIFY; the store coalesces those into
 // one NOTIFY in flight per process, at least 5 ms after the one before, so a process that
-// was quiet notifies right after its commit and a busy one at most 200 times a second.
+// was quiet notifies right after its commit and a busy one at most 200 times a second. A
+// NOTIFY that fails to send is retried with backoff until it is sent or the store closes.
 // (Sending NOTIFY
 // inside every committing transaction would take Postgres's database-wide notify lock in
 // each of them and serialise all commits behind one another's WAL flush.) The listener
