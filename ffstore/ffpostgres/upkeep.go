@@ -108,10 +108,11 @@ func (s *Store) upkeep(ctx context.Context) error {
 	if s.timeout != "" {
 		// New: the caller's pool does not carry the store's statement timeout; upkeep sets
 		// it on the session it holds, until undone.
-		if _, err := conn.Exec(ctx, "SELECT set_config('statement_timeout', $1, false)", s.timeout); err != nil {
+		restore, err := s.swapStatementTimeout(ctx, conn, s.timeout)
+		if err != nil {
 			return err
 		}
-		defer s.undo(ctx, conn, "RESET statement_timeout")
+		defer restore()
 	}
 
 	// A failed prune must not cost the tables their vacuum: both are tried.
@@ -144,10 +145,11 @@ func (s *Store) maintainTables(ctx context.Context, conn *pgxpool.Conn) error {
 	}
 	// VACUUM runs outside any transaction, so alone and on the simple protocol; a large
 	// table may need longer than the store's statement timeout.
-	if _, err := conn.Exec(ctx, "SET statement_timeout = 0", pgx.QueryExecModeSimpleProtocol); err != nil {
+	restore, err := s.swapStatementTimeout(ctx, conn, "0")
+	if err != nil {
 		return err
 	}
-	defer s.undo(ctx, conn, "RESET statement_timeout")
+	defer restore()
 	for _, sql := range work {
 		if _, err := conn.Exec(ctx, sql, pgx.QueryExecModeSimpleProtocol); err != nil {
 			return fmt.Errorf("%s: %w", sql, err)
@@ -182,6 +184,22 @@ func (s *Store) pruneDirectory(ctx context.Context, conn *pgxpool.Conn) error {
 		}
 	}
 	return nil
+}
+
+// swapStatementTimeout sets the statement_timeout of conn's session to value and returns
+// a func that sets it back, through undo, to what it was. Setting back rather than
+// RESET keeps what the session had set for itself (New's caller may, in AfterConnect),
+// which RESET would turn into the value the session started with.
+func (s *Store) swapStatementTimeout(ctx context.Context, conn *pgxpool.Conn, value string) (restore func(), err error) {
+	const set = "SELECT set_config('statement_timeout', $1, false)"
+	var old string
+	if err := conn.QueryRow(ctx, "SELECT current_setting('statement_timeout')").Scan(&old); err != nil {
+		return nil, err
+	}
+	if _, err := conn.Exec(ctx, set, value); err != nil {
+		return nil, err
+	}
+	return func() { s.undo(ctx, conn, set, old) }, nil
 }
 
 // undo runs sql on conn to take back what upkeep set on its session (the advisory lock,

@@ -1,6 +1,7 @@
 package ffpostgres_test
 
 import (
+	"context"
 	"fmt"
 	"testing"
 	"time"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/flowfabric/flowfabric/ffstore"
 	"github.com/flowfabric/flowfabric/ffstore/ffpostgres"
+	"github.com/flowfabric/flowfabric/internal/testdb"
 )
 
 // TestUpkeep checks that a table that grew from empty is vacuumed and analyzed by the
@@ -81,4 +83,65 @@ func TestUpkeep(t *testing.T) {
 		require.NoError(t, outside.QueryRow(ctx, "SELECT pg_try_advisory_lock($1)", ffpostgres.UpkeepLockKey(s)).Scan(&free))
 		return free
 	}, 5*time.Second, 50*time.Millisecond, "the upkeep lock was released")
+}
+
+// TestUpkeepKeepsCallerStatementTimeout pins that upkeep, on the caller's pool of New,
+// hands every connection back with the statement_timeout the caller set on it (here in
+// AfterConnect), not the session's startup value: both where it lifts the timeout for its
+// VACUUMs and where it sets New's StatementTimeout.
+func TestUpkeepKeepsCallerStatementTimeout(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name    string
+		timeout time.Duration
+	}{
+		{"PoolTimeout", 0},
+		{"StoreTimeout", 5 * time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ctx := t.Context()
+			cfg, err := pgxpool.ParseConfig(testdb.SharedPostgres(t).URL("postgres"))
+			require.NoError(t, err)
+			cfg.MaxConns = 3
+			cfg.AfterConnect = func(ctx context.Context, c *pgx.Conn) error {
+				_, err := c.Exec(ctx, "SET statement_timeout = '7s'")
+				return err
+			}
+			pool, err := pgxpool.NewWithConfig(ctx, cfg)
+			require.NoError(t, err)
+			defer pool.Close()
+			s, err := ffpostgres.New(pool, &ffpostgres.Options{Schema: testdb.Schema(t), Migrate: true, Shards: 1, StatementTimeout: tc.timeout})
+			require.NoError(t, err)
+			defer s.Close()
+			for chunk := range 3 {
+				require.NoError(t, s.Update(ctx, 0, func(tx ffstore.Tx) error {
+					for i := range 1000 {
+						tx.Put(fmt.Sprintf("x:%d-%d", chunk, i), []byte("v"))
+					}
+					return nil
+				}))
+			}
+			counter := func(column string) int64 {
+				var n int64
+				require.NoError(t, pool.QueryRow(ctx, fmt.Sprintf(`SELECT %s FROM pg_stat_user_tables
+					WHERE schemaname = $1 AND relname = 'records'`, column), s.Schema()).Scan(&n))
+				return n
+			}
+			require.Eventually(t, func() bool {
+				require.NoError(t, ffpostgres.Upkeep(ctx, s))
+				return counter("vacuum_count") > 0
+			}, 30*time.Second, 200*time.Millisecond, "upkeep vacuumed the table")
+			conns := make([]*pgxpool.Conn, cfg.MaxConns)
+			for i := range conns {
+				c, err := pool.Acquire(ctx)
+				require.NoError(t, err)
+				conns[i] = c
+				defer c.Release()
+				var v string
+				require.NoError(t, c.QueryRow(ctx, "SHOW statement_timeout").Scan(&v))
+				require.Equal(t, "7s", v, "connection %d lost the caller's statement_timeout", i)
+			}
+		})
+	}
 }
