@@ -242,6 +242,30 @@ func TestOpen(t *testing.T) {
 		require.NotContains(t, err.Error(), "cannot reach")
 	})
 
+	// The connection string's pool_max_conns and connect_timeout (pgx's own parameters)
+	// apply where the options leave PoolSize and ConnectTimeout at 0; an option set wins.
+	t.Run("ConnectionStringLimits", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		maxConns := func(opts *ffpostgres.Options) int32 {
+			s, err := ffpostgres.Open(b.ctx, b.url+"&pool_max_conns=3", opts)
+			require.NoError(t, err)
+			defer s.Close()
+			return s.Pool().Config().MaxConns
+		}
+		require.EqualValues(t, 3, maxConns(&ffpostgres.Options{Schema: b.schema, Migrate: true}))
+		require.EqualValues(t, 5, maxConns(&ffpostgres.Options{Schema: b.schema, PoolSize: 5}))
+
+		url := fmt.Sprintf("postgres://postgres@%s/postgres?sslmode=disable&connect_timeout=1", silentServer(t))
+		start := time.Now()
+		_, err := ffpostgres.Open(b.ctx, url, nil)
+		require.ErrorIs(t, err, isCode(fftype.KindUnavailable, fftype.CodeStoreUnavailable))
+		require.Less(t, time.Since(start), 5*time.Second, "connect_timeout=1 bounds Open")
+		start = time.Now()
+		require.Error(t, ffpostgres.MigrateURL(b.ctx, url, b.schema))
+		require.Less(t, time.Since(start), 5*time.Second, "connect_timeout=1 bounds MigrateURL")
+	})
+
 	t.Run("Unreachable", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
@@ -257,32 +281,9 @@ func TestOpen(t *testing.T) {
 		require.ErrorContains(t, err, "cannot reach the database")
 
 		// A server that accepts and never answers: the connect timeout ends the wait.
-		silent, err := net.Listen("tcp", "127.0.0.1:0")
-		require.NoError(t, err)
-		defer silent.Close()
-		var held []net.Conn
-		var mu sync.Mutex
-		go func() {
-			for {
-				c, err := silent.Accept()
-				if err != nil {
-					return
-				}
-				mu.Lock()
-				held = append(held, c)
-				mu.Unlock()
-			}
-		}()
-		defer func() {
-			mu.Lock()
-			defer mu.Unlock()
-			for _, c := range held {
-				_ = c.Close()
-			}
-		}()
 		const timeout = 1500 * time.Millisecond
 		start := time.Now()
-		_, err = ffpostgres.Open(b.ctx, fmt.Sprintf("postgres://postgres@%s/postgres?sslmode=disable", silent.Addr()),
+		_, err = ffpostgres.Open(b.ctx, fmt.Sprintf("postgres://postgres@%s/postgres?sslmode=disable", silentServer(t)),
 			&ffpostgres.Options{Schema: b.schema, ConnectTimeout: timeout})
 		elapsed := time.Since(start)
 		require.ErrorIs(t, err, isCode(fftype.KindUnavailable, fftype.CodeStoreUnavailable))
@@ -290,6 +291,36 @@ func TestOpen(t *testing.T) {
 		require.False(t, errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, fftype.ErrUnavailable))
 		require.Less(t, elapsed, timeout+5*time.Second, "Open gives up about when the connect timeout says")
 	})
+}
+
+// silentServer returns the address of a server that accepts connections and never
+// answers; it closes them at the end of the test.
+func silentServer(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	var mu sync.Mutex
+	var held []net.Conn
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			held = append(held, c)
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		_ = l.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range held {
+			_ = c.Close()
+		}
+	})
+	return l.Addr().String()
 }
 
 func TestParseURL(t *testing.T) {

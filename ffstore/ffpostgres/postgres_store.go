@@ -175,11 +175,13 @@ type Options struct {
 	StatementTimeout time.Duration
 
 	// PoolSize is the most connections [Open]'s pool opens (the change listener uses one
-	// more); 0 means [DefaultPoolSize]. Ignored by [New]: the caller sized the pool.
+	// more); 0 means the connection string's pool_max_conns if it sets one, else
+	// [DefaultPoolSize]. Ignored by [New]: the caller sized the pool.
 	PoolSize int
 
 	// ConnectTimeout bounds each attempt to connect, and the check that the database is
-	// reachable at open; 0 means [DefaultConnectTimeout].
+	// reachable at open; 0 means, with [Open] and [MigrateURL], the connection string's
+	// connect_timeout if it sets one, and otherwise [DefaultConnectTimeout].
 	ConnectTimeout time.Duration
 
 	// Logger receives the store's rare log lines (listener reconnects). nil discards them.
@@ -255,8 +257,9 @@ var (
 )
 
 // ParseURL splits a store URL into the connection string for pgx and the store's options.
-// It accepts postgres:// and postgresql:// URLs in libpq's syntax (pgx's own parameters,
-// such as pool_max_conns and connect_timeout, pass through) plus these parameters of the
+// It accepts postgres:// and postgresql:// URLs in libpq's syntax (pgx's own parameters
+// pass through, and where the Options leave PoolSize or ConnectTimeout at 0, pgx's
+// pool_max_conns and connect_timeout stand in for them) plus these parameters of the
 // store, each mapping to the [Options] field of the same name:
 //
 //	postgres://user:pass@host:5432/db?schema=flowfabric&shards=16&migrate=true&statement_timeout=30s&pool_size=16
@@ -354,13 +357,20 @@ func parseConfig(connString string, opts *Options) (*pgxpool.Config, Options, er
 		}
 		base = &merged
 	}
+	cfg, err := pgxpool.ParseConfig(connString)
+	if err != nil {
+		return nil, Options{}, fftype.Validationf(fftype.CodeInvalidInput, "ffpostgres: connection string: %v", redact(err))
+	}
+	// pgx's own limits in the connection string apply where the options leave them unset.
+	if base.ConnectTimeout == 0 {
+		base.ConnectTimeout = cfg.ConnConfig.ConnectTimeout
+	}
+	if base.PoolSize == 0 && setsPoolMaxConns(connString) {
+		base.PoolSize = int(cfg.MaxConns)
+	}
 	o, err := base.withDefaults()
 	if err != nil {
 		return nil, o, err
-	}
-	cfg, err := pgxpool.ParseConfig(connString)
-	if err != nil {
-		return nil, o, fftype.Validationf(fftype.CodeInvalidInput, "ffpostgres: connection string: %v", redact(err))
 	}
 	cfg.MaxConns = int32(o.PoolSize) //nolint:gosec // checked in withDefaults
 	cfg.ConnConfig.ConnectTimeout = o.ConnectTimeout
@@ -378,6 +388,17 @@ func parseConfig(connString string, opts *Options) (*pgxpool.Config, Options, er
 		cfg.ConnConfig.RuntimeParams["plan_cache_mode"] = defaultPlanCacheMode
 	}
 	return cfg, o, nil
+}
+
+// setsPoolMaxConns reports whether connString sets pgxpool's pool_max_conns: when it does
+// not, pgxpool.ParseConfig fills in a default of its own, which Open does not take.
+func setsPoolMaxConns(connString string) bool {
+	cfg, err := pgconn.ParseConfig(connString)
+	if err != nil {
+		return false
+	}
+	_, ok := cfg.RuntimeParams["pool_max_conns"]
+	return ok
 }
 
 // Open connects to the database named by connString (a postgres:// or postgresql:// URL,
