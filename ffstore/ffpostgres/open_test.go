@@ -261,6 +261,7 @@ func TestOpen(t *testing.T) {
 		_, err := ffpostgres.Open(b.ctx, url, nil)
 		require.ErrorIs(t, err, isCode(fftype.KindUnavailable, fftype.CodeStoreUnavailable))
 		require.Less(t, time.Since(start), 5*time.Second, "connect_timeout=1 bounds Open")
+		require.ErrorContains(t, err, "within 1s")
 		start = time.Now()
 		require.Error(t, ffpostgres.MigrateURL(b.ctx, url, b.schema))
 		require.Less(t, time.Since(start), 5*time.Second, "connect_timeout=1 bounds MigrateURL")
@@ -278,18 +279,22 @@ func TestOpen(t *testing.T) {
 			&ffpostgres.Options{Schema: b.schema, ConnectTimeout: 2 * time.Second})
 		require.ErrorIs(t, err, isCode(fftype.KindUnavailable, fftype.CodeStoreUnavailable))
 		require.True(t, fftype.IsRetryable(err))
-		require.ErrorContains(t, err, "cannot reach the database")
+		// It failed at once: the message names the dial error, not a timeout.
+		require.ErrorContains(t, err, fmt.Sprintf("cannot reach the database at 127.0.0.1:%d: connect: connection refused", port))
+		require.NotContains(t, err.Error(), "within")
 
 		// A server that accepts and never answers: the connect timeout ends the wait.
 		const timeout = 1500 * time.Millisecond
 		start := time.Now()
-		_, err = ffpostgres.Open(b.ctx, fmt.Sprintf("postgres://postgres@%s/postgres?sslmode=disable", silentServer(t)),
+		silent := silentServer(t)
+		_, err = ffpostgres.Open(b.ctx, fmt.Sprintf("postgres://postgres@%s/postgres?sslmode=disable", silent),
 			&ffpostgres.Options{Schema: b.schema, ConnectTimeout: timeout})
 		elapsed := time.Since(start)
 		require.ErrorIs(t, err, isCode(fftype.KindUnavailable, fftype.CodeStoreUnavailable))
 		require.True(t, fftype.IsRetryable(err))
 		require.False(t, errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, fftype.ErrUnavailable))
 		require.Less(t, elapsed, timeout+5*time.Second, "Open gives up about when the connect timeout says")
+		require.ErrorContains(t, err, "cannot reach the database at "+silent+" within 1.5s")
 	})
 }
 

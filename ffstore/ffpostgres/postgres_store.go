@@ -116,6 +116,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"net"
 	"net/url"
 	"strconv"
 	"strings"
@@ -425,13 +426,7 @@ func Open(ctx context.Context, connString string, opts *Options) (*Store, error)
 	cancel()
 	if err != nil {
 		pool.Close()
-		err = translate(ctx, err, "connect")
-		var fe *fftype.Error
-		var refused *pgconn.PgError // the server answered: translate said why it refused
-		if errors.As(err, &fe) && fe.Kind == fftype.KindUnavailable && !errors.As(err, &refused) {
-			fe.Message = fmt.Sprintf("ffpostgres: cannot reach the database at %s:%d within %s", cfg.ConnConfig.Host, cfg.ConnConfig.Port, o.ConnectTimeout)
-		}
-		return nil, err
+		return nil, connectError(ctx, err, cfg.ConnConfig, o.ConnectTimeout)
 	}
 	s, err := newStore(ctx, pool, o, true)
 	if err != nil {
@@ -439,6 +434,28 @@ func Open(ctx context.Context, connString string, opts *Options) (*Store, error)
 		return nil, err
 	}
 	return s, nil
+}
+
+// connectError translates the failure of Open's first connect. When the server did not
+// answer, the message names its address and why: the connect timeout if that ran out, else
+// the dial error if there was one (it names no password).
+func connectError(ctx context.Context, err error, cc *pgx.ConnConfig, timeout time.Duration) error {
+	timedOut := errors.Is(err, context.DeadlineExceeded)
+	err = translate(ctx, err, "connect")
+	var fe *fftype.Error
+	var refused *pgconn.PgError // the server answered: translate said why it refused
+	if !errors.As(err, &fe) || fe.Kind != fftype.KindUnavailable || errors.As(err, &refused) {
+		return err
+	}
+	fe.Message = "ffpostgres: cannot reach the database at " + net.JoinHostPort(cc.Host, strconv.Itoa(int(cc.Port)))
+	var dial *net.OpError
+	switch {
+	case timedOut:
+		fe.Message += " within " + timeout.String()
+	case errors.As(err, &dial):
+		fe.Message += ": " + dial.Err.Error()
+	}
+	return err
 }
 
 // New returns a store on a pool the caller owns (and closes, after the store). It checks
