@@ -55,13 +55,15 @@ func errTxDone() error {
 
 // SQLSTATE codes and classes the store tells apart.
 const (
-	stateSerializationFailure = "40001"
-	stateDeadlockDetected     = "40P01"
-	stateLockNotAvailable     = "55P03"
-	stateUniqueViolation      = "23505"
-	stateQueryCanceled        = "57014"
-	stateProgramLimitExceeded = "54000"
-	stateInvalidCatalogName   = "3D000"
+	stateSerializationFailure  = "40001"
+	stateDeadlockDetected      = "40P01"
+	stateLockNotAvailable      = "55P03"
+	stateUniqueViolation       = "23505"
+	stateQueryCanceled         = "57014"
+	stateProgramLimitExceeded  = "54000"
+	stateInvalidCatalogName    = "3D000"
+	stateUndefinedObject       = "42704"
+	stateInsufficientPrivilege = "42501"
 )
 
 // translate turns an error from pgx into an *fftype.Error. It is the only place pgx
@@ -103,7 +105,7 @@ func translate(ctx context.Context, err error, op string) error {
 			strings.HasPrefix(pgErr.Code, "57"), strings.HasPrefix(pgErr.Code, "58"):
 			// Connection exceptions, insufficient resources, operator intervention
 			// (shutdown, restart), system errors: the database may come back.
-		case errors.As(err, &connectErr) && (strings.HasPrefix(pgErr.Code, "22") || strings.HasPrefix(pgErr.Code, "42")):
+		case errors.As(err, &connectErr) && (strings.HasPrefix(pgErr.Code, "22") || pgErr.Code == stateUndefinedObject):
 			// Opening a connection, the server refused a setting the connection string
 			// gave it (an unknown parameter, a bad value): the input is wrong, and stays
 			// wrong.
@@ -114,7 +116,9 @@ func translate(ctx context.Context, err error, op string) error {
 			// invalid UTF-8 in text. The input is wrong, and stays wrong.
 			e.Kind, e.Code, e.Retryable = fftype.KindValidation, fftype.CodeInvalidInput, false
 			e.Message = fmt.Sprintf("postgres %s: the database refused a value: %s", op, pgErr.Message)
-		case strings.HasPrefix(pgErr.Code, "28"), pgErr.Code == stateInvalidCatalogName:
+		case strings.HasPrefix(pgErr.Code, "28"), pgErr.Code == stateInvalidCatalogName, pgErr.Code == stateInsufficientPrivilege:
+			// The role cannot log in, the database does not exist, or the role lacks a
+			// privilege (such as CONNECT on the database): not until an operator acts.
 			e.Retryable = false
 			e.Message = fmt.Sprintf("postgres %s: cannot use the database (SQLSTATE %s)", op, pgErr.Code)
 		default:

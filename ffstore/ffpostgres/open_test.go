@@ -267,6 +267,24 @@ func TestOpen(t *testing.T) {
 		require.Less(t, time.Since(start), 5*time.Second, "connect_timeout=1 bounds MigrateURL")
 	})
 
+	// A role without CONNECT privilege on the database gets SQLSTATE 42501 at connect:
+	// like a missing database, the database cannot be used (unavailable, not retryable);
+	// it is not a refused setting of the connection string.
+	t.Run("NoConnectPrivilege", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		dbURL, err := testdb.SharedPostgres(t).CreateDatabase(b.ctx)
+		require.NoError(t, err)
+		db := dbURL[strings.LastIndex(dbURL, "/")+1 : strings.Index(dbURL, "?")]
+		role := strings.Replace(b.schema, "t_", "r_", 1)
+		rawExec(t, "CREATE ROLE "+role+" LOGIN", "REVOKE CONNECT ON DATABASE "+db+" FROM PUBLIC")
+		_, err = ffpostgres.Open(b.ctx, strings.Replace(dbURL, "postgres://postgres@", "postgres://"+role+"@", 1), nil)
+		require.ErrorIs(t, err, isCode(fftype.KindUnavailable, fftype.CodeStoreUnavailable))
+		require.False(t, fftype.IsRetryable(err))
+		require.ErrorContains(t, err, "cannot use the database (SQLSTATE 42501)")
+		require.NotContains(t, err.Error(), "refused a setting of the connection string")
+	})
+
 	t.Run("Unreachable", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
