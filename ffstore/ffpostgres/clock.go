@@ -62,8 +62,10 @@ func (s *Store) Now(ctx context.Context) (time.Time, error) {
 	}
 }
 
-// readClock runs the clock query on the clock's connection, connecting first if needed.
-// A failed connection is dropped and replaced on the next read.
+// readClock runs the clock query on the clock's connection, connecting first if needed,
+// all within the connect timeout. A connection whose query fails is dropped; if it was
+// one kept from an earlier read, which the server may have ended meanwhile (a restart
+// does), the read is tried once more on a new connection.
 func (s *Store) readClock() (time.Time, error) {
 	c := &s.clock
 	c.connMu.Lock()
@@ -73,18 +75,29 @@ func (s *Store) readClock() (time.Time, error) {
 	}
 	ctx, cancel := context.WithTimeout(s.stopCtx, s.opts.ConnectTimeout)
 	defer cancel()
+	reused := c.conn != nil && !c.conn.IsClosed()
+	now, err := c.read(ctx, s.connConfig())
+	if err != nil && reused && ctx.Err() == nil {
+		now, err = c.read(ctx, s.connConfig())
+	}
+	return now, translate(ctx, err, "read clock")
+}
+
+// read runs the clock query on c's connection, connecting first if there is none. A
+// connection whose query failed is closed and dropped. The caller holds connMu.
+func (c *storeClock) read(ctx context.Context, cfg *pgx.ConnConfig) (time.Time, error) {
 	if c.conn == nil || c.conn.IsClosed() {
-		conn, err := pgx.ConnectConfig(ctx, s.connConfig())
+		conn, err := pgx.ConnectConfig(ctx, cfg)
 		if err != nil {
-			return time.Time{}, translate(ctx, err, "read clock")
+			return time.Time{}, err
 		}
 		c.conn = conn
 	}
 	var now time.Time
 	if err := c.conn.QueryRow(ctx, "SELECT clock_timestamp()").Scan(&now); err != nil {
-		_ = c.conn.Close(context.Background())
+		_ = c.conn.Close(ctx)
 		c.conn = nil
-		return time.Time{}, translate(ctx, err, "read clock")
+		return time.Time{}, err
 	}
 	return now, nil
 }

@@ -103,7 +103,8 @@
 //
 // # Other connections
 //
-// [Store.Now] reads the server clock on a connection of its own, because the engine reads
+// [Store.Now] reads the server clock on a connection of its own (replaced, and the read
+// retried once, when a read finds that the server ended it), because the engine reads
 // the clock from inside units: with every pooled connection held by a unit, a clock read
 // from the pool would wait forever. Concurrent QueueHeads calls with the same prefixes
 // share one query (one that started after each call), so many claimers polling one lane

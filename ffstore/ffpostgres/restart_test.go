@@ -24,3 +24,20 @@ func TestRestart(t *testing.T) {
 	defer store.Close()
 	storetest.Restart{Executions: 1200, ClaimCount: 4, Restart: pg.Restart}.Run(t, store)
 }
+
+// TestClockReconnectsAfterRestart pins that the store's clock, whose connection the
+// server ended by restarting, reconnects and answers on its first read after the restart
+// rather than failing that read.
+func TestClockReconnectsAfterRestart(t *testing.T) {
+	t.Parallel()
+	pg := testdb.NewPostgres(t, testdb.PostgresOptions{Fast: true})
+	ctx := t.Context()
+	s, err := ffpostgres.Open(ctx, pg.URL("postgres"), &ffpostgres.Options{Migrate: true, Shards: 1, ConnectTimeout: 2 * time.Second})
+	require.NoError(t, err)
+	defer s.Close()
+	_, err = s.Now(ctx)
+	require.NoError(t, err)
+	require.NoError(t, pg.Restart())
+	_, err = s.Now(ctx)
+	require.NoError(t, err, "the database is up again; the clock reconnects")
+}
