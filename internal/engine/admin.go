@@ -153,7 +153,7 @@ func (e *Engine) setLane(ctx context.Context, lane string, paused bool) error {
 	if err := fftype.ValidateLane(lane); err != nil {
 		return err
 	}
-	return e.update(ctx, laneShard, func(tx ffstore.Tx) error {
+	err := e.update(ctx, laneShard, func(tx ffstore.Tx) error {
 		now := e.now()
 		info, err := readLane(tx, lane)
 		if err != nil {
@@ -164,9 +164,6 @@ func (e *Engine) setLane(ctx context.Context, lane string, paused bool) error {
 		}
 		info.Paused, info.UpdatedAt = paused, now
 		putJSON(tx, laneKey(lane), info)
-		e.laneMu.Lock()
-		e.lanes[lane] = laneState{paused: paused, read: e.clock.Now()}
-		e.laneMu.Unlock()
 		ev := fftype.EventLaneResumed
 		if paused {
 			ev = fftype.EventLanePaused
@@ -174,6 +171,16 @@ func (e *Engine) setLane(ctx context.Context, lane string, paused bool) error {
 		tx.AppendEvent(fftype.Event{Version: fftype.EventVersion, Type: ev, Time: now, Lane: lane})
 		return nil
 	})
+	if err != nil {
+		return err
+	}
+	// The store now has the lane as asked, whoever set it so: this process takes it at
+	// once, ahead of any read of the lane that began before.
+	e.laneMu.Lock()
+	e.laneGen++
+	e.lanes[lane] = laneState{paused: paused, read: e.clock.Now(), gen: e.laneGen}
+	e.laneMu.Unlock()
+	return nil
 }
 
 func readLane(tx ffstore.ReadTx, lane string) (fftype.LaneInfo, error) {
@@ -207,10 +214,11 @@ func (e *Engine) Lane(ctx context.Context, lane string) (fftype.LaneInfo, error)
 // once).
 const laneStateTTL = time.Second
 
-// laneState is a lane's pause state as this engine last read it.
+// laneState is a lane's pause state as this engine last read or set it.
 type laneState struct {
 	paused bool
 	read   time.Time
+	gen    uint64 // Engine.laneGen when this process set it; 0 when read
 }
 
 // unpausedLanes returns the lanes of ls that are not paused, without duplicates. Pause
@@ -221,6 +229,7 @@ func (e *Engine) unpausedLanes(ctx context.Context, ls []string) ([]string, erro
 	var lanes, stale []string
 	seen := map[string]bool{}
 	e.laneMu.Lock()
+	gen := e.laneGen // states this process sets from here on are newer than the read below
 	for _, l := range ls {
 		if seen[l] {
 			continue
@@ -256,7 +265,9 @@ func (e *Engine) unpausedLanes(ctx context.Context, ls []string) ([]string, erro
 		}
 		e.laneMu.Lock()
 		for l, p := range fresh {
-			e.lanes[l] = laneState{paused: p, read: now}
+			if e.lanes[l].gen <= gen {
+				e.lanes[l] = laneState{paused: p, read: now}
+			}
 		}
 		e.laneMu.Unlock()
 	}

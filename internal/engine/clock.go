@@ -19,6 +19,7 @@ type StoreClock struct {
 	base      time.Time // store time at the last sample
 	sampledAt time.Time // local time (with monotonic reading) of the last sample
 	sampling  bool      // a caller is sampling the store; the others extrapolate meanwhile
+	last      time.Time // the latest time Now returned
 }
 
 // NewStoreClock returns a clock that follows store's clock.
@@ -37,16 +38,13 @@ func (c *StoreClock) Now() time.Time {
 	due := c.base.IsZero() || local.Sub(c.sampledAt) >= c.interval
 	if !due || c.sampling {
 		defer c.mu.Unlock()
-		if c.base.IsZero() {
-			return local
-		}
-		return c.base.Add(local.Sub(c.sampledAt))
+		return c.ahead(c.extrapolate(local))
 	}
 	c.sampling = true
-	base, sampledAt := c.base, c.sampledAt
 	c.mu.Unlock()
 
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	sent := time.Now()
 	t, err := c.store.Now(ctx)
 	cancel()
 	now := time.Now()
@@ -55,13 +53,31 @@ func (c *StoreClock) Now() time.Time {
 	defer c.mu.Unlock()
 	c.sampling = false
 	if err == nil {
-		c.base, c.sampledAt = t, now
-		return t
+		// The store read its clock somewhere in the round trip: take its middle.
+		c.base, c.sampledAt = t, sent.Add(now.Sub(sent)/2)
 	}
-	if base.IsZero() {
+	return c.ahead(c.extrapolate(now))
+}
+
+// extrapolate returns the store's time at local time local, from the last sample (the
+// local clock if there never was one). c.mu is held.
+func (c *StoreClock) extrapolate(local time.Time) time.Time {
+	if c.base.IsZero() {
 		return local
 	}
-	return base.Add(local.Sub(sampledAt))
+	return c.base.Add(local.Sub(c.sampledAt))
+}
+
+// ahead returns t, or the latest time the clock returned if t is before it: the clock never
+// runs backwards, though a new sample may be behind what it extrapolated (a slow reply, the
+// store's clock stepped back); it then stands still until the store's time passes it. c.mu
+// is held.
+func (c *StoreClock) ahead(t time.Time) time.Time {
+	if t.Before(c.last) {
+		return c.last
+	}
+	c.last = t
+	return t
 }
 
 // SleepUntil waits until the clock reads t, or until wake fires or ctx is done.

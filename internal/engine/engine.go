@@ -75,6 +75,7 @@ type Engine struct {
 
 	laneMu   sync.Mutex
 	lanes    map[string]laneState // pause states read recently, see unpausedLanes
+	laneGen  uint64               // counts the lane states this process set
 	laneTurn uint64               // advances each claim, to rotate across a worker's lanes
 
 	loopMu   sync.Mutex
