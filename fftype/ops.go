@@ -19,8 +19,10 @@ type CreateParams struct {
 	// Priority orders eligible executions of a lane: higher first, 0 to 9000.
 	Priority int `json:"priority,omitempty"`
 	// Capabilities a worker must hold to be handed this execution.
-	Capabilities []string          `json:"required_capabilities,omitempty"`
-	Tags         map[string]string `json:"tags,omitempty"`
+	Capabilities []string `json:"required_capabilities,omitempty"`
+	// Tags are the execution's labels: at most 64, keys a lowercase letter then
+	// [a-z0-9_.-]. A tag whose value is "" is not kept, as SetTags removes it.
+	Tags map[string]string `json:"tags,omitempty"`
 	// Traceparent is a W3C trace context carried to the worker.
 	Traceparent string `json:"traceparent,omitempty"`
 	Policy      Policy `json:"policy"`

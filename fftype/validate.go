@@ -165,8 +165,14 @@ func ValidateTagKey(k string) error {
 // ValidateTags checks a tag map: at most 64 tags, valid keys, values at most 1,024 bytes.
 func ValidateTags(tags map[string]string) error {
 	if len(tags) > MaxTags {
-		return Validationf(CodeInvalidTagKey, "more than %d tags", MaxTags)
+		return Validationf(CodeInvalidInput, "more than %d tags", MaxTags)
 	}
+	return ValidateTagEntries(tags)
+}
+
+// ValidateTagEntries checks each tag of a map, whatever their number: valid keys, values
+// at most 1,024 bytes. A change of tags checks the count on the tags it leads to.
+func ValidateTagEntries(tags map[string]string) error {
 	for k, v := range tags {
 		if err := ValidateTagKey(k); err != nil {
 			return err

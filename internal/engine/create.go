@@ -187,7 +187,9 @@ func (e *Engine) prepareCreate(p fftype.CreateParams) (*newExecution, error) {
 
 	tags := make(map[string]string, len(p.Tags))
 	for k, v := range p.Tags {
-		tags[k] = v
+		if v != "" { // "" means no such tag, as in SetTags
+			tags[k] = v
+		}
 	}
 	x := &fftype.Execution{
 		ID:             id,

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"strconv"
 	"testing"
 	"time"
 
@@ -142,4 +143,31 @@ func TestIssueGrantAfterTheLastOneLapsed(t *testing.T) {
 	n, _, err := e.RunDue(t.Context())
 	require.NoError(t, err)
 	require.Zero(t, n, "the first grant's timer went with it")
+}
+
+// TestTagLimits: a tag given as "" is no tag, at create as in SetTags; the 64-tag cap
+// applies to the tags an execution ends up with, so removals do not count, and going
+// over it is invalid input, not a bad key.
+func TestTagLimits(t *testing.T) {
+	t.Parallel()
+	e, _ := newTestEngine(t)
+	res, err := e.Create(t.Context(), fftype.CreateParams{Lane: "l", Kind: "k", Tags: map[string]string{"a": "", "b": "x"}})
+	require.NoError(t, err)
+	x, err := e.Get(t.Context(), res.ID)
+	require.NoError(t, err)
+	require.Equal(t, map[string]string{"b": "x"}, x.Tags)
+
+	full, swap := map[string]string{}, map[string]string{"fresh": "v"}
+	for i := range fftype.MaxTags {
+		full["k"+strconv.Itoa(i)] = "v"
+		swap["k"+strconv.Itoa(i)] = ""
+	}
+	res, err = e.Create(t.Context(), fftype.CreateParams{Lane: "l", Kind: "k", Tags: full})
+	require.NoError(t, err)
+	err = e.SetTags(t.Context(), res.ID, map[string]string{"one_more": "v"})
+	require.ErrorIs(t, err, &fftype.Error{Kind: fftype.KindValidation, Code: fftype.CodeInvalidInput}, "65 tags")
+	require.NoError(t, e.SetTags(t.Context(), res.ID, swap), "64 removals and one tag leave one")
+	x, err = e.Get(t.Context(), res.ID)
+	require.NoError(t, err)
+	require.Equal(t, map[string]string{"fresh": "v"}, x.Tags)
 }
