@@ -101,7 +101,12 @@ var (
 	ErrStaleLease   = fftype.ErrStaleLease
 	ErrLeaseExpired = fftype.ErrLeaseExpired
 	ErrLeaseRevoked = fftype.ErrLeaseRevoked
-	ErrNotActive    = fftype.ErrExecutionNotActive
-	ErrGrantExpired = fftype.ErrClaimGrantExpired
-	ErrGrantInvalid = fftype.ErrInvalidClaimGrant
+	// ErrAttemptTimedOut refuses the holder of an attempt its timeout failed.
+	ErrAttemptTimedOut = fftype.ErrAttemptTimedOut
+	ErrNotActive       = fftype.ErrExecutionNotActive
+	ErrGrantExpired    = fftype.ErrClaimGrantExpired
+	ErrGrantInvalid    = fftype.ErrInvalidClaimGrant
+	// ErrCursorExpired ends a subscription (or refuses a cursor) that fell behind the
+	// log's retention.
+	ErrCursorExpired = fftype.ErrCursorExpired
 )

@@ -69,8 +69,8 @@ func benchCommand(ctx context.Context, args []string, out io.Writer) error {
 	var f benchFlags
 	fs := flag.NewFlagSet("flowfabric bench", flag.ContinueOnError)
 	fs.SetOutput(out)
-	fs.StringVar(&f.scenario, "scenario", "drain", "drain (BENCHMARKS.md scenario 1, submit-claim-complete), burn-down (empty payloads drained by many workers, like river bench), "+
-		"steady-rate (a producer at a fixed rate), steady-depth (a producer keeping a fixed backlog) or steady-state (BENCHMARKS.md scenario 3: SDK workers, slow tasks, deadlines)")
+	fs.StringVar(&f.scenario, "scenario", "drain", "drain (submit-claim-complete), burn-down (empty payloads drained by many workers, like river bench), "+
+		"steady-rate (a producer at a fixed rate), steady-depth (a producer keeping a fixed backlog) or steady-state (SDK workers, slow tasks, deadlines)")
 	fs.StringVar(&f.store, "store", "", "the store: mem, sqlite:///path/new.db (created, and deleted after each run), postgres://… (a fresh schema per run) or redis://… (a fresh key prefix per run); default: a fresh SQLite file in a temporary directory")
 	fs.StringVar(&f.sync, "sync", "", "SQLite synchronous setting, full or normal; overrides the URL's (default full)")
 	fs.IntVar(&f.n, "n", 0, "executions to seed: drain 10000, burn-down 100000, steady-state 10000; steady-rate measures its rate with a drain of n (10000)")
@@ -334,7 +334,7 @@ func (b *benchRun) steady(cfg bench.SteadyConfig) scenarioRun {
 	}
 }
 
-// steadyState is BENCHMARKS.md scenario 3.
+// steadyState is the steady-state scenario: SDK workers running slow tasks with deadlines.
 func (b *benchRun) steadyState() scenarioRun {
 	f := b.f
 	cfg := bench.SteadyStateConfig{Seed: f.n, Refill: f.refill, RefillEvery: f.refillEvery, Deadline: f.deadline,

@@ -15,8 +15,8 @@ import (
 	"github.com/flowfabric/flowfabric/internal/bench"
 )
 
-// records parses bench -json output: one JSON object per line, each with the fields
-// BENCHMARKS.md names and no field a Record lacks.
+// records parses bench -json output: one JSON object per line, each with the common
+// fields and no field a Record lacks.
 func records(t *testing.T, out string) []bench.Record {
 	t.Helper()
 	var recs []bench.Record
