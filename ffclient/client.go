@@ -17,10 +17,13 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
+	"github.com/flowfabric/flowfabric"
 	"github.com/flowfabric/flowfabric/ffserver"
 	"github.com/flowfabric/flowfabric/fftype"
 )
@@ -52,8 +55,16 @@ func New(baseURL string, cfg *Config) (*Client, error) {
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return nil, fftype.Validationf(fftype.CodeInvalidInput, "ffclient: %q is not an http(s) URL", baseURL)
 	}
+	if u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+		// Paths are appended to the base: a query or fragment would swallow them.
+		return nil, fftype.Validationf(fftype.CodeInvalidInput, "ffclient: the server URL must not carry a query, a fragment or credentials")
+	}
 	c := &Client{base: strings.TrimRight(baseURL, "/"), http: http.DefaultClient}
 	if cfg != nil {
+		if t := cfg.Token; strings.TrimSpace(t) != t || strings.ContainsFunc(t, unicode.IsControl) {
+			// It could not go in a header: every call would fail as if the server were down.
+			return nil, fftype.Validationf(fftype.CodeInvalidInput, "ffclient: the token has surrounding space or a control character")
+		}
 		c.token = cfg.Token
 		if cfg.HTTPClient != nil {
 			c.http = cfg.HTTPClient
@@ -132,7 +143,7 @@ func (c *Client) send(ctx context.Context, method, path string, in any) (*http.R
 	defer resp.Body.Close()
 	raw, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
 	var eb ffserver.ErrorBody
-	if json.Unmarshal(raw, &eb) != nil || eb.Code == "" {
+	if json.Unmarshal(raw, &eb) != nil || eb.Code == "" || !fftype.Kind(eb.Kind).Known() {
 		// Not the API's answer (a proxy's, say): unavailable whatever the status, never a
 		// kind a caller could take for the execution's state. Worth a retry when the
 		// status says it may pass.
@@ -378,20 +389,28 @@ func (c *Client) Replay(ctx context.Context, id fftype.ExecutionID) error {
 	return c.request(ctx, "POST", execPath(id, "/replay"), nil, nil)
 }
 
-// ReplayMany replays many failed executions; one error (or nil) per id.
+// ReplayMany replays many failed executions; one error (or nil) per id. It sends them in
+// requests of at most a thousand, the most the server takes in one.
 func (c *Client) ReplayMany(ctx context.Context, ids []fftype.ExecutionID) ([]error, error) {
-	var resp ffserver.ReplayManyResponse
-	if err := c.request(ctx, "POST", "/v1/dead-letter/replay", ffserver.ReplayManyRequest{IDs: ids}, &resp); err != nil {
-		return nil, err
-	}
-	out := make([]error, len(resp.Results))
-	for i, r := range resp.Results {
-		if r.Error != nil {
-			out[i] = fromBody(r.Error)
+	out := make([]error, 0, len(ids))
+	for chunk := range slices.Chunk(ids, maxReplayIDs) {
+		var resp ffserver.ReplayManyResponse
+		if err := c.request(ctx, "POST", "/v1/dead-letter/replay", ffserver.ReplayManyRequest{IDs: chunk}, &resp); err != nil {
+			return nil, err
+		}
+		for _, r := range resp.Results {
+			var err error
+			if r.Error != nil {
+				err = fromBody(r.Error)
+			}
+			out = append(out, err)
 		}
 	}
 	return out, nil
 }
+
+// maxReplayIDs is how many ids the server takes in one dead-letter replay.
+const maxReplayIDs = 1000
 
 // PauseLane pauses a lane.
 func (c *Client) PauseLane(ctx context.Context, lane string) error {
@@ -487,11 +506,14 @@ func (c *Client) raw(ctx context.Context, path string) ([]byte, error) {
 	return b, nil
 }
 
-// Events follows the server's event log from cursor (or "start", or "" for new events
-// only) and calls fn for each delivery until ctx ends, fn returns an error, or the server
-// ends the stream (an expired cursor comes back as an error matching
-// fftype.ErrCursorExpired).
+// Events follows the server's event log from cursor — flowfabric.CursorStart for the
+// oldest event kept, flowfabric.CursorEnd for new events only, or a delivery's cursor —
+// and calls fn for each delivery until ctx ends, fn returns an error, or the server ends
+// the stream (an expired cursor comes back as an error matching fftype.ErrCursorExpired).
 func (c *Client) Events(ctx context.Context, f fftype.EventFilter, cursor string, fn func(fftype.Delivery) error) error {
+	if cursor == flowfabric.CursorStart {
+		cursor = "start" // the API's name for it; no cursor there means the end
+	}
 	resp, err := c.send(ctx, "GET", eventsPath(f, cursor), nil)
 	if err != nil {
 		return err

@@ -241,3 +241,71 @@ func TestAnswersNotFromTheAPI(t *testing.T) {
 		require.Equal(t, tc.retryable, fftype.IsRetryable(err), "%d", tc.status)
 	}
 }
+
+// TestNewRefusesWhatWouldBreakEveryCall: a server URL with a query (every path would go
+// into it) and a token that cannot be a header value (every call would fail as if the
+// server were down) are refused up front.
+func TestNewRefusesWhatWouldBreakEveryCall(t *testing.T) {
+	t.Parallel()
+	for _, bad := range []struct{ url, token string }{
+		{"http://127.0.0.1:1/?region=eu", ""},
+		{"http://127.0.0.1:1/#x", ""},
+		{"http://u:p@127.0.0.1:1", ""},
+		{"http://127.0.0.1:1", "tok\n"},
+		{"http://127.0.0.1:1", " tok"},
+	} {
+		_, err := ffclient.New(bad.url, &ffclient.Config{Token: bad.token})
+		require.ErrorIs(t, err, fftype.ErrValidation, "%q %q", bad.url, bad.token)
+	}
+}
+
+// TestJSONErrorThatIsNotTheAPIs: a gateway's JSON error with a code but no kind the API
+// knows is unavailable and, for a 503, worth a retry.
+func TestJSONErrorThatIsNotTheAPIs(t *testing.T) {
+	t.Parallel()
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = w.Write([]byte(`{"error":"no healthy upstream","code":"upstream_unavailable"}`))
+	}))
+	defer hs.Close()
+	c, err := ffclient.New(hs.URL, nil)
+	require.NoError(t, err)
+	_, err = c.Get(t.Context(), "s0_0190a7b2-1c3d-7e4f-8a9b-0c1d2e3f4a5b")
+	require.ErrorIs(t, err, fftype.ErrUnavailable)
+	require.True(t, fftype.IsRetryable(err))
+}
+
+// TestReplayManyOverAThousand: more ids than one request takes get one answer each.
+func TestReplayManyOverAThousand(t *testing.T) {
+	t.Parallel()
+	c, _ := setup(t, "")
+	ids := make([]fftype.ExecutionID, 1001)
+	for i := range ids {
+		ids[i] = fftype.NewExecutionID(0)
+	}
+	errs, err := c.ReplayMany(t.Context(), ids)
+	require.NoError(t, err)
+	require.Len(t, errs, len(ids))
+	require.ErrorIs(t, errs[1000], fftype.ErrNotFound)
+}
+
+// TestEventsFromCursorStart: flowfabric.CursorStart means the oldest event kept, as it does
+// for flowfabric.Client.Subscribe, not only new ones.
+func TestEventsFromCursorStart(t *testing.T) {
+	t.Parallel()
+	c, _ := setup(t, "")
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	res, err := c.Create(ctx, fftype.CreateParams{Lane: "l", Kind: "k"})
+	require.NoError(t, err)
+	stop := errors.New("stop")
+	var got []fftype.Delivery
+	err = c.Events(ctx, fftype.EventFilter{ExecutionID: res.ID}, flowfabric.CursorStart, func(d fftype.Delivery) error {
+		got = append(got, d)
+		return stop
+	})
+	require.ErrorIs(t, err, stop)
+	require.Len(t, got, 1)
+	require.Equal(t, fftype.EventCreated, got[0].Event.Type)
+}

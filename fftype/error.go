@@ -22,6 +22,16 @@ const (
 	KindUnavailable     Kind = "unavailable"     // the store or a dependency cannot be reached
 )
 
+// Known reports whether k is one of the kinds above.
+func (k Kind) Known() bool {
+	switch k {
+	case KindNotFound, KindValidation, KindConflict, KindState, KindContention, KindLimited,
+		KindTooLarge, KindUnauthenticated, KindUnavailable:
+		return true
+	}
+	return false
+}
+
 // Error is returned by every engine operation that fails for a reason the caller can act
 // on. Code is a stable snake_case identifier and part of the API; Message is a human
 // sentence safe to show to the caller; Err is an underlying cause for logs.
