@@ -218,8 +218,14 @@ func NewWorker(ctx context.Context, backend Backend, cfg *WorkerConfig, opts *Wo
 	}
 	w.life, w.lifeCancel = context.WithCancelCause(context.WithoutCancel(ctx))
 	if watcher != nil {
-		// Follow the events before returning, so that none after NewWorker is missed.
+		// Follow the events before returning, so that none after NewWorker is missed. ctx
+		// bounds the opening of the stream, not its life.
+		stopOpening := context.AfterFunc(ctx, func() { w.lifeCancel(ErrWorkerStopped) })
 		sub, err := watcher.WatchEvents(w.life, watchFilter())
+		if !stopOpening() && err == nil { // ctx ended as the stream opened
+			sub.Close()
+			err = ctx.Err()
+		}
 		if err != nil {
 			w.lifeCancel(ErrWorkerStopped)
 			cctx, cancel := cleanupContext(ctx)

@@ -2,7 +2,9 @@ package ffclient_test
 
 import (
 	"context"
+	"net/http"
 	"net/http/httptest"
+	"sync"
 	"testing"
 	"time"
 
@@ -188,4 +190,50 @@ func TestClientClockFollowsTheServer(t *testing.T) {
 	down, err := ffclient.New("http://127.0.0.1:1", nil)
 	require.NoError(t, err)
 	require.WithinDuration(t, time.Now(), down.Clock().Now(), 10*time.Second, "with no server, the local clock")
+}
+
+// TestNewWorkerGivesUpWithItsContext: NewWorker on a server whose event stream does not
+// open returns when its ctx ends, rather than waiting for the stream forever.
+func TestNewWorkerGivesUpWithItsContext(t *testing.T) {
+	t.Parallel()
+	local, err := flowfabric.NewClient(ffmem.New(nil), nil)
+	require.NoError(t, err)
+	srv, err := ffserver.New(local, ffserver.Config{})
+	require.NoError(t, err)
+	release := make(chan struct{})
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/v1/events" {
+			select { // a stream whose headers never come
+			case <-r.Context().Done():
+			case <-release:
+			}
+			return
+		}
+		srv.ServeHTTP(w, r)
+	}))
+	defer hs.Close()
+	var once sync.Once
+	unblock := func() { once.Do(func() { close(release) }) }
+	defer unblock()
+	c, err := ffclient.New(hs.URL, nil)
+	require.NoError(t, err)
+
+	ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		w, err := flowfabric.NewWorker(ctx, c, &flowfabric.WorkerConfig{WorkerID: "w", Lanes: []string{"l"}}, nil)
+		if err == nil {
+			_ = w.Close(context.Background())
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		require.Error(t, err)
+	case <-time.After(3 * time.Second):
+		unblock()
+		<-done
+		t.Fatal("NewWorker still blocked 3s after its 300ms ctx ended")
+	}
 }
