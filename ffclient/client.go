@@ -181,43 +181,59 @@ func (c *Client) Create(ctx context.Context, p fftype.CreateParams) (*fftype.Cre
 	return &out, nil
 }
 
-// CreateMany creates many executions in one request (in chunks of 1,000); one result per
-// item, in order.
+// CreateMany creates many executions in as few requests as the server takes (1,000 items
+// each at most, and a bounded weight of payloads); one result per item, in order.
 func (c *Client) CreateMany(ctx context.Context, ps []fftype.CreateParams) []fftype.BulkCreateResult {
 	out := make([]fftype.BulkCreateResult, len(ps))
-	for start := 0; start < len(ps); start += 1000 {
-		chunk := ps[start:min(start+1000, len(ps))]
-		var req ffserver.BulkCreateRequest
-		var sent []int // chunk index of each item sent; the others were refused here
-		for i, p := range chunk {
-			r, err := toRequest(p)
-			if err != nil {
-				out[start+i].Err = err
-				continue
-			}
-			req.Executions = append(req.Executions, r)
-			sent = append(sent, i)
-		}
+	var req ffserver.BulkCreateRequest
+	var sent []int // index in ps of each item in req; the others were refused here
+	size := 0      // what req's payloads weigh
+	send := func() {
 		if len(sent) == 0 {
-			continue
+			return
 		}
 		var resp ffserver.BulkCreateResponse
 		err := c.request(ctx, "POST", "/v1/executions/bulk", req, &resp)
 		for j, i := range sent {
 			switch {
 			case err != nil:
-				out[start+i].Err = err
+				out[i].Err = err
 			case j >= len(resp.Results):
-				out[start+i].Err = &fftype.Error{Kind: fftype.KindUnavailable, Code: "bad_response", Message: "the server answered fewer results than items"}
+				out[i].Err = &fftype.Error{Kind: fftype.KindUnavailable, Code: "bad_response", Message: "the server answered fewer results than items"}
 			case resp.Results[j].Error != nil:
-				out[start+i].Err = fromBody(resp.Results[j].Error)
+				out[i].Err = fromBody(resp.Results[j].Error)
 			default:
-				out[start+i].Result = resp.Results[j].Result
+				out[i].Result = resp.Results[j].Result
 			}
 		}
+		req.Executions, sent, size = nil, nil, 0
 	}
+	for i, p := range ps {
+		r, err := toRequest(p)
+		if err != nil {
+			out[i].Err = err
+			continue
+		}
+		n := len(r.Payload) + len(r.PayloadBase64)
+		if len(sent) == maxBulkItems || len(sent) > 0 && size+n > bulkPayloadBudget {
+			send()
+		}
+		req.Executions = append(req.Executions, r)
+		sent = append(sent, i)
+		size += n
+	}
+	send()
 	return out
 }
+
+// A bulk create is sent in requests of at most maxBulkItems items (the server's limit)
+// whose payloads weigh at most bulkPayloadBudget together, half the server's default body
+// limit, so that the rest of the items fits beside them; an item heavier than that goes
+// alone.
+const (
+	maxBulkItems      = 1000
+	bulkPayloadBudget = ffserver.DefaultLargeBodyBytes / 2
+)
 
 func fromBody(e *ffserver.ErrorBody) error {
 	return &fftype.Error{Kind: fftype.Kind(e.Kind), Code: e.Code, Message: e.Error, Retryable: e.Retryable}

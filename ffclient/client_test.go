@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -308,4 +309,20 @@ func TestEventsFromCursorStart(t *testing.T) {
 	require.ErrorIs(t, err, stop)
 	require.Len(t, got, 1)
 	require.Equal(t, fftype.EventCreated, got[0].Event.Type)
+}
+
+// TestCreateManyHeavierThanOneBody: items whose payloads together outweigh one request's
+// body limit are sent in several requests, as they would be created in process.
+func TestCreateManyHeavierThanOneBody(t *testing.T) {
+	t.Parallel()
+	c, _ := setup(t, "")
+	payload := []byte(`"` + strings.Repeat("a", 11<<20) + `"`) // 11 MiB: three are over 32 MiB
+	ps := []fftype.CreateParams{
+		{Lane: "l", Kind: "k", Payload: payload},
+		{Lane: "l", Kind: "k", Payload: payload},
+		{Lane: "l", Kind: "k", Payload: payload},
+	}
+	for i, r := range c.CreateMany(t.Context(), ps) {
+		require.NoError(t, r.Err, "item %d", i)
+	}
 }
