@@ -66,12 +66,10 @@ func (s *Store) notify() {
 			return
 		}
 		s.log.Debug("notify other processes; retrying", "error", err, "backoff", backoff)
-		select {
-		case <-s.stopCtx.Done():
+		var ok bool
+		if backoff, ok = s.backOff(backoff); !ok {
 			return
-		case <-time.After(backoff):
 		}
-		backoff = min(2*backoff, backoffMax)
 	}
 }
 
@@ -80,6 +78,17 @@ const (
 	backoffMin = 50 * time.Millisecond
 	backoffMax = 5 * time.Second
 )
+
+// backOff waits d, unless the store closes first, and returns the wait after the next
+// failure and whether to try again.
+func (s *Store) backOff(d time.Duration) (time.Duration, bool) {
+	select {
+	case <-s.stopCtx.Done():
+		return d, false
+	case <-time.After(d):
+		return min(2*d, backoffMax), true
+	}
+}
 
 // listen holds the LISTEN connection until Close, reconnecting after failures.
 func (s *Store) listen() {
@@ -100,12 +109,10 @@ func (s *Store) listen() {
 			return
 		}
 		s.log.Warn("change listener lost its connection; reconnecting", "error", err, "backoff", backoff)
-		select {
-		case <-s.stopCtx.Done():
+		var ok bool
+		if backoff, ok = s.backOff(backoff); !ok {
 			return
-		case <-time.After(backoff):
 		}
-		backoff = min(2*backoff, backoffMax)
 	}
 }
 
