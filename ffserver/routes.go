@@ -571,7 +571,7 @@ func (s *Server) delay(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	d, err := ms(req.DelayMS, "delay_ms", 365*24*time.Hour)
+	d, err := ms(req.DelayMS, "delay_ms", fftype.MaxDelay)
 	if err != nil {
 		return err
 	}

@@ -34,14 +34,15 @@ func (c *CreateRequest) params() (fftype.CreateParams, error) {
 	if err != nil {
 		return fftype.CreateParams{}, err
 	}
-	if c.DelayMS < 0 || c.DelayMS > int64(365*24*time.Hour/time.Millisecond) {
-		return fftype.CreateParams{}, badRequest("delay_ms must be between 0 and one year")
+	delay, err := ms(c.DelayMS, "delay_ms", fftype.MaxDelay)
+	if err != nil {
+		return fftype.CreateParams{}, err
 	}
 	return fftype.CreateParams{
 		ID: c.ID, Namespace: c.Namespace, Lane: c.Lane, Kind: c.Kind, Payload: payload, Encoding: enc,
 		Priority: c.Priority, Capabilities: c.RequiredCapabilities, Tags: c.Tags, Traceparent: c.Traceparent,
 		Policy: c.Policy, IdempotencyKey: c.IdempotencyKey,
-		Delay: fftype.Duration(time.Duration(c.DelayMS) * time.Millisecond), RunAt: c.RunAt,
+		Delay: fftype.Duration(delay), RunAt: c.RunAt,
 	}, nil
 }
 

@@ -81,6 +81,9 @@ const (
 	MaxReplaysLimit   = 100_000
 	MaxDedupWindow    = 30 * 24 * time.Hour
 	MaxPolicyDuration = 365 * 24 * time.Hour
+	// MaxDelay bounds how far ahead an execution may be made eligible: a create's delay
+	// or run_at, and a lease holder's Delay.
+	MaxDelay = 365 * 24 * time.Hour
 )
 
 // DefaultBackoff is the backoff used when none is given.

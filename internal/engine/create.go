@@ -11,9 +11,6 @@ import (
 	"github.com/flowfabric/flowfabric/fftype"
 )
 
-// maxDelay bounds Delay and RunAt.
-const maxDelay = 365 * 24 * time.Hour
-
 // bulkChunk is how many creates of one shard share a unit in a bulk create.
 const bulkChunk = 256
 
@@ -152,16 +149,16 @@ func (e *Engine) prepareCreate(p fftype.CreateParams) (*newExecution, error) {
 			return nil, fftype.Validationf(fftype.CodeInvalidInput, "idempotency_key contains a control byte")
 		}
 	}
-	if p.Delay < 0 || p.Delay.D() > maxDelay {
-		return nil, fftype.Validationf(fftype.CodeInvalidInput, "delay must be between 0 and %s", maxDelay)
+	if p.Delay < 0 || p.Delay.D() > fftype.MaxDelay {
+		return nil, fftype.Validationf(fftype.CodeInvalidInput, "delay must be between 0 and %s", fftype.MaxDelay)
 	}
 	if p.Delay != 0 && !p.RunAt.IsZero() {
 		return nil, fftype.Validationf(fftype.CodeInvalidInput, "set delay or run_at, not both")
 	}
-	if !p.RunAt.IsZero() && p.RunAt.Sub(e.now()) > maxDelay {
+	if !p.RunAt.IsZero() && p.RunAt.Sub(e.now()) > fftype.MaxDelay {
 		// Checked here too, not only in the unit, so that in a bulk create it fails this
 		// item alone rather than its whole chunk.
-		return nil, fftype.Validationf(fftype.CodeInvalidInput, "run_at is more than %s ahead", maxDelay)
+		return nil, fftype.Validationf(fftype.CodeInvalidInput, "run_at is more than %s ahead", fftype.MaxDelay)
 	}
 
 	shard := -1
@@ -271,8 +268,8 @@ func (e *Engine) insert(tx ffstore.Tx, n *newExecution, now time.Time) (*fftype.
 		runAt = now.Add(n.delay)
 	}
 	if runAt.After(now) {
-		if runAt.Sub(now) > maxDelay {
-			return nil, fftype.Validationf(fftype.CodeInvalidInput, "run_at is more than %s ahead", maxDelay)
+		if runAt.Sub(now) > fftype.MaxDelay {
+			return nil, fftype.Validationf(fftype.CodeInvalidInput, "run_at is more than %s ahead", fftype.MaxDelay)
 		}
 		x.Eligibility = fftype.EligibilityUntilTime
 		x.BlockingReason = fftype.BlockingWaitingForDelay

@@ -227,8 +227,8 @@ func (e *Engine) failAttempt(tx ffstore.Tx, x *fftype.Execution, before placemen
 // Delay pauses the running attempt and makes the execution eligible again after d; the
 // next claim continues the same attempt. Neither a retry nor a reclaim is counted.
 func (e *Engine) Delay(ctx context.Context, id fftype.ExecutionID, f fftype.Fence, d time.Duration) error {
-	if d < 0 || d > maxDelay {
-		return fftype.Validationf(fftype.CodeInvalidInput, "delay must be between 0 and %s", maxDelay)
+	if d < 0 || d > fftype.MaxDelay {
+		return fftype.Validationf(fftype.CodeInvalidInput, "delay must be between 0 and %s", fftype.MaxDelay)
 	}
 	replay := func(x *fftype.Execution) bool {
 		return x.Phase == fftype.PhaseRunnable && x.AttemptState == fftype.AttemptStateInterrupted && x.LastLeaseEnd == ""
