@@ -149,9 +149,9 @@ func New(client *flowfabric.Client, cfg Config) (*Server, error) {
 func (s *Server) noRoute(w http.ResponseWriter, r *http.Request) {
 	var allow []string
 	for _, m := range s.methods {
-		probe := *r
+		probe := r.Clone(r.Context())
 		probe.Method = m
-		if _, pattern := s.mux.Handler(&probe); pattern != "/" {
+		if _, pattern := s.mux.Handler(probe); pattern != "/" {
 			allow = append(allow, m)
 		}
 	}
