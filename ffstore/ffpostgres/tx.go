@@ -2,7 +2,6 @@ package ffpostgres
 
 import (
 	"context"
-	"errors"
 	"math"
 	"slices"
 	"strings"
@@ -570,6 +569,3 @@ func (t *unitTx) rollback(ctx context.Context) bool {
 	}
 	return true
 }
-
-// errIsConflict reports whether err is a store conflict.
-func errIsConflict(err error) bool { return errors.Is(err, fftype.ErrStoreConflict) }
