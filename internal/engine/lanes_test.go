@@ -60,6 +60,16 @@ func (s *hookStore) Update(ctx context.Context, shard int, fn func(tx ffstore.Tx
 	})
 }
 
+// newHookedEngine returns an engine on a one-shard memory store behind a hookStore, with
+// a fake clock.
+func newHookedEngine(t *testing.T) (*hookStore, *engine.Engine) {
+	t.Helper()
+	st := &hookStore{Store: ffmem.New(&ffmem.Options{Shards: 1})}
+	e, err := engine.New(st, &engine.Config{Clock: fftest.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))})
+	require.NoError(t, err)
+	return st, e
+}
+
 func claimLane(t *testing.T, e *engine.Engine, lane string) []*fftype.Lease {
 	t.Helper()
 	ls, err := e.Claim(t.Context(), fftype.ClaimParams{WorkerID: "w", WorkerInstanceID: "w-1", Lanes: []string{lane}})
@@ -73,10 +83,7 @@ func claimLane(t *testing.T, e *engine.Engine, lane string) []*fftype.Lease {
 func TestPauseWinsOverAConcurrentClaimsRead(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
-	clock := fftest.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
-	st := &hookStore{Store: ffmem.New(&ffmem.Options{Shards: 1})}
-	e, err := engine.New(st, &engine.Config{Clock: clock})
-	require.NoError(t, err)
+	st, e := newHookedEngine(t)
 	for range 3 {
 		_, err := e.Create(ctx, fftype.CreateParams{Lane: "l", Kind: "k"})
 		require.NoError(t, err)
@@ -122,11 +129,8 @@ func TestPauseTakesEffectHereWhenPausedElsewhere(t *testing.T) {
 func TestFailedResumeLeavesTheLanePaused(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
-	clock := fftest.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
-	st := &hookStore{Store: ffmem.New(&ffmem.Options{Shards: 1})}
-	e, err := engine.New(st, &engine.Config{Clock: clock})
-	require.NoError(t, err)
-	_, err = e.Create(ctx, fftype.CreateParams{Lane: "l", Kind: "k"})
+	st, e := newHookedEngine(t)
+	_, err := e.Create(ctx, fftype.CreateParams{Lane: "l", Kind: "k"})
 	require.NoError(t, err)
 	require.NoError(t, e.PauseLane(ctx, "l"))
 	st.mu.Lock()
