@@ -3,6 +3,7 @@ package fftype
 import (
 	"errors"
 	"fmt"
+	"slices"
 )
 
 // Kind classifies an [Error]. Callers branch on the kind; the HTTP layer maps each kind to
@@ -22,15 +23,14 @@ const (
 	KindUnavailable     Kind = "unavailable"     // the store or a dependency cannot be reached
 )
 
-// Known reports whether k is one of the kinds above.
-func (k Kind) Known() bool {
-	switch k {
-	case KindNotFound, KindValidation, KindConflict, KindState, KindContention, KindLimited,
-		KindTooLarge, KindUnauthenticated, KindUnavailable:
-		return true
-	}
-	return false
+// Kinds lists every kind.
+var Kinds = []Kind{ //nolint:gochecknoglobals // a constant list
+	KindNotFound, KindValidation, KindConflict, KindState, KindContention, KindLimited,
+	KindTooLarge, KindUnauthenticated, KindUnavailable,
 }
+
+// Known reports whether k is one of Kinds.
+func (k Kind) Known() bool { return slices.Contains(Kinds, k) }
 
 // Error is returned by every engine operation that fails for a reason the caller can act
 // on. Code is a stable snake_case identifier and part of the API; Message is a human
