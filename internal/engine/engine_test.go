@@ -2,12 +2,14 @@ package engine_test
 
 import (
 	"context"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
+	"github.com/flowfabric/flowfabric/ffstore"
 	"github.com/flowfabric/flowfabric/ffstore/ffmem"
 	"github.com/flowfabric/flowfabric/fftest"
 	"github.com/flowfabric/flowfabric/fftype"
@@ -115,4 +117,47 @@ func TestCursorOfARecreatedStoreIsRefused(t *testing.T) {
 	sub, err := old.Subscribe(ctx, fftype.EventFilter{}, cursor)
 	require.NoError(t, err, "on its own store it is the end of the log")
 	sub.Close()
+}
+
+// trimFirstStore sweeps the log right before the first ReadEvents, as a retention sweep
+// in another process may between a subscription's reading the trim point and its first
+// read.
+type trimFirstStore struct {
+	ffstore.Store
+	once    sync.Once
+	through uint64
+}
+
+func (s *trimFirstStore) ReadEvents(ctx context.Context, shard int, after uint64, limit int) ([]fftype.Event, error) {
+	var err error
+	s.once.Do(func() { err = s.TrimEvents(ctx, shard, s.through) })
+	if err != nil {
+		return nil, err
+	}
+	return s.Store.ReadEvents(ctx, shard, after, limit)
+}
+
+// TestSubscribeFromStartOutlivesATrim: a subscription from the oldest event kept, whose
+// log is trimmed before it read anything, starts at the new oldest event rather than
+// failing with cursor_expired: it never promised the events that were trimmed.
+func TestSubscribeFromStartOutlivesATrim(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	st := &trimFirstStore{Store: ffmem.New(&ffmem.Options{Shards: 1}), through: 2}
+	e, err := engine.New(st, nil)
+	require.NoError(t, err)
+	for range 3 {
+		_, err := e.Create(ctx, fftype.CreateParams{Lane: "l", Kind: "k"})
+		require.NoError(t, err)
+	}
+	sub, err := e.Subscribe(ctx, fftype.EventFilter{}, engine.CursorStart)
+	require.NoError(t, err)
+	defer sub.Close()
+	select {
+	case d, ok := <-sub.Events():
+		require.True(t, ok, "the subscription ended: %v", sub.Err())
+		require.Equal(t, uint64(3), d.Event.Seq, "the first event after the trim")
+	case <-time.After(10 * time.Second):
+		t.Fatal("no event delivered")
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/binary"
+	"errors"
 	"sync"
 	"time"
 
@@ -203,6 +204,16 @@ func (e *Engine) Subscribe(ctx context.Context, f fftype.EventFilter, cursor str
 	if err != nil {
 		return nil, err
 	}
+	// A subscription from the oldest event kept follows the trim point of every shard it
+	// has read nothing from yet: a sweep that trims between reading the point and the
+	// first read takes only events it never promised.
+	var atStart []bool
+	if cursor == CursorStart {
+		atStart = make([]bool, len(pos))
+		for s := range atStart {
+			atStart[s] = true
+		}
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	sub := &Subscription{ch: make(chan fftype.Delivery, eventBatch), cancel: cancel, done: make(chan struct{})}
 	wake := e.changes(ctx)
@@ -210,7 +221,7 @@ func (e *Engine) Subscribe(ctx context.Context, f fftype.EventFilter, cursor str
 		defer cancel() // a subscription that ends by itself stops what follows the store's changes for it
 		defer close(sub.done)
 		defer close(sub.ch)
-		err := e.follow(ctx, pos, wake, func(ev *fftype.Event, pos []uint64) error {
+		err := e.follow(ctx, pos, atStart, wake, func(ev *fftype.Event, pos []uint64) error {
 			if !f.Match(ev) {
 				return nil
 			}
@@ -241,19 +252,31 @@ func (e *Engine) changes(ctx context.Context) <-chan struct{} {
 
 // follow reads every shard's log from pos on, calling fn for each event with the
 // positions after it, and waits for a change when all shards are drained. It returns when
-// ctx ends (nil) or on the first error.
-func (e *Engine) follow(ctx context.Context, pos []uint64, wake <-chan struct{}, fn func(*fftype.Event, []uint64) error) error {
+// ctx ends (nil) or on the first error. A shard marked in atStart (which may be nil) is at
+// its log's trim point and nothing was read from it yet: trimmed further meanwhile, it
+// moves to the new trim point instead of failing with cursor_expired.
+func (e *Engine) follow(ctx context.Context, pos []uint64, atStart []bool, wake <-chan struct{}, fn func(*fftype.Event, []uint64) error) error {
 	poll := time.NewTimer(0)
 	defer poll.Stop()
 	for {
 		read := false
 		for s := range pos {
 			evs, err := e.store.ReadEvents(ctx, s, pos[s], eventBatch)
+			if err != nil && atStart != nil && atStart[s] && errors.Is(err, fftype.ErrCursorExpired) {
+				var trimmed uint64
+				if trimmed, _, err = e.store.EventBounds(ctx, s); err == nil {
+					pos[s] = trimmed
+					evs, err = e.store.ReadEvents(ctx, s, pos[s], eventBatch)
+				}
+			}
 			if err != nil {
 				if ctx.Err() != nil {
 					return nil
 				}
 				return err
+			}
+			if len(evs) > 0 && atStart != nil {
+				atStart[s] = false
 			}
 			for i := range evs {
 				pos[s] = evs[i].Seq
