@@ -44,6 +44,7 @@ type answer struct {
 // that does not answer or a request that timed out.
 var (
 	failsQuery  = []int{400, 503}                //nolint:gochecknoglobals // constant: a listing refuses bad parameters
+	failsEvents = []int{400, 409, 503}           //nolint:gochecknoglobals // constant: a listing, and 409 for a cursor the log was trimmed past
 	failsRead   = []int{400, 404, 503}           //nolint:gochecknoglobals // constant: a read by id (bad or unknown)
 	failsWrite  = []int{400, 404, 409, 503}      //nolint:gochecknoglobals // constant: a transition, refused in the current state or on a store conflict
 	failsClaim  = []int{400, 409, 503}           //nolint:gochecknoglobals // constant: a claim, refused on a store conflict
@@ -108,7 +109,7 @@ func apiRoutes() []route {
 
 		{method: "GET", path: "/v1/dead-letter", summary: "Failed executions, oldest first, filtered and paged", auth: true, query: []string{"namespace", "lane", "kind", "cursor", "limit"}, status: 200, respond: fftype.ListPage{}, fails: failsQuery, handle: (*Server).deadLetter},
 		{method: "POST", path: "/v1/dead-letter/replay", summary: "Replay failed executions by id; one result per id", auth: true, request: ReplayManyRequest{}, status: 200, respond: ReplayManyResponse{}, fails: []int{503}, handle: (*Server).replayMany},
-		{method: "GET", path: "/v1/events", summary: "The event log as server-sent events from a cursor (or Last-Event-ID), then live", auth: true, long: true, query: []string{"namespace", "lane", "execution_id", "flow_id", "types", "cursor"}, status: 200, fails: failsQuery, handle: (*Server).events},
+		{method: "GET", path: "/v1/events", summary: "The event log as server-sent events from a cursor (or Last-Event-ID), then live", auth: true, long: true, query: []string{"namespace", "lane", "execution_id", "flow_id", "types", "cursor"}, status: 200, fails: failsEvents, handle: (*Server).events},
 
 		{method: "GET", path: "/v1/info", summary: "The engine's shard count and clock, read by remote workers", auth: true, status: 200, respond: InfoResponse{}, fails: []int{503}, handle: (*Server).info},
 		{method: "POST", path: "/v1/workers", summary: "Register a worker instance, or refresh the same session's live registration (409 while another process holds the instance id)", auth: true, request: RegisterWorkerRequest{}, status: 200, respond: RegisterWorkerResponse{}, fails: failsClaim, handle: (*Server).registerWorker},

@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"io"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"regexp"
@@ -444,6 +445,35 @@ func TestEventsAsServerSentEvents(t *testing.T) {
 	}
 	require.Equal(t, "created", event)
 	require.NotEmpty(t, id, "each event carries the cursor that resumes after it")
+}
+
+// TestEventsRefuseAnExpiredResume: a resume (Last-Event-ID) from a position the log was
+// trimmed past is answered 409 cursor_expired, not with a stream that fails once begun,
+// so that a browser's EventSource stops instead of reconnecting into it forever.
+func TestEventsRefuseAnExpiredResume(t *testing.T) {
+	t.Parallel()
+	store := ffmem.New(nil)
+	b := setupOn(t, ffserver.Config{}, store, nil)
+	ctx := t.Context()
+	cursor, err := b.client.EventCursor(ctx)
+	require.NoError(t, err)
+	for range 20 {
+		_, err := b.client.Create(ctx, fftype.CreateParams{Lane: "l", Kind: "k"})
+		require.NoError(t, err)
+	}
+	for s := range store.Shards() {
+		require.NoError(t, store.TrimEvents(ctx, s, math.MaxUint64))
+	}
+	req, err := http.NewRequestWithContext(ctx, "GET", b.http.URL+"/v1/events", nil)
+	require.NoError(t, err)
+	req.Header.Set("Last-Event-ID", cursor)
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	require.Equal(t, http.StatusConflict, resp.StatusCode)
+	var body struct{ Code string }
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&body))
+	require.Equal(t, fftype.CodeCursorExpired, body.Code)
 }
 
 func TestDeadLetterAndReplay(t *testing.T) {

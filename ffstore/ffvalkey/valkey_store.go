@@ -697,8 +697,7 @@ func (s *Store) ReadEvents(ctx context.Context, shard int, after uint64, limit i
 		s.gates[shard].wait() // this process's commits among them have patched their heads
 	}
 	if after < trimmed {
-		return nil, fftype.NewError(fftype.KindState, fftype.CodeCursorExpired,
-			"events of shard %d after %d are gone: the log was trimmed through %d", shard, after, trimmed)
+		return nil, ffstore.CursorExpired(shard, after, trimmed)
 	}
 	out := make([]fftype.Event, 0, len(entries))
 	for _, e := range entries {

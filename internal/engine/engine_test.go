@@ -2,7 +2,6 @@ package engine_test
 
 import (
 	"context"
-	"sync"
 	"testing"
 	"time"
 
@@ -67,12 +66,38 @@ func TestNewRefusesNilStore(t *testing.T) {
 // cursor_expired) and is not closed leaves nothing running, such as what follows the
 // store's changes for it, even while the caller's context lives on.
 func TestEndedSubscriptionLeavesNothingRunning(t *testing.T) {
-	clock := fftest.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
-	e, err := engine.New(ffmem.New(&ffmem.Options{Shards: 2}), &engine.Config{Clock: clock})
+	e, err := engine.New(&trimmingStore{Store: ffmem.New(&ffmem.Options{Shards: 2}), through: 100}, nil)
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background()) // a long-lived parent, like a worker's life
 	defer cancel()
 
+	before := goleak.IgnoreCurrent()
+	for range 5 {
+		start, err := e.EventCursor(ctx)
+		require.NoError(t, err)
+		for range 4 {
+			_, err := e.Create(ctx, fftype.CreateParams{Lane: "l", Kind: "k"})
+			require.NoError(t, err)
+		}
+		sub, err := e.Subscribe(ctx, fftype.EventFilter{}, start)
+		require.NoError(t, err)
+		for range sub.Events() {
+		}
+		require.ErrorIs(t, sub.Err(), fftype.ErrCursorExpired)
+		// Not calling Close: the subscription already ended by itself.
+	}
+	require.NoError(t, goleak.Find(before), "an ended subscription leaves nothing running")
+}
+
+// TestExpiredCursorIsRefusedAtOnce: a cursor the log was trimmed past is refused by
+// Subscribe itself, so that a client resuming with it gets an error answer rather than a
+// subscription that fails once it has begun.
+func TestExpiredCursorIsRefusedAtOnce(t *testing.T) {
+	t.Parallel()
+	clock := fftest.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	e, err := engine.New(ffmem.New(&ffmem.Options{Shards: 2}), &engine.Config{Clock: clock})
+	require.NoError(t, err)
+	ctx := t.Context()
 	start, err := e.EventCursor(ctx)
 	require.NoError(t, err)
 	for range 10 {
@@ -82,17 +107,8 @@ func TestEndedSubscriptionLeavesNothingRunning(t *testing.T) {
 	clock.Advance(engine.DefaultEventMaxAge + time.Hour)
 	_, err = e.SweepEvents(ctx)
 	require.NoError(t, err)
-
-	before := goleak.IgnoreCurrent()
-	for range 5 {
-		sub, err := e.Subscribe(ctx, fftype.EventFilter{}, start)
-		require.NoError(t, err)
-		for range sub.Events() {
-		}
-		require.ErrorIs(t, sub.Err(), fftype.ErrCursorExpired)
-		// Not calling Close: the subscription already ended by itself.
-	}
-	require.NoError(t, goleak.Find(before), "an ended subscription leaves nothing running")
+	_, err = e.Subscribe(ctx, fftype.EventFilter{}, start)
+	require.ErrorIs(t, err, fftype.ErrCursorExpired)
 }
 
 // TestCursorOfARecreatedStoreIsRefused: a cursor past the end of the log, as one kept from
@@ -119,19 +135,16 @@ func TestCursorOfARecreatedStoreIsRefused(t *testing.T) {
 	sub.Close()
 }
 
-// trimFirstStore sweeps the log right before the first ReadEvents, as a retention sweep
-// in another process may between a subscription's reading the trim point and its first
-// read.
-type trimFirstStore struct {
+// trimmingStore sweeps the log through `through` right before every ReadEvents, as a
+// retention sweep in another process may between a subscription's checking its cursor
+// and its first read.
+type trimmingStore struct {
 	ffstore.Store
-	once    sync.Once
 	through uint64
 }
 
-func (s *trimFirstStore) ReadEvents(ctx context.Context, shard int, after uint64, limit int) ([]fftype.Event, error) {
-	var err error
-	s.once.Do(func() { err = s.TrimEvents(ctx, shard, s.through) })
-	if err != nil {
+func (s *trimmingStore) ReadEvents(ctx context.Context, shard int, after uint64, limit int) ([]fftype.Event, error) {
+	if err := s.TrimEvents(ctx, shard, s.through); err != nil {
 		return nil, err
 	}
 	return s.Store.ReadEvents(ctx, shard, after, limit)
@@ -143,7 +156,7 @@ func (s *trimFirstStore) ReadEvents(ctx context.Context, shard int, after uint64
 func TestSubscribeFromStartOutlivesATrim(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
-	st := &trimFirstStore{Store: ffmem.New(&ffmem.Options{Shards: 1}), through: 2}
+	st := &trimmingStore{Store: ffmem.New(&ffmem.Options{Shards: 1}), through: 2}
 	e, err := engine.New(st, nil)
 	require.NoError(t, err)
 	for range 3 {

@@ -93,18 +93,24 @@ func (e *Engine) endPositions(ctx context.Context) ([]uint64, error) {
 	return pos, nil
 }
 
-// checkNotAhead refuses positions past the end of their shard's log, as a cursor of a store
-// that was since recreated (or a forged one) is: followed, it would skip, without a word,
-// every event until the log caught up with it.
-func (e *Engine) checkNotAhead(ctx context.Context, pos []uint64) error {
+// checkInLog refuses positions outside their shard's log. One past its end, as a cursor of
+// a store that was since recreated (or a forged one) is, is invalid: followed, it would
+// skip, without a word, every event until the log caught up with it. One before its trim
+// point has expired; saying so now, rather than from the subscription's first read,
+// lets a client that resumes by itself (a browser's EventSource) see an error answer and
+// stop, rather than resume into the same failure again and again.
+func (e *Engine) checkInLog(ctx context.Context, pos []uint64) error {
 	for s, p := range pos {
-		_, last, err := e.store.EventBounds(ctx, s)
+		trimmed, last, err := e.store.EventBounds(ctx, s)
 		if err != nil {
 			return err
 		}
 		if p > last {
 			return fftype.Validationf(fftype.CodeInvalidCursor,
 				"event cursor: shard %d is at %d, past the end of its log (%d); was the store recreated?", s, p, last)
+		}
+		if p < trimmed {
+			return ffstore.CursorExpired(s, p, trimmed)
 		}
 	}
 	return nil
@@ -183,7 +189,8 @@ func (s *Subscription) Close() {
 // right after it — then follows the log live until ctx ends or Close. Events of one shard
 // arrive in order; across shards, in the order they are read. A consumer that is slow
 // holds the subscription back (deliveries are never dropped); one that falls behind
-// retention gets cursor_expired.
+// retention gets cursor_expired, from Subscribe itself when the cursor's position is
+// already deleted.
 func (e *Engine) Subscribe(ctx context.Context, f fftype.EventFilter, cursor string) (*Subscription, error) {
 	if err := validateFilter(f); err != nil {
 		return nil, err
@@ -198,7 +205,7 @@ func (e *Engine) Subscribe(ctx context.Context, f fftype.EventFilter, cursor str
 	default:
 		pos, err = e.decodeEventCursor(cursor)
 		if err == nil {
-			err = e.checkNotAhead(ctx, pos)
+			err = e.checkInLog(ctx, pos)
 		}
 	}
 	if err != nil {
