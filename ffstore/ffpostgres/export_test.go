@@ -2,6 +2,7 @@ package ffpostgres
 
 import (
 	"context"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 )
@@ -14,6 +15,10 @@ const NotifyGap = notifyGap
 
 // SetNotifyInTx makes units send pg_notify inside their own transaction.
 func SetNotifyInTx(o *Options, on bool) { o.notifyInTx = on }
+
+// SetListenIdle sets how long the change listener waits for a notification before it
+// checks its connection.
+func SetListenIdle(o *Options, d time.Duration) { o.listenIdle = d }
 
 // Upkeep runs one round of s's table upkeep now.
 func Upkeep(ctx context.Context, s *Store) error { return s.upkeep(ctx) }

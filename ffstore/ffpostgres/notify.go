@@ -2,6 +2,8 @@ package ffpostgres
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -10,8 +12,9 @@ import (
 // Changes implements [ffstore.ChangeNotifier]. The channel wakes at once after this
 // process's commits, and after other processes' commits once their NOTIFY arrives on the
 // store's listening connection: one dedicated connection per store (not from the pool),
-// opened by the first call. After that connection drops, the listener reconnects and
-// wakes every reader, since it may have missed notifications meanwhile.
+// opened by the first call. After that connection drops, or fails to answer a ping after
+// 30 s without a notification (its server gone without a word), the listener reconnects
+// and wakes every reader, since it may have missed notifications meanwhile.
 func (s *Store) Changes(ctx context.Context) <-chan struct{} {
 	ch := s.changes.Changes(ctx)
 	s.listenMu.Lock()
@@ -116,6 +119,10 @@ func (s *Store) listen() {
 	}
 }
 
+// listenIdle is how long the listener waits for a notification before it checks that its
+// connection still answers.
+const listenIdle = 30 * time.Second
+
 // listenOnce connects, LISTENs, calls listening, and relays notifications until the
 // connection fails or the store closes.
 func (s *Store) listenOnce(listening func()) error {
@@ -135,9 +142,24 @@ func (s *Store) listenOnce(listening func()) error {
 	}
 	listening()
 	for {
-		if _, err := conn.WaitForNotification(s.stopCtx); err != nil {
+		ctx, cancel := context.WithTimeout(s.stopCtx, s.opts.listenIdle)
+		_, err := conn.WaitForNotification(ctx)
+		cancel()
+		if err == nil {
+			s.changes.Notify()
+			continue
+		}
+		if s.stopCtx.Err() != nil || !errors.Is(err, context.DeadlineExceeded) {
 			return err
 		}
-		s.changes.Notify()
+		// Quiet for a while: make sure the server is still there. A connection whose
+		// server vanished without a word (a host gone, a partition) would otherwise wait
+		// for notifications until TCP keepalive gave up on it, most of an hour.
+		ctx, cancel = context.WithTimeout(s.stopCtx, s.opts.ConnectTimeout)
+		err = conn.Ping(ctx)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("the listening connection stopped answering: %w", err)
+		}
 	}
 }

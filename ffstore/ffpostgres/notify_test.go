@@ -3,6 +3,8 @@ package ffpostgres_test
 import (
 	"context"
 	"errors"
+	"net"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -60,5 +62,84 @@ func TestNotifyRetriesAFailedSend(t *testing.T) {
 	case <-wake:
 	case <-time.After(5 * time.Second):
 		t.Fatalf("process B was never woken for A's commit (injected failure still pending: %v)", failNext.Load())
+	}
+}
+
+// silentConn is a connection that a test can make go silent, as one to a server whose
+// host vanished does: what is written to it is lost, and nothing more is read from it,
+// though it stays open and reads still honour their deadlines.
+type silentConn struct {
+	net.Conn
+	silent atomic.Bool
+}
+
+func (c *silentConn) Read(b []byte) (int, error) {
+	for {
+		n, err := c.Conn.Read(b)
+		if !c.silent.Load() || err != nil {
+			return n, err
+		}
+	}
+}
+
+func (c *silentConn) Write(b []byte) (int, error) {
+	if c.silent.Load() {
+		return len(b), nil
+	}
+	return c.Conn.Write(b)
+}
+
+// TestListenerLeavesASilentConnection: a LISTEN connection whose server stops answering
+// without closing it is found out and replaced, and the readers woken, rather than waited
+// on forever.
+func TestListenerLeavesASilentConnection(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	cfg, err := pgxpool.ParseConfig(testdb.SharedPostgres(t).URL("postgres"))
+	require.NoError(t, err)
+	var mu sync.Mutex
+	var conns []*silentConn
+	var d net.Dialer
+	cfg.ConnConfig.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := d.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		sc := &silentConn{Conn: c}
+		mu.Lock()
+		conns = append(conns, sc)
+		mu.Unlock()
+		return sc, nil
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	require.NoError(t, err)
+	defer pool.Close()
+	opts := &ffpostgres.Options{Schema: testdb.Schema(t), Migrate: true, Shards: 1, ConnectTimeout: time.Second}
+	ffpostgres.SetListenIdle(opts, 200*time.Millisecond)
+	s, err := ffpostgres.New(pool, opts)
+	require.NoError(t, err)
+	defer s.Close()
+
+	wake := s.Changes(ctx)
+	select { // the listener wakes its readers once it listens
+	case <-wake:
+	case <-time.After(10 * time.Second):
+		t.Fatal("listener never started")
+	}
+	time.Sleep(500 * time.Millisecond) // past a check or two of the healthy connection
+	select {
+	case <-wake:
+		t.Fatal("a healthy, quiet listener woke its readers")
+	default:
+	}
+	mu.Lock()
+	for _, c := range conns {
+		c.silent.Store(true)
+	}
+	mu.Unlock()
+	select { // the replacement listens, and wakes the readers for what it may have missed
+	case <-wake:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the listener still waits on a connection that went silent")
 	}
 }

@@ -192,6 +192,9 @@ type Options struct {
 	// notifyInTx sends pg_notify inside every committing unit instead of coalescing
 	// NOTIFYs after commit; for the benchmark that compares the two.
 	notifyInTx bool
+
+	// listenIdle replaces listenIdle, for tests.
+	listenIdle time.Duration
 }
 
 func (o *Options) withDefaults() (Options, error) {
@@ -216,6 +219,9 @@ func (o *Options) withDefaults() (Options, error) {
 	}
 	if out.ConnectTimeout == 0 {
 		out.ConnectTimeout = DefaultConnectTimeout
+	}
+	if out.listenIdle == 0 {
+		out.listenIdle = listenIdle
 	}
 	if out.Logger == nil {
 		out.Logger = slog.New(slog.DiscardHandler)
