@@ -860,7 +860,14 @@ func (s *Store) Drop(ctx context.Context) error {
 		return err
 	}
 	defer s.leave()
-	pattern := globEscape(s.prefix) + ":*"
+	// The shard keys are "<prefix>:{…": prefixes hold no braces, so no other store's keys
+	// match, not even those of a store whose prefix extends this one's.
+	pattern := globEscape(s.prefix) + ":{*"
+	for _, key := range []string{metaKey(s.prefix), hintKey(s.prefix)} {
+		if err := s.client.Do(ctx, s.client.B().Unlink().Key(key).Build()).Error(); err != nil {
+			return translate(err, "delete the store's keys")
+		}
+	}
 	for addr, node := range s.client.Nodes() {
 		var cursor uint64
 		for {

@@ -484,15 +484,17 @@ func TestChangesFromAnotherProcess(t *testing.T) {
 }
 
 // TestDrop checks that Drop deletes the store's keys and nothing else, on a server and a
-// Cluster, with a prefix that holds characters special to SCAN MATCH.
+// Cluster, with a prefix that holds characters special to SCAN MATCH, beside a store
+// whose prefix extends it.
 func TestDrop(t *testing.T) {
 	t.Parallel()
 	onServerAndCluster(t, func(t *testing.T, url string) {
 		prefix := testdb.RedisPrefix(t)
 		keep := openStore(t, url, &ffvalkey.Options{KeyPrefix: prefix + "*", Shards: 4})
 		drop := openStore(t, url, &ffvalkey.Options{KeyPrefix: prefix + "[", Shards: 4})
+		nested := openStore(t, url, &ffvalkey.Options{KeyPrefix: prefix + "[:x", Shards: 4})
 		ctx := t.Context()
-		for _, s := range []*ffvalkey.Store{keep, drop} {
+		for _, s := range []*ffvalkey.Store{keep, drop, nested} {
 			for shard := range 4 {
 				require.NoError(t, s.Update(ctx, shard, func(tx ffstore.Tx) error {
 					tx.Put("k", []byte("v"))
@@ -508,20 +510,23 @@ func TestDrop(t *testing.T) {
 			for _, node := range c.Nodes() {
 				keys, err := node.Do(ctx, node.B().Keys().Pattern("*").Build()).AsStrSlice()
 				require.NoError(t, err)
+				p := s.KeyPrefix()
 				for _, k := range keys {
-					if strings.HasPrefix(k, s.KeyPrefix()+":") {
+					if k == p+":meta" || k == p+":hint" || strings.HasPrefix(k, p+":{") {
 						n++
 					}
 				}
 			}
 			return n
 		}
-		before := count(keep)
+		before, beforeNested := count(keep), count(nested)
 		require.Positive(t, before)
+		require.Positive(t, beforeNested)
 		require.Positive(t, count(drop))
 		require.NoError(t, drop.Drop(ctx))
 		require.Zero(t, count(drop))
 		require.Equal(t, before, count(keep))
+		require.Equal(t, beforeNested, count(nested), "a store whose prefix extends the dropped one's keeps its keys")
 	})
 }
 
