@@ -36,7 +36,8 @@ type Client struct {
 }
 
 // NewClient returns a client on store. The caller owns the store and closes it after the
-// client stops.
+// client stops. A nil store or a negative Config value is refused with a validation
+// error.
 func NewClient(store ffstore.Store, cfg *Config) (*Client, error) {
 	ec := &engine.Config{}
 	if cfg != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -170,7 +171,7 @@ func watchFilter() EventFilter {
 // wakes Run and cancels tasks. cfg.Store is ignored, with a warning, unless
 // opts.OwnClient says the client was opened from it. Close the worker when done.
 func NewWorker(ctx context.Context, backend Backend, cfg *WorkerConfig, opts *WorkerOpts) (*Worker, error) {
-	if c, ok := backend.(*Client); backend == nil || ok && c == nil {
+	if isNil(backend) {
 		return nil, &ConfigError{Field: "client", Message: "a client (or another backend) is required"}
 	}
 	c, err := cfg.withDefaults()
@@ -411,7 +412,7 @@ func (w *Worker) ClaimViaServer(ctx context.Context, admin GrantScheduler, lane 
 	if err := w.usable(); err != nil {
 		return nil, err
 	}
-	if admin == nil {
+	if isNil(admin) {
 		s, ok := w.backend.(GrantScheduler)
 		if !ok {
 			return nil, &ConfigError{Field: "admin", Message: "no scheduler given and the worker's backend cannot issue grants"}
@@ -427,20 +428,35 @@ func (w *Worker) ClaimViaServer(ctx context.Context, admin GrantScheduler, lane 
 	if w.tryAcquire(1) == 0 {
 		return nil, atCapacity(w.cfg.MaxConcurrentTasks)
 	}
+	held := true
+	defer func() { // also when admin panics: the slot must not stay taken
+		if held {
+			w.releaseSlots(1)
+		}
+	}()
 	p := w.claimParams(1)
 	p.Lanes = []string{lane}
 	grant, err := admin.GrantNext(ctx, p, grantTTL)
 	if err != nil || grant == nil {
-		w.releaseSlots(1)
 		return nil, err
 	}
 	l, err := w.backend.ClaimGrant(ctx, GrantClaimParams{Grant: *grant, WorkerID: w.cfg.WorkerID,
 		WorkerInstanceID: w.cfg.WorkerInstanceID, LeaseTTL: fftype.Duration(w.cfg.LeaseTTL)})
 	if err != nil {
-		w.releaseSlots(1)
 		return nil, fmt.Errorf("consuming the grant of %s: %w", grant.ExecutionID, err)
 	}
+	held = false // adopt owns the slot now
 	return w.adopt(l, nil)
+}
+
+// isNil reports whether v is nil or holds a nil pointer, such as a nil *Client passed
+// as an interface.
+func isNil(v any) bool {
+	if v == nil {
+		return true
+	}
+	rv := reflect.ValueOf(v)
+	return rv.Kind() == reflect.Pointer && rv.IsNil()
 }
 
 // ReclaimArgs names what a reclaim grant is expected to reserve.
@@ -459,12 +475,13 @@ type ReclaimStatus string
 const (
 	// ReclaimClaimed: a new reclaim attempt started; the outcome carries its task.
 	ReclaimClaimed ReclaimStatus = "claimed"
-	// ReclaimNotReclaimable: the execution is no longer waiting for a reclaim.
+	// ReclaimNotReclaimable: the execution is no longer waiting for a reclaim; that
+	// includes a grant consumed already, whose reclaim is running or done.
 	ReclaimNotReclaimable ReclaimStatus = "not_reclaimable"
 	// ReclaimCapExceeded: the execution used up its reclaims and failed.
 	ReclaimCapExceeded ReclaimStatus = "reclaim_cap_exceeded"
-	// ReclaimGrantNotFound: the grant is not outstanding (consumed, expired, or issued to
-	// another worker).
+	// ReclaimGrantNotFound: the execution still waits for a reclaim, but the grant is not
+	// outstanding (expired, replaced by another grant, or issued to another worker).
 	ReclaimGrantNotFound ReclaimStatus = "grant_not_found"
 )
 

@@ -2,6 +2,7 @@ package flowfabric
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
 	"slices"
 	"time"
@@ -31,7 +32,7 @@ type WorkerConfig struct {
 	// turns.
 	Namespace string
 
-	// Lanes the worker claims from. At least one is required.
+	// Lanes the worker claims from: at least one, at most [MaxWorkerLanes].
 	Lanes []string
 
 	// Capabilities the worker holds. It is handed only executions whose required
@@ -153,6 +154,9 @@ func (c *WorkerConfig) withDefaults() (WorkerConfig, error) {
 	}
 	slices.Sort(lanes)
 	out.Lanes = slices.Compact(lanes)
+	if len(out.Lanes) > MaxWorkerLanes {
+		return out, &ConfigError{Field: "lanes", Message: fmt.Sprintf("at most %d lanes", MaxWorkerLanes)}
+	}
 	caps, err := fftype.NormalizeCapabilities("capabilities", out.Capabilities)
 	if err != nil {
 		return out, configErr("capabilities", err)

@@ -22,12 +22,8 @@ type (
 	WorkerPage = engine.WorkerPage
 )
 
-// Events the worker registry appends to the log.
-const (
-	EventWorkerRegistered   = engine.EventWorkerRegistered
-	EventWorkerDeregistered = engine.EventWorkerDeregistered
-	EventWorkerMarkedDead   = engine.EventWorkerMarkedDead
-)
+// MaxWorkerLanes is the most lanes one worker instance registers for.
+const MaxWorkerLanes = engine.MaxWorkerLanes
 
 // RegisterWorker registers a worker instance, or refreshes the same session's live
 // registration. While the instance has a live registration by another session it is

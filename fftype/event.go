@@ -35,6 +35,11 @@ const (
 	EventDeleted         EventType = "deleted"
 	EventLanePaused      EventType = "lane_paused"
 	EventLaneResumed     EventType = "lane_resumed"
+
+	// The worker registry's events; they carry no execution.
+	EventWorkerRegistered   EventType = "worker_registered"
+	EventWorkerDeregistered EventType = "worker_deregistered"
+	EventWorkerMarkedDead   EventType = "worker_marked_dead"
 )
 
 // eventTypes is every EventType this binary records.
@@ -43,7 +48,8 @@ var eventTypes = []EventType{ //nolint:gochecknoglobals // read-only
 	EventFailed, EventRetryScheduled, EventCancelled, EventDelayed, EventPromoted,
 	EventLeaseExpired, EventLeaseReleased, EventLeaseRevoked, EventReplayed, EventExpired,
 	EventPriorityChanged, EventTagsChanged, EventGrantIssued, EventGrantExpired, EventDeleted,
-	EventLanePaused, EventLaneResumed,
+	EventLanePaused, EventLaneResumed, EventWorkerRegistered, EventWorkerDeregistered,
+	EventWorkerMarkedDead,
 }
 
 // EventTypes returns every event type this binary records, in no particular order.

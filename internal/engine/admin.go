@@ -108,11 +108,11 @@ func (e *Engine) ReplayFailed(ctx context.Context, id fftype.ExecutionID) error 
 
 func (e *Engine) replay(ctx context.Context, id fftype.ExecutionID, onlyFailed bool) error {
 	return e.operatorUnit(ctx, id, func(tx ffstore.Tx, x *fftype.Execution, before placement, now time.Time) error {
-		if x.Phase != fftype.PhaseTerminal {
-			return fftype.Statef(fftype.CodeExecutionNotTerminal, "execution %s is %s; only ended executions can be replayed", id, x.PublicState())
-		}
 		if onlyFailed && x.PublicState() != fftype.StateFailed {
 			return fftype.Statef(fftype.CodeExecutionNotFailed, "execution %s is %s, not in the dead letter", id, x.PublicState())
+		}
+		if x.Phase != fftype.PhaseTerminal {
+			return fftype.Statef(fftype.CodeExecutionNotTerminal, "execution %s is %s; only ended executions can be replayed", id, x.PublicState())
 		}
 		if x.ReplayCount >= x.Policy.MaxReplays {
 			return &fftype.Error{Kind: fftype.KindLimited, Code: fftype.CodeMaxReplaysExhausted,

@@ -7,7 +7,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"sync"
@@ -86,34 +85,44 @@ type Engine struct {
 // New returns an engine over store.
 func New(store ffstore.Store, cfg *Config) (*Engine, error) {
 	if store == nil {
-		return nil, errors.New("engine: nil store")
+		return nil, fftype.Validationf(fftype.CodeInvalidInput, "engine: no store given")
 	}
 	c := Config{}
 	if cfg != nil {
 		c = *cfg
 	}
+	for name, negative := range map[string]bool{
+		"Retention": c.Retention < 0, "MaxPayloadBytes": c.MaxPayloadBytes < 0,
+		"TimerPollInterval": c.TimerPollInterval < 0, "TimerBatch": c.TimerBatch < 0,
+		"ConflictRetries": c.ConflictRetries < 0, "EventMaxAge": c.EventMaxAge < 0,
+		"EventSweepInterval": c.EventSweepInterval < 0,
+	} {
+		if negative {
+			return nil, fftype.Validationf(fftype.CodeInvalidInput, "engine: Config.%s must not be negative (0 means the default)", name)
+		}
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
-	if c.Retention <= 0 {
+	if c.Retention == 0 {
 		c.Retention = DefaultRetention
 	}
-	if c.MaxPayloadBytes <= 0 {
+	if c.MaxPayloadBytes == 0 {
 		c.MaxPayloadBytes = DefaultMaxPayloadBytes
 	}
-	if c.TimerPollInterval <= 0 {
+	if c.TimerPollInterval == 0 {
 		c.TimerPollInterval = time.Second
 	}
-	if c.TimerBatch <= 0 {
+	if c.TimerBatch == 0 {
 		c.TimerBatch = 128
 	}
-	if c.ConflictRetries <= 0 {
+	if c.ConflictRetries == 0 {
 		c.ConflictRetries = 16
 	}
-	if c.EventMaxAge <= 0 {
+	if c.EventMaxAge == 0 {
 		c.EventMaxAge = DefaultEventMaxAge
 	}
-	if c.EventSweepInterval <= 0 {
+	if c.EventSweepInterval == 0 {
 		c.EventSweepInterval = 30 * time.Second
 	}
 	if c.JitterFunc == nil {
@@ -124,7 +133,7 @@ func New(store ffstore.Store, cfg *Config) (*Engine, error) {
 	}
 	shards := store.Shards()
 	if shards < 1 || shards > fftype.MaxShards {
-		return nil, fmt.Errorf("engine: store reports %d shards", shards)
+		return nil, fftype.Validationf(fftype.CodeInvalidInput, "engine: the store reports %d shards", shards)
 	}
 	_, merge := store.(ffstore.UnitMerger)
 	return &Engine{

@@ -34,13 +34,6 @@ const (
 	CodeWorkerNotRegistered = "worker_not_registered"
 )
 
-// Events the registry appends to the log of its shard.
-const (
-	EventWorkerRegistered   fftype.EventType = "worker_registered"
-	EventWorkerDeregistered fftype.EventType = "worker_deregistered"
-	EventWorkerMarkedDead   fftype.EventType = "worker_marked_dead"
-)
-
 // Registry limits.
 const (
 	MinWorkerTTL       = time.Second
@@ -297,7 +290,7 @@ func (e *Engine) RegisterWorker(ctx context.Context, r WorkerRegistration) (Work
 		rec.Session = r.Session
 		putWorker(tx, rec)
 		if !out.Refreshed {
-			workerEvent(tx, EventWorkerRegistered, ns, now, map[string]any{
+			workerEvent(tx, fftype.EventWorkerRegistered, ns, now, map[string]any{
 				"worker_id": r.WorkerID, "worker_instance_id": r.InstanceID, "lanes": lanes, "capabilities": caps})
 		}
 		out.ExpiresAt = rec.ExpiresAt
@@ -358,7 +351,7 @@ func (e *Engine) DeregisterWorker(ctx context.Context, namespace, instanceID, se
 			return err
 		}
 		deleteWorker(tx, ns, instanceID)
-		workerEvent(tx, EventWorkerDeregistered, ns, now, map[string]any{
+		workerEvent(tx, fftype.EventWorkerDeregistered, ns, now, map[string]any{
 			"worker_id": rec.WorkerID, "worker_instance_id": instanceID})
 		return nil
 	})
@@ -480,7 +473,7 @@ func (e *Engine) MarkWorkerDead(ctx context.Context, namespace, instanceID, reas
 		}
 		h, found = leaseHolder{workerID: rec.WorkerID, instanceID: instanceID}, true
 		deleteWorker(tx, ns, instanceID)
-		workerEvent(tx, EventWorkerMarkedDead, ns, now, map[string]any{
+		workerEvent(tx, fftype.EventWorkerMarkedDead, ns, now, map[string]any{
 			"worker_id": rec.WorkerID, "worker_instance_id": instanceID, "reason": reason})
 		return nil
 	})
