@@ -1,11 +1,14 @@
 package ffvalkey_test
 
 import (
+	"context"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/flowfabric/flowfabric/ffstore/ffvalkey"
+	"github.com/flowfabric/flowfabric/fftest"
 	"github.com/flowfabric/flowfabric/fftype"
 	"github.com/flowfabric/flowfabric/internal/engine"
 	"github.com/flowfabric/flowfabric/internal/storetest"
@@ -52,4 +55,107 @@ func TestRestartWithoutPersistence(t *testing.T) {
 	roundTrip() // reloads the library, recreates the meta key
 	again := openStore(t, srv.URL(0), &ffvalkey.Options{KeyPrefix: store.KeyPrefix()})
 	require.Equal(t, 2, again.Shards(), "the meta key is back")
+}
+
+// TestChangesWakeAfterTheSubscriptionIsBack: wake-ups published while the change
+// subscription was down are lost, so once it is back (the client subscribes again by
+// itself) every reader is woken to read again.
+func TestChangesWakeAfterTheSubscriptionIsBack(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	srv := testdb.NewRedis(t, testdb.RedisOptions{Args: []string{"--appendonly", "yes", "--appendfsync", "always"}})
+	a := openStore(t, srv.URL(0), &ffvalkey.Options{Shards: 1})
+	observer := openStore(t, srv.URL(0), &ffvalkey.Options{KeyPrefix: a.KeyPrefix()})
+	raw := ffvalkey.Client(observer)
+	channel := a.KeyPrefix() + ":changes"
+	subscribed := func() bool {
+		n, err := raw.Do(ctx, raw.B().PubsubNumsub().Channel(channel).Build()).AsIntMap()
+		return err == nil && n[channel] == 1
+	}
+	changes := a.Changes(ctx)
+	require.Eventually(t, subscribed, 10*time.Second, 10*time.Millisecond, "the store subscribes")
+	for drained := false; !drained; {
+		select {
+		case <-changes:
+		default:
+			drained = true
+		}
+	}
+
+	require.NoError(t, srv.Restart())
+	// The subscription is back (rueidis resubscribed)...
+	require.Eventually(t, subscribed, 30*time.Second, 10*time.Millisecond, "the store subscribes again")
+	// ... and the readers must have been woken: wake-ups sent meanwhile were lost.
+	select {
+	case <-changes:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the change subscription was lost and is back, but no reader was woken: " +
+			"commits other processes made while it was down are never signalled")
+	}
+}
+
+// TestConsumerRereadsAfterTheServerLostWrites: a server that comes back without its last
+// writes (here those after the last SAVE) takes the last events and the consumer's stored
+// cursor back with them, and the events appended next take the lost numbers again. The
+// replica, whose cursor in memory is past them, finds its stored cursor is not where it
+// read from and reads again from there: every event is handled.
+func TestConsumerRereadsAfterTheServerLostWrites(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	srv := testdb.NewRedis(t, testdb.RedisOptions{}) // keeps what the last SAVE wrote
+	store := openStore(t, srv.URL(0), &ffvalkey.Options{Shards: 1})
+	clock := fftest.NewClock(time.Now())
+	e, err := engine.New(store, &engine.Config{Clock: clock})
+	require.NoError(t, err)
+	handled := map[fftype.ExecutionID]int{}
+	c, err := e.NewConsumer(engine.ConsumerConfig{Name: "audit", Filter: fftype.EventFilter{Types: []fftype.EventType{fftype.EventCreated}},
+		Handler: func(_ context.Context, ev fftype.Event) error { handled[ev.ExecutionID]++; return nil }})
+	require.NoError(t, err)
+	create := func() fftype.ExecutionID {
+		t.Helper()
+		var id fftype.ExecutionID
+		require.Eventually(t, func() bool { // the first calls after the restart may fail
+			res, err := e.Create(ctx, fftype.CreateParams{Lane: workLane, Kind: "work"})
+			if err == nil {
+				id = res.ID
+			}
+			return err == nil
+		}, 10*time.Second, 10*time.Millisecond)
+		return id
+	}
+	drain := func() {
+		t.Helper()
+		for {
+			n, err := c.Step(ctx)
+			if err != nil {
+				t.Logf("step: %v", err)
+				continue
+			}
+			if n == 0 {
+				return
+			}
+		}
+	}
+	create()
+	create()
+	drain()
+	raw := ffvalkey.Client(store)
+	require.NoError(t, raw.Do(ctx, raw.B().Save().Build()).Error()) // what the server will come back with
+	create()
+	create()
+	drain()
+	require.Len(t, handled, 4)
+
+	srv.Kill() // a crash: the last two units are lost
+	require.NoError(t, srv.Start())
+	var after []fftype.ExecutionID
+	for range 3 {
+		after = append(after, create())
+	}
+	drain()
+	clock.Advance(engine.DefaultConsumerLeaseTTL / 2) // the replica renews its lease and rereads its stored cursor
+	drain()
+	for i, id := range after {
+		require.GreaterOrEqual(t, handled[id], 1, "execution #%d created after the restart: its created event was never handled", i+1)
+	}
 }

@@ -799,7 +799,8 @@ func (s *Store) Now(ctx context.Context) (time.Time, error) {
 // at once and, through one Pub/Sub subscription per store (every commit publishes on the
 // store's channel, <prefix>:changes), soon after commits of other processes. Pub/Sub is a
 // lossy doorbell: while the subscription is down wake-ups from other processes are
-// missed, and a wake-up is sent when it is back. The log itself is never lossy.
+// missed, so when it is back every reader is woken and the queue heads are read in full.
+// The log itself is never lossy.
 func (s *Store) Changes(ctx context.Context) <-chan struct{} {
 	s.subOnce.Do(s.subscribe)
 	return s.changes.Changes(ctx)
@@ -821,7 +822,21 @@ func (s *Store) subscribe() {
 		defer close(s.subDone)
 		delay := retryFirst
 		for ctx.Err() == nil {
-			err := s.client.Receive(ctx, s.client.B().Subscribe().Channel(s.channel).Build(), func(msg rueidis.PubSubMessage) {
+			// The client subscribes again by itself after a lost connection, within this
+			// one Receive: each confirmation after the first is a subscription that was
+			// down for a while, whose missed wake-ups are made up for here.
+			confirmed := 0
+			hooked := rueidis.WithOnSubscriptionHook(ctx, func(sub rueidis.PubSubSubscription) {
+				if sub.Kind != "subscribe" {
+					return
+				}
+				if confirmed++; confirmed > 1 {
+					s.heads.invalidate()
+					s.changes.Notify()
+					s.log.Info("ffvalkey: the change subscription is back")
+				}
+			})
+			err := s.client.Receive(hooked, s.client.B().Subscribe().Channel(s.channel).Build(), func(msg rueidis.PubSubMessage) {
 				from, flag, _ := strings.Cut(msg.Message, ":")
 				instance, shardText, _ := strings.Cut(from, ".")
 				if instance == s.instance {

@@ -223,11 +223,16 @@ func (l *leaser) heldShards() []int {
 	return out
 }
 
-// commit stores a consumer's new cursor on shard if the replica still holds the lease.
-func (l *leaser) commit(ctx context.Context, shard int, cursor uint64) error {
+// commit moves a consumer's cursor on shard from `from`, where the replica read, to
+// `cursor`, if the replica still holds the lease and the stored cursor is still `from`.
+// A stored cursor that is not — the store came back from a crash without its last writes,
+// taking the events after it and the cursor's advance with them, so the events appended
+// since carry those numbers again — is where the replica reads next.
+func (l *leaser) commit(ctx context.Context, shard int, from, cursor uint64) error {
 	lost := false
+	stored := cursor
 	err := l.e.update(ctx, shard, func(tx ffstore.Tx) error {
-		lost = false
+		lost, stored = false, cursor
 		now := l.e.now()
 		rec, ok, err := readShardLease(tx, l.name)
 		if err != nil {
@@ -235,6 +240,10 @@ func (l *leaser) commit(ctx context.Context, shard int, cursor uint64) error {
 		}
 		if !ok || rec.Owner != l.instance || !now.Before(rec.Expires) {
 			lost = true
+			return nil
+		}
+		if rec.Cursor != from {
+			stored = rec.Cursor
 			return nil
 		}
 		rec.Cursor = cursor
@@ -249,7 +258,11 @@ func (l *leaser) commit(ctx context.Context, shard int, cursor uint64) error {
 		delete(l.held, shard)
 		return nil
 	}
-	l.cursors[shard] = cursor
+	if stored != cursor {
+		l.e.log.Warn("durable consumer's stored cursor is not where it read from (the store lost its last writes?); reading again from the stored one",
+			"consumer", l.name, "shard", shard, "read_from", from, "stored", stored)
+	}
+	l.cursors[shard] = stored
 	return nil
 }
 
@@ -347,7 +360,7 @@ func (c *Consumer) processShard(ctx context.Context, shard int) (int, error) {
 		}
 		c.e.log.Warn("durable consumer fell behind the event log's maximum age; skipping to the oldest event kept",
 			"consumer", c.cfg.Name, "shard", shard, "cursor", cursor, "trimmed", trimmed)
-		return 0, c.leases.commit(ctx, shard, trimmed)
+		return 0, c.leases.commit(ctx, shard, cursor, trimmed)
 	}
 	if err != nil {
 		return 0, err
@@ -366,7 +379,7 @@ func (c *Consumer) processShard(ctx context.Context, shard int) (int, error) {
 		done = evs[i].Seq
 	}
 	if done != cursor {
-		if err := c.leases.commit(ctx, shard, done); err != nil {
+		if err := c.leases.commit(ctx, shard, cursor, done); err != nil {
 			return 0, err
 		}
 	}

@@ -161,3 +161,48 @@ func TestFailedLeaseTakeIsNotHeld(t *testing.T) {
 		assert.Len(t, who, 1, "event %d handled by %v: two replicas held one shard", seq, who)
 	}
 }
+
+// TestConsumerFollowsItsStoredCursorBack: a stored cursor that is not where the replica
+// read from (a store that came back without its last writes took the cursor's advance
+// back with the events it covered) is where the replica reads again, rather than being
+// overwritten by the replica's cursor from before the loss.
+func TestConsumerFollowsItsStoredCursorBack(t *testing.T) {
+	t.Parallel()
+	e, err := New(ffmem.New(&ffmem.Options{Shards: 1}), nil)
+	require.NoError(t, err)
+	ctx := t.Context()
+	handled := map[uint64]int{}
+	c, err := e.NewConsumer(ConsumerConfig{Name: "audit",
+		Handler: func(_ context.Context, ev fftype.Event) error { handled[ev.Seq]++; return nil }})
+	require.NoError(t, err)
+	create := func() {
+		_, err := e.Create(ctx, fftype.CreateParams{Lane: "l", Kind: "k"})
+		require.NoError(t, err)
+	}
+	for range 4 {
+		create()
+	}
+	n, err := c.Step(ctx)
+	require.NoError(t, err)
+	require.Equal(t, 4, n)
+
+	require.NoError(t, e.update(ctx, 0, func(tx ffstore.Tx) error { // the store loses the last two advances
+		rec, ok, err := readShardLease(tx, "audit")
+		require.True(t, ok)
+		rec.Cursor = 2
+		putJSON(tx, shardLeaseKey("audit"), rec)
+		return err
+	}))
+	create()
+	for range 3 {
+		_, err := c.Step(ctx)
+		require.NoError(t, err)
+	}
+	require.Equal(t, map[uint64]int{1: 1, 2: 1, 3: 2, 4: 2, 5: 2}, handled,
+		"events 3 and 4, whose handling the store lost, are handled again")
+	require.NoError(t, e.store.View(ctx, 0, func(tx ffstore.ReadTx) error {
+		rec, _, err := readShardLease(tx, "audit")
+		require.Equal(t, uint64(5), rec.Cursor)
+		return err
+	}))
+}
