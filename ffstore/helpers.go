@@ -54,6 +54,14 @@ func MemberRecordKeys(members []string, kinds []string) []string {
 	return keys
 }
 
+// Closed returns the error a closed store answers every call with: unavailable, and not
+// retryable, since it stays closed. store names the store ("ffsqlite").
+func Closed(store string) error {
+	e := fftype.NewError(fftype.KindUnavailable, fftype.CodeStoreUnavailable, "%s: store is closed", store)
+	e.Retryable = false
+	return e
+}
+
 // CursorExpired returns the error ReadEvents gives when events after `after` on shard were
 // trimmed (the shard's trim point is trimmed).
 func CursorExpired(shard int, after, trimmed uint64) error {

@@ -114,9 +114,7 @@ func (s *Store) InjectConflicts(n int) { s.conflicts.Inject(n) }
 // Shards returns the shard count.
 func (s *Store) Shards() int { return len(s.shards) }
 
-func errClosed() error {
-	return fftype.NewError(fftype.KindUnavailable, fftype.CodeStoreUnavailable, "ffmem: store is closed")
-}
+func errClosed() error { return ffstore.Closed("ffmem") }
 
 // lookup checks a call's arguments and returns the shard.
 func (s *Store) lookup(ctx context.Context, shard int) (*shard, error) {

@@ -284,7 +284,7 @@ func TestClose(t *testing.T) {
 	err := s.Close()
 	require.ErrorIs(t, err, fftype.ErrUnavailable)
 	require.Equal(t, fftype.CodeStoreUnavailable, fftype.CodeOf(err))
-	require.True(t, fftype.IsRetryable(err))
+	require.False(t, fftype.IsRetryable(err), "a closed store stays closed")
 	require.Equal(t, ffmem.DefaultShards, s.Shards(), "Shards still answers")
 }
 

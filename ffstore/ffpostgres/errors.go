@@ -10,6 +10,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/flowfabric/flowfabric/ffstore"
 	"github.com/flowfabric/flowfabric/fftype"
 )
 
@@ -43,11 +44,7 @@ func (e *SchemaVersionError) Error() string {
 	return fmt.Sprintf("schema %q is at version %d but this binary needs version %d: run ffpostgres.Migrate (the CLI's migrate command) or open the store with Options.Migrate set", e.Schema, e.Found, e.Known)
 }
 
-func errClosed() error {
-	e := fftype.NewError(fftype.KindUnavailable, fftype.CodeStoreUnavailable, "ffpostgres: store is closed")
-	e.Retryable = false
-	return e
-}
+func errClosed() error { return ffstore.Closed("ffpostgres") }
 
 func errTxDone() error {
 	return fftype.Validationf(fftype.CodeInvalidInput, "ffpostgres: transaction used after its unit ended")

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/flowfabric/flowfabric/ffstore"
 	"github.com/flowfabric/flowfabric/fftype"
 )
 
@@ -37,11 +38,7 @@ const (
 	sqliteNotADB   = 26
 )
 
-func errClosed() error {
-	e := fftype.NewError(fftype.KindUnavailable, fftype.CodeStoreUnavailable, "ffsqlite: store is closed")
-	e.Retryable = false
-	return e
-}
+func errClosed() error { return ffstore.Closed("ffsqlite") }
 
 // translate turns an error from the driver or database/sql into an *fftype.Error. It is
 // the only place driver errors are interpreted; errors that are already *fftype.Error and

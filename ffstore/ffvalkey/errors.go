@@ -9,6 +9,7 @@ import (
 
 	"github.com/redis/rueidis"
 
+	"github.com/flowfabric/flowfabric/ffstore"
 	"github.com/flowfabric/flowfabric/fftype"
 )
 
@@ -61,11 +62,7 @@ func (e *CAFileError) Unwrap() []error {
 	return []error{e.Reason, e.Err}
 }
 
-func errClosed() error {
-	e := fftype.NewError(fftype.KindUnavailable, fftype.CodeStoreUnavailable, "ffvalkey: store is closed")
-	e.Retryable = false
-	return e
-}
+func errClosed() error { return ffstore.Closed("ffvalkey") }
 
 func conflict(format string, args ...any) error {
 	return fftype.NewError(fftype.KindContention, fftype.CodeStoreConflict, "ffvalkey: "+format, args...)

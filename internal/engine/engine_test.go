@@ -2,6 +2,7 @@ package engine_test
 
 import (
 	"context"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -172,5 +173,55 @@ func TestSubscribeFromStartOutlivesATrim(t *testing.T) {
 		require.Equal(t, uint64(3), d.Event.Seq, "the first event after the trim")
 	case <-time.After(10 * time.Second):
 		t.Fatal("no event delivered")
+	}
+}
+
+// flakyReadsStore fails the first `fail` ReadEvents calls as a store that is briefly away.
+type flakyReadsStore struct {
+	ffstore.Store
+	fail atomic.Int32
+}
+
+func (s *flakyReadsStore) ReadEvents(ctx context.Context, shard int, after uint64, limit int) ([]fftype.Event, error) {
+	if s.fail.Add(-1) >= 0 {
+		return nil, fftype.NewError(fftype.KindUnavailable, fftype.CodeStoreUnavailable, "injected: the store is restarting")
+	}
+	return s.Store.ReadEvents(ctx, shard, after, limit)
+}
+
+// TestSubscriptionOutlivesABriefOutage: a subscription whose reads fail with retryable
+// errors reads again from where it was and misses nothing; one whose store was closed
+// ends with the store's error.
+func TestSubscriptionOutlivesABriefOutage(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	mem := ffmem.New(&ffmem.Options{Shards: 2})
+	st := &flakyReadsStore{Store: mem}
+	e, err := engine.New(st, nil)
+	require.NoError(t, err)
+	sub, err := e.Subscribe(ctx, fftype.EventFilter{}, engine.CursorStart)
+	require.NoError(t, err)
+	defer sub.Close()
+	st.fail.Store(3)
+	for range 4 {
+		_, err := e.Create(ctx, fftype.CreateParams{Lane: "l", Kind: "k"})
+		require.NoError(t, err)
+	}
+	for range 4 {
+		select {
+		case _, ok := <-sub.Events():
+			require.True(t, ok, "the subscription ended: %v", sub.Err())
+		case <-time.After(10 * time.Second):
+			t.Fatal("an event was not delivered")
+		}
+	}
+
+	require.NoError(t, mem.Close())
+	select {
+	case _, ok := <-sub.Events():
+		require.False(t, ok)
+		require.ErrorIs(t, sub.Err(), fftype.ErrUnavailable)
+	case <-time.After(10 * time.Second):
+		t.Fatal("a subscription on a closed store did not end")
 	}
 }

@@ -159,7 +159,9 @@ func validateFilter(f fftype.EventFilter) error {
 // Subscription is a live, resumable feed of events. Read Events until it is closed, then
 // Err says why: nil after Close or the context's end, an error matching
 // fftype.ErrCursorExpired when the log was trimmed past the subscription's position (the
-// subscriber fell too far behind), or a store error.
+// subscriber fell too far behind), or a store error that retrying cannot cure (the store
+// was closed). Retryable store errors (a restart, a failover) do not end it: it reads
+// again, with backoff, from where it was.
 type Subscription struct {
 	ch     chan fftype.Delivery
 	cancel context.CancelFunc
@@ -257,6 +259,13 @@ func (e *Engine) changes(ctx context.Context) <-chan struct{} {
 	return nil
 }
 
+// How long a subscription waits before reading again after a retryable store error: it
+// doubles from the first to the last.
+const (
+	followRetryMin = 50 * time.Millisecond
+	followRetryMax = 5 * time.Second
+)
+
 // follow reads every shard's log from pos on, calling fn for each event with the
 // positions after it, and waits for a change when all shards are drained. It returns when
 // ctx ends (nil) or on the first error. A shard marked in atStart (which may be nil) is at
@@ -265,6 +274,7 @@ func (e *Engine) changes(ctx context.Context) <-chan struct{} {
 func (e *Engine) follow(ctx context.Context, pos []uint64, atStart []bool, wake <-chan struct{}, fn func(*fftype.Event, []uint64) error) error {
 	poll := time.NewTimer(0)
 	defer poll.Stop()
+	retry := followRetryMin
 	for {
 		read := false
 		for s := range pos {
@@ -276,12 +286,27 @@ func (e *Engine) follow(ctx context.Context, pos []uint64, atStart []bool, wake 
 					evs, err = e.store.ReadEvents(ctx, s, pos[s], eventBatch)
 				}
 			}
+			if err != nil && ctx.Err() == nil && fftype.IsRetryable(err) {
+				// The store is briefly away (a restart, a failover): the positions are
+				// kept, so reading again later misses nothing.
+				e.log.Warn("event subscription: reading the log failed; retrying", "shard", s, "err", err, "retry_in", retry)
+				poll.Reset(retry)
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-poll.C:
+				}
+				retry = min(2*retry, followRetryMax)
+				read = true // read every shard again before waiting for a change
+				break
+			}
 			if err != nil {
 				if ctx.Err() != nil {
 					return nil
 				}
 				return err
 			}
+			retry = followRetryMin
 			if len(evs) > 0 && atStart != nil {
 				atStart[s] = false
 			}
