@@ -152,7 +152,7 @@ func (c *Client) SetTags(ctx context.Context, id ExecutionID, tags map[string]st
 	return c.engine.SetTags(ctx, id, tags)
 }
 
-// Replay sends a finished execution round again with a fresh retry budget.
+// Replay sends a finished execution round again with fresh retry and reclaim budgets.
 func (c *Client) Replay(ctx context.Context, id ExecutionID) error { return c.engine.Replay(ctx, id) }
 
 // ReplayFailed replays an execution of the dead letter, one that ended failed, as Replay

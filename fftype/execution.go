@@ -33,9 +33,9 @@ type Execution struct {
 
 	// Counters.
 	TotalAttempts int `json:"total_attempts"` // also the index of the next attempt
-	RetryCount    int `json:"retry_count"`
+	RetryCount    int `json:"retry_count"`    // retries since creation or the last replay
 	ReplayCount   int `json:"replay_count"`
-	ReclaimCount  int `json:"reclaim_count"`
+	ReclaimCount  int `json:"reclaim_count"` // reclaims since creation or the last replay
 
 	// Current attempt and lease. LeaseEpoch only grows; the attempt fields survive terminal
 	// transitions so a retried terminal call by the same holder can be recognised.

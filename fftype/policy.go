@@ -19,7 +19,8 @@ type Policy struct {
 	// 0 means 30s.
 	LeaseTTL Duration `json:"lease_ttl_ms,omitempty"`
 	// MaxReclaims caps how many times the execution is reclaimed after a lost lease; the
-	// lease loss after the cap fails it with reason "max_reclaims_exceeded". 0 means 100.
+	// lease loss after the cap fails it with reason "max_reclaims_exceeded". A replay
+	// starts the count again. 0 means 100.
 	MaxReclaims int `json:"max_reclaims,omitempty"`
 	// MaxReplays caps how many times a terminal execution may be replayed. 0 means 10.
 	MaxReplays int `json:"max_replays,omitempty"`

@@ -228,6 +228,31 @@ func exerciseAdmin(t *testing.T, newStore func(t *testing.T) ffstore.Store) {
 		requireCode(t, b.engine.Replay(b.ctx, id), fftype.KindLimited, fftype.CodeMaxReplaysExhausted)
 	})
 
+	// A replay starts the reclaim count again, as it does the retry count: the replay's
+	// first lost lease is reclaimed, even after the execution failed at the reclaim cap.
+	t.Run("ReplayStartsFreshReclaimBudget", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		id := b.create(t, fftype.CreateParams{Policy: fftype.Policy{MaxReclaims: 1, LeaseTTL: fftype.Duration(10 * time.Second)}})
+		b.claimOne(t, id)
+		b.advance(t, 10*time.Second)
+		require.Equal(t, fftype.AttemptReclaim, b.claimOne(t, id).AttemptType)
+		b.advance(t, 10*time.Second)
+		x := b.get(t, id)
+		require.Equal(t, fftype.StateFailed, x.PublicState())
+		require.Equal(t, "max_reclaims_exceeded", x.FailureReason)
+
+		require.NoError(t, b.engine.ReplayFailed(b.ctx, id))
+		require.Zero(t, b.get(t, id).ReclaimCount)
+		require.Equal(t, fftype.AttemptReplay, b.claimOne(t, id).AttemptType)
+		b.advance(t, 10*time.Second)
+		x = b.get(t, id)
+		require.Equal(t, fftype.StateWaiting, x.PublicState(), "the replay's first lost lease is reclaimed (failure %q)", x.FailureReason)
+		require.Equal(t, fftype.AttemptStatePendingReclaim, x.AttemptState)
+		require.Equal(t, fftype.AttemptReclaim, b.claimOne(t, id).AttemptType)
+		require.Equal(t, 1, b.get(t, id).ReclaimCount)
+	})
+
 	t.Run("ListFiltersAndPages", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)

@@ -92,9 +92,10 @@ func (e *Engine) SetTags(ctx context.Context, id fftype.ExecutionID, tags map[st
 	})
 }
 
-// Replay sends a terminal execution round again: it becomes eligible at once with a fresh
-// retry budget, and its next claim starts a replay attempt. Replays are capped by the
-// policy's MaxReplays. A deadline, if the policy has one, starts again from the replay.
+// Replay sends a terminal execution round again: it becomes eligible at once with fresh
+// retry and reclaim budgets (RetryCount and ReclaimCount start again from 0), and its next
+// claim starts a replay attempt. Replays are capped by the policy's MaxReplays. A
+// deadline, if the policy has one, starts again from the replay.
 func (e *Engine) Replay(ctx context.Context, id fftype.ExecutionID) error {
 	return e.replay(ctx, id, false)
 }
@@ -119,7 +120,7 @@ func (e *Engine) replay(ctx context.Context, id fftype.ExecutionID, onlyFailed b
 				Message: "execution " + string(id) + " was replayed " + strconv.Itoa(x.ReplayCount) + " times, its cap"}
 		}
 		x.ReplayCount++
-		x.RetryCount = 0
+		x.RetryCount, x.ReclaimCount = 0, 0
 		x.Outcome = fftype.OutcomeNone
 		x.CompletedAt = time.Time{}
 		x.PendingReason = "replay"
