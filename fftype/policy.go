@@ -13,7 +13,8 @@ type Policy struct {
 	// spends paused (a Delay or Snooze, a Release) does not count. 0 means no timeout.
 	AttemptTimeout Duration `json:"attempt_timeout_ms,omitempty"`
 	// Deadline bounds the whole execution, measured from its creation. When it passes, the
-	// execution ends as expired, whatever its state. 0 means no deadline.
+	// execution ends as expired, whatever its state: from then on its lease holder's calls
+	// are refused (execution_not_active) and no claim hands it out. 0 means no deadline.
 	Deadline Duration `json:"deadline_ms,omitempty"`
 	// LeaseTTL is the lease length a claim grants when the claimer does not ask for one.
 	// 0 means 30s.

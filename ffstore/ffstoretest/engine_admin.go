@@ -52,6 +52,64 @@ func exerciseTimers(t *testing.T, newStore func(t *testing.T) ffstore.Store) {
 		requireCode(t, b.engine.Complete(b.ctx, active, l.Fence, nil, ""), fftype.KindState, fftype.CodeExecutionNotActive)
 	})
 
+	// An execution past its deadline is never handed out, whether or not the timer loop
+	// has expired it yet: the claim expires it as the timer would and takes the next one.
+	t.Run("ClaimExpiresWhatIsPastItsDeadline", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		late := b.create(t, fftype.CreateParams{Policy: fftype.Policy{Deadline: fftype.Duration(time.Minute)}})
+		b.clock.Advance(time.Millisecond)
+		live := b.create(t, fftype.CreateParams{})
+		lateToo := b.create(t, fftype.CreateParams{Policy: fftype.Policy{Deadline: fftype.Duration(time.Minute)}})
+		b.clock.Advance(time.Minute) // past both deadlines; the timer loop has not run
+		b.claimOne(t, live)
+		g, err := b.engine.GrantNext(b.ctx, claimParams("w", 1), 0)
+		require.NoError(t, err)
+		require.Nil(t, g, "nothing left to grant")
+		for _, id := range []fftype.ExecutionID{late, lateToo} {
+			x := b.get(t, id)
+			require.Equal(t, fftype.StateExpired, x.PublicState())
+			require.Equal(t, "execution_deadline", x.FailureReason)
+			require.Equal(t, []fftype.EventType{fftype.EventCreated, fftype.EventExpired}, b.events(t, id))
+		}
+	})
+
+	// A grant cannot be consumed once its execution's deadline passed: ClaimGrant expires
+	// the execution as the timer would, and refuses the grant as void.
+	t.Run("ClaimGrantExpiresWhatIsPastItsDeadline", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		id := b.create(t, fftype.CreateParams{Policy: fftype.Policy{Deadline: fftype.Duration(time.Minute)}})
+		b.clock.Advance(50 * time.Second)
+		g, err := b.engine.IssueGrant(b.ctx, id, fftype.GrantClaim, fftype.GrantParams{WorkerID: "w", TTL: fftype.Duration(time.Minute)})
+		require.NoError(t, err)
+		b.clock.Advance(10 * time.Second)
+		_, err = b.engine.ClaimGrant(b.ctx, fftype.GrantClaimParams{Grant: *g, WorkerID: "w", WorkerInstanceID: "w-1"})
+		requireCode(t, err, fftype.KindState, fftype.CodeInvalidClaimGrant)
+		x := b.get(t, id)
+		require.Equal(t, fftype.StateExpired, x.PublicState())
+		require.Equal(t, "execution_deadline", x.FailureReason)
+		_, err = b.engine.ClaimGrant(b.ctx, fftype.GrantClaimParams{Grant: *g, WorkerID: "w", WorkerInstanceID: "w-1"})
+		requireCode(t, err, fftype.KindState, fftype.CodeInvalidClaimGrant)
+	})
+
+	// Past the deadline its holder is refused with the code the deadline's transition
+	// leaves, before the timer loop makes it as after, and the refusal changes nothing.
+	t.Run("DeadlineRefusesTheHolder", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		id := b.create(t, fftype.CreateParams{Policy: fftype.Policy{Deadline: fftype.Duration(time.Minute),
+			AttemptTimeout: fftype.Duration(time.Minute), LeaseTTL: fftype.Duration(5 * time.Minute)}})
+		l := b.claimOne(t, id)
+		b.clock.Advance(time.Minute)
+		before := b.get(t, id)
+		refusedAll(t, b, id, l.Fence, fftype.CodeExecutionNotActive)
+		b.requireUnchanged(t, id, before)
+		b.advance(t, 0)
+		require.Equal(t, fftype.StateExpired, b.state(t, id))
+		refusedAll(t, b, id, l.Fence, fftype.CodeExecutionNotActive)
+	})
+
 	t.Run("Retention", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
@@ -304,4 +362,18 @@ func exerciseAdmin(t *testing.T, newStore func(t *testing.T) ffstore.Store) {
 		_, err = b.engine.List(b.ctx, fftype.ListParams{Limit: 1001})
 		requireCode(t, err, fftype.KindValidation, fftype.CodeInvalidInput)
 	})
+}
+
+// refusedAll requires every call of the holder of fence f on id to be refused with code.
+func refusedAll(t *testing.T, b *engineBundle, id fftype.ExecutionID, f fftype.Fence, code string) {
+	t.Helper()
+	requireCode(t, b.engine.Complete(b.ctx, id, f, nil, ""), fftype.KindState, code)
+	_, err := b.engine.Fail(b.ctx, id, f, fftype.FailParams{Reason: "late"})
+	requireCode(t, err, fftype.KindState, code)
+	_, err = b.engine.Renew(b.ctx, id, f, 0)
+	requireCode(t, err, fftype.KindState, code)
+	requireCode(t, b.engine.Progress(b.ctx, id, f, 50, ""), fftype.KindState, code)
+	requireCode(t, b.engine.Delay(b.ctx, id, f, time.Second), fftype.KindState, code)
+	requireCode(t, b.engine.Release(b.ctx, id, f), fftype.KindState, code)
+	requireCode(t, b.engine.Cancel(b.ctx, id, fftype.CancelParams{Fence: &f}), fftype.KindState, code)
 }

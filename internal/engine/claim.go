@@ -268,9 +268,10 @@ func sortedKeys(m map[string]bool) []string {
 // takeFrom pops executions from one eligible queue in one unit, applies act to each
 // (numbering them from base), and returns what act collected and the queue's new head
 // (nil when empty). It pops what demand still asks for beyond base when the candidate is
-// alone at its priority, and one execution otherwise. The head is read only when the
-// caller may go on (demand asks for more, or the unit took fewer than it popped for);
-// otherwise it is reported as nil.
+// alone at its priority, and one execution otherwise; one past its deadline is expired
+// there, as the timer loop would expire it, instead of going to act. The head is read
+// only when the caller may go on (demand asks for more, or the unit took fewer than it
+// popped for); otherwise it is reported as nil.
 func takeFrom[T any](ctx context.Context, e *Engine, c *candidate, base int, alone bool, demand func() int, maxScore int64, act takeFunc[T]) ([]T, *ffstore.QueueItem, error) {
 	var got []T
 	var next *ffstore.QueueItem
@@ -299,7 +300,15 @@ func takeFrom[T any](ctx context.Context, e *Engine, c *candidate, base int, alo
 			if _, ok := before.score(c.queue); !ok {
 				continue // not eligible here: the pop only dropped a stale entry
 			}
-			v, err := act(tx, x, before.without(c.queue), now, base+len(got))
+			before = before.without(c.queue)
+			expired, err := e.fire(tx, queueDeadline, x, before, now)
+			if err != nil {
+				return err
+			}
+			if expired {
+				continue // past its deadline: it ends here, as the timer loop would end it
+			}
+			v, err := act(tx, x, before, now, base+len(got))
 			if err != nil {
 				return err
 			}
@@ -540,7 +549,9 @@ func missingCaps(have, need []string) string {
 
 // ClaimGrant consumes a grant: the worker it names gets a lease on the reserved execution
 // (a reclaim attempt for a reclaim grant). A grant that expired, was consumed, or names
-// another worker is refused and nothing changes.
+// another worker is refused and nothing changes. A grant on an execution past its
+// deadline is refused as invalid_claim_grant, and the execution ends as expired, as the
+// timer loop would end it.
 func (e *Engine) ClaimGrant(ctx context.Context, p fftype.GrantClaimParams) (*fftype.Lease, error) {
 	w, err := checkClaimer(p.WorkerID, p.WorkerInstanceID, nil, p.LeaseTTL)
 	if err != nil {
@@ -554,7 +565,9 @@ func (e *Engine) ClaimGrant(ctx context.Context, p fftype.GrantClaimParams) (*ff
 		return nil, fftype.Validationf(fftype.CodeInvalidInput, "grant id is required")
 	}
 	var lease *fftype.Lease
+	var refused error // a refusal that commits what the unit wrote
 	err = e.update(ctx, shard, func(tx ffstore.Tx) error {
+		lease, refused = nil, nil // the unit may run again after a conflict
 		now := e.now()
 		x, err := getExec(tx, p.Grant.ExecutionID)
 		if err != nil {
@@ -570,6 +583,15 @@ func (e *Engine) ClaimGrant(ctx context.Context, p fftype.GrantClaimParams) (*ff
 		if !now.Before(g.ExpiresAt) {
 			return fftype.Statef(fftype.CodeClaimGrantExpired, "grant %s expired at %s", g.ID, g.ExpiresAt.Format(time.RFC3339Nano))
 		}
+		expired, err := e.fire(tx, queueDeadline, x, e.placementOf(x), now)
+		if err != nil {
+			return err
+		}
+		if expired {
+			refused = fftype.Statef(fftype.CodeInvalidClaimGrant, "execution %s passed its deadline at %s; it expired with grant %s",
+				x.ID, x.DeadlineAt.Format(time.RFC3339Nano), g.ID)
+			return nil
+		}
 		if err := tx.Prefetch(payloadKey(x.ID)); err != nil {
 			return err
 		}
@@ -580,5 +602,5 @@ func (e *Engine) ClaimGrant(ctx context.Context, p fftype.GrantClaimParams) (*ff
 		return nil, err
 	}
 	e.notifyTimers()
-	return lease, nil
+	return lease, refused
 }

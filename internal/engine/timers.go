@@ -104,32 +104,34 @@ func (e *Engine) runTimer(ctx context.Context, shard int, queue string) (int, er
 	return n, err
 }
 
+// due reports whether the time t of a timer is set and has come by now.
+func due(t, now time.Time) bool { return !t.IsZero() && !t.After(now) }
+
 // fire applies the transition a due timer stands for, if x is still due. It reports
 // whether it did.
 func (e *Engine) fire(tx ffstore.Tx, queue string, x *fftype.Execution, before placement, now time.Time) (bool, error) {
-	due := func(t time.Time) bool { return !t.IsZero() && !t.After(now) }
 	switch queue {
 	case queueDelayed:
-		if x.Phase != fftype.PhaseRunnable || x.Eligibility != fftype.EligibilityUntilTime || !due(x.DelayUntil) {
+		if x.Phase != fftype.PhaseRunnable || x.Eligibility != fftype.EligibilityUntilTime || !due(x.DelayUntil, now) {
 			return false, nil
 		}
 		toRunnable(x, x.AttemptState, now, fftype.BlockingWaitingForWorker, now)
 		e.save(tx, before, x)
 		appendEvent(tx, fftype.EventPromoted, x, now, nil)
 	case queueLease:
-		if x.Ownership != fftype.OwnershipLeased || !due(x.LeaseExpiresAt) {
+		if x.Ownership != fftype.OwnershipLeased || !due(x.LeaseExpiresAt, now) {
 			return false, nil
 		}
 		return true, e.loseLease(tx, x, before, fftype.LeaseEndExpired, "", now)
 	case queueAttemptTimeout:
-		if x.Ownership != fftype.OwnershipLeased || !due(x.AttemptTimeoutAt) {
+		if x.Ownership != fftype.OwnershipLeased || !due(x.AttemptTimeoutAt, now) {
 			return false, nil
 		}
 		x.LastLeaseEnd = fftype.LeaseEndTimedOut // so that the holder's calls are told, not taken for replays
 		_, err := e.failAttempt(tx, x, before, fftype.FailParams{Reason: "attempt_timeout", Category: "timeout"}, now)
 		return true, err
 	case queueDeadline:
-		if x.Phase == fftype.PhaseTerminal || !due(x.DeadlineAt) {
+		if x.Phase == fftype.PhaseTerminal || !due(x.DeadlineAt, now) {
 			return false, nil
 		}
 		if attemptUnfinished(x) {
@@ -142,12 +144,12 @@ func (e *Engine) fire(tx ffstore.Tx, queue string, x *fftype.Execution, before p
 		e.save(tx, before, x)
 		appendEvent(tx, fftype.EventExpired, x, now, map[string]any{"reason": "execution_deadline"})
 	case queueGrant:
-		if x.Eligibility != fftype.EligibilityGranted || !due(x.Grant.ExpiresAt) {
+		if x.Eligibility != fftype.EligibilityGranted || !due(x.Grant.ExpiresAt, now) {
 			return false, nil
 		}
 		e.expireGrant(tx, x, before, now)
 	case queueRetention:
-		if x.Phase != fftype.PhaseTerminal || !due(x.CompletedAt.Add(e.cfg.Retention)) {
+		if x.Phase != fftype.PhaseTerminal || !due(x.CompletedAt.Add(e.cfg.Retention), now) {
 			return false, nil
 		}
 		return true, e.delete(tx, x, before, now)
