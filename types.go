@@ -101,7 +101,7 @@ var (
 	ErrStaleLease   = fftype.ErrStaleLease
 	ErrLeaseExpired = fftype.ErrLeaseExpired
 	ErrLeaseRevoked = fftype.ErrLeaseRevoked
-	// ErrAttemptTimedOut refuses the holder of an attempt its timeout failed.
+	// ErrAttemptTimedOut refuses the holder of an attempt past its timeout.
 	ErrAttemptTimedOut = fftype.ErrAttemptTimedOut
 	ErrNotActive       = fftype.ErrExecutionNotActive
 	ErrGrantExpired    = fftype.ErrClaimGrantExpired

@@ -115,7 +115,7 @@ const (
 	CodeStaleLease           = "stale_lease"
 	CodeLeaseExpired         = "lease_expired"
 	CodeLeaseRevoked         = "lease_revoked"
-	CodeAttemptTimedOut      = "attempt_timed_out" // the attempt's timeout ended it, and its lease
+	CodeAttemptTimedOut      = "attempt_timed_out" // the attempt's timeout passed: it ends the attempt, and its lease
 	CodeExecutionNotActive   = "execution_not_active"
 	CodeExecutionNotEligible = "execution_not_eligible"
 	CodeExecutionNotTerminal = "execution_not_terminal"

@@ -155,16 +155,26 @@ func LostLeaseError(x *Execution, f Fence) *Error {
 		return Statef(CodeExecutionNotActive, "execution %s is %s", x.ID, x.PublicState())
 	}
 	if f.Names(x) {
-		switch x.LastLeaseEnd {
-		case LeaseEndExpired:
-			return Statef(CodeLeaseExpired, "the lease on %s expired", x.ID)
-		case LeaseEndRevoked:
-			return Statef(CodeLeaseRevoked, "the lease on %s was revoked", x.ID)
-		case LeaseEndTimedOut:
-			return Statef(CodeAttemptTimedOut, "the attempt on %s timed out", x.ID)
+		if err := LeaseEndError(x.ID, x.LastLeaseEnd); err != nil {
+			return err
 		}
 	}
 	return Statef(CodeStaleLease, "the fence does not match the current lease on %s (epoch %d)", x.ID, x.LeaseEpoch)
+}
+
+// LeaseEndError is the error that refuses the holder of the lease on execution id once the
+// lease ended, or is due to end, as how: lease_expired, lease_revoked or attempt_timed_out
+// for LeaseEndExpired, LeaseEndRevoked and LeaseEndTimedOut; nil for any other how.
+func LeaseEndError(id ExecutionID, how string) *Error {
+	switch how {
+	case LeaseEndExpired:
+		return Statef(CodeLeaseExpired, "the lease on %s expired", id)
+	case LeaseEndRevoked:
+		return Statef(CodeLeaseRevoked, "the lease on %s was revoked", id)
+	case LeaseEndTimedOut:
+		return Statef(CodeAttemptTimedOut, "the attempt on %s timed out", id)
+	}
+	return nil
 }
 
 // Complete reports whether all three parts are set.

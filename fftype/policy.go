@@ -9,8 +9,9 @@ type Policy struct {
 	// exponential backoff from 1s to 60s and full jitter.
 	Retry *RetryPolicy `json:"retry,omitempty"`
 	// AttemptTimeout bounds one attempt, measured from its claim. When it passes, the
-	// attempt fails with category "timeout" and is retried per Retry. Time the attempt
-	// spends paused (a Delay or Snooze, a Release) does not count. 0 means no timeout.
+	// attempt fails with category "timeout" and is retried per Retry, and from then on its
+	// lease holder's calls are refused (attempt_timed_out). Time the attempt spends paused
+	// (a Delay or Snooze, a Release) does not count. 0 means no timeout.
 	AttemptTimeout Duration `json:"attempt_timeout_ms,omitempty"`
 	// Deadline bounds the whole execution, measured from its creation. When it passes, the
 	// execution ends as expired, whatever its state: from then on its lease holder's calls

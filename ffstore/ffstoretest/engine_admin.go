@@ -110,6 +110,49 @@ func exerciseTimers(t *testing.T, newStore func(t *testing.T) ffstore.Store) {
 		refusedAll(t, b, id, l.Fence, fftype.CodeExecutionNotActive)
 	})
 
+	// Past the attempt's timeout its holder is refused with attempt_timed_out, before the
+	// timer loop fails the attempt as after, and the refusal changes nothing. Time the
+	// attempt spent paused does not count, and a lease that expired first is what the
+	// holder is told of.
+	t.Run("AttemptTimeoutRefusesTheHolder", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		id := b.create(t, fftype.CreateParams{Policy: fftype.Policy{AttemptTimeout: fftype.Duration(10 * time.Second),
+			LeaseTTL: fftype.Duration(time.Minute)}})
+		l := b.claimOne(t, id)
+		b.clock.Advance(10 * time.Second)
+		before := b.get(t, id)
+		refusedAll(t, b, id, l.Fence, fftype.CodeAttemptTimedOut)
+		b.requireUnchanged(t, id, before)
+		b.advance(t, 0)
+		require.Equal(t, "attempt_timeout", b.get(t, id).FailureReason)
+		refusedAll(t, b, id, l.Fence, fftype.CodeAttemptTimedOut)
+
+		b = setup(t)
+		paused := b.create(t, fftype.CreateParams{Policy: fftype.Policy{AttemptTimeout: fftype.Duration(10 * time.Second),
+			LeaseTTL: fftype.Duration(time.Minute)}})
+		l = b.claimOne(t, paused)
+		b.advance(t, 5*time.Second)
+		require.NoError(t, b.engine.Delay(b.ctx, paused, l.Fence, 30*time.Second))
+		b.advance(t, 30*time.Second)
+		l = b.claimOne(t, paused)
+		b.clock.Advance(4 * time.Second)
+		_, err := b.engine.Renew(b.ctx, paused, l.Fence, 0)
+		require.NoError(t, err, "the attempt ran 9s of its 10s")
+		b.clock.Advance(time.Second)
+		_, err = b.engine.Renew(b.ctx, paused, l.Fence, 0)
+		requireCode(t, err, fftype.KindState, fftype.CodeAttemptTimedOut)
+
+		b = setup(t)
+		expiring := b.create(t, fftype.CreateParams{Policy: fftype.Policy{AttemptTimeout: fftype.Duration(20 * time.Second),
+			LeaseTTL: fftype.Duration(10 * time.Second)}})
+		l = b.claimOne(t, expiring)
+		b.clock.Advance(20 * time.Second)
+		refusedAll(t, b, expiring, l.Fence, fftype.CodeLeaseExpired)
+		b.advance(t, 0)
+		refusedAll(t, b, expiring, l.Fence, fftype.CodeLeaseExpired)
+	})
+
 	t.Run("Retention", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)

@@ -18,11 +18,12 @@ func checkFence(f fftype.Fence) error {
 }
 
 // checkHolder decides whether the holder of fence f may act on x now: it holds the
-// current lease, and neither the execution's deadline nor the lease's expiry has come. A
-// timer that has come refuses the holder even before the timer loop handles it, and
-// leaves x to the loop: past the deadline with execution_not_active, as the execution is
-// to end whatever else is due; else with lease_expired. Without the lease,
-// fftype.LostLeaseError says why not.
+// current lease, and none of the execution's deadline, the attempt's timeout and the
+// lease's expiry has come. A timer that has come refuses the holder even before the timer
+// loop handles it, and leaves x to the loop: past the deadline with execution_not_active,
+// as the execution is to end whatever else is due; else with attempt_timed_out or
+// lease_expired, for whichever of the two came first (the loop handles that one first).
+// Without the lease, fftype.LostLeaseError says why not.
 func checkHolder(x *fftype.Execution, f fftype.Fence, now time.Time) error {
 	if !f.Names(x) || x.Ownership != fftype.OwnershipLeased {
 		return fftype.LostLeaseError(x, f)
@@ -30,8 +31,10 @@ func checkHolder(x *fftype.Execution, f fftype.Fence, now time.Time) error {
 	switch {
 	case due(x.DeadlineAt, now):
 		return fftype.Statef(fftype.CodeExecutionNotActive, "execution %s passed its deadline at %s", x.ID, x.DeadlineAt.Format(time.RFC3339Nano))
+	case due(x.AttemptTimeoutAt, now) && !x.AttemptTimeoutAt.After(x.LeaseExpiresAt):
+		return fftype.LeaseEndError(x.ID, fftype.LeaseEndTimedOut)
 	case due(x.LeaseExpiresAt, now):
-		return fftype.Statef(fftype.CodeLeaseExpired, "the lease on %s expired at %s", x.ID, x.LeaseExpiresAt.Format(time.RFC3339Nano))
+		return fftype.LeaseEndError(x.ID, fftype.LeaseEndExpired)
 	}
 	return nil
 }
