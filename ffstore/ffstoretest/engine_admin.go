@@ -93,6 +93,18 @@ func exerciseTimers(t *testing.T, newStore func(t *testing.T) ffstore.Store) {
 		requireCode(t, err, fftype.KindState, fftype.CodeInvalidClaimGrant)
 	})
 
+	t.Run("IssueGrantExpiresWhatIsPastItsDeadline", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		id := b.create(t, fftype.CreateParams{Policy: fftype.Policy{Deadline: fftype.Duration(time.Minute)}})
+		b.clock.Advance(time.Minute)
+		_, err := b.engine.IssueGrant(b.ctx, id, fftype.GrantClaim, fftype.GrantParams{WorkerID: "w", TTL: fftype.Duration(time.Minute)})
+		requireCode(t, err, fftype.KindState, fftype.CodeExecutionNotEligible)
+		x := b.get(t, id)
+		require.Equal(t, fftype.StateExpired, x.PublicState(), "the refusal commits the expiry")
+		require.Equal(t, "execution_deadline", x.FailureReason)
+	})
+
 	// Past the deadline its holder is refused with the code the deadline's transition
 	// leaves, before the timer loop makes it as after, and the refusal changes nothing.
 	t.Run("DeadlineRefusesTheHolder", func(t *testing.T) {

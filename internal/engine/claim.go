@@ -464,7 +464,8 @@ func (e *Engine) acquire(tx ffstore.Tx, x *fftype.Execution, before placement, w
 // no other claim can take it meanwhile. A claim grant needs an execution waiting for an
 // ordinary attempt; a reclaim grant one whose lease expired or was revoked. The worker
 // must hold the execution's required capabilities. When the grant expires unused, the
-// execution becomes eligible again.
+// execution becomes eligible again. An execution past its deadline is refused as not
+// eligible, and ends as expired, as the timer loop would end it.
 func (e *Engine) IssueGrant(ctx context.Context, id fftype.ExecutionID, kind fftype.GrantKind, p fftype.GrantParams) (*fftype.GrantRef, error) {
 	shard, err := e.checkID(id)
 	if err != nil {
@@ -488,11 +489,22 @@ func (e *Engine) IssueGrant(ctx context.Context, id fftype.ExecutionID, kind fft
 		return nil, fftype.Validationf(fftype.CodeInvalidInput, "grant ttl must be between 1ms and %s", fftype.MaxGrantTTL)
 	}
 	var ref *fftype.GrantRef
+	var refused error // a refusal that commits what the unit wrote
 	err = e.update(ctx, shard, func(tx ffstore.Tx) error {
+		ref, refused = nil, nil // the unit may run again after a conflict
 		now := e.now()
 		x, err := getExec(tx, id)
 		if err != nil {
 			return err
+		}
+		expired, err := e.fire(tx, queueDeadline, x, e.placementOf(x), now)
+		if err != nil {
+			return err
+		}
+		if expired {
+			refused = fftype.Statef(fftype.CodeExecutionNotEligible, "execution %s passed its deadline at %s; it expired",
+				id, x.DeadlineAt.Format(time.RFC3339Nano))
+			return nil
 		}
 		if x.Eligibility == fftype.EligibilityGranted && !now.Before(x.Grant.ExpiresAt) {
 			e.expireGrant(tx, x, e.placementOf(x), now) // its slot is free, swept or not
@@ -521,7 +533,7 @@ func (e *Engine) IssueGrant(ctx context.Context, id fftype.ExecutionID, kind fft
 		return nil, err
 	}
 	e.notifyTimers()
-	return ref, nil
+	return ref, refused
 }
 
 // reserve takes the eligible execution x out of its queue with a grant for one worker.
