@@ -13,7 +13,8 @@ type CreateParams struct {
 	Lane string `json:"lane"`
 	// Kind names the handler that runs it. Required.
 	Kind string `json:"kind"`
-	// Payload is the input. With EncodingJSON (the default) it must be valid JSON or empty.
+	// Payload is the input. With EncodingJSON (the default) it must be valid JSON in UTF-8,
+	// or empty.
 	Payload  []byte          `json:"-"`
 	Encoding PayloadEncoding `json:"encoding,omitempty"`
 	// Priority orders eligible executions of a lane: higher first, 0 to 9000.
@@ -27,7 +28,8 @@ type CreateParams struct {
 	Traceparent string `json:"traceparent,omitempty"`
 	Policy      Policy `json:"policy"`
 	// IdempotencyKey makes a retried create find the first execution made with the same
-	// key in the same namespace, for Policy.DedupWindow.
+	// key in the same namespace, for Policy.DedupWindow or until that execution is
+	// deleted (Config.Retention after it ended), whichever comes first.
 	IdempotencyKey string `json:"idempotency_key,omitempty"`
 	// Delay keeps the execution from being claimed until Delay has passed. RunAt does the
 	// same with an absolute time; set at most one.

@@ -26,7 +26,8 @@ type Policy struct {
 	MaxReclaims int `json:"max_reclaims,omitempty"`
 	// MaxReplays caps how many times a terminal execution may be replayed. 0 means 10.
 	MaxReplays int `json:"max_replays,omitempty"`
-	// DedupWindow is how long an idempotency key keeps finding the first execution.
+	// DedupWindow is how long an idempotency key keeps finding the first execution, as long
+	// as that execution is kept: deleting it (retention) frees the key.
 	// 0 means 24h.
 	DedupWindow Duration `json:"dedup_window_ms,omitempty"`
 }

@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"strconv"
 	"time"
+	"unicode/utf8"
 
 	"github.com/flowfabric/flowfabric/ffstore"
 	"github.com/flowfabric/flowfabric/fftype"
@@ -222,8 +223,10 @@ func (e *Engine) checkPayload(field string, b []byte, enc fftype.PayloadEncoding
 	}
 	switch enc {
 	case "", fftype.EncodingJSON:
-		if len(b) > 0 && !json.Valid(b) {
-			return "", fftype.Validationf(fftype.CodeInvalidInput, "%s is not valid JSON (use the binary encoding for raw bytes)", field)
+		if len(b) > 0 && (!json.Valid(b) || !utf8.Valid(b)) {
+			// JSON is UTF-8 (RFC 8259), which json.Valid does not check: bytes that are
+			// not could not be sent to a worker as JSON.
+			return "", fftype.Validationf(fftype.CodeInvalidInput, "%s is not valid JSON in UTF-8 (use the binary encoding for raw bytes)", field)
 		}
 		return fftype.EncodingJSON, nil
 	case fftype.EncodingBinary:

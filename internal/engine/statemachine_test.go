@@ -33,6 +33,29 @@ func TestCreateManyRefusesABadRunAtAlone(t *testing.T) {
 	require.NoError(t, res[0].Err)
 }
 
+// TestJSONMustBeUTF8: a JSON payload or result that is not UTF-8 (which json.Valid lets
+// through) is refused on its own, so it never reaches a worker that must parse it; the
+// same bytes are fine as binary.
+func TestJSONMustBeUTF8(t *testing.T) {
+	t.Parallel()
+	e, _ := newTestEngine(t)
+	ctx := t.Context()
+	bad := []byte("\"caf\xe9\"")
+	res := e.CreateMany(ctx, []fftype.CreateParams{
+		{Lane: "l", Kind: "k", Payload: bad},
+		{Lane: "l", Kind: "k", Payload: []byte(`"café"`)},
+		{Lane: "l", Kind: "k", Payload: bad, Encoding: fftype.EncodingBinary},
+	})
+	require.ErrorIs(t, res[0].Err, fftype.ErrValidation)
+	require.NoError(t, res[1].Err)
+	require.NoError(t, res[2].Err)
+	ls, err := e.Claim(ctx, fftype.ClaimParams{WorkerID: "w", WorkerInstanceID: "w-1", Lanes: []string{"l"}})
+	require.NoError(t, err)
+	require.Len(t, ls, 1)
+	err = e.Complete(ctx, ls[0].ExecutionID, ls[0].Fence, bad, fftype.EncodingJSON)
+	require.ErrorIs(t, err, fftype.ErrValidation)
+}
+
 // TestIdempotencyKeysOfNamespacesStayApart: ("a/b", "c") and ("a", "b/c") are two keys.
 func TestIdempotencyKeysOfNamespacesStayApart(t *testing.T) {
 	t.Parallel()
