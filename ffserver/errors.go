@@ -146,8 +146,12 @@ func decode[T any](r *http.Request, limit int64, allowEmpty bool) (T, error) {
 			return v, badRequest("the body must be a JSON object")
 		}
 		for _, name := range names {
-			if _, ok := present[name]; !ok {
+			raw, ok := present[name]
+			if !ok {
 				return v, badRequest("%s is required", name)
+			}
+			if string(raw) == "null" { // decoded, it would be the zero value too
+				return v, badRequest("%s is required; null is not a value for it", name)
 			}
 		}
 	}

@@ -269,6 +269,8 @@ func TestBadInputIsAClearClientError(t *testing.T) {
 	require.Empty(t, page.Executions, "refused requests wrote nothing")
 }
 
+// TestMissingRequiredFieldChangesNothing: a required field that is missing or null (which
+// would decode as its zero value, a legal one) is refused with 400 and nothing written.
 func TestMissingRequiredFieldChangesNothing(t *testing.T) {
 	t.Parallel()
 	b := setup(t, ffserver.Config{})
@@ -276,6 +278,7 @@ func TestMissingRequiredFieldChangesNothing(t *testing.T) {
 	b.call("POST", "/v1/executions", `{"lane":"l","kind":"k","priority":7}`, 201, &x)
 	path := "/v1/executions/" + string(x.ID)
 	b.requireError("PUT", path+"/priority", `{}`, 400, fftype.CodeInvalidInput)
+	b.requireError("PUT", path+"/priority", `{"priority":null}`, 400, fftype.CodeInvalidInput)
 	b.call("GET", path, nil, 200, &x)
 	require.Equal(t, 7, x.Priority, "a refused change of priority left it alone")
 	b.call("PUT", path+"/priority", `{"priority":0}`, 200, nil)
@@ -284,6 +287,24 @@ func TestMissingRequiredFieldChangesNothing(t *testing.T) {
 
 	schemas := ffserver.OpenAPI()["components"].(map[string]any)["schemas"].(map[string]any)
 	require.Equal(t, []string{"priority"}, schemas["PriorityRequest"].(map[string]any)["required"], "documented as required")
+}
+
+// TestNullDelayIsRefused: a worker's delay with "delay_ms": null is refused; the lease
+// stays with the worker rather than being given up for a delay of 0.
+func TestNullDelayIsRefused(t *testing.T) {
+	t.Parallel()
+	b := setup(t, ffserver.Config{})
+	_, err := b.client.Create(t.Context(), fftype.CreateParams{Lane: "l", Kind: "k"})
+	require.NoError(t, err)
+	var claim ffserver.ClaimResponse
+	b.call("POST", "/v1/claim", map[string]any{"worker_id": "w", "worker_instance_id": "w1", "lanes": []string{"l"}}, 200, &claim)
+	l := claim.Leases[0]
+	path := "/v1/executions/" + string(l.ExecutionID)
+	b.requireError("POST", path+"/delay", map[string]any{"fence": l.Fence, "delay_ms": nil}, 400, fftype.CodeInvalidInput)
+	b.requireError("POST", path+"/progress", map[string]any{"fence": l.Fence, "percent": nil}, 400, fftype.CodeInvalidInput)
+	var st ffserver.StateResponse
+	b.call("GET", path+"/state", nil, 200, &st)
+	require.Equal(t, fftype.StateActive, st.State, "the lease is still held")
 }
 
 func TestWrongMethodIs405(t *testing.T) {
