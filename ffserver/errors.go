@@ -59,9 +59,13 @@ func apiError(err error) *fftype.Error {
 	}
 }
 
+// authChallenge is the WWW-Authenticate header of every 401 (RFC 9110 §11.6.1): it names
+// the scheme to answer with.
+const authChallenge = `Bearer realm="flowfabric"`
+
 // writeError answers with err: an *fftype.Error by its kind's status and its public
-// message; a timeout or cancellation as 503; anything else is logged in full and answered
-// with a generic 500 that reveals nothing (see errorBody).
+// message (a 401 with the challenge), a timeout or cancellation as 503; anything else is
+// logged in full and answered with a generic 500 that reveals nothing (see errorBody).
 func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err error) {
 	status := http.StatusInternalServerError
 	if fe := apiError(err); fe == nil {
@@ -73,6 +77,9 @@ func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err er
 		if fe.Err != nil {
 			log.Warn("request failed", "method", r.Method, "path", r.URL.Path, "code", fe.Code, "cause", fe.Err)
 		}
+	}
+	if status == http.StatusUnauthorized {
+		w.Header().Set("WWW-Authenticate", authChallenge)
 	}
 	writeJSON(w, status, errorBody(err))
 }

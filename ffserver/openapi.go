@@ -102,6 +102,10 @@ func responses(rt route, schemas map[string]any) map[string]any {
 		default:
 			resp["description"] = errorDescriptions[code]
 			resp["content"] = body(ErrorBody{})
+			if code == http.StatusUnauthorized {
+				resp["headers"] = map[string]any{"WWW-Authenticate": map[string]any{
+					"description": "the scheme to answer with: " + authChallenge, "schema": map[string]any{"type": "string"}}}
+			}
 		}
 		out[strconv.Itoa(code)] = resp
 	}

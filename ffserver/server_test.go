@@ -358,6 +358,22 @@ func TestAuthAndCORS(t *testing.T) {
 	require.Empty(t, resp.Header.Get("Access-Control-Allow-Origin"))
 }
 
+// TestUnauthorizedCarriesAChallenge: every 401 names the scheme to answer with in
+// WWW-Authenticate (RFC 9110 §11.6.1), which standard HTTP clients rely on.
+func TestUnauthorizedCarriesAChallenge(t *testing.T) {
+	t.Parallel()
+	b := setup(t, ffserver.Config{Token: "tok"})
+	for _, path := range []string{"/v1/executions", "/metrics"} {
+		req, err := http.NewRequestWithContext(t.Context(), "GET", b.http.URL+path, nil)
+		require.NoError(t, err)
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		resp.Body.Close()
+		require.Equal(t, http.StatusUnauthorized, resp.StatusCode, path)
+		require.Equal(t, `Bearer realm="flowfabric"`, resp.Header.Get("WWW-Authenticate"), path)
+	}
+}
+
 func mustClient(t *testing.T) *flowfabric.Client {
 	c, err := flowfabric.NewClient(ffmem.New(nil), nil)
 	require.NoError(t, err)
