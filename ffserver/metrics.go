@@ -15,7 +15,8 @@ import (
 
 // metrics holds the server's Prometheus registry. Execution counters are fed by the event
 // log (so they count the work of every process on the store, from when the server
-// started); queue depth is read at scrape time; request latency is observed per route.
+// started); queue depth is read at scrape time, and left out of a scrape while the store
+// does not answer; request latency is observed per route.
 type metrics struct {
 	client   *flowfabric.Client
 	registry *prometheus.Registry
@@ -37,7 +38,7 @@ var eventMetric = map[fftype.EventType]string{ //nolint:gochecknoglobals // a co
 	fftype.EventCreated:        "creations",
 }
 
-func newMetrics(client *flowfabric.Client) *metrics {
+func newMetrics(client *flowfabric.Client, log *slog.Logger) *metrics {
 	m := &metrics{
 		client:   client,
 		registry: prometheus.NewRegistry(),
@@ -51,7 +52,7 @@ func newMetrics(client *flowfabric.Client) *metrics {
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
 		}, []string{"route", "code"}),
 	}
-	m.registry.MustRegister(m.events, m.requests, collectors.NewGoCollector(), &depthCollector{client: client},
+	m.registry.MustRegister(m.events, m.requests, collectors.NewGoCollector(), &depthCollector{client: client, log: log},
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -96,6 +97,7 @@ func (m *metrics) follow(ctx context.Context, sub *flowfabric.Subscription, log 
 // depthCollector reports how many executions wait eligible per lane, read at scrape time.
 type depthCollector struct {
 	client *flowfabric.Client
+	log    *slog.Logger
 }
 
 var depthDesc = prometheus.NewDesc("flowfabric_queue_depth", //nolint:gochecknoglobals // a metric descriptor
@@ -108,7 +110,9 @@ func (c *depthCollector) Collect(ch chan<- prometheus.Metric) {
 	defer cancel()
 	depths, err := c.client.QueueDepths(ctx)
 	if err != nil {
-		ch <- prometheus.NewInvalidMetric(depthDesc, err)
+		// Failing the scrape would lose every other metric with it, among them the
+		// request counts that show the store's 503s.
+		c.log.Warn("metrics: queue depth left out of the scrape: reading it failed", "err", err)
 		return
 	}
 	for lane, n := range depths {

@@ -129,7 +129,7 @@ func New(client *flowfabric.Client, cfg Config) (*Server, error) {
 		}
 		s.origins[o] = true
 	}
-	s.metrics = newMetrics(client)
+	s.metrics = newMetrics(client, s.log)
 	rts := apiRoutes()
 	s.doc = openAPIDoc(rts)
 	for _, rt := range rts {

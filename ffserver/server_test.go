@@ -550,6 +550,22 @@ func TestMetrics(t *testing.T) {
 	require.Contains(t, string(raw), `flowfabric_http_request_duration_seconds_count{code="200",route="GET /healthz"} 1`)
 }
 
+// TestMetricsWhileTheStoreIsDown: with the store not answering, /metrics still serves
+// every metric but the queue depth it cannot read, among them the requests answered 503.
+func TestMetricsWhileTheStoreIsDown(t *testing.T) {
+	t.Parallel()
+	store := ffmem.New(nil)
+	b := setupOn(t, ffserver.Config{}, store, nil)
+	_, err := b.client.Create(t.Context(), fftype.CreateParams{Lane: "m", Kind: "k"})
+	require.NoError(t, err)
+	require.NoError(t, store.Close())
+	b.requireError("GET", "/v1/executions", nil, 503, fftype.CodeStoreUnavailable)
+	status, raw := b.do("GET", "/metrics", nil)
+	require.Equal(t, 200, status, string(raw))
+	require.Contains(t, string(raw), `flowfabric_http_request_duration_seconds_count{code="503",route="GET /v1/executions"} 1`)
+	require.NotContains(t, string(raw), "flowfabric_queue_depth{")
+}
+
 func FuzzCreateBody(f *testing.F) {
 	f.Add(`{"lane":"l","kind":"k","payload":{"a":1}}`)
 	f.Add(`{"lane":"l","kind":"k","payload_base64":"AA=="}`)
