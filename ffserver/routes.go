@@ -46,8 +46,8 @@ var (
 	failsQuery  = []int{400, 503}                //nolint:gochecknoglobals // constant: a listing refuses bad parameters
 	failsEvents = []int{400, 409, 503}           //nolint:gochecknoglobals // constant: a listing, and 409 for a cursor the log was trimmed past
 	failsRead   = []int{400, 404, 503}           //nolint:gochecknoglobals // constant: a read by id (bad or unknown)
-	failsWrite  = []int{400, 404, 409, 503}      //nolint:gochecknoglobals // constant: a transition, refused in the current state or on a store conflict
-	failsClaim  = []int{400, 409, 503}           //nolint:gochecknoglobals // constant: a claim, refused on a store conflict
+	failsWrite  = []int{400, 404, 409, 503}      //nolint:gochecknoglobals // constant: a write to an execution or worker by id, refused in the current state or on a store conflict
+	failsChange = []int{400, 409, 503}           //nolint:gochecknoglobals // constant: a write that needs nothing to exist (a claim, a registration or its removal, a lane's pause), refused in the current state or on a store conflict
 	failsReplay = []int{400, 404, 409, 429, 503} //nolint:gochecknoglobals // constant: a transition, and 429 at the replay cap
 )
 
@@ -95,7 +95,7 @@ func apiRoutes() []route {
 		{method: "POST", path: "/v1/executions/{id}/grants", summary: "Issue a claim or reclaim grant reserving the execution for one worker", auth: true, request: GrantRequest{}, status: 201, respond: fftype.GrantRef{}, fails: failsWrite, handle: (*Server).grant},
 		{method: "POST", path: "/v1/grants/claim", summary: "Consume a grant: its worker gets the lease", auth: true, request: GrantClaimRequest{}, status: 200, respond: LeaseView{}, fails: failsWrite, handle: (*Server).claimGrant},
 
-		{method: "POST", path: "/v1/claim", summary: "Worker protocol: claim leases from lanes, optionally waiting up to wait_ms for work", auth: true, long: true, request: ClaimRequest{}, status: 200, respond: ClaimResponse{}, fails: failsClaim, handle: (*Server).claim},
+		{method: "POST", path: "/v1/claim", summary: "Worker protocol: claim leases from lanes, optionally waiting up to wait_ms for work", auth: true, long: true, request: ClaimRequest{}, status: 200, respond: ClaimResponse{}, fails: failsChange, handle: (*Server).claim},
 		{method: "POST", path: "/v1/executions/{id}/renew", summary: "Worker protocol: renew the lease", auth: true, request: RenewRequest{}, status: 200, respond: RenewResponse{}, fails: failsWrite, handle: (*Server).renew},
 		{method: "POST", path: "/v1/executions/{id}/progress", summary: "Worker protocol: report progress", auth: true, request: ProgressRequest{}, status: 200, respond: OKResponse{}, fails: failsWrite, handle: (*Server).progress},
 		{method: "POST", path: "/v1/executions/{id}/complete", summary: "Worker protocol: complete with a result", auth: true, request: CompleteRequest{}, status: 200, respond: OKResponse{}, fails: failsWrite, handle: (*Server).complete},
@@ -104,22 +104,22 @@ func apiRoutes() []route {
 		{method: "POST", path: "/v1/executions/{id}/release", summary: "Worker protocol: give the lease back (graceful shutdown)", auth: true, request: FenceRequest{}, status: 200, respond: OKResponse{}, fails: failsWrite, handle: (*Server).release},
 
 		{method: "GET", path: "/v1/lanes/{lane}", summary: "A lane's state", auth: true, status: 200, respond: fftype.LaneInfo{}, fails: failsQuery, handle: (*Server).lane},
-		{method: "POST", path: "/v1/lanes/{lane}/pause", summary: "Pause a lane: claims hand out none of its executions", auth: true, status: 200, respond: fftype.LaneInfo{}, fails: failsClaim, handle: (*Server).pauseLane},
-		{method: "POST", path: "/v1/lanes/{lane}/resume", summary: "Resume a paused lane", auth: true, status: 200, respond: fftype.LaneInfo{}, fails: failsClaim, handle: (*Server).resumeLane},
+		{method: "POST", path: "/v1/lanes/{lane}/pause", summary: "Pause a lane: claims hand out none of its executions", auth: true, status: 200, respond: fftype.LaneInfo{}, fails: failsChange, handle: (*Server).pauseLane},
+		{method: "POST", path: "/v1/lanes/{lane}/resume", summary: "Resume a paused lane", auth: true, status: 200, respond: fftype.LaneInfo{}, fails: failsChange, handle: (*Server).resumeLane},
 
 		{method: "GET", path: "/v1/dead-letter", summary: "Failed executions, oldest first, filtered and paged", auth: true, query: []string{"namespace", "lane", "kind", "cursor", "limit"}, status: 200, respond: fftype.ListPage{}, fails: failsQuery, handle: (*Server).deadLetter},
 		{method: "POST", path: "/v1/dead-letter/replay", summary: "Replay failed executions by id; one result per id", auth: true, request: ReplayManyRequest{}, status: 200, respond: ReplayManyResponse{}, fails: []int{503}, handle: (*Server).replayMany},
 		{method: "GET", path: "/v1/events", summary: "The event log as server-sent events from a cursor (or Last-Event-ID), then live", auth: true, long: true, query: []string{"namespace", "lane", "execution_id", "flow_id", "types", "cursor"}, status: 200, fails: failsEvents, handle: (*Server).events},
 
 		{method: "GET", path: "/v1/info", summary: "The engine's shard count and clock, read by remote workers", auth: true, status: 200, respond: InfoResponse{}, fails: []int{503}, handle: (*Server).info},
-		{method: "POST", path: "/v1/workers", summary: "Register a worker instance, or refresh the same session's live registration (409 while another process holds the instance id)", auth: true, request: RegisterWorkerRequest{}, status: 200, respond: RegisterWorkerResponse{}, fails: failsClaim, handle: (*Server).registerWorker},
+		{method: "POST", path: "/v1/workers", summary: "Register a worker instance, or refresh the same session's live registration (409 while another process holds the instance id)", auth: true, request: RegisterWorkerRequest{}, status: 200, respond: RegisterWorkerResponse{}, fails: failsChange, handle: (*Server).registerWorker},
 		{method: "GET", path: "/v1/workers", summary: "List the live worker instances of a namespace, in instance-id order, paged by cursor", auth: true, query: []string{"namespace", "cursor", "limit"}, status: 200, respond: flowfabric.WorkerPage{}, fails: failsQuery, handle: (*Server).listWorkers},
 		{method: "GET", path: "/v1/workers/{worker_instance_id}", summary: "A live worker instance's registration", auth: true, query: []string{"namespace"}, status: 200, respond: flowfabric.WorkerInfo{}, fails: failsRead, handle: (*Server).getWorker},
-		{method: "POST", path: "/v1/workers/{worker_instance_id}/heartbeat", summary: "Extend the session's live registration by its TTL (404 once it lapsed)", auth: true, request: WorkerSessionRequest{}, status: 200, respond: HeartbeatResponse{}, fails: failsRead, handle: (*Server).heartbeatWorker},
-		{method: "POST", path: "/v1/workers/{worker_instance_id}/deregister", summary: "Remove the session's registration so the instance id is free at once", auth: true, request: WorkerSessionRequest{}, status: 200, respond: OKResponse{}, fails: failsQuery, handle: (*Server).deregisterWorker},
-		{method: "POST", path: "/v1/workers/{worker_instance_id}/mark-dead", summary: "Declare a worker instance dead: its registration goes and its leases expire at once", auth: true, request: MarkDeadRequest{}, status: 200, respond: MarkDeadResponse{}, fails: failsRead, handle: (*Server).markWorkerDead},
+		{method: "POST", path: "/v1/workers/{worker_instance_id}/heartbeat", summary: "Extend the session's live registration by its TTL (404 once it lapsed)", auth: true, request: WorkerSessionRequest{}, status: 200, respond: HeartbeatResponse{}, fails: failsWrite, handle: (*Server).heartbeatWorker},
+		{method: "POST", path: "/v1/workers/{worker_instance_id}/deregister", summary: "Remove the session's registration so the instance id is free at once", auth: true, request: WorkerSessionRequest{}, status: 200, respond: OKResponse{}, fails: failsChange, handle: (*Server).deregisterWorker},
+		{method: "POST", path: "/v1/workers/{worker_instance_id}/mark-dead", summary: "Declare a worker instance dead: its registration goes and its leases expire at once", auth: true, request: MarkDeadRequest{}, status: 200, respond: MarkDeadResponse{}, fails: failsWrite, handle: (*Server).markWorkerDead},
 		{method: "POST", path: "/v1/workers/{worker_id}/claim-grant", summary: "The scheduler reserves the next execution the worker would claim with a grant", auth: true, request: WorkerGrantRequest{}, status: 200, respond: fftype.GrantRef{},
-			also: []answer{{204, "nothing is eligible", nil}}, fails: failsClaim, handle: (*Server).grantNext},
+			also: []answer{{204, "nothing is eligible", nil}}, fails: failsChange, handle: (*Server).grantNext},
 	}
 }
 

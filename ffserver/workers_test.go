@@ -10,6 +10,7 @@ import (
 
 	"github.com/flowfabric/flowfabric"
 	"github.com/flowfabric/flowfabric/ffserver"
+	"github.com/flowfabric/flowfabric/ffstore/ffmem"
 	"github.com/flowfabric/flowfabric/fftype"
 )
 
@@ -174,4 +175,74 @@ func TestInfo(t *testing.T) {
 	b.call("GET", "/v1/info", nil, 200, &info)
 	require.Positive(t, info.Shards)
 	require.WithinDuration(t, time.Now(), info.Now, time.Minute)
+}
+
+// TestWritesUnderContention: every route that writes answers 409 store_conflict (retryable)
+// when the store keeps reporting conflicts, writes nothing, and its operation lists 409.
+func TestWritesUnderContention(t *testing.T) {
+	t.Parallel()
+	store := ffmem.New(nil)
+	b := setupOn(t, ffserver.Config{}, store, nil)
+	ctx := t.Context()
+	create := func(lane string) string {
+		res, err := b.client.Create(ctx, fftype.CreateParams{Lane: lane, Kind: "k"})
+		require.NoError(t, err)
+		return string(res.ID)
+	}
+	create("held")
+	var claim ffserver.ClaimResponse
+	b.call("POST", "/v1/claim", map[string]any{"worker_id": "w", "worker_instance_id": "i1", "lanes": []string{"held"}}, 200, &claim)
+	l := claim.Leases[0]
+	waiting, ended, granted := "/v1/executions/"+create("l"), "/v1/executions/"+create("l"), create("l")
+	b.call("POST", ended+"/cancel", nil, 200, nil)
+	var g fftype.GrantRef
+	b.call("POST", "/v1/executions/"+granted+"/grants", map[string]any{"kind": "claim", "worker_id": "w"}, 201, &g)
+	leased := "/v1/executions/" + string(l.ExecutionID)
+	b.call("POST", "/v1/workers", registration("i1", "s1"), 200, nil)
+	fence := func(more ...any) map[string]any {
+		m := map[string]any{"fence": l.Fence}
+		for i := 0; i < len(more); i += 2 {
+			m[more[i].(string)] = more[i+1]
+		}
+		return m
+	}
+
+	doc := ffserver.OpenAPI()
+	for _, c := range []struct {
+		method, path, tmpl string
+		body               any
+	}{
+		{"POST", "/v1/executions", "/v1/executions", map[string]any{"lane": "l", "kind": "k"}},
+		{"POST", waiting + "/tags", "/v1/executions/{id}/tags", map[string]any{"tags": map[string]string{"a": "b"}}},
+		{"PUT", waiting + "/priority", "/v1/executions/{id}/priority", map[string]any{"priority": 1}},
+		{"POST", waiting + "/cancel", "/v1/executions/{id}/cancel", nil},
+		{"POST", waiting + "/grants", "/v1/executions/{id}/grants", map[string]any{"kind": "claim", "worker_id": "w"}},
+		{"POST", ended + "/replay", "/v1/executions/{id}/replay", nil},
+		{"POST", "/v1/grants/claim", "/v1/grants/claim", map[string]any{"grant": g, "worker_id": "w", "worker_instance_id": "i1"}},
+		{"POST", "/v1/claim", "/v1/claim", map[string]any{"worker_id": "w", "worker_instance_id": "i1", "lanes": []string{"l"}}},
+		{"POST", "/v1/workers/w/claim-grant", "/v1/workers/{worker_id}/claim-grant", map[string]any{"worker_instance_id": "i1", "lanes": []string{"l"}}},
+		{"POST", leased + "/renew", "/v1/executions/{id}/renew", fence()},
+		{"POST", leased + "/progress", "/v1/executions/{id}/progress", fence("percent", 5)},
+		{"POST", leased + "/complete", "/v1/executions/{id}/complete", fence()},
+		{"POST", leased + "/fail", "/v1/executions/{id}/fail", fence()},
+		{"POST", leased + "/delay", "/v1/executions/{id}/delay", fence("delay_ms", 0)},
+		{"POST", leased + "/release", "/v1/executions/{id}/release", fence()},
+		{"POST", leased + "/revoke-lease", "/v1/executions/{id}/revoke-lease", nil},
+		{"POST", "/v1/lanes/l/pause", "/v1/lanes/{lane}/pause", nil},
+		{"POST", "/v1/lanes/l/resume", "/v1/lanes/{lane}/resume", nil},
+		{"POST", "/v1/workers", "/v1/workers", registration("i2", "s2")},
+		{"POST", "/v1/workers/i1/heartbeat", "/v1/workers/{worker_instance_id}/heartbeat", map[string]any{"session": "s1"}},
+		{"POST", "/v1/workers/i1/deregister", "/v1/workers/{worker_instance_id}/deregister", map[string]any{"session": "s1"}},
+		{"POST", "/v1/workers/i1/mark-dead", "/v1/workers/{worker_instance_id}/mark-dead", nil},
+	} {
+		store.InjectConflicts(16) // the engine's ConflictRetries: every try of the unit conflicts
+		b.requireError(c.method, c.path, c.body, http.StatusConflict, fftype.CodeStoreConflict)
+		requireDocumented(t, doc, c.method, c.tmpl, "409")
+	}
+	var page fftype.ListPage
+	b.call("GET", "/v1/executions", nil, 200, &page)
+	require.Len(t, page.Executions, 4, "nothing was created")
+	var st ffserver.StateResponse
+	b.call("GET", leased+"/state", nil, 200, &st)
+	require.Equal(t, fftype.StateActive, st.State, "the lease is held still")
 }
