@@ -227,7 +227,8 @@ const (
 // Cursor of an earlier Delivery to resume right after it), then follows the log live until
 // ctx ends or the subscription is closed. A cursor whose position retention has deleted is
 // refused with cursor_expired; CursorStart follows deletions until the first event arrives.
-// The subscription rides out a store that is briefly away, reading again from where it
+// Its StartCursor resumes from where it began, for a subscriber that loses it before its
+// first delivery. The subscription rides out a store that is briefly away, reading again from where it
 // was. After the channel closes, Err says why: nil for a clean end, cursor_expired when the
 // subscriber fell behind retention, or the store's error once it was closed.
 func (c *Client) Subscribe(ctx context.Context, f EventFilter, cursor string) (*Subscription, error) {

@@ -561,12 +561,14 @@ func eventsPath(f fftype.EventFilter, cursor string) string {
 }
 
 // readEvents parses a server-sent event stream and calls fn for each delivery, until the
-// stream ends (nil), fn fails, the server sends an error event, or reading fails.
+// stream ends (nil), fn fails, the server sends an error event, or reading fails. A block
+// without data (the position a stream opens with, a keep-alive comment) delivers nothing.
 func readEvents(body io.Reader, fn func(fftype.Delivery) error) error {
 	sc := bufio.NewScanner(body)
 	sc.Buffer(make([]byte, 64<<10), 16<<20)
 	var d fftype.Delivery
 	var event string
+	var hasData bool
 	for sc.Scan() {
 		line := sc.Text()
 		switch {
@@ -586,11 +588,14 @@ func readEvents(body io.Reader, fn func(fftype.Delivery) error) error {
 			if err := json.Unmarshal(data, &d.Event); err != nil {
 				return &fftype.Error{Kind: fftype.KindUnavailable, Code: "bad_response", Message: "an unreadable event", Err: err}
 			}
-		case line == "" && d.Cursor != "":
-			if err := fn(d); err != nil {
-				return err
+			hasData = true
+		case line == "":
+			if hasData {
+				if err := fn(d); err != nil {
+					return err
+				}
 			}
-			d, event = fftype.Delivery{}, ""
+			d, event, hasData = fftype.Delivery{}, "", false
 		}
 	}
 	if err := sc.Err(); err != nil && !errors.Is(err, context.Canceled) {

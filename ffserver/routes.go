@@ -687,7 +687,15 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	defer sub.Close()
-	return streamEvents(w, r, sub, s.closing)
+	// The stream opens with its position, so that a client that loses it before the first
+	// matching event resumes without a gap. A stream from the start needs none: asked
+	// again from the start, it resumes exactly, moving past what retention deleted as the
+	// stream itself would.
+	start := sub.StartCursor()
+	if cursor == flowfabric.CursorStart {
+		start = ""
+	}
+	return streamEvents(w, r, sub, start, s.closing)
 }
 
 // ---- engine and workers

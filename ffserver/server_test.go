@@ -484,6 +484,44 @@ func TestEventsAsServerSentEvents(t *testing.T) {
 	require.NotEmpty(t, id, "each event carries the cursor that resumes after it")
 }
 
+// TestEventStreamOpensWithItsPosition: a stream from now opens with its position, an id
+// alone that delivers no event, so a client whose connection drops before the first
+// matching event resumes from it and misses nothing written in between.
+func TestEventStreamOpensWithItsPosition(t *testing.T) {
+	t.Parallel()
+	b := setup(t, ffserver.Config{})
+	open := func(lastEventID string) (*http.Response, *bufio.Scanner) {
+		req, err := http.NewRequestWithContext(t.Context(), "GET", b.http.URL+"/v1/events?lane=watched", nil)
+		require.NoError(t, err)
+		if lastEventID != "" {
+			req.Header.Set("Last-Event-ID", lastEventID)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		require.Equal(t, 200, resp.StatusCode)
+		return resp, bufio.NewScanner(resp.Body)
+	}
+	resp, sc := open("")
+	require.True(t, sc.Scan())
+	cursor, ok := strings.CutPrefix(sc.Text(), "id: ")
+	require.True(t, ok, "the stream opens with its position, not %q", sc.Text())
+	require.True(t, sc.Scan())
+	require.Empty(t, sc.Text(), "the position alone: no event, no data")
+	resp.Body.Close() // the connection drops before anything matched
+
+	res, err := b.client.Create(t.Context(), fftype.CreateParams{Lane: "watched", Kind: "k"})
+	require.NoError(t, err)
+	resp, sc = open(cursor)
+	defer resp.Body.Close()
+	for sc.Scan() {
+		if data, ok := strings.CutPrefix(sc.Text(), "data: "); ok {
+			require.Contains(t, data, string(res.ID), "the event written while disconnected")
+			return
+		}
+	}
+	t.Fatal("the resumed stream ended without the event")
+}
+
 // TestEventsRefuseAnExpiredResume: a resume (Last-Event-ID) from a position the log was
 // trimmed past is answered 409 cursor_expired, not with a stream that fails once begun,
 // so that a browser's EventSource stops instead of reconnecting into it forever.

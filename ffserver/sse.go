@@ -14,16 +14,22 @@ const sseHeartbeat = 15 * time.Second
 
 // streamEvents writes a subscription as server-sent events: each event's id is the cursor
 // that resumes after it (browsers send it back as Last-Event-ID on reconnect), its event
-// name is the event type, its data the event as JSON. It ends when the client goes away;
-// a subscription that fails (cursor_expired) ends with an "error" event carrying the
-// error body.
-func streamEvents(w http.ResponseWriter, r *http.Request, sub *flowfabric.Subscription, closing <-chan struct{}) error {
+// name is the event type, its data the event as JSON. When start is not empty, the stream
+// opens with it as an id alone, which sets a browser's lastEventId without an event. It
+// ends when the client goes away; a subscription that fails (cursor_expired) ends with an
+// "error" event carrying the error body.
+func streamEvents(w http.ResponseWriter, r *http.Request, sub *flowfabric.Subscription, start string, closing <-chan struct{}) error {
 	rc := http.NewResponseController(w)
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
 	h.Set("Cache-Control", "no-store")
 	h.Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
+	if start != "" {
+		if _, err := fmt.Fprintf(w, "id: %s\n\n", start); err != nil {
+			return nil
+		}
+	}
 	if err := rc.Flush(); err != nil {
 		return nil // the client is gone, or the writer cannot stream
 	}

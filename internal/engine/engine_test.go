@@ -136,6 +136,55 @@ func TestCursorOfARecreatedStoreIsRefused(t *testing.T) {
 	sub.Close()
 }
 
+// TestStartCursor: a subscription's start cursor is where it began, however far it has
+// read since: from the end of the log, a subscription from it delivers every event the
+// first one does; from a cursor, it is that cursor.
+func TestStartCursor(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	e, err := engine.New(ffmem.New(&ffmem.Options{Shards: 2}), nil)
+	require.NoError(t, err)
+	_, err = e.Create(ctx, fftype.CreateParams{Lane: "l", Kind: "k"})
+	require.NoError(t, err)
+	sub, err := e.Subscribe(ctx, fftype.EventFilter{}, engine.CursorEnd)
+	require.NoError(t, err)
+	defer sub.Close()
+	start := sub.StartCursor()
+	var created []fftype.ExecutionID
+	for range 3 {
+		res, err := e.Create(ctx, fftype.CreateParams{Lane: "l", Kind: "k"})
+		require.NoError(t, err)
+		created = append(created, res.ID)
+	}
+	next := func(sub *engine.Subscription) fftype.Delivery {
+		t.Helper()
+		select {
+		case d, ok := <-sub.Events():
+			require.True(t, ok, "the subscription ended: %v", sub.Err())
+			return d
+		case <-time.After(10 * time.Second):
+			t.Fatal("no event delivered")
+			return fftype.Delivery{}
+		}
+	}
+	var got []fftype.ExecutionID
+	for range created {
+		got = append(got, next(sub).Event.ExecutionID)
+	}
+	require.ElementsMatch(t, created, got)
+	require.Equal(t, start, sub.StartCursor(), "reading on does not move the start")
+
+	again, err := e.Subscribe(ctx, fftype.EventFilter{}, start)
+	require.NoError(t, err)
+	defer again.Close()
+	require.Equal(t, start, again.StartCursor(), "a subscription from a cursor starts at it")
+	got = got[:0]
+	for range created {
+		got = append(got, next(again).Event.ExecutionID)
+	}
+	require.ElementsMatch(t, created, got, "from the start cursor, every event since the first subscription began")
+}
+
 // trimmingStore sweeps the log through `through` right before every ReadEvents, as a
 // retention sweep in another process may between a subscription's checking its cursor
 // and its first read.

@@ -164,6 +164,7 @@ func validateFilter(f fftype.EventFilter) error {
 // again, with backoff, from where it was.
 type Subscription struct {
 	ch     chan fftype.Delivery
+	start  string
 	cancel context.CancelFunc
 	done   chan struct{}
 	mu     sync.Mutex
@@ -172,6 +173,14 @@ type Subscription struct {
 
 // Events returns the channel of deliveries; it is closed when the subscription ends.
 func (s *Subscription) Events() <-chan fftype.Delivery { return s.ch }
+
+// StartCursor returns the cursor of the position the subscription started from: a
+// subscription from it delivers every event this one delivers. For CursorEnd that is the
+// end of the log when Subscribe returned, so a subscriber that loses the subscription
+// before its first delivery resumes from it without a gap; for CursorStart it is the
+// oldest events kept then, which retention may delete (a subscription from it is then
+// refused with cursor_expired, where this one moves on to the new oldest event).
+func (s *Subscription) StartCursor() string { return s.start }
 
 // Err returns why the subscription ended, once Events is closed.
 func (s *Subscription) Err() error {
@@ -224,7 +233,9 @@ func (e *Engine) Subscribe(ctx context.Context, f fftype.EventFilter, cursor str
 		}
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	sub := &Subscription{ch: make(chan fftype.Delivery, eventBatch), cancel: cancel, done: make(chan struct{})}
+	// The start is encoded now: follow moves pos on.
+	sub := &Subscription{ch: make(chan fftype.Delivery, eventBatch), start: encodeEventCursor(pos), cancel: cancel,
+		done: make(chan struct{})}
 	wake := e.changes(ctx)
 	go func() {
 		defer cancel() // a subscription that ends by itself stops what follows the store's changes for it
