@@ -3,11 +3,13 @@ package ffserver
 import (
 	"context"
 	"log/slog"
+	"net/http"
 	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/flowfabric/flowfabric"
 	"github.com/flowfabric/flowfabric/fftype"
@@ -20,6 +22,7 @@ import (
 type metrics struct {
 	client   *flowfabric.Client
 	registry *prometheus.Registry
+	page     http.Handler // serves the registry
 	events   *prometheus.CounterVec
 	requests *prometheus.HistogramVec
 }
@@ -54,7 +57,14 @@ func newMetrics(client *flowfabric.Client, log *slog.Logger) *metrics {
 	}
 	m.registry.MustRegister(m.events, m.requests, collectors.NewGoCollector(), &depthCollector{client: client, log: log},
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.page = promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{})
 	return m
+}
+
+// serveMetrics answers a scrape.
+func (s *Server) serveMetrics(w http.ResponseWriter, r *http.Request) error {
+	s.metrics.page.ServeHTTP(w, r)
+	return nil
 }
 
 func (m *metrics) observe(route string, code int, d time.Duration) {

@@ -28,6 +28,9 @@ func openAPIDoc(rts []route) map[string]any {
 	schemas := map[string]any{}
 	for _, rt := range rts {
 		op := map[string]any{"summary": rt.summary, "operationId": operationID(rt)}
+		if rt.doc != "" {
+			op["description"] = rt.doc
+		}
 		var params []any
 		for _, seg := range strings.Split(rt.path, "/") {
 			if strings.HasPrefix(seg, "{") {
@@ -35,8 +38,12 @@ func openAPIDoc(rts []route) map[string]any {
 					"schema": map[string]any{"type": "string"}})
 			}
 		}
-		for _, q := range rt.query {
-			params = append(params, map[string]any{"name": q, "in": "query", "schema": map[string]any{"type": "string"}})
+		for _, p := range rt.params {
+			param := map[string]any{"name": p.name, "in": p.in, "schema": map[string]any{"type": "string"}}
+			if p.doc != "" {
+				param["description"] = p.doc
+			}
+			params = append(params, param)
 		}
 		if params != nil {
 			op["parameters"] = params
@@ -91,8 +98,8 @@ func responses(rt route, schemas map[string]any) map[string]any {
 		switch i := slices.IndexFunc(rt.also, func(a answer) bool { return a.status == code }); {
 		case code == rt.status:
 			resp["description"] = "success"
-			if rt.respond != nil {
-				resp["content"] = body(rt.respond)
+			if content := successContent(rt, schemas); content != nil {
+				resp["content"] = content
 			}
 		case i >= 0:
 			resp["description"] = rt.also[i].why
@@ -110,6 +117,39 @@ func responses(rt route, schemas map[string]any) map[string]any {
 		out[strconv.Itoa(code)] = resp
 	}
 	return out
+}
+
+// successContent documents rt's success body: JSON of its respond type, or each of its
+// media types with the schema of its respond type or, without one, the media type's own.
+func successContent(rt route, schemas map[string]any) map[string]any {
+	media := rt.media
+	if media == nil && rt.respond != nil {
+		media = []string{mediaJSON}
+	}
+	if media == nil {
+		return nil
+	}
+	out := map[string]any{}
+	for _, mt := range media {
+		schema := mediaSchema(mt)
+		if rt.respond != nil {
+			schema = schemaRef(reflect.TypeOf(rt.respond), schemas)
+		}
+		out[mt] = map[string]any{"schema": schema}
+	}
+	return out
+}
+
+// mediaSchema is the schema of a body of media type mt that no Go type describes.
+func mediaSchema(mt string) map[string]any {
+	switch mt {
+	case mediaJSON:
+		return map[string]any{"description": "any JSON value"}
+	case mediaBinary:
+		return map[string]any{"type": "string", "format": "binary"}
+	default:
+		return map[string]any{"type": "string"}
+	}
 }
 
 func operationID(rt route) string {

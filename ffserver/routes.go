@@ -22,16 +22,52 @@ type route struct {
 	method  string
 	path    string
 	summary string
+	doc     string // what the summary leaves out, or ""
 	auth    bool
 	long    bool // a long-poll or a stream: its handler bounds its own time, not the request timeout
 	request any  // a value of the request body's type, or nil for none
-	query   []string
+	params  []param
 	status  int // the success status
-	respond any // a value of the success body's type, or nil for a non-JSON body
+	// respond is a value of the success body's type — of each event's data for a stream —
+	// or nil for no body, or one that media's own schemas describe.
+	respond any
+	media   []string // the success body's media types; nil means JSON
 	also    []answer
 	fails   []int
 	handle  func(s *Server, w http.ResponseWriter, r *http.Request) error
 }
+
+// param is a query or header parameter of a route.
+type param struct {
+	name string
+	in   string // "query" or "header"
+	doc  string // what its name leaves out, or ""
+}
+
+// query returns query parameters whose names say what they are.
+func query(names ...string) []param {
+	out := make([]param, len(names))
+	for i, n := range names {
+		out[i] = param{name: n, in: "query"}
+	}
+	return out
+}
+
+// The media types the API answers with.
+const (
+	mediaJSON   = "application/json"
+	mediaBinary = "application/octet-stream"
+	mediaEvents = "text/event-stream"
+	mediaText   = "text/plain"
+)
+
+// eventsDoc describes the event stream's framing.
+const eventsDoc = "Server-sent events. Each event's `id` is the cursor that resumes right after it, its `event` " +
+	"name the event's type, its `data` the event as JSON (the schema of this answer). A stream that does not " +
+	"start from the start opens with its position, an `id` alone, so that a client that loses it before the " +
+	"first matching event resumes without a gap. A stream whose reader fell behind retention ends with an " +
+	"event named `error` whose data is an ErrorBody (code cursor_expired). Comments (`: keep-alive`) keep an " +
+	"idle stream open."
 
 // answer is a status a route answers with besides its success status and its errors.
 type answer struct {
@@ -76,16 +112,18 @@ func apiRoutes() []route {
 	return []route{
 		{method: "GET", path: "/healthz", summary: "Liveness: the process serves requests", status: 200, respond: StatusResponse{}, handle: (*Server).healthz},
 		{method: "GET", path: "/readyz", summary: "Readiness: the store answers", status: 200, respond: StatusResponse{}, fails: []int{503}, handle: (*Server).readyz},
-		{method: "GET", path: "/v1/openapi.json", summary: "This API's OpenAPI 3 document", auth: true, status: 200, handle: (*Server).openapi},
+		{method: "GET", path: "/v1/openapi.json", summary: "This API's OpenAPI 3 document", auth: true, status: 200, media: []string{mediaJSON}, handle: (*Server).openapi},
+		{method: "GET", path: "/metrics", summary: "Prometheus metrics: transitions by kind and lane, queue depth per lane, request latency per route",
+			doc: "The Prometheus text format; a scraper may negotiate another with Accept.", auth: true, status: 200, media: []string{mediaText}, handle: (*Server).serveMetrics},
 
 		{method: "POST", path: "/v1/executions", summary: "Create an execution", auth: true, request: CreateRequest{}, status: 201, respond: fftype.CreateResult{},
 			also: []answer{{200, "the id or idempotency key found an earlier execution (duplicate is true)", fftype.CreateResult{}}}, fails: []int{409, 503}, handle: (*Server).create},
 		{method: "POST", path: "/v1/executions/bulk", summary: "Create many executions; one result or error per item", auth: true, request: BulkCreateRequest{}, status: 200, respond: BulkCreateResponse{}, handle: (*Server).createBulk},
-		{method: "GET", path: "/v1/executions", summary: "List executions, oldest first, filtered and paged by cursor", auth: true, query: []string{"namespace", "lane", "state", "kind", "cursor", "limit"}, status: 200, respond: fftype.ListPage{}, fails: failsQuery, handle: (*Server).list},
+		{method: "GET", path: "/v1/executions", summary: "List executions, oldest first, filtered and paged by cursor", auth: true, params: query("namespace", "lane", "state", "kind", "cursor", "limit"), status: 200, respond: fftype.ListPage{}, fails: failsQuery, handle: (*Server).list},
 		{method: "GET", path: "/v1/executions/{id}", summary: "Describe an execution", auth: true, status: 200, respond: fftype.Execution{}, fails: failsRead, handle: (*Server).get},
 		{method: "GET", path: "/v1/executions/{id}/state", summary: "An execution's public state", auth: true, status: 200, respond: StateResponse{}, fails: failsRead, handle: (*Server).state},
-		{method: "GET", path: "/v1/executions/{id}/result", summary: "A completed execution's result: JSON as stored, or binary as application/octet-stream", auth: true, status: 200, fails: []int{400, 404, 409, 503}, handle: (*Server).result},
-		{method: "GET", path: "/v1/executions/{id}/payload", summary: "An execution's input payload: JSON as stored, or binary as application/octet-stream", auth: true, status: 200, fails: failsRead, handle: (*Server).payload},
+		{method: "GET", path: "/v1/executions/{id}/result", summary: "A completed execution's result: JSON as stored, or binary as application/octet-stream", auth: true, status: 200, media: []string{mediaJSON, mediaBinary}, fails: []int{400, 404, 409, 503}, handle: (*Server).result},
+		{method: "GET", path: "/v1/executions/{id}/payload", summary: "An execution's input payload: JSON as stored, or binary as application/octet-stream", auth: true, status: 200, media: []string{mediaJSON, mediaBinary}, fails: failsRead, handle: (*Server).payload},
 		{method: "GET", path: "/v1/executions/{id}/attempts", summary: "An execution's attempts, oldest first", auth: true, status: 200, respond: AttemptsResponse{}, fails: failsRead, handle: (*Server).attempts},
 		{method: "POST", path: "/v1/executions/{id}/tags", summary: "Merge tags into an execution's tags (a tag set to \"\" is removed)", auth: true, request: TagsRequest{}, status: 200, respond: OKResponse{}, fails: failsWrite, handle: (*Server).tags},
 		{method: "POST", path: "/v1/executions/{id}/cancel", summary: "Cancel: by the lease holder with a fence, or by an operator without one", auth: true, request: CancelRequest{}, status: 200, respond: OKResponse{}, fails: failsWrite, handle: (*Server).cancel},
@@ -107,14 +145,19 @@ func apiRoutes() []route {
 		{method: "POST", path: "/v1/lanes/{lane}/pause", summary: "Pause a lane: claims hand out none of its executions", auth: true, status: 200, respond: fftype.LaneInfo{}, fails: failsChange, handle: (*Server).pauseLane},
 		{method: "POST", path: "/v1/lanes/{lane}/resume", summary: "Resume a paused lane", auth: true, status: 200, respond: fftype.LaneInfo{}, fails: failsChange, handle: (*Server).resumeLane},
 
-		{method: "GET", path: "/v1/dead-letter", summary: "Failed executions, oldest first, filtered and paged", auth: true, query: []string{"namespace", "lane", "kind", "cursor", "limit"}, status: 200, respond: fftype.ListPage{}, fails: failsQuery, handle: (*Server).deadLetter},
+		{method: "GET", path: "/v1/dead-letter", summary: "Failed executions, oldest first, filtered and paged", auth: true, params: query("namespace", "lane", "kind", "cursor", "limit"), status: 200, respond: fftype.ListPage{}, fails: failsQuery, handle: (*Server).deadLetter},
 		{method: "POST", path: "/v1/dead-letter/replay", summary: "Replay failed executions by id; one result per id", auth: true, request: ReplayManyRequest{}, status: 200, respond: ReplayManyResponse{}, fails: []int{503}, handle: (*Server).replayMany},
-		{method: "GET", path: "/v1/events", summary: "The event log as server-sent events from a cursor (or Last-Event-ID), then live", auth: true, long: true, query: []string{"namespace", "lane", "execution_id", "flow_id", "types", "cursor"}, status: 200, fails: failsEvents, handle: (*Server).events},
+		{method: "GET", path: "/v1/events", summary: "The event log as server-sent events from a cursor (or Last-Event-ID), then live", doc: eventsDoc, auth: true, long: true,
+			params: append(query("namespace", "lane", "execution_id", "flow_id"),
+				param{"types", "query", "event types, comma-separated; any of them matches"},
+				param{"cursor", "query", "where to start: an event's id to resume right after it, or `start` for the oldest event kept; none means from now"},
+				param{"Last-Event-ID", "header", "an event's id to resume right after it, as a browser's EventSource sends on reconnecting; it wins over cursor"}),
+			status: 200, respond: fftype.Event{}, media: []string{mediaEvents}, fails: failsEvents, handle: (*Server).events},
 
 		{method: "GET", path: "/v1/info", summary: "The engine's shard count and clock, read by remote workers", auth: true, status: 200, respond: InfoResponse{}, fails: []int{503}, handle: (*Server).info},
 		{method: "POST", path: "/v1/workers", summary: "Register a worker instance, or refresh the same session's live registration (409 while another process holds the instance id)", auth: true, request: RegisterWorkerRequest{}, status: 200, respond: RegisterWorkerResponse{}, fails: failsChange, handle: (*Server).registerWorker},
-		{method: "GET", path: "/v1/workers", summary: "List the live worker instances of a namespace, in instance-id order, paged by cursor", auth: true, query: []string{"namespace", "cursor", "limit"}, status: 200, respond: flowfabric.WorkerPage{}, fails: failsQuery, handle: (*Server).listWorkers},
-		{method: "GET", path: "/v1/workers/{worker_instance_id}", summary: "A live worker instance's registration", auth: true, query: []string{"namespace"}, status: 200, respond: flowfabric.WorkerInfo{}, fails: failsRead, handle: (*Server).getWorker},
+		{method: "GET", path: "/v1/workers", summary: "List the live worker instances of a namespace, in instance-id order, paged by cursor", auth: true, params: query("namespace", "cursor", "limit"), status: 200, respond: flowfabric.WorkerPage{}, fails: failsQuery, handle: (*Server).listWorkers},
+		{method: "GET", path: "/v1/workers/{worker_instance_id}", summary: "A live worker instance's registration", auth: true, params: query("namespace"), status: 200, respond: flowfabric.WorkerInfo{}, fails: failsRead, handle: (*Server).getWorker},
 		{method: "POST", path: "/v1/workers/{worker_instance_id}/heartbeat", summary: "Extend the session's live registration by its TTL (404 once it lapsed)", auth: true, request: WorkerSessionRequest{}, status: 200, respond: HeartbeatResponse{}, fails: failsWrite, handle: (*Server).heartbeatWorker},
 		{method: "POST", path: "/v1/workers/{worker_instance_id}/deregister", summary: "Remove the session's registration so the instance id is free at once", auth: true, request: WorkerSessionRequest{}, status: 200, respond: OKResponse{}, fails: failsChange, handle: (*Server).deregisterWorker},
 		{method: "POST", path: "/v1/workers/{worker_instance_id}/mark-dead", summary: "Declare a worker instance dead: its registration goes and its leases expire at once", auth: true, request: MarkDeadRequest{}, status: 200, respond: MarkDeadResponse{}, fails: failsWrite, handle: (*Server).markWorkerDead},
@@ -286,9 +329,9 @@ func (s *Server) state(w http.ResponseWriter, r *http.Request) error {
 // writeBytes answers with stored bytes: JSON as it is, binary as octet-stream.
 func writeBytes(w http.ResponseWriter, b []byte, enc fftype.PayloadEncoding) {
 	if enc == fftype.EncodingBinary {
-		w.Header().Set("Content-Type", "application/octet-stream")
+		w.Header().Set("Content-Type", mediaBinary)
 	} else {
-		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Content-Type", mediaJSON)
 		if len(b) == 0 {
 			b = []byte("null")
 		}

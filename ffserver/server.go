@@ -30,8 +30,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus/promhttp"
-
 	"github.com/flowfabric/flowfabric"
 	"github.com/flowfabric/flowfabric/fftype"
 )
@@ -139,7 +137,6 @@ func New(client *flowfabric.Client, cfg Config) (*Server, error) {
 		}
 	}
 	slices.Sort(s.methods)
-	s.mux.Handle("GET /metrics", s.protect(promhttp.HandlerFor(s.metrics.registry, promhttp.HandlerOpts{})))
 	s.mux.HandleFunc("/", s.noRoute)
 	return s, nil
 }
@@ -238,17 +235,6 @@ func (s *Server) authorized(r *http.Request) bool {
 	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	sum := sha256.Sum256([]byte(got))
 	return subtle.ConstantTimeCompare(sum[:], s.token[:]) == 1 && ok
-}
-
-func (s *Server) protect(h http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !s.authorized(r) {
-			writeError(w, r, s.log, &fftype.Error{Kind: fftype.KindUnauthenticated, Code: "unauthenticated",
-				Message: "missing or invalid Authorization: Bearer token"})
-			return
-		}
-		h.ServeHTTP(w, r)
-	})
 }
 
 // wrap turns a route's handler into an http.Handler: authentication, the request

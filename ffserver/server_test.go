@@ -100,6 +100,13 @@ func requireDocumented(t *testing.T, doc map[string]any, method, path, status st
 // do sends a request with an optional JSON body and returns the status and body.
 func (b *testBundle) do(method, path string, body any) (int, []byte) {
 	b.t.Helper()
+	status, _, raw := b.send(method, path, body)
+	return status, raw
+}
+
+// send is do, returning the answer's header too.
+func (b *testBundle) send(method, path string, body any) (int, http.Header, []byte) {
+	b.t.Helper()
 	var rd io.Reader
 	switch v := body.(type) {
 	case nil:
@@ -123,7 +130,7 @@ func (b *testBundle) do(method, path string, body any) (int, []byte) {
 	defer resp.Body.Close()
 	out, err := io.ReadAll(resp.Body)
 	require.NoError(b.t, err)
-	return resp.StatusCode, out
+	return resp.StatusCode, resp.Header, out
 }
 
 // call sends a request, requires the status, and decodes the JSON answer into out.

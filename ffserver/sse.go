@@ -21,7 +21,7 @@ const sseHeartbeat = 15 * time.Second
 func streamEvents(w http.ResponseWriter, r *http.Request, sub *flowfabric.Subscription, start string, closing <-chan struct{}) error {
 	rc := http.NewResponseController(w)
 	h := w.Header()
-	h.Set("Content-Type", "text/event-stream")
+	h.Set("Content-Type", mediaEvents)
 	h.Set("Cache-Control", "no-store")
 	h.Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
