@@ -249,6 +249,9 @@ func TestBadInputIsAClearClientError(t *testing.T) {
 		{"GET", "/v1/executions?limit=abc", nil, 400, fftype.CodeInvalidInput},
 		{"GET", "/v1/executions?state=running", nil, 400, fftype.CodeInvalidInput},
 		{"GET", "/v1/executions?cursor=zzz", nil, 400, fftype.CodeInvalidCursor},
+		// A lane that no URL path can name: /v1/lanes/./pause is /v1/lanes/pause.
+		{"POST", "/v1/executions", `{"lane":".","kind":"k"}`, 400, fftype.CodeInvalidLane},
+		{"POST", "/v1/lanes/%2E%2E/pause", nil, 400, fftype.CodeInvalidLane},
 		{"POST", "/v1/claim", `{"worker_id":"w","worker_instance_id":"w1","lanes":[]}`, 400, fftype.CodeInvalidLane},
 		{"POST", "/v1/claim", `{"worker_id":"w","worker_instance_id":"w1","lanes":["l"],"wait_ms":999999}`, 400, fftype.CodeInvalidInput},
 		// Milliseconds that overflow a duration must not wrap around into the range.

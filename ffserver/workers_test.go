@@ -105,6 +105,8 @@ func TestWorkerRoutesBadInput(t *testing.T) {
 		{"POST", "/v1/workers", with("session", ""), 400, fftype.CodeInvalidInput},
 		{"POST", "/v1/workers", with("worker_id", ""), 400, fftype.CodeInvalidInput},
 		{"POST", "/v1/workers", with("worker_instance_id", "a\x01b"), 400, fftype.CodeInvalidInput},
+		{"POST", "/v1/workers", with("worker_instance_id", ".."), 400, fftype.CodeInvalidInput},
+		{"POST", "/v1/workers", with("worker_id", "."), 400, fftype.CodeInvalidInput},
 		{"POST", "/v1/workers", with("namespace", "has space"), 400, fftype.CodeInvalidNamespace},
 		{"POST", "/v1/workers", with("capabilities", []string{"a b"}), 400, fftype.CodeInvalidCapabilities},
 		{"GET", "/v1/workers?limit=0", nil, 400, fftype.CodeInvalidInput},

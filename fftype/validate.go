@@ -24,13 +24,22 @@ const (
 	DefaultNamespace    = "default"
 )
 
-// ValidateLane checks a lane name: 1 to 64 bytes, each printable ASCII (0x20–0x7E).
+// ValidateLane checks a lane name: 1 to 64 bytes, each printable ASCII (0x20–0x7E), and
+// not "." or "..", which a URL path cannot name.
 func ValidateLane(lane string) error {
 	if err := checkPrintable(lane, MaxLaneBytes, true); err != "" {
 		return Validationf(CodeInvalidLane, "lane %q: %s", truncate(lane, 80), err)
 	}
+	if dotSegment(lane) {
+		return Validationf(CodeInvalidLane, "lane %q: a URL path cannot name it", lane)
+	}
 	return nil
 }
+
+// dotSegment reports whether s is "." or "..": a name that cannot be a segment of a URL
+// path (a lane in /v1/lanes/{lane}, a worker id in /v1/workers/{worker_instance_id}), as
+// clients and servers resolve such segments away, escaped or not.
+func dotSegment(s string) bool { return s == "." || s == ".." }
 
 // ValidateNamespace checks a namespace: 1 to 64 bytes of printable ASCII without spaces.
 func ValidateNamespace(ns string) error {
@@ -65,10 +74,14 @@ func checkPrintable(s string, max int, spaceOK bool) string {
 }
 
 // ValidateWorkerID checks a worker or worker-instance id: 1 to 256 bytes of UTF-8 with no
-// control character. Ids become parts of store keys, which some stores hold as text.
+// control character, and not "." or "..", which a URL path cannot name. Ids become parts
+// of store keys, which some stores hold as text.
 func ValidateWorkerID(field, id string) error {
 	if id == "" {
 		return Validationf(CodeInvalidInput, "%s must be 1 to %d bytes", field, MaxWorkerIDBytes)
+	}
+	if dotSegment(id) {
+		return Validationf(CodeInvalidInput, "%s %q: a URL path cannot name it", field, id)
 	}
 	return ValidatePlainText(field, id, MaxWorkerIDBytes)
 }

@@ -49,6 +49,11 @@ func TestValidateNames(t *testing.T) {
 	require.Error(t, ValidateLane(""))
 	require.Error(t, ValidateLane(strings.Repeat("a", 65)))
 	require.Error(t, ValidateLane("é"))
+	// A URL path cannot name them: /v1/lanes/./pause is /v1/lanes/pause.
+	require.ErrorIs(t, ValidateLane("."), &Error{Kind: KindValidation, Code: CodeInvalidLane})
+	require.ErrorIs(t, ValidateLane(".."), &Error{Kind: KindValidation, Code: CodeInvalidLane})
+	require.NoError(t, ValidateLane("..."))
+	require.NoError(t, ValidateLane("a/.."))
 	require.NoError(t, ValidateNamespace("tenant-42"))
 	require.Error(t, ValidateNamespace("a b"))
 	require.NoError(t, ValidateKind("email.send"))
@@ -58,7 +63,8 @@ func TestValidateNames(t *testing.T) {
 		require.Error(t, ValidateTagKey(k), k)
 	}
 	require.NoError(t, ValidateWorkerID("worker_id", "host-1 pid 42 é"))
-	for _, id := range []string{"", "w\xff", "w\x00", "w\u0085", strings.Repeat("w", 257)} {
+	require.NoError(t, ValidateWorkerID("worker_id", "..."))
+	for _, id := range []string{"", "w\xff", "w\x00", "w\u0085", strings.Repeat("w", 257), ".", ".."} {
 		require.Error(t, ValidateWorkerID("worker_id", id), "%q", id)
 	}
 	require.NoError(t, ValidateTraceparent(""))
