@@ -27,8 +27,9 @@ func workerPath(instanceID, suffix string) string {
 	return "/v1/workers/" + pathSegment(instanceID) + suffix
 }
 
-// pathSegment escapes s as one path segment; "." and ".." are escaped too, so that the
-// server's router does not read them as path steps.
+// pathSegment escapes s as one path segment. "." and ".." are escaped too: no lane or
+// worker id may be one, and escaped they reach the server, which says so, instead of being
+// read as path steps that lead to another route.
 func pathSegment(s string) string {
 	if s == "." || s == ".." {
 		return strings.ReplaceAll(s, ".", "%2E")

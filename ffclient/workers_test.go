@@ -86,15 +86,16 @@ func TestClientWorkerRegistry(t *testing.T) {
 	_, err = c.HeartbeatWorker(ctx, "", odd.InstanceID, "s3")
 	require.NoError(t, err)
 	require.NoError(t, c.DeregisterWorker(ctx, "", odd.InstanceID, "s3"))
+	// "." and ".." cannot be path segments, so they are no ids; the server says so, rather
+	// than another route answering.
 	for _, dots := range []string{".", ".."} {
-		_, err = c.RegisterWorker(ctx, flowfabric.WorkerRegistration{WorkerID: dots, InstanceID: dots, Lanes: []string{"a"}, TTL: time.Minute, Session: "s4"})
-		require.NoError(t, err)
-		info, err = c.GetWorker(ctx, "", dots)
-		require.NoError(t, err, "%q is a segment, not a path step", dots)
-		require.Equal(t, dots, info.InstanceID)
-		_, err = c.GrantNext(ctx, fftype.ClaimParams{WorkerID: dots, WorkerInstanceID: dots, Lanes: []string{"nothing"}}, 0)
-		require.NoError(t, err)
-		require.NoError(t, c.DeregisterWorker(ctx, "", dots, "s4"))
+		_, err = c.RegisterWorker(ctx, flowfabric.WorkerRegistration{WorkerID: "w", InstanceID: dots, Lanes: []string{"a"}, TTL: time.Minute, Session: "s4"})
+		require.ErrorIs(t, err, fftype.ErrValidation)
+		_, err = c.GetWorker(ctx, "", dots)
+		require.ErrorIs(t, err, fftype.ErrValidation)
+		_, err = c.GrantNext(ctx, fftype.ClaimParams{WorkerID: dots, WorkerInstanceID: "i1", Lanes: []string{"nothing"}}, 0)
+		require.ErrorIs(t, err, fftype.ErrValidation)
+		require.ErrorIs(t, c.PauseLane(ctx, dots), &fftype.Error{Kind: fftype.KindValidation, Code: fftype.CodeInvalidLane})
 	}
 	_, err = c.GrantNext(ctx, fftype.ClaimParams{WorkerID: odd.WorkerID, WorkerInstanceID: odd.InstanceID, Lanes: []string{"nothing"}}, 0)
 	require.NoError(t, err)
