@@ -111,10 +111,12 @@ func badRequest(format string, args ...any) error {
 }
 
 // decode reads exactly one JSON value of type T from the body, refusing unknown fields,
-// wrong types, trailing data, invalid UTF-8 (which the JSON decoder would silently replace)
-// and bodies over limit. An empty body decodes as the zero value when allowEmpty.
-func decode[T any](r *http.Request, limit int64, allowEmpty bool) (T, error) {
+// wrong types, trailing data, invalid UTF-8 (which the JSON decoder would silently replace),
+// bodies over limit, and bodies without T's required fields (see requiredFields). An
+// empty body decodes as the zero value when T has no required field.
+func decode[T any](r *http.Request, limit int64) (T, error) {
 	var v T
+	names := requiredFields(reflect.TypeFor[T]())
 	// curl -d sends application/x-www-form-urlencoded; the body is still read as JSON, so
 	// a shell worker needs no extra header.
 	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") &&
@@ -132,7 +134,7 @@ func decode[T any](r *http.Request, limit int64, allowEmpty bool) (T, error) {
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	err = dec.Decode(&v)
-	if errors.Is(err, io.EOF) && allowEmpty {
+	if errors.Is(err, io.EOF) && len(names) == 0 {
 		return v, nil
 	}
 	if err != nil {
@@ -147,7 +149,7 @@ func decode[T any](r *http.Request, limit int64, allowEmpty bool) (T, error) {
 		}
 		return v, badRequest("the body holds trailing data after the JSON value")
 	}
-	if names := requiredFields(reflect.TypeFor[T]()); len(names) > 0 {
+	if len(names) > 0 {
 		var present map[string]json.RawMessage
 		if err := json.Unmarshal(body, &present); err != nil {
 			return v, badRequest("the body must be a JSON object")
@@ -165,9 +167,12 @@ func decode[T any](r *http.Request, limit int64, allowEmpty bool) (T, error) {
 	return v, nil
 }
 
-// requiredFields returns the JSON names of t's fields tagged required:"true": fields whose
-// zero value is a legal value, so that once decoded a missing field could not be told from
-// it. The OpenAPI document lists them as required.
+// requiredFields returns the JSON names of t's fields tagged required:"true": the fields a
+// request must carry, and not as null. The OpenAPI document lists them as required, and
+// marks a request body required when its type has any. decode refuses a body without them;
+// a nested type's (such as a fence's) are refused by the engine. Every field the server
+// refuses when missing is tagged, and every field whose zero value is legal must be, as
+// once decoded a missing one could not be told from it.
 func requiredFields(t reflect.Type) []string {
 	if names, ok := requiredByType.Load(t); ok {
 		return names.([]string)

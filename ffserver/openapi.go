@@ -49,8 +49,9 @@ func openAPIDoc(rts []route) map[string]any {
 			op["parameters"] = params
 		}
 		if rt.request != nil {
-			op["requestBody"] = map[string]any{"required": true, "content": map[string]any{
-				"application/json": map[string]any{"schema": schemaRef(reflect.TypeOf(rt.request), schemas)}}}
+			t := reflect.TypeOf(rt.request)
+			op["requestBody"] = map[string]any{"required": len(requiredFields(t)) > 0, "content": map[string]any{
+				mediaJSON: map[string]any{"schema": schemaRef(t, schemas)}}}
 		}
 		op["responses"] = responses(rt, schemas)
 		if rt.auth {
@@ -215,6 +216,8 @@ func schemaRef(t reflect.Type, schemas map[string]any) map[string]any {
 	}
 }
 
+// structProps adds the schemas of t's fields to props. A field's format tag sets its
+// schema's format, as format:"byte" does for a string of base64.
 func structProps(t reflect.Type, props map[string]any, schemas map[string]any) {
 	for i := 0; i < t.NumField(); i++ {
 		f := t.Field(i)
@@ -233,7 +236,11 @@ func structProps(t reflect.Type, props map[string]any, schemas map[string]any) {
 		if name == "" {
 			name = f.Name
 		}
-		props[name] = schemaRef(f.Type, schemas)
+		schema := schemaRef(f.Type, schemas)
+		if format := f.Tag.Get("format"); format != "" {
+			schema["format"] = format
+		}
+		props[name] = schema
 	}
 	if t == reflect.TypeOf(fftype.Execution{}) {
 		props["state"] = map[string]any{"type": "string", "description": "the derived public state"}

@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/flowfabric/flowfabric/ffserver"
+	"github.com/flowfabric/flowfabric/fftype"
 )
 
 // apiDoc reads the served OpenAPI document as a client generator in another language
@@ -306,4 +307,142 @@ func TestOpenAPIDescribesAWorkersLife(t *testing.T) {
 	}
 	require.Equal(t, 5, events)
 	require.Empty(t, d.probs, "the document does not describe what the server answers:\n%s", strings.Join(d.probs, "\n"))
+}
+
+// requireMinimal requires that the JSON value v carries exactly the properties the schema
+// s lists as required, at every level, and returns their paths.
+func (d *apiDoc) requireMinimal(where string, s map[string]any, v any, at []string) [][]string {
+	d.t.Helper()
+	s = d.resolve(s)
+	obj, ok := v.(map[string]any)
+	props, described := s["properties"].(map[string]any)
+	if !ok || !described {
+		return nil // a value, a list, or a map of any keys
+	}
+	var required []string
+	listed, _ := s["required"].([]any)
+	for _, r := range listed {
+		required = append(required, r.(string))
+	}
+	require.ElementsMatch(d.t, required, slices.Collect(maps.Keys(obj)), "%s %v: the body has exactly the required fields", where, at)
+	var paths [][]string
+	for k, e := range obj {
+		path := append(slices.Clip(at), k)
+		paths = append(paths, path)
+		paths = append(paths, d.requireMinimal(where, props[k].(map[string]any), e, path)...)
+	}
+	return paths
+}
+
+// without returns a copy of the JSON object v without the property at path.
+func without(v map[string]any, path []string) map[string]any {
+	out := maps.Clone(v)
+	if len(path) == 1 {
+		delete(out, path[0])
+	} else {
+		out[path[0]] = without(out[path[0]].(map[string]any), path[1:])
+	}
+	return out
+}
+
+// TestOpenAPIRequiredIsWhatTheServerRequires sends every route that takes a body the
+// smallest one that does its work: exactly the fields the document lists as required, at
+// every level. Each is accepted; without any one of those fields it is refused with 400.
+// A route whose body the document says is optional is sent none and accepts that; one
+// whose body is required refuses an empty one.
+func TestOpenAPIRequiredIsWhatTheServerRequires(t *testing.T) {
+	t.Parallel()
+	b := setup(t, ffserver.Config{})
+	d := loadDoc(t, b)
+	covered := map[string]bool{}
+	x := func(method, path string, body map[string]any, want int) map[string]any {
+		t.Helper()
+		tmpl, op := d.op(method, path)
+		require.NotNil(t, op, "%s %s", method, path)
+		covered[method+" "+tmpl] = true
+		rb := op["requestBody"].(map[string]any)
+		if body == nil {
+			require.Equal(t, false, rb["required"], "%s %s takes no body; the document says it needs one", method, tmpl)
+		} else {
+			require.Equal(t, true, rb["required"], "%s %s needs a body; the document says it is optional", method, tmpl)
+			b.requireError(method, path, "", 400, fftype.CodeInvalidInput)
+			schema := rb["content"].(map[string]any)["application/json"].(map[string]any)["schema"].(map[string]any)
+			var v map[string]any
+			raw, err := json.Marshal(body)
+			require.NoError(t, err)
+			require.NoError(t, json.Unmarshal(raw, &v))
+			for _, p := range d.requireMinimal(method+" "+tmpl, schema, v, nil) {
+				status, raw := b.do(method, path, without(v, p))
+				require.Equal(t, 400, status, "%s %s without %v: %s", method, tmpl, p, raw)
+			}
+		}
+		var send any
+		if body != nil {
+			send = body
+		}
+		status, raw := b.do(method, path, send)
+		require.Equal(t, want, status, "%s %s: %s", method, tmpl, raw)
+		var out map[string]any
+		_ = json.Unmarshal(raw, &out)
+		return out
+	}
+	ex := func(id any, rest string) string { return "/v1/executions/" + id.(string) + rest }
+	register := map[string]any{"worker_id": "w", "worker_instance_id": "i1", "lanes": []string{"l"}, "ttl_ms": 60000, "session": "s"}
+	claim := func() (string, any) {
+		out := x("POST", "/v1/claim", map[string]any{"worker_id": "w", "worker_instance_id": "i1", "lanes": []string{"l"}}, 200)
+		l := out["leases"].([]any)[0].(map[string]any)
+		return l["execution_id"].(string), l["fence"]
+	}
+
+	x("POST", "/v1/workers", register, 200)
+	x("POST", "/v1/workers/i1/heartbeat", map[string]any{"session": "s"}, 200)
+	id := x("POST", "/v1/executions", map[string]any{"lane": "l", "kind": "k"}, 201)["id"]
+	bulk := x("POST", "/v1/executions/bulk", map[string]any{"executions": []any{map[string]any{"lane": "l", "kind": "k"}}}, 200)
+	other := bulk["results"].([]any)[0].(map[string]any)["result"].(map[string]any)["id"]
+	x("POST", ex(id, "/tags"), map[string]any{"tags": map[string]string{"a": "b"}}, 200)
+	x("PUT", ex(id, "/priority"), map[string]any{"priority": 1}, 200)
+	g := x("POST", ex(other, "/grants"), map[string]any{"kind": "claim", "worker_id": "w"}, 201)
+	x("POST", "/v1/grants/claim", map[string]any{"grant": map[string]any{"grant_id": g["grant_id"], "execution_id": other},
+		"worker_id": "w", "worker_instance_id": "i1"}, 200)
+	x("POST", ex(other, "/revoke-lease"), nil, 200)
+
+	held, fence := claim()
+	x("POST", ex(held, "/renew"), map[string]any{"fence": fence}, 200)
+	x("POST", ex(held, "/progress"), map[string]any{"fence": fence, "percent": 5}, 200)
+	x("POST", ex(held, "/delay"), map[string]any{"fence": fence, "delay_ms": 0}, 200)
+	held, fence = claim()
+	x("POST", ex(held, "/release"), map[string]any{"fence": fence}, 200)
+	held, fence = claim()
+	x("POST", ex(held, "/fail"), map[string]any{"fence": fence}, 200)
+	held, fence = claim()
+	x("POST", ex(held, "/complete"), map[string]any{"fence": fence}, 200)
+	x("POST", "/v1/dead-letter/replay", map[string]any{"ids": []any{held}}, 200)
+	if held == id {
+		id = other
+	}
+	x("POST", ex(id, "/cancel"), nil, 200) // the one that failed, waiting for its retry
+	x("POST", "/v1/workers/w/claim-grant", map[string]any{"worker_instance_id": "i1", "lanes": []string{"empty"}}, 204)
+	x("POST", "/v1/workers/i1/deregister", map[string]any{"session": "s"}, 200)
+	x("POST", "/v1/workers", register, 200)
+	x("POST", "/v1/workers/i1/mark-dead", nil, 200)
+
+	for tmpl, item := range d.paths {
+		for method, op := range item.(map[string]any) {
+			if _, ok := op.(map[string]any)["requestBody"]; ok {
+				require.True(t, covered[strings.ToUpper(method)+" "+tmpl], "%s %s takes a body the test does not send", method, tmpl)
+			}
+		}
+	}
+}
+
+// TestOpenAPIBase64IsBytes: the binary forms of payloads and results are documented as
+// base64 strings (format byte), so that generated clients encode and decode them.
+func TestOpenAPIBase64IsBytes(t *testing.T) {
+	t.Parallel()
+	schemas := ffserver.OpenAPI()["components"].(map[string]any)["schemas"].(map[string]any)
+	for schema, field := range map[string]string{"CreateRequest": "payload_base64", "LeaseView": "payload_base64", "CompleteRequest": "result_base64"} {
+		prop := schemas[schema].(map[string]any)["properties"].(map[string]any)[field].(map[string]any)
+		require.Equal(t, "string", prop["type"], "%s.%s", schema, field)
+		require.Equal(t, "byte", prop["format"], "%s.%s", schema, field)
+	}
 }

@@ -190,13 +190,13 @@ func pathID(r *http.Request) (fftype.ExecutionID, error) {
 }
 
 // idBody reads the execution id of the path and the JSON body of an execution route.
-func idBody[T any](r *http.Request, limit int64, allowEmpty bool) (fftype.ExecutionID, T, error) {
+func idBody[T any](r *http.Request, limit int64) (fftype.ExecutionID, T, error) {
 	var req T
 	id, err := pathID(r)
 	if err != nil {
 		return "", req, err
 	}
-	req, err = decode[T](r, limit, allowEmpty)
+	req, err = decode[T](r, limit)
 	return id, req, err
 }
 
@@ -229,7 +229,7 @@ func ok(w http.ResponseWriter) error {
 // ---- executions
 
 func (s *Server) create(w http.ResponseWriter, r *http.Request) error {
-	req, err := decode[CreateRequest](r, s.cfg.LargeBodyBytes, false)
+	req, err := decode[CreateRequest](r, s.cfg.LargeBodyBytes)
 	if err != nil {
 		return err
 	}
@@ -250,7 +250,7 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) createBulk(w http.ResponseWriter, r *http.Request) error {
-	req, err := decode[BulkCreateRequest](r, s.cfg.LargeBodyBytes, false)
+	req, err := decode[BulkCreateRequest](r, s.cfg.LargeBodyBytes)
 	if err != nil {
 		return err
 	}
@@ -384,7 +384,7 @@ func (s *Server) attempts(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) tags(w http.ResponseWriter, r *http.Request) error {
-	id, req, err := idBody[TagsRequest](r, ControlBodyBytes, false)
+	id, req, err := idBody[TagsRequest](r, ControlBodyBytes)
 	if err != nil {
 		return err
 	}
@@ -395,7 +395,7 @@ func (s *Server) tags(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) cancel(w http.ResponseWriter, r *http.Request) error {
-	id, req, err := idBody[CancelRequest](r, ControlBodyBytes, true)
+	id, req, err := idBody[CancelRequest](r, ControlBodyBytes)
 	if err != nil {
 		return err
 	}
@@ -406,7 +406,7 @@ func (s *Server) cancel(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) priority(w http.ResponseWriter, r *http.Request) error {
-	id, req, err := idBody[PriorityRequest](r, ControlBodyBytes, false)
+	id, req, err := idBody[PriorityRequest](r, ControlBodyBytes)
 	if err != nil {
 		return err
 	}
@@ -428,7 +428,7 @@ func (s *Server) replay(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) revoke(w http.ResponseWriter, r *http.Request) error {
-	id, req, err := idBody[ReasonRequest](r, ControlBodyBytes, true)
+	id, req, err := idBody[ReasonRequest](r, ControlBodyBytes)
 	if err != nil {
 		return err
 	}
@@ -439,7 +439,7 @@ func (s *Server) revoke(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) grant(w http.ResponseWriter, r *http.Request) error {
-	id, req, err := idBody[GrantRequest](r, ControlBodyBytes, false)
+	id, req, err := idBody[GrantRequest](r, ControlBodyBytes)
 	if err != nil {
 		return err
 	}
@@ -457,7 +457,7 @@ func (s *Server) grant(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) claimGrant(w http.ResponseWriter, r *http.Request) error {
-	req, err := decode[GrantClaimRequest](r, ControlBodyBytes, false)
+	req, err := decode[GrantClaimRequest](r, ControlBodyBytes)
 	if err != nil {
 		return err
 	}
@@ -476,7 +476,7 @@ func (s *Server) claimGrant(w http.ResponseWriter, r *http.Request) error {
 // ---- worker protocol
 
 func (s *Server) claim(w http.ResponseWriter, r *http.Request) error {
-	req, err := decode[ClaimRequest](r, ControlBodyBytes, false)
+	req, err := decode[ClaimRequest](r, ControlBodyBytes)
 	if err != nil {
 		return err
 	}
@@ -555,7 +555,7 @@ func (s *Server) releaseUndelivered(ctx context.Context, leases []*fftype.Lease)
 }
 
 func (s *Server) renew(w http.ResponseWriter, r *http.Request) error {
-	id, req, err := idBody[RenewRequest](r, ControlBodyBytes, false)
+	id, req, err := idBody[RenewRequest](r, ControlBodyBytes)
 	if err != nil {
 		return err
 	}
@@ -572,7 +572,7 @@ func (s *Server) renew(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) progress(w http.ResponseWriter, r *http.Request) error {
-	id, req, err := idBody[ProgressRequest](r, ControlBodyBytes, false)
+	id, req, err := idBody[ProgressRequest](r, ControlBodyBytes)
 	if err != nil {
 		return err
 	}
@@ -583,7 +583,7 @@ func (s *Server) progress(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) complete(w http.ResponseWriter, r *http.Request) error {
-	id, req, err := idBody[CompleteRequest](r, s.cfg.LargeBodyBytes, false)
+	id, req, err := idBody[CompleteRequest](r, s.cfg.LargeBodyBytes)
 	if err != nil {
 		return err
 	}
@@ -598,7 +598,7 @@ func (s *Server) complete(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) fail(w http.ResponseWriter, r *http.Request) error {
-	id, req, err := idBody[FailRequest](r, ControlBodyBytes, false)
+	id, req, err := idBody[FailRequest](r, ControlBodyBytes)
 	if err != nil {
 		return err
 	}
@@ -611,7 +611,7 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) delay(w http.ResponseWriter, r *http.Request) error {
-	id, req, err := idBody[DelayRequest](r, ControlBodyBytes, false)
+	id, req, err := idBody[DelayRequest](r, ControlBodyBytes)
 	if err != nil {
 		return err
 	}
@@ -626,7 +626,7 @@ func (s *Server) delay(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) release(w http.ResponseWriter, r *http.Request) error {
-	id, req, err := idBody[FenceRequest](r, ControlBodyBytes, false)
+	id, req, err := idBody[FenceRequest](r, ControlBodyBytes)
 	if err != nil {
 		return err
 	}
@@ -682,7 +682,7 @@ func (s *Server) deadLetter(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) replayMany(w http.ResponseWriter, r *http.Request) error {
-	req, err := decode[ReplayManyRequest](r, ControlBodyBytes, false)
+	req, err := decode[ReplayManyRequest](r, ControlBodyBytes)
 	if err != nil {
 		return err
 	}
@@ -756,7 +756,7 @@ func (s *Server) info(w http.ResponseWriter, r *http.Request) error {
 const maxWorkerTTL = 2 * fftype.MaxLeaseTTL
 
 func (s *Server) registerWorker(w http.ResponseWriter, r *http.Request) error {
-	req, err := decode[RegisterWorkerRequest](r, ControlBodyBytes, false)
+	req, err := decode[RegisterWorkerRequest](r, ControlBodyBytes)
 	if err != nil {
 		return err
 	}
@@ -803,7 +803,7 @@ func (s *Server) getWorker(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) heartbeatWorker(w http.ResponseWriter, r *http.Request) error {
-	req, err := decode[WorkerSessionRequest](r, ControlBodyBytes, false)
+	req, err := decode[WorkerSessionRequest](r, ControlBodyBytes)
 	if err != nil {
 		return err
 	}
@@ -816,7 +816,7 @@ func (s *Server) heartbeatWorker(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) deregisterWorker(w http.ResponseWriter, r *http.Request) error {
-	req, err := decode[WorkerSessionRequest](r, ControlBodyBytes, false)
+	req, err := decode[WorkerSessionRequest](r, ControlBodyBytes)
 	if err != nil {
 		return err
 	}
@@ -827,7 +827,7 @@ func (s *Server) deregisterWorker(w http.ResponseWriter, r *http.Request) error 
 }
 
 func (s *Server) markWorkerDead(w http.ResponseWriter, r *http.Request) error {
-	req, err := decode[MarkDeadRequest](r, ControlBodyBytes, true)
+	req, err := decode[MarkDeadRequest](r, ControlBodyBytes)
 	if err != nil {
 		return err
 	}
@@ -840,7 +840,7 @@ func (s *Server) markWorkerDead(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) grantNext(w http.ResponseWriter, r *http.Request) error {
-	req, err := decode[WorkerGrantRequest](r, ControlBodyBytes, false)
+	req, err := decode[WorkerGrantRequest](r, ControlBodyBytes)
 	if err != nil {
 		return err
 	}

@@ -9,16 +9,18 @@ import (
 )
 
 // The wire forms of requests and responses. Payloads and results travel as JSON values
-// as they are (payload) or, for binary data, as base64 (payload_base64).
+// as they are (payload) or, for binary data, as base64 (payload_base64). A request field
+// tagged required:"true" must be present and not null (see requiredFields); the format
+// tag gives a field's OpenAPI format.
 
 // CreateRequest is the body of POST /v1/executions and one item of a bulk create.
 type CreateRequest struct {
 	ID                   fftype.ExecutionID `json:"id,omitempty"`
 	Namespace            string             `json:"namespace,omitempty"`
-	Lane                 string             `json:"lane"`
-	Kind                 string             `json:"kind"`
+	Lane                 string             `json:"lane" required:"true"`
+	Kind                 string             `json:"kind" required:"true"`
 	Payload              json.RawMessage    `json:"payload,omitempty"`
-	PayloadBase64        string             `json:"payload_base64,omitempty"`
+	PayloadBase64        string             `json:"payload_base64,omitempty" format:"byte"`
 	Priority             int                `json:"priority,omitempty"`
 	RequiredCapabilities []string           `json:"required_capabilities,omitempty"`
 	Tags                 map[string]string  `json:"tags,omitempty"`
@@ -48,7 +50,7 @@ func (c *CreateRequest) params() (fftype.CreateParams, error) {
 
 // BulkCreateRequest is the body of POST /v1/executions/bulk.
 type BulkCreateRequest struct {
-	Executions []CreateRequest `json:"executions"`
+	Executions []CreateRequest `json:"executions" required:"true"`
 }
 
 // BulkCreateResponse has one item per request item, in order: a result or an error.
@@ -69,7 +71,7 @@ const maxBulk = 10_000
 type LeaseView struct {
 	fftype.Lease
 	Payload       json.RawMessage `json:"payload,omitempty"`
-	PayloadBase64 string          `json:"payload_base64,omitempty"`
+	PayloadBase64 string          `json:"payload_base64,omitempty" format:"byte"`
 }
 
 func leaseView(l *fftype.Lease) LeaseView {
@@ -80,9 +82,9 @@ func leaseView(l *fftype.Lease) LeaseView {
 
 // ClaimRequest is the body of POST /v1/claim.
 type ClaimRequest struct {
-	WorkerID         string   `json:"worker_id"`
-	WorkerInstanceID string   `json:"worker_instance_id"`
-	Lanes            []string `json:"lanes"`
+	WorkerID         string   `json:"worker_id" required:"true"`
+	WorkerInstanceID string   `json:"worker_instance_id" required:"true"`
+	Lanes            []string `json:"lanes" required:"true"`
 	Capabilities     []string `json:"capabilities,omitempty"`
 	Count            int      `json:"count,omitempty"`
 	LeaseTTLMS       int64    `json:"lease_ttl_ms,omitempty"`
@@ -97,12 +99,12 @@ type ClaimResponse struct {
 
 // FenceRequest is the body of lease-bound calls that carry nothing but the fence.
 type FenceRequest struct {
-	Fence fftype.Fence `json:"fence"`
+	Fence fftype.Fence `json:"fence" required:"true"`
 }
 
 // RenewRequest is the body of POST /v1/executions/{id}/renew.
 type RenewRequest struct {
-	Fence      fftype.Fence `json:"fence"`
+	Fence      fftype.Fence `json:"fence" required:"true"`
 	LeaseTTLMS int64        `json:"lease_ttl_ms,omitempty"`
 }
 
@@ -113,21 +115,21 @@ type RenewResponse struct {
 
 // ProgressRequest is the body of POST /v1/executions/{id}/progress.
 type ProgressRequest struct {
-	Fence   fftype.Fence `json:"fence"`
+	Fence   fftype.Fence `json:"fence" required:"true"`
 	Percent int          `json:"percent" required:"true"`
 	Message string       `json:"message,omitempty"`
 }
 
 // CompleteRequest is the body of POST /v1/executions/{id}/complete.
 type CompleteRequest struct {
-	Fence        fftype.Fence    `json:"fence"`
+	Fence        fftype.Fence    `json:"fence" required:"true"`
 	Result       json.RawMessage `json:"result,omitempty"`
-	ResultBase64 string          `json:"result_base64,omitempty"`
+	ResultBase64 string          `json:"result_base64,omitempty" format:"byte"`
 }
 
 // FailRequest is the body of POST /v1/executions/{id}/fail.
 type FailRequest struct {
-	Fence    fftype.Fence `json:"fence"`
+	Fence    fftype.Fence `json:"fence" required:"true"`
 	Reason   string       `json:"reason"`
 	Category string       `json:"category,omitempty"`
 	NoRetry  bool         `json:"no_retry,omitempty"`
@@ -135,7 +137,7 @@ type FailRequest struct {
 
 // DelayRequest is the body of POST /v1/executions/{id}/delay.
 type DelayRequest struct {
-	Fence   fftype.Fence `json:"fence"`
+	Fence   fftype.Fence `json:"fence" required:"true"`
 	DelayMS int64        `json:"delay_ms" required:"true"`
 }
 
@@ -158,28 +160,28 @@ type PriorityRequest struct {
 
 // TagsRequest is the body of POST /v1/executions/{id}/tags.
 type TagsRequest struct {
-	Tags map[string]string `json:"tags"`
+	Tags map[string]string `json:"tags" required:"true"`
 }
 
 // GrantRequest is the body of POST /v1/executions/{id}/grants.
 type GrantRequest struct {
-	Kind         fftype.GrantKind `json:"kind"`
-	WorkerID     string           `json:"worker_id"`
+	Kind         fftype.GrantKind `json:"kind" required:"true"`
+	WorkerID     string           `json:"worker_id" required:"true"`
 	Capabilities []string         `json:"capabilities,omitempty"`
 	TTLMS        int64            `json:"ttl_ms,omitempty"`
 }
 
 // GrantClaimRequest is the body of POST /v1/grants/claim.
 type GrantClaimRequest struct {
-	Grant            fftype.GrantRef `json:"grant"`
-	WorkerID         string          `json:"worker_id"`
-	WorkerInstanceID string          `json:"worker_instance_id"`
+	Grant            fftype.GrantRef `json:"grant" required:"true"`
+	WorkerID         string          `json:"worker_id" required:"true"`
+	WorkerInstanceID string          `json:"worker_instance_id" required:"true"`
 	LeaseTTLMS       int64           `json:"lease_ttl_ms,omitempty"`
 }
 
 // ReplayManyRequest is the body of POST /v1/dead-letter/replay: the ids to replay.
 type ReplayManyRequest struct {
-	IDs []fftype.ExecutionID `json:"ids"`
+	IDs []fftype.ExecutionID `json:"ids" required:"true"`
 }
 
 // ReplayManyResponse has one item per id, in order.
@@ -252,16 +254,16 @@ type InfoResponse struct {
 
 // RegisterWorkerRequest is the body of POST /v1/workers.
 type RegisterWorkerRequest struct {
-	WorkerID         string   `json:"worker_id"`
-	WorkerInstanceID string   `json:"worker_instance_id"`
+	WorkerID         string   `json:"worker_id" required:"true"`
+	WorkerInstanceID string   `json:"worker_instance_id" required:"true"`
 	Namespace        string   `json:"namespace,omitempty"`
-	Lanes            []string `json:"lanes"`
+	Lanes            []string `json:"lanes" required:"true"`
 	Capabilities     []string `json:"capabilities,omitempty"`
 	// TTLMS is how long the registration lives without a heartbeat, 1s to 48h.
-	TTLMS int64 `json:"ttl_ms"`
+	TTLMS int64 `json:"ttl_ms" required:"true"`
 	// Session is a secret the worker process minted; only the same session may refresh,
 	// heartbeat or deregister the registration.
-	Session string `json:"session"`
+	Session string `json:"session" required:"true"`
 }
 
 // RegisterWorkerResponse is the outcome of a registration.
@@ -274,7 +276,7 @@ type RegisterWorkerResponse struct {
 // WorkerSessionRequest is the body of a worker instance's heartbeat and deregistration.
 type WorkerSessionRequest struct {
 	Namespace string `json:"namespace,omitempty"`
-	Session   string `json:"session"`
+	Session   string `json:"session" required:"true"`
 }
 
 // HeartbeatResponse carries the registration's new expiry.
@@ -296,8 +298,8 @@ type MarkDeadResponse struct {
 // WorkerGrantRequest is the body of POST /v1/workers/{worker_id}/claim-grant: the worker
 // instance asking the scheduler for a grant, its lanes and capabilities.
 type WorkerGrantRequest struct {
-	WorkerInstanceID string   `json:"worker_instance_id"`
-	Lanes            []string `json:"lanes"`
+	WorkerInstanceID string   `json:"worker_instance_id" required:"true"`
+	Lanes            []string `json:"lanes" required:"true"`
 	Capabilities     []string `json:"capabilities,omitempty"`
 	// GrantTTLMS is how long the grant reserves the execution; 0 means 5s, at most 1h.
 	GrantTTLMS int64 `json:"grant_ttl_ms,omitempty"`

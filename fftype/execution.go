@@ -125,11 +125,12 @@ const (
 )
 
 // Fence is the triple that every lease-bound call carries. A call whose fence does not
-// match the execution's current lease is refused and changes nothing.
+// match the execution's current lease is refused and changes nothing; one without all
+// three parts is refused as invalid (the required tags say so in the HTTP API's document).
 type Fence struct {
-	LeaseID   string `json:"lease_id"`
-	Epoch     uint64 `json:"lease_epoch"`
-	AttemptID string `json:"attempt_id"`
+	LeaseID   string `json:"lease_id" required:"true"`
+	Epoch     uint64 `json:"lease_epoch" required:"true"`
+	AttemptID string `json:"attempt_id" required:"true"`
 }
 
 // Values of Execution.LastLeaseEnd.

@@ -124,11 +124,12 @@ const (
 	MaxGrantTTL     = time.Hour
 )
 
-// GrantRef is a grant as handed to a worker, to consume with a grant claim.
+// GrantRef is a grant as handed to a worker, to consume with a grant claim, which reads
+// only its ID and ExecutionID (the required tags say so in the HTTP API's document).
 type GrantRef struct {
-	ID          string      `json:"grant_id"`
+	ID          string      `json:"grant_id" required:"true"`
 	Kind        GrantKind   `json:"kind"`
-	ExecutionID ExecutionID `json:"execution_id"`
+	ExecutionID ExecutionID `json:"execution_id" required:"true"`
 	Lane        string      `json:"lane"`
 	WorkerID    string      `json:"worker_id"`
 	ExpiresAt   time.Time   `json:"expires_at"`
