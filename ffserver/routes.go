@@ -63,11 +63,10 @@ const (
 
 // eventsDoc describes the event stream's framing.
 const eventsDoc = "Server-sent events. Each event's `id` is the cursor that resumes right after it, its `event` " +
-	"name the event's type, its `data` the event as JSON (the schema of this answer). A stream that does not " +
-	"start from the start opens with its position, an `id` alone, so that a client that loses it before the " +
-	"first matching event resumes without a gap. A stream whose reader fell behind retention ends with an " +
-	"event named `error` whose data is an ErrorBody (code cursor_expired). Comments (`: keep-alive`) keep an " +
-	"idle stream open."
+	"name the event's type, its `data` the event as JSON (the schema of this answer). A stream not asked from " +
+	"`start` opens with its position, an `id` alone, so that a client that loses it before the first matching " +
+	"event resumes without a gap. A stream whose reader fell behind retention ends with an event named `error` " +
+	"whose data is an ErrorBody (code cursor_expired). Comments (`: keep-alive`) keep an idle stream open."
 
 // answer is a status a route answers with besides its success status and its errors.
 type answer struct {
