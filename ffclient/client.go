@@ -22,6 +22,7 @@ import (
 	"strings"
 	"time"
 	"unicode"
+	"unicode/utf8"
 
 	"github.com/flowfabric/flowfabric"
 	"github.com/flowfabric/flowfabric/ffserver"
@@ -113,11 +114,11 @@ func decodeBody(resp *http.Response, out any) error {
 func (c *Client) send(ctx context.Context, method, path string, in any) (*http.Response, error) {
 	var body io.Reader
 	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
+		var b bytes.Buffer
+		if err := ffserver.NewJSONEncoder(&b).Encode(in); err != nil {
 			return nil, fftype.Validationf(fftype.CodeInvalidInput, "ffclient: encoding the request: %v", err)
 		}
-		body = bytes.NewReader(b)
+		body = &b
 	}
 	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
 	if err != nil {
@@ -356,8 +357,8 @@ func (c *Client) Complete(ctx context.Context, id fftype.ExecutionID, f fftype.F
 // encoding. Bytes that are not JSON under the JSON encoding are refused before any
 // request, as the engine refuses them in process.
 func wirePayload(field string, b []byte, enc fftype.PayloadEncoding) (json.RawMessage, string, error) {
-	if (enc == "" || enc == fftype.EncodingJSON) && len(b) > 0 && !json.Valid(b) {
-		return nil, "", fftype.Validationf(fftype.CodeInvalidInput, "%s is not valid JSON (use the binary encoding for raw bytes)", field)
+	if (enc == "" || enc == fftype.EncodingJSON) && len(b) > 0 && (!json.Valid(b) || !utf8.Valid(b)) {
+		return nil, "", fftype.Validationf(fftype.CodeInvalidInput, "%s is not valid JSON in UTF-8 (use the binary encoding for raw bytes)", field)
 	}
 	raw, b64 := ffserver.EncodePayload(b, enc)
 	return raw, b64, nil

@@ -326,3 +326,54 @@ func TestCreateManyHeavierThanOneBody(t *testing.T) {
 		require.NoError(t, r.Err, "item %d", i)
 	}
 }
+
+// TestCreateManyHTMLPayloadsFitOneBody: JSON payloads go over the wire as they are, with
+// no HTML escaping (which makes each '<' six bytes): ten 1 MiB payloads of '<', 10 MiB
+// together, fit one bulk body.
+func TestCreateManyHTMLPayloadsFitOneBody(t *testing.T) {
+	t.Parallel()
+	c, local := setup(t, "")
+	payload := []byte(`"` + strings.Repeat("<", 1<<20) + `"`)
+	var ps []fftype.CreateParams
+	for range 10 {
+		ps = append(ps, fftype.CreateParams{Lane: "l", Kind: "k", Payload: payload})
+	}
+	// In process the same batch is fine.
+	for i, r := range local.CreateMany(t.Context(), ps) {
+		require.NoError(t, r.Err, "in process, item %d", i)
+	}
+	for i, r := range c.CreateMany(t.Context(), ps) {
+		require.NoError(t, r.Err, "over HTTP, item %d", i)
+	}
+}
+
+// TestJSONPayloadWithinLimitOverHTTP: a JSON payload under MaxPayloadBytes is accepted
+// over HTTP as in process: the client does not inflate it by escaping before the engine
+// measures it.
+func TestJSONPayloadWithinLimitOverHTTP(t *testing.T) {
+	t.Parallel()
+	c, local := setup(t, "")
+	payload := []byte(`"` + strings.Repeat("<b>", 1400_000) + `"`) // 4.2 MiB: 18 MiB once escaped
+	_, err := local.Create(t.Context(), fftype.CreateParams{Lane: "l", Kind: "k", Payload: payload})
+	require.NoError(t, err, "in process")
+	_, err = c.Create(t.Context(), fftype.CreateParams{Lane: "l", Kind: "k", Payload: payload})
+	require.NoError(t, err, "over HTTP")
+}
+
+// TestBulkItemNotUTF8FailsAlone: a JSON payload that is not UTF-8 is refused on its own,
+// by the client before it is sent, as in process; the other items of the batch are
+// created.
+func TestBulkItemNotUTF8FailsAlone(t *testing.T) {
+	t.Parallel()
+	c, local := setup(t, "")
+	ps := []fftype.CreateParams{
+		{Lane: "l", Kind: "k", Payload: []byte(`{"n":1}`)},
+		{Lane: "l", Kind: "k", Payload: []byte("\"caf\xe9\"")}, // Latin-1 é
+	}
+	inProcess := local.CreateMany(t.Context(), ps)
+	require.NoError(t, inProcess[0].Err, "in process the valid item is created")
+	require.ErrorIs(t, inProcess[1].Err, fftype.ErrValidation)
+	remote := c.CreateMany(t.Context(), ps)
+	require.NoError(t, remote[0].Err, "over HTTP the valid item is created too")
+	require.ErrorIs(t, remote[1].Err, fftype.ErrValidation)
+}

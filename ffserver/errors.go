@@ -103,7 +103,16 @@ func errorBody(err error) *ErrorBody {
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", mediaJSON)
 	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(v)
+	_ = NewJSONEncoder(w).Encode(v)
+}
+
+// NewJSONEncoder returns an encoder for the API's bodies: JSON as it is, without the
+// HTML escaping (<, > and & as \u003c…) that would make a payload up to six times
+// larger than its owner sent it, and push it past the size limits.
+func NewJSONEncoder(w io.Writer) *json.Encoder {
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	return enc
 }
 
 func badRequest(format string, args ...any) error {

@@ -1,7 +1,6 @@
 package ffserver
 
 import (
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"time"
@@ -48,17 +47,20 @@ func streamEvents(w http.ResponseWriter, r *http.Request, sub *flowfabric.Subscr
 		case d, ok := <-sub.Events():
 			if !ok {
 				if err := sub.Err(); err != nil {
-					b, _ := json.Marshal(errorBody(err))
-					fmt.Fprintf(w, "event: error\ndata: %s\n\n", b)
+					fmt.Fprint(w, "event: error\ndata: ")
+					_ = NewJSONEncoder(w).Encode(errorBody(err)) // one line, and the newline ends the data
+					fmt.Fprint(w, "\n")
 					_ = rc.Flush()
 				}
 				return nil
 			}
-			b, err := json.Marshal(d.Event)
-			if err != nil {
+			if _, err := fmt.Fprintf(w, "id: %s\nevent: %s\ndata: ", d.Cursor, d.Event.Type); err != nil {
 				return nil
 			}
-			if _, err := fmt.Fprintf(w, "id: %s\nevent: %s\ndata: %s\n\n", d.Cursor, d.Event.Type, b); err != nil {
+			if err := NewJSONEncoder(w).Encode(d.Event); err != nil {
+				return nil
+			}
+			if _, err := fmt.Fprint(w, "\n"); err != nil {
 				return nil
 			}
 		}
