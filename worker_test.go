@@ -1485,3 +1485,29 @@ func (f *breakableFeed) Close() {
 	f.inner.Close()
 	<-f.done
 }
+
+// TestWorkerRunReturnsAfterStopWhileItsClaimHangs: Run's claim in flight on a store that
+// stopped answering ends when Stop cancels it, and Run returns.
+func TestWorkerRunReturnsAfterStopWhileItsClaimHangs(t *testing.T) {
+	t.Parallel()
+	s := newFaultStore(1)
+	c, err := flowfabric.NewClient(s, nil)
+	require.NoError(t, err)
+	_, err = c.Create(t.Context(), flowfabric.CreateParams{Lane: testLane, Kind: "k"})
+	require.NoError(t, err)
+	w, err := flowfabric.NewWorker(t.Context(), c, config("i1"), nil)
+	require.NoError(t, err)
+	flowfabric.Handle(w, "k", func(context.Context, *flowfabric.Task[struct{}]) error { return nil })
+
+	s.hung.Store(true)
+	ran := make(chan error, 1)
+	go func() { ran <- w.Run(context.Background()) }()
+	s.waitHung(t, 1) // the claim reached the store
+	stopped := make(chan error, 1)
+	go func() { stopped <- w.Stop(context.Background()) }()
+	require.NoError(t, recv(t, stopped, "Stop"))
+	require.NoError(t, recv(t, ran, "Run"))
+
+	s.hung.Store(false)
+	require.NoError(t, w.Close(context.Background()))
+}

@@ -23,10 +23,24 @@ import (
 
 // stallStore is a store whose next unit of the armed kind stalls: it reports that it
 // entered, then waits until released — or, with no release channel, until its context
-// ends, and fails with the context's error, as a store that does not answer would.
+// ends, and fails with the context's error, as a store that does not answer would. The
+// next unit that hands out a lease while claimed is armed reports, once it ran, that it
+// entered, and holds its answer until its context ends: its caller went away while the
+// answer was on its way.
 type stallStore struct {
 	ffstore.Store
-	update, view atomic.Pointer[stall]
+	update, view, claimed atomic.Pointer[stall]
+}
+
+// claimTx notes whether a unit hands out a lease.
+type claimTx struct {
+	ffstore.Tx
+	claimed bool
+}
+
+func (t *claimTx) AppendEvent(ev fftype.Event) {
+	t.claimed = t.claimed || ev.Type == fftype.EventClaimed
+	t.Tx.AppendEvent(ev)
 }
 
 type stall struct {
@@ -55,7 +69,22 @@ func (s *stallStore) Update(ctx context.Context, shard int, fn func(tx ffstore.T
 	if err := s.update.Swap(nil).hold(ctx); err != nil {
 		return err
 	}
-	return s.Store.Update(ctx, shard, fn)
+	st := s.claimed.Load()
+	if st == nil {
+		return s.Store.Update(ctx, shard, fn)
+	}
+	var claimed bool
+	err := s.Store.Update(ctx, shard, func(tx ffstore.Tx) error {
+		ct := &claimTx{Tx: tx}
+		err := fn(ct)
+		claimed = ct.claimed
+		return err
+	})
+	if claimed && err == nil && s.claimed.CompareAndSwap(st, nil) {
+		close(st.entered)
+		<-ctx.Done()
+	}
+	return err
 }
 
 func (s *stallStore) View(ctx context.Context, shard int, fn func(tx ffstore.ReadTx) error) error {
@@ -162,21 +191,12 @@ func TestRequestTimeout(t *testing.T) {
 func TestClaimReleasedWhenClientGoesAway(t *testing.T) {
 	t.Parallel()
 	store := &stallStore{Store: ffmem.New(nil)}
-	requests := make(chan context.Context, 1)
-	b := setupOn(t, ffserver.Config{}, store, func(h http.Handler) http.Handler {
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if r.URL.Path == "/v1/claim" {
-				requests <- r.Context()
-			}
-			h.ServeHTTP(w, r)
-		})
-	})
+	b := setupOn(t, ffserver.Config{}, store, nil)
 	res, err := b.client.Create(t.Context(), fftype.CreateParams{Lane: "gone", Kind: "k"})
 	require.NoError(t, err)
 
-	release := make(chan struct{})
-	st := newStall(release)
-	store.update.Store(st)
+	st := newStall(nil)
+	store.claimed.Store(st)
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
 	answered := make(chan error, 1)
@@ -191,12 +211,9 @@ func TestClaimReleasedWhenClientGoesAway(t *testing.T) {
 		}
 		answered <- err
 	}()
-	serverCtx := <-requests
-	<-st.entered // the claim is taking the execution
+	<-st.entered // the claim took the execution; its answer waits until the server sees its client go
 	cancel()
 	require.Error(t, <-answered)
-	<-serverCtx.Done() // the server saw its client go
-	close(release)
 
 	require.Eventually(t, func() bool {
 		atts, err := b.client.Attempts(t.Context(), res.ID)

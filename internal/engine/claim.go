@@ -69,10 +69,16 @@ func (e *Engine) Claim(ctx context.Context, p fftype.ClaimParams) ([]*fftype.Lea
 	return leases, nil // with some leases taken, an error recurs on the next call
 }
 
-// releaseUnwanted gives back leases whose caller gave up before they reached it. A
-// release that fails is logged; that lease expires with its TTL.
+// releaseUnwanted gives back leases whose caller gave up before they reached it. It tries
+// no longer than the leases last (one that expired needs no release); a release that
+// fails is logged, and that lease expires with its TTL.
 func (e *Engine) releaseUnwanted(ctx context.Context, leases []*fftype.Lease) {
-	ctx = context.WithoutCancel(ctx)
+	var ttl time.Duration
+	for _, l := range leases {
+		ttl = max(ttl, l.TTL.D())
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), ttl)
+	defer cancel()
 	for _, l := range leases {
 		if err := e.Release(ctx, l.ExecutionID, l.Fence); err != nil {
 			e.log.Warn("a claim's caller gave up and its lease could not be released; it expires with its TTL",

@@ -40,13 +40,21 @@ func selectionKey(lanes []string, w claimer) string {
 // claimCombined serves one validated Claim call in its selection's rounds.
 func (e *Engine) claimCombined(ctx context.Context, lanes []string, w claimer, count int) ([]*fftype.Lease, error) {
 	c := &claimCall{roundCall: newRoundCall(ctx), w: w, count: count}
-	e.claims.do(selectionKey(lanes, w), c, roundPlan[*claimCall]{
+	err := e.claims.do(selectionKey(lanes, w), c, roundPlan[*claimCall]{
 		weight: func(c *claimCall) int { return c.count },
 		max:    fftype.MaxClaimCount,
 		serve: func(ctx context.Context, calls []*claimCall, join func() []*claimCall) []*claimCall {
 			return e.serveClaims(ctx, lanes, calls, join)
 		},
+		drop: func(ctx context.Context, calls []*claimCall) {
+			for _, c := range calls {
+				e.releaseUnwanted(ctx, c.leases)
+			}
+		},
 	})
+	if err != nil {
+		return nil, err
+	}
 	return c.leases, c.err
 }
 

@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -14,72 +15,211 @@ import (
 	"github.com/flowfabric/flowfabric/fftype"
 )
 
-// gatedStore is the memory store whose next unit, once armed, waits at the gate. It
-// counts units.
+// gatedStore is the memory store whose next unit, once armed, waits at a gate before it
+// runs and at another before it answers, as a unit whose reply is on its way back. Once
+// hung, every unit waits until its context ends instead, as on a store that stopped
+// answering. It counts units.
 type gatedStore struct {
-	*ffmem.Store
+	ffstore.Store
 	mu      sync.Mutex
 	units   int
-	armed   bool
-	entered chan struct{} // closed when the gated unit arrives
-	gate    chan struct{} // closed to let it run
+	next    *unitGate // the gate of the next unit, once armed
+	hung    atomic.Bool
+	waiting atomic.Int32 // units waiting on the hung store
 }
 
-func (s *gatedStore) arm() {
+// unitGate holds one unit of a gatedStore.
+type unitGate struct {
+	entered chan struct{} // closed when the unit arrives
+	run     chan struct{} // closed to let it run
+	ran     chan struct{} // closed once it ran (and committed, unless it failed)
+	answer  chan struct{} // closed to let it answer
+}
+
+func newGatedStore() *gatedStore { return &gatedStore{Store: ffmem.New(&ffmem.Options{Shards: 1})} }
+
+// arm gates the next unit.
+func (s *gatedStore) arm() *unitGate {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.armed, s.entered, s.gate = true, make(chan struct{}), make(chan struct{})
+	s.next = &unitGate{entered: make(chan struct{}), run: make(chan struct{}), ran: make(chan struct{}), answer: make(chan struct{})}
+	return s.next
+}
+
+// open lets the unit run and answer.
+func (g *unitGate) open() {
+	close(g.run)
+	close(g.answer)
+}
+
+// waitHung waits until n units wait on the hung store.
+func (s *gatedStore) waitHung(t *testing.T, n int32) {
+	t.Helper()
+	require.Eventually(t, func() bool { return s.waiting.Load() == n }, waitLimit, time.Millisecond)
 }
 
 func (s *gatedStore) Update(ctx context.Context, shard int, fn func(tx ffstore.Tx) error) error {
 	s.mu.Lock()
 	s.units++
-	armed := s.armed
-	s.armed = false
+	g := s.next
+	s.next = nil
 	s.mu.Unlock()
-	if armed {
-		close(s.entered)
-		<-s.gate
+	if s.hung.Load() {
+		s.waiting.Add(1)
+		defer s.waiting.Add(-1)
+		<-ctx.Done()
+		return ctx.Err()
 	}
-	return s.Store.Update(ctx, shard, fn)
+	if g == nil {
+		return s.Store.Update(ctx, shard, fn)
+	}
+	close(g.entered)
+	<-g.run
+	err := s.Store.Update(ctx, shard, fn)
+	close(g.ran)
+	<-g.answer
+	return err
 }
 
-// TestClaimWhoseCallerGaveUp: a claim whose context ends after its round began taking
-// executions returns the context's error and no leases, and what the round took is
-// claimable again at once, not after the lease TTL.
+// waitLimit bounds every wait for something another goroutine does; it only ends a test
+// that is already failing.
+const waitLimit = 30 * time.Second
+
+// recv waits for a value from ch.
+func recv[T any](t *testing.T, ch <-chan T, what string) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(waitLimit):
+		t.Fatalf("timed out waiting for %s", what)
+		panic("unreachable")
+	}
+}
+
+// claimResult is what a Claim returned.
+type claimResult struct {
+	leases []*fftype.Lease
+	err    error
+}
+
+// claimAsync runs a claim of one execution of lane "l" for instance in the background.
+func claimAsync(ctx context.Context, e *Engine, instance string) <-chan claimResult {
+	done := make(chan claimResult, 1)
+	go func() {
+		leases, err := e.Claim(ctx, fftype.ClaimParams{WorkerID: "w", WorkerInstanceID: instance, Lanes: []string{"l"}, LeaseTTL: fftype.Duration(time.Second)})
+		done <- claimResult{leases, err}
+	}()
+	return done
+}
+
+// TestClaimWhoseCallerGaveUp: a claim whose context ends after its round took executions
+// returns the context's error and no leases, and what the round took is claimable again
+// at once, not after the lease TTL.
 func TestClaimWhoseCallerGaveUp(t *testing.T) {
 	t.Parallel()
-	store := &gatedStore{Store: ffmem.New(&ffmem.Options{Shards: 1})}
+	store := newGatedStore()
 	e, err := New(store, nil)
 	require.NoError(t, err)
 	res, err := e.Create(t.Context(), fftype.CreateParams{Lane: "l", Kind: "k"})
 	require.NoError(t, err)
-	params := func(instance string) fftype.ClaimParams {
-		return fftype.ClaimParams{WorkerID: "w", WorkerInstanceID: instance, Lanes: []string{"l"}}
-	}
 
-	store.arm()
+	g := store.arm()
 	ctx, cancel := context.WithCancel(t.Context())
-	type claimed struct {
-		leases []*fftype.Lease
-		err    error
-	}
-	done := make(chan claimed, 1)
-	go func() {
-		leases, err := e.Claim(ctx, params("gave-up"))
-		done <- claimed{leases, err}
-	}()
-	<-store.entered // the round's unit is on its way to the store
+	done := claimAsync(ctx, e, "gave-up")
+	close(g.run)
+	<-g.ran // the round's unit took the execution; its answer is on its way
 	cancel()
-	close(store.gate)
-	got := <-done
+	close(g.answer)
+	got := recv(t, done, "the claim")
 	require.ErrorIs(t, got.err, context.Canceled)
 	require.Empty(t, got.leases)
 
-	leases, err := e.Claim(t.Context(), params("other"))
+	got = recv(t, claimAsync(t.Context(), e, "other"), "the other claim")
+	require.NoError(t, got.err)
+	require.Len(t, got.leases, 1, "released, so claimable at once")
+	require.Equal(t, res.ID, got.leases[0].ExecutionID)
+}
+
+// TestClaimLeavesItsRoundWhenItsContextEnds: a claim whose context ends while the round
+// serving it waits for the store returns the context's error at once, and the leases the
+// round took for it are released.
+func TestClaimLeavesItsRoundWhenItsContextEnds(t *testing.T) {
+	t.Parallel()
+	store := newGatedStore()
+	e, err := New(store, nil)
 	require.NoError(t, err)
-	require.Len(t, leases, 1, "released, so claimable at once")
-	require.Equal(t, res.ID, leases[0].ExecutionID)
+	for range 2 {
+		_, err := e.Create(t.Context(), fftype.CreateParams{Lane: "l", Kind: "k"})
+		require.NoError(t, err)
+	}
+
+	g := store.arm()
+	led := claimAsync(t.Context(), e, "a")
+	<-g.entered // the first claim's round is on its way to the store
+	ctx, cancel := context.WithCancel(t.Context())
+	joined := claimAsync(ctx, e, "b")
+	waitQueued(t, e, []string{"l"}, 1)
+	close(g.run)
+	<-g.ran // the unit served both claims; its answer is on its way
+	cancel()
+	got := recv(t, joined, "the claim that gave up, while its round still waits")
+	require.ErrorIs(t, got.err, context.Canceled)
+	require.Empty(t, got.leases)
+
+	close(g.answer)
+	got = recv(t, led, "the claim that led the round")
+	require.NoError(t, got.err)
+	require.Len(t, got.leases, 1)
+	kept := got.leases[0].ExecutionID
+	got = recv(t, claimAsync(t.Context(), e, "c"), "a later claim")
+	require.NoError(t, got.err)
+	require.Len(t, got.leases, 1, "the lease taken for the claim that gave up was released")
+	require.NotEqual(t, kept, got.leases[0].ExecutionID)
+}
+
+// TestClaimOnAStoreThatStoppedAnswering: a claim returns its context's error when its
+// context ends, even though the store never answers its round's unit.
+func TestClaimOnAStoreThatStoppedAnswering(t *testing.T) {
+	t.Parallel()
+	store := newGatedStore()
+	e, err := New(store, nil)
+	require.NoError(t, err)
+	_, err = e.Create(t.Context(), fftype.CreateParams{Lane: "l", Kind: "k"})
+	require.NoError(t, err)
+
+	store.hung.Store(true)
+	ctx, cancel := context.WithCancel(t.Context())
+	done := claimAsync(ctx, e, "i")
+	store.waitHung(t, 1)
+	cancel()
+	got := recv(t, done, "the claim")
+	require.ErrorIs(t, got.err, context.Canceled)
+	require.Empty(t, got.leases)
+}
+
+// TestClaimReleasesNoLongerThanTheLeasesLast: a claim whose context ended after its round
+// took a lease gives the lease back, but stops trying once the lease would have expired
+// anyway: a store that stopped answering holds it no longer.
+func TestClaimReleasesNoLongerThanTheLeasesLast(t *testing.T) {
+	t.Parallel()
+	store := newGatedStore()
+	e, err := New(store, nil)
+	require.NoError(t, err)
+	_, err = e.Create(t.Context(), fftype.CreateParams{Lane: "l", Kind: "k"})
+	require.NoError(t, err)
+
+	g := store.arm()
+	ctx, cancel := context.WithCancel(t.Context())
+	done := claimAsync(ctx, e, "i") // with a lease TTL of 1s
+	close(g.run)
+	<-g.ran
+	store.hung.Store(true) // the release will wait for the store
+	cancel()
+	close(g.answer)
+	got := recv(t, done, "the claim")
+	require.ErrorIs(t, got.err, context.Canceled)
+	require.Empty(t, got.leases)
 }
 
 // waitQueued waits until n claim calls wait for a round of lanes.
@@ -98,7 +238,7 @@ func waitQueued(t *testing.T, e *Engine, lanes []string, n int) {
 // store are served by that unit, not by another unit after it.
 func TestClaimRoundAdmitsLateCalls(t *testing.T) {
 	t.Parallel()
-	store := &gatedStore{Store: ffmem.New(&ffmem.Options{Shards: 1})}
+	store := newGatedStore()
 	e, err := New(store, nil)
 	require.NoError(t, err)
 	lanes := []string{"l"}
@@ -107,7 +247,7 @@ func TestClaimRoundAdmitsLateCalls(t *testing.T) {
 		require.NoError(t, err)
 	}
 
-	store.arm()
+	g := store.arm()
 	var wg sync.WaitGroup
 	got := make([][]*fftype.Lease, 3)
 	claim := func(i int) {
@@ -118,14 +258,14 @@ func TestClaimRoundAdmitsLateCalls(t *testing.T) {
 		})
 	}
 	claim(0)
-	<-store.entered // the first claim's round is on its way to the store
+	<-g.entered // the first claim's round is on its way to the store
 	store.mu.Lock()
 	before := store.units
 	store.mu.Unlock()
 	claim(1)
 	claim(2)
 	waitQueued(t, e, lanes, 2)
-	close(store.gate)
+	g.open()
 	wg.Wait()
 	store.mu.Lock()
 	after := store.units
@@ -145,21 +285,21 @@ func TestClaimRoundAdmitsLateCalls(t *testing.T) {
 // next round looks again and finds what was created before the claim was made.
 func TestClaimRoundRequeuesLateCallsItCannotServe(t *testing.T) {
 	t.Parallel()
-	store := &gatedStore{Store: ffmem.New(&ffmem.Options{Shards: 1})}
+	store := newGatedStore()
 	e, err := New(store, nil)
 	require.NoError(t, err)
 	lanes := []string{"l1", "l2"}
 	_, err = e.Create(t.Context(), fftype.CreateParams{Lane: "l1", Kind: "k"})
 	require.NoError(t, err)
 
-	store.arm()
+	g := store.arm()
 	first := make(chan []*fftype.Lease, 1)
 	go func() {
 		leases, err := e.Claim(t.Context(), fftype.ClaimParams{WorkerID: "w", WorkerInstanceID: "a", Lanes: lanes})
 		assert.NoError(t, err)
 		first <- leases
 	}()
-	<-store.entered // the round saw only l1's queue
+	<-g.entered // the round saw only l1's queue
 	late, err := e.Create(t.Context(), fftype.CreateParams{Lane: "l2", Kind: "k"})
 	require.NoError(t, err)
 	second := make(chan []*fftype.Lease, 1)
@@ -169,7 +309,7 @@ func TestClaimRoundRequeuesLateCallsItCannotServe(t *testing.T) {
 		second <- leases
 	}()
 	waitQueued(t, e, lanes, 1)
-	close(store.gate)
+	g.open()
 
 	require.Len(t, <-first, 1)
 	leases := <-second

@@ -57,7 +57,7 @@ func (e *Engine) holderUnit(ctx context.Context, id fftype.ExecutionID, f fftype
 	}
 	c := &holderCall{roundCall: newRoundCall(ctx), id: id, f: f, replay: replay, fn: fn}
 	if e.mergeUnits {
-		e.holders.do(strconv.Itoa(shard), c, roundPlan[*holderCall]{
+		err := e.holders.do(strconv.Itoa(shard), c, roundPlan[*holderCall]{
 			weight: func(*holderCall) int { return 1 },
 			max:    maxHolderRound,
 			serve: func(ctx context.Context, calls []*holderCall, join func() []*holderCall) []*holderCall {
@@ -74,6 +74,9 @@ func (e *Engine) holderUnit(ctx context.Context, id fftype.ExecutionID, f fftype
 				return nil
 			},
 		})
+		if err != nil {
+			return err // as after a lost reply: whether the operation landed, a retry tells
+		}
 	} else {
 		c.alone = true
 	}

@@ -15,10 +15,10 @@ import (
 	"github.com/flowfabric/flowfabric/fftype"
 )
 
-// mergingStore is the memory store with the UnitMerger property, so the engine serves
-// holders' operations in rounds on it. It counts units.
+// mergingStore is a store with the UnitMerger property, so the engine serves holders'
+// operations in rounds on it. It counts units.
 type mergingStore struct {
-	*ffmem.Store
+	ffstore.Store
 	units atomic.Int64
 }
 
@@ -247,4 +247,57 @@ func TestClaimRoundPanic(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("a claim still waits for the round that panicked")
 	}
+}
+
+// TestHolderCallsLeaveTheirRoundWithTheirContexts: on a store that stopped answering,
+// operations of lease holders that share a round each return their context's error when
+// their context ends, whether others of the round still wait or not.
+func TestHolderCallsLeaveTheirRoundWithTheirContexts(t *testing.T) {
+	t.Parallel()
+	gated := newGatedStore()
+	e, err := New(&mergingStore{Store: gated}, nil)
+	require.NoError(t, err)
+	var ps []fftype.CreateParams
+	for range 3 {
+		ps = append(ps, fftype.CreateParams{Lane: "l", Kind: "k"})
+	}
+	for _, r := range e.CreateMany(t.Context(), ps) {
+		require.NoError(t, r.Err)
+	}
+	leases, err := e.Claim(t.Context(), fftype.ClaimParams{WorkerID: "w", WorkerInstanceID: "i", Lanes: []string{"l"}, Count: 3})
+	require.NoError(t, err)
+	require.Len(t, leases, 3)
+	queued := func(n int) bool {
+		e.holders.mu.Lock()
+		defer e.holders.mu.Unlock()
+		q := e.holders.queues["0"]
+		return q != nil && len(q.calls) == n
+	}
+	renew := func(l *fftype.Lease) (context.CancelFunc, <-chan error) {
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan error, 1)
+		go func() {
+			_, err := e.Renew(ctx, l.ExecutionID, l.Fence, 0)
+			done <- err
+		}()
+		return cancel, done
+	}
+
+	gated.hung.Store(true)
+	cancelA, a := renew(leases[0]) // leads a round of its own
+	gated.waitHung(t, 1)
+	cancelB, b := renew(leases[1])
+	require.Eventually(t, func() bool { return queued(1) }, waitLimit, time.Millisecond)
+	cancelC, c := renew(leases[2])
+	require.Eventually(t, func() bool { return queued(2) }, waitLimit, time.Millisecond)
+	cancelA()
+	require.ErrorIs(t, recv(t, a, "the first renewal"), context.Canceled)
+	// The other two share the next round, which waits for the store.
+	require.Eventually(t, func() bool { return queued(0) && gated.waiting.Load() == 1 }, waitLimit, time.Millisecond)
+
+	cancelC()
+	require.ErrorIs(t, recv(t, c, "the renewal that gave up while its round waits"), context.Canceled)
+	require.Equal(t, int32(1), gated.waiting.Load(), "the round's unit waits on for the renewal still waiting")
+	cancelB()
+	require.ErrorIs(t, recv(t, b, "the renewal that led the round"), context.Canceled)
 }

@@ -14,14 +14,22 @@ import (
 // contention a round serves one call and costs what the call would alone; under load one
 // unit serves many calls. Claims (claimrounds.go) and the operations of lease holders
 // (holderrounds.go) are served this way.
+//
+// A call waits for its round no longer than its context: when the context ends, the call
+// returns the context's error and its round goes on without it (plan.drop undoes what the
+// round did for it); only the call leading a round sees the round through. A round's
+// units run under a context that ends once the context of every call of the round has
+// ended, so a store that stops answering holds a call no longer than its context, and a
+// leader no longer than the longest context among the calls of its round.
 
 // roundCall is what the round machinery keeps of a call; call types embed it.
 type roundCall struct {
 	ctx   context.Context
 	err   error
 	named bool          // the call leads a round, or was named to; guarded by rounds.mu
+	left  bool          // its caller stopped waiting for the round serving it; guarded by rounds.mu
 	lead  chan struct{} // closed when the call is named to lead a round
-	done  chan struct{} // closed once the call was served
+	done  chan struct{} // closed, under rounds.mu, once the call was served
 }
 
 func newRoundCall(ctx context.Context) roundCall {
@@ -49,24 +57,29 @@ type roundQueue[C roundable] struct {
 
 // roundPlan says how a kind of call is served: weight is what a call adds to a round,
 // which holds at most max (a call heavier than max is served alone), and serve serves
-// the calls of one round, setting their results; ctx is the leader's, without its
-// cancellation, since the round serves others too.
+// the calls of one round, setting their results. serve runs under the round's context:
+// it has the values of the leader's and ends once the context of every call the round
+// admitted has ended.
 //
 // serve may call join, until it returns, to admit the calls that queued since the round
 // began (within max); a round that joins them from inside its unit serves calls that
 // would otherwise wait for the next round's unit, and so for the next commit. serve
 // returns the joined calls it did not serve: they go back to the front of the queue, since
 // the round decided what to do before they arrived.
+//
+// drop, when set, undoes what a round did for calls whose callers stopped waiting for it
+// (the caller of a call that returns unserved gets nothing undone).
 type roundPlan[C roundable] struct {
 	weight func(C) int
 	max    int
 	serve  func(ctx context.Context, calls []C, join func() []C) (unserved []C)
+	drop   func(ctx context.Context, calls []C)
 }
 
-// do queues c under key and returns once a round served it, leading rounds when it is
-// its turn. A call whose ctx ends while it waits leaves the queue with ctx's error,
-// unless a round took it or it was named to lead one.
-func (r *rounds[C]) do(key string, c C, plan roundPlan[C]) {
+// do queues c under key and returns nil once a round served it, leading rounds when it is
+// its turn. A call whose ctx ends first returns ctx's error, and its results are not to be
+// read, unless it was named to lead a round: then it leads that round.
+func (r *rounds[C]) do(key string, c C, plan roundPlan[C]) error {
 	b := c.base()
 	r.mu.Lock()
 	if r.queues == nil {
@@ -90,16 +103,10 @@ func (r *rounds[C]) do(key string, c C, plan roundPlan[C]) {
 		case <-b.lead:
 		case <-b.done:
 		case <-b.ctx.Done():
-			r.mu.Lock()
-			if i := indexOf(q.calls, c); i >= 0 && !b.named {
-				q.calls = append(q.calls[:i], q.calls[i+1:]...)
-				b.err = b.ctx.Err()
-				r.mu.Unlock()
-				return
+			if r.leave(q, c) {
+				return b.ctx.Err()
 			}
-			r.mu.Unlock()
-			// Taken into a round already, or named to lead one that others wait for.
-			select {
+			select { // served meanwhile, or named to lead a round that others wait for
 			case <-b.lead:
 			case <-b.done:
 			}
@@ -110,11 +117,34 @@ func (r *rounds[C]) do(key string, c C, plan roundPlan[C]) {
 		named := b.named
 		r.mu.Unlock()
 		if !named {
-			return
+			return nil
 		}
 	}
 	r.round(b.ctx, key, q, plan)
 	<-b.done
+	return nil
+}
+
+// leave takes c, whose ctx ended, off q, or out of the round that took it (which goes on
+// without it), and reports true; it reports false if c was served or named to lead.
+func (r *rounds[C]) leave(q *roundQueue[C], c C) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	b := c.base()
+	select {
+	case <-b.done:
+		return false
+	default:
+	}
+	if b.named {
+		return false
+	}
+	if i := indexOf(q.calls, c); i >= 0 {
+		q.calls = append(q.calls[:i], q.calls[i+1:]...)
+	} else {
+		b.left = true
+	}
+	return true
 }
 
 func indexOf[C comparable](calls []C, c C) int {
@@ -126,79 +156,111 @@ func indexOf[C comparable](calls []C, c C) int {
 	return -1
 }
 
+// runningRound is a round in progress.
+type runningRound[C roundable] struct {
+	ctx    context.Context // the leader's values; cancelled once live drops to 0
+	cancel context.CancelFunc
+	calls  []C
+	total  int // the weight of calls
+	// live counts the calls admitted whose ctx has not ended, and stops unregisters
+	// the watch of each; both are guarded by rounds.mu.
+	live  int
+	stops []func() bool
+}
+
 // round serves the calls queued on q, then passes the next round to the first call still
 // waiting, or marks q idle.
-func (r *rounds[C]) round(ctx context.Context, key string, q *roundQueue[C], plan roundPlan[C]) {
+func (r *rounds[C]) round(leader context.Context, key string, q *roundQueue[C], plan roundPlan[C]) {
+	rd := &runningRound[C]{}
+	rd.ctx, rd.cancel = context.WithCancel(context.WithoutCancel(leader))
+	defer rd.cancel()
 	r.mu.Lock()
-	calls, total := r.admit(q, nil, 0, plan)
+	r.admit(q, rd, plan)
 	r.mu.Unlock()
 
 	var unserved []C
-	defer r.handOn(key, q, &unserved) // even if serve panics: later calls must not wait forever
-	if len(calls) == 0 {
-		return
-	}
-	join := func() []C {
-		r.mu.Lock()
-		defer r.mu.Unlock()
-		n := len(calls)
-		calls, total = r.admit(q, calls, total, plan)
-		return calls[n:]
-	}
 	served := false
-	defer func() {
-		if served {
-			return
-		}
-		// serve panicked (a bug): the panic goes on in the leader; every call of the
-		// round is answered with an error rather than left waiting.
-		for _, c := range calls {
-			if b := c.base(); b.err == nil {
-				b.err = fftype.NewError(fftype.KindUnavailable, fftype.CodeRoundFailed,
-					"the round serving this call failed on another call's bug; retry")
-			}
-			close(c.base().done)
+	defer func() { // even if serve panics: later calls must not wait forever
+		if gone := r.end(key, q, rd, unserved, served); len(gone) > 0 && plan.drop != nil {
+			plan.drop(rd.ctx, gone)
 		}
 	}()
-	unserved = plan.serve(context.WithoutCancel(ctx), calls, join)
-	served = true
-	for _, c := range calls {
-		if indexOf(unserved, c) < 0 {
-			close(c.base().done)
+	if len(rd.calls) > 0 {
+		join := func() []C {
+			r.mu.Lock()
+			defer r.mu.Unlock()
+			n := len(rd.calls)
+			r.admit(q, rd, plan)
+			return rd.calls[n:]
 		}
+		unserved = plan.serve(rd.ctx, rd.calls, join)
 	}
+	served = true
 }
 
-// handOn puts the calls a round did not serve back at the front of q, then passes the
-// next round to the first call waiting, or marks q idle.
-func (r *rounds[C]) handOn(key string, q *roundQueue[C], unserved *[]C) {
+// end closes round rd: it answers the calls it served (if serve panicked, a bug, each
+// with an error rather than leaving it waiting), puts those it did not serve back at the
+// front of q, and passes the next round to the first call waiting, or marks q idle. It
+// returns the calls whose callers left.
+func (r *rounds[C]) end(key string, q *roundQueue[C], rd *runningRound[C], unserved []C, served bool) (gone []C) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	q.calls = append(*unserved, q.calls...)
+	for _, stop := range rd.stops {
+		stop()
+	}
+	var back []C
+	for _, c := range rd.calls {
+		b := c.base()
+		switch {
+		case b.left:
+			gone = append(gone, c)
+		case indexOf(unserved, c) >= 0:
+			back = append(back, c)
+		default:
+			switch {
+			case !served && b.err == nil:
+				b.err = fftype.NewError(fftype.KindUnavailable, fftype.CodeRoundFailed,
+					"the round serving this call failed on another call's bug; retry")
+			case b.err != nil && rd.ctx.Err() != nil:
+				b.err = b.ctx.Err() // the round was cancelled: every call's ctx had ended
+			}
+			close(b.done)
+		}
+	}
+	q.calls = append(back, q.calls...)
 	if len(q.calls) > 0 {
 		c := q.calls[0].base()
 		c.named = true
 		close(c.lead)
-		return
+		return gone
 	}
 	q.running = false
 	delete(r.queues, key)
+	return gone
 }
 
-// admit moves queued calls into a round holding calls of weight total, while they fit in
-// plan.max (the first call of a round always fits), and answers those whose ctx ended.
-// r.mu must be held.
-func (r *rounds[C]) admit(q *roundQueue[C], calls []C, total int, plan roundPlan[C]) ([]C, int) {
-	for len(q.calls) > 0 && (len(calls) == 0 || total+plan.weight(q.calls[0]) <= plan.max) {
+// admit moves queued calls into round rd while they fit in plan.max (the first call of a
+// round always fits), and answers those whose ctx ended. A round whose context ended
+// admits none. r.mu must be held.
+func (r *rounds[C]) admit(q *roundQueue[C], rd *runningRound[C], plan roundPlan[C]) {
+	for len(q.calls) > 0 && rd.ctx.Err() == nil && (len(rd.calls) == 0 || rd.total+plan.weight(q.calls[0]) <= plan.max) {
 		c := q.calls[0]
 		q.calls = q.calls[1:]
-		if b := c.base(); b.ctx.Err() != nil {
+		b := c.base()
+		if b.ctx.Err() != nil {
 			b.err = b.ctx.Err()
 			close(b.done)
 			continue
 		}
-		calls = append(calls, c)
-		total += plan.weight(c)
+		rd.calls = append(rd.calls, c)
+		rd.total += plan.weight(c)
+		rd.live++
+		rd.stops = append(rd.stops, context.AfterFunc(b.ctx, func() {
+			r.mu.Lock()
+			defer r.mu.Unlock()
+			if rd.live--; rd.live == 0 {
+				rd.cancel()
+			}
+		}))
 	}
-	return calls, total
 }
