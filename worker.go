@@ -166,10 +166,12 @@ func watchFilter() EventFilter {
 // *ffclient.Client for a worker that talks to a server over HTTP — with an optional
 // completion feed in opts. It validates cfg (a *[ConfigError] names the field at fault),
 // reads the shard count, registers the instance (refused with
-// [ErrDuplicateWorkerInstance] while another live process holds the instance id) and
-// starts the heartbeat and, when the backend is an [EventWatcher], the event watch that
-// wakes Run and cancels tasks. cfg.Store is ignored, with a warning, unless
-// opts.OwnClient says the client was opened from it. Close the worker when done.
+// [ErrDuplicateWorkerInstance] while another live process holds the instance id; a
+// passing failure is retried a few times) and starts the heartbeat and, when the backend
+// is an [EventWatcher], the event watch that wakes Run and cancels tasks. If it fails
+// after registering, it deregisters, so that a call made again after a retryable error is
+// not refused as a duplicate of the failed one. cfg.Store is ignored, with a warning,
+// unless opts.OwnClient says the client was opened from it. Close the worker when done.
 func NewWorker(ctx context.Context, backend Backend, cfg *WorkerConfig, opts *WorkerOpts) (*Worker, error) {
 	if isNil(backend) {
 		return nil, &ConfigError{Field: "client", Message: "a client (or another backend) is required"}
@@ -214,7 +216,15 @@ func NewWorker(ctx context.Context, backend Backend, cfg *WorkerConfig, opts *Wo
 	for _, l := range c.Lanes {
 		w.lanes[l] = true
 	}
-	if _, err := backend.RegisterWorker(ctx, w.registration()); err != nil {
+	// A passing failure may come after the registration landed (its reply lost): a retry
+	// under the same session refreshes it, where a new session would be refused as a
+	// duplicate of this one.
+	err = retryPassing(ctx, func() error {
+		_, err := backend.RegisterWorker(ctx, w.registration())
+		return err
+	})
+	if err != nil {
+		w.dropRegistration(ctx)
 		return nil, err
 	}
 	w.life, w.lifeCancel = context.WithCancelCause(context.WithoutCancel(ctx))
@@ -229,9 +239,7 @@ func NewWorker(ctx context.Context, backend Backend, cfg *WorkerConfig, opts *Wo
 		}
 		if err != nil {
 			w.lifeCancel(ErrWorkerStopped)
-			cctx, cancel := cleanupContext(ctx)
-			defer cancel()
-			_ = backend.DeregisterWorker(cctx, c.Namespace, c.WorkerInstanceID, w.session)
+			w.dropRegistration(ctx)
 			return nil, err
 		}
 		w.bg.Go(func() { w.watch(sub) })
@@ -239,6 +247,37 @@ func NewWorker(ctx context.Context, backend Backend, cfg *WorkerConfig, opts *Wo
 	w.bg.Go(w.heartbeat)
 	w.log.Info("worker opened", "lanes", c.Lanes, "capabilities", c.Capabilities, "shards", shards)
 	return w, nil
+}
+
+// dropRegistration deregisters the instance when NewWorker fails after registering it, or
+// perhaps registering it, so that opening the worker again is not refused as a duplicate
+// of the failed attempt. It retries passing failures within the clean-up time; if it
+// still fails, the registration lapses after its TTL.
+func (w *Worker) dropRegistration(ctx context.Context) {
+	cctx, cancel := cleanupContext(ctx)
+	defer cancel()
+	_ = retryPassing(cctx, func() error {
+		return w.backend.DeregisterWorker(cctx, w.cfg.Namespace, w.cfg.WorkerInstanceID, w.session)
+	})
+}
+
+// retryPassing makes call until it succeeds, fails for good (its error is not retryable)
+// or has failed five times, waiting 10ms, then four times longer each time, between tries
+// while ctx lives. It returns call's last error.
+func retryPassing(ctx context.Context, call func() error) error {
+	backoff := 10 * time.Millisecond
+	for try := 1; ; try++ {
+		err := call()
+		if err == nil || !fftype.IsRetryable(err) || try == 5 {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(backoff):
+		}
+		backoff *= 4
+	}
 }
 
 func (w *Worker) registration() WorkerRegistration {

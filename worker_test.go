@@ -1511,3 +1511,55 @@ func TestWorkerRunReturnsAfterStopWhileItsClaimHangs(t *testing.T) {
 	s.hung.Store(false)
 	require.NoError(t, w.Close(context.Background()))
 }
+
+// TestNewWorkerThroughALostRegistrationReply: a registration that landed but whose reply
+// was lost is made again under the same session, which refreshes it: NewWorker opens the
+// worker rather than failing.
+func TestNewWorkerThroughALostRegistrationReply(t *testing.T) {
+	t.Parallel()
+	s := newFaultStore(2)
+	c, err := flowfabric.NewClient(s, nil)
+	require.NoError(t, err)
+	s.loseReplies(fftype.EventWorkerRegistered, 1)
+	w, err := flowfabric.NewWorker(t.Context(), c, config("i1"), nil)
+	require.NoError(t, err)
+	require.NoError(t, w.Close(context.Background()))
+}
+
+// TestNewWorkerAgainAfterItFailed: NewWorker that fails after its registration landed
+// deregisters, so that calling it again opens the worker instead of being refused as a
+// duplicate of the failed call until the registration lapses.
+func TestNewWorkerAgainAfterItFailed(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		// fault makes the next NewWorker on s with ctx fail after it registered; cancel
+		// ends ctx.
+		fault func(s *faultStore, cancel context.CancelFunc)
+	}{
+		{"ContextEndedAsTheRegistrationLanded", func(s *faultStore, cancel context.CancelFunc) {
+			s.loseReplies(fftype.EventWorkerRegistered, 1)
+			s.onFault = cancel
+		}},
+		{"WatchFailed", func(s *faultStore, _ context.CancelFunc) {
+			s.failBounds(1)
+			s.failUnits(fftype.EventWorkerDeregistered, 1) // the first deregistration too
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			s := newFaultStore(2)
+			c, err := flowfabric.NewClient(s, nil)
+			require.NoError(t, err)
+			ctx, cancel := context.WithCancel(t.Context())
+			defer cancel()
+			tc.fault(s, cancel)
+			_, err = flowfabric.NewWorker(ctx, c, config("i1"), nil)
+			require.Error(t, err)
+
+			w, err := flowfabric.NewWorker(t.Context(), c, config("i1"), nil)
+			require.NoError(t, err, "opening the worker again")
+			require.NoError(t, w.Close(context.Background()))
+		})
+	}
+}
