@@ -142,3 +142,34 @@ func TestReclaimWithAConsumedGrant(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, flowfabric.ReclaimNotReclaimable, again.Status, "a consumed grant: %s (%s)", again.Status, again.Detail)
 }
+
+// TestCreateRetriedAfterALostReply: a create whose reply was lost after it landed, retried
+// with the same idempotency key, finds the execution it made instead of making another;
+// the same for CreateMany.
+func TestCreateRetriedAfterALostReply(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	s := newFaultStore(4)
+	c, err := flowfabric.NewClient(s, nil)
+	require.NoError(t, err)
+
+	s.loseReplies(fftype.EventCreated, 1)
+	p := flowfabric.CreateParams{Lane: "work", Kind: "k", IdempotencyKey: "order-1", Payload: []byte(`{"a":1}`)}
+	_, err = c.Create(ctx, p)
+	require.True(t, fftype.IsRetryable(err), "the lost reply is a passing failure: %v", err)
+	res, err := c.Create(ctx, p)
+	require.NoError(t, err)
+	require.True(t, res.Duplicate)
+	page, err := c.List(ctx, flowfabric.ListParams{Lane: "work"})
+	require.NoError(t, err)
+	require.Len(t, page.Executions, 1)
+	require.Equal(t, res.ID, page.Executions[0].ID)
+
+	s.loseReplies(fftype.EventCreated, 1)
+	ps := []flowfabric.CreateParams{{Lane: "work", Kind: "k", IdempotencyKey: "order-2"}}
+	out := c.CreateMany(ctx, ps)
+	require.True(t, fftype.IsRetryable(out[0].Err), "the lost reply is a passing failure: %v", out[0].Err)
+	out = c.CreateMany(ctx, ps)
+	require.NoError(t, out[0].Err)
+	require.True(t, out[0].Result.Duplicate)
+}

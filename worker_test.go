@@ -1563,3 +1563,112 @@ func TestNewWorkerAgainAfterItFailed(t *testing.T) {
 		})
 	}
 }
+
+// TestWorkerThroughLostReplies runs a worker through lost replies of its claims and
+// finishing calls, and a finishing call that fails before it lands: each execution ends
+// once, in the state its handler asked for.
+func TestWorkerThroughLostReplies(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	s := newFaultStore(4)
+	c, err := flowfabric.NewClient(s, &flowfabric.Config{TimerPollInterval: 50 * time.Millisecond})
+	require.NoError(t, err)
+	c.Start(ctx) // a claim whose reply was lost leaves a lease that must expire
+	t.Cleanup(c.Stop)
+	cfg := config("i1")
+	cfg.LeaseTTL, cfg.ClaimPollInterval, cfg.MaxConcurrentTasks = time.Second, 50*time.Millisecond, 4
+	w, err := flowfabric.NewWorker(ctx, c, cfg, nil)
+	require.NoError(t, err)
+	var runs sync.Map // execution id → *atomic.Int32
+	first := func(id flowfabric.ExecutionID) bool {
+		v, _ := runs.LoadOrStore(id, new(atomic.Int32))
+		return v.(*atomic.Int32).Add(1) == 1
+	}
+	flowfabric.Handle(w, "complete", func(ctx context.Context, t *flowfabric.Task[json.RawMessage]) error {
+		return t.Complete(ctx, []byte(`{"ok":true}`))
+	})
+	flowfabric.Handle(w, "fail", func(ctx context.Context, t *flowfabric.Task[json.RawMessage]) error {
+		if first(t.ExecutionID()) {
+			return errors.New("the first run fails")
+		}
+		return nil
+	})
+	flowfabric.Handle(w, "snooze", func(ctx context.Context, t *flowfabric.Task[json.RawMessage]) error {
+		if first(t.ExecutionID()) {
+			return flowfabric.Snooze(100 * time.Millisecond)
+		}
+		return nil
+	})
+	flowfabric.Handle(w, "plain", func(context.Context, *flowfabric.Task[json.RawMessage]) error { return nil })
+
+	s.loseReplies(fftype.EventCompleted, 2)
+	s.loseReplies(fftype.EventRetryScheduled, 1)
+	s.loseReplies(fftype.EventDelayed, 1)
+	s.loseReplies(fftype.EventClaimed, 1)
+	s.failUnits(fftype.EventCompleted, 1)
+	policy := fftype.Policy{Retry: &fftype.RetryPolicy{MaxRetries: 3,
+		Backoff: fftype.Backoff{Kind: fftype.BackoffFixed, Initial: fftype.Duration(50 * time.Millisecond)}}}
+	var ids []flowfabric.ExecutionID
+	for kind, n := range map[string]int{"complete": 3, "fail": 2, "snooze": 2, "plain": 3} {
+		for range n {
+			res, err := c.Create(ctx, flowfabric.CreateParams{Lane: testLane, Kind: kind, Policy: policy})
+			require.NoError(t, err)
+			ids = append(ids, res.ID)
+		}
+	}
+
+	done := make(chan error, 1)
+	go func() { done <- w.Run(context.Background()) }()
+	for _, id := range ids {
+		require.Eventually(t, func() bool {
+			x, err := c.Get(ctx, id)
+			return err == nil && x.Phase == fftype.PhaseTerminal
+		}, waitLimit, 10*time.Millisecond, "execution %s ends", id)
+	}
+	require.NoError(t, w.Stop(ctx))
+	require.NoError(t, recv(t, done, "Run"))
+	require.NoError(t, w.Close(ctx))
+
+	events := eventCounts(t, s)
+	for _, id := range ids {
+		x, err := c.Get(ctx, id)
+		require.NoError(t, err)
+		require.Equal(t, fftype.OutcomeSuccess, x.Outcome, "%s %s", id, x.Kind)
+		require.Equal(t, 1, events[id][fftype.EventCompleted], "%s %s: %v", id, x.Kind, events[id])
+		switch x.Kind {
+		case "fail":
+			require.Equal(t, 1, x.RetryCount, "%s: one retry", id)
+			require.Equal(t, 1, events[id][fftype.EventRetryScheduled], "%v", events[id])
+		case "snooze":
+			require.Equal(t, 0, x.RetryCount)
+			require.Equal(t, 1, events[id][fftype.EventDelayed], "%v", events[id])
+		case "complete":
+			r, err := c.Result(ctx, id)
+			require.NoError(t, err)
+			require.JSONEq(t, `{"ok":true}`, string(r))
+		}
+	}
+}
+
+// eventCounts tallies the events of each execution in the event logs of s.
+func eventCounts(t *testing.T, s ffstore.Store) map[flowfabric.ExecutionID]map[fftype.EventType]int {
+	t.Helper()
+	out := map[flowfabric.ExecutionID]map[fftype.EventType]int{}
+	for shard := range s.Shards() {
+		for after := uint64(0); ; {
+			evs, err := s.ReadEvents(t.Context(), shard, after, 512)
+			require.NoError(t, err)
+			if len(evs) == 0 {
+				break
+			}
+			for _, ev := range evs {
+				after = ev.Seq
+				if out[ev.ExecutionID] == nil {
+					out[ev.ExecutionID] = map[fftype.EventType]int{}
+				}
+				out[ev.ExecutionID][ev.Type]++
+			}
+		}
+	}
+	return out
+}
