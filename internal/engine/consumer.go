@@ -266,8 +266,12 @@ func (l *leaser) commit(ctx context.Context, shard int, from, cursor uint64) err
 	return nil
 }
 
-// release hands back every lease the replica holds and leaves the member list.
+// release hands back every lease the replica holds and leaves the member list, trying no
+// longer than a lease lasts: by then the leases have lapsed by themselves, so a store that
+// stopped answering does not hold up the replica's exit.
 func (l *leaser) release(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, l.ttl)
+	defer cancel()
 	for s := range l.held {
 		_ = l.e.update(ctx, s, func(tx ffstore.Tx) error {
 			rec, ok, err := readShardLease(tx, l.name)

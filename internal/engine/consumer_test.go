@@ -206,3 +206,32 @@ func TestConsumerFollowsItsStoredCursorBack(t *testing.T) {
 		return err
 	}))
 }
+
+// TestConsumerRunEndsOnAStoreThatStoppedAnswering: Run hands its leases back on the way
+// out, but on a store that no longer answers it gives up once they would have lapsed
+// anyway, rather than wait forever.
+func TestConsumerRunEndsOnAStoreThatStoppedAnswering(t *testing.T) {
+	t.Parallel()
+	st := newGatedStore()
+	e, err := New(st, nil)
+	require.NoError(t, err)
+	handling := make(chan struct{})
+	var once sync.Once
+	c, err := e.NewConsumer(ConsumerConfig{Name: "audit", LeaseTTL: time.Second,
+		Handler: func(context.Context, fftype.Event) error { once.Do(func() { close(handling) }); return nil }})
+	require.NoError(t, err)
+	_, err = e.Create(t.Context(), fftype.CreateParams{Lane: "l", Kind: "k"})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	<-handling // it holds the shard's lease
+	st.hung.Store(true)
+	cancel()
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(waitLimit):
+		t.Fatal("Run did not return on a store that stopped answering")
+	}
+}
