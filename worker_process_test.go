@@ -124,7 +124,7 @@ func TestWorkerKilled(t *testing.T) {
 // stays taken until its registration lapses.
 func testWorkerKilled(t *testing.T, url string) {
 	ctx := t.Context()
-	store, err := ffconnect.Open(ctx, url)
+	store, err := ffconnect.Open(ctx, url, nil)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = store.Close() })
 	clock := fftest.NewClock(testStart)

@@ -14,6 +14,7 @@ package ffconnect
 
 import (
 	"context"
+	"log/slog"
 	"strings"
 
 	"github.com/flowfabric/flowfabric"
@@ -25,9 +26,22 @@ import (
 	"github.com/flowfabric/flowfabric/fftype"
 )
 
-// Open opens the store rawURL names. The caller owns it and closes it. An unknown scheme or
-// a malformed URL is a validation error coded invalid_input.
-func Open(ctx context.Context, rawURL string) (ffstore.Store, error) {
+// OpenOpts are the optional settings of [Open].
+type OpenOpts struct {
+	// Logger receives the store's log lines (a Redis server with appendonly off, a
+	// Postgres listener's reconnects, an SQLite checkpoint that failed, …). Nil discards
+	// them.
+	Logger *slog.Logger
+}
+
+// Open opens the store rawURL names; opts may be nil. The caller owns the store and
+// closes it. An unknown scheme or a malformed URL is a validation error coded
+// invalid_input. On an error the store returned is nil.
+func Open(ctx context.Context, rawURL string, opts *OpenOpts) (ffstore.Store, error) {
+	var log *slog.Logger
+	if opts != nil {
+		log = opts.Logger
+	}
 	scheme := schemeOf(rawURL)
 	if scheme == "" {
 		// Not quoted: a string with no scheme may be a libpq key=value DSN with a password.
@@ -35,26 +49,41 @@ func Open(ctx context.Context, rawURL string) (ffstore.Store, error) {
 	}
 	switch strings.ToLower(scheme) {
 	case "sqlite":
-		return ffsqlite.OpenURL(ctx, rawURL)
+		path, o, err := ffsqlite.ParseURL(rawURL)
+		if err != nil {
+			return nil, err
+		}
+		o.Logger = log
+		return storeOrNil(ffsqlite.Open(ctx, path, o))
 	case "mem":
 		if rest := strings.TrimPrefix(strings.TrimPrefix(rawURL[len(scheme)+1:], "//"), "/"); rest != "" {
 			return nil, fftype.Validationf(fftype.CodeInvalidInput, "store URL %q: mem: takes no path or parameters", rawURL)
 		}
 		return ffmem.New(nil), nil
 	case "postgres", "postgresql":
-		conn, opts, err := ffpostgres.ParseURL(rawURL)
+		conn, o, err := ffpostgres.ParseURL(rawURL)
 		if err != nil {
 			return nil, err
 		}
-		return ffpostgres.Open(ctx, conn, opts)
+		o.Logger = log
+		return storeOrNil(ffpostgres.Open(ctx, conn, o))
 	case "redis", "rediss", "redis+cluster", "rediss+cluster", "valkey", "valkeys", "valkey+cluster", "valkeys+cluster":
-		return ffvalkey.Open(ctx, rawURL, nil)
+		return storeOrNil(ffvalkey.Open(ctx, rawURL, &ffvalkey.Options{Logger: log}))
 	case "http", "https":
 		return nil, fftype.Validationf(fftype.CodeInvalidInput, "store URL scheme %q names a server, not a store: "+
 			"for a worker on a server, open an ffclient.Client on it and pass it to flowfabric.NewWorker", scheme)
 	default:
 		return nil, fftype.Validationf(fftype.CodeInvalidInput, "store URL scheme %q is not supported (want sqlite:, postgres:, redis:, valkey: or mem:)", scheme)
 	}
+}
+
+// storeOrNil returns a store constructor's result as an [ffstore.Store], nil on an error:
+// a nil *S in the interface would be a non-nil store.
+func storeOrNil[S ffstore.Store](s S, err error) (ffstore.Store, error) {
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
 }
 
 // schemeOf returns the scheme rawURL begins with, or "" if it begins with none: RFC 3986's
@@ -78,10 +107,11 @@ func schemeOf(rawURL string) string {
 // Connect opens a worker on the store cfg.Store names: it validates cfg (a
 // *flowfabric.ConfigError names the field; a config without Store is refused before
 // anything is opened), opens the store and a client on it with clientCfg (nil for the
-// defaults), starts the client's timers, subscribes a completion feed when the store can
-// push changes (completed, failed, cancelled and expired events of the worker's namespace
-// from now on; read it or leave it, an unread feed waits once its buffer is full) and opens
-// the worker, which registers its instance (refused while another live process holds the
+// defaults; the store logs to clientCfg.Logger, or if that is nil to cfg.Logger), starts
+// the client's timers, subscribes a completion feed when the store can push changes
+// (completed, failed, cancelled and expired events of the worker's namespace from now on;
+// read it or leave it, an unread feed waits once its buffer is full) and opens the
+// worker, which registers its instance (refused while another live process holds the
 // instance id). The worker owns all of it: its Close stops the client and closes the feed
 // and the store.
 func Connect(ctx context.Context, cfg *flowfabric.WorkerConfig, clientCfg *flowfabric.Config) (*flowfabric.Worker, error) {
@@ -91,7 +121,11 @@ func Connect(ctx context.Context, cfg *flowfabric.WorkerConfig, clientCfg *flowf
 	if cfg.Store == "" {
 		return nil, &flowfabric.ConfigError{Field: "store", Message: "Connect needs the URL of a store; use flowfabric.NewWorker for a client you built"}
 	}
-	store, err := Open(ctx, cfg.Store)
+	log := cfg.Logger
+	if clientCfg != nil && clientCfg.Logger != nil {
+		log = clientCfg.Logger
+	}
+	store, err := Open(ctx, cfg.Store, &OpenOpts{Logger: log})
 	if err != nil {
 		return nil, &flowfabric.ConfigError{Field: "store", Message: err.Error(), Err: err}
 	}

@@ -19,25 +19,44 @@ func TestOpen(t *testing.T) {
 	ctx := t.Context()
 
 	for _, url := range []string{"mem:", "mem://", "MEM:"} {
-		s, err := ffconnect.Open(ctx, url)
+		s, err := ffconnect.Open(ctx, url, nil)
 		require.NoError(t, err, url)
 		require.IsType(t, &ffmem.Store{}, s)
 		require.NoError(t, s.Close())
 	}
 	path := filepath.Join(t.TempDir(), "ff.db")
-	s, err := ffconnect.Open(ctx, "sqlite://"+path+"?shards=3")
+	s, err := ffconnect.Open(ctx, "sqlite://"+path+"?shards=3", nil)
 	require.NoError(t, err)
 	require.IsType(t, &ffsqlite.Store{}, s)
 	require.Equal(t, 3, s.Shards())
 	require.NoError(t, s.Close())
 
 	for _, bad := range []string{"", "nope", "mysql://db", "mem:/x", "sqlite://host/path.db", "sqlite:"} {
-		_, err := ffconnect.Open(ctx, bad)
+		_, err := ffconnect.Open(ctx, bad, nil)
 		require.ErrorIs(t, err, fftype.ErrValidation, bad)
 	}
-	_, err = ffconnect.Open(ctx, "https://ff.example.com")
+	_, err = ffconnect.Open(ctx, "https://ff.example.com", nil)
 	require.ErrorIs(t, err, fftype.ErrValidation)
 	require.ErrorContains(t, err, "flowfabric.NewWorker", "a server's URL is refused with a hint at the remote worker")
+}
+
+// TestOpenFailureReturnsNoStore pins that a failed Open returns a nil interface, not an
+// ffstore.Store holding a nil store, so that the usual `if s != nil { s.Close() }` is safe.
+// (require.Nil would take a nil pointer in the interface for nil, hence the == nil.)
+func TestOpenFailureReturnsNoStore(t *testing.T) {
+	t.Parallel()
+	for name, url := range map[string]string{
+		"sqlite":   "sqlite://" + filepath.Join(t.TempDir(), "missing-dir", "ff.db"),
+		"postgres": "postgres://app@127.0.0.1:1/db?sslmode=bogus",
+		"redis":    "redis://127.0.0.1:1?bogus=1",
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			s, err := ffconnect.Open(t.Context(), url, nil)
+			require.Error(t, err)
+			require.Truef(t, s == nil, "Open failed (%v) but returned the store %#v", err, s)
+		})
+	}
 }
 
 // TestOpenDoesNotEchoAPassword pins that a refused store URL's error, which the CLI prints,
@@ -51,7 +70,7 @@ func TestOpenDoesNotEchoAPassword(t *testing.T) {
 		"user=app password=hunter2:x host=db",
 		"https://app:hunter2@ff.example.com",
 	} {
-		_, err := ffconnect.Open(t.Context(), bad)
+		_, err := ffconnect.Open(t.Context(), bad, nil)
 		require.ErrorIs(t, err, fftype.ErrValidation, bad)
 		require.NotContains(t, err.Error(), "hunter2")
 	}

@@ -33,7 +33,7 @@ function library. A store newer than this binary is refused.`,
 					return err
 				}
 			default:
-				s, err := ffconnect.Open(cmd.Context(), store)
+				s, err := ffconnect.Open(cmd.Context(), store, nil)
 				if err != nil {
 					return err
 				}

@@ -22,7 +22,7 @@ func TestMigrateSchema(t *testing.T) {
 	// opens reports whether a store on schema opens without migrating it.
 	opens := func(t *testing.T, schema string) bool {
 		t.Helper()
-		s, err := ffconnect.Open(t.Context(), base+"&schema="+schema)
+		s, err := ffconnect.Open(t.Context(), base+"&schema="+schema, nil)
 		if err != nil {
 			return false
 		}

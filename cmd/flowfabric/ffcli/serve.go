@@ -140,7 +140,7 @@ func serve(ctx context.Context, out io.Writer, o *serveOptions) error {
 		return fmt.Errorf("--log-level %q: want debug, info, warn or error", o.logLevel)
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-	store, err := ffconnect.Open(ctx, o.store)
+	store, err := ffconnect.Open(ctx, o.store, &ffconnect.OpenOpts{Logger: log})
 	if err != nil {
 		return err
 	}

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -18,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/flowfabric/flowfabric/ffserver"
+	"github.com/flowfabric/flowfabric/internal/testdb"
 )
 
 // TestServerRequestTimeout runs the real binary's server with FF_REQUEST_TIMEOUT: a
@@ -170,4 +172,28 @@ func TestRedact(t *testing.T) {
 			require.Equal(t, tt.want, redact(tt.url))
 		})
 	}
+}
+
+// TestServerLogsTheStoresWarnings pins that the server's log (stderr, --log-level) carries
+// the store's log lines too: here the Redis store's warning that the server has appendonly
+// off.
+func TestServerLogsTheStoresWarnings(t *testing.T) {
+	t.Parallel()
+	rd := testdb.NewRedis(t, testdb.RedisOptions{}) // --appendonly no
+	bin := buildCLI(t)
+	cmd := exec.CommandContext(t.Context(), bin, "server")
+	cmd.Env = append(os.Environ(), "FF_STORE="+rd.URL(0)+"?prefix=cliux", "FF_ADDR=127.0.0.1:0", "FF_LOG_LEVEL=warn")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	stdout, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
+	sc := bufio.NewScanner(stdout)
+	require.True(t, sc.Scan(), "the server prints where it listens")
+	require.Contains(t, sc.Text(), "listening on")
+	require.NoError(t, cmd.Process.Signal(os.Interrupt))
+	for sc.Scan() {
+	}
+	require.NoError(t, cmd.Wait())
+	require.Contains(t, stderr.String(), "appendonly off", "the server's log:\n%s", stderr.String())
 }
