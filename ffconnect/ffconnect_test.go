@@ -61,14 +61,21 @@ func TestOpenFailureReturnsNoStore(t *testing.T) {
 
 // TestOpenDoesNotEchoAPassword pins that a refused store URL's error, which the CLI prints,
 // does not repeat a password it holds: a libpq key=value string (another common way to
-// write a Postgres DSN) has no scheme, also when a value holds a ':', and a server's URL
-// may carry userinfo.
+// write a Postgres DSN) has no scheme, also when a value holds a ':'; a server's URL may
+// carry userinfo; and a password holding an unescaped '?', '#' or '/' is cut short, its
+// rest read as a port, the database or a parameter.
 func TestOpenDoesNotEchoAPassword(t *testing.T) {
 	t.Parallel()
 	for _, bad := range []string{
 		"host=db user=app password=hunter2 dbname=app",
 		"user=app password=hunter2:x host=db",
 		"https://app:hunter2@ff.example.com",
+		"postgres://app:hunter2?x@db.internal:5432/app",
+		"postgres://app:hunter2#x@db.internal:5432/app",
+		"postgres://app:hunter2/x@db.internal:5432/app",
+		"postgresql://app:hunter2?x@db.internal/app",
+		"redis://:2024/hunter2@cache.internal:6379/0",
+		"redis://default:2024?hunter2@cache.internal:6379",
 	} {
 		_, err := ffconnect.Open(t.Context(), bad, nil)
 		require.ErrorIs(t, err, fftype.ErrValidation, bad)

@@ -105,6 +105,11 @@ func Conflict(store string, shard int) error {
 	return fftype.NewError(fftype.KindContention, fftype.CodeStoreConflict, "%s: injected conflict on shard %d", store, shard)
 }
 
+// EscapeUserinfoHint tells how to write a user name or password that holds a character a
+// URL gives a meaning; stores' URL errors end with it where such a character is the likely
+// cause.
+const EscapeUserinfoHint = "percent-escape any / ? # @ : or % in the user name or password (as %2F %3F %23 %40 %3A %25)"
+
 // URLQuery returns the parameters of a store URL. Unlike url.URL.Query, which drops the
 // pairs it cannot parse, it refuses a query that does not parse (a ';' between parameters,
 // a bad escape), so that a typo cannot leave a setting silently at its default; and it

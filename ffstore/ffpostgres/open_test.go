@@ -357,3 +357,27 @@ func TestParseURL(t *testing.T) {
 		require.ErrorIs(t, err, fftype.ErrValidation, bad)
 	}
 }
+
+// TestParseURLDoesNotQuoteAPassword: a password with an unescaped '?', '#' or '/' makes
+// the URL fail to parse, or (when what precedes the cut passes for a port) leaves the rest
+// of it, up to its '@', in the database name or a parameter's name; the error, which
+// callers log, must not quote any of it, and says to percent-escape. An '@' in a
+// parameter's value, such as a password given as one, is taken.
+func TestParseURLDoesNotQuoteAPassword(t *testing.T) {
+	t.Parallel()
+	for _, raw := range []string{
+		"postgres://app:s3cretpw?x@db.internal:5432/app",
+		"postgres://app:s3cretpw#x@db.internal:5432/app",
+		"postgres://app:s3cretpw/x@db.internal:5432/app",
+		"postgresql://app:s3cretpw?x@db.internal/app",
+		"postgres://app:2024/s3cretpw@db.internal/app",
+		"postgres://app:2024?s3cretpw@db.internal/app",
+	} {
+		_, _, err := ffpostgres.ParseURL(raw)
+		require.ErrorIs(t, err, fftype.ErrValidation, raw)
+		require.NotContains(t, err.Error(), "s3cretpw", raw)
+		require.ErrorContains(t, err, "percent-escape", raw)
+	}
+	_, _, err := ffpostgres.ParseURL("postgres://app@db.internal/app?password=s3cret@pw")
+	require.NoError(t, err)
+}

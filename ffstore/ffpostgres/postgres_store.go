@@ -272,17 +272,24 @@ var (
 //
 //	postgres://user:pass@host:5432/db?schema=flowfabric&shards=16&migrate=true&statement_timeout=30s&pool_size=16
 //
-// A query that does not parse and a fragment are refused with a validation error.
+// A query that does not parse and a fragment are refused with a validation error, and so
+// is an '@' in the path or a parameter's name: the sign of a password holding an
+// unescaped '/' or '?'. Errors quote nothing of the user name or password.
 func ParseURL(rawURL string) (connString string, opts *Options, err error) {
 	bad := func(format string, args ...any) (string, *Options, error) {
 		return "", nil, fftype.Validationf(fftype.CodeInvalidInput, "ffpostgres: store URL: "+format, args...)
 	}
 	u, err := url.Parse(rawURL)
 	if err != nil {
-		return bad("%v", redact(err))
+		// url.Parse's message quotes what it could not read, which is most often a
+		// password cut short by one of its characters.
+		return bad("it does not parse as a URL; %s", ffstore.EscapeUserinfoHint)
 	}
 	if u.Scheme != "postgres" && u.Scheme != "postgresql" {
 		return bad("scheme is %q, want postgres or postgresql", u.Scheme)
+	}
+	if userinfoSpilled(u) {
+		return bad("an '@' follows the host; %s", ffstore.EscapeUserinfoHint)
 	}
 	q, err := ffstore.URLQuery(u)
 	if err != nil {
@@ -326,6 +333,22 @@ func ParseURL(rawURL string) (connString string, opts *Options, err error) {
 		return "", nil, err
 	}
 	return u.String(), opts, nil
+}
+
+// userinfoSpilled reports whether u bears the mark of a user name or password cut short
+// by an unescaped '/' or '?': the '@' that ends it, in the path or a parameter's name
+// (where no '@' belongs). The rest of the password would then be read as the database or
+// a parameter, which the server's errors repeat.
+func userinfoSpilled(u *url.URL) bool {
+	if strings.Contains(u.EscapedPath(), "@") {
+		return true
+	}
+	for pair := range strings.SplitSeq(u.RawQuery, "&") {
+		if name, _, _ := strings.Cut(pair, "="); strings.Contains(name, "@") {
+			return true
+		}
+	}
+	return false
 }
 
 // redact drops a URL (which may hold a password) from a url.Parse error.

@@ -40,8 +40,10 @@ type connConfig struct {
 // connecting; ca_file names a PEM file of CA certificates to trust for TLS instead of the
 // system's (a private CA), and skip_verify=true skips TLS certificate checks (tests
 // only), both for TLS schemes only; client_name names the connections (CLIENT SETNAME).
-// Unknown parameters, a query that does not parse and a fragment are refused with a
-// validation error. A ca_file that is missing, unreadable or holds no PEM certificate is
+// Unknown parameters, a query that does not parse, a fragment and an '@' after the host (a
+// password's unescaped '/', '?' or '#' cuts the URL before its '@'; write an '@' in a
+// parameter as %40) are refused with a validation error that quotes nothing of the user
+// name or password. A ca_file that is missing, unreadable or holds no PEM certificate is
 // refused with a validation error wrapping a [*CAFileError].
 func ParseURL(rawURL string) (*Options, error) {
 	c, err := parseURL(rawURL)
@@ -77,6 +79,11 @@ func parseURL(rawURL string) (*connConfig, error) {
 	authority, pathQuery := rest, ""
 	if i := strings.IndexAny(rest, "/?#"); i >= 0 {
 		authority, pathQuery = rest[:i], rest[i:]
+	}
+	if strings.Contains(pathQuery, "@") {
+		// Not quoted: this '@' most likely ends a password cut short by an unescaped '/',
+		// '?' or '#', whose rest would be read as the database or a parameter.
+		return bad("an '@' follows the host; %s (and an '@' in a parameter as %%40)", ffstore.EscapeUserinfoHint)
 	}
 	var userinfo string
 	if i := strings.LastIndexByte(authority, '@'); i >= 0 {
@@ -114,7 +121,7 @@ func parseURL(rawURL string) (*connConfig, error) {
 		if err != nil {
 			// The host is not quoted: a password with an unescaped '/', '?' or '#' cuts
 			// the URL before its '@', and its user:password is read as a host.
-			return bad("host %d of %d: %s (percent-escape any / ? # or @ in the password)", i+1, len(hosts), err)
+			return bad("host %d of %d: %s; %s", i+1, len(hosts), err, ffstore.EscapeUserinfoHint)
 		}
 		c.client.InitAddress = append(c.client.InitAddress, addr)
 	}

@@ -4,6 +4,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -119,18 +120,29 @@ func TestParseURLCAFile(t *testing.T) {
 }
 
 // TestParseURLDoesNotQuoteAPassword: a password with an unescaped '/', '?' or '#' cuts
-// the URL before its '@', so its user:password reads as a host; the error, which callers
-// log, must not quote it. Nor may the error for a URL without a scheme.
+// the URL before its '@', so its user:password reads as a host, and the rest of it as the
+// database or a parameter (when what precedes the cut passes for a port); the error, which
+// callers log, must not quote any of it, and says to percent-escape. Nor may the error for
+// a URL without a scheme. An '@' escaped as %40 is taken.
 func TestParseURLDoesNotQuoteAPassword(t *testing.T) {
 	t.Parallel()
 	for _, raw := range []string{
 		"redis://user:s3cretpw?x@127.0.0.1:6379",
 		"redis://user:s3cretpw/x@127.0.0.1:6379",
 		"redis://:s3cretpw/x@127.0.0.1:6379",
+		"redis://:2024/s3cretpw@127.0.0.1:6379/0",
+		"redis://default:2024?s3cretpw@127.0.0.1:6379",
+		"redis://default:2024?s3cretpw=1@127.0.0.1:6379",
+		"redis://default:2024#s3cretpw@127.0.0.1:6379",
 		"user:s3cretpw@127.0.0.1:6379",
 	} {
 		_, err := ffvalkey.ParseURL(raw)
 		require.ErrorIs(t, err, fftype.ErrValidation, raw)
 		require.NotContains(t, err.Error(), "s3cretpw", raw)
+		if strings.Contains(raw, "://") {
+			require.ErrorContains(t, err, "percent-escape", raw)
+		}
 	}
+	_, err := ffvalkey.ParseURL("redis://:2024%2Fs3cretpw@127.0.0.1:6379/0?client_name=me%40host")
+	require.NoError(t, err)
 }
