@@ -26,9 +26,11 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"math"
 	"net/url"
+	"os"
 	"path/filepath"
 	"runtime"
 	"strconv"
@@ -198,10 +200,11 @@ const changePollInterval = 25 * time.Millisecond
 // Open opens the store in the SQLite file at path, creating the file and its schema if
 // needed and migrating an older schema forward. opts may be nil.
 //
-// Open returns a validation error for bad options, for a shard count that differs from
-// the file's (code [CodeShardCountMismatch]) and for an SQLite file of another
-// application (code [CodeNotAStore]); an unavailable error coded [CodeSchemaTooNew] for a
-// file written by a newer binary; and an unavailable error if the file cannot be opened.
+// Open returns a validation error for bad options, for a path whose directory does not
+// exist, for a shard count that differs from the file's (code [CodeShardCountMismatch]) and
+// for an SQLite file of another application (code [CodeNotAStore]); an unavailable error
+// coded [CodeSchemaTooNew] for a file written by a newer binary; and an unavailable error
+// if the file cannot be opened. Every error of opening the file names it.
 func Open(ctx context.Context, path string, opts *Options) (*Store, error) {
 	o, err := opts.withDefaults()
 	if err != nil {
@@ -214,16 +217,31 @@ func Open(ctx context.Context, path string, opts *Options) (*Store, error) {
 	if err != nil {
 		return nil, fftype.Validationf(fftype.CodeInvalidInput, "ffsqlite: path %q: %v", path, err)
 	}
+	if dir, err := os.Stat(filepath.Dir(abs)); errors.Is(err, fs.ErrNotExist) || err == nil && !dir.IsDir() {
+		return nil, fftype.Validationf(fftype.CodeInvalidInput, "ffsqlite: %s: the directory %s does not exist", abs, filepath.Dir(abs))
+	}
 	s := &Store{path: abs, opts: o, log: o.Logger.With("store", "ffsqlite", "path", abs), cache: newRecordCache()}
 	if err := s.open(ctx); err != nil {
 		s.closeHandles()
-		return nil, err
+		return nil, naming(abs, err)
 	}
 	s.units = make(chan *unit, maxBatch)
 	s.closing = make(chan struct{})
 	s.writerDone = make(chan struct{})
 	go s.runWriter(make([]*unit, 0, maxBatch))
 	return s, nil
+}
+
+// naming returns err, a failure to open the file at path, with a message that names the
+// file. Other errors than an *fftype.Error (the context's) pass through.
+func naming(path string, err error) error {
+	fe, ok := err.(*fftype.Error) // the error itself: one it wraps would lose the wrapping
+	if !ok {
+		return err
+	}
+	named := *fe
+	named.Message = "ffsqlite: " + path + ": " + fe.Message
+	return &named
 }
 
 func (s *Store) open(ctx context.Context) error {

@@ -159,6 +159,7 @@ func TestReopen(t *testing.T) {
 		rawExec(t, b.path, `CREATE TABLE other (x)`)
 		_, err := ffsqlite.Open(ctx, b.path, nil)
 		require.ErrorIs(t, err, isCode(fftype.KindValidation, ffsqlite.CodeNotAStore))
+		require.ErrorContains(t, err, b.path, "the error names the file")
 	})
 
 	t.Run("NotADatabase", func(t *testing.T) {
@@ -167,6 +168,27 @@ func TestReopen(t *testing.T) {
 		require.NoError(t, os.WriteFile(b.path, []byte("this is not an sqlite file, just some text that is long enough"), 0o600))
 		_, err := ffsqlite.Open(ctx, b.path, nil)
 		require.ErrorIs(t, err, fftype.ErrUnavailable)
+		require.ErrorContains(t, err, b.path, "the error names the file")
+	})
+
+	// A path whose directory does not exist (a typo, most often) is bad input, and the
+	// error names the file; a file that cannot be opened is named too.
+	t.Run("CannotOpen", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		dir := filepath.Dir(b.path)
+		require.NoError(t, os.WriteFile(b.path, nil, 0o600))
+		for _, path := range []string{filepath.Join(dir, "no-such-dir", "ff.db"), filepath.Join(b.path, "ff.db")} {
+			_, err := ffsqlite.Open(ctx, path, nil)
+			require.ErrorIs(t, err, fftype.ErrValidation, path)
+			require.False(t, fftype.IsRetryable(err))
+			require.ErrorContains(t, err, path)
+			require.ErrorContains(t, err, "does not exist")
+		}
+		_, err := ffsqlite.Open(ctx, dir, nil)
+		require.ErrorIs(t, err, fftype.ErrUnavailable, "a directory is no database file")
+		require.False(t, fftype.IsRetryable(err))
+		require.ErrorContains(t, err, dir)
 	})
 }
 

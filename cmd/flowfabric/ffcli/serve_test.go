@@ -19,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/flowfabric/flowfabric/ffserver"
+	"github.com/flowfabric/flowfabric/fftype"
 	"github.com/flowfabric/flowfabric/internal/testdb"
 )
 
@@ -83,6 +84,16 @@ func TestDevDBIsAFilePath(t *testing.T) {
 			require.FileExists(t, path)
 		})
 	}
+}
+
+// TestDevRefusesAFileInNoDirectory pins that "flowfabric dev --db" on a path whose
+// directory does not exist fails as bad input, naming the file.
+func TestDevRefusesAFileInNoDirectory(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "no-such-dir", "ff.db")
+	err := Run(t.Context(), []string{"dev", "--addr", "127.0.0.1:0", "--db", path}, &bytes.Buffer{})
+	require.ErrorIs(t, err, fftype.ErrValidation)
+	require.ErrorContains(t, err, path)
 }
 
 // startServe runs serve in process with o (its store a fresh SQLite file, its address a
