@@ -139,6 +139,9 @@ func serve(ctx context.Context, out io.Writer, o *serveOptions) error {
 	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
 		return fmt.Errorf("--log-level %q: want debug, info, warn or error", o.logLevel)
 	}
+	if o.shutdown < 0 {
+		return fmt.Errorf("--shutdown-timeout %s: want 0 (cut requests in flight at once) or more", o.shutdown)
+	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	store, err := ffconnect.Open(ctx, o.store, &ffconnect.OpenOpts{Logger: log})
 	if err != nil {

@@ -96,6 +96,29 @@ func TestDevRefusesAFileInNoDirectory(t *testing.T) {
 	require.ErrorContains(t, err, path)
 }
 
+// TestNegativeShutdownTimeoutRefused pins that server and dev refuse a negative
+// --shutdown-timeout, which would cut every request in flight at once on Ctrl-C, the
+// opposite of the drain it asks for.
+func TestNegativeShutdownTimeoutRefused(t *testing.T) {
+	t.Parallel()
+	for _, name := range []string{"server", "dev"} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			args := []string{name, "--addr", "127.0.0.1:0", "--shutdown-timeout", "-5s"}
+			if name == "server" {
+				args = append(args, "--store", "mem:")
+			} else {
+				args = append(args, "--db", filepath.Join(t.TempDir(), "ff.db"))
+			}
+			ctx, cancel := context.WithTimeout(t.Context(), 3*time.Second)
+			defer cancel()
+			var out bytes.Buffer
+			err := Run(ctx, args, &out)
+			require.ErrorContains(t, err, "--shutdown-timeout -5s", out.String())
+		})
+	}
+}
+
 // startServe runs serve in process with o (its store a fresh SQLite file, its address a
 // free loopback port) and returns its address, a function that stops it as Ctrl-C does
 // and a channel serve's result arrives on.
