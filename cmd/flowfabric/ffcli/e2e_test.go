@@ -99,12 +99,16 @@ func TestEndToEndCLIAndGoClient(t *testing.T) {
 	out = cli(t, "exec", "list", "--server", base, "--token", "e2e-token", "--lane", "cli", "--state", "completed")
 	require.Contains(t, out, id)
 
-	// A failing command fails the attempt; the policy retries it.
+	// A failing command fails the attempt; the policy retries it. With --once, the worker
+	// fails too.
 	out = cli(t, "exec", "submit", "--server", base, "--token", "e2e-token", "--lane", "fails", "--kind", "k")
 	failing := strings.Fields(out)[0]
-	out = cli(t, "worker", "--server", base, "--token", "e2e-token", "--lane", "fails", "--once", "--", "sh", "-c", "echo nope >&2; exit 3")
-	require.Contains(t, out, failing+" failed")
-	require.Contains(t, out, "retry scheduled: true")
+	var failed bytes.Buffer
+	err := Run(t.Context(), []string{"worker", "--server", base, "--token", "e2e-token", "--lane", "fails", "--once", "--",
+		"sh", "-c", "echo nope >&2; exit 3"}, &failed)
+	require.ErrorContains(t, err, failing+" failed: exit status 3")
+	require.Contains(t, failed.String(), failing+" failed")
+	require.Contains(t, failed.String(), "retry scheduled: true")
 
 	c, err := ffclient.New(base, &ffclient.Config{Token: "e2e-token"})
 	require.NoError(t, err)

@@ -56,7 +56,9 @@ with the end of stderr as the reason, and the execution is retried per its polic
 lease is renewed while the command runs, and the command is stopped if the execution is
 cancelled or the lease is lost. The worker registers its instance with the server while it
 runs ("flowfabric workers" lists it). Ctrl-C stops claiming, stops running commands and
-hands their executions back at once.`,
+hands their executions back at once. A COMMAND that cannot be found is refused before
+anything is claimed. With --once the worker exits with status 0 only if the execution it
+handled completed.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if len(w.lanes) == 0 {
@@ -64,6 +66,9 @@ hands their executions back at once.`,
 			}
 			if w.concurrency < 1 {
 				return errors.New("worker: --concurrency must be at least 1")
+			}
+			if _, err := exec.LookPath(args[0]); err != nil {
+				return fmt.Errorf("worker: the command to run for each execution: %w", err)
 			}
 			c, err := r.client()
 			if err != nil {
@@ -85,7 +90,7 @@ hands their executions back at once.`,
 	f.StringVar(&w.instance, "instance-id", "", "worker instance id, unique among live workers (default host-pid)")
 	f.IntVar(&w.concurrency, "concurrency", 1, "commands run at once")
 	f.DurationVar(&w.leaseTTL, "lease-ttl", 30*time.Second, "lease length; renewed every third of it")
-	f.BoolVar(&w.once, "once", false, "handle one execution and exit")
+	f.BoolVar(&w.once, "once", false, "handle one execution and exit, with status 0 only if it completed")
 	return cmd
 }
 
@@ -141,14 +146,13 @@ func (w *shellWorker) run(ctx context.Context) error {
 			}
 			continue
 		}
+		if w.once {
+			return w.handle(ctx, t)
+		}
 		wg.Go(func() {
 			defer func() { <-slots }()
-			w.handle(ctx, t)
+			_ = w.handle(ctx, t) // printed
 		})
-		if w.once {
-			wg.Wait()
-			return nil
-		}
 	}
 }
 
@@ -165,10 +169,11 @@ func pause(ctx context.Context, d time.Duration) {
 // errStopping is the cause of a command stopped because the worker is stopping.
 var errStopping = errors.New("the worker is stopping") //nolint:gochecknoglobals // a sentinel
 
-// handle runs the command for one task and reports its outcome. The command stops when
-// the worker stops (the execution is handed back) or the task's context ends (the
-// execution was cancelled or the lease lost).
-func (w *shellWorker) handle(ctx context.Context, t *flowfabric.ClaimedTask) {
+// handle runs the command for one task, reports its outcome and returns why the execution
+// did not complete (nil if it did). The command stops when the worker stops (the execution
+// is handed back) or the task's context ends (the execution was cancelled or the lease
+// lost).
+func (w *shellWorker) handle(ctx context.Context, t *flowfabric.ClaimedTask) (notDone error) {
 	runCtx, cancel := context.WithCancelCause(t.Context())
 	defer cancel(nil)
 	defer context.AfterFunc(ctx, func() { cancel(errStopping) })()
@@ -190,14 +195,17 @@ func (w *shellWorker) handle(ctx context.Context, t *flowfabric.ClaimedTask) {
 			fmt.Fprintf(w.out, "%s: release failed: %v\n", id, rerr)
 		}
 		fmt.Fprintf(w.out, "%s released (stopping)\n", id)
+		notDone = fmt.Errorf("%s released: %w", id, cause)
 	case cause != nil:
 		fmt.Fprintf(w.out, "%s stopped: %v\n", id, cause)
+		notDone = fmt.Errorf("%s stopped: %w", id, cause)
 	case err != nil:
 		reason := err.Error()
 		if s := bytes.TrimSpace(stderr.Bytes()); len(s) > 0 {
 			reason += ": " + string(s)
 		}
 		w.fail(ctx, t, "exit", err.Error(), reason)
+		notDone = fmt.Errorf("%s failed: %w", id, err)
 	default:
 		result := resultOf(stdout.Bytes())
 		complete := t.Complete
@@ -210,6 +218,7 @@ func (w *shellWorker) handle(ctx context.Context, t *flowfabric.ClaimedTask) {
 			break
 		}
 		fmt.Fprintf(w.out, "%s: complete failed: %v\n", id, cerr)
+		notDone = fmt.Errorf("%s: complete failed: %w", id, cerr)
 		if !t.Finished() && ctx.Err() == nil {
 			// Refused for good (a result over the server's limit): fail the attempt rather
 			// than hand back work that would end the same way.
@@ -221,6 +230,7 @@ func (w *shellWorker) handle(ctx context.Context, t *flowfabric.ClaimedTask) {
 		// also ends the task on the worker's side.
 		_ = settle(ctx, t, t.Release)
 	}
+	return notDone
 }
 
 // fail fails t's attempt with a category and reason; what names the failure in the output.

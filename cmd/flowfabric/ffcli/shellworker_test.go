@@ -108,3 +108,23 @@ func TestShellWorkerIsARegisteredWorker(t *testing.T) {
 	require.Equal(t, "no live workers in namespace \"default\"\n", cli(t, "workers", "--server", base, "--token", "tok"),
 		"the stopped worker deregistered")
 }
+
+// TestWorkerRefusesACommandItCannotFind pins that a worker whose command does not exist (a
+// misspelt "shh" for "sh") fails at once, before it claims anything, rather than failing
+// the attempts of every execution of its lanes.
+func TestWorkerRefusesACommandItCannotFind(t *testing.T) {
+	t.Parallel()
+	base := startServer(t, "")
+	id := strings.Fields(cli(t, "exec", "submit", "--server", base, "--lane", "typo", "--kind", "k", "--payload", `{}`))[0]
+
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	var out bytes.Buffer
+	err := Run(ctx, []string{"worker", "--server", base, "--lane", "typo", "--once", "--", "no-such-command"}, &out)
+	c, cerr := ffclient.New(base, nil)
+	require.NoError(t, cerr)
+	x, gerr := c.Get(t.Context(), fftype.ExecutionID(id))
+	require.NoError(t, gerr)
+	require.Equal(t, 0, x.TotalAttempts, "nothing was claimed:\n%s", out.String())
+	require.ErrorContains(t, err, "no-such-command")
+}
