@@ -7,8 +7,9 @@ import (
 	"io"
 )
 
-// Run runs the command line args (without the program name), writing to out: dev, server,
-// migrate, exec, worker, workers, demo and bench.
+// Run runs the command line args (without the program name), writing to out (and what
+// goes wrong while a command runs on to stderr): dev, server, migrate, exec, worker,
+// workers, demo and bench.
 func Run(ctx context.Context, args []string, out io.Writer) error {
 	root := NewRootCommand(out)
 	root.SetArgs(args)

@@ -9,7 +9,9 @@ import (
 	"github.com/spf13/cobra"
 )
 
-// NewRootCommand returns the flowfabric command with every subcommand, writing to out.
+// NewRootCommand returns the flowfabric command with every subcommand, writing to out;
+// what goes wrong while a command runs on (a worker's calls that failed, its log) goes to
+// the command's error writer, stderr unless SetErr sets another.
 func NewRootCommand(out io.Writer) *cobra.Command {
 	root := &cobra.Command{
 		Use:           "flowfabric",
@@ -24,7 +26,6 @@ func NewRootCommand(out io.Writer) *cobra.Command {
 		},
 	}
 	root.SetOut(out)
-	root.SetErr(out)
 	root.AddCommand(
 		newDevCommand(out),
 		newServerCommand(out),

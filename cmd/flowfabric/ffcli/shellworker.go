@@ -28,7 +28,8 @@ import (
 // renews its leases and deregisters as every SDK worker does.
 type shellWorker struct {
 	c           *ffclient.Client
-	out         io.Writer
+	out         io.Writer // what it does: claims, outcomes
+	errOut      io.Writer // what went wrong: calls that failed, the SDK worker's log
 	lanes       []string
 	caps        []string
 	id          string
@@ -74,7 +75,7 @@ handled completed.`,
 			if err != nil {
 				return err
 			}
-			w.c, w.argv = c, args
+			w.c, w.argv, w.errOut = c, args, cmd.ErrOrStderr()
 			if w.instance == "" {
 				host, _ := os.Hostname()
 				w.instance = host + "-" + strconv.Itoa(os.Getpid())
@@ -106,17 +107,18 @@ func (b longPoll) Claim(ctx context.Context, p fftype.ClaimParams) ([]*fftype.Le
 }
 
 func (w *shellWorker) run(ctx context.Context) error {
-	w.out = &lockedWriter{w: w.out} // commands and the worker's log print concurrently
+	// Commands and the worker's log print concurrently.
+	w.out, w.errOut = &lockedWriter{w: w.out}, &lockedWriter{w: w.errOut}
 	wk, err := flowfabric.NewWorker(ctx, longPoll{w.c}, &flowfabric.WorkerConfig{WorkerID: w.id, WorkerInstanceID: w.instance,
 		Lanes: w.lanes, Capabilities: w.caps, LeaseTTL: w.leaseTTL, MaxConcurrentTasks: w.concurrency,
-		Logger: slog.New(slog.NewTextHandler(w.out, &slog.HandlerOptions{Level: slog.LevelWarn}))}, nil)
+		Logger: slog.New(slog.NewTextHandler(w.errOut, &slog.HandlerOptions{Level: slog.LevelWarn}))}, nil)
 	if err != nil {
 		return fmt.Errorf("worker: %w", err)
 	}
 	defer func() {
 		// Releases what is still held and deregisters, so the instance id is free at once.
 		if cerr := wk.Close(context.WithoutCancel(ctx)); cerr != nil {
-			fmt.Fprintf(w.out, "closing the worker: %v\n", cerr)
+			fmt.Fprintf(w.errOut, "closing the worker: %v\n", cerr)
 		}
 	}()
 	fmt.Fprintf(w.out, "worker %s/%s claiming from %v\n", w.id, w.instance, w.lanes)
@@ -136,7 +138,7 @@ func (w *shellWorker) run(ctx context.Context) error {
 			return nil
 		case err != nil:
 			<-slots
-			fmt.Fprintf(w.out, "claim failed: %v; retrying\n", err)
+			fmt.Fprintf(w.errOut, "claim failed: %v; retrying\n", err)
 			pause(ctx, time.Second)
 			continue
 		case t == nil:
@@ -192,7 +194,7 @@ func (w *shellWorker) handle(ctx context.Context, t *flowfabric.ClaimedTask) (no
 	case errors.Is(cause, errStopping):
 		// Hand the execution back so another worker takes it at once.
 		if rerr := settle(ctx, t, t.Release); rerr != nil {
-			fmt.Fprintf(w.out, "%s: release failed: %v\n", id, rerr)
+			fmt.Fprintf(w.errOut, "%s: release failed: %v\n", id, rerr)
 		}
 		fmt.Fprintf(w.out, "%s released (stopping)\n", id)
 		notDone = fmt.Errorf("%s released: %w", id, cause)
@@ -217,7 +219,7 @@ func (w *shellWorker) handle(ctx context.Context, t *flowfabric.ClaimedTask) (no
 			fmt.Fprintf(w.out, "%s completed\n", id)
 			break
 		}
-		fmt.Fprintf(w.out, "%s: complete failed: %v\n", id, cerr)
+		fmt.Fprintf(w.errOut, "%s: complete failed: %v\n", id, cerr)
 		notDone = fmt.Errorf("%s: complete failed: %w", id, cerr)
 		if !t.Finished() && ctx.Err() == nil {
 			// Refused for good (a result over the server's limit): fail the attempt rather
@@ -241,7 +243,7 @@ func (w *shellWorker) fail(ctx context.Context, t *flowfabric.ClaimedTask, categ
 		return err
 	})
 	if err != nil {
-		fmt.Fprintf(w.out, "%s: fail failed: %v\n", t.ExecutionID(), err)
+		fmt.Fprintf(w.errOut, "%s: fail failed: %v\n", t.ExecutionID(), err)
 		return
 	}
 	fmt.Fprintf(w.out, "%s failed (%s); retry scheduled: %v\n", t.ExecutionID(), what, out.RetryScheduled)

@@ -128,3 +128,28 @@ func TestWorkerRefusesACommandItCannotFind(t *testing.T) {
 	require.Equal(t, 0, x.TotalAttempts, "nothing was claimed:\n%s", out.String())
 	require.ErrorContains(t, err, "no-such-command")
 }
+
+// TestWorkerReportsErrorsOnStderr pins that the worker prints what goes wrong (here the
+// claims that fail once its server has stopped) to its error writer, stderr, and what it
+// does to its output.
+func TestWorkerReportsErrorsOnStderr(t *testing.T) {
+	t.Parallel()
+	addr, stopServer, served := startServe(t, &serveOptions{shutdown: 10 * time.Second})
+	ctx, stop := context.WithCancel(t.Context())
+	defer stop()
+	var out, errOut syncBuffer
+	root := NewRootCommand(&out)
+	root.SetErr(&errOut)
+	root.SetArgs([]string{"worker", "--server", "http://" + addr, "--lane", "l", "--", "true"})
+	done := make(chan error, 1)
+	go func() { done <- root.ExecuteContext(ctx) }()
+	require.Eventually(t, func() bool { return strings.Contains(out.String(), "claiming from") }, 20*time.Second, 10*time.Millisecond)
+
+	stopServer()
+	require.NoError(t, <-served)
+	require.Eventually(t, func() bool { return strings.Contains(errOut.String(), "claim failed") }, 20*time.Second, 10*time.Millisecond,
+		"stderr:\n%s\nstdout:\n%s", &errOut, &out)
+	stop()
+	require.NoError(t, <-done)
+	require.NotContains(t, out.String(), "failed", "stdout")
+}
