@@ -1,12 +1,15 @@
 package ffcli
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -18,20 +21,70 @@ import (
 
 // remote holds the flags of commands that talk to a server.
 type remote struct {
-	server string
-	token  string
+	server  string
+	token   string
+	timeout time.Duration
 }
 
-// flags adds --server and --token to cmd and its subcommands. The token is read from
-// FF_API_TOKEN when the command runs, not shown as a default in help.
+// flags adds --server, --token and --timeout to cmd and its subcommands. The token is read
+// from FF_API_TOKEN when the command runs, not shown as a default in help.
 func (r *remote) flags(cmd *cobra.Command) {
-	cmd.PersistentFlags().StringVar(&r.server, "server", env("FF_SERVER", "http://127.0.0.1:8080"), "the server's URL (FF_SERVER)")
-	cmd.PersistentFlags().StringVar(&r.token, "token", "", "bearer token")
-	envFlags(cmd, map[string]string{"token": "FF_API_TOKEN"})
+	pf := cmd.PersistentFlags()
+	pf.StringVar(&r.server, "server", env("FF_SERVER", "http://127.0.0.1:8080"), "the server's URL (FF_SERVER)")
+	pf.StringVar(&r.token, "token", "", "bearer token")
+	pf.DurationVar(&r.timeout, "timeout", time.Minute,
+		"how long a call may take to be sent and its answer to begin (a claim's wait for work comes on top)")
+	envFlags(cmd, map[string]string{"token": "FF_API_TOKEN", "timeout": "FF_TIMEOUT"})
 }
 
 func (r *remote) client() (*ffclient.Client, error) {
-	return ffclient.New(r.server, &ffclient.Config{Token: r.token})
+	if r.timeout <= 0 {
+		return nil, fmt.Errorf("--timeout %s: want more than 0", r.timeout)
+	}
+	return ffclient.New(r.server, &ffclient.Config{Token: r.token,
+		HTTPClient: &http.Client{Transport: bounded{next: http.DefaultTransport, timeout: r.timeout}}})
+}
+
+// bounded is an http.RoundTripper that gives each request timeout to connect, be sent and
+// have its answer begin; a claim gets claimWait, the longest it waits on the server for
+// work, on top. The body of an answer is not bounded, so that an event stream stays open.
+type bounded struct {
+	next    http.RoundTripper
+	timeout time.Duration
+}
+
+func (b bounded) RoundTrip(req *http.Request) (*http.Response, error) {
+	d := b.timeout
+	if strings.HasSuffix(req.URL.Path, "/v1/claim") {
+		d += claimWait
+	}
+	ctx, cancel := context.WithCancel(req.Context())
+	timer := time.AfterFunc(d, cancel)
+	resp, err := b.next.RoundTrip(req.WithContext(ctx))
+	switch {
+	case !timer.Stop():
+		if err == nil {
+			_ = resp.Body.Close()
+		}
+		cancel()
+		return nil, fmt.Errorf("the server did not answer within %s (--timeout)", d)
+	case err != nil:
+		cancel()
+		return nil, err
+	}
+	resp.Body = cancelOnClose{ReadCloser: resp.Body, cancel: cancel}
+	return resp, nil
+}
+
+// cancelOnClose is the body of an answer that cancels its request's context once closed.
+type cancelOnClose struct {
+	io.ReadCloser
+	cancel context.CancelFunc
+}
+
+func (c cancelOnClose) Close() error {
+	defer c.cancel()
+	return c.ReadCloser.Close()
 }
 
 // printJSON writes v as indented JSON.

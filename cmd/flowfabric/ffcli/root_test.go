@@ -2,8 +2,15 @@ package ffcli
 
 import (
 	"bytes"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -66,4 +73,92 @@ func TestExecUnknownSubcommandFails(t *testing.T) {
 	require.ErrorContains(t, err, `unknown command "cancle" for "flowfabric exec"`)
 
 	require.Contains(t, cli(t, "exec"), "Available Commands")
+}
+
+// silentServer returns the address of a server that accepts connections and never
+// answers, reads nothing, closes nothing, until the test ends.
+func silentServer(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	var mu sync.Mutex
+	var conns []net.Conn
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	return ln.Addr().String()
+}
+
+// TestRemoteCommandsTimeOut pins that the commands that talk to a server give up on one
+// that does not answer after --timeout (or FF_TIMEOUT; by default a minute) rather than
+// wait forever: a one-off call, and the worker's start. Not parallel: it sets FF_TIMEOUT.
+func TestRemoteCommandsTimeOut(t *testing.T) {
+	root := NewRootCommand(io.Discard)
+	for _, name := range [][]string{{"exec", "get"}, {"workers"}, {"worker"}} {
+		cmd, _, err := root.Find(name)
+		require.NoError(t, err)
+		require.Equal(t, "1m0s", cmd.Flag("timeout").DefValue, "flowfabric %s", strings.Join(name, " "))
+	}
+
+	server := "http://" + silentServer(t)
+	t.Setenv("FF_TIMEOUT", "200ms")
+	for _, tt := range []struct {
+		args   []string
+		within string
+	}{
+		{args: []string{"exec", "get", "--server", server, "s0_01a21c6c-8eb8-7000-8570-aa541e77745e"}, within: "200ms"},
+		{args: []string{"exec", "list", "--server", server, "--timeout", "300ms"}, within: "300ms"},
+		{args: []string{"workers", "--server", server}, within: "200ms"},
+		{args: []string{"worker", "--server", server, "--lane", "l", "--", "true"}, within: "200ms"},
+	} {
+		name := strings.Join(tt.args, " ")
+		ctx, cancel := context.WithTimeout(t.Context(), time.Minute) // if it does hang, fail instead
+		err := Run(ctx, tt.args, io.Discard)
+		require.NoError(t, ctx.Err(), "flowfabric %s gave up only when the test did", name)
+		cancel()
+		require.ErrorContains(t, err, "the server did not answer within "+tt.within, "flowfabric %s", name)
+	}
+
+	t.Setenv("FF_TIMEOUT", "0s")
+	require.ErrorContains(t, Run(t.Context(), []string{"exec", "list", "--server", server}, io.Discard), "--timeout 0s")
+}
+
+// TestTimeoutGivesAClaimItsWait pins that --timeout bounds a claim with the wait for work
+// it asks the server for on top, so that a worker's long-polls outlast a short timeout.
+func TestTimeoutGivesAClaimItsWait(t *testing.T) {
+	t.Parallel()
+	const timeout = 100 * time.Millisecond
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select { // a server answering later than the timeout
+		case <-time.After(3 * timeout):
+		case <-r.Context().Done():
+		}
+	}))
+	defer slow.Close()
+	c := &http.Client{Transport: bounded{next: http.DefaultTransport, timeout: timeout}}
+	for path, answers := range map[string]bool{"/v1/claim": true, "/v1/executions": false} {
+		resp, err := c.Post(slow.URL+path, "application/json", strings.NewReader("{}"))
+		if !answers {
+			require.ErrorContains(t, err, "did not answer within 100ms", path)
+			continue
+		}
+		require.NoError(t, err, path)
+		require.NoError(t, resp.Body.Close())
+	}
 }
