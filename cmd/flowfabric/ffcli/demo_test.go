@@ -52,18 +52,18 @@ func TestDemoRefusesBadArguments(t *testing.T) {
 	}
 }
 
-// TestNoArgumentsRunsTheDemo runs the README's first command: no arguments, the demo on
-// flowfabric-demo.db in the working directory. Not parallel: it changes directory.
-func TestNoArgumentsRunsTheDemo(t *testing.T) {
-	dir := t.TempDir()
-	t.Chdir(dir)
-	var out bytes.Buffer
-	require.NoError(t, Run(t.Context(), nil, &out))
-	require.Contains(t, out.String(), "on the SQLite file "+filepath.Join(dir, DefaultDemoDB))
-	require.Contains(t, out.String(), "done: 5 of 5 executions completed")
-	require.FileExists(t, filepath.Join(dir, DefaultDemoDB))
-
-	out.Reset()
-	require.NoError(t, Run(t.Context(), []string{"help"}, &out))
-	require.Contains(t, out.String(), "Available Commands")
+// TestNoArgumentsPrintsTheCommands pins that "flowfabric" alone prints its help, which
+// lists the commands, and runs none: no demo file appears. Not parallel: it changes
+// directory.
+func TestNoArgumentsPrintsTheCommands(t *testing.T) {
+	t.Chdir(t.TempDir())
+	for _, args := range [][]string{nil, {"help"}} {
+		var out bytes.Buffer
+		require.NoError(t, Run(t.Context(), args, &out), "%q", args)
+		require.Contains(t, out.String(), "Usage:\n  flowfabric [command]\n", "%q", args)
+		for _, cmd := range []string{"dev", "server", "migrate", "exec", "worker", "workers", "demo", "bench"} {
+			require.Regexp(t, "\n  "+cmd+" +[A-Z]", out.String(), "%q", args)
+		}
+	}
+	require.NoFileExists(t, DefaultDemoDB)
 }

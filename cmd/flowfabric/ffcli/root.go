@@ -18,12 +18,7 @@ func NewRootCommand(out io.Writer) *cobra.Command {
 		Short:         "A durable execution engine: run, serve, work and measure",
 		SilenceUsage:  true,
 		SilenceErrors: true,
-		// With no command at all, the README's first command runs the demo (issue 3);
-		// "flowfabric help" and -h list the commands.
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			return demoCommand(cmd.Context(), nil, out)
-		},
+		// Not runnable: with no command at all it prints its help, which lists the commands.
 	}
 	root.SetOut(out)
 	root.AddCommand(
