@@ -71,7 +71,7 @@ func benchCommand(ctx context.Context, args []string, out io.Writer) error {
 	fs.SetOutput(out)
 	fs.StringVar(&f.scenario, "scenario", "drain", "drain (submit-claim-complete), burn-down (empty payloads drained by many workers, like river bench), "+
 		"steady-rate (a producer at a fixed rate), steady-depth (a producer keeping a fixed backlog) or steady-state (SDK workers, slow tasks, deadlines)")
-	fs.StringVar(&f.store, "store", "", "the store: mem, sqlite:///path/new.db (created, and deleted after each run), postgres://… (a fresh schema per run) or redis://… (a fresh key prefix per run); default: a fresh SQLite file in a temporary directory")
+	fs.StringVar(&f.store, "store", "", "the store: mem: (or mem), sqlite:///path/new.db (created, and deleted after each run), postgres://… (a fresh schema per run) or redis://… (a fresh key prefix per run); default: a fresh SQLite file in a temporary directory")
 	fs.StringVar(&f.sync, "sync", "", "SQLite synchronous setting, full or normal; overrides the URL's (default full)")
 	fs.IntVar(&f.n, "n", 0, "executions to seed: drain 10000, burn-down 100000, steady-state 10000; steady-rate measures its rate with a drain of n (10000)")
 	fs.IntVar(&f.workers, "workers", 0, "workers: claim→complete loops (drain 16, burn-down 2000, steady-rate and steady-depth 16), or the SDK worker's task slots (steady-state 100)")

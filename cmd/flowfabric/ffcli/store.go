@@ -42,13 +42,13 @@ type freshStore struct {
 	remove func() error
 }
 
-// openFreshStore opens a new, empty store named by spec: "mem" for the in-memory store,
-// or an sqlite:// URL naming a file that does not exist yet (the run creates it and
+// openFreshStore opens a new, empty store named by spec: "mem" (or the URL "mem:", as
+// elsewhere) for the in-memory store, or an sqlite:// URL naming a file that does not exist yet (the run creates it and
 // removes it afterwards, so an existing file is refused rather than overwritten). sync,
 // if not empty, overrides the URL's synchronous setting.
 func openFreshStore(ctx context.Context, spec, sync string) (*freshStore, error) {
 	switch {
-	case spec == "mem":
+	case spec == "mem", strings.EqualFold(strings.TrimSuffix(spec, "//"), "mem:"):
 		if sync != "" {
 			return nil, errors.New("-sync applies to sqlite stores only")
 		}
@@ -131,6 +131,6 @@ func openFreshStore(ctx context.Context, spec, sync string) (*freshStore, error)
 			return errors.Join(err, s.Close())
 		}}, nil
 	default:
-		return nil, fmt.Errorf("store %q: want mem, sqlite:///path/to/file.db, postgres://user@host/db or redis://host:port", spec)
+		return nil, fmt.Errorf("store %q: want mem:, sqlite:///path/to/file.db, postgres://user@host/db or redis://host:port", spec)
 	}
 }
