@@ -186,6 +186,9 @@ func newExecCommand(out io.Writer) *cobra.Command {
 	listCmd := &cobra.Command{
 		Use: "list", Short: "List executions, oldest first", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if list.Limit < 1 { // the server checks the rest; 0 would not be sent, and mean its default
+				return fmt.Errorf("--limit %d: want 1 to 1000", list.Limit)
+			}
 			c, err := r.client()
 			if err != nil {
 				return err

@@ -75,6 +75,19 @@ func TestExecUnknownSubcommandFails(t *testing.T) {
 	require.Contains(t, cli(t, "exec"), "Available Commands")
 }
 
+// TestExecListRefusesALimitOutOfRange pins that "exec list --limit" takes only the 1 to
+// 1000 its help names: 0, which the client would not send, is not taken for the server's
+// default page size.
+func TestExecListRefusesALimitOutOfRange(t *testing.T) {
+	t.Parallel()
+	base := startServer(t, "")
+	for _, limit := range []string{"0", "-1", "1001"} {
+		err := Run(t.Context(), []string{"exec", "list", "--server", base, "--limit", limit}, io.Discard)
+		require.ErrorContains(t, err, "1 to 1000", "--limit %s", limit)
+	}
+	require.Contains(t, cli(t, "exec", "list", "--server", base, "--limit", "1000"), "ID")
+}
+
 // silentServer returns the address of a server that accepts connections and never
 // answers, reads nothing, closes nothing, until the test ends.
 func silentServer(t *testing.T) string {
