@@ -33,6 +33,9 @@ function library. A store newer than this binary is refused.`,
 					return err
 				}
 			default:
+				if schema != "" {
+					return errors.New("migrate: --schema (FF_POSTGRES_SCHEMA) is for Postgres stores only")
+				}
 				s, err := ffconnect.Open(cmd.Context(), store, nil)
 				if err != nil {
 					return err

@@ -3,6 +3,8 @@ package ffcli
 import (
 	"bytes"
 	"context"
+	"io"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -73,4 +75,17 @@ func TestStoreURLPasswordIsNotPrinted(t *testing.T) {
 	require.NoError(t, serve(ctx, &banner, o))
 	require.Contains(t, banner.String(), "listening on")
 	require.NotContains(t, banner.String(), "s3cret-pw", "the server's banner")
+}
+
+// TestMigrateSchemaIsForPostgres pins that --schema on another store is refused rather
+// than ignored, and that nothing is opened (no SQLite file is created).
+func TestMigrateSchemaIsForPostgres(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "ff.db")
+	for _, store := range []string{"sqlite://" + path, "mem:"} {
+		err := Run(t.Context(), []string{"migrate", "--store", store, "--schema", "ff"}, io.Discard)
+		require.ErrorContains(t, err, "--schema", store)
+	}
+	require.NoFileExists(t, path)
+	require.Contains(t, cli(t, "migrate", "--store", "sqlite://"+path), "is up to date")
 }
