@@ -59,9 +59,25 @@ const (
 	stateQueryCanceled         = "57014"
 	stateProgramLimitExceeded  = "54000"
 	stateInvalidCatalogName    = "3D000"
+	stateInvalidPassword       = "28P01"
 	stateUndefinedObject       = "42704"
 	stateInsufficientPrivilege = "42501"
 )
+
+// cannotUse says why the database cannot be used, for a SQLSTATE of class 28, 3D000 or
+// 42501.
+func cannotUse(state string) string {
+	switch state {
+	case stateInvalidCatalogName:
+		return "it does not exist; create it, or name another in the connection string"
+	case stateInvalidPassword:
+		return "password authentication failed: no such role, or the wrong password; check the connection string's user and password"
+	case stateInsufficientPrivilege:
+		return "the role lacks a privilege it needs, such as CONNECT on the database"
+	default: // 28000, invalid_authorization_specification, and the rest of class 28
+		return "the server refused the role: it does not exist, may not log in, or pg_hba.conf does not let it in"
+	}
+}
 
 // translate turns an error from pgx into an *fftype.Error. It is the only place pgx
 // errors are interpreted; *fftype.Error values pass through unchanged, and so does the
@@ -117,7 +133,7 @@ func translate(ctx context.Context, err error, op string) error {
 			// The role cannot log in, the database does not exist, or the role lacks a
 			// privilege (such as CONNECT on the database): not until an operator acts.
 			e.Retryable = false
-			e.Message = fmt.Sprintf("postgres %s: cannot use the database (SQLSTATE %s)", op, pgErr.Code)
+			e.Message = fmt.Sprintf("postgres %s: cannot use the database: %s (SQLSTATE %s)", op, cannotUse(pgErr.Code), pgErr.Code)
 		default:
 			e.Retryable = false
 		}

@@ -234,12 +234,18 @@ func TestOpen(t *testing.T) {
 		err := ffpostgres.MigrateURL(b.ctx, b.url+"&no_such_setting=1", b.schema)
 		require.ErrorIs(t, err, isCode(fftype.KindValidation, fftype.CodeInvalidInput))
 
-		// A database that does not exist: the server answered, so it was reached.
-		_, err = ffpostgres.Open(b.ctx, strings.Replace(b.url, "/postgres?", "/no_such_db?", 1), &ffpostgres.Options{Schema: b.schema})
-		require.ErrorIs(t, err, fftype.ErrUnavailable)
-		require.False(t, fftype.IsRetryable(err))
-		require.ErrorContains(t, err, "cannot use the database (SQLSTATE 3D000)")
-		require.NotContains(t, err.Error(), "cannot reach")
+		// A database or a role that does not exist: the server answered, so it was reached,
+		// and the error says what is wrong; trying again will not help.
+		for _, tc := range []struct{ url, says string }{
+			{strings.Replace(b.url, "/postgres?", "/no_such_db?", 1), "cannot use the database: it does not exist; create it, or name another in the connection string (SQLSTATE 3D000)"},
+			{strings.Replace(b.url, "//postgres@", "//no_such_role@", 1), "cannot use the database: the server refused the role"},
+		} {
+			_, err = ffpostgres.Open(b.ctx, tc.url, &ffpostgres.Options{Schema: b.schema})
+			require.ErrorIs(t, err, fftype.ErrUnavailable, tc.url)
+			require.False(t, fftype.IsRetryable(err))
+			require.ErrorContains(t, err, tc.says)
+			require.NotContains(t, err.Error(), "cannot reach")
+		}
 	})
 
 	// The connection string's pool_max_conns and connect_timeout (pgx's own parameters)
@@ -281,7 +287,7 @@ func TestOpen(t *testing.T) {
 		_, err = ffpostgres.Open(b.ctx, strings.Replace(dbURL, "postgres://postgres@", "postgres://"+role+"@", 1), nil)
 		require.ErrorIs(t, err, isCode(fftype.KindUnavailable, fftype.CodeStoreUnavailable))
 		require.False(t, fftype.IsRetryable(err))
-		require.ErrorContains(t, err, "cannot use the database (SQLSTATE 42501)")
+		require.ErrorContains(t, err, "cannot use the database: the role lacks a privilege it needs, such as CONNECT on the database (SQLSTATE 42501)")
 		require.NotContains(t, err.Error(), "refused a setting of the connection string")
 	})
 

@@ -440,8 +440,10 @@ func setsPoolMaxConns(connString string) bool {
 // Open returns a validation error for bad options or a connection string it cannot parse
 // and for a shard count that differs from the schema's (code [CodeShardCountMismatch]);
 // an unavailable error coded store_unavailable, retryable, when the database cannot be
-// reached within the connect timeout; and unavailable errors coded [CodeSchemaTooOld] or
-// [CodeSchemaTooNew] for a schema it cannot use.
+// reached within the connect timeout, and not retryable, saying why, when the server
+// refuses it (no such database or role, a wrong password, a missing privilege); and
+// unavailable errors coded [CodeSchemaTooOld] or [CodeSchemaTooNew] for a schema it cannot
+// use.
 func Open(ctx context.Context, connString string, opts *Options) (*Store, error) {
 	cfg, o, err := parseConfig(connString, opts)
 	if err != nil {
