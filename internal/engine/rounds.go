@@ -28,6 +28,7 @@ type roundCall struct {
 	err   error
 	named bool          // the call leads a round, or was named to; guarded by rounds.mu
 	left  bool          // its caller stopped waiting for the round serving it; guarded by rounds.mu
+	life  *roundLife    // the life of the round serving it, while it runs; guarded by rounds.mu
 	lead  chan struct{} // closed when the call is named to lead a round
 	done  chan struct{} // closed, under rounds.mu, once the call was served
 }
@@ -143,6 +144,7 @@ func (r *rounds[C]) leave(q *roundQueue[C], c C) bool {
 		q.calls = append(q.calls[:i], q.calls[i+1:]...)
 	} else {
 		b.left = true
+		b.life.leave()
 	}
 	return true
 }
@@ -158,22 +160,36 @@ func indexOf[C comparable](calls []C, c C) int {
 
 // runningRound is a round in progress.
 type runningRound[C roundable] struct {
-	ctx    context.Context // the leader's values; cancelled once live drops to 0
-	cancel context.CancelFunc
-	calls  []C
-	total  int // the weight of calls
-	// live counts the calls admitted whose ctx has not ended, and stops unregisters
-	// the watch of each; both are guarded by rounds.mu.
-	live  int
-	stops []func() bool
+	ctx   context.Context // the leader's values; cancelled by life
+	calls []C
+	total int // the weight of calls
+	life  roundLife
+	// stopWatch ends the watch of its leader's ctx, if it leads (not if its ctx had
+	// ended before the round began).
+	stopWatch func() bool
+}
+
+// roundLife counts the calls of a running round whose callers still wait for it, and
+// cancels the round's context once none does. A caller that leads the round is watched
+// with context.AfterFunc; the others see their ctx end while they wait, and leave.
+// Guarded by rounds.mu.
+type roundLife struct {
+	waiting int
+	cancel  context.CancelFunc
+}
+
+func (l *roundLife) leave() {
+	if l.waiting--; l.waiting == 0 {
+		l.cancel()
+	}
 }
 
 // round serves the calls queued on q, then passes the next round to the first call still
 // waiting, or marks q idle.
 func (r *rounds[C]) round(leader context.Context, key string, q *roundQueue[C], plan roundPlan[C]) {
 	rd := &runningRound[C]{}
-	rd.ctx, rd.cancel = context.WithCancel(context.WithoutCancel(leader))
-	defer rd.cancel()
+	rd.ctx, rd.life.cancel = context.WithCancel(context.WithoutCancel(leader))
+	defer rd.life.cancel()
 	r.mu.Lock()
 	r.admit(q, rd, plan)
 	r.mu.Unlock()
@@ -205,12 +221,13 @@ func (r *rounds[C]) round(leader context.Context, key string, q *roundQueue[C], 
 func (r *rounds[C]) end(key string, q *roundQueue[C], rd *runningRound[C], unserved []C, served bool) (gone []C) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for _, stop := range rd.stops {
-		stop()
+	if rd.stopWatch != nil {
+		rd.stopWatch()
 	}
 	var back []C
 	for _, c := range rd.calls {
 		b := c.base()
+		b.life = nil
 		switch {
 		case b.left:
 			gone = append(gone, c)
@@ -254,13 +271,14 @@ func (r *rounds[C]) admit(q *roundQueue[C], rd *runningRound[C], plan roundPlan[
 		}
 		rd.calls = append(rd.calls, c)
 		rd.total += plan.weight(c)
-		rd.live++
-		rd.stops = append(rd.stops, context.AfterFunc(b.ctx, func() {
-			r.mu.Lock()
-			defer r.mu.Unlock()
-			if rd.live--; rd.live == 0 {
-				rd.cancel()
-			}
-		}))
+		rd.life.waiting++
+		b.life = &rd.life
+		if b.named { // the leader: it runs the round, so it cannot see its ctx end and leave
+			rd.stopWatch = context.AfterFunc(b.ctx, func() {
+				r.mu.Lock()
+				defer r.mu.Unlock()
+				rd.life.leave()
+			})
+		}
 	}
 }
