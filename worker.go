@@ -867,7 +867,15 @@ func lostCause(x *Execution, f Fence) error {
 		}
 		return ErrExecutionCancelled
 	}
-	return fmt.Errorf("%w: %w", ErrLeaseLost, fftype.LostLeaseError(x, f))
+	lost := fftype.LostLeaseError(x, f)
+	if x.Phase == fftype.PhaseTerminal && f.Names(x) {
+		// The lease's end may have ended the execution too (an attempt timeout with no
+		// retry left): name both, whichever the worker learned of first.
+		if end := fftype.LeaseEndError(x.ID, x.LastLeaseEnd); end != nil {
+			return fmt.Errorf("%w: %w: %w", ErrLeaseLost, end, lost)
+		}
+	}
+	return fmt.Errorf("%w: %w", ErrLeaseLost, lost)
 }
 
 // recentIDs remembers the last executions that had an event while the worker held no task

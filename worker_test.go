@@ -966,13 +966,18 @@ func exerciseWorker(t *testing.T, newStore func(t testing.TB) ffstore.Store, tr 
 
 	// However the worker finds out that the attempt timed out — by the timer's event, or
 	// by a renewal refused after or even before the timer loop failed the attempt — the
-	// task's cause is the lost lease and the timeout.
+	// task's cause is the lost lease and the timeout, also when the timeout failed the
+	// last attempt and so the execution.
 	t.Run("AttemptTimeoutIsTheLossCause", func(t *testing.T) {
 		t.Parallel()
-		for _, how := range []string{"events", "renewal", "renewal before the timer"} {
+		for _, how := range []string{"events", "renewal", "renewal before the timer", "events, last attempt"} {
 			b := setup(t)
+			var retry *fftype.RetryPolicy
+			if how == "events, last attempt" {
+				retry = &fftype.RetryPolicy{}
+			}
 			backend := b.backend
-			if how != "events" {
+			if !strings.HasPrefix(how, "events") {
 				backend = plainBackend{backend} // the loss is found by a renewal
 			}
 			w, err := flowfabric.NewWorker(b.ctx, backend, config("i1"), nil)
@@ -980,7 +985,7 @@ func exerciseWorker(t *testing.T, newStore func(t testing.TB) ffstore.Store, tr 
 			t.Cleanup(func() { _ = w.Close(context.Background()) })
 			sig := flowfabric.EnableSignals(w)
 			_, err = b.client.Create(b.ctx, flowfabric.CreateParams{Lane: testLane, Kind: "k",
-				Policy: flowfabric.Policy{AttemptTimeout: fftype.Duration(500 * time.Millisecond)}})
+				Policy: flowfabric.Policy{AttemptTimeout: fftype.Duration(500 * time.Millisecond), Retry: retry}})
 			require.NoError(t, err)
 			task, err := w.ClaimNext(b.ctx)
 			require.NoError(t, err)
@@ -990,7 +995,7 @@ func exerciseWorker(t *testing.T, newStore func(t testing.TB) ffstore.Store, tr 
 			} else {
 				b.advance(t, 600*time.Millisecond)
 			}
-			if how != "events" {
+			if !strings.HasPrefix(how, "events") {
 				b.clock.Advance(testTTL / 3)
 				recv(t, sig.Renewed, "a renewal")
 			}
