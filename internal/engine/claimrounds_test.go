@@ -316,3 +316,42 @@ func TestClaimRoundRequeuesLateCallsItCannotServe(t *testing.T) {
 	require.Len(t, leases, 1, "the late claim is served by a round that looked after it arrived")
 	require.Equal(t, late.ID, leases[0].ExecutionID)
 }
+
+// TestRoundLeaderIsNotHeldByAnotherCallersRelease: the leader of a claim round whose
+// other claim left after the unit committed gets its own lease at once; it is not held
+// while the round releases the other claim's lease on a store that stopped answering
+// (which may take that lease's TTL).
+func TestRoundLeaderIsNotHeldByAnotherCallersRelease(t *testing.T) {
+	t.Parallel()
+	store := newGatedStore()
+	e, err := New(store, nil)
+	require.NoError(t, err)
+	for range 2 {
+		_, err := e.Create(t.Context(), fftype.CreateParams{Lane: "l", Kind: "k"})
+		require.NoError(t, err)
+	}
+
+	g := store.arm()
+	led := claimAsync(t.Context(), e, "a") // lease TTL 1s
+	<-g.entered
+	ctx, cancel := context.WithCancel(t.Context())
+	joined := make(chan claimResult, 1)
+	go func() {
+		leases, err := e.Claim(ctx, fftype.ClaimParams{WorkerID: "w", WorkerInstanceID: "b", Lanes: []string{"l"},
+			LeaseTTL: fftype.Duration(3 * time.Second)})
+		joined <- claimResult{leases, err}
+	}()
+	waitQueued(t, e, []string{"l"}, 1)
+	close(g.run)
+	<-g.ran // the unit took an execution for each claim
+	cancel()
+	got := recv(t, joined, "the claim that left")
+	require.ErrorIs(t, got.err, context.Canceled)
+
+	store.hung.Store(true) // the store stops answering: the release of b's lease waits
+	close(g.answer)
+	got = recv(t, led, "the leader's claim, whose lease (TTL 1s) the round took")
+	require.NoError(t, got.err)
+	require.Len(t, got.leases, 1)
+	store.waitHung(t, 0) // the release of b's lease gives up with its TTL
+}

@@ -69,7 +69,8 @@ type roundQueue[C roundable] struct {
 // the round decided what to do before they arrived.
 //
 // drop, when set, undoes what a round did for calls whose callers stopped waiting for it
-// (the caller of a call that returns unserved gets nothing undone).
+// (the caller of a call that returns unserved gets nothing undone). It runs in a goroutine
+// of its own once the round has ended, and must bound its own time.
 type roundPlan[C roundable] struct {
 	weight func(C) int
 	max    int
@@ -198,7 +199,9 @@ func (r *rounds[C]) round(leader context.Context, key string, q *roundQueue[C], 
 	served := false
 	defer func() { // even if serve panics: later calls must not wait forever
 		if gone := r.end(key, q, rd, unserved, served); len(gone) > 0 && plan.drop != nil {
-			plan.drop(rd.ctx, gone)
+			// Not on the leader's time: its answer is ready, and undoing what the round
+			// did for others may wait on a store that stopped answering.
+			go plan.drop(context.WithoutCancel(rd.ctx), gone)
 		}
 	}()
 	if len(rd.calls) > 0 {
