@@ -208,10 +208,18 @@ func (c *Client) Payload(ctx context.Context, id ExecutionID) ([]byte, error) {
 	return c.engine.Payload(ctx, id)
 }
 
-// Subscription is a live, resumable feed of events; see [Client.Subscribe].
+// Subscription is a live, resumable feed of events; see [Client.Subscribe]. Its methods:
+// Events() <-chan Delivery, the deliveries, closed when the subscription ends; Err()
+// error, why it ended, once Events is closed; StartCursor() string, the cursor of the
+// position it started from; and Close(), which ends it and waits for its goroutine.
 type Subscription = engine.Subscription
 
-// Consumer is one replica of a durable consumer; see [Client.NewConsumer].
+// Consumer is one replica of a durable consumer; see [Client.NewConsumer]. Its methods:
+// Run(ctx) error steps it until ctx ends, waiting for new events when idle and handing
+// its shard leases back on the way out; Step(ctx) (int, error) renews and balances its
+// leases when due and handles one batch of events per held shard, returning how many it
+// passed; Shards() []int, the shards it holds; and Release(ctx), which hands its leases
+// back at once.
 type Consumer = engine.Consumer
 
 // ConsumerConfig describes a durable consumer.

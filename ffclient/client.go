@@ -1,6 +1,8 @@
 // Package ffclient is the Go client of the FlowFabric HTTP API (package ffserver). Its
-// methods mirror flowfabric.Client's, with the same parameter and result types, so code
-// written against one runs against the other; errors come back as *fftype.Error with the
+// create, claim, lease-holder, operator and read methods mirror flowfabric.Client's, with
+// the same parameter and result types; events come through Events and WatchEvents rather
+// than Subscribe, the dead letter's replay through ReplayMany, and the timer loop and
+// durable consumers stay in the server. Errors come back as *fftype.Error with the
 // server's kind, code and retryable flag, so errors.Is works across the wire.
 //
 // A *Client is a flowfabric.Backend: flowfabric.NewWorker runs a worker on it, on a machine

@@ -6,10 +6,12 @@
 //
 // Errors are JSON bodies {"error", "code", "kind", "retryable"} with the status of their
 // kind, from one table: not_found 404, validation 400, conflict/state/contention 409,
-// limited 429, too_large 413, unauthenticated 401, unavailable 503. A caller's mistake is
-// never a 500.
+// limited 429, too_large 413, unauthenticated 401, unavailable 503; the one exception is
+// a wrong method, 405 method_not_allowed (kind validation) with an Allow header. A
+// caller's mistake is never a 500.
 //
-// Authentication is a bearer token compared in constant time; /healthz stays open.
+// Authentication is a bearer token compared in constant time; /healthz and /readyz stay
+// open.
 // Namespaces are not an authorization boundary yet: any holder of the token can act on
 // every namespace.
 package ffserver

@@ -1,4 +1,4 @@
-// Package ffmem is an in-memory [ffstore.Store], for tests, examples and the dev server.
+// Package ffmem is an in-memory [ffstore.Store], for tests, examples and `--store mem:`.
 //
 // Each shard has one mutex, held for the whole of a unit ([Store.Update]) or snapshot
 // ([Store.View]), so units on one shard run one at a time and never conflict; units on
