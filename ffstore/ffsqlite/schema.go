@@ -115,10 +115,7 @@ func migrate(ctx context.Context, conn *sql.Conn, shards int) (n int, err error)
 		return 0, fftype.Validationf(CodeNotAStore, "the file holds tables but was not created by ffsqlite")
 	}
 	if version > SchemaVersion {
-		e := fftype.NewError(fftype.KindUnavailable, CodeSchemaTooNew,
-			"the file has schema version %d but this binary knows versions up to %d: upgrade the binary", version, SchemaVersion)
-		e.Retryable = false
-		return 0, e
+		return 0, errSchemaTooNew(version)
 	}
 	for v := version; v < SchemaVersion; v++ {
 		for _, stmt := range migrations[v] {
@@ -154,6 +151,14 @@ func migrate(ctx context.Context, conn *sql.Conn, shards int) (n int, err error)
 		return 0, translate(err, "commit migration")
 	}
 	return n, nil
+}
+
+// errSchemaTooNew refuses a file of schema version, written by a newer binary.
+func errSchemaTooNew(version int) error {
+	e := fftype.NewError(fftype.KindUnavailable, CodeSchemaTooNew,
+		"the file has schema version %d but this binary knows versions up to %d: upgrade the binary", version, SchemaVersion)
+	e.Retryable = false
+	return e
 }
 
 func readMeta(ctx context.Context, conn *sql.Conn, name string) (int, error) {

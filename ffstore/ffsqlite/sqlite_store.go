@@ -82,11 +82,13 @@ type Options struct {
 	// the most SQLite takes.
 	BusyTimeout time.Duration
 
-	// CheckpointBytes bounds the write-ahead log: once it grows past this many bytes the
-	// writer copies it back into the database file (a PASSIVE checkpoint, which never
-	// waits for readers), and the file is truncated to this size when the log restarts.
-	// When the writer has been idle for a second it also runs a TRUNCATE checkpoint that
-	// empties the log if no reader is using it. 0 means [DefaultCheckpointBytes].
+	// CheckpointBytes is the write-ahead log's size past which the writer copies it back
+	// into the database file (a PASSIVE checkpoint, which never waits for readers), and the
+	// size the file is truncated to when the log restarts. When the writer has been idle
+	// for a second it also runs a TRUNCATE checkpoint that empties the log if no reader is
+	// using it. It is not a hard bound: a checkpoint copies back only what no open read
+	// still needs and the log restarts only when no read uses it, so reads that never
+	// pause, or one long View, let the log grow past it. 0 means [DefaultCheckpointBytes].
 	CheckpointBytes int64
 
 	// ReadConns is the size of the read-only connection pool used by View, QueueHeads and
@@ -163,6 +165,7 @@ type Store struct {
 	conflicts   ffstore.ConflictCounter // injected conflicts still to deliver
 	cache       *recordCache            // records known to the writer; writer only
 	dataVersion int64                   // the writer connection's data_version when the cache was last valid
+	tooNew      error                   // set once another process migrated the file past SchemaVersion
 
 	// The readers.
 	rdb *sql.DB
@@ -261,7 +264,7 @@ func (s *Store) open(ctx context.Context) error {
 	if s.wconn, err = writer.Connect(ctx); err != nil {
 		return translate(err, "open")
 	}
-	if err := s.ws.prepare(ctx, s.wconn, s.opts.BusyTimeout); err != nil {
+	if err := s.ws.prepare(ctx, s.wconn); err != nil {
 		return err
 	}
 

@@ -653,3 +653,59 @@ func assertNoError(t *testing.T, err error) bool {
 	}
 	return true
 }
+
+// TestIdleCheckpointDoesNotHoldTheWriter: the idle checkpoint does not wait for a reader
+// that still uses the log (its busy timeout is really 0 while it runs), so a unit that
+// arrives meanwhile is not held for the busy timeout.
+func TestIdleCheckpointDoesNotHoldTheWriter(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	const busy = 4 * time.Second
+	opts := &ffsqlite.Options{BusyTimeout: busy}
+	ffsqlite.SetIdleCheckpointDelay(opts, 10*time.Millisecond)
+	s := openTemp(t, opts)
+	require.NoError(t, s.Update(ctx, 0, func(tx ffstore.Tx) error { tx.Put("seed", []byte("x")); return nil }))
+
+	inView, release, viewDone := make(chan struct{}), make(chan struct{}), make(chan error, 1)
+	go func() {
+		viewDone <- s.View(ctx, 0, func(tx ffstore.ReadTx) error {
+			if _, _, err := tx.Get("seed"); err != nil { // a reader on the log
+				return err
+			}
+			close(inView)
+			<-release
+			return nil
+		})
+	}()
+	<-inView
+	defer func() { close(release); require.NoError(t, <-viewDone) }()
+	require.NoError(t, s.Update(ctx, 0, func(tx ffstore.Tx) error { tx.Put("k", []byte("v")); return nil }))
+	time.Sleep(500 * time.Millisecond) // the writer is idle: its idle checkpoint has started
+
+	start := time.Now()
+	uctx, cancel := context.WithTimeout(ctx, busy/2)
+	defer cancel()
+	err := s.Update(uctx, 0, func(tx ffstore.Tx) error { tx.Put("k", []byte("w")); return nil })
+	took := time.Since(start)
+	t.Logf("an Update during the idle checkpoint took %s (busy timeout %s)", took, busy)
+	require.NoError(t, err, "the writer was stuck in the idle checkpoint, waiting for the reader")
+}
+
+// TestSchemaUpgradedUnderARunningStore: a running store whose file another process (a
+// newer binary, in a rolling upgrade) migrated past its schema stops writing, with the
+// error Open gives for such a file.
+func TestSchemaUpgradedUnderARunningStore(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := openTemp(t, nil)
+	require.NoError(t, s.Update(ctx, 0, func(tx ffstore.Tx) error { tx.Put("k", []byte("v")); return nil }))
+
+	// A newer binary opens the same file and migrates it (here: only the version).
+	rawExec(t, s.Path(), fmt.Sprintf(`UPDATE meta SET value = %d WHERE name = 'schema_version'`, ffsqlite.SchemaVersion+1))
+	_, err := ffsqlite.Open(ctx, s.Path(), nil)
+	require.ErrorIs(t, err, isCode(fftype.KindUnavailable, ffsqlite.CodeSchemaTooNew), "a new Open is refused")
+
+	err = s.Update(ctx, 0, func(tx ffstore.Tx) error { tx.Put("k", []byte("w")); return nil })
+	require.ErrorIs(t, err, isCode(fftype.KindUnavailable, ffsqlite.CodeSchemaTooNew),
+		"the running store still writes into a file of a newer schema")
+}

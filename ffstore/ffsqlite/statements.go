@@ -5,9 +5,7 @@ import (
 	"database/sql"
 	"database/sql/driver"
 	"errors"
-	"fmt"
 	"io"
-	"time"
 )
 
 // All SQL of the store, prepared once: the writer's statements on the writer connection,
@@ -73,10 +71,10 @@ type writerStmts struct {
 	trimMark, trim         *wstmt
 	dataVersion            *wstmt
 	checkpoint             *wstmt
-	noBusyWait, busyWait   *wstmt
+	schemaVersion          *wstmt
 }
 
-func (w *writerStmts) prepare(ctx context.Context, conn driver.Conn, busyTimeout time.Duration) error {
+func (w *writerStmts) prepare(ctx context.Context, conn driver.Conn) error {
 	pc, ok := conn.(driver.ConnPrepareContext)
 	if !ok {
 		return errors.New("ffsqlite: the driver cannot prepare with a context")
@@ -108,8 +106,7 @@ func (w *writerStmts) prepare(ctx context.Context, conn driver.Conn, busyTimeout
 		{&w.trim, sqlTrim},
 		{&w.dataVersion, "PRAGMA data_version"},
 		{&w.checkpoint, "PRAGMA wal_checkpoint(TRUNCATE)"},
-		{&w.noBusyWait, "PRAGMA busy_timeout = 0"},
-		{&w.busyWait, fmt.Sprintf("PRAGMA busy_timeout = %d", busyTimeout.Milliseconds())},
+		{&w.schemaVersion, "SELECT value FROM meta WHERE name = '" + metaSchemaVersion + "'"},
 	} {
 		st, err := pc.PrepareContext(ctx, p.sql)
 		if err != nil {
@@ -125,7 +122,7 @@ func (w *writerStmts) close() {
 		w.begin, w.commit, w.rollback, w.savepoint, w.release, w.rollbackTo,
 		w.get, w.put, w.del, w.rangeFirst, w.rangeAfter, w.queueAdd, w.queueDir,
 		w.queueRemove, w.prune, w.lastSeq, w.storeSeq, w.pop, w.appendEvent, w.trimMark, w.trim,
-		w.dataVersion, w.checkpoint, w.noBusyWait, w.busyWait,
+		w.dataVersion, w.checkpoint, w.schemaVersion,
 	} {
 		if st != nil {
 			_ = st.st.Close()

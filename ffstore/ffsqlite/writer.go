@@ -75,17 +75,30 @@ func (s *Store) runWriter(batch []*unit) {
 }
 
 // checkDataVersion empties the record cache if another process committed since this
-// connection's last transaction. It runs inside the write transaction, so nothing can
-// commit between the check and the batch's reads.
+// connection's last transaction, and refuses to write, from then on, once such a commit
+// has migrated the file past this binary's schema (a newer binary in a rolling upgrade).
+// It runs inside the write transaction, so nothing can commit between the check and the
+// batch's reads.
 func (s *Store) checkDataVersion() error {
+	if s.tooNew != nil {
+		return s.tooNew
+	}
 	var dest [1]driver.Value
 	if _, err := s.ws.dataVersion.row(dest[:]); err != nil {
 		return translate(err, "read data_version")
 	}
 	v, _ := dest[0].(int64)
-	if v != s.dataVersion {
-		s.cache.clear()
-		s.dataVersion = v
+	if v == s.dataVersion {
+		return nil
+	}
+	s.cache.clear()
+	s.dataVersion = v
+	if _, err := s.ws.schemaVersion.row(dest[:]); err != nil {
+		return translate(err, "read the schema version")
+	}
+	if version, _ := dest[0].(int64); version > SchemaVersion {
+		s.tooNew = errSchemaTooNew(int(version))
+		return s.tooNew
 	}
 	return nil
 }
@@ -325,7 +338,7 @@ func (s *Store) handOver(batch []*unit, i int) []*unit {
 // idleCheckpoint empties the write-ahead log while nothing is being written. It does not
 // wait: if a reader still uses the log, the log stays and is checkpointed later.
 func (s *Store) idleCheckpoint() {
-	if _, err := s.ws.noBusyWait.exec(); err != nil {
+	if err := s.setBusyTimeout(0); err != nil {
 		s.log.Warn("idle checkpoint", "error", err)
 		return
 	}
@@ -335,7 +348,16 @@ func (s *Store) idleCheckpoint() {
 	} else {
 		s.log.Debug("idle checkpoint", "busy", dest[0] == int64(1), "log_frames", dest[1], "checkpointed", dest[2])
 	}
-	if _, err := s.ws.busyWait.exec(); err != nil {
+	if err := s.setBusyTimeout(s.opts.BusyTimeout); err != nil {
 		s.log.Warn("idle checkpoint: restore busy timeout", "error", err)
 	}
+}
+
+// setBusyTimeout sets the writer connection's busy timeout. The pragma is run from its
+// text each time: SQLite applies PRAGMA busy_timeout when the statement is prepared, so a
+// prepared one would keep the value of whichever was prepared last.
+func (s *Store) setBusyTimeout(d time.Duration) error {
+	_, err := s.wconn.(driver.ExecerContext).ExecContext(context.Background(),
+		fmt.Sprintf("PRAGMA busy_timeout = %d", d.Milliseconds()), nil)
+	return err
 }
