@@ -266,6 +266,21 @@ func (s *Store) open(ctx context.Context, shards int) error {
 	return nil
 }
 
+// restoreMeta writes back the meta key that a full read of the queue heads found missing.
+// The loader writes it back when this process is the one that loads the library again
+// after the server lost everything, but another process (of another store on the server)
+// may load it first, and on a Cluster the node holding the meta key may hold none of the
+// store's shards, whose calls would find the library missing: without this, a process
+// opening the store afterwards would create it anew with the default shard count.
+func (s *Store) restoreMeta(ctx context.Context) {
+	if _, err := s.ensureMeta(ctx, s.shards); err != nil {
+		s.log.Warn("ffvalkey: the store's meta key was missing and could not be written back", "err", err)
+		return
+	}
+	s.log.Warn("ffvalkey: the store's meta key was missing (did the server lose its data?); wrote it back",
+		"shards", s.shards)
+}
+
 // checkServers checks the version of every node and warns about nodes without AOF.
 func (s *Store) checkServers(ctx context.Context) error {
 	for addr, node := range s.client.Nodes() {
@@ -440,10 +455,12 @@ func (s *Store) readHeads(ctx context.Context, prefixes []string, plan headsPlan
 	}
 	// One round trip: the hint's entries for the prefixes, and the scanned shards'
 	// commit numbers and directories.
+	// A full read also checks that the meta key is there (see restoreMeta).
 	hint := hintKey(s.prefix)
 	per := 1 + len(bounds)
+	metaAt := -1
 	res, err := s.doMulti(ctx, "read queue directories", func() []rueidis.Completed {
-		cmds := make([]rueidis.Completed, 0, len(bounds)+len(scanned)*per)
+		cmds := make([]rueidis.Completed, 0, len(bounds)+len(scanned)*per+1)
 		for _, b := range bounds {
 			cmds = append(cmds, s.client.B().Zrange().Key(hint).Min(b.lo).Max(b.hi).Bylex().Build())
 		}
@@ -454,10 +471,19 @@ func (s *Store) readHeads(ctx context.Context, prefixes []string, plan headsPlan
 				cmds = append(cmds, s.client.B().Zrange().Key(k.dir).Min(b.lo).Max(b.hi).Bylex().Build())
 			}
 		}
+		if plan.full {
+			metaAt = len(cmds)
+			cmds = append(cmds, s.client.B().Hexists().Key(metaKey(s.prefix)).Field("shards").Build())
+		}
 		return cmds
 	})
 	if err != nil {
 		return headsRead{}, err
+	}
+	if metaAt >= 0 {
+		if there, err := res[metaAt].AsBool(); err == nil && !there {
+			s.restoreMeta(ctx)
+		}
 	}
 	hinted := map[queueRef]bool{}
 	for i := range bounds {
