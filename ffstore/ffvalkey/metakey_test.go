@@ -10,7 +10,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/flowfabric/flowfabric/ffstore/ffvalkey"
-	"github.com/flowfabric/flowfabric/fftype"
 	"github.com/flowfabric/flowfabric/internal/engine"
 	"github.com/flowfabric/flowfabric/internal/testdb"
 )
@@ -92,21 +91,7 @@ func TestClusterMetaKeyLostOnNodeWithoutShards(t *testing.T) {
 	store := openStore(t, c.URL(), &ffvalkey.Options{KeyPrefix: prefix, Shards: shards})
 	e, err := engine.New(store, nil)
 	require.NoError(t, err)
-	roundTrip := func() error {
-		res, err := e.Create(ctx, fftype.CreateParams{Lane: workLane, Kind: "work"})
-		if err != nil {
-			return err
-		}
-		ls, err := e.Claim(ctx, fftype.ClaimParams{WorkerID: "w", WorkerInstanceID: "w1", Lanes: []string{workLane}})
-		if err != nil {
-			return err
-		}
-		if len(ls) != 1 || ls[0].ExecutionID != res.ID {
-			return nil
-		}
-		return e.Complete(ctx, ls[0].ExecutionID, ls[0].Fence, nil, "")
-	}
-	require.NoError(t, roundTrip())
+	roundTrip(t, e)
 
 	require.NoError(t, c.Nodes[metaNode].Restart()) // keeps nothing: the meta key is gone
 	waitClusterOK(t, c)
@@ -114,7 +99,7 @@ func TestClusterMetaKeyLostOnNodeWithoutShards(t *testing.T) {
 	// key back at its next full read of the queue heads.
 	raw := ffvalkey.Client(store)
 	require.Eventually(t, func() bool {
-		if roundTrip() != nil {
+		if _, err := tryRoundTrip(ctx, e); err != nil {
 			return false
 		}
 		n, err := raw.Do(ctx, raw.B().Hget().Key(prefix+":meta").Field("shards").Build()).ToString()
@@ -139,22 +124,12 @@ func TestRestartMetaKeyBackWhenAnotherStoreReloadedTheLibrary(t *testing.T) {
 	store := openStore(t, srv.URL(0), &ffvalkey.Options{Shards: 2})
 	e, err := engine.New(store, nil)
 	require.NoError(t, err)
-	roundTrip := func() {
-		t.Helper()
-		res, err := e.Create(ctx, fftype.CreateParams{Lane: workLane, Kind: "work"})
-		require.NoError(t, err)
-		ls, err := e.Claim(ctx, fftype.ClaimParams{WorkerID: "w", WorkerInstanceID: "w1", Lanes: []string{workLane}})
-		require.NoError(t, err)
-		require.Len(t, ls, 1)
-		require.Equal(t, res.ID, ls[0].ExecutionID)
-		require.NoError(t, e.Complete(ctx, ls[0].ExecutionID, ls[0].Fence, nil, ""))
-	}
-	roundTrip()
+	roundTrip(t, e)
 	require.NoError(t, srv.Restart())
 	openStore(t, srv.URL(0), &ffvalkey.Options{Shards: 4}) // another store, another prefix
 	raw := ffvalkey.Client(store)
 	require.Eventually(t, func() bool {
-		roundTrip()
+		roundTrip(t, e)
 		n, err := raw.Do(ctx, raw.B().Hget().Key(store.KeyPrefix()+":meta").Field("shards").Build()).ToString()
 		return err == nil && n == "2"
 	}, 30*time.Second, 20*time.Millisecond, "the meta key is written back")

@@ -2,6 +2,7 @@ package ffvalkey_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -27,6 +28,30 @@ func TestRestartDurable(t *testing.T) {
 	storetest.Restart{Executions: 600, ClaimCount: 2, Restart: srv.Restart}.Run(t, store)
 }
 
+// tryRoundTrip creates an execution through e, claims it and completes it.
+func tryRoundTrip(ctx context.Context, e *engine.Engine) (fftype.ExecutionID, error) {
+	res, err := e.Create(ctx, fftype.CreateParams{Lane: workLane, Kind: "work"})
+	if err != nil {
+		return "", err
+	}
+	ls, err := e.Claim(ctx, fftype.ClaimParams{WorkerID: "w", WorkerInstanceID: "w1", Lanes: []string{workLane}})
+	if err != nil {
+		return "", err
+	}
+	if len(ls) != 1 || ls[0].ExecutionID != res.ID {
+		return "", fmt.Errorf("claimed %v, not %s alone", ls, res.ID)
+	}
+	return res.ID, e.Complete(ctx, ls[0].ExecutionID, ls[0].Fence, nil, "")
+}
+
+// roundTrip is tryRoundTrip, which must succeed.
+func roundTrip(t *testing.T, e *engine.Engine) fftype.ExecutionID {
+	t.Helper()
+	id, err := tryRoundTrip(t.Context(), e)
+	require.NoError(t, err)
+	return id
+}
+
 // TestRestartWithoutPersistence restarts a server that keeps nothing: the store's keys
 // and its function library are gone. The open store loads the library again by itself
 // and takes new work with no manual step.
@@ -37,22 +62,11 @@ func TestRestartWithoutPersistence(t *testing.T) {
 	store := openStore(t, srv.URL(0), &ffvalkey.Options{Shards: 2})
 	e, err := engine.New(store, nil)
 	require.NoError(t, err)
-	roundTrip := func() fftype.ExecutionID {
-		t.Helper()
-		res, err := e.Create(ctx, fftype.CreateParams{Lane: workLane, Kind: "work"})
-		require.NoError(t, err)
-		ls, err := e.Claim(ctx, fftype.ClaimParams{WorkerID: "w", WorkerInstanceID: "w1", Lanes: []string{workLane}})
-		require.NoError(t, err)
-		require.Len(t, ls, 1)
-		require.Equal(t, res.ID, ls[0].ExecutionID)
-		require.NoError(t, e.Complete(ctx, ls[0].ExecutionID, ls[0].Fence, nil, ""))
-		return res.ID
-	}
-	id := roundTrip()
+	id := roundTrip(t, e)
 	require.NoError(t, srv.Restart())
 	_, err = e.Get(ctx, id)
 	require.ErrorIs(t, err, fftype.ErrExecutionNotFound, "the server kept nothing")
-	roundTrip() // reloads the library, recreates the meta key
+	roundTrip(t, e) // reloads the library, recreates the meta key
 	again := openStore(t, srv.URL(0), &ffvalkey.Options{KeyPrefix: store.KeyPrefix()})
 	require.Equal(t, 2, again.Shards(), "the meta key is back")
 }
