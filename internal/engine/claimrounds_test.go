@@ -172,9 +172,11 @@ func TestClaimLeavesItsRoundWhenItsContextEnds(t *testing.T) {
 	require.NoError(t, got.err)
 	require.Len(t, got.leases, 1)
 	kept := got.leases[0].ExecutionID
-	got = recv(t, claimAsync(t.Context(), e, "c"), "a later claim")
-	require.NoError(t, got.err)
-	require.Len(t, got.leases, 1, "the lease taken for the claim that gave up was released")
+	require.Eventually(t, func() bool { // the round releases it in the background
+		got = recv(t, claimAsync(t.Context(), e, "c"), "a later claim")
+		require.NoError(t, got.err)
+		return len(got.leases) == 1
+	}, waitLimit, time.Millisecond, "the lease taken for the claim that gave up was released")
 	require.NotEqual(t, kept, got.leases[0].ExecutionID)
 }
 
@@ -353,5 +355,6 @@ func TestRoundLeaderIsNotHeldByAnotherCallersRelease(t *testing.T) {
 	got = recv(t, led, "the leader's claim, whose lease (TTL 1s) the round took")
 	require.NoError(t, got.err)
 	require.Len(t, got.leases, 1)
-	store.waitHung(t, 0) // the release of b's lease gives up with its TTL
+	store.waitHung(t, 1) // the release of b's lease waits for the store,
+	store.waitHung(t, 0) // and gives up with its TTL
 }

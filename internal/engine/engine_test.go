@@ -2,6 +2,8 @@ package engine_test
 
 import (
 	"context"
+	"log/slog"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -273,4 +275,65 @@ func TestSubscriptionOutlivesABriefOutage(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("a subscription on a closed store did not end")
 	}
+}
+
+// shardDownStore answers ReadEvents on one shard with a retryable error, always (a
+// Cluster node that serves that shard is away); the other shards answer.
+type shardDownStore struct {
+	ffstore.Store
+	down int
+}
+
+func (s *shardDownStore) ReadEvents(ctx context.Context, shard int, after uint64, limit int) ([]fftype.Event, error) {
+	if shard == s.down {
+		return nil, fftype.NewError(fftype.KindUnavailable, fftype.CodeStoreUnavailable, "injected: the shard's node is away")
+	}
+	return s.Store.ReadEvents(ctx, shard, after, limit)
+}
+
+// retryLog records the retry_in of each "retrying" warning.
+type retryLog struct {
+	mu     sync.Mutex
+	delays []time.Duration
+}
+
+func (h *retryLog) Enabled(context.Context, slog.Level) bool { return true }
+func (h *retryLog) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h *retryLog) WithGroup(string) slog.Handler            { return h }
+func (h *retryLog) Handle(_ context.Context, r slog.Record) error {
+	r.Attrs(func(a slog.Attr) bool {
+		if a.Key == "retry_in" {
+			h.mu.Lock()
+			h.delays = append(h.delays, a.Value.Duration())
+			h.mu.Unlock()
+		}
+		return true
+	})
+	return nil
+}
+
+func (h *retryLog) snapshot() []time.Duration {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([]time.Duration(nil), h.delays...)
+}
+
+// TestSubscriptionBacksOffWhileOneShardIsDown: a subscription whose reads of one shard
+// keep failing with a retryable error backs off, although the other shards answer.
+func TestSubscriptionBacksOffWhileOneShardIsDown(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	st := &shardDownStore{Store: ffmem.New(&ffmem.Options{Shards: 2}), down: 1}
+	h := &retryLog{}
+	e, err := engine.New(st, &engine.Config{Logger: slog.New(h)})
+	require.NoError(t, err)
+	sub, err := e.Subscribe(ctx, fftype.EventFilter{}, engine.CursorStart)
+	require.NoError(t, err)
+	defer sub.Close()
+
+	require.Eventually(t, func() bool { return len(h.snapshot()) >= 6 }, 20*time.Second, 10*time.Millisecond)
+	delays := h.snapshot()[:6]
+	t.Logf("retry_in of the first six retries: %v", delays)
+	require.Greater(t, delays[5], delays[0],
+		"the backoff grows while one shard stays away")
 }

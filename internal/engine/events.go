@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"errors"
+	"log/slog"
 	"sync"
 	"time"
 
@@ -287,7 +288,7 @@ func (e *Engine) follow(ctx context.Context, pos []uint64, atStart []bool, wake 
 	defer poll.Stop()
 	retry := followRetryMin
 	for {
-		read := false
+		read, retried := false, false
 		for s := range pos {
 			evs, err := e.store.ReadEvents(ctx, s, pos[s], eventBatch)
 			if err != nil && atStart != nil && atStart[s] && errors.Is(err, fftype.ErrCursorExpired) {
@@ -299,8 +300,13 @@ func (e *Engine) follow(ctx context.Context, pos []uint64, atStart []bool, wake 
 			}
 			if err != nil && ctx.Err() == nil && fftype.IsRetryable(err) {
 				// The store is briefly away (a restart, a failover): the positions are
-				// kept, so reading again later misses nothing.
-				e.log.Warn("event subscription: reading the log failed; retrying", "shard", s, "err", err, "retry_in", retry)
+				// kept, so reading again later misses nothing. The first failure of a
+				// run of them is worth a warning, not every retry.
+				level := slog.LevelDebug
+				if retry == followRetryMin {
+					level = slog.LevelWarn
+				}
+				e.log.Log(ctx, level, "event subscription: reading the log failed; retrying", "shard", s, "err", err, "retry_in", retry)
 				poll.Reset(retry)
 				select {
 				case <-ctx.Done():
@@ -308,7 +314,7 @@ func (e *Engine) follow(ctx context.Context, pos []uint64, atStart []bool, wake 
 				case <-poll.C:
 				}
 				retry = min(2*retry, followRetryMax)
-				read = true // read every shard again before waiting for a change
+				retried = true
 				break
 			}
 			if err != nil {
@@ -317,7 +323,6 @@ func (e *Engine) follow(ctx context.Context, pos []uint64, atStart []bool, wake 
 				}
 				return err
 			}
-			retry = followRetryMin
 			if len(evs) > 0 && atStart != nil {
 				atStart[s] = false
 			}
@@ -332,6 +337,10 @@ func (e *Engine) follow(ctx context.Context, pos []uint64, atStart []bool, wake 
 			}
 			read = read || len(evs) > 0
 		}
+		if retried {
+			continue // read every shard again before waiting for a change
+		}
+		retry = followRetryMin // a whole pass read without an error
 		if read {
 			continue
 		}
