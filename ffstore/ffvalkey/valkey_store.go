@@ -266,13 +266,19 @@ func (s *Store) open(ctx context.Context, shards int) error {
 	return nil
 }
 
-// restoreMeta writes back the meta key that a full read of the queue heads found missing.
-// The loader writes it back when this process is the one that loads the library again
-// after the server lost everything, but another process (of another store on the server)
-// may load it first, and on a Cluster the node holding the meta key may hold none of the
-// store's shards, whose calls would find the library missing: without this, a process
-// opening the store afterwards would create it anew with the default shard count.
+// restoreMeta writes the meta key back if it is missing; a full read of the queue heads
+// calls it. The loader writes it back when this process is the one that loads the library
+// again after the server lost everything, but another process (of another store on the
+// server) may load it first, and on a Cluster the node holding the meta key may hold none
+// of the store's shards, whose calls would find the library missing: without this, a
+// process opening the store afterwards would create it anew with the default shard count.
+// A failure to look is ignored (the node holding the key may be away while the store's
+// shards are not): the next full read looks again.
 func (s *Store) restoreMeta(ctx context.Context) {
+	there, err := s.client.Do(ctx, s.client.B().Hexists().Key(metaKey(s.prefix)).Field("shards").Build()).AsBool()
+	if err != nil || there {
+		return
+	}
 	if _, err := s.ensureMeta(ctx, s.shards); err != nil {
 		s.log.Warn("ffvalkey: the store's meta key was missing and could not be written back", "err", err)
 		return
@@ -455,12 +461,10 @@ func (s *Store) readHeads(ctx context.Context, prefixes []string, plan headsPlan
 	}
 	// One round trip: the hint's entries for the prefixes, and the scanned shards'
 	// commit numbers and directories.
-	// A full read also checks that the meta key is there (see restoreMeta).
 	hint := hintKey(s.prefix)
 	per := 1 + len(bounds)
-	metaAt := -1
 	res, err := s.doMulti(ctx, "read queue directories", func() []rueidis.Completed {
-		cmds := make([]rueidis.Completed, 0, len(bounds)+len(scanned)*per+1)
+		cmds := make([]rueidis.Completed, 0, len(bounds)+len(scanned)*per)
 		for _, b := range bounds {
 			cmds = append(cmds, s.client.B().Zrange().Key(hint).Min(b.lo).Max(b.hi).Bylex().Build())
 		}
@@ -471,19 +475,10 @@ func (s *Store) readHeads(ctx context.Context, prefixes []string, plan headsPlan
 				cmds = append(cmds, s.client.B().Zrange().Key(k.dir).Min(b.lo).Max(b.hi).Bylex().Build())
 			}
 		}
-		if plan.full {
-			metaAt = len(cmds)
-			cmds = append(cmds, s.client.B().Hexists().Key(metaKey(s.prefix)).Field("shards").Build())
-		}
 		return cmds
 	})
 	if err != nil {
 		return headsRead{}, err
-	}
-	if metaAt >= 0 {
-		if there, err := res[metaAt].AsBool(); err == nil && !there {
-			s.restoreMeta(ctx)
-		}
 	}
 	hinted := map[queueRef]bool{}
 	for i := range bounds {
@@ -544,6 +539,7 @@ func (s *Store) readHeads(ctx context.Context, prefixes []string, plan headsPlan
 	}
 	if plan.full {
 		s.repairHint(ctx, hinted, listed, found)
+		s.restoreMeta(ctx)
 	}
 	return headsRead{found: found, vers: vers, scanned: isScanned, read: read}, nil
 }
