@@ -567,9 +567,9 @@ func missingCaps(have, need []string) string {
 
 // ClaimGrant consumes a grant: the worker it names gets a lease on the reserved execution
 // (a reclaim attempt for a reclaim grant). A grant that expired, was consumed, or names
-// another worker is refused and nothing changes. A grant on an execution past its
-// deadline is refused as invalid_claim_grant, and the execution ends as expired, as the
-// timer loop would end it.
+// another worker is refused and nothing changes. A grant still valid on an execution past
+// its deadline is refused as invalid_claim_grant, and the execution ends as expired, as
+// the timer loop would end it.
 func (e *Engine) ClaimGrant(ctx context.Context, p fftype.GrantClaimParams) (*fftype.Lease, error) {
 	w, err := checkClaimer(p.WorkerID, p.WorkerInstanceID, nil, p.LeaseTTL)
 	if err != nil {

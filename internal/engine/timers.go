@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"slices"
 	"time"
 
@@ -26,9 +27,14 @@ func (e *Engine) RunDue(ctx context.Context) (int, time.Time, error) {
 	return e.runDue(ctx, nil)
 }
 
-// runDue is RunDue restricted to the shards in only (every shard when only is nil).
+// runDue is RunDue restricted to the shards in only (every shard when only is nil). A
+// queue whose unit fails is left for the next call and the others go on, so that one
+// failing unit (a record that cannot be read, say) does not stop every other timer; the
+// first error is returned once the rest are done.
 func (e *Engine) runDue(ctx context.Context, only map[int]bool) (int, time.Time, error) {
 	handled := 0
+	var failed map[ffstore.QueueHead]bool // shard and queue of the units that failed
+	var firstErr error
 	for {
 		heads, err := e.store.QueueHeads(ctx, []string{timerPrefix})
 		if err != nil {
@@ -40,7 +46,8 @@ func (e *Engine) runDue(ctx context.Context, only map[int]bool) (int, time.Time,
 		// Earliest due first, whatever order the store listed the queues in.
 		slices.SortFunc(heads, func(a, b ffstore.QueueHead) int { return cmp.Compare(a.Item.Score, b.Item.Score) })
 		for _, h := range heads {
-			if !timerQueues[h.Queue] || only != nil && !only[h.Shard] {
+			key := ffstore.QueueHead{Shard: h.Shard, Queue: h.Queue}
+			if !timerQueues[h.Queue] || only != nil && !only[h.Shard] || failed[key] {
 				continue
 			}
 			if h.Item.Score > ms(now) {
@@ -51,13 +58,21 @@ func (e *Engine) runDue(ctx context.Context, only map[int]bool) (int, time.Time,
 			}
 			n, err := e.runTimer(ctx, h.Shard, h.Queue)
 			if err != nil {
-				return handled, time.Time{}, err
+				if ctx.Err() != nil {
+					return handled, time.Time{}, err
+				}
+				if failed == nil {
+					failed = map[ffstore.QueueHead]bool{}
+					firstErr = err
+				}
+				failed[key] = true
+				continue
 			}
 			handled += n
 			ran = true
 		}
 		if !ran {
-			return handled, next, nil
+			return handled, next, firstErr
 		}
 	}
 }
@@ -248,9 +263,10 @@ func (e *Engine) timerLoop(ctx context.Context) {
 				only[s] = true
 			}
 			_, next, err = e.runDue(ctx, only)
-			if err == nil && !e.now().Before(swept.Add(e.cfg.EventSweepInterval)) {
+			if !e.now().Before(swept.Add(e.cfg.EventSweepInterval)) { // even if a timer failed
 				swept = e.now()
-				_, err = e.sweepEvents(ctx, only)
+				_, serr := e.sweepEvents(ctx, only)
+				err = errors.Join(err, serr)
 			}
 		}
 		if err != nil && ctx.Err() == nil {

@@ -7,6 +7,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/flowfabric/flowfabric/ffstore"
 	"github.com/flowfabric/flowfabric/ffstore/ffmem"
 	"github.com/flowfabric/flowfabric/fftest"
 	"github.com/flowfabric/flowfabric/fftype"
@@ -83,4 +84,47 @@ func TestStartAfterItsContextEnded(t *testing.T) {
 		x, err := e.Get(t.Context(), res.ID)
 		return err == nil && x.PublicState() == fftype.StateWaiting
 	}, 10*time.Second, 5*time.Millisecond, "the new loop promotes the delayed execution")
+}
+
+// TestOneFailingTimerUnitStallsNoOther: a timer unit that keeps failing (here on an
+// unreadable record on one shard) holds back only its own queue: RunDue handles the other
+// due timers, and reports the failure.
+func TestOneFailingTimerUnitStallsNoOther(t *testing.T) {
+	t.Parallel()
+	clock := fftest.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	st := ffmem.New(&ffmem.Options{Shards: 2})
+	e, err := New(st, &Config{Clock: clock})
+	require.NoError(t, err)
+	ctx := t.Context()
+	// bad: delayed 1s on one shard; good: delayed 1m on the other shard.
+	var bad, good fftype.ExecutionID
+	badShard := -1
+	for bad == "" || good == "" {
+		delay := time.Minute
+		if bad == "" {
+			delay = time.Second
+		}
+		res, err := e.Create(ctx, fftype.CreateParams{Lane: "l", Kind: "k", Delay: fftype.Duration(delay)})
+		require.NoError(t, err)
+		s, err := e.checkID(res.ID)
+		require.NoError(t, err)
+		switch {
+		case bad == "":
+			bad, badShard = res.ID, s
+		case s != badShard && good == "":
+			good = res.ID
+		}
+	}
+	// bad's record becomes unreadable (a bug elsewhere, a partial write, a newer codec).
+	require.NoError(t, st.Update(ctx, badShard, func(tx ffstore.Tx) error {
+		tx.Put(execKey(bad), []byte("\x00not a record"))
+		return nil
+	}))
+	clock.Advance(time.Hour)
+	_, _, err = e.RunDue(ctx)
+	require.ErrorIs(t, err, fftype.ErrUnavailable, "the failure is reported")
+	x, err := e.Get(ctx, good)
+	require.NoError(t, err)
+	require.Equal(t, fftype.StateWaiting, x.PublicState(),
+		"the delayed execution on the other shard is promoted whatever the timer unit of another shard does")
 }
