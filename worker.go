@@ -788,8 +788,13 @@ func (w *Worker) watch(sub EventStream) {
 			if err == nil {
 				sub.Close()
 				sub = next
-				// Events appended while no feed was followed are not delivered: work they
-				// made eligible is claimed now rather than at the next poll.
+				// Events appended while no feed was followed are not delivered: the held
+				// tasks are checked again now that the new feed follows what comes next
+				// (a check before it could miss a cancel in between), and work those
+				// events made eligible is claimed now rather than at the next poll.
+				for _, t := range w.heldTasks(nil) {
+					w.confirm(t)
+				}
 				signal(w.wake)
 				break
 			}
