@@ -24,7 +24,6 @@ import (
 	"strings"
 	"time"
 	"unicode"
-	"unicode/utf8"
 
 	"github.com/flowfabric/flowfabric"
 	"github.com/flowfabric/flowfabric/ffserver"
@@ -359,8 +358,8 @@ func (c *Client) Complete(ctx context.Context, id fftype.ExecutionID, f fftype.F
 // encoding. Bytes that are not JSON under the JSON encoding are refused before any
 // request, as the engine refuses them in process.
 func wirePayload(field string, b []byte, enc fftype.PayloadEncoding) (json.RawMessage, string, error) {
-	if (enc == "" || enc == fftype.EncodingJSON) && len(b) > 0 && (!json.Valid(b) || !utf8.Valid(b)) {
-		return nil, "", fftype.Validationf(fftype.CodeInvalidInput, "%s is not valid JSON in UTF-8 (use the binary encoding for raw bytes)", field)
+	if _, err := fftype.CheckPayload(field, b, enc); err != nil {
+		return nil, "", err
 	}
 	raw, b64 := ffserver.EncodePayload(b, enc)
 	return raw, b64, nil

@@ -233,12 +233,13 @@ func DecodePayload(field string, raw json.RawMessage, b64 string) ([]byte, fftyp
 }
 
 // EncodePayload renders bytes as their wire form: a JSON value, or base64 for binary
-// data (and for bytes that are not valid JSON).
+// data (and for bytes that are not valid JSON, as records older than the UTF-8 check
+// may hold).
 func EncodePayload(b []byte, enc fftype.PayloadEncoding) (json.RawMessage, string) {
 	if len(b) == 0 {
 		return nil, ""
 	}
-	if enc == fftype.EncodingBinary || !json.Valid(b) {
+	if enc == fftype.EncodingBinary || !fftype.ValidJSON(b) {
 		return nil, base64.StdEncoding.EncodeToString(b)
 	}
 	return json.RawMessage(b), ""

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"math"
 	"time"
+	"unicode/utf8"
 )
 
 // Execution is the stored record of one execution: its identity, its state dimensions,
@@ -213,6 +214,27 @@ const (
 	EncodingJSON   PayloadEncoding = "json"
 	EncodingBinary PayloadEncoding = "binary"
 )
+
+// ValidJSON reports whether b is one JSON value in UTF-8, as JSON must be (RFC 8259);
+// json.Valid alone does not check the UTF-8.
+func ValidJSON(b []byte) bool { return json.Valid(b) && utf8.Valid(b) }
+
+// CheckPayload checks payload or result b, named field, against encoding enc ("" means
+// JSON): JSON must be empty or ValidJSON; binary may be any bytes. It returns the
+// effective encoding.
+func CheckPayload(field string, b []byte, enc PayloadEncoding) (PayloadEncoding, error) {
+	switch enc {
+	case "", EncodingJSON:
+		if len(b) > 0 && !ValidJSON(b) {
+			return "", Validationf(CodeInvalidInput, "%s is not valid JSON in UTF-8 (use the binary encoding for raw bytes)", field)
+		}
+		return EncodingJSON, nil
+	case EncodingBinary:
+		return enc, nil
+	default:
+		return "", Validationf(CodeInvalidInput, "%s encoding %q: want %q or %q", field, enc, EncodingJSON, EncodingBinary)
+	}
+}
 
 // Duration is a time.Duration that encodes in JSON as integer milliseconds.
 type Duration time.Duration

@@ -6,7 +6,6 @@ import (
 	"math/rand/v2"
 	"strconv"
 	"time"
-	"unicode/utf8"
 
 	"github.com/flowfabric/flowfabric/ffstore"
 	"github.com/flowfabric/flowfabric/fftype"
@@ -221,19 +220,7 @@ func (e *Engine) checkPayload(field string, b []byte, enc fftype.PayloadEncoding
 		return "", &fftype.Error{Kind: fftype.KindTooLarge, Code: fftype.CodePayloadTooLarge,
 			Message: field + " is larger than " + strconv.Itoa(e.cfg.MaxPayloadBytes) + " bytes"}
 	}
-	switch enc {
-	case "", fftype.EncodingJSON:
-		if len(b) > 0 && (!json.Valid(b) || !utf8.Valid(b)) {
-			// JSON is UTF-8 (RFC 8259), which json.Valid does not check: bytes that are
-			// not could not be sent to a worker as JSON.
-			return "", fftype.Validationf(fftype.CodeInvalidInput, "%s is not valid JSON in UTF-8 (use the binary encoding for raw bytes)", field)
-		}
-		return fftype.EncodingJSON, nil
-	case fftype.EncodingBinary:
-		return enc, nil
-	default:
-		return "", fftype.Validationf(fftype.CodeInvalidInput, "%s encoding %q: want %q or %q", field, enc, fftype.EncodingJSON, fftype.EncodingBinary)
-	}
+	return fftype.CheckPayload(field, b, enc)
 }
 
 // insert writes one prepared execution in a unit, or reports the existing duplicate.
