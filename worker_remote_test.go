@@ -19,12 +19,57 @@ import (
 	"github.com/flowfabric/flowfabric/fftest"
 )
 
-// swapHandler serves the current ffserver; streams signal once they flush (subscribed).
-type swapHandler struct {
+// remoteServer is an ffserver in front of an in-memory store that a test can take down
+// and bring back up (a new server on the same store), as a restart does. Event streams
+// signal on streams once they flush (the worker follows the log); while down it answers
+// 503, and a worker's attempt to follow the events again signals on downHits.
+type remoteServer struct {
+	store    *ffmem.Store
+	clock    *fftest.Clock
+	client   *flowfabric.Client // the current server's client
+	http     *httptest.Server
 	mu       sync.Mutex
 	srv      *ffserver.Server
+	down     atomic.Bool
 	streams  chan struct{}
+	downHits chan struct{}
 	nstreams atomic.Int32
+}
+
+func newRemoteServer(t *testing.T) *remoteServer {
+	t.Helper()
+	s := &remoteServer{store: ffmem.New(&ffmem.Options{Shards: 2}), clock: fftest.NewClock(testStart),
+		streams: make(chan struct{}, 10), downHits: make(chan struct{}, 1)}
+	s.start(t)
+	s.http = httptest.NewServer(s)
+	t.Cleanup(s.http.Close)
+	return s
+}
+
+// start serves the store with a new client and server.
+func (s *remoteServer) start(t *testing.T) *ffserver.Server {
+	t.Helper()
+	client, err := flowfabric.NewClient(s.store, &flowfabric.Config{Clock: s.clock})
+	require.NoError(t, err)
+	srv, err := ffserver.New(client, ffserver.Config{})
+	require.NoError(t, err)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.client, s.srv = client, srv
+	return srv
+}
+
+// worker opens a worker on an ffclient of the server that polls only when told to.
+func (s *remoteServer) worker(t *testing.T) *flowfabric.Worker {
+	t.Helper()
+	remote, err := ffclient.New(s.http.URL, &ffclient.Config{Clock: s.clock})
+	require.NoError(t, err)
+	cfg := config("i1")
+	cfg.ClaimPollInterval = time.Hour
+	w, err := flowfabric.NewWorker(t.Context(), remote, cfg, nil)
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, w.Close(context.Background())) })
+	return w
 }
 
 type flushHook struct {
@@ -40,13 +85,24 @@ func (f *flushHook) FlushError() error {
 }
 func (f *flushHook) Unwrap() http.ResponseWriter { return f.ResponseWriter }
 
-func (h *swapHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	h.mu.Lock()
-	srv := h.srv
-	h.mu.Unlock()
-	if r.URL.Path == "/v1/events" {
-		h.nstreams.Add(1)
-		w = &flushHook{ResponseWriter: w, fn: func() { h.streams <- struct{}{} }}
+func (s *remoteServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	events := r.URL.Path == "/v1/events"
+	if s.down.Load() {
+		if events {
+			select {
+			case s.downHits <- struct{}{}:
+			default:
+			}
+		}
+		http.Error(w, "restarting", http.StatusServiceUnavailable)
+		return
+	}
+	s.mu.Lock()
+	srv := s.srv
+	s.mu.Unlock()
+	if events {
+		s.nstreams.Add(1)
+		w = &flushHook{ResponseWriter: w, fn: func() { s.streams <- struct{}{} }}
 	}
 	srv.ServeHTTP(w, r)
 }
@@ -58,66 +114,46 @@ func TestRemoteWatchResumesAfterServerRestart(t *testing.T) {
 
 func remoteRestart(t *testing.T, abrupt bool) {
 	ctx := t.Context()
-	store := ffmem.New(&ffmem.Options{Shards: 2})
-	clock := fftest.NewClock(testStart)
-	client1, err := flowfabric.NewClient(store, &flowfabric.Config{Clock: clock})
-	require.NoError(t, err)
-	srv1, err := ffserver.New(client1, ffserver.Config{})
-	require.NoError(t, err)
-	h := &swapHandler{srv: srv1, streams: make(chan struct{}, 10)}
-	hs := httptest.NewServer(h)
-	t.Cleanup(hs.Close)
-	remote, err := ffclient.New(hs.URL, &ffclient.Config{Clock: clock})
-	require.NoError(t, err)
-
-	cfg := config("i1")
-	cfg.ClaimPollInterval = time.Hour
-	w, err := flowfabric.NewWorker(ctx, remote, cfg, nil)
-	require.NoError(t, err)
-	t.Cleanup(func() { require.NoError(t, w.Close(context.Background())) })
+	s := newRemoteServer(t)
+	w := s.worker(t)
 	sig := flowfabric.EnableSignals(w)
 	flowfabric.SetIdleBackoff(w, time.Hour)
 	bl := newBlocker()
 	flowfabric.Handle(w, "block", bl.handle)
 	run(t, w)
-	recv(t, h.streams, "the first stream")
+	recv(t, s.streams, "the first stream")
 	recv(t, sig.Idle, "Run to go idle")
 
-	held, err := client1.Create(ctx, flowfabric.CreateParams{Lane: testLane, Kind: "block"})
+	held, err := s.client.Create(ctx, flowfabric.CreateParams{Lane: testLane, Kind: "block"})
 	require.NoError(t, err)
 	require.Equal(t, held.ID, recv(t, bl.started, "the handler"))
 
 	// The server restarts: its streams end, a new server on the same store takes over.
-	client2, err := flowfabric.NewClient(store, &flowfabric.Config{Clock: clock})
-	require.NoError(t, err)
-	srv2, err := ffserver.New(client2, ffserver.Config{})
-	require.NoError(t, err)
-	h.mu.Lock()
-	h.srv = srv2
-	h.mu.Unlock()
+	old := s.srv
+	s.start(t)
 	if abrupt {
-		hs.CloseClientConnections()
+		s.http.CloseClientConnections()
 	} else {
-		srv1.BeginShutdown()
+		old.BeginShutdown()
 	}
-	srv1.Close()
-	recv(t, h.streams, "the worker's new stream")
+	old.Close()
+	recv(t, s.streams, "the worker's new stream")
 
 	// A revoke on the new server reaches the held task through the new stream.
-	require.NoError(t, client2.Revoke(ctx, held.ID, "rebalancing"))
+	require.NoError(t, s.client.Revoke(ctx, held.ID, "rebalancing"))
 	require.ErrorIs(t, recv(t, bl.causes, "the revoke"), flowfabric.ErrLeaseRevoked)
 	require.Equal(t, held.ID, recv(t, bl.started, "the reclaim"))
-	require.NoError(t, client2.Cancel(ctx, held.ID, flowfabric.CancelParams{Reason: "done"}))
+	require.NoError(t, s.client.Cancel(ctx, held.ID, flowfabric.CancelParams{Reason: "done"}))
 	require.ErrorIs(t, recv(t, bl.causes, "the cancel"), flowfabric.ErrExecutionCancelled)
 
 	// New work wakes Run through the new stream.
 	recv(t, sig.Idle, "Run to go idle again")
-	x, err := client2.Create(ctx, flowfabric.CreateParams{Lane: testLane, Kind: "block"})
+	x, err := s.client.Create(ctx, flowfabric.CreateParams{Lane: testLane, Kind: "block"})
 	require.NoError(t, err)
 	require.Equal(t, x.ID, recv(t, bl.started, "the new work"))
-	require.NoError(t, client2.Cancel(ctx, x.ID, flowfabric.CancelParams{}))
+	require.NoError(t, s.client.Cancel(ctx, x.ID, flowfabric.CancelParams{}))
 	recv(t, bl.causes, "the cancel")
-	require.EqualValues(t, 2, h.nstreams.Load())
+	require.EqualValues(t, 2, s.nstreams.Load())
 }
 
 const trickyJSON = "{\"s\":\"<a href=\\\"x\\\">&amp; \u2028 \u2029 é 日本 😀 \\u003c\"}"
@@ -153,77 +189,35 @@ func TestRemotePayloadsRoundTrip(t *testing.T) {
 	require.Equal(t, reason, rx.FailureReason)
 }
 
-// downHandler answers 503 to everything while down, else serves the current server.
-type downHandler struct {
-	swapHandler
-	down     atomic.Bool
-	downHits chan struct{}
-}
-
-func (h *downHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if h.down.Load() {
-		if r.URL.Path == "/v1/events" {
-			select {
-			case h.downHits <- struct{}{}:
-			default:
-			}
-		}
-		http.Error(w, "restarting", http.StatusServiceUnavailable)
-		return
-	}
-	h.swapHandler.ServeHTTP(w, r)
-}
-
 // A cancel made (through another server on the store, or in process) while the worker's
 // server restarts reaches the running handler: the worker checks its held tasks again
 // once it follows the new feed.
 func TestRemoteCancelDuringServerRestartReachesTheHandler(t *testing.T) {
 	ctx := t.Context()
-	store := ffmem.New(&ffmem.Options{Shards: 2})
-	clock := fftest.NewClock(testStart)
-	client1, err := flowfabric.NewClient(store, &flowfabric.Config{Clock: clock})
-	require.NoError(t, err)
-	srv1, err := ffserver.New(client1, ffserver.Config{})
-	require.NoError(t, err)
-	h := &downHandler{swapHandler: swapHandler{srv: srv1, streams: make(chan struct{}, 10)}, downHits: make(chan struct{}, 1)}
-	hs := httptest.NewServer(h)
-	t.Cleanup(hs.Close)
-	remote, err := ffclient.New(hs.URL, &ffclient.Config{Clock: clock})
-	require.NoError(t, err)
-
-	cfg := config("i1")
-	cfg.ClaimPollInterval = time.Hour
-	w, err := flowfabric.NewWorker(ctx, remote, cfg, nil)
-	require.NoError(t, err)
-	t.Cleanup(func() { require.NoError(t, w.Close(context.Background())) })
+	s := newRemoteServer(t)
+	w := s.worker(t)
 	bl := newBlocker()
 	flowfabric.Handle(w, "block", bl.handle)
 	run(t, w)
-	recv(t, h.streams, "the first stream")
+	recv(t, s.streams, "the first stream")
 
-	held, err := client1.Create(ctx, flowfabric.CreateParams{Lane: testLane, Kind: "block"})
+	held, err := s.client.Create(ctx, flowfabric.CreateParams{Lane: testLane, Kind: "block"})
 	require.NoError(t, err)
 	require.Equal(t, held.ID, recv(t, bl.started, "the handler"))
 
 	// The server goes down: its stream ends and it answers 503 until it is back.
-	h.down.Store(true)
-	srv1.BeginShutdown()
-	srv1.Close()
-	recv(t, h.downHits, "the worker trying to follow the events again")
+	s.down.Store(true)
+	s.srv.BeginShutdown()
+	s.srv.Close()
+	recv(t, s.downHits, "the worker trying to follow the events again")
 
 	// Meanwhile an operator cancels the execution (another server on the same store).
-	require.NoError(t, client1.Cancel(ctx, held.ID, flowfabric.CancelParams{Reason: "not needed"}))
+	require.NoError(t, s.client.Cancel(ctx, held.ID, flowfabric.CancelParams{Reason: "not needed"}))
 
 	// The server is back on the same store.
-	client2, err := flowfabric.NewClient(store, &flowfabric.Config{Clock: clock})
-	require.NoError(t, err)
-	srv2, err := ffserver.New(client2, ffserver.Config{})
-	require.NoError(t, err)
-	h.mu.Lock()
-	h.srv = srv2
-	h.mu.Unlock()
-	h.down.Store(false)
-	recv(t, h.streams, "the worker's new stream")
+	s.start(t)
+	s.down.Store(false)
+	recv(t, s.streams, "the worker's new stream")
 
 	select {
 	case cause := <-bl.causes:
