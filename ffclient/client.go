@@ -35,8 +35,13 @@ type Config struct {
 	// Token is sent as "Authorization: Bearer <token>" when set.
 	Token string
 	// HTTPClient makes the requests. Nil means a client with no overall timeout (claims
-	// long-poll and event streams stay open); bound calls with their context.
+	// long-poll and event streams stay open); bound calls with their context or Timeout.
 	HTTPClient *http.Client
+	// Timeout bounds how long a call waits for the server's answer to begin: to connect,
+	// send, and get the answer's headers; a claim that long-polls gets its wait on top.
+	// The body is not bounded, so event streams stay open. A call that runs out of it fails
+	// with a retryable unavailable error. 0 means no bound but the call's context.
+	Timeout time.Duration
 	// Clock is what [Client.Clock] returns: the time source of workers running on this
 	// client. Nil means a clock that follows the server's engine clock (see
 	// [Client.Clock]). Tests pass the fake clock their in-process server runs on.
@@ -45,10 +50,11 @@ type Config struct {
 
 // Client calls one FlowFabric server. It is safe for concurrent use.
 type Client struct {
-	base  string
-	token string
-	http  *http.Client
-	clock fftype.Clock
+	base    string
+	token   string
+	http    *http.Client
+	timeout time.Duration
+	clock   fftype.Clock
 }
 
 // New returns a client for the server at baseURL, e.g. "http://127.0.0.1:8080".
@@ -71,6 +77,10 @@ func New(baseURL string, cfg *Config) (*Client, error) {
 		if cfg.HTTPClient != nil {
 			c.http = cfg.HTTPClient
 		}
+		if cfg.Timeout < 0 {
+			return nil, fftype.Validationf(fftype.CodeInvalidInput, "ffclient: Timeout must not be negative")
+		}
+		c.timeout = cfg.Timeout
 		c.clock = cfg.Clock
 	}
 	if c.clock == nil {
@@ -111,6 +121,48 @@ func decodeBody(resp *http.Response, out any) error {
 	return nil
 }
 
+// errNoAnswer is the cause of a call that ran out of Config.Timeout.
+var errNoAnswer = errors.New("ffclient: the server's answer did not begin within the timeout")
+
+// do sends req, whose body is in, bounded by the client's timeout until its answer begins
+// (see Config.Timeout); the answer's body cancels the request's context once closed.
+func (c *Client) do(req *http.Request, in any) (*http.Response, error) {
+	if c.timeout == 0 {
+		return c.http.Do(req)
+	}
+	d := c.timeout
+	if claim, ok := in.(ffserver.ClaimRequest); ok {
+		d += time.Duration(claim.WaitMS) * time.Millisecond
+	}
+	ctx, cancel := context.WithCancelCause(req.Context())
+	timer := time.AfterFunc(d, func() { cancel(errNoAnswer) })
+	resp, err := c.http.Do(req.WithContext(ctx))
+	if !timer.Stop() {
+		if err == nil {
+			_ = resp.Body.Close()
+		}
+		cancel(nil)
+		return nil, fmt.Errorf("%w (%s)", errNoAnswer, d)
+	}
+	if err != nil {
+		cancel(nil)
+		return nil, err
+	}
+	resp.Body = cancelOnClose{ReadCloser: resp.Body, cancel: func() { cancel(nil) }}
+	return resp, nil
+}
+
+// cancelOnClose is the body of an answer that cancels its request's context once closed.
+type cancelOnClose struct {
+	io.ReadCloser
+	cancel func()
+}
+
+func (c cancelOnClose) Close() error {
+	defer c.cancel()
+	return c.ReadCloser.Close()
+}
+
 // send performs a request and turns any non-2xx answer into an error.
 func (c *Client) send(ctx context.Context, method, path string, in any) (*http.Response, error) {
 	var body io.Reader
@@ -131,7 +183,7 @@ func (c *Client) send(ctx context.Context, method, path string, in any) (*http.R
 	if c.token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.token)
 	}
-	resp, err := c.http.Do(req)
+	resp, err := c.do(req, in)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()

@@ -3,6 +3,7 @@ package ffclient_test
 import (
 	"context"
 	"errors"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -376,4 +377,34 @@ func TestBulkItemNotUTF8FailsAlone(t *testing.T) {
 	remote := c.CreateMany(t.Context(), ps)
 	require.NoError(t, remote[0].Err, "over HTTP the valid item is created too")
 	require.ErrorIs(t, remote[1].Err, fftype.ErrValidation)
+}
+
+// TestTimeoutGivesAClaimItsWait: Config.Timeout bounds how long a call waits for the
+// server's answer, a long-polling claim's wait on top, so that a claim outlasts a short
+// timeout while other calls to a server that does not answer fail, retryable.
+func TestTimeoutGivesAClaimItsWait(t *testing.T) {
+	t.Parallel()
+	const timeout = 100 * time.Millisecond
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select { // a server answering later than the timeout
+		case <-time.After(3 * timeout):
+		case <-r.Context().Done():
+			return
+		}
+		_, _ = io.WriteString(w, `{"leases":[]}`)
+	}))
+	defer slow.Close()
+	c, err := ffclient.New(slow.URL, &ffclient.Config{Timeout: timeout})
+	require.NoError(t, err)
+	ctx := t.Context()
+	leases, err := c.ClaimWait(ctx, fftype.ClaimParams{WorkerID: "w", WorkerInstanceID: "w1", Lanes: []string{"l"}}, time.Second)
+	require.NoError(t, err, "the claim waits for the server for its wait on top")
+	require.Empty(t, leases)
+	_, err = c.Claim(ctx, fftype.ClaimParams{WorkerID: "w", WorkerInstanceID: "w1", Lanes: []string{"l"}})
+	require.ErrorIs(t, err, fftype.ErrUnavailable, "a claim that does not wait has the timeout alone")
+	require.True(t, fftype.IsRetryable(err))
+	require.ErrorContains(t, err, "did not begin within the timeout (100ms)")
+
+	_, err = ffclient.New(slow.URL, &ffclient.Config{Timeout: -time.Second})
+	require.ErrorIs(t, err, fftype.ErrValidation)
 }

@@ -1,15 +1,12 @@
 package ffcli
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"strconv"
-	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -41,50 +38,7 @@ func (r *remote) client() (*ffclient.Client, error) {
 	if r.timeout <= 0 {
 		return nil, fmt.Errorf("--timeout %s: want more than 0", r.timeout)
 	}
-	return ffclient.New(r.server, &ffclient.Config{Token: r.token,
-		HTTPClient: &http.Client{Transport: bounded{next: http.DefaultTransport, timeout: r.timeout}}})
-}
-
-// bounded is an http.RoundTripper that gives each request timeout to connect, be sent and
-// have its answer begin; a claim gets claimWait, the longest it waits on the server for
-// work, on top. The body of an answer is not bounded, so that an event stream stays open.
-type bounded struct {
-	next    http.RoundTripper
-	timeout time.Duration
-}
-
-func (b bounded) RoundTrip(req *http.Request) (*http.Response, error) {
-	d := b.timeout
-	if strings.HasSuffix(req.URL.Path, "/v1/claim") {
-		d += claimWait
-	}
-	ctx, cancel := context.WithCancel(req.Context())
-	timer := time.AfterFunc(d, cancel)
-	resp, err := b.next.RoundTrip(req.WithContext(ctx))
-	switch {
-	case !timer.Stop():
-		if err == nil {
-			_ = resp.Body.Close()
-		}
-		cancel()
-		return nil, fmt.Errorf("the server did not answer within %s (--timeout)", d)
-	case err != nil:
-		cancel()
-		return nil, err
-	}
-	resp.Body = cancelOnClose{ReadCloser: resp.Body, cancel: cancel}
-	return resp, nil
-}
-
-// cancelOnClose is the body of an answer that cancels its request's context once closed.
-type cancelOnClose struct {
-	io.ReadCloser
-	cancel context.CancelFunc
-}
-
-func (c cancelOnClose) Close() error {
-	defer c.cancel()
-	return c.ReadCloser.Close()
+	return ffclient.New(r.server, &ffclient.Config{Token: r.token, Timeout: r.timeout})
 }
 
 // printJSON writes v as indented JSON.
