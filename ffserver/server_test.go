@@ -144,6 +144,21 @@ func (b *testBundle) call(method, path string, body any, status int, out any) {
 }
 
 // requireError requires an error answer with status and code.
+// claimOne creates an execution with p (lane "l" and kind "k" when not set) and claims it
+// over HTTP, returning its lease.
+func (b *testBundle) claimOne(p fftype.CreateParams) ffserver.LeaseView {
+	b.t.Helper()
+	if p.Lane == "" {
+		p.Lane, p.Kind = "l", "k"
+	}
+	_, err := b.client.Create(b.t.Context(), p)
+	require.NoError(b.t, err)
+	var claim ffserver.ClaimResponse
+	b.call("POST", "/v1/claim", map[string]any{"worker_id": "w", "worker_instance_id": "w1", "lanes": []string{p.Lane}}, 200, &claim)
+	require.Len(b.t, claim.Leases, 1)
+	return claim.Leases[0]
+}
+
 func (b *testBundle) requireError(method, path string, body any, status int, code string) {
 	b.t.Helper()
 	got, raw := b.do(method, path, body)
@@ -304,11 +319,7 @@ func TestMissingRequiredFieldChangesNothing(t *testing.T) {
 func TestNullDelayIsRefused(t *testing.T) {
 	t.Parallel()
 	b := setup(t, ffserver.Config{})
-	_, err := b.client.Create(t.Context(), fftype.CreateParams{Lane: "l", Kind: "k"})
-	require.NoError(t, err)
-	var claim ffserver.ClaimResponse
-	b.call("POST", "/v1/claim", map[string]any{"worker_id": "w", "worker_instance_id": "w1", "lanes": []string{"l"}}, 200, &claim)
-	l := claim.Leases[0]
+	l := b.claimOne(fftype.CreateParams{Lane: "l", Kind: "k"})
 	path := "/v1/executions/" + string(l.ExecutionID)
 	b.requireError("POST", path+"/delay", map[string]any{"fence": l.Fence, "delay_ms": nil}, 400, fftype.CodeInvalidInput)
 	b.requireError("POST", path+"/progress", map[string]any{"fence": l.Fence, "percent": nil}, 400, fftype.CodeInvalidInput)
@@ -564,11 +575,7 @@ func TestEventsRefuseAnExpiredResume(t *testing.T) {
 func TestDeadLetterAndReplay(t *testing.T) {
 	t.Parallel()
 	b := setup(t, ffserver.Config{})
-	_, err := b.client.Create(t.Context(), fftype.CreateParams{Lane: "l", Kind: "k", Policy: fftype.Policy{Retry: &fftype.RetryPolicy{}}})
-	require.NoError(t, err)
-	var claim ffserver.ClaimResponse
-	b.call("POST", "/v1/claim", map[string]any{"worker_id": "w", "worker_instance_id": "w1", "lanes": []string{"l"}}, 200, &claim)
-	l := claim.Leases[0]
+	l := b.claimOne(fftype.CreateParams{Lane: "l", Kind: "k", Policy: fftype.Policy{Retry: &fftype.RetryPolicy{}}})
 	var out fftype.FailOutcome
 	b.call("POST", "/v1/executions/"+string(l.ExecutionID)+"/fail", map[string]any{"fence": l.Fence, "reason": "boom"}, 200, &out)
 	require.False(t, out.RetryScheduled)
@@ -678,11 +685,7 @@ func TestReplayRoutes(t *testing.T) {
 	b.requireError("POST", "/v1/executions/"+id+"/replay", nil, 429, fftype.CodeMaxReplaysExhausted)
 	requireDocumented(t, ffserver.OpenAPI(), "POST", "/v1/executions/{id}/replay", "429")
 
-	_, err = b.client.Create(t.Context(), fftype.CreateParams{Lane: "done", Kind: "k"})
-	require.NoError(t, err)
-	var claim ffserver.ClaimResponse
-	b.call("POST", "/v1/claim", map[string]any{"worker_id": "w", "worker_instance_id": "w1", "lanes": []string{"done"}}, 200, &claim)
-	l := claim.Leases[0]
+	l := b.claimOne(fftype.CreateParams{Lane: "done", Kind: "k"})
 	done := string(l.ExecutionID)
 	b.call("POST", "/v1/executions/"+done+"/complete", map[string]any{"fence": l.Fence, "result": map[string]int{"a": 1}}, 200, nil)
 	var rep ffserver.ReplayManyResponse
@@ -699,11 +702,7 @@ func TestReplayRoutes(t *testing.T) {
 func TestBinaryResultThatReadsAsJSON(t *testing.T) {
 	t.Parallel()
 	b := setup(t, ffserver.Config{})
-	_, err := b.client.Create(t.Context(), fftype.CreateParams{Lane: "l", Kind: "k"})
-	require.NoError(t, err)
-	var claim ffserver.ClaimResponse
-	b.call("POST", "/v1/claim", map[string]any{"worker_id": "w", "worker_instance_id": "w1", "lanes": []string{"l"}}, 200, &claim)
-	l := claim.Leases[0]
+	l := b.claimOne(fftype.CreateParams{Lane: "l", Kind: "k"})
 	id := string(l.ExecutionID)
 	b.call("POST", "/v1/executions/"+id+"/complete", map[string]any{"fence": l.Fence,
 		"result_base64": base64.StdEncoding.EncodeToString([]byte("null"))}, 200, nil)

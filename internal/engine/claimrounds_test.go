@@ -38,6 +38,20 @@ type unitGate struct {
 
 func newGatedStore() *gatedStore { return &gatedStore{Store: ffmem.New(&ffmem.Options{Shards: 1})} }
 
+// newGatedEngine returns an engine on a gatedStore holding n executions waiting in lane
+// "l".
+func newGatedEngine(t *testing.T, n int) (*gatedStore, *Engine) {
+	t.Helper()
+	store := newGatedStore()
+	e, err := New(store, nil)
+	require.NoError(t, err)
+	for range n {
+		_, err := e.Create(t.Context(), fftype.CreateParams{Lane: "l", Kind: "k"})
+		require.NoError(t, err)
+	}
+	return store, e
+}
+
 // arm gates the next unit.
 func (s *gatedStore) arm() *unitGate {
 	s.mu.Lock()
@@ -146,13 +160,7 @@ func TestClaimWhoseCallerGaveUp(t *testing.T) {
 // round took for it are released.
 func TestClaimLeavesItsRoundWhenItsContextEnds(t *testing.T) {
 	t.Parallel()
-	store := newGatedStore()
-	e, err := New(store, nil)
-	require.NoError(t, err)
-	for range 2 {
-		_, err := e.Create(t.Context(), fftype.CreateParams{Lane: "l", Kind: "k"})
-		require.NoError(t, err)
-	}
+	store, e := newGatedEngine(t, 2)
 
 	g := store.arm()
 	led := claimAsync(t.Context(), e, "a")
@@ -184,11 +192,7 @@ func TestClaimLeavesItsRoundWhenItsContextEnds(t *testing.T) {
 // context ends, even though the store never answers its round's unit.
 func TestClaimOnAStoreThatStoppedAnswering(t *testing.T) {
 	t.Parallel()
-	store := newGatedStore()
-	e, err := New(store, nil)
-	require.NoError(t, err)
-	_, err = e.Create(t.Context(), fftype.CreateParams{Lane: "l", Kind: "k"})
-	require.NoError(t, err)
+	store, e := newGatedEngine(t, 1)
 
 	store.hung.Store(true)
 	ctx, cancel := context.WithCancel(t.Context())
@@ -205,11 +209,7 @@ func TestClaimOnAStoreThatStoppedAnswering(t *testing.T) {
 // anyway: a store that stopped answering holds it no longer.
 func TestClaimReleasesNoLongerThanTheLeasesLast(t *testing.T) {
 	t.Parallel()
-	store := newGatedStore()
-	e, err := New(store, nil)
-	require.NoError(t, err)
-	_, err = e.Create(t.Context(), fftype.CreateParams{Lane: "l", Kind: "k"})
-	require.NoError(t, err)
+	store, e := newGatedEngine(t, 1)
 
 	g := store.arm()
 	ctx, cancel := context.WithCancel(t.Context())
@@ -325,13 +325,7 @@ func TestClaimRoundRequeuesLateCallsItCannotServe(t *testing.T) {
 // (which may take that lease's TTL).
 func TestRoundLeaderIsNotHeldByAnotherCallersRelease(t *testing.T) {
 	t.Parallel()
-	store := newGatedStore()
-	e, err := New(store, nil)
-	require.NoError(t, err)
-	for range 2 {
-		_, err := e.Create(t.Context(), fftype.CreateParams{Lane: "l", Kind: "k"})
-		require.NoError(t, err)
-	}
+	store, e := newGatedEngine(t, 2)
 
 	g := store.arm()
 	led := claimAsync(t.Context(), e, "a") // lease TTL 1s
