@@ -76,18 +76,18 @@ func (s *Store) readClock() (time.Time, error) {
 	ctx, cancel := context.WithTimeout(s.stopCtx, s.opts.ConnectTimeout)
 	defer cancel()
 	reused := c.conn != nil && !c.conn.IsClosed()
-	now, err := c.read(ctx, s.connConfig())
+	now, err := c.read(ctx, s.connect)
 	if err != nil && reused && ctx.Err() == nil {
-		now, err = c.read(ctx, s.connConfig())
+		now, err = c.read(ctx, s.connect)
 	}
 	return now, translate(ctx, err, "read clock")
 }
 
 // read runs the clock query on c's connection, connecting first if there is none. A
 // connection whose query failed is closed and dropped. The caller holds connMu.
-func (c *storeClock) read(ctx context.Context, cfg *pgx.ConnConfig) (time.Time, error) {
+func (c *storeClock) read(ctx context.Context, connect func(context.Context) (*pgx.Conn, error)) (time.Time, error) {
 	if c.conn == nil || c.conn.IsClosed() {
-		conn, err := pgx.ConnectConfig(ctx, cfg)
+		conn, err := connect(ctx)
 		if err != nil {
 			return time.Time{}, err
 		}

@@ -62,6 +62,9 @@ const (
 	stateInvalidPassword       = "28P01"
 	stateUndefinedObject       = "42704"
 	stateInsufficientPrivilege = "42501"
+	stateReadOnlyTransaction   = "25006"
+	stateIdleInTxTimeout       = "25P03"
+	stateTransactionTimeout    = "25P04"
 )
 
 // cannotUse says why the database cannot be used, for a SQLSTATE of class 28, 3D000 or
@@ -115,9 +118,16 @@ func translate(ctx context.Context, err error, op string) error {
 			e.Kind, e.Code, e.Retryable = fftype.KindTooLarge, fftype.CodePayloadTooLarge, false
 			e.Message = fmt.Sprintf("postgres %s: value exceeds a Postgres limit", op)
 		case strings.HasPrefix(pgErr.Code, "08"), strings.HasPrefix(pgErr.Code, "53"),
-			strings.HasPrefix(pgErr.Code, "57"), strings.HasPrefix(pgErr.Code, "58"):
+			strings.HasPrefix(pgErr.Code, "57"), strings.HasPrefix(pgErr.Code, "58"),
+			pgErr.Code == stateIdleInTxTimeout, pgErr.Code == stateTransactionTimeout:
 			// Connection exceptions, insufficient resources, operator intervention
-			// (shutdown, restart), system errors: the database may come back.
+			// (shutdown, restart), system errors, a session the server ended for taking
+			// too long: nothing was written, and the database may come back.
+		case pgErr.Code == stateReadOnlyTransaction:
+			// A server that refuses writes: a standby, or a primary turned read-only
+			// during a failover. Open's connections reach only a writable server, so the
+			// next connection may find the new primary.
+			e.Message = fmt.Sprintf("postgres %s: the database is read-only (a standby, or a failover in progress)", op)
 		case errors.As(err, &connectErr) && (strings.HasPrefix(pgErr.Code, "22") || pgErr.Code == stateUndefinedObject):
 			// Opening a connection, the server refused a setting the connection string
 			// gave it (an unknown parameter, a bad value): the input is wrong, and stays
@@ -141,6 +151,8 @@ func translate(ctx context.Context, err error, op string) error {
 	}
 	var netErr net.Error
 	switch {
+	case errors.Is(err, pgconn.ErrReadOnlyConnection):
+		e.Message = "postgres " + op + ": the database is read-only (a standby, or a failover in progress)"
 	case errors.As(err, &connectErr):
 		e.Message = "postgres " + op + ": cannot connect to the database"
 	case errors.As(err, &netErr), errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), pgconn.SafeToRetry(err):

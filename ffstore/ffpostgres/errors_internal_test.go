@@ -3,6 +3,7 @@ package ffpostgres
 import (
 	"context"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/stretchr/testify/require"
@@ -26,5 +27,36 @@ func TestTranslateSaysWhyTheDatabaseCannotBeUsed(t *testing.T) {
 		require.False(t, fftype.IsRetryable(err), state)
 		require.ErrorContains(t, err, "postgres connect: cannot use the database: "+says, state)
 		require.ErrorContains(t, err, "(SQLSTATE "+state+")")
+	}
+}
+
+// TestTranslateRetriesPassingStates pins the SQLSTATEs that end or refuse a unit for a
+// passing reason of the server's (a session ended for idling in a transaction or
+// running too long, a read-only server during a failover): nothing was written, and the
+// unit may be retried.
+func TestTranslateRetriesPassingStates(t *testing.T) {
+	t.Parallel()
+	for _, state := range []string{"25006", "25P03", "25P04", "57P01", "08006", "53300"} {
+		err := translate(context.Background(), &pgconn.PgError{Code: state}, "commit")
+		require.ErrorIs(t, err, fftype.ErrUnavailable, state)
+		require.True(t, fftype.IsRetryable(err), state)
+	}
+	err := translate(context.Background(), &pgconn.PgError{Code: "25001"}, "commit")
+	require.False(t, fftype.IsRetryable(err), "a transaction state the store itself got wrong is not passing")
+}
+
+// TestCallBoundFollowsTheStatementTimeout pins that what bounds a unit's commit and a
+// shared heads query is as long as the longest statement allowed: a statement timeout
+// set above the default is honoured there too, and a shorter one or none keeps the
+// default's bound.
+func TestCallBoundFollowsTheStatementTimeout(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct{ statement, want time.Duration }{
+		{90 * time.Second, 91 * time.Second},
+		{5 * time.Second, time.Second + DefaultStatementTimeout},
+		{-1, time.Second + DefaultStatementTimeout},
+	} {
+		o := Options{ConnectTimeout: time.Second, StatementTimeout: c.statement}
+		require.Equal(t, c.want, o.callBound(), "statement timeout %v", c.statement)
 	}
 }

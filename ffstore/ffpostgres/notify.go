@@ -127,8 +127,8 @@ const listenIdle = 30 * time.Second
 // connection fails or the store closes.
 func (s *Store) listenOnce(listening func()) error {
 	ctx, cancel := context.WithTimeout(s.stopCtx, s.opts.ConnectTimeout)
-	conn, err := pgx.ConnectConfig(ctx, s.connConfig())
-	cancel()
+	defer cancel()
+	conn, err := s.connect(ctx)
 	if err != nil {
 		return err
 	}
@@ -137,7 +137,9 @@ func (s *Store) listenOnce(listening func()) error {
 		defer cancel()
 		_ = conn.Close(closeCtx)
 	}()
-	if _, err := conn.Exec(s.stopCtx, "LISTEN "+pgx.Identifier{s.channel}.Sanitize()); err != nil {
+	// Under the connect timeout too: a connection that goes silent now would otherwise
+	// leave the store listening to nothing, and readers never woken.
+	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{s.channel}.Sanitize()); err != nil {
 		return err
 	}
 	listening()

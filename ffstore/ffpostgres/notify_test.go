@@ -1,6 +1,7 @@
 package ffpostgres_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"net"
@@ -67,10 +68,12 @@ func TestNotifyRetriesAFailedSend(t *testing.T) {
 
 // silentConn is a connection that a test can make go silent, as one to a server whose
 // host vanished does: what is written to it is lost, and nothing more is read from it,
-// though it stays open and reads still honour their deadlines.
+// though it stays open and reads still honour their deadlines. It also goes silent by
+// itself at a write that silentAt, if set, returns true for.
 type silentConn struct {
 	net.Conn
-	silent atomic.Bool
+	silentAt func([]byte) bool
+	silent   atomic.Bool
 }
 
 func (c *silentConn) Read(b []byte) (int, error) {
@@ -83,6 +86,9 @@ func (c *silentConn) Read(b []byte) (int, error) {
 }
 
 func (c *silentConn) Write(b []byte) (int, error) {
+	if c.silentAt != nil && c.silentAt(b) {
+		c.silent.Store(true)
+	}
 	if c.silent.Load() {
 		return len(b), nil
 	}
@@ -95,31 +101,7 @@ func (c *silentConn) Write(b []byte) (int, error) {
 func TestListenerLeavesASilentConnection(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
-	cfg, err := pgxpool.ParseConfig(testdb.SharedPostgres(t).URL("postgres"))
-	require.NoError(t, err)
-	var mu sync.Mutex
-	var conns []*silentConn
-	var d net.Dialer
-	cfg.ConnConfig.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
-		c, err := d.DialContext(ctx, network, addr)
-		if err != nil {
-			return nil, err
-		}
-		sc := &silentConn{Conn: c}
-		mu.Lock()
-		conns = append(conns, sc)
-		mu.Unlock()
-		return sc, nil
-	}
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
-	require.NoError(t, err)
-	defer pool.Close()
-	opts := &ffpostgres.Options{Schema: testdb.Schema(t), Migrate: true, Shards: 1, ConnectTimeout: time.Second}
-	ffpostgres.SetListenIdle(opts, 200*time.Millisecond)
-	s, err := ffpostgres.New(pool, opts)
-	require.NoError(t, err)
-	defer s.Close()
-
+	s, conns := newSilenceableStore(t, nil)
 	wake := s.Changes(ctx)
 	select { // the listener wakes its readers once it listens
 	case <-wake:
@@ -132,14 +114,72 @@ func TestListenerLeavesASilentConnection(t *testing.T) {
 		t.Fatal("a healthy, quiet listener woke its readers")
 	default:
 	}
-	mu.Lock()
-	for _, c := range conns {
+	for _, c := range conns() {
 		c.silent.Store(true)
 	}
-	mu.Unlock()
 	select { // the replacement listens, and wakes the readers for what it may have missed
 	case <-wake:
 	case <-time.After(10 * time.Second):
 		t.Fatal("the listener still waits on a connection that went silent")
+	}
+}
+
+// TestListenerLeavesAConnectionSilentAtListen: a connection that goes silent between
+// connecting and its LISTEN is given up after the connect timeout, as one that goes
+// silent later is, and the listener listens on a new one.
+func TestListenerLeavesAConnectionSilentAtListen(t *testing.T) {
+	t.Parallel()
+	var once atomic.Bool
+	s, conns := newSilenceableStore(t, func(b []byte) bool {
+		return bytes.Contains(b, []byte("LISTEN ")) && once.CompareAndSwap(false, true)
+	})
+	select { // the listener wakes its readers once it listens
+	case <-s.Changes(t.Context()):
+	case <-time.After(10 * time.Second):
+		t.Fatal("the listener never listens: its LISTEN waits on a silent connection")
+	}
+	silent := 0
+	for _, c := range conns() {
+		if c.silent.Load() {
+			silent++
+		}
+	}
+	require.Equal(t, 1, silent, "the first LISTEN was sent on a connection that went silent")
+}
+
+// newSilenceableStore returns a store on a pool whose connections, and the store's own,
+// can be made to go silent (see silentConn), with a connect timeout of 1 s and a listener
+// that checks its connection after 200 ms of quiet; silentAt is every connection's
+// silentAt. conns lists the connections made so far.
+func newSilenceableStore(t *testing.T, silentAt func([]byte) bool) (s *ffpostgres.Store, conns func() []*silentConn) {
+	t.Helper()
+	cfg, err := pgxpool.ParseConfig(testdb.SharedPostgres(t).URL("postgres"))
+	require.NoError(t, err)
+	var mu sync.Mutex
+	var made []*silentConn
+	var d net.Dialer
+	cfg.ConnConfig.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := d.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		sc := &silentConn{Conn: c, silentAt: silentAt}
+		mu.Lock()
+		defer mu.Unlock()
+		made = append(made, sc)
+		return sc, nil
+	}
+	pool, err := pgxpool.NewWithConfig(t.Context(), cfg)
+	require.NoError(t, err)
+	t.Cleanup(pool.Close)
+	opts := &ffpostgres.Options{Schema: testdb.Schema(t), Migrate: true, Shards: 1, ConnectTimeout: time.Second}
+	ffpostgres.SetListenIdle(opts, 200*time.Millisecond)
+	s, err = ffpostgres.New(pool, opts)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = s.Close() })
+	return s, func() []*silentConn {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]*silentConn(nil), made...)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -192,6 +193,42 @@ func TestOpen(t *testing.T) {
 		}))
 		require.NoError(t, s.Close())
 		require.NoError(t, pool.Ping(b.ctx), "Close leaves the caller's pool open")
+	})
+
+	t.Run("UserPoolConnectHooks", func(t *testing.T) {
+		// A caller's pool may complete each connection's settings in BeforeConnect (a
+		// password or token fetched afresh, as pgx documents) and prepare it in
+		// AfterConnect: the store's own connections, the clock's and the listener's, go
+		// through both hooks as the pool's do.
+		t.Parallel()
+		b := setup(t)
+		cfg, err := pgxpool.ParseConfig(b.url)
+		require.NoError(t, err)
+		cfg.ConnConfig.Database = "stale_credentials"
+		cfg.BeforeConnect = func(_ context.Context, cc *pgx.ConnConfig) error {
+			cc.Database = "postgres"
+			return nil
+		}
+		var prepared atomic.Int32
+		cfg.AfterConnect = func(context.Context, *pgx.Conn) error {
+			prepared.Add(1)
+			return nil
+		}
+		pool, err := pgxpool.NewWithConfig(b.ctx, cfg)
+		require.NoError(t, err)
+		defer pool.Close()
+		s, err := ffpostgres.New(pool, &ffpostgres.Options{Schema: b.schema, Migrate: true, Shards: 1, ConnectTimeout: 2 * time.Second})
+		require.NoError(t, err)
+		defer s.Close()
+		before := prepared.Load()
+		_, err = s.Now(b.ctx)
+		require.NoError(t, err, "the clock's connection connects as the pool's do")
+		select {
+		case <-s.Changes(b.ctx): // the listener wakes its readers once it listens
+		case <-time.After(10 * time.Second):
+			t.Fatal("the listener never listened")
+		}
+		require.Equal(t, before+2, prepared.Load(), "AfterConnect ran for the clock's and the listener's connections")
 	})
 
 	t.Run("BadOptions", func(t *testing.T) {

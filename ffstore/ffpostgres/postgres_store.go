@@ -176,8 +176,8 @@ type Options struct {
 	// trip of its own). Negative means none.
 	StatementTimeout time.Duration
 
-	// PoolSize is the most connections [Open]'s pool opens (the change listener uses one
-	// more); 0 means the connection string's pool_max_conns if it sets one, else
+	// PoolSize is the most connections [Open]'s pool opens (the store opens two more of
+	// its own, for the change listener and the clock); 0 means the connection string's pool_max_conns if it sets one, else
 	// [DefaultPoolSize]. Ignored by [New]: the caller sized the pool.
 	PoolSize int
 
@@ -412,6 +412,11 @@ func parseConfig(connString string, opts *Options) (*pgxpool.Config, Options, er
 	if timeout > 0 {
 		cfg.ConnConfig.RuntimeParams["statement_timeout"] = strconv.FormatInt(timeout.Milliseconds(), 10)
 	}
+	if cfg.ConnConfig.ValidateConnect == nil {
+		// The store writes: a connection to a standby (a host list that names one, a
+		// failover in progress) is refused at once, and the next host tried.
+		cfg.ConnConfig.ValidateConnect = pgconn.ValidateConnectTargetSessionAttrsReadWrite
+	}
 	if _, ok := cfg.ConnConfig.RuntimeParams["application_name"]; !ok {
 		cfg.ConnConfig.RuntimeParams["application_name"] = "flowfabric"
 	}
@@ -484,6 +489,9 @@ func connectError(ctx context.Context, err error, cc *pgx.ConnConfig, timeout ti
 	switch {
 	case timedOut:
 		fe.Message += " within " + timeout.String()
+	case errors.Is(err, pgconn.ErrReadOnlyConnection):
+		fe.Message = "ffpostgres: the database at " + net.JoinHostPort(cc.Host, strconv.Itoa(int(cc.Port))) +
+			" is read-only (a standby?): the store needs one that accepts writes"
 	case errors.As(err, &dial):
 		fe.Message += ": " + dial.Err.Error()
 	}
@@ -504,8 +512,7 @@ func New(pool *pgxpool.Pool, opts *Options) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	limit := o.ConnectTimeout + max(o.StatementTimeout, DefaultStatementTimeout)
-	ctx, cancel := context.WithTimeout(context.Background(), limit)
+	ctx, cancel := context.WithTimeout(context.Background(), o.callBound())
 	defer cancel()
 	return newStore(ctx, pool, o, false)
 }
@@ -671,14 +678,40 @@ func (s *Store) exec(ctx context.Context, sql string, args ...any) error {
 	return s.sendBatch(ctx, b).Close()
 }
 
-// connConfig is the configuration of the store's own connections (the clock's, the
-// listener's): the pool's, plus New's statement timeout.
-func (s *Store) connConfig() *pgx.ConnConfig {
-	cfg := s.pool.Config().ConnConfig.Copy()
+// connect opens one of the store's own connections (the clock's, the listener's) as the
+// pool opens its own: the pool's configuration, plus New's statement timeout, passed
+// through the pool's BeforeConnect and AfterConnect hooks (a caller's pool may use them
+// to fetch a fresh password or token for every connection).
+func (s *Store) connect(ctx context.Context) (*pgx.Conn, error) {
+	pc := s.pool.Config()
+	cfg := pc.ConnConfig.Copy()
 	if s.timeout != "" {
 		cfg.RuntimeParams["statement_timeout"] = s.timeout
 	}
-	return cfg
+	if pc.BeforeConnect != nil {
+		if err := pc.BeforeConnect(ctx, cfg); err != nil {
+			return nil, err
+		}
+	}
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	if pc.AfterConnect != nil {
+		if err := pc.AfterConnect(ctx, conn); err != nil {
+			_ = conn.Close(ctx)
+			return nil, err
+		}
+	}
+	return conn, nil
+}
+
+// callBound bounds the work of a store that no caller's context ends: the end of a
+// unit (its commit or rollback, which must leave a clean connection behind even when
+// the caller gave up) and a heads query its callers share. It is as long as a connect
+// and the longest statement allowed.
+func (o *Options) callBound() time.Duration {
+	return o.ConnectTimeout + max(o.StatementTimeout, DefaultStatementTimeout)
 }
 
 // batchRow is the row of a batch of one query; Scan ends the batch.
@@ -745,7 +778,7 @@ func (s *Store) run(ctx context.Context, shard int, readOnly bool, fn func(t *un
 	}
 	// The end of the transaction does not depend on ctx: a cancelled caller must still
 	// leave a clean connection (or none) behind.
-	endCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.ConnectTimeout+DefaultStatementTimeout)
+	endCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.callBound())
 	defer cancel()
 	committed := false
 	defer func() {
@@ -807,7 +840,7 @@ func (s *Store) QueueHeads(ctx context.Context, prefixes []string) ([]ffstore.Qu
 	}
 	return s.heads.do(ctx, headsKey(ps), func() ([]ffstore.QueueHead, error) {
 		// Shared by the callers that joined this query: not cancelled by any one of them.
-		qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.ConnectTimeout+DefaultStatementTimeout)
+		qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.callBound())
 		defer cancel()
 		return s.queueHeads(qctx, ps)
 	})

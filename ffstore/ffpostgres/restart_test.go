@@ -1,12 +1,16 @@
 package ffpostgres_test
 
 import (
+	"context"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
+	"github.com/flowfabric/flowfabric/ffstore"
 	"github.com/flowfabric/flowfabric/ffstore/ffpostgres"
+	"github.com/flowfabric/flowfabric/fftype"
 	"github.com/flowfabric/flowfabric/internal/storetest"
 	"github.com/flowfabric/flowfabric/internal/testdb"
 )
@@ -40,4 +44,65 @@ func TestClockReconnectsAfterRestart(t *testing.T) {
 	require.NoError(t, pg.Restart())
 	_, err = s.Now(ctx)
 	require.NoError(t, err, "the database is up again; the clock reconnects")
+}
+
+// TestReadOnlyDatabase stands for a failover: the database turns read-only (sessions
+// end, as a demoted primary's do, and new ones are read-only), then writable again.
+// While it is read-only a unit fails with a retryable error, Open says why it cannot
+// use it, and the event log's reads (which number events, and so write) fail retryably
+// too, so that subscriptions ride it out; once it is writable, the same store works on
+// new connections, not on read-only sessions kept from before.
+func TestReadOnlyDatabase(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	url, err := testdb.SharedPostgres(t).CreateDatabase(ctx)
+	require.NoError(t, err)
+	admin, err := pgx.Connect(ctx, url)
+	require.NoError(t, err)
+	defer admin.Close(context.WithoutCancel(ctx))
+	var db string
+	require.NoError(t, admin.QueryRow(ctx, "SELECT current_database()").Scan(&db))
+	setReadOnly := func(on bool) {
+		stmt := "ALTER DATABASE " + pgx.Identifier{db}.Sanitize() + " RESET default_transaction_read_only"
+		if on {
+			stmt = "ALTER DATABASE " + pgx.Identifier{db}.Sanitize() + " SET default_transaction_read_only = on"
+		}
+		_, err := admin.Exec(ctx, stmt)
+		require.NoError(t, err)
+		_, err = admin.Exec(ctx, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()", db)
+		require.NoError(t, err)
+	}
+	s, err := ffpostgres.Open(ctx, url, &ffpostgres.Options{Migrate: true, Shards: 1, PoolSize: 2, ConnectTimeout: 2 * time.Second})
+	require.NoError(t, err)
+	defer s.Close()
+	put := func() error {
+		return s.Update(ctx, 0, func(tx ffstore.Tx) error {
+			tx.Put("k", []byte("v"))
+			tx.AppendEvent(fftype.Event{Type: "x", Time: time.Unix(1, 0)})
+			return nil
+		})
+	}
+	require.NoError(t, put())
+
+	setReadOnly(true)
+	for range 2 { // the first may find a connection the server just ended
+		err = put()
+	}
+	require.Error(t, err)
+	require.True(t, fftype.IsRetryable(err), "a read-only database is a passing state: %v", err)
+	require.ErrorContains(t, err, "read-only")
+	_, err = s.ReadEvents(ctx, 0, 0, 10)
+	require.True(t, err == nil || fftype.IsRetryable(err), "%v", err)
+	_, err = ffpostgres.Open(ctx, url, &ffpostgres.Options{ConnectTimeout: 2 * time.Second})
+	require.True(t, fftype.IsRetryable(err), "%v", err)
+	require.ErrorContains(t, err, "is read-only (a standby?): the store needs one that accepts writes")
+
+	setReadOnly(false)
+	if err = put(); err != nil { // it may find a connection the server just ended
+		err = put()
+	}
+	require.NoError(t, err, "writable again: the store's connections are new ones")
+	evs, err := s.ReadEvents(ctx, 0, 0, 10)
+	require.NoError(t, err)
+	require.Len(t, evs, 2, "each acknowledged unit's event, once")
 }
