@@ -6,6 +6,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"log/slog"
+	"math"
+	"slices"
 	"sync"
 	"time"
 
@@ -15,10 +17,15 @@ import (
 
 // Event-log reading.
 const (
-	eventBatch      = 512
-	maxCursorLength = 2048
-	cursorVersion   = 1
+	eventBatch    = 512
+	cursorVersion = 1
 )
+
+// maxCursorLength is the length of the longest cursor encodeEventCursor makes: that of a
+// store with fftype.MaxShards shards, each at the largest Seq. Derived from the encoder,
+// it lets the decoder refuse absurd input before decoding it yet accept any cursor the
+// engine issued.
+var maxCursorLength = len(encodeEventCursor(slices.Repeat([]uint64{math.MaxUint64}, fftype.MaxShards)))
 
 // CursorStart and CursorEnd are the special cursors Subscribe accepts besides one it
 // handed out: the oldest event still kept, and the end of the log (only events appended
@@ -30,7 +37,8 @@ const (
 
 // encodeEventCursor packs one position per shard: base64url of a version byte, the shard
 // count and each shard's last-delivered Seq as uvarints. 16 shards fit in well under 200
-// bytes, small enough for an HTTP header.
+// bytes, small enough for an HTTP header; the most shards, far into their logs, take some
+// kilobytes (maxCursorLength at most).
 func encodeEventCursor(pos []uint64) string {
 	b := make([]byte, 0, 2+len(pos)*4)
 	b = append(b, cursorVersion)

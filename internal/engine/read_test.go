@@ -1,6 +1,8 @@
 package engine
 
 import (
+	"math"
+	"slices"
 	"testing"
 	"time"
 
@@ -55,6 +57,19 @@ func TestPriorityScore(t *testing.T) {
 }
 
 func suiteNow() (t time.Time) { return time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC) }
+
+// TestLongestEventCursorIsAccepted: the engine takes back any cursor it can issue, up to
+// the longest: one of a store with the most shards, each far into its log.
+func TestLongestEventCursorIsAccepted(t *testing.T) {
+	t.Parallel()
+	e := &Engine{shards: fftype.MaxShards}
+	pos := slices.Repeat([]uint64{math.MaxUint64}, fftype.MaxShards)
+	got, err := e.decodeEventCursor(encodeEventCursor(pos))
+	require.NoError(t, err)
+	require.Equal(t, pos, got)
+	_, err = e.decodeEventCursor(encodeEventCursor(pos) + "A")
+	require.ErrorIs(t, err, fftype.ErrValidation, "one character longer is refused")
+}
 
 func FuzzDecodeEventCursor(f *testing.F) {
 	e := &Engine{shards: 16}
