@@ -218,8 +218,9 @@ type Subscription = engine.Subscription
 // Run(ctx) error steps it until ctx ends, waiting for new events when idle and handing
 // its shard leases back on the way out; Step(ctx) (int, error) renews and balances its
 // leases when due and handles one batch of events per held shard, returning how many it
-// passed; Shards() []int, the shards it holds; and Release(ctx), which hands its leases
-// back at once.
+// passed and the errors of the shards that failed, joined (a failing shard does not stop
+// the others); Shards() []int, the shards it holds; and Release(ctx), which hands its
+// leases back at once.
 type Consumer = engine.Consumer
 
 // ConsumerConfig describes a durable consumer.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"hash/fnv"
 	"sort"
 	"time"
@@ -299,7 +300,8 @@ type ConsumerConfig struct {
 	Filter fftype.EventFilter
 	// Handler processes one event. It runs at least once per event (again after a crash
 	// or a lost lease before the cursor was stored), so it must be idempotent. An error
-	// stops the shard's batch; the event is offered again on the next step.
+	// stops the shard's batch, not the other shards'; the event is offered again on the
+	// next step.
 	Handler func(ctx context.Context, ev fftype.Event) error
 	// LeaseTTL is how long a replica's shard leases last without renewal; a dead
 	// replica's shards move to the others after it. 0 means 15s.
@@ -337,20 +339,23 @@ func (c *Consumer) Shards() []int { return c.leases.heldShards() }
 
 // Step renews and balances the leases when a third of their TTL has passed since it last
 // did, then handles one batch of events on each held shard. It returns how many events it
-// handled (matching or not).
+// handled (matching or not) and the errors of the shards that failed, joined: a shard that
+// fails (its handler or its store) stops only its own batch, so one event the handler
+// keeps failing on does not hold back the other shards.
 func (c *Consumer) Step(ctx context.Context) (int, error) {
 	if err := c.leases.balanceIfDue(ctx); err != nil {
 		return 0, err
 	}
 	total := 0
+	var errs []error
 	for _, s := range c.leases.heldShards() {
 		n, err := c.processShard(ctx, s)
 		total += n
 		if err != nil {
-			return total, err
+			errs = append(errs, fmt.Errorf("shard %d: %w", s, err))
 		}
 	}
-	return total, nil
+	return total, errors.Join(errs...)
 }
 
 func (c *Consumer) processShard(ctx context.Context, shard int) (int, error) {
@@ -392,7 +397,8 @@ func (c *Consumer) processShard(ctx context.Context, shard int) (int, error) {
 
 // Run steps the consumer until ctx ends, waiting for new events when idle and renewing
 // its leases well before they expire; on the way out it hands its leases back so other
-// replicas take over at once. Handler errors are logged and retried.
+// replicas take over at once. Handler errors are logged and retried: at once while other
+// events were handled in the same step, else after the wait for new events.
 func (c *Consumer) Run(ctx context.Context) error {
 	wake := c.e.changes(ctx)
 	defer c.leases.release(context.WithoutCancel(ctx))
@@ -406,8 +412,8 @@ func (c *Consumer) Run(ctx context.Context) error {
 		if err != nil {
 			c.e.log.Warn("durable consumer step failed", "consumer", c.cfg.Name, "err", err)
 		}
-		if n > 0 && err == nil {
-			continue
+		if n > 0 {
+			continue // more may be waiting; a failed shard retries no faster than the others progress
 		}
 		timer.Reset(min(c.leases.ttl/3, c.e.cfg.TimerPollInterval))
 		select {

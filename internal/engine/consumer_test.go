@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -205,6 +206,84 @@ func TestConsumerFollowsItsStoredCursorBack(t *testing.T) {
 		require.Equal(t, uint64(5), rec.Cursor)
 		return err
 	}))
+}
+
+// TestConsumerFailingShardDoesNotHoldBackTheOthers: an event the handler keeps failing on
+// stops only its own shard. Step still handles the other shards' events, returns the
+// failure, and offers the failed event again on the next step.
+func TestConsumerFailingShardDoesNotHoldBackTheOthers(t *testing.T) {
+	t.Parallel()
+	e, err := New(ffmem.New(&ffmem.Options{Shards: 2}), nil)
+	require.NoError(t, err)
+	ctx := t.Context()
+	errPoison := errors.New("cannot handle this one")
+	handled := map[int]int{} // shard → events handled
+	tried := 0               // attempts on shard 0's event
+	c, err := e.NewConsumer(ConsumerConfig{Name: "audit", Handler: func(_ context.Context, ev fftype.Event) error {
+		if ev.Shard == 0 {
+			tried++
+			return errPoison
+		}
+		handled[ev.Shard]++
+		return nil
+	}})
+	require.NoError(t, err)
+	_, err = c.Step(ctx)
+	require.NoError(t, err)
+	require.Equal(t, []int{0, 1}, c.Shards())
+	for shard := range 2 {
+		require.NoError(t, e.update(ctx, shard, func(tx ffstore.Tx) error {
+			tx.AppendEvent(fftype.Event{Version: 1, Type: fftype.EventProgress, ExecutionID: "e"})
+			return nil
+		}))
+	}
+
+	n, err := c.Step(ctx)
+	require.ErrorIs(t, err, errPoison)
+	require.Equal(t, 1, n, "shard 1's event is handled in the same step")
+	require.Equal(t, map[int]int{1: 1}, handled)
+	_, err = c.Step(ctx)
+	require.ErrorIs(t, err, errPoison)
+	require.Equal(t, 2, tried, "shard 0's cursor stays before the failing event")
+	require.Equal(t, map[int]int{1: 1}, handled, "shard 1's cursor moved past its event")
+}
+
+// TestConsumerRunKeepsUpPastAFailingShard: while the other shards make progress, Run steps
+// again at once, even though a shard failed in the step: on a store that cannot tell of
+// changes, waiting a poll interval after each such step would let one failing event
+// throttle every shard to a batch per interval.
+func TestConsumerRunKeepsUpPastAFailingShard(t *testing.T) {
+	t.Parallel()
+	clock := fftest.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	mem := ffmem.New(&ffmem.Options{Shards: 2})
+	polled := struct{ ffstore.Store }{mem} // hides mem's change notifications
+	e, err := New(polled, &Config{Clock: clock, TimerPollInterval: time.Hour})
+	require.NoError(t, err)
+	var handled atomic.Int64
+	c, err := e.NewConsumer(ConsumerConfig{Name: "audit", LeaseTTL: time.Hour, Handler: func(_ context.Context, ev fftype.Event) error {
+		if ev.Shard == 0 {
+			return errors.New("cannot handle this one")
+		}
+		handled.Add(1)
+		return nil
+	}})
+	require.NoError(t, err)
+	const backlog = eventBatch + 1 // two steps' worth on shard 1
+	for shard, n := range []int{1, backlog} {
+		require.NoError(t, mem.Update(t.Context(), shard, func(tx ffstore.Tx) error {
+			for range n {
+				tx.AppendEvent(fftype.Event{Version: 1, Type: fftype.EventProgress, ExecutionID: "e"})
+			}
+			return nil
+		}))
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	require.Eventually(t, func() bool { return handled.Load() == backlog }, waitLimit, time.Millisecond,
+		"shard 1's backlog is handled without waiting a poll interval between batches")
+	cancel()
+	require.NoError(t, <-done)
 }
 
 // TestConsumerRunEndsOnAStoreThatStoppedAnswering: Run hands its leases back on the way
