@@ -124,6 +124,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -850,7 +851,9 @@ func (s *Store) QueueHeads(ctx context.Context, prefixes []string) ([]ffstore.Qu
 func (s *Store) queueHeads(ctx context.Context, ps []string) ([]ffstore.QueueHead, error) {
 	his := make([]string, len(ps))
 	for i, p := range ps {
-		his[i], _ = ffstore.PrefixEnd(p)
+		if end, _ := ffstore.PrefixEnd(p); utf8.ValidString(end) {
+			his[i] = end
+		} // else no end ("п" ends "п" + 1 = invalid text): the prefix test alone decides
 	}
 	b := &pgx.Batch{}
 	b.Queue(s.sql.heads, ps, his)

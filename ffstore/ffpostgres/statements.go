@@ -94,11 +94,13 @@ func newStatements(qs string) *statements {
 		// unit waited for.
 		appendEvents: q(`INSERT INTO {S}.event_pending (shard, n, events) VALUES ($1, $2, $3)`),
 
-		// The head of each directory queue in one of the ranges [lo, hi) (hi '' = no end):
-		// one index probe per queue; an empty queue comes back with a NULL member.
+		// The head of each directory queue starting with one of the prefixes lo, found in
+		// the range [lo, hi) (hi '' = no end): one index probe per queue; an empty queue
+		// comes back with a NULL member.
 		heads: q(`SELECT d.shard, d.queue, h.member, h.score
 			FROM {S}.queues d
 			JOIN unnest($1::text[], $2::text[]) AS p(lo, hi) ON d.queue >= p.lo AND (p.hi = '' OR d.queue < p.hi)
+				AND starts_with(d.queue, p.lo)
 			LEFT JOIN LATERAL (
 				SELECT i.member, i.score FROM {S}.queue_items i
 				WHERE i.shard = d.shard AND i.queue = d.queue

@@ -706,6 +706,21 @@ func exerciseVerbs(t *testing.T, newStore func(t *testing.T) ffstore.Store) {
 		require.ElementsMatch(t, ready, queueHeads(t, b.store, []string{"ready:"}))
 	})
 
+	t.Run("QueueHeadsNonASCIIPrefixes", func(t *testing.T) {
+		// Prefixes whose last byte cannot simply be raised into valid text ("п" is D0 BF,
+		// "ÿ" C3 BF, "x\x7f") still find their queues, and only theirs.
+		t.Parallel()
+		b := setup(t)
+		want := map[string]ffstore.QueueHead{}
+		for _, q := range []string{"пример", "ÿes", "x\x7fy", "р", "xy"} {
+			addItems(t, b.store, b.first, q, []ffstore.QueueItem{qi("m", 1)})
+			want[q] = ffstore.QueueHead{Shard: b.first, Queue: q, Item: ffstore.QueueItem{Member: "m", Score: 1}}
+		}
+		require.Equal(t, []ffstore.QueueHead{want["пример"]}, queueHeads(t, b.store, []string{"п"}))
+		require.Equal(t, []ffstore.QueueHead{want["ÿes"]}, queueHeads(t, b.store, []string{"ÿ"}))
+		require.Equal(t, []ffstore.QueueHead{want["x\x7fy"]}, queueHeads(t, b.store, []string{"x\x7f"}))
+	})
+
 	t.Run("Events", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
