@@ -3,6 +3,7 @@ package ffstoretest
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -90,6 +91,45 @@ func exerciseClaim(t *testing.T, newStore func(t *testing.T) ffstore.Store) {
 		require.Len(t, leases, 1)
 		require.Equal(t, gpu, leases[0].ExecutionID)
 		require.Equal(t, []string{"cuda", "gpu"}, b.get(t, gpu).Capabilities, "required capabilities are stored sorted")
+	})
+
+	t.Run("LongCapabilities", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		need := longCapabilities(100) // 3,899 bytes joined: too long for a Postgres index row
+		id := b.create(t, fftype.CreateParams{Capabilities: need})
+		refused := [][]string{nil, {"gpu"}, need[1:], append(slices.Clone(need[:99]), "model-zz")}
+		for _, caps := range refused {
+			p := claimParams("w", 10)
+			p.Capabilities = caps
+			leases, err := b.engine.Claim(b.ctx, p)
+			require.NoError(t, err)
+			require.Empty(t, leases, "a worker lacking one of the capabilities must not see the execution")
+		}
+		p := claimParams("w", 10)
+		p.Capabilities = append(slices.Clone(need), "ssd")
+		leases, err := b.engine.Claim(b.ctx, p)
+		require.NoError(t, err)
+		require.Len(t, leases, 1)
+		require.Equal(t, id, leases[0].ExecutionID)
+		require.Equal(t, need, b.get(t, id).Capabilities)
+
+		// Released, it is eligible again, and an engine that never saw the set (an empty
+		// cache) hands it out only to a worker covering it.
+		require.NoError(t, b.engine.Release(b.ctx, id, leases[0].Fence))
+		b.check(t, id)
+		fresh, err := engine.New(b.store, &engine.Config{Clock: b.clock, Retention: suiteRetention})
+		require.NoError(t, err)
+		p.Capabilities = need[1:]
+		leases, err = fresh.Claim(b.ctx, p)
+		require.NoError(t, err)
+		require.Empty(t, leases)
+		p.Capabilities = need
+		leases, err = fresh.Claim(b.ctx, p)
+		require.NoError(t, err)
+		require.Len(t, leases, 1)
+		require.Equal(t, id, leases[0].ExecutionID)
+		b.check(t, id)
 	})
 
 	t.Run("Validation", func(t *testing.T) {

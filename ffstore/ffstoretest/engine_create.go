@@ -1,6 +1,10 @@
 package ffstoretest
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -207,5 +211,16 @@ func manyTokens(n int) []string {
 	for i := range out {
 		out[i] = "cap" + strings.Repeat("x", i%5) + string(rune('a'+i%26)) + string(rune('a'+i/26))
 	}
+	return out
+}
+
+// longCapabilities returns n sorted capability tokens of 38 bytes each.
+func longCapabilities(n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		sum := sha256.Sum256([]byte(strconv.Itoa(i)))
+		out[i] = "model-" + hex.EncodeToString(sum[:16])
+	}
+	slices.Sort(out)
 	return out
 }

@@ -170,9 +170,17 @@ func take[T any](ctx context.Context, e *Engine, caps []string, laneNames []stri
 		return nil, err
 	}
 	cands := make([]*candidate, 0, len(heads))
+	capsLen := joinedLen(caps)
 	for _, h := range heads {
 		lane, ns, qcaps, ok := parseEligibleQueue(h.Queue)
-		if !ok || !fftype.CoversCapabilities(caps, qcaps) {
+		if !ok {
+			continue
+		}
+		covered, err := e.covers(ctx, h.Shard, caps, capsLen, qcaps)
+		if err != nil {
+			return nil, err
+		}
+		if !covered {
 			continue
 		}
 		cands = append(cands, &candidate{shard: h.Shard, queue: h.Queue, lane: lane, ns: ns, head: h.Item})

@@ -77,6 +77,9 @@ type Engine struct {
 	laneGen  uint64               // counts the lane states this process set
 	laneTurn uint64               // advances each claim, to rotate across a worker's lanes
 
+	capsMu  sync.Mutex
+	capSets map[string][]string // digest → capability set, see capSet
+
 	loopMu   sync.Mutex
 	loopStop context.CancelFunc
 	loopDone chan struct{}
@@ -145,6 +148,7 @@ func New(store ffstore.Store, cfg *Config) (*Engine, error) {
 		wake:       make(chan struct{}, 1),
 		rotation:   map[string]string{},
 		lanes:      map[string]laneState{},
+		capSets:    map[string][]string{},
 		mergeUnits: merge,
 	}, nil
 }

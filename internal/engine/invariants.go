@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/flowfabric/flowfabric/ffstore"
 	"github.com/flowfabric/flowfabric/fftype"
@@ -34,7 +35,11 @@ func (e *Engine) CheckInvariants(ctx context.Context, id fftype.ExecutionID) err
 			}
 		}
 		want := e.placementOf(x)
-		queues := []string{eligibleQueue(x.Lane, x.Namespace, x.Capabilities), queueAll}
+		eligible := eligibleQueue(x.Lane, x.Namespace, x.Capabilities)
+		if err := checkCapsRecord(tx, want, eligible, x.Capabilities); err != nil {
+			return fmt.Errorf("execution %s: %w", id, err)
+		}
+		queues := []string{eligible, queueAll}
 		for q := range timerQueues {
 			if q != queueIdem {
 				queues = append(queues, q)
@@ -57,6 +62,25 @@ func (e *Engine) CheckInvariants(ctx context.Context, id fftype.ExecutionID) err
 		}
 		return nil
 	})
+}
+
+// checkCapsRecord checks that the record of caps exists when want puts the execution in
+// eligible and eligible is named by the digest of caps.
+func checkCapsRecord(tx ffstore.ReadTx, want placement, eligible string, caps []string) error {
+	digest, long := capsDigestOfQueue(eligible)
+	if _, in := want.score(eligible); !in || !long {
+		return nil
+	}
+	v, ok, err := tx.Get(capsKey(digest))
+	switch {
+	case err != nil:
+		return err
+	case !ok:
+		return fmt.Errorf("eligible in queue %q but record %q is missing", eligible, capsKey(digest))
+	case string(v) != strings.Join(caps, ","):
+		return fmt.Errorf("record %q holds %q, not the required capabilities", capsKey(digest), v)
+	}
+	return nil
 }
 
 // checkDimensions checks the rules that tie the state dimensions together.

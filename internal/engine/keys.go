@@ -59,28 +59,31 @@ const (
 	eligiblePrefix      = "e" + sep
 )
 
-// eligibleQueue names the eligible queue of (lane, namespace, required capabilities).
+// eligibleQueue names the eligible queue of (lane, namespace, required capabilities); the
+// name carries the sorted set caps as capsPart writes it.
 func eligibleQueue(lane, ns string, caps []string) string {
-	return eligiblePrefix + lane + sep + ns + sep + strings.Join(caps, ",")
+	return eligiblePrefix + lane + sep + ns + sep + capsPart(caps)
 }
 
 // eligibleLanePrefix is the prefix shared by every eligible queue of a lane.
 func eligibleLanePrefix(lane string) string { return eligiblePrefix + lane + sep }
 
-// parseEligibleQueue splits an eligible queue name into its parts.
-func parseEligibleQueue(q string) (lane, ns string, caps []string, ok bool) {
+// parseEligibleQueue splits an eligible queue name into its parts; caps is the
+// capability part as capsPart wrote it, which Engine.covers reads.
+func parseEligibleQueue(q string) (lane, ns, caps string, ok bool) {
 	rest, found := strings.CutPrefix(q, eligiblePrefix)
 	if !found {
-		return "", "", nil, false
+		return "", "", "", false
 	}
-	parts := strings.Split(rest, sep)
-	if len(parts) != 3 {
-		return "", "", nil, false
+	lane, rest, found = strings.Cut(rest, sep)
+	if !found {
+		return "", "", "", false
 	}
-	if parts[2] != "" {
-		caps = strings.Split(parts[2], ",")
+	ns, caps, found = strings.Cut(rest, sep)
+	if !found || strings.Contains(caps, sep) {
+		return "", "", "", false
 	}
-	return parts[0], parts[1], caps, true
+	return lane, ns, caps, true
 }
 
 // priorityBits is how many low bits of an eligible score hold the creation time in ms.

@@ -86,6 +86,8 @@ func (p placement) without(q string) placement {
 }
 
 // save writes x and moves it from the queues of before to the queues it now belongs in.
+// Entering an eligible queue named by the digest of x's capability set, it writes the
+// set's record too (putCapsRecord).
 func (e *Engine) save(tx ffstore.Tx, before placement, x *fftype.Execution) {
 	putExec(tx, x)
 	after := e.placementOf(x)
@@ -95,7 +97,11 @@ func (e *Engine) save(tx ffstore.Tx, before placement, x *fftype.Execution) {
 		}
 	}
 	for _, qs := range after.queues() {
-		if old, ok := before.score(qs.queue); !ok || old != qs.score {
+		old, ok := before.score(qs.queue)
+		if !ok {
+			putCapsRecord(tx, qs.queue, x.Capabilities)
+		}
+		if !ok || old != qs.score {
 			tx.QueueAdd(qs.queue, string(x.ID), qs.score)
 		}
 	}
