@@ -114,9 +114,15 @@ func translate(ctx context.Context, err error, op string) error {
 			e.Message = fmt.Sprintf("postgres %s: a concurrent unit changed what this one read (SQLSTATE %s)", op, pgErr.Code)
 		case pgErr.Code == stateQueryCanceled:
 			e.Message = fmt.Sprintf("postgres %s: statement timeout", op)
+		case pgErr.Code == stateProgramLimitExceeded && pgErr.ConstraintName != "":
+			// An index row over the B-tree limit (about 2.7 KB): Postgres names the index
+			// only for that. Only keys and queue names are indexed, never a payload, so a
+			// name built from the input is too long, and stays too long.
+			e.Kind, e.Code, e.Retryable = fftype.KindValidation, fftype.CodeInvalidInput, false
+			e.Message = fmt.Sprintf("postgres %s: a record key or queue name is too long for index %s: %s", op, pgErr.ConstraintName, pgErr.Message)
 		case pgErr.Code == stateProgramLimitExceeded:
 			e.Kind, e.Code, e.Retryable = fftype.KindTooLarge, fftype.CodePayloadTooLarge, false
-			e.Message = fmt.Sprintf("postgres %s: value exceeds a Postgres limit", op)
+			e.Message = fmt.Sprintf("postgres %s: value exceeds a Postgres limit: %s", op, pgErr.Message)
 		case strings.HasPrefix(pgErr.Code, "08"), strings.HasPrefix(pgErr.Code, "53"),
 			strings.HasPrefix(pgErr.Code, "57"), strings.HasPrefix(pgErr.Code, "58"),
 			pgErr.Code == stateIdleInTxTimeout, pgErr.Code == stateTransactionTimeout:

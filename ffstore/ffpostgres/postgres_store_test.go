@@ -1,6 +1,9 @@
 package ffpostgres_test
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
+	"strings"
 	"testing"
 	"time"
 
@@ -10,6 +13,7 @@ import (
 	"github.com/flowfabric/flowfabric/ffstore"
 	"github.com/flowfabric/flowfabric/ffstore/ffpostgres"
 	"github.com/flowfabric/flowfabric/ffstore/ffstoretest"
+	"github.com/flowfabric/flowfabric/fftype"
 	"github.com/flowfabric/flowfabric/internal/testdb"
 )
 
@@ -50,4 +54,24 @@ func TestConformanceUserPool(t *testing.T) {
 		t.Cleanup(func() { _ = s.Close() })
 		return s
 	})
+}
+
+// TestNameTooLongToIndex checks that a record key or queue name over Postgres's index row
+// limit is refused as invalid input naming the index, not as a payload too large.
+func TestNameTooLongToIndex(t *testing.T) {
+	t.Parallel()
+	s := openStore(t, nil)
+	var long strings.Builder // incompressible: Postgres compresses index rows
+	for i := range 64 {
+		sum := sha256.Sum256([]byte{byte(i)})
+		long.WriteString(hex.EncodeToString(sum[:]))
+	}
+	for name, write := range map[string]func(tx ffstore.Tx){
+		"Key":   func(tx ffstore.Tx) { tx.Put("k:"+long.String(), []byte("v")) },
+		"Queue": func(tx ffstore.Tx) { tx.QueueAdd("q"+long.String(), "m", 1) },
+	} {
+		err := s.Update(t.Context(), 0, func(tx ffstore.Tx) error { write(tx); return nil })
+		require.ErrorIs(t, err, &fftype.Error{Kind: fftype.KindValidation, Code: fftype.CodeInvalidInput}, name)
+		require.ErrorContains(t, err, "a record key or queue name is too long for index", name)
+	}
 }
