@@ -23,6 +23,7 @@ import (
 //	v            STRING  commit counter: numbers every commit, and is the version stamped on
 //	                     every record a commit writes
 //	d            STRING  delete counter; bumped by a commit that deletes an existing record
+//	                     (checked only by processes of earlier builds: see noDeleteCheck)
 //	trim         STRING  the log's trim point
 //	ev           STREAM  the event log, entry ids "0-<seq>" (XADD 0-*), one field "e" each
 //	dir          ZSET    names of the non-empty queues, all scored 0 (ordered by name)

@@ -37,8 +37,7 @@ type tx struct {
 	token  string // identifies the unit's pop marks
 	rts    int    // server round trips made for reads
 
-	reads   map[string]*readEntry
-	delSeen string // "=" + delete counter, as read with the first missing record; "" if none
+	reads map[string]*readEntry
 
 	writes     map[string]*writeEntry
 	writeOrder []string
@@ -132,7 +131,7 @@ func (t *tx) Prefetch(keys ...string) error {
 	return nil
 }
 
-// fetch reads records with the delete counter, in one MGET.
+// fetch reads records, in one MGET.
 func (t *tx) fetch(keys []string) error {
 	full := t.mgetKeys(keys)
 	t.rts++
@@ -145,10 +144,9 @@ func (t *tx) fetch(keys []string) error {
 	return t.absorb(keys, res, nil)
 }
 
-// mgetKeys returns the keys of an MGET of records: the delete counter, then theirs.
+// mgetKeys returns the keys of an MGET of records.
 func (t *tx) mgetKeys(keys []string) []string {
-	full := make([]string, 0, len(keys)+1)
-	full = append(full, t.k.del)
+	full := make([]string, 0, len(keys))
 	for _, k := range keys {
 		full = append(full, t.k.record(k))
 	}
@@ -159,17 +157,11 @@ func (t *tx) mgetKeys(keys []string) []string {
 // keys for which keep (if not nil) says so.
 func (t *tx) absorb(keys []string, res rueidis.RedisResult, keep func(key string) bool) error {
 	arr, err := res.ToArray()
-	if err == nil && len(arr) != len(keys)+1 {
+	if err == nil && len(arr) != len(keys) {
 		err = errors.New("MGET returned the wrong number of values")
 	}
 	if err != nil {
 		return translate(err, "read records")
-	}
-	del := ""
-	if !arr[0].IsNil() {
-		if del, err = arr[0].ToString(); err != nil {
-			return translate(err, "read records")
-		}
 	}
 	if t.reads == nil {
 		t.reads = make(map[string]*readEntry, len(keys))
@@ -178,12 +170,9 @@ func (t *tx) absorb(keys []string, res rueidis.RedisResult, keep func(key string
 		if keep != nil && !keep(k) {
 			continue
 		}
-		m := &arr[i+1]
+		m := &arr[i]
 		if m.IsNil() {
-			t.reads[k] = &readEntry{}
-			if t.delSeen == "" {
-				t.delSeen = "=" + del
-			}
+			t.reads[k] = &readEntry{} // checked at commit as missing, like any version
 			continue
 		}
 		v, err := m.ToString()
@@ -516,6 +505,13 @@ type call struct {
 	args []string
 }
 
+// noDeleteCheck is the delete counter a unit expects: none. Each record a unit read as
+// missing is checked to be missing still, as every read is, so a delete elsewhere on the
+// shard changes nothing it read. (Processes of earlier builds expected the counter
+// unchanged since their first missing read, and failed on any delete; library v3 still
+// bumps it, so that their checks hold during a rolling upgrade.)
+const noDeleteCheck = ""
+
 // build lays out a call in mode ("c", "a" or "v") as the library's unit function takes
 // it; writes are included only for "c".
 func (t *tx) build(mode string) *call {
@@ -583,9 +579,8 @@ func (t *tx) build(mode string) *call {
 			}
 		}
 	}
-	delCheck := t.delSeen
 	c.args = make([]string, 0, 16+len(names)+len(checks)+len(ranges)+len(pops)+len(puts)+len(dels)+len(qops)+len(t.events))
-	c.args = append(c.args, mode, channel, t.s.wakeMessage(t.shard), t.token, delCheck, strconv.Itoa(nR), strconv.Itoa(len(names)))
+	c.args = append(c.args, mode, channel, t.s.wakeMessage(t.shard), t.token, noDeleteCheck, strconv.Itoa(nR), strconv.Itoa(len(names)))
 	c.args = append(c.args, names...)
 	c.args = appendCounted(c.args, checks, 2)
 	c.args = appendCounted(c.args, ranges, 2)

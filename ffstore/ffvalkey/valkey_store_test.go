@@ -643,3 +643,50 @@ func TestUnitChecksQueueReads(t *testing.T) {
 			"an item added after the read does not change what was read")
 	})
 }
+
+// TestMissingReadsIgnoreOtherDeletes: a unit or a view that read a record as missing is
+// checked on that record alone, so deleting another record of the shard meanwhile (as
+// retention and lease release do all the time) is no conflict.
+func TestMissingReadsIgnoreOtherDeletes(t *testing.T) {
+	t.Parallel()
+	s := openStore(t, testdb.SharedRedis(t).URL(0), &ffvalkey.Options{Shards: 1})
+	ctx := t.Context()
+	put := func(key string) error {
+		return s.Update(ctx, 0, func(tx ffstore.Tx) error { tx.Put(key, []byte("v")); return nil })
+	}
+	require.NoError(t, put("present"))
+	deleteOther := func() {
+		require.NoError(t, put("other"))
+		require.NoError(t, s.Update(ctx, 0, func(tx ffstore.Tx) error { tx.Delete("other"); return nil }))
+	}
+	require.NoError(t, s.Update(ctx, 0, func(tx ffstore.Tx) error {
+		if _, ok, err := tx.Get("absent"); err != nil || ok {
+			return fmt.Errorf("absent: found %v, %v", ok, err)
+		}
+		deleteOther()
+		tx.Put("written", []byte("v"))
+		return nil
+	}), "nothing the unit read changed")
+
+	runs := 0
+	require.NoError(t, s.View(ctx, 0, func(tx ffstore.ReadTx) error {
+		runs++
+		if _, ok, err := tx.Get("absent"); err != nil || ok {
+			return fmt.Errorf("absent: found %v, %v", ok, err)
+		}
+		deleteOther()
+		_, _, err := tx.Get("present")
+		return err
+	}), "nothing the view read changed")
+	require.Equal(t, 1, runs)
+
+	err := s.Update(ctx, 0, func(tx ffstore.Tx) error {
+		if _, ok, err := tx.Get("absent"); err != nil || ok {
+			return fmt.Errorf("absent: found %v, %v", ok, err)
+		}
+		require.NoError(t, put("absent"))
+		tx.Put("written", []byte("w"))
+		return nil
+	})
+	require.ErrorIs(t, err, fftype.ErrStoreConflict, "the record read as missing was created")
+}
