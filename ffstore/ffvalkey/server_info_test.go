@@ -1,6 +1,13 @@
 package ffvalkey_test
 
 import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -55,4 +62,96 @@ func TestCheckServer(t *testing.T) {
 			require.Equal(t, tt.cl, cluster)
 		})
 	}
+}
+
+// TestOpenRefusesRedis62 opens a store on a fake server that answers as Redis 6.2 does:
+// it takes one INFO section at most and answers a syntax error to several. Open must
+// still find the version and refuse the server as too old.
+func TestOpenRefusesRedis62(t *testing.T) {
+	t.Parallel()
+	addr := startRedis62(t)
+	_, err := ffvalkey.Open(t.Context(), "redis://"+addr+"?dial_timeout=2s", nil)
+	require.Equal(t, ffvalkey.CodeServerTooOld, fftype.CodeOf(err), "open on Redis 6.2: %v", err)
+	require.Contains(t, err.Error(), "Redis 7.0.0+ or Valkey 7.2.0+")
+	require.False(t, fftype.IsRetryable(err))
+}
+
+// startRedis62 serves, on a port of its own, the commands a client sends when it connects
+// and INFO, answering as Redis 6.2 does; it returns the address.
+func startRedis62(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	var wg sync.WaitGroup
+	t.Cleanup(func() { _ = l.Close(); wg.Wait() })
+	wg.Go(func() {
+		for {
+			conn, err := l.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() {
+				defer conn.Close()
+				answerAsRedis62(conn)
+			})
+		}
+	})
+	return l.Addr().String()
+}
+
+// answerAsRedis62 answers the commands on conn until it closes.
+func answerAsRedis62(conn net.Conn) {
+	const info = "# Server\r\nredis_version:6.2.14\r\nredis_mode:standalone\r\n\r\n# Persistence\r\naof_enabled:0\r\n\r\n# Cluster\r\ncluster_enabled:0\r\n\r\n# Replication\r\nrole:master\r\n"
+	r := bufio.NewReader(conn)
+	for {
+		args, err := readRESPCommand(r)
+		if err != nil || len(args) == 0 {
+			return
+		}
+		var reply string
+		switch cmd := strings.ToUpper(args[0]); {
+		case cmd == "HELLO":
+			reply = "%7\r\n+server\r\n+redis\r\n+version\r\n+6.2.14\r\n+proto\r\n:3\r\n+id\r\n:5\r\n+mode\r\n+standalone\r\n+role\r\n+master\r\n+modules\r\n*0\r\n"
+		case cmd == "PING":
+			reply = "+PONG\r\n"
+		case cmd == "INFO" && len(args) > 2:
+			reply = "-ERR syntax error\r\n" // Redis before 7.0 takes one section at most
+		case cmd == "INFO":
+			reply = fmt.Sprintf("=%d\r\ntxt:%s\r\n", len(info)+4, info)
+		default:
+			reply = "-ERR unknown command '" + args[0] + "'\r\n"
+		}
+		if _, err := io.WriteString(conn, reply); err != nil {
+			return
+		}
+	}
+}
+
+// readRESPCommand reads one command in RESP (an array of bulk strings).
+func readRESPCommand(r *bufio.Reader) ([]string, error) {
+	line, err := r.ReadString('\n')
+	if err != nil {
+		return nil, err
+	}
+	n, err := strconv.Atoi(strings.TrimPrefix(strings.TrimRight(line, "\r\n"), "*"))
+	if err != nil {
+		return nil, err
+	}
+	args := make([]string, n)
+	for i := range args {
+		h, err := r.ReadString('\n')
+		if err != nil {
+			return nil, err
+		}
+		size, err := strconv.Atoi(strings.TrimPrefix(strings.TrimRight(h, "\r\n"), "$"))
+		if err != nil {
+			return nil, err
+		}
+		buf := make([]byte, size+2)
+		if _, err := io.ReadFull(r, buf); err != nil {
+			return nil, err
+		}
+		args[i] = string(buf[:size])
+	}
+	return args, nil
 }

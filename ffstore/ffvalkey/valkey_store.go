@@ -290,7 +290,7 @@ func (s *Store) restoreMeta(ctx context.Context) {
 // checkServers checks the version of every node and warns about nodes without AOF.
 func (s *Store) checkServers(ctx context.Context) error {
 	for addr, node := range s.client.Nodes() {
-		reply, err := node.Do(ctx, node.B().Info().Section("server", "persistence", "cluster", "replication").Build()).ToString()
+		reply, err := infoOf(ctx, node)
 		if err != nil {
 			return translate(err, "INFO on "+addr)
 		}
@@ -305,6 +305,19 @@ func (s *Store) checkServers(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// infoOf returns node's INFO sections server, persistence, cluster and replication.
+// Redis before 7.0 answers an error to INFO with several sections; to such a server
+// infoOf sends a plain INFO, whose default sections include these four, so that the
+// version check can refuse it by name rather than fail on the error.
+func infoOf(ctx context.Context, node rueidis.Client) (string, error) {
+	reply, err := node.Do(ctx, node.B().Info().Section("server", "persistence", "cluster", "replication").Build()).ToString()
+	var re *rueidis.RedisError
+	if errors.As(err, &re) {
+		return node.Do(ctx, node.B().Info().Build()).ToString()
+	}
+	return reply, err
 }
 
 // ensureMeta creates the meta key if it is missing and returns the store's shard count.
