@@ -79,8 +79,9 @@ const (
 	classContextEnd                   // ctx ended: return ctx's error
 )
 
-// classify sorts an error of a call to the server. Only this function and translate look
-// at the server's error text, which is the only way Redis reports these conditions.
+// classify sorts an error of a call to the server. Only this function, storeError and
+// connectError look at the server's error text, which is the only way Redis reports these
+// conditions.
 func classify(ctx context.Context, err error) errorClass {
 	if err == nil {
 		return classFatal
@@ -121,6 +122,26 @@ func translate(err error, op string) error {
 	if errors.As(err, &fe) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return err
 	}
+	return storeError(err, op)
+}
+
+// connectError turns the error of rueidis.NewClient connecting to where (the servers and
+// the redacted URL) into an *fftype.Error. db is the database the URL selects: a Cluster
+// node, which a redis:// URL may name, refuses to select any but 0.
+func connectError(err error, where string, db int) error {
+	var re *rueidis.RedisError
+	if db != 0 && errors.As(err, &re) && strings.Contains(re.Error(), "not allowed in cluster mode") {
+		return fftype.Validationf(fftype.CodeInvalidInput,
+			"ffvalkey: %s is a Cluster node, and a Cluster has only database 0, not %d (use redis+cluster:// without a database)", where, db)
+	}
+	// NewClient takes no context: a deadline it reports is its dial timeout, which
+	// storeError treats as any other connection that could not be made.
+	return storeError(err, "connect to "+where)
+}
+
+// storeError is the *fftype.Error for err, an error of the server or the network met
+// while doing op: unavailable, and retryable unless trying again cannot help.
+func storeError(err error, op string) *fftype.Error {
 	e := &fftype.Error{Kind: fftype.KindUnavailable, Code: fftype.CodeStoreUnavailable, Retryable: true,
 		Message: "ffvalkey: " + op + " failed", Err: err}
 	var re *rueidis.RedisError

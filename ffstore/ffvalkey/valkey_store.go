@@ -188,13 +188,14 @@ var (
 // and opens the store there, creating it if it does not exist. opts may be nil; its set
 // fields override the URL's parameters.
 //
-// Open checks the server and fails with an unavailable error if it cannot be reached and
-// one coded [CodeServerTooOld] for a server older than Redis 7.0 or Valkey 7.2 (on a
-// Cluster, every node is checked). It logs a warning when a server has AOF off. It loads
-// the function library on every primary. It returns a validation error for a bad URL or
-// options, and for a shard count that differs from the store's ([CodeShardCountMismatch]),
-// and an unavailable error coded [CodeFormatTooNew] for a store written by a newer
-// binary.
+// Open checks the server and fails with an unavailable error if it cannot be reached
+// (retryable) or refuses the credentials (not retryable), and one coded
+// [CodeServerTooOld] for a server older than Redis 7.0 or Valkey 7.2 (on a Cluster, every
+// node is checked). It logs a warning when a server has AOF off. It loads the function
+// library on every primary. It returns a validation error for a bad URL or options, for a
+// database other than 0 on a Cluster node, for a shard count that differs from the
+// store's ([CodeShardCountMismatch]), and an unavailable error coded [CodeFormatTooNew]
+// for a store written by a newer binary.
 func Open(ctx context.Context, rawURL string, opts *Options) (*Store, error) {
 	cfg, err := parseURL(rawURL)
 	if err != nil {
@@ -212,8 +213,7 @@ func Open(ctx context.Context, rawURL string, opts *Options) (*Store, error) {
 	where := strings.Join(copt.InitAddress, ",")
 	client, err := rueidis.NewClient(copt)
 	if err != nil {
-		return nil, &fftype.Error{Kind: fftype.KindUnavailable, Code: fftype.CodeStoreUnavailable, Retryable: true,
-			Message: "ffvalkey: cannot connect to " + where + " (" + redact(rawURL) + ")", Err: err}
+		return nil, connectError(err, where+" ("+redact(rawURL)+")", copt.SelectDB)
 	}
 	var id [8]byte
 	_, _ = rand.Read(id[:])

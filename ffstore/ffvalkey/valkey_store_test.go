@@ -101,8 +101,12 @@ func TestTLS(t *testing.T) {
 
 	t.Run("WrongPassword", func(t *testing.T) {
 		t.Parallel()
-		_, err := ffvalkey.Open(t.Context(), strings.Replace(url, "tls-s3cret", "wrong", 1), nil)
-		require.Error(t, err)
+		for _, bad := range []string{strings.Replace(url, "tls-s3cret", "wrong", 1), strings.Replace(url, ":tls-s3cret@", "", 1)} {
+			_, err := ffvalkey.Open(t.Context(), bad, nil)
+			require.ErrorIs(t, err, fftype.ErrUnavailable)
+			require.False(t, fftype.IsRetryable(err), "trying again cannot help: %v", err)
+			require.Contains(t, err.Error(), "refused the credentials")
+		}
 	})
 }
 
@@ -139,7 +143,7 @@ func TestOpen(t *testing.T) {
 		_, err = ffvalkey.Open(t.Context(), "redis://"+addr+"?dial_timeout=1s", nil)
 		require.ErrorIs(t, err, fftype.ErrUnavailable)
 		require.True(t, fftype.IsRetryable(err))
-		require.Contains(t, err.Error(), "cannot connect to "+addr)
+		require.Contains(t, err.Error(), "connect to "+addr)
 	})
 
 	t.Run("WarnsWithoutAOF", func(t *testing.T) {
@@ -184,6 +188,16 @@ func TestOpen(t *testing.T) {
 		_, err := ffvalkey.Open(t.Context(), "redis+cluster://"+testdb.SharedRedis(t).Addr, nil)
 		require.ErrorIs(t, err, fftype.ErrValidation)
 		require.Contains(t, err.Error(), "not in cluster mode")
+	})
+
+	t.Run("DatabaseOnACluster", func(t *testing.T) {
+		t.Parallel()
+		// A redis:// URL naming one node of a Cluster: ParseURL cannot know it is one.
+		node := testdb.SharedRedisCluster(t).Nodes[0].Addr
+		_, err := ffvalkey.Open(t.Context(), "redis://"+node+"/3", nil)
+		require.ErrorIs(t, err, fftype.ErrValidation)
+		require.False(t, fftype.IsRetryable(err))
+		require.Contains(t, err.Error(), "a Cluster has only database 0")
 	})
 
 	t.Run("BadOptions", func(t *testing.T) {
