@@ -1,13 +1,17 @@
 package ffvalkey_test
 
 import (
+	"context"
+	"net"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/redis/rueidis"
 	"github.com/stretchr/testify/require"
 
+	"github.com/flowfabric/flowfabric/ffstore"
 	"github.com/flowfabric/flowfabric/ffstore/ffvalkey"
 	"github.com/flowfabric/flowfabric/fftest"
 	"github.com/flowfabric/flowfabric/fftype"
@@ -145,4 +149,73 @@ func clusterSlots(t *testing.T, c *testdb.RedisCluster) map[int]string {
 	}
 	require.Len(t, out, 16384)
 	return out
+}
+
+// TestClusterUnitWaitsOutSlotMigration migrates the slot of a shard slowly: one of its
+// keys moves at once and the rest a second later, as when a reshard moves a big key. A
+// unit on the shard meanwhile gets TRYAGAIN, which says it did not run: it must wait for
+// the migration to end rather than fail.
+func TestClusterUnitWaitsOutSlotMigration(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	c := ownCluster(t)
+	const shards, shard = 2, 0
+	s := openStore(t, c.URL(), &ffvalkey.Options{Shards: shards})
+	put := func(v string) error {
+		return s.Update(ctx, shard, func(tx ffstore.Tx) error {
+			tx.Put("a", []byte(v))
+			tx.AppendEvent(fftype.Event{Type: fftype.EventCreated})
+			return nil
+		})
+	}
+	require.NoError(t, put("1"))
+
+	slot := ffvalkey.KeySlot(ffvalkey.TagFor(shard, shards))
+	from := nodeOfSlot(t, c, slot)
+	var nodes [3]rueidis.Client
+	var ids [3]string
+	for i := range nodes {
+		nodes[i] = singleNodeClient(t, c.Nodes[(from+i)%3].Addr)
+		id, err := nodeDo(ctx, nodes[i], "CLUSTER", "MYID").ToString()
+		require.NoError(t, err)
+		ids[i] = id
+	}
+	src, dst := nodes[0], nodes[1]
+	host, port, err := net.SplitHostPort(c.Nodes[(from+1)%3].Addr)
+	require.NoError(t, err)
+	ss := strconv.Itoa(slot)
+	require.NoError(t, nodeDo(ctx, dst, "CLUSTER", "SETSLOT", ss, "IMPORTING", ids[0]).Error())
+	require.NoError(t, nodeDo(ctx, src, "CLUSTER", "SETSLOT", ss, "MIGRATING", ids[1]).Error())
+	verKey := s.KeyPrefix() + ":" + ffvalkey.TagFor(shard, shards) + ":v"
+	require.NoError(t, nodeDo(ctx, src, "MIGRATE", host, port, "", "0", "5000", "KEYS", verKey).Error())
+
+	done := make(chan error, 1)
+	go func() { done <- put("2") }()
+	time.Sleep(time.Second) // the slow key: longer than the old fixed retries took
+	for {
+		keys, err := nodeDo(ctx, src, "CLUSTER", "GETKEYSINSLOT", ss, "100").AsStrSlice()
+		require.NoError(t, err)
+		if len(keys) == 0 {
+			break
+		}
+		require.NoError(t, nodeDo(ctx, src, append([]string{"MIGRATE", host, port, "", "0", "5000", "REPLACE", "KEYS"}, keys...)...).Error())
+	}
+	for _, n := range nodes {
+		require.NoError(t, nodeDo(ctx, n, "CLUSTER", "SETSLOT", ss, "NODE", ids[1]).Error())
+	}
+	require.NoError(t, <-done, "a unit during a slow slot migration")
+}
+
+// singleNodeClient returns a client of the Cluster node at addr alone.
+func singleNodeClient(t *testing.T, addr string) rueidis.Client {
+	t.Helper()
+	c, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{addr}, ForceSingleClient: true, DisableCache: true})
+	require.NoError(t, err)
+	t.Cleanup(c.Close)
+	return c
+}
+
+// nodeDo sends the command args to c.
+func nodeDo(ctx context.Context, c rueidis.Client, args ...string) rueidis.RedisResult {
+	return c.Do(ctx, c.B().Arbitrary(args[0]).Args(args[1:]...).Build())
 }

@@ -73,7 +73,8 @@ type errorClass int
 
 const (
 	classFatal      errorClass = iota // return it
-	classRetry                        // the command did not run: retry after a back-off
+	classBusy                         // the server did not run the command, and will soon: retry while ctx lasts
+	classRetry                        // the command did not run: retry a few times after a back-off
 	classReload                       // the function library is missing: load it, then retry
 	classAmbiguous                    // the command may or may not have run: return it
 	classContextEnd                   // ctx ended: return ctx's error
@@ -93,9 +94,10 @@ func classify(ctx context.Context, err error) errorClass {
 	if errors.As(err, &re) {
 		msg := re.Error()
 		switch {
+		// A slot migration, a failover or a restart: these last as long as they last.
 		case re.IsTryAgain(), re.IsClusterDown(), re.IsLoading(),
 			strings.HasPrefix(msg, "MASTERDOWN"), strings.HasPrefix(msg, "READONLY"):
-			return classRetry
+			return classBusy
 		case re.IsNoScript(), strings.Contains(msg, "Function not found"), strings.Contains(msg, "Library not found"):
 			return classReload
 		}

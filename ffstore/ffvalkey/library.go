@@ -35,13 +35,55 @@ const (
 	fnUnhint  = "ffv3_unhint"
 )
 
-// Retry policy of calls whose command did not run (TRYAGAIN, CLUSTERDOWN, LOADING, a
-// connection that could not be made) or found the library missing.
+// Retry policy of calls whose command did not run. While the server says it is busy
+// (TRYAGAIN during a slot migration, CLUSTERDOWN, MASTERDOWN or READONLY during a
+// failover, LOADING after a restart), a call waits as long as its ctx allows, but no
+// longer than retryBusyMax, as long as a commit's own deadline, so that a call whose ctx
+// never ends still fails on a Cluster that stays down. After a connection that could not
+// be made, or the library found missing, it tries retryAttempts times in all. The waits
+// double from retryFirst up to retryMax.
 const (
+	retryBusyMax  = commitTimeout
 	retryAttempts = 8
 	retryFirst    = 5 * time.Millisecond
 	retryMax      = 500 * time.Millisecond
 )
+
+// backoff paces the attempts of one call.
+type backoff struct {
+	attempt int           // the attempt under way, from 1
+	delay   time.Duration // the next wait
+	began   time.Time
+}
+
+func newBackoff() *backoff { return &backoff{attempt: 1, delay: retryFirst, began: time.Now()} }
+
+// again reports whether a call whose attempt failed with an error of class may wait and
+// try again. A busy server is waited for only while the wait ends before ctx's deadline
+// and retryBusyMax: the caller then gets the server's error rather than ctx's.
+func (b *backoff) again(ctx context.Context, class errorClass) bool {
+	switch class {
+	case classRetry, classReload:
+		return b.attempt < retryAttempts
+	case classBusy:
+		end := b.began.Add(retryBusyMax)
+		if d, ok := ctx.Deadline(); ok && d.Before(end) {
+			end = d
+		}
+		return time.Now().Add(b.delay).Before(end)
+	}
+	return false
+}
+
+// wait sleeps the next wait, doubling the one after up to retryMax; it reports false if
+// ctx ended first.
+func (b *backoff) wait(ctx context.Context) bool {
+	if !sleepCtx(ctx, b.delay) {
+		return false
+	}
+	b.delay = min(2*b.delay, retryMax)
+	return true
+}
 
 // loader loads the library on every primary, once at a time: callers that find it
 // missing at the same moment share one load.
@@ -106,8 +148,8 @@ func loadLibrary(ctx context.Context, client rueidis.Client) error {
 // READONLY, a connection that could not be made, and — after loading the library again —
 // a missing function (a server restarted without persistence, or a failover to a node
 // without the library). MOVED and ASK are followed by the client. readOnly commands are
-// also retried after network errors, which may have lost only the reply. op names the
-// call for errors.
+// also retried after network errors, which may have lost only the reply. How long it
+// keeps trying is the retry policy's (see retryBusyMax). op names the call for errors.
 func (s *Store) do(ctx context.Context, op string, readOnly bool, build func() rueidis.Completed) (rueidis.RedisResult, error) {
 	res, _, err := s.doRiding(ctx, op, readOnly, build)
 	return res, err
@@ -117,12 +159,11 @@ func (s *Store) do(ctx context.Context, op string, readOnly bool, build func() r
 // of build's, whose results it returns. If that attempt fails, the riders are not sent
 // again and their results are nil. Riders must not depend on whether build's command ran.
 func (s *Store) doRiding(ctx context.Context, op string, readOnly bool, build func() rueidis.Completed, riders ...rueidis.Completed) (rueidis.RedisResult, []rueidis.RedisResult, error) {
-	delay := retryFirst
-	for attempt := 1; ; attempt++ {
+	for b := newBackoff(); ; b.attempt++ {
 		seen := s.loader.generation()
 		var res rueidis.RedisResult
 		var rode []rueidis.RedisResult
-		if attempt == 1 && len(riders) > 0 {
+		if b.attempt == 1 && len(riders) > 0 {
 			all := s.client.DoMulti(ctx, append([]rueidis.Completed{build()}, riders...)...)
 			res, rode = all[0], all[1:]
 		} else {
@@ -139,35 +180,29 @@ func (s *Store) doRiding(ctx context.Context, op string, readOnly bool, build fu
 		switch {
 		case class == classContextEnd:
 			return res, nil, ctx.Err()
-		case class == classReload && attempt < retryAttempts:
+		case !b.again(ctx, class):
+			return res, nil, translate(err, op)
+		case class == classReload:
 			s.log.Warn("ffvalkey: the function library is missing; loading it again", "err", err)
-			if lerr := s.loader.load(ctx, seen); lerr != nil {
-				if ctx.Err() != nil {
-					return res, nil, ctx.Err()
-				}
-				s.log.Warn("ffvalkey: loading the function library failed", "err", lerr)
-				if !sleepCtx(ctx, delay) {
-					return res, nil, ctx.Err()
-				}
-				delay = min(2*delay, retryMax)
+			lerr := s.loader.load(ctx, seen)
+			if lerr == nil {
+				continue
 			}
-			continue
-		case class == classRetry && attempt < retryAttempts:
-			if !sleepCtx(ctx, delay) {
+			if ctx.Err() != nil {
 				return res, nil, ctx.Err()
 			}
-			delay = min(2*delay, retryMax)
-			continue
+			s.log.Warn("ffvalkey: loading the function library failed", "err", lerr)
 		}
-		return res, nil, translate(err, op)
+		if !b.wait(ctx) {
+			return res, nil, ctx.Err()
+		}
 	}
 }
 
 // doMulti runs read-only commands in one round trip (pipelined per node), retrying the
 // whole batch as do does.
 func (s *Store) doMulti(ctx context.Context, op string, build func() []rueidis.Completed) ([]rueidis.RedisResult, error) {
-	delay := retryFirst
-	for attempt := 1; ; attempt++ {
+	for b := newBackoff(); ; b.attempt++ {
 		seen := s.loader.generation()
 		res := s.client.DoMulti(ctx, build()...)
 		var err error
@@ -187,19 +222,16 @@ func (s *Store) doMulti(ctx context.Context, op string, build func() []rueidis.C
 		switch {
 		case class == classContextEnd:
 			return nil, ctx.Err()
-		case class == classReload && attempt < retryAttempts:
-			if lerr := s.loader.load(ctx, seen); lerr != nil && !sleepCtx(ctx, delay) {
-				return nil, ctx.Err()
+		case !b.again(ctx, class):
+			return nil, translate(err, op)
+		case class == classReload:
+			if s.loader.load(ctx, seen) == nil {
+				continue
 			}
-			continue
-		case class == classRetry && attempt < retryAttempts:
-			if !sleepCtx(ctx, delay) {
-				return nil, ctx.Err()
-			}
-			delay = min(2*delay, retryMax)
-			continue
 		}
-		return nil, translate(err, op)
+		if !b.wait(ctx) {
+			return nil, ctx.Err()
+		}
 	}
 }
 
