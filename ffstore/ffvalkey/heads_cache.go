@@ -3,6 +3,7 @@ package ffvalkey
 import (
 	"context"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -124,7 +125,7 @@ func (hs *headSet) plan(began time.Time) headsPlan {
 
 // set returns the set for prefixes (disjoint and sorted), creating it.
 func (c *headsCache) set(prefixes []string, shards int) *headSet {
-	key := strings.Join(prefixes, "\x00")
+	key := setKey(prefixes)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.sets == nil {
@@ -136,6 +137,18 @@ func (c *headsCache) set(prefixes []string, shards int) *headSet {
 		c.sets[key] = hs
 	}
 	return hs
+}
+
+// setKey is the key of the set for prefixes in headsCache.sets: each prefix preceded by
+// its length, as a prefix may hold any byte a separator could be.
+func setKey(prefixes []string) string {
+	var b strings.Builder
+	for _, p := range prefixes {
+		b.WriteString(strconv.Itoa(len(p)))
+		b.WriteByte(':')
+		b.WriteString(p)
+	}
+	return b.String()
 }
 
 // fresh returns the set's heads if they may be served from memory.

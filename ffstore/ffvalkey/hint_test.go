@@ -85,3 +85,29 @@ func TestQueueHeadsHint(t *testing.T) {
 		require.Len(t, heads(b), 1)
 	})
 }
+
+// TestQueueHeadsNULPrefixes asks for the heads of prefixes holding a NUL byte, which
+// separates a queue's name from its shard in the hint and could have separated the
+// prefixes of two lists in the cache's key: the queues whose names merely start the
+// hint's entries, and the heads cached for another list, must not be in the answer.
+func TestQueueHeadsNULPrefixes(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	s := openStore(t, testdb.SharedRedis(t).URL(0), &ffvalkey.Options{Shards: 1})
+	require.NoError(t, s.Update(ctx, 0, func(tx ffstore.Tx) error {
+		tx.QueueAdd("a", "m", 1)
+		tx.QueueAdd("b", "m", 2)
+		return nil
+	}))
+	heads := func(prefixes ...string) []ffstore.QueueHead {
+		t.Helper()
+		h, err := s.QueueHeads(ctx, prefixes)
+		require.NoError(t, err)
+		return h
+	}
+	require.Empty(t, heads("a\x00"), "a full read")
+	ffvalkey.ExpireHeads(s)
+	require.Empty(t, heads("a\x00"), "a read through the hint alone")
+	require.Len(t, heads("a", "b"), 2)
+	require.Empty(t, heads("a\x00b"), "not the heads cached for a and b")
+}

@@ -500,7 +500,9 @@ func (s *Store) readHeads(ctx context.Context, prefixes []string, plan headsPlan
 			return headsRead{}, translate(err, "read the hint of non-empty queues")
 		}
 		for _, m := range members {
-			if name, shard, ok := parseHintMember(m, s.shards); ok {
+			// The range holds every member starting with the prefix, and a member is the
+			// name followed by a NUL byte: a prefix ending in NUL matches shorter names.
+			if name, shard, ok := parseHintMember(m, s.shards); ok && strings.HasPrefix(name, prefixes[i]) {
 				hinted[queueRef{shard, name}] = true
 			}
 		}
