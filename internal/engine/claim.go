@@ -311,10 +311,16 @@ func takeFrom[T any](ctx context.Context, e *Engine, c *candidate, base int, alo
 				return err
 			}
 			before := e.placementOf(x)
-			if _, ok := before.score(c.queue); !ok {
-				continue // not eligible here: the pop only dropped a stale entry
+			queue := c.queue
+			if _, ok := before.score(queue); !ok {
+				if queue != inlineEligibleQueue(x) {
+					continue // not eligible here: the pop only dropped a stale entry
+				}
+				// The queue x belongs in, under the name it had before long capability
+				// sets were named by digest: x is eligible, and was in it only by that name.
+				queue = eligibleQueue(x.Lane, x.Namespace, x.Capabilities)
 			}
-			before = before.without(c.queue)
+			before = before.without(queue)
 			expired, err := e.fire(tx, queueDeadline, x, before, now)
 			if err != nil {
 				return err

@@ -65,6 +65,18 @@ func eligibleQueue(lane, ns string, caps []string) string {
 	return eligiblePrefix + lane + sep + ns + sep + capsPart(caps)
 }
 
+// inlineEligibleQueue is the name the eligible queue of x had before long capability
+// sets were named by digest: the set always inline. For a set named by digest it is
+// another name of the same queue, which queue entries written before then (or by
+// processes of earlier builds during a rolling upgrade) still use; "" for a short set,
+// whose name never changed.
+func inlineEligibleQueue(x *fftype.Execution) string {
+	if joinedLen(x.Capabilities) <= maxInlineCaps {
+		return ""
+	}
+	return eligiblePrefix + x.Lane + sep + x.Namespace + sep + strings.Join(x.Capabilities, ",")
+}
+
 // eligibleLanePrefix is the prefix shared by every eligible queue of a lane.
 func eligibleLanePrefix(lane string) string { return eligiblePrefix + lane + sep }
 

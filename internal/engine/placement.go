@@ -86,22 +86,24 @@ func (p placement) without(q string) placement {
 }
 
 // save writes x and moves it from the queues of before to the queues it now belongs in.
-// Entering an eligible queue named by the digest of x's capability set, it writes the
-// set's record too (putCapsRecord).
+// Writing x's entry in an eligible queue named by the digest of x's capability set, it
+// writes the set's record too (putCapsRecord), and it takes x out of that queue's
+// earlier, inline name (inlineEligibleQueue), where an entry written before digests may
+// still be.
 func (e *Engine) save(tx ffstore.Tx, before placement, x *fftype.Execution) {
 	putExec(tx, x)
 	after := e.placementOf(x)
 	for _, qs := range before.queues() {
+		if _, ok := capsDigestOfQueue(qs.queue); ok {
+			tx.QueueRemove(inlineEligibleQueue(x), string(x.ID))
+		}
 		if _, ok := after.score(qs.queue); !ok {
 			tx.QueueRemove(qs.queue, string(x.ID))
 		}
 	}
 	for _, qs := range after.queues() {
-		old, ok := before.score(qs.queue)
-		if !ok {
+		if old, ok := before.score(qs.queue); !ok || old != qs.score {
 			putCapsRecord(tx, qs.queue, x.Capabilities)
-		}
-		if !ok || old != qs.score {
 			tx.QueueAdd(qs.queue, string(x.ID), qs.score)
 		}
 	}
