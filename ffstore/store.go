@@ -53,9 +53,11 @@ type Store interface {
 	// What a unit read still holds when it commits, within two limits that the engine's
 	// use keeps to: a record read as missing is checked only if the unit then creates it
 	// (the engine acts on a record's absence only by creating the record), and a Range
-	// is checked for the items it returned, not for items that entered its range since
-	// (the engine ranges inside a unit only for hints it checks again). Postgres cannot
-	// lock what does not exist, and Redis does not lock ranges.
+	// is a hint: checked at most for the items it returned, not for items that entered
+	// its range since, and on Postgres not at all (the engine ranges inside a unit only
+	// for hints it checks again). Postgres cannot lock what does not exist (nor lock a
+	// Range's items without deadlocking against SKIP LOCKED pops), and Redis does not
+	// lock ranges.
 	Update(ctx context.Context, shard int, fn func(tx Tx) error) error
 
 	// View runs fn against a consistent read-only snapshot of one shard. fn may be called
@@ -140,8 +142,10 @@ type ReadTx interface {
 	Get(key string) (value []byte, ok bool, err error)
 
 	// Range returns up to n items of queue with score at most maxScore, in (score, member)
-	// order, starting strictly after the item after (from the beginning when after is nil).
-	// It reflects the queue as of the unit's start, less the items this unit popped.
+	// order, starting strictly after the item after (from the beginning when after is nil),
+	// less the items this unit popped. In a View it reflects the View's snapshot; in a
+	// unit, the committed queue, which on Postgres is read anew by each call (so two pages
+	// may see a change committed between them).
 	Range(queue string, after *QueueItem, maxScore int64, n int) ([]QueueItem, error)
 }
 

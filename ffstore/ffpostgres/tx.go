@@ -454,8 +454,11 @@ func (t *unitTx) commit(ctx context.Context) error {
 
 	var used [writeParts][]any
 
-	// Records, in key order so that blind writes of concurrent units lock rows in one
-	// order.
+	// Records, in key order within each part of the statement, so that concurrent units
+	// writing the same records without reading them lock rows in one order. (A unit's
+	// deletes run before its upserts, so two units each deleting a record the other
+	// upserts can still deadlock: a conflict, which the engine retries. The engine reads,
+	// and so locks, what it writes.)
 	keys := make([]string, 0, len(t.writes))
 	for k := range t.writes {
 		keys = append(keys, k)
