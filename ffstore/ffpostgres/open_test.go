@@ -63,6 +63,20 @@ func TestOpen(t *testing.T) {
 		require.Equal(t, "auto", mode(b.url+"&plan_cache_mode=auto"), "the connection string's setting wins")
 	})
 
+	t.Run("SchemeInCapitals", func(t *testing.T) {
+		// A URL's scheme is case-insensitive: "POSTGRESQL://…" is the same database, and
+		// its store parameters apply, not the local server's default database.
+		t.Parallel()
+		b := setup(t)
+		url := "POSTGRESQL" + strings.TrimPrefix(b.url, "postgres") + "&shards=3&migrate=true&schema=" + b.schema
+		require.NoError(t, ffpostgres.MigrateURL(b.ctx, url, ""))
+		s, err := ffpostgres.Open(b.ctx, url, nil)
+		require.NoError(t, err)
+		defer s.Close()
+		require.Equal(t, 3, s.Shards())
+		require.Equal(t, b.schema, s.Schema())
+	})
+
 	t.Run("CreatesAndReopens", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)

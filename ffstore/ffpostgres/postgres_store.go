@@ -365,7 +365,9 @@ func redact(err error) error {
 // options given (nil for defaults).
 func parseConfig(connString string, opts *Options) (*pgxpool.Config, Options, error) {
 	base := &Options{}
-	if strings.HasPrefix(connString, "postgres://") || strings.HasPrefix(connString, "postgresql://") {
+	if scheme, _, ok := strings.Cut(connString, "://"); ok && (strings.EqualFold(scheme, "postgres") || strings.EqualFold(scheme, "postgresql")) {
+		// A URL: schemes are case-insensitive (RFC 3986), and "POSTGRES://…" read as
+		// key=value pairs would quietly mean the local server's default database.
 		cs, fromURL, err := ParseURL(connString)
 		if err != nil {
 			return nil, Options{}, err
