@@ -212,6 +212,12 @@ func (l *leaser) holds(shard int) bool {
 	return ok && l.e.now().Before(exp)
 }
 
+// renewDue reports whether a third of the TTL has passed since the replica last renewed
+// its lease of shard, one it holds.
+func (l *leaser) renewDue(shard int) bool {
+	return !l.e.now().Before(l.held[shard].Add(l.ttl/3 - l.ttl))
+}
+
 // heldShards returns the shards the replica holds, in order.
 func (l *leaser) heldShards() []int {
 	var out []int
@@ -225,37 +231,38 @@ func (l *leaser) heldShards() []int {
 }
 
 // commit moves a consumer's cursor on shard from `from`, where the replica read, to
-// `cursor`, if the replica still holds the lease and the stored cursor is still `from`.
-// A stored cursor that is not — the store came back from a crash without its last writes,
-// taking the events after it and the cursor's advance with them, so the events appended
-// since carry those numbers again — is where the replica reads next.
+// `cursor`, if the replica still holds the lease and the stored cursor is still `from`,
+// and renews the lease: a replica that stores its progress keeps the shard however long
+// its batch took. A stored cursor that is not `from` — the store came back from a crash
+// without its last writes, taking the events after it and the cursor's advance with them,
+// so the events appended since carry those numbers again — is where the replica reads next.
 func (l *leaser) commit(ctx context.Context, shard int, from, cursor uint64) error {
-	lost := false
+	var expires time.Time // the renewed lease's expiry; zero if the lease was lost
 	stored := cursor
 	err := l.e.update(ctx, shard, func(tx ffstore.Tx) error {
-		lost, stored = false, cursor
+		expires = time.Time{}
 		now := l.e.now()
 		rec, ok, err := readShardLease(tx, l.name)
 		if err != nil {
 			return err
 		}
 		if !ok || rec.Owner != l.instance || !now.Before(rec.Expires) {
-			lost = true
 			return nil
 		}
-		if rec.Cursor != from {
-			stored = rec.Cursor
-			return nil
+		if rec.Cursor == from {
+			rec.Cursor = cursor
+			tx.QueueAdd(queueCursors, l.name, int64(cursor))
 		}
-		rec.Cursor = cursor
+		stored = rec.Cursor
+		rec.Expires = now.Add(l.ttl)
+		expires = rec.Expires
 		putJSON(tx, shardLeaseKey(l.name), rec)
-		tx.QueueAdd(queueCursors, l.name, int64(cursor))
 		return nil
 	})
 	if err != nil {
 		return err
 	}
-	if lost {
+	if expires.IsZero() {
 		delete(l.held, shard)
 		return nil
 	}
@@ -263,6 +270,7 @@ func (l *leaser) commit(ctx context.Context, shard int, from, cursor uint64) err
 		l.e.log.Warn("durable consumer's stored cursor is not where it read from (the store lost its last writes?); reading again from the stored one",
 			"consumer", l.name, "shard", shard, "read_from", from, "stored", stored)
 	}
+	l.held[shard] = expires
 	l.cursors[shard] = stored
 	return nil
 }
@@ -304,7 +312,10 @@ type ConsumerConfig struct {
 	// next step.
 	Handler func(ctx context.Context, ev fftype.Event) error
 	// LeaseTTL is how long a replica's shard leases last without renewal; a dead
-	// replica's shards move to the others after it. 0 means 15s.
+	// replica's shards move to the others after it. 0 means 15s. Handler must take less
+	// than two thirds of it for one event: a replica renews a lease between events, once
+	// a third of it has passed, so a longer call may outlast the lease, and the event is
+	// handled again.
 	LeaseTTL time.Duration
 }
 
@@ -338,10 +349,12 @@ func (e *Engine) NewConsumer(cfg ConsumerConfig) (*Consumer, error) {
 func (c *Consumer) Shards() []int { return c.leases.heldShards() }
 
 // Step renews and balances the leases when a third of their TTL has passed since it last
-// did, then handles one batch of events on each held shard. It returns how many events it
-// handled (matching or not) and the errors of the shards that failed, joined: a shard that
-// fails (its handler or its store) stops only its own batch, so one event the handler
-// keeps failing on does not hold back the other shards.
+// did, then handles one batch of events on each held shard: a batch ends early once a
+// third of the TTL has passed since its shard's lease was renewed, and storing its cursor
+// renews the lease. It returns how many events it handled (matching or not) and the errors
+// of the shards that failed, joined: a shard that fails (its handler or its store) stops
+// only its own batch, so one event the handler keeps failing on does not hold back the
+// other shards.
 func (c *Consumer) Step(ctx context.Context) (int, error) {
 	if err := c.leases.balanceIfDue(ctx); err != nil {
 		return 0, err
@@ -360,6 +373,12 @@ func (c *Consumer) Step(ctx context.Context) (int, error) {
 
 func (c *Consumer) processShard(ctx context.Context, shard int) (int, error) {
 	cursor := c.leases.cursors[shard]
+	if c.leases.renewDue(shard) { // the batches of the shards before this one took a while
+		if err := c.leases.commit(ctx, shard, cursor, cursor); err != nil {
+			return 0, err
+		}
+		cursor = c.leases.cursors[shard]
+	}
 	evs, err := c.e.store.ReadEvents(ctx, shard, cursor, eventBatch)
 	if errors.Is(err, fftype.ErrCursorExpired) {
 		// Only the maximum age deletes events a consumer has not passed.
@@ -377,7 +396,9 @@ func (c *Consumer) processShard(ctx context.Context, shard int) (int, error) {
 	done := cursor
 	var herr error
 	for i := range evs {
-		if !c.leases.holds(shard) {
+		// The batch ends once the lease is due for renewal: storing the cursor renews it,
+		// so a slow handler keeps both the lease and the progress made under it.
+		if !c.leases.holds(shard) || c.leases.renewDue(shard) {
 			break
 		}
 		if c.cfg.Filter.Match(&evs[i]) {

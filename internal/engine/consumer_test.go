@@ -208,6 +208,69 @@ func TestConsumerFollowsItsStoredCursorBack(t *testing.T) {
 	}))
 }
 
+// TestConsumerSlowHandlerKeepsItsLease: a handler slow enough that a whole batch outlasts
+// the shard lease still moves the cursor on, on every shard. Were the lease left to lapse
+// during a batch, the cursor could not be stored, and the replica would take the lease
+// back from the old cursor and handle the same events again, forever; were a shard's batch
+// to stop at once under a lease aged by the other shards' batches, it would wait for them
+// to drain.
+func TestConsumerSlowHandlerKeepsItsLease(t *testing.T) {
+	t.Parallel()
+	clock := fftest.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	mem := ffmem.New(&ffmem.Options{Shards: 2})
+	e, err := New(mem, &Config{Clock: clock})
+	require.NoError(t, err)
+	ctx := t.Context()
+	const (
+		ttl     = 3 * time.Second
+		perCall = 10 * time.Millisecond // a batch takes eventBatch*perCall, well over ttl
+		n       = eventBatch + 100      // per shard
+	)
+	handled := map[[2]uint64]int{} // (shard, seq) → calls
+	c, err := e.NewConsumer(ConsumerConfig{Name: "audit", LeaseTTL: ttl,
+		Handler: func(_ context.Context, ev fftype.Event) error {
+			clock.Advance(perCall)
+			handled[[2]uint64{uint64(ev.Shard), ev.Seq}]++
+			return nil
+		}})
+	require.NoError(t, err)
+	for shard := range e.shards {
+		require.NoError(t, mem.Update(ctx, shard, func(tx ffstore.Tx) error {
+			for range n {
+				tx.AppendEvent(fftype.Event{Version: 1, Type: fftype.EventProgress, ExecutionID: "e"})
+			}
+			return nil
+		}))
+	}
+
+	perShard := func() []int {
+		out := make([]int, e.shards)
+		for ev := range handled {
+			out[ev[0]]++
+		}
+		return out
+	}
+	_, err = c.Step(ctx)
+	require.NoError(t, err)
+	require.NotContains(t, perShard(), 0, "each shard makes progress in a step, after another shard's slow batch too")
+	for range 10 * e.shards * n * int(perCall) / int(ttl) { // ten times the steps needed
+		_, err := c.Step(ctx)
+		require.NoError(t, err)
+	}
+	require.Equal(t, e.shards*n, len(handled), "every event is handled")
+	for ev, k := range handled {
+		require.Equal(t, 1, k, "event %v handled %d times by the only replica", ev, k)
+	}
+	require.Equal(t, []int{0, 1}, c.Shards(), "the replica kept its leases")
+	for shard := range e.shards {
+		require.NoError(t, e.store.View(ctx, shard, func(tx ffstore.ReadTx) error {
+			rec, _, err := readShardLease(tx, "audit")
+			require.Equal(t, uint64(n), rec.Cursor)
+			return err
+		}))
+	}
+}
+
 // TestConsumerFailingShardDoesNotHoldBackTheOthers: an event the handler keeps failing on
 // stops only its own shard. Step still handles the other shards' events, returns the
 // failure, and offers the failed event again on the next step.
