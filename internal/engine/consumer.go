@@ -20,7 +20,8 @@ import (
 // shard holding the owner, the lease expiry and the consumer's cursor in that shard's log.
 // Replicas announce themselves on shard 0; each takes a fair share of the shards' leases,
 // renews them, hands back extras when more replicas arrive, and takes over the shards of a
-// replica whose leases expired. The timer loop uses the same leases, under timerLeases.
+// replica that handed them back as it stopped (at once) or whose leases expired. The timer
+// loop uses the same leases, under timerLeases.
 
 // timerLeases is the name the timer loop's shard leases go by: no consumer can be called
 // so, so no consumer shares them.
@@ -62,9 +63,17 @@ type leaser struct {
 	ttl      time.Duration
 	held     map[int]time.Time // shard → lease expiry
 	balanced time.Time         // when balance last ran
+	live     int               // the live replicas balance counted
+	counted  time.Time         // when the live replicas were last counted
+	putOff   bool              // a count was put off for replicaCountGap
 	cursors  map[int]uint64    // shard → cursor as of the lease's last read (consumers only)
 	tracks   bool              // record cursors (durable consumers) or not (timers)
 }
+
+// replicaCountGap is the least time between two counts of the live replicas outside
+// balance. Each costs a read of shard 0, and a loop woken by every commit to a busy store
+// would otherwise read it on every commit.
+const replicaCountGap = 100 * time.Millisecond
 
 func (e *Engine) newLeaser(name string, ttl time.Duration, tracks bool) *leaser {
 	if ttl <= 0 {
@@ -74,18 +83,65 @@ func (e *Engine) newLeaser(name string, ttl time.Duration, tracks bool) *leaser 
 		held: map[int]time.Time{}, cursors: map[int]uint64{}, tracks: tracks}
 }
 
-// balanceIfDue runs balance when a third of the lease TTL has passed since the last one.
+// balanceIfDue runs balance when a third of the lease TTL has passed since the last one,
+// or as soon as the number of live replicas has changed: a replica that stops hands its
+// leases back before it leaves the member list, so the others, counting one replica less,
+// take its shards over at once; when one joins, the others hand back at once the leases
+// beyond their new share (it takes them at its next balance). The replicas are counted at
+// most every replicaCountGap.
 func (l *leaser) balanceIfDue(ctx context.Context) error {
-	if !l.balanced.IsZero() && l.e.now().Before(l.balanced.Add(l.ttl/3)) {
+	now := l.e.now()
+	if l.balanced.IsZero() || !now.Before(l.balanced.Add(l.ttl/3)) {
+		return l.balance(ctx)
+	}
+	l.putOff = now.Before(l.counted.Add(replicaCountGap))
+	if l.putOff {
 		return nil
 	}
+	l.counted = now
+	live := 0
+	err := l.e.store.View(ctx, 0, func(tx ffstore.ReadTx) error {
+		var err error
+		live, err = l.countLive(tx, now)
+		return err
+	})
+	if err != nil || live == l.live {
+		return err
+	}
 	return l.balance(ctx)
+}
+
+// idleWait returns how long a loop with nothing to do may wait before it calls
+// balanceIfDue again: poll, but no longer than a third of the lease TTL, nor than
+// replicaCountGap while a count is put off, so that a replica leaving during the gap is
+// noticed although no further change wakes the loop.
+func (l *leaser) idleWait(poll time.Duration) time.Duration {
+	if l.putOff {
+		poll = min(poll, replicaCountGap)
+	}
+	return min(poll, l.ttl/3)
+}
+
+// countLive counts the live replicas in the member list, this one included.
+func (l *leaser) countLive(tx ffstore.ReadTx, now time.Time) (int, error) {
+	members, err := tx.Range(membersQueue(l.name), nil, ffstore.MaxScore, fftype.MaxShards+1)
+	if err != nil {
+		return 0, err
+	}
+	live := 1
+	for _, m := range members {
+		if m.Member != l.instance && m.Score > ms(now) {
+			live++
+		}
+	}
+	return live, nil
 }
 
 // balance announces the replica, counts the live ones, and renews, takes or hands back
 // shard leases so that this replica holds its fair share.
 func (l *leaser) balance(ctx context.Context) (err error) {
 	l.balanced = l.e.now()
+	l.counted, l.putOff = l.balanced, false
 	defer func() {
 		if err != nil {
 			l.balanced = time.Time{} // try again at the next step
@@ -98,15 +154,9 @@ func (l *leaser) balance(ctx context.Context) (err error) {
 		if _, err := tx.PopDue(q, ms(now), 1000); err != nil { // forget replicas gone quiet
 			return err
 		}
-		others, err := tx.Range(q, nil, ffstore.MaxScore, fftype.MaxShards+1)
-		if err != nil {
+		var err error
+		if live, err = l.countLive(tx, now); err != nil {
 			return err
-		}
-		live = 1
-		for _, m := range others {
-			if m.Member != l.instance {
-				live++
-			}
 		}
 		tx.QueueAdd(q, l.instance, ms(now.Add(l.ttl)))
 		return nil
@@ -114,6 +164,7 @@ func (l *leaser) balance(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
+	l.live = live
 	target := (l.e.shards + live - 1) / live
 	for _, s := range l.shardOrder() {
 		if err := l.visit(ctx, s, target); err != nil {
@@ -168,7 +219,7 @@ func (l *leaser) visit(ctx context.Context, shard, target int) error {
 		}
 		switch {
 		case mine && others >= target:
-			rec.Expires = now // hand back: another replica takes it at once
+			rec.Expires = now // hand back: free for a replica short of its share
 		case mine:
 			rec.Expires = now.Add(l.ttl)
 			expires = rec.Expires
@@ -275,7 +326,8 @@ func (l *leaser) commit(ctx context.Context, shard int, from, cursor uint64) err
 	return nil
 }
 
-// release hands back every lease the replica holds and leaves the member list, trying no
+// release hands back every lease the replica holds, then leaves the member list (the
+// others, seeing a replica leave, balance at once and find its leases free), trying no
 // longer than a lease lasts: by then the leases have lapsed by themselves, so a store that
 // stopped answering does not hold up the replica's exit.
 func (l *leaser) release(ctx context.Context) {
@@ -418,7 +470,8 @@ func (c *Consumer) processShard(ctx context.Context, shard int) (int, error) {
 
 // Run steps the consumer until ctx ends, waiting for new events when idle and renewing
 // its leases well before they expire; on the way out it hands its leases back so other
-// replicas take over at once. Handler errors are logged and retried: at once while other
+// replicas take over at once (on a store that cannot tell of changes, at their next poll).
+// Handler errors are logged and retried: at once while other
 // events were handled in the same step, else after the wait for new events.
 func (c *Consumer) Run(ctx context.Context) error {
 	wake := c.e.changes(ctx)
@@ -436,7 +489,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 		if n > 0 {
 			continue // more may be waiting; a failed shard retries no faster than the others progress
 		}
-		timer.Reset(min(c.leases.ttl/3, c.e.cfg.TimerPollInterval))
+		timer.Reset(c.leases.idleWait(c.e.cfg.TimerPollInterval))
 		select {
 		case <-ctx.Done():
 			return nil

@@ -163,6 +163,56 @@ func TestFailedLeaseTakeIsNotHeld(t *testing.T) {
 	}
 }
 
+// TestConsumerTakesOverReleasedLeasesAtOnce: the leases a stopping replica hands back are
+// taken over by the others at their next step, not at their next balance a third of the
+// lease TTL later, so a clean stop or a rolling deploy leaves no shard without its
+// consumer for seconds.
+func TestConsumerTakesOverReleasedLeasesAtOnce(t *testing.T) {
+	t.Parallel()
+	clock := fftest.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	mem := ffmem.New(&ffmem.Options{Shards: 2})
+	e, err := New(mem, &Config{Clock: clock})
+	require.NoError(t, err)
+	ctx := t.Context()
+	handled := map[int]int{} // shard → events handled by B
+	a, err := e.NewConsumer(ConsumerConfig{Name: "audit", Handler: func(context.Context, fftype.Event) error { return nil }})
+	require.NoError(t, err)
+	b, err := e.NewConsumer(ConsumerConfig{Name: "audit", Handler: func(_ context.Context, ev fftype.Event) error {
+		handled[ev.Shard]++
+		return nil
+	}})
+	require.NoError(t, err)
+	step := func(c *Consumer) {
+		t.Helper()
+		_, err := c.Step(ctx)
+		require.NoError(t, err)
+	}
+	step(a)
+	step(b)
+	clock.Advance(DefaultConsumerLeaseTTL / 3)
+	step(a)
+	step(b)
+	require.Len(t, a.Shards(), 1, "the replicas share the shards")
+	require.Len(t, b.Shards(), 1, "the replicas share the shards")
+
+	a.Release(ctx) // A stops, just after B counted the replicas
+	for shard := range e.shards {
+		require.NoError(t, mem.Update(ctx, shard, func(tx ffstore.Tx) error {
+			tx.AppendEvent(fftype.Event{Version: 1, Type: fftype.EventProgress, ExecutionID: "e"})
+			return nil
+		}))
+	}
+	clock.Advance(replicaCountGap / 2)
+	step(b)
+	require.Len(t, b.Shards(), 1, "B counts the replicas at most every replicaCountGap")
+	require.Equal(t, replicaCountGap, b.leases.idleWait(time.Second),
+		"having put a count off, B waits no longer than the gap for a change to wake it")
+	clock.Advance(replicaCountGap / 2) // well before B's next balance
+	step(b)
+	require.Equal(t, []int{0, 1}, b.Shards(), "B takes over A's shard at once")
+	require.Equal(t, map[int]int{0: 1, 1: 1}, handled, "B handles the events of both shards")
+}
+
 // TestConsumerFollowsItsStoredCursorBack: a stored cursor that is not where the replica
 // read from (a store that came back without its last writes took the cursor's advance
 // back with the events it covered) is where the replica reads again, rather than being

@@ -272,7 +272,7 @@ func (e *Engine) timerLoop(ctx context.Context) {
 		if err != nil && ctx.Err() == nil {
 			e.log.Warn("timer loop failed; retrying", "err", err)
 		}
-		until := e.clock.Now().Add(min(e.cfg.TimerPollInterval, leases.ttl/3))
+		until := e.clock.Now().Add(leases.idleWait(e.cfg.TimerPollInterval))
 		if err == nil && !next.IsZero() && next.Before(until) {
 			until = next
 		}
