@@ -8,6 +8,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/flowfabric/flowfabric/ffstore"
 	"github.com/flowfabric/flowfabric/ffstore/ffvalkey"
 	"github.com/flowfabric/flowfabric/fftest"
 	"github.com/flowfabric/flowfabric/fftype"
@@ -171,5 +172,41 @@ func TestConsumerRereadsAfterTheServerLostWrites(t *testing.T) {
 	drain()
 	for i, id := range after {
 		require.GreaterOrEqual(t, handled[id], 1, "execution #%d created after the restart: its created event was never handled", i+1)
+	}
+}
+
+// TestCallsFailWhileTheServerIsDown: with the server gone, reads fail as writes do, with
+// a retryable unavailable error once the store's retries are spent, rather than being
+// retried by the client until the caller's context ends (over HTTP, a 503 at once, not a
+// request that hangs until its timeout).
+func TestCallsFailWhileTheServerIsDown(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	srv := testdb.NewRedis(t, testdb.RedisOptions{})
+	store := openStore(t, srv.URL(0), &ffvalkey.Options{Shards: 1})
+	e, err := engine.New(store, nil)
+	require.NoError(t, err)
+	res, err := e.Create(ctx, fftype.CreateParams{Lane: workLane, Kind: "k"})
+	require.NoError(t, err)
+	require.NoError(t, srv.Shutdown())
+
+	for name, call := range map[string]func(context.Context) error{
+		"Update": func(ctx context.Context) error {
+			return store.Update(ctx, 0, func(tx ffstore.Tx) error { tx.Put("x", []byte("1")); return nil })
+		},
+		"View": func(ctx context.Context) error {
+			return store.View(ctx, 0, func(tx ffstore.ReadTx) error { _, _, err := tx.Get("x"); return err })
+		},
+		"engine Get":  func(ctx context.Context) error { _, err := e.Get(ctx, res.ID); return err },
+		"ReadEvents":  func(ctx context.Context) error { _, err := store.ReadEvents(ctx, 0, 0, 10); return err },
+		"QueueHeads":  func(ctx context.Context) error { _, err := store.QueueHeads(ctx, []string{"e"}); return err },
+		"EventBounds": func(ctx context.Context) error { _, _, err := store.EventBounds(ctx, 0); return err },
+	} {
+		cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		err := call(cctx)
+		cancel()
+		require.Error(t, err, name)
+		require.NotErrorIs(t, err, context.DeadlineExceeded, "%s held the caller until its context ended", name)
+		require.True(t, fftype.IsRetryable(err), "%s: %v", name, err)
 	}
 }

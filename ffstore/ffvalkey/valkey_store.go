@@ -207,6 +207,9 @@ func Open(ctx context.Context, rawURL string, opts *Options) (*Store, error) {
 	}
 	copt := cfg.client
 	copt.DisableCache = true
+	// The store retries by its own policy (do): left to the client, a read would be tried
+	// again and again while the server is down, until its context ended.
+	copt.DisableRetry = true
 	if copt.Dialer.Timeout == 0 {
 		copt.Dialer.Timeout = 5 * time.Second
 	}
