@@ -64,12 +64,9 @@ func capsDigestOfQueue(q string) (string, bool) {
 	return q[len(q)-capsDigestLen:], true
 }
 
-// putCapsRecord writes the record of the capability set caps when x's eligible queue q
-// is named by digest. The unit calls it when it puts x in q.
-func putCapsRecord(tx ffstore.Tx, q string, caps []string) {
-	if digest, ok := capsDigestOfQueue(q); ok {
-		tx.Put(capsKey(digest), []byte(strings.Join(caps, ",")))
-	}
+// putCapsRecord writes the record of the capability set caps, whose digest is digest.
+func putCapsRecord(tx ffstore.Tx, digest string, caps []string) {
+	tx.Put(capsKey(digest), []byte(strings.Join(caps, ",")))
 }
 
 // joinedLen returns the length of the comma-joined set caps.

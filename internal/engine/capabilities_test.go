@@ -53,11 +53,9 @@ func TestEligibleQueueCapabilities(t *testing.T) {
 	})
 }
 
-// TestInlineNamedEntriesOfLongSets: an execution with a long capability set that sits in
-// its eligible queue under the queue's inline name (written before such sets were named
-// by digest, or by a process of an earlier build during a rolling upgrade) is still
-// claimed by a covering worker, and a change that moves it leaves no entry under the old
-// name and writes the set's record.
+// TestInlineNamedEntriesOfLongSets: an eligible queue named by the digest of a long
+// capability set may hold entries under its earlier, inline name, written before such sets
+// were named by digest or by a process of an earlier build during a rolling upgrade.
 func TestInlineNamedEntriesOfLongSets(t *testing.T) {
 	t.Parallel()
 	var caps []string
@@ -65,45 +63,91 @@ func TestInlineNamedEntriesOfLongSets(t *testing.T) {
 		caps = append(caps, fmt.Sprintf("capability-%02d-%s", i, strings.Repeat("x", 20)))
 	}
 	require.Greater(t, joinedLen(caps), maxInlineCaps)
-	for _, name := range []string{"Claim", "ChangePriorityThenClaim"} {
-		t.Run(name, func(t *testing.T) {
-			t.Parallel()
-			ctx := t.Context()
-			e, _ := newTestEngine(t)
-			res, err := e.Create(ctx, fftype.CreateParams{Lane: "l", Kind: "k", Capabilities: caps})
-			require.NoError(t, err)
-			x, err := e.Get(ctx, res.ID)
-			require.NoError(t, err)
-			byDigest, inline := eligibleQueue("l", "default", caps), inlineEligibleQueue(x)
-			digest, _ := capsDigestOfQueue(byDigest)
-			require.NoError(t, e.store.Update(ctx, res.ID.Shard(), func(tx ffstore.Tx) error {
-				items, err := tx.Range(byDigest, nil, ffstore.MaxScore, 10)
-				if err != nil {
-					return err
-				}
-				require.Len(t, items, 1)
-				tx.QueueRemove(byDigest, string(res.ID))
-				tx.QueueAdd(inline, string(res.ID), items[0].Score)
+	byDigest := eligibleQueue("l", "default", caps)
+	digest, _ := capsDigestOfQueue(byDigest)
+
+	// setup creates an execution with caps and rewrites the store as an earlier build
+	// would have left it: moved, its entry under the inline name only and no record of
+	// the set; or not moved, with an entry under the inline name beside the digest's (an
+	// earlier build changed its priority).
+	setup := func(t *testing.T, moved bool) (*Engine, *fftype.Execution) {
+		t.Helper()
+		e, _ := newTestEngine(t)
+		res, err := e.Create(t.Context(), fftype.CreateParams{Lane: "l", Kind: "k", Capabilities: caps, Priority: 5})
+		require.NoError(t, err)
+		require.NoError(t, e.store.Update(t.Context(), res.ID.Shard(), func(tx ffstore.Tx) error {
+			x, err := getExec(tx, res.ID)
+			if err != nil {
+				return err
+			}
+			if moved {
+				tx.QueueRemove(byDigest, string(x.ID))
 				tx.Delete(capsKey(digest))
-				return nil
-			}))
-			if name == "ChangePriorityThenClaim" {
-				require.NoError(t, e.ChangePriority(ctx, res.ID, 5))
-				require.NoError(t, e.CheckInvariants(ctx, res.ID), "the record is written")
-				require.NoError(t, e.store.View(ctx, res.ID.Shard(), func(tx ffstore.ReadTx) error {
-					items, err := tx.Range(inline, nil, ffstore.MaxScore, 10)
-					require.Empty(t, items, "no entry is left under the inline name")
-					return err
-				}))
+			} else {
+				x.Priority = 1
+				putExec(tx, x)
 			}
-			claim := func(caps []string) []*fftype.Lease {
-				ls, err := e.Claim(ctx, fftype.ClaimParams{WorkerID: "w", WorkerInstanceID: "w-1", Lanes: []string{"l"}, Capabilities: caps, Count: 10})
-				require.NoError(t, err)
-				return ls
+			tx.QueueAdd(inlineEligibleQueue(x), string(x.ID), priorityScore(x.Priority, x.CreatedAt))
+			return nil
+		}))
+		x, err := e.Get(t.Context(), res.ID)
+		require.NoError(t, err)
+		return e, x
+	}
+	claim := func(t *testing.T, e *Engine, caps []string) []*fftype.Lease {
+		t.Helper()
+		ls, err := e.Claim(t.Context(), fftype.ClaimParams{WorkerID: "w", WorkerInstanceID: "w-1", Lanes: []string{"l"}, Capabilities: caps, Count: 10})
+		require.NoError(t, err)
+		return ls
+	}
+	inlineEntries := func(t *testing.T, e *Engine, x *fftype.Execution) []ffstore.QueueItem {
+		t.Helper()
+		var items []ffstore.QueueItem
+		require.NoError(t, e.store.View(t.Context(), x.ID.Shard(), func(tx ffstore.ReadTx) error {
+			var err error
+			items, err = tx.Range(inlineEligibleQueue(x), nil, ffstore.MaxScore, 10)
+			return err
+		}))
+		return items
+	}
+
+	for name, change := range map[string]func(*Engine, *fftype.Execution) error{
+		"Claimed": func(*Engine, *fftype.Execution) error { return nil },
+		"PriorityChanged": func(e *Engine, x *fftype.Execution) error {
+			return e.ChangePriority(t.Context(), x.ID, 7)
+		},
+		"Tagged": func(e *Engine, x *fftype.Execution) error {
+			return e.SetTags(t.Context(), x.ID, map[string]string{"team": "a"})
+		},
+	} {
+		t.Run("Moved"+name, func(t *testing.T) {
+			// Still eligible, and claimed by a covering worker only; a change that keeps
+			// it eligible moves it to the digest name and writes the set's record.
+			t.Parallel()
+			e, x := setup(t, true)
+			require.NoError(t, change(e, x))
+			if name != "Claimed" {
+				require.NoError(t, e.CheckInvariants(t.Context(), x.ID))
+				require.Empty(t, inlineEntries(t, e, x), "no entry is left under the inline name")
 			}
-			require.Empty(t, claim(caps[1:]), "a worker lacking a token")
-			require.Len(t, claim(caps), 1, "a covering worker")
-			require.NoError(t, e.CheckInvariants(ctx, res.ID))
+			require.Empty(t, claim(t, e, caps[1:]), "a worker lacking a token")
+			require.Len(t, claim(t, e, caps), 1, "a covering worker")
+			require.NoError(t, e.CheckInvariants(t.Context(), x.ID))
 		})
 	}
+
+	t.Run("LeftBesideDigestEntry", func(t *testing.T) {
+		// Claimed through its digest entry, running or finished, it is not claimed again
+		// through the inline one.
+		t.Parallel()
+		e, x := setup(t, false)
+		ls := claim(t, e, caps)
+		require.Len(t, ls, 1)
+		require.Empty(t, claim(t, e, caps), "a running execution")
+		require.NoError(t, e.Complete(t.Context(), x.ID, ls[0].Fence, nil, ""))
+		require.Empty(t, claim(t, e, caps), "a completed execution")
+		done, err := e.Get(t.Context(), x.ID)
+		require.NoError(t, err)
+		require.Equal(t, fftype.PhaseTerminal, done.Phase)
+	})
 }

@@ -313,12 +313,15 @@ func takeFrom[T any](ctx context.Context, e *Engine, c *candidate, base int, alo
 			before := e.placementOf(x)
 			queue := c.queue
 			if _, ok := before.score(queue); !ok {
+				// Perhaps the queue x belongs in, under the inline name it had before long
+				// capability sets were named by digest.
 				if queue != inlineEligibleQueue(x) {
 					continue // not eligible here: the pop only dropped a stale entry
 				}
-				// The queue x belongs in, under the name it had before long capability
-				// sets were named by digest: x is eligible, and was in it only by that name.
 				queue = eligibleQueue(x.Lane, x.Namespace, x.Capabilities)
+				if _, ok := before.score(queue); !ok {
+					continue
+				}
 			}
 			before = before.without(queue)
 			expired, err := e.fire(tx, queueDeadline, x, before, now)

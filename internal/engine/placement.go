@@ -86,24 +86,31 @@ func (p placement) without(q string) placement {
 }
 
 // save writes x and moves it from the queues of before to the queues it now belongs in.
-// Writing x's entry in an eligible queue named by the digest of x's capability set, it
-// writes the set's record too (putCapsRecord), and it takes x out of that queue's
-// earlier, inline name (inlineEligibleQueue), where an entry written before digests may
-// still be.
+//
+// An eligible queue named by the digest of x's capability set may hold x under its
+// earlier, inline name instead (inlineEligibleQueue: an entry written before such sets
+// were named by digest, or by an earlier build during a rolling upgrade), which before
+// cannot tell. So save never trusts before about such a queue: leaving it, it removes
+// both names; staying in or entering it, it writes the entry under the digest name and
+// the set's record (putCapsRecord) and removes the inline name. Short sets, the common
+// case, cost nothing of this.
 func (e *Engine) save(tx ffstore.Tx, before placement, x *fftype.Execution) {
 	putExec(tx, x)
 	after := e.placementOf(x)
 	for _, qs := range before.queues() {
-		if _, ok := capsDigestOfQueue(qs.queue); ok {
-			tx.QueueRemove(inlineEligibleQueue(x), string(x.ID))
-		}
 		if _, ok := after.score(qs.queue); !ok {
 			tx.QueueRemove(qs.queue, string(x.ID))
+			if _, byDigest := capsDigestOfQueue(qs.queue); byDigest {
+				tx.QueueRemove(inlineEligibleQueue(x), string(x.ID))
+			}
 		}
 	}
 	for _, qs := range after.queues() {
-		if old, ok := before.score(qs.queue); !ok || old != qs.score {
-			putCapsRecord(tx, qs.queue, x.Capabilities)
+		if digest, byDigest := capsDigestOfQueue(qs.queue); byDigest {
+			tx.QueueRemove(inlineEligibleQueue(x), string(x.ID))
+			putCapsRecord(tx, digest, x.Capabilities)
+			tx.QueueAdd(qs.queue, string(x.ID), qs.score)
+		} else if old, ok := before.score(qs.queue); !ok || old != qs.score {
 			tx.QueueAdd(qs.queue, string(x.ID), qs.score)
 		}
 	}
