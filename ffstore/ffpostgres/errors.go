@@ -82,6 +82,14 @@ func cannotUse(state string) string {
 	}
 }
 
+// readOnlyServer reports whether err says the connection's server refuses writes (a
+// standby, or a primary turned read-only in a failover): a connection to drop, since
+// the next one may reach the new primary.
+func readOnlyServer(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.Is(err, pgconn.ErrReadOnlyConnection) || errors.As(err, &pgErr) && pgErr.Code == stateReadOnlyTransaction
+}
+
 // translate turns an error from pgx into an *fftype.Error. It is the only place pgx
 // errors are interpreted; *fftype.Error values pass through unchanged, and so does the
 // error of ctx, the caller's context, once it is done (pgx wraps it; callers compare with

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // Changes implements [ffstore.ChangeNotifier]. The channel wakes at once after this
@@ -157,11 +158,13 @@ func (s *Store) listenOnce(listening func()) error {
 		// Quiet for a while: make sure the server is still there. A connection whose
 		// server vanished without a word (a host gone, a partition) would otherwise wait
 		// for notifications until TCP keepalive gave up on it, most of an hour.
+		// And that it still accepts writes: after a failover, the NOTIFYs of units come
+		// from the new primary, which a connection to the old one never hears.
 		ctx, cancel = context.WithTimeout(s.stopCtx, s.opts.ConnectTimeout)
-		err = conn.Ping(ctx)
+		err = pgconn.ValidateConnectTargetSessionAttrsReadWrite(ctx, conn.PgConn())
 		cancel()
 		if err != nil {
-			return fmt.Errorf("the listening connection stopped answering: %w", err)
+			return fmt.Errorf("the listening connection stopped answering or turned read-only: %w", err)
 		}
 	}
 }

@@ -415,7 +415,7 @@ func parseConfig(connString string, opts *Options) (*pgxpool.Config, Options, er
 	if timeout > 0 {
 		cfg.ConnConfig.RuntimeParams["statement_timeout"] = strconv.FormatInt(timeout.Milliseconds(), 10)
 	}
-	if cfg.ConnConfig.ValidateConnect == nil {
+	if !strings.Contains(connString, "target_session_attrs") {
 		// The store writes: a connection to a standby (a host list that names one, a
 		// failover in progress) is refused at once, and the next host tried.
 		cfg.ConnConfig.ValidateConnect = pgconn.ValidateConnectTargetSessionAttrsReadWrite
@@ -785,8 +785,9 @@ func (s *Store) run(ctx context.Context, shard int, readOnly bool, fn func(t *un
 	defer cancel()
 	committed := false
 	defer func() {
-		if !committed && !t.rollback(endCtx) {
-			// The connection's state is unknown: do not hand it to the next unit.
+		if !committed && (!t.rollback(endCtx) || readOnlyServer(err)) {
+			// The connection's state is unknown, or its server refuses writes: do not hand
+			// it to the next unit.
 			_ = conn.Conn().Close(endCtx)
 		}
 		conn.Release()

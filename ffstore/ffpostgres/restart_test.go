@@ -106,3 +106,65 @@ func TestReadOnlyDatabase(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, evs, 2, "each acknowledged unit's event, once")
 }
+
+// TestServerTurnsReadOnly stands for a failover whose old primary stays up, read-only,
+// keeping its sessions: a unit it refuses drops its connection (so that the next one
+// may reach the new primary, not the same session again), and the change listener
+// leaves it too, rather than listen where no unit's NOTIFY arrives any more.
+func TestServerTurnsReadOnly(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	pg := testdb.NewPostgres(t, testdb.PostgresOptions{Fast: true})
+	opts := &ffpostgres.Options{Migrate: true, Shards: 1, PoolSize: 1, ConnectTimeout: 2 * time.Second}
+	ffpostgres.SetListenIdle(opts, 100*time.Millisecond)
+	s, err := ffpostgres.Open(ctx, pg.URL("postgres"), opts)
+	require.NoError(t, err)
+	defer s.Close()
+	admin, err := pgx.Connect(ctx, pg.URL("postgres"))
+	require.NoError(t, err)
+	defer admin.Close(context.WithoutCancel(ctx))
+	setReadOnly := func(on bool) {
+		stmt := "ALTER SYSTEM RESET default_transaction_read_only"
+		if on {
+			stmt = "ALTER SYSTEM SET default_transaction_read_only = on"
+		}
+		_, err := admin.Exec(ctx, stmt)
+		require.NoError(t, err)
+		_, err = admin.Exec(ctx, "SELECT pg_reload_conf()")
+		require.NoError(t, err)
+		time.Sleep(300 * time.Millisecond) // sessions take the new setting at their next statement
+	}
+	backend := func() int32 {
+		var pid int32
+		require.NoError(t, s.Pool().QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&pid))
+		return pid
+	}
+	put := func() error {
+		return s.Update(ctx, 0, func(tx ffstore.Tx) error { tx.Put("k", []byte("v")); return nil })
+	}
+	wake := s.Changes(ctx)
+	select { // the listener wakes its readers once it listens
+	case <-wake:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the listener never listened")
+	}
+	require.NoError(t, put())
+	before := backend()
+
+	setReadOnly(true)
+	err = put()
+	require.ErrorContains(t, err, "read-only")
+	require.True(t, fftype.IsRetryable(err), "%v", err)
+	time.Sleep(500 * time.Millisecond) // the listener finds its server read-only, and keeps trying to leave it
+	for len(wake) > 0 {
+		<-wake
+	}
+	setReadOnly(false)
+	select { // the listener's new connection wakes the readers
+	case <-wake:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the listener stayed on a connection whose server had turned read-only")
+	}
+	require.NoError(t, put())
+	require.NotEqual(t, before, backend(), "the refused unit's connection was dropped")
+}
