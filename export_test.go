@@ -21,3 +21,6 @@ func EnableSignals(w *Worker) *WorkerSignals {
 
 // SetIdleBackoff sets the first idle wait of w's Run. Call it before Run.
 func SetIdleBackoff(w *Worker, d time.Duration) { w.idleBackoff = d }
+
+// SetCleanupWindow sets w's clean-up window (10s by default). Call it before Run.
+func SetCleanupWindow(w *Worker, d time.Duration) { w.cleanupTime = d }

@@ -349,10 +349,15 @@ func panicStack(stack []byte) string {
 }
 
 // settle makes the call the handler's outcome asks for, unless the task already finished.
-// A call refused for a passing reason (the store unavailable, a conflict) is retried a few
-// times; if it still does not land, the task is given up and its lease left to expire, so
-// the execution is reclaimed. A call refused as invalid (a snooze longer than a delay may
-// be) fails the attempt instead, with the refusal as its reason.
+// A call refused for a passing reason (the store unavailable, a conflict, no answer in
+// time) is retried, waiting 10ms and then four times longer each time up to a second, for
+// as long as it may still land: until the lease's latest known expiry has passed (the
+// renewals go on meanwhile and push it back) and at least for the clean-up window. So an
+// outage shorter than the lease does not run a finished handler again. Close ends the
+// retries: it releases what is still held itself. If the call does not land, or is
+// refused for good, the task is given up and its lease left to expire, so the execution is
+// reclaimed. A call refused as invalid (a snooze longer than a delay may be) fails the
+// attempt instead, with the refusal as its reason.
 func (w *Worker) settle(t *ClaimedTask, err error, panicText string) {
 	if t.Finished() {
 		return
@@ -394,12 +399,11 @@ func (w *Worker) settle(t *ClaimedTask, err error, panicText string) {
 	default:
 		fail(err.Error(), CategoryHandlerError, false)
 	}
-	ctx, cancel := cleanupContext(w.life)
-	defer cancel()
+	window := time.Now().Add(w.cleanupWindow())
 	backoff := 10 * time.Millisecond
 	refused := false
-	for try := 0; ; try++ {
-		cerr := call(ctx)
+	for {
+		cerr := w.settleTry(t, call, window)
 		if t.Finished() {
 			if cerr != nil {
 				w.log.Debug("the task's lease was gone when it finished", "execution_id", t.lease.ExecutionID, "err", cerr)
@@ -411,17 +415,47 @@ func (w *Worker) settle(t *ClaimedTask, err error, panicText string) {
 			fail("the worker could not report the handler's outcome: "+cerr.Error(), CategoryHandlerError, false)
 			continue
 		}
-		if try == 4 || !fftype.IsRetryable(cerr) {
-			w.log.Error("could not report a task's outcome; its lease will expire and the execution be reclaimed",
-				"execution_id", t.lease.ExecutionID, "err", cerr)
-			t.detach()
-			return
+		passing := fftype.IsRetryable(cerr) || errors.Is(cerr, context.DeadlineExceeded)
+		if passing && w.mayLand(t, window) && sleep(w.life, backoff) {
+			backoff = min(4*backoff, maxSettleBackoff)
+			continue
 		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(backoff):
-		}
-		backoff *= 4
+		w.log.Error("could not report a task's outcome; its lease will expire and the execution be reclaimed",
+			"execution_id", t.lease.ExecutionID, "err", cerr)
+		t.detach()
+		return
+	}
+}
+
+// maxSettleBackoff caps the wait between tries of a handler's outcome.
+const maxSettleBackoff = time.Second
+
+// settleTry makes a finishing call of t once. It may take until the outcome can no longer
+// land (see mayLand) but no longer than a renewal may, so that a call stuck on a
+// connection that died does not outlast the store's return.
+func (w *Worker) settleTry(t *ClaimedTask, call func(ctx context.Context) error, window time.Time) error {
+	left := max(time.Until(window), t.expiresAt().Sub(w.clock.Now()))
+	ctx, cancel := context.WithTimeout(w.life, min(left, callTimeout(t.lease.TTL.D()/3)))
+	defer cancel()
+	return call(ctx)
+}
+
+// mayLand reports whether a finishing call of t may still land: the worker is not closed,
+// and the clean-up window (until window, on the local clock) is not over or the lease's
+// latest known expiry (on the backend's clock, which leases are timed with) has not passed.
+func (w *Worker) mayLand(t *ClaimedTask, window time.Time) bool {
+	return w.life.Err() == nil && (time.Now().Before(window) || w.clock.Now().Before(t.expiresAt()))
+}
+
+// sleep waits for d and reports whether ctx lived that long.
+func sleep(ctx context.Context, d time.Duration) bool {
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-timer.C:
+		return true
 	}
 }
 
@@ -470,7 +504,7 @@ func (w *Worker) stop(ctx context.Context, cancel bool) error {
 	default:
 	}
 	rs.workCancel(ErrWorkerStopped)
-	cctx, cc := cleanupContext(ctx)
+	cctx, cc := w.cleanupContext(ctx)
 	defer cc()
 	if err := w.releaseAll(cctx, func(t *ClaimedTask) bool { return t.rs == rs }); err != nil {
 		w.log.Warn("releasing the leases of stopped handlers failed", "err", err)

@@ -39,6 +39,7 @@ type ClaimedTask struct {
 
 	failures atomic.Int32 // consecutive failed renewals
 	lost     atomic.Bool
+	expiry   atomic.Int64 // the lease's latest known expiry on the backend's clock, Unix ns
 
 	// A finishing call's own events (cancelled, failed, retry_scheduled) may arrive before
 	// the call returns. While one is in flight, confirm leaves the task alone and notes
@@ -52,6 +53,7 @@ func newClaimedTask(w *Worker, l *Lease, parent context.Context, rs *runState) *
 	t.lease.Tags = maps.Clone(l.Tags)
 	t.ctx, t.cancel = context.WithCancelCause(parent)
 	t.renewCtx, t.stopRenew = context.WithCancel(w.life)
+	t.expiry.Store(l.ExpiresAt.UnixNano())
 	return t
 }
 
@@ -144,6 +146,20 @@ func (t *ClaimedTask) Finished() bool {
 		return false
 	}
 }
+
+// extend notes exp, a renewal's new expiry of the lease, unless a later one is known.
+func (t *ClaimedTask) extend(exp time.Time) {
+	n := exp.UnixNano()
+	for {
+		old := t.expiry.Load()
+		if n <= old || t.expiry.CompareAndSwap(old, n) {
+			return
+		}
+	}
+}
+
+// expiresAt returns the lease's latest known expiry, on the backend's clock.
+func (t *ClaimedTask) expiresAt() time.Time { return time.Unix(0, t.expiry.Load()) }
 
 // LeaseHealthy reports whether the lease is believed held: it was not lost and fewer than
 // three renewals in a row failed.
@@ -279,7 +295,10 @@ func (t *ClaimedTask) Progress(ctx context.Context, percent int, message string)
 // automatically; this is for callers that want to be sure before a long step.
 func (t *ClaimedTask) Renew(ctx context.Context) (time.Time, error) {
 	exp, err := t.w.backend.Renew(ctx, t.lease.ExecutionID, t.lease.Fence, 0)
-	if leaseGone(err) {
+	switch {
+	case err == nil:
+		t.extend(exp)
+	case leaseGone(err):
 		t.loseLease(ctx, err)
 	}
 	return exp, err
@@ -299,12 +318,13 @@ func (t *ClaimedTask) renewLoop() {
 			return
 		}
 		ctx, cancel := context.WithTimeout(t.renewCtx, callTimeout(interval))
-		_, err := t.w.backend.Renew(ctx, t.lease.ExecutionID, t.lease.Fence, 0)
+		exp, err := t.w.backend.Renew(ctx, t.lease.ExecutionID, t.lease.Fence, 0)
 		cancel()
 		last = clock.Now()
 		switch {
 		case err == nil:
 			t.failures.Store(0)
+			t.extend(exp)
 		case t.renewCtx.Err() != nil:
 			return
 		case leaseGone(err):

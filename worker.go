@@ -85,6 +85,7 @@ type Worker struct {
 
 	signals     atomic.Pointer[workerSignals]
 	idleBackoff time.Duration // tests: the first idle wait of Run; 0 means minIdleBackoff
+	cleanupTime time.Duration // tests: the clean-up window; 0 means defaultCleanupTime
 }
 
 // WorkerOpts are optional settings of [NewWorker]. A nil *WorkerOpts means none.
@@ -254,7 +255,7 @@ func NewWorker(ctx context.Context, backend Backend, cfg *WorkerConfig, opts *Wo
 // of the failed attempt. It retries passing failures within the clean-up time; if it
 // still fails, the registration lapses after its TTL.
 func (w *Worker) dropRegistration(ctx context.Context) {
-	cctx, cancel := cleanupContext(ctx)
+	cctx, cancel := w.cleanupContext(ctx)
 	defer cancel()
 	_ = retryPassing(cctx, func() error {
 		return w.backend.DeregisterWorker(cctx, w.cfg.Namespace, w.cfg.WorkerInstanceID, w.session)
@@ -608,7 +609,7 @@ func (w *Worker) adopt(l *Lease, rs *runState) (*ClaimedTask, error) {
 	w.mu.Lock()
 	if w.closed {
 		w.mu.Unlock()
-		ctx, cancel := cleanupContext(w.life)
+		ctx, cancel := w.cleanupContext(w.life)
 		defer cancel()
 		_ = t.Release(ctx)
 		return nil, fftype.Statef(CodeWorkerClosed, "the worker was closed")
@@ -660,10 +661,22 @@ func (w *Worker) releaseAll(ctx context.Context, keep func(*ClaimedTask) bool) e
 // call that hangs (a server that stopped answering) fails in time for the next one.
 func callTimeout(interval time.Duration) time.Duration { return max(interval, 2*time.Second) }
 
+// defaultCleanupTime is the clean-up window: how long calls that must run even when the
+// caller's context is done may take.
+const defaultCleanupTime = 10 * time.Second
+
+// cleanupWindow returns the clean-up window.
+func (w *Worker) cleanupWindow() time.Duration {
+	if w.cleanupTime > 0 {
+		return w.cleanupTime
+	}
+	return defaultCleanupTime
+}
+
 // cleanupContext is the context of calls that must run even when the caller's context is
 // done: releasing leases and deregistering on the way out.
-func cleanupContext(parent context.Context) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(context.WithoutCancel(parent), 10*time.Second)
+func (w *Worker) cleanupContext(parent context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(parent), w.cleanupWindow())
 }
 
 // Close shuts the worker down: it stops Run as [Worker.Stop] does (waiting for handlers
@@ -685,7 +698,7 @@ func (w *Worker) close(ctx context.Context) error {
 	if err := w.Stop(ctx); err != nil {
 		errs = append(errs, err)
 	}
-	cctx, cancel := cleanupContext(ctx)
+	cctx, cancel := w.cleanupContext(ctx)
 	defer cancel()
 	for _, t := range w.heldTasks(nil) {
 		t.cancel(ErrWorkerStopped) // cut short by the close, before the release ends them

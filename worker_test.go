@@ -1655,6 +1655,39 @@ func TestWorkerThroughLostReplies(t *testing.T) {
 	}
 }
 
+// TestWorkerReportsAnOutcomeThroughAnOutage: a handler's outcome refused by a store
+// outage longer than the clean-up window, but shorter than the lease, is retried until it
+// lands: the execution completes once and its handler does not run again.
+func TestWorkerReportsAnOutcomeThroughAnOutage(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	s := newFaultStore(1)
+	// On the fake clock the lease does not expire during the outage.
+	c, err := flowfabric.NewClient(s, &flowfabric.Config{Clock: fftest.NewClock(testStart)})
+	require.NoError(t, err)
+	w, err := flowfabric.NewWorker(ctx, c, config("i1"), nil)
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, w.Close(context.Background())) })
+	flowfabric.SetCleanupWindow(w, 100*time.Millisecond) // over long before the outage
+	sig := flowfabric.EnableSignals(w)
+	var runs atomic.Int32
+	flowfabric.Handle(w, "k", func(context.Context, *flowfabric.Task[struct{}]) error {
+		runs.Add(1)
+		return nil
+	})
+	s.failUnits(fftype.EventCompleted, 5) // the store refuses the first five tries (about 0.85 s)
+	res, err := c.Create(ctx, flowfabric.CreateParams{Lane: testLane, Kind: "k"})
+	require.NoError(t, err)
+	run(t, w)
+	recvID(t, sig.Settled, res.ID, "settling")
+
+	x, err := c.Get(ctx, res.ID)
+	require.NoError(t, err)
+	require.Equal(t, flowfabric.StateCompleted, x.PublicState(), "the outcome landed once the store answered")
+	require.Equal(t, 1, eventCounts(t, s)[res.ID][fftype.EventCompleted])
+	require.Equal(t, int32(1), runs.Load(), "the handler ran once")
+}
+
 // eventCounts tallies the events of each execution in the event logs of s.
 func eventCounts(t *testing.T, s ffstore.Store) map[flowfabric.ExecutionID]map[fftype.EventType]int {
 	t.Helper()
