@@ -483,6 +483,23 @@ func (w *Worker) Stop(ctx context.Context) error { return w.stop(ctx, false) }
 func (w *Worker) StopAndCancel(ctx context.Context) error { return w.stop(ctx, true) }
 
 func (w *Worker) stop(ctx context.Context, cancel bool) error {
+	rs := w.awaitStop(ctx, cancel)
+	if rs == nil {
+		return nil
+	}
+	rs.workCancel(ErrWorkerStopped)
+	cctx, cc := w.cleanupContext(ctx)
+	defer cc()
+	if err := w.releaseAll(cctx, func(t *ClaimedTask) bool { return t.rs == rs }); err != nil {
+		w.log.Warn("releasing the leases of stopped handlers failed", "err", err)
+	}
+	return ctx.Err()
+}
+
+// awaitStop stops the running Run's claim loop, cancels its handlers too if cancel is set,
+// and waits until the Run returns or ctx ends. It returns the Run if it is still going
+// (ctx ended first), or nil.
+func (w *Worker) awaitStop(ctx context.Context, cancel bool) *runState {
 	w.mu.Lock()
 	rs := w.run
 	w.mu.Unlock()
@@ -502,12 +519,6 @@ func (w *Worker) stop(ctx context.Context, cancel bool) error {
 	case <-rs.done:
 		return nil // finished as ctx ended
 	default:
+		return rs
 	}
-	rs.workCancel(ErrWorkerStopped)
-	cctx, cc := w.cleanupContext(ctx)
-	defer cc()
-	if err := w.releaseAll(cctx, func(t *ClaimedTask) bool { return t.rs == rs }); err != nil {
-		w.log.Warn("releasing the leases of stopped handlers failed", "err", err)
-	}
-	return ctx.Err()
 }

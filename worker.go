@@ -680,11 +680,14 @@ func (w *Worker) cleanupContext(parent context.Context) (context.Context, contex
 }
 
 // Close shuts the worker down: it stops Run as [Worker.Stop] does (waiting for handlers
-// until ctx ends, then cancelling them and releasing their leases), releases the leases of
-// tasks claimed by hand and not finished, stops the heartbeat, the event watch and every
-// renewal, and deregisters the instance so that its id is free at once. A worker that owns
-// its client (opened by ffconnect.Connect) also stops the client and closes its store.
-// Calls after the first return the first's result.
+// until ctx ends, then cancelling them), releases the leases of the tasks still held (Run's
+// and those claimed by hand), stops the heartbeat, the event watch and every renewal, and
+// deregisters the instance so that its id is free at once. Once ctx ended, the releases and
+// the deregistration share one clean-up window of 10s, the releases stopping at 8s, so that
+// Close returns at most about 10s after ctx ends and still tries to deregister even when
+// the store stopped answering. A worker that owns its client (opened by
+// ffconnect.Connect) also stops the client and closes its store. Calls after the first
+// return the first's result.
 func (w *Worker) Close(ctx context.Context) error {
 	w.closeOnce.Do(func() { w.closeErr = w.close(ctx) })
 	return w.closeErr
@@ -695,15 +698,19 @@ func (w *Worker) close(ctx context.Context) error {
 	w.mu.Lock()
 	w.closed = true // no new Run, claim or task from here on
 	w.mu.Unlock()
-	if err := w.Stop(ctx); err != nil {
-		errs = append(errs, err)
+	if w.awaitStop(ctx, false) != nil {
+		errs = append(errs, ctx.Err())
 	}
 	cctx, cancel := w.cleanupContext(ctx)
 	defer cancel()
+	// The last fifth of the window is kept for deregistering: releases on a store that
+	// stopped answering would take it all.
+	rctx, rcancel := context.WithTimeout(cctx, w.cleanupWindow()*4/5)
+	defer rcancel()
 	for _, t := range w.heldTasks(nil) {
 		t.cancel(ErrWorkerStopped) // cut short by the close, before the release ends them
 	}
-	if err := w.releaseAll(cctx, nil); err != nil {
+	if err := w.releaseAll(rctx, nil); err != nil {
 		errs = append(errs, err)
 	}
 	w.lifeCancel(ErrWorkerStopped)

@@ -1517,6 +1517,82 @@ func TestWorkerRunReturnsAfterStopWhileItsClaimHangs(t *testing.T) {
 	require.NoError(t, w.Close(context.Background()))
 }
 
+// TestWorkerCloseWhileTheStoreHangs: Close on a store that stopped answering, with
+// handlers that ignore their context, returns within one clean-up window after its context
+// ended, releases each held task once and keeps part of the window to deregister.
+func TestWorkerCloseWhileTheStoreHangs(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	s := newFaultStore(2)
+	// On the fake clock no renewal or heartbeat reaches the hung store: only Close's calls do.
+	c, err := flowfabric.NewClient(s, &flowfabric.Config{Clock: fftest.NewClock(testStart)})
+	require.NoError(t, err)
+	backend := &closeCalls{Backend: c, EventWatcher: c, releases: map[flowfabric.ExecutionID]int{}}
+	cfg := config("i1")
+	cfg.MaxConcurrentTasks = 2
+	w, err := flowfabric.NewWorker(ctx, backend, cfg, nil)
+	require.NoError(t, err)
+	const window = 500 * time.Millisecond
+	flowfabric.SetCleanupWindow(w, window)
+	gate := make(chan struct{})
+	started := make(chan flowfabric.ExecutionID, 2)
+	flowfabric.Handle(w, "stubborn", func(ctx context.Context, t *flowfabric.Task[struct{}]) error {
+		started <- t.ExecutionID()
+		<-gate // ignores its context
+		return nil
+	})
+	for range 2 {
+		_, err := c.Create(ctx, flowfabric.CreateParams{Lane: testLane, Kind: "stubborn"})
+		require.NoError(t, err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- w.Run(context.Background()) }()
+	ids := []flowfabric.ExecutionID{recv(t, started, "a handler"), recv(t, started, "a handler")}
+
+	s.hung.Store(true)
+	expired, cancel := context.WithCancel(ctx)
+	cancel()
+	begin := time.Now()
+	err = w.Close(expired)
+	took := time.Since(begin)
+	require.ErrorIs(t, err, context.Canceled, "Close's context ended before the handlers returned")
+	require.Less(t, took, 2*window, "one clean-up window, not one for the stop and another for the close")
+	require.True(t, backend.deregisterLive.Load(), "the releases left time to deregister")
+	backend.mu.Lock()
+	for _, id := range ids {
+		require.Equal(t, 1, backend.releases[id], "%s is released once", id)
+	}
+	backend.mu.Unlock()
+
+	s.hung.Store(false)
+	close(gate)
+	require.NoError(t, recv(t, done, "Run"))
+}
+
+// closeCalls is a backend that counts the worker's releases, by execution, and notes
+// whether its deregistration began with time left.
+type closeCalls struct {
+	flowfabric.Backend
+	flowfabric.EventWatcher
+
+	mu       sync.Mutex
+	releases map[flowfabric.ExecutionID]int
+
+	deregisterLive atomic.Bool
+}
+
+func (b *closeCalls) Release(ctx context.Context, id flowfabric.ExecutionID, f flowfabric.Fence) error {
+	b.mu.Lock()
+	b.releases[id]++
+	b.mu.Unlock()
+	return b.Backend.Release(ctx, id, f)
+}
+
+func (b *closeCalls) DeregisterWorker(ctx context.Context, namespace, instanceID, session string) error {
+	b.deregisterLive.Store(ctx.Err() == nil)
+	return b.Backend.DeregisterWorker(ctx, namespace, instanceID, session)
+}
+
 // TestNewWorkerThroughALostRegistrationReply: a registration that landed but whose reply
 // was lost is made again under the same session, which refreshes it: NewWorker opens the
 // worker rather than failing.
