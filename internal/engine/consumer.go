@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"slices"
 	"sort"
 	"time"
 
@@ -90,10 +91,10 @@ func (e *Engine) newLeaser(name string, ttl time.Duration, tracks bool) *leaser 
 // beyond their new share (it takes them at its next balance). The replicas are counted at
 // most every replicaCountGap.
 func (l *leaser) balanceIfDue(ctx context.Context) error {
-	now := l.e.now()
-	if l.balanced.IsZero() || !now.Before(l.balanced.Add(l.ttl/3)) {
+	if l.balanceDue() {
 		return l.balance(ctx)
 	}
+	now := l.e.now()
 	l.putOff = now.Before(l.counted.Add(replicaCountGap))
 	if l.putOff {
 		return nil
@@ -109,6 +110,13 @@ func (l *leaser) balanceIfDue(ctx context.Context) error {
 		return err
 	}
 	return l.balance(ctx)
+}
+
+// balanceDue reports whether a third of the lease TTL has passed since balance last ran
+// (or it failed). Balance renews every lease the replica holds, so until then none of them
+// is due for renewal.
+func (l *leaser) balanceDue() bool {
+	return l.balanced.IsZero() || !l.e.now().Before(l.balanced.Add(l.ttl/3))
 }
 
 // idleWait returns how long a loop with nothing to do may wait before it calls
@@ -263,12 +271,6 @@ func (l *leaser) holds(shard int) bool {
 	return ok && l.e.now().Before(exp)
 }
 
-// renewDue reports whether a third of the TTL has passed since the replica last renewed
-// its lease of shard, one it holds.
-func (l *leaser) renewDue(shard int) bool {
-	return !l.e.now().Before(l.held[shard].Add(l.ttl/3 - l.ttl))
-}
-
 // heldShards returns the shards the replica holds, in order.
 func (l *leaser) heldShards() []int {
 	var out []int
@@ -365,19 +367,19 @@ type ConsumerConfig struct {
 	Handler func(ctx context.Context, ev fftype.Event) error
 	// LeaseTTL is how long a replica's shard leases last without renewal; a dead
 	// replica's shards move to the others after it. 0 means 15s. Handler must take less
-	// than two thirds of it for one event: a replica renews a lease between events, once
-	// a third of it has passed, so a longer call may outlast the lease, and the event is
-	// handled again.
+	// than two thirds of it for one event: a replica renews all its leases between
+	// batches, once a third of it has passed, ending a batch for it, so a longer call may
+	// outlast the lease, and the event is handled again.
 	LeaseTTL time.Duration
 }
 
 // Consumer is one replica of a durable consumer. Run it with Run, or drive it a step at a
 // time with Step.
 type Consumer struct {
-	e       *Engine
-	cfg     ConsumerConfig
-	leases  *leaser
-	lastErr error
+	e      *Engine
+	cfg    ConsumerConfig
+	leases *leaser
+	turn   int // the shard the next step starts at, or the first held after it
 }
 
 // NewConsumer returns a replica of the durable consumer cfg.Name.
@@ -400,20 +402,28 @@ func (e *Engine) NewConsumer(cfg ConsumerConfig) (*Consumer, error) {
 // Shards returns the shards whose leases this replica holds.
 func (c *Consumer) Shards() []int { return c.leases.heldShards() }
 
-// Step renews and balances the leases when a third of their TTL has passed since it last
-// did, then handles one batch of events on each held shard: a batch ends early once a
-// third of the TTL has passed since its shard's lease was renewed, and storing its cursor
-// renews the lease. It returns how many events it handled (matching or not) and the errors
-// of the shards that failed, joined: a shard that fails (its handler or its store) stops
-// only its own batch, so one event the handler keeps failing on does not hold back the
-// other shards.
+// Step handles one batch of events on each held shard, starting each step at the shard
+// after the one the last step started at. Before each batch it renews and balances the
+// leases if a third of their TTL has passed since it last did, and a batch ends early
+// once it has: however slow the handler, no lease lapses while other shards' batches run.
+// It returns how many events it handled (matching or not) and the errors of the shards
+// that failed, joined: a shard that fails (its handler or its store) stops only its own
+// batch, so one event the handler keeps failing on does not hold back the other shards. A
+// balance that fails ends the step.
 func (c *Consumer) Step(ctx context.Context) (int, error) {
 	if err := c.leases.balanceIfDue(ctx); err != nil {
 		return 0, err
 	}
 	total := 0
 	var errs []error
-	for _, s := range c.leases.heldShards() {
+	for _, s := range c.shardsInTurn() {
+		if err := c.leases.balanceIfDue(ctx); err != nil { // the batches before took a while
+			errs = append(errs, err)
+			break
+		}
+		if !c.leases.holds(s) { // handed back or lost in that balance
+			continue
+		}
 		n, err := c.processShard(ctx, s)
 		total += n
 		if err != nil {
@@ -423,14 +433,23 @@ func (c *Consumer) Step(ctx context.Context) (int, error) {
 	return total, errors.Join(errs...)
 }
 
+// shardsInTurn returns the held shards in order, from the first at or after c.turn, and
+// moves the turn on past it, so that no shard always has its batch first.
+func (c *Consumer) shardsInTurn() []int {
+	held := c.leases.heldShards()
+	i, _ := slices.BinarySearch(held, c.turn)
+	if i == len(held) {
+		i = 0
+	}
+	out := slices.Concat(held[i:], held[:i])
+	if len(out) > 0 {
+		c.turn = out[0] + 1
+	}
+	return out
+}
+
 func (c *Consumer) processShard(ctx context.Context, shard int) (int, error) {
 	cursor := c.leases.cursors[shard]
-	if c.leases.renewDue(shard) { // the batches of the shards before this one took a while
-		if err := c.leases.commit(ctx, shard, cursor, cursor); err != nil {
-			return 0, err
-		}
-		cursor = c.leases.cursors[shard]
-	}
 	evs, err := c.e.store.ReadEvents(ctx, shard, cursor, eventBatch)
 	if errors.Is(err, fftype.ErrCursorExpired) {
 		// Only the maximum age deletes events a consumer has not passed.
@@ -448,9 +467,10 @@ func (c *Consumer) processShard(ctx context.Context, shard int) (int, error) {
 	done := cursor
 	var herr error
 	for i := range evs {
-		// The batch ends once the lease is due for renewal: storing the cursor renews it,
-		// so a slow handler keeps both the lease and the progress made under it.
-		if !c.leases.holds(shard) || c.leases.renewDue(shard) {
+		// The batch ends once the leases are due for renewal: its cursor is stored, and the
+		// balance before the next batch renews them all, so a slow handler keeps both the
+		// leases and the progress made under them.
+		if !c.leases.holds(shard) || c.leases.balanceDue() {
 			break
 		}
 		if c.cfg.Filter.Match(&evs[i]) {

@@ -321,6 +321,83 @@ func TestConsumerSlowHandlerKeepsItsLease(t *testing.T) {
 	}
 }
 
+// TestConsumerSlowHandlerKeepsTheLeasesOfEveryShard: a replica keeps the leases of all its
+// shards through a step of slow batches, not only of the shard it is handling: each batch may
+// run for a third of the TTL, so were only that shard's lease renewed, the lease of the
+// fourth shard, renewed as the step began, would lapse before its turn came.
+func TestConsumerSlowHandlerKeepsTheLeasesOfEveryShard(t *testing.T) {
+	t.Parallel()
+	clock := fftest.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	mem := ffmem.New(&ffmem.Options{Shards: 8})
+	e, err := New(mem, &Config{Clock: clock})
+	require.NoError(t, err)
+	const (
+		ttl     = 3 * time.Second
+		perCall = 10 * time.Millisecond // a third of the TTL in 100 calls
+	)
+	handled := make([]int, e.shards)
+	c, err := e.NewConsumer(ConsumerConfig{Name: "audit", LeaseTTL: ttl,
+		Handler: func(_ context.Context, ev fftype.Event) error {
+			clock.Advance(perCall)
+			handled[ev.Shard]++
+			return nil
+		}})
+	require.NoError(t, err)
+	for shard := range e.shards {
+		appendEvents(t, mem, shard, eventBatch+100)
+	}
+	_, err = c.Step(t.Context())
+	require.NoError(t, err)
+	require.Equal(t, []int{0, 1, 2, 3, 4, 5, 6, 7}, c.Shards(), "the only replica keeps every lease through a step")
+	require.NotContains(t, handled, 0, "each shard makes progress in a step")
+}
+
+// TestConsumerSlowHandlerServesEveryShard: a slow replica whose first shards receive, each
+// step, what one batch handles still gets to its later shards' events.
+func TestConsumerSlowHandlerServesEveryShard(t *testing.T) {
+	t.Parallel()
+	clock := fftest.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	mem := ffmem.New(&ffmem.Options{Shards: 8})
+	e, err := New(mem, &Config{Clock: clock})
+	require.NoError(t, err)
+	const (
+		ttl     = 3 * time.Second
+		perCall = 10 * time.Millisecond // a third of the TTL in 100 calls
+	)
+	handled := make([]int, e.shards)
+	c, err := e.NewConsumer(ConsumerConfig{Name: "audit", LeaseTTL: ttl,
+		Handler: func(_ context.Context, ev fftype.Event) error {
+			clock.Advance(perCall)
+			handled[ev.Shard]++
+			return nil
+		}})
+	require.NoError(t, err)
+	for shard := range e.shards {
+		appendEvents(t, mem, shard, 50)
+	}
+	for range 30 {
+		for shard := range 3 {
+			appendEvents(t, mem, shard, 100) // what one batch handles
+		}
+		_, err := c.Step(t.Context())
+		require.NoError(t, err)
+	}
+	for shard := 3; shard < e.shards; shard++ {
+		require.Equal(t, 50, handled[shard], "shard %d's events are handled (handled per shard: %v)", shard, handled)
+	}
+}
+
+// appendEvents appends n progress events to shard's log.
+func appendEvents(t *testing.T, st ffstore.Store, shard, n int) {
+	t.Helper()
+	require.NoError(t, st.Update(t.Context(), shard, func(tx ffstore.Tx) error {
+		for range n {
+			tx.AppendEvent(fftype.Event{Version: 1, Type: fftype.EventProgress, ExecutionID: "e"})
+		}
+		return nil
+	}))
+}
+
 // TestConsumerFailingShardDoesNotHoldBackTheOthers: an event the handler keeps failing on
 // stops only its own shard. Step still handles the other shards' events, returns the
 // failure, and offers the failed event again on the next step.
