@@ -219,8 +219,8 @@ type Subscription = engine.Subscription
 // its shard leases back on the way out; Step(ctx) (int, error) renews and balances its
 // leases when due and handles one batch of events per held shard, returning how many it
 // passed and the errors of the shards that failed, joined (a failing shard does not stop
-// the others); Shards() []int, the shards it holds; and Release(ctx), which hands its
-// leases back at once.
+// the others, and is tried again after a back-off); Shards() []int, the shards it holds;
+// and Release(ctx), which hands its leases back at once.
 type Consumer = engine.Consumer
 
 // ConsumerConfig describes a durable consumer.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"log/slog"
 	"slices"
 	"sort"
 	"time"
@@ -362,8 +363,8 @@ type ConsumerConfig struct {
 	Filter fftype.EventFilter
 	// Handler processes one event. It runs at least once per event (again after a crash
 	// or a lost lease before the cursor was stored), so it must be idempotent. An error
-	// stops the shard's batch, not the other shards'; the event is offered again on the
-	// next step.
+	// stops the shard's batch, not the other shards'; the event is offered again after a
+	// back-off of 100ms, doubling with each failure in a row up to 30s.
 	Handler func(ctx context.Context, ev fftype.Event) error
 	// LeaseTTL is how long a replica's shard leases last without renewal; a dead
 	// replica's shards move to the others after it. 0 means 15s. Handler must take less
@@ -380,7 +381,24 @@ type Consumer struct {
 	cfg    ConsumerConfig
 	leases *leaser
 	turn   int // the shard the next step starts at, or the first held after it
+	// failing holds the shards whose last batch failed, until one succeeds.
+	failing map[int]shardFailure
 }
+
+// shardFailure is a shard whose last batch failed: how many batches in a row did, and when
+// and after what back-off it is tried again.
+type shardFailure struct {
+	count   int
+	wait    time.Duration
+	retryAt time.Time
+}
+
+// How long a shard whose batch failed waits before it is tried again: the back-off doubles
+// from the first to the last with each failure in a row.
+const (
+	shardRetryMin = 100 * time.Millisecond
+	shardRetryMax = 30 * time.Second
+)
 
 // NewConsumer returns a replica of the durable consumer cfg.Name.
 func (e *Engine) NewConsumer(cfg ConsumerConfig) (*Consumer, error) {
@@ -396,7 +414,8 @@ func (e *Engine) NewConsumer(cfg ConsumerConfig) (*Consumer, error) {
 	if cfg.LeaseTTL < 0 {
 		return nil, fftype.Validationf(fftype.CodeInvalidInput, "consumer lease ttl must not be negative")
 	}
-	return &Consumer{e: e, cfg: cfg, leases: e.newLeaser(cfg.Name, cfg.LeaseTTL, true)}, nil
+	return &Consumer{e: e, cfg: cfg, leases: e.newLeaser(cfg.Name, cfg.LeaseTTL, true),
+		failing: map[int]shardFailure{}}, nil
 }
 
 // Shards returns the shards whose leases this replica holds.
@@ -408,29 +427,74 @@ func (c *Consumer) Shards() []int { return c.leases.heldShards() }
 // once it has: however slow the handler, no lease lapses while other shards' batches run.
 // It returns how many events it handled (matching or not) and the errors of the shards
 // that failed, joined: a shard that fails (its handler or its store) stops only its own
-// batch, so one event the handler keeps failing on does not hold back the other shards. A
+// batch, so one event the handler keeps failing on does not hold back the other shards,
+// and it is skipped until its back-off (see [ConsumerConfig.Handler]) has passed. The
+// first failure of a shard in a row is logged as a warning, the others at debug level. A
 // balance that fails ends the step.
 func (c *Consumer) Step(ctx context.Context) (int, error) {
+	n, failed, err := c.step(ctx)
+	return n, errors.Join(append(failed, err)...)
+}
+
+// step is Step, with the errors of the shards that failed apart from the balance's.
+func (c *Consumer) step(ctx context.Context) (total int, failed []error, err error) {
 	if err := c.leases.balanceIfDue(ctx); err != nil {
-		return 0, err
+		return 0, nil, err
 	}
-	total := 0
-	var errs []error
 	for _, s := range c.shardsInTurn() {
 		if err := c.leases.balanceIfDue(ctx); err != nil { // the batches before took a while
-			errs = append(errs, err)
-			break
+			return total, failed, err
 		}
-		if !c.leases.holds(s) { // handed back or lost in that balance
-			continue
+		if !c.leases.holds(s) || c.e.now().Before(c.failing[s].retryAt) {
+			continue // handed back or lost in that balance, or backing off
 		}
 		n, err := c.processShard(ctx, s)
 		total += n
+		c.settle(ctx, s, err)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("shard %d: %w", s, err))
+			failed = append(failed, fmt.Errorf("shard %d: %w", s, err))
 		}
 	}
-	return total, errors.Join(errs...)
+	return total, failed, nil
+}
+
+// settle records how shard's batch ended: a failure backs the shard off, and a success
+// ends its run of failures. A batch cut short because ctx ended is neither.
+func (c *Consumer) settle(ctx context.Context, shard int, err error) {
+	if ctx.Err() != nil {
+		return
+	}
+	f, was := c.failing[shard]
+	if err == nil {
+		if was {
+			delete(c.failing, shard)
+			c.e.log.Info("durable consumer's shard recovered", "consumer", c.cfg.Name, "shard", shard, "failures", f.count)
+		}
+		return
+	}
+	level := slog.LevelDebug
+	f.count++
+	f.wait = min(2*f.wait, shardRetryMax)
+	if !was { // a downstream that is down fails every retry: warn once, not at each
+		level, f.wait = slog.LevelWarn, shardRetryMin
+	}
+	f.retryAt = c.e.now().Add(f.wait)
+	c.failing[shard] = f
+	c.e.log.Log(ctx, level, "durable consumer's shard failed; retrying after a back-off",
+		"consumer", c.cfg.Name, "shard", shard, "err", err, "retry_in", f.wait, "failures", f.count)
+}
+
+// idleWait returns how long Run may wait with nothing to do: as long as the leases allow,
+// but no longer than until a failing shard's back-off ends.
+func (c *Consumer) idleWait() time.Duration {
+	wait := c.leases.idleWait(c.e.cfg.TimerPollInterval)
+	now := c.e.now()
+	for _, f := range c.failing {
+		if f.retryAt.After(now) {
+			wait = min(wait, f.retryAt.Sub(now))
+		}
+	}
+	return wait
 }
 
 // shardsInTurn returns the held shards in order, from the first at or after c.turn, and
@@ -491,25 +555,25 @@ func (c *Consumer) processShard(ctx context.Context, shard int) (int, error) {
 // Run steps the consumer until ctx ends, waiting for new events when idle and renewing
 // its leases well before they expire; on the way out it hands its leases back so other
 // replicas take over at once (on a store that cannot tell of changes, at their next poll).
-// Handler errors are logged and retried: at once while other
-// events were handled in the same step, else after the wait for new events.
+// A failing shard is retried after its back-off, and logged as Step says; Run steps
+// again at once while the other shards make progress.
 func (c *Consumer) Run(ctx context.Context) error {
 	wake := c.e.changes(ctx)
 	defer c.leases.release(context.WithoutCancel(ctx))
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
-		n, err := c.Step(ctx)
+		n, _, err := c.step(ctx) // step logs the shards that failed
 		if ctx.Err() != nil {
 			return nil
 		}
 		if err != nil {
-			c.e.log.Warn("durable consumer step failed", "consumer", c.cfg.Name, "err", err)
+			c.e.log.Warn("durable consumer could not balance its leases; retrying", "consumer", c.cfg.Name, "err", err)
 		}
 		if n > 0 {
-			continue // more may be waiting; a failed shard retries no faster than the others progress
+			continue // more may be waiting; a failed shard waits out its back-off
 		}
-		timer.Reset(c.leases.idleWait(c.e.cfg.TimerPollInterval))
+		timer.Reset(c.idleWait())
 		select {
 		case <-ctx.Done():
 			return nil

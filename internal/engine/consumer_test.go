@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -400,10 +401,11 @@ func appendEvents(t *testing.T, st ffstore.Store, shard, n int) {
 
 // TestConsumerFailingShardDoesNotHoldBackTheOthers: an event the handler keeps failing on
 // stops only its own shard. Step still handles the other shards' events, returns the
-// failure, and offers the failed event again on the next step.
+// failure, and offers the failed event again once the shard's back-off has passed.
 func TestConsumerFailingShardDoesNotHoldBackTheOthers(t *testing.T) {
 	t.Parallel()
-	e, err := New(ffmem.New(&ffmem.Options{Shards: 2}), nil)
+	clock := fftest.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	e, err := New(ffmem.New(&ffmem.Options{Shards: 2}), &Config{Clock: clock})
 	require.NoError(t, err)
 	ctx := t.Context()
 	errPoison := errors.New("cannot handle this one")
@@ -432,10 +434,84 @@ func TestConsumerFailingShardDoesNotHoldBackTheOthers(t *testing.T) {
 	require.ErrorIs(t, err, errPoison)
 	require.Equal(t, 1, n, "shard 1's event is handled in the same step")
 	require.Equal(t, map[int]int{1: 1}, handled)
+	clock.Advance(shardRetryMin)
 	_, err = c.Step(ctx)
 	require.ErrorIs(t, err, errPoison)
 	require.Equal(t, 2, tried, "shard 0's cursor stays before the failing event")
 	require.Equal(t, map[int]int{1: 1}, handled, "shard 1's cursor moved past its event")
+}
+
+// TestConsumerFailingShardBacksOff: a shard whose handler keeps failing is retried after a
+// back-off that doubles up to shardRetryMax, however much the other shards keep the
+// replica stepping, and its error is logged as a warning once per run of failures: a
+// downstream that is already failing is not hammered, nor the log flooded. A success ends
+// the run, so the next failure is retried after shardRetryMin again.
+func TestConsumerFailingShardBacksOff(t *testing.T) {
+	t.Parallel()
+	clock := fftest.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	mem := ffmem.New(&ffmem.Options{Shards: 2})
+	var logs strings.Builder
+	e, err := New(mem, &Config{Clock: clock, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	require.NoError(t, err)
+	ctx := t.Context()
+	failing, tried := true, 0
+	c, err := e.NewConsumer(ConsumerConfig{Name: "audit", Handler: func(_ context.Context, ev fftype.Event) error {
+		if ev.Shard != 0 {
+			return nil
+		}
+		tried++
+		if failing {
+			return errors.New("downstream is down")
+		}
+		return nil
+	}})
+	require.NoError(t, err)
+	warnings := func() int { return strings.Count(logs.String(), "level=WARN") }
+	const tick = 10 * time.Millisecond
+	step := func() bool { // one step with traffic on shard 1; reports whether shard 0 was tried
+		t.Helper()
+		appendEvents(t, mem, 1, 1)
+		before := tried
+		_, err := c.Step(ctx)
+		clock.Advance(tick)
+		if tried == before {
+			require.NoError(t, err)
+			return false
+		}
+		return true
+	}
+
+	appendEvents(t, mem, 0, 1)
+	var gaps []time.Duration
+	last := clock.Now()
+	require.True(t, step())
+	require.Equal(t, shardRetryMin-tick, c.idleWait(), "an idle Run wakes when the back-off ends")
+	for end := last.Add(4 * shardRetryMax); clock.Now().Before(end); {
+		if at := clock.Now(); step() {
+			gaps, last = append(gaps, at.Sub(last)), at
+		}
+	}
+	require.Less(t, len(gaps), 20, "retried %d times in %v", len(gaps), 4*shardRetryMax)
+	wait := shardRetryMin
+	for i, gap := range gaps {
+		require.GreaterOrEqual(t, gap, wait, "retry %d (gaps %v)", i+1, gaps)
+		require.Less(t, gap, wait+tick, "retry %d (gaps %v)", i+1, gaps)
+		wait = min(2*wait, shardRetryMax)
+	}
+	require.Equal(t, shardRetryMax, gaps[len(gaps)-1], "the back-off is capped (gaps %v)", gaps)
+	require.Equal(t, 1, warnings(), "one warning for the run of failures:\n%s", logs.String())
+
+	failing = false
+	for !step() {
+	}
+	failing = true
+	appendEvents(t, mem, 0, 1)
+	require.True(t, step(), "a shard that succeeded is tried at once")
+	for range shardRetryMin/tick - 1 {
+		require.False(t, step())
+	}
+	require.True(t, step(), "after a success the back-off starts over")
+	require.Equal(t, 2, warnings(), "a new run of failures is logged again:\n%s", logs.String())
 }
 
 // TestConsumerRunKeepsUpPastAFailingShard: while the other shards make progress, Run steps
