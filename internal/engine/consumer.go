@@ -68,6 +68,7 @@ type leaser struct {
 	live     int               // the live replicas balance counted
 	counted  time.Time         // when the live replicas were last counted
 	putOff   bool              // a count was put off for replicaCountGap
+	miscount bool              // the last count outside balance failed
 	cursors  map[int]uint64    // shard → cursor as of the lease's last read (consumers only)
 	tracks   bool              // record cursors (durable consumers) or not (timers)
 }
@@ -101,16 +102,31 @@ func (l *leaser) balanceIfDue(ctx context.Context) error {
 		return nil
 	}
 	l.counted = now
+	if live, ok := l.recount(ctx, now); ok && live != l.live {
+		return l.balance(ctx)
+	}
+	return nil
+}
+
+// recount counts the live replicas outside balance, reporting false if it could not. The
+// count only hastens a balance, which comes on schedule anyway, so a failure is logged
+// rather than returned: as a warning for the first of a run of them, then at debug level.
+func (l *leaser) recount(ctx context.Context, now time.Time) (int, bool) {
 	live := 0
 	err := l.e.store.View(ctx, 0, func(tx ffstore.ReadTx) error {
 		var err error
 		live, err = l.countLive(tx, now)
 		return err
 	})
-	if err != nil || live == l.live {
-		return err
+	if err != nil && ctx.Err() == nil {
+		level := slog.LevelDebug
+		if !l.miscount {
+			level = slog.LevelWarn
+		}
+		l.e.log.Log(ctx, level, "counting the live replicas failed; balancing on schedule", "leases", l.name, "err", err)
 	}
-	return l.balance(ctx)
+	l.miscount = err != nil
+	return live, err == nil
 }
 
 // balanceDue reports whether a third of the lease TTL has passed since balance last ran

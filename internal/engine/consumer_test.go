@@ -214,6 +214,53 @@ func TestConsumerTakesOverReleasedLeasesAtOnce(t *testing.T) {
 	require.Equal(t, map[int]int{0: 1, 1: 1}, handled, "B handles the events of both shards")
 }
 
+// viewFailStore fails, while armed, every read of shard 0 made with View.
+type viewFailStore struct {
+	ffstore.Store
+	armed atomic.Bool
+}
+
+func (s *viewFailStore) View(ctx context.Context, shard int, fn func(tx ffstore.ReadTx) error) error {
+	if s.armed.Load() && shard == 0 {
+		return errors.New("shard 0 cannot be read")
+	}
+	return s.Store.View(ctx, shard, fn)
+}
+
+// TestConsumerCarriesOnPastAFailedReplicaCount: the count of the live replicas between two
+// balances only lets a replica take over released leases sooner, so one that fails to read
+// is logged, once for a run of failures, and the step goes on with the leases it holds.
+func TestConsumerCarriesOnPastAFailedReplicaCount(t *testing.T) {
+	t.Parallel()
+	clock := fftest.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	mem := ffmem.New(&ffmem.Options{Shards: 2})
+	st := &viewFailStore{Store: mem}
+	var logs strings.Builder
+	e, err := New(st, &Config{Clock: clock, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	require.NoError(t, err)
+	ctx := t.Context()
+	handled := 0
+	c, err := e.NewConsumer(ConsumerConfig{Name: "audit",
+		Handler: func(context.Context, fftype.Event) error { handled++; return nil }})
+	require.NoError(t, err)
+	_, err = c.Step(ctx)
+	require.NoError(t, err)
+	require.Equal(t, []int{0, 1}, c.Shards())
+
+	st.armed.Store(true)
+	for i := range 3 {
+		clock.Advance(replicaCountGap) // a count is due, the balance is not
+		for shard := range e.shards {
+			appendEvents(t, mem, shard, 1)
+		}
+		n, err := c.Step(ctx)
+		require.NoError(t, err, "step %d", i)
+		require.Equal(t, e.shards, n, "step %d handles every shard's event", i)
+	}
+	require.Equal(t, 3*e.shards, handled)
+	require.Equal(t, 1, strings.Count(logs.String(), "level=WARN"), "one warning for the run of failures:\n%s", logs.String())
+}
+
 // TestConsumerFollowsItsStoredCursorBack: a stored cursor that is not where the replica
 // read from (a store that came back without its last writes took the cursor's advance
 // back with the events it covered) is where the replica reads again, rather than being
