@@ -369,32 +369,37 @@ func TestConsumerSlowHandlerKeepsItsLease(t *testing.T) {
 	}
 }
 
+// newSlowConsumer returns the only replica of a consumer on a store of 8 shards, with a
+// lease TTL of 3 s and a handler that takes 10 ms of the fake clock per event (a third of
+// the TTL in 100 events), and the events it handled per shard.
+func newSlowConsumer(t *testing.T) (*Consumer, *ffmem.Store, []int) {
+	t.Helper()
+	clock := fftest.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	mem := ffmem.New(&ffmem.Options{Shards: 8})
+	e, err := New(mem, &Config{Clock: clock})
+	require.NoError(t, err)
+	handled := make([]int, e.shards)
+	c, err := e.NewConsumer(ConsumerConfig{Name: "audit", LeaseTTL: 3 * time.Second,
+		Handler: func(_ context.Context, ev fftype.Event) error {
+			clock.Advance(10 * time.Millisecond)
+			handled[ev.Shard]++
+			return nil
+		}})
+	require.NoError(t, err)
+	return c, mem, handled
+}
+
 // TestConsumerSlowHandlerKeepsTheLeasesOfEveryShard: a replica keeps the leases of all its
 // shards through a step of slow batches, not only of the shard it is handling: each batch may
 // run for a third of the TTL, so were only that shard's lease renewed, the lease of the
 // fourth shard, renewed as the step began, would lapse before its turn came.
 func TestConsumerSlowHandlerKeepsTheLeasesOfEveryShard(t *testing.T) {
 	t.Parallel()
-	clock := fftest.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
-	mem := ffmem.New(&ffmem.Options{Shards: 8})
-	e, err := New(mem, &Config{Clock: clock})
-	require.NoError(t, err)
-	const (
-		ttl     = 3 * time.Second
-		perCall = 10 * time.Millisecond // a third of the TTL in 100 calls
-	)
-	handled := make([]int, e.shards)
-	c, err := e.NewConsumer(ConsumerConfig{Name: "audit", LeaseTTL: ttl,
-		Handler: func(_ context.Context, ev fftype.Event) error {
-			clock.Advance(perCall)
-			handled[ev.Shard]++
-			return nil
-		}})
-	require.NoError(t, err)
-	for shard := range e.shards {
+	c, mem, handled := newSlowConsumer(t)
+	for shard := range len(handled) {
 		appendEvents(t, mem, shard, eventBatch+100)
 	}
-	_, err = c.Step(t.Context())
+	_, err := c.Step(t.Context())
 	require.NoError(t, err)
 	require.Equal(t, []int{0, 1, 2, 3, 4, 5, 6, 7}, c.Shards(), "the only replica keeps every lease through a step")
 	require.NotContains(t, handled, 0, "each shard makes progress in a step")
@@ -404,23 +409,8 @@ func TestConsumerSlowHandlerKeepsTheLeasesOfEveryShard(t *testing.T) {
 // step, what one batch handles still gets to its later shards' events.
 func TestConsumerSlowHandlerServesEveryShard(t *testing.T) {
 	t.Parallel()
-	clock := fftest.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
-	mem := ffmem.New(&ffmem.Options{Shards: 8})
-	e, err := New(mem, &Config{Clock: clock})
-	require.NoError(t, err)
-	const (
-		ttl     = 3 * time.Second
-		perCall = 10 * time.Millisecond // a third of the TTL in 100 calls
-	)
-	handled := make([]int, e.shards)
-	c, err := e.NewConsumer(ConsumerConfig{Name: "audit", LeaseTTL: ttl,
-		Handler: func(_ context.Context, ev fftype.Event) error {
-			clock.Advance(perCall)
-			handled[ev.Shard]++
-			return nil
-		}})
-	require.NoError(t, err)
-	for shard := range e.shards {
+	c, mem, handled := newSlowConsumer(t)
+	for shard := range len(handled) {
 		appendEvents(t, mem, shard, 50)
 	}
 	for range 30 {
@@ -430,7 +420,7 @@ func TestConsumerSlowHandlerServesEveryShard(t *testing.T) {
 		_, err := c.Step(t.Context())
 		require.NoError(t, err)
 	}
-	for shard := 3; shard < e.shards; shard++ {
+	for shard := 3; shard < len(handled); shard++ {
 		require.Equal(t, 50, handled[shard], "shard %d's events are handled (handled per shard: %v)", shard, handled)
 	}
 }
