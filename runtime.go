@@ -416,12 +416,16 @@ func (w *Worker) settle(t *ClaimedTask, err error, panicText string) {
 			continue
 		}
 		passing := fftype.IsRetryable(cerr) || errors.Is(cerr, context.DeadlineExceeded)
-		if passing && w.mayLand(t, window) && sleep(w.life, backoff) {
+		if passing && w.mayLand(t, window) && w.backOff(t, backoff) {
 			backoff = min(4*backoff, maxSettleBackoff)
 			continue
 		}
-		w.log.Error("could not report a task's outcome; its lease will expire and the execution be reclaimed",
-			"execution_id", t.lease.ExecutionID, "err", cerr)
+		if t.lost.Load() {
+			w.log.Debug("the task's lease was lost while its outcome was retried", "execution_id", t.lease.ExecutionID, "err", cerr)
+		} else {
+			w.log.Error("could not report a task's outcome; its lease will expire and the execution be reclaimed",
+				"execution_id", t.lease.ExecutionID, "err", cerr)
+		}
 		t.detach()
 		return
 	}
@@ -440,23 +444,28 @@ func (w *Worker) settleTry(t *ClaimedTask, call func(ctx context.Context) error,
 	return call(ctx)
 }
 
-// mayLand reports whether a finishing call of t may still land: the worker is not closed,
-// and the clean-up window (until window, on the local clock) is not over or the lease's
-// latest known expiry (on the backend's clock, which leases are timed with) has not passed.
+// mayLand reports whether a finishing call of t may still land: its lease is not known
+// lost (the execution cancelled, or another holder), the worker is not closed, and the
+// clean-up window (until window, on the local clock) is not over or the lease's latest
+// known expiry (on the backend's clock, which leases are timed with) has not passed.
 func (w *Worker) mayLand(t *ClaimedTask, window time.Time) bool {
-	return w.life.Err() == nil && (time.Now().Before(window) || w.clock.Now().Before(t.expiresAt()))
+	return !t.lost.Load() && w.life.Err() == nil &&
+		(time.Now().Before(window) || w.clock.Now().Before(t.expiresAt()))
 }
 
-// sleep waits for d and reports whether ctx lived that long.
-func sleep(ctx context.Context, d time.Duration) bool {
+// backOff waits d before the next try of t's outcome and reports whether it waited that
+// long: the wait is cut short when t's lease is found lost or the worker closes, as the
+// outcome can then no longer land.
+func (w *Worker) backOff(t *ClaimedTask, d time.Duration) bool {
 	timer := time.NewTimer(d)
 	defer timer.Stop()
 	select {
-	case <-ctx.Done():
-		return false
 	case <-timer.C:
 		return true
+	case <-t.gone:
+	case <-w.life.Done():
 	}
+	return false
 }
 
 // clip shortens s to at most n bytes, without splitting a character at the cut.

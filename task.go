@@ -39,7 +39,8 @@ type ClaimedTask struct {
 
 	failures atomic.Int32 // consecutive failed renewals
 	lost     atomic.Bool
-	expiry   atomic.Int64 // the lease's latest known expiry on the backend's clock, Unix ns
+	gone     chan struct{} // closed when lost is set: wakes settle's back-off
+	expiry   atomic.Int64  // the lease's latest known expiry on the backend's clock, Unix ns
 
 	// A finishing call's own events (cancelled, failed, retry_scheduled) may arrive before
 	// the call returns. While one is in flight, confirm leaves the task alone and notes
@@ -49,7 +50,7 @@ type ClaimedTask struct {
 }
 
 func newClaimedTask(w *Worker, l *Lease, parent context.Context, rs *runState) *ClaimedTask {
-	t := &ClaimedTask{w: w, lease: *l, rs: rs, done: make(chan struct{})}
+	t := &ClaimedTask{w: w, lease: *l, rs: rs, done: make(chan struct{}), gone: make(chan struct{})}
 	t.lease.Tags = maps.Clone(l.Tags)
 	t.ctx, t.cancel = context.WithCancelCause(parent)
 	t.renewCtx, t.stopRenew = context.WithCancel(w.life)
@@ -230,7 +231,9 @@ func (t *ClaimedTask) loseUnlessFinishing(cause func() error) bool {
 
 // lose cancels the task because its lease is gone (or the execution was cancelled).
 func (t *ClaimedTask) lose(cause error) {
-	t.lost.Store(true)
+	if t.lost.CompareAndSwap(false, true) {
+		close(t.gone)
+	}
 	t.cancel(cause)
 	t.stopRenew()
 }

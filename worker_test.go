@@ -1764,6 +1764,81 @@ func TestWorkerReportsAnOutcomeThroughAnOutage(t *testing.T) {
 	require.Equal(t, int32(1), runs.Load(), "the handler ran once")
 }
 
+// refusingComplete is a backend whose Complete is refused with a passing error (an outage
+// that reaches only completions) while refuse is set; tries receives a value per refusal.
+type refusingComplete struct {
+	flowfabric.Backend
+	flowfabric.EventWatcher
+	refuse atomic.Bool
+	tries  chan struct{}
+}
+
+func newRefusingComplete(b flowfabric.Backend) *refusingComplete {
+	w, _ := b.(flowfabric.EventWatcher)
+	r := &refusingComplete{Backend: b, EventWatcher: w, tries: make(chan struct{}, 1000)}
+	r.refuse.Store(true)
+	return r
+}
+
+func (b *refusingComplete) Complete(ctx context.Context, id flowfabric.ExecutionID, f flowfabric.Fence, result []byte, enc flowfabric.PayloadEncoding) error {
+	if b.refuse.Load() {
+		select {
+		case b.tries <- struct{}{}:
+		default:
+		}
+		return errFault()
+	}
+	return b.Backend.Complete(ctx, id, f, result, enc)
+}
+
+// refusedOutcome runs a worker on bundle b whose completions are refused, with the given
+// clean-up window, and a handler that returns nil at once. It returns once the first
+// completion of execution id was refused. The worker is closed at cleanup, once the refusals
+// stop.
+func (b *workerBundle) refusedOutcome(t *testing.T, window time.Duration) (w *flowfabric.Worker, sig *flowfabric.WorkerSignals, backend *refusingComplete, id flowfabric.ExecutionID, done <-chan error, runs *atomic.Int32) {
+	t.Helper()
+	backend = newRefusingComplete(b.backend)
+	w, err := flowfabric.NewWorker(b.ctx, backend, config("i1"), nil)
+	require.NoError(t, err)
+	flowfabric.SetCleanupWindow(w, window)
+	sig = flowfabric.EnableSignals(w)
+	runs = new(atomic.Int32)
+	flowfabric.Handle(w, "k", func(context.Context, *flowfabric.Task[struct{}]) error {
+		runs.Add(1)
+		return nil
+	})
+	ran := make(chan error, 1)
+	go func() { ran <- w.Run(context.Background()) }()
+	t.Cleanup(func() {
+		backend.refuse.Store(false)
+		require.NoError(t, w.Close(context.Background()))
+		<-ran
+	})
+	id = b.create(t, "k", "")
+	recv(t, backend.tries, "a refused completion")
+	return w, sig, backend, id, ran, runs
+}
+
+// TestWorkerDropsAnOutcomeOnceTheExecutionIsCancelled: an operator cancels an execution
+// whose finished handler's outcome is being retried through an outage. Once the worker
+// learns of the cancel the outcome can no longer land, so its retries stop at once and the
+// slot is freed, although the clean-up window and the lease (on a clock that does not
+// move) would allow more.
+func TestWorkerDropsAnOutcomeOnceTheExecutionIsCancelled(t *testing.T) {
+	t.Parallel()
+	for _, tr := range workerTransports() {
+		t.Run(tr.name, func(t *testing.T) {
+			t.Parallel()
+			b := newWorkerBundle(t, func(testing.TB) ffstore.Store { return newFaultStore(1) }, tr)
+			w, sig, _, id, _, _ := b.refusedOutcome(t, time.Hour)
+			require.NoError(t, b.client.Cancel(b.ctx, id, flowfabric.CancelParams{Reason: "operator"}))
+			recvID(t, sig.Settled, id, "the outcome to be dropped")
+			require.Equal(t, 0, w.Held(), "the slot is free")
+			require.Equal(t, flowfabric.StateCancelled, b.get(t, id).PublicState())
+		})
+	}
+}
+
 // eventCounts tallies the events of each execution in the event logs of s.
 func eventCounts(t *testing.T, s ffstore.Store) map[flowfabric.ExecutionID]map[fftype.EventType]int {
 	t.Helper()
