@@ -351,8 +351,10 @@ func panicStack(stack []byte) string {
 // settle makes the call the handler's outcome asks for, unless the task already finished.
 // A call refused for a passing reason (the store unavailable, a conflict, no answer in
 // time) is retried, waiting 10ms and then four times longer each time up to a second, for
-// as long as it may still land: until the lease's latest known expiry has passed (the
-// renewals go on meanwhile and push it back) and at least for the clean-up window. So an
+// as long as it may still land: until the lease is found lost (the execution was
+// cancelled, or another holder took it), or else until the lease's expiry known when the
+// handler returned has passed and at least for the clean-up window (see settleBound; the
+// renewals go on meanwhile, so the lease holds, but do not extend the tries). So an
 // outage shorter than the lease does not run a finished handler again. Close ends the
 // retries: it releases what is still held itself. If the call does not land, or is
 // refused for good, the task is given up and its lease left to expire, so the execution is
@@ -399,11 +401,11 @@ func (w *Worker) settle(t *ClaimedTask, err error, panicText string) {
 	default:
 		fail(err.Error(), CategoryHandlerError, false)
 	}
-	window := time.Now().Add(w.cleanupWindow())
+	bound := settleBound{window: time.Now().Add(w.cleanupWindow()), expiry: t.expiresAt()}
 	backoff := 10 * time.Millisecond
 	refused := false
 	for {
-		cerr := w.settleTry(t, call, window)
+		cerr := w.settleTry(t, call, bound)
 		if t.Finished() {
 			if cerr != nil {
 				w.log.Debug("the task's lease was gone when it finished", "execution_id", t.lease.ExecutionID, "err", cerr)
@@ -416,7 +418,7 @@ func (w *Worker) settle(t *ClaimedTask, err error, panicText string) {
 			continue
 		}
 		passing := fftype.IsRetryable(cerr) || errors.Is(cerr, context.DeadlineExceeded)
-		if passing && w.mayLand(t, window) && w.backOff(t, backoff) {
+		if passing && w.mayLand(t, bound) && w.backOff(t, backoff) {
 			backoff = min(4*backoff, maxSettleBackoff)
 			continue
 		}
@@ -437,20 +439,29 @@ const maxSettleBackoff = time.Second
 // settleTry makes a finishing call of t once. It may take until the outcome can no longer
 // land (see mayLand) but no longer than a renewal may, so that a call stuck on a
 // connection that died does not outlast the store's return.
-func (w *Worker) settleTry(t *ClaimedTask, call func(ctx context.Context) error, window time.Time) error {
-	left := max(time.Until(window), t.expiresAt().Sub(w.clock.Now()))
-	ctx, cancel := context.WithTimeout(w.life, min(left, callTimeout(t.lease.TTL.D()/3)))
+func (w *Worker) settleTry(t *ClaimedTask, call func(ctx context.Context) error, bound settleBound) error {
+	ctx, cancel := context.WithTimeout(w.life, min(bound.left(w.clock), callTimeout(t.lease.TTL.D()/3)))
 	defer cancel()
 	return call(ctx)
 }
 
+// settleBound is how long a finished handler's outcome is tried: until the clean-up window
+// ends (window, on the local clock) or the lease's expiry known when the handler returned
+// has passed (expiry, on the backend's clock, which leases are timed with), whichever is
+// later. The renewals that go on meanwhile keep the lease but do not move the bound, so an
+// outcome the store refuses for ever is given up.
+type settleBound struct{ window, expiry time.Time }
+
+// left returns how long the bound still leaves, on clock (the backend's).
+func (b settleBound) left(clock Clock) time.Duration {
+	return max(time.Until(b.window), b.expiry.Sub(clock.Now()))
+}
+
 // mayLand reports whether a finishing call of t may still land: its lease is not known
-// lost (the execution cancelled, or another holder), the worker is not closed, and the
-// clean-up window (until window, on the local clock) is not over or the lease's latest
-// known expiry (on the backend's clock, which leases are timed with) has not passed.
-func (w *Worker) mayLand(t *ClaimedTask, window time.Time) bool {
-	return !t.lost.Load() && w.life.Err() == nil &&
-		(time.Now().Before(window) || w.clock.Now().Before(t.expiresAt()))
+// lost (the execution cancelled, or another holder), the worker is not closed, and bound
+// is not reached.
+func (w *Worker) mayLand(t *ClaimedTask, bound settleBound) bool {
+	return !t.lost.Load() && w.life.Err() == nil && bound.left(w.clock) > 0
 }
 
 // backOff waits d before the next try of t's outcome and reports whether it waited that

@@ -1839,6 +1839,24 @@ func TestWorkerDropsAnOutcomeOnceTheExecutionIsCancelled(t *testing.T) {
 	}
 }
 
+// TestWorkerGivesUpAnOutcomeAtTheLeaseExpiry: an outcome the store keeps refusing, while it
+// accepts renewals, is retried until the lease's expiry known when the handler returned
+// (and the clean-up window) has passed, then given up: the renewals that keep the lease
+// meanwhile do not push that bound back.
+func TestWorkerGivesUpAnOutcomeAtTheLeaseExpiry(t *testing.T) {
+	t.Parallel()
+	b := newWorkerBundle(t, func(testing.TB) ffstore.Store { return newFaultStore(1) }, testTransport{name: "InProcess"})
+	w, sig, backend, id, _, _ := b.refusedOutcome(t, time.Millisecond)
+	for range 4 { // four renewals: past the lease's expiry when the handler returned
+		b.advance(t, testTTL/3)
+		recvID(t, sig.Renewed, id, "a renewal")
+	}
+	recvID(t, sig.Settled, id, "the outcome to be given up")
+	require.True(t, backend.refuse.Load())
+	require.Equal(t, 0, w.Held(), "the slot is free")
+	require.Equal(t, flowfabric.StateActive, b.get(t, id).PublicState(), "the lease is left to expire")
+}
+
 // eventCounts tallies the events of each execution in the event logs of s.
 func eventCounts(t *testing.T, s ffstore.Store) map[flowfabric.ExecutionID]map[fftype.EventType]int {
 	t.Helper()
