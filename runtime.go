@@ -361,6 +361,7 @@ func panicStack(stack []byte) string {
 // reclaimed. A call refused as invalid (a snooze longer than a delay may be) fails the
 // attempt instead, with the refusal as its reason.
 func (w *Worker) settle(t *ClaimedTask, err error, panicText string) {
+	t.settling.Store(true) // Stop leaves the outcome to these tries
 	if t.Finished() {
 		return
 	}
@@ -494,8 +495,10 @@ func clip(s string, n int) string {
 // finishing call landed. A claim in flight starts nothing: the backend gives back what it
 // took, so that other workers take those executions at once. If ctx ends first, it
 // escalates: the handlers' contexts are cancelled (cause [ErrWorkerStopped]), the leases
-// of tasks still running are released so that other workers take them at once, and it
-// returns ctx.Err() without waiting for the handlers. Stop on a worker that is not running does nothing; it may be called again.
+// of tasks whose handlers are still running are released so that other workers take them
+// at once, and it returns ctx.Err() without waiting for the handlers. A handler that
+// already returned keeps its outcome: its finishing call is still tried for as long as it
+// may land (releasing it would run the handler again), and Run returns once it ends. Stop on a worker that is not running does nothing; it may be called again.
 func (w *Worker) Stop(ctx context.Context) error { return w.stop(ctx, false) }
 
 // StopAndCancel is [Worker.Stop] that cancels the running handlers' contexts at once:
@@ -510,7 +513,7 @@ func (w *Worker) stop(ctx context.Context, cancel bool) error {
 	rs.workCancel(ErrWorkerStopped)
 	cctx, cc := w.cleanupContext(ctx)
 	defer cc()
-	if err := w.releaseAll(cctx, func(t *ClaimedTask) bool { return t.rs == rs }); err != nil {
+	if err := w.releaseAll(cctx, func(t *ClaimedTask) bool { return t.rs == rs && !t.settling.Load() }); err != nil {
 		w.log.Warn("releasing the leases of stopped handlers failed", "err", err)
 	}
 	return ctx.Err()

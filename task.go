@@ -36,6 +36,7 @@ type ClaimedTask struct {
 
 	done     chan struct{} // closed when a finishing call landed
 	doneOnce sync.Once
+	settling atomic.Bool // its handler returned: the runtime is reporting the outcome
 
 	failures atomic.Int32 // consecutive failed renewals
 	lost     atomic.Bool

@@ -1807,12 +1807,15 @@ func (b *workerBundle) refusedOutcome(t *testing.T, window time.Duration) (w *fl
 		runs.Add(1)
 		return nil
 	})
-	ran := make(chan error, 1)
-	go func() { ran <- w.Run(context.Background()) }()
+	ran, returned := make(chan error, 1), make(chan struct{})
+	go func() {
+		ran <- w.Run(context.Background())
+		close(returned)
+	}()
 	t.Cleanup(func() {
 		backend.refuse.Store(false)
 		require.NoError(t, w.Close(context.Background()))
-		<-ran
+		<-returned
 	})
 	id = b.create(t, "k", "")
 	recv(t, backend.tries, "a refused completion")
@@ -1855,6 +1858,28 @@ func TestWorkerGivesUpAnOutcomeAtTheLeaseExpiry(t *testing.T) {
 	require.True(t, backend.refuse.Load())
 	require.Equal(t, 0, w.Held(), "the slot is free")
 	require.Equal(t, flowfabric.StateActive, b.get(t, id).PublicState(), "the lease is left to expire")
+}
+
+// TestWorkerStopKeepsAFinishedOutcome: Stop whose context ends while a finished handler's
+// outcome is retried through a short outage does not release that task (its handler is no
+// longer running): the outcome lands once the store is back and the handler ran once.
+func TestWorkerStopKeepsAFinishedOutcome(t *testing.T) {
+	t.Parallel()
+	for _, tr := range workerTransports() {
+		t.Run(tr.name, func(t *testing.T) {
+			t.Parallel()
+			b := newWorkerBundle(t, func(testing.TB) ffstore.Store { return newFaultStore(1) }, tr)
+			w, sig, backend, id, done, runs := b.refusedOutcome(t, time.Hour)
+			expired, cancel := context.WithCancel(b.ctx)
+			cancel()
+			require.ErrorIs(t, w.Stop(expired), context.Canceled)
+			backend.refuse.Store(false) // the outage ends, well within the lease
+			recvID(t, sig.Settled, id, "settling")
+			require.NoError(t, recv(t, done, "Run"))
+			require.Equal(t, flowfabric.StateCompleted, b.get(t, id).PublicState())
+			require.Equal(t, int32(1), runs.Load(), "the handler ran once")
+		})
+	}
 }
 
 // eventCounts tallies the events of each execution in the event logs of s.
