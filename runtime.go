@@ -423,9 +423,12 @@ func (w *Worker) settle(t *ClaimedTask, err error, panicText string) {
 			backoff = min(4*backoff, maxSettleBackoff)
 			continue
 		}
-		if t.lost.Load() {
+		switch {
+		case t.lost.Load():
 			w.log.Debug("the task's lease was lost while its outcome was retried", "execution_id", t.lease.ExecutionID, "err", cerr)
-		} else {
+		case w.closing():
+			return // Close releases the lease, so the execution runs again at once
+		default:
 			w.log.Error("could not report a task's outcome; its lease will expire and the execution be reclaimed",
 				"execution_id", t.lease.ExecutionID, "err", cerr)
 		}
@@ -459,15 +462,15 @@ func (b settleBound) left(clock Clock) time.Duration {
 }
 
 // mayLand reports whether a finishing call of t may still land: its lease is not known
-// lost (the execution cancelled, or another holder), the worker is not closed, and bound
-// is not reached.
+// lost (the execution cancelled, or another holder), Close has not begun, and bound is not
+// reached.
 func (w *Worker) mayLand(t *ClaimedTask, bound settleBound) bool {
-	return !t.lost.Load() && w.life.Err() == nil && bound.left(w.clock) > 0
+	return !t.lost.Load() && !w.closing() && bound.left(w.clock) > 0
 }
 
 // backOff waits d before the next try of t's outcome and reports whether it waited that
-// long: the wait is cut short when t's lease is found lost or the worker closes, as the
-// outcome can then no longer land.
+// long: the wait is cut short when t's lease is found lost (the outcome can no longer
+// land) or Close begins (it releases the lease instead).
 func (w *Worker) backOff(t *ClaimedTask, d time.Duration) bool {
 	timer := time.NewTimer(d)
 	defer timer.Stop()
@@ -475,7 +478,7 @@ func (w *Worker) backOff(t *ClaimedTask, d time.Duration) bool {
 	case <-timer.C:
 		return true
 	case <-t.gone:
-	case <-w.life.Done():
+	case <-w.closeBegun:
 	}
 	return false
 }

@@ -67,6 +67,8 @@ type Worker struct {
 	freed chan struct{} // coalesced: a slot was freed
 	wake  chan struct{} // coalesced: work may have become eligible in our lanes
 
+	closeBegun chan struct{} // closed when Close begins: it ends the retries of outcomes
+
 	// life is the worker's service context, cancelled by Close (cause ErrWorkerStopped).
 	life       context.Context
 	lifeCancel context.CancelCauseFunc
@@ -211,6 +213,7 @@ func NewWorker(ctx context.Context, backend Backend, cfg *WorkerConfig, opts *Wo
 		slots:       make(chan struct{}, c.MaxConcurrentTasks),
 		freed:       make(chan struct{}, 1),
 		wake:        make(chan struct{}, 1),
+		closeBegun:  make(chan struct{}),
 		tasks:       map[ExecutionID]*ClaimedTask{},
 		handlers:    map[string]HandlerFunc{},
 	}
@@ -681,16 +684,27 @@ func (w *Worker) cleanupContext(parent context.Context) (context.Context, contex
 
 // Close shuts the worker down: it stops Run as [Worker.Stop] does (waiting for handlers
 // until ctx ends, then cancelling them), releases the leases of the tasks still held (Run's
-// and those claimed by hand), stops the heartbeat, the event watch and every renewal, and
-// deregisters the instance so that its id is free at once. Once ctx ended, the releases and
-// the deregistration share one clean-up window of 10s, the releases stopping at 8s, so that
-// Close returns at most about 10s after ctx ends and still tries to deregister even when
-// the store stopped answering. A worker that owns its client (opened by
-// ffconnect.Connect) also stops the client and closes its store. Calls after the first
+// and those claimed by hand, also those of finished handlers whose outcome a store outage
+// kept refusing: those retries end when Close begins), stops the heartbeat, the event watch
+// and every renewal, and deregisters the instance so that its id is free at once. Once ctx
+// ended, the releases and the deregistration share one clean-up window of 10s, the releases
+// stopping at 8s, so that Close returns at most about 10s after ctx ends and still tries to
+// deregister even when the store stopped answering. A worker that owns its client (opened
+// by ffconnect.Connect) also stops the client and closes its store. Calls after the first
 // return the first's result.
 func (w *Worker) Close(ctx context.Context) error {
 	w.closeOnce.Do(func() { w.closeErr = w.close(ctx) })
 	return w.closeErr
+}
+
+// closing reports whether Close has begun.
+func (w *Worker) closing() bool {
+	select {
+	case <-w.closeBegun:
+		return true
+	default:
+		return false
+	}
 }
 
 func (w *Worker) close(ctx context.Context) error {
@@ -698,6 +712,7 @@ func (w *Worker) close(ctx context.Context) error {
 	w.mu.Lock()
 	w.closed = true // no new Run, claim or task from here on
 	w.mu.Unlock()
+	close(w.closeBegun)
 	if w.awaitStop(ctx, false) != nil {
 		errs = append(errs, ctx.Err())
 	}

@@ -1882,6 +1882,20 @@ func TestWorkerStopKeepsAFinishedOutcome(t *testing.T) {
 	}
 }
 
+// TestWorkerCloseEndsOutcomeRetries: Close, even with a context that never ends, ends the
+// retries of a finished handler's outcome (on a clock that does not move they would go on
+// for ever) and releases the task, so the execution is eligible again at once.
+func TestWorkerCloseEndsOutcomeRetries(t *testing.T) {
+	t.Parallel()
+	b := newWorkerBundle(t, func(testing.TB) ffstore.Store { return newFaultStore(1) }, testTransport{name: "InProcess"})
+	w, _, _, id, done, _ := b.refusedOutcome(t, time.Hour)
+	closed := make(chan error, 1)
+	go func() { closed <- w.Close(context.Background()) }()
+	require.NoError(t, recv(t, closed, "Close"))
+	require.NoError(t, recv(t, done, "Run"))
+	require.Equal(t, flowfabric.StateWaiting, b.get(t, id).PublicState(), "released")
+}
+
 // eventCounts tallies the events of each execution in the event logs of s.
 func eventCounts(t *testing.T, s ffstore.Store) map[flowfabric.ExecutionID]map[fftype.EventType]int {
 	t.Helper()
