@@ -97,6 +97,8 @@ func (l *leaser) balanceIfDue(ctx context.Context) error {
 		return l.balance(ctx)
 	}
 	now := l.e.now()
+	// A count put off here, after a wake-up, may miss a replica leaving; putOff makes the
+	// loop look again soon.
 	l.putOff = now.Before(l.counted.Add(replicaCountGap))
 	if l.putOff {
 		return nil
@@ -127,6 +129,16 @@ func (l *leaser) recount(ctx context.Context, now time.Time) (int, bool) {
 	}
 	l.miscount = err != nil
 	return live, err == nil
+}
+
+// balanceOnSchedule runs balance if a third of the lease TTL has passed since the last
+// one, without counting the replicas: a loop calls it between its batches, where a count
+// would only repeat the one it made when it woke.
+func (l *leaser) balanceOnSchedule(ctx context.Context) error {
+	if l.balanceDue() {
+		return l.balance(ctx)
+	}
+	return nil
 }
 
 // balanceDue reports whether a third of the lease TTL has passed since balance last ran
@@ -458,7 +470,7 @@ func (c *Consumer) step(ctx context.Context) (total int, failed []error, err err
 		return 0, nil, err
 	}
 	for _, s := range c.shardsInTurn() {
-		if err := c.leases.balanceIfDue(ctx); err != nil { // the batches before took a while
+		if err := c.leases.balanceOnSchedule(ctx); err != nil { // the batches before took a while
 			return total, failed, err
 		}
 		if !c.leases.holds(s) || c.e.now().Before(c.failing[s].retryAt) {

@@ -214,6 +214,65 @@ func TestConsumerTakesOverReleasedLeasesAtOnce(t *testing.T) {
 	require.Equal(t, map[int]int{0: 1, 1: 1}, handled, "B handles the events of both shards")
 }
 
+// countingStore counts the calls made to the store it wraps, whose change notifications
+// it hides.
+type countingStore struct {
+	ffstore.Store
+	calls atomic.Int64
+}
+
+func (s *countingStore) View(ctx context.Context, shard int, fn func(tx ffstore.ReadTx) error) error {
+	s.calls.Add(1)
+	return s.Store.View(ctx, shard, fn)
+}
+
+func (s *countingStore) Update(ctx context.Context, shard int, fn func(tx ffstore.Tx) error) error {
+	s.calls.Add(1)
+	return s.Store.Update(ctx, shard, fn)
+}
+
+func (s *countingStore) ReadEvents(ctx context.Context, shard int, after uint64, limit int) ([]fftype.Event, error) {
+	s.calls.Add(1)
+	return s.Store.ReadEvents(ctx, shard, after, limit)
+}
+
+func (s *countingStore) EventBounds(ctx context.Context, shard int) (uint64, uint64, error) {
+	s.calls.Add(1)
+	return s.Store.EventBounds(ctx, shard)
+}
+
+// TestConsumerIdleWakesOnlyToRenewItsLeases: an idle consumer whose poll interval is longer
+// than a third of its lease TTL wakes once a third of the TTL, to renew its leases, and
+// touches the store only then: the per-shard checks of its own step must not count as a
+// put-off count of the replicas, which would make it wake every replicaCountGap. The test
+// runs Run's loop on the fake clock: step, then wait idleWait.
+func TestConsumerIdleWakesOnlyToRenewItsLeases(t *testing.T) {
+	t.Parallel()
+	clock := fftest.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	st := &countingStore{Store: ffmem.New(&ffmem.Options{Shards: 4})}
+	e, err := New(st, &Config{Clock: clock, TimerPollInterval: time.Hour})
+	require.NoError(t, err)
+	ctx := t.Context()
+	c, err := e.NewConsumer(ConsumerConfig{Name: "audit", Handler: func(context.Context, fftype.Event) error { return nil }})
+	require.NoError(t, err)
+	_, err = c.Step(ctx)
+	require.NoError(t, err)
+	require.Equal(t, []int{0, 1, 2, 3}, c.Shards())
+
+	before := st.calls.Load()
+	wakes := 0
+	for end := clock.Now().Add(time.Minute); clock.Now().Before(end); wakes++ {
+		clock.Advance(c.idleWait())
+		n, err := c.Step(ctx)
+		require.NoError(t, err)
+		require.Zero(t, n)
+	}
+	require.Equal(t, int(time.Minute/(DefaultConsumerLeaseTTL/3)), wakes, "an idle consumer wakes once a third of the lease TTL")
+	// Each wake balances (a unit on shard 0 and one per shard) and reads each shard's log.
+	require.LessOrEqual(t, st.calls.Load()-before, int64(wakes*(2*e.shards+1)))
+	require.Equal(t, []int{0, 1, 2, 3}, c.Shards())
+}
+
 // viewFailStore fails, while armed, every read of shard 0 made with View.
 type viewFailStore struct {
 	ffstore.Store
