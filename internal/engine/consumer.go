@@ -71,6 +71,9 @@ type leaser struct {
 	miscount bool              // the last count outside balance failed
 	cursors  map[int]uint64    // shard → cursor as of the lease's last read (consumers only)
 	tracks   bool              // record cursors (durable consumers) or not (timers)
+	// ended, if set, is called with each shard whose lease the replica stops holding, so
+	// that what its user keeps per shard ends with the lease it was kept under.
+	ended func(shard int)
 }
 
 // replicaCountGap is the least time between two counts of the live replicas outside
@@ -237,9 +240,10 @@ func (l *leaser) visit(ctx context.Context, shard, target int) error {
 		start = trimmed
 	}
 	var expires time.Time // the lease's expiry if the unit keeps or takes it
+	var taken bool        // the unit took the lease afresh
 	var cursor uint64
 	err := l.e.update(ctx, shard, func(tx ffstore.Tx) error {
-		expires = time.Time{}
+		expires, taken = time.Time{}, false
 		now := l.e.now()
 		rec, ok, err := readShardLease(tx, l.name)
 		if err != nil {
@@ -262,7 +266,7 @@ func (l *leaser) visit(ctx context.Context, shard, target int) error {
 			expires = rec.Expires
 		case free && others < target:
 			rec.Owner, rec.Expires = l.instance, now.Add(l.ttl)
-			expires = rec.Expires
+			expires, taken = rec.Expires, true
 		default:
 			return nil // someone else's, or ours but lapsed
 		}
@@ -273,13 +277,27 @@ func (l *leaser) visit(ctx context.Context, shard, target int) error {
 		}
 		return nil
 	})
+	if err != nil || expires.IsZero() || taken { // a lease taken afresh ends any held before
+		l.drop(shard)
+	}
 	if err != nil || expires.IsZero() {
-		delete(l.held, shard)
 		return err
 	}
 	l.held[shard] = expires
 	l.cursors[shard] = cursor
 	return nil
+}
+
+// drop forgets the replica's lease of shard, if it holds one, and tells ended.
+func (l *leaser) drop(shard int) {
+	if _, ok := l.held[shard]; !ok {
+		return
+	}
+	delete(l.held, shard)
+	delete(l.cursors, shard)
+	if l.ended != nil {
+		l.ended(shard)
+	}
 }
 
 func readShardLease(tx ffstore.ReadTx, name string) (shardLease, bool, error) {
@@ -345,7 +363,7 @@ func (l *leaser) commit(ctx context.Context, shard int, from, cursor uint64) err
 		return err
 	}
 	if expires.IsZero() {
-		delete(l.held, shard)
+		l.drop(shard)
 		return nil
 	}
 	if stored != cursor {
@@ -374,8 +392,8 @@ func (l *leaser) release(ctx context.Context) {
 			putJSON(tx, shardLeaseKey(l.name), rec)
 			return nil
 		})
+		l.drop(s)
 	}
-	clear(l.held)
 	_ = l.e.update(ctx, 0, func(tx ffstore.Tx) error {
 		tx.QueueRemove(membersQueue(l.name), l.instance)
 		return nil
@@ -392,7 +410,8 @@ type ConsumerConfig struct {
 	// Handler processes one event. It runs at least once per event (again after a crash
 	// or a lost lease before the cursor was stored), so it must be idempotent. An error
 	// stops the shard's batch, not the other shards'; the event is offered again after a
-	// back-off of 100ms, doubling with each failure in a row up to 30s.
+	// back-off of 100ms, doubling with each failure in a row up to 30s (a replica that
+	// stops holding the shard forgets its run of failures on it).
 	Handler func(ctx context.Context, ev fftype.Event) error
 	// LeaseTTL is how long a replica's shard leases last without renewal; a dead
 	// replica's shards move to the others after it. 0 means 15s. Handler must take less
@@ -409,7 +428,8 @@ type Consumer struct {
 	cfg    ConsumerConfig
 	leases *leaser
 	turn   int // the shard the next step starts at, or the first held after it
-	// failing holds the shards whose last batch failed, until one succeeds.
+	// failing holds the shards whose last batch failed, until one succeeds or the replica
+	// stops holding the shard: a run of failures belongs to the lease it happened under.
 	failing map[int]shardFailure
 }
 
@@ -442,8 +462,10 @@ func (e *Engine) NewConsumer(cfg ConsumerConfig) (*Consumer, error) {
 	if cfg.LeaseTTL < 0 {
 		return nil, fftype.Validationf(fftype.CodeInvalidInput, "consumer lease ttl must not be negative")
 	}
-	return &Consumer{e: e, cfg: cfg, leases: e.newLeaser(cfg.Name, cfg.LeaseTTL, true),
-		failing: map[int]shardFailure{}}, nil
+	c := &Consumer{e: e, cfg: cfg, leases: e.newLeaser(cfg.Name, cfg.LeaseTTL, true),
+		failing: map[int]shardFailure{}}
+	c.leases.ended = func(shard int) { delete(c.failing, shard) }
+	return c, nil
 }
 
 // Shards returns the shards whose leases this replica holds.

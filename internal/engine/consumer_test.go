@@ -610,6 +610,51 @@ func TestConsumerFailingShardBacksOff(t *testing.T) {
 	require.Equal(t, 2, warnings(), "a new run of failures is logged again:\n%s", logs.String())
 }
 
+// TestConsumerBackOffEndsWithTheLease: a shard's run of failures belongs to the lease it
+// happened under. Replica A backs a failing shard off to shardRetryMax, stalls past its
+// lease, and B takes the shard over and handles the event; when A takes the shard back, it
+// is a fresh shard for A: A handles its next event at once, and a failure on it starts a
+// new run (a warning, retried after shardRetryMin), not the old run's back-off.
+func TestConsumerBackOffEndsWithTheLease(t *testing.T) {
+	t.Parallel()
+	clock := fftest.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	mem := ffmem.New(&ffmem.Options{Shards: 1})
+	var logs strings.Builder
+	eA, err := New(mem, &Config{Clock: clock, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	require.NoError(t, err)
+	eB, err := New(mem, &Config{Clock: clock})
+	require.NoError(t, err)
+	ctx := t.Context()
+	triedA := 0
+	a, err := eA.NewConsumer(ConsumerConfig{Name: "audit", Handler: func(context.Context, fftype.Event) error {
+		triedA++
+		return errors.New("downstream is down")
+	}})
+	require.NoError(t, err)
+	b, err := eB.NewConsumer(ConsumerConfig{Name: "audit", Handler: func(context.Context, fftype.Event) error { return nil }})
+	require.NoError(t, err)
+
+	appendEvents(t, mem, 0, 1)
+	for a.failing[0].wait < shardRetryMax {
+		_, _ = a.Step(ctx)
+		clock.Advance(100 * time.Millisecond)
+	}
+	clock.Advance(DefaultConsumerLeaseTTL + time.Second) // A stalls; its lease lapses
+	n, err := b.Step(ctx)
+	require.NoError(t, err)
+	require.Equal(t, 1, n, "B takes the shard over and handles the event A failed on")
+	b.Release(ctx)
+	appendEvents(t, mem, 0, 1)
+
+	before := triedA
+	_, err = a.Step(ctx)
+	require.Error(t, err)
+	require.Equal(t, []int{0}, a.Shards(), "A takes the shard back")
+	require.Equal(t, before+1, triedA, "A tries the shard's new event at once")
+	require.Equal(t, shardRetryMin, a.failing[0].wait, "the failure starts a new run")
+	require.Equal(t, 2, strings.Count(logs.String(), "level=WARN"), "the new run is logged again:\n%s", logs.String())
+}
+
 // TestConsumerRunKeepsUpPastAFailingShard: while the other shards make progress, Run steps
 // again at once, even though a shard failed in the step: on a store that cannot tell of
 // changes, waiting a poll interval after each such step would let one failing event
