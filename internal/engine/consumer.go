@@ -178,17 +178,15 @@ func (l *leaser) countLive(tx ffstore.ReadTx, now time.Time) (int, error) {
 }
 
 // balance announces the replica, counts the live ones, and renews, takes or hands back
-// shard leases so that this replica holds its fair share.
-func (l *leaser) balance(ctx context.Context) (err error) {
+// shard leases so that this replica holds its fair share. A shard whose unit fails stops
+// only itself: balance goes on to the others and returns the failures joined, and the
+// failed shard is visited again at the next balance. Only a failure to announce the
+// replica on shard 0 ends it, to be tried again at the next call.
+func (l *leaser) balance(ctx context.Context) error {
 	l.balanced = l.e.now()
 	l.counted, l.putOff = l.balanced, false
-	defer func() {
-		if err != nil {
-			l.balanced = time.Time{} // try again at the next step
-		}
-	}()
 	live := 1
-	err = l.e.update(ctx, 0, func(tx ffstore.Tx) error {
+	err := l.e.update(ctx, 0, func(tx ffstore.Tx) error {
 		now := l.e.now()
 		q := membersQueue(l.name)
 		if _, err := tx.PopDue(q, ms(now), 1000); err != nil { // forget replicas gone quiet
@@ -202,16 +200,18 @@ func (l *leaser) balance(ctx context.Context) (err error) {
 		return nil
 	})
 	if err != nil {
+		l.balanced = time.Time{}
 		return err
 	}
 	l.live = live
 	target := (l.e.shards + live - 1) / live
+	var failed []error
 	for _, s := range l.shardOrder() {
 		if err := l.visit(ctx, s, target); err != nil {
-			return err
+			failed = append(failed, fmt.Errorf("shard %d's lease: %w", s, err))
 		}
 	}
-	return nil
+	return errors.Join(failed...)
 }
 
 // shardOrder starts each replica at a different shard, so replicas rarely race for the
@@ -479,8 +479,11 @@ func (c *Consumer) Shards() []int { return c.leases.heldShards() }
 // that failed, joined: a shard that fails (its handler or its store) stops only its own
 // batch, so one event the handler keeps failing on does not hold back the other shards,
 // and it is skipped until its back-off (see [ConsumerConfig.Handler]) has passed. The
-// first failure of a shard in a row is logged as a warning, the others at debug level. A
-// balance that fails ends the step.
+// first failure of a shard in a row is logged as a warning, the others at debug level.
+// The errors of a balance are returned too: a shard whose lease could not be renewed or
+// taken is left out until the next balance, and the step goes on with the others; a
+// balance that could not announce the replica on shard 0 is tried again at the next step,
+// and until then the leases stay due for renewal, so each batch ends at once.
 func (c *Consumer) Step(ctx context.Context) (int, error) {
 	n, failed, err := c.step(ctx)
 	return n, errors.Join(append(failed, err)...)
@@ -488,12 +491,10 @@ func (c *Consumer) Step(ctx context.Context) (int, error) {
 
 // step is Step, with the errors of the shards that failed apart from the balance's.
 func (c *Consumer) step(ctx context.Context) (total int, failed []error, err error) {
-	if err := c.leases.balanceIfDue(ctx); err != nil {
-		return 0, nil, err
-	}
+	err = c.leases.balanceIfDue(ctx)
 	for _, s := range c.shardsInTurn() {
-		if err := c.leases.balanceOnSchedule(ctx); err != nil { // the batches before took a while
-			return total, failed, err
+		if err == nil { // the batches before took a while; a failed balance waits for the next step
+			err = c.leases.balanceOnSchedule(ctx)
 		}
 		if !c.leases.holds(s) || c.e.now().Before(c.failing[s].retryAt) {
 			continue // handed back or lost in that balance, or backing off
@@ -505,7 +506,7 @@ func (c *Consumer) step(ctx context.Context) (total int, failed []error, err err
 			failed = append(failed, fmt.Errorf("shard %d: %w", s, err))
 		}
 	}
-	return total, failed, nil
+	return total, failed, err
 }
 
 // settle records how shard's batch ended: a failure backs the shard off, and a success

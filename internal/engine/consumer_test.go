@@ -537,6 +537,60 @@ func TestConsumerFailingShardDoesNotHoldBackTheOthers(t *testing.T) {
 	require.Equal(t, map[int]int{1: 1}, handled, "shard 1's cursor moved past its event")
 }
 
+// shardFailStore fails, while armed, every unit on one shard.
+type shardFailStore struct {
+	ffstore.Store
+	shard int
+	armed atomic.Bool
+}
+
+func (s *shardFailStore) Update(ctx context.Context, shard int, fn func(tx ffstore.Tx) error) error {
+	if s.armed.Load() && shard == s.shard {
+		return fftype.ErrUnavailable
+	}
+	return s.Store.Update(ctx, shard, fn)
+}
+
+// TestConsumerFailingShardStoreDoesNotHoldBackTheOthers: a shard whose store fails (an
+// unreachable partition, a corrupt lease) stops only itself, as a failing handler does:
+// its lease cannot be renewed, but the balance goes on to the other shards, whose leases
+// it renews and whose batches run, and the step reports the failure.
+func TestConsumerFailingShardStoreDoesNotHoldBackTheOthers(t *testing.T) {
+	t.Parallel()
+	clock := fftest.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	mem := ffmem.New(&ffmem.Options{Shards: 4})
+	st := &shardFailStore{Store: mem, shard: 3}
+	e, err := New(st, &Config{Clock: clock, Logger: slog.New(slog.DiscardHandler)})
+	require.NoError(t, err)
+	ctx := t.Context()
+	handled := map[int]int{}
+	c, err := e.NewConsumer(ConsumerConfig{Name: "audit", Handler: func(_ context.Context, ev fftype.Event) error {
+		handled[ev.Shard]++
+		return nil
+	}})
+	require.NoError(t, err)
+	_, err = c.Step(ctx)
+	require.NoError(t, err)
+	require.Equal(t, []int{0, 1, 2, 3}, c.Shards())
+
+	st.armed.Store(true)
+	const steps = int(4 * DefaultConsumerLeaseTTL / time.Second) // past every lease's first expiry
+	failed := 0
+	for range steps {
+		for shard := range 3 {
+			appendEvents(t, mem, shard, 1)
+		}
+		if _, err := c.Step(ctx); err != nil {
+			require.ErrorIs(t, err, fftype.ErrUnavailable)
+			failed++
+		}
+		clock.Advance(time.Second)
+	}
+	require.Positive(t, failed, "the step reports the failing shard")
+	require.Equal(t, map[int]int{0: steps, 1: steps, 2: steps}, handled, "shards 0-2 keep going while shard 3's store fails")
+	require.Equal(t, []int{0, 1, 2}, c.Shards())
+}
+
 // TestConsumerFailingShardBacksOff: a shard whose handler keeps failing is retried after a
 // back-off that doubles up to shardRetryMax, however much the other shards keep the
 // replica stepping, and its error is logged as a warning once per run of failures: a

@@ -255,21 +255,20 @@ func (e *Engine) timerLoop(ctx context.Context) {
 	changes := e.changes(ctx)
 	var swept time.Time
 	for ctx.Err() == nil {
-		var next time.Time
-		err := leases.balanceIfDue(ctx)
-		if err == nil {
-			only := map[int]bool{}
-			for _, s := range leases.heldShards() {
-				only[s] = true
-			}
-			_, next, err = e.runDue(ctx, only)
-			if !e.now().Before(swept.Add(e.cfg.EventSweepInterval)) { // even if a timer failed
-				swept = e.now()
-				_, serr := e.sweepEvents(ctx, only)
-				err = errors.Join(err, serr)
-			}
+		// A balance that failed (on some shards or all) leaves the loop the shards it
+		// still holds: one failing shard must not stop the timers of the others.
+		berr := leases.balanceIfDue(ctx)
+		only := map[int]bool{}
+		for _, s := range leases.heldShards() {
+			only[s] = true
 		}
-		if err != nil && ctx.Err() == nil {
+		_, next, err := e.runDue(ctx, only)
+		if !e.now().Before(swept.Add(e.cfg.EventSweepInterval)) { // even if a timer failed
+			swept = e.now()
+			_, serr := e.sweepEvents(ctx, only)
+			err = errors.Join(err, serr)
+		}
+		if err := errors.Join(berr, err); err != nil && ctx.Err() == nil {
 			e.log.Warn("timer loop failed; retrying", "err", err)
 		}
 		until := e.clock.Now().Add(leases.idleWait(e.cfg.TimerPollInterval))

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"log/slog"
 	"testing"
 	"time"
 
@@ -127,4 +128,35 @@ func TestOneFailingTimerUnitStallsNoOther(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, fftype.StateWaiting, x.PublicState(),
 		"the delayed execution on the other shard is promoted whatever the timer unit of another shard does")
+}
+
+// TestTimerLoopGoesOnPastAFailingShard: a shard whose store fails (its timer lease cannot
+// be renewed) must not stop the timer loop on the other shards, as RunDue promises for a
+// failing timer unit.
+func TestTimerLoopGoesOnPastAFailingShard(t *testing.T) {
+	t.Parallel()
+	clock := fftest.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	st := &shardFailStore{Store: ffmem.New(&ffmem.Options{Shards: 4}), shard: 3}
+	e, err := New(st, &Config{Clock: clock, Logger: slog.New(slog.DiscardHandler)})
+	require.NoError(t, err)
+	ctx := t.Context()
+	st.armed.Store(true)
+	var ids []fftype.ExecutionID
+	for len(ids) < 6 { // creations on shard 3 fail
+		if res, err := e.Create(ctx, fftype.CreateParams{Lane: "l", Kind: "k", Delay: fftype.Duration(time.Second)}); err == nil {
+			ids = append(ids, res.ID)
+		}
+	}
+	e.Start(ctx)
+	defer e.Stop()
+	require.Eventually(t, func() bool {
+		clock.Advance(100 * time.Millisecond)
+		for _, id := range ids {
+			x, err := e.Get(ctx, id)
+			if err != nil || x.PublicState() != fftype.StateWaiting {
+				return false
+			}
+		}
+		return true
+	}, waitLimit, 10*time.Millisecond, "the delayed executions on the healthy shards are promoted")
 }
