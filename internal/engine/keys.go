@@ -62,7 +62,13 @@ const (
 // eligibleQueue names the eligible queue of (lane, namespace, required capabilities); the
 // name carries the sorted set caps as capsPart writes it.
 func eligibleQueue(lane, ns string, caps []string) string {
-	return eligiblePrefix + lane + sep + ns + sep + capsPart(caps)
+	return eligibleQueueNamed(lane, ns, capsPart(caps))
+}
+
+// eligibleQueueNamed names the eligible queue of (lane, namespace) whose capability part
+// is part.
+func eligibleQueueNamed(lane, ns, part string) string {
+	return eligiblePrefix + lane + sep + ns + sep + part
 }
 
 // inlineEligibleQueue is the name the eligible queue of x had before long capability
@@ -74,7 +80,7 @@ func inlineEligibleQueue(x *fftype.Execution) string {
 	if joinedLen(x.Capabilities) <= maxInlineCaps {
 		return ""
 	}
-	return eligiblePrefix + x.Lane + sep + x.Namespace + sep + strings.Join(x.Capabilities, ",")
+	return eligibleQueueNamed(x.Lane, x.Namespace, strings.Join(x.Capabilities, ","))
 }
 
 // eligibleLanePrefix is the prefix shared by every eligible queue of a lane.
