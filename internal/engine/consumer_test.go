@@ -15,7 +15,6 @@ import (
 
 	"github.com/flowfabric/flowfabric/ffstore"
 	"github.com/flowfabric/flowfabric/ffstore/ffmem"
-	"github.com/flowfabric/flowfabric/fftest"
 	"github.com/flowfabric/flowfabric/fftype"
 )
 
@@ -25,9 +24,7 @@ import (
 // loop would stop running timers on the consumer's.
 func TestConsumerNamedTimersHasLeasesOfItsOwn(t *testing.T) {
 	t.Parallel()
-	clock := fftest.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
-	e, err := New(ffmem.New(&ffmem.Options{Shards: 4}), &Config{Clock: clock})
-	require.NoError(t, err)
+	e, clock := newTestEngineOn(t, ffmem.New(&ffmem.Options{Shards: 4}), Config{})
 	ctx := t.Context()
 
 	timers := e.newLeaser(timerLeases, 0, false) // exactly what timerLoop creates
@@ -104,11 +101,9 @@ func (s *leaseFailStore) Update(ctx context.Context, shard int, fn func(tx ffsto
 // handle the shard's events at the same time.
 func TestFailedLeaseTakeIsNotHeld(t *testing.T) {
 	t.Parallel()
-	clock := fftest.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	mem := ffmem.New(&ffmem.Options{Shards: 1})
 	flaky := &leaseFailStore{Store: mem}
-	eA, err := New(mem, &Config{Clock: clock})
-	require.NoError(t, err)
+	eA, clock := newTestEngineOn(t, mem, Config{})
 	eB, err := New(flaky, &Config{Clock: clock})
 	require.NoError(t, err)
 	ctx := t.Context()
@@ -170,10 +165,8 @@ func TestFailedLeaseTakeIsNotHeld(t *testing.T) {
 // consumer for seconds.
 func TestConsumerTakesOverReleasedLeasesAtOnce(t *testing.T) {
 	t.Parallel()
-	clock := fftest.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	mem := ffmem.New(&ffmem.Options{Shards: 2})
-	e, err := New(mem, &Config{Clock: clock})
-	require.NoError(t, err)
+	e, clock := newTestEngineOn(t, mem, Config{})
 	ctx := t.Context()
 	handled := map[int]int{} // shard → events handled by B
 	a, err := e.NewConsumer(ConsumerConfig{Name: "audit", Handler: func(context.Context, fftype.Event) error { return nil }})
@@ -248,10 +241,8 @@ func (s *countingStore) EventBounds(ctx context.Context, shard int) (uint64, uin
 // runs Run's loop on the fake clock: step, then wait idleWait.
 func TestConsumerIdleWakesOnlyToRenewItsLeases(t *testing.T) {
 	t.Parallel()
-	clock := fftest.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	st := &countingStore{Store: ffmem.New(&ffmem.Options{Shards: 4})}
-	e, err := New(st, &Config{Clock: clock, TimerPollInterval: time.Hour})
-	require.NoError(t, err)
+	e, clock := newTestEngineOn(t, st, Config{TimerPollInterval: time.Hour})
 	ctx := t.Context()
 	c, err := e.NewConsumer(ConsumerConfig{Name: "audit", Handler: func(context.Context, fftype.Event) error { return nil }})
 	require.NoError(t, err)
@@ -291,12 +282,10 @@ func (s *viewFailStore) View(ctx context.Context, shard int, fn func(tx ffstore.
 // is logged, once for a run of failures, and the step goes on with the leases it holds.
 func TestConsumerCarriesOnPastAFailedReplicaCount(t *testing.T) {
 	t.Parallel()
-	clock := fftest.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	mem := ffmem.New(&ffmem.Options{Shards: 2})
 	st := &viewFailStore{Store: mem}
 	var logs strings.Builder
-	e, err := New(st, &Config{Clock: clock, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
-	require.NoError(t, err)
+	e, clock := newTestEngineOn(t, st, Config{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	ctx := t.Context()
 	handled := 0
 	c, err := e.NewConsumer(ConsumerConfig{Name: "audit",
@@ -373,10 +362,8 @@ func TestConsumerFollowsItsStoredCursorBack(t *testing.T) {
 // to drain.
 func TestConsumerSlowHandlerKeepsItsLease(t *testing.T) {
 	t.Parallel()
-	clock := fftest.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	mem := ffmem.New(&ffmem.Options{Shards: 2})
-	e, err := New(mem, &Config{Clock: clock})
-	require.NoError(t, err)
+	e, clock := newTestEngineOn(t, mem, Config{})
 	ctx := t.Context()
 	const (
 		ttl     = 3 * time.Second
@@ -433,10 +420,8 @@ func TestConsumerSlowHandlerKeepsItsLease(t *testing.T) {
 // the TTL in 100 events), and the events it handled per shard.
 func newSlowConsumer(t *testing.T) (*Consumer, *ffmem.Store, []int) {
 	t.Helper()
-	clock := fftest.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	mem := ffmem.New(&ffmem.Options{Shards: 8})
-	e, err := New(mem, &Config{Clock: clock})
-	require.NoError(t, err)
+	e, clock := newTestEngineOn(t, mem, Config{})
 	handled := make([]int, e.shards)
 	c, err := e.NewConsumer(ConsumerConfig{Name: "audit", LeaseTTL: 3 * time.Second,
 		Handler: func(_ context.Context, ev fftype.Event) error {
@@ -500,9 +485,7 @@ func appendEvents(t *testing.T, st ffstore.Store, shard, n int) {
 // failure, and offers the failed event again once the shard's back-off has passed.
 func TestConsumerFailingShardDoesNotHoldBackTheOthers(t *testing.T) {
 	t.Parallel()
-	clock := fftest.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
-	e, err := New(ffmem.New(&ffmem.Options{Shards: 2}), &Config{Clock: clock})
-	require.NoError(t, err)
+	e, clock := newTestEngineOn(t, ffmem.New(&ffmem.Options{Shards: 2}), Config{})
 	ctx := t.Context()
 	errPoison := errors.New("cannot handle this one")
 	handled := map[int]int{} // shard → events handled
@@ -557,11 +540,9 @@ func (s *shardFailStore) Update(ctx context.Context, shard int, fn func(tx ffsto
 // it renews and whose batches run, and the step reports the failure.
 func TestConsumerFailingShardStoreDoesNotHoldBackTheOthers(t *testing.T) {
 	t.Parallel()
-	clock := fftest.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	mem := ffmem.New(&ffmem.Options{Shards: 4})
 	st := &shardFailStore{Store: mem, shard: 3}
-	e, err := New(st, &Config{Clock: clock, Logger: slog.New(slog.DiscardHandler)})
-	require.NoError(t, err)
+	e, clock := newTestEngineOn(t, st, Config{Logger: slog.New(slog.DiscardHandler)})
 	ctx := t.Context()
 	handled := map[int]int{}
 	c, err := e.NewConsumer(ConsumerConfig{Name: "audit", Handler: func(_ context.Context, ev fftype.Event) error {
@@ -598,11 +579,9 @@ func TestConsumerFailingShardStoreDoesNotHoldBackTheOthers(t *testing.T) {
 // the run, so the next failure is retried after shardRetryMin again.
 func TestConsumerFailingShardBacksOff(t *testing.T) {
 	t.Parallel()
-	clock := fftest.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	mem := ffmem.New(&ffmem.Options{Shards: 2})
 	var logs strings.Builder
-	e, err := New(mem, &Config{Clock: clock, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
-	require.NoError(t, err)
+	e, clock := newTestEngineOn(t, mem, Config{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	ctx := t.Context()
 	failing, tried := true, 0
 	c, err := e.NewConsumer(ConsumerConfig{Name: "audit", Handler: func(_ context.Context, ev fftype.Event) error {
@@ -671,11 +650,9 @@ func TestConsumerFailingShardBacksOff(t *testing.T) {
 // new run (a warning, retried after shardRetryMin), not the old run's back-off.
 func TestConsumerBackOffEndsWithTheLease(t *testing.T) {
 	t.Parallel()
-	clock := fftest.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	mem := ffmem.New(&ffmem.Options{Shards: 1})
 	var logs strings.Builder
-	eA, err := New(mem, &Config{Clock: clock, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
-	require.NoError(t, err)
+	eA, clock := newTestEngineOn(t, mem, Config{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	eB, err := New(mem, &Config{Clock: clock})
 	require.NoError(t, err)
 	ctx := t.Context()
@@ -715,11 +692,9 @@ func TestConsumerBackOffEndsWithTheLease(t *testing.T) {
 // throttle every shard to a batch per interval.
 func TestConsumerRunKeepsUpPastAFailingShard(t *testing.T) {
 	t.Parallel()
-	clock := fftest.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	mem := ffmem.New(&ffmem.Options{Shards: 2})
 	polled := struct{ ffstore.Store }{mem} // hides mem's change notifications
-	e, err := New(polled, &Config{Clock: clock, TimerPollInterval: time.Hour})
-	require.NoError(t, err)
+	e, _ := newTestEngineOn(t, polled, Config{TimerPollInterval: time.Hour})
 	var handled atomic.Int64
 	c, err := e.NewConsumer(ConsumerConfig{Name: "audit", LeaseTTL: time.Hour, Handler: func(_ context.Context, ev fftype.Event) error {
 		if ev.Shard == 0 {

@@ -7,15 +7,26 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/flowfabric/flowfabric/ffstore"
 	"github.com/flowfabric/flowfabric/ffstore/ffmem"
 	"github.com/flowfabric/flowfabric/fftest"
 	"github.com/flowfabric/flowfabric/fftype"
 )
 
+// newTestEngine returns an engine on a new in-memory store of one shard, with a fake
+// clock.
 func newTestEngine(t *testing.T) (*Engine, *fftest.Clock) {
 	t.Helper()
+	return newTestEngineOn(t, ffmem.New(&ffmem.Options{Shards: 1}), Config{})
+}
+
+// newTestEngineOn returns an engine on st configured by cfg, with a fake clock (which
+// replaces cfg.Clock) set to the start of 2026.
+func newTestEngineOn(t *testing.T, st ffstore.Store, cfg Config) (*Engine, *fftest.Clock) {
+	t.Helper()
 	clock := fftest.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
-	e, err := New(ffmem.New(&ffmem.Options{Shards: 1}), &Config{Clock: clock})
+	cfg.Clock = clock
+	e, err := New(st, &cfg)
 	require.NoError(t, err)
 	return e, clock
 }

@@ -10,7 +10,6 @@ import (
 
 	"github.com/flowfabric/flowfabric/ffstore"
 	"github.com/flowfabric/flowfabric/ffstore/ffmem"
-	"github.com/flowfabric/flowfabric/fftest"
 	"github.com/flowfabric/flowfabric/fftype"
 )
 
@@ -43,9 +42,7 @@ func TestTimersWithSubMillisecondTimes(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			clock := fftest.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
-			e, err := New(ffmem.New(&ffmem.Options{Shards: 1}), &Config{Clock: clock})
-			require.NoError(t, err)
+			e, clock := newTestEngineOn(t, ffmem.New(&ffmem.Options{Shards: 1}), Config{})
 			tc.claim(t, e)
 
 			clock.Advance(tc.after)
@@ -68,9 +65,7 @@ func TestTimersWithSubMillisecondTimes(t *testing.T) {
 // new one and timers fire again.
 func TestStartAfterItsContextEnded(t *testing.T) {
 	t.Parallel()
-	clock := fftest.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
-	e, err := New(ffmem.New(nil), &Config{Clock: clock, TimerPollInterval: time.Hour})
-	require.NoError(t, err)
+	e, clock := newTestEngineOn(t, ffmem.New(nil), Config{TimerPollInterval: time.Hour})
 	ctx, cancel := context.WithCancel(t.Context())
 	e.Start(ctx)
 	cancel()
@@ -92,10 +87,8 @@ func TestStartAfterItsContextEnded(t *testing.T) {
 // due timers, and reports the failure.
 func TestOneFailingTimerUnitStallsNoOther(t *testing.T) {
 	t.Parallel()
-	clock := fftest.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	st := ffmem.New(&ffmem.Options{Shards: 2})
-	e, err := New(st, &Config{Clock: clock})
-	require.NoError(t, err)
+	e, clock := newTestEngineOn(t, st, Config{})
 	ctx := t.Context()
 	// bad: delayed 1s on one shard; good: delayed 1m on the other shard.
 	var bad, good fftype.ExecutionID
@@ -122,7 +115,7 @@ func TestOneFailingTimerUnitStallsNoOther(t *testing.T) {
 		return nil
 	}))
 	clock.Advance(time.Hour)
-	_, _, err = e.RunDue(ctx)
+	_, _, err := e.RunDue(ctx)
 	require.ErrorIs(t, err, fftype.ErrUnavailable, "the failure is reported")
 	x, err := e.Get(ctx, good)
 	require.NoError(t, err)
@@ -135,10 +128,8 @@ func TestOneFailingTimerUnitStallsNoOther(t *testing.T) {
 // failing timer unit.
 func TestTimerLoopGoesOnPastAFailingShard(t *testing.T) {
 	t.Parallel()
-	clock := fftest.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	st := &shardFailStore{Store: ffmem.New(&ffmem.Options{Shards: 4}), shard: 3}
-	e, err := New(st, &Config{Clock: clock, Logger: slog.New(slog.DiscardHandler)})
-	require.NoError(t, err)
+	e, clock := newTestEngineOn(t, st, Config{Logger: slog.New(slog.DiscardHandler)})
 	ctx := t.Context()
 	st.armed.Store(true)
 	var ids []fftype.ExecutionID
