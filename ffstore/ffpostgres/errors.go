@@ -110,6 +110,13 @@ func translate(ctx context.Context, err error, op string) error {
 		Kind: fftype.KindUnavailable, Code: fftype.CodeStoreUnavailable, Retryable: true,
 		Message: "postgres " + op + " failed", Err: err,
 	}
+	if readOnlyServer(err) {
+		// A server that refuses writes: a standby, or a primary turned read-only during a
+		// failover. The store drops such a connection and Open's connections reach only a
+		// writable server, so the next connection may find the new primary.
+		e.Message = fmt.Sprintf("postgres %s: the database is read-only (a standby, or a failover in progress)", op)
+		return e
+	}
 	var pgErr *pgconn.PgError
 	var connectErr *pgconn.ConnectError
 	if errors.As(err, &pgErr) {
@@ -137,11 +144,6 @@ func translate(ctx context.Context, err error, op string) error {
 			// Connection exceptions, insufficient resources, operator intervention
 			// (shutdown, restart), system errors, a session the server ended for taking
 			// too long: nothing was written, and the database may come back.
-		case pgErr.Code == stateReadOnlyTransaction:
-			// A server that refuses writes: a standby, or a primary turned read-only
-			// during a failover. Open's connections reach only a writable server, so the
-			// next connection may find the new primary.
-			e.Message = fmt.Sprintf("postgres %s: the database is read-only (a standby, or a failover in progress)", op)
 		case errors.As(err, &connectErr) && (strings.HasPrefix(pgErr.Code, "22") || pgErr.Code == stateUndefinedObject):
 			// Opening a connection, the server refused a setting the connection string
 			// gave it (an unknown parameter, a bad value): the input is wrong, and stays
@@ -165,8 +167,6 @@ func translate(ctx context.Context, err error, op string) error {
 	}
 	var netErr net.Error
 	switch {
-	case errors.Is(err, pgconn.ErrReadOnlyConnection):
-		e.Message = "postgres " + op + ": the database is read-only (a standby, or a failover in progress)"
 	case errors.As(err, &connectErr):
 		e.Message = "postgres " + op + ": cannot connect to the database"
 	case errors.As(err, &netErr), errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), pgconn.SafeToRetry(err):
