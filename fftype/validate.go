@@ -176,8 +176,16 @@ func ValidateTagKey(k string) error {
 }
 
 // ValidateTags checks a tag map: at most 64 tags, valid keys, values at most 1,024 bytes.
+// A tag whose value is "" is no tag (creating or changing tags drops it), so it does not
+// count towards the 64.
 func ValidateTags(tags map[string]string) error {
-	if len(tags) > MaxTags {
+	kept := 0
+	for _, v := range tags {
+		if v != "" {
+			kept++
+		}
+	}
+	if kept > MaxTags {
 		return Validationf(CodeInvalidInput, "more than %d tags", MaxTags)
 	}
 	return ValidateTagEntries(tags)

@@ -196,6 +196,7 @@ func TestTagLimits(t *testing.T) {
 		full["k"+strconv.Itoa(i)] = "v"
 		swap["k"+strconv.Itoa(i)] = ""
 	}
+	full["dropped"] = "" // no tag, so not one of the 64
 	res, err = e.Create(t.Context(), fftype.CreateParams{Lane: "l", Kind: "k", Tags: full})
 	require.NoError(t, err)
 	err = e.SetTags(t.Context(), res.ID, map[string]string{"one_more": "v"})
