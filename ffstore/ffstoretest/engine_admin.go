@@ -395,6 +395,10 @@ func exerciseAdmin(t *testing.T, newStore func(t *testing.T) ffstore.Store) {
 		}
 		require.Equal(t, all, got, "pages cover every execution once, oldest first")
 		require.GreaterOrEqual(t, pages, 4)
+		exact, err := b.engine.List(b.ctx, fftype.ListParams{Limit: len(all)})
+		require.NoError(t, err)
+		require.Len(t, exact.Executions, len(all))
+		require.Empty(t, exact.Cursor, "a page that ends with the last match has no next page")
 
 		count := func(p fftype.ListParams) int {
 			p.Limit = 1000
@@ -410,7 +414,7 @@ func exerciseAdmin(t *testing.T, newStore func(t *testing.T) ffstore.Store) {
 		require.Equal(t, 25, count(fftype.ListParams{State: fftype.StateWaiting, Lane: suiteLane}))
 		require.Equal(t, 0, count(fftype.ListParams{Lane: "elsewhere"}))
 
-		_, err := b.engine.List(b.ctx, fftype.ListParams{Cursor: "garbage!"})
+		_, err = b.engine.List(b.ctx, fftype.ListParams{Cursor: "garbage!"})
 		requireCode(t, err, fftype.KindValidation, fftype.CodeInvalidCursor)
 		_, err = b.engine.List(b.ctx, fftype.ListParams{State: "running"})
 		requireCode(t, err, fftype.KindValidation, fftype.CodeInvalidInput)

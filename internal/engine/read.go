@@ -195,21 +195,32 @@ func (e *Engine) List(ctx context.Context, p fftype.ListParams) (*fftype.ListPag
 	}
 	sort.Slice(all, func(i, j int) bool { return all[i].pos.Less(all[j].pos) })
 	page := &fftype.ListPage{Executions: []*fftype.Execution{}}
+	more := bound != nil // a shard has more to scan
+	var last ffstore.QueueItem
 	for _, l := range all {
-		if len(page.Executions) == limit || bound != nil && bound.Less(l.pos) {
+		if bound != nil && bound.Less(l.pos) {
+			break
+		}
+		if len(page.Executions) == limit {
+			more = true // a match beyond the page
 			break
 		}
 		page.Executions = append(page.Executions, l.x)
-		if len(page.Executions) == limit {
-			page.Cursor = encodeCursor(l.pos)
-		}
+		last = l.pos
 	}
-	if page.Cursor == "" && bound != nil {
+	switch {
+	case !more:
+	case len(page.Executions) == limit:
+		page.Cursor = encodeCursor(last)
+	default:
 		page.Cursor = encodeCursor(*bound)
 	}
 	return page, nil
 }
 
+// scanShard scans one shard's listing index after the position after for executions that
+// match: one more than a page of them (so that a full page knows whether any follow), and
+// at most maxListScan entries.
 func scanShard(tx ffstore.ReadTx, after *ffstore.QueueItem, limit int, match func(*fftype.Execution) bool, sc *shardScan) error {
 	pos := after
 	scanned := 0
@@ -231,7 +242,7 @@ func scanShard(tx ffstore.ReadTx, after *ffstore.QueueItem, limit int, match fun
 			}
 			if match(x) {
 				sc.found = append(sc.found, listed{pos: it, x: x})
-				if len(sc.found) == limit {
+				if len(sc.found) > limit { // one more than a page, to tell whether any follow
 					return nil
 				}
 			}
