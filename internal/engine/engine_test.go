@@ -227,6 +227,61 @@ func TestSubscribeFromStartOutlivesATrim(t *testing.T) {
 	}
 }
 
+// gatedReadsStore lets the first ReadEvents through and holds every later one until gate
+// is closed.
+type gatedReadsStore struct {
+	ffstore.Store
+	reads       atomic.Int32
+	first, gate chan struct{}
+}
+
+func (s *gatedReadsStore) ReadEvents(ctx context.Context, shard int, after uint64, limit int) ([]fftype.Event, error) {
+	if s.reads.Add(1) == 1 {
+		defer close(s.first)
+	} else {
+		select {
+		case <-s.gate:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return s.Store.ReadEvents(ctx, shard, after, limit)
+}
+
+// TestSubscribeFromStartPromisesWhatItRead: once a subscription from the oldest event has
+// read a shard (even finding it empty), the events appended after are promised to it:
+// trimmed before it read them, it ends with cursor_expired rather than skip them.
+func TestSubscribeFromStartPromisesWhatItRead(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	st := &gatedReadsStore{Store: ffmem.New(&ffmem.Options{Shards: 1}), first: make(chan struct{}), gate: make(chan struct{})}
+	e, err := engine.New(st, nil)
+	require.NoError(t, err)
+	sub, err := e.Subscribe(ctx, fftype.EventFilter{}, engine.CursorStart)
+	require.NoError(t, err)
+	defer sub.Close()
+	select {
+	case <-st.first:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the subscription did not read the log")
+	}
+	for range 2 {
+		_, err := e.Create(ctx, fftype.CreateParams{Lane: "l", Kind: "k"})
+		require.NoError(t, err)
+	}
+	require.NoError(t, st.Store.TrimEvents(ctx, 0, 2))
+	_, err = e.Create(ctx, fftype.CreateParams{Lane: "l", Kind: "k"})
+	require.NoError(t, err)
+	close(st.gate)
+	select {
+	case d, ok := <-sub.Events():
+		require.False(t, ok, "event %d delivered: events 1 and 2 were skipped", d.Event.Seq)
+		require.ErrorIs(t, sub.Err(), fftype.ErrCursorExpired)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the subscription neither delivered nor ended")
+	}
+}
+
 // flakyReadsStore fails the first `fail` ReadEvents calls as a store that is briefly away.
 type flakyReadsStore struct {
 	ffstore.Store

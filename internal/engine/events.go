@@ -331,7 +331,8 @@ func (e *Engine) follow(ctx context.Context, pos []uint64, atStart []bool, wake 
 				}
 				return err
 			}
-			if len(evs) > 0 && atStart != nil {
+			if atStart != nil {
+				// Read, even empty: from here on the shard's events are promised.
 				atStart[s] = false
 			}
 			for i := range evs {
