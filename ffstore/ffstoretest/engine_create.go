@@ -43,6 +43,27 @@ func exerciseCreate(t *testing.T, newStore func(t *testing.T) ffstore.Store) {
 		require.Equal(t, []fftype.EventType{fftype.EventCreated}, b.events(t, id))
 	})
 
+	t.Run("CallerBuffersAreCopied", func(t *testing.T) {
+		// A caller may reuse a payload's or result's buffer once the call returns.
+		t.Parallel()
+		b := setup(t)
+		buf := []byte(`{"n":"original"}`)
+		id := b.create(t, fftype.CreateParams{Payload: buf})
+		copy(buf, `{"n":"MUTATED!"}`)
+		l := b.claimOne(t, id)
+		require.Equal(t, `{"n":"original"}`, string(l.Payload), "the payload handed to the worker")
+		payload, err := b.engine.Payload(b.ctx, id)
+		require.NoError(t, err)
+		require.Equal(t, `{"n":"original"}`, string(payload))
+
+		res := []byte(`{"ok":"original"}`)
+		require.NoError(t, b.engine.Complete(b.ctx, id, l.Fence, res, ""))
+		copy(res, `{"ok":"MUTATED!"}`)
+		got, _, err := b.engine.Result(b.ctx, id)
+		require.NoError(t, err)
+		require.Equal(t, `{"ok":"original"}`, string(got))
+	})
+
 	t.Run("Validation", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)

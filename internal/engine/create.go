@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"math/rand/v2"
@@ -211,7 +212,8 @@ func (e *Engine) prepareCreate(p fftype.CreateParams) (*newExecution, error) {
 	if len(x.Tags) == 0 {
 		x.Tags = nil
 	}
-	return &newExecution{x: x, payload: p.Payload, runAt: p.RunAt, delay: p.Delay.D()}, nil
+	// The store keeps what a unit puts; the caller may reuse its buffer once Create returns.
+	return &newExecution{x: x, payload: bytes.Clone(p.Payload), runAt: p.RunAt, delay: p.Delay.D()}, nil
 }
 
 // checkPayload validates a payload or result and returns its effective encoding.

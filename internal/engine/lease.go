@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"bytes"
 	"context"
 	"slices"
 	"time"
@@ -156,6 +157,7 @@ func (e *Engine) Complete(ctx context.Context, id fftype.ExecutionID, f fftype.F
 	if enc == fftype.EncodingBinary {
 		key = binaryResultKey
 	}
+	result = bytes.Clone(result) // the store keeps it; the caller may reuse its buffer
 	replay := func(x *fftype.Execution) bool { return x.Outcome == fftype.OutcomeSuccess }
 	return e.holderUnit(ctx, id, f, replay, func(tx ffstore.Tx, x *fftype.Execution, before placement, now time.Time) error {
 		if err := endAttempt(tx, x, fftype.AttemptSucceeded, "", "", now); err != nil {
