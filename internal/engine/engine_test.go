@@ -227,6 +227,36 @@ func TestSubscribeFromStartOutlivesATrim(t *testing.T) {
 	}
 }
 
+// TestSubscribeRefusesAnotherStoresCursor: a cursor names its store's event log, so one
+// from another store (with as many shards, and further into its log) is refused rather
+// than followed from positions that mean nothing there; another engine on the same store
+// takes it.
+func TestSubscribeRefusesAnotherStoresCursor(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	newEngine := func(st ffstore.Store) *engine.Engine {
+		e, err := engine.New(st, nil)
+		require.NoError(t, err)
+		return e
+	}
+	storeA, storeB := ffmem.New(&ffmem.Options{Shards: 2}), ffmem.New(&ffmem.Options{Shards: 2})
+	a, b := newEngine(storeA), newEngine(storeB)
+	for range 4 {
+		_, err := b.Create(ctx, fftype.CreateParams{Lane: "l", Kind: "k"})
+		require.NoError(t, err)
+	}
+	_, err := a.Create(ctx, fftype.CreateParams{Lane: "l", Kind: "k"})
+	require.NoError(t, err)
+	cursor, err := a.EventCursor(ctx)
+	require.NoError(t, err)
+
+	_, err = b.Subscribe(ctx, fftype.EventFilter{}, cursor)
+	require.ErrorIs(t, err, &fftype.Error{Kind: fftype.KindValidation, Code: fftype.CodeInvalidCursor})
+	sub, err := newEngine(storeA).Subscribe(ctx, fftype.EventFilter{}, cursor)
+	require.NoError(t, err, "another engine on the same store")
+	sub.Close()
+}
+
 // gatedReadsStore lets the first ReadEvents through and holds every later one until gate
 // is closed.
 type gatedReadsStore struct {

@@ -5,8 +5,10 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"log/slog"
 	"math"
+	"math/rand/v2"
 	"slices"
 	"sync"
 	"time"
@@ -17,15 +19,19 @@ import (
 
 // Event-log reading.
 const (
-	eventBatch    = 512
-	cursorVersion = 1
+	eventBatch = 512
+	// cursorVersion 2 carries the log's id; version 1, issued before, carries only the
+	// positions and is still accepted.
+	cursorVersion     = 2
+	cursorVersionNoID = 1
+	cursorLogIDBytes  = 8
 )
 
 // maxCursorLength is the length of the longest cursor encodeEventCursor makes: that of a
 // store with fftype.MaxShards shards, each at the largest Seq. Derived from the encoder,
 // it lets the decoder refuse absurd input before decoding it yet accept any cursor the
 // engine issued.
-var maxCursorLength = len(encodeEventCursor(slices.Repeat([]uint64{math.MaxUint64}, fftype.MaxShards)))
+var maxCursorLength = len(encodeEventCursor(math.MaxUint64, slices.Repeat([]uint64{math.MaxUint64}, fftype.MaxShards)))
 
 // CursorStart and CursorEnd are the special cursors Subscribe accepts besides one it
 // handed out: the oldest event still kept, and the end of the log (only events appended
@@ -35,13 +41,56 @@ const (
 	CursorEnd   = "end"
 )
 
-// encodeEventCursor packs one position per shard: base64url of a version byte, the shard
-// count and each shard's last-delivered Seq as uvarints. 16 shards fit in well under 200
-// bytes, small enough for an HTTP header; the most shards, far into their logs, take some
-// kilobytes (maxCursorLength at most).
-func encodeEventCursor(pos []uint64) string {
-	b := make([]byte, 0, 2+len(pos)*4)
+// logIDKey is the record, on shard 0, that holds the store's event-log id: a random number
+// written by the first engine that needs it. Cursors carry it, so that one made for
+// another store (or for this one before it was recreated) is refused rather than followed
+// from positions that mean nothing here.
+const logIDKey = "log:~id"
+
+// logID returns the store's event-log id, creating it on first use. It is read anew each
+// time (a subscription reads it once): a store that lost its data gets a new id, and every
+// process must see that one.
+func (e *Engine) logID(ctx context.Context) (uint64, error) {
+	var id uint64
+	read := func(tx ffstore.ReadTx) (bool, error) {
+		v, ok, err := tx.Get(logIDKey)
+		if err != nil || !ok {
+			return false, err
+		}
+		if len(v) != cursorLogIDBytes {
+			return false, corrupt("the event log's id", fmt.Errorf("record %q holds %d bytes", logIDKey, len(v)))
+		}
+		id = binary.BigEndian.Uint64(v)
+		return true, nil
+	}
+	found := false
+	err := e.store.View(ctx, 0, func(tx ffstore.ReadTx) (err error) {
+		found, err = read(tx)
+		return err
+	})
+	if err != nil || found {
+		return id, err
+	}
+	err = e.update(ctx, 0, func(tx ffstore.Tx) error {
+		found, err := read(tx)
+		if err != nil || found {
+			return err
+		}
+		id = rand.Uint64()
+		tx.Put(logIDKey, binary.BigEndian.AppendUint64(nil, id))
+		return nil
+	})
+	return id, err
+}
+
+// encodeEventCursor packs the log's id and one position per shard: base64url of a
+// version byte, the id (8 bytes), the shard count and each shard's last-delivered Seq as
+// uvarints. 16 shards fit in well under 200 bytes, small enough for an HTTP header; the
+// most shards, far into their logs, take some kilobytes (maxCursorLength at most).
+func encodeEventCursor(logID uint64, pos []uint64) string {
+	b := make([]byte, 0, 2+cursorLogIDBytes+len(pos)*4)
 	b = append(b, cursorVersion)
+	b = binary.BigEndian.AppendUint64(b, logID)
 	b = binary.AppendUvarint(b, uint64(len(pos)))
 	for _, p := range pos {
 		b = binary.AppendUvarint(b, p)
@@ -49,7 +98,9 @@ func encodeEventCursor(pos []uint64) string {
 	return base64.RawURLEncoding.EncodeToString(b)
 }
 
-func (e *Engine) decodeEventCursor(s string) ([]uint64, error) {
+// decodeEventCursor returns the positions of cursor s, which must have been made for this
+// store's log (logID) and shard count.
+func (e *Engine) decodeEventCursor(s string, logID uint64) ([]uint64, error) {
 	bad := func(why string) error {
 		return fftype.Validationf(fftype.CodeInvalidCursor, "event cursor: %s", why)
 	}
@@ -57,8 +108,17 @@ func (e *Engine) decodeEventCursor(s string) ([]uint64, error) {
 		return nil, bad("too long")
 	}
 	b, err := base64.RawURLEncoding.DecodeString(s)
-	if err != nil || len(b) < 2 || b[0] != cursorVersion {
+	if err != nil || len(b) < 2 || b[0] != cursorVersion && b[0] != cursorVersionNoID {
 		return nil, bad("not a cursor this engine issued")
+	}
+	if b[0] == cursorVersion {
+		if len(b) < 1+cursorLogIDBytes+1 {
+			return nil, bad("truncated")
+		}
+		if binary.BigEndian.Uint64(b[1:]) != logID {
+			return nil, bad("made for another store's event log")
+		}
+		b = b[cursorLogIDBytes:]
 	}
 	b = b[1:]
 	n, k := binary.Uvarint(b)
@@ -83,11 +143,15 @@ func (e *Engine) decodeEventCursor(s string) ([]uint64, error) {
 // EventCursor returns a cursor at the current end of the log: a subscription from it
 // delivers only events appended afterwards.
 func (e *Engine) EventCursor(ctx context.Context) (string, error) {
+	id, err := e.logID(ctx)
+	if err != nil {
+		return "", err
+	}
 	pos, err := e.endPositions(ctx)
 	if err != nil {
 		return "", err
 	}
-	return encodeEventCursor(pos), nil
+	return encodeEventCursor(id, pos), nil
 }
 
 func (e *Engine) endPositions(ctx context.Context) ([]uint64, error) {
@@ -215,15 +279,18 @@ func (e *Engine) Subscribe(ctx context.Context, f fftype.EventFilter, cursor str
 	if err := validateFilter(f); err != nil {
 		return nil, err
 	}
+	logID, err := e.logID(ctx)
+	if err != nil {
+		return nil, err
+	}
 	var pos []uint64
-	var err error
 	switch cursor {
 	case CursorStart:
 		pos, err = e.startPositions(ctx)
 	case CursorEnd:
 		pos, err = e.endPositions(ctx)
 	default:
-		pos, err = e.decodeEventCursor(cursor)
+		pos, err = e.decodeEventCursor(cursor, logID)
 		if err == nil {
 			err = e.checkInLog(ctx, pos)
 		}
@@ -243,7 +310,7 @@ func (e *Engine) Subscribe(ctx context.Context, f fftype.EventFilter, cursor str
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	// The start is encoded now: follow moves pos on.
-	sub := &Subscription{ch: make(chan fftype.Delivery, eventBatch), start: encodeEventCursor(pos), cancel: cancel,
+	sub := &Subscription{ch: make(chan fftype.Delivery, eventBatch), start: encodeEventCursor(logID, pos), cancel: cancel,
 		done: make(chan struct{})}
 	wake := e.changes(ctx)
 	go func() {
@@ -255,7 +322,7 @@ func (e *Engine) Subscribe(ctx context.Context, f fftype.EventFilter, cursor str
 				return nil
 			}
 			select {
-			case sub.ch <- fftype.Delivery{Event: *ev, Cursor: encodeEventCursor(pos)}:
+			case sub.ch <- fftype.Delivery{Event: *ev, Cursor: encodeEventCursor(logID, pos)}:
 				return nil
 			case <-ctx.Done():
 				return ctx.Err()

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"encoding/base64"
 	"math"
 	"slices"
 	"testing"
@@ -58,32 +59,51 @@ func TestPriorityScore(t *testing.T) {
 
 func suiteNow() (t time.Time) { return time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC) }
 
+// testLogID stands for a store's event-log id in cursor tests.
+const testLogID = 0x0123456789abcdef
+
 // TestLongestEventCursorIsAccepted: the engine takes back any cursor it can issue, up to
 // the longest: one of a store with the most shards, each far into its log.
 func TestLongestEventCursorIsAccepted(t *testing.T) {
 	t.Parallel()
 	e := &Engine{shards: fftype.MaxShards}
 	pos := slices.Repeat([]uint64{math.MaxUint64}, fftype.MaxShards)
-	got, err := e.decodeEventCursor(encodeEventCursor(pos))
+	got, err := e.decodeEventCursor(encodeEventCursor(testLogID, pos), testLogID)
 	require.NoError(t, err)
 	require.Equal(t, pos, got)
-	_, err = e.decodeEventCursor(encodeEventCursor(pos) + "A")
+	_, err = e.decodeEventCursor(encodeEventCursor(testLogID, pos)+"A", testLogID)
 	require.ErrorIs(t, err, fftype.ErrValidation, "one character longer is refused")
+}
+
+// TestEventCursorNamesItsLog: a cursor made for another log is refused; one issued before
+// cursors carried their log's id (version 1) is still taken.
+func TestEventCursorNamesItsLog(t *testing.T) {
+	t.Parallel()
+	e := &Engine{shards: 2}
+	_, err := e.decodeEventCursor(encodeEventCursor(testLogID+1, []uint64{3, 4}), testLogID)
+	require.ErrorIs(t, err, &fftype.Error{Kind: fftype.KindValidation, Code: fftype.CodeInvalidCursor})
+	require.ErrorContains(t, err, "another store")
+
+	v1 := base64.RawURLEncoding.EncodeToString([]byte{cursorVersionNoID, 2, 3, 4})
+	pos, err := e.decodeEventCursor(v1, testLogID)
+	require.NoError(t, err)
+	require.Equal(t, []uint64{3, 4}, pos)
 }
 
 func FuzzDecodeEventCursor(f *testing.F) {
 	e := &Engine{shards: 16}
-	f.Add(encodeEventCursor(make([]uint64, 16)))
+	f.Add(encodeEventCursor(testLogID, make([]uint64, 16)))
 	f.Add("end")
 	f.Add("AQ")
+	f.Add("AhAB")
 	f.Fuzz(func(t *testing.T, s string) {
-		pos, err := e.decodeEventCursor(s)
+		pos, err := e.decodeEventCursor(s, testLogID)
 		if err != nil {
 			require.ErrorIs(t, err, fftype.ErrValidation)
 			return
 		}
 		require.Len(t, pos, 16)
-		again, err := e.decodeEventCursor(encodeEventCursor(pos))
+		again, err := e.decodeEventCursor(encodeEventCursor(testLogID, pos), testLogID)
 		require.NoError(t, err)
 		require.Equal(t, pos, again)
 	})
