@@ -124,25 +124,25 @@ func decodeBody(resp *http.Response, out any) error {
 // errNoAnswer is the cause of a call that ran out of Config.Timeout.
 var errNoAnswer = errors.New("ffclient: the server's answer did not begin within the timeout")
 
+// noAnswerWithin is the cause of a call whose answer did not begin within d.
+func noAnswerWithin(d time.Duration) error { return fmt.Errorf("%w (%s)", errNoAnswer, d) }
+
 // do sends req, whose body is in, bounded by the client's timeout until its answer begins
-// (see Config.Timeout); the answer's body cancels the request's context once closed.
+// (see Config.Timeout); the answer's body cancels the request's context once closed. A
+// claim is not bounded here: ClaimWait times it, so as to read an answer that comes late.
 func (c *Client) do(req *http.Request, in any) (*http.Response, error) {
-	if c.timeout == 0 {
+	if _, claim := in.(ffserver.ClaimRequest); claim || c.timeout == 0 {
 		return c.http.Do(req)
 	}
-	d := c.timeout
-	if claim, ok := in.(ffserver.ClaimRequest); ok {
-		d += time.Duration(claim.WaitMS) * time.Millisecond
-	}
 	ctx, cancel := context.WithCancelCause(req.Context())
-	timer := time.AfterFunc(d, func() { cancel(errNoAnswer) })
+	timer := time.AfterFunc(c.timeout, func() { cancel(errNoAnswer) })
 	resp, err := c.http.Do(req.WithContext(ctx))
 	if !timer.Stop() {
 		if err == nil {
 			_ = resp.Body.Close()
 		}
 		cancel(nil)
-		return nil, fmt.Errorf("%w (%s)", errNoAnswer, d)
+		return nil, noAnswerWithin(c.timeout)
 	}
 	if err != nil {
 		cancel(nil)
@@ -188,8 +188,7 @@ func (c *Client) send(ctx context.Context, method, path string, in any) (*http.R
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		return nil, &fftype.Error{Kind: fftype.KindUnavailable, Code: fftype.CodeStoreUnavailable,
-			Message: "the server cannot be reached", Retryable: true, Err: err}
+		return nil, unreachable(err)
 	}
 	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
 		return resp, nil
@@ -207,6 +206,12 @@ func (c *Client) send(ctx context.Context, method, path string, in any) (*http.R
 			Message: fmt.Sprintf("the server answered %s", resp.Status), Retryable: passing}
 	}
 	return nil, &fftype.Error{Kind: fftype.Kind(eb.Kind), Code: eb.Code, Message: eb.Error, Retryable: eb.Retryable}
+}
+
+// unreachable is the error of a call that got no answer from the server, for cause.
+func unreachable(cause error) error {
+	return &fftype.Error{Kind: fftype.KindUnavailable, Code: fftype.CodeStoreUnavailable,
+		Message: "the server cannot be reached", Retryable: true, Err: cause}
 }
 
 func execPath(id fftype.ExecutionID, suffix string) string {
@@ -298,30 +303,43 @@ func (c *Client) Claim(ctx context.Context, p fftype.ClaimParams) ([]*fftype.Lea
 	return c.ClaimWait(ctx, p, 0)
 }
 
-// claimGrace is how long a claim whose caller gave up still waits for the server's
-// answer. The server gives back the leases of an answer it cannot deliver, but one it
-// already sent would be lost until the leases expire; read within the grace, its leases
-// are given back at once.
+// claimGrace is how long a claim whose caller gave up (its ctx ended, or the answer did
+// not begin within Config.Timeout) still waits for the server's answer. The server gives
+// back the leases of an answer it cannot deliver, but one it already sent would be lost
+// until the leases expire; read within the grace, its leases are given back at once.
 const claimGrace = 250 * time.Millisecond
 
 // ClaimWait claims like Claim but, with nothing eligible, lets the server wait up to wait
 // (at most 30s) for work to arrive. If ctx ends while the claim is under way, ClaimWait
-// returns ctx's error and releases whatever leases the server's answer still brings.
+// returns ctx's error, and if the answer does not begin within Config.Timeout plus the
+// wait, a retryable unavailable error; either way it releases whatever leases the
+// server's answer still brings.
 func (c *Client) ClaimWait(ctx context.Context, p fftype.ClaimParams, wait time.Duration) ([]*fftype.Lease, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
 	req := ffserver.ClaimRequest{WorkerID: p.WorkerID, WorkerInstanceID: p.WorkerInstanceID, Lanes: p.Lanes,
 		Capabilities: p.Capabilities, Count: p.Count, LeaseTTLMS: p.LeaseTTL.D().Milliseconds(), WaitMS: wait.Milliseconds()}
+	gaveUp, giveUp := context.WithCancelCause(ctx)
+	defer giveUp(nil)
+	answerBegan := func() {}
+	if c.timeout > 0 {
+		d := c.timeout + wait
+		timer := time.AfterFunc(d, func() { giveUp(noAnswerWithin(d)) })
+		answerBegan = func() { timer.Stop() }
+	}
 	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
-	stop := context.AfterFunc(ctx, func() { time.AfterFunc(claimGrace, cancel) })
+	stop := context.AfterFunc(gaveUp, func() { time.AfterFunc(claimGrace, cancel) })
 	defer stop()
 	var resp ffserver.ClaimResponse
-	err := c.request(rctx, "POST", "/v1/claim", req, &resp)
-	if ctx.Err() != nil {
+	err := c.claim(rctx, req, &resp, answerBegan)
+	if gaveUp.Err() != nil {
 		c.giveBack(ctx, resp.Leases)
-		return nil, ctx.Err()
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, unreachable(context.Cause(gaveUp))
 	}
 	if err != nil {
 		return nil, err
@@ -335,6 +353,18 @@ func (c *Client) ClaimWait(ctx context.Context, p fftype.ClaimParams, wait time.
 		out[i] = l
 	}
 	return out, nil
+}
+
+// claim sends a claim and decodes its answer into out, calling answerBegan once the
+// answer begins.
+func (c *Client) claim(ctx context.Context, req ffserver.ClaimRequest, out *ffserver.ClaimResponse, answerBegan func()) error {
+	resp, err := c.send(ctx, "POST", "/v1/claim", req)
+	answerBegan()
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	return decodeBody(resp, out)
 }
 
 // giveBack releases leases a caller will not use, without ctx's cancellation and within

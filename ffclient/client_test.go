@@ -167,17 +167,16 @@ func TestClientRefusesNonJSONPayloadsLikeTheEngine(t *testing.T) {
 	require.Len(t, page.Executions, 2, "the refused item was never sent")
 }
 
-// TestClaimAnswerAfterTheCallerGaveUp: the server has produced a claim's answer (so it
-// will not give the leases back itself) when the worker gives up, before the answer
-// arrives. The client still reads it within its grace and releases the leases, so the
-// execution is claimable at once rather than after its 10-minute lease.
-func TestClaimAnswerAfterTheCallerGaveUp(t *testing.T) {
-	t.Parallel()
+// lateClaims serves an in-memory engine whose claims answer late: the server produces a
+// claim's answer at once (so it will not give the leases back itself), signals answered,
+// and writes the answer after delay. It returns the engine's client and the server's URL.
+func lateClaims(t *testing.T, delay time.Duration) (local *flowfabric.Client, url string, answered <-chan struct{}) {
+	t.Helper()
 	local, err := flowfabric.NewClient(ffmem.New(nil), nil)
 	require.NoError(t, err)
 	srv, err := ffserver.New(local, ffserver.Config{})
 	require.NoError(t, err)
-	answered := make(chan struct{})
+	produced := make(chan struct{}, 10)
 	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/v1/claim" {
 			srv.ServeHTTP(w, r)
@@ -185,8 +184,8 @@ func TestClaimAnswerAfterTheCallerGaveUp(t *testing.T) {
 		}
 		rec := httptest.NewRecorder()
 		srv.ServeHTTP(rec, r.WithContext(context.WithoutCancel(r.Context())))
-		close(answered)
-		time.Sleep(50 * time.Millisecond) // the worker gives up meanwhile
+		produced <- struct{}{}
+		time.Sleep(delay)
 		for k, v := range rec.Header() {
 			w.Header()[k] = v
 		}
@@ -194,7 +193,17 @@ func TestClaimAnswerAfterTheCallerGaveUp(t *testing.T) {
 		_, _ = w.Write(rec.Body.Bytes())
 	}))
 	t.Cleanup(hs.Close)
-	c, err := ffclient.New(hs.URL, nil)
+	return local, hs.URL, produced
+}
+
+// TestClaimAnswerAfterTheCallerGaveUp: the server has produced a claim's answer when the
+// worker gives up, before the answer arrives. The client still reads it within its grace
+// and releases the leases, so the execution is claimable at once rather than after its
+// 10-minute lease.
+func TestClaimAnswerAfterTheCallerGaveUp(t *testing.T) {
+	t.Parallel()
+	local, url, answered := lateClaims(t, 50*time.Millisecond) // the worker gives up meanwhile
+	c, err := ffclient.New(url, nil)
 	require.NoError(t, err)
 
 	ctx := t.Context()
@@ -214,6 +223,33 @@ func TestClaimAnswerAfterTheCallerGaveUp(t *testing.T) {
 	again, err := local.Claim(ctx, p)
 	require.NoError(t, err)
 	require.Len(t, again, 1, "the lease of the undelivered answer was given back")
+	require.Equal(t, res.ID, again[0].ExecutionID)
+}
+
+// TestClaimAnswerAfterTheTimeout: the same for a claim whose answer begins just after
+// Config.Timeout ran out. The claim fails, retryable, so its caller never sees the leases
+// the answer brings: the client reads it within the same grace and gives them back.
+func TestClaimAnswerAfterTheTimeout(t *testing.T) {
+	t.Parallel()
+	const timeout = 100 * time.Millisecond
+	local, url, _ := lateClaims(t, timeout+50*time.Millisecond) // on its way as the timeout passes
+	c, err := ffclient.New(url, &ffclient.Config{Timeout: timeout})
+	require.NoError(t, err)
+
+	ctx := t.Context()
+	res, err := local.Create(ctx, fftype.CreateParams{Lane: "l", Kind: "k"})
+	require.NoError(t, err)
+	p := fftype.ClaimParams{WorkerID: "w", WorkerInstanceID: "w1", Lanes: []string{"l"}, LeaseTTL: fftype.Duration(10 * time.Minute)}
+	leases, err := c.Claim(ctx, p)
+	require.ErrorIs(t, err, fftype.ErrUnavailable)
+	require.True(t, fftype.IsRetryable(err))
+	require.ErrorContains(t, err, "did not begin within the timeout (100ms)")
+	require.Empty(t, leases)
+
+	p.WorkerInstanceID = "w2"
+	again, err := local.Claim(ctx, p)
+	require.NoError(t, err)
+	require.Len(t, again, 1, "the lease of the answer that came after the timeout was given back")
 	require.Equal(t, res.ID, again[0].ExecutionID)
 }
 
