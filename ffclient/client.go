@@ -310,7 +310,8 @@ func (c *Client) Claim(ctx context.Context, p fftype.ClaimParams) ([]*fftype.Lea
 const claimGrace = 250 * time.Millisecond
 
 // ClaimWait claims like Claim but, with nothing eligible, lets the server wait up to wait
-// (at most 30s) for work to arrive. If ctx ends while the claim is under way, ClaimWait
+// for work to arrive; a wait longer than the server takes ([ffserver.MaxClaimWait], 30s)
+// is capped to it. If ctx ends while the claim is under way, ClaimWait
 // returns ctx's error, and if the answer does not begin within Config.Timeout plus the
 // wait, a retryable unavailable error; either way it releases whatever leases the
 // server's answer still brings.
@@ -318,6 +319,7 @@ func (c *Client) ClaimWait(ctx context.Context, p fftype.ClaimParams, wait time.
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	wait = min(wait, ffserver.MaxClaimWait)
 	req := ffserver.ClaimRequest{WorkerID: p.WorkerID, WorkerInstanceID: p.WorkerInstanceID, Lanes: p.Lanes,
 		Capabilities: p.Capabilities, Count: p.Count, LeaseTTLMS: p.LeaseTTL.D().Milliseconds(), WaitMS: wait.Milliseconds()}
 	gaveUp, giveUp := context.WithCancelCause(ctx)

@@ -253,6 +253,19 @@ func TestClaimAnswerAfterTheTimeout(t *testing.T) {
 	require.Equal(t, res.ID, again[0].ExecutionID)
 }
 
+// TestClaimWaitOverTheServersMaximum: a wait longer than the server takes is capped to
+// its maximum (ffserver.MaxClaimWait), as ClaimWait documents, not refused.
+func TestClaimWaitOverTheServersMaximum(t *testing.T) {
+	t.Parallel()
+	c, local := setup(t, "")
+	ctx := t.Context()
+	_, err := local.Create(ctx, fftype.CreateParams{Lane: "l", Kind: "k"})
+	require.NoError(t, err)
+	leases, err := c.ClaimWait(ctx, fftype.ClaimParams{WorkerID: "w", WorkerInstanceID: "w1", Lanes: []string{"l"}}, time.Minute)
+	require.NoError(t, err, "work is eligible: the wait is not even used")
+	require.Len(t, leases, 1)
+}
+
 // TestAnswersNotFromTheAPI: an answer that is not the API's (a proxy's page) is
 // unavailable whatever its status, so that no caller takes it for the execution's state,
 // and retryable when its status says it may pass.
