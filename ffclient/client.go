@@ -208,6 +208,23 @@ func (c *Client) send(ctx context.Context, method, path string, in any) (*http.R
 	return nil, &fftype.Error{Kind: fftype.Kind(eb.Kind), Code: eb.Code, Message: eb.Error, Retryable: eb.Retryable}
 }
 
+// millis is d in the API's unit, whole milliseconds, rounded away from zero: a non-zero
+// duration never becomes 0 (which the API reads as the default, or no delay or wait), nor
+// changes sign, and one past a limit (the engine's limits are whole milliseconds) stays
+// past it, so the server refuses it as the engine does in process. The one difference: a
+// duration less than a millisecond short of a lower limit (a 999.5ms lease TTL) is taken
+// as that limit.
+func millis(d time.Duration) int64 {
+	ms := d / time.Millisecond
+	switch rem := d % time.Millisecond; {
+	case rem > 0:
+		ms++
+	case rem < 0:
+		ms--
+	}
+	return int64(ms)
+}
+
 // unreachable is the error of a call that got no answer from the server, for cause.
 func unreachable(cause error) error {
 	return &fftype.Error{Kind: fftype.KindUnavailable, Code: fftype.CodeStoreUnavailable,
@@ -221,7 +238,7 @@ func execPath(id fftype.ExecutionID, suffix string) string {
 func toRequest(p fftype.CreateParams) (ffserver.CreateRequest, error) {
 	r := ffserver.CreateRequest{ID: p.ID, Namespace: p.Namespace, Lane: p.Lane, Kind: p.Kind, Priority: p.Priority,
 		RequiredCapabilities: p.Capabilities, Tags: p.Tags, Traceparent: p.Traceparent, Policy: p.Policy,
-		IdempotencyKey: p.IdempotencyKey, DelayMS: p.Delay.D().Milliseconds(), RunAt: p.RunAt}
+		IdempotencyKey: p.IdempotencyKey, DelayMS: millis(p.Delay.D()), RunAt: p.RunAt}
 	var err error
 	r.Payload, r.PayloadBase64, err = wirePayload("payload", p.Payload, p.Encoding)
 	return r, err
@@ -321,7 +338,7 @@ func (c *Client) ClaimWait(ctx context.Context, p fftype.ClaimParams, wait time.
 	}
 	wait = min(wait, ffserver.MaxClaimWait)
 	req := ffserver.ClaimRequest{WorkerID: p.WorkerID, WorkerInstanceID: p.WorkerInstanceID, Lanes: p.Lanes,
-		Capabilities: p.Capabilities, Count: p.Count, LeaseTTLMS: p.LeaseTTL.D().Milliseconds(), WaitMS: wait.Milliseconds()}
+		Capabilities: p.Capabilities, Count: p.Count, LeaseTTLMS: millis(p.LeaseTTL.D()), WaitMS: millis(wait)}
 	gaveUp, giveUp := context.WithCancelCause(ctx)
 	defer giveUp(nil)
 	answerBegan := func() {}
@@ -396,7 +413,7 @@ func fromLeaseView(v *ffserver.LeaseView) (*fftype.Lease, error) {
 func (c *Client) IssueGrant(ctx context.Context, id fftype.ExecutionID, kind fftype.GrantKind, p fftype.GrantParams) (*fftype.GrantRef, error) {
 	var out fftype.GrantRef
 	err := c.request(ctx, "POST", execPath(id, "/grants"), ffserver.GrantRequest{Kind: kind, WorkerID: p.WorkerID,
-		Capabilities: p.Capabilities, TTLMS: p.TTL.D().Milliseconds()}, &out)
+		Capabilities: p.Capabilities, TTLMS: millis(p.TTL.D())}, &out)
 	if err != nil {
 		return nil, err
 	}
@@ -407,7 +424,7 @@ func (c *Client) IssueGrant(ctx context.Context, id fftype.ExecutionID, kind fft
 func (c *Client) ClaimGrant(ctx context.Context, p fftype.GrantClaimParams) (*fftype.Lease, error) {
 	var v ffserver.LeaseView
 	err := c.request(ctx, "POST", "/v1/grants/claim", ffserver.GrantClaimRequest{Grant: p.Grant, WorkerID: p.WorkerID,
-		WorkerInstanceID: p.WorkerInstanceID, LeaseTTLMS: p.LeaseTTL.D().Milliseconds()}, &v)
+		WorkerInstanceID: p.WorkerInstanceID, LeaseTTLMS: millis(p.LeaseTTL.D())}, &v)
 	if err != nil {
 		return nil, err
 	}
@@ -417,7 +434,7 @@ func (c *Client) ClaimGrant(ctx context.Context, p fftype.GrantClaimParams) (*ff
 // Renew extends a lease and returns the new expiry.
 func (c *Client) Renew(ctx context.Context, id fftype.ExecutionID, f fftype.Fence, ttl time.Duration) (time.Time, error) {
 	var out ffserver.RenewResponse
-	err := c.request(ctx, "POST", execPath(id, "/renew"), ffserver.RenewRequest{Fence: f, LeaseTTLMS: ttl.Milliseconds()}, &out)
+	err := c.request(ctx, "POST", execPath(id, "/renew"), ffserver.RenewRequest{Fence: f, LeaseTTLMS: millis(ttl)}, &out)
 	return out.ExpiresAt, err
 }
 
@@ -463,7 +480,7 @@ func (c *Client) Cancel(ctx context.Context, id fftype.ExecutionID, p fftype.Can
 
 // Delay pauses the running attempt for d.
 func (c *Client) Delay(ctx context.Context, id fftype.ExecutionID, f fftype.Fence, d time.Duration) error {
-	return c.request(ctx, "POST", execPath(id, "/delay"), ffserver.DelayRequest{Fence: f, DelayMS: d.Milliseconds()}, nil)
+	return c.request(ctx, "POST", execPath(id, "/delay"), ffserver.DelayRequest{Fence: f, DelayMS: millis(d)}, nil)
 }
 
 // Release gives a lease back.

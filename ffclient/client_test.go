@@ -266,6 +266,47 @@ func TestClaimWaitOverTheServersMaximum(t *testing.T) {
 	require.Len(t, leases, 1)
 }
 
+// TestDurationsFinerThanAMillisecond: the API takes durations in whole milliseconds. The
+// client rounds a finer one away from zero, so that the server refuses what the engine
+// refuses in process, rather than reading a non-zero duration as 0 (the default, or no
+// delay) or one past a limit as the limit.
+func TestDurationsFinerThanAMillisecond(t *testing.T) {
+	t.Parallel()
+	const sub = 500 * time.Microsecond
+	for _, remote := range []bool{false, true} {
+		t.Run(map[bool]string{false: "InProcess", true: "HTTP"}[remote], func(t *testing.T) {
+			t.Parallel()
+			c, local := setup(t, "")
+			var b interface {
+				flowfabric.Backend
+				Create(ctx context.Context, p fftype.CreateParams) (*fftype.CreateResult, error)
+			} = local
+			if remote {
+				b = c
+			}
+			ctx := t.Context()
+			_, err := b.Create(ctx, fftype.CreateParams{Lane: "l", Kind: "k", Delay: fftype.Duration(-sub)})
+			require.ErrorIs(t, err, fftype.ErrValidation, "a create's negative delay")
+			_, err = b.Create(ctx, fftype.CreateParams{Lane: "l", Kind: "k"})
+			require.NoError(t, err)
+			p := fftype.ClaimParams{WorkerID: "w", WorkerInstanceID: "w1", Lanes: []string{"l"}, LeaseTTL: fftype.Duration(sub)}
+			_, err = b.Claim(ctx, p)
+			require.ErrorIs(t, err, fftype.ErrValidation, "a claim's 500µs lease TTL")
+			p.LeaseTTL = 0
+			leases, err := b.Claim(ctx, p)
+			require.NoError(t, err)
+			require.Len(t, leases, 1)
+			l := leases[0]
+			_, err = b.Renew(ctx, l.ExecutionID, l.Fence, sub)
+			require.ErrorIs(t, err, fftype.ErrValidation, "a renewal's 500µs lease TTL")
+			err = b.Delay(ctx, l.ExecutionID, l.Fence, -sub)
+			require.ErrorIs(t, err, fftype.ErrValidation, "a negative delay")
+			err = b.Delay(ctx, l.ExecutionID, l.Fence, fftype.MaxDelay+sub)
+			require.ErrorIs(t, err, fftype.ErrValidation, "a delay past the limit")
+		})
+	}
+}
+
 // TestAnswersNotFromTheAPI: an answer that is not the API's (a proxy's page) is
 // unavailable whatever its status, so that no caller takes it for the execution's state,
 // and retryable when its status says it may pass.

@@ -70,7 +70,7 @@ func (c *Client) RegisterWorker(ctx context.Context, r flowfabric.WorkerRegistra
 	var out ffserver.RegisterWorkerResponse
 	err := c.request(ctx, "POST", "/v1/workers", ffserver.RegisterWorkerRequest{WorkerID: r.WorkerID,
 		WorkerInstanceID: r.InstanceID, Namespace: r.Namespace, Lanes: r.Lanes, Capabilities: r.Capabilities,
-		TTLMS: r.TTL.Milliseconds(), Session: r.Session}, &out)
+		TTLMS: millis(r.TTL), Session: r.Session}, &out)
 	return flowfabric.WorkerRegistered{Refreshed: out.Refreshed, ExpiresAt: out.ExpiresAt}, err
 }
 
@@ -141,7 +141,7 @@ func (c *Client) GrantNext(ctx context.Context, p fftype.ClaimParams, ttl time.D
 		return nil, fftype.Validationf(fftype.CodeInvalidInput, "worker_id is required")
 	}
 	resp, err := c.send(ctx, "POST", "/v1/workers/"+pathSegment(p.WorkerID)+"/claim-grant", ffserver.WorkerGrantRequest{
-		WorkerInstanceID: p.WorkerInstanceID, Lanes: p.Lanes, Capabilities: p.Capabilities, GrantTTLMS: ttl.Milliseconds()})
+		WorkerInstanceID: p.WorkerInstanceID, Lanes: p.Lanes, Capabilities: p.Capabilities, GrantTTLMS: millis(ttl)})
 	if err != nil {
 		return nil, err
 	}
