@@ -255,13 +255,20 @@ func NewWorker(ctx context.Context, backend Backend, cfg *WorkerConfig, opts *Wo
 
 // dropRegistration deregisters the instance when NewWorker fails after registering it, or
 // perhaps registering it, so that opening the worker again is not refused as a duplicate
-// of the failed attempt. It retries passing failures within the clean-up time; if it
-// still fails, the registration lapses after its TTL.
+// of the failed attempt. It tries within the clean-up time; if it still fails, the
+// registration lapses after its TTL.
 func (w *Worker) dropRegistration(ctx context.Context) {
 	cctx, cancel := w.cleanupContext(ctx)
 	defer cancel()
-	_ = retryPassing(cctx, func() error {
-		return w.backend.DeregisterWorker(cctx, w.cfg.Namespace, w.cfg.WorkerInstanceID, w.session)
+	_ = w.deregister(cctx)
+}
+
+// deregister removes the session's registration, so that the instance id is free at
+// once, retrying passing failures while ctx lives: one blip would otherwise leave the id
+// taken, and a process restarting with it refused, until the registration lapses.
+func (w *Worker) deregister(ctx context.Context) error {
+	return retryPassing(ctx, func() error {
+		return w.backend.DeregisterWorker(ctx, w.cfg.Namespace, w.cfg.WorkerInstanceID, w.session)
 	})
 }
 
@@ -686,12 +693,12 @@ func (w *Worker) cleanupContext(parent context.Context) (context.Context, contex
 // until ctx ends, then cancelling them), releases the leases of the tasks still held (Run's
 // and those claimed by hand, also those of finished handlers whose outcome a store outage
 // kept refusing: those retries end when Close begins), stops the heartbeat, the event watch
-// and every renewal, and deregisters the instance so that its id is free at once. Once ctx
-// ended, the releases and the deregistration share one clean-up window of 10s, the releases
-// stopping at 8s, so that Close returns at most about 10s after ctx ends and still tries to
-// deregister even when the store stopped answering. A worker that owns its client (opened
-// by ffconnect.Connect) also stops the client and closes its store. Calls after the first
-// return the first's result.
+// and every renewal, and deregisters the instance so that its id is free at once (trying
+// again after a passing failure). Once ctx ended, the releases and the deregistration
+// share one clean-up window of 10s, the releases stopping at 8s, so that Close returns at
+// most about 10s after ctx ends and still tries to deregister even when the store stopped
+// answering. A worker that owns its client (opened by ffconnect.Connect) also stops the
+// client and closes its store. Calls after the first return the first's result.
 func (w *Worker) Close(ctx context.Context) error {
 	w.closeOnce.Do(func() { w.closeErr = w.close(ctx) })
 	return w.closeErr
@@ -730,7 +737,7 @@ func (w *Worker) close(ctx context.Context) error {
 	}
 	w.lifeCancel(ErrWorkerStopped)
 	w.bg.Wait()
-	if err := w.backend.DeregisterWorker(cctx, w.cfg.Namespace, w.cfg.WorkerInstanceID, w.session); err != nil {
+	if err := w.deregister(cctx); err != nil {
 		errs = append(errs, fmt.Errorf("deregistering: %w", err))
 	}
 	if c := w.Client(); w.ownsClient && c != nil {

@@ -1645,6 +1645,25 @@ func TestNewWorkerAgainAfterItFailed(t *testing.T) {
 	}
 }
 
+// TestCloseDeregistersThroughAPassingFailure: Close frees the instance id at once even
+// when its first deregistration meets a passing failure (a store blip, a proxy's 503): it
+// tries again, so the process restarting with the same id is not refused as a duplicate
+// of itself until the registration lapses.
+func TestCloseDeregistersThroughAPassingFailure(t *testing.T) {
+	t.Parallel()
+	s := newFaultStore(2)
+	c, err := flowfabric.NewClient(s, nil)
+	require.NoError(t, err)
+	w, err := flowfabric.NewWorker(t.Context(), c, config("i1"), nil)
+	require.NoError(t, err)
+	s.failUnits(fftype.EventWorkerDeregistered, 1)
+	require.NoError(t, w.Close(context.Background()))
+
+	w, err = flowfabric.NewWorker(t.Context(), c, config("i1"), nil)
+	require.NoError(t, err, "the restarted worker is refused")
+	require.NoError(t, w.Close(context.Background()))
+}
+
 // TestWorkerThroughLostReplies runs a worker through lost replies of its claims and
 // finishing calls, and a finishing call that fails before it lands: each execution ends
 // once, in the state its handler asked for.
