@@ -358,8 +358,10 @@ func panicStack(stack []byte) string {
 // outage shorter than the lease does not run a finished handler again. Close ends the
 // retries: it releases what is still held itself. If the call does not land, or is
 // refused for good, the task is given up and its lease left to expire, so the execution is
-// reclaimed. A call refused as invalid (a snooze longer than a delay may be) fails the
-// attempt instead, with the refusal as its reason.
+// reclaimed. A call refused as invalid (a snooze longer than a delay may be, a reason the
+// backend will not keep) is made again with the refusal as its reason: a failure keeps its
+// category and whether it is final, a cancel stays a cancel, and any other outcome fails
+// the attempt.
 func (w *Worker) settle(t *ClaimedTask, err error, panicText string) {
 	t.settling.Store(true) // Stop leaves the outcome to these tries
 	if t.Finished() {
@@ -374,11 +376,13 @@ func (w *Worker) settle(t *ClaimedTask, err error, panicText string) {
 	)
 	stopping := errors.Is(context.Cause(t.ctx), ErrWorkerStopped)
 	var call func(ctx context.Context) error
+	// retell sets call to the outcome's report with another reason, for when its own
+	// report is refused as invalid; an outcome with no reason of its own (a result, a
+	// snooze) fails the attempt instead.
+	retell := func(reason string) { call = failCall(t, reason, CategoryHandlerError, false) }
 	fail := func(reason, category string, final bool) {
-		call = func(ctx context.Context) error {
-			_, err := t.Fail(ctx, FailParams{Reason: clip(reason, fftype.MaxReasonBytes), Category: category, NoRetry: final})
-			return err
-		}
+		call = failCall(t, reason, category, final)
+		retell = func(other string) { call = failCall(t, other, category, final) }
 	}
 	switch {
 	case panicText != "":
@@ -388,9 +392,8 @@ func (w *Worker) settle(t *ClaimedTask, err error, panicText string) {
 	case errors.As(err, &snooze):
 		call = func(ctx context.Context) error { return t.Delay(ctx, snooze.Duration) }
 	case errors.As(err, &cancelled):
-		call = func(ctx context.Context) error {
-			return t.Cancel(ctx, clip(errText(cancelled.Err), fftype.MaxReasonBytes))
-		}
+		call = cancelCall(t, errText(cancelled.Err))
+		retell = func(reason string) { call = cancelCall(t, reason) }
 	case errors.As(err, &noRetry):
 		fail(errText(noRetry.Err), CategoryHandlerError, true)
 	case stopping:
@@ -415,7 +418,7 @@ func (w *Worker) settle(t *ClaimedTask, err error, panicText string) {
 		}
 		if errors.Is(cerr, fftype.ErrValidation) && !refused {
 			refused = true
-			fail("the worker could not report the handler's outcome: "+cerr.Error(), CategoryHandlerError, false)
+			retell("the worker could not report the handler's outcome: " + cerr.Error())
 			continue
 		}
 		passing := fftype.IsRetryable(cerr) || errors.Is(cerr, context.DeadlineExceeded)
@@ -435,6 +438,20 @@ func (w *Worker) settle(t *ClaimedTask, err error, panicText string) {
 		t.detach()
 		return
 	}
+}
+
+// failCall returns the call that fails t's attempt with reason (clipped to the limit).
+func failCall(t *ClaimedTask, reason, category string, final bool) func(ctx context.Context) error {
+	return func(ctx context.Context) error {
+		_, err := t.Fail(ctx, FailParams{Reason: clip(reason, fftype.MaxReasonBytes), Category: category, NoRetry: final})
+		return err
+	}
+}
+
+// cancelCall returns the call that cancels t's execution, as its lease holder, with
+// reason (clipped to the limit).
+func cancelCall(t *ClaimedTask, reason string) func(ctx context.Context) error {
+	return func(ctx context.Context) error { return t.Cancel(ctx, clip(reason, fftype.MaxReasonBytes)) }
 }
 
 // maxSettleBackoff caps the wait between tries of a handler's outcome.

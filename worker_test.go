@@ -1783,6 +1783,79 @@ func TestWorkerReportsAnOutcomeThroughAnOutage(t *testing.T) {
 	require.Equal(t, int32(1), runs.Load(), "the handler ran once")
 }
 
+// TestRefusedOutcomeKeepsItsIntent: when the backend refuses the report of a handler's
+// outcome as invalid (here, any reason that says "unspeakable"), the worker reports the
+// refusal instead, as the same kind of outcome: a NoRetry failure stays final and a
+// cancel stays a cancel, rather than both becoming a failure that is retried.
+func TestRefusedOutcomeKeepsItsIntent(t *testing.T) {
+	t.Parallel()
+	for _, tr := range workerTransports() {
+		t.Run(tr.name, func(t *testing.T) {
+			t.Parallel()
+			b := newWorkerBundle(t, func(testing.TB) ffstore.Store { return ffmem.New(&ffmem.Options{Shards: 2}) }, tr)
+			w, err := flowfabric.NewWorker(b.ctx, newRefusingReasons(b.backend, "unspeakable"), config("i1"), nil)
+			require.NoError(t, err)
+			t.Cleanup(func() { require.NoError(t, w.Close(context.Background())) })
+			sig := flowfabric.EnableSignals(w)
+			flowfabric.Handle(w, "noretry", func(context.Context, *flowfabric.Task[struct{}]) error {
+				return flowfabric.NoRetry(errors.New("unspeakable input"))
+			})
+			flowfabric.Handle(w, "cancel", func(context.Context, *flowfabric.Task[struct{}]) error {
+				return flowfabric.Cancel(errors.New("unspeakable request"))
+			})
+			noRetry, cancel := b.create(t, "noretry", ""), b.create(t, "cancel", "")
+			run(t, w)
+			pending := map[flowfabric.ExecutionID]bool{noRetry: true, cancel: true}
+			for len(pending) > 0 {
+				delete(pending, recv(t, sig.Settled, "settling"))
+			}
+
+			x := b.get(t, noRetry)
+			require.Equal(t, flowfabric.StateFailed, x.PublicState(), "a NoRetry failure stays final")
+			require.Equal(t, flowfabric.CategoryHandlerError, x.FailureCategory)
+			require.Contains(t, x.FailureReason, "could not report the handler's outcome")
+			x = b.get(t, cancel)
+			require.Equal(t, flowfabric.StateCancelled, x.PublicState(), "a cancel stays a cancel")
+			require.Contains(t, x.CancellationReason, "could not report the handler's outcome")
+		})
+	}
+}
+
+// refusingReasons is a backend that refuses as invalid every failure and cancel whose
+// reason contains a word, as a store refuses a reason it cannot keep.
+type refusingReasons struct {
+	flowfabric.Backend
+	flowfabric.EventWatcher
+	word string
+}
+
+func newRefusingReasons(b flowfabric.Backend, word string) *refusingReasons {
+	w, _ := b.(flowfabric.EventWatcher)
+	return &refusingReasons{Backend: b, EventWatcher: w, word: word}
+}
+
+// refuses returns the refusal of reason, or nil.
+func (b *refusingReasons) refuses(reason string) error {
+	if strings.Contains(reason, b.word) {
+		return fftype.Validationf(fftype.CodeInvalidInput, "a reason the store cannot keep")
+	}
+	return nil
+}
+
+func (b *refusingReasons) Fail(ctx context.Context, id flowfabric.ExecutionID, f flowfabric.Fence, p flowfabric.FailParams) (flowfabric.FailOutcome, error) {
+	if err := b.refuses(p.Reason); err != nil {
+		return flowfabric.FailOutcome{}, err
+	}
+	return b.Backend.Fail(ctx, id, f, p)
+}
+
+func (b *refusingReasons) Cancel(ctx context.Context, id flowfabric.ExecutionID, p flowfabric.CancelParams) error {
+	if err := b.refuses(p.Reason); err != nil {
+		return err
+	}
+	return b.Backend.Cancel(ctx, id, p)
+}
+
 // refusingComplete is a backend whose Complete is refused with a passing error (an outage
 // that reaches only completions) while refuse is set; tries receives a value per refusal.
 type refusingComplete struct {
