@@ -21,23 +21,38 @@ func checkFence(f fftype.Fence) error {
 // checkHolder decides whether the holder of fence f may act on x now: it holds the
 // current lease, and none of the execution's deadline, the attempt's timeout and the
 // lease's expiry has come. A timer that has come refuses the holder even before the timer
-// loop handles it, and leaves x to the loop: past the deadline with execution_not_active,
-// as the execution is to end whatever else is due; else with attempt_timed_out or
-// lease_expired, for whichever of the two came first (the loop handles that one first).
-// Without the lease, fftype.LostLeaseError says why not.
+// loop handles it, and leaves x to the loop, which applies the same timer
+// (leaseEndingTimer). Without the lease, fftype.LostLeaseError says why not.
 func checkHolder(x *fftype.Execution, f fftype.Fence, now time.Time) error {
 	if !f.Names(x) || x.Ownership != fftype.OwnershipLeased {
 		return fftype.LostLeaseError(x, f)
 	}
-	switch {
-	case due(x.DeadlineAt, now):
+	switch leaseEndingTimer(x, now) {
+	case queueDeadline:
 		return fftype.Statef(fftype.CodeExecutionNotActive, "execution %s passed its deadline at %s", x.ID, x.DeadlineAt.Format(time.RFC3339Nano))
-	case due(x.AttemptTimeoutAt, now) && !x.AttemptTimeoutAt.After(x.LeaseExpiresAt):
+	case queueAttemptTimeout:
 		return fftype.LeaseEndError(x.ID, fftype.LeaseEndTimedOut)
-	case due(x.LeaseExpiresAt, now):
+	case queueLease:
 		return fftype.LeaseEndError(x.ID, fftype.LeaseEndExpired)
 	}
 	return nil
+}
+
+// leaseEndingTimer returns the timer queue of the transition that is due for x now among
+// those that end a lease, or "" if none is: past the deadline, the deadline's, as the
+// execution is to end whatever else is due; else that of whichever came first of the
+// attempt's timeout and the lease's expiry (the timeout on a tie). The timer loop applies
+// that one whichever of x's due timers it found first, and a holder is told of that one.
+func leaseEndingTimer(x *fftype.Execution, now time.Time) string {
+	switch {
+	case due(x.DeadlineAt, now):
+		return queueDeadline
+	case due(x.AttemptTimeoutAt, now) && !x.AttemptTimeoutAt.After(x.LeaseExpiresAt):
+		return queueAttemptTimeout
+	case due(x.LeaseExpiresAt, now):
+		return queueLease
+	}
+	return ""
 }
 
 // endLease clears the lease fields of x. The fence (lease id, epoch, attempt id) stays so

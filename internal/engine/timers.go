@@ -18,6 +18,9 @@ var timerQueues = map[string]bool{
 	queueGrant: true, queueRetention: true, queueIdem: true,
 }
 
+// endsLease marks the timer queues whose transitions end a lease (leaseEndingTimer).
+var endsLease = map[string]bool{queueDeadline: true, queueAttemptTimeout: true, queueLease: true}
+
 // RunDue handles every timer that is due now on every shard — delayed promotion, lease
 // expiry, attempt timeouts, deadlines, grant expiry, retention and idempotency-key expiry —
 // and returns how many items it handled and when the next timer is due (zero if none).
@@ -102,7 +105,13 @@ func (e *Engine) runTimer(ctx context.Context, shard int, queue string) (int, er
 				return err
 			}
 			before := e.placementOf(x).without(queue)
-			done, err := e.fire(tx, queue, x, before, now)
+			fires := queue
+			if q := leaseEndingTimer(x, now); q != "" && endsLease[queue] {
+				// Another of x's timers came first: the loop, late, found this one first
+				// because some other execution heads its queue.
+				fires = q
+			}
+			done, err := e.fire(tx, fires, x, before, now)
 			if err != nil {
 				return err
 			}

@@ -151,3 +151,68 @@ func TestTimerLoopGoesOnPastAFailingShard(t *testing.T) {
 		return true
 	}, waitLimit, 10*time.Millisecond, "the delayed executions on the healthy shards are promoted")
 }
+
+// claimWithTTL claims the one eligible execution of lane "l" under a lease of ttl.
+func claimWithTTL(t *testing.T, e *Engine, ttl time.Duration) *fftype.Lease {
+	t.Helper()
+	leases, err := e.Claim(t.Context(), fftype.ClaimParams{WorkerID: "w", WorkerInstanceID: "w-1",
+		Lanes: []string{"l"}, LeaseTTL: fftype.Duration(ttl)})
+	require.NoError(t, err)
+	require.Len(t, leases, 1)
+	return leases[0]
+}
+
+// TestLateTimerLoopAppliesTheTimerThatCameFirst: a timer loop that runs late pops every
+// due item of a queue whose head (another execution's) is the earliest, and may so find
+// an execution by a later timer of its own. It applies the one that came first, as the
+// holder was told: the deadline before an attempt timeout, an attempt timeout before the
+// lease's expiry.
+func TestLateTimerLoopAppliesTheTimerThatCameFirst(t *testing.T) {
+	t.Parallel()
+	noRetry := &fftype.RetryPolicy{MaxRetries: 0}
+	for _, tc := range []struct {
+		name    string
+		head    fftype.Policy // of the execution whose timer heads the queue
+		headTTL time.Duration
+		policy  fftype.Policy
+		ttl     time.Duration
+		told    string
+		outcome fftype.Outcome
+		failure string
+	}{
+		{
+			name: "DeadlineBeforeAttemptTimeout",
+			head: fftype.Policy{AttemptTimeout: fftype.Duration(time.Second)}, headTTL: time.Hour,
+			policy: fftype.Policy{Retry: noRetry, Deadline: fftype.Duration(5 * time.Second), AttemptTimeout: fftype.Duration(10 * time.Second)},
+			ttl:    time.Hour, told: fftype.CodeExecutionNotActive, outcome: fftype.OutcomeExpired, failure: "execution_deadline",
+		},
+		{
+			name: "AttemptTimeoutBeforeLeaseExpiry", headTTL: 5 * time.Second,
+			policy: fftype.Policy{Retry: noRetry, AttemptTimeout: fftype.Duration(10 * time.Second)},
+			ttl:    20 * time.Second, told: fftype.CodeAttemptTimedOut, outcome: fftype.OutcomeFailed, failure: "attempt_timeout",
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			e, clock := newTestEngineOn(t, ffmem.New(&ffmem.Options{Shards: 1}), Config{})
+			ctx := t.Context()
+			_, err := e.Create(ctx, fftype.CreateParams{Lane: "l", Kind: "k", Policy: tc.head})
+			require.NoError(t, err)
+			claimWithTTL(t, e, tc.headTTL)
+			_, err = e.Create(ctx, fftype.CreateParams{Lane: "l", Kind: "k", Policy: tc.policy})
+			require.NoError(t, err)
+			l := claimWithTTL(t, e, tc.ttl)
+
+			clock.Advance(30 * time.Second)
+			err = e.Complete(ctx, l.ExecutionID, l.Fence, nil, "")
+			require.Equal(t, tc.told, fftype.CodeOf(err), "%v", err)
+			_, _, err = e.RunDue(ctx)
+			require.NoError(t, err)
+			x, err := e.Get(ctx, l.ExecutionID)
+			require.NoError(t, err)
+			require.Equal(t, tc.outcome, x.Outcome, "phase %s, attempt state %s, failure %q", x.Phase, x.AttemptState, x.FailureReason)
+			require.Equal(t, tc.failure, x.FailureReason)
+			require.NoError(t, e.CheckInvariants(ctx, l.ExecutionID))
+		})
+	}
+}
