@@ -76,7 +76,7 @@ func cannotUse(state string) string {
 	case stateInvalidPassword:
 		return "password authentication failed: no such role, or the wrong password; check the connection string's user and password"
 	case stateInsufficientPrivilege:
-		return "the role lacks a privilege it needs, such as CONNECT on the database"
+		return "the role lacks a privilege it needs, such as CONNECT on the database, CREATE on it to create the schema, or CREATE on the schema to create the tables"
 	default: // 28000, invalid_authorization_specification, and the rest of class 28
 		return "the server refused the role: it does not exist, may not log in, or pg_hba.conf does not let it in"
 	}

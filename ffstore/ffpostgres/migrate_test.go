@@ -2,9 +2,11 @@ package ffpostgres_test
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
@@ -89,4 +91,28 @@ func TestMigrateEventsToBlocks(t *testing.T) {
 	require.Equal(t, want0[3:5], got[:2])
 	require.Equal(t, []uint64{6, 7}, []uint64{got[2].Seq, got[3].Seq})
 	require.Equal(t, fftype.ExecutionID("e4"), got[3].ExecutionID)
+}
+
+// TestMigrateIntoASchemaMadeForTheRole: a role that owns a schema a DBA made for it, but
+// may not create schemas in the database (Postgres 15's default), migrates it: nothing
+// asks to create what exists.
+func TestMigrateIntoASchemaMadeForTheRole(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	dbURL, err := testdb.SharedPostgres(t).CreateDatabase(ctx)
+	require.NoError(t, err)
+	schema := testdb.Schema(t)
+	role := strings.Replace(schema, "t_", "r_", 1)
+	rawExec(t, "CREATE ROLE "+role+" LOGIN")
+	conn, err := pgx.Connect(ctx, dbURL)
+	require.NoError(t, err)
+	_, err = conn.Exec(ctx, "CREATE SCHEMA "+schema+" AUTHORIZATION "+role)
+	require.NoError(t, err)
+	require.NoError(t, conn.Close(ctx))
+
+	roleURL := strings.Replace(dbURL, "postgres://postgres@", "postgres://"+role+"@", 1)
+	s, err := ffpostgres.Open(ctx, roleURL, &ffpostgres.Options{Schema: schema, Migrate: true, Shards: 2, PoolSize: 2})
+	require.NoError(t, err)
+	defer s.Close()
+	require.NoError(t, s.Update(ctx, 0, func(tx ffstore.Tx) error { tx.Put("k", []byte("v")); return nil }))
 }

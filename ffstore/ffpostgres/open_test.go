@@ -338,7 +338,7 @@ func TestOpen(t *testing.T) {
 		_, err = ffpostgres.Open(b.ctx, strings.Replace(dbURL, "postgres://postgres@", "postgres://"+role+"@", 1), nil)
 		require.ErrorIs(t, err, isCode(fftype.KindUnavailable, fftype.CodeStoreUnavailable))
 		require.False(t, fftype.IsRetryable(err))
-		require.ErrorContains(t, err, "cannot use the database: the role lacks a privilege it needs, such as CONNECT on the database (SQLSTATE 42501)")
+		require.ErrorContains(t, err, "cannot use the database: the role lacks a privilege it needs, such as CONNECT on the database, CREATE on it to create the schema, or CREATE on the schema to create the tables (SQLSTATE 42501)")
 		require.NotContains(t, err.Error(), "refused a setting of the connection string")
 	})
 
