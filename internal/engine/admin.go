@@ -179,8 +179,7 @@ func (e *Engine) setLane(ctx context.Context, lane string, paused bool) error {
 	// The store now has the lane as asked, whoever set it so: this process takes it at
 	// once, ahead of any read of the lane that began before.
 	e.laneMu.Lock()
-	e.laneGen++
-	e.lanes[lane] = laneState{paused: paused, read: e.clock.Now(), gen: e.laneGen}
+	e.lanes[lane] = laneState{paused: paused, read: e.clock.Now(), gen: e.laneGen.Add(1)}
 	e.laneMu.Unlock()
 	return nil
 }
@@ -231,7 +230,7 @@ func (e *Engine) unpausedLanes(ctx context.Context, ls []string) ([]string, erro
 	var lanes, stale []string
 	seen := map[string]bool{}
 	e.laneMu.Lock()
-	gen := e.laneGen // states this process sets from here on are newer than the read below
+	gen := e.laneGen.Load() // states this process sets from here on are newer than the read below
 	for _, l := range ls {
 		if seen[l] {
 			continue

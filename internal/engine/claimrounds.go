@@ -63,6 +63,11 @@ func (e *Engine) claimCombined(ctx context.Context, lanes []string, w claimer, c
 // (the error recurs on their next claim) and the others get the error. A joined call that
 // got nothing although the selection succeeded is returned unserved: the selection
 // looked for executions before that call arrived, so it must not answer it.
+//
+// Once this process sets a lane's pause state, the round serves no call that joins from
+// then on: such a call may have begun after a PauseLane returned, which must take effect
+// for it at once, while the round's lanes were chosen before. It goes back unserved, to
+// a round that reads the lanes again.
 func (e *Engine) serveClaims(ctx context.Context, lanes []string, calls []*claimCall, join func() []*claimCall) (unserved []*claimCall) {
 	var owners []*claimCall
 	admit := func(cs []*claimCall) {
@@ -74,10 +79,18 @@ func (e *Engine) serveClaims(ctx context.Context, lanes []string, calls []*claim
 	}
 	admit(calls)
 	first := len(calls)
+	gen := e.laneGen.Load() // before take reads the lanes' pause states
+	joining := true
 	demand := func() int {
+		if !joining {
+			return len(owners)
+		}
 		joined := join()
 		calls = append(calls, joined...)
-		admit(joined)
+		// Read after join: a pause that returned before a joined call began is seen here.
+		if joining = e.laneGen.Load() == gen; joining {
+			admit(joined)
+		}
 		return len(owners)
 	}
 	leases, err := take(ctx, e, calls[0].w.caps, lanes, demand, func(tx ffstore.Tx, x *fftype.Execution, before placement, now time.Time, i int) (*fftype.Lease, error) {

@@ -319,6 +319,28 @@ func TestClaimRoundRequeuesLateCallsItCannotServe(t *testing.T) {
 	require.Equal(t, late.ID, leases[0].ExecutionID)
 }
 
+// TestClaimJoiningARoundAfterPauseLaneGetsNothing: a claim that starts after PauseLane
+// returned hands out nothing from the lane, also when it joins a round that read the
+// lane's state before the pause (the round's own claim, which started before, may take
+// one).
+func TestClaimJoiningARoundAfterPauseLaneGetsNothing(t *testing.T) {
+	t.Parallel()
+	store, e := newGatedEngine(t, 2)
+
+	g := store.arm()
+	led := claimAsync(t.Context(), e, "a")
+	<-g.entered // its round read the lane's state; its unit waits for the store
+	require.NoError(t, e.PauseLane(t.Context(), "l"))
+	joined := claimAsync(t.Context(), e, "b")
+	waitQueued(t, e, []string{"l"}, 1)
+	g.open()
+	got := recv(t, led, "the round's own claim")
+	require.NoError(t, got.err)
+	got = recv(t, joined, "the claim that started after the pause")
+	require.NoError(t, got.err)
+	require.Empty(t, got.leases, "a claim started after PauseLane returned got work from the paused lane")
+}
+
 // TestRoundLeaderIsNotHeldByAnotherCallersRelease: the leader of a claim round whose
 // other claim left after the unit committed gets its own lease at once; it is not held
 // while the round releases the other claim's lease on a store that stopped answering

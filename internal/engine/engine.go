@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/flowfabric/flowfabric/ffstore"
@@ -72,10 +73,12 @@ type Engine struct {
 	// mergeUnits: the store is an ffstore.UnitMerger, so holders' operations go in rounds.
 	mergeUnits bool
 
-	laneMu   sync.Mutex
-	lanes    map[string]laneState // pause states read recently, see unpausedLanes
-	laneGen  uint64               // counts the lane states this process set
-	laneTurn uint64               // advances each claim, to rotate across a worker's lanes
+	laneMu sync.Mutex
+	lanes  map[string]laneState // pause states read recently, see unpausedLanes
+	// laneGen counts the lane states this process set; it moves under laneMu, and is
+	// read without it by claim rounds, once per unit (see serveClaims).
+	laneGen  atomic.Uint64
+	laneTurn uint64 // advances each claim, to rotate across a worker's lanes
 
 	capsMu  sync.Mutex
 	capSets map[string][]string // digest → capability set, see capSet
