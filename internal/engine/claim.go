@@ -4,6 +4,7 @@ import (
 	"context"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/flowfabric/flowfabric/ffstore"
@@ -48,11 +49,12 @@ func (c *candidate) bucket() int64 { return c.head.Score >> priorityBits }
 
 // Claim is the one claim path: it hands the worker up to p.Count eligible executions from
 // its lanes, as leases. Only queues whose required capabilities the worker covers are
-// considered; among them the highest priority wins, then namespaces take turns, then the
-// oldest execution goes first. A paused lane hands out nothing. An empty result means
-// nothing was eligible. If ctx ends while the claim runs, Claim returns ctx's error and no
-// leases: those a round took for the call meanwhile are released, so that their
-// executions are claimable at once instead of after the lease TTL.
+// considered; among them the highest priority wins, then the worker's lanes take turns,
+// and so do a lane's namespaces (see pick), then the oldest execution goes first. A
+// paused lane hands out nothing. An empty result means nothing was eligible. If ctx ends
+// while the claim runs, Claim returns ctx's error and no leases: those a round took for
+// the call meanwhile are released, so that their executions are claimable at once
+// instead of after the lease TTL.
 func (e *Engine) Claim(ctx context.Context, p fftype.ClaimParams) ([]*fftype.Lease, error) {
 	w, count, err := checkClaim(p)
 	if err != nil {
@@ -205,9 +207,7 @@ func take[T any](ctx context.Context, e *Engine, caps []string, laneNames []stri
 			return taken, err
 		}
 		if len(got) > 0 {
-			e.rotMu.Lock()
-			e.rotation[c.lane] = c.ns
-			e.rotMu.Unlock()
+			e.turns.serve(c.lane, c.ns)
 		}
 		taken = append(taken, got...)
 		if next == nil {
@@ -219,64 +219,86 @@ func take[T any](ctx context.Context, e *Engine, caps []string, laneNames []stri
 	return taken, nil
 }
 
-// pick chooses the candidate to claim from: the highest priority; then, among lanes, a
-// turn-based rotation; then, within the lane, the namespace after the one served last;
-// then the oldest head. alone reports whether the chosen candidate's namespace is the only
-// one at that priority.
+// pick chooses the candidate to claim from: the highest priority; then, among its lanes,
+// the one served least recently; then, within that lane, the namespace served least
+// recently; then the oldest head. Ties go to the name that sorts first, so one worker
+// alone sees its lanes, and a lane's namespaces, in strict alternation. Turns are counted
+// for the whole engine but compared only among the candidates of this caller, so workers
+// whose lanes or capabilities differ cannot starve each other's candidates. alone reports
+// whether the chosen candidate's namespace is the only one at that priority.
 func (e *Engine) pick(cands []*candidate) (int, bool) {
 	best := cands[0].bucket()
 	for _, c := range cands[1:] {
 		best = min(best, c.bucket())
 	}
-	var top []int
-	lanes := map[string]bool{}
-	namespaces := map[string]bool{}
+	e.turns.mu.Lock()
+	defer e.turns.mu.Unlock()
+	first := -1 // the first candidate at the best priority
+	alone := true
+	lane, laneAt := "", uint64(0)
 	for i, c := range cands {
-		if c.bucket() == best {
-			top = append(top, i)
-			lanes[c.lane] = true
-			namespaces[c.lane+sep+c.ns] = true
+		if c.bucket() != best {
+			continue
 		}
-	}
-	lane := cands[top[0]].lane
-	if len(lanes) > 1 {
-		names := sortedKeys(lanes)
-		e.rotMu.Lock()
-		e.laneTurn++
-		lane = names[e.laneTurn%uint64(len(names))]
-		e.rotMu.Unlock()
-	}
-	var nss []string
-	for _, i := range top {
-		if cands[i].lane == lane {
-			nss = append(nss, cands[i].ns)
+		at := e.turns.lanes[c.lane]
+		if first < 0 {
+			first, lane, laneAt = i, c.lane, at
+			continue
 		}
-	}
-	sort.Strings(nss)
-	e.rotMu.Lock()
-	last := e.rotation[lane]
-	e.rotMu.Unlock()
-	ns := nss[0]
-	if j := sort.SearchStrings(nss, last+"\x00"); j < len(nss) && last != "" {
-		ns = nss[j]
+		alone = alone && c.lane == cands[first].lane && c.ns == cands[first].ns
+		if at < laneAt || at == laneAt && c.lane < lane {
+			lane, laneAt = c.lane, at
+		}
 	}
 	chosen := -1
-	for _, i := range top {
-		c := cands[i]
-		if c.lane == lane && c.ns == ns && (chosen < 0 || c.head.Less(cands[chosen].head)) {
+	ns, nsAt := "", uint64(0)
+	for i, c := range cands {
+		if c.bucket() != best || c.lane != lane {
+			continue
+		}
+		switch at := e.turns.namespaces[laneNamespace{lane, c.ns}]; {
+		case chosen < 0, at < nsAt, at == nsAt && c.ns < ns:
+			chosen, ns, nsAt = i, c.ns, at
+		case c.ns == ns && c.head.Less(cands[chosen].head):
 			chosen = i
 		}
 	}
-	return chosen, len(namespaces) == 1
+	return chosen, alone
 }
 
-func sortedKeys(m map[string]bool) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
+// maxTurns bounds each map of claimTurns (lanes and namespaces come and go).
+const maxTurns = 4096
+
+// claimTurns records when each lane, and each namespace of a lane, last handed out work,
+// for pick.
+type claimTurns struct {
+	mu         sync.Mutex
+	served     uint64                   // counts the times work was handed out
+	lanes      map[string]uint64        // lane → served when it last handed out work
+	namespaces map[laneNamespace]uint64 // the same per namespace of a lane
+}
+
+type laneNamespace struct{ lane, ns string }
+
+// serve records that the namespace ns of lane handed out work.
+func (t *claimTurns) serve(lane, ns string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.served++
+	putTurn(t.lanes, lane, t.served)
+	putTurn(t.namespaces, laneNamespace{lane, ns}, t.served)
+}
+
+// putTurn sets m[k] = served, first forgetting some other key if m is full: a key
+// forgotten reads as never served, so it gets the next turn and nothing starves.
+func putTurn[K comparable](m map[K]uint64, k K, served uint64) {
+	if _, ok := m[k]; !ok && len(m) >= maxTurns {
+		for old := range m {
+			delete(m, old)
+			break
+		}
 	}
-	sort.Strings(out)
-	return out
+	m[k] = served
 }
 
 // takeFrom pops executions from one eligible queue in one unit, applies act to each

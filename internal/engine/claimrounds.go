@@ -31,8 +31,8 @@ type claimCall struct {
 	leases []*fftype.Lease
 }
 
-// selectionKey identifies calls that select alike: the same lanes (in order, which
-// matters for rotation) and the same capabilities.
+// selectionKey identifies calls that select alike: the same lanes (named in the same
+// order) and the same capabilities.
 func selectionKey(lanes []string, w claimer) string {
 	return strings.Join(lanes, sep) + sep + sep + strings.Join(w.caps, ",")
 }

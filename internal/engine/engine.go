@@ -65,8 +65,7 @@ type Engine struct {
 	// wake coalesces "a timer may now be due sooner" notifications for the timer loop.
 	wake chan struct{}
 
-	rotMu    sync.Mutex
-	rotation map[string]string // lane → namespace served last, for fair rotation
+	turns claimTurns // when lanes and namespaces last handed out work, see pick
 
 	claims  rounds[*claimCall]  // concurrent Claim calls, served together
 	holders rounds[*holderCall] // concurrent operations of lease holders, per shard
@@ -77,8 +76,7 @@ type Engine struct {
 	lanes  map[string]laneState // pause states read recently, see unpausedLanes
 	// laneGen counts the lane states this process set; it moves under laneMu, and is
 	// read without it by claim rounds, once per unit (see serveClaims).
-	laneGen  atomic.Uint64
-	laneTurn uint64 // advances each claim, to rotate across a worker's lanes
+	laneGen atomic.Uint64
 
 	capsMu  sync.Mutex
 	capSets map[string][]string // digest → capability set, see capSet
@@ -149,7 +147,7 @@ func New(store ffstore.Store, cfg *Config) (*Engine, error) {
 		log:        c.Logger,
 		cfg:        c,
 		wake:       make(chan struct{}, 1),
-		rotation:   map[string]string{},
+		turns:      claimTurns{lanes: map[string]uint64{}, namespaces: map[laneNamespace]uint64{}},
 		lanes:      map[string]laneState{},
 		capSets:    map[string][]string{},
 		mergeUnits: merge,
