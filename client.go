@@ -161,12 +161,13 @@ func (c *Client) ReplayFailed(ctx context.Context, id ExecutionID) error {
 	return c.engine.ReplayFailed(ctx, id)
 }
 
-// PauseLane stops claims from handing out the lane's executions until ResumeLane.
+// PauseLane stops claims from handing out the lane's executions until ResumeLane. It
+// takes effect at once in this process and within a second in others.
 func (c *Client) PauseLane(ctx context.Context, lane string) error {
 	return c.engine.PauseLane(ctx, lane)
 }
 
-// ResumeLane undoes PauseLane.
+// ResumeLane undoes PauseLane. It takes effect at the next claim in every process.
 func (c *Client) ResumeLane(ctx context.Context, lane string) error {
 	return c.engine.ResumeLane(ctx, lane)
 }

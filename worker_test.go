@@ -1253,6 +1253,21 @@ func exerciseWorker(t *testing.T, newStore func(t testing.TB) ffstore.Store, tr 
 		require.Equal(t, delayed.ID, recv(t, ran, "the promoted execution"))
 	})
 
+	t.Run("WakesWhenItsLaneIsResumedElsewhere", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		// An operator's process on the same store; the clock stands still, so the worker's
+		// process would trust a lane state it cached for ever.
+		there, err := flowfabric.NewClient(b.store, &flowfabric.Config{Clock: b.clock})
+		require.NoError(t, err)
+		require.NoError(t, there.PauseLane(b.ctx, testLane))
+		id := b.create(t, "k", "")
+		_, ran := b.idleWorker(t) // its claim found the lane paused
+		require.NoError(t, there.ResumeLane(b.ctx, testLane))
+		require.Equal(t, id, recv(t, ran, "the execution of the resumed lane"),
+			"the lane_resumed event woke Run, whose claim must see the lane resumed")
+	})
+
 	t.Run("MarkedDeadAndEvicted", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)

@@ -214,6 +214,10 @@ func exerciseClaim(t *testing.T, newStore func(t *testing.T) ffstore.Store) {
 		got, err = other.Claim(b.ctx, claimParams("o", 1))
 		require.NoError(t, err)
 		require.Empty(t, got, "a second later the other process sees the pause")
+		require.NoError(t, b.engine.ResumeLane(b.ctx, suiteLane))
+		got, err = other.Claim(b.ctx, claimParams("o", 1))
+		require.NoError(t, err)
+		require.Len(t, got, 1, "the other process sees a resume at its next claim, with no time passed")
 	})
 
 	t.Run("ConcurrentClaimers", func(t *testing.T) {

@@ -143,10 +143,13 @@ func (e *Engine) replay(ctx context.Context, id fftype.ExecutionID, onlyFailed b
 
 // PauseLane stops claims from handing out the lane's executions until ResumeLane. Creates
 // and everything else go on. It takes effect at once in this process and within a second
-// in others (each caches a lane's state that long, to spare the store a read per claim).
+// in others (each trusts a lane it read as not paused that long, to spare the store a
+// read per claim).
 func (e *Engine) PauseLane(ctx context.Context, lane string) error { return e.setLane(ctx, lane, true) }
 
-// ResumeLane undoes PauseLane.
+// ResumeLane undoes PauseLane. It takes effect at the next claim in every process: a
+// process reads a lane it holds as paused again whenever a claim asks for it, so the
+// claim of a worker woken by the lane_resumed event finds the lane's work.
 func (e *Engine) ResumeLane(ctx context.Context, lane string) error {
 	return e.setLane(ctx, lane, false)
 }
@@ -210,9 +213,10 @@ func (e *Engine) Lane(ctx context.Context, lane string) (fftype.LaneInfo, error)
 	return info, err
 }
 
-// laneStateTTL is how long a process trusts the pause state of a lane it read: a pause
-// made by another process takes effect there within it (in the process that made it, at
-// once).
+// laneStateTTL is how long a process trusts a lane it read as not paused: a pause made by
+// another process takes effect there within it (in the process that made it, at once). A
+// lane read or set as paused is not trusted at all, so that a resume takes effect
+// everywhere at the next claim; only claims that ask for a paused lane pay the read.
 const laneStateTTL = time.Second
 
 // laneState is a lane's pause state as this engine last read or set it.
@@ -222,9 +226,9 @@ type laneState struct {
 	gen    uint64 // Engine.laneGen when this process set it; 0 when read
 }
 
-// unpausedLanes returns the lanes of ls that are not paused, without duplicates. Pause
-// states younger than laneStateTTL come from the engine's cache; the rest are read in one
-// View.
+// unpausedLanes returns the lanes of ls that are not paused, without duplicates. "Not
+// paused" states younger than laneStateTTL come from the engine's cache; the rest,
+// paused lanes included, are read in one View.
 func (e *Engine) unpausedLanes(ctx context.Context, ls []string) ([]string, error) {
 	now := e.clock.Now()
 	var lanes, stale []string
@@ -237,7 +241,7 @@ func (e *Engine) unpausedLanes(ctx context.Context, ls []string) ([]string, erro
 		}
 		seen[l] = true
 		lanes = append(lanes, l)
-		if st, ok := e.lanes[l]; !ok || now.Sub(st.read) >= laneStateTTL || now.Before(st.read) {
+		if st, ok := e.lanes[l]; !ok || st.paused || now.Sub(st.read) >= laneStateTTL || now.Before(st.read) {
 			stale = append(stale, l)
 		}
 	}

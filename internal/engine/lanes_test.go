@@ -124,6 +124,36 @@ func TestPauseTakesEffectHereWhenPausedElsewhere(t *testing.T) {
 	require.Empty(t, claimLane(t, a, "l"), "PauseLane in this process must take effect here at once")
 }
 
+// TestResumeElsewhereTakesEffectAtTheNextClaim: a process re-reads a lane it holds as
+// paused whenever a claim asks for it, so a ResumeLane made in another process takes
+// effect at the next claim (a worker woken by the lane_resumed event finds the work),
+// while a lane it holds as not paused is not read again for a second.
+func TestResumeElsewhereTakesEffectAtTheNextClaim(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	clock := fftest.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	st := &hookStore{Store: ffmem.New(&ffmem.Options{Shards: 1})}
+	here, err := engine.New(st, &engine.Config{Clock: clock})
+	require.NoError(t, err)
+	there, err := engine.New(st, &engine.Config{Clock: clock})
+	require.NoError(t, err)
+	for range 2 {
+		_, err := there.Create(ctx, fftype.CreateParams{Lane: "l", Kind: "k"})
+		require.NoError(t, err)
+	}
+	require.NoError(t, there.PauseLane(ctx, "l"))
+	require.Empty(t, claimLane(t, here, "l"), "here caches the lane as paused")
+	require.NoError(t, there.ResumeLane(ctx, "l"))
+	require.Len(t, claimLane(t, here, "l"), 1, "the clock stood still, yet the resume took effect here")
+
+	read := false
+	st.mu.Lock()
+	st.afterView = func() { read = true }
+	st.mu.Unlock()
+	require.Len(t, claimLane(t, here, "l"), 1)
+	require.False(t, read, "a lane cached as not paused is not read again within a second")
+}
+
 // TestFailedResumeLeavesTheLanePaused: a ResumeLane whose unit does not commit leaves
 // the lane paused in this process as in the store.
 func TestFailedResumeLeavesTheLanePaused(t *testing.T) {
