@@ -51,10 +51,12 @@ func (c *candidate) bucket() int64 { return c.head.Score >> priorityBits }
 // its lanes, as leases. Only queues whose required capabilities the worker covers are
 // considered; among them the highest priority wins, then the worker's lanes take turns,
 // and so do a lane's namespaces (see pick), then the oldest execution goes first. A
-// paused lane hands out nothing. An empty result means nothing was eligible. If ctx ends
-// while the claim runs, Claim returns ctx's error and no leases: those a round took for
-// the call meanwhile are released, so that their executions are claimable at once
-// instead of after the lease TTL.
+// paused lane hands out nothing. A call that joins a claim round is served from the
+// queue heads that round read before it joined (see claimrounds.go): an execution created
+// meanwhile, even of a higher priority, may wait for the next claim. An empty result
+// means nothing was eligible. If ctx ends while the claim runs, Claim returns ctx's error
+// and no leases: those a round took for the call meanwhile are released, so that their
+// executions are claimable at once instead of after the lease TTL.
 func (e *Engine) Claim(ctx context.Context, p fftype.ClaimParams) ([]*fftype.Lease, error) {
 	w, count, err := checkClaim(p)
 	if err != nil {
@@ -152,7 +154,8 @@ type takeFunc[T any] func(tx ffstore.Tx, x *fftype.Execution, before placement, 
 // executions, best first. On an error it returns what earlier units took with it.
 //
 // demand may grow while take runs (a claim round admits the calls that queue meanwhile)
-// but never shrinks. take calls it once to start and then only inside its units, as late
+// but never shrinks; what it adds is served from the candidates take read at the start,
+// so an execution created since, even of a higher priority, waits for a later take. take calls it once to start and then only inside its units, as late
 // as possible, so a unit serves everything asked of it by the time it runs; a further
 // unit runs only for demand a unit saw and could not meet. Calls that queue after the
 // last unit asked for demand wait for the next round rather than hold this one's callers

@@ -17,7 +17,12 @@ import (
 // A round admits the calls that queue while its unit waits for the store, up to the
 // moment the unit pops. Without that, a pool's workers split into groups that each wait
 // for the other's round: the first worker back from a round leads the next one alone,
-// while the rest queue behind it, and every round costs a commit of its own.
+// while the rest queue behind it, and every round costs a commit of its own. A call that
+// joins is served from the queue heads the round read before it arrived: an execution
+// created since in another queue, even one of a higher priority, waits for the next
+// claim while the joined call takes what the round found. That is accepted,
+// not a bug: reading the heads again for it would cost the round trip the round saves. A
+// joined call the round finds nothing for waits for the next round, which reads them again.
 //
 // Each call still gets leases in its own name (worker, instance, lease TTL) and at most
 // its own count. Executions go to the calls in the order they queued, so a round that
