@@ -155,12 +155,12 @@ type takeFunc[T any] func(tx ffstore.Tx, x *fftype.Execution, before placement, 
 //
 // demand may grow while take runs (a claim round admits the calls that queue meanwhile)
 // but never shrinks; what it adds is served from the candidates take read at the start,
-// so an execution created since, even of a higher priority, waits for a later take. take calls it once to start and then only inside its units, as late
-// as possible, so a unit serves everything asked of it by the time it runs; a further
-// unit runs only for demand a unit saw and could not meet. Calls that queue after the
-// last unit asked for demand wait for the next round rather than hold this one's callers
-// through another unit (on Postgres, 29% of a drain's rounds had run a second unit for
-// them).
+// so an execution created since, even of a higher priority, waits for a later take. take
+// calls it once to start and then only inside its units, as late as possible, so a unit
+// serves everything asked of it by the time it runs; a further unit runs only for demand
+// a unit saw and could not meet. Calls that queue after the last unit asked for demand
+// wait for the next round rather than hold this one's callers through another unit (on
+// Postgres, 29% of a drain's rounds had run a second unit for them).
 func take[T any](ctx context.Context, e *Engine, caps []string, laneNames []string, demand func() int, act takeFunc[T]) ([]T, error) {
 	lanes, err := e.unpausedLanes(ctx, laneNames)
 	if err != nil || len(lanes) == 0 {

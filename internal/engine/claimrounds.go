@@ -20,9 +20,9 @@ import (
 // while the rest queue behind it, and every round costs a commit of its own. A call that
 // joins is served from the queue heads the round read before it arrived: an execution
 // created since in another queue, even one of a higher priority, waits for the next
-// claim while the joined call takes what the round found. That is accepted,
-// not a bug: reading the heads again for it would cost the round trip the round saves. A
-// joined call the round finds nothing for waits for the next round, which reads them again.
+// claim while the joined call takes what the round found (reading the heads again for it
+// would cost the round trip the round saves). A joined call the round finds nothing for
+// waits for the next round, which reads them again.
 //
 // Each call still gets leases in its own name (worker, instance, lease TTL) and at most
 // its own count. Executions go to the calls in the order they queued, so a round that
