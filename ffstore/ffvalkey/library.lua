@@ -1,6 +1,6 @@
-#!lua name=flowfabric_v3
+#!lua name=flowfabric_v4
 
--- FlowFabric's Valkey/Redis store library, version 3. It holds storage, not business logic:
+-- FlowFabric's Valkey/Redis store library, version 4. It holds storage, not business logic:
 -- the engine (Go) decides every transition and hands the store a unit; these functions
 -- only check that what a unit read still holds and apply its writes, all or nothing.
 -- Keys and arguments are laid out by ffstore/ffvalkey (tx.go, keys.go). Every key a
@@ -56,7 +56,7 @@ local function marks_of(m, items)
   return redis.call('HMGET', m, unpack(members)), members
 end
 
--- ffv3_pop marks up to n due items of a queue as popped by one unit and returns them,
+-- ffv4_pop marks up to n due items of a queue as popped by one unit and returns them,
 -- with the next `look` items after them that the unit can see. Nothing leaves the queue:
 -- the unit's commit removes the items if their marks are still its own, and an
 -- unfinished unit's marks lapse after `ttl` ms. Items other units are popping are
@@ -64,7 +64,7 @@ end
 -- KEYS: queue items, pop marks. ARGV: the largest due score (8 bytes; '' for any), n,
 -- token, ttl, look.
 -- Returns {popped, lookahead, complete}; complete is 1 if the lookahead reaches the end.
-redis.register_function('ffv3_pop', function(keys, argv)
+redis.register_function('ffv4_pop', function(keys, argv)
   local z, m = keys[1], keys[2]
   local upto, n, token, ttl, look = argv[1], tonumber(argv[2]), argv[3], tonumber(argv[4]), tonumber(argv[5])
   local now = now_ms()
@@ -114,10 +114,11 @@ redis.register_function('ffv3_pop', function(keys, argv)
   return {popped, ahead, complete}
 end)
 
--- ffv3_release removes every pop mark of one unit from some queues: for a unit that
--- does not know what its last pop marked (the reply was lost).
+-- ffv4_release removes every pop mark of one unit from some queues: for a unit that
+-- does not know what its last pop marked (the reply was lost). It only frees memory, so
+-- it runs on a server at maxmemory too (allow-oom), as do ffv4_unhint and ffv4_trim.
 -- KEYS: pop marks of each queue. ARGV: token.
-redis.register_function('ffv3_release', function(keys, argv)
+redis.register_function{function_name = 'ffv4_release', flags = {'allow-oom'}, callback = function(keys, argv)
   local token = argv[1]
   local released = 0
   for _, m in ipairs(keys) do
@@ -129,13 +130,13 @@ redis.register_function('ffv3_release', function(keys, argv)
     end
   end
   return released
-end)
+end}
 
--- ffv3_range returns up to n items of a queue after a start bound, with scores up to a
+-- ffv4_range returns up to n items of a queue after a start bound, with scores up to a
 -- limit, that the unit with `token` can see (see hidden).
 -- KEYS: queue items, pop marks. ARGV: start bound, the largest score (8 bytes; '' for
 -- any), n, token.
-redis.register_function{function_name = 'ffv3_range', flags = {'no-writes'}, callback = function(keys, argv)
+redis.register_function{function_name = 'ffv4_range', flags = {'no-writes'}, callback = function(keys, argv)
   local z, m = keys[1], keys[2]
   local from, upto, n, token = argv[1], argv[2], tonumber(argv[3]), argv[4]
   local now = now_ms()
@@ -442,21 +443,21 @@ local function unit(keys, argv)
   return out
 end
 
-redis.register_function('ffv3_unit', unit)
-redis.register_function{function_name = 'ffv3_check', flags = {'no-writes'}, callback = function(keys, argv)
+redis.register_function('ffv4_unit', unit)
+redis.register_function{function_name = 'ffv4_check', flags = {'no-writes'}, callback = function(keys, argv)
   if argv[1] ~= 'v' then
-    return redis.error_reply('ERR ffv3_check only checks')
+    return redis.error_reply('ERR ffv4_check only checks')
   end
   return unit(keys, argv)
 end}
 
--- ffv3_unhint is the shard's half of removing queues from the store's hint, run after
+-- ffv4_unhint is the shard's half of removing queues from the store's hint, run after
 -- they were taken out of it: of the queues named, those that are empty (not in the
 -- directory) leave the hinted set, so that the commit that next fills one reports it;
 -- the names of the others, non-empty again meanwhile, are returned for the caller to put
 -- back.
 -- KEYS: queue directory, hinted queues. ARGV: queue names.
-redis.register_function('ffv3_unhint', function(keys, argv)
+redis.register_function{function_name = 'ffv4_unhint', flags = {'allow-oom'}, callback = function(keys, argv)
   local back = {}
   for _, name in ipairs(argv) do
     if redis.call('ZSCORE', keys[1], name) then
@@ -466,12 +467,13 @@ redis.register_function('ffv3_unhint', function(keys, argv)
     end
   end
   return back
-end)
+end}
 
--- ffv3_trim deletes the events with Seq at most `through` (at most the last one) and
--- raises the trim point; it never lowers it.
+-- ffv4_trim deletes the events with Seq at most `through` (at most the last one) and
+-- raises the trim point; it never lowers it. On a server at maxmemory it is how the
+-- store frees space (the engine's retention sweep), so it runs there too (allow-oom).
 -- KEYS: trim point, event stream. ARGV: through.
-redis.register_function('ffv3_trim', function(keys, argv)
+redis.register_function{function_name = 'ffv4_trim', flags = {'allow-oom'}, callback = function(keys, argv)
   local trimmed = tonumber(redis.call('GET', keys[1]) or '0')
   local through = math.min(tonumber(argv[1]), math.max(trimmed, last_seq(keys[2])))
   if through > trimmed then
@@ -479,11 +481,11 @@ redis.register_function('ffv3_trim', function(keys, argv)
     redis.call('XTRIM', keys[2], 'MINID', string.format('0-%d', through + 1))
   end
   return 1
-end)
+end}
 
--- ffv3_bounds returns the trim point and the last Seq of a log, read together.
+-- ffv4_bounds returns the trim point and the last Seq of a log, read together.
 -- KEYS: trim point, event stream.
-redis.register_function{function_name = 'ffv3_bounds', flags = {'no-writes'}, callback = function(keys)
+redis.register_function{function_name = 'ffv4_bounds', flags = {'no-writes'}, callback = function(keys)
   local trimmed = tonumber(redis.call('GET', keys[1]) or '0')
   return {trimmed, math.max(trimmed, last_seq(keys[2]))}
 end}

@@ -499,7 +499,7 @@ func (t *tx) hasWrites() bool {
 	return false
 }
 
-// call is one ffv3_unit or ffv3_check call being built.
+// call is one ffv4_unit or ffv4_check call being built.
 type call struct {
 	keys []string
 	args []string
@@ -508,8 +508,8 @@ type call struct {
 // noDeleteCheck is the delete counter a unit expects: none. Each record a unit read as
 // missing is checked to be missing still, as every read is, so a delete elsewhere on the
 // shard changes nothing it read. (Processes of earlier builds expected the counter
-// unchanged since their first missing read, and failed on any delete; library v3 still
-// bumps it, so that their checks hold during a rolling upgrade.)
+// unchanged since their first missing read, and failed on any delete; libraries v3 and v4
+// still bump it, so that their checks hold during a rolling upgrade.)
 const noDeleteCheck = ""
 
 // build lays out a call in mode ("c", "a" or "v") as the library's unit function takes

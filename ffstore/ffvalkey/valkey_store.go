@@ -25,7 +25,7 @@
 // A unit's reads are made from Go: Get and Prefetch read records with their versions
 // (MGET), Range reads a queue, PopDue marks items as popped by the unit (a function call
 // that skips items other units are popping). Writes are buffered. At commit one function
-// call, ffv3_unit of the library flowfabric_v3, receives every version and queue item the
+// call, ffv4_unit of the library flowfabric_v4, receives every version and queue item the
 // unit read and every item it popped, checks that they all still hold, and then applies
 // the writes, appends the events with the next Seq numbers and publishes a wake-up — or,
 // if anything changed, writes nothing, releases the pops and answers with a conflict,
@@ -249,6 +249,9 @@ func (s *Store) open(ctx context.Context, shards int) error {
 	if err := loadLibrary(ctx, s.client); err != nil {
 		return err
 	}
+	if err := s.checkPublish(ctx); err != nil {
+		return err
+	}
 	n, err := s.ensureMeta(ctx, shards)
 	if err != nil {
 		return err
@@ -308,6 +311,22 @@ func (s *Store) checkServers(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// checkPublish makes sure the store's user may publish on the store's channel, as every
+// commit does after its writes: a refused PUBLISH would leave a unit applied but reported
+// failed, to be applied again by a retry. Redis 7 gives an ACL user made without channel
+// rules no channels at all. The message names no shard, so readers only wake.
+func (s *Store) checkPublish(ctx context.Context) error {
+	_, err := s.do(ctx, "publish on the store's channel", false, func() rueidis.Completed {
+		return s.client.B().Publish().Channel(s.channel).Message(s.instance + ".").Build()
+	})
+	var re *rueidis.RedisError
+	if errors.As(err, &re) && strings.HasPrefix(re.Error(), "NOPERM") {
+		return fftype.Validationf(fftype.CodeInvalidInput,
+			"ffvalkey: the server's user may not publish to the channel %q, which every commit does; grant it (ACL SETUSER <user> &%s)", s.channel, s.channel)
+	}
+	return err
 }
 
 // infoOf returns node's INFO sections server, persistence, cluster and replication.
@@ -604,7 +623,7 @@ func (s *Store) readQueueHeads(ctx context.Context, refs []queueRef, verShards [
 // repairHint brings the hint in line with a full read: it adds the queues found
 // non-empty that it misses, and removes those it lists that no directory listed. A
 // removal takes the entries out first and then, per shard, drops the empty queues from
-// the hinted set (ffv3_unhint), putting back those filled meanwhile: a commit that fills
+// the hinted set (ffv4_unhint), putting back those filled meanwhile: a commit that fills
 // one after that adds it itself. Failures are logged; the next full read tries again.
 func (s *Store) repairHint(ctx context.Context, hinted, listed map[queueRef]bool, found []map[string]ffstore.QueueItem) {
 	var add, drop []string

@@ -209,6 +209,23 @@ func TestOpen(t *testing.T) {
 		}
 	})
 
+	t.Run("UserThatCannotPublish", func(t *testing.T) {
+		// Every commit publishes after its writes: a user refused that (Redis 7 gives a
+		// new ACL user no channels) would have units applied but reported failed.
+		t.Parallel()
+		srv := testdb.NewRedis(t, testdb.RedisOptions{})
+		admin := openStore(t, srv.URL(0), &ffvalkey.Options{Shards: 1})
+		c := ffvalkey.Client(admin)
+		require.NoError(t, c.Do(t.Context(), c.B().Arbitrary("ACL", "SETUSER", "ff", "on", ">pw", "~*", "+@all").Build()).Error())
+		url := strings.Replace(srv.URL(0), "redis://", "redis://ff:pw@", 1)
+		_, err := ffvalkey.Open(t.Context(), url, &ffvalkey.Options{KeyPrefix: admin.KeyPrefix()})
+		require.ErrorIs(t, err, fftype.ErrValidation)
+		require.ErrorContains(t, err, "may not publish")
+		require.NoError(t, c.Do(t.Context(), c.B().Arbitrary("ACL", "SETUSER", "ff", "&"+admin.KeyPrefix()+":changes").Build()).Error())
+		s := openStore(t, url, &ffvalkey.Options{KeyPrefix: admin.KeyPrefix()})
+		require.NoError(t, s.Update(t.Context(), 0, func(tx ffstore.Tx) error { tx.Put("k", []byte("v")); return nil }))
+	})
+
 	t.Run("Database", func(t *testing.T) {
 		t.Parallel()
 		srv := testdb.SharedRedis(t)
@@ -358,6 +375,33 @@ func TestLibraryVersionsCoexist(t *testing.T) {
 		names = append(names, name)
 	}
 	require.ElementsMatch(t, []string{"flowfabric_v0", ffvalkey.LibraryName}, names)
+}
+
+// TestTrimFreesAServerAtMaxmemory: on a server that refuses writes at maxmemory, the
+// store can still trim its event logs (the engine's retention sweep), and so free the
+// space that lets units commit again.
+func TestTrimFreesAServerAtMaxmemory(t *testing.T) {
+	t.Parallel()
+	srv := testdb.NewRedis(t, testdb.RedisOptions{Args: []string{"--maxmemory", "6mb", "--maxmemory-policy", "noeviction"}})
+	s := openStore(t, srv.URL(0), &ffvalkey.Options{Shards: 1})
+	ctx := t.Context()
+	data := []byte(`"` + strings.Repeat("x", 4000) + `"`)
+	fill := func(tx ffstore.Tx) error {
+		for range 10 {
+			tx.AppendEvent(fftype.Event{Version: 1, Type: fftype.EventProgress, ExecutionID: fftype.NewExecutionID(0),
+				Namespace: "default", Lane: "l", Data: data})
+		}
+		return nil
+	}
+	var err error
+	for i := 0; i < 1000 && err == nil; i++ {
+		err = s.Update(ctx, 0, fill)
+	}
+	require.ErrorContains(t, err, "out of memory", "the events fill the server")
+	_, last, err := s.EventBounds(ctx, 0)
+	require.NoError(t, err)
+	require.NoError(t, s.TrimEvents(ctx, 0, last))
+	require.NoError(t, s.Update(ctx, 0, fill), "the trim made room")
 }
 
 // TestPopMarks checks what a pop leaves when its unit never commits: an item whose mark
