@@ -395,6 +395,35 @@ func TestUnauthorizedCarriesAChallenge(t *testing.T) {
 	}
 }
 
+// TestBearerSchemeIsCaseInsensitive: the authentication scheme is a case-insensitive token
+// (RFC 9110 §11.1), so "bearer" and "BEARER" are Bearer; the token itself is compared
+// exactly.
+func TestBearerSchemeIsCaseInsensitive(t *testing.T) {
+	t.Parallel()
+	b := setup(t, ffserver.Config{Token: "tok"})
+	for _, tc := range []struct {
+		header string
+		status int
+	}{
+		{"Bearer tok", 200},
+		{"bearer tok", 200},
+		{"BEARER tok", 200},
+		{"Bearer  tok", 200}, // 1*SP separates scheme and credentials
+		{"Bearer Tok", 401},
+		{"Bearertok", 401},
+		{"Basic tok", 401},
+		{"tok", 401},
+	} {
+		req, err := http.NewRequestWithContext(t.Context(), "GET", b.http.URL+"/v1/executions", nil)
+		require.NoError(t, err)
+		req.Header.Set("Authorization", tc.header)
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		resp.Body.Close()
+		require.Equal(t, tc.status, resp.StatusCode, "Authorization: %s", tc.header)
+	}
+}
+
 func mustClient(t *testing.T) *flowfabric.Client {
 	c, err := flowfabric.NewClient(ffmem.New(nil), nil)
 	require.NoError(t, err)
