@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"mime"
 	"net/http"
 	"os"
 	"reflect"
@@ -126,12 +127,8 @@ func badRequest(format string, args ...any) error {
 func decode[T any](r *http.Request, limit int64) (T, error) {
 	var v T
 	names := requiredFields(reflect.TypeFor[T]())
-	// curl -d sends application/x-www-form-urlencoded; the body is still read as JSON, so
-	// a shell worker needs no extra header.
-	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") &&
-		!strings.HasPrefix(ct, "application/x-www-form-urlencoded") {
-		return v, &fftype.Error{Kind: fftype.KindValidation, Code: "unsupported_media_type",
-			Message: "send the body as application/json"}
+	if err := checkContentType(r.Header.Get("Content-Type")); err != nil {
+		return v, err
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, limit))
 	if err != nil {
@@ -174,6 +171,22 @@ func decode[T any](r *http.Request, limit int64) (T, error) {
 		}
 	}
 	return v, nil
+}
+
+// checkContentType refuses a body whose media type is neither JSON nor the form type curl
+// -d sends (its body is still read as JSON, so a shell worker needs no extra header). No
+// Content-Type at all is taken as JSON. The media type is parsed, so its case and
+// parameters do not matter (RFC 9110 §8.3.1) and application/jsonx is not JSON.
+func checkContentType(ct string) error {
+	if ct == "" {
+		return nil
+	}
+	mt, _, err := mime.ParseMediaType(ct)
+	if err == nil && (mt == mediaJSON || mt == "application/x-www-form-urlencoded") {
+		return nil
+	}
+	return &fftype.Error{Kind: fftype.KindValidation, Code: "unsupported_media_type",
+		Message: "send the body as application/json"}
 }
 
 // requiredFields returns the JSON names of t's fields tagged required:"true": the fields a

@@ -294,6 +294,43 @@ func TestBadInputIsAClearClientError(t *testing.T) {
 	require.Empty(t, page.Executions, "refused requests wrote nothing")
 }
 
+// TestContentTypeIsAMediaType: a body's Content-Type is read as a media type, whose type
+// and subtype are case-insensitive (RFC 9110 §8.3.1) and which must be exactly JSON (or the
+// form type curl -d sends), not merely begin like it.
+func TestContentTypeIsAMediaType(t *testing.T) {
+	t.Parallel()
+	b := setup(t, ffserver.Config{})
+	for _, tc := range []struct {
+		contentType string
+		status      int
+	}{
+		{"application/json", 201},
+		{"Application/JSON; charset=utf-8", 201},
+		{"application/json ;charset=UTF-8", 201},
+		{"application/x-www-form-urlencoded", 201},
+		{"", 201},
+		{"application/jsonx", 400},
+		{"application/json-seq", 400},
+		{"application/x-www-form-urlencodedx", 400},
+		{"text/plain", 400},
+		{"application/json; =", 400},
+	} {
+		req, err := http.NewRequestWithContext(t.Context(), "POST", b.http.URL+"/v1/executions",
+			strings.NewReader(`{"lane":"l","kind":"k"}`))
+		require.NoError(t, err)
+		req.Header.Set("Content-Type", tc.contentType)
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		raw, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		require.NoError(t, err)
+		require.Equal(t, tc.status, resp.StatusCode, "Content-Type: %s: %s", tc.contentType, raw)
+		if tc.status == 400 {
+			require.Contains(t, string(raw), `"code":"unsupported_media_type"`)
+		}
+	}
+}
+
 // TestMissingRequiredFieldChangesNothing: a required field that is missing or null (which
 // would decode as its zero value, a legal one) is refused with 400 and nothing written.
 func TestMissingRequiredFieldChangesNothing(t *testing.T) {
