@@ -8,10 +8,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"mime"
 	"net/http"
 	"os"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"unicode/utf8"
@@ -120,13 +122,15 @@ func badRequest(format string, args ...any) error {
 	return fftype.Validationf(fftype.CodeInvalidInput, format, args...)
 }
 
-// decode reads exactly one JSON value of type T from the body, refusing unknown fields,
-// wrong types, trailing data, invalid UTF-8 (which the JSON decoder would silently replace),
-// bodies over limit, and bodies without T's required fields (see requiredFields). An
-// empty body decodes as the zero value when T has no required field.
+// decode reads exactly one JSON value of type T, a struct type, from the body, refusing
+// unknown fields (see checkObject), wrong types, trailing data, invalid UTF-8 (which the
+// JSON decoder would silently replace), bodies over limit, and bodies without T's required
+// fields (see requiredFields). An empty body decodes as the zero value when T has no
+// required field.
 func decode[T any](r *http.Request, limit int64) (T, error) {
 	var v T
-	names := requiredFields(reflect.TypeFor[T]())
+	t := reflect.TypeFor[T]()
+	names := requiredFields(t)
 	if err := checkContentType(r.Header.Get("Content-Type")); err != nil {
 		return v, err
 	}
@@ -138,7 +142,6 @@ func decode[T any](r *http.Request, limit int64) (T, error) {
 		return v, badRequest("the body is not valid UTF-8")
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
 	err = dec.Decode(&v)
 	if errors.Is(err, io.EOF) && len(names) == 0 {
 		return v, nil
@@ -155,19 +158,20 @@ func decode[T any](r *http.Request, limit int64) (T, error) {
 		}
 		return v, badRequest("the body holds trailing data after the JSON value")
 	}
-	if len(names) > 0 {
-		var present map[string]json.RawMessage
-		if err := json.Unmarshal(body, &present); err != nil {
-			return v, badRequest("the body must be a JSON object")
+	var present map[string]json.RawMessage
+	if err := json.Unmarshal(body, &present); err != nil {
+		return v, badRequest("the body must be a JSON object")
+	}
+	if err := checkObject(t, present, ""); err != nil {
+		return v, err
+	}
+	for _, name := range names {
+		raw, ok := present[name]
+		if !ok {
+			return v, badRequest("%s is required", name)
 		}
-		for _, name := range names {
-			raw, ok := present[name]
-			if !ok {
-				return v, badRequest("%s is required", name)
-			}
-			if string(raw) == "null" { // decoded, it would be the zero value too
-				return v, badRequest("%s is required; null is not a value for it", name)
-			}
+		if string(raw) == "null" { // decoded, it would be the zero value too
+			return v, badRequest("%s is required; null is not a value for it", name)
 		}
 	}
 	return v, nil
@@ -215,6 +219,130 @@ func requiredFields(t reflect.Type) []string {
 // requiredByType caches requiredFields by type.
 var requiredByType sync.Map //nolint:gochecknoglobals // a cache of what reflection derives from types
 
+// checkObject refuses a key of obj, a JSON object decoded into the struct type t, that is
+// not exactly the JSON name of one of t's fields, and does the same in the values of its
+// fields (see checkFieldNames). encoding/json matches names case-insensitively, even with
+// DisallowUnknownFields, so {"lane":"l","Lane":"x"} would decode as lane "x" though "Lane"
+// is no field of the API. at is obj's place in the body, for the error ("" for the body).
+func checkObject(t reflect.Type, obj map[string]json.RawMessage, at string) error {
+	fields := jsonFields(t)
+	for _, k := range slices.Sorted(maps.Keys(obj)) { // sorted: the same body names the same field
+		name := k
+		if at != "" {
+			name = at + "." + k
+		}
+		ft, ok := fields[k]
+		if !ok {
+			return badRequest("unknown field %q", name)
+		}
+		if err := checkFieldNames(ft, obj[k], name); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkFieldNames applies checkObject to every object in raw that decodes into a struct;
+// raw is a JSON value that decoded into a value of type t. A type that decodes itself
+// (json.Unmarshaler) follows its own rules. raw already decoded into t, so it has the
+// shape read here or is null, which reads as nothing: the errors of reading it are nil.
+func checkFieldNames(t reflect.Type, raw json.RawMessage, at string) error {
+	if !holdsStructs(t) {
+		return nil
+	}
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	switch t.Kind() {
+	case reflect.Struct:
+		var obj map[string]json.RawMessage
+		_ = json.Unmarshal(raw, &obj)
+		return checkObject(t, obj, at)
+	case reflect.Slice, reflect.Array:
+		var items []json.RawMessage
+		_ = json.Unmarshal(raw, &items)
+		for i, item := range items {
+			if err := checkFieldNames(t.Elem(), item, fmt.Sprintf("%s[%d]", at, i)); err != nil {
+				return err
+			}
+		}
+	case reflect.Map:
+		var items map[string]json.RawMessage
+		_ = json.Unmarshal(raw, &items)
+		for _, k := range slices.Sorted(maps.Keys(items)) {
+			if err := checkFieldNames(t.Elem(), items[k], at+"."+k); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// jsonUnmarshaler is the interface of types that decode themselves.
+var jsonUnmarshaler = reflect.TypeFor[json.Unmarshaler]() //nolint:gochecknoglobals // a constant type
+
+// holdsStructs reports whether a value of type t may hold a JSON object that encoding/json
+// decodes into a struct by its fields' names.
+func holdsStructs(t reflect.Type) bool {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if reflect.PointerTo(t).Implements(jsonUnmarshaler) {
+		return false
+	}
+	switch t.Kind() {
+	case reflect.Struct:
+		return true
+	case reflect.Slice, reflect.Array, reflect.Map:
+		return holdsStructs(t.Elem())
+	default:
+		return false
+	}
+}
+
+// jsonFields returns the JSON names of the fields of struct type t, with their types, as
+// encoding/json decodes them: tagged names, or Go names for untagged fields; fields of
+// embedded structs without a tagged name are promoted unless t has a field of that name.
+func jsonFields(t reflect.Type) map[string]reflect.Type {
+	if fields, ok := fieldsByType.Load(t); ok {
+		return fields.(map[string]reflect.Type)
+	}
+	fields := map[string]reflect.Type{}
+	var embedded []reflect.Type
+	for f := range t.Fields() {
+		tag := f.Tag.Get("json")
+		if tag == "-" {
+			continue
+		}
+		name, _, _ := strings.Cut(tag, ",")
+		ft := f.Type
+		for ft.Kind() == reflect.Pointer {
+			ft = ft.Elem()
+		}
+		switch {
+		case f.Anonymous && name == "" && ft.Kind() == reflect.Struct:
+			embedded = append(embedded, ft)
+		case !f.IsExported():
+		case name == "":
+			fields[f.Name] = f.Type
+		default:
+			fields[name] = f.Type
+		}
+	}
+	for _, et := range embedded {
+		for name, ft := range jsonFields(et) {
+			if _, ok := fields[name]; !ok {
+				fields[name] = ft
+			}
+		}
+	}
+	fieldsByType.Store(t, fields)
+	return fields
+}
+
+// fieldsByType caches jsonFields by type.
+var fieldsByType sync.Map //nolint:gochecknoglobals // a cache of what reflection derives from types
+
 func bodyError(err error, limit int64) error {
 	var tooLarge *http.MaxBytesError
 	var syntax *json.SyntaxError
@@ -234,8 +362,6 @@ func bodyError(err error, limit int64) error {
 		return badRequest("invalid JSON at byte %d: %v", syntax.Offset, syntax)
 	case errors.As(err, &typ):
 		return badRequest("field %q: want %s, got %s", typ.Field, typ.Type, typ.Value)
-	case strings.HasPrefix(err.Error(), "json: unknown field "):
-		return badRequest("unknown field %s", strings.TrimPrefix(err.Error(), "json: unknown field "))
 	default:
 		return badRequest("invalid JSON body: %v", err)
 	}

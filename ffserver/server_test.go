@@ -294,6 +294,34 @@ func TestBadInputIsAClearClientError(t *testing.T) {
 	require.Empty(t, page.Executions, "refused requests wrote nothing")
 }
 
+// TestFieldNamesAreExact: encoding/json matches field names case-insensitively, so a
+// "Lane" beside "lane" would override it. A key that is not exactly a documented field's
+// name is an unknown field, at the top of a body or nested in it, and is refused with
+// nothing written.
+func TestFieldNamesAreExact(t *testing.T) {
+	t.Parallel()
+	b := setup(t, ffserver.Config{})
+	const id = "s0_0190a7b2-1c3d-7e4f-8a9b-0c1d2e3f4a5b"
+	for _, tc := range []struct{ path, body, unknown string }{
+		{"/v1/executions", `{"lane":"l","kind":"k","Lane":"other"}`, "Lane"},
+		{"/v1/executions", `{"LANE":"l","kind":"k"}`, "LANE"},
+		{"/v1/executions", `{"lane":"l","kind":"k","policy":{"Retry":{}}}`, "policy.Retry"},
+		{"/v1/executions/bulk", `{"executions":[{"lane":"l","kind":"k"},{"lane":"l","Kind":"k"}]}`, "executions[1].Kind"},
+		{"/v1/executions/" + id + "/complete", `{"fence":{"lease_id":"x","lease_epoch":1,"attempt_id":"a","Lease_ID":"y"}}`, "fence.Lease_ID"},
+	} {
+		status, raw := b.do("POST", tc.path, tc.body)
+		require.Equal(t, 400, status, "%s %s: %s", tc.path, tc.body, raw)
+		var e ffserver.ErrorBody
+		require.NoError(t, json.Unmarshal(raw, &e))
+		require.Equal(t, fftype.CodeInvalidInput, e.Code)
+		require.Contains(t, e.Error, strconv.Quote(tc.unknown), "the error names the unknown field")
+	}
+	var page fftype.ListPage
+	b.call("GET", "/v1/executions", nil, 200, &page)
+	require.Empty(t, page.Executions, "refused requests wrote nothing")
+	b.call("POST", "/v1/executions", `{"lane":"l","kind":"k","policy":{"retry":{}},"tags":{"k":"v"},"payload":{"Lane":1}}`, 201, nil)
+}
+
 // TestContentTypeIsAMediaType: a body's Content-Type is read as a media type, whose type
 // and subtype are case-insensitive (RFC 9110 §8.3.1) and which must be exactly JSON (or the
 // form type curl -d sends), not merely begin like it.
