@@ -3,7 +3,9 @@ package ffserver
 import (
 	"context"
 	"errors"
+	"maps"
 	"net/http"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -42,6 +44,42 @@ type param struct {
 	name string
 	in   string // "query" or "header"
 	doc  string // what its name leaves out, or ""
+}
+
+// checkQuery refuses a query that is malformed, names a parameter rt does not take, or
+// names one twice: ignored, a misspelt filter (?status=failed for ?state=failed) or a
+// second value would widen or change the answer without a word.
+func (rt route) checkQuery(raw string) error {
+	if raw == "" {
+		return nil
+	}
+	q, err := url.ParseQuery(raw)
+	if err != nil {
+		return badRequest("the query is malformed: %v", err)
+	}
+	for _, name := range slices.Sorted(maps.Keys(q)) {
+		switch {
+		case !slices.ContainsFunc(rt.params, func(p param) bool { return p.in == "query" && p.name == name }):
+			return badRequest("unknown query parameter %q; %s %s takes %s", name, rt.method, rt.path, rt.queryNames())
+		case len(q[name]) > 1:
+			return badRequest("query parameter %q is given %d times; give it once", name, len(q[name]))
+		}
+	}
+	return nil
+}
+
+// queryNames lists the query parameters rt takes, for an error message.
+func (rt route) queryNames() string {
+	var names []string
+	for _, p := range rt.params {
+		if p.in == "query" {
+			names = append(names, p.name)
+		}
+	}
+	if names == nil {
+		return "none"
+	}
+	return strings.Join(names, ", ")
 }
 
 // query returns query parameters whose names say what they are.
@@ -87,11 +125,12 @@ var (
 )
 
 // statuses returns every status rt answers with, ascending: its own, plus 401 on
-// authenticated routes, 400, 413 and 503 on routes reading a body (malformed, oversized, or
-// not arrived within the request timeout), and 500 everywhere (an internal error, logged
-// and answered without detail).
+// authenticated routes, 413 and 503 on routes reading a body (oversized, or not arrived
+// within the request timeout), 400 everywhere (a query parameter the route does not take,
+// see checkQuery, or a malformed body) and 500 everywhere (an internal error, logged and
+// answered without detail).
 func (rt route) statuses() []int {
-	out := []int{rt.status, http.StatusInternalServerError}
+	out := []int{rt.status, http.StatusBadRequest, http.StatusInternalServerError}
 	for _, a := range rt.also {
 		out = append(out, a.status)
 	}
@@ -100,7 +139,7 @@ func (rt route) statuses() []int {
 		out = append(out, http.StatusUnauthorized)
 	}
 	if rt.request != nil {
-		out = append(out, http.StatusBadRequest, http.StatusRequestEntityTooLarge, http.StatusServiceUnavailable)
+		out = append(out, http.StatusRequestEntityTooLarge, http.StatusServiceUnavailable)
 	}
 	slices.Sort(out)
 	return slices.Compact(out)
@@ -663,9 +702,6 @@ func (s *Server) resumeLane(w http.ResponseWriter, r *http.Request) error {
 // ---- dead letter
 
 func (s *Server) deadLetter(w http.ResponseWriter, r *http.Request) error {
-	if r.URL.Query().Has("state") {
-		return badRequest("the dead-letter view lists failed executions; it takes no state filter")
-	}
 	q := r.URL.Query()
 	limit, err := queryLimit(r)
 	if err != nil {

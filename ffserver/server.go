@@ -242,8 +242,9 @@ func (s *Server) authorized(r *http.Request) bool {
 	return subtle.ConstantTimeCompare(sum[:], s.token[:]) == 1 && strings.EqualFold(scheme, "Bearer")
 }
 
-// wrap turns a route's handler into an http.Handler: authentication, the request
-// timeout, panic recovery, error writing and request metrics. The body must arrive within
+// wrap turns a route's handler into an http.Handler: authentication, the check of the
+// query's parameters, the request timeout, panic recovery, error writing and request
+// metrics. The body must arrive within
 // the request timeout; the handler's context ends with it too, unless the route is long
 // (a long-poll or a stream) and bounds itself.
 func (s *Server) wrap(rt route) http.Handler {
@@ -271,6 +272,10 @@ func (s *Server) wrap(rt route) http.Handler {
 		if rt.auth && !s.authorized(r) {
 			writeError(sw, r, s.log, &fftype.Error{Kind: fftype.KindUnauthenticated, Code: "unauthenticated",
 				Message: "missing or invalid Authorization: Bearer token"})
+			return
+		}
+		if err := rt.checkQuery(r.URL.RawQuery); err != nil {
+			writeError(sw, r, s.log, err)
 			return
 		}
 		if err := rt.handle(s, sw, r); err != nil {

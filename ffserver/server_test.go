@@ -10,6 +10,7 @@ import (
 	"math"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"regexp"
 	"strconv"
 	"strings"
@@ -320,6 +321,59 @@ func TestFieldNamesAreExact(t *testing.T) {
 	b.call("GET", "/v1/executions", nil, 200, &page)
 	require.Empty(t, page.Executions, "refused requests wrote nothing")
 	b.call("POST", "/v1/executions", `{"lane":"l","kind":"k","policy":{"retry":{}},"tags":{"k":"v"},"payload":{"Lane":1}}`, 201, nil)
+}
+
+// TestQueryParametersAreTheDocumentedOnes: a query parameter a route does not document — a
+// misspelt filter such as ?status=failed — is refused rather than ignored, which would
+// widen the answer without a word; so are one given twice and a malformed query. Every
+// parameter the document lists is taken.
+func TestQueryParametersAreTheDocumentedOnes(t *testing.T) {
+	t.Parallel()
+	b := setup(t, ffserver.Config{})
+	_, err := b.client.Create(t.Context(), fftype.CreateParams{Lane: "l", Kind: "k"})
+	require.NoError(t, err)
+	const id = "s0_0190a7b2-1c3d-7e4f-8a9b-0c1d2e3f4a5b"
+	for _, path := range []string{
+		"/v1/executions?status=failed",
+		"/v1/executions?Lane=l",
+		"/v1/executions?lane=l&lane=m",
+		"/v1/executions?lane=%zz",
+		"/v1/dead-letter?state=waiting",
+		"/v1/events?after=x",
+		"/v1/workers?after=x",
+		"/v1/executions/" + id + "?lane=l",
+		"/healthz?verbose=1",
+	} {
+		b.requireError("GET", path, nil, 400, fftype.CodeInvalidInput)
+	}
+	b.requireError("POST", "/v1/executions?lane=l", `{"lane":"l","kind":"k"}`, 400, fftype.CodeInvalidInput)
+
+	var page fftype.ListPage
+	b.call("GET", "/v1/executions?namespace=default&lane=l&state=waiting&kind=k&limit=5", nil, 200, &page)
+	require.Len(t, page.Executions, 1)
+	for path, item := range ffserver.OpenAPI()["paths"].(map[string]any) {
+		get, ok := item.(map[string]any)["get"].(map[string]any)
+		if !ok {
+			continue
+		}
+		q := url.Values{}
+		params, _ := get["parameters"].([]any)
+		for _, p := range params {
+			if p := p.(map[string]any); p["in"] == "query" {
+				q.Set(p["name"].(string), "")
+			}
+		}
+		if len(q) == 0 {
+			continue
+		}
+		path = strings.NewReplacer("{id}", id, "{lane}", "l", "{worker_instance_id}", "w1").Replace(path)
+		req, err := http.NewRequestWithContext(t.Context(), "GET", b.http.URL+path+"?"+q.Encode(), nil)
+		require.NoError(t, err)
+		resp, err := http.DefaultClient.Do(req) // answers with its status before any body, streams included
+		require.NoError(t, err)
+		resp.Body.Close()
+		require.NotEqual(t, 400, resp.StatusCode, "GET %s?%s: every documented parameter is taken", path, q.Encode())
+	}
 }
 
 // TestContentTypeIsAMediaType: a body's Content-Type is read as a media type, whose type
