@@ -653,6 +653,33 @@ func TestEventsAsServerSentEvents(t *testing.T) {
 	require.NotEmpty(t, id, "each event carries the cursor that resumes after it")
 }
 
+// TestEventsHeadEnds: a HEAD of the event stream answers the stream's status and headers
+// and ends, like any HEAD, instead of streaming into a body nobody reads: the keep-alive
+// connection serves the next request, and the handler (with its subscription) is done.
+func TestEventsHeadEnds(t *testing.T) {
+	t.Parallel()
+	b := setup(t, ffserver.Config{})
+	t.Cleanup(b.server.BeginShutdown) // runs first: a stream that did not end would hold the cleanup's Close
+	c := &http.Client{Transport: &http.Transport{MaxConnsPerHost: 1}, Timeout: 5 * time.Second}
+	defer c.CloseIdleConnections()
+	req, err := http.NewRequestWithContext(t.Context(), "HEAD", b.http.URL+"/v1/events?lane=l", nil)
+	require.NoError(t, err)
+	resp, err := c.Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, 200, resp.StatusCode)
+	require.Equal(t, "text/event-stream", resp.Header.Get("Content-Type"))
+	req, err = http.NewRequestWithContext(t.Context(), "GET", b.http.URL+"/healthz", nil)
+	require.NoError(t, err)
+	resp, err = c.Do(req)
+	require.NoError(t, err, "the next request on the HEAD's connection")
+	resp.Body.Close()
+	require.Equal(t, 200, resp.StatusCode)
+	_, raw := b.do("GET", "/metrics", nil)
+	require.Contains(t, string(raw), `flowfabric_http_request_duration_seconds_count{code="200",route="GET /v1/events"} 1`,
+		"the HEAD's handler ended before its answer was complete")
+}
+
 // TestEventStreamOpensWithItsPosition: a stream from now opens with its position, an id
 // alone that delivers no event, so a client whose connection drops before the first
 // matching event resumes from it and misses nothing written in between.

@@ -14,8 +14,9 @@ const sseHeartbeat = 15 * time.Second
 // streamEvents writes a subscription as server-sent events: each event's id is the cursor
 // that resumes after it (browsers send it back as Last-Event-ID on reconnect), its event
 // name is the event type, its data the event as JSON. When start is not empty, the stream
-// opens with it as an id alone, which sets a browser's lastEventId without an event. It
-// ends when the client goes away; a subscription that fails (cursor_expired) ends with an
+// opens with it as an id alone, which sets a browser's lastEventId without an event. A
+// HEAD gets the status and headers alone, as for any route. It ends when the client goes
+// away; a subscription that fails (cursor_expired) ends with an
 // "error" event carrying the error body.
 func streamEvents(w http.ResponseWriter, r *http.Request, sub *flowfabric.Subscription, start string, closing <-chan struct{}) error {
 	rc := http.NewResponseController(w)
@@ -24,6 +25,9 @@ func streamEvents(w http.ResponseWriter, r *http.Request, sub *flowfabric.Subscr
 	h.Set("Cache-Control", "no-store")
 	h.Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
+	if r.Method == http.MethodHead {
+		return nil // the status and headers are the answer; a stream into a body nobody reads would never end
+	}
 	if start != "" {
 		if _, err := fmt.Fprintf(w, "id: %s\n\n", start); err != nil {
 			return nil
