@@ -760,7 +760,9 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) error {
 	} else if cursor == "start" {
 		cursor = flowfabric.CursorStart
 	}
-	sub, err := s.client.Subscribe(r.Context(), f, cursor)
+	ctx, cancel := context.WithCancelCause(r.Context())
+	defer cancel(nil)
+	sub, err := s.subscribe(ctx, cancel, f, cursor)
 	if err != nil {
 		return err
 	}
@@ -774,6 +776,42 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) error {
 		start = ""
 	}
 	return streamEvents(w, r, sub, start, s.closing)
+}
+
+// errShuttingDown answers a request that the server's shutdown ended before its answer
+// began: the client may try again, here once the server is back or elsewhere.
+var errShuttingDown = &fftype.Error{Kind: fftype.KindUnavailable, Code: "shutting_down", //nolint:gochecknoglobals // a constant error
+	Message: "the server is shutting down", Retryable: true}
+
+// subscribe opens the subscription of an event stream on ctx, on which it then streams
+// until the request ends. The stream is exempt from the request timeout, its opening is
+// not: should the request timeout pass or the server begin to shut down before the
+// subscription is open (its store does not answer), cancel ends ctx and the request is
+// answered 503 timeout or shutting_down, as any other request would be.
+func (s *Server) subscribe(ctx context.Context, cancel context.CancelCauseFunc, f fftype.EventFilter, cursor string) (*flowfabric.Subscription, error) {
+	opened, watched := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(watched)
+		timeout := time.NewTimer(s.cfg.RequestTimeout)
+		defer timeout.Stop()
+		select {
+		case <-timeout.C:
+			cancel(context.DeadlineExceeded)
+		case <-s.closing:
+			cancel(errShuttingDown)
+		case <-opened:
+		}
+	}()
+	sub, err := s.client.Subscribe(ctx, f, cursor)
+	close(opened)
+	<-watched // from here on, nothing but the request's end cancels ctx
+	if cause := context.Cause(ctx); cause != nil {
+		if err == nil {
+			sub.Close()
+		}
+		return nil, cause
+	}
+	return sub, err
 }
 
 // ---- engine and workers

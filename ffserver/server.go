@@ -64,7 +64,8 @@ type Config struct {
 	// RequestTimeout bounds each request, from its arrival: its body must be read and its
 	// answer ready within it, or it is answered 503 with code "timeout" (retryable) and
 	// nothing else is written. A long-polling claim gets its wait on top; an event stream
-	// is not bounded. 0 means 30s; a negative value is refused.
+	// must open within it, and is then not bounded. 0 means 30s; a negative value is
+	// refused.
 	RequestTimeout time.Duration
 	// Logger receives request errors. Nil discards them.
 	Logger *slog.Logger
@@ -196,9 +197,10 @@ func (s *Server) Close() {
 	}
 }
 
-// BeginShutdown ends the server's long-lived requests — event streams end, long-polling
-// claims answer with what they have — so that http.Server.Shutdown can drain the rest.
-// Register it with http.Server.RegisterOnShutdown. Requests made afterwards still work.
+// BeginShutdown ends the server's long-lived requests — event streams end (one still
+// opening is answered 503 shutting_down), long-polling claims answer with what they have —
+// so that http.Server.Shutdown can drain the rest. Register it with
+// http.Server.RegisterOnShutdown. Other requests made afterwards still work.
 func (s *Server) BeginShutdown() { s.closingOnce.Do(func() { close(s.closing) }) }
 
 // ServeHTTP serves the API.

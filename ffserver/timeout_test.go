@@ -160,6 +160,20 @@ func TestRequestTimeout(t *testing.T) {
 		require.GreaterOrEqual(t, time.Since(start), 3*timeout, "the claim waited its wait, past the request timeout")
 	})
 
+	t.Run("StreamOpeningBounded", func(t *testing.T) {
+		t.Parallel()
+		b, store := setup(t)
+		st := newStall(nil)
+		store.view.Store(st)
+		status, raw := b.do("GET", "/v1/events", nil)
+		requireTimeoutBody(t, status, raw)
+		select {
+		case <-st.entered:
+		default:
+			t.Fatal("the stream's opening never reached the store")
+		}
+	})
+
 	t.Run("StreamOutlastsTimeout", func(t *testing.T) {
 		t.Parallel()
 		b, _ := setup(t)
@@ -183,6 +197,38 @@ func TestRequestTimeout(t *testing.T) {
 		}
 		t.Fatalf("the stream ended: %v", sc.Err())
 	})
+}
+
+// TestBeginShutdownEndsAStreamOpening: a stream still opening (its store does not answer)
+// when the server begins to shut down is answered at once, 503 and retryable, rather than
+// holding the shutdown until its request timeout.
+func TestBeginShutdownEndsAStreamOpening(t *testing.T) {
+	t.Parallel()
+	store := &stallStore{Store: ffmem.New(nil)}
+	b := setupOn(t, ffserver.Config{}, store, nil)
+	st := newStall(nil)
+	store.view.Store(st)
+	type answer struct {
+		status int
+		raw    []byte
+	}
+	answered := make(chan answer, 1)
+	go func() {
+		status, raw := b.do("GET", "/v1/events", nil)
+		answered <- answer{status, raw}
+	}()
+	<-st.entered
+	b.server.BeginShutdown()
+	select {
+	case a := <-answered:
+		require.Equal(t, http.StatusServiceUnavailable, a.status, string(a.raw))
+		var e ffserver.ErrorBody
+		require.NoError(t, json.Unmarshal(a.raw, &e), string(a.raw))
+		require.Equal(t, "shutting_down", e.Code)
+		require.True(t, e.Retryable)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the opening stream was not answered at shutdown")
+	}
 }
 
 // TestClaimReleasedWhenClientGoesAway: the client of a claim disconnects while the claim
