@@ -212,7 +212,10 @@ func (c *Client) Payload(ctx context.Context, id ExecutionID) ([]byte, error) {
 // Subscription is a live, resumable feed of events; see [Client.Subscribe]. Its methods:
 // Events() <-chan Delivery, the deliveries, closed when the subscription ends; Err()
 // error, why it ended, once Events is closed; StartCursor() string, the cursor of the
-// position it started from; and Close(), which ends it and waits for its goroutine.
+// position it started from; Position() (string, uint64), the cursor of the position it
+// has reached, past the events its filter skipped, with how many deliveries it pushed
+// before it (resume from it once you have received that many); and Close(), which ends
+// it and waits for its goroutine.
 type Subscription = engine.Subscription
 
 // Consumer is one replica of a durable consumer; see [Client.NewConsumer]. Its methods:

@@ -187,6 +187,93 @@ func TestStartCursor(t *testing.T) {
 	require.ElementsMatch(t, created, got, "from the start cursor, every event since the first subscription began")
 }
 
+// TestSubscriptionPosition: a subscription's position moves past the events its filter
+// skips, so that once retention has deleted them a subscription from it is still taken
+// (one from its last delivery would be refused); and it never moves past an event not yet
+// pushed into the channel, with the count of deliveries pushed before it.
+func TestSubscriptionPosition(t *testing.T) {
+	t.Parallel()
+
+	t.Run("PastSkippedEvents", func(t *testing.T) {
+		t.Parallel()
+		ctx := t.Context()
+		store := ffmem.New(&ffmem.Options{Shards: 2})
+		e, err := engine.New(store, nil)
+		require.NoError(t, err)
+		quiet := fftype.EventFilter{Lane: "quiet"}
+		sub, err := e.Subscribe(ctx, quiet, engine.CursorEnd)
+		require.NoError(t, err)
+		defer sub.Close()
+		at, delivered := sub.Position()
+		require.Equal(t, sub.StartCursor(), at, "it starts where it started")
+		require.Zero(t, delivered)
+		for range 10 {
+			_, err := e.Create(ctx, fftype.CreateParams{Lane: "busy", Kind: "k"})
+			require.NoError(t, err)
+		}
+		end, err := e.EventCursor(ctx)
+		require.NoError(t, err)
+		require.Eventually(t, func() bool {
+			at, delivered = sub.Position()
+			return at == end
+		}, 10*time.Second, time.Millisecond, "the position moves past the skipped events")
+		require.Zero(t, delivered)
+		require.Empty(t, sub.Events())
+
+		for s := range store.Shards() {
+			_, last, err := store.EventBounds(ctx, s)
+			require.NoError(t, err)
+			require.NoError(t, store.TrimEvents(ctx, s, last))
+		}
+		_, err = e.Subscribe(ctx, quiet, sub.StartCursor())
+		require.ErrorIs(t, err, fftype.ErrCursorExpired, "retention deleted what the start needs")
+		again, err := e.Subscribe(ctx, quiet, at)
+		require.NoError(t, err, "nothing the position needs was deleted")
+		again.Close()
+	})
+
+	t.Run("NotPastUndelivered", func(t *testing.T) {
+		t.Parallel()
+		ctx := t.Context()
+		// One shard: its events arrive in order, so the next of one subscription is the
+		// next of the other.
+		e, err := engine.New(ffmem.New(&ffmem.Options{Shards: 1}), nil)
+		require.NoError(t, err)
+		created := fftype.EventFilter{Types: []fftype.EventType{fftype.EventCreated}}
+		sub, err := e.Subscribe(ctx, created, engine.CursorEnd)
+		require.NoError(t, err)
+		defer sub.Close()
+		room := cap(sub.Events())
+		for range room + 10 {
+			_, err := e.Create(ctx, fftype.CreateParams{Lane: "l", Kind: "k"})
+			require.NoError(t, err)
+		}
+		// The channel fills up; the next event waits for room, not yet pushed.
+		require.Eventually(t, func() bool { return len(sub.Events()) == room }, 10*time.Second, time.Millisecond)
+		at, delivered := sub.Position()
+		require.Equal(t, uint64(room), delivered, "the deliveries pushed before the position")
+		rest, err := e.Subscribe(ctx, created, at)
+		require.NoError(t, err)
+		defer rest.Close()
+		next := func(sub *engine.Subscription) fftype.Delivery {
+			t.Helper()
+			select {
+			case d, ok := <-sub.Events():
+				require.True(t, ok, "the subscription ended: %v", sub.Err())
+				return d
+			case <-time.After(10 * time.Second):
+				t.Fatal("no event delivered")
+				return fftype.Delivery{}
+			}
+		}
+		for range room {
+			next(sub)
+		}
+		require.Equal(t, next(sub).Event.ExecutionID, next(rest).Event.ExecutionID,
+			"from the position, the first event not pushed when it was read")
+	})
+}
+
 // trimmingStore sweeps the log through `through` right before every ReadEvents, as a
 // retention sweep in another process may between a subscription's checking its cursor
 // and its first read.

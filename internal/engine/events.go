@@ -237,11 +237,16 @@ func validateFilter(f fftype.EventFilter) error {
 // again, with backoff, from where it was.
 type Subscription struct {
 	ch     chan fftype.Delivery
+	logID  uint64
 	start  string
 	cancel context.CancelFunc
 	done   chan struct{}
 	mu     sync.Mutex
 	err    error
+	// reached holds each shard's position once every event before it was pushed into ch
+	// or skipped, and delivered how many were pushed by then; they move together (mu).
+	reached   []uint64
+	delivered uint64
 }
 
 // Events returns the channel of deliveries; it is closed when the subscription ends.
@@ -254,6 +259,32 @@ func (s *Subscription) Events() <-chan fftype.Delivery { return s.ch }
 // oldest events kept then, which retention may delete (a subscription from it is then
 // refused with cursor_expired, where this one moves on to the new oldest event).
 func (s *Subscription) StartCursor() string { return s.start }
+
+// Position returns the cursor of the position the subscription has reached in the log,
+// and how many deliveries it had pushed into Events by then: every event before the
+// position that matches the filter is among them, and the others were skipped. Unlike the
+// cursor of the last delivery, it moves past the events the filter skips, so a subscriber
+// whose filter rarely matches can resume from it although retention has since deleted
+// the skipped events (a resume from the last delivery would get cursor_expired). It is a
+// position to resume from only once the subscriber has received as many deliveries as
+// delivered: those it has not received yet come before it. Safe for concurrent use.
+func (s *Subscription) Position() (cursor string, delivered uint64) {
+	s.mu.Lock()
+	pos, delivered := slices.Clone(s.reached), s.delivered
+	s.mu.Unlock()
+	return encodeEventCursor(s.logID, pos), delivered
+}
+
+// reach records that every event of shard up to p was pushed into the channel or skipped,
+// the last one pushed if pushed.
+func (s *Subscription) reach(shard int, p uint64, pushed bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.reached[shard] = p
+	if pushed {
+		s.delivered++
+	}
+}
 
 // Err returns why the subscription ended, once Events is closed.
 func (s *Subscription) Err() error {
@@ -310,19 +341,23 @@ func (e *Engine) Subscribe(ctx context.Context, f fftype.EventFilter, cursor str
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	// The start is encoded now: follow moves pos on.
-	sub := &Subscription{ch: make(chan fftype.Delivery, eventBatch), start: encodeEventCursor(logID, pos), cancel: cancel,
-		done: make(chan struct{})}
+	sub := &Subscription{ch: make(chan fftype.Delivery, eventBatch), logID: logID, start: encodeEventCursor(logID, pos),
+		cancel: cancel, done: make(chan struct{}), reached: slices.Clone(pos)}
 	wake := e.changes(ctx)
 	go func() {
 		defer cancel() // a subscription that ends by itself stops what follows the store's changes for it
 		defer close(sub.done)
 		defer close(sub.ch)
-		err := e.follow(ctx, pos, atStart, wake, func(ev *fftype.Event, pos []uint64) error {
-			if !f.Match(ev) {
+		err := e.follow(ctx, pos, atStart, wake, func(shard int, ev *fftype.Event, pos []uint64) error {
+			if ev == nil || !f.Match(ev) {
+				sub.reach(shard, pos[shard], false)
 				return nil
 			}
 			select {
 			case sub.ch <- fftype.Delivery{Event: *ev, Cursor: encodeEventCursor(logID, pos)}:
+				// Only now: a position past an event not yet in the channel would let a
+				// subscriber that resumes from it miss that event.
+				sub.reach(shard, pos[shard], true)
 				return nil
 			case <-ctx.Done():
 				return ctx.Err()
@@ -353,12 +388,13 @@ const (
 	followRetryMax = 5 * time.Second
 )
 
-// follow reads every shard's log from pos on, calling fn for each event with the
-// positions after it, and waits for a change when all shards are drained. It returns when
-// ctx ends (nil) or on the first error. A shard marked in atStart (which may be nil) is at
-// its log's trim point and nothing was read from it yet: trimmed further meanwhile, it
-// moves to the new trim point instead of failing with cursor_expired.
-func (e *Engine) follow(ctx context.Context, pos []uint64, atStart []bool, wake <-chan struct{}, fn func(*fftype.Event, []uint64) error) error {
+// follow reads every shard's log from pos on, calling fn for each event with its shard
+// and the positions after it, and waits for a change when all shards are drained. It
+// returns when ctx ends (nil) or on the first error. A shard marked in atStart (which may
+// be nil) is at its log's trim point and nothing was read from it yet: trimmed further
+// meanwhile, it moves to the new trim point instead of failing with cursor_expired, and
+// fn is called with a nil event to say so.
+func (e *Engine) follow(ctx context.Context, pos []uint64, atStart []bool, wake <-chan struct{}, fn func(int, *fftype.Event, []uint64) error) error {
 	poll := time.NewTimer(0)
 	defer poll.Stop()
 	retry := followRetryMin
@@ -370,7 +406,9 @@ func (e *Engine) follow(ctx context.Context, pos []uint64, atStart []bool, wake 
 				var trimmed uint64
 				if trimmed, _, err = e.store.EventBounds(ctx, s); err == nil {
 					pos[s] = trimmed
-					evs, err = e.store.ReadEvents(ctx, s, pos[s], eventBatch)
+					if err = fn(s, nil, pos); err == nil {
+						evs, err = e.store.ReadEvents(ctx, s, pos[s], eventBatch)
+					}
 				}
 			}
 			if err != nil && ctx.Err() == nil && fftype.IsRetryable(err) {
@@ -404,7 +442,7 @@ func (e *Engine) follow(ctx context.Context, pos []uint64, atStart []bool, wake 
 			}
 			for i := range evs {
 				pos[s] = evs[i].Seq
-				if err := fn(&evs[i], pos); err != nil {
+				if err := fn(s, &evs[i], pos); err != nil {
 					if ctx.Err() != nil {
 						return nil
 					}
