@@ -104,7 +104,9 @@ const eventsDoc = "Server-sent events. Each event's `id` is the cursor that resu
 	"name the event's type, its `data` the event as JSON (the schema of this answer). A stream not asked from " +
 	"`start` opens with its position, an `id` alone, so that a client that loses it before the first matching " +
 	"event resumes without a gap. A stream whose reader fell behind retention ends with an event named `error` " +
-	"whose data is an ErrorBody (code cursor_expired). Comments (`: keep-alive`) keep an idle stream open."
+	"whose data is an ErrorBody (code cursor_expired). Comments (`: keep-alive`) keep an idle stream open; with " +
+	"one, once every matching event so far was sent, an `id` alone may move the position past the events the " +
+	"filter skipped, so that a client resumes from there rather than from events retention has since deleted."
 
 // answer is a status a route answers with besides its success status and its errors.
 type answer struct {
@@ -775,7 +777,7 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) error {
 	if cursor == flowfabric.CursorStart {
 		start = ""
 	}
-	return streamEvents(w, r, sub, start, s.closing)
+	return s.streamEvents(w, r, sub, start)
 }
 
 // errShuttingDown answers a request that the server's shutdown ended before its answer

@@ -89,6 +89,9 @@ type Server struct {
 	// at once, so an http.Server's Shutdown does not wait on them.
 	closing     chan struct{}
 	closingOnce sync.Once
+	// heartbeat is how often an idle event stream sends a keep-alive: sseHeartbeat, or
+	// less in tests (see export_test.go).
+	heartbeat time.Duration
 
 	mu      sync.Mutex
 	stop    context.CancelFunc
@@ -113,7 +116,7 @@ func New(client *flowfabric.Client, cfg Config) (*Server, error) {
 		cfg.RequestTimeout = DefaultRequestTimeout
 	}
 	s := &Server{client: client, cfg: cfg, log: cfg.Logger, origins: map[string]bool{}, mux: http.NewServeMux(),
-		closing: make(chan struct{})}
+		closing: make(chan struct{}), heartbeat: sseHeartbeat}
 	if cfg.Token != "" {
 		s.token = sha256.Sum256([]byte(cfg.Token))
 	} else {

@@ -747,6 +747,61 @@ func TestEventsRefuseAnExpiredResume(t *testing.T) {
 	require.Equal(t, fftype.CodeCursorExpired, body.Code)
 }
 
+// TestFilteredStreamResumesAfterRetention: a client following a quiet filter, up to date
+// while other lanes' events flow and are then deleted by retention, missed nothing: its
+// stream moves its id past the events the filter skipped (an id alone, at a keep-alive),
+// so that when its connection drops it resumes with that id rather than being refused
+// cursor_expired — which would stop a browser's EventSource for good.
+func TestFilteredStreamResumesAfterRetention(t *testing.T) {
+	t.Parallel()
+	store := ffmem.New(nil)
+	b := setupOn(t, ffserver.Config{}, store, func(h http.Handler) http.Handler {
+		ffserver.SetEventHeartbeat(h.(*ffserver.Server), 10*time.Millisecond)
+		return h
+	})
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	open := func(lastEventID string) *http.Response {
+		t.Helper()
+		req, err := http.NewRequestWithContext(ctx, "GET", b.http.URL+"/v1/events?lane=quiet", nil)
+		require.NoError(t, err)
+		if lastEventID != "" {
+			req.Header.Set("Last-Event-ID", lastEventID)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		return resp
+	}
+	resp := open("")
+	defer resp.Body.Close()
+	require.Equal(t, 200, resp.StatusCode)
+	for range 10 {
+		_, err := b.client.Create(ctx, fftype.CreateParams{Lane: "busy", Kind: "k"})
+		require.NoError(t, err)
+	}
+	end, err := b.client.EventCursor(ctx)
+	require.NoError(t, err)
+	sc := bufio.NewScanner(resp.Body)
+	last := ""
+	for last != end && sc.Scan() {
+		require.False(t, strings.HasPrefix(sc.Text(), "event: "), "nothing matches: %s", sc.Text())
+		if id, ok := strings.CutPrefix(sc.Text(), "id: "); ok {
+			last = id
+		}
+	}
+	require.Equal(t, end, last, "the stream's id moved past the skipped events: %v", sc.Err())
+
+	for s := range store.Shards() {
+		_, through, err := store.EventBounds(ctx, s)
+		require.NoError(t, err)
+		require.NoError(t, store.TrimEvents(ctx, s, through)) // what every durable consumer has passed
+	}
+	resp.Body.Close() // the connection drops
+	again := open(last)
+	defer again.Body.Close()
+	require.Equal(t, 200, again.StatusCode, "a resume that missed no matching event")
+}
+
 func TestDeadLetterAndReplay(t *testing.T) {
 	t.Parallel()
 	b := setup(t, ffserver.Config{})

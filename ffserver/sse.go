@@ -14,11 +14,15 @@ const sseHeartbeat = 15 * time.Second
 // streamEvents writes a subscription as server-sent events: each event's id is the cursor
 // that resumes after it (browsers send it back as Last-Event-ID on reconnect), its event
 // name is the event type, its data the event as JSON. When start is not empty, the stream
-// opens with it as an id alone, which sets a browser's lastEventId without an event. A
-// HEAD gets the status and headers alone, as for any route. It ends when the client goes
-// away; a subscription that fails (cursor_expired) ends with an
-// "error" event carrying the error body.
-func streamEvents(w http.ResponseWriter, r *http.Request, sub *flowfabric.Subscription, start string, closing <-chan struct{}) error {
+// opens with it as an id alone, which sets a browser's lastEventId without an event. At
+// each keep-alive, once the client has every event pushed so far, an id alone moves it on
+// to the subscription's position when that has moved: past the events the filter skipped,
+// which retention may delete, so that a client following a quiet filter does not resume
+// from a position that expired though it missed nothing. A HEAD gets the status and
+// headers alone, as for any route. The stream ends when the client goes away or the server
+// shuts down; a subscription that fails (cursor_expired) ends it with an "error" event
+// carrying the error body.
+func (s *Server) streamEvents(w http.ResponseWriter, r *http.Request, sub *flowfabric.Subscription, start string) error {
 	rc := http.NewResponseController(w)
 	h := w.Header()
 	h.Set("Content-Type", mediaEvents)
@@ -36,17 +40,28 @@ func streamEvents(w http.ResponseWriter, r *http.Request, sub *flowfabric.Subscr
 	if err := rc.Flush(); err != nil {
 		return nil // the client is gone, or the writer cannot stream
 	}
-	beat := time.NewTicker(sseHeartbeat)
+	// The position the client resumes from, sent or, for a stream from the start, the one
+	// it asked for; and how many deliveries it was sent.
+	known, sent := sub.StartCursor(), uint64(0)
+	beat := time.NewTicker(s.heartbeat)
 	defer beat.Stop()
 	for {
 		select {
 		case <-r.Context().Done():
 			return nil
-		case <-closing:
+		case <-s.closing:
 			return nil // the server is shutting down; the client reconnects with its cursor
 		case <-beat.C:
 			if _, err := fmt.Fprint(w, ": keep-alive\n\n"); err != nil {
 				return nil
+			}
+			// Only once every delivery pushed before the position was sent: those not
+			// sent yet come before it.
+			if at, pushed := sub.Position(); pushed == sent && at != known {
+				if _, err := fmt.Fprintf(w, "id: %s\n\n", at); err != nil {
+					return nil
+				}
+				known = at
 			}
 		case d, ok := <-sub.Events():
 			if !ok {
@@ -67,6 +82,7 @@ func streamEvents(w http.ResponseWriter, r *http.Request, sub *flowfabric.Subscr
 			if _, err := fmt.Fprint(w, "\n"); err != nil {
 				return nil
 			}
+			known, sent = d.Cursor, sent+1
 		}
 		if err := rc.Flush(); err != nil {
 			return nil
