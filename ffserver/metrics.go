@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -17,8 +18,9 @@ import (
 
 // metrics holds the server's Prometheus registry. Execution counters are fed by the event
 // log (so they count the work of every process on the store, from when the server
-// started); queue depth is read at scrape time, and left out of a scrape while the store
-// does not answer; request latency is observed per route.
+// started); queue depth is read at scrape time (0 for a lane seen before that has drained),
+// and left out of a scrape while the store does not answer; request latency is observed
+// per route.
 type metrics struct {
 	client   *flowfabric.Client
 	registry *prometheus.Registry
@@ -105,13 +107,23 @@ func (m *metrics) follow(ctx context.Context, sub *flowfabric.Subscription, log 
 }
 
 // depthCollector reports how many executions wait eligible per lane, read at scrape time.
+// A lane it has seen waiting is reported as 0 once drained, rather than left out: a
+// series that vanishes reads as "no data" in Prometheus, not as an empty queue.
 type depthCollector struct {
 	client *flowfabric.Client
 	log    *slog.Logger
+
+	mu   sync.Mutex          // serializes scrapes' use of seen
+	seen map[string]struct{} // the lanes reported so far, at most maxDepthLanes
 }
 
+// maxDepthLanes bounds the lanes a depthCollector remembers, so that lanes that come and
+// go cannot grow it without end. Past it, a new lane is reported only while it has
+// executions waiting.
+const maxDepthLanes = 10_000
+
 var depthDesc = prometheus.NewDesc("flowfabric_queue_depth", //nolint:gochecknoglobals // a metric descriptor
-	"Executions waiting eligible in a lane, read at scrape time.", []string{"lane"}, nil)
+	"Executions waiting eligible in a lane, read at scrape time; 0 for a lane seen since the server started that has none.", []string{"lane"}, nil)
 
 func (c *depthCollector) Describe(ch chan<- *prometheus.Desc) { ch <- depthDesc }
 
@@ -124,6 +136,21 @@ func (c *depthCollector) Collect(ch chan<- prometheus.Metric) {
 		// request counts that show the store's 503s.
 		c.log.Warn("metrics: queue depth left out of the scrape: reading it failed", "err", err)
 		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.seen == nil {
+		c.seen = map[string]struct{}{}
+	}
+	for lane := range depths {
+		if len(c.seen) < maxDepthLanes {
+			c.seen[lane] = struct{}{}
+		}
+	}
+	for lane := range c.seen {
+		if _, ok := depths[lane]; !ok {
+			depths[lane] = 0
+		}
 	}
 	for lane, n := range depths {
 		ch <- prometheus.MustNewConstMetric(depthDesc, prometheus.GaugeValue, float64(n), lane)

@@ -835,6 +835,22 @@ func TestMetrics(t *testing.T) {
 	require.Contains(t, string(raw), `flowfabric_http_request_duration_seconds_count{code="200",route="GET /healthz"} 1`)
 }
 
+// TestMetricsQueueDepthOfADrainedLane: a lane drained to nothing is reported as 0, not
+// left out of the scrape, where it would read as "no data" rather than an empty queue.
+func TestMetricsQueueDepthOfADrainedLane(t *testing.T) {
+	t.Parallel()
+	b := setup(t, ffserver.Config{})
+	_, err := b.client.Create(t.Context(), fftype.CreateParams{Lane: "m", Kind: "k"})
+	require.NoError(t, err)
+	_, raw := b.do("GET", "/metrics", nil)
+	require.Contains(t, string(raw), `flowfabric_queue_depth{lane="m"} 1`)
+	leases, err := b.client.Claim(t.Context(), fftype.ClaimParams{WorkerID: "w", WorkerInstanceID: "w1", Lanes: []string{"m"}})
+	require.NoError(t, err)
+	require.Len(t, leases, 1)
+	_, raw = b.do("GET", "/metrics", nil)
+	require.Contains(t, string(raw), `flowfabric_queue_depth{lane="m"} 0`)
+}
+
 // TestMetricsWhileTheStoreIsDown: with the store not answering, /metrics still serves
 // every metric but the queue depth it cannot read, among them the requests answered 503.
 func TestMetricsWhileTheStoreIsDown(t *testing.T) {
