@@ -8,7 +8,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-	"unicode/utf8"
 
 	"github.com/flowfabric/flowfabric/fftype"
 )
@@ -443,7 +442,7 @@ func (w *Worker) settle(t *ClaimedTask, err error, panicText string) {
 // failCall returns the call that fails t's attempt with reason (clipped to the limit).
 func failCall(t *ClaimedTask, reason, category string, final bool) func(ctx context.Context) error {
 	return func(ctx context.Context) error {
-		_, err := t.Fail(ctx, FailParams{Reason: clip(reason, fftype.MaxReasonBytes), Category: category, NoRetry: final})
+		_, err := t.Fail(ctx, FailParams{Reason: fftype.ClipReason(reason), Category: category, NoRetry: final})
 		return err
 	}
 }
@@ -451,7 +450,7 @@ func failCall(t *ClaimedTask, reason, category string, final bool) func(ctx cont
 // cancelCall returns the call that cancels t's execution, as its lease holder, with
 // reason (clipped to the limit).
 func cancelCall(t *ClaimedTask, reason string) func(ctx context.Context) error {
-	return func(ctx context.Context) error { return t.Cancel(ctx, clip(reason, fftype.MaxReasonBytes)) }
+	return func(ctx context.Context) error { return t.Cancel(ctx, fftype.ClipReason(reason)) }
 }
 
 // maxSettleBackoff caps the wait between tries of a handler's outcome.
@@ -498,17 +497,6 @@ func (w *Worker) backOff(t *ClaimedTask, d time.Duration) bool {
 	case <-w.closeBegun:
 	}
 	return false
-}
-
-// clip shortens s to at most n bytes, without splitting a character at the cut.
-func clip(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	for i := 0; i < utf8.UTFMax-1 && n > 0 && !utf8.RuneStart(s[n]); i++ {
-		n-- // the cut falls inside a character: cut before it
-	}
-	return s[:n]
 }
 
 // Stop stops claiming and waits until every running handler has returned and its

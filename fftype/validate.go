@@ -233,6 +233,21 @@ func ValidateReason(field, s string) error {
 	return nil
 }
 
+// ClipReason returns s as a reason every transport delivers intact: invalid UTF-8 replaced
+// by U+FFFD (as encoding/json would do on the way, growing s past the limit), then cut to at
+// most MaxReasonBytes without splitting a character.
+func ClipReason(s string) string {
+	s = strings.ToValidUTF8(s, string(utf8.RuneError))
+	n := MaxReasonBytes
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n-- // the cut falls inside a character: cut before it
+	}
+	return s[:n]
+}
+
 func itoa(n int) string {
 	if n == 0 {
 		return "0"

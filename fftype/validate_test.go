@@ -183,3 +183,31 @@ func FuzzNormalizeCapabilities(f *testing.F) {
 		require.Equal(t, caps, again, "normalizing is idempotent")
 	})
 }
+
+func TestClipReason(t *testing.T) {
+	t.Parallel()
+	long := strings.Repeat("a", MaxReasonBytes)
+	for _, tc := range []struct {
+		name, s, want string
+	}{
+		{"short", "hello", "hello"},
+		{"at the limit", long, long},
+		{"cut", long + "b", long},
+		{"cut inside é", long[1:] + "é", long[1:]},
+		{"cut inside 😀", long[2:] + "😀", long[2:]},
+		{"bad bytes replaced", "caf\xe9", "caf\uFFFD"},
+		{"bad bytes replaced, then cut", strings.Repeat("\xe9 ", MaxReasonBytes), strings.Repeat("\uFFFD ", MaxReasonBytes/4)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			got := ClipReason(tc.s)
+			require.Equal(t, tc.want, got)
+			b, err := json.Marshal(got)
+			require.NoError(t, err)
+			var back string
+			require.NoError(t, json.Unmarshal(b, &back))
+			require.Equal(t, got, back, "JSON delivers it as it is")
+			require.NoError(t, ValidateReason("reason", back))
+		})
+	}
+}

@@ -239,7 +239,7 @@ func (w *shellWorker) handle(ctx context.Context, t *flowfabric.ClaimedTask) (no
 func (w *shellWorker) fail(ctx context.Context, t *flowfabric.ClaimedTask, category, what, reason string) {
 	var out flowfabric.FailOutcome
 	err := settle(ctx, t, func(rctx context.Context) (err error) {
-		out, err = t.Fail(rctx, fftype.FailParams{Reason: truncateReason(reason), Category: category})
+		out, err = t.Fail(rctx, fftype.FailParams{Reason: fftype.ClipReason(reason), Category: category})
 		return err
 	})
 	if err != nil {
@@ -281,14 +281,8 @@ func resultOf(stdout []byte) []byte {
 	}
 }
 
-func truncateReason(s string) string {
-	if len(s) <= fftype.MaxReasonBytes {
-		return s
-	}
-	return s[:fftype.MaxReasonBytes-3] + "..."
-}
-
-// tail keeps the last max bytes written to it.
+// tail keeps the last max bytes written to it. The first may be the end of a character cut
+// at the start: [fftype.ClipReason] makes the reason valid UTF-8.
 type tail struct {
 	max int
 	buf *bytes.Buffer

@@ -153,3 +153,52 @@ func TestWorkerReportsErrorsOnStderr(t *testing.T) {
 	require.NoError(t, <-done)
 	require.NotContains(t, out.String(), "failed", "stdout")
 }
+
+// submitOne submits one execution on lane through the CLI and returns its id.
+func submitOne(t *testing.T, base, lane string) fftype.ExecutionID {
+	t.Helper()
+	return fftype.ExecutionID(strings.Fields(cli(t, "exec", "submit", "--server", base, "--lane", lane, "--kind", "k", "--payload", `{}`))[0])
+}
+
+// workOnce runs "worker --once" on lane with argv and returns what it printed (output and
+// errors) and its error. Its instance id is the lane's, so tests on other lanes may run
+// beside it.
+func workOnce(t *testing.T, base, lane string, argv ...string) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	var out, errOut syncBuffer
+	root := NewRootCommand(&out)
+	root.SetErr(&errOut)
+	root.SetArgs(append([]string{"worker", "--server", base, "--lane", lane, "--instance-id", lane, "--once", "--"}, argv...))
+	err := root.ExecuteContext(ctx)
+	return out.String() + errOut.String(), err
+}
+
+// TestWorkerFailsAttemptWhoseStderrIsNotASCII pins that a command exiting non-zero fails
+// its attempt even when its stderr, cut to fit a reason, is multi-byte text or not UTF-8
+// at all. A reason cut inside a character, or holding bytes that JSON turns into U+FFFD,
+// grew past the server's limit on the way: the fail was refused, the execution handed
+// back with no retry counted, and a worker without --once ran the command for ever.
+func TestWorkerFailsAttemptWhoseStderrIsNotASCII(t *testing.T) {
+	t.Parallel()
+	base := startServer(t, "")
+	c, err := ffclient.New(base, nil)
+	require.NoError(t, err)
+	for _, tc := range []struct {
+		lane, script string
+	}{
+		{"euro", `i=0; while [ $i -lt 700 ]; do printf '€'; i=$((i+1)); done >&2; exit 2`},
+		{"latin1", `i=0; while [ $i -lt 700 ]; do printf 'caf\351 '; i=$((i+1)); done >&2; exit 2`},
+	} {
+		t.Run(tc.lane, func(t *testing.T) {
+			t.Parallel()
+			id := submitOne(t, base, tc.lane)
+			out, err := workOnce(t, base, tc.lane, "sh", "-c", tc.script)
+			require.Error(t, err)
+			x, err := c.Get(t.Context(), id)
+			require.NoError(t, err)
+			require.Equal(t, 1, x.RetryCount, "the attempt is failed and a retry scheduled (state %s):\n%s", x.PublicState(), out)
+		})
+	}
+}
