@@ -184,12 +184,17 @@ func (w *shellWorker) handle(ctx context.Context, t *flowfabric.ClaimedTask) (no
 	cmd := exec.CommandContext(runCtx, w.argv[0], w.argv[1:]...)
 	cmd.Stdin = bytes.NewReader(t.Payload())
 	cmd.Stdout, cmd.Stderr = &stdout, &tail{max: 2048, buf: &stderr}
-	cmd.WaitDelay = time.Second // a stopped command's children may hold its output open
+	// A command's children (a stopped command's, or a daemon it started) may hold its
+	// output open: stop waiting for it a second after the command ends.
+	cmd.WaitDelay = time.Second
 	cmd.Env = append(os.Environ(), "FF_EXECUTION_ID="+string(t.ExecutionID()), "FF_KIND="+t.Kind(), "FF_LANE="+t.Lane(),
 		"FF_ATTEMPT="+strconv.Itoa(t.Attempt()))
 	id := t.ExecutionID()
 	fmt.Fprintf(w.out, "%s running (%s, attempt %d)\n", id, t.Kind(), t.Attempt())
 	err := cmd.Run()
+	if errors.Is(err, exec.ErrWaitDelay) {
+		err = nil // the command exited 0; only a child of it still held its output
+	}
 	switch cause := context.Cause(runCtx); {
 	case errors.Is(cause, errStopping):
 		// Hand the execution back so another worker takes it at once.

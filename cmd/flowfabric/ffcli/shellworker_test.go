@@ -202,3 +202,21 @@ func TestWorkerFailsAttemptWhoseStderrIsNotASCII(t *testing.T) {
 		})
 	}
 }
+
+// TestWorkerCompletesWhenABackgroundChildKeepsStdoutOpen pins that a command exiting 0
+// completes its execution with what it printed even though a process it started in the
+// background still holds its stdout (sh -c 'daemon & echo ok'): the worker stops waiting
+// for that output a moment after the exit, and the exit status decides the outcome.
+func TestWorkerCompletesWhenABackgroundChildKeepsStdoutOpen(t *testing.T) {
+	t.Parallel()
+	base := startServer(t, "")
+	id := submitOne(t, base, "bg")
+	out, err := workOnce(t, base, "bg", "sh", "-c", "sleep 3 & echo ok")
+	require.NoError(t, err, "the command exited 0:\n%s", out)
+	require.Contains(t, out, string(id)+" completed")
+	c, err := ffclient.New(base, nil)
+	require.NoError(t, err)
+	b, err := c.Result(t.Context(), id)
+	require.NoError(t, err)
+	require.Equal(t, `"ok"`, string(b))
+}
