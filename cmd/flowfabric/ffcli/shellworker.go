@@ -96,7 +96,7 @@ handled completed.`,
 }
 
 // longPoll is the shell worker's backend: the server's client, with claims that wait on
-// the server for work, and results that are not JSON sent as binary.
+// the server for work.
 type longPoll struct {
 	*ffclient.Client
 }
@@ -214,10 +214,10 @@ func (w *shellWorker) handle(ctx context.Context, t *flowfabric.ClaimedTask) (no
 		w.fail(ctx, t, "exit", err.Error(), reason)
 		notDone = fmt.Errorf("%s failed: %w", id, err)
 	default:
-		result := resultOf(stdout.Bytes())
+		result, binary := resultOf(stdout.Bytes())
 		complete := t.Complete
-		if len(result) > 0 && !json.Valid(result) {
-			complete = t.CompleteBinary // see resultOf
+		if binary {
+			complete = t.CompleteBinary
 		}
 		cerr := settle(ctx, t, func(rctx context.Context) error { return complete(rctx, result) })
 		if cerr == nil {
@@ -269,20 +269,21 @@ func settle(ctx context.Context, t *flowfabric.ClaimedTask, call func(context.Co
 	}
 }
 
-// resultOf turns a command's stdout into a result: JSON as it is, other UTF-8 text as a
-// JSON string, anything else as it is (which [longPoll] sends as binary).
-func resultOf(stdout []byte) []byte {
+// resultOf turns a command's stdout into a result: JSON in UTF-8 as it is, other UTF-8
+// text as a JSON string, anything else (JSON syntax around other bytes included) as it is,
+// to be sent as binary.
+func resultOf(stdout []byte) (result []byte, binary bool) {
 	trimmed := bytes.TrimSpace(stdout)
 	switch {
 	case len(trimmed) == 0:
-		return nil
-	case json.Valid(trimmed):
-		return trimmed
+		return nil, false
+	case fftype.ValidJSON(trimmed):
+		return trimmed, false
 	case utf8.Valid(stdout):
 		b, _ := json.Marshal(string(bytes.TrimRight(stdout, "\n")))
-		return b
+		return b, false
 	default:
-		return stdout
+		return stdout, true
 	}
 }
 

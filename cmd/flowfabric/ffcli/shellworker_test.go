@@ -220,3 +220,19 @@ func TestWorkerCompletesWhenABackgroundChildKeepsStdoutOpen(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, `"ok"`, string(b))
 }
+
+// TestWorkerStoresNonUTF8StdoutAsBinary pins that output that parses as JSON but is not
+// UTF-8 (a quoted Latin-1 string), which the server refuses as a JSON result, is stored
+// as a binary result rather than failing an attempt whose command succeeded.
+func TestWorkerStoresNonUTF8StdoutAsBinary(t *testing.T) {
+	t.Parallel()
+	base := startServer(t, "")
+	id := submitOne(t, base, "latin1")
+	out, err := workOnce(t, base, "latin1", "sh", "-c", `printf '"caf\351"'`)
+	require.NoError(t, err, "the command exited 0:\n%s", out)
+	c, err := ffclient.New(base, nil)
+	require.NoError(t, err)
+	b, err := c.Result(t.Context(), id)
+	require.NoError(t, err)
+	require.Equal(t, []byte("\"caf\xe9\""), b)
+}
