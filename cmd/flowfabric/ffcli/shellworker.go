@@ -128,14 +128,14 @@ func (w *shellWorker) run(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
-			return nil
+			return w.stopped(ctx)
 		case slots <- struct{}{}:
 		}
 		t, err := wk.ClaimNext(ctx)
 		switch {
 		case ctx.Err() != nil:
 			<-slots
-			return nil
+			return w.stopped(ctx)
 		case err != nil:
 			<-slots
 			fmt.Fprintf(w.errOut, "claim failed: %v; retrying\n", err)
@@ -156,6 +156,15 @@ func (w *shellWorker) run(ctx context.Context) error {
 			_ = w.handle(ctx, t) // printed
 		})
 	}
+}
+
+// stopped is what run returns when ctx ends while it waits for work: nil, as stopping is
+// how a worker ends, unless it was to handle one execution and report its outcome (--once).
+func (w *shellWorker) stopped(ctx context.Context) error {
+	if !w.once {
+		return nil
+	}
+	return fmt.Errorf("worker --once: stopped before it claimed an execution: %w", context.Cause(ctx))
 }
 
 // pause waits for d or the end of ctx.

@@ -236,3 +236,21 @@ func TestWorkerStoresNonUTF8StdoutAsBinary(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, []byte("\"caf\xe9\""), b)
 }
+
+// TestWorkerOnceStoppedBeforeAnyWorkFails pins that "worker --once" stopped (Ctrl-C, or
+// the SIGTERM of `timeout`) while it waits for work fails: it handled nothing, so
+// `flowfabric worker --once … && next-step` must not run next-step.
+func TestWorkerOnceStoppedBeforeAnyWorkFails(t *testing.T) {
+	t.Parallel()
+	base := startServer(t, "")
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	out := &syncBuffer{}
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(ctx, []string{"worker", "--server", base, "--lane", "idle", "--once", "--", "true"}, out)
+	}()
+	require.Eventually(t, func() bool { return strings.Contains(out.String(), "claiming from") }, 20*time.Second, 10*time.Millisecond)
+	cancel()
+	require.ErrorContains(t, <-done, "stopped before it claimed an execution", out.String())
+}
