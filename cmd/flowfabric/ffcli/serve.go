@@ -34,9 +34,10 @@ type serveOptions struct {
 	ready    func(addr string) // tests learn the listening address here
 }
 
-// env returns the value of the environment variable name, or def.
+// env returns the value of the environment variable name, or def if it is unset or empty
+// (as a compose file's FF_ADDR: ${FF_ADDR} leaves it when the variable is unset).
 func env(name, def string) string {
-	if v, ok := os.LookupEnv(name); ok {
+	if v := os.Getenv(name); v != "" {
 		return v
 	}
 	return def
@@ -80,9 +81,9 @@ func requestTimeoutFlag(cmd *cobra.Command, o *serveOptions) {
 
 // envFlags lets each named flag of cmd (a persistent one for cmd's subcommands too) be
 // set by an environment variable instead, read when the command runs: a flag given on the
-// command line wins, and a variable that does not parse as its flag's type fails the
-// command. Each flag's usage names its variable. It sets cmd's PersistentPreRunE, which a
-// subcommand's own would replace.
+// command line wins, a variable that is empty counts as unset (see [env]), and one that
+// does not parse as its flag's type fails the command. Each flag's usage names its
+// variable. It sets cmd's PersistentPreRunE, which a subcommand's own would replace.
 func envFlags(cmd *cobra.Command, vars map[string]string) {
 	for name, v := range vars {
 		f := cmd.Flag(name)
@@ -90,8 +91,8 @@ func envFlags(cmd *cobra.Command, vars map[string]string) {
 	}
 	cmd.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {
 		for name, v := range vars {
-			val, ok := os.LookupEnv(v)
-			if !ok || cmd.Flags().Changed(name) {
+			val := env(v, "")
+			if val == "" || cmd.Flags().Changed(name) {
 				continue
 			}
 			if err := cmd.Flags().Set(name, val); err != nil {
@@ -141,6 +142,10 @@ func serve(ctx context.Context, out io.Writer, o *serveOptions) error {
 	}
 	if o.shutdown < 0 {
 		return fmt.Errorf("--shutdown-timeout %s: want 0 (cut requests in flight at once) or more", o.shutdown)
+	}
+	if o.addr == "" {
+		// net.Listen would take "" as every interface, on a random port.
+		return errors.New(`--addr "": want host:port, e.g. 127.0.0.1:8080 (":8080" listens on every interface)`)
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	store, err := ffconnect.Open(ctx, o.store, &ffconnect.OpenOpts{Logger: log})

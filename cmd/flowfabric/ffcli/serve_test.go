@@ -119,6 +119,55 @@ func TestNegativeShutdownTimeoutRefused(t *testing.T) {
 	}
 }
 
+// TestEmptyVariableIsUnset pins that an FF_* variable set to "" (a compose file's
+// FF_ADDR: ${FF_ADDR} with the variable unset) counts as unset, so its flag keeps its
+// default: taken as given, an empty FF_ADDR had the server listen on every interface on
+// a random port. Not parallel: it sets the variables.
+func TestEmptyVariableIsUnset(t *testing.T) {
+	for _, v := range []string{"FF_ADDR", "FF_STORE", "FF_SHUTDOWN_TIMEOUT", "FF_SERVER", "FF_TIMEOUT"} {
+		t.Setenv(v, "")
+	}
+	root := NewRootCommand(io.Discard)
+	for _, tc := range []struct {
+		cmd, flag, want string
+	}{
+		{"server", "addr", "127.0.0.1:8080"},
+		{"server", "store", ""},
+		{"server", "shutdown-timeout", "15s"},
+		{"exec", "server", "http://127.0.0.1:8080"},
+		{"exec", "timeout", "1m0s"},
+	} {
+		cmd, _, err := root.Find([]string{tc.cmd})
+		require.NoError(t, err)
+		require.NoError(t, cmd.ParseFlags(nil))
+		require.NoError(t, cmd.PersistentPreRunE(cmd, nil), "%s --%s", tc.cmd, tc.flag)
+		require.Equal(t, tc.want, cmd.Flag(tc.flag).Value.String(), "%s --%s", tc.cmd, tc.flag)
+	}
+}
+
+// TestEmptyAddrRefused pins that server and dev refuse --addr "", which would listen on
+// every interface on a random port, before they open a store.
+func TestEmptyAddrRefused(t *testing.T) {
+	t.Parallel()
+	for _, name := range []string{"server", "dev"} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			path := filepath.Join(t.TempDir(), "ff.db")
+			args := []string{name, "--addr", ""}
+			if name == "server" {
+				args = append(args, "--store", "sqlite://"+filepath.ToSlash(path))
+			} else {
+				args = append(args, "--db", path)
+			}
+			ctx, cancel := context.WithTimeout(t.Context(), 3*time.Second) // ends a server that started
+			defer cancel()
+			var out bytes.Buffer
+			require.ErrorContains(t, Run(ctx, args, &out), "--addr", out.String())
+			require.NoFileExists(t, path, "refused before the store was opened")
+		})
+	}
+}
+
 // startServe runs serve in process with o (its store a fresh SQLite file, its address a
 // free loopback port) and returns its address, a function that stops it as Ctrl-C does
 // and a channel serve's result arrives on.
