@@ -601,28 +601,42 @@ func (c *Client) Attempts(ctx context.Context, id fftype.ExecutionID) ([]*fftype
 
 // Result returns a completed execution's result bytes.
 func (c *Client) Result(ctx context.Context, id fftype.ExecutionID) ([]byte, error) {
+	b, _, err := c.ResultWithEncoding(ctx, id)
+	return b, err
+}
+
+// ResultWithEncoding is [Client.Result] with the result's encoding: binary for a result
+// completed as binary, JSON otherwise.
+func (c *Client) ResultWithEncoding(ctx context.Context, id fftype.ExecutionID) ([]byte, fftype.PayloadEncoding, error) {
 	return c.raw(ctx, execPath(id, "/result"))
 }
 
 // Payload returns an execution's input payload bytes.
 func (c *Client) Payload(ctx context.Context, id fftype.ExecutionID) ([]byte, error) {
-	return c.raw(ctx, execPath(id, "/payload"))
+	b, _, err := c.raw(ctx, execPath(id, "/payload"))
+	return b, err
 }
 
-func (c *Client) raw(ctx context.Context, path string) ([]byte, error) {
+// raw gets stored bytes and their encoding, which the server answers as the content type.
+func (c *Client) raw(ctx context.Context, path string) ([]byte, fftype.PayloadEncoding, error) {
 	resp, err := c.send(ctx, "GET", path, nil)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	if err != nil {
-		return nil, &fftype.Error{Kind: fftype.KindUnavailable, Code: "bad_response", Message: "reading the answer failed", Retryable: true, Err: err}
+		return nil, "", &fftype.Error{Kind: fftype.KindUnavailable, Code: "bad_response", Message: "reading the answer failed", Retryable: true, Err: err}
 	}
-	if resp.Header.Get("Content-Type") == "application/json" && string(b) == "null" {
-		return nil, nil
+	switch resp.Header.Get("Content-Type") {
+	case "application/octet-stream":
+		return b, fftype.EncodingBinary, nil
+	case "application/json":
+		if string(b) == "null" {
+			return nil, fftype.EncodingJSON, nil
+		}
 	}
-	return b, nil
+	return b, fftype.EncodingJSON, nil
 }
 
 // Events follows the server's event log from cursor — flowfabric.CursorStart for the

@@ -208,7 +208,7 @@ func newExecCommand(out io.Writer) *cobra.Command {
 	}
 
 	result := &cobra.Command{
-		Use: "result ID", Short: "Print a completed execution's result", Args: cobra.ExactArgs(1),
+		Use: "result ID", Short: "Print a completed execution's result (a binary one as its bytes alone)", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			id, err := parseID(args[0])
 			if err != nil {
@@ -218,11 +218,14 @@ func newExecCommand(out io.Writer) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			b, err := c.Result(cmd.Context(), id)
+			b, enc, err := c.ResultWithEncoding(cmd.Context(), id)
 			if err != nil {
 				return err
 			}
-			_, err = out.Write(append(b, '\n'))
+			if enc == fftype.EncodingJSON {
+				b = append(b, '\n') // ends the line on a terminal; binary bytes stay as they are
+			}
+			_, err = out.Write(b)
 			return err
 		},
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/flowfabric/flowfabric/ffclient"
 	"github.com/flowfabric/flowfabric/fftype"
 )
 
@@ -84,6 +85,33 @@ func TestExecListRefusesALimitOutOfRange(t *testing.T) {
 		require.ErrorContains(t, err, "1 to 1000", "--limit %s", limit)
 	}
 	require.Contains(t, cli(t, "exec", "list", "--server", base, "--limit", "1000"), "ID")
+}
+
+// TestExecResultPrintsABinaryResultAsItIs pins that "exec result ID > file" writes a
+// binary result's bytes and nothing else (`worker -- gzip` stores one), even bytes that
+// read as JSON; a JSON result gets a newline, to end the line on a terminal.
+func TestExecResultPrintsABinaryResultAsItIs(t *testing.T) {
+	t.Parallel()
+	base := startServer(t, "")
+	c, err := ffclient.New(base, nil)
+	require.NoError(t, err)
+	for _, tc := range []struct {
+		result []byte
+		enc    fftype.PayloadEncoding
+		want   string
+	}{
+		{[]byte{0xff, 0xfe}, fftype.EncodingBinary, "\xff\xfe"},
+		{[]byte("1"), fftype.EncodingBinary, "1"},
+		{[]byte(`{"n":1}`), fftype.EncodingJSON, `{"n":1}` + "\n"},
+	} {
+		_, err := c.Create(t.Context(), fftype.CreateParams{Lane: "results", Kind: "k"})
+		require.NoError(t, err)
+		leases, err := c.Claim(t.Context(), fftype.ClaimParams{WorkerID: "w", WorkerInstanceID: "w1", Lanes: []string{"results"}})
+		require.NoError(t, err)
+		require.Len(t, leases, 1)
+		require.NoError(t, c.Complete(t.Context(), leases[0].ExecutionID, leases[0].Fence, tc.result, tc.enc))
+		require.Equal(t, tc.want, cli(t, "exec", "result", "--server", base, string(leases[0].ExecutionID)), "%s %q", tc.enc, tc.result)
+	}
 }
 
 // silentServer returns the address of a server that accepts connections and never
