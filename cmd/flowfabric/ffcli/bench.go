@@ -21,6 +21,7 @@ import (
 	"github.com/flowfabric/flowfabric/ffclient"
 	"github.com/flowfabric/flowfabric/ffserver"
 	"github.com/flowfabric/flowfabric/internal/bench"
+	"github.com/flowfabric/flowfabric/internal/engine"
 )
 
 // benchFlags are the bench command's options.
@@ -75,7 +76,7 @@ func benchCommand(ctx context.Context, args []string, out io.Writer) error {
 	fs.StringVar(&f.sync, "sync", "", "SQLite synchronous setting, full or normal; overrides the URL's (default full)")
 	fs.IntVar(&f.n, "n", 0, "executions to seed: drain 10000, burn-down 100000, steady-state 10000; steady-rate measures its rate with a drain of n (10000)")
 	fs.IntVar(&f.workers, "workers", 0, "workers: claim→complete loops (drain 16, burn-down 2000, steady-rate and steady-depth 16), or the SDK worker's task slots (steady-state 100)")
-	fs.IntVar(&f.payload, "payload", 0, "payload size in bytes, a JSON string (burn-down and steady-state 0, otherwise 4096)")
+	fs.IntVar(&f.payload, "payload", 0, fmt.Sprintf("payload size in bytes, a JSON string, at most %d (burn-down and steady-state 0, otherwise 4096)", engine.DefaultMaxPayloadBytes))
 	fs.IntVar(&f.runs, "runs", 1, "runs, each on a fresh store; the median is printed after them")
 	fs.BoolVar(&f.json, "json", false, "print one JSON object per run (and one for the median) instead of a table and a progress bar")
 	fs.DurationVar(&f.duration, "duration", 0, "steady-rate, steady-depth and steady-state: how long the producer runs (1m; steady-state 5m)")
@@ -119,6 +120,8 @@ func benchCommand(ctx context.Context, args []string, out io.Writer) error {
 		return fmt.Errorf("bench: unexpected arguments %q", fs.Args())
 	case f.n < 1 || f.workers < 1 || f.payload < 0 || f.runs < 1:
 		return errors.New("bench: -n, -workers and -runs must be at least 1 and -payload at least 0")
+	case f.payload > engine.DefaultMaxPayloadBytes: // the engine would refuse it, once allocated
+		return fmt.Errorf("bench: -payload %d: the engine takes payloads of at most %d bytes", f.payload, engine.DefaultMaxPayloadBytes)
 	case f.transport != "inproc" && f.transport != "http":
 		return fmt.Errorf("bench: -transport %q: want inproc or http", f.transport)
 	case timed && f.duration <= 0:

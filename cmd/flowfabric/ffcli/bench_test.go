@@ -7,12 +7,14 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/flowfabric/flowfabric/internal/bench"
+	"github.com/flowfabric/flowfabric/internal/engine"
 )
 
 // records parses bench -json output: one JSON object per line, each with the common
@@ -197,6 +199,29 @@ func TestBenchRefusesBadArguments(t *testing.T) {
 	} {
 		var out bytes.Buffer
 		require.Error(t, Run(t.Context(), append([]string{"bench"}, args...), &out), "%q", args)
+	}
+}
+
+// TestBenchRefusesOutOfRangeNumbersFirst pins that bench refuses a number out of range
+// with a message naming its flag, before it opens the store (here one it could not open)
+// or allocates anything: a -payload over the engine's limit used to be allocated, up to
+// running out of memory.
+func TestBenchRefusesOutOfRangeNumbersFirst(t *testing.T) {
+	t.Parallel()
+	unopenable := "sqlite://" + filepath.ToSlash(filepath.Join(t.TempDir(), "no-such-dir", "b.db"))
+	for _, tc := range []struct {
+		flag string
+		args []string
+	}{
+		{"-payload", []string{"-payload", "99999999999"}},
+		{"-payload", []string{"-payload", strconv.Itoa(engine.DefaultMaxPayloadBytes + 1)}},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			t.Parallel()
+			var out bytes.Buffer
+			err := Run(t.Context(), append([]string{"bench", "-store", unopenable}, tc.args...), &out)
+			require.ErrorContains(t, err, tc.flag, out.String())
+		})
 	}
 }
 
