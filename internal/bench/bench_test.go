@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"math"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -85,6 +86,12 @@ func TestSteady(t *testing.T) {
 	}
 	_, err := Steady(t.Context(), newClient(t), SteadyConfig{Rate: 10, Depth: 10, Duration: time.Second, Workers: 1})
 	require.ErrorContains(t, err, "either rate > 0 or depth > 0")
+	// A rate the producer cannot count to (rate × elapsed overflowed to a negative count,
+	// and the run created nothing and succeeded) is refused.
+	for _, rate := range []float64{MaxRate * 2, 1e300, math.Inf(1), math.NaN()} {
+		_, err := Steady(t.Context(), newClient(t), SteadyConfig{Rate: rate, Duration: time.Second, Workers: 1})
+		require.ErrorContains(t, err, "rate", "%g", rate)
+	}
 
 	// Claim latency is also reported window by window.
 	res, err := Steady(t.Context(), newClient(t), SteadyConfig{Rate: 500, Duration: 400 * time.Millisecond, Window: 100 * time.Millisecond, Workers: 2})

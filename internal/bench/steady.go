@@ -19,10 +19,15 @@ const produceTick = 10 * time.Millisecond
 // claims again.
 const idleWait = 50 * time.Millisecond
 
+// MaxRate is the highest rate, in executions/s, a steady-rate producer takes: far above
+// what any store sustains, and low enough that rate × elapsed seconds counts in an int.
+const MaxRate = 1_000_000
+
 // SteadyConfig describes a steady run: for Duration, a producer creates executions while
 // Workers loops claim and complete them. The producer runs at a fixed rate (Rate per
-// second: scenario steady-rate) or keeps a fixed backlog (Depth executions created and not
-// yet claimed: scenario steady-depth); exactly one of the two is set.
+// second, at most [MaxRate]: scenario steady-rate) or keeps a fixed backlog (Depth
+// executions created and not yet claimed: scenario steady-depth); exactly one of the two
+// is set.
 type SteadyConfig struct {
 	Rate         float64
 	Depth        int
@@ -65,8 +70,10 @@ type SteadyResult struct {
 // Steady runs the producer and workers for cfg.Duration, lets the workers finish the
 // backlog, and checks that every created execution was completed exactly once.
 func Steady(ctx context.Context, c Client, cfg SteadyConfig) (*SteadyResult, error) {
-	if (cfg.Rate > 0) == (cfg.Depth > 0) || cfg.Rate < 0 || cfg.Depth < 0 || cfg.Duration <= 0 || cfg.Workers < 1 || cfg.PayloadBytes < 0 || cfg.Window < 0 {
-		return nil, fmt.Errorf("bench: steady needs either rate > 0 or depth > 0, and duration > 0, workers ≥ 1, payload ≥ 0 and window ≥ 0")
+	// !(Rate <= MaxRate) also refuses NaN.
+	if (cfg.Rate > 0) == (cfg.Depth > 0) || cfg.Rate < 0 || !(cfg.Rate <= MaxRate) || cfg.Depth < 0 || cfg.Duration <= 0 || cfg.Workers < 1 ||
+		cfg.PayloadBytes < 0 || cfg.Window < 0 {
+		return nil, fmt.Errorf("bench: steady needs either rate > 0 or depth > 0, rate ≤ %d, and duration > 0, workers ≥ 1, payload ≥ 0 and window ≥ 0", MaxRate)
 	}
 	if cfg.Lane == "" {
 		cfg.Lane = "bench"

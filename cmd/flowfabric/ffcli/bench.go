@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -81,7 +82,7 @@ func benchCommand(ctx context.Context, args []string, out io.Writer) error {
 	fs.BoolVar(&f.json, "json", false, "print one JSON object per run (and one for the median) instead of a table and a progress bar")
 	fs.DurationVar(&f.duration, "duration", 0, "steady-rate, steady-depth and steady-state: how long the producer runs (1m; steady-state 5m)")
 	fs.Float64Var(&f.load, "load", 0.7, "steady-rate: the producer's rate as a fraction of the drain rate measured first")
-	fs.Float64Var(&f.rate, "rate", 0, "steady-rate: the producer's rate in executions/s; skips the drain measurement")
+	fs.Float64Var(&f.rate, "rate", 0, fmt.Sprintf("steady-rate: the producer's rate in executions/s, at most %d; skips the drain measurement", bench.MaxRate))
 	fs.IntVar(&f.depth, "depth", 1000, "steady-depth: the backlog (created, not yet claimed) the producer keeps")
 	fs.IntVar(&f.refill, "refill", 20, "steady-state: executions created every -refill-every")
 	fs.DurationVar(&f.refillEvery, "refill-every", 10*time.Second, "steady-state: how often -refill executions are created")
@@ -126,8 +127,10 @@ func benchCommand(ctx context.Context, args []string, out io.Writer) error {
 		return fmt.Errorf("bench: -transport %q: want inproc or http", f.transport)
 	case timed && f.duration <= 0:
 		return errors.New("bench: -duration must be positive")
-	case f.scenario == "steady-rate" && (f.load <= 0 || f.rate < 0):
-		return errors.New("bench: -load must be positive and -rate not negative")
+	case f.scenario == "steady-rate" && !(f.load > 0 && !math.IsInf(f.load, 1)): // NaN is not > 0
+		return fmt.Errorf("bench: -load %g: want a positive number", f.load)
+	case f.scenario == "steady-rate" && !(f.rate >= 0 && f.rate <= bench.MaxRate):
+		return fmt.Errorf("bench: -rate %g: want 0 (measure a drain, then run at -load of its rate) to %d executions/s", f.rate, bench.MaxRate)
 	case f.scenario == "steady-depth" && f.depth < 1:
 		return errors.New("bench: -depth must be at least 1")
 	}
@@ -157,6 +160,9 @@ func benchCommand(ctx context.Context, args []string, out io.Writer) error {
 				return err
 			}
 			rate = f.load * median.ThroughputPerSec
+			if rate > bench.MaxRate {
+				return fmt.Errorf("bench: -load %g of the drain's %.0f/s is over %d executions/s", f.load, median.ThroughputPerSec, bench.MaxRate)
+			}
 		}
 		_, err := b.series(ctx, b.steady(bench.SteadyConfig{Rate: rate}), f.runs)
 		return err

@@ -205,7 +205,8 @@ func TestBenchRefusesBadArguments(t *testing.T) {
 // TestBenchRefusesOutOfRangeNumbersFirst pins that bench refuses a number out of range
 // with a message naming its flag, before it opens the store (here one it could not open)
 // or allocates anything: a -payload over the engine's limit used to be allocated, up to
-// running out of memory.
+// running out of memory, and a -rate of 1e300 (or NaN -load) ran, created nothing and
+// succeeded.
 func TestBenchRefusesOutOfRangeNumbersFirst(t *testing.T) {
 	t.Parallel()
 	unopenable := "sqlite://" + filepath.ToSlash(filepath.Join(t.TempDir(), "no-such-dir", "b.db"))
@@ -215,6 +216,14 @@ func TestBenchRefusesOutOfRangeNumbersFirst(t *testing.T) {
 	}{
 		{"-payload", []string{"-payload", "99999999999"}},
 		{"-payload", []string{"-payload", strconv.Itoa(engine.DefaultMaxPayloadBytes + 1)}},
+		{"-rate", []string{"-scenario", "steady-rate", "-rate", "1e300"}},
+		{"-rate", []string{"-scenario", "steady-rate", "-rate", strconv.Itoa(bench.MaxRate + 1)}},
+		{"-rate", []string{"-scenario", "steady-rate", "-rate", "+Inf"}},
+		{"-rate", []string{"-scenario", "steady-rate", "-rate", "NaN"}},
+		{"-rate", []string{"-scenario", "steady-rate", "-rate", "-1"}},
+		{"-load", []string{"-scenario", "steady-rate", "-load", "NaN"}},
+		{"-load", []string{"-scenario", "steady-rate", "-load", "Inf"}},
+		{"-load", []string{"-scenario", "steady-rate", "-load", "0"}},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			t.Parallel()
