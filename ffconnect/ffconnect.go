@@ -34,6 +34,43 @@ type OpenOpts struct {
 	Logger *slog.Logger
 }
 
+// Kind is the store a URL's scheme selects; see [KindOf].
+type Kind string
+
+// The stores [Open] opens.
+const (
+	KindSQLite   Kind = "sqlite"   // sqlite:
+	KindMem      Kind = "mem"      // mem:
+	KindPostgres Kind = "postgres" // postgres:, postgresql:
+	KindValkey   Kind = "valkey"   // Valkey or Redis: redis:, rediss:, redis+cluster:, rediss+cluster: and their valkey aliases
+)
+
+// KindOf returns the store rawURL's scheme selects, the scheme in any case, as [Open]
+// reads it; it checks nothing after the scheme. A URL with no scheme, a server's (http:,
+// https:) or an unknown one is a validation error coded invalid_input.
+func KindOf(rawURL string) (Kind, error) {
+	scheme := schemeOf(rawURL)
+	if scheme == "" {
+		// Not quoted: a string with no scheme may be a libpq key=value DSN with a password.
+		return "", fftype.Validationf(fftype.CodeInvalidInput, "store URL has no scheme (want sqlite:, postgres:, redis:, valkey: or mem:)")
+	}
+	switch strings.ToLower(scheme) {
+	case "sqlite":
+		return KindSQLite, nil
+	case "mem":
+		return KindMem, nil
+	case "postgres", "postgresql":
+		return KindPostgres, nil
+	case "redis", "rediss", "redis+cluster", "rediss+cluster", "valkey", "valkeys", "valkey+cluster", "valkeys+cluster":
+		return KindValkey, nil
+	case "http", "https":
+		return "", fftype.Validationf(fftype.CodeInvalidInput, "store URL scheme %q names a server, not a store: "+
+			"for a worker on a server, open an ffclient.Client on it and pass it to flowfabric.NewWorker", scheme)
+	default:
+		return "", fftype.Validationf(fftype.CodeInvalidInput, "store URL scheme %q is not supported (want sqlite:, postgres:, redis:, valkey: or mem:)", scheme)
+	}
+}
+
 // Open opens the store rawURL names; opts may be nil. The caller owns the store and
 // closes it. An unknown scheme or a malformed URL is a validation error coded
 // invalid_input. On an error the store returned is nil.
@@ -42,38 +79,33 @@ func Open(ctx context.Context, rawURL string, opts *OpenOpts) (ffstore.Store, er
 	if opts != nil {
 		log = opts.Logger
 	}
-	scheme := schemeOf(rawURL)
-	if scheme == "" {
-		// Not quoted: a string with no scheme may be a libpq key=value DSN with a password.
-		return nil, fftype.Validationf(fftype.CodeInvalidInput, "store URL has no scheme (want sqlite:, postgres:, redis:, valkey: or mem:)")
+	kind, err := KindOf(rawURL)
+	if err != nil {
+		return nil, err
 	}
-	switch strings.ToLower(scheme) {
-	case "sqlite":
+	switch kind {
+	case KindSQLite:
 		path, o, err := ffsqlite.ParseURL(rawURL)
 		if err != nil {
 			return nil, err
 		}
 		o.Logger = log
 		return storeOrNil(ffsqlite.Open(ctx, path, o))
-	case "mem":
-		if rest := strings.TrimPrefix(strings.TrimPrefix(rawURL[len(scheme)+1:], "//"), "/"); rest != "" {
+	case KindMem:
+		_, rest, _ := strings.Cut(rawURL, ":")
+		if rest = strings.TrimPrefix(strings.TrimPrefix(rest, "//"), "/"); rest != "" {
 			return nil, fftype.Validationf(fftype.CodeInvalidInput, "store URL %q: mem: takes no path or parameters", rawURL)
 		}
 		return ffmem.New(nil), nil
-	case "postgres", "postgresql":
+	case KindPostgres:
 		conn, o, err := ffpostgres.ParseURL(rawURL)
 		if err != nil {
 			return nil, err
 		}
 		o.Logger = log
 		return storeOrNil(ffpostgres.Open(ctx, conn, o))
-	case "redis", "rediss", "redis+cluster", "rediss+cluster", "valkey", "valkeys", "valkey+cluster", "valkeys+cluster":
+	default: // KindValkey
 		return storeOrNil(ffvalkey.Open(ctx, rawURL, &ffvalkey.Options{Logger: log}))
-	case "http", "https":
-		return nil, fftype.Validationf(fftype.CodeInvalidInput, "store URL scheme %q names a server, not a store: "+
-			"for a worker on a server, open an ffclient.Client on it and pass it to flowfabric.NewWorker", scheme)
-	default:
-		return nil, fftype.Validationf(fftype.CodeInvalidInput, "store URL scheme %q is not supported (want sqlite:, postgres:, redis:, valkey: or mem:)", scheme)
 	}
 }
 

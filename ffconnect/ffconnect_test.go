@@ -142,3 +142,22 @@ func TestConnect(t *testing.T) {
 		require.NoError(t, again.Close(ctx))
 	})
 }
+
+// TestKindOf pins the store each scheme selects, in any case, and the schemes refused.
+func TestKindOf(t *testing.T) {
+	t.Parallel()
+	for url, want := range map[string]ffconnect.Kind{
+		"sqlite:///x.db": ffconnect.KindSQLite, "SQLite:x.db": ffconnect.KindSQLite,
+		"mem:": ffconnect.KindMem, "MEM://": ffconnect.KindMem,
+		"postgres://h/db": ffconnect.KindPostgres, "PostgreSQL://h/db": ffconnect.KindPostgres,
+		"redis://h": ffconnect.KindValkey, "Rediss+Cluster://h": ffconnect.KindValkey, "valkey://h": ffconnect.KindValkey,
+	} {
+		got, err := ffconnect.KindOf(url)
+		require.NoError(t, err, url)
+		require.Equal(t, want, got, url)
+	}
+	for _, bad := range []string{"", "mem", "mysql://db", "https://ff.example.com", "host=db password=x"} {
+		_, err := ffconnect.KindOf(bad)
+		require.ErrorIs(t, err, fftype.ErrValidation, bad)
+	}
+}

@@ -115,10 +115,10 @@ func TestBenchJSON(t *testing.T) {
 }
 
 // TestBenchMemStore runs on the in-memory store, named as every store URL names it
-// ("mem:", which the server takes too) or plainly "mem".
+// ("mem:", which the server takes too, its scheme in any case) or plainly "mem".
 func TestBenchMemStore(t *testing.T) {
 	t.Parallel()
-	for _, spec := range []string{"mem", "mem:"} {
+	for _, spec := range []string{"mem", "mem:", "MEM://"} {
 		var out bytes.Buffer
 		require.NoError(t, Run(t.Context(), []string{"bench", "-store", spec, "-n", "500", "-json"}, &out), spec)
 		recs := records(t, out.String())
@@ -127,6 +127,17 @@ func TestBenchMemStore(t *testing.T) {
 		require.Empty(t, recs[0].Config.Sync)
 		require.Equal(t, 500, recs[0].Count)
 	}
+}
+
+// TestBenchStoreSchemeIsCaseInsensitive pins that bench takes a store URL's scheme in any
+// case, as every other command does (URL schemes are case-insensitive).
+func TestBenchStoreSchemeIsCaseInsensitive(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "b.db")
+	var out bytes.Buffer
+	require.NoError(t, Run(t.Context(), []string{"bench", "-n", "2", "-workers", "1", "-payload", "0", "-json", "-store", "SQLite://" + filepath.ToSlash(path)}, &out))
+	require.Equal(t, "sqlite", records(t, out.String())[0].Store)
+	require.NoFileExists(t, path, "the run's file is removed")
 }
 
 // TestBenchSteady measures the drain rate, then runs the producer at 70% of it.

@@ -11,15 +11,15 @@ import (
 	"strings"
 	"time"
 
+	"github.com/flowfabric/flowfabric/ffconnect"
 	"github.com/flowfabric/flowfabric/ffstore"
-	"github.com/flowfabric/flowfabric/ffstore/ffmem"
 	"github.com/flowfabric/flowfabric/ffstore/ffpostgres"
 	"github.com/flowfabric/flowfabric/ffstore/ffsqlite"
 	"github.com/flowfabric/flowfabric/ffstore/ffvalkey"
 )
 
-// This file is the command line's one map from a store URL to a store constructor (the
-// root package names no store). Postgres and Redis join it with their issues.
+// This file opens the fresh stores benchmark runs own; which store a URL names is
+// ffconnect's to say, as for every other command.
 
 // sqliteURL returns the sqlite:// URL of the file at path, made absolute: characters a
 // URL gives a meaning, such as '%', '?' and '#', are escaped, so the URL names exactly
@@ -42,19 +42,31 @@ type freshStore struct {
 	remove func() error
 }
 
-// openFreshStore opens a new, empty store named by spec: "mem" (or the URL "mem:", as
-// elsewhere) for the in-memory store, or an sqlite:// URL naming a file that does not exist yet (the run creates it and
-// removes it afterwards, so an existing file is refused rather than overwritten). sync,
-// if not empty, overrides the URL's synchronous setting.
+// openFreshStore opens a new, empty store named by spec, a store URL as elsewhere (its
+// scheme read by [ffconnect.KindOf]) or plainly "mem" for the in-memory store. An sqlite:
+// URL names a file that does not exist yet (the run creates it and removes it afterwards,
+// so an existing file is refused rather than overwritten); Postgres gets a fresh schema
+// and Redis a fresh key prefix. sync, if not empty, overrides an SQLite URL's synchronous
+// setting.
 func openFreshStore(ctx context.Context, spec, sync string) (*freshStore, error) {
-	switch {
-	case spec == "mem", strings.EqualFold(strings.TrimSuffix(spec, "//"), "mem:"):
-		if sync != "" {
-			return nil, errors.New("-sync applies to sqlite stores only")
+	if spec == "mem" {
+		spec = "mem:"
+	}
+	kind, err := ffconnect.KindOf(spec)
+	if err != nil {
+		return nil, err
+	}
+	if sync != "" && kind != ffconnect.KindSQLite {
+		return nil, errors.New("-sync applies to sqlite stores only")
+	}
+	switch kind {
+	case ffconnect.KindMem:
+		s, err := ffconnect.Open(ctx, spec, nil)
+		if err != nil {
+			return nil, err
 		}
-		s := ffmem.New(nil)
 		return &freshStore{store: s, kind: "mem", remove: s.Close}, nil
-	case strings.HasPrefix(spec, "sqlite:"):
+	case ffconnect.KindSQLite:
 		path, opts, err := ffsqlite.ParseURL(spec)
 		if err != nil {
 			return nil, err
@@ -84,10 +96,7 @@ func openFreshStore(ctx context.Context, spec, sync string) (*freshStore, error)
 			}
 			return err
 		}}, nil
-	case strings.HasPrefix(spec, "postgres://") || strings.HasPrefix(spec, "postgresql://"):
-		if sync != "" {
-			return nil, errors.New("-sync applies to sqlite stores only")
-		}
+	case ffconnect.KindPostgres:
 		connString, opts, err := ffpostgres.ParseURL(spec)
 		if err != nil {
 			return nil, err
@@ -108,10 +117,7 @@ func openFreshStore(ctx context.Context, spec, sync string) (*freshStore, error)
 			err := ffpostgres.DropSchema(context.WithoutCancel(ctx), s.Pool(), s.Schema())
 			return errors.Join(err, s.Close())
 		}}, nil
-	case strings.HasPrefix(spec, "redis") || strings.HasPrefix(spec, "valkey"):
-		if sync != "" {
-			return nil, errors.New("-sync applies to sqlite stores only")
-		}
+	default: // ffconnect.KindValkey
 		opts, err := ffvalkey.ParseURL(spec)
 		if err != nil {
 			return nil, err
@@ -130,7 +136,5 @@ func openFreshStore(ctx context.Context, spec, sync string) (*freshStore, error)
 			err := s.Drop(context.WithoutCancel(ctx))
 			return errors.Join(err, s.Close())
 		}}, nil
-	default:
-		return nil, fmt.Errorf("store %q: want mem:, sqlite:///path/to/file.db, postgres://user@host/db or redis://host:port", spec)
 	}
 }
