@@ -2,6 +2,7 @@ package ffconnect_test
 
 import (
 	"context"
+	"os"
 	"path/filepath"
 	"testing"
 
@@ -160,4 +161,27 @@ func TestKindOf(t *testing.T) {
 		_, err := ffconnect.KindOf(bad)
 		require.ErrorIs(t, err, fftype.ErrValidation, bad)
 	}
+}
+
+// TestOpenRefusesAHash pins that every store refuses a URL holding a '#', also where it
+// ends the URL: the fragment is then empty, and a check for a fragment let it by, so that
+// sqlite://…/run# opened (and created) the file …/run. Refused while parsing, no store is
+// reached.
+func TestOpenRefusesAHash(t *testing.T) {
+	t.Parallel()
+	dir := filepath.ToSlash(t.TempDir())
+	for _, url := range []string{
+		"sqlite://" + dir + "/run#", "sqlite://" + dir + "/run#x", "sqlite:" + dir + "/run#", "sqlite://" + dir + "/run?shards=2#",
+		"postgres://app@127.0.0.1:1/db#", "postgres://app@127.0.0.1:1/db?schema=s#",
+		"redis://127.0.0.1:1#", "redis://127.0.0.1:1/0#", "redis://127.0.0.1:1?prefix=p#",
+	} {
+		s, err := ffconnect.Open(t.Context(), url, nil)
+		if s != nil {
+			require.NoError(t, s.Close())
+		}
+		require.ErrorIs(t, err, fftype.ErrValidation, url)
+		require.ErrorContains(t, err, "'#'", url)
+	}
+	_, err := os.Stat(filepath.Join(dir, "run"))
+	require.ErrorIs(t, err, os.ErrNotExist, "a URL ending in '#' created the file it names without it")
 }

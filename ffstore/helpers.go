@@ -110,18 +110,17 @@ func Conflict(store string, shard int) error {
 // cause.
 const EscapeUserinfoHint = "percent-escape any / ? # @ : or % in the user name or password (as %2F %3F %23 %40 %3A %25)"
 
-// URLQuery returns the parameters of a store URL. Unlike url.URL.Query, which drops the
-// pairs it cannot parse, it refuses a query that does not parse (a ';' between parameters,
-// a bad escape), so that a typo cannot leave a setting silently at its default; and it
-// refuses a fragment, which would otherwise cut a path or a value at a '#'. Its errors
-// quote nothing of the URL, which may hold a password.
-func URLQuery(u *url.URL) (url.Values, error) {
-	if u.Fragment != "" {
-		return nil, errors.New("the URL has a fragment (a '#'); escape it as %23")
+// URLQuery returns the parameters of the store URL rawURL (or of its part from the path
+// on), which every store's URL parser calls. Unlike url.URL.Query, which drops the pairs
+// it cannot parse, it refuses a query that does not parse (a ';' between parameters, a bad
+// escape), so that a typo cannot leave a setting silently at its default; and it refuses
+// any '#', which url.Parse takes for the start of a fragment, cutting a path or a value
+// short there (a '#' that ends the URL leaves an empty fragment: the URL is cut with no
+// fragment to show for it). Its errors quote nothing of the URL, which may hold a password.
+func URLQuery(rawURL string) (url.Values, error) {
+	if strings.Contains(rawURL, "#") {
+		return nil, errors.New("the URL has a '#', which would end it there; escape it as %23")
 	}
-	q, err := url.ParseQuery(u.RawQuery)
-	if err != nil {
-		return nil, err
-	}
-	return q, nil
+	_, query, _ := strings.Cut(rawURL, "?")
+	return url.ParseQuery(query)
 }

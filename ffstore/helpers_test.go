@@ -49,3 +49,21 @@ func TestMemberRecordKeys(t *testing.T) {
 	require.Equal(t, []string{"x:a", "p:a", "x:b", "p:b"}, MemberRecordKeys([]string{"a", "b"}, []string{"x", "p"}))
 	require.Empty(t, MemberRecordKeys([]string{"a"}, nil))
 }
+
+func TestURLQuery(t *testing.T) {
+	t.Parallel()
+	q, err := URLQuery("sqlite:rel/x.db?shards=2&synchronous=normal")
+	require.NoError(t, err)
+	require.Equal(t, "2", q.Get("shards"))
+	require.Equal(t, "normal", q.Get("synchronous"))
+	q, err = URLQuery("/0?prefix=a%23b")
+	require.NoError(t, err)
+	require.Equal(t, "a#b", q.Get("prefix"), "an escaped '#' is a character like any other")
+	q, err = URLQuery("postgres://h/db")
+	require.NoError(t, err)
+	require.Empty(t, q)
+	for _, bad := range []string{"sqlite:///x.db#", "sqlite:///x#1.db", "postgres://h/db?schema=s#", "?a=1;b=2", "?a=%zz"} {
+		_, err := URLQuery(bad)
+		require.Error(t, err, bad)
+	}
+}

@@ -273,9 +273,10 @@ var (
 //
 //	postgres://user:pass@host:5432/db?schema=flowfabric&shards=16&migrate=true&statement_timeout=30s&pool_size=16
 //
-// A query that does not parse and a fragment are refused with a validation error, and so
-// is an '@' in the path or a parameter's name: the sign of a password holding an
-// unescaped '/' or '?'. Errors quote nothing of the user name or password.
+// A query that does not parse and a '#' (a fragment, even an empty one) are refused with a
+// validation error, and so is an '@' in the path or a parameter's name: the sign of a
+// password holding an unescaped '/' or '?'. Errors quote nothing of the user name or
+// password.
 func ParseURL(rawURL string) (connString string, opts *Options, err error) {
 	bad := func(format string, args ...any) (string, *Options, error) {
 		return "", nil, fftype.Validationf(fftype.CodeInvalidInput, "ffpostgres: store URL: "+format, args...)
@@ -292,7 +293,7 @@ func ParseURL(rawURL string) (connString string, opts *Options, err error) {
 	if userinfoSpilled(u) {
 		return bad("an '@' follows the host; %s", ffstore.EscapeUserinfoHint)
 	}
-	q, err := ffstore.URLQuery(u)
+	q, err := ffstore.URLQuery(rawURL)
 	if err != nil {
 		return bad("%v", err)
 	}

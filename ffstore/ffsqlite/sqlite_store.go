@@ -356,8 +356,9 @@ func (s *Store) closeHandles() error {
 // Every parameter is optional and maps to the [Options] field of the same name:
 // shards and checkpoint_bytes and read_conns are decimal integers, busy_timeout a Go
 // duration ("500ms", "10s"), synchronous "full" or "normal". A host part
-// ("sqlite://host/..."), unknown parameters, a query that does not parse and a fragment are
-// refused with a validation error.
+// ("sqlite://host/..."), unknown parameters, a query that does not parse and a '#' (a
+// fragment, even an empty one: escape a '#' in the path as %23) are refused with a
+// validation error.
 func ParseURL(rawURL string) (path string, opts *Options, err error) {
 	bad := func(format string, args ...any) (string, *Options, error) {
 		return "", nil, fftype.Validationf(fftype.CodeInvalidInput, "ffsqlite: store URL: "+format, args...)
@@ -381,7 +382,7 @@ func ParseURL(rawURL string) (path string, opts *Options, err error) {
 	if path == "" {
 		return bad("%q has no file path", rawURL)
 	}
-	q, err := ffstore.URLQuery(u)
+	q, err := ffstore.URLQuery(rawURL)
 	if err != nil {
 		return bad("%v", err)
 	}

@@ -254,6 +254,7 @@ func TestParseURL(t *testing.T) {
 		{url: "sqlite:///x.db?shards=%zz", wantErr: true},
 		{url: "sqlite:///x.db?%zz=1", wantErr: true},
 		{url: "sqlite:///x#1.db", wantErr: true},
+		{url: "sqlite:///x.db#", wantErr: true}, // an empty fragment still cuts the path
 	} {
 		t.Run(tt.url, func(t *testing.T) {
 			t.Parallel()

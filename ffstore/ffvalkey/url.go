@@ -40,10 +40,10 @@ type connConfig struct {
 // connecting; ca_file names a PEM file of CA certificates to trust for TLS instead of the
 // system's (a private CA), and skip_verify=true skips TLS certificate checks (tests
 // only), both for TLS schemes only; client_name names the connections (CLIENT SETNAME).
-// Unknown parameters, a query that does not parse, a fragment and an '@' after the host (a
-// password's unescaped '/', '?' or '#' cuts the URL before its '@'; write an '@' in a
-// parameter as %40) are refused with a validation error that quotes nothing of the user
-// name or password. A ca_file that is missing, unreadable or holds no PEM certificate is
+// Unknown parameters, a query that does not parse, a '#' (a fragment, even an empty one)
+// and an '@' after the host (a password's unescaped '/', '?' or '#' cuts the URL before
+// its '@'; write an '@' in a parameter as %40) are refused with a validation error that
+// quotes nothing of the user name or password. A ca_file that is missing, unreadable or holds no PEM certificate is
 // refused with a validation error wrapping a [*CAFileError].
 func ParseURL(rawURL string) (*Options, error) {
 	c, err := parseURL(rawURL)
@@ -108,7 +108,7 @@ func parseURL(rawURL string) (*connConfig, error) {
 	if authority != "" {
 		hosts = strings.Split(authority, ",")
 	}
-	q, err := ffstore.URLQuery(u)
+	q, err := ffstore.URLQuery(pathQuery)
 	if err != nil {
 		return bad("%v", err)
 	}

@@ -56,6 +56,7 @@ func TestParseURL(t *testing.T) {
 		"rediss+cluster://a:1?skip_verify=what", // a boolean
 		"redis://localhost?shards=4;prefix=x",   // a query that does not parse
 		"redis://localhost#x",                   // a fragment
+		"redis://localhost/1?prefix=p#",         // an empty one
 	}
 	for _, u := range bad {
 		t.Run(u, func(t *testing.T) {
