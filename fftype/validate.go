@@ -225,10 +225,15 @@ func ValidateTraceparent(tp string) error {
 	return nil
 }
 
-// ValidateReason checks a free-text reason: at most 1,024 bytes.
+// ValidateReason checks a free-text reason: valid UTF-8 (JSON, and so the HTTP API and
+// the event log, could not carry it intact otherwise) of at most 1,024 bytes. ClipReason
+// makes any text one.
 func ValidateReason(field, s string) error {
 	if len(s) > MaxReasonBytes {
 		return Validationf(CodeInvalidInput, "%s longer than %d bytes", field, MaxReasonBytes)
+	}
+	if !utf8.ValidString(s) {
+		return Validationf(CodeInvalidInput, "%s is not valid UTF-8", field)
 	}
 	return nil
 }

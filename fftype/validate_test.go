@@ -211,3 +211,11 @@ func TestClipReason(t *testing.T) {
 		})
 	}
 }
+
+func TestValidateReason(t *testing.T) {
+	t.Parallel()
+	require.NoError(t, ValidateReason("reason", strings.Repeat("é", MaxReasonBytes/2)))
+	for _, bad := range []string{strings.Repeat("a", MaxReasonBytes+1), "caf\xe9"} {
+		require.ErrorIs(t, ValidateReason("reason", bad), &Error{Kind: KindValidation, Code: CodeInvalidInput}, "%q", bad)
+	}
+}
