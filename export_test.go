@@ -13,11 +13,15 @@ func EnableSignals(w *Worker) *WorkerSignals {
 		Settled:   make(chan ExecutionID, 1000),
 		Claimed:   make(chan ExecutionID, 1000),
 		Idle:      make(chan ExecutionID, 1000),
+		Full:      make(chan ExecutionID, 1000),
 		Unclaimed: make(chan ExecutionID, 1),
 	}
 	w.signals.Store(s)
 	return s
 }
+
+// WakeClaimLoop wakes w's Run waiting for a slot, as a freed slot does.
+func WakeClaimLoop(w *Worker) { signal(w.freed) }
 
 // SetIdleBackoff sets the first idle wait of w's Run. Call it before Run.
 func SetIdleBackoff(w *Worker, d time.Duration) { w.idleBackoff = d }

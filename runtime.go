@@ -173,7 +173,9 @@ func (rs *runState) setErr(err error) {
 
 // Run claims executions of the worker's lanes and runs them with the registered handlers,
 // at most MaxConcurrentTasks at a time, until ctx ends or [Worker.Stop] or
-// [Worker.StopAndCancel] is called. A fetch asks only for free slots. When nothing is
+// [Worker.StopAndCancel] is called. A handler holds its slot until it returned and its
+// outcome was reported, also after it finished its task itself (for example with
+// Complete and a result). A fetch asks only for free slots. When nothing is
 // eligible it waits, doubling the wait from 50ms up to ClaimPollInterval, and is woken at
 // once by new work in its lanes. Run returns when claiming has stopped and every handler
 // has returned and its finishing call landed: nil after a stop, or the error that stopped
@@ -240,6 +242,9 @@ func (w *Worker) fetch(rs *runState) {
 	for rs.fetchCtx.Err() == nil {
 		n := w.tryAcquire(min(cap(w.slots)-len(w.slots), fftype.MaxClaimCount))
 		if n == 0 {
+			if s := w.signals.Load(); s != nil {
+				s.send(s.Full, "")
+			}
 			select {
 			case <-rs.fetchCtx.Done():
 				return
@@ -256,6 +261,7 @@ func (w *Worker) fetch(rs *runState) {
 		for _, l := range leases {
 			t, err := w.adopt(l, rs)
 			if err != nil {
+				w.releaseSlots(1) // the lease was given back and no handler will run
 				continue
 			}
 			if s := w.signals.Load(); s != nil {
@@ -307,11 +313,13 @@ func (w *Worker) handlerFor(kind string) HandlerFunc {
 
 // execute runs one task's handler and settles the task, also when the handler ends its
 // goroutine with runtime.Goexit (as t.FailNow in a handler does): that fails the attempt
-// like a panic.
+// like a panic. Only then does it free the task's slot: a handler that finished its task
+// itself and went on working counts against MaxConcurrentTasks until it returns.
 func (w *Worker) execute(t *ClaimedTask) {
 	panicText, err := "the handler did not return: it called runtime.Goexit", error(nil)
 	defer func() {
 		w.settle(t, err, panicText)
+		w.releaseSlots(1)
 		if s := w.signals.Load(); s != nil {
 			s.send(s.Settled, t.lease.ExecutionID)
 		}

@@ -15,9 +15,11 @@ import (
 )
 
 // ClaimedTask is an execution a [Worker] claimed: what it needs to run it, and the calls
-// that report on it under the lease's fence. It holds one of the worker's
-// MaxConcurrentTasks slots until a finishing call — Complete, Fail, Cancel, Delay or
-// Release — lands, and its lease is renewed every third of its TTL meanwhile. A call
+// that report on it under the lease's fence. Its lease is renewed every third of its TTL
+// until a finishing call — Complete, Fail, Cancel, Delay or Release — lands. It holds
+// one of the worker's MaxConcurrentTasks slots until then too, or, if [Worker.Run]
+// claimed it, until its handler returned and its outcome was reported: a handler that
+// finished its task itself may still be working. A call
 // "lands" when the engine accepted it or refused it because the lease is gone (a state or
 // not-found error); a call refused for bad input or a store outage leaves the task held so
 // it can be retried. Go has no destructor: a task claimed by hand must end with one of the
@@ -26,7 +28,7 @@ import (
 type ClaimedTask struct {
 	w     *Worker
 	lease Lease
-	rs    *runState // the Run that claimed it; nil when claimed by hand
+	rs    *runState // the Run that claimed it, which frees its slot; nil when claimed by hand
 
 	ctx    context.Context
 	cancel context.CancelCauseFunc
@@ -193,15 +195,18 @@ func (t *ClaimedTask) finish(call func() error) error {
 	return err
 }
 
-// detach ends the task on the worker's side: renewal stops, the context is cancelled, the
-// slot is freed. The lease is whatever the last call left.
+// detach ends the task on the worker's side: renewal stops, the context is cancelled, and
+// the slot of a task claimed by hand is freed (Run frees its own tasks' slots when their
+// handlers return). The lease is whatever the last call left.
 func (t *ClaimedTask) detach() {
 	t.doneOnce.Do(func() {
 		close(t.done)
 		t.stopRenew()
 		t.cancel(ErrTaskFinished)
 		t.w.unregister(t)
-		t.w.releaseSlots(1)
+		if t.rs == nil {
+			t.w.releaseSlots(1)
+		}
 	})
 }
 

@@ -37,7 +37,8 @@ import (
 // # Tasks
 //
 // A claimed execution is a [ClaimedTask] (in handlers, a [Task] with decoded arguments).
-// It holds one of the worker's MaxConcurrentTasks slots until a finishing call lands, and
+// It holds one of the worker's MaxConcurrentTasks slots until a finishing call lands (one
+// that [Worker.Run] claimed: until its handler returned and its outcome was reported), and
 // its lease is renewed every third of its TTL in the background. Its context is cancelled
 // when the execution is cancelled, the lease is lost (expired, revoked, or taken over), or
 // the worker stops: at once when the change reaches the worker through its backend's
@@ -331,8 +332,9 @@ func (w *Worker) Config() WorkerConfig {
 // partition configuration). Execution ids carry their shard, so callers rarely need it.
 func (w *Worker) Shards() int { return w.shards }
 
-// Held returns how many of the MaxConcurrentTasks slots are taken: by tasks claimed and
-// not yet finished, and by a claim in flight.
+// Held returns how many of the MaxConcurrentTasks slots are taken: by tasks claimed by hand
+// and not yet finished, by Run's tasks whose handler has not returned or whose outcome is
+// still being reported, and by a claim in flight.
 func (w *Worker) Held() int { return len(w.slots) }
 
 // claimParams asks for n leases with the worker's identity.
@@ -963,6 +965,7 @@ type workerSignals struct {
 	Settled   chan ExecutionID // the runtime finished with a task (its finishing call landed or was given up)
 	Claimed   chan ExecutionID // the runtime claimed a task
 	Idle      chan ExecutionID // Run found nothing to claim and is waiting
+	Full      chan ExecutionID // Run found every slot taken and is waiting for one
 	Unclaimed chan ExecutionID // Run's claim loop ended
 }
 

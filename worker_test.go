@@ -1072,6 +1072,49 @@ func exerciseWorker(t *testing.T, newStore func(t testing.TB) ffstore.Store, tr 
 		require.Len(t, page.Executions, total)
 	})
 
+	// A handler that finishes its own task (here with a result) and goes on working still
+	// runs: Run counts it against MaxConcurrentTasks until it returns.
+	t.Run("HandlerThatFinishedItsTaskKeepsItsSlot", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		cfg := config("i1")
+		cfg.MaxConcurrentTasks = 1
+		w, sig := b.worker(t, cfg)
+		finish, finished, gate := make(chan struct{}), make(chan error, 2), make(chan struct{})
+		flowfabric.Handle(w, "k", func(ctx context.Context, t *flowfabric.Task[struct{}]) error {
+			<-finish
+			finished <- t.Complete(ctx, []byte(`{"ok":true}`))
+			<-gate // clean-up after reporting the result
+			return nil
+		})
+		b.create(t, "k", "")
+		b.create(t, "k", "")
+		run(t, w)
+		endCleanUp := sync.OnceFunc(func() { close(gate) })
+		t.Cleanup(endCleanUp) // before Run's: the handlers' contexts end with their Complete
+		first := recv(t, sig.Claimed, "the first claim")
+		recv(t, sig.Full, "Run to wait for a slot")
+		close(finish)
+		require.NoError(t, recv(t, finished, "the first handler's Complete"))
+		// Run looks for a slot again (it would have at once had the Complete freed one) and
+		// finds none.
+		flowfabric.WakeClaimLoop(w)
+		recv(t, sig.Full, "Run to wait for a slot again")
+		select {
+		case id := <-sig.Claimed:
+			t.Fatalf("claimed %s while the first handler was still running", id)
+		default:
+		}
+		require.Equal(t, 1, w.Held())
+
+		endCleanUp()
+		recvID(t, sig.Settled, first, "the first handler to settle")
+		second := recv(t, sig.Claimed, "the second claim once the first handler returned")
+		recvID(t, sig.Settled, second, "the second handler to settle")
+		require.Equal(t, flowfabric.StateCompleted, b.get(t, first).PublicState())
+		require.Equal(t, flowfabric.StateCompleted, b.get(t, second).PublicState())
+	})
+
 	t.Run("StopAndCancelReleasesLeases", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
