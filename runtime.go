@@ -29,6 +29,10 @@ type Middleware func(next HandlerFunc) HandlerFunc
 //   - [NoRetry](err): it fails for good;
 //   - [Snooze](d): the attempt pauses and the execution is eligible again after d;
 //   - [Cancel](err): it is cancelled;
+//   - the error of a finishing call fn made itself (Complete, Fail, Cancel, Delay or
+//     Release) refused for a passing reason, such as a store outage, or an error wrapping
+//     it: the runtime makes that call again, with the same arguments, retrying as it does
+//     the outcome of nil (so `return t.Complete(ctx, result)` is safe);
 //   - any other error: the attempt fails (category "handler_error") and is retried per the
 //     execution's policy;
 //   - a panic: the attempt fails (category "handler_panic") with the panic value and stack.
@@ -355,63 +359,27 @@ func panicStack(stack []byte) string {
 	return s
 }
 
-// settle makes the call the handler's outcome asks for, unless the task already finished.
-// A call refused for a passing reason (the store unavailable, a conflict, no answer in
-// time) is retried, waiting 10ms and then four times longer each time up to a second, for
-// as long as it may still land: until the lease is found lost (the execution was
-// cancelled, or another holder took it), or else until the lease's expiry known when the
-// handler returned has passed and at least for the clean-up window (see settleBound; the
-// renewals go on meanwhile, so the lease holds, but do not extend the tries). So an
-// outage shorter than the lease does not run a finished handler again. Close ends the
-// retries: it releases what is still held itself. If the call does not land, or is
-// refused for good, the task is given up and its lease left to expire, so the execution is
-// reclaimed. A call refused as invalid (a snooze longer than a delay may be, a reason the
-// backend will not keep) is made again with the refusal as its reason: a failure keeps its
-// category and whether it is final, a cancel stays a cancel, and any other outcome fails
-// the attempt.
+// settle makes the call the handler's outcome asks for (see outcome), unless the task
+// already finished. A call refused for a passing reason (the store unavailable, a
+// conflict, no answer in time) is retried, waiting 10ms and then four times longer each
+// time up to a second, for as long as it may still land: until the lease is found lost
+// (the execution was cancelled, or another holder took it), or else until the lease's
+// expiry known when the handler returned has passed and at least for the clean-up window
+// (see settleBound; the renewals go on meanwhile, so the lease holds, but do not extend
+// the tries). So an outage shorter than the lease does not run a finished handler again.
+// Close ends the retries: it releases what is still held itself. If the call does not
+// land, or is refused for good, the task is given up and its lease left to expire, so the
+// execution is reclaimed. A call refused as invalid (a snooze longer than a delay may be,
+// a reason the backend will not keep) is made again with the refusal as its reason: a
+// failure keeps its category and whether it is final, a cancel stays a cancel, and any
+// other outcome fails the attempt.
 func (w *Worker) settle(t *ClaimedTask, err error, panicText string) {
 	t.settling.Store(true) // Stop leaves the outcome to these tries
 	if t.Finished() {
 		return
 	}
-	var (
-		snooze    *SnoozeError
-		cancelled *CancelError
-		noRetry   *NoRetryError
-		decode    *decodeError
-		noHandler *noHandlerError
-	)
-	stopping := errors.Is(context.Cause(t.ctx), ErrWorkerStopped)
-	var call func(ctx context.Context) error
-	// retell sets call to the outcome's report with another reason, for when its own
-	// report is refused as invalid; an outcome with no reason of its own (a result, a
-	// snooze) fails the attempt instead.
-	retell := func(reason string) { call = failCall(t, reason, CategoryHandlerError, false) }
-	fail := func(reason, category string, final bool) {
-		call = failCall(t, reason, category, final)
-		retell = func(other string) { call = failCall(t, other, category, final) }
-	}
-	switch {
-	case panicText != "":
-		fail(panicText, CategoryHandlerPanic, false)
-	case err == nil:
-		call = func(ctx context.Context) error { return t.Complete(ctx, nil) }
-	case errors.As(err, &snooze):
-		call = func(ctx context.Context) error { return t.Delay(ctx, snooze.Duration) }
-	case errors.As(err, &cancelled):
-		call = cancelCall(t, errText(cancelled.Err))
-		retell = func(reason string) { call = cancelCall(t, reason) }
-	case errors.As(err, &noRetry):
-		fail(errText(noRetry.Err), CategoryHandlerError, true)
-	case stopping:
-		call = t.Release // an error after the stop is the stop's doing: hand the work back
-	case errors.As(err, &decode):
-		fail(err.Error(), CategoryDecode, true)
-	case errors.As(err, &noHandler):
-		fail(err.Error(), CategoryNoHandler, false)
-	default:
-		fail(err.Error(), CategoryHandlerError, false)
-	}
+	r := outcome(t, err, panicText)
+	call := r.call
 	bound := settleBound{window: time.Now().Add(w.cleanupWindow()), expiry: t.expiresAt()}
 	backoff := 10 * time.Millisecond
 	refused := false
@@ -425,11 +393,10 @@ func (w *Worker) settle(t *ClaimedTask, err error, panicText string) {
 		}
 		if errors.Is(cerr, fftype.ErrValidation) && !refused {
 			refused = true
-			retell("the worker could not report the handler's outcome: " + cerr.Error())
+			call = r.retell("the worker could not report the handler's outcome: " + cerr.Error())
 			continue
 		}
-		passing := fftype.IsRetryable(cerr) || errors.Is(cerr, context.DeadlineExceeded)
-		if passing && w.mayLand(t, bound) && w.backOff(t, backoff) {
+		if passing(cerr) && w.mayLand(t, bound) && w.backOff(t, backoff) {
 			backoff = min(4*backoff, maxSettleBackoff)
 			continue
 		}
@@ -447,18 +414,96 @@ func (w *Worker) settle(t *ClaimedTask, err error, panicText string) {
 	}
 }
 
-// failCall returns the call that fails t's attempt with reason (clipped to the limit).
-func failCall(t *ClaimedTask, reason, category string, final bool) func(ctx context.Context) error {
-	return func(ctx context.Context) error {
-		_, err := t.Fail(ctx, FailParams{Reason: fftype.ClipReason(reason), Category: category, NoRetry: final})
-		return err
+// outcome returns the report of what t's handler left: err, what it returned, or
+// panicText, its panic (see Handle). A handler that returns the refusal of a finishing
+// call of its own for a passing reason (`return t.Complete(ctx, result)` in a store
+// outage), or an error wrapping it, has that call made again: its work is done, and
+// failing the attempt would run it again.
+func outcome(t *ClaimedTask, err error, panicText string) report {
+	var (
+		snooze    *SnoozeError
+		cancelled *CancelError
+		noRetry   *NoRetryError
+		decode    *decodeError
+		noHandler *noHandlerError
+	)
+	switch {
+	case panicText != "":
+		return failing(t, panicText, CategoryHandlerPanic, false)
+	case err == nil:
+		return plainReport(t, func(ctx context.Context) error { return t.Complete(ctx, nil) })
+	case errors.As(err, &snooze):
+		return plainReport(t, func(ctx context.Context) error { return t.Delay(ctx, snooze.Duration) })
+	case errors.As(err, &cancelled):
+		return cancelReport(t, fftype.ClipReason(errText(cancelled.Err)))
+	case errors.As(err, &noRetry):
+		return failing(t, errText(noRetry.Err), CategoryHandlerError, true)
+	}
+	if again := t.refusedIn(err); again != nil {
+		return *again
+	}
+	switch {
+	case errors.Is(context.Cause(t.ctx), ErrWorkerStopped):
+		return plainReport(t, t.Release) // an error after the stop is the stop's doing: hand the work back
+	case errors.As(err, &decode):
+		return failing(t, err.Error(), CategoryDecode, true)
+	case errors.As(err, &noHandler):
+		return failing(t, err.Error(), CategoryNoHandler, false)
+	default:
+		return failing(t, err.Error(), CategoryHandlerError, false)
 	}
 }
 
-// cancelCall returns the call that cancels t's execution, as its lease holder, with
-// reason (clipped to the limit).
-func cancelCall(t *ClaimedTask, reason string) func(ctx context.Context) error {
-	return func(ctx context.Context) error { return t.Cancel(ctx, fftype.ClipReason(reason)) }
+// report is a finishing call that reports a task's outcome, and retell, which returns the
+// call that reports it with another reason instead when the backend refuses it as invalid:
+// as the same kind of outcome if it has a reason of its own (a failure keeps its category
+// and whether it is final, a cancel stays a cancel), or else as a failed attempt.
+type report struct {
+	call   func(ctx context.Context) error
+	retell func(reason string) func(ctx context.Context) error
+}
+
+// plainReport is the report of call, an outcome with no reason of its own (a result, a
+// delay, a release).
+func plainReport(t *ClaimedTask, call func(ctx context.Context) error) report {
+	return report{call: call, retell: func(reason string) func(ctx context.Context) error {
+		return failing(t, reason, CategoryHandlerError, false).call
+	}}
+}
+
+// failReport is the report that fails t's attempt with p.
+func failReport(t *ClaimedTask, p FailParams) report {
+	return report{
+		call: func(ctx context.Context) error {
+			_, err := t.Fail(ctx, p)
+			return err
+		},
+		retell: func(reason string) func(ctx context.Context) error {
+			q := p
+			q.Reason = fftype.ClipReason(reason)
+			return failReport(t, q).call
+		},
+	}
+}
+
+// failing is the report that fails t's attempt with reason (clipped to the limit).
+func failing(t *ClaimedTask, reason, category string, final bool) report {
+	return failReport(t, FailParams{Reason: fftype.ClipReason(reason), Category: category, NoRetry: final})
+}
+
+// cancelReport is the report that cancels t's execution, as its lease holder, with reason.
+func cancelReport(t *ClaimedTask, reason string) report {
+	return report{
+		call: func(ctx context.Context) error { return t.Cancel(ctx, reason) },
+		retell: func(other string) func(ctx context.Context) error {
+			return cancelReport(t, fftype.ClipReason(other)).call
+		},
+	}
+}
+
+// passing reports whether a call's error is a passing failure, worth trying the call again.
+func passing(err error) bool {
+	return fftype.IsRetryable(err) || errors.Is(err, context.DeadlineExceeded)
 }
 
 // maxSettleBackoff caps the wait between tries of a handler's outcome.

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -50,6 +51,15 @@ type ClaimedTask struct {
 	// that it did; finish checks again if the call did not land.
 	finishing   atomic.Int32 // finishing calls in flight
 	unconfirmed atomic.Bool  // a loss event came while one was
+
+	refused atomic.Pointer[refusal] // the last finishing call refused for a passing reason
+}
+
+// refusal is a finishing call refused for a passing reason: err, the refusal as the call
+// returned it, and again, the report that makes the same call once more.
+type refusal struct {
+	err   error
+	again report
 }
 
 func newClaimedTask(w *Worker, l *Lease, parent context.Context, rs *runState) *ClaimedTask {
@@ -182,17 +192,56 @@ func lands(err error) bool {
 // leaseGone reports whether a renewal's error means the lease is gone for good.
 func leaseGone(err error) bool { return err != nil && lands(err) }
 
-// finish runs a finishing call and ends the task if it landed.
-func (t *ClaimedTask) finish(call func() error) error {
+// finish runs a finishing call and ends the task if it landed. A call refused for a
+// passing reason is kept with again, the report that makes it once more, for a handler
+// that returns the refusal (see refusedIn).
+func (t *ClaimedTask) finish(call func() error, again report) error {
 	t.finishing.Add(1)
 	err := call()
 	t.finishing.Add(-1)
 	if lands(err) {
 		t.detach()
-	} else if t.unconfirmed.Swap(false) {
+		return err
+	}
+	if passing(err) {
+		t.refused.Store(&refusal{err: err, again: again})
+	}
+	if t.unconfirmed.Swap(false) {
 		t.w.confirm(t)
 	}
 	return err
+}
+
+// refusedIn returns the report that makes again the last finishing call of t refused for
+// a passing reason, if err is that refusal or wraps it, or else nil.
+func (t *ClaimedTask) refusedIn(err error) *report {
+	r := t.refused.Load()
+	if r == nil || !wraps(err, r.err) {
+		return nil
+	}
+	return &r.again
+}
+
+// wraps reports whether err is target or wraps it: the very value, not one that matches
+// it (errors.Is would take any refusal of the same kind for it).
+func wraps(err, target error) bool {
+	if !reflect.TypeOf(target).Comparable() {
+		return false
+	}
+	for pending := []error{err}; len(pending) > 0; {
+		e := pending[len(pending)-1]
+		pending = pending[:len(pending)-1]
+		if e == target {
+			return true
+		}
+		switch u := e.(type) {
+		case interface{ Unwrap() error }:
+			pending = append(pending, u.Unwrap())
+		case interface{ Unwrap() []error }:
+			pending = append(pending, u.Unwrap()...)
+		}
+	}
+	return false
 }
 
 // detach ends the task on the worker's side: renewal stops, the context is cancelled, and
@@ -256,7 +305,8 @@ func (t *ClaimedTask) CompleteBinary(ctx context.Context, result []byte) error {
 }
 
 func (t *ClaimedTask) complete(ctx context.Context, result []byte, enc PayloadEncoding) error {
-	return t.finish(func() error { return t.w.backend.Complete(ctx, t.lease.ExecutionID, t.lease.Fence, result, enc) })
+	return t.finish(func() error { return t.w.backend.Complete(ctx, t.lease.ExecutionID, t.lease.Fence, result, enc) },
+		plainReport(t, func(ctx context.Context) error { return t.complete(ctx, result, enc) }))
 }
 
 // Fail fails the attempt with p.Reason and p.Category. The execution is retried per its
@@ -266,7 +316,7 @@ func (t *ClaimedTask) Fail(ctx context.Context, p FailParams) (FailOutcome, erro
 	err := t.finish(func() (err error) {
 		out, err = t.w.backend.Fail(ctx, t.lease.ExecutionID, t.lease.Fence, p)
 		return err
-	})
+	}, failReport(t, p))
 	return out, err
 }
 
@@ -275,19 +325,21 @@ func (t *ClaimedTask) Cancel(ctx context.Context, reason string) error {
 	f := t.lease.Fence
 	return t.finish(func() error {
 		return t.w.backend.Cancel(ctx, t.lease.ExecutionID, CancelParams{Reason: reason, Fence: &f})
-	})
+	}, cancelReport(t, reason))
 }
 
 // Delay pauses the attempt: the execution is eligible again after d, and its next claim
 // continues the same attempt, counting no retry.
 func (t *ClaimedTask) Delay(ctx context.Context, d time.Duration) error {
-	return t.finish(func() error { return t.w.backend.Delay(ctx, t.lease.ExecutionID, t.lease.Fence, d) })
+	return t.finish(func() error { return t.w.backend.Delay(ctx, t.lease.ExecutionID, t.lease.Fence, d) },
+		plainReport(t, func(ctx context.Context) error { return t.Delay(ctx, d) }))
 }
 
 // Release gives the lease back: the execution is eligible at once, and its next claim
 // continues the same attempt, counting neither a retry nor a reclaim.
 func (t *ClaimedTask) Release(ctx context.Context) error {
-	return t.finish(func() error { return t.w.backend.Release(ctx, t.lease.ExecutionID, t.lease.Fence) })
+	return t.finish(func() error { return t.w.backend.Release(ctx, t.lease.ExecutionID, t.lease.Fence) },
+		plainReport(t, t.Release))
 }
 
 // Progress records the attempt's progress: 0 to 100 percent and a message of at most

@@ -1841,6 +1841,126 @@ func TestWorkerReportsAnOutcomeThroughAnOutage(t *testing.T) {
 	require.Equal(t, int32(1), runs.Load(), "the handler ran once")
 }
 
+// TestWorkerRetriesAHandlersOwnFinishThroughABlip: a handler that finishes its task itself
+// and returns the error of that finishing call (`return t.Complete(ctx, result)`), which a
+// store blip refused, has the same call made again, with the same arguments, as the outcome
+// of a handler returning nil is: the execution ends as the handler asked, and the handler
+// does not run again on a spent retry.
+func TestWorkerRetriesAHandlersOwnFinishThroughABlip(t *testing.T) {
+	t.Parallel()
+	type handler = func(ctx context.Context, t *flowfabric.Task[struct{}]) error
+	cases := []struct {
+		name  string
+		event fftype.EventType // of the finishing call whose unit fails once
+		fn    handler
+		runs  int // how often the handler runs
+		check func(t *testing.T, b *workerBundle, x *flowfabric.Execution)
+	}{
+		{
+			name: "Complete", event: fftype.EventCompleted, runs: 1,
+			fn: func(ctx context.Context, t *flowfabric.Task[struct{}]) error {
+				return t.Complete(ctx, []byte(`{"answer":42}`))
+			},
+			check: func(t *testing.T, b *workerBundle, x *flowfabric.Execution) {
+				require.Equal(t, flowfabric.StateCompleted, x.PublicState())
+				res, err := b.client.Result(b.ctx, x.ID)
+				require.NoError(t, err)
+				require.JSONEq(t, `{"answer":42}`, string(res))
+			},
+		},
+		{
+			name: "CompleteBinaryWrapped", event: fftype.EventCompleted, runs: 1,
+			fn: func(ctx context.Context, t *flowfabric.Task[struct{}]) error {
+				if err := t.CompleteBinary(ctx, []byte{0xff, 0}); err != nil {
+					return fmt.Errorf("reporting the result: %w", err)
+				}
+				return nil
+			},
+			check: func(t *testing.T, b *workerBundle, x *flowfabric.Execution) {
+				require.Equal(t, flowfabric.StateCompleted, x.PublicState())
+				res, enc, err := b.client.ResultWithEncoding(b.ctx, x.ID)
+				require.NoError(t, err)
+				require.Equal(t, []byte{0xff, 0}, res)
+				require.Equal(t, flowfabric.EncodingBinary, enc)
+			},
+		},
+		{
+			name: "Fail", event: fftype.EventFailed, runs: 1,
+			fn: func(ctx context.Context, t *flowfabric.Task[struct{}]) error {
+				_, err := t.Fail(ctx, flowfabric.FailParams{Reason: "bad input", Category: "permanent", NoRetry: true})
+				return err
+			},
+			check: func(t *testing.T, b *workerBundle, x *flowfabric.Execution) {
+				require.Equal(t, flowfabric.StateFailed, x.PublicState())
+				require.Equal(t, "bad input", x.FailureReason)
+				require.Equal(t, "permanent", x.FailureCategory)
+			},
+		},
+		{
+			name: "Cancel", event: fftype.EventCancelled, runs: 1,
+			fn: func(ctx context.Context, t *flowfabric.Task[struct{}]) error {
+				return t.Cancel(ctx, "no longer wanted")
+			},
+			check: func(t *testing.T, b *workerBundle, x *flowfabric.Execution) {
+				require.Equal(t, flowfabric.StateCancelled, x.PublicState())
+				require.Equal(t, "no longer wanted", x.CancellationReason)
+			},
+		},
+		{
+			name: "Delay", event: fftype.EventDelayed, runs: 1,
+			fn: func(ctx context.Context, t *flowfabric.Task[struct{}]) error {
+				return t.Delay(ctx, time.Hour)
+			},
+			check: func(t *testing.T, b *workerBundle, x *flowfabric.Execution) {
+				require.Equal(t, flowfabric.StateDelayed, x.PublicState())
+				require.Equal(t, fftype.AttemptStateInterrupted, x.AttemptState)
+				require.Equal(t, b.clock.Now().Add(time.Hour), x.DelayUntil.UTC())
+			},
+		},
+		{
+			name: "Release", event: fftype.EventLeaseReleased, runs: 2, // released, then resumed
+			fn: func(ctx context.Context, t *flowfabric.Task[struct{}]) error {
+				if t.Resumed() {
+					return nil
+				}
+				return t.Release(ctx)
+			},
+			check: func(t *testing.T, b *workerBundle, x *flowfabric.Execution) {
+				require.Equal(t, flowfabric.StateCompleted, x.PublicState())
+			},
+		},
+	}
+	for _, tr := range workerTransports() {
+		for _, tc := range cases {
+			t.Run(tr.name+"/"+tc.name, func(t *testing.T) {
+				t.Parallel()
+				s := newFaultStore(1)
+				b := newWorkerBundle(t, func(testing.TB) ffstore.Store { return s }, tr)
+				w, sig := b.worker(t, config("i1"))
+				var runs atomic.Int32
+				flowfabric.Handle(w, "k", func(ctx context.Context, t *flowfabric.Task[struct{}]) error {
+					runs.Add(1)
+					return tc.fn(ctx, t)
+				})
+				s.failUnits(tc.event, 1)
+				res, err := b.client.Create(b.ctx, flowfabric.CreateParams{Lane: testLane, Kind: "k",
+					Policy: flowfabric.Policy{Retry: &flowfabric.RetryPolicy{MaxRetries: 3}}})
+				require.NoError(t, err)
+				run(t, w)
+				for range tc.runs {
+					recvID(t, sig.Settled, res.ID, "settling")
+				}
+
+				x := b.get(t, res.ID)
+				require.Zero(t, x.RetryCount, "no retry spent: category %q, reason %q", x.FailureCategory, x.FailureReason)
+				tc.check(t, b, x)
+				require.Equal(t, 1, eventCounts(t, s)[res.ID][tc.event])
+				require.Equal(t, int32(tc.runs), runs.Load())
+			})
+		}
+	}
+}
+
 // TestRefusedOutcomeKeepsItsIntent: when the backend refuses the report of a handler's
 // outcome as invalid (here, any reason that says "unspeakable"), the worker reports the
 // refusal instead, as the same kind of outcome: a NoRetry failure stays final and a
