@@ -129,9 +129,14 @@ func noAnswerWithin(d time.Duration) error { return fmt.Errorf("%w (%s)", errNoA
 
 // do sends req, whose body is in, bounded by the client's timeout until its answer begins
 // (see Config.Timeout); the answer's body cancels the request's context once closed. A
-// claim is not bounded here: ClaimWait times it, so as to read an answer that comes late.
+// request that hands out leases is not bounded here: handingOutLeases times it, so as to
+// read an answer that comes late.
 func (c *Client) do(req *http.Request, in any) (*http.Response, error) {
-	if _, claim := in.(ffserver.ClaimRequest); claim || c.timeout == 0 {
+	switch in.(type) {
+	case ffserver.ClaimRequest, ffserver.GrantClaimRequest:
+		return c.http.Do(req) // timed by handingOutLeases
+	}
+	if c.timeout == 0 {
 		return c.http.Do(req)
 	}
 	ctx, cancel := context.WithCancelCause(req.Context())
@@ -333,39 +338,20 @@ const claimGrace = 250 * time.Millisecond
 // wait, a retryable unavailable error; either way it releases whatever leases the
 // server's answer still brings.
 func (c *Client) ClaimWait(ctx context.Context, p fftype.ClaimParams, wait time.Duration) ([]*fftype.Lease, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
 	wait = min(wait, ffserver.MaxClaimWait)
 	req := ffserver.ClaimRequest{WorkerID: p.WorkerID, WorkerInstanceID: p.WorkerInstanceID, Lanes: p.Lanes,
 		Capabilities: p.Capabilities, Count: p.Count, LeaseTTLMS: millis(p.LeaseTTL.D()), WaitMS: millis(wait)}
-	gaveUp, giveUp := context.WithCancelCause(ctx)
-	defer giveUp(nil)
-	answerBegan := func() {}
-	if c.timeout > 0 {
-		d := c.timeout + wait
-		timer := time.AfterFunc(d, func() { giveUp(noAnswerWithin(d)) })
-		answerBegan = func() { timer.Stop() }
-	}
-	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	defer cancel()
-	stop := context.AfterFunc(gaveUp, func() { time.AfterFunc(claimGrace, cancel) })
-	defer stop()
 	var resp ffserver.ClaimResponse
-	err := c.claim(rctx, req, &resp, answerBegan)
-	if gaveUp.Err() != nil {
-		c.giveBack(ctx, resp.Leases)
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
-		return nil, unreachable(context.Cause(gaveUp))
-	}
+	leases, err := c.handingOutLeases(ctx, wait, func(ctx context.Context, answerBegan func()) ([]ffserver.LeaseView, error) {
+		err := c.leaseRequest(ctx, "/v1/claim", req, &resp, answerBegan)
+		return resp.Leases, err
+	})
 	if err != nil {
 		return nil, err
 	}
-	out := make([]*fftype.Lease, len(resp.Leases))
-	for i := range resp.Leases {
-		l, err := fromLeaseView(&resp.Leases[i])
+	out := make([]*fftype.Lease, len(leases))
+	for i := range leases {
+		l, err := fromLeaseView(&leases[i])
 		if err != nil {
 			return nil, err
 		}
@@ -374,10 +360,43 @@ func (c *Client) ClaimWait(ctx context.Context, p fftype.ClaimParams, wait time.
 	return out, nil
 }
 
-// claim sends a claim and decodes its answer into out, calling answerBegan once the
-// answer begins.
-func (c *Client) claim(ctx context.Context, req ffserver.ClaimRequest, out *ffserver.ClaimResponse, answerBegan func()) error {
-	resp, err := c.send(ctx, "POST", "/v1/claim", req)
+// handingOutLeases makes call, a request whose answer hands out leases (a claim, the claim
+// of a grant), so that no lease is lost to a caller that stopped waiting for the answer:
+// when ctx ends, or the answer does not begin within Config.Timeout plus extra (the
+// server's wait), call still has claimGrace to read the answer, whose leases are then
+// released, and handingOutLeases returns ctx's error or a retryable unavailable one. call
+// must call answerBegan once the answer begins.
+func (c *Client) handingOutLeases(ctx context.Context, extra time.Duration, call func(ctx context.Context, answerBegan func()) ([]ffserver.LeaseView, error)) ([]ffserver.LeaseView, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	gaveUp, giveUp := context.WithCancelCause(ctx)
+	defer giveUp(nil)
+	answerBegan := func() {}
+	if c.timeout > 0 {
+		d := c.timeout + extra
+		timer := time.AfterFunc(d, func() { giveUp(noAnswerWithin(d)) })
+		answerBegan = func() { timer.Stop() }
+	}
+	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancel()
+	stop := context.AfterFunc(gaveUp, func() { time.AfterFunc(claimGrace, cancel) })
+	defer stop()
+	leases, err := call(rctx, answerBegan)
+	if gaveUp.Err() != nil {
+		c.giveBack(ctx, leases)
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, unreachable(context.Cause(gaveUp))
+	}
+	return leases, err
+}
+
+// leaseRequest sends a request that hands out leases and decodes its answer into out,
+// calling answerBegan once the answer begins.
+func (c *Client) leaseRequest(ctx context.Context, path string, req, out any, answerBegan func()) error {
+	resp, err := c.send(ctx, "POST", path, req)
 	answerBegan()
 	if err != nil {
 		return err
@@ -420,15 +439,23 @@ func (c *Client) IssueGrant(ctx context.Context, id fftype.ExecutionID, kind fft
 	return &out, nil
 }
 
-// ClaimGrant consumes a grant.
+// ClaimGrant consumes a grant. If ctx ends, or the answer does not begin within
+// Config.Timeout, while the claim is under way, the lease the answer still brings is
+// released (the grant is spent; the execution is claimable by anyone at once).
 func (c *Client) ClaimGrant(ctx context.Context, p fftype.GrantClaimParams) (*fftype.Lease, error) {
+	req := ffserver.GrantClaimRequest{Grant: p.Grant, WorkerID: p.WorkerID, WorkerInstanceID: p.WorkerInstanceID,
+		LeaseTTLMS: millis(p.LeaseTTL.D())}
 	var v ffserver.LeaseView
-	err := c.request(ctx, "POST", "/v1/grants/claim", ffserver.GrantClaimRequest{Grant: p.Grant, WorkerID: p.WorkerID,
-		WorkerInstanceID: p.WorkerInstanceID, LeaseTTLMS: millis(p.LeaseTTL.D())}, &v)
+	leases, err := c.handingOutLeases(ctx, 0, func(ctx context.Context, answerBegan func()) ([]ffserver.LeaseView, error) {
+		if err := c.leaseRequest(ctx, "/v1/grants/claim", req, &v, answerBegan); err != nil {
+			return nil, err
+		}
+		return []ffserver.LeaseView{v}, nil
+	})
 	if err != nil {
 		return nil, err
 	}
-	return fromLeaseView(&v)
+	return fromLeaseView(&leases[0])
 }
 
 // Renew extends a lease and returns the new expiry.

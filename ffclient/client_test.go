@@ -182,7 +182,7 @@ func lateClaims(t *testing.T, delay time.Duration) (local *flowfabric.Client, ur
 	require.NoError(t, err)
 	produced := make(chan struct{}, 10)
 	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != "/v1/claim" {
+		if r.URL.Path != "/v1/claim" && r.URL.Path != "/v1/grants/claim" {
 			srv.ServeHTTP(w, r)
 			return
 		}
@@ -252,6 +252,32 @@ func TestClaimAnswerAfterTheTimeout(t *testing.T) {
 
 	p.WorkerInstanceID = "w2"
 	again, err := local.Claim(ctx, p)
+	require.NoError(t, err)
+	require.Len(t, again, 1, "the lease of the answer that came after the timeout was given back")
+	require.Equal(t, res.ID, again[0].ExecutionID)
+}
+
+// TestGrantClaimAnswerAfterTheTimeout: the claim of a grant hands out a lease as a claim
+// does, and gives it back the same way when its answer comes too late.
+func TestGrantClaimAnswerAfterTheTimeout(t *testing.T) {
+	t.Parallel()
+	const timeout = 100 * time.Millisecond
+	local, url, _ := lateClaims(t, timeout+50*time.Millisecond)
+	c, err := ffclient.New(url, &ffclient.Config{Timeout: timeout})
+	require.NoError(t, err)
+
+	ctx := t.Context()
+	res, err := local.Create(ctx, fftype.CreateParams{Lane: "l", Kind: "k"})
+	require.NoError(t, err)
+	grant, err := local.IssueGrant(ctx, res.ID, fftype.GrantClaim, fftype.GrantParams{WorkerID: "w"})
+	require.NoError(t, err)
+	lease, err := c.ClaimGrant(ctx, fftype.GrantClaimParams{Grant: *grant, WorkerID: "w", WorkerInstanceID: "w1",
+		LeaseTTL: fftype.Duration(10 * time.Minute)})
+	require.ErrorIs(t, err, fftype.ErrUnavailable)
+	require.True(t, fftype.IsRetryable(err))
+	require.Nil(t, lease)
+
+	again, err := local.Claim(ctx, fftype.ClaimParams{WorkerID: "w", WorkerInstanceID: "w2", Lanes: []string{"l"}})
 	require.NoError(t, err)
 	require.Len(t, again, 1, "the lease of the answer that came after the timeout was given back")
 	require.Equal(t, res.ID, again[0].ExecutionID)
