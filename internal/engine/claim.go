@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"math"
 	"sort"
 	"strings"
 	"sync"
@@ -224,8 +225,9 @@ func take[T any](ctx context.Context, e *Engine, caps []string, laneNames []stri
 
 // pick chooses the candidate to claim from: the highest priority; then, among its lanes,
 // the one served least recently; then, within that lane, the namespace served least
-// recently; then the oldest head. Ties go to the name that sorts first, so one worker
-// alone sees its lanes, and a lane's namespaces, in strict alternation. Turns are counted
+// recently; then the oldest head. Names tied at a turn (never served, or forgotten: see
+// putTurn) go in rotation (ahead), so one worker alone sees its lanes, and a lane's
+// namespaces, in strict alternation, in name order. Turns are counted
 // for the whole engine but compared only among the candidates of this caller, so workers
 // whose lanes or capabilities differ cannot starve each other's candidates. alone reports
 // whether the chosen candidate's namespace is the only one at that priority.
@@ -249,7 +251,7 @@ func (e *Engine) pick(cands []*candidate) (int, bool) {
 			continue
 		}
 		alone = alone && c.lane == cands[first].lane && c.ns == cands[first].ns
-		if at < laneAt || at == laneAt && c.lane < lane {
+		if at < laneAt || at == laneAt && ahead(c.lane, lane, e.turns.lastLane) {
 			lane, laneAt = c.lane, at
 		}
 	}
@@ -260,13 +262,24 @@ func (e *Engine) pick(cands []*candidate) (int, bool) {
 			continue
 		}
 		switch at := e.turns.namespaces[laneNamespace{lane, c.ns}]; {
-		case chosen < 0, at < nsAt, at == nsAt && c.ns < ns:
+		case chosen < 0, at < nsAt, at == nsAt && ahead(c.ns, ns, e.turns.lastNS):
 			chosen, ns, nsAt = i, c.ns, at
 		case c.ns == ns && c.head.Less(cands[chosen].head):
 			chosen = i
 		}
 	}
 	return chosen, alone
+}
+
+// ahead reports whether name a goes before name b of the same turn: the names after
+// last, the name last served, first and in order, then the others in order. So names that
+// tie, those never served or forgotten, take their turns in rotation, not the first in
+// order again and again.
+func ahead(a, b, last string) bool {
+	if wa, wb := a <= last, b <= last; wa != wb {
+		return wb
+	}
+	return a < b
 }
 
 // maxTurns bounds each map of claimTurns (lanes and namespaces come and go).
@@ -279,6 +292,8 @@ type claimTurns struct {
 	served     uint64                   // counts the times work was handed out
 	lanes      map[string]uint64        // lane → served when it last handed out work
 	namespaces map[laneNamespace]uint64 // the same per namespace of a lane
+	lastLane   string                   // the lane that handed out work last
+	lastNS     string                   // and its namespace
 }
 
 type laneNamespace struct{ lane, ns string }
@@ -290,16 +305,23 @@ func (t *claimTurns) serve(lane, ns string) {
 	t.served++
 	putTurn(t.lanes, lane, t.served)
 	putTurn(t.namespaces, laneNamespace{lane, ns}, t.served)
+	t.lastLane, t.lastNS = lane, ns
 }
 
-// putTurn sets m[k] = served, first forgetting some other key if m is full: a key
-// forgotten reads as never served, so it gets the next turn and nothing starves.
+// putTurn sets m[k] = served. A full map first forgets the key served least recently,
+// which reads as never served from then on: it goes ahead of every key the map holds, in
+// rotation with the other names it ties with (ahead), so nothing starves however many
+// names there are. Forgetting scans the map, once per name that enters a full one.
 func putTurn[K comparable](m map[K]uint64, k K, served uint64) {
 	if _, ok := m[k]; !ok && len(m) >= maxTurns {
-		for old := range m {
-			delete(m, old)
-			break
+		var oldest K
+		oldestAt := uint64(math.MaxUint64)
+		for key, at := range m {
+			if at < oldestAt {
+				oldest, oldestAt = key, at
+			}
 		}
+		delete(m, oldest)
 	}
 	m[k] = served
 }

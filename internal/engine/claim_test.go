@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"fmt"
 	"strconv"
 	"testing"
 
@@ -115,4 +116,51 @@ func TestClaimTurnsStayBounded(t *testing.T) {
 	last := "l" + strconv.Itoa(maxTurns+9)
 	require.Equal(t, uint64(maxTurns+10), turns.lanes[last])
 	require.Equal(t, uint64(maxTurns+10), turns.namespaces[laneNamespace{last, "n"}])
+}
+
+// TestClaimNamespaceTurnsPastWhatTurnsRemember: with more namespaces in a lane than
+// claimTurns remembers (maxTurns), every namespace still gets its turn: fair turns serve
+// each of N namespaces once in N picks, and none twice before all once.
+func TestClaimNamespaceTurnsPastWhatTurnsRemember(t *testing.T) {
+	t.Parallel()
+	e, _ := newTestEngineOn(t, ffmem.New(&ffmem.Options{Shards: 1}), Config{})
+	ctx := t.Context()
+	const n = maxTurns + 104
+	var ps []fftype.CreateParams
+	for i := range n {
+		for range 4 {
+			ps = append(ps, fftype.CreateParams{Lane: "l", Namespace: fmt.Sprintf("n%05d", i), Kind: "k"})
+		}
+	}
+	for len(ps) > 0 {
+		k := min(len(ps), 500)
+		for _, r := range e.CreateMany(ctx, ps[:k]) {
+			require.NoError(t, r.Err)
+		}
+		ps = ps[k:]
+	}
+	served := map[string]int{}
+	total := 0
+	for total < n+800 {
+		leases, err := e.Claim(ctx, fftype.ClaimParams{WorkerID: "w", WorkerInstanceID: "i", Lanes: []string{"l"}, Count: 1000})
+		require.NoError(t, err)
+		require.NotEmpty(t, leases)
+		for _, l := range leases {
+			served[l.Namespace]++
+		}
+		total += len(leases)
+	}
+	most := 0
+	for _, c := range served {
+		most = max(most, c)
+	}
+	var never []string
+	for i := range n {
+		if ns := fmt.Sprintf("n%05d", i); served[ns] == 0 {
+			never = append(never, ns)
+		}
+	}
+	require.Empty(t, never, "after %d leases over %d namespaces (fair turns serve each once), %d namespaces were never served, e.g. %v, while others were served up to %d times",
+		total, n, len(never), never[:min(5, len(never))], most)
+	require.LessOrEqual(t, most, 2, "%d leases over %d namespaces", total, n)
 }
