@@ -235,10 +235,11 @@ func expireIdemKeys(tx ffstore.Tx, items []ffstore.QueueItem, now time.Time) err
 }
 
 // Start runs the timer loop in the background until Stop or ctx ends. The loop holds the
-// timer loop's shard leases, shared fairly among every engine running on the store, and on its
-// shards it handles due timers and sweeps the event log; then it sleeps until the next timer
-// is due, a change wakes it, or the poll interval passes. Calling Start on a running engine
-// does nothing; once a loop has ended with its ctx, Start runs a new one.
+// timer loop's shard leases, shared fairly among every engine running on the store, and on
+// its shards it handles due timers and sweeps the event log (on every shard while the
+// store refuses the lease units, as one at its memory limit does); then it sleeps until
+// the next timer is due, a change wakes it, or the poll interval passes. Calling Start on
+// a running engine does nothing; once a loop has ended with its ctx, Start runs a new one.
 func (e *Engine) Start(ctx context.Context) {
 	e.loopMu.Lock()
 	defer e.loopMu.Unlock()
@@ -272,9 +273,16 @@ func (e *Engine) timerLoop(ctx context.Context) {
 			only[s] = true
 		}
 		_, next, err := e.runDue(ctx, only)
+		sweepOn := only
+		if berr != nil && len(only) == 0 {
+			// The store refuses the lease units. One at its memory limit (a Redis at
+			// maxmemory) refuses every write but a trim, which is what frees it; a trim
+			// is safe from any replica on any shard (it never lowers a trim point).
+			sweepOn = nil
+		}
 		if !e.now().Before(swept.Add(e.cfg.EventSweepInterval)) { // even if a timer failed
 			swept = e.now()
-			_, serr := e.sweepEvents(ctx, only)
+			_, serr := e.sweepEvents(ctx, sweepOn)
 			err = errors.Join(err, serr)
 		}
 		if err := errors.Join(berr, err); err != nil && ctx.Err() == nil {

@@ -216,3 +216,37 @@ func TestLateTimerLoopAppliesTheTimerThatCameFirst(t *testing.T) {
 		})
 	}
 }
+
+// refusingUnitsStore refuses every unit, as a store at its memory limit does (a Redis at
+// maxmemory), while reads and trims go through.
+type refusingUnitsStore struct{ ffstore.Store }
+
+func (refusingUnitsStore) Update(context.Context, int, func(ffstore.Tx) error) error {
+	return fftype.NewError(fftype.KindUnavailable, fftype.CodeStoreUnavailable, "injected: out of memory")
+}
+
+// TestTimerLoopSweepsAStoreThatRefusesUnits: the timer loop sweeps the event logs of the
+// shards whose leases it holds; on a store that refuses every unit it can hold none, and
+// trimming its logs may be the only thing that frees it. It then sweeps every shard.
+func TestTimerLoopSweepsAStoreThatRefusesUnits(t *testing.T) {
+	t.Parallel()
+	mem := ffmem.New(&ffmem.Options{Shards: 2})
+	e, clock := newTestEngineOn(t, refusingUnitsStore{mem}, Config{EventMaxAge: time.Minute})
+	for shard := range 2 {
+		require.NoError(t, mem.Update(t.Context(), shard, func(tx ffstore.Tx) error {
+			tx.AppendEvent(fftype.Event{Version: 1, Type: fftype.EventProgress, Time: clock.Now().Add(-time.Hour),
+				ExecutionID: fftype.NewExecutionID(shard), Namespace: "default", Lane: "l"})
+			return nil
+		}))
+	}
+	e.Start(t.Context())
+	defer e.Stop()
+	require.Eventually(t, func() bool {
+		for shard := range 2 {
+			if trimmed, _, err := mem.EventBounds(t.Context(), shard); err != nil || trimmed == 0 {
+				return false
+			}
+		}
+		return true
+	}, 10*time.Second, 10*time.Millisecond, "the hour-old events are swept")
+}
