@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -218,7 +219,8 @@ func (w *shellWorker) handle(ctx context.Context, t *flowfabric.ClaimedTask) (no
 	case err != nil:
 		reason := err.Error()
 		if s := bytes.TrimSpace(stderr.Bytes()); len(s) > 0 {
-			reason += ": " + string(s)
+			reason += ": "
+			reason += endOf(string(s), fftype.MaxReasonBytes-len(reason)) // the last lines say why
 		}
 		w.fail(ctx, t, "exit", err.Error(), reason)
 		notDone = fmt.Errorf("%s failed: %w", id, err)
@@ -294,6 +296,20 @@ func resultOf(stdout []byte) (result []byte, binary bool) {
 	default:
 		return stdout, true
 	}
+}
+
+// endOf returns the end of s, made valid UTF-8, in at most n bytes, starting at a
+// character.
+func endOf(s string, n int) string {
+	s = strings.ToValidUTF8(s, string(utf8.RuneError))
+	if len(s) <= n {
+		return s
+	}
+	i := len(s) - n
+	for i < len(s) && !utf8.RuneStart(s[i]) {
+		i++
+	}
+	return s[i:]
 }
 
 // tail keeps the last max bytes written to it. The first may be the end of a character cut

@@ -203,6 +203,26 @@ func TestWorkerFailsAttemptWhoseStderrIsNotASCII(t *testing.T) {
 	}
 }
 
+// TestWorkerFailReasonIsTheEndOfStderr pins that the reason of a failed attempt is the end
+// of a long stderr, where the error usually is, not a slice from its middle.
+func TestWorkerFailReasonIsTheEndOfStderr(t *testing.T) {
+	t.Parallel()
+	base := startServer(t, "")
+	id := submitOne(t, base, "stderrend")
+	script := `i=0; while [ $i -lt 60 ]; do echo "progress line $i of a long build log" >&2; i=$((i+1)); done; echo "FATAL: disk full" >&2; exit 3`
+	out, err := workOnce(t, base, "stderrend", "sh", "-c", script)
+	require.Error(t, err, out)
+	c, err := ffclient.New(base, nil)
+	require.NoError(t, err)
+	attempts, err := c.Attempts(t.Context(), id)
+	require.NoError(t, err)
+	require.NotEmpty(t, attempts)
+	reason := attempts[0].FailureReason
+	require.True(t, strings.HasPrefix(reason, "exit status 3: "), "%q", reason)
+	require.True(t, strings.HasSuffix(reason, "FATAL: disk full"), "%q", reason)
+	require.LessOrEqual(t, len(reason), fftype.MaxReasonBytes)
+}
+
 // TestWorkerCompletesWhenABackgroundChildKeepsStdoutOpen pins that a command exiting 0
 // completes its execution with what it printed even though a process it started in the
 // background still holds its stdout (sh -c 'daemon & echo ok'): the worker stops waiting
