@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"maps"
 	"strconv"
 	"testing"
 	"time"
@@ -199,6 +200,14 @@ func TestTagLimits(t *testing.T) {
 	full["dropped"] = "" // no tag, so not one of the 64
 	res, err = e.Create(t.Context(), fftype.CreateParams{Lane: "l", Kind: "k", Tags: full})
 	require.NoError(t, err)
+	_, err = e.Create(t.Context(), fftype.CreateParams{Lane: "l", Kind: "k", Tags: swap})
+	require.NoError(t, err, "65 entries, one tag")
+	many := maps.Clone(swap)
+	for i := range fftype.MaxTags {
+		many["x"+strconv.Itoa(i)] = ""
+	}
+	_, err = e.Create(t.Context(), fftype.CreateParams{Lane: "l", Kind: "k", Tags: many})
+	require.ErrorIs(t, err, &fftype.Error{Kind: fftype.KindValidation, Code: fftype.CodeInvalidInput}, "129 entries")
 	err = e.SetTags(t.Context(), res.ID, map[string]string{"one_more": "v"})
 	require.ErrorIs(t, err, &fftype.Error{Kind: fftype.KindValidation, Code: fftype.CodeInvalidInput}, "65 tags")
 	require.NoError(t, e.SetTags(t.Context(), res.ID, swap), "64 removals and one tag leave one")
