@@ -158,20 +158,9 @@ func TestStartCursor(t *testing.T) {
 		require.NoError(t, err)
 		created = append(created, res.ID)
 	}
-	next := func(sub *engine.Subscription) fftype.Delivery {
-		t.Helper()
-		select {
-		case d, ok := <-sub.Events():
-			require.True(t, ok, "the subscription ended: %v", sub.Err())
-			return d
-		case <-time.After(10 * time.Second):
-			t.Fatal("no event delivered")
-			return fftype.Delivery{}
-		}
-	}
 	var got []fftype.ExecutionID
 	for range created {
-		got = append(got, next(sub).Event.ExecutionID)
+		got = append(got, nextDelivery(t, sub).Event.ExecutionID)
 	}
 	require.ElementsMatch(t, created, got)
 	require.Equal(t, start, sub.StartCursor(), "reading on does not move the start")
@@ -182,7 +171,7 @@ func TestStartCursor(t *testing.T) {
 	require.Equal(t, start, again.StartCursor(), "a subscription from a cursor starts at it")
 	got = got[:0]
 	for range created {
-		got = append(got, next(again).Event.ExecutionID)
+		got = append(got, nextDelivery(t, again).Event.ExecutionID)
 	}
 	require.ElementsMatch(t, created, got, "from the start cursor, every event since the first subscription began")
 }
@@ -255,21 +244,10 @@ func TestSubscriptionPosition(t *testing.T) {
 		rest, err := e.Subscribe(ctx, created, at)
 		require.NoError(t, err)
 		defer rest.Close()
-		next := func(sub *engine.Subscription) fftype.Delivery {
-			t.Helper()
-			select {
-			case d, ok := <-sub.Events():
-				require.True(t, ok, "the subscription ended: %v", sub.Err())
-				return d
-			case <-time.After(10 * time.Second):
-				t.Fatal("no event delivered")
-				return fftype.Delivery{}
-			}
-		}
 		for range room {
-			next(sub)
+			nextDelivery(t, sub)
 		}
-		require.Equal(t, next(sub).Event.ExecutionID, next(rest).Event.ExecutionID,
+		require.Equal(t, nextDelivery(t, sub).Event.ExecutionID, nextDelivery(t, rest).Event.ExecutionID,
 			"from the position, the first event not pushed when it was read")
 	})
 }
@@ -508,4 +486,18 @@ func TestSubscriptionBacksOffWhileOneShardIsDown(t *testing.T) {
 	t.Logf("retry_in of the first six retries: %v", delays)
 	require.Greater(t, delays[5], delays[0],
 		"the backoff grows while one shard stays away")
+}
+
+// nextDelivery returns sub's next delivery, failing the test if the subscription ends or
+// none comes within 10 s.
+func nextDelivery(t *testing.T, sub *engine.Subscription) fftype.Delivery {
+	t.Helper()
+	select {
+	case d, ok := <-sub.Events():
+		require.True(t, ok, "the subscription ended: %v", sub.Err())
+		return d
+	case <-time.After(10 * time.Second):
+		t.Fatal("no event delivered")
+		return fftype.Delivery{}
+	}
 }
