@@ -59,8 +59,9 @@ func (c *Client) ListWorkers(ctx context.Context, p WorkerListParams) (*WorkerPa
 // MarkWorkerDead declares a worker instance dead: its registration goes and every lease
 // it holds expires at once, so its executions are eligible again and their next claims
 // are reclaim attempts. An instance not registered in namespace loses only its leases on
-// that namespace's executions. It returns how many leases expired. reason is at most 256
-// bytes of UTF-8 without control characters.
+// that namespace's executions. Leases taken after the mark, by a new process with the
+// instance id, are kept; a mark that failed part-way may be retried. It returns how many
+// leases expired. reason is at most 256 bytes of UTF-8 without control characters.
 func (c *Client) MarkWorkerDead(ctx context.Context, namespace, instanceID, reason string) (int, error) {
 	return c.engine.MarkWorkerDead(ctx, namespace, instanceID, reason)
 }

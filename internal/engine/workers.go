@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/flowfabric/flowfabric/ffstore"
 	"github.com/flowfabric/flowfabric/fftype"
@@ -97,6 +98,10 @@ type WorkerInfo struct {
 type workerRecord struct {
 	WorkerInfo
 	Session string `json:"session"`
+	// DeadAt is when MarkWorkerDead marked the instance dead: the registration is no
+	// longer live (the instance id is free), and the record stays until the mark has
+	// expired the leases held then, so that a mark retried after a failure finds it.
+	DeadAt time.Time `json:"dead_at,omitzero"`
 }
 
 // WorkerRegistered is the outcome of a registration.
@@ -126,8 +131,9 @@ type WorkerPage struct {
 }
 
 func checkSession(session string) error {
-	if session == "" || len(session) > MaxWorkerSession {
-		return fftype.Validationf(fftype.CodeInvalidInput, "worker session must be 1 to %d bytes", MaxWorkerSession)
+	if session == "" || len(session) > MaxWorkerSession || !utf8.ValidString(session) {
+		// UTF-8, as the registration record is JSON, which would change other bytes.
+		return fftype.Validationf(fftype.CodeInvalidInput, "worker session must be 1 to %d bytes of UTF-8", MaxWorkerSession)
 	}
 	return nil
 }
@@ -179,7 +185,9 @@ func readWorker(tx ffstore.ReadTx, ns, instance string) (*workerRecord, error) {
 	return &rec, nil
 }
 
-func (rec *workerRecord) live(now time.Time) bool { return now.Before(rec.ExpiresAt) }
+func (rec *workerRecord) live(now time.Time) bool {
+	return rec.DeadAt.IsZero() && now.Before(rec.ExpiresAt)
+}
 
 func putWorker(tx ffstore.Tx, rec *workerRecord) {
 	m := workerMember(rec.Namespace, rec.InstanceID)
@@ -222,7 +230,7 @@ func sweepWorkers(tx ffstore.Tx, now time.Time) error {
 		switch {
 		case rec == nil:
 			tx.QueueRemove(queueWorkers, it.Member)
-		case rec.live(now):
+		case now.Before(rec.ExpiresAt): // live, or marked dead and kept for the mark
 			tx.QueueAdd(queueWorkerExpiry, it.Member, ms(rec.ExpiresAt))
 		default:
 			deleteWorker(tx, ns, instance)
@@ -445,15 +453,17 @@ func (e *Engine) ListWorkers(ctx context.Context, p WorkerListParams) (*WorkerPa
 	return page, err
 }
 
-// MarkWorkerDead declares a worker instance dead: its registration is deleted, and every
-// lease it holds on any shard expires at once, so the executions go back to eligible and
-// their next claim starts a reclaim attempt (or fails them at the reclaim cap). Leases are
-// matched by instance id and, when the registration existed, by its worker id; without a
-// registration, only leases on executions of the namespace are, so that a worker of
-// another namespace with the same instance id keeps its own. reason is at most 256 bytes
-// of UTF-8 with no control characters. It returns how many leases expired; an
-// instance with neither a registration nor a lease is a not-found error coded
-// worker_not_registered.
+// MarkWorkerDead declares a worker instance dead: its registration ends (the instance id
+// is free at once), and every lease it held then, on any shard, expires, so the executions
+// go back to eligible and their next claim starts a reclaim attempt (or fails them at the
+// reclaim cap). Leases are matched by instance id and, when the registration existed, by
+// its worker id; without a registration, only leases on executions of the namespace are,
+// so that a worker of another namespace with the same instance id keeps its own. A lease
+// taken or renewed after the mark (a new process that registered the instance id again)
+// is left alone. A mark that fails part-way (a passing store error) may be retried: it
+// finishes the same job. reason is at most 256 bytes of UTF-8 with no control characters.
+// It returns how many leases expired; an instance with neither a registration nor a
+// lease is a not-found error coded worker_not_registered.
 func (e *Engine) MarkWorkerDead(ctx context.Context, namespace, instanceID, reason string) (int, error) {
 	ns, err := checkInstance(namespace, instanceID)
 	if err != nil {
@@ -466,15 +476,19 @@ func (e *Engine) MarkWorkerDead(ctx context.Context, namespace, instanceID, reas
 	found := false
 	err = e.update(ctx, e.workerShard(ns), func(tx ffstore.Tx) error {
 		now := e.now()
-		h, found = leaseHolder{instanceID: instanceID, namespace: ns}, false
+		h, found = leaseHolder{instanceID: instanceID, namespace: ns, markedAt: now}, false
 		rec, err := readWorker(tx, ns, instanceID)
 		if err != nil || rec == nil {
 			return err
 		}
-		h, found = leaseHolder{workerID: rec.WorkerID, instanceID: instanceID}, true
-		deleteWorker(tx, ns, instanceID)
-		workerEvent(tx, fftype.EventWorkerMarkedDead, ns, now, map[string]any{
-			"worker_id": rec.WorkerID, "worker_instance_id": instanceID, "reason": reason})
+		found = true
+		if rec.DeadAt.IsZero() { // not a retry of a mark that failed part-way
+			rec.DeadAt = now
+			putWorker(tx, rec)
+			workerEvent(tx, fftype.EventWorkerMarkedDead, ns, now, map[string]any{
+				"worker_id": rec.WorkerID, "worker_instance_id": instanceID, "reason": reason})
+		}
+		h = leaseHolder{workerID: rec.WorkerID, instanceID: instanceID, markedAt: rec.DeadAt}
 		return nil
 	})
 	if err != nil {
@@ -492,23 +506,39 @@ func (e *Engine) MarkWorkerDead(ctx context.Context, namespace, instanceID, reas
 			return expired, err
 		}
 	}
-	if !found && expired == 0 {
-		return 0, notRegistered(ns, instanceID)
-	}
 	if expired > 0 {
 		e.notifyTimers()
 	}
-	return expired, nil
+	if !found {
+		if expired == 0 {
+			return 0, notRegistered(ns, instanceID)
+		}
+		return expired, nil
+	}
+	// The leases held at the mark are gone: the record has done its part.
+	err = e.update(ctx, e.workerShard(ns), func(tx ffstore.Tx) error {
+		rec, err := readWorker(tx, ns, instanceID)
+		if err == nil && rec != nil && rec.DeadAt.Equal(h.markedAt) {
+			deleteWorker(tx, ns, instanceID)
+		}
+		return err
+	})
+	return expired, err
 }
 
 // leaseHolder names the leases MarkWorkerDead expires: those of an instance, of its
-// worker id when given, on executions of a namespace when given.
-type leaseHolder struct{ workerID, instanceID, namespace string }
+// worker id when given, on executions of a namespace when given, taken or last renewed
+// no later than markedAt.
+type leaseHolder struct {
+	workerID, instanceID, namespace string
+	markedAt                        time.Time
+}
 
 // holds reports whether x is leased by h.
 func (h leaseHolder) holds(x *fftype.Execution) bool {
 	return x.Ownership == fftype.OwnershipLeased && x.WorkerInstanceID == h.instanceID &&
-		(h.workerID == "" || x.WorkerID == h.workerID) && (h.namespace == "" || x.Namespace == h.namespace)
+		(h.workerID == "" || x.WorkerID == h.workerID) && (h.namespace == "" || x.Namespace == h.namespace) &&
+		!x.LeaseRenewedAt.After(h.markedAt)
 }
 
 // expireLeasesOf expires the leases of one shard held by the instance: it finds them with a

@@ -1,6 +1,7 @@
 package engine_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"sync"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/flowfabric/flowfabric/ffstore"
 	"github.com/flowfabric/flowfabric/ffstore/ffmem"
 	"github.com/flowfabric/flowfabric/fftest"
 	"github.com/flowfabric/flowfabric/fftype"
@@ -121,4 +123,131 @@ func TestWorkerRegistry(t *testing.T) {
 		_, err = b.engine.HeartbeatWorker(t.Context(), "", "old-1", "s")
 		require.True(t, errors.Is(err, &fftype.Error{Kind: fftype.KindNotFound, Code: engine.CodeWorkerNotRegistered}))
 	})
+}
+
+// viewHookStore is a memory store whose next View of one shard, once armed, first runs a
+// hook (which may call the engine) and then either fails or proceeds.
+type viewHookStore struct {
+	*ffmem.Store
+	mu    sync.Mutex
+	shard int
+	armed bool
+	fail  bool
+	hook  func()
+}
+
+func (s *viewHookStore) arm(shard int, fail bool, hook func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.shard, s.armed, s.fail, s.hook = shard, true, fail, hook
+}
+
+func (s *viewHookStore) View(ctx context.Context, shard int, fn func(tx ffstore.ReadTx) error) error {
+	s.mu.Lock()
+	fire := s.armed && shard == s.shard
+	fail, hook := s.fail, s.hook
+	if fire {
+		s.armed = false
+	}
+	s.mu.Unlock()
+	if fire {
+		if hook != nil {
+			hook()
+		}
+		if fail {
+			return fftype.NewError(fftype.KindUnavailable, fftype.CodeStoreUnavailable, "injected: outage of shard %d", shard)
+		}
+	}
+	return s.Store.View(ctx, shard, fn)
+}
+
+func newViewHookEngine(t *testing.T) (*viewHookStore, *engine.Engine, *fftest.Clock) {
+	t.Helper()
+	clock := fftest.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	store := &viewHookStore{Store: ffmem.New(&ffmem.Options{Shards: 4})}
+	e, err := engine.New(store, &engine.Config{Clock: clock})
+	require.NoError(t, err)
+	return store, e, clock
+}
+
+// TestMarkWorkerDeadRetriedAfterAPartialFailure: a mark whose lease scan of one shard
+// fails (a passing outage) is retried by its caller, and the retry finishes the job: it
+// still knows the worker's id, so it expires its leases on executions of other namespaces
+// (claims go by lane, not namespace) rather than answer worker_not_registered.
+func TestMarkWorkerDeadRetriedAfterAPartialFailure(t *testing.T) {
+	t.Parallel()
+	store, e, _ := newViewHookEngine(t)
+	ctx := t.Context()
+	_, err := e.RegisterWorker(ctx, engine.WorkerRegistration{WorkerID: "pool", InstanceID: "host-1",
+		Lanes: []string{"l"}, TTL: time.Minute, Session: "s1"})
+	require.NoError(t, err)
+	res, err := e.Create(ctx, fftype.CreateParams{Namespace: "tenant-a", Lane: "l", Kind: "k"})
+	require.NoError(t, err)
+	leases, err := e.Claim(ctx, fftype.ClaimParams{WorkerID: "pool", WorkerInstanceID: "host-1", Lanes: []string{"l"}})
+	require.NoError(t, err)
+	require.Len(t, leases, 1)
+
+	store.arm(res.ID.Shard(), true, nil) // the lease scan of that shard fails once
+	_, err = e.MarkWorkerDead(ctx, "", "host-1", "host lost")
+	require.Error(t, err, "the injected outage fails the call")
+	require.True(t, fftype.IsRetryable(err), "a passing failure: the caller retries")
+
+	n, err := e.MarkWorkerDead(ctx, "", "host-1", "host lost")
+	require.NoError(t, err, "retrying the failed MarkWorkerDead must finish its job")
+	require.Equal(t, 1, n)
+	x, err := e.Get(ctx, res.ID)
+	require.NoError(t, err)
+	require.NotEqual(t, fftype.OwnershipLeased, x.Ownership, "the dead worker's lease must be expired")
+}
+
+// TestMarkWorkerDeadSparesTheNextSessionsLeases: a mark frees the instance id at once, then
+// scans every shard for leases. A new process with the same instance id (a restarted pod)
+// that registers and claims meanwhile keeps its lease: only those held at the mark expire.
+func TestMarkWorkerDeadSparesTheNextSessionsLeases(t *testing.T) {
+	t.Parallel()
+	store, e, clock := newViewHookEngine(t)
+	ctx := t.Context()
+	reg := engine.WorkerRegistration{WorkerID: "pool", InstanceID: "pod-7", Lanes: []string{"l"}, TTL: time.Minute, Session: "old"}
+	_, err := e.RegisterWorker(ctx, reg)
+	require.NoError(t, err)
+	old, err := e.Create(ctx, fftype.CreateParams{Lane: "l", Kind: "k"})
+	require.NoError(t, err)
+	dead, err := e.Claim(ctx, fftype.ClaimParams{WorkerID: "pool", WorkerInstanceID: "pod-7", Lanes: []string{"l"}})
+	require.NoError(t, err)
+	require.Len(t, dead, 1)
+
+	fresh, err := e.Create(ctx, fftype.CreateParams{Lane: "l2", Kind: "k"})
+	require.NoError(t, err)
+	var newLease []*fftype.Lease
+	store.arm(fresh.ID.Shard(), false, func() {
+		// The restarted process, a moment later: the id is free.
+		clock.Advance(time.Millisecond)
+		r := reg
+		r.Session, r.Lanes = "new", []string{"l2"}
+		_, err := e.RegisterWorker(ctx, r)
+		require.NoError(t, err, "the instance id is free once marked dead")
+		newLease, err = e.Claim(ctx, fftype.ClaimParams{WorkerID: "pool", WorkerInstanceID: "pod-7", Lanes: []string{"l2"}})
+		require.NoError(t, err)
+		require.Len(t, newLease, 1)
+	})
+	n, err := e.MarkWorkerDead(ctx, "", "pod-7", "pod evicted")
+	require.NoError(t, err)
+	require.Len(t, newLease, 1, "the hook ran")
+	x, err := e.Get(ctx, old.ID)
+	require.NoError(t, err)
+	require.NotEqual(t, fftype.OwnershipLeased, x.Ownership, "the dead process's lease expired")
+	_, err = e.Renew(ctx, newLease[0].ExecutionID, newLease[0].Fence, 0)
+	require.NoError(t, err,
+		"the lease the new process took after the mark must survive (MarkWorkerDead expired %d leases)", n)
+}
+
+// TestWorkerSessionMustBeUTF8: the registration record is JSON, which would change a
+// session's other bytes, and the session could then not heartbeat its own registration:
+// such a session is refused.
+func TestWorkerSessionMustBeUTF8(t *testing.T) {
+	t.Parallel()
+	_, e, _ := newViewHookEngine(t)
+	_, err := e.RegisterWorker(t.Context(), engine.WorkerRegistration{WorkerID: "w", InstanceID: "i1",
+		Lanes: []string{"l"}, TTL: time.Minute, Session: "\xff\xfe-secret"})
+	require.ErrorIs(t, err, &fftype.Error{Kind: fftype.KindValidation, Code: fftype.CodeInvalidInput})
 }
