@@ -76,7 +76,7 @@ type WorkerRegistration struct {
 	Capabilities []string
 	// TTL is how long the registration lives without a heartbeat, 1s to 48h.
 	TTL time.Duration
-	// Session is a secret the process minted when it started (1 to 128 bytes). Only the
+	// Session is a secret the process minted when it started (1 to 128 bytes of UTF-8). Only the
 	// same session may refresh, heartbeat or deregister a live registration.
 	Session string
 }
