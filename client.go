@@ -79,8 +79,9 @@ func (c *Client) CreateMany(ctx context.Context, ps []CreateParams) []BulkCreate
 }
 
 // Claim hands a worker up to p.Count eligible executions from its lanes as leases: only
-// those whose required capabilities the worker holds, highest priority first, namespaces
-// taking turns, oldest first. An empty result means nothing was eligible.
+// those whose required capabilities the worker holds, highest priority first, then the
+// worker's lanes and a lane's namespaces taking turns (least recently served first), then
+// oldest first. An empty result means nothing was eligible.
 func (c *Client) Claim(ctx context.Context, p ClaimParams) ([]*Lease, error) {
 	return c.engine.Claim(ctx, p)
 }

@@ -21,8 +21,8 @@ its [Policy] decides retries, timeouts and lease length:
 	})
 
 Workers take work through the one claim path, which hands each worker only executions
-whose required capabilities it holds — highest priority first, namespaces taking turns,
-oldest first:
+whose required capabilities it holds — highest priority first, then its lanes and a
+lane's namespaces taking turns, then oldest first:
 
 	leases, err := client.Claim(ctx, flowfabric.ClaimParams{
 		WorkerID: "mailer", WorkerInstanceID: "mailer-1", Lanes: []string{"email"}, Count: 10,

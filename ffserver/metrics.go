@@ -43,7 +43,7 @@ var eventMetric = map[fftype.EventType]string{ //nolint:gochecknoglobals // a co
 	fftype.EventCreated:        "creations",
 }
 
-func newMetrics(client *flowfabric.Client, log *slog.Logger) *metrics {
+func newMetrics(client *flowfabric.Client, log *slog.Logger, requestTimeout time.Duration) *metrics {
 	m := &metrics{
 		client:   client,
 		registry: prometheus.NewRegistry(),
@@ -57,7 +57,7 @@ func newMetrics(client *flowfabric.Client, log *slog.Logger) *metrics {
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
 		}, []string{"route", "code"}),
 	}
-	m.registry.MustRegister(m.events, m.requests, collectors.NewGoCollector(), &depthCollector{client: client, log: log},
+	m.registry.MustRegister(m.events, m.requests, collectors.NewGoCollector(), &depthCollector{client: client, log: log, timeout: min(maxDepthRead, requestTimeout/2)},
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.page = promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{})
 	return m
@@ -110,12 +110,18 @@ func (m *metrics) follow(ctx context.Context, sub *flowfabric.Subscription, log 
 // A lane it has seen waiting is reported as 0 once drained, rather than left out: a
 // series that vanishes reads as "no data" in Prometheus, not as an empty queue.
 type depthCollector struct {
-	client *flowfabric.Client
-	log    *slog.Logger
+	client  *flowfabric.Client
+	log     *slog.Logger
+	timeout time.Duration // bounds the read of the depths: half the request timeout, at most maxDepthRead
 
 	mu   sync.Mutex          // serializes scrapes' use of seen
 	seen map[string]struct{} // the lanes reported so far, at most maxDepthLanes
 }
+
+// maxDepthRead bounds a scrape's read of the queue depths; a scrape also answers within
+// half the request timeout, as every request must within all of it (Prometheus collectors
+// get no request context).
+const maxDepthRead = 5 * time.Second
 
 // maxDepthLanes bounds the lanes a depthCollector remembers, so that lanes that come and
 // go cannot grow it without end. Past it, a new lane is reported only while it has
@@ -128,7 +134,7 @@ var depthDesc = prometheus.NewDesc("flowfabric_queue_depth", //nolint:gochecknog
 func (c *depthCollector) Describe(ch chan<- *prometheus.Desc) { ch <- depthDesc }
 
 func (c *depthCollector) Collect(ch chan<- prometheus.Metric) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
 	defer cancel()
 	depths, err := c.client.QueueDepths(ctx)
 	if err != nil {

@@ -424,7 +424,7 @@ func (s *Server) attempts(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) tags(w http.ResponseWriter, r *http.Request) error {
-	id, req, err := idBody[TagsRequest](r, ControlBodyBytes)
+	id, req, err := idBody[TagsRequest](r, s.cfg.LargeBodyBytes) // 128 entries of up to 1 KiB each
 	if err != nil {
 		return err
 	}

@@ -38,8 +38,8 @@ import (
 
 // Body limits.
 const (
-	// DefaultLargeBodyBytes bounds bodies that carry payloads: create, bulk create,
-	// complete. 0 in Config means this.
+	// DefaultLargeBodyBytes bounds bodies that carry payloads or tags: create, bulk
+	// create, complete, tags. 0 in Config means this.
 	DefaultLargeBodyBytes = 32 << 20
 	// ControlBodyBytes bounds every other body.
 	ControlBodyBytes = 64 << 10
@@ -133,7 +133,7 @@ func New(client *flowfabric.Client, cfg Config) (*Server, error) {
 		}
 		s.origins[o] = true
 	}
-	s.metrics = newMetrics(client, s.log)
+	s.metrics = newMetrics(client, s.log, cfg.RequestTimeout)
 	rts := apiRoutes()
 	s.doc = openAPIDoc(rts)
 	for _, rt := range rts {

@@ -963,3 +963,18 @@ func TestBinaryResultThatReadsAsJSON(t *testing.T) {
 	require.Equal(t, "application/octet-stream", resp.Header.Get("Content-Type"))
 	require.Equal(t, "null", string(body))
 }
+
+// TestSetTagsAtTheLimits: the largest change of tags the engine takes (64 tags of 1 KiB)
+// fits an HTTP body too.
+func TestSetTagsAtTheLimits(t *testing.T) {
+	t.Parallel()
+	b := setup(t, ffserver.Config{})
+	res, err := b.client.Create(t.Context(), fftype.CreateParams{Lane: "l", Kind: "k"})
+	require.NoError(t, err)
+	tags := map[string]string{}
+	for i := range fftype.MaxTags {
+		tags["t"+strconv.Itoa(i)] = strings.Repeat("v", fftype.MaxTagValueBytes)
+	}
+	status, raw := b.do("POST", "/v1/executions/"+string(res.ID)+"/tags", map[string]any{"tags": tags})
+	require.Equal(t, http.StatusOK, status, "%s", raw)
+}

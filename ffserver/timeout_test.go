@@ -283,3 +283,21 @@ func TestBulkCreateOutOfTimeIs503(t *testing.T) {
 		map[string]any{"lane": "l", "kind": "k"}}})
 	requireTimeoutBody(t, status, raw)
 }
+
+// TestScrapeWithinTheRequestTimeout: a scrape answers within the request timeout, as every
+// request must, while the store hangs: the queue depths, read last, are left out.
+func TestScrapeWithinTheRequestTimeout(t *testing.T) {
+	t.Parallel()
+	const timeout = 300 * time.Millisecond
+	store := &stallStore{Store: ffmem.New(nil)}
+	b := setupOn(t, ffserver.Config{RequestTimeout: timeout}, store, nil)
+	_, err := b.client.Create(t.Context(), fftype.CreateParams{Lane: "l", Kind: "k"})
+	require.NoError(t, err)
+	store.view.Store(newStall(nil)) // the queue-depth read hangs until its context ends
+	start := time.Now()
+	status, raw := b.do("GET", "/metrics", nil)
+	require.Less(t, time.Since(start), timeout, "the scrape answered in time")
+	require.Equal(t, http.StatusOK, status)
+	require.NotContains(t, string(raw), "flowfabric_queue_depth{")
+	require.Contains(t, string(raw), "go_goroutines", "the other metrics are there")
+}

@@ -76,7 +76,7 @@ redis://…, redis+cluster://…, valkey://…, or mem:. Every flag also reads a
 // requestTimeoutFlag adds --request-timeout, the bound of each request, to cmd.
 func requestTimeoutFlag(cmd *cobra.Command, o *serveOptions) {
 	cmd.Flags().DurationVar(&o.timeout, "request-timeout", ffserver.DefaultRequestTimeout,
-		"how long a request may take to send its body and be answered (a long-polling claim gets its wait on top; event streams are not bounded)")
+		"how long a request may take to send its body and be answered (a long-polling claim gets its wait on top; an event stream must open within it, then runs unbounded)")
 }
 
 // envFlags lets each named flag of cmd (a persistent one for cmd's subcommands too) be
