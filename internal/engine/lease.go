@@ -364,8 +364,13 @@ func (e *Engine) Revoke(ctx context.Context, id fftype.ExecutionID, reason strin
 
 // loseLease ends x's lease without its holder: the attempt is interrupted and the
 // execution goes back to eligible for a reclaim attempt, or fails when the reclaim cap is
-// used up.
+// used up. A deadline or attempt timeout that has come decides instead, as it holds from
+// its time on (leaseEndingTimer): the timed-out work does not run again.
 func (e *Engine) loseLease(tx ffstore.Tx, x *fftype.Execution, before placement, how, reason string, now time.Time) error {
+	if q := leaseEndingTimer(x, now); q == queueDeadline || q == queueAttemptTimeout {
+		_, err := e.fire(tx, q, x, before, now)
+		return err
+	}
 	why := "lease_" + how
 	if reason != "" {
 		why += ": " + reason

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"testing"
 	"time"
@@ -249,4 +250,60 @@ func TestTimerLoopSweepsAStoreThatRefusesUnits(t *testing.T) {
 		}
 		return true
 	}, 10*time.Second, 10*time.Millisecond, "the hour-old events are swept")
+}
+
+// TestLostLeaseAfterADueTimer: a lease lost without its holder (a revoke, a worker marked
+// dead) after the attempt's timeout or the deadline has come, before the timer loop ran:
+// the timer decides, as it holds from its time on, rather than the lost lease: the timed-
+// out work does not run again.
+func TestLostLeaseAfterADueTimer(t *testing.T) {
+	t.Parallel()
+	noRetry := &fftype.RetryPolicy{MaxRetries: 0}
+	for _, tc := range []struct {
+		name    string
+		policy  fftype.Policy
+		lose    func(e *Engine, id fftype.ExecutionID) error
+		outcome fftype.Outcome
+		failure string
+	}{
+		{
+			name:    "RevokeAfterAttemptTimeout",
+			policy:  fftype.Policy{AttemptTimeout: fftype.Duration(5 * time.Second), Retry: noRetry},
+			lose:    func(e *Engine, id fftype.ExecutionID) error { return e.Revoke(t.Context(), id, "operator") },
+			outcome: fftype.OutcomeFailed, failure: "attempt_timeout",
+		},
+		{
+			name:   "MarkWorkerDeadAfterAttemptTimeout",
+			policy: fftype.Policy{AttemptTimeout: fftype.Duration(5 * time.Second), Retry: noRetry},
+			lose: func(e *Engine, _ fftype.ExecutionID) error {
+				n, err := e.MarkWorkerDead(t.Context(), "", "w-1", "gone")
+				if n != 1 {
+					return fmt.Errorf("%d leases expired, want 1", n)
+				}
+				return err
+			},
+			outcome: fftype.OutcomeFailed, failure: "attempt_timeout",
+		},
+		{
+			name:    "RevokePastDeadline",
+			policy:  fftype.Policy{Deadline: fftype.Duration(5 * time.Second), MaxReclaims: 0},
+			lose:    func(e *Engine, id fftype.ExecutionID) error { return e.Revoke(t.Context(), id, "operator") },
+			outcome: fftype.OutcomeExpired, failure: "execution_deadline",
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			e, clock := newTestEngine(t)
+			res, err := e.Create(t.Context(), fftype.CreateParams{Lane: "l", Kind: "k", Policy: tc.policy})
+			require.NoError(t, err)
+			claimOne(t, e)
+			clock.Advance(6 * time.Second) // the timer has come; the loop has not run
+			require.NoError(t, tc.lose(e, res.ID))
+			x, err := e.Get(t.Context(), res.ID)
+			require.NoError(t, err)
+			require.Equal(t, tc.outcome, x.Outcome, "phase %s, attempt state %s, failure %q", x.Phase, x.AttemptState, x.FailureReason)
+			require.Equal(t, tc.failure, x.FailureReason)
+			require.NoError(t, e.CheckInvariants(t.Context(), res.ID))
+		})
+	}
 }
