@@ -219,3 +219,96 @@ func singleNodeClient(t *testing.T, addr string) rueidis.Client {
 func nodeDo(ctx context.Context, c rueidis.Client, args ...string) rueidis.RedisResult {
 	return c.Do(ctx, c.B().Arbitrary(args[0]).Args(args[1:]...).Build())
 }
+
+// slotMigration moves nothing: it sets a shard's slot MIGRATING on the node serving it
+// and IMPORTING on another, as a reshard does before its first key moves, and sets it
+// back.
+type slotMigration struct {
+	nodes [2]rueidis.Client // the node serving the slot, and the one importing it
+	ids   [2]string
+	slot  string
+}
+
+func newSlotMigration(t *testing.T, c *testdb.RedisCluster, shard, shards int) *slotMigration {
+	t.Helper()
+	slot := ffvalkey.KeySlot(ffvalkey.TagFor(shard, shards))
+	from := nodeOfSlot(t, c, slot)
+	m := &slotMigration{slot: strconv.Itoa(slot)}
+	for i := range m.nodes {
+		m.nodes[i] = singleNodeClient(t, c.Nodes[(from+i)%len(c.Nodes)].Addr)
+		id, err := nodeDo(t.Context(), m.nodes[i], "CLUSTER", "MYID").ToString()
+		require.NoError(t, err)
+		m.ids[i] = id
+	}
+	return m
+}
+
+func (m *slotMigration) begin(t *testing.T) {
+	require.NoError(t, nodeDo(context.Background(), m.nodes[1], "CLUSTER", "SETSLOT", m.slot, "IMPORTING", m.ids[0]).Error())
+	require.NoError(t, nodeDo(context.Background(), m.nodes[0], "CLUSTER", "SETSLOT", m.slot, "MIGRATING", m.ids[1]).Error())
+}
+
+func (m *slotMigration) end(t *testing.T) {
+	require.NoError(t, nodeDo(context.Background(), m.nodes[0], "CLUSTER", "SETSLOT", m.slot, "STABLE").Error())
+	require.NoError(t, nodeDo(context.Background(), m.nodes[1], "CLUSTER", "SETSLOT", m.slot, "STABLE").Error())
+}
+
+// TestCommitDuringASlotMigration: a reshard begins (the shard's slot MIGRATING, no key
+// moved yet) as a unit that empties a queue commits, every key it names still on the
+// serving node. The function would empty the queue, then find the queue's key refused as
+// missing in a migrating slot, half-way through its writes; the commit waits instead
+// (TRYAGAIN), writes nothing meanwhile, and commits whole once the slot is stable.
+func TestCommitDuringASlotMigration(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	c := ownCluster(t)
+	const shards, shard = 2, 0
+	s := openStore(t, c.URL(), &ffvalkey.Options{Shards: shards})
+	require.NoError(t, s.Update(ctx, shard, func(tx ffstore.Tx) error {
+		tx.Put("a", []byte("1"))
+		tx.Put("b", []byte("1"))
+		tx.QueueAdd("q", "m1", 1)
+		tx.AppendEvent(fftype.Event{Type: fftype.EventCreated})
+		return nil
+	}))
+	// A delete, so that every fixed key of the shard exists (the delete counter too).
+	require.NoError(t, s.Update(ctx, shard, func(tx ffstore.Tx) error { tx.Delete("b"); return nil }))
+	_, before, err := s.EventBounds(ctx, shard)
+	require.NoError(t, err)
+
+	m := newSlotMigration(t, c, shard, shards)
+	began := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		once := false
+		done <- s.Update(ctx, shard, func(tx ffstore.Tx) error {
+			if _, err := tx.PopDue("q", ffstore.MaxScore, 1); err != nil {
+				return err
+			}
+			tx.AppendEvent(fftype.Event{Type: fftype.EventCreated})
+			if !once {
+				once = true
+				m.begin(t)
+				close(began)
+			}
+			return nil
+		})
+	}()
+	<-began
+	select {
+	case err := <-done:
+		t.Fatalf("the commit ended while the slot migrated: %v", err)
+	case <-time.After(300 * time.Millisecond): // it waits
+	}
+	m.end(t)
+	require.NoError(t, <-done)
+	_, after, err := s.EventBounds(ctx, shard)
+	require.NoError(t, err)
+	require.Equal(t, before+1, after, "one event: no half-done commit came before the whole one")
+	var left []ffstore.QueueItem
+	require.NoError(t, s.View(ctx, shard, func(tx ffstore.ReadTx) error {
+		left, err = tx.Range("q", nil, ffstore.MaxScore, 10)
+		return err
+	}))
+	require.Empty(t, left)
+}

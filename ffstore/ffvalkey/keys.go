@@ -116,6 +116,12 @@ type shardKeys struct {
 	stream string
 	dir    string
 	hinted string
+	// absent is never written. A commit declares it among its keys so that, while the
+	// shard's slot migrates between Cluster nodes, the server refuses the call at once
+	// (TRYAGAIN, retried) rather than run it: a migrating slot refuses, mid-function, a
+	// key the function itself emptied and then touches again, and the function would stop
+	// half-way through its writes.
+	absent string
 	slot   int
 }
 
@@ -123,7 +129,7 @@ func newShardKeys(prefix string, s, n int) shardKeys {
 	base := prefix + ":" + tagFor(s, n) + ":"
 	return shardKeys{
 		base: base, ver: base + "v", del: base + "d", trim: base + "trim",
-		stream: base + "ev", dir: base + "dir", hinted: base + "hinted", slot: keySlot(base),
+		stream: base + "ev", dir: base + "dir", hinted: base + "hinted", absent: base + "absent", slot: keySlot(base),
 	}
 }
 

@@ -233,7 +233,10 @@ end
 
 -- A unit. KEYS: 1 commit counter, 2 delete counter, 3 event stream, 4 queue directory,
 -- 5 hinted queues, then the unit's nR record keys, then three keys per queue it touched
--- (items, scores, pop marks).
+-- (items, scores, pop marks), and for a commit, last, a key that never exists: while the
+-- shard's slot migrates, the server refuses such a call at once (TRYAGAIN), where it
+-- would refuse, half-way through the writes, a key this function emptied and touches
+-- again.
 -- ARGV: mode ('c' commit, 'a' abort: check and release the unit's pops, 'v' check only),
 -- channel to publish on ('' for none) and the message, the unit's token, '=' and the
 -- delete counter to expect ('' for no check), nR, nQ, the nQ queue names, then counted

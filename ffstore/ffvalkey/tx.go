@@ -579,6 +579,9 @@ func (t *tx) build(mode string) *call {
 			}
 		}
 	}
+	if mode == "c" {
+		c.keys = append(c.keys, k.absent) // last, past what the function reads (see shardKeys.absent)
+	}
 	c.args = make([]string, 0, 16+len(names)+len(checks)+len(ranges)+len(pops)+len(puts)+len(dels)+len(qops)+len(t.events))
 	c.args = append(c.args, mode, channel, t.s.wakeMessage(t.shard), t.token, noDeleteCheck, strconv.Itoa(nR), strconv.Itoa(len(names)))
 	c.args = append(c.args, names...)
