@@ -220,8 +220,8 @@ func (c *Client) Payload(ctx context.Context, id ExecutionID) ([]byte, error) {
 type Subscription = engine.Subscription
 
 // Consumer is one replica of a durable consumer; see [Client.NewConsumer]. Its methods:
-// Run(ctx) error steps it until ctx ends, waiting for new events when idle and handing
-// its shard leases back on the way out; Step(ctx) (int, error) renews and balances its
+// Run(ctx) error steps it until ctx ends, waiting for new events when idle, and on the
+// way out calls the handler no more, stores its progress and hands its shard leases back; Step(ctx) (int, error) renews and balances its
 // leases when due and handles one batch of events per held shard, returning how many it
 // passed and the errors of the shards that failed, joined (a failing shard does not stop
 // the others, and is tried again after a back-off); Shards() []int, the shards it holds;

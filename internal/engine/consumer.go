@@ -336,7 +336,13 @@ func (l *leaser) heldShards() []int {
 // its batch took. A stored cursor that is not `from` — the store came back from a crash
 // without its last writes, taking the events after it and the cursor's advance with them,
 // so the events appended since carry those numbers again — is where the replica reads next.
+//
+// The unit goes on if ctx ends meanwhile, for up to a lease TTL (by then the lease has
+// lapsed, and the cursor could not be stored anyway): a replica stopped cleanly stores the
+// progress it made, so the next one does not handle those events again.
 func (l *leaser) commit(ctx context.Context, shard int, from, cursor uint64) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), l.ttl)
+	defer cancel()
 	var expires time.Time // the renewed lease's expiry; zero if the lease was lost
 	stored := cursor
 	err := l.e.update(ctx, shard, func(tx ffstore.Tx) error {
@@ -475,6 +481,7 @@ func (c *Consumer) Shards() []int { return c.leases.heldShards() }
 // after the one the last step started at. Before each batch it renews and balances the
 // leases if a third of their TTL has passed since it last did, and a batch ends early
 // once it has: however slow the handler, no lease lapses while other shards' batches run.
+// A batch ends too once ctx has, storing the cursor past the events it handled.
 // It returns how many events it handled (matching or not) and the errors of the shards
 // that failed, joined: a shard that fails (its handler or its store) stops only its own
 // batch, so one event the handler keeps failing on does not hold back the other shards,
@@ -493,6 +500,9 @@ func (c *Consumer) Step(ctx context.Context) (int, error) {
 func (c *Consumer) step(ctx context.Context) (total int, failed []error, err error) {
 	err = c.leases.balanceIfDue(ctx)
 	for _, s := range c.shardsInTurn() {
+		if ctx.Err() != nil {
+			break // stopping: the other shards' batches would end before their first event
+		}
 		if err == nil { // the batches before took a while; a failed balance waits for the next step
 			err = c.leases.balanceOnSchedule(ctx)
 		}
@@ -584,8 +594,9 @@ func (c *Consumer) processShard(ctx context.Context, shard int) (int, error) {
 	for i := range evs {
 		// The batch ends once the leases are due for renewal: its cursor is stored, and the
 		// balance before the next batch renews them all, so a slow handler keeps both the
-		// leases and the progress made under them.
-		if !c.leases.holds(shard) || c.leases.balanceDue() {
+		// leases and the progress made under them. It ends too once ctx has: the replica
+		// is stopping, and stores what it has done for the next one.
+		if !c.leases.holds(shard) || c.leases.balanceDue() || ctx.Err() != nil {
 			break
 		}
 		if c.cfg.Filter.Match(&evs[i]) {
@@ -604,8 +615,11 @@ func (c *Consumer) processShard(ctx context.Context, shard int) (int, error) {
 }
 
 // Run steps the consumer until ctx ends, waiting for new events when idle and renewing
-// its leases well before they expire; on the way out it hands its leases back so other
-// replicas take over at once (on a store that cannot tell of changes, at their next poll).
+// its leases well before they expire. Once ctx ends it calls the handler no more, stores
+// the cursor past the events handled (a call that returns ctx's error leaves its event
+// for the next replica), and hands its leases back so other replicas take over at once
+// (on a store that cannot tell of changes, at their next poll): a clean stop leaves no
+// event to be handled twice.
 // A failing shard is retried after its back-off, and logged as Step says; Run steps
 // again at once while the other shards make progress.
 func (c *Consumer) Run(ctx context.Context) error {

@@ -750,3 +750,72 @@ func TestConsumerRunEndsOnAStoreThatStoppedAnswering(t *testing.T) {
 		t.Fatal("Run did not return on a store that stopped answering")
 	}
 }
+
+// TestConsumerStopKeepsItsProgress: a replica whose Run is stopped while a handler runs (a
+// clean stop, not a crash) calls the handler no more, and stores the cursor past the events
+// it handled, so the next replica does not handle them again: at-least-once allows
+// duplicates only after a failure.
+func TestConsumerStopKeepsItsProgress(t *testing.T) {
+	t.Parallel()
+	mem := ffmem.New(&ffmem.Options{Shards: 1})
+	eA, err := New(mem, nil)
+	require.NoError(t, err)
+	eB, err := New(mem, nil)
+	require.NoError(t, err)
+	const n = 50
+	appendEvents(t, mem, 0, n)
+	ctx, cancel := context.WithCancel(t.Context())
+	handledA := map[uint64]bool{}
+	afterStop := 0
+	a, err := eA.NewConsumer(ConsumerConfig{Name: "audit", Handler: func(hctx context.Context, ev fftype.Event) error {
+		if hctx.Err() != nil {
+			afterStop++
+		}
+		handledA[ev.Seq] = true
+		if ev.Seq == 5 {
+			cancel() // the replica is stopped while this call runs, which completes the event
+		}
+		return nil
+	}})
+	require.NoError(t, err)
+	require.NoError(t, a.Run(ctx))
+	require.Zero(t, afterStop, "calls of the handler after Run's ctx ended")
+
+	handledB := map[uint64]bool{}
+	b, err := eB.NewConsumer(ConsumerConfig{Name: "audit", Handler: func(_ context.Context, ev fftype.Event) error {
+		require.False(t, handledA[ev.Seq], "event %d, handled before the stop, is handled again", ev.Seq)
+		handledB[ev.Seq] = true
+		return nil
+	}})
+	require.NoError(t, err)
+	_, err = b.Step(t.Context())
+	require.NoError(t, err)
+	require.Len(t, handledB, n-len(handledA), "the next replica handles the rest")
+}
+
+// TestConsumerStopKeepsWhatACtxAwareHandlerFinished: a handler that honours ctx fails the
+// event in flight when the replica stops; the events it completed before stay done.
+func TestConsumerStopKeepsWhatACtxAwareHandlerFinished(t *testing.T) {
+	t.Parallel()
+	mem := ffmem.New(&ffmem.Options{Shards: 1})
+	e, err := New(mem, nil)
+	require.NoError(t, err)
+	appendEvents(t, mem, 0, 20)
+	ctx, cancel := context.WithCancel(t.Context())
+	c, err := e.NewConsumer(ConsumerConfig{Name: "audit", Handler: func(hctx context.Context, ev fftype.Event) error {
+		if ev.Seq == 5 {
+			cancel()
+			<-hctx.Done()
+			return hctx.Err()
+		}
+		return nil
+	}})
+	require.NoError(t, err)
+	require.NoError(t, c.Run(ctx))
+	require.NoError(t, mem.View(t.Context(), 0, func(tx ffstore.ReadTx) error {
+		rec, ok, err := readShardLease(tx, "audit")
+		require.True(t, ok)
+		require.Equal(t, uint64(4), rec.Cursor, "the four events handled before the stop are stored as done")
+		return err
+	}))
+}
