@@ -64,7 +64,7 @@ type leaser struct {
 	instance string
 	ttl      time.Duration
 	held     map[int]time.Time // shard → lease expiry
-	balanced time.Time         // when balance last ran
+	balanced time.Time         // when balance last ended
 	live     int               // the live replicas balance counted
 	counted  time.Time         // when the live replicas were last counted
 	putOff   bool              // a count was put off for replicaCountGap
@@ -144,7 +144,7 @@ func (l *leaser) balanceOnSchedule(ctx context.Context) error {
 	return nil
 }
 
-// balanceDue reports whether a third of the lease TTL has passed since balance last ran
+// balanceDue reports whether a third of the lease TTL has passed since balance last ended
 // (or it failed). Balance renews every lease the replica holds, so until then none of them
 // is due for renewal.
 func (l *leaser) balanceDue() bool {
@@ -183,8 +183,7 @@ func (l *leaser) countLive(tx ffstore.ReadTx, now time.Time) (int, error) {
 // failed shard is visited again at the next balance. Only a failure to announce the
 // replica on shard 0 ends it, to be tried again at the next call.
 func (l *leaser) balance(ctx context.Context) error {
-	l.balanced = l.e.now()
-	l.counted, l.putOff = l.balanced, false
+	l.counted, l.putOff = l.e.now(), false
 	live := 1
 	err := l.e.update(ctx, 0, func(tx ffstore.Tx) error {
 		now := l.e.now()
@@ -211,6 +210,12 @@ func (l *leaser) balance(ctx context.Context) error {
 			failed = append(failed, fmt.Errorf("shard %d's lease: %w", s, err))
 		}
 	}
+	// The next balance is due a third of the TTL from now, not from the start: one over
+	// many shards or slow units may take longer than that, and measured from its start it
+	// would be due again at once, ending every batch before its first event. A lease is
+	// renewed at the same point of each balance, so it holds while a balance takes less
+	// than two thirds of the TTL less one handler call.
+	l.balanced = l.e.now()
 	return errors.Join(failed...)
 }
 
@@ -420,10 +425,11 @@ type ConsumerConfig struct {
 	// stops holding the shard forgets its run of failures on it).
 	Handler func(ctx context.Context, ev fftype.Event) error
 	// LeaseTTL is how long a replica's shard leases last without renewal; a dead
-	// replica's shards move to the others after it. 0 means 15s. Handler must take less
-	// than two thirds of it for one event: a replica renews all its leases between
-	// batches, once a third of it has passed, ending a batch for it, so a longer call may
-	// outlast the lease, and the event is handled again.
+	// replica's shards move to the others after it. 0 means 15s. One call of Handler and
+	// one balance (a store unit per shard) must take less than two thirds of it together:
+	// a replica renews all its leases between batches, a third of it after its last
+	// renewal ended, ending a batch for it, so a longer call may outlast the lease, and
+	// the event is handled again.
 	LeaseTTL time.Duration
 }
 
@@ -479,7 +485,7 @@ func (c *Consumer) Shards() []int { return c.leases.heldShards() }
 
 // Step handles one batch of events on each held shard, starting each step at the shard
 // after the one the last step started at. Before each batch it renews and balances the
-// leases if a third of their TTL has passed since it last did, and a batch ends early
+// leases if a third of their TTL has passed since it last finished, and a batch ends early
 // once it has: however slow the handler, no lease lapses while other shards' batches run.
 // A batch ends too once ctx has, storing the cursor past the events it handled.
 // It returns how many events it handled (matching or not) and the errors of the shards

@@ -15,6 +15,7 @@ import (
 
 	"github.com/flowfabric/flowfabric/ffstore"
 	"github.com/flowfabric/flowfabric/ffstore/ffmem"
+	"github.com/flowfabric/flowfabric/fftest"
 	"github.com/flowfabric/flowfabric/fftype"
 )
 
@@ -467,6 +468,53 @@ func TestConsumerSlowHandlerServesEveryShard(t *testing.T) {
 	for shard := 3; shard < len(handled); shard++ {
 		require.Equal(t, 50, handled[shard], "shard %d's events are handled (handled per shard: %v)", shard, handled)
 	}
+}
+
+// slowUnitsStore takes `per` of the fake clock for every unit and EventBounds call, as a
+// store a network round trip or a few away does.
+type slowUnitsStore struct {
+	ffstore.Store
+	clock *fftest.Clock
+	per   time.Duration
+}
+
+func (s *slowUnitsStore) Update(ctx context.Context, shard int, fn func(tx ffstore.Tx) error) error {
+	s.clock.Advance(s.per)
+	return s.Store.Update(ctx, shard, fn)
+}
+
+func (s *slowUnitsStore) EventBounds(ctx context.Context, shard int) (uint64, uint64, error) {
+	s.clock.Advance(s.per)
+	return s.Store.EventBounds(ctx, shard)
+}
+
+// TestConsumerBalanceLongerThanAThirdOfTheTTL: a balance takes one unit per shard, so on a
+// store with many shards, or slow units, it may take longer than a third of the lease TTL.
+// The next balance is due a third of the TTL after it ends, not after it began, or the
+// batches after it would end before their first event and the consumer handle nothing.
+// Here 4 shards with units of 5 ms and a TTL of 60 ms stand for the 1024 shards with units
+// of 5 ms and the TTL of 15 s of a real store: a steady balance takes 25 ms (the first, which
+// also reads the shards' bounds, 45 ms), over a third of the TTL but under two.
+func TestConsumerBalanceLongerThanAThirdOfTheTTL(t *testing.T) {
+	t.Parallel()
+	mem := ffmem.New(&ffmem.Options{Shards: 4})
+	st := &slowUnitsStore{Store: mem}
+	e, clock := newTestEngineOn(t, st, Config{})
+	st.clock = clock
+	handled := 0
+	c, err := e.NewConsumer(ConsumerConfig{Name: "audit", LeaseTTL: 60 * time.Millisecond,
+		Handler: func(context.Context, fftype.Event) error { handled++; return nil }})
+	require.NoError(t, err)
+	for shard := range 4 {
+		appendEvents(t, mem, shard, 10)
+	}
+	st.per = 5 * time.Millisecond
+	for range 3 {
+		_, err := c.Step(t.Context())
+		require.NoError(t, err)
+	}
+	require.Equal(t, 40, handled, "the waiting events are handled")
+	require.Equal(t, []int{0, 1, 2, 3}, c.Shards(), "the replica kept its leases")
 }
 
 // appendEvents appends n progress events to shard's log.
