@@ -145,8 +145,8 @@ func (l *leaser) balanceOnSchedule(ctx context.Context) error {
 }
 
 // balanceDue reports whether a third of the lease TTL has passed since balance last ended
-// (or it failed). Balance renews every lease the replica holds, so until then none of them
-// is due for renewal.
+// (or it never ran). Balance renews every lease the replica holds, so until then none of
+// them is due for renewal.
 func (l *leaser) balanceDue() bool {
 	return l.balanced.IsZero() || !l.e.now().Before(l.balanced.Add(l.ttl/3))
 }
@@ -180,32 +180,22 @@ func (l *leaser) countLive(tx ffstore.ReadTx, now time.Time) (int, error) {
 // balance announces the replica, counts the live ones, and renews, takes or hands back
 // shard leases so that this replica holds its fair share. A shard whose unit fails stops
 // only itself: balance goes on to the others and returns the failures joined, and the
-// failed shard is visited again at the next balance. Only a failure to announce the
-// replica on shard 0 ends it, to be tried again at the next call.
+// failed shard is visited again at the next balance. Shard 0 is no exception: a replica
+// that cannot announce itself there cannot count its share, so it renews the leases it
+// holds and takes none, and announces itself at the next balance.
 func (l *leaser) balance(ctx context.Context) error {
 	l.counted, l.putOff = l.e.now(), false
-	live := 1
-	err := l.e.update(ctx, 0, func(tx ffstore.Tx) error {
-		now := l.e.now()
-		q := membersQueue(l.name)
-		if _, err := tx.PopDue(q, ms(now), 1000); err != nil { // forget replicas gone quiet
-			return err
-		}
-		var err error
-		if live, err = l.countLive(tx, now); err != nil {
-			return err
-		}
-		tx.QueueAdd(q, l.instance, ms(now.Add(l.ttl)))
-		return nil
-	})
-	if err != nil {
-		l.balanced = time.Time{}
-		return err
-	}
-	l.live = live
-	target := (l.e.shards + live - 1) / live
+	shards := l.shardOrder()
+	target := len(l.held) // without a count the share is unknown: keep what is held
 	var failed []error
-	for _, s := range l.shardOrder() {
+	if live, err := l.announce(ctx); err == nil {
+		l.live = live
+		target = (l.e.shards + live - 1) / live
+	} else {
+		failed = append(failed, fmt.Errorf("announcing the replica: %w", err))
+		shards = slices.DeleteFunc(shards, func(s int) bool { _, ok := l.held[s]; return !ok })
+	}
+	for _, s := range shards {
 		if err := l.visit(ctx, s, target); err != nil {
 			failed = append(failed, fmt.Errorf("shard %d's lease: %w", s, err))
 		}
@@ -217,6 +207,26 @@ func (l *leaser) balance(ctx context.Context) error {
 	// than two thirds of the TTL less one handler call.
 	l.balanced = l.e.now()
 	return errors.Join(failed...)
+}
+
+// announce renews the replica's entry in the member list on shard 0, forgetting the
+// replicas gone quiet, and returns how many are live, this one included.
+func (l *leaser) announce(ctx context.Context) (int, error) {
+	live := 1
+	err := l.e.update(ctx, 0, func(tx ffstore.Tx) error {
+		now := l.e.now()
+		q := membersQueue(l.name)
+		if _, err := tx.PopDue(q, ms(now), 1000); err != nil {
+			return err
+		}
+		var err error
+		if live, err = l.countLive(tx, now); err != nil {
+			return err
+		}
+		tx.QueueAdd(q, l.instance, ms(now.Add(l.ttl)))
+		return nil
+	})
+	return live, err
 }
 
 // shardOrder starts each replica at a different shard, so replicas rarely race for the
@@ -495,8 +505,8 @@ func (c *Consumer) Shards() []int { return c.leases.heldShards() }
 // first failure of a shard in a row is logged as a warning, the others at debug level.
 // The errors of a balance are returned too: a shard whose lease could not be renewed or
 // taken is left out until the next balance, and the step goes on with the others; a
-// balance that could not announce the replica on shard 0 is tried again at the next step,
-// and until then the leases stay due for renewal, so each batch ends at once.
+// replica that could not announce itself on shard 0 renews the leases it holds, takes no
+// others, and goes on with them.
 func (c *Consumer) Step(ctx context.Context) (int, error) {
 	n, failed, err := c.step(ctx)
 	return n, errors.Join(append(failed, err)...)
@@ -509,9 +519,7 @@ func (c *Consumer) step(ctx context.Context) (total int, failed []error, err err
 		if ctx.Err() != nil {
 			break // stopping: the other shards' batches would end before their first event
 		}
-		if err == nil { // the batches before took a while; a failed balance waits for the next step
-			err = c.leases.balanceOnSchedule(ctx)
-		}
+		err = errors.Join(err, c.leases.balanceOnSchedule(ctx)) // the batches before took a while
 		if !c.leases.holds(s) || c.e.now().Before(c.failing[s].retryAt) {
 			continue // handed back or lost in that balance, or backing off
 		}

@@ -126,31 +126,52 @@ func TestOneFailingTimerUnitStallsNoOther(t *testing.T) {
 
 // TestTimerLoopGoesOnPastAFailingShard: a shard whose store fails (its timer lease cannot
 // be renewed) must not stop the timer loop on the other shards, as RunDue promises for a
-// failing timer unit.
+// failing timer unit; nor must shard 0, where the loop cannot then announce itself, even
+// for longer than its leases last.
 func TestTimerLoopGoesOnPastAFailingShard(t *testing.T) {
 	t.Parallel()
-	st := &shardFailStore{Store: ffmem.New(&ffmem.Options{Shards: 4}), shard: 3}
-	e, clock := newTestEngineOn(t, st, Config{Logger: slog.New(slog.DiscardHandler)})
-	ctx := t.Context()
-	st.armed.Store(true)
-	var ids []fftype.ExecutionID
-	for len(ids) < 6 { // creations on shard 3 fail
-		if res, err := e.Create(ctx, fftype.CreateParams{Lane: "l", Kind: "k", Delay: fftype.Duration(time.Second)}); err == nil {
-			ids = append(ids, res.ID)
-		}
-	}
-	e.Start(ctx)
-	defer e.Stop()
-	require.Eventually(t, func() bool {
-		clock.Advance(100 * time.Millisecond)
-		for _, id := range ids {
-			x, err := e.Get(ctx, id)
-			if err != nil || x.PublicState() != fftype.StateWaiting {
-				return false
+	for _, failing := range []int{3, 0} {
+		t.Run(fmt.Sprintf("shard %d", failing), func(t *testing.T) {
+			t.Parallel()
+			st := &shardFailStore{Store: ffmem.New(&ffmem.Options{Shards: 4}), shard: failing}
+			e, clock := newTestEngineOn(t, st, Config{Logger: slog.New(slog.DiscardHandler)})
+			ctx := t.Context()
+			e.Start(ctx)
+			defer e.Stop()
+			require.Eventually(t, func() bool { // the loop holds every shard's lease
+				for shard := range 4 {
+					var held bool
+					require.NoError(t, st.View(ctx, shard, func(tx ffstore.ReadTx) error {
+						_, ok, err := readShardLease(tx, timerLeases)
+						held = ok
+						return err
+					}))
+					if !held {
+						return false
+					}
+				}
+				return true
+			}, waitLimit, time.Millisecond)
+			st.armed.Store(true)
+			var ids []fftype.ExecutionID
+			delay := fftype.Duration(2 * DefaultConsumerLeaseTTL) // past the leases' first expiry
+			for len(ids) < 6 {                                    // creations on the failing shard fail
+				if res, err := e.Create(ctx, fftype.CreateParams{Lane: "l", Kind: "k", Delay: delay}); err == nil {
+					ids = append(ids, res.ID)
+				}
 			}
-		}
-		return true
-	}, waitLimit, 10*time.Millisecond, "the delayed executions on the healthy shards are promoted")
+			require.Eventually(t, func() bool {
+				clock.Advance(100 * time.Millisecond)
+				for _, id := range ids {
+					x, err := e.Get(ctx, id)
+					if err != nil || x.PublicState() != fftype.StateWaiting {
+						return false
+					}
+				}
+				return true
+			}, waitLimit, 5*time.Millisecond, "the delayed executions on the healthy shards are promoted")
+		})
+	}
 }
 
 // claimWithTTL claims the one eligible execution of lane "l" under a lease of ttl.
