@@ -184,6 +184,9 @@ func (l *leaser) countLive(tx ffstore.ReadTx, now time.Time) (int, error) {
 // that cannot announce itself there cannot count its share, so it renews the leases it
 // holds and takes none, and announces itself at the next balance.
 func (l *leaser) balance(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err // stopping: what is held stays held, for release to hand back
+	}
 	l.counted, l.putOff = l.e.now(), false
 	shards := l.shardOrder()
 	target := len(l.held) // without a count the share is unknown: keep what is held
@@ -196,6 +199,9 @@ func (l *leaser) balance(ctx context.Context) error {
 		shards = slices.DeleteFunc(shards, func(s int) bool { _, ok := l.held[s]; return !ok })
 	}
 	for _, s := range shards {
+		if ctx.Err() != nil {
+			return errors.Join(append(failed, ctx.Err())...) // stopping, as above
+		}
 		if err := l.visit(ctx, s, target); err != nil {
 			failed = append(failed, fmt.Errorf("shard %d's lease: %w", s, err))
 		}
@@ -292,6 +298,9 @@ func (l *leaser) visit(ctx context.Context, shard, target int) error {
 		}
 		return nil
 	})
+	if err != nil && ctx.Err() != nil {
+		return err // stopping: the lease is still ours in the store, for release to hand back
+	}
 	if err != nil || expires.IsZero() || taken { // a lease taken afresh ends any held before
 		l.drop(shard)
 	}

@@ -881,3 +881,30 @@ func TestConsumerStopKeepsWhatACtxAwareHandlerFinished(t *testing.T) {
 		return err
 	}))
 }
+
+// TestConsumerStoppedAtABalanceHandsItsLeasesBack: a replica whose ctx ends as a balance
+// comes due keeps its leases for Release to hand back (a balance under an ended ctx
+// would fail every visit), so the next replica takes them over at once.
+func TestConsumerStoppedAtABalanceHandsItsLeasesBack(t *testing.T) {
+	t.Parallel()
+	mem := ffmem.New(&ffmem.Options{Shards: 4})
+	e, clock := newTestEngineOn(t, mem, Config{})
+	noop := func(context.Context, fftype.Event) error { return nil }
+	a, err := e.NewConsumer(ConsumerConfig{Name: "audit", Handler: noop})
+	require.NoError(t, err)
+	_, err = a.Step(t.Context())
+	require.NoError(t, err)
+	require.Len(t, a.Shards(), 4)
+
+	clock.Advance(DefaultConsumerLeaseTTL / 3) // a balance is due
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel() // the replica is being stopped
+	_, _ = a.Step(ctx)
+	a.Release(t.Context())
+
+	b, err := e.NewConsumer(ConsumerConfig{Name: "audit", Handler: noop})
+	require.NoError(t, err)
+	_, err = b.Step(t.Context())
+	require.NoError(t, err)
+	require.Len(t, b.Shards(), 4, "the stopped replica's leases must be free at once, not after the TTL")
+}
