@@ -342,8 +342,8 @@ func (e *Engine) HeartbeatWorker(ctx context.Context, namespace, instanceID, ses
 }
 
 // DeregisterWorker removes the session's registration, for a clean shutdown: the instance
-// id is free for another process at once. A registration that is missing or belongs to
-// another session is left alone, and that is not an error.
+// id is free for another process at once. A registration that is missing, belongs to
+// another session or was marked dead is left alone, and that is not an error.
 func (e *Engine) DeregisterWorker(ctx context.Context, namespace, instanceID, session string) error {
 	ns, err := checkInstance(namespace, instanceID)
 	if err != nil {
@@ -355,8 +355,8 @@ func (e *Engine) DeregisterWorker(ctx context.Context, namespace, instanceID, se
 	return e.update(ctx, e.workerShard(ns), func(tx ffstore.Tx) error {
 		now := e.now()
 		rec, err := readWorker(tx, ns, instanceID)
-		if err != nil || rec == nil || rec.Session != session {
-			return err
+		if err != nil || rec == nil || rec.Session != session || !rec.DeadAt.IsZero() {
+			return err // a registration marked dead has ended, and its record is the mark's
 		}
 		deleteWorker(tx, ns, instanceID)
 		workerEvent(tx, fftype.EventWorkerDeregistered, ns, now, map[string]any{
@@ -459,11 +459,12 @@ func (e *Engine) ListWorkers(ctx context.Context, p WorkerListParams) (*WorkerPa
 // reclaim cap). Leases are matched by instance id and, when the registration existed, by
 // its worker id; without a registration, only leases on executions of the namespace are,
 // so that a worker of another namespace with the same instance id keeps its own. A lease
-// taken or renewed after the mark (a new process that registered the instance id again)
-// is left alone. A mark that fails part-way (a passing store error) may be retried: it
-// finishes the same job. reason is at most 256 bytes of UTF-8 with no control characters.
-// It returns how many leases expired; an instance with neither a registration nor a
-// lease is a not-found error coded worker_not_registered.
+// taken after the mark (by a new process that registered the instance id again) is left
+// alone. A mark that fails part-way (a passing store error) may be retried: it finishes
+// the same job, unless the instance id was registered again meanwhile (the retry then
+// marks that registration dead too). reason is at most 256 bytes of UTF-8 with no
+// control characters. It returns how many leases expired; an instance with neither a
+// registration nor a lease is a not-found error coded worker_not_registered.
 func (e *Engine) MarkWorkerDead(ctx context.Context, namespace, instanceID, reason string) (int, error) {
 	ns, err := checkInstance(namespace, instanceID)
 	if err != nil {
@@ -527,8 +528,8 @@ func (e *Engine) MarkWorkerDead(ctx context.Context, namespace, instanceID, reas
 }
 
 // leaseHolder names the leases MarkWorkerDead expires: those of an instance, of its
-// worker id when given, on executions of a namespace when given, taken or last renewed
-// no later than markedAt.
+// worker id when given, on executions of a namespace when given, taken no later than
+// markedAt (renewed since or not: a worker marked dead may still be renewing).
 type leaseHolder struct {
 	workerID, instanceID, namespace string
 	markedAt                        time.Time
@@ -538,7 +539,21 @@ type leaseHolder struct {
 func (h leaseHolder) holds(x *fftype.Execution) bool {
 	return x.Ownership == fftype.OwnershipLeased && x.WorkerInstanceID == h.instanceID &&
 		(h.workerID == "" || x.WorkerID == h.workerID) && (h.namespace == "" || x.Namespace == h.namespace) &&
-		!x.LeaseRenewedAt.After(h.markedAt)
+		!leaseTakenAt(x).After(h.markedAt)
+}
+
+// leaseTakenAt returns when x's lease was taken: when its attempt began, or resumed. An
+// execution whose record does not carry its latest attempt (written by an earlier build)
+// reads as leased from the start of time.
+func leaseTakenAt(x *fftype.Execution) time.Time {
+	a := x.Attempt
+	switch {
+	case a == nil:
+		return time.Time{}
+	case a.ResumedAt.After(a.CreatedAt):
+		return a.ResumedAt
+	}
+	return a.CreatedAt
 }
 
 // expireLeasesOf expires the leases of one shard held by the instance: it finds them with a

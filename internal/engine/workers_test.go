@@ -251,3 +251,70 @@ func TestWorkerSessionMustBeUTF8(t *testing.T) {
 		Lanes: []string{"l"}, TTL: time.Minute, Session: "\xff\xfe-secret"})
 	require.ErrorIs(t, err, &fftype.Error{Kind: fftype.KindValidation, Code: fftype.CodeInvalidInput})
 }
+
+// TestMarkWorkerDeadExpiresALeaseRenewedSince: a worker marked dead whose renewals still
+// run (a hung handler, a host that still reaches the store) renews its lease between the
+// mark and the scan of that lease's shard. It held the lease at the mark: it expires.
+func TestMarkWorkerDeadExpiresALeaseRenewedSince(t *testing.T) {
+	t.Parallel()
+	store, e, clock := newViewHookEngine(t)
+	ctx := t.Context()
+	_, err := e.RegisterWorker(ctx, engine.WorkerRegistration{WorkerID: "pool", InstanceID: "host-1",
+		Lanes: []string{"l"}, TTL: time.Minute, Session: "s1"})
+	require.NoError(t, err)
+	res, err := e.Create(ctx, fftype.CreateParams{Lane: "l", Kind: "k"})
+	require.NoError(t, err)
+	leases, err := e.Claim(ctx, fftype.ClaimParams{WorkerID: "pool", WorkerInstanceID: "host-1", Lanes: []string{"l"}})
+	require.NoError(t, err)
+	require.Len(t, leases, 1)
+	clock.Advance(time.Second)
+	store.arm(res.ID.Shard(), false, func() {
+		clock.Advance(time.Millisecond)
+		_, err := e.Renew(ctx, leases[0].ExecutionID, leases[0].Fence, 0) // the zombie's renew loop
+		require.NoError(t, err)
+	})
+	n, err := e.MarkWorkerDead(ctx, "", "host-1", "hung")
+	require.NoError(t, err)
+	x, err := e.Get(ctx, res.ID)
+	require.NoError(t, err)
+	require.NotEqual(t, fftype.OwnershipLeased, x.Ownership,
+		"the lease the dead worker held at the mark must expire even if it renewed it meanwhile (expired %d)", n)
+}
+
+// TestDeregisterAfterMarkWorkerDead: the registration of a worker marked dead has ended.
+// Its process deregistering afterwards, while the record is kept for a retry of a mark
+// that failed part-way, neither ends it again (no worker_deregistered event) nor takes
+// away what the retry needs.
+func TestDeregisterAfterMarkWorkerDead(t *testing.T) {
+	t.Parallel()
+	store, e, _ := newViewHookEngine(t)
+	ctx := t.Context()
+	_, err := e.RegisterWorker(ctx, engine.WorkerRegistration{WorkerID: "pool", InstanceID: "host-1",
+		Lanes: []string{"l"}, TTL: time.Minute, Session: "s1"})
+	require.NoError(t, err)
+	res, err := e.Create(ctx, fftype.CreateParams{Namespace: "tenant-a", Lane: "l", Kind: "k"})
+	require.NoError(t, err)
+	_, err = e.Claim(ctx, fftype.ClaimParams{WorkerID: "pool", WorkerInstanceID: "host-1", Lanes: []string{"l"}})
+	require.NoError(t, err)
+
+	store.arm(res.ID.Shard(), true, nil)
+	_, err = e.MarkWorkerDead(ctx, "", "host-1", "host lost")
+	require.Error(t, err)
+	require.NoError(t, e.DeregisterWorker(ctx, "", "host-1", "s1"))
+
+	var types []fftype.EventType
+	for s := range 4 {
+		evs, err := store.ReadEvents(ctx, s, 0, 1000)
+		require.NoError(t, err)
+		for _, ev := range evs {
+			if ev.ExecutionID == "" {
+				types = append(types, ev.Type)
+			}
+		}
+	}
+	require.Equal(t, []fftype.EventType{fftype.EventWorkerRegistered, fftype.EventWorkerMarkedDead}, types,
+		"a registration marked dead is not deregistered again")
+	n, err := e.MarkWorkerDead(ctx, "", "host-1", "host lost")
+	require.NoError(t, err, "the retry finishes the mark")
+	require.Equal(t, 1, n)
+}
