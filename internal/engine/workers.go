@@ -100,7 +100,8 @@ type workerRecord struct {
 	Session string `json:"session"`
 	// DeadAt is when MarkWorkerDead marked the instance dead: the registration is no
 	// longer live (the instance id is free), and the record stays until the mark has
-	// expired the leases held then, so that a mark retried after a failure finds it.
+	// expired the leases held then (or a day has passed, see keepUntil), so that a mark
+	// retried after a failure finds it.
 	DeadAt time.Time `json:"dead_at,omitzero"`
 }
 
@@ -185,6 +186,19 @@ func readWorker(tx ffstore.ReadTx, ns, instance string) (*workerRecord, error) {
 	return &rec, nil
 }
 
+// deadMarkKept is how long the record of a registration marked dead is kept, at least,
+// for a retry of a mark that failed part-way (a mark that finishes deletes it at once).
+const deadMarkKept = 24 * time.Hour
+
+// keepUntil is when the sweep may delete rec: when it lapses, or for a registration marked
+// dead, deadMarkKept after the mark if that is later.
+func (rec *workerRecord) keepUntil() time.Time {
+	if rec.DeadAt.IsZero() || rec.DeadAt.Add(deadMarkKept).Before(rec.ExpiresAt) {
+		return rec.ExpiresAt
+	}
+	return rec.DeadAt.Add(deadMarkKept)
+}
+
 func (rec *workerRecord) live(now time.Time) bool {
 	return rec.DeadAt.IsZero() && now.Before(rec.ExpiresAt)
 }
@@ -230,8 +244,8 @@ func sweepWorkers(tx ffstore.Tx, now time.Time) error {
 		switch {
 		case rec == nil:
 			tx.QueueRemove(queueWorkers, it.Member)
-		case now.Before(rec.ExpiresAt): // live, or marked dead and kept for the mark
-			tx.QueueAdd(queueWorkerExpiry, it.Member, ms(rec.ExpiresAt))
+		case now.Before(rec.keepUntil()):
+			tx.QueueAdd(queueWorkerExpiry, it.Member, ms(rec.keepUntil()))
 		default:
 			deleteWorker(tx, ns, instance)
 		}

@@ -318,3 +318,39 @@ func TestDeregisterAfterMarkWorkerDead(t *testing.T) {
 	require.NoError(t, err, "the retry finishes the mark")
 	require.Equal(t, 1, n)
 }
+
+// TestMarkWorkerDeadRetriedAfterTheRegistrationLapsed: a mark that failed part-way is
+// retried after the registration's TTL has passed and another registration's unit swept
+// the lapsed ones: the record of the mark is kept for the retry, which finishes the job.
+func TestMarkWorkerDeadRetriedAfterTheRegistrationLapsed(t *testing.T) {
+	t.Parallel()
+	store, e, clock := newViewHookEngine(t)
+	ctx := t.Context()
+	_, err := e.RegisterWorker(ctx, engine.WorkerRegistration{WorkerID: "pool", InstanceID: "host-1",
+		Lanes: []string{"l"}, TTL: 5 * time.Second, Session: "s1"})
+	require.NoError(t, err)
+	res, err := e.Create(ctx, fftype.CreateParams{Namespace: "tenant-a", Lane: "l", Kind: "k"})
+	require.NoError(t, err)
+	leases, err := e.Claim(ctx, fftype.ClaimParams{WorkerID: "pool", WorkerInstanceID: "host-1", Lanes: []string{"l"}})
+	require.NoError(t, err)
+	require.Len(t, leases, 1)
+
+	store.arm(res.ID.Shard(), true, nil)
+	_, err = e.MarkWorkerDead(ctx, "", "host-1", "host lost")
+	require.Error(t, err)
+
+	clock.Advance(10 * time.Second)
+	_, err = e.Renew(ctx, leases[0].ExecutionID, leases[0].Fence, 0) // the zombie renews
+	require.NoError(t, err)
+	// Another worker of the namespace registers: its unit sweeps lapsed records.
+	_, err = e.RegisterWorker(ctx, engine.WorkerRegistration{WorkerID: "pool", InstanceID: "host-2",
+		Lanes: []string{"l"}, TTL: time.Minute, Session: "s2"})
+	require.NoError(t, err)
+
+	n, err := e.MarkWorkerDead(ctx, "", "host-1", "host lost")
+	require.NoError(t, err, "the retry finishes the mark")
+	require.Equal(t, 1, n)
+	x, err := e.Get(ctx, res.ID)
+	require.NoError(t, err)
+	require.NotEqual(t, fftype.OwnershipLeased, x.Ownership)
+}
