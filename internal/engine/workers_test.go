@@ -178,17 +178,10 @@ func TestMarkWorkerDeadRetriedAfterAPartialFailure(t *testing.T) {
 	t.Parallel()
 	store, e, _ := newViewHookEngine(t)
 	ctx := t.Context()
-	_, err := e.RegisterWorker(ctx, engine.WorkerRegistration{WorkerID: "pool", InstanceID: "host-1",
-		Lanes: []string{"l"}, TTL: time.Minute, Session: "s1"})
-	require.NoError(t, err)
-	res, err := e.Create(ctx, fftype.CreateParams{Namespace: "tenant-a", Lane: "l", Kind: "k"})
-	require.NoError(t, err)
-	leases, err := e.Claim(ctx, fftype.ClaimParams{WorkerID: "pool", WorkerInstanceID: "host-1", Lanes: []string{"l"}})
-	require.NoError(t, err)
-	require.Len(t, leases, 1)
+	res, _ := hostWithALease(t, e, time.Minute, "tenant-a")
 
 	store.arm(res.ID.Shard(), true, nil) // the lease scan of that shard fails once
-	_, err = e.MarkWorkerDead(ctx, "", "host-1", "host lost")
+	_, err := e.MarkWorkerDead(ctx, "", "host-1", "host lost")
 	require.Error(t, err, "the injected outage fails the call")
 	require.True(t, fftype.IsRetryable(err), "a passing failure: the caller retries")
 
@@ -259,18 +252,11 @@ func TestMarkWorkerDeadExpiresALeaseRenewedSince(t *testing.T) {
 	t.Parallel()
 	store, e, clock := newViewHookEngine(t)
 	ctx := t.Context()
-	_, err := e.RegisterWorker(ctx, engine.WorkerRegistration{WorkerID: "pool", InstanceID: "host-1",
-		Lanes: []string{"l"}, TTL: time.Minute, Session: "s1"})
-	require.NoError(t, err)
-	res, err := e.Create(ctx, fftype.CreateParams{Lane: "l", Kind: "k"})
-	require.NoError(t, err)
-	leases, err := e.Claim(ctx, fftype.ClaimParams{WorkerID: "pool", WorkerInstanceID: "host-1", Lanes: []string{"l"}})
-	require.NoError(t, err)
-	require.Len(t, leases, 1)
+	res, lease := hostWithALease(t, e, time.Minute, "")
 	clock.Advance(time.Second)
 	store.arm(res.ID.Shard(), false, func() {
 		clock.Advance(time.Millisecond)
-		_, err := e.Renew(ctx, leases[0].ExecutionID, leases[0].Fence, 0) // the zombie's renew loop
+		_, err := e.Renew(ctx, lease.ExecutionID, lease.Fence, 0) // the zombie's renew loop
 		require.NoError(t, err)
 	})
 	n, err := e.MarkWorkerDead(ctx, "", "host-1", "hung")
@@ -289,16 +275,10 @@ func TestDeregisterAfterMarkWorkerDead(t *testing.T) {
 	t.Parallel()
 	store, e, _ := newViewHookEngine(t)
 	ctx := t.Context()
-	_, err := e.RegisterWorker(ctx, engine.WorkerRegistration{WorkerID: "pool", InstanceID: "host-1",
-		Lanes: []string{"l"}, TTL: time.Minute, Session: "s1"})
-	require.NoError(t, err)
-	res, err := e.Create(ctx, fftype.CreateParams{Namespace: "tenant-a", Lane: "l", Kind: "k"})
-	require.NoError(t, err)
-	_, err = e.Claim(ctx, fftype.ClaimParams{WorkerID: "pool", WorkerInstanceID: "host-1", Lanes: []string{"l"}})
-	require.NoError(t, err)
+	res, _ := hostWithALease(t, e, time.Minute, "tenant-a")
 
 	store.arm(res.ID.Shard(), true, nil)
-	_, err = e.MarkWorkerDead(ctx, "", "host-1", "host lost")
+	_, err := e.MarkWorkerDead(ctx, "", "host-1", "host lost")
 	require.Error(t, err)
 	require.NoError(t, e.DeregisterWorker(ctx, "", "host-1", "s1"))
 
@@ -326,21 +306,14 @@ func TestMarkWorkerDeadRetriedAfterTheRegistrationLapsed(t *testing.T) {
 	t.Parallel()
 	store, e, clock := newViewHookEngine(t)
 	ctx := t.Context()
-	_, err := e.RegisterWorker(ctx, engine.WorkerRegistration{WorkerID: "pool", InstanceID: "host-1",
-		Lanes: []string{"l"}, TTL: 5 * time.Second, Session: "s1"})
-	require.NoError(t, err)
-	res, err := e.Create(ctx, fftype.CreateParams{Namespace: "tenant-a", Lane: "l", Kind: "k"})
-	require.NoError(t, err)
-	leases, err := e.Claim(ctx, fftype.ClaimParams{WorkerID: "pool", WorkerInstanceID: "host-1", Lanes: []string{"l"}})
-	require.NoError(t, err)
-	require.Len(t, leases, 1)
+	res, lease := hostWithALease(t, e, 5*time.Second, "tenant-a")
 
 	store.arm(res.ID.Shard(), true, nil)
-	_, err = e.MarkWorkerDead(ctx, "", "host-1", "host lost")
+	_, err := e.MarkWorkerDead(ctx, "", "host-1", "host lost")
 	require.Error(t, err)
 
 	clock.Advance(10 * time.Second)
-	_, err = e.Renew(ctx, leases[0].ExecutionID, leases[0].Fence, 0) // the zombie renews
+	_, err = e.Renew(ctx, lease.ExecutionID, lease.Fence, 0) // the zombie renews
 	require.NoError(t, err)
 	// Another worker of the namespace registers: its unit sweeps lapsed records.
 	_, err = e.RegisterWorker(ctx, engine.WorkerRegistration{WorkerID: "pool", InstanceID: "host-2",
@@ -353,4 +326,21 @@ func TestMarkWorkerDeadRetriedAfterTheRegistrationLapsed(t *testing.T) {
 	x, err := e.Get(ctx, res.ID)
 	require.NoError(t, err)
 	require.NotEqual(t, fftype.OwnershipLeased, x.Ownership)
+}
+
+// hostWithALease registers the instance "host-1" of worker "pool" (session "s1", lane
+// "l") for ttl, and has it claim an execution created in namespace, which it returns
+// with the lease.
+func hostWithALease(t *testing.T, e *engine.Engine, ttl time.Duration, namespace string) (*fftype.CreateResult, *fftype.Lease) {
+	t.Helper()
+	ctx := t.Context()
+	_, err := e.RegisterWorker(ctx, engine.WorkerRegistration{WorkerID: "pool", InstanceID: "host-1",
+		Lanes: []string{"l"}, TTL: ttl, Session: "s1"})
+	require.NoError(t, err)
+	res, err := e.Create(ctx, fftype.CreateParams{Namespace: namespace, Lane: "l", Kind: "k"})
+	require.NoError(t, err)
+	leases, err := e.Claim(ctx, fftype.ClaimParams{WorkerID: "pool", WorkerInstanceID: "host-1", Lanes: []string{"l"}})
+	require.NoError(t, err)
+	require.Len(t, leases, 1)
+	return res, leases[0]
 }
