@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
+	"maps"
 	"slices"
 	"sort"
 	"time"
@@ -64,6 +65,7 @@ type leaser struct {
 	instance string
 	ttl      time.Duration
 	held     map[int]time.Time // shard → lease expiry
+	unsure   map[int]bool      // shards held until a visit failed: the store may still say so
 	balanced time.Time         // when balance last ended
 	live     int               // the live replicas balance counted
 	counted  time.Time         // when the live replicas were last counted
@@ -86,7 +88,7 @@ func (e *Engine) newLeaser(name string, ttl time.Duration, tracks bool) *leaser 
 		ttl = DefaultConsumerLeaseTTL
 	}
 	return &leaser{e: e, name: name, instance: fftype.NewUUID(), ttl: ttl,
-		held: map[int]time.Time{}, cursors: map[int]uint64{}, tracks: tracks}
+		held: map[int]time.Time{}, unsure: map[int]bool{}, cursors: map[int]uint64{}, tracks: tracks}
 }
 
 // balanceIfDue runs balance when a third of the lease TTL has passed since the last one,
@@ -301,6 +303,11 @@ func (l *leaser) visit(ctx context.Context, shard, target int) error {
 	if err != nil && ctx.Err() != nil {
 		return err // stopping: the lease is still ours in the store, for release to hand back
 	}
+	if _, held := l.held[shard]; err != nil && held {
+		l.unsure[shard] = true // not worked until a visit succeeds, but release hands it back
+	} else if err == nil {
+		delete(l.unsure, shard)
+	}
 	if err != nil || expires.IsZero() || taken { // a lease taken afresh ends any held before
 		l.drop(shard)
 	}
@@ -405,14 +412,20 @@ func (l *leaser) commit(ctx context.Context, shard int, from, cursor uint64) err
 	return nil
 }
 
-// release hands back every lease the replica holds, then leaves the member list (the
-// others, seeing a replica leave, balance at once and find its leases free), trying no
-// longer than a lease lasts: by then the leases have lapsed by themselves, so a store that
-// stopped answering does not hold up the replica's exit.
+// release hands back every lease the replica holds, or may still hold in the store (a
+// visit of it failed), then leaves the member list (the others, seeing a replica leave,
+// balance at once and find its leases free), trying no longer than a lease lasts: by then
+// the leases have lapsed by themselves, so a store that stopped answering does not hold
+// up the replica's exit.
 func (l *leaser) release(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, l.ttl)
 	defer cancel()
+	shards := maps.Clone(l.unsure)
 	for s := range l.held {
+		shards[s] = true
+	}
+	clear(l.unsure)
+	for s := range shards {
 		_ = l.e.update(ctx, s, func(tx ffstore.Tx) error {
 			rec, ok, err := readShardLease(tx, l.name)
 			if err != nil || !ok || rec.Owner != l.instance {

@@ -908,3 +908,34 @@ func TestConsumerStoppedAtABalanceHandsItsLeasesBack(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, b.Shards(), 4, "the stopped replica's leases must be free at once, not after the TTL")
 }
+
+// TestConsumerReleaseHandsBackALeaseWhoseVisitFailed: a balance whose unit on one shard
+// fails leaves the replica unsure whether the store still has it as the shard's holder:
+// it works the shard no more, but Release still hands it back, so the next replica takes
+// every shard at once rather than wait out that lease.
+func TestConsumerReleaseHandsBackALeaseWhoseVisitFailed(t *testing.T) {
+	t.Parallel()
+	mem := ffmem.New(&ffmem.Options{Shards: 4})
+	st := &shardFailStore{Store: mem, shard: 3}
+	e, clock := newTestEngineOn(t, st, Config{Logger: slog.New(slog.DiscardHandler)})
+	noop := func(context.Context, fftype.Event) error { return nil }
+	a, err := e.NewConsumer(ConsumerConfig{Name: "audit", Handler: noop})
+	require.NoError(t, err)
+	_, err = a.Step(t.Context())
+	require.NoError(t, err)
+	require.Len(t, a.Shards(), 4)
+
+	clock.Advance(DefaultConsumerLeaseTTL / 3) // a balance is due, and shard 3's unit fails
+	st.armed.Store(true)
+	_, err = a.Step(t.Context())
+	require.Error(t, err)
+	require.NotContains(t, a.Shards(), 3, "a shard whose renewal failed is not worked")
+	st.armed.Store(false)
+	a.Release(t.Context())
+
+	b, err := e.NewConsumer(ConsumerConfig{Name: "audit", Handler: noop})
+	require.NoError(t, err)
+	_, err = b.Step(t.Context())
+	require.NoError(t, err)
+	require.Len(t, b.Shards(), 4, "every lease was handed back")
+}
