@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
-	"maps"
 	"slices"
 	"sort"
 	"time"
@@ -65,7 +64,7 @@ type leaser struct {
 	instance string
 	ttl      time.Duration
 	held     map[int]time.Time // shard → lease expiry
-	unsure   map[int]bool      // shards held until a visit failed: the store may still say so
+	unsure   map[int]bool      // shards whose last visit failed: the store may name this replica
 	balanced time.Time         // when balance last ended
 	live     int               // the live replicas balance counted
 	counted  time.Time         // when the live replicas were last counted
@@ -300,12 +299,15 @@ func (l *leaser) visit(ctx context.Context, shard, target int) error {
 		}
 		return nil
 	})
-	if err != nil && ctx.Err() != nil {
-		return err // stopping: the lease is still ours in the store, for release to hand back
-	}
-	if _, held := l.held[shard]; err != nil && held {
-		l.unsure[shard] = true // not worked until a visit succeeds, but release hands it back
-	} else if err == nil {
+	if err != nil {
+		// The unit may have committed (a lost reply, a stop while it did): the store may
+		// name this replica as the holder. The shard is not worked until a visit
+		// succeeds, but release hands it back.
+		l.unsure[shard] = true
+		if ctx.Err() != nil {
+			return err // stopping: a lease held stays held, for release to hand back
+		}
+	} else {
 		delete(l.unsure, shard)
 	}
 	if err != nil || expires.IsZero() || taken { // a lease taken afresh ends any held before
@@ -412,20 +414,15 @@ func (l *leaser) commit(ctx context.Context, shard int, from, cursor uint64) err
 	return nil
 }
 
-// release hands back every lease the replica holds, or may still hold in the store (a
-// visit of it failed), then leaves the member list (the others, seeing a replica leave,
-// balance at once and find its leases free), trying no longer than a lease lasts: by then
-// the leases have lapsed by themselves, so a store that stopped answering does not hold
-// up the replica's exit.
+// release hands back every lease the replica holds, leaves the member list (the others,
+// seeing a replica leave, balance at once and find its leases free), and then hands back
+// the leases it may hold in the store (a visit of the shard failed), trying no longer
+// than a lease lasts: by then the leases have lapsed by themselves, so a store that
+// stopped answering does not hold up the replica's exit.
 func (l *leaser) release(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, l.ttl)
 	defer cancel()
-	shards := maps.Clone(l.unsure)
-	for s := range l.held {
-		shards[s] = true
-	}
-	clear(l.unsure)
-	for s := range shards {
+	handBack := func(s int) {
 		_ = l.e.update(ctx, s, func(tx ffstore.Tx) error {
 			rec, ok, err := readShardLease(tx, l.name)
 			if err != nil || !ok || rec.Owner != l.instance {
@@ -435,12 +432,20 @@ func (l *leaser) release(ctx context.Context) {
 			putJSON(tx, shardLeaseKey(l.name), rec)
 			return nil
 		})
+	}
+	for s := range l.held {
+		handBack(s)
 		l.drop(s)
 	}
 	_ = l.e.update(ctx, 0, func(tx ffstore.Tx) error {
 		tx.QueueRemove(membersQueue(l.name), l.instance)
 		return nil
 	})
+	// Last, as a shard whose visit failed may not answer now either.
+	for s := range l.unsure {
+		handBack(s)
+	}
+	clear(l.unsure)
 }
 
 // ConsumerConfig describes a durable consumer.

@@ -939,3 +939,103 @@ func TestConsumerReleaseHandsBackALeaseWhoseVisitFailed(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, b.Shards(), 4, "every lease was handed back")
 }
+
+// lostReplyStore commits, while armed, the next unit on one shard but reports it failed,
+// as a store whose commit reply is lost (a dropped connection after COMMIT / EXEC) does.
+type lostReplyStore struct {
+	ffstore.Store
+	shard int
+	armed atomic.Bool
+}
+
+func (s *lostReplyStore) Update(ctx context.Context, shard int, fn func(tx ffstore.Tx) error) error {
+	err := s.Store.Update(ctx, shard, fn)
+	if err == nil && shard == s.shard && s.armed.CompareAndSwap(true, false) {
+		return fftype.ErrUnavailable
+	}
+	return err
+}
+
+// TestConsumerReleaseHandsBackATakeWhoseReplyWasLost: a visit that took a free lease,
+// whose unit committed but reported a store error, leaves the store naming this replica
+// as the shard's holder: release hands it back, so the next replica does not wait it out.
+func TestConsumerReleaseHandsBackATakeWhoseReplyWasLost(t *testing.T) {
+	t.Parallel()
+	mem := ffmem.New(&ffmem.Options{Shards: 4})
+	st := &lostReplyStore{Store: mem, shard: 3}
+	e, _ := newTestEngineOn(t, st, Config{Logger: slog.New(slog.DiscardHandler)})
+	noop := func(context.Context, fftype.Event) error { return nil }
+	a, err := e.NewConsumer(ConsumerConfig{Name: "audit", Handler: noop})
+	require.NoError(t, err)
+	st.armed.Store(true)
+	_, err = a.Step(t.Context())
+	require.ErrorIs(t, err, fftype.ErrUnavailable)
+	require.NotContains(t, a.Shards(), 3)
+	var owner string
+	require.NoError(t, mem.View(t.Context(), 3, func(tx ffstore.ReadTx) error {
+		rec, ok, err := readShardLease(tx, "audit")
+		require.True(t, ok)
+		owner = rec.Owner
+		return err
+	}))
+	require.Equal(t, a.leases.instance, owner, "the store names the replica as shard 3's holder")
+	a.Release(t.Context())
+
+	b, err := e.NewConsumer(ConsumerConfig{Name: "audit", Handler: noop})
+	require.NoError(t, err)
+	_, err = b.Step(t.Context())
+	require.NoError(t, err)
+	require.Len(t, b.Shards(), 4, "every lease was handed back")
+}
+
+// modeStore fails (mode 1) or hangs until ctx ends (mode 2) every unit on one shard.
+type modeStore struct {
+	ffstore.Store
+	shard int
+	mode  atomic.Int32
+}
+
+func (s *modeStore) Update(ctx context.Context, shard int, fn func(tx ffstore.Tx) error) error {
+	if shard == s.shard {
+		switch s.mode.Load() {
+		case 1:
+			return fftype.ErrUnavailable
+		case 2:
+			<-ctx.Done()
+			return ctx.Err()
+		}
+	}
+	return s.Store.Update(ctx, shard, fn)
+}
+
+// TestConsumerReleaseHandsBackTheSureLeasesFirst: a shard whose visit failed and whose
+// store then stops answering is handed back last, so that its unit, which takes what is
+// left of release's time, does not keep the leases the replica surely holds from being
+// handed back.
+func TestConsumerReleaseHandsBackTheSureLeasesFirst(t *testing.T) {
+	t.Parallel()
+	const ttl = 300 * time.Millisecond
+	for trial := range 3 { // the map order of the shards varies
+		mem := ffmem.New(&ffmem.Options{Shards: 4})
+		st := &modeStore{Store: mem, shard: 3}
+		e, clock := newTestEngineOn(t, st, Config{Logger: slog.New(slog.DiscardHandler)})
+		noop := func(context.Context, fftype.Event) error { return nil }
+		a, err := e.NewConsumer(ConsumerConfig{Name: "audit", LeaseTTL: ttl, Handler: noop})
+		require.NoError(t, err)
+		_, err = a.Step(t.Context())
+		require.NoError(t, err)
+		require.Len(t, a.Shards(), 4)
+		clock.Advance(ttl / 3)
+		st.mode.Store(1) // the partition fails...
+		_, err = a.Step(t.Context())
+		require.Error(t, err)
+		st.mode.Store(2) // ...then stops answering
+		a.Release(t.Context())
+		st.mode.Store(1)
+
+		b, err := e.NewConsumer(ConsumerConfig{Name: "audit", LeaseTTL: ttl, Handler: noop})
+		require.NoError(t, err)
+		_, _ = b.Step(t.Context())
+		require.Equal(t, []int{0, 1, 2}, b.Shards(), "trial %d: the healthy shards' leases were handed back", trial)
+	}
+}
