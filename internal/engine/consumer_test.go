@@ -902,11 +902,7 @@ func TestConsumerStoppedAtABalanceHandsItsLeasesBack(t *testing.T) {
 	_, _ = a.Step(ctx)
 	a.Release(t.Context())
 
-	b, err := e.NewConsumer(ConsumerConfig{Name: "audit", Handler: noop})
-	require.NoError(t, err)
-	_, err = b.Step(t.Context())
-	require.NoError(t, err)
-	require.Len(t, b.Shards(), 4, "the stopped replica's leases must be free at once, not after the TTL")
+	requireEveryShardFree(t, e, 4) // the stopped replica's leases must be free at once, not after the TTL
 }
 
 // TestConsumerReleaseHandsBackALeaseWhoseVisitFailed: a balance whose unit on one shard
@@ -933,11 +929,7 @@ func TestConsumerReleaseHandsBackALeaseWhoseVisitFailed(t *testing.T) {
 	st.armed.Store(false)
 	a.Release(t.Context())
 
-	b, err := e.NewConsumer(ConsumerConfig{Name: "audit", Handler: noop})
-	require.NoError(t, err)
-	_, err = b.Step(t.Context())
-	require.NoError(t, err)
-	require.Len(t, b.Shards(), 4, "every lease was handed back")
+	requireEveryShardFree(t, e, 4) // every lease was handed back
 }
 
 // lostReplyStore commits, while armed, the next unit on one shard but reports it failed,
@@ -981,11 +973,7 @@ func TestConsumerReleaseHandsBackATakeWhoseReplyWasLost(t *testing.T) {
 	require.Equal(t, a.leases.instance, owner, "the store names the replica as shard 3's holder")
 	a.Release(t.Context())
 
-	b, err := e.NewConsumer(ConsumerConfig{Name: "audit", Handler: noop})
-	require.NoError(t, err)
-	_, err = b.Step(t.Context())
-	require.NoError(t, err)
-	require.Len(t, b.Shards(), 4, "every lease was handed back")
+	requireEveryShardFree(t, e, 4) // every lease was handed back
 }
 
 // modeStore fails (mode 1) or hangs until ctx ends (mode 2) every unit on one shard.
@@ -1038,4 +1026,15 @@ func TestConsumerReleaseHandsBackTheSureLeasesFirst(t *testing.T) {
 		_, _ = b.Step(t.Context())
 		require.Equal(t, []int{0, 1, 2}, b.Shards(), "trial %d: the healthy shards' leases were handed back", trial)
 	}
+}
+
+// requireEveryShardFree checks that a new replica of the consumer "audit" takes all the
+// store's shards at once: the replicas before it handed their leases back.
+func requireEveryShardFree(t *testing.T, e *Engine, shards int) {
+	t.Helper()
+	b, err := e.NewConsumer(ConsumerConfig{Name: "audit", Handler: func(context.Context, fftype.Event) error { return nil }})
+	require.NoError(t, err)
+	_, err = b.Step(t.Context())
+	require.NoError(t, err)
+	require.Len(t, b.Shards(), shards, "the leases were handed back")
 }
