@@ -570,16 +570,41 @@ func TestConsumerFailingShardDoesNotHoldBackTheOthers(t *testing.T) {
 	require.Equal(t, map[int]int{1: 1}, handled, "shard 1's cursor moved past its event")
 }
 
-// shardFailStore fails, while armed, every unit on one shard.
-type shardFailStore struct {
+// shardFault is what a shardFaultStore does to the units of its shard.
+type shardFault int32
+
+const (
+	faultNone      shardFault = iota
+	faultFail                 // every unit fails, writing nothing
+	faultLostReply            // the next unit commits but reports failure (a lost reply), once
+	faultHang                 // every unit waits until its ctx ends
+)
+
+// shardFaultStore does its fault to every unit on one shard.
+type shardFaultStore struct {
 	ffstore.Store
 	shard int
-	armed atomic.Bool
+	fault atomic.Int32
 }
 
-func (s *shardFailStore) Update(ctx context.Context, shard int, fn func(tx ffstore.Tx) error) error {
-	if s.armed.Load() && shard == s.shard {
+func (s *shardFaultStore) set(f shardFault) { s.fault.Store(int32(f)) }
+
+func (s *shardFaultStore) Update(ctx context.Context, shard int, fn func(tx ffstore.Tx) error) error {
+	if shard != s.shard {
+		return s.Store.Update(ctx, shard, fn)
+	}
+	switch shardFault(s.fault.Load()) {
+	case faultFail:
 		return fftype.ErrUnavailable
+	case faultHang:
+		<-ctx.Done()
+		return ctx.Err()
+	case faultLostReply:
+		err := s.Store.Update(ctx, shard, fn)
+		if err == nil && s.fault.CompareAndSwap(int32(faultLostReply), int32(faultNone)) {
+			return fftype.ErrUnavailable
+		}
+		return err
 	}
 	return s.Store.Update(ctx, shard, fn)
 }
@@ -596,7 +621,7 @@ func TestConsumerFailingShardStoreDoesNotHoldBackTheOthers(t *testing.T) {
 		t.Run(fmt.Sprintf("shard %d", failing), func(t *testing.T) {
 			t.Parallel()
 			mem := ffmem.New(&ffmem.Options{Shards: 4})
-			st := &shardFailStore{Store: mem, shard: failing}
+			st := &shardFaultStore{Store: mem, shard: failing}
 			e, clock := newTestEngineOn(t, st, Config{Logger: slog.New(slog.DiscardHandler)})
 			ctx := t.Context()
 			handled := map[int]int{}
@@ -609,7 +634,7 @@ func TestConsumerFailingShardStoreDoesNotHoldBackTheOthers(t *testing.T) {
 			require.NoError(t, err)
 			require.Equal(t, []int{0, 1, 2, 3}, c.Shards())
 
-			st.armed.Store(true)
+			st.set(faultFail)
 			healthy := slices.DeleteFunc([]int{0, 1, 2, 3}, func(s int) bool { return s == failing })
 			const steps = int(4 * DefaultConsumerLeaseTTL / time.Second) // past every lease's first expiry
 			failed := 0
@@ -912,7 +937,7 @@ func TestConsumerStoppedAtABalanceHandsItsLeasesBack(t *testing.T) {
 func TestConsumerReleaseHandsBackALeaseWhoseVisitFailed(t *testing.T) {
 	t.Parallel()
 	mem := ffmem.New(&ffmem.Options{Shards: 4})
-	st := &shardFailStore{Store: mem, shard: 3}
+	st := &shardFaultStore{Store: mem, shard: 3}
 	e, clock := newTestEngineOn(t, st, Config{Logger: slog.New(slog.DiscardHandler)})
 	noop := func(context.Context, fftype.Event) error { return nil }
 	a, err := e.NewConsumer(ConsumerConfig{Name: "audit", Handler: noop})
@@ -922,30 +947,14 @@ func TestConsumerReleaseHandsBackALeaseWhoseVisitFailed(t *testing.T) {
 	require.Len(t, a.Shards(), 4)
 
 	clock.Advance(DefaultConsumerLeaseTTL / 3) // a balance is due, and shard 3's unit fails
-	st.armed.Store(true)
+	st.set(faultFail)
 	_, err = a.Step(t.Context())
 	require.Error(t, err)
 	require.NotContains(t, a.Shards(), 3, "a shard whose renewal failed is not worked")
-	st.armed.Store(false)
+	st.set(faultNone)
 	a.Release(t.Context())
 
 	requireEveryShardFree(t, e, 4) // every lease was handed back
-}
-
-// lostReplyStore commits, while armed, the next unit on one shard but reports it failed,
-// as a store whose commit reply is lost (a dropped connection after COMMIT / EXEC) does.
-type lostReplyStore struct {
-	ffstore.Store
-	shard int
-	armed atomic.Bool
-}
-
-func (s *lostReplyStore) Update(ctx context.Context, shard int, fn func(tx ffstore.Tx) error) error {
-	err := s.Store.Update(ctx, shard, fn)
-	if err == nil && shard == s.shard && s.armed.CompareAndSwap(true, false) {
-		return fftype.ErrUnavailable
-	}
-	return err
 }
 
 // TestConsumerReleaseHandsBackATakeWhoseReplyWasLost: a visit that took a free lease,
@@ -954,12 +963,12 @@ func (s *lostReplyStore) Update(ctx context.Context, shard int, fn func(tx ffsto
 func TestConsumerReleaseHandsBackATakeWhoseReplyWasLost(t *testing.T) {
 	t.Parallel()
 	mem := ffmem.New(&ffmem.Options{Shards: 4})
-	st := &lostReplyStore{Store: mem, shard: 3}
+	st := &shardFaultStore{Store: mem, shard: 3}
 	e, _ := newTestEngineOn(t, st, Config{Logger: slog.New(slog.DiscardHandler)})
 	noop := func(context.Context, fftype.Event) error { return nil }
 	a, err := e.NewConsumer(ConsumerConfig{Name: "audit", Handler: noop})
 	require.NoError(t, err)
-	st.armed.Store(true)
+	st.set(faultLostReply)
 	_, err = a.Step(t.Context())
 	require.ErrorIs(t, err, fftype.ErrUnavailable)
 	require.NotContains(t, a.Shards(), 3)
@@ -976,26 +985,6 @@ func TestConsumerReleaseHandsBackATakeWhoseReplyWasLost(t *testing.T) {
 	requireEveryShardFree(t, e, 4) // every lease was handed back
 }
 
-// modeStore fails (mode 1) or hangs until ctx ends (mode 2) every unit on one shard.
-type modeStore struct {
-	ffstore.Store
-	shard int
-	mode  atomic.Int32
-}
-
-func (s *modeStore) Update(ctx context.Context, shard int, fn func(tx ffstore.Tx) error) error {
-	if shard == s.shard {
-		switch s.mode.Load() {
-		case 1:
-			return fftype.ErrUnavailable
-		case 2:
-			<-ctx.Done()
-			return ctx.Err()
-		}
-	}
-	return s.Store.Update(ctx, shard, fn)
-}
-
 // TestConsumerReleaseHandsBackTheSureLeasesFirst: a shard whose visit failed and whose
 // store then stops answering is handed back last, so that its unit, which takes what is
 // left of release's time, does not keep the leases the replica surely holds from being
@@ -1005,7 +994,7 @@ func TestConsumerReleaseHandsBackTheSureLeasesFirst(t *testing.T) {
 	const ttl = 300 * time.Millisecond
 	for trial := range 3 { // the map order of the shards varies
 		mem := ffmem.New(&ffmem.Options{Shards: 4})
-		st := &modeStore{Store: mem, shard: 3}
+		st := &shardFaultStore{Store: mem, shard: 3}
 		e, clock := newTestEngineOn(t, st, Config{Logger: slog.New(slog.DiscardHandler)})
 		noop := func(context.Context, fftype.Event) error { return nil }
 		a, err := e.NewConsumer(ConsumerConfig{Name: "audit", LeaseTTL: ttl, Handler: noop})
@@ -1014,12 +1003,12 @@ func TestConsumerReleaseHandsBackTheSureLeasesFirst(t *testing.T) {
 		require.NoError(t, err)
 		require.Len(t, a.Shards(), 4)
 		clock.Advance(ttl / 3)
-		st.mode.Store(1) // the partition fails...
+		st.set(faultFail) // the partition fails...
 		_, err = a.Step(t.Context())
 		require.Error(t, err)
-		st.mode.Store(2) // ...then stops answering
+		st.set(faultHang) // ...then stops answering
 		a.Release(t.Context())
-		st.mode.Store(1)
+		st.set(faultFail)
 
 		b, err := e.NewConsumer(ConsumerConfig{Name: "audit", LeaseTTL: ttl, Handler: noop})
 		require.NoError(t, err)

@@ -133,7 +133,7 @@ func TestTimerLoopGoesOnPastAFailingShard(t *testing.T) {
 	for _, failing := range []int{3, 0} {
 		t.Run(fmt.Sprintf("shard %d", failing), func(t *testing.T) {
 			t.Parallel()
-			st := &shardFailStore{Store: ffmem.New(&ffmem.Options{Shards: 4}), shard: failing}
+			st := &shardFaultStore{Store: ffmem.New(&ffmem.Options{Shards: 4}), shard: failing}
 			e, clock := newTestEngineOn(t, st, Config{Logger: slog.New(slog.DiscardHandler)})
 			ctx := t.Context()
 			e.Start(ctx)
@@ -152,7 +152,7 @@ func TestTimerLoopGoesOnPastAFailingShard(t *testing.T) {
 				}
 				return true
 			}, waitLimit, time.Millisecond)
-			st.armed.Store(true)
+			st.set(faultFail)
 			var ids []fftype.ExecutionID
 			delay := fftype.Duration(2 * DefaultConsumerLeaseTTL) // past the leases' first expiry
 			for len(ids) < 6 {                                    // creations on the failing shard fail
