@@ -160,8 +160,12 @@ func (s *Store) listenOnce(listening func()) error {
 		// for notifications until TCP keepalive gave up on it, most of an hour.
 		// And that it still accepts writes: after a failover, the NOTIFYs of units come
 		// from the new primary, which a connection to the old one never hears.
+		validate := s.pool.Config().ConnConfig.ValidateConnect // the check the store's connections pass
+		if validate == nil {
+			validate = pgconn.ValidateConnectTargetSessionAttrsReadWrite
+		}
 		ctx, cancel = context.WithTimeout(s.stopCtx, s.opts.ConnectTimeout)
-		err = pgconn.ValidateConnectTargetSessionAttrsReadWrite(ctx, conn.PgConn())
+		err = validate(ctx, conn.PgConn())
 		cancel()
 		if err != nil {
 			return fmt.Errorf("the listening connection stopped answering or turned read-only: %w", err)

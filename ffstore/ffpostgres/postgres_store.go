@@ -416,9 +416,10 @@ func parseConfig(connString string, opts *Options) (*pgxpool.Config, Options, er
 	if timeout > 0 {
 		cfg.ConnConfig.RuntimeParams["statement_timeout"] = strconv.FormatInt(timeout.Milliseconds(), 10)
 	}
-	if !strings.Contains(connString, "target_session_attrs") {
+	if cfg.ConnConfig.ValidateConnect == nil {
 		// The store writes: a connection to a standby (a host list that names one, a
-		// failover in progress) is refused at once, and the next host tried.
+		// failover in progress) is refused at once, and the next host tried. A stricter
+		// target_session_attrs (primary), from the string or PGTARGETSESSIONATTRS, stays.
 		cfg.ConnConfig.ValidateConnect = pgconn.ValidateConnectTargetSessionAttrsReadWrite
 	}
 	if _, ok := cfg.ConnConfig.RuntimeParams["application_name"]; !ok {

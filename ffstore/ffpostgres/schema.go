@@ -229,15 +229,17 @@ func migrateTo(ctx context.Context, pool *pgxpool.Pool, schema string, target in
 	if version >= target {
 		return nil
 	}
-	// Postgres checks CREATE on the database before IF NOT EXISTS: a role that owns a
-	// schema made for it, but may not create schemas, must not be asked to.
-	var exists bool
-	if err := tx.QueryRow(ctx, `SELECT to_regnamespace($1) IS NOT NULL`, qs).Scan(&exists); err != nil {
-		return translate(ctx, err, "look up schema")
-	}
-	if !exists {
-		if _, err := tx.Exec(ctx, "CREATE SCHEMA "+qs); err != nil {
-			return translate(ctx, err, "create schema")
+	if version == 0 {
+		// Postgres checks CREATE on the database before IF NOT EXISTS: a role that owns a
+		// schema made for it, but may not create schemas, must not be asked to.
+		var exists bool
+		if err := tx.QueryRow(ctx, `SELECT to_regnamespace($1) IS NOT NULL`, qs).Scan(&exists); err != nil {
+			return translate(ctx, err, "look up schema")
+		}
+		if !exists {
+			if _, err := tx.Exec(ctx, "CREATE SCHEMA "+qs); err != nil {
+				return translate(ctx, err, "create schema")
+			}
 		}
 	}
 	for v := version; v < target; v++ {
