@@ -18,9 +18,6 @@ var timerQueues = map[string]bool{
 	queueGrant: true, queueRetention: true, queueIdem: true,
 }
 
-// endsLease marks the timer queues whose transitions end a lease (leaseEndingTimer).
-var endsLease = map[string]bool{queueDeadline: true, queueAttemptTimeout: true, queueLease: true}
-
 // RunDue handles every timer that is due now on every shard — delayed promotion, lease
 // expiry, attempt timeouts, deadlines, grant expiry, retention and idempotency-key expiry —
 // and returns how many items it handled and when the next timer is due (zero if none).
@@ -105,13 +102,7 @@ func (e *Engine) runTimer(ctx context.Context, shard int, queue string) (int, er
 				return err
 			}
 			before := e.placementOf(x).without(queue)
-			fires := queue
-			if q := leaseEndingTimer(x, now); q != "" && endsLease[queue] {
-				// Another of x's timers came first: the loop, late, found this one first
-				// because some other execution heads its queue.
-				fires = q
-			}
-			done, err := e.fire(tx, fires, x, before, now)
+			done, err := e.fire(tx, queue, x, before, now)
 			if err != nil {
 				return err
 			}
@@ -150,6 +141,12 @@ func (e *Engine) fire(tx ffstore.Tx, queue string, x *fftype.Execution, before p
 	case queueAttemptTimeout:
 		if x.Ownership != fftype.OwnershipLeased || !due(x.AttemptTimeoutAt, now) {
 			return false, nil
+		}
+		if q := leaseEndingTimer(x, now); q != queueAttemptTimeout {
+			// The deadline, or the lease's expiry, came first: a late loop found this
+			// timer first because another execution heads its queue. (loseLease, which
+			// the lease's expiry goes through, makes the same choice.)
+			return e.fire(tx, q, x, before, now)
 		}
 		x.LastLeaseEnd = fftype.LeaseEndTimedOut // so that the holder's calls are told, not taken for replays
 		_, err := e.failAttempt(tx, x, before, fftype.FailParams{Reason: "attempt_timeout", Category: "timeout"}, now)
