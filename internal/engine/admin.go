@@ -55,11 +55,11 @@ func (e *Engine) ChangePriority(ctx context.Context, id fftype.ExecutionID, prio
 
 // SetTags merges tags into the execution's tags; a tag set to "" is removed.
 func (e *Engine) SetTags(ctx context.Context, id fftype.ExecutionID, tags map[string]string) error {
-	if len(tags) == 0 || len(tags) > 2*fftype.MaxTags {
+	if len(tags) == 0 {
 		return fftype.Validationf(fftype.CodeInvalidInput, "give 1 to %d tags to set or (with \"\") remove", 2*fftype.MaxTags)
 	}
-	// The count is checked on the merged tags: removals do not count.
-	if err := fftype.ValidateTagEntries(tags); err != nil {
+	// At most 64 tags set here; the count that matters is checked on the merged tags.
+	if err := fftype.ValidateTags(tags); err != nil {
 		return err
 	}
 	return e.operatorUnit(ctx, id, func(tx ffstore.Tx, x *fftype.Execution, before placement, now time.Time) error {
