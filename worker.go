@@ -273,14 +273,14 @@ func (w *Worker) deregister(ctx context.Context) error {
 	})
 }
 
-// retryPassing makes call until it succeeds, fails for good (its error is not retryable)
-// or has failed five times, waiting 10ms, then four times longer each time, between tries
+// retryPassing makes call until it succeeds, fails for good (not a passing failure, see
+// passing) or has failed five times, waiting 10ms, then four times longer each time, between tries
 // while ctx lives. It returns call's last error.
 func retryPassing(ctx context.Context, call func() error) error {
 	backoff := 10 * time.Millisecond
 	for try := 1; ; try++ {
 		err := call()
-		if err == nil || !fftype.IsRetryable(err) || try == 5 {
+		if err == nil || !passing(err) || try == 5 {
 			return err
 		}
 		select {
