@@ -165,3 +165,10 @@ func storeError(err error, op string) *fftype.Error {
 	}
 	return e
 }
+
+// noPermission reports whether err is the server refusing the user a command, a key or a
+// channel (NOPERM).
+func noPermission(err error) bool {
+	var re *rueidis.RedisError
+	return errors.As(err, &re) && strings.HasPrefix(re.Error(), "NOPERM")
+}

@@ -321,10 +321,9 @@ func (s *Store) checkPublish(ctx context.Context) error {
 	_, err := s.do(ctx, "publish on the store's channel", false, func() rueidis.Completed {
 		return s.client.B().Publish().Channel(s.channel).Message(s.instance + ".").Build()
 	})
-	var re *rueidis.RedisError
-	if errors.As(err, &re) && strings.HasPrefix(re.Error(), "NOPERM") {
+	if noPermission(err) {
 		return fftype.Validationf(fftype.CodeInvalidInput,
-			"ffvalkey: the server's user may not publish to the channel %q, which every commit does; grant it (ACL SETUSER <user> &%s)", s.channel, s.channel)
+			"ffvalkey: the server's user may not publish to the channel %q, which every commit does; grant it the command and the channel (ACL SETUSER <user> +publish &%s)", s.channel, s.channel)
 	}
 	return err
 }
