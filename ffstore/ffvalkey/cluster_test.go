@@ -243,9 +243,13 @@ func newSlotMigration(t *testing.T, c *testdb.RedisCluster, shard, shards int) *
 	return m
 }
 
-func (m *slotMigration) begin(t *testing.T) {
-	require.NoError(t, nodeDo(context.Background(), m.nodes[1], "CLUSTER", "SETSLOT", m.slot, "IMPORTING", m.ids[0]).Error())
-	require.NoError(t, nodeDo(context.Background(), m.nodes[0], "CLUSTER", "SETSLOT", m.slot, "MIGRATING", m.ids[1]).Error())
+// begin marks the slot IMPORTING and MIGRATING. It returns an error rather than fail the
+// test, as it runs inside a unit, off the test's goroutine.
+func (m *slotMigration) begin(ctx context.Context) error {
+	if err := nodeDo(ctx, m.nodes[1], "CLUSTER", "SETSLOT", m.slot, "IMPORTING", m.ids[0]).Error(); err != nil {
+		return err
+	}
+	return nodeDo(ctx, m.nodes[0], "CLUSTER", "SETSLOT", m.slot, "MIGRATING", m.ids[1]).Error()
 }
 
 func (m *slotMigration) end(t *testing.T) {
@@ -288,8 +292,8 @@ func TestCommitDuringASlotMigration(t *testing.T) {
 			tx.AppendEvent(fftype.Event{Type: fftype.EventCreated})
 			if !once {
 				once = true
-				m.begin(t)
-				close(began)
+				defer close(began)
+				return m.begin(context.WithoutCancel(ctx))
 			}
 			return nil
 		})
