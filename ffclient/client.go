@@ -213,22 +213,8 @@ func (c *Client) send(ctx context.Context, method, path string, in any) (*http.R
 	return nil, &fftype.Error{Kind: fftype.Kind(eb.Kind), Code: eb.Code, Message: eb.Error, Retryable: eb.Retryable}
 }
 
-// millis is d in the API's unit, whole milliseconds, rounded away from zero: a non-zero
-// duration never becomes 0 (which the API reads as the default, or no delay or wait), nor
-// changes sign, and one past a limit (the engine's limits are whole milliseconds) stays
-// past it, so the server refuses it as the engine does in process. The one difference: a
-// duration less than a millisecond short of a lower limit (a 999.5ms lease TTL) is taken
-// as that limit.
-func millis(d time.Duration) int64 {
-	ms := d / time.Millisecond
-	switch rem := d % time.Millisecond; {
-	case rem > 0:
-		ms++
-	case rem < 0:
-		ms--
-	}
-	return int64(ms)
-}
+// millis is d in the API's unit, as fftype.Duration.Millis rounds it.
+func millis(d time.Duration) int64 { return fftype.Duration(d).Millis() }
 
 // unreachable is the error of a call that got no answer from the server, for cause.
 func unreachable(cause error) error {

@@ -306,6 +306,8 @@ func TestDurationsFinerThanAMillisecond(t *testing.T) {
 			ctx := t.Context()
 			_, err := b.Create(ctx, fftype.CreateParams{Lane: "l", Kind: "k", Delay: fftype.Duration(-sub)})
 			require.ErrorIs(t, err, fftype.ErrValidation, "a create's negative delay")
+			_, err = b.Create(ctx, fftype.CreateParams{Lane: "l", Kind: "k", Policy: fftype.Policy{LeaseTTL: fftype.Duration(sub)}})
+			require.ErrorIs(t, err, fftype.ErrValidation, "a policy's 500µs lease TTL")
 			_, err = b.Create(ctx, fftype.CreateParams{Lane: "l", Kind: "k"})
 			require.NoError(t, err)
 			p := fftype.ClaimParams{WorkerID: "w", WorkerInstanceID: "w1", Lanes: []string{"l"}, LeaseTTL: fftype.Duration(sub)}

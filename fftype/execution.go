@@ -239,9 +239,26 @@ func CheckPayload(field string, b []byte, enc PayloadEncoding) (PayloadEncoding,
 // Duration is a time.Duration that encodes in JSON as integer milliseconds.
 type Duration time.Duration
 
-// MarshalJSON encodes d as integer milliseconds.
+// MarshalJSON encodes d as integer milliseconds (see Millis).
 func (d Duration) MarshalJSON() ([]byte, error) {
-	return json.Marshal(time.Duration(d).Milliseconds())
+	return json.Marshal(d.Millis())
+}
+
+// Millis returns d in whole milliseconds, the unit of the JSON API, rounded away from
+// zero: a non-zero duration never becomes 0 (which the API reads as the default, or no
+// delay or wait), nor changes sign, and one past a limit (the limits are whole
+// milliseconds) stays past it, so a server refuses it as the engine does in process. The
+// one difference: a duration less than a millisecond short of a lower limit (a 999.5ms
+// lease TTL) reads as that limit.
+func (d Duration) Millis() int64 {
+	ms := time.Duration(d) / time.Millisecond
+	switch rem := time.Duration(d) % time.Millisecond; {
+	case rem > 0:
+		ms++
+	case rem < 0:
+		ms--
+	}
+	return int64(ms)
 }
 
 // UnmarshalJSON decodes integer milliseconds. A count beyond what a time.Duration holds
