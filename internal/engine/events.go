@@ -98,46 +98,63 @@ func encodeEventCursor(logID uint64, pos []uint64) string {
 	return base64.RawURLEncoding.EncodeToString(b)
 }
 
-// decodeEventCursor returns the positions of cursor s, which must have been made for this
-// store's log (logID) and shard count.
-func (e *Engine) decodeEventCursor(s string, logID uint64) ([]uint64, error) {
-	bad := func(why string) error {
-		return fftype.Validationf(fftype.CodeInvalidCursor, "event cursor: %s", why)
-	}
+// eventCursor is a decoded cursor: its positions, and the id of the log it was made for
+// (named is false for a version 1 cursor, which names none).
+type eventCursor struct {
+	pos   []uint64
+	logID uint64
+	named bool
+}
+
+// badCursor is the error of a cursor refused for why.
+func badCursor(why string) error {
+	return fftype.Validationf(fftype.CodeInvalidCursor, "event cursor: %s", why)
+}
+
+// decodeEventCursor decodes cursor s, which must have been made for a store of this
+// engine's shard count. It reads nothing from the store: a malformed cursor costs nothing.
+func (e *Engine) decodeEventCursor(s string) (eventCursor, error) {
+	var c eventCursor
 	if len(s) > maxCursorLength {
-		return nil, bad("too long")
+		return c, badCursor("too long")
 	}
 	b, err := base64.RawURLEncoding.DecodeString(s)
 	if err != nil || len(b) < 2 || b[0] != cursorVersion && b[0] != cursorVersionNoID {
-		return nil, bad("not a cursor this engine issued")
+		return c, badCursor("not a cursor this engine issued")
 	}
 	if b[0] == cursorVersion {
 		if len(b) < 1+cursorLogIDBytes+1 {
-			return nil, bad("truncated")
+			return c, badCursor("truncated")
 		}
-		if binary.BigEndian.Uint64(b[1:]) != logID {
-			return nil, bad("made for another store's event log")
-		}
+		c.logID, c.named = binary.BigEndian.Uint64(b[1:]), true
 		b = b[cursorLogIDBytes:]
 	}
 	b = b[1:]
 	n, k := binary.Uvarint(b)
 	if k <= 0 || n != uint64(e.shards) {
-		return nil, bad("made for a store with another shard count")
+		return c, badCursor("made for a store with another shard count")
 	}
 	b = b[k:]
-	pos := make([]uint64, e.shards)
-	for i := range pos {
+	c.pos = make([]uint64, e.shards)
+	for i := range c.pos {
 		v, k := binary.Uvarint(b)
 		if k <= 0 {
-			return nil, bad("truncated")
+			return c, badCursor("truncated")
 		}
-		pos[i], b = v, b[k:]
+		c.pos[i], b = v, b[k:]
 	}
 	if len(b) != 0 {
-		return nil, bad("trailing bytes")
+		return c, badCursor("trailing bytes")
 	}
-	return pos, nil
+	return c, nil
+}
+
+// of refuses c unless it was made for the log logID, or names none.
+func (c eventCursor) of(logID uint64) error {
+	if c.named && c.logID != logID {
+		return badCursor("made for another store's event log")
+	}
+	return nil
 }
 
 // EventCursor returns a cursor at the current end of the log: a subscription from it
@@ -310,6 +327,13 @@ func (e *Engine) Subscribe(ctx context.Context, f fftype.EventFilter, cursor str
 	if err := validateFilter(f); err != nil {
 		return nil, err
 	}
+	var given eventCursor
+	if cursor != CursorStart && cursor != CursorEnd {
+		var err error
+		if given, err = e.decodeEventCursor(cursor); err != nil {
+			return nil, err // before the store is asked anything
+		}
+	}
 	logID, err := e.logID(ctx)
 	if err != nil {
 		return nil, err
@@ -321,8 +345,8 @@ func (e *Engine) Subscribe(ctx context.Context, f fftype.EventFilter, cursor str
 	case CursorEnd:
 		pos, err = e.endPositions(ctx)
 	default:
-		pos, err = e.decodeEventCursor(cursor, logID)
-		if err == nil {
+		pos = given.pos
+		if err = given.of(logID); err == nil {
 			err = e.checkInLog(ctx, pos)
 		}
 	}

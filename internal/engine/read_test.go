@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/flowfabric/flowfabric/ffstore"
+	"github.com/flowfabric/flowfabric/ffstore/ffmem"
 	"github.com/flowfabric/flowfabric/fftype"
 )
 
@@ -68,10 +69,10 @@ func TestLongestEventCursorIsAccepted(t *testing.T) {
 	t.Parallel()
 	e := &Engine{shards: fftype.MaxShards}
 	pos := slices.Repeat([]uint64{math.MaxUint64}, fftype.MaxShards)
-	got, err := e.decodeEventCursor(encodeEventCursor(testLogID, pos), testLogID)
+	got, err := e.decodeEventCursor(encodeEventCursor(testLogID, pos))
 	require.NoError(t, err)
-	require.Equal(t, pos, got)
-	_, err = e.decodeEventCursor(encodeEventCursor(testLogID, pos)+"A", testLogID)
+	require.Equal(t, pos, got.pos)
+	_, err = e.decodeEventCursor(encodeEventCursor(testLogID, pos) + "A")
 	require.ErrorIs(t, err, fftype.ErrValidation, "one character longer is refused")
 }
 
@@ -80,14 +81,17 @@ func TestLongestEventCursorIsAccepted(t *testing.T) {
 func TestEventCursorNamesItsLog(t *testing.T) {
 	t.Parallel()
 	e := &Engine{shards: 2}
-	_, err := e.decodeEventCursor(encodeEventCursor(testLogID+1, []uint64{3, 4}), testLogID)
+	c, err := e.decodeEventCursor(encodeEventCursor(testLogID+1, []uint64{3, 4}))
+	require.NoError(t, err)
+	err = c.of(testLogID)
 	require.ErrorIs(t, err, &fftype.Error{Kind: fftype.KindValidation, Code: fftype.CodeInvalidCursor})
 	require.ErrorContains(t, err, "another store")
 
 	v1 := base64.RawURLEncoding.EncodeToString([]byte{cursorVersionNoID, 2, 3, 4})
-	pos, err := e.decodeEventCursor(v1, testLogID)
+	c, err = e.decodeEventCursor(v1)
 	require.NoError(t, err)
-	require.Equal(t, []uint64{3, 4}, pos)
+	require.NoError(t, c.of(testLogID), "a version 1 cursor names no log")
+	require.Equal(t, []uint64{3, 4}, c.pos)
 }
 
 func FuzzDecodeEventCursor(f *testing.F) {
@@ -97,14 +101,25 @@ func FuzzDecodeEventCursor(f *testing.F) {
 	f.Add("AQ")
 	f.Add("AhAB")
 	f.Fuzz(func(t *testing.T, s string) {
-		pos, err := e.decodeEventCursor(s, testLogID)
+		c, err := e.decodeEventCursor(s)
 		if err != nil {
 			require.ErrorIs(t, err, fftype.ErrValidation)
 			return
 		}
-		require.Len(t, pos, 16)
-		again, err := e.decodeEventCursor(encodeEventCursor(testLogID, pos), testLogID)
+		require.Len(t, c.pos, 16)
+		again, err := e.decodeEventCursor(encodeEventCursor(testLogID, c.pos))
 		require.NoError(t, err)
-		require.Equal(t, pos, again)
+		require.Equal(t, c.pos, again.pos)
 	})
+}
+
+// TestMalformedCursorWritesNothing: a cursor that is not one is refused before the store is
+// asked anything, so a bad request writes no log id on a store that has none yet.
+func TestMalformedCursorWritesNothing(t *testing.T) {
+	t.Parallel()
+	st := ffmem.New(nil)
+	e, _ := newTestEngineOn(t, st, Config{})
+	_, err := e.Subscribe(t.Context(), fftype.EventFilter{}, "not-a-cursor")
+	require.ErrorIs(t, err, &fftype.Error{Kind: fftype.KindValidation, Code: fftype.CodeInvalidCursor})
+	require.False(t, stored(t, st, logIDKey))
 }
