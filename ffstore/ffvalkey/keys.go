@@ -22,8 +22,9 @@ import (
 //
 //	v            STRING  commit counter: numbers every commit, and is the version stamped on
 //	                     every record a commit writes
-//	d            STRING  delete counter; bumped by a commit that deletes an existing record
-//	                     (checked only by processes of earlier builds: see noDeleteCheck)
+//	d            STRING  delete counter; bumped by a commit that deletes an existing record,
+//	                     for processes of builds that load library v3 and check it (each
+//	                     record read as missing is now checked to be missing still)
 //	trim         STRING  the log's trim point
 //	ev           STREAM  the event log, entry ids "0-<seq>" (XADD 0-*), one field "e" each
 //	dir          ZSET    names of the non-empty queues, all scored 0 (ordered by name)

@@ -238,9 +238,8 @@ end
 -- would refuse, half-way through the writes, a key this function emptied and touches
 -- again.
 -- ARGV: mode ('c' commit, 'a' abort: check and release the unit's pops, 'v' check only),
--- channel to publish on ('' for none) and the message, the unit's token, '=' and the
--- delete counter to expect ('' for no check), nR, nQ, the nQ queue names, then counted
--- lists:
+-- channel to publish on ('' for none) and the message, the unit's token, nR, nQ, the nQ
+-- queue names, then counted lists:
 --   record checks   (key index, expected version; '' expects no record)
 --   range checks    (queue index, encoded item expected in the queue)
 --   pops            (queue index, encoded item the unit popped)
@@ -255,15 +254,12 @@ end
 -- and for 'c' {1, '', commit number, the names of the queues to add to the store's hint
 -- (see below), then for each queue written its name and new first item ('' when empty)}.
 local function unit(keys, argv)
-  local mode, channel, message, token, expdel = argv[1], argv[2], argv[3], argv[4], argv[5]
-  local nR, nQ = tonumber(argv[6]), tonumber(argv[7])
+  local mode, channel, message, token = argv[1], argv[2], argv[3], argv[4]
+  local nR, nQ = tonumber(argv[5]), tonumber(argv[6])
   local qbase = 5 + nR
-  local i = 8 + nQ
+  local i = 7 + nQ
   local reason = nil
 
-  if expdel ~= '' and '=' .. (redis.call('GET', keys[2]) or '') ~= expdel then
-    reason = 'a record was deleted'
-  end
   local n = tonumber(argv[i])
   i = i + 1
   for _ = 1, n do
@@ -419,7 +415,7 @@ local function unit(keys, argv)
   local earlier = false
   for _, q in ipairs(touched) do
     local b = qbase + 3 * q
-    local name = argv[7 + q]
+    local name = argv[6 + q]
     local head = redis.call('ZRANGE', keys[b - 2], '0', '0')[1]
     out[#out + 1] = name
     if head then

@@ -505,13 +505,6 @@ type call struct {
 	args []string
 }
 
-// noDeleteCheck is the delete counter a unit expects: none. Each record a unit read as
-// missing is checked to be missing still, as every read is, so a delete elsewhere on the
-// shard changes nothing it read. (Processes of earlier builds expected the counter
-// unchanged since their first missing read, and failed on any delete; libraries v3 and v4
-// still bump it, so that their checks hold during a rolling upgrade.)
-const noDeleteCheck = ""
-
 // build lays out a call in mode ("c", "a" or "v") as the library's unit function takes
 // it; writes are included only for "c".
 func (t *tx) build(mode string) *call {
@@ -583,7 +576,7 @@ func (t *tx) build(mode string) *call {
 		c.keys = append(c.keys, k.absent) // last, past what the function reads (see shardKeys.absent)
 	}
 	c.args = make([]string, 0, 16+len(names)+len(checks)+len(ranges)+len(pops)+len(puts)+len(dels)+len(qops)+len(t.events))
-	c.args = append(c.args, mode, channel, t.s.wakeMessage(t.shard), t.token, noDeleteCheck, strconv.Itoa(nR), strconv.Itoa(len(names)))
+	c.args = append(c.args, mode, channel, t.s.wakeMessage(t.shard), t.token, strconv.Itoa(nR), strconv.Itoa(len(names)))
 	c.args = append(c.args, names...)
 	c.args = appendCounted(c.args, checks, 2)
 	c.args = appendCounted(c.args, ranges, 2)
