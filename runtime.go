@@ -25,7 +25,8 @@ type Middleware func(next HandlerFunc) HandlerFunc
 // once, category "payload_decode"). What fn returns decides what happens to the execution:
 //
 //   - nil: it completes (unless fn already finished the task itself, for example with
-//     Complete and a result);
+//     Complete and a result; if that call was refused for a passing reason, it is made
+//     again, as below);
 //   - [NoRetry](err): it fails for good;
 //   - [Snooze](d): the attempt pauses and the execution is eligible again after d;
 //   - [Cancel](err): it is cancelled;
@@ -417,8 +418,9 @@ func (w *Worker) settle(t *ClaimedTask, err error, panicText string) {
 // outcome returns the report of what t's handler left: err, what it returned, or
 // panicText, its panic (see Handle). A handler that returns the refusal of a finishing
 // call of its own for a passing reason (`return t.Complete(ctx, result)` in a store
-// outage), or an error wrapping it, has that call made again: its work is done, and
-// failing the attempt would run it again.
+// outage), an error wrapping it, or nil after such a refusal, has that call made again:
+// its work is done, and failing the attempt would run it again (completing it with no
+// result would lose the result).
 func outcome(t *ClaimedTask, err error, panicText string) report {
 	var (
 		snooze    *SnoozeError
@@ -431,6 +433,9 @@ func outcome(t *ClaimedTask, err error, panicText string) report {
 	case panicText != "":
 		return failing(t, panicText, CategoryHandlerPanic, false)
 	case err == nil:
+		if r := t.refused.Load(); r != nil {
+			return r.again // its own finishing call, refused by a blip, is what it meant
+		}
 		return plainReport(t, func(ctx context.Context) error { return t.Complete(ctx, nil) })
 	case errors.As(err, &snooze):
 		return plainReport(t, func(ctx context.Context) error { return t.Delay(ctx, snooze.Duration) })

@@ -1885,6 +1885,20 @@ func TestWorkerRetriesAHandlersOwnFinishThroughABlip(t *testing.T) {
 			},
 		},
 		{
+			// The handler ignores the refusal and returns nil: its result is not lost.
+			name: "CompleteThenNil", event: fftype.EventCompleted, runs: 1,
+			fn: func(ctx context.Context, t *flowfabric.Task[struct{}]) error {
+				_ = t.Complete(ctx, []byte(`{"answer":43}`))
+				return nil
+			},
+			check: func(t *testing.T, b *workerBundle, x *flowfabric.Execution) {
+				require.Equal(t, flowfabric.StateCompleted, x.PublicState())
+				res, err := b.client.Result(b.ctx, x.ID)
+				require.NoError(t, err)
+				require.JSONEq(t, `{"answer":43}`, string(res))
+			},
+		},
+		{
 			name: "Fail", event: fftype.EventFailed, runs: 1,
 			fn: func(ctx context.Context, t *flowfabric.Task[struct{}]) error {
 				_, err := t.Fail(ctx, flowfabric.FailParams{Reason: "bad input", Category: "permanent", NoRetry: true})
