@@ -207,7 +207,7 @@ func putWorker(tx ffstore.Tx, rec *workerRecord) {
 	m := workerMember(rec.Namespace, rec.InstanceID)
 	putJSON(tx, workerKey(rec.Namespace, rec.InstanceID), rec)
 	tx.QueueAdd(queueWorkers, m, 0)
-	tx.QueueAdd(queueWorkerExpiry, m, ms(rec.ExpiresAt))
+	tx.QueueAdd(queueWorkerExpiry, m, ms(rec.keepUntil()))
 }
 
 func deleteWorker(tx ffstore.Tx, ns, instance string) {
