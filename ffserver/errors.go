@@ -231,11 +231,11 @@ func checkObject(t reflect.Type, obj map[string]json.RawMessage, at string) erro
 		if at != "" {
 			name = at + "." + k
 		}
-		ft, ok := fields[k]
+		f, ok := fields[k]
 		if !ok {
 			return badRequest("unknown field %q", name)
 		}
-		if err := checkFieldNames(ft, obj[k], name); err != nil {
+		if err := checkFieldNames(f.Type, obj[k], name); err != nil {
 			return err
 		}
 	}
@@ -300,14 +300,14 @@ func holdsStructs(t reflect.Type) bool {
 	}
 }
 
-// jsonFields returns the JSON names of the fields of struct type t, with their types, as
-// encoding/json decodes them: tagged names, or Go names for untagged fields; fields of
-// embedded structs without a tagged name are promoted unless t has a field of that name.
-func jsonFields(t reflect.Type) map[string]reflect.Type {
+// jsonFields returns the fields of struct type t by their JSON names, as encoding/json
+// decodes them: tagged names, or Go names for untagged fields; fields of embedded structs
+// without a tagged name are promoted unless t has a field of that name.
+func jsonFields(t reflect.Type) map[string]reflect.StructField {
 	if fields, ok := fieldsByType.Load(t); ok {
-		return fields.(map[string]reflect.Type)
+		return fields.(map[string]reflect.StructField)
 	}
-	fields := map[string]reflect.Type{}
+	fields := map[string]reflect.StructField{}
 	var embedded []reflect.Type
 	for f := range t.Fields() {
 		tag := f.Tag.Get("json")
@@ -324,15 +324,15 @@ func jsonFields(t reflect.Type) map[string]reflect.Type {
 			embedded = append(embedded, ft)
 		case !f.IsExported():
 		case name == "":
-			fields[f.Name] = f.Type
+			fields[f.Name] = f
 		default:
-			fields[name] = f.Type
+			fields[name] = f
 		}
 	}
 	for _, et := range embedded {
-		for name, ft := range jsonFields(et) {
+		for name, f := range jsonFields(et) {
 			if _, ok := fields[name]; !ok {
-				fields[name] = ft
+				fields[name] = f
 			}
 		}
 	}

@@ -216,26 +216,11 @@ func schemaRef(t reflect.Type, schemas map[string]any) map[string]any {
 	}
 }
 
-// structProps adds the schemas of t's fields to props. A field's format tag sets its
-// schema's format, as format:"byte" does for a string of base64.
+// structProps adds the schemas of t's fields to props, by the names the server decodes
+// them by (jsonFields). A field's format tag sets its schema's format, as format:"byte"
+// does for a string of base64.
 func structProps(t reflect.Type, props map[string]any, schemas map[string]any) {
-	for i := 0; i < t.NumField(); i++ {
-		f := t.Field(i)
-		if !f.IsExported() {
-			continue
-		}
-		tag := f.Tag.Get("json")
-		name, _, _ := strings.Cut(tag, ",")
-		if name == "-" {
-			continue
-		}
-		if f.Anonymous && name == "" {
-			structProps(f.Type, props, schemas)
-			continue
-		}
-		if name == "" {
-			name = f.Name
-		}
+	for name, f := range jsonFields(t) {
 		schema := schemaRef(f.Type, schemas)
 		if format := f.Tag.Get("format"); format != "" {
 			schema["format"] = format
