@@ -147,41 +147,79 @@ func loadLibrary(ctx context.Context, client rueidis.Client) error {
 // server answers that it did not run it: TRYAGAIN, CLUSTERDOWN, LOADING, MASTERDOWN,
 // READONLY, a connection that could not be made, and — after loading the library again —
 // a missing function (a server restarted without persistence, or a failover to a node
-// without the library). MOVED and ASK are followed by the client. readOnly commands are
-// also retried after network errors, which may have lost only the reply. How long it
-// keeps trying is the retry policy's (see retryBusyMax). op names the call for errors.
-func (s *Store) do(ctx context.Context, op string, readOnly bool, build func() rueidis.Completed) (rueidis.RedisResult, error) {
-	res, _, err := s.doRiding(ctx, op, readOnly, build)
+// without the library). MOVED and ASK are followed by the client. An idempotent command
+// (a read, or a write whose second run changes nothing) is also retried after a network
+// error, which may have lost only the reply. How long it keeps trying is the retry
+// policy's (see retryBusyMax). op names the call for errors.
+func (s *Store) do(ctx context.Context, op string, idempotent bool, build func() rueidis.Completed) (rueidis.RedisResult, error) {
+	res, _, err := s.doRiding(ctx, op, idempotent, build)
 	return res, err
 }
 
 // doRiding is do with riders: commands sent in the same round trip as the first attempt
 // of build's, whose results it returns. If that attempt fails, the riders are not sent
 // again and their results are nil. Riders must not depend on whether build's command ran.
-func (s *Store) doRiding(ctx context.Context, op string, readOnly bool, build func() rueidis.Completed, riders ...rueidis.Completed) (rueidis.RedisResult, []rueidis.RedisResult, error) {
-	for b := newBackoff(); ; b.attempt++ {
-		seen := s.loader.generation()
-		var res rueidis.RedisResult
-		var rode []rueidis.RedisResult
-		if b.attempt == 1 && len(riders) > 0 {
+func (s *Store) doRiding(ctx context.Context, op string, idempotent bool, build func() rueidis.Completed, riders ...rueidis.Completed) (res rueidis.RedisResult, rode []rueidis.RedisResult, err error) {
+	err = s.retry(ctx, op, idempotent, func(first bool) error {
+		if first && len(riders) > 0 {
 			all := s.client.DoMulti(ctx, append([]rueidis.Completed{build()}, riders...)...)
 			res, rode = all[0], all[1:]
 		} else {
-			res = s.client.Do(ctx, build())
+			res, rode = s.client.Do(ctx, build()), nil
 		}
-		err := res.Error()
-		if err == nil || rueidis.IsRedisNil(err) {
-			return res, rode, nil
+		return replyError(res)
+	})
+	if err != nil {
+		return res, nil, err
+	}
+	return res, rode, nil
+}
+
+// doMulti runs idempotent commands in one round trip (pipelined per node), retrying the
+// whole batch as do does.
+func (s *Store) doMulti(ctx context.Context, op string, build func() []rueidis.Completed) (res []rueidis.RedisResult, err error) {
+	err = s.retry(ctx, op, true, func(bool) error {
+		res = s.client.DoMulti(ctx, build()...)
+		for _, r := range res {
+			if err := replyError(r); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+// replyError is the error of a reply, if any; a nil reply is not one.
+func replyError(res rueidis.RedisResult) error {
+	if err := res.Error(); err != nil && !rueidis.IsRedisNil(err) {
+		return err
+	}
+	return nil
+}
+
+// retry calls attempt (first is set on the first call) until it returns nil, ctx ends, or
+// it fails in a way do's rules do not retry, and returns attempt's last error translated
+// (or ctx's).
+func (s *Store) retry(ctx context.Context, op string, idempotent bool, attempt func(first bool) error) error {
+	for b := newBackoff(); ; b.attempt++ {
+		seen := s.loader.generation()
+		err := attempt(b.attempt == 1)
+		if err == nil {
+			return nil
 		}
 		class := classify(ctx, err)
-		if class == classAmbiguous && readOnly {
+		if class == classAmbiguous && idempotent {
 			class = classRetry
 		}
 		switch {
 		case class == classContextEnd:
-			return res, nil, ctx.Err()
+			return ctx.Err()
 		case !b.again(ctx, class):
-			return res, nil, translate(err, op)
+			return translate(err, op)
 		case class == classReload:
 			s.log.Warn("ffvalkey: the function library is missing; loading it again", "err", err)
 			lerr := s.loader.load(ctx, seen)
@@ -189,48 +227,12 @@ func (s *Store) doRiding(ctx context.Context, op string, readOnly bool, build fu
 				continue
 			}
 			if ctx.Err() != nil {
-				return res, nil, ctx.Err()
+				return ctx.Err()
 			}
 			s.log.Warn("ffvalkey: loading the function library failed", "err", lerr)
 		}
 		if !b.wait(ctx) {
-			return res, nil, ctx.Err()
-		}
-	}
-}
-
-// doMulti runs read-only commands in one round trip (pipelined per node), retrying the
-// whole batch as do does.
-func (s *Store) doMulti(ctx context.Context, op string, build func() []rueidis.Completed) ([]rueidis.RedisResult, error) {
-	for b := newBackoff(); ; b.attempt++ {
-		seen := s.loader.generation()
-		res := s.client.DoMulti(ctx, build()...)
-		var err error
-		for _, r := range res {
-			if e := r.Error(); e != nil && !rueidis.IsRedisNil(e) {
-				err = e
-				break
-			}
-		}
-		if err == nil {
-			return res, nil
-		}
-		class := classify(ctx, err)
-		if class == classAmbiguous {
-			class = classRetry
-		}
-		switch {
-		case class == classContextEnd:
-			return nil, ctx.Err()
-		case !b.again(ctx, class):
-			return nil, translate(err, op)
-		case class == classReload:
-			if s.loader.load(ctx, seen) == nil {
-				continue
-			}
-		}
-		if !b.wait(ctx) {
-			return nil, ctx.Err()
+			return ctx.Err()
 		}
 	}
 }
