@@ -190,7 +190,7 @@ func (rs *runState) setErr(err error) {
 func (w *Worker) Run(ctx context.Context) error {
 	w.mu.Lock()
 	switch {
-	case w.closed:
+	case w.closing():
 		w.mu.Unlock()
 		return fftype.Statef(CodeWorkerClosed, "the worker was closed")
 	case w.guardErr != nil:

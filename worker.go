@@ -68,7 +68,9 @@ type Worker struct {
 	freed chan struct{} // coalesced: a slot was freed
 	wake  chan struct{} // coalesced: work may have become eligible in our lanes
 
-	closeBegun chan struct{} // closed when Close begins: it ends the retries of outcomes
+	// closeBegun is closed, under mu, when Close begins: from then on no Run, claim or task
+	// starts, and the retries of outcomes end.
+	closeBegun chan struct{}
 
 	// life is the worker's service context, cancelled by Close (cause ErrWorkerStopped).
 	life       context.Context
@@ -81,7 +83,6 @@ type Worker struct {
 	handlers   map[string]HandlerFunc
 	middleware []Middleware
 	run        *runState
-	closed     bool
 	guardErr   error // why the worker lost its registration to another process
 	closeOnce  sync.Once
 	closeErr   error
@@ -353,7 +354,7 @@ func (w *Worker) claimParams(n int) ClaimParams {
 func (w *Worker) usable() error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.closed {
+	if w.closing() {
 		return fftype.Statef(CodeWorkerClosed, "the worker was closed")
 	}
 	return w.guardErr
@@ -619,7 +620,7 @@ func (w *Worker) adopt(l *Lease, rs *runState) (*ClaimedTask, error) {
 	}
 	t := newClaimedTask(w, l, parent, rs)
 	w.mu.Lock()
-	if w.closed {
+	if w.closing() {
 		w.mu.Unlock()
 		ctx, cancel := w.cleanupContext(w.life)
 		defer cancel()
@@ -719,9 +720,8 @@ func (w *Worker) closing() bool {
 func (w *Worker) close(ctx context.Context) error {
 	var errs []error
 	w.mu.Lock()
-	w.closed = true // no new Run, claim or task from here on
-	w.mu.Unlock()
 	close(w.closeBegun)
+	w.mu.Unlock()
 	if w.awaitStop(ctx, false) != nil {
 		errs = append(errs, ctx.Err())
 	}
