@@ -18,7 +18,8 @@ const (
 	// Options.Shards names a count other than the one the file was created with.
 	CodeShardCountMismatch = "shard_count_mismatch"
 	// CodeNotAStore is the code of the validation error Open returns for an SQLite file
-	// that holds other tables but was not created by this package.
+	// of another application: one that holds tables or an application id (PRAGMA
+	// application_id) other than a store's.
 	CodeNotAStore = "not_a_store"
 )
 

@@ -77,6 +77,10 @@ var migrations = [][]string{ //nolint:gochecknoglobals // the embedded schema, r
 // SchemaVersion is the schema version this binary writes and the newest it can open.
 const SchemaVersion = 3
 
+// applicationID is the id in the header of every store's file (PRAGMA application_id,
+// "FFSQ"), by which Open tells a store from an SQLite file of another application.
+const applicationID = 0x46465351
+
 const (
 	metaSchemaVersion = "schema_version"
 	metaShards        = "shards"
@@ -84,8 +88,9 @@ const (
 
 // migrate brings the file behind conn to SchemaVersion inside one write transaction and
 // returns the shard count stored in it, creating the store with shards when the file is
-// new. It refuses files written by a newer binary, files of other applications, and an
-// explicit shard count that differs from the stored one.
+// new and giving the file applicationID if it lacks it. It refuses files written by a
+// newer binary, files of other applications, and an explicit shard count that differs
+// from the stored one.
 func migrate(ctx context.Context, conn *sql.Conn, shards int) (n int, err error) {
 	if len(migrations) != SchemaVersion {
 		panic("ffsqlite: SchemaVersion does not match the migration list")
@@ -99,23 +104,23 @@ func migrate(ctx context.Context, conn *sql.Conn, shards int) (n int, err error)
 		}
 	}()
 
-	var hasMeta, tables int
-	err = conn.QueryRowContext(ctx,
-		`SELECT count(*) FILTER (WHERE name = 'meta'), count(*) FROM sqlite_schema WHERE type = 'table'`,
-	).Scan(&hasMeta, &tables)
+	owner, err := identify(ctx, conn)
 	if err != nil {
-		return 0, translate(err, "read schema")
+		return 0, err
 	}
 	version := 0
-	if hasMeta == 1 {
+	if owner != ownerNone {
 		if version, err = readMeta(ctx, conn, metaSchemaVersion); err != nil {
 			return 0, err
 		}
-	} else if tables > 0 {
-		return 0, fftype.Validationf(CodeNotAStore, "the file holds tables but was not created by ffsqlite")
 	}
 	if version > SchemaVersion {
 		return 0, errSchemaTooNew(version)
+	}
+	if owner != ownerStore {
+		if _, err := conn.ExecContext(ctx, fmt.Sprintf("PRAGMA application_id = %d", applicationID)); err != nil {
+			return 0, translate(err, "set application id")
+		}
 	}
 	for v := version; v < SchemaVersion; v++ {
 		for _, stmt := range migrations[v] {
@@ -151,6 +156,46 @@ func migrate(ctx context.Context, conn *sql.Conn, shards int) (n int, err error)
 		return 0, translate(err, "commit migration")
 	}
 	return n, nil
+}
+
+// fileOwner is whose file an SQLite file is, as far as Open is concerned.
+type fileOwner int
+
+const (
+	ownerNone     fileOwner = iota // no tables, no other application's id: a new store goes in it
+	ownerStore                     // a store: the file carries applicationID
+	ownerOldStore                  // a store created before stores carried applicationID
+)
+
+// sqlIdentify reads, in one statement and so from one snapshot, what identify needs: the
+// file's application id, its table count, how many of the tables of schema version 1 it
+// has, and how many of meta's two columns.
+const sqlIdentify = `SELECT
+	(SELECT application_id FROM pragma_application_id),
+	(SELECT count(*) FROM sqlite_schema WHERE type = 'table'),
+	(SELECT count(*) FROM sqlite_schema WHERE type = 'table'
+		AND name IN ('meta', 'records', 'queue_items', 'queues', 'event_seqs', 'events')),
+	(SELECT count(*) FROM pragma_table_info('meta') WHERE name IN ('name', 'value'))`
+
+// identify tells whose file conn's is, reading only, and refuses with a validation error
+// coded [CodeNotAStore] an SQLite file of another application. A file without an
+// application id is taken for a store only if it holds every table of schema version 1
+// and a meta table of the store's shape: a table named meta alone is too common a name.
+func identify(ctx context.Context, conn *sql.Conn) (fileOwner, error) {
+	var id, tables, storeTables, metaColumns int
+	if err := conn.QueryRowContext(ctx, sqlIdentify).Scan(&id, &tables, &storeTables, &metaColumns); err != nil {
+		return 0, translate(err, "read schema")
+	}
+	switch {
+	case tables == 0 && (id == 0 || id == applicationID):
+		return ownerNone, nil
+	case id == applicationID:
+		return ownerStore, nil
+	case id == 0 && storeTables == 6 && metaColumns == 2: // all six tables listed, meta(name, value)
+		return ownerOldStore, nil
+	}
+	return 0, fftype.Validationf(CodeNotAStore,
+		"the file was not created by ffsqlite (its application id is %d, a store's is %d)", id, applicationID)
 }
 
 // errSchemaTooNew refuses a file of schema version, written by a newer binary.

@@ -17,7 +17,9 @@
 // unit workload against github.com/mattn/go-sqlite3; see the store's benchmarks.
 //
 // The schema is versioned in the file and migrated forward on [Open]. A file written by a
-// newer binary is refused with an error coded [CodeSchemaTooNew].
+// newer binary is refused with an error coded [CodeSchemaTooNew]. A store's file carries
+// an application id of its own (PRAGMA application_id), by which Open tells it from an
+// SQLite file of another application, refused with an error coded [CodeNotAStore].
 package ffsqlite
 
 import (

@@ -49,6 +49,17 @@ func rawExec(t *testing.T, path string, stmts ...string) {
 	}
 }
 
+// rawInt reads one integer from the file with a plain connection.
+func rawInt(t *testing.T, path, query string) int64 {
+	t.Helper()
+	db, err := sql.Open("sqlite", path)
+	require.NoError(t, err)
+	defer db.Close()
+	var n int64
+	require.NoError(t, db.QueryRow(query).Scan(&n), query)
+	return n
+}
+
 func TestReopen(t *testing.T) {
 	t.Parallel()
 
@@ -153,13 +164,56 @@ func TestReopen(t *testing.T) {
 		require.False(t, fftype.IsRetryable(err))
 	})
 
+	// SQLite files of other applications are refused, however much they look like a
+	// store: a table named meta is a common name, and so is a schema_version row in it.
 	t.Run("NotAStore", func(t *testing.T) {
 		t.Parallel()
+		for _, tt := range []struct {
+			name  string
+			stmts []string
+		}{
+			{"OtherTable", []string{`CREATE TABLE other (x)`}},
+			{"MetaTable", []string{`CREATE TABLE meta (id INTEGER PRIMARY KEY, data TEXT)`}},
+			{"MetaWithSchemaVersion", []string{
+				`CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER)`,
+				`INSERT INTO meta VALUES ('schema_version', 1)`,
+			}},
+			{"OtherApplicationID", []string{`PRAGMA application_id = 1234`}},
+		} {
+			t.Run(tt.name, func(t *testing.T) {
+				t.Parallel()
+				b := setup(t)
+				rawExec(t, b.path, tt.stmts...)
+				_, err := ffsqlite.Open(ctx, b.path, nil)
+				require.ErrorIs(t, err, isCode(fftype.KindValidation, ffsqlite.CodeNotAStore), "%v", err)
+				require.ErrorContains(t, err, b.path, "the error names the file")
+			})
+		}
+	})
+
+	// A store created before stores carried their application id opens, and gets it.
+	t.Run("WithoutApplicationID", func(t *testing.T) {
+		t.Parallel()
 		b := setup(t)
-		rawExec(t, b.path, `CREATE TABLE other (x)`)
-		_, err := ffsqlite.Open(ctx, b.path, nil)
-		require.ErrorIs(t, err, isCode(fftype.KindValidation, ffsqlite.CodeNotAStore))
-		require.ErrorContains(t, err, b.path, "the error names the file")
+		s, err := ffsqlite.Open(ctx, b.path, &ffsqlite.Options{Shards: 2})
+		require.NoError(t, err)
+		require.NoError(t, s.Update(ctx, 1, func(tx ffstore.Tx) error { tx.Put("k", []byte("v")); return nil }))
+		require.NoError(t, s.Close())
+		require.Equal(t, ffsqlite.ApplicationID, rawInt(t, b.path, `PRAGMA application_id`), "a new store carries the id")
+		rawExec(t, b.path, `PRAGMA application_id = 0`)
+
+		s, err = ffsqlite.Open(ctx, b.path, nil)
+		require.NoError(t, err)
+		defer s.Close()
+		require.Equal(t, 2, s.Shards())
+		require.NoError(t, s.View(ctx, 1, func(tx ffstore.ReadTx) error {
+			v, ok, err := tx.Get("k")
+			require.NoError(t, err)
+			require.True(t, ok)
+			require.Equal(t, "v", string(v))
+			return nil
+		}))
+		require.Equal(t, ffsqlite.ApplicationID, rawInt(t, b.path, `PRAGMA application_id`))
 	})
 
 	t.Run("NotADatabase", func(t *testing.T) {
