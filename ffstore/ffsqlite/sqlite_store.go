@@ -207,9 +207,10 @@ const changePollInterval = 25 * time.Millisecond
 //
 // Open returns a validation error for bad options, for a path whose directory does not
 // exist, for a shard count that differs from the file's (code [CodeShardCountMismatch]) and
-// for an SQLite file of another application (code [CodeNotAStore]); an unavailable error
-// coded [CodeSchemaTooNew] for a file written by a newer binary; and an unavailable error
-// if the file cannot be opened. Every error of opening the file names it.
+// for an SQLite file of another application (code [CodeNotAStore]; the file is left as it
+// was); an unavailable error coded [CodeSchemaTooNew] for a file written by a newer
+// binary; and an unavailable error if the file cannot be opened. Every error of opening
+// the file names it.
 func Open(ctx context.Context, path string, opts *Options) (*Store, error) {
 	o, err := opts.withDefaults()
 	if err != nil {
@@ -280,8 +281,8 @@ func (s *Store) open(ctx context.Context) error {
 	return nil
 }
 
-// setUp puts the file in WAL mode and migrates its schema, on a connection of its own
-// that it closes again, and returns the page size.
+// setUp checks that the file is new or a store, puts it in WAL mode and migrates its
+// schema, on a connection of its own that it closes again, and returns the page size.
 func (s *Store) setUp(ctx context.Context, busy string) (pageSize int64, err error) {
 	db := sql.OpenDB(newConnector(s.path, []string{busy}))
 	defer func() {
@@ -295,6 +296,12 @@ func (s *Store) setUp(ctx context.Context, busy string) (pageSize int64, err err
 		return 0, translate(err, "open")
 	}
 	defer conn.Close()
+	// Whose file it is, reading only, before the switch to WAL mode, which persists in
+	// the file: a file Open refuses is left as it was. migrate asks again inside its
+	// write transaction, where the answer cannot change before the file is migrated.
+	if _, err := identify(ctx, conn); err != nil {
+		return 0, err
+	}
 	mode, err := s.setWAL(ctx, conn)
 	if err != nil {
 		return 0, translate(err, "set WAL mode")

@@ -165,7 +165,8 @@ func TestReopen(t *testing.T) {
 	})
 
 	// SQLite files of other applications are refused, however much they look like a
-	// store: a table named meta is a common name, and so is a schema_version row in it.
+	// store (a table named meta is a common name, and so is a schema_version row in it),
+	// and left as they were: not even switched to WAL mode.
 	t.Run("NotAStore", func(t *testing.T) {
 		t.Parallel()
 		for _, tt := range []struct {
@@ -184,9 +185,15 @@ func TestReopen(t *testing.T) {
 				t.Parallel()
 				b := setup(t)
 				rawExec(t, b.path, tt.stmts...)
-				_, err := ffsqlite.Open(ctx, b.path, nil)
+				before, err := os.ReadFile(b.path)
+				require.NoError(t, err)
+				_, err = ffsqlite.Open(ctx, b.path, nil)
 				require.ErrorIs(t, err, isCode(fftype.KindValidation, ffsqlite.CodeNotAStore), "%v", err)
 				require.ErrorContains(t, err, b.path, "the error names the file")
+				after, err := os.ReadFile(b.path)
+				require.NoError(t, err)
+				require.Equal(t, before, after, "a refused Open changed the file")
+				require.NoFileExists(t, b.path+"-wal")
 			})
 		}
 	})
