@@ -22,6 +22,10 @@ type unit struct {
 	shard int
 	fn    func(tx ffstore.Tx) error
 
+	// started is set once fn has run, in a run of the batch that may have been rolled
+	// back since: from then on the unit no longer heeds ctx (see cancelled).
+	started bool
+
 	// Set by the writer before done is closed. A unit with neither err nor panicked set
 	// has not been answered yet: it succeeds if its batch commits.
 	err        error
@@ -32,8 +36,20 @@ type unit struct {
 }
 
 // reset forgets a run of the unit that was rolled back, so the batch can run it again.
+// It keeps started: fn has run all the same.
 func (u *unit) reset() {
 	u.err, u.panicked, u.panicValue, u.exited = nil, false, nil, false
+}
+
+// cancelled returns the error of the unit's ctx if the unit is to be dropped for it,
+// unrun: only while its fn has never started. Once fn has started, Update waits for the
+// commit regardless of ctx, so a run of the batch again (after a batchmate failed) runs
+// the unit again even if its ctx has ended since.
+func (u *unit) cancelled() error {
+	if u.started {
+		return nil
+	}
+	return u.ctx.Err()
 }
 
 // bg is the context of the writer's statements. Units are not cancelled once started:
@@ -203,7 +219,7 @@ func (s *Store) runBatch(batch []*unit) []*unit {
 // The returned error means the transaction itself failed; the unit's own outcome is left
 // in u, for the case that the batch cannot run again.
 func (s *Store) runUnitFast(u *unit, batch *batchState) (retry bool, err error) {
-	if err := u.ctx.Err(); err != nil {
+	if err := u.cancelled(); err != nil {
 		u.err = err // never runs: nothing to undo
 		return false, nil
 	}
@@ -252,7 +268,7 @@ func (s *Store) abort(batch []*unit, err error) {
 // runUnit runs one unit inside a savepoint. The returned error means the transaction
 // itself failed; the unit's own outcome is left in u.
 func (s *Store) runUnit(u *unit, batch *batchState) error {
-	if err := u.ctx.Err(); err != nil {
+	if err := u.cancelled(); err != nil {
 		u.err = err
 		return nil
 	}
@@ -309,6 +325,7 @@ func (s *Store) call(u *unit, tx *writeTx) (err error) {
 		u.exited = true
 		s.log.Error("unit called runtime.Goexit; calling it in the caller", "stack", string(debug.Stack()))
 	}()
+	u.started = true
 	err = u.fn(tx)
 	returned = true
 	return err

@@ -2,6 +2,7 @@ package ffsqlite
 
 import (
 	"bytes"
+	"context"
 	"database/sql/driver"
 	"errors"
 	"path/filepath"
@@ -133,6 +134,45 @@ func TestGoexitInUnit(t *testing.T) {
 	}
 }
 
+// TestContextEndsAfterFnStarted: once a unit's fn has started, Update waits for the
+// commit regardless of ctx. A unit whose fn ran in its batch's first pass, and whose ctx
+// ended then, must not be dropped for its ctx when a batchmate makes the batch run again,
+// with savepoints after the batchmate's error or in a new writer after its Goexit: it
+// commits and its Update succeeds.
+func TestContextEndsAfterFnStarted(t *testing.T) {
+	t.Parallel()
+	errOwn := errors.New("the unit's own error")
+	for _, tt := range []struct {
+		name      string
+		batchmate func(ffstore.Tx) error
+		want      result
+	}{
+		{"savepoint pass", func(ffstore.Tx) error { return errOwn }, result{err: errOwn}},
+		{"after Goexit", func(ffstore.Tx) error { runtime.Goexit(); return nil }, result{exited: true}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			s, err := Open(t.Context(), filepath.Join(t.TempDir(), "ff.db"), nil)
+			require.NoError(t, err)
+			defer s.Close()
+
+			ctx, cancel := context.WithCancel(t.Context())
+			defer cancel()
+			giveUp := func(tx ffstore.Tx) error {
+				tx.Put("a", []byte("v"))
+				cancel() // the caller gives up while fn runs
+				return nil
+			}
+			holder, results := runContextsInOneBatch(t, s,
+				[]context.Context{ctx, t.Context()}, []func(ffstore.Tx) error{giveUp, tt.batchmate})
+			require.NoError(t, holder)
+			require.Equal(t, []result{{}, tt.want}, results)
+			_, ok := get(t, s, "a")
+			require.True(t, ok, "the unit was acknowledged but not committed")
+		})
+	}
+}
+
 // requireDiskFull checks that err is the store's error for SQLITE_FULL.
 func requireDiskFull(t *testing.T, err error) {
 	t.Helper()
@@ -192,6 +232,17 @@ type result struct {
 // holder is the error of that unit's Update.
 func runInOneBatch(t *testing.T, s *Store, fns ...func(ffstore.Tx) error) (holder error, results []result) {
 	t.Helper()
+	ctxs := make([]context.Context, len(fns))
+	for i := range ctxs {
+		ctxs[i] = t.Context()
+	}
+	return runContextsInOneBatch(t, s, ctxs, fns)
+}
+
+// runContextsInOneBatch is runInOneBatch with a context for each Update: fns[i] runs in
+// an Update given ctxs[i].
+func runContextsInOneBatch(t *testing.T, s *Store, ctxs []context.Context, fns []func(ffstore.Tx) error) (holder error, results []result) {
+	t.Helper()
 	ctx := t.Context()
 	entered, release := make(chan struct{}), make(chan struct{})
 	held := make(chan error, 1)
@@ -217,7 +268,7 @@ func runInOneBatch(t *testing.T, s *Store, fns ...func(ffstore.Tx) error) (holde
 				r.exited = !returned
 				ended[i] <- r
 			}()
-			r.err = s.Update(ctx, 0, fn)
+			r.err = s.Update(ctxs[i], 0, fn)
 			returned = true
 		}()
 		require.Eventually(t, func() bool { return len(s.units) == i+1 }, 10*time.Second, time.Millisecond)
