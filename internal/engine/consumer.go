@@ -38,6 +38,12 @@ const queueCursors = "c" + sep + "cursors"
 
 func membersQueue(name string) string  { return "c" + sep + "members" + sep + name }
 func shardLeaseKey(name string) string { return "slease:~" + name }
+
+// validConsumerName checks a consumer name: 1 to 64 of [a-z0-9_.-], and not an execution
+// id. The name is a member of every shard's queueCursors, and by ffstore's convention a
+// member that parses as an execution id is that execution, which lives on one shard (the
+// in-memory store panics on it elsewhere). Refusing such names, rather than prefixing the
+// member, leaves the members stores already hold as they are.
 func validConsumerName(name string) error {
 	ok := name != "" && len(name) <= 64
 	for i := 0; ok && i < len(name); i++ {
@@ -46,6 +52,9 @@ func validConsumerName(name string) error {
 	}
 	if !ok {
 		return fftype.Validationf(fftype.CodeInvalidInput, "consumer name %q: 1 to 64 of [a-z0-9_.-]", name)
+	}
+	if _, err := fftype.ParseExecutionID(name); err == nil {
+		return fftype.Validationf(fftype.CodeInvalidInput, "consumer name %q: must not be an execution id", name)
 	}
 	return nil
 }
@@ -451,7 +460,7 @@ func (l *leaser) release(ctx context.Context) {
 // ConsumerConfig describes a durable consumer.
 type ConsumerConfig struct {
 	// Name identifies the consumer: replicas running the same name share its work and
-	// its cursors. 1 to 64 of [a-z0-9_.-].
+	// its cursors. 1 to 64 of [a-z0-9_.-], and not an execution id ("s<shard>_<uuid>").
 	Name string
 	// Filter selects the events Handler sees; the cursor passes the others too.
 	Filter fftype.EventFilter

@@ -66,6 +66,29 @@ func TestConsumerNamedTimersHasLeasesOfItsOwn(t *testing.T) {
 	assert.Equal(t, n, handled, "the consumer handles every event")
 }
 
+// A consumer name that parses as an execution id is refused: the engine writes the name
+// as a member of every shard's cursor queue, and a store may take a member that parses as
+// an id for that execution, on that id's shard (the in-memory store panics on it). A name
+// only shaped like one is still taken.
+func TestConsumerNameLikeAnExecutionIDIsRefused(t *testing.T) {
+	t.Parallel()
+	e, _ := newTestEngineOn(t, ffmem.New(&ffmem.Options{Shards: 4}), Config{})
+	ctx := t.Context()
+	handler := func(context.Context, fftype.Event) error { return nil }
+
+	name := string(fftype.NewExecutionID(1))
+	_, err := e.NewConsumer(ConsumerConfig{Name: name, Handler: handler})
+	require.ErrorIs(t, err, fftype.ErrValidation)
+	require.ErrorIs(t, e.DeleteConsumer(ctx, name), fftype.ErrValidation)
+
+	name = "s1_" + strings.Repeat("x", 36)
+	c, err := e.NewConsumer(ConsumerConfig{Name: name, Handler: handler})
+	require.NoError(t, err)
+	_, err = c.Step(ctx)
+	require.NoError(t, err)
+	require.NoError(t, e.DeleteConsumer(ctx, name))
+}
+
 // leaseFailStore fails, while armed, every unit that writes a shard lease, after its fn has
 // run (a commit that loses a race: the store contract allows it, and says fn must have no
 // effect outside tx).
