@@ -22,14 +22,16 @@ type CreateParams struct {
 	// Capabilities a worker must hold to be handed this execution.
 	Capabilities []string `json:"required_capabilities,omitempty"`
 	// Tags are the execution's labels: at most 64, keys a lowercase letter then
-	// [a-z0-9_.-]. A tag whose value is "" is not kept, as SetTags removes it.
+	// [a-z0-9_.-], values UTF-8 of at most 1,024 bytes. A tag whose value is "" is not
+	// kept, as SetTags removes it.
 	Tags map[string]string `json:"tags,omitempty"`
 	// Traceparent is a W3C trace context carried to the worker.
 	Traceparent string `json:"traceparent,omitempty"`
 	Policy      Policy `json:"policy"`
 	// IdempotencyKey makes a retried create find the first execution made with the same
 	// key in the same namespace, for Policy.DedupWindow or until that execution is
-	// deleted (Config.Retention after it ended), whichever comes first.
+	// deleted (Config.Retention after it ended), whichever comes first. At most 256 bytes
+	// of UTF-8 with no control character.
 	IdempotencyKey string `json:"idempotency_key,omitempty"`
 	// Delay keeps the execution from being claimed until Delay has passed. RunAt does the
 	// same with an absolute time; set at most one.
@@ -96,7 +98,8 @@ type Lease struct {
 type FailParams struct {
 	Reason string `json:"reason"`
 	// Category classifies the failure ("transient", "permanent", "timeout", …); a category
-	// listed in the retry policy's NonRetryable fails the execution at once.
+	// listed in the retry policy's NonRetryable fails the execution at once. At most 64
+	// bytes of UTF-8.
 	Category string `json:"category,omitempty"`
 	// NoRetry fails the execution at once, whatever the policy.
 	NoRetry bool `json:"no_retry,omitempty"`

@@ -39,7 +39,8 @@ type RetryPolicy struct {
 	// Backoff decides the delay before each retry. The zero value is exponential from 1s to
 	// 60s, doubling, with full jitter.
 	Backoff Backoff `json:"backoff"`
-	// NonRetryable lists failure categories that fail the execution at once.
+	// NonRetryable lists failure categories that fail the execution at once: at most 64,
+	// each 1 to 64 bytes of UTF-8.
 	NonRetryable []string `json:"non_retryable,omitempty"`
 }
 
@@ -172,8 +173,8 @@ func (p Policy) Validate() error {
 			return bad("retry.non_retryable", "at most 64 categories")
 		}
 		for _, c := range r.NonRetryable {
-			if c == "" || len(c) > 64 {
-				return bad("retry.non_retryable", "categories must be 1 to 64 bytes")
+			if why := checkText(c, MaxCategoryBytes); c == "" || why != "" {
+				return bad("retry.non_retryable", "categories must be 1 to %d bytes of UTF-8", MaxCategoryBytes)
 			}
 		}
 		b := r.Backoff

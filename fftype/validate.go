@@ -19,6 +19,7 @@ const (
 	MaxTagValueBytes    = 1024
 	MaxIdemKeyBytes     = 256
 	MaxReasonBytes      = 1024
+	MaxCategoryBytes    = 64
 	MaxWorkerIDBytes    = 256
 	MaxPriority         = 9000
 	DefaultNamespace    = "default"
@@ -86,14 +87,11 @@ func ValidateWorkerID(field, id string) error {
 	return ValidatePlainText(field, id, MaxWorkerIDBytes)
 }
 
-// ValidatePlainText checks text that is stored and shown as it is (ids, reasons): at most
-// max bytes of UTF-8 with no control character.
+// ValidatePlainText checks text that is stored and shown as it is (ids, idempotency keys):
+// at most max bytes of UTF-8 with no control character.
 func ValidatePlainText(field, s string, max int) error {
-	if len(s) > max {
-		return Validationf(CodeInvalidInput, "%s longer than %d bytes", field, max)
-	}
-	if !utf8.ValidString(s) {
-		return Validationf(CodeInvalidInput, "%s is not valid UTF-8", field)
+	if why := checkText(s, max); why != "" {
+		return Validationf(CodeInvalidInput, "%s %s", field, why)
 	}
 	for _, r := range s {
 		if unicode.IsControl(r) {
@@ -195,14 +193,14 @@ func ValidateTags(tags map[string]string) error {
 }
 
 // ValidateTagEntries checks each tag of a map, whatever their number: valid keys, values
-// at most 1,024 bytes. A change of tags checks the count on the tags it leads to.
+// of UTF-8 at most 1,024 bytes. A change of tags checks the count on the tags it leads to.
 func ValidateTagEntries(tags map[string]string) error {
 	for k, v := range tags {
 		if err := ValidateTagKey(k); err != nil {
 			return err
 		}
-		if len(v) > MaxTagValueBytes {
-			return Validationf(CodeInvalidInput, "tag %q: value longer than %d bytes", k, MaxTagValueBytes)
+		if why := checkText(v, MaxTagValueBytes); why != "" {
+			return Validationf(CodeInvalidInput, "tag %q: value %s", k, why)
 		}
 	}
 	return nil
@@ -228,17 +226,35 @@ func ValidateTraceparent(tp string) error {
 	return nil
 }
 
-// ValidateReason checks a free-text reason: valid UTF-8 (JSON, and so the HTTP API and
-// the event log, could not carry it intact otherwise) of at most 1,024 bytes. ClipReason
+// ValidateReason checks a free-text reason: valid UTF-8 of at most 1,024 bytes. ClipReason
 // makes any text one.
 func ValidateReason(field, s string) error {
-	if len(s) > MaxReasonBytes {
-		return Validationf(CodeInvalidInput, "%s longer than %d bytes", field, MaxReasonBytes)
-	}
-	if !utf8.ValidString(s) {
-		return Validationf(CodeInvalidInput, "%s is not valid UTF-8", field)
+	if why := checkText(s, MaxReasonBytes); why != "" {
+		return Validationf(CodeInvalidInput, "%s %s", field, why)
 	}
 	return nil
+}
+
+// ValidateCategory checks a failure category: valid UTF-8 of at most 64 bytes ("" is
+// none).
+func ValidateCategory(field, c string) error {
+	if why := checkText(c, MaxCategoryBytes); why != "" {
+		return Validationf(CodeInvalidInput, "%s %s", field, why)
+	}
+	return nil
+}
+
+// checkText returns why s is not text the engine stores and hands out as it is, or "": it
+// must be valid UTF-8, as JSON, and so the HTTP API and the event log, could not carry it
+// intact otherwise (nor could a store that keeps it as text take it), of at most max bytes.
+func checkText(s string, max int) string {
+	if len(s) > max {
+		return "longer than " + itoa(max) + " bytes"
+	}
+	if !utf8.ValidString(s) {
+		return "is not valid UTF-8"
+	}
+	return ""
 }
 
 // ClipReason returns s as a reason every transport delivers intact: invalid UTF-8 replaced

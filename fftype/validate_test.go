@@ -219,3 +219,24 @@ func TestValidateReason(t *testing.T) {
 		require.ErrorIs(t, ValidateReason("reason", bad), &Error{Kind: KindValidation, Code: CodeInvalidInput}, "%q", bad)
 	}
 }
+
+// Tag values, idempotency keys (checked by the engine with ValidatePlainText) and failure
+// categories must be UTF-8: JSON, and so the HTTP API and the event log, would hand out
+// other text than was stored.
+func TestValidateTextThatJSONCarries(t *testing.T) {
+	t.Parallel()
+	invalid := &Error{Kind: KindValidation, Code: CodeInvalidInput}
+	require.NoError(t, ValidateTags(map[string]string{"t": strings.Repeat("é", MaxTagValueBytes/2)}))
+	require.ErrorIs(t, ValidateTags(map[string]string{"t": "v\xff"}), invalid)
+	require.ErrorIs(t, ValidateTagEntries(map[string]string{"t": strings.Repeat("a", MaxTagValueBytes+1)}), invalid)
+
+	for _, ok := range []string{"", "transient", "é", strings.Repeat("a", MaxCategoryBytes)} {
+		require.NoError(t, ValidateCategory("category", ok), "%q", ok)
+	}
+	for _, bad := range []string{"caf\xe9", strings.Repeat("a", MaxCategoryBytes+1)} {
+		require.ErrorIs(t, ValidateCategory("category", bad), invalid, "%q", bad)
+		p := Policy{Retry: &RetryPolicy{NonRetryable: []string{bad}}}
+		require.ErrorIs(t, p.Validate(), &Error{Kind: KindValidation, Code: CodeInvalidPolicy}, "%q", bad)
+	}
+	require.ErrorIs(t, Policy{Retry: &RetryPolicy{NonRetryable: []string{""}}}.Validate(), &Error{Kind: KindValidation, Code: CodeInvalidPolicy})
+}

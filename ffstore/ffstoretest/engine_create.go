@@ -93,6 +93,9 @@ func exerciseCreate(t *testing.T, newStore func(t *testing.T) ffstore.Store) {
 			{"NegativeDelay", fftype.CreateParams{Lane: "l", Kind: "k", Delay: -1}, fftype.KindValidation, fftype.CodeInvalidInput},
 			{"DelayAndRunAt", fftype.CreateParams{Lane: "l", Kind: "k", Delay: fftype.Duration(time.Second), RunAt: suiteStart.Add(time.Hour)}, fftype.KindValidation, fftype.CodeInvalidInput},
 			{"IdemKeyTooLong", fftype.CreateParams{Lane: "l", Kind: "k", IdempotencyKey: long}, fftype.KindValidation, fftype.CodeInvalidInput},
+			{"IdemKeyNotUTF8", fftype.CreateParams{Lane: "l", Kind: "k", IdempotencyKey: "key-\xff"}, fftype.KindValidation, fftype.CodeInvalidInput},
+			{"TagValueNotUTF8", fftype.CreateParams{Lane: "l", Kind: "k", Tags: map[string]string{"t": "v\xff"}}, fftype.KindValidation, fftype.CodeInvalidInput},
+			{"NonRetryableNotUTF8", fftype.CreateParams{Lane: "l", Kind: "k", Policy: fftype.Policy{Retry: &fftype.RetryPolicy{NonRetryable: []string{"caf\xe9"}}}}, fftype.KindValidation, fftype.CodeInvalidPolicy},
 			{"BadID", fftype.CreateParams{Lane: "l", Kind: "k", ID: "{fp:1}:x"}, fftype.KindValidation, fftype.CodeInvalidID},
 			{"IDShardOutOfRange", fftype.CreateParams{Lane: "l", Kind: "k", ID: fftype.NewExecutionID(fftype.MaxShards - 1)}, fftype.KindValidation, fftype.CodeShardOutOfRange},
 			{"RetryNegative", fftype.CreateParams{Lane: "l", Kind: "k", Policy: fftype.Policy{Retry: &fftype.RetryPolicy{MaxRetries: -1}}}, fftype.KindValidation, fftype.CodeInvalidPolicy},
@@ -224,6 +227,26 @@ func exerciseCreate(t *testing.T, newStore func(t *testing.T) ffstore.Store) {
 			cursor = page.Cursor
 		}
 		require.Equal(t, len(created), total)
+	})
+
+	// An item whose text a store cannot hold as it is (Postgres keeps an idempotency key as
+	// text, which must be UTF-8) fails alone, not with the others of its shard's chunk.
+	t.Run("BulkBadTextFailsAlone", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		const badKey = "bad-\xff"
+		shard := fftype.ShardForKey(fftype.DefaultNamespace, badKey, b.store.Shards())
+		results := b.engine.CreateMany(b.ctx, []fftype.CreateParams{
+			{Lane: suiteLane, Kind: suiteKind, ID: fftype.NewExecutionID(shard)},
+			{Lane: suiteLane, Kind: suiteKind, IdempotencyKey: badKey},
+			{Lane: suiteLane, Kind: suiteKind, ID: fftype.NewExecutionID(shard), Tags: map[string]string{"t": "v\xff"}},
+			{Lane: suiteLane, Kind: suiteKind, ID: fftype.NewExecutionID(shard)},
+		})
+		require.Len(t, results, 4)
+		require.NoError(t, results[0].Err)
+		requireCode(t, results[1].Err, fftype.KindValidation, fftype.CodeInvalidInput)
+		requireCode(t, results[2].Err, fftype.KindValidation, fftype.CodeInvalidInput)
+		require.NoError(t, results[3].Err)
 	})
 }
 

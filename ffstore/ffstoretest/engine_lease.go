@@ -180,6 +180,8 @@ func exerciseLease(t *testing.T, newStore func(t *testing.T) ffstore.Store) {
 		require.False(t, out.RetryScheduled)
 		_, err = b.engine.Fail(b.ctx, id, l.Fence, fftype.FailParams{Reason: string(make([]byte, 2000))})
 		requireCode(t, err, fftype.KindValidation, fftype.CodeInvalidInput)
+		_, err = b.engine.Fail(b.ctx, id, l.Fence, fftype.FailParams{Reason: "x", Category: "caf\xe9"})
+		requireCode(t, err, fftype.KindValidation, fftype.CodeInvalidInput)
 	})
 
 	t.Run("Cancel", func(t *testing.T) {

@@ -142,13 +142,8 @@ func (e *Engine) prepareCreate(p fftype.CreateParams) (*newExecution, error) {
 	if err != nil {
 		return nil, err
 	}
-	if len(p.IdempotencyKey) > fftype.MaxIdemKeyBytes {
-		return nil, fftype.Validationf(fftype.CodeInvalidInput, "idempotency_key longer than %d bytes", fftype.MaxIdemKeyBytes)
-	}
-	for i := 0; i < len(p.IdempotencyKey); i++ {
-		if c := p.IdempotencyKey[i]; c < 0x20 || c == 0x7f {
-			return nil, fftype.Validationf(fftype.CodeInvalidInput, "idempotency_key contains a control byte")
-		}
+	if err := fftype.ValidatePlainText("idempotency_key", p.IdempotencyKey, fftype.MaxIdemKeyBytes); err != nil {
+		return nil, err
 	}
 	if p.Delay < 0 || p.Delay.D() > fftype.MaxDelay {
 		return nil, fftype.Validationf(fftype.CodeInvalidInput, "delay must be between 0 and %s", fftype.MaxDelay)

@@ -195,8 +195,8 @@ func (e *Engine) Fail(ctx context.Context, id fftype.ExecutionID, f fftype.Fence
 	if err := fftype.ValidateReason("reason", p.Reason); err != nil {
 		return fftype.FailOutcome{}, err
 	}
-	if len(p.Category) > 64 {
-		return fftype.FailOutcome{}, fftype.Validationf(fftype.CodeInvalidInput, "category longer than 64 bytes")
+	if err := fftype.ValidateCategory("category", p.Category); err != nil {
+		return fftype.FailOutcome{}, err
 	}
 	var out fftype.FailOutcome
 	replay := func(x *fftype.Execution) bool {
