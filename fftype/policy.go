@@ -57,7 +57,7 @@ const (
 // Initial for fixed backoff, or min(Initial × Multiplier^n, Max) for exponential backoff;
 // with Jitter the wait is drawn uniformly from [0, that delay] ("full jitter"). For
 // exponential backoff a Max of 0 means 60s, or Initial if that is longer, and a
-// Multiplier of 0 means the default.
+// Multiplier of 0 means the default. Multiplier is 0 or 1 to 100 for either kind.
 type Backoff struct {
 	Kind       BackoffKind `json:"kind"`
 	Initial    Duration    `json:"initial_ms"`
@@ -189,13 +189,13 @@ func (p Policy) Validate() error {
 		if b.Initial < 0 || b.Initial.D() > MaxBackoff || b.Max < 0 || b.Max.D() > MaxBackoff {
 			return bad("retry.backoff", "delays must be between 0 and %s", MaxBackoff)
 		}
-		if b.Kind == BackoffExponential {
-			if b.Multiplier != 0 && !(b.Multiplier >= 1 && b.Multiplier <= MaxMultiplier) { // refuses NaN too
-				return bad("retry.backoff.multiplier", "must be between 1 and %g", MaxMultiplier)
-			}
-			if b.Max != 0 && b.Max < b.Initial {
-				return bad("retry.backoff.max", "must not be below initial")
-			}
+		// Checked for a fixed backoff too, which ignores it: the execution stores it, and
+		// JSON cannot carry a NaN or an infinity.
+		if b.Multiplier != 0 && !(b.Multiplier >= 1 && b.Multiplier <= MaxMultiplier) { // refuses NaN too
+			return bad("retry.backoff.multiplier", "must be between 1 and %g", MaxMultiplier)
+		}
+		if b.Kind == BackoffExponential && b.Max != 0 && b.Max < b.Initial {
+			return bad("retry.backoff.max", "must not be below initial")
 		}
 	}
 	return nil

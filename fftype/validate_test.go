@@ -103,6 +103,25 @@ func TestPolicyDefaultsAndBackoff(t *testing.T) {
 	require.Equal(t, 2*time.Minute, long.Retry.Backoff.Delay(0), "no default cap below the first delay")
 }
 
+// A multiplier that is not a finite number from 1 to MaxMultiplier is refused whatever the
+// kind: a fixed backoff ignores it, but the execution stores it, and JSON cannot encode a
+// NaN or an infinity, so such an execution could not be shown over the HTTP API.
+func TestPolicyValidateRefusesABadMultiplierOfAnyKind(t *testing.T) {
+	t.Parallel()
+	for _, kind := range []BackoffKind{BackoffFixed, BackoffExponential} {
+		for _, m := range []float64{math.NaN(), math.Inf(1), math.Inf(-1), -1, 0.5, MaxMultiplier + 1} {
+			p := Policy{Retry: &RetryPolicy{MaxRetries: 1, Backoff: Backoff{Kind: kind, Initial: Duration(time.Second), Multiplier: m}}}
+			require.ErrorIs(t, p.Validate(), &Error{Kind: KindValidation, Code: CodeInvalidPolicy}, "%s backoff, multiplier %v", kind, m)
+		}
+		for _, m := range []float64{0, 1, MaxMultiplier} {
+			p := Policy{Retry: &RetryPolicy{MaxRetries: 1, Backoff: Backoff{Kind: kind, Initial: Duration(time.Second), Multiplier: m}}}
+			require.NoError(t, p.Validate(), "%s backoff, multiplier %v", kind, m)
+			_, err := json.Marshal(Execution{ID: NewExecutionID(0), Policy: p.WithDefaults()})
+			require.NoError(t, err)
+		}
+	}
+}
+
 func TestDurationJSON(t *testing.T) {
 	t.Parallel()
 	var d Duration

@@ -3,6 +3,7 @@ package ffstoretest
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -101,6 +102,7 @@ func exerciseCreate(t *testing.T, newStore func(t *testing.T) ffstore.Store) {
 			{"RetryNegative", fftype.CreateParams{Lane: "l", Kind: "k", Policy: fftype.Policy{Retry: &fftype.RetryPolicy{MaxRetries: -1}}}, fftype.KindValidation, fftype.CodeInvalidPolicy},
 			{"BackoffKind", fftype.CreateParams{Lane: "l", Kind: "k", Policy: fftype.Policy{Retry: &fftype.RetryPolicy{Backoff: fftype.Backoff{Kind: "linear"}}}}, fftype.KindValidation, fftype.CodeInvalidPolicy},
 			{"Multiplier", fftype.CreateParams{Lane: "l", Kind: "k", Policy: fftype.Policy{Retry: &fftype.RetryPolicy{Backoff: fftype.Backoff{Kind: fftype.BackoffExponential, Initial: 1, Multiplier: 0.5}}}}, fftype.KindValidation, fftype.CodeInvalidPolicy},
+			{"FixedMultiplierInf", fftype.CreateParams{Lane: "l", Kind: "k", Policy: fftype.Policy{Retry: &fftype.RetryPolicy{Backoff: fftype.Backoff{Kind: fftype.BackoffFixed, Initial: 1, Multiplier: math.Inf(1)}}}}, fftype.KindValidation, fftype.CodeInvalidPolicy},
 			{"LeaseTTLShort", fftype.CreateParams{Lane: "l", Kind: "k", Policy: fftype.Policy{LeaseTTL: fftype.Duration(time.Millisecond)}}, fftype.KindValidation, fftype.CodeInvalidPolicy},
 			{"NegativeTimeout", fftype.CreateParams{Lane: "l", Kind: "k", Policy: fftype.Policy{AttemptTimeout: -1}}, fftype.KindValidation, fftype.CodeInvalidPolicy},
 		}
