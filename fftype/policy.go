@@ -104,18 +104,7 @@ func (p Policy) WithDefaults() Policy {
 	} else {
 		r := *p.Retry
 		r.NonRetryable = append([]string(nil), r.NonRetryable...)
-		if r.Backoff == (Backoff{}) {
-			r.Backoff = DefaultBackoff()
-		}
-		if r.Backoff.Kind == BackoffExponential {
-			if r.Backoff.Max == 0 {
-				// The default cap, unless the first delay is already longer.
-				r.Backoff.Max = max(Duration(DefaultBackoffMax), r.Backoff.Initial)
-			}
-			if r.Backoff.Multiplier == 0 {
-				r.Backoff.Multiplier = DefaultMultiplier
-			}
-		}
+		r.Backoff = r.Backoff.withDefaults()
 		p.Retry = &r
 	}
 	if p.LeaseTTL == 0 {
@@ -201,8 +190,27 @@ func (p Policy) Validate() error {
 	return nil
 }
 
-// Delay returns the backoff before retry n (0 for the first retry) before jitter.
+// withDefaults returns b with the defaults Backoff documents filled in.
+func (b Backoff) withDefaults() Backoff {
+	if b == (Backoff{}) {
+		return DefaultBackoff()
+	}
+	if b.Kind == BackoffExponential {
+		if b.Max == 0 {
+			// The default cap, unless the first delay is already longer.
+			b.Max = max(Duration(DefaultBackoffMax), b.Initial)
+		}
+		if b.Multiplier == 0 {
+			b.Multiplier = DefaultMultiplier
+		}
+	}
+	return b
+}
+
+// Delay returns the backoff before retry n (0 for the first retry) before jitter, with
+// the defaults Backoff documents for its zero fields.
 func (b Backoff) Delay(n int) time.Duration {
+	b = b.withDefaults()
 	if b.Kind == BackoffFixed {
 		return b.Initial.D()
 	}

@@ -122,6 +122,25 @@ func TestPolicyValidateRefusesABadMultiplierOfAnyKind(t *testing.T) {
 	}
 }
 
+// Delay applies the defaults Backoff documents, as the stored policy has them.
+func TestBackoffDelayAppliesTheDefaults(t *testing.T) {
+	t.Parallel()
+	require.Equal(t, time.Second, Backoff{}.Delay(0), "the zero Backoff starts at 1s")
+	require.Equal(t, 2*time.Second, Backoff{}.Delay(1), "and doubles")
+	require.Equal(t, time.Minute, Backoff{}.Delay(100), "up to 60s")
+	b := Backoff{Kind: BackoffExponential, Initial: Duration(time.Second)}
+	require.Equal(t, 4*time.Second, b.Delay(2), "Multiplier 0 is the default")
+	require.Equal(t, time.Minute, b.Delay(100), "Max 0 is 60s")
+	long := Backoff{Kind: BackoffExponential, Initial: Duration(2 * time.Minute)}
+	require.Equal(t, 2*time.Minute, long.Delay(3), "or Initial if that is longer")
+	for _, b := range []Backoff{{}, b, long, {Kind: BackoffFixed, Initial: Duration(time.Second)}} {
+		stored := Policy{Retry: &RetryPolicy{Backoff: b}}.WithDefaults().Retry.Backoff
+		for n := range 10 {
+			require.Equal(t, stored.Delay(n), b.Delay(n), "%+v, retry %d", b, n)
+		}
+	}
+}
+
 func TestDurationJSON(t *testing.T) {
 	t.Parallel()
 	var d Duration
