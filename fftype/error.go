@@ -60,10 +60,11 @@ func (e *Error) Unwrap() error { return e.Err }
 
 // Is reports whether target is an *Error with the same Kind and, when target sets one, the
 // same Code. So errors.Is(err, ErrNotFound) matches every not-found error and
-// errors.Is(err, ErrStaleLease) matches only that code.
+// errors.Is(err, ErrStaleLease) matches only that code. A nil *Error target matches
+// nothing.
 func (e *Error) Is(target error) bool {
 	t, ok := target.(*Error)
-	return ok && t.Kind == e.Kind && (t.Code == "" || t.Code == e.Code)
+	return ok && t != nil && t.Kind == e.Kind && (t.Code == "" || t.Code == e.Code)
 }
 
 // Sentinels for errors.Is. The kind-only sentinels match any code of their kind.

@@ -165,6 +165,14 @@ func TestErrorIs(t *testing.T) {
 	require.Equal(t, "state: stale_lease: nope", err.Error())
 }
 
+// errors.Is with a nil *Error target reports false rather than panicking.
+func TestErrorIsNilTarget(t *testing.T) {
+	t.Parallel()
+	err := NotFoundf(CodeExecutionNotFound, "x")
+	var target *Error
+	require.NotPanics(t, func() { require.False(t, errors.Is(err, target)) })
+}
+
 func TestDerivePublicState(t *testing.T) {
 	t.Parallel()
 	cases := []struct {
