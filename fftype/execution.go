@@ -244,21 +244,27 @@ func (d Duration) MarshalJSON() ([]byte, error) {
 	return json.Marshal(d.Millis())
 }
 
+// maxMillis is the largest count of whole milliseconds a time.Duration holds (about 292
+// years), either way.
+const maxMillis = math.MaxInt64 / int64(time.Millisecond)
+
 // Millis returns d in whole milliseconds, the unit of the JSON API, rounded away from
 // zero: a non-zero duration never becomes 0 (which the API reads as the default, or no
 // delay or wait), nor changes sign, and one past a limit (the limits are whole
 // milliseconds) stays past it, so a server refuses it as the engine does in process. The
 // one difference: a duration less than a millisecond short of a lower limit (a 999.5ms
-// lease TTL) reads as that limit.
+// lease TTL) reads as that limit. The count is at most maxMillis either way (it clamps
+// the few nanoseconds past it at the extremes, far beyond every limit), so that
+// UnmarshalJSON takes whatever MarshalJSON wrote.
 func (d Duration) Millis() int64 {
-	ms := time.Duration(d) / time.Millisecond
+	ms := int64(time.Duration(d) / time.Millisecond)
 	switch rem := time.Duration(d) % time.Millisecond; {
 	case rem > 0:
 		ms++
 	case rem < 0:
 		ms--
 	}
-	return int64(ms)
+	return max(-maxMillis, min(ms, maxMillis))
 }
 
 // UnmarshalJSON decodes integer milliseconds. A count beyond what a time.Duration holds
@@ -268,8 +274,7 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 	if err := json.Unmarshal(b, &ms); err != nil {
 		return err
 	}
-	const most = math.MaxInt64 / int64(time.Millisecond)
-	if ms > most || ms < -most {
+	if ms > maxMillis || ms < -maxMillis {
 		return Validationf(CodeInvalidInput, "%d ms is out of range for a duration", ms)
 	}
 	*d = Duration(time.Duration(ms) * time.Millisecond)

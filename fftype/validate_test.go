@@ -152,6 +152,30 @@ func TestDurationJSON(t *testing.T) {
 	require.NoError(t, json.Unmarshal([]byte("9223372036854"), &d), "the largest count that fits")
 }
 
+// Every Duration encodes to a count that decodes, and to one its field's limits judge
+// alike: the extremes, a nanosecond past a millisecond rounded away from zero, clamped to
+// the largest count a Duration holds.
+func TestDurationJSONRoundTrip(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		d, back Duration
+	}{
+		{Duration(math.MaxInt64), Duration(math.MaxInt64 / int64(time.Millisecond) * int64(time.Millisecond))},
+		{Duration(math.MinInt64), Duration(math.MinInt64 / int64(time.Millisecond) * int64(time.Millisecond))},
+		{Duration(math.MinInt64 + 1), Duration(math.MinInt64 / int64(time.Millisecond) * int64(time.Millisecond))},
+		{Duration(time.Millisecond + 1), Duration(2 * time.Millisecond)},
+		{Duration(-time.Millisecond - 1), Duration(-2 * time.Millisecond)},
+		{Duration(MaxDelay + 1), Duration(MaxDelay + time.Millisecond)},
+	}
+	for _, tc := range cases {
+		b, err := json.Marshal(tc.d)
+		require.NoError(t, err)
+		var back Duration
+		require.NoError(t, json.Unmarshal(b, &back), "%d ns encoded as %s", int64(tc.d), b)
+		require.Equal(t, tc.back, back, "%d ns encoded as %s", int64(tc.d), b)
+	}
+}
+
 func TestErrorIs(t *testing.T) {
 	t.Parallel()
 	err := Statef(CodeStaleLease, "nope")
