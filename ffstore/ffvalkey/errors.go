@@ -80,9 +80,28 @@ const (
 	classContextEnd                   // ctx ended: return ctx's error
 )
 
-// classify sorts an error of a call to the server. Only this function, storeError and
-// connectError look at the server's error text, which is the only way Redis reports these
-// conditions.
+// errorCode returns the code an error reply of the server starts with, such as WRONGTYPE
+// or TRYAGAIN, or "ERR" for the server's generic errors. rueidis drops the "ERR " of a
+// generic error from its text, whose first word may then be upper-case too ("DB index is
+// out of range", "SELECT is not allowed in cluster mode"): only the codes Redis 7 and
+// Valkey send count as codes, and a reply with any other first word (a module's or a
+// script's own code) is taken for a generic error.
+func errorCode(re *rueidis.RedisError) string {
+	code, _, _ := strings.Cut(re.Error(), " ")
+	switch code {
+	case "ASK", "BUSY", "BUSYGROUP", "BUSYKEY", "CLUSTERDOWN", "CROSSSLOT", "DENIED", "EXECABORT",
+		"INPROG", "INVALIDOBJ", "IOERR", "LOADING", "MASTERDOWN", "MISCONF", "MOVED", "NOAUTH",
+		"NOGOODSLAVE", "NOGROUP", "NOMASTERLINK", "NOPERM", "NOPROTO", "NOQUORUM", "NOREPLICAS",
+		"NOSCRIPT", "NOTBUSY", "OOM", "READONLY", "REDIRECT", "TRYAGAIN", "UNBLOCKED", "UNKILLABLE",
+		"WRONGPASS", "WRONGTYPE":
+		return code
+	}
+	return "ERR"
+}
+
+// classify sorts an error of a call to the server. Only this function, errorCode,
+// storeError and connectError look at the server's error text, which is the only way
+// Redis reports these conditions.
 func classify(ctx context.Context, err error) errorClass {
 	if err == nil {
 		return classFatal
@@ -92,14 +111,16 @@ func classify(ctx context.Context, err error) errorClass {
 	}
 	var re *rueidis.RedisError
 	if errors.As(err, &re) {
-		msg := re.Error()
-		switch {
+		switch errorCode(re) {
 		// A slot migration, a failover or a restart: these last as long as they last.
-		case re.IsTryAgain(), re.IsClusterDown(), re.IsLoading(),
-			strings.HasPrefix(msg, "MASTERDOWN"), strings.HasPrefix(msg, "READONLY"):
+		case "TRYAGAIN", "CLUSTERDOWN", "LOADING", "MASTERDOWN", "READONLY":
 			return classBusy
-		case re.IsNoScript(), strings.Contains(msg, "Function not found"), strings.Contains(msg, "Library not found"):
+		case "NOSCRIPT":
 			return classReload
+		case "ERR":
+			if msg := re.Error(); strings.Contains(msg, "Function not found") || strings.Contains(msg, "Library not found") {
+				return classReload
+			}
 		}
 		return classFatal
 	}
@@ -142,7 +163,10 @@ func connectError(err error, where string, db int) error {
 }
 
 // storeError is the *fftype.Error for err, an error of the server or the network met
-// while doing op: unavailable, and retryable unless trying again cannot help.
+// while doing op: unavailable, and retryable unless trying again cannot help. The
+// server's generic errors (a database out of range, a bad client name, an unknown
+// command, a script that failed) refuse the command as it was given, so they are not
+// retryable, except for a server at its maxclients.
 func storeError(err error, op string) *fftype.Error {
 	e := &fftype.Error{Kind: fftype.KindUnavailable, Code: fftype.CodeStoreUnavailable, Retryable: true,
 		Message: "ffvalkey: " + op + " failed", Err: err}
@@ -152,15 +176,16 @@ func storeError(err error, op string) *fftype.Error {
 		e.Message = "ffvalkey: " + op + ": the store is closed"
 		e.Retryable = false
 	case errors.As(err, &re):
-		msg := re.Error()
-		switch {
-		case strings.HasPrefix(msg, "OOM"):
+		switch errorCode(re) {
+		case "OOM":
 			e.Message = "ffvalkey: " + op + ": the server is out of memory (maxmemory)"
-		case strings.HasPrefix(msg, "NOAUTH"), strings.HasPrefix(msg, "WRONGPASS"), strings.HasPrefix(msg, "NOPERM"):
+		case "NOAUTH", "WRONGPASS", "NOPERM":
 			e.Message = "ffvalkey: " + op + ": the server refused the credentials"
 			e.Retryable = false
-		case strings.Contains(msg, "CROSSSLOT"), strings.HasPrefix(msg, "WRONGTYPE"), strings.HasPrefix(msg, "ERR"):
+		case "CROSSSLOT", "WRONGTYPE":
 			e.Retryable = false
+		case "ERR":
+			e.Retryable = strings.Contains(re.Error(), "max number of clients reached")
 		}
 	}
 	return e
@@ -170,5 +195,5 @@ func storeError(err error, op string) *fftype.Error {
 // channel (NOPERM).
 func noPermission(err error) bool {
 	var re *rueidis.RedisError
-	return errors.As(err, &re) && strings.HasPrefix(re.Error(), "NOPERM")
+	return errors.As(err, &re) && errorCode(re) == "NOPERM"
 }

@@ -5,7 +5,6 @@ import (
 	_ "embed"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -125,7 +124,7 @@ func loadLibrary(ctx context.Context, client rueidis.Client) error {
 	for addr, node := range client.Nodes() {
 		err := node.Do(ctx, node.B().FunctionLoad().Replace().FunctionCode(librarySource).Build()).Error()
 		var re *rueidis.RedisError
-		if errors.As(err, &re) && strings.HasPrefix(re.Error(), "READONLY") {
+		if errors.As(err, &re) && errorCode(re) == "READONLY" {
 			continue // a replica
 		}
 		if err != nil {

@@ -189,7 +189,8 @@ var (
 // fields override the URL's parameters.
 //
 // Open checks the server and fails with an unavailable error if it cannot be reached
-// (retryable) or refuses the credentials (not retryable), and one coded
+// (retryable) or refuses the credentials or another setting of the URL, such as a
+// database out of range or a client_name (not retryable), and one coded
 // [CodeServerTooOld] for a server older than Redis 7.0 or Valkey 7.2 (on a Cluster, every
 // node is checked). It logs a warning when a server has AOF off. It loads the function
 // library on every primary. It returns a validation error for a bad URL or options, for a

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"slices"
@@ -144,6 +145,38 @@ func TestOpen(t *testing.T) {
 		require.ErrorIs(t, err, fftype.ErrUnavailable)
 		require.True(t, fftype.IsRetryable(err))
 		require.Contains(t, err.Error(), "connect to "+addr)
+	})
+
+	t.Run("RefusedSettings", func(t *testing.T) {
+		// The server refuses them with its generic ERR replies: trying again cannot help.
+		t.Parallel()
+		srv := testdb.SharedRedis(t)
+		for _, q := range []string{"/99", "/0?client_name=my%20app"} {
+			_, err := ffvalkey.Open(t.Context(), "redis://"+srv.Addr+q, nil)
+			require.ErrorIs(t, err, fftype.ErrUnavailable, q)
+			require.False(t, fftype.IsRetryable(err), "%s: trying again cannot help: %v", q, err)
+		}
+	})
+
+	t.Run("ServerFull", func(t *testing.T) {
+		// A server at maxclients answers a new connection with a generic ERR reply and
+		// closes it (rueidis reports the reply or the EOF, as the timing goes); a client
+		// that disconnects makes room.
+		t.Parallel()
+		srv := testdb.NewRedis(t, testdb.RedisOptions{Args: []string{"--maxclients", "1"}})
+		held, err := net.Dial("tcp", srv.Addr)
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = held.Close() })
+		// Answered: the server holds the connection, its only one, before Open dials.
+		_, err = held.Write([]byte("PING\r\n"))
+		require.NoError(t, err)
+		pong := make([]byte, 7)
+		_, err = io.ReadFull(held, pong)
+		require.NoError(t, err)
+		require.Equal(t, "+PONG\r\n", string(pong))
+		_, err = ffvalkey.Open(t.Context(), srv.URL(0), nil)
+		require.ErrorIs(t, err, fftype.ErrUnavailable)
+		require.True(t, fftype.IsRetryable(err), "%v", err)
 	})
 
 	t.Run("WarnsWithoutAOF", func(t *testing.T) {
