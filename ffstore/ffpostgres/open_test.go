@@ -418,8 +418,9 @@ func TestParseURL(t *testing.T) {
 // TestParseURLDoesNotQuoteAPassword: a password with an unescaped '?', '#' or '/' makes
 // the URL fail to parse, or (when what precedes the cut passes for a port) leaves the rest
 // of it, up to its '@', in the database name or a parameter's name; the error, which
-// callers log, must not quote any of it, and says to percent-escape. An '@' in a
-// parameter's value, such as a password given as one, is taken.
+// callers log, must not quote any of it (nor a bad percent-escape in it), and says to
+// percent-escape. An '@' in a parameter's value, such as a password given as one, is
+// taken.
 func TestParseURLDoesNotQuoteAPassword(t *testing.T) {
 	t.Parallel()
 	for _, raw := range []string{
@@ -429,10 +430,13 @@ func TestParseURLDoesNotQuoteAPassword(t *testing.T) {
 		"postgresql://app:s3cretpw?x@db.internal/app",
 		"postgres://app:2024/s3cretpw@db.internal/app",
 		"postgres://app:2024?s3cretpw@db.internal/app",
+		"postgres://app:s3cretpw%zz@db.internal/app", // a bad percent-escape
+		"postgres://s3cretpw%zz:pw@db.internal/app",
 	} {
 		_, _, err := ffpostgres.ParseURL(raw)
 		require.ErrorIs(t, err, fftype.ErrValidation, raw)
 		require.NotContains(t, err.Error(), "s3cretpw", raw)
+		require.NotContains(t, err.Error(), "%zz", raw)
 		require.ErrorContains(t, err, "percent-escape", raw)
 	}
 	_, _, err := ffpostgres.ParseURL("postgres://app@db.internal/app?password=s3cret@pw")

@@ -40,11 +40,12 @@ type connConfig struct {
 // connecting; ca_file names a PEM file of CA certificates to trust for TLS instead of the
 // system's (a private CA), and skip_verify=true skips TLS certificate checks (tests
 // only), both for TLS schemes only; client_name names the connections (CLIENT SETNAME).
-// Unknown parameters, a query that does not parse, a '#' (a fragment, even an empty one)
-// and an '@' after the host (a password's unescaped '/', '?' or '#' cuts the URL before
-// its '@'; write an '@' in a parameter as %40) are refused with a validation error that
-// quotes nothing of the user name or password. A ca_file that is missing, unreadable or holds no PEM certificate is
-// refused with a validation error wrapping a [*CAFileError].
+// Unknown parameters, a query that does not parse, a '#' (a fragment, even an empty one),
+// an '@' after the host (a password's unescaped '/', '?' or '#' cuts the URL before its
+// '@'; write an '@' in a parameter as %40) and a bad percent-escape in the user name or
+// password are refused with a validation error that quotes nothing of the user name or
+// password. A ca_file that is missing, unreadable or holds no PEM certificate is refused
+// with a validation error wrapping a [*CAFileError].
 func ParseURL(rawURL string) (*Options, error) {
 	c, err := parseURL(rawURL)
 	if err != nil {
@@ -94,13 +95,14 @@ func parseURL(rawURL string) (*connConfig, error) {
 		return bad("%v", err)
 	}
 	if userinfo != "" {
+		// Not url.PathUnescape's error: it quotes the bad escape, a piece of the secret.
 		name, pass, hasPass := strings.Cut(userinfo, ":")
 		if c.client.Username, err = url.PathUnescape(name); err != nil {
-			return bad("user name: %v", err)
+			return bad("the user name holds a bad percent-escape; %s", ffstore.EscapeUserinfoHint)
 		}
 		if hasPass {
 			if c.client.Password, err = url.PathUnescape(pass); err != nil {
-				return bad("password: %v", err)
+				return bad("the password holds a bad percent-escape; %s", ffstore.EscapeUserinfoHint)
 			}
 		}
 	}

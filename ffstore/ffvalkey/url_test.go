@@ -124,7 +124,8 @@ func TestParseURLCAFile(t *testing.T) {
 // the URL before its '@', so its user:password reads as a host, and the rest of it as the
 // database or a parameter (when what precedes the cut passes for a port); the error, which
 // callers log, must not quote any of it, and says to percent-escape. Nor may the error for
-// a URL without a scheme. An '@' escaped as %40 is taken.
+// a URL without a scheme, or for a bad percent-escape in the user name or password. An '@'
+// escaped as %40 is taken.
 func TestParseURLDoesNotQuoteAPassword(t *testing.T) {
 	t.Parallel()
 	for _, raw := range []string{
@@ -143,6 +144,19 @@ func TestParseURLDoesNotQuoteAPassword(t *testing.T) {
 		if strings.Contains(raw, "://") {
 			require.ErrorContains(t, err, "percent-escape", raw)
 		}
+	}
+	// A bad percent-escape, which url.PathUnescape's error would quote: a piece of the
+	// user name or password.
+	for raw, part := range map[string]string{
+		"redis://:s3cr%etpw@127.0.0.1:6379/0":   "password",
+		"redis://default:s3cr%e@127.0.0.1:6379": "password",
+		"redis://us%er:pw@127.0.0.1:6379/0":     "user name",
+	} {
+		_, err := ffvalkey.ParseURL(raw)
+		require.ErrorIs(t, err, fftype.ErrValidation, raw)
+		require.NotContains(t, err.Error(), "%e", raw)
+		require.ErrorContains(t, err, part, raw)
+		require.ErrorContains(t, err, "percent-escape", raw)
 	}
 	_, err := ffvalkey.ParseURL("redis://:2024%2Fs3cretpw@127.0.0.1:6379/0?client_name=me%40host")
 	require.NoError(t, err)
