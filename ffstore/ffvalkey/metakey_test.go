@@ -17,7 +17,7 @@ import (
 // ownCluster starts a 3-primary Cluster for the test alone (its nodes may be restarted).
 func ownCluster(t *testing.T) *testdb.RedisCluster {
 	t.Helper()
-	c, err := testdb.StartRedisCluster(3)
+	c, err := testdb.StartRedisCluster(3, testdb.RedisClusterOptions{})
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = c.Remove() })
 	return c

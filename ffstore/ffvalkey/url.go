@@ -40,6 +40,8 @@ type connConfig struct {
 // connecting; ca_file names a PEM file of CA certificates to trust for TLS instead of the
 // system's (a private CA), and skip_verify=true skips TLS certificate checks (tests
 // only), both for TLS schemes only; client_name names the connections (CLIENT SETNAME).
+// Over TLS, each server's certificate is checked against the address it is dialled at:
+// on a Cluster, the endpoint the Cluster gives for each node, not the seed's.
 // Unknown parameters, a query that does not parse, a '#' (a fragment, even an empty one),
 // an '@' after the host (a password's unescaped '/', '?' or '#' cuts the URL before its
 // '@'; write an '@' in a parameter as %40) and a bad percent-escape in the user name or
@@ -189,8 +191,10 @@ func parseURL(rawURL string) (*connConfig, error) {
 		}
 	}
 	if tlsOn {
-		host, _, _ := net.SplitHostPort(c.client.InitAddress[0])
-		c.client.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, ServerName: host, RootCAs: rootCAs,
+		// No ServerName: rueidis dials every node of a Cluster (which a rediss:// URL
+		// may reach too) with this one config, and Go's TLS dial checks each node's
+		// certificate against the address it dials when ServerName is empty.
+		c.client.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: rootCAs,
 			InsecureSkipVerify: c.opts.skipVerify} //nolint:gosec // only when the URL asks for it
 	}
 	return c, nil

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	neturl "net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -109,6 +110,24 @@ func TestTLS(t *testing.T) {
 			require.Contains(t, err.Error(), "refused the credentials")
 		}
 	})
+}
+
+// TestTLSCluster opens stores on a Cluster over TLS whose nodes each have a certificate
+// for their own address alone: every node must be checked against the address it is
+// dialled at, not against the seed's, whether the URL asks for a Cluster or names one
+// node (a Cluster is found all the same).
+func TestTLSCluster(t *testing.T) {
+	t.Parallel()
+	c, err := testdb.StartRedisCluster(3, testdb.RedisClusterOptions{TLS: true})
+	require.NoError(t, err, "the throw-away TLS Redis Cluster cannot be started")
+	t.Cleanup(func() { _ = c.Remove() })
+	for _, url := range []string{c.URL(), "rediss://" + c.Nodes[0].Addr + "?ca_file=" + neturl.QueryEscape(c.CAFile)} {
+		s := openStore(t, url, &ffvalkey.Options{Shards: 3})
+		require.True(t, s.Cluster(), url)
+		for shard := range s.Shards() { // the shards are spread over every node
+			require.NoError(t, s.Update(t.Context(), shard, func(tx ffstore.Tx) error { tx.Put("k", []byte("v")); return nil }))
+		}
+	}
 }
 
 // logBuffer collects log records for tests.
@@ -285,7 +304,7 @@ func TestLibraryReloads(t *testing.T) {
 			// A server of its own: FUNCTION FLUSH would break the other tests' stores.
 			var url string
 			if cluster {
-				c, err := testdb.StartRedisCluster(3)
+				c, err := testdb.StartRedisCluster(3, testdb.RedisClusterOptions{})
 				require.NoError(t, err, "the throw-away Redis Cluster cannot be started")
 				t.Cleanup(func() { _ = c.Remove() })
 				url = c.URL()

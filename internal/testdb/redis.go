@@ -6,11 +6,15 @@ package testdb
 // it may restart), and wraps its TestMain with [RedisMain] so the shared servers are
 // stopped and their data removed when the binary ends. Tests isolate themselves on a
 // shared server with [RedisPrefix]. A server started with RedisOptions.TLS speaks only
-// TLS, with a certificate from a throw-away CA ([WriteTLSFiles]). A server that cannot be
-// started fails the test; it never skips it.
+// TLS, with a certificate from a throw-away CA ([WriteTLSFiles]), and so does a Cluster
+// started with RedisClusterOptions.TLS. A server that cannot be started fails the test;
+// it never skips it.
 
 import (
+	"cmp"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -50,13 +54,20 @@ type RedisOptions struct {
 	TLS bool
 	// Password, if set, is required of clients (requirepass).
 	Password string
+
+	// host and ca are set by StartRedisCluster for the nodes of a TLS Cluster: the
+	// loopback address the server listens on, and the CA that signs its certificate,
+	// which then names host alone. Without them: 127.0.0.1, and a CA of the server's own
+	// that signs a certificate for 127.0.0.1, ::1 and localhost.
+	host string
+	ca   *certAuthority
 }
 
 // Redis is one redis-server process on a loopback port, with a data directory of its
 // own. Its methods are safe for concurrent use.
 type Redis struct {
 	Port int
-	Addr string // 127.0.0.1:Port
+	Addr string // 127.0.0.1:Port, or a TLS Cluster node's own loopback address
 	Dir  string
 	TLS  TLSFiles // the CA and server certificate, when RedisOptions.TLS is set
 
@@ -80,11 +91,11 @@ func redisBinary(name string) (string, error) {
 	return p, nil
 }
 
-// redisFreePort returns a loopback port that is free, and whose cluster bus port (the
-// port + 10000) is free too.
-func redisFreePort() (int, error) {
+// redisFreePort returns a port of the loopback address host that is free, and whose
+// cluster bus port (the port + 10000) is free too.
+func redisFreePort(host string) (int, error) {
 	for range 50 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+		l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 		if err != nil {
 			return 0, fmt.Errorf("testdb: find a free port: %w", err)
 		}
@@ -93,7 +104,7 @@ func redisFreePort() (int, error) {
 			_ = l.Close()
 			continue
 		}
-		bus, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port+10000))
+		bus, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(port+10000)))
 		_ = l.Close()
 		if err != nil {
 			continue
@@ -104,7 +115,7 @@ func redisFreePort() (int, error) {
 	return 0, errors.New("testdb: no free port pair for redis-server")
 }
 
-// StartRedis starts a server on a free loopback port in a new temporary directory and
+// StartRedis starts a server on a free port of 127.0.0.1 in a new temporary directory and
 // waits until it accepts connections. The caller stops it with [Redis.Remove].
 func StartRedis(opts RedisOptions) (*Redis, error) {
 	bin, err := redisBinary("redis-server")
@@ -115,21 +126,26 @@ func StartRedis(opts RedisOptions) (*Redis, error) {
 	if err != nil {
 		return nil, fmt.Errorf("testdb: %w", err)
 	}
+	host := cmp.Or(opts.host, "127.0.0.1")
 	var files TLSFiles
-	if opts.TLS {
-		if files, err = WriteTLSFiles(dir); err != nil {
-			_ = os.RemoveAll(dir)
-			return nil, err
-		}
+	switch {
+	case opts.TLS && opts.ca != nil:
+		files, err = opts.ca.writeFiles(dir, host)
+	case opts.TLS:
+		files, err = WriteTLSFiles(dir)
+	}
+	if err != nil {
+		_ = os.RemoveAll(dir)
+		return nil, err
 	}
 	var lastErr error
 	for range 5 { // another process may take the port between the check and the start
-		port, err := redisFreePort()
+		port, err := redisFreePort(host)
 		if err != nil {
 			_ = os.RemoveAll(dir)
 			return nil, err
 		}
-		r := &Redis{Port: port, Addr: "127.0.0.1:" + strconv.Itoa(port), Dir: dir, TLS: files, bin: bin, opts: opts}
+		r := &Redis{Port: port, Addr: net.JoinHostPort(host, strconv.Itoa(port)), Dir: dir, TLS: files, bin: bin, opts: opts}
 		if lastErr = r.Start(); lastErr == nil {
 			return r, nil
 		}
@@ -151,7 +167,7 @@ func (r *Redis) Start() error {
 		return errors.New("testdb: the server is already running")
 	}
 	args := []string{
-		"--bind", "127.0.0.1", "--dir", r.Dir,
+		"--bind", r.host(), "--dir", r.Dir,
 		"--logfile", "", "--daemonize", "no", "--save", "", "--appendonly", "no",
 		"--protected-mode", "no", "--loglevel", "notice",
 	}
@@ -166,8 +182,14 @@ func (r *Redis) Start() error {
 		args = append(args, "--requirepass", r.opts.Password)
 	}
 	if r.opts.Cluster {
+		// Announced: the bus connections a node makes leave from 127.0.0.1, which its
+		// peers would otherwise take for its address.
 		args = append(args, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-			"--cluster-node-timeout", "5000")
+			"--cluster-node-timeout", "5000", "--cluster-announce-ip", r.host())
+		if r.opts.TLS {
+			// The bus speaks TLS too, on the TLS port + 10000 (the plain port is 0).
+			args = append(args, "--tls-cluster", "yes")
+		}
 	}
 	args = append(args, r.opts.Args...)
 	cmd := exec.Command(r.bin, args...)
@@ -204,9 +226,15 @@ func (r *Redis) URL(db int) string {
 	return fmt.Sprintf("%s://%s%s/%d%s", scheme, userinfo, r.Addr, db, query)
 }
 
+// host returns the loopback address the server listens on.
+func (r *Redis) host() string {
+	h, _, _ := net.SplitHostPort(r.Addr)
+	return h
+}
+
 // cliArgs returns the redis-cli arguments that reach the server.
 func (r *Redis) cliArgs() []string {
-	args := []string{"-h", "127.0.0.1", "-p", strconv.Itoa(r.Port)}
+	args := []string{"-h", r.host(), "-p", strconv.Itoa(r.Port)}
 	if r.opts.TLS {
 		args = append(args, "--tls", "--cacert", r.TLS.CAFile)
 	}
@@ -278,16 +306,30 @@ func NewRedis(t testing.TB, opts RedisOptions) *Redis {
 	return r
 }
 
-// RedisCluster is a Cluster of throw-away servers, every one a primary.
-type RedisCluster struct {
-	Nodes []*Redis
+// RedisClusterOptions configures a throw-away Cluster.
+type RedisClusterOptions struct {
+	// TLS makes every node speak only TLS, to clients and to each other, with a
+	// certificate for its own address alone, signed by one throw-away CA (see
+	// [RedisCluster.CAFile]). Node i listens on 127.0.0.(2+i), so that no node's
+	// certificate is valid for another, as in a Cluster of several hosts.
+	TLS bool
 }
 
-// URL returns a redis+cluster:// URL listing every node as a seed.
+// RedisCluster is a Cluster of throw-away servers, every one a primary.
+type RedisCluster struct {
+	Nodes  []*Redis
+	CAFile string // the CA that signed every node's certificate, for a TLS Cluster
+}
+
+// URL returns a redis+cluster:// URL listing every node as a seed, or for a TLS Cluster
+// a rediss+cluster:// one with a ca_file parameter naming the CA.
 func (c *RedisCluster) URL() string {
 	addrs := make([]string, len(c.Nodes))
 	for i, n := range c.Nodes {
 		addrs[i] = n.Addr
+	}
+	if c.CAFile != "" {
+		return "rediss+cluster://" + strings.Join(addrs, ",") + "?ca_file=" + url.QueryEscape(c.CAFile)
 	}
 	return "redis+cluster://" + strings.Join(addrs, ",")
 }
@@ -304,21 +346,35 @@ func (c *RedisCluster) Remove() error {
 // StartRedisCluster starts n servers in cluster mode, joins them into a Cluster of n
 // primaries and no replicas with redis-cli --cluster create (which splits the slots
 // evenly), and waits until every node reports cluster_state:ok and knows every slot.
-func StartRedisCluster(n int) (*RedisCluster, error) {
+func StartRedisCluster(n int, opts RedisClusterOptions) (*RedisCluster, error) {
 	cli, err := redisBinary("redis-cli")
 	if err != nil {
 		return nil, err
 	}
+	nodeOpts := RedisOptions{Cluster: true, TLS: opts.TLS}
+	if opts.TLS {
+		if nodeOpts.ca, err = newCertAuthority(); err != nil {
+			return nil, err
+		}
+	}
 	c := &RedisCluster{}
-	for range n {
-		node, err := StartRedis(RedisOptions{Cluster: true})
+	for i := range n {
+		if opts.TLS {
+			nodeOpts.host = net.IPv4(127, 0, 0, byte(2+i)).String()
+		}
+		node, err := StartRedis(nodeOpts)
 		if err != nil {
 			_ = c.Remove()
 			return nil, err
 		}
 		c.Nodes = append(c.Nodes, node)
+		c.CAFile = node.TLS.CAFile
 	}
-	args := []string{"--cluster", "create"}
+	var args []string
+	if opts.TLS {
+		args = []string{"--tls", "--cacert", c.CAFile}
+	}
+	args = append(args, "--cluster", "create")
 	for _, node := range c.Nodes {
 		args = append(args, node.Addr)
 	}
@@ -344,7 +400,7 @@ func (c *RedisCluster) waitReady(ctx context.Context) error {
 	for {
 		ok := true
 		for _, node := range c.Nodes {
-			state, err := redisClusterState(ctx, node.Addr)
+			state, err := node.clusterState(ctx)
 			if err != nil || !strings.Contains(state, "cluster_state:ok") || !strings.Contains(state, "cluster_slots_ok:16384") {
 				ok, last = false, fmt.Sprintf("%s: %v %s", node.Addr, err, state)
 				break
@@ -361,8 +417,19 @@ func (c *RedisCluster) waitReady(ctx context.Context) error {
 	}
 }
 
-func redisClusterState(ctx context.Context, addr string) (string, error) {
-	client, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{addr}, ForceSingleClient: true, DisableCache: true})
+// clusterState returns the node's CLUSTER INFO.
+func (r *Redis) clusterState(ctx context.Context) (string, error) {
+	opt := rueidis.ClientOption{InitAddress: []string{r.Addr}, ForceSingleClient: true, DisableCache: true}
+	if r.opts.TLS {
+		pemBytes, err := os.ReadFile(r.TLS.CAFile)
+		if err != nil {
+			return "", err
+		}
+		pool := x509.NewCertPool()
+		pool.AppendCertsFromPEM(pemBytes)
+		opt.TLSConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	}
+	client, err := rueidis.NewClient(opt)
 	if err != nil {
 		return "", err
 	}
@@ -398,7 +465,7 @@ func SharedRedis(t testing.TB) *Redis {
 // on first use. It fails t if the Cluster cannot be started.
 func SharedRedisCluster(t testing.TB) *RedisCluster {
 	t.Helper()
-	redisShared.clusterOnce.Do(func() { redisShared.cluster, redisShared.clusterErr = StartRedisCluster(3) })
+	redisShared.clusterOnce.Do(func() { redisShared.cluster, redisShared.clusterErr = StartRedisCluster(3, RedisClusterOptions{}) })
 	if redisShared.clusterErr != nil {
 		t.Fatalf("the throw-away Redis Cluster cannot be started: %v", redisShared.clusterErr)
 	}

@@ -55,12 +55,51 @@ func TestRedisRestart(t *testing.T) {
 // TestRedisCluster checks that a started Cluster serves every slot on three primaries.
 func TestRedisCluster(t *testing.T) {
 	t.Parallel()
-	cl, err := testdb.StartRedisCluster(3)
+	cl, err := testdb.StartRedisCluster(3, testdb.RedisClusterOptions{})
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = cl.Remove() })
 	require.Len(t, cl.Nodes, 3)
 	require.Contains(t, cl.URL(), "redis+cluster://127.0.0.1:")
 	c := redisClient(t, cl.Nodes[0].Addr)
+	checkCluster(t, c)
+}
+
+// TestRedisTLSCluster checks that the nodes of a TLS Cluster listen on addresses of their
+// own, each with a certificate for its address alone, and serve every slot over TLS to a
+// client that checks each node against the address it dials.
+func TestRedisTLSCluster(t *testing.T) {
+	t.Parallel()
+	cl, err := testdb.StartRedisCluster(3, testdb.RedisClusterOptions{TLS: true})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = cl.Remove() })
+	require.Len(t, cl.Nodes, 3)
+	require.Equal(t, "rediss+cluster://"+cl.Nodes[0].Addr+","+cl.Nodes[1].Addr+","+cl.Nodes[2].Addr+
+		"?ca_file="+url.QueryEscape(cl.CAFile), cl.URL())
+	pemBytes, err := os.ReadFile(cl.CAFile)
+	require.NoError(t, err)
+	pool := x509.NewCertPool()
+	require.True(t, pool.AppendCertsFromPEM(pemBytes))
+	for i, n := range cl.Nodes {
+		host, _, err := net.SplitHostPort(n.Addr)
+		require.NoError(t, err)
+		require.Equal(t, net.IPv4(127, 0, 0, byte(2+i)).String(), host)
+		conn, err := tls.Dial("tcp", n.Addr, &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12})
+		require.NoError(t, err, "the certificate is for the node's address")
+		_ = conn.Close()
+		other, _, _ := net.SplitHostPort(cl.Nodes[(i+1)%3].Addr)
+		_, err = tls.Dial("tcp", n.Addr, &tls.Config{RootCAs: pool, ServerName: other, MinVersion: tls.VersionTLS12})
+		require.Error(t, err, "the certificate is not for another node's address")
+	}
+	c, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{cl.Nodes[0].Addr}, DisableCache: true,
+		TLSConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}})
+	require.NoError(t, err)
+	t.Cleanup(c.Close)
+	checkCluster(t, c)
+}
+
+// checkCluster checks that c is a Cluster client of three nodes that serves every slot.
+func checkCluster(t *testing.T, c rueidis.Client) {
+	t.Helper()
 	require.Equal(t, rueidis.ClientModeCluster, c.Mode())
 	for _, key := range []string{"a", "b", "c", "{x}1", "{y}2"} {
 		require.NoError(t, c.Do(t.Context(), c.B().Set().Key(key).Value("v").Build()).Error(), key)
