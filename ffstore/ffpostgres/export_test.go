@@ -30,3 +30,6 @@ func UpkeepLockKey(s *Store) int64 { return upkeepLockKey(s.schema) }
 func MigrateTo(ctx context.Context, pool *pgxpool.Pool, schema string, version int) error {
 	return migrateTo(ctx, pool, schema, version)
 }
+
+// MigrateLockKey is the advisory lock that migrations of schema take.
+func MigrateLockKey(schema string) int64 { return advisoryKey(schema, "migrate") }

@@ -21,13 +21,15 @@
 //
 // # Units
 //
-// [Store.Update] runs a unit as one READ COMMITTED transaction on one pooled connection.
-// Every record the unit reads with Get, Prefetch or PopDueFetch is locked (SELECT … FOR
-// UPDATE; Prefetch fetches all its keys in one round trip, locking in key order), so units
-// on the same execution run one after the other and what a unit read is still true when it
-// commits. A record read as missing cannot be locked; if the unit then creates it, it is
-// inserted without upsert, so a concurrent unit that created it first makes this one fail
-// with a store conflict rather than be overwritten. PopDue is one statement, DELETE …
+// [Store.Update] runs a unit as one READ COMMITTED transaction on one pooled connection,
+// whatever the database's default_transaction_isolation (the store's other transactions
+// that write rely on that level too, and ask for it as well). Every record the unit reads
+// with Get, Prefetch or PopDueFetch is locked (SELECT … FOR UPDATE; Prefetch fetches all
+// its keys in one round trip, locking in key order), so units on the same execution run
+// one after the other and what a unit read is still true when it commits. A record read
+// as missing cannot be locked; if the unit then creates it, it is inserted without
+// upsert, so a concurrent unit that created it first makes this one fail with a store
+// conflict rather than be overwritten. PopDue is one statement, DELETE …
 // WHERE … IN (SELECT … ORDER BY score, member LIMIT n FOR UPDATE SKIP LOCKED) RETURNING,
 // so claimers never wait for each other and never take an item twice; PopDueFetch reads
 // and locks the popped members' records in the same statement.
@@ -568,17 +570,23 @@ func newStore(ctx context.Context, pool *pgxpool.Pool, o Options, own bool) (*St
 }
 
 // initShards stores the shard count when the schema is new and returns the stored one.
-// Concurrent first opens agree: the first insert wins and the others read it.
+// Concurrent first opens agree: the first insert wins and the others, READ COMMITTED,
+// wait for it and read it.
 func initShards(ctx context.Context, pool *pgxpool.Pool, qs string, want int) (int, error) {
 	create := want
 	if create == 0 {
 		create = DefaultShards
 	}
+	tx, err := beginTx(ctx, pool)
+	if err != nil {
+		return 0, translate(ctx, err, "read shard count")
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
 	b := &pgx.Batch{}
 	b.Queue(`INSERT INTO `+qs+`.meta (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING`, metaShards, create)
 	b.Queue(`SELECT value FROM `+qs+`.meta WHERE name = $1`, metaShards)
-	br := pool.SendBatch(ctx, b)
-	_, err := br.Exec()
+	br := tx.SendBatch(ctx, b)
+	_, err = br.Exec()
 	var n int64
 	if err == nil {
 		err = br.QueryRow().Scan(&n)
@@ -598,8 +606,11 @@ func initShards(ctx context.Context, pool *pgxpool.Pool, qs string, want int) (i
 		return 0, fftype.Validationf(CodeShardCountMismatch,
 			"ffpostgres: the store was created with %d shards and cannot be opened with %d: omit Options.Shards or pass %d", n, want, n)
 	}
-	if _, err := pool.Exec(ctx, `INSERT INTO `+qs+`.event_logs (shard) SELECT generate_series(0, $1::integer - 1)
+	if _, err := tx.Exec(ctx, `INSERT INTO `+qs+`.event_logs (shard) SELECT generate_series(0, $1::integer - 1)
 		ON CONFLICT (shard) DO NOTHING`, n); err != nil {
+		return 0, translate(ctx, err, "create event logs")
+	}
+	if err := tx.Commit(ctx); err != nil {
 		return 0, translate(ctx, err, "create event logs")
 	}
 	return int(n), nil
@@ -653,19 +664,62 @@ func (s *Store) check(ctx context.Context, shard int) error {
 // setTimeoutSQL sets the statement timeout until the end of the current transaction.
 const setTimeoutSQL = "SELECT set_config('statement_timeout', $1, true)"
 
+// beginReadCommitted opens the store's transactions that write (a View's is a snapshot of
+// its own). Their locking relies on READ COMMITTED: a statement that waited for a row lock
+// reads the row as the transaction that held it left it, and one that finds a row deleted
+// since its transaction began skips it. The level is named because the database's
+// default_transaction_isolation, an administrator's choice, may be stricter, and at
+// repeatable read or serializable those statements fail with serialization failures
+// instead. Where pgx opens the transaction, [beginTx] asks for the same.
+const beginReadCommitted = "BEGIN ISOLATION LEVEL READ COMMITTED"
+
+// beginTx begins a READ COMMITTED transaction on db (see [beginReadCommitted]).
+func beginTx(ctx context.Context, db interface {
+	BeginTx(context.Context, pgx.TxOptions) (pgx.Tx, error)
+}) (pgx.Tx, error) {
+	return db.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.ReadCommitted})
+}
+
 // sendBatch sends b on a pooled connection, in one round trip, bounded by the store's
 // statement timeout. [Open]'s connections carry the timeout; on the caller's pool of [New]
 // b is sent after setTimeoutSQL, which holds until b ends: a batch runs in one transaction,
-// the implicit one that Postgres ends at the batch's end, which a BEGIN in b continues.
+// the implicit one that Postgres ends at the batch's end. That transaction takes the
+// database's default isolation, which single reads do not mind; a batch that writes is
+// sent with [Store.sendTx].
 func (s *Store) sendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
-	if s.timeout == "" {
+	return s.send(ctx, b, false)
+}
+
+// sendTx is [Store.sendBatch] for a batch that writes: b runs as one READ COMMITTED
+// transaction (see [beginReadCommitted]), committed after b's last statement, whose result
+// BatchResults.Close reads. A batch that fails leaves its connection inside the failed
+// transaction, which pgxpool discards rather than reuse.
+func (s *Store) sendTx(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
+	return s.send(ctx, b, true)
+}
+
+// send is sendBatch, or sendTx if tx. It reads the results of the statements it puts
+// before b's, so that the caller reads b's first.
+func (s *Store) send(ctx context.Context, b *pgx.Batch, tx bool) pgx.BatchResults {
+	if s.timeout == "" && !tx {
 		return s.pool.SendBatch(ctx, b)
 	}
-	bounded := &pgx.Batch{}
-	bounded.Queue(setTimeoutSQL, s.timeout)
-	bounded.QueuedQueries = append(bounded.QueuedQueries, b.QueuedQueries...)
-	br := s.pool.SendBatch(ctx, bounded)
-	_, _ = br.Exec() // its failure, if any, is every later result's too
+	full := &pgx.Batch{}
+	if tx {
+		full.Queue(beginReadCommitted) // first: the level cannot change once a statement ran
+	}
+	if s.timeout != "" {
+		full.Queue(setTimeoutSQL, s.timeout)
+	}
+	prefix := full.Len()
+	full.QueuedQueries = append(full.QueuedQueries, b.QueuedQueries...)
+	if tx {
+		full.Queue("COMMIT")
+	}
+	br := s.pool.SendBatch(ctx, full)
+	for range prefix {
+		_, _ = br.Exec() // a failure, if any, is every later result's too
+	}
 	return br
 }
 
@@ -893,7 +947,7 @@ func (s *Store) queueHeads(ctx context.Context, ps []string) ([]ffstore.QueueHea
 // the queue right now (it holds the queue's advisory lock shared). The emptiness check
 // runs after the lock is taken, so it sees every add that committed before.
 func (s *Store) pruneQueue(ctx context.Context, conn *pgxpool.Conn, shard int, queue string) error {
-	tx, err := conn.Begin(ctx)
+	tx, err := beginTx(ctx, conn)
 	if err != nil {
 		return translate(ctx, err, "prune queue directory")
 	}
@@ -923,28 +977,18 @@ const sequenceBatch = 1_000
 func (s *Store) sequence(ctx context.Context, shard int) error {
 	for {
 		b := &pgx.Batch{}
-		b.Queue("BEGIN")
 		b.Queue(s.sql.lockLog, shard)
 		b.Queue(s.sql.sequence, shard, sequenceBatch)
-		b.Queue("COMMIT")
-		br := s.sendBatch(ctx, b)
+		br := s.sendTx(ctx, b)
 		_, err := br.Exec()
-		if err == nil {
-			_, err = br.Exec()
-		}
 		var n int64
 		if err == nil {
 			err = br.QueryRow().Scan(&n)
 		}
-		if err == nil {
-			_, err = br.Exec()
-		}
 		if cerr := br.Close(); err == nil {
-			err = cerr
+			err = cerr // the commit's
 		}
 		if err != nil {
-			// The batch may leave its connection inside the failed transaction; pgxpool
-			// discards such connections rather than reuse them.
 			return translate(ctx, err, "number events")
 		}
 		if n < sequenceBatch {
@@ -1063,13 +1107,17 @@ func (s *Store) TrimEvents(ctx context.Context, shard int, through uint64) error
 		return err
 	}
 	through = min(through, math.MaxInt64)
+	b := &pgx.Batch{}
+	b.Queue(s.sql.trimMark, shard, int64(through)) //nolint:gosec // bounded above
 	var trimmed int64
-	if err := s.queryRow(ctx, s.sql.trimMark, shard, int64(through)).Scan(&trimmed); err != nil { //nolint:gosec // bounded above
+	if err := (batchRow{s.sendTx(ctx, b)}).Scan(&trimmed); err != nil {
 		return translate(ctx, err, "trim events")
 	}
 	// Readers below the trim point already get cursor_expired; deleting is cleanup, and a
 	// failed delete is repeated by the next trim.
-	if err := s.exec(ctx, s.sql.trimDelete, shard, trimmed); err != nil {
+	b = &pgx.Batch{}
+	b.Queue(s.sql.trimDelete, shard, trimmed)
+	if err := s.sendTx(ctx, b).Close(); err != nil {
 		return translate(ctx, err, "trim events")
 	}
 	return nil

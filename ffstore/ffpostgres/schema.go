@@ -211,7 +211,9 @@ func migrateTo(ctx context.Context, pool *pgxpool.Pool, schema string, target in
 		return err
 	}
 	qs := pgx.Identifier{schema}.Sanitize()
-	tx, err := pool.Begin(ctx)
+	// READ COMMITTED: a migration that waited for another's lock reads the schema as
+	// the other left it.
+	tx, err := beginTx(ctx, pool)
 	if err != nil {
 		return translate(ctx, err, "begin migration")
 	}

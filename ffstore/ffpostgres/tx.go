@@ -108,7 +108,7 @@ func (t *unitTx) beginSQL(b *pgx.Batch) {
 		// One snapshot for the whole View.
 		b.Queue("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
 	} else {
-		b.Queue("BEGIN") // READ COMMITTED with row locks
+		b.Queue(beginReadCommitted) // with row locks
 	}
 	if t.s.timeout != "" {
 		b.Queue(setTimeoutSQL, t.s.timeout)
