@@ -15,9 +15,14 @@ import (
 // running one ends and then serves every call that waited for it. Every caller thus gets
 // a result read after its call began, and many claimers polling one lane cost one query
 // at a time instead of one each.
+//
+// Queries run in goroutines of the flight's own, not in a caller's: a caller leaves when
+// its context ends, and the query goes on for the others. close waits for them.
 type headsFlight struct {
-	mu sync.Mutex
-	m  map[string]*headsState
+	mu     sync.Mutex
+	m      map[string]*headsState
+	closed bool
+	wg     sync.WaitGroup // the query running for each key
 }
 
 type headsState struct {
@@ -26,14 +31,22 @@ type headsState struct {
 }
 
 type headsCall struct {
+	run   func() ([]ffstore.QueueHead, error) // the query, as the call that asked for it gave it
 	done  chan struct{}
 	heads []ffstore.QueueHead
 	err   error
 }
 
-// do returns run's result for key, from a run that started after do was called.
+// do returns the result of a run for key that started after do was called, or ctx.Err()
+// if ctx ends first. run is the query; a run started for another caller may serve this one
+// instead, so it must not depend on ctx, whose end cancels nothing. After close, do
+// returns an unavailable error.
 func (g *headsFlight) do(ctx context.Context, key string, run func() ([]ffstore.QueueHead, error)) ([]ffstore.QueueHead, error) {
 	g.mu.Lock()
+	if g.closed {
+		g.mu.Unlock()
+		return nil, errClosed()
+	}
 	if g.m == nil {
 		g.m = map[string]*headsState{}
 	}
@@ -42,31 +55,51 @@ func (g *headsFlight) do(ctx context.Context, key string, run func() ([]ffstore.
 		st = &headsState{}
 		g.m[key] = st
 	}
-	if c := st.next; c != nil {
-		g.mu.Unlock()
-		return c.wait(ctx)
+	c := st.next
+	if c == nil {
+		c = &headsCall{run: run, done: make(chan struct{})}
+		if st.running != nil {
+			st.next = c
+		} else {
+			g.start(key, st, c)
+		}
 	}
-	c := &headsCall{done: make(chan struct{})}
-	if prev := st.running; prev != nil {
-		st.next = c
-		g.mu.Unlock()
-		<-prev.done // not ctx: the callers that joined c wait for this goroutine to run it
-		g.mu.Lock()
-		st.next = nil
-	}
+	g.mu.Unlock()
+	return c.wait(ctx)
+}
+
+// start runs c for key in a goroutine; when c ends, the next query for key, if callers
+// wait for one, starts. The caller holds mu.
+func (g *headsFlight) start(key string, st *headsState, c *headsCall) {
 	st.running = c
-	g.mu.Unlock()
+	g.wg.Go(func() {
+		c.heads, c.err = c.run()
+		g.mu.Lock()
+		st.running = nil
+		next := st.next
+		st.next = nil
+		switch {
+		case next == nil:
+			delete(g.m, key)
+		case g.closed:
+			delete(g.m, key)
+			next.err = errClosed()
+			close(next.done)
+		default:
+			g.start(key, st, next)
+		}
+		g.mu.Unlock()
+		close(c.done)
+	})
+}
 
-	c.heads, c.err = run()
-
+// close refuses later calls and waits for the queries running; the queries that callers
+// wait to start fail instead. The store ends its queries' context first.
+func (g *headsFlight) close() {
 	g.mu.Lock()
-	st.running = nil
-	if st.next == nil {
-		delete(g.m, key)
-	}
+	g.closed = true
 	g.mu.Unlock()
-	close(c.done)
-	return slices.Clone(c.heads), c.err
+	g.wg.Wait()
 }
 
 func (c *headsCall) wait(ctx context.Context) ([]ffstore.QueueHead, error) {

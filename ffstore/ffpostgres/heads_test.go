@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/flowfabric/flowfabric/ffstore"
+	"github.com/flowfabric/flowfabric/fftype"
 )
 
 // TestHeadsFlight checks that concurrent calls share runs, and that every call gets the
@@ -72,4 +73,78 @@ func TestHeadsFlight(t *testing.T) {
 	_, err := c.wait(ctx)
 	require.ErrorIs(t, err, context.Canceled)
 	require.Empty(t, g.m, "finished keys are forgotten")
+}
+
+// TestHeadsFlightCallersLeaveOnTheirContext checks that a caller leaves once its context
+// ends, both the one whose call started the running query and one waiting for the next,
+// while the query goes on; and that close refuses later calls, starts no next query and
+// waits for the running one.
+func TestHeadsFlightCallersLeaveOnTheirContext(t *testing.T) {
+	t.Parallel()
+	var g headsFlight
+	var runs atomic.Int64
+	release := make(chan struct{})
+	var releaseOnce sync.Once
+	releaseRuns := func() { releaseOnce.Do(func() { close(release) }) }
+	t.Cleanup(releaseRuns) // on failure too: no run outlives the test
+	started := make(chan struct{}, 10)
+	run := func() ([]ffstore.QueueHead, error) {
+		runs.Add(1)
+		started <- struct{}{}
+		<-release
+		return nil, nil
+	}
+	call := func(ctx context.Context) <-chan error {
+		done := make(chan error, 1)
+		go func() {
+			_, err := g.do(ctx, "k", run)
+			done <- err
+		}()
+		return done
+	}
+	returned := func(done <-chan error, msg string) error {
+		select {
+		case err := <-done:
+			return err
+		case <-time.After(5 * time.Second):
+			t.Fatal(msg)
+			return nil
+		}
+	}
+
+	firstCtx, cancelFirst := context.WithCancel(t.Context())
+	first := call(firstCtx)
+	<-started
+	lateCtx, cancelLate := context.WithCancel(t.Context())
+	late := call(lateCtx)
+	require.Eventually(t, func() bool {
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		return g.m["k"] != nil && g.m["k"].next != nil
+	}, 5*time.Second, time.Millisecond)
+	cancelFirst()
+	require.ErrorIs(t, returned(first, "the caller that started the query stays"), context.Canceled)
+	cancelLate()
+	require.ErrorIs(t, returned(late, "the caller waiting for the next query stays"), context.Canceled)
+
+	closed := make(chan struct{})
+	go func() {
+		g.close()
+		close(closed)
+	}()
+	require.Eventually(t, func() bool {
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		return g.closed
+	}, 5*time.Second, time.Millisecond)
+	_, err := g.do(t.Context(), "k", run)
+	require.ErrorIs(t, err, fftype.ErrUnavailable, "after close, calls are refused")
+	select {
+	case <-closed:
+		t.Fatal("close returned while a query ran")
+	default:
+	}
+	releaseRuns()
+	<-closed
+	require.Equal(t, int64(1), runs.Load(), "close starts no next query")
 }

@@ -885,8 +885,9 @@ func (s *Store) run(ctx context.Context, shard int, readOnly bool, fn func(t *un
 // starts with one of prefixes; a queue matched by two prefixes is reported once. It reads
 // the queue directory and probes each matching queue's first item, so its cost grows with
 // the number of matching queues, not items (upkeep prunes the directory rows of empty
-// queues, so those stay few). Concurrent calls with the same
-// prefixes share one query, always one that started after the call.
+// queues, so those stay few). Concurrent calls with the same prefixes share one query,
+// always one that started after the call. A call returns ctx.Err() once ctx ends, while
+// the query goes on for the others; Close ends it.
 func (s *Store) QueueHeads(ctx context.Context, prefixes []string) ([]ffstore.QueueHead, error) {
 	if s.closed.Load() {
 		return nil, errClosed()
@@ -899,10 +900,15 @@ func (s *Store) QueueHeads(ctx context.Context, prefixes []string) ([]ffstore.Qu
 		return nil, nil
 	}
 	return s.heads.do(ctx, headsKey(ps), func() ([]ffstore.QueueHead, error) {
-		// Shared by the callers that joined this query: not cancelled by any one of them.
-		qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.callBound())
+		// Shared by the callers that joined this query: ended by Close, not by any one of
+		// them, whose context's values it does not carry either.
+		qctx, cancel := context.WithTimeout(s.stopCtx, s.opts.callBound())
 		defer cancel()
-		return s.queueHeads(qctx, ps)
+		heads, err := s.queueHeads(qctx, ps)
+		if err != nil && s.closed.Load() {
+			return nil, errClosed()
+		}
+		return heads, err
 	})
 }
 
@@ -1123,14 +1129,15 @@ func (s *Store) TrimEvents(ctx context.Context, shard int, through uint64) error
 	return nil
 }
 
-// Close stops the change listener and the notifier and, if the store opened its pool
-// ([Open]), closes the pool after the running units end. Later calls, Close included,
-// return an unavailable error.
+// Close stops the change listener and the notifier, ends the QueueHeads queries in flight
+// and waits for them, and, if the store opened its pool ([Open]), closes the pool after
+// the running units end. Later calls, Close included, return an unavailable error.
 func (s *Store) Close() error {
 	if !s.closed.CompareAndSwap(false, true) {
 		return errClosed()
 	}
 	s.stop()
+	s.heads.close()
 	s.wg.Wait()
 	s.clock.close()
 	if s.ownPool {
