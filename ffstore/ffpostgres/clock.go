@@ -28,7 +28,8 @@ type clockRead struct {
 }
 
 // Now returns the database server's clock (clock_timestamp()). It fails after Close,
-// when ctx is done, and when the database cannot be reached.
+// with ctx.Err() when ctx is done, and with a retryable unavailable error when the
+// database cannot be reached within the connect timeout.
 func (s *Store) Now(ctx context.Context) (time.Time, error) {
 	if s.closed.Load() {
 		return time.Time{}, errClosed()
@@ -73,7 +74,7 @@ func (s *Store) readClock() (time.Time, error) {
 	if c.closed {
 		return time.Time{}, errClosed()
 	}
-	ctx, cancel := context.WithTimeout(s.stopCtx, s.opts.ConnectTimeout)
+	ctx, cancel := withStoreTimeout(s.stopCtx, s.opts.ConnectTimeout) // shared: no caller's
 	defer cancel()
 	reused := c.conn != nil && !c.conn.IsClosed()
 	now, err := c.read(ctx, s.connect)

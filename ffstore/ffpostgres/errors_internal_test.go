@@ -2,6 +2,7 @@ package ffpostgres
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -59,4 +60,29 @@ func TestCallBoundFollowsTheStatementTimeout(t *testing.T) {
 		o := Options{ConnectTimeout: time.Second, StatementTimeout: c.statement}
 		require.Equal(t, c.want, o.callBound(), "statement timeout %v", c.statement)
 	}
+}
+
+// TestTranslateStoreTimeout pins what a call returns when a bound of the store's own (a
+// shared clock read or heads query, New's checks) runs out while the caller's context is
+// live: a retryable unavailable error saying the database did not answer in time, not
+// the bound's bare context error, which would say that the caller's context ended. The
+// end of a caller's context still passes through bare.
+func TestTranslateStoreTimeout(t *testing.T) {
+	t.Parallel()
+	pgxErr := func(ctx context.Context) error { return fmt.Errorf("failed to connect: %w", ctx.Err()) }
+
+	bound, cancel := withStoreTimeout(context.Background(), time.Millisecond)
+	defer cancel()
+	<-bound.Done()
+	err := translate(bound, pgxErr(bound), "read clock")
+	require.ErrorIs(t, err, fftype.ErrUnavailable)
+	require.True(t, fftype.IsRetryable(err))
+	require.ErrorContains(t, err, "postgres read clock: cannot reach the database within 1ms")
+	require.NotErrorIs(t, err, context.DeadlineExceeded, "not the end of the caller's context")
+
+	caller, cancelCaller := context.WithCancel(context.Background())
+	bound, cancel = withStoreTimeout(caller, time.Hour)
+	defer cancel()
+	cancelCaller()
+	require.Equal(t, context.Canceled, translate(bound, pgxErr(bound), "read queue heads"), "the caller's context ended first")
 }
