@@ -108,7 +108,7 @@ func (e *Engine) GrantNext(ctx context.Context, p fftype.ClaimParams, ttl time.D
 	if ttl < time.Millisecond || ttl > fftype.MaxGrantTTL {
 		return nil, fftype.Validationf(fftype.CodeInvalidInput, "grant ttl must be between 1ms and %s", fftype.MaxGrantTTL)
 	}
-	refs, err := take(ctx, e, w.caps, p.Lanes, func() int { return 1 }, func(tx ffstore.Tx, x *fftype.Execution, before placement, now time.Time, _ int) (*fftype.GrantRef, error) {
+	refs, err := take(ctx, e, w.caps, p.Lanes, func(int) int { return 1 }, func(tx ffstore.Tx, x *fftype.Execution, before placement, now time.Time, _ int) (*fftype.GrantRef, error) {
 		kind := fftype.GrantClaim
 		if x.AttemptState == fftype.AttemptStatePendingReclaim {
 			kind = fftype.GrantReclaim
@@ -151,18 +151,20 @@ func checkClaim(p fftype.ClaimParams) (claimer, int, error) {
 type takeFunc[T any] func(tx ffstore.Tx, x *fftype.Execution, before placement, now time.Time, i int) (T, error)
 
 // take is the selection Claim and GrantNext share: it finds the queues of the lanes that
-// a worker with capabilities caps may take from and applies act to up to demand()
-// executions, best first. On an error it returns what earlier units took with it.
+// a worker with capabilities caps may take from and applies act to up to demand(taken)
+// executions, best first, taken being how many earlier units took. On an error it
+// returns what earlier units took with it.
 //
-// demand may grow while take runs (a claim round admits the calls that queue meanwhile)
-// but never shrinks; what it adds is served from the candidates take read at the start,
-// so an execution created since, even of a higher priority, waits for a later take. take
+// demand may change while take runs: it grows as a claim round admits the calls that
+// queue meanwhile, and shrinks, never below taken, as calls whose callers left are
+// passed over. What it adds is served from the candidates take read at the start, so an
+// execution created since, even of a higher priority, waits for a later take. take
 // calls it once to start and then only inside its units, as late as possible, so a unit
 // serves everything asked of it by the time it runs; a further unit runs only for demand
 // a unit saw and could not meet. Calls that queue after the last unit asked for demand
 // wait for the next round rather than hold this one's callers through another unit (on
 // Postgres, 29% of a drain's rounds had run a second unit for them).
-func take[T any](ctx context.Context, e *Engine, caps []string, laneNames []string, demand func() int, act takeFunc[T]) ([]T, error) {
+func take[T any](ctx context.Context, e *Engine, caps []string, laneNames []string, demand func(taken int) int, act takeFunc[T]) ([]T, error) {
 	lanes, err := e.unpausedLanes(ctx, laneNames)
 	if err != nil || len(lanes) == 0 {
 		return nil, err
@@ -191,8 +193,8 @@ func take[T any](ctx context.Context, e *Engine, caps []string, laneNames []stri
 		}
 		cands = append(cands, &candidate{shard: h.Shard, queue: h.Queue, lane: lane, ns: ns, head: h.Item})
 	}
-	asked := demand() // then as the last unit saw it
-	unitDemand := func() int { asked = demand(); return asked }
+	asked := demand(0) // then as the last unit saw it
+	unitDemand := func(taken int) int { asked = demand(taken); return asked }
 	var taken []T
 	for len(cands) > 0 && len(taken) < asked {
 		i, alone := e.pick(cands)
@@ -328,18 +330,22 @@ func putTurn[K comparable](m map[K]uint64, k K, served uint64) {
 
 // takeFrom pops executions from one eligible queue in one unit, applies act to each
 // (numbering them from base), and returns what act collected and the queue's new head
-// (nil when empty). It pops what demand still asks for beyond base when the candidate is
-// alone at its priority, and one execution otherwise; one past its deadline is expired
-// there, as the timer loop would expire it, instead of going to act. The head is read
-// only when the caller may go on (demand asks for more, or the unit took fewer than it
-// popped for); otherwise it is reported as nil.
-func takeFrom[T any](ctx context.Context, e *Engine, c *candidate, base int, alone bool, demand func() int, maxScore int64, act takeFunc[T]) ([]T, *ffstore.QueueItem, error) {
+// (nil when empty). It pops what demand(base) still asks for beyond base when the
+// candidate is alone at its priority, one execution otherwise, and none if demand asks
+// for no more than base; one past its deadline is expired there, as the timer loop would
+// expire it, instead of going to act. The head is read only when the caller may go on
+// (demand asks for more, or the unit took fewer than it popped for); otherwise it is
+// reported as nil.
+func takeFrom[T any](ctx context.Context, e *Engine, c *candidate, base int, alone bool, demand func(taken int) int, maxScore int64, act takeFunc[T]) ([]T, *ffstore.QueueItem, error) {
 	var got []T
 	var next *ffstore.QueueItem
 	err := e.update(ctx, c.shard, func(tx ffstore.Tx) error {
 		got, next = nil, nil // the unit may run again after a conflict
 		now := e.now()
-		count := demand()
+		count := demand(base)
+		if count <= base {
+			return nil // those who asked for more left: nothing to take, nor to read
+		}
 		want := 1
 		if alone {
 			want = count - base

@@ -73,6 +73,11 @@ func (e *Engine) claimCombined(ctx context.Context, lanes []string, w claimer, c
 // then on: such a call may have begun after a PauseLane returned, which must take effect
 // for it at once, while the round's lanes were chosen before. It goes back unserved, to
 // a round that reads the lanes again.
+//
+// Each unit passes over the calls whose callers stopped waiting since the round admitted
+// them: what they would have got goes to the calls that still wait, rather than to a
+// caller that is gone, whose lease would only be released again (the execution losing an
+// attempt to it) while a call still waiting came away empty.
 func (e *Engine) serveClaims(ctx context.Context, lanes []string, calls []*claimCall, join func() []*claimCall) (unserved []*claimCall) {
 	var owners []*claimCall
 	admit := func(cs []*claimCall) {
@@ -86,16 +91,16 @@ func (e *Engine) serveClaims(ctx context.Context, lanes []string, calls []*claim
 	first := len(calls)
 	gen := e.laneGen.Load() // before take reads the lanes' pause states
 	joining := true
-	demand := func() int {
-		if !joining {
-			return len(owners)
+	demand := func(taken int) int {
+		if joining {
+			joined := join()
+			calls = append(calls, joined...)
+			// Read after join: a pause that returned before a joined call began is seen here.
+			if joining = e.laneGen.Load() == gen; joining {
+				admit(joined)
+			}
 		}
-		joined := join()
-		calls = append(calls, joined...)
-		// Read after join: a pause that returned before a joined call began is seen here.
-		if joining = e.laneGen.Load() == gen; joining {
-			admit(joined)
-		}
+		owners = append(owners[:taken], e.claims.waiting(owners[taken:])...)
 		return len(owners)
 	}
 	leases, err := take(ctx, e, calls[0].w.caps, lanes, demand, func(tx ffstore.Tx, x *fftype.Execution, before placement, now time.Time, i int) (*fftype.Lease, error) {

@@ -188,6 +188,53 @@ func TestClaimLeavesItsRoundWhenItsContextEnds(t *testing.T) {
 	require.NotEqual(t, kept, got.leases[0].ExecutionID)
 }
 
+// TestClaimRoundPassesOverCallsThatLeft: a claim round whose unit runs after one of its
+// calls left gives that call nothing more: what the call would have got goes to a call of
+// the round that still waits, in the same round, and is not leased to the caller that
+// left only to be released (which would also cost the execution an attempt).
+func TestClaimRoundPassesOverCallsThatLeft(t *testing.T) {
+	t.Parallel()
+	store := newGatedStore()
+	e, err := New(store, nil)
+	require.NoError(t, err)
+	lanes := []string{"a", "b"} // one execution each; a round takes them in a unit each
+	for _, l := range lanes {
+		_, err := e.Create(t.Context(), fftype.CreateParams{Lane: l, Kind: "k"})
+		require.NoError(t, err)
+	}
+	claim := func(ctx context.Context, instance string) <-chan claimResult {
+		done := make(chan claimResult, 1)
+		go func() {
+			leases, err := e.Claim(ctx, fftype.ClaimParams{WorkerID: "w", WorkerInstanceID: instance, Lanes: lanes})
+			done <- claimResult{leases, err}
+		}()
+		return done
+	}
+
+	g := store.arm()
+	led := claim(t.Context(), "leader")
+	<-g.entered // the round read the heads of both lanes; its first unit waits
+	ctx, cancel := context.WithCancel(t.Context())
+	gaveUp := claim(ctx, "gave-up")
+	waitQueued(t, e, lanes, 1)
+	waiting := claim(t.Context(), "waiting")
+	waitQueued(t, e, lanes, 2)
+	close(g.run)
+	<-g.ran // the first unit admitted both calls and took one execution, for the leader
+	cancel()
+	got := recv(t, gaveUp, "the claim that gave up")
+	require.ErrorIs(t, got.err, context.Canceled)
+	close(g.answer)
+
+	got = recv(t, led, "the leader")
+	require.NoError(t, got.err)
+	require.Len(t, got.leases, 1)
+	got = recv(t, waiting, "the claim still waiting")
+	require.NoError(t, got.err)
+	require.Len(t, got.leases, 1, "the round leased the other execution to the call that had left")
+	require.Equal(t, uint64(1), got.leases[0].Fence.Epoch, "the execution was leased before, to the call that had left")
+}
+
 // TestClaimOnAStoreThatStoppedAnswering: a claim returns its context's error when its
 // context ends, even though the store never answers its round's unit.
 func TestClaimOnAStoreThatStoppedAnswering(t *testing.T) {

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"slices"
 	"sync"
 
 	"github.com/flowfabric/flowfabric/fftype"
@@ -66,7 +67,9 @@ type roundQueue[C roundable] struct {
 // began (within max); a round that joins them from inside its unit serves calls that
 // would otherwise wait for the next round's unit, and so for the next commit. serve
 // returns the joined calls it did not serve: they go back to the front of the queue, since
-// the round decided what to do before they arrived.
+// the round decided what to do before they arrived. A serve that runs more than one unit
+// may leave out of the later ones the calls whose callers stopped waiting meanwhile
+// (rounds.waiting).
 //
 // drop, when set, undoes what a round did for calls whose callers stopped waiting for it
 // (the caller of a call that returns unserved gets nothing undone). It runs in a goroutine
@@ -148,6 +151,19 @@ func (r *rounds[C]) leave(q *roundQueue[C], c C) bool {
 		b.life.leave()
 	}
 	return true
+}
+
+// waiting returns calls, a part of a running round, less those whose callers stopped
+// waiting for it: they left it, or their context ended (the leader's caller, or one about
+// to leave). A round's serve calls it to give such calls nothing more. The result reuses
+// the array of calls.
+func (r *rounds[C]) waiting(calls []C) []C {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.DeleteFunc(calls, func(c C) bool {
+		b := c.base()
+		return b.left || b.ctx.Err() != nil
+	})
 }
 
 func indexOf[C comparable](calls []C, c C) int {
