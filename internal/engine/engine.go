@@ -71,6 +71,9 @@ type Engine struct {
 	holders rounds[*holderCall] // concurrent operations of lease holders, per shard
 	// mergeUnits: the store is an ffstore.UnitMerger, so holders' operations go in rounds.
 	mergeUnits bool
+	// holderRoundBytes bounds the data of one round of holders' operations:
+	// maxHolderRoundBytes, less in tests so that they need no large results.
+	holderRoundBytes int
 
 	laneMu sync.Mutex
 	lanes  map[string]laneState // pause states read recently, see unpausedLanes
@@ -141,16 +144,17 @@ func New(store ffstore.Store, cfg *Config) (*Engine, error) {
 	}
 	_, merge := store.(ffstore.UnitMerger)
 	return &Engine{
-		store:      store,
-		shards:     shards,
-		clock:      c.Clock,
-		log:        c.Logger,
-		cfg:        c,
-		wake:       make(chan struct{}, 1),
-		turns:      claimTurns{lanes: map[string]uint64{}, namespaces: map[laneNamespace]uint64{}},
-		lanes:      map[string]laneState{},
-		capSets:    map[string][]string{},
-		mergeUnits: merge,
+		store:            store,
+		shards:           shards,
+		clock:            c.Clock,
+		log:              c.Logger,
+		cfg:              c,
+		wake:             make(chan struct{}, 1),
+		turns:            claimTurns{lanes: map[string]uint64{}, namespaces: map[laneNamespace]uint64{}},
+		lanes:            map[string]laneState{},
+		capSets:          map[string][]string{},
+		mergeUnits:       merge,
+		holderRoundBytes: maxHolderRoundBytes,
 	}, nil
 }
 

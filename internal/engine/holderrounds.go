@@ -34,19 +34,33 @@ type holderCall struct {
 	f      fftype.Fence
 	replay func(*fftype.Execution) bool
 	fn     holderFunc
+	size   int  // the bytes of data it brings to write (a result)
 	alone  bool // the round did not serve it: it runs in a unit of its own
 }
 
-// maxHolderRound bounds the operations of one round.
-const maxHolderRound = 64
+// Bounds of one round: it holds at most maxHolderRound operations, and at most
+// maxHolderRoundBytes of the data they bring, far below what any store takes in one unit
+// (Postgres refuses a message over 1 GiB; 64 results of 16 MiB each made one).
+const (
+	maxHolderRound      = 64
+	maxHolderRoundBytes = 16 << 20
+)
 
 // errSplit drops a round's unit so that its operations run alone.
 var errSplit = errors.New("engine: the round's operations must run alone")
 
 // holderUnit runs fn in a unit on the execution id for the holder of fence f. If replay
 // recognises a retried call whose effect is already in place, the unit returns nil
-// without calling fn.
+// without calling fn. fn writes no more than the execution's record, an event and a
+// short text; holderUnitOfSize is for an operation that brings more.
 func (e *Engine) holderUnit(ctx context.Context, id fftype.ExecutionID, f fftype.Fence,
+	replay func(x *fftype.Execution) bool, fn holderFunc) error {
+	return e.holderUnitOfSize(ctx, id, f, 0, replay, fn)
+}
+
+// holderUnitOfSize is holderUnit for an operation that brings size bytes of data to write
+// (a result): the more it brings, the fewer operations share its round (holderWeight).
+func (e *Engine) holderUnitOfSize(ctx context.Context, id fftype.ExecutionID, f fftype.Fence, size int,
 	replay func(x *fftype.Execution) bool, fn holderFunc) error {
 	shard, err := e.checkID(id)
 	if err != nil {
@@ -55,11 +69,11 @@ func (e *Engine) holderUnit(ctx context.Context, id fftype.ExecutionID, f fftype
 	if err := checkFence(f); err != nil {
 		return err
 	}
-	c := &holderCall{roundCall: newRoundCall(ctx), id: id, f: f, replay: replay, fn: fn}
+	c := &holderCall{roundCall: newRoundCall(ctx), id: id, f: f, replay: replay, fn: fn, size: size}
 	if e.mergeUnits {
 		err := e.holders.do(strconv.Itoa(shard), c, roundPlan[*holderCall]{
-			weight: func(*holderCall) int { return 1 },
-			max:    maxHolderRound,
+			weight: e.holderWeight,
+			max:    e.holderRoundBytes,
 			serve: func(ctx context.Context, calls []*holderCall, join func() []*holderCall) []*holderCall {
 				if len(calls) == 1 {
 					// Holders' calls come in bursts: a claim round hands out leases on one
@@ -87,6 +101,13 @@ func (e *Engine) holderUnit(ctx context.Context, id fftype.ExecutionID, f fftype
 		e.notifyTimers()
 	}
 	return c.err
+}
+
+// holderWeight is what c adds to its round: the data it brings, and no less than a
+// maxHolderRound-th of the round's bound, so that the bound holds both the bytes and the
+// count of a round's operations.
+func (e *Engine) holderWeight(c *holderCall) int {
+	return max(c.size, e.holderRoundBytes/maxHolderRound)
 }
 
 // holderAlone applies c in a unit of its own, under its caller's context.

@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -173,6 +174,102 @@ func testHolderRound(t *testing.T, kinds []int, shared bool) {
 			require.False(t, marked)
 		}
 	}
+}
+
+// resultUnitsStore is a merging memory store that logs, for each unit that commits, the
+// results it writes.
+type resultUnitsStore struct {
+	mergingStore
+	mu    sync.Mutex
+	units [][]int // the sizes of the results each unit wrote, for units that wrote any
+}
+
+func (s *resultUnitsStore) Update(ctx context.Context, shard int, fn func(tx ffstore.Tx) error) error {
+	tx := &resultsTx{}
+	err := s.mergingStore.Update(ctx, shard, func(inner ffstore.Tx) error {
+		tx.Tx, tx.sizes = inner, nil // the unit may run more than once
+		return fn(tx)
+	})
+	if err == nil && len(tx.sizes) > 0 {
+		s.mu.Lock()
+		s.units = append(s.units, tx.sizes)
+		s.mu.Unlock()
+	}
+	return err
+}
+
+// resultsTx notes the sizes of the results a unit writes.
+type resultsTx struct {
+	ffstore.Tx
+	sizes []int
+}
+
+func (t *resultsTx) Put(key string, value []byte) {
+	if strings.HasPrefix(key, "r:") || strings.HasPrefix(key, "rb:") {
+		t.sizes = append(t.sizes, len(value))
+	}
+	t.Tx.Put(key, value)
+}
+
+// TestHolderRoundsAreBoundedByBytes: operations of lease holders share a round only up to
+// the round's bound on the data they bring, so that results that each fit a unit never
+// add up to a unit the store refuses; an operation larger than the bound runs alone.
+func TestHolderRoundsAreBoundedByBytes(t *testing.T) {
+	t.Parallel()
+	const (
+		bound = 64 << 10 // each operation weighs at least bound/maxHolderRound, 1 KiB
+		small = 16 << 10 // four fit a round
+		large = 100 << 10
+	)
+	store := &resultUnitsStore{mergingStore: mergingStore{Store: ffmem.New(&ffmem.Options{Shards: 1})}}
+	e, err := New(store, nil)
+	require.NoError(t, err)
+	e.holderRoundBytes = bound
+	sizes := []int{small, small, small, small, large, small, small, small, small}
+	var ps []fftype.CreateParams
+	for range len(sizes) + 1 {
+		ps = append(ps, fftype.CreateParams{Lane: "l", Kind: "k"})
+	}
+	for _, r := range e.CreateMany(t.Context(), ps) {
+		require.NoError(t, r.Err)
+	}
+	leases, err := e.Claim(t.Context(), fftype.ClaimParams{WorkerID: "w", WorkerInstanceID: "i", Lanes: []string{"l"}, Count: len(ps)})
+	require.NoError(t, err)
+	require.Len(t, leases, len(ps))
+	gate := leases[len(sizes)]
+	queued := func(n int) bool {
+		e.holders.mu.Lock()
+		defer e.holders.mu.Unlock()
+		q := e.holders.queues["0"]
+		return q != nil && len(q.calls) == n
+	}
+
+	// The gate's operation holds the shard's round while the others queue, in order.
+	release, held := make(chan struct{}), make(chan struct{})
+	gateDone := make(chan error, 1)
+	go func() {
+		gateDone <- e.holderUnit(t.Context(), gate.ExecutionID, gate.Fence, nil, func(ffstore.Tx, *fftype.Execution, placement, time.Time) error {
+			close(held)
+			<-release
+			return nil
+		})
+	}()
+	<-held
+	errs := make([]error, len(sizes))
+	var wg sync.WaitGroup
+	for i, size := range sizes {
+		wg.Go(func() {
+			errs[i] = e.Complete(t.Context(), leases[i].ExecutionID, leases[i].Fence, make([]byte, size), fftype.EncodingBinary)
+		})
+		require.Eventually(t, func() bool { return queued(i + 1) }, waitLimit, time.Millisecond)
+	}
+	close(release)
+	wg.Wait()
+	require.NoError(t, <-gateDone)
+	for i, err := range errs {
+		require.NoError(t, err, i)
+	}
+	require.Equal(t, [][]int{{small, small, small, small}, {large}, {small, small, small, small}}, store.units)
 }
 
 // TestHolderRoundLonePanic: an operation that panics alone in its round panics in its

@@ -174,7 +174,7 @@ func (e *Engine) Complete(ctx context.Context, id fftype.ExecutionID, f fftype.F
 	}
 	result = bytes.Clone(result) // the store keeps it; the caller may reuse its buffer
 	replay := func(x *fftype.Execution) bool { return x.Outcome == fftype.OutcomeSuccess }
-	return e.holderUnit(ctx, id, f, replay, func(tx ffstore.Tx, x *fftype.Execution, before placement, now time.Time) error {
+	return e.holderUnitOfSize(ctx, id, f, len(result), replay, func(tx ffstore.Tx, x *fftype.Execution, before placement, now time.Time) error {
 		if err := endAttempt(tx, x, fftype.AttemptSucceeded, "", "", now); err != nil {
 			return err
 		}
