@@ -398,3 +398,71 @@ func TestHolderCallsLeaveTheirRoundWithTheirContexts(t *testing.T) {
 	cancelB()
 	require.ErrorIs(t, recv(t, b, "the renewal that led the round"), context.Canceled)
 }
+
+// TestHolderCallMayLandAfterItsCallerLeft: an operation of a lease holder whose caller
+// gave up (and got its context's error) after a round admitted it is still applied by
+// that round, as after a reply lost on its way back; the caller learns the outcome by
+// retrying with the same fence, which returns the first outcome and changes nothing.
+func TestHolderCallMayLandAfterItsCallerLeft(t *testing.T) {
+	t.Parallel()
+	gated := newGatedStore()
+	e, err := New(&mergingStore{Store: gated}, nil)
+	require.NoError(t, err)
+	var ps []fftype.CreateParams
+	for range 3 {
+		ps = append(ps, fftype.CreateParams{Lane: "l", Kind: "k"})
+	}
+	for _, r := range e.CreateMany(t.Context(), ps) {
+		require.NoError(t, r.Err)
+	}
+	leases, err := e.Claim(t.Context(), fftype.ClaimParams{WorkerID: "w", WorkerInstanceID: "i", Lanes: []string{"l"}, Count: 3})
+	require.NoError(t, err)
+	require.Len(t, leases, 3)
+	queued := func(n int) bool {
+		e.holders.mu.Lock()
+		defer e.holders.mu.Unlock()
+		q := e.holders.queues["0"]
+		return q != nil && len(q.calls) == n
+	}
+
+	// The gate's operation holds the shard's round while a Renew and a Complete queue.
+	release, held := make(chan struct{}), make(chan struct{})
+	gateDone := make(chan error, 1)
+	gate := leases[2]
+	go func() {
+		gateDone <- e.holderUnit(t.Context(), gate.ExecutionID, gate.Fence, nil, func(ffstore.Tx, *fftype.Execution, placement, time.Time) error {
+			close(held)
+			<-release
+			return nil
+		})
+	}()
+	<-held
+	renewed := make(chan error, 1)
+	go func() {
+		_, err := e.Renew(t.Context(), leases[0].ExecutionID, leases[0].Fence, 0)
+		renewed <- err
+	}()
+	require.Eventually(t, func() bool { return queued(1) }, waitLimit, time.Millisecond)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	l := leases[1]
+	completed := make(chan error, 1)
+	go func() { completed <- e.Complete(ctx, l.ExecutionID, l.Fence, []byte(`1`), "") }()
+	require.Eventually(t, func() bool { return queued(2) }, waitLimit, time.Millisecond)
+	g := gated.arm() // the unit of the round of both waits at the gate
+	close(release)
+	require.NoError(t, <-gateDone)
+	<-g.entered // the round admitted both
+	cancel()
+	require.ErrorIs(t, recv(t, completed, "the complete that gave up"), context.Canceled)
+	g.open()
+	require.NoError(t, recv(t, renewed, "the renew"))
+
+	x, err := e.Get(t.Context(), l.ExecutionID)
+	require.NoError(t, err)
+	require.Equal(t, fftype.OutcomeSuccess, x.Outcome, "the round applied the Complete whose caller left")
+	require.NoError(t, e.Complete(t.Context(), l.ExecutionID, l.Fence, []byte(`2`), ""), "the retry returns the first outcome")
+	res, _, err := e.Result(t.Context(), l.ExecutionID)
+	require.NoError(t, err)
+	require.JSONEq(t, `1`, string(res), "the retry changed nothing")
+}

@@ -17,8 +17,11 @@ import (
 // (holderrounds.go) are served this way.
 //
 // A call waits for its round no longer than its context: when the context ends, the call
-// returns the context's error and its round goes on without it (plan.drop undoes what the
-// round did for it); only the call leading a round sees the round through. A round's
+// returns the context's error and its round goes on without it; only the call leading a
+// round sees the round through. What the round does for a call that left stands unless
+// the plan undoes it (plan.drop): a claim round releases the leases it took for the call,
+// while a holder round applies the call's operation all the same, as if the call's reply
+// had been lost on its way back (a retry with the same fence tells the outcome). A round's
 // units run under a context that ends once the context of every call of the round has
 // ended, so a store that stops answering holds a call no longer than its context, and a
 // leader no longer than the longest context among the calls of its round.
