@@ -168,10 +168,18 @@ func (c cancelOnClose) Close() error {
 	return c.ReadCloser.Close()
 }
 
-// send performs a request and turns any non-2xx answer into an error.
+// encodedJSON is a request body already encoded as JSON, which send sends as it is.
+type encodedJSON []byte
+
+// send performs a request, whose body is in encoded as JSON (nil for none), and turns any
+// non-2xx answer into an error.
 func (c *Client) send(ctx context.Context, method, path string, in any) (*http.Response, error) {
 	var body io.Reader
-	if in != nil {
+	switch in := in.(type) {
+	case nil:
+	case encodedJSON:
+		body = bytes.NewReader(in)
+	default:
 		var b bytes.Buffer
 		if err := ffserver.NewJSONEncoder(&b).Encode(in); err != nil {
 			return nil, fftype.Validationf(fftype.CodeInvalidInput, "ffclient: encoding the request: %v", err)
@@ -248,59 +256,102 @@ func (c *Client) Create(ctx context.Context, p fftype.CreateParams) (*fftype.Cre
 	return &out, nil
 }
 
-// CreateMany creates many executions in as few requests as the server takes (1,000 items
-// each at most, and a bounded weight of payloads); one result per item, in order.
+// CreateMany creates many executions in as few requests as the server takes: 1,000 items
+// each at most, in a body within the server's default limit
+// ([ffserver.DefaultLargeBodyBytes]), items weighed whole, tags and all. An item heavier
+// than that goes in a request of its own, so that if the server refuses it, it fails
+// alone. One result per item, in order.
 func (c *Client) CreateMany(ctx context.Context, ps []fftype.CreateParams) []fftype.BulkCreateResult {
 	out := make([]fftype.BulkCreateResult, len(ps))
-	var req ffserver.BulkCreateRequest
-	var sent []int // index in ps of each item in req; the others were refused here
-	size := 0      // what req's payloads weigh
-	send := func() {
-		if len(sent) == 0 {
-			return
-		}
-		var resp ffserver.BulkCreateResponse
-		err := c.request(ctx, "POST", "/v1/executions/bulk", req, &resp)
-		for j, i := range sent {
-			switch {
-			case err != nil:
-				out[i].Err = err
-			case j >= len(resp.Results):
-				out[i].Err = &fftype.Error{Kind: fftype.KindUnavailable, Code: "bad_response", Message: "the server answered fewer results than items"}
-			case resp.Results[j].Error != nil:
-				out[i].Err = fromBody(resp.Results[j].Error)
-			default:
-				out[i].Result = resp.Results[j].Result
-			}
-		}
-		req.Executions, sent, size = nil, nil, 0
-	}
+	var body bulkBody
 	for i, p := range ps {
-		r, err := toRequest(p)
+		item, err := encodeItem(p)
 		if err != nil {
 			out[i].Err = err
 			continue
 		}
-		n := len(r.Payload) + len(r.PayloadBase64)
-		if len(sent) == maxBulkItems || len(sent) > 0 && size+n > bulkPayloadBudget {
-			send()
+		if !body.fits(item) {
+			c.createBulk(ctx, &body, out)
 		}
-		req.Executions = append(req.Executions, r)
-		sent = append(sent, i)
-		size += n
+		body.add(i, item)
 	}
-	send()
+	c.createBulk(ctx, &body, out)
 	return out
 }
 
-// A bulk create is sent in requests of at most maxBulkItems items (the server's limit)
-// whose payloads weigh at most bulkPayloadBudget together, half the server's default body
-// limit, so that the rest of the items fits beside them; an item heavier than that goes
-// alone.
+// A bulk create is sent in requests of at most maxBulkItems items whose body weighs at
+// most maxBulkBody bytes, the server's default limit.
 const (
-	maxBulkItems      = 1000
-	bulkPayloadBudget = ffserver.DefaultLargeBodyBytes / 2
+	maxBulkItems = 1000
+	maxBulkBody  = ffserver.DefaultLargeBodyBytes
 )
+
+// The frame of a bulk create's body (a BulkCreateRequest) around its items.
+const (
+	bulkOpen  = `{"executions":[`
+	bulkClose = `]}`
+)
+
+// bulkBody is the body of a bulk create being filled: its items, each encoded once, and
+// the index among the caller's items of each.
+type bulkBody struct {
+	buf   bytes.Buffer
+	items []int
+}
+
+// fits reports whether item may join the body: an empty body takes any item.
+func (b *bulkBody) fits(item []byte) bool {
+	return len(b.items) == 0 ||
+		len(b.items) < maxBulkItems && b.buf.Len()+len(",")+len(item)+len(bulkClose) <= maxBulkBody
+}
+
+// add appends item, the caller's item i.
+func (b *bulkBody) add(i int, item []byte) {
+	if len(b.items) == 0 {
+		b.buf.WriteString(bulkOpen)
+	} else {
+		b.buf.WriteByte(',')
+	}
+	b.buf.Write(item)
+	b.items = append(b.items, i)
+}
+
+// encodeItem returns p as an item of a bulk create's body.
+func encodeItem(p fftype.CreateParams) ([]byte, error) {
+	r, err := toRequest(p)
+	if err != nil {
+		return nil, err
+	}
+	var b bytes.Buffer
+	if err := ffserver.NewJSONEncoder(&b).Encode(r); err != nil {
+		return nil, fftype.Validationf(fftype.CodeInvalidInput, "ffclient: encoding the request: %v", err)
+	}
+	return bytes.TrimSuffix(b.Bytes(), []byte("\n")), nil
+}
+
+// createBulk sends body, if it holds any item, sets the results of its items in out, and
+// empties it.
+func (c *Client) createBulk(ctx context.Context, body *bulkBody, out []fftype.BulkCreateResult) {
+	if len(body.items) == 0 {
+		return
+	}
+	body.buf.WriteString(bulkClose)
+	var resp ffserver.BulkCreateResponse
+	err := c.request(ctx, "POST", "/v1/executions/bulk", encodedJSON(body.buf.Bytes()), &resp)
+	for j, i := range body.items {
+		switch {
+		case err != nil:
+			out[i].Err = err
+		case j >= len(resp.Results):
+			out[i].Err = &fftype.Error{Kind: fftype.KindUnavailable, Code: "bad_response", Message: "the server answered fewer results than items"}
+		case resp.Results[j].Error != nil:
+			out[i].Err = fromBody(resp.Results[j].Error)
+		default:
+			out[i].Result = resp.Results[j].Result
+		}
+	}
+	*body = bulkBody{}
+}
 
 func fromBody(e *ffserver.ErrorBody) error {
 	return &fftype.Error{Kind: fftype.Kind(e.Kind), Code: e.Code, Message: e.Error, Retryable: e.Retryable}

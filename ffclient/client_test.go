@@ -3,6 +3,7 @@ package ffclient_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -437,6 +438,45 @@ func TestCreateManyHeavierThanOneBody(t *testing.T) {
 	for i, r := range c.CreateMany(t.Context(), ps) {
 		require.NoError(t, r.Err, "item %d", i)
 	}
+}
+
+// TestCreateManyHeavyTags: a bulk request is bounded by what its items weigh whole, not
+// by their payloads alone: 500 items with the most tags the engine takes (64 keys of 128
+// bytes, values of 1 KiB: 74 KB each) and no payload weigh 37 MB together, over one body's
+// limit, and are all created, as in process.
+func TestCreateManyHeavyTags(t *testing.T) {
+	t.Parallel()
+	c, _ := setup(t, "")
+	tags := map[string]string{}
+	for i := range fftype.MaxTags {
+		k := fmt.Sprintf("k%03d", i) + strings.Repeat("x", fftype.MaxTagKeyBytes-4)
+		tags[k] = strings.Repeat("v", fftype.MaxTagValueBytes)
+	}
+	ps := make([]fftype.CreateParams, 500)
+	for i := range ps {
+		ps[i] = fftype.CreateParams{Lane: "l", Kind: "k", Tags: tags}
+	}
+	for i, r := range c.CreateMany(t.Context(), ps) {
+		require.NoError(t, r.Err, "item %d", i)
+	}
+}
+
+// TestCreateManyItemOverABodyFailsAlone: an item heavier than a whole body goes in a
+// request of its own, so that the server's refusal (413) is its error alone; the items
+// beside it are created.
+func TestCreateManyItemOverABodyFailsAlone(t *testing.T) {
+	t.Parallel()
+	c, _ := setup(t, "")
+	huge := make([]byte, 25<<20) // 33 MiB once in base64
+	ps := []fftype.CreateParams{
+		{Lane: "l", Kind: "k", Payload: []byte(`{"n":1}`)},
+		{Lane: "l", Kind: "k", Payload: huge, Encoding: fftype.EncodingBinary},
+		{Lane: "l", Kind: "k", Payload: []byte(`{"n":2}`)},
+	}
+	res := c.CreateMany(t.Context(), ps)
+	require.NoError(t, res[0].Err)
+	require.ErrorIs(t, res[1].Err, fftype.ErrTooLarge)
+	require.NoError(t, res[2].Err)
 }
 
 // TestCreateManyHTMLPayloadsFitOneBody: JSON payloads go over the wire as they are, with
