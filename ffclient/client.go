@@ -36,6 +36,7 @@ type Config struct {
 	Token string
 	// HTTPClient makes the requests. Nil means a client with no overall timeout (claims
 	// long-poll and event streams stay open); bound calls with their context or Timeout.
+	// The Client uses a copy that follows no redirect: a redirect fails the call.
 	HTTPClient *http.Client
 	// Timeout bounds how long a call waits for the server's answer to begin: to connect,
 	// send, and get the answer's headers; a claim that long-polls gets its wait on top.
@@ -67,7 +68,7 @@ func New(baseURL string, cfg *Config) (*Client, error) {
 		// Paths are appended to the base: a query or fragment would swallow them.
 		return nil, fftype.Validationf(fftype.CodeInvalidInput, "ffclient: the server URL must not carry a query, a fragment or credentials")
 	}
-	c := &Client{base: strings.TrimRight(baseURL, "/"), http: http.DefaultClient}
+	c := &Client{base: strings.TrimRight(baseURL, "/"), http: noRedirects(http.DefaultClient)}
 	if cfg != nil {
 		if t := cfg.Token; strings.TrimSpace(t) != t || strings.ContainsFunc(t, unicode.IsControl) {
 			// It could not go in a header: every call would fail as if the server were down.
@@ -75,7 +76,7 @@ func New(baseURL string, cfg *Config) (*Client, error) {
 		}
 		c.token = cfg.Token
 		if cfg.HTTPClient != nil {
-			c.http = cfg.HTTPClient
+			c.http = noRedirects(cfg.HTTPClient)
 		}
 		if cfg.Timeout < 0 {
 			return nil, fftype.Validationf(fftype.CodeInvalidInput, "ffclient: Timeout must not be negative")
@@ -87,6 +88,16 @@ func New(baseURL string, cfg *Config) (*Client, error) {
 		c.clock = &serverClock{c: c}
 	}
 	return c, nil
+}
+
+// noRedirects returns a copy of hc that follows no redirect, whose answer is then an
+// error like any other that is not a success. The API never redirects; followed, a
+// redirect would resend a POST as a GET without its body, or have a path the server
+// cleaned (of a dot segment) answered by another route, silently.
+func noRedirects(hc *http.Client) *http.Client {
+	cp := *hc
+	cp.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	return &cp
 }
 
 // BaseURL returns the server URL the client calls.
@@ -215,8 +226,12 @@ func (c *Client) send(ctx context.Context, method, path string, in any) (*http.R
 		// status says it may pass.
 		passing := resp.StatusCode >= 500 || resp.StatusCode == http.StatusTooManyRequests ||
 			resp.StatusCode == http.StatusRequestTimeout
+		msg := "the server answered " + resp.Status
+		if loc := resp.Header.Get("Location"); loc != "" {
+			msg += ", a redirect to " + loc + " that the client does not follow"
+		}
 		return nil, &fftype.Error{Kind: fftype.KindUnavailable, Code: "http_" + strconv.Itoa(resp.StatusCode),
-			Message: fmt.Sprintf("the server answered %s", resp.Status), Retryable: passing}
+			Message: msg, Retryable: passing}
 	}
 	return nil, &fftype.Error{Kind: fftype.Kind(eb.Kind), Code: eb.Code, Message: eb.Error, Retryable: eb.Retryable}
 }
@@ -230,8 +245,25 @@ func unreachable(cause error) error {
 		Message: "the server cannot be reached", Retryable: true, Err: cause}
 }
 
-func execPath(id fftype.ExecutionID, suffix string) string {
-	return "/v1/executions/" + url.PathEscape(string(id)) + suffix
+// execPath is the path of the route suffix of execution id ("" for the execution itself).
+// A malformed id is refused here, before any request, with the validation error the engine
+// gives in process: put in the path, "" or a dot segment would name another route. A valid
+// id needs no escaping.
+func execPath(id fftype.ExecutionID, suffix string) (string, error) {
+	if _, err := fftype.ParseExecutionID(string(id)); err != nil {
+		return "", err
+	}
+	return "/v1/executions/" + string(id) + suffix, nil
+}
+
+// onExecution sends a call to the route suffix of execution id (see execPath) and decodes
+// its answer into out, as request does.
+func (c *Client) onExecution(ctx context.Context, method string, id fftype.ExecutionID, suffix string, in, out any) error {
+	path, err := execPath(id, suffix)
+	if err != nil {
+		return err
+	}
+	return c.request(ctx, method, path, in, out)
 }
 
 func toRequest(p fftype.CreateParams) (ffserver.CreateRequest, error) {
@@ -468,7 +500,7 @@ func fromLeaseView(v *ffserver.LeaseView) (*fftype.Lease, error) {
 // IssueGrant reserves an execution for one worker.
 func (c *Client) IssueGrant(ctx context.Context, id fftype.ExecutionID, kind fftype.GrantKind, p fftype.GrantParams) (*fftype.GrantRef, error) {
 	var out fftype.GrantRef
-	err := c.request(ctx, "POST", execPath(id, "/grants"), ffserver.GrantRequest{Kind: kind, WorkerID: p.WorkerID,
+	err := c.onExecution(ctx, "POST", id, "/grants", ffserver.GrantRequest{Kind: kind, WorkerID: p.WorkerID,
 		Capabilities: p.Capabilities, TTLMS: millis(p.TTL.D())}, &out)
 	if err != nil {
 		return nil, err
@@ -498,13 +530,13 @@ func (c *Client) ClaimGrant(ctx context.Context, p fftype.GrantClaimParams) (*ff
 // Renew extends a lease and returns the new expiry.
 func (c *Client) Renew(ctx context.Context, id fftype.ExecutionID, f fftype.Fence, ttl time.Duration) (time.Time, error) {
 	var out ffserver.RenewResponse
-	err := c.request(ctx, "POST", execPath(id, "/renew"), ffserver.RenewRequest{Fence: f, LeaseTTLMS: millis(ttl)}, &out)
+	err := c.onExecution(ctx, "POST", id, "/renew", ffserver.RenewRequest{Fence: f, LeaseTTLMS: millis(ttl)}, &out)
 	return out.ExpiresAt, err
 }
 
 // Progress reports the running attempt's progress.
 func (c *Client) Progress(ctx context.Context, id fftype.ExecutionID, f fftype.Fence, percent int, message string) error {
-	return c.request(ctx, "POST", execPath(id, "/progress"), ffserver.ProgressRequest{Fence: f, Percent: percent, Message: message}, nil)
+	return c.onExecution(ctx, "POST", id, "/progress", ffserver.ProgressRequest{Fence: f, Percent: percent, Message: message}, nil)
 }
 
 // Complete completes an execution with result. As in process, a result that is not valid
@@ -516,7 +548,7 @@ func (c *Client) Complete(ctx context.Context, id fftype.ExecutionID, f fftype.F
 	if req.Result, req.ResultBase64, err = wirePayload("result", result, enc); err != nil {
 		return err
 	}
-	return c.request(ctx, "POST", execPath(id, "/complete"), req, nil)
+	return c.onExecution(ctx, "POST", id, "/complete", req, nil)
 }
 
 // wirePayload gives bytes their wire form: JSON as it is, or base64 for the binary
@@ -533,43 +565,43 @@ func wirePayload(field string, b []byte, enc fftype.PayloadEncoding) (json.RawMe
 // Fail fails the current attempt.
 func (c *Client) Fail(ctx context.Context, id fftype.ExecutionID, f fftype.Fence, p fftype.FailParams) (fftype.FailOutcome, error) {
 	var out fftype.FailOutcome
-	err := c.request(ctx, "POST", execPath(id, "/fail"), ffserver.FailRequest{Fence: f, Reason: p.Reason, Category: p.Category, NoRetry: p.NoRetry}, &out)
+	err := c.onExecution(ctx, "POST", id, "/fail", ffserver.FailRequest{Fence: f, Reason: p.Reason, Category: p.Category, NoRetry: p.NoRetry}, &out)
 	return out, err
 }
 
 // Cancel cancels an execution, as its lease holder when p.Fence is set.
 func (c *Client) Cancel(ctx context.Context, id fftype.ExecutionID, p fftype.CancelParams) error {
-	return c.request(ctx, "POST", execPath(id, "/cancel"), ffserver.CancelRequest{Reason: p.Reason, Fence: p.Fence}, nil)
+	return c.onExecution(ctx, "POST", id, "/cancel", ffserver.CancelRequest{Reason: p.Reason, Fence: p.Fence}, nil)
 }
 
 // Delay pauses the running attempt for d.
 func (c *Client) Delay(ctx context.Context, id fftype.ExecutionID, f fftype.Fence, d time.Duration) error {
-	return c.request(ctx, "POST", execPath(id, "/delay"), ffserver.DelayRequest{Fence: f, DelayMS: millis(d)}, nil)
+	return c.onExecution(ctx, "POST", id, "/delay", ffserver.DelayRequest{Fence: f, DelayMS: millis(d)}, nil)
 }
 
 // Release gives a lease back.
 func (c *Client) Release(ctx context.Context, id fftype.ExecutionID, f fftype.Fence) error {
-	return c.request(ctx, "POST", execPath(id, "/release"), ffserver.FenceRequest{Fence: f}, nil)
+	return c.onExecution(ctx, "POST", id, "/release", ffserver.FenceRequest{Fence: f}, nil)
 }
 
 // Revoke takes a lease away from its holder.
 func (c *Client) Revoke(ctx context.Context, id fftype.ExecutionID, reason string) error {
-	return c.request(ctx, "POST", execPath(id, "/revoke-lease"), ffserver.ReasonRequest{Reason: reason}, nil)
+	return c.onExecution(ctx, "POST", id, "/revoke-lease", ffserver.ReasonRequest{Reason: reason}, nil)
 }
 
 // ChangePriority sets an execution's priority.
 func (c *Client) ChangePriority(ctx context.Context, id fftype.ExecutionID, priority int) error {
-	return c.request(ctx, "PUT", execPath(id, "/priority"), ffserver.PriorityRequest{Priority: priority}, nil)
+	return c.onExecution(ctx, "PUT", id, "/priority", ffserver.PriorityRequest{Priority: priority}, nil)
 }
 
 // SetTags merges tags into an execution's tags.
 func (c *Client) SetTags(ctx context.Context, id fftype.ExecutionID, tags map[string]string) error {
-	return c.request(ctx, "POST", execPath(id, "/tags"), ffserver.TagsRequest{Tags: tags}, nil)
+	return c.onExecution(ctx, "POST", id, "/tags", ffserver.TagsRequest{Tags: tags}, nil)
 }
 
 // Replay replays a finished execution.
 func (c *Client) Replay(ctx context.Context, id fftype.ExecutionID) error {
-	return c.request(ctx, "POST", execPath(id, "/replay"), nil, nil)
+	return c.onExecution(ctx, "POST", id, "/replay", nil, nil)
 }
 
 // ReplayMany replays many failed executions; one error (or nil) per id. It sends them in
@@ -615,7 +647,7 @@ func (c *Client) Lane(ctx context.Context, lane string) (fftype.LaneInfo, error)
 // Get describes an execution.
 func (c *Client) Get(ctx context.Context, id fftype.ExecutionID) (*fftype.Execution, error) {
 	var out fftype.Execution
-	if err := c.request(ctx, "GET", execPath(id, ""), nil, &out); err != nil {
+	if err := c.onExecution(ctx, "GET", id, "", nil, &out); err != nil {
 		return nil, err
 	}
 	return &out, nil
@@ -659,7 +691,7 @@ func (c *Client) DeadLetter(ctx context.Context, p fftype.ListParams) (*fftype.L
 // Attempts returns an execution's attempts.
 func (c *Client) Attempts(ctx context.Context, id fftype.ExecutionID) ([]*fftype.Attempt, error) {
 	var out ffserver.AttemptsResponse
-	err := c.request(ctx, "GET", execPath(id, "/attempts"), nil, &out)
+	err := c.onExecution(ctx, "GET", id, "/attempts", nil, &out)
 	return out.Attempts, err
 }
 
@@ -672,17 +704,22 @@ func (c *Client) Result(ctx context.Context, id fftype.ExecutionID) ([]byte, err
 // ResultWithEncoding is [Client.Result] with the result's encoding: binary for a result
 // completed as binary, JSON otherwise.
 func (c *Client) ResultWithEncoding(ctx context.Context, id fftype.ExecutionID) ([]byte, fftype.PayloadEncoding, error) {
-	return c.raw(ctx, execPath(id, "/result"))
+	return c.raw(ctx, id, "/result")
 }
 
 // Payload returns an execution's input payload bytes.
 func (c *Client) Payload(ctx context.Context, id fftype.ExecutionID) ([]byte, error) {
-	b, _, err := c.raw(ctx, execPath(id, "/payload"))
+	b, _, err := c.raw(ctx, id, "/payload")
 	return b, err
 }
 
-// raw gets stored bytes and their encoding, which the server answers as the content type.
-func (c *Client) raw(ctx context.Context, path string) ([]byte, fftype.PayloadEncoding, error) {
+// raw gets the stored bytes of the route suffix of execution id, and their encoding, which
+// the server answers as the content type.
+func (c *Client) raw(ctx context.Context, id fftype.ExecutionID, suffix string) ([]byte, fftype.PayloadEncoding, error) {
+	path, err := execPath(id, suffix)
+	if err != nil {
+		return nil, "", err
+	}
 	resp, err := c.send(ctx, "GET", path, nil)
 	if err != nil {
 		return nil, "", err

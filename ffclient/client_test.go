@@ -390,6 +390,71 @@ func TestJSONErrorThatIsNotTheAPIs(t *testing.T) {
 	require.True(t, fftype.IsRetryable(err))
 }
 
+// TestMalformedIDsAreRefusedAsInProcess: an execution id that is not one is refused by
+// every call that puts it in a path, before any request, with the validation error the
+// engine gives in process; as it is in a path, "" or a dot segment would name another
+// route ("." the listing, which answered an empty execution).
+func TestMalformedIDsAreRefusedAsInProcess(t *testing.T) {
+	t.Parallel()
+	c, local := setup(t, "")
+	ctx := t.Context()
+	var f fftype.Fence
+	calls := map[string]func(id fftype.ExecutionID) error{
+		"Get":      func(id fftype.ExecutionID) error { _, err := c.Get(ctx, id); return err },
+		"Attempts": func(id fftype.ExecutionID) error { _, err := c.Attempts(ctx, id); return err },
+		"Result":   func(id fftype.ExecutionID) error { _, err := c.Result(ctx, id); return err },
+		"Payload":  func(id fftype.ExecutionID) error { _, err := c.Payload(ctx, id); return err },
+		"IssueGrant": func(id fftype.ExecutionID) error {
+			_, err := c.IssueGrant(ctx, id, fftype.GrantClaim, fftype.GrantParams{WorkerID: "w"})
+			return err
+		},
+		"Renew":          func(id fftype.ExecutionID) error { _, err := c.Renew(ctx, id, f, 0); return err },
+		"Progress":       func(id fftype.ExecutionID) error { return c.Progress(ctx, id, f, 1, "") },
+		"Complete":       func(id fftype.ExecutionID) error { return c.Complete(ctx, id, f, nil, "") },
+		"Fail":           func(id fftype.ExecutionID) error { _, err := c.Fail(ctx, id, f, fftype.FailParams{}); return err },
+		"Cancel":         func(id fftype.ExecutionID) error { return c.Cancel(ctx, id, fftype.CancelParams{Reason: "r"}) },
+		"Delay":          func(id fftype.ExecutionID) error { return c.Delay(ctx, id, f, time.Second) },
+		"Release":        func(id fftype.ExecutionID) error { return c.Release(ctx, id, f) },
+		"Revoke":         func(id fftype.ExecutionID) error { return c.Revoke(ctx, id, "r") },
+		"ChangePriority": func(id fftype.ExecutionID) error { return c.ChangePriority(ctx, id, 1) },
+		"SetTags":        func(id fftype.ExecutionID) error { return c.SetTags(ctx, id, map[string]string{"a": "b"}) },
+		"Replay":         func(id fftype.ExecutionID) error { return c.Replay(ctx, id) },
+	}
+	for _, id := range []fftype.ExecutionID{"", ".", "..", "x", "s0_..", "../v1/lanes/x"} {
+		_, want := local.Get(ctx, id)
+		require.ErrorIs(t, want, fftype.ErrValidation, "in process %q", id)
+		for name, call := range calls {
+			require.Equal(t, want, call(id), "%s(%q)", name, id)
+		}
+	}
+}
+
+// TestRedirectsAreNotFollowed: a redirect is answered as an error, not by where it points:
+// followed, a POST would arrive there as a GET without its body, and a path the server
+// cleaned (of a dot segment) would be answered by another route. A caller's HTTPClient is
+// left as it is.
+func TestRedirectsAreNotFollowed(t *testing.T) {
+	t.Parallel()
+	mux := http.NewServeMux()
+	mux.HandleFunc("/elsewhere", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"ok":true}`)
+	})
+	mux.Handle("/v1/", http.RedirectHandler("/elsewhere", http.StatusPermanentRedirect))
+	hs := httptest.NewServer(mux)
+	defer hs.Close()
+	hc := &http.Client{}
+	for _, cfg := range []*ffclient.Config{nil, {HTTPClient: hc}} {
+		c, err := ffclient.New(hs.URL, cfg)
+		require.NoError(t, err)
+		err = c.Cancel(t.Context(), "s0_0190a7b2-1c3d-7e4f-8a9b-0c1d2e3f4a5b", fftype.CancelParams{})
+		require.ErrorIs(t, err, fftype.ErrUnavailable)
+		require.False(t, fftype.IsRetryable(err))
+		require.ErrorContains(t, err, "308")
+	}
+	require.Nil(t, hc.CheckRedirect)
+}
+
 // TestReplayManyOverAThousand: more ids than one request takes get one answer each.
 func TestReplayManyOverAThousand(t *testing.T) {
 	t.Parallel()
