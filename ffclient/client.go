@@ -385,8 +385,16 @@ func (c *Client) createBulk(ctx context.Context, body *bulkBody, out []fftype.Bu
 	*body = bulkBody{}
 }
 
+// fromBody is the error an error body of the API states: one item's of a bulk call, or an
+// event stream's. A kind the client does not know (an older server's "internal", a newer
+// server's new kind) is unavailable, as send takes a whole answer with one: never a kind
+// a caller could take for the execution's state.
 func fromBody(e *ffserver.ErrorBody) error {
-	return &fftype.Error{Kind: fftype.Kind(e.Kind), Code: e.Code, Message: e.Error, Retryable: e.Retryable}
+	kind := fftype.Kind(e.Kind)
+	if !kind.Known() {
+		kind = fftype.KindUnavailable
+	}
+	return &fftype.Error{Kind: kind, Code: e.Code, Message: e.Error, Retryable: e.Retryable}
 }
 
 // Claim claims leases for a worker; nothing eligible is an empty slice.

@@ -17,6 +17,7 @@ import (
 	"github.com/flowfabric/flowfabric"
 	"github.com/flowfabric/flowfabric/ffclient"
 	"github.com/flowfabric/flowfabric/ffserver"
+	"github.com/flowfabric/flowfabric/ffstore"
 	"github.com/flowfabric/flowfabric/ffstore/ffmem"
 	"github.com/flowfabric/flowfabric/fftype"
 )
@@ -453,6 +454,50 @@ func TestRedirectsAreNotFollowed(t *testing.T) {
 		require.ErrorContains(t, err, "308")
 	}
 	require.Nil(t, hc.CheckRedirect)
+}
+
+// failingStore fails every write with an error that is not an *fftype.Error, as a store's
+// bug or a corrupt record would.
+type failingStore struct{ ffstore.Store }
+
+func (failingStore) Update(context.Context, int, func(ffstore.Tx) error) error {
+	return errors.New("disk on fire")
+}
+
+// TestInternalErrorAlikeWholeOrPerItem: the server's internal error is the same error,
+// of a kind fftype knows, whether it failed a whole call or one item of a bulk create.
+func TestInternalErrorAlikeWholeOrPerItem(t *testing.T) {
+	t.Parallel()
+	local, err := flowfabric.NewClient(failingStore{ffmem.New(nil)}, nil)
+	require.NoError(t, err)
+	srv, err := ffserver.New(local, ffserver.Config{})
+	require.NoError(t, err)
+	hs := httptest.NewServer(srv)
+	defer hs.Close()
+	c, err := ffclient.New(hs.URL, nil)
+	require.NoError(t, err)
+	_, whole := c.Create(t.Context(), fftype.CreateParams{Lane: "l", Kind: "k"})
+	require.ErrorIs(t, whole, fftype.ErrUnavailable)
+	require.True(t, fftype.IsRetryable(whole))
+	item := c.CreateMany(t.Context(), []fftype.CreateParams{{Lane: "l", Kind: "k"}})[0].Err
+	require.Equal(t, whole, item)
+}
+
+// TestItemErrorOfAKindNotKnown: an item's error of a kind the client does not know (an
+// older server's "internal", a newer one's new kind) is unavailable, as a whole answer's
+// is, never a kind a caller could take for the execution's state.
+func TestItemErrorOfAKindNotKnown(t *testing.T) {
+	t.Parallel()
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"results":[{"error":{"error":"internal error","code":"internal","kind":"internal","retryable":true}}]}`)
+	}))
+	defer hs.Close()
+	c, err := ffclient.New(hs.URL, nil)
+	require.NoError(t, err)
+	err = c.CreateMany(t.Context(), []fftype.CreateParams{{Lane: "l", Kind: "k"}})[0].Err
+	require.ErrorIs(t, err, fftype.ErrUnavailable)
+	require.True(t, fftype.IsRetryable(err))
 }
 
 // TestReplayManyOverAThousand: more ids than one request takes get one answer each.

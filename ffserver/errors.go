@@ -34,16 +34,22 @@ var statusOfKind = map[fftype.Kind]int{ //nolint:gochecknoglobals // a constant 
 	fftype.KindUnavailable:     http.StatusServiceUnavailable,
 }
 
-// ErrorBody is the JSON body of every error response.
+// ErrorBody is the JSON body of every error response, and an item's error in a bulk call.
 type ErrorBody struct {
-	Error     string `json:"error"`
-	Code      string `json:"code"`
+	Error string `json:"error"`
+	Code  string `json:"code"`
+	// Kind is one of fftype.Kinds, even for an internal error (see errorBody).
 	Kind      string `json:"kind"`
 	Retryable bool   `json:"retryable"`
 }
 
-// codeTimeout is the code of a request that ran out of time.
-const codeTimeout = "timeout"
+// The codes of errors the server states of its own.
+const (
+	// codeTimeout is the code of a request that ran out of time.
+	codeTimeout = "timeout"
+	// codeInternal is the code of an internal error.
+	codeInternal = "internal"
+)
 
 // apiError returns err as the API states it: an *fftype.Error as it is, the end of the
 // request's context (its timeout, or its client gone) as a retryable unavailable error,
@@ -89,11 +95,13 @@ func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err er
 
 // errorBody is how the API states err, in an answer or in one item's result of a bulk
 // call: an error the API knows by its public message (its code when it has none), and
-// anything else as an internal error that reveals nothing.
+// anything else as an internal error that reveals nothing: kind unavailable, as clients
+// take a 500 without a kind they know, code internal, worth a retry. Whole or per item,
+// an internal error reads the same.
 func errorBody(err error) *ErrorBody {
 	fe := apiError(err)
 	if fe == nil {
-		return &ErrorBody{Error: "internal error", Code: "internal", Kind: "internal", Retryable: true}
+		return &ErrorBody{Error: "internal error", Code: codeInternal, Kind: string(fftype.KindUnavailable), Retryable: true}
 	}
 	msg := fe.Message
 	if msg == "" {

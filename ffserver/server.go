@@ -6,9 +6,10 @@
 //
 // Errors are JSON bodies {"error", "code", "kind", "retryable"} with the status of their
 // kind, from one table: not_found 404, validation 400, conflict/state/contention 409,
-// limited 429, too_large 413, unauthenticated 401, unavailable 503; the one exception is
-// a wrong method, 405 method_not_allowed (kind validation) with an Allow header. A
-// caller's mistake is never a 500.
+// limited 429, too_large 413, unauthenticated 401, unavailable 503; the exceptions are a
+// wrong method, 405 method_not_allowed (kind validation) with an Allow header, and an
+// internal error, 500 internal (kind unavailable, retryable), which reveals nothing and
+// reads the same as an item's error in a bulk call. A caller's mistake is never a 500.
 //
 // Authentication is a bearer token compared in constant time; /healthz and /readyz stay
 // open.

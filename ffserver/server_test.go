@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"io"
 	"math"
 	"net/http"
@@ -800,6 +801,34 @@ func TestFilteredStreamResumesAfterRetention(t *testing.T) {
 	again := open(last)
 	defer again.Body.Close()
 	require.Equal(t, 200, again.StatusCode, "a resume that missed no matching event")
+}
+
+// failingStore fails every write with an error that is not an *fftype.Error, as a store's
+// bug or a corrupt record would.
+type failingStore struct{ ffstore.Store }
+
+func (failingStore) Update(context.Context, int, func(ffstore.Tx) error) error {
+	return errors.New("disk on fire")
+}
+
+// TestInternalErrorIsStatedAlikeWholeOrPerItem: an internal error has the same body
+// whether it fails a whole request (a 500) or one item of a bulk create or a dead-letter
+// replay: a kind a client knows, and nothing of its cause.
+func TestInternalErrorIsStatedAlikeWholeOrPerItem(t *testing.T) {
+	t.Parallel()
+	b := setupOn(t, ffserver.Config{}, failingStore{ffmem.New(nil)}, nil)
+	status, raw := b.do("POST", "/v1/executions", map[string]any{"lane": "l", "kind": "k"})
+	require.Equal(t, http.StatusInternalServerError, status, "%s", raw)
+	var whole ffserver.ErrorBody
+	require.NoError(t, json.Unmarshal(raw, &whole))
+	require.True(t, fftype.Kind(whole.Kind).Known(), "kind %q", whole.Kind)
+	require.NotContains(t, whole.Error, "disk")
+	var bulk ffserver.BulkCreateResponse
+	b.call("POST", "/v1/executions/bulk", map[string]any{"executions": []any{map[string]any{"lane": "l", "kind": "k"}}}, 200, &bulk)
+	require.Equal(t, whole, *bulk.Results[0].Error, "a bulk create's item")
+	var replay ffserver.ReplayManyResponse
+	b.call("POST", "/v1/dead-letter/replay", map[string]any{"ids": []fftype.ExecutionID{fftype.NewExecutionID(0)}}, 200, &replay)
+	require.Equal(t, whole, *replay.Results[0].Error, "a dead-letter replay's item")
 }
 
 func TestDeadLetterAndReplay(t *testing.T) {
