@@ -703,7 +703,8 @@ func (c *Client) Attempts(ctx context.Context, id fftype.ExecutionID) ([]*fftype
 	return out.Attempts, err
 }
 
-// Result returns a completed execution's result bytes.
+// Result returns a completed execution's result bytes: nil if it completed with none, the
+// bytes "null" if with the JSON value null.
 func (c *Client) Result(ctx context.Context, id fftype.ExecutionID) ([]byte, error) {
 	b, _, err := c.ResultWithEncoding(ctx, id)
 	return b, err
@@ -715,14 +716,15 @@ func (c *Client) ResultWithEncoding(ctx context.Context, id fftype.ExecutionID) 
 	return c.raw(ctx, id, "/result")
 }
 
-// Payload returns an execution's input payload bytes.
+// Payload returns an execution's input payload bytes: nil if it was created with none,
+// the bytes "null" if with the JSON value null.
 func (c *Client) Payload(ctx context.Context, id fftype.ExecutionID) ([]byte, error) {
 	b, _, err := c.raw(ctx, id, "/payload")
 	return b, err
 }
 
 // raw gets the stored bytes of the route suffix of execution id, and their encoding, which
-// the server answers as the content type.
+// the server answers as the content type; no content (204) is no bytes.
 func (c *Client) raw(ctx context.Context, id fftype.ExecutionID, suffix string) ([]byte, fftype.PayloadEncoding, error) {
 	path, err := execPath(id, suffix)
 	if err != nil {
@@ -733,17 +735,15 @@ func (c *Client) raw(ctx context.Context, id fftype.ExecutionID, suffix string) 
 		return nil, "", err
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusNoContent {
+		return nil, fftype.EncodingJSON, nil // none were given; a JSON null comes as null
+	}
 	b, err := io.ReadAll(resp.Body)
 	if err != nil {
 		return nil, "", &fftype.Error{Kind: fftype.KindUnavailable, Code: "bad_response", Message: "reading the answer failed", Retryable: true, Err: err}
 	}
-	switch resp.Header.Get("Content-Type") {
-	case "application/octet-stream":
+	if resp.Header.Get("Content-Type") == "application/octet-stream" {
 		return b, fftype.EncodingBinary, nil
-	case "application/json":
-		if string(b) == "null" {
-			return nil, fftype.EncodingJSON, nil
-		}
 	}
 	return b, fftype.EncodingJSON, nil
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -498,6 +499,35 @@ func TestItemErrorOfAKindNotKnown(t *testing.T) {
 	err = c.CreateMany(t.Context(), []fftype.CreateParams{{Lane: "l", Kind: "k"}})[0].Err
 	require.ErrorIs(t, err, fftype.ErrUnavailable)
 	require.True(t, fftype.IsRetryable(err))
+}
+
+// TestNullIsNotNothing: a payload or result that is the JSON value null reads back as the
+// bytes "null", and one that is nothing as nothing, as in process.
+func TestNullIsNotNothing(t *testing.T) {
+	t.Parallel()
+	c, local := setup(t, "")
+	ctx := t.Context()
+	for i, stored := range [][]byte{[]byte("null"), nil} {
+		lane := "l" + strconv.Itoa(i)
+		res, err := c.Create(ctx, fftype.CreateParams{Lane: lane, Kind: "k", Payload: stored})
+		require.NoError(t, err)
+		ls, err := c.Claim(ctx, fftype.ClaimParams{WorkerID: "w", WorkerInstanceID: "w1", Lanes: []string{lane}})
+		require.NoError(t, err)
+		require.Len(t, ls, 1)
+		require.Equal(t, string(stored), string(ls[0].Payload), "the lease's payload")
+		require.NoError(t, c.Complete(ctx, res.ID, ls[0].Fence, stored, fftype.EncodingJSON))
+
+		want, err := local.Payload(ctx, res.ID)
+		require.NoError(t, err)
+		require.Equal(t, string(stored), string(want), "in process")
+		payload, err := c.Payload(ctx, res.ID)
+		require.NoError(t, err)
+		require.Equal(t, string(stored), string(payload), "the payload")
+		result, enc, err := c.ResultWithEncoding(ctx, res.ID)
+		require.NoError(t, err)
+		require.Equal(t, string(stored), string(result), "the result")
+		require.Equal(t, fftype.EncodingJSON, enc)
+	}
 }
 
 // TestReplayManyOverAThousand: more ids than one request takes get one answer each.

@@ -108,6 +108,12 @@ const eventsDoc = "Server-sent events. Each event's `id` is the cursor that resu
 	"one, once every matching event so far was sent, an `id` alone may move the position past the events the " +
 	"filter skipped, so that a client resumes from there rather than from events retention has since deleted."
 
+// noBytes is the answer of the route of an execution's stored bytes, what, when there are
+// none (see writeBytes).
+func noBytes(what string) answer {
+	return answer{http.StatusNoContent, "the execution has no " + what + ": none was given (a JSON null is answered as null, 200)", nil}
+}
+
 // answer is a status a route answers with besides its success status and its errors.
 type answer struct {
 	status  int
@@ -162,8 +168,10 @@ func apiRoutes() []route {
 		{method: "GET", path: "/v1/executions", summary: "List executions, oldest first, filtered and paged by cursor", auth: true, params: query("namespace", "lane", "state", "kind", "cursor", "limit"), status: 200, respond: fftype.ListPage{}, fails: failsQuery, handle: (*Server).list},
 		{method: "GET", path: "/v1/executions/{id}", summary: "Describe an execution", auth: true, status: 200, respond: fftype.Execution{}, fails: failsRead, handle: (*Server).get},
 		{method: "GET", path: "/v1/executions/{id}/state", summary: "An execution's public state", auth: true, status: 200, respond: StateResponse{}, fails: failsRead, handle: (*Server).state},
-		{method: "GET", path: "/v1/executions/{id}/result", summary: "A completed execution's result: JSON as stored, or binary as application/octet-stream", auth: true, status: 200, media: []string{mediaJSON, mediaBinary}, fails: []int{400, 404, 409, 503}, handle: (*Server).result},
-		{method: "GET", path: "/v1/executions/{id}/payload", summary: "An execution's input payload: JSON as stored, or binary as application/octet-stream", auth: true, status: 200, media: []string{mediaJSON, mediaBinary}, fails: failsRead, handle: (*Server).payload},
+		{method: "GET", path: "/v1/executions/{id}/result", summary: "A completed execution's result: JSON as stored, or binary as application/octet-stream", auth: true, status: 200, media: []string{mediaJSON, mediaBinary},
+			also: []answer{noBytes("result")}, fails: []int{400, 404, 409, 503}, handle: (*Server).result},
+		{method: "GET", path: "/v1/executions/{id}/payload", summary: "An execution's input payload: JSON as stored, or binary as application/octet-stream", auth: true, status: 200, media: []string{mediaJSON, mediaBinary},
+			also: []answer{noBytes("payload")}, fails: failsRead, handle: (*Server).payload},
 		{method: "GET", path: "/v1/executions/{id}/attempts", summary: "An execution's attempts, oldest first", auth: true, status: 200, respond: AttemptsResponse{}, fails: failsRead, handle: (*Server).attempts},
 		{method: "POST", path: "/v1/executions/{id}/tags", summary: "Merge tags into an execution's tags (a tag set to \"\" is removed)", auth: true, request: TagsRequest{}, status: 200, respond: OKResponse{}, fails: failsWrite, handle: (*Server).tags},
 		{method: "POST", path: "/v1/executions/{id}/cancel", summary: "Cancel: by the lease holder with a fence, or by an operator without one", auth: true, request: CancelRequest{}, status: 200, respond: OKResponse{}, fails: failsWrite, handle: (*Server).cancel},
@@ -366,15 +374,18 @@ func (s *Server) state(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// writeBytes answers with stored bytes: JSON as it is, binary as octet-stream.
+// writeBytes answers with stored bytes: JSON as it is, binary as octet-stream. No JSON at
+// all (none was given) is no content, 204: answered as null, it would read as the JSON
+// value null, which is stored as such.
 func writeBytes(w http.ResponseWriter, b []byte, enc fftype.PayloadEncoding) {
-	if enc == fftype.EncodingBinary {
+	switch {
+	case enc == fftype.EncodingBinary:
 		w.Header().Set("Content-Type", mediaBinary)
-	} else {
+	case len(b) == 0:
+		w.WriteHeader(http.StatusNoContent)
+		return
+	default:
 		w.Header().Set("Content-Type", mediaJSON)
-		if len(b) == 0 {
-			b = []byte("null")
-		}
 	}
 	w.WriteHeader(http.StatusOK)
 	_, _ = w.Write(b)

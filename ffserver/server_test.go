@@ -993,6 +993,33 @@ func TestBinaryResultThatReadsAsJSON(t *testing.T) {
 	require.Equal(t, "null", string(body))
 }
 
+// TestNullIsNotNothing: a payload or result that is the JSON value null is answered as
+// null (200), one that is nothing with no content (204), so that a reader tells them apart.
+func TestNullIsNotNothing(t *testing.T) {
+	t.Parallel()
+	b := setup(t, ffserver.Config{})
+	for _, tc := range []struct {
+		stored []byte
+		status int
+	}{{[]byte("null"), http.StatusOK}, {nil, http.StatusNoContent}} {
+		l := b.claimOne(fftype.CreateParams{Lane: "l" + strconv.Itoa(tc.status), Kind: "k", Payload: tc.stored})
+		id := string(l.ExecutionID)
+		complete := map[string]any{"fence": l.Fence}
+		if tc.stored != nil {
+			complete["result"] = json.RawMessage(tc.stored)
+		}
+		b.call("POST", "/v1/executions/"+id+"/complete", complete, 200, nil)
+		for _, route := range []string{"/payload", "/result"} {
+			status, h, raw := b.send("GET", "/v1/executions/"+id+route, nil)
+			require.Equal(t, tc.status, status, "%s of %q", route, tc.stored)
+			require.Equal(t, string(tc.stored), string(raw), "%s of %q", route, tc.stored)
+			if status == http.StatusOK {
+				require.Equal(t, "application/json", h.Get("Content-Type"))
+			}
+		}
+	}
+}
+
 // TestSetTagsAtTheLimits: the largest change of tags the engine takes (64 tags of 1 KiB)
 // fits an HTTP body too.
 func TestSetTagsAtTheLimits(t *testing.T) {
