@@ -7,6 +7,9 @@
 //
 // A *Client is a flowfabric.Backend: flowfabric.NewWorker runs a worker on it, on a machine
 // other than the server's, with the same handlers, runtime and guarantees as in process.
+// One difference: a JSON payload or result travels inside a JSON body, which keeps its
+// value but not its whitespace, so a lease's payload comes compacted, and one this client
+// creates or completes is stored compacted (see package ffserver).
 package ffclient
 
 import (

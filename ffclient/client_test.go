@@ -639,6 +639,32 @@ func TestCreateManyHTMLPayloadsFitOneBody(t *testing.T) {
 	}
 }
 
+// TestJSONPayloadKeepsItsValueNotItsWhitespace pins what the documentation says of JSON
+// in JSON bodies: a payload reaches a remote worker with its value, numbers' digits and
+// keys' order kept, but compacted; one created through ffclient is stored compacted; and
+// GET …/payload answers the bytes as stored.
+func TestJSONPayloadKeepsItsValueNotItsWhitespace(t *testing.T) {
+	t.Parallel()
+	c, local := setup(t, "")
+	ctx := t.Context()
+	const stored, compact = `{"b": [1, 2.50, "<x>"], "a": null}`, `{"b":[1,2.50,"<x>"],"a":null}`
+	res, err := local.Create(ctx, fftype.CreateParams{Lane: "l", Kind: "k", Payload: []byte(stored)})
+	require.NoError(t, err)
+	got, err := c.Payload(ctx, res.ID)
+	require.NoError(t, err)
+	require.Equal(t, stored, string(got), "GET …/payload")
+	ls, err := c.Claim(ctx, fftype.ClaimParams{WorkerID: "w", WorkerInstanceID: "w1", Lanes: []string{"l"}})
+	require.NoError(t, err)
+	require.Len(t, ls, 1)
+	require.Equal(t, compact, string(ls[0].Payload), "a lease")
+
+	res, err = c.Create(ctx, fftype.CreateParams{Lane: "l", Kind: "k", Payload: []byte(stored)})
+	require.NoError(t, err)
+	got, err = local.Payload(ctx, res.ID)
+	require.NoError(t, err)
+	require.Equal(t, compact, string(got), "created through ffclient")
+}
+
 // TestJSONPayloadWithinLimitOverHTTP: a JSON payload under MaxPayloadBytes is accepted
 // over HTTP as in process: the client does not inflate it by escaping before the engine
 // measures it.

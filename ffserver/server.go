@@ -4,6 +4,10 @@
 // any language needs only HTTP and JSON. It is an http.Handler; the caller owns the
 // listener and the http.Server.
 //
+// A JSON payload or result inside a JSON body, a lease's say, keeps its value (numbers
+// their digits, objects their keys' order) but not its whitespace, which is compacted
+// away; GET /v1/executions/{id}/payload and …/result answer the bytes as stored.
+//
 // Errors are JSON bodies {"error", "code", "kind", "retryable"} with the status of their
 // kind, from one table: not_found 404, validation 400, conflict/state/contention 409,
 // limited 429, too_large 413, unauthenticated 401, unavailable 503; the exceptions are a

@@ -9,9 +9,11 @@ import (
 )
 
 // The wire forms of requests and responses. Payloads and results travel as JSON values
-// as they are (payload) or, for binary data, as base64 (payload_base64). A request field
-// tagged required:"true" must be present and not null (see requiredFields); the format
-// tag gives a field's OpenAPI format.
+// as they are (payload) or, for binary data, as base64 (payload_base64). A JSON value
+// keeps its value but not its whitespace: encoding/json compacts a json.RawMessage it
+// writes, so leases carry payloads compacted (GET …/payload answers the stored bytes). A
+// request field tagged required:"true" must be present and not null (see
+// requiredFields); the format tag gives a field's OpenAPI format.
 
 // CreateRequest is the body of POST /v1/executions and one item of a bulk create.
 type CreateRequest struct {
