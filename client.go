@@ -16,7 +16,8 @@ type Config struct {
 	Clock Clock
 	// Logger receives logs. Nil discards them.
 	Logger *slog.Logger
-	// Retention is how long finished executions are kept. 0 means 7 days.
+	// Retention is how long finished executions are kept, counted from each one's end,
+	// also for those that finished before it was changed. 0 means 7 days.
 	Retention time.Duration
 	// MaxPayloadBytes bounds payloads and results. 0 means 16 MiB.
 	MaxPayloadBytes int

@@ -23,7 +23,7 @@ func (e *Engine) operatorUnit(ctx context.Context, id fftype.ExecutionID,
 		if err != nil {
 			return err
 		}
-		return fn(tx, x, e.placementOf(x), e.now())
+		return fn(tx, x, placementOf(x), e.now())
 	})
 	if err == nil {
 		e.notifyTimers()

@@ -363,7 +363,7 @@ func takeFrom[T any](ctx context.Context, e *Engine, c *candidate, base int, alo
 			if err != nil {
 				return err
 			}
-			before := e.placementOf(x)
+			before := placementOf(x)
 			queue := c.queue
 			if _, ok := before.score(queue); !ok {
 				// Perhaps the queue x belongs in, under the inline name it had before long
@@ -573,7 +573,7 @@ func (e *Engine) IssueGrant(ctx context.Context, id fftype.ExecutionID, kind fft
 		if err != nil {
 			return err
 		}
-		expired, err := e.fire(tx, queueDeadline, x, e.placementOf(x), now)
+		expired, err := e.fire(tx, queueDeadline, x, placementOf(x), now)
 		if err != nil {
 			return err
 		}
@@ -583,7 +583,7 @@ func (e *Engine) IssueGrant(ctx context.Context, id fftype.ExecutionID, kind fft
 			return nil
 		}
 		if x.Eligibility == fftype.EligibilityGranted && !now.Before(x.Grant.ExpiresAt) {
-			e.expireGrant(tx, x, e.placementOf(x), now) // its slot is free, swept or not
+			e.expireGrant(tx, x, placementOf(x), now) // its slot is free, swept or not
 		}
 		if x.Eligibility == fftype.EligibilityGranted {
 			return &fftype.Error{Kind: fftype.KindConflict, Code: fftype.CodeGrantAlreadyExists,
@@ -602,7 +602,7 @@ func (e *Engine) IssueGrant(ctx context.Context, id fftype.ExecutionID, kind fft
 		if missing := missingCaps(caps, x.Capabilities); missing != "" {
 			return fftype.Statef(fftype.CodeCapabilityMismatch, "worker lacks required capabilities: %s", missing)
 		}
-		ref = e.reserve(tx, x, e.placementOf(x), kind, p.WorkerID, ttl, now)
+		ref = e.reserve(tx, x, placementOf(x), kind, p.WorkerID, ttl, now)
 		return nil
 	})
 	if err != nil {
@@ -671,7 +671,7 @@ func (e *Engine) ClaimGrant(ctx context.Context, p fftype.GrantClaimParams) (*ff
 		if !now.Before(g.ExpiresAt) {
 			return fftype.Statef(fftype.CodeClaimGrantExpired, "grant %s expired at %s", g.ID, g.ExpiresAt.Format(time.RFC3339Nano))
 		}
-		expired, err := e.fire(tx, queueDeadline, x, e.placementOf(x), now)
+		expired, err := e.fire(tx, queueDeadline, x, placementOf(x), now)
 		if err != nil {
 			return err
 		}
@@ -683,7 +683,7 @@ func (e *Engine) ClaimGrant(ctx context.Context, p fftype.GrantClaimParams) (*ff
 		if err := tx.Prefetch(payloadKey(x.ID)); err != nil {
 			return err
 		}
-		lease, err = e.acquire(tx, x, e.placementOf(x), w, now)
+		lease, err = e.acquire(tx, x, placementOf(x), w, now)
 		return err
 	})
 	if err != nil {

@@ -24,8 +24,9 @@ type Config struct {
 	Clock fftype.Clock
 	// Logger receives the engine's logs. Nil discards them.
 	Logger *slog.Logger
-	// Retention is how long terminal executions are kept before they are deleted.
-	// 0 means 7 days.
+	// Retention is how long terminal executions are kept before they are deleted, counted
+	// from each one's end: a changed Retention applies to those already ended too, and
+	// engines sharing a store with different ones delete at the shortest. 0 means 7 days.
 	Retention time.Duration
 	// MaxPayloadBytes bounds payloads and results. 0 means 16 MiB.
 	MaxPayloadBytes int

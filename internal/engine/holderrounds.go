@@ -129,7 +129,7 @@ func (e *Engine) holderStep(tx ffstore.Tx, c *holderCall) error {
 	if err := checkHolder(x, c.f, now); err != nil {
 		return err
 	}
-	return c.fn(tx, x, e.placementOf(x), now)
+	return c.fn(tx, x, placementOf(x), now)
 }
 
 // serveHolders serves one round of operations on shard. A lone operation runs as it

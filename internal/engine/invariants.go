@@ -34,7 +34,7 @@ func (e *Engine) CheckInvariants(ctx context.Context, id fftype.ExecutionID) err
 				return fmt.Errorf("execution %s: leased but attempt %d is %s with lease %s/%d", id, a.Index, a.Status, a.LeaseID, a.LeaseEpoch)
 			}
 		}
-		want := e.placementOf(x)
+		want := placementOf(x)
 		eligible := eligibleQueue(x.Lane, x.Namespace, x.Capabilities)
 		if err := checkCapsRecord(tx, want, eligible, x.Capabilities); err != nil {
 			return fmt.Errorf("execution %s: %w", id, err)

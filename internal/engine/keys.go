@@ -53,7 +53,7 @@ const (
 	queueAttemptTimeout = "t" + sep + "attempt_timeout" // running attempts with a timeout
 	queueDeadline       = "t" + sep + "deadline"        // non-terminal executions with a deadline
 	queueGrant          = "t" + sep + "grant"           // outstanding grants, by expiry
-	queueRetention      = "t" + sep + "retention"       // terminal executions, by deletion time
+	queueRetention      = "t" + sep + "retention"       // terminal executions, by end time (timerLag)
 	queueIdem           = "t" + sep + "idem"            // idempotency keys, by expiry
 	timerPrefix         = "t" + sep
 	eligiblePrefix      = "e" + sep

@@ -331,7 +331,7 @@ func (e *Engine) Cancel(ctx context.Context, id fftype.ExecutionID, p fftype.Can
 			}
 			return fftype.Statef(fftype.CodeExecutionTerminal, "execution %s already ended as %s", id, x.PublicState())
 		}
-		return apply(tx, x, e.placementOf(x), e.now())
+		return apply(tx, x, placementOf(x), e.now())
 	})
 }
 
@@ -354,7 +354,7 @@ func (e *Engine) Revoke(ctx context.Context, id fftype.ExecutionID, reason strin
 		if x.Ownership != fftype.OwnershipLeased {
 			return fftype.Statef(fftype.CodeNoActiveLease, "execution %s has no lease (it is %s)", id, x.PublicState())
 		}
-		return e.loseLease(tx, x, e.placementOf(x), fftype.LeaseEndRevoked, reason, e.now())
+		return e.loseLease(tx, x, placementOf(x), fftype.LeaseEndRevoked, reason, e.now())
 	})
 	if err == nil {
 		e.notifyTimers()

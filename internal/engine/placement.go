@@ -46,7 +46,7 @@ func (p *placement) score(q string) (int64, bool) {
 }
 
 // placementOf returns where x belongs given its state.
-func (e *Engine) placementOf(x *fftype.Execution) placement {
+func placementOf(x *fftype.Execution) placement {
 	var p placement
 	p.add(queueAll, ms(x.CreatedAt))
 	switch x.Phase {
@@ -65,7 +65,7 @@ func (e *Engine) placementOf(x *fftype.Execution) placement {
 			p.add(queueAttemptTimeout, ms(x.AttemptTimeoutAt))
 		}
 	case fftype.PhaseTerminal:
-		p.add(queueRetention, ms(x.CompletedAt.Add(e.cfg.Retention)))
+		p.add(queueRetention, ms(x.CompletedAt)) // due Retention later: timerLag
 	}
 	if x.Phase != fftype.PhaseTerminal && !x.DeadlineAt.IsZero() {
 		p.add(queueDeadline, ms(x.DeadlineAt))
@@ -96,7 +96,7 @@ func (p placement) without(q string) placement {
 // case, cost nothing of this.
 func (e *Engine) save(tx ffstore.Tx, before placement, x *fftype.Execution) {
 	putExec(tx, x)
-	after := e.placementOf(x)
+	after := placementOf(x)
 	for _, qs := range before.queues() {
 		if _, ok := after.score(qs.queue); !ok {
 			tx.QueueRemove(qs.queue, string(x.ID))

@@ -18,6 +18,31 @@ var timerQueues = map[string]bool{
 	queueGrant: true, queueRetention: true, queueIdem: true,
 }
 
+// timerLag returns how long after its score an item of timer queue q is due. Every queue
+// but one scores an item by the time it is due. The retention queue scores an execution
+// by the time it ended and lags by Retention, so that the engine's Retention, not the
+// one of the process that ended it, decides: a lowered retention deletes executions that
+// ended long enough ago at once (re-scoring could only ever catch a raised one).
+func (e *Engine) timerLag(q string) time.Duration {
+	if q == queueRetention {
+		return e.cfg.Retention
+	}
+	return 0
+}
+
+// dueMS returns when an item of timer queue q with score is due, in Unix milliseconds
+// rounded up (as ms rounds), so that it is due at a time the engine's clock reads.
+func (e *Engine) dueMS(q string, score int64) int64 {
+	return ms(fromMS(score).Add(e.timerLag(q)))
+}
+
+// maxDueScore returns the highest score of the items of timer queue q that are due at
+// now, a whole millisecond: rounded down, so that it pops no item that fire would find
+// not yet due and only put back.
+func (e *Engine) maxDueScore(q string, now time.Time) int64 {
+	return now.Add(-e.timerLag(q)).UnixMilli()
+}
+
 // RunDue handles every timer that is due now on every shard — delayed promotion, lease
 // expiry, attempt timeouts, deadlines, grant expiry, retention and idempotency-key expiry —
 // and returns how many items it handled and when the next timer is due (zero if none).
@@ -44,14 +69,16 @@ func (e *Engine) runDue(ctx context.Context, only map[int]bool) (int, time.Time,
 		var next time.Time
 		ran := false
 		// Earliest due first, whatever order the store listed the queues in.
-		slices.SortFunc(heads, func(a, b ffstore.QueueHead) int { return cmp.Compare(a.Item.Score, b.Item.Score) })
+		slices.SortFunc(heads, func(a, b ffstore.QueueHead) int {
+			return cmp.Compare(e.dueMS(a.Queue, a.Item.Score), e.dueMS(b.Queue, b.Item.Score))
+		})
 		for _, h := range heads {
 			key := ffstore.QueueHead{Shard: h.Shard, Queue: h.Queue}
 			if !timerQueues[h.Queue] || only != nil && !only[h.Shard] || failed[key] {
 				continue
 			}
-			if h.Item.Score > ms(now) {
-				if at := fromMS(h.Item.Score); next.IsZero() || at.Before(next) {
+			if due := e.dueMS(h.Queue, h.Item.Score); due > ms(now) {
+				if at := fromMS(due); next.IsZero() || at.Before(next) {
 					next = at
 				}
 				continue
@@ -82,7 +109,7 @@ func (e *Engine) runTimer(ctx context.Context, shard int, queue string) (int, er
 	var n int
 	err := e.update(ctx, shard, func(tx ffstore.Tx) error {
 		now := e.now()
-		items, err := tx.PopDue(queue, ms(now), e.cfg.TimerBatch)
+		items, err := tx.PopDue(queue, e.maxDueScore(queue, now), e.cfg.TimerBatch)
 		if err != nil {
 			return err
 		}
@@ -101,14 +128,14 @@ func (e *Engine) runTimer(ctx context.Context, shard int, queue string) (int, er
 			if err != nil {
 				return err
 			}
-			before := e.placementOf(x).without(queue)
+			before := placementOf(x).without(queue)
 			done, err := e.fire(tx, queue, x, before, now)
 			if err != nil {
 				return err
 			}
 			if !done {
 				// Not due after all (renewed, rescheduled): put the entry back if it belongs.
-				p := e.placementOf(x)
+				p := placementOf(x)
 				if score, ok := p.score(queue); ok {
 					tx.QueueAdd(queue, string(x.ID), score)
 				}

@@ -23,16 +23,17 @@ func TestTimersWithSubMillisecondTimes(t *testing.T) {
 	const frac = 300 * time.Microsecond
 	for _, tc := range []struct {
 		name  string
+		cfg   Config
 		after time.Duration // from the claim to the timer's whole millisecond before its time
 		claim func(t *testing.T, e *Engine)
 	}{
-		{"attempt timeout", 2 * time.Second, func(t *testing.T, e *Engine) {
+		{"attempt timeout", Config{}, 2 * time.Second, func(t *testing.T, e *Engine) {
 			_, err := e.Create(t.Context(), fftype.CreateParams{Lane: "l", Kind: "k",
 				Policy: fftype.Policy{AttemptTimeout: fftype.Duration(2*time.Second + frac)}})
 			require.NoError(t, err)
 			claimOne(t, e)
 		}},
-		{"lease expiry", 30 * time.Second, func(t *testing.T, e *Engine) {
+		{"lease expiry", Config{}, 30 * time.Second, func(t *testing.T, e *Engine) {
 			_, err := e.Create(t.Context(), fftype.CreateParams{Lane: "l", Kind: "k"})
 			require.NoError(t, err)
 			leases, err := e.Claim(t.Context(), fftype.ClaimParams{WorkerID: "w", WorkerInstanceID: "w-1",
@@ -40,10 +41,16 @@ func TestTimersWithSubMillisecondTimes(t *testing.T) {
 			require.NoError(t, err)
 			require.Len(t, leases, 1)
 		}},
+		{"retention", Config{Retention: time.Hour + frac}, time.Hour, func(t *testing.T, e *Engine) {
+			r, err := e.Create(t.Context(), fftype.CreateParams{Lane: "l", Kind: "k"})
+			require.NoError(t, err)
+			l := claimOne(t, e)
+			require.NoError(t, e.Complete(t.Context(), r.ID, l.Fence, nil, ""))
+		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			e, clock := newTestEngineOn(t, ffmem.New(&ffmem.Options{Shards: 1}), Config{})
+			e, clock := newTestEngineOn(t, ffmem.New(&ffmem.Options{Shards: 1}), tc.cfg)
 			tc.claim(t, e)
 
 			clock.Advance(tc.after)
@@ -60,6 +67,89 @@ func TestTimersWithSubMillisecondTimes(t *testing.T) {
 			require.Equal(t, 1, n, "fires once its time has passed")
 		})
 	}
+}
+
+// TestChangedRetentionAppliesToEndedExecutions: an engine restarted with another
+// Retention applies it to the executions that ended before: a lowered one (an operator
+// freeing space) deletes those that ended longer ago than it at once, not once the old
+// retention has passed, and a raised one keeps them, with their idempotency keys, for
+// the new retention.
+func TestChangedRetentionAppliesToEndedExecutions(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name      string
+		old, now  time.Duration // the retention the execution ended under, and the restarted engine's
+		kept      time.Duration // how long after its end RunDue finds it still kept
+		deletedAt time.Duration // when after its end it is deleted
+	}{
+		{"Lowered", DefaultRetention, time.Hour, 0, 2 * time.Hour},
+		{"Raised", time.Hour, 3 * time.Hour, 2 * time.Hour, 3 * time.Hour},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			store := ffmem.New(&ffmem.Options{Shards: 1})
+			old, clock := newTestEngineOn(t, store, Config{Retention: tc.old})
+			r, err := old.Create(t.Context(), fftype.CreateParams{Lane: "l", Kind: "k", IdempotencyKey: "key"})
+			require.NoError(t, err)
+			l := claimOne(t, old)
+			require.NoError(t, old.Complete(t.Context(), r.ID, l.Fence, nil, ""))
+			ended := clock.Now()
+
+			e, err := New(store, &Config{Clock: clock, Retention: tc.now})
+			require.NoError(t, err)
+			clock.Set(ended.Add(tc.kept))
+			_, next, err := e.RunDue(t.Context())
+			require.NoError(t, err)
+			require.Equal(t, ended.Add(tc.now), next.UTC(), "due once the new retention has passed")
+			_, err = e.Get(t.Context(), r.ID)
+			require.NoError(t, err)
+			d, err := e.Create(t.Context(), fftype.CreateParams{Lane: "l", Kind: "k", IdempotencyKey: "key"})
+			require.NoError(t, err)
+			require.True(t, d.Duplicate, "a kept execution holds its idempotency key")
+
+			clock.Set(ended.Add(tc.deletedAt))
+			n, _, err := e.RunDue(t.Context())
+			require.NoError(t, err)
+			require.Equal(t, 1, n)
+			_, err = e.Get(t.Context(), r.ID)
+			require.ErrorIs(t, err, fftype.ErrExecutionNotFound)
+			d, err = e.Create(t.Context(), fftype.CreateParams{Lane: "l", Kind: "k", IdempotencyKey: "key"})
+			require.NoError(t, err)
+			require.False(t, d.Duplicate, "deleting it freed its idempotency key")
+		})
+	}
+}
+
+// TestRetentionEntryScoredByAnEarlierBuild: earlier builds scored the retention queue by
+// the time of deletion rather than of the end. Such an entry is deleted one retention
+// late, never early.
+func TestRetentionEntryScoredByAnEarlierBuild(t *testing.T) {
+	t.Parallel()
+	store := ffmem.New(&ffmem.Options{Shards: 1})
+	e, clock := newTestEngineOn(t, store, Config{Retention: time.Hour})
+	r, err := e.Create(t.Context(), fftype.CreateParams{Lane: "l", Kind: "k"})
+	require.NoError(t, err)
+	l := claimOne(t, e)
+	require.NoError(t, e.Complete(t.Context(), r.ID, l.Fence, nil, ""))
+	ended := clock.Now()
+	require.NoError(t, store.Update(t.Context(), 0, func(tx ffstore.Tx) error {
+		tx.QueueAdd(queueRetention, string(r.ID), ms(ended.Add(time.Hour)))
+		return nil
+	}))
+
+	clock.Set(ended.Add(time.Hour))
+	_, next, err := e.RunDue(t.Context())
+	require.NoError(t, err)
+	require.Equal(t, ended.Add(2*time.Hour), next.UTC())
+	_, err = e.Get(t.Context(), r.ID)
+	require.NoError(t, err, "not deleted early")
+
+	clock.Set(ended.Add(2 * time.Hour))
+	n, _, err := e.RunDue(t.Context())
+	require.NoError(t, err)
+	require.Equal(t, 1, n)
+	_, err = e.Get(t.Context(), r.ID)
+	require.ErrorIs(t, err, fftype.ErrExecutionNotFound)
 }
 
 // TestStartAfterItsContextEnded: a loop whose ctx ended is not running, so Start runs a

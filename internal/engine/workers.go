@@ -625,7 +625,7 @@ func (e *Engine) expireLeasesOf(ctx context.Context, shard int, h leaseHolder, w
 			if !h.holds(x) {
 				continue // finished or lost meanwhile
 			}
-			if err := e.loseLease(tx, x, e.placementOf(x), fftype.LeaseEndExpired, why, now); err != nil {
+			if err := e.loseLease(tx, x, placementOf(x), fftype.LeaseEndExpired, why, now); err != nil {
 				return err
 			}
 			n++
