@@ -166,7 +166,7 @@ func connectError(err error, where string, db int) error {
 // while doing op: unavailable, and retryable unless trying again cannot help. The
 // server's generic errors (a database out of range, a bad client name, an unknown
 // command, a script that failed) refuse the command as it was given, so they are not
-// retryable, except for a server at its maxclients.
+// retryable, except for the transient ones (transientGeneric).
 func storeError(err error, op string) *fftype.Error {
 	e := &fftype.Error{Kind: fftype.KindUnavailable, Code: fftype.CodeStoreUnavailable, Retryable: true,
 		Message: "ffvalkey: " + op + " failed", Err: err}
@@ -185,10 +185,20 @@ func storeError(err error, op string) *fftype.Error {
 		case "CROSSSLOT", "WRONGTYPE":
 			e.Retryable = false
 		case "ERR":
-			e.Retryable = strings.Contains(re.Error(), "max number of clients reached")
+			e.Retryable = transientGeneric(re.Error())
 		}
 	}
 	return e
+}
+
+// transientGeneric reports whether msg, a generic error reply (code ERR, which rueidis
+// strips), says the server could not run the command now rather than that it refused it:
+// a server or Cluster node at its maxclients ("max number of clients reached", "max
+// number of clients + cluster connections reached"), or a function an operator killed
+// (FUNCTION KILL and SCRIPT KILL stop only one that has not written, the usual way out of
+// a BUSY server, so calling again is safe).
+func transientGeneric(msg string) bool {
+	return strings.HasPrefix(msg, "max number of clients") || strings.HasPrefix(msg, "Script killed by user")
 }
 
 // noPermission reports whether err is the server refusing the user a command, a key or a

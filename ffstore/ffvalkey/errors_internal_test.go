@@ -41,6 +41,8 @@ func TestErrorReplies(t *testing.T) {
 		{name: "FunctionNotFound", cmd: []string{"FCALL", "nosuchfunction", "0"}, code: "ERR", class: classReload},
 		{name: "WrongType", cmd: []string{"HGET", key, "f"}, code: "WRONGTYPE"},
 		{name: "ServerFull", cmd: reply("ERR max number of clients reached"), code: "ERR", retryable: true},
+		{name: "ClusterNodeFull", cmd: reply("ERR max number of clients + cluster connections reached"), code: "ERR", retryable: true},
+		{name: "ScriptKilled", cmd: reply("ERR Script killed by user with SCRIPT KILL..."), code: "ERR", retryable: true},
 		{name: "UnknownCode", cmd: reply("MYCODE an error of a module"), code: "ERR"},
 		{name: "Loading", cmd: reply("LOADING Redis is loading the dataset in memory"), code: "LOADING", retryable: true, class: classBusy},
 		{name: "MasterDown", cmd: reply("MASTERDOWN Link with MASTER is down"), code: "MASTERDOWN", retryable: true, class: classBusy},
