@@ -22,11 +22,13 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 	"unicode"
+	"unicode/utf8"
 
 	"github.com/flowfabric/flowfabric"
 	"github.com/flowfabric/flowfabric/ffserver"
@@ -194,11 +196,11 @@ func (c *Client) send(ctx context.Context, method, path string, in any) (*http.R
 	case encodedJSON:
 		body = bytes.NewReader(in)
 	default:
-		var b bytes.Buffer
-		if err := ffserver.NewJSONEncoder(&b).Encode(in); err != nil {
-			return nil, fftype.Validationf(fftype.CodeInvalidInput, "ffclient: encoding the request: %v", err)
+		b, err := encodeRequest(in)
+		if err != nil {
+			return nil, err
 		}
-		body = &b
+		body = bytes.NewReader(b)
 	}
 	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
 	if err != nil {
@@ -357,11 +359,74 @@ func encodeItem(p fftype.CreateParams) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	b, err := encodeRequest(r)
+	if err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(b, []byte("\n")), nil
+}
+
+// encodeRequest encodes v, a request body, as JSON. It refuses a string that is not valid
+// UTF-8 (as the engine does an idempotency key, a tag value, a reason or a category):
+// encoding/json would send it changed, each bad byte replaced by U+FFFD, so that the server
+// would store other text, or take two keys for one.
+func encodeRequest(v any) ([]byte, error) {
+	if at, ok := invalidUTF8(reflect.ValueOf(v), "request"); !ok {
+		return nil, fftype.Validationf(fftype.CodeInvalidInput, "ffclient: %s is not valid UTF-8", at)
+	}
 	var b bytes.Buffer
-	if err := ffserver.NewJSONEncoder(&b).Encode(r); err != nil {
+	if err := ffserver.NewJSONEncoder(&b).Encode(v); err != nil {
 		return nil, fftype.Validationf(fftype.CodeInvalidInput, "ffclient: encoding the request: %v", err)
 	}
-	return bytes.TrimSuffix(b.Bytes(), []byte("\n")), nil
+	return b.Bytes(), nil
+}
+
+// invalidUTF8 looks through v, found at the place named at, for a string (or map key) that
+// is not valid UTF-8; it returns where the first one is and false, or "" and true.
+// Byte slices (binary payloads, raw JSON) are not strings and are left alone.
+func invalidUTF8(v reflect.Value, at string) (string, bool) {
+	switch v.Kind() {
+	case reflect.String:
+		if !utf8.ValidString(v.String()) {
+			return at, false
+		}
+	case reflect.Pointer, reflect.Interface:
+		if !v.IsNil() {
+			return invalidUTF8(v.Elem(), at)
+		}
+	case reflect.Struct:
+		t := v.Type()
+		for i := range t.NumField() {
+			if f := t.Field(i); f.IsExported() {
+				name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+				if name == "" {
+					name = f.Name
+				}
+				if w, ok := invalidUTF8(v.Field(i), at+"."+name); !ok {
+					return w, false
+				}
+			}
+		}
+	case reflect.Slice, reflect.Array:
+		if v.Type().Elem().Kind() == reflect.Uint8 {
+			break
+		}
+		for i := range v.Len() {
+			if w, ok := invalidUTF8(v.Index(i), fmt.Sprintf("%s[%d]", at, i)); !ok {
+				return w, false
+			}
+		}
+	case reflect.Map:
+		for it := v.MapRange(); it.Next(); {
+			if k := it.Key(); k.Kind() == reflect.String && !utf8.ValidString(k.String()) {
+				return at + " (a key)", false
+			}
+			if w, ok := invalidUTF8(it.Value(), fmt.Sprintf("%s[%q]", at, it.Key())); !ok {
+				return w, false
+			}
+		}
+	}
+	return "", true
 }
 
 // createBulk sends body, if it holds any item, sets the results of its items in out, and

@@ -735,3 +735,37 @@ func requireGivenBack(t *testing.T, local *flowfabric.Client, id fftype.Executio
 	require.Len(t, again, 1, "the lease of the late answer was given back")
 	require.Equal(t, id, again[0].ExecutionID)
 }
+
+// TestTextNotUTF8IsRefusedAsInProcess: a string the engine refuses for not being UTF-8 (an
+// idempotency key, a tag value, a failure category) is refused by the client too, before
+// encoding/json would send it changed: two keys that differ only in a bad byte would
+// become one, and a category would no longer match the policy's list.
+func TestTextNotUTF8IsRefusedAsInProcess(t *testing.T) {
+	t.Parallel()
+	c, local := setup(t, "")
+	ctx := t.Context()
+	for _, p := range []fftype.CreateParams{
+		{Lane: "l", Kind: "k", IdempotencyKey: "order-\xff"},
+		{Lane: "l", Kind: "k", Tags: map[string]string{"t": "a\xffb"}},
+	} {
+		_, err := local.Create(ctx, p)
+		require.ErrorIs(t, err, fftype.ErrValidation, "in process")
+		_, err = c.Create(ctx, p)
+		require.ErrorIs(t, err, fftype.ErrValidation, "over HTTP")
+		res := c.CreateMany(ctx, []fftype.CreateParams{p, {Lane: "l", Kind: "k"}})
+		require.ErrorIs(t, res[0].Err, fftype.ErrValidation, "in a bulk create")
+		require.NoError(t, res[1].Err, "the other item of the bulk create")
+	}
+
+	_, err := c.Create(ctx, fftype.CreateParams{Lane: "m", Kind: "k"})
+	require.NoError(t, err)
+	ls, err := c.Claim(ctx, fftype.ClaimParams{WorkerID: "w", WorkerInstanceID: "w1", Lanes: []string{"m"}})
+	require.NoError(t, err)
+	require.Len(t, ls, 1)
+	_, err = c.Fail(ctx, ls[0].ExecutionID, ls[0].Fence, fftype.FailParams{Reason: "r", Category: "bad\xff"})
+	require.ErrorIs(t, err, fftype.ErrValidation)
+	require.ErrorContains(t, err, "category")
+	x, err := local.Get(ctx, ls[0].ExecutionID)
+	require.NoError(t, err)
+	require.Equal(t, fftype.StateActive, x.PublicState(), "the refused Fail changed nothing")
+}
