@@ -23,7 +23,6 @@ import (
 	"net/http"
 	"net/url"
 	"reflect"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -443,7 +442,7 @@ func (c *Client) createBulk(ctx context.Context, body *bulkBody, out []fftype.Bu
 		case err != nil:
 			out[i].Err = err
 		case j >= len(resp.Results):
-			out[i].Err = &fftype.Error{Kind: fftype.KindUnavailable, Code: "bad_response", Message: "the server answered fewer results than items"}
+			out[i].Err = errFewerResults
 		case resp.Results[j].Error != nil:
 			out[i].Err = fromBody(resp.Results[j].Error)
 		default:
@@ -683,22 +682,38 @@ func (c *Client) Replay(ctx context.Context, id fftype.ExecutionID) error {
 // ReplayMany replays many failed executions; one error (or nil) per id. It sends them in
 // requests of at most a thousand, the most the server takes in one.
 func (c *Client) ReplayMany(ctx context.Context, ids []fftype.ExecutionID) ([]error, error) {
-	out := make([]error, 0, len(ids))
-	for chunk := range slices.Chunk(ids, maxReplayIDs) {
+	out := make([]error, len(ids))
+	// A malformed id gets its error here, as in process, and is not sent: it could not be
+	// encoded intact (an id that is not UTF-8), and it must not fail the others.
+	var send []fftype.ExecutionID
+	var at []int // where each id sent is among ids
+	for i, id := range ids {
+		if _, err := fftype.ParseExecutionID(string(id)); err != nil {
+			out[i] = err
+			continue
+		}
+		send, at = append(send, id), append(at, i)
+	}
+	for start := 0; start < len(send); start += maxReplayIDs {
+		chunk := send[start:min(start+maxReplayIDs, len(send))]
 		var resp ffserver.ReplayManyResponse
 		if err := c.request(ctx, "POST", "/v1/dead-letter/replay", ffserver.ReplayManyRequest{IDs: chunk}, &resp); err != nil {
 			return nil, err
 		}
-		for _, r := range resp.Results {
-			var err error
-			if r.Error != nil {
-				err = fromBody(r.Error)
+		for j := range chunk {
+			switch i := at[start+j]; {
+			case j >= len(resp.Results):
+				out[i] = errFewerResults
+			case resp.Results[j].Error != nil:
+				out[i] = fromBody(resp.Results[j].Error)
 			}
-			out = append(out, err)
 		}
 	}
 	return out, nil
 }
+
+// errFewerResults is the error of the items of a bulk call the server's answer left out.
+var errFewerResults = &fftype.Error{Kind: fftype.KindUnavailable, Code: "bad_response", Message: "the server answered fewer results than items"}
 
 // maxReplayIDs is how many ids the server takes in one dead-letter replay.
 const maxReplayIDs = 1000

@@ -769,3 +769,29 @@ func TestTextNotUTF8IsRefusedAsInProcess(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, fftype.StateActive, x.PublicState(), "the refused Fail changed nothing")
 }
+
+// TestReplayManyMalformedIDFailsAlone: a malformed id (one that is not even UTF-8) gets its
+// own error, as in process, and the others are replayed.
+func TestReplayManyMalformedIDFailsAlone(t *testing.T) {
+	t.Parallel()
+	c, local := setup(t, "")
+	ctx := t.Context()
+	res, err := local.Create(ctx, fftype.CreateParams{Lane: "l", Kind: "k", Policy: fftype.Policy{Retry: &fftype.RetryPolicy{}}})
+	require.NoError(t, err)
+	failed := res.ID
+	leases, err := local.Claim(ctx, fftype.ClaimParams{WorkerID: "w", WorkerInstanceID: "w1", Lanes: []string{"l"}})
+	require.NoError(t, err)
+	require.Len(t, leases, 1)
+	out, err := local.Fail(ctx, failed, leases[0].Fence, fftype.FailParams{Reason: "x"})
+	require.NoError(t, err)
+	require.False(t, out.RetryScheduled)
+	errs, err := c.ReplayMany(ctx, []fftype.ExecutionID{"bad\xff", failed, "nope"})
+	require.NoError(t, err)
+	require.Len(t, errs, 3)
+	require.ErrorIs(t, errs[0], fftype.ErrValidation)
+	require.NoError(t, errs[1])
+	require.ErrorIs(t, errs[2], fftype.ErrValidation)
+	x, err := local.Get(ctx, failed)
+	require.NoError(t, err)
+	require.Equal(t, fftype.StateWaiting, x.PublicState(), "replayed")
+}
