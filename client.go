@@ -17,7 +17,9 @@ type Config struct {
 	// Logger receives logs. Nil discards them.
 	Logger *slog.Logger
 	// Retention is how long finished executions are kept, counted from each one's end,
-	// also for those that finished before it was changed. 0 means 7 days.
+	// also for those that finished before it was changed. Processes sharing a store should
+	// share it: a shard follows the Retention of the process whose timers hold it. 0 means
+	// 7 days.
 	Retention time.Duration
 	// MaxPayloadBytes bounds payloads and results. 0 means 16 MiB.
 	MaxPayloadBytes int

@@ -25,8 +25,9 @@ type Config struct {
 	// Logger receives the engine's logs. Nil discards them.
 	Logger *slog.Logger
 	// Retention is how long terminal executions are kept before they are deleted, counted
-	// from each one's end: a changed Retention applies to those already ended too, and
-	// engines sharing a store with different ones delete at the shortest. 0 means 7 days.
+	// from each one's end: a changed Retention applies to those already ended too. Engines
+	// sharing a store should share it: each shard's executions are deleted by the Retention
+	// of the engine whose timer loop holds the shard. 0 means 7 days.
 	Retention time.Duration
 	// MaxPayloadBytes bounds payloads and results. 0 means 16 MiB.
 	MaxPayloadBytes int
