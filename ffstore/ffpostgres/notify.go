@@ -36,18 +36,23 @@ const notifyGap = 5 * time.Millisecond
 
 // runNotifier sends one NOTIFY for each burst of commits of this process: commits made
 // while one is in flight (or being retried), or within notifyGap of the last, coalesce
-// into the next. It runs until Close.
+// into the next. It runs until Close drains it (notifyDrain) and nothing is due, or
+// Close's bound ends notifyCtx.
 func (s *Store) runNotifier() {
 	gap := time.NewTimer(0)
 	defer gap.Stop()
 	for {
 		select {
-		case <-s.stopCtx.Done():
-			return
 		case <-s.notifyCh:
+		case <-s.notifyDrain:
+			select {
+			case <-s.notifyCh: // the last commits' request
+			default:
+				return
+			}
 		}
 		select {
-		case <-s.stopCtx.Done():
+		case <-s.notifyCtx.Done():
 			return
 		case <-gap.C:
 		}
@@ -57,21 +62,21 @@ func (s *Store) runNotifier() {
 }
 
 // notify sends one NOTIFY, each try bounded by the connect timeout, and retries with
-// backoff until one is sent or the store closes: a NOTIFY dropped after a failed try (no
+// backoff until one is sent or notifyCtx ends: a NOTIFY dropped after a failed try (no
 // pooled connection to be had, or a dead one) would leave other processes unaware of the
 // commits it stood for until they poll. Commits never wait for it.
 func (s *Store) notify() {
 	backoff := backoffMin
 	for {
-		ctx, cancel := context.WithTimeout(s.stopCtx, s.opts.ConnectTimeout)
+		ctx, cancel := context.WithTimeout(s.notifyCtx, s.opts.ConnectTimeout)
 		err := s.exec(ctx, s.sql.notify, s.channel)
 		cancel()
-		if err == nil || s.stopCtx.Err() != nil {
+		if err == nil || s.notifyCtx.Err() != nil {
 			return
 		}
 		s.log.Debug("notify other processes; retrying", "error", err, "backoff", backoff)
 		var ok bool
-		if backoff, ok = s.backOff(backoff); !ok {
+		if backoff, ok = backOff(s.notifyCtx, backoff); !ok {
 			return
 		}
 	}
@@ -83,11 +88,11 @@ const (
 	backoffMax = 5 * time.Second
 )
 
-// backOff waits d, unless the store closes first, and returns the wait after the next
-// failure and whether to try again.
-func (s *Store) backOff(d time.Duration) (time.Duration, bool) {
+// backOff waits d, unless ctx ends first, and returns the wait after the next failure and
+// whether to try again.
+func backOff(ctx context.Context, d time.Duration) (time.Duration, bool) {
 	select {
-	case <-s.stopCtx.Done():
+	case <-ctx.Done():
 		return d, false
 	case <-time.After(d):
 		return min(2*d, backoffMax), true
@@ -114,7 +119,7 @@ func (s *Store) listen() {
 		}
 		s.log.Warn("change listener lost its connection; reconnecting", "error", err, "backoff", backoff)
 		var ok bool
-		if backoff, ok = s.backOff(backoff); !ok {
+		if backoff, ok = backOff(s.stopCtx, backoff); !ok {
 			return
 		}
 	}

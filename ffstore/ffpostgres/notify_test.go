@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -64,6 +65,83 @@ func TestNotifyRetriesAFailedSend(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatalf("process B was never woken for A's commit (injected failure still pending: %v)", failNext.Load())
 	}
+}
+
+// TestCloseSendsTheLastNotify: a process that commits and then closes its store at once
+// (a CLI creating an execution and exiting, a worker shutting down) still wakes another
+// process's readers: Close lets the NOTIFY for the last commit go out.
+func TestCloseSendsTheLastNotify(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	url := testdb.SharedPostgres(t).URL("postgres")
+	schema := testdb.Schema(t)
+	b := openListening(t, url, schema)
+	for i := range 3 {
+		a, err := ffpostgres.Open(ctx, url, &ffpostgres.Options{Schema: schema, Shards: 1})
+		require.NoError(t, err)
+		require.NoError(t, a.Update(ctx, 0, func(tx ffstore.Tx) error {
+			tx.Put(fmt.Sprintf("k%d", i), []byte("v"))
+			return nil
+		}))
+		require.NoError(t, a.Close())
+		select {
+		case <-b:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("round %d: a commit followed by Close never woke another process's reader", i)
+		}
+	}
+}
+
+// TestCloseSendsTheNotifyOfARunningUnit: a unit still running when Close starts commits
+// (Close waits for it), and its NOTIFY goes out before Close stops the notifier.
+func TestCloseSendsTheNotifyOfARunningUnit(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	url := testdb.SharedPostgres(t).URL("postgres")
+	schema := testdb.Schema(t)
+	b := openListening(t, url, schema)
+	a, err := ffpostgres.Open(ctx, url, &ffpostgres.Options{Schema: schema, Shards: 1})
+	require.NoError(t, err)
+	inUnit, release := make(chan struct{}), make(chan struct{})
+	unitErr := make(chan error, 1)
+	go func() {
+		unitErr <- a.Update(ctx, 0, func(tx ffstore.Tx) error {
+			close(inUnit)
+			<-release
+			tx.Put("k", []byte("v"))
+			return nil
+		})
+	}()
+	<-inUnit
+	closeErr := make(chan error, 1)
+	go func() { closeErr <- a.Close() }()
+	require.Eventually(t, func() bool { // Close has begun: new units are refused
+		return a.Update(ctx, 0, func(ffstore.Tx) error { return nil }) != nil
+	}, 5*time.Second, time.Millisecond)
+	close(release)
+	require.NoError(t, <-unitErr)
+	require.NoError(t, <-closeErr)
+	select {
+	case <-b:
+	case <-time.After(5 * time.Second):
+		t.Fatal("a unit that committed while Close waited for it never woke another process's reader")
+	}
+}
+
+// openListening opens another process's store on schema and returns its Changes channel
+// once its listener listens.
+func openListening(t *testing.T, url, schema string) <-chan struct{} {
+	t.Helper()
+	s, err := ffpostgres.Open(t.Context(), url, &ffpostgres.Options{Schema: schema, Migrate: true, Shards: 1})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = s.Close() })
+	wake := s.Changes(t.Context())
+	select { // the listener wakes its readers once it listens
+	case <-wake:
+	case <-time.After(10 * time.Second):
+		t.Fatal("listener never started")
+	}
+	return wake
 }
 
 // silentConn is a connection that a test can make go silent, as one to a server whose

@@ -86,7 +86,8 @@
 // committing unit that changed something asks for a NOTIFY; the store coalesces those into
 // one NOTIFY in flight per process, at least 5 ms after the one before, so a process that
 // was quiet notifies right after its commit and a busy one at most 200 times a second. A
-// NOTIFY that fails to send is retried with backoff until it is sent or the store closes.
+// NOTIFY that fails to send is retried with backoff until it is sent or the store closes;
+// Close waits for the running units and then lets the NOTIFY for the last commits go out.
 // (Sending NOTIFY
 // inside every committing transaction would take Postgres's database-wide notify lock in
 // each of them and serialise all commits behind one another's WAL flush.) The listener
@@ -250,13 +251,20 @@ type Store struct {
 	clock    storeClock
 	changes  ffstore.Notifier
 	notifyCh chan struct{} // coalesced requests for a NOTIFY
-	listenMu sync.Mutex
-	listener bool // the listener goroutine runs
+	// notifyDrain is closed by Close once no unit can commit any more: the notifier then
+	// sends the NOTIFY still due, if any, and returns.
+	notifyDrain chan struct{}
+	notifyCtx   context.Context    // bounds the notifier's sends; outlives stopCtx
+	notifyStop  context.CancelFunc // ends notifyCtx: Close's bound on the last NOTIFY
+	listenMu    sync.Mutex
+	listener    bool // the listener goroutine runs
 
-	stop    context.CancelFunc // stops the goroutines
+	stop    context.CancelFunc // stops the goroutines but the notifier
 	stopCtx context.Context
 	wg      sync.WaitGroup
 
+	unitsMu   sync.RWMutex   // held shared while a unit registers, and by Close to set closed
+	units     sync.WaitGroup // the running units, which Close waits for
 	closed    atomic.Bool
 	conflicts atomic.Int64 // injected conflicts still to deliver
 }
@@ -544,19 +552,23 @@ func newStore(ctx context.Context, pool *pgxpool.Pool, o Options, own bool) (*St
 		return nil, err
 	}
 	stopCtx, stop := context.WithCancel(context.Background())
+	notifyCtx, notifyStop := context.WithCancel(context.Background())
 	s := &Store{
-		pool:       pool,
-		ownPool:    own,
-		opts:       o,
-		schema:     o.Schema,
-		shards:     shards,
-		sql:        newStatements(qs),
-		channel:    fmt.Sprintf("ff_changes_%016x", uint64(advisoryKey(o.Schema, "changes"))), //nolint:gosec // a hash
-		notifyInTx: o.notifyInTx,
-		log:        o.Logger.With("store", "ffpostgres", "schema", o.Schema),
-		notifyCh:   make(chan struct{}, 1),
-		stop:       stop,
-		stopCtx:    stopCtx,
+		pool:        pool,
+		ownPool:     own,
+		opts:        o,
+		schema:      o.Schema,
+		shards:      shards,
+		sql:         newStatements(qs),
+		channel:     fmt.Sprintf("ff_changes_%016x", uint64(advisoryKey(o.Schema, "changes"))), //nolint:gosec // a hash
+		notifyInTx:  o.notifyInTx,
+		log:         o.Logger.With("store", "ffpostgres", "schema", o.Schema),
+		notifyCh:    make(chan struct{}, 1),
+		notifyDrain: make(chan struct{}),
+		notifyCtx:   notifyCtx,
+		notifyStop:  notifyStop,
+		stop:        stop,
+		stopCtx:     stopCtx,
 	}
 	if !own && o.StatementTimeout != 0 {
 		ms := max(o.StatementTimeout.Milliseconds(), 0) // negative: none, which is 0
@@ -648,6 +660,18 @@ func (s *Store) takeConflict() bool {
 			return true
 		}
 	}
+}
+
+// startUnit counts a unit as running, so that Close waits for it, unless the store is
+// closed.
+func (s *Store) startUnit() bool {
+	s.unitsMu.RLock()
+	defer s.unitsMu.RUnlock()
+	if s.closed.Load() {
+		return false
+	}
+	s.units.Add(1)
+	return true
 }
 
 // check validates a call's shard, the store's state and the context.
@@ -824,6 +848,10 @@ func (s *Store) run(ctx context.Context, shard int, readOnly bool, fn func(t *un
 	if err := s.check(ctx, shard); err != nil {
 		return err
 	}
+	if !s.startUnit() {
+		return errClosed()
+	}
+	defer s.units.Done() // last: after the unit asked for its NOTIFY
 	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
 		if s.closed.Load() {
@@ -1129,16 +1157,28 @@ func (s *Store) TrimEvents(ctx context.Context, shard int, through uint64) error
 	return nil
 }
 
-// Close stops the change listener and the notifier, ends the QueueHeads queries in flight
-// and waits for them, and, if the store opened its pool ([Open]), closes the pool after
-// the running units end. Later calls, Close included, return an unavailable error.
+// Close refuses new units, stops the change listener, ends the QueueHeads queries in
+// flight and waits for them and for the running units, lets the notifier send the NOTIFY
+// still due for this process's last commits (for at most the connect timeout) and stops
+// it, and, if the store opened its pool ([Open]), closes the pool. Later calls, Close
+// included, return an unavailable error.
 func (s *Store) Close() error {
-	if !s.closed.CompareAndSwap(false, true) {
+	s.unitsMu.Lock()
+	closing := s.closed.CompareAndSwap(false, true)
+	s.unitsMu.Unlock()
+	if !closing {
 		return errClosed()
 	}
 	s.stop()
 	s.heads.close()
+	s.units.Wait()
+	// Other processes would otherwise learn of the last commits only at their next poll:
+	// a short-lived process commits and closes at once.
+	bound := time.AfterFunc(s.opts.ConnectTimeout, s.notifyStop)
+	close(s.notifyDrain)
 	s.wg.Wait()
+	bound.Stop()
+	s.notifyStop()
 	s.clock.close()
 	if s.ownPool {
 		s.pool.Close()
