@@ -857,12 +857,14 @@ func (s *Store) Now(ctx context.Context) (time.Time, error) {
 // Changes implements [ffstore.ChangeNotifier]. It wakes after every commit of this store
 // at once and, through one Pub/Sub subscription per store (every commit publishes on the
 // store's channel, <prefix>:changes), soon after commits of other processes. Pub/Sub is a
-// lossy doorbell: while the subscription is down wake-ups from other processes are
-// missed, so when it is back every reader is woken and the queue heads are read in full.
-// The log itself is never lossy.
+// lossy doorbell: wake-ups from other processes are missed until the first subscription,
+// which the first call starts and does not wait for, is in place, and while a dropped one
+// is being renewed; so each time the subscription is in place every reader is woken and
+// the queue heads are read in full. The log itself is never lossy.
 func (s *Store) Changes(ctx context.Context) <-chan struct{} {
+	ch := s.changes.Changes(ctx) // first: the wake-up for the first subscription reaches it
 	s.subOnce.Do(s.subscribe)
-	return s.changes.Changes(ctx)
+	return ch
 }
 
 // subscribe starts the goroutine that holds the subscription until Close.
@@ -880,18 +882,18 @@ func (s *Store) subscribe() {
 	go func() {
 		defer close(s.subDone)
 		delay := retryFirst
-		for ctx.Err() == nil {
-			// The client subscribes again by itself after a lost connection, within this
-			// one Receive: each confirmation after the first is a subscription that was
-			// down for a while, whose missed wake-ups are made up for here.
-			confirmed := 0
+		for renewed := false; ctx.Err() == nil; renewed = true {
+			// Receive ends when its connection drops (the client's retries are disabled),
+			// and this loop subscribes again. Wake-ups published before a subscription is
+			// in place (the first one, or a renewed one) reached nobody: each
+			// confirmation makes up for them.
 			hooked := rueidis.WithOnSubscriptionHook(ctx, func(sub rueidis.PubSubSubscription) {
 				if sub.Kind != "subscribe" {
 					return
 				}
-				if confirmed++; confirmed > 1 {
-					s.heads.invalidate()
-					s.changes.Notify()
+				s.heads.invalidate()
+				s.changes.Notify()
+				if renewed {
 					s.log.Info("ffvalkey: the change subscription is back")
 				}
 			})
@@ -913,7 +915,8 @@ func (s *Store) subscribe() {
 			if ctx.Err() != nil || errors.Is(err, rueidis.ErrClosing) {
 				return
 			}
-			// Wake-ups may have been missed while the subscription was down.
+			// The dropped connection may have taken wake-ups with it: read again now (those
+			// published until the next subscription are made up for when it is in place).
 			s.heads.invalidate()
 			s.changes.Notify()
 			s.log.Warn("ffvalkey: the change subscription ended; subscribing again", "err", err)

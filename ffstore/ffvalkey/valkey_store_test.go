@@ -593,6 +593,20 @@ func TestChangesFromAnotherProcess(t *testing.T) {
 	}
 }
 
+// TestChangesWakeOnceSubscribed: Changes returns before the store's first SUBSCRIBE is in
+// place, and wake-ups other processes publish until then reach nobody; so once it is in
+// place every reader is woken to read again, with no commit to wake it.
+func TestChangesWakeOnceSubscribed(t *testing.T) {
+	t.Parallel()
+	url := testdb.SharedRedis(t).URL(0)
+	a := openStore(t, url, &ffvalkey.Options{Shards: 1})
+	select {
+	case <-a.Changes(t.Context()):
+	case <-time.After(10 * time.Second):
+		t.Fatal("the store subscribed (or never did) without waking its readers")
+	}
+}
+
 // TestDrop checks that Drop deletes the store's keys and nothing else, on a server and a
 // Cluster, with a prefix that holds characters special to SCAN MATCH, beside a store
 // whose prefix extends it.
