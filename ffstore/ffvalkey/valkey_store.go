@@ -198,13 +198,53 @@ var (
 // store's ([CodeShardCountMismatch]), and an unavailable error coded [CodeFormatTooNew]
 // for a store written by a newer binary.
 func Open(ctx context.Context, rawURL string, opts *Options) (*Store, error) {
-	cfg, err := parseURL(rawURL)
+	s, o, err := dial(rawURL, opts)
 	if err != nil {
 		return nil, err
 	}
+	if err := s.open(ctx, o.Shards); err != nil {
+		s.client.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Migrate brings the store rawURL names up to this binary's version without creating it:
+// it checks the servers and loads the function library on every primary, as [Open] does.
+// Like the Postgres store's Migrate, it neither chooses nor checks the shard count
+// (Options.Shards is not used): the first Open chooses it. It writes nothing of the
+// store, and refuses one written by a newer binary as Open does. opts may be nil; it
+// returns Open's errors.
+func Migrate(ctx context.Context, rawURL string, opts *Options) error {
+	s, _, err := dial(rawURL, opts)
+	if err != nil {
+		return err
+	}
+	defer s.client.Close()
+	if err := s.checkServers(ctx); err != nil {
+		return err
+	}
+	if err := loadLibrary(ctx, s.client); err != nil {
+		return err
+	}
+	meta, err := s.readMeta(ctx)
+	if err != nil || meta["shards"] == "" {
+		return err
+	}
+	_, err = s.checkMeta(meta, 0)
+	return err
+}
+
+// dial parses rawURL and opts, connects a client to the server or Cluster and returns the
+// store on it, not yet opened, with its options. The caller closes the store's client.
+func dial(rawURL string, opts *Options) (*Store, Options, error) {
+	cfg, err := parseURL(rawURL)
+	if err != nil {
+		return nil, Options{}, err
+	}
 	o, err := cfg.opts.merge(opts).withDefaults()
 	if err != nil {
-		return nil, err
+		return nil, o, err
 	}
 	copt := cfg.client
 	copt.DisableCache = true
@@ -217,7 +257,7 @@ func Open(ctx context.Context, rawURL string, opts *Options) (*Store, error) {
 	where := strings.Join(copt.InitAddress, ",")
 	client, err := rueidis.NewClient(copt)
 	if err != nil {
-		return nil, connectError(err, where+" ("+redact(rawURL)+")", copt.SelectDB)
+		return nil, o, connectError(err, where+" ("+redact(rawURL)+")", copt.SelectDB)
 	}
 	var id [8]byte
 	_, _ = rand.Read(id[:])
@@ -234,13 +274,9 @@ func Open(ctx context.Context, rawURL string, opts *Options) (*Store, error) {
 	s.loader = &loader{client: client}
 	if cfg.cluster && !s.cluster {
 		client.Close()
-		return nil, fftype.Validationf(fftype.CodeInvalidInput, "ffvalkey: %s asks for a Cluster, but %s is not in cluster mode; use redis://", redact(rawURL), where)
+		return nil, o, fftype.Validationf(fftype.CodeInvalidInput, "ffvalkey: %s asks for a Cluster, but %s is not in cluster mode; use redis://", redact(rawURL), where)
 	}
-	if err := s.open(ctx, o.Shards); err != nil {
-		client.Close()
-		return nil, err
-	}
-	return s, nil
+	return s, o, nil
 }
 
 func (s *Store) open(ctx context.Context, shards int) error {
@@ -344,18 +380,7 @@ func infoOf(ctx context.Context, node rueidis.Client) (string, error) {
 
 // ensureMeta creates the meta key if it is missing and returns the store's shard count.
 func (s *Store) ensureMeta(ctx context.Context, shards int) (int, error) {
-	key := metaKey(s.prefix)
-	read := func() (map[string]string, error) {
-		res, err := s.do(ctx, "read the store's meta key", true, func() rueidis.Completed {
-			return s.client.B().Hgetall().Key(key).Build()
-		})
-		if err != nil {
-			return nil, err
-		}
-		m, err := res.AsStrMap()
-		return m, translate(err, "read the store's meta key")
-	}
-	meta, err := read()
+	meta, err := s.readMeta(ctx)
 	if err != nil {
 		return 0, err
 	}
@@ -364,6 +389,7 @@ func (s *Store) ensureMeta(ctx context.Context, shards int) (int, error) {
 		if n == 0 {
 			n = DefaultShards
 		}
+		key := metaKey(s.prefix)
 		// HSETNX, so that of two processes creating the store at once the first wins and
 		// the second reads its count below.
 		_, err := s.doMulti(ctx, "create the store's meta key", func() []rueidis.Completed {
@@ -375,13 +401,32 @@ func (s *Store) ensureMeta(ctx context.Context, shards int) (int, error) {
 		if err != nil {
 			return 0, err
 		}
-		if meta, err = read(); err != nil {
+		if meta, err = s.readMeta(ctx); err != nil {
 			return 0, err
 		}
 	}
+	return s.checkMeta(meta, shards)
+}
+
+// readMeta returns the fields of the store's meta key, none if the store does not exist.
+func (s *Store) readMeta(ctx context.Context) (map[string]string, error) {
+	res, err := s.do(ctx, "read the store's meta key", true, func() rueidis.Completed {
+		return s.client.B().Hgetall().Key(metaKey(s.prefix)).Build()
+	})
+	if err != nil {
+		return nil, err
+	}
+	m, err := res.AsStrMap()
+	return m, translate(err, "read the store's meta key")
+}
+
+// checkMeta returns the shard count of an existing store's meta fields, refusing a
+// malformed count, a data format newer than this binary's and a non-zero shards that
+// differs from the stored count.
+func (s *Store) checkMeta(meta map[string]string, shards int) (int, error) {
 	stored, err := strconv.Atoi(meta["shards"])
 	if err != nil || stored < 1 || stored > fftype.MaxShards {
-		return 0, fftype.NewError(fftype.KindUnavailable, fftype.CodeCorruption, "ffvalkey: the meta key %s holds shards=%q", key, meta["shards"])
+		return 0, fftype.NewError(fftype.KindUnavailable, fftype.CodeCorruption, "ffvalkey: the meta key %s holds shards=%q", metaKey(s.prefix), meta["shards"])
 	}
 	if f, _ := strconv.Atoi(meta["format"]); f > dataFormat {
 		e := fftype.NewError(fftype.KindUnavailable, CodeFormatTooNew,

@@ -235,6 +235,25 @@ func TestOpen(t *testing.T) {
 		require.Equal(t, ffvalkey.CodeFormatTooNew, fftype.CodeOf(err))
 	})
 
+	t.Run("Migrate", func(t *testing.T) {
+		t.Parallel()
+		// A server of its own, so that the library is there only if Migrate loaded it.
+		url := testdb.NewRedis(t, testdb.RedisOptions{}).URL(0)
+		prefix := testdb.RedisPrefix(t)
+		require.NoError(t, ffvalkey.Migrate(t.Context(), url, &ffvalkey.Options{KeyPrefix: prefix}))
+		s := openStore(t, url, &ffvalkey.Options{KeyPrefix: prefix, Shards: 4})
+		c := ffvalkey.Client(s)
+		libs, err := c.Do(t.Context(), c.B().FunctionList().Libraryname(ffvalkey.LibraryName).Build()).ToArray()
+		require.NoError(t, err)
+		require.Len(t, libs, 1, "Migrate loaded the library")
+		require.Equal(t, 4, s.Shards(), "Migrate left the shard count to the first Open")
+		require.NoError(t, ffvalkey.Migrate(t.Context(), url, &ffvalkey.Options{KeyPrefix: prefix}), "an existing store")
+
+		require.NoError(t, c.Do(t.Context(), c.B().Hset().Key(prefix+":meta").FieldValue().FieldValue("format", "99").Build()).Error())
+		err = ffvalkey.Migrate(t.Context(), url, &ffvalkey.Options{KeyPrefix: prefix})
+		require.Equal(t, ffvalkey.CodeFormatTooNew, fftype.CodeOf(err), "%v", err)
+	})
+
 	t.Run("ClusterURLOnAServer", func(t *testing.T) {
 		t.Parallel()
 		_, err := ffvalkey.Open(t.Context(), "redis+cluster://"+testdb.SharedRedis(t).Addr, nil)

@@ -1,15 +1,16 @@
 package ffcli
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
-	"strings"
 
 	"github.com/spf13/cobra"
 
 	"github.com/flowfabric/flowfabric/ffconnect"
 	"github.com/flowfabric/flowfabric/ffstore/ffpostgres"
+	"github.com/flowfabric/flowfabric/ffstore/ffvalkey"
 )
 
 func newMigrateCommand(out io.Writer) *cobra.Command {
@@ -18,31 +19,28 @@ func newMigrateCommand(out io.Writer) *cobra.Command {
 		Use:   "migrate",
 		Short: "Bring a store's schema up to this binary's version",
 		Long: `Apply the store's migrations: on Postgres the versioned, forward-only SQL
-migrations under an advisory lock (safe while other processes start); on SQLite the file's
-migrations (also applied whenever the file is opened); on Redis/Valkey the versioned
-function library. A store newer than this binary is refused.`,
+migrations under an advisory lock (safe while other processes start); on Redis/Valkey the
+versioned function library, loaded on every primary; on SQLite the file's migrations (also
+applied whenever the file is opened). A store newer than this binary is refused.
+
+On Postgres and Redis/Valkey migrate does not choose the shard count: the first server or
+worker to open the store does (its URL's shards=, else the default). An SQLite file stores
+its schema and its shard count together, so on SQLite migrate creates the store when the
+file is new and fixes its shard count then: the URL's shards=, else 1.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if store == "" {
 				return errors.New("migrate: --store (or FF_STORE) is required")
 			}
-			scheme, _, _ := strings.Cut(store, ":")
-			switch strings.ToLower(scheme) {
-			case "postgres", "postgresql":
-				if err := ffpostgres.MigrateURL(cmd.Context(), store, schema); err != nil {
-					return err
-				}
-			default:
-				if schema != "" {
-					return errors.New("migrate: --schema (FF_POSTGRES_SCHEMA) is for Postgres stores only")
-				}
-				s, err := ffconnect.Open(cmd.Context(), store, nil)
-				if err != nil {
-					return err
-				}
-				if err := s.Close(); err != nil {
-					return err
-				}
+			kind, err := ffconnect.KindOf(store)
+			if err != nil {
+				return err
+			}
+			if schema != "" && kind != ffconnect.KindPostgres {
+				return errors.New("migrate: --schema (FF_POSTGRES_SCHEMA) is for Postgres stores only")
+			}
+			if err := migrate(cmd.Context(), kind, store, schema); err != nil {
+				return err
 			}
 			fmt.Fprintf(out, "%s is up to date\n", redact(store))
 			return nil
@@ -52,4 +50,22 @@ function library. A store newer than this binary is refused.`,
 	cmd.Flags().StringVar(&schema, "schema", "", `Postgres schema (default: the URL's "schema" parameter, else "flowfabric")`)
 	envFlags(cmd, map[string]string{"store": "FF_STORE", "schema": "FF_POSTGRES_SCHEMA"})
 	return cmd
+}
+
+// migrate brings the store of the given kind at url up to date. Postgres and Valkey/Redis
+// have migrations of their own that leave the shard count to the first open; any other
+// store is opened and closed again, which migrates it (and creates it if new).
+func migrate(ctx context.Context, kind ffconnect.Kind, url, schema string) error {
+	switch kind {
+	case ffconnect.KindPostgres:
+		return ffpostgres.MigrateURL(ctx, url, schema)
+	case ffconnect.KindValkey:
+		return ffvalkey.Migrate(ctx, url, nil)
+	default:
+		s, err := ffconnect.Open(ctx, url, nil)
+		if err != nil {
+			return err
+		}
+		return s.Close()
+	}
 }

@@ -89,3 +89,39 @@ func TestMigrateSchemaIsForPostgres(t *testing.T) {
 	require.NoFileExists(t, path)
 	require.Contains(t, cli(t, "migrate", "--store", "sqlite://"+path), "is up to date")
 }
+
+// TestMigrateShardCount pins who chooses a store's shard count when "flowfabric migrate"
+// runs before the first server. On Postgres and Valkey/Redis migrate leaves it to the
+// first open, so a server started afterwards with ?shards=4 gets 4 shards. An SQLite
+// file stores its schema and its shard count in one transaction, so there migrate
+// creates the store with the URL's count, which a later open with another count is
+// refused.
+func TestMigrateShardCount(t *testing.T) {
+	t.Parallel()
+	pg := testdb.NewPostgres(t, testdb.PostgresOptions{Fast: true}).URL("postgres") + "&schema=" + testdb.Schema(t)
+	rd := testdb.NewRedis(t, testdb.RedisOptions{}).URL(0) + "?prefix=" + testdb.RedisPrefix(t)
+	for _, tc := range []struct{ name, url string }{
+		{"Postgres", pg},
+		{"Redis", rd},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			require.Contains(t, cli(t, "migrate", "--store", tc.url), "is up to date")
+			require.Contains(t, cli(t, "migrate", "--store", tc.url), "is up to date", "migrate again")
+			s, err := ffconnect.Open(t.Context(), tc.url+"&shards=4", nil)
+			require.NoError(t, err, "the first open after migrate chooses the shard count")
+			require.NoError(t, s.Close())
+			require.Contains(t, cli(t, "migrate", "--store", tc.url), "is up to date", "migrate an existing store")
+			_, err = ffconnect.Open(t.Context(), tc.url+"&shards=2", nil)
+			require.ErrorContains(t, err, "shard_count_mismatch", "the count the first open chose stays")
+		})
+	}
+	t.Run("SQLite", func(t *testing.T) {
+		url := "sqlite://" + filepath.ToSlash(filepath.Join(t.TempDir(), "ff.db"))
+		require.Contains(t, cli(t, "migrate", "--store", url+"?shards=4"), "is up to date")
+		s, err := ffconnect.Open(t.Context(), url+"?shards=4", nil)
+		require.NoError(t, err, "migrate created the store with the URL's shard count")
+		require.NoError(t, s.Close())
+		_, err = ffconnect.Open(t.Context(), url+"?shards=2", nil)
+		require.ErrorContains(t, err, "shard_count_mismatch")
+	})
+}
