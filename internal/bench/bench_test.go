@@ -109,6 +109,23 @@ func TestSteady(t *testing.T) {
 	require.InDelta(t, 0.1, rec.Config.WindowSec, 1e-9)
 }
 
+// TestSteadyRefusesTooManyWindows pins that a Window that would split Duration into more
+// than MaxWindows windows is refused before the run: ClaimByWindow keeps a summary per
+// window, and a Window of 1 ns in a 1 s run allocated a billion of them after it and ran
+// out of memory.
+func TestSteadyRefusesTooManyWindows(t *testing.T) {
+	t.Parallel()
+	c := newClient(t)
+	for _, window := range []time.Duration{time.Minute / 100_000, time.Minute / (MaxWindows + 1), -time.Second} {
+		start := time.Now()
+		_, err := Steady(t.Context(), c, SteadyConfig{Rate: 10, Duration: time.Minute, Workers: 1, Window: window})
+		require.ErrorContains(t, err, "window", "%s", window)
+		require.Less(t, time.Since(start), 30*time.Second, "%s: refused up front, not after the minute's run", window)
+	}
+	_, err := Steady(t.Context(), c, SteadyConfig{Rate: 10, Duration: 200 * time.Millisecond, Workers: 1, Window: 200 * time.Millisecond / MaxWindows})
+	require.NoError(t, err, "MaxWindows windows")
+}
+
 // TestSteadyState runs a small steady-state: 40 seeded tasks of 0.5 s on 4 slots, whose
 // 1.5 s deadlines many of them miss, and refills; tasks outlive a third of the 1 s lease,
 // so the SDK renews.

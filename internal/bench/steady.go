@@ -23,6 +23,25 @@ const idleWait = 50 * time.Millisecond
 // what any store sustains, and low enough that rate × elapsed seconds counts in an int.
 const MaxRate = 1_000_000
 
+// MaxWindows is the most windows of [SteadyConfig.Window] a steady run's Duration may
+// hold: the run keeps a summary of each (ClaimByWindow), so a window far shorter than the
+// run would take more memory than the run itself.
+const MaxWindows = 1000
+
+// CheckWindow refuses a window that is not positive or that splits a run of duration
+// into more than [MaxWindows] windows; [Steady] calls it, and a command line can call it
+// before anything runs.
+func CheckWindow(duration, window time.Duration) error {
+	if window <= 0 {
+		return fmt.Errorf("window %s is not positive", window)
+	}
+	if n := duration / window; n > MaxWindows {
+		return fmt.Errorf("window %s splits the %s run into %d windows, more than %d: make it at least %s",
+			window, duration, n, MaxWindows, duration/(MaxWindows+1)+1)
+	}
+	return nil
+}
+
 // SteadyConfig describes a steady run: for Duration, a producer creates executions while
 // Workers loops claim and complete them. The producer runs at a fixed rate (Rate per
 // second, at most [MaxRate]: scenario steady-rate) or keeps a fixed backlog (Depth
@@ -40,6 +59,7 @@ type SteadyConfig struct {
 	// Lane is the lane to use; "" means "bench".
 	Lane string
 	// Window is the length of the windows ClaimByWindow summarizes; 0 means a minute.
+	// Duration may hold at most [MaxWindows] of them.
 	Window time.Duration
 	// Progress, if set, receives the run's progress (phase "run", in seconds).
 	Progress ProgressFunc
@@ -80,6 +100,9 @@ func Steady(ctx context.Context, c Client, cfg SteadyConfig) (*SteadyResult, err
 	}
 	if cfg.Window == 0 {
 		cfg.Window = time.Minute
+	}
+	if err := CheckWindow(cfg.Duration, cfg.Window); err != nil {
+		return nil, fmt.Errorf("bench: steady: %w", err)
 	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)

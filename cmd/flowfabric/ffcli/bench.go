@@ -89,7 +89,7 @@ func benchCommand(ctx context.Context, args []string, out io.Writer) error {
 	fs.DurationVar(&f.deadline, "deadline", time.Minute, "steady-state: each execution's deadline, from its creation")
 	fs.DurationVar(&f.leaseTTL, "lease-ttl", 6*time.Second, "steady-state: the workers' lease TTL (the SDK renews every third of it)")
 	fs.DurationVar(&f.taskTime, "task-time", 3*time.Second, "steady-state: how long each task takes")
-	fs.DurationVar(&f.window, "window", time.Minute, "steady-state: the end of the run steady throughput is measured over; steady-rate and steady-depth: the windows Claim p99 is reported for, one after another, to show whether it creeps")
+	fs.DurationVar(&f.window, "window", time.Minute, fmt.Sprintf("steady-state: the end of the run steady throughput is measured over; steady-rate and steady-depth: the windows Claim p99 is reported for, one after another (at most %d in -duration), to show whether it creeps", bench.MaxWindows))
 	fs.BoolVar(&f.pipeline, "pipeline", true, "drain, burn-down, steady-rate and steady-depth: each worker claims its next execution while its last completion is in flight (at most one); -pipeline=false waits for each completion first")
 	fs.StringVar(&f.cpuProfile, "cpuprofile", "", "write a CPU profile of the first run's drain to this file (drain, burn-down)")
 	fs.StringVar(&f.memProfile, "memprofile", "", "write heap profiles of the first run to this file at the drain's end and to this file + \".base\" at its start; go tool pprof -sample_index=alloc_space -base FILE.base FILE shows what the drain allocated (drain, burn-down)")
@@ -133,6 +133,15 @@ func benchCommand(ctx context.Context, args []string, out io.Writer) error {
 		return fmt.Errorf("bench: -rate %g: want 0 (measure a drain, then run at -load of its rate) to %d executions/s", f.rate, bench.MaxRate)
 	case f.scenario == "steady-depth" && f.depth < 1:
 		return errors.New("bench: -depth must be at least 1")
+	case f.window <= 0:
+		return fmt.Errorf("bench: -window %s: want a positive duration", f.window)
+	}
+	// steady-rate and steady-depth keep a summary per window; the run checks the count
+	// too, but only after the drain that measures -rate.
+	if f.scenario == "steady-rate" || f.scenario == "steady-depth" {
+		if err := bench.CheckWindow(f.duration, f.window); err != nil {
+			return fmt.Errorf("bench: -window: %w", err)
+		}
 	}
 	if f.store == "" {
 		dir, err := os.MkdirTemp("", "flowfabric-bench-")

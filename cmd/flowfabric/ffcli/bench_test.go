@@ -216,8 +216,8 @@ func TestBenchRefusesBadArguments(t *testing.T) {
 // TestBenchRefusesOutOfRangeNumbersFirst pins that bench refuses a number out of range
 // with a message naming its flag, before it opens the store (here one it could not open)
 // or allocates anything: a -payload over the engine's limit used to be allocated, up to
-// running out of memory, and a -rate of 1e300 (or NaN -load) ran, created nothing and
-// succeeded.
+// running out of memory, a -rate of 1e300 (or NaN -load) ran, created nothing and
+// succeeded, and a -window far below -duration ran out of memory after the run.
 func TestBenchRefusesOutOfRangeNumbersFirst(t *testing.T) {
 	t.Parallel()
 	unopenable := "sqlite://" + filepath.ToSlash(filepath.Join(t.TempDir(), "no-such-dir", "b.db"))
@@ -235,6 +235,11 @@ func TestBenchRefusesOutOfRangeNumbersFirst(t *testing.T) {
 		{"-load", []string{"-scenario", "steady-rate", "-load", "NaN"}},
 		{"-load", []string{"-scenario", "steady-rate", "-load", "Inf"}},
 		{"-load", []string{"-scenario", "steady-rate", "-load", "0"}},
+		// One window summary per -window of the run: a 1 ns window in 1 s ran out of memory.
+		{"-window", []string{"-scenario", "steady-rate", "-rate", "50", "-duration", "1s", "-window", "1µs"}},
+		{"-window", []string{"-scenario", "steady-depth", "-duration", "1s", "-window", "999µs"}},
+		{"-window", []string{"-scenario", "steady-rate", "-window", "0s"}},
+		{"-window", []string{"-scenario", "steady-state", "-window", "-1s"}},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			t.Parallel()
