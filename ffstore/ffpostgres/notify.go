@@ -8,6 +8,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/puddle/v2"
 )
 
 // Changes implements [ffstore.ChangeNotifier]. The channel wakes at once after this
@@ -71,8 +72,8 @@ func (s *Store) notify() {
 		ctx, cancel := context.WithTimeout(s.notifyCtx, s.opts.ConnectTimeout)
 		err := s.exec(ctx, s.sql.notify, s.channel)
 		cancel()
-		if err == nil || s.notifyCtx.Err() != nil {
-			return
+		if err == nil || s.notifyCtx.Err() != nil || errors.Is(err, puddle.ErrClosedPool) {
+			return // a pool the caller closed before the store never sends again
 		}
 		s.log.Debug("notify other processes; retrying", "error", err, "backoff", backoff)
 		var ok bool

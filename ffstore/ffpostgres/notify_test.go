@@ -261,3 +261,25 @@ func newSilenceableStore(t *testing.T, silentAt func([]byte) bool) (s *ffpostgre
 		return append([]*silentConn(nil), made...)
 	}
 }
+
+// TestCloseAfterTheCallersPoolClosed: a store made by New whose pool the caller closed
+// first (the reverse of the usual order) does not spend Close's bound retrying a NOTIFY
+// that a closed pool can never send.
+func TestCloseAfterTheCallersPoolClosed(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	pool, err := pgxpool.New(ctx, testdb.SharedPostgres(t).URL("postgres"))
+	require.NoError(t, err)
+	a, err := ffpostgres.New(pool, &ffpostgres.Options{Schema: testdb.Schema(t), Migrate: true, Shards: 1})
+	require.NoError(t, err)
+	for i := range 3 { // the later commits' NOTIFY waits out the gap after the first's
+		require.NoError(t, a.Update(ctx, 0, func(tx ffstore.Tx) error {
+			tx.Put(fmt.Sprintf("k%d", i), []byte("v"))
+			return nil
+		}))
+	}
+	pool.Close()
+	start := time.Now()
+	_ = a.Close()
+	require.Less(t, time.Since(start), 2*time.Second, "Close gave up on the closed pool at once")
+}
