@@ -55,9 +55,10 @@ payload arrives on stdin, and FF_EXECUTION_ID, FF_KIND, FF_LANE and FF_ATTEMPT i
 environment. Exit 0 completes the execution with stdout as its result (JSON as it is,
 other text as a JSON string, other bytes as binary); a non-zero exit fails the attempt
 with the end of stderr as the reason, and the execution is retried per its policy. The
-lease is renewed while the command runs, and the command is stopped if the execution is
-cancelled or the lease is lost. The worker registers its instance with the server while it
-runs ("flowfabric workers" lists it). Ctrl-C stops claiming, stops running commands and
+lease is renewed while the command runs. If the execution is cancelled or the lease is
+lost, the command is stopped with every process it started (it runs in a process group of
+its own): SIGTERM, then SIGKILL to what is left a second later. The worker registers its
+instance with the server while it runs ("flowfabric workers" lists it). Ctrl-C stops claiming, stops running commands and
 hands their executions back at once. A COMMAND that cannot be found is refused before
 anything is claimed. With --once the worker exits with status 0 only if the execution it
 handled completed.`,
@@ -194,14 +195,16 @@ func (w *shellWorker) handle(ctx context.Context, t *flowfabric.ClaimedTask) (no
 	cmd := exec.CommandContext(runCtx, w.argv[0], w.argv[1:]...)
 	cmd.Stdin = bytes.NewReader(t.Payload())
 	cmd.Stdout, cmd.Stderr = &stdout, &tail{max: 2048, buf: &stderr}
-	// A command's children (a stopped command's, or a daemon it started) may hold its
-	// output open: stop waiting for it a second after the command ends.
-	cmd.WaitDelay = time.Second
+	// Stopped, the command takes every process it started with it. A daemon it started
+	// may hold its output open after it exits: the wait for that output stops stopGrace
+	// after the exit.
+	group := newProcGroup(cmd)
 	cmd.Env = append(os.Environ(), "FF_EXECUTION_ID="+string(t.ExecutionID()), "FF_KIND="+t.Kind(), "FF_LANE="+t.Lane(),
 		"FF_ATTEMPT="+strconv.Itoa(t.Attempt()))
 	id := t.ExecutionID()
 	fmt.Fprintf(w.out, "%s running (%s, attempt %d)\n", id, t.Kind(), t.Attempt())
 	err := cmd.Run()
+	group.reap()
 	if errors.Is(err, exec.ErrWaitDelay) {
 		err = nil // the command exited 0; only a child of it still held its output
 	}

@@ -3,6 +3,10 @@ package ffcli
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -273,4 +277,37 @@ func TestWorkerOnceStoppedBeforeAnyWorkFails(t *testing.T) {
 	require.Eventually(t, func() bool { return strings.Contains(out.String(), "claiming from") }, 20*time.Second, 10*time.Millisecond)
 	cancel()
 	require.ErrorContains(t, <-done, "stopped before it claimed an execution", out.String())
+}
+
+// TestWorkerStopsEveryProcessOfACancelledCommand pins that cancelling an execution stops
+// the programs its command started as well (a script's sh -c "…", make, npm run), not
+// just the command: one left running would finish the cancelled work. The program here
+// ignores SIGTERM, so it lasts until the SIGKILL that follows.
+func TestWorkerStopsEveryProcessOfACancelledCommand(t *testing.T) {
+	t.Parallel()
+	base := startServer(t, "")
+	c, err := ffclient.New(base, nil)
+	require.NoError(t, err)
+	id := submitOne(t, base, "grandchild")
+	pidFile := filepath.Join(t.TempDir(), "pid")
+	script := fmt.Sprintf(`sh -c 'trap "" TERM; echo $$ > "%s.tmp"; mv "%[1]s.tmp" "%[1]s"; while :; do sleep 1; done'; echo done`, pidFile)
+
+	out := &syncBuffer{}
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(t.Context(), []string{"worker", "--server", base, "--lane", "grandchild", "--instance-id", "grandchild", "--once", "--", "sh", "-c", script}, out)
+	}()
+	require.Eventually(t, func() bool { _, err := os.Stat(pidFile); return err == nil }, 20*time.Second, 10*time.Millisecond, out)
+	b, err := os.ReadFile(pidFile)
+	require.NoError(t, err)
+	pid := strings.TrimSpace(string(b))
+	t.Cleanup(func() { _ = exec.Command("kill", "-KILL", pid).Run() }) // should the test fail
+	require.NoError(t, c.Cancel(t.Context(), id, fftype.CancelParams{Reason: "stop it"}))
+	require.ErrorContains(t, <-done, "stopped", out.String())
+
+	// Gone, or a zombie waiting for whoever adopted it to reap it.
+	require.Eventually(t, func() bool {
+		stat, _ := exec.Command("ps", "-o", "stat=", "-p", pid).Output()
+		return len(stat) == 0 || strings.HasPrefix(string(stat), "Z")
+	}, 5*time.Second, 10*time.Millisecond, "the program the cancelled command started still runs:\n%s", out)
 }
