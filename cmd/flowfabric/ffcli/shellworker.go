@@ -58,8 +58,9 @@ with the end of stderr as the reason, and the execution is retried per its polic
 lease is renewed while the command runs. If the execution is cancelled or the lease is
 lost, the command is stopped with every process it started (it runs in a process group of
 its own): SIGTERM, then SIGKILL to what is left a second later. The worker registers its
-instance with the server while it runs ("flowfabric workers" lists it). Ctrl-C stops claiming, stops running commands and
-hands their executions back at once. A COMMAND that cannot be found is refused before
+instance with the server while it runs ("flowfabric workers" lists it). Ctrl-C stops
+claiming, stops running commands and hands their executions back at once; a command that
+had already exited keeps its outcome. A COMMAND that cannot be found is refused before
 anything is claimed. With --once the worker exits with status 0 only if the execution it
 handled completed.`,
 		Args: cobra.MinimumNArgs(1),
@@ -185,7 +186,7 @@ var errStopping = errors.New("the worker is stopping") //nolint:gochecknoglobals
 // handle runs the command for one task, reports its outcome and returns why the execution
 // did not complete (nil if it did). The command stops when the worker stops (the execution
 // is handed back) or the task's context ends (the execution was cancelled or the lease
-// lost).
+// lost); one that had already ended on its own is completed or failed by its exit status.
 func (w *shellWorker) handle(ctx context.Context, t *flowfabric.ClaimedTask) (notDone error) {
 	runCtx, cancel := context.WithCancelCause(t.Context())
 	defer cancel(nil)
@@ -208,15 +209,19 @@ func (w *shellWorker) handle(ctx context.Context, t *flowfabric.ClaimedTask) (no
 	if errors.Is(err, exec.ErrWaitDelay) {
 		err = nil // the command exited 0; only a child of it still held its output
 	}
-	switch cause := context.Cause(runCtx); {
-	case errors.Is(cause, errStopping):
+	// A command that ended on its own, before it was told to stop, keeps its outcome
+	// whatever stopped meanwhile: its work is done, or failed, either way.
+	cause := context.Cause(runCtx)
+	stopped := cause != nil && group.signalled()
+	switch {
+	case stopped && errors.Is(cause, errStopping):
 		// Hand the execution back so another worker takes it at once.
 		if rerr := settle(ctx, t, t.Release); rerr != nil {
 			fmt.Fprintf(w.errOut, "%s: release failed: %v\n", id, rerr)
 		}
 		fmt.Fprintf(w.out, "%s released (stopping)\n", id)
 		notDone = fmt.Errorf("%s released: %w", id, cause)
-	case cause != nil:
+	case stopped:
 		fmt.Fprintf(w.out, "%s stopped: %v\n", id, cause)
 		notDone = fmt.Errorf("%s stopped: %w", id, cause)
 	case err != nil:

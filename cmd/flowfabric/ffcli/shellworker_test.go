@@ -245,6 +245,40 @@ func TestWorkerCompletesWhenABackgroundChildKeepsStdoutOpen(t *testing.T) {
 	require.Equal(t, `"ok"`, string(b))
 }
 
+// TestWorkerStoppedAfterItsCommandExitedKeepsTheOutcome pins that a command that has
+// exited 0 when the worker stops (Ctrl-C while it waits for output a daemon the command
+// started holds open) completes its execution: handed back, the finished work would run
+// again.
+func TestWorkerStoppedAfterItsCommandExitedKeepsTheOutcome(t *testing.T) {
+	t.Parallel()
+	base := startServer(t, "")
+	id := submitOne(t, base, "exited")
+	pidFile := filepath.Join(t.TempDir(), "pid")
+	script := fmt.Sprintf(`sleep 2 & echo ok; echo $$ > "%s.tmp"; mv "%[1]s.tmp" "%[1]s"`, pidFile)
+
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	out := &syncBuffer{}
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(ctx, []string{"worker", "--server", base, "--lane", "exited", "--instance-id", "exited", "--once", "--", "sh", "-c", script}, out)
+	}()
+	require.Eventually(t, func() bool { _, err := os.Stat(pidFile); return err == nil }, 20*time.Second, 5*time.Millisecond, out)
+	b, err := os.ReadFile(pidFile)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		stat, _ := exec.Command("ps", "-o", "stat=", "-p", strings.TrimSpace(string(b))).Output()
+		return len(stat) == 0 // exited, and waited for by the worker
+	}, 20*time.Second, 5*time.Millisecond)
+	cancel() // Ctrl-C
+	require.NoError(t, <-done, out.String())
+	c, err := ffclient.New(base, nil)
+	require.NoError(t, err)
+	x, err := c.Get(t.Context(), id)
+	require.NoError(t, err)
+	require.Equal(t, fftype.StateCompleted, x.PublicState(), out.String())
+}
+
 // TestWorkerStoresNonUTF8StdoutAsBinary pins that output that parses as JSON but is not
 // UTF-8 (a quoted Latin-1 string), which the server refuses as a JSON result, is stored
 // as a binary result rather than failing an attempt whose command succeeded.
