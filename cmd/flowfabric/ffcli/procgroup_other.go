@@ -19,3 +19,6 @@ func groupGone(int) bool { return true }
 
 // killGroup does nothing: there is no group to kill.
 func killGroup(int) {}
+
+// interrupted reports false: a Ctrl-C does not show in how a command ended here.
+func interrupted(*os.ProcessState) bool { return false }

@@ -180,6 +180,14 @@ func pause(ctx context.Context, d time.Duration) {
 	}
 }
 
+// interruptGrace is how long the worker waits for its own stop when its command was killed
+// by a Ctrl-C it did not send.
+const interruptGrace = 250 * time.Millisecond
+
+// killed reports whether a command that ran, ending in ps, was killed by a signal rather
+// than exiting.
+func killed(ps *os.ProcessState) bool { return ps != nil && !ps.Exited() }
+
 // errStopping is the cause of a command stopped because the worker is stopping.
 var errStopping = errors.New("the worker is stopping") //nolint:gochecknoglobals // a sentinel
 
@@ -209,10 +217,18 @@ func (w *shellWorker) handle(ctx context.Context, t *flowfabric.ClaimedTask) (no
 	if errors.Is(err, exec.ErrWaitDelay) {
 		err = nil // the command exited 0; only a child of it still held its output
 	}
-	// A command that ended on its own, before it was told to stop, keeps its outcome
-	// whatever stopped meanwhile: its work is done, or failed, either way.
+	if !group.signalled() && interrupted(cmd.ProcessState) {
+		// A Ctrl-C the worker did not send, most likely the one that stops the worker too:
+		// a terminal sends it to its whole foreground group, which a command is in from
+		// its start until it has made a group of its own. Give the worker's own signal a
+		// moment to arrive, so the execution is handed back rather than failed.
+		pause(runCtx, interruptGrace)
+	}
+	// A command that exited on its own before it was told to stop keeps its outcome
+	// whatever stopped meanwhile: its work is done, or failed, either way. One killed by a
+	// signal while the worker stops is taken as stopped, whoever sent the signal.
 	cause := context.Cause(runCtx)
-	stopped := cause != nil && group.signalled()
+	stopped := cause != nil && (group.signalled() || killed(cmd.ProcessState))
 	switch {
 	case stopped && errors.Is(cause, errStopping):
 		// Hand the execution back so another worker takes it at once.

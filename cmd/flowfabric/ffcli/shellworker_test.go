@@ -7,8 +7,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -344,4 +346,53 @@ func TestWorkerStopsEveryProcessOfACancelledCommand(t *testing.T) {
 		stat, _ := exec.Command("ps", "-o", "stat=", "-p", pid).Output()
 		return len(stat) == 0 || strings.HasPrefix(string(stat), "Z")
 	}, 5*time.Second, 10*time.Millisecond, "the program the cancelled command started still runs:\n%s", out)
+}
+
+// TestWorkerCtrlCInATerminalHandsBack pins that a Ctrl-C in a terminal hands the
+// execution back, as the help says, even when it reaches the running command as well
+// (a terminal sends SIGINT to its whole foreground group) and the command dies of it
+// before the worker notices its own: the attempt is not failed, no retry is counted.
+func TestWorkerCtrlCInATerminalHandsBack(t *testing.T) {
+	t.Parallel()
+	base := startServer(t, "")
+	c, err := ffclient.New(base, nil)
+	require.NoError(t, err)
+	bin := buildCLI(t)
+	type worker struct {
+		cmd             *exec.Cmd
+		out             *syncBuffer
+		id              fftype.ExecutionID
+		pid, commandPID int
+	}
+	workers := make([]worker, 4)
+	for i := range workers {
+		lane := fmt.Sprintf("ctrlc%d", i)
+		w := worker{id: submitOne(t, base, lane), out: &syncBuffer{}}
+		pidFile := filepath.Join(t.TempDir(), "pid")
+		w.cmd = exec.Command(bin, "worker", "--server", base, "--lane", lane, "--instance-id", lane, "--",
+			"sh", "-c", `echo $$ > "$0.tmp"; mv "$0.tmp" "$0"; exec sleep 30`, pidFile)
+		w.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // the terminal's foreground group
+		w.cmd.Stdout, w.cmd.Stderr = w.out, w.out
+		require.NoError(t, w.cmd.Start())
+		w.pid = w.cmd.Process.Pid
+		t.Cleanup(func() { _ = syscall.Kill(-w.pid, syscall.SIGKILL) })
+		require.Eventually(t, func() bool { _, err := os.Stat(pidFile); return err == nil }, 20*time.Second, 5*time.Millisecond, w.out)
+		b, err := os.ReadFile(pidFile)
+		require.NoError(t, err)
+		w.commandPID, err = strconv.Atoi(strings.TrimSpace(string(b)))
+		require.NoError(t, err)
+		workers[i] = w
+	}
+	for _, w := range workers {
+		// The command first: the order in which the worker could get it wrong.
+		require.NoError(t, syscall.Kill(w.commandPID, syscall.SIGINT))
+		require.NoError(t, syscall.Kill(-w.pid, syscall.SIGINT))
+	}
+	for _, w := range workers {
+		require.NoError(t, w.cmd.Wait(), w.out.String())
+		x, err := c.Get(t.Context(), w.id)
+		require.NoError(t, err)
+		require.Equal(t, 0, x.RetryCount, "Ctrl-C failed the attempt instead of handing it back:\n%s", w.out)
+		require.Equal(t, fftype.StateWaiting, x.PublicState(), w.out.String())
+	}
 }
