@@ -247,6 +247,7 @@ func TestSecondInterruptStopsAtOnce(t *testing.T) {
 	require.NoError(t, cmd.Process.Signal(os.Interrupt))
 	for sc.Scan() && !strings.HasPrefix(sc.Text(), "shutting down") {
 	}
+	time.Sleep(repeatSignalGap) // sooner, it would count as the same Ctrl-C
 	require.NoError(t, cmd.Process.Signal(os.Interrupt))
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
