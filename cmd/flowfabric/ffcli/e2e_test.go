@@ -243,6 +243,10 @@ func TestSecondInterruptStopsAtOnce(t *testing.T) {
 	defer conn.Close()
 	_, err = fmt.Fprintf(conn, "POST /v1/executions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
 	require.NoError(t, err)
+	// Until the server has read its headers, the request is not in flight: the shutdown
+	// drops it and ends cleanly, before the second signal (which must come repeatSignalGap
+	// after the first) can end it. Nothing outside shows the moment; give it time.
+	time.Sleep(200 * time.Millisecond)
 
 	require.NoError(t, cmd.Process.Signal(os.Interrupt))
 	for sc.Scan() && !strings.HasPrefix(sc.Text(), "shutting down") {
