@@ -351,25 +351,7 @@ func TestClaimRoundPanic(t *testing.T) {
 // their context ends, whether others of the round still wait or not.
 func TestHolderCallsLeaveTheirRoundWithTheirContexts(t *testing.T) {
 	t.Parallel()
-	gated := newGatedStore()
-	e, err := New(&mergingStore{Store: gated}, nil)
-	require.NoError(t, err)
-	var ps []fftype.CreateParams
-	for range 3 {
-		ps = append(ps, fftype.CreateParams{Lane: "l", Kind: "k"})
-	}
-	for _, r := range e.CreateMany(t.Context(), ps) {
-		require.NoError(t, r.Err)
-	}
-	leases, err := e.Claim(t.Context(), fftype.ClaimParams{WorkerID: "w", WorkerInstanceID: "i", Lanes: []string{"l"}, Count: 3})
-	require.NoError(t, err)
-	require.Len(t, leases, 3)
-	queued := func(n int) bool {
-		e.holders.mu.Lock()
-		defer e.holders.mu.Unlock()
-		q := e.holders.queues["0"]
-		return q != nil && len(q.calls) == n
-	}
+	e, gated, leases, queued := holdersOnAGate(t)
 	renew := func(l *fftype.Lease) (context.CancelFunc, <-chan error) {
 		ctx, cancel := context.WithCancel(t.Context())
 		done := make(chan error, 1)
@@ -405,25 +387,7 @@ func TestHolderCallsLeaveTheirRoundWithTheirContexts(t *testing.T) {
 // retrying with the same fence, which returns the first outcome and changes nothing.
 func TestHolderCallMayLandAfterItsCallerLeft(t *testing.T) {
 	t.Parallel()
-	gated := newGatedStore()
-	e, err := New(&mergingStore{Store: gated}, nil)
-	require.NoError(t, err)
-	var ps []fftype.CreateParams
-	for range 3 {
-		ps = append(ps, fftype.CreateParams{Lane: "l", Kind: "k"})
-	}
-	for _, r := range e.CreateMany(t.Context(), ps) {
-		require.NoError(t, r.Err)
-	}
-	leases, err := e.Claim(t.Context(), fftype.ClaimParams{WorkerID: "w", WorkerInstanceID: "i", Lanes: []string{"l"}, Count: 3})
-	require.NoError(t, err)
-	require.Len(t, leases, 3)
-	queued := func(n int) bool {
-		e.holders.mu.Lock()
-		defer e.holders.mu.Unlock()
-		q := e.holders.queues["0"]
-		return q != nil && len(q.calls) == n
-	}
+	e, gated, leases, queued := holdersOnAGate(t)
 
 	// The gate's operation holds the shard's round while a Renew and a Complete queue.
 	release, held := make(chan struct{}), make(chan struct{})
@@ -465,4 +429,31 @@ func TestHolderCallMayLandAfterItsCallerLeft(t *testing.T) {
 	res, _, err := e.Result(t.Context(), l.ExecutionID)
 	require.NoError(t, err)
 	require.JSONEq(t, `1`, string(res), "the retry changed nothing")
+}
+
+// holdersOnAGate returns an engine on a gated store that merges units, holding leases on
+// three executions of shard 0, and queued, which reports whether n holder calls wait in
+// that shard's queue of rounds.
+func holdersOnAGate(t *testing.T) (e *Engine, gated *gatedStore, leases []*fftype.Lease, queued func(n int) bool) {
+	t.Helper()
+	gated = newGatedStore()
+	e, err := New(&mergingStore{Store: gated}, nil)
+	require.NoError(t, err)
+	var ps []fftype.CreateParams
+	for range 3 {
+		ps = append(ps, fftype.CreateParams{Lane: "l", Kind: "k"})
+	}
+	for _, r := range e.CreateMany(t.Context(), ps) {
+		require.NoError(t, r.Err)
+	}
+	leases, err = e.Claim(t.Context(), fftype.ClaimParams{WorkerID: "w", WorkerInstanceID: "i", Lanes: []string{"l"}, Count: 3})
+	require.NoError(t, err)
+	require.Len(t, leases, 3)
+	queued = func(n int) bool {
+		e.holders.mu.Lock()
+		defer e.holders.mu.Unlock()
+		q := e.holders.queues["0"]
+		return q != nil && len(q.calls) == n
+	}
+	return e, gated, leases, queued
 }
