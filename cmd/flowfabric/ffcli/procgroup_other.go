@@ -20,5 +20,5 @@ func groupGone(int) bool { return true }
 // killGroup does nothing: there is no group to kill.
 func killGroup(int) {}
 
-// interrupted reports false: a Ctrl-C does not show in how a command ended here.
-func interrupted(*os.ProcessState) bool { return false }
+// byStopSignal reports false: a signal does not show in how a command ended here.
+func byStopSignal(*os.ProcessState) bool { return false }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"os/exec"
+	"slices"
 	"syscall"
 )
 
@@ -36,11 +37,12 @@ func groupGone(pgid int) bool { return errors.Is(syscall.Kill(-pgid, 0), syscall
 // killGroup sends SIGKILL to the process group pgid.
 func killGroup(pgid int) { _ = syscall.Kill(-pgid, syscall.SIGKILL) }
 
-// interrupted reports whether a command that ran, ending in ps, was killed by SIGINT.
-func interrupted(ps *os.ProcessState) bool {
+// byStopSignal reports whether a command that ran, ending in ps, was killed by one of the
+// signals that stop the worker too (stopSignals).
+func byStopSignal(ps *os.ProcessState) bool {
 	if ps == nil {
 		return false
 	}
 	ws, ok := ps.Sys().(syscall.WaitStatus)
-	return ok && ws.Signaled() && ws.Signal() == syscall.SIGINT
+	return ok && ws.Signaled() && slices.Contains(stopSignals, os.Signal(ws.Signal()))
 }

@@ -180,9 +180,9 @@ func pause(ctx context.Context, d time.Duration) {
 	}
 }
 
-// interruptGrace is how long the worker waits for its own stop when its command was killed
-// by a Ctrl-C it did not send.
-const interruptGrace = 250 * time.Millisecond
+// stopSignalGrace is how long the worker waits for its own stop when its command was
+// killed by a stop signal it did not send.
+const stopSignalGrace = 250 * time.Millisecond
 
 // killed reports whether a command that ran, ending in ps, was killed by a signal rather
 // than exiting.
@@ -217,18 +217,20 @@ func (w *shellWorker) handle(ctx context.Context, t *flowfabric.ClaimedTask) (no
 	if errors.Is(err, exec.ErrWaitDelay) {
 		err = nil // the command exited 0; only a child of it still held its output
 	}
-	if !group.signalled() && interrupted(cmd.ProcessState) {
-		// A Ctrl-C the worker did not send, most likely the one that stops the worker too:
-		// a terminal sends it to its whole foreground group, which a command is in from
-		// its start until it has made a group of its own. Give the worker's own signal a
-		// moment to arrive, so the execution is handed back rather than failed.
-		pause(runCtx, interruptGrace)
+	if !group.signalled() && byStopSignal(cmd.ProcessState) {
+		// A stop signal the worker did not send, most likely the one that stops the worker
+		// too: a terminal sends Ctrl-C to its whole foreground group (which a command is
+		// in from its start until it has made a group of its own), systemd its SIGTERM to
+		// every process of the service. Give the worker's own signal a moment to arrive,
+		// so the execution is handed back rather than failed.
+		pause(runCtx, stopSignalGrace)
 	}
 	// A command that exited on its own before it was told to stop keeps its outcome
 	// whatever stopped meanwhile: its work is done, or failed, either way. One killed by a
-	// signal while the worker stops is taken as stopped, whoever sent the signal.
+	// signal while the worker stops is taken as stopped, whoever sent the signal, and so
+	// is one that never started because the stop came first.
 	cause := context.Cause(runCtx)
-	stopped := cause != nil && (group.signalled() || killed(cmd.ProcessState))
+	stopped := cause != nil && (cmd.Process == nil || group.signalled() || killed(cmd.ProcessState))
 	switch {
 	case stopped && errors.Is(cause, errStopping):
 		// Hand the execution back so another worker takes it at once.

@@ -348,16 +348,30 @@ func TestWorkerStopsEveryProcessOfACancelledCommand(t *testing.T) {
 	}, 5*time.Second, 10*time.Millisecond, "the program the cancelled command started still runs:\n%s", out)
 }
 
-// TestWorkerCtrlCInATerminalHandsBack pins that a Ctrl-C in a terminal hands the
-// execution back, as the help says, even when it reaches the running command as well
-// (a terminal sends SIGINT to its whole foreground group) and the command dies of it
-// before the worker notices its own: the attempt is not failed, no retry is counted.
-func TestWorkerCtrlCInATerminalHandsBack(t *testing.T) {
+// TestWorkerStopSignalReachingItsCommandHandsBack pins that a signal that stops the worker
+// hands the execution back, as the help says, even when it reaches the running command as
+// well (a terminal sends SIGINT to its whole foreground group, systemd SIGTERM to every
+// process of the service) and the command dies of it before the worker notices its own:
+// the attempt is not failed, no retry is counted.
+func TestWorkerStopSignalReachingItsCommandHandsBack(t *testing.T) {
 	t.Parallel()
 	base := startServer(t, "")
 	c, err := ffclient.New(base, nil)
 	require.NoError(t, err)
 	bin := buildCLI(t)
+	// SIGINT as a terminal's Ctrl-C sends it; SIGTERM as systemctl stop sends it to every
+	// process of the service at once.
+	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM} {
+		t.Run(sig.String(), func(t *testing.T) {
+			t.Parallel()
+			handsBackOnStopSignal(t, c, base, bin, sig)
+		})
+	}
+}
+
+// handsBackOnStopSignal runs four workers whose commands and themselves get sig, the
+// command first, and checks that each execution is handed back, not failed.
+func handsBackOnStopSignal(t *testing.T, c *ffclient.Client, base, bin string, sig syscall.Signal) {
 	type worker struct {
 		cmd             *exec.Cmd
 		out             *syncBuffer
@@ -366,7 +380,7 @@ func TestWorkerCtrlCInATerminalHandsBack(t *testing.T) {
 	}
 	workers := make([]worker, 4)
 	for i := range workers {
-		lane := fmt.Sprintf("ctrlc%d", i)
+		lane := fmt.Sprintf("stop%d-%d", int(sig), i)
 		w := worker{id: submitOne(t, base, lane), out: &syncBuffer{}}
 		pidFile := filepath.Join(t.TempDir(), "pid")
 		w.cmd = exec.Command(bin, "worker", "--server", base, "--lane", lane, "--instance-id", lane, "--",
@@ -385,14 +399,41 @@ func TestWorkerCtrlCInATerminalHandsBack(t *testing.T) {
 	}
 	for _, w := range workers {
 		// The command first: the order in which the worker could get it wrong.
-		require.NoError(t, syscall.Kill(w.commandPID, syscall.SIGINT))
-		require.NoError(t, syscall.Kill(-w.pid, syscall.SIGINT))
+		require.NoError(t, syscall.Kill(w.commandPID, sig))
+		require.NoError(t, syscall.Kill(-w.pid, sig))
 	}
 	for _, w := range workers {
 		require.NoError(t, w.cmd.Wait(), w.out.String())
 		x, err := c.Get(t.Context(), w.id)
 		require.NoError(t, err)
-		require.Equal(t, 0, x.RetryCount, "Ctrl-C failed the attempt instead of handing it back:\n%s", w.out)
+		require.Equal(t, 0, x.RetryCount, "%s failed the attempt instead of handing it back:\n%s", sig, w.out)
 		require.Equal(t, fftype.StateWaiting, x.PublicState(), w.out.String())
 	}
+}
+
+// TestWorkerStopBeforeTheCommandStartsHandsBack pins that a stop which lands after the
+// claim and before the command starts (exec starts nothing under an ended context) hands
+// the execution back like any other stop, rather than failing the attempt.
+func TestWorkerStopBeforeTheCommandStartsHandsBack(t *testing.T) {
+	t.Parallel()
+	base := startServer(t, "")
+	id := submitOne(t, base, "early")
+	c, err := ffclient.New(base, nil)
+	require.NoError(t, err)
+	wk, err := flowfabric.NewWorker(t.Context(), c, &flowfabric.WorkerConfig{WorkerID: "w", WorkerInstanceID: "early", Lanes: []string{"early"}}, nil)
+	require.NoError(t, err)
+	defer wk.Close(t.Context())
+	task, err := wk.ClaimNext(t.Context())
+	require.NoError(t, err)
+	require.NotNil(t, task)
+
+	out := &syncBuffer{}
+	w := &shellWorker{c: c, out: out, errOut: out, argv: []string{"true"}}
+	stopped, stop := context.WithCancel(t.Context())
+	stop() // the worker is stopping before the command starts
+	require.ErrorIs(t, w.handle(stopped, task), errStopping, out.String())
+	x, err := c.Get(t.Context(), id)
+	require.NoError(t, err)
+	require.Equal(t, 0, x.RetryCount, "the stop failed the attempt:\n%s", out)
+	require.Equal(t, fftype.StateWaiting, x.PublicState(), out.String())
 }

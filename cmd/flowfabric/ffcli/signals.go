@@ -14,6 +14,10 @@ import (
 // group, a command just started included), and no one presses Ctrl-C twice faster.
 const repeatSignalGap = 250 * time.Millisecond
 
+// stopSignals are the signals that stop the worker: a terminal's Ctrl-C, and what a
+// service manager sends.
+var stopSignals = []os.Signal{os.Interrupt, syscall.SIGTERM} //nolint:gochecknoglobals // a constant list
+
 // NotifyStop returns a copy of ctx that the first SIGINT or SIGTERM cancels, which starts a
 // graceful stop, and calls exit on another signal that arrives at least 250 ms after the
 // first (one sooner counts as the same). stop releases the signals and cancels the
@@ -21,7 +25,7 @@ const repeatSignalGap = 250 * time.Millisecond
 func NotifyStop(ctx context.Context, exit func()) (_ context.Context, stop func()) {
 	ctx, cancel := context.WithCancel(ctx)
 	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	signal.Notify(sigs, stopSignals...)
 	quit := make(chan struct{})
 	go watchStopSignals(sigs, quit, cancel, exit)
 	var once sync.Once
