@@ -409,6 +409,9 @@ func (s *Store) ensureMeta(ctx context.Context, shards int) (int, error) {
 }
 
 // readMeta returns the fields of the store's meta key, none if the store does not exist.
+// It refuses a store written in a data format newer than this binary's, whatever else the
+// key holds: such a format may keep its fields elsewhere, and nothing of it is to be
+// written.
 func (s *Store) readMeta(ctx context.Context) (map[string]string, error) {
 	res, err := s.do(ctx, "read the store's meta key", true, func() rueidis.Completed {
 		return s.client.B().Hgetall().Key(metaKey(s.prefix)).Build()
@@ -417,22 +420,25 @@ func (s *Store) readMeta(ctx context.Context) (map[string]string, error) {
 		return nil, err
 	}
 	m, err := res.AsStrMap()
-	return m, translate(err, "read the store's meta key")
+	if err != nil {
+		return nil, translate(err, "read the store's meta key")
+	}
+	if f, _ := strconv.Atoi(m["format"]); f > dataFormat {
+		e := fftype.NewError(fftype.KindUnavailable, CodeFormatTooNew,
+			"ffvalkey: the store under prefix %q was written in data format %d by a newer binary; this one knows format %d", s.prefix, f, dataFormat)
+		e.Retryable = false
+		return nil, e
+	}
+	return m, nil
 }
 
-// checkMeta returns the shard count of an existing store's meta fields, refusing a
-// malformed count, a data format newer than this binary's and a non-zero shards that
-// differs from the stored count.
+// checkMeta returns the shard count of an existing store's meta fields (as readMeta
+// returns them), refusing a malformed count and a non-zero shards that differs from the
+// stored count.
 func (s *Store) checkMeta(meta map[string]string, shards int) (int, error) {
 	stored, err := strconv.Atoi(meta["shards"])
 	if err != nil || stored < 1 || stored > fftype.MaxShards {
 		return 0, fftype.NewError(fftype.KindUnavailable, fftype.CodeCorruption, "ffvalkey: the meta key %s holds shards=%q", metaKey(s.prefix), meta["shards"])
-	}
-	if f, _ := strconv.Atoi(meta["format"]); f > dataFormat {
-		e := fftype.NewError(fftype.KindUnavailable, CodeFormatTooNew,
-			"ffvalkey: the store under prefix %q was written in data format %d by a newer binary; this one knows format %d", s.prefix, f, dataFormat)
-		e.Retryable = false
-		return 0, e
 	}
 	if shards != 0 && shards != stored {
 		return 0, fftype.Validationf(CodeShardCountMismatch,

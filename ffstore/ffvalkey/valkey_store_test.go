@@ -235,6 +235,24 @@ func TestOpen(t *testing.T) {
 		require.Equal(t, ffvalkey.CodeFormatTooNew, fftype.CodeOf(err))
 	})
 
+	// A newer format may keep its shard count elsewhere: its meta key is refused as it
+	// is, and left as it is.
+	t.Run("FormatTooNewWithoutShards", func(t *testing.T) {
+		t.Parallel()
+		url := testdb.SharedRedis(t).URL(0)
+		s := openStore(t, url, nil)
+		c := ffvalkey.Client(s)
+		prefix := testdb.RedisPrefix(t)
+		require.NoError(t, c.Do(t.Context(), c.B().Hset().Key(prefix+":meta").FieldValue().FieldValue("format", "2").Build()).Error())
+		_, err := ffvalkey.Open(t.Context(), url, &ffvalkey.Options{KeyPrefix: prefix})
+		require.Equal(t, ffvalkey.CodeFormatTooNew, fftype.CodeOf(err), "Open: %v", err)
+		err = ffvalkey.Migrate(t.Context(), url, &ffvalkey.Options{KeyPrefix: prefix})
+		require.Equal(t, ffvalkey.CodeFormatTooNew, fftype.CodeOf(err), "Migrate: %v", err)
+		meta, err := c.Do(t.Context(), c.B().Hgetall().Key(prefix+":meta").Build()).AsStrMap()
+		require.NoError(t, err)
+		require.Equal(t, map[string]string{"format": "2"}, meta, "the newer store's meta key is left alone")
+	})
+
 	t.Run("Migrate", func(t *testing.T) {
 		t.Parallel()
 		// A server of its own, so that the library is there only if Migrate loaded it.
