@@ -88,10 +88,10 @@ func ValidateWorkerID(field, id string) error {
 }
 
 // ValidatePlainText checks text that is stored and shown as it is (ids, idempotency keys):
-// at most max bytes of UTF-8 with no control character.
+// text (ValidateText) with no control character.
 func ValidatePlainText(field, s string, max int) error {
-	if why := checkText(s, max); why != "" {
-		return Validationf(CodeInvalidInput, "%s %s", field, why)
+	if err := ValidateText(field, s, max); err != nil {
+		return err
 	}
 	for _, r := range s {
 		if unicode.IsControl(r) {
@@ -173,8 +173,8 @@ func ValidateTagKey(k string) error {
 	return nil
 }
 
-// ValidateTags checks a tag map: at most 64 tags, valid keys, values at most 1,024 bytes.
-// A tag whose value is "" is no tag (creating or changing tags drops it), so it does not
+// ValidateTags checks a tag map: at most 64 tags, valid keys, values of UTF-8 at most
+// 1,024 bytes. A tag whose value is "" is no tag (creating or changing tags drops it), so it does not
 // count towards the 64; with them, a map holds at most 128 entries, as SetTags takes.
 func ValidateTags(tags map[string]string) error {
 	if len(tags) > 2*MaxTags {
@@ -189,12 +189,6 @@ func ValidateTags(tags map[string]string) error {
 	if kept > MaxTags {
 		return Validationf(CodeInvalidInput, "more than %d tags", MaxTags)
 	}
-	return ValidateTagEntries(tags)
-}
-
-// ValidateTagEntries checks each tag of a map, whatever their number: valid keys, values
-// of UTF-8 at most 1,024 bytes. A change of tags checks the count on the tags it leads to.
-func ValidateTagEntries(tags map[string]string) error {
 	for k, v := range tags {
 		if err := ValidateTagKey(k); err != nil {
 			return err
@@ -226,19 +220,14 @@ func ValidateTraceparent(tp string) error {
 	return nil
 }
 
-// ValidateReason checks a free-text reason: valid UTF-8 of at most 1,024 bytes. ClipReason
-// makes any text one.
-func ValidateReason(field, s string) error {
-	if why := checkText(s, MaxReasonBytes); why != "" {
-		return Validationf(CodeInvalidInput, "%s %s", field, why)
-	}
-	return nil
-}
+// ValidateReason checks a free-text reason: text (ValidateText) of at most 1,024 bytes.
+// ClipReason makes any text one.
+func ValidateReason(field, s string) error { return ValidateText(field, s, MaxReasonBytes) }
 
-// ValidateCategory checks a failure category: valid UTF-8 of at most 64 bytes ("" is
-// none).
-func ValidateCategory(field, c string) error {
-	if why := checkText(c, MaxCategoryBytes); why != "" {
+// ValidateText checks free text the engine stores and hands out as it is (a reason, a
+// failure category, a tag value): valid UTF-8 of at most max bytes.
+func ValidateText(field, s string, max int) error {
+	if why := checkText(s, max); why != "" {
 		return Validationf(CodeInvalidInput, "%s %s", field, why)
 	}
 	return nil

@@ -298,13 +298,13 @@ func TestValidateTextThatJSONCarries(t *testing.T) {
 	invalid := &Error{Kind: KindValidation, Code: CodeInvalidInput}
 	require.NoError(t, ValidateTags(map[string]string{"t": strings.Repeat("é", MaxTagValueBytes/2)}))
 	require.ErrorIs(t, ValidateTags(map[string]string{"t": "v\xff"}), invalid)
-	require.ErrorIs(t, ValidateTagEntries(map[string]string{"t": strings.Repeat("a", MaxTagValueBytes+1)}), invalid)
+	require.ErrorIs(t, ValidateTags(map[string]string{"t": strings.Repeat("a", MaxTagValueBytes+1)}), invalid)
 
 	for _, ok := range []string{"", "transient", "é", strings.Repeat("a", MaxCategoryBytes)} {
-		require.NoError(t, ValidateCategory("category", ok), "%q", ok)
+		require.NoError(t, ValidateText("category", ok, MaxCategoryBytes), "%q", ok)
 	}
 	for _, bad := range []string{"caf\xe9", strings.Repeat("a", MaxCategoryBytes+1)} {
-		require.ErrorIs(t, ValidateCategory("category", bad), invalid, "%q", bad)
+		require.ErrorIs(t, ValidateText("category", bad, MaxCategoryBytes), invalid, "%q", bad)
 		p := Policy{Retry: &RetryPolicy{NonRetryable: []string{bad}}}
 		require.ErrorIs(t, p.Validate(), &Error{Kind: KindValidation, Code: CodeInvalidPolicy}, "%q", bad)
 	}

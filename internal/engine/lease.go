@@ -195,7 +195,7 @@ func (e *Engine) Fail(ctx context.Context, id fftype.ExecutionID, f fftype.Fence
 	if err := fftype.ValidateReason("reason", p.Reason); err != nil {
 		return fftype.FailOutcome{}, err
 	}
-	if err := fftype.ValidateCategory("category", p.Category); err != nil {
+	if err := fftype.ValidateText("category", p.Category, fftype.MaxCategoryBytes); err != nil {
 		return fftype.FailOutcome{}, err
 	}
 	var out fftype.FailOutcome
