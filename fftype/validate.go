@@ -174,8 +174,9 @@ func ValidateTagKey(k string) error {
 }
 
 // ValidateTags checks a tag map: at most 64 tags, valid keys, values of UTF-8 at most
-// 1,024 bytes. A tag whose value is "" is no tag (creating or changing tags drops it), so it does not
-// count towards the 64; with them, a map holds at most 128 entries, as SetTags takes.
+// 1,024 bytes. A tag whose value is "" is no tag (creating or changing tags drops it), so
+// it does not count towards the 64; with them, a map holds at most 128 entries, as
+// SetTags takes.
 func ValidateTags(tags map[string]string) error {
 	if len(tags) > 2*MaxTags {
 		return Validationf(CodeInvalidInput, "more than %d tag entries", 2*MaxTags)

@@ -51,16 +51,10 @@ var errSplit = errors.New("engine: the round's operations must run alone")
 
 // holderUnit runs fn in a unit on the execution id for the holder of fence f. If replay
 // recognises a retried call whose effect is already in place, the unit returns nil
-// without calling fn. fn writes no more than the execution's record, an event and a
-// short text; holderUnitOfSize is for an operation that brings more.
-func (e *Engine) holderUnit(ctx context.Context, id fftype.ExecutionID, f fftype.Fence,
-	replay func(x *fftype.Execution) bool, fn holderFunc) error {
-	return e.holderUnitOfSize(ctx, id, f, 0, replay, fn)
-}
-
-// holderUnitOfSize is holderUnit for an operation that brings size bytes of data to write
-// (a result): the more it brings, the fewer operations share its round (holderWeight).
-func (e *Engine) holderUnitOfSize(ctx context.Context, id fftype.ExecutionID, f fftype.Fence, size int,
+// without calling fn. size is the bytes of data fn brings to write beyond the execution's
+// record, an event and a short text (a result), 0 if none: the more it brings, the fewer
+// operations share its round (holderWeight).
+func (e *Engine) holderUnit(ctx context.Context, id fftype.ExecutionID, f fftype.Fence, size int,
 	replay func(x *fftype.Execution) bool, fn holderFunc) error {
 	shard, err := e.checkID(id)
 	if err != nil {

@@ -115,7 +115,7 @@ func testHolderRound(t *testing.T, kinds []int, shared bool) {
 	release, queued := make(chan struct{}), make(chan struct{})
 	gateDone := make(chan error, 1)
 	go func() {
-		gateDone <- e.holderUnit(ctx, gate.ExecutionID, gate.Fence, nil, func(ffstore.Tx, *fftype.Execution, placement, time.Time) error {
+		gateDone <- e.holderUnit(ctx, gate.ExecutionID, gate.Fence, 0, nil, func(ffstore.Tx, *fftype.Execution, placement, time.Time) error {
 			close(queued)
 			<-release
 			return nil
@@ -133,7 +133,7 @@ func testHolderRound(t *testing.T, kinds []int, shared bool) {
 		}
 		wg.Go(func() {
 			defer func() { panics[i] = recover() }()
-			errs[i] = e.holderUnit(ctx, l.ExecutionID, f, nil, op(kind))
+			errs[i] = e.holderUnit(ctx, l.ExecutionID, f, 0, nil, op(kind))
 		})
 	}
 	require.Eventually(t, func() bool {
@@ -248,7 +248,7 @@ func TestHolderRoundsAreBoundedByBytes(t *testing.T) {
 	release, held := make(chan struct{}), make(chan struct{})
 	gateDone := make(chan error, 1)
 	go func() {
-		gateDone <- e.holderUnit(t.Context(), gate.ExecutionID, gate.Fence, nil, func(ffstore.Tx, *fftype.Execution, placement, time.Time) error {
+		gateDone <- e.holderUnit(t.Context(), gate.ExecutionID, gate.Fence, 0, nil, func(ffstore.Tx, *fftype.Execution, placement, time.Time) error {
 			close(held)
 			<-release
 			return nil
@@ -288,7 +288,7 @@ func TestHolderRoundLonePanic(t *testing.T) {
 	require.Len(t, leases, 2)
 
 	require.PanicsWithValue(t, "boom", func() {
-		_ = e.holderUnit(ctx, leases[0].ExecutionID, leases[0].Fence, nil,
+		_ = e.holderUnit(ctx, leases[0].ExecutionID, leases[0].Fence, 0, nil,
 			func(ffstore.Tx, *fftype.Execution, placement, time.Time) error { panic("boom") })
 	})
 
@@ -394,7 +394,7 @@ func TestHolderCallMayLandAfterItsCallerLeft(t *testing.T) {
 	gateDone := make(chan error, 1)
 	gate := leases[2]
 	go func() {
-		gateDone <- e.holderUnit(t.Context(), gate.ExecutionID, gate.Fence, nil, func(ffstore.Tx, *fftype.Execution, placement, time.Time) error {
+		gateDone <- e.holderUnit(t.Context(), gate.ExecutionID, gate.Fence, 0, nil, func(ffstore.Tx, *fftype.Execution, placement, time.Time) error {
 			close(held)
 			<-release
 			return nil

@@ -129,7 +129,7 @@ func (e *Engine) Renew(ctx context.Context, id fftype.ExecutionID, f fftype.Fenc
 		return time.Time{}, fftype.Validationf(fftype.CodeInvalidInput, "lease ttl must be between %s and %s", fftype.MinLeaseTTL, fftype.MaxLeaseTTL)
 	}
 	var expires time.Time
-	err := e.holderUnit(ctx, id, f, nil, func(tx ffstore.Tx, x *fftype.Execution, before placement, now time.Time) error {
+	err := e.holderUnit(ctx, id, f, 0, nil, func(tx ffstore.Tx, x *fftype.Execution, before placement, now time.Time) error {
 		if ttl != 0 {
 			x.LeaseTTL = fftype.Duration(ttl)
 		}
@@ -152,7 +152,7 @@ func (e *Engine) Progress(ctx context.Context, id fftype.ExecutionID, f fftype.F
 	if err := fftype.ValidateReason("progress message", message); err != nil {
 		return err
 	}
-	return e.holderUnit(ctx, id, f, nil, func(tx ffstore.Tx, x *fftype.Execution, before placement, now time.Time) error {
+	return e.holderUnit(ctx, id, f, 0, nil, func(tx ffstore.Tx, x *fftype.Execution, before placement, now time.Time) error {
 		x.ProgressPercent, x.ProgressMessage, x.ProgressAt = percent, message, now
 		x.UpdatedAt = now
 		e.save(tx, before, x)
@@ -174,7 +174,7 @@ func (e *Engine) Complete(ctx context.Context, id fftype.ExecutionID, f fftype.F
 	}
 	result = bytes.Clone(result) // the store keeps it; the caller may reuse its buffer
 	replay := func(x *fftype.Execution) bool { return x.Outcome == fftype.OutcomeSuccess }
-	return e.holderUnitOfSize(ctx, id, f, len(result), replay, func(tx ffstore.Tx, x *fftype.Execution, before placement, now time.Time) error {
+	return e.holderUnit(ctx, id, f, len(result), replay, func(tx ffstore.Tx, x *fftype.Execution, before placement, now time.Time) error {
 		if err := endAttempt(tx, x, fftype.AttemptSucceeded, "", "", now); err != nil {
 			return err
 		}
@@ -213,7 +213,7 @@ func (e *Engine) Fail(ctx context.Context, id fftype.ExecutionID, f fftype.Fence
 		}
 		return false
 	}
-	err := e.holderUnit(ctx, id, f, replay, func(tx ffstore.Tx, x *fftype.Execution, before placement, now time.Time) error {
+	err := e.holderUnit(ctx, id, f, 0, replay, func(tx ffstore.Tx, x *fftype.Execution, before placement, now time.Time) error {
 		var err error
 		out, err = e.failAttempt(tx, x, before, p, now)
 		return err
@@ -260,7 +260,7 @@ func (e *Engine) Delay(ctx context.Context, id fftype.ExecutionID, f fftype.Fenc
 	replay := func(x *fftype.Execution) bool {
 		return x.Phase == fftype.PhaseRunnable && x.AttemptState == fftype.AttemptStateInterrupted && x.LastLeaseEnd == ""
 	}
-	return e.holderUnit(ctx, id, f, replay, func(tx ffstore.Tx, x *fftype.Execution, before placement, now time.Time) error {
+	return e.holderUnit(ctx, id, f, 0, replay, func(tx ffstore.Tx, x *fftype.Execution, before placement, now time.Time) error {
 		if err := endAttempt(tx, x, fftype.AttemptPaused, "worker_delay", "", now); err != nil {
 			return err
 		}
@@ -277,7 +277,7 @@ func (e *Engine) Delay(ctx context.Context, id fftype.ExecutionID, f fftype.Fenc
 // reclaim.
 func (e *Engine) Release(ctx context.Context, id fftype.ExecutionID, f fftype.Fence) error {
 	replay := func(x *fftype.Execution) bool { return x.LastLeaseEnd == fftype.LeaseEndReleased }
-	return e.holderUnit(ctx, id, f, replay, func(tx ffstore.Tx, x *fftype.Execution, before placement, now time.Time) error {
+	return e.holderUnit(ctx, id, f, 0, replay, func(tx ffstore.Tx, x *fftype.Execution, before placement, now time.Time) error {
 		if err := endAttempt(tx, x, fftype.AttemptPaused, "released", "", now); err != nil {
 			return err
 		}
@@ -314,7 +314,7 @@ func (e *Engine) Cancel(ctx context.Context, id fftype.ExecutionID, p fftype.Can
 	}
 	if p.Fence != nil {
 		replay := func(x *fftype.Execution) bool { return x.Outcome == fftype.OutcomeCancelled }
-		return e.holderUnit(ctx, id, *p.Fence, replay, apply)
+		return e.holderUnit(ctx, id, *p.Fence, 0, replay, apply)
 	}
 	shard, err := e.checkID(id)
 	if err != nil {
