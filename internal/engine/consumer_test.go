@@ -937,7 +937,6 @@ func TestConsumerStoppedAtABalanceHandsItsLeasesBack(t *testing.T) {
 	t.Parallel()
 	mem := ffmem.New(&ffmem.Options{Shards: 4})
 	e, clock := newTestEngineOn(t, mem, Config{})
-	noop := func(context.Context, fftype.Event) error { return nil }
 	a, err := e.NewConsumer(ConsumerConfig{Name: "audit", Handler: noop})
 	require.NoError(t, err)
 	_, err = a.Step(t.Context())
@@ -959,20 +958,7 @@ func TestConsumerStoppedAtABalanceHandsItsLeasesBack(t *testing.T) {
 // every shard at once rather than wait out that lease.
 func TestConsumerReleaseHandsBackALeaseWhoseVisitFailed(t *testing.T) {
 	t.Parallel()
-	mem := ffmem.New(&ffmem.Options{Shards: 4})
-	st := &shardFaultStore{Store: mem, shard: 3}
-	e, clock := newTestEngineOn(t, st, Config{Logger: slog.New(slog.DiscardHandler)})
-	noop := func(context.Context, fftype.Event) error { return nil }
-	a, err := e.NewConsumer(ConsumerConfig{Name: "audit", Handler: noop})
-	require.NoError(t, err)
-	_, err = a.Step(t.Context())
-	require.NoError(t, err)
-	require.Len(t, a.Shards(), 4)
-
-	clock.Advance(DefaultConsumerLeaseTTL / 3) // a balance is due, and shard 3's unit fails
-	st.set(faultFail)
-	_, err = a.Step(t.Context())
-	require.Error(t, err)
+	e, st, a := auditFailingOnShard3(t, DefaultConsumerLeaseTTL)
 	require.NotContains(t, a.Shards(), 3, "a shard whose renewal failed is not worked")
 	st.set(faultNone)
 	a.Release(t.Context())
@@ -988,7 +974,6 @@ func TestConsumerReleaseHandsBackATakeWhoseReplyWasLost(t *testing.T) {
 	mem := ffmem.New(&ffmem.Options{Shards: 4})
 	st := &shardFaultStore{Store: mem, shard: 3}
 	e, _ := newTestEngineOn(t, st, Config{Logger: slog.New(slog.DiscardHandler)})
-	noop := func(context.Context, fftype.Event) error { return nil }
 	a, err := e.NewConsumer(ConsumerConfig{Name: "audit", Handler: noop})
 	require.NoError(t, err)
 	st.set(faultLostReply)
@@ -1016,20 +1001,8 @@ func TestConsumerReleaseHandsBackTheSureLeasesFirst(t *testing.T) {
 	t.Parallel()
 	const ttl = 300 * time.Millisecond
 	for trial := range 3 { // the map order of the shards varies
-		mem := ffmem.New(&ffmem.Options{Shards: 4})
-		st := &shardFaultStore{Store: mem, shard: 3}
-		e, clock := newTestEngineOn(t, st, Config{Logger: slog.New(slog.DiscardHandler)})
-		noop := func(context.Context, fftype.Event) error { return nil }
-		a, err := e.NewConsumer(ConsumerConfig{Name: "audit", LeaseTTL: ttl, Handler: noop})
-		require.NoError(t, err)
-		_, err = a.Step(t.Context())
-		require.NoError(t, err)
-		require.Len(t, a.Shards(), 4)
-		clock.Advance(ttl / 3)
-		st.set(faultFail) // the partition fails...
-		_, err = a.Step(t.Context())
-		require.Error(t, err)
-		st.set(faultHang) // ...then stops answering
+		e, st, a := auditFailingOnShard3(t, ttl)
+		st.set(faultHang) // shard 3 failed at the balance; now it stops answering
 		a.Release(t.Context())
 		st.set(faultFail)
 
@@ -1040,11 +1013,33 @@ func TestConsumerReleaseHandsBackTheSureLeasesFirst(t *testing.T) {
 	}
 }
 
+// noop is a consumer's handler that does nothing.
+func noop(context.Context, fftype.Event) error { return nil }
+
+// auditFailingOnShard3 returns an engine on a 4-shard store whose shard 3 fails, and a
+// replica of the consumer "audit" with lease TTL ttl that took every shard and then, at
+// its next balance, saw shard 3's unit fail (st is left failing it).
+func auditFailingOnShard3(t *testing.T, ttl time.Duration) (*Engine, *shardFaultStore, *Consumer) {
+	t.Helper()
+	st := &shardFaultStore{Store: ffmem.New(&ffmem.Options{Shards: 4}), shard: 3}
+	e, clock := newTestEngineOn(t, st, Config{Logger: slog.New(slog.DiscardHandler)})
+	a, err := e.NewConsumer(ConsumerConfig{Name: "audit", LeaseTTL: ttl, Handler: noop})
+	require.NoError(t, err)
+	_, err = a.Step(t.Context())
+	require.NoError(t, err)
+	require.Len(t, a.Shards(), 4)
+	clock.Advance(ttl / 3) // a balance is due, and shard 3's unit fails
+	st.set(faultFail)
+	_, err = a.Step(t.Context())
+	require.Error(t, err)
+	return e, st, a
+}
+
 // requireEveryShardFree checks that a new replica of the consumer "audit" takes all the
 // store's shards at once: the replicas before it handed their leases back.
 func requireEveryShardFree(t *testing.T, e *Engine, shards int) {
 	t.Helper()
-	b, err := e.NewConsumer(ConsumerConfig{Name: "audit", Handler: func(context.Context, fftype.Event) error { return nil }})
+	b, err := e.NewConsumer(ConsumerConfig{Name: "audit", Handler: noop})
 	require.NoError(t, err)
 	_, err = b.Step(t.Context())
 	require.NoError(t, err)
