@@ -237,7 +237,7 @@ func (c *Client) send(ctx context.Context, method, path string, in any) (*http.R
 		return nil, &fftype.Error{Kind: fftype.KindUnavailable, Code: "http_" + strconv.Itoa(resp.StatusCode),
 			Message: msg, Retryable: passing}
 	}
-	return nil, &fftype.Error{Kind: fftype.Kind(eb.Kind), Code: eb.Code, Message: eb.Error, Retryable: eb.Retryable}
+	return nil, fromBody(&eb)
 }
 
 // millis is d in the API's unit, as fftype.Duration.Millis rounds it.
@@ -442,7 +442,7 @@ func (c *Client) createBulk(ctx context.Context, body *bulkBody, out []fftype.Bu
 		case err != nil:
 			out[i].Err = err
 		case j >= len(resp.Results):
-			out[i].Err = errFewerResults
+			out[i].Err = fewerResults()
 		case resp.Results[j].Error != nil:
 			out[i].Err = fromBody(resp.Results[j].Error)
 		default:
@@ -703,7 +703,7 @@ func (c *Client) ReplayMany(ctx context.Context, ids []fftype.ExecutionID) ([]er
 		for j := range chunk {
 			switch i := at[start+j]; {
 			case j >= len(resp.Results):
-				out[i] = errFewerResults
+				out[i] = fewerResults()
 			case resp.Results[j].Error != nil:
 				out[i] = fromBody(resp.Results[j].Error)
 			}
@@ -712,26 +712,41 @@ func (c *Client) ReplayMany(ctx context.Context, ids []fftype.ExecutionID) ([]er
 	return out, nil
 }
 
-// errFewerResults is the error of the items of a bulk call the server's answer left out.
-var errFewerResults = &fftype.Error{Kind: fftype.KindUnavailable, Code: "bad_response", Message: "the server answered fewer results than items"}
+// fewerResults is the error of an item of a bulk call the server's answer left out (a new
+// one each time: an *fftype.Error may be changed by whoever gets it).
+func fewerResults() error {
+	return &fftype.Error{Kind: fftype.KindUnavailable, Code: "bad_response", Message: "the server answered fewer results than items"}
+}
 
 // maxReplayIDs is how many ids the server takes in one dead-letter replay.
 const maxReplayIDs = 1000
 
 // PauseLane pauses a lane.
 func (c *Client) PauseLane(ctx context.Context, lane string) error {
-	return c.request(ctx, "POST", "/v1/lanes/"+pathSegment(lane)+"/pause", nil, nil)
+	path, err := lanePath(lane, "/pause")
+	if err != nil {
+		return err
+	}
+	return c.request(ctx, "POST", path, nil, nil)
 }
 
 // ResumeLane resumes a lane.
 func (c *Client) ResumeLane(ctx context.Context, lane string) error {
-	return c.request(ctx, "POST", "/v1/lanes/"+pathSegment(lane)+"/resume", nil, nil)
+	path, err := lanePath(lane, "/resume")
+	if err != nil {
+		return err
+	}
+	return c.request(ctx, "POST", path, nil, nil)
 }
 
 // Lane returns a lane's state.
 func (c *Client) Lane(ctx context.Context, lane string) (fftype.LaneInfo, error) {
 	var out fftype.LaneInfo
-	err := c.request(ctx, "GET", "/v1/lanes/"+pathSegment(lane), nil, &out)
+	path, err := lanePath(lane, "")
+	if err != nil {
+		return out, err
+	}
+	err = c.request(ctx, "GET", path, nil, &out)
 	return out, err
 }
 

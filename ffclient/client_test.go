@@ -501,6 +501,29 @@ func TestItemErrorOfAKindNotKnown(t *testing.T) {
 	require.True(t, fftype.IsRetryable(err))
 }
 
+// TestBulkAnswerMissingItems: a bulk answer that leaves items out gives each of them an
+// unavailable error of its own, and the items it holds their outcomes.
+func TestBulkAnswerMissingItems(t *testing.T) {
+	t.Parallel()
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"results":[{"error":{"error":"no","code":"invalid_lane","kind":"validation"}}]}`)
+	}))
+	defer hs.Close()
+	c, err := ffclient.New(hs.URL, nil)
+	require.NoError(t, err)
+	res := c.CreateMany(t.Context(), []fftype.CreateParams{{Lane: "l", Kind: "k"}, {Lane: "l", Kind: "k"}, {Lane: "l", Kind: "k"}})
+	require.ErrorIs(t, res[0].Err, fftype.ErrValidation)
+	require.ErrorIs(t, res[1].Err, fftype.ErrUnavailable)
+	require.ErrorIs(t, res[2].Err, fftype.ErrUnavailable)
+	require.NotSame(t, res[1].Err, res[2].Err, "each item its own error")
+	ids := []fftype.ExecutionID{fftype.NewExecutionID(0), fftype.NewExecutionID(0)}
+	errs, err := c.ReplayMany(t.Context(), ids)
+	require.NoError(t, err)
+	require.ErrorIs(t, errs[0], fftype.ErrValidation)
+	require.ErrorIs(t, errs[1], fftype.ErrUnavailable)
+}
+
 // TestNullIsNotNothing: a payload or result that is the JSON value null reads back as the
 // bytes "null", and one that is nothing as nothing, as in process.
 func TestNullIsNotNothing(t *testing.T) {

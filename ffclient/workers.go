@@ -5,7 +5,6 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -23,18 +22,22 @@ var (
 	_ flowfabric.GrantScheduler = (*Client)(nil)
 )
 
-func workerPath(instanceID, suffix string) string {
-	return "/v1/workers/" + pathSegment(instanceID) + suffix
+// workerPath is the path of the route suffix of worker instance id, for an id the engine
+// would take: one it refuses (an empty id, "." or "..") gets the engine's error here, as
+// in process, rather than reach another route.
+func workerPath(id, suffix string) (string, error) {
+	if err := fftype.ValidateWorkerID("worker_instance_id", id); err != nil {
+		return "", err
+	}
+	return "/v1/workers/" + url.PathEscape(id) + suffix, nil
 }
 
-// pathSegment escapes s as one path segment. "." and ".." are escaped too: no lane or
-// worker id may be one, and escaped they reach the server, which says so, instead of being
-// read as path steps that lead to another route.
-func pathSegment(s string) string {
-	if s == "." || s == ".." {
-		return strings.ReplaceAll(s, ".", "%2E")
+// lanePath is workerPath for a lane's routes.
+func lanePath(lane, suffix string) (string, error) {
+	if err := fftype.ValidateLane(lane); err != nil {
+		return "", err
 	}
-	return url.PathEscape(s)
+	return "/v1/lanes/" + url.PathEscape(lane) + suffix, nil
 }
 
 // Info returns the server's shard count and its engine clock's time.
@@ -78,19 +81,30 @@ func (c *Client) RegisterWorker(ctx context.Context, r flowfabric.WorkerRegistra
 // lapsed one is not revived (flowfabric.ErrWorkerNotRegistered).
 func (c *Client) HeartbeatWorker(ctx context.Context, namespace, instanceID, session string) (time.Time, error) {
 	var out ffserver.HeartbeatResponse
-	err := c.request(ctx, "POST", workerPath(instanceID, "/heartbeat"), ffserver.WorkerSessionRequest{Namespace: namespace, Session: session}, &out)
+	path, err := workerPath(instanceID, "/heartbeat")
+	if err != nil {
+		return time.Time{}, err
+	}
+	err = c.request(ctx, "POST", path, ffserver.WorkerSessionRequest{Namespace: namespace, Session: session}, &out)
 	return out.ExpiresAt, err
 }
 
 // DeregisterWorker removes the session's registration so the instance id is free at once.
 func (c *Client) DeregisterWorker(ctx context.Context, namespace, instanceID, session string) error {
-	return c.request(ctx, "POST", workerPath(instanceID, "/deregister"), ffserver.WorkerSessionRequest{Namespace: namespace, Session: session}, nil)
+	path, err := workerPath(instanceID, "/deregister")
+	if err != nil {
+		return err
+	}
+	return c.request(ctx, "POST", path, ffserver.WorkerSessionRequest{Namespace: namespace, Session: session}, nil)
 }
 
 // GetWorker returns a live worker registration, or an error matching
 // flowfabric.ErrWorkerNotRegistered.
 func (c *Client) GetWorker(ctx context.Context, namespace, instanceID string) (*flowfabric.WorkerInfo, error) {
-	path := workerPath(instanceID, "")
+	path, err := workerPath(instanceID, "")
+	if err != nil {
+		return nil, err
+	}
 	if namespace != "" {
 		path += "?" + url.Values{"namespace": {namespace}}.Encode()
 	}
@@ -129,7 +143,11 @@ func (c *Client) ListWorkers(ctx context.Context, p flowfabric.WorkerListParams)
 // expire at once. It returns how many leases expired.
 func (c *Client) MarkWorkerDead(ctx context.Context, namespace, instanceID, reason string) (int, error) {
 	var out ffserver.MarkDeadResponse
-	err := c.request(ctx, "POST", workerPath(instanceID, "/mark-dead"), ffserver.MarkDeadRequest{Namespace: namespace, Reason: reason}, &out)
+	path, err := workerPath(instanceID, "/mark-dead")
+	if err != nil {
+		return 0, err
+	}
+	err = c.request(ctx, "POST", path, ffserver.MarkDeadRequest{Namespace: namespace, Reason: reason}, &out)
 	return out.ExpiredLeases, err
 }
 
@@ -137,10 +155,10 @@ func (c *Client) MarkWorkerDead(ctx context.Context, namespace, instanceID, reas
 // describes would claim, with a grant of the given TTL (0 means 5s); nil means nothing was
 // eligible (the server answered 204). p.Count and p.LeaseTTL are not sent.
 func (c *Client) GrantNext(ctx context.Context, p fftype.ClaimParams, ttl time.Duration) (*fftype.GrantRef, error) {
-	if p.WorkerID == "" {
-		return nil, fftype.Validationf(fftype.CodeInvalidInput, "worker_id is required")
+	if err := fftype.ValidateWorkerID("worker_id", p.WorkerID); err != nil {
+		return nil, err
 	}
-	resp, err := c.send(ctx, "POST", "/v1/workers/"+pathSegment(p.WorkerID)+"/claim-grant", ffserver.WorkerGrantRequest{
+	resp, err := c.send(ctx, "POST", "/v1/workers/"+url.PathEscape(p.WorkerID)+"/claim-grant", ffserver.WorkerGrantRequest{
 		WorkerInstanceID: p.WorkerInstanceID, Lanes: p.Lanes, Capabilities: p.Capabilities, GrantTTLMS: millis(ttl)})
 	if err != nil {
 		return nil, err

@@ -86,16 +86,26 @@ func TestClientWorkerRegistry(t *testing.T) {
 	_, err = c.HeartbeatWorker(ctx, "", odd.InstanceID, "s3")
 	require.NoError(t, err)
 	require.NoError(t, c.DeregisterWorker(ctx, "", odd.InstanceID, "s3"))
-	// "." and ".." cannot be path segments, so they are no ids; the server says so, rather
-	// than another route answering.
-	for _, dots := range []string{".", ".."} {
-		_, err = c.RegisterWorker(ctx, flowfabric.WorkerRegistration{WorkerID: "w", InstanceID: dots, Lanes: []string{"a"}, TTL: time.Minute, Session: "s4"})
-		require.ErrorIs(t, err, fftype.ErrValidation)
-		_, err = c.GetWorker(ctx, "", dots)
-		require.ErrorIs(t, err, fftype.ErrValidation)
-		_, err = c.GrantNext(ctx, fftype.ClaimParams{WorkerID: dots, WorkerInstanceID: "i1", Lanes: []string{"nothing"}}, 0)
-		require.ErrorIs(t, err, fftype.ErrValidation)
-		require.ErrorIs(t, c.PauseLane(ctx, dots), &fftype.Error{Kind: fftype.KindValidation, Code: fftype.CodeInvalidLane})
+	// "", "." and ".." cannot be path segments, so they are no ids or lanes: the client
+	// refuses them as the engine does, rather than another route answering.
+	badWorker := &fftype.Error{Kind: fftype.KindValidation, Code: fftype.CodeInvalidInput}
+	badLane := &fftype.Error{Kind: fftype.KindValidation, Code: fftype.CodeInvalidLane}
+	for _, bad := range []string{"", ".", ".."} {
+		_, err = c.RegisterWorker(ctx, flowfabric.WorkerRegistration{WorkerID: "w", InstanceID: bad, Lanes: []string{"a"}, TTL: time.Minute, Session: "s4"})
+		require.ErrorIs(t, err, badWorker, "RegisterWorker(%q)", bad)
+		_, err = c.GetWorker(ctx, "", bad)
+		require.ErrorIs(t, err, badWorker, "GetWorker(%q)", bad)
+		_, err = c.HeartbeatWorker(ctx, "", bad, "s4")
+		require.ErrorIs(t, err, badWorker, "HeartbeatWorker(%q)", bad)
+		require.ErrorIs(t, c.DeregisterWorker(ctx, "", bad, "s4"), badWorker, "DeregisterWorker(%q)", bad)
+		_, err = c.MarkWorkerDead(ctx, "", bad, "r")
+		require.ErrorIs(t, err, badWorker, "MarkWorkerDead(%q)", bad)
+		_, err = c.GrantNext(ctx, fftype.ClaimParams{WorkerID: bad, WorkerInstanceID: "i1", Lanes: []string{"nothing"}}, 0)
+		require.ErrorIs(t, err, badWorker, "GrantNext(%q)", bad)
+		require.ErrorIs(t, c.PauseLane(ctx, bad), badLane, "PauseLane(%q)", bad)
+		require.ErrorIs(t, c.ResumeLane(ctx, bad), badLane, "ResumeLane(%q)", bad)
+		_, err = c.Lane(ctx, bad)
+		require.ErrorIs(t, err, badLane, "Lane(%q)", bad)
 	}
 	_, err = c.GrantNext(ctx, fftype.ClaimParams{WorkerID: odd.WorkerID, WorkerInstanceID: odd.InstanceID, Lanes: []string{"nothing"}}, 0)
 	require.NoError(t, err)
