@@ -109,6 +109,45 @@ func Open(ctx context.Context, rawURL string, opts *OpenOpts) (ffstore.Store, er
 	}
 }
 
+// MigrateOpts are optional settings of [Migrate].
+type MigrateOpts struct {
+	// Schema is the Postgres schema to migrate; "" means the URL's schema parameter, else
+	// ffpostgres.DefaultSchema. Other stores have none and refuse one.
+	Schema string
+}
+
+// Migrate brings the store rawURL names up to this binary's version; opts may be nil.
+// Postgres and Redis/Valkey have migrations of their own (ffpostgres.MigrateURL,
+// ffvalkey.Migrate) that leave the shard count to the first [Open]; any other store is
+// opened and closed again, which migrates it (an SQLite file stores its schema and its
+// shard count together, so a new one is created, with the URL's shards=, else 1). A store
+// newer than this binary is refused.
+func Migrate(ctx context.Context, rawURL string, opts *MigrateOpts) error {
+	var schema string
+	if opts != nil {
+		schema = opts.Schema
+	}
+	kind, err := KindOf(rawURL)
+	if err != nil {
+		return err
+	}
+	if schema != "" && kind != KindPostgres {
+		return fftype.Validationf(fftype.CodeInvalidInput, "a schema is for Postgres stores only, not %s", kind)
+	}
+	switch kind {
+	case KindPostgres:
+		return ffpostgres.MigrateURL(ctx, rawURL, schema)
+	case KindValkey:
+		return ffvalkey.Migrate(ctx, rawURL, nil)
+	default:
+		s, err := Open(ctx, rawURL, nil)
+		if err != nil {
+			return err
+		}
+		return s.Close()
+	}
+}
+
 // storeOrNil returns a store constructor's result as an [ffstore.Store], nil on an error:
 // a nil *S in the interface would be a non-nil store.
 func storeOrNil[S ffstore.Store](s S, err error) (ffstore.Store, error) {

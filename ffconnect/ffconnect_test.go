@@ -185,3 +185,20 @@ func TestOpenRefusesAHash(t *testing.T) {
 	_, err := os.Stat(filepath.Join(dir, "run"))
 	require.ErrorIs(t, err, os.ErrNotExist, "a URL ending in '#' created the file it names without it")
 }
+
+// TestMigrate: Migrate brings each kind of store up to date the way the kind's own
+// migration does, and refuses a schema for a store that has none, opening nothing.
+func TestMigrate(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "ff.db")
+	err := ffconnect.Migrate(t.Context(), "sqlite://"+path, &ffconnect.MigrateOpts{Schema: "ff"})
+	require.ErrorIs(t, err, fftype.ErrValidation)
+	require.NoFileExists(t, path, "a refused migration opens nothing")
+	require.NoError(t, ffconnect.Migrate(t.Context(), "sqlite://"+path+"?shards=3", nil))
+	s, err := ffconnect.Open(t.Context(), "sqlite://"+path, nil)
+	require.NoError(t, err)
+	require.Equal(t, 3, s.Shards(), "a new SQLite store is created with the URL's count")
+	require.NoError(t, s.Close())
+	require.NoError(t, ffconnect.Migrate(t.Context(), "mem:", nil))
+	require.ErrorIs(t, ffconnect.Migrate(t.Context(), "http://x", nil), fftype.ErrValidation)
+}

@@ -1,7 +1,6 @@
 package ffcli
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -9,8 +8,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/flowfabric/flowfabric/ffconnect"
-	"github.com/flowfabric/flowfabric/ffstore/ffpostgres"
-	"github.com/flowfabric/flowfabric/ffstore/ffvalkey"
 )
 
 func newMigrateCommand(out io.Writer) *cobra.Command {
@@ -32,15 +29,8 @@ file is new and fixes its shard count then: the URL's shards=, else 1.`,
 			if store == "" {
 				return errors.New("migrate: --store (or FF_STORE) is required")
 			}
-			kind, err := ffconnect.KindOf(store)
-			if err != nil {
-				return err
-			}
-			if schema != "" && kind != ffconnect.KindPostgres {
-				return errors.New("migrate: --schema (FF_POSTGRES_SCHEMA) is for Postgres stores only")
-			}
-			if err := migrate(cmd.Context(), kind, store, schema); err != nil {
-				return err
+			if err := ffconnect.Migrate(cmd.Context(), store, &ffconnect.MigrateOpts{Schema: schema}); err != nil {
+				return fmt.Errorf("migrate: %w", err)
 			}
 			fmt.Fprintf(out, "%s is up to date\n", redact(store))
 			return nil
@@ -50,22 +40,4 @@ file is new and fixes its shard count then: the URL's shards=, else 1.`,
 	cmd.Flags().StringVar(&schema, "schema", "", `Postgres schema (default: the URL's "schema" parameter, else "flowfabric")`)
 	envFlags(cmd, map[string]string{"store": "FF_STORE", "schema": "FF_POSTGRES_SCHEMA"})
 	return cmd
-}
-
-// migrate brings the store of the given kind at url up to date. Postgres and Valkey/Redis
-// have migrations of their own that leave the shard count to the first open; any other
-// store is opened and closed again, which migrates it (and creates it if new).
-func migrate(ctx context.Context, kind ffconnect.Kind, url, schema string) error {
-	switch kind {
-	case ffconnect.KindPostgres:
-		return ffpostgres.MigrateURL(ctx, url, schema)
-	case ffconnect.KindValkey:
-		return ffvalkey.Migrate(ctx, url, nil)
-	default:
-		s, err := ffconnect.Open(ctx, url, nil)
-		if err != nil {
-			return err
-		}
-		return s.Close()
-	}
 }

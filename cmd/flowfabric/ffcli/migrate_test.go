@@ -84,7 +84,7 @@ func TestMigrateSchemaIsForPostgres(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "ff.db")
 	for _, store := range []string{"sqlite://" + path, "mem:"} {
 		err := Run(t.Context(), []string{"migrate", "--store", store, "--schema", "ff"}, io.Discard)
-		require.ErrorContains(t, err, "--schema", store)
+		require.ErrorContains(t, err, "schema is for Postgres stores only", store)
 	}
 	require.NoFileExists(t, path)
 	require.Contains(t, cli(t, "migrate", "--store", "sqlite://"+path), "is up to date")
