@@ -199,6 +199,11 @@ func (w *shellWorker) handle(ctx context.Context, t *flowfabric.ClaimedTask) (no
 	runCtx, cancel := context.WithCancelCause(t.Context())
 	defer cancel(nil)
 	defer context.AfterFunc(ctx, func() { cancel(errStopping) })()
+	if ctx.Err() != nil {
+		// Stopped already: AfterFunc calls cancel in a goroutine of its own, which the
+		// command could start before.
+		cancel(errStopping)
+	}
 
 	var stdout, stderr bytes.Buffer
 	cmd := exec.CommandContext(runCtx, w.argv[0], w.argv[1:]...)
