@@ -92,8 +92,8 @@ type SteadyResult struct {
 func Steady(ctx context.Context, c Client, cfg SteadyConfig) (*SteadyResult, error) {
 	// !(Rate <= MaxRate) also refuses NaN.
 	if (cfg.Rate > 0) == (cfg.Depth > 0) || cfg.Rate < 0 || !(cfg.Rate <= MaxRate) || cfg.Depth < 0 || cfg.Duration <= 0 || cfg.Workers < 1 ||
-		cfg.PayloadBytes < 0 || cfg.Window < 0 {
-		return nil, fmt.Errorf("bench: steady needs either rate > 0 or depth > 0, rate ≤ %d, and duration > 0, workers ≥ 1, payload ≥ 0 and window ≥ 0", MaxRate)
+		cfg.PayloadBytes < 0 {
+		return nil, fmt.Errorf("bench: steady needs either rate > 0 or depth > 0, rate ≤ %d, and duration > 0, workers ≥ 1 and payload ≥ 0", MaxRate)
 	}
 	if cfg.Lane == "" {
 		cfg.Lane = "bench"
