@@ -1,11 +1,14 @@
 package ffstore
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"net/url"
 	"slices"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/flowfabric/flowfabric/fftype"
 )
@@ -60,6 +63,34 @@ func Closed(store string) error {
 	e := fftype.NewError(fftype.KindUnavailable, fftype.CodeStoreUnavailable, "%s: store is closed", store)
 	e.Retryable = false
 	return e
+}
+
+// WithStoreTimeout bounds parent by d, for work that a store bounds on its own rather than
+// by a caller's context: a commit that runs on after its caller left, a read callers
+// share, a check at open. Its running out is told apart from the caller's context ending
+// by [StoreTimedOut].
+func WithStoreTimeout(parent context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+	return context.WithTimeoutCause(parent, d, &storeTimeout{d: d})
+}
+
+// storeTimeout is the cause of a context of WithStoreTimeout whose bound ran out.
+type storeTimeout struct{ d time.Duration }
+
+func (e *storeTimeout) Error() string { return "the store's bound of " + e.d.String() + " ran out" }
+
+// StoreTimedOut returns, if ctx ended because a bound of [WithStoreTimeout] ran out, the
+// error to answer instead of ctx's: a retryable unavailable error saying that the store
+// (named store, doing op) did not answer within the bound. The bare context error would
+// tell the caller that its own context ended. It returns nil otherwise.
+func StoreTimedOut(ctx context.Context, store, op string) error {
+	var st *storeTimeout
+	if ctx.Err() == nil || !errors.As(context.Cause(ctx), &st) {
+		return nil
+	}
+	return &fftype.Error{
+		Kind: fftype.KindUnavailable, Code: fftype.CodeStoreUnavailable, Retryable: true,
+		Message: fmt.Sprintf("%s %s: no answer from the store within %s", store, op, st.d), Err: st,
+	}
 }
 
 // CursorExpired returns the error ReadEvents gives when events after `after` on shard were

@@ -5,6 +5,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/flowfabric/flowfabric/ffstore"
 	"github.com/jackc/pgx/v5"
 )
 
@@ -74,7 +75,7 @@ func (s *Store) readClock() (time.Time, error) {
 	if c.closed {
 		return time.Time{}, errClosed()
 	}
-	ctx, cancel := withStoreTimeout(s.stopCtx, s.opts.ConnectTimeout) // shared: no caller's
+	ctx, cancel := ffstore.WithStoreTimeout(s.stopCtx, s.opts.ConnectTimeout) // shared: no caller's
 	defer cancel()
 	reused := c.conn != nil && !c.conn.IsClosed()
 	now, err := c.read(ctx, s.connect)

@@ -45,6 +45,6 @@ func TestNowUnreachable(t *testing.T) {
 	require.NoError(t, ctx.Err())
 	require.ErrorIs(t, err, fftype.ErrUnavailable)
 	require.True(t, fftype.IsRetryable(err))
-	require.ErrorContains(t, err, "cannot reach the database within 1s")
+	require.ErrorContains(t, err, "no answer from the store within 1s")
 	require.NotErrorIs(t, err, context.DeadlineExceeded)
 }

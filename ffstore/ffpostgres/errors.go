@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"strings"
-	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 
@@ -91,25 +90,11 @@ func readOnlyServer(err error) bool {
 	return errors.Is(err, pgconn.ErrReadOnlyConnection) || errors.As(err, &pgErr) && pgErr.Code == stateReadOnlyTransaction
 }
 
-// storeTimeout is the cause of a context's end when a bound of the store's own ran out
-// (see [withStoreTimeout]), not the caller's context.
-type storeTimeout struct{ d time.Duration }
-
-func (e *storeTimeout) Error() string { return "the store's bound of " + e.d.String() + " ran out" }
-
-// withStoreTimeout bounds parent by d, for work that no caller's context bounds as it
-// should: a read that callers share (the clock, a heads query), [New]'s checks. Translated
-// against the returned context, its running out is a retryable unavailable error that says
-// so, where the bare context error would tell the caller that its own context ended.
-func withStoreTimeout(parent context.Context, d time.Duration) (context.Context, context.CancelFunc) {
-	return context.WithTimeoutCause(parent, d, &storeTimeout{d: d})
-}
-
 // translate turns an error from pgx into an *fftype.Error. It is the only place pgx
 // errors are interpreted; *fftype.Error values pass through unchanged, and so does the
 // error of ctx, the caller's context, once it is done (pgx wraps it; callers compare with
 // the bare one). A timeout of the store's own (the connect timeout, a bound of
-// [withStoreTimeout]) is an unavailable error. op says what failed, for the message.
+// ffstore.WithStoreTimeout) is an unavailable error. op says what failed, for the message.
 func translate(ctx context.Context, err error, op string) error {
 	if err == nil {
 		return nil
@@ -119,16 +104,10 @@ func translate(ctx context.Context, err error, op string) error {
 		return err
 	}
 	if cerr := ctx.Err(); cerr != nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
-		var st *storeTimeout
-		if !errors.As(context.Cause(ctx), &st) {
-			return cerr
+		if e := ffstore.StoreTimedOut(ctx, "postgres", op); e != nil {
+			return e // not err, which wraps context.DeadlineExceeded: the caller's context did not end
 		}
-		// The cause, not err, which wraps context.DeadlineExceeded: the caller's context
-		// did not end.
-		return &fftype.Error{
-			Kind: fftype.KindUnavailable, Code: fftype.CodeStoreUnavailable, Retryable: true,
-			Message: fmt.Sprintf("postgres %s: cannot reach the database within %s", op, st.d), Err: st,
-		}
+		return cerr
 	}
 	e := &fftype.Error{
 		Kind: fftype.KindUnavailable, Code: fftype.CodeStoreUnavailable, Retryable: true,

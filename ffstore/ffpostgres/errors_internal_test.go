@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/stretchr/testify/require"
 
+	"github.com/flowfabric/flowfabric/ffstore"
 	"github.com/flowfabric/flowfabric/fftype"
 )
 
@@ -71,17 +72,17 @@ func TestTranslateStoreTimeout(t *testing.T) {
 	t.Parallel()
 	pgxErr := func(ctx context.Context) error { return fmt.Errorf("failed to connect: %w", ctx.Err()) }
 
-	bound, cancel := withStoreTimeout(context.Background(), time.Millisecond)
+	bound, cancel := ffstore.WithStoreTimeout(context.Background(), time.Millisecond)
 	defer cancel()
 	<-bound.Done()
 	err := translate(bound, pgxErr(bound), "read clock")
 	require.ErrorIs(t, err, fftype.ErrUnavailable)
 	require.True(t, fftype.IsRetryable(err))
-	require.ErrorContains(t, err, "postgres read clock: cannot reach the database within 1ms")
+	require.ErrorContains(t, err, "postgres read clock: no answer from the store within 1ms")
 	require.NotErrorIs(t, err, context.DeadlineExceeded, "not the end of the caller's context")
 
 	caller, cancelCaller := context.WithCancel(context.Background())
-	bound, cancel = withStoreTimeout(caller, time.Hour)
+	bound, cancel = ffstore.WithStoreTimeout(caller, time.Hour)
 	defer cancel()
 	cancelCaller()
 	require.Equal(t, context.Canceled, translate(bound, pgxErr(bound), "read queue heads"), "the caller's context ended first")

@@ -527,7 +527,7 @@ func New(pool *pgxpool.Pool, opts *Options) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := withStoreTimeout(context.Background(), o.callBound())
+	ctx, cancel := ffstore.WithStoreTimeout(context.Background(), o.callBound())
 	defer cancel()
 	return newStore(ctx, pool, o, false)
 }
@@ -930,7 +930,7 @@ func (s *Store) QueueHeads(ctx context.Context, prefixes []string) ([]ffstore.Qu
 	return s.heads.do(ctx, headsKey(ps), func() ([]ffstore.QueueHead, error) {
 		// Shared by the callers that joined this query: ended by Close, not by any one of
 		// them, whose context's values it does not carry either.
-		qctx, cancel := withStoreTimeout(s.stopCtx, s.opts.callBound())
+		qctx, cancel := ffstore.WithStoreTimeout(s.stopCtx, s.opts.callBound())
 		defer cancel()
 		heads, err := s.queueHeads(qctx, ps)
 		if err != nil && s.closed.Load() {

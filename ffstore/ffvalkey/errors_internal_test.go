@@ -1,11 +1,15 @@
 package ffvalkey
 
 import (
+	"context"
 	"testing"
+	"time"
 
 	"github.com/redis/rueidis"
 	"github.com/stretchr/testify/require"
 
+	"github.com/flowfabric/flowfabric/ffstore"
+	"github.com/flowfabric/flowfabric/fftype"
 	"github.com/flowfabric/flowfabric/internal/testdb"
 )
 
@@ -62,4 +66,28 @@ func TestErrorReplies(t *testing.T) {
 			require.Contains(t, e.Message, tc.message)
 		})
 	}
+}
+
+// TestStoreBoundIsNotTheCallersContext: a call under a bound of the store's own (a
+// commit's) that the server does not answer in time fails as unavailable and retryable,
+// not with the bare context error, which the caller would take for its own context ending.
+func TestStoreBoundIsNotTheCallersContext(t *testing.T) {
+	t.Parallel()
+	srv := testdb.NewRedis(t, testdb.RedisOptions{})
+	s, err := Open(t.Context(), srv.URL(0), &Options{KeyPrefix: testdb.RedisPrefix(t)})
+	require.NoError(t, err)
+	defer s.Close()
+	other, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{srv.Addr}, DisableCache: true})
+	require.NoError(t, err)
+	defer other.Close()
+	// The server holds every other client's commands for a second.
+	require.NoError(t, other.Do(t.Context(), other.B().Arbitrary("CLIENT", "PAUSE", "1000", "ALL").Build()).Error())
+
+	ctx, cancel := ffstore.WithStoreTimeout(t.Context(), 200*time.Millisecond)
+	defer cancel()
+	_, err = s.do(ctx, "read a key", true, func() rueidis.Completed { return s.client.B().Get().Key("k").Build() })
+	require.ErrorIs(t, err, fftype.ErrUnavailable)
+	require.True(t, fftype.IsRetryable(err))
+	require.NotErrorIs(t, err, context.DeadlineExceeded)
+	require.NoError(t, other.Do(t.Context(), other.B().Arbitrary("CLIENT", "UNPAUSE").Build()).Error())
 }

@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/flowfabric/flowfabric/ffstore"
 	"github.com/redis/rueidis"
 )
 
@@ -216,7 +217,7 @@ func (s *Store) retry(ctx context.Context, op string, idempotent bool, attempt f
 		}
 		switch {
 		case class == classContextEnd:
-			return ctx.Err()
+			return contextEnd(ctx, op)
 		case !b.again(ctx, class):
 			return translate(err, op)
 		case class == classReload:
@@ -226,14 +227,24 @@ func (s *Store) retry(ctx context.Context, op string, idempotent bool, attempt f
 				continue
 			}
 			if ctx.Err() != nil {
-				return ctx.Err()
+				return contextEnd(ctx, op)
 			}
 			s.log.Warn("ffvalkey: loading the function library failed", "err", lerr)
 		}
 		if !b.wait(ctx) {
-			return ctx.Err()
+			return contextEnd(ctx, op)
 		}
 	}
+}
+
+// contextEnd is the error of a call doing op whose ctx ended: ctx's, unless it ended
+// because a bound of the store's own ran out (a commit's commitTimeout), which the caller
+// must not take for its own context ending.
+func contextEnd(ctx context.Context, op string) error {
+	if err := ffstore.StoreTimedOut(ctx, "ffvalkey", op); err != nil {
+		return err
+	}
+	return ctx.Err()
 }
 
 // sleepCtx waits d or until ctx ends; it reports whether d passed.

@@ -629,7 +629,7 @@ func (t *tx) run(ctx context.Context, fn string, readOnly bool, c *call) (ok boo
 // commit applies the unit. It returns an error matching fftype.ErrStoreConflict when a
 // read no longer holds (nothing is written then).
 func (t *tx) commit() error {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(t.ctx), commitTimeout)
+	ctx, cancel := ffstore.WithStoreTimeout(context.WithoutCancel(t.ctx), commitTimeout)
 	defer cancel()
 	if !t.hasWrites() {
 		// Nothing to write: the reads need checking only if they were not one snapshot.
@@ -727,7 +727,7 @@ func (t *tx) patchHeads(rest []rueidis.RedisMessage) (hints []string, err error)
 // is whether fn may have decided on an inconsistent view. Failures are logged: the pops'
 // marks lapse by themselves.
 func (t *tx) abort() (stale bool) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(t.ctx), commitTimeout)
+	ctx, cancel := ffstore.WithStoreTimeout(context.WithoutCancel(t.ctx), commitTimeout)
 	defer cancel()
 	if len(t.popFailed) > 0 {
 		marks := make([]string, len(t.popFailed))
