@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/puddle/v2"
 
 	"github.com/flowfabric/flowfabric/ffstore"
 	"github.com/flowfabric/flowfabric/fftype"
@@ -108,6 +109,11 @@ func translate(ctx context.Context, err error, op string) error {
 			return e // not err, which wraps context.DeadlineExceeded: the caller's context did not end
 		}
 		return cerr
+	}
+	if errors.Is(err, puddle.ErrClosedPool) {
+		// The pool of a store made by New, closed by its owner before the store: no call
+		// can succeed again, so none is worth retrying.
+		return errClosed()
 	}
 	e := &fftype.Error{
 		Kind: fftype.KindUnavailable, Code: fftype.CodeStoreUnavailable, Retryable: true,

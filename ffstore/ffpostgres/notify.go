@@ -6,9 +6,9 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/flowfabric/flowfabric/fftype"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/jackc/puddle/v2"
 )
 
 // Changes implements [ffstore.ChangeNotifier]. The channel wakes at once after this
@@ -70,10 +70,10 @@ func (s *Store) notify() {
 	backoff := backoffMin
 	for {
 		ctx, cancel := context.WithTimeout(s.notifyCtx, s.opts.ConnectTimeout)
-		err := s.exec(ctx, s.sql.notify, s.channel)
+		err := translate(ctx, s.exec(ctx, s.sql.notify, s.channel), "notify")
 		cancel()
-		if err == nil || s.notifyCtx.Err() != nil || errors.Is(err, puddle.ErrClosedPool) {
-			return // a pool the caller closed before the store never sends again
+		if err == nil || s.notifyCtx.Err() != nil || !fftype.IsRetryable(err) {
+			return // a pool its owner closed before the store never sends again
 		}
 		s.log.Debug("notify other processes; retrying", "error", err, "backoff", backoff)
 		var ok bool

@@ -17,6 +17,7 @@ import (
 
 	"github.com/flowfabric/flowfabric/ffstore"
 	"github.com/flowfabric/flowfabric/ffstore/ffpostgres"
+	"github.com/flowfabric/flowfabric/fftype"
 	"github.com/flowfabric/flowfabric/internal/testdb"
 )
 
@@ -263,8 +264,8 @@ func newSilenceableStore(t *testing.T, silentAt func([]byte) bool) (s *ffpostgre
 }
 
 // TestCloseAfterTheCallersPoolClosed: a store made by New whose pool the caller closed
-// first (the reverse of the usual order) does not spend Close's bound retrying a NOTIFY
-// that a closed pool can never send.
+// first (the reverse of the usual order) answers calls as closed, not worth retrying,
+// and does not spend Close's bound retrying a NOTIFY that a closed pool can never send.
 func TestCloseAfterTheCallersPoolClosed(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
@@ -279,6 +280,9 @@ func TestCloseAfterTheCallersPoolClosed(t *testing.T) {
 		}))
 	}
 	pool.Close()
+	err = a.Update(ctx, 0, func(tx ffstore.Tx) error { tx.Put("k", []byte("v")); return nil })
+	require.ErrorIs(t, err, fftype.ErrUnavailable)
+	require.False(t, fftype.IsRetryable(err), "no call on a closed pool is worth retrying: %v", err)
 	start := time.Now()
 	_ = a.Close()
 	require.Less(t, time.Since(start), 2*time.Second, "Close gave up on the closed pool at once")
