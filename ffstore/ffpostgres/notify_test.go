@@ -46,15 +46,7 @@ func TestNotifyRetriesAFailedSend(t *testing.T) {
 	require.NoError(t, err)
 	defer a.Close()
 
-	b, err := ffpostgres.Open(ctx, url, &ffpostgres.Options{Schema: schema, Shards: 1})
-	require.NoError(t, err)
-	defer b.Close()
-	wake := b.Changes(ctx)
-	select { // the listener wakes its readers once it listens
-	case <-wake:
-	case <-time.After(10 * time.Second):
-		t.Fatal("listener never started")
-	}
+	wake := openListening(t, url, schema)
 
 	require.NoError(t, a.Update(ctx, 0, func(tx ffstore.Tx) error {
 		tx.Put("k", []byte("v"))

@@ -211,10 +211,10 @@ func Open(ctx context.Context, rawURL string, opts *Options) (*Store, error) {
 
 // Migrate brings the store rawURL names up to this binary's version without creating it:
 // it checks the servers and loads the function library on every primary, as [Open] does.
-// Like the Postgres store's Migrate, it neither chooses nor checks the shard count
-// (Options.Shards is not used): the first Open chooses it. It writes nothing of the
-// store, and refuses one written by a newer binary as Open does. opts may be nil; it
-// returns Open's errors.
+// Like the Postgres store's Migrate, it does not choose the shard count (Options.Shards is
+// not used): the first Open chooses it. It writes nothing of the store, and refuses, as
+// Open does, one written by a newer binary or whose stored count is malformed. opts may
+// be nil; it returns Open's errors.
 func Migrate(ctx context.Context, rawURL string, opts *Options) error {
 	s, _, err := dial(rawURL, opts)
 	if err != nil {
