@@ -1,43 +1,141 @@
 package ffvalkey
 
-import "sync"
+import (
+	"slices"
+	"sync"
+)
 
-// expectations remembers, per shard and queue, the members that the last pop of the queue
-// in this process saw after the ones it took: those the next pop most likely takes, whose
-// records PopDueFetch reads in the pop's round trip. A wrong guess costs a round trip and
-// the bytes read, never a wrong result.
-type expectations struct {
-	mu sync.Mutex
-	m  map[expectedQueue][]string
+// foresight remembers, per shard and queue, what this process last saw of the queue
+// after the items a unit popped from it: the items that came next, and sometimes their
+// records. A claim's next pop most likely takes those items. With their records read
+// beside the commit that popped the items before them, it takes them without a round
+// trip of its own (a foreseen pop, see PopDueFetch), and the commit checks that they are
+// still the queue's head; otherwise the pop reads their records in its own round trip.
+// A wrong guess costs a round trip, or a conflict and a retry, never a wrong result.
+type foresight struct {
+	mu   sync.Mutex
+	m    map[foreseenQueue]*foreseen
+	cold map[foreseenQueue]int // pops of the queue left to make without foresight
+	// wants holds, per queue, about the most items its recent pops asked for: each pop
+	// raises it to its own n, or lowers it by one.
+	wants map[foreseenQueue]int
 }
 
-type expectedQueue struct {
+type foreseenQueue struct {
 	shard int
 	queue string
 }
 
-// get returns up to n members expected at the head of queue.
-func (e *expectations) get(shard int, queue string, n int) []string {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	ms := e.m[expectedQueue{shard, queue}]
-	return ms[:min(n, len(ms))]
+// foreseen is what a unit saw of a queue after the items it took.
+type foreseen struct {
+	items    []cachedItem // the queue's next items, in order
+	complete bool         // items reach the end of the queue
+	// The records of some first items' members, under kinds, read once the unit that
+	// took the items before them had committed; nil if none were read.
+	kinds   []string
+	records map[string]*readEntry
 }
 
-// set records the items a pop saw after its own.
-func (e *expectations) set(shard int, queue string, ahead []cachedItem) {
-	ms := make([]string, len(ahead))
-	for i, c := range ahead {
-		ms[i] = c.item.Member
+// coldPops is how many pops of a queue forgo foresight after a foreseen pop of it failed:
+// another process is likely taking the queue's head too.
+const coldPops = 16
+
+// members returns the members of up to n first items.
+func (f *foreseen) members(n int) []string {
+	if f == nil {
+		return nil
 	}
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if len(ms) == 0 {
-		delete(e.m, expectedQueue{shard, queue})
+	ms := make([]string, 0, min(n, len(f.items)))
+	for _, c := range f.items[:min(n, len(f.items))] {
+		ms = append(ms, c.item.Member)
+	}
+	return ms
+}
+
+// asked records that a pop of queue asked for n items, and returns about the most its
+// recent pops asked for.
+func (s *foresight) asked(shard int, queue string, n int) int {
+	k := foreseenQueue{shard, queue}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.wants == nil {
+		s.wants = map[foreseenQueue]int{}
+	}
+	w := max(n, s.wants[k]-1)
+	s.wants[k] = w
+	return w
+}
+
+// take removes and returns what was seen of queue, if anything, so that one unit at a
+// time uses it. warm reports whether the queue may be popped by foresight.
+func (s *foresight) take(shard int, queue string) (f *foreseen, warm bool) {
+	k := foreseenQueue{shard, queue}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f = s.m[k]
+	delete(s.m, k)
+	if n := s.cold[k]; n > 0 {
+		if n == 1 {
+			delete(s.cold, k)
+		} else {
+			s.cold[k] = n - 1
+		}
+		return f, false
+	}
+	return f, true
+}
+
+// saw records what a unit saw of queue after the items it took. records, if not nil,
+// holds those of the first items, read under kinds.
+func (s *foresight) saw(shard int, queue string, f *foreseen) {
+	k := foreseenQueue{shard, queue}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(f.items) == 0 {
+		delete(s.m, k)
 		return
 	}
-	if e.m == nil {
-		e.m = map[expectedQueue][]string{}
+	if s.m == nil {
+		s.m = map[foreseenQueue]*foreseen{}
 	}
-	e.m[expectedQueue{shard, queue}] = ms
+	s.m[k] = f
+}
+
+// failed records that a foreseen pop of queue failed at commit.
+func (s *foresight) failed(shard int, queue string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cold == nil {
+		s.cold = map[foreseenQueue]int{}
+	}
+	s.cold[foreseenQueue{shard, queue}] = coldPops
+}
+
+// due returns the items a pop of at most n items due by maxScore would take, if f tells
+// them for sure: it stops at n, at the first item not due, or at the queue's end; ok is
+// false if it must stop at the end of what f saw instead, or takes nothing.
+func (f *foreseen) due(maxScore int64, n int) (items []cachedItem, ok bool) {
+	k := 0
+	for k < len(f.items) && k < n && f.items[k].item.Score <= maxScore {
+		k++
+	}
+	// It stops at n, at an item not due, or at the end of the queue.
+	sure := k == n || k < len(f.items) || f.complete
+	return f.items[:k], k > 0 && sure
+}
+
+// recordsOf returns the records read of keys, or false if one of them was not read.
+func (f *foreseen) recordsOf(keys []string, kinds []string) ([]*readEntry, bool) {
+	if f.records == nil || !slices.Equal(f.kinds, kinds) {
+		return nil, false
+	}
+	out := make([]*readEntry, len(keys))
+	for i, k := range keys {
+		r, ok := f.records[k]
+		if !ok {
+			return nil, false
+		}
+		out[i] = r
+	}
+	return out, true
 }

@@ -12,17 +12,22 @@ import (
 	"github.com/flowfabric/flowfabric/internal/testdb"
 )
 
-// TestPopDueFetchGuesses checks that a pop reads the records of the members the last pop
-// of its queue saw next in its own round trip, and still reads the right records, in one
-// more round trip, when the guess was wrong.
-func TestPopDueFetchGuesses(t *testing.T) {
+// TestPopDueFetchForesees checks how a pop reads the records of the members it takes: a
+// pop whose queue this process popped last, with nothing between, takes the members that
+// pop saw next, with their records read beside its commit, in no round trip of its own;
+// the commit refuses such a pop as a conflict if those members are no longer the head of
+// the queue, and the pops of the queue then read the records of the members they expect
+// in their own round trip, and the others' in one more.
+func TestPopDueFetchForesees(t *testing.T) {
 	t.Parallel()
 	onServerAndCluster(t, func(t *testing.T, url string) {
 		s := openStore(t, url, &ffvalkey.Options{KeyPrefix: testdb.RedisPrefix(t), Shards: 2})
+		// Another process writes, so that s remembers no record of its own writing.
+		other := openStore(t, url, &ffvalkey.Options{KeyPrefix: s.KeyPrefix(), Shards: 2})
 		ctx := t.Context()
 		const q = "ready"
 		var ids []string
-		require.NoError(t, s.Update(ctx, 1, func(tx ffstore.Tx) error {
+		require.NoError(t, other.Update(ctx, 1, func(tx ffstore.Tx) error {
 			for i := range 8 {
 				id := fftype.NewExecutionID(1).String()
 				ids = append(ids, id)
@@ -32,10 +37,10 @@ func TestPopDueFetchGuesses(t *testing.T) {
 			}
 			return nil
 		}))
-		// pop pops two and returns what the unit read and in how many round trips.
-		pop := func() (members []string, values []string, trips int) {
+		// pop pops up to two and returns what the unit read and in how many round trips.
+		pop := func() (members []string, values []string, trips int, err error) {
 			t.Helper()
-			require.NoError(t, s.Update(ctx, 1, func(tx ffstore.Tx) error {
+			err = s.Update(ctx, 1, func(tx ffstore.Tx) error {
 				members, values = nil, nil
 				items, err := tx.(ffstore.PopFetcher).PopDueFetch(q, ffstore.MaxScore, 2, "x", "p")
 				if err != nil {
@@ -54,29 +59,41 @@ func TestPopDueFetchGuesses(t *testing.T) {
 				}
 				require.Equal(t, trips, ffvalkey.ReadRoundTrips(tx), "the records were read with the pop")
 				return nil
-			}))
-			return members, values, trips
+			})
+			return members, values, trips, err
 		}
 
-		members, values, trips := pop()
+		members, values, trips, err := pop()
+		require.NoError(t, err)
 		require.Equal(t, ids[:2], members)
 		require.Equal(t, []string{"x0", "p0", "x1", "p1"}, values)
 		require.Equal(t, 2, trips, "nothing to guess yet: the pop, then the records")
 
-		members, values, trips = pop()
+		members, values, trips, err = pop()
+		require.NoError(t, err)
 		require.Equal(t, ids[2:4], members)
 		require.Equal(t, []string{"x2", "p2", "x3", "p3"}, values)
-		require.Equal(t, 1, trips, "guessed right: one round trip")
+		require.Equal(t, 0, trips, "foreseen: the last commit read the records")
 
-		// Another unit changes one expected record and takes another expected member away.
-		require.NoError(t, s.Update(ctx, 1, func(tx ffstore.Tx) error {
+		// Another process changes one foreseen record and takes another foreseen member away.
+		require.NoError(t, other.Update(ctx, 1, func(tx ffstore.Tx) error {
 			tx.Put("x:"+ids[4], []byte("x4 changed"))
 			tx.QueueRemove(q, ids[5])
 			return nil
 		}))
-		members, values, trips = pop()
+		_, _, _, err = pop()
+		require.ErrorIs(t, err, fftype.ErrStoreConflict, "the foreseen members are no longer the head")
+
+		members, values, trips, err = pop()
+		require.NoError(t, err)
 		require.Equal(t, []string{ids[4], ids[6]}, members)
 		require.Equal(t, []string{"x4 changed", "p4", "x6", "p6"}, values)
-		require.Equal(t, 2, trips, "a member it did not expect costs one more round trip")
+		require.Equal(t, 2, trips, "after a failed foresight, a pop: a member it did not expect costs one more round trip")
+
+		members, values, trips, err = pop()
+		require.NoError(t, err)
+		require.Equal(t, ids[7:], members)
+		require.Equal(t, []string{"x7", "p7"}, values)
+		require.Equal(t, 1, trips, "guessed right: one round trip")
 	})
 }

@@ -196,7 +196,7 @@ func lexUpTo(maxScore int64) string {
 	return "(" + encodeScore(maxScore+1)
 }
 
-// scoreBound returns the largest due score as ffv4_pop and ffv4_range take it: its 8-byte
+// scoreBound returns the largest due score as ffv5_pop and ffv5_range take it: its 8-byte
 // encoding, or "" for no bound.
 func scoreBound(maxScore int64) string {
 	if maxScore == ffstore.MaxScore {

@@ -13,26 +13,26 @@ import (
 	"github.com/redis/rueidis"
 )
 
-// librarySource is the store's function library. Its name, flowfabric_v4, and its
-// function names (ffv4_*) carry the version, so that binaries of two versions can run
+// librarySource is the store's function library. Its name, flowfabric_v5, and its
+// function names (ffv5_*) carry the version, so that binaries of two versions can run
 // against one server during a rolling upgrade, each with its own functions.
 //
 //go:embed library.lua
 var librarySource string
 
 // LibraryName is the name of the function library this binary loads.
-const LibraryName = "flowfabric_v4"
+const LibraryName = "flowfabric_v5"
 
 // Function names of the library.
 const (
-	fnPop     = "ffv4_pop"
-	fnRelease = "ffv4_release"
-	fnRange   = "ffv4_range"
-	fnBounds  = "ffv4_bounds"
-	fnUnit    = "ffv4_unit"
-	fnCheck   = "ffv4_check"
-	fnTrim    = "ffv4_trim"
-	fnUnhint  = "ffv4_unhint"
+	fnPop     = "ffv5_pop"
+	fnRelease = "ffv5_release"
+	fnRange   = "ffv5_range"
+	fnBounds  = "ffv5_bounds"
+	fnUnit    = "ffv5_unit"
+	fnCheck   = "ffv5_check"
+	fnTrim    = "ffv5_trim"
+	fnUnhint  = "ffv5_unhint"
 )
 
 // Retry policy of calls whose command did not run. While the server says it is busy

@@ -1,6 +1,6 @@
-#!lua name=flowfabric_v4
+#!lua name=flowfabric_v5
 
--- FlowFabric's Valkey/Redis store library, version 4. It holds storage, not business logic:
+-- FlowFabric's Valkey/Redis store library, version 5. It holds storage, not business logic:
 -- the engine (Go) decides every transition and hands the store a unit; these functions
 -- only check that what a unit read still holds and apply its writes, all or nothing.
 -- Keys and arguments are laid out by ffstore/ffvalkey (tx.go, keys.go). Every key a
@@ -56,7 +56,7 @@ local function marks_of(m, items)
   return redis.call('HMGET', m, unpack(members)), members
 end
 
--- ffv4_pop marks up to n due items of a queue as popped by one unit and returns them,
+-- ffv5_pop marks up to n due items of a queue as popped by one unit and returns them,
 -- with the next `look` items after them that the unit can see. Nothing leaves the queue:
 -- the unit's commit removes the items if their marks are still its own, and an
 -- unfinished unit's marks lapse after `ttl` ms. Items other units are popping are
@@ -64,7 +64,7 @@ end
 -- KEYS: queue items, pop marks. ARGV: the largest due score (8 bytes; '' for any), n,
 -- token, ttl, look.
 -- Returns {popped, lookahead, complete}; complete is 1 if the lookahead reaches the end.
-redis.register_function('ffv4_pop', function(keys, argv)
+redis.register_function('ffv5_pop', function(keys, argv)
   local z, m = keys[1], keys[2]
   local upto, n, token, ttl, look = argv[1], tonumber(argv[2]), argv[3], tonumber(argv[4]), tonumber(argv[5])
   local now = now_ms()
@@ -114,11 +114,11 @@ redis.register_function('ffv4_pop', function(keys, argv)
   return {popped, ahead, complete}
 end)
 
--- ffv4_release removes every pop mark of one unit from some queues: for a unit that
+-- ffv5_release removes every pop mark of one unit from some queues: for a unit that
 -- does not know what its last pop marked (the reply was lost). It only frees memory, so
--- it runs on a server at maxmemory too (allow-oom), as do ffv4_unhint and ffv4_trim.
+-- it runs on a server at maxmemory too (allow-oom), as do ffv5_unhint and ffv5_trim.
 -- KEYS: pop marks of each queue. ARGV: token.
-redis.register_function{function_name = 'ffv4_release', flags = {'allow-oom'}, callback = function(keys, argv)
+redis.register_function{function_name = 'ffv5_release', flags = {'allow-oom'}, callback = function(keys, argv)
   local token = argv[1]
   local released = 0
   for _, m in ipairs(keys) do
@@ -132,11 +132,11 @@ redis.register_function{function_name = 'ffv4_release', flags = {'allow-oom'}, c
   return released
 end}
 
--- ffv4_range returns up to n items of a queue after a start bound, with scores up to a
+-- ffv5_range returns up to n items of a queue after a start bound, with scores up to a
 -- limit, that the unit with `token` can see (see hidden).
 -- KEYS: queue items, pop marks. ARGV: start bound, the largest score (8 bytes; '' for
 -- any), n, token.
-redis.register_function{function_name = 'ffv4_range', flags = {'no-writes'}, callback = function(keys, argv)
+redis.register_function{function_name = 'ffv5_range', flags = {'no-writes'}, callback = function(keys, argv)
   local z, m = keys[1], keys[2]
   local from, upto, n, token = argv[1], argv[2], tonumber(argv[3]), argv[4]
   local now = now_ms()
@@ -222,6 +222,36 @@ local function grouped(argv, i, width)
   return order, by, i
 end
 
+-- heads_are reports whether the encoded items `want` are, in order, the first items of a
+-- queue that the unit with `token` can see (see hidden).
+local function heads_are(z, m, want, token)
+  local now = now_ms()
+  local j, from = 1, '-'
+  while true do
+    local batch = #want - j + 17
+    local items = redis.call('ZRANGE', z, from, '+', 'BYLEX', 'LIMIT', 0, batch)
+    if #items == 0 then
+      return false
+    end
+    local marks = marks_of(m, items)
+    for k, enc in ipairs(items) do
+      if not hidden(marks[k], token, now) then
+        if enc ~= want[j] then
+          return false
+        end
+        j = j + 1
+        if j > #want then
+          return true
+        end
+      end
+    end
+    if #items < batch then
+      return false
+    end
+    from = '(' .. items[#items]
+  end
+end
+
 -- members_of returns the members of encoded queue items.
 local function members_of(encs)
   local out = {}
@@ -243,6 +273,9 @@ end
 --   record checks   (key index, expected version; '' expects no record)
 --   range checks    (queue index, encoded item expected in the queue)
 --   pops            (queue index, encoded item the unit popped)
+--   foreseen pops   (queue index, encoded item the unit took without popping it: the
+--                   items of a queue foreseen must be its first items the unit can see,
+--                   in order)
 --   record puts     (key index, value)
 --   record deletes  (key index)
 --   queue writes    (queue index, member, encoded score; '' removes the member), each
@@ -286,6 +319,8 @@ local function unit(keys, argv)
   for _, q in ipairs(popOrder) do
     pops[q].members = members_of(pops[q][1])
   end
+  local foreOrder, fores
+  foreOrder, fores, i = grouped(argv, i, 2)
   for _, q in ipairs(popOrder) do
     if reason then
       break
@@ -298,6 +333,15 @@ local function unit(keys, argv)
         reason = 'a popped item was taken by another unit'
         break
       end
+    end
+  end
+  for _, q in ipairs(foreOrder) do
+    if reason then
+      break
+    end
+    local b = qbase + 3 * q
+    if not heads_are(keys[b - 2], keys[b], fores[q][1], token) then
+      reason = 'the items it foresaw are no longer the head of their queue'
     end
   end
 
@@ -374,6 +418,14 @@ local function unit(keys, argv)
     batched('HDEL', keys[b], pops[q].members, 1)
     touch(q)
   end
+  for _, q in ipairs(foreOrder) do
+    local b = qbase + 3 * q
+    local members = members_of(fores[q][1])
+    batched('ZREM', keys[b - 2], fores[q][1], 1)
+    batched('HDEL', keys[b - 1], members, 1)
+    batched('HDEL', keys[b], members, 1)
+    touch(q)
+  end
   for _, q in ipairs(writeOrder) do
     local b = qbase + 3 * q
     local members, scores = writes[q][1], writes[q][2]
@@ -442,21 +494,21 @@ local function unit(keys, argv)
   return out
 end
 
-redis.register_function('ffv4_unit', unit)
-redis.register_function{function_name = 'ffv4_check', flags = {'no-writes'}, callback = function(keys, argv)
+redis.register_function('ffv5_unit', unit)
+redis.register_function{function_name = 'ffv5_check', flags = {'no-writes'}, callback = function(keys, argv)
   if argv[1] ~= 'v' then
-    return redis.error_reply('ERR ffv4_check only checks')
+    return redis.error_reply('ERR ffv5_check only checks')
   end
   return unit(keys, argv)
 end}
 
--- ffv4_unhint is the shard's half of removing queues from the store's hint, run after
+-- ffv5_unhint is the shard's half of removing queues from the store's hint, run after
 -- they were taken out of it: of the queues named, those that are empty (not in the
 -- directory) leave the hinted set, so that the commit that next fills one reports it;
 -- the names of the others, non-empty again meanwhile, are returned for the caller to put
 -- back.
 -- KEYS: queue directory, hinted queues. ARGV: queue names.
-redis.register_function{function_name = 'ffv4_unhint', flags = {'allow-oom'}, callback = function(keys, argv)
+redis.register_function{function_name = 'ffv5_unhint', flags = {'allow-oom'}, callback = function(keys, argv)
   local back = {}
   for _, name in ipairs(argv) do
     if redis.call('ZSCORE', keys[1], name) then
@@ -468,11 +520,11 @@ redis.register_function{function_name = 'ffv4_unhint', flags = {'allow-oom'}, ca
   return back
 end}
 
--- ffv4_trim deletes the events with Seq at most `through` (at most the last one) and
+-- ffv5_trim deletes the events with Seq at most `through` (at most the last one) and
 -- raises the trim point; it never lowers it. On a server at maxmemory it is how the
 -- store frees space (the engine's retention sweep), so it runs there too (allow-oom).
 -- KEYS: trim point, event stream. ARGV: through.
-redis.register_function{function_name = 'ffv4_trim', flags = {'allow-oom'}, callback = function(keys, argv)
+redis.register_function{function_name = 'ffv5_trim', flags = {'allow-oom'}, callback = function(keys, argv)
   local trimmed = tonumber(redis.call('GET', keys[1]) or '0')
   local through = math.min(tonumber(argv[1]), math.max(trimmed, last_seq(keys[2])))
   if through > trimmed then
@@ -482,9 +534,9 @@ redis.register_function{function_name = 'ffv4_trim', flags = {'allow-oom'}, call
   return 1
 end}
 
--- ffv4_bounds returns the trim point and the last Seq of a log, read together.
+-- ffv5_bounds returns the trim point and the last Seq of a log, read together.
 -- KEYS: trim point, event stream.
-redis.register_function{function_name = 'ffv4_bounds', flags = {'no-writes'}, callback = function(keys)
+redis.register_function{function_name = 'ffv5_bounds', flags = {'no-writes'}, callback = function(keys)
   local trimmed = tonumber(redis.call('GET', keys[1]) or '0')
   return {trimmed, math.max(trimmed, last_seq(keys[2]))}
 end}

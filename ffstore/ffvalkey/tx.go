@@ -36,6 +36,11 @@ type tx struct {
 	done   bool
 	token  string // identifies the unit's pop marks
 	rts    int    // server round trips made for reads
+	// earlier is set once the unit took reads made before it began (foresee, or records
+	// this process wrote): with them its reads are not one snapshot, however few its
+	// round trips. remembered lists the Redis keys of those it took from writtenRecords.
+	earlier    bool
+	remembered []string
 
 	reads map[string]*readEntry
 
@@ -72,8 +77,13 @@ type queueState struct {
 	reads   []string // encoded items returned by Range, checked at commit
 	readSet map[string]bool
 	pops    []string // encoded items popped
-	ops     map[string]queueOp
-	opOrder []string
+	// Encoded items taken without a pop, as foreseen (PopDueFetch): the commit checks
+	// that they are still the first items of the queue this unit can see.
+	foreseen []string
+	kinds    []string // the record kinds PopDueFetch read for the items it took
+	want     int      // about the most items the queue's recent pops asked for
+	ops      map[string]queueOp
+	opOrder  []string
 
 	// The items after the unit's pops that the last PopDue saw, and whether they reach
 	// the end of the queue: a Range inside them is answered without a round trip.
@@ -131,8 +141,15 @@ func (t *tx) Prefetch(keys ...string) error {
 	return nil
 }
 
-// fetch reads records, in one MGET.
+// fetch reads records, in one MGET, but in a unit takes those this process wrote last
+// from writtenRecords.
 func (t *tx) fetch(keys []string) error {
+	if t.update {
+		keys = t.recall(keys)
+		if len(keys) == 0 {
+			return nil
+		}
+	}
 	full := t.mgetKeys(keys)
 	t.rts++
 	res, err := t.s.do(t.ctx, "read records", true, func() rueidis.Completed {
@@ -141,7 +158,31 @@ func (t *tx) fetch(keys []string) error {
 	if err != nil {
 		return err
 	}
-	return t.absorb(keys, res, nil)
+	return t.absorb(t.readMap(len(keys)), keys, res, nil)
+}
+
+// recall takes into the unit's reads the records of keys that this process wrote last,
+// and returns the other keys.
+func (t *tx) recall(keys []string) []string {
+	rest := keys[:0:0]
+	for _, k := range keys {
+		rk := t.k.record(k)
+		r, ok := t.s.written.get(rk)
+		if !ok {
+			rest = append(rest, k)
+			continue
+		}
+		t.readMap(len(keys))[k] = r
+		t.remembered = append(t.remembered, rk)
+		t.earlier = true
+	}
+	return rest
+}
+
+// stale is called when a check of the unit's reads failed: the records it took from
+// writtenRecords may be why, so the unit's next run reads them from the server.
+func (t *tx) stale() {
+	t.s.written.forget(t.remembered)
 }
 
 // mgetKeys returns the keys of an MGET of records.
@@ -153,9 +194,17 @@ func (t *tx) mgetKeys(keys []string) []string {
 	return full
 }
 
+// readMap returns the unit's reads, made for n if need be.
+func (t *tx) readMap(n int) map[string]*readEntry {
+	if t.reads == nil {
+		t.reads = make(map[string]*readEntry, n)
+	}
+	return t.reads
+}
+
 // absorb takes the reply of an MGET of mgetKeys(keys) into the unit's reads, those of
 // keys for which keep (if not nil) says so.
-func (t *tx) absorb(keys []string, res rueidis.RedisResult, keep func(key string) bool) error {
+func (t *tx) absorb(into map[string]*readEntry, keys []string, res rueidis.RedisResult, keep func(key string) bool) error {
 	arr, err := res.ToArray()
 	if err == nil && len(arr) != len(keys) {
 		err = errors.New("MGET returned the wrong number of values")
@@ -163,16 +212,13 @@ func (t *tx) absorb(keys []string, res rueidis.RedisResult, keep func(key string
 	if err != nil {
 		return translate(err, "read records")
 	}
-	if t.reads == nil {
-		t.reads = make(map[string]*readEntry, len(keys))
-	}
 	for i, k := range keys {
 		if keep != nil && !keep(k) {
 			continue
 		}
 		m := &arr[i]
 		if m.IsNil() {
-			t.reads[k] = &readEntry{} // checked at commit as missing, like any version
+			into[k] = &readEntry{} // checked at commit as missing, like any version
 			continue
 		}
 		v, err := m.ToString()
@@ -183,7 +229,7 @@ func (t *tx) absorb(keys []string, res rueidis.RedisResult, keep func(key string
 			return fftype.NewError(fftype.KindUnavailable, fftype.CodeCorruption, "ffvalkey: record %q of shard %d has no version", k, t.shard)
 		}
 		b, _ := m.AsBytes() // v's bytes, not a copy
-		t.reads[k] = &readEntry{version: v[:versionLen], value: b[versionLen:]}
+		into[k] = &readEntry{version: v[:versionLen], value: b[versionLen:]}
 	}
 	return nil
 }
@@ -320,16 +366,33 @@ func (t *tx) PopDueFetch(queue string, maxScore int64, n int, kinds ...string) (
 		return nil, nil
 	}
 	q := t.queue(queue)
+	if len(q.foreseen) > 0 {
+		// A pop would return the items this unit foresaw again, unmarked as they are.
+		return nil, conflict("unit on shard %d popped queue %q twice, the first time by foresight", t.shard, queue)
+	}
+	var last *foreseen
+	if len(kinds) > 0 {
+		q.want = t.s.foresight.asked(t.shard, queue, n)
+		var warm bool
+		last, warm = t.s.foresight.take(t.shard, queue)
+		if warm && last != nil && len(q.pops) == 0 {
+			if items, ok := t.foresee(q, last, maxScore, n, kinds); ok {
+				return items, nil
+			}
+		}
+	}
 	qk, mk := t.k.queue(queue), t.k.marks(queue)
 	look := strconv.Itoa(lookahead)
 	if len(kinds) > 0 {
-		look = strconv.Itoa(lookahead + n) // the next pop's guess
+		look = strconv.Itoa(lookahead + 4*n) // for the next pops
 	}
 	pop := func() rueidis.Completed {
 		return t.s.client.B().Fcall().Function(fnPop).Numkeys(2).Key(qk, mk).
 			Arg(scoreBound(maxScore), strconv.Itoa(n), t.token, t.s.popTTL, look).Build()
 	}
-	guessed := t.unread(ffstore.MemberRecordKeys(t.s.expected.get(t.shard, queue, n), kinds))
+	if len(kinds) > 0 {
+	}
+	guessed := t.unread(ffstore.MemberRecordKeys(last.members(n), kinds))
 	var riders []rueidis.Completed
 	if len(guessed) > 0 {
 		riders = append(riders, t.s.client.B().Mget().Key(t.mgetKeys(guessed)...).Build())
@@ -372,7 +435,7 @@ func (t *tx) PopDueFetch(queue string, maxScore int64, n int, kinds ...string) (
 		out = append(out, it)
 		members = append(members, it.Member)
 	}
-	q.ahead = q.ahead[:0]
+	q.ahead = make([]cachedItem, 0, len(ahead))
 	for _, enc := range ahead {
 		it, err := t.decode(queue, enc)
 		if err != nil {
@@ -384,7 +447,8 @@ func (t *tx) PopDueFetch(queue string, maxScore int64, n int, kinds ...string) (
 	if len(kinds) == 0 {
 		return out, nil
 	}
-	t.s.expected.set(t.shard, queue, q.ahead)
+	q.kinds = kinds
+	t.s.foresight.saw(t.shard, queue, &foreseen{items: q.ahead, complete: q.aheadDone})
 	need := t.unread(ffstore.MemberRecordKeys(members, kinds))
 	if len(rode) > 0 && rode[0].Error() == nil { // else they are read below
 		// Only the records of members popped count as read (and are checked at commit).
@@ -392,7 +456,7 @@ func (t *tx) PopDueFetch(queue string, maxScore int64, n int, kinds ...string) (
 		for _, k := range need {
 			popped[k] = true
 		}
-		if err := t.absorb(guessed, rode[0], func(key string) bool { return popped[key] }); err != nil {
+		if err := t.absorb(t.readMap(len(guessed)), guessed, rode[0], func(key string) bool { return popped[key] }); err != nil {
 			return nil, err
 		}
 		need = t.unread(need)
@@ -404,6 +468,49 @@ func (t *tx) PopDueFetch(queue string, maxScore int64, n int, kinds ...string) (
 	}
 	return out, nil
 }
+
+// foresee takes, as a pop would, the items that last says come next in q's queue, with
+// their records read beside the commit that popped the items before them, if last tells
+// them and has their records: no round trip. The commit checks that they are still the
+// head of the queue.
+func (t *tx) foresee(q *queueState, last *foreseen, maxScore int64, n int, kinds []string) ([]ffstore.QueueItem, bool) {
+	items, ok := last.due(maxScore, n)
+	if !ok {
+		return nil, false
+	}
+	members := make([]string, len(items))
+	for i, c := range items {
+		members[i] = c.item.Member
+	}
+	keys := ffstore.MemberRecordKeys(members, kinds)
+	recs, ok := last.recordsOf(keys, kinds)
+	if !ok {
+		return nil, false
+	}
+	reads := t.readMap(len(keys))
+	for i, k := range keys {
+		if _, read := reads[k]; !read {
+			if _, written := t.writes[k]; !written {
+				reads[k] = recs[i]
+			}
+		}
+	}
+	t.earlier = true
+	out := make([]ffstore.QueueItem, len(items))
+	for i, c := range items {
+		out[i] = c.item
+		q.foreseen = append(q.foreseen, c.enc)
+	}
+	q.kinds = kinds
+	q.ahead = last.items[len(items):]
+	q.aheadOK, q.aheadDone = true, last.complete
+	t.s.foresight.saw(t.shard, q.name, &foreseen{items: q.ahead, complete: q.aheadDone})
+	return out, true
+}
+
+// oneSnapshot reports whether the unit's reads were all made in one round trip, so that
+// they need no check to be consistent with each other.
+func (t *tx) oneSnapshot() bool { return t.rts < 2 && !t.earlier }
 
 // unread returns the keys, once each, that the unit has neither read nor written.
 func (t *tx) unread(keys []string) []string {
@@ -492,14 +599,14 @@ func (t *tx) hasWrites() bool {
 		return true
 	}
 	for _, q := range t.queues {
-		if len(q.pops) > 0 || len(q.ops) > 0 {
+		if len(q.pops) > 0 || len(q.foreseen) > 0 || len(q.ops) > 0 {
 			return true
 		}
 	}
 	return false
 }
 
-// call is one ffv4_unit or ffv4_check call being built.
+// call is one ffv5_unit or ffv5_check call being built.
 type call struct {
 	keys []string
 	args []string
@@ -540,10 +647,10 @@ func (t *tx) build(mode string) *call {
 		}
 	}
 	nR := len(recIdx)
-	var names, ranges, pops, qops []string
+	var names, ranges, pops, foreseen, qops []string
 	for _, name := range t.queueOrder {
 		q := t.queues[name]
-		if len(q.reads) == 0 && len(q.pops) == 0 && (mode != "c" || len(q.ops) == 0) {
+		if len(q.reads) == 0 && len(q.pops) == 0 && len(q.foreseen) == 0 && (mode != "c" || len(q.ops) == 0) {
 			continue
 		}
 		names = append(names, name)
@@ -553,13 +660,16 @@ func (t *tx) build(mode string) *call {
 		// Ranges of a queue the unit pops are not checked: other units pop its items
 		// all the time, so the check would fail most concurrent pops, which PopDue
 		// promises not to make wait on each other. Such a Range can only be a hint.
-		if len(q.pops) == 0 {
+		if len(q.pops) == 0 && len(q.foreseen) == 0 {
 			for _, enc := range q.reads {
 				ranges = append(ranges, qi, enc)
 			}
 		}
 		for _, enc := range q.pops {
 			pops = append(pops, qi, enc)
+		}
+		for _, enc := range q.foreseen {
+			foreseen = append(foreseen, qi, enc)
 		}
 		if mode == "c" {
 			for _, m := range q.opOrder {
@@ -575,12 +685,13 @@ func (t *tx) build(mode string) *call {
 	if mode == "c" {
 		c.keys = append(c.keys, k.absent) // last, past what the function reads (see shardKeys.absent)
 	}
-	c.args = make([]string, 0, 16+len(names)+len(checks)+len(ranges)+len(pops)+len(puts)+len(dels)+len(qops)+len(t.events))
+	c.args = make([]string, 0, 16+len(names)+len(checks)+len(ranges)+len(pops)+len(foreseen)+len(puts)+len(dels)+len(qops)+len(t.events))
 	c.args = append(c.args, mode, channel, t.s.wakeMessage(t.shard), t.token, strconv.Itoa(nR), strconv.Itoa(len(names)))
 	c.args = append(c.args, names...)
 	c.args = appendCounted(c.args, checks, 2)
 	c.args = appendCounted(c.args, ranges, 2)
 	c.args = appendCounted(c.args, pops, 2)
+	c.args = appendCounted(c.args, foreseen, 2)
 	if mode == "c" {
 		c.args = appendCounted(c.args, puts, 2)
 		c.args = appendCounted(c.args, dels, 1)
@@ -599,31 +710,32 @@ func appendCounted(args, items []string, width int) []string {
 }
 
 // run sends a unit call and reports whether its reads held, with the server's reason
-// when they did not, and the rest of the reply.
-func (t *tx) run(ctx context.Context, fn string, readOnly bool, c *call) (ok bool, reason string, rest []rueidis.RedisMessage, err error) {
+// when they did not, and the rest of the reply. Riders go in the same round trip, after
+// the call (see doRiding).
+func (t *tx) run(ctx context.Context, fn string, readOnly bool, c *call, riders ...rueidis.Completed) (ok bool, reason string, rest []rueidis.RedisMessage, rode []rueidis.RedisResult, err error) {
 	op := "commit"
 	if fn == fnCheck {
 		op = "check reads"
 	}
-	res, err := t.s.do(ctx, op, readOnly, func() rueidis.Completed {
+	res, rode, err := t.s.doRiding(ctx, op, readOnly, func() rueidis.Completed {
 		if readOnly {
 			return t.s.client.B().FcallRo().Function(fn).Numkeys(int64(len(c.keys))).Key(c.keys...).Arg(c.args...).Build()
 		}
 		return t.s.client.B().Fcall().Function(fn).Numkeys(int64(len(c.keys))).Key(c.keys...).Arg(c.args...).Build()
-	})
+	}, riders...)
 	if err != nil {
-		return false, "", nil, err
+		return false, "", nil, nil, err
 	}
 	arr, err := res.ToArray()
 	if err != nil || len(arr) < 2 {
-		return false, "", nil, translate(errors.Join(err, errors.New("unexpected reply")), op)
+		return false, "", nil, nil, translate(errors.Join(err, errors.New("unexpected reply")), op)
 	}
 	status, err1 := arr[0].AsInt64()
 	reason, err2 := arr[1].ToString()
 	if err1 != nil || err2 != nil {
-		return false, "", nil, translate(errors.Join(err1, err2), op)
+		return false, "", nil, nil, translate(errors.Join(err1, err2), op)
 	}
-	return status == 1, reason, arr[2:], nil
+	return status == 1, reason, arr[2:], rode, nil
 }
 
 // commit applies the unit. It returns an error matching fftype.ErrStoreConflict when a
@@ -633,14 +745,15 @@ func (t *tx) commit() error {
 	defer cancel()
 	if !t.hasWrites() {
 		// Nothing to write: the reads need checking only if they were not one snapshot.
-		if t.rts < 2 {
+		if t.oneSnapshot() {
 			return nil
 		}
-		ok, reason, _, err := t.run(ctx, fnCheck, true, t.build("v"))
+		ok, reason, _, _, err := t.run(ctx, fnCheck, true, t.build("v"))
 		if err != nil {
 			return err
 		}
 		if !ok {
+			t.stale()
 			return conflict("unit on shard %d read stale data: %s", t.shard, reason)
 		}
 		return nil
@@ -655,7 +768,12 @@ func (t *tx) commit() error {
 		}
 	}
 	defer leave() // whatever happens, readers must not wait on this commit forever
-	ok, reason, rest, err := t.run(ctx, fnUnit, false, args)
+	ahead := t.ahead()
+	riders := make([]rueidis.Completed, len(ahead))
+	for i, a := range ahead {
+		riders[i] = t.s.client.B().Mget().Key(t.mgetKeys(a.keys)...).Build()
+	}
+	ok, reason, rest, rode, err := t.run(ctx, fnUnit, false, args, riders...)
 	if err != nil {
 		// The unit may have committed with its reply lost. This process ignores its own
 		// wake-up messages, so nothing else tells the cache of heads that the shard's
@@ -664,8 +782,16 @@ func (t *tx) commit() error {
 		return err
 	}
 	if !ok {
+		t.stale()
+		for _, name := range t.queueOrder {
+			if len(t.queues[name].foreseen) > 0 {
+				t.s.foresight.failed(t.shard, name)
+			}
+		}
 		return conflict("unit on shard %d lost a race: %s since it was read", t.shard, reason)
 	}
+	t.foresaw(ahead, rode)
+	t.wrote(rest)
 	hints, err := t.patchHeads(rest)
 	if err != nil {
 		// The unit committed; only the cache of heads is behind. Let it be read again.
@@ -678,6 +804,71 @@ func (t *tx) commit() error {
 	}
 	t.s.changes.Notify()
 	return nil
+}
+
+// wrote gives writtenRecords the records the unit wrote, with the commit number the
+// commit reported first in rest.
+func (t *tx) wrote(rest []rueidis.RedisMessage) {
+	if len(t.writeOrder) == 0 || len(rest) == 0 {
+		return
+	}
+	ver, err := rest[0].AsInt64()
+	if err != nil {
+		return // patchHeads reports it
+	}
+	writes := make(map[string][]byte, len(t.writeOrder))
+	for _, k := range t.writeOrder {
+		w := t.writes[k]
+		var v []byte
+		if !w.del {
+			v = w.value
+		}
+		writes[t.k.record(k)] = v
+	}
+	t.s.written.remember(uint64(ver), writes) //nolint:gosec // commit numbers are positive
+}
+
+// aheadRead is a queue whose next items' records a commit reads.
+type aheadRead struct {
+	q    *queueState
+	keys []string
+}
+
+// ahead returns the queues whose next items' records the commit reads once it has
+// applied the unit, for the next pop of each to take them by foresight: the queues the
+// unit took items from, with kinds, and did not write. It reads as many items as the
+// unit took, and lookahead more.
+func (t *tx) ahead() []aheadRead {
+	var out []aheadRead
+	for _, name := range t.queueOrder {
+		q := t.queues[name]
+		took := len(q.pops) + len(q.foreseen)
+		if took == 0 || len(q.kinds) == 0 || len(q.ops) > 0 || len(q.ahead) == 0 {
+			continue
+		}
+		next := q.ahead[:min(len(q.ahead), max(took, q.want)+lookahead)]
+		members := make([]string, len(next))
+		for i, c := range next {
+			members[i] = c.item.Member
+		}
+		out = append(out, aheadRead{q: q, keys: ffstore.MemberRecordKeys(members, q.kinds)})
+	}
+	return out
+}
+
+// foresaw keeps, for the next pop of each queue of ahead, the records the commit read
+// (rode), with what the unit saw of the queue.
+func (t *tx) foresaw(ahead []aheadRead, rode []rueidis.RedisResult) {
+	if len(rode) != len(ahead) {
+		return // the commit was sent again, without its riders
+	}
+	for i, a := range ahead {
+		records := make(map[string]*readEntry, len(a.keys))
+		if err := t.absorb(records, a.keys, rode[i], nil); err != nil {
+			continue
+		}
+		t.s.foresight.saw(t.shard, a.q.name, &foreseen{items: a.q.ahead, complete: a.q.aheadDone, kinds: a.q.kinds, records: records})
+	}
 }
 
 // patchHeads gives the heads cache the queue heads a commit reported: its commit number,
@@ -741,21 +932,24 @@ func (t *tx) abort() (stale bool) {
 		}
 	}
 	pops := t.hasPops()
-	if !pops && t.rts < 2 {
+	if !pops && t.oneSnapshot() {
 		return false
 	}
 	var ok bool
 	var err error
 	if pops {
-		ok, _, _, err = t.run(ctx, fnUnit, false, t.build("a"))
+		ok, _, _, _, err = t.run(ctx, fnUnit, false, t.build("a"))
 	} else {
-		ok, _, _, err = t.run(ctx, fnCheck, true, t.build("v"))
+		ok, _, _, _, err = t.run(ctx, fnCheck, true, t.build("v"))
 	}
 	if err != nil {
 		t.s.log.Warn("ffvalkey: releasing an aborted unit failed; its pops lapse by themselves", "shard", t.shard, "err", err)
 		return false
 	}
-	return !ok && t.rts >= 2
+	if !ok {
+		t.stale()
+	}
+	return !ok && !t.oneSnapshot()
 }
 
 // Update runs fn as one unit on shard. fn's reads go to the server as it makes them; its
@@ -826,10 +1020,10 @@ func (s *Store) View(ctx context.Context, shard int, fn func(tx ffstore.ReadTx) 
 		t := s.newTx(ctx, shard, false)
 		err := fn(readTx{t})
 		t.done = true
-		if t.rts < 2 {
+		if t.oneSnapshot() {
 			return err
 		}
-		ok, _, _, cerr := t.run(ctx, fnCheck, true, t.build("v"))
+		ok, _, _, _, cerr := t.run(ctx, fnCheck, true, t.build("v"))
 		if cerr != nil {
 			if err != nil {
 				return err

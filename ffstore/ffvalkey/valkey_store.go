@@ -25,7 +25,7 @@
 // A unit's reads are made from Go: Get and Prefetch read records with their versions
 // (MGET), Range reads a queue, PopDue marks items as popped by the unit (a function call
 // that skips items other units are popping). Writes are buffered. At commit one function
-// call, ffv4_unit of the library flowfabric_v4, receives every version and queue item the
+// call, ffv5_unit of the library flowfabric_v5, receives every version and queue item the
 // unit read and every item it popped, checks that they all still hold, and then applies
 // the writes, appends the events with the next Seq numbers and publishes a wake-up — or,
 // if anything changed, writes nothing, releases the pops and answers with a conflict,
@@ -164,8 +164,9 @@ type Store struct {
 	conflicts ffstore.ConflictCounter // injected conflicts still to deliver
 	changes   ffstore.Notifier
 	heads     headsCache
-	gates     []commitGate // per shard: see commitGate
-	expected  expectations
+	gates     []commitGate   // per shard: see commitGate
+	foresight foresight      // what pops saw next, for the next pops
+	written   writtenRecords // what units wrote last, for the next units that read it
 
 	subOnce   sync.Once
 	subCancel context.CancelFunc
@@ -674,7 +675,7 @@ func (s *Store) readQueueHeads(ctx context.Context, refs []queueRef, verShards [
 // repairHint brings the hint in line with a full read: it adds the queues found
 // non-empty that it misses, and removes those it lists that no directory listed. A
 // removal takes the entries out first and then, per shard, drops the empty queues from
-// the hinted set (ffv4_unhint), putting back those filled meanwhile: a commit that fills
+// the hinted set (ffv5_unhint), putting back those filled meanwhile: a commit that fills
 // one after that adds it itself. Failures are logged; the next full read tries again.
 func (s *Store) repairHint(ctx context.Context, hinted, listed map[queueRef]bool, found []map[string]ffstore.QueueItem) {
 	var add, drop []string

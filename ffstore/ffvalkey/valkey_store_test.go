@@ -357,6 +357,13 @@ func TestLibraryReloads(t *testing.T) {
 					require.NoError(t, node.Do(ctx, node.B().FunctionFlush().Build()).Error())
 				}
 			}
+			// Written by another process, so that s does not remember the record.
+			other := openStore(t, url, &ffvalkey.Options{KeyPrefix: s.KeyPrefix(), Shards: 4})
+			require.NoError(t, other.Update(ctx, 1, func(tx ffstore.Tx) error {
+				tx.Put("x:third", []byte("3"))
+				tx.QueueAdd("q", "third", 3)
+				return nil
+			}))
 			id := fftype.NewExecutionID(1)
 			calls := []struct {
 				name string
@@ -375,7 +382,7 @@ func TestLibraryReloads(t *testing.T) {
 				{"range in a unit", func() error {
 					return s.Update(ctx, 1, func(tx ffstore.Tx) error {
 						items, err := tx.Range("q", nil, ffstore.MaxScore, 10)
-						if err == nil && len(items) != 2 {
+						if err == nil && len(items) != 3 {
 							err = fmt.Errorf("range: %v", items)
 						}
 						return err
@@ -390,26 +397,20 @@ func TestLibraryReloads(t *testing.T) {
 						return err
 					})
 				}},
-				// The last pop saw "other" next, so this one reads its record in the same
-				// round trip; the pop finds the library missing and runs again alone, and
-				// the record is read after it.
+				// The last pop's commit read the record of "other", which its pop saw
+				// next, so this pop takes it without a round trip; the commit finds the
+				// library missing and runs again alone, without reading ahead.
+				{"pop by foresight", func() error {
+					return s.Update(ctx, 1, func(tx ffstore.Tx) error {
+						return popOne(tx, "other", "2", 0, "no round trip")
+					})
+				}},
+				// The last pop saw "third" next, without its record, so this one reads it
+				// in the same round trip; the pop finds the library missing and runs
+				// again alone, and the record is read after it.
 				{"pop reading the records it expects", func() error {
 					return s.Update(ctx, 1, func(tx ffstore.Tx) error {
-						items, err := tx.(ffstore.PopFetcher).PopDueFetch("q", ffstore.MaxScore, 1, "x")
-						if err != nil {
-							return err
-						}
-						if len(items) != 1 || items[0].Member != "other" {
-							return fmt.Errorf("pop: %v", items)
-						}
-						if trips := ffvalkey.ReadRoundTrips(tx); trips != 3 {
-							return fmt.Errorf("%d round trips, want the pop with the read, the pop alone, the read", trips)
-						}
-						v, _, err := tx.Get("x:other")
-						if err == nil && string(v) != "2" {
-							err = fmt.Errorf("x:other reads %q", v)
-						}
-						return err
+						return popOne(tx, "third", "3", 3, "the pop with the read, the pop alone, the read")
 					})
 				}},
 				{"checked view", func() error {
@@ -436,6 +437,26 @@ func TestLibraryReloads(t *testing.T) {
 			}
 		})
 	}
+}
+
+// popOne pops one item of queue "q" in tx by PopDueFetch and checks that it is member,
+// with "x:"+member reading value, in trips round trips (want says which).
+func popOne(tx ffstore.Tx, member, value string, trips int, want string) error {
+	items, err := tx.(ffstore.PopFetcher).PopDueFetch("q", ffstore.MaxScore, 1, "x")
+	if err != nil {
+		return err
+	}
+	if len(items) != 1 || items[0].Member != member {
+		return fmt.Errorf("pop: %v", items)
+	}
+	if n := ffvalkey.ReadRoundTrips(tx); n != trips {
+		return fmt.Errorf("%d round trips, want %s", n, want)
+	}
+	v, _, err := tx.Get("x:" + member)
+	if err == nil && string(v) != value {
+		err = fmt.Errorf("x:%s reads %q", member, v)
+	}
+	return err
 }
 
 // TestLibraryVersionsCoexist loads another version of the library beside this one, as
