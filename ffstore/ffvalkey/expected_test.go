@@ -97,3 +97,63 @@ func TestPopDueFetchForesees(t *testing.T) {
 		require.Equal(t, 1, trips, "guessed right: one round trip")
 	})
 }
+
+// TestForeseenPopsYieldToPops checks that items another unit has popped and not yet
+// committed are not taken by foresight: the foreseen pop fails as a conflict, and the pop
+// that runs again takes the items after them.
+func TestForeseenPopsYieldToPops(t *testing.T) {
+	t.Parallel()
+	onServerAndCluster(t, func(t *testing.T, url string) {
+		s := openStore(t, url, &ffvalkey.Options{KeyPrefix: testdb.RedisPrefix(t), Shards: 2})
+		other := openStore(t, url, &ffvalkey.Options{KeyPrefix: s.KeyPrefix(), Shards: 2})
+		ctx := t.Context()
+		const q = "ready"
+		var ids []string
+		require.NoError(t, other.Update(ctx, 1, func(tx ffstore.Tx) error {
+			for i := range 6 {
+				id := fftype.NewExecutionID(1).String()
+				ids = append(ids, id)
+				tx.Put("x:"+id, []byte("x"+strconv.Itoa(i)))
+				tx.QueueAdd(q, id, int64(i))
+			}
+			return nil
+		}))
+		pop := func(st *ffvalkey.Store, inside func() error) (members []string, trips int, err error) {
+			err = st.Update(ctx, 1, func(tx ffstore.Tx) error {
+				items, err := tx.(ffstore.PopFetcher).PopDueFetch(q, ffstore.MaxScore, 2, "x")
+				if err != nil {
+					return err
+				}
+				members, trips = nil, ffvalkey.ReadRoundTrips(tx)
+				for _, it := range items {
+					members = append(members, it.Member)
+				}
+				if inside != nil {
+					return inside()
+				}
+				return nil
+			})
+			return members, trips, err
+		}
+		members, _, err := pop(s, nil)
+		require.NoError(t, err)
+		require.Equal(t, ids[:2], members)
+
+		var foreseen []string
+		var foreErr error
+		members, _, err = pop(other, func() error {
+			var trips int
+			foreseen, trips, foreErr = pop(s, nil)
+			require.Zero(t, trips, "taken by foresight")
+			return nil
+		})
+		require.NoError(t, err)
+		require.Equal(t, ids[2:4], members, "the other unit popped them first")
+		require.Equal(t, ids[2:4], foreseen)
+		require.ErrorIs(t, foreErr, fftype.ErrStoreConflict, "they were the other unit's")
+
+		members, _, err = pop(s, nil)
+		require.NoError(t, err)
+		require.Equal(t, ids[4:], members, "no item twice")
+	})
+}

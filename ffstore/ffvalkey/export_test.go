@@ -87,3 +87,7 @@ func DropHint(ctx context.Context, s *Store, shard int, queue string) error {
 // ReadRoundTrips returns how many round trips tx, a unit of an ffvalkey store, made to
 // read.
 func ReadRoundTrips(u ffstore.Tx) int { return u.(*tx).rts }
+
+// ViewRoundTrips returns how many round trips r, a View's reads on an ffvalkey store,
+// made.
+func ViewRoundTrips(r ffstore.ReadTx) int { return r.(readTx).t.rts }
