@@ -37,6 +37,14 @@
 // for items that entered its range since, and a record read as missing is checked to be
 // still missing: the limits ffstore.Store.Update states.
 //
+// Two shortcuts save round trips, each checked at commit like any read. A commit that
+// took items from a queue also reads the records of the items its pop saw next, and the
+// next claim's pop of that queue in this process takes them without a round trip (a
+// foreseen pop): its commit checks that they are still, in order, the first items of the
+// queue that no other unit holds. And a unit takes the records this process wrote last
+// from memory, with the versions their commits gave them. A shortcut that no longer holds
+// is a conflict, and the unit's next run reads the server.
+//
 // # Durability
 //
 // A unit is acknowledged when the server has applied it; it survives a restart of the
