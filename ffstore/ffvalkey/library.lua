@@ -271,6 +271,8 @@ end
 -- channel to publish on ('' for none) and the message, the unit's token, nR, nQ, the nQ
 -- queue names, then counted lists:
 --   record checks   (key index, expected version; '' expects no record)
+--   record digests  (key index, SHA-1 in hex of the whole string the record's key should
+--                   hold, version included)
 --   range checks    (queue index, encoded item expected in the queue)
 --   pops            (queue index, encoded item the unit popped)
 --   foreseen pops   (queue index, encoded item the unit took without popping it: the
@@ -298,6 +300,17 @@ local function unit(keys, argv)
   for _ = 1, n do
     if not reason and redis.call('GETRANGE', keys[5 + tonumber(argv[i])], '0', '7') ~= argv[i + 1] then
       reason = 'a record changed'
+    end
+    i = i + 2
+  end
+  n = tonumber(argv[i])
+  i = i + 1
+  for _ = 1, n do
+    if not reason then
+      local v = redis.call('GET', keys[5 + tonumber(argv[i])])
+      if not v or redis.sha1hex(v) ~= argv[i + 1] then
+        reason = 'a record changed'
+      end
     end
     i = i + 2
   end

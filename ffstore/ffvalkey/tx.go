@@ -58,6 +58,10 @@ type tx struct {
 // readEntry is a record as read: version "" means it did not exist.
 type readEntry struct {
 	version string
+	// digest, for a record taken from writtenRecords, is the SHA-1 (hex) of what the
+	// server should hold: the commit checks it instead of the version, since commit
+	// numbers start again after the server lost data.
+	digest string
 	// value is the reply's own bytes (rueidis's AsBytes: the bulk string it read, which
 	// it allocates per reply and keeps nowhere else, as bytes without a copy). The unit
 	// reads it, and Get hands it out, without copying it; GetValueIsTheCallers in the
@@ -390,8 +394,6 @@ func (t *tx) PopDueFetch(queue string, maxScore int64, n int, kinds ...string) (
 		return t.s.client.B().Fcall().Function(fnPop).Numkeys(2).Key(qk, mk).
 			Arg(scoreBound(maxScore), strconv.Itoa(n), t.token, t.s.popTTL, look).Build()
 	}
-	if len(kinds) > 0 {
-	}
 	guessed := t.unread(ffstore.MemberRecordKeys(last.members(n), kinds))
 	var riders []rueidis.Completed
 	if len(guessed) > 0 {
@@ -631,9 +633,13 @@ func (t *tx) build(mode string) *call {
 		}
 		return strconv.Itoa(i)
 	}
-	var checks []string
+	var checks, digests []string
 	for key, r := range t.reads {
-		checks = append(checks, index(key), r.version)
+		if r.digest != "" {
+			digests = append(digests, index(key), r.digest)
+		} else {
+			checks = append(checks, index(key), r.version)
+		}
 	}
 	var puts, dels []string
 	if mode == "c" {
@@ -685,10 +691,11 @@ func (t *tx) build(mode string) *call {
 	if mode == "c" {
 		c.keys = append(c.keys, k.absent) // last, past what the function reads (see shardKeys.absent)
 	}
-	c.args = make([]string, 0, 16+len(names)+len(checks)+len(ranges)+len(pops)+len(foreseen)+len(puts)+len(dels)+len(qops)+len(t.events))
+	c.args = make([]string, 0, 16+len(names)+len(checks)+len(digests)+len(ranges)+len(pops)+len(foreseen)+len(puts)+len(dels)+len(qops)+len(t.events))
 	c.args = append(c.args, mode, channel, t.s.wakeMessage(t.shard), t.token, strconv.Itoa(nR), strconv.Itoa(len(names)))
 	c.args = append(c.args, names...)
 	c.args = appendCounted(c.args, checks, 2)
+	c.args = appendCounted(c.args, digests, 2)
 	c.args = appendCounted(c.args, ranges, 2)
 	c.args = appendCounted(c.args, pops, 2)
 	c.args = appendCounted(c.args, foreseen, 2)

@@ -3,6 +3,7 @@ package ffvalkey_test
 import (
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -90,4 +91,52 @@ func TestUnitsRereadWhatTheyWrote(t *testing.T) {
 			return err
 		}))
 	})
+}
+
+// TestRememberedRecordsAfterTheServerLostData checks remembered records against a server
+// that lost data and so numbers commits again from where its data ends: another process
+// writes a record at the very commit number at which this process remembers another
+// value of it, and a unit of this process must still read the record's value.
+func TestRememberedRecordsAfterTheServerLostData(t *testing.T) {
+	t.Parallel()
+	for _, lost := range []string{"restart without persistence", "crash back to a snapshot"} {
+		t.Run(lost, func(t *testing.T) {
+			t.Parallel()
+			ctx := t.Context()
+			srv := testdb.NewRedis(t, testdb.RedisOptions{})
+			a := openStore(t, srv.URL(0), &ffvalkey.Options{Shards: 1, KeyPrefix: testdb.RedisPrefix(t)})
+			b := openStore(t, srv.URL(0), &ffvalkey.Options{Shards: 1, KeyPrefix: a.KeyPrefix()})
+			put := func(s *ffvalkey.Store, key, value string) {
+				t.Helper()
+				require.Eventually(t, func() bool { // the first calls after the restart may fail
+					return s.Update(ctx, 0, func(tx ffstore.Tx) error { tx.Put(key, []byte(value)); return nil }) == nil
+				}, 10*time.Second, 10*time.Millisecond)
+			}
+			if lost == "restart without persistence" {
+				put(a, "other", "1")
+				put(a, "k", "old") // commit 2: a remembers k = "old" at 2
+				require.NoError(t, srv.Restart())
+				put(b, "other", "x")
+				put(b, "k", "new") // commit 2 again
+			} else {
+				put(a, "k", "saved") // commit 1
+				c := ffvalkey.Client(a)
+				require.NoError(t, c.Do(ctx, c.B().Save().Build()).Error())
+				put(a, "k", "lost") // commit 2: a remembers k = "lost" at 2
+				srv.Kill()
+				require.NoError(t, srv.Start()) // k = "saved" at 1; the library survives
+				put(b, "k", "new")              // commit 2 again
+			}
+			var read string
+			require.Eventually(t, func() bool {
+				return a.Update(ctx, 0, func(tx ffstore.Tx) error {
+					v, _, err := tx.Get("k")
+					read = string(v)
+					tx.Put("copy", v)
+					return err
+				}) == nil
+			}, 10*time.Second, 10*time.Millisecond)
+			require.Equal(t, "new", read)
+		})
+	}
 }
