@@ -3,6 +3,7 @@ package ffvalkey
 import (
 	"slices"
 	"sync"
+	"time"
 )
 
 // foresight remembers, per shard and queue, what this process last saw of the queue
@@ -12,6 +13,11 @@ import (
 // trip of its own (a foreseen pop, see PopDueFetch), and the commit checks that they are
 // still the queue's head; otherwise the pop reads their records in its own round trip.
 // A wrong guess costs a round trip, or a conflict and a retry, never a wrong result.
+//
+// Records are taken only while fresh (foresightFresh), so that they are checked at
+// commit within about the time a unit's own reads are. What foresight holds is bounded:
+// past foresightMaxBytes of records the oldest are dropped, and past foresightMaxQueues
+// queues everything is forgotten.
 type foresight struct {
 	mu   sync.Mutex
 	m    map[foreseenQueue]*foreseen
@@ -19,7 +25,18 @@ type foresight struct {
 	// wants holds, per queue, about the most items its recent pops asked for: each pop
 	// raises it to its own n, or lowers it by one.
 	wants map[foreseenQueue]int
+	// withRecords lists the queues whose entries hold records, oldest first (an entry
+	// replaced since may still be listed); bytes counts their records.
+	withRecords []foreseenQueue
+	bytes       int
 }
+
+// Bounds of foresight.
+const (
+	foresightFresh     = time.Second
+	foresightMaxBytes  = 8 << 20
+	foresightMaxQueues = 4096
+)
 
 type foreseenQueue struct {
 	shard int
@@ -34,6 +51,8 @@ type foreseen struct {
 	// took the items before them had committed; nil if none were read.
 	kinds   []string
 	records map[string]*readEntry
+	read    time.Time // when the records were read
+	bytes   int       // their size, as foresight counts it
 }
 
 // coldPops is how many pops of a queue forgo foresight after a foreseen pop of it failed:
@@ -58,7 +77,7 @@ func (s *foresight) asked(shard int, queue string, n int) int {
 	k := foreseenQueue{shard, queue}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.wants == nil {
+	if s.wants == nil || len(s.wants) >= foresightMaxQueues {
 		s.wants = map[foreseenQueue]int{}
 	}
 	w := max(n, s.wants[k]-1)
@@ -73,7 +92,7 @@ func (s *foresight) take(shard int, queue string) (f *foreseen, warm bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	f = s.m[k]
-	delete(s.m, k)
+	s.remove(k)
 	if n := s.cold[k]; n > 0 {
 		if n == 1 {
 			delete(s.cold, k)
@@ -91,21 +110,61 @@ func (s *foresight) saw(shard int, queue string, f *foreseen) {
 	k := foreseenQueue{shard, queue}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.remove(k)
 	if len(f.items) == 0 {
-		delete(s.m, k)
 		return
 	}
-	if s.m == nil {
-		s.m = map[foreseenQueue]*foreseen{}
+	if s.m == nil || len(s.m) >= foresightMaxQueues {
+		s.m, s.withRecords, s.bytes = map[foreseenQueue]*foreseen{}, nil, 0
 	}
 	s.m[k] = f
+	if f.records == nil {
+		return
+	}
+	f.bytes = 0
+	for key, r := range f.records {
+		f.bytes += len(key) + len(r.value) + writtenOverhead
+	}
+	s.bytes += f.bytes
+	s.withRecords = append(s.withRecords, k)
+	for s.bytes > foresightMaxBytes && len(s.withRecords) > 0 {
+		old := s.withRecords[0]
+		s.withRecords = s.withRecords[1:]
+		if e := s.m[old]; e != nil && e.records != nil {
+			s.bytes -= e.bytes
+			e.records = nil
+		}
+	}
+	if len(s.withRecords) > 2*len(s.m)+64 { // mostly replaced: keep those still listed rightly
+		live := make([]foreseenQueue, 0, len(s.m))
+		seen := map[foreseenQueue]bool{}
+		for i := len(s.withRecords) - 1; i >= 0; i-- {
+			q := s.withRecords[i]
+			if e := s.m[q]; e != nil && e.records != nil && !seen[q] {
+				seen[q] = true
+				live = append(live, q)
+			}
+		}
+		slices.Reverse(live)
+		s.withRecords = live
+	}
+}
+
+// remove drops the entry of k, if any. The caller holds mu.
+func (s *foresight) remove(k foreseenQueue) {
+	if e := s.m[k]; e != nil {
+		if e.records != nil {
+			s.bytes -= e.bytes
+		}
+		delete(s.m, k)
+	}
 }
 
 // failed records that a foreseen pop of queue failed at commit.
 func (s *foresight) failed(shard int, queue string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.cold == nil {
+	if s.cold == nil || len(s.cold) >= foresightMaxQueues {
 		s.cold = map[foreseenQueue]int{}
 	}
 	s.cold[foreseenQueue{shard, queue}] = coldPops
@@ -126,7 +185,7 @@ func (f *foreseen) due(maxScore int64, n int) (items []cachedItem, ok bool) {
 
 // recordsOf returns the records read of keys, or false if one of them was not read.
 func (f *foreseen) recordsOf(keys []string, kinds []string) ([]*readEntry, bool) {
-	if f.records == nil || !slices.Equal(f.kinds, kinds) {
+	if f.records == nil || !slices.Equal(f.kinds, kinds) || time.Since(f.read) > foresightFresh {
 		return nil, false
 	}
 	out := make([]*readEntry, len(keys))

@@ -780,6 +780,7 @@ func (t *tx) commit() error {
 	for i, a := range ahead {
 		riders[i] = t.s.client.B().Mget().Key(t.mgetKeys(a.keys)...).Build()
 	}
+	sent := time.Now() // the records are read after this
 	ok, reason, rest, rode, err := t.run(ctx, fnUnit, false, args, riders...)
 	if err != nil {
 		// The unit may have committed with its reply lost. This process ignores its own
@@ -797,7 +798,7 @@ func (t *tx) commit() error {
 		}
 		return conflict("unit on shard %d lost a race: %s since it was read", t.shard, reason)
 	}
-	t.foresaw(ahead, rode)
+	t.foresaw(ahead, rode, sent)
 	t.wrote(rest)
 	hints, err := t.patchHeads(rest)
 	if err != nil {
@@ -865,7 +866,7 @@ func (t *tx) ahead() []aheadRead {
 
 // foresaw keeps, for the next pop of each queue of ahead, the records the commit read
 // (rode), with what the unit saw of the queue.
-func (t *tx) foresaw(ahead []aheadRead, rode []rueidis.RedisResult) {
+func (t *tx) foresaw(ahead []aheadRead, rode []rueidis.RedisResult, read time.Time) {
 	if len(rode) != len(ahead) {
 		return // the commit was sent again, without its riders
 	}
@@ -874,7 +875,7 @@ func (t *tx) foresaw(ahead []aheadRead, rode []rueidis.RedisResult) {
 		if err := t.absorb(records, a.keys, rode[i], nil); err != nil {
 			continue
 		}
-		t.s.foresight.saw(t.shard, a.q.name, &foreseen{items: a.q.ahead, complete: a.q.aheadDone, kinds: a.q.kinds, records: records})
+		t.s.foresight.saw(t.shard, a.q.name, &foreseen{items: a.q.ahead, complete: a.q.aheadDone, kinds: a.q.kinds, records: records, read: read})
 	}
 }
 

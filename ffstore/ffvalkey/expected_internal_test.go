@@ -1,0 +1,70 @@
+package ffvalkey
+
+import (
+	"bytes"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/flowfabric/flowfabric/ffstore"
+)
+
+// seenWithRecords is what a commit that read the record "x:<member>" of each of members
+// ahead would leave, read at read.
+func seenWithRecords(read time.Time, value []byte, members ...string) *foreseen {
+	f := &foreseen{kinds: []string{"x"}, records: map[string]*readEntry{}, read: read}
+	for i, m := range members {
+		f.items = append(f.items, cachedItem{item: ffstore.QueueItem{Member: m, Score: int64(i)}, enc: m})
+		f.records["x:"+m] = &readEntry{version: versionString(1), value: value}
+	}
+	return f
+}
+
+func TestForesightTakesOnlyFreshRecords(t *testing.T) {
+	t.Parallel()
+	keys := []string{"x:a"}
+	_, ok := seenWithRecords(time.Now(), nil, "a").recordsOf(keys, []string{"x"})
+	require.True(t, ok)
+	_, ok = seenWithRecords(time.Now().Add(-2*foresightFresh), nil, "a").recordsOf(keys, []string{"x"})
+	require.False(t, ok, "read too long ago: checked at commit much later than a unit's own reads")
+	_, ok = seenWithRecords(time.Now(), nil, "a").recordsOf(keys, []string{"y"})
+	require.False(t, ok, "other kinds")
+}
+
+func TestForesightBounded(t *testing.T) {
+	t.Parallel()
+	var s foresight
+	value := bytes.Repeat([]byte("v"), 4<<10)
+	for i := range 1000 {
+		s.saw(0, "q"+strconv.Itoa(i), seenWithRecords(time.Now(), value, "a", "b"))
+		require.LessOrEqual(t, s.bytes, foresightMaxBytes)
+	}
+	first, _ := s.take(0, "q0")
+	require.Nil(t, first.records, "the oldest records go first")
+	last, _ := s.take(0, "q999")
+	require.NotNil(t, last.records)
+
+	// Entries replaced, and taken: their records no longer count.
+	for range 3 {
+		s.saw(0, "q998", seenWithRecords(time.Now(), value, "a"))
+	}
+	for i := range 1000 {
+		s.take(0, "q"+strconv.Itoa(i))
+	}
+	require.Zero(t, s.bytes)
+	require.Empty(t, s.m)
+
+	// Past foresightMaxQueues queues, everything is forgotten.
+	for i := range foresightMaxQueues + 10 {
+		q := "q" + strconv.Itoa(i)
+		s.saw(0, q, seenWithRecords(time.Now(), nil, "a"))
+		s.asked(0, q, 1)
+		s.failed(0, q)
+		require.LessOrEqual(t, len(s.m), foresightMaxQueues)
+		require.LessOrEqual(t, len(s.wants), foresightMaxQueues)
+		require.LessOrEqual(t, len(s.cold), foresightMaxQueues)
+		require.LessOrEqual(t, len(s.withRecords), 2*len(s.m)+64)
+	}
+}
