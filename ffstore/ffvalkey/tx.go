@@ -388,7 +388,7 @@ func (t *tx) PopDueFetch(queue string, maxScore int64, n int, kinds ...string) (
 	qk, mk := t.k.queue(queue), t.k.marks(queue)
 	look := strconv.Itoa(lookahead)
 	if len(kinds) > 0 {
-		look = strconv.Itoa(lookahead + 4*n) // for the next pops
+		look = strconv.Itoa(lookahead + 8*n) // for the next pops
 	}
 	pop := func() rueidis.Completed {
 		return t.s.client.B().Fcall().Function(fnPop).Numkeys(2).Key(qk, mk).
