@@ -21,22 +21,11 @@ import (
 func TestPopDueFetchForesees(t *testing.T) {
 	t.Parallel()
 	onServerAndCluster(t, func(t *testing.T, url string) {
-		s := openStore(t, url, &ffvalkey.Options{KeyPrefix: testdb.RedisPrefix(t), Shards: 2})
-		// Another process writes, so that s remembers no record of its own writing.
-		other := openStore(t, url, &ffvalkey.Options{KeyPrefix: s.KeyPrefix(), Shards: 2})
+		s, other := twoProcesses(t, url)
 		ctx := t.Context()
 		const q = "ready"
-		var ids []string
-		require.NoError(t, other.Update(ctx, 1, func(tx ffstore.Tx) error {
-			for i := range 8 {
-				id := fftype.NewExecutionID(1).String()
-				ids = append(ids, id)
-				tx.Put("x:"+id, []byte("x"+strconv.Itoa(i)))
-				tx.Put("p:"+id, []byte("p"+strconv.Itoa(i)))
-				tx.QueueAdd(q, id, int64(i))
-			}
-			return nil
-		}))
+		// Another process writes, so that s remembers no record of its own writing.
+		ids := seedQueue(t, other, q, 8, "x", "p")
 		// pop pops up to two and returns what the unit read and in how many round trips.
 		pop := func() (members []string, values []string, trips int, err error) {
 			t.Helper()
@@ -104,20 +93,10 @@ func TestPopDueFetchForesees(t *testing.T) {
 func TestForeseenPopsYieldToPops(t *testing.T) {
 	t.Parallel()
 	onServerAndCluster(t, func(t *testing.T, url string) {
-		s := openStore(t, url, &ffvalkey.Options{KeyPrefix: testdb.RedisPrefix(t), Shards: 2})
-		other := openStore(t, url, &ffvalkey.Options{KeyPrefix: s.KeyPrefix(), Shards: 2})
+		s, other := twoProcesses(t, url)
 		ctx := t.Context()
 		const q = "ready"
-		var ids []string
-		require.NoError(t, other.Update(ctx, 1, func(tx ffstore.Tx) error {
-			for i := range 6 {
-				id := fftype.NewExecutionID(1).String()
-				ids = append(ids, id)
-				tx.Put("x:"+id, []byte("x"+strconv.Itoa(i)))
-				tx.QueueAdd(q, id, int64(i))
-			}
-			return nil
-		}))
+		ids := seedQueue(t, other, q, 6, "x")
 		pop := func(st *ffvalkey.Store, inside func() error) (members []string, trips int, err error) {
 			err = st.Update(ctx, 1, func(tx ffstore.Tx) error {
 				items, err := tx.(ffstore.PopFetcher).PopDueFetch(q, ffstore.MaxScore, 2, "x")
@@ -156,4 +135,32 @@ func TestForeseenPopsYieldToPops(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, ids[4:], members, "no item twice")
 	})
+}
+
+// twoProcesses opens a store of two shards and, on its key prefix, another one, as
+// another process would.
+func twoProcesses(t *testing.T, url string) (s, other *ffvalkey.Store) {
+	t.Helper()
+	s = openStore(t, url, &ffvalkey.Options{KeyPrefix: testdb.RedisPrefix(t), Shards: 2})
+	return s, openStore(t, url, &ffvalkey.Options{KeyPrefix: s.KeyPrefix(), Shards: 2})
+}
+
+// seedQueue has st put n members on queue q of shard 1, the i-th with score i and a
+// record "<kind>:<member>" reading kind+i for each of kinds, and returns the members.
+func seedQueue(t *testing.T, st *ffvalkey.Store, q string, n int, kinds ...string) []string {
+	t.Helper()
+	var ids []string
+	require.NoError(t, st.Update(t.Context(), 1, func(tx ffstore.Tx) error {
+		ids = nil
+		for i := range n {
+			id := fftype.NewExecutionID(1).String()
+			ids = append(ids, id)
+			for _, k := range kinds {
+				tx.Put(k+":"+id, []byte(k+strconv.Itoa(i)))
+			}
+			tx.QueueAdd(q, id, int64(i))
+		}
+		return nil
+	}))
+	return ids
 }

@@ -19,8 +19,7 @@ import (
 func TestUnitsRereadWhatTheyWrote(t *testing.T) {
 	t.Parallel()
 	onServerAndCluster(t, func(t *testing.T, url string) {
-		s := openStore(t, url, &ffvalkey.Options{KeyPrefix: testdb.RedisPrefix(t), Shards: 2})
-		other := openStore(t, url, &ffvalkey.Options{KeyPrefix: s.KeyPrefix(), Shards: 2})
+		s, other := twoProcesses(t, url)
 		ctx := t.Context()
 		put := func(st *ffvalkey.Store, value string) {
 			t.Helper()
