@@ -25,17 +25,19 @@ type foresight struct {
 	// wants holds, per queue, about the most items its recent pops asked for: each pop
 	// raises it to its own n, or lowers it by one.
 	wants map[foreseenQueue]int
-	// withRecords lists the queues whose entries hold records, oldest first (an entry
-	// replaced since may still be listed); bytes counts their records.
-	withRecords []foreseenQueue
-	bytes       int
+	// order lists the queues of the entries, oldest first (an entry replaced since may
+	// still be listed); bytes counts what the entries hold (see foreseen.size).
+	order []foreseenQueue
+	bytes int
 }
 
-// Bounds of foresight.
+// Bounds of foresight: how long records are taken, what entries may hold in all, and how
+// many queues' counts (wants, cold) are kept.
 const (
 	foresightFresh     = time.Second
 	foresightMaxBytes  = 8 << 20
 	foresightMaxQueues = 4096
+	foreseenOverhead   = 64 // per item and per record, besides their strings
 )
 
 type foreseenQueue struct {
@@ -45,14 +47,25 @@ type foreseenQueue struct {
 
 // foreseen is what a unit saw of a queue after the items it took.
 type foreseen struct {
-	items    []cachedItem // the queue's next items, in order
-	complete bool         // items reach the end of the queue
+	items []cachedItem // the queue's next items, in order
 	// The records of some first items' members, under kinds, read once the unit that
 	// took the items before them had committed; nil if none were read.
 	kinds   []string
 	records map[string]*readEntry
 	read    time.Time // when the records were read
-	bytes   int       // their size, as foresight counts it
+	bytes   int       // what foresight counts for it
+}
+
+// size is what foresight counts for f.
+func (f *foreseen) size() int {
+	n := 0
+	for _, c := range f.items {
+		n += len(c.enc) + len(c.item.Member) + foreseenOverhead
+	}
+	for key, r := range f.records {
+		n += len(key) + len(r.value) + foreseenOverhead
+	}
+	return n
 }
 
 // coldPops is how many pops of a queue forgo foresight after a foreseen pop of it failed:
@@ -104,8 +117,8 @@ func (s *foresight) take(shard int, queue string) (f *foreseen, warm bool) {
 	return f, true
 }
 
-// saw records what a unit saw of queue after the items it took. records, if not nil,
-// holds those of the first items, read under kinds.
+// saw records what a unit saw of queue after the items it took, replacing what was seen
+// of it before. The oldest entries are dropped once all hold more than foresightMaxBytes.
 func (s *foresight) saw(shard int, queue string, f *foreseen) {
 	k := foreseenQueue{shard, queue}
 	s.mu.Lock()
@@ -114,48 +127,36 @@ func (s *foresight) saw(shard int, queue string, f *foreseen) {
 	if len(f.items) == 0 {
 		return
 	}
-	if s.m == nil || len(s.m) >= foresightMaxQueues {
-		s.m, s.withRecords, s.bytes = map[foreseenQueue]*foreseen{}, nil, 0
+	if s.m == nil {
+		s.m = map[foreseenQueue]*foreseen{}
 	}
+	f.bytes = f.size()
 	s.m[k] = f
-	if f.records == nil {
-		return
-	}
-	f.bytes = 0
-	for key, r := range f.records {
-		f.bytes += len(key) + len(r.value) + writtenOverhead
-	}
 	s.bytes += f.bytes
-	s.withRecords = append(s.withRecords, k)
-	for s.bytes > foresightMaxBytes && len(s.withRecords) > 0 {
-		old := s.withRecords[0]
-		s.withRecords = s.withRecords[1:]
-		if e := s.m[old]; e != nil && e.records != nil {
-			s.bytes -= e.bytes
-			e.records = nil
-		}
+	s.order = append(s.order, k)
+	for s.bytes > foresightMaxBytes && len(s.order) > 0 {
+		old := s.order[0]
+		s.order = s.order[1:]
+		s.remove(old) // perhaps a newer entry of the queue: foresight is only a guess
 	}
-	if len(s.withRecords) > 2*len(s.m)+64 { // mostly replaced: keep those still listed rightly
+	if len(s.order) > 2*len(s.m)+64 { // mostly replaced: keep each queue's last listing
 		live := make([]foreseenQueue, 0, len(s.m))
-		seen := map[foreseenQueue]bool{}
-		for i := len(s.withRecords) - 1; i >= 0; i-- {
-			q := s.withRecords[i]
-			if e := s.m[q]; e != nil && e.records != nil && !seen[q] {
+		seen := make(map[foreseenQueue]bool, len(s.m))
+		for i := len(s.order) - 1; i >= 0; i-- {
+			if q := s.order[i]; s.m[q] != nil && !seen[q] {
 				seen[q] = true
 				live = append(live, q)
 			}
 		}
 		slices.Reverse(live)
-		s.withRecords = live
+		s.order = live
 	}
 }
 
 // remove drops the entry of k, if any. The caller holds mu.
 func (s *foresight) remove(k foreseenQueue) {
 	if e := s.m[k]; e != nil {
-		if e.records != nil {
-			s.bytes -= e.bytes
-		}
+		s.bytes -= e.bytes
 		delete(s.m, k)
 	}
 }
@@ -170,17 +171,14 @@ func (s *foresight) failed(shard int, queue string) {
 	s.cold[foreseenQueue{shard, queue}] = coldPops
 }
 
-// due returns the items a pop of at most n items due by maxScore would take, if f tells
-// them for sure: it stops at n, at the first item not due, or at the queue's end; ok is
-// false if it must stop at the end of what f saw instead, or takes nothing.
-func (f *foreseen) due(maxScore int64, n int) (items []cachedItem, ok bool) {
-	k := 0
-	for k < len(f.items) && k < n && f.items[k].item.Score <= maxScore {
-		k++
+// due returns the first n items of f, if they are all due by maxScore. A pop of n due
+// items whose first n visible items they still are (what the commit checks) takes just
+// them; of fewer, f cannot tell for sure that no due item follows them.
+func (f *foreseen) due(maxScore int64, n int) ([]cachedItem, bool) {
+	if n <= 0 || len(f.items) < n || f.items[n-1].item.Score > maxScore {
+		return nil, false
 	}
-	// It stops at n, at an item not due, or at the end of the queue.
-	sure := k == n || k < len(f.items) || f.complete
-	return f.items[:k], k > 0 && sure
+	return f.items[:n], true
 }
 
 // recordsOf returns the records read of keys, or false if one of them was not read.

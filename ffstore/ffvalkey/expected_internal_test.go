@@ -42,11 +42,11 @@ func TestForesightBounded(t *testing.T) {
 		require.LessOrEqual(t, s.bytes, foresightMaxBytes)
 	}
 	first, _ := s.take(0, "q0")
-	require.Nil(t, first.records, "the oldest records go first")
+	require.Nil(t, first, "the oldest go first")
 	last, _ := s.take(0, "q999")
 	require.NotNil(t, last.records)
 
-	// Entries replaced, and taken: their records no longer count.
+	// Entries replaced, and taken: what they held no longer counts.
 	for range 3 {
 		s.saw(0, "q998", seenWithRecords(time.Now(), value, "a"))
 	}
@@ -56,15 +56,19 @@ func TestForesightBounded(t *testing.T) {
 	require.Zero(t, s.bytes)
 	require.Empty(t, s.m)
 
-	// Past foresightMaxQueues queues, everything is forgotten.
-	for i := range foresightMaxQueues + 10 {
+	// Items count, records or not: many queues' items alone stay within the bound.
+	many := make([]string, 100)
+	for i := range many {
+		many[i] = "m" + strconv.Itoa(i)
+	}
+	for i := range 50 * foresightMaxQueues {
 		q := "q" + strconv.Itoa(i)
-		s.saw(0, q, seenWithRecords(time.Now(), nil, "a"))
+		s.saw(0, q, &foreseen{items: seenWithRecords(time.Now(), nil, many...).items})
 		s.asked(0, q, 1)
 		s.failed(0, q)
-		require.LessOrEqual(t, len(s.m), foresightMaxQueues)
+		require.LessOrEqual(t, s.bytes, foresightMaxBytes)
 		require.LessOrEqual(t, len(s.wants), foresightMaxQueues)
 		require.LessOrEqual(t, len(s.cold), foresightMaxQueues)
-		require.LessOrEqual(t, len(s.withRecords), 2*len(s.m)+64)
+		require.LessOrEqual(t, len(s.order), 2*len(s.m)+64)
 	}
 }

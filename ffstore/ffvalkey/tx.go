@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"slices"
 	"strconv"
 	"time"
 
@@ -18,8 +19,13 @@ import (
 const commitTimeout = 30 * time.Second
 
 // lookahead is how many queue items after its pops a PopDue also reads, so that a Range
-// of the queue right after it needs no round trip.
-const lookahead = 2
+// of the queue right after it needs no round trip. A claim's pop (PopDueFetch with kinds)
+// reads eight claims ahead as well, at most foreseeMax items, for the next claims to
+// foresee (see foresight).
+const (
+	lookahead  = 2
+	foreseeMax = 128
+)
 
 func errTxDone() error {
 	return fftype.Validationf(fftype.CodeInvalidInput, "ffvalkey: transaction used after its unit ended")
@@ -287,11 +293,14 @@ func (t *tx) Range(queue string, after *ffstore.QueueItem, maxScore int64, n int
 	}
 	from := lexAfter(after)
 	qk, mk := t.k.queue(queue), t.k.marks(queue)
+	// Items the unit took by foresight carry no mark of its own: the server returns
+	// them, and they are left out here.
+	ask := strconv.Itoa(n + len(q.foreseen))
 	t.rts++
 	res, err := t.s.do(t.ctx, "read queue", true, func() rueidis.Completed {
 		if t.update {
 			return t.s.client.B().FcallRo().Function(fnRange).Numkeys(2).Key(qk, mk).
-				Arg(from, scoreBound(maxScore), strconv.Itoa(n), t.token).Build()
+				Arg(from, scoreBound(maxScore), ask, t.token).Build()
 		}
 		return t.s.client.B().Zrange().Key(qk).Min(from).Max(lexUpTo(maxScore)).Bylex().Limit(0, int64(n)).Build()
 	})
@@ -304,6 +313,12 @@ func (t *tx) Range(queue string, after *ffstore.QueueItem, maxScore int64, n int
 	}
 	out := make([]ffstore.QueueItem, 0, len(encs))
 	for _, enc := range encs {
+		if len(out) == n {
+			break
+		}
+		if slices.Contains(q.foreseen, enc) {
+			continue
+		}
 		it, err := t.decode(queue, enc)
 		if err != nil {
 			return nil, err
@@ -358,10 +373,13 @@ func (t *tx) PopDue(queue string, maxScore int64, n int) ([]ffstore.QueueItem, e
 	return t.PopDueFetch(queue, maxScore, n)
 }
 
-// PopDueFetch implements [ffstore.PopFetcher]. The records of the members the store
-// expects the pop to return — the items the last pop of this queue in this process saw
-// after its own — are read in the same round trip as the pop; those of members it did
-// not expect, in one more. Expected members the pop did not return are forgotten.
+// PopDueFetch implements [ffstore.PopFetcher]. If the commit of the last unit that took
+// items of this queue in this process read, less than foresightFresh ago, the records of
+// the n items after them, and they are due, it takes those (a foreseen pop, see
+// foresight) without a round trip. Otherwise it pops, and the records of the members the
+// store expects the pop to return — the items the last pop of this queue in this process
+// saw after its own — are read in the same round trip as the pop; those of members it did
+// not expect, in one more.
 func (t *tx) PopDueFetch(queue string, maxScore int64, n int, kinds ...string) ([]ffstore.QueueItem, error) {
 	if t.done {
 		return nil, errTxDone()
@@ -388,7 +406,7 @@ func (t *tx) PopDueFetch(queue string, maxScore int64, n int, kinds ...string) (
 	qk, mk := t.k.queue(queue), t.k.marks(queue)
 	look := strconv.Itoa(lookahead)
 	if len(kinds) > 0 {
-		look = strconv.Itoa(lookahead + 8*n) // for the next pops
+		look = strconv.Itoa(lookahead + min(8*n, foreseeMax)) // for the next pops
 	}
 	pop := func() rueidis.Completed {
 		return t.s.client.B().Fcall().Function(fnPop).Numkeys(2).Key(qk, mk).
@@ -450,7 +468,7 @@ func (t *tx) PopDueFetch(queue string, maxScore int64, n int, kinds ...string) (
 		return out, nil
 	}
 	q.kinds = kinds
-	t.s.foresight.saw(t.shard, queue, &foreseen{items: q.ahead, complete: q.aheadDone})
+	t.s.foresight.saw(t.shard, queue, &foreseen{items: q.ahead})
 	need := t.unread(ffstore.MemberRecordKeys(members, kinds))
 	if len(rode) > 0 && rode[0].Error() == nil { // else they are read below
 		// Only the records of members popped count as read (and are checked at commit).
@@ -505,8 +523,10 @@ func (t *tx) foresee(q *queueState, last *foreseen, maxScore int64, n int, kinds
 	}
 	q.kinds = kinds
 	q.ahead = last.items[len(items):]
-	q.aheadOK, q.aheadDone = true, last.complete
-	t.s.foresight.saw(t.shard, q.name, &foreseen{items: q.ahead, complete: q.aheadDone})
+	// What the last pop saw after these items; whether that reached the queue's end is
+	// not known any more.
+	q.aheadOK, q.aheadDone = true, false
+	t.s.foresight.saw(t.shard, q.name, &foreseen{items: q.ahead})
 	return out, true
 }
 
@@ -845,7 +865,7 @@ type aheadRead struct {
 // ahead returns the queues whose next items' records the commit reads once it has
 // applied the unit, for the next pop of each to take them by foresight: the queues the
 // unit took items from, with kinds, and did not write. It reads as many items as the
-// unit took, and lookahead more.
+// unit took or the queue's recent pops asked for, whichever is more, and lookahead more.
 func (t *tx) ahead() []aheadRead {
 	var out []aheadRead
 	for _, name := range t.queueOrder {
@@ -875,7 +895,7 @@ func (t *tx) foresaw(ahead []aheadRead, rode []rueidis.RedisResult, read time.Ti
 		if err := t.absorb(records, a.keys, rode[i], nil); err != nil {
 			continue
 		}
-		t.s.foresight.saw(t.shard, a.q.name, &foreseen{items: a.q.ahead, complete: a.q.aheadDone, kinds: a.q.kinds, records: records, read: read})
+		t.s.foresight.saw(t.shard, a.q.name, &foreseen{items: a.q.ahead, kinds: a.q.kinds, records: records, read: read})
 	}
 }
 

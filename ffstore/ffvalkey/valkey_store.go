@@ -42,8 +42,8 @@
 // next claim's pop of that queue in this process takes them without a round trip (a
 // foreseen pop): its commit checks that they are still, in order, the first items of the
 // queue that no other unit holds. And a unit takes the records this process wrote last
-// from memory, with the versions their commits gave them. A shortcut that no longer holds
-// is a conflict, and the unit's next run reads the server.
+// from memory, checked by a digest of their value and version. A shortcut that no longer
+// holds is a conflict, and the unit's next run reads the server.
 //
 // # Durability
 //

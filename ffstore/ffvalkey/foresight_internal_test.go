@@ -1,0 +1,222 @@
+package ffvalkey
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/flowfabric/flowfabric/ffstore"
+	"github.com/flowfabric/flowfabric/fftype"
+	"github.com/flowfabric/flowfabric/internal/testdb"
+)
+
+// onBoth runs fn on the shared server and on the shared Cluster.
+func onBoth(t *testing.T, fn func(t *testing.T, url string)) {
+	t.Helper()
+	t.Run("Server", func(t *testing.T) {
+		t.Parallel()
+		fn(t, testdb.SharedRedis(t).URL(0))
+	})
+	t.Run("Cluster", func(t *testing.T) {
+		t.Parallel()
+		fn(t, testdb.SharedRedisCluster(t).URL())
+	})
+}
+
+// openTwoShards opens a store of two shards on url under prefix (a new one if empty).
+func openTwoShards(t *testing.T, url, prefix string) *Store {
+	t.Helper()
+	if prefix == "" {
+		prefix = testdb.RedisPrefix(t)
+	}
+	s, err := Open(t.Context(), url, &Options{Shards: 2, KeyPrefix: prefix})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+// fillQueue adds n items to queue q of shard 1, with records "x:<member>", written by
+// another Store (so that s remembers none of them).
+func fillQueue(t *testing.T, url, prefix, q string, n int) []string {
+	t.Helper()
+	other := openTwoShards(t, url, prefix)
+	var ids []string
+	require.NoError(t, other.Update(t.Context(), 1, func(tx ffstore.Tx) error {
+		for i := range n {
+			id := fmt.Sprintf("m%03d", i)
+			ids = append(ids, id)
+			tx.Put("x:"+id, []byte("x"+strconv.Itoa(i)))
+			tx.QueueAdd(q, id, int64(i))
+		}
+		return nil
+	}))
+	return ids
+}
+
+// TestRangeLeavesOutForeseenItems checks that a Range after a foreseen pop leaves out
+// the items the unit took, also once a chain of foreseen pops has used up what the last
+// real pop saw ahead and the Range goes to the server, where those items carry no mark of
+// the unit.
+func TestRangeLeavesOutForeseenItems(t *testing.T) {
+	t.Parallel()
+	onBoth(t, func(t *testing.T, url string) {
+		s := openTwoShards(t, url, "")
+		const q = "ready"
+		fillQueue(t, url, s.prefix, q, 40)
+		ctx := t.Context()
+		for i := range 20 {
+			var popped, next []ffstore.QueueItem
+			var trips int
+			err := s.Update(ctx, 1, func(u ffstore.Tx) error {
+				var err error
+				popped, err = u.(ffstore.PopFetcher).PopDueFetch(q, ffstore.MaxScore, 1, "x")
+				if err != nil {
+					return err
+				}
+				trips = u.(*tx).rts
+				next, err = u.Range(q, nil, ffstore.MaxScore, 1)
+				return err
+			})
+			require.NoError(t, err)
+			require.Len(t, popped, 1)
+			t.Logf("unit %d: popped %s (%d read round trips before Range), Range -> %v", i, popped[0].Member, trips, next)
+			if len(next) > 0 {
+				require.NotEqual(t, popped[0].Member, next[0].Member,
+					"unit %d: Range returned the item the unit itself took (by foresight)", i)
+			}
+		}
+	})
+}
+
+// TestForeseenPopTakesWhatAPopWould checks that a pop takes as many items as are due,
+// up to n, when the last pop saw fewer ahead and more came since: foresight takes only
+// n items it saw, and the Range after the pop sees the rest.
+func TestForeseenPopTakesWhatAPopWould(t *testing.T) {
+	t.Parallel()
+	onBoth(t, func(t *testing.T, url string) {
+		s := openTwoShards(t, url, "")
+		other := openTwoShards(t, url, s.prefix)
+		const q = "ready"
+		ctx := t.Context()
+		fillQueue(t, url, s.prefix, q, 3)
+		pop := func(n int) (popped, next []ffstore.QueueItem, trips int) {
+			t.Helper()
+			require.NoError(t, s.Update(ctx, 1, func(u ffstore.Tx) error {
+				var err error
+				popped, err = u.(ffstore.PopFetcher).PopDueFetch(q, ffstore.MaxScore, n, "x")
+				if err != nil {
+					return err
+				}
+				trips = u.(*tx).rts
+				next, err = u.Range(q, nil, ffstore.MaxScore, 1)
+				return err
+			}))
+			return popped, next, trips
+		}
+		popped, _, _ := pop(1)
+		require.Len(t, popped, 1)
+		// Another process adds 20 due items (scores after the ones left).
+		require.NoError(t, other.Update(ctx, 1, func(u ffstore.Tx) error {
+			for i := range 20 {
+				id := fmt.Sprintf("n%03d", i)
+				u.Put("x:"+id, []byte("n"))
+				u.QueueAdd(q, id, int64(100+i))
+			}
+			return nil
+		}))
+		popped, next, trips := pop(5)
+		t.Logf("PopDueFetch(n=5) with 22 due items: %d items %v in %d round trips; Range after it: %v", len(popped), popped, trips, next)
+		require.Len(t, popped, 5, "a pop takes 5 of the 22 due items")
+		require.NotEmpty(t, next, "the queue still holds due items")
+	})
+}
+
+// TestForesightEntriesStaySmall checks that a large claim's pop does not read, and
+// foresight does not keep, thousands of items ahead, and that what it keeps is counted.
+func TestForesightEntriesStaySmall(t *testing.T) {
+	t.Parallel()
+	url := testdb.SharedRedis(t).URL(0)
+	s := openTwoShards(t, url, "")
+	const q = "big"
+	ctx := t.Context()
+	other := openTwoShards(t, url, s.prefix)
+	for b := range 10 {
+		require.NoError(t, other.Update(ctx, 1, func(u ffstore.Tx) error {
+			for i := range 1000 {
+				u.QueueAdd(q, fmt.Sprintf("m%05d", b*1000+i), int64(b*1000+i))
+			}
+			return nil
+		}))
+	}
+	require.NoError(t, s.Update(ctx, 1, func(u ffstore.Tx) error {
+		_, err := u.(ffstore.PopFetcher).PopDueFetch(q, ffstore.MaxScore, 1000, "x")
+		return err
+	}))
+	s.foresight.mu.Lock()
+	defer s.foresight.mu.Unlock()
+	e := s.foresight.m[foreseenQueue{1, q}]
+	require.LessOrEqual(t, len(e.items), lookahead+foreseeMax)
+	require.Equal(t, e.size(), s.foresight.bytes, "its items are counted")
+}
+
+// TestClaimsOfTwoProcessesTakeEachItemOnce has two stores on one prefix claim a queue
+// with 16 claimers popping 1 to 3 items, most by foresight, retrying conflicts, and
+// checks that every item is taken exactly once.
+func TestClaimsOfTwoProcessesTakeEachItemOnce(t *testing.T) {
+	t.Parallel()
+	onBoth(t, func(t *testing.T, url string) {
+		a := openTwoShards(t, url, "")
+		b := openTwoShards(t, url, a.prefix)
+		const q = "ready"
+		ctx := t.Context()
+		ids := fillQueue(t, url, a.prefix, q, 600)
+		var mu sync.Mutex
+		taken := map[string]int{}
+		var wg sync.WaitGroup
+		for w := range 16 {
+			st := a
+			if w%2 == 1 {
+				st = b
+			}
+			wg.Go(func() {
+				for {
+					var got []ffstore.QueueItem
+					err := st.Update(ctx, 1, func(u ffstore.Tx) error {
+						var err error
+						got, err = u.(ffstore.PopFetcher).PopDueFetch(q, ffstore.MaxScore, 1+w%3, "x")
+						for _, it := range got {
+							if _, _, err := u.Get("x:" + it.Member); err != nil {
+								return err
+							}
+							u.Put("x:"+it.Member, []byte("done"))
+						}
+						return err
+					})
+					if errors.Is(err, fftype.ErrStoreConflict) {
+						continue
+					}
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					if len(got) == 0 {
+						return
+					}
+					mu.Lock()
+					for _, it := range got {
+						taken[it.Member]++
+					}
+					mu.Unlock()
+				}
+			})
+		}
+		wg.Wait()
+		for _, id := range ids {
+			require.Equal(t, 1, taken[id], id)
+		}
+	})
+}
