@@ -20,7 +20,7 @@ import (
 // in their own round trip, and the others' in one more.
 func TestPopDueFetchForesees(t *testing.T) {
 	t.Parallel()
-	onServerAndCluster(t, func(t *testing.T, url string) {
+	testdb.OnSharedRedis(t, func(t *testing.T, url string) {
 		s, other := twoProcesses(t, url)
 		ctx := t.Context()
 		const q = "ready"
@@ -92,7 +92,7 @@ func TestPopDueFetchForesees(t *testing.T) {
 // that runs again takes the items after them.
 func TestForeseenPopsYieldToPops(t *testing.T) {
 	t.Parallel()
-	onServerAndCluster(t, func(t *testing.T, url string) {
+	testdb.OnSharedRedis(t, func(t *testing.T, url string) {
 		s, other := twoProcesses(t, url)
 		ctx := t.Context()
 		const q = "ready"

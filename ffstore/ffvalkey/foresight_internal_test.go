@@ -14,19 +14,6 @@ import (
 	"github.com/flowfabric/flowfabric/internal/testdb"
 )
 
-// onBoth runs fn on the shared server and on the shared Cluster.
-func onBoth(t *testing.T, fn func(t *testing.T, url string)) {
-	t.Helper()
-	t.Run("Server", func(t *testing.T) {
-		t.Parallel()
-		fn(t, testdb.SharedRedis(t).URL(0))
-	})
-	t.Run("Cluster", func(t *testing.T) {
-		t.Parallel()
-		fn(t, testdb.SharedRedisCluster(t).URL())
-	})
-}
-
 // openTwoShards opens a store of two shards on url under prefix (a new one if empty).
 func openTwoShards(t *testing.T, url, prefix string) *Store {
 	t.Helper()
@@ -63,7 +50,7 @@ func fillQueue(t *testing.T, url, prefix, q string, n int) []string {
 // the unit.
 func TestRangeLeavesOutForeseenItems(t *testing.T) {
 	t.Parallel()
-	onBoth(t, func(t *testing.T, url string) {
+	testdb.OnSharedRedis(t, func(t *testing.T, url string) {
 		s := openTwoShards(t, url, "")
 		const q = "ready"
 		fillQueue(t, url, s.prefix, q, 40)
@@ -97,7 +84,7 @@ func TestRangeLeavesOutForeseenItems(t *testing.T) {
 // n items it saw, and the Range after the pop sees the rest.
 func TestForeseenPopTakesWhatAPopWould(t *testing.T) {
 	t.Parallel()
-	onBoth(t, func(t *testing.T, url string) {
+	testdb.OnSharedRedis(t, func(t *testing.T, url string) {
 		s := openTwoShards(t, url, "")
 		other := openTwoShards(t, url, s.prefix)
 		const q = "ready"
@@ -168,7 +155,7 @@ func TestForesightEntriesStaySmall(t *testing.T) {
 // checks that every item is taken exactly once.
 func TestClaimsOfTwoProcessesTakeEachItemOnce(t *testing.T) {
 	t.Parallel()
-	onBoth(t, func(t *testing.T, url string) {
+	testdb.OnSharedRedis(t, func(t *testing.T, url string) {
 		a := openTwoShards(t, url, "")
 		b := openTwoShards(t, url, a.prefix)
 		const q = "ready"

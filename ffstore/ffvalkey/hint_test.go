@@ -19,7 +19,7 @@ import (
 // emptied queues, and filling one again adds it back.
 func TestQueueHeadsHint(t *testing.T) {
 	t.Parallel()
-	onServerAndCluster(t, func(t *testing.T, url string) {
+	testdb.OnSharedRedis(t, func(t *testing.T, url string) {
 		prefix := testdb.RedisPrefix(t)
 		a := openStore(t, url, &ffvalkey.Options{KeyPrefix: prefix, Shards: 8})
 		b := openStore(t, url, &ffvalkey.Options{KeyPrefix: prefix})

@@ -25,20 +25,6 @@ import (
 	"github.com/flowfabric/flowfabric/internal/testdb"
 )
 
-// onServerAndCluster runs fn in two parallel subtests, on the shared server and on the
-// shared Cluster.
-func onServerAndCluster(t *testing.T, fn func(t *testing.T, url string)) {
-	t.Helper()
-	t.Run("Server", func(t *testing.T) {
-		t.Parallel()
-		fn(t, testdb.SharedRedis(t).URL(0))
-	})
-	t.Run("Cluster", func(t *testing.T) {
-		t.Parallel()
-		fn(t, testdb.SharedRedisCluster(t).URL())
-	})
-}
-
 // openStore opens a store under a fresh key prefix on url and closes it at cleanup.
 func openStore(t *testing.T, url string, opts *ffvalkey.Options) *ffvalkey.Store {
 	t.Helper()
@@ -670,7 +656,7 @@ func TestChangesWakeOnceSubscribed(t *testing.T) {
 // whose prefix extends it.
 func TestDrop(t *testing.T) {
 	t.Parallel()
-	onServerAndCluster(t, func(t *testing.T, url string) {
+	testdb.OnSharedRedis(t, func(t *testing.T, url string) {
 		prefix := testdb.RedisPrefix(t)
 		keep := openStore(t, url, &ffvalkey.Options{KeyPrefix: prefix + "*", Shards: 4})
 		drop := openStore(t, url, &ffvalkey.Options{KeyPrefix: prefix + "[", Shards: 4})
@@ -780,7 +766,7 @@ func TestLargeUnit(t *testing.T) {
 // with a store conflict and writes nothing; when they all still hold, it commits.
 func TestUnitChecksQueueReads(t *testing.T) {
 	t.Parallel()
-	onServerAndCluster(t, func(t *testing.T, url string) {
+	testdb.OnSharedRedis(t, func(t *testing.T, url string) {
 		s := openStore(t, url, &ffvalkey.Options{Shards: 2})
 		ctx := t.Context()
 		require.NoError(t, s.Update(ctx, 1, func(tx ffstore.Tx) error {

@@ -18,7 +18,7 @@ import (
 // conflict, whatever it returned, and its next run reads the record from the server.
 func TestUnitsRereadWhatTheyWrote(t *testing.T) {
 	t.Parallel()
-	onServerAndCluster(t, func(t *testing.T, url string) {
+	testdb.OnSharedRedis(t, func(t *testing.T, url string) {
 		s, other := twoProcesses(t, url)
 		ctx := t.Context()
 		put := func(st *ffvalkey.Store, value string) {

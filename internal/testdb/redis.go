@@ -472,6 +472,20 @@ func SharedRedisCluster(t testing.TB) *RedisCluster {
 	return redisShared.cluster
 }
 
+// OnSharedRedis runs fn in two parallel subtests of t, "Server" and "Cluster", with the
+// URL of the shared server and of the shared Cluster.
+func OnSharedRedis(t *testing.T, fn func(t *testing.T, url string)) {
+	t.Helper()
+	t.Run("Server", func(t *testing.T) {
+		t.Parallel()
+		fn(t, SharedRedis(t).URL(0))
+	})
+	t.Run("Cluster", func(t *testing.T) {
+		t.Parallel()
+		fn(t, SharedRedisCluster(t).URL())
+	})
+}
+
 // RedisPrefix returns a fresh key prefix, so that every test, and every parallel subtest,
 // gets state of its own on a shared server.
 func RedisPrefix(t testing.TB) string {
