@@ -16,8 +16,8 @@ import (
 //
 // Records are taken only while fresh (foresightFresh), so that they are checked at
 // commit within about the time a unit's own reads are. What foresight holds is bounded:
-// past foresightMaxBytes of records the oldest are dropped, and past foresightMaxQueues
-// queues everything is forgotten.
+// past foresightMaxBytes of items and records the oldest entries are dropped, and the
+// per-queue counts are forgotten past foresightMaxQueues queues.
 type foresight struct {
 	mu   sync.Mutex
 	m    map[foreseenQueue]*foreseen
@@ -25,10 +25,16 @@ type foresight struct {
 	// wants holds, per queue, about the most items its recent pops asked for: each pop
 	// raises it to its own n, or lowers it by one.
 	wants map[foreseenQueue]int
-	// order lists the queues of the entries, oldest first (an entry replaced since may
-	// still be listed); bytes counts what the entries hold (see foreseen.size).
-	order []foreseenQueue
+	// order lists the entries, oldest first, by queue and seq (an entry replaced since
+	// may still be listed); bytes counts what the entries hold (see foreseen.size).
+	order []foreseenAt
+	seq   uint64
 	bytes int
+}
+
+type foreseenAt struct {
+	queue foreseenQueue
+	seq   uint64
 }
 
 // Bounds of foresight: how long records are taken, what entries may hold in all, and how
@@ -54,6 +60,7 @@ type foreseen struct {
 	records map[string]*readEntry
 	read    time.Time // when the records were read
 	bytes   int       // what foresight counts for it
+	seq     uint64    // when it was stored, in foresight's order
 }
 
 // size is what foresight counts for f.
@@ -118,7 +125,8 @@ func (s *foresight) take(shard int, queue string) (f *foreseen, warm bool) {
 }
 
 // saw records what a unit saw of queue after the items it took, replacing what was seen
-// of it before. The oldest entries are dropped once all hold more than foresightMaxBytes.
+// of it before. The oldest entries are dropped once all hold more than foresightMaxBytes;
+// an entry that would hold more than a quarter of that alone keeps no records.
 func (s *foresight) saw(shard int, queue string, f *foreseen) {
 	k := foreseenQueue{shard, queue}
 	s.mu.Lock()
@@ -131,24 +139,29 @@ func (s *foresight) saw(shard int, queue string, f *foreseen) {
 		s.m = map[foreseenQueue]*foreseen{}
 	}
 	f.bytes = f.size()
+	if f.bytes > foresightMaxBytes/4 {
+		f.records = nil
+		f.bytes = f.size()
+	}
+	s.seq++
+	f.seq = s.seq
 	s.m[k] = f
 	s.bytes += f.bytes
-	s.order = append(s.order, k)
+	s.order = append(s.order, foreseenAt{k, f.seq})
 	for s.bytes > foresightMaxBytes && len(s.order) > 0 {
 		old := s.order[0]
 		s.order = s.order[1:]
-		s.remove(old) // perhaps a newer entry of the queue: foresight is only a guess
+		if e := s.m[old.queue]; e != nil && e.seq == old.seq {
+			s.remove(old.queue)
+		}
 	}
-	if len(s.order) > 2*len(s.m)+64 { // mostly replaced: keep each queue's last listing
-		live := make([]foreseenQueue, 0, len(s.m))
-		seen := make(map[foreseenQueue]bool, len(s.m))
-		for i := len(s.order) - 1; i >= 0; i-- {
-			if q := s.order[i]; s.m[q] != nil && !seen[q] {
-				seen[q] = true
-				live = append(live, q)
+	if len(s.order) > 2*len(s.m)+64 { // mostly replaced: keep the listings of the entries
+		live := make([]foreseenAt, 0, len(s.m))
+		for _, o := range s.order {
+			if e := s.m[o.queue]; e != nil && e.seq == o.seq {
+				live = append(live, o)
 			}
 		}
-		slices.Reverse(live)
 		s.order = live
 	}
 }

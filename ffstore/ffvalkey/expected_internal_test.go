@@ -72,3 +72,40 @@ func TestForesightBounded(t *testing.T) {
 		require.LessOrEqual(t, len(s.order), 2*len(s.m)+64)
 	}
 }
+
+// TestForesightKeepsOthersBesideAnOversizedEntry checks that an entry whose records alone
+// would pass the bound (a claim whose look-ahead holds a large payload) keeps none, and
+// does not push out the other queues' entries.
+func TestForesightKeepsOthersBesideAnOversizedEntry(t *testing.T) {
+	t.Parallel()
+	var s foresight
+	for i := range 10 {
+		s.saw(0, "small"+strconv.Itoa(i), seenWithRecords(time.Now(), []byte("v"), "a"))
+	}
+	big := bytes.Repeat([]byte("p"), foresightMaxBytes+1)
+	s.saw(0, "big", seenWithRecords(time.Now(), big, "a"))
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	require.Nil(t, s.m[foreseenQueue{0, "big"}].records)
+	require.Len(t, s.m, 11, "other queues' entries stay; the oversized one keeps no records")
+}
+
+// TestForesightEvictsTheOldestEntries checks that, past the bound, the oldest entry goes
+// first, not the newest entry of a queue seen again since its first listing.
+func TestForesightEvictsTheOldestEntries(t *testing.T) {
+	t.Parallel()
+	var s foresight
+	value := bytes.Repeat([]byte("v"), 1<<20) // ~1 MiB per entry
+	s.saw(0, "hot", seenWithRecords(time.Now(), value, "a"))
+	for i := range 6 {
+		s.saw(0, "cold"+strconv.Itoa(i), seenWithRecords(time.Now(), value, "a"))
+	}
+	s.saw(0, "hot", seenWithRecords(time.Now(), value, "a")) // seen again: the newest entry
+	s.saw(0, "new", seenWithRecords(time.Now(), value, "a")) // passes 8 MiB: one must go
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, hot := s.m[foreseenQueue{0, "hot"}]
+	_, cold0 := s.m[foreseenQueue{0, "cold0"}]
+	require.True(t, hot, "seen again: newer than cold0")
+	require.False(t, cold0, "the oldest entry goes first")
+}

@@ -207,3 +207,102 @@ func TestClaimsOfTwoProcessesTakeEachItemOnce(t *testing.T) {
 		}
 	})
 }
+
+// TestRangeAfterForeseenPopReadsTheQueue checks that a Range after a foreseen pop reads
+// the queue as committed, not what an earlier unit's pop saw: here another process
+// removed an item between the two.
+func TestRangeAfterForeseenPopReadsTheQueue(t *testing.T) {
+	t.Parallel()
+	testdb.OnSharedRedis(t, func(t *testing.T, url string) {
+		s := openTwoShards(t, url, "")
+		other := openTwoShards(t, url, s.prefix)
+		const q = "ready"
+		ctx := t.Context()
+		ids := fillQueue(t, url, s.prefix, q, 10)
+		require.NoError(t, s.Update(ctx, 1, func(u ffstore.Tx) error {
+			_, err := u.(ffstore.PopFetcher).PopDueFetch(q, ffstore.MaxScore, 1, "x")
+			return err
+		}))
+		// Another process removes the item after the next one, and commits.
+		require.NoError(t, other.Update(ctx, 1, func(u ffstore.Tx) error {
+			u.QueueRemove(q, ids[2])
+			u.Delete("x:" + ids[2])
+			return nil
+		}))
+		var popped, next []ffstore.QueueItem
+		var trips int
+		require.NoError(t, s.Update(ctx, 1, func(u ffstore.Tx) error {
+			var err error
+			popped, err = u.(ffstore.PopFetcher).PopDueFetch(q, ffstore.MaxScore, 1, "x")
+			if err != nil {
+				return err
+			}
+			trips = u.(*tx).rts
+			next, err = u.Range(q, nil, ffstore.MaxScore, 1)
+			return err
+		}))
+		require.Equal(t, ids[1], popped[0].Member)
+		require.Equal(t, 0, trips, "foreseen")
+		require.NotEqual(t, ids[2], next[0].Member, "Range returned an item removed before the unit began")
+	})
+}
+
+// TestRangePagesAfterForeseenPop checks Range pages after a foreseen pop, with after and
+// a bound on the score: they hold what the queue holds, less the unit's items.
+func TestRangePagesAfterForeseenPop(t *testing.T) {
+	t.Parallel()
+	testdb.OnSharedRedis(t, func(t *testing.T, url string) {
+		s := openTwoShards(t, url, "")
+		const q = "ready"
+		ctx := t.Context()
+		ids := fillQueue(t, url, s.prefix, q, 30)
+		require.NoError(t, s.Update(ctx, 1, func(u ffstore.Tx) error {
+			_, err := u.(ffstore.PopFetcher).PopDueFetch(q, ffstore.MaxScore, 2, "x")
+			return err
+		}))
+		require.NoError(t, s.Update(ctx, 1, func(u ffstore.Tx) error {
+			popped, err := u.(ffstore.PopFetcher).PopDueFetch(q, ffstore.MaxScore, 2, "x")
+			if err != nil {
+				return err
+			}
+			require.Equal(t, ids[2], popped[0].Member)
+			require.Equal(t, 0, u.(*tx).rts)
+			for _, maxScore := range []int64{ffstore.MaxScore, 20, 3, 1} {
+				for _, page := range []int{1, 3, 7, 40} {
+					var got []string
+					var after *ffstore.QueueItem
+					for {
+						items, err := u.Range(q, after, maxScore, page)
+						if err != nil {
+							return err
+						}
+						for _, it := range items {
+							got = append(got, it.Member)
+						}
+						if len(items) < page {
+							break
+						}
+						after = &items[len(items)-1]
+					}
+					var want []string
+					for i := 4; i < 30 && int64(i) <= maxScore; i++ {
+						want = append(want, ids[i])
+					}
+					require.Equal(t, want, got, fmt.Sprintf("maxScore %d page %d", maxScore, page))
+				}
+			}
+			// after pointing at a foreseen item, and before it.
+			items, err := u.Range(q, &popped[0], ffstore.MaxScore, 2)
+			if err != nil {
+				return err
+			}
+			require.Equal(t, []ffstore.QueueItem{{Member: ids[4], Score: 4}, {Member: ids[5], Score: 5}}, items)
+			items, err = u.Range(q, &ffstore.QueueItem{Member: ids[0], Score: 0}, ffstore.MaxScore, 1)
+			if err != nil {
+				return err
+			}
+			require.Equal(t, ids[4], items[0].Member)
+			return nil
+		}))
+	})
+}

@@ -523,9 +523,9 @@ func (t *tx) foresee(q *queueState, last *foreseen, maxScore int64, n int, kinds
 	}
 	q.kinds = kinds
 	q.ahead = last.items[len(items):]
-	// What the last pop saw after these items; whether that reached the queue's end is
-	// not known any more.
-	q.aheadOK, q.aheadDone = true, false
+	// What the last pop saw after these items, for the records the commit reads ahead.
+	// It may be many foreseen pops old: a Range of the queue goes to the server.
+	q.aheadOK, q.aheadDone = false, false
 	t.s.foresight.saw(t.shard, q.name, &foreseen{items: q.ahead})
 	return out, true
 }
