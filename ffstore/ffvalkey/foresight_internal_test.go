@@ -3,6 +3,7 @@ package ffvalkey
 import (
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"sync"
 	"testing"
@@ -304,5 +305,73 @@ func TestRangePagesAfterForeseenPop(t *testing.T) {
 			require.Equal(t, ids[4], items[0].Member)
 			return nil
 		}))
+	})
+}
+
+// TestRangeOfAnyLengthAfterForeseenPop checks that a Range of any length after a
+// foreseen pop returns what is left.
+func TestRangeOfAnyLengthAfterForeseenPop(t *testing.T) {
+	t.Parallel()
+	testdb.OnSharedRedis(t, func(t *testing.T, url string) {
+		s := openTwoShards(t, url, "")
+		const q = "ready"
+		fillQueue(t, url, s.prefix, q, 10)
+		ctx := t.Context()
+		require.NoError(t, s.Update(ctx, 1, func(u ffstore.Tx) error {
+			_, err := u.(ffstore.PopFetcher).PopDueFetch(q, ffstore.MaxScore, 1, "x")
+			return err
+		}))
+		var trips int
+		var rest []ffstore.QueueItem
+		require.NoError(t, s.Update(ctx, 1, func(u ffstore.Tx) error {
+			_, err := u.(ffstore.PopFetcher).PopDueFetch(q, ffstore.MaxScore, 1, "x")
+			if err != nil {
+				return err
+			}
+			trips = u.(*tx).rts
+			rest, err = u.Range(q, nil, ffstore.MaxScore, math.MaxInt)
+			return err
+		}))
+		require.Zero(t, trips, "foreseen")
+		require.Len(t, rest, 8, "Range(n=MaxInt) after a foreseen pop returns the 8 items left")
+	})
+}
+
+// TestPopAgainAfterForeseenPop checks that a unit that pops a queue again after a
+// foreseen pop gets the items after those it foresaw, without a conflict when nothing
+// else changed.
+func TestPopAgainAfterForeseenPop(t *testing.T) {
+	t.Parallel()
+	testdb.OnSharedRedis(t, func(t *testing.T, url string) {
+		s := openTwoShards(t, url, "")
+		const q = "ready"
+		ids := fillQueue(t, url, s.prefix, q, 60)
+		ctx := t.Context()
+		conflicts := 0
+		var taken []string
+		for range 10 {
+			err := s.Update(ctx, 1, func(u ffstore.Tx) error {
+				pf := u.(ffstore.PopFetcher)
+				first, err := pf.PopDueFetch(q, ffstore.MaxScore, 1, "x")
+				if err != nil {
+					return err
+				}
+				second, err := pf.PopDueFetch(q, ffstore.MaxScore, 1, "x")
+				if err != nil {
+					return err
+				}
+				for _, it := range append(first, second...) {
+					taken = append(taken, it.Member)
+				}
+				return nil
+			})
+			if errors.Is(err, fftype.ErrStoreConflict) {
+				conflicts++
+				continue
+			}
+			require.NoError(t, err)
+		}
+		require.Zero(t, conflicts, "no other unit ran: conflicts %d of 10 units", conflicts)
+		require.Equal(t, ids[:20], taken, "each item once, in order")
 	})
 }

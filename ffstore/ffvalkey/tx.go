@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"math"
 	"slices"
 	"strconv"
 	"time"
@@ -295,7 +296,10 @@ func (t *tx) Range(queue string, after *ffstore.QueueItem, maxScore int64, n int
 	qk, mk := t.k.queue(queue), t.k.marks(queue)
 	// Items the unit took by foresight carry no mark of its own: the server returns
 	// them, and they are left out here.
-	ask := strconv.Itoa(n + len(q.foreseen))
+	ask := strconv.Itoa(n)
+	if n <= math.MaxInt-len(q.foreseen) {
+		ask = strconv.Itoa(n + len(q.foreseen))
+	}
 	t.rts++
 	res, err := t.s.do(t.ctx, "read queue", true, func() rueidis.Completed {
 		if t.update {
@@ -388,12 +392,11 @@ func (t *tx) PopDueFetch(queue string, maxScore int64, n int, kinds ...string) (
 		return nil, nil
 	}
 	q := t.queue(queue)
-	if len(q.foreseen) > 0 {
-		// A pop would return the items this unit foresaw again, unmarked as they are.
-		return nil, conflict("unit on shard %d popped queue %q twice, the first time by foresight", t.shard, queue)
-	}
+	// The items this unit took by foresight carry no mark: a pop returns them first,
+	// marked now as the unit's own, and the items after them are this pop's.
+	took := q.foreseen
 	var last *foreseen
-	if len(kinds) > 0 {
+	if len(kinds) > 0 && len(took) == 0 {
 		q.want = t.s.foresight.asked(t.shard, queue, n)
 		var warm bool
 		last, warm = t.s.foresight.take(t.shard, queue)
@@ -410,7 +413,7 @@ func (t *tx) PopDueFetch(queue string, maxScore int64, n int, kinds ...string) (
 	}
 	pop := func() rueidis.Completed {
 		return t.s.client.B().Fcall().Function(fnPop).Numkeys(2).Key(qk, mk).
-			Arg(scoreBound(maxScore), strconv.Itoa(n), t.token, t.s.popTTL, look).Build()
+			Arg(scoreBound(maxScore), strconv.Itoa(n+len(took)), t.token, t.s.popTTL, look).Build()
 	}
 	guessed := t.unread(ffstore.MemberRecordKeys(last.members(n), kinds))
 	var riders []rueidis.Completed
@@ -455,6 +458,14 @@ func (t *tx) PopDueFetch(queue string, maxScore int64, n int, kinds ...string) (
 		out = append(out, it)
 		members = append(members, it.Member)
 	}
+	if len(took) > 0 {
+		// Every item popped is marked, and released if the unit does not commit.
+		if len(popped) < len(took) || !slices.Equal(popped[:len(took)], took) {
+			return nil, conflict("unit on shard %d popped queue %q again, and the items it had foreseen were no longer its head", t.shard, queue)
+		}
+		q.foreseen = nil
+		out, members = out[len(took):], members[len(took):]
+	}
 	q.ahead = make([]cachedItem, 0, len(ahead))
 	for _, enc := range ahead {
 		it, err := t.decode(queue, enc)
@@ -467,7 +478,7 @@ func (t *tx) PopDueFetch(queue string, maxScore int64, n int, kinds ...string) (
 	if len(kinds) == 0 {
 		return out, nil
 	}
-	q.kinds = kinds
+	q.kinds = slices.Clone(kinds)
 	t.s.foresight.saw(t.shard, queue, &foreseen{items: q.ahead})
 	need := t.unread(ffstore.MemberRecordKeys(members, kinds))
 	if len(rode) > 0 && rode[0].Error() == nil { // else they are read below
@@ -521,7 +532,7 @@ func (t *tx) foresee(q *queueState, last *foreseen, maxScore int64, n int, kinds
 		out[i] = c.item
 		q.foreseen = append(q.foreseen, c.enc)
 	}
-	q.kinds = kinds
+	q.kinds = slices.Clone(kinds)
 	q.ahead = last.items[len(items):]
 	// What the last pop saw after these items, for the records the commit reads ahead.
 	// It may be many foreseen pops old: a Range of the queue goes to the server.
