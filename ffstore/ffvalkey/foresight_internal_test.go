@@ -27,6 +27,13 @@ func openTwoShards(t *testing.T, url, prefix string) *Store {
 	return s
 }
 
+// twoStores opens two stores of two shards on one new key prefix, as two processes would.
+func twoStores(t *testing.T, url string) (*Store, *Store) {
+	t.Helper()
+	s := openTwoShards(t, url, "")
+	return s, openTwoShards(t, url, s.prefix)
+}
+
 // fillQueue adds n items to queue q of shard 1, with records "x:<member>", written by
 // another Store (so that s remembers none of them).
 func fillQueue(t *testing.T, url, prefix, q string, n int) []string {
@@ -45,6 +52,25 @@ func fillQueue(t *testing.T, url, prefix, q string, n int) []string {
 	return ids
 }
 
+// popThenRange runs a unit on shard 1 of s that pops up to n items of q, reading their
+// records "x:<member>", and then reads up to m items of q by Range (none if m is 0). It
+// returns the items of each and the round trips the pop made to read.
+func popThenRange(t *testing.T, s *Store, q string, n, m int) (popped, next []ffstore.QueueItem, trips int) {
+	t.Helper()
+	require.NoError(t, s.Update(t.Context(), 1, func(u ffstore.Tx) error {
+		var err error
+		if popped, err = u.(ffstore.PopFetcher).PopDueFetch(q, ffstore.MaxScore, n, "x"); err != nil {
+			return err
+		}
+		trips = u.(*tx).rts
+		if m > 0 {
+			next, err = u.Range(q, nil, ffstore.MaxScore, m)
+		}
+		return err
+	}))
+	return popped, next, trips
+}
+
 // TestRangeLeavesOutForeseenItems checks that a Range after a foreseen pop leaves out
 // the items the unit took, also once a chain of foreseen pops has used up what the last
 // real pop saw ahead and the Range goes to the server, where those items carry no mark of
@@ -55,23 +81,9 @@ func TestRangeLeavesOutForeseenItems(t *testing.T) {
 		s := openTwoShards(t, url, "")
 		const q = "ready"
 		fillQueue(t, url, s.prefix, q, 40)
-		ctx := t.Context()
 		for i := range 20 {
-			var popped, next []ffstore.QueueItem
-			var trips int
-			err := s.Update(ctx, 1, func(u ffstore.Tx) error {
-				var err error
-				popped, err = u.(ffstore.PopFetcher).PopDueFetch(q, ffstore.MaxScore, 1, "x")
-				if err != nil {
-					return err
-				}
-				trips = u.(*tx).rts
-				next, err = u.Range(q, nil, ffstore.MaxScore, 1)
-				return err
-			})
-			require.NoError(t, err)
+			popped, next, _ := popThenRange(t, s, q, 1, 1)
 			require.Len(t, popped, 1)
-			t.Logf("unit %d: popped %s (%d read round trips before Range), Range -> %v", i, popped[0].Member, trips, next)
 			if len(next) > 0 {
 				require.NotEqual(t, popped[0].Member, next[0].Member,
 					"unit %d: Range returned the item the unit itself took (by foresight)", i)
@@ -86,26 +98,11 @@ func TestRangeLeavesOutForeseenItems(t *testing.T) {
 func TestForeseenPopTakesWhatAPopWould(t *testing.T) {
 	t.Parallel()
 	testdb.OnSharedRedis(t, func(t *testing.T, url string) {
-		s := openTwoShards(t, url, "")
-		other := openTwoShards(t, url, s.prefix)
+		s, other := twoStores(t, url)
 		const q = "ready"
 		ctx := t.Context()
 		fillQueue(t, url, s.prefix, q, 3)
-		pop := func(n int) (popped, next []ffstore.QueueItem, trips int) {
-			t.Helper()
-			require.NoError(t, s.Update(ctx, 1, func(u ffstore.Tx) error {
-				var err error
-				popped, err = u.(ffstore.PopFetcher).PopDueFetch(q, ffstore.MaxScore, n, "x")
-				if err != nil {
-					return err
-				}
-				trips = u.(*tx).rts
-				next, err = u.Range(q, nil, ffstore.MaxScore, 1)
-				return err
-			}))
-			return popped, next, trips
-		}
-		popped, _, _ := pop(1)
+		popped, _, _ := popThenRange(t, s, q, 1, 0)
 		require.Len(t, popped, 1)
 		// Another process adds 20 due items (scores after the ones left).
 		require.NoError(t, other.Update(ctx, 1, func(u ffstore.Tx) error {
@@ -116,8 +113,7 @@ func TestForeseenPopTakesWhatAPopWould(t *testing.T) {
 			}
 			return nil
 		}))
-		popped, next, trips := pop(5)
-		t.Logf("PopDueFetch(n=5) with 22 due items: %d items %v in %d round trips; Range after it: %v", len(popped), popped, trips, next)
+		popped, next, _ := popThenRange(t, s, q, 5, 1)
 		require.Len(t, popped, 5, "a pop takes 5 of the 22 due items")
 		require.NotEmpty(t, next, "the queue still holds due items")
 	})
@@ -157,8 +153,7 @@ func TestForesightEntriesStaySmall(t *testing.T) {
 func TestClaimsOfTwoProcessesTakeEachItemOnce(t *testing.T) {
 	t.Parallel()
 	testdb.OnSharedRedis(t, func(t *testing.T, url string) {
-		a := openTwoShards(t, url, "")
-		b := openTwoShards(t, url, a.prefix)
+		a, b := twoStores(t, url)
 		const q = "ready"
 		ctx := t.Context()
 		ids := fillQueue(t, url, a.prefix, q, 600)
@@ -215,33 +210,18 @@ func TestClaimsOfTwoProcessesTakeEachItemOnce(t *testing.T) {
 func TestRangeAfterForeseenPopReadsTheQueue(t *testing.T) {
 	t.Parallel()
 	testdb.OnSharedRedis(t, func(t *testing.T, url string) {
-		s := openTwoShards(t, url, "")
-		other := openTwoShards(t, url, s.prefix)
+		s, other := twoStores(t, url)
 		const q = "ready"
 		ctx := t.Context()
 		ids := fillQueue(t, url, s.prefix, q, 10)
-		require.NoError(t, s.Update(ctx, 1, func(u ffstore.Tx) error {
-			_, err := u.(ffstore.PopFetcher).PopDueFetch(q, ffstore.MaxScore, 1, "x")
-			return err
-		}))
+		popThenRange(t, s, q, 1, 0)
 		// Another process removes the item after the next one, and commits.
 		require.NoError(t, other.Update(ctx, 1, func(u ffstore.Tx) error {
 			u.QueueRemove(q, ids[2])
 			u.Delete("x:" + ids[2])
 			return nil
 		}))
-		var popped, next []ffstore.QueueItem
-		var trips int
-		require.NoError(t, s.Update(ctx, 1, func(u ffstore.Tx) error {
-			var err error
-			popped, err = u.(ffstore.PopFetcher).PopDueFetch(q, ffstore.MaxScore, 1, "x")
-			if err != nil {
-				return err
-			}
-			trips = u.(*tx).rts
-			next, err = u.Range(q, nil, ffstore.MaxScore, 1)
-			return err
-		}))
+		popped, next, trips := popThenRange(t, s, q, 1, 1)
 		require.Equal(t, ids[1], popped[0].Member)
 		require.Equal(t, 0, trips, "foreseen")
 		require.NotEqual(t, ids[2], next[0].Member, "Range returned an item removed before the unit began")
@@ -316,22 +296,8 @@ func TestRangeOfAnyLengthAfterForeseenPop(t *testing.T) {
 		s := openTwoShards(t, url, "")
 		const q = "ready"
 		fillQueue(t, url, s.prefix, q, 10)
-		ctx := t.Context()
-		require.NoError(t, s.Update(ctx, 1, func(u ffstore.Tx) error {
-			_, err := u.(ffstore.PopFetcher).PopDueFetch(q, ffstore.MaxScore, 1, "x")
-			return err
-		}))
-		var trips int
-		var rest []ffstore.QueueItem
-		require.NoError(t, s.Update(ctx, 1, func(u ffstore.Tx) error {
-			_, err := u.(ffstore.PopFetcher).PopDueFetch(q, ffstore.MaxScore, 1, "x")
-			if err != nil {
-				return err
-			}
-			trips = u.(*tx).rts
-			rest, err = u.Range(q, nil, ffstore.MaxScore, math.MaxInt)
-			return err
-		}))
+		popThenRange(t, s, q, 1, 0)
+		_, rest, trips := popThenRange(t, s, q, 1, math.MaxInt)
 		require.Zero(t, trips, "foreseen")
 		require.Len(t, rest, 8, "Range(n=MaxInt) after a foreseen pop returns the 8 items left")
 	})
