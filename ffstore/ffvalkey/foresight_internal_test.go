@@ -142,9 +142,9 @@ func TestForesightEntriesStaySmall(t *testing.T) {
 	}))
 	s.foresight.mu.Lock()
 	defer s.foresight.mu.Unlock()
-	e := s.foresight.m[foreseenQueue{1, q}]
+	e := s.foresight.m.m[foreseenQueue{1, q}].v
 	require.LessOrEqual(t, len(e.items), lookahead+foreseeMax)
-	require.Equal(t, e.size(), s.foresight.bytes, "its items are counted")
+	require.Equal(t, e.size(), s.foresight.m.bytes, "its items are counted")
 }
 
 // TestClaimsOfTwoProcessesTakeEachItemOnce has two stores on one prefix claim a queue

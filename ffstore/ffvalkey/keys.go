@@ -148,6 +148,14 @@ func (k *shardKeys) queueKeys(name string) [3]string {
 // versionLen is the length of the version that prefixes every stored record.
 const versionLen = 8
 
+// versionString is a record's stored version: the number of the commit that wrote it, 8
+// bytes big-endian, as the library stamps it.
+func versionString(v uint64) string {
+	var b [versionLen]byte
+	binary.BigEndian.PutUint64(b[:], v)
+	return string(b[:])
+}
+
 // Queue items. A queue is a ZSET whose members all score 0, so that the server orders
 // them bytewise ("lex"), and each member is the item's score encoded in 8 bytes that sort
 // like the int64 they encode, followed by the item's member. That keeps the exact int64

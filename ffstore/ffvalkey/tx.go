@@ -190,10 +190,16 @@ func (t *tx) recall(keys []string) []string {
 	return rest
 }
 
-// stale is called when a check of the unit's reads failed: the records it took from
-// writtenRecords may be why, so the unit's next run reads them from the server.
+// stale is called when a check of the unit's reads failed. The records it took from
+// writtenRecords, or the items it foresaw, may be why: the unit's next run reads those
+// records from the server, and the queues go without foresight for a while.
 func (t *tx) stale() {
 	t.s.written.forget(t.remembered)
+	for _, name := range t.queueOrder {
+		if len(t.queues[name].foreseen) > 0 {
+			t.s.foresight.failed(t.shard, name)
+		}
+	}
 }
 
 // mgetKeys returns the keys of an MGET of records.
@@ -509,11 +515,7 @@ func (t *tx) foresee(q *queueState, last *foreseen, maxScore int64, n int, kinds
 	if !ok {
 		return nil, false
 	}
-	members := make([]string, len(items))
-	for i, c := range items {
-		members[i] = c.item.Member
-	}
-	keys := ffstore.MemberRecordKeys(members, kinds)
+	keys := ffstore.MemberRecordKeys(membersOf(items), kinds)
 	recs, ok := last.recordsOf(keys, kinds)
 	if !ok {
 		return nil, false
@@ -822,11 +824,6 @@ func (t *tx) commit() error {
 	}
 	if !ok {
 		t.stale()
-		for _, name := range t.queueOrder {
-			if len(t.queues[name].foreseen) > 0 {
-				t.s.foresight.failed(t.shard, name)
-			}
-		}
 		return conflict("unit on shard %d lost a race: %s since it was read", t.shard, reason)
 	}
 	t.foresaw(ahead, rode, sent)
@@ -886,11 +883,7 @@ func (t *tx) ahead() []aheadRead {
 			continue
 		}
 		next := q.ahead[:min(len(q.ahead), max(took, q.want)+lookahead)]
-		members := make([]string, len(next))
-		for i, c := range next {
-			members[i] = c.item.Member
-		}
-		out = append(out, aheadRead{q: q, keys: ffstore.MemberRecordKeys(members, q.kinds)})
+		out = append(out, aheadRead{q: q, keys: ffstore.MemberRecordKeys(membersOf(next), q.kinds)})
 	}
 	return out
 }

@@ -2,7 +2,6 @@ package ffvalkey
 
 import (
 	"crypto/sha1" //nolint:gosec // a digest that two values' encodings differ, not a secret's
-	"encoding/binary"
 	"encoding/hex"
 	"sync"
 )
@@ -26,42 +25,31 @@ const (
 // forgotten, and the unit runs again and reads it from the server. The oldest records
 // are forgotten first once they pass writtenMaxBytes.
 type writtenRecords struct {
-	mu    sync.Mutex
-	m     map[string]*writtenRecord // by the record's Redis key
-	order []writtenAt               // insertions, oldest first; some may be superseded
-	seq   uint64                    // insertions so far
-	bytes int
+	mu sync.Mutex
+	m  sizedMap[string, writtenRecord] // by the record's Redis key
 }
 
 type writtenRecord struct {
 	version uint64 // the commit number of the unit that wrote it
 	value   []byte // the store's own: handed out as copies
-	at      uint64 // its insertion, in order
-}
-
-type writtenAt struct {
-	key string
-	at  uint64
 }
 
 // get returns a copy of the record under key as a read: its version, value and digest.
 func (w *writtenRecords) get(key string) (*readEntry, bool) {
 	w.mu.Lock()
-	r, ok := w.m[key]
-	var value []byte
-	var version uint64
+	r, ok := w.m.get(key)
 	if ok {
-		value, version = append([]byte(nil), r.value...), r.version
+		r.value = append([]byte(nil), r.value...)
 	}
 	w.mu.Unlock()
 	if !ok {
 		return nil, false
 	}
-	v := versionString(version)
+	v := versionString(r.version)
 	h := sha1.New() //nolint:gosec // see the import
 	h.Write([]byte(v))
-	h.Write(value)
-	return &readEntry{version: v, value: value, digest: hex.EncodeToString(h.Sum(nil))}, true
+	h.Write(r.value)
+	return &readEntry{version: v, value: r.value, digest: hex.EncodeToString(h.Sum(nil))}, true
 }
 
 // remember records the writes of a unit that committed as commit number version: values
@@ -69,41 +57,18 @@ func (w *writtenRecords) get(key string) (*readEntry, bool) {
 func (w *writtenRecords) remember(version uint64, writes map[string][]byte) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.m == nil {
-		w.m = map[string]*writtenRecord{}
+	if w.m.m == nil {
+		w.m = newSizedMap[string, writtenRecord](writtenMaxBytes)
 	}
 	for key, value := range writes {
-		old, ok := w.m[key]
-		if ok && old.version > version {
+		if old, ok := w.m.get(key); ok && old.version > version {
 			continue
-		}
-		if ok {
-			w.drop(key, old)
 		}
 		if value == nil || len(value) > writtenMaxValue {
+			w.m.remove(key)
 			continue
 		}
-		at := w.seq
-		w.seq++
-		w.m[key] = &writtenRecord{version: version, value: value, at: at}
-		w.order = append(w.order, writtenAt{key, at})
-		w.bytes += size(key, value)
-	}
-	for w.bytes > writtenMaxBytes && len(w.order) > 0 {
-		o := w.order[0]
-		w.order = w.order[1:]
-		if r, ok := w.m[o.key]; ok && r.at == o.at {
-			w.drop(o.key, r)
-		}
-	}
-	if len(w.order) > 2*len(w.m)+1024 { // mostly superseded: keep the live ones, in order
-		live := make([]writtenAt, 0, len(w.m))
-		for _, o := range w.order {
-			if r, ok := w.m[o.key]; ok && r.at == o.at {
-				live = append(live, o)
-			}
-		}
-		w.order = live
+		w.m.put(key, writtenRecord{version: version, value: value}, len(key)+len(value)+writtenOverhead)
 	}
 }
 
@@ -112,23 +77,6 @@ func (w *writtenRecords) forget(keys []string) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for _, key := range keys {
-		if r, ok := w.m[key]; ok {
-			w.drop(key, r)
-		}
+		w.m.remove(key)
 	}
-}
-
-func (w *writtenRecords) drop(key string, r *writtenRecord) {
-	delete(w.m, key)
-	w.bytes -= size(key, r.value)
-}
-
-// size is what a record counts against writtenMaxBytes.
-func size(key string, value []byte) int { return len(key) + len(value) + writtenOverhead }
-
-// versionString is a record's stored version: the commit number, 8 bytes big-endian.
-func versionString(v uint64) string {
-	var b [versionLen]byte
-	binary.BigEndian.PutUint64(b[:], v)
-	return string(b[:])
 }

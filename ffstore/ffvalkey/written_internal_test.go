@@ -37,7 +37,7 @@ func TestWrittenRecordsKeepsTheLatestCommit(t *testing.T) {
 	require.False(t, ok, "too large to keep: the older value is not kept either")
 
 	w.forget([]string{"a", "never"})
-	require.Zero(t, w.bytes)
+	require.Zero(t, w.m.bytes)
 }
 
 // TestWrittenRecordsBoundedInEntries checks that records with empty or tiny values
@@ -48,8 +48,8 @@ func TestWrittenRecordsBoundedInEntries(t *testing.T) {
 	for i := range 300_000 {
 		w.remember(uint64(i+1), map[string][]byte{"ff:{0}:r:exec:" + strconv.Itoa(i): {}})
 	}
-	require.LessOrEqual(t, len(w.m), writtenMaxBytes/writtenOverhead)
-	require.LessOrEqual(t, w.bytes, writtenMaxBytes)
+	require.LessOrEqual(t, len(w.m.m), writtenMaxBytes/writtenOverhead)
+	require.LessOrEqual(t, w.m.bytes, writtenMaxBytes)
 }
 
 func TestWrittenRecordsBounded(t *testing.T) {
@@ -59,18 +59,18 @@ func TestWrittenRecordsBounded(t *testing.T) {
 	n := 2 * writtenMaxBytes / len(value)
 	for i := range n {
 		w.remember(uint64(i+1), map[string][]byte{"k" + strconv.Itoa(i): value})
-		require.LessOrEqual(t, w.bytes, writtenMaxBytes)
+		require.LessOrEqual(t, w.m.bytes, writtenMaxBytes)
 	}
 	_, ok := w.get("k0")
 	require.False(t, ok, "the oldest go first")
 	_, ok = w.get("k" + strconv.Itoa(n-1))
 	require.True(t, ok)
-	require.Greater(t, w.bytes, writtenMaxBytes-size("k0", value)-8, "full")
+	require.Greater(t, w.m.bytes, writtenMaxBytes-len(value)-writtenOverhead-16, "full")
 
 	// One record written again and again: what it replaced is not kept in order.
 	for i := range 10 * n {
 		w.remember(uint64(n+i+1), map[string][]byte{"again": value})
 	}
-	require.LessOrEqual(t, len(w.order), 2*len(w.m)+1024)
-	require.LessOrEqual(t, w.bytes, writtenMaxBytes)
+	require.LessOrEqual(t, len(w.m.order), 2*len(w.m.m)+64)
+	require.LessOrEqual(t, w.m.bytes, writtenMaxBytes)
 }

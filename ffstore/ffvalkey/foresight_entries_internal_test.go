@@ -39,7 +39,7 @@ func TestForesightBounded(t *testing.T) {
 	value := bytes.Repeat([]byte("v"), 4<<10)
 	for i := range 1000 {
 		s.saw(0, "q"+strconv.Itoa(i), seenWithRecords(time.Now(), value, "a", "b"))
-		require.LessOrEqual(t, s.bytes, foresightMaxBytes)
+		require.LessOrEqual(t, s.m.bytes, foresightMaxBytes)
 	}
 	first, _ := s.take(0, "q0")
 	require.Nil(t, first, "the oldest go first")
@@ -53,8 +53,8 @@ func TestForesightBounded(t *testing.T) {
 	for i := range 1000 {
 		s.take(0, "q"+strconv.Itoa(i))
 	}
-	require.Zero(t, s.bytes)
-	require.Empty(t, s.m)
+	require.Zero(t, s.m.bytes)
+	require.Empty(t, s.m.m)
 
 	// Items count, records or not: many queues' items alone stay within the bound.
 	many := make([]string, 100)
@@ -66,10 +66,10 @@ func TestForesightBounded(t *testing.T) {
 		s.saw(0, q, &foreseen{items: seenWithRecords(time.Now(), nil, many...).items})
 		s.asked(0, q, 1)
 		s.failed(0, q)
-		require.LessOrEqual(t, s.bytes, foresightMaxBytes)
+		require.LessOrEqual(t, s.m.bytes, foresightMaxBytes)
 		require.LessOrEqual(t, len(s.wants), foresightMaxQueues)
 		require.LessOrEqual(t, len(s.cold), foresightMaxQueues)
-		require.LessOrEqual(t, len(s.order), 2*len(s.m)+64)
+		require.LessOrEqual(t, len(s.m.order), 2*len(s.m.m)+64)
 	}
 }
 
@@ -86,8 +86,8 @@ func TestForesightKeepsOthersBesideAnOversizedEntry(t *testing.T) {
 	s.saw(0, "big", seenWithRecords(time.Now(), big, "a"))
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	require.Nil(t, s.m[foreseenQueue{0, "big"}].records)
-	require.Len(t, s.m, 11, "other queues' entries stay; the oversized one keeps no records")
+	require.Nil(t, s.m.m[foreseenQueue{0, "big"}].v.records)
+	require.Len(t, s.m.m, 11, "other queues' entries stay; the oversized one keeps no records")
 }
 
 // TestForesightEvictsTheOldestEntries checks that, past the bound, the oldest entry goes
@@ -104,8 +104,8 @@ func TestForesightEvictsTheOldestEntries(t *testing.T) {
 	s.saw(0, "new", seenWithRecords(time.Now(), value, "a")) // passes 8 MiB: one must go
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	_, hot := s.m[foreseenQueue{0, "hot"}]
-	_, cold0 := s.m[foreseenQueue{0, "cold0"}]
+	_, hot := s.m.m[foreseenQueue{0, "hot"}]
+	_, cold0 := s.m.m[foreseenQueue{0, "cold0"}]
 	require.True(t, hot, "seen again: newer than cold0")
 	require.False(t, cold0, "the oldest entry goes first")
 }

@@ -20,21 +20,11 @@ import (
 // per-queue counts are forgotten past foresightMaxQueues queues.
 type foresight struct {
 	mu   sync.Mutex
-	m    map[foreseenQueue]*foreseen
-	cold map[foreseenQueue]int // pops of the queue left to make without foresight
+	m    sizedMap[foreseenQueue, *foreseen] // sized by foreseen.size
+	cold map[foreseenQueue]int              // pops of the queue left to make without foresight
 	// wants holds, per queue, about the most items its recent pops asked for: each pop
 	// raises it to its own n, or lowers it by one.
 	wants map[foreseenQueue]int
-	// order lists the entries, oldest first, by queue and seq (an entry replaced since
-	// may still be listed); bytes counts what the entries hold (see foreseen.size).
-	order []foreseenAt
-	seq   uint64
-	bytes int
-}
-
-type foreseenAt struct {
-	queue foreseenQueue
-	seq   uint64
 }
 
 // Bounds of foresight: how long records are taken, what entries may hold in all, and how
@@ -59,8 +49,6 @@ type foreseen struct {
 	kinds   []string
 	records map[string]*readEntry
 	read    time.Time // when the records were read
-	bytes   int       // what foresight counts for it
-	seq     uint64    // when it was stored, in foresight's order
 }
 
 // size is what foresight counts for f.
@@ -84,9 +72,14 @@ func (f *foreseen) members(n int) []string {
 	if f == nil {
 		return nil
 	}
-	ms := make([]string, 0, min(n, len(f.items)))
-	for _, c := range f.items[:min(n, len(f.items))] {
-		ms = append(ms, c.item.Member)
+	return membersOf(f.items[:min(n, len(f.items))])
+}
+
+// membersOf returns the members of items.
+func membersOf(items []cachedItem) []string {
+	ms := make([]string, len(items))
+	for i, c := range items {
+		ms[i] = c.item.Member
 	}
 	return ms
 }
@@ -111,8 +104,7 @@ func (s *foresight) take(shard int, queue string) (f *foreseen, warm bool) {
 	k := foreseenQueue{shard, queue}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	f = s.m[k]
-	s.remove(k)
+	f, _ = s.m.remove(k)
 	if n := s.cold[k]; n > 0 {
 		if n == 1 {
 			delete(s.cold, k)
@@ -131,47 +123,19 @@ func (s *foresight) saw(shard int, queue string, f *foreseen) {
 	k := foreseenQueue{shard, queue}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.remove(k)
+	if s.m.m == nil {
+		s.m = newSizedMap[foreseenQueue, *foreseen](foresightMaxBytes)
+	}
 	if len(f.items) == 0 {
+		s.m.remove(k)
 		return
 	}
-	if s.m == nil {
-		s.m = map[foreseenQueue]*foreseen{}
-	}
-	f.bytes = f.size()
-	if f.bytes > foresightMaxBytes/4 {
+	size := f.size()
+	if size > foresightMaxBytes/4 {
 		f.records = nil
-		f.bytes = f.size()
+		size = f.size()
 	}
-	s.seq++
-	f.seq = s.seq
-	s.m[k] = f
-	s.bytes += f.bytes
-	s.order = append(s.order, foreseenAt{k, f.seq})
-	for s.bytes > foresightMaxBytes && len(s.order) > 0 {
-		old := s.order[0]
-		s.order = s.order[1:]
-		if e := s.m[old.queue]; e != nil && e.seq == old.seq {
-			s.remove(old.queue)
-		}
-	}
-	if len(s.order) > 2*len(s.m)+64 { // mostly replaced: keep the listings of the entries
-		live := make([]foreseenAt, 0, len(s.m))
-		for _, o := range s.order {
-			if e := s.m[o.queue]; e != nil && e.seq == o.seq {
-				live = append(live, o)
-			}
-		}
-		s.order = live
-	}
-}
-
-// remove drops the entry of k, if any. The caller holds mu.
-func (s *foresight) remove(k foreseenQueue) {
-	if e := s.m[k]; e != nil {
-		s.bytes -= e.bytes
-		delete(s.m, k)
-	}
+	s.m.put(k, f, size)
 }
 
 // failed records that a foreseen pop of queue failed at commit.
