@@ -91,3 +91,6 @@ func ReadRoundTrips(u ffstore.Tx) int { return u.(*tx).rts }
 // ViewRoundTrips returns how many round trips r, a View's reads on an ffvalkey store,
 // made.
 func ViewRoundTrips(r ffstore.ReadTx) int { return r.(readTx).t.rts }
+
+// FnPop is the name of the library's pop function.
+const FnPop = fnPop
