@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/flowfabric/flowfabric/ffstore"
 	"time"
 
 	"github.com/flowfabric/flowfabric/fftype"
@@ -69,7 +70,8 @@ func (s *Store) runNotifier() {
 func (s *Store) notify() {
 	backoff := backoffMin
 	for {
-		ctx, cancel := context.WithTimeout(s.notifyCtx, s.opts.ConnectTimeout)
+		// A try that runs out of its bound is retryable, like any failed send.
+		ctx, cancel := ffstore.WithStoreTimeout(s.notifyCtx, s.opts.ConnectTimeout)
 		err := translate(ctx, s.exec(ctx, s.sql.notify, s.channel), "notify")
 		cancel()
 		if err == nil || s.notifyCtx.Err() != nil || !fftype.IsRetryable(err) {

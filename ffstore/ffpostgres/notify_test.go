@@ -60,6 +60,45 @@ func TestNotifyRetriesAFailedSend(t *testing.T) {
 	}
 }
 
+// TestNotifyRetriesASendThatTimedOut: a try of the NOTIFY that runs out of its bound
+// (no pooled connection within the connect timeout) is retried like any failed send.
+func TestNotifyRetriesASendThatTimedOut(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	url := testdb.SharedPostgres(t).URL("postgres")
+	schema := testdb.Schema(t)
+
+	cfg, err := pgxpool.ParseConfig(url)
+	require.NoError(t, err)
+	var stallNext atomic.Bool
+	cfg.PrepareConn = func(ctx context.Context, _ *pgx.Conn) (bool, error) {
+		if stallNext.CompareAndSwap(true, false) {
+			<-ctx.Done() // no connection before the try's bound runs out
+			return true, ctx.Err()
+		}
+		return true, nil
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	require.NoError(t, err)
+	defer pool.Close()
+	a, err := ffpostgres.New(pool, &ffpostgres.Options{Schema: schema, Migrate: true, Shards: 1, ConnectTimeout: 200 * time.Millisecond})
+	require.NoError(t, err)
+	defer a.Close()
+
+	wake := openListening(t, url, schema)
+
+	require.NoError(t, a.Update(ctx, 0, func(tx ffstore.Tx) error {
+		tx.Put("k", []byte("v"))
+		stallNext.Store(true) // the unit holds its connection: the next acquire is the notifier's
+		return nil
+	}))
+	select {
+	case <-wake:
+	case <-time.After(5 * time.Second):
+		t.Fatalf("process B was never woken for A's commit (stall still pending: %v)", stallNext.Load())
+	}
+}
+
 // TestCloseSendsTheLastNotify: a process that commits and then closes its store at once
 // (a CLI creating an execution and exiting, a worker shutting down) still wakes another
 // process's readers: Close lets the NOTIFY for the last commit go out.
