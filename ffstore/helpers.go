@@ -68,7 +68,7 @@ func Closed(store string) error {
 // WithStoreTimeout bounds parent by d, for work that a store bounds on its own rather than
 // by a caller's context: a commit that runs on after its caller left, a read callers
 // share, a check at open. Its running out is told apart from the caller's context ending
-// by [StoreTimedOut].
+// by [ContextEnded].
 func WithStoreTimeout(parent context.Context, d time.Duration) (context.Context, context.CancelFunc) {
 	return context.WithTimeoutCause(parent, d, &storeTimeout{d: d})
 }
@@ -78,14 +78,14 @@ type storeTimeout struct{ d time.Duration }
 
 func (e *storeTimeout) Error() string { return "the store's bound of " + e.d.String() + " ran out" }
 
-// StoreTimedOut returns, if ctx ended because a bound of [WithStoreTimeout] ran out, the
-// error to answer instead of ctx's: a retryable unavailable error saying that the store
-// (named store, doing op) did not answer within the bound. The bare context error would
-// tell the caller that its own context ended. It returns nil otherwise.
-func StoreTimedOut(ctx context.Context, store, op string) error {
+// ContextEnded returns the error of a call by store (doing op) whose ctx ended: ctx's
+// error, unless ctx ended because a bound of [WithStoreTimeout] ran out. Then it is a
+// retryable unavailable error saying that the store did not answer within the bound: the
+// bare context error would tell the caller that its own context ended.
+func ContextEnded(ctx context.Context, store, op string) error {
 	var st *storeTimeout
-	if ctx.Err() == nil || !errors.As(context.Cause(ctx), &st) {
-		return nil
+	if !errors.As(context.Cause(ctx), &st) {
+		return ctx.Err()
 	}
 	return &fftype.Error{
 		Kind: fftype.KindUnavailable, Code: fftype.CodeStoreUnavailable, Retryable: true,

@@ -104,11 +104,8 @@ func translate(ctx context.Context, err error, op string) error {
 	if errors.As(err, &fe) {
 		return err
 	}
-	if cerr := ctx.Err(); cerr != nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
-		if e := ffstore.StoreTimedOut(ctx, "postgres", op); e != nil {
-			return e // not err, which wraps context.DeadlineExceeded: the caller's context did not end
-		}
-		return cerr
+	if ctx.Err() != nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
+		return ffstore.ContextEnded(ctx, "postgres", op)
 	}
 	if errors.Is(err, puddle.ErrClosedPool) {
 		// The pool of a store made by New, closed by its owner before the store: no call

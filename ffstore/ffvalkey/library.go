@@ -217,7 +217,7 @@ func (s *Store) retry(ctx context.Context, op string, idempotent bool, attempt f
 		}
 		switch {
 		case class == classContextEnd:
-			return contextEnd(ctx, op)
+			return ffstore.ContextEnded(ctx, "ffvalkey", op)
 		case !b.again(ctx, class):
 			return translate(err, op)
 		case class == classReload:
@@ -227,24 +227,14 @@ func (s *Store) retry(ctx context.Context, op string, idempotent bool, attempt f
 				continue
 			}
 			if ctx.Err() != nil {
-				return contextEnd(ctx, op)
+				return ffstore.ContextEnded(ctx, "ffvalkey", op)
 			}
 			s.log.Warn("ffvalkey: loading the function library failed", "err", lerr)
 		}
 		if !b.wait(ctx) {
-			return contextEnd(ctx, op)
+			return ffstore.ContextEnded(ctx, "ffvalkey", op)
 		}
 	}
-}
-
-// contextEnd is the error of a call doing op whose ctx ended: ctx's, unless it ended
-// because a bound of the store's own ran out (a commit's commitTimeout), which the caller
-// must not take for its own context ending.
-func contextEnd(ctx context.Context, op string) error {
-	if err := ffstore.StoreTimedOut(ctx, "ffvalkey", op); err != nil {
-		return err
-	}
-	return ctx.Err()
 }
 
 // sleepCtx waits d or until ctx ends; it reports whether d passed.
