@@ -22,11 +22,12 @@ var (
 	_ flowfabric.GrantScheduler = (*Client)(nil)
 )
 
-// workerPath is the path of the route suffix of worker instance id, for an id the engine
-// would take: one it refuses (an empty id, "." or "..") gets the engine's error here, as
-// in process, rather than reach another route.
-func workerPath(id, suffix string) (string, error) {
-	if err := fftype.ValidateWorkerID("worker_instance_id", id); err != nil {
+// workerPath is the path of the route suffix of the worker id (a worker instance's, or a
+// worker's, as field names it), for an id the engine would take: one it refuses (an empty
+// id, "." or "..") gets the engine's error here, as in process, rather than reach another
+// route.
+func workerPath(field, id, suffix string) (string, error) {
+	if err := fftype.ValidateWorkerID(field, id); err != nil {
 		return "", err
 	}
 	return "/v1/workers/" + url.PathEscape(id) + suffix, nil
@@ -81,7 +82,7 @@ func (c *Client) RegisterWorker(ctx context.Context, r flowfabric.WorkerRegistra
 // lapsed one is not revived (flowfabric.ErrWorkerNotRegistered).
 func (c *Client) HeartbeatWorker(ctx context.Context, namespace, instanceID, session string) (time.Time, error) {
 	var out ffserver.HeartbeatResponse
-	path, err := workerPath(instanceID, "/heartbeat")
+	path, err := workerPath("worker_instance_id", instanceID, "/heartbeat")
 	if err != nil {
 		return time.Time{}, err
 	}
@@ -91,7 +92,7 @@ func (c *Client) HeartbeatWorker(ctx context.Context, namespace, instanceID, ses
 
 // DeregisterWorker removes the session's registration so the instance id is free at once.
 func (c *Client) DeregisterWorker(ctx context.Context, namespace, instanceID, session string) error {
-	path, err := workerPath(instanceID, "/deregister")
+	path, err := workerPath("worker_instance_id", instanceID, "/deregister")
 	if err != nil {
 		return err
 	}
@@ -101,7 +102,7 @@ func (c *Client) DeregisterWorker(ctx context.Context, namespace, instanceID, se
 // GetWorker returns a live worker registration, or an error matching
 // flowfabric.ErrWorkerNotRegistered.
 func (c *Client) GetWorker(ctx context.Context, namespace, instanceID string) (*flowfabric.WorkerInfo, error) {
-	path, err := workerPath(instanceID, "")
+	path, err := workerPath("worker_instance_id", instanceID, "")
 	if err != nil {
 		return nil, err
 	}
@@ -143,7 +144,7 @@ func (c *Client) ListWorkers(ctx context.Context, p flowfabric.WorkerListParams)
 // expire at once. It returns how many leases expired.
 func (c *Client) MarkWorkerDead(ctx context.Context, namespace, instanceID, reason string) (int, error) {
 	var out ffserver.MarkDeadResponse
-	path, err := workerPath(instanceID, "/mark-dead")
+	path, err := workerPath("worker_instance_id", instanceID, "/mark-dead")
 	if err != nil {
 		return 0, err
 	}
@@ -155,10 +156,11 @@ func (c *Client) MarkWorkerDead(ctx context.Context, namespace, instanceID, reas
 // describes would claim, with a grant of the given TTL (0 means 5s); nil means nothing was
 // eligible (the server answered 204). p.Count and p.LeaseTTL are not sent.
 func (c *Client) GrantNext(ctx context.Context, p fftype.ClaimParams, ttl time.Duration) (*fftype.GrantRef, error) {
-	if err := fftype.ValidateWorkerID("worker_id", p.WorkerID); err != nil {
+	path, err := workerPath("worker_id", p.WorkerID, "/claim-grant")
+	if err != nil {
 		return nil, err
 	}
-	resp, err := c.send(ctx, "POST", "/v1/workers/"+url.PathEscape(p.WorkerID)+"/claim-grant", ffserver.WorkerGrantRequest{
+	resp, err := c.send(ctx, "POST", path, ffserver.WorkerGrantRequest{
 		WorkerInstanceID: p.WorkerInstanceID, Lanes: p.Lanes, Capabilities: p.Capabilities, GrantTTLMS: millis(ttl)})
 	if err != nil {
 		return nil, err
