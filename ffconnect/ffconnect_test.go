@@ -13,6 +13,7 @@ import (
 	"github.com/flowfabric/flowfabric/ffstore/ffmem"
 	"github.com/flowfabric/flowfabric/ffstore/ffsqlite"
 	"github.com/flowfabric/flowfabric/fftype"
+	"github.com/flowfabric/flowfabric/internal/testdb"
 )
 
 func TestOpen(t *testing.T) {
@@ -201,4 +202,22 @@ func TestMigrate(t *testing.T) {
 	require.NoError(t, s.Close())
 	require.NoError(t, ffconnect.Migrate(t.Context(), "mem:", nil))
 	require.ErrorIs(t, ffconnect.Migrate(t.Context(), "http://x", nil), fftype.ErrValidation)
+
+	// Postgres: the schema given, migrated, is one Open then takes without migrating.
+	schema := testdb.Schema(t)
+	pg := testdb.SharedPostgres(t).URL("postgres") + "&schema=" + schema
+	_, err = ffconnect.Open(t.Context(), pg, nil)
+	require.Error(t, err, "not migrated yet")
+	require.NoError(t, ffconnect.Migrate(t.Context(), pg, &ffconnect.MigrateOpts{Schema: schema}))
+	s, err = ffconnect.Open(t.Context(), pg, nil)
+	require.NoError(t, err)
+	require.NoError(t, s.Close())
+
+	// Redis: the library is loaded, and no schema is taken.
+	redis := testdb.SharedRedis(t).URL(0) + "?prefix=" + testdb.RedisPrefix(t)
+	require.ErrorIs(t, ffconnect.Migrate(t.Context(), redis, &ffconnect.MigrateOpts{Schema: "ff"}), fftype.ErrValidation)
+	require.NoError(t, ffconnect.Migrate(t.Context(), redis, nil))
+	s, err = ffconnect.Open(t.Context(), redis, nil)
+	require.NoError(t, err)
+	require.NoError(t, s.Close())
 }
