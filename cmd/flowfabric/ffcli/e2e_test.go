@@ -241,12 +241,17 @@ func TestSecondInterruptStopsAtOnce(t *testing.T) {
 	conn, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
 	require.NoError(t, err)
 	defer conn.Close()
-	_, err = fmt.Fprintf(conn, "POST /v1/executions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+	// Until a handler reads it, the request is not in flight: the shutdown would drop it
+	// and end cleanly, before the second signal (which must come repeatSignalGap after the
+	// first) could end it. The server answers "100 Continue" when the handler starts
+	// reading the body.
+	_, err = fmt.Fprintf(conn, "POST /v1/executions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\nExpect: 100-continue\r\n\r\n")
 	require.NoError(t, err)
-	// Until the server has read its headers, the request is not in flight: the shutdown
-	// drops it and ends cleanly, before the second signal (which must come repeatSignalGap
-	// after the first) can end it. Nothing outside shows the moment; give it time.
-	time.Sleep(200 * time.Millisecond)
+	status, err := bufio.NewReader(conn).ReadString('\n')
+	require.NoError(t, err)
+	require.Equal(t, "HTTP/1.1 100 Continue\r\n", status)
+	_, err = fmt.Fprint(conn, "{")
+	require.NoError(t, err)
 
 	require.NoError(t, cmd.Process.Signal(os.Interrupt))
 	for sc.Scan() && !strings.HasPrefix(sc.Text(), "shutting down") {
