@@ -21,81 +21,50 @@ import (
 	"github.com/flowfabric/flowfabric/internal/testdb"
 )
 
-// TestNotifyRetriesAFailedSend pins that a NOTIFY whose first try fails (here the pool
-// acquire right after the commit) is retried, so another process's readers are still
-// woken by that commit rather than only at their next poll.
+// TestNotifyRetriesAFailedSend: a NOTIFY whose try fails, at once or by running out of
+// its bound (no pooled connection within the connect timeout), is tried again, so that
+// another process is still woken for the commit.
 func TestNotifyRetriesAFailedSend(t *testing.T) {
 	t.Parallel()
-	ctx := t.Context()
-	url := testdb.SharedPostgres(t).URL("postgres")
-	schema := testdb.Schema(t)
+	for name, fail := range map[string]func(ctx context.Context) error{
+		"fails":     func(context.Context) error { return errors.New("injected: transient acquire failure") },
+		"times out": func(ctx context.Context) error { <-ctx.Done(); return ctx.Err() },
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			ctx := t.Context()
+			url := testdb.SharedPostgres(t).URL("postgres")
+			schema := testdb.Schema(t)
 
-	cfg, err := pgxpool.ParseConfig(url)
-	require.NoError(t, err)
-	var failNext atomic.Bool
-	cfg.PrepareConn = func(context.Context, *pgx.Conn) (bool, error) {
-		if failNext.CompareAndSwap(true, false) {
-			return true, errors.New("injected: transient acquire failure")
-		}
-		return true, nil
-	}
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
-	require.NoError(t, err)
-	defer pool.Close()
-	a, err := ffpostgres.New(pool, &ffpostgres.Options{Schema: schema, Migrate: true, Shards: 1})
-	require.NoError(t, err)
-	defer a.Close()
+			cfg, err := pgxpool.ParseConfig(url)
+			require.NoError(t, err)
+			var failNext atomic.Bool
+			cfg.PrepareConn = func(ctx context.Context, _ *pgx.Conn) (bool, error) {
+				if failNext.CompareAndSwap(true, false) {
+					return true, fail(ctx)
+				}
+				return true, nil
+			}
+			pool, err := pgxpool.NewWithConfig(ctx, cfg)
+			require.NoError(t, err)
+			defer pool.Close()
+			a, err := ffpostgres.New(pool, &ffpostgres.Options{Schema: schema, Migrate: true, Shards: 1, ConnectTimeout: 200 * time.Millisecond})
+			require.NoError(t, err)
+			defer a.Close()
 
-	wake := openListening(t, url, schema)
+			wake := openListening(t, url, schema)
 
-	require.NoError(t, a.Update(ctx, 0, func(tx ffstore.Tx) error {
-		tx.Put("k", []byte("v"))
-		failNext.Store(true) // the unit holds its connection: the next acquire is the notifier's
-		return nil
-	}))
-	select {
-	case <-wake:
-	case <-time.After(5 * time.Second):
-		t.Fatalf("process B was never woken for A's commit (injected failure still pending: %v)", failNext.Load())
-	}
-}
-
-// TestNotifyRetriesASendThatTimedOut: a try of the NOTIFY that runs out of its bound
-// (no pooled connection within the connect timeout) is retried like any failed send.
-func TestNotifyRetriesASendThatTimedOut(t *testing.T) {
-	t.Parallel()
-	ctx := t.Context()
-	url := testdb.SharedPostgres(t).URL("postgres")
-	schema := testdb.Schema(t)
-
-	cfg, err := pgxpool.ParseConfig(url)
-	require.NoError(t, err)
-	var stallNext atomic.Bool
-	cfg.PrepareConn = func(ctx context.Context, _ *pgx.Conn) (bool, error) {
-		if stallNext.CompareAndSwap(true, false) {
-			<-ctx.Done() // no connection before the try's bound runs out
-			return true, ctx.Err()
-		}
-		return true, nil
-	}
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
-	require.NoError(t, err)
-	defer pool.Close()
-	a, err := ffpostgres.New(pool, &ffpostgres.Options{Schema: schema, Migrate: true, Shards: 1, ConnectTimeout: 200 * time.Millisecond})
-	require.NoError(t, err)
-	defer a.Close()
-
-	wake := openListening(t, url, schema)
-
-	require.NoError(t, a.Update(ctx, 0, func(tx ffstore.Tx) error {
-		tx.Put("k", []byte("v"))
-		stallNext.Store(true) // the unit holds its connection: the next acquire is the notifier's
-		return nil
-	}))
-	select {
-	case <-wake:
-	case <-time.After(5 * time.Second):
-		t.Fatalf("process B was never woken for A's commit (stall still pending: %v)", stallNext.Load())
+			require.NoError(t, a.Update(ctx, 0, func(tx ffstore.Tx) error {
+				tx.Put("k", []byte("v"))
+				failNext.Store(true) // the unit holds its connection: the next acquire is the notifier's
+				return nil
+			}))
+			select {
+			case <-wake:
+			case <-time.After(5 * time.Second):
+				t.Fatalf("process B was never woken for A's commit (injected failure still pending: %v)", failNext.Load())
+			}
+		})
 	}
 }
 
